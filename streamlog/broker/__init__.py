@@ -1,0 +1,1 @@
+"""The broker: topics, partitions and the RPC handlers, above the storage contract."""

@@ -1,0 +1,372 @@
+"""The broker's logic: every RPC method, over topics of partition logs.
+
+L{Broker} knows nothing of connections: the protocol hands it a method name
+and a params object and gets back a value, a Deferred of one, or an
+exception carrying a wire error code.  Storage durability comes from the
+injected committer (group commit, see L{streamlog.storage.group_commit}).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Protocol
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from streamlog import __version__, errors, wire
+from streamlog.broker.partition import Partition
+from streamlog.partitioner import partition_for_key
+from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
+
+
+class Committer(Protocol):
+    """Makes appended records durable (see L{streamlog.storage.group_commit.GroupCommitter})."""
+
+    def wait(self, log: PartitionLog, offset: int) -> Deferred:
+        """Fires with True once records below C{offset} are fsynced, False if the policy does not fsync."""
+
+
+@attrs.frozen
+class BrokerConfig:
+    auto_create_topics: bool = True
+    default_partitions: int = 1
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+    #: What a durable-but-not-fsynced ack says: "written" for files, "memory" for --storage memory.
+    unsynced_durability: str = "written"
+
+
+class Topic:
+    def __init__(self, name: str, config: TopicConfig, logs: list[PartitionLog]) -> None:
+        self.name = name
+        self.config = config
+        self.partitions = [Partition(name, i, log) for i, log in enumerate(logs)]
+        self._round_robin = itertools.count()
+
+    def next_partition(self) -> int:
+        return next(self._round_robin) % len(self.partitions)
+
+
+class Broker:
+    """All topics of one node, and the handlers of every RPC method."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: BrokerConfig = BrokerConfig(),
+        clock: IReactorTime | None = None,
+        committer: Committer | None = None,
+        on_fatal: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock = clock
+        self.storage = storage
+        self.config = config
+        self.limits = config.limits
+        self.committer = committer
+        self.on_fatal = on_fatal
+        self.topics: dict[str, Topic] = {}
+        for name, (topic_config, logs) in storage.load().items():
+            self.topics[name] = Topic(name, topic_config, list(logs))
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "Send": self.handle_send,
+            "SendBatch": self.handle_send_batch,
+            "Poll": self.handle_poll,
+            "CreateTopic": self.handle_create_topic,
+            "DeleteTopic": self.handle_delete_topic,
+            "ListTopics": self.handle_list_topics,
+            "DescribeTopic": self.handle_describe_topic,
+            "ListOffsets": self.handle_list_offsets,
+            "Ping": self.handle_ping,
+        }
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # --- topics ----------------------------------------------------------------
+
+    def topic(self, name: str) -> Topic:
+        topic = self.topics.get(name)
+        if topic is None:
+            raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
+        return topic
+
+    def partition(self, name: str, index: int) -> Partition:
+        topic = self.topic(name)
+        if index >= len(topic.partitions):
+            raise errors.UnknownPartition(
+                f"topic {name!r} has {len(topic.partitions)} partitions, not {index}",
+                topic=name, partitions=len(topic.partitions),
+            )
+        partition = topic.partitions[index]
+        if partition.failed is not None:
+            raise errors.PartitionUnavailable(
+                f"partition {name}/{index} is unavailable: {partition.failed}", topic=name, partition=index
+            )
+        return partition
+
+    def create_topic(self, name: str, partitions: int, config: TopicConfig = TopicConfig()) -> Topic:
+        if name in self.topics:
+            raise errors.TopicExists(f"topic {name!r} already exists", topic=name)
+        logs = self.storage.create_topic(name, partitions, config)
+        topic = self.topics[name] = Topic(name, config, list(logs))
+        self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
+        return topic
+
+    def _topic_for_send(self, name: str) -> Topic:
+        topic = self.topics.get(name)
+        if topic is not None:
+            return topic
+        if not self.config.auto_create_topics:
+            raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
+        return self.create_topic(name, self.config.default_partitions)
+
+    def handle_create_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = wire.parse_create_topic(params, self.limits)
+        topic = self.create_topic(p.topic, p.partitions, p.config)
+        return _describe_topic(topic)
+
+    def handle_delete_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = wire.parse_topic_only(params, self.limits)
+        topic = self.topic(name)
+        del self.topics[name]
+        gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
+        for partition in topic.partitions:
+            partition.fail_waiters(gone)
+        self.storage.delete_topic(name)
+        self._log.info("deleted topic {topic}", topic=name)
+        return {"topic": name, "deleted": True}
+
+    def handle_list_topics(self, params: dict[str, Any]) -> dict[str, Any]:
+        wire.parse_empty(params)
+        return {
+            "topics": [
+                {"topic": name, "partitions": len(topic.partitions)}
+                for name, topic in sorted(self.topics.items())
+            ]
+        }
+
+    def handle_describe_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+        return _describe_topic(self.topic(wire.parse_topic_only(params, self.limits)))
+
+    def handle_list_offsets(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = wire.parse_list_offsets(params, self.limits)
+        partition = self.partition(p.topic, p.partition)
+        if p.at == "earliest":
+            offset = partition.start_offset
+        elif p.at == "latest":
+            offset = partition.high_watermark
+        else:
+            offset = min(partition.log.offset_for_timestamp(int(p.at)), partition.high_watermark)
+            offset = max(offset, partition.start_offset)
+        return {"topic": p.topic, "partition": p.partition, "offset": offset}
+
+    def handle_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        wire.parse_empty(params)
+        return {"pong": True, "time": self.now_ms(), "version": __version__}
+
+    # --- send ------------------------------------------------------------------
+
+    def handle_send(self, params: dict[str, Any]) -> Deferred | None:
+        p = wire.parse_send(params, self.limits)
+        d = self.send(p)
+        if d is None:
+            return None
+        return d.addCallback(_single_result)
+
+    def handle_send_batch(self, params: dict[str, Any]) -> Deferred | None:
+        return self.send(wire.parse_send_batch(params, self.limits))
+
+    def send(self, p: wire.SendParams) -> Deferred | None:
+        """Append C{p.messages}, one atomic batch per partition.
+
+        Everything is checked before anything is appended, so a request either
+        lands whole on every partition it touches or not at all.  Returns
+        None for C{acks=none}, else a Deferred of the placement.
+        """
+        topic = self._topic_for_send(p.topic)
+        count = len(topic.partitions)
+        sticky: int | None = None
+        groups: dict[int, list[wire.Message]] = {}
+        for message in p.messages:
+            if message.partition is not None:
+                index = message.partition
+                if index >= count:
+                    raise errors.UnknownPartition(
+                        f"topic {p.topic!r} has {count} partitions, not {index}",
+                        topic=p.topic, partitions=count,
+                    )
+            elif message.key is not None:
+                index = partition_for_key(message.key, count)
+            else:
+                if sticky is None:
+                    sticky = topic.next_partition()
+                index = sticky
+            groups.setdefault(index, []).append(message)
+
+        timestamp = self.now_ms()
+        limit = self.limits.max_message_bytes
+        batches: list[tuple[Partition, RecordBatch]] = []
+        for index, messages in groups.items():
+            partition = self.partition(p.topic, index)
+            base = partition.end_offset
+            records = [wire.encode_record(base + i, timestamp, m) for i, m in enumerate(messages)]
+            for i, record in enumerate(records):
+                if len(record) > limit:
+                    raise errors.MessageTooLarge(
+                        f"message of {len(record)} bytes (encoded) exceeds the limit of {limit}",
+                        limit=limit, size=len(record),
+                    )
+            batch = RecordBatch(
+                base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
+                max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),
+            )
+            batches.append((partition, batch))
+
+        placed = []
+        waits = []
+        for partition, batch in batches:
+            try:
+                partition.log.append(batch)
+            except OSError as e:
+                self._fatal(e)
+                raise errors.StorageError(f"append failed: {e}") from None
+            placed.append({"partition": partition.index, "base_offset": batch.base_offset, "count": batch.count})
+            waits.append(self._commit(partition, batch.next_offset))
+
+        if p.acks != "all":
+            for d in waits:  # a failure was logged and stopped the node; nobody waits for it here
+                d.addErrback(lambda _: None)
+        if p.acks == "none":
+            return None
+        result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp, "partitions": placed}
+        if p.acks == "leader":
+            result["durability"] = self.config.unsynced_durability
+            return succeed(result)
+        return _gather(waits).addCallback(self._durable_result, result)
+
+    def _durable_result(self, fsynced: list[bool], result: dict[str, Any]) -> dict[str, Any]:
+        result["durability"] = "fsync" if fsynced and all(fsynced) else self.config.unsynced_durability
+        return result
+
+    def _commit(self, partition: Partition, offset: int) -> Deferred:
+        """Wait until records below C{offset} are durable, then let consumers see them."""
+        if self.committer is None:
+            partition.advance(offset)
+            return succeed(False)
+        d = self.committer.wait(partition.log, offset)
+
+        def durable(fsynced: bool) -> bool:
+            partition.advance(offset)
+            return fsynced
+
+        def failed(failure):
+            self._fatal(failure.value)
+            raise errors.StorageError(f"fsync failed: {failure.value}")
+
+        return d.addCallbacks(durable, failed)
+
+    def _fatal(self, error: BaseException) -> None:
+        self._log.critical("storage failure, the node stops: {error!r}", error=error)
+        if self.on_fatal is not None:
+            self.on_fatal(error)
+
+    # --- poll ------------------------------------------------------------------
+
+    def handle_poll(self, params: dict[str, Any]) -> Any:
+        p = wire.parse_poll(params, self.limits)
+        partition = self.partition(p.topic, p.partition)
+        offset = p.offset
+        if offset < partition.start_offset or offset > partition.end_offset:
+            raise errors.OffsetOutOfRange(
+                f"offset {offset} is outside [{partition.start_offset}, {partition.end_offset}]",
+                log_start_offset=partition.start_offset,
+                high_watermark=partition.high_watermark,
+                log_end_offset=partition.end_offset,
+            )
+        if offset < partition.high_watermark or p.max_wait_ms == 0:
+            return self._read(partition, p)
+        return partition.wait(self.clock, p.max_wait_ms / 1000.0, lambda: self._read(partition, p))
+
+    def _read(self, partition: Partition, p: wire.PollParams) -> dict[str, Any]:
+        if partition.failed is not None:
+            raise errors.PartitionUnavailable(f"partition {p.topic}/{p.partition} is unavailable")
+        start = partition.start_offset
+        if p.offset < start:
+            raise errors.OffsetOutOfRange(
+                f"offset {p.offset} was removed by retention; the log starts at {start}",
+                log_start_offset=start, high_watermark=partition.high_watermark,
+                log_end_offset=partition.end_offset,
+            )
+        available = partition.high_watermark - p.offset
+        if available > 0:
+            read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
+            messages = orjson.Fragment(b"[" + b",".join(read.fragments) + b"]")
+            next_offset = read.next_offset
+        else:
+            messages = orjson.Fragment(b"[]")
+            next_offset = p.offset
+        return {
+            "messages": messages,
+            "next_offset": next_offset,
+            "high_watermark": partition.high_watermark,
+            "log_start_offset": start,
+        }
+
+    # --- maintenance -------------------------------------------------------------
+
+    def apply_retention(self) -> None:
+        now = self.now_ms()
+        for topic in self.topics.values():
+            for partition in topic.partitions:
+                before = partition.start_offset
+                after = partition.log.apply_retention(now)
+                if after != before:
+                    self._log.info(
+                        "retention moved {topic}/{partition} start from {before} to {after}",
+                        topic=topic.name, partition=partition.index, before=before, after=after,
+                    )
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+def _describe_topic(topic: Topic) -> dict[str, Any]:
+    return {
+        "topic": topic.name,
+        "partitions": [
+            {
+                "partition": p.index,
+                "log_start_offset": p.start_offset,
+                "high_watermark": p.high_watermark,
+                "log_end_offset": p.end_offset,
+            }
+            for p in topic.partitions
+        ],
+        "config": topic.config.to_dict(),
+    }
+
+
+def _single_result(result: dict[str, Any]) -> dict[str, Any]:
+    placed = result["partitions"][0]
+    return {
+        "topic": result["topic"],
+        "partition": placed["partition"],
+        "offset": placed["base_offset"],
+        "timestamp": result["timestamp"],
+        "durability": result["durability"],
+    }
+
+
+def _gather(waits: list[Deferred]) -> Deferred:
+    from twisted.internet.defer import gatherResults
+
+    if len(waits) == 1:
+        return waits[0].addCallback(lambda r: [r])
+    return gatherResults(waits, consumeErrors=True).addErrback(lambda f: f.value.subFailure)

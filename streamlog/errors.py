@@ -1,0 +1,165 @@
+"""The error codes of the wire protocol, as exceptions.
+
+Every error a client can see is a L{StreamlogError} subclass with a stable
+C{code} (UPPER_SNAKE, documented in docs/protocol.md) and optional extra
+fields that travel in the error object, e.g. the current offsets with
+C{OFFSET_OUT_OF_RANGE}.  The server answers anything else as C{INTERNAL}.
+The same classes are raised by the client library, so application code can
+catch C{UnknownTopic} whichever side noticed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StreamlogError(Exception):
+    """Base of every error with a wire code."""
+
+    code = "INTERNAL"
+    #: Whether the connection is closed after this error is answered (the byte
+    #: stream can no longer be trusted, or the peer must go away).
+    fatal = False
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+    def to_wire(self) -> dict[str, Any]:
+        """The C{error} object of a response."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, {self.details!r})"
+
+
+class Internal(StreamlogError):
+    """An unexpected server fault; logged on the server with its traceback."""
+
+    code = "INTERNAL"
+
+
+class ParseError(StreamlogError):
+    """The line is not valid JSON (or not valid UTF-8, or holds NaN/Infinity or lone surrogates)."""
+
+    code = "PARSE_ERROR"
+
+
+class InvalidRequest(StreamlogError):
+    """The JSON is not a request object: not an object, or bad C{id}/C{method}/C{params}."""
+
+    code = "INVALID_REQUEST"
+
+
+class MethodNotFound(StreamlogError):
+    code = "METHOD_NOT_FOUND"
+
+
+class InvalidParams(StreamlogError):
+    """A parameter is missing, of the wrong type or out of range."""
+
+    code = "INVALID_PARAMS"
+
+
+class NestingTooDeep(StreamlogError):
+    code = "NESTING_TOO_DEEP"
+
+
+class LineTooLong(StreamlogError):
+    """The request line exceeds the server's limit; the connection is closed."""
+
+    code = "LINE_TOO_LONG"
+    fatal = True
+
+
+class MessageTooLarge(StreamlogError):
+    code = "MESSAGE_TOO_LARGE"
+
+
+class BatchTooLarge(StreamlogError):
+    code = "BATCH_TOO_LARGE"
+
+
+class InvalidTopic(StreamlogError):
+    """The topic name breaks the naming rules."""
+
+    code = "INVALID_TOPIC"
+
+
+class UnknownTopic(StreamlogError):
+    code = "UNKNOWN_TOPIC"
+
+
+class TopicExists(StreamlogError):
+    code = "TOPIC_EXISTS"
+
+
+class UnknownPartition(StreamlogError):
+    code = "UNKNOWN_PARTITION"
+
+
+class OffsetOutOfRange(StreamlogError):
+    """The offset is before the log start or past the log end (details carry both)."""
+
+    code = "OFFSET_OUT_OF_RANGE"
+
+
+class TooManyConnections(StreamlogError):
+    code = "TOO_MANY_CONNECTIONS"
+    fatal = True
+
+
+class PartitionUnavailable(StreamlogError):
+    """The partition cannot serve, e.g. its storage found corruption in synced data."""
+
+    code = "PARTITION_UNAVAILABLE"
+
+
+class StorageError(StreamlogError):
+    """Writing to disk failed; the node stops rather than pretend the data is safe."""
+
+    code = "STORAGE_ERROR"
+
+
+class NotLeader(StreamlogError):
+    """This node does not lead the partition; C{leader} in the details hints who does."""
+
+    code = "NOT_LEADER"
+
+
+class Timeout(StreamlogError):
+    """No answer came within the client's request timeout (client side only)."""
+
+    code = "TIMEOUT"
+
+
+class ConnectionLost(StreamlogError):
+    """The connection closed before the answer came (client side only)."""
+
+    code = "CONNECTION_LOST"
+
+
+#: code -> class, for turning a wire error back into an exception.
+BY_CODE: dict[str, type[StreamlogError]] = {
+    cls.code: cls
+    for cls in [
+        Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
+        LineTooLong, MessageTooLarge, BatchTooLarge, InvalidTopic, UnknownTopic, TopicExists,
+        UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
+        StorageError, NotLeader, Timeout, ConnectionLost,
+    ]
+}
+
+
+def from_wire(error: dict[str, Any]) -> StreamlogError:
+    """Rebuild the exception for a wire C{error} object (unknown codes stay generic)."""
+    code = str(error.get("code", "INTERNAL"))
+    message = str(error.get("message", code))
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    cls = BY_CODE.get(code)
+    if cls is None:
+        exc = StreamlogError(message, **details)
+        exc.code = code
+        return exc
+    return cls(message, **details)

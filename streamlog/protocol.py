@@ -1,0 +1,284 @@
+"""JSON-lines RPC over TCP: the server's side of a connection.
+
+L{BrokerProtocol} frames lines, decodes them with L{streamlog.wire}, hands
+each request to the broker's handler table and writes the answer when it is
+ready, so answers may come out of order and a long poll never holds up a Send
+behind it.  It also enforces the per-connection limits: line length,
+in-flight requests, and the outbound buffer of a client that does not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from streamlog import errors, wire
+from streamlog.broker.broker import Broker
+
+
+class FastLineReceiver(LineReceiver):
+    """A LineReceiver that splits a read into lines in linear time.
+
+    Twisted's C{LineReceiver.dataReceived} re-splits the remaining buffer once
+    per line, so N small pipelined lines in one read cost O(N^2) bytes copied.
+    This walks the buffer with C{find} instead; pausing (C{pauseProducing}),
+    raw mode and C{MAX_LENGTH} behave as in the base class.
+    """
+
+    delimiter = b"\n"
+
+    def dataReceived(self, data: bytes) -> Any:
+        if self._busyReceiving:
+            self._buffer += data
+            return None
+        self._busyReceiving = True
+        try:
+            buffer = self._buffer + data if self._buffer else data
+            self._buffer = b""
+            while True:
+                buffer, why = self._consume(buffer)
+                if why is not None:
+                    return why
+                if self._buffer:  # data that arrived while we were busy
+                    buffer += self._buffer
+                    self._buffer = b""
+                    if not self.paused:
+                        continue
+                break
+            self._buffer = buffer
+            return None
+        finally:
+            self._busyReceiving = False
+
+    def _consume(self, buffer: bytes) -> tuple[bytes, Any]:
+        delimiter = self.delimiter
+        limit = self.MAX_LENGTH
+        pos = 0
+        while not self.paused:
+            if not self.line_mode:
+                rest = buffer[pos:]
+                if rest:
+                    why = self.rawDataReceived(rest)
+                    if why:
+                        return b"", why
+                return b"", None
+            end = buffer.find(delimiter, pos)
+            if end < 0:
+                if len(buffer) - pos > limit:
+                    return b"", self.lineLengthExceeded(buffer[pos:])
+                break
+            if end - pos > limit:
+                return b"", self.lineLengthExceeded(buffer[pos:])
+            line = buffer[pos:end]
+            pos = end + len(delimiter)
+            why = self.lineReceived(line)
+            if why or (self.transport is not None and self.transport.disconnecting):
+                return buffer[pos:], why
+        return buffer[pos:], None
+
+
+class BrokerProtocol(FastLineReceiver):
+    """One client connection to the broker."""
+
+    _log = Logger()
+    factory: "BrokerFactory"
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Deferred] = {}
+        self._next_token = 0
+        self._write_paused = False
+        self._written_while_paused = 0
+        self.last_activity = 0.0
+        self.partial_since: float | None = None
+
+    # --- connection life ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        limits = self.factory.limits
+        self.MAX_LENGTH = limits.max_line_bytes
+        self.last_activity = self.factory.clock.seconds()
+        transport = self.transport
+        if hasattr(transport, "setTcpNoDelay"):
+            try:
+                transport.setTcpNoDelay(True)
+            except OSError:
+                pass
+        # Twisted calls pauseProducing when its write buffer passes the high-water mark.
+        transport.registerProducer(self, True)
+        self.factory.connections.add(self)
+        if len(self.factory.connections) > limits.max_connections:
+            self._log.warn("refusing connection from {peer}: {limit} connections open",
+                           peer=transport.getPeer(), limit=limits.max_connections)
+            self._fail(None, errors.TooManyConnections(
+                f"the server has its maximum of {limits.max_connections} connections"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.connections.discard(self)
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
+
+    def dataReceived(self, data: bytes) -> Any:
+        self.last_activity = self.factory.clock.seconds()
+        why = super().dataReceived(data)
+        if self._buffer and self.line_mode:
+            if self.partial_since is None:
+                self.partial_since = self.last_activity
+        else:
+            self.partial_since = None
+        return why
+
+    # --- requests ------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        limits = self.factory.limits
+        try:
+            request = wire.decode_request(line, limits)
+        except errors.StreamlogError as e:
+            self._send(wire.encode_error(getattr(e, "request_id", None), e))
+            return
+        handler = self.factory.broker.handlers.get(request.method)
+        if handler is None:
+            self._send(wire.encode_error(request.id, errors.MethodNotFound(
+                f"unknown method {request.method[:100]!r}", method=request.method[:100])))
+            return
+        try:
+            result = handler(request.params)
+        except errors.StreamlogError as e:
+            self._send(wire.encode_error(request.id, e))
+            return
+        except Exception:
+            self._log.failure("handler {method} failed", method=request.method)
+            self._send(wire.encode_error(request.id, errors.Internal("internal server error")))
+            return
+        if isinstance(result, Deferred):
+            token = self._next_token
+            self._next_token += 1
+            self._pending[token] = result
+            result.addCallbacks(self._answered, self._failed,
+                                callbackArgs=(request.id, token), errbackArgs=(request.id, token))
+            self._update_reading()
+        elif result is not None:
+            self._send(wire.encode_result(request.id, result))
+
+    def _answered(self, result: Any, rid: Any, token: int) -> None:
+        if self._pending.pop(token, None) is None:
+            return  # connection gone
+        if result is not None:
+            self._send(wire.encode_result(rid, result))
+        self._update_reading()
+
+    def _failed(self, failure: Failure, rid: Any, token: int) -> None:
+        if self._pending.pop(token, None) is None or failure.check(CancelledError):
+            return
+        error = failure.value
+        if not isinstance(error, errors.StreamlogError):
+            self._log.failure("request {id!r} failed", failure, id=rid)
+            error = errors.Internal("internal server error")
+        self._send(wire.encode_error(rid, error))
+        self._update_reading()
+
+    def _send(self, data: bytes) -> None:
+        if self._write_paused:
+            self._written_while_paused += len(data)
+            limit = self.factory.limits.max_outbound_bytes
+            if self._written_while_paused > limit:
+                self._log.warn(
+                    "closing connection from {peer}: it does not read its answers ({n} bytes queued)",
+                    peer=self.transport.getPeer(), n=self._written_while_paused,
+                )
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    def _fail(self, rid: Any, error: errors.StreamlogError) -> None:
+        """Answer a fatal error, then close the connection."""
+        self.transport.write(wire.encode_error(rid, error))
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        limit = self.factory.limits.max_line_bytes
+        self._fail(None, errors.LineTooLong(f"request line longer than {limit} bytes", limit=limit))
+
+    # --- flow control -------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        """Read requests only while the client reads answers and is under the in-flight limit."""
+        should_pause = self._write_paused or len(self._pending) >= self.factory.limits.max_in_flight
+        if should_pause and not self.paused:
+            LineReceiver.pauseProducing(self)
+        elif not should_pause and self.paused:
+            LineReceiver.resumeProducing(self)
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: stop reading until it drains."""
+        self._write_paused = True
+        self._written_while_paused = 0
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+
+class BrokerFactory(protocol.Factory):
+    """Owns the broker shared by all connections, and the per-connection sweep."""
+
+    protocol = BrokerProtocol
+    _log = Logger()
+
+    def __init__(self, broker: Broker, limits: wire.Limits | None = None, clock: IReactorTime | None = None) -> None:
+        self.broker = broker
+        self.limits = limits or broker.limits
+        self.clock = clock or broker.clock
+        self.connections: set[BrokerProtocol] = set()
+        self._sweeper: LoopingCall | None = None
+
+    def startFactory(self) -> None:
+        if self.limits.idle_timeout or self.limits.partial_line_timeout:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(1.0, now=False).addErrback(
+                lambda f: self._log.failure("connection sweep stopped", f))
+
+    def stopFactory(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def sweep(self) -> None:
+        """Close connections idle too long, or stuck in the middle of a line."""
+        now = self.clock.seconds()
+        limits = self.limits
+        for conn in list(self.connections):
+            try:
+                if conn.partial_since is not None and limits.partial_line_timeout and \
+                        now - conn.partial_since > limits.partial_line_timeout:
+                    self._log.info("closing {peer}: partial line for {s:.0f}s",
+                                   peer=_peer(conn), s=now - conn.partial_since)
+                    conn.transport.abortConnection()
+                elif limits.idle_timeout and not conn.in_flight and \
+                        now - conn.last_activity > limits.idle_timeout:
+                    self._log.info("closing {peer}: idle", peer=_peer(conn))
+                    conn.transport.loseConnection()
+            except Exception:
+                self._log.failure("sweeping a connection failed")
+
+
+def _peer(conn: BrokerProtocol) -> IAddress | None:
+    return conn.transport.getPeer() if conn.transport is not None else None

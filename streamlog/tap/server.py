@@ -1,0 +1,166 @@
+"""C{twistd streamlog-server}: a broker on its embedded default, one durable node.
+
+Every limit of L{streamlog.wire.Limits} is an option here (C{--max-line-bytes}
+and so on), generated from the class so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from streamlog import wire
+from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.protocol import BrokerFactory
+from streamlog.storage.base import TopicConfig
+
+DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
+_log = Logger()
+
+_LIMIT_HELP = {
+    "max_line_bytes": "Longest request line in bytes; longer gets LINE_TOO_LONG and the connection closes.",
+    "max_message_bytes": "Largest encoded message (record) in bytes (MESSAGE_TOO_LARGE).",
+    "max_batch_messages": "Most messages in one SendBatch (BATCH_TOO_LARGE).",
+    "max_depth": "Deepest JSON nesting of a request (NESTING_TOO_DEEP).",
+    "max_poll_messages": "Most messages one Poll may ask for.",
+    "max_poll_bytes": "Largest max_bytes one Poll may ask for.",
+    "default_poll_bytes": "max_bytes of a Poll that gives none.",
+    "max_wait_ms": "Longest long-poll wait a Poll may ask for.",
+    "max_partitions": "Most partitions a topic may have.",
+    "max_id_length": "Longest string request id.",
+    "max_in_flight": "Requests per connection being worked on before the server stops reading more.",
+    "max_connections": "Open client connections; past it a new one gets TOO_MANY_CONNECTIONS.",
+    "max_outbound_bytes": "Answers queued for a client that does not read them before it is disconnected.",
+    "idle_timeout": "Seconds without a request (and none in flight) before a connection is closed; 0 = never.",
+    "partial_line_timeout": "Seconds a partial request line may wait for its end; 0 = forever.",
+}
+
+
+def _limit_parameters() -> list[list[Any]]:
+    params = []
+    for field in attrs.fields(wire.Limits):
+        params.append([field.name.replace("_", "-"), None, field.default, _LIMIT_HELP[field.name],
+                       float if field.type in ("float", float) else int])
+    return params
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run a streamlog broker: one node, durable storage in --data-dir by default."
+
+    optParameters = [
+        ["listen", "l", DEFAULT_LISTEN, "Endpoint to listen on (a Twisted endpoint description)."],
+        ["data-dir", "d", "streamlog-data", "Directory of the durable log."],
+        ["storage", None, "segmented", "Log implementation: segmented (durable, on disk) or memory."],
+        ["fsync", None, "always", "When to fsync: always (before acks=all answers), interval:<ms>, never."],
+        ["auto-create-topics", None, "on", "Create a topic on its first Send: on or off."],
+        ["default-partitions", None, 1, "Partitions of an auto-created topic.", int],
+        ["segment-bytes", None, 128 * 1024 * 1024, "Roll a segment once it holds this many bytes.", int],
+        ["segment-ms", None, 7 * 24 * 3600 * 1000, "Roll a segment once it is this old (ms).", int],
+        ["retention-ms", None, None, "Default retention by age (ms); unset = keep forever.", int],
+        ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
+        ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
+        ["port-file", None, None, "Write the listening port number to this file once listening."],
+    ] + _limit_parameters()
+
+    def postOptions(self) -> None:
+        if self["storage"] not in ("segmented", "memory"):
+            raise usage.UsageError("--storage must be 'segmented' or 'memory'")
+        if self["auto-create-topics"] not in ("on", "off"):
+            raise usage.UsageError("--auto-create-topics must be 'on' or 'off'")
+        if self["default-partitions"] < 1:
+            raise usage.UsageError("--default-partitions must be at least 1")
+        for field in attrs.fields(wire.Limits):
+            name = field.name.replace("_", "-")
+            if self[name] < 0 or (self[name] == 0 and "timeout" not in name):
+                raise usage.UsageError(f"--{name} must be positive")
+        try:
+            from streamlog.storage.group_commit import FsyncPolicy
+        except ImportError:  # pragma: no cover - storage without group commit
+            FsyncPolicy = None
+        if FsyncPolicy is not None:
+            try:
+                self["fsync-policy"] = FsyncPolicy.parse(self["fsync"])
+            except ValueError as e:
+                raise usage.UsageError(f"--fsync: {e}") from None
+
+    def limits(self) -> wire.Limits:
+        return wire.Limits(**{f.name: self[f.name.replace("_", "-")] for f in attrs.fields(wire.Limits)})
+
+    def topic_defaults(self) -> TopicConfig:
+        return TopicConfig(
+            retention_ms=self["retention-ms"], retention_bytes=self["retention-bytes"],
+            segment_bytes=self["segment-bytes"], segment_ms=self["segment-ms"],
+        )
+
+
+class ListenService(service.Service):
+    """Listens on an endpoint while running; optionally writes the bound port to a file.
+
+    The port file lets tests and scripts use C{tcp:0} and learn the port
+    without sleeping: the file appears (atomically) once the server listens.
+    """
+
+    _log = Logger()
+
+    def __init__(self, endpoint: Any, factory: Any, port_file: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port_file = port_file
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        d.addErrback(self._failed)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        self._log.info("streamlog listening on {host}:{port}", host=address.host, port=address.port)
+        if self.port_file:
+            tmp = self.port_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{address.port}\n")
+            os.replace(tmp, self.port_file)
+
+    def _failed(self, failure: Any) -> None:
+        from twisted.internet import reactor
+
+        self._log.failure("cannot listen", failure)
+        reactor.stop()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from streamlog.broker.service import BrokerService
+
+    limits = options.limits()
+    config = BrokerConfig(
+        auto_create_topics=options["auto-create-topics"] == "on",
+        default_partitions=options["default-partitions"],
+        limits=limits,
+        unsynced_durability="memory" if options["storage"] == "memory" else "written",
+    )
+    top = service.MultiService()
+    broker_service = BrokerService(options, config, reactor)
+    broker_service.setServiceParent(top)
+    factory = BrokerFactory(broker_service.broker, limits, reactor)
+    endpoint = endpoints.serverFromString(reactor, options["listen"])
+    ListenService(endpoint, factory, options["port-file"]).setServiceParent(top)
+    return top

@@ -1,0 +1,410 @@
+"""The sans-io wire codec: request lines in, validated request objects out.
+
+Nothing here touches a transport or the broker.  L{decode_request} turns one
+line of bytes into a L{Request} (or raises a L{StreamlogError} whose code is
+what the client gets back); the C{parse_*} functions turn a request's
+C{params} into typed objects, checking every field; the C{encode_*} functions
+build answer lines.  docs/protocol.md is the prose version of this module.
+
+JSON is read by orjson, which already refuses what RFC 8259 does not allow and
+Python's C{json} module accepts: NaN and Infinity, invalid UTF-8, lone
+surrogates, numbers that overflow a double.  Two things remain ours to check:
+nesting depth (orjson's own limit is 1024, far too deep to be useful) and the
+shape of each request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+import attrs
+import orjson
+
+from streamlog import errors
+from streamlog.storage.base import TopicConfig
+
+#: Largest offset/number the protocol accepts (signed 64-bit, as Kafka).
+MAX_INT64 = 2**63 - 1
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+ACKS = ("all", "leader", "none")
+
+
+@attrs.frozen
+class Limits:
+    """Every bound the server enforces at its edge (docs/operations.md, "Limits")."""
+
+    max_line_bytes: int = 1024 * 1024
+    max_message_bytes: int = 1_000_000
+    max_batch_messages: int = 10_000
+    max_depth: int = 64
+    max_poll_messages: int = 10_000
+    max_poll_bytes: int = 16 * 1024 * 1024
+    default_poll_bytes: int = 1024 * 1024
+    max_wait_ms: int = 60_000
+    max_partitions: int = 1024
+    max_id_length: int = 256
+    max_in_flight: int = 1024
+    max_connections: int = 1024
+    max_outbound_bytes: int = 64 * 1024 * 1024
+    idle_timeout: float = 600.0
+    partial_line_timeout: float = 30.0
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@attrs.frozen
+class Request:
+    id: int | str
+    method: str
+    params: dict[str, Any]
+
+
+@attrs.frozen
+class Message:
+    """One message a producer sends, before the broker places it."""
+
+    value: Any
+    key: str | None = None
+    partition: int | None = None
+    headers: dict[str, str] | None = None
+
+
+@attrs.frozen
+class SendParams:
+    topic: str
+    messages: list[Message]
+    acks: str = "all"
+
+
+@attrs.frozen
+class PollParams:
+    topic: str
+    partition: int
+    offset: int
+    max_messages: int
+    max_bytes: int
+    max_wait_ms: int
+
+
+@attrs.frozen
+class CreateTopicParams:
+    topic: str
+    partitions: int
+    config: TopicConfig
+
+
+@attrs.frozen
+class ListOffsetsParams:
+    topic: str
+    partition: int
+    at: str | int  # "earliest", "latest" or a timestamp in ms
+
+
+# --- decoding requests -------------------------------------------------------
+
+
+def decode_request(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
+    """Parse and check the envelope of one request line.
+
+    Raises L{errors.ParseError} for bytes that are not JSON, and
+    L{errors.InvalidRequest} for JSON that is not a request; where the id could
+    be read, the error's C{request_id} attribute holds it.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        if "depth limit" in str(e):
+            raise errors.NestingTooDeep(f"JSON nesting deeper than {limits.max_depth}") from None
+        raise errors.ParseError(f"invalid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise errors.InvalidRequest("a request must be a JSON object")
+    check_depth(line, obj, limits.max_depth)
+    rid = obj.get("id")
+    if not _valid_id(rid, limits):
+        raise errors.InvalidRequest(
+            f"'id' must be an integer or a string of at most {limits.max_id_length} characters"
+        )
+    method = obj.get("method")
+    if not isinstance(method, str):
+        raise _invalid("'method' must be a string", rid)
+    params = obj.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise _invalid("'params' must be an object", rid)
+    extra = set(obj) - {"id", "method", "params"}
+    if extra:
+        raise _invalid(f"unknown request fields: {', '.join(sorted(extra))}", rid)
+    return Request(id=rid, method=method, params=params)
+
+
+def _invalid(message: str, rid: int | str) -> errors.InvalidRequest:
+    """An InvalidRequest that remembers the id it should be answered with."""
+    error = errors.InvalidRequest(message)
+    error.request_id = rid  # type: ignore[attr-defined]
+    return error
+
+
+def _valid_id(rid: Any, limits: Limits) -> bool:
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return True
+    return isinstance(rid, str) and len(rid) <= limits.max_id_length
+
+
+def check_depth(line: bytes, obj: Any, max_depth: int) -> None:
+    """Refuse values nested deeper than C{max_depth} containers.
+
+    Counting brackets in the raw line is a cheap upper bound on the depth, so
+    the walk over the parsed object only runs for lines that could be too deep.
+    """
+    if line.count(b"[") + line.count(b"{") <= max_depth:
+        return
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise errors.NestingTooDeep(f"JSON nesting deeper than {max_depth}")
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
+# --- checking params ---------------------------------------------------------
+
+
+class _Params:
+    """Reads typed fields from a params object, refusing what is left unread."""
+
+    def __init__(self, params: dict[str, Any], where: str = "params") -> None:
+        self._params = params
+        self._where = where
+        self._seen: set[str] = set()
+
+    def _get(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._params.get(name)
+
+    def _name(self, name: str) -> str:
+        return name if self._where == "params" else f"{self._where}.{name}"
+
+    def string(self, name: str, *, required: bool = True, nullable: bool = False) -> str | None:
+        present = name in self._params
+        value = self._get(name)
+        if not present:
+            if required:
+                raise errors.InvalidParams(f"'{self._name(name)}' is required")
+            return None
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str):
+            raise errors.InvalidParams(f"'{self._name(name)}' must be a string")
+        return value
+
+    def integer(
+        self, name: str, *, default: int | None = None, required: bool = False,
+        minimum: int = 0, maximum: int = MAX_INT64,
+    ) -> int | None:
+        value = self._get(name)
+        if value is None:
+            if required:
+                raise errors.InvalidParams(f"'{self._name(name)}' is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.InvalidParams(f"'{self._name(name)}' must be an integer")
+        if not minimum <= value <= maximum:
+            raise errors.InvalidParams(
+                f"'{self._name(name)}' must be between {minimum} and {maximum}, got {value}",
+                field=self._name(name),
+            )
+        return value
+
+    def raw(self, name: str) -> Any:
+        return self._get(name)
+
+    def has(self, name: str) -> bool:
+        return name in self._params
+
+    def done(self) -> None:
+        extra = set(self._params) - self._seen
+        if extra:
+            raise errors.InvalidParams(
+                f"unknown fields in {self._where}: {', '.join(sorted(extra))}"
+            )
+
+
+def check_topic_name(name: Any) -> str:
+    """Topic names: 1-249 of C{[A-Za-z0-9._-]}, and not C{.} or C{..} (as Kafka)."""
+    if not isinstance(name, str):
+        raise errors.InvalidParams("'topic' must be a string")
+    if not _TOPIC_RE.fullmatch(name) or name in (".", ".."):
+        raise errors.InvalidTopic(
+            f"invalid topic name {name[:260]!r}: use 1-249 characters from [A-Za-z0-9._-], not '.' or '..'"
+        )
+    return name
+
+
+def _topic(p: _Params) -> str:
+    if not p.has("topic"):
+        raise errors.InvalidParams("'topic' is required")
+    return check_topic_name(p.raw("topic"))
+
+
+def _acks(p: _Params) -> str:
+    acks = p.raw("acks")
+    if acks is None:
+        return "all"
+    if acks not in ACKS:
+        raise errors.InvalidParams("'acks' must be one of 'all', 'leader', 'none'")
+    return acks
+
+
+def _message(p: _Params, limits: Limits) -> Message:
+    if not p.has("value"):
+        raise errors.InvalidParams(f"'{p._name('value')}' is required (it may be null)")
+    value = p.raw("value")
+    key = p.string("key", required=False, nullable=True)
+    partition = p.integer("partition", maximum=limits.max_partitions - 1)
+    headers = p.raw("headers")
+    if headers is not None:
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise errors.InvalidParams(f"'{p._name('headers')}' must be an object of strings")
+    p.done()
+    return Message(value=value, key=key, partition=partition, headers=headers or None)
+
+
+def parse_send(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
+    p = _Params(params)
+    topic = _topic(p)
+    acks = _acks(p)
+    message = _message(_Params({k: v for k, v in params.items() if k not in ("topic", "acks")}), limits)
+    return SendParams(topic=topic, messages=[message], acks=acks)
+
+
+def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
+    p = _Params(params)
+    topic = _topic(p)
+    acks = _acks(p)
+    raw = p.raw("messages")
+    p.done()
+    if not isinstance(raw, list):
+        raise errors.InvalidParams("'messages' must be an array")
+    if not raw:
+        raise errors.InvalidParams("'messages' must not be empty")
+    if len(raw) > limits.max_batch_messages:
+        raise errors.BatchTooLarge(
+            f"batch of {len(raw)} messages exceeds the limit of {limits.max_batch_messages}",
+            limit=limits.max_batch_messages,
+        )
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise errors.InvalidParams(f"'messages[{i}]' must be an object")
+        messages.append(_message(_Params(m, f"messages[{i}]"), limits))
+    return SendParams(topic=topic, messages=messages, acks=acks)
+
+
+def parse_poll(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> PollParams:
+    p = _Params(params)
+    topic = _topic(p)
+    result = PollParams(
+        topic=topic,
+        partition=p.integer("partition", default=0, maximum=limits.max_partitions - 1),
+        offset=p.integer("offset", required=True),
+        max_messages=p.integer("max_messages", default=limits.max_poll_messages, minimum=1,
+                               maximum=limits.max_poll_messages),
+        max_bytes=p.integer("max_bytes", default=limits.default_poll_bytes, minimum=1,
+                            maximum=limits.max_poll_bytes),
+        max_wait_ms=p.integer("max_wait_ms", default=0, maximum=limits.max_wait_ms),
+    )
+    p.done()
+    return result
+
+
+_CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
+
+
+def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> CreateTopicParams:
+    p = _Params(params)
+    topic = _topic(p)
+    partitions = p.integer("partitions", default=1, minimum=1, maximum=limits.max_partitions)
+    config = p.raw("config") or {}
+    p.done()
+    if not isinstance(config, dict):
+        raise errors.InvalidParams("'config' must be an object")
+    c = _Params(config, "config")
+    values = {
+        "retention_ms": c.integer("retention_ms", minimum=1),
+        "retention_bytes": c.integer("retention_bytes", minimum=1),
+        "segment_bytes": c.integer("segment_bytes", minimum=1024),
+        "segment_ms": c.integer("segment_ms", minimum=1),
+    }
+    c.done()
+    return CreateTopicParams(topic=topic, partitions=partitions, config=TopicConfig(**values))
+
+
+def parse_topic_only(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
+    p = _Params(params)
+    topic = _topic(p)
+    p.done()
+    return topic
+
+
+def parse_list_offsets(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> ListOffsetsParams:
+    p = _Params(params)
+    topic = _topic(p)
+    partition = p.integer("partition", default=0, maximum=limits.max_partitions - 1)
+    at = p.raw("at")
+    p.done()
+    if at is None:
+        at = "latest"
+    if isinstance(at, bool) or not (at in ("earliest", "latest") or isinstance(at, int)):
+        raise errors.InvalidParams("'at' must be 'earliest', 'latest' or a timestamp in milliseconds")
+    if isinstance(at, int) and not 0 <= at <= MAX_INT64:
+        raise errors.InvalidParams("'at' timestamp must be between 0 and 2**63-1")
+    return ListOffsetsParams(topic=topic, partition=partition, at=at)
+
+
+def parse_empty(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:
+    _Params(params).done()
+
+
+# --- encoding answers ----------------------------------------------------------
+
+
+def encode_result(rid: int | str | None, result: Any) -> bytes:
+    """One answer line (with its newline).  C{result} may hold C{orjson.Fragment}s."""
+    return orjson.dumps({"id": rid, "result": result}) + b"\n"
+
+
+def encode_error(rid: int | str | None, error: errors.StreamlogError) -> bytes:
+    return orjson.dumps({"id": rid, "error": error.to_wire()}) + b"\n"
+
+
+def encode_request(rid: int | str, method: str, params: dict[str, Any]) -> bytes:
+    """One request line (client side)."""
+    return orjson.dumps({"id": rid, "method": method, "params": params}) + b"\n"
+
+
+def encode_record(offset: int, timestamp: int, message: Message) -> bytes:
+    """A record as stored and served (ARCHITECTURE.md decision 3)."""
+    return orjson.dumps(
+        {
+            "offset": offset,
+            "timestamp": timestamp,
+            "key": message.key,
+            "value": message.value,
+            "headers": message.headers or {},
+        }
+    )
