@@ -122,12 +122,16 @@ def decode_request(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
         raise errors.ParseError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise errors.InvalidRequest("a request must be a JSON object")
-    check_depth(line, obj, limits.max_depth)
     rid = obj.get("id")
     if not _valid_id(rid, limits):
         raise errors.InvalidRequest(
             f"'id' must be an integer or a string of at most {limits.max_id_length} characters"
         )
+    try:
+        check_depth(line, obj, limits.max_depth)
+    except errors.NestingTooDeep as e:
+        e.request_id = rid  # type: ignore[attr-defined]
+        raise
     method = obj.get("method")
     if not isinstance(method, str):
         raise _invalid("'method' must be a string", rid)

@@ -1,0 +1,267 @@
+"""Every kind of bad input gets its documented error code, and the server keeps serving."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streamlog import wire
+from streamlog.testing import BrokerHarness
+
+BAD_LINES = [
+    # (line, code, id echoed)
+    (b"not json", "PARSE_ERROR", None),
+    (b'{"id": 1, "method": "Send"', "PARSE_ERROR", None),
+    (b"\xff\xfe{}", "PARSE_ERROR", None),
+    (b'{"id":1,"method":"Send","params":{"topic":"t","value":"\\ud800"}}', "PARSE_ERROR", None),
+    (b'{"id":1,"method":"Send","params":{"topic":"t","value":NaN}}', "PARSE_ERROR", None),
+    (b'{"id":1,"method":"Send","params":{"topic":"t","value":Infinity}}', "PARSE_ERROR", None),
+    (b'{"id":1,"method":"Send","params":{"topic":"t","value":1e999}}', "PARSE_ERROR", None),
+    (b"[1,2,3]", "INVALID_REQUEST", None),
+    (b'"just a string"', "INVALID_REQUEST", None),
+    (b"{}", "INVALID_REQUEST", None),
+    (b'{"id": true, "method": "Ping"}', "INVALID_REQUEST", None),
+    (b'{"id": 1.5, "method": "Ping"}', "INVALID_REQUEST", None),
+    (b'{"id": [1], "method": "Ping"}', "INVALID_REQUEST", None),
+    (b'{"id": 7, "method": 5}', "INVALID_REQUEST", 7),
+    (b'{"id": 7}', "INVALID_REQUEST", 7),
+    (b'{"id": 7, "method": "Ping", "params": [1]}', "INVALID_REQUEST", 7),
+    (b'{"id": 7, "method": "Ping", "extra": 1}', "INVALID_REQUEST", 7),
+    (b'{"id": 7, "method": "Explode"}', "METHOD_NOT_FOUND", 7),
+    (b'{"id": 7, "method": "Send", "params": {}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": 5, "value": 1}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "key": 5}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "headers": {"a": 1}}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "headers": [1]}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "partition": -1}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "partition": "0"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "acks": "some"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "colour": "red"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "bad name", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "..", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "' + b"a" * 250 + b'", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": []}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": {}}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": [1]}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": [{"key": "k"}]}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": -1}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": 1.5}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": true}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": 9223372036854775808}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": 0, "max_messages": 0}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": 0, "max_wait_ms": 3600000}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "nope", "offset": 0}}', "UNKNOWN_TOPIC", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "partition": 3, "offset": 0}}', "UNKNOWN_PARTITION", 7),
+    (b'{"id": 7, "method": "Poll", "params": {"topic": "t", "offset": 99}}', "OFFSET_OUT_OF_RANGE", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": "x", "partitions": 0}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": "x", "partitions": 100000}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": "x", "config": {"retention_ms": -5}}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": "x", "config": {"colour": 1}}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": "t"}}', "TOPIC_EXISTS", 7),
+    (b'{"id": 7, "method": "ListOffsets", "params": {"topic": "t", "at": "yesterday"}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "ListOffsets", "params": {"topic": "t", "at": -1}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Ping", "params": {"x": 1}}', "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Ping", "params": {"v": ' + b"[" * 70 + b"]" * 70 + b"}}", "NESTING_TOO_DEEP", 7),
+    (b'{"id": 7, "method": "Ping", "params": {"v": ' + b"[" * 2000 + b"]" * 2000 + b"}}", "NESTING_TOO_DEEP", None),
+]
+
+
+@pytest.fixture
+def harness(clock):
+    h = BrokerHarness(clock=clock)
+    h.connect().call("Send", {"topic": "t", "value": "first"})
+    yield h
+    h.stop()
+
+
+@pytest.mark.parametrize("line,code,rid", BAD_LINES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(BAD_LINES)])
+def test_bad_input_gets_its_error_and_the_connection_keeps_serving(harness, line, code, rid):
+    conn = harness.connect()
+    conn.send_line(line)
+    [answer] = conn.answers()
+    assert answer["error"]["code"] == code, answer
+    assert answer["id"] == rid
+    assert isinstance(answer["error"]["message"], str) and answer["error"]["message"]
+    assert not conn.closed
+    # The same connection still works, and the log holds exactly what it held.
+    polled = conn.call("Poll", {"topic": "t", "offset": 0})["result"]
+    assert [m["value"] for m in polled["messages"]] == ["first"]
+
+
+def test_depth_limit_is_configurable(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_depth=5))
+    conn = h.connect()
+    deep = {"topic": "t", "value": [[["x"]]]}  # request depth 5: envelope, params, 3 lists
+    assert "result" in conn.call("Send", deep)
+    assert conn.call("Send", {"topic": "t", "value": [[[["x"]]]]})["error"]["code"] == "NESTING_TOO_DEEP"
+    h.stop()
+
+
+def test_duplicate_keys_keep_the_last_value(harness):
+    # RFC 8259 leaves duplicate names undefined; streamlog documents last-wins (as orjson and JS).
+    conn = harness.connect()
+    conn.send_line(b'{"id":1,"method":"Send","params":{"topic":"d","value":{"a":1,"a":2}}}')
+    assert "result" in conn.answers()[0]
+    assert conn.call("Poll", {"topic": "d", "offset": 0})["result"]["messages"][0]["value"] == {"a": 2}
+
+
+def test_oversized_message_is_refused_and_nothing_is_appended(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_message_bytes=200))
+    conn = h.connect()
+    ok = conn.call("Send", {"topic": "t", "value": "x" * 50})
+    assert "result" in ok
+    error = conn.call("SendBatch", {"topic": "t", "messages": [{"value": "y"}, {"value": "z" * 300}]})["error"]
+    assert error["code"] == "MESSAGE_TOO_LARGE" and error["limit"] == 200
+    described = conn.call("DescribeTopic", {"topic": "t"})["result"]
+    assert described["partitions"][0]["log_end_offset"] == 1
+    h.stop()
+
+
+def test_oversized_batch_is_refused(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_batch_messages=3))
+    conn = h.connect()
+    error = conn.call("SendBatch", {"topic": "t", "messages": [{"value": i} for i in range(4)]})["error"]
+    assert error["code"] == "BATCH_TOO_LARGE" and error["limit"] == 3
+    assert "result" in conn.call("SendBatch", {"topic": "t", "messages": [{"value": i} for i in range(3)]})
+    h.stop()
+
+
+def test_too_long_line_is_answered_then_the_connection_closes(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_line_bytes=100))
+    conn = h.connect()
+    other = h.connect()
+    conn.protocol.dataReceived(b'{"id":1,"method":"Send","params":{"topic":"t","value":"' + b"x" * 200)
+    [answer] = conn.answers()
+    assert answer == {"id": None, "error": {"code": "LINE_TOO_LONG", "message": answer["error"]["message"], "limit": 100}}
+    assert conn.closed
+    assert other.call("Ping")["result"]["pong"] is True
+    h.stop()
+
+
+def test_too_long_line_with_its_newline_is_refused_too(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_line_bytes=100))
+    conn = h.connect()
+    conn.send_line(wire.encode_request(1, "Send", {"topic": "t", "value": "x" * 200}).rstrip(b"\n"))
+    assert conn.answers()[0]["error"]["code"] == "LINE_TOO_LONG"
+    assert conn.closed
+    h.stop()
+
+
+def test_a_line_exactly_at_the_limit_is_accepted(clock):
+    line = wire.encode_request(1, "Send", {"topic": "t", "value": "x"}).rstrip(b"\n")
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_line_bytes=len(line)))
+    conn = h.connect()
+    conn.send_line(line)
+    assert "result" in conn.answers()[0]
+    h.stop()
+
+
+def test_connection_limit_refuses_the_extra_connection(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_connections=2))
+    first, second = h.connect(), h.connect()
+    third = h.connect()
+    [answer] = third.answers()
+    assert answer["error"]["code"] == "TOO_MANY_CONNECTIONS"
+    assert third.closed
+    assert first.call("Ping")["result"]["pong"] and second.call("Ping")["result"]["pong"]
+    third.lose()
+    fourth = h.connect()  # a slot is free again
+    assert fourth.call("Ping")["result"]["pong"]
+    h.stop()
+
+
+def test_in_flight_limit_stops_reading_until_answers_go_out(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_in_flight=2))
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    polls = b"".join(
+        wire.encode_request(i, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 1000}) for i in range(3)
+    )
+    conn.protocol.dataReceived(polls + wire.encode_request(99, "Ping", {}))
+    assert conn.protocol.in_flight == 2
+    assert conn.transport.producerState == "paused"
+    assert conn.answers() == []
+    clock.advance(1.0)  # the first two polls time out, reading resumes: the third poll waits, Ping answers
+    answered = [a["id"] for a in conn.answers()]
+    assert answered == [0, 1, 99]
+    assert conn.protocol.in_flight == 1
+    clock.advance(1.0)
+    assert [a["id"] for a in conn.answers()] == [2]
+    h.stop()
+
+
+def test_a_client_that_never_reads_is_disconnected_past_the_outbound_limit(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_outbound_bytes=1000))
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    for i in range(10):
+        conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60000})
+    # Twisted calls pauseProducing once its write buffer is full (the client is not reading).
+    conn.protocol.pauseProducing()
+    assert conn.transport.producerState == "paused"  # no more requests are read
+    # Data arrives: the ten answers owed (about 200 bytes each) pass the 1000-byte limit.
+    other = h.connect()
+    other.call("Send", {"topic": "t", "value": "x" * 100})
+    assert conn.transport.disconnecting
+    assert other.call("Ping")["result"]["pong"]
+    h.stop()
+
+
+def test_answers_owed_within_the_outbound_limit_are_kept(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_outbound_bytes=100_000))
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    for i in range(10):
+        conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60000})
+    conn.protocol.pauseProducing()
+    h.connect().call("Send", {"topic": "t", "value": "x" * 100})
+    assert not conn.transport.disconnecting
+    conn.protocol.resumeProducing()
+    assert len(conn.answers()) == 10
+    h.stop()
+
+
+def test_idle_connections_are_closed_and_busy_ones_kept(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(idle_timeout=10, partial_line_timeout=0))
+    idle = h.connect()
+    waiting = h.connect()
+    waiting.call("CreateTopic", {"topic": "t"})
+    waiting.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60000})
+    clock.pump([1.0] * 12)
+    assert idle.closed
+    assert not waiting.closed  # a request in flight is not idleness
+    h.stop()
+    clock.advance(60)
+
+
+def test_partial_line_timeout_closes_a_stalled_request(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(partial_line_timeout=5, idle_timeout=0))
+    conn = h.connect()
+    conn.protocol.dataReceived(b'{"id":1,"meth')
+    clock.pump([1.0] * 4)
+    conn.protocol.dataReceived(b'od":"Pi')  # still partial: the clock keeps running
+    clock.pump([1.0] * 2)
+    assert conn.closed
+    h.stop()
+
+
+def test_bad_input_never_stops_other_connections(clock):
+    h = BrokerHarness(clock=clock)
+    good = h.connect()
+    for line, _, _ in BAD_LINES:
+        bad = h.connect()
+        bad.send_line(line)
+    acks = [good.call("Send", {"topic": "ok", "value": i})["result"]["offset"] for i in range(3)]
+    assert acks == [0, 1, 2]
+    h.stop()
+
+
+def test_errors_are_json_objects_with_code_and_message(harness):
+    conn = harness.connect()
+    conn.send_line(b"][")
+    raw = conn.transport.value()
+    parsed = orjson.loads(raw)
+    assert set(parsed) == {"id", "error"} and set(parsed["error"]) >= {"code", "message"}

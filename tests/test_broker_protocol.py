@@ -1,0 +1,254 @@
+"""The broker over its JSON-lines protocol, on in-memory transports and a Clock."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streamlog import wire
+from streamlog.broker.broker import BrokerConfig
+from streamlog.partitioner import partition_for_key
+from streamlog.testing import BrokerHarness
+
+
+@pytest.fixture
+def harness(clock):
+    h = BrokerHarness(clock=clock)
+    yield h
+    h.stop()
+
+
+def make_harness(clock, **kwargs):
+    return BrokerHarness(clock=clock, **kwargs)
+
+
+def test_send_then_poll_returns_the_message_at_its_offset(harness):
+    conn = harness.connect()
+    ack = conn.call("Send", {"topic": "orders", "value": {"n": 1}, "key": "k", "headers": {"h": "v"}})["result"]
+    assert ack["topic"] == "orders" and ack["partition"] == 0 and ack["offset"] == 0
+    assert ack["durability"] == "written"
+    assert ack["timestamp"] == 0  # the Clock starts at 0
+    polled = conn.call("Poll", {"topic": "orders", "partition": 0, "offset": 0, "max_messages": 1})["result"]
+    assert polled == {
+        "messages": [{"offset": 0, "timestamp": 0, "key": "k", "value": {"n": 1}, "headers": {"h": "v"}}],
+        "next_offset": 1,
+        "high_watermark": 1,
+        "log_start_offset": 0,
+    }
+
+
+def test_offsets_are_dense_and_in_send_order(harness):
+    conn = harness.connect()
+    offsets = [conn.call("Send", {"topic": "t", "value": i})["result"]["offset"] for i in range(20)]
+    assert offsets == list(range(20))
+    result = conn.call("Poll", {"topic": "t", "partition": 0, "offset": 5, "max_messages": 3})["result"]
+    assert [m["value"] for m in result["messages"]] == [5, 6, 7]
+    assert result["next_offset"] == 8
+
+
+def test_send_batch_is_placed_per_partition_in_order(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 3})
+    messages = [{"value": i, "key": f"key-{i % 4}"} for i in range(12)]
+    result = conn.call("SendBatch", {"topic": "t", "messages": messages})["result"]
+    expected: dict[int, list[int]] = {}
+    for i, m in enumerate(messages):
+        expected.setdefault(partition_for_key(m["key"], 3), []).append(i)
+    placed = {p["partition"]: p for p in result["partitions"]}
+    assert set(placed) == set(expected)
+    for partition, values in expected.items():
+        assert placed[partition]["count"] == len(values)
+        polled = conn.call("Poll", {"topic": "t", "partition": partition, "offset": 0})["result"]
+        assert [m["value"] for m in polled["messages"]] == values
+        assert [m["offset"] for m in polled["messages"]] == list(range(len(values)))
+
+
+def test_unkeyed_messages_round_robin_across_requests(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 3})
+    partitions = [conn.call("Send", {"topic": "t", "value": i})["result"]["partition"] for i in range(6)]
+    assert partitions == [0, 1, 2, 0, 1, 2]
+
+
+def test_explicit_partition_wins_over_key(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 4})
+    ack = conn.call("Send", {"topic": "t", "value": 1, "key": "x", "partition": 3})["result"]
+    assert ack["partition"] == 3
+
+
+def test_send_to_missing_partition_is_unknown_partition_and_appends_nothing(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 2})
+    error = conn.call("SendBatch", {"topic": "t", "messages": [{"value": 1, "partition": 0}, {"value": 2, "partition": 5}]})["error"]
+    assert error["code"] == "UNKNOWN_PARTITION"
+    described = conn.call("DescribeTopic", {"topic": "t"})["result"]
+    assert all(p["log_end_offset"] == 0 for p in described["partitions"])
+
+
+def test_long_poll_waits_for_data_without_blocking_the_connection(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    poll_id = conn.request("Poll", {"topic": "t", "partition": 0, "offset": 0, "max_wait_ms": 5000})
+    assert conn.answers() == []
+    send_id = conn.request("Send", {"topic": "t", "value": "hello"})
+    answers = conn.answers()
+    # The Send's answer and the waiting Poll's answer both arrive (in either order).
+    by_id = {a["id"]: a for a in answers}
+    assert set(by_id) == {send_id, poll_id}
+    assert by_id[poll_id]["result"]["messages"][0]["value"] == "hello"
+
+
+def test_long_poll_times_out_with_nothing(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    rid = conn.request("Poll", {"topic": "t", "partition": 0, "offset": 0, "max_wait_ms": 250})
+    harness.clock.advance(0.249)
+    assert conn.answers() == []
+    harness.clock.advance(0.002)
+    [answer] = conn.answers()
+    assert answer["id"] == rid
+    assert answer["result"]["messages"] == [] and answer["result"]["next_offset"] == 0
+
+
+def test_long_poll_is_forgotten_when_the_connection_drops(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    conn.request("Poll", {"topic": "t", "partition": 0, "offset": 0, "max_wait_ms": 5000})
+    partition = harness.broker.partition("t", 0)
+    assert partition.waiting == 1
+    conn.lose()
+    assert partition.waiting == 0
+    assert not harness.clock.getDelayedCalls() or all(
+        "sweep" in repr(c.func) for c in harness.clock.getDelayedCalls()
+    )
+
+
+def test_delete_topic_wakes_waiting_polls_with_unknown_topic(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    rid = conn.request("Poll", {"topic": "t", "partition": 0, "offset": 0, "max_wait_ms": 5000})
+    other = harness.connect()
+    assert other.call("DeleteTopic", {"topic": "t"})["result"] == {"topic": "t", "deleted": True}
+    [answer] = conn.answers()
+    assert answer["id"] == rid and answer["error"]["code"] == "UNKNOWN_TOPIC"
+
+
+def test_acks_none_gets_no_answer_but_is_appended(harness):
+    conn = harness.connect()
+    conn.request("Send", {"topic": "t", "value": 1, "acks": "none"})
+    assert conn.answers() == []
+    assert conn.call("Poll", {"topic": "t", "offset": 0})["result"]["messages"][0]["value"] == 1
+
+
+def test_acks_leader_answers_with_its_durability(harness):
+    conn = harness.connect()
+    assert conn.call("Send", {"topic": "t", "value": 1, "acks": "leader"})["result"]["durability"] == "written"
+
+
+def test_topic_admin_methods(harness):
+    conn = harness.connect()
+    created = conn.call("CreateTopic", {"topic": "a", "partitions": 2, "config": {"retention_ms": 1000}})["result"]
+    assert created["topic"] == "a" and len(created["partitions"]) == 2
+    assert created["config"]["retention_ms"] == 1000
+    assert conn.call("CreateTopic", {"topic": "a"})["error"]["code"] == "TOPIC_EXISTS"
+    conn.call("CreateTopic", {"topic": "b"})
+    assert conn.call("ListTopics", {})["result"] == {
+        "topics": [{"topic": "a", "partitions": 2}, {"topic": "b", "partitions": 1}]
+    }
+    conn.call("DeleteTopic", {"topic": "a"})
+    assert conn.call("DescribeTopic", {"topic": "a"})["error"]["code"] == "UNKNOWN_TOPIC"
+    assert conn.call("DeleteTopic", {"topic": "a"})["error"]["code"] == "UNKNOWN_TOPIC"
+
+
+def test_list_offsets_earliest_latest_and_by_timestamp(harness):
+    conn = harness.connect()
+    for i in range(3):
+        conn.call("Send", {"topic": "t", "value": i})
+        harness.clock.advance(1.0)
+    assert conn.call("ListOffsets", {"topic": "t", "at": "earliest"})["result"]["offset"] == 0
+    assert conn.call("ListOffsets", {"topic": "t", "at": "latest"})["result"]["offset"] == 3
+    assert conn.call("ListOffsets", {"topic": "t", "at": 1000})["result"]["offset"] == 1
+    assert conn.call("ListOffsets", {"topic": "t", "at": 1500})["result"]["offset"] == 2
+    assert conn.call("ListOffsets", {"topic": "t", "at": 99_000})["result"]["offset"] == 3
+
+
+def test_auto_create_off_refuses_unknown_topics(clock):
+    h = make_harness(clock, config=BrokerConfig(auto_create_topics=False))
+    conn = h.connect()
+    assert conn.call("Send", {"topic": "t", "value": 1})["error"]["code"] == "UNKNOWN_TOPIC"
+    h.stop()
+
+
+def test_auto_created_topics_get_the_default_partition_count(clock):
+    h = make_harness(clock, config=BrokerConfig(default_partitions=4))
+    conn = h.connect()
+    conn.call("Send", {"topic": "t", "value": 1})
+    assert len(conn.call("DescribeTopic", {"topic": "t"})["result"]["partitions"]) == 4
+    h.stop()
+
+
+def test_poll_offsets_outside_the_log_are_out_of_range(harness):
+    conn = harness.connect()
+    conn.call("Send", {"topic": "t", "value": 1})
+    error = conn.call("Poll", {"topic": "t", "offset": 2})["error"]
+    assert error["code"] == "OFFSET_OUT_OF_RANGE"
+    assert error["log_start_offset"] == 0 and error["high_watermark"] == 1
+    # The end itself is where a consumer waits: an empty answer, not an error.
+    assert conn.call("Poll", {"topic": "t", "offset": 1})["result"]["messages"] == []
+
+
+def test_poll_below_retention_start_is_out_of_range_with_the_new_start(clock):
+    h = make_harness(clock)
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t", "config": {"retention_ms": 1000}})
+    conn.call("Send", {"topic": "t", "value": 0})
+    clock.advance(5)
+    conn.call("Send", {"topic": "t", "value": 1})
+    h.broker.apply_retention()
+    error = conn.call("Poll", {"topic": "t", "offset": 0})["error"]
+    assert error["code"] == "OFFSET_OUT_OF_RANGE" and error["log_start_offset"] == 1
+    assert conn.call("Poll", {"topic": "t", "offset": 1})["result"]["messages"][0]["value"] == 1
+    h.stop()
+
+
+def test_poll_max_bytes_returns_at_least_one_message(harness):
+    conn = harness.connect()
+    conn.call("SendBatch", {"topic": "t", "messages": [{"value": "x" * 100} for _ in range(5)]})
+    result = conn.call("Poll", {"topic": "t", "offset": 0, "max_bytes": 10})["result"]
+    assert len(result["messages"]) == 1 and result["next_offset"] == 1
+    result = conn.call("Poll", {"topic": "t", "offset": 1, "max_bytes": 400})["result"]
+    assert 1 < len(result["messages"]) < 4
+
+
+def test_string_ids_are_echoed(harness):
+    conn = harness.connect()
+    conn.request("Ping", {}, rid="abc-1")
+    [answer] = conn.answers()
+    assert answer["id"] == "abc-1" and answer["result"]["pong"] is True
+
+
+def test_the_encoded_answer_is_one_line_per_request(harness):
+    conn = harness.connect()
+    conn.send_line(b'{"id":1,"method":"Send","params":{"topic":"t","value":"a\\nb"}}')
+    conn.send_line(b'{"id":2,"method":"Poll","params":{"topic":"t","offset":0}}')
+    raw = conn.transport.value()
+    assert raw.count(b"\n") == 2
+    assert orjson.loads(raw.split(b"\n")[1])["result"]["messages"][0]["value"] == "a\nb"
+
+
+def test_many_pipelined_lines_in_one_read_are_all_answered(harness):
+    conn = harness.connect()
+    lines = b"".join(wire.encode_request(i, "Send", {"topic": "t", "value": i}) for i in range(2000))
+    conn.protocol.dataReceived(lines)
+    answers = conn.answers()
+    assert [a["result"]["offset"] for a in answers] == list(range(2000))
+
+
+def test_a_line_split_across_reads_is_reassembled(harness):
+    conn = harness.connect()
+    line = wire.encode_request(1, "Send", {"topic": "t", "value": "split"})
+    for byte in range(len(line)):
+        conn.protocol.dataReceived(line[byte : byte + 1])
+    [answer] = conn.answers()
+    assert answer["result"]["offset"] == 0
