@@ -1,0 +1,470 @@
+"""The Twisted client: one JSON-lines RPC connection, and a reconnecting client over it.
+
+L{ClientProtocol} is the client's edge: it numbers requests, writes them
+(pipelined: many may be in flight), matches answers to requests by id (they
+may come back out of order), fails a request that gets no answer within its
+timeout, and fails every request in flight when the connection drops.  It
+knows nothing about reconnecting.
+
+L{StreamlogClient} owns a L{ClientService} that connects, and reconnects with
+exponential backoff and jitter while the server is unreachable.  A request
+made while there is no connection waits for one, bounded by its own timeout.
+A request in flight when the connection drops fails with
+L{errors.ConnectionLost}: the caller decides whether to retry (a retried Send
+may be appended twice until idempotent producers land).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Callable
+
+import orjson
+from twisted.application.internet import ClientService
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from streamlog import errors, wire
+from streamlog.protocol import FastLineReceiver
+
+DEFAULT_ADDRESS = "tcp:127.0.0.1:7070"
+#: Longest answer line the client accepts: a Poll may return up to 16 MiB of
+#: messages (the server's max_poll_bytes) plus the envelope.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
+
+
+class _Pending:
+    __slots__ = ("deferred", "timer", "method")
+
+    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str) -> None:
+        self.deferred = deferred
+        self.timer = timer
+        self.method = method
+
+
+class ClientProtocol(FastLineReceiver):
+    """One client connection: request ids to Deferreds, timeouts, typed errors.
+
+    @ivar on_lost: called with the failure reason once the connection is gone
+        (after every pending request has been failed).
+    """
+
+    _log = Logger()
+    MAX_LENGTH = MAX_ANSWER_BYTES
+
+    def __init__(self, clock: IReactorTime | None = None, request_timeout: float | None = 30.0) -> None:
+        self.clock = clock if clock is not None else _default_clock()
+        self.request_timeout = request_timeout
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._fatal: errors.StreamlogError | None = None
+        self.connected = False
+        self.on_lost: Callable[[Failure], object] | None = None
+
+    # --- connection life ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:  # e.g. a UNIX socket
+                pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        for rid, p in pending.items():
+            if p.timer is not None and p.timer.active():
+                p.timer.cancel()
+            if self._fatal is not None and self._fatal.code == "TOO_MANY_CONNECTIONS":
+                error: errors.StreamlogError = errors.from_wire(self._fatal.to_wire())
+            else:
+                why = f": {self._fatal.message}" if self._fatal is not None else ""
+                error = errors.ConnectionLost(
+                    f"connection lost before the answer to {p.method} (id {rid}){why}",
+                    method=p.method,
+                )
+            p.deferred.errback(error)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests written and not yet answered."""
+        return len(self._pending)
+
+    # --- requests ------------------------------------------------------------------
+
+    def request(self, method: str, params: dict[str, Any] | None = None,
+                timeout: float | None = None, expect_answer: bool = True) -> Deferred:
+        """Write one request; the Deferred fires with its C{result} or fails with a L{errors.StreamlogError}.
+
+        C{timeout} defaults to the protocol's C{request_timeout} (None: wait
+        forever).  With C{expect_answer=False} (a Send with acks "none") the
+        request is written and the Deferred fires with None at once.
+        Cancelling the Deferred forgets the request (a late answer is ignored).
+        """
+        if not self.connected or self.transport is None:
+            return fail(errors.ConnectionLost(f"not connected: {method} was not sent", method=method))
+        rid = self._next_id
+        self._next_id += 1
+        line = wire.encode_request(rid, method, params or {})
+        if not expect_answer:
+            self.transport.write(line)
+            return succeed(None)
+        d = Deferred(lambda _: self._forget(rid))
+        if timeout is None:
+            timeout = self.request_timeout
+        timer = self.clock.callLater(timeout, self._timed_out, rid, timeout) if timeout is not None else None
+        self._pending[rid] = _Pending(d, timer, method)
+        self.transport.write(line)
+        return d
+
+    def _forget(self, rid: int) -> None:
+        p = self._pending.pop(rid, None)
+        if p is not None and p.timer is not None and p.timer.active():
+            p.timer.cancel()
+
+    def _timed_out(self, rid: int, timeout: float) -> None:
+        p = self._pending.pop(rid, None)
+        if p is None:
+            return
+        p.timer = None
+        p.deferred.errback(errors.Timeout(
+            f"no answer to {p.method} (id {rid}) within {timeout:g}s", method=p.method, timeout=timeout))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            answer = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            self._log.warn("closing: the server sent a line that is not JSON: {error}", error=e)
+            self._fatal = errors.ParseError(f"the server sent invalid JSON: {e}")
+            self.transport.loseConnection()
+            return
+        if not isinstance(answer, dict):
+            self._log.warn("ignoring an answer that is not an object: {line!r}", line=line[:200])
+            return
+        rid = answer.get("id")
+        error = answer.get("error")
+        if rid is None:
+            # The server could not tie the error to a request: it could not parse
+            # ours (a bug on our side), or it is about to close the connection.
+            if isinstance(error, dict):
+                exc = errors.from_wire(error)
+                self._log.warn("server error without a request id: {code}: {message}",
+                               code=exc.code, message=exc.message)
+                self._fatal = exc
+            return
+        p = self._pending.pop(rid, None) if isinstance(rid, int) and not isinstance(rid, bool) else None
+        if p is None:
+            return  # timed out or cancelled already
+        if p.timer is not None and p.timer.active():
+            p.timer.cancel()
+        if isinstance(error, dict):
+            p.deferred.errback(errors.from_wire(error))
+        else:
+            p.deferred.callback(answer.get("result"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._log.warn("closing: an answer line is longer than {n} bytes", n=self.MAX_LENGTH)
+        self._fatal = errors.LineTooLong(f"an answer line is longer than {self.MAX_LENGTH} bytes")
+        self.transport.loseConnection()
+
+
+class _ClientFactory(Factory):
+    def __init__(self, client: "StreamlogClient") -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        proto = ClientProtocol(self.client.clock, self.client.request_timeout)
+        proto.factory = self
+        return proto
+
+
+_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "tor", "systemd", "host")
+
+
+def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
+    """An endpoint from an endpoint, an endpoint string (C{"tcp:HOST:PORT"}), C{"HOST:PORT"} or C{(host, port)}."""
+    if not isinstance(address, (str, tuple)):
+        return address
+    if reactor is None:
+        from twisted.internet import reactor
+    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES:
+        return endpoints.clientFromString(reactor, address)
+    host, port = parse_address(address)
+    return endpoints.HostnameEndpoint(reactor, host, port)
+
+
+def parse_address(address: Any) -> tuple[str, int]:
+    """C{"tcp:HOST:PORT"}, C{"HOST:PORT"} or C{(host, port)} as a host and a port (for the blocking client)."""
+    if isinstance(address, tuple):
+        host, port = address
+        return str(host), int(port)
+    text = str(address)
+    if text.startswith("tcp:"):
+        positional = [p for p in text[4:].split(":") if "=" not in p]
+        named = dict(p.split("=", 1) for p in text[4:].split(":") if "=" in p)
+        host = named.get("host", positional[0] if positional else None)
+        port = named.get("port", positional[1] if len(positional) > 1 else None)
+        if host is None or port is None or not str(port).isdigit():
+            raise ValueError(f"cannot read a host and port from {address!r}")
+        return host, int(port)
+    if text.startswith("[") and "]:" in text:  # [::1]:7070
+        host, _, port = text[1:].partition("]:")
+        return host, int(port)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"cannot read an address from {address!r}: use HOST:PORT or tcp:HOST:PORT")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ValueError(f"bad port in address {address!r}") from None
+
+
+def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = None) -> Callable[[int], float]:
+    """Exponential backoff with "equal jitter" for L{ClientService}.
+
+    After the n-th failed attempt (n >= 1) the wait is between d/2 and d,
+    d = min(maximum, minimum * 2**(n-1)).
+    """
+    rng = rng or _random.Random()
+
+    def policy(attempt: int) -> float:
+        delay = min(maximum, minimum * (2 ** min(max(attempt - 1, 0), 64)))
+        return delay / 2 + rng.random() * delay / 2
+
+    return policy
+
+
+class _Waiting:
+    __slots__ = ("method", "params", "timeout", "expect_answer", "deferred", "timer", "inner")
+
+    def __init__(self, method: str, params: dict[str, Any], timeout: float | None, expect_answer: bool) -> None:
+        self.method = method
+        self.params = params
+        self.timeout = timeout
+        self.expect_answer = expect_answer
+        self.deferred: Deferred = Deferred(self._cancel)
+        self.timer: IDelayedCall | None = None
+        self.inner: Deferred | None = None
+
+    def _cancel(self, _: Deferred) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.inner is not None:
+            self.inner.cancel()
+
+
+class StreamlogClient:
+    """A reconnecting client: pipelined requests with timeouts over one connection.
+
+    @param endpoint_or_address: an C{IStreamClientEndpoint}, an endpoint string
+        (C{"tcp:127.0.0.1:7070"}), C{"HOST:PORT"} or C{(host, port)}.
+    @param clock: schedules timeouts and reconnects (default: the reactor).
+    @param reactor: builds the endpoint from a string (default: the reactor).
+    @param request_timeout: seconds a request waits, for a connection and for
+        its answer together, before it fails with L{errors.Timeout}; None waits forever.
+    @param reconnect_min, reconnect_max: bounds of the exponential backoff
+        between connection attempts (with jitter).
+    @param start: connect now; otherwise call L{start}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, endpoint_or_address: Any = DEFAULT_ADDRESS, clock: IReactorTime | None = None,
+                 reactor: Any = None, request_timeout: float | None = 30.0,
+                 reconnect_min: float = 0.1, reconnect_max: float = 10.0,
+                 rng: _random.Random | None = None, start: bool = True) -> None:
+        if reactor is None and clock is None:
+            reactor = _default_clock()
+        self.clock = clock if clock is not None else reactor
+        self.request_timeout = request_timeout
+        self.endpoint = endpoint_for(endpoint_or_address, reactor)
+        self.protocol: ClientProtocol | None = None
+        self._waiting: list[_Waiting] = []
+        self._closed = False
+        self._service = ClientService(
+            self.endpoint, _ClientFactory(self),
+            retryPolicy=backoff_policy(reconnect_min, reconnect_max, rng),
+            clock=self.clock, prepareConnection=self._connected,
+        )
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        if not self._service.running:
+            self._service.startService()
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None and self.protocol.connected
+
+    def when_connected(self, fail_after_failures: int | None = None) -> Deferred:
+        """Fires with the L{ClientProtocol} once connected."""
+        return self._service.whenConnected(failAfterFailures=fail_after_failures)
+
+    def _connected(self, proto: ClientProtocol) -> None:
+        self._log.debug("connected to {peer}", peer=proto.transport.getPeer())
+        self.protocol = proto
+        proto.on_lost = lambda reason, proto=proto: self._lost(proto, reason)
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            self._dispatch(w)
+
+    def _lost(self, proto: ClientProtocol, reason: Failure) -> None:
+        if self.protocol is proto:
+            self.protocol = None
+        if not self._closed:
+            self._log.info("connection lost ({reason}); reconnecting", reason=reason.getErrorMessage())
+
+    # --- requests ------------------------------------------------------------------
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
+             expect_answer: bool = True) -> Deferred:
+        """Send one request; fires with its C{result}, fails with a L{errors.StreamlogError}.
+
+        C{timeout} (default C{request_timeout}) covers the wait for a
+        connection and the wait for the answer.
+        """
+        if self._closed:
+            return fail(errors.ConnectionLost("the client is closed", method=method))
+        if timeout is None:
+            timeout = self.request_timeout
+        w = _Waiting(method, params or {}, timeout, expect_answer)
+        if self.connected:
+            self._dispatch(w)
+        else:
+            self._waiting.append(w)
+            if timeout is not None:
+                w.timer = self.clock.callLater(timeout, self._wait_timed_out, w)
+        return w.deferred
+
+    def _wait_timed_out(self, w: _Waiting) -> None:
+        w.timer = None
+        if w in self._waiting:
+            self._waiting.remove(w)
+            w.deferred.errback(errors.Timeout(
+                f"no connection to the server within {w.timeout:g}s for {w.method}",
+                method=w.method, timeout=w.timeout))
+
+    def _dispatch(self, w: _Waiting) -> None:
+        if w.deferred.called:  # cancelled while waiting
+            return
+        remaining = w.timeout
+        if w.timer is not None:
+            if w.timer.active():
+                remaining = max(0.0, w.timer.getTime() - self.clock.seconds())
+                w.timer.cancel()
+            w.timer = None
+        assert self.protocol is not None
+        inner = w.inner = self.protocol.request(w.method, w.params, timeout=remaining,
+                                                expect_answer=w.expect_answer)
+        inner.addBoth(self._answered, w)
+
+    @staticmethod
+    def _answered(result: Any, w: _Waiting) -> None:
+        w.inner = None
+        if w.deferred.called:  # cancelled by the caller
+            return
+        if isinstance(result, Failure):
+            w.deferred.errback(result)
+        else:
+            w.deferred.callback(result)
+
+    def close(self) -> Deferred:
+        """Disconnect and stop reconnecting; requests still waiting fail with ConnectionLost."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            if w.timer is not None and w.timer.active():
+                w.timer.cancel()
+            w.timer = None
+            if not w.deferred.called:
+                w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method))
+        if self._service.running:
+            return self._service.stopService()
+        return succeed(None)
+
+    # --- the methods -------------------------------------------------------------
+
+    def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
+             headers: dict[str, str] | None = None, acks: str = "all", timeout: float | None = None) -> Deferred:
+        """C{Send}: fires with C{{topic, partition, offset, timestamp, durability}} (None for acks="none")."""
+        params: dict[str, Any] = {"topic": topic, "value": value}
+        if key is not None:
+            params["key"] = key
+        if partition is not None:
+            params["partition"] = partition
+        if headers:
+            params["headers"] = headers
+        if acks != "all":
+            params["acks"] = acks
+        return self.call("Send", params, timeout=timeout, expect_answer=acks != "none")
+
+    def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all",
+                   timeout: float | None = None) -> Deferred:
+        """C{SendBatch}: C{messages} are C{{value, key?, partition?, headers?}} objects.
+
+        Fires with C{{topic, timestamp, durability, partitions: [{partition,
+        base_offset, count}]}} (None for acks="none").
+        """
+        params: dict[str, Any] = {"topic": topic, "messages": messages}
+        if acks != "all":
+            params["acks"] = acks
+        return self.call("SendBatch", params, timeout=timeout, expect_answer=acks != "none")
+
+    def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
+             max_bytes: int | None = None, max_wait_ms: int = 0, timeout: float | None = None) -> Deferred:
+        """C{Poll}: fires with C{{messages, next_offset, high_watermark, log_start_offset}}.
+
+        The request timeout is stretched by C{max_wait_ms}, so a long poll is
+        not mistaken for a dead server.
+        """
+        params: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
+        if max_messages is not None:
+            params["max_messages"] = max_messages
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
+        if max_wait_ms:
+            params["max_wait_ms"] = max_wait_ms
+        if timeout is None and self.request_timeout is not None:
+            timeout = self.request_timeout + max_wait_ms / 1000.0
+        return self.call("Poll", params, timeout=timeout)
+
+    def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> Deferred:
+        params: dict[str, Any] = {"topic": topic, "partitions": partitions}
+        if config:
+            params["config"] = config
+        return self.call("CreateTopic", params)
+
+    def delete_topic(self, topic: str) -> Deferred:
+        return self.call("DeleteTopic", {"topic": topic})
+
+    def list_topics(self) -> Deferred:
+        """Fires with C{[{topic, partitions}, ...]}."""
+        return self.call("ListTopics", {}).addCallback(lambda r: r["topics"])
+
+    def describe_topic(self, topic: str) -> Deferred:
+        return self.call("DescribeTopic", {"topic": topic})
+
+    def list_offsets(self, topic: str, partition: int = 0, at: str | int = "latest") -> Deferred:
+        """Fires with the offset (an int) for C{at}: "earliest", "latest" or a timestamp in ms."""
+        return self.call("ListOffsets", {"topic": topic, "partition": partition, "at": at}).addCallback(
+            lambda r: r["offset"])
+
+    def ping(self) -> Deferred:
+        return self.call("Ping", {})

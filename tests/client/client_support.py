@@ -1,0 +1,177 @@
+"""Helpers for the client tests (imported by name: tests/ has no __init__.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from streamlog.broker.broker import Broker
+from streamlog.protocol import BrokerFactory
+from streamlog.storage.memory import MemoryStorage
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = sys.executable
+
+
+def result_of(d: Deferred) -> Any:
+    """The result of an already-fired Deferred (like trial's successResultOf)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d: Deferred) -> Failure:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    assert isinstance(results[0], Failure), f"{d!r} succeeded with {results[0]!r}"
+    return results[0]
+
+
+def no_result(d: Deferred) -> None:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert not results, f"{d!r} fired with {results[0]!r}"
+    d.addErrback(lambda f: None)  # keep later failures quiet
+
+
+class BrokerNetwork:
+    """A fake client endpoint that connects to a real Broker through iosim pumps.
+
+    C{up} says whether connection attempts succeed; C{attempts} counts them
+    with their clock times; C{pump()} moves bytes on every live connection.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.broker = Broker(MemoryStorage(), clock=clock)
+        self.factory = BrokerFactory(self.broker, clock=clock)
+        self.factory.doStart()
+        self.up = True
+        self.attempts: list[float] = []
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Any) -> Deferred:
+        self.attempts.append(self.clock.seconds())
+        if not self.up:
+            return fail(ConnectionRefusedError())
+        client = factory.buildProtocol(None)
+        server = self.factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+                             greet=False, clock=self.clock)
+        self.pumps.append(pump)
+        return succeed(client)
+
+    def pump(self) -> None:
+        """Move bytes until quiet (without advancing the clock)."""
+        for _ in range(100):
+            moved = False
+            for p in list(self.pumps):
+                if p.pump(advanceClock=False):
+                    moved = True
+            self.pumps = [p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)]
+            if not moved:
+                return
+        raise AssertionError("the connections never went quiet")
+
+    def drop(self) -> None:
+        """Cut every live connection (as a server crash would)."""
+        for p in self.pumps:
+            p.serverIO.loseConnection()
+        self.pump()
+
+    def stop(self) -> None:
+        for p in self.pumps:
+            p.clientIO.loseConnection()
+        self.pump()
+        self.factory.doStop()
+
+
+def run_until(clock: Any, network: BrokerNetwork, condition: Callable[[], bool], step: float = 0.01,
+              limit: float = 60.0) -> None:
+    """Advance the clock in steps, pumping bytes, until C{condition()} (virtual time, bounded)."""
+    end = clock.seconds() + limit
+    network.pump()
+    while not condition():
+        assert clock.seconds() < end, "condition not met within the virtual time limit"
+        clock.advance(step)
+        network.pump()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll a real-world condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+class ServerProcess:
+    """A real C{python -m twisted streamlog-server --storage memory} on 127.0.0.1, port 0."""
+
+    def __init__(self, tmp_path: Any, *extra: str) -> None:
+        self.port_file = str(tmp_path / "server.port")
+        self.log_file = str(tmp_path / "server.log")
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "twisted", "streamlog-server", "--storage", "memory",
+                 "--listen", "tcp:0:interface=127.0.0.1", "--port-file", self.port_file, *extra],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(self._port, 20.0, "the server's port file")
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self._port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _port(self) -> int | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the server exited with {self.proc.returncode}: {open(self.log_file).read()}")
+        try:
+            with open(self.port_file) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def settle(clock: Any, network: BrokerNetwork, d: Deferred) -> Deferred:
+    """Run virtual time until C{d} has its result (not merely C{called}: it may wait on another)."""
+    box: list[Any] = []
+
+    def keep(result: Any) -> Any:
+        box.append(result)
+        return result
+
+    d.addBoth(keep)
+    run_until(clock, network, lambda: bool(box))
+    return d

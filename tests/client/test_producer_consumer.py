@@ -1,0 +1,203 @@
+"""Producer batching and per-message offsets; Consumer position and prefetch (Broker on iosim)."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+
+import pytest
+
+from client_support import failure_of, result_of, run_until, settle
+from streamlog import errors
+from streamlog.client import Consumer, Producer, StreamlogClient
+from streamlog.partitioner import partition_for_key
+
+
+@pytest.fixture
+def client(network, clock):
+    c = StreamlogClient(network, clock=clock, rng=random.Random(3), reconnect_min=0.1, reconnect_max=1.0)
+    network.pump()
+    yield c
+    d = c.close()
+    network.pump()
+    result_of(d)
+
+
+def got(network, clock, d):
+    return result_of(settle(clock, network, d))
+
+
+def values(network, topic, partition):
+    """Every record stored in a partition, read straight from the broker."""
+    result = network.broker.handle_poll({"topic": topic, "partition": partition, "offset": 0})
+    return orjson.loads(orjson.dumps(result))["messages"]
+
+
+def test_many_sends_become_few_batches_with_exact_offsets(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=5, batch_size=100, max_in_flight=4)
+    ds = [producer.send("t", {"n": i}) for i in range(250)]
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    assert [result_of(d) for d in ds] == [(0, i) for i in range(250)]
+    assert producer.requests_sent == 3  # 100 + 100 + 50
+    stored = values(network, "t", 0)
+    assert [r["value"]["n"] for r in stored] == list(range(250))
+
+
+def test_keyed_and_explicit_partition_sends_get_their_own_offsets(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=4))
+    producer = Producer(client, linger_ms=1)
+    keys = [f"user-{i % 7}" for i in range(40)]
+    keyed = [producer.send("t", i, key=k) for i, k in enumerate(keys)]
+    explicit = [producer.send("t", f"p{i}", partition=3) for i in range(5)]
+    unkeyed = [producer.send("t", f"u{i}") for i in range(6)]
+    flushed = producer.flush()
+    got(network, clock, flushed)
+    for i, (d, k) in enumerate(zip(keyed, keys)):
+        partition, offset = result_of(d)
+        assert partition == partition_for_key(k, 4)
+        assert network.broker.topic("t").partitions[partition].log is not None
+        record = [r for r in values(network, "t", partition) if r["offset"] == offset][0]
+        assert record["value"] == i and record["key"] == k
+    for i, d in enumerate(explicit):
+        partition, offset = result_of(d)
+        record = [r for r in values(network, "t", 3) if r["offset"] == offset][0]
+        assert partition == 3 and record["value"] == f"p{i}"
+    placed = [result_of(d) for d in unkeyed]
+    assert len({p for p, _ in placed}) == 1  # one sticky partition per request
+    offsets = [o for _, o in placed]
+    assert offsets == list(range(offsets[0], offsets[0] + 6))
+    # offsets on each partition are dense and follow send order
+    for p in range(4):
+        assert [r["offset"] for r in values(network, "t", p)] == list(range(len(values(network, "t", p))))
+
+
+def test_max_in_flight_bounds_outstanding_requests(network, clock, client):
+    producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=2)
+    ds = [producer.send("t", i) for i in range(6)]
+    assert client.protocol.in_flight == 2
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    assert [result_of(d)[1] for d in ds] == list(range(6))
+
+
+def test_flush_with_nothing_pending_fires_at_once(client):
+    producer = Producer(client)
+    assert result_of(producer.flush()) is None
+
+
+def test_failed_batch_fails_each_message(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    d = producer.send("bad topic!", 1)
+    run_until(clock, network, lambda: d.called)
+    assert failure_of(d).check(errors.InvalidTopic)
+    assert producer.pending == 0
+
+
+def test_connection_lost_fails_in_flight_messages(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    ds = [producer.send("t", i) for i in range(3)]
+    clock.advance(0)  # the batch is written
+    network.drop()
+    for d in ds:
+        assert failure_of(d).check(errors.ConnectionLost)
+
+
+def test_consumer_reads_in_order_and_keeps_position(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "warmup"))
+    consumer = Consumer(client, "t", 0, start="earliest", max_messages=3, max_wait_ms=100)
+    seen = []
+    for _ in range(2):
+        seen += [m["value"] for m in got(network, clock, consumer.poll())]
+    assert seen == ["warmup"]  # the second poll waited and found nothing
+    for i in range(7):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    while len(seen) < 8:
+        seen += [m["value"] for m in got(network, clock, consumer.poll())]
+    assert seen == ["warmup", 0, 1, 2, 3, 4, 5, 6]
+    assert consumer.position == 8
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_prefetches_the_next_batch(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(10):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_wait_ms=0)
+    first = got(network, clock, consumer.poll())
+    assert [m["offset"] for m in first] == [0, 1, 2, 3]
+    # the next Poll went out on its own, while the app works on `first`
+    network.pump()
+    assert consumer._fetched is not None
+    second = consumer.poll()
+    assert second.called  # answered from the prefetched result
+    assert [m["offset"] for m in result_of(second)] == [4, 5, 6, 7]
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_latest_sees_only_new_messages(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "old"))
+    consumer = Consumer(client, "t", 0, start="latest", max_wait_ms=1000)
+    pending = consumer.poll()
+    run_until(clock, network, lambda: consumer.position is not None)
+    assert consumer.position == 1
+    got(network, clock, producer.send("t", "new"))
+    assert [m["value"] for m in got(network, clock, pending)] == ["new"]
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_retries_from_its_position_after_connection_loss(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(3):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    consumer = Consumer(client, "t", 0, start=0, max_messages=2, max_wait_ms=5000)
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [0, 1]
+    network.pump()
+    second = [m["value"] for m in result_of(consumer.poll())]
+    assert second == [2]
+    network.pump()  # the prefetch of offset 3 is waiting on the server
+    network.drop()
+    assert failure_of(consumer.poll()).check(errors.ConnectionLost)
+    assert consumer.position == 3
+    producer.send("t", 3)
+    got(network, clock, producer.flush())
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [3]
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_unknown_topic_and_out_of_range(network, clock, client):
+    consumer = Consumer(client, "nothing", 0, start=0, max_wait_ms=0)
+    assert failure_of(got_failure(network, clock, consumer.poll())).check(errors.UnknownTopic)
+    consumer.close()
+    got(network, clock, Producer(client, linger_ms=0).send("t", 1))
+    far = Consumer(client, "t", 0, start=50, max_wait_ms=0)
+    f = failure_of(got_failure(network, clock, far.poll()))
+    assert f.check(errors.OffsetOutOfRange)
+    assert f.value.details["high_watermark"] == 1
+    far.close()
+
+
+def got_failure(network, clock, d):
+    return settle(clock, network, d)
+
+
+def test_consumer_seek_drops_prefetch(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(5):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    consumer = Consumer(client, "t", 0, start=0, max_messages=2, max_wait_ms=0)
+    got(network, clock, consumer.poll())
+    consumer.seek(4)
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [4]
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
