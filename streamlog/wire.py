@@ -9,8 +9,8 @@ build answer lines.  docs/protocol.md is the prose version of this module.
 JSON is read by orjson, which already refuses what RFC 8259 does not allow and
 Python's C{json} module accepts: NaN and Infinity, invalid UTF-8, lone
 surrogates, numbers that overflow a double.  Two things remain ours to check:
-nesting depth (orjson's own limit is 1024, far too deep to be useful) and the
-shape of each request.
+the nesting depth of message values (orjson's own limit, 1024 for the whole
+line, is far too deep to store and serve) and the shape of each request.
 """
 
 from __future__ import annotations
@@ -63,14 +63,13 @@ class Request:
     params: dict[str, Any]
 
 
-@attrs.frozen
-class Message:
-    """One message a producer sends, before the broker places it."""
+#: A message as validated: a dict with C{value} and optionally C{key} (str or
+#: None), C{partition} (int) and C{headers} (dict of str).  Plain dicts, not
+#: objects: a SendBatch of thousands pays for no per-message allocation.
+Message = dict
 
-    value: Any
-    key: str | None = None
-    partition: int | None = None
-    headers: dict[str, str] | None = None
+
+_MESSAGE_FIELDS = frozenset(("value", "key", "partition", "headers"))
 
 
 @attrs.frozen
@@ -127,11 +126,6 @@ def decode_request(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
         raise errors.InvalidRequest(
             f"'id' must be an integer or a string of at most {limits.max_id_length} characters"
         )
-    try:
-        check_depth(line, obj, limits.max_depth)
-    except errors.NestingTooDeep as e:
-        e.request_id = rid  # type: ignore[attr-defined]
-        raise
     method = obj.get("method")
     if not isinstance(method, str):
         raise _invalid("'method' must be a string", rid)
@@ -161,27 +155,21 @@ def _valid_id(rid: Any, limits: Limits) -> bool:
     return isinstance(rid, str) and len(rid) <= limits.max_id_length
 
 
-def check_depth(line: bytes, obj: Any, max_depth: int) -> None:
-    """Refuse values nested deeper than C{max_depth} containers.
+def check_depth(value: Any, max_depth: int) -> None:
+    """Refuse a message value nested deeper than C{max_depth} containers.
 
-    Counting brackets in the raw line is a cheap upper bound on the depth, so
-    the walk over the parsed object only runs for lines that could be too deep.
+    Values are the only deep structures the server accepts and stores (every
+    other param has a fixed shape), so only they are walked, and only when
+    they are containers at all: a string or number value costs one type check.
     """
-    if line.count(b"[") + line.count(b"{") <= max_depth:
-        return
-    stack: list[tuple[Any, int]] = [(obj, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        value, depth = stack.pop()
+        item, depth = stack.pop()
         if depth > max_depth:
-            raise errors.NestingTooDeep(f"JSON nesting deeper than {max_depth}")
-        if isinstance(value, dict):
-            children: Iterable[Any] = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
+            raise errors.NestingTooDeep(f"message value nested deeper than {max_depth} levels", limit=max_depth)
+        children = item.values() if type(item) is dict else item
         for child in children:
-            if isinstance(child, (dict, list)):
+            if type(child) is dict or type(child) is list:
                 stack.append((child, depth + 1))
 
 
@@ -274,26 +262,44 @@ def _acks(p: _Params) -> str:
     return acks
 
 
-def _message(p: _Params, limits: Limits) -> Message:
-    if not p.has("value"):
-        raise errors.InvalidParams(f"'{p._name('value')}' is required (it may be null)")
-    value = p.raw("value")
-    key = p.string("key", required=False, nullable=True)
-    partition = p.integer("partition", maximum=limits.max_partitions - 1)
-    headers = p.raw("headers")
-    if headers is not None:
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise errors.InvalidParams(f"'{p._name('headers')}' must be an object of strings")
-    p.done()
-    return Message(value=value, key=key, partition=partition, headers=headers or None)
+def check_message(m: Any, where: str, limits: Limits) -> Message:
+    """Check one message object; the common case costs a few C-level operations."""
+    if type(m) is not dict:
+        raise errors.InvalidParams(f"'{where}' must be an object")
+    if not m.keys() <= _MESSAGE_FIELDS:
+        extra = sorted(set(m) - _MESSAGE_FIELDS)
+        raise errors.InvalidParams(f"unknown fields in {where}: {', '.join(extra)}")
+    if "value" not in m:
+        raise errors.InvalidParams(f"'{_field(where, 'value')}' is required (it may be null)")
+    value = m["value"]
+    if type(value) is dict or type(value) is list:
+        check_depth(value, limits.max_depth)
+    key = m.get("key")
+    if key is not None and type(key) is not str:
+        raise errors.InvalidParams(f"'{_field(where, 'key')}' must be a string or null")
+    partition = m.get("partition")
+    if partition is not None and (type(partition) is not int or not 0 <= partition < limits.max_partitions):
+        raise errors.InvalidParams(
+            f"'{_field(where, 'partition')}' must be an integer between 0 and {limits.max_partitions - 1}",
+            field=_field(where, "partition"),
+        )
+    headers = m.get("headers")
+    if headers is not None and (
+        type(headers) is not dict or not all(type(v) is str for v in headers.values())
+    ):
+        raise errors.InvalidParams(f"'{_field(where, 'headers')}' must be an object of strings")
+    return m
+
+
+def _field(where: str, name: str) -> str:
+    return name if where == "params" else f"{where}.{name}"
 
 
 def parse_send(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
-    p = _Params(params)
-    topic = _topic(p)
-    acks = _acks(p)
-    message = _message(_Params({k: v for k, v in params.items() if k not in ("topic", "acks")}), limits)
-    return SendParams(topic=topic, messages=[message], acks=acks)
+    topic = _topic(_Params(params))
+    acks = _acks(_Params(params))
+    message = {k: v for k, v in params.items() if k not in ("topic", "acks")}
+    return SendParams(topic=topic, messages=[check_message(message, "params", limits)], acks=acks)
 
 
 def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
@@ -311,12 +317,9 @@ def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) ->
             f"batch of {len(raw)} messages exceeds the limit of {limits.max_batch_messages}",
             limit=limits.max_batch_messages,
         )
-    messages = []
     for i, m in enumerate(raw):
-        if not isinstance(m, dict):
-            raise errors.InvalidParams(f"'messages[{i}]' must be an object")
-        messages.append(_message(_Params(m, f"messages[{i}]"), limits))
-    return SendParams(topic=topic, messages=messages, acks=acks)
+        check_message(m, f"messages[{i}]", limits)
+    return SendParams(topic=topic, messages=raw, acks=acks)
 
 
 def parse_poll(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> PollParams:
@@ -401,14 +404,30 @@ def encode_request(rid: int | str, method: str, params: dict[str, Any]) -> bytes
     return orjson.dumps({"id": rid, "method": method, "params": params}) + b"\n"
 
 
-def encode_record(offset: int, timestamp: int, message: Message) -> bytes:
-    """A record as stored and served (ARCHITECTURE.md decision 3)."""
-    return orjson.dumps(
-        {
-            "offset": offset,
-            "timestamp": timestamp,
-            "key": message.key,
-            "value": message.value,
-            "headers": message.headers or {},
-        }
-    )
+_RECORD = b'{"offset":%d,"timestamp":%d,"key":%b,"value":%b,"headers":%b}'
+
+
+def encode_records(base_offset: int, timestamp: int, messages: list[Message]) -> list[bytes]:
+    """The records as stored and served (ARCHITECTURE.md decision 3), one per message.
+
+    Built from a template around C{orjson.dumps(value)}: five times cheaper than
+    dumping a dict per record, and the same bytes.
+    """
+    dumps = orjson.dumps
+    template = _RECORD
+    out = []
+    offset = base_offset
+    for m in messages:
+        key = m.get("key")
+        headers = m.get("headers")
+        out.append(
+            template % (
+                offset,
+                timestamp,
+                b"null" if key is None else dumps(key),
+                dumps(m["value"]),
+                dumps(headers) if headers else b"{}",
+            )
+        )
+        offset += 1
+    return out

@@ -64,8 +64,11 @@ BAD_LINES = [
     (b'{"id": 7, "method": "ListOffsets", "params": {"topic": "t", "at": "yesterday"}}', "INVALID_PARAMS", 7),
     (b'{"id": 7, "method": "ListOffsets", "params": {"topic": "t", "at": -1}}', "INVALID_PARAMS", 7),
     (b'{"id": 7, "method": "Ping", "params": {"x": 1}}', "INVALID_PARAMS", 7),
-    (b'{"id": 7, "method": "Ping", "params": {"v": ' + b"[" * 70 + b"]" * 70 + b"}}", "NESTING_TOO_DEEP", 7),
-    (b'{"id": 7, "method": "Ping", "params": {"v": ' + b"[" * 2000 + b"]" * 2000 + b"}}", "NESTING_TOO_DEEP", None),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": ' + b"[" * 65 + b"]" * 65 + b"}}", "NESTING_TOO_DEEP", 7),
+    (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": [{"value": 1}, {"value": {"a": '
+     + b"[" * 64 + b"]" * 64 + b"}}]}}", "NESTING_TOO_DEEP", 7),
+    (b'{"id": 7, "method": "Ping", "params": {"v": ' + b"[" * 70 + b"]" * 70 + b"}}", "INVALID_PARAMS", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": ' + b"[" * 2000 + b"]" * 2000 + b"}}", "NESTING_TOO_DEEP", None),
 ]
 
 
@@ -92,11 +95,11 @@ def test_bad_input_gets_its_error_and_the_connection_keeps_serving(harness, line
 
 
 def test_depth_limit_is_configurable(clock):
-    h = BrokerHarness(clock=clock, limits=wire.Limits(max_depth=5))
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_depth=3))
     conn = h.connect()
-    deep = {"topic": "t", "value": [[["x"]]]}  # request depth 5: envelope, params, 3 lists
-    assert "result" in conn.call("Send", deep)
-    assert conn.call("Send", {"topic": "t", "value": [[[["x"]]]]})["error"]["code"] == "NESTING_TOO_DEEP"
+    assert "result" in conn.call("Send", {"topic": "t", "value": [{"a": ["x"]}]})  # depth 3
+    error = conn.call("Send", {"topic": "t", "value": [{"a": [["x"]]}]})["error"]  # depth 4
+    assert error["code"] == "NESTING_TOO_DEEP" and error["limit"] == 3
     h.stop()
 
 

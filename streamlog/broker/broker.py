@@ -195,15 +195,15 @@ class Broker:
         sticky: int | None = None
         groups: dict[int, list[wire.Message]] = {}
         for message in p.messages:
-            if message.partition is not None:
-                index = message.partition
+            index = message.get("partition")
+            if index is not None:
                 if index >= count:
                     raise errors.UnknownPartition(
                         f"topic {p.topic!r} has {count} partitions, not {index}",
                         topic=p.topic, partitions=count,
                     )
-            elif message.key is not None:
-                index = partition_for_key(message.key, count)
+            elif message.get("key") is not None:
+                index = partition_for_key(message["key"], count)
             else:
                 if sticky is None:
                     sticky = topic.next_partition()
@@ -216,13 +216,13 @@ class Broker:
         for index, messages in groups.items():
             partition = self.partition(p.topic, index)
             base = partition.end_offset
-            records = [wire.encode_record(base + i, timestamp, m) for i, m in enumerate(messages)]
-            for i, record in enumerate(records):
-                if len(record) > limit:
-                    raise errors.MessageTooLarge(
-                        f"message of {len(record)} bytes (encoded) exceeds the limit of {limit}",
-                        limit=limit, size=len(record),
-                    )
+            records = wire.encode_records(base, timestamp, messages)
+            largest = max(map(len, records))
+            if largest > limit:
+                raise errors.MessageTooLarge(
+                    f"message of {largest} bytes (encoded) exceeds the limit of {limit}",
+                    limit=limit, size=largest,
+                )
             batch = RecordBatch(
                 base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
                 max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),

@@ -27,7 +27,7 @@ _LIMIT_HELP = {
     "max_line_bytes": "Longest request line in bytes; longer gets LINE_TOO_LONG and the connection closes.",
     "max_message_bytes": "Largest encoded message (record) in bytes (MESSAGE_TOO_LARGE).",
     "max_batch_messages": "Most messages in one SendBatch (BATCH_TOO_LARGE).",
-    "max_depth": "Deepest JSON nesting of a request (NESTING_TOO_DEEP).",
+    "max_depth": "Deepest nesting of containers in a message value (NESTING_TOO_DEEP).",
     "max_poll_messages": "Most messages one Poll may ask for.",
     "max_poll_bytes": "Largest max_bytes one Poll may ask for.",
     "default_poll_bytes": "max_bytes of a Poll that gives none.",
