@@ -34,10 +34,31 @@ class FastLineReceiver(LineReceiver):
 
     delimiter = b"\n"
 
+    _parts: list[bytes] | None = None  # a partial line arriving in many reads
+    _parts_size = 0
+
     def dataReceived(self, data: bytes) -> Any:
         if self._busyReceiving:
             self._buffer += data
             return None
+        if data and self.line_mode and self.delimiter not in data:
+            # Still inside one long line: keep the reads and join them once, when
+            # the line ends, instead of copying the growing buffer on every read.
+            if self._parts is None:
+                self._parts = [self._buffer] if self._buffer else []
+                self._parts_size = len(self._buffer)
+                self._buffer = b""
+            self._parts.append(data)
+            self._parts_size += len(data)
+            if self._parts_size > self.MAX_LENGTH:
+                rest = b"".join(self._parts)
+                self._parts = None
+                return self.lineLengthExceeded(rest)
+            return None
+        if self._parts is not None:
+            self._parts.append(data)
+            data = b"".join(self._parts)
+            self._parts = None
         self._busyReceiving = True
         try:
             buffer = self._buffer + data if self._buffer else data
@@ -56,6 +77,9 @@ class FastLineReceiver(LineReceiver):
             return None
         finally:
             self._busyReceiving = False
+
+    def has_partial_line(self) -> bool:
+        return bool(self._buffer or self._parts)
 
     def _consume(self, buffer: bytes) -> tuple[bytes, Any]:
         delimiter = self.delimiter
@@ -128,7 +152,7 @@ class BrokerProtocol(FastLineReceiver):
     def dataReceived(self, data: bytes) -> Any:
         self.last_activity = self.factory.clock.seconds()
         why = super().dataReceived(data)
-        if self._buffer and self.line_mode:
+        if self.line_mode and self.has_partial_line():
             if self.partial_since is None:
                 self.partial_since = self.last_activity
         else:

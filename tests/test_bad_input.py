@@ -268,3 +268,16 @@ def test_errors_are_json_objects_with_code_and_message(harness):
     raw = conn.transport.value()
     parsed = orjson.loads(raw)
     assert set(parsed) == {"id", "error"} and set(parsed["error"]) >= {"code", "message"}
+
+
+def test_too_long_line_arriving_in_many_reads_is_refused(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_line_bytes=1000))
+    conn = h.connect()
+    conn.protocol.dataReceived(b'{"id":1,"method":"Send","params":{"topic":"t","value":"')
+    for _ in range(9):
+        conn.protocol.dataReceived(b"x" * 100)
+        assert not conn.closed
+    conn.protocol.dataReceived(b"x" * 100)
+    assert conn.answers()[0]["error"]["code"] == "LINE_TOO_LONG"
+    assert conn.closed
+    h.stop()
