@@ -1,0 +1,356 @@
+"""C{twistd streamlog-producer}: send messages to a topic periodically, log each acknowledgement.
+
+A C{LoopingCall} ticks every C{--interval} seconds.  Without C{--stdin} each
+tick makes one message (C{--message TEXT}, or C{"message N"} with a counter
+from 1); with C{--stdin} each input line is one message, read by a daemon
+thread so the reactor never blocks, and each tick sends what has arrived.
+
+Delivery: messages wait in one ordered queue; at most one SendBatch request
+is in flight, carrying the queue's head (up to C{--batch-size}).  When it is
+acknowledged, each message's partition and offset are logged and the
+messages leave the queue.  When it fails with a transient error (the server
+unreachable, connection lost, timeout, partition unavailable, unknown topic)
+the same messages are sent again, in the same order, after an exponential
+backoff with jitter: nothing is dropped.  A resend after a connection loss
+or a timeout can append a message twice (the first attempt may have landed)
+until idempotent producers land.  An error that cannot heal by waiting
+(message too large, invalid parameters) is logged and the producer stops
+with exit status 1.
+
+Exit status: 0 once C{--count N} messages are acknowledged, or, with
+C{--stdin}, once standard input ended and every line was acknowledged;
+1 after a permanent error (logged); otherwise it runs until stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import sys
+import threading
+from collections import deque
+from typing import Any, Callable
+
+import orjson
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from streamlog import errors, wire
+from streamlog.client.connection import DEFAULT_ADDRESS, StreamlogClient, backoff_policy
+
+#: Errors after which the same request is sent again (after a backoff).
+TRANSIENT = (
+    errors.ConnectionLost, errors.Timeout, errors.PartitionUnavailable, errors.NotLeader,
+    errors.UnknownTopic, errors.TooManyConnections, errors.StorageError, errors.Internal,
+)
+
+#: Lines read from stdin but not yet acknowledged, at most (the reader thread waits beyond it).
+MAX_BUFFERED_LINES = 10_000
+
+
+class Options(usage.Options):
+    synopsis = "--topic TOPIC [options]"
+    longdesc = (
+        "Send messages to a streamlog topic every --interval seconds and log each "
+        "acknowledgement (partition, offset). Retries with backoff while the server is "
+        "unreachable and never drops a message; a resend after a lost connection may "
+        "duplicate it. Exit status 0 after --count acknowledged messages (or the end of "
+        "--stdin), 1 after a permanent error."
+    )
+
+    optParameters = [
+        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
+        ["topic", "t", None, "Topic to send to (required)."],
+        ["interval", "i", 1.0, "Seconds between sends (with --stdin: between batches of the lines read).", float],
+        ["count", "n", None, "Stop (exit status 0) once this many messages are acknowledged.", int],
+        ["key", "k", None, "Key of every message (messages with one key go to one partition)."],
+        ["partition", "p", None, "Send to this partition instead of letting the server choose.", int],
+        ["message", "m", None, 'Value of every message (default: "message N", N counting from 1).'],
+        ["acks", "a", "all", "Acknowledgement to wait for: all (durable) or leader."],
+        ["batch-size", None, 1000, "Most messages in one request (when catching up on --stdin).", int],
+        ["timeout", None, 10.0, "Seconds to wait for a connection and an answer before resending.", float],
+        ["retry-max", None, 10.0, "Longest backoff between resends and reconnects, in seconds.", float],
+    ]
+    optFlags = [
+        ["stdin", None, "Send each line of standard input as one message; end after EOF once all are acknowledged."],
+        ["json", "j", "Parse --message (or each --stdin line) as JSON and send the value; "
+                      "without it the text is sent as a JSON string."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["topic"] is None:
+            raise usage.UsageError("--topic is required")
+        try:
+            wire.check_topic_name(self["topic"])
+        except errors.StreamlogError as e:
+            raise usage.UsageError(f"--topic: {e.message}") from None
+        if self["message"] is not None and self["stdin"]:
+            raise usage.UsageError("--message and --stdin exclude each other")
+        if self["interval"] <= 0:
+            raise usage.UsageError("--interval must be positive")
+        if self["count"] is not None and self["count"] < 1:
+            raise usage.UsageError("--count must be at least 1")
+        if self["partition"] is not None and self["partition"] < 0:
+            raise usage.UsageError("--partition must be 0 or more")
+        if self["acks"] not in ("all", "leader"):
+            raise usage.UsageError("--acks must be 'all' or 'leader' (the producer logs every acknowledgement)")
+        if self["batch-size"] < 1:
+            raise usage.UsageError("--batch-size must be at least 1")
+        if self["timeout"] <= 0 or self["retry-max"] <= 0:
+            raise usage.UsageError("--timeout and --retry-max must be positive")
+        if self["json"] and self["message"] is None and not self["stdin"]:
+            raise usage.UsageError("--json needs --message or --stdin")
+        if self["json"] and self["message"] is not None:
+            try:
+                self["value"] = orjson.loads(self["message"])
+            except orjson.JSONDecodeError as e:
+                raise usage.UsageError(f"--message is not valid JSON: {e}") from None
+        elif self["message"] is not None:
+            self["value"] = self["message"]
+        else:
+            self["value"] = None
+
+
+def exit_with(status: int, reactor: Any = None) -> None:
+    """Stop the reactor so that the process exits with C{status}.
+
+    twistd always exits 0 once the reactor stops; for another status an
+    atexit hook ends the process with it after twistd has cleaned up.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if status:
+        def hard_exit() -> None:
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(status)
+
+        atexit.register(hard_exit)
+    if reactor.running:
+        reactor.stop()
+
+
+class _Queued:
+    __slots__ = ("number", "message")
+
+    def __init__(self, number: int, message: dict[str, Any]) -> None:
+        self.number = number
+        self.message = message
+
+
+class ProducerService(service.Service):
+    """The producer daemon's logic (testable with an injected client and clock).
+
+    @param on_finish: called with the exit status when the producer is done
+        (default: stop the reactor with that status).
+    """
+
+    _log = Logger()
+
+    def __init__(self, options: Options, client: StreamlogClient | None = None, clock: Any = None,
+                 reactor: Any = None, on_finish: Callable[[int], object] | None = None,
+                 read_stdin: bool = True, rng: random.Random | None = None) -> None:
+        self.options = options
+        self._reactor = reactor
+        self.client = client
+        self.clock = clock if clock is not None else (client.clock if client is not None else reactor)
+        self.on_finish = on_finish or (lambda status: exit_with(status, self._reactor))
+        self.read_stdin = read_stdin
+        self._backoff = backoff_policy(0.1, options["retry-max"], rng)
+        self._queue: deque[_Queued] = deque()
+        self._made = 0            # messages created (numbered from 1)
+        self.acknowledged = 0
+        self._in_flight = 0       # messages in the request in flight
+        self._failures = 0
+        self._retry: IDelayedCall | None = None
+        self._eof = False
+        self._finished = False
+        self._loop: LoopingCall | None = None
+        self._slots = threading.Semaphore(MAX_BUFFERED_LINES)
+        self.exit_status: int | None = None
+
+    # --- life -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.client is None:
+            if self._reactor is None:
+                from twisted.internet import reactor
+
+                self._reactor = reactor
+            self.client = StreamlogClient(self.options["connect"], reactor=self._reactor,
+                                          request_timeout=self.options["timeout"],
+                                          reconnect_max=self.options["retry-max"])
+            if self.clock is None:
+                self.clock = self._reactor
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.options["interval"], now=True).addErrback(
+            lambda f: self._log.failure("the producer's loop stopped", f))
+        if self.options["stdin"] and self.read_stdin:
+            thread = threading.Thread(target=self._read_stdin, name="streamlog-producer-stdin", daemon=True)
+            thread.start()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        self._stop_timers()
+        if self.client is not None:
+            return self.client.close()
+        return succeed(None)
+
+    def _stop_timers(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def _finish(self, status: int) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.exit_status = status
+        self._stop_timers()
+        if status == 0:
+            self._log.info("done: {n} messages acknowledged", n=self.acknowledged)
+        self.on_finish(status)
+
+    # --- input --------------------------------------------------------------------------
+
+    def _read_stdin(self) -> None:
+        """Runs in a daemon thread: blocking reads, handed to the reactor line by line."""
+        reactor = self._reactor
+        try:
+            stream = sys.__stdin__.buffer if sys.__stdin__ is not None else open(0, "rb", closefd=False)
+            for line in stream:
+                self._slots.acquire()
+                reactor.callFromThread(self.line_received, line)
+        except Exception as e:  # a read error ends the input like EOF, and says so
+            reactor.callFromThread(self._log.error, "reading stdin failed: {error}", error=e)
+        reactor.callFromThread(self.input_ended)
+
+    def line_received(self, line: bytes) -> None:
+        """One line of input (with or without its newline) becomes one queued message."""
+        if self._finished:
+            return
+        count = self.options["count"]
+        if count is not None and self._made >= count:
+            return
+        text = line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+        if self.options["json"]:
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                self._log.error("input line {n} is not valid JSON ({error}); stopping", n=self._made + 1, error=e)
+                self._finish(1)
+                return
+        else:
+            value = text
+        self._enqueue(value)
+
+    def input_ended(self) -> None:
+        self._eof = True
+        self._log.info("end of input after {n} lines", n=self._made)
+        self._maybe_done()
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _message(self, value: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"value": value}
+        if self.options["key"] is not None:
+            message["key"] = self.options["key"]
+        if self.options["partition"] is not None:
+            message["partition"] = self.options["partition"]
+        return message
+
+    def _enqueue(self, value: Any) -> None:
+        self._made += 1
+        self._queue.append(_Queued(self._made, self._message(value)))
+
+    def _tick(self) -> None:
+        try:
+            if not self.options["stdin"]:
+                count = self.options["count"]
+                if count is None or self._made < count:
+                    value = self.options["value"]
+                    self._enqueue(value if value is not None else f"message {self._made + 1}")
+            self._send()
+        except Exception:
+            self._log.failure("producer tick failed")
+
+    def _send(self) -> None:
+        if self._in_flight or self._retry is not None or self._finished or not self._queue:
+            return
+        batch = [self._queue[i] for i in range(min(len(self._queue), self.options["batch-size"]))]
+        self._in_flight = len(batch)
+        d = self.client.send_batch(self.options["topic"], [q.message for q in batch], acks=self.options["acks"])
+        d.addCallbacks(self._acked, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addErrback(lambda f: self._log.failure("handling an answer failed", f))
+
+    def _acked(self, result: dict[str, Any], batch: list[_Queued]) -> None:
+        self._in_flight = 0
+        self._failures = 0
+        placed = result["partitions"]
+        if len(placed) != 1 or placed[0]["count"] != len(batch):
+            self._log.error("unexpected answer for {n} messages: {result!r}", n=len(batch), result=result)
+            self._finish(1)
+            return
+        partition, base = placed[0]["partition"], placed[0]["base_offset"]
+        for i, q in enumerate(batch):
+            self._queue.popleft()
+            self._log.info("message {number} acknowledged: topic {topic} partition {partition} offset "
+                           "{offset} ({durability})", number=q.number, topic=result["topic"],
+                           partition=partition, offset=base + i, durability=result.get("durability"))
+            if self.options["stdin"]:
+                self._slots.release()
+        self.acknowledged += len(batch)
+        if not self._maybe_done():
+            if self._queue and self.options["stdin"]:
+                self._send()  # catch up on lines that arrived meanwhile
+
+    def _maybe_done(self) -> bool:
+        count = self.options["count"]
+        if count is not None and self.acknowledged >= count:
+            self._finish(0)
+            return True
+        if self.options["stdin"] and self._eof and not self._queue and not self._in_flight:
+            self._finish(0)
+            return True
+        return False
+
+    def _failed(self, failure: Failure, batch: list[_Queued]) -> None:
+        self._in_flight = 0
+        if self._finished:
+            return
+        error = failure.value
+        if not isinstance(error, TRANSIENT):
+            code = getattr(error, "code", type(error).__name__)
+            self._log.error("sending messages {first}-{last} failed permanently: {code}: {error}; stopping",
+                            first=batch[0].number, last=batch[-1].number, code=code, error=error)
+            self._finish(1)
+            return
+        self._failures += 1
+        delay = self._backoff(self._failures)
+        self._log.warn("sending messages {first}-{last} failed ({code}: {error}); resending in {delay:.2f}s "
+                       "(a resend may duplicate messages that had landed)",
+                       first=batch[0].number, last=batch[-1].number, code=error.code, error=error, delay=delay)
+        self._retry = self.clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._send()
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    return ProducerService(options, reactor=reactor)
