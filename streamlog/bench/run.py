@@ -1,0 +1,347 @@
+"""Orchestration of C{streamlog bench}: server, topic, load processes, progress, results."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from streamlog.bench import stats, workers
+from streamlog.bench.server import ServerProcess
+
+MAX_POLL_BYTES = 16 * 1024 * 1024
+
+
+def _endpoint(connect: str) -> tuple[str, tuple[str, int]]:
+    from streamlog.client.connection import parse_address
+
+    host, port = parse_address(connect[len("tcp:"):] if connect.startswith("tcp:") else connect)
+    return f"tcp:{host}:{port}", (host, port)
+
+
+class _Phase:
+    """One set of load processes, started together, with a progress bar."""
+
+    def __init__(self, args: Any, label: str, total: int) -> None:
+        self.args = args
+        self.label = label
+        self.total = total
+        self.ctx = mp.get_context("spawn")
+        self.ready_q = self.ctx.Queue()
+        self.result_q = self.ctx.Queue()
+        self.start_evt = self.ctx.Event()
+        self.procs: list[Any] = []
+        self.counters: list[Any] = []
+
+    def add(self, target: Callable[..., None], cfg: dict[str, Any], counted: bool = True) -> Any:
+        idx = len(self.procs)
+        counters = self.ctx.Array("q", 1, lock=False)
+        p = self.ctx.Process(target=target, args=(cfg, 0, counters, self.ready_q, self.result_q, self.start_evt),
+                             daemon=True, name=f"bench-{self.label}-{idx}")
+        self.procs.append(p)
+        self.counters.append((counters, counted))
+        return p
+
+    def start(self, timeout: float = 60.0) -> None:
+        for p in self.procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        ready = 0
+        while ready < len(self.procs):
+            try:
+                self.ready_q.get(timeout=0.2)
+                ready += 1
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.label}: load processes not ready within {timeout:g}s")
+                early = self._drain_results()
+                if early:
+                    self.kill()
+                    raise RuntimeError(f"{self.label}: a load process failed before starting:\n"
+                                       + "\n".join(str(r.get("error")) for r in early))
+
+    def _drain_results(self) -> list[dict[str, Any]]:
+        got = []
+        while True:
+            try:
+                got.append(self.result_q.get_nowait())
+            except queue.Empty:
+                return got
+
+    def go(self, max_seconds: float, on_started: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        from tqdm import tqdm
+
+        self.start_evt.set()
+        if on_started is not None:
+            on_started()
+        results: list[dict[str, Any]] = []
+        deadline = time.monotonic() + max_seconds + 45.0
+        bar = tqdm(total=self.total, desc=self.label, unit="msg", unit_scale=True, file=sys.stderr,
+                   disable=self.args.quiet, leave=False, mininterval=0.2, smoothing=0.1)
+        try:
+            while len(results) < len(self.procs):
+                try:
+                    results.append(self.result_q.get(timeout=0.1))
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self.label}: the load processes did not finish in time")
+                    if not any(p.is_alive() for p in self.procs) and self.result_q.empty():
+                        raise RuntimeError(f"{self.label}: load processes died without a result")
+                done = sum(c[0] for c, counted in self.counters if counted)
+                bar.update(max(0, min(done, self.total) - bar.n))
+        finally:
+            bar.close()
+            self.join()
+        errors = [r["error"] for r in results if r.get("error")]
+        if errors:
+            raise RuntimeError(f"{self.label}: a load process failed:\n" + "\n".join(errors))
+        return results
+
+    def join(self) -> None:
+        for p in self.procs:
+            p.join(timeout=10)
+        self.kill()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(timeout=5)
+
+
+class _Profiler:
+    """py-spy record (raw/folded output) of given pids while a phase runs."""
+
+    def __init__(self, out_dir: str | None, seconds: float) -> None:
+        self.out_dir = out_dir
+        self.seconds = seconds
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, pids: dict[str, int]) -> None:
+        if not self.out_dir:
+            return
+        os.makedirs(self.out_dir, exist_ok=True)
+        exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        for name, pid in pids.items():
+            out = os.path.join(self.out_dir, f"{name}.txt")
+            self.procs.append(subprocess.Popen(
+                [exe, "record", "-p", str(pid), "-f", "raw", "-o", out, "-d", str(max(1, int(self.seconds))),
+                 "-r", "250", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.5)  # let py-spy attach before the load starts
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+def _server_info(args: Any, server: ServerProcess | None) -> dict[str, Any]:
+    if server is not None:
+        return {"origin": f"started by bench (pid {server.pid}, 127.0.0.1:{server.port})", "storage": server.storage,
+                "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True}
+    return {"origin": f"--connect {args.bench_connect}", "storage": f"{args.storage} (declared, not verified)",
+            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": 1, "started_by_bench": False}
+
+
+def _base_cfg(args: Any, endpoint: str, topic: str) -> dict[str, Any]:
+    return {"endpoint": endpoint, "topic": topic, "size": args.size, "batch": args.batch, "acks": args.acks,
+            "in_flight": args.in_flight, "linger_ms": args.linger_ms, "client": args.client,
+            "max_seconds": args.max_seconds, "request_timeout": max(30.0, args.max_seconds)}
+
+
+def _split(n: int, k: int) -> list[int]:
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
+                   profiler: _Profiler | None = None, server_pid: int | None = None,
+                   client_mode: str | None = None) -> list[dict[str, Any]]:
+    phase = _Phase(args, label, n)
+    for share in _split(n, args.producers):
+        cfg = _base_cfg(args, endpoint, topic)
+        cfg["messages"] = share
+        if client_mode:
+            cfg["client"] = client_mode
+        phase.add(workers.produce_main, cfg)
+    phase.start()
+    started = None
+    if profiler is not None:
+        pids = {f"producer{i}": p.pid for i, p in enumerate(phase.procs)}
+        if server_pid:
+            pids["server"] = server_pid
+        started = lambda: profiler.start(pids)  # noqa: E731
+    try:
+        return phase.go(args.max_seconds, started)
+    finally:
+        if profiler is not None:
+            profiler.stop()
+
+
+def _rates(args: Any, count: int, t0: float, t1: float) -> dict[str, Any]:
+    elapsed = max(1e-9, t1 - t0)
+    return {"elapsed_s": round(elapsed, 4), "msgs_per_s": round(count / elapsed, 1),
+            "mb_per_s": round(count * args.size / elapsed / 1e6, 2)}
+
+
+def run(args: Any) -> dict[str, Any]:
+    server: ServerProcess | None = None
+    if args.bench_connect:
+        endpoint, address = _endpoint(args.bench_connect)
+    else:
+        server = ServerProcess(storage=args.storage, fsync=args.fsync, keep_dir=args.keep_data,
+                               extra_args=tuple(args.server_arg or ()))
+        port = server.start()
+        endpoint, address = f"tcp:127.0.0.1:{port}", ("127.0.0.1", port)
+        if not args.quiet:
+            print(f"bench: server pid {server.pid} on 127.0.0.1:{port} (storage={args.storage}, "
+                  f"fsync={args.fsync}), data in {server.dir}", file=sys.stderr)
+    try:
+        return _run_workload(args, server, endpoint, address)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: tuple[str, int]) -> dict[str, Any]:
+    from streamlog.client import BlockingClient
+
+    topic = args.topic or f"bench-{args.workload}-{os.getpid()}-{int(time.time() * 1000)}"
+    with BlockingClient(address, timeout=30.0) as bc:
+        bc.create_topic(topic, partitions=args.partitions)
+    profiler = _Profiler(args.profile, args.profile_seconds or args.max_seconds) if args.profile else None
+    server_pid = server.pid if server is not None else None
+    result: dict[str, Any] = {
+        "tool": "streamlog bench", "workload": args.workload, "size": args.size, "batch": args.batch,
+        "acks": args.acks, "partitions": args.partitions, "client": args.client, "in_flight": args.in_flight,
+        "linger_ms": args.linger_ms, "server": _server_info(args, server), "topic": topic, "warnings": [],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if args.workload == "produce":
+        n = args.messages
+        results = _produce_phase(args, endpoint, topic, n, "produce", profiler, server_pid)
+        done = sum(r["acked"] for r in results)
+        result.update(messages=done, requested=n, processes=args.producers,
+                      durability=results[0].get("durability"),
+                      latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
+                      latency_what=results[0]["what"])
+        result.update(_rates(args, done, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
+        if any(r.get("timed_out") for r in results):
+            result["warnings"].append(f"--max-seconds {args.max_seconds} reached: {done} of {n} messages")
+    elif args.workload == "consume":
+        n = args.messages
+        pre = _produce_phase(args, endpoint, topic, n, "prefill", client_mode="batch")
+        with BlockingClient(address, timeout=30.0) as bc:
+            described = bc.describe_topic(topic)
+        hw = {p["partition"]: p["high_watermark"] for p in described["partitions"]}
+        total = sum(hw.values())
+        consumers = max(1, min(args.consumers, args.partitions))
+        phase = _Phase(args, "consume", total)
+        for c in range(consumers):
+            cfg = _base_cfg(args, endpoint, topic)
+            cfg["expected"] = {str(p): w for p, w in hw.items() if p % consumers == c}
+            cfg["max_bytes"] = min(MAX_POLL_BYTES, max(1 << 20, args.batch * (args.size + 128)))
+            phase.add(workers.consume_main, cfg)
+        phase.start()
+        started = None
+        if profiler is not None:
+            pids = {f"consumer{i}": p.pid for i, p in enumerate(phase.procs)}
+            if server_pid:
+                pids["server"] = server_pid
+            started = lambda: profiler.start(pids)  # noqa: E731
+        try:
+            results = phase.go(args.max_seconds, started)
+        finally:
+            if profiler is not None:
+                profiler.stop()
+        got = sum(r["received"] for r in results)
+        result.update(messages=got, requested=total, processes=consumers, durability=pre[0].get("durability"),
+                      latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
+                      latency_what=results[0]["what"])
+        result.update(_rates(args, got, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
+        if got < total:
+            result["warnings"].append(f"received {got} of {total} messages (--max-seconds {args.max_seconds})")
+    else:  # e2e
+        n = args.messages if args.messages_given else int(args.rate * args.duration)
+        warmup = int(n * args.warmup)
+        phase_c = _Phase(args, "e2e-consumer", n)
+        consumers = max(1, min(args.consumers, args.partitions))
+        for c in range(consumers):
+            cfg = _base_cfg(args, endpoint, topic)
+            cfg.update(messages=n, warmup=warmup, assigned=[p for p in range(args.partitions) if p % consumers == c],
+                       max_seconds=args.max_seconds + 10)
+            phase_c.add(workers.e2e_consumer_main, cfg)
+        phase_c.start()
+        phase_c.start_evt.set()
+        try:
+            phase_p = _Phase(args, "e2e", n)
+            shares = _split(n, args.producers)
+            for k, share in enumerate(shares):
+                cfg = _base_cfg(args, endpoint, topic)
+                cfg.update(messages=share, rate=args.rate / args.producers, first_index=k, stride=args.producers,
+                           batch=max(1, args.batch))
+                phase_p.add(workers.e2e_producer_main, cfg)
+            phase_p.start()
+            started = None
+            if profiler is not None:
+                pids = {f"producer{i}": p.pid for i, p in enumerate(phase_p.procs)}
+                pids.update({f"consumer{i}": p.pid for i, p in enumerate(phase_c.procs)})
+                if server_pid:
+                    pids["server"] = server_pid
+                started = lambda: profiler.start(pids)  # noqa: E731
+            try:
+                presults = phase_p.go(args.max_seconds, started)
+            finally:
+                if profiler is not None:
+                    profiler.stop()
+            phase_c.total = 0
+            cresults = phase_c.go(args.max_seconds + 15)
+        finally:
+            phase_c.kill()
+        sent = sum(r["sent"] for r in presults)
+        got = sum(r["received"] for r in cresults)
+        t0, t1 = min(r["t_start"] for r in presults), max(r["t_end"] for r in presults)
+        result.update(messages=sent, requested=n, received=got, processes=args.producers, target_rate=args.rate,
+                      warmup_excluded=warmup, durability=presults[0].get("durability"),
+                      latency_ms=stats.summarize(x for r in cresults for x in r["lat_ms"]),
+                      latency_what=cresults[0]["what"],
+                      ack_latency_ms=stats.summarize(x for r in presults for x in r["ack_lat_ms"][warmup // args.producers:]),
+                      ack_latency_what=presults[0]["what"])
+        result.update(_rates(args, sent, t0, t1))
+        if got < sent:
+            result["warnings"].append(f"the consumer received {got} of {sent} messages")
+    if not result["warnings"]:
+        del result["warnings"]
+    return result
+
+
+def main_with_args(args: Any) -> int:
+    args.messages_given = args.messages is not None
+    if args.messages is None:
+        args.messages = 200_000
+    if args.producers < 1 or args.partitions < 1 or args.batch < 1 or args.messages < 1 or args.size < 0:
+        print("bench: --producers, --partitions, --batch and --messages must be at least 1", file=sys.stderr)
+        return 2
+    result = run(args)
+    text = stats.format_report(result)
+    if args.json_out:
+        with open(args.json_out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(result, indent=2))
+    else:
+        print(text)
+    return 0
