@@ -36,6 +36,7 @@ import orjson
 
 from streamlog import errors
 from streamlog.client.blocking import BlockingClient
+from streamlog.client.connection import parse_address
 
 DEFAULT_CONNECT = "127.0.0.1:7070"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -392,6 +393,10 @@ def _extension_registrations() -> list[Callable[[Any, argparse.ArgumentParser], 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        parse_address(args.connect)
+    except ValueError as e:
+        parser.error(f"--connect: {e}")
     try:
         return args.func(args)
     except _Usage as e:

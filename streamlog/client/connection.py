@@ -184,6 +184,8 @@ class ClientProtocol(FastLineReceiver):
 
 
 class _ClientFactory(Factory):
+    noisy = False  # no "Starting factory" log line on every reconnect
+
     def __init__(self, client: "StreamlogClient") -> None:
         self.client = client
 
