@@ -393,10 +393,11 @@ def _extension_registrations() -> list[Callable[[Any, argparse.ArgumentParser], 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        parse_address(args.connect)
-    except ValueError as e:
-        parser.error(f"--connect: {e}")
+    if getattr(args, "connect", None) is not None:  # an extension (bench) may have no address
+        try:
+            parse_address(args.connect)
+        except ValueError as e:
+            parser.error(f"--connect: {e}")
     try:
         return args.func(args)
     except _Usage as e:
