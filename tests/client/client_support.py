@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -108,60 +105,6 @@ def run_until(clock: Any, network: BrokerNetwork, condition: Callable[[], bool],
         assert clock.seconds() < end, "condition not met within the virtual time limit"
         clock.advance(step)
         network.pump()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll a real-world condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-class ServerProcess:
-    """A real C{python -m twisted streamlog-server --storage memory} on 127.0.0.1, port 0."""
-
-    def __init__(self, tmp_path: Any, *extra: str) -> None:
-        self.port_file = str(tmp_path / "server.port")
-        self.log_file = str(tmp_path / "server.log")
-        with open(self.log_file, "wb") as log:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "twisted", "streamlog-server", "--storage", "memory",
-                 "--listen", "tcp:0:interface=127.0.0.1", "--port-file", self.port_file, *extra],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for(self._port, 20.0, "the server's port file")
-        except BaseException:
-            self.stop()
-            raise
-        self.port = self._port()
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _port(self) -> int | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the server exited with {self.proc.returncode}: {open(self.log_file).read()}")
-        try:
-            with open(self.port_file) as f:
-                text = f.read().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def settle(clock: Any, network: BrokerNetwork, d: Deferred) -> Deferred:

@@ -10,14 +10,15 @@ import threading
 import orjson
 import pytest
 
-from client_support import PYTHON, REPO, ServerProcess, wait_for
+from client_support import PYTHON, REPO
+from streamlog.testing import ServerProcess, wait_for
 from streamlog import cli, errors
 from streamlog.client import BlockingClient
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = ServerProcess(tmp_path_factory.mktemp("server"))
+    s = ServerProcess(tmp_path_factory.mktemp("server"), ["--storage", "memory"])
     yield s
     s.stop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import LineClient, ServerProcess
+from streamlog.testing import LineClient, ServerProcess
 
 
 def test_server_process_serves_send_and_poll_and_stops_cleanly(tmp_path, daemons):
