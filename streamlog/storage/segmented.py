@@ -1,0 +1,166 @@
+"""L{SegmentedStorage}: every topic's partition logs under one data directory.
+
+Layout::
+
+    <data_dir>/<topic>/topic.json          {"version": 1, "partitions": N, "config": {...}}
+    <data_dir>/<topic>/<partition>/        one SegmentedLog each (see streamlog.storage.log)
+
+C{topic.json} is written last when a topic is created (tmp, fsync, rename,
+fsync dir), so a topic directory without it is a creation that crashed
+half-way and is removed at load.  Deleting renames the topic directory to a
+hidden C{.deleted-...} name first (one atomic, fsynced step), then removes it;
+a crash in between leaves only the hidden directory, which load removes, so a
+half-deleted topic never comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from typing import Sequence
+
+import orjson
+from twisted.logger import Logger
+
+from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import StorageError
+from streamlog.storage.log import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_CHECKPOINT_INTERVAL_BYTES,
+    DEFAULT_INDEX_INTERVAL_BYTES,
+    SegmentedLog,
+    fsync_dir,
+    write_atomically,
+)
+
+TOPIC_FILE = "topic.json"
+TOPIC_FILE_VERSION = 1
+_DELETED_PREFIX = ".deleted-"
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
+
+
+def check_topic_name(name: str) -> None:
+    """Refuse names that are not safe as one directory name (no path tricks, no hidden names)."""
+    if not _TOPIC_NAME.fullmatch(name):
+        raise ValueError(f"invalid topic name {name!r}: use 1-249 of A-Z a-z 0-9 . _ -, not starting with '.'")
+
+
+class SegmentedStorage:
+    """A durable L{streamlog.storage.base.Storage}.
+
+    @param data_dir: the directory holding every topic (created if missing).
+    @param defaults: server-wide settings; a topic's C{None} fields fall back to them.
+    @param index_interval_bytes, cache_bytes, checkpoint_interval_bytes: passed
+        to every L{SegmentedLog}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        data_dir: str,
+        defaults: TopicConfig | None = None,
+        index_interval_bytes: int = DEFAULT_INDEX_INTERVAL_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
+    ) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.defaults = defaults or TopicConfig()
+        self._log_options = dict(
+            index_interval_bytes=index_interval_bytes,
+            cache_bytes=cache_bytes,
+            checkpoint_interval_bytes=checkpoint_interval_bytes,
+        )
+        self._topics: dict[str, tuple[TopicConfig, list[SegmentedLog]]] = {}
+        os.makedirs(self.data_dir, exist_ok=True)
+
+    def _open_log(self, topic: str, partition: int, config: TopicConfig) -> SegmentedLog:
+        path = os.path.join(self.data_dir, topic, str(partition))
+        return SegmentedLog(path, config, self.defaults, **self._log_options)  # type: ignore[arg-type]
+
+    def load(self) -> dict[str, tuple[TopicConfig, Sequence[SegmentedLog]]]:
+        """Open and recover every topic.  A log that found damaged synced data is
+        returned failed (L{SegmentedLog.failed}) rather than stopping the others."""
+        for name in sorted(os.listdir(self.data_dir)):
+            path = os.path.join(self.data_dir, name)
+            if not os.path.isdir(path):
+                continue
+            if name.startswith(_DELETED_PREFIX):
+                self._log.info("finishing the interrupted deletion of {path}", path=path)
+                shutil.rmtree(path)
+                fsync_dir(self.data_dir)
+                continue
+            if name.startswith(".") or name in self._topics:
+                continue
+            topic_file = os.path.join(path, TOPIC_FILE)
+            if not os.path.exists(topic_file):
+                self._log.warn("removing {path}: its creation did not finish (no {file})", path=path, file=TOPIC_FILE)
+                shutil.rmtree(path)
+                fsync_dir(self.data_dir)
+                continue
+            with open(topic_file, "rb") as f:
+                meta = orjson.loads(f.read())
+            if meta.get("version") != TOPIC_FILE_VERSION:
+                raise ValueError(f"{topic_file}: unknown version {meta.get('version')!r}")
+            config = TopicConfig(**meta["config"])
+            logs = [self._open_log(name, p, config) for p in range(int(meta["partitions"]))]
+            self._topics[name] = (config, logs)
+        return {name: (config, list(logs)) for name, (config, logs) in self._topics.items()}
+
+    def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[SegmentedLog]:
+        check_topic_name(name)
+        if partitions < 1:
+            raise ValueError(f"a topic needs at least one partition, not {partitions}")
+        if name in self._topics:
+            raise ValueError(f"topic {name!r} exists")
+        path = os.path.join(self.data_dir, name)
+        if os.path.exists(path):
+            shutil.rmtree(path)  # an unfinished creation (no topic.json) never loaded
+        os.makedirs(path)
+        logs = [self._open_log(name, p, config) for p in range(partitions)]
+        fsync_dir(path)
+        write_atomically(
+            os.path.join(path, TOPIC_FILE),
+            orjson.dumps({"version": TOPIC_FILE_VERSION, "partitions": partitions, "config": config.to_dict()}),
+        )
+        fsync_dir(self.data_dir)
+        self._topics[name] = (config, logs)
+        return list(logs)
+
+    def delete_topic(self, name: str) -> None:
+        entry = self._topics.pop(name, None)
+        if entry is None:
+            return
+        for log in entry[1]:
+            log.close()
+        path = os.path.join(self.data_dir, name)
+        doomed = os.path.join(self.data_dir, f"{_DELETED_PREFIX}{name}-{uuid.uuid4().hex}")
+        os.rename(path, doomed)
+        fsync_dir(self.data_dir)
+        shutil.rmtree(doomed)
+        fsync_dir(self.data_dir)
+
+    def logs(self) -> list[SegmentedLog]:
+        return [log for _, logs in self._topics.values() for log in logs]
+
+    def checkpoint(self) -> None:
+        """Sync and checkpoint every healthy log (blocking: call it from a worker thread).
+
+        Call it every minute or so whatever the fsync policy: it bounds how much
+        recovery reads after a crash and lets retention delete (retention only
+        deletes segments behind a checkpoint).
+        """
+        for log in self.logs():
+            if log.failed is None and not log.closed:
+                try:
+                    log.checkpoint()
+                except StorageError:
+                    if not log.closed:  # closed meanwhile by delete_topic: nothing to do
+                        raise
+
+    def close(self) -> None:
+        for log in self.logs():
+            log.close()
+        self._topics = {}
