@@ -196,7 +196,8 @@ def scan(data: bytes | memoryview, position: int = 0, expected_offset: int | Non
 
     Stops at the first frame that is damaged (L{Stop.CORRUPT}), cut short by
     the end of the buffer (L{Stop.TORN}), or not contiguous in offsets with
-    the one before (L{Stop.GAP}, only when C{expected_offset} is given).  A
+    the one before (L{Stop.GAP}; without C{expected_offset} the first frame
+    sets it).  A
     frame that runs past the end of the buffer is TORN (its CRC cannot be
     checked yet); the caller decides what a torn or corrupt stop means where
     it happened (a crash's tail, or damage to synced data).

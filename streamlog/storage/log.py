@@ -310,6 +310,8 @@ class SegmentedLog:
                     self._drop_segments_from(i, expected, f"segment base {segment.base_offset}, expected {expected}")
                     return True
             file_size = segment.file_size()
+            if file_size == position:
+                continue  # nothing after the checkpoint (a clean shutdown)
             stop, reason, valid_end = self._scan_segment(segment, position, file_size, expected)
             expected = segment.next_offset
             if stop is not codec.Stop.END:
@@ -334,7 +336,7 @@ class SegmentedLog:
     def _scan_segment(self, segment: Segment, position: int, file_size: int, expected: int) -> tuple[codec.Stop, str, int]:
         """Validate C{segment} from C{position} in chunks, replaying its frames into the index."""
         while True:
-            chunk = segment.pread(max(_SCAN_CHUNK, 2 * codec.HEADER_SIZE), position)
+            chunk = segment.pread(min(_SCAN_CHUNK, file_size - position), position)
             result = codec.scan(chunk, 0, expected)
             for frame in result.frames:
                 segment.replay([codec.Frame(position + frame.position, frame.header)])

@@ -227,6 +227,8 @@ class Segment:
         usable = len(raw) - len(raw) % _OFFSET_ENTRY.size
         for rel, pos in _OFFSET_ENTRY.iter_unpack(raw[:usable]):
             if pos >= end_pos:
+                if limit_position is None:
+                    return False  # a closed segment's entry past its end
                 break
             offset = self.base_offset + rel
             if pos <= 0 or offset >= end_off or (positions and (pos <= positions[-1] or offset <= offsets[-1])):
@@ -241,6 +243,8 @@ class Segment:
         for ts, rel in _TIME_ENTRY.iter_unpack(raw_time[:usable]):
             offset = self.base_offset + rel
             if offset >= end_off:
+                if limit_offset is None:
+                    return False
                 break
             if stamps and (ts < stamps[-1] or offset < toffs[-1]):
                 return False

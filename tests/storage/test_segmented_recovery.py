@@ -1,0 +1,335 @@
+"""Recovery of the segmented log: restarts, torn tails, bit flips, damaged indexes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+from twisted.logger import globalLogPublisher
+
+from storage_helpers import fill, make_batch, read_all
+from streamlog.storage import codec
+from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import StorageCorrupted
+from streamlog.storage.log import CHECKPOINT_FILE, SegmentedLog
+
+
+def open_log(path, segment_bytes=1_000_000, **kw) -> SegmentedLog:
+    kw.setdefault("index_interval_bytes", 256)
+    kw.setdefault("cache_bytes", 0)
+    return SegmentedLog(str(path), TopicConfig(segment_bytes=segment_bytes), **kw)
+
+
+def segment_files(path, ext=".log") -> list[str]:
+    return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(ext))
+
+
+def frame_positions(path: str) -> list[int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    return [frame.position for frame in codec.scan(data).frames] + [len(data)]
+
+
+@pytest.fixture
+def repairs():
+    events = []
+
+    def observer(event):
+        if "recovery" in event.get("log_format", ""):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_restart_preserves_everything(tmp_path):
+    log = open_log(tmp_path, segment_bytes=2_000)
+    fill(log, 50)
+    log.close()
+    log = open_log(tmp_path, segment_bytes=2_000)
+    assert log.segment_count > 5
+    assert (log.start_offset, log.end_offset, log.durable_offset) == (0, 250, 250)
+    assert read_all(log) == list(range(250))
+    assert log.offset_for_timestamp(1_100) == 100
+    fill(log, 2)
+    assert read_all(log) == list(range(260))
+    log.close()
+
+
+def test_clean_restart_reads_no_data_back(tmp_path, monkeypatch):
+    log = open_log(tmp_path, segment_bytes=2_000)
+    fill(log, 50)
+    log.close()
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("a clean start must not validate data")
+
+    monkeypatch.setattr(SegmentedLog, "_scan_segment", no_scan)
+    monkeypatch.setattr(codec, "scan", no_scan)
+    log = open_log(tmp_path, segment_bytes=2_000)
+    assert log.end_offset == 250 and log.failed is None
+    log.close()
+
+
+def crash_image(log: SegmentedLog, dest) -> str:
+    """What a machine would find after the process died now (appends are in the OS)."""
+    shutil.copytree(log.directory, dest)
+    return str(dest)
+
+
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """For loops of hundreds of recoveries: what they test is logic, not the disk's flush."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A directory for loops of recoveries: on tmpfs when there is one (metadata
+    operations on the test machine's disk cost milliseconds each)."""
+    import tempfile
+
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    path = tempfile.mkdtemp(prefix="streamlog-test-", dir=base)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {n: open(os.path.join(directory, n), "rb").read() for n in os.listdir(directory)}
+
+
+def restore(files: dict[str, bytes], directory: str) -> None:
+    """Make C{directory} hold exactly C{files} (faster than copytree and rmtree)."""
+    os.makedirs(directory, exist_ok=True)
+    for n in os.listdir(directory):
+        if n not in files:
+            os.unlink(os.path.join(directory, n))
+    for n, data in files.items():
+        with open(os.path.join(directory, n), "wb") as f:
+            f.write(data)
+
+
+# 1_000_000: one segment; 900: four 205-byte frames per segment, so the tail after
+# the checkpoint (in the first segment) spans two more segments read back whole.
+@pytest.mark.parametrize("segment_bytes", [1_000_000, 900])
+def test_torn_tail_at_every_byte_of_the_last_three_batches(tmp_path, scratch, repairs, no_fsync, segment_bytes):
+    log = open_log(tmp_path / "live", segment_bytes=segment_bytes)
+    fill(log, 4, count=2, size=5)
+    log.checkpoint()
+    fill(log, 8, count=2, size=5)
+    image = crash_image(log, tmp_path / "image")
+    log.close()
+    files = snapshot(image)
+    last = segment_files(image)[-1]
+    positions = frame_positions(last)
+    base = int(os.path.basename(last)[:-4])
+    assert len(positions) >= 4, "the last three batches should be in the last segment"
+    first_cut = positions[-4]
+    work = os.path.join(scratch, "work")
+    for cut in range(first_cut, positions[-1]):
+        whole = sum(1 for p in positions[1:] if p <= cut)
+        expected_end = base + 2 * whole
+        restore(files, work)
+        os.truncate(os.path.join(work, os.path.basename(last)), cut)
+        recovered = open_log(work, segment_bytes=segment_bytes)
+        assert recovered.failed is None
+        assert recovered.end_offset == expected_end, cut
+        assert read_all(recovered) == list(range(expected_end))
+        recovered.append(make_batch(expected_end, 3, ts=5_000))
+        recovered.close()
+        again = open_log(work, segment_bytes=segment_bytes)
+        assert read_all(again) == list(range(expected_end + 3))
+        again.close()
+    assert any(e.get("bytes") for e in repairs)
+
+
+def test_garbage_after_the_tail_is_cut(tmp_path, repairs):
+    log = open_log(tmp_path / "live")
+    fill(log, 3)
+    log.checkpoint()
+    fill(log, 3)
+    image = crash_image(log, tmp_path / "image")
+    log.close()
+    with open(segment_files(image)[-1], "ab") as f:
+        f.write(b"\0" * 4096)
+    recovered = open_log(image)
+    assert recovered.end_offset == 30
+    assert read_all(recovered) == list(range(30))
+    cut = [e for e in repairs if e.get("bytes") == 4096]
+    assert cut and cut[0]["offset"] == 30
+    recovered.close()
+
+
+def test_damage_in_an_unsynced_segment_drops_the_segments_after_it(tmp_path, repairs):
+    log = open_log(tmp_path / "live", segment_bytes=1_100)  # two batches per segment
+    fill(log, 2)
+    log.checkpoint()
+    fill(log, 12)
+    image = crash_image(log, tmp_path / "image")
+    log.close()
+    logs = segment_files(image)
+    assert len(logs) >= 4
+    victim = logs[-3]
+    positions = frame_positions(victim)
+    with open(victim, "r+b") as f:
+        f.seek(positions[1] + 70)
+        byte = f.read(1)
+        f.seek(positions[1] + 70)
+        f.write(bytes([byte[0] ^ 0x10]))
+    victim_base = int(os.path.basename(victim)[:-4])
+    recovered = open_log(image, segment_bytes=1_100)
+    assert recovered.end_offset == victim_base + 5
+    assert read_all(recovered) == list(range(victim_base + 5))
+    assert len(segment_files(image)) == len(logs) - 2
+    assert any("removed segment" in e["log_format"] for e in repairs)
+    recovered.close()
+
+
+def test_no_checkpoint_yet_validates_everything(tmp_path):
+    log = open_log(tmp_path / "live", segment_bytes=700)
+    fill(log, 10)
+    image = crash_image(log, tmp_path / "image")
+    log.close()
+    assert not os.path.exists(os.path.join(image, CHECKPOINT_FILE))
+    recovered = open_log(image, segment_bytes=700)
+    assert read_all(recovered) == list(range(50))
+    recovered.close()
+
+
+def flip(path: str, position: int, mask: int = 0x01) -> None:
+    with open(path, "r+b") as f:
+        f.seek(position)
+        byte = f.read(1)[0]
+        f.seek(position)
+        f.write(bytes([byte ^ mask]))
+
+
+@pytest.mark.parametrize("which", ["closed", "active"])
+def test_bit_flips_in_synced_data_are_detected_never_served(tmp_path, scratch, no_fsync, which):
+    source = tmp_path / "source"
+    log = open_log(source, segment_bytes=1_100)
+    fill(log, 20)
+    log.close()
+    files = snapshot(source)
+    logs = segment_files(str(source))
+    victim = logs[1] if which == "closed" else logs[-1]
+    positions = frame_positions(victim)
+    start, end = positions[1], positions[2]  # every byte of the second batch
+    work = os.path.join(scratch, "work")
+    for position in range(start, end):
+        restore(files, work)
+        flip(os.path.join(work, os.path.basename(victim)), position, 1 << (position % 8))
+        damaged = open_log(work, segment_bytes=1_100)
+        if damaged.failed is None:
+            with pytest.raises(StorageCorrupted):
+                read_all(damaged)
+        assert isinstance(damaged.failed, StorageCorrupted)
+        with pytest.raises(StorageCorrupted):
+            damaged.read(0, 1, 100)
+        with pytest.raises(StorageCorrupted):
+            damaged.append(make_batch(damaged.end_offset, 1))
+        damaged.close()
+
+
+def test_synced_data_missing_refuses(tmp_path):
+    log = open_log(tmp_path)
+    fill(log, 5)
+    log.close()
+    last = segment_files(str(tmp_path))[-1]
+    os.truncate(last, os.path.getsize(last) - 10)
+    damaged = open_log(tmp_path)
+    assert isinstance(damaged.failed, StorageCorrupted)
+    assert "synced data missing" in str(damaged.failed)
+    with pytest.raises(StorageCorrupted):
+        damaged.read(0, 1, 100)
+    damaged.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "shifted", "torn"])
+def test_damaged_index_is_rebuilt(tmp_path, damage):
+    log = open_log(tmp_path, segment_bytes=3_000)
+    fill(log, 30)
+    log.close()
+    index = segment_files(str(tmp_path), ".index")[0]
+    original = open(index, "rb").read()
+    assert len(original) >= 16
+    if damage == "missing":
+        os.unlink(index)
+    elif damage == "garbage":
+        open(index, "wb").write(os.urandom(len(original)))
+    elif damage == "shifted":
+        # Still monotonic, but the second entry points one byte past its frame.
+        data = bytearray(original)
+        data[15] += 1
+        open(index, "wb").write(bytes(data))
+    else:
+        open(index, "wb").write(original[:-3])
+    log = open_log(tmp_path, segment_bytes=3_000)
+    for offset in range(0, 150, 7):
+        assert log.read(offset, 1, 1000).count == 1
+    assert read_all(log) == list(range(150))
+    assert log.failed is None
+    assert open(index, "rb").read() == original
+    log.close()
+
+
+def test_leftover_files_are_cleaned_up(tmp_path):
+    log = open_log(tmp_path, segment_bytes=700)
+    fill(log, 10)
+    log.close()
+    open(os.path.join(tmp_path, "00000000000009999999.index"), "wb").write(b"x")
+    open(os.path.join(tmp_path, "recovery-checkpoint.tmp"), "wb").write(b"x")
+    log = open_log(tmp_path, segment_bytes=700)
+    assert read_all(log) == list(range(50))
+    names = os.listdir(tmp_path)
+    assert "00000000000009999999.index" not in names and "recovery-checkpoint.tmp" not in names
+    log.close()
+
+
+def test_sync_in_a_thread_while_appending_and_rolling(tmp_path):
+    log = open_log(tmp_path, segment_bytes=2_000, cache_bytes=1_000)
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def syncer():
+        try:
+            while not stop.is_set():
+                seen.append(log.sync())
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=syncer)
+    thread.start()
+    try:
+        fill(log, 400)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert seen == sorted(seen)
+    assert log.sync() == 2_000
+    assert read_all(log) == list(range(2_000))
+    log.close()
+    log = open_log(tmp_path, segment_bytes=2_000)
+    assert log.end_offset == 2_000
+    log.close()
+
+
+def test_truncation_survives_restart_and_moves_the_checkpoint_back(tmp_path):
+    log = open_log(tmp_path, segment_bytes=700)
+    fill(log, 20)
+    log.checkpoint()
+    log.truncate_suffix(33)
+    log.append(make_batch(33, 2, ts=7_000, term=3))
+    image = crash_image(log, tmp_path / "image")  # no clean close
+    log.close()
+    recovered = open_log(image, segment_bytes=700)
+    assert recovered.failed is None
+    assert read_all(recovered) == list(range(35))
+    assert [b.term for b in recovered.batches(33, 100)] == [3]
+    recovered.close()
