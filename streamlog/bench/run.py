@@ -228,6 +228,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         "acks": args.acks, "partitions": args.partitions, "client": args.client, "in_flight": args.in_flight,
         "linger_ms": args.linger_ms, "server": _server_info(args, server), "topic": topic, "warnings": [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # The machine may be shared: the 1-minute load average before the run says how busy it was.
+        "loadavg_1m_before": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(),
     }
     if args.workload == "produce":
         n = args.messages

@@ -39,10 +39,12 @@ def format_report(result: dict[str, Any]) -> str:
     """The human-readable block printed at the end of a run."""
     w = result["workload"]
     srv = result["server"]
+    client = {"produce": result["client"], "consume": "Consumer (prefetch)",
+              "e2e": "Producer(linger 0) + Consumer(long poll)"}[w]
     lines = [
         f"streamlog bench {w}: {fmt_int(result['messages'])} msgs x {result['size']} B, "
         f"batch {result['batch']}, acks={result['acks']}, {result['partitions']} partition(s), "
-        f"{result['processes']} {'producer' if w != 'consume' else 'consumer'} process(es), client={result['client']}",
+        f"{result['processes']} {'producer' if w != 'consume' else 'consumer'} process(es), client={client}",
         f"server: {srv['origin']}, storage={srv['storage']}, fsync={srv['fsync']}, "
         f"replication factor {srv['replication_factor']}; answers said durability={result.get('durability')}",
     ]

@@ -1,0 +1,68 @@
+"""CI-sized smoke run of `streamlog bench`: a few seconds against a real server process.
+
+Asserts only that each workload runs and reports sane figures (positive rates,
+ordered percentiles, the JSON keys present), not any performance level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# The durable storage once it exists (segmented + group commit); the memory log before.
+STORAGE = "segmented" if importlib.util.find_spec("streamlog.storage.group_commit") else "memory"
+PCT = ("p50", "p95", "p99", "p99.9", "max")
+
+
+def bench(*argv: str, timeout: float = 30.0) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamlog.bench", *argv, "--json", "--quiet", "--storage", STORAGE,
+         "--fsync", "always", "--max-seconds", "10"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def check_latency(lat: dict) -> None:
+    assert lat["count"] > 0
+    values = [lat[k] for k in PCT]
+    assert all(v >= 0 for v in values)
+    assert values == sorted(values), lat
+
+
+def check_common(r: dict, workload: str) -> None:
+    for key in ("workload", "messages", "size", "batch", "acks", "partitions", "elapsed_s", "msgs_per_s",
+                "mb_per_s", "latency_ms", "server", "durability"):
+        assert key in r, key
+    assert r["workload"] == workload
+    assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0 and r["elapsed_s"] > 0
+    assert r["server"]["storage"] == STORAGE and r["server"]["fsync"] == "always"
+    assert r["server"]["replication_factor"] == 1
+    assert r["durability"] in ("fsync", "written", "memory")
+    check_latency(r["latency_ms"])
+
+
+def test_produce_and_consume() -> None:
+    r = bench("produce", "--messages", "3000", "--batch", "100", "--size", "100", "--producers", "2",
+              "--partitions", "2")
+    check_common(r, "produce")
+    assert r["messages"] == 3000 and r["processes"] == 2
+    r = bench("consume", "--messages", "3000", "--batch", "500", "--size", "64", "--client", "batch")
+    check_common(r, "consume")
+    assert r["messages"] == 3000
+
+
+def test_e2e() -> None:
+    r = bench("e2e", "--rate", "500", "--duration", "1", "--size", "100")
+    check_common(r, "e2e")
+    assert r["messages"] == 500 and r["received"] == 500
+    assert r["warmup_excluded"] == 50 and r["latency_ms"]["count"] == 450
+    check_latency(r["ack_latency_ms"])
