@@ -1,0 +1,258 @@
+"""Group commit: many concurrent appends share one fsync, off the reactor thread.
+
+The broker appends a batch (fast: the bytes go to the OS) and then asks
+L{GroupCommitter.wait} when those records are durable.  With the C{always}
+policy the first waiter schedules a I{round} on the next reactor turn; the
+round syncs every log that has waiters in one worker-thread job, and waiters
+that arrive while it runs form the next round.  So under load one fsync per
+log covers every Send that arrived during the previous fsync, and the reactor
+never blocks on the disk.
+
+An fsync error is fail-stop: after a failed fsync the kernel may have dropped
+the dirty pages and marked them clean, so a retry could "succeed" without the
+data ever reaching the disk.  The committer calls C{on_fatal} (the server
+stops the process), errbacks every waiter and never reports durable again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
+
+ALWAYS = "always"
+INTERVAL = "interval"
+NEVER = "never"
+
+
+@attrs.frozen
+class FsyncPolicy:
+    """When appended records are fsynced: C{always} (before acknowledging),
+    every C{interval_ms}, or C{never} (left to the OS; see docs/storage.md for the loss window)."""
+
+    mode: str
+    interval_ms: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FsyncPolicy:
+        """Parse C{always}, C{interval:<ms>} or C{never}; raise C{ValueError} with a usable message."""
+        value = text.strip().lower()
+        if value in (ALWAYS, NEVER):
+            return cls(value)
+        if value.startswith(INTERVAL + ":"):
+            number = value[len(INTERVAL) + 1 :]
+            if number.isdigit() and int(number) > 0:
+                return cls(INTERVAL, int(number))
+        raise ValueError(f"invalid fsync policy {text!r}: use 'always', 'interval:<milliseconds>' (e.g. interval:100) or 'never'")
+
+    def __str__(self) -> str:
+        return f"{INTERVAL}:{self.interval_ms}" if self.mode == INTERVAL else self.mode
+
+
+class CommitterStopped(StorageError):
+    """L{GroupCommitter.wait} was called after L{GroupCommitter.stop}."""
+
+
+class GroupCommitter:
+    """Makes appended records durable per an L{FsyncPolicy}.
+
+    @param policy: the fsync policy.
+    @param clock: an C{IReactorTime} (the global reactor if C{None}).
+    @param run_in_thread: C{f(callable, *args) -> Deferred} running the blocking
+        sync job; C{deferToThread} if C{None}.  Tests pass a fake.
+    @param on_fatal: called once with the L{Failure} of a failed fsync; the
+        server stops the process (fail-stop).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        policy: FsyncPolicy,
+        clock: Any = None,
+        run_in_thread: Callable[..., Deferred] | None = None,
+        on_fatal: Callable[[Failure], object] | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        if run_in_thread is None:
+            from twisted.internet.threads import deferToThread as run_in_thread  # type: ignore[no-redef]
+        self.policy = policy
+        self._clock = clock
+        self._run_in_thread = run_in_thread
+        self._on_fatal = on_fatal
+        self._waiters: dict[Hashable, list[tuple[int, Deferred]]] = {}
+        self._logs: dict[Hashable, Any] = {}  # every log seen (synced by interval ticks and at stop)
+        self._dirty: set[Hashable] = set()
+        self._scheduled: Any = None
+        self._running: Deferred | None = None
+        self._failure: Failure | None = None
+        self._stopped = False
+        self._loop: Any = None
+        self.rounds = 0  # sync jobs run (for tests and metrics)
+
+    # -- public API -----------------------------------------------------------
+
+    def wait(self, log: Any, offset: int) -> Deferred:
+        """A Deferred firing once records below C{offset} of C{log} are as durable as the policy makes them.
+
+        C{True}: they were fsynced.  C{False}: the policy does not wait for the
+        disk (C{interval}, C{never}); the answer says which durability the
+        client got.  Errback: fsync failed (fail-stop) or the log failed.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._stopped:
+            return fail(CommitterStopped("the group committer is stopped"))
+        key = id(log)
+        self._logs[key] = log
+        if self.policy.mode != ALWAYS:
+            self._dirty.add(key)
+            if self.policy.mode == INTERVAL:
+                self._start_loop()
+            return succeed(False)
+        if offset <= log.durable_offset:
+            return succeed(True)
+        d: Deferred = Deferred()
+        self._waiters.setdefault(key, []).append((offset, d))
+        self._schedule()
+        return d
+
+    def forget(self, log: Any) -> None:
+        """Stop tracking C{log} (its topic was deleted); its waiters fail."""
+        key = id(log)
+        self._logs.pop(key, None)
+        self._dirty.discard(key)
+        for _, d in self._waiters.pop(key, []):
+            d.errback(StorageFailed("the log was closed before its records became durable"))
+
+    def stop(self) -> Deferred:
+        """Stop the interval timer and do a final sync of every log seen; fires when done."""
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self._failure is not None:
+            return succeed(None)
+        pending = self._running if self._running is not None else succeed(None)
+
+        def final(_: object) -> Deferred:
+            if self._failure is not None:
+                return succeed(None)
+            keys = list(self._logs)
+            return self._sync_job(keys)
+
+        return pending.addBoth(lambda _: None).addCallback(final)
+
+    # -- always: rounds ------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._running is None and self._scheduled is None:
+            # Next reactor turn, so every Send handled in this turn joins the round.
+            self._scheduled = self._clock.callLater(0, self._round)
+
+    def _round(self) -> None:
+        self._scheduled = None
+        if self._failure is not None or not self._waiters:
+            return
+        batch, self._waiters = self._waiters, {}
+        d = self._sync_job(list(batch))
+        self._running = d
+
+        def done(results: dict[Hashable, BaseException | int] | None) -> None:
+            self._running = None
+            if results is None:  # fatal: waiters were failed by _fatal
+                for waiters in batch.values():
+                    for _, w in waiters:
+                        w.errback(self._failure)
+                return
+            for key, waiters in batch.items():
+                outcome = results.get(key)
+                log = self._logs.get(key)
+                for offset, w in waiters:
+                    if isinstance(outcome, BaseException):
+                        w.errback(outcome)
+                    elif log is None:
+                        w.errback(StorageFailed("the log was closed before its records became durable"))
+                    elif offset <= log.durable_offset:
+                        w.callback(True)
+                    elif offset > log.end_offset:
+                        w.errback(StorageError(f"records below {offset} were truncated before they became durable"))
+                    else:  # appended after the sync took its snapshot
+                        self._waiters.setdefault(key, []).append((offset, w))
+            if self._waiters and not self._stopped:
+                self._schedule()
+
+        d.addCallback(done)
+
+    # -- interval: ticks ---------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        if self._loop is None:
+            from twisted.internet.task import LoopingCall
+
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self._clock
+            self._loop.start(self.policy.interval_ms / 1000.0, now=False)  # type: ignore[operator]
+
+    def _tick(self) -> None:
+        if self._running is not None or self._failure is not None or not self._dirty:
+            return
+        keys, self._dirty = list(self._dirty), set()
+        d = self._sync_job(keys)
+        self._running = d
+        d.addCallback(lambda _: setattr(self, "_running", None))
+
+    # -- the job -------------------------------------------------------------------------
+
+    def _sync_job(self, keys: list[Hashable]) -> Deferred:
+        """Sync C{keys}' logs in a worker thread.
+
+        Fires with {key: durable offset or the log's own error}, or with
+        C{None} after a fatal error (already reported).  Never errbacks.
+        """
+        logs = [(key, self._logs[key]) for key in keys if key in self._logs]
+        self.rounds += 1
+        d = self._run_in_thread(_sync_logs, logs)
+        d.addErrback(self._fatal)
+        return d
+
+    def _fatal(self, failure: Failure) -> None:
+        first = self._failure is None
+        if first:
+            self._failure = failure
+            self._log.failure("fsync failed: stopping (fail-stop); nothing more is reported durable", failure)
+        for waiters in self._waiters.values():
+            for _, d in waiters:
+                d.errback(failure)
+        self._waiters = {}
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if first and self._on_fatal is not None:
+            self._on_fatal(failure)
+        return None
+
+
+def _sync_logs(logs: list[tuple[Hashable, Any]]) -> dict[Hashable, BaseException | int]:
+    """Runs in a worker thread: sync each log.
+
+    A log that refuses because its data is corrupt (or that was closed) fails
+    only its own waiters; any other error (an fsync failure) fails the job.
+    """
+    results: dict[Hashable, BaseException | int] = {}
+    for key, log in logs:
+        if getattr(log, "closed", False):
+            results[key] = StorageFailed("the log was closed before its records became durable")
+            continue
+        try:
+            results[key] = log.sync()
+        except StorageCorrupted as e:
+            results[key] = e
+    return results

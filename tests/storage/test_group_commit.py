@@ -1,0 +1,278 @@
+"""GroupCommitter: group commit, policies and fail-stop, on a virtual clock and fake threads."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from storage_helpers import fill
+from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
+from streamlog.storage.group_commit import CommitterStopped, FsyncPolicy, GroupCommitter
+from streamlog.storage.log import SegmentedLog
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.end_offset = 0
+        self.durable_offset = 0
+        self.syncs = 0
+        self.error: Exception | None = None
+        self.closed = False
+
+    def append(self, n: int) -> int:
+        self.end_offset += n
+        return self.end_offset
+
+    def sync(self) -> int:
+        self.syncs += 1
+        if self.error is not None:
+            raise self.error
+        self.durable_offset = self.end_offset
+        return self.durable_offset
+
+
+class FakeThreads:
+    """run_in_thread that queues jobs until the test runs them."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Deferred, object, tuple]] = []
+
+    def __call__(self, f, *args) -> Deferred:
+        d: Deferred = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+
+def result_of(d: Deferred):
+    out: list = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def has_fired(d: Deferred) -> bool:
+    out: list = []
+    d.addBoth(lambda r: out.append(r) or r)
+    return bool(out)
+
+
+@pytest.fixture
+def setup():
+    clock = Clock()
+    threads = FakeThreads()
+    fatal: list[Failure] = []
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, fatal.append)
+    yield clock, threads, committer, fatal
+    assert not clock.getDelayedCalls() or committer._stopped or fatal
+
+
+@pytest.mark.parametrize(
+    "text, policy",
+    [
+        ("always", FsyncPolicy("always")),
+        ("never", FsyncPolicy("never")),
+        ("interval:250", FsyncPolicy("interval", 250)),
+        (" ALWAYS ", FsyncPolicy("always")),
+    ],
+)
+def test_parse_policy(text, policy):
+    assert FsyncPolicy.parse(text) == policy
+    assert FsyncPolicy.parse(str(policy)) == policy
+
+
+@pytest.mark.parametrize("bad", ["", "sometimes", "interval", "interval:", "interval:0", "interval:-5", "interval:1.5", "interval:ms"])
+def test_parse_policy_rejects_bad_strings(bad):
+    with pytest.raises(ValueError, match="always.*interval.*never"):
+        FsyncPolicy.parse(bad)
+
+
+def test_concurrent_waiters_share_one_fsync(setup):
+    clock, threads, committer, _ = setup
+    a, b = FakeLog(), FakeLog()
+    waits = [committer.wait(a, a.append(1)) for _ in range(50)] + [committer.wait(b, b.append(3))]
+    assert not any(has_fired(d) for d in waits)
+    clock.advance(0)
+    assert len(threads.jobs) == 1
+    threads.run_one()
+    assert all(result_of(d) is True for d in waits)
+    assert (a.syncs, b.syncs, committer.rounds) == (1, 1, 1)
+
+
+def test_waiters_arriving_during_a_round_form_the_next_round(setup):
+    clock, threads, committer, _ = setup
+    log = FakeLog()
+    first = committer.wait(log, log.append(1))
+    clock.advance(0)
+    later = [committer.wait(log, log.append(1)) for _ in range(10)]
+    clock.advance(0)
+    assert len(threads.jobs) == 1  # no second job while the first runs
+    log.end_offset, snapshot = 1, log.end_offset  # the sync saw only the first append
+    threads.run_one()
+    log.end_offset = snapshot
+    assert result_of(first) is True
+    assert not any(has_fired(d) for d in later)
+    clock.advance(0)
+    assert len(threads.jobs) == 1
+    threads.run_one()
+    assert all(result_of(d) is True for d in later)
+    assert log.syncs == 2
+
+
+def test_already_durable_fires_at_once(setup):
+    _, threads, committer, _ = setup
+    log = FakeLog()
+    log.append(5)
+    log.sync()
+    assert result_of(committer.wait(log, 5)) is True
+    assert threads.jobs == []
+
+
+def test_fsync_error_is_fail_stop(setup):
+    clock, threads, committer, fatal = setup
+    log = FakeLog()
+    d1 = committer.wait(log, log.append(1))
+    clock.advance(0)
+    d2 = committer.wait(log, log.append(1))  # queued for the next round
+    log.error = StorageFailed("fsync failed: EIO")
+    threads.run_one()
+    assert len(fatal) == 1 and fatal[0].check(StorageFailed)
+    for d in (d1, d2):
+        with pytest.raises(StorageFailed):
+            result_of(d)
+    with pytest.raises(StorageFailed):
+        result_of(committer.wait(log, log.append(1)))
+    log.error = None
+    clock.advance(1)
+    assert threads.jobs == []  # never tries again
+    assert log.durable_offset == 0
+
+
+def test_a_corrupt_log_fails_only_its_own_waiters(setup):
+    clock, threads, committer, fatal = setup
+    bad, good = FakeLog(), FakeLog()
+    bad.error = StorageCorrupted("x.log", 0, "CRC mismatch")
+    d_bad = committer.wait(bad, bad.append(1))
+    d_good = committer.wait(good, good.append(1))
+    clock.advance(0)
+    threads.run_one()
+    with pytest.raises(StorageCorrupted):
+        result_of(d_bad)
+    assert result_of(d_good) is True
+    assert fatal == []
+
+
+def test_truncated_before_durable_errbacks(setup):
+    clock, threads, committer, _ = setup
+    log = FakeLog()
+    d = committer.wait(log, log.append(5))
+    log.end_offset = 2  # truncated (Raft) before the sync ran
+    clock.advance(0)
+    threads.run_one()
+    with pytest.raises(StorageError, match="truncated"):
+        result_of(d)
+
+
+def test_interval_policy_acks_at_once_and_syncs_on_the_clock():
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("interval:100"), clock, threads)
+    log = FakeLog()
+    assert result_of(committer.wait(log, log.append(1))) is False
+    assert threads.jobs == []
+    clock.advance(0.1)
+    assert len(threads.jobs) == 1
+    threads.run_one()
+    assert log.durable_offset == 1
+    clock.pump([0.1] * 5)
+    assert threads.jobs == []  # nothing new to sync
+    committer.wait(log, log.append(1))
+    clock.advance(0.1)
+    threads.run_one()
+    assert log.durable_offset == 2
+    d = committer.stop()
+    threads.run_one()
+    assert result_of(d) is not False
+    assert clock.getDelayedCalls() == []
+
+
+def test_never_policy_never_syncs_until_stop():
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("never"), clock, threads)
+    log = FakeLog()
+    assert result_of(committer.wait(log, log.append(3))) is False
+    clock.advance(3600)
+    assert threads.jobs == [] and log.syncs == 0
+    d = committer.stop()
+    threads.run_one()
+    result_of(d)
+    assert log.durable_offset == 3
+    with pytest.raises(CommitterStopped):
+        result_of(committer.wait(log, 4))
+
+
+def test_stop_waits_for_a_running_round_then_syncs(setup):
+    clock, threads, committer, _ = setup
+    log = FakeLog()
+    d = committer.wait(log, log.append(1))
+    clock.advance(0)
+    stopped = committer.stop()
+    assert not has_fired(stopped)
+    threads.run_one()
+    assert result_of(d) is True
+    assert len(threads.jobs) == 1
+    threads.run_one()
+    result_of(stopped)
+    assert log.syncs == 2
+
+
+def test_forget_fails_waiters_of_a_deleted_log(setup):
+    clock, threads, committer, _ = setup
+    log = FakeLog()
+    d = committer.wait(log, log.append(1))
+    committer.forget(log)
+    with pytest.raises(StorageFailed):
+        result_of(d)
+    clock.advance(0)
+    assert threads.jobs == []
+
+
+def test_with_a_real_log(tmp_path):
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads)
+    log = SegmentedLog(str(tmp_path))
+    fill(log, 3)
+    d = committer.wait(log, log.end_offset)
+    clock.advance(0)
+    threads.run_one()
+    assert result_of(d) is True and log.durable_offset == 15
+    log.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_reactor_and_worker_threads(tmp_path):
+    """The defaults: the global reactor and deferToThread; many waiters, few fsyncs."""
+    committer = GroupCommitter(FsyncPolicy.parse("always"))
+    log = SegmentedLog(str(tmp_path))
+    waits = []
+    for _ in range(20):
+        fill(log, 1)
+        waits.append(committer.wait(log, log.end_offset))
+    results = await DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+    assert [ok for ok, _ in results] == [True] * 20
+    assert all(value is True for _, value in results)
+    assert committer.rounds == 1
+    await committer.stop()
+    log.close()
