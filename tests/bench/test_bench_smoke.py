@@ -60,7 +60,7 @@ def check_common(r: dict, workload: str) -> None:
         assert key in r, key
     assert r["workload"] == workload
     assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0 and r["elapsed_s"] > 0
-    assert r["server"]["storage"] == STORAGE and r["server"]["fsync"] == "always"
+    assert r["server"]["storage"] == storage() and r["server"]["fsync"] == "always"
     assert r["server"]["replication_factor"] == 1
     assert r["durability"] in ("fsync", "written", "memory")
     check_latency(r["latency_ms"])
