@@ -1,0 +1,8 @@
+"""Raft consensus for streamlog.
+
+A sans-io core (`core.RaftNode`) that turns inputs (messages, ticks, proposals) into
+effects (sends, fsyncs, commits), the `log.RaftLog` interface it reads and writes, the wire
+messages (`messages`), a seeded deterministic simulator that checks safety after every step
+(`sim`), and a Twisted driver that runs many groups over one connection per node pair
+(`driver`). See docs/raft.md.
+"""

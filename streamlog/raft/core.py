@@ -1,0 +1,568 @@
+"""The sans-io Raft node: inputs in, a list of effects out.
+
+`RaftNode` owns no clock, socket, thread or file. Each input (`receive`, `tick`, `propose`,
+`transfer_leadership`, `compact`) takes `now` and returns the effects it caused, in order.
+
+The effects contract (the driver and the simulator both honour it):
+
+* Effects of one node are processed strictly in order, across calls: a driver keeps one FIFO
+  per node and appends each call's effects to it.
+* `PersistHardState` and `SyncLog` are barriers: nothing after them in the FIFO (in particular
+  no `Send`, `Commit`) is released until the fsync has completed. This is what makes "term and
+  vote are durable before any message that depends on them" and "a follower acknowledges only
+  durable entries" hold, even with asynchronous (group-commit) fsync.
+* The core writes entries through its `RaftLog` itself (so it reads its own writes at once);
+  `SyncLog` asks the driver to make everything written so far durable.
+* `Commit(upto)` may be acted on (applied, acknowledged to clients) once released.
+
+Why these rules and not others: see docs/raft.md.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Union
+
+import attrs
+
+from streamlog.raft.log import Entry, RaftLog
+from streamlog.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+
+FOLLOWER = "follower"
+PRE_CANDIDATE = "pre-candidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+# Replication progress states of a follower, as seen by the leader (as in etcd/raft).
+PROBE = "probe"  # one AppendEntries at a time until the follower's log position is known
+REPLICATE = "replicate"  # optimistic pipelining, up to max_inflight unacknowledged batches
+SNAPSHOT = "snapshot"  # the follower needs entries the leader no longer has
+
+
+@attrs.frozen
+class RaftConfig:
+    """Timing and flow control. Times are in the units of `now` (seconds for the driver).
+
+    The election timeout is randomized per election in [election_timeout, 2 * election_timeout).
+    """
+
+    election_timeout: float = 1.0
+    heartbeat_interval: float = 0.1
+    max_inflight: int = 8
+    max_batch_bytes: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+
+@attrs.frozen
+class HardState:
+    """What must survive a crash besides the log: the current term and the vote in it."""
+
+    term: int = 0
+    voted_for: str | None = None
+
+
+@attrs.frozen
+class Send:
+    to: str
+    msg: Message
+
+
+@attrs.frozen
+class PersistHardState:
+    """Barrier: fsync (term, voted_for) before releasing later effects."""
+
+    term: int
+    voted_for: str | None
+
+
+@attrs.frozen
+class SyncLog:
+    """Barrier: fsync every log write made so far (entries up to `upto` at least)."""
+
+    upto: int
+
+
+@attrs.frozen
+class Commit:
+    """Entries up to `upto` are committed: apply them, acknowledge their proposers."""
+
+    upto: int
+
+
+@attrs.frozen
+class SnapshotInstalled:
+    """The log was reset to start after (index, term): restore the state machine there."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@attrs.frozen
+class RoleChange:
+    role: str
+    term: int
+    leader: str | None
+
+
+Effect = Union[Send, PersistHardState, SyncLog, Commit, SnapshotInstalled, RoleChange]
+
+
+@attrs.frozen
+class NotLeader:
+    """propose() refused: this node is not the leader (or is handing leadership over)."""
+
+    leader: str | None
+
+
+class Progress:
+    """The leader's view of one follower's log."""
+
+    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "last_progress")
+
+    def __init__(self, next_index: int, now: float):
+        self.match = 0
+        self.next = next_index
+        self.state = PROBE
+        self.inflight: list[int] = []  # last index of each unacknowledged batch
+        self.probe_sent = False
+        self.recent_active = False
+        self.last_progress = now
+
+
+class RaftNode:
+    """One member of one Raft group. Pure: all time comes in as `now`, all randomness from `rng`.
+
+    `peers` is every voter of the group (this node may be included; it is removed).
+    `hard_state` is what was last persisted; `log` is the durable log as recovered.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: Iterable[str],
+        log: RaftLog,
+        hard_state: HardState,
+        config: RaftConfig,
+        rng: random.Random,
+        now: float = 0.0,
+    ):
+        self.id = node_id
+        self.peers: tuple[str, ...] = tuple(sorted(set(peers) - {node_id}))
+        self.log = log
+        self.config = config
+        self.term = hard_state.term
+        self.voted_for = hard_state.voted_for
+        self.role = FOLLOWER
+        self.leader_id: str | None = None
+        # Entries below the log start were committed (retention only drops committed entries).
+        self.commit_index = log.start_index - 1
+        self._rng = rng
+        self._now = now
+        self._effects: list[Effect] = []
+        self._votes: set[str] = set()
+        self._progress: dict[str, Progress] = {}
+        self._last_leader_contact = float("-inf")
+        self._election_deadline = 0.0
+        self._heartbeat_due = 0.0
+        self._quorum_check_due = 0.0
+        self._transfer_target: str | None = None
+        self._transfer_deadline = 0.0
+        self._reported: tuple[str, int, str | None] = (self.role, self.term, self.leader_id)
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ public inputs
+
+    @property
+    def quorum(self) -> int:
+        return (len(self.peers) + 1) // 2 + 1
+
+    def receive(self, from_id: str, msg: Message, now: float) -> list[Effect]:
+        """Handle one message from a peer."""
+        self._now = now
+        if from_id in self.peers:
+            self._receive(from_id, msg)
+        return self._take()
+
+    def tick(self, now: float) -> list[Effect]:
+        """Advance time: elections, heartbeats, check-quorum, transfer timeouts."""
+        self._now = now
+        if self.role == LEADER:
+            if now >= self._heartbeat_due:
+                self._heartbeat_due = now + self.config.heartbeat_interval
+                for peer in self.peers:
+                    self._replicate(peer, heartbeat=True)
+            if now >= self._quorum_check_due:
+                self._quorum_check_due = now + self.config.election_timeout
+                if self.config.check_quorum and not self._quorum_active():
+                    self._become_follower(self.term, None)
+            if self._transfer_target is not None and now >= self._transfer_deadline:
+                self._transfer_target = None
+        elif now >= self._election_deadline:
+            self._campaign(pre_vote=self.config.pre_vote)
+        return self._take()
+
+    def propose(self, data: bytes, now: float) -> tuple[int | NotLeader, list[Effect]]:
+        """Append `data` as a new entry if leader; returns its index (not yet committed)."""
+        self._now = now
+        if self.role != LEADER or self._transfer_target is not None:
+            return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
+        index = self._append_local(data)
+        for peer in self.peers:
+            self._replicate(peer)
+        self._maybe_commit()
+        return index, self._take()
+
+    def transfer_leadership(self, target: str, now: float) -> list[Effect]:
+        """Hand leadership to `target` (graceful shutdown, rebalancing). Proposals are refused
+        until the transfer completes or an election timeout passes."""
+        self._now = now
+        if self.role == LEADER and target in self.peers:
+            self._transfer_target = target
+            self._transfer_deadline = now + self.config.election_timeout
+            if self._progress[target].match == self.log.last_index:
+                self._send(target, TimeoutNow(self.term, self.id))
+            else:
+                self._replicate(target)
+        return self._take()
+
+    def compact(self, upto_index: int) -> None:
+        """Retention: drop entries up to `upto_index`, never past the commit index."""
+        upto = min(upto_index, self.commit_index)
+        if upto >= self.log.start_index:
+            self.log.truncate_prefix(upto)
+
+    def next_deadline(self) -> float:
+        """The earliest `now` at which tick() has work to do (a driver may sleep until then)."""
+        if self.role == LEADER:
+            deadlines = [self._heartbeat_due, self._quorum_check_due]
+            if self._transfer_target is not None:
+                deadlines.append(self._transfer_deadline)
+            return min(deadlines)
+        return self._election_deadline
+
+    # ------------------------------------------------------------------ message handling
+
+    def _receive(self, frm: str, msg: Message) -> None:
+        if msg.term > self.term:
+            if isinstance(msg, RequestVote):
+                if self._in_lease() and not msg.transfer:
+                    # A leader is alive and well: a disruptive candidate does not even move our term.
+                    self._send(frm, RequestVoteResponse(self.term, False, msg.pre_vote))
+                    return
+                if not msg.pre_vote:
+                    self._become_follower(msg.term, None)
+            elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+                pass  # a granted pre-vote carries the term asked about, not the voter's
+            elif isinstance(msg, (AppendEntries, InstallSnapshot, TimeoutNow)):
+                self._become_follower(msg.term, frm)
+            else:
+                self._become_follower(msg.term, None)
+        elif msg.term < self.term:
+            # Tell a stale leader or candidate about the newer term so it steps down.
+            if isinstance(msg, (AppendEntries, InstallSnapshot)):
+                self._send(frm, AppendEntriesResponse(self.term, False))
+            elif isinstance(msg, RequestVote):
+                self._send(frm, RequestVoteResponse(self.term, False, msg.pre_vote))
+            return
+        getattr(self, self._handlers[type(msg)])(frm, msg)
+
+    def _handle_request_vote(self, frm: str, m: RequestVote) -> None:
+        up_to_date = (m.last_log_term, m.last_log_index) >= (self.log.last_term, self.log.last_index)
+        if m.pre_vote:
+            grant = m.term > self.term and up_to_date and not self._in_lease()
+            self._send(frm, RequestVoteResponse(m.term if grant else self.term, grant, True))
+            return
+        grant = up_to_date and self.voted_for in (None, frm)
+        if grant and self.voted_for is None:
+            self.voted_for = frm
+            self._persist_hard_state()
+        if grant:
+            self._reset_election_timer()
+        self._send(frm, RequestVoteResponse(self.term, grant, False))
+
+    def _handle_request_vote_response(self, frm: str, m: RequestVoteResponse) -> None:
+        if m.pre_vote:
+            if self.role != PRE_CANDIDATE or not m.granted or m.term != self.term + 1:
+                return
+            self._votes.add(frm)
+            if len(self._votes) >= self.quorum:
+                self._campaign(pre_vote=False)
+            return
+        if self.role != CANDIDATE or not m.granted:
+            return
+        self._votes.add(frm)
+        if len(self._votes) >= self.quorum:
+            self._become_leader()
+
+    def _handle_append_entries(self, frm: str, m: AppendEntries) -> None:
+        self._heard_from_leader(frm)
+        log = self.log
+        if m.prev_index < self.commit_index:
+            # Everything up to our commit index matches the leader already; skip ahead.
+            self._send(frm, AppendEntriesResponse(self.term, True, match_index=self.commit_index))
+            return
+        local_prev_term = log.term_at(m.prev_index)
+        if local_prev_term is None:
+            self._send(frm, AppendEntriesResponse(
+                self.term, False, reject_index=m.prev_index, conflict_index=log.last_index + 1))
+            return
+        if local_prev_term != m.prev_term:
+            first = m.prev_index
+            floor = max(log.start_index, self.commit_index + 1)
+            while first - 1 >= floor and log.term_at(first - 1) == local_prev_term:
+                first -= 1
+            self._send(frm, AppendEntriesResponse(
+                self.term, False, reject_index=m.prev_index,
+                conflict_term=local_prev_term, conflict_index=first))
+            return
+        new: tuple[Entry, ...] = ()
+        for i, e in enumerate(m.entries):
+            local = log.term_at(e.index)
+            if local is None:
+                new = m.entries[i:]
+                break
+            if local != e.term:
+                log.truncate_suffix(e.index)
+                new = m.entries[i:]
+                break
+        if new:
+            log.append(new)
+            self._sync_log()
+        last_new = m.prev_index + len(m.entries)
+        if m.commit > self.commit_index and last_new > self.commit_index:
+            self._set_commit(min(m.commit, last_new))
+        self._send(frm, AppendEntriesResponse(self.term, True, match_index=last_new))
+
+    def _handle_install_snapshot(self, frm: str, m: InstallSnapshot) -> None:
+        self._heard_from_leader(frm)
+        if m.last_index > self.commit_index:
+            if self.log.term_at(m.last_index) != m.last_term:
+                self.log.reset(m.last_index, m.last_term)
+                self._sync_log()
+                self._effects.append(SnapshotInstalled(m.last_index, m.last_term, m.data))
+            self._set_commit(m.last_index)
+        self._send(frm, AppendEntriesResponse(self.term, True, match_index=max(m.last_index, self.commit_index)))
+
+    def _handle_append_entries_response(self, frm: str, m: AppendEntriesResponse) -> None:
+        if self.role != LEADER:
+            return
+        pr = self._progress[frm]
+        pr.recent_active = True
+        if m.success:
+            if m.match_index > pr.match:
+                pr.match = m.match_index
+                pr.last_progress = self._now
+            pr.inflight = [i for i in pr.inflight if i > pr.match]
+            if pr.state != REPLICATE:
+                pr.state = REPLICATE
+                pr.next = pr.match + 1
+                pr.inflight = []
+            pr.next = max(pr.next, pr.match + 1)
+            self._maybe_commit()
+            if self._transfer_target == frm and pr.match == self.log.last_index:
+                self._send(frm, TimeoutNow(self.term, self.id))
+            self._replicate(frm)
+            return
+        if m.reject_index < pr.match:
+            return  # stale rejection of something already matched
+        next_index = m.conflict_index
+        if m.conflict_term is not None:
+            idx = min(m.reject_index, self.log.last_index)
+            while idx >= self.log.start_index and (self.log.term_at(idx) or 0) > m.conflict_term:
+                idx -= 1
+            if idx >= self.log.start_index and self.log.term_at(idx) == m.conflict_term:
+                next_index = idx + 1
+        pr.next = max(pr.match + 1, min(next_index, self.log.last_index + 1))
+        pr.state = PROBE
+        pr.inflight = []
+        pr.probe_sent = False
+        self._replicate(frm)
+
+    def _handle_timeout_now(self, frm: str, m: TimeoutNow) -> None:
+        if self.role == FOLLOWER:
+            self._campaign(pre_vote=False, transfer=True)
+
+    # By name, so that a subclass (a test's deliberately broken variant) can override one.
+    _handlers = {
+        RequestVote: "_handle_request_vote",
+        RequestVoteResponse: "_handle_request_vote_response",
+        AppendEntries: "_handle_append_entries",
+        AppendEntriesResponse: "_handle_append_entries_response",
+        InstallSnapshot: "_handle_install_snapshot",
+        TimeoutNow: "_handle_timeout_now",
+    }
+
+    # ------------------------------------------------------------------ replication
+
+    def _replicate(self, peer: str, heartbeat: bool = False) -> None:
+        """Send what `peer` needs, within its flow-control window."""
+        pr = self._progress[peer]
+        log = self.log
+        if heartbeat and pr.state == REPLICATE and pr.inflight and (
+            self._now - pr.last_progress > 2 * self.config.heartbeat_interval
+        ):
+            # Batches were lost (or the follower restarted): fall back to probing.
+            pr.state, pr.next, pr.inflight = PROBE, pr.match + 1, []
+        if pr.next < log.start_index:
+            if pr.state != SNAPSHOT or heartbeat:
+                pr.state = SNAPSHOT
+                pr.inflight = []
+                self._send(peer, InstallSnapshot(self.term, self.id, log.start_index - 1, log.prefix_term))
+            return
+        if pr.state == SNAPSHOT:
+            if not heartbeat:
+                return
+            pr.state, pr.probe_sent = PROBE, False
+        if pr.state == PROBE:
+            if pr.probe_sent and not heartbeat:
+                return
+            self._send_append(peer, pr.next)
+            pr.probe_sent = True
+            return
+        sent = False
+        while len(pr.inflight) < self.config.max_inflight and pr.next <= log.last_index:
+            last = self._send_append(peer, pr.next)
+            pr.inflight.append(last)
+            pr.next = last + 1
+            sent = True
+        if heartbeat and not sent:
+            prev = pr.match if pr.match >= log.start_index - 1 else pr.next - 1
+            self._send(peer, AppendEntries(self.term, self.id, prev, log.term_at(prev) or 0, (), self.commit_index))
+
+    def _send_append(self, peer: str, next_index: int) -> int:
+        """Send entries from next_index (one batch); returns the last index sent."""
+        log = self.log
+        prev = next_index - 1
+        entries = tuple(log.entries(next_index, log.last_index + 1, self.config.max_batch_bytes))
+        prev_term = log.term_at(prev)
+        assert prev_term is not None, (prev, log.start_index)
+        self._send(peer, AppendEntries(self.term, self.id, prev, prev_term, entries, self.commit_index))
+        return prev + len(entries)
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self.log.last_index] + [p.match for p in self._progress.values()], reverse=True)
+        candidate = matches[self.quorum - 1]
+        if candidate > self.commit_index and self._can_commit(candidate):
+            self._set_commit(candidate)
+
+    def _can_commit(self, index: int) -> bool:
+        """Raft §5.4.2: count replicas only for an entry of the leader's own term; earlier
+        entries are committed indirectly by it."""
+        return self.log.term_at(index) == self.term
+
+    def _quorum_active(self) -> bool:
+        active = 1 + sum(1 for p in self._progress.values() if p.recent_active)
+        for p in self._progress.values():
+            p.recent_active = False
+        return active >= self.quorum
+
+    # ------------------------------------------------------------------ role changes
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        self._reset_election_timer()
+        self._votes = {self.id}
+        self.leader_id = None
+        if pre_vote:
+            self.role = PRE_CANDIDATE
+            term = self.term + 1
+        else:
+            self.role = CANDIDATE
+            self.term += 1
+            self.voted_for = self.id
+            self._persist_hard_state()
+            term = self.term
+        if len(self._votes) >= self.quorum:  # a group of one
+            if pre_vote:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+            return
+        req = RequestVote(term, self.id, self.log.last_index, self.log.last_term, pre_vote, transfer)
+        for peer in self.peers:
+            self._send(peer, req)
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+            self._persist_hard_state()
+        if self.role != FOLLOWER:
+            self._reset_election_timer()
+        self.role = FOLLOWER
+        self.leader_id = leader
+        self._progress = {}
+        self._transfer_target = None
+
+    def _become_leader(self) -> None:
+        self.role = LEADER
+        self.leader_id = self.id
+        next_index = self.log.last_index + 1
+        self._progress = {p: Progress(next_index, self._now) for p in self.peers}
+        self._heartbeat_due = self._now + self.config.heartbeat_interval
+        self._quorum_check_due = self._now + self.config.election_timeout
+        self._transfer_target = None
+        self._report_role()
+        self._append_local(b"")  # the no-op: lets earlier-term entries commit (§5.4.2)
+        for peer in self.peers:
+            self._replicate(peer, heartbeat=True)
+        self._maybe_commit()
+
+    def _heard_from_leader(self, frm: str) -> None:
+        if self.role != FOLLOWER:
+            self._become_follower(self.term, frm)
+        self.leader_id = frm
+        self._last_leader_contact = self._now
+        self._reset_election_timer()
+
+    def _in_lease(self) -> bool:
+        """True while a leader is known to be alive: then vote requests are not disruptive
+        elections but partitioned nodes rejoining, and are refused (thesis §4.2.3)."""
+        if self.role == LEADER:
+            return True
+        return self.leader_id is not None and self._now - self._last_leader_contact < self.config.election_timeout
+
+    # ------------------------------------------------------------------ effects
+
+    def _append_local(self, data: bytes) -> int:
+        index = self.log.last_index + 1
+        self.log.append([Entry(index, self.term, data)])
+        self._sync_log()
+        return index
+
+    def _set_commit(self, index: int) -> None:
+        self.commit_index = index
+        self._effects.append(Commit(index))
+
+    def _persist_hard_state(self) -> None:
+        self._effects.append(PersistHardState(self.term, self.voted_for))
+
+    def _sync_log(self) -> None:
+        self._effects.append(SyncLog(self.log.last_index))
+
+    def _send(self, to: str, msg: Message) -> None:
+        self._effects.append(Send(to, msg))
+
+    def _reset_election_timer(self) -> None:
+        timeout = self.config.election_timeout
+        self._election_deadline = self._now + timeout + self._rng.random() * timeout
+
+    def _report_role(self) -> None:
+        state = (self.role, self.term, self.leader_id)
+        if state != self._reported:
+            self._reported = state
+            self._effects.append(RoleChange(*state))
+
+    def _take(self) -> list[Effect]:
+        self._report_role()
+        effects, self._effects = self._effects, []
+        return effects

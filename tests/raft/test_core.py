@@ -1,0 +1,312 @@
+"""The sans-io core, driven step by step: inputs in, effect lists out."""
+
+import random
+
+from streamlog.raft.core import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    PRE_CANDIDATE,
+    Commit,
+    HardState,
+    NotLeader,
+    PersistHardState,
+    RaftConfig,
+    RaftNode,
+    RoleChange,
+    Send,
+    SnapshotInstalled,
+    SyncLog,
+)
+from streamlog.raft.log import Entry, MemoryRaftLog
+from streamlog.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+
+CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_bytes=1 << 20)
+IDS = ["a", "b", "c"]
+
+
+def node(node_id="a", entries=(), term=0, voted_for=None, config=CFG, peers=IDS, seed=0):
+    log = MemoryRaftLog(entries)
+    return RaftNode(node_id, peers, log, HardState(term, voted_for), config, random.Random(seed))
+
+
+def sends(effects):
+    return [(e.to, e.msg) for e in effects if isinstance(e, Send)]
+
+
+class Cluster:
+    """Instant network, instant disks: enough to drive the core through whole scenarios."""
+
+    def __init__(self, ids=IDS, config=CFG):
+        self.nodes = {i: node(i, config=config, peers=ids, seed=n) for n, i in enumerate(ids)}
+        self.now = 0.0
+        self.cut: set[str] = set()
+        self.commits: dict[str, int] = {i: 0 for i in ids}
+
+    def run(self, effects_by_node):
+        queue = list(effects_by_node)
+        while queue:
+            frm, effects = queue.pop(0)
+            for e in effects:
+                if isinstance(e, Commit):
+                    self.commits[frm] = e.upto
+                if isinstance(e, Send) and frm not in self.cut and e.to not in self.cut:
+                    queue.append((e.to, self.nodes[e.to].receive(frm, e.msg, self.now)))
+
+    def advance(self, seconds, step=0.01):
+        end = self.now + seconds
+        while self.now < end:
+            self.now += step
+            self.run([(i, n.tick(self.now)) for i, n in self.nodes.items()])
+
+    def leader(self):
+        leaders = [n for n in self.nodes.values() if n.role == LEADER]
+        return max(leaders, key=lambda n: n.term) if leaders else None
+
+
+def test_follower_times_out_and_pre_votes_without_changing_term():
+    n = node()
+    assert n.tick(0.5) == []
+    effects = n.tick(2.0)
+    assert n.role == PRE_CANDIDATE and n.term == 0
+    assert not any(isinstance(e, PersistHardState) for e in effects)
+    reqs = sends(effects)
+    assert {to for to, _ in reqs} == {"b", "c"}
+    assert all(m == RequestVote(1, "a", 0, 0, pre_vote=True) for _, m in reqs)
+
+
+def test_candidate_persists_term_and_vote_before_asking():
+    n = node()
+    n.tick(2.0)
+    effects = n.receive("b", RequestVoteResponse(1, True, pre_vote=True), 2.0)
+    assert n.role == CANDIDATE and n.term == 1 and n.voted_for == "a"
+    kinds = [type(e) for e in effects]
+    assert kinds.index(PersistHardState) < kinds.index(Send)
+    assert effects[0] == PersistHardState(1, "a")
+
+
+def test_vote_is_persisted_before_the_grant_is_sent():
+    n = node("b")
+    effects = n.receive("a", RequestVote(1, "a", 0, 0), 5.0)
+    assert effects[:2] == [PersistHardState(1, None), PersistHardState(1, "a")]
+    assert sends(effects) == [("a", RequestVoteResponse(1, True, False))]
+
+
+def test_vote_refused_to_a_candidate_with_an_older_log():
+    n = node("b", entries=[Entry(1, 1), Entry(2, 2)], term=2)
+    assert sends(n.receive("a", RequestVote(3, "a", 5, 1), 5.0)) == [("a", RequestVoteResponse(3, False))]
+    assert n.voted_for is None
+
+
+def test_one_vote_per_term():
+    n = node("c")
+    n.receive("a", RequestVote(1, "a", 0, 0), 5.0)
+    assert sends(n.receive("b", RequestVote(1, "b", 0, 0), 5.0)) == [("b", RequestVoteResponse(1, False))]
+
+
+def test_new_leader_appends_a_noop_and_syncs_it_before_sending():
+    n = node()
+    n.tick(2.0)
+    n.receive("b", RequestVoteResponse(1, True, pre_vote=True), 2.0)
+    effects = n.receive("b", RequestVoteResponse(1, True), 2.0)
+    assert n.role == LEADER
+    assert n.log.entries(1, 2, 100) == [Entry(1, 1, b"")]
+    kinds = [type(e) for e in effects]
+    assert kinds.index(SyncLog) < kinds.index(Send)
+    assert RoleChange(LEADER, 1, "a") in effects
+
+
+def test_follower_syncs_entries_before_acknowledging_and_commits_after():
+    n = node("b")
+    effects = n.receive("a", AppendEntries(1, "a", 0, 0, (Entry(1, 1, b"x"), Entry(2, 1, b"y")), 1), 1.0)
+    assert [type(e) for e in effects if not isinstance(e, (RoleChange, PersistHardState))] == [SyncLog, Commit, Send]
+    assert sends(effects) == [("a", AppendEntriesResponse(1, True, match_index=2))]
+    assert n.commit_index == 1
+
+
+def test_follower_truncates_a_conflicting_suffix_only():
+    n = node("b", entries=[Entry(1, 1), Entry(2, 1), Entry(3, 2)], term=2)
+    n.receive("a", AppendEntries(3, "a", 1, 1, (Entry(2, 1), Entry(3, 3)), 0), 1.0)
+    assert [n.log.term_at(i) for i in (1, 2, 3)] == [1, 1, 3]
+    # A stale, shorter AppendEntries must not cut entries it agrees with.
+    n.receive("a", AppendEntries(3, "a", 0, 0, (Entry(1, 1),), 0), 1.0)
+    assert n.log.last_index == 3
+
+
+def test_rejection_hint_names_the_conflicting_term_and_its_first_index():
+    n = node("b", entries=[Entry(1, 1), Entry(2, 2), Entry(3, 2), Entry(4, 2)], term=2)
+    effects = n.receive("a", AppendEntries(3, "a", 4, 3, (), 0), 1.0)
+    assert sends(effects) == [("a", AppendEntriesResponse(3, False, reject_index=4, conflict_term=2, conflict_index=2))]
+    short = node("c", entries=[Entry(1, 1)], term=1)
+    effects = short.receive("a", AppendEntries(3, "a", 9, 3, (), 0), 1.0)
+    assert sends(effects) == [("a", AppendEntriesResponse(3, False, reject_index=9, conflict_index=2))]
+
+
+def elect(n, voters=("b",)):
+    n.tick(10.0)
+    for v in voters:
+        n.receive(v, RequestVoteResponse(n.term + 1, True, pre_vote=True), 10.0)
+    effects = []
+    for v in voters:
+        effects += n.receive(v, RequestVoteResponse(n.term, True), 10.0)
+    assert n.role == LEADER
+    return effects
+
+
+def test_leader_backs_up_over_a_whole_conflicting_term_in_one_round_trip():
+    # Leader log: terms 1 1 1 4 4 ; follower has 1 2 2 2 2 2 (a term-2 tail the leader lacks).
+    leader = node("a", entries=[Entry(1, 1), Entry(2, 1), Entry(3, 1), Entry(4, 4), Entry(5, 4)], term=4)
+    elect(leader)
+    last = leader.log.last_index
+    effects = leader.receive("c", AppendEntriesResponse(
+        5, False, reject_index=last, conflict_term=2, conflict_index=2), 10.0)
+    (to, msg), = [s for s in sends(effects) if s[0] == "c"]
+    assert msg.prev_index == 1 and msg.entries[0].index == 2
+
+
+def test_commit_counts_only_entries_of_the_current_term():
+    # Figure 8 (c): leader a in term 4 holds an old term-2 entry at index 2.
+    leader = node("a", entries=[Entry(1, 1), Entry(2, 2)], term=3, peers=["a", "b", "c", "d", "e"])
+    elect(leader, voters=("b", "c"))
+    assert leader.term == 4 and leader.log.term_at(3) == 4  # the no-op
+    effects = leader.receive("b", AppendEntriesResponse(4, True, match_index=2), 10.0)
+    effects += leader.receive("c", AppendEntriesResponse(4, True, match_index=2), 10.0)
+    assert leader.commit_index == 0 and not any(isinstance(e, Commit) for e in effects)
+    effects = leader.receive("b", AppendEntriesResponse(4, True, match_index=3), 10.0)
+    effects += leader.receive("c", AppendEntriesResponse(4, True, match_index=3), 10.0)
+    assert Commit(3) in effects
+
+
+def test_propose_on_a_follower_names_the_leader():
+    n = node("b")
+    n.receive("a", AppendEntries(1, "a", 0, 0, (), 0), 1.0)
+    assert n.propose(b"x", 1.0) == (NotLeader("a"), [])
+
+
+def test_pipelining_is_bounded_by_max_inflight():
+    cfg = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=2, max_batch_bytes=1)
+    leader = node("a", config=cfg)
+    elect(leader)
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=1), 10.0)  # b -> replicate
+    sent = []
+    for i in range(5):
+        _, effects = leader.propose(b"p%d" % i, 10.0)
+        sent += [m for to, m in sends(effects) if to == "b"]
+    assert len(sent) == 2 and all(len(m.entries) == 1 for m in sent)
+    effects = leader.receive("b", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    assert len([m for to, m in sends(effects) if to == "b"]) == 1
+
+
+def test_election_in_a_cluster_and_replication_to_all():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader is not None
+    index, effects = leader.propose(b"hello", c.now)
+    c.run([(leader.id, effects)])
+    c.advance(0.2)
+    assert all(c.commits[i] >= index for i in IDS)
+    assert all(n.log.entries(index, index + 1, 100)[0].data == b"hello" for n in c.nodes.values())
+
+
+def test_pre_vote_keeps_a_rejoining_node_from_deposing_the_leader():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    term = leader.term
+    loner = next(i for i in IDS if i != leader.id)
+    c.cut = {loner}
+    c.advance(5.0)
+    assert c.nodes[loner].term == term  # pre-vote failed, so the term never moved
+    c.cut = set()
+    c.advance(2.0)
+    assert c.leader() is leader and leader.term == term
+
+
+def test_check_quorum_makes_an_isolated_leader_step_down():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    c.cut = {leader.id}
+    c.advance(2.5)
+    assert leader.role in (FOLLOWER, PRE_CANDIDATE)
+    others = [n for n in c.nodes.values() if n is not leader]
+    assert any(n.role == LEADER for n in others)
+
+
+def test_vote_requests_are_ignored_while_a_leader_is_alive():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    effects = follower.receive(leader.id, RequestVote(leader.term + 5, leader.id, 99, 99), c.now)
+    assert follower.term == leader.term
+    assert sends(effects) == [(leader.id, RequestVoteResponse(leader.term, False))]
+
+
+def test_leadership_transfer_hands_over_to_the_target():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    target = next(i for i in IDS if i != leader.id)
+    c.run([(leader.id, leader.transfer_leadership(target, c.now))])
+    assert isinstance(leader.propose(b"x", c.now)[0], NotLeader) or c.nodes[target].role == LEADER
+    c.advance(0.2)
+    assert c.leader() is c.nodes[target]
+    assert c.nodes[target].term == leader.term
+
+
+def test_timeout_now_starts_an_election_that_skips_pre_vote():
+    n = node("b", term=1)
+    n.receive("a", AppendEntries(1, "a", 0, 0, (), 0), 1.0)
+    effects = n.receive("a", TimeoutNow(1, "a"), 1.0)
+    assert n.role == CANDIDATE and n.term == 2
+    assert all(m.transfer and not m.pre_vote for _, m in sends(effects))
+
+
+def test_follower_behind_the_leaders_log_start_catches_up_by_snapshot():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    lagging = next(i for i in IDS if i != leader.id)
+    c.cut = {lagging}
+    for i in range(10):
+        _, effects = leader.propose(b"e%d" % i, c.now)
+        c.run([(leader.id, effects)])
+    c.advance(0.3)
+    leader.compact(leader.commit_index)
+    assert leader.log.start_index > c.nodes[lagging].log.last_index + 1
+    c.cut = set()
+    c.advance(0.5)
+    lag = c.nodes[lagging]
+    assert lag.log.start_index == leader.log.start_index
+    assert lag.log.last_index == leader.log.last_index and lag.commit_index == leader.commit_index
+
+
+def test_install_snapshot_resets_a_conflicting_log_and_reports_it():
+    n = node("b", entries=[Entry(1, 1), Entry(2, 1)], term=1)
+    effects = n.receive("a", InstallSnapshot(3, "a", 10, 3, b"state"), 1.0)
+    assert SnapshotInstalled(10, 3, b"state") in effects
+    assert (n.log.start_index, n.log.last_index, n.commit_index) == (11, 10, 10)
+    assert sends(effects) == [("a", AppendEntriesResponse(3, True, match_index=10))]
+
+
+def test_single_node_group_elects_itself_and_commits_alone():
+    n = node("a", peers=["a"])
+    n.tick(5.0)
+    assert n.role == LEADER
+    index, effects = n.propose(b"x", 5.0)
+    assert Commit(index) in effects
+
+
+def test_stale_leader_is_told_about_the_newer_term():
+    n = node("b", term=5)
+    effects = n.receive("a", AppendEntries(3, "a", 0, 0, (), 0), 1.0)
+    assert sends(effects) == [("a", AppendEntriesResponse(5, False))]
