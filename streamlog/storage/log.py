@@ -687,6 +687,9 @@ class SegmentedLog:
         if segment.size == 0:
             segment.first_timestamp = None
             return
+        if segment.first_timestamp is None:  # a closed segment loaded lazily, reopened by a cut
+            header = segment.first_header()
+            segment.first_timestamp = header.first_timestamp if header else None
         start = segment.index_positions[-1] if segment.index_positions else 0
         for _, header, _ in segment.frames_from(start, segment.size):
             if segment.max_timestamp is None or header.max_timestamp > segment.max_timestamp:
