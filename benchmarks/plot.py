@@ -40,6 +40,10 @@ def series_name(r: dict[str, Any]) -> str:
 
 
 def points(results: list[dict[str, Any]], x_key: str, fixed_key: str) -> dict[str, list[tuple[int, float, float]]]:
+    labelled = [r for r in results if r.get("label") == f"{x_key}-sweep"]
+    if labelled:  # written by benchmarks/sweep.py: its points, whatever their other value
+        results = labelled
+        fixed_key = "label"
     fixed = Counter(r[fixed_key] for r in results).most_common(1)
     if not fixed:
         return {}
@@ -83,8 +87,15 @@ def main() -> int:
         (axes[1][1], by_batch, 2, "batch (messages per SendBatch / per Poll)", "MB/s (payload)",
          "payload MB/s vs batch size"),
     ]
-    fixed_batch = Counter(r["batch"] for r in results).most_common(1)[0][0]
-    fixed_size = Counter(r["size"] for r in results).most_common(1)[0][0]
+    size_sweep = [r for r in results if r.get("label") == "size-sweep"] or results
+    batch_sweep = [r for r in results if r.get("label") == "batch-sweep"] or results
+    fixed_batch = Counter(r["batch"] for r in size_sweep).most_common(1)[0][0]
+    fixed_size = Counter(r["size"] for r in batch_sweep).most_common(1)[0][0]
+    big = sorted({(r["size"], r["batch"]) for r in size_sweep if r["batch"] != fixed_batch})
+    batch_note = f" (batch {fixed_batch}" + ("; " + ", ".join(f"{b} at {s} B" for s, b in big) if big else "") + ")"
+    from matplotlib.ticker import FuncFormatter
+
+    kfmt = FuncFormatter(lambda y, _: f"{y / 1000:.0f}k" if y >= 1000 else f"{y:.0f}")
     for ax, data, col, xlabel, ylabel, title in panels:
         for i, (name, pts) in enumerate(sorted(data.items())):
             xs = [p[0] for p in pts]
@@ -97,7 +108,9 @@ def main() -> int:
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        suffix = f" (batch {fixed_batch})" if data is by_size else f" ({fixed_size} B messages)"
+        suffix = batch_note if data is by_size else f" ({fixed_size} B messages)"
+        if col == 1:
+            ax.yaxis.set_major_formatter(kfmt)
         ax.set_title(title + suffix, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_ylim(bottom=0)

@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--size-for-batches", type=int, default=100)
     ap.add_argument("--batch-for-sizes", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--line-cap", type=int, default=900_000,
+                    help="batch x size kept under this (the server's request line limit is 1 MiB)")
     ap.add_argument("--bytes-cap", type=int, default=400_000_000, help="fewer messages for big sizes")
     ap.add_argument("--workloads", nargs="*", default=["produce", "consume"])
     ap.add_argument("--clients", nargs="*", default=["producer", "batch"])
@@ -42,10 +44,11 @@ def main() -> int:
         clients = args.clients if workload == "produce" else ["batch"]
         for client in clients:
             for size, batch, sweep in points:
+                batch = max(1, min(batch, args.line_cap // (size + 16)))
                 n = max(1000, min(args.messages, args.bytes_cap // max(1, size)))
                 cmd = [sys.executable, "-m", "streamlog.bench", workload, "--messages", str(n), "--size", str(size),
                        "--batch", str(batch), "--client", client, "--storage", args.storage, "--fsync", args.fsync,
-                       "--max-seconds", str(args.max_seconds), "--quiet", "--json-out", args.out]
+                       "--max-seconds", str(args.max_seconds), "--quiet", "--json-out", args.out, "--label", f"{sweep}-sweep"]
                 print(f"[{sweep}] {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
                 proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
                                       timeout=args.max_seconds * 3 + 60)

@@ -73,6 +73,7 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON on stdout")
     p.add_argument("--json-out", default=None, help="append the JSON result as one line to this file")
+    p.add_argument("--label", default=None, help="free text stored in the JSON result (e.g. a sweep name)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--keep-data", action="store_true", help="keep the started server's data dir")
     p.add_argument("--profile", default=None, metavar="DIR",

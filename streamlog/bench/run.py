@@ -227,7 +227,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         "tool": "streamlog bench", "workload": args.workload, "size": args.size, "batch": args.batch,
         "acks": args.acks, "partitions": args.partitions, "client": args.client, "in_flight": args.in_flight,
         "linger_ms": args.linger_ms, "server": _server_info(args, server), "topic": topic, "warnings": [],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": args.label,
         # The machine may be shared: the 1-minute load average before the run says how busy it was.
         "loadavg_1m_before": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(),
     }
