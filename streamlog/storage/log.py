@@ -638,6 +638,12 @@ class SegmentedLog:
                 cut_offset = header.base_offset
                 if header.base_offset < offset:
                     partial = _head_of(codec.batch_from(header, payload), offset - header.base_offset)
+            if self._checkpoint is not None and self._checkpoint.covers(segment.base_offset, position):
+                # Move the checkpoint back before cutting, so a crash mid-cut never
+                # finds a checkpoint past the end of the data (which means corruption).
+                # Everything before the cut was behind the old checkpoint: synced.
+                max_ts = segment.max_timestamp if segment.next_offset <= cut_offset else None
+                self._write_checkpoint(Checkpoint(segment.base_offset, position, cut_offset, max_ts), None, None)
             doomed = self._segments[k + 1 :]
             with self._lock:
                 del self._segments[k + 1 :], self._bases[k + 1 :]
@@ -670,8 +676,6 @@ class SegmentedLog:
             for batch in self._cache[cut:]:
                 self._cache_bytes -= len(batch.payload)
             del self._cache[cut:], self._cache_bases[cut:]
-            if self._checkpoint is not None and self._checkpoint.covers(segment.base_offset, position):
-                self._write_checkpoint(Checkpoint(segment.base_offset, position, cut_offset, segment.max_timestamp), None, None)
             self._log.info(
                 "truncated {directory} at offset {offset} (segment {segment}, byte {position})",
                 directory=self.directory,

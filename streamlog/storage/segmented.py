@@ -116,8 +116,10 @@ class SegmentedStorage:
         if name in self._topics:
             raise ValueError(f"topic {name!r} exists")
         path = os.path.join(self.data_dir, name)
+        if os.path.exists(os.path.join(path, TOPIC_FILE)):
+            raise ValueError(f"topic {name!r} exists on disk (call load() first)")
         if os.path.exists(path):
-            shutil.rmtree(path)  # an unfinished creation (no topic.json) never loaded
+            shutil.rmtree(path)  # an unfinished creation (no topic.json)
         os.makedirs(path)
         logs = [self._open_log(name, p, config) for p in range(partitions)]
         fsync_dir(path)

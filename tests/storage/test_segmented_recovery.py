@@ -333,3 +333,46 @@ def test_truncation_survives_restart_and_moves_the_checkpoint_back(tmp_path):
     assert read_all(recovered) == list(range(35))
     assert [b.term for b in recovered.batches(33, 100)] == [3]
     recovered.close()
+
+
+@pytest.mark.parametrize("cut", [0, 12, 20, 37])
+def test_crash_in_the_middle_of_a_truncation_is_not_corruption(tmp_path, monkeypatch, cut):
+    """The checkpoint moves back before any file is cut: a crash after that step
+    (simulated by stopping at the first unlink or ftruncate) recovers cleanly."""
+    log = open_log(tmp_path / "live", segment_bytes=1_100)
+    fill(log, 10)
+    log.checkpoint()
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args):
+        raise Crash()
+
+    monkeypatch.setattr(os, "unlink", crash)
+    monkeypatch.setattr(os, "ftruncate", crash)
+    with pytest.raises(Crash):
+        log._truncate(cut)
+    monkeypatch.undo()
+    image = crash_image(log, tmp_path / "image")
+    recovered = open_log(image, segment_bytes=1_100)
+    assert recovered.failed is None
+    assert recovered.end_offset >= cut - cut % 5
+    assert read_all(recovered) == list(range(recovered.end_offset))
+    recovered.close()
+
+
+def test_tail_validation_in_chunks_smaller_than_a_frame(tmp_path, monkeypatch):
+    from streamlog.storage import log as log_module
+
+    monkeypatch.setattr(log_module, "_SCAN_CHUNK", 100)  # frames are ~490 bytes
+    log = open_log(tmp_path / "live")
+    fill(log, 12)
+    image = crash_image(log, tmp_path / "image")
+    log.close()
+    with open(segment_files(image)[-1], "ab") as f:
+        f.write(b"SL\x01")  # a torn header after the last frame
+    recovered = open_log(image)
+    assert recovered.end_offset == 60
+    assert read_all(recovered) == list(range(60))
+    recovered.close()

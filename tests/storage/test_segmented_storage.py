@@ -77,3 +77,14 @@ def test_defaults_apply_where_the_topic_says_none(tmp_path):
     fill(log, 6)
     assert log.segment_count == 3
     storage.close()
+
+
+def test_create_never_overwrites_a_topic_on_disk(tmp_path):
+    storage = SegmentedStorage(str(tmp_path))
+    fill(storage.create_topic("t", 1, TopicConfig())[0], 2)
+    storage.close()
+    storage = SegmentedStorage(str(tmp_path))
+    with pytest.raises(ValueError, match="exists"):
+        storage.create_topic("t", 1, TopicConfig())
+    assert read_all(storage.load()["t"][1][0]) == list(range(10))
+    storage.close()
