@@ -21,6 +21,7 @@ from streamlog import __version__, errors, wire
 from streamlog.broker.partition import Partition
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
+from streamlog.storage.errors import StorageCorrupted, StorageFailed
 
 
 class Committer(Protocol):
@@ -106,9 +107,7 @@ class Broker:
             )
         partition = topic.partitions[index]
         if partition.failed is not None:
-            raise errors.PartitionUnavailable(
-                f"partition {name}/{index} is unavailable: {partition.failed}", topic=name, partition=index
-            )
+            raise self._unavailable(partition, partition.failed)
         return partition
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig = TopicConfig()) -> Topic:
@@ -234,7 +233,9 @@ class Broker:
         for partition, batch in batches:
             try:
                 partition.log.append(batch)
-            except OSError as e:
+            except StorageCorrupted as e:
+                raise self._unavailable(partition, e) from None
+            except (OSError, StorageFailed) as e:
                 self._fatal(e)
                 raise errors.StorageError(f"append failed: {e}") from None
             placed.append({"partition": partition.index, "base_offset": batch.base_offset, "count": batch.count})
@@ -267,10 +268,16 @@ class Broker:
             return fsynced
 
         def failed(failure):
-            self._fatal(failure.value)
+            # The committer already reported the fsync failure to on_fatal (fail-stop).
             raise errors.StorageError(f"fsync failed: {failure.value}")
 
         return d.addCallbacks(durable, failed)
+
+    def _unavailable(self, partition: Partition, error: Exception) -> errors.PartitionUnavailable:
+        return errors.PartitionUnavailable(
+            f"partition {partition.topic}/{partition.index} is unavailable: {error}",
+            topic=partition.topic, partition=partition.index,
+        )
 
     def _fatal(self, error: BaseException) -> None:
         self._log.critical("storage failure, the node stops: {error!r}", error=error)
@@ -296,7 +303,7 @@ class Broker:
 
     def _read(self, partition: Partition, p: wire.PollParams) -> dict[str, Any]:
         if partition.failed is not None:
-            raise errors.PartitionUnavailable(f"partition {p.topic}/{p.partition} is unavailable")
+            raise self._unavailable(partition, partition.failed)
         start = partition.start_offset
         if p.offset < start:
             raise errors.OffsetOutOfRange(
@@ -306,7 +313,10 @@ class Broker:
             )
         available = partition.high_watermark - p.offset
         if available > 0:
-            read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
+            try:
+                read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
+            except StorageCorrupted as e:
+                raise self._unavailable(partition, e) from None
             messages = orjson.Fragment(b"[" + b",".join(read.fragments) + b"]")
             next_offset = read.next_offset
         else:

@@ -23,7 +23,11 @@ class Partition:
         # Recovered data was durable before the restart (recovery keeps only what is whole).
         self.high_watermark = log.end_offset
         self._waiters: list[_Waiter] = []
-        self.failed: Exception | None = None
+
+    @property
+    def failed(self) -> Exception | None:
+        """Why the log refuses to serve (corruption found in synced data), or None."""
+        return getattr(self.log, "failed", None)
 
     @property
     def start_offset(self) -> int:

@@ -19,9 +19,13 @@ from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.storage.memory import MemoryStorage
 
 
-def fail_stop(error: BaseException) -> None:
-    """A storage fault: stop at once, never answer another write as durable."""
-    Logger().critical("streamlog stops because storage failed: {error!r}", error=error)
+def fail_stop(error: Any) -> None:
+    """A storage fault: stop at once, never answer another write as durable.
+
+    C{os._exit}, not C{reactor.stop}: a clean shutdown would run the final
+    sync and checkpoint on a disk that just failed, and answer waiting sends.
+    """
+    Logger().critical("streamlog stops because storage failed: {error}", error=error)
     os._exit(70)
 
 
@@ -42,7 +46,7 @@ class BrokerService(service.Service):
 
     def _segmented(self, options: Any) -> Any:
         from streamlog.storage.group_commit import GroupCommitter
-        from streamlog.storage.log import SegmentedStorage
+        from streamlog.storage.segmented import SegmentedStorage
 
         os.makedirs(options["data-dir"], exist_ok=True)
         storage = SegmentedStorage(options["data-dir"], options.topic_defaults())

@@ -19,6 +19,7 @@ from streamlog import wire
 from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.group_commit import FsyncPolicy
 
 DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
 _log = Logger()
@@ -81,14 +82,9 @@ class Options(usage.Options):
             if self[name] < 0 or (self[name] == 0 and "timeout" not in name):
                 raise usage.UsageError(f"--{name} must be positive")
         try:
-            from streamlog.storage.group_commit import FsyncPolicy
-        except ImportError:  # pragma: no cover - storage without group commit
-            FsyncPolicy = None
-        if FsyncPolicy is not None:
-            try:
-                self["fsync-policy"] = FsyncPolicy.parse(self["fsync"])
-            except ValueError as e:
-                raise usage.UsageError(f"--fsync: {e}") from None
+            self["fsync-policy"] = FsyncPolicy.parse(self["fsync"])
+        except ValueError as e:
+            raise usage.UsageError(f"--fsync: {e}") from None
 
     def limits(self) -> wire.Limits:
         return wire.Limits(**{f.name: self[f.name.replace("_", "-")] for f in attrs.fields(wire.Limits)})

@@ -76,7 +76,11 @@ def read_all(port: int) -> list[dict]:
     client = LineClient(port)
     records: list[dict] = []
     offset = 0
-    end = client.call("ListOffsets", {"topic": "crash", "at": "latest"})["result"]["offset"]
+    answer = client.call("ListOffsets", {"topic": "crash", "at": "latest"})
+    if answer.get("error", {}).get("code") == "UNKNOWN_TOPIC":  # before the first send
+        client.close()
+        return []
+    end = answer["result"]["offset"]
     while offset < end:
         result = client.call("Poll", {"topic": "crash", "offset": offset})["result"]
         records.extend(result["messages"])
