@@ -142,10 +142,16 @@ class Profile:
     max_inflight: int
     crash_weight: float
     fresh_leader_fault: float
+    strike_window: float
 
     @classmethod
-    def draw(cls, rng: random.Random) -> "Profile":
-        return cls(
+    def draw(cls, rng: random.Random, regime: str = "mixed") -> "Profile":
+        """`mixed` varies every knob; `churn` keeps leaders short-lived and replication slow
+        (one entry per message, one message in flight), the regime where a new leader still
+        catching followers up is struck down: where commit-rule bugs (Figure 8) live."""
+        if regime not in REGIMES:
+            raise ValueError(f"unknown regime {regime!r}; pick one of {REGIMES}")
+        p = cls(
             fault_time=rng.uniform(2.0, 5.0),
             fault_gap=(0.05, rng.uniform(0.2, 0.8)),
             max_delay=rng.uniform(0.002, 0.03),
@@ -155,9 +161,15 @@ class Profile:
             max_inflight=rng.choice([1, 2, 4, 16]),
             crash_weight=rng.choice([1.0, 3.0, 6.0]),
             fresh_leader_fault=rng.choice([0.0, 0.2, 0.5]),
+            strike_window=rng.choice([3.0, 10.0, 30.0]),
         )
+        if regime == "churn":
+            p = attrs.evolve(p, fault_gap=(0.02, 0.2), max_batch_bytes=8, max_inflight=1,
+                             crash_weight=3.0, fresh_leader_fault=0.5)
+        return p
 
 
+REGIMES = ("mixed", "churn")
 ELECTION_TIMEOUT = 0.3
 HEARTBEAT = 0.05
 TICK = 0.01
@@ -177,6 +189,7 @@ class Simulation:
         trace: bool = False,
         config: RaftConfig | None = None,
         check_durability: bool = True,
+        regime: str = "mixed",
     ):
         self.seed = seed
         self.check_durability = check_durability
@@ -185,7 +198,7 @@ class Simulation:
         self.tracing = trace
         self.trace: list[str] = []
         master = random.Random(f"raft-sim:{seed}:{nodes}")
-        self.profile = Profile.draw(master)
+        self.profile = Profile.draw(master, regime)
         self.net_rng = random.Random(master.random())
         self.fault_rng = random.Random(master.random())
         self.client_rng = random.Random(master.random())
@@ -215,6 +228,8 @@ class Simulation:
         # Checker state.
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
+        self.commit_term: dict[int, int] = {}
+        self.protected_upto = 0
         self.acked: dict[int, tuple[int, bytes]] = {}
         self.entry_keys: dict[tuple[int, int], tuple[bytes, int | None]] = {}
         self.term_first_seen: dict[int, float] = {}
@@ -321,6 +336,46 @@ class Simulation:
             elif isinstance(eff, RoleChange):
                 self._log(f"{h.id} {eff.role} term={eff.term} leader={eff.leader}")
 
+    def _states(self, h: Host) -> list[tuple[int, int, Any]]:
+        """Every log state `h` could be in after a crash or an fsync: durable, and in memory."""
+        start, prefix_term, entries = h.durable_log
+        states: list[tuple[int, int, Any]] = [(start, prefix_term, entries)]
+        if h.log is not None:
+            states.append(h.log.snapshot())
+        return states
+
+    def _check_protected(self, index: int) -> None:
+        """A committed entry must be safe from every election that the fault model can still
+        bring about: no node lacking it may be as up to date as a majority of the cluster (in
+        any mix of their durable and in-memory states). Catching this when the commit is
+        released, rather than when a later leader overwrites the entry, finds bugs such as
+        counting old-term replicas (Figure 8) without waiting for the unlucky schedule."""
+        want = self.committed.get(index)
+        if want is None:
+            return  # reached by snapshot install, not by applying entries: nothing to compare
+
+        def last(state: tuple[int, int, Any]) -> tuple[int, int]:
+            start, prefix_term, entries = state
+            return (entries[-1].term, entries[-1].index) if entries else (prefix_term, start - 1)
+
+        def has(state: tuple[int, int, Any]) -> bool:
+            start, _, entries = state
+            if index < start:
+                return True
+            pos = index - start
+            return pos < len(entries) and (entries[pos].term, entries[pos].data) == want
+
+        lasts = {h.id: [last(st) for st in self._states(h)] for h in self.hosts.values()}
+        for c in self.hosts.values():
+            for state in self._states(c):
+                if has(state):
+                    continue
+                mine = last(state)
+                voters = 1 + sum(1 for v in self.ids if v != c.id and min(lasts[v]) <= mine)
+                if voters >= self.quorum:
+                    raise Violation(f"committed entry {index} is not protected: {c.id} lacks it but "
+                                    f"could win with {voters} votes (its log ends at {mine})")
+
     def _check_durable_send(self, h: Host, msg: Any) -> None:
         """Persistence before send (Raft Figure 2: "updated on stable storage before responding
         to RPCs"): whatever a released message vouches for must already be on the durable disk."""
@@ -367,10 +422,15 @@ class Simulation:
             if e is None:
                 raise Violation(f"{h.id} committed {index} but does not have it")
             known = self.committed.setdefault(index, (e.term, e.data))
+            # An upper bound on the term in which it was committed (the node's term now).
+            self.commit_term.setdefault(index, h.node.term)
             if known != (e.term, e.data):
                 raise Violation(f"state machine safety: {h.id} applies {(e.term, e.data)} at {index}, "
                                 f"another node applied {known}")
         h.applied = max(h.applied, upto)
+        if upto > self.protected_upto:
+            self.protected_upto = upto
+            self._check_protected(upto)
         for index in [i for i in h.pending if i <= upto]:
             term, data, after_heal = h.pending.pop(index)
             if h.log.term_at(index) == term:
@@ -406,7 +466,9 @@ class Simulation:
         h.elected_at = self.now
         self.stats["elections"] += 1
         for index, (term, data) in self.committed.items():
-            if index >= h.log.start_index:
+            # Leader completeness (§5.4): entries committed in earlier terms are in every later
+            # leader's log. A stale leader of an older term may legitimately lack newer ones.
+            if index >= h.log.start_index and self.commit_term[index] < node.term:
                 e = h.log.entry_at(index)
                 if e is None or (e.term, e.data) != (term, data):
                     raise Violation(f"leader completeness: {h.id} leads term {node.term} "
@@ -414,7 +476,7 @@ class Simulation:
         self._log(f"{h.id} elected term={node.term} log={h.log.start_index}..{h.log.last_index}")
         if self.healed_at is None and self.fault_rng.random() < self.profile.fresh_leader_fault:
             # A new leader's first round trips are Raft's riskiest moment: strike there often.
-            delay = self.fault_rng.uniform(0, 3 * self.profile.max_delay)
+            delay = self.fault_rng.uniform(0, self.profile.strike_window * self.profile.max_delay)
             self._at(self.now + delay, self._strike_leader, h.id, h.incarnation)
 
     def _strike_leader(self, node_id: str, incarnation: int) -> None:
@@ -703,9 +765,10 @@ def run_seed(
     node_factory: NodeFactory = RaftNode,
     trace: bool = False,
     check_durability: bool = True,
+    regime: str = "mixed",
 ) -> SimResult:
     """Run one seed and return its result (violation or None, trace, stats)."""
-    return Simulation(seed, nodes, node_factory, trace, check_durability=check_durability).run()
+    return Simulation(seed, nodes, node_factory, trace, check_durability=check_durability, regime=regime).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -713,14 +776,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the seed to run (or the first seed with --soak)")
     parser.add_argument("--nodes", type=int, default=3, choices=[1, 3, 5])
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
+    parser.add_argument("--regime", default="mixed", choices=REGIMES, help="fault profile family")
     parser.add_argument("--soak", action="store_true", help="run many seeds, alternating 3 and 5 nodes")
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds --soak runs")
     args = parser.parse_args(argv)
     if not args.soak:
-        result = run_seed(args.seed, args.nodes, trace=args.trace)
+        result = run_seed(args.seed, args.nodes, trace=args.trace, regime=args.regime)
         for line in result.trace:
             print(line)
-        print(f"seed {args.seed} nodes {args.nodes}: {'OK' if result.ok else 'VIOLATION'} {result.stats}")
+        print(f"seed {args.seed} nodes {args.nodes} regime {args.regime}: "
+              f"{'OK' if result.ok else 'VIOLATION'} {result.stats}")
         if not result.ok:
             print(result.violation)
         return 0 if result.ok else 1
@@ -729,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     totals: dict[str, float] = {}
     for seed in range(args.seed, args.seed + args.seeds):
         nodes = 3 if seed % 2 == 0 else 5
-        result = run_seed(seed, nodes)
+        result = run_seed(seed, nodes, regime=args.regime)
         for k, v in result.stats.items():
             if isinstance(v, (int, float)) and k != "recovered_in":
                 totals[k] = totals.get(k, 0) + v
@@ -737,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             print(result.violation, flush=True)
     elapsed = _wallclock_for_cli_only.monotonic() - started
-    print(f"soak: {args.seeds} seeds from {args.seed}, {failures} violations, {elapsed:.1f}s; totals {totals}")
+    print(f"soak ({args.regime}): {args.seeds} seeds from {args.seed}, {failures} violations, {elapsed:.1f}s; totals {totals}")
     return 1 if failures else 0
 
 

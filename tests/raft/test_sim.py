@@ -6,14 +6,15 @@ import pytest
 from streamlog.raft.core import RaftNode, SyncLog
 from streamlog.raft.sim import main, run_seed
 
-CI_SEEDS = 300  # per cluster size: 600 runs in all
+CI_SEEDS = 300  # per cluster size and regime: 1200 runs in all
 
 
+@pytest.mark.parametrize("regime", ["mixed", "churn"])
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_many_seeds_are_safe_and_live(nodes):
+def test_many_seeds_are_safe_and_live(nodes, regime):
     failures = []
     for seed in range(CI_SEEDS):
-        result = run_seed(seed, nodes)
+        result = run_seed(seed, nodes, regime=regime)
         if not result.ok:
             failures.append(result.violation)
     assert failures == []
@@ -30,12 +31,12 @@ def test_same_seed_gives_the_same_trace():
 def test_cli_replays_one_seed(capsys):
     assert main(["--seed", "3", "--nodes", "3", "--trace"]) == 0
     out = capsys.readouterr().out
-    assert "seed 3 nodes 3: OK" in out and "elected" in out
+    assert "seed 3 nodes 3 regime mixed: OK" in out and "elected" in out
 
 
 def test_cli_soak(capsys):
     assert main(["--soak", "--seeds", "4", "--seed", "10"]) == 0
-    assert "soak: 4 seeds from 10, 0 violations" in capsys.readouterr().out
+    assert "soak (mixed): 4 seeds from 10, 0 violations" in capsys.readouterr().out
 
 
 def first_violation(factory, seeds, nodes=(3, 5), **kwargs):
@@ -63,6 +64,13 @@ class AckBeforeFsync(RaftNode):
         new = self._effects[mark:]
         syncs = [e for e in new if isinstance(e, SyncLog)]
         self._effects[mark:] = [e for e in new if not isinstance(e, SyncLog)] + syncs
+
+
+class OldTermCommit(RaftNode):
+    """Broken: commits any entry stored on a majority, ignoring Raft §5.4.2."""
+
+    def _can_commit(self, index):
+        return True
 
 
 class NoPreVote(RaftNode):
@@ -99,3 +107,14 @@ def test_ack_before_fsync_loses_committed_entries():
 def test_checker_catches_skipping_pre_vote():
     violation = first_violation(NoPreVote, 200)
     assert violation is not None and "disruption" in violation
+
+
+def test_checker_catches_counting_old_term_entries():
+    violation = first_violation(OldTermCommit, 400, regime="churn")
+    assert violation is not None and "not protected" in violation
+
+
+def test_correct_node_passes_the_seeds_that_catch_the_broken_ones():
+    # The same seeds, run with the real RaftNode, are clean: the checker is not trigger-happy.
+    for regime in ("mixed", "churn"):
+        assert first_violation(RaftNode, 20, regime=regime) is None

@@ -1,0 +1,322 @@
+"""The Twisted driver: runs many Raft groups over real timers and one connection per node pair.
+
+`RaftHost` is one node's edge. It owns the groups that node is a member of (one `RaftNode`
+each), one `LoopingCall` that ticks them all, and at most one `PeerProtocol` per peer node.
+Each group's effects go through their own FIFO (`_GroupRunner`), honouring the core's contract:
+`PersistHardState` and `SyncLog` are barriers whose Deferred must fire before any later effect
+of that group (a `Send`, a `Commit`) is released. Barriers of different groups do not wait for
+each other.
+
+Framing is JSON lines: after a hello line ``{"node": "<id>"}`` each line is
+``{"group": "<group id>", "from": "<node id>", "msg": {...}}`` (see `messages.to_dict`). Lines
+produced for one peer in the same reactor turn are written together, so the heartbeats of many
+groups share one write (and, with TCP_NODELAY, usually one segment).
+
+Storage is injected per group as a `GroupStorage`: saving term/vote and syncing the log may
+return Deferreds (fsync in a thread pool, batched as a group commit); the driver waits on them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any, Callable, Iterable, Protocol
+
+import orjson
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from streamlog.raft.core import (
+    Commit,
+    HardState,
+    NotLeader,
+    PersistHardState,
+    RaftConfig,
+    RaftNode,
+    RoleChange,
+    Send,
+    SnapshotInstalled,
+    SyncLog,
+)
+from streamlog.raft.log import RaftLog
+from streamlog.raft.messages import Message, from_dict, to_dict
+
+MAX_LINE = 8 * 1024 * 1024  # keep RaftConfig.max_batch_bytes well below this (base64 grows data by 4/3)
+
+
+class GroupStorage(Protocol):
+    """Durability for one group. Either method may return a Deferred (fsync in a thread)."""
+
+    log: RaftLog
+
+    def load_hard_state(self) -> HardState: ...
+
+    def save_hard_state(self, state: HardState) -> Deferred | None: ...
+
+    def sync_log(self) -> Deferred | None: ...
+
+
+class MemoryGroupStorage:
+    """In-memory storage for tests and single-process experiments: nothing is durable."""
+
+    def __init__(self, log: RaftLog):
+        self.log = log
+        self.hard_state = HardState()
+
+    def load_hard_state(self) -> HardState:
+        return self.hard_state
+
+    def save_hard_state(self, state: HardState) -> None:
+        self.hard_state = state
+
+    def sync_log(self) -> None:
+        pass
+
+
+class GroupCallbacks:
+    """What the application hears from a group. Override what you need."""
+
+    def committed(self, group: str, upto: int) -> None:
+        """Entries up to `upto` are committed: apply them, answer their producers."""
+
+    def role_changed(self, group: str, role: str, term: int, leader: str | None) -> None:
+        """Leadership moved: update metadata, fail or redirect pending requests."""
+
+    def snapshot_installed(self, group: str, index: int, term: int, data: bytes) -> None:
+        """The group's log now starts after `index`: restore the state machine there."""
+
+
+class _GroupRunner:
+    """One group's node and its effect FIFO."""
+
+    _log = Logger()
+
+    def __init__(self, host: "RaftHost", group: str, node: RaftNode, storage: GroupStorage):
+        self.host = host
+        self.group = group
+        self.node = node
+        self.storage = storage
+        self.queue: deque = deque()
+        self.blocked = False
+
+    def feed(self, effects: Iterable[Any]) -> None:
+        self.queue.extend(effects)
+        self.drain()
+
+    def drain(self) -> None:
+        while self.queue and not self.blocked:
+            eff = self.queue.popleft()
+            if isinstance(eff, Send):
+                self.host._send(eff.to, self.group, eff.msg)
+            elif isinstance(eff, (PersistHardState, SyncLog)):
+                if isinstance(eff, PersistHardState):
+                    d = maybeDeferred(self.storage.save_hard_state, HardState(eff.term, eff.voted_for))
+                else:
+                    d = maybeDeferred(self.storage.sync_log)
+                if d.called and not isinstance(getattr(d, "result", None), Exception):
+                    d.addErrback(self._fsync_failed)
+                    continue
+                self.blocked = True
+                d.addCallbacks(self._unblock, self._fsync_failed)
+            elif isinstance(eff, Commit):
+                self._call(self.host.callbacks.committed, self.group, eff.upto)
+            elif isinstance(eff, RoleChange):
+                self._log.info("group {group}: {role} in term {term}, leader {leader}",
+                               group=self.group, role=eff.role, term=eff.term, leader=eff.leader)
+                self._call(self.host.callbacks.role_changed, self.group, eff.role, eff.term, eff.leader)
+            elif isinstance(eff, SnapshotInstalled):
+                self._call(self.host.callbacks.snapshot_installed, self.group, eff.index, eff.term, eff.data)
+
+    def _unblock(self, _: Any) -> None:
+        self.blocked = False
+        self.drain()
+
+    def _fsync_failed(self, failure: Any) -> None:
+        # Nothing after a failed fsync may be released: the group stays blocked. A disk that
+        # cannot sync cannot take part in consensus; the operator must intervene.
+        self.blocked = True
+        self.queue.clear()
+        self._log.failure("group {group}: fsync failed; the group stops here", failure, group=self.group)
+
+    def _call(self, fn: Callable, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self._log.failure("group {group}: callback {fn} failed", group=self.group, fn=fn)
+
+
+class PeerProtocol(LineReceiver):
+    """One connection to one peer node, carrying every group's messages."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+    _log = Logger()
+
+    def __init__(self, host: "RaftHost"):
+        self.host = host
+        self.peer: str | None = None
+        self._pending: list[bytes] = []
+        self._flush_call: Any = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(orjson.dumps({"node": self.host.node_id}) + b"\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            self._log.warn("bad line from {peer}: {error}", peer=self.peer, error=str(e))
+            return
+        if self.peer is None:
+            node = obj.get("node") if isinstance(obj, dict) else None
+            if not isinstance(node, str) or node not in self.host.peers:
+                self._log.warn("unknown peer hello {obj!r}; closing", obj=obj)
+                self.transport.loseConnection()
+                return
+            self.peer = node
+            self.host._peer_connected(node, self)
+            return
+        try:
+            if not isinstance(obj, dict) or obj.get("from") != self.peer:
+                raise ValueError("envelope must be {group, from, msg} from the connected peer")
+            group = obj.get("group")
+            if not isinstance(group, str):
+                raise ValueError("group must be a string")
+            msg = from_dict(obj.get("msg"))
+        except ValueError as e:
+            self._log.warn("bad message from {peer}: {error}", peer=self.peer, error=str(e))
+            return
+        self.host._receive(self.peer, group, msg)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._log.warn("line over {limit} bytes from {peer}; closing", limit=self.MAX_LENGTH, peer=self.peer)
+        self.transport.loseConnection()
+
+    def send_line(self, line: bytes) -> None:
+        """Queue a line; all lines queued in this reactor turn go out in one write."""
+        self._pending.append(line)
+        if self._flush_call is None:
+            self._flush_call = self.host.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        lines, self._pending = self._pending, []
+        if lines and self.transport is not None:
+            self.transport.write(b"".join(lines))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self.peer is not None:
+            self.host._peer_lost(self.peer, self)
+
+
+class RaftHost:
+    """One node: its Raft groups, their timers, and its connections to peer nodes."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: Iterable[str],
+        config: RaftConfig,
+        callbacks: GroupCallbacks | None = None,
+        clock: IReactorTime | None = None,
+        tick_interval: float | None = None,
+        rng: random.Random | None = None,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self.node_id = node_id
+        self.peers = frozenset(peers) - {node_id}
+        self.config = config
+        self.callbacks = callbacks or GroupCallbacks()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.groups: dict[str, _GroupRunner] = {}
+        self.connections: dict[str, PeerProtocol] = {}
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = clock
+        self._tick_interval = tick_interval or config.heartbeat_interval / 2
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        self._ticker.start(self._tick_interval, now=False)
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+        for proto in list(self.connections.values()):
+            proto.transport.loseConnection()
+
+    def peer_factory(self) -> Factory:
+        """A factory for both listening and connecting: the hello line names the peer."""
+        return Factory.forProtocol(lambda: PeerProtocol(self))
+
+    # --- groups
+
+    def add_group(self, group: str, members: Iterable[str], storage: GroupStorage) -> RaftNode:
+        """Join a group (this node must be one of `members`), recovering from `storage`."""
+        members = set(members)
+        if self.node_id not in members or not (members - {self.node_id}) <= self.peers:
+            raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.node_id}")
+        rng = random.Random(self.rng.random())
+        node = RaftNode(self.node_id, members, storage.log, storage.load_hard_state(), self.config, rng,
+                        self.clock.seconds())
+        self.groups[group] = _GroupRunner(self, group, node, storage)
+        return node
+
+    def remove_group(self, group: str) -> None:
+        self.groups.pop(group, None)
+
+    def propose(self, group: str, data: bytes) -> int | NotLeader:
+        """Propose an entry; the index commits when `callbacks.committed` passes it."""
+        runner = self.groups[group]
+        result, effects = runner.node.propose(data, self.clock.seconds())
+        runner.feed(effects)
+        return result
+
+    def transfer_leadership(self, group: str, target: str) -> None:
+        runner = self.groups[group]
+        runner.feed(runner.node.transfer_leadership(target, self.clock.seconds()))
+
+    # --- internals
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        for runner in list(self.groups.values()):
+            try:
+                runner.feed(runner.node.tick(now))
+            except Exception:
+                self._log.failure("group {group}: tick failed", group=runner.group)
+
+    def _receive(self, peer: str, group: str, msg: Message) -> None:
+        runner = self.groups.get(group)
+        if runner is None:
+            self._log.warn("message for unknown group {group} from {peer}", group=group, peer=peer)
+            return
+        runner.feed(runner.node.receive(peer, msg, self.clock.seconds()))
+
+    def _send(self, peer: str, group: str, msg: Message) -> None:
+        proto = self.connections.get(peer)
+        if proto is None:
+            return  # not connected: Raft treats it as a lost message and retries
+        proto.send_line(orjson.dumps({"group": group, "from": self.node_id, "msg": to_dict(msg)}) + b"\n")
+
+    def _peer_connected(self, peer: str, proto: PeerProtocol) -> None:
+        old = self.connections.get(peer)
+        self.connections[peer] = proto
+        if old is not None and old is not proto:
+            old.transport.loseConnection()
+        self._log.info("peer {peer} connected", peer=peer)
+
+    def _peer_lost(self, peer: str, proto: PeerProtocol) -> None:
+        if self.connections.get(peer) is proto:
+            del self.connections[peer]

@@ -1,0 +1,186 @@
+"""The Twisted driver: groups multiplexed over one connection per node pair, in memory."""
+
+import random
+
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.test import iosim
+
+from streamlog.raft.core import LEADER, RaftConfig, Send, SyncLog
+from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, PeerProtocol, RaftHost
+from streamlog.raft.log import MemoryRaftLog
+from streamlog.raft.messages import AppendEntries, TimeoutNow, to_dict
+
+CFG = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05)
+IDS = ["a", "b", "c"]
+
+
+class Recorder(GroupCallbacks):
+    def __init__(self):
+        self.commits: dict[str, int] = {}
+        self.roles: list[tuple] = []
+
+    def committed(self, group, upto):
+        self.commits[group] = upto
+
+    def role_changed(self, group, role, term, leader):
+        self.roles.append((group, role, term, leader))
+
+
+def cluster(groups=("g1", "g2", "g3")):
+    clock = Clock()
+    recorders = {i: Recorder() for i in IDS}
+    hosts = {i: RaftHost(i, IDS, CFG, recorders[i], clock=clock, rng=random.Random(i)) for i in IDS}
+    for h in hosts.values():
+        for g in groups:
+            h.add_group(g, IDS, MemoryGroupStorage(MemoryRaftLog()))
+        h.start()
+    pumps = []
+    for x, y in [("a", "b"), ("a", "c"), ("b", "c")]:
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda y=y: PeerProtocol(hosts[y]), lambda x=x: PeerProtocol(hosts[x]))
+        pumps.append(pump)
+
+    def run(seconds, step=0.01):
+        for _ in range(int(seconds / step)):
+            clock.advance(step)
+            clock.advance(0)
+            for p in pumps:
+                p.flush()
+            clock.advance(0)
+            for p in pumps:
+                p.flush()
+
+    return clock, hosts, recorders, run
+
+
+def leader_of(hosts, group):
+    leaders = [h for h in hosts.values() if h.groups[group].node.role == LEADER]
+    return max(leaders, key=lambda h: h.groups[group].node.term) if leaders else None
+
+
+def test_many_groups_elect_and_commit_over_one_connection_per_pair():
+    clock, hosts, recorders, run = cluster()
+    run(2.0)
+    assert all(len(h.connections) == 2 for h in hosts.values())
+    for g in ("g1", "g2", "g3"):
+        leader = leader_of(hosts, g)
+        assert leader is not None
+        index = leader.propose(g, b"hello " + g.encode())
+        assert isinstance(index, int)
+        run(0.3)
+        assert all(recorders[i].commits.get(g, 0) >= index for i in IDS)
+        for h in hosts.values():
+            assert h.groups[g].node.log.entries(index, index + 1, 100)[0].data == b"hello " + g.encode()
+    for h in hosts.values():
+        h.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_leadership_transfer_through_the_driver():
+    clock, hosts, recorders, run = cluster(groups=("g1",))
+    run(2.0)
+    leader = leader_of(hosts, "g1")
+    target = next(i for i in IDS if i != leader.node_id)
+    leader.transfer_leadership("g1", target)
+    run(0.5)
+    assert leader_of(hosts, "g1") is hosts[target]
+    for h in hosts.values():
+        h.stop()
+
+
+class CountingTransport(StringTransport):
+    writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+def connected(host, peer="b"):
+    proto = PeerProtocol(host)
+    transport = CountingTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(orjson.dumps({"node": peer}) + b"\n")
+    transport.clear()
+    transport.writes = 0
+    return proto, transport
+
+
+def test_lines_for_many_groups_in_one_turn_share_one_write():
+    clock = Clock()
+    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
+    proto, transport = connected(host)
+    for g in range(50):
+        host._send("b", f"g{g}", AppendEntries(1, "a", 0, 0, (), 0))
+    assert transport.writes == 0
+    clock.advance(0)
+    assert transport.writes == 1
+    lines = transport.value().splitlines()
+    assert len(lines) == 50
+    assert orjson.loads(lines[7]) == {"group": "g7", "from": "a", "msg": to_dict(AppendEntries(1, "a", 0, 0, (), 0))}
+
+
+def test_bad_lines_are_dropped_and_the_connection_kept():
+    clock = Clock()
+    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
+    host.add_group("g", ["a", "b"], MemoryGroupStorage(MemoryRaftLog()))
+    proto, transport = connected(host)
+    proto.dataReceived(b"{not json\n")
+    proto.dataReceived(orjson.dumps({"group": "g", "from": "c", "msg": to_dict(TimeoutNow(1, "c"))}) + b"\n")
+    proto.dataReceived(orjson.dumps({"group": "g", "from": "b", "msg": {"type": "nope"}}) + b"\n")
+    proto.dataReceived(orjson.dumps({"group": "zz", "from": "b", "msg": to_dict(TimeoutNow(1, "b"))}) + b"\n")
+    assert not transport.disconnecting
+    assert host.groups["g"].node.term == 0
+
+
+def test_unknown_peer_is_disconnected():
+    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
+    proto = PeerProtocol(host)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b'{"node": "mallory"}\n')
+    assert transport.disconnecting
+    assert host.connections == {}
+
+
+def test_later_effects_wait_for_the_fsync_deferred():
+    clock = Clock()
+    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
+
+    class SlowDisk(MemoryGroupStorage):
+        pending: list = []
+
+        def sync_log(self):
+            d = Deferred()
+            self.pending.append(d)
+            return d
+
+    storage = SlowDisk(MemoryRaftLog())
+    host.add_group("g", ["a", "b"], storage)
+    sent = []
+    host._send = lambda peer, group, msg: sent.append((peer, group, msg))
+    runner = host.groups["g"]
+    msg = AppendEntries(1, "a", 0, 0, (), 0)
+    runner.feed([SyncLog(1), Send("b", msg)])
+    runner.feed([Send("b", msg)])  # a later call's effects queue behind the barrier too
+    assert sent == []
+    storage.pending[0].callback(None)
+    assert sent == [("b", "g", msg), ("b", "g", msg)]
+
+
+def test_a_failed_fsync_stops_the_group():
+    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
+
+    class BrokenDisk(MemoryGroupStorage):
+        def sync_log(self):
+            raise OSError("disk gone")
+
+    host.add_group("g", ["a", "b"], BrokenDisk(MemoryRaftLog()))
+    sent = []
+    host._send = lambda peer, group, msg: sent.append(msg)
+    host.groups["g"].feed([SyncLog(1), Send("b", AppendEntries(1, "a", 0, 0, (), 0))])
+    assert sent == []
+    assert host.groups["g"].blocked
