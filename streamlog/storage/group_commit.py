@@ -8,6 +8,11 @@ that arrive while it runs form the next round.  So under load one fsync per
 log covers every Send that arrived during the previous fsync, and the reactor
 never blocks on the disk.
 
+Whatever the policy, every log seen is also checkpointed every
+C{checkpoint_interval} seconds in a worker thread (L{SegmentedLog.checkpoint}):
+that bounds how much recovery reads after a crash and lets retention delete
+segments (it only deletes behind a checkpoint), even with C{never}.
+
 An fsync error is fail-stop: after a failed fsync the kernel may have dropped
 the dirty pages and marked them clean, so a retry could "succeed" without the
 data ever reaching the disk.  The committer calls C{on_fatal} (the server
@@ -19,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -67,6 +72,8 @@ class GroupCommitter:
         sync job; C{deferToThread} if C{None}.  Tests pass a fake.
     @param on_fatal: called once with the L{Failure} of a failed fsync; the
         server stops the process (fail-stop).
+    @param checkpoint_interval: seconds between background checkpoints of every
+        log seen (C{None}: none; the server should keep the default).
     """
 
     _log = Logger()
@@ -77,6 +84,7 @@ class GroupCommitter:
         clock: Any = None,
         run_in_thread: Callable[..., Deferred] | None = None,
         on_fatal: Callable[[Failure], object] | None = None,
+        checkpoint_interval: float | None = 60.0,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -94,6 +102,9 @@ class GroupCommitter:
         self._failure: Failure | None = None
         self._stopped = False
         self._loop: Any = None
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoint_loop: Any = None
+        self._checkpointing: Deferred | None = None
         self.rounds = 0  # sync jobs run (for tests and metrics)
 
     # -- public API -----------------------------------------------------------
@@ -111,6 +122,7 @@ class GroupCommitter:
             return fail(CommitterStopped("the group committer is stopped"))
         key = id(log)
         self._logs[key] = log
+        self._start_checkpoints()
         if self.policy.mode != ALWAYS:
             self._dirty.add(key)
             if self.policy.mode == INTERVAL:
@@ -134,14 +146,15 @@ class GroupCommitter:
     def stop(self) -> Deferred:
         """Stop the interval timer and do a final sync of every log seen; fires when done."""
         self._stopped = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._checkpoint_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
         if self._failure is not None:
             return succeed(None)
-        pending = self._running if self._running is not None else succeed(None)
+        pending = DeferredList([d for d in (self._running, self._checkpointing) if d is not None])
 
         def final(_: object) -> Deferred:
             if self._failure is not None:
@@ -187,6 +200,7 @@ class GroupCommitter:
                         w.errback(StorageError(f"records below {offset} were truncated before they became durable"))
                     else:  # appended after the sync took its snapshot
                         self._waiters.setdefault(key, []).append((offset, w))
+            self._forget_closed()
             if self._waiters and not self._stopped:
                 self._schedule()
 
@@ -209,6 +223,35 @@ class GroupCommitter:
         d = self._sync_job(keys)
         self._running = d
         d.addCallback(lambda _: setattr(self, "_running", None))
+
+    # -- background checkpoints -----------------------------------------------------------
+
+    def _start_checkpoints(self) -> None:
+        if self._checkpoint_loop is None and self._checkpoint_interval:
+            from twisted.internet.task import LoopingCall
+
+            self._checkpoint_loop = LoopingCall(self._checkpoint_tick)
+            self._checkpoint_loop.clock = self._clock
+            self._checkpoint_loop.start(self._checkpoint_interval, now=False)
+
+    def _checkpoint_tick(self) -> None:
+        if self._checkpointing is not None or self._failure is not None or not self._logs:
+            return
+        d = self._run_in_thread(_checkpoint_logs, list(self._logs.items()))
+        self._checkpointing = d
+        d.addErrback(self._fatal)
+
+        def done(_: object) -> None:
+            self._checkpointing = None
+            self._forget_closed()
+
+        d.addCallback(done)
+
+    def _forget_closed(self) -> None:
+        for key, log in list(self._logs.items()):
+            if getattr(log, "closed", False) and key not in self._waiters:
+                del self._logs[key]
+                self._dirty.discard(key)
 
     # -- the job -------------------------------------------------------------------------
 
@@ -233,11 +276,30 @@ class GroupCommitter:
             for _, d in waiters:
                 d.errback(failure)
         self._waiters = {}
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._checkpoint_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if first and self._on_fatal is not None:
             self._on_fatal(failure)
         return None
+
+
+def _checkpoint_logs(logs: list[tuple[Hashable, Any]]) -> None:
+    """Runs in a worker thread: checkpoint (or at least sync) each healthy, open log."""
+    for _, log in logs:
+        if getattr(log, "closed", False) or getattr(log, "failed", None) is not None:
+            continue
+        try:
+            checkpoint = getattr(log, "checkpoint", None)
+            if checkpoint is not None:
+                checkpoint()
+            else:
+                log.sync()
+        except StorageCorrupted:
+            pass  # that log refuses to serve; its own callers see why
+        except StorageFailed:
+            if not getattr(log, "closed", False):  # closed meanwhile (topic deleted): nothing to do
+                raise
 
 
 def _sync_logs(logs: list[tuple[Hashable, Any]]) -> dict[Hashable, BaseException | int]:

@@ -161,8 +161,11 @@ class Segment:
             raise
         return frame_size
 
-    def note_appended(self, batch: RecordBatch, position: int, frame_size: int, write: bool = True) -> None:
-        """Account for a frame at C{position} and add index entries when due."""
+    def note_appended(self, batch: RecordBatch | codec.Header, position: int, frame_size: int, write: bool = True) -> None:
+        """Account for a frame at C{position} and add index entries when due.
+
+        Takes a batch (an append) or a header (recovery replaying validated frames).
+        """
         self.size = position + frame_size
         self.next_offset = batch.next_offset
         self.last_base_offset = batch.base_offset
@@ -173,8 +176,9 @@ class Segment:
             self.max_timestamp = batch.max_timestamp
         if position > 0 and position - self._last_index_position >= self.index_interval_bytes:
             self._add_offset_entry(batch.base_offset, position, write)
-            if not self.time_stamps or self.max_timestamp > self.time_stamps[-1]:  # type: ignore[operator]
-                self._add_time_entry(self.max_timestamp, batch.base_offset, write)  # type: ignore[arg-type]
+            assert self.max_timestamp is not None
+            if not self.time_stamps or self.max_timestamp > self.time_stamps[-1]:
+                self._add_time_entry(self.max_timestamp, batch.base_offset, write)
 
     def _add_offset_entry(self, offset: int, position: int, write: bool) -> None:
         assert self.index_offsets is not None
@@ -304,7 +308,7 @@ class Segment:
         """Account for validated frames (from a scan) without writing index files."""
         for frame in frames:
             h = frame.header
-            self.note_appended(_HeaderBatch(h), frame.position, h.frame_size, write=False)  # type: ignore[arg-type]
+            self.note_appended(h, frame.position, h.frame_size, write=False)
 
     def seal_time_index_memory(self, last_base_offset: int) -> None:
         if self.max_timestamp is not None and (not self.time_stamps or self.max_timestamp > self.time_stamps[-1]):
@@ -405,26 +409,3 @@ class Segment:
             return codec.decode_header(self.pread(codec.HEADER_SIZE, 0))
         except codec.FrameError as e:
             raise self.corrupted(0, str(e)) from None
-
-
-@attrs.frozen
-class _HeaderBatch:
-    """A header seen as the few batch fields that index bookkeeping needs."""
-
-    header: codec.Header
-
-    @property
-    def base_offset(self) -> int:
-        return self.header.base_offset
-
-    @property
-    def next_offset(self) -> int:
-        return self.header.next_offset
-
-    @property
-    def first_timestamp(self) -> int:
-        return self.header.first_timestamp
-
-    @property
-    def max_timestamp(self) -> int:
-        return self.header.max_timestamp

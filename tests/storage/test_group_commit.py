@@ -21,6 +21,12 @@ class FakeLog:
         self.syncs = 0
         self.error: Exception | None = None
         self.closed = False
+        self.failed = None
+        self.checkpoints = 0
+
+    def checkpoint(self) -> int:
+        self.checkpoints += 1
+        return self.sync()
 
     def append(self, n: int) -> int:
         self.end_offset += n
@@ -75,7 +81,7 @@ def setup():
     clock = Clock()
     threads = FakeThreads()
     fatal: list[Failure] = []
-    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, fatal.append)
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, fatal.append, checkpoint_interval=None)
     yield clock, threads, committer, fatal
     assert not clock.getDelayedCalls() or committer._stopped or fatal
 
@@ -188,7 +194,7 @@ def test_truncated_before_durable_errbacks(setup):
 
 def test_interval_policy_acks_at_once_and_syncs_on_the_clock():
     clock, threads = Clock(), FakeThreads()
-    committer = GroupCommitter(FsyncPolicy.parse("interval:100"), clock, threads)
+    committer = GroupCommitter(FsyncPolicy.parse("interval:100"), clock, threads, checkpoint_interval=None)
     log = FakeLog()
     assert result_of(committer.wait(log, log.append(1))) is False
     assert threads.jobs == []
@@ -210,7 +216,7 @@ def test_interval_policy_acks_at_once_and_syncs_on_the_clock():
 
 def test_never_policy_never_syncs_until_stop():
     clock, threads = Clock(), FakeThreads()
-    committer = GroupCommitter(FsyncPolicy.parse("never"), clock, threads)
+    committer = GroupCommitter(FsyncPolicy.parse("never"), clock, threads, checkpoint_interval=None)
     log = FakeLog()
     assert result_of(committer.wait(log, log.append(3))) is False
     clock.advance(3600)
@@ -251,7 +257,7 @@ def test_forget_fails_waiters_of_a_deleted_log(setup):
 
 def test_with_a_real_log(tmp_path):
     clock, threads = Clock(), FakeThreads()
-    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads)
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=None)
     log = SegmentedLog(str(tmp_path))
     fill(log, 3)
     d = committer.wait(log, log.end_offset)
@@ -276,3 +282,47 @@ async def test_real_reactor_and_worker_threads(tmp_path):
     assert committer.rounds == 1
     await committer.stop()
     log.close()
+
+
+@pytest.mark.parametrize("policy", ["always", "interval:1000", "never"])
+def test_background_checkpoints_under_every_policy(policy):
+    """Checkpoints bound recovery and let retention delete, even with never."""
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse(policy), clock, threads, checkpoint_interval=60)
+    log, gone = FakeLog(), FakeLog()
+    committer.wait(log, log.append(1))
+    committer.wait(gone, gone.append(1))
+    clock.advance(0)
+    while threads.jobs:  # an always round
+        threads.run_one()
+    gone.closed = True
+
+    def checkpoint_jobs() -> int:
+        return sum(1 for _, f, _ in threads.jobs if f.__name__ == "_checkpoint_logs")
+
+    clock.advance(60)
+    assert checkpoint_jobs() == 1
+    clock.advance(60)
+    assert checkpoint_jobs() == 1  # never two checkpoint jobs at once
+    while threads.jobs:
+        threads.run_one()
+    assert (log.checkpoints, gone.checkpoints) == (1, 0)
+    assert list(committer._logs.values()) == [log]  # closed logs are forgotten
+    d = committer.stop()
+    threads.run_one()
+    result_of(d)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_failing_background_checkpoint_is_fatal():
+    clock, threads, fatal = Clock(), FakeThreads(), []
+    committer = GroupCommitter(FsyncPolicy.parse("never"), clock, threads, fatal.append, checkpoint_interval=60)
+    log = FakeLog()
+    committer.wait(log, log.append(1))
+    log.error = StorageFailed("fsync failed: EIO")
+    clock.advance(60)
+    threads.run_one()
+    assert len(fatal) == 1
+    assert clock.getDelayedCalls() == []
+    with pytest.raises(StorageFailed):
+        result_of(committer.wait(log, 2))
