@@ -707,7 +707,12 @@ class SegmentedLog:
         first so that it can expire.  Only segments wholly before the recovery
         checkpoint are deleted, so recovery never has to re-read surviving
         segments because the checkpoint's segment went away.
+
+        A failed log deletes nothing (its files are evidence) and does not
+        raise, so one damaged partition does not stop retention of the others.
         """
+        if self._failed is not None:
+            return self.start_offset
         self._check()
         settings = self._settings
         active = self._segments[-1]

@@ -246,6 +246,8 @@ def test_synced_data_missing_refuses(tmp_path):
     assert "synced data missing" in str(damaged.failed)
     with pytest.raises(StorageCorrupted):
         damaged.read(0, 1, 100)
+    assert damaged.apply_retention(10**12) == 0  # deletes nothing, does not raise
+    assert len(segment_files(str(tmp_path))) == 1
     damaged.close()
 
 
