@@ -122,7 +122,7 @@ class SegmentedLogMachine(RuleBasedStateMachine):
 
 
 SegmentedLogMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=200,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
