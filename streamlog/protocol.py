@@ -23,6 +23,10 @@ from streamlog import errors, wire
 from streamlog.broker.broker import Broker
 
 
+#: Bytes handed to the kernel per write on a broker connection (Twisted's default is 128 KiB).
+SEND_LIMIT = 4 * 1024 * 1024
+
+
 class FastLineReceiver(LineReceiver):
     """A LineReceiver that splits a read into lines in linear time.
 
@@ -134,6 +138,10 @@ class BrokerProtocol(FastLineReceiver):
                 transport.setTcpNoDelay(True)
             except OSError:
                 pass
+        # Twisted hands the kernel at most SEND_LIMIT (128 KiB) per write: a 1 MiB
+        # Poll answer would take eight trips through the reactor.  Let it go at once.
+        if hasattr(transport, "SEND_LIMIT"):
+            transport.SEND_LIMIT = SEND_LIMIT
         # Twisted calls pauseProducing when its write buffer passes the high-water mark.
         transport.registerProducer(self, True)
         self.factory.connections.add(self)
@@ -209,9 +217,9 @@ class BrokerProtocol(FastLineReceiver):
         self._send(wire.encode_error(rid, error))
         self._update_reading()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, chunks: list[bytes]) -> None:
         if self._write_paused:
-            self._written_while_paused += len(data)
+            self._written_while_paused += sum(map(len, chunks))
             limit = self.factory.limits.max_outbound_bytes
             if self._written_while_paused > limit:
                 self._log.warn(
@@ -220,11 +228,11 @@ class BrokerProtocol(FastLineReceiver):
                 )
                 self.transport.abortConnection()
                 return
-        self.transport.write(data)
+        self.transport.writeSequence(chunks)
 
     def _fail(self, rid: Any, error: errors.StreamlogError) -> None:
         """Answer a fatal error, then close the connection."""
-        self.transport.write(wire.encode_error(rid, error))
+        self.transport.writeSequence(wire.encode_error(rid, error))
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -30,6 +30,12 @@ from streamlog.storage.base import Storage
 from streamlog.storage.memory import MemoryStorage
 
 
+def stored_records(broker: Broker, topic: str, partition: int = 0) -> list[dict[str, Any]]:
+    """Every committed record of a partition, read straight from the broker."""
+    result = broker.handle_poll({"topic": topic, "partition": partition, "offset": 0})
+    return orjson.loads(b"".join(result.chunks))["messages"]
+
+
 class Connection:
     """One client connection to a L{BrokerHarness}, on a StringTransport."""
 

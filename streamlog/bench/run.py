@@ -75,9 +75,12 @@ class _Phase:
             except queue.Empty:
                 return got
 
+    server_pid: int | None = None
+
     def go(self, max_seconds: float, on_started: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         from tqdm import tqdm
 
+        self.server_cpu0, self.wall0 = _proc_cpu(self.server_pid), time.monotonic()
         self.start_evt.set()
         if on_started is not None:
             on_started()
@@ -99,6 +102,9 @@ class _Phase:
         finally:
             bar.close()
             self.join()
+        cpu1 = _proc_cpu(self.server_pid)
+        self.server_cpu_pct = (round(100.0 * (cpu1 - self.server_cpu0) / max(1e-9, time.monotonic() - self.wall0), 1)
+                               if cpu1 is not None and self.server_cpu0 is not None else None)
         errors = [r["error"] for r in results if r.get("error")]
         if errors:
             raise RuntimeError(f"{self.label}: a load process failed:\n" + "\n".join(errors))
@@ -114,6 +120,23 @@ class _Phase:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGKILL)
                 p.join(timeout=5)
+
+
+def _proc_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) of a process, from /proc; None if unknown."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_pct(results: list[dict[str, Any]]) -> list[float]:
+    """% of one core used by each load process over its measured phase."""
+    return [round(100.0 * r["cpu_s"] / max(1e-9, r["t_end"] - r["t_start"]), 1) for r in results if "cpu_s" in r]
 
 
 class _Profiler:
@@ -170,6 +193,7 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
                    profiler: _Profiler | None = None, server_pid: int | None = None,
                    client_mode: str | None = None) -> list[dict[str, Any]]:
     phase = _Phase(args, label, n)
+    phase.server_pid = server_pid
     for share in _split(n, args.producers):
         cfg = _base_cfg(args, endpoint, topic)
         cfg["messages"] = share
@@ -184,10 +208,13 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
             pids["server"] = server_pid
         started = lambda: profiler.start(pids)  # noqa: E731
     try:
-        return phase.go(args.max_seconds, started)
+        results = phase.go(args.max_seconds, started)
     finally:
         if profiler is not None:
             profiler.stop()
+    for r in results:
+        r["server_cpu_pct"] = phase.server_cpu_pct
+    return results
 
 
 def _rates(args: Any, count: int, t0: float, t1: float) -> dict[str, Any]:
@@ -240,6 +267,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, done, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
+        result["cpu_pct_of_one_core"] = {"server": results[0].get("server_cpu_pct"), "producers": _cpu_pct(results)}
         if any(r.get("timed_out") for r in results):
             result["warnings"].append(f"--max-seconds {args.max_seconds} reached: {done} of {n} messages")
     elif args.workload == "consume":
@@ -251,6 +279,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         total = sum(hw.values())
         consumers = max(1, min(args.consumers, args.partitions))
         phase = _Phase(args, "consume", total)
+        phase.server_pid = server_pid
         for c in range(consumers):
             cfg = _base_cfg(args, endpoint, topic)
             cfg["expected"] = {str(p): w for p, w in hw.items() if p % consumers == c}
@@ -273,6 +302,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, got, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
+        result["cpu_pct_of_one_core"] = {"server": phase.server_cpu_pct, "consumers": _cpu_pct(results)}
         if got < total:
             result["warnings"].append(f"received {got} of {total} messages (--max-seconds {args.max_seconds})")
     else:  # e2e
@@ -289,6 +319,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         phase_c.start_evt.set()
         try:
             phase_p = _Phase(args, "e2e", n)
+            phase_p.server_pid = server_pid
             shares = _split(n, args.producers)
             for k, share in enumerate(shares):
                 cfg = _base_cfg(args, endpoint, topic)
@@ -322,6 +353,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       ack_latency_ms=stats.summarize(x for r in presults for x in r["ack_lat_ms"][warmup // args.producers:]),
                       ack_latency_what=presults[0]["what"])
         result.update(_rates(args, sent, t0, t1))
+        result["cpu_pct_of_one_core"] = {"server": phase_p.server_cpu_pct, "producers": _cpu_pct(presults),
+                                         "consumers": _cpu_pct(cresults)}
         if got < sent:
             result["warnings"].append(f"the consumer received {got} of {sent} messages")
     if not result["warnings"]:

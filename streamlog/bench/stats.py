@@ -62,6 +62,13 @@ def format_report(result: dict[str, Any]) -> str:
         parts = " ".join(f"{name} {lat[name]:.3f}" for name, _ in PERCENTILES)
         lines.append(f"{label} ms ({result.get(key.replace('_ms', '_what'), '')}, n={lat['count']}): "
                      f"{parts} max {lat['max']:.3f}")
+    cpu = result.get("cpu_pct_of_one_core")
+    if cpu:
+        parts = [f"server {cpu['server']}%" if cpu.get("server") is not None else "server ?"]
+        for role in ("producers", "consumers"):
+            if cpu.get(role):
+                parts.append(f"{role} " + ", ".join(f"{c}%" for c in cpu[role]))
+        lines.append("cpu (% of one core over the measured phase): " + "; ".join(parts))
     if result.get("warnings"):
         for warning in result["warnings"]:
             lines.append(f"warning: {warning}")

@@ -105,6 +105,7 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     lat: list[float] = []
     done: Deferred = Deferred()
     t_start = now()
+    cpu0 = time.process_time()
     deadline = t_start + cfg["max_seconds"]
 
     def failed(f: Any) -> None:
@@ -154,7 +155,7 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     if acks == "none":
         await client.ping()  # answered after every earlier request on this connection was handled
     t_end = now()
-    out.update(sent=st["sent"], acked=st["acked"], t_start=t_start, t_end=t_end, lat_ms=lat,
+    out.update(cpu_s=time.process_time() - cpu0, sent=st["sent"], acked=st["acked"], t_start=t_start, t_end=t_end, lat_ms=lat,
                what="per-batch ack latency: first send of a batch to its acknowledgement")
     await client.close()
 
@@ -176,6 +177,7 @@ async def _consume(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     ready_q.put(idx)
     start_evt.wait(60)
     t_start = now()
+    cpu0 = time.process_time()
     deadline = t_start + cfg["max_seconds"]
     lat: list[float] = []
     got = {"n": 0, "bytes": 0}
@@ -202,7 +204,7 @@ async def _consume(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
 
     await gatherResults([ensureDeferred(one(p, w)) for p, w in expected.items()], consumeErrors=True)
     t_end = now()
-    out.update(received=got["n"], t_start=t_start, t_end=t_end, lat_ms=lat,
+    out.update(cpu_s=time.process_time() - cpu0, received=got["n"], t_start=t_start, t_end=t_end, lat_ms=lat,
                what="per-poll wait: Consumer.poll() call to its result (prefetch on)")
     await client.close()
 
@@ -226,6 +228,7 @@ async def _e2e_consumer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
                  for p in cfg["assigned"]]
     done: Deferred = Deferred()
     deadline = now() + cfg["max_seconds"]
+    cpu0, t_start = time.process_time(), now()
 
     async def one(c: Any) -> None:
         while got["n"] < total and now() < deadline and not done.called:
@@ -248,7 +251,7 @@ async def _e2e_consumer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     await done
     for c in consumers:
         c.close()
-    out.update(received=got["n"], lat_ms=lat, timed_out=now() >= deadline,
+    out.update(cpu_s=time.process_time() - cpu0, t_start=t_start, t_end=now(), received=got["n"], lat_ms=lat, timed_out=now() >= deadline,
                what="end to end: producer send() to consumer receipt, CLOCK_MONOTONIC across processes")
     await client.close()
 
@@ -275,6 +278,7 @@ async def _e2e_producer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     done: Deferred = Deferred()
     st = {"i": 0, "acked": 0}
     t_start = now()
+    cpu0 = time.process_time()
     deadline = t_start + cfg["max_seconds"]
     interval = 1.0 / rate
 
@@ -311,7 +315,7 @@ async def _e2e_producer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     tick()
     await done
     t_end = now()
-    out.update(sent=st["i"], acked=st["acked"], t_start=t_start, t_end=t_end, ack_lat_ms=lat,
+    out.update(cpu_s=time.process_time() - cpu0, sent=st["i"], acked=st["acked"], t_start=t_start, t_end=t_end, ack_lat_ms=lat,
                what="producer send() to its acknowledgement (acks=%s)" % acks)
     await client.close()
 

@@ -301,7 +301,7 @@ class Broker:
             return self._read(partition, p)
         return partition.wait(self.clock, p.max_wait_ms / 1000.0, lambda: self._read(partition, p))
 
-    def _read(self, partition: Partition, p: wire.PollParams) -> dict[str, Any]:
+    def _read(self, partition: Partition, p: wire.PollParams) -> wire.RawResult:
         if partition.failed is not None:
             raise self._unavailable(partition, partition.failed)
         start = partition.start_offset
@@ -312,22 +312,24 @@ class Broker:
                 log_end_offset=partition.end_offset,
             )
         available = partition.high_watermark - p.offset
+        chunks = [b'{"messages":[']
+        next_offset = p.offset
         if available > 0:
             try:
                 read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
             except StorageCorrupted as e:
                 raise self._unavailable(partition, e) from None
-            messages = orjson.Fragment(b"[" + b",".join(read.fragments) + b"]")
+            if read.fragments:
+                chunks.append(read.fragments[0])
+                for fragment in read.fragments[1:]:
+                    chunks.append(b",")
+                    chunks.append(fragment)
             next_offset = read.next_offset
-        else:
-            messages = orjson.Fragment(b"[]")
-            next_offset = p.offset
-        return {
-            "messages": messages,
-            "next_offset": next_offset,
-            "high_watermark": partition.high_watermark,
-            "log_start_offset": start,
-        }
+        chunks.append(
+            b'],"next_offset":%d,"high_watermark":%d,"log_start_offset":%d}'
+            % (next_offset, partition.high_watermark, start)
+        )
+        return wire.RawResult(chunks)
 
     # --- maintenance -------------------------------------------------------------
 

@@ -124,6 +124,13 @@ class NotLeader:
     leader: str | None
 
 
+@attrs.frozen
+class ChangeRefused:
+    """change_membership() refused, and why (retry later, or fix the request)."""
+
+    reason: str
+
+
 class Progress:
     """The leader's view of one follower's log."""
 
@@ -142,8 +149,10 @@ class Progress:
 class RaftNode:
     """One member of one Raft group. Pure: all time comes in as `now`, all randomness from `rng`.
 
-    `peers` is every voter of the group (this node may be included; it is removed).
-    `hard_state` is what was last persisted; `log` is the durable log as recovered.
+    `peers` is the group's initial voter set (this node may be included): it applies until
+    the log holds a configuration entry. A node joining an existing group starts with no
+    peers and learns its membership from the leader. `hard_state` is what was last
+    persisted; `log` is the durable log as recovered.
     """
 
     def __init__(
@@ -157,7 +166,10 @@ class RaftNode:
         now: float = 0.0,
     ):
         self.id = node_id
-        self.peers: tuple[str, ...] = tuple(sorted(set(peers) - {node_id}))
+        self._initial_voters = frozenset(peers)
+        self.voters: frozenset[str] = frozenset()
+        self.peers: tuple[str, ...] = ()
+        self._config_index = 0
         self.log = log
         self.config = config
         self.term = hard_state.term
@@ -178,18 +190,19 @@ class RaftNode:
         self._transfer_target: str | None = None
         self._transfer_deadline = 0.0
         self._reported: tuple[str, int, str | None] = (self.role, self.term, self.leader_id)
+        self._refresh_config()
         self._reset_election_timer()
 
     # ------------------------------------------------------------------ public inputs
 
     @property
     def quorum(self) -> int:
-        return (len(self.peers) + 1) // 2 + 1
+        return len(self.voters) // 2 + 1
 
     def receive(self, from_id: str, msg: Message, now: float) -> list[Effect]:
-        """Handle one message from a peer."""
+        """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now
-        if from_id in self.peers:
+        if from_id != self.id:
             self._receive(from_id, msg)
         return self._take()
 
@@ -208,7 +221,10 @@ class RaftNode:
             if self._transfer_target is not None and now >= self._transfer_deadline:
                 self._transfer_target = None
         elif now >= self._election_deadline:
-            self._campaign(pre_vote=self.config.pre_vote)
+            if self.id in self.voters:
+                self._campaign(pre_vote=self.config.pre_vote)
+            else:
+                self._reset_election_timer()  # not a voter (joining, or removed): never campaign
         return self._take()
 
     def propose(self, data: bytes, now: float) -> tuple[int | NotLeader, list[Effect]]:
@@ -234,6 +250,42 @@ class RaftNode:
             else:
                 self._replicate(target)
         return self._take()
+
+    def change_membership(
+        self, now: float, add: str | None = None, remove: str | None = None
+    ) -> tuple[int | NotLeader | ChangeRefused, list[Effect]]:
+        """Add or remove one voter (thesis §4.1: one server at a time, so any majority of the
+        old configuration overlaps any majority of the new one). The new configuration takes
+        effect when appended; the change is done when the returned index commits."""
+        self._now = now
+        if self.role != LEADER or self._transfer_target is not None:
+            return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
+        if (add is None) == (remove is None):
+            return ChangeRefused("give exactly one of add= or remove="), self._take()
+        if self._config_index > self.commit_index:
+            return ChangeRefused("a membership change is still in progress"), self._take()
+        if self.log.term_at(self.commit_index) != self.term:
+            # Ongaro's fix to single-server changes: a leader may change the configuration only
+            # after committing an entry of its own term (its no-op).
+            return ChangeRefused("this leader has not committed an entry of its term yet"), self._take()
+        if add is not None:
+            if add in self.voters:
+                return ChangeRefused(f"{add} is already a voter"), self._take()
+            new = self.voters | {add}
+        else:
+            if remove not in self.voters:
+                return ChangeRefused(f"{remove} is not a voter"), self._take()
+            new = self.voters - {remove}
+            if not new:
+                return ChangeRefused("cannot remove the last voter"), self._take()
+        index = self.log.last_index + 1
+        self.log.append([Entry(index, self.term, b"", tuple(sorted(new)))])
+        self._sync_log()
+        self._refresh_config()
+        for peer in self.peers:
+            self._replicate(peer)
+        self._maybe_commit()
+        return index, self._take()
 
     def compact(self, upto_index: int) -> None:
         """Retention: drop entries up to `upto_index`, never past the commit index."""
@@ -295,13 +347,13 @@ class RaftNode:
             if self.role != PRE_CANDIDATE or not m.granted or m.term != self.term + 1:
                 return
             self._votes.add(frm)
-            if len(self._votes) >= self.quorum:
+            if len(self._votes & self.voters) >= self.quorum:
                 self._campaign(pre_vote=False)
             return
         if self.role != CANDIDATE or not m.granted:
             return
         self._votes.add(frm)
-        if len(self._votes) >= self.quorum:
+        if len(self._votes & self.voters) >= self.quorum:
             self._become_leader()
 
     def _handle_append_entries(self, frm: str, m: AppendEntries) -> None:
@@ -326,18 +378,22 @@ class RaftNode:
                 conflict_term=local_prev_term, conflict_index=first))
             return
         new: tuple[Entry, ...] = ()
+        truncated = False
         for i, e in enumerate(m.entries):
             local = log.term_at(e.index)
             if local is None:
                 new = m.entries[i:]
                 break
             if local != e.term:
+                truncated = e.index <= self._config_index
                 log.truncate_suffix(e.index)
                 new = m.entries[i:]
                 break
         if new:
             log.append(new)
             self._sync_log()
+            if truncated or any(e.config is not None for e in new):
+                self._refresh_config()
         last_new = m.prev_index + len(m.entries)
         if m.commit > self.commit_index and last_new > self.commit_index:
             self._set_commit(min(m.commit, last_new))
@@ -347,16 +403,17 @@ class RaftNode:
         self._heard_from_leader(frm)
         if m.last_index > self.commit_index:
             if self.log.term_at(m.last_index) != m.last_term:
-                self.log.reset(m.last_index, m.last_term)
+                self.log.reset(m.last_index, m.last_term, m.config)
                 self._sync_log()
+                self._refresh_config()
                 self._effects.append(SnapshotInstalled(m.last_index, m.last_term, m.data))
             self._set_commit(m.last_index)
         self._send(frm, AppendEntriesResponse(self.term, True, match_index=max(m.last_index, self.commit_index)))
 
     def _handle_append_entries_response(self, frm: str, m: AppendEntriesResponse) -> None:
-        if self.role != LEADER:
+        pr = self._progress.get(frm)
+        if self.role != LEADER or pr is None:
             return
-        pr = self._progress[frm]
         pr.recent_active = True
         if m.success:
             if m.match_index > pr.match:
@@ -369,6 +426,8 @@ class RaftNode:
                 pr.inflight = []
             pr.next = max(pr.next, pr.match + 1)
             self._maybe_commit()
+            if self.role != LEADER:
+                return  # the commit removed us from the group
             if self._transfer_target == frm and pr.match == self.log.last_index:
                 self._send(frm, TimeoutNow(self.term, self.id))
             self._replicate(frm)
@@ -417,7 +476,10 @@ class RaftNode:
             if pr.state != SNAPSHOT or heartbeat:
                 pr.state = SNAPSHOT
                 pr.inflight = []
-                self._send(peer, InstallSnapshot(self.term, self.id, log.start_index - 1, log.prefix_term))
+                found = log.config_at(log.start_index - 1)
+                config = found[1] if found else tuple(sorted(self._initial_voters))
+                self._send(peer, InstallSnapshot(self.term, self.id, log.start_index - 1, log.prefix_term,
+                                                 b"", config))
             return
         if pr.state == SNAPSHOT:
             if not heartbeat:
@@ -450,8 +512,12 @@ class RaftNode:
         return prev + len(entries)
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self.log.last_index] + [p.match for p in self._progress.values()], reverse=True)
-        candidate = matches[self.quorum - 1]
+        matches = [p.match for p in self._progress.values()]
+        if self.id in self.voters:
+            matches.append(self.log.last_index)
+        if len(matches) < self.quorum:
+            return
+        candidate = sorted(matches, reverse=True)[self.quorum - 1]
         if candidate > self.commit_index and self._can_commit(candidate):
             self._set_commit(candidate)
 
@@ -461,7 +527,7 @@ class RaftNode:
         return self.log.term_at(index) == self.term
 
     def _quorum_active(self) -> bool:
-        active = 1 + sum(1 for p in self._progress.values() if p.recent_active)
+        active = (self.id in self.voters) + sum(1 for p in self._progress.values() if p.recent_active)
         for p in self._progress.values():
             p.recent_active = False
         return active >= self.quorum
@@ -481,7 +547,7 @@ class RaftNode:
             self.voted_for = self.id
             self._persist_hard_state()
             term = self.term
-        if len(self._votes) >= self.quorum:  # a group of one
+        if len(self._votes & self.voters) >= self.quorum:  # a group of one
             if pre_vote:
                 self._campaign(pre_vote=False)
             else:
@@ -542,6 +608,26 @@ class RaftNode:
     def _set_commit(self, index: int) -> None:
         self.commit_index = index
         self._effects.append(Commit(index))
+        if self.role == LEADER and self.id not in self.voters and self._config_index <= index:
+            # Our own removal is committed: hand over by stepping down (thesis §4.2.2).
+            self._become_follower(self.term, None)
+
+    def _refresh_config(self) -> None:
+        """Voters = the latest configuration in the log, committed or not (thesis §4.1)."""
+        found = self.log.config_at(self.log.last_index)
+        if found is None:
+            self._config_index, voters = 0, self._initial_voters
+        else:
+            self._config_index, voters = found[0], frozenset(found[1])
+        self.voters = frozenset(voters)
+        self.peers = tuple(sorted(self.voters - {self.id}))
+        if self.role == LEADER:
+            for peer in self.peers:
+                if peer not in self._progress:
+                    self._progress[peer] = Progress(self.log.last_index + 1, self._now)
+            for peer in list(self._progress):
+                if peer not in self.voters:
+                    del self._progress[peer]
 
     def _persist_hard_state(self) -> None:
         self._effects.append(PersistHardState(self.term, self.voted_for))

@@ -8,18 +8,26 @@ it, with each entry a stored record batch that carries its Raft term.
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterable, Protocol, Sequence
 
 import attrs
 
+Members = tuple[str, ...]
+
 
 @attrs.frozen
 class Entry:
-    """One Raft log entry. `data` is opaque to Raft; empty data is a no-op (bookkeeping)."""
+    """One Raft log entry. `data` is opaque to Raft; empty data is a no-op (bookkeeping).
+
+    A configuration entry (membership change) has empty data and `config` set to the sorted
+    voter ids; it takes effect as soon as it is in a log, committed or not (thesis §4.1).
+    """
 
     index: int
     term: int
     data: bytes = b""
+    config: Members | None = None
 
 
 class RaftLog(Protocol):
@@ -57,20 +65,36 @@ class RaftLog(Protocol):
     def truncate_prefix(self, upto_index: int) -> None:
         """Drop every entry with index <= upto_index (retention); only committed entries."""
 
-    def reset(self, index: int, term: int) -> None:
-        """Drop everything; the log becomes empty after (index, term) (snapshot install)."""
+    def reset(self, index: int, term: int, config: Members | None = None) -> None:
+        """Drop everything; the log becomes empty after (index, term) (snapshot install), with
+        `config` the membership in force at that point."""
+
+    def config_at(self, index: int) -> tuple[int, Members] | None:
+        """The latest configuration at or below `index`: (entry index, voters). Below the log
+        start this is the remembered prefix configuration (reported at start_index - 1).
+        None if the log never held one. Configurations are rare: keep a small index of them."""
 
 
 class MemoryRaftLog:
     """A list-backed `RaftLog`: the reference implementation, used by tests and the simulator."""
 
-    def __init__(self, entries: Iterable[Entry] = (), start_index: int = 1, prefix_term: int = 0):
+    def __init__(
+        self,
+        entries: Iterable[Entry] = (),
+        start_index: int = 1,
+        prefix_term: int = 0,
+        prefix_config: Members | None = None,
+    ):
         self._entries: list[Entry] = list(entries)
         self._start = start_index
         self._prefix_term = prefix_term
+        self._prefix_config = prefix_config
+        self._configs: list[int] = []  # indexes of configuration entries present
         for offset, e in enumerate(self._entries):
             if e.index != start_index + offset:
                 raise ValueError(f"entry {e.index} out of sequence")
+            if e.config is not None:
+                self._configs.append(e.index)
 
     @property
     def start_index(self) -> int:
@@ -119,29 +143,48 @@ class MemoryRaftLog:
                 raise ValueError(f"append at {e.index}, expected {expected}")
             expected += 1
         self._entries.extend(entries)
+        self._configs.extend(e.index for e in entries if e.config is not None)
 
     def truncate_suffix(self, from_index: int) -> None:
         if from_index < self._start:
             raise ValueError(f"truncate_suffix({from_index}) below start {self._start}")
         del self._entries[from_index - self._start :]
+        del self._configs[bisect.bisect_left(self._configs, from_index) :]
 
     def truncate_prefix(self, upto_index: int) -> None:
         if upto_index < self._start:
             return
         if upto_index > self.last_index:
             raise ValueError(f"truncate_prefix({upto_index}) past last {self.last_index}")
+        found = self.config_at(upto_index)
+        if found is not None:
+            self._prefix_config = found[1]
         self._prefix_term = self._entries[upto_index - self._start].term
         del self._entries[: upto_index - self._start + 1]
+        del self._configs[: bisect.bisect_right(self._configs, upto_index)]
         self._start = upto_index + 1
 
-    def reset(self, index: int, term: int) -> None:
+    def reset(self, index: int, term: int, config: Members | None = None) -> None:
         self._entries = []
+        self._configs = []
         self._start = index + 1
         self._prefix_term = term
+        self._prefix_config = config
 
-    def snapshot(self) -> tuple[int, int, tuple[Entry, ...]]:
-        """(start_index, prefix_term, entries): a cheap copy, used to model a disk."""
-        return self._start, self._prefix_term, tuple(self._entries)
+    def config_at(self, index: int) -> tuple[int, Members] | None:
+        pos = bisect.bisect_right(self._configs, index)
+        if pos:
+            at = self._configs[pos - 1]
+            config = self._entries[at - self._start].config
+            assert config is not None
+            return at, config
+        if self._prefix_config is not None and index >= self._start - 1:
+            return self._start - 1, self._prefix_config
+        return None
+
+    def snapshot(self) -> tuple[int, int, tuple[Entry, ...], Members | None]:
+        """(start_index, prefix_term, entries, prefix_config): a cheap copy, to model a disk."""
+        return self._start, self._prefix_term, tuple(self._entries), self._prefix_config
 
     def sync(self) -> None:
         """Nothing to flush in memory; present so a driver can treat every log alike."""

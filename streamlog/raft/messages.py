@@ -79,7 +79,8 @@ class AppendEntriesResponse:
 class InstallSnapshot:
     """Tell a follower whose next entry was removed by retention that the log starts after
     (last_index, last_term). `data` is an opaque snapshot of the state machine below that point
-    (empty for partition logs, whose removed records are simply gone)."""
+    (empty for partition logs, whose removed records are simply gone); `config` is the
+    membership in force at last_index."""
 
     kind: ClassVar[str] = "install_snapshot"
     term: int
@@ -87,6 +88,7 @@ class InstallSnapshot:
     last_index: int
     last_term: int
     data: bytes = b""
+    config: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -121,15 +123,30 @@ def _unb64(text: Any) -> bytes:
         raise ValueError(f"bad base64: {e}") from None
 
 
+def _entry_to_list(e: Entry) -> list[Any]:
+    out: list[Any] = [e.index, e.term, _b64(e.data)]
+    if e.config is not None:
+        out.append(list(e.config))
+    return out
+
+
+def _members(value: Any) -> tuple[str, ...]:
+    if not (isinstance(value, list) and all(isinstance(m, str) for m in value)):
+        raise ValueError("config must be a list of node ids")
+    return tuple(value)
+
+
 def to_dict(msg: Message) -> dict[str, Any]:
     """A JSON-safe dict: {"type": kind, field: value, ...}."""
     out: dict[str, Any] = {"type": msg.kind}
     for field in attrs.fields(type(msg)):
         value = getattr(msg, field.name)
         if field.name == "entries":
-            value = [[e.index, e.term, _b64(e.data)] for e in value]
+            value = [_entry_to_list(e) for e in value]
         elif field.name == "data":
             value = _b64(value)
+        elif field.name == "config" and value is not None:
+            value = list(value)
         out[field.name] = value
     return out
 
@@ -185,12 +202,15 @@ def from_dict(d: Any) -> Message:
                 raise ValueError("entries must be a list")
             entries = []
             for item in value:
-                if not (isinstance(item, list) and len(item) == 3):
-                    raise ValueError("entry must be [index, term, data]")
-                entries.append(Entry(_check("prev_index", item[0]), _check("term", item[1]), _unb64(item[2])))
+                if not (isinstance(item, list) and len(item) in (3, 4)):
+                    raise ValueError("entry must be [index, term, data] or [index, term, data, config]")
+                config = _members(item[3]) if len(item) == 4 else None
+                entries.append(Entry(_check("prev_index", item[0]), _check("term", item[1]), _unb64(item[2]), config))
             value = tuple(entries)
         elif field.name == "data":
             value = _unb64(value)
+        elif field.name == "config":
+            value = None if value is None else _members(value)
         else:
             value = _check(field.name, value)
         kwargs[field.name] = value

@@ -38,10 +38,11 @@ from streamlog.raft.core import (
     SnapshotInstalled,
     SyncLog,
 )
-from streamlog.raft.log import Entry, MemoryRaftLog
+from streamlog.raft.log import Entry, MemoryRaftLog, Members
 from streamlog.raft.messages import AppendEntriesResponse, RequestVoteResponse
 
 NodeFactory = Callable[..., RaftNode]
+DiskState = tuple[int, int, tuple[Entry, ...], "Members | None"]  # start, prefix term, entries, prefix config
 
 
 class Violation(Exception):
@@ -64,8 +65,9 @@ class SimResult:
 class SimLog(MemoryRaftLog):
     """A MemoryRaftLog that reports its writes to the checker."""
 
-    def __init__(self, sim: "Simulation", host: "Host", start: int, prefix_term: int, entries: Sequence[Entry]):
-        super().__init__(entries, start, prefix_term)
+    def __init__(self, sim: "Simulation", host: "Host", state: "DiskState"):
+        start, prefix_term, entries, prefix_config = state
+        super().__init__(entries, start, prefix_term, prefix_config)
         self._sim = sim
         self._host = host
         self.version = 0  # bumped on every write: lets one fsync serve many SyncLogs
@@ -74,9 +76,9 @@ class SimLog(MemoryRaftLog):
         self.version += 1
         super().truncate_prefix(upto_index)
 
-    def reset(self, index: int, term: int) -> None:
+    def reset(self, index: int, term: int, config: Members | None = None) -> None:
         self.version += 1
-        super().reset(index, term)
+        super().reset(index, term, config)
 
     def append(self, entries: Sequence[Entry]) -> None:
         prev_term = self.term_at(entries[0].index - 1) if entries else None
@@ -101,7 +103,7 @@ class Host:
     def __init__(self, node_id: str, drift: float, offset: float):
         self.id = node_id
         self.durable_hs = HardState()
-        self.durable_log: tuple[int, int, tuple[Entry, ...]] = (1, 0, ())
+        self.durable_log: DiskState = (1, 0, (), None)
         self.node: RaftNode | None = None
         self.log: SimLog | None = None
         self.queue: deque = deque()
@@ -286,8 +288,8 @@ class Simulation:
 
     def _start(self, h: Host) -> None:
         h.incarnation += 1
-        start, prefix_term, entries = h.durable_log
-        h.log = SimLog(self, h, start, prefix_term, entries)
+        start = h.durable_log[0]
+        h.log = SimLog(self, h, h.durable_log)
         h.durable_version = h.log.version
         rng = random.Random(f"{self.node_seed}:{h.id}:{h.incarnation}")
         h.node = self.factory(h.id, self.ids, h.log, h.durable_hs, self.config, rng, h.local(self.now))
@@ -336,10 +338,9 @@ class Simulation:
             elif isinstance(eff, RoleChange):
                 self._log(f"{h.id} {eff.role} term={eff.term} leader={eff.leader}")
 
-    def _states(self, h: Host) -> list[tuple[int, int, Any]]:
+    def _states(self, h: Host) -> list[DiskState]:
         """Every log state `h` could be in after a crash or an fsync: durable, and in memory."""
-        start, prefix_term, entries = h.durable_log
-        states: list[tuple[int, int, Any]] = [(start, prefix_term, entries)]
+        states = [h.durable_log]
         if h.log is not None:
             states.append(h.log.snapshot())
         return states
@@ -354,12 +355,12 @@ class Simulation:
         if want is None:
             return  # reached by snapshot install, not by applying entries: nothing to compare
 
-        def last(state: tuple[int, int, Any]) -> tuple[int, int]:
-            start, prefix_term, entries = state
+        def last(state: DiskState) -> tuple[int, int]:
+            start, prefix_term, entries, _ = state
             return (entries[-1].term, entries[-1].index) if entries else (prefix_term, start - 1)
 
-        def has(state: tuple[int, int, Any]) -> bool:
-            start, _, entries = state
+        def has(state: DiskState) -> bool:
+            start, _, entries, _ = state
             if index < start:
                 return True
             pos = index - start
@@ -371,10 +372,18 @@ class Simulation:
                 if has(state):
                     continue
                 mine = last(state)
-                voters = 1 + sum(1 for v in self.ids if v != c.id and min(lasts[v]) <= mine)
-                if voters >= self.quorum:
+                config = self._config_of(state)  # a candidate counts votes in its own configuration
+                voters = (c.id in config) + sum(1 for v in config if v != c.id and min(lasts[v]) <= mine)
+                if c.id in config and voters >= len(config) // 2 + 1:
                     raise Violation(f"committed entry {index} is not protected: {c.id} lacks it but "
                                     f"could win with {voters} votes (its log ends at {mine})")
+
+    def _config_of(self, state: DiskState) -> frozenset[str]:
+        _, _, entries, prefix_config = state
+        for e in reversed(entries):
+            if e.config is not None:
+                return frozenset(e.config)
+        return frozenset(prefix_config) if prefix_config is not None else frozenset(self.ids)
 
     def _check_durable_send(self, h: Host, msg: Any) -> None:
         """Persistence before send (Raft Figure 2: "updated on stable storage before responding
@@ -388,7 +397,7 @@ class Simulation:
                 raise Violation(f"{h.id} grants a vote in term {msg.term} without a durable vote")
         if isinstance(msg, AppendEntriesResponse) and msg.success:
             assert h.log is not None
-            start, prefix_term, entries = h.durable_log
+            start, prefix_term, entries, _ = h.durable_log
             m = msg.match_index
             durable_term = prefix_term if m == start - 1 else (
                 entries[m - start].term if start <= m < start + len(entries) else None)
@@ -699,11 +708,11 @@ class Simulation:
             h.node.compact(upto)
             assert h.log is not None
             # Deleting whole segments below the commit point is safe to treat as durable at once.
-            start, prefix_term, _ = h.log.snapshot()
-            d_start, d_prefix, d_entries = h.durable_log
+            start, prefix_term, _, prefix_config = h.log.snapshot()
+            d_start, d_prefix, d_entries, _ = h.durable_log
             if start > d_start:
                 keep = tuple(e for e in d_entries if e.index >= start)
-                h.durable_log = (start, prefix_term, keep)
+                h.durable_log = (start, prefix_term, keep, prefix_config)
             self._log(f"FAULT compact {h.id} upto {upto} -> start {h.log.start_index}")
 
     def _fault_skew(self, r: random.Random) -> None:

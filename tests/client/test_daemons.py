@@ -10,6 +10,7 @@ import pytest
 from twisted.python import usage
 
 from client_support import result_of, run_until
+from streamlog.testing import stored_records
 from streamlog.client import StreamlogClient
 from streamlog.tap import consumer as consumer_tap
 from streamlog.tap import producer as producer_tap
@@ -98,8 +99,7 @@ def client(network, clock):
 
 
 def stored(network, topic, partition=0):
-    result = network.broker.handle_poll({"topic": topic, "partition": partition, "offset": 0})
-    return orjson.loads(orjson.dumps(result))["messages"]
+    return stored_records(network.broker, topic, partition)
 
 
 def start_producer(client, clock, *argv):

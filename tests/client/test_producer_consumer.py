@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from client_support import failure_of, result_of, run_until, settle
+from streamlog.testing import stored_records
 from streamlog import errors
 from streamlog.client import Consumer, Producer, StreamlogClient
 from streamlog.partitioner import partition_for_key
@@ -28,10 +29,8 @@ def got(network, clock, d):
     return result_of(settle(clock, network, d))
 
 
-def values(network, topic, partition):
-    """Every record stored in a partition, read straight from the broker."""
-    result = network.broker.handle_poll({"topic": topic, "partition": partition, "offset": 0})
-    return orjson.loads(orjson.dumps(result))["messages"]
+def values(network, topic, partition=0):
+    return stored_records(network.broker, topic, partition)
 
 
 def test_many_sends_become_few_batches_with_exact_offsets(network, clock, client):
