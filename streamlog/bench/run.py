@@ -81,6 +81,7 @@ class _Phase:
         from tqdm import tqdm
 
         self.server_cpu0, self.wall0 = _proc_cpu(self.server_pid), time.monotonic()
+        self.busy0 = _machine_busy()
         self.start_evt.set()
         if on_started is not None:
             on_started()
@@ -103,6 +104,11 @@ class _Phase:
             bar.close()
             self.join()
         cpu1 = _proc_cpu(self.server_pid)
+        busy1 = _machine_busy()
+        wall = max(1e-9, time.monotonic() - self.wall0)
+        #: % of one core used by the whole machine during the phase (ours + anything else running).
+        self.machine_busy_pct = (round(100.0 * (busy1 - self.busy0) / wall, 1)
+                                 if busy1 is not None and self.busy0 is not None else None)
         self.server_cpu_pct = (round(100.0 * (cpu1 - self.server_cpu0) / max(1e-9, time.monotonic() - self.wall0), 1)
                                if cpu1 is not None and self.server_cpu0 is not None else None)
         errors = [r["error"] for r in results if r.get("error")]
@@ -130,6 +136,17 @@ def _proc_cpu(pid: int | None) -> float | None:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _machine_busy() -> float | None:
+    """CPU seconds all processes of the machine were busy (not idle/iowait), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -214,6 +231,7 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
             profiler.stop()
     for r in results:
         r["server_cpu_pct"] = phase.server_cpu_pct
+        r["machine_busy_pct"] = phase.machine_busy_pct
     return results
 
 
@@ -267,7 +285,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, done, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
-        result["cpu_pct_of_one_core"] = {"server": results[0].get("server_cpu_pct"), "producers": _cpu_pct(results)}
+        result["cpu_pct_of_one_core"] = {"server": results[0].get("server_cpu_pct"), "producers": _cpu_pct(results),
+                                         "machine": results[0].get("machine_busy_pct")}
         if any(r.get("timed_out") for r in results):
             result["warnings"].append(f"--max-seconds {args.max_seconds} reached: {done} of {n} messages")
     elif args.workload == "consume":
@@ -302,7 +321,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, got, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
-        result["cpu_pct_of_one_core"] = {"server": phase.server_cpu_pct, "consumers": _cpu_pct(results)}
+        result["cpu_pct_of_one_core"] = {"server": phase.server_cpu_pct, "consumers": _cpu_pct(results),
+                                         "machine": phase.machine_busy_pct}
         if got < total:
             result["warnings"].append(f"received {got} of {total} messages (--max-seconds {args.max_seconds})")
     else:  # e2e
@@ -354,7 +374,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
                       ack_latency_what=presults[0]["what"])
         result.update(_rates(args, sent, t0, t1))
         result["cpu_pct_of_one_core"] = {"server": phase_p.server_cpu_pct, "producers": _cpu_pct(presults),
-                                         "consumers": _cpu_pct(cresults)}
+                                         "consumers": _cpu_pct(cresults), "machine": phase_p.machine_busy_pct}
         if got < sent:
             result["warnings"].append(f"the consumer received {got} of {sent} messages")
     if not result["warnings"]:

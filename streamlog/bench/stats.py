@@ -68,6 +68,8 @@ def format_report(result: dict[str, Any]) -> str:
         for role in ("producers", "consumers"):
             if cpu.get(role):
                 parts.append(f"{role} " + ", ".join(f"{c}%" for c in cpu[role]))
+        if cpu.get("machine") is not None:
+            parts.append(f"whole machine {cpu['machine']}% of {result.get('nproc') or '?'} cores x 100%")
         lines.append("cpu (% of one core over the measured phase): " + "; ".join(parts))
     if result.get("warnings"):
         for warning in result["warnings"]:
