@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from streamlog.raft.core import (
+    ChangeRefused,
     Commit,
     HardState,
     NotLeader,
@@ -263,9 +264,11 @@ class RaftHost:
     # --- groups
 
     def add_group(self, group: str, members: Iterable[str], storage: GroupStorage) -> RaftNode:
-        """Join a group (this node must be one of `members`), recovering from `storage`."""
+        """Run this node's member of a group, recovering from `storage`. `members` is the
+        group's initial voter set and must include this node; pass no members to join an
+        existing group, whose leader then adds this node with `change_membership`."""
         members = set(members)
-        if self.node_id not in members or not (members - {self.node_id}) <= self.peers:
+        if (members and self.node_id not in members) or not (members - {self.node_id}) <= self.peers:
             raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.node_id}")
         rng = random.Random(self.rng.random())
         node = RaftNode(self.node_id, members, storage.log, storage.load_hard_state(), self.config, rng,
@@ -280,6 +283,15 @@ class RaftHost:
         """Propose an entry; the index commits when `callbacks.committed` passes it."""
         runner = self.groups[group]
         result, effects = runner.node.propose(data, self.clock.seconds())
+        runner.feed(effects)
+        return result
+
+    def change_membership(
+        self, group: str, add: str | None = None, remove: str | None = None
+    ) -> int | NotLeader | ChangeRefused:
+        """Add or remove one voter; done when the returned index is committed."""
+        runner = self.groups[group]
+        result, effects = runner.node.change_membership(self.clock.seconds(), add=add, remove=remove)
         runner.feed(effects)
         return result
 

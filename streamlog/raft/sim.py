@@ -241,7 +241,8 @@ class Simulation:
         self.client_target = self.ids[0]
         self.proposal_no = 0
         self.stats = {"events": 0, "messages": 0, "dropped": 0, "elections": 0, "crashes": 0,
-                      "pauses": 0, "partitions": 0, "transfers": 0, "snapshots": 0, "proposed": 0}
+                      "pauses": 0, "partitions": 0, "transfers": 0, "snapshots": 0, "proposed": 0, "config_changes": 0}
+        self.last_config_change = float("-inf")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -509,7 +510,8 @@ class Simulation:
         hs = h.healthy_since
         if hs is None or self.now - h.transfer_at < 2 * ELECTION_TIMEOUT:
             return
-        grace = max(hs + 4 * ELECTION_TIMEOUT, h.elected_at + 2 * ELECTION_TIMEOUT)
+        grace = max(hs + 4 * ELECTION_TIMEOUT, h.elected_at + 2 * ELECTION_TIMEOUT,
+                    self.last_config_change + 4 * ELECTION_TIMEOUT)
         newer = [t for t, seen in self.term_first_seen.items() if t > term and seen > grace]
         if newer:
             raise Violation(f"disruption: healthy leader {h.id} of term {term} (healthy since "
@@ -585,6 +587,7 @@ class Simulation:
             ("heal_links", 2.0), ("crash", self.profile.crash_weight), ("crash_leader", self.profile.crash_weight),
             ("crash_syncing", self.profile.crash_weight),
             ("pause", 1.0), ("lossy", 1.0), ("calm", 1.5), ("transfer", 0.5), ("compact", 0.7), ("skew", 0.3),
+            ("membership", 0.7),
         ]
         action = r.choices([a for a, _ in actions], [w for _, w in actions])[0]
         getattr(self, f"_fault_{action}")(r)
@@ -701,6 +704,39 @@ class Simulation:
             self._log(f"FAULT transfer {leader.id} -> {target}")
             self._feed(leader, leader.node.transfer_leadership(target, leader.local(self.now)))
 
+    def _fault_membership(self, r: random.Random) -> None:
+        leader = self._leader()
+        if leader is None or leader.node is None:
+            return
+        voters = leader.node.voters
+        missing = [i for i in self.ids if i not in voters]
+        if missing and (len(voters) <= max(1, self.n - 2) or r.random() < 0.5):
+            change = {"add": r.choice(missing)}
+        elif len(voters) > max(1, self.n - 2):
+            change = {"remove": r.choice(sorted(voters))}
+        else:
+            return
+        self._change_membership(leader, change)
+
+    def _change_membership(self, leader: Host, change: dict[str, str]) -> None:
+        assert leader.node is not None
+        result, effects = leader.node.change_membership(leader.local(self.now), **change)
+        self.last_config_change = self.now
+        self.stats["config_changes"] += isinstance(result, int)
+        self._log(f"FAULT membership {change} at {leader.id}: {result}")
+        self._feed(leader, effects)
+        self._recompute_health()
+
+    def _restore_members(self) -> None:
+        """After healing, an operator adds back every node that was removed."""
+        leader = self._leader()
+        if leader is not None and leader.node is not None:
+            missing = [i for i in self.ids if i not in leader.node.voters]
+            if not missing:
+                return
+            self._change_membership(leader, {"add": missing[0]})
+        self._at(self.now + 0.1, self._restore_members)
+
     def _fault_compact(self, r: random.Random) -> None:
         h = self.hosts[r.choice(self.ids)]
         if h.node is not None:
@@ -727,10 +763,12 @@ class Simulation:
         """A node is healthy while it runs and has calm two-way links to a majority."""
         calm = self.drop == 0 and self.tail == 0 and not self.reorder
         for h in self.hosts.values():
-            healthy = calm and h.up and 1 + sum(
+            voters = h.node.voters if h.node is not None else frozenset()
+            healthy = calm and h.up and h.id in voters and 1 + sum(
                 1 for o in self.hosts.values()
-                if o is not h and o.up and (h.id, o.id) not in self.cut and (o.id, h.id) not in self.cut
-            ) >= self.quorum
+                if o is not h and o.id in voters and o.up
+                and (h.id, o.id) not in self.cut and (o.id, h.id) not in self.cut
+            ) >= len(voters) // 2 + 1
             if not healthy:
                 h.healthy_since = None
             elif h.healthy_since is None:
@@ -742,6 +780,7 @@ class Simulation:
         self.drop = self.dup = self.tail = 0.0
         self.reorder = False
         self._log("HEAL everything")
+        self._at(self.now, self._restore_members)
         for h in self.hosts.values():
             if h.node is None:
                 self._start(h)

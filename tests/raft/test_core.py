@@ -310,3 +310,60 @@ def test_stale_leader_is_told_about_the_newer_term():
     n = node("b", term=5)
     effects = n.receive("a", AppendEntries(3, "a", 0, 0, (), 0), 1.0)
     assert sends(effects) == [("a", AppendEntriesResponse(5, False))]
+
+
+def test_membership_change_waits_for_the_leaders_first_commit_and_runs_one_at_a_time():
+    from streamlog.raft.core import ChangeRefused
+
+    leader = node("a")
+    elect(leader)
+    result, _ = leader.change_membership(10.0, add="d")
+    assert isinstance(result, ChangeRefused) and "not committed" in result.reason
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=1), 10.0)
+    assert leader.commit_index == 1
+    index, effects = leader.change_membership(10.0, add="d")
+    assert index == 2 and leader.voters == {"a", "b", "c", "d"} and leader.quorum == 3
+    assert leader.log.config_at(2) == (2, ("a", "b", "c", "d"))
+    assert "d" in {to for to, _ in sends(effects)}
+    result, _ = leader.change_membership(10.0, remove="b")
+    assert isinstance(result, ChangeRefused) and "in progress" in result.reason
+    # Needs 3 of 4 now: b alone is not enough.
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    assert leader.commit_index == 1
+    leader.receive("d", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    assert leader.commit_index == 2
+
+
+def test_follower_adopts_a_configuration_on_append_and_reverts_on_truncation():
+    n = node("b", entries=[Entry(1, 1)], term=1)
+    n.receive("a", AppendEntries(1, "a", 1, 1, (Entry(2, 1, b"", ("a", "b")),), 1), 1.0)
+    assert n.voters == {"a", "b"}
+    n.receive("c", AppendEntries(2, "c", 1, 1, (Entry(2, 2, b"x"),), 1), 1.0)
+    assert n.voters == set(IDS)
+
+
+def test_added_node_catches_up_and_removed_leader_steps_down():
+    ids = ["a", "b", "c", "d"]
+    c = Cluster(ids=ids)
+    c.nodes["d"] = node("d", peers=[], seed=9)  # joins later, knows no members yet
+    c.nodes = {i: c.nodes[i] for i in ids}
+    for i in ("a", "b", "c"):
+        c.nodes[i] = node(i, peers=IDS, seed=ord(i))
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader.id != "d" and c.nodes["d"].role == FOLLOWER
+    index, effects = leader.change_membership(c.now, add="d")
+    c.run([(leader.id, effects)])
+    c.advance(0.5)
+    d = c.nodes["d"]
+    assert d.voters == set(ids) and d.log.last_index == leader.log.last_index
+    index, effects = leader.change_membership(c.now, remove=leader.id)
+    c.run([(leader.id, effects)])
+    c.advance(2.0)
+    assert leader.role != LEADER and leader.id not in leader.voters
+    new = c.leader()
+    assert new is not None and new.voters == set(ids) - {leader.id}
+    index, effects = new.propose(b"after", c.now)
+    c.run([(new.id, effects)])
+    c.advance(0.3)
+    assert all(c.commits[i] >= index for i in ids if i != leader.id)

@@ -184,3 +184,39 @@ def test_a_failed_fsync_stops_the_group():
     host.groups["g"].feed([SyncLog(1), Send("b", AppendEntries(1, "a", 0, 0, (), 0))])
     assert sent == []
     assert host.groups["g"].blocked
+
+
+def test_a_joining_node_is_added_through_the_driver():
+    clock = Clock()
+    ids = IDS + ["d"]  # d knows no members of g1 yet
+    recorders = {i: Recorder() for i in ids}
+    hosts = {i: RaftHost(i, ids, CFG, recorders[i], clock=clock, rng=random.Random(i)) for i in ids}
+    for i, h in hosts.items():
+        h.add_group("g1", IDS if i != "d" else [], MemoryGroupStorage(MemoryRaftLog()))
+        h.start()
+    pumps = []
+    for n, x in enumerate(ids):
+        for y in ids[n + 1:]:
+            _, _, pump = iosim.connectedServerAndClient(
+                lambda y=y: PeerProtocol(hosts[y]), lambda x=x: PeerProtocol(hosts[x]))
+            pumps.append(pump)
+
+    def run(seconds, step=0.01):
+        for _ in range(int(seconds / step)):
+            clock.advance(step)
+            for _ in range(2):
+                clock.advance(0)
+                for p in pumps:
+                    p.flush()
+
+    run(2.0)
+    leader = leader_of(hosts, "g1")
+    assert leader is not None and leader.node_id != "d"
+    index = leader.change_membership("g1", add="d")
+    assert isinstance(index, int)
+    run(0.5)
+    assert recorders["d"].commits["g1"] >= index
+    assert hosts["d"].groups["g1"].node.voters == set(ids)
+    for h in hosts.values():
+        h.stop()
+    assert not clock.getDelayedCalls()

@@ -64,3 +64,18 @@ def test_reset_empties_the_log_after_a_snapshot_point():
 def test_constructor_rejects_out_of_sequence_entries():
     with pytest.raises(ValueError):
         MemoryRaftLog([Entry(2, 1)], start_index=1)
+
+
+def test_config_at_tracks_configuration_entries_through_truncation():
+    log = MemoryRaftLog()
+    log.append([Entry(1, 1), Entry(2, 1, b"", ("a", "b")), Entry(3, 1), Entry(4, 2, b"", ("a", "b", "c"))])
+    assert log.config_at(1) is None
+    assert log.config_at(3) == (2, ("a", "b"))
+    assert log.config_at(4) == (4, ("a", "b", "c"))
+    log.truncate_suffix(4)
+    assert log.config_at(10) == (2, ("a", "b"))
+    log.truncate_prefix(3)
+    assert log.config_at(3) == (3, ("a", "b"))  # remembered at start_index - 1
+    assert log.config_at(log.last_index)[1] == ("a", "b")
+    log.reset(20, 3, ("x", "y", "z"))
+    assert log.config_at(20) == (20, ("x", "y", "z"))

@@ -25,6 +25,8 @@ SAMPLES = [
     AppendEntriesResponse(4, True, match_index=9),
     AppendEntriesResponse(4, False, reject_index=7, conflict_term=2, conflict_index=5),
     InstallSnapshot(5, "n3", 100, 4, b"state"),
+    InstallSnapshot(5, "n3", 100, 4, b"", ("n1", "n2", "n3")),
+    AppendEntries(4, "n2", 7, 3, (Entry(8, 4, b"", ("n1", "n2")),), 6),
     TimeoutNow(6, "n1"),
 ]
 
