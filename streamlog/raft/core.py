@@ -448,7 +448,7 @@ class RaftNode:
         self._replicate(frm)
 
     def _handle_timeout_now(self, frm: str, m: TimeoutNow) -> None:
-        if self.role == FOLLOWER:
+        if self.role == FOLLOWER and self.id in self.voters:
             self._campaign(pre_vote=False, transfer=True)
 
     # By name, so that a subclass (a test's deliberately broken variant) can override one.

@@ -29,6 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from streamlog.raft.core import (
     ChangeRefused,
@@ -118,9 +119,8 @@ class _GroupRunner:
                     d = maybeDeferred(self.storage.save_hard_state, HardState(eff.term, eff.voted_for))
                 else:
                     d = maybeDeferred(self.storage.sync_log)
-                if d.called and not isinstance(getattr(d, "result", None), Exception):
-                    d.addErrback(self._fsync_failed)
-                    continue
+                if d.called and not isinstance(d.result, Failure):
+                    continue  # already durable (synchronous storage)
                 self.blocked = True
                 d.addCallbacks(self._unblock, self._fsync_failed)
             elif isinstance(eff, Commit):
