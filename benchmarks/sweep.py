@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--storage", default="segmented")
     ap.add_argument("--fsync", default="always")
     ap.add_argument("--max-seconds", type=float, default=40.0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per point (plot.py keeps the best: least disturbed)")
     args = ap.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     points = [(s, args.batch_for_sizes, "size") for s in args.sizes]
@@ -43,7 +44,7 @@ def main() -> int:
     for workload in args.workloads:
         clients = args.clients if workload == "produce" else ["batch"]
         for client in clients:
-            for size, batch, sweep in points:
+            for size, batch, sweep in [p for p in points for _ in range(args.repeat)]:
                 batch = max(1, min(batch, args.line_cap // (size + 16)))
                 n = max(1000, min(args.messages, args.bytes_cap // max(1, size)))
                 cmd = [sys.executable, "-m", "streamlog.bench", workload, "--messages", str(n), "--size", str(size),
