@@ -151,6 +151,29 @@ def _machine_busy() -> float | None:
         return None
 
 
+def disk_probe(directory: str | None = None, n: int = 100) -> dict[str, Any]:
+    """Latency of a 150-byte append + fsync in C{directory} (the server's file system), n times.
+
+    Durable figures depend on it (the disk may be shared with other work): it
+    is recorded with every result.
+    """
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="streamlog-bench-fsync-", dir=directory)
+    lat = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 150)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            lat.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    summary = stats.summarize(lat)
+    return {k: summary[k] for k in ("count", "p50", "p99", "max")}
+
+
 def _cpu_pct(results: list[dict[str, Any]]) -> list[float]:
     """% of one core used by each load process over its measured phase."""
     return [round(100.0 * r["cpu_s"] / max(1e-9, r["t_end"] - r["t_start"]), 1) for r in results if "cpu_s" in r]
@@ -275,6 +298,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": args.label,
         # The machine may be shared: the 1-minute load average before the run says how busy it was.
         "loadavg_1m_before": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(),
+        "disk_fsync_ms_before": disk_probe(os.path.dirname(server.dir) if server is not None and server.dir else None)
+        if server is not None and args.storage == "segmented" else None,
     }
     if args.workload == "produce":
         n = args.messages

@@ -71,6 +71,10 @@ def format_report(result: dict[str, Any]) -> str:
         if cpu.get("machine") is not None:
             parts.append(f"whole machine {cpu['machine']}% of {result.get('nproc') or '?'} cores x 100%")
         lines.append("cpu (% of one core over the measured phase): " + "; ".join(parts))
+    probe = result.get("disk_fsync_ms_before")
+    if probe:
+        lines.append(f"disk: append+fsync before the run p50 {probe['p50']:.3f} ms, p99 {probe['p99']:.3f} ms "
+                     f"(n={probe['count']}); machine load average {result.get('loadavg_1m_before')}")
     if result.get("warnings"):
         for warning in result["warnings"]:
             lines.append(f"warning: {warning}")
