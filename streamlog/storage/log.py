@@ -604,7 +604,9 @@ class SegmentedLog:
     def truncate_suffix(self, offset: int) -> None:
         """Remove every record at or after C{offset}; made durable before returning.
 
-        Rare (Raft conflict resolution), so it fsyncs on the calling thread.
+        Rare (Raft conflict resolution), so it fsyncs on the calling thread.  A
+        cut inside a batch rewrites that batch's head as a new frame; a power
+        loss during the call can lose that head (see docs/storage.md).
         """
         self._check()
         if offset >= self._end:
@@ -621,7 +623,12 @@ class SegmentedLog:
             self._fail(error)
             raise error from e
         if partial is not None:
+            # The records before the cut inside that batch were (maybe) durable:
+            # make them durable again at once.  Until this sync returns, a power
+            # loss can lose them; Raft truncates at batch boundaries, so this
+            # path is for completeness of the contract.
             self.append(partial)
+            self._sync(force_checkpoint=False)
 
     def _truncate(self, offset: int) -> RecordBatch | None:
         with self._checkpoint_lock:
