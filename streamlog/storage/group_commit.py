@@ -317,4 +317,8 @@ def _sync_logs(logs: list[tuple[Hashable, Any]]) -> dict[Hashable, BaseException
             results[key] = log.sync()
         except StorageCorrupted as e:
             results[key] = e
+        except StorageFailed as e:
+            if not getattr(log, "closed", False):
+                raise  # an fsync failure: fatal
+            results[key] = e  # closed meanwhile (its topic was deleted)
     return results
