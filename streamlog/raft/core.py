@@ -221,10 +221,10 @@ class RaftNode:
             if self._transfer_target is not None and now >= self._transfer_deadline:
                 self._transfer_target = None
         elif now >= self._election_deadline:
-            if self.id in self.voters:
+            if self._may_campaign():
                 self._campaign(pre_vote=self.config.pre_vote)
             else:
-                self._reset_election_timer()  # not a voter (joining, or removed): never campaign
+                self._reset_election_timer()
         return self._take()
 
     def propose(self, data: bytes, now: float) -> tuple[int | NotLeader, list[Effect]]:
@@ -448,7 +448,7 @@ class RaftNode:
         self._replicate(frm)
 
     def _handle_timeout_now(self, frm: str, m: TimeoutNow) -> None:
-        if self.role == FOLLOWER and self.id in self.voters:
+        if self.role == FOLLOWER and self._may_campaign():
             self._campaign(pre_vote=False, transfer=True)
 
     # By name, so that a subclass (a test's deliberately broken variant) can override one.
@@ -611,6 +611,19 @@ class RaftNode:
         if self.role == LEADER and self.id not in self.voters and self._config_index <= index:
             # Our own removal is committed: hand over by stepping down (thesis §4.2.2).
             self._become_follower(self.term, None)
+
+    def _may_campaign(self) -> bool:
+        """Voters campaign; so does a node whose removal is not known to be committed. Without
+        that, a leader that appended its own removal and crashed could hold the only copy of
+        the newest configuration while refusing (as more up to date) every remaining candidate:
+        no election could ever succeed. Such a node may lead a configuration it is not part of
+        until the change commits, then steps down (thesis §4.2.2)."""
+        if self.id in self.voters:
+            return True
+        if self._config_index == 0 or self._config_index <= self.commit_index:
+            return False
+        previous = self.log.config_at(self._config_index - 1)
+        return self.id in (previous[1] if previous else self._initial_voters)
 
     def _refresh_config(self) -> None:
         """Voters = the latest configuration in the log, committed or not (thesis §4.1)."""

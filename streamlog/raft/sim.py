@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import random
 import sys
 import time as _wallclock_for_cli_only
@@ -39,7 +40,7 @@ from streamlog.raft.core import (
     SyncLog,
 )
 from streamlog.raft.log import Entry, MemoryRaftLog, Members
-from streamlog.raft.messages import AppendEntriesResponse, RequestVoteResponse
+from streamlog.raft.messages import AppendEntries, AppendEntriesResponse, RequestVoteResponse, from_dict, to_dict
 
 NodeFactory = Callable[..., RaftNode]
 DiskState = tuple[int, int, tuple[Entry, ...], "Members | None"]  # start, prefix term, entries, prefix config
@@ -78,15 +79,12 @@ class SimLog(MemoryRaftLog):
 
     def reset(self, index: int, term: int, config: Members | None = None) -> None:
         self.version += 1
+        self._host.registered_upto = min(self._host.registered_upto, index)
         super().reset(index, term, config)
 
     def append(self, entries: Sequence[Entry]) -> None:
-        prev_term = self.term_at(entries[0].index - 1) if entries else None
         self.version += 1
         super().append(entries)
-        for e in entries:
-            self._sim._check_log_matching(self._host, e, prev_term)
-            prev_term = e.term
 
     def truncate_suffix(self, from_index: int) -> None:
         node = self._host.node
@@ -94,6 +92,7 @@ class SimLog(MemoryRaftLog):
             raise Violation(f"{self._host.id} truncates committed entries from {from_index} "
                             f"(commit index {node.commit_index})")
         self.version += 1
+        self._host.registered_upto = min(self._host.registered_upto, from_index - 1)
         super().truncate_suffix(from_index)
 
 
@@ -108,6 +107,7 @@ class Host:
         self.log: SimLog | None = None
         self.queue: deque = deque()
         self.durable_version = -1
+        self.registered_upto = 0  # durable entries up to here were given to the log-matching check
         self.syncing = False
         self.paused = False
         self.inbox: list[tuple[str, Any]] = []
@@ -192,8 +192,10 @@ class Simulation:
         config: RaftConfig | None = None,
         check_durability: bool = True,
         regime: str = "mixed",
+        wire: bool = False,
     ):
         self.seed = seed
+        self.wire = wire  # send every message through its JSON form, as the driver does
         self.check_durability = check_durability
         self.n = nodes
         self.factory = node_factory
@@ -291,6 +293,7 @@ class Simulation:
         h.incarnation += 1
         start = h.durable_log[0]
         h.log = SimLog(self, h, h.durable_log)
+        h.registered_upto = h.log.last_index
         h.durable_version = h.log.version
         rng = random.Random(f"{self.node_seed}:{h.id}:{h.incarnation}")
         h.node = self.factory(h.id, self.ids, h.log, h.durable_hs, self.config, rng, h.local(self.now))
@@ -321,6 +324,11 @@ class Simulation:
             if isinstance(eff, Send):
                 if self.check_durability:
                     self._check_durable_send(h, eff.msg)
+                if isinstance(eff.msg, AppendEntries):
+                    prev_term = eff.msg.prev_term
+                    for e in eff.msg.entries:
+                        self._check_log_matching(h, e, prev_term)
+                        prev_term = e.term
                 self._send(h.id, eff.to, eff.msg)
             elif isinstance(eff, (PersistHardState, SyncLog)):
                 if isinstance(eff, SyncLog) and h.log is not None and h.log.version == h.durable_version:
@@ -416,6 +424,11 @@ class Simulation:
             assert h.log is not None
             h.durable_log = h.log.snapshot()  # fsync flushes every write made so far
             h.durable_version = h.log.version
+            start, prefix_term, entries, _ = h.durable_log
+            for pos in range(max(0, h.registered_upto + 1 - start), len(entries)):
+                e = entries[pos]
+                self._check_log_matching(h, e, entries[pos - 1].term if pos else prefix_term)
+            h.registered_upto = start + len(entries) - 1
         h.syncing = False
         if not h.paused:
             self._drain(h)
@@ -524,6 +537,8 @@ class Simulation:
         if (frm, to) in self.cut or self.net_rng.random() < self.drop:
             self.stats["dropped"] += 1
             return
+        if self.wire:
+            msg = from_dict(json.loads(json.dumps(to_dict(msg))))
         copies = 2 if self.net_rng.random() < self.dup else 1
         for _ in range(copies):
             delay = self.net_rng.uniform(0.0005, self.profile.max_delay)
@@ -589,6 +604,8 @@ class Simulation:
             ("pause", 1.0), ("lossy", 1.0), ("calm", 1.5), ("transfer", 0.5), ("compact", 0.7), ("skew", 0.3),
             ("membership", 0.7),
         ]
+        if self.n == 1:  # no network to break
+            actions = [(a, w) for a, w in actions if a not in ("partition", "one_way", "isolate_one", "transfer")]
         action = r.choices([a for a, _ in actions], [w for _, w in actions])[0]
         getattr(self, f"_fault_{action}")(r)
         self._recompute_health()
@@ -732,15 +749,15 @@ class Simulation:
         leader = self._leader()
         if leader is not None and leader.node is not None:
             missing = [i for i in self.ids if i not in leader.node.voters]
-            if not missing:
-                return
-            self._change_membership(leader, {"add": missing[0]})
-        self._at(self.now + 0.1, self._restore_members)
+            if missing:
+                self._change_membership(leader, {"add": missing[0]})
+        self._at(self.now + 0.1, self._restore_members)  # until the run ends: leaders change
 
     def _fault_compact(self, r: random.Random) -> None:
         h = self.hosts[r.choice(self.ids)]
         if h.node is not None:
-            upto = h.node.commit_index - r.randint(0, 5)
+            # Retention removes only what the application has applied as well as committed.
+            upto = min(h.node.commit_index, h.applied) - r.randint(0, 5)
             h.node.compact(upto)
             assert h.log is not None
             # Deleting whole segments below the commit point is safe to treat as durable at once.
@@ -814,9 +831,11 @@ def run_seed(
     trace: bool = False,
     check_durability: bool = True,
     regime: str = "mixed",
+    wire: bool = False,
 ) -> SimResult:
     """Run one seed and return its result (violation or None, trace, stats)."""
-    return Simulation(seed, nodes, node_factory, trace, check_durability=check_durability, regime=regime).run()
+    return Simulation(seed, nodes, node_factory, trace, check_durability=check_durability,
+                      regime=regime, wire=wire).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -825,11 +844,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3, choices=[1, 3, 5])
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--regime", default="mixed", choices=REGIMES, help="fault profile family")
+    parser.add_argument("--wire", action="store_true", help="send messages through their JSON form")
     parser.add_argument("--soak", action="store_true", help="run many seeds, alternating 3 and 5 nodes")
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds --soak runs")
     args = parser.parse_args(argv)
     if not args.soak:
-        result = run_seed(args.seed, args.nodes, trace=args.trace, regime=args.regime)
+        result = run_seed(args.seed, args.nodes, trace=args.trace, regime=args.regime, wire=args.wire)
         for line in result.trace:
             print(line)
         print(f"seed {args.seed} nodes {args.nodes} regime {args.regime}: "
@@ -842,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     totals: dict[str, float] = {}
     for seed in range(args.seed, args.seed + args.seeds):
         nodes = 3 if seed % 2 == 0 else 5
-        result = run_seed(seed, nodes, regime=args.regime)
+        result = run_seed(seed, nodes, regime=args.regime, wire=args.wire)
         for k, v in result.stats.items():
             if isinstance(v, (int, float)) and k != "recovered_in":
                 totals[k] = totals.get(k, 0) + v

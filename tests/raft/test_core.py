@@ -367,3 +367,17 @@ def test_added_node_catches_up_and_removed_leader_steps_down():
     c.run([(new.id, effects)])
     c.advance(0.3)
     assert all(c.commits[i] >= index for i in ids if i != leader.id)
+
+
+def test_node_holding_its_own_uncommitted_removal_still_campaigns_and_hands_over():
+    # b led {a, b}, appended "remove b" and crashed before it committed; a never got it.
+    b = node("b", entries=[Entry(1, 1), Entry(2, 1, b"", ("a",))], term=1, peers=["a", "b"])
+    assert b.voters == {"a"}
+    effects = b.tick(10.0)
+    assert b.role == PRE_CANDIDATE and [to for to, _ in sends(effects)] == ["a"]
+    b.receive("a", RequestVoteResponse(2, True, pre_vote=True), 10.0)
+    b.receive("a", RequestVoteResponse(2, True), 10.0)
+    assert b.role == LEADER  # leading a configuration it is not part of
+    effects = b.receive("a", AppendEntriesResponse(2, True, match_index=3), 10.0)
+    assert Commit(3) in effects and b.role == FOLLOWER
+    assert b.tick(100.0) == [] and b.role == FOLLOWER  # removed for good: never campaigns again

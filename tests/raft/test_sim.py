@@ -20,6 +20,12 @@ def test_many_seeds_are_safe_and_live(nodes, regime):
     assert failures == []
 
 
+def test_single_node_groups_and_the_json_wire_form_survive_the_simulator():
+    for seed in range(20):
+        assert run_seed(seed, 1).ok
+        assert run_seed(seed, 5, wire=True).ok
+
+
 def test_same_seed_gives_the_same_trace():
     a = run_seed(7, 5, trace=True)
     b = run_seed(7, 5, trace=True)
