@@ -35,48 +35,22 @@ import os
 import threading
 from typing import Iterable, Iterator
 
-import attrs
 import orjson
 from twisted.logger import Logger
 
 from streamlog.storage import codec
+from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches
 from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles
 
-CHECKPOINT_FILE = "recovery-checkpoint"
-CHECKPOINT_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 128 * 1024 * 1024
 DEFAULT_SEGMENT_MS = 7 * 24 * 3600 * 1000
 DEFAULT_INDEX_INTERVAL_BYTES = 4096
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 DEFAULT_CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024
 _SCAN_CHUNK = 8 * 1024 * 1024
-
-
-@attrs.frozen
-class Checkpoint:
-    """The end of the synced, validated prefix of a log (see the module docstring)."""
-
-    segment: int
-    position: int
-    next_offset: int
-    max_timestamp: int | None
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"version": CHECKPOINT_VERSION, **attrs.asdict(self)})
-
-    @classmethod
-    def decode(cls, data: bytes) -> Checkpoint:
-        d = orjson.loads(data)
-        if d.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"unknown checkpoint version {d.get('version')!r}")
-        return cls(int(d["segment"]), int(d["position"]), int(d["next_offset"]), d["max_timestamp"])
-
-    def covers(self, segment: int, position: int) -> bool:
-        """Whether this checkpoint reaches at least (C{segment}, C{position})."""
-        return (self.segment, self.position) >= (segment, position)
 
 
 def effective_config(config: TopicConfig | None, defaults: TopicConfig | None) -> TopicConfig:
@@ -89,29 +63,6 @@ def effective_config(config: TopicConfig | None, defaults: TopicConfig | None) -
     if merged["segment_ms"] is None:
         merged["segment_ms"] = DEFAULT_SEGMENT_MS
     return TopicConfig(**merged)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace C{path} with C{data} so that a crash leaves the old or the new file, whole."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
 
 
 class SegmentedLog:

@@ -26,13 +26,12 @@ from twisted.logger import Logger
 
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageError
+from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,
     DEFAULT_INDEX_INTERVAL_BYTES,
     SegmentedLog,
-    fsync_dir,
-    write_atomically,
 )
 
 TOPIC_FILE = "topic.json"

@@ -378,3 +378,16 @@ def test_tail_validation_in_chunks_smaller_than_a_frame(tmp_path, monkeypatch):
     assert recovered.end_offset == 60
     assert read_all(recovered) == list(range(60))
     recovered.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"[]", b"{not json", b'{"version": 99}'])
+def test_unreadable_checkpoint_refuses(tmp_path, content):
+    log = open_log(tmp_path)
+    fill(log, 2)
+    log.close()
+    with open(os.path.join(tmp_path, CHECKPOINT_FILE), "wb") as f:
+        f.write(content)
+    damaged = open_log(tmp_path)
+    assert isinstance(damaged.failed, StorageCorrupted)
+    assert "checkpoint" in str(damaged.failed)
+    damaged.close()
