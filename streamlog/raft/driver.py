@@ -22,6 +22,7 @@ import random
 from collections import deque
 from typing import Any, Callable, Iterable, Protocol
 
+import attrs
 import orjson
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -45,7 +46,7 @@ from streamlog.raft.core import (
     SyncLog,
 )
 from streamlog.raft.log import RaftLog
-from streamlog.raft.messages import Message, from_dict, to_dict
+from streamlog.raft.messages import InstallSnapshot, Message, from_dict, to_dict
 
 MAX_LINE = 8 * 1024 * 1024  # keep RaftConfig.max_batch_bytes well below this (base64 grows data by 4/3)
 
@@ -90,6 +91,12 @@ class GroupCallbacks:
 
     def snapshot_installed(self, group: str, index: int, term: int, data: bytes) -> None:
         """The group's log now starts after `index`: restore the state machine there."""
+
+    def snapshot_data(self, group: str, index: int) -> bytes:
+        """The state machine as of `index` (the leader's log start - 1), for a follower that
+        needs entries retention removed. Partition logs need none: their removed records are
+        gone for every reader alike."""
+        return b""
 
 
 class _GroupRunner:
@@ -162,9 +169,30 @@ class PeerProtocol(LineReceiver):
         self.peer: str | None = None
         self._pending: list[bytes] = []
         self._flush_call: Any = None
+        self._rx = b""
 
     def connectionMade(self) -> None:
         self.transport.write(orjson.dumps({"node": self.host.node_id}) + b"\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split the whole read at once. `LineReceiver.dataReceived` re-splits its buffer once
+        per line, which is quadratic in the number of lines per read, and this connection
+        carries hundreds of small lines per write (one per group) by design."""
+        self._rx = self._rx + data if self._rx else data
+        if b"\n" not in data:
+            if len(self._rx) > self.MAX_LENGTH:
+                self.lineLengthExceeded(self._rx)
+            return
+        *lines, self._rx = self._rx.split(b"\n")
+        for line in lines:
+            if self.transport.disconnecting:
+                return
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line)
+                return
+            self.lineReceived(line)
+        if len(self._rx) > self.MAX_LENGTH:
+            self.lineLengthExceeded(self._rx)
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -320,6 +348,9 @@ class RaftHost:
         proto = self.connections.get(peer)
         if proto is None:
             return  # not connected: Raft treats it as a lost message and retries
+        if isinstance(msg, InstallSnapshot) and not msg.data:
+            # The core knows where the log starts; the application knows its state there.
+            msg = attrs.evolve(msg, data=self.callbacks.snapshot_data(group, msg.last_index))
         proto.send_line(orjson.dumps({"group": group, "from": self.node_id, "msg": to_dict(msg)}) + b"\n")
 
     def _peer_connected(self, peer: str, proto: PeerProtocol) -> None:

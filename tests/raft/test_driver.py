@@ -11,7 +11,7 @@ from twisted.test import iosim
 from streamlog.raft.core import LEADER, RaftConfig, Send, SyncLog
 from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, PeerProtocol, RaftHost
 from streamlog.raft.log import MemoryRaftLog
-from streamlog.raft.messages import AppendEntries, TimeoutNow, to_dict
+from streamlog.raft.messages import AppendEntries, InstallSnapshot, TimeoutNow, from_dict, to_dict
 
 CFG = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05)
 IDS = ["a", "b", "c"]
@@ -220,3 +220,39 @@ def test_a_joining_node_is_added_through_the_driver():
     for h in hosts.values():
         h.stop()
     assert not clock.getDelayedCalls()
+
+
+def test_a_thousand_lines_in_one_read_and_a_line_split_across_reads():
+    clock = Clock()
+    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
+    got = []
+    host._receive = lambda peer, group, msg: got.append((peer, group, msg))
+    proto, transport = connected(host)
+    line = orjson.dumps({"group": "g", "from": "b", "msg": to_dict(TimeoutNow(1, "b"))}) + b"\n"
+    proto.dataReceived(line * 1000 + line[:10])
+    assert len(got) == 1000
+    proto.dataReceived(line[10:])
+    assert len(got) == 1001 and got[-1] == ("b", "g", TimeoutNow(1, "b"))
+
+
+def test_an_over_long_line_closes_the_connection():
+    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
+    proto, transport = connected(host)
+    proto.MAX_LENGTH = 100
+    proto.dataReceived(b"x" * 101)
+    assert transport.disconnecting
+
+
+def test_install_snapshot_carries_the_applications_state():
+    clock = Clock()
+
+    class App(GroupCallbacks):
+        def snapshot_data(self, group, index):
+            return b"state@%d" % index
+
+    host = RaftHost("a", ["a", "b"], CFG, App(), clock=clock)
+    proto, transport = connected(host)
+    host._send("b", "g", InstallSnapshot(2, "a", 41, 2, b"", ("a", "b")))
+    clock.advance(0)
+    msg = orjson.loads(transport.value().splitlines()[0])["msg"]
+    assert from_dict(msg) == InstallSnapshot(2, "a", 41, 2, b"state@41", ("a", "b"))
