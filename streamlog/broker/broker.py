@@ -30,6 +30,9 @@ class Committer(Protocol):
     def wait(self, log: PartitionLog, offset: int) -> Deferred:
         """Fires with True once records below C{offset} are fsynced, False if the policy does not fsync."""
 
+    def forget(self, log: PartitionLog) -> None:
+        """The log is going away (its topic is deleted): fail its waiters, sync it no more."""
+
 
 @attrs.frozen
 class BrokerConfig:
@@ -138,6 +141,8 @@ class Broker:
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
         for partition in topic.partitions:
             partition.fail_waiters(gone)
+            if self.committer is not None:
+                self.committer.forget(partition.log)
         self.storage.delete_topic(name)
         self._log.info("deleted topic {topic}", topic=name)
         return {"topic": name, "deleted": True}

@@ -133,6 +133,11 @@ def check_frame(header: Header, data: bytes | memoryview, position: int) -> bool
     return crc32c(payload, crc32c(fixed)) == header.crc
 
 
+def check_parts(header: Header, head: bytes | memoryview, payload: bytes | memoryview) -> bool:
+    """Like L{check_frame}, for a header and payload read apart (a large frame)."""
+    return crc32c(payload, crc32c(memoryview(head)[:FIXED_SIZE])) == header.crc
+
+
 def batch_from(header: Header, payload: bytes) -> RecordBatch:
     return RecordBatch(
         base_offset=header.base_offset,

@@ -356,10 +356,18 @@ class Segment:
             if position + header.frame_size > end:
                 raise self.corrupted(position, f"frame of {header.frame_size} bytes runs past the end at {end}")
             if len(buffer) - rel < header.frame_size:
-                buffer = self.pread(max(_READ_CHUNK, header.frame_size), position)
-                buffer_at, rel = position, 0
-                if len(buffer) < header.frame_size:
+                # A frame larger than what is buffered: read its payload alone, into
+                # its own bytes, so serving it does not copy a slice of the buffer.
+                length = header.frame_size - codec.HEADER_SIZE
+                payload = self.pread(length, position + codec.HEADER_SIZE)
+                if len(payload) < length:
                     raise self.corrupted(position, "file shorter than expected")
+                if not codec.check_parts(header, buffer[rel : rel + codec.HEADER_SIZE], payload):
+                    raise self.corrupted(position, f"CRC mismatch in batch at offset {header.base_offset}")
+                yield position, header, payload
+                position += header.frame_size
+                buffer, buffer_at = b"", position
+                continue
             if not codec.check_frame(header, buffer, rel):
                 raise self.corrupted(position, f"CRC mismatch in batch at offset {header.base_offset}")
             payload = buffer[rel + codec.HEADER_SIZE : rel + header.frame_size]
