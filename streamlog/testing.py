@@ -19,8 +19,10 @@ from typing import Any, Callable
 
 import orjson
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 import streamlog
 from streamlog import wire
@@ -28,6 +30,33 @@ from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.protocol import BrokerFactory, BrokerProtocol
 from streamlog.storage.base import Storage
 from streamlog.storage.memory import MemoryStorage
+
+
+def result_of(d: Deferred) -> Any:
+    """The result of an already-fired Deferred (like trial's C{successResultOf})."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d: Deferred) -> Failure:
+    """The Failure of an already-failed Deferred (like trial's C{failureResultOf})."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    assert isinstance(results[0], Failure), f"{d!r} succeeded with {results[0]!r}"
+    return results[0]
+
+
+def no_result(d: Deferred) -> None:
+    """Assert C{d} has not fired (like trial's C{assertNoResult})."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert not results, f"{d!r} fired with {results[0]!r}"
+    d.addErrback(lambda f: None)  # keep later failures quiet
 
 
 def stored_records(broker: Broker, topic: str, partition: int = 0) -> list[dict[str, Any]]:

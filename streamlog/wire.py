@@ -16,7 +16,7 @@ line, is far too deep to store and serve) and the shape of each request.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import orjson

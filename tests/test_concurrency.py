@@ -6,7 +6,7 @@ import random
 
 import orjson
 import pytest_twisted
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, endpoints, reactor
 
 from streamlog import wire
 from streamlog.broker.broker import Broker

@@ -12,7 +12,6 @@ import itertools
 from typing import Any, Callable, Protocol
 
 import attrs
-import orjson
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import orjson
 from twisted.application.internet import ClientService
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger

@@ -42,7 +42,7 @@ from streamlog.storage import codec
 from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
-from streamlog.storage.memory import fragment_records, read_batches
+from streamlog.storage.memory import fragment_records, read_batches, take_batches
 from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles
 
 DEFAULT_SEGMENT_BYTES = 128 * 1024 * 1024
@@ -527,14 +527,7 @@ class SegmentedLog:
         self._check()
         if offset >= self._end:
             return []
-        out: list[RecordBatch] = []
-        size = 0
-        for batch in self._guard(self._iter_batches(offset)):
-            if out and size + len(batch.payload) > max_bytes:
-                break
-            out.append(batch)
-            size += len(batch.payload)
-        return out
+        return take_batches(self._guard(self._iter_batches(offset)), max_bytes)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
         self._check()

@@ -68,6 +68,18 @@ def read_batches(batches: Iterable[RecordBatch], offset: int, max_records: int, 
     return ReadResult(fragments=fragments, count=count, next_offset=position, size=size)
 
 
+def take_batches(batches: Iterable[RecordBatch], max_bytes: int) -> list[RecordBatch]:
+    """Whole batches while their payloads fit in C{max_bytes}, but at least one."""
+    out: list[RecordBatch] = []
+    size = 0
+    for batch in batches:
+        if out and size + len(batch.payload) > max_bytes:
+            break
+        out.append(batch)
+        size += len(batch.payload)
+    return out
+
+
 def fragment_records(batch: RecordBatch, offset: int, max_records: int) -> list[bytes]:
     """The individual encoded records of C{batch} from C{offset}."""
     skip = offset - batch.base_offset
@@ -131,14 +143,7 @@ class MemoryLog:
     def batches(self, offset: int, max_bytes: int) -> Iterable[RecordBatch]:
         if offset >= self._end:
             return []
-        out: list[RecordBatch] = []
-        size = 0
-        for batch in self._iter_from(self._index_of(offset)):
-            if out and size + len(batch.payload) > max_bytes:
-                break
-            out.append(batch)
-            size += len(batch.payload)
-        return out
+        return take_batches(self._iter_from(self._index_of(offset)), max_bytes)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
         for batch in self._batches:

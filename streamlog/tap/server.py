@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from streamlog import wire
-from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.broker.broker import BrokerConfig
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.group_commit import FsyncPolicy

@@ -8,40 +8,15 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from streamlog.broker.broker import Broker
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.memory import MemoryStorage
+from streamlog.testing import failure_of, no_result, result_of  # noqa: F401 (re-exported for the tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = sys.executable
-
-
-def result_of(d: Deferred) -> Any:
-    """The result of an already-fired Deferred (like trial's successResultOf)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failure_of(d: Deferred) -> Failure:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    assert isinstance(results[0], Failure), f"{d!r} succeeded with {results[0]!r}"
-    return results[0]
-
-
-def no_result(d: Deferred) -> None:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert not results, f"{d!r} fired with {results[0]!r}"
-    d.addErrback(lambda f: None)  # keep later failures quiet
 
 
 class BrokerNetwork:

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from storage_helpers import fill
+from streamlog.testing import result_of
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.group_commit import CommitterStopped, FsyncPolicy, GroupCommitter
 from streamlog.storage.log import SegmentedLog
@@ -59,15 +60,6 @@ class FakeThreads:
             d.errback(Failure())
         else:
             d.callback(result)
-
-
-def result_of(d: Deferred):
-    out: list = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 def has_fired(d: Deferred) -> bool:
