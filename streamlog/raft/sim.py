@@ -580,8 +580,9 @@ class Simulation:
             self.client_target = self.client_rng.choice(self.ids)
             return
         assert h.node is not None
-        if h.node.role == LEADER and len(h.pending) >= MAX_PENDING:
-            return  # client backpressure, as a producer's max in-flight requests
+        term = h.node.term
+        if h.node.role == LEADER and sum(1 for t, _, _ in h.pending.values() if t == term) >= MAX_PENDING:
+            return  # client backpressure, as a producer's max in-flight requests (this term's)
         self.proposal_no += 1
         data = b"s%d-p%d" % (self.seed, self.proposal_no)
         result, effects = h.node.propose(data, h.local(self.now))
