@@ -82,8 +82,12 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.set_defaults(workload=workload)
 
 
+DESCRIPTION = ("Benchmark a streamlog server: produce, consume or end-to-end latency. Starts its own server "
+               "on a free port of 127.0.0.1 unless given --connect.")
+
+
 def build_parser(prog: str = "streamlog bench") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     return parser
 
@@ -98,7 +102,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser | None = None,
     C{--connect} has no default, because without it the bench starts a server.
     """
     parser = subparsers.add_parser(name, help="benchmark a streamlog server (produce, consume, e2e)",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=DESCRIPTION)
     add_arguments(parser)
     return parser
 
