@@ -258,6 +258,12 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
     return results
 
 
+def _durability(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the server answered to the warm-up probe: C{durability} and the C{acks} it was asked with."""
+    got = results[0].get("durability") or (None, None)
+    return {"durability": got[0], "durability_probe_acks": got[1]}
+
+
 def _rates(args: Any, count: int, t0: float, t1: float) -> dict[str, Any]:
     elapsed = max(1e-9, t1 - t0)
     return {"elapsed_s": round(elapsed, 4), "msgs_per_s": round(count / elapsed, 1),
@@ -306,7 +312,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         results = _produce_phase(args, endpoint, topic, n, "produce", profiler, server_pid)
         done = sum(r["acked"] for r in results)
         result.update(messages=done, requested=n, processes=args.producers,
-                      durability=results[0].get("durability"),
+                      **_durability(results),
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, done, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
@@ -342,7 +348,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
             if profiler is not None:
                 profiler.stop()
         got = sum(r["received"] for r in results)
-        result.update(messages=got, requested=total, processes=consumers, durability=pre[0].get("durability"),
+        result.update(messages=got, requested=total, processes=consumers, **_durability(pre),
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),
                       latency_what=results[0]["what"])
         result.update(_rates(args, got, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
@@ -392,7 +398,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         got = sum(r["received"] for r in cresults)
         t0, t1 = min(r["t_start"] for r in presults), max(r["t_end"] for r in presults)
         result.update(messages=sent, requested=n, received=got, processes=args.producers, target_rate=args.rate,
-                      warmup_excluded=warmup, durability=presults[0].get("durability"),
+                      warmup_excluded=warmup, **_durability(presults),
                       latency_ms=stats.summarize(x for r in cresults for x in r["lat_ms"]),
                       latency_what=cresults[0]["what"],
                       ack_latency_ms=stats.summarize(x for r in presults for x in r["ack_lat_ms"][warmup // args.producers:]),

@@ -93,8 +93,10 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     value = "x" * cfg["size"]
     template = [{"value": value} for _ in range(batch)]
     # Warm-up on a topic of its own: learns the durability the server answers with.
-    probe = await client.send_batch(cfg["topic"] + "-warmup", template[:10], acks="all")
-    out["durability"] = probe.get("durability") if probe else None
+    # (acks=none gets no answer: its probe asks with acks=all.)
+    probe = await client.send_batch(cfg["topic"] + "-warmup", template[:10],
+                                    acks=acks if acks != "none" else "all")
+    out["durability"] = (probe.get("durability") if probe else None, acks if acks != "none" else "all")
     producer = Producer(client, linger_ms=cfg["linger_ms"], batch_size=batch,
                         max_in_flight=window, acks=acks) if mode == "producer" else None
 
@@ -266,9 +268,9 @@ async def _e2e_producer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     from streamlog.client import Producer
 
     client = await _connect(reactor, cfg)
-    probe = await client.send_batch(cfg["topic"] + "-warmup", [{"value": 0}], acks="all")
-    out["durability"] = probe.get("durability") if probe else None
     topic, n, rate, acks = cfg["topic"], cfg["messages"], cfg["rate"], cfg["acks"]
+    probe = await client.send_batch(cfg["topic"] + "-warmup", [{"value": 0}], acks=acks if acks != "none" else "all")
+    out["durability"] = (probe.get("durability") if probe else None, acks if acks != "none" else "all")
     first = cfg["first_index"]
     producer = Producer(client, linger_ms=0, batch_size=cfg["batch"], max_in_flight=cfg["in_flight"], acks=acks)
     pad = "x" * max(0, cfg["size"] - 40)
