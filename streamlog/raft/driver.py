@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -33,6 +33,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import (
+    LEADER,
     ChangeRefused,
     Commit,
     HardState,
@@ -99,6 +100,16 @@ class GroupCallbacks:
         return b""
 
 
+class NotLeaderError(Exception):
+    """The write was refused, or its outcome is unknown because leadership moved: retry at
+    `leader` (a hint, may be None). An idempotent producer makes the retry safe."""
+
+    def __init__(self, group: str, leader: str | None, message: str = "not the leader"):
+        super().__init__(f"group {group}: {message} (leader hint: {leader})")
+        self.group = group
+        self.leader = leader
+
+
 class _GroupRunner:
     """One group's node and its effect FIFO."""
 
@@ -111,6 +122,7 @@ class _GroupRunner:
         self.storage = storage
         self.queue: deque = deque()
         self.blocked = False
+        self.waiters: dict[int, tuple[int, Deferred]] = {}  # index -> (term, Deferred)
 
     def feed(self, effects: Iterable[Any]) -> None:
         self.queue.extend(effects)
@@ -132,12 +144,28 @@ class _GroupRunner:
                 d.addCallbacks(self._unblock, self._fsync_failed)
             elif isinstance(eff, Commit):
                 self._call(self.host.callbacks.committed, self.group, eff.upto)
+                self._resolve(eff.upto)
             elif isinstance(eff, RoleChange):
                 self._log.info("group {group}: {role} in term {term}, leader {leader}",
                                group=self.group, role=eff.role, term=eff.term, leader=eff.leader)
                 self._call(self.host.callbacks.role_changed, self.group, eff.role, eff.term, eff.leader)
+                if eff.role != LEADER:
+                    self._fail_waiters(eff.leader)
             elif isinstance(eff, SnapshotInstalled):
                 self._call(self.host.callbacks.snapshot_installed, self.group, eff.index, eff.term, eff.data)
+
+    def _resolve(self, upto: int) -> None:
+        for index in sorted(i for i in self.waiters if i <= upto):
+            term, d = self.waiters.pop(index)
+            if self.node.log.term_at(index) == term or index < self.node.log.start_index:
+                d.callback(index)
+            else:
+                d.errback(NotLeaderError(self.group, self.node.leader_id, "write lost to a new leader"))
+
+    def _fail_waiters(self, leader: str | None) -> None:
+        waiters, self.waiters = self.waiters, {}
+        for _, d in waiters.values():
+            d.errback(NotLeaderError(self.group, leader, "leadership lost; outcome unknown"))
 
     def _unblock(self, _: Any) -> None:
         self.blocked = False
@@ -172,6 +200,10 @@ class PeerProtocol(LineReceiver):
         self._rx = b""
 
     def connectionMade(self) -> None:
+        # Small pipelined lines must not wait on Nagle plus delayed ACK (ARCHITECTURE.md).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.transport.write(orjson.dumps({"node": self.host.node_id}) + b"\n")
 
     def dataReceived(self, data: bytes) -> None:
@@ -313,6 +345,21 @@ class RaftHost:
         result, effects = runner.node.propose(data, self.clock.seconds())
         runner.feed(effects)
         return result
+
+    def submit(self, group: str, data: bytes) -> Deferred:
+        """Propose an entry and wait: the Deferred fires with its index once it is committed
+        (on a majority's disks), or fails with NotLeaderError if this node is not the leader
+        or stops being the leader before then (the entry may still commit: retry
+        idempotently)."""
+        runner = self.groups[group]
+        result, effects = runner.node.propose(data, self.clock.seconds())
+        if isinstance(result, NotLeader):
+            runner.feed(effects)
+            return fail(NotLeaderError(group, result.leader))
+        d: Deferred = Deferred()
+        runner.waiters[result] = (runner.node.term, d)
+        runner.feed(effects)
+        return d
 
     def change_membership(
         self, group: str, add: str | None = None, remove: str | None = None

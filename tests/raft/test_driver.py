@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from streamlog.raft.core import LEADER, RaftConfig, Send, SyncLog
-from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, PeerProtocol, RaftHost
+from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, NotLeaderError, PeerProtocol, RaftHost
 from streamlog.raft.log import MemoryRaftLog
 from streamlog.raft.messages import AppendEntries, InstallSnapshot, TimeoutNow, from_dict, to_dict
 
@@ -256,3 +256,36 @@ def test_install_snapshot_carries_the_applications_state():
     clock.advance(0)
     msg = orjson.loads(transport.value().splitlines()[0])["msg"]
     assert from_dict(msg) == InstallSnapshot(2, "a", 41, 2, b"state@41", ("a", "b"))
+
+
+def test_submit_fires_when_committed_and_fails_off_the_leader():
+    clock, hosts, recorders, run = cluster(groups=("g1",))
+    run(2.0)
+    leader = leader_of(hosts, "g1")
+    follower = next(h for h in hosts.values() if h is not leader)
+    results = []
+    leader.submit("g1", b"x").addBoth(results.append)
+    assert results == []
+    run(0.3)
+    (index,) = results
+    assert leader.groups["g1"].node.log.entries(index, index + 1, 10)[0].data == b"x"
+    assert recorders[leader.node_id].commits["g1"] >= index
+    refused = []
+    follower.submit("g1", b"y").addErrback(lambda f: refused.append(f.value))
+    assert isinstance(refused[0], NotLeaderError) and refused[0].leader == leader.node_id
+    for h in hosts.values():
+        h.stop()
+
+
+def test_pending_submissions_fail_when_leadership_moves():
+    clock, hosts, recorders, run = cluster(groups=("g1",))
+    run(2.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+    outcome = []
+    leader.submit("g1", b"z").addErrback(lambda f: outcome.append(f.value))
+    runner.feed(runner.node.receive("b" if leader.node_id != "b" else "c",
+                                    AppendEntries(runner.node.term + 1, "q", 0, 0, (), 0), clock.seconds()))
+    assert isinstance(outcome[0], NotLeaderError)
+    for h in hosts.values():
+        h.stop()
