@@ -39,13 +39,15 @@ from streamlog.client.connection import StreamlogClient
 
 
 class _Batch:
-    __slots__ = ("topic", "acks", "messages", "deferreds")
+    __slots__ = ("topic", "acks", "messages", "deferreds", "waiters")
 
     def __init__(self, topic: str, acks: str) -> None:
         self.topic = topic
         self.acks = acks
         self.messages: list[dict[str, Any]] = []
         self.deferreds: list[Deferred] = []
+        #: Deferreds of flush() calls waiting for this batch to settle.
+        self.waiters: list[Deferred] = []
 
 
 def _routing(key: str | None, partition: int | None) -> Hashable:
@@ -84,7 +86,10 @@ class Producer:
         self._ready: deque[_Batch] = deque()
         self._in_flight = 0
         self._timer: IDelayedCall | None = None
-        self._outstanding: set[Deferred] = set()
+        # Batches whose messages are not settled yet.  Tracked per batch, not per
+        # message: a callback per message cost more than the send itself.
+        self._unsettled: set[_Batch] = set()
+        self._pending = 0
         #: SendBatch requests made (for tests and metrics).
         self.requests_sent = 0
 
@@ -106,11 +111,11 @@ class Producer:
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open[slot] = _Batch(topic, acks)
+            self._unsettled.add(batch)
         d = Deferred()
         batch.messages.append(message)
         batch.deferreds.append(d)
-        self._outstanding.add(d)
-        d.addBoth(self._settled, d)
+        self._pending += 1
         if len(batch.messages) >= self.batch_size:
             del self._open[slot]
             self._ready.append(batch)
@@ -118,10 +123,6 @@ class Producer:
         elif self._timer is None:
             self._timer = self.clock.callLater(self.linger_ms / 1000.0, self._linger_over)
         return d
-
-    def _settled(self, result: Any, d: Deferred) -> Any:
-        self._outstanding.discard(d)
-        return result
 
     def _linger_over(self) -> None:
         self._timer = None
@@ -146,6 +147,8 @@ class Producer:
 
     def _answered(self, result: Any, batch: _Batch) -> None:
         self._in_flight -= 1
+        self._unsettled.discard(batch)
+        self._pending -= len(batch.deferreds)
         try:
             if isinstance(result, Failure):
                 for d in batch.deferreds:
@@ -157,6 +160,8 @@ class Producer:
                 self._place(result, batch)
         except Exception:
             self._log.failure("delivering a batch result failed")
+        for waiter in batch.waiters:
+            waiter.callback(None)
         self._pump()
 
     def _place(self, result: dict[str, Any], batch: _Batch) -> None:
@@ -178,16 +183,16 @@ class Producer:
         """
         self._close_open()
         self._pump()
-        if not self._outstanding:
+        if not self._unsettled:
             return succeed(None)
         waits = []
-        for d in list(self._outstanding):
-            w: Deferred = Deferred()
-            d.addBoth(lambda r, w=w: (w.callback(None), r)[1])
-            waits.append(w)
+        for batch in self._unsettled:
+            waiter: Deferred = Deferred()
+            batch.waiters.append(waiter)
+            waits.append(waiter)
         return DeferredList(waits).addCallback(lambda _: None)
 
     @property
     def pending(self) -> int:
         """Messages sent to the Producer and not yet settled."""
-        return len(self._outstanding)
+        return self._pending
