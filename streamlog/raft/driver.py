@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Protocol
 import attrs
 import orjson
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -302,6 +303,7 @@ class RaftHost:
         self.rng = rng or random.Random()
         self.groups: dict[str, _GroupRunner] = {}
         self.connections: dict[str, PeerProtocol] = {}
+        self._dialers: dict[str, ClientService] = {}
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tick_interval = tick_interval or config.heartbeat_interval / 2
@@ -314,8 +316,23 @@ class RaftHost:
     def stop(self) -> None:
         if self._ticker.running:
             self._ticker.stop()
+        for service in self._dialers.values():
+            service.stopService()
+        self._dialers.clear()
         for proto in list(self.connections.values()):
             proto.transport.loseConnection()
+
+    def dial(self, peer: str, endpoint: IStreamClientEndpoint) -> bool:
+        """Keep a connection to `peer` open (reconnecting with backoff) if this node is the
+        one that dials: the node with the smaller id dials, the other only accepts, so each
+        pair has exactly one connection. Returns whether a dialer was started."""
+        if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
+            return False
+        service = ClientService(endpoint, self.peer_factory(), retryPolicy=backoffPolicy(0.05, 2.0),
+                                clock=self.clock)
+        self._dialers[peer] = service
+        service.startService()
+        return True
 
     def peer_factory(self) -> Factory:
         """A factory for both listening and connecting: the hello line names the peer."""

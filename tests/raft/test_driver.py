@@ -289,3 +289,42 @@ def test_pending_submissions_fail_when_leadership_moves():
     assert isinstance(outcome[0], NotLeaderError)
     for h in hosts.values():
         h.stop()
+
+
+class FakeEndpoint:
+    """Connects to an in-memory peer host each time, recording the transports."""
+
+    def __init__(self, remote_host):
+        self.remote = remote_host
+        self.pumps = []
+
+    def connect(self, factory):
+        from twisted.internet.defer import succeed
+
+        client = factory.buildProtocol(None)
+        server = PeerProtocol(self.remote)
+        client_transport = iosim.FakeTransport(client, isServer=False)
+        server_transport = iosim.FakeTransport(server, isServer=True)
+        self.pumps.append(iosim.connect(server, server_transport, client, client_transport, greet=False))
+        return succeed(client)
+
+
+def test_dial_connects_once_per_pair_and_reconnects_after_a_drop():
+    clock = Clock()
+    a = RaftHost("a", ["a", "b"], CFG, clock=clock)
+    b = RaftHost("b", ["a", "b"], CFG, clock=clock)
+    endpoint = FakeEndpoint(b)
+    assert b.dial("a", FakeEndpoint(a)) is False  # the larger id only accepts
+    assert a.dial("b", endpoint) is True
+    endpoint.pumps[-1].flush()
+    assert set(a.connections) == {"b"} and set(b.connections) == {"a"}
+    a.connections["b"].transport.loseConnection()
+    endpoint.pumps[-1].flush()
+    assert a.connections == {}
+    clock.advance(2.0)  # the backoff
+    endpoint.pumps[-1].flush()
+    assert len(endpoint.pumps) == 2 and set(a.connections) == {"b"}
+    a.stop()
+    b.stop()
+    endpoint.pumps[-1].flush()
+    assert not clock.getDelayedCalls()
