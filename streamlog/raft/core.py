@@ -182,7 +182,8 @@ class RaftNode:
         self._now = now
         self._effects: list[Effect] = []
         self._votes: set[str] = set()
-        self._progress: dict[str, Progress] = {}
+        self._progress: dict[str, Progress] = {}  # voters and learners, while leader
+        self._learners: set[str] = set()
         self._last_leader_contact = float("-inf")
         self._election_deadline = 0.0
         self._heartbeat_due = 0.0
@@ -212,7 +213,7 @@ class RaftNode:
         if self.role == LEADER:
             if now >= self._heartbeat_due:
                 self._heartbeat_due = now + self.config.heartbeat_interval
-                for peer in self.peers:
+                for peer in list(self._progress):
                     self._replicate(peer, heartbeat=True)
             if now >= self._quorum_check_due:
                 self._quorum_check_due = now + self.config.election_timeout
@@ -233,7 +234,7 @@ class RaftNode:
         if self.role != LEADER or self._transfer_target is not None:
             return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
         index = self._append_local(data)
-        for peer in self.peers:
+        for peer in list(self._progress):
             self._replicate(peer)
         self._maybe_commit()
         return index, self._take()
@@ -282,10 +283,27 @@ class RaftNode:
         self.log.append([Entry(index, self.term, b"", tuple(sorted(new)))])
         self._sync_log()
         self._refresh_config()
-        for peer in self.peers:
+        for peer in list(self._progress):
             self._replicate(peer)
         self._maybe_commit()
         return index, self._take()
+
+    def add_learner(self, peer: str, now: float) -> list[Effect]:
+        """Start replicating to a non-voter, so it can catch up before `change_membership`
+        makes it a voter (thesis §4.2.1): a new voter that is far behind would otherwise hold
+        up commits of a small group. Leader-local: a new leader forgets its learners."""
+        self._now = now
+        if self.role == LEADER and peer != self.id and peer not in self.voters and peer not in self._learners:
+            self._learners.add(peer)
+            self._progress[peer] = Progress(self.log.last_index + 1, now)
+            self._replicate(peer, heartbeat=True)
+        return self._take()
+
+    def caught_up(self, peer: str) -> bool:
+        """Whether `peer` (learner or voter) holds everything committed: a learner that has
+        caught up can become a voter without stalling commits."""
+        pr = self._progress.get(peer)
+        return self.role == LEADER and pr is not None and pr.match >= self.commit_index
 
     def compact(self, upto_index: int) -> None:
         """Retention: drop entries up to `upto_index`, never past the commit index."""
@@ -512,7 +530,7 @@ class RaftNode:
         return prev + len(entries)
 
     def _maybe_commit(self) -> None:
-        matches = [p.match for p in self._progress.values()]
+        matches = [p.match for peer, p in self._progress.items() if peer in self.voters]
         if self.id in self.voters:
             matches.append(self.log.last_index)
         if len(matches) < self.quorum:
@@ -527,7 +545,8 @@ class RaftNode:
         return self.log.term_at(index) == self.term
 
     def _quorum_active(self) -> bool:
-        active = (self.id in self.voters) + sum(1 for p in self._progress.values() if p.recent_active)
+        active = (self.id in self.voters) + sum(
+            1 for peer, p in self._progress.items() if p.recent_active and peer in self.voters)
         for p in self._progress.values():
             p.recent_active = False
         return active >= self.quorum
@@ -567,6 +586,7 @@ class RaftNode:
         self.role = FOLLOWER
         self.leader_id = leader
         self._progress = {}
+        self._learners = set()
         self._transfer_target = None
 
     def _become_leader(self) -> None:
@@ -574,6 +594,7 @@ class RaftNode:
         self.leader_id = self.id
         next_index = self.log.last_index + 1
         self._progress = {p: Progress(next_index, self._now) for p in self.peers}
+        self._learners = set()
         self._heartbeat_due = self._now + self.config.heartbeat_interval
         self._quorum_check_due = self._now + self.config.election_timeout
         self._transfer_target = None
@@ -638,8 +659,9 @@ class RaftNode:
             for peer in self.peers:
                 if peer not in self._progress:
                     self._progress[peer] = Progress(self.log.last_index + 1, self._now)
+            self._learners -= self.voters
             for peer in list(self._progress):
-                if peer not in self.voters:
+                if peer not in self.voters and peer not in self._learners:
                     del self._progress[peer]
 
     def _persist_hard_state(self) -> None:

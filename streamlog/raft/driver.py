@@ -387,6 +387,11 @@ class RaftHost:
         runner.feed(effects)
         return result
 
+    def add_learner(self, group: str, peer: str) -> None:
+        """Start catching `peer` up before making it a voter (`RaftNode.add_learner`)."""
+        runner = self.groups[group]
+        runner.feed(runner.node.add_learner(peer, self.clock.seconds()))
+
     def transfer_leadership(self, group: str, target: str) -> None:
         runner = self.groups[group]
         runner.feed(runner.node.transfer_leadership(target, self.clock.seconds()))

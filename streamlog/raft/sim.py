@@ -732,7 +732,13 @@ class Simulation:
         voters = leader.node.voters
         missing = [i for i in self.ids if i not in voters]
         if missing and (len(voters) <= max(1, self.n - 2) or r.random() < 0.5):
-            change = {"add": r.choice(missing)}
+            peer = r.choice(missing)
+            if r.random() < 0.5 and not leader.node.caught_up(peer):
+                # Usually an operator catches the node up as a learner first (thesis §4.2.1).
+                self._log(f"FAULT add learner {peer} at {leader.id}")
+                self._feed(leader, leader.node.add_learner(peer, leader.local(self.now)))
+                return
+            change = {"add": peer}
         elif len(voters) > max(1, self.n - 2):
             change = {"remove": r.choice(sorted(voters))}
         else:
@@ -753,7 +759,9 @@ class Simulation:
         leader = self._leader()
         if leader is not None and leader.node is not None:
             missing = [i for i in self.ids if i not in leader.node.voters]
-            if missing:
+            if missing and not leader.node.caught_up(missing[0]):
+                self._feed(leader, leader.node.add_learner(missing[0], leader.local(self.now)))
+            elif missing:
                 self._change_membership(leader, {"add": missing[0]})
         self._at(self.now + 0.1, self._restore_members)  # until the run ends: leaders change
 

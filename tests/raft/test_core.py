@@ -381,3 +381,21 @@ def test_node_holding_its_own_uncommitted_removal_still_campaigns_and_hands_over
     effects = b.receive("a", AppendEntriesResponse(2, True, match_index=3), 10.0)
     assert Commit(3) in effects and b.role == FOLLOWER
     assert b.tick(100.0) == [] and b.role == FOLLOWER  # removed for good: never campaigns again
+
+
+def test_a_learner_is_replicated_to_but_not_counted_until_it_becomes_a_voter():
+    leader = node("a", peers=["a", "b"])
+    elect(leader)
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=1), 10.0)
+    effects = leader.add_learner("c", 10.0)
+    assert [to for to, _ in sends(effects)] == ["c"] and not leader.caught_up("c")
+    _, effects = leader.propose(b"x", 10.0)
+    assert {to for to, _ in sends(effects)} >= {"b"}
+    # The learner's acknowledgement alone commits nothing: quorum is still a and b.
+    leader.receive("c", AppendEntriesResponse(1, False, reject_index=1, conflict_index=1), 10.0)
+    leader.receive("c", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    assert leader.commit_index == 1 and leader.quorum == 2
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    assert leader.commit_index == 2 and leader.caught_up("c")
+    index, _ = leader.change_membership(10.0, add="c")
+    assert leader.voters == {"a", "b", "c"} and index == 3
