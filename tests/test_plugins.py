@@ -48,3 +48,21 @@ def test_every_limit_is_an_option():
 def test_bad_server_options_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         server.Options().parseOptions(argv)
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit():
+    import resource
+
+    from streamlog.broker.service import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard != resource.RLIM_INFINITY and hard > 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+            assert raise_open_file_limit() == (64, hard)
+            assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        else:
+            before, after = raise_open_file_limit()
+            assert after >= before
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

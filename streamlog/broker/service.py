@@ -29,12 +29,35 @@ def fail_stop(error: Any) -> None:
     os._exit(70)
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard limit; return (before, after).
+
+    Each partition keeps about three files open (segment, index, time index),
+    so the common soft default of 1024 would stop a node at a few hundred
+    partitions.  The hard limit is the operator's to set.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            return soft, wanted
+        except (ValueError, OSError):
+            pass
+    return soft, soft
+
+
 class BrokerService(service.Service):
     _log = Logger()
 
     def __init__(self, options: Any, config: BrokerConfig, clock: Any) -> None:
         self.clock = clock
         self.committer = None
+        before, after = raise_open_file_limit()
+        if after != before:
+            self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
         if options["storage"] == "memory":
             storage: Any = MemoryStorage()
         else:
