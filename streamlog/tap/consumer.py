@@ -41,8 +41,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from streamlog import errors, wire
-from streamlog.client.connection import DEFAULT_ADDRESS, StreamlogClient
+from streamlog.client.connection import StreamlogClient
 from streamlog.client.consumer import Consumer
+from streamlog.tap.client_options import ClientOptions
 from streamlog.tap.producer import exit_with
 
 #: Errors after which the consumer simply polls again on the next tick.
@@ -53,8 +54,7 @@ TRANSIENT = (
 )
 
 
-class Options(usage.Options):
-    synopsis = "--topic TOPIC [options]"
+class Options(ClientOptions):
     longdesc = (
         "Poll a streamlog partition every --interval seconds and print each message as one "
         "JSON line on standard output (logs go to twistd's log). Keeps its position across "
@@ -63,7 +63,6 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
         ["topic", "t", None, "Topic to read (required)."],
         ["partition", "p", 0, "Partition to read.", int],
         ["from", "f", "earliest", "Where to start: earliest, latest or an offset."],
@@ -73,19 +72,12 @@ class Options(usage.Options):
         ["count", "n", None, "Stop (exit status 0) after printing this many messages.", int],
         ["on-out-of-range", None, "reset",
          "On OFFSET_OUT_OF_RANGE: reset (jump to the log start or end, logged) or exit (status 1)."],
-        ["timeout", None, 10.0, "Seconds to wait for a connection and an answer (plus --max-wait-ms).", float],
-        ["retry-max", None, 10.0, "Longest backoff between reconnects, in seconds.", float],
         ["output", "o", "-", "Where to write the JSON lines: - for the real standard output (fd 1), or a file "
                              "(appended). Note: twistd -n logs to stdout too unless given --logfile."],
     ]
 
     def postOptions(self) -> None:
-        if self["topic"] is None:
-            raise usage.UsageError("--topic is required")
-        try:
-            wire.check_topic_name(self["topic"])
-        except errors.StreamlogError as e:
-            raise usage.UsageError(f"--topic: {e.message}") from None
+        super().postOptions()
         start = self["from"]
         if start not in ("earliest", "latest"):
             try:
@@ -97,18 +89,12 @@ class Options(usage.Options):
         self["start"] = start
         if self["partition"] < 0:
             raise usage.UsageError("--partition must be 0 or more")
-        if self["interval"] <= 0:
-            raise usage.UsageError("--interval must be positive")
         if not 0 <= self["max-wait-ms"] <= wire.DEFAULT_LIMITS.max_wait_ms:
             raise usage.UsageError(f"--max-wait-ms must be between 0 and {wire.DEFAULT_LIMITS.max_wait_ms}")
         if self["max-messages"] is not None and self["max-messages"] < 1:
             raise usage.UsageError("--max-messages must be at least 1")
-        if self["count"] is not None and self["count"] < 1:
-            raise usage.UsageError("--count must be at least 1")
         if self["on-out-of-range"] not in ("reset", "exit"):
             raise usage.UsageError("--on-out-of-range must be 'reset' or 'exit'")
-        if self["timeout"] <= 0 or self["retry-max"] <= 0:
-            raise usage.UsageError("--timeout and --retry-max must be positive")
 
 
 def real_stdout() -> BinaryIO:

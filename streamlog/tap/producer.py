@@ -41,8 +41,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from streamlog import errors, wire
-from streamlog.client.connection import DEFAULT_ADDRESS, StreamlogClient, backoff_policy
+from streamlog import errors
+from streamlog.client.connection import StreamlogClient, backoff_policy
+from streamlog.tap.client_options import ClientOptions
 
 #: Errors after which the same request is sent again (after a backoff).
 TRANSIENT = (
@@ -54,8 +55,7 @@ TRANSIENT = (
 MAX_BUFFERED_LINES = 10_000
 
 
-class Options(usage.Options):
-    synopsis = "--topic TOPIC [options]"
+class Options(ClientOptions):
     longdesc = (
         "Send messages to a streamlog topic every --interval seconds and log each "
         "acknowledgement (partition, offset). Retries with backoff while the server is "
@@ -65,7 +65,6 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
         ["topic", "t", None, "Topic to send to (required)."],
         ["interval", "i", 1.0, "Seconds between sends (with --stdin: between batches of the lines read).", float],
         ["count", "n", None, "Stop (exit status 0) once this many messages are acknowledged.", int],
@@ -74,8 +73,6 @@ class Options(usage.Options):
         ["message", "m", None, 'Value of every message (default: "message N", N counting from 1).'],
         ["acks", "a", "all", "Acknowledgement to wait for: all (durable) or leader."],
         ["batch-size", None, 1000, "Most messages in one request (when catching up on --stdin).", int],
-        ["timeout", None, 10.0, "Seconds to wait for a connection and an answer before resending.", float],
-        ["retry-max", None, 10.0, "Longest backoff between resends and reconnects, in seconds.", float],
     ]
     optFlags = [
         ["stdin", None, "Send each line of standard input as one message; end after EOF once all are acknowledged."],
@@ -84,26 +81,15 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["topic"] is None:
-            raise usage.UsageError("--topic is required")
-        try:
-            wire.check_topic_name(self["topic"])
-        except errors.StreamlogError as e:
-            raise usage.UsageError(f"--topic: {e.message}") from None
+        super().postOptions()
         if self["message"] is not None and self["stdin"]:
             raise usage.UsageError("--message and --stdin exclude each other")
-        if self["interval"] <= 0:
-            raise usage.UsageError("--interval must be positive")
-        if self["count"] is not None and self["count"] < 1:
-            raise usage.UsageError("--count must be at least 1")
         if self["partition"] is not None and self["partition"] < 0:
             raise usage.UsageError("--partition must be 0 or more")
         if self["acks"] not in ("all", "leader"):
             raise usage.UsageError("--acks must be 'all' or 'leader' (the producer logs every acknowledgement)")
         if self["batch-size"] < 1:
             raise usage.UsageError("--batch-size must be at least 1")
-        if self["timeout"] <= 0 or self["retry-max"] <= 0:
-            raise usage.UsageError("--timeout and --retry-max must be positive")
         if self["json"] and self["message"] is None and not self["stdin"]:
             raise usage.UsageError("--json needs --message or --stdin")
         if self["json"] and self["message"] is not None:
