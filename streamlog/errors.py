@@ -122,6 +122,16 @@ class StorageError(StreamlogError):
     code = "STORAGE_ERROR"
 
 
+class ShuttingDown(StreamlogError):
+    """The node is stopping and takes no more writes; nothing of the request was appended.
+
+    Retry against the node once it is back (or another node, once there are
+    several).
+    """
+
+    code = "SHUTTING_DOWN"
+
+
 class NotLeader(StreamlogError):
     """This node does not lead the partition; C{leader} in the details hints who does."""
 
@@ -147,7 +157,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, InvalidTopic, UnknownTopic, TopicExists,
         UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
-        StorageError, NotLeader, Timeout, ConnectionLost,
+        StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]
 }
 

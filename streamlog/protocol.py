@@ -45,7 +45,13 @@ class FastLineReceiver(LineReceiver):
         if self._busyReceiving:
             self._buffer += data
             return None
-        if data and self.line_mode and self.delimiter not in data:
+        if (
+            data
+            and self.line_mode
+            and not self.paused
+            and self.delimiter not in data
+            and (self._parts is not None or self.delimiter not in self._buffer)
+        ):
             # Still inside one long line: keep the reads and join them once, when
             # the line ends, instead of copying the growing buffer on every read.
             if self._parts is None:
@@ -83,7 +89,11 @@ class FastLineReceiver(LineReceiver):
             self._busyReceiving = False
 
     def has_partial_line(self) -> bool:
-        return bool(self._buffer or self._parts)
+        """Whether an incomplete line is waiting for its end (complete lines
+        held back while reading is paused do not count)."""
+        if self._parts is not None:
+            return True
+        return bool(self._buffer) and self.delimiter not in self._buffer
 
     def _consume(self, buffer: bytes) -> tuple[bytes, Any]:
         delimiter = self.delimiter
@@ -153,6 +163,7 @@ class BrokerProtocol(FastLineReceiver):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.connections.discard(self)
+        self.factory.connection_gone()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.cancel()
@@ -279,6 +290,7 @@ class BrokerFactory(protocol.Factory):
         self.limits = limits or broker.limits
         self.clock = clock or broker.clock
         self.connections: set[BrokerProtocol] = set()
+        self._drained: list[Deferred] = []
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
@@ -287,6 +299,31 @@ class BrokerFactory(protocol.Factory):
             self._sweeper.clock = self.clock
             self._sweeper.start(1.0, now=False).addErrback(
                 lambda f: self._log.failure("connection sweep stopped", f))
+
+    def close_connections(self, timeout: float = 5.0) -> Deferred:
+        """Close every connection once its answers are written; fires when all
+        are gone, or after C{timeout} seconds (the rest are aborted)."""
+        done: Deferred = Deferred()
+        if not self.connections:
+            done.callback(None)
+            return done
+        self._drained.append(done)
+
+        def give_up() -> None:
+            for conn in list(self.connections):
+                conn.transport.abortConnection()
+
+        timer = self.clock.callLater(timeout, give_up)
+        done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        for conn in list(self.connections):
+            conn.transport.loseConnection()
+        return done
+
+    def connection_gone(self) -> None:
+        if not self.connections:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
 
     def stopFactory(self) -> None:
         if self._sweeper is not None and self._sweeper.running:

@@ -59,6 +59,35 @@ def no_result(d: Deferred) -> None:
     d.addErrback(lambda f: None)  # keep later failures quiet
 
 
+class ManualThreads:
+    """A C{run_in_thread} stand-in: jobs wait until the test runs them (in order).
+
+    Lets a test hold an fsync "in the thread" while it drops connections,
+    deletes topics or stops the node, then let it finish.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Deferred, Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_one()
+
+
 def stored_records(broker: Broker, topic: str, partition: int = 0) -> list[dict[str, Any]]:
     """Every committed record of a partition, read straight from the broker."""
     result = broker.handle_poll({"topic": topic, "partition": partition, "offset": 0})

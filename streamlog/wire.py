@@ -27,7 +27,9 @@ from streamlog.storage.base import TopicConfig
 #: Largest offset/number the protocol accepts (signed 64-bit, as Kafka).
 MAX_INT64 = 2**63 - 1
 
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# As Kafka ([A-Za-z0-9._-], 1-249), and not starting with "." (which also rules
+# out "." and ".."): names are directory names, and dot-names are the storage's own.
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
 
 ACKS = ("all", "leader", "none")
 
@@ -237,12 +239,12 @@ class _Params:
 
 
 def check_topic_name(name: Any) -> str:
-    """Topic names: 1-249 of C{[A-Za-z0-9._-]}, and not C{.} or C{..} (as Kafka)."""
+    """Topic names: 1-249 of C{[A-Za-z0-9._-]}, not starting with C{.}."""
     if not isinstance(name, str):
         raise errors.InvalidParams("'topic' must be a string")
-    if not _TOPIC_RE.fullmatch(name) or name in (".", ".."):
+    if not _TOPIC_RE.fullmatch(name):
         raise errors.InvalidTopic(
-            f"invalid topic name {name[:260]!r}: use 1-249 characters from [A-Za-z0-9._-], not '.' or '..'"
+            f"invalid topic name {name[:260]!r}: use 1-249 characters from [A-Za-z0-9._-], not starting with '.'"
         )
     return name
 

@@ -40,6 +40,8 @@ BAD_LINES = [
     (b'{"id": 7, "method": "Send", "params": {"topic": "t", "value": 1, "colour": "red"}}', "INVALID_PARAMS", 7),
     (b'{"id": 7, "method": "Send", "params": {"topic": "bad name", "value": 1}}', "INVALID_TOPIC", 7),
     (b'{"id": 7, "method": "Send", "params": {"topic": "..", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "Send", "params": {"topic": ".hidden", "value": 1}}', "INVALID_TOPIC", 7),
+    (b'{"id": 7, "method": "CreateTopic", "params": {"topic": ".deleted-x"}}', "INVALID_TOPIC", 7),
     (b'{"id": 7, "method": "Send", "params": {"topic": "", "value": 1}}', "INVALID_TOPIC", 7),
     (b'{"id": 7, "method": "Send", "params": {"topic": "' + b"a" * 250 + b'", "value": 1}}', "INVALID_TOPIC", 7),
     (b'{"id": 7, "method": "SendBatch", "params": {"topic": "t", "messages": []}}', "INVALID_PARAMS", 7),
@@ -280,4 +282,20 @@ def test_too_long_line_arriving_in_many_reads_is_refused(clock):
     conn.protocol.dataReceived(b"x" * 100)
     assert conn.answers()[0]["error"]["code"] == "LINE_TOO_LONG"
     assert conn.closed
+    h.stop()
+
+
+def test_requests_held_back_by_the_in_flight_limit_are_not_a_stalled_line(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_in_flight=2, partial_line_timeout=5, idle_timeout=0))
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    polls = b"".join(
+        wire.encode_request(i, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 30_000}) for i in range(3)
+    )
+    conn.protocol.dataReceived(polls)  # the third poll waits, complete, in the buffer
+    clock.pump([1.0] * 10)
+    assert not conn.closed
+    clock.advance(30)  # the polls time out one after another; all three are answered
+    clock.advance(30)
+    assert sorted(a["id"] for a in conn.answers()) == [0, 1, 2]
     h.stop()

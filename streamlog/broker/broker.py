@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
 from streamlog.broker.partition import Partition
@@ -29,8 +30,8 @@ class Committer(Protocol):
     def wait(self, log: PartitionLog, offset: int) -> Deferred:
         """Fires with True once records below C{offset} are fsynced, False if the policy does not fsync."""
 
-    def forget(self, log: PartitionLog) -> None:
-        """The log is going away (its topic is deleted): fail its waiters, sync it no more."""
+    def forget(self, log: PartitionLog, error: Exception | None = None) -> None:
+        """The log is going away (its topic is deleted): fail its waiters with C{error}, sync it no more."""
 
 
 @attrs.frozen
@@ -75,6 +76,8 @@ class Broker:
         self.committer = committer
         self.on_fatal = on_fatal
         self.topics: dict[str, Topic] = {}
+        #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
+        self.stopping = False
         for name, (topic_config, logs) in storage.load().items():
             self.topics[name] = Topic(name, topic_config, list(logs))
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -136,13 +139,18 @@ class Broker:
     def handle_delete_topic(self, params: dict[str, Any]) -> dict[str, Any]:
         name = wire.parse_topic_only(params, self.limits)
         topic = self.topic(name)
-        del self.topics[name]
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
         for partition in topic.partitions:
             partition.fail_waiters(gone)
             if self.committer is not None:
-                self.committer.forget(partition.log)
-        self.storage.delete_topic(name)
+                self.committer.forget(partition.log, gone)
+        try:
+            self.storage.delete_topic(name)
+        except (OSError, StorageFailed) as e:
+            # Its files are in an unknown state: stop rather than serve around them.
+            self._fatal(e)
+            raise errors.StorageError(f"deleting topic {name!r} failed: {e}") from None
+        del self.topics[name]
         self._log.info("deleted topic {topic}", topic=name)
         return {"topic": name, "deleted": True}
 
@@ -193,6 +201,8 @@ class Broker:
         lands whole on every partition it touches or not at all.  Returns
         None for C{acks=none}, else a Deferred of the placement.
         """
+        if self.stopping:
+            raise errors.ShuttingDown("the node is shutting down; nothing was appended")
         topic = self._topic_for_send(p.topic)
         count = len(topic.partitions)
         sticky: int | None = None
@@ -261,7 +271,12 @@ class Broker:
         return result
 
     def _commit(self, partition: Partition, offset: int) -> Deferred:
-        """Wait until records below C{offset} are durable, then let consumers see them."""
+        """Wait until records below C{offset} are durable, then let consumers see them.
+
+        The high watermark moves on the committer's own Deferred; the caller
+        gets a separate one, so a request cancelled because its connection
+        dropped cannot keep durable records hidden from consumers.
+        """
         if self.committer is None:
             partition.advance(offset)
             return succeed(False)
@@ -271,11 +286,24 @@ class Broker:
             partition.advance(offset)
             return fsynced
 
-        def failed(failure):
-            # The committer already reported the fsync failure to on_fatal (fail-stop).
+        def failed(failure: Failure) -> Failure:
+            if isinstance(failure.value, errors.StreamlogError):
+                return failure  # e.g. UNKNOWN_TOPIC: deleted while waiting
+            # The committer reported the fsync failure to on_fatal: the node stops.
             raise errors.StorageError(f"fsync failed: {failure.value}")
 
-        return d.addCallbacks(durable, failed)
+        d.addCallbacks(durable, failed)
+        answer: Deferred = Deferred()
+
+        def relay(result: Any) -> None:
+            if not answer.called:  # not cancelled meanwhile
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+
+        d.addBoth(relay)
+        return answer
 
     def _unavailable(self, partition: Partition, error: Exception) -> errors.PartitionUnavailable:
         return errors.PartitionUnavailable(
@@ -303,7 +331,7 @@ class Broker:
             )
         if offset < partition.high_watermark or p.max_wait_ms == 0:
             return self._read(partition, p)
-        return partition.wait(self.clock, p.max_wait_ms / 1000.0, lambda: self._read(partition, p))
+        return partition.wait(self.clock, offset, p.max_wait_ms / 1000.0, lambda: self._read(partition, p))
 
     def _read(self, partition: Partition, p: wire.PollParams) -> wire.RawResult:
         if partition.failed is not None:
@@ -342,7 +370,11 @@ class Broker:
         for topic in self.topics.values():
             for partition in topic.partitions:
                 before = partition.start_offset
-                after = partition.log.apply_retention(now)
+                try:
+                    after = partition.log.apply_retention(now)
+                except (OSError, StorageFailed) as e:  # e.g. no space to roll: fail-stop
+                    self._fatal(e)
+                    raise errors.StorageError(f"retention of {topic.name}/{partition.index} failed: {e}") from None
                 if after != before:
                     self._log.info(
                         "retention moved {topic}/{partition} start from {before} to {after}",

@@ -38,20 +38,27 @@ class Partition:
         return self.log.end_offset
 
     def advance(self, offset: int) -> None:
-        """Records below C{offset} are committed: wake the polls waiting for them."""
+        """Records below C{offset} are committed: wake the polls waiting for them.
+
+        Only polls whose offset is now below the high watermark wake; a poll
+        further ahead (at an offset an C{acks=leader} answer revealed) waits on.
+        """
         if offset <= self.high_watermark:
             return
-        self.high_watermark = min(offset, self.log.end_offset)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.wake()
+        hw = self.high_watermark = min(offset, self.log.end_offset)
+        ready = [w for w in self._waiters if w.offset < hw]
+        if ready:
+            self._waiters = [w for w in self._waiters if w.offset >= hw]
+            for waiter in ready:
+                waiter.wake()
 
-    def wait(self, clock: IReactorTime, timeout: float, on_wake: Callable[[], object]) -> Deferred:
-        """A Deferred that fires with C{on_wake()} when data arrives or C{timeout} passes.
+    def wait(self, clock: IReactorTime, offset: int, timeout: float, on_wake: Callable[[], object]) -> Deferred:
+        """A Deferred that fires with C{on_wake()} once data below the high
+        watermark exists at C{offset}, or when C{timeout} passes.
 
         Cancelling it (the connection went away) forgets the waiter.
         """
-        waiter = _Waiter(self, on_wake)
+        waiter = _Waiter(self, offset, on_wake)
         waiter.deferred = Deferred(waiter.cancel)
         waiter.timer = clock.callLater(timeout, waiter.wake)
         self._waiters.append(waiter)
@@ -77,8 +84,9 @@ class _Waiter:
     deferred: Deferred
     timer: IDelayedCall
 
-    def __init__(self, partition: Partition, on_wake: Callable[[], object]) -> None:
+    def __init__(self, partition: Partition, offset: int, on_wake: Callable[[], object]) -> None:
         self.partition = partition
+        self.offset = offset
         self.on_wake = on_wake
         self.done = False
 

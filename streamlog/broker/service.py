@@ -59,13 +59,16 @@ class BrokerService(service.Service):
         if after != before:
             self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
         if options["storage"] == "memory":
-            storage: Any = MemoryStorage()
+            storage: Any = MemoryStorage(options.topic_defaults())
         else:
             storage = self._segmented(options)
         self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
         self._retention = LoopingCall(self._apply_retention)
         self._retention.clock = clock
         self._retention_interval = options["retention-check-interval"]
+        #: The connection factory, set by makeService; its connections are drained at stop.
+        self.factory: Any = None
+        self.drain_timeout = 5.0
 
     def _segmented(self, options: Any) -> Any:
         from streamlog.storage.group_commit import GroupCommitter
@@ -87,9 +90,16 @@ class BrokerService(service.Service):
         self._retention.start(self._retention_interval, now=False)
 
     def stopService(self) -> Any:
+        """Stop taking writes, answer every send already appended once the
+        final sync covers it, let those answers reach the clients, then close
+        the logs with their clean-shutdown checkpoint."""
         super().stopService()
         if self._retention.running:
             self._retention.stop()
+        self.broker.stopping = True
         d = maybeDeferred(self.committer.stop) if self.committer is not None else maybeDeferred(lambda: None)
+        d.addErrback(lambda f: self._log.failure("final sync failed", f))
+        if self.factory is not None:
+            d.addCallback(lambda _: self.factory.close_connections(self.drain_timeout))
         d.addBoth(lambda _: self.broker.close())
         return d

@@ -417,9 +417,10 @@ class StreamlogClient:
             params["acks"] = acks
         return self.call("Send", params, timeout=timeout, expect_answer=acks != "none")
 
-    def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all",
+    def send_batch(self, topic: str, messages: list[dict[str, Any]] | orjson.Fragment, acks: str = "all",
                    timeout: float | None = None) -> Deferred:
-        """C{SendBatch}: C{messages} are C{{value, key?, partition?, headers?}} objects.
+        """C{SendBatch}: C{messages} are C{{value, key?, partition?, headers?}} objects
+        (or an C{orjson.Fragment} holding that array already encoded).
 
         Fires with C{{topic, timestamp, durability, partitions: [{partition,
         base_offset, count}]}} (None for acks="none").

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Hashable
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+import orjson
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,13 +39,20 @@ from streamlog import errors
 from streamlog.client.connection import StreamlogClient
 
 
+#: Bytes of encoded messages in one SendBatch at most, by default: the request
+#: line must stay under the server's --max-line-bytes (1 MiB by default).
+DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+
+
 class _Batch:
-    __slots__ = ("topic", "acks", "messages", "deferreds", "waiters")
+    __slots__ = ("topic", "acks", "messages", "size", "deferreds", "waiters")
 
     def __init__(self, topic: str, acks: str) -> None:
         self.topic = topic
         self.acks = acks
-        self.messages: list[dict[str, Any]] = []
+        #: The messages, each already encoded as JSON (so the batch knows its size).
+        self.messages: list[bytes] = []
+        self.size = 0
         self.deferreds: list[Deferred] = []
         #: Deferreds of flush() calls waiting for this batch to settle.
         self.waiters: list[Deferred] = []
@@ -68,12 +76,16 @@ class Producer:
         limit is 10,000).
     @param max_in_flight: SendBatch requests outstanding at most; beyond it
         ready batches queue, in order, in the Producer.
+    @param max_request_bytes: encoded messages per SendBatch at most, so that
+        a request stays under the server's line limit; a single message larger
+        than this fails at once with L{errors.MessageTooLarge}.
     """
 
     _log = Logger()
 
     def __init__(self, client: StreamlogClient, linger_ms: float = 5, batch_size: int = 1000,
-                 max_in_flight: int = 8, acks: str = "all") -> None:
+                 max_in_flight: int = 8, acks: str = "all",
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         if batch_size < 1 or max_in_flight < 1 or linger_ms < 0:
             raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0")
         self.client = client
@@ -82,6 +94,7 @@ class Producer:
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.acks = acks
+        self.max_request_bytes = max_request_bytes
         self._open: dict[tuple[str, str, Hashable], _Batch] = {}
         self._ready: deque[_Batch] = deque()
         self._in_flight = 0
@@ -107,22 +120,36 @@ class Producer:
             message["partition"] = partition
         if headers:
             message["headers"] = headers
+        encoded = orjson.dumps(message)
+        if len(encoded) > self.max_request_bytes:
+            return fail(errors.MessageTooLarge(
+                f"message of {len(encoded)} bytes (encoded) exceeds the producer's "
+                f"max_request_bytes of {self.max_request_bytes}",
+                limit=self.max_request_bytes, size=len(encoded),
+            ))
         slot = (topic, acks, _routing(key, partition))
         batch = self._open.get(slot)
+        if batch is not None and batch.size + len(encoded) + 1 > self.max_request_bytes:
+            self._seal(slot, batch)  # full by bytes: this message starts the next batch
+            batch = None
         if batch is None:
             batch = self._open[slot] = _Batch(topic, acks)
             self._unsettled.add(batch)
         d = Deferred()
-        batch.messages.append(message)
+        batch.messages.append(encoded)
+        batch.size += len(encoded) + 1
         batch.deferreds.append(d)
         self._pending += 1
         if len(batch.messages) >= self.batch_size:
-            del self._open[slot]
-            self._ready.append(batch)
-            self._pump()
+            self._seal(slot, batch)
         elif self._timer is None:
             self._timer = self.clock.callLater(self.linger_ms / 1000.0, self._linger_over)
         return d
+
+    def _seal(self, slot: tuple[str, str, Hashable], batch: _Batch) -> None:
+        del self._open[slot]
+        self._ready.append(batch)
+        self._pump()
 
     def _linger_over(self) -> None:
         self._timer = None
@@ -142,7 +169,8 @@ class Producer:
             batch = self._ready.popleft()
             self._in_flight += 1
             self.requests_sent += 1
-            d = self.client.send_batch(batch.topic, batch.messages, acks=batch.acks)
+            messages = orjson.Fragment(b"[" + b",".join(batch.messages) + b"]")
+            d = self.client.send_batch(batch.topic, messages, acks=batch.acks)
             d.addBoth(self._answered, batch)
 
     def _answered(self, result: Any, batch: _Batch) -> None:

@@ -78,6 +78,14 @@ class TopicConfig:
     def to_dict(self) -> dict[str, int | None]:
         return attrs.asdict(self)
 
+    def with_defaults(self, defaults: "TopicConfig | None") -> "TopicConfig":
+        """These settings, with C{defaults} filling each one that is C{None}."""
+        if defaults is None:
+            return self
+        return TopicConfig(**{
+            k: (v if v is not None else getattr(defaults, k)) for k, v in self.to_dict().items()
+        })
+
 
 class PartitionLog(Protocol):
     """One partition's log.  Called only from the reactor thread, except C{sync}."""

@@ -106,6 +106,8 @@ class GroupCommitter:
         self._checkpoint_loop: Any = None
         self._checkpointing: Deferred | None = None
         self.rounds = 0  # sync jobs run (for tests and metrics)
+        #: Why forgotten logs went away, for waiters of a round already running.
+        self._forgotten: dict[Hashable, Exception | None] = {}
 
     # -- public API -----------------------------------------------------------
 
@@ -135,13 +137,15 @@ class GroupCommitter:
         self._schedule()
         return d
 
-    def forget(self, log: Any) -> None:
-        """Stop tracking C{log} (its topic was deleted); its waiters fail."""
+    def forget(self, log: Any, error: Exception | None = None) -> None:
+        """Stop tracking C{log} (its topic was deleted); its waiters fail with C{error}."""
         key = id(log)
         self._logs.pop(key, None)
         self._dirty.discard(key)
+        if self._running is not None:  # its waiters in that round learn why when it ends
+            self._forgotten[key] = error
         for _, d in self._waiters.pop(key, []):
-            d.errback(StorageFailed("the log was closed before its records became durable"))
+            d.errback(error or StorageFailed("the log was closed before its records became durable"))
 
     def stop(self) -> Deferred:
         """Stop the interval timer and do a final sync of every log seen; fires when done."""
@@ -160,7 +164,18 @@ class GroupCommitter:
             if self._failure is not None:
                 return succeed(None)
             keys = list(self._logs)
-            return self._sync_job(keys)
+            return self._sync_job(keys).addCallback(settle)
+
+        def settle(_: object) -> None:
+            # Answer every send still waiting: the final sync covered what was appended.
+            waiting, self._waiters = self._waiters, {}
+            for key, waiters in waiting.items():
+                log = self._logs.get(key)
+                for offset, w in waiters:
+                    if self._failure is None and log is not None and offset <= log.durable_offset:
+                        w.callback(True)
+                    else:
+                        w.errback(self._failure or CommitterStopped("stopped before these records were synced"))
 
         return pending.addBoth(lambda _: None).addCallback(final)
 
@@ -190,16 +205,17 @@ class GroupCommitter:
                 outcome = results.get(key)
                 log = self._logs.get(key)
                 for offset, w in waiters:
-                    if isinstance(outcome, BaseException):
+                    if log is None:  # forgotten (its topic deleted) while the round ran
+                        w.errback(self._forgotten.get(key) or StorageFailed("the log was closed before its records became durable"))
+                    elif isinstance(outcome, BaseException):
                         w.errback(outcome)
-                    elif log is None:
-                        w.errback(StorageFailed("the log was closed before its records became durable"))
                     elif offset <= log.durable_offset:
                         w.callback(True)
                     elif offset > log.end_offset:
                         w.errback(StorageError(f"records below {offset} were truncated before they became durable"))
                     else:  # appended after the sync took its snapshot
                         self._waiters.setdefault(key, []).append((offset, w))
+            self._forgotten.clear()
             self._forget_closed()
             if self._waiters and not self._stopped:
                 self._schedule()

@@ -55,9 +55,7 @@ _SCAN_CHUNK = 8 * 1024 * 1024
 
 def effective_config(config: TopicConfig | None, defaults: TopicConfig | None) -> TopicConfig:
     """The topic's settings with the server defaults filled in where it says C{None}."""
-    config = config or TopicConfig()
-    defaults = defaults or TopicConfig()
-    merged = {k: (v if v is not None else getattr(defaults, k)) for k, v in config.to_dict().items()}
+    merged = (config or TopicConfig()).with_defaults(defaults).to_dict()
     if merged["segment_bytes"] is None:
         merged["segment_bytes"] = DEFAULT_SEGMENT_BYTES
     if merged["segment_ms"] is None:

@@ -220,16 +220,20 @@ def _record_timestamp(record: bytes) -> int:
 
 
 class MemoryStorage:
-    """L{streamlog.storage.base.Storage} that keeps every topic in memory."""
+    """L{streamlog.storage.base.Storage} that keeps every topic in memory.
 
-    def __init__(self) -> None:
+    @param defaults: server-wide settings (retention) for what a topic leaves C{None}.
+    """
+
+    def __init__(self, defaults: TopicConfig | None = None) -> None:
+        self.defaults = defaults
         self._topics: dict[str, tuple[TopicConfig, list[MemoryLog]]] = {}
 
     def load(self) -> dict[str, tuple[TopicConfig, Sequence[MemoryLog]]]:
         return dict(self._topics)
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[MemoryLog]:
-        logs = [MemoryLog(config) for _ in range(partitions)]
+        logs = [MemoryLog(config.with_defaults(self.defaults)) for _ in range(partitions)]
         self._topics[name] = (config, logs)
         return logs
 

@@ -49,6 +49,7 @@ from streamlog.tap.client_options import ClientOptions
 TRANSIENT = (
     errors.ConnectionLost, errors.Timeout, errors.PartitionUnavailable, errors.NotLeader,
     errors.UnknownTopic, errors.TooManyConnections, errors.StorageError, errors.Internal,
+    errors.ShuttingDown,
 )
 
 #: Lines read from stdin but not yet acknowledged, at most (the reader thread waits beyond it).

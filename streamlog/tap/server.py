@@ -156,7 +156,7 @@ def makeService(options: Options) -> service.IService:
     top = service.MultiService()
     broker_service = BrokerService(options, config, reactor)
     broker_service.setServiceParent(top)
-    factory = BrokerFactory(broker_service.broker, limits, reactor)
+    factory = broker_service.factory = BrokerFactory(broker_service.broker, limits, reactor)
     endpoint = endpoints.serverFromString(reactor, options["listen"])
     ListenService(endpoint, factory, options["port-file"]).setServiceParent(top)
     return top

@@ -43,6 +43,26 @@ def test_many_sends_become_few_batches_with_exact_offsets(network, clock, client
     assert [r["value"]["n"] for r in stored] == list(range(250))
 
 
+def test_batches_are_cut_by_bytes_to_stay_under_the_request_limit(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=5, batch_size=1000, max_request_bytes=10_000)
+    ds = [producer.send("t", "x" * 2000) for i in range(12)]  # 24 KB of messages
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    assert [result_of(d) for d in ds] == [(0, i) for i in range(12)]
+    assert producer.requests_sent == 3  # at most four 2 KB messages per 10 KB request
+    assert len(values(network, "t", 0)) == 12
+
+
+def test_a_message_larger_than_a_request_fails_alone(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=5, max_request_bytes=1000)
+    small = producer.send("t", "ok")
+    big = producer.send("t", "x" * 2000)
+    assert failure_of(big).value.code == "MESSAGE_TOO_LARGE"
+    run_until(clock, network, lambda: small.called)
+    assert result_of(small) == (0, 0)
+
+
 def test_keyed_and_explicit_partition_sends_get_their_own_offsets(network, clock, client):
     got(network, clock, client.create_topic("t", partitions=4))
     producer = Producer(client, linger_ms=1)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from storage_helpers import fill
-from streamlog.testing import result_of
+from streamlog.testing import ManualThreads as FakeThreads, result_of
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.group_commit import CommitterStopped, FsyncPolicy, GroupCommitter
 from streamlog.storage.log import SegmentedLog
@@ -39,27 +39,6 @@ class FakeLog:
             raise self.error
         self.durable_offset = self.end_offset
         return self.durable_offset
-
-
-class FakeThreads:
-    """run_in_thread that queues jobs until the test runs them."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Deferred, object, tuple]] = []
-
-    def __call__(self, f, *args) -> Deferred:
-        d: Deferred = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def run_one(self) -> None:
-        d, f, args = self.jobs.pop(0)
-        try:
-            result = f(*args)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
 
 
 def has_fired(d: Deferred) -> bool:
