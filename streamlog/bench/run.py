@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -76,6 +75,21 @@ class _Phase:
                 return got
 
     server_pid: int | None = None
+
+    def run(self, max_seconds: float, profiler: Any, role: str) -> list[dict[str, Any]]:
+        """Start the processes and L{go}, recording them (and the server) with C{profiler} if given."""
+        self.start()
+        started = None
+        if profiler is not None:
+            pids = {f"{role}{i}": p.pid for i, p in enumerate(self.procs)}
+            if self.server_pid:
+                pids["server"] = self.server_pid
+            started = lambda: profiler.start(pids)  # noqa: E731
+        try:
+            return self.go(max_seconds, started)
+        finally:
+            if profiler is not None:
+                profiler.stop()
 
     def go(self, max_seconds: float, on_started: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         from tqdm import tqdm
@@ -240,18 +254,7 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
         if client_mode:
             cfg["client"] = client_mode
         phase.add(workers.produce_main, cfg)
-    phase.start()
-    started = None
-    if profiler is not None:
-        pids = {f"producer{i}": p.pid for i, p in enumerate(phase.procs)}
-        if server_pid:
-            pids["server"] = server_pid
-        started = lambda: profiler.start(pids)  # noqa: E731
-    try:
-        results = phase.go(args.max_seconds, started)
-    finally:
-        if profiler is not None:
-            profiler.stop()
+    results = phase.run(args.max_seconds, profiler, "producer")
     for r in results:
         r["server_cpu_pct"] = phase.server_cpu_pct
         r["machine_busy_pct"] = phase.machine_busy_pct
@@ -335,18 +338,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
             cfg["expected"] = {str(p): w for p, w in hw.items() if p % consumers == c}
             cfg["max_bytes"] = min(MAX_POLL_BYTES, max(1 << 20, args.batch * (args.size + 128)))
             phase.add(workers.consume_main, cfg)
-        phase.start()
-        started = None
-        if profiler is not None:
-            pids = {f"consumer{i}": p.pid for i, p in enumerate(phase.procs)}
-            if server_pid:
-                pids["server"] = server_pid
-            started = lambda: profiler.start(pids)  # noqa: E731
-        try:
-            results = phase.go(args.max_seconds, started)
-        finally:
-            if profiler is not None:
-                profiler.stop()
+        results = phase.run(args.max_seconds, profiler, "consumer")
         got = sum(r["received"] for r in results)
         result.update(messages=got, requested=total, processes=consumers, **_durability(pre),
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),

@@ -14,7 +14,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PCT = ("p50", "p95", "p99", "p99.9", "max")
