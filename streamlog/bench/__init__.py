@@ -18,7 +18,6 @@ or run it alone: C{python -m streamlog.bench produce --messages 200000 --size 10
 from __future__ import annotations
 
 import argparse
-
 from typing import Any, Sequence
 
 WORKLOADS = ("produce", "consume", "e2e")
