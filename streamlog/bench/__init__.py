@@ -54,6 +54,9 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--warmup", type=float, default=0.1, help="e2e: fraction of the first messages excluded")
     p.add_argument("--in-flight", type=int, default=8, help="SendBatch requests outstanding per producer")
     p.add_argument("--linger-ms", type=float, default=5.0, help="Producer linger (client=producer)")
+    p.add_argument("--client-gc-threshold", type=int, default=None,
+                   help="young-generation GC threshold of the load processes (streamlog.gctune; "
+                        "default: streamlog's tuning, 50000; 0: Python's own, 700)")
     p.add_argument("--client", choices=("producer", "batch"), default="producer",
                    help="producer: the library's Producer.send() per message (default); "
                         "batch: StreamlogClient.send_batch() with a prepared list (the lean loop)")

@@ -228,15 +228,26 @@ class _Profiler:
 def _server_info(args: Any, server: ServerProcess | None) -> dict[str, Any]:
     if server is not None:
         return {"origin": f"started by bench (pid {server.pid}, 127.0.0.1:{server.port})", "storage": server.storage,
-                "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True}
+                "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True,
+                "client_gc_threshold": client_gc_threshold(args)}
     return {"origin": f"--connect {args.bench_connect}", "storage": f"{args.storage} (declared, not verified)",
-            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": 1, "started_by_bench": False}
+            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": 1, "started_by_bench": False,
+            "client_gc_threshold": client_gc_threshold(args)}
 
 
 def _base_cfg(args: Any, endpoint: str, topic: str) -> dict[str, Any]:
     return {"endpoint": endpoint, "topic": topic, "size": args.size, "batch": args.batch, "acks": args.acks,
             "in_flight": args.in_flight, "linger_ms": args.linger_ms, "client": args.client,
-            "max_seconds": args.max_seconds, "request_timeout": max(30.0, args.max_seconds)}
+            "max_seconds": args.max_seconds, "request_timeout": max(30.0, args.max_seconds),
+            "gc_threshold": client_gc_threshold(args)}
+
+
+def client_gc_threshold(args: Any) -> int:
+    """The load processes' GC threshold (reported with the results)."""
+    from streamlog.gctune import THROUGHPUT_THRESHOLD
+
+    value = getattr(args, "client_gc_threshold", None)
+    return THROUGHPUT_THRESHOLD if value is None else value
 
 
 def _split(n: int, k: int) -> list[int]:

@@ -47,7 +47,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{result['processes']} {'producer' if w != 'consume' else 'consumer'} process(es), client={client}",
         f"server: {srv['origin']}, storage={srv['storage']}, fsync={srv['fsync']}, "
         f"replication factor {srv['replication_factor']}; answers said durability={result.get('durability')} "
-        f"(to acks={result.get('durability_probe_acks')})",
+        f"(to acks={result.get('durability_probe_acks')}); load processes' GC threshold "
+        f"{srv.get('client_gc_threshold', 'default')} (0 = Python's)",
     ]
     if w == "e2e":
         lines.append(f"rate: target {fmt_int(result['target_rate'])} msgs/s, achieved "

@@ -37,6 +37,10 @@ def _run(body: Any, cfg: dict[str, Any], *extra: Any) -> dict[str, Any]:
     """Run C{body(reactor, cfg, out, *extra)} (a coroutine function) in a fresh reactor."""
     from twisted.internet import reactor
 
+    from streamlog.gctune import tune_for_throughput
+
+    tune_for_throughput(cfg.get("gc_threshold", 0))
+
     out: dict[str, Any] = {}
 
     def go() -> None:

@@ -19,6 +19,7 @@ from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
+from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.storage.group_commit import FsyncPolicy
 
 DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
@@ -68,6 +69,8 @@ class Options(usage.Options):
         ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
         ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
         ["port-file", None, None, "Write the listening port number to this file once listening."],
+        ["gc-threshold", None, THROUGHPUT_THRESHOLD,
+         "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
     ] + _limit_parameters()
 
     def postOptions(self) -> None:
@@ -75,6 +78,8 @@ class Options(usage.Options):
             raise usage.UsageError("--storage must be 'segmented' or 'memory'")
         if self["auto-create-topics"] not in ("on", "off"):
             raise usage.UsageError("--auto-create-topics must be 'on' or 'off'")
+        if self["gc-threshold"] < 0:
+            raise usage.UsageError("--gc-threshold must be 0 or more")
         if self["default-partitions"] < 1:
             raise usage.UsageError("--default-partitions must be at least 1")
         for field in attrs.fields(wire.Limits):
@@ -159,4 +164,5 @@ def makeService(options: Options) -> service.IService:
     factory = broker_service.factory = BrokerFactory(broker_service.broker, limits, reactor)
     endpoint = endpoints.serverFromString(reactor, options["listen"])
     ListenService(endpoint, factory, options["port-file"]).setServiceParent(top)
+    tune_for_throughput(options["gc-threshold"])
     return top
