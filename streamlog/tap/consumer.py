@@ -34,8 +34,6 @@ from typing import Any, BinaryIO, Callable
 
 import orjson
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -43,8 +41,7 @@ from twisted.python.failure import Failure
 from streamlog import errors, wire
 from streamlog.client.connection import StreamlogClient
 from streamlog.client.consumer import Consumer
-from streamlog.tap.client_options import ClientOptions
-from streamlog.tap.producer import exit_with
+from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 
 #: Errors after which the consumer simply polls again on the next tick.
 TRANSIENT = (
@@ -102,40 +99,23 @@ def real_stdout() -> BinaryIO:
     return sys.__stdout__.buffer  # type: ignore[union-attr]
 
 
-class ConsumerService(service.Service):
+class ConsumerService(LoopingClientService):
     """The consumer daemon's logic (testable with an injected client, clock and output)."""
 
     _log = Logger()
+    role = "consumer"
 
     def __init__(self, options: Options, client: StreamlogClient | None = None, clock: Any = None,
                  reactor: Any = None, out: BinaryIO | None = None,
                  on_finish: Callable[[int], object] | None = None) -> None:
-        self.options = options
-        self._reactor = reactor
-        self.client = client
-        self.clock = clock if clock is not None else (client.clock if client is not None else reactor)
+        super().__init__(options, client, clock, reactor, on_finish)
         self.out = out
-        self.on_finish = on_finish or (lambda status: exit_with(status, self._reactor))
         self.consumer: Consumer | None = None
         self.printed = 0
         self._polling = False
         self._trouble: str | None = None
-        self._finished = False
-        self._loop: LoopingCall | None = None
-        self.exit_status: int | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        if self.client is None:
-            if self._reactor is None:
-                from twisted.internet import reactor
-
-                self._reactor = reactor
-            self.client = StreamlogClient(
-                self.options["connect"], reactor=self._reactor, request_timeout=self.options["timeout"],
-                reconnect_max=self.options["retry-max"])
-            if self.clock is None:
-                self.clock = self._reactor
+    def _started(self) -> None:
         if self.out is None:
             self.out = real_stdout() if self.options["output"] == "-" else open(self.options["output"], "ab")
         self.consumer = Consumer(
@@ -143,31 +123,11 @@ class ConsumerService(service.Service):
             max_messages=self.options["max-messages"], max_wait_ms=self.options["max-wait-ms"],
             prefetch=False,
         )
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.options["interval"], now=True).addErrback(
-            lambda f: self._log.failure("the consumer's loop stopped", f))
-
-    def stopService(self) -> Deferred:
-        super().stopService()
-        self._stop()
-        if self.client is not None:
-            return self.client.close()
-        return succeed(None)
 
     def _stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        super()._stop()
         if self.consumer is not None:
             self.consumer.close()
-
-    def _finish(self, status: int) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.exit_status = status
-        self._stop()
-        self.on_finish(status)
 
     def _tick(self) -> None:
         if self._polling or self._finished:

@@ -24,8 +24,6 @@ C{--stdin}, once standard input ended and every line was acknowledged;
 
 from __future__ import annotations
 
-import atexit
-import os
 import random
 import sys
 import threading
@@ -34,16 +32,14 @@ from typing import Any, Callable
 
 import orjson
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from streamlog import errors
 from streamlog.client.connection import StreamlogClient, backoff_policy
-from streamlog.tap.client_options import ClientOptions
+from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 
 #: Errors after which the same request is sent again (after a backoff).
 TRANSIENT = (
@@ -104,28 +100,6 @@ class Options(ClientOptions):
             self["value"] = None
 
 
-def exit_with(status: int, reactor: Any = None) -> None:
-    """Stop the reactor so that the process exits with C{status}.
-
-    twistd always exits 0 once the reactor stops; for another status an
-    atexit hook ends the process with it after twistd has cleaned up.
-    """
-    if reactor is None:
-        from twisted.internet import reactor
-    if status:
-        def hard_exit() -> None:
-            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-            os._exit(status)
-
-        atexit.register(hard_exit)
-    if reactor.running:
-        reactor.stop()
-
-
 class _Queued:
     __slots__ = ("number", "message")
 
@@ -134,7 +108,7 @@ class _Queued:
         self.message = message
 
 
-class ProducerService(service.Service):
+class ProducerService(LoopingClientService):
     """The producer daemon's logic (testable with an injected client and clock).
 
     @param on_finish: called with the exit status when the producer is done
@@ -142,15 +116,12 @@ class ProducerService(service.Service):
     """
 
     _log = Logger()
+    role = "producer"
 
     def __init__(self, options: Options, client: StreamlogClient | None = None, clock: Any = None,
                  reactor: Any = None, on_finish: Callable[[int], object] | None = None,
                  read_stdin: bool = True, rng: random.Random | None = None) -> None:
-        self.options = options
-        self._reactor = reactor
-        self.client = client
-        self.clock = clock if clock is not None else (client.clock if client is not None else reactor)
-        self.on_finish = on_finish or (lambda status: exit_with(status, self._reactor))
+        super().__init__(options, client, clock, reactor, on_finish)
         self.read_stdin = read_stdin
         self._backoff = backoff_policy(0.1, options["retry-max"], rng)
         self._queue: deque[_Queued] = deque()
@@ -160,56 +131,24 @@ class ProducerService(service.Service):
         self._failures = 0
         self._retry: IDelayedCall | None = None
         self._eof = False
-        self._finished = False
-        self._loop: LoopingCall | None = None
         self._slots = threading.Semaphore(MAX_BUFFERED_LINES)
-        self.exit_status: int | None = None
 
     # --- life -----------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        if self.client is None:
-            if self._reactor is None:
-                from twisted.internet import reactor
-
-                self._reactor = reactor
-            self.client = StreamlogClient(self.options["connect"], reactor=self._reactor,
-                                          request_timeout=self.options["timeout"],
-                                          reconnect_max=self.options["retry-max"])
-            if self.clock is None:
-                self.clock = self._reactor
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.options["interval"], now=True).addErrback(
-            lambda f: self._log.failure("the producer's loop stopped", f))
+    def _started(self) -> None:
         if self.options["stdin"] and self.read_stdin:
             thread = threading.Thread(target=self._read_stdin, name="streamlog-producer-stdin", daemon=True)
             thread.start()
 
-    def stopService(self) -> Deferred:
-        super().stopService()
-        self._stop_timers()
-        if self.client is not None:
-            return self.client.close()
-        return succeed(None)
-
-    def _stop_timers(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def _stop(self) -> None:
+        super()._stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
 
-    def _finish(self, status: int) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.exit_status = status
-        self._stop_timers()
+    def _finished_with(self, status: int) -> None:
         if status == 0:
             self._log.info("done: {n} messages acknowledged", n=self.acknowledged)
-        self.on_finish(status)
 
     # --- input --------------------------------------------------------------------------
 

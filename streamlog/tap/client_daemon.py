@@ -1,0 +1,144 @@
+"""What the producer and consumer daemons share: options and a looping service.
+
+Each daemon's C{Options} extends L{ClientOptions} (Twisted merges the
+C{optParameters} of the classes) with its own C{--topic}, C{--interval} and
+C{--count} help texts and other parameters, and calls C{super().postOptions()}.
+Each daemon's service extends L{LoopingClientService}, which owns the client,
+the C{LoopingCall} that drives C{_tick} and the way the daemon finishes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+
+from streamlog import errors, wire
+from streamlog.client.connection import DEFAULT_ADDRESS, StreamlogClient
+
+
+class ClientOptions(usage.Options):
+    synopsis = "--topic TOPIC [options]"
+
+    optParameters = [
+        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
+        ["timeout", None, 10.0, "Seconds to wait for a connection and an answer.", float],
+        ["retry-max", None, 10.0, "Longest backoff between reconnects (and resends), in seconds.", float],
+    ]
+
+    def postOptions(self) -> None:
+        if self["topic"] is None:
+            raise usage.UsageError("--topic is required")
+        try:
+            wire.check_topic_name(self["topic"])
+        except errors.StreamlogError as e:
+            raise usage.UsageError(f"--topic: {e.message}") from None
+        if self["interval"] <= 0:
+            raise usage.UsageError("--interval must be positive")
+        if self["count"] is not None and self["count"] < 1:
+            raise usage.UsageError("--count must be at least 1")
+        if self["timeout"] <= 0 or self["retry-max"] <= 0:
+            raise usage.UsageError("--timeout and --retry-max must be positive")
+
+
+def exit_with(status: int, reactor: Any = None) -> None:
+    """Stop the reactor so that the process exits with C{status}.
+
+    twistd always exits 0 once the reactor stops; for another status an
+    atexit hook ends the process with it after twistd has cleaned up.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if status:
+        def hard_exit() -> None:
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(status)
+
+        atexit.register(hard_exit)
+    if reactor.running:
+        reactor.stop()
+
+
+class LoopingClientService(service.Service):
+    """A daemon that calls C{_tick} every C{--interval} seconds over one client.
+
+    @param client: an existing client (tests inject one); else one is made
+        from the options at start.
+    @param clock: the clock of the loop (default: the client's, or the reactor).
+    @param on_finish: called with the exit status when the daemon is done.
+    """
+
+    _log = Logger()
+    #: Name used in the log when the loop dies.
+    role = "client"
+
+    def __init__(self, options: ClientOptions, client: StreamlogClient | None = None, clock: Any = None,
+                 reactor: Any = None, on_finish: Callable[[int], object] | None = None) -> None:
+        self.options = options
+        self._reactor = reactor
+        self.client = client
+        self.clock = clock if clock is not None else (client.clock if client is not None else reactor)
+        self.on_finish = on_finish or (lambda status: exit_with(status, self._reactor))
+        self._finished = False
+        self._loop: LoopingCall | None = None
+        self.exit_status: int | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.client is None:
+            if self._reactor is None:
+                from twisted.internet import reactor
+
+                self._reactor = reactor
+            self.client = StreamlogClient(self.options["connect"], reactor=self._reactor,
+                                          request_timeout=self.options["timeout"],
+                                          reconnect_max=self.options["retry-max"])
+            if self.clock is None:
+                self.clock = self._reactor
+        self._started()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.options["interval"], now=True).addErrback(
+            lambda f: self._log.failure("the {role}'s loop stopped", f, role=self.role))
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        self._stop()
+        if self.client is not None:
+            return self.client.close()
+        return succeed(None)
+
+    def _stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def _finish(self, status: int) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.exit_status = status
+        self._stop()
+        self._finished_with(status)
+        self.on_finish(status)
+
+    # --- for subclasses ------------------------------------------------------------
+
+    def _started(self) -> None:
+        """Set up what the first tick needs (the client exists by now)."""
+
+    def _finished_with(self, status: int) -> None:
+        """Say what the daemon did, before C{on_finish}."""
+
+    def _tick(self) -> None:
+        raise NotImplementedError
