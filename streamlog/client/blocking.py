@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from streamlog import errors, wire
+from streamlog.client import requests
 from streamlog.client.connection import DEFAULT_ADDRESS, MAX_ANSWER_BYTES, parse_address
 
 
@@ -143,40 +144,21 @@ class BlockingClient:
 
     def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
              headers: dict[str, str] | None = None, acks: str = "all") -> dict[str, Any] | None:
-        params: dict[str, Any] = {"topic": topic, "value": value}
-        if key is not None:
-            params["key"] = key
-        if partition is not None:
-            params["partition"] = partition
-        if headers:
-            params["headers"] = headers
-        if acks != "all":
-            params["acks"] = acks
+        params = requests.send(topic, value, key, partition, headers, acks)
         return self.call("Send", params, expect_answer=acks != "none")
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
-        params: dict[str, Any] = {"topic": topic, "messages": messages}
-        if acks != "all":
-            params["acks"] = acks
+        params = requests.send_batch(topic, messages, acks)
         return self.call("SendBatch", params, expect_answer=acks != "none")
 
     def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
              max_bytes: int | None = None, max_wait_ms: int = 0) -> dict[str, Any]:
-        params: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
-        if max_messages is not None:
-            params["max_messages"] = max_messages
-        if max_bytes is not None:
-            params["max_bytes"] = max_bytes
-        if max_wait_ms:
-            params["max_wait_ms"] = max_wait_ms
+        params = requests.poll(topic, partition, offset, max_messages, max_bytes, max_wait_ms)
         timeout = None if self.timeout is None else self.timeout + max_wait_ms / 1000.0
         return self.call("Poll", params, timeout=timeout)
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        params: dict[str, Any] = {"topic": topic, "partitions": partitions}
-        if config:
-            params["config"] = config
-        return self.call("CreateTopic", params)
+        return self.call("CreateTopic", requests.create_topic(topic, partitions, config))
 
     def delete_topic(self, topic: str) -> dict[str, Any]:
         return self.call("DeleteTopic", {"topic": topic})

@@ -23,12 +23,17 @@ import orjson
 from twisted.application.internet import ClientService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import errors, wire
+from streamlog.client import requests
 from streamlog.protocol import FastLineReceiver
 
 DEFAULT_ADDRESS = "tcp:127.0.0.1:7070"
@@ -406,15 +411,7 @@ class StreamlogClient:
     def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
              headers: dict[str, str] | None = None, acks: str = "all", timeout: float | None = None) -> Deferred:
         """C{Send}: fires with C{{topic, partition, offset, timestamp, durability}} (None for acks="none")."""
-        params: dict[str, Any] = {"topic": topic, "value": value}
-        if key is not None:
-            params["key"] = key
-        if partition is not None:
-            params["partition"] = partition
-        if headers:
-            params["headers"] = headers
-        if acks != "all":
-            params["acks"] = acks
+        params = requests.send(topic, value, key, partition, headers, acks)
         return self.call("Send", params, timeout=timeout, expect_answer=acks != "none")
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]] | orjson.Fragment, acks: str = "all",
@@ -425,9 +422,7 @@ class StreamlogClient:
         Fires with C{{topic, timestamp, durability, partitions: [{partition,
         base_offset, count}]}} (None for acks="none").
         """
-        params: dict[str, Any] = {"topic": topic, "messages": messages}
-        if acks != "all":
-            params["acks"] = acks
+        params = requests.send_batch(topic, messages, acks)
         return self.call("SendBatch", params, timeout=timeout, expect_answer=acks != "none")
 
     def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
@@ -437,22 +432,13 @@ class StreamlogClient:
         The request timeout is stretched by C{max_wait_ms}, so a long poll is
         not mistaken for a dead server.
         """
-        params: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
-        if max_messages is not None:
-            params["max_messages"] = max_messages
-        if max_bytes is not None:
-            params["max_bytes"] = max_bytes
-        if max_wait_ms:
-            params["max_wait_ms"] = max_wait_ms
+        params = requests.poll(topic, partition, offset, max_messages, max_bytes, max_wait_ms)
         if timeout is None and self.request_timeout is not None:
             timeout = self.request_timeout + max_wait_ms / 1000.0
         return self.call("Poll", params, timeout=timeout)
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> Deferred:
-        params: dict[str, Any] = {"topic": topic, "partitions": partitions}
-        if config:
-            params["config"] = config
-        return self.call("CreateTopic", params)
+        return self.call("CreateTopic", requests.create_topic(topic, partitions, config))
 
     def delete_topic(self, topic: str) -> Deferred:
         return self.call("DeleteTopic", {"topic": topic})

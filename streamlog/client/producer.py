@@ -36,8 +36,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import errors
+from streamlog.client import requests
 from streamlog.client.connection import StreamlogClient
-
 
 #: Bytes of encoded messages in one SendBatch at most, by default: the request
 #: line must stay under the server's --max-line-bytes (1 MiB by default).
@@ -113,14 +113,7 @@ class Producer:
         With acks "none" it fires with C{(None, None)} once the request is written.
         """
         acks = acks or self.acks
-        message: dict[str, Any] = {"value": value}
-        if key is not None:
-            message["key"] = key
-        if partition is not None:
-            message["partition"] = partition
-        if headers:
-            message["headers"] = headers
-        encoded = orjson.dumps(message)
+        encoded = orjson.dumps(requests.message(value, key, partition, headers))
         if len(encoded) > self.max_request_bytes:
             return fail(errors.MessageTooLarge(
                 f"message of {len(encoded)} bytes (encoded) exceeds the producer's "

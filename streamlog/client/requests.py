@@ -1,0 +1,58 @@
+"""The params of each request, built once for every client.
+
+The Twisted client, the blocking client and the Producer all send the same
+requests; these functions are the one place that knows which fields are
+optional and left out when they hold their default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def message(value: Any, key: str | None = None, partition: int | None = None,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One message object of C{Send}/C{SendBatch}."""
+    m: dict[str, Any] = {"value": value}
+    if key is not None:
+        m["key"] = key
+    if partition is not None:
+        m["partition"] = partition
+    if headers:
+        m["headers"] = headers
+    return m
+
+
+def send(topic: str, value: Any, key: str | None = None, partition: int | None = None,
+         headers: dict[str, str] | None = None, acks: str = "all") -> dict[str, Any]:
+    params = message(value, key, partition, headers)
+    params["topic"] = topic
+    if acks != "all":
+        params["acks"] = acks
+    return params
+
+
+def send_batch(topic: str, messages: Any, acks: str = "all") -> dict[str, Any]:
+    params: dict[str, Any] = {"topic": topic, "messages": messages}
+    if acks != "all":
+        params["acks"] = acks
+    return params
+
+
+def poll(topic: str, partition: int, offset: int, max_messages: int | None = None,
+         max_bytes: int | None = None, max_wait_ms: int = 0) -> dict[str, Any]:
+    params: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
+    if max_messages is not None:
+        params["max_messages"] = max_messages
+    if max_bytes is not None:
+        params["max_bytes"] = max_bytes
+    if max_wait_ms:
+        params["max_wait_ms"] = max_wait_ms
+    return params
+
+
+def create_topic(topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"topic": topic, "partitions": partitions}
+    if config:
+        params["config"] = config
+    return params
