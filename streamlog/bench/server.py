@@ -1,25 +1,18 @@
-"""Start and stop a private streamlog server process for a benchmark run.
+"""A private streamlog server for one benchmark run.
 
-The server listens on a free port of 127.0.0.1 (C{tcp:0}), writes its port to
-a file, keeps its data in a fresh temporary directory, and is stopped by its
-PID (SIGTERM, then SIGKILL after a grace period).
+A thin wrapper around L{streamlog.testing.ServerProcess} (the same launcher
+the end-to-end tests use: C{twistd -n streamlog-server} on a free port of
+127.0.0.1, announced by a port file, stopped by its PID), with its data in a
+fresh temporary directory that is removed afterwards unless kept.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import streamlog
-
-#: The directory that holds the C{streamlog} package (and C{twisted/plugins}).
-SOURCE_ROOT = str(Path(streamlog.__file__).resolve().parent.parent)
+from streamlog import testing
 
 
 class ServerProcess:
@@ -30,78 +23,29 @@ class ServerProcess:
         self.extra_args = tuple(extra_args)
         self.keep_dir = keep_dir
         self.dir: str | None = None
-        self.proc: subprocess.Popen | None = None
         self.port: int | None = None
-        self._log_file = None
+        self._server: testing.ServerProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def log_path(self) -> str:
-        assert self.dir is not None
-        return os.path.join(self.dir, "server.log")
-
-    def argv(self, port_file: str, data_dir: str) -> list[str]:
-        return [sys.executable, "-m", "twisted", "streamlog-server",
-                "--listen", "tcp:0:interface=127.0.0.1", "--port-file", port_file,
-                "--data-dir", data_dir, "--storage", self.storage, "--fsync", self.fsync,
-                *self.extra_args]
+        return self._server.pid if self._server is not None else None
 
     def start(self, timeout: float = 20.0) -> int:
         self.dir = tempfile.mkdtemp(prefix="streamlog-bench-")
-        port_file = os.path.join(self.dir, "port")
-        data_dir = os.path.join(self.dir, "data")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = SOURCE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv(port_file, data_dir), cwd=self.dir, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"the streamlog server exited with code {code}:\n{tail}")
-            try:
-                with open(port_file) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    return self.port
-            except (FileNotFoundError, ValueError):
-                pass
-            time.sleep(0.02)
-        tail = self.log_tail()
-        self.stop()
-        raise TimeoutError(f"the streamlog server did not listen within {timeout:g}s:\n{tail}")
-
-    def log_tail(self, n: int = 30) -> str:
         try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-n:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
+            self._server = testing.ServerProcess(
+                Path(self.dir), ["--storage", self.storage, "--fsync", self.fsync, *self.extra_args],
+                timeout=timeout)
+        except AssertionError as e:  # it exited, or did not listen in time
+            self.stop()
+            raise RuntimeError(f"the streamlog server did not start: {e}") from None
+        self.port = self._server.port
+        return self.port
 
-    def stop(self, grace: float = 5.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=grace)
-            except ProcessLookupError:
-                pass
-        if proc is not None:
-            self.proc_returncode = proc.returncode
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         if self.dir is not None and not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -6,12 +6,10 @@ ordered percentiles, the JSON keys present), not any performance level.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 
@@ -19,27 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PCT = ("p50", "p95", "p99", "p99.9", "max")
 
 
-@functools.lru_cache(maxsize=None)
-def storage() -> str:
-    """The durable default when a server with it starts; the memory log until then."""
-    from streamlog.bench.server import ServerProcess
-
-    server = ServerProcess(storage="segmented", fsync="always")
-    try:
-        server.start(timeout=10)
-    except Exception as e:  # noqa: BLE001 - any failure means: not usable yet
-        warnings.warn(f"--storage segmented does not start ({str(e).strip().splitlines()[-1]}); "
-                      "the smoke test uses --storage memory")
-        return "memory"
-    finally:
-        server.stop()
-    return "segmented"
-
-
 def bench(*argv: str, timeout: float = 30.0) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "streamlog.bench", *argv, "--json", "--quiet", "--storage", storage(),
+        [sys.executable, "-m", "streamlog.bench", *argv, "--json", "--quiet", "--storage", "segmented",
          "--fsync", "always", "--max-seconds", "10"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,9 +40,9 @@ def check_common(r: dict, workload: str) -> None:
         assert key in r, key
     assert r["workload"] == workload
     assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0 and r["elapsed_s"] > 0
-    assert r["server"]["storage"] == storage() and r["server"]["fsync"] == "always"
+    assert r["server"]["storage"] == "segmented" and r["server"]["fsync"] == "always"
     assert r["server"]["replication_factor"] == 1
-    assert r["durability"] in ("fsync", "written", "memory")
+    assert r["durability"] == "fsync"
     check_latency(r["latency_ms"])
 
 
