@@ -1,16 +1,23 @@
 """The Consumer: reads one partition in order, keeping its position, with prefetch.
 
 L{Consumer.poll} fires with the next list of messages (possibly empty after
-a long poll that found nothing).  As soon as one Poll answers, the next one
-is sent (prefetch), so the server looks for the following batch while the
-application works on the current one.  The position only moves when a batch
-is handed to the application, so a Poll that fails (connection lost,
-timeout) is simply asked again from the same offset: nothing is skipped and
-nothing is handed out twice.
+a long poll that found nothing).  Prefetch keeps Polls in flight ahead of the
+application: as soon as one answers, the Poll for its C{next_offset} goes
+out; and while the partition holds a backlog of at least a full batch beyond
+that, one more goes out for the offset after it (a full batch later), so
+that the server reads the next batch while this process decodes the current
+one.  Such a speculative Poll is only used if its offset is where the
+previous batch really ended (a batch cut short by C{max_bytes} moves the end);
+otherwise it is dropped and asked again.
+
+The position only moves when a batch is handed to the application, so a
+Poll that fails (connection lost, timeout) is asked again from the same
+offset: nothing is skipped and nothing is handed out twice.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -18,6 +25,17 @@ from twisted.python.failure import Failure
 
 from streamlog import errors
 from streamlog.client.connection import StreamlogClient
+
+
+class _Fetch:
+    """One Poll in flight for C{offset}; C{outcome} holds its result (or Failure) once settled."""
+
+    __slots__ = ("offset", "deferred", "outcome")
+
+    def __init__(self, offset: int, deferred: Deferred) -> None:
+        self.offset = offset
+        self.deferred = deferred
+        self.outcome: list[Any] | None = None
 
 
 class Consumer:
@@ -46,21 +64,24 @@ class Consumer:
         self.position: int | None = start if isinstance(start, int) else None
         self.high_watermark: int | None = None
         self.log_start_offset: int | None = None
-        #: The Poll in flight (or its settled outcome): (offset it asked for, Deferred).
-        self._fetch: tuple[int, Deferred] | None = None
-        self._fetched: list[Any] | None = None  # [result or Failure] once the fetch settled
+        #: Polls in flight (or settled, not yet handed out), in offset order.
+        self._fetches: deque[_Fetch] = deque()
         self._polling = False
         self._closed = False
 
-    def seek(self, offset: int) -> None:
-        """Move the position; a prefetched batch for another offset is dropped."""
-        self.position = offset
-        self._drop_fetch()
+    #: Polls in flight at most with prefetch (the exact one and one speculative).
+    depth = 2
 
-    def _drop_fetch(self) -> None:
-        fetch, self._fetch, self._fetched = self._fetch, None, None
-        if fetch is not None and not fetch[1].called:
-            fetch[1].cancel()
+    def seek(self, offset: int) -> None:
+        """Move the position; prefetched batches for other offsets are dropped."""
+        self.position = offset
+        self._drop_fetches()
+
+    def _drop_fetches(self) -> None:
+        fetches, self._fetches = self._fetches, deque()
+        for fetch in fetches:
+            if not fetch.deferred.called:
+                fetch.deferred.cancel()
 
     def _resolve_start(self) -> Deferred:
         if self.position is not None:
@@ -73,21 +94,33 @@ class Consumer:
 
         return self.client.list_offsets(self.topic, self.partition, self.start).addCallback(resolved)
 
-    def _start_fetch(self) -> None:
-        assert self.position is not None
-        offset = self.position
+    def _start_fetch(self, offset: int) -> None:
         d = self.client.poll(self.topic, self.partition, offset, max_messages=self.max_messages,
                              max_bytes=self.max_bytes, max_wait_ms=self.max_wait_ms)
-        self._fetch = (offset, d)
-        self._fetched = None
+        fetch = _Fetch(offset, d)
+        self._fetches.append(fetch)
 
         def settled(result: Any) -> None:
-            if self._fetch is not None and self._fetch[1] is d:
-                self._fetched = [result]
-            elif isinstance(result, Failure):
-                result.trap(Exception)  # a dropped fetch: nobody wants it
+            if fetch not in self._fetches:  # dropped (seek, close, a wrong guess): nobody wants it
+                if isinstance(result, Failure):
+                    result.trap(Exception)
+                return
+            fetch.outcome = [result]
+            if not isinstance(result, Failure) and self.prefetch and not self._closed:
+                self._prefetch_after(fetch, result)
 
         d.addBoth(settled)
+
+    def _prefetch_after(self, fetch: _Fetch, result: dict[str, Any]) -> None:
+        """Top up the Polls in flight after C{fetch} answered with C{result}."""
+        if self._fetches[-1] is not fetch or len(self._fetches) >= self.depth:
+            return
+        next_offset = result["next_offset"]
+        self._start_fetch(next_offset)
+        hw = result.get("high_watermark")
+        batch = self.max_messages
+        if batch and hw is not None and hw - next_offset >= batch and len(self._fetches) < self.depth:
+            self._start_fetch(next_offset + batch)  # the backlog holds a full batch: guess its end
 
     def poll(self) -> Deferred:
         """Fires with the next messages (a list of C{{offset, timestamp, key, value, headers}}).
@@ -111,35 +144,40 @@ class Consumer:
         return d.addBoth(done)
 
     def _take(self) -> Deferred:
-        if self._fetch is None or self._fetch[0] != self.position:
-            self._drop_fetch()
-            self._start_fetch()
-        assert self._fetch is not None
-        if self._fetched is not None:
+        if not self._fetches or self._fetches[0].offset != self.position:
+            self._drop_fetches()
+            assert self.position is not None
+            self._start_fetch(self.position)
+        head = self._fetches[0]
+        if head.outcome is not None:
             return self._deliver()
         waiter: Deferred = Deferred()
-        self._fetch[1].addBoth(lambda _: waiter.callback(None))
+        head.deferred.addBoth(lambda _: waiter.callback(None))
         return waiter.addCallback(lambda _: self._deliver())
 
     def _deliver(self) -> Any:
-        if self._fetched is None:  # the fetch was dropped (seek/close) while we waited
+        head = self._fetches[0] if self._fetches else None
+        if head is None or head.offset != self.position or head.outcome is None:
+            # The fetch was dropped (seek/close) while we waited.
             if self._closed:
                 raise errors.ConnectionLost("the consumer is closed")
             return self._take()
-        (outcome,) = self._fetched
-        self._fetch = None
-        self._fetched = None
+        self._fetches.popleft()
+        (outcome,) = head.outcome
         if isinstance(outcome, Failure):
+            self._drop_fetches()  # the ones behind it were asked on the same assumptions
             return outcome
         messages = outcome["messages"]
         self.high_watermark = outcome.get("high_watermark")
         self.log_start_offset = outcome.get("log_start_offset")
         self.position = outcome["next_offset"]
-        if self.prefetch and not self._closed:
-            self._start_fetch()
+        if self._fetches and self._fetches[0].offset != self.position:
+            self._drop_fetches()  # a speculative Poll guessed the wrong offset
+        if self.prefetch and not self._closed and not self._fetches:
+            self._start_fetch(self.position)
         return messages
 
     def close(self) -> None:
         """Stop prefetching (the client stays open: it is the caller's)."""
         self._closed = True
-        self._drop_fetch()
+        self._drop_fetches()

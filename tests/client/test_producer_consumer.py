@@ -148,12 +148,34 @@ def test_consumer_prefetches_the_next_batch(network, clock, client):
     consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_wait_ms=0)
     first = got(network, clock, consumer.poll())
     assert [m["offset"] for m in first] == [0, 1, 2, 3]
-    # the next Poll went out on its own, while the app works on `first`
+    # the next Polls went out on their own, while the app works on `first`: the one
+    # for offset 4, and (6 messages remain, more than a batch) a guess at offset 8
     network.pump()
-    assert consumer._fetched is not None
+    assert [f.offset for f in consumer._fetches] == [4, 8]
+    assert all(f.outcome is not None for f in consumer._fetches)
     second = consumer.poll()
     assert second.called  # answered from the prefetched result
     assert [m["offset"] for m in result_of(second)] == [4, 5, 6, 7]
+    third = consumer.poll()
+    assert third.called  # the guess was right
+    assert [m["offset"] for m in result_of(third)] == [8, 9]
+    consumer.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_a_wrong_guess_is_dropped_and_nothing_is_skipped_or_repeated(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(40):
+        producer.send("t", "x" * 50)
+    got(network, clock, producer.flush())
+    # max_bytes cuts every batch short of max_messages, so each guess misses.
+    consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_bytes=250, max_wait_ms=0)
+    offsets: list[int] = []
+    while len(offsets) < 40:
+        batch = got(network, clock, consumer.poll())
+        assert batch
+        offsets.extend(m["offset"] for m in batch)
+    assert offsets == list(range(40))
     consumer.close()
     run_until(clock, network, lambda: client.protocol.in_flight == 0)
 
