@@ -316,6 +316,9 @@ class BrokerFactory(protocol.Factory):
         timer = self.clock.callLater(timeout, give_up)
         done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         for conn in list(self.connections):
+            # While registered as a streaming producer, a transport whose writes were
+            # paused would resume us once drained instead of closing.
+            conn.transport.unregisterProducer()
             conn.transport.loseConnection()
         return done
 

@@ -299,3 +299,15 @@ def test_requests_held_back_by_the_in_flight_limit_are_not_a_stalled_line(clock)
     clock.advance(30)
     assert sorted(a["id"] for a in conn.answers()) == [0, 1, 2]
     h.stop()
+
+
+def test_closing_connections_at_stop_does_not_wait_on_a_paused_writer(clock):
+    h = BrokerHarness(clock=clock)
+    conn = h.connect()
+    conn.protocol.pauseProducing()  # its write buffer is full at the moment of the stop
+    closed = h.factory.close_connections(5.0)
+    assert conn.transport.producer is None  # not resumed once drained: closed instead
+    assert conn.transport.disconnecting
+    conn.lose()  # the transport finished writing and closed
+    assert closed.called
+    h.stop()

@@ -106,21 +106,36 @@ class Consumer:
                     result.trap(Exception)
                 return
             fetch.outcome = [result]
-            if not isinstance(result, Failure) and self.prefetch and not self._closed:
-                self._prefetch_after(fetch, result)
+            self._top_up()
 
         d.addBoth(settled)
 
-    def _prefetch_after(self, fetch: _Fetch, result: dict[str, Any]) -> None:
-        """Top up the Polls in flight after C{fetch} answered with C{result}."""
-        if self._fetches[-1] is not fetch or len(self._fetches) >= self.depth:
+    def _top_up(self) -> None:
+        """Send the next Polls once the last one in the queue has answered.
+
+        The Poll for its C{next_offset} goes out, and, while the partition
+        holds at least a full batch beyond that offset, a guess at the offset a
+        full batch later.  At most C{depth} Polls are unanswered and C{depth+1}
+        batches held (in flight or answered, not yet handed out).
+        """
+        if not self.prefetch or self._closed or not self._fetches:
+            return
+        tail = self._fetches[-1]
+        if tail.outcome is None or isinstance(tail.outcome[0], Failure):
+            return
+        result = tail.outcome[0]
+        if len(self._fetches) > self.depth:
             return
         next_offset = result["next_offset"]
         self._start_fetch(next_offset)
         hw = result.get("high_watermark")
         batch = self.max_messages
-        if batch and hw is not None and hw - next_offset >= batch and len(self._fetches) < self.depth:
+        if (batch and hw is not None and hw - next_offset >= batch
+                and self._unanswered() < self.depth and len(self._fetches) <= self.depth):
             self._start_fetch(next_offset + batch)  # the backlog holds a full batch: guess its end
+
+    def _unanswered(self) -> int:
+        return sum(1 for f in self._fetches if f.outcome is None)
 
     def poll(self) -> Deferred:
         """Fires with the next messages (a list of C{{offset, timestamp, key, value, headers}}).
@@ -144,6 +159,8 @@ class Consumer:
         return d.addBoth(done)
 
     def _take(self) -> Deferred:
+        if self._closed:  # closed while "earliest"/"latest" was being resolved
+            raise errors.ConnectionLost("the consumer is closed")
         if not self._fetches or self._fetches[0].offset != self.position:
             self._drop_fetches()
             assert self.position is not None
@@ -173,8 +190,11 @@ class Consumer:
         self.position = outcome["next_offset"]
         if self._fetches and self._fetches[0].offset != self.position:
             self._drop_fetches()  # a speculative Poll guessed the wrong offset
-        if self.prefetch and not self._closed and not self._fetches:
-            self._start_fetch(self.position)
+        if self.prefetch and not self._closed:
+            if self._fetches:
+                self._top_up()
+            else:
+                self._start_fetch(self.position)
         return messages
 
     def close(self) -> None:

@@ -39,9 +39,12 @@ from streamlog import errors
 from streamlog.client import requests
 from streamlog.client.connection import StreamlogClient
 
-#: Bytes of encoded messages in one SendBatch at most, by default: the request
-#: line must stay under the server's --max-line-bytes (1 MiB by default).
-DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+#: Longest SendBatch request line, by default: the server's --max-line-bytes default.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+
+#: Bytes of a SendBatch line besides its messages: id, method, acks, brackets
+#: (generous; the topic's own length is added per batch).
+REQUEST_OVERHEAD = 256
 
 
 class _Batch:
@@ -76,9 +79,10 @@ class Producer:
         limit is 10,000).
     @param max_in_flight: SendBatch requests outstanding at most; beyond it
         ready batches queue, in order, in the Producer.
-    @param max_request_bytes: encoded messages per SendBatch at most, so that
-        a request stays under the server's line limit; a single message larger
-        than this fails at once with L{errors.MessageTooLarge}.
+    @param max_request_bytes: the longest SendBatch request line to send: set it
+        to the server's C{--max-line-bytes}.  Batches are cut so that their
+        messages and the rest of the request fit; a single message that cannot
+        fails at once with L{errors.MessageTooLarge}.
     """
 
     _log = Logger()
@@ -114,15 +118,16 @@ class Producer:
         """
         acks = acks or self.acks
         encoded = orjson.dumps(requests.message(value, key, partition, headers))
-        if len(encoded) > self.max_request_bytes:
+        budget = self.max_request_bytes - REQUEST_OVERHEAD - len(topic)
+        if len(encoded) > budget:
             return fail(errors.MessageTooLarge(
-                f"message of {len(encoded)} bytes (encoded) exceeds the producer's "
-                f"max_request_bytes of {self.max_request_bytes}",
-                limit=self.max_request_bytes, size=len(encoded),
+                f"message of {len(encoded)} bytes (encoded) does not fit in a request of "
+                f"max_request_bytes={self.max_request_bytes}",
+                limit=budget, size=len(encoded),
             ))
         slot = (topic, acks, _routing(key, partition))
         batch = self._open.get(slot)
-        if batch is not None and batch.size + len(encoded) + 1 > self.max_request_bytes:
+        if batch is not None and batch.size + len(encoded) + 1 > budget:
             self._seal(slot, batch)  # full by bytes: this message starts the next batch
             batch = None
         if batch is None:

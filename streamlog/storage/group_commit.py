@@ -72,6 +72,8 @@ class SyncThread:
     exit, the committer's final sync has already run through it.
     """
 
+    _log = Logger()
+
     def __init__(self, reactor: Any) -> None:
         import queue
         import threading
@@ -86,15 +88,25 @@ class SyncThread:
         self._jobs.put((d, f, args))
         return d
 
+    def stop(self) -> None:
+        """End the thread once the jobs already queued have run."""
+        self._jobs.put(None)
+
     def _work(self) -> None:
         while True:
-            d, f, args = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            d, f, args = job
             try:
-                result = f(*args)
+                outcome: Any = f(*args)
+                deliver = d.callback
             except BaseException:
-                self._reactor.callFromThread(d.errback, Failure())
-            else:
-                self._reactor.callFromThread(d.callback, result)
+                outcome, deliver = Failure(), d.errback
+            try:
+                self._reactor.callFromThread(deliver, outcome)
+            except Exception:  # the reactor is gone: nobody is left to answer
+                self._log.failure("a sync result could not be handed back to the reactor")
 
 
 class GroupCommitter:
@@ -126,11 +138,15 @@ class GroupCommitter:
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self._sync_thread: SyncThread | None = None
         if run_in_thread is None:
+            from twisted.internet.interfaces import IReactorThreads
             from twisted.internet.threads import deferToThread
 
             self._run_in_thread: Callable[..., Deferred] = deferToThread
-            self._run_sync: Callable[..., Deferred] = SyncThread(clock)
+            self._run_sync: Callable[..., Deferred] = deferToThread
+            if IReactorThreads.providedBy(clock):  # results come back through callFromThread
+                self._run_sync = self._sync_thread = SyncThread(clock)
         else:
             self._run_in_thread = self._run_sync = run_in_thread
         self.policy = policy
@@ -199,6 +215,8 @@ class GroupCommitter:
             self._scheduled.cancel()
         self._scheduled = None
         if self._failure is not None:
+            if self._sync_thread is not None:
+                self._sync_thread.stop()
             return succeed(None)
         pending = DeferredList([d for d in (self._running, self._checkpointing) if d is not None])
 
@@ -207,6 +225,11 @@ class GroupCommitter:
                 return succeed(None)
             keys = list(self._logs)
             return self._sync_job(keys).addCallback(settle)
+
+        def end_thread(result: object) -> object:
+            if self._sync_thread is not None:
+                self._sync_thread.stop()
+            return result
 
         def settle(_: object) -> None:
             # Answer every send still waiting: the final sync covered what was appended.
@@ -219,7 +242,7 @@ class GroupCommitter:
                     else:
                         w.errback(self._failure or CommitterStopped("stopped before these records were synced"))
 
-        return pending.addBoth(lambda _: None).addCallback(final)
+        return pending.addBoth(lambda _: None).addCallback(final).addBoth(end_thread)
 
     # -- always: rounds ------------------------------------------------------------
 

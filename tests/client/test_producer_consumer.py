@@ -53,6 +53,15 @@ def test_batches_are_cut_by_bytes_to_stay_under_the_request_limit(network, clock
     assert len(values(network, "t", 0)) == 12
 
 
+def test_batches_filled_to_the_line_limit_are_accepted_by_the_server(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=5)  # max_request_bytes = the server's default line limit
+    ds = [producer.send("t", "x" * 990_000)] + [producer.send("t", "y" * 1000) for _ in range(60)]
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    assert [result_of(d)[1] for d in ds] == list(range(61))
+    assert producer.requests_sent == 2  # cut where the next message would pass the line limit
+
+
 def test_a_message_larger_than_a_request_fails_alone(network, clock, client):
     got(network, clock, client.create_topic("t", partitions=1))
     producer = Producer(client, linger_ms=5, max_request_bytes=1000)
@@ -146,13 +155,23 @@ def test_consumer_prefetches_the_next_batch(network, clock, client):
         producer.send("t", i)
     got(network, clock, producer.flush())
     consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_wait_ms=0)
+    asked: list[tuple[int, list[int]]] = []  # (offset asked, offsets still unanswered then)
+    real_poll = client.poll
+
+    def poll(topic, partition, offset, **kw):
+        asked.append((offset, [f.offset for f in consumer._fetches if f.outcome is None]))
+        return real_poll(topic, partition, offset, **kw)
+
+    client.poll = poll
     first = got(network, clock, consumer.poll())
     assert [m["offset"] for m in first] == [0, 1, 2, 3]
-    # the next Polls went out on their own, while the app works on `first`: the one
-    # for offset 4, and (6 messages remain, more than a batch) a guess at offset 8
+    # The next Polls went out on their own as soon as the first answered: the one for
+    # offset 4, and (6 messages remain, more than a batch) a guess at offset 8, sent
+    # while the Poll for 4 was still unanswered.
     network.pump()
-    assert [f.offset for f in consumer._fetches] == [4, 8]
-    assert all(f.outcome is not None for f in consumer._fetches)
+    assert asked[:3] == [(0, []), (4, []), (8, [4])]
+    assert [f.offset for f in consumer._fetches][:2] == [4, 8]
+    assert all(f.outcome is not None for f in list(consumer._fetches)[:2])
     second = consumer.poll()
     assert second.called  # answered from the prefetched result
     assert [m["offset"] for m in result_of(second)] == [4, 5, 6, 7]
@@ -161,6 +180,17 @@ def test_consumer_prefetches_the_next_batch(network, clock, client):
     assert [m["offset"] for m in result_of(third)] == [8, 9]
     consumer.close()
     run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_closing_while_latest_is_resolved_sends_no_poll(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "old"))
+    consumer = Consumer(client, "t", 0, start="latest", max_wait_ms=5000)
+    pending = consumer.poll()  # asks ListOffsets first
+    consumer.close()
+    run_until(clock, network, lambda: pending.called)
+    assert failure_of(pending).value.code == "CONNECTION_LOST"
+    assert client.protocol.in_flight == 0
 
 
 def test_a_wrong_guess_is_dropped_and_nothing_is_skipped_or_repeated(network, clock, client):

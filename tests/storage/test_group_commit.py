@@ -297,3 +297,25 @@ def test_a_failing_background_checkpoint_is_fatal():
     assert clock.getDelayedCalls() == []
     with pytest.raises(StorageFailed):
         result_of(committer.wait(log, 2))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sync_thread_runs_jobs_in_order_reports_errors_and_stops():
+    from twisted.internet import reactor
+
+    from streamlog.storage.group_commit import SyncThread
+
+    thread = SyncThread(reactor)
+    order: list[int] = []
+    await DeferredList([thread(order.append, i) for i in range(5)])
+    assert order == [0, 1, 2, 3, 4]
+    with pytest.raises(ZeroDivisionError):
+        await thread(lambda: 1 / 0)
+    thread.stop()
+    thread._thread.join(5)
+    assert not thread._thread.is_alive()
+
+
+def test_a_committer_on_a_plain_clock_needs_no_sync_thread():
+    committer = GroupCommitter(FsyncPolicy.parse("always"), Clock(), checkpoint_interval=None)
+    assert committer._sync_thread is None
