@@ -17,9 +17,6 @@ class StreamlogError(Exception):
     """Base of every error with a wire code."""
 
     code = "INTERNAL"
-    #: Whether the connection is closed after this error is answered (the byte
-    #: stream can no longer be trusted, or the peer must go away).
-    fatal = False
 
     def __init__(self, message: str = "", **details: Any) -> None:
         super().__init__(message or self.code)
@@ -70,7 +67,6 @@ class LineTooLong(StreamlogError):
     """The request line exceeds the server's limit; the connection is closed."""
 
     code = "LINE_TOO_LONG"
-    fatal = True
 
 
 class MessageTooLarge(StreamlogError):
@@ -107,7 +103,6 @@ class OffsetOutOfRange(StreamlogError):
 
 class TooManyConnections(StreamlogError):
     code = "TOO_MANY_CONNECTIONS"
-    fatal = True
 
 
 class PartitionUnavailable(StreamlogError):

@@ -193,19 +193,6 @@ class _Params:
     def _name(self, name: str) -> str:
         return name if self._where == "params" else f"{self._where}.{name}"
 
-    def string(self, name: str, *, required: bool = True, nullable: bool = False) -> str | None:
-        present = name in self._params
-        value = self._get(name)
-        if not present:
-            if required:
-                raise errors.InvalidParams(f"'{self._name(name)}' is required")
-            return None
-        if value is None and nullable:
-            return None
-        if not isinstance(value, str):
-            raise errors.InvalidParams(f"'{self._name(name)}' must be a string")
-        return value
-
     def integer(
         self, name: str, *, default: int | None = None, required: bool = False,
         minimum: int = 0, maximum: int = MAX_INT64,
@@ -298,8 +285,9 @@ def _field(where: str, name: str) -> str:
 
 
 def parse_send(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
-    topic = _topic(_Params(params))
-    acks = _acks(_Params(params))
+    p = _Params(params)
+    topic = _topic(p)
+    acks = _acks(p)
     message = {k: v for k, v in params.items() if k not in ("topic", "acks")}
     return SendParams(topic=topic, messages=[check_message(message, "params", limits)], acks=acks)
 

@@ -12,7 +12,7 @@ import itertools
 from typing import Any, Callable, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -413,8 +413,6 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gather(waits: list[Deferred]) -> Deferred:
-    from twisted.internet.defer import gatherResults
-
     if len(waits) == 1:
         return waits[0].addCallback(lambda r: [r])
     return gatherResults(waits, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
