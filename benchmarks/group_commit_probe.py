@@ -14,7 +14,11 @@ waiters_per_round.  It relies on private names of streamlog.storage.group_commit
 when they change.
 """
 
-import atexit, json, sys, time
+import atexit
+import json
+import sys
+import time
+
 from streamlog.storage import group_commit as gc
 
 T = time.perf_counter
@@ -72,8 +76,10 @@ def dump():
         json.dump(out, f, indent=1)
 atexit.register(dump)
 from twisted.internet import reactor
+
 reactor.addSystemEventTrigger("before", "shutdown", dump)
 
 from twisted.application.twist._twist import Twist
+
 out_file = sys.argv[1]
 Twist.main(["twist"] + sys.argv[2:])

@@ -65,7 +65,12 @@ def bench_sequential(directory: str, payload: bytes, count: int, seconds: float,
     elapsed = time.perf_counter() - start
     log.close()
     shutil.rmtree(directory)
-    return {"batches/s": batches / elapsed, "records/s": batches * count / elapsed, "MB/s": batches * len(payload) / elapsed / 1e6, "fsyncs/s": (batches if sync else 0) / elapsed}
+    return {
+        "batches/s": batches / elapsed,
+        "records/s": batches * count / elapsed,
+        "MB/s": batches * len(payload) / elapsed / 1e6,
+        "fsyncs/s": (batches if sync else 0) / elapsed,
+    }
 
 
 def bench_group_commit(directory: str, payload: bytes, count: int, seconds: float, appenders: int) -> dict:

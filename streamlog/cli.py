@@ -30,7 +30,8 @@ import os
 import select
 import sys
 import time
-from typing import Any, BinaryIO, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
@@ -59,8 +60,7 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """Options accepted before and after the subcommand (defaults only on the top parser)."""
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     parser.add_argument("--connect", "-c", metavar="ADDR", default=d(os.environ.get("STREAMLOG_CONNECT", DEFAULT_CONNECT)),
-                        help="server address: HOST:PORT or tcp:HOST:PORT (default %s, or $STREAMLOG_CONNECT)"
-                        % DEFAULT_CONNECT)
+                        help=f"server address: HOST:PORT or tcp:HOST:PORT (default {DEFAULT_CONNECT}, or $STREAMLOG_CONNECT)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable JSON output")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=d(30.0),
                         help="seconds to wait for the connection and each answer (default 30)")

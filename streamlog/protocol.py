@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from streamlog import errors, wire
 from streamlog.broker.broker import Broker
 
-
 #: Bytes handed to the kernel per write on a broker connection (Twisted's default is 128 KiB).
 SEND_LIMIT = 4 * 1024 * 1024
 
@@ -126,7 +125,7 @@ class BrokerProtocol(FastLineReceiver):
     """One client connection to the broker."""
 
     _log = Logger()
-    factory: "BrokerFactory"
+    factory: BrokerFactory
 
     def __init__(self) -> None:
         self._pending: dict[int, Deferred] = {}

@@ -202,7 +202,7 @@ def test_a_client_that_never_reads_is_disconnected_past_the_outbound_limit(clock
     h = BrokerHarness(clock=clock, limits=wire.Limits(max_outbound_bytes=1000))
     conn = h.connect()
     conn.call("CreateTopic", {"topic": "t"})
-    for i in range(10):
+    for _i in range(10):
         conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60000})
     # Twisted calls pauseProducing once its write buffer is full (the client is not reading).
     conn.protocol.pauseProducing()
@@ -219,7 +219,7 @@ def test_answers_owed_within_the_outbound_limit_are_kept(clock):
     h = BrokerHarness(clock=clock, limits=wire.Limits(max_outbound_bytes=100_000))
     conn = h.connect()
     conn.call("CreateTopic", {"topic": "t"})
-    for i in range(10):
+    for _i in range(10):
         conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60000})
     conn.protocol.pauseProducing()
     h.connect().call("Send", {"topic": "t", "value": "x" * 100})

@@ -68,7 +68,7 @@ async def test_fifty_concurrent_connections_get_unique_dense_offsets():
             timeout.cancel()
 
         offsets = []
-        for sender, acks in zip(senders, results):
+        for _sender, acks in zip(senders, results):
             assert all("result" in a for a in acks.values()), acks
             mine = [acks[i]["result"]["offset"] for i in range(per_client)]
             assert mine == sorted(mine), "one connection's sends are ordered"

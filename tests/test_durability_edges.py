@@ -7,6 +7,7 @@ import errno
 
 import pytest
 
+from streamlog import errors
 from streamlog.broker.broker import BrokerConfig
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
@@ -109,7 +110,7 @@ def test_a_storage_failure_during_retention_stops_the_node(durable, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(log, "apply_retention", no_space)
-    with pytest.raises(Exception):
+    with pytest.raises(errors.StorageError):
         durable.broker.apply_retention()
     assert len(durable.fatal) == 1
 

@@ -18,7 +18,8 @@ or run it alone: C{python -m streamlog.bench produce --messages 200000 --size 10
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 WORKLOADS = ("produce", "consume", "e2e")
 

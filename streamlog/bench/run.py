@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from streamlog.bench import stats, workers
 from streamlog.bench.server import ServerProcess
@@ -59,12 +60,12 @@ class _Phase:
                 ready += 1
             except queue.Empty:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.label}: load processes not ready within {timeout:g}s")
+                    raise TimeoutError(f"{self.label}: load processes not ready within {timeout:g}s") from None
                 early = self._drain_results()
                 if early:
                     self.kill()
                     raise RuntimeError(f"{self.label}: a load process failed before starting:\n"
-                                       + "\n".join(str(r.get("error")) for r in early))
+                                       + "\n".join(str(r.get("error")) for r in early)) from None
 
     def _drain_results(self) -> list[dict[str, Any]]:
         got = []
@@ -109,9 +110,9 @@ class _Phase:
                     results.append(self.result_q.get(timeout=0.1))
                 except queue.Empty:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{self.label}: the load processes did not finish in time")
+                        raise TimeoutError(f"{self.label}: the load processes did not finish in time") from None
                     if not any(p.is_alive() for p in self.procs) and self.result_q.empty():
-                        raise RuntimeError(f"{self.label}: load processes died without a result")
+                        raise RuntimeError(f"{self.label}: load processes died without a result") from None
                 done = sum(c[0] for c, counted in self.counters if counted)
                 bar.update(max(0, min(done, self.total) - bar.n))
         finally:

@@ -322,7 +322,7 @@ async def _e2e_producer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     await done
     t_end = now()
     out.update(cpu_s=time.process_time() - cpu0, sent=st["i"], acked=st["acked"], t_start=t_start, t_end=t_end, ack_lat_ms=lat,
-               what="producer send() to its acknowledgement (acks=%s)" % acks)
+               what=f"producer send() to its acknowledgement (acks={acks})")
     await client.close()
 
 

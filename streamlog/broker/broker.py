@@ -9,7 +9,8 @@ injected committer (group commit, see L{streamlog.storage.group_commit}).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -115,9 +116,10 @@ class Broker:
             raise self._unavailable(partition, partition.failed)
         return partition
 
-    def create_topic(self, name: str, partitions: int, config: TopicConfig = TopicConfig()) -> Topic:
+    def create_topic(self, name: str, partitions: int, config: TopicConfig | None = None) -> Topic:
         if name in self.topics:
             raise errors.TopicExists(f"topic {name!r} already exists", topic=name)
+        config = config or TopicConfig()
         logs = self.storage.create_topic(name, partitions, config)
         topic = self.topics[name] = Topic(name, config, list(logs))
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)

@@ -7,7 +7,7 @@ what has been fsynced).  Long polls park here until it moves or they time out.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -73,7 +73,7 @@ class Partition:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def _forget(self, waiter: "_Waiter") -> None:
+    def _forget(self, waiter: _Waiter) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:

@@ -44,7 +44,7 @@ class BlockingClient:
             return
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise errors.Timeout(f"connecting to {self.host}:{self.port} timed out") from None
         except OSError as e:
             raise errors.ConnectionLost(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}",
@@ -62,7 +62,7 @@ class BlockingClient:
             except OSError:
                 pass
 
-    def __enter__(self) -> "BlockingClient":
+    def __enter__(self) -> BlockingClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -82,7 +82,7 @@ class BlockingClient:
         try:
             self._sock.settimeout(timeout)
             self._sock.sendall(wire.encode_request(rid, method, params or {}))
-        except socket.timeout:
+        except TimeoutError:
             self.close()
             raise errors.Timeout(f"sending {method} timed out", method=method) from None
         except OSError as e:
@@ -128,7 +128,7 @@ class BlockingClient:
                 self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(1 << 20)
-            except socket.timeout:
+            except TimeoutError:
                 self.close()
                 raise errors.Timeout(f"no answer to {method} in time", method=method) from None
             except OSError as e:

@@ -17,7 +17,8 @@ may be appended twice until idempotent producers land).
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from twisted.application.internet import ClientService
@@ -191,7 +192,7 @@ class ClientProtocol(FastLineReceiver):
 class _ClientFactory(Factory):
     noisy = False  # no "Starting factory" log line on every reconnect
 
-    def __init__(self, client: "StreamlogClient") -> None:
+    def __init__(self, client: StreamlogClient) -> None:
         self.client = client
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:

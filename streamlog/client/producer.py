@@ -27,7 +27,8 @@ may duplicate until idempotent producers land.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed

@@ -21,7 +21,7 @@ Why these rules and not others: see docs/raft.md.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 import attrs
 
@@ -114,7 +114,7 @@ class RoleChange:
     leader: str | None
 
 
-Effect = Union[Send, PersistHardState, SyncLog, Commit, SnapshotInstalled, RoleChange]
+Effect = Send | PersistHardState | SyncLog | Commit | SnapshotInstalled | RoleChange
 
 
 @attrs.frozen

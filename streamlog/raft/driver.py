@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -116,7 +117,7 @@ class _GroupRunner:
 
     _log = Logger()
 
-    def __init__(self, host: "RaftHost", group: str, node: RaftNode, storage: GroupStorage):
+    def __init__(self, host: RaftHost, group: str, node: RaftNode, storage: GroupStorage):
         self.host = host
         self.group = group
         self.node = node
@@ -193,7 +194,7 @@ class PeerProtocol(LineReceiver):
     MAX_LENGTH = MAX_LINE
     _log = Logger()
 
-    def __init__(self, host: "RaftHost"):
+    def __init__(self, host: RaftHost):
         self.host = host
         self.peer: str | None = None
         self._pending: list[bytes] = []

@@ -9,7 +9,8 @@ it, with each entry a stored record batch that carries its Raft term.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 

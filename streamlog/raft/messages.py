@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 
@@ -100,9 +100,9 @@ class TimeoutNow:
     leader_id: str
 
 
-Message = Union[
-    RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, InstallSnapshot, TimeoutNow
-]
+Message = (
+    RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | InstallSnapshot | TimeoutNow
+)
 
 _TYPES: dict[str, type] = {
     cls.kind: cls

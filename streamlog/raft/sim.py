@@ -22,7 +22,8 @@ import random
 import sys
 import time as _wallclock_for_cli_only
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -39,7 +40,7 @@ from streamlog.raft.core import (
     SnapshotInstalled,
     SyncLog,
 )
-from streamlog.raft.log import Entry, MemoryRaftLog, Members
+from streamlog.raft.log import Entry, Members, MemoryRaftLog
 from streamlog.raft.messages import AppendEntries, AppendEntriesResponse, RequestVoteResponse, from_dict, to_dict
 
 NodeFactory = Callable[..., RaftNode]
@@ -66,7 +67,7 @@ class SimResult:
 class SimLog(MemoryRaftLog):
     """A MemoryRaftLog that reports its writes to the checker."""
 
-    def __init__(self, sim: "Simulation", host: "Host", state: "DiskState"):
+    def __init__(self, sim: Simulation, host: Host, state: DiskState):
         start, prefix_term, entries, prefix_config = state
         super().__init__(entries, start, prefix_term, prefix_config)
         self._sim = sim
@@ -148,7 +149,7 @@ class Profile:
     liveness_bound: float = 10.0  # simulated seconds after healing by which the cluster converges
 
     @classmethod
-    def draw(cls, rng: random.Random, regime: str = "mixed") -> "Profile":
+    def draw(cls, rng: random.Random, regime: str = "mixed") -> Profile:
         """`mixed` varies every knob; `churn` keeps leaders short-lived and replication slow
         (one entry per message, one message in flight), the regime where a new leader still
         catching followers up is struck down: where commit-rule bugs (Figure 8) live."""

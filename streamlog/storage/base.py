@@ -17,7 +17,8 @@ compare and truncate logs.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -78,7 +79,7 @@ class TopicConfig:
     def to_dict(self) -> dict[str, int | None]:
         return attrs.asdict(self)
 
-    def with_defaults(self, defaults: "TopicConfig | None") -> "TopicConfig":
+    def with_defaults(self, defaults: TopicConfig | None) -> TopicConfig:
         """These settings, with C{defaults} filling each one that is C{None}."""
         if defaults is None:
             return self

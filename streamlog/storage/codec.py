@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 import crc32c as _crc32c

@@ -21,7 +21,8 @@ stops the process), errbacks every waiter and never reports durable again.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed

@@ -33,14 +33,14 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import orjson
 from twisted.logger import Logger
 
 from streamlog.storage import codec
-from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
+from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches, take_batches
 from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles

@@ -8,7 +8,7 @@ a record costs no more than its share of one C{bytes} buffer.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from streamlog.storage.base import (
     RECORD_SEPARATOR,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 from twisted.logger import Logger

@@ -19,14 +19,14 @@ import os
 import re
 import shutil
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 from twisted.logger import Logger
 
 from streamlog.storage.base import TopicConfig
-from streamlog.storage.errors import StorageError
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
+from streamlog.storage.errors import StorageError
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,

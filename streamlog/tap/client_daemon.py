@@ -12,7 +12,8 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed

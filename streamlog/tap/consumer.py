@@ -30,7 +30,8 @@ error; otherwise it runs until stopped.
 from __future__ import annotations
 
 import sys
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import orjson
 from twisted.application import service

@@ -28,7 +28,8 @@ import random
 import sys
 import threading
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from twisted.application import service

@@ -17,9 +17,9 @@ from twisted.python import usage
 
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
+from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
-from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.storage.group_commit import FsyncPolicy
 
 DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"

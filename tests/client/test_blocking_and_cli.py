@@ -8,11 +8,11 @@ import threading
 
 import orjson
 import pytest
-
 from client_support import PYTHON, REPO
-from streamlog.testing import ServerProcess, wait_for
+
 from streamlog import cli, errors
 from streamlog.client import BlockingClient
+from streamlog.testing import ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import random
 
 import orjson
 import pytest
+from client_support import failure_of, result_of, run_until
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from client_support import failure_of, result_of, run_until
 from streamlog import errors
 from streamlog.client.connection import ClientProtocol, StreamlogClient, backoff_policy, endpoint_for, parse_address
 

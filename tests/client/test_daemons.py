@@ -7,13 +7,13 @@ import random
 
 import orjson
 import pytest
+from client_support import result_of, run_until
 from twisted.python import usage
 
-from client_support import result_of, run_until
-from streamlog.testing import stored_records
 from streamlog.client import StreamlogClient
 from streamlog.tap import consumer as consumer_tap
 from streamlog.tap import producer as producer_tap
+from streamlog.testing import stored_records
 
 
 def producer_options(*argv):
@@ -201,7 +201,7 @@ def lines(out):
 def send(network, clock, client, topic, values, **kw):
     for v in values:
         d = client.send(topic, v, **kw)
-        run_until(clock, network, lambda: d.called)
+        run_until(clock, network, lambda d=d: d.called)
         result_of(d)
 
 

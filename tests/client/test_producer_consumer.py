@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 
-
 import pytest
-
 from client_support import failure_of, result_of, run_until, settle
-from streamlog.testing import stored_records
+
 from streamlog import errors
 from streamlog.client import Consumer, Producer, StreamlogClient
 from streamlog.partitioner import partition_for_key
+from streamlog.testing import stored_records
 
 
 @pytest.fixture
@@ -195,7 +194,7 @@ def test_closing_while_latest_is_resolved_sends_no_poll(network, clock, client):
 
 def test_a_wrong_guess_is_dropped_and_nothing_is_skipped_or_repeated(network, clock, client):
     producer = Producer(client, linger_ms=0)
-    for i in range(40):
+    for _i in range(40):
         producer.send("t", "x" * 50)
     got(network, clock, producer.flush())
     # max_bytes cuts every batch short of max_messages, so each guess misses.

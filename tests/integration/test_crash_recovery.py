@@ -107,7 +107,7 @@ def test_kill_9_while_producing_loses_no_acknowledged_message(tmp_path, daemons)
 
         producer = PipelinedProducer(server.port, run)
         # Let some acks arrive, then kill at a random moment with sends in flight.
-        wait_for(lambda: len(producer.acked) >= 50, 30, "first acks")
+        wait_for(lambda producer=producer: len(producer.acked) >= 50, 30, "first acks")
         time.sleep(rng.uniform(0.0, 0.3))
         server.signal(signal.SIGKILL)
         server.wait(10)

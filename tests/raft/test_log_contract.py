@@ -10,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from streamlog.raft.log import Entry, MemoryRaftLog
 
+
 class LogMachine(RuleBasedStateMachine):
     make_log = staticmethod(MemoryRaftLog)
 

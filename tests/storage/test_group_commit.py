@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from storage_helpers import fill
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from storage_helpers import fill
-from streamlog.testing import ManualThreads as FakeThreads, result_of
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.group_commit import CommitterStopped, FsyncPolicy, GroupCommitter
 from streamlog.storage.log import SegmentedLog
+from streamlog.testing import ManualThreads as FakeThreads
+from streamlog.testing import result_of
 
 
 class FakeLog:

@@ -6,8 +6,8 @@ import errno
 import os
 
 import pytest
-
 from storage_helpers import fill, make_batch, read_all
+
 from streamlog.storage import log as log_module
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageFailed

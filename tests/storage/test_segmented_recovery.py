@@ -7,9 +7,9 @@ import shutil
 import threading
 
 import pytest
+from storage_helpers import fill, make_batch, read_all
 from twisted.logger import globalLogPublisher
 
-from storage_helpers import fill, make_batch, read_all
 from streamlog.storage import codec
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageCorrupted

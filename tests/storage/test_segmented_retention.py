@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from storage_helpers import fill, make_batch, read_all
+
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.log import SegmentedLog
 

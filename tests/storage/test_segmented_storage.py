@@ -6,8 +6,8 @@ import os
 
 import orjson
 import pytest
-
 from storage_helpers import fill, read_all
+
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.segmented import SegmentedStorage
 

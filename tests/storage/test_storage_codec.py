@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from storage_helpers import make_batch
+
 from streamlog.storage import codec
 from streamlog.storage.base import RecordBatch
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from storage_helpers import fill, make_batch, offsets_of, read_all
+
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.log import SegmentedLog
 from streamlog.storage.memory import MemoryLog
