@@ -16,7 +16,7 @@ line, is far too deep to store and serve) and the shape of each request.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal, TypeGuard, overload
 
 import attrs
 import orjson
@@ -68,7 +68,7 @@ class Request:
 #: A message as validated: a dict with C{value} and optionally C{key} (str or
 #: None), C{partition} (int) and C{headers} (dict of str).  Plain dicts, not
 #: objects: a SendBatch of thousands pays for no per-message allocation.
-Message = dict
+Message = dict[str, Any]
 
 
 _MESSAGE_FIELDS = frozenset(("value", "key", "partition", "headers"))
@@ -123,7 +123,7 @@ def decode_request(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
         raise errors.ParseError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise errors.InvalidRequest("a request must be a JSON object")
-    rid = obj.get("id")
+    rid: Any = obj.get("id")
     if not _valid_id(rid, limits):
         raise errors.InvalidRequest(
             f"'id' must be an integer or a string of at most {limits.max_id_length} characters"
@@ -149,7 +149,7 @@ def _invalid(message: str, rid: int | str) -> errors.InvalidRequest:
     return error
 
 
-def _valid_id(rid: Any, limits: Limits) -> bool:
+def _valid_id(rid: Any, limits: Limits) -> TypeGuard[int | str]:
     if isinstance(rid, bool):
         return False
     if isinstance(rid, int):
@@ -193,10 +193,28 @@ class _Params:
     def _name(self, name: str) -> str:
         return name if self._where == "params" else f"{self._where}.{name}"
 
+    @overload
+    def integer(
+        self, name: str, *, default: int, required: bool = False, minimum: int = 0, maximum: int | None = MAX_INT64,
+    ) -> int: ...
+
+    @overload
+    def integer(
+        self, name: str, *, default: None = None, required: Literal[True], minimum: int = 0,
+        maximum: int | None = MAX_INT64,
+    ) -> int: ...
+
+    @overload
+    def integer(
+        self, name: str, *, default: None = None, required: bool = False, minimum: int = 0,
+        maximum: int | None = MAX_INT64,
+    ) -> int | None: ...
+
     def integer(
         self, name: str, *, default: int | None = None, required: bool = False,
-        minimum: int = 0, maximum: int = MAX_INT64,
+        minimum: int = 0, maximum: int | None = MAX_INT64,
     ) -> int | None:
+        """An integer field (booleans are not integers); C{maximum=None} leaves it unbounded."""
         value = self._get(name)
         if value is None:
             if required:
@@ -204,9 +222,10 @@ class _Params:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise errors.InvalidParams(f"'{self._name(name)}' must be an integer")
-        if not minimum <= value <= maximum:
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             raise errors.InvalidParams(
-                f"'{self._name(name)}' must be between {minimum} and {maximum}, got {value}",
+                f"'{self._name(name)}' must be {bound}, got {value}",
                 field=self._name(name),
             )
         return value
@@ -248,7 +267,7 @@ def _acks(p: _Params) -> str:
         return "all"
     if acks not in ACKS:
         raise errors.InvalidParams("'acks' must be one of 'all', 'leader', 'none'")
-    return acks
+    return str(acks)
 
 
 def check_message(m: Any, where: str, limits: Limits) -> Message:
