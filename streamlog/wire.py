@@ -286,9 +286,11 @@ def check_message(m: Any, where: str, limits: Limits) -> Message:
     if key is not None and type(key) is not str:
         raise errors.InvalidParams(f"'{_field(where, 'key')}' must be a string or null")
     partition = m.get("partition")
-    if partition is not None and (type(partition) is not int or not 0 <= partition < limits.max_partitions):
+    # Any non-negative integer is a well-formed partition; one the topic lacks is the
+    # broker's UNKNOWN_PARTITION, not a malformed request (docs/protocol.md).
+    if partition is not None and (type(partition) is not int or partition < 0):
         raise errors.InvalidParams(
-            f"'{_field(where, 'partition')}' must be an integer between 0 and {limits.max_partitions - 1}",
+            f"'{_field(where, 'partition')}' must be a non-negative integer",
             field=_field(where, "partition"),
         )
     headers = m.get("headers")
@@ -336,7 +338,7 @@ def parse_poll(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> PollP
     topic = _topic(p)
     result = PollParams(
         topic=topic,
-        partition=p.integer("partition", default=0, maximum=limits.max_partitions - 1),
+        partition=p.integer("partition", default=0, maximum=None),
         offset=p.integer("offset", required=True),
         max_messages=p.integer("max_messages", default=limits.max_poll_messages, minimum=1,
                                maximum=limits.max_poll_messages),
@@ -380,7 +382,7 @@ def parse_topic_only(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) ->
 def parse_list_offsets(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> ListOffsetsParams:
     p = _Params(params)
     topic = _topic(p)
-    partition = p.integer("partition", default=0, maximum=limits.max_partitions - 1)
+    partition = p.integer("partition", default=0, maximum=None)
     at = p.raw("at")
     p.done()
     if at is None:

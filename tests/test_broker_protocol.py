@@ -252,3 +252,39 @@ def test_a_line_split_across_reads_is_reassembled(harness):
         conn.protocol.dataReceived(line[byte : byte + 1])
     [answer] = conn.answers()
     assert answer["result"]["offset"] == 0
+
+
+@pytest.mark.parametrize("index", [2, 1023, 1024, 5000, 2**63 - 1, 2**63, 2**64 - 1])
+def test_any_partition_the_topic_lacks_is_unknown_partition(clock, index):
+    # Not INVALID_PARAMS: the number is well formed, the topic just does not have it,
+    # whether or not it is past --max-partitions (the limit on a topic's size).
+    h = make_harness(clock, limits=wire.Limits(max_partitions=8))
+    try:
+        conn = h.connect()
+        conn.call("CreateTopic", {"topic": "t", "partitions": 2})
+        requests = [
+            ("Send", {"topic": "t", "value": 1, "partition": index}),
+            ("SendBatch", {"topic": "t", "messages": [{"value": 1, "partition": 0}, {"value": 2, "partition": index}]}),
+            ("Poll", {"topic": "t", "partition": index, "offset": 0}),
+            ("ListOffsets", {"topic": "t", "partition": index}),
+        ]
+        for method, params in requests:
+            error = conn.call(method, params)["error"]
+            assert error["code"] == "UNKNOWN_PARTITION", (method, error)
+            assert error["topic"] == "t" and error["partitions"] == 2
+        described = conn.call("DescribeTopic", {"topic": "t"})["result"]
+        assert all(p["log_end_offset"] == 0 for p in described["partitions"])
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("index", [b"-1", b"-9223372036854775808", b"1.0", b'"1"', b"true", b"18446744073709551616"])
+@pytest.mark.parametrize("method", ["Send", "Poll", "ListOffsets"])
+def test_a_partition_that_is_not_a_non_negative_integer_is_invalid_params(harness, index, method):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 2})
+    extra = b'"value":1,' if method == "Send" else b'"offset":0,' if method == "Poll" else b""
+    # 2**64 does not fit orjson's integers: it is read as a float, so it is no integer either.
+    conn.send_line(b'{"id":1,"method":"%s","params":{"topic":"t",%s"partition":%s}}' % (method.encode(), extra, index))
+    [answer] = conn.answers()
+    assert answer["error"]["code"] == "INVALID_PARAMS", answer
