@@ -77,6 +77,15 @@ class BatchTooLarge(StreamlogError):
     code = "BATCH_TOO_LARGE"
 
 
+class KeyTooLarge(StreamlogError):
+    """A message key is longer than C{--max-key-bytes} (in UTF-8); details C{limit}, C{size}.
+
+    Keys are hashed to pick a partition; the bound keeps that work small.
+    """
+
+    code = "KEY_TOO_LARGE"
+
+
 class InvalidTopic(StreamlogError):
     """The topic name breaks the naming rules."""
 
@@ -150,7 +159,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
     cls.code: cls
     for cls in [
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
-        LineTooLong, MessageTooLarge, BatchTooLarge, InvalidTopic, UnknownTopic, TopicExists,
+        LineTooLong, MessageTooLarge, BatchTooLarge, KeyTooLarge, InvalidTopic, UnknownTopic, TopicExists,
         UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]

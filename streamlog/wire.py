@@ -40,6 +40,7 @@ class Limits:
 
     max_line_bytes: int = 1024 * 1024
     max_message_bytes: int = 1_000_000
+    max_key_bytes: int = 16 * 1024
     max_batch_messages: int = 10_000
     max_depth: int = 64
     max_poll_messages: int = 10_000
@@ -283,8 +284,15 @@ def check_message(m: Any, where: str, limits: Limits) -> Message:
     if type(value) is dict or type(value) is list:
         check_depth(value, limits.max_depth)
     key = m.get("key")
-    if key is not None and type(key) is not str:
-        raise errors.InvalidParams(f"'{_field(where, 'key')}' must be a string or null")
+    if key is not None:
+        if type(key) is not str:
+            raise errors.InvalidParams(f"'{_field(where, 'key')}' must be a string or null")
+        # A character is 1 to 4 UTF-8 bytes: encode only a key that might be too long.
+        if len(key) * 4 > limits.max_key_bytes and (size := len(key.encode("utf-8"))) > limits.max_key_bytes:
+            raise errors.KeyTooLarge(
+                f"'{_field(where, 'key')}' is {size} bytes (UTF-8), over the limit of {limits.max_key_bytes}",
+                limit=limits.max_key_bytes, size=size,
+            )
     partition = m.get("partition")
     # Any non-negative integer is a well-formed partition; one the topic lacks is the
     # broker's UNKNOWN_PARTITION, not a malformed request (docs/protocol.md).

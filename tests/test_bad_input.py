@@ -311,3 +311,30 @@ def test_closing_connections_at_stop_does_not_wait_on_a_paused_writer(clock):
     conn.lose()  # the transport finished writing and closed
     assert closed.called
     h.stop()
+
+
+def test_a_key_over_the_limit_is_key_too_large_and_nothing_is_appended(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_key_bytes=10))
+    conn = h.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    assert "result" in conn.call("Send", {"topic": "t", "value": 1, "key": "k" * 10})  # exactly at the limit
+    error = conn.call("Send", {"topic": "t", "value": 2, "key": "k" * 11})["error"]
+    assert error["code"] == "KEY_TOO_LARGE" and error["limit"] == 10 and error["size"] == 11
+    # The limit is in UTF-8 bytes: four two-byte characters fit, six do not.
+    assert "result" in conn.call("Send", {"topic": "t", "value": 3, "key": "é" * 5})
+    error = conn.call("Send", {"topic": "t", "value": 4, "key": "é" * 6})["error"]
+    assert error["code"] == "KEY_TOO_LARGE" and error["size"] == 12
+    error = conn.call("SendBatch", {"topic": "t", "messages": [{"value": 5, "key": "a"}, {"value": 6, "key": "€" * 4}]})["error"]
+    assert error["code"] == "KEY_TOO_LARGE" and error["size"] == 12 and "messages[1].key" in error["message"]
+    assert not conn.closed
+    polled = conn.call("Poll", {"topic": "t", "offset": 0})["result"]
+    assert [m["value"] for m in polled["messages"]] == [1, 3]
+    h.stop()
+
+
+def test_the_default_key_limit_takes_ordinary_keys_and_refuses_huge_ones(harness):
+    conn = harness.connect()
+    limit = wire.DEFAULT_LIMITS.max_key_bytes
+    assert "result" in conn.call("Send", {"topic": "t", "value": 1, "key": "x" * limit})
+    error = conn.call("Send", {"topic": "t", "value": 1, "key": "x" * 900_000})["error"]
+    assert error == {"code": "KEY_TOO_LARGE", "message": error["message"], "limit": limit, "size": 900_000}

@@ -28,6 +28,7 @@ _log = Logger()
 _LIMIT_HELP = {
     "max_line_bytes": "Longest request line in bytes; longer gets LINE_TOO_LONG and the connection closes.",
     "max_message_bytes": "Largest encoded message (record) in bytes (MESSAGE_TOO_LARGE).",
+    "max_key_bytes": "Longest message key in UTF-8 bytes (KEY_TOO_LARGE).",
     "max_batch_messages": "Most messages in one SendBatch (BATCH_TOO_LARGE).",
     "max_depth": "Deepest nesting of containers in a message value (NESTING_TOO_DEEP).",
     "max_poll_messages": "Most messages one Poll may ask for.",
