@@ -111,7 +111,17 @@ class OffsetOutOfRange(StreamlogError):
 
 
 class TooManyConnections(StreamlogError):
+    """The node (C{scope: "node"}) or the client's address (C{scope: "address"}) has its
+    maximum of connections open; the new connection is closed after this answer."""
+
     code = "TOO_MANY_CONNECTIONS"
+
+
+class TooManyWaitingPolls(StreamlogError):
+    """A Poll that would wait was refused: its connection or the node (C{scope}) already
+    has C{limit} polls waiting.  A Poll with data to return is never refused."""
+
+    code = "TOO_MANY_WAITING_POLLS"
 
 
 class PartitionUnavailable(StreamlogError):
@@ -160,7 +170,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
     for cls in [
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, KeyTooLarge, InvalidTopic, UnknownTopic, TopicExists,
-        UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
+        UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]
 }

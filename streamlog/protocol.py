@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from streamlog import errors, wire
 from streamlog.broker.broker import Broker
+from streamlog.broker.partition import WaitQuota
 
 #: Bytes handed to the kernel per write on a broker connection (Twisted's default is 128 KiB).
 SEND_LIMIT = 4 * 1024 * 1024
@@ -140,6 +141,9 @@ class BrokerProtocol(FastLineReceiver):
     def connectionMade(self) -> None:
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_line_bytes
+        #: This connection's parked long polls (--max-waiting-polls-per-connection).
+        self.waiting_polls = WaitQuota(limits.max_waiting_polls_per_connection, "connection")
+        self._handlers = self.factory.broker.connection_handlers(self.waiting_polls)
         self.last_activity = self.factory.clock.seconds()
         transport = self.transport
         if hasattr(transport, "setTcpNoDelay"):
@@ -186,7 +190,7 @@ class BrokerProtocol(FastLineReceiver):
         except errors.StreamlogError as e:
             self._send(wire.encode_error(getattr(e, "request_id", None), e))
             return
-        handler = self.factory.broker.handlers.get(request.method)
+        handler = self._handlers.get(request.method)
         if handler is None:
             self._send(wire.encode_error(request.id, errors.MethodNotFound(
                 f"unknown method {request.method[:100]!r}", method=request.method[:100])))

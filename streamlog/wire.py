@@ -50,6 +50,8 @@ class Limits:
     max_partitions: int = 1024
     max_id_length: int = 256
     max_in_flight: int = 1024
+    max_waiting_polls_per_connection: int = 1000
+    max_waiting_polls: int = 50_000
     max_connections: int = 1024
     max_outbound_bytes: int = 64 * 1024 * 1024
     idle_timeout: float = 600.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import attrs
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
-from streamlog.broker.partition import Partition
+from streamlog.broker.partition import Partition, WaitQuota
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import StorageCorrupted, StorageFailed
@@ -79,6 +80,8 @@ class Broker:
         self.topics: dict[str, Topic] = {}
         #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
         self.stopping = False
+        #: Long polls parked on this node, across all connections (--max-waiting-polls).
+        self.waiting_polls = WaitQuota(self.limits.max_waiting_polls, "node")
         for name, (topic_config, logs) in storage.load().items():
             self.topics[name] = Topic(name, topic_config, list(logs))
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -92,6 +95,10 @@ class Broker:
             "ListOffsets": self.handle_list_offsets,
             "Ping": self.handle_ping,
         }
+
+    def connection_handlers(self, waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The handler table for one connection: its parked Polls also count against C{waits}."""
+        return {**self.handlers, "Poll": partial(self.handle_poll, waits=waits)}
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -320,7 +327,12 @@ class Broker:
 
     # --- poll ------------------------------------------------------------------
 
-    def handle_poll(self, params: dict[str, Any]) -> Any:
+    def handle_poll(self, params: dict[str, Any], waits: WaitQuota | None = None) -> Any:
+        """Answer at once if there is data (or no wait is asked); else park the poll.
+
+        A poll that would park is refused with C{TOO_MANY_WAITING_POLLS} when its
+        connection's quota (C{waits}) or the node's is full.
+        """
         p = wire.parse_poll(params, self.limits)
         partition = self.partition(p.topic, p.partition)
         offset = p.offset
@@ -333,7 +345,8 @@ class Broker:
             )
         if offset < partition.high_watermark or p.max_wait_ms == 0:
             return self._read(partition, p)
-        return partition.wait(self.clock, offset, p.max_wait_ms / 1000.0, lambda: self._read(partition, p))
+        quotas = (self.waiting_polls,) if waits is None else (waits, self.waiting_polls)
+        return partition.wait(self.clock, offset, p.max_wait_ms / 1000.0, lambda: self._read(partition, p), quotas)
 
     def _read(self, partition: Partition, p: wire.PollParams) -> wire.RawResult:
         if partition.failed is not None:

@@ -38,6 +38,9 @@ _LIMIT_HELP = {
     "max_partitions": "Most partitions a topic may have.",
     "max_id_length": "Longest string request id.",
     "max_in_flight": "Requests per connection being worked on before the server stops reading more.",
+    "max_waiting_polls_per_connection": "Long polls parked at once on one connection; past it a Poll that would wait "
+                                        "gets TOO_MANY_WAITING_POLLS.",
+    "max_waiting_polls": "Long polls parked at once on the node, all connections together (TOO_MANY_WAITING_POLLS).",
     "max_connections": "Open client connections; past it a new one gets TOO_MANY_CONNECTIONS.",
     "max_outbound_bytes": "Answers queued for a client that does not read them before it is disconnected.",
     "idle_timeout": "Seconds without a request (and none in flight) before a connection is closed; 0 = never.",
