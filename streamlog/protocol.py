@@ -132,7 +132,10 @@ class BrokerProtocol(FastLineReceiver):
         self._pending: dict[int, Deferred] = {}
         self._next_token = 0
         self._write_paused = False
+        #: Bytes of answers queued since the transport's buffer filled (reset once it drains).
         self._written_while_paused = 0
+        #: Set once the connection is dropped for not reading: nothing more is read or written.
+        self._dropped = False
         self.last_activity = 0.0
         self.partial_since: float | None = None
 
@@ -184,6 +187,8 @@ class BrokerProtocol(FastLineReceiver):
     # --- requests ------------------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        if self._dropped:
+            return
         limits = self.factory.limits
         try:
             request = wire.decode_request(line, limits)
@@ -232,17 +237,40 @@ class BrokerProtocol(FastLineReceiver):
         self._update_reading()
 
     def _send(self, chunks: list[bytes]) -> None:
+        """Write one answer, unless the client owes too much already.
+
+        While the transport's buffer is full (between C{pauseProducing} and
+        C{resumeProducing}) every answer adds to what the client owes; past
+        C{max_outbound_bytes} the connection is dropped.  So the server holds at
+        most that, plus the buffer's own 64 KiB and the answer that filled it.
+        """
+        if self._dropped:
+            return
         if self._write_paused:
             self._written_while_paused += sum(map(len, chunks))
-            limit = self.factory.limits.max_outbound_bytes
-            if self._written_while_paused > limit:
-                self._log.warn(
-                    "closing connection from {peer}: it does not read its answers ({n} bytes queued)",
-                    peer=self.transport.getPeer(), n=self._written_while_paused,
-                )
-                self.transport.abortConnection()
+            if self._written_while_paused > self.factory.limits.max_outbound_bytes:
+                self._drop()
                 return
         self.transport.writeSequence(chunks)
+
+    def _drop(self) -> None:
+        """Abort a connection whose client does not read its answers.
+
+        It cannot be told why (it does not read); its pending requests are
+        cancelled at once, so its parked polls do not wake to build answers
+        that would only be thrown away.
+        """
+        self._dropped = True
+        self._log.warn(
+            "closing connection from {peer}: it does not read its answers ({n} bytes queued "
+            "while its buffer was full, limit {limit})",
+            peer=self.transport.getPeer(), n=self._written_while_paused,
+            limit=self.factory.limits.max_outbound_bytes,
+        )
+        self.transport.abortConnection()
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
 
     def _fail(self, rid: Any, error: errors.StreamlogError) -> None:
         """Answer a fatal error, then close the connection."""
@@ -264,13 +292,20 @@ class BrokerProtocol(FastLineReceiver):
             LineReceiver.resumeProducing(self)
 
     def pauseProducing(self) -> None:
-        """The transport's write buffer is full: stop reading until it drains."""
-        self._write_paused = True
-        self._written_while_paused = 0
+        """The transport's write buffer is full: stop reading until it drains.
+
+        Twisted calls this on every write while the buffer stays full, not once:
+        only the first call starts the count of bytes owed.
+        """
+        if not self._write_paused:
+            self._write_paused = True
+            self._written_while_paused = 0
         self._update_reading()
 
     def resumeProducing(self) -> None:
+        """The buffer drained (Twisted calls this only once it is empty)."""
         self._write_paused = False
+        self._written_while_paused = 0
         self._update_reading()
 
     def stopProducing(self) -> None:

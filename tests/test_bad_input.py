@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from twisted.internet.testing import StringTransport
 
 from streamlog import wire
 from streamlog.testing import BrokerHarness
@@ -338,3 +339,41 @@ def test_the_default_key_limit_takes_ordinary_keys_and_refuses_huge_ones(harness
     assert "result" in conn.call("Send", {"topic": "t", "value": 1, "key": "x" * limit})
     error = conn.call("Send", {"topic": "t", "value": 1, "key": "x" * 900_000})["error"]
     assert error == {"code": "KEY_TOO_LARGE", "message": error["message"], "limit": limit, "size": 900_000}
+
+
+class BufferingTransport(StringTransport):
+    """A StringTransport that pauses its producer the way Twisted's TCP transport does:
+    on every write while more than C{buffer_size} bytes wait to be sent, not once."""
+
+    buffer_size = 64 * 1024
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.buffer_size:
+            self.producerState = "paused"
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq):
+        self.write(b"".join(seq))
+
+
+def test_answers_owed_past_the_outbound_limit_drop_the_connection_even_when_paused_on_every_write(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_outbound_bytes=300_000))
+    try:
+        h.connect().call("CreateTopic", {"topic": "t"})
+        protocol = h.factory.buildProtocol(None)
+        transport = BufferingTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"".join(
+            wire.encode_request(i, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60_000}) for i in range(20)))
+        assert h.broker.waiting_polls.waiting == 20
+        # One Send of ~100 kB wakes all twenty: ~2 MB owed to a client that reads nothing.
+        h.connect().call("Send", {"topic": "t", "value": "x" * 100_000})
+        assert transport.disconnecting
+        written = len(transport.value())
+        assert written <= 64 * 1024 + 300_000 + 2 * 100_200, written  # buffer + limit + the answers at the edges
+        # The polls it still had were forgotten at once, not answered into the void.
+        assert h.broker.waiting_polls.waiting == 0
+        assert h.connect().call("Ping")["result"]["pong"] is True
+    finally:
+        h.stop()
