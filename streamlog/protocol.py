@@ -13,11 +13,12 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from streamlog import errors, wire
 from streamlog.broker.broker import Broker
@@ -95,6 +96,30 @@ class FastLineReceiver(LineReceiver):
             return True
         return bool(self._buffer) and self.delimiter not in self._buffer
 
+    def end_input(self) -> None:
+        """The input ended (the peer half-closed): its last line needs no newline.
+
+        A non-blank partial line is ended as if its newline had come (and is
+        handled now, or when reading resumes if it is paused); a blank one is
+        dropped.
+        """
+        if not self.line_mode:
+            return
+        if self._parts is not None:
+            tail = b"".join(self._parts)
+        else:
+            tail = self._buffer.rpartition(self.delimiter)[2]
+        if tail.strip():
+            self.dataReceived(self.delimiter)
+        elif self._parts is not None:
+            self._parts = None
+        elif tail:
+            self._buffer = self._buffer[: len(self._buffer) - len(tail)]
+
+    def has_unread_input(self) -> bool:
+        """Whether received bytes still wait to be handled (complete lines held back, or a partial one)."""
+        return self._parts is not None or bool(self._buffer)
+
     def _consume(self, buffer: bytes) -> tuple[bytes, Any]:
         delimiter = self.delimiter
         limit = self.MAX_LENGTH
@@ -122,8 +147,14 @@ class FastLineReceiver(LineReceiver):
         return buffer[pos:], None
 
 
+@implementer(IHalfCloseableProtocol)
 class BrokerProtocol(FastLineReceiver):
-    """One client connection to the broker."""
+    """One client connection to the broker.
+
+    Half-close is supported: a client that shuts down its sending side (as
+    C{nc} does at the end of its input) still gets every answer it is owed,
+    long polls included, and the connection closes after the last one.
+    """
 
     _log = Logger()
     factory: BrokerFactory
@@ -136,6 +167,8 @@ class BrokerProtocol(FastLineReceiver):
         self._written_while_paused = 0
         #: Set once the connection is dropped for not reading: nothing more is read or written.
         self._dropped = False
+        #: Set once the client shut down its sending side: close after the last answer.
+        self._read_closed = False
         self.last_activity = 0.0
         self.partial_since: float | None = None
 
@@ -174,6 +207,30 @@ class BrokerProtocol(FastLineReceiver):
         for d in pending.values():
             d.cancel()
 
+    def readConnectionLost(self) -> None:
+        """The client will send no more (it half-closed): answer it all, then close.
+
+        A last line without its newline is taken as the last request.
+        """
+        self._read_closed = True
+        self.partial_since = None
+        self.end_input()
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        """Our sending side is closed (we never do that alone): close the rest."""
+        self.transport.loseConnection()
+
+    def _close_if_done(self) -> None:
+        """After a half-close, close once every request is read and answered."""
+        if (not self._read_closed or self._pending or self._dropped or self._busyReceiving
+                or self.has_unread_input() or self.transport.disconnecting):
+            return
+        # A registered, paused producer would be resumed once the buffer drains instead
+        # of the connection closing (see BrokerFactory.close_connections).
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> Any:
         self.last_activity = self.factory.clock.seconds()
         why = super().dataReceived(data)
@@ -182,6 +239,8 @@ class BrokerProtocol(FastLineReceiver):
                 self.partial_since = self.last_activity
         else:
             self.partial_since = None
+        if self._read_closed:
+            self._close_if_done()
         return why
 
     # --- requests ------------------------------------------------------------------
@@ -225,6 +284,7 @@ class BrokerProtocol(FastLineReceiver):
         if result is not None:
             self._send(wire.encode_result(rid, result))
         self._update_reading()
+        self._close_if_done()
 
     def _failed(self, failure: Failure, rid: Any, token: int) -> None:
         if self._pending.pop(token, None) is None or failure.check(CancelledError):
@@ -235,6 +295,7 @@ class BrokerProtocol(FastLineReceiver):
             error = errors.Internal("internal server error")
         self._send(wire.encode_error(rid, error))
         self._update_reading()
+        self._close_if_done()
 
     def _send(self, chunks: list[bytes]) -> None:
         """Write one answer, unless the client owes too much already.
@@ -286,6 +347,15 @@ class BrokerProtocol(FastLineReceiver):
     def _update_reading(self) -> None:
         """Read requests only while the client reads answers and is under the in-flight limit."""
         should_pause = self._write_paused or len(self._pending) >= self.factory.limits.max_in_flight
+        if self._read_closed:
+            # Nothing more comes from the socket: restarting the transport's reading would
+            # only see the end of input again.  Lines held back are handled here instead.
+            resume = self.paused and not should_pause
+            self.paused = should_pause
+            if resume:
+                self.dataReceived(b"")
+            self._close_if_done()
+            return
         if should_pause and not self.paused:
             LineReceiver.pauseProducing(self)
         elif not should_pause and self.paused:

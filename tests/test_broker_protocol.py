@@ -288,3 +288,97 @@ def test_a_partition_that_is_not_a_non_negative_integer_is_invalid_params(harnes
     conn.send_line(b'{"id":1,"method":"%s","params":{"topic":"t",%s"partition":%s}}' % (method.encode(), extra, index))
     [answer] = conn.answers()
     assert answer["error"]["code"] == "INVALID_PARAMS", answer
+
+
+# --- half-close: the client shuts down its sending side (nc at the end of its input) ---
+
+
+def test_half_close_answers_what_was_sent_then_closes(harness):
+    conn = harness.connect()
+    conn.request("Send", {"topic": "t", "value": "hi"})
+    conn.request("Ping")
+    assert not conn.closed
+    conn.protocol.readConnectionLost()
+    assert [a["id"] for a in conn.answers()] == [1, 2]
+    assert conn.closed
+    assert conn.transport.producer is None  # unregistered, or a paused one would hold the close
+
+
+def test_half_close_with_a_pending_long_poll_closes_after_its_answer(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    rid = conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 5000})
+    conn.protocol.readConnectionLost()
+    assert not conn.closed  # the poll is still owed its answer
+    harness.connect().call("Send", {"topic": "t", "value": "late"})
+    [answer] = conn.answers()
+    assert answer["id"] == rid and answer["result"]["messages"][0]["value"] == "late"
+    assert conn.closed
+
+
+def test_half_close_with_a_long_poll_that_times_out(harness):
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t"})
+    conn.request("Poll", {"topic": "t", "offset": 0, "max_wait_ms": 500})
+    conn.protocol.readConnectionLost()
+    harness.clock.advance(0.5)
+    [answer] = conn.answers()
+    assert answer["result"]["messages"] == []
+    assert conn.closed
+
+
+def test_the_last_line_before_a_half_close_needs_no_newline(harness):
+    conn = harness.connect()
+    conn.protocol.dataReceived(wire.encode_request(1, "Ping", {}) + wire.encode_request(2, "Ping", {}).rstrip(b"\n"))
+    assert [a["id"] for a in conn.answers()] == [1]
+    conn.protocol.readConnectionLost()
+    assert [a["id"] for a in conn.answers()] == [2]
+    assert conn.closed
+
+
+def test_a_blank_tail_at_half_close_is_not_a_request(harness):
+    conn = harness.connect()
+    conn.protocol.dataReceived(wire.encode_request(1, "Ping", {}) + b"  \r")
+    conn.protocol.readConnectionLost()
+    assert [a["id"] for a in conn.answers()] == [1]
+    assert conn.closed
+
+
+def test_half_close_while_requests_are_held_back_by_the_in_flight_limit(clock):
+    h = make_harness(clock, limits=wire.Limits(max_in_flight=2))
+    try:
+        conn = h.connect()
+        conn.call("CreateTopic", {"topic": "t"})
+        polls = b"".join(wire.encode_request(i, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 1000}) for i in range(3))
+        conn.protocol.dataReceived(polls + wire.encode_request(9, "Ping", {}).rstrip(b"\n"))
+        assert conn.protocol.in_flight == 2
+        conn.protocol.readConnectionLost()
+        assert conn.answers() == [] and not conn.closed
+        clock.advance(1.0)  # two polls answer; the third poll and the Ping are read now
+        assert sorted(a["id"] for a in conn.answers()) == [0, 1, 9]
+        assert not conn.closed
+        clock.advance(1.0)
+        assert [a["id"] for a in conn.answers()] == [2]
+        assert conn.closed
+    finally:
+        h.stop()
+
+
+def test_half_close_does_not_close_while_held_back_lines_are_being_read(clock):
+    # acks=leader answers fire while the held-back lines are read: the close must wait
+    # for the lines after them.
+    h = make_harness(clock, limits=wire.Limits(max_in_flight=1))
+    try:
+        conn = h.connect()
+        conn.call("CreateTopic", {"topic": "t"})
+        lines = [wire.encode_request(0, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 1000})]
+        lines += [wire.encode_request(10 + i, "Send", {"topic": "t", "value": i, "acks": "leader"}) for i in range(5)]
+        lines.append(wire.encode_request(99, "Ping", {}))
+        conn.protocol.dataReceived(b"".join(lines))
+        assert conn.protocol.in_flight == 1 and conn.answers() == []
+        conn.protocol.readConnectionLost()
+        h.connect().call("Send", {"topic": "t", "value": "wake"})
+        assert sorted(a["id"] for a in conn.answers()) == [0, 10, 11, 12, 13, 14, 99]
+        assert conn.closed
+    finally:
+        h.stop()

@@ -89,3 +89,69 @@ def test_a_client_that_never_reads_is_dropped_once_its_answers_pass_the_outbound
     assert "does not read its answers" in server.log()
     reader_less.close()
     client.close()
+
+
+def read_to_eof(sock: socket.socket, timeout: float) -> list[dict]:
+    """Every answer line until the server closes the connection (fails after C{timeout})."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no EOF within {timeout}s; got {data[-300:]!r}")
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def half_closed(port: int, payload: bytes) -> socket.socket:
+    """Connect, send C{payload}, then shut down the sending side, as C{nc} does at EOF."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+def test_a_half_closed_connection_gets_every_answer_then_is_closed(tmp_path, daemons):
+    server = ServerProcess(tmp_path)  # the durable default: the README's nc example
+    daemons.append(server)
+    # The README's example, byte for byte as printf sends it.
+    sock = half_closed(server.port, b'{"id":1,"method":"Send","params":{"topic":"demo","value":"hi"}}\n'
+                                    b'{"id":2,"method":"Poll","params":{"topic":"demo","offset":0,"max_wait_ms":1000}}\n')
+    answers = {a["id"]: a for a in read_to_eof(sock, timeout=10)}
+    assert answers[1]["result"]["offset"] == 0 and answers[1]["result"]["durability"] == "fsync"
+    assert answers[2]["result"]["messages"][0]["value"] == "hi"
+    sock.close()
+    # Many pipelined requests, and a last line without its newline: all answered
+    # (the Ping first, most likely: answers come as they are ready).
+    lines = [wire.encode_request(i, "Send", {"topic": "demo", "value": i}) for i in range(500)]
+    sock = half_closed(server.port, b"".join(lines) + wire.encode_request(500, "Ping", {}).rstrip(b"\n"))
+    answers = read_to_eof(sock, timeout=20)
+    assert sorted(a["id"] for a in answers) == list(range(501))
+    assert all("result" in a for a in answers)
+    sock.close()
+
+
+def test_a_long_poll_pending_at_half_close_is_answered_when_it_completes(tmp_path, daemons):
+    server = ServerProcess(tmp_path, ["--storage", "memory"])
+    daemons.append(server)
+    client = LineClient(server.port)
+    client.call("CreateTopic", {"topic": "t"})
+    waiting = half_closed(server.port, wire.encode_request(1, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 30_000}))
+    timing_out = half_closed(server.port, wire.encode_request(2, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 300}))
+    [answer] = read_to_eof(timing_out, timeout=10)  # after its 300 ms, with nothing
+    assert answer["id"] == 2 and answer["result"]["messages"] == []
+    waiting.settimeout(0.5)
+    try:
+        early = waiting.recv(100)
+    except TimeoutError:
+        early = None
+    assert early is None, f"the server answered or closed before the data came: {early!r}"
+    client.call("Send", {"topic": "t", "value": "late"})
+    [answer] = read_to_eof(waiting, timeout=10)
+    assert answer["id"] == 1 and answer["result"]["messages"][0]["value"] == "late"
+    waiting.close()
+    timing_out.close()
+    client.close()
