@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -171,6 +172,8 @@ class BrokerProtocol(FastLineReceiver):
         self._read_closed = False
         self.last_activity = 0.0
         self.partial_since: float | None = None
+        #: The peer's IP address, for --max-connections-per-address (None: not an IP peer).
+        self._address: str | None = None
 
     # --- connection life ---------------------------------------------------------
 
@@ -193,15 +196,28 @@ class BrokerProtocol(FastLineReceiver):
             transport.SEND_LIMIT = SEND_LIMIT
         # Twisted calls pauseProducing when its write buffer passes the high-water mark.
         transport.registerProducer(self, True)
-        self.factory.connections.add(self)
-        if len(self.factory.connections) > limits.max_connections:
+        factory = self.factory
+        factory.connections.add(self)
+        peer = transport.getPeer()
+        self._address = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else None
+        from_address = factory.count_address(self._address, +1)
+        if len(factory.connections) > limits.max_connections:
             self._log.warn("refusing connection from {peer}: {limit} connections open",
-                           peer=transport.getPeer(), limit=limits.max_connections)
+                           peer=peer, limit=limits.max_connections)
             self._fail(None, errors.TooManyConnections(
-                f"the server has its maximum of {limits.max_connections} connections"))
+                f"the server has its maximum of {limits.max_connections} connections",
+                limit=limits.max_connections, scope="node"))
+        elif from_address > limits.max_connections_per_address:
+            self._log.warn("refusing connection from {peer}: {limit} connections open from {host}",
+                           peer=peer, limit=limits.max_connections_per_address, host=self._address)
+            self._fail(None, errors.TooManyConnections(
+                f"{self._address} has its maximum of {limits.max_connections_per_address} connections",
+                limit=limits.max_connections_per_address, scope="address"))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.connections.discard(self)
+        if self in self.factory.connections:
+            self.factory.connections.discard(self)
+            self.factory.count_address(self._address, -1)
         self.factory.connection_gone()
         pending, self._pending = self._pending, {}
         for d in pending.values():
@@ -398,6 +414,8 @@ class BrokerFactory(protocol.Factory):
         self.limits = limits or broker.limits
         self.clock = clock or broker.clock
         self.connections: set[BrokerProtocol] = set()
+        #: Open connections per peer IP address (for --max-connections-per-address).
+        self.connections_by_address: dict[str, int] = {}
         self._drained: list[Deferred] = []
         self._sweeper: LoopingCall | None = None
 
@@ -429,6 +447,17 @@ class BrokerFactory(protocol.Factory):
             conn.transport.unregisterProducer()
             conn.transport.loseConnection()
         return done
+
+    def count_address(self, address: str | None, change: int) -> int:
+        """Add C{change} to the connections open from C{address}; return the new count."""
+        if address is None:
+            return 0
+        count = self.connections_by_address.get(address, 0) + change
+        if count > 0:
+            self.connections_by_address[address] = count
+        else:
+            self.connections_by_address.pop(address, None)
+        return count
 
     def connection_gone(self) -> None:
         if not self.connections:

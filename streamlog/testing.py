@@ -154,10 +154,11 @@ class BrokerHarness:
         self.factory.doStart()
         self._port = 40000
 
-    def connect(self) -> Connection:
+    def connect(self, host: str = "127.0.0.1") -> Connection:
+        """A new connection, as if from C{host} (each from a port of its own)."""
         self._port += 1
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", self._port))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", host, self._port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, self._port))
         protocol.makeConnection(transport)
         return Connection(protocol, transport)
 

@@ -53,6 +53,8 @@ class Limits:
     max_waiting_polls_per_connection: int = 1000
     max_waiting_polls: int = 50_000
     max_connections: int = 1024
+    max_connections_per_address: int = 256
+    listen_backlog: int = 1024
     max_outbound_bytes: int = 64 * 1024 * 1024
     idle_timeout: float = 600.0
     partial_line_timeout: float = 30.0

@@ -377,3 +377,36 @@ def test_answers_owed_past_the_outbound_limit_drop_the_connection_even_when_paus
         assert h.connect().call("Ping")["result"]["pong"] is True
     finally:
         h.stop()
+
+
+def test_connections_past_the_per_address_cap_are_refused_and_others_served(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_connections_per_address=2, max_connections=10))
+    try:
+        first, second = h.connect("10.0.0.1"), h.connect("10.0.0.1")
+        third = h.connect("10.0.0.1")
+        [answer] = third.answers()
+        assert answer["error"]["code"] == "TOO_MANY_CONNECTIONS"
+        assert answer["error"]["scope"] == "address" and answer["error"]["limit"] == 2
+        assert third.closed
+        other = h.connect("10.0.0.2")  # another address has its own allowance
+        assert other.call("Ping")["result"]["pong"]
+        assert first.call("Ping")["result"]["pong"] and second.call("Ping")["result"]["pong"]
+        third.lose()
+        first.lose()
+        again = h.connect("10.0.0.1")  # slots free again once connections close
+        assert again.call("Ping")["result"]["pong"]
+        assert h.factory.connections_by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+    finally:
+        h.stop()
+    assert h.factory.connections_by_address == {}
+
+
+def test_the_node_connection_limit_says_its_scope(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_connections=1))
+    try:
+        h.connect("10.0.0.1")
+        refused = h.connect("10.0.0.2")
+        error = refused.answers()[0]["error"]
+        assert error["code"] == "TOO_MANY_CONNECTIONS" and error["scope"] == "node" and error["limit"] == 1
+    finally:
+        h.stop()

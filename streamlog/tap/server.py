@@ -42,10 +42,48 @@ _LIMIT_HELP = {
                                         "gets TOO_MANY_WAITING_POLLS.",
     "max_waiting_polls": "Long polls parked at once on the node, all connections together (TOO_MANY_WAITING_POLLS).",
     "max_connections": "Open client connections; past it a new one gets TOO_MANY_CONNECTIONS.",
+    "max_connections_per_address": "Open client connections from one IP address; past it a new one gets "
+                                   "TOO_MANY_CONNECTIONS (scope address).",
+    "listen_backlog": "Connections the kernel queues until the server accepts them (capped by "
+                      "net.core.somaxconn); ignored if --listen gives backlog= itself.",
     "max_outbound_bytes": "Answers queued for a client that does not read them before it is disconnected.",
     "idle_timeout": "Seconds without a request (and none in flight) before a connection is closed; 0 = never.",
     "partial_line_timeout": "Seconds a partial request line may wait for its end; 0 = forever.",
 }
+
+
+#: Endpoint types whose description takes a C{backlog=} argument.
+_BACKLOG_ENDPOINTS = frozenset(("tcp", "tcp6", "ssl", "unix"))
+
+
+def with_listen_backlog(description: str, backlog: int) -> str:
+    """The endpoint description C{description} listening with C{backlog}.
+
+    C{backlog=} is appended unless the description sets one itself, or its
+    endpoint type takes none (e.g. C{systemd:}), in which case it is returned
+    as it is.  Fields are split as Twisted splits them: on colons not escaped
+    by a backslash.
+    """
+    fields = _endpoint_fields(description)
+    if fields[0].lower() not in _BACKLOG_ENDPOINTS:
+        return description
+    if any(field.partition("=")[0] == "backlog" for field in fields[1:] if "=" in field):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _endpoint_fields(description: str) -> list[str]:
+    """The colon-separated fields of an endpoint description, backslash escapes undone."""
+    fields = [""]
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            fields[-1] += next(chars, "")
+        elif char == ":":
+            fields.append("")
+        else:
+            fields[-1] += char
+    return fields
 
 
 def _limit_parameters() -> list[list[Any]]:
@@ -166,7 +204,7 @@ def makeService(options: Options) -> service.IService:
     broker_service = BrokerService(options, config, reactor)
     broker_service.setServiceParent(top)
     factory = broker_service.factory = BrokerFactory(broker_service.broker, limits, reactor)
-    endpoint = endpoints.serverFromString(reactor, options["listen"])
+    endpoint = endpoints.serverFromString(reactor, with_listen_backlog(options["listen"], limits.listen_backlog))
     ListenService(endpoint, factory, options["port-file"]).setServiceParent(top)
     tune_for_throughput(options["gc-threshold"])
     return top

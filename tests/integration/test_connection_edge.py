@@ -6,13 +6,15 @@ and Twisted's TCP transport.  Every wait has a deadline (streamlog.testing.wait_
 
 from __future__ import annotations
 
+import select
+import signal
 import socket
 import time
 
 import orjson
 
 from streamlog import wire
-from streamlog.testing import LineClient, ServerProcess
+from streamlog.testing import LineClient, ServerProcess, wait_for
 
 MIB = 1024 * 1024
 
@@ -155,3 +157,74 @@ def test_a_long_poll_pending_at_half_close_is_answered_when_it_completes(tmp_pat
     waiting.close()
     timing_out.close()
     client.close()
+
+
+def test_the_listen_backlog_queues_a_burst_of_connections_while_the_server_is_busy(tmp_path, daemons):
+    # Twisted's default backlog of 50 made 500 rapid connects take 9.2 s: the kernel
+    # drops SYNs past it and clients retry after 1, 3, 7 s.  With the server stopped
+    # (SIGSTOP: it accepts nothing), the kernel alone completes the handshakes its
+    # backlog has room for, so the count is exact, not a matter of speed.
+    burst = 300
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--max-connections-per-address", "1000"])
+    daemons.append(server)
+    assert LineClient(server.port).call("Ping")["result"]["pong"]
+    socks = []
+    server.signal(signal.SIGSTOP)
+    try:
+        for _ in range(burst):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", server.port))
+            socks.append(s)
+        connected: set[int] = set()
+
+        def all_connected() -> bool:
+            waiting = [s for s in socks if s.fileno() not in connected]
+            _, writable, _ = select.select([], waiting, [], 0.05)
+            connected.update(s.fileno() for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+            return len(connected) == burst
+
+        try:
+            wait_for(all_connected, 5, f"{burst} connects to complete in the backlog")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: only {len(connected)} did") from None
+    finally:
+        server.signal(signal.SIGCONT)
+    for s in socks:
+        s.setblocking(True)
+        s.settimeout(10)
+        s.sendall(wire.encode_request(1, "Ping", {}))
+    for s in socks:
+        assert orjson.loads(s.makefile("rb").readline())["result"]["pong"] is True
+        s.close()
+
+
+def test_one_address_cannot_take_every_connection_slot(tmp_path, daemons):
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--max-connections-per-address", "3"])
+    daemons.append(server)
+    clients = [LineClient(server.port) for _ in range(3)]
+    assert all(c.call("Ping")["result"]["pong"] for c in clients)
+    refused = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    answers = read_to_eof(refused, timeout=10)
+    assert [a["error"]["code"] for a in answers] == ["TOO_MANY_CONNECTIONS"]
+    assert answers[0]["error"]["scope"] == "address" and answers[0]["error"]["limit"] == 3
+    refused.close()
+    # Another address (all of 127/8 is loopback) still gets in.
+    other = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0))
+    other.sendall(wire.encode_request(1, "Ping", {}))
+    assert orjson.loads(other.makefile("rb").readline())["result"]["pong"] is True
+    other.close()
+    clients.pop().close()
+    wait_for(lambda: _ping_from_a_new_connection(server.port), 10, "a slot to free up once a client left")
+    for c in clients:
+        c.close()
+
+
+def _ping_from_a_new_connection(port: int) -> bool:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(wire.encode_request(1, "Ping", {}))
+        line = sock.makefile("rb").readline()
+        return bool(line) and "result" in orjson.loads(line)
+    finally:
+        sock.close()
