@@ -31,6 +31,9 @@ class WaitQuota:
     C{TOO_MANY_WAITING_POLLS}; a poll that can answer at once never asks.
     """
 
+    #: The server option that sets the limit of each scope, for the error message.
+    OPTIONS = {"connection": "--max-waiting-polls-per-connection", "node": "--max-waiting-polls"}
+
     def __init__(self, limit: int, scope: str) -> None:
         self.limit = limit
         self.scope = scope
@@ -39,7 +42,8 @@ class WaitQuota:
     def check(self) -> None:
         if self.waiting >= self.limit:
             raise errors.TooManyWaitingPolls(
-                f"{self.waiting} polls already wait on this {self.scope}, its limit",
+                f"this {self.scope} already has {self.waiting} polls waiting, its limit "
+                f"({self.OPTIONS.get(self.scope, 'limit')}); retry later, or poll without max_wait_ms",
                 limit=self.limit, scope=self.scope,
             )
 
