@@ -3,8 +3,10 @@
 L{BrokerProtocol} frames lines, decodes them with L{streamlog.wire}, hands
 each request to the broker's handler table and writes the answer when it is
 ready, so answers may come out of order and a long poll never holds up a Send
-behind it.  It also enforces the per-connection limits: line length,
-in-flight requests, and the outbound buffer of a client that does not read.
+behind it.  It also enforces the limits of the connection edge: line length,
+in-flight requests, the answers owed to a client that does not read, and
+connections per node and per client address.  A client may half-close: it
+still gets every answer, then the connection closes.
 """
 
 from __future__ import annotations
