@@ -22,7 +22,7 @@ from streamlog import __version__, errors, wire
 from streamlog.broker.partition import Partition
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
-from streamlog.storage.errors import StorageCorrupted, StorageFailed
+from streamlog.storage.errors import InvalidTopicName, StorageCorrupted, StorageFailed
 
 
 class Committer(Protocol):
@@ -120,7 +120,10 @@ class Broker:
         if name in self.topics:
             raise errors.TopicExists(f"topic {name!r} already exists", topic=name)
         config = config or TopicConfig()
-        logs = self.storage.create_topic(name, partitions, config)
+        try:
+            logs = self.storage.create_topic(name, partitions, config)
+        except InvalidTopicName as e:  # e.g. longer than the data directory's file system allows
+            raise errors.InvalidTopic(str(e)) from None
         topic = self.topics[name] = Topic(name, config, list(logs))
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
         return topic

@@ -8,9 +8,18 @@ Layout::
 C{topic.json} is written last when a topic is created (tmp, fsync, rename,
 fsync dir), so a topic directory without it is a creation that crashed
 half-way and is removed at load.  Deleting renames the topic directory to a
-hidden C{.deleted-...} name first (one atomic, fsynced step), then removes it;
-a crash in between leaves only the hidden directory, which load removes, so a
-half-deleted topic never comes back.
+hidden C{.deleted-<32 hex>} name first (one atomic, fsynced step), then removes
+it; a crash in between leaves only the hidden directory, which load removes, so
+a half-deleted topic never comes back.  That name does not contain the topic's
+(a 249-character name plus a prefix and a suffix would pass the file system's
+255-byte limit on one name).
+
+File names: the topic's directory is the only name made from user input; every
+other name the storage makes is at most L{LONGEST_FIXED_NAME} bytes
+(C{.deleted-<32 hex>}; C{00000000000000000000.timeindex.tmp} is 34).  The
+storage reads the file system's limits on a name and on a path at start and
+refuses (L{InvalidTopicName}) a topic name whose files would pass either, so a
+name can never produce a file name the file system refuses.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from twisted.logger import Logger
 
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
-from streamlog.storage.errors import StorageError
+from streamlog.storage.errors import CannotLoad, InvalidTopicName, StorageError
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,
@@ -38,12 +47,50 @@ TOPIC_FILE = "topic.json"
 TOPIC_FILE_VERSION = 1
 _DELETED_PREFIX = ".deleted-"
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
+MAX_TOPIC_NAME = 249
+#: The longest file name the storage makes that is not a topic's directory (C{.deleted-<32 hex>}).
+LONGEST_FIXED_NAME = len(_DELETED_PREFIX) + 32
+#: The longest path below a topic's directory: C{/<partition>/00000000000000000000.timeindex.tmp},
+#: with room for a ten-digit partition number.
+_LONGEST_BELOW_TOPIC = len("/") + 10 + len("/") + len("00000000000000000000.timeindex.tmp")
 
 
-def check_topic_name(name: str) -> None:
+def check_topic_name(name: str, max_length: int = MAX_TOPIC_NAME) -> None:
     """Refuse names that are not safe as one directory name (no path tricks, no hidden names)."""
     if not _TOPIC_NAME.fullmatch(name):
-        raise ValueError(f"invalid topic name {name!r}: use 1-249 of A-Z a-z 0-9 . _ -, not starting with '.'")
+        raise InvalidTopicName(f"invalid topic name {name!r}: use 1-249 of A-Z a-z 0-9 . _ -, not starting with '.'")
+    if len(name) > max_length:
+        raise InvalidTopicName(
+            f"invalid topic name {name[:40]!r}...: {len(name)} characters, but the file system of this "
+            f"data directory allows at most {max_length}"
+        )
+
+
+def longest_topic_name(data_dir: str) -> int:
+    """The longest topic name whose every file fits the limits of C{data_dir}'s file system.
+
+    Raises L{CannotLoad} if not even a one-character name fits (a data
+    directory path too long for the system, or a file system with tiny names).
+    """
+    name_max = _pathconf(data_dir, "PC_NAME_MAX", 255)
+    path_max = _pathconf(data_dir, "PC_PATH_MAX", 4096)
+    # A path must be shorter than PATH_MAX, its terminating NUL included.
+    room = path_max - 1 - len(os.fsencode(data_dir)) - len("/") - _LONGEST_BELOW_TOPIC
+    longest = min(MAX_TOPIC_NAME, name_max, room)
+    if longest < 1 or name_max < LONGEST_FIXED_NAME:
+        raise CannotLoad(
+            f"{data_dir}: the file system allows names of {name_max} bytes and paths of {path_max}: "
+            "too little for the storage's files; use a shorter data directory path or another file system"
+        )
+    return longest
+
+
+def _pathconf(path: str, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+    return default if value is None or value < 0 else value
 
 
 class SegmentedStorage:
@@ -74,6 +121,8 @@ class SegmentedStorage:
         )
         self._topics: dict[str, tuple[TopicConfig, list[SegmentedLog]]] = {}
         os.makedirs(self.data_dir, exist_ok=True)
+        #: The longest topic name this data directory can hold (249 on usual file systems).
+        self.max_topic_name = longest_topic_name(self.data_dir)
 
     def _open_log(self, topic: str, partition: int, config: TopicConfig) -> SegmentedLog:
         path = os.path.join(self.data_dir, topic, str(partition))
@@ -109,7 +158,7 @@ class SegmentedStorage:
         return {name: (config, list(logs)) for name, (config, logs) in self._topics.items()}
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[SegmentedLog]:
-        check_topic_name(name)
+        check_topic_name(name, self.max_topic_name)
         if partitions < 1:
             raise ValueError(f"a topic needs at least one partition, not {partitions}")
         if name in self._topics:
@@ -137,7 +186,8 @@ class SegmentedStorage:
         for log in entry[1]:
             log.close()
         path = os.path.join(self.data_dir, name)
-        doomed = os.path.join(self.data_dir, f"{_DELETED_PREFIX}{name}-{uuid.uuid4().hex}")
+        doomed = os.path.join(self.data_dir, f"{_DELETED_PREFIX}{uuid.uuid4().hex}")
+        self._log.info("deleting topic {topic} (its directory is renamed to {doomed}, then removed)", topic=name, doomed=doomed)
         os.rename(path, doomed)
         fsync_dir(self.data_dir)
         shutil.rmtree(doomed)
