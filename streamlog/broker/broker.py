@@ -356,6 +356,13 @@ class Broker:
                 read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
             except StorageCorrupted as e:
                 raise self._unavailable(partition, e) from None
+            problem = _malformed(read, p.offset, available)
+            if problem is not None:
+                self._log.critical(
+                    "partition {topic}/{partition} returned a malformed read at offset {offset} ({problem}); not served",
+                    topic=partition.topic, partition=partition.index, offset=p.offset, problem=problem,
+                )
+                raise self._unavailable(partition, Exception(f"malformed read at offset {p.offset}: {problem}"))
             if read.fragments:
                 chunks.append(read.fragments[0])
                 for fragment in read.fragments[1:]:
@@ -404,6 +411,24 @@ def _describe_topic(topic: Topic) -> dict[str, Any]:
         ],
         "config": topic.config.to_dict(),
     }
+
+
+def _malformed(read: Any, offset: int, available: int) -> str | None:
+    """Why a read cannot be served as a JSON array of records, or None.
+
+    The storage checks what it reads; this is the last line before bytes go
+    out, so that no storage fault can make a Poll answer invalid JSON or an
+    offset that does not move.  Cheap: a look at each fragment's first and
+    last byte, never a parse (records are served as stored).
+    """
+    if read.count > available or read.next_offset != offset + read.count:
+        return f"{read.count} records ending at {read.next_offset}"
+    if bool(read.count) != bool(read.fragments):
+        return f"{read.count} records in {len(read.fragments)} fragments"
+    for fragment in read.fragments:
+        if fragment[:1] != b"{" or fragment[-1:] != b"}":
+            return "a fragment that is not a JSON object"
+    return None
 
 
 def _single_result(result: dict[str, Any]) -> dict[str, Any]:

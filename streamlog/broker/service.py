@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.storage.errors import CannotLoad
 from streamlog.storage.memory import MemoryStorage
 
 
@@ -58,11 +59,14 @@ class BrokerService(service.Service):
         before, after = raise_open_file_limit()
         if after != before:
             self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
-        if options["storage"] == "memory":
-            storage: Any = MemoryStorage(options.topic_defaults())
-        else:
-            storage = self._segmented(options)
-        self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
+        try:
+            if options["storage"] == "memory":
+                storage: Any = MemoryStorage(options.topic_defaults())
+            else:
+                storage = self._segmented(options)
+            self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
+        except CannotLoad as e:  # damage the node must not serve around: one line, no traceback
+            raise SystemExit(f"streamlog-server: cannot start: {e}") from None
         self._retention = LoopingCall(self._apply_retention)
         self._retention.clock = clock
         self._retention_interval = options["retention-check-interval"]

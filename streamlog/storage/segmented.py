@@ -24,6 +24,7 @@ name can never produce a file name the file system refuses.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
+from streamlog.storage.codec import crc32c
 from streamlog.storage.errors import CannotLoad, InvalidTopicName, StorageError
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
@@ -46,6 +48,7 @@ from streamlog.storage.log import (
 TOPIC_FILE = "topic.json"
 TOPIC_FILE_VERSION = 1
 _DELETED_PREFIX = ".deleted-"
+_SEGMENT_FILE = re.compile(r"[0-9]{20}\.(log|index|timeindex)")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
 MAX_TOPIC_NAME = 249
 #: The longest file name the storage makes that is not a topic's directory (C{.deleted-<32 hex>}).
@@ -124,13 +127,20 @@ class SegmentedStorage:
         #: The longest topic name this data directory can hold (249 on usual file systems).
         self.max_topic_name = longest_topic_name(self.data_dir)
 
-    def _open_log(self, topic: str, partition: int, config: TopicConfig) -> SegmentedLog:
+    def _open_log(self, topic: str, partition: int, config: TopicConfig, existing: bool = False) -> SegmentedLog:
         path = os.path.join(self.data_dir, topic, str(partition))
-        return SegmentedLog(path, config, self.defaults, **self._log_options)  # type: ignore[arg-type]
+        return SegmentedLog(path, config, self.defaults, existing=existing, **self._log_options)  # type: ignore[arg-type]
 
     def load(self) -> dict[str, tuple[TopicConfig, Sequence[SegmentedLog]]]:
-        """Open and recover every topic.  A log that found damaged synced data is
-        returned failed (L{SegmentedLog.failed}) rather than stopping the others."""
+        """Open and recover every topic.
+
+        A log that found damaged synced data is returned failed
+        (L{SegmentedLog.failed}) rather than stopping the others.  Damage that
+        would make the storage lose or invent a whole topic (its C{topic.json}
+        unreadable, or missing while its partitions hold data) raises
+        L{CannotLoad}: the server refuses to start, with one line saying what
+        to do.  What is not a topic is left alone.
+        """
         for name in sorted(os.listdir(self.data_dir)):
             path = os.path.join(self.data_dir, name)
             if not os.path.isdir(path):
@@ -142,18 +152,37 @@ class SegmentedStorage:
                 continue
             if name.startswith(".") or name in self._topics:
                 continue
+            if not _TOPIC_NAME.fullmatch(name):
+                self._log.warn("ignoring {path}: not a topic (not a valid topic name)", path=path)
+                continue
             topic_file = os.path.join(path, TOPIC_FILE)
             if not os.path.exists(topic_file):
+                if not _unfinished_creation(path):
+                    raise CannotLoad(
+                        f"{topic_file} is missing, but {path} holds data: restore the file "
+                        f'({{"version": 1, "partitions": N, "config": {{}}}}) or move the directory out of the data directory'
+                    )
                 self._log.warn("removing {path}: its creation did not finish (no {file})", path=path, file=TOPIC_FILE)
                 shutil.rmtree(path)
                 fsync_dir(self.data_dir)
                 continue
-            with open(topic_file, "rb") as f:
-                meta = orjson.loads(f.read())
-            if meta.get("version") != TOPIC_FILE_VERSION:
-                raise ValueError(f"{topic_file}: unknown version {meta.get('version')!r}")
-            config = TopicConfig(**meta["config"])
-            logs = [self._open_log(name, p, config) for p in range(int(meta["partitions"]))]
+            partitions, config = _read_topic_file(topic_file)
+            for entry in sorted(os.listdir(path)):
+                if entry == TOPIC_FILE + ".tmp":
+                    os.unlink(os.path.join(path, entry))  # an interrupted rewrite
+                elif entry != TOPIC_FILE and not (entry.isdigit() and int(entry) < partitions and entry == str(int(entry))):
+                    self._log.warn(
+                        "ignoring {path}: not one of the {partitions} partitions of topic {topic}",
+                        path=os.path.join(path, entry), partitions=partitions, topic=name,
+                    )
+            try:
+                logs: list[SegmentedLog] = []
+                for p in range(partitions):
+                    logs.append(self._open_log(name, p, config, existing=True))
+            except OSError as e:
+                for log in logs:
+                    log.close(sync=False)
+                raise CannotLoad(f"cannot open topic {name!r} in {path}: {e}{_descriptor_hint(e)}") from e
             self._topics[name] = (config, logs)
         return {name: (config, list(logs)) for name, (config, logs) in self._topics.items()}
 
@@ -171,10 +200,7 @@ class SegmentedStorage:
         os.makedirs(path)
         logs = [self._open_log(name, p, config) for p in range(partitions)]
         fsync_dir(path)
-        write_atomically(
-            os.path.join(path, TOPIC_FILE),
-            orjson.dumps({"version": TOPIC_FILE_VERSION, "partitions": partitions, "config": config.to_dict()}),
-        )
+        write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
         fsync_dir(self.data_dir)
         self._topics[name] = (config, logs)
         return list(logs)
@@ -215,3 +241,65 @@ class SegmentedStorage:
         for log in self.logs():
             log.close()
         self._topics = {}
+
+
+def encode_topic_file(partitions: int, config: TopicConfig) -> bytes:
+    """C{topic.json}: the partition count and settings, with a CRC32C of them (damage that parses is caught)."""
+    body = {"version": TOPIC_FILE_VERSION, "partitions": partitions, "config": config.to_dict()}
+    return orjson.dumps({**body, "crc": crc32c(orjson.dumps(body))})
+
+
+def _read_topic_file(path: str) -> tuple[int, TopicConfig]:
+    """Parse C{topic.json}; raise L{CannotLoad} with what to do if it is damaged."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        meta = orjson.loads(data)
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        if meta.get("version") != TOPIC_FILE_VERSION:
+            raise ValueError(f"unknown version {meta.get('version')!r}")
+        if "crc" in meta:  # files written before the CRC was added have none
+            crc = meta.pop("crc")
+            if crc != crc32c(orjson.dumps(meta)):
+                raise ValueError("checksum mismatch")
+        partitions = meta["partitions"]
+        if type(partitions) is not int or partitions < 1:
+            raise ValueError(f"partitions must be a positive integer, not {partitions!r}")
+        settings = meta["config"]
+        if not isinstance(settings, dict) or not all(v is None or type(v) is int for v in settings.values()):
+            raise ValueError("config must be an object of integers or nulls")
+        config = TopicConfig(**settings)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CannotLoad(
+            f"{path} is unreadable ({e}): restore it "
+            f'({{"version": 1, "partitions": N, "config": {{}}}}) or move its topic out of the data directory'
+        ) from None
+    return partitions, config
+
+
+def _unfinished_creation(path: str) -> bool:
+    """Whether a topic directory without C{topic.json} holds only what a crashed creation leaves.
+
+    A creation writes C{topic.json} last, and nothing is appended before it
+    exists: so only empty segment files, temporaries and partition
+    directories.  Anything else is data whose topic file was lost; it is
+    never removed.
+    """
+    for entry in os.scandir(path):
+        if entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            continue
+        if not (entry.name.isdigit() and entry.is_dir(follow_symlinks=False)):
+            return False
+        for inner in os.scandir(entry.path):
+            if inner.name.endswith(".tmp"):
+                continue
+            if not (_SEGMENT_FILE.fullmatch(inner.name) and inner.is_file(follow_symlinks=False) and inner.stat().st_size == 0):
+                return False
+    return True
+
+
+def _descriptor_hint(error: OSError) -> str:
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return "; raise the open-file limit (ulimit -n, LimitNOFILE=) to open every partition"
+    return ""
