@@ -105,6 +105,16 @@ class TooManyConnections(StreamlogError):
     code = "TOO_MANY_CONNECTIONS"
 
 
+class TooManyPartitions(StreamlogError):
+    """Creating the topic would pass the node's partition cap (C{--max-partitions-per-node}),
+    or the process ran out of file descriptors; nothing was created.
+
+    Details: C{limit} (the cap) and C{partitions} (what the node holds now).
+    """
+
+    code = "TOO_MANY_PARTITIONS"
+
+
 class PartitionUnavailable(StreamlogError):
     """The partition cannot serve, e.g. its storage found corruption in synced data."""
 
@@ -151,7 +161,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
     for cls in [
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, InvalidTopic, UnknownTopic, TopicExists,
-        UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
+        UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyPartitions, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]
 }

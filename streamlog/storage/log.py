@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from streamlog.storage import codec
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
 from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches, take_batches
 from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles, segment_name
@@ -81,6 +82,8 @@ class SegmentedLog:
     @param existing: the log must already exist (the storage opens a partition its
         C{topic.json} lists): a missing directory, or one without any segment, is
         synced data gone, and the log fails instead of starting empty.
+    @param read_files: the node-wide cache of read descriptors (L{ReadFiles});
+        the log gets its own, of the default size, if C{None}.
     """
 
     _log = Logger()
@@ -96,12 +99,14 @@ class SegmentedLog:
         checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
         start_offset: int = 0,
         existing: bool = False,
+        read_files: ReadFiles | None = None,
     ) -> None:
         self.directory = directory
         self.config = config or TopicConfig()
         self.defaults = defaults
         self._settings = effective_config(self.config, defaults)
         self._interval = index_interval_bytes
+        self._read_files = read_files if read_files is not None else ReadFiles(DEFAULT_READ_FILES)
         self._cache_limit = cache_bytes
         self._checkpoint_interval = checkpoint_interval_bytes
         self._lock = threading.Lock()
@@ -197,13 +202,13 @@ class SegmentedLog:
                 f"segment file missing: the recovery checkpoint is in it ({checkpoint.position} synced bytes)",
             )
         if not bases:
-            segment = Segment(self.directory, start_offset, self._interval)
+            segment = Segment(self.directory, start_offset, self._interval, self._read_files)
             segment.reset_indexes()
             segment.open_for_append()
             self._segments, self._bases = [segment], [start_offset]
             fsync_dir(self.directory)
             return
-        segments = [Segment(self.directory, b, self._interval) for b in bases]
+        segments = [Segment(self.directory, b, self._interval, self._read_files) for b in bases]
         for i, segment in enumerate(segments):
             segment.size = segment.file_size()
             if i + 1 < len(segments):
@@ -473,7 +478,7 @@ class SegmentedLog:
         old = self._segments[-1]
         try:
             old.seal_time_index(old.last_base_offset)
-            new = Segment(self.directory, self._end, self._interval)
+            new = Segment(self.directory, self._end, self._interval, self._read_files)
             new.reset_indexes()
             new.open_for_append()
         except OSError as e:

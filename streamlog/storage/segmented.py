@@ -37,7 +37,8 @@ from twisted.logger import Logger
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
-from streamlog.storage.errors import CannotLoad, InvalidTopicName, StorageError
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
+from streamlog.storage.errors import CannotLoad, InvalidTopicName, OutOfDescriptors, StorageError, StorageFailed
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,
@@ -103,6 +104,8 @@ class SegmentedStorage:
     @param defaults: server-wide settings; a topic's C{None} fields fall back to them.
     @param index_interval_bytes, cache_bytes, checkpoint_interval_bytes: passed
         to every L{SegmentedLog}.
+    @param read_files: how many segment files all the logs together keep open
+        for reading (L{ReadFiles}; C{--read-file-cache}).
     """
 
     _log = Logger()
@@ -114,13 +117,16 @@ class SegmentedStorage:
         index_interval_bytes: int = DEFAULT_INDEX_INTERVAL_BYTES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
+        read_files: int = DEFAULT_READ_FILES,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.defaults = defaults or TopicConfig()
+        self.read_files = ReadFiles(read_files)
         self._log_options = dict(
             index_interval_bytes=index_interval_bytes,
             cache_bytes=cache_bytes,
             checkpoint_interval_bytes=checkpoint_interval_bytes,
+            read_files=self.read_files,
         )
         self._topics: dict[str, tuple[TopicConfig, list[SegmentedLog]]] = {}
         os.makedirs(self.data_dir, exist_ok=True)
@@ -187,6 +193,15 @@ class SegmentedStorage:
         return {name: (config, list(logs)) for name, (config, logs) in self._topics.items()}
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[SegmentedLog]:
+        """Create a topic's logs and its C{topic.json}, or nothing.
+
+        Raises L{InvalidTopicName} (before touching anything) for a name the
+        data directory cannot hold.  If a file operation fails, every log it
+        opened is closed again first; then running out of descriptors raises
+        L{OutOfDescriptors} (the half-made directory is removed: nothing
+        changed), and any other error L{StorageFailed} (a disk fault: the
+        caller stops the node).
+        """
         check_topic_name(name, self.max_topic_name)
         if partitions < 1:
             raise ValueError(f"a topic needs at least one partition, not {partitions}")
@@ -195,22 +210,46 @@ class SegmentedStorage:
         path = os.path.join(self.data_dir, name)
         if os.path.exists(os.path.join(path, TOPIC_FILE)):
             raise ValueError(f"topic {name!r} exists on disk (call load() first)")
-        if os.path.exists(path):
-            shutil.rmtree(path)  # an unfinished creation (no topic.json)
-        os.makedirs(path)
-        logs = [self._open_log(name, p, config) for p in range(partitions)]
-        fsync_dir(path)
-        write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
-        fsync_dir(self.data_dir)
+        logs: list[SegmentedLog] = []
+        try:
+            if os.path.exists(path):
+                shutil.rmtree(path)  # an unfinished creation (no topic.json)
+            os.makedirs(path)
+            for p in range(partitions):
+                logs.append(self._open_log(name, p, config))
+            fsync_dir(path)
+            write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
+            fsync_dir(self.data_dir)
+        except OSError as e:
+            for log in logs:
+                log.close(sync=False)
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self._remove_unfinished(path)
+                raise OutOfDescriptors(f"creating topic {name!r} with {partitions} partitions ran out of file descriptors: {e}") from e
+            raise StorageFailed(f"creating topic {name!r} failed: {e}") from e
+        except BaseException:
+            for log in logs:
+                log.close(sync=False)
+            raise
         self._topics[name] = (config, logs)
         return list(logs)
+
+    def _remove_unfinished(self, path: str) -> None:
+        """Remove what a creation that gave up had made (no C{topic.json}: load would remove it too)."""
+        try:
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            fsync_dir(self.data_dir)
+        except OSError as e:
+            self._log.warn("could not remove the unfinished topic directory {path} ({error}); the next start removes it",
+                           path=path, error=e)
 
     def delete_topic(self, name: str) -> None:
         entry = self._topics.pop(name, None)
         if entry is None:
             return
         for log in entry[1]:
-            log.close()
+            log.close(sync=False)  # its data is about to go: fsyncing it would only cost time
         path = os.path.join(self.data_dir, name)
         doomed = os.path.join(self.data_dir, f"{_DELETED_PREFIX}{uuid.uuid4().hex}")
         self._log.info("deleting topic {topic} (its directory is renamed to {doomed}, then removed)", topic=name, doomed=doomed)

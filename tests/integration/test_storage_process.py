@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import time
 
-from streamlog.testing import LineClient, ServerProcess
+from streamlog.storage.descriptors import partitions_within
+from streamlog.testing import LineClient, ServerProcess, wait_for
 
 LONGEST = "a" * 249
 
@@ -42,5 +45,71 @@ def test_the_longest_topic_name_lives_through_rolls_restarts_and_its_deletion(tm
     daemons.append(server)
     client = LineClient(server.port)
     assert client.call("ListTopics")["result"]["topics"] == []
+    client.close()
+    assert "Traceback" not in server.log()
+
+
+OPEN_FILES = 400  # the child's open-file limit, soft and hard (the server cannot raise it)
+SMALL = ["--max-connections", "20", "--read-file-cache", "16", "--segment-bytes", "1024", "--default-partitions", "10"]
+
+
+def small_open_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+def fds(server: ServerProcess) -> int:
+    return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+
+def test_creating_partitions_until_refused_never_fails_leaks_or_stalls(tmp_path, daemons):
+    server = ServerProcess(tmp_path, SMALL, preexec_fn=small_open_file_limit)
+    daemons.append(server)
+    room = partitions_within(OPEN_FILES, 20, 16)
+    assert "this node takes at most" in wait_for(lambda: "open-file limit" in server.log() and server.log(), 10, "the cap warning")
+    client = LineClient(server.port)
+    created = 0
+    refusal = None
+    for i in range(room // 10 + 5):  # bounded: past the cap within a few
+        answer = client.call("CreateTopic", {"topic": f"t{i}", "partitions": 10})
+        if "error" in answer:
+            refusal = answer["error"]
+            break
+        created += 10
+    assert refusal is not None and refusal["code"] == "TOO_MANY_PARTITIONS", refusal
+    assert (refusal["limit"], refusal["partitions"]) == (room, created)
+    assert created > room - 10
+
+    # A refused create opens nothing; an auto-created topic is refused alike.
+    before = fds(server)
+    assert client.call("CreateTopic", {"topic": "more", "partitions": 10})["error"]["code"] == "TOO_MANY_PARTITIONS"
+    assert client.call("Send", {"topic": "auto", "value": 1})["error"]["code"] == "TOO_MANY_PARTITIONS"
+    assert fds(server) == before
+
+    # The node still has room to work: a fresh client answers at once, and sends roll segments.
+    fresh = LineClient(server.port)
+    started = time.monotonic()
+    assert fresh.call("Ping")["result"]["pong"]
+    assert time.monotonic() - started < 1.0
+    for topic in range(created // 10):
+        for i in range(30):  # ~60-byte records in 1 KiB segments: a few rolls per topic
+            ack = fresh.call("Send", {"topic": f"t{topic}", "partition": i % 3, "value": "y" * 40})
+            assert "result" in ack, ack
+    assert fds(server) <= OPEN_FILES - 100
+    fresh.close()
+    client.close()
+    assert "Traceback" not in server.log()
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == -signal.SIGTERM
+
+    # Every partition comes back under the same limit.
+    server = ServerProcess(tmp_path, SMALL, preexec_fn=small_open_file_limit)
+    daemons.append(server)
+    client = LineClient(server.port)
+    topics = client.call("ListTopics")["result"]["topics"]
+    assert sum(t["partitions"] for t in topics) == created
+    for topic in range(created // 10):
+        messages = client.call("Poll", {"topic": f"t{topic}", "partition": 1, "offset": 0})["result"]["messages"]
+        assert len(messages) == 10
+    assert client.call("CreateTopic", {"topic": "more", "partitions": 10})["error"]["code"] == "TOO_MANY_PARTITIONS"
     client.close()
     assert "Traceback" not in server.log()

@@ -91,3 +91,29 @@ def test_read_batches_never_slices_around_a_hole():
     for offset in (0, 3, 5, 7):
         with pytest.raises(StorageCorrupted, match="missing"):
             read_batches(iter(batches), offset, 20, 1 << 20)
+
+
+def test_read_descriptors_stay_within_the_node_wide_cache(tmp_path, monkeypatch):
+    from streamlog.storage.segmented import SegmentedStorage
+
+    storage = SegmentedStorage(str(tmp_path), TopicConfig(segment_bytes=1_100), cache_bytes=0, read_files=3)
+    logs = storage.create_topic("t", 2, TopicConfig())
+    for log in logs:
+        fill(log, 20)  # ten segments each
+    writing = len(os.listdir("/proc/self/fd"))  # the two active segments' write descriptors included
+    peak = [0]
+    real_pread = os.pread
+
+    def pread(fd, length, position):
+        peak[0] = max(peak[0], len(os.listdir("/proc/self/fd")))
+        return real_pread(fd, length, position)
+
+    monkeypatch.setattr(os, "pread", pread)
+    for _ in range(2):  # twice over every segment of both partitions: the cache keeps evicting
+        for log in logs:
+            assert [o for o in range(0, 100, 3)] == [offsets_of(log.read(o, 1, 1 << 20))[0] for o in range(0, 100, 3)]
+    assert len(storage.read_files) <= 3
+    assert peak[0] <= writing + 3
+    assert storage.read_files.opened > 20  # segments were read again after their descriptor was closed
+    storage.close()
+    assert len(storage.read_files) == 0
