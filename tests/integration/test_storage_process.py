@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 import time
 
 from streamlog.storage.descriptors import partitions_within
-from streamlog.testing import LineClient, ServerProcess, wait_for
+from streamlog.testing import TWISTD, LineClient, ServerProcess, child_env, wait_for
 
 LONGEST = "a" * 249
 
@@ -113,3 +114,52 @@ def test_creating_partitions_until_refused_never_fails_leaks_or_stalls(tmp_path,
     assert client.call("CreateTopic", {"topic": "more", "partitions": 10})["error"]["code"] == "TOO_MANY_PARTITIONS"
     client.close()
     assert "Traceback" not in server.log()
+
+
+def test_a_data_dir_that_cannot_be_written_stops_the_node_at_the_first_create(tmp_path, daemons):
+    server = ServerProcess(tmp_path)
+    daemons.append(server)
+    client = LineClient(server.port)
+    assert client.call("Send", {"topic": "before", "value": 1})["result"]["durability"] == "fsync"
+    data = tmp_path / "data"
+    # Read-only for root too (the tests may run as root, which chmod does not stop).
+    subprocess.run(["chattr", "+i", str(data)], check=True)
+    try:
+        try:
+            answer = client.call("CreateTopic", {"topic": "after", "partitions": 2})
+        except ConnectionError:
+            pass  # fail_stop exits at once, usually before the STORAGE_ERROR answer is written
+        else:
+            assert answer["error"]["code"] == "STORAGE_ERROR", answer
+        assert server.wait(10) == 70  # fail-stop, as for a failed append
+    finally:
+        subprocess.run(["chattr", "-i", str(data)], check=True)
+    client.close()
+    assert "creating topic 'after' failed" in server.log()
+    server = ServerProcess(tmp_path)  # what was acknowledged is there; the failed create is not
+    daemons.append(server)
+    client = LineClient(server.port)
+    assert [t["topic"] for t in client.call("ListTopics")["result"]["topics"]] == ["before"]
+    client.close()
+
+
+def test_a_damaged_topic_file_stops_the_start_with_one_line(tmp_path, daemons):
+    server = ServerProcess(tmp_path)
+    daemons.append(server)
+    client = LineClient(server.port)
+    assert "result" in client.call("Send", {"topic": "t", "value": 1})
+    client.close()
+    server.signal(signal.SIGTERM)
+    server.wait(10)
+    topic_file = tmp_path / "data" / "t" / "topic.json"
+    topic_file.write_bytes(topic_file.read_bytes()[:10])
+    process = subprocess.run(
+        [TWISTD, "--nodaemon", "--pidfile=", "streamlog-server", "--listen", "tcp:0:interface=127.0.0.1",
+         "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=child_env(), capture_output=True, timeout=30,
+    )
+    assert process.returncode != 0
+    lines = process.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and str(topic_file) in lines[0] and "restore it" in lines[0], process.stderr
+    assert b"Traceback" not in process.stdout + process.stderr
+    assert topic_file.read_bytes()  # left for the operator, never removed
