@@ -53,6 +53,8 @@ DEFAULT_INDEX_INTERVAL_BYTES = 4096
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 DEFAULT_CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024
 _SCAN_CHUNK = 8 * 1024 * 1024
+#: Rolled segments whose write descriptors may wait for the next sync; past this, a roll fsyncs and closes the oldest.
+MAX_RETIRED = 8
 
 
 def effective_config(config: TopicConfig | None, defaults: TopicConfig | None) -> TopicConfig:
@@ -493,7 +495,33 @@ class SegmentedLog:
             self._segments.append(new)
             self._bases.append(new.base_offset)
             self._dir_dirty = True  # the new files' names are made durable by the next sync
+            overflow = len(self._retired) > MAX_RETIRED
+        if overflow:
+            self._settle_retired()
         self._log.info("rolled {directory} to a new segment at offset {offset}", directory=self.directory, offset=new.base_offset)
+
+    def _settle_retired(self) -> None:
+        """Fsync and close rolled segments' descriptors here, when syncs have not come for them.
+
+        With C{--fsync never} (or a long interval) and small segments, rolls
+        could otherwise pile up three open descriptors each until the next
+        background checkpoint.  Holding the sync lock, no sync can take its
+        snapshot between these files leaving the list and being fsynced.
+        """
+        with self._sync_lock:
+            with self._lock:
+                settle, self._retired = self._retired[:-MAX_RETIRED], self._retired[-MAX_RETIRED:]
+            try:
+                for f in settle:
+                    f.fsync(indexes=True)
+            except OSError as e:
+                error = StorageFailed(f"{self.directory}: fsync failed: {e}")
+                with self._lock:
+                    self._fail(error)
+                raise error from e
+            finally:
+                for f in settle:
+                    f.close()
 
     def roll(self) -> None:
         """Close the active segment to writes and start a new one (if it holds anything)."""
