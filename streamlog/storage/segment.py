@@ -126,7 +126,7 @@ class Segment:
             for fd in fds:
                 os.close(fd)
             raise
-        self.files = SegmentFiles(*fds)
+        self.files = SegmentFiles(fds[0], fds[1], fds[2])
 
     def read_fd(self) -> int:
         """A descriptor to read the data file with, from the bounded read cache.
