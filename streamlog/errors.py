@@ -124,6 +124,16 @@ class TooManyWaitingPolls(StreamlogError):
     code = "TOO_MANY_WAITING_POLLS"
 
 
+class TooManyPartitions(StreamlogError):
+    """Creating the topic would pass the node's partition cap (C{--max-partitions-per-node}),
+    or the process ran out of file descriptors; nothing was created.
+
+    Details: C{limit} (the cap) and C{partitions} (what the node holds now).
+    """
+
+    code = "TOO_MANY_PARTITIONS"
+
+
 class PartitionUnavailable(StreamlogError):
     """The partition cannot serve, e.g. its storage found corruption in synced data."""
 
@@ -170,7 +180,8 @@ BY_CODE: dict[str, type[StreamlogError]] = {
     for cls in [
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, KeyTooLarge, InvalidTopic, UnknownTopic, TopicExists,
-        UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, PartitionUnavailable,
+        UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, TooManyPartitions,
+        PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]
 }

@@ -204,7 +204,8 @@ def child_env() -> dict[str, str]:
 class Daemon:
     """One C{twistd --nodaemon} process; its log in C{<workdir>/<name>.log}, stdout apart."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, stdin: Any = None) -> None:
+    def __init__(self, name: str, args: list[str], workdir: Path, stdin: Any = None,
+                 preexec_fn: Callable[[], object] | None = None) -> None:
         self.name = name
         self.workdir = Path(workdir)
         self.log_path = self.workdir / f"{name}.log"
@@ -213,7 +214,7 @@ class Daemon:
         command = [TWISTD, "--nodaemon", "--pidfile=", f"--logfile={self.log_path}"] + args
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=child_env(), stdout=self._stdout, stderr=subprocess.STDOUT,
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL, preexec_fn=preexec_fn,
         )
 
     @property
@@ -257,7 +258,7 @@ class ServerProcess(Daemon):
     """C{twistd -n streamlog-server} on a free 127.0.0.1 port, learnt from its port file."""
 
     def __init__(self, workdir: Path, extra: list[str] | None = None, name: str = "server",
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, preexec_fn: Callable[[], object] | None = None) -> None:
         workdir = Path(workdir)
         self.port_file = workdir / f"{name}.port"
         if self.port_file.exists():
@@ -268,7 +269,7 @@ class ServerProcess(Daemon):
             "--port-file", str(self.port_file),
             "--data-dir", str(workdir / "data"),
         ] + list(extra or [])
-        super().__init__(name, args, workdir)
+        super().__init__(name, args, workdir, preexec_fn=preexec_fn)
         try:
             self.port = int(wait_for(self._read_port, timeout, f"{name} to listen (log: {self.log_path})"))
         except BaseException:

@@ -48,6 +48,7 @@ class Limits:
     default_poll_bytes: int = 1024 * 1024
     max_wait_ms: int = 60_000
     max_partitions: int = 1024
+    max_partitions_per_node: int = 4096
     max_id_length: int = 256
     max_in_flight: int = 1024
     max_waiting_polls_per_connection: int = 1000

@@ -9,7 +9,7 @@ import pytest
 
 from streamlog import errors
 from streamlog.broker.broker import BrokerConfig
-from streamlog.storage.base import TopicConfig
+from streamlog.storage.base import ReadResult, TopicConfig
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
 from streamlog.storage.memory import MemoryStorage
 from streamlog.storage.segmented import SegmentedStorage
@@ -137,4 +137,26 @@ def test_memory_storage_applies_the_server_retention_defaults(clock):
     conn.call("Send", {"topic": "t", "value": 1})
     h.broker.apply_retention()
     assert conn.call("DescribeTopic", {"topic": "t"})["result"]["partitions"][0]["log_start_offset"] == 1
+    h.stop()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        ReadResult(fragments=[b"", b""], count=2, next_offset=2, size=1),  # empty records: "[,]"
+        ReadResult(fragments=[b'{"offset":0}'], count=1, next_offset=0, size=12),  # does not move
+        ReadResult(fragments=[], count=3, next_offset=3, size=0),  # records claimed, none given
+        ReadResult(fragments=[b'{"offset":0'], count=1, next_offset=1, size=11),  # cut short
+        ReadResult(fragments=[b"{}"] * 5, count=5, next_offset=5, size=14),  # more than committed
+    ],
+)
+def test_poll_never_answers_invalid_json_whatever_the_storage_returns(clock, monkeypatch, read):
+    h = BrokerHarness(clock=clock)
+    conn = h.connect()
+    for i in range(3):
+        conn.call("Send", {"topic": "t", "value": i})
+    monkeypatch.setattr(h.broker.partition("t", 0).log, "read", lambda *args: read)
+    answer = conn.call("Poll", {"topic": "t", "offset": 0})  # parsed as JSON: it must be JSON
+    assert answer["error"]["code"] == "PARTITION_UNAVAILABLE"
+    assert not conn.closed and conn.call("Ping")["result"]["pong"]
     h.stop()

@@ -23,7 +23,7 @@ from streamlog import __version__, errors, wire
 from streamlog.broker.partition import Partition, WaitQuota
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
-from streamlog.storage.errors import StorageCorrupted, StorageFailed
+from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
 
 
 class Committer(Protocol):
@@ -123,11 +123,45 @@ class Broker:
             raise self._unavailable(partition, partition.failed)
         return partition
 
+    @property
+    def partition_count(self) -> int:
+        """Partitions on this node, all topics together (what C{--max-partitions-per-node} caps)."""
+        return sum(len(topic.partitions) for topic in self.topics.values())
+
     def create_topic(self, name: str, partitions: int, config: TopicConfig | None = None) -> Topic:
+        """Create a topic (CreateTopic, or a Send's auto-creation).
+
+        The node's partition cap is checked before anything is opened.  A
+        storage fault while creating is fail-stop (C{STORAGE_ERROR}, as for an
+        append); running out of descriptors is a refusal, with nothing created.
+        """
         if name in self.topics:
             raise errors.TopicExists(f"topic {name!r} already exists", topic=name)
+        limit = self.limits.max_partitions_per_node
+        held = self.partition_count
+        if held + partitions > limit:
+            raise errors.TooManyPartitions(
+                f"topic {name!r} with {partitions} partitions would pass this node's limit of {limit} "
+                f"partitions ({held} exist)",
+                limit=limit, partitions=held,
+            )
         config = config or TopicConfig()
-        logs = self.storage.create_topic(name, partitions, config)
+        try:
+            logs = self.storage.create_topic(name, partitions, config)
+        except InvalidTopicName as e:  # e.g. longer than the data directory's file system allows
+            raise errors.InvalidTopic(str(e)) from None
+        except OutOfDescriptors as e:
+            self._log.warn("refused topic {topic}: {error}", topic=name, error=e)
+            raise errors.TooManyPartitions(
+                f"topic {name!r} was not created: the process is out of file descriptors ({held} partitions exist); "
+                "raise the open-file limit or lower --max-partitions-per-node",
+                limit=limit, partitions=held,
+            ) from None
+        except (OSError, StorageFailed) as e:
+            # Its files are in an unknown state (EIO, a read-only disk): stop rather than serve around them.
+            self._fatal(e)
+            message = str(e) if isinstance(e, StorageFailed) else f"creating topic {name!r} failed: {e}"
+            raise errors.StorageError(message) from None
         topic = self.topics[name] = Topic(name, config, list(logs))
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
         return topic
@@ -366,6 +400,13 @@ class Broker:
                 read = partition.log.read(p.offset, min(p.max_messages, available), p.max_bytes)
             except StorageCorrupted as e:
                 raise self._unavailable(partition, e) from None
+            problem = _malformed(read, p.offset, available)
+            if problem is not None:
+                self._log.critical(
+                    "partition {topic}/{partition} returned a malformed read at offset {offset} ({problem}); not served",
+                    topic=partition.topic, partition=partition.index, offset=p.offset, problem=problem,
+                )
+                raise self._unavailable(partition, Exception(f"malformed read at offset {p.offset}: {problem}"))
             if read.fragments:
                 chunks.append(read.fragments[0])
                 for fragment in read.fragments[1:]:
@@ -414,6 +455,24 @@ def _describe_topic(topic: Topic) -> dict[str, Any]:
         ],
         "config": topic.config.to_dict(),
     }
+
+
+def _malformed(read: Any, offset: int, available: int) -> str | None:
+    """Why a read cannot be served as a JSON array of records, or None.
+
+    The storage checks what it reads; this is the last line before bytes go
+    out, so that no storage fault can make a Poll answer invalid JSON or an
+    offset that does not move.  Cheap: a look at each fragment's first and
+    last byte, never a parse (records are served as stored).
+    """
+    if read.count > available or read.next_offset != offset + read.count:
+        return f"{read.count} records ending at {read.next_offset}"
+    if bool(read.count) != bool(read.fragments):
+        return f"{read.count} records in {len(read.fragments)} fragments"
+    for fragment in read.fragments:
+        if fragment[:1] != b"{" or fragment[-1:] != b"}":
+            return "a fragment that is not a JSON object"
+    return None
 
 
 def _single_result(result: dict[str, Any]) -> dict[str, Any]:

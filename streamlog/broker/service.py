@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.storage.errors import CannotLoad
 from streamlog.storage.memory import MemoryStorage
 
 
@@ -49,6 +50,33 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def fit_partitions(config: BrokerConfig, open_file_limit: int, read_files: int) -> BrokerConfig:
+    """Lower the per-node partition cap to what the open-file limit can hold (and say so).
+
+    Each partition holds three descriptors; connections and the read cache
+    come on top (streamlog.storage.descriptors).  A node that reached a cap
+    the limit cannot hold would fail its next segment roll, or its next start.
+    """
+    import attrs
+
+    from streamlog.storage.descriptors import partitions_within
+
+    limits = config.limits
+    if open_file_limit < 0:  # RLIM_INFINITY
+        return config
+    room = partitions_within(open_file_limit, limits.max_connections, read_files)
+    if room >= limits.max_partitions_per_node:
+        return config
+    Logger().warn(
+        "the open-file limit ({limit}) holds {room} partitions with --max-connections {connections} and "
+        "--read-file-cache {read_files}: this node takes at most {room}, not {cap} (--max-partitions-per-node); "
+        "raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more",
+        limit=open_file_limit, room=room, connections=limits.max_connections, read_files=read_files,
+        cap=limits.max_partitions_per_node,
+    )
+    return attrs.evolve(config, limits=attrs.evolve(limits, max_partitions_per_node=room))
+
+
 class BrokerService(service.Service):
     _log = Logger()
 
@@ -58,11 +86,16 @@ class BrokerService(service.Service):
         before, after = raise_open_file_limit()
         if after != before:
             self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
-        if options["storage"] == "memory":
-            storage: Any = MemoryStorage(options.topic_defaults())
-        else:
-            storage = self._segmented(options)
-        self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
+        if options["storage"] != "memory":
+            config = fit_partitions(config, after, options["read-file-cache"])
+        try:
+            if options["storage"] == "memory":
+                storage: Any = MemoryStorage(options.topic_defaults())
+            else:
+                storage = self._segmented(options)
+            self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
+        except CannotLoad as e:  # damage the node must not serve around: one line, no traceback
+            raise SystemExit(f"streamlog-server: cannot start: {e}") from None
         self._retention = LoopingCall(self._apply_retention)
         self._retention.clock = clock
         self._retention_interval = options["retention-check-interval"]
@@ -75,7 +108,7 @@ class BrokerService(service.Service):
         from streamlog.storage.segmented import SegmentedStorage
 
         os.makedirs(options["data-dir"], exist_ok=True)
-        storage = SegmentedStorage(options["data-dir"], options.topic_defaults())
+        storage = SegmentedStorage(options["data-dir"], options.topic_defaults(), read_files=options["read-file-cache"])
         self.committer = GroupCommitter(options["fsync-policy"], clock=self.clock, on_fatal=fail_stop)
         return storage
 

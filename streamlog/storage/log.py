@@ -35,15 +35,17 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 
+import attrs
 import orjson
 from twisted.logger import Logger
 
 from streamlog.storage import codec
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
 from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches, take_batches
-from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles
+from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles, segment_name
 
 DEFAULT_SEGMENT_BYTES = 128 * 1024 * 1024
 DEFAULT_SEGMENT_MS = 7 * 24 * 3600 * 1000
@@ -51,6 +53,8 @@ DEFAULT_INDEX_INTERVAL_BYTES = 4096
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 DEFAULT_CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024
 _SCAN_CHUNK = 8 * 1024 * 1024
+#: Rolled segments whose write descriptors may wait for the next sync; past this, a roll fsyncs and closes the oldest.
+MAX_RETIRED = 8
 
 
 def effective_config(config: TopicConfig | None, defaults: TopicConfig | None) -> TopicConfig:
@@ -77,6 +81,11 @@ class SegmentedLog:
         recovery checkpoint, hence the most recovery reads after a crash
         (besides segments rolled since).
     @param start_offset: the first offset of a new, empty log.
+    @param existing: the log must already exist (the storage opens a partition its
+        C{topic.json} lists): a missing directory, or one without any segment, is
+        synced data gone, and the log fails instead of starting empty.
+    @param read_files: the node-wide cache of read descriptors (L{ReadFiles});
+        the log gets its own, of the default size, if C{None}.
     """
 
     _log = Logger()
@@ -91,12 +100,15 @@ class SegmentedLog:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
         start_offset: int = 0,
+        existing: bool = False,
+        read_files: ReadFiles | None = None,
     ) -> None:
         self.directory = directory
         self.config = config or TopicConfig()
         self.defaults = defaults
         self._settings = effective_config(self.config, defaults)
         self._interval = index_interval_bytes
+        self._read_files = read_files if read_files is not None else ReadFiles(DEFAULT_READ_FILES)
         self._cache_limit = cache_bytes
         self._checkpoint_interval = checkpoint_interval_bytes
         self._lock = threading.Lock()
@@ -115,11 +127,16 @@ class SegmentedLog:
         self._checkpoint: Checkpoint | None = None
         self._end = start_offset
         self._durable = start_offset
-        os.makedirs(directory, exist_ok=True)
         try:
-            self._recover(start_offset)
+            if existing and not os.path.isdir(directory):
+                raise StorageCorrupted(directory, 0, "the partition directory is missing (its topic.json lists it)")
+            os.makedirs(directory, exist_ok=True)
+            self._recover(start_offset, existing)
         except StorageCorrupted as e:
             self._fail(e)
+        except BaseException:
+            self._release()  # a failed open (EMFILE, EIO) leaves no descriptor behind
+            raise
 
     # -- state ---------------------------------------------------------------
 
@@ -165,7 +182,7 @@ class SegmentedLog:
 
     # -- recovery --------------------------------------------------------------
 
-    def _recover(self, start_offset: int) -> None:
+    def _recover(self, start_offset: int, existing: bool = False) -> None:
         names = os.listdir(self.directory)
         bases = sorted(int(n[:-4]) for n in names if n.endswith(".log") and len(n) == 24 and n[:-4].isdigit())
         for n in names:
@@ -174,20 +191,43 @@ class SegmentedLog:
                 n.endswith((".index", ".timeindex")) and stem.isdigit() and int(stem) not in bases
             ):
                 os.unlink(os.path.join(self.directory, n))  # leftovers of an interrupted write or delete
+        if not bases and existing:
+            # A log always keeps at least one segment (retention and truncation keep the active one).
+            raise StorageCorrupted(self.directory, 0, "no segment file: the partition's data is gone")
+        checkpoint = self._read_checkpoint()
+        if checkpoint is not None and checkpoint.segments is not None:
+            bases = self._check_chain(checkpoint, bases)
+        if checkpoint is not None and checkpoint.segment not in bases:
+            raise StorageCorrupted(
+                os.path.join(self.directory, segment_name(checkpoint.segment) + ".log"),
+                0,
+                f"segment file missing: the recovery checkpoint is in it ({checkpoint.position} synced bytes)",
+            )
         if not bases:
-            segment = Segment(self.directory, start_offset, self._interval)
+            segment = Segment(self.directory, start_offset, self._interval, self._read_files)
             segment.reset_indexes()
             segment.open_for_append()
             self._segments, self._bases = [segment], [start_offset]
             fsync_dir(self.directory)
             return
-        segments = [Segment(self.directory, b, self._interval) for b in bases]
+        segments = [Segment(self.directory, b, self._interval, self._read_files) for b in bases]
         for i, segment in enumerate(segments):
             segment.size = segment.file_size()
             if i + 1 < len(segments):
                 segment.next_offset = bases[i + 1]
         self._segments, self._bases = segments, list(bases)
-        checkpoint = self._read_checkpoint()
+        if checkpoint is not None and checkpoint.segments is not None:
+            for segment, (base, size) in zip(segments, checkpoint.segments):
+                assert segment.base_offset == base, (segment.base_offset, base)  # _check_chain kept exactly the chain
+                if segment.size < size:
+                    raise segment.corrupted(segment.size, f"synced data missing: file has {segment.size} bytes, {size} were synced")
+                if segment.size > size:
+                    self._log.warn(
+                        "ignoring {extra} bytes after the synced end of closed segment {path} (nothing is appended there)",
+                        extra=segment.size - size,
+                        path=segment.log_path,
+                    )
+                    segment.size = size
         if checkpoint is None:
             first = 0
             tail_position, expected = 0, bases[0]
@@ -195,10 +235,6 @@ class SegmentedLog:
             segments[0].size = 0
             segments[0].next_offset = bases[0]
         else:
-            if checkpoint.segment not in bases:
-                raise StorageCorrupted(
-                    os.path.join(self.directory, CHECKPOINT_FILE), 0, f"checkpointed segment {checkpoint.segment} is missing"
-                )
             first = bases.index(checkpoint.segment)
             segment = segments[first]
             if segment.size < checkpoint.position:
@@ -209,10 +245,19 @@ class SegmentedLog:
             segment.next_offset = checkpoint.next_offset
             if not segment.load_indexes(checkpoint.position, checkpoint.next_offset):
                 segment.rebuild_indexes(segment.base_offset)  # reads [0, position), all synced: damage raises
+                data_end = segment.next_offset
             else:
                 header = segment.first_header()
                 segment.first_timestamp = header.first_timestamp if header else None
-                self._recompute_tail_stats(segment)
+                data_end = self._recompute_tail_stats(segment)
+            if data_end != checkpoint.next_offset:
+                raise StorageCorrupted(
+                    os.path.join(self.directory, CHECKPOINT_FILE),
+                    0,
+                    f"the checkpoint says the records before byte {checkpoint.position} of {segment.log_path} end at "
+                    f"offset {checkpoint.next_offset}, but they end at {data_end}",
+                )
+            segment.next_offset = checkpoint.next_offset
             tail_position, expected = checkpoint.position, checkpoint.next_offset
         self._checkpoint = checkpoint
         repaired = self._validate_tail(first, tail_position, expected)
@@ -230,6 +275,47 @@ class SegmentedLog:
             self._retired = []
             self._dir_dirty = True
             self._sync(force_checkpoint=True, extra=[s for s in self._segments[first:-1]])
+
+    def _check_chain(self, checkpoint: Checkpoint, bases: list[int]) -> list[int]:
+        """Hold the segment files found against the chain the checkpoint vouches for; return the bases to open.
+
+        A vouched segment that is missing is synced data gone (L{StorageCorrupted},
+        naming the file).  Segments before the chain's first are what an
+        interrupted retention had not deleted yet (retention writes the shorter
+        chain before it unlinks): they are deleted now.  A segment file between
+        vouched ones that the chain does not list is not part of the log: it is
+        left alone and ignored.  Segments after the checkpoint's are the tail.
+        """
+        chain = checkpoint.segments or ()
+        vouched = [b for b, _ in chain] + [checkpoint.segment]
+        found = set(bases)
+        for base, size in chain:
+            if base not in found:
+                raise StorageCorrupted(
+                    os.path.join(self.directory, segment_name(base) + ".log"),
+                    0,
+                    f"segment file missing: the recovery checkpoint lists it ({size} synced bytes from offset {base})",
+                )
+        first = vouched[0]
+        for base in bases:
+            if base < first:
+                self._log.info(
+                    "removing segment {base} of {directory}: retention had deleted it from the log before a restart",
+                    base=base,
+                    directory=self.directory,
+                )
+                for ext in (".log", ".index", ".timeindex"):
+                    try:
+                        os.unlink(os.path.join(self.directory, segment_name(base) + ext))
+                    except FileNotFoundError:
+                        pass
+            elif base < checkpoint.segment and base not in vouched:
+                self._log.warn(
+                    "ignoring stray segment file {path}: the recovery checkpoint does not list it, it is not part of the log",
+                    path=os.path.join(self.directory, segment_name(base) + ".log"),
+                )
+        listed = set(vouched)
+        return [b for b in bases if b in listed or b > checkpoint.segment]
 
     def _read_checkpoint(self) -> Checkpoint | None:
         path = os.path.join(self.directory, CHECKPOINT_FILE)
@@ -394,7 +480,7 @@ class SegmentedLog:
         old = self._segments[-1]
         try:
             old.seal_time_index(old.last_base_offset)
-            new = Segment(self.directory, self._end, self._interval)
+            new = Segment(self.directory, self._end, self._interval, self._read_files)
             new.reset_indexes()
             new.open_for_append()
         except OSError as e:
@@ -409,7 +495,33 @@ class SegmentedLog:
             self._segments.append(new)
             self._bases.append(new.base_offset)
             self._dir_dirty = True  # the new files' names are made durable by the next sync
+            overflow = len(self._retired) > MAX_RETIRED
+        if overflow:
+            self._settle_retired()
         self._log.info("rolled {directory} to a new segment at offset {offset}", directory=self.directory, offset=new.base_offset)
+
+    def _settle_retired(self) -> None:
+        """Fsync and close rolled segments' descriptors here, when syncs have not come for them.
+
+        With C{--fsync never} (or a long interval) and small segments, rolls
+        could otherwise pile up three open descriptors each until the next
+        background checkpoint.  Holding the sync lock, no sync can take its
+        snapshot between these files leaving the list and being fsynced.
+        """
+        with self._sync_lock:
+            with self._lock:
+                settle, self._retired = self._retired[:-MAX_RETIRED], self._retired[-MAX_RETIRED:]
+            try:
+                for f in settle:
+                    f.fsync(indexes=True)
+            except OSError as e:
+                error = StorageFailed(f"{self.directory}: fsync failed: {e}")
+                with self._lock:
+                    self._fail(error)
+                raise error from e
+            finally:
+                for f in settle:
+                    f.close()
 
     def roll(self) -> None:
         """Close the active segment to writes and start a new one (if it holds anything)."""
@@ -475,9 +587,20 @@ class SegmentedLog:
             return self._durable
 
     def _write_checkpoint(self, checkpoint: Checkpoint, epoch: int | None, files: SegmentFiles | None) -> None:
+        """Write C{checkpoint} with the chain of segments before its own, as they are now.
+
+        The chain is taken here, under the checkpoint lock that retention and
+        truncation hold while they change the segment list, so a checkpoint
+        never lists a segment that is already gone.
+        """
         with self._checkpoint_lock:
             if epoch is not None and epoch != self._epoch:
                 return  # a truncation ran meanwhile and wrote its own
+            with self._lock:
+                chain = tuple((s.base_offset, s.size) for s in self._segments if s.base_offset < checkpoint.segment)
+            checkpoint = attrs.evolve(checkpoint, segments=chain)
+            if checkpoint == self._checkpoint:
+                return  # nothing moved since the last one (an idle log's periodic checkpoint)
             try:
                 if files is not None and not files.closed:
                     os.fsync(files.index_fd)
@@ -495,18 +618,38 @@ class SegmentedLog:
         return max(bisect.bisect_right(self._bases, offset) - 1, 0)
 
     def _iter_batches(self, offset: int) -> Iterator[RecordBatch]:
+        """Batches from the one holding C{offset} on, each checked to follow the one before.
+
+        Offsets are dense, so a batch that does not start where the previous
+        one ended (or a first batch that does not hold C{offset}) means records
+        are missing on disk, e.g. a segment file gone: that is corruption, and
+        raises rather than serving a hole, a record twice, or an empty answer.
+        """
         cache, bases = self._cache, self._cache_bases
         if cache and offset >= bases[0]:
             yield from cache[max(bisect.bisect_right(bases, offset) - 1, 0) :]
             return
-        position = offset
+        expected: int | None = None  # where the next batch must start
         for segment in self._segments[self._segment_index(offset) :]:
-            for batch in segment.batches_from(position, position=self._position(segment, position)):
+            if expected is not None and segment.base_offset != expected:
+                raise segment.corrupted(
+                    0, f"segment starts at offset {segment.base_offset}, but the one before ends at {expected}: records are missing"
+                )
+            want = offset if expected is None else segment.base_offset
+            for batch in segment.batches_from(want, position=self._position(segment, want)):
+                if expected is None and batch.base_offset > offset:
+                    raise segment.corrupted(0, f"offset {offset} is missing: the first batch found after it starts at {batch.base_offset}")
+                if expected is not None and batch.base_offset != expected:
+                    raise segment.corrupted(0, f"batch at offset {batch.base_offset} follows one that ends at {expected}")
                 if cache and batch.base_offset >= bases[0]:
                     yield from cache[bisect.bisect_left(bases, batch.base_offset) :]
                     return
                 yield batch
-            position = segment.next_offset
+                expected = batch.next_offset
+            if expected is not None and expected != segment.next_offset:
+                raise segment.corrupted(
+                    segment.size, f"data ends at offset {expected}, but the segment should reach {segment.next_offset}: records are missing"
+                )
 
     def _guard(self, items: Iterator[RecordBatch]) -> Iterator[RecordBatch]:
         try:
@@ -634,20 +777,27 @@ class SegmentedLog:
             )
             return partial
 
-    def _recompute_tail_stats(self, segment: Segment) -> None:
-        """Redo a cut segment's maximum timestamp from its index and at most one interval of data."""
+    def _recompute_tail_stats(self, segment: Segment) -> int:
+        """Redo a cut segment's maximum timestamp from its index and at most one interval of data.
+
+        Returns the offset after the last frame read (the segment's base if it
+        is empty), which recovery holds against the checkpoint's.
+        """
         segment.max_timestamp = segment.time_stamps[-1] if segment.time_stamps else None
         if segment.size == 0:
             segment.first_timestamp = None
-            return
+            return segment.base_offset
         if segment.first_timestamp is None:  # a closed segment loaded lazily, reopened by a cut
             header = segment.first_header()
             segment.first_timestamp = header.first_timestamp if header else None
         start = segment.index_positions[-1] if segment.index_positions else 0
+        end = segment.index_offsets[-1] if segment.index_offsets else segment.base_offset
         for _, header, _ in segment.frames_from(start, segment.size):
             if segment.max_timestamp is None or header.max_timestamp > segment.max_timestamp:
                 segment.max_timestamp = header.max_timestamp
             segment.last_base_offset = header.base_offset
+            end = header.next_offset
+        return end
 
     def apply_retention(self, now_ms: int) -> int:
         """Delete whole old segments per retention_ms / retention_bytes; return the start offset.
@@ -688,9 +838,15 @@ class SegmentedLog:
             drop += 1
         if drop:
             doomed = self._segments[:drop]
-            with self._lock:
-                del self._segments[:drop], self._bases[:drop]
-                self._dir_dirty = True
+            with self._checkpoint_lock:
+                with self._lock:
+                    del self._segments[:drop], self._bases[:drop]
+                    self._dir_dirty = True
+                # The shorter chain is on disk before any file goes: a segment the
+                # checkpoint lists is never missing unless the disk lost it.
+                current = self._checkpoint  # the sync thread may have moved it on meanwhile
+                assert current is not None
+                self._write_checkpoint(current, None, None)
             for segment in doomed:
                 segment.close_read()
                 for path in (segment.log_path, segment.index_path, segment.timeindex_path):
@@ -713,25 +869,33 @@ class SegmentedLog:
 
     # -- closing --------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Sync, checkpoint (a clean shutdown: the next start reads nothing back), release files."""
+    def close(self, sync: bool = True) -> None:
+        """Sync, checkpoint (a clean shutdown: the next start reads nothing back), release files.
+
+        C{sync=False} only releases the files (a topic being deleted: its data is
+        about to go, fsyncing it would only cost time).
+        """
         if self._closed:
             return
         try:
-            if self._failed is None:
+            if sync and self._failed is None:
                 self._sync(force_checkpoint=True)
         finally:
-            with self._sync_lock, self._lock:
-                self._closed = True
-                for f in self._retired:
-                    f.close()
-                self._retired = []
-                for segment in self._segments:
-                    if segment.files is not None:
-                        segment.files.close()
-                        segment.files = None
-                    segment.close_read()
-                self._cache, self._cache_bases, self._cache_bytes = [], [], 0
+            self._release()
+
+    def _release(self) -> None:
+        """Close every descriptor of this log, syncing nothing; the log is closed."""
+        with self._sync_lock, self._lock:
+            self._closed = True
+            for f in self._retired:
+                f.close()
+            self._retired = []
+            for segment in self._segments:
+                if segment.files is not None:
+                    segment.files.close()
+                    segment.files = None
+                segment.close_read()
+            self._cache, self._cache_bases, self._cache_bytes = [], [], 0
 
 
 def _head_of(batch: RecordBatch, count: int) -> RecordBatch:

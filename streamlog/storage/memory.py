@@ -16,6 +16,7 @@ from streamlog.storage.base import (
     RecordBatch,
     TopicConfig,
 )
+from streamlog.storage.errors import StorageCorrupted
 
 
 def slice_batch(batch: RecordBatch, offset: int, max_records: int) -> tuple[bytes, int]:
@@ -47,6 +48,9 @@ def read_batches(batches: Iterable[RecordBatch], offset: int, max_records: int, 
         want = max_records - count
         if want <= 0:
             break
+        if batch.base_offset > position:
+            # A hole: never answer around it (an empty or repeated slice would follow).
+            raise StorageCorrupted("partition log", position, f"offset {position} is missing: the next batch starts at {batch.base_offset}")
         fragment, n = slice_batch(batch, position, want)
         cost = len(fragment) + (1 if fragments else 0)
         if size + cost <= max_bytes or (not count and n == 1):
@@ -54,6 +58,8 @@ def read_batches(batches: Iterable[RecordBatch], offset: int, max_records: int, 
             size += cost
             count += n
             position += n
+            if count >= max_records:
+                break  # without pulling (maybe reading from disk) one more batch
             continue
         # Only part of this batch fits: take it record by record.
         for record in fragment_records(batch, position, want):

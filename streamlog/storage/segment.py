@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from streamlog.storage import codec
 from streamlog.storage.base import RecordBatch
+from streamlog.storage.descriptors import ReadFiles
 from streamlog.storage.errors import StorageCorrupted
 
 _OFFSET_ENTRY = struct.Struct(">II")
@@ -84,8 +85,10 @@ class Segment:
 
     _log = Logger()
 
-    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int) -> None:
+    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int, read_files: ReadFiles | None = None) -> None:
         self.directory = directory
+        #: Where this segment's read descriptor lives (node-wide, bounded); its own if None.
+        self.read_files = read_files if read_files is not None else ReadFiles(1)
         self.base_offset = base_offset
         self.index_interval_bytes = index_interval_bytes
         name = os.path.join(directory, segment_name(base_offset))
@@ -99,7 +102,6 @@ class Segment:
         self.last_base_offset = base_offset
         self.index_rewrite_needed = True
         self.files: SegmentFiles | None = None
-        self._read_fd: int | None = None
         # Sparse indexes, absolute offsets; None until loaded (closed segments load lazily).
         self.index_offsets: list[int] | None = None
         self.index_positions: list[int] = []
@@ -110,23 +112,31 @@ class Segment:
     # -- files -------------------------------------------------------------
 
     def open_for_append(self) -> None:
-        """Open (creating if needed) the write descriptors; the segment becomes active."""
+        """Open (creating if needed) the write descriptors; the segment becomes active.
+
+        If one of the three cannot be opened (EMFILE, EIO), those already
+        opened are closed before the error goes up.
+        """
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        self.files = SegmentFiles(
-            os.open(self.log_path, flags, 0o644),
-            os.open(self.index_path, flags, 0o644),
-            os.open(self.timeindex_path, flags, 0o644),
-        )
+        fds: list[int] = []
+        try:
+            for path in (self.log_path, self.index_path, self.timeindex_path):
+                fds.append(os.open(path, flags, 0o644))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self.files = SegmentFiles(fds[0], fds[1], fds[2])
 
     def read_fd(self) -> int:
-        if self._read_fd is None:
-            self._read_fd = os.open(self.log_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return self._read_fd
+        """A descriptor to read the data file with, from the bounded read cache.
+
+        Fetched again for every read: the cache may have closed the previous one.
+        """
+        return self.read_files.fd(self, self.log_path)
 
     def close_read(self) -> None:
-        if self._read_fd is not None:
-            os.close(self._read_fd)
-            self._read_fd = None
+        self.read_files.close(self)
 
     def file_size(self) -> int:
         return os.stat(self.log_path).st_size

@@ -20,6 +20,7 @@ from streamlog.broker.broker import BrokerConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import FsyncPolicy
 
 DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
@@ -36,6 +37,8 @@ _LIMIT_HELP = {
     "default_poll_bytes": "max_bytes of a Poll that gives none.",
     "max_wait_ms": "Longest long-poll wait a Poll may ask for.",
     "max_partitions": "Most partitions a topic may have.",
+    "max_partitions_per_node": "Most partitions on this node, all topics together; a create past it gets "
+                               "TOO_MANY_PARTITIONS (lowered at start to what the open-file limit allows).",
     "max_id_length": "Longest string request id.",
     "max_in_flight": "Requests per connection being worked on before the server stops reading more.",
     "max_waiting_polls_per_connection": "Long polls parked at once on one connection; past it a Poll that would wait "
@@ -107,6 +110,8 @@ class Options(usage.Options):
         ["default-partitions", None, 1, "Partitions of an auto-created topic.", int],
         ["segment-bytes", None, 128 * 1024 * 1024, "Roll a segment once it holds this many bytes.", int],
         ["segment-ms", None, 7 * 24 * 3600 * 1000, "Roll a segment once it is this old (ms).", int],
+        ["read-file-cache", None, DEFAULT_READ_FILES,
+         "Segment files kept open for reading, all partitions together (least recently used closed first).", int],
         ["retention-ms", None, None, "Default retention by age (ms); unset = keep forever.", int],
         ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
         ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
@@ -124,6 +129,8 @@ class Options(usage.Options):
             raise usage.UsageError("--gc-threshold must be 0 or more")
         if self["default-partitions"] < 1:
             raise usage.UsageError("--default-partitions must be at least 1")
+        if self["read-file-cache"] < 1:
+            raise usage.UsageError("--read-file-cache must be at least 1")
         for field in attrs.fields(wire.Limits):
             name = field.name.replace("_", "-")
             if self[name] < 0 or (self[name] == 0 and "timeout" not in name):

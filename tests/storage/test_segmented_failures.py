@@ -96,3 +96,19 @@ def test_durable_offset_lags_until_sync(tmp_path):
     fill(log, 1)
     assert (log.durable_offset, log.end_offset) == (15, 20)
     log.close()
+
+
+def test_rolls_without_syncs_keep_a_bounded_number_of_descriptors(tmp_path):
+    log = open_log(tmp_path, segment_bytes=1_024)  # two batches per segment
+    baseline = len(os.listdir("/proc/self/fd"))
+    peak = baseline
+    for _ in range(60):  # --fsync never: no sync comes
+        fill(log, 1)
+        peak = max(peak, len(os.listdir("/proc/self/fd")))
+    assert log.segment_count == 30
+    assert peak - baseline <= 3 * log_module.MAX_RETIRED + 3
+    assert log.sync() == 300 and read_all(log) == list(range(300))
+    log.close()
+    reopened = open_log(tmp_path, segment_bytes=1_024)
+    assert reopened.failed is None and read_all(reopened) == list(range(300))
+    reopened.close()

@@ -391,3 +391,38 @@ def test_unreadable_checkpoint_refuses(tmp_path, content):
     assert isinstance(damaged.failed, StorageCorrupted)
     assert "checkpoint" in str(damaged.failed)
     damaged.close()
+
+
+def test_a_version_1_checkpoint_is_read_and_replaced_by_version_2(tmp_path):
+    import orjson
+
+    from streamlog.storage.checkpoint import Checkpoint
+
+    log = open_log(tmp_path, segment_bytes=1_100)
+    fill(log, 10)
+    log.close()
+    path = os.path.join(tmp_path, CHECKPOINT_FILE)
+    v2 = Checkpoint.decode(open(path, "rb").read())
+    assert v2.segments == tuple((s, os.path.getsize(os.path.join(tmp_path, f"{s:020d}.log"))) for s in range(0, 40, 10))
+    v1 = {"version": 1, "segment": v2.segment, "position": v2.position, "next_offset": v2.next_offset, "max_timestamp": v2.max_timestamp}
+    open(path, "wb").write(orjson.dumps(v1))
+    log = open_log(tmp_path, segment_bytes=1_100)
+    assert log.failed is None and read_all(log) == list(range(50))
+    fill(log, 1)
+    log.close()
+    assert orjson.loads(open(path, "rb").read())["version"] == 2
+
+
+def test_a_checkpoint_changed_in_a_way_that_still_parses_is_refused(tmp_path):
+    import orjson
+
+    log = open_log(tmp_path)
+    fill(log, 2)
+    log.close()
+    path = os.path.join(tmp_path, CHECKPOINT_FILE)
+    content = orjson.loads(open(path, "rb").read())
+    content["next_offset"] += 1  # would make the next append reuse or skip an offset
+    open(path, "wb").write(orjson.dumps(content))
+    damaged = open_log(tmp_path)
+    assert isinstance(damaged.failed, StorageCorrupted) and "checksum" in str(damaged.failed)
+    damaged.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from storage_helpers import fill, make_batch, read_all
 
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint
 from streamlog.storage.log import SegmentedLog
 
 
@@ -94,4 +96,33 @@ def test_recent_segments_are_kept(tmp_path):
     log.sync()
     assert log.apply_retention(now_ms=50_500) == 100
     assert read_all(log) == list(range(100, 150))
+    log.close()
+
+
+def test_retention_checkpoints_the_shorter_chain_before_it_deletes_anything(tmp_path, monkeypatch):
+    log = open_log(tmp_path, retention_bytes=2_500)
+    fill(log, 20)
+    log.sync()
+    real_unlink = os.unlink
+
+    class Crash(Exception):
+        pass
+
+    def crash_on_the_first_unlink(path, *args, **kwargs):
+        checkpoint = Checkpoint.decode((tmp_path / CHECKPOINT_FILE).read_bytes())
+        assert checkpoint.segments and checkpoint.segments[0][0] > 0  # the deleted segments are no longer listed
+        raise Crash(path)
+
+    monkeypatch.setattr(os, "unlink", crash_on_the_first_unlink)
+    with pytest.raises(Crash):
+        log.apply_retention(now_ms=0)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    start = log.start_offset
+    log._release()  # the process died here: no clean close
+    assert logs_in(tmp_path)[0] == f"{0:020d}.log"  # every file still there
+
+    log = open_log(tmp_path, retention_bytes=2_500)
+    assert log.failed is None and log.start_offset == start  # the deletion is finished, not taken for damage
+    assert logs_in(tmp_path)[0] == f"{start:020d}.log"
+    assert read_all(log) == list(range(start, 100))
     log.close()

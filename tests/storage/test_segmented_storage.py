@@ -88,3 +88,30 @@ def test_create_never_overwrites_a_topic_on_disk(tmp_path):
         storage.create_topic("t", 1, TopicConfig())
     assert read_all(storage.load()["t"][1][0]) == list(range(10))
     storage.close()
+
+
+def test_running_out_of_descriptors_at_load_refuses_to_start_with_what_to_do(tmp_path, monkeypatch):
+    import errno
+
+    from streamlog.storage.errors import CannotLoad
+
+    storage = SegmentedStorage(str(tmp_path))
+    storage.create_topic("t", 4, TopicConfig())
+    storage.close()
+    before = len(os.listdir("/proc/self/fd"))
+    real_open = os.open
+    opened = [0]
+
+    def emfile_after_five(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            opened[0] += 1
+            if opened[0] > 5:
+                raise OSError(errno.EMFILE, "Too many open files", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", emfile_after_five)
+    storage = SegmentedStorage(str(tmp_path))
+    with pytest.raises(CannotLoad, match="raise the open-file limit"):
+        storage.load()
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before  # the partitions opened before it were closed
