@@ -283,5 +283,9 @@ class BrokerService(service.Service):
         if self.factory is not None:
             d.addCallback(lambda _: self.factory.close_connections(self.drain_timeout))
         d.addBoth(lambda _: broker.close())
-        d.addBoth(lambda result: (self._release_lock(), result)[1])
-        return d
+
+        def release(result: Any) -> Any:
+            self._release_lock()  # last: the next server may open the logs once they are closed
+            return result
+
+        return d.addBoth(release)

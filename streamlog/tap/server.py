@@ -171,19 +171,25 @@ class ListenService(service.Service):
         self.port = results[0]
         address = self.port.getHost()
         if self.port_file:
-            number = getattr(address, "port", None)
             try:
-                if number is None:
-                    raise OSError(f"the endpoint {self.description} has no port number")
-                tmp = self.port_file + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write(f"{number}\n")
-                os.replace(tmp, self.port_file)
-            except OSError as e:
+                self._write_port_file(self.port_file, address)
+            except StartupError:
                 self.port.stopListening()
                 self.port = None
-                raise StartupError(f"cannot write the port file {self.port_file}: {e.strerror or e}") from None
+                raise
         return describe_address(address)
+
+    def _write_port_file(self, path: str, address: Any) -> None:
+        number = getattr(address, "port", None)
+        if number is None:
+            raise StartupError(f"--port-file needs an endpoint with a port number, and {self.description} has none")
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{number}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StartupError(f"cannot write the port file {path}: {e.strerror or e}") from None
 
     def startService(self) -> None:
         if self.port is None:
