@@ -36,6 +36,12 @@ def test_a_refused_send_to_a_new_topic_leaves_no_topic(conn, method, params, cod
     assert conn.call("DescribeTopic", {"topic": "new"})["error"]["code"] == "UNKNOWN_TOPIC"
 
 
+def test_the_refusal_says_the_topic_does_not_exist_yet(conn):
+    error = conn.call("Send", {"topic": "new", "value": 1, "partition": 2})["error"]
+    assert error == {"code": "UNKNOWN_PARTITION", "topic": "new", "partitions": 2,
+                     "message": "topic 'new' does not exist; auto-created it would have 2 partitions, not 2"}
+
+
 def test_a_refused_send_leaves_no_topic_on_disk(tmp_path, clock):
     harness = BrokerHarness(storage=SegmentedStorage(str(tmp_path)),
                             config=BrokerConfig(limits=wire.Limits(max_message_bytes=200)), clock=clock)

@@ -210,9 +210,9 @@ class Broker:
             index = message.get("partition")
             if index is not None:
                 if index >= count:
+                    where = f"has {count}" if topic is not None else f"does not exist; auto-created it would have {count}"
                     raise errors.UnknownPartition(
-                        f"topic {p.topic!r} has {count} partitions, not {index}",
-                        topic=p.topic, partitions=count,
+                        f"topic {p.topic!r} {where} partitions, not {index}", topic=p.topic, partitions=count,
                     )
             elif message.get("key") is not None:
                 index = partition_for_key(message["key"], count)
