@@ -370,8 +370,10 @@ def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
     p = _Params(params)
     topic = _topic(p)
     partitions = p.integer("partitions", default=1, minimum=1, maximum=limits.max_partitions)
-    config = p.raw("config") or {}
+    config = p.raw("config")
     p.done()
+    if config is None:  # absent or null: the server defaults (not any falsy value: 0, "", [] are mistakes)
+        config = {}
     if not isinstance(config, dict):
         raise errors.InvalidParams("'config' must be an object")
     c = _Params(config, "config")

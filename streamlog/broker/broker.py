@@ -166,14 +166,6 @@ class Broker:
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
         return topic
 
-    def _topic_for_send(self, name: str) -> Topic:
-        topic = self.topics.get(name)
-        if topic is not None:
-            return topic
-        if not self.config.auto_create_topics:
-            raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
-        return self.create_topic(name, self.config.default_partitions)
-
     def handle_create_topic(self, params: dict[str, Any]) -> dict[str, Any]:
         p = wire.parse_create_topic(params, self.limits)
         topic = self.create_topic(p.topic, p.partitions, p.config)
@@ -240,38 +232,43 @@ class Broker:
     def send(self, p: wire.SendParams) -> Deferred | None:
         """Append C{p.messages}, one atomic batch per partition.
 
-        Everything is checked before anything is appended, so a request either
-        lands whole on every partition it touches or not at all.  Returns
+        Everything is checked before anything is appended (or a new topic
+        created), so a request either lands whole on every partition it
+        touches or leaves no trace.  Returns
         None for C{acks=none}, else a Deferred of the placement.
         """
         if self.stopping:
             raise errors.ShuttingDown("the node is shutting down; nothing was appended")
-        topic = self._topic_for_send(p.topic)
-        count = len(topic.partitions)
+        # A topic that does not exist yet is created only once the whole request has
+        # passed every check below: a refused Send must leave nothing behind.
+        topic = self.topics.get(p.topic)
+        if topic is None and not self.config.auto_create_topics:
+            raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
+        count = len(topic.partitions) if topic is not None else self.config.default_partitions
         sticky: int | None = None
         groups: dict[int, list[wire.Message]] = {}
         for message in p.messages:
             index = message.get("partition")
             if index is not None:
                 if index >= count:
+                    where = f"has {count}" if topic is not None else f"does not exist; auto-created it would have {count}"
                     raise errors.UnknownPartition(
-                        f"topic {p.topic!r} has {count} partitions, not {index}",
-                        topic=p.topic, partitions=count,
+                        f"topic {p.topic!r} {where} partitions, not {index}", topic=p.topic, partitions=count,
                     )
             elif message.get("key") is not None:
                 index = partition_for_key(message["key"], count)
             else:
                 if sticky is None:
-                    sticky = topic.next_partition()
+                    # A new topic's first round-robin pick is 0 (its counter is moved on once it exists).
+                    sticky = topic.next_partition() if topic is not None else 0
                 index = sticky
             groups.setdefault(index, []).append(message)
 
         timestamp = self.now_ms()
         limit = self.limits.max_message_bytes
-        batches: list[tuple[Partition, RecordBatch]] = []
+        encoded: list[tuple[int, int, list[bytes]]] = []
         for index, messages in groups.items():
-            partition = self.partition(p.topic, index)
-            base = partition.end_offset
+            base = self.partition(p.topic, index).end_offset if topic is not None else 0
             records = wire.encode_records(base, timestamp, messages)
             largest = max(map(len, records))
             if largest > limit:
@@ -279,11 +276,19 @@ class Broker:
                     f"message of {largest} bytes (encoded) exceeds the limit of {limit}",
                     limit=limit, size=largest,
                 )
+            encoded.append((index, base, records))
+
+        if topic is None:
+            topic = self.create_topic(p.topic, count)
+            if sticky is not None:
+                topic.next_partition()  # the pick made above, for the counter
+        batches: list[tuple[Partition, RecordBatch]] = []
+        for index, base, records in encoded:
             batch = RecordBatch(
                 base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
                 max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),
             )
-            batches.append((partition, batch))
+            batches.append((topic.partitions[index], batch))
 
         placed = []
         waits = []

@@ -1,23 +1,100 @@
 """The broker as a Twisted service: opens storage, runs retention, closes cleanly.
 
+Configuration is a plain L{NodeConfig}, so a test or the cluster node can
+build one without twistd.  Construction only stores it; the work that can
+fail at start (lift the open-file limit, lock the data directory, open and
+recover the storage, build the L{Broker}) is one defined step, L{open},
+which raises L{StartupError} with one line for a person and leaves nothing
+locked or open behind.  C{twistd streamlog-server} calls it from
+C{makeService}, before the reactor runs and before twistd forks into the
+background; what must live in the final process (the group committer's sync
+thread) starts in L{BrokerService.startService}.
+
 Stopping order matters for durability: the listener stops first (the
 MultiService stops children in reverse order), then the committer makes a
-final sync, then the logs are closed with their clean-shutdown checkpoint.
+final sync, then the logs are closed with their clean-shutdown checkpoint,
+and only then is the data directory's lock released.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
+import time
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
-from streamlog.storage.errors import CannotLoad
+from streamlog.storage.base import TopicConfig
+from streamlog.storage.descriptors import DEFAULT_READ_FILES
+from streamlog.storage.errors import StorageError
+from streamlog.storage.group_commit import ALWAYS, FsyncPolicy, GroupCommitter
+from streamlog.storage.lock import DataDirLock, DataDirLocked
 from streamlog.storage.memory import MemoryStorage
+from streamlog.storage.segmented import SegmentedStorage
+
+DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
+DEFAULT_DATA_DIR = "streamlog-data"
+STORAGES = ("segmented", "memory")
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    """Everything one node needs to start, as plain values.
+
+    L{streamlog.tap.server.Options.node_config} builds it from the command
+    line (where each field is checked with a message naming its option);
+    anyone else builds it by hand.  The defaults are the embedded default of
+    ARCHITECTURE.md: one durable node on 127.0.0.1:7070.
+    """
+
+    #: A Twisted server endpoint description.
+    listen: str = DEFAULT_LISTEN
+    data_dir: str = DEFAULT_DATA_DIR
+    #: "segmented" (durable, in C{data_dir}) or "memory" (C{data_dir} is not used).
+    storage: str = attrs.field(default="segmented", validator=attrs.validators.in_(STORAGES))
+    fsync: FsyncPolicy = FsyncPolicy(ALWAYS)
+    auto_create_topics: bool = True
+    default_partitions: int = 1
+    #: Server-wide topic settings; a topic's own config overrides them.
+    topic_defaults: TopicConfig = TopicConfig()
+    retention_check_interval: float = 60.0
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+    #: Write the bound port here once listening (tests and scripts use it with tcp:0).
+    port_file: str | None = None
+    #: Descriptors kept open for reading closed segments, node-wide (streamlog.storage.descriptors).
+    read_file_cache: int = DEFAULT_READ_FILES
+
+    def broker_config(self) -> BrokerConfig:
+        return BrokerConfig(
+            auto_create_topics=self.auto_create_topics,
+            default_partitions=self.default_partitions,
+            limits=self.limits,
+            unsynced_durability="memory" if self.storage == "memory" else "written",
+        )
+
+
+class StartupError(Exception):
+    """The node cannot start.  Its text is one line a person can act on;
+    C{makeService} exits with it (status 1, no traceback)."""
+
+
+@attrs.frozen
+class Recovery:
+    """What L{BrokerService.open} found: logged in the start-up line."""
+
+    topics: int
+    partitions: int
+    #: Partitions that found damaged synced data and refuse to serve (docs/storage.md).
+    unavailable: int
+    seconds: float
 
 
 def fail_stop(error: Any) -> None:
@@ -57,8 +134,6 @@ def fit_partitions(config: BrokerConfig, open_file_limit: int, read_files: int) 
     come on top (streamlog.storage.descriptors).  A node that reached a cap
     the limit cannot hold would fail its next segment roll, or its next start.
     """
-    import attrs
-
     from streamlog.storage.descriptors import partitions_within
 
     limits = config.limits
@@ -77,62 +152,170 @@ def fit_partitions(config: BrokerConfig, open_file_limit: int, read_files: int) 
     return attrs.evolve(config, limits=attrs.evolve(limits, max_partitions_per_node=room))
 
 
+def prepare_data_dir(path: str) -> None:
+    """Make sure C{path} is a directory this process can write, or say why not."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StartupError(f"the data dir {path} is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create the data dir {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"the data dir {path} is not writable by this user (uid {os.getuid()})")
+
+
 class BrokerService(service.Service):
+    """The broker of one node, its storage, retention and the data directory's lock."""
+
     _log = Logger()
 
-    def __init__(self, options: Any, config: BrokerConfig, clock: Any) -> None:
+    def __init__(self, config: NodeConfig, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.config = config
         self.clock = clock
-        self.committer = None
-        before, after = raise_open_file_limit()
-        if after != before:
-            self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
-        if options["storage"] != "memory":
-            config = fit_partitions(config, after, options["read-file-cache"])
-        try:
-            if options["storage"] == "memory":
-                storage: Any = MemoryStorage(options.topic_defaults())
-            else:
-                storage = self._segmented(options)
-            self.broker = Broker(storage, config, clock=clock, committer=self.committer, on_fatal=fail_stop)
-        except CannotLoad as e:  # damage the node must not serve around: one line, no traceback
-            raise SystemExit(f"streamlog-server: cannot start: {e}") from None
+        self.broker: Broker | None = None
+        self.committer: Any = None
+        self.lock: DataDirLock | None = None
+        self.recovery: Recovery | None = None
+        #: The address actually bound (the node's listener says it), for the lock file.
+        self.listen_address = config.listen
+        self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._retention = LoopingCall(self._apply_retention)
         self._retention.clock = clock
-        self._retention_interval = options["retention-check-interval"]
-        #: The connection factory, set by makeService; its connections are drained at stop.
+        #: The connection factory, set by whoever listens; its connections are drained at stop.
         self.factory: Any = None
         self.drain_timeout = 5.0
 
-    def _segmented(self, options: Any) -> Any:
-        from streamlog.storage.group_commit import GroupCommitter
-        from streamlog.storage.segmented import SegmentedStorage
+    @property
+    def data_dir(self) -> str | None:
+        """The absolute data directory, or None for memory storage."""
+        return None if self.config.storage == "memory" else os.path.abspath(self.config.data_dir)
 
-        os.makedirs(options["data-dir"], exist_ok=True)
-        storage = SegmentedStorage(options["data-dir"], options.topic_defaults(), read_files=options["read-file-cache"])
-        self.committer = GroupCommitter(options["fsync-policy"], clock=self.clock, on_fatal=fail_stop)
-        return storage
+    # --- the start-up step -------------------------------------------------------
+
+    def open(self) -> Broker:
+        """Lock the data directory, open and recover the storage, build the broker.
+
+        Raises L{StartupError} for what a person must fix (not a directory,
+        not writable, locked by another server, unreadable topic metadata),
+        after undoing what was done.  Idempotent: a second call returns the
+        same broker.
+        """
+        if self.broker is not None:
+            return self.broker
+        before, after = raise_open_file_limit()
+        if after != before:
+            self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
+        began = time.monotonic()
+        storage: Any
+        broker_config = self.config.broker_config()
+        if self.data_dir is None:
+            storage = MemoryStorage(self.config.topic_defaults)
+        else:
+            broker_config = fit_partitions(broker_config, after, self.config.read_file_cache)
+            storage = self._open_segmented(self.data_dir)
+        try:
+            broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
+        except (OSError, ValueError, StorageError) as e:
+            self._abandon(storage)
+            raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
+        partitions = [p for topic in broker.topics.values() for p in topic.partitions]
+        self.recovery = Recovery(
+            topics=len(broker.topics), partitions=len(partitions),
+            unavailable=sum(1 for p in partitions if p.failed is not None),
+            seconds=time.monotonic() - began,
+        )
+        self.broker = broker
+        return broker
+
+    def _open_segmented(self, data_dir: str) -> Any:
+        prepare_data_dir(data_dir)
+        try:
+            self.lock = DataDirLock.acquire(data_dir, self.holder())
+        except DataDirLocked as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"cannot lock the data dir {data_dir}: {e.strerror or e}") from None
+        try:
+            return SegmentedStorage(data_dir, self.config.topic_defaults, read_files=self.config.read_file_cache)
+        except OSError as e:
+            self._release_lock()
+            raise StartupError(f"cannot open the data dir {data_dir}: {e.strerror or e}") from None
+
+    def holder(self) -> dict[str, Any]:
+        """What the lock file says about this node (docs/operations.md, "Starting a node")."""
+        return {
+            "pid": os.getpid(), "host": socket.gethostname(), "started": self.started,
+            "listen": self.listen_address, "version": __version__,
+        }
+
+    def listening_on(self, address: str) -> None:
+        """The listener is bound: record where, so a second server can say who holds the lock."""
+        self.listen_address = address
+        if self.lock is not None:
+            self.lock.update(self.holder())
+
+    def close(self) -> None:
+        """Undo L{open} for a node that will not start (its listener failed)."""
+        if self.broker is not None:
+            broker, self.broker = self.broker, None
+            self._abandon(broker.storage)
+        else:
+            self._release_lock()
+
+    def _abandon(self, storage: Any) -> None:
+        try:
+            storage.close()
+        except Exception:
+            self._log.failure("closing the storage of a node that did not start failed")
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.release()
+
+    # --- running -----------------------------------------------------------------
 
     def _apply_retention(self) -> None:
         try:
+            assert self.broker is not None
             self.broker.apply_retention()
         except Exception:
             self._log.failure("retention check failed")
 
     def startService(self) -> None:
+        broker = self.open()
         super().startService()
-        self._retention.start(self._retention_interval, now=False)
+        if self.lock is not None:
+            self.lock.update(self.holder())  # after twistd's fork into the background the pid is new
+        if self.data_dir is not None and self.committer is None:
+            # Here, not in open(): its sync thread must start in the process that runs
+            # (a thread started before twistd forks into the background would not exist in it).
+            self.committer = GroupCommitter(self.config.fsync, clock=self.clock, on_fatal=fail_stop)
+            broker.committer = self.committer
+        self._retention.start(self.config.retention_check_interval, now=False)
 
     def stopService(self) -> Any:
         """Stop taking writes, answer every send already appended once the
         final sync covers it, let those answers reach the clients, then close
-        the logs with their clean-shutdown checkpoint."""
+        the logs with their clean-shutdown checkpoint and release the lock."""
         super().stopService()
         if self._retention.running:
             self._retention.stop()
-        self.broker.stopping = True
+        broker = self.broker
+        if broker is None:
+            return None
+        broker.stopping = True
         d = maybeDeferred(self.committer.stop) if self.committer is not None else maybeDeferred(lambda: None)
         d.addErrback(lambda f: self._log.failure("final sync failed", f))
         if self.factory is not None:
             d.addCallback(lambda _: self.factory.close_connections(self.drain_timeout))
-        d.addBoth(lambda _: self.broker.close())
-        return d
+        d.addBoth(lambda _: broker.close())
+
+        def release(result: Any) -> Any:
+            self._release_lock()  # last: the next server may open the logs once they are closed
+            return result
+
+        return d.addBoth(release)

@@ -14,16 +14,16 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
-from streamlog import wire
-from streamlog.broker.broker import BrokerConfig
+from streamlog import __version__, wire
+from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import FsyncPolicy
 
-DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
 _log = Logger()
 
 _LIMIT_HELP = {
@@ -103,7 +103,7 @@ class Options(usage.Options):
 
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "Endpoint to listen on (a Twisted endpoint description)."],
-        ["data-dir", "d", "streamlog-data", "Directory of the durable log."],
+        ["data-dir", "d", DEFAULT_DATA_DIR, "Directory of the durable log (locked while the node runs)."],
         ["storage", None, "segmented", "Log implementation: segmented (durable, on disk) or memory."],
         ["fsync", None, "always", "When to fsync: always (before acks=all answers), interval:<ms>, never."],
         ["auto-create-topics", None, "on", "Create a topic on its first Send: on or off."],
@@ -127,18 +127,45 @@ class Options(usage.Options):
             raise usage.UsageError("--auto-create-topics must be 'on' or 'off'")
         if self["gc-threshold"] < 0:
             raise usage.UsageError("--gc-threshold must be 0 or more")
-        if self["default-partitions"] < 1:
-            raise usage.UsageError("--default-partitions must be at least 1")
         if self["read-file-cache"] < 1:
             raise usage.UsageError("--read-file-cache must be at least 1")
+        if not self["data-dir"]:
+            raise usage.UsageError("--data-dir must not be empty")
         for field in attrs.fields(wire.Limits):
             name = field.name.replace("_", "-")
             if self[name] < 0 or (self[name] == 0 and "timeout" not in name):
                 raise usage.UsageError(f"--{name} must be positive")
+        if not 1 <= self["default-partitions"] <= self["max-partitions"]:
+            raise usage.UsageError(f"--default-partitions must be between 1 and --max-partitions ({self['max-partitions']})")
+        # The same floors as a topic's own config in CreateTopic (docs/protocol.md).
+        if self["segment-bytes"] < 1024:
+            raise usage.UsageError("--segment-bytes must be at least 1024")
+        for name in ("segment-ms", "retention-ms", "retention-bytes"):
+            if self[name] is not None and self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if not self["retention-check-interval"] > 0:
+            raise usage.UsageError("--retention-check-interval must be more than 0 seconds")
         try:
             self["fsync-policy"] = FsyncPolicy.parse(self["fsync"])
         except ValueError as e:
             raise usage.UsageError(f"--fsync: {e}") from None
+        _check_endpoint(self["listen"])
+
+    def node_config(self) -> NodeConfig:
+        """The checked options as the plain configuration the node is built from."""
+        return NodeConfig(
+            listen=self["listen"],
+            data_dir=self["data-dir"],
+            storage=self["storage"],
+            fsync=self["fsync-policy"],
+            auto_create_topics=self["auto-create-topics"] == "on",
+            default_partitions=self["default-partitions"],
+            topic_defaults=self.topic_defaults(),
+            retention_check_interval=self["retention-check-interval"],
+            limits=self.limits(),
+            port_file=self["port-file"],
+            read_file_cache=self["read-file-cache"],
+        )
 
     def limits(self) -> wire.Limits:
         return wire.Limits(**{f.name: self[f.name.replace("_", "-")] for f in attrs.fields(wire.Limits)})
@@ -150,42 +177,74 @@ class Options(usage.Options):
         )
 
 
+def _check_endpoint(description: str) -> None:
+    """Refuse a --listen that is not an endpoint description (parsing binds nothing)."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(
+            f"--listen {description!r} is not a server endpoint description ({e}); "
+            f"for example tcp:7070:interface=127.0.0.1 or unix:/run/streamlog.sock"
+        ) from None
+
+
 class ListenService(service.Service):
     """Listens on an endpoint while running; optionally writes the bound port to a file.
 
-    The port file lets tests and scripts use C{tcp:0} and learn the port
-    without sleeping: the file appears (atomically) once the server listens.
+    L{listen_now} binds at once, before the reactor runs, so that a port in
+    use or an address the host does not have is a start-up error (one line,
+    exit status 1) and not a log line in a server that keeps running without
+    listening.  The port file lets tests and scripts use C{tcp:0} and learn
+    the port without sleeping: the file appears (atomically) once the node
+    is bound, its storage already recovered.
     """
 
     _log = Logger()
 
-    def __init__(self, endpoint: Any, factory: Any, port_file: str | None = None) -> None:
+    def __init__(self, endpoint: Any, factory: Any, port_file: str | None = None, description: str = "") -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port_file = port_file
+        self.description = description or repr(endpoint)
         self.port: Any = None
 
-    def startService(self) -> None:
-        super().startService()
-        d = self.endpoint.listen(self.factory)
-        d.addCallback(self._listening)
-        d.addErrback(self._failed)
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        address = port.getHost()
-        self._log.info("streamlog listening on {host}:{port}", host=address.host, port=address.port)
+    def listen_now(self) -> str:
+        """Bind, write the port file; return the bound address.  Raises L{StartupError}."""
+        results: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(results.append)
+        if not results:  # every endpoint Twisted ships binds synchronously
+            raise StartupError(f"--listen {self.description}: the endpoint did not bind at once")
+        if isinstance(results[0], Failure):
+            raise StartupError(f"cannot listen on {self.description}: {_reason(results[0].value)}")
+        self.port = results[0]
+        address = self.port.getHost()
         if self.port_file:
-            tmp = self.port_file + ".tmp"
+            try:
+                self._write_port_file(self.port_file, address)
+            except StartupError:
+                self.port.stopListening()
+                self.port = None
+                raise
+        return describe_address(address)
+
+    def _write_port_file(self, path: str, address: Any) -> None:
+        number = getattr(address, "port", None)
+        if number is None:
+            raise StartupError(f"--port-file needs an endpoint with a port number, and {self.description} has none")
+        tmp = path + ".tmp"
+        try:
             with open(tmp, "w") as f:
-                f.write(f"{address.port}\n")
-            os.replace(tmp, self.port_file)
+                f.write(f"{number}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StartupError(f"cannot write the port file {path}: {e.strerror or e}") from None
 
-    def _failed(self, failure: Any) -> None:
-        from twisted.internet import reactor
-
-        self._log.failure("cannot listen", failure)
-        reactor.stop()
+    def startService(self) -> None:
+        if self.port is None:
+            self.listen_now()
+        super().startService()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -195,23 +254,108 @@ class ListenService(service.Service):
         return None
 
 
+def _reason(error: BaseException) -> str:
+    """The part of a listen failure a person needs (not the repeated address)."""
+    socket_error = getattr(error, "socketError", None)
+    if isinstance(socket_error, OSError) and socket_error.strerror:
+        return socket_error.strerror
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def describe_address(address: Any) -> str:
+    """C{127.0.0.1:7070}, C{[::1]:7070} or a UNIX socket path."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return str(name if name is not None else address)
+
+
+class Node(service.MultiService):
+    """One streamlog node: its broker service, then its listener.
+
+    In that order so that the listener stops first (a MultiService stops its
+    children in reverse).  L{open} is the start-up step: everything that can
+    fail because of the machine or the configuration happens there, before
+    the reactor runs, as one L{StartupError}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        self.config = config
+        self.reactor = reactor
+        self.broker_service = BrokerService(config, reactor)
+        self.broker_service.setServiceParent(self)
+        self.listener: ListenService | None = None
+        self.address: str | None = None
+
+    def open(self) -> None:
+        """Lock and recover the storage, then bind the listener.  Raises L{StartupError}.
+
+        Storage first: the lock is what tells a second server on the same data
+        directory (usually also on the same port) who is already there.
+        """
+        if self.listener is not None:
+            return
+        try:
+            endpoint = endpoints.serverFromString(
+                self.reactor, with_listen_backlog(self.config.listen, self.config.limits.listen_backlog))
+        except Exception as e:
+            raise StartupError(f"--listen {self.config.listen!r}: {e}") from None
+        broker = self.broker_service.open()
+        factory = self.broker_service.factory = BrokerFactory(broker, self.config.limits, self.reactor)
+        listener = ListenService(endpoint, factory, self.config.port_file, self.config.listen)
+        try:
+            self.address = listener.listen_now()
+        except StartupError:
+            self.broker_service.close()
+            raise
+        self.broker_service.listening_on(self.address)
+        self.listener = listener
+        listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.open()
+        super().startService()
+        recovery = self.broker_service.recovery
+        assert recovery is not None
+        self._log.info(
+            "streamlog {version} serving on {address} (--listen {listen}); storage {storage}{where}, "
+            "fsync {fsync}; recovered {topics} topics, {partitions} partitions{unavailable} in {recovery_s} s",
+            version=__version__, address=self.address, listen=self.config.listen,
+            storage=self.config.storage, data_dir=self.broker_service.data_dir,
+            where=f" in {self.broker_service.data_dir}" if self.broker_service.data_dir else " (not durable)",
+            fsync=self.config.fsync if self.config.storage == "segmented" else "n/a",
+            topics=recovery.topics, partitions=recovery.partitions,
+            unavailable=f" ({recovery.unavailable} unavailable)" if recovery.unavailable else "",
+            unavailable_partitions=recovery.unavailable, recovery_s=f"{recovery.seconds:.3f}",
+            recovery_seconds=recovery.seconds,
+        )
+
+
 def makeService(options: Options) -> service.IService:
+    """Build the node and run its start-up step now, before the reactor runs.
+
+    twistd exits 0 whatever happens once the reactor runs, and an exception
+    raised here would print a traceback.  A L{StartupError} becomes
+    C{SystemExit("streamlog-server: ...")}: twistd has not redirected stderr
+    to its log yet, so the one line goes to the terminal (or the service
+    manager's journal), and the exit status is 1.
+    """
     from twisted.internet import reactor
 
-    from streamlog.broker.service import BrokerService
-
-    limits = options.limits()
-    config = BrokerConfig(
-        auto_create_topics=options["auto-create-topics"] == "on",
-        default_partitions=options["default-partitions"],
-        limits=limits,
-        unsynced_durability="memory" if options["storage"] == "memory" else "written",
-    )
-    top = service.MultiService()
-    broker_service = BrokerService(options, config, reactor)
-    broker_service.setServiceParent(top)
-    factory = broker_service.factory = BrokerFactory(broker_service.broker, limits, reactor)
-    endpoint = endpoints.serverFromString(reactor, with_listen_backlog(options["listen"], limits.listen_backlog))
-    ListenService(endpoint, factory, options["port-file"]).setServiceParent(top)
+    node = Node(options.node_config(), reactor)
+    try:
+        node.open()
+    except StartupError as e:
+        raise SystemExit(f"streamlog-server: {e}") from None
     tune_for_throughput(options["gc-threshold"])
-    return top
+    return node
