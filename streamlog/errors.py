@@ -133,6 +133,28 @@ class NotLeader(StreamlogError):
     code = "NOT_LEADER"
 
 
+class TooManyWaitingPolls(StreamlogError):
+    """A Poll that would wait was refused: too many polls are parked on that connection or node.
+
+    Transient: back off, then poll again (a Poll that finds data is still
+    answered at once).  Details: C{limit}, C{scope} ("connection" or "node").
+    """
+
+    code = "TOO_MANY_WAITING_POLLS"
+
+
+class KeyTooLarge(StreamlogError):
+    """A message key is longer than the server allows; permanent for that message."""
+
+    code = "KEY_TOO_LARGE"
+
+
+class TooManyPartitions(StreamlogError):
+    """CreateTopic (or an auto-creating Send) asked for more partitions than the server allows."""
+
+    code = "TOO_MANY_PARTITIONS"
+
+
 class Timeout(StreamlogError):
     """No answer came within the client's request timeout (client side only)."""
 
@@ -152,7 +174,8 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, InvalidTopic, UnknownTopic, TopicExists,
         UnknownPartition, OffsetOutOfRange, TooManyConnections, PartitionUnavailable,
-        StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
+        StorageError, ShuttingDown, NotLeader, TooManyWaitingPolls, KeyTooLarge, TooManyPartitions,
+        Timeout, ConnectionLost,
     ]
 }
 
