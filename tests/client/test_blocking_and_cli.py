@@ -111,6 +111,80 @@ def test_blocking_reconnects_after_the_server_closed(server):
     c.close()
 
 
+def test_blocking_pipelined_polls_answer_in_any_order(server, blocking):
+    blocking.create_topic("b-pipe", partitions=2)
+    with BlockingClient(server.address, timeout=10) as c:
+        slow = c.submit("Poll", {"topic": "b-pipe", "partition": 0, "offset": 0, "max_wait_ms": 10_000})
+        fast = c.submit("Poll", {"topic": "b-pipe", "partition": 1, "offset": 0, "max_wait_ms": 10_000})
+        assert c.next_answer(0.2) is None  # both parked; the connection stays usable
+        blocking.send("b-pipe", "one", partition=1)
+        rid, result = c.next_answer(10)
+        assert rid == fast and [m["value"] for m in result["messages"]] == ["one"]
+        bad = c.submit("Poll", {"topic": "b-pipe", "partition": 7, "offset": 0})
+        rid, error = c.next_answer(10)
+        assert rid == bad and isinstance(error, errors.UnknownPartition)  # returned, not raised
+        blocking.send("b-pipe", "zero", partition=0)
+        rid, result = c.next_answer(10)
+        assert rid == slow and [m["value"] for m in result["messages"]] == ["zero"]
+
+
+class UnixRelay:
+    """A unix socket whose connections are relayed to the server's TCP port (bounded: daemon threads,
+    closed at the end).  The server's own unix: listener is another branch's."""
+
+    def __init__(self, path, port):
+        self.path = str(path)
+        self.port = port
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(8)
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.fixture
+def unix_address(server, tmp_path):
+    relay = UnixRelay(tmp_path / "streamlog.sock", server.port)
+    yield f"unix:{relay.path}"
+    relay.close()
+
+
+def test_blocking_client_over_a_unix_socket(unix_address, tmp_path):
+    with BlockingClient(unix_address, timeout=10) as c:
+        assert c.ping()["pong"] is True
+    with pytest.raises(errors.ConnectionLost, match="cannot connect to unix:.*missing.sock"):
+        BlockingClient(f"unix:{tmp_path / 'missing.sock'}", timeout=2).ping()
+
+
 # --- CLI ------------------------------------------------------------------------------
 
 
