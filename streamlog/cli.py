@@ -354,8 +354,9 @@ def _start_offset(client: BlockingClient, args: argparse.Namespace, range_: dict
     first, end = range_["log_start_offset"], range_["log_end_offset"]
     if not first <= offset <= end:
         where = "past its end" if offset > end else "before its start (removed by retention)"
+        holds = f"is empty (its next offset is {end})" if first == end else f"holds offsets [{first}, {end})"
         raise errors.OffsetOutOfRange(
-            f"{args.topic}/{partition} holds offsets [{first}, {end}): offset {offset} is {where}; "
+            f"{args.topic}/{partition} {holds}: offset {offset} is {where}; "
             f"use --from earliest, latest or -N{'' if args.partition is not None else ', or --partition'}",
             log_start_offset=first, high_watermark=range_["high_watermark"], log_end_offset=end)
     return offset

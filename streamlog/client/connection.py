@@ -412,15 +412,12 @@ class StreamlogClient:
         """The backoff before the next attempt; logs a failed attempt's reason when it is new."""
         delay = self._backoff(attempt)
         reason = self._named.last_error
-        if reason is not None and not self._closed:
-            if reason != self._reported:
-                self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
-                               "backing off up to {most:g}s", address=self.address, reason=reason,
-                               delay=delay, most=self.reconnect_max)
-                self._reported = reason
-            else:
-                self._log.debug("still cannot connect to {address} ({reason}); attempt {attempt}, next in "
-                                "{delay:.1f}s", address=self.address, reason=reason, attempt=attempt, delay=delay)
+        if reason is not None and not self._closed and reason != self._reported:
+            # Once per kind of failure: twistd shows every level, debug included.
+            self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
+                           "backing off up to {most:g}s", address=self.address, reason=reason,
+                           delay=delay, most=self.reconnect_max)
+            self._reported = reason
         return delay
 
     def _connected(self, proto: ClientProtocol) -> None:

@@ -173,8 +173,13 @@ class ProducerService(LoopingClientService):
         if not self._queue:
             return
         first, last = self._queue[0].number, self._queue[-1].number
-        in_flight = (f"; messages {first}-{self._queue[self._in_flight - 1].number} were in flight and may "
-                     "or may not have been appended" if self._in_flight else "")
+        in_flight = ""
+        if self._in_flight:
+            upto = self._queue[self._in_flight - 1].number
+            # Not connected: the request is still waiting in the client for a connection, never written.
+            in_flight = (f"; messages {first}-{upto} were in flight and may or may not have been appended"
+                         if self.client is not None and self.client.connected
+                         else f"; messages {first}-{upto} were waiting for a connection (never sent)")
         self._log.warn("messages {first}-{last} were not acknowledged{in_flight}", first=first, last=last,
                        in_flight=in_flight)
 

@@ -554,3 +554,15 @@ def test_producer_stop_with_a_request_in_flight_says_so_instead_of_failing(netwo
     assert not [t for t in text if "failed" in t or "resending" in t], text
     assert "stopping: 1 message(s) acknowledged" in text
     assert [t for t in text if "messages 2-2 were not acknowledged; messages 2-2 were in flight" in t]
+
+
+def test_producer_stop_while_unreachable_says_nothing_was_sent(network, clock, client):
+    network.drop()
+    network.up = False
+    svc, finished = start_producer(client, clock, "-t", "t", "--interval", "0.5")
+    clock.pump([0.5] * 3)  # messages queue; the first request waits in the client (2 s) for a connection
+    with capturedLogs() as events:
+        svc.stopService()
+    text = [formatEvent(e) for e in events]
+    assert [t for t in text if "messages 1-1 were waiting for a connection (never sent)" in t], text
+    assert not [t for t in text if "may or may not" in t]
