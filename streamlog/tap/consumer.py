@@ -103,6 +103,11 @@ class Options(ClientOptions):
             raise usage.UsageError("--max-messages must be at least 1")
         if self["on-out-of-range"] not in ("reset", "exit"):
             raise usage.UsageError("--on-out-of-range must be 'reset' or 'exit'")
+        if self["output"] != "-":
+            try:  # a typo in the path is a usage error, not a traceback once running
+                LineOutput.append_to(self["output"]).close()
+            except OSError as e:
+                raise usage.UsageError(f"--output: cannot open {self['output']}: {e.strerror or e}") from None
 
 
 class _Reader:
@@ -143,7 +148,13 @@ class ConsumerService(LoopingClientService):
     def _started(self) -> None:
         if self.out is None:
             output = self.options["output"]
-            self.out = LineOutput.stdout() if output == "-" else LineOutput.append_to(output)
+            try:
+                self.out = LineOutput.stdout() if output == "-" else LineOutput.append_to(output)
+            except OSError as e:
+                self._log.error("cannot open {output}: {error}; stopping", output=output, error=e.strerror or e)
+                self.out = LineOutput(-1, output)  # nothing is written: the first tick finds us finished
+                self.clock.callLater(0, self._finish, 1)
+                return
         if self.options["partition"] is not None:
             self._read([self.options["partition"]])
 

@@ -566,3 +566,10 @@ def test_producer_stop_while_unreachable_says_nothing_was_sent(network, clock, c
     text = [formatEvent(e) for e in events]
     assert [t for t in text if "messages 1-1 were waiting for a connection (never sent)" in t], text
     assert not [t for t in text if "may or may not" in t]
+
+
+def test_consumer_output_that_cannot_be_opened_is_a_usage_error(tmp_path):
+    with pytest.raises(usage.UsageError, match="--output: cannot open .*No such file or directory"):
+        consumer_options("-t", "t", "--output", str(tmp_path / "missing" / "out.jsonl"))
+    consumer_options("-t", "t", "--output", str(tmp_path / "out.jsonl"))
+    assert (tmp_path / "out.jsonl").exists()
