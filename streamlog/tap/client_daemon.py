@@ -29,7 +29,7 @@ class ClientOptions(usage.Options):
     synopsis = "--topic TOPIC [options]"
 
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
+        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT, unix:/path) or HOST:PORT."],
         ["timeout", None, 10.0, "Seconds to wait for a connection and an answer.", float],
         ["retry-max", None, 10.0, "Longest backoff between reconnects (and resends), in seconds.", float],
     ]
