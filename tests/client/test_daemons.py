@@ -573,3 +573,20 @@ def test_consumer_output_that_cannot_be_opened_is_a_usage_error(tmp_path):
         consumer_options("-t", "t", "--output", str(tmp_path / "missing" / "out.jsonl"))
     consumer_options("-t", "t", "--output", str(tmp_path / "out.jsonl"))
     assert (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("error", [
+    errors.KeyTooLarge("key of 300 bytes is longer than 256", limit=256, size=300),
+    errors.TooManyPartitions("at most 1024 partitions", limit=1024),
+])
+def test_producer_stops_on_the_new_permanent_errors(network, clock, client, error):
+    def refuse(params):
+        raise error
+
+    network.broker.handlers["SendBatch"] = refuse
+    with capturedLogs() as events:
+        svc, finished = start_producer(client, clock, "-t", "t", "--count", "1", "--key", "k" * 300)
+        run_until(clock, network, lambda: finished)
+    assert finished == [1]
+    assert [e for e in events if f"failed permanently: {error.code}" in formatEvent(e)]
+    svc.stopService()
