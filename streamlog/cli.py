@@ -10,7 +10,9 @@
 Output is for people by default; C{--json} prints JSON (one object per line
 for C{produce} and C{consume}).  Exit status: 0 success; 1 an error from the
 server or the connection (its code and message on stderr, e.g.
-C{error: UNKNOWN_TOPIC: unknown topic 'x'}); 2 a usage error; 130 interrupted.
+C{error: UNKNOWN_TOPIC: unknown topic 'x'}); 2 a usage error; 130
+interrupted; 141 the output was closed (C{| head}), as a shell reports for
+C{cat} killed by SIGPIPE, and without a traceback.
 
 Subcommands are added by registration functions C{register(subparsers,
 common)} (see L{COMMANDS}, L{register_command}); C{common} is a parent parser
@@ -18,7 +20,9 @@ holding C{--connect/--json/--timeout}, to pass as C{parents=[common]}.  A
 C{streamlog.bench} module that defines such a C{register} function is picked
 up by L{build_parser} without changes here.  Each subcommand sets
 C{func(args) -> int} (the exit status); L{make_client} builds the blocking
-client for C{args}.
+client for C{args}.  C{args.connect_from} says where the address came from
+(C{"--connect"}, C{"$STREAMLOG_CONNECT"}, or None for the default), so that
+a subcommand with a different default (bench starts its own server) can tell.
 """
 
 from __future__ import annotations
@@ -35,12 +39,17 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+import streamlog
 from streamlog import errors
+from streamlog.client import positions, requests
 from streamlog.client.blocking import BlockingClient
-from streamlog.client.connection import parse_address
+from streamlog.client.connection import backoff_policy, parse_target
+from streamlog.tap.output import output_closed
 
 DEFAULT_CONNECT = "127.0.0.1:7070"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The output was closed under us (128 + SIGPIPE: what a shell shows for cat in the same spot).
+EXIT_BROKEN_PIPE = 141
 
 
 # --- shared helpers (also for subcommands that live elsewhere, e.g. bench) --------------
@@ -57,13 +66,23 @@ def emit_json(obj: Any, out: TextIO | None = None) -> None:
 
 
 def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """Options accepted before and after the subcommand (defaults only on the top parser)."""
+    """Options accepted before and after the subcommand (defaults only on the top parser).
+
+    C{--connect} has no default here: L{main} fills it in (from
+    C{$STREAMLOG_CONNECT}, else L{DEFAULT_CONNECT}) and notes where it came from.
+    """
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--connect", "-c", metavar="ADDR", default=d(os.environ.get("STREAMLOG_CONNECT", DEFAULT_CONNECT)),
-                        help=f"server address: HOST:PORT or tcp:HOST:PORT (default {DEFAULT_CONNECT}, or $STREAMLOG_CONNECT)")
+    parser.add_argument("--connect", "-c", metavar="ADDR", default=d(None),
+                        help=f"server address: HOST:PORT, tcp:HOST:PORT or unix:/path/to/socket "
+                             f"(default: $STREAMLOG_CONNECT, else {DEFAULT_CONNECT})")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable JSON output")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=d(30.0),
                         help="seconds to wait for the connection and each answer (default 30)")
+
+
+def _leaf(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
+    """Make C{parser} run C{func}; usage mistakes found later are reported with its usage line."""
+    parser.set_defaults(func=func, _parser=parser)
 
 
 def _value_parser(as_json: bool) -> Callable[[str], Any]:
@@ -86,18 +105,18 @@ def register_topics(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--retention-bytes", type=int, help="keep at most this many bytes per partition")
     p.add_argument("--segment-bytes", type=int, help="roll segments at this size")
     p.add_argument("--segment-ms", type=int, help="roll segments at this age (ms)")
-    p.set_defaults(func=cmd_topics_create)
+    _leaf(p, cmd_topics_create)
 
     p = tsub.add_parser("list", help="list topics", parents=[common])
-    p.set_defaults(func=cmd_topics_list)
+    _leaf(p, cmd_topics_list)
 
     p = tsub.add_parser("describe", help="partitions and offsets of a topic", parents=[common])
     p.add_argument("topic")
-    p.set_defaults(func=cmd_topics_describe)
+    _leaf(p, cmd_topics_describe)
 
     p = tsub.add_parser("delete", help="delete a topic and its data", parents=[common])
     p.add_argument("topic")
-    p.set_defaults(func=cmd_topics_delete)
+    _leaf(p, cmd_topics_delete)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -161,15 +180,27 @@ def register_produce(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "produce", parents=[common], help="send messages (from the arguments, or one per stdin line)",
         description="Send each VALUE as one message; without VALUEs, each line of standard input. "
-                    "Values are sent as JSON strings unless --json-values parses them as JSON.")
+                    "Values are sent as JSON strings unless --json-values parses them as JSON. "
+                    "Options may come before, between or after the values.")
+    p.intermixed = True  # "produce TOPIC --key K VALUE" (see _Parser)
     p.add_argument("topic")
-    p.add_argument("values", nargs="*", metavar="VALUE")
+    p.add_argument("values", nargs="*", metavar="VALUE", default=[])
     p.add_argument("--key", "-k", help="key of every message")
     p.add_argument("--partition", "-p", type=int, help="send to this partition")
+    p.add_argument("--header", "-H", action="append", type=_header, metavar="NAME=VALUE", dest="headers",
+                   help="a header of every message (repeatable)")
     p.add_argument("--json-values", "-J", action="store_true", help="parse each value as JSON")
     p.add_argument("--acks", choices=("all", "leader", "none"), default="all")
     p.add_argument("--batch-size", type=int, default=500, help="most messages per request (default 500)")
-    p.set_defaults(func=cmd_produce)
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing for acknowledged messages")
+    _leaf(p, cmd_produce)
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def _stdin_batches(stream: BinaryIO, batch_size: int) -> Iterator[list[str]]:
@@ -198,6 +229,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise _Usage("--batch-size must be at least 1")
     parse = _value_parser(args.json_values)
+    headers = dict(args.headers or ())
     if args.values:
         batches: Iterator[list[str]] = iter([args.values[i:i + args.batch_size]
                                              for i in range(0, len(args.values), args.batch_size)])
@@ -209,18 +241,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
             messages = []
             for text in texts:
                 try:
-                    message: dict[str, Any] = {"value": parse(text)}
+                    value = parse(text)
                 except orjson.JSONDecodeError as e:
                     raise _Usage(f"value {sent + len(messages) + 1} is not valid JSON: {e}") from None
-                if args.key is not None:
-                    message["key"] = args.key
-                if args.partition is not None:
-                    message["partition"] = args.partition
-                messages.append(message)
+                messages.append(requests.message(value, args.key, args.partition, headers))
             result = client.send_batch(args.topic, messages, acks=args.acks)
-            _report_sent(args, result, messages)
+            if not args.quiet:
+                _report_sent(args, result, messages)
             sent += len(messages)
-    if not args.json and sent == 0:
+    if sent == 0:
         print("nothing to send", file=sys.stderr)
     return EXIT_OK
 
@@ -228,7 +257,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def _report_sent(args: argparse.Namespace, result: dict[str, Any] | None, messages: list[dict[str, Any]]) -> None:
     """One line per message: where it went (messages of one request share key/partition, so one partition)."""
     if result is None:  # acks=none
-        if not args.json:
+        if args.json:
+            emit_json({"topic": args.topic, "sent": len(messages), "acks": "none"})
+        else:
             print(f"sent {len(messages)} message(s) without acknowledgement")
         return
     offsets = []
@@ -248,69 +279,207 @@ def _report_sent(args: argparse.Namespace, result: dict[str, Any] | None, messag
 
 def register_consume(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "consume", parents=[common], help="print messages of one partition",
-        description="Print the messages of one partition, from --from up to the end as it was when the "
-                    "command started (or --count messages); with --follow, keep waiting for new ones.")
+        "consume", parents=[common], help="print messages of a topic (every partition, or one)",
+        description="Print the messages of every partition of a topic (or of --partition P), merged as "
+                    "they arrive, from --from up to the end as it was when the command started (or "
+                    "--count messages); with --follow, keep waiting for new ones. Each line says its "
+                    "partition: PARTITION, OFFSET, KEY, VALUE, HEADERS separated by tabs (tabs, "
+                    "newlines and other control characters in keys and values are written as \\t, "
+                    "\\n, \\xNN; a backslash as \\\\; '-' for no key and no headers), or with --json "
+                    "one JSON object per message.")
     p.add_argument("topic")
-    p.add_argument("--partition", "-p", type=int, default=0)
-    p.add_argument("--from", "-f", dest="start", default="earliest", help="earliest (default), latest or an offset")
-    p.add_argument("--count", "-n", type=int, help="stop after this many messages")
+    p.add_argument("--partition", "-p", type=int, help="read only this partition (default: all of them)")
+    p.add_argument("--from", "-f", dest="start", default=positions.EARLIEST, type=_start, metavar="WHERE",
+                   help="where to start in each partition: earliest (default), latest, an offset N, "
+                        "-N (N before the end), @MS or an ISO 8601 time (the first message at or after it)")
+    p.add_argument("--count", "-n", type=int, help="stop after this many messages (over all partitions)")
     p.add_argument("--follow", "-F", action="store_true", help="keep waiting for new messages")
     p.add_argument("--max-wait-ms", type=int, default=1000, help="long-poll wait with --follow (default 1000)")
-    p.set_defaults(func=cmd_consume)
+    _leaf(p, cmd_consume)
 
 
-def _format_message(m: dict[str, Any]) -> str:
+def _start(text: str) -> positions.Start:
+    try:
+        return positions.parse_start(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+#: Control characters (C0, DEL, C1) and the backslash, as people read them in one line.
+_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_ESCAPES.update({ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
+def escape_text(text: str) -> str:
+    """C{text} on one line, without tabs: C{\\t}, C{\\n}, C{\\r}, C{\\xNN} for other controls, C{\\\\}."""
+    return text.translate(_ESCAPES)
+
+
+def format_message(partition: int, m: dict[str, Any]) -> str:
+    """C{PARTITION<TAB>OFFSET<TAB>KEY<TAB>VALUE<TAB>HEADERS}: one line per message, whatever it holds."""
     value = m["value"]
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    key = m["key"] if m.get("key") is not None else "-"
-    return f"{m['offset']}\t{key}\t{text}"
+    text = escape_text(value) if isinstance(value, str) else orjson.dumps(value).decode()
+    key = escape_text(m["key"]) if m.get("key") is not None else "-"
+    headers = orjson.dumps(m["headers"]).decode() if m.get("headers") else "-"
+    return f"{partition}\t{m['offset']}\t{key}\t{text}\t{headers}"
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    start: str | int = args.start
-    if start not in ("earliest", "latest"):
-        try:
-            start = int(start)
-        except ValueError:
-            raise _Usage("--from must be earliest, latest or an offset") from None
     if args.count is not None and args.count < 1:
         raise _Usage("--count must be at least 1")
-    printed = 0
+    if args.partition is not None and args.partition < 0:
+        raise _Usage("--partition must be 0 or more")
     with make_client(args) as client:
         if args.follow:
-            _wait_for_topic(client, args)
-        position = start if isinstance(start, int) else client.list_offsets(args.topic, args.partition, start)
-        end = None if args.follow else client.list_offsets(args.topic, args.partition, "latest")
-        while args.count is None or printed < args.count:
-            if end is not None and position >= end:
-                break
-            want = None if args.count is None else args.count - printed
-            result = client.poll(args.topic, args.partition, position, max_messages=want,
-                                 max_wait_ms=args.max_wait_ms if args.follow else 0)
-            messages = result["messages"]
-            if end is not None and not messages:
-                break  # the log shrank under us (e.g. deleted): nothing more to read
-            for m in messages:
-                print(orjson.dumps(m).decode() if args.json else _format_message(m))
-            sys.stdout.flush()
-            printed += len(messages)
-            position = result["next_offset"]
-    return EXIT_OK
+            description = _wait_for_topic(client, args)
+        else:
+            description = client.describe_topic(args.topic)
+        ranges = {p["partition"]: p for p in description["partitions"]}
+        if args.partition is not None and args.partition not in ranges:
+            raise errors.UnknownPartition(f"topic {args.topic!r} has {len(ranges)} partition(s), not {args.partition}",
+                                          topic=args.topic, partitions=len(ranges))
+        chosen = [args.partition] if args.partition is not None else sorted(ranges)
+        starts = {p: _start_offset(client, args, ranges[p]) for p in chosen}
+        ends = None if args.follow else {p: ranges[p]["high_watermark"] for p in chosen}
+        return _PartitionsReader(client, args, starts, ends).run()
 
 
-def _wait_for_topic(client: BlockingClient, args: argparse.Namespace) -> None:
-    """With --follow, a topic that does not exist yet is waited for (it may be auto-created by a producer)."""
+def _start_offset(client: BlockingClient, args: argparse.Namespace, range_: dict[str, Any]) -> int:
+    """Where to start in one partition; an explicit offset outside the log is an error, with or without --follow."""
+    partition = range_["partition"]
+    start: positions.Start = args.start
+    offset = start.offset_in(range_["log_start_offset"], range_["high_watermark"])
+    if offset is None:
+        offset = client.list_offsets(args.topic, partition, start.at)
+    first, end = range_["log_start_offset"], range_["log_end_offset"]
+    if not first <= offset <= end:
+        where = "past its end" if offset > end else "before its start (removed by retention)"
+        holds = f"is empty (its next offset is {end})" if first == end else f"holds offsets [{first}, {end})"
+        raise errors.OffsetOutOfRange(
+            f"{args.topic}/{partition} {holds}: offset {offset} is {where}; "
+            f"use --from earliest, latest or -N{'' if args.partition is not None else ', or --partition'}",
+            log_start_offset=first, high_watermark=range_["high_watermark"], log_end_offset=end)
+    return offset
+
+
+class _PartitionsReader:
+    """One Poll in flight per partition on one connection; messages printed as answers come.
+
+    Without C{--follow} a partition is done once it reaches its end as it was
+    at the start (C{ends}); with it, every answer is followed by the next long
+    Poll.  A Poll refused with C{TOO_MANY_WAITING_POLLS} is asked again after a
+    backoff.  With C{--follow} the standard output is checked about every
+    second, so that C{| head -1} ends the command even when nothing arrives.
+    """
+
+    def __init__(self, client: BlockingClient, args: argparse.Namespace, starts: dict[int, int],
+                 ends: dict[int, int] | None) -> None:
+        self.client = client
+        self.args = args
+        self.positions = dict(starts)
+        self.ends = ends
+        self.remaining: int | None = args.count
+        self.in_flight: dict[int, tuple[int, float]] = {}  # request id -> (partition, sent at)
+        self.retry_at: dict[int, float] = {}
+        self.refusals: dict[int, int] = {}
+        self.backoff = backoff_policy(0.1, 5.0)
+
+    def run(self) -> int:
+        for p in sorted(self.positions):
+            if self.ends is None or self.positions[p] < self.ends[p]:
+                self._submit(p)
+        while self.in_flight or self.retry_at:
+            if self.args.follow and output_closed(sys.stdout.fileno()):
+                raise BrokenPipeError("the reader of standard output went away")
+            now = time.monotonic()
+            for p, at in list(self.retry_at.items()):
+                if at <= now:
+                    del self.retry_at[p]
+                    self._submit(p)
+            wait = self._wait(now)
+            if not self.in_flight:
+                time.sleep(wait)
+                continue
+            answer = self.client.next_answer(wait)
+            if answer is None:
+                self._check_overdue()
+                continue
+            rid, value = answer
+            entry = self.in_flight.pop(rid, None)
+            if entry is None:
+                continue
+            if self._handle(entry[0], value):
+                return EXIT_OK
+        return EXIT_OK
+
+    def _wait(self, now: float) -> float:
+        wait = self.args.timeout if self.args.timeout is not None else 3600.0
+        if self.retry_at:
+            wait = min(wait, max(0.0, min(self.retry_at.values()) - now))
+        if self.args.follow:
+            wait = min(wait, 1.0)
+        return wait
+
+    def _submit(self, partition: int) -> None:
+        params = requests.poll(self.args.topic, partition, self.positions[partition], max_messages=self.remaining,
+                               max_wait_ms=self.args.max_wait_ms if self.args.follow else 0)
+        rid = self.client.submit("Poll", params)
+        self.in_flight[rid] = (partition, time.monotonic())
+
+    def _check_overdue(self) -> None:
+        if self.args.timeout is None:
+            return
+        allowed = self.args.timeout + (self.args.max_wait_ms / 1000.0 if self.args.follow else 0.0)
+        oldest = min(sent for _, sent in self.in_flight.values())
+        if time.monotonic() - oldest > allowed:
+            self.client.close()
+            raise errors.Timeout(f"no answer to Poll within {allowed:g}s", method="Poll")
+
+    def _handle(self, partition: int, value: Any) -> bool:
+        """Print one answer; True once --count messages are printed."""
+        if isinstance(value, errors.TooManyWaitingPolls):
+            self.refusals[partition] = n = self.refusals.get(partition, 0) + 1
+            self.retry_at[partition] = time.monotonic() + self.backoff(n)
+            return False
+        if isinstance(value, errors.StreamlogError):
+            raise value
+        self.refusals.pop(partition, None)
+        messages = value["messages"]
+        if self.remaining is not None:
+            messages = messages[: self.remaining]
+        for m in messages:
+            print(orjson.dumps({"partition": partition, **m}).decode() if self.args.json
+                  else format_message(partition, m))
+        sys.stdout.flush()
+        self.positions[partition] = value["next_offset"]
+        if self.remaining is not None:
+            self.remaining -= len(messages)
+            if self.remaining <= 0:
+                return True
+        if self.ends is not None and (self.positions[partition] >= self.ends[partition] or not value["messages"]):
+            return False  # this partition is read up to where it ended (or it shrank under us)
+        self._submit(partition)
+        return False
+
+
+def _wait_for_topic(client: BlockingClient, args: argparse.Namespace) -> dict[str, Any]:
+    """With --follow, a topic (or partition) that does not exist yet is waited for (a producer may create it)."""
     said = False
     while True:
         try:
-            client.list_offsets(args.topic, args.partition, "earliest")
-            return
-        except (errors.UnknownTopic, errors.UnknownPartition) as e:
-            if not said:
-                print(f"waiting for {args.topic}/{args.partition}: {e.message}", file=sys.stderr)
-                said = True
-            time.sleep(max(args.max_wait_ms, 100) / 1000.0)
+            description = client.describe_topic(args.topic)
+            if args.partition is None or args.partition < len(description["partitions"]):
+                return description
+            why = f"topic {args.topic!r} has {len(description['partitions'])} partition(s)"
+        except errors.UnknownTopic as e:
+            why = e.message
+        if not said:
+            which = args.topic if args.partition is None else f"{args.topic}/{args.partition}"
+            print(f"waiting for {which}: {why}", file=sys.stderr)
+            said = True
+        if output_closed(sys.stdout.fileno()):
+            raise BrokenPipeError("the reader of standard output went away")
+        time.sleep(max(args.max_wait_ms, 100) / 1000.0)
 
 
 # --- ping ------------------------------------------------------------------------------
@@ -318,7 +487,7 @@ def _wait_for_topic(client: BlockingClient, args: argparse.Namespace) -> None:
 
 def register_ping(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ping", parents=[common], help="check that the server answers")
-    p.set_defaults(func=cmd_ping)
+    _leaf(p, cmd_ping)
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -344,13 +513,37 @@ EXTENSIONS = ["streamlog.bench"]
 
 
 class _Usage(Exception):
-    """A usage mistake found after parsing (exit status 2)."""
+    """A usage mistake found after parsing (exit status 2, with the subcommand's usage line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands may take options between their positional arguments.
+
+    argparse fills a C{nargs="*"} positional at its first chance, so
+    C{produce TOPIC --key K VALUE} left C{VALUE} unrecognized.  A parser with
+    C{intermixed = True} parses with C{parse_known_intermixed_args} (options
+    first, then the positionals, wherever they were).
+    """
+
+    intermixed = False
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self.intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back here for its two passes
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamlog", description="Administer and use a streamlog server.",
-        epilog="Exit status: 0 ok, 1 error from the server or the connection (code on stderr), 2 usage.")
+        epilog="Exit status: 0 ok, 1 error from the server or the connection (code on stderr), 2 usage, "
+               "130 interrupted, 141 the output was closed (e.g. | head).")
+    parser.add_argument("--version", action="version", version=f"streamlog {streamlog.__version__}")
     _common_options(parser, defaults=True)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, defaults=False)
@@ -390,31 +583,59 @@ def _extension_registrations() -> list[Callable[[Any, argparse.ArgumentParser], 
     return found
 
 
+def resolve_connect(args: argparse.Namespace) -> None:
+    """Fill in C{args.connect} and say where it came from in C{args.connect_from}."""
+    if getattr(args, "connect", None) is not None:
+        args.connect_from = "--connect"
+    elif os.environ.get("STREAMLOG_CONNECT"):
+        args.connect, args.connect_from = os.environ["STREAMLOG_CONNECT"], "$STREAMLOG_CONNECT"
+    else:
+        args.connect, args.connect_from = DEFAULT_CONNECT, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "connect", None) is not None:  # an extension (bench) may have no address
-        try:
-            parse_address(args.connect)
-        except ValueError as e:
-            parser.error(f"--connect: {e}")
+    args, extras = parser.parse_known_args(argv)
+    usage_of: argparse.ArgumentParser = getattr(args, "_parser", None) or parser
+    if extras:  # argparse would report these with the top-level usage, not the subcommand's
+        usage_of.error(f"unrecognized arguments: {' '.join(extras)}")
+    resolve_connect(args)
+    try:
+        parse_target(args.connect)
+    except ValueError as e:
+        where = "" if args.connect_from in (None, "--connect") else f" (from {args.connect_from})"
+        usage_of.error(f"--connect{where}: {e}")
     try:
         return args.func(args)
     except _Usage as e:
-        parser.error(str(e))  # exits 2
+        usage_of.error(str(e))  # exits 2
     except errors.StreamlogError as e:
-        sys.stdout.flush()
+        _flush_quietly()
         print(f"error: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. piped into head
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return EXIT_OK
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     return EXIT_OK  # pragma: no cover
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that flushing what is still buffered at exit cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """C{streamlog bench produce|consume|e2e}: throughput and latency of a streamlog server.
 
-Modelled on kafka-producer-perf-test and C{nats bench}.  Unless given
-C{--connect}, it starts its own server on a free port of 127.0.0.1 (fresh data
-dir, C{--storage}/C{--fsync} as given) and stops it by PID at the end.  The
+Modelled on kafka-producer-perf-test and C{nats bench}.  Unless given a
+server (its C{--connect}, C{streamlog --connect ADDR bench ...} or
+C{$STREAMLOG_CONNECT}), it starts its own on a free port of 127.0.0.1 (fresh
+data dir, C{--storage}/C{--fsync} as given) and stops it by PID at the end.  The
 load runs in separate processes (multiprocessing, "spawn"), each with its own
 Twisted reactor and the streamlog client library; C{--producers K} runs K
 producer processes.  A progress bar (tqdm) goes to stderr.
@@ -18,6 +19,8 @@ or run it alone: C{python -m streamlog.bench produce --messages 200000 --size 10
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,10 +64,11 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--client", choices=("producer", "batch"), default="producer",
                    help="producer: the library's Producer.send() per message (default); "
                         "batch: StreamlogClient.send_batch() with a prepared list (the lean loop)")
-    # dest differs from the streamlog CLI's global --connect (which always has a
-    # default): the bench starts its own server unless --connect is given here.
+    # dest differs from the streamlog CLI's global --connect: without any address
+    # (here, before "bench", or $STREAMLOG_CONNECT) the bench starts its own server.
     p.add_argument("--connect", "-c", dest="bench_connect", default=None,
-                   help="use this server (HOST:PORT or tcp:HOST:PORT) instead of starting one")
+                   help="use this server (HOST:PORT, tcp:HOST:PORT or unix:/path) instead of starting one; "
+                        "so do streamlog's --connect before 'bench' and $STREAMLOG_CONNECT")
     p.add_argument("--storage", choices=("segmented", "memory"), default="segmented",
                    help="storage of the server the bench starts")
     p.add_argument("--fsync", default="always", help="fsync policy of the server the bench starts: "
@@ -82,7 +86,7 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="py-spy record (raw) the server and load processes into DIR during the measured phase")
     p.add_argument("--profile-seconds", type=float, default=None, help="py-spy duration (default --max-seconds)")
-    p.set_defaults(workload=workload)
+    p.set_defaults(workload=workload, _parser=p)  # _parser: streamlog's usage errors show this usage line
 
 
 DESCRIPTION = ("Benchmark a streamlog server: produce, consume or end-to-end latency. Starts its own server "
@@ -110,8 +114,33 @@ def register(subparsers: Any, common: argparse.ArgumentParser | None = None,
     return parser
 
 
+def use_given_server(args: Any) -> str | None:
+    """Set C{args.bench_connect} from an address given outside the bench's own C{--connect}.
+
+    Under C{streamlog}, its global C{--connect} (before "bench") and
+    C{$STREAMLOG_CONNECT} arrive as C{args.connect}/C{args.connect_from};
+    run alone (C{python -m streamlog.bench}), C{$STREAMLOG_CONNECT} is read
+    here.  Returns where the address came from (None: the bench starts a server).
+    """
+    if getattr(args, "bench_connect", None):
+        return "--connect"
+    if hasattr(args, "connect_from"):  # parsed by streamlog.cli
+        source = args.connect_from
+        if source is not None:
+            args.bench_connect = args.connect
+        return source
+    if os.environ.get("STREAMLOG_CONNECT"):
+        args.bench_connect = os.environ["STREAMLOG_CONNECT"]
+        return "$STREAMLOG_CONNECT"
+    return None
+
+
 def main_with_args(args: Any) -> int:
     args.json = getattr(args, "json", False)
+    source = use_given_server(args)
+    if source not in (None, "--connect") and not getattr(args, "quiet", False):
+        print(f"bench: using the server at {args.bench_connect} (from {source}), not starting one",
+              file=sys.stderr)
     from streamlog.bench.run import main_with_args as run_main
 
     return run_main(args)

@@ -19,10 +19,14 @@ from streamlog.bench.server import ServerProcess
 MAX_POLL_BYTES = 16 * 1024 * 1024
 
 
-def _endpoint(connect: str) -> tuple[str, tuple[str, int]]:
-    from streamlog.client.connection import parse_address
+def _endpoint(connect: str) -> tuple[str, Any]:
+    """The endpoint string for the load processes and the address for the blocking client."""
+    from streamlog.client.connection import parse_target
 
-    host, port = parse_address(connect[len("tcp:"):] if connect.startswith("tcp:") else connect)
+    kind, where = parse_target(connect)
+    if kind == "unix":
+        return f"unix:{where}", f"unix:{where}"
+    host, port = where
     return f"tcp:{host}:{port}", (host, port)
 
 
@@ -304,7 +308,7 @@ def run(args: Any) -> dict[str, Any]:
             server.stop()
 
 
-def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: tuple[str, int]) -> dict[str, Any]:
+def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: Any) -> dict[str, Any]:
     from streamlog.client import BlockingClient
 
     topic = args.topic or f"bench-{args.workload}-{os.getpid()}-{int(time.time() * 1000)}"

@@ -22,16 +22,24 @@ import orjson
 
 from streamlog import errors, wire
 from streamlog.client import requests
-from streamlog.client.connection import DEFAULT_ADDRESS, MAX_ANSWER_BYTES, parse_address
+from streamlog.client.connection import DEFAULT_ADDRESS, MAX_ANSWER_BYTES, describe_address, parse_target
+
+
+class _NoAnswerYet(Exception):
+    """No answer within the time given to L{BlockingClient.next_answer} (not an error)."""
 
 
 class BlockingClient:
-    """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"} or C{(host, port)}.
+    """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"}, C{(host, port)} or C{"unix:/path"}.
     @param timeout: seconds for connecting and for each answer (None: forever).
     """
 
     def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
-        self.host, self.port = parse_address(address)
+        kind, where = parse_target(address)
+        self.unix_path: str | None = where if kind == "unix" else None
+        self.host, self.port = (None, None) if kind == "unix" else where
+        #: The server as messages name it.
+        self.address = f"unix:{where}" if kind == "unix" else describe_address(where)
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
@@ -43,13 +51,22 @@ class BlockingClient:
         if self._sock is not None:
             return
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self.unix_path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self.timeout)
+                    sock.connect(self.unix_path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except TimeoutError:
-            raise errors.Timeout(f"connecting to {self.host}:{self.port} timed out") from None
+            raise errors.Timeout(f"connecting to {self.address} timed out") from None
         except OSError as e:
-            raise errors.ConnectionLost(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}",
-                                        host=self.host, port=self.port) from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raise errors.ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}",
+                                        address=self.address) from None
         self._sock = sock
         self._buffer = b""
 
@@ -103,7 +120,53 @@ class BlockingClient:
             raise errors.from_wire(error)
         return answer.get("result")
 
-    def _read_answer(self, method: str, deadline: float | None) -> dict[str, Any]:
+    # --- pipelining: several requests in flight, answers in any order ------------------
+
+    def submit(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Write one request without waiting; returns its id, for L{next_answer}.
+
+        For a reader that keeps a long Poll per partition in flight on one
+        connection (C{streamlog consume}).  Do not mix with L{call} while
+        submitted requests are unanswered: C{call} skips answers it did not ask for.
+        """
+        self.connect()
+        assert self._sock is not None
+        rid = self._next_id
+        self._next_id += 1
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(wire.encode_request(rid, method, params or {}))
+        except TimeoutError:
+            self.close()
+            raise errors.Timeout(f"sending {method} timed out", method=method) from None
+        except OSError as e:
+            self.close()
+            raise errors.ConnectionLost(f"connection lost sending {method}: {e}", method=method) from None
+        return rid
+
+    def next_answer(self, timeout: float | None) -> tuple[int, Any] | None:
+        """The next answer to a L{submit}ted request: C{(id, result)}, or C{(id, error)} with the
+        L{errors.StreamlogError} as the value (not raised); None if none came within C{timeout}.
+
+        The connection stays usable after None (the answers still owed come later).
+        An error the server could not tie to a request (id null) is raised.
+        """
+        if self._sock is None:
+            raise errors.ConnectionLost("not connected: nothing was submitted on this connection")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            answer = self._read_answer("the submitted requests", deadline, close_on_timeout=False)
+        except _NoAnswerYet:
+            return None
+        rid = answer.get("id")
+        error = answer.get("error")
+        if rid is None and isinstance(error, dict):
+            raise errors.from_wire(error)
+        if isinstance(error, dict):
+            return rid, errors.from_wire(error)
+        return rid, answer.get("result")
+
+    def _read_answer(self, method: str, deadline: float | None, close_on_timeout: bool = True) -> dict[str, Any]:
         assert self._sock is not None
         while True:
             end = self._buffer.find(b"\n")
@@ -123,12 +186,18 @@ class BlockingClient:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if not close_on_timeout:
+                        raise _NoAnswerYet()
                     self.close()  # the answer may still come: the stream is out of step
                     raise errors.Timeout(f"no answer to {method} in time", method=method)
                 self._sock.settimeout(remaining)
+            else:
+                self._sock.settimeout(None)
             try:
                 data = self._sock.recv(1 << 20)
             except TimeoutError:
+                if not close_on_timeout:
+                    raise _NoAnswerYet() from None
                 self.close()
                 raise errors.Timeout(f"no answer to {method} in time", method=method) from None
             except OSError as e:

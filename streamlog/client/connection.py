@@ -11,7 +11,9 @@ exponential backoff and jitter while the server is unreachable.  A request
 made while there is no connection waits for one, bounded by its own timeout.
 A request in flight when the connection drops fails with
 L{errors.ConnectionLost}: the caller decides whether to retry (a retried Send
-may be appended twice until idempotent producers land).
+may be appended twice until idempotent producers land).  A C{Timeout} or
+C{ConnectionLost} for a request that was never written carries C{sent=False}
+in its details: resending that one cannot duplicate anything.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from streamlog import errors, wire
 from streamlog.client import requests
@@ -123,7 +126,7 @@ class ClientProtocol(FastLineReceiver):
         Cancelling the Deferred forgets the request (a late answer is ignored).
         """
         if not self.connected or self.transport is None:
-            return fail(errors.ConnectionLost(f"not connected: {method} was not sent", method=method))
+            return fail(errors.ConnectionLost(f"not connected: {method} was not sent", method=method, sent=False))
         rid = self._next_id
         self._next_id += 1
         line = wire.encode_request(rid, method, params or {})
@@ -204,6 +207,54 @@ class _ClientFactory(Factory):
 _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "tor", "systemd", "host")
 
 
+def describe_address(address: Any) -> str:
+    """How logs and messages name a server: the endpoint string or C{HOST:PORT}, never an object's repr."""
+    if isinstance(address, str):
+        return address
+    if isinstance(address, tuple) and len(address) == 2:
+        host, port = address
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return getattr(address, "streamlog_name", None) or type(address).__name__
+
+
+@implementer(IStreamClientEndpoint)
+class _NamedEndpoint:
+    """An endpoint that prints as its address and remembers why the last connection attempt failed.
+
+    Twisted's L{ClientService} logs the endpoint it retries with C{repr},
+    which for Twisted's endpoints is C{<...TCP4ClientEndpoint object at 0x...>}.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, name: str) -> None:
+        self._endpoint = endpoint
+        self.name = name
+        #: Why the last attempt failed (None after a success).
+        self.last_error: str | None = None
+
+    def connect(self, factory: Any) -> Deferred:
+        def failed(failure: Failure) -> Failure:
+            self.last_error = failure.getErrorMessage() or type(failure.value).__name__
+            return failure
+
+        def connected(proto: Any) -> Any:
+            self.last_error = None
+            return proto
+
+        return self._endpoint.connect(factory).addCallbacks(connected, failed)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+class _ClientService(ClientService):
+    # Twisted logs every retry ("Scheduling retry 3 to connect <endpoint> in
+    # 0.2898926182027236 seconds.") without the reason; StreamlogClient logs
+    # the reason instead, once per kind of failure.
+    _log = Logger(observer=lambda event: None)
+
+
 def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
     """An endpoint from an endpoint, an endpoint string (C{"tcp:HOST:PORT"}), C{"HOST:PORT"} or C{(host, port)}."""
     if not isinstance(address, (str, tuple)):
@@ -240,6 +291,33 @@ def parse_address(address: Any) -> tuple[str, int]:
         return host, int(port)
     except ValueError:
         raise ValueError(f"bad port in address {address!r}") from None
+
+
+def parse_unix_path(address: str) -> str:
+    """The socket path of C{"unix:/path"} or C{"unix:path=/path:timeout=5"} (Twisted's endpoint syntax)."""
+    if not address.startswith("unix:"):
+        raise ValueError(f"not a unix: address: {address!r}")
+    fields = address[len("unix:"):].replace("\\:", "\0").split(":")
+    fields = [f.replace("\0", ":") for f in fields]
+    named = dict(f.split("=", 1) for f in fields if "=" in f)
+    positional = [f for f in fields if "=" not in f]
+    path = named.get("path", positional[0] if positional else "")
+    if not path:
+        raise ValueError(f"no socket path in {address!r}: use unix:/path/to/socket")
+    return path
+
+
+def parse_target(address: Any) -> tuple[str, Any]:
+    """Where the blocking client connects: C{("unix", path)} or C{("tcp", (host, port))}.
+
+    Accepts what L{parse_address} does, plus C{unix:/path} endpoint strings.
+    """
+    if isinstance(address, str) and address.startswith("unix:"):
+        return "unix", parse_unix_path(address)
+    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES and not address.startswith("tcp:"):
+        raise ValueError(f"{address.split(':', 1)[0]}: endpoints are for the Twisted client only; "
+                         "use HOST:PORT, tcp:HOST:PORT or unix:/path")
+    return "tcp", parse_address(address)
 
 
 def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = None) -> Callable[[int], float]:
@@ -302,12 +380,17 @@ class StreamlogClient:
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
         self.endpoint = endpoint_for(endpoint_or_address, reactor)
+        #: The server's address as logs name it (C{tcp:127.0.0.1:7070}).
+        self.address = describe_address(endpoint_or_address)
+        self.reconnect_max = reconnect_max
         self.protocol: ClientProtocol | None = None
         self._waiting: list[_Waiting] = []
         self._closed = False
-        self._service = ClientService(
-            self.endpoint, _ClientFactory(self),
-            retryPolicy=backoff_policy(reconnect_min, reconnect_max, rng),
+        self._named = _NamedEndpoint(self.endpoint, self.address)
+        self._backoff = backoff_policy(reconnect_min, reconnect_max, rng)
+        self._reported: str | None = None  # the connection failure last logged
+        self._service = _ClientService(
+            self._named, _ClientFactory(self), retryPolicy=self._retry_delay,
             clock=self.clock, prepareConnection=self._connected,
         )
         if start:
@@ -325,8 +408,24 @@ class StreamlogClient:
         """Fires with the L{ClientProtocol} once connected."""
         return self._service.whenConnected(failAfterFailures=fail_after_failures)
 
+    def _retry_delay(self, attempt: int) -> float:
+        """The backoff before the next attempt; logs a failed attempt's reason when it is new."""
+        delay = self._backoff(attempt)
+        reason = self._named.last_error
+        if reason is not None and not self._closed and reason != self._reported:
+            # Once per kind of failure: twistd shows every level, debug included.
+            self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
+                           "backing off up to {most:g}s", address=self.address, reason=reason,
+                           delay=delay, most=self.reconnect_max)
+            self._reported = reason
+        return delay
+
     def _connected(self, proto: ClientProtocol) -> None:
-        self._log.debug("connected to {peer}", peer=proto.transport.getPeer())
+        if self._reported is not None:
+            self._log.info("connected to {address}", address=self.address)
+            self._reported = None
+        else:
+            self._log.debug("connected to {address}", address=self.address)
         self.protocol = proto
         proto.on_lost = lambda reason, proto=proto: self._lost(proto, reason)
         waiting, self._waiting = self._waiting, []
@@ -337,7 +436,8 @@ class StreamlogClient:
         if self.protocol is proto:
             self.protocol = None
         if not self._closed:
-            self._log.info("connection lost ({reason}); reconnecting", reason=reason.getErrorMessage())
+            self._log.info("connection to {address} lost ({reason}); reconnecting", address=self.address,
+                           reason=reason.getErrorMessage())
 
     # --- requests ------------------------------------------------------------------
 
@@ -349,7 +449,7 @@ class StreamlogClient:
         connection and the wait for the answer.
         """
         if self._closed:
-            return fail(errors.ConnectionLost("the client is closed", method=method))
+            return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
         w = _Waiting(method, params or {}, timeout, expect_answer)
@@ -367,7 +467,7 @@ class StreamlogClient:
             self._waiting.remove(w)
             w.deferred.errback(errors.Timeout(
                 f"no connection to the server within {w.timeout:g}s for {w.method}",
-                method=w.method, timeout=w.timeout))
+                method=w.method, timeout=w.timeout, sent=False))
 
     def _dispatch(self, w: _Waiting) -> None:
         if w.deferred.called:  # cancelled while waiting
@@ -402,7 +502,7 @@ class StreamlogClient:
                 w.timer.cancel()
             w.timer = None
             if not w.deferred.called:
-                w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method))
+                w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method, sent=False))
         if self._service.running:
             return self._service.stopService()
         return succeed(None)

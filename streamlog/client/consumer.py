@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from streamlog import errors
+from streamlog.client import positions
 from streamlog.client.connection import StreamlogClient
 
 
@@ -39,29 +40,30 @@ class _Fetch:
 
 
 class Consumer:
-    """Reads C{topic}/C{partition} from C{start}: "earliest", "latest" or an offset.
+    """Reads C{topic}/C{partition} from C{start}.
 
+    @param start: "earliest", "latest", an offset (int >= 0), "-N" (N before
+        the end), "@MS" or an ISO 8601 time (the first message at or after
+        it), or a L{positions.Start}; see L{streamlog.client.positions}.
     @param max_wait_ms: how long each Poll waits on the server for new data.
     @param prefetch: send the next Poll as soon as one answers.
 
     @ivar position: offset of the next message the application will get
-        (None until "earliest"/"latest" has been resolved).
+        (None until a start other than an offset has been resolved).
     """
 
     def __init__(self, client: StreamlogClient, topic: str, partition: int = 0,
-                 start: str | int = "earliest", max_messages: int | None = None,
+                 start: str | int | positions.Start = "earliest", max_messages: int | None = None,
                  max_bytes: int | None = None, max_wait_ms: int = 1000, prefetch: bool = True) -> None:
-        if not (start in ("earliest", "latest") or (isinstance(start, int) and start >= 0)):
-            raise ValueError("start must be 'earliest', 'latest' or an offset >= 0")
+        self.start = positions.parse_start(start)  # ValueError for anything else
         self.client = client
         self.topic = topic
         self.partition = partition
-        self.start = start
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.max_wait_ms = max_wait_ms
         self.prefetch = prefetch
-        self.position: int | None = start if isinstance(start, int) else None
+        self.position: int | None = self.start.value if self.start.kind == "offset" else None
         self.high_watermark: int | None = None
         self.log_start_offset: int | None = None
         #: Polls in flight (or settled, not yet handed out), in offset order.
@@ -92,7 +94,22 @@ class Consumer:
                 self.position = offset
             return self.position
 
-        return self.client.list_offsets(self.topic, self.partition, self.start).addCallback(resolved)
+        at = self.start.at
+        if at is not None:
+            d = self.client.list_offsets(self.topic, self.partition, at)
+        else:  # N before the end: from the partition's range
+            d = self.client.describe_topic(self.topic).addCallback(self._offset_in_description)
+        return d.addCallback(resolved)
+
+    def _offset_in_description(self, description: dict[str, Any]) -> int:
+        for p in description["partitions"]:
+            if p["partition"] == self.partition:
+                offset = self.start.offset_in(p["log_start_offset"], p["high_watermark"])
+                assert offset is not None
+                return offset
+        raise errors.UnknownPartition(
+            f"topic {self.topic!r} has {len(description['partitions'])} partition(s), not {self.partition}",
+            topic=self.topic, partitions=len(description["partitions"]))
 
     def _start_fetch(self, offset: int) -> None:
         d = self.client.poll(self.topic, self.partition, offset, max_messages=self.max_messages,

@@ -29,7 +29,7 @@ class ClientOptions(usage.Options):
     synopsis = "--topic TOPIC [options]"
 
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT) or HOST:PORT."],
+        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT, unix:/path) or HOST:PORT."],
         ["timeout", None, 10.0, "Seconds to wait for a connection and an answer.", float],
         ["retry-max", None, 10.0, "Longest backoff between reconnects (and resends), in seconds.", float],
     ]
@@ -114,7 +114,14 @@ class LoopingClientService(service.Service):
             lambda f: self._log.failure("the {role}'s loop stopped", f, role=self.role))
 
     def stopService(self) -> Deferred:
+        """Stop (SIGTERM, or the reactor stopping after L{_finish}); requests cut short are not trouble.
+
+        C{running} is false from here on: answers and failures that arrive
+        while the client closes are dropped without a log line.
+        """
         super().stopService()
+        if not self._finished:
+            self._stopped_on_request()
         self._stop()
         if self.client is not None:
             return self.client.close()
@@ -140,6 +147,9 @@ class LoopingClientService(service.Service):
 
     def _finished_with(self, status: int) -> None:
         """Say what the daemon did, before C{on_finish}."""
+
+    def _stopped_on_request(self) -> None:
+        """Say what the daemon did when it is stopped from outside (SIGTERM, Ctrl-C)."""
 
     def _tick(self) -> None:
         raise NotImplementedError

@@ -48,6 +48,18 @@ TRANSIENT = (
     errors.UnknownTopic, errors.TooManyConnections, errors.StorageError, errors.Internal,
     errors.ShuttingDown,
 )
+# KEY_TOO_LARGE, MESSAGE_TOO_LARGE, TOO_MANY_PARTITIONS, UNKNOWN_PARTITION, INVALID_PARAMS, ...:
+# waiting cannot heal them, so they stop the producer (status 1).
+
+#: Transient errors after which the first attempt may have been appended: a resend can duplicate.
+#: The others are refusals (nothing of the request was appended), or carry C{sent=False}.
+MAYBE_APPENDED = (errors.ConnectionLost, errors.Timeout, errors.StorageError, errors.Internal)
+
+
+def may_have_landed(error: errors.StreamlogError) -> bool:
+    """Whether a failed SendBatch may still have been appended (so that a resend may duplicate it)."""
+    return isinstance(error, MAYBE_APPENDED) and error.details.get("sent", True) is not False
+
 
 #: Lines read from stdin but not yet acknowledged, at most (the reader thread waits beyond it).
 MAX_BUFFERED_LINES = 10_000
@@ -150,6 +162,26 @@ class ProducerService(LoopingClientService):
     def _finished_with(self, status: int) -> None:
         if status == 0:
             self._log.info("done: {n} messages acknowledged", n=self.acknowledged)
+        else:
+            self._say_unacknowledged()
+
+    def _stopped_on_request(self) -> None:
+        self._log.info("stopping: {n} message(s) acknowledged", n=self.acknowledged)
+        self._say_unacknowledged()
+
+    def _say_unacknowledged(self) -> None:
+        if not self._queue:
+            return
+        first, last = self._queue[0].number, self._queue[-1].number
+        in_flight = ""
+        if self._in_flight:
+            upto = self._queue[self._in_flight - 1].number
+            # Not connected: the request is still waiting in the client for a connection, never written.
+            in_flight = (f"; messages {first}-{upto} were in flight and may or may not have been appended"
+                         if self.client is not None and self.client.connected
+                         else f"; messages {first}-{upto} were waiting for a connection (never sent)")
+        self._log.warn("messages {first}-{last} were not acknowledged{in_flight}", first=first, last=last,
+                       in_flight=in_flight)
 
     # --- input --------------------------------------------------------------------------
 
@@ -255,9 +287,9 @@ class ProducerService(LoopingClientService):
         return False
 
     def _failed(self, failure: Failure, batch: list[_Queued]) -> None:
+        if self._finished or not self.running:
+            return  # stopping: a request cut short by closing the client is not trouble (the stop says so)
         self._in_flight = 0
-        if self._finished:
-            return
         error = failure.value
         if not isinstance(error, TRANSIENT):
             code = getattr(error, "code", type(error).__name__)
@@ -267,9 +299,11 @@ class ProducerService(LoopingClientService):
             return
         self._failures += 1
         delay = self._backoff(self._failures)
-        self._log.warn("sending messages {first}-{last} failed ({code}: {error}); resending in {delay:.2f}s "
-                       "(a resend may duplicate messages that had landed)",
-                       first=batch[0].number, last=batch[-1].number, code=error.code, error=error, delay=delay)
+        caveat = ("; the first attempt may have been appended, so the resend may duplicate them"
+                  if may_have_landed(error) else "; nothing of it was appended")
+        self._log.warn("sending messages {first}-{last} failed ({code}: {error}); resending in {delay:.2f}s{caveat}",
+                       first=batch[0].number, last=batch[-1].number, code=error.code, error=error, delay=delay,
+                       caveat=caveat)
         self._retry = self.clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:

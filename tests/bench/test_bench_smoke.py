@@ -18,6 +18,7 @@ PCT = ("p50", "p95", "p99", "p99.9", "max")
 
 def bench(*argv: str, timeout: float = 30.0) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("STREAMLOG_CONNECT", None)  # it would point the bench at that server instead of its own
     proc = subprocess.run(
         [sys.executable, "-m", "streamlog.bench", *argv, "--json", "--quiet", "--storage", "segmented",
          "--fsync", "always", "--max-seconds", "10"],

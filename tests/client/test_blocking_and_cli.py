@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import socket
 import subprocess
 import threading
+import time
 
 import orjson
 import pytest
 from client_support import PYTHON, REPO
 
+import streamlog
 from streamlog import cli, errors
 from streamlog.client import BlockingClient
 from streamlog.testing import ServerProcess, wait_for
@@ -111,12 +116,93 @@ def test_blocking_reconnects_after_the_server_closed(server):
     c.close()
 
 
+def test_blocking_pipelined_polls_answer_in_any_order(server, blocking):
+    blocking.create_topic("b-pipe", partitions=2)
+    with BlockingClient(server.address, timeout=10) as c:
+        slow = c.submit("Poll", {"topic": "b-pipe", "partition": 0, "offset": 0, "max_wait_ms": 10_000})
+        fast = c.submit("Poll", {"topic": "b-pipe", "partition": 1, "offset": 0, "max_wait_ms": 10_000})
+        assert c.next_answer(0.2) is None  # both parked; the connection stays usable
+        blocking.send("b-pipe", "one", partition=1)
+        rid, result = c.next_answer(10)
+        assert rid == fast and [m["value"] for m in result["messages"]] == ["one"]
+        bad = c.submit("Poll", {"topic": "b-pipe", "partition": 7, "offset": 0})
+        rid, error = c.next_answer(10)
+        assert rid == bad and isinstance(error, errors.UnknownPartition)  # returned, not raised
+        blocking.send("b-pipe", "zero", partition=0)
+        rid, result = c.next_answer(10)
+        assert rid == slow and [m["value"] for m in result["messages"]] == ["zero"]
+
+
+class UnixRelay:
+    """A unix socket whose connections are relayed to the server's TCP port (bounded: daemon threads,
+    closed at the end).  The server's own unix: listener is another branch's."""
+
+    def __init__(self, path, port):
+        self.path = str(path)
+        self.port = port
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(8)
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.fixture
+def unix_address(server, tmp_path):
+    relay = UnixRelay(tmp_path / "streamlog.sock", server.port)
+    yield f"unix:{relay.path}"
+    relay.close()
+
+
+def test_blocking_client_over_a_unix_socket(unix_address, tmp_path):
+    with BlockingClient(unix_address, timeout=10) as c:
+        assert c.ping()["pong"] is True
+    with pytest.raises(errors.ConnectionLost, match="cannot connect to unix:.*missing.sock"):
+        BlockingClient(f"unix:{tmp_path / 'missing.sock'}", timeout=2).ping()
+
+
 # --- CLI ------------------------------------------------------------------------------
 
 
-def run_cli(server, *argv, stdin=None, timeout=30):
-    proc = subprocess.run([PYTHON, "-m", "streamlog.cli", "--connect", server.address, *argv],
-                          cwd=REPO, input=stdin, capture_output=True, timeout=timeout)
+def cli_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "STREAMLOG_CONNECT"}
+    env.update(extra)
+    return env
+
+
+def run_cli(server, *argv, stdin=None, timeout=30, connect=True, env=None):
+    address = ["--connect", server.address] if connect else []
+    proc = subprocess.run([PYTHON, "-m", "streamlog.cli", *address, *argv], cwd=REPO, input=stdin,
+                          capture_output=True, timeout=timeout, env=env or cli_env())
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -167,7 +253,7 @@ def test_cli_produce_args_and_stdin_then_consume(server):
     assert rc == 0
     assert [orjson.loads(line)["value"] for line in out.splitlines()] == ["one", "two", {"n": 3}, [4], None]
     rc, out, _ = run_cli(server, "consume", "c-flow", "--from", "1", "--count", "2")
-    assert out.splitlines() == ["1\tk\ttwo", "2\t-\t{\"n\":3}"]
+    assert out.splitlines() == ["0\t1\tk\ttwo\t-", "0\t2\t-\t{\"n\":3}\t-"]
     rc, out, _ = run_cli(server, "consume", "c-flow", "--from", "latest")
     assert rc == 0 and out == ""
 
@@ -237,3 +323,249 @@ def test_producer_daemon_permanent_error_exits_1(server, tmp_path):
         cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == 1
     assert "failed permanently" in log.read_text()
+
+
+# --- CLI: arguments, addresses, usage (issue 8, item 14) ---------------------------------------
+
+
+def test_cli_produce_options_may_come_between_the_topic_and_the_values(server):
+    rc, out, err = run_cli(server, "produce", "c-mixed", "--key", "K", "first", "-H", "h=1", "second")
+    assert rc == 0, err
+    assert out.splitlines() == ["c-mixed/0 offset 0", "c-mixed/0 offset 1"]
+    rc, out, _ = run_cli(server, "consume", "c-mixed", "--json")
+    assert [(m["key"], m["value"], m["headers"]) for m in map(orjson.loads, out.splitlines())] == \
+        [("K", "first", {"h": "1"}), ("K", "second", {"h": "1"})]
+
+
+def test_cli_consume_from_past_the_end_is_an_error_with_or_without_follow(server):
+    assert run_cli(server, "produce", "c-end", "a", "b")[0] == 0
+    for follow in ([], ["--follow"]):
+        rc, out, err = run_cli(server, "consume", "c-end", "--from", "100", *follow)
+        assert (rc, out) == (1, ""), (follow, err)
+        assert err.startswith("error: OFFSET_OUT_OF_RANGE: c-end/0 holds offsets [0, 2): offset 100 is past its end")
+    rc, out, err = run_cli(server, "consume", "c-end", "--from", "2")  # the end itself: nothing yet, no error
+    assert (rc, out, err) == (0, "", "")
+
+
+def test_cli_version():
+    proc = subprocess.run([PYTHON, "-m", "streamlog.cli", "--version"], cwd=REPO, capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.decode().strip() == f"streamlog {streamlog.__version__}"
+
+
+def test_cli_connects_to_a_unix_socket(server, unix_address):
+    rc, out, err = run_cli(server, "--connect", unix_address, "ping", connect=False)
+    assert rc == 0 and out.startswith(f"pong from {unix_address}"), err
+    rc, out, err = run_cli(server, "produce", "c-unix", "over unix", connect=False,
+                           env=cli_env(STREAMLOG_CONNECT=unix_address))
+    assert (rc, out) == (0, "c-unix/0 offset 0\n"), err
+
+
+def test_cli_address_from_the_environment_and_bad_addresses(server):
+    rc, out, _ = run_cli(server, "ping", connect=False, env=cli_env(STREAMLOG_CONNECT=server.address))
+    assert rc == 0 and out.startswith(f"pong from {server.address}")
+    rc, _, err = run_cli(server, "ping", connect=False, env=cli_env(STREAMLOG_CONNECT="nowhere"))
+    assert rc == 2 and "--connect (from $STREAMLOG_CONNECT): cannot read an address from 'nowhere'" in err
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["consume", "t", "--from", "yesterday"], "usage: streamlog consume"),
+    (["consume", "t", "--count", "0"], "usage: streamlog consume"),
+    (["produce", "t", "--bogus", "x"], "usage: streamlog produce"),
+    (["produce", "t", "--batch-size", "0", "x"], "usage: streamlog produce"),
+    (["produce", "t", "-H", "no-equals", "x"], "usage: streamlog produce"),
+    (["topics", "create"], "usage: streamlog topics create"),
+    (["topics", "list", "--what"], "usage: streamlog topics list"),
+    (["ping", "--connect", "ssl:h:1"], "usage: streamlog ping"),
+    (["bench", "produce", "--nope"], "usage: streamlog bench produce"),
+])
+def test_cli_usage_errors_show_the_subcommand_usage(server, argv, usage):
+    rc, out, err = run_cli(server, *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith(usage), err
+
+
+def test_cli_bench_uses_the_global_connect_and_the_environment(server):
+    for argv, env in ((["--connect", server.address], cli_env()), ([], cli_env(STREAMLOG_CONNECT=server.address))):
+        proc = subprocess.run([PYTHON, "-m", "streamlog.cli", *argv, "bench", "produce", "--messages", "200",
+                               "--batch", "100", "--json", "--quiet", "--max-seconds", "20"],
+                              cwd=REPO, capture_output=True, timeout=90, env=env)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        result = orjson.loads(proc.stdout)
+        assert result["server"]["started_by_bench"] is False
+        with BlockingClient(server.address, timeout=10) as c:  # it wrote to our server
+            assert c.list_offsets(result["topic"], 0, "latest") >= 200
+
+
+# --- CLI: every partition, headers, --from forms (item 15) -------------------------------------
+
+
+def test_cli_consume_reads_every_partition_merged_each_line_saying_its_partition(server, blocking):
+    blocking.create_topic("c-parts", partitions=3)
+    for p in range(3):
+        blocking.send_batch("c-parts", [{"value": f"p{p}-{i}", "partition": p} for i in range(2)])
+    rc, out, err = run_cli(server, "consume", "c-parts")
+    assert rc == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert sorted(rows) == [[str(p), str(i), "-", f"p{p}-{i}", "-"] for p in range(3) for i in range(2)]
+    rc, out, _ = run_cli(server, "consume", "c-parts", "--json", "--partition", "2")
+    assert [(m["partition"], m["offset"]) for m in map(orjson.loads, out.splitlines())] == [(2, 0), (2, 1)]
+    rc, out, _ = run_cli(server, "consume", "c-parts", "--count", "4")
+    assert rc == 0 and len(out.splitlines()) == 4
+
+
+def test_cli_human_output_keeps_one_message_per_line_with_key_and_headers(server, blocking):
+    blocking.send("c-human", "tab\there\nnew line\\ and \x1b[31m", key="k\tey", headers={"trace": "a\tb"})
+    blocking.send("c-human", {"n": [1, "x\ny"]})
+    rc, out, _ = run_cli(server, "consume", "c-human")
+    assert rc == 0
+    assert out.splitlines() == [
+        "0\t0\tk\\tey\ttab\\there\\nnew line\\\\ and \\x1b[31m\t{\"trace\":\"a\\tb\"}",
+        "0\t1\t-\t{\"n\":[1,\"x\\ny\"]}\t-",
+    ]
+
+
+def test_cli_produce_quiet_prints_nothing(server):
+    rc, out, err = run_cli(server, "produce", "c-quiet", "-q", "a", "b", stdin=None)
+    assert (rc, out, err) == (0, "", "")
+    rc, out, err = run_cli(server, "produce", "c-quiet", "--quiet", "--json", stdin=b"c\nd\n")
+    assert (rc, out, err) == (0, "", "")
+    rc, out, _ = run_cli(server, "consume", "c-quiet")
+    assert [line.split("\t")[3] for line in out.splitlines()] == ["a", "b", "c", "d"]
+
+
+def test_cli_consume_from_n_before_the_end_and_from_a_time(server, blocking):
+    blocking.create_topic("c-from", partitions=2)
+    blocking.send_batch("c-from", [{"value": f"old {i}", "partition": i % 2} for i in range(6)])
+    time.sleep(0.01)  # the broker's clock in ms: the next batch gets a later timestamp
+    cut = blocking.send_batch("c-from", [{"value": "new 0", "partition": 0}, {"value": "new 1", "partition": 1}])
+    rc, out, _ = run_cli(server, "consume", "c-from", "--from", "-2")
+    assert sorted(line.split("\t")[3] for line in out.splitlines()) == ["new 0", "new 1", "old 4", "old 5"]
+    rc, out, _ = run_cli(server, "consume", "c-from", "--from", f"@{cut['timestamp']}")
+    assert sorted(line.split("\t")[3] for line in out.splitlines()) == ["new 0", "new 1"]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut["timestamp"] // 1000)) + \
+        f".{cut['timestamp'] % 1000:03d}Z"
+    rc, out, _ = run_cli(server, "consume", "c-from", "--from", iso, "--partition", "1")
+    assert [line.split("\t")[3] for line in out.splitlines()] == ["new 1"]
+
+
+def test_cli_follow_reads_every_partition(server, blocking):
+    blocking.create_topic("c-fparts", partitions=3)
+    proc = subprocess.Popen([PYTHON, "-m", "streamlog.cli", "--connect", server.address, "consume", "c-fparts",
+                             "--follow", "--count", "2", "--json", "--max-wait-ms", "5000"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        time.sleep(0.5)  # let it park its polls (it must find the messages either way)
+        blocking.send("c-fparts", "on 2", partition=2)
+        blocking.send("c-fparts", "on 0", partition=0)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert sorted((m["partition"], m["value"]) for m in map(orjson.loads, out.splitlines())) == \
+        [(0, "on 0"), (2, "on 2")]
+
+
+# --- a closed standard output (item 11): never past what was written, no traceback -------------
+
+
+def fill(server, topic, n):
+    with BlockingClient(server.address, timeout=30) as c:
+        for start in range(0, n, 5000):
+            c.send_batch(topic, [{"value": f"message {i}"} for i in range(start, min(n, start + 5000))])
+
+
+def read_one_line_then_close(fd):
+    """What `head -1` does: read up to the first newline, then close the pipe."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return data
+
+
+def start_into_pipe(argv, **kw):
+    r, w = os.pipe()
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=w, env=cli_env(), **kw)
+    os.close(w)
+    return proc, r, fcntl.fcntl(r, 1032)  # F_GETPIPE_SZ
+
+
+def test_cli_consume_into_a_pipe_closed_after_one_line_exits_141_quietly(server):
+    fill(server, "c-pipe", 20_000)
+    proc, r, _ = start_into_pipe([PYTHON, "-m", "streamlog.cli", "--connect", server.address, "consume", "c-pipe"],
+                                 stderr=subprocess.PIPE)
+    try:
+        assert read_one_line_then_close(r).split(b"\t")[:2] == [b"0", b"0"]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 141 and err == b""
+
+
+def test_cli_consume_follow_stops_when_its_reader_goes_away_while_idle(server):
+    fill(server, "c-idle", 1)
+    proc, r, _ = start_into_pipe([PYTHON, "-m", "streamlog.cli", "--connect", server.address, "consume", "c-idle",
+                                  "--follow"], stderr=subprocess.PIPE)
+    try:
+        assert read_one_line_then_close(r).startswith(b"0\t0\t")
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=20)
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 141 and err == b""
+
+
+def consumer_daemon(server, tmp_path, topic, *extra):
+    log = tmp_path / "consumer.log"
+    argv = [PYTHON, "-m", "twisted", "--log-format", "text", "--log-file", str(log), "streamlog-consumer",
+            "--connect", server.endpoint, "--topic", topic, "--interval", "0.2", *extra]
+    return log, start_into_pipe(argv, stderr=subprocess.DEVNULL)
+
+
+def test_consumer_daemon_into_a_pipe_closed_after_one_line_exits_1_without_advancing(server, tmp_path):
+    fill(server, "d-pipe", 20_000)
+    log, (proc, r, pipe_size) = consumer_daemon(server, tmp_path, "d-pipe")
+    try:
+        assert orjson.loads(read_one_line_then_close(r))["offset"] == 0
+        status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert status == 1, text
+    found = re.search(r"d-pipe/0 stays at offset (\d+) \((\d+) of the (\d+) message", text)
+    assert found, text
+    position = int(found.group(1))
+    # Written: the line read, and what the pipe held when its reader left (each line is at least
+    # this long), nowhere near the 10,000 of the batch it was handed.
+    shortest = len(orjson.dumps({"partition": 0, "offset": 0, "timestamp": 0, "key": None, "value": "message 0",
+                                 "headers": {}})) + 1
+    assert 1 <= position <= 1 + pipe_size // shortest, text
+    assert int(found.group(2)) == position  # the batch started at 0: all it wrote is what the position covers
+
+
+def test_consumer_daemon_stops_when_its_reader_goes_away_while_idle(server, tmp_path):
+    fill(server, "d-idle", 1)
+    log, (proc, r, _) = consumer_daemon(server, tmp_path, "d-idle")
+    try:
+        assert orjson.loads(read_one_line_then_close(r))["value"] == "message 0"
+        status = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert status == 1, text
+    assert "the reader of standard output went away" in text
+    assert "positions: d-idle/0 offset 1" in text

@@ -12,7 +12,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from streamlog import errors
-from streamlog.client.connection import ClientProtocol, StreamlogClient, backoff_policy, endpoint_for, parse_address
+from streamlog.client.connection import (
+    ClientProtocol,
+    StreamlogClient,
+    backoff_policy,
+    endpoint_for,
+    parse_address,
+    parse_target,
+)
 
 
 def connected(clock, timeout=30.0):
@@ -199,6 +206,41 @@ def test_endpoint_for_strings(clock):
     r = MemoryReactorClock()
     assert isinstance(endpoint_for("tcp:127.0.0.1:7070", r), TCP4ClientEndpoint)
     assert isinstance(endpoint_for("localhost:7070", r), HostnameEndpoint)
+
+
+def test_parse_target_knows_unix_sockets_and_refuses_other_endpoints():
+    assert parse_target("unix:/run/streamlog.sock") == ("unix", "/run/streamlog.sock")
+    assert parse_target("unix:path=/tmp/s:timeout=3") == ("unix", "/tmp/s")
+    assert parse_target("tcp:127.0.0.1:7070") == ("tcp", ("127.0.0.1", 7070))
+    assert parse_target("localhost:7070") == ("tcp", ("localhost", 7070))
+    with pytest.raises(ValueError, match="use HOST:PORT, tcp:HOST:PORT or unix:/path"):
+        parse_target("ssl:host=h:port=1")
+    with pytest.raises(ValueError, match="no socket path"):
+        parse_target("unix:")
+
+
+def test_connection_failures_are_logged_with_the_address_and_the_reason():
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import capturedLogs, formatEvent
+
+    reactor = MemoryReactorClock()
+    with capturedLogs() as events:
+        c = StreamlogClient("tcp:127.0.0.1:1", reactor=reactor, rng=random.Random(1), reconnect_max=1.0)
+        for _ in range(4):
+            factory = reactor.tcpClients[-1][2]
+            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            reactor.advance(1.0)
+        proto = reactor.tcpClients[-1][2].buildProtocol(None)
+        proto.makeConnection(StringTransport())
+    text = [formatEvent(e) for e in events]
+    assert not [t for t in text if "object at 0x" in t or "Scheduling retry" in t], text
+    warned = [t for t in text if t.startswith("cannot connect")]
+    assert len(warned) == 1, text  # once per kind of failure, not per attempt
+    assert warned[0].startswith("cannot connect to tcp:127.0.0.1:1 (Connection was refused by other side")
+    assert "connected to tcp:127.0.0.1:1" in text
+    assert c.address == "tcp:127.0.0.1:1" and c.connected
+    c.close()
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_max():

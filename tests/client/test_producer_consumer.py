@@ -270,3 +270,30 @@ def test_consumer_seek_drops_prefetch(network, clock, client):
     assert [m["value"] for m in got(network, clock, consumer.poll())] == [4]
     consumer.close()
     run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_starts_n_before_the_end_or_at_a_time(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(5):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    clock.advance(5)
+    cut = int(clock.seconds() * 1000)
+    got(network, clock, producer.send("t", "later"))
+    back = Consumer(client, "t", 0, start="-2", max_wait_ms=0)
+    assert [m["value"] for m in got(network, clock, back.poll())] == [4, "later"]
+    back.close()
+    more_than_stored = Consumer(client, "t", 0, start="-100", max_wait_ms=0)  # the log start, not an error
+    assert len(got(network, clock, more_than_stored.poll())) == 6
+    more_than_stored.close()
+    at = Consumer(client, "t", 0, start=f"@{cut}", max_wait_ms=0)
+    assert [m["value"] for m in got(network, clock, at.poll())] == ["later"]
+    at.close()
+    run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_consumer_refuses_a_start_it_cannot_read():
+    with pytest.raises(ValueError, match="N before the end"):
+        Consumer(None, "t", 0, start=-1)
+    with pytest.raises(ValueError, match="cannot start from 'soon'"):
+        Consumer(None, "t", 0, start="soon")
