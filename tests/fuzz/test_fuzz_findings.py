@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from protofuzz.model import KNOWN_ISSUES
+
+from streamlog.storage.segmented import SegmentedStorage
 from streamlog.testing import BrokerHarness
 
 
@@ -28,3 +32,28 @@ def _check_parser_depth_limit(conn):
     conn.send_line(b'{"id":2,"method":"Send","params":{"topic":"t","value":' + b"[" * 65 + b"]" * 65 + b"}}")
     [answer] = conn.answers()
     assert (answer["id"], answer["error"]["code"], answer["error"]["limit"]) == (2, "NESTING_TOO_DEEP", 64)
+
+
+@pytest.mark.xfail("long-topic-delete" in KNOWN_ISSUES, strict=True, reason=KNOWN_ISSUES.get("long-topic-delete"))
+def test_deleting_a_topic_with_a_long_valid_name_keeps_the_node_up(clock, tmp_path):
+    """Found by the fuzzer against a real server: two valid requests stopped the node.
+
+    Repro: CreateTopic {"topic": "Z"*249} then DeleteTopic {"topic": "Z"*249}
+    -> {"error": {"code": "STORAGE_ERROR", ...}} and the process exits (fail-stop):
+    the rename to '.deleted-<name>-<uuid hex>' is longer than NAME_MAX (255).
+    """
+    storage = SegmentedStorage(str(tmp_path / "data"))
+    h = BrokerHarness(storage=storage, clock=clock)
+    fatal: list = []
+    h.broker.on_fatal = fatal.append
+    try:
+        conn = h.connect()
+        name = "Z" * 249
+        assert "result" in conn.call("CreateTopic", {"topic": name})
+        answer = conn.call("DeleteTopic", {"topic": name})
+        assert answer.get("result") == {"topic": name, "deleted": True}, answer
+        assert not fatal
+        assert conn.call("ListTopics")["result"] == {"topics": []}
+    finally:
+        h.stop()
+        storage.close()
