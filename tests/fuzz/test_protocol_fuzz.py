@@ -237,3 +237,20 @@ def test_a_valid_request_is_accepted_by_the_oracle():
         s.finish()
     finally:
         s.target.close()
+
+
+def test_the_oracle_fails_requests_lost_while_reading_is_paused(monkeypatch):
+    """Parked polls past --max-in-flight pause reading; a server that dropped what
+    arrived meanwhile (instead of reading it later) must fail the run."""
+    from streamlog.protocol import BrokerProtocol
+
+    s = _session()
+    original = BrokerProtocol.dataReceived
+    monkeypatch.setattr(BrokerProtocol, "dataReceived",
+                        lambda self, data: None if self.paused else original(self, data))
+    try:
+        with pytest.raises(FuzzFailure, match="no answer|sentinel"):
+            for _ in range(20):
+                s.step("parked", s.parked())
+    finally:
+        s.target.close()

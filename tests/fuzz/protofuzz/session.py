@@ -141,6 +141,8 @@ class Session:
                 self.flush()
         except FuzzFailure as e:
             self.fail(e, kind or "?", lines)
+        except OSError as e:  # e.g. the connection refused: the node is gone
+            self.fail(FuzzFailure(f"{type(e).__name__}: {e}"), kind or "?", lines)
         self.target.between_steps(self.rng)
 
     def finish(self) -> None:
@@ -160,14 +162,16 @@ class Session:
             raise FuzzFailure(message) from None
         self.findings.append(message)
         self.counts["findings"] += 1
-        if not self.target.alive():
-            self.findings.append("the node is gone: the run stops here")
+        # The connections or the model may now be off: start again from what the node holds.
+        try:
+            if not self.target.alive():
+                raise ConnectionError("the server process is gone")
+            self.target.reset()
+            self.outstanding.clear()
+            self.resync()
+        except (OSError, FuzzFailure) as e:
+            self.findings.append(f"the node does not answer any more ({e}): the run stops here")
             self.stopped = True
-            return
-        # The connection or the model may now be off: start again from what the node holds.
-        self.target.reconnect()
-        self.outstanding.clear()
-        self.resync()
 
     # --- building steps --------------------------------------------------------------------
 
@@ -183,8 +187,10 @@ class Session:
             kind, lines = "mutated", [self.framed(req.line(), req.expect)]
         elif r < 0.82:
             kind, lines = "bytes", [Line(mutate_bytes(g.request().line(), rng), ANY.because("byte edits"))]
-        elif r < 0.91:
+        elif r < 0.89:
             kind, lines = "pipelined", self.pipelined()
+        elif r < 0.91:
+            kind, lines = "parked", self.parked()
         elif r < 0.985:
             kind, lines = "framing", self.framing()
         else:
@@ -231,6 +237,26 @@ class Session:
             lines.append(line)
             if method in WRITES + ("CreateTopic", "DeleteTopic"):
                 changed = True
+        return lines
+
+    def parked(self) -> list[Line]:
+        """Long polls at the end of a partition, more than --max-in-flight, then the
+        write that wakes them: reading pauses until some are answered."""
+        rng = self.rng
+        names = [n for n, t in self.model.topics.items() if t.count]
+        if not names:
+            return [Line(self.gen.request("Ping").line(), OK)]
+        topic = rng.choice(names)
+        state = self.model.topics[topic]
+        partition = rng.randrange(state.count)
+        lines = []
+        for _ in range(rng.randint(2, self.limits.max_in_flight + 3)):
+            params = {"topic": topic, "partition": partition, "offset": state.partitions[partition].end,
+                      "max_wait_ms": rng.randint(1, self.limits.max_wait_ms)}
+            lines.append(Line(wire.encode_request(self.gen.new_id(), "Poll", params)[:-1], OK.because("parked")))
+        messages = [{"value": rng.randint(0, 99), "partition": partition} for _ in range(rng.randint(1, 3))]
+        send = {"topic": topic, "messages": messages, "acks": rng.choice(["all", "leader", "none"])}
+        lines.append(Line(wire.encode_request(self.gen.new_id(), "SendBatch", send)[:-1], OK.because("wakes them")))
         return lines
 
     def framing(self) -> list[Line]:
@@ -329,6 +355,14 @@ class Session:
             return sentinel is not None and not half_close and any(raw.startswith(sentinel) for raw in raws)
 
         raws, closed = self.target.read(None if expect_close else done, 0.0)
+        for _ in range(5):
+            if expect_close or closed or done(raws):
+                break
+            # --max-in-flight requests (parked polls) are being worked on: the server
+            # reads no more of this connection until one is answered (docs/protocol.md).
+            self.counts["reads paused by --max-in-flight"] += 1
+            more, closed = self.target.read(lambda new, got=raws: done(got + new), self.limits.max_wait_ms / 1000 + 0.05)
+            raws += more
         if not expect_close and not done(raws):
             raise FuzzFailure(f"the sentinel Ping got no answer (closed: {closed}); answers: {raws[:5]}")
         if closed and not expect_close:

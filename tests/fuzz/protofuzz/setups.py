@@ -1,8 +1,8 @@
 """The two fuzzing set-ups, shared by the tests and run_fuzz.py.
 
 Limits are set low (a 64 KiB line, 8 KB messages, 32-message batches, 16
-partitions) so that every bound is reached with small requests and a step
-costs little; the real server gets the same limits as command-line options,
+partitions, 8 connections, 4 requests in flight) so that every bound is
+reached with small requests and a step costs little; the real server gets the same limits as command-line options,
 which also proves those options reach the edge.
 """
 
@@ -27,6 +27,7 @@ FUZZ_LIMITS = dict(
     default_poll_bytes=16 * 1024,
     max_partitions=16,
     max_connections=8,
+    max_in_flight=4,  # parked polls pause reading: flow control under fuzz
 )
 
 

@@ -23,6 +23,8 @@ from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
 from streamlog.testing import BrokerHarness, Connection
 
+from .oracle import FuzzFailure
+
 Until = Callable[[list[bytes]], bool] | None
 
 
@@ -70,6 +72,12 @@ class HarnessTarget:
     def reconnect(self) -> None:
         self.conn.lose()
         self.conn = self.harness.connect()
+
+    def reset(self) -> None:
+        """New fuzzed and admin connections (after a finding)."""
+        self.reconnect()
+        self.admin_conn.lose()
+        self.admin_conn = self.harness.connect()
 
     def between_steps(self, rng: random.Random) -> None:
         self.clock.advance(rng.choice([0.0, 0.0, 0.001, 0.01, 0.05, 0.3]))
@@ -147,7 +155,8 @@ def _in_order(raws: list[bytes], first: int, n: int) -> list[tuple[bytes, dict[s
         answer = orjson.loads(raw)
         by_id[answer["id"]] = (raw, answer)
     missing = [i for i in range(first, first + n) if i not in by_id]
-    assert not missing and len(raws) == n, f"admin answers {sorted(by_id)}, expected {first}..{first + n - 1}"
+    if missing or len(raws) != n:
+        raise FuzzFailure(f"the admin connection got answers {sorted(by_id)}, expected ids {first}..{first + n - 1}")
     return [by_id[i] for i in range(first, first + n)]
 
 
@@ -195,7 +204,7 @@ class RawConnection:
         self.send(wire.encode_request(rid, method, params or {}))
         lines, _ = self.read(lambda lines: bool(lines), timeout)
         if not lines:
-            raise AssertionError(f"no answer to {method} within {timeout}s")
+            raise FuzzFailure(f"no answer to {method} within {timeout}s (server closed: {self.eof})")
         return lines[0], orjson.loads(lines[0])
 
     def close(self) -> None:
@@ -244,6 +253,11 @@ class SocketTarget:
     def reconnect(self) -> None:
         self.conn.close()
         self.conn = RawConnection(self.server.port)
+
+    def reset(self) -> None:
+        self.reconnect()
+        self.admin_conn.close()
+        self.admin_conn = RawConnection(self.server.port)
 
     def between_steps(self, rng: random.Random) -> None:
         pass
