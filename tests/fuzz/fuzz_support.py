@@ -18,7 +18,8 @@ SERVER_SECONDS = float(os.environ.get("STREAMLOG_FUZZ_SERVER_SECONDS", "20"))
 #: stops reaching one of them has lost part of its reach.
 REACHED = [
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "NESTING_TOO_DEEP", "LINE_TOO_LONG",
-    "MESSAGE_TOO_LARGE", "INVALID_TOPIC", "UNKNOWN_TOPIC", "TOPIC_EXISTS", "TOO_MANY_CONNECTIONS", "ok",
+    "MESSAGE_TOO_LARGE", "INVALID_TOPIC", "UNKNOWN_TOPIC", "TOPIC_EXISTS", "UNKNOWN_PARTITION", "OFFSET_OUT_OF_RANGE",
+    "TOO_MANY_CONNECTIONS", "ok",
     "ok (acks=none)", "late ok", "fresh pings", "full checks",
 ]
 

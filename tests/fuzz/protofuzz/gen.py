@@ -187,13 +187,16 @@ class RequestGenerator:
             method = self.rng.choices(METHODS, _METHOD_WEIGHTS)[0]
         return getattr(self, "gen_" + method.lower())()
 
-    def _envelope(self, method: str, params: Any, expect: Expect, omit_params: bool = False) -> Req:
+    def _envelope(self, method: str, params: Any, expect: Expect, omit_params: bool = False,
+                  faults: list[str] | None = None) -> Req:
+        """The request; C{faults}: paths of the fields the generator itself made
+        wrong for the state, so that no mutation undoes them unseen."""
         pairs: list[tuple[Any, Any]] = [("id", self.new_id()), ("method", method)]
         if not omit_params:
             pairs.append(("params", params))
         if self.rng.random() < 0.2:
             self.rng.shuffle(pairs)  # members may come in any order
-        return Req(method, Obj(pairs), expect.because(f"valid {method}"))
+        return Req(method, Obj(pairs), expect.because(f"valid {method}"), list(faults or []))
 
     # messages
 
@@ -207,8 +210,12 @@ class RequestGenerator:
         elif r < 0.55:
             pairs.append(("key", rng.choice(KEYS)))
         expect = OK
-        if rng.random() < 0.25:
-            known = count if count is not None else self.config.default_partitions
+        r = rng.random()
+        known = count if count is not None else self.config.default_partitions
+        if r < 0.03 and known < self.limits.max_partitions:
+            pairs.append(("partition", known))  # one past the last: UNKNOWN_PARTITION, nothing stored
+            expect = refused("UNKNOWN_PARTITION", stateless=False)
+        elif r < 0.25:
             pairs.append(("partition", rng.randrange(known)))
         r = rng.random()
         if r < 0.1:
@@ -231,7 +238,8 @@ class RequestGenerator:
         pairs, expect = self.message(self.partitions_of(topic), batch=False)
         params = Obj([("topic", topic)] + pairs)
         self._acks(params)
-        return self._envelope("Send", params, combine(self._topic_expect(topic, True), expect))
+        faults = ["params.partition"] if expect.outcome != "ok" else []
+        return self._envelope("Send", params, combine(self._topic_expect(topic, True), expect), faults=faults)
 
     def gen_sendbatch(self) -> Req:
         rng = self.rng
@@ -240,15 +248,18 @@ class RequestGenerator:
         n = rng.choice([1, 1, 2, 3, 5, 8]) if rng.random() < 0.97 else self.limits.max_batch_messages
         messages = []
         expect = self._topic_expect(topic, True)
-        for _ in range(n):
+        faults = []
+        for i in range(n):
             pairs, e = self.message(count, batch=True)
             if n > 8:  # the largest batch: small values, so it stays under the line limit
                 pairs = [(k, v if k != "value" else rng.randint(0, 9)) for k, v in pairs]
             messages.append(Obj(pairs))
             expect = combine(expect, e)
+            if e.outcome != "ok":
+                faults.append(f"params.messages[{i}].partition")
         params = Obj([("topic", topic), ("messages", messages)])
         self._acks(params)
-        return self._envelope("SendBatch", params, expect)
+        return self._envelope("SendBatch", params, expect, faults=faults)
 
     def _acks(self, params: Obj) -> None:
         r = self.rng.random()
@@ -272,7 +283,18 @@ class RequestGenerator:
             params.pairs.append(("partition", partition))
         p = state.partitions[partition]
         r = rng.random()
-        if r < 0.3:
+        expect = OK
+        faults = []
+        if r < 0.04:
+            offset = p.end + rng.choice([1, 2, 100])
+            expect = refused("OFFSET_OUT_OF_RANGE", stateless=False)
+            faults = ["params.offset", "params.partition"]
+        elif r < 0.06 and state.count < self.limits.max_partitions:
+            params.set("partition", state.count)
+            offset = 0
+            expect = refused("UNKNOWN_PARTITION", stateless=False)
+            faults = ["params.partition"]
+        elif r < 0.3:
             offset = p.log_start
         elif r < 0.7:
             offset = rng.randint(p.log_start, p.end)
@@ -289,7 +311,7 @@ class RequestGenerator:
         elif r < 0.35:
             params.pairs.append(("max_wait_ms", rng.choice([1, 10, 100, self.limits.max_wait_ms])))
         rng.shuffle(params.pairs)
-        return self._envelope("Poll", params, OK)
+        return self._envelope("Poll", params, expect, faults=faults)
 
     def gen_createtopic(self) -> Req:
         rng = self.rng
@@ -890,8 +912,8 @@ def mutate_duplicate_key(req: Req, g: RequestGenerator) -> str | None:
 
 MUTATIONS: list[tuple[Mutation, int]] = [
     (mutate_wrong_type, 14), (mutate_null, 5), (mutate_missing, 6), (mutate_extra_field, 7),
-    (mutate_boundary_int, 14), (mutate_bad_number, 5), (mutate_deep, 6), (mutate_unicode, 10),
-    (mutate_escape, 4), (mutate_long_string, 6), (mutate_batch_size, 4), (mutate_envelope, 12),
+    (mutate_boundary_int, 14), (mutate_bad_number, 4), (mutate_deep, 6), (mutate_unicode, 8),
+    (mutate_escape, 4), (mutate_long_string, 7), (mutate_batch_size, 6), (mutate_envelope, 12),
     (mutate_duplicate_key, 5),
 ]
 
