@@ -38,9 +38,12 @@ def _check_parser_depth_limit(conn):
 def test_deleting_a_topic_with_a_long_valid_name_keeps_the_node_up(clock, tmp_path):
     """Found by the fuzzer against a real server: two valid requests stopped the node.
 
-    Repro: CreateTopic {"topic": "Z"*249} then DeleteTopic {"topic": "Z"*249}
-    -> {"error": {"code": "STORAGE_ERROR", ...}} and the process exits (fail-stop):
-    the rename to '.deleted-<name>-<uuid hex>' is longer than NAME_MAX (255).
+    Repro on `twistd -n streamlog-server`: CreateTopic {"topic": "Z"*214} (any name of
+    214-249 characters), then DeleteTopic of it: no answer, the connection closes and
+    the process exits with status 70 (fail-stop, "File name too long"); after a restart
+    the topic and its data are still there.  The rename to '.deleted-<name>-<32 hex>'
+    is longer than NAME_MAX (255).  In memory (this test) the broker answers
+    STORAGE_ERROR and calls on_fatal.
     """
     storage = SegmentedStorage(str(tmp_path / "data"))
     h = BrokerHarness(storage=storage, clock=clock)

@@ -200,7 +200,7 @@ class RequestGenerator:
 
     # messages
 
-    def message(self, count: int | None, *, batch: bool) -> tuple[list[tuple[str, Any]], Expect]:
+    def message(self, count: int | None) -> tuple[list[tuple[str, Any]], Expect]:
         """The fields of one message for a topic of C{count} partitions (None: it does not exist)."""
         rng = self.rng
         pairs: list[tuple[str, Any]] = [("value", random_value(rng))]
@@ -235,7 +235,7 @@ class RequestGenerator:
 
     def gen_send(self) -> Req:
         topic = self.topic()
-        pairs, expect = self.message(self.partitions_of(topic), batch=False)
+        pairs, expect = self.message(self.partitions_of(topic))
         params = Obj([("topic", topic)] + pairs)
         self._acks(params)
         faults = ["params.partition"] if expect.outcome != "ok" else []
@@ -250,7 +250,7 @@ class RequestGenerator:
         expect = self._topic_expect(topic, True)
         faults = []
         for i in range(n):
-            pairs, e = self.message(count, batch=True)
+            pairs, e = self.message(count)
             if n > 8:  # the largest batch: small values, so it stays under the line limit
                 pairs = [(k, v if k != "value" else rng.randint(0, 9)) for k, v in pairs]
             messages.append(Obj(pairs))
@@ -371,7 +371,7 @@ class RequestGenerator:
         r = self.rng.random()
         if r < 0.2:
             return self._envelope(method, None, OK, omit_params=True)
-        return self._envelope(method, None if r < 0.35 else {}, OK)
+        return self._envelope(method, None if r < 0.35 else Obj(), OK)
 
 
 # --- mutations ------------------------------------------------------------------------
@@ -408,19 +408,6 @@ def _pick_field(req: Req, g: RequestGenerator, present: bool | None = None) -> t
             if present is None or obj.has(f.name) == present:
                 choices.append((obj, f, where, depth))
     return g.rng.choice(choices) if choices else None
-
-
-def _as_plain_params(req: Req) -> Obj | None:
-    params = req.params
-    if params is None and req.envelope.has("params"):
-        return None
-    if isinstance(params, dict):
-        params = Obj(list(params.items()))
-        req.envelope.set("params", params)
-    elif params is None:
-        params = Obj()
-        req.envelope.set("params", params)
-    return params if isinstance(params, Obj) else None
 
 
 _WRONG: dict[str, list[Any]] = {
@@ -515,7 +502,7 @@ def mutate_extra_field(req: Req, g: RequestGenerator) -> str | None:
     return f"extra field {where}.{name!r}"
 
 
-def _int_candidates(f: Field, g: RequestGenerator) -> list[int]:
+def _int_candidates(f: Field) -> list[int]:
     lo, hi = f.lo, f.hi
     return [lo - 1, lo, lo + 1, hi, hi + 1, -1, 0, MAX_INT64, MAX_INT64 + 1, MAX_UINT64, -(2**63), 2**31, 2**32]
 
@@ -532,7 +519,7 @@ def mutate_boundary_int(req: Req, g: RequestGenerator) -> str | None:
     topic = params.get("topic") if isinstance(params, Obj) else None
     state = g.model.topics.get(topic) if isinstance(topic, str) else None
     if f.kind == "int":
-        value = rng.choice(_int_candidates(f, g))
+        value = rng.choice(_int_candidates(f))
         ok = f.lo <= value <= min(f.hi, MAX_INT64)
         fault = OK if ok else refused("INVALID_PARAMS")
         if ok and where == "params.config" and value < 10**9 and f.name.startswith("retention") and not g.allow_small_retention:
