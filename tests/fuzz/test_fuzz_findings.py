@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from protofuzz.model import KNOWN_ISSUES
+from fuzz_support import known_issue
 
 from streamlog.storage.segmented import SegmentedStorage
 from streamlog.testing import BrokerHarness
@@ -34,7 +33,7 @@ def _check_parser_depth_limit(conn):
     assert (answer["id"], answer["error"]["code"], answer["error"]["limit"]) == (2, "NESTING_TOO_DEEP", 64)
 
 
-@pytest.mark.xfail("long-topic-delete" in KNOWN_ISSUES, strict=True, reason=KNOWN_ISSUES.get("long-topic-delete"))
+@known_issue("long-topic-delete")
 def test_deleting_a_topic_with_a_long_valid_name_keeps_the_node_up(clock, tmp_path):
     """Found by the fuzzer against a real server: two valid requests stopped the node.
 

@@ -116,9 +116,13 @@ def test_the_oracle_fails_an_undocumented_error_code(monkeypatch):
 
 def test_the_oracle_fails_internal(monkeypatch):
     def plant(mp, s):
-        handler = s.target.harness.broker.handlers["DescribeTopic"]
-        s.target.harness.broker.handlers["DescribeTopic"] = lambda params: (
-            1 / 0 if params.get("topic") == "a.b-c_d" else handler(params))
+        original = wire.parse_topic_only
+
+        def parse_topic_only(params, limits=wire.DEFAULT_LIMITS):
+            if params.get("topic") == "a.b-c_d":
+                raise ZeroDivisionError("a bug")
+            return original(params, limits)
+        mp.setattr(wire, "parse_topic_only", parse_topic_only)
     _must_find(monkeypatch, plant, "INTERNAL")
 
 

@@ -546,8 +546,12 @@ def mutate_boundary_int(req: Req, g: RequestGenerator) -> str | None:
         mp = g.limits.max_partitions
         value = rng.choice([-1, 0, count - 1, count, count + 1, mp - 1, mp, 1024, 2**31, MAX_INT64, MAX_INT64 + 1,
                             MAX_UINT64])
-        if not 0 <= value <= MAX_INT64:
-            fault = refused("INVALID_PARAMS")
+        if value < 0 or value > MAX_UINT64:
+            fault = refused("INVALID_PARAMS")  # negative, or read as a double
+        elif value > MAX_INT64:
+            # docs/protocol.md has said both: "partitions are 0 to 2^63-1" (INVALID_PARAMS)
+            # and "any integer >= 0; one the topic lacks is UNKNOWN_PARTITION"
+            fault = refused("INVALID_PARAMS", "UNKNOWN_PARTITION", stateless=False)
         elif value < count:
             moved = req.method == "Poll" and value != _int_or(params.get("partition"), 0)
             fault = Expect("any", frozenset({"OFFSET_OUT_OF_RANGE"})) if moved else OK  # another partition's offsets

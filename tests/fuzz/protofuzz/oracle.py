@@ -336,7 +336,7 @@ def apply_result(w: Model, view: LineView, result: dict[str, Any], ctx: StepCont
     if topic is None:
         raise FuzzFailure(f"{method} accepted without a valid topic: {params}")
     state = w.topics.get(topic)
-    if state is None and method != "CreateTopic":
+    if state is None and method not in WRITES + ("CreateTopic",):  # a write auto-creates it anyway
         state = ctx.created_by_refused_write(w, topic, f"{method} found {topic!r}, whose writes were refused")
     if method in WRITES:
         if state is None:

@@ -12,6 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
 from streamlog.testing import ServerProcess
@@ -29,6 +31,10 @@ FUZZ_LIMITS = dict(
     max_connections=8,
     max_in_flight=4,  # parked polls pause reading: flow control under fuzz
 )
+#: Limits other branches add; set where this Limits has them (the long-key
+#: mutation expects KEY_TOO_LARGE or MESSAGE_TOO_LARGE past them).
+OPTIONAL_LIMITS = dict(max_key_bytes=2048)
+FUZZ_LIMITS.update({k: v for k, v in OPTIONAL_LIMITS.items() if k in attrs.fields_dict(wire.Limits)})
 
 
 def harness_setup() -> tuple[HarnessTarget, wire.Limits, BrokerConfig, dict[str, Any]]:

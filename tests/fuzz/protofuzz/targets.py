@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
-from streamlog.testing import BrokerHarness, Connection
+from streamlog.testing import BrokerHarness, Connection, wait_for
 
 from .oracle import FuzzFailure
 
@@ -309,6 +309,14 @@ class SocketTarget:
         finally:
             for c in extra:
                 c.close()
+            # The server frees their slots when it sees them close, a moment later.
+            wait_for(self._accepts, self.answer_timeout, "the server to free the flood's connection slots")
+
+    def _accepts(self) -> bool:
+        try:
+            return "result" in self.fresh_ping()
+        except (OSError, FuzzFailure):
+            return False
 
     def alive(self) -> bool:
         return self.server.alive()
