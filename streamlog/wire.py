@@ -27,6 +27,9 @@ from streamlog.storage.base import TopicConfig
 #: Largest offset/number the protocol accepts (signed 64-bit, as Kafka).
 MAX_INT64 = 2**63 - 1
 
+#: orjson refuses a document nested deeper than this (NESTING_TOO_DEEP, id null).
+ORJSON_MAX_DEPTH = 1024
+
 # As Kafka ([A-Za-z0-9._-], 1-249), and not starting with "." (which also rules
 # out "." and ".."): names are directory names, and dot-names are the storage's own.
 _TOPIC_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
@@ -125,7 +128,10 @@ def decode_request(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as e:
         if "depth limit" in str(e):
-            raise errors.NestingTooDeep(f"JSON nesting deeper than {limits.max_depth}") from None
+            # orjson's own hard limit on the whole line, not --max-depth (which only values get).
+            raise errors.NestingTooDeep(
+                f"JSON nesting deeper than {ORJSON_MAX_DEPTH} (the parser's limit for a line)", limit=ORJSON_MAX_DEPTH,
+            ) from None
         raise errors.ParseError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise errors.InvalidRequest("a request must be a JSON object")
