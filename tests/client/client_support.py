@@ -47,6 +47,13 @@ class BrokerNetwork:
         self.pumps.append(pump)
         return succeed(client)
 
+    def replace_handler(self, method: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Answer C{method} with C{handler} from now on, on open connections too (each
+        connection copies the broker's handler table when it is made)."""
+        self.broker.handlers[method] = handler
+        for conn in self.factory.connections:
+            conn._handlers[method] = handler
+
     def pump(self) -> None:
         """Move bytes until quiet (without advancing the clock)."""
         for _ in range(100):

@@ -386,7 +386,7 @@ def test_consumer_backs_off_on_too_many_waiting_polls_then_reads(network, clock,
                                              scope="connection")
         return real_poll(params)
 
-    broker.handlers["Poll"] = refusing_poll
+    network.replace_handler("Poll", refusing_poll)
     send(network, clock, client, "t", ["x"])
     with capturedLogs() as events:
         svc, out, finished = start_consumer(client, clock, "-t", "t", "--partition", "0", "--count", "1",
@@ -583,7 +583,7 @@ def test_producer_stops_on_the_new_permanent_errors(network, clock, client, erro
     def refuse(params):
         raise error
 
-    network.broker.handlers["SendBatch"] = refuse
+    network.replace_handler("SendBatch", refuse)
     with capturedLogs() as events:
         svc, finished = start_producer(client, clock, "-t", "t", "--count", "1", "--key", "k" * 300)
         run_until(clock, network, lambda: finished)

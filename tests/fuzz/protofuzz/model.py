@@ -14,12 +14,10 @@ import orjson
 
 from streamlog.partitioner import partition_for_key
 
-#: Known bugs, each being fixed on another branch (issue 8).  While a name is
-#: listed, the oracle tolerates (and counts) exactly that bug's signature and
-#: the test that proves it is marked xfail(strict=True); delete the entry once
-#: the fix is merged and both become ordinary checks.
-#: Bugs the oracle tolerates by their exact signature while they are open (each marks its tests
-#: strict-xfail). Empty: every bug the fuzzer knew of is fixed (issue 8).
+#: Known bugs.  While a name is listed, the oracle tolerates (and counts)
+#: exactly that bug's signature and the test that proves it is marked
+#: xfail(strict=True); delete the entry once the fix is in and both become
+#: ordinary checks.  Empty: every bug the fuzzer found is fixed (issue 8).
 KNOWN_ISSUES: dict[str, str] = {}
 
 #: Codes a fuzzed request must never get: the fuzzer neither corrupts disks nor stops the node.
