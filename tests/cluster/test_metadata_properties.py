@@ -51,15 +51,21 @@ replica_lists = st.lists(st.lists(node_ids, max_size=4).map(tuple), max_size=6).
 # Mostly well-formed replica sets of one replication factor, so topics do get created.
 good_replicas = st.tuples(st.integers(1, 3), st.lists(st.permutations([1, 2, 3, 4, 5]), min_size=1, max_size=6)).map(
     lambda t: tuple(tuple(p[: t[0]]) for p in t[1]))
+# Well-formed but for one node named twice in a partition.
+dup_replicas = good_replicas.filter(lambda r: len(r[0]) >= 2).map(lambda r: tuple((*p[:-1], p[0]) for p in r))
 good_names = st.sampled_from(["a", "b", "c"])
 good_create = st.builds(CreateTopic, good_names, good_replicas, st.just(TopicConfig()), st.just(1024),
                         st.sampled_from([100_000, 12]))
+# Re-registrations that retire incarnations, and the retired ones trying to come back.
+good_register = st.builds(RegisterNode, st.integers(1, 5), st.sampled_from([f"{i:016x}" for i in range(1, 5)]),
+                          st.just("127.0.0.1:7001"), st.just("127.0.0.1:8001"))
 commands = st.one_of(
     good_create,
+    good_register,
     good_create,
     st.builds(DeleteTopic, good_names),
     st.builds(RegisterNode, node_ids, incarnations, addresses, addresses),
-    st.builds(CreateTopic, names, st.one_of(good_replicas, good_replicas, replica_lists), configs,
+    st.builds(CreateTopic, names, st.one_of(good_replicas, good_replicas, dup_replicas, replica_lists), configs,
               st.sampled_from([1024, 1024, 1024, 1, 4, 0]), st.sampled_from([100_000, 100_000, 1, 3, 10, 0])),
     st.builds(DeleteTopic, names, st.one_of(st.none(), known_ids)),
     st.builds(AllocateProducerIds, st.sampled_from([-1, 0, 1, 7, 1000, md.MAX_PRODUCER_ID_BLOCK,
@@ -87,6 +93,7 @@ def run(start: ClusterState, script):
 def test_apply_is_total_keeps_invariants_and_replays_identically(script, cut):
     state = ClusterState.empty(CLUSTER_ID)
     blocks = []
+    retired: set[tuple[int, str]] = set()
     index = 0
     for command, gap in script:
         index += gap  # gaps: no-ops and configuration entries between commands
@@ -102,6 +109,10 @@ def test_apply_is_total_keeps_invariants_and_replays_identically(script, cut):
             assert isinstance(result, Applied)
             if isinstance(command, AllocateProducerIds):
                 blocks.append((result.value["first"], result.value["first"] + result.value["count"]))
+        # A retired incarnation stays retired and never becomes current again.
+        for node_id, incarnation in retired:
+            assert incarnation in state.nodes[node_id].retired and state.nodes[node_id].incarnation != incarnation
+        retired |= {(n.node_id, r) for n in state.nodes.values() for r in n.retired}
         # Every command survives its encoding unchanged.
         assert decode_command(encode_command(command)) == command
     # Producer id blocks never overlap and never go back.
