@@ -349,6 +349,13 @@ def _optional_str(_inst: object, attribute: attrs.Attribute[Any], value: object)
         raise TypeError(f"{attribute.name} must be a string or null, not {type(value).__name__}")
 
 
+def _to_replicas(value: Any) -> Any:
+    """Lists are accepted for convenience (JSON gives lists); stored as tuples."""
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) for p in value):
+        return tuple(tuple(p) for p in value)
+    return value
+
+
 def _replicas_shape(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if type(value) is not tuple or not all(
         type(p) is tuple and all(type(n) is int for n in p) for p in value
@@ -389,7 +396,7 @@ class CreateTopic:
 
     kind: ClassVar[str] = "create_topic"
     topic: str = attrs.field(validator=_strict_str)
-    replicas: tuple[tuple[int, ...], ...] = attrs.field(validator=_replicas_shape)
+    replicas: tuple[tuple[int, ...], ...] = attrs.field(converter=_to_replicas, validator=_replicas_shape)
     config: TopicConfig = attrs.field(validator=_config_shape)
     max_partitions: int = attrs.field(validator=_strict_int)
     max_partitions_per_node: int = attrs.field(validator=_strict_int)
@@ -485,10 +492,10 @@ def apply(state: ClusterState, command: Command, index: int) -> tuple[ClusterSta
 
     Deterministic and total: a structurally valid command never raises, it is applied or
     refused (a refusal changes nothing but `applied_index`). An `index` that does not move
-    forward is a bug in the caller (an entry applied twice) and raises ValueError.
+    forward is a bug in the caller (an entry applied twice) and raises ValueError (TypeError
+    if it is not an int).
     """
-    if type(index) is not int or index <= state.applied_index:
-        raise ValueError(f"metadata index {index!r} applied after {state.applied_index}")
+    _check_index(state, index)
     if isinstance(command, RegisterNode):
         new, result = _register_node(state, command)
     elif isinstance(command, CreateTopic):
@@ -508,10 +515,16 @@ def apply_entry(state: ClusterState, data: bytes, index: int) -> tuple[ClusterSt
     cannot be: stop, do not skip) and applied. The wiring calls this for every committed
     entry, so `applied_index` says how far the state has caught up with the log."""
     if not data:
-        if type(index) is not int or index <= state.applied_index:
-            raise ValueError(f"metadata index {index!r} applied after {state.applied_index}")
+        _check_index(state, index)
         return attrs.evolve(state, applied_index=index), None
     return apply(state, decode_command(data), index)
+
+
+def _check_index(state: ClusterState, index: object) -> None:
+    if type(index) is not int:
+        raise TypeError(f"a metadata index is an int, not {type(index).__name__}")
+    if index <= state.applied_index:
+        raise ValueError(f"metadata index {index} applied after {state.applied_index} (an entry applied twice?)")
 
 
 def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[ClusterState, Result]:

@@ -204,12 +204,13 @@ class PlannerConfig:
     `transfer_interval`: the least time between two leadership transfers of one group (a
     transfer that fails is abandoned by the core after an election timeout; this is its
     retry pace). `max_transfers`: transfers started per plan. `register_interval`: how
-    often a RegisterNode is re-proposed until the state shows this node as it is.
+    often a RegisterNode is re-proposed until the state shows this node as it is. Negative
+    values (and a zero register_interval) are refused with ValueError.
     """
 
-    transfer_interval: float = 10.0
-    max_transfers: int = 8
-    register_interval: float = 2.0
+    transfer_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    max_transfers: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    register_interval: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
 
 
 class Planner:

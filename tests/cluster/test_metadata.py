@@ -267,8 +267,25 @@ def test_apply_refuses_an_index_that_does_not_move_forward():
         apply(log.state, register(2), log.index)
     with pytest.raises(ValueError):
         apply_entry(log.state, b"", log.index)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not a metadata command"):
         apply(log.state, "register", log.index + 1)  # type: ignore[arg-type]
+    for bad in (float(log.index + 1), True, "9"):
+        with pytest.raises(TypeError, match="a metadata index is an int"):
+            apply(log.state, register(2), bad)  # type: ignore[arg-type]
+
+
+def test_commands_take_lists_but_check_their_types():
+    assert CreateTopic("t", [[1, 2], (2, 1)], TopicConfig(), 8, 9).replicas == ((1, 2), (2, 1))
+    with pytest.raises(TypeError, match="replicas must be a tuple of tuples"):
+        CreateTopic("t", [["1"]], TopicConfig(), 8, 9)
+    with pytest.raises(TypeError, match="replicas must be a tuple of tuples"):
+        CreateTopic("t", "12", TopicConfig(), 8, 9)
+    with pytest.raises(TypeError, match="config must be a TopicConfig"):
+        CreateTopic("t", [[1]], {"retention_ms": 5}, 8, 9)
+    with pytest.raises(TypeError, match="node_id must be an integer"):
+        RegisterNode("1", inc(1), "h:1", "h:2")
+    with pytest.raises(TypeError, match="count must be an integer"):
+        AllocateProducerIds(True)
 
 
 def test_apply_entry_moves_past_noops_and_stops_at_garbage():

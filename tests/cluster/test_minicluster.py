@@ -147,3 +147,16 @@ def test_five_nodes_rf3_with_a_wiped_node_converge():
     for p in hosted:
         g = partition_group(topic.topic_id, p)
         assert reborn.member in c.leader_of(g).cores[g].voters
+
+
+def test_a_cluster_of_one_runs_the_same_code():
+    c = MiniCluster(1, seed=6)
+    c.run_until(lambda: 1 in c.up[1].state.nodes)
+    c.create_topic("t", 2)
+    c.run_until(lambda: "t" in c.up[1].state.topics)
+    c.run_until(c.converged)
+    topic = c.up[1].state.topics["t"]
+    assert [p.replicas for p in topic.partitions] == [(1,), (1,)]
+    group = partition_group(topic.topic_id, 1)
+    produce_committed(c, group, [b"solo"])
+    assert c.leader_of(METADATA_GROUP).node_id == 1

@@ -353,6 +353,13 @@ def test_no_transfer_while_a_live_member_is_still_to_be_added_but_a_dead_one_doe
         RemoveMember(g, member(3))]
 
 
+def test_planner_settings_refuse_nonsense():
+    for bad in ({"transfer_interval": -1}, {"max_transfers": -1}, {"register_interval": 0}):
+        with pytest.raises(ValueError):
+            PlannerConfig(**bad)
+    assert PlannerConfig(transfer_interval=0, max_transfers=0).max_transfers == 0
+
+
 def test_at_most_max_transfers_per_plan():
     log = cluster(3)
     topic_id = create(log, "t", [[2, 1, 3]] * 10).value["topic_id"]
