@@ -80,9 +80,11 @@ class SimNode:
 
 
 class MiniCluster:
-    def __init__(self, nodes: int = 3, seed: int = 0):
+    def __init__(self, nodes: int = 3, seed: int = 0, loss: float = 0.0):
         self.now = 0.0
         self.queue: deque = deque()
+        self.loss = loss  # the share of messages the network drops
+        self.net = random.Random(seed)
         self.seed = seed
         self.up: dict[int, SimNode] = {}
         incarnations = {n: inc(n) for n in range(1, nodes + 1)}
@@ -129,6 +131,8 @@ class MiniCluster:
             # The receiving node drops messages for a group it does not hold or for a member
             # that is not its current one (an old incarnation's address).
             if node is None or node.member != to or group not in node.cores:
+                continue
+            if self.loss and self.net.random() < self.loss:
                 continue
             self.process(node, group, node.cores[group].receive(frm, msg, self.now))
         raise AssertionError("message storm")
