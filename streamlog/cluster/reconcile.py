@@ -1,0 +1,321 @@
+"""The reconciliation planner: what this node should do so that its Raft groups match the
+metadata (docs/cluster.md, "Reconciliation").
+
+Every node runs `Planner.plan` periodically (a LoopingCall in the node wiring) with the
+applied metadata state, a `NodeView` of its own groups as its Raft cores see them, and the
+time; it gets back a list of `Action`s and carries each out (create a local replica, call
+`add_learner` / `change_membership` / `transfer_leadership` on a group's core, propose a
+metadata command). The planner holds no truth of its own: the next call looks at the
+result, so a lost or refused action is simply planned again. Its only memory is rate
+limiting (when it last proposed a registration or moved a group's leadership).
+
+The rules, and why:
+
+* **Only a leader changes its group.** Membership steps and leadership transfers are planned
+  only for groups whose core is leader here; replicas are created and deleted on every
+  node, for itself.
+* **One configuration change at a time per group**, and only when the group is `settled`
+  (its last configuration change committed and the leader has committed an entry of its
+  own term): the Raft core refuses anything else (single-server changes, Ongaro's fix).
+  A learner is added only when no removal is due, and promoted only when caught up.
+* **A dead incarnation leaves before its replacement joins.** A voter whose incarnation its
+  node has since re-registered over (`ClusterState.is_retired`) is removed first: for an
+  RF=3 group that takes it from 2 of 3 live to 2 of 2 live, still available, before the
+  replacement is added as a learner, caught up and promoted. Only retired incarnations are
+  removed: a voter the state does not know (metadata not yet caught up, or a node not yet
+  registered) is left alone, so a lagging state can never shrink a group.
+* **Learners are added only for members that are alive** (their node is connected with that
+  incarnation): replicating to a dead member is wasted work.
+* **Never the last voter, never this node's own member.**
+* **Preferred leaders**: once a partition group has no membership work left (no retired
+  voter, no live member still to add; a member that is down does not hold it up), its
+  leader hands leadership to the partition's first replica when that member is a voter,
+  alive and caught up; at most once per `transfer_interval` per group and
+  `max_transfers` per plan, so a node coming back does not trigger a storm of elections.
+* **Nothing destructive from a stale view**: no membership step or replica deletion until
+  the metadata applied here has caught up with the metadata group's commit index as known
+  locally, and with a known controller; a local replica whose topic is gone is deleted only
+  if the state has applied the entry that created it (the index is part of the topic id).
+
+The metadata group (`METADATA_GROUP`) is planned like a partition group whose intended
+members are every registered node's current incarnation, without a preferred leader; the
+wiring creates its local replica itself (every node has one), so the planner never creates
+or deletes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeAlias
+
+import attrs
+
+from streamlog.cluster.metadata import (
+    METADATA_GROUP,
+    ClusterState,
+    RegisterNode,
+    TopicInfo,
+    hosted_partitions,
+    intended_members,
+    member_id,
+    metadata_members,
+    parse_member_id,
+    parse_partition_group,
+    topic_created_index,
+)
+from streamlog.raft.core import LEADER, RaftNode
+from streamlog.storage.base import TopicConfig
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@attrs.frozen
+class GroupView:
+    """One local Raft group as its core sees it (build it with `group_view(core)`).
+
+    `learners`, `caught_up` and `settled` are meaningful on the leader only: `caught_up` are
+    the peers (voters or learners) the core reports `caught_up`, `settled` says a
+    configuration change would be accepted now (the latest configuration entry is committed
+    and the leader has committed an entry of its term).
+    """
+
+    role: str
+    leader: str | None
+    voters: frozenset[str]
+    learners: frozenset[str] = frozenset()
+    caught_up: frozenset[str] = frozenset()
+    commit_index: int = 0
+    settled: bool = False
+
+
+@attrs.frozen
+class NodeView:
+    """This node, its local groups, and which peers it sees alive.
+
+    `live` maps node id -> the incarnation that node's connection announced in its hello,
+    for every node currently reachable (connected, node heartbeats arriving), this node
+    included: a member is alive when its node is live *with that incarnation*.
+    """
+
+    node_id: int
+    incarnation: str
+    client_address: str
+    peer_address: str
+    groups: Mapping[str, GroupView]
+    live: Mapping[int, str]
+
+    @property
+    def member(self) -> str:
+        return member_id(self.node_id, self.incarnation)
+
+    def alive(self, member: str) -> bool:
+        node_id, incarnation = parse_member_id(member)
+        return self.live.get(node_id) == incarnation
+
+
+def group_view(core: RaftNode) -> GroupView:
+    """The `GroupView` of a Raft core, from what it exposes."""
+    if core.role != LEADER:
+        return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index)
+    # RaftNode has no public accessor for its learners yet; they are leader-local state.
+    learners = frozenset(core._learners)
+    caught_up = frozenset(p for p in (set(core.peers) | learners) if core.caught_up(p))
+    found = core.log.config_at(core.log.last_index)
+    change_pending = found is not None and found[0] > core.commit_index
+    own_term_committed = core.log.term_at(core.commit_index) == core.term
+    return GroupView(core.role, core.leader_id, core.voters, learners, caught_up, core.commit_index,
+                     not change_pending and own_term_committed)
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+@attrs.frozen
+class CreateReplica:
+    """Create this node's replica of a partition group. `initial_members` is the group's
+    first configuration (write it as entry 1, term 0) when this node's current member is
+    one of them; None for a replica that joins later (empty log, no members: its leader
+    adds it)."""
+
+    group: str
+    topic: str
+    topic_id: str
+    partition: int
+    config: TopicConfig
+    initial_members: tuple[str, ...] | None
+
+
+@attrs.frozen
+class DeleteReplica:
+    """Close and remove this node's replica of a group whose topic was deleted."""
+
+    group: str
+
+
+@attrs.frozen
+class AddLearner:
+    """`core.add_learner(member)` on this group's leader."""
+
+    group: str
+    member: str
+
+
+@attrs.frozen
+class Promote:
+    """`core.change_membership(add=member)`: a caught-up learner becomes a voter."""
+
+    group: str
+    member: str
+
+
+@attrs.frozen
+class RemoveMember:
+    """`core.change_membership(remove=member)`: a retired incarnation leaves the group."""
+
+    group: str
+    member: str
+
+
+@attrs.frozen
+class TransferLeadership:
+    """`core.transfer_leadership(member)`: hand the group to its preferred leader."""
+
+    group: str
+    member: str
+
+
+@attrs.frozen
+class ProposeMetadata:
+    """Propose this command to the metadata group (forward it to the controller)."""
+
+    command: RegisterNode
+
+
+Action: TypeAlias = CreateReplica | DeleteReplica | AddLearner | Promote | RemoveMember | TransferLeadership | ProposeMetadata
+
+
+# ---------------------------------------------------------------------------- the planner
+
+
+@attrs.frozen
+class PlannerConfig:
+    """Rate limits, in the units of `now` (seconds in the node).
+
+    `transfer_interval`: the least time between two leadership transfers of one group (a
+    transfer that fails is abandoned by the core after an election timeout; this is its
+    retry pace). `max_transfers`: transfers started per plan. `register_interval`: how
+    often a RegisterNode is re-proposed until the state shows this node as it is. Negative
+    values (and a zero register_interval) are refused with ValueError.
+    """
+
+    transfer_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    max_transfers: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    register_interval: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+
+
+class Planner:
+    """One per node. `plan` is deterministic given its inputs and the planner's memory
+    (when it last did a rate-limited thing), which only changes inside `plan`."""
+
+    def __init__(self, config: PlannerConfig = PlannerConfig()) -> None:
+        self.config = config
+        self._next_register = float("-inf")
+        self._next_transfer: dict[str, float] = {}
+
+    def plan(self, state: ClusterState, view: NodeView, now: float) -> list[Action]:
+        actions: list[Action] = []
+        self._register(state, view, now, actions)
+        me = state.nodes.get(view.node_id)
+        if me is None or me.incarnation != view.incarnation or not metadata_current(state, view):
+            return actions
+        hosted = {h.group: h for h in hosted_partitions(state, view.node_id)}
+        for group, h in hosted.items():
+            if group not in view.groups:
+                initial = h.info.initial_members if view.member in h.info.initial_members else None
+                actions.append(CreateReplica(group, h.topic.name, h.topic.topic_id, h.partition, h.topic.config, initial))
+        self._next_transfer = {g: t for g, t in self._next_transfer.items() if g in view.groups}
+        transfers = self.config.max_transfers
+        for group in sorted(view.groups):
+            gv = view.groups[group]
+            if group == METADATA_GROUP:
+                actions += _membership_step(group, gv, metadata_members(state), state, view)
+                continue
+            parsed = parse_partition_group(group)
+            if parsed is None:
+                continue  # not a group the metadata knows how to judge
+            topic_id, partition = parsed
+            topic = state.topic_by_id(topic_id)
+            if topic is None or partition >= len(topic.partitions):
+                if topic_created_index(topic_id) <= state.applied_index:
+                    actions.append(DeleteReplica(group))
+                continue
+            if group not in hosted:
+                continue  # replicas never move between nodes yet: nothing to judge
+            step = _membership_step(group, gv, _intended(state, topic, partition), state, view)
+            actions += step
+            if not step and transfers > 0 and now >= self._next_transfer.get(group, float("-inf")):
+                target = _transfer_target(gv, state, topic, partition, view)
+                if target is not None:
+                    actions.append(TransferLeadership(group, target))
+                    self._next_transfer[group] = now + self.config.transfer_interval
+                    transfers -= 1
+        return actions
+
+    def _register(self, state: ClusterState, view: NodeView, now: float, actions: list[Action]) -> None:
+        want = RegisterNode(view.node_id, view.incarnation, view.client_address, view.peer_address)
+        node = state.nodes.get(view.node_id)
+        if node is not None and (node.incarnation, node.client_address, node.peer_address) == (
+                want.incarnation, want.client_address, want.peer_address):
+            return
+        if node is not None and view.incarnation in node.retired:
+            return  # refused for good (STALE_INCARNATION): the node must not run on this data
+        if now >= self._next_register:
+            actions.append(ProposeMetadata(want))
+            self._next_register = now + self.config.register_interval
+
+
+def metadata_current(state: ClusterState, view: NodeView) -> bool:
+    """Whether the applied metadata is as new as this node can know: the metadata group has
+    a known leader and everything committed in it (as known here) is applied. A node that
+    just restarted holds its last snapshot until the controller tells it the commit index."""
+    meta = view.groups.get(METADATA_GROUP)
+    return meta is not None and meta.leader is not None and state.applied_index >= meta.commit_index
+
+
+def _intended(state: ClusterState, topic: TopicInfo, partition: int) -> tuple[str, ...]:
+    return intended_members(state, topic.partitions[partition].replicas)
+
+
+def _membership_step(group: str, gv: GroupView, intended: tuple[str, ...], state: ClusterState,
+                     view: NodeView) -> list[Action]:
+    """At most one step towards `intended` for a group this node leads (see module doc)."""
+    me = view.member
+    if gv.role != LEADER or gv.leader != me:
+        return []
+    retired = sorted(v for v in gv.voters if v != me and state.is_retired(v))
+    if retired:
+        if gv.settled and len(gv.voters) > 1:
+            return [RemoveMember(group, retired[0])]
+        return []
+    missing = [m for m in intended if m not in gv.voters]
+    for m in missing:
+        if m in gv.learners and m in gv.caught_up and view.alive(m):
+            return [Promote(group, m)] if gv.settled else []
+    for m in missing:
+        if m not in gv.learners and view.alive(m):
+            return [AddLearner(group, m)]
+    return []
+
+
+def _transfer_target(gv: GroupView, state: ClusterState, topic: TopicInfo, partition: int,
+                     view: NodeView) -> str | None:
+    """The preferred leader, if leadership should move to it now."""
+    if gv.role != LEADER or gv.leader != view.member or not gv.settled:
+        return None
+    intended = _intended(state, topic, partition)
+    if any(m not in gv.voters and view.alive(m) for m in intended):
+        return None  # let a live member still to add finish first (one that is down does not hold it up)
+    preferred = intended[0]
+    if preferred == view.member or not view.alive(preferred) or preferred not in gv.caught_up:
+        return None
+    return preferred
