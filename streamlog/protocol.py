@@ -409,6 +409,9 @@ class BrokerFactory(protocol.Factory):
     """Owns the broker shared by all connections, and the per-connection sweep."""
 
     protocol = BrokerProtocol
+    #: Twisted's own "Starting factory <...object at 0x...>" lines say nothing a person needs;
+    #: the node logs what it serves at start (streamlog.tap.server).
+    noisy = False
     _log = Logger()
 
     def __init__(self, broker: Broker, limits: wire.Limits | None = None, clock: IReactorTime | None = None) -> None:
