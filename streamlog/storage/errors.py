@@ -37,6 +37,14 @@ class InvalidTopicName(StorageError, ValueError):
     """A topic name this data directory cannot hold (bad characters, or too long for its file system)."""
 
 
+class NameTaken(InvalidTopicName):
+    """A topic name the data directory already holds something else under: a file, a
+    directory with data but no C{topic.json}, or a topic this node did not load.
+
+    Refused (C{INVALID_TOPIC}) without touching it: it is not the storage's to remove.
+    """
+
+
 class OutOfDescriptors(StorageError):
     """The process ran out of file descriptors while creating a topic.
 

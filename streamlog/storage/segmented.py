@@ -38,7 +38,14 @@ from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
-from streamlog.storage.errors import CannotLoad, InvalidTopicName, OutOfDescriptors, StorageError, StorageFailed
+from streamlog.storage.errors import (
+    CannotLoad,
+    InvalidTopicName,
+    NameTaken,
+    OutOfDescriptors,
+    StorageError,
+    StorageFailed,
+)
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,
@@ -196,8 +203,10 @@ class SegmentedStorage:
         """Create a topic's logs and its C{topic.json}, or nothing.
 
         Raises L{InvalidTopicName} (before touching anything) for a name the
-        data directory cannot hold.  If a file operation fails, every log it
-        opened is closed again first; then running out of descriptors raises
+        data directory cannot hold, and L{NameTaken} for a name already used
+        there by something that is not an unfinished creation (a file, data).
+        If a file operation fails, every log it opened is closed again first;
+        then running out of descriptors raises
         L{OutOfDescriptors} (the half-made directory is removed: nothing
         changed), and any other error L{StorageFailed} (a disk fault: the
         caller stops the node).
@@ -208,12 +217,11 @@ class SegmentedStorage:
         if name in self._topics:
             raise ValueError(f"topic {name!r} exists")
         path = os.path.join(self.data_dir, name)
-        if os.path.exists(os.path.join(path, TOPIC_FILE)):
-            raise ValueError(f"topic {name!r} exists on disk (call load() first)")
+        leftover = self._check_name_free(name, path)
         logs: list[SegmentedLog] = []
         try:
-            if os.path.exists(path):
-                shutil.rmtree(path)  # an unfinished creation (no topic.json)
+            if leftover:
+                shutil.rmtree(path)  # an unfinished creation (no topic.json, nothing but empty files)
             os.makedirs(path)
             for p in range(partitions):
                 logs.append(self._open_log(name, p, config))
@@ -233,6 +241,32 @@ class SegmentedStorage:
             raise
         self._topics[name] = (config, logs)
         return list(logs)
+
+    def _check_name_free(self, name: str, path: str) -> bool:
+        """Refuse (L{NameTaken}) a name whose path holds anything but a creation that never finished.
+
+        Returns whether such a leftover is there (to be removed).  Whatever
+        else is at C{path}, a file (C{notes.txt}, C{twistd.pid}), a symbolic
+        link, a directory holding data, or a topic this node did not load, was
+        put there by someone else and is left alone.
+        """
+        if not os.path.lexists(path):
+            return False
+        if os.path.islink(path) or not os.path.isdir(path):
+            what = "a file"
+        elif os.path.lexists(os.path.join(path, TOPIC_FILE)):
+            what = "a topic that exists on disk but was not loaded by this node (it appeared after start-up)"
+        else:
+            try:
+                if _unfinished_creation(path):
+                    return True
+            except OSError as e:
+                raise NameTaken(f"topic name {name!r} is taken in the data directory: cannot read {path}: {e}") from None
+            what = "a directory that is not a topic"
+        raise NameTaken(
+            f"topic name {name!r} is taken by {what} in the data directory ({path}); "
+            "use another name, or move it out of the data directory"
+        )
 
     def _remove_unfinished(self, path: str) -> None:
         """Remove what a creation that gave up had made (no C{topic.json}: load would remove it too)."""

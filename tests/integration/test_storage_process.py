@@ -163,3 +163,27 @@ def test_a_damaged_topic_file_stops_the_start_with_one_line(tmp_path, daemons):
     assert len(lines) == 1 and str(topic_file) in lines[0] and "restore it" in lines[0], process.stderr
     assert b"Traceback" not in process.stdout + process.stderr
     assert topic_file.read_bytes()  # left for the operator, never removed
+
+
+def test_a_topic_name_taken_by_a_file_or_foreign_data_in_the_data_dir_is_refused_not_fatal(tmp_path, daemons):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("hi\n")  # the review's repro: this stopped the node (exit 70)
+    (data / "twistd.pid").write_text("4242\n")  # twistd's own file, a valid topic name
+    server = ServerProcess(tmp_path)
+    daemons.append(server)
+    client = LineClient(server.port)
+    refused = client.call("CreateTopic", {"topic": "notes.txt"})["error"]
+    assert refused["code"] == "INVALID_TOPIC" and "taken by a file" in refused["message"], refused
+    refused = client.call("Send", {"topic": "twistd.pid", "value": 1})["error"]  # auto-creation alike
+    assert refused["code"] == "INVALID_TOPIC", refused
+    # An operator's copy that appears after start-up, without its topic.json: not removed.
+    (data / "copy" / "0").mkdir(parents=True)
+    (data / "copy" / "0" / "00000000000000000000.log").write_bytes(b"precious")
+    assert client.call("CreateTopic", {"topic": "copy"})["error"]["code"] == "INVALID_TOPIC"
+    assert client.call("Send", {"topic": "fine", "value": 1})["result"]["offset"] == 0
+    assert client.call("Ping")["result"]["pong"] and server.alive()
+    assert (data / "notes.txt").read_text() == "hi\n" and (data / "twistd.pid").read_text() == "4242\n"
+    assert (data / "copy" / "0" / "00000000000000000000.log").read_bytes() == b"precious"
+    client.close()
+    assert "Traceback" not in server.log()

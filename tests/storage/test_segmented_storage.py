@@ -9,6 +9,7 @@ import pytest
 from storage_helpers import fill, read_all
 
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import InvalidTopicName, NameTaken
 from streamlog.storage.segmented import SegmentedStorage
 
 
@@ -115,3 +116,43 @@ def test_running_out_of_descriptors_at_load_refuses_to_start_with_what_to_do(tmp
         storage.load()
     monkeypatch.undo()
     assert len(os.listdir("/proc/self/fd")) == before  # the partitions opened before it were closed
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "directory with data", "topic copied in"])
+def test_a_name_taken_by_something_else_in_the_data_dir_is_refused_and_left_alone(tmp_path, kind):
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    path = tmp_path / "taken"
+    if kind == "file":
+        path.write_text("hi\n")  # an operator's notes.txt, or twistd.pid
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        path.symlink_to(tmp_path / "elsewhere")
+    elif kind == "directory with data":
+        (path / "0").mkdir(parents=True)
+        (path / "0" / "00000000000000000000.log").write_bytes(b"someone's data")
+    else:  # a whole topic copied into the data directory after start-up
+        other = SegmentedStorage(str(tmp_path / "other"))
+        fill(other.create_topic("taken", 1, TopicConfig())[0], 2)
+        other.close()
+        os.rename(tmp_path / "other" / "taken", path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(NameTaken, match="taken by") as refused:
+        storage.create_topic("taken", 1, TopicConfig())
+    assert isinstance(refused.value, InvalidTopicName)  # the broker answers INVALID_TOPIC
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    if kind == "file":
+        assert path.read_text() == "hi\n"
+    storage.create_topic("free", 1, TopicConfig())  # other names still work
+    storage.close()
+
+
+def test_an_unfinished_creation_under_the_name_is_still_replaced(tmp_path):
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    (tmp_path / "half" / "0").mkdir(parents=True)
+    (tmp_path / "half" / "0" / "00000000000000000000.log").write_bytes(b"")
+    (tmp_path / "half" / "topic.json.tmp").write_bytes(b"{")
+    fill(storage.create_topic("half", 1, TopicConfig())[0], 1)
+    assert sorted(os.listdir(tmp_path / "half")) == ["0", "topic.json"]
+    storage.close()
