@@ -329,6 +329,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise _Usage("--count must be at least 1")
     if args.partition is not None and args.partition < 0:
         raise _Usage("--partition must be 0 or more")
+    if not 0 <= args.max_wait_ms <= requests.MAX_WAIT_MS:
+        raise _Usage(f"--max-wait-ms must be between 0 and {requests.MAX_WAIT_MS} (the server's limit)")
     with make_client(args) as client:
         if args.follow:
             description = _wait_for_topic(client, args)
@@ -379,6 +381,10 @@ class _PartitionsReader:
         self.positions = dict(starts)
         self.ends = ends
         self.remaining: int | None = args.count
+        #: Whether Polls say max_messages (what --count still needs, at most the server's limit).
+        #: Cleared if the server refuses it (a lower --max-poll-messages): it then sends its
+        #: default, and what is past --count is not printed.
+        self.ask_count = True
         self.in_flight: dict[int, tuple[int, float]] = {}  # request id -> (partition, sent at)
         self.retry_at: dict[int, float] = {}
         self.refusals: dict[int, int] = {}
@@ -421,7 +427,10 @@ class _PartitionsReader:
         return wait
 
     def _submit(self, partition: int) -> None:
-        params = requests.poll(self.args.topic, partition, self.positions[partition], max_messages=self.remaining,
+        wanted = None
+        if self.remaining is not None and self.ask_count:
+            wanted = min(self.remaining, requests.MAX_POLL_MESSAGES)
+        params = requests.poll(self.args.topic, partition, self.positions[partition], max_messages=wanted,
                                max_wait_ms=self.args.max_wait_ms if self.args.follow else 0)
         rid = self.client.submit("Poll", params)
         self.in_flight[rid] = (partition, time.monotonic())
@@ -440,6 +449,10 @@ class _PartitionsReader:
         if isinstance(value, errors.TooManyWaitingPolls):
             self.refusals[partition] = n = self.refusals.get(partition, 0) + 1
             self.retry_at[partition] = time.monotonic() + self.backoff(n)
+            return False
+        if isinstance(value, errors.InvalidParams) and value.details.get("field") == "max_messages" and self.ask_count:
+            self.ask_count = False  # the server allows fewer per Poll than asked: take its default
+            self._submit(partition)
             return False
         if isinstance(value, errors.StreamlogError):
             raise value

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The most messages a Poll may ask for on a server with the default limits
+#: (C{--max-poll-messages}, docs/operations.md): a tool that wants more asks for
+#: this many, and again.
+MAX_POLL_MESSAGES = 10_000
+#: The longest long-poll wait a server with the default limits allows (C{--max-wait-ms}).
+MAX_WAIT_MS = 60_000
+
 
 def message(value: Any, key: str | None = None, partition: int | None = None,
             headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -99,8 +99,9 @@ class Options(ClientOptions):
             raise usage.UsageError("--partition must be 0 or more")
         if not 0 <= self["max-wait-ms"] <= wire.DEFAULT_LIMITS.max_wait_ms:
             raise usage.UsageError(f"--max-wait-ms must be between 0 and {wire.DEFAULT_LIMITS.max_wait_ms}")
-        if self["max-messages"] is not None and self["max-messages"] < 1:
-            raise usage.UsageError("--max-messages must be at least 1")
+        most = wire.DEFAULT_LIMITS.max_poll_messages
+        if self["max-messages"] is not None and not 1 <= self["max-messages"] <= most:
+            raise usage.UsageError(f"--max-messages must be between 1 and {most} (the server's --max-poll-messages)")
         if self["on-out-of-range"] not in ("reset", "exit"):
             raise usage.UsageError("--on-out-of-range must be 'reset' or 'exit'")
         if self["output"] != "-":

@@ -569,3 +569,35 @@ def test_consumer_daemon_stops_when_its_reader_goes_away_while_idle(server, tmp_
     assert status == 1, text
     assert "the reader of standard output went away" in text
     assert "positions: d-idle/0 offset 1" in text
+
+
+# --- counts and waits past what one Poll may ask (review 8, finding 6) -------------------------
+
+
+def test_cli_consume_a_count_above_the_servers_poll_limit_reads_it_in_several_polls(server):
+    fill(server, "c-many", 25_000)
+    for follow in ([], ["--follow"]):
+        rc, out, err = run_cli(server, "consume", "c-many", "--count", "20000", "--json", *follow, timeout=60)
+        assert rc == 0, err  # was: INVALID_PARAMS (max_messages 20000 > --max-poll-messages 10000), exit 1
+        assert [orjson.loads(line)["offset"] for line in out.splitlines()] == list(range(20_000))
+
+
+def test_cli_consume_against_a_server_with_a_lower_poll_limit_still_stops_at_its_count(tmp_path):
+    small = ServerProcess(tmp_path, ["--storage", "memory", "--max-poll-messages", "100"])
+    try:
+        fill(small, "c-low", 1000)
+        rc, out, err = run_cli(small, "consume", "c-low", "--count", "250", "--json")
+        assert rc == 0, err
+        assert [orjson.loads(line)["offset"] for line in out.splitlines()] == list(range(250))
+    finally:
+        small.stop()
+
+
+def test_cli_and_consumer_daemon_bound_their_poll_options(server):
+    rc, _, err = run_cli(server, "consume", "c-many", "--follow", "--max-wait-ms", "70000")
+    assert rc == 2 and "--max-wait-ms must be between 0 and 60000" in err
+    daemon = subprocess.run([PYTHON, "-m", "twisted", "streamlog-consumer", "--connect", server.endpoint,
+                             "--topic", "c-many", "--max-messages", "20000"],
+                            cwd=REPO, capture_output=True, timeout=30)
+    assert daemon.returncode != 0
+    assert b"--max-messages must be between 1 and 10000" in daemon.stdout + daemon.stderr

@@ -49,3 +49,11 @@ def test_offset_in_a_partition_holding_5_to_20(start, expected):
 def test_start_reads_as_people_write_it():
     assert [str(s) for s in (EARLIEST, Start("offset", 3), Start("back", 10), Start("timestamp", 1700000000000))] \
         == ["earliest", "offset 3", "10 before the end", "time 2023-11-14T22:13:20.000Z"]
+
+
+def test_the_clients_poll_bounds_are_the_servers_defaults():
+    from streamlog import wire
+    from streamlog.client import requests
+
+    assert requests.MAX_POLL_MESSAGES == wire.DEFAULT_LIMITS.max_poll_messages
+    assert requests.MAX_WAIT_MS == wire.DEFAULT_LIMITS.max_wait_ms
