@@ -11,6 +11,7 @@ still gets every answer, then the connection closes.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet import protocol
@@ -175,19 +176,27 @@ class BrokerProtocol(FastLineReceiver):
         self._read_closed = False
         self.last_activity = 0.0
         self.partial_since: float | None = None
-        #: The peer's IP address, for --max-connections-per-address (None: not an IP peer).
+        #: The peer's address as per-address limits count it (L{address_key}; None: not an IP peer).
         self._address: str | None = None
 
     # --- connection life ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         limits = self.factory.limits
-        self.MAX_LENGTH = limits.max_line_bytes
-        #: This connection's parked long polls (--max-waiting-polls-per-connection).
-        self.waiting_polls = WaitQuota(limits.max_waiting_polls_per_connection, "connection")
-        self._handlers = self.factory.broker.connection_handlers(self.waiting_polls)
-        self.last_activity = self.factory.clock.seconds()
+        factory = self.factory
         transport = self.transport
+        self.MAX_LENGTH = limits.max_line_bytes
+        peer = transport.getPeer()
+        self._address = address_key(peer)
+        from_address = factory.count_address(self._address, +1)
+        factory.connections.add(self)  # with the count above: connectionLost undoes both
+        #: This connection's parked long polls (--max-waiting-polls-per-connection); they also
+        #: count for its address (--max-waiting-polls-per-address) and the node.
+        self.waiting_polls = WaitQuota(limits.max_waiting_polls_per_connection, "connection")
+        address_polls = factory.address_polls(self._address)
+        quotas = (self.waiting_polls,) if address_polls is None else (self.waiting_polls, address_polls)
+        self._handlers = factory.broker.connection_handlers(*quotas)
+        self.last_activity = factory.clock.seconds()
         if hasattr(transport, "setTcpNoDelay"):
             try:
                 transport.setTcpNoDelay(True)
@@ -199,11 +208,6 @@ class BrokerProtocol(FastLineReceiver):
             transport.SEND_LIMIT = SEND_LIMIT
         # Twisted calls pauseProducing when its write buffer passes the high-water mark.
         transport.registerProducer(self, True)
-        factory = self.factory
-        factory.connections.add(self)
-        peer = transport.getPeer()
-        self._address = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else None
-        from_address = factory.count_address(self._address, +1)
         if len(factory.connections) > limits.max_connections:
             self._log.warn("refusing connection from {peer}: {limit} connections open",
                            peer=peer, limit=limits.max_connections)
@@ -420,8 +424,11 @@ class BrokerFactory(protocol.Factory):
         self.limits = limits or broker.limits
         self.clock = clock or broker.clock
         self.connections: set[BrokerProtocol] = set()
-        #: Open connections per peer IP address (for --max-connections-per-address).
+        #: Open connections per peer address (L{address_key}), for --max-connections-per-address.
         self.connections_by_address: dict[str, int] = {}
+        #: Parked polls per peer address, for --max-waiting-polls-per-address; an entry lives
+        #: while the address has a connection open.
+        self._address_polls: dict[str, WaitQuota] = {}
         self._drained: list[Deferred] = []
         self._sweeper: LoopingCall | None = None
 
@@ -461,9 +468,18 @@ class BrokerFactory(protocol.Factory):
         count = self.connections_by_address.get(address, 0) + change
         if count > 0:
             self.connections_by_address[address] = count
+            if address not in self._address_polls:
+                self._address_polls[address] = WaitQuota(self.limits.max_waiting_polls_per_address, "address")
         else:
             self.connections_by_address.pop(address, None)
+            # Its last connection is gone, and with it every poll it had parked (connectionLost
+            # cancels them; they decrement this quota object, no longer listed).
+            self._address_polls.pop(address, None)
         return count
+
+    def address_polls(self, address: str | None) -> WaitQuota | None:
+        """The parked-poll quota shared by the connections of C{address} (None for a non-IP peer)."""
+        return None if address is None else self._address_polls.get(address)
 
     def connection_gone(self) -> None:
         if not self.connections:
@@ -493,6 +509,27 @@ class BrokerFactory(protocol.Factory):
                     conn.transport.loseConnection()
             except Exception:
                 self._log.failure("sweeping a connection failed")
+
+
+def address_key(peer: IAddress) -> str | None:
+    """The key under which per-address limits count a peer (None: not an IP peer, e.g. a UNIX socket).
+
+    An IPv4 peer counts as its address.  An IPv6 peer counts as its /64: one
+    host or site usually holds a whole /64 and may pick any address in it, so a
+    limit per single IPv6 address would be no limit.  An IPv4-mapped IPv6
+    address (C{::ffff:192.0.2.1}, a dual-stack listener) counts as its IPv4.
+    """
+    if isinstance(peer, IPv4Address):
+        return peer.host
+    if isinstance(peer, IPv6Address):
+        try:
+            ip = ipaddress.IPv6Address(peer.host.split("%", 1)[0])
+        except ValueError:
+            return peer.host
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return None
 
 
 def _peer(conn: BrokerProtocol) -> IAddress | None:

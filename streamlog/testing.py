@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -155,10 +155,11 @@ class BrokerHarness:
         self._port = 40000
 
     def connect(self, host: str = "127.0.0.1") -> Connection:
-        """A new connection, as if from C{host} (each from a port of its own)."""
+        """A new connection, as if from C{host} (IPv4 or IPv6; each from a port of its own)."""
         self._port += 1
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", host, self._port))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", host, self._port))
+        kind = IPv6Address if ":" in host else IPv4Address
+        protocol = self.factory.buildProtocol(kind("TCP", host, self._port))
+        transport = StringTransport(peerAddress=kind("TCP", host, self._port))
         protocol.makeConnection(transport)
         return Connection(protocol, transport)
 

@@ -55,6 +55,9 @@ class Limits:
     max_id_length: int = 256
     max_in_flight: int = 1024
     max_waiting_polls_per_connection: int = 1000
+    #: All connections of one client address together (IPv6: one /64): a quarter of the node's,
+    #: as --max-connections-per-address is of --max-connections.
+    max_waiting_polls_per_address: int = 12_500
     max_waiting_polls: int = 50_000
     max_connections: int = 1024
     max_connections_per_address: int = 256

@@ -156,3 +156,80 @@ def test_polls_coming_and_going_at_one_offset_do_not_grow_the_index(clock):
         assert partition._offsets == [] and partition._buckets == {}
     finally:
         h.stop()
+
+
+# --- per client address (review 8, finding 7) ---------------------------------------------------
+
+
+@pytest.fixture
+def by_address(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(
+        max_waiting_polls_per_connection=3, max_waiting_polls_per_address=4, max_waiting_polls=10))
+    h.connect().call("CreateTopic", {"topic": "t"})
+    yield h
+    h.stop()
+
+
+def test_the_connections_of_one_address_share_a_quota_below_the_nodes(by_address):
+    # Before: 256 connections x 1,000 polls from one address could hold the node's 50,000.
+    first, second = by_address.connect("10.0.0.1"), by_address.connect("10.0.0.1")
+    for _ in range(3):
+        first.request("Poll", poll())
+    second.request("Poll", poll())
+    assert first.answers() == [] and second.answers() == []
+    error = second.call("Poll", poll())["error"]
+    assert error["code"] == "TOO_MANY_WAITING_POLLS" and error["scope"] == "address" and error["limit"] == 4
+    assert "--max-waiting-polls-per-address" in error["message"]
+    assert second.call("Ping")["result"]["pong"] is True  # the connection is kept
+    other = by_address.connect("10.0.0.2")  # another address still may wait
+    other.request("Poll", poll())
+    assert other.answers() == []
+    # The first connection goes: its polls no longer count for the address.
+    first.lose()
+    for _ in range(2):
+        second.request("Poll", poll())
+    assert second.answers() == []
+    assert "error" in second.call("Poll", poll())  # 3 of its own: the connection's limit now
+    # Every connection of the address gone: a new one starts from nothing.
+    second.lose()
+    fresh = by_address.connect("10.0.0.1")
+    for _ in range(3):
+        fresh.request("Poll", poll())
+    assert fresh.answers() == [] and by_address.factory.address_polls("10.0.0.1").waiting == 3
+
+
+def test_an_ipv6_client_counts_as_its_slash_64_and_a_mapped_ipv4_as_its_ipv4(by_address):
+    a = by_address.connect("2001:db8:1:2::1")
+    b = by_address.connect("2001:db8:1:2:ffff::9")  # same /64, another address in it
+    c = by_address.connect("2001:db8:1:3::1")  # the next /64
+    for _ in range(3):
+        a.request("Poll", poll())
+    b.request("Poll", poll())
+    assert by_address.factory.address_polls("2001:db8:1:2::/64").waiting == 4
+    assert b.call("Poll", poll())["error"]["scope"] == "address"
+    c.request("Poll", poll())
+    assert c.answers() == []
+    mapped, plain = by_address.connect("::ffff:10.0.0.7"), by_address.connect("10.0.0.7")
+    for _ in range(3):
+        mapped.request("Poll", poll())
+    plain.request("Poll", poll())
+    assert plain.call("Poll", poll())["error"]["scope"] == "address"
+    assert by_address.factory.connections_by_address["10.0.0.7"] == 2
+
+
+def test_connections_per_address_count_an_ipv6_slash_64_as_one_address(clock):
+    h = BrokerHarness(clock=clock, limits=wire.Limits(max_connections_per_address=2))
+    h.connect("2001:db8::1"), h.connect("2001:db8::2")
+    refused = h.connect("2001:db8::3")
+    [answer] = refused.answers()
+    assert answer["error"]["code"] == "TOO_MANY_CONNECTIONS" and answer["error"]["scope"] == "address"
+    assert refused.closed
+    assert not h.connect("2001:db8:0:1::1").closed
+    h.stop()
+
+
+def test_the_default_poll_quotas_nest():
+    limits = wire.DEFAULT_LIMITS
+    assert limits.max_waiting_polls_per_connection <= limits.max_waiting_polls_per_address < limits.max_waiting_polls
+    # As many connections per address as allowed cannot park more than the address may.
+    assert limits.max_waiting_polls_per_address <= limits.max_waiting_polls // 2

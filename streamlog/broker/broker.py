@@ -9,7 +9,7 @@ injected committer (group commit, see L{streamlog.storage.group_commit}).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -96,8 +96,9 @@ class Broker:
             "Ping": self.handle_ping,
         }
 
-    def connection_handlers(self, waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        """The handler table for one connection: its parked Polls also count against C{waits}."""
+    def connection_handlers(self, *waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The handler table for one connection: its parked Polls also count against each
+        of C{waits} (the connection's quota, its client address's)."""
         return {**self.handlers, "Poll": partial(self.handle_poll, waits=waits)}
 
     def now_ms(self) -> int:
@@ -366,11 +367,11 @@ class Broker:
 
     # --- poll ------------------------------------------------------------------
 
-    def handle_poll(self, params: dict[str, Any], waits: WaitQuota | None = None) -> Any:
+    def handle_poll(self, params: dict[str, Any], waits: Sequence[WaitQuota] = ()) -> Any:
         """Answer at once if there is data (or no wait is asked); else park the poll.
 
-        A poll that would park is refused with C{TOO_MANY_WAITING_POLLS} when its
-        connection's quota (C{waits}) or the node's is full.
+        A poll that would park is refused with C{TOO_MANY_WAITING_POLLS} when one
+        of C{waits} (its connection's quota, its address's) or the node's is full.
         """
         p = wire.parse_poll(params, self.limits)
         partition = self.partition(p.topic, p.partition)
@@ -384,7 +385,7 @@ class Broker:
             )
         if offset < partition.high_watermark or p.max_wait_ms == 0:
             return self._read(partition, p)
-        quotas = (self.waiting_polls,) if waits is None else (waits, self.waiting_polls)
+        quotas = (*waits, self.waiting_polls)
         return partition.wait(self.clock, offset, p.max_wait_ms / 1000.0, lambda: self._read(partition, p), quotas)
 
     def _read(self, partition: Partition, p: wire.PollParams) -> wire.RawResult:

@@ -25,14 +25,18 @@ from streamlog.storage.base import PartitionLog
 
 
 class WaitQuota:
-    """How many long polls may be parked at once in one scope: a connection, or the node.
+    """How many long polls may be parked at once in one scope: a connection, a client address, or the node.
 
     A poll that would wait past the limit is refused with
     C{TOO_MANY_WAITING_POLLS}; a poll that can answer at once never asks.
     """
 
     #: The server option that sets the limit of each scope, for the error message.
-    OPTIONS = {"connection": "--max-waiting-polls-per-connection", "node": "--max-waiting-polls"}
+    OPTIONS = {
+        "connection": "--max-waiting-polls-per-connection",
+        "address": "--max-waiting-polls-per-address",
+        "node": "--max-waiting-polls",
+    }
 
     def __init__(self, limit: int, scope: str) -> None:
         self.limit = limit

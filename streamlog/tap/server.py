@@ -43,6 +43,8 @@ _LIMIT_HELP = {
     "max_in_flight": "Requests per connection being worked on before the server stops reading more.",
     "max_waiting_polls_per_connection": "Long polls parked at once on one connection; past it a Poll that would wait "
                                         "gets TOO_MANY_WAITING_POLLS.",
+    "max_waiting_polls_per_address": "Long polls parked at once by all connections of one client address (IPv6: one "
+                                     "/64) (TOO_MANY_WAITING_POLLS, scope address).",
     "max_waiting_polls": "Long polls parked at once on the node, all connections together (TOO_MANY_WAITING_POLLS).",
     "max_connections": "Open client connections; past it a new one gets TOO_MANY_CONNECTIONS.",
     "max_connections_per_address": "Open client connections from one IP address; past it a new one gets "
