@@ -12,6 +12,8 @@ still gets every answer, then the connection closes.
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from typing import Any
 
 from twisted.internet import protocol
@@ -176,6 +178,8 @@ class BrokerProtocol(FastLineReceiver):
         self._read_closed = False
         self.last_activity = 0.0
         self.partial_since: float | None = None
+        #: When the server began to close this connection (None: it has not).
+        self.closing_since: float | None = None
         #: The peer's address as per-address limits count it (L{address_key}; None: not an IP peer).
         self._address: str | None = None
 
@@ -242,17 +246,49 @@ class BrokerProtocol(FastLineReceiver):
 
     def writeConnectionLost(self) -> None:
         """Our sending side is closed (we never do that alone): close the rest."""
+        self.close()
+
+    def close(self) -> None:
+        """Close once what is written is sent (the sweep aborts it if that takes --close-timeout).
+
+        The producer is unregistered first: while registered and paused, a
+        transport whose buffer drains calls C{resumeProducing} instead of
+        closing, and since it is disconnecting it never reads again, so it
+        would never notice the peer leave (CLOSE-WAIT for ever, holding a
+        connection slot of its address).
+        """
+        if self.closing_since is None:
+            self.closing_since = self.factory.clock.seconds()
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def peer_gone(self) -> str | None:
+        """Why the kernel says the peer is gone, on a connection the reactor is not reading; else None.
+
+        A client that closed (not just half-closed) its side looks like a
+        half-close until the server writes to it; the peer then answers with a
+        reset, which the kernel records on the socket.  Nobody reads it (the
+        input ended, or reading is paused), so its parked polls would wait out
+        their time.  The sweep asks here, once a second.
+        """
+        if not (self._read_closed or self.paused):
+            return None
+        get_handle = getattr(self.transport, "getHandle", None)
+        sock = get_handle() if get_handle is not None else None
+        if not isinstance(sock, socket.socket):
+            return None
+        try:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as e:
+            return str(e)
+        return os.strerror(error) if error else None
 
     def _close_if_done(self) -> None:
         """After a half-close, close once every request is read and answered."""
         if (not self._read_closed or self._pending or self._dropped or self._busyReceiving
                 or self.has_unread_input() or self.transport.disconnecting):
             return
-        # A registered, paused producer would be resumed once the buffer drains instead
-        # of the connection closing (see BrokerFactory.close_connections).
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        self.close()
 
     def dataReceived(self, data: bytes) -> Any:
         self.last_activity = self.factory.clock.seconds()
@@ -359,7 +395,7 @@ class BrokerProtocol(FastLineReceiver):
     def _fail(self, rid: Any, error: errors.StreamlogError) -> None:
         """Answer a fatal error, then close the connection."""
         self.transport.writeSequence(wire.encode_error(rid, error))
-        self.transport.loseConnection()
+        self.close()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         limit = self.factory.limits.max_line_bytes
@@ -433,7 +469,7 @@ class BrokerFactory(protocol.Factory):
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
-        if self.limits.idle_timeout or self.limits.partial_line_timeout:
+        if self.limits.idle_timeout or self.limits.partial_line_timeout or self.limits.close_timeout:
             self._sweeper = LoopingCall(self.sweep)
             self._sweeper.clock = self.clock
             self._sweeper.start(1.0, now=False).addErrback(
@@ -455,10 +491,7 @@ class BrokerFactory(protocol.Factory):
         timer = self.clock.callLater(timeout, give_up)
         done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         for conn in list(self.connections):
-            # While registered as a streaming producer, a transport whose writes were
-            # paused would resume us once drained instead of closing.
-            conn.transport.unregisterProducer()
-            conn.transport.loseConnection()
+            conn.close()
         return done
 
     def count_address(self, address: str | None, change: int) -> int:
@@ -493,22 +526,41 @@ class BrokerFactory(protocol.Factory):
         self._sweeper = None
 
     def sweep(self) -> None:
-        """Close connections idle too long, or stuck in the middle of a line."""
+        """Close connections idle too long or stuck in the middle of a line; abort those
+        whose peer is gone, or that take longer than --close-timeout to close."""
         now = self.clock.seconds()
-        limits = self.limits
         for conn in list(self.connections):
             try:
-                if conn.partial_since is not None and limits.partial_line_timeout and \
-                        now - conn.partial_since > limits.partial_line_timeout:
-                    self._log.info("closing {peer}: partial line for {s:.0f}s",
-                                   peer=_peer(conn), s=now - conn.partial_since)
-                    conn.transport.abortConnection()
-                elif limits.idle_timeout and not conn.in_flight and \
-                        now - conn.last_activity > limits.idle_timeout:
-                    self._log.info("closing {peer}: idle", peer=_peer(conn))
-                    conn.transport.loseConnection()
+                self._sweep_one(conn, now)
             except Exception:
                 self._log.failure("sweeping a connection failed")
+
+    def _sweep_one(self, conn: BrokerProtocol, now: float) -> None:
+        limits = self.limits
+        transport = conn.transport
+        if transport.disconnecting:
+            # Closing: its last answers are being sent.  A client that never reads them
+            # would hold the connection (and its address's slot) for ever.
+            if conn.closing_since is None:
+                conn.closing_since = now
+            elif now - conn.closing_since > limits.close_timeout:
+                self._log.info("aborting {peer}: still closing after {s:.0f}s (it does not read what it is sent)",
+                               peer=_peer(conn), s=now - conn.closing_since)
+                transport.abortConnection()
+            return
+        gone = conn.peer_gone()
+        if gone is not None:
+            self._log.info("closing {peer}: the client is gone ({why}); its {n} pending requests are dropped",
+                           peer=_peer(conn), why=gone, n=conn.in_flight)
+            transport.abortConnection()
+        elif conn.partial_since is not None and limits.partial_line_timeout and \
+                now - conn.partial_since > limits.partial_line_timeout:
+            self._log.info("closing {peer}: partial line for {s:.0f}s",
+                           peer=_peer(conn), s=now - conn.partial_since)
+            transport.abortConnection()
+        elif limits.idle_timeout and not conn.in_flight and now - conn.last_activity > limits.idle_timeout:
+            self._log.info("closing {peer}: idle", peer=_peer(conn))
+            conn.close()
 
 
 def address_key(peer: IAddress) -> str | None:

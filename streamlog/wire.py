@@ -65,6 +65,8 @@ class Limits:
     max_outbound_bytes: int = 64 * 1024 * 1024
     idle_timeout: float = 600.0
     partial_line_timeout: float = 30.0
+    #: Seconds a connection the server is closing may take to send its last answers.
+    close_timeout: float = 30.0
 
 
 DEFAULT_LIMITS = Limits()

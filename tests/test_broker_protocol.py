@@ -382,3 +382,18 @@ def test_half_close_does_not_close_while_held_back_lines_are_being_read(clock):
         assert conn.closed
     finally:
         h.stop()
+
+
+def test_an_idle_close_unregisters_the_producer_and_a_close_that_never_ends_is_aborted(clock):
+    harness = make_harness(clock, limits=wire.Limits(idle_timeout=5, close_timeout=10))
+    conn = harness.connect()
+    conn.protocol.pauseProducing()  # its writes are paused: the client does not read
+    clock.pump([1] * 6)
+    # Closing, with no producer left to resume instead of closing once the buffer drains.
+    assert conn.transport.disconnecting and conn.transport.producer is None
+    assert not conn.transport.disconnected
+    clock.pump([1] * 10)
+    assert not conn.transport.disconnected  # within --close-timeout: its last answers may still go
+    clock.pump([1] * 2)
+    assert conn.transport.disconnected  # aborted
+    harness.stop()

@@ -54,6 +54,8 @@ _LIMIT_HELP = {
     "max_outbound_bytes": "Answers queued for a client that does not read them before it is disconnected.",
     "idle_timeout": "Seconds without a request (and none in flight) before a connection is closed; 0 = never.",
     "partial_line_timeout": "Seconds a partial request line may wait for its end; 0 = forever.",
+    "close_timeout": "Seconds a connection being closed (idle, half-closed and answered, refused) may take to "
+                     "send its last answers before it is aborted.",
 }
 
 
@@ -135,7 +137,7 @@ class Options(usage.Options):
             raise usage.UsageError("--data-dir must not be empty")
         for field in attrs.fields(wire.Limits):
             name = field.name.replace("_", "-")
-            if self[name] < 0 or (self[name] == 0 and "timeout" not in name):
+            if self[name] < 0 or (self[name] == 0 and name not in ("idle-timeout", "partial-line-timeout")):
                 raise usage.UsageError(f"--{name} must be positive")
         if not 1 <= self["default-partitions"] <= self["max-partitions"]:
             raise usage.UsageError(f"--default-partitions must be between 1 and --max-partitions ({self['max-partitions']})")

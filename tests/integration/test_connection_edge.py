@@ -6,6 +6,7 @@ and Twisted's TCP transport.  Every wait has a deadline (streamlog.testing.wait_
 
 from __future__ import annotations
 
+import itertools
 import select
 import signal
 import socket
@@ -152,3 +153,101 @@ def test_one_address_cannot_take_every_connection_slot(tmp_path, daemons):
     wait_for(lambda: ping_from_a_new_connection(server.port), 10, "a slot to free up once a client left")
     for c in clients:
         c.close()
+
+
+# --- connections the server closes must really close (review 8, finding 2) ----------------------
+
+
+def _big_poll_unread(port: int, topic: str, max_bytes: int, half_close: bool = False) -> socket.socket:
+    """A connection that asks for a big answer and reads nothing of it (yet), with a tiny receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(wire.encode_request(1, "Poll", {"topic": topic, "offset": 0, "max_bytes": max_bytes}))
+    if half_close:
+        sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+_ADMIN_SOURCES = itertools.count(2)
+
+
+def _admin(port: int, *requests: tuple[str, dict]) -> None:
+    """Send C{requests} from 127.0.0.N (N >= 2, another each time), so that 127.0.0.1's connection
+    slots are the test's alone, and a closed admin connection never holds a slot the next needs."""
+    source = f"127.0.0.{next(_ADMIN_SOURCES)}"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    reader = sock.makefile("rb")
+    for i, (method, params) in enumerate(requests):
+        sock.sendall(wire.encode_request(i, method, params))
+        assert "result" in orjson.loads(reader.readline())
+    reader.close()
+    sock.close()
+
+
+def _fill_topic(port: int, topic: str, messages: int, size: int) -> None:
+    _admin(port, *[("Send", {"topic": topic, "value": "x" * size, "acks": "leader"})] * messages)
+
+
+def test_an_idle_connection_closed_while_its_writes_are_paused_really_closes(tmp_path, daemons):
+    # The review's repro: three clients each Poll ~10 MB with a 4 KiB receive buffer and
+    # read nothing until the idle sweep closed them, then read everything and close.  The
+    # paused transport resumed its producer instead of closing: CLOSE-WAIT for ever, and
+    # the address's three slots stayed taken.  (--close-timeout is long: not what frees them.)
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--idle-timeout", "2", "--close-timeout", "600",
+                                      "--max-connections-per-address", "3", "--max-poll-bytes", str(16 * MIB)])
+    daemons.append(server)
+    _fill_topic(server.port, "big", 10, 1_000_000 - 100)
+    socks = [_big_poll_unread(server.port, "big", 12 * MIB) for _ in range(3)]
+    wait_for(lambda: server.log().count("closing") >= 3 and server.log().count(": idle") >= 3, 20,
+             "the idle sweep to close the three connections")
+    for sock in socks:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the server closed before sending the whole answer"
+            line += chunk
+        assert len(orjson.loads(line)["result"]["messages"]) == 10
+        sock.close()
+    wait_for(lambda: ping_from_a_new_connection(server.port), 10, "the three connections to be gone")
+
+
+def test_a_half_closed_client_that_never_reads_is_aborted_after_the_close_timeout(tmp_path, daemons):
+    # Its long poll is answered after the half-close (8 MB, more than the kernel's buffers
+    # take), so the server closes once it is written: it never is, the client reads nothing.
+    big = 8 * MIB
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--close-timeout", "2", "--max-connections-per-address", "1",
+                                      "--max-poll-bytes", str(16 * MIB), "--max-message-bytes", str(big + 1000),
+                                      "--max-line-bytes", str(big + 1000)])
+    daemons.append(server)
+    _admin(server.port, ("CreateTopic", {"topic": "big"}))
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", server.port))
+    stuck.sendall(wire.encode_request(1, "Poll", {"topic": "big", "offset": 0, "max_wait_ms": 30_000,
+                                                  "max_bytes": 16 * MIB}) + wire.encode_request(2, "Ping", {}))
+    assert orjson.loads(stuck.makefile("rb").readline())["id"] == 2  # in order: the poll has parked
+    stuck.shutdown(socket.SHUT_WR)  # read by the server before the Send below can even connect
+    _admin(server.port, ("Send", {"topic": "big", "value": "x" * big}))
+    wait_for(lambda: ping_from_a_new_connection(server.port), 20, "the closing connection to be aborted")
+    assert "still closing after" in server.log()
+    stuck.close()
+
+
+def test_a_client_that_closed_with_polls_parked_frees_them_once_a_write_finds_it_gone(tmp_path, daemons):
+    # A full close looks like a half-close (both send a FIN) until the server writes: the
+    # first answer then meets a reset.  The other parked polls must go at once, not wait out
+    # their 60 s, holding the address's one slot.
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--max-connections-per-address", "1"])
+    daemons.append(server)
+    _admin(server.port, ("CreateTopic", {"topic": "t"}))
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(wire.encode_request(1, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 1000})
+                 + wire.encode_request(2, "Poll", {"topic": "t", "offset": 0, "max_wait_ms": 60_000})
+                 + wire.encode_request(3, "Ping", {}))
+    assert orjson.loads(sock.makefile("rb").readline())["id"] == 3  # both polls are parked
+    sock.close()  # a full close, nothing unread: a FIN, as a half-close sends
+    wait_for(lambda: ping_from_a_new_connection(server.port), 10,
+             "the connection to be dropped once the 1 s poll's answer met the reset")
+    assert "the client is gone" in server.log()
