@@ -134,6 +134,14 @@ class TooManyPartitions(StreamlogError):
     code = "TOO_MANY_PARTITIONS"
 
 
+class TooManyOpenFiles(StreamlogError):
+    """A Send/SendBatch needed a new segment and the node is out of file descriptors;
+    nothing of the request was appended.  Retriable: rolled segments' files are closed
+    as they are synced.  Details: C{topic}, C{partition}."""
+
+    code = "TOO_MANY_OPEN_FILES"
+
+
 class PartitionUnavailable(StreamlogError):
     """The partition cannot serve, e.g. its storage found corruption in synced data."""
 
@@ -181,7 +189,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         Internal, ParseError, InvalidRequest, MethodNotFound, InvalidParams, NestingTooDeep,
         LineTooLong, MessageTooLarge, BatchTooLarge, KeyTooLarge, InvalidTopic, UnknownTopic, TopicExists,
         UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, TooManyPartitions,
-        PartitionUnavailable,
+        TooManyOpenFiles, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
     ]
 }

@@ -291,16 +291,16 @@ class Broker:
             )
             batches.append((topic.partitions[index], batch))
 
+        # Every partition that needs a new segment gets it before anything is appended: a
+        # roll refused for want of descriptors then leaves the whole request unappended.
+        for partition, batch in batches:
+            make_room = getattr(partition.log, "make_room", None)  # logs that roll segments
+            if make_room is not None:
+                self._append_step(partition, make_room, batch)
         placed = []
         waits = []
         for partition, batch in batches:
-            try:
-                partition.log.append(batch)
-            except StorageCorrupted as e:
-                raise self._unavailable(partition, e) from None
-            except (OSError, StorageFailed) as e:
-                self._fatal(e)
-                raise errors.StorageError(f"append failed: {e}") from None
+            self._append_step(partition, partition.log.append, batch)
             placed.append({"partition": partition.index, "base_offset": batch.base_offset, "count": batch.count})
             waits.append(self._commit(partition, batch.next_offset))
 
@@ -314,6 +314,24 @@ class Broker:
             result["durability"] = self.config.unsynced_durability
             return succeed(result)
         return _gather(waits).addCallback(self._durable_result, result)
+
+    def _append_step(self, partition: Partition, step: Callable[[RecordBatch], object], batch: RecordBatch) -> None:
+        """Run one storage step of an append, turning its errors into wire errors (or a fail-stop)."""
+        try:
+            step(batch)
+        except StorageCorrupted as e:
+            raise self._unavailable(partition, e) from None
+        except OutOfDescriptors as e:
+            self._log.warn("refused a send to {topic}/{partition}: {error}",
+                           topic=partition.topic, partition=partition.index, error=e)
+            raise errors.TooManyOpenFiles(
+                f"partition {partition.topic}/{partition.index} needs a new segment and the node is out of file "
+                "descriptors; nothing of the request was appended, retry later",
+                topic=partition.topic, partition=partition.index,
+            ) from None
+        except (OSError, StorageFailed) as e:
+            self._fatal(e)
+            raise errors.StorageError(f"append failed: {e}") from None
 
     def _durable_result(self, fsynced: list[bool], result: dict[str, Any]) -> dict[str, Any]:
         result["durability"] = "fsync" if fsynced and all(fsynced) else self.config.unsynced_durability
@@ -434,6 +452,10 @@ class Broker:
                 before = partition.start_offset
                 try:
                     after = partition.log.apply_retention(now)
+                except OutOfDescriptors as e:  # its roll (segment_ms) waits for the next check
+                    self._log.warn("retention of {topic}/{partition} put off: {error}",
+                                   topic=topic.name, partition=partition.index, error=e)
+                    continue
                 except (OSError, StorageFailed) as e:  # e.g. no space to roll: fail-stop
                     self._fatal(e)
                     raise errors.StorageError(f"retention of {topic.name}/{partition.index} failed: {e}") from None

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.storage.base import TopicConfig
-from streamlog.storage.descriptors import DEFAULT_READ_FILES
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
 from streamlog.storage.errors import StorageError
 from streamlog.storage.group_commit import ALWAYS, FsyncPolicy, GroupCommitter
 from streamlog.storage.lock import DataDirLock, DataDirLocked
@@ -110,8 +110,8 @@ def fail_stop(error: Any) -> None:
 def raise_open_file_limit() -> tuple[int, int]:
     """Lift the soft limit on open files to the hard limit; return (before, after).
 
-    Each partition keeps about three files open (segment, index, time index),
-    so the common soft default of 1024 would stop a node at a few hundred
+    Each partition keeps three files open (segment, index, time index), so
+    the common soft default of 1024 would stop a node at a few hundred
     partitions.  The hard limit is the operator's to set.
     """
     import resource
@@ -128,28 +128,46 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 
 def fit_partitions(config: BrokerConfig, open_file_limit: int, read_files: int) -> BrokerConfig:
-    """Lower the per-node partition cap to what the open-file limit can hold (and say so).
+    """The broker config with the partition cap (and, if need be, the connection cap) the
+    open-file limit holds; see L{fit_descriptors}."""
+    return fit_descriptors(config, open_file_limit, read_files)[0]
 
-    Each partition holds three descriptors; connections and the read cache
-    come on top (streamlog.storage.descriptors).  A node that reached a cap
-    the limit cannot hold would fail its next segment roll, or its next start.
+
+def fit_descriptors(config: BrokerConfig, open_file_limit: int, read_files: int) -> tuple[BrokerConfig, Plan]:
+    """Divide the open-file limit between partitions, connections, the read cache and rolled
+    segments (L{streamlog.storage.descriptors.plan}); say what was lowered.
+
+    Each partition holds three descriptors, a rolled segment three until its
+    sync, connections and the read cache one each.  A node that reached a cap
+    the limit cannot hold would fail its next segment roll, or its next
+    start.  Raises L{StartupError} if the limit cannot hold a useful node.
     """
-    from streamlog.storage.descriptors import partitions_within
-
     limits = config.limits
-    if open_file_limit < 0:  # RLIM_INFINITY
-        return config
-    room = partitions_within(open_file_limit, limits.max_connections, read_files)
-    if room >= limits.max_partitions_per_node:
-        return config
-    Logger().warn(
-        "the open-file limit ({limit}) holds {room} partitions with --max-connections {connections} and "
-        "--read-file-cache {read_files}: this node takes at most {room}, not {cap} (--max-partitions-per-node); "
-        "raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more",
-        limit=open_file_limit, room=room, connections=limits.max_connections, read_files=read_files,
-        cap=limits.max_partitions_per_node,
-    )
-    return attrs.evolve(config, limits=attrs.evolve(limits, max_partitions_per_node=room))
+    try:
+        fitted = plan(open_file_limit, limits.max_connections, read_files, limits.max_partitions_per_node)
+    except TooFewDescriptors as e:
+        raise StartupError(str(e)) from None
+    if fitted.partitions == limits.max_partitions_per_node and not fitted.shrunk:
+        return config, fitted
+    if fitted.shrunk:
+        Logger().warn(
+            "the open-file limit ({limit}) cannot hold --max-connections {connections} and --read-file-cache "
+            "{read_files} with a useful number of partitions: this node takes at most {room} partitions (not "
+            "{cap}), {fit_connections} connections and {fit_read_files} cached read files; raise the hard limit "
+            "(ulimit -Hn, LimitNOFILE=) to allow more",
+            limit=open_file_limit, connections=limits.max_connections, read_files=read_files, room=fitted.partitions,
+            cap=limits.max_partitions_per_node, fit_connections=fitted.connections, fit_read_files=fitted.read_files,
+        )
+    else:
+        Logger().warn(
+            "the open-file limit ({limit}) holds {room} partitions with --max-connections {connections} and "
+            "--read-file-cache {read_files}: this node takes at most {room}, not {cap} (--max-partitions-per-node); "
+            "raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more",
+            limit=open_file_limit, room=fitted.partitions, connections=limits.max_connections, read_files=read_files,
+            cap=limits.max_partitions_per_node,
+        )
+    fitted_limits = attrs.evolve(limits, max_partitions_per_node=fitted.partitions, max_connections=fitted.connections)
+    return attrs.evolve(config, limits=fitted_limits), fitted
 
 
 def prepare_data_dir(path: str) -> None:
@@ -213,8 +231,8 @@ class BrokerService(service.Service):
         if self.data_dir is None:
             storage = MemoryStorage(self.config.topic_defaults)
         else:
-            broker_config = fit_partitions(broker_config, after, self.config.read_file_cache)
-            storage = self._open_segmented(self.data_dir)
+            broker_config, fitted = fit_descriptors(broker_config, after, self.config.read_file_cache)
+            storage = self._open_segmented(self.data_dir, fitted)
         try:
             broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
         except (OSError, ValueError, StorageError) as e:
@@ -229,7 +247,7 @@ class BrokerService(service.Service):
         self.broker = broker
         return broker
 
-    def _open_segmented(self, data_dir: str) -> Any:
+    def _open_segmented(self, data_dir: str, fitted: Plan) -> Any:
         prepare_data_dir(data_dir)
         try:
             self.lock = DataDirLock.acquire(data_dir, self.holder())
@@ -238,7 +256,8 @@ class BrokerService(service.Service):
         except OSError as e:
             raise StartupError(f"cannot lock the data dir {data_dir}: {e.strerror or e}") from None
         try:
-            return SegmentedStorage(data_dir, self.config.topic_defaults, read_files=self.config.read_file_cache)
+            return SegmentedStorage(data_dir, self.config.topic_defaults, read_files=fitted.read_files,
+                                    retired_segments=fitted.retired)
         except OSError as e:
             self._release_lock()
             raise StartupError(f"cannot open the data dir {data_dir}: {e.strerror or e}") from None

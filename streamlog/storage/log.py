@@ -31,6 +31,7 @@ against truncation.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,8 +43,8 @@ from twisted.logger import Logger
 from streamlog.storage import codec
 from streamlog.storage.base import RECORD_SEPARATOR, ReadResult, RecordBatch, TopicConfig
 from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, fsync_dir, write_atomically
-from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
-from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles, RetiredFiles
+from streamlog.storage.errors import OutOfDescriptors, StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches, take_batches
 from streamlog.storage.segment import IndexDamaged, Segment, SegmentFiles, segment_name
 
@@ -86,6 +87,9 @@ class SegmentedLog:
         synced data gone, and the log fails instead of starting empty.
     @param read_files: the node-wide cache of read descriptors (L{ReadFiles});
         the log gets its own, of the default size, if C{None}.
+    @param retired_files: the node-wide pool of rolled segments whose write
+        descriptors wait for a sync (L{RetiredFiles}); without one, only this
+        log's own bound (C{MAX_RETIRED}) holds.
     """
 
     _log = Logger()
@@ -102,8 +106,10 @@ class SegmentedLog:
         start_offset: int = 0,
         existing: bool = False,
         read_files: ReadFiles | None = None,
+        retired_files: RetiredFiles | None = None,
     ) -> None:
         self.directory = directory
+        self._retired_files = retired_files
         self.config = config or TopicConfig()
         self.defaults = defaults
         self._settings = effective_config(self.config, defaults)
@@ -446,15 +452,9 @@ class SegmentedLog:
         self._check()
         if batch.base_offset != self._end:
             raise ValueError(f"batch base offset {batch.base_offset} != log end {self._end}")
-        active = self._segments[-1]
-        frame_size = codec.HEADER_SIZE + len(batch.payload)
-        settings = self._settings
-        if active.size > 0 and (
-            active.size + frame_size > settings.segment_bytes  # type: ignore[operator]
-            or batch.max_timestamp - active.first_timestamp >= settings.segment_ms  # type: ignore[operator]
-        ):
+        if self._rolls_for(batch):
             self._roll()
-            active = self._segments[-1]
+        active = self._segments[-1]
         position = active.size
         try:
             written = active.write_batch(batch)
@@ -475,15 +475,47 @@ class SegmentedLog:
                 drop += 1
             del self._cache[:drop], self._cache_bases[:drop]
 
+    def _rolls_for(self, batch: RecordBatch) -> bool:
+        """Whether appending C{batch} starts a new segment (the active one is full, or old)."""
+        active = self._segments[-1]
+        settings = self._settings
+        return active.size > 0 and (
+            active.size + codec.HEADER_SIZE + len(batch.payload) > settings.segment_bytes  # type: ignore[operator]
+            or batch.max_timestamp - active.first_timestamp >= settings.segment_ms  # type: ignore[operator]
+        )
+
+    def make_room(self, batch: RecordBatch) -> None:
+        """Roll now if appending C{batch} would, so that the append itself cannot be refused.
+
+        The broker calls this for every partition of a request before it
+        appends to any: a roll refused for want of descriptors
+        (L{OutOfDescriptors}) then leaves the whole request unappended.
+        """
+        self._check()
+        if self._rolls_for(batch):
+            self._roll()
+
     def _roll(self) -> None:
-        """Start a new segment at the log end; the old one is closed to writes."""
+        """Start a new segment at the log end; the old one is closed to writes.
+
+        Running out of descriptors is a refusal (L{OutOfDescriptors}), not a
+        disk fault: nothing was appended, what the roll opened (and the empty
+        files it made) is gone again, and the old segment stays active, so a
+        retry rolls again.  Before opening anything, the node-wide pool of
+        rolled segments makes room (fsyncing and closing the oldest if full).
+        """
         old = self._segments[-1]
+        if self._retired_files is not None:
+            self._retired_files.make_room()
+        new = Segment(self.directory, self._end, self._interval, self._read_files)
         try:
             old.seal_time_index(old.last_base_offset)
-            new = Segment(self.directory, self._end, self._interval, self._read_files)
             new.reset_indexes()
             new.open_for_append()
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                _remove_empty(new.log_path, new.index_path, new.timeindex_path)
+                raise OutOfDescriptors(f"{self.directory}: cannot roll to a new segment: {e}") from e
             error = StorageFailed(f"{self.directory}: roll failed: {e}")
             self._fail(error)
             raise error from e
@@ -491,6 +523,8 @@ class SegmentedLog:
             assert old.files is not None
             old.files.retired = True
             self._retired.append(old.files)
+            if self._retired_files is not None:
+                self._retired_files.add(self, old.files, self._settle_all_retired)
             old.files = None
             self._segments.append(new)
             self._bases.append(new.base_offset)
@@ -500,17 +534,23 @@ class SegmentedLog:
             self._settle_retired()
         self._log.info("rolled {directory} to a new segment at offset {offset}", directory=self.directory, offset=new.base_offset)
 
-    def _settle_retired(self) -> None:
+    def _settle_all_retired(self) -> None:
+        """Fsync and close every rolled segment's descriptors (the node-wide pool is full)."""
+        self._settle_retired(keep=0)
+
+    def _settle_retired(self, keep: int = MAX_RETIRED) -> None:
         """Fsync and close rolled segments' descriptors here, when syncs have not come for them.
 
         With C{--fsync never} (or a long interval) and small segments, rolls
         could otherwise pile up three open descriptors each until the next
         background checkpoint.  Holding the sync lock, no sync can take its
         snapshot between these files leaving the list and being fsynced.
+        The newest C{keep} are left for the next sync.
         """
         with self._sync_lock:
             with self._lock:
-                settle, self._retired = self._retired[:-MAX_RETIRED], self._retired[-MAX_RETIRED:]
+                cut = max(0, len(self._retired) - keep)
+                settle, self._retired = self._retired[:cut], self._retired[cut:]
             try:
                 for f in settle:
                     f.fsync(indexes=True)
@@ -743,6 +783,8 @@ class SegmentedLog:
                     if gone.files is not None:
                         gone.files.retired = True
                         self._retired.append(gone.files)
+                        if self._retired_files is not None:
+                            self._retired_files.add(self, gone.files, self._settle_all_retired)
                         gone.files = None
                 if segment.files is None:
                     segment.open_for_append()
@@ -896,6 +938,16 @@ class SegmentedLog:
                     segment.files = None
                 segment.close_read()
             self._cache, self._cache_bases, self._cache_bytes = [], [], 0
+
+
+def _remove_empty(*paths: str) -> None:
+    """Remove the files a roll that gave up had created (empty: nothing was written to them)."""
+    for path in paths:
+        try:
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+        except OSError:
+            pass  # not created, or gone; recovery takes an empty segment file as it is
 
 
 def _head_of(batch: RecordBatch, count: int) -> RecordBatch:

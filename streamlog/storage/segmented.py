@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
-from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles
+from streamlog.storage.descriptors import DEFAULT_READ_FILES, RETIRED_SEGMENTS, ReadFiles, RetiredFiles
 from streamlog.storage.errors import (
     CannotLoad,
     InvalidTopicName,
@@ -113,6 +113,9 @@ class SegmentedStorage:
         to every L{SegmentedLog}.
     @param read_files: how many segment files all the logs together keep open
         for reading (L{ReadFiles}; C{--read-file-cache}).
+    @param retired_segments: how many rolled segments, all the logs together,
+        may keep their write descriptors open until their log's next sync
+        (L{RetiredFiles}).
     """
 
     _log = Logger()
@@ -125,15 +128,18 @@ class SegmentedStorage:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
         read_files: int = DEFAULT_READ_FILES,
+        retired_segments: int = RETIRED_SEGMENTS,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.defaults = defaults or TopicConfig()
         self.read_files = ReadFiles(read_files)
+        self.retired_files = RetiredFiles(retired_segments)
         self._log_options = dict(
             index_interval_bytes=index_interval_bytes,
             cache_bytes=cache_bytes,
             checkpoint_interval_bytes=checkpoint_interval_bytes,
             read_files=self.read_files,
+            retired_files=self.retired_files,
         )
         self._topics: dict[str, tuple[TopicConfig, list[SegmentedLog]]] = {}
         os.makedirs(self.data_dir, exist_ok=True)

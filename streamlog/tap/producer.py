@@ -46,7 +46,7 @@ from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 TRANSIENT = (
     errors.ConnectionLost, errors.Timeout, errors.PartitionUnavailable, errors.NotLeader,
     errors.UnknownTopic, errors.TooManyConnections, errors.StorageError, errors.Internal,
-    errors.ShuttingDown,
+    errors.ShuttingDown, errors.TooManyOpenFiles,
 )
 # KEY_TOO_LARGE, MESSAGE_TOO_LARGE, TOO_MANY_PARTITIONS, UNKNOWN_PARTITION, INVALID_PARAMS, ...:
 # waiting cannot heal them, so they stop the producer (status 1).

@@ -315,7 +315,8 @@ class Node(service.MultiService):
         except Exception as e:
             raise StartupError(f"--listen {self.config.listen!r}: {e}") from None
         broker = self.broker_service.open()
-        factory = self.broker_service.factory = BrokerFactory(broker, self.config.limits, self.reactor)
+        # The broker's limits: the open-file limit may have lowered --max-connections (BrokerService.open).
+        factory = self.broker_service.factory = BrokerFactory(broker, broker.limits, self.reactor)
         listener = ListenService(endpoint, factory, self.config.port_file, self.config.listen)
         try:
             self.address = listener.listen_now()

@@ -8,7 +8,10 @@ import signal
 import subprocess
 import time
 
-from streamlog.storage.descriptors import partitions_within
+import orjson
+
+from streamlog import wire
+from streamlog.storage.descriptors import plan
 from streamlog.testing import TWISTD, LineClient, ServerProcess, child_env, wait_for
 
 LONGEST = "a" * 249
@@ -65,7 +68,7 @@ def fds(server: ServerProcess) -> int:
 def test_creating_partitions_until_refused_never_fails_leaks_or_stalls(tmp_path, daemons):
     server = ServerProcess(tmp_path, SMALL, preexec_fn=small_open_file_limit)
     daemons.append(server)
-    room = partitions_within(OPEN_FILES, 20, 16)
+    room = plan(OPEN_FILES, 20, 16, 4096).partitions  # 400 files: connections and read cache as asked, 11 rolled
     assert "this node takes at most" in wait_for(lambda: "open-file limit" in server.log() and server.log(), 10, "the cap warning")
     client = LineClient(server.port)
     created = 0
@@ -187,3 +190,90 @@ def test_a_topic_name_taken_by_a_file_or_foreign_data_in_the_data_dir_is_refused
     assert (data / "copy" / "0" / "00000000000000000000.log").read_bytes() == b"precious"
     client.close()
     assert "Traceback" not in server.log()
+
+
+ROLL_FILES = 2000  # the review's smaller repro: under ulimit -n 2000, 500 partitions, two SendBatches stopped the node
+ROLLING = ["--max-connections", "20", "--read-file-cache", "16", "--segment-bytes", "1024"]
+
+
+def roll_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (ROLL_FILES, ROLL_FILES))
+
+
+def test_pipelined_sends_rolling_every_partition_at_the_cap_never_run_the_node_out_of_descriptors(tmp_path, daemons):
+    server = ServerProcess(tmp_path, ROLLING, preexec_fn=roll_file_limit)
+    daemons.append(server)
+    client = LineClient(server.port, timeout=60)
+    topics = 0
+    while topics < 10:  # bounded: the cap is hundreds of partitions, not thousands
+        answer = client.call("CreateTopic", {"topic": f"t{topics}", "partitions": 100})
+        if "error" in answer:
+            assert answer["error"]["code"] == "TOO_MANY_PARTITIONS", answer
+            break
+        topics += 1
+    assert topics >= 2
+    # Each message is ~800 bytes in 1 KiB segments: every batch after the first rolls every
+    # partition it touches.  Sent back to back without waiting; the acks=leader ones never wait
+    # for a sync either, so rolled segments pile up faster than syncs close them.
+    rounds = [("leader", r) for r in range(3)] + [("all", r) for r in range(3, 5)]
+    requests = []
+    for acks, r in rounds:
+        for t in range(topics):
+            messages = [{"partition": p, "value": f"{r}:" + "v" * 780} for p in range(100)]
+            requests.append(wire.encode_request(len(requests), "SendBatch",
+                                                {"topic": f"t{t}", "messages": messages, "acks": acks}))
+    client.sock.sendall(b"".join(requests))
+    answers = [orjson.loads(client.reader.readline()) for _ in requests]
+    errors = [a["error"] for a in answers if "error" in a]
+    assert errors == [], errors[:3]  # was: "roll failed: [Errno 24] Too many open files", exit 70
+    assert server.alive()
+    assert fds(server) < ROLL_FILES
+    messages = client.call("Poll", {"topic": "t0", "partition": 99, "offset": 0})["result"]["messages"]
+    assert [m["value"][:2] for m in messages] == [f"{r}:" for _, r in rounds]
+    client.close()
+    assert "Traceback" not in server.log() and "Too many open files" not in server.log()
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == -signal.SIGTERM
+    server = ServerProcess(tmp_path, ROLLING, preexec_fn=roll_file_limit)  # all of it comes back
+    daemons.append(server)
+    client = LineClient(server.port)
+    for t in range(topics):
+        ends = [p["log_end_offset"] for p in client.call("DescribeTopic", {"topic": f"t{t}"})["result"]["partitions"]]
+        assert ends == [len(rounds)] * 100
+    client.close()
+
+
+def test_a_hard_open_file_limit_of_1024_with_the_defaults_still_serves_topics(tmp_path, daemons):
+    # The review: --max-connections 1024 and --read-file-cache 1024 left no room under 1,024
+    # files: "holds 0 partitions", then every topic was refused.
+    def limit_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    server = ServerProcess(tmp_path, preexec_fn=limit_1024)
+    daemons.append(server)
+    fitted = plan(1024, 1024, 1024, 4096)
+    warning = wait_for(lambda: "open-file limit" in server.log() and server.log(), 10, "the warning")
+    assert f"this node takes at most {fitted.partitions} partitions" in warning
+    assert f"{fitted.connections} connections and {fitted.read_files} cached read files" in warning
+    client = LineClient(server.port)
+    assert client.call("CreateTopic", {"topic": "t", "partitions": 100})["result"]["topic"] == "t"
+    assert client.call("Send", {"topic": "t", "value": 1})["result"]["durability"] == "fsync"
+    refused = client.call("CreateTopic", {"topic": "u", "partitions": 100})["error"]
+    assert refused["code"] == "TOO_MANY_PARTITIONS" and refused["limit"] == fitted.partitions
+    client.close()
+
+
+def test_an_open_file_limit_too_low_for_a_useful_node_refuses_to_start_with_one_line(tmp_path):
+    def limit_300() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    process = subprocess.run(
+        [TWISTD, "--nodaemon", "--pidfile=", "streamlog-server", "--listen", "tcp:0:interface=127.0.0.1",
+         "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=child_env(), capture_output=True, timeout=30, preexec_fn=limit_300,
+    )
+    assert process.returncode == 1, process
+    lines = process.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "open-file limit (300) is too low" in lines[0] and "at least 506" in lines[0], lines
+    assert b"Traceback" not in process.stdout + process.stderr
+    assert not (tmp_path / "data" / ".lock").exists()  # refused before it locked anything
