@@ -47,8 +47,8 @@ _LIMIT_HELP = {
                                      "/64) (TOO_MANY_WAITING_POLLS, scope address).",
     "max_waiting_polls": "Long polls parked at once on the node, all connections together (TOO_MANY_WAITING_POLLS).",
     "max_connections": "Open client connections; past it a new one gets TOO_MANY_CONNECTIONS.",
-    "max_connections_per_address": "Open client connections from one IP address; past it a new one gets "
-                                   "TOO_MANY_CONNECTIONS (scope address).",
+    "max_connections_per_address": "Open client connections from one IP address (IPv6: one /64); past it a new "
+                                   "one gets TOO_MANY_CONNECTIONS (scope address).",
     "listen_backlog": "Connections the kernel queues until the server accepts them (capped by "
                       "net.core.somaxconn); ignored if --listen gives backlog= itself.",
     "max_outbound_bytes": "Answers queued for a client that does not read them before it is disconnected.",

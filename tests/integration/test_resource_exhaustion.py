@@ -53,6 +53,8 @@ def test_the_server_stays_bounded_and_responsive_under_attack_and_recovers(tmp_p
         "--max-outbound-bytes", str(OUTBOUND_LIMIT),
         "--max-line-bytes", str(2 * MIB), "--max-message-bytes", str(2 * MIB),
         "--max-connections-per-address", "1000",
+        # The attack comes from one address: let it reach the node's quota (what is measured here).
+        "--max-waiting-polls-per-address", str(NODE_POLL_LIMIT + 1),
         "--max-waiting-polls", str(NODE_POLL_LIMIT),
     ])
     daemons.append(server)
