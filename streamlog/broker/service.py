@@ -109,7 +109,8 @@ class BrokerService(service.Service):
 
         os.makedirs(options["data-dir"], exist_ok=True)
         storage = SegmentedStorage(options["data-dir"], options.topic_defaults(), read_files=options["read-file-cache"])
-        self.committer = GroupCommitter(options["fsync-policy"], clock=self.clock, on_fatal=fail_stop)
+        self.committer = GroupCommitter(options["fsync-policy"], clock=self.clock, on_fatal=fail_stop,
+                                        sync_workers=options["sync-workers"])
         return storage
 
     def _apply_retention(self) -> None:

@@ -21,7 +21,7 @@ from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
-from streamlog.storage.group_commit import FsyncPolicy
+from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
 
 DEFAULT_LISTEN = "tcp:7070:interface=127.0.0.1"
 _log = Logger()
@@ -112,6 +112,7 @@ class Options(usage.Options):
         ["segment-ms", None, 7 * 24 * 3600 * 1000, "Roll a segment once it is this old (ms).", int],
         ["read-file-cache", None, DEFAULT_READ_FILES,
          "Segment files kept open for reading, all partitions together (least recently used closed first).", int],
+        ["sync-workers", None, DEFAULT_SYNC_WORKERS, "Threads that fsync partition logs at once (group commit).", int],
         ["retention-ms", None, None, "Default retention by age (ms); unset = keep forever.", int],
         ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
         ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
@@ -131,6 +132,8 @@ class Options(usage.Options):
             raise usage.UsageError("--default-partitions must be at least 1")
         if self["read-file-cache"] < 1:
             raise usage.UsageError("--read-file-cache must be at least 1")
+        if self["sync-workers"] < 1:
+            raise usage.UsageError("--sync-workers must be at least 1")
         for field in attrs.fields(wire.Limits):
             name = field.name.replace("_", "-")
             if self[name] < 0 or (self[name] == 0 and "timeout" not in name):
