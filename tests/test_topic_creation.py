@@ -53,7 +53,7 @@ def test_a_create_past_the_node_cap_is_refused_before_anything_is_opened(node):
         assert error["code"] == "TOO_MANY_PARTITIONS"
         assert (error["limit"], error["partitions"]) == (10, 6)
     assert open_fds() == before
-    assert sorted(os.listdir(node.data)) == ["a"]
+    assert sorted(os.listdir(node.data)) == ["a", "hardstate"]
     assert not conn.closed
     assert "result" in conn.call("CreateTopic", {"topic": "b", "partitions": 4})  # exactly up to the cap
     assert conn.call("CreateTopic", {"topic": "c", "partitions": 1})["error"]["partitions"] == 10
@@ -113,7 +113,7 @@ def test_running_out_of_descriptors_while_creating_is_a_refusal_that_leaves_noth
     assert error["code"] == "TOO_MANY_PARTITIONS" and "out of file descriptors" in error["message"]
     assert node.fatal == []  # not a disk fault: the node serves on
     assert open_fds() == before
-    assert os.listdir(node.data) == []  # the half-made topic is gone
+    assert os.listdir(node.data) == ["hardstate"]  # the half-made topic is gone
     assert "result" in conn.call("CreateTopic", {"topic": "t", "partitions": 4})
 
 

@@ -25,6 +25,7 @@ def test_create_then_load_after_restart(tmp_path):
     config, logs = loaded["orders"]
     assert config == TopicConfig(retention_ms=60_000)
     assert [log.end_offset for log in logs] == [5, 10, 15]
+    assert [log.log.last_index for log in logs] == [1, 2, 3]  # each a Raft log underneath
     assert read_all(logs[2]) == list(range(15))
     storage.checkpoint()
     storage.close()
@@ -51,7 +52,7 @@ def test_delete_topic_removes_it_for_good(tmp_path):
     storage.create_topic("kept", 1, TopicConfig())
     storage.delete_topic("gone")
     storage.delete_topic("never-existed")
-    assert sorted(os.listdir(tmp_path)) == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["hardstate", "kept"]
     storage.close()
     storage = SegmentedStorage(str(tmp_path))
     assert list(storage.load()) == ["kept"]
@@ -66,7 +67,7 @@ def test_crash_mid_delete_or_mid_create_is_finished_at_load(tmp_path):
     os.makedirs(tmp_path / "half" / "0")  # crashed before topic.json was written
     storage = SegmentedStorage(str(tmp_path))
     assert storage.load() == {}
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["hardstate"]
     storage.create_topic("half", 1, TopicConfig())
     storage.close()
 
