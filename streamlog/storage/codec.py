@@ -185,8 +185,8 @@ def decode_header(data: bytes | memoryview, allow_v1: bool = False) -> Header:
         raise FrameError(f"negative base offset {base}")
     if version == FORMAT_VERSION and (index < 1 or term < 0):
         raise FrameError(f"impossible Raft index {index} or term {term}")
-    if (count > 0) != (type_ == BatchType.RECORDS):
-        raise FrameError(f"a {BatchType(type_).name} batch announcing {count} records")
+    if version == FORMAT_VERSION and (count > 0) != (type_ == BatchType.RECORDS):
+        raise FrameError(f"a {BatchType(type_).name} batch announcing {count} records")  # (format 1 allowed 0)
     return Header(version, type_, length, index, term, base, count, first_ts, max_ts, pid, epoch, seq, crc)
 
 

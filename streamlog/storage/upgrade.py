@@ -122,9 +122,13 @@ def convert(source: str, dest: str, make_log: Any) -> int:
         term = 0
         for batch in batches:
             term = max(term, batch.term)
-            log.append([Entry(log.last_index + 1, term, batch)])
+            # A batch of no records (format 1 could hold one, never written by the broker) is a no-op.
+            log.append([Entry(log.last_index + 1, term, batch if batch.count else b"")])
             count += 1
         log.close()  # syncs and checkpoints
+    except ValueError as e:  # format-1 data the format-2 log cannot take as it is
+        log._release()
+        raise Format1Damaged(f"{source}: {e}") from None
     except BaseException:
         log._release()
         raise

@@ -238,3 +238,20 @@ def test_a_format1_partition_damaged_where_it_was_synced_is_left_as_it_is(format
         h.broker.close()
     after = {n: open(os.path.join(victim, n), "rb").read() for n in os.listdir(victim)}
     assert after == before  # the evidence is untouched
+
+
+def test_a_format1_batch_of_no_records_becomes_a_no_op(scratch):
+    """Format 1 could store a batch of no records (the bug that format 2 fixes rolled badly on it)."""
+    data = os.path.join(scratch, "data")
+    storage = v1.SegmentedStorage(data, V1Config(segment_bytes=1_100), **SETTINGS)
+    [log] = storage.create_topic("t", 1, V1Config())
+    v1_fill(log, 2)
+    log.append(V1Batch(log.end_offset, 0, 0, 0, 0, b""))
+    v1_fill(log, 2)
+    storage.close()
+    expected = served_by_format1(data)
+    assert served(data) == expected
+    storage = SegmentedStorage(data, CONFIG, **SETTINGS)
+    [log] = storage.load()["t"][1]
+    assert [e.data for e in log.log.entries(3, 4, 100)] == [b""] and log.log.last_index == 5
+    storage.close()
