@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import attrs
 import orjson
 from twisted.logger import Logger
 
@@ -38,8 +37,8 @@ MAX_RETIRED = 8
 _log = Logger()
 
 
-def stored_batch(entry: Entry, offset: int) -> tuple[RecordBatch, codec.Header]:
-    """The batch C{entry} is stored as, at record offset C{offset}, with its header (raise C{ValueError} if it cannot be)."""
+def stored_batch(entry: Entry, offset: int) -> RecordBatch:
+    """The batch C{entry} is stored as, at record offset C{offset}, header included (raise C{ValueError} if it cannot be)."""
     data = entry.data
     if isinstance(data, RecordBatch):
         if entry.config is not None:
@@ -59,10 +58,10 @@ def stored_batch(entry: Entry, offset: int) -> tuple[RecordBatch, codec.Header]:
                 raise ValueError(f"entry {entry.index}: its frame header does not describe its batch")
             if not codec.check_parts(header, data.header, data.payload):
                 raise ValueError(f"entry {entry.index}: CRC mismatch between its frame header and payload")
-            return data, header
+            return data
         if data.raft_index not in (-1, entry.index):
             raise ValueError(f"entry {entry.index} carries a batch stamped with index {data.raft_index}")
-        batch = attrs.evolve(data, raft_index=entry.index, term=entry.term)
+        return codec.stamp(data, entry.index, entry.term)
     elif isinstance(data, (bytes, bytearray, memoryview)):
         if entry.config is not None:
             if data:
@@ -72,11 +71,8 @@ def stored_batch(entry: Entry, offset: int) -> tuple[RecordBatch, codec.Header]:
             kind, payload = BatchType.DATA, bytes(data)
         else:
             kind, payload = BatchType.NOOP, b""
-        batch = RecordBatch(offset, 0, entry.term, -1, -1, payload, raft_index=entry.index, type=kind)
-    else:
-        raise TypeError(f"entry {entry.index}: data must be bytes or a RecordBatch, not {type(data).__name__}")
-    head = codec.encode_header(batch)
-    return attrs.evolve(batch, header=head), codec.decode_header(head)
+        return codec.stamp(RecordBatch(offset, 0, entry.term, -1, -1, payload, type=kind), entry.index, entry.term)
+    raise TypeError(f"entry {entry.index}: data must be bytes or a RecordBatch, not {type(data).__name__}")
 
 
 def append(log: SegmentedLog, entries: Sequence[Entry]) -> None:
@@ -84,20 +80,20 @@ def append(log: SegmentedLog, entries: Sequence[Entry]) -> None:
     log.check()
     chain = log.chain
     index, offset, term = chain.last_index + 1, chain.end_offset, chain.last_term
-    prepared: list[tuple[RecordBatch, codec.Header, Entry]] = []
+    prepared: list[tuple[RecordBatch, Entry]] = []
     for entry in entries:
         if entry.index != index:
             raise ValueError(f"append at {entry.index}, expected {index}")
         if entry.term < term:
             raise ValueError(f"entry {entry.index} of term {entry.term} after term {term}: terms never go down")
-        batch, header = stored_batch(entry, offset)
-        prepared.append((batch, header, entry))
+        batch = stored_batch(entry, offset)
+        prepared.append((batch, entry))
         index, offset, term = index + 1, batch.next_offset, entry.term
     settings = log.settings
     durability = log.durability
-    for batch, header, entry in prepared:
+    for batch, entry in prepared:
         active = chain.active
-        frame_size = header.frame_size
+        frame_size = codec.HEADER_SIZE + len(batch.payload)
         if active.size > 0 and (
             active.size + frame_size > settings.segment_bytes  # type: ignore[operator]
             or (
@@ -113,7 +109,7 @@ def append(log: SegmentedLog, entries: Sequence[Entry]) -> None:
             assert batch.header is not None
             active.write_frame(batch.header, batch.payload)
             with durability.lock:
-                active.note_appended(header, position)
+                active.note_appended(batch, position, frame_size=frame_size)
                 chain.last_index, chain.last_term, chain.end_offset = entry.index, entry.term, batch.next_offset
                 chain.note_entry(entry.index, entry.term, entry.config)
         except OSError as e:

@@ -59,8 +59,12 @@ def crc32c(data: bytes | memoryview, value: int = 0) -> int:
 
 def encode_header(batch: RecordBatch) -> bytes:
     """The 76 header bytes (format 2) that precede C{batch.payload} on disk."""
-    if batch.raft_index < 1:
-        raise ValueError(f"a stored batch needs a Raft index >= 1, not {batch.raft_index}")
+    return _header(batch, batch.raft_index, batch.term)
+
+
+def _header(batch: RecordBatch, raft_index: int, term: int) -> bytes:
+    if raft_index < 1:
+        raise ValueError(f"a stored batch needs a Raft index >= 1, not {raft_index}")
     if not 0 <= batch.count < 2**32:
         raise ValueError(f"record count {batch.count} out of range")
     if (batch.count > 0) != (batch.type == BatchType.RECORDS):
@@ -73,8 +77,8 @@ def encode_header(batch: RecordBatch) -> bytes:
         int(batch.type),
         0,
         len(batch.payload),
-        batch.raft_index,
-        batch.term,
+        raft_index,
+        term,
         batch.base_offset,
         batch.count,
         batch.first_timestamp,
@@ -84,6 +88,15 @@ def encode_header(batch: RecordBatch) -> bytes:
         batch.base_sequence,
     )
     return fixed + _CRC.pack(crc32c(batch.payload, crc32c(fixed)))
+
+
+def stamp(batch: RecordBatch, raft_index: int, term: int) -> RecordBatch:
+    """C{batch} as entry C{raft_index} of term C{term}, carrying its new header: one constructor call (the append path)."""
+    head = _header(batch, raft_index, term)
+    return RecordBatch(
+        batch.base_offset, batch.count, term, batch.first_timestamp, batch.max_timestamp, batch.payload,
+        batch.producer_id, batch.producer_epoch, batch.base_sequence, raft_index, batch.type, head,
+    )
 
 
 def encode(batch: RecordBatch) -> bytes:

@@ -213,7 +213,7 @@ class MemoryLog:
                 raise ValueError(f"append at {entry.index}, expected {index}")
             if entry.term < term:
                 raise ValueError(f"entry {entry.index} of term {entry.term} after term {term}: terms never go down")
-            batch, _ = stored_batch(entry, offset)
+            batch = stored_batch(entry, offset)
             prepared.append(batch)
             index, offset, term = index + 1, batch.next_offset, entry.term
         for batch in prepared:

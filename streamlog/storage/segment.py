@@ -34,6 +34,7 @@ import attrs
 from twisted.logger import Logger
 
 from streamlog.storage import codec
+from streamlog.storage.base import RecordBatch
 from streamlog.storage.checkpoint import datasync
 from streamlog.storage.descriptors import ReadFiles
 from streamlog.storage.errors import StorageCorrupted
@@ -203,14 +204,15 @@ class Segment:
             raise
         return frame_size
 
-    def note_appended(self, h: codec.Header, position: int, write: bool = True) -> None:
+    def note_appended(self, h: codec.Header | RecordBatch, position: int, write: bool = True, frame_size: int = 0) -> None:
         """Account for a frame at C{position} and add index entries when due.
 
-        Takes the header of an append, or of a validated frame recovery replays.
+        Takes the header of a validated frame recovery replays, or the stored
+        batch of an append (with its C{frame_size}): both say the same things.
         """
         if position == 0:
             self.base_offset = h.base_offset
-        self.size = position + h.frame_size
+        self.size = position + (frame_size or h.frame_size)  # type: ignore[union-attr]
         self.next_index = h.raft_index + 1
         self.next_offset = h.next_offset
         self.last_term = h.term
