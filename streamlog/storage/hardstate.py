@@ -215,9 +215,7 @@ class HardStateStore:
                 data = f.read()
         except FileNotFoundError:
             if must_exist:
-                raise HardStateCorrupted(
-                    self.path, 0, "the hard-state file is missing: this node's Raft terms and votes are gone"
-                ) from None
+                raise HardStateCorrupted(self.path, 0, "the hard-state file is missing (the data directory was used before)") from None
             self._round = 0
             self._rewrite()  # an empty round 0: the file always holds a whole first frame
             return

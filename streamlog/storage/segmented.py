@@ -246,7 +246,7 @@ class SegmentedStorage:
             self.hard_state = HardStateStore(path, must_exist=used or self._hard_state_required)
         except StorageError as e:
             raise CannotLoad(
-                f"{e}: the node's Raft terms and votes cannot be trusted; restore the file, or wipe this node's data "
+                f"{e}: this node's Raft terms and votes cannot be trusted; restore the file, or wipe this node's data "
                 "directory so that it rejoins as a new member (docs/storage.md, \"Damage\")"
             ) from None
 
