@@ -139,14 +139,9 @@ class Header:
     producer_epoch: int
     base_sequence: int
     crc: int
-
-    @property
-    def header_size(self) -> int:
-        return HEADER_SIZE if self.version == FORMAT_VERSION else HEADER_SIZE_V1
-
-    @property
-    def frame_size(self) -> int:
-        return self.header_size + self.payload_length
+    header_size: int = HEADER_SIZE
+    #: Header and payload (a field, not a property: recovery asks it several times per frame).
+    frame_size: int = 0
 
     @property
     def next_offset(self) -> int:
@@ -200,7 +195,8 @@ def decode_header(data: bytes | memoryview, allow_v1: bool = False) -> Header:
         raise FrameError(f"impossible Raft index {index} or term {term}")
     if version == FORMAT_VERSION and (count > 0) != (type_ == BatchType.RECORDS):
         raise FrameError(f"a {BatchType(type_).name} batch announcing {count} records")  # (format 1 allowed 0)
-    return Header(version, type_, length, index, term, base, count, first_ts, max_ts, pid, epoch, seq, crc)
+    size = HEADER_SIZE if version == FORMAT_VERSION else HEADER_SIZE_V1
+    return Header(version, type_, length, index, term, base, count, first_ts, max_ts, pid, epoch, seq, crc, size, size + length)
 
 
 def check_frame(header: Header, data: bytes | memoryview, position: int) -> bool:
@@ -339,8 +335,9 @@ def scan(
             header = decode_header(view[position : position + size], allow_v1)
         except FrameError as e:
             return result(Stop.CORRUPT, str(e))
-        if header.frame_size > remaining:
-            return result(Stop.TORN, f"frame of {header.frame_size} bytes, {remaining} present")
+        frame_size = header.frame_size
+        if frame_size > remaining:
+            return result(Stop.TORN, f"frame of {frame_size} bytes, {remaining} present")
         if not check_frame(header, view, position):
             return result(Stop.CORRUPT, f"CRC mismatch in the batch at index {header.raft_index}, offset {header.base_offset}")
         if offset is not None and header.base_offset != offset:
@@ -352,5 +349,5 @@ def scan(
                 return result(Stop.GAP, f"term {header.term} after term {term}")
             index, term = header.raft_index + 1, header.term
         frames.append(Frame(position, header))
-        position += header.frame_size
+        position += frame_size
         offset = header.next_offset
