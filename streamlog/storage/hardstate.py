@@ -257,10 +257,15 @@ class HardStateStore:
     # -- reading ---------------------------------------------------------------------
 
     def load_all(self) -> dict[str, HardState]:
-        """Every group's saved term and vote (a group never saved has none: C{HardState()})."""
+        """Every group's saved term and vote (a group never saved has none: C{HardState()}).
+
+        At start this is what the file holds; later, the latest saves, durable
+        once their Deferreds fired.
+        """
         return dict(self._states)
 
     def get(self, group: str) -> HardState:
+        """The latest state saved for C{group} (durable once that save's Deferred fired)."""
         return self._states.get(group, HardState())
 
     # -- saving ----------------------------------------------------------------------
