@@ -7,10 +7,10 @@
     kill -TERM <its pid>        # OUT.json is written at shutdown
 
 Wraps (in this process only; no repository code changes) GroupCommitter.wait, ._round,
-._sync_job and storage.group_commit._sync_logs, and reports p50/p99/max in ms of:
-wait_to_fire (a Send's commit wait), job_in_thread (the fsync job), hop_total (job submitted
-to result back in the reactor), wait_to_round (waiting for a round already running) and
-waiters_per_round.  It relies on private names of streamlog.storage.group_commit: update it
+._sync_job and storage.group_commit._sync_one, and reports p50/p99/max in ms of:
+wait_to_fire (a Send's commit wait), job_in_thread (one log's sync job, in a sync worker),
+hop_total (job submitted to result back in the reactor), wait_to_round (waiting for the next
+round) and waiters_per_round.  It relies on private names of streamlog.storage.group_commit: update it
 when they change.
 """
 
@@ -48,19 +48,19 @@ def _round(self):
     return orig_round(self)
 gc.GroupCommitter._round = _round
 
-orig_sync_logs = gc._sync_logs
-def _sync_logs(logs):
+orig_sync_one = gc._sync_one
+def _sync_one(log):
     t0 = T()
     try:
-        return orig_sync_logs(logs)
+        return orig_sync_one(log)
     finally:
         rec["job_in_thread"].append((T() - t0) * 1000)
-gc._sync_logs = _sync_logs
+gc._sync_one = _sync_one
 
 orig_job = gc.GroupCommitter._sync_job
-def _sync_job(self, keys):
+def _sync_job(self, key, log):
     t0 = T()
-    d = orig_job(self, keys)
+    d = orig_job(self, key, log)
     d.addBoth(lambda r: (rec["hop_total"].append((T() - t0) * 1000), r)[1])
     return d
 gc.GroupCommitter._sync_job = _sync_job

@@ -32,9 +32,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import orjson  # noqa: E402
 
+from streamlog.storage import codec  # noqa: E402
 from streamlog.storage.base import RecordBatch, TopicConfig  # noqa: E402
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter  # noqa: E402
+from streamlog.storage.local import LocalLog  # noqa: E402
 from streamlog.storage.log import CHECKPOINT_FILE, SegmentedLog  # noqa: E402
+
+
+def open_log(directory: str, config: TopicConfig | None = None) -> LocalLog:
+    """A partition log as the broker appends to it (one Raft entry per batch)."""
+    return LocalLog(SegmentedLog(directory, config))
 
 
 def make_payload(records: int, value_bytes: int) -> tuple[bytes, int]:
@@ -53,7 +60,7 @@ def batch_at(base: int, payload: bytes, count: int, ts: int) -> RecordBatch:
 
 
 def bench_sequential(directory: str, payload: bytes, count: int, seconds: float, sync: bool) -> dict:
-    log = SegmentedLog(directory)
+    log = open_log(directory)
     start = time.perf_counter()
     batches = 0
     ts = int(time.time() * 1000)
@@ -77,7 +84,7 @@ def bench_group_commit(directory: str, payload: bytes, count: int, seconds: floa
     from twisted.internet import reactor
     from twisted.internet.defer import DeferredList, ensureDeferred
 
-    log = SegmentedLog(directory)
+    log = open_log(directory)
     committer = GroupCommitter(FsyncPolicy.parse("always"))
     ts = int(time.time() * 1000)
     state = {"batches": 0, "start": 0.0, "elapsed": 0.0}
@@ -127,7 +134,7 @@ def bench_recovery(
     directory: str, mib: int, payload: bytes, count: int, segment_bytes: int, tail_mib: int
 ) -> list[tuple[str, float, bool, int]]:
     config = TopicConfig(segment_bytes=segment_bytes)
-    log = SegmentedLog(directory, config)
+    log = open_log(directory, config)
     target = mib * 1024 * 1024
     ts = int(time.time() * 1000)
     written = 0
@@ -136,11 +143,14 @@ def bench_recovery(
     last_sync = 0
     while written < target:
         log.append(batch_at(log.end_offset, payload, count, ts))
-        written += len(payload) + 64
-        # A sync every 16 MiB (as interval:<ms> would), except in the last
-        # tail_mib: the crash case then has that much after its checkpoint.
+        written += len(payload) + codec.HEADER_SIZE
+        # A sync every 16 MiB (as interval:<ms> would), and the checkpoint the
+        # committer writes when one is due, except in the last tail_mib: the
+        # crash case then has that much after its checkpoint.
         if written - last_sync >= 16 * 1024 * 1024 and written < target - tail_mib * 1024 * 1024:
             log.sync()
+            if log.checkpoint_due:
+                log.checkpoint(sync=False)
             last_sync = written
             with open(path, "rb") as f:
                 saved_checkpoint = f.read()
@@ -155,7 +165,7 @@ def bench_recovery(
             os.unlink(path)
         cold = drop_caches()
         start = time.perf_counter()
-        log = SegmentedLog(directory, config)
+        log = open_log(directory, config)
         elapsed = time.perf_counter() - start
         assert log.end_offset == end and log.failed is None, (log.end_offset, end, log.failed)
         log.close()  # writes a fresh checkpoint (not timed)

@@ -102,15 +102,24 @@ def test_options_build_the_node_config():
     options.parseOptions([
         "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", "d", "--fsync", "interval:50",
         "--default-partitions", "3", "--auto-create-topics", "off", "--retention-ms", "1000",
-        "--max-message-bytes", "2048", "--port-file", "p",
+        "--max-message-bytes", "2048", "--port-file", "p", "--sync-workers", "2",
     ])
     config = options.node_config()
     assert config == NodeConfig(
         listen="tcp:0:interface=127.0.0.1", data_dir="d", fsync=FsyncPolicy("interval", 50),
         default_partitions=3, auto_create_topics=False,
         topic_defaults=TopicConfig(retention_ms=1000, segment_bytes=128 * 1024 * 1024, segment_ms=7 * 24 * 3600 * 1000),
-        limits=wire.Limits(max_message_bytes=2048), port_file="p",
+        limits=wire.Limits(max_message_bytes=2048), port_file="p", sync_workers=2,
     )
+
+
+def test_the_committer_the_service_starts_has_the_configured_sync_workers(tmp_path, clock):
+    service = BrokerService(NodeConfig(data_dir=str(tmp_path), sync_workers=3), clock)
+    service.startService()
+    assert service.committer.sync_workers == 3 and service.broker.committer is service.committer
+    service.stopService()
+    clock.advance(10)
+    assert service.lock is None  # stopped: the lock is released
 
 
 @pytest.mark.parametrize("args, message", [

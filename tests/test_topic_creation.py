@@ -19,6 +19,7 @@ from streamlog.broker.service import StartupError, fit_descriptors, fit_partitio
 from streamlog.storage.descriptors import (
     DEFAULT_READ_FILES,
     MIN_PARTITIONS,
+    NODE_FILES,
     RESERVED,
     RETIRED_SEGMENTS,
     Plan,
@@ -62,7 +63,7 @@ def test_a_create_past_the_node_cap_is_refused_before_anything_is_opened(node):
         assert error["code"] == "TOO_MANY_PARTITIONS"
         assert (error["limit"], error["partitions"]) == (10, 6)
     assert open_fds() == before
-    assert sorted(os.listdir(node.data)) == ["a"]
+    assert sorted(os.listdir(node.data)) == ["a", "hardstate"]
     assert not conn.closed
     assert "result" in conn.call("CreateTopic", {"topic": "b", "partitions": 4})  # exactly up to the cap
     assert conn.call("CreateTopic", {"topic": "c", "partitions": 1})["error"]["partitions"] == 10
@@ -122,7 +123,7 @@ def test_running_out_of_descriptors_while_creating_is_a_refusal_that_leaves_noth
     assert error["code"] == "TOO_MANY_PARTITIONS" and "out of file descriptors" in error["message"]
     assert node.fatal == []  # not a disk fault: the node serves on
     assert open_fds() == before
-    assert os.listdir(node.data) == []  # the half-made topic is gone
+    assert os.listdir(node.data) == ["hardstate"]  # the half-made topic is gone
     assert "result" in conn.call("CreateTopic", {"topic": "t", "partitions": 4})
 
 
@@ -130,8 +131,9 @@ def test_the_cap_is_lowered_to_what_the_open_file_limit_holds():
     limits = wire.Limits(max_connections=100, max_partitions_per_node=4096)
     config = BrokerConfig(limits=limits)
     # Room for 100 partitions: 3 descriptors each, plus connections, read cache, the rolled
-    # segments waiting for a sync (3 each) and the reserve.
-    limit = 100 * 3 + 100 + 50 + RETIRED_SEGMENTS * 3 + RESERVED
+    # segments waiting for a sync (3 each), the node's own files (the lock, the hard-state
+    # file) and the reserve.
+    limit = 100 * 3 + 100 + 50 + RETIRED_SEGMENTS * 3 + NODE_FILES + RESERVED
     assert partitions_within(limit, 100, 50) == 100
     assert fit_partitions(config, limit, 50).limits.max_partitions_per_node == 100
     assert fit_partitions(config, limit - 1, 50).limits.max_partitions_per_node == 99
@@ -152,17 +154,17 @@ def test_a_hard_limit_of_1024_shrinks_connections_and_the_read_cache_rather_than
     assert fitted.descriptors <= 1024
     assert fitted_config.limits.max_partitions_per_node == 149
     assert fitted_config.limits.max_connections == 224
-    for limit in range(506, 5000, 7):  # whatever the limit, the plan fits in it
+    for limit in range(509, 5000, 7):  # whatever the limit, the plan fits in it
         assert plan(limit, 1024, 1024, 4096).descriptors <= limit, limit
         assert plan(limit, 1024, 1024, 4096).partitions >= MIN_PARTITIONS
 
 
 def test_a_limit_too_low_for_a_useful_node_refuses_to_start_with_one_line():
-    with pytest.raises(StartupError, match=r"open-file limit \(300\) is too low.*at least 506") as refused:
+    with pytest.raises(StartupError, match=r"open-file limit \(300\) is too low.*at least 509") as refused:
         fit_descriptors(BrokerConfig(), 300, DEFAULT_READ_FILES)
     assert "\n" not in str(refused.value)
     with pytest.raises(TooFewDescriptors):
-        plan(505, 1024, 1024, 4096)
+        plan(508, 1024, 1024, 4096)
     # A node asked for few partitions fits in less.
     assert plan(300, 1024, 1024, 10).partitions == 10
 

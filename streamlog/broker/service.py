@@ -35,7 +35,7 @@ from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
 from streamlog.storage.errors import StorageError
-from streamlog.storage.group_commit import ALWAYS, FsyncPolicy, GroupCommitter
+from streamlog.storage.group_commit import ALWAYS, DEFAULT_SYNC_WORKERS, FsyncPolicy, GroupCommitter
 from streamlog.storage.lock import DataDirLock, DataDirLocked
 from streamlog.storage.memory import MemoryStorage
 from streamlog.storage.segmented import SegmentedStorage
@@ -71,6 +71,8 @@ class NodeConfig:
     port_file: str | None = None
     #: Descriptors kept open for reading closed segments, node-wide (streamlog.storage.descriptors).
     read_file_cache: int = DEFAULT_READ_FILES
+    #: Threads that sync partition logs at once (group commit, streamlog.storage.group_commit).
+    sync_workers: int = DEFAULT_SYNC_WORKERS
 
     def broker_config(self) -> BrokerConfig:
         return BrokerConfig(
@@ -312,7 +314,8 @@ class BrokerService(service.Service):
         if self.data_dir is not None and self.committer is None:
             # Here, not in open(): its sync thread must start in the process that runs
             # (a thread started before twistd forks into the background would not exist in it).
-            self.committer = GroupCommitter(self.config.fsync, clock=self.clock, on_fatal=fail_stop)
+            self.committer = GroupCommitter(self.config.fsync, clock=self.clock, on_fatal=fail_stop,
+                                            sync_workers=self.config.sync_workers)
             broker.committer = self.committer
         self._retention.start(self.config.retention_check_interval, now=False)
 

@@ -2,8 +2,10 @@
 
 The core never fsyncs: it writes through this interface (cheap, possibly buffered) and emits
 a `SyncLog` effect; the driver makes the writes durable before releasing any later effect.
-Keeping the interface this small is deliberate: streamlog's segmented partition log implements
-it, with each entry a stored record batch that carries its Raft term.
+Keeping the interface this small is deliberate: streamlog's partition logs implement it
+themselves (`streamlog.storage.log.SegmentedLog`, `streamlog.storage.memory.MemoryLog`: a
+partition's Raft log is its storage log), each entry one stored batch that carries its Raft
+index and term.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class Entry:
 
     A configuration entry (membership change) has empty data and `config` set to the sorted
     voter ids; it takes effect as soon as it is in a log, committed or not (thesis §4.1).
+
+    In a partition's log, a record entry's `data` is a `streamlog.storage.base.RecordBatch`
+    rather than bytes (its stored frame: the core only takes its `len()`, the payload bytes,
+    and passes it on); no-op and configuration entries keep `b""`.
     """
 
     index: int
@@ -64,11 +70,14 @@ class RaftLog(Protocol):
         """Remove every entry with index >= from_index (a conflicting, uncommitted tail)."""
 
     def truncate_prefix(self, upto_index: int) -> None:
-        """Drop every entry with index <= upto_index (retention); only committed entries."""
+        """Drop entries with index <= upto_index (retention); only committed entries. A log
+        may keep some (a segmented log removes whole segments, only synced ones): afterwards
+        start_index <= upto_index + 1, and prefix_term / config_at describe its new start."""
 
     def reset(self, index: int, term: int, config: Members | None = None) -> None:
         """Drop everything; the log becomes empty after (index, term) (snapshot install), with
-        `config` the membership in force at that point."""
+        `config` the membership in force at that point. Partition logs also take keyword
+        arguments `next_offset` (the record offset after the snapshot) and `producer_state`."""
 
     def config_at(self, index: int) -> tuple[int, Members] | None:
         """The latest configuration at or below `index`: (entry index, voters). Below the log

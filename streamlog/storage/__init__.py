@@ -1,6 +1,8 @@
-"""Partition logs: the in-memory reference log and the durable segmented log.
+"""Partition logs (storage format 2): the durable segmented log and the memory log.
 
-Both implement L{streamlog.storage.base.PartitionLog}; the broker talks only to
-that interface and to L{streamlog.storage.base.Storage}, which owns the logs of
-all topics.
+Both are a partition's Raft log and its record log at once
+(L{streamlog.storage.base.ReplicatedLog}); today's single-node broker sees
+them through L{streamlog.storage.local.LocalLog}
+(L{streamlog.storage.base.PartitionLog}) and L{streamlog.storage.base.Storage},
+which owns the logs of all topics.  docs/storage.md describes the files.
 """

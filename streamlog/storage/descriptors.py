@@ -9,10 +9,12 @@ How many rolled segments may wait so is bounded node-wide (L{RetiredFiles},
 C{RETIRED_SEGMENTS}); past that, a roll fsyncs and closes the oldest first,
 across logs.  Descriptors for reading are opened on demand, for any segment,
 and kept in one node-wide least-recently-used set of at most
-C{--read-file-cache} entries (L{ReadFiles}).  Everything else (client
+C{--read-file-cache} entries (L{ReadFiles}).  The node holds two more for
+as long as it runs (C{NODE_FILES}: the data directory's lock and the
+hard-state file, L{streamlog.storage.hardstate}).  Everything else (client
 connections, the listening socket, the log file, short-lived opens during
-recovery, checkpoints and the roll itself) comes on top.  L{plan} divides an
-open-file limit between them.
+recovery, checkpoints, hard-state compactions and the roll itself) comes on
+top.  L{plan} divides an open-file limit between them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ import attrs
 #: Descriptors a partition holds while it lives: its active segment's data, index and time index.
 FILES_PER_PARTITION = 3
 #: Descriptors kept aside for everything that is neither a partition, a connection, a cached
-#: read descriptor nor a rolled segment: the listening socket, the log file, the reactor's own,
-#: standard streams, and the files recovery, checkpoints and a roll open for a moment.
+#: read descriptor, a rolled segment nor one of C{NODE_FILES}: the listening socket, the log
+#: file, the reactor's own, standard streams, and the files recovery, checkpoints (one worker
+#: each), a hard-state compaction and a roll open for a moment.
 RESERVED = 128
+#: Descriptors the storage holds open for the node's whole run besides its partitions' and
+#: the read cache's: the data directory's C{.lock} and the hard-state file.
+NODE_FILES = 2
 #: Default size of the read-descriptor cache (C{--read-file-cache}).
 DEFAULT_READ_FILES = 1024
 #: Rolled segments, node-wide, whose three write descriptors may wait for their log's next sync.
@@ -43,18 +49,18 @@ def partitions_within(open_file_limit: int, connections: int, read_files: int,
                       retired: int = RETIRED_SEGMENTS) -> int:
     """The most partitions a node can hold within C{open_file_limit} descriptors.
 
-    With C{connections} client connections open, the read cache full and
-    C{retired} rolled segments waiting for a sync, C{RESERVED} descriptors are
-    still free.
+    With C{connections} client connections open, the read cache full,
+    C{retired} rolled segments waiting for a sync and the C{NODE_FILES} open,
+    C{RESERVED} descriptors are still free.
     """
-    spare = open_file_limit - connections - read_files - retired * FILES_PER_PARTITION - RESERVED
+    spare = open_file_limit - connections - read_files - retired * FILES_PER_PARTITION - NODE_FILES - RESERVED
     return max(0, spare // FILES_PER_PARTITION)
 
 
 def descriptors_needed(partitions: int, connections: int, read_files: int, retired: int = RETIRED_SEGMENTS) -> int:
     """Descriptors a node needs at C{partitions}, C{connections}, a full read cache and
-    C{retired} rolled segments waiting (RESERVED included)."""
-    return (partitions + retired) * FILES_PER_PARTITION + connections + read_files + RESERVED
+    C{retired} rolled segments waiting (C{NODE_FILES} and C{RESERVED} included)."""
+    return (partitions + retired) * FILES_PER_PARTITION + connections + read_files + NODE_FILES + RESERVED
 
 
 @attrs.frozen

@@ -1,17 +1,24 @@
-"""Group commit: many concurrent appends share one fsync, off the reactor thread.
+"""Group commit: many concurrent appends share one sync per log, off the reactor thread.
 
 The broker appends a batch (fast: the bytes go to the OS) and then asks
 L{GroupCommitter.wait} when those records are durable.  With the C{always}
-policy the first waiter schedules a I{round} on the next reactor turn; the
-round syncs every log that has waiters in one worker-thread job, and waiters
-that arrive while it runs form the next round.  So under load one fsync per
-log covers every Send that arrived during the previous fsync, and the reactor
-never blocks on the disk.
+policy the first waiter schedules a I{round} on the next reactor turn: every
+log with waiters and no sync in flight gets one sync job, and the jobs run
+on several sync workers at once (C{--sync-workers}), so a hundred active
+partitions cost about the time of their syncs divided among the workers,
+not their sum on one thread.  Each log is synced by one job at a time; its
+waiters that arrive while that job runs form its next one, and fire as soon
+as their own log's sync is done.  So under load one sync per log covers
+every Send that arrived during the previous one, and the reactor never
+blocks on the disk.
 
-Whatever the policy, every log seen is also checkpointed every
-C{checkpoint_interval} seconds in a worker thread (L{SegmentedLog.checkpoint}):
-that bounds how much recovery reads after a crash and lets retention delete
-segments (it only deletes behind a checkpoint), even with C{never}.
+Checkpoints never run inside a round: after a log's sync, if a checkpoint
+is due (the log rolled, or grew by C{checkpoint_interval_bytes}), it is
+written by a separate worker while that log's next syncs go on.  Whatever
+the policy, every log seen is also synced and checkpointed every
+C{checkpoint_interval} seconds: that bounds how much recovery reads after a
+crash and lets retention delete (it only deletes behind the synced end),
+even with C{never}.
 
 An fsync error is fail-stop: after a failed fsync the kernel may have dropped
 the dirty pages and marked them clean, so a retry could "succeed" without the
@@ -30,6 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
+
+#: Sync workers by default (C{--sync-workers}).
+DEFAULT_SYNC_WORKERS = 4
 
 ALWAYS = "always"
 INTERVAL = "interval"
@@ -64,25 +74,33 @@ class CommitterStopped(StorageError):
     """L{GroupCommitter.wait} was called after L{GroupCommitter.stop}."""
 
 
-class SyncThread:
-    """One long-lived thread that runs sync jobs in order, for the group commit.
+class SyncPool:
+    """Long-lived threads that run sync jobs from one queue, for the group commit.
 
     A job goes in through a C{queue.SimpleQueue} and its result comes back
     with C{callFromThread}: fewer hand-offs than the reactor's thread pool, on
-    the path every C{acks=all} answer waits on.  The thread is a daemon: at
-    exit, the committer's final sync has already run through it.
+    the path every C{acks=all} answer waits on.  Jobs start in order; with
+    several workers, jobs for different logs run at once (the committer never
+    gives two jobs for one log at a time).  The threads are daemons: at exit,
+    the committer's final sync has already run through them.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, workers: int = 1) -> None:
         import queue
         import threading
 
+        if workers < 1:
+            raise ValueError(f"a sync pool needs at least one worker, not {workers}")
         self._reactor = reactor
         self._jobs: Any = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="streamlog-sync", daemon=True)
-        self._thread.start()
+        self.workers = workers
+        self._threads = [
+            threading.Thread(target=self._work, name=f"streamlog-sync-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred:
         d: Deferred = Deferred()
@@ -90,8 +108,9 @@ class SyncThread:
         return d
 
     def stop(self) -> None:
-        """End the thread once the jobs already queued have run."""
-        self._jobs.put(None)
+        """End the threads once the jobs already queued have run."""
+        for _ in self._threads:
+            self._jobs.put(None)
 
     def _work(self) -> None:
         while True:
@@ -110,21 +129,29 @@ class SyncThread:
                 self._log.failure("a sync result could not be handed back to the reactor")
 
 
+#: The name this had when there was one sync thread.
+SyncThread = SyncPool
+
+_OFFSET = "durable_offset"
+_INDEX = "durable_index"
+
+
 class GroupCommitter:
     """Makes appended records durable per an L{FsyncPolicy}.
 
     @param policy: the fsync policy.
     @param clock: an C{IReactorTime} (the global reactor if C{None}).
     @param run_in_thread: C{f(callable, *args) -> Deferred} running the blocking
-        jobs.  Tests pass a fake.  If C{None}, sync rounds run on a dedicated
-        L{SyncThread} (measured: append+fsync answered in 241 us p50 / 402 us
-        p99 against 331 / 770 us through Twisted's thread pool) and background
-        checkpoints on C{deferToThread}, so a long checkpoint never holds up a
-        round.
+        jobs.  Tests pass a fake.  If C{None}, syncs run on a L{SyncPool} of
+        C{sync_workers} threads (one thread measured append+fsync answered in
+        241 us p50 / 402 us p99 against 331 / 770 us through Twisted's thread
+        pool) and checkpoints on C{deferToThread}, so a long checkpoint never
+        holds up a sync.
     @param on_fatal: called once with the L{Failure} of a failed fsync; the
         server stops the process (fail-stop).
-    @param checkpoint_interval: seconds between background checkpoints of every
-        log seen (C{None}: none; the server should keep the default).
+    @param checkpoint_interval: seconds between background syncs and
+        checkpoints of every log seen (C{None}: none; the server should keep the default).
+    @param sync_workers: how many logs may be synced at once (C{--sync-workers}).
     """
 
     _log = Logger()
@@ -136,10 +163,13 @@ class GroupCommitter:
         run_in_thread: Callable[..., Deferred] | None = None,
         on_fatal: Callable[[Failure], object] | None = None,
         checkpoint_interval: float | None = 60.0,
+        sync_workers: int = DEFAULT_SYNC_WORKERS,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
-        self._sync_thread: SyncThread | None = None
+        if sync_workers < 1:
+            raise ValueError(f"sync_workers must be at least 1, not {sync_workers}")
+        self._pool: SyncPool | None = None
         if run_in_thread is None:
             from twisted.internet.interfaces import IReactorThreads
             from twisted.internet.threads import deferToThread
@@ -147,25 +177,28 @@ class GroupCommitter:
             self._run_in_thread: Callable[..., Deferred] = deferToThread
             self._run_sync: Callable[..., Deferred] = deferToThread
             if IReactorThreads.providedBy(clock):  # results come back through callFromThread
-                self._run_sync = self._sync_thread = SyncThread(clock)
+                self._run_sync = self._pool = SyncPool(clock, sync_workers)
         else:
             self._run_in_thread = self._run_sync = run_in_thread
         self.policy = policy
+        self.sync_workers = sync_workers
         self._clock = clock
         self._on_fatal = on_fatal
-        self._waiters: dict[Hashable, list[tuple[int, Deferred]]] = {}
-        self._logs: dict[Hashable, Any] = {}  # every log seen (synced by interval ticks and at stop)
+        self._waiters: dict[Hashable, list[tuple[str, int, Deferred]]] = {}
+        self._logs: dict[Hashable, Any] = {}  # every log seen (synced by interval ticks, checkpoints and at stop)
         self._dirty: set[Hashable] = set()
+        self._syncing: dict[Hashable, Deferred] = {}  # the one sync in flight per log
+        self._checkpointing: dict[Hashable, Deferred] = {}  # due checkpoints being written
         self._scheduled: Any = None
-        self._running: Deferred | None = None
         self._failure: Failure | None = None
         self._stopped = False
         self._loop: Any = None
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_loop: Any = None
-        self._checkpointing: Deferred | None = None
-        self.rounds = 0  # sync jobs run (for tests and metrics)
-        #: Why forgotten logs went away, for waiters of a round already running.
+        self._background: Deferred | None = None
+        self.rounds = 0  # sync jobs run, one log each (for tests and metrics)
+        self.checkpoints = 0  # due checkpoints written outside syncs
+        #: Why forgotten logs went away, for waiters of a sync already running.
         self._forgotten: dict[Hashable, Exception | None] = {}
 
     # -- public API -----------------------------------------------------------
@@ -177,6 +210,13 @@ class GroupCommitter:
         disk (C{interval}, C{never}); the answer says which durability the
         client got.  Errback: fsync failed (fail-stop) or the log failed.
         """
+        return self._wait(log, _OFFSET, offset)
+
+    def wait_index(self, log: Any, index: int) -> Deferred:
+        """Like L{wait}, for entries up to Raft index C{index} of a Raft log (a driver's C{SyncLog})."""
+        return self._wait(log, _INDEX, index)
+
+    def _wait(self, log: Any, attr: str, target: int) -> Deferred:
         if self._failure is not None:
             return fail(self._failure)
         if self._stopped:
@@ -189,10 +229,10 @@ class GroupCommitter:
             if self.policy.mode == INTERVAL:
                 self._start_loop()
             return succeed(False)
-        if offset <= log.durable_offset:
+        if _reached(log, attr, target):
             return succeed(True)
         d: Deferred = Deferred()
-        self._waiters.setdefault(key, []).append((offset, d))
+        self._waiters.setdefault(key, []).append((attr, target, d))
         self._schedule()
         return d
 
@@ -201,13 +241,13 @@ class GroupCommitter:
         key = id(log)
         self._logs.pop(key, None)
         self._dirty.discard(key)
-        if self._running is not None:  # its waiters in that round learn why when it ends
+        if key in self._syncing:  # its waiters in that sync learn why when it ends
             self._forgotten[key] = error
-        for _, d in self._waiters.pop(key, []):
+        for _, _, d in self._waiters.pop(key, []):
             d.errback(error or StorageFailed("the log was closed before its records became durable"))
 
     def stop(self) -> Deferred:
-        """Stop the interval timer and do a final sync of every log seen; fires when done."""
+        """Stop the timers and do a final sync of every log seen; fires when done."""
         self._stopped = True
         for loop in (self._loop, self._checkpoint_loop):
             if loop is not None and loop.running:
@@ -216,20 +256,22 @@ class GroupCommitter:
             self._scheduled.cancel()
         self._scheduled = None
         if self._failure is not None:
-            if self._sync_thread is not None:
-                self._sync_thread.stop()
+            if self._pool is not None:
+                self._pool.stop()
             return succeed(None)
-        pending = DeferredList([d for d in (self._running, self._checkpointing) if d is not None])
+        running = [*self._syncing.values(), *self._checkpointing.values()]
+        if self._background is not None:
+            running.append(self._background)
+        pending = DeferredList(running)
 
         def final(_: object) -> Deferred:
             if self._failure is not None:
                 return succeed(None)
-            keys = list(self._logs)
-            return self._sync_job(keys).addCallback(settle)
+            return DeferredList([self._sync_job(key, log) for key, log in list(self._logs.items())]).addCallback(settle)
 
-        def end_thread(result: object) -> object:
-            if self._sync_thread is not None:
-                self._sync_thread.stop()
+        def end_threads(result: object) -> object:
+            if self._pool is not None:
+                self._pool.stop()
             return result
 
         def settle(_: object) -> None:
@@ -237,53 +279,57 @@ class GroupCommitter:
             waiting, self._waiters = self._waiters, {}
             for key, waiters in waiting.items():
                 log = self._logs.get(key)
-                for offset, w in waiters:
-                    if self._failure is None and log is not None and offset <= log.durable_offset:
+                for attr, target, w in waiters:
+                    if self._failure is None and log is not None and _reached(log, attr, target):
                         w.callback(True)
                     else:
                         w.errback(self._failure or CommitterStopped("stopped before these records were synced"))
 
-        return pending.addBoth(lambda _: None).addCallback(final).addBoth(end_thread)
+        return pending.addBoth(lambda _: None).addCallback(final).addBoth(end_threads)
 
     # -- always: rounds ------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._running is None and self._scheduled is None:
+        if self._scheduled is None:
             # Next reactor turn, so every Send handled in this turn joins the round.
             self._scheduled = self._clock.callLater(0, self._round)
 
     def _round(self) -> None:
         self._scheduled = None
-        if self._failure is not None or not self._waiters:
+        if self._failure is not None:
             return
-        batch, self._waiters = self._waiters, {}
-        d = self._sync_job(list(batch))
-        self._running = d
+        for key in [k for k in self._waiters if k not in self._syncing]:
+            self._start_sync(key)
 
-        def done(results: dict[Hashable, BaseException | int] | None) -> None:
-            self._running = None
-            if results is None:  # fatal: waiters were failed by _fatal
-                for waiters in batch.values():
-                    for _, w in waiters:
-                        w.errback(self._failure)
+    def _start_sync(self, key: Hashable) -> None:
+        log = self._logs.get(key)
+        waiters = self._waiters.pop(key, [])
+        if log is None:
+            return
+        d = self._sync_job(key, log)
+
+        def done(outcome: BaseException | None | bool) -> None:
+            if outcome is False:  # fatal: waiters were failed by _fatal
+                for _, _, w in waiters:
+                    w.errback(self._failure)
                 return
-            for key, waiters in batch.items():
-                outcome = results.get(key)
-                log = self._logs.get(key)
-                for offset, w in waiters:
-                    if log is None:  # forgotten (its topic deleted) while the round ran
-                        w.errback(self._forgotten.get(key) or StorageFailed("the log was closed before its records became durable"))
-                    elif isinstance(outcome, BaseException):
-                        w.errback(outcome)
-                    elif offset <= log.durable_offset:
-                        w.callback(True)
-                    elif offset > log.end_offset:
-                        w.errback(StorageError(f"records below {offset} were truncated before they became durable"))
-                    else:  # appended after the sync took its snapshot
-                        self._waiters.setdefault(key, []).append((offset, w))
-            self._forgotten.clear()
+            live = self._logs.get(key)
+            for attr, target, w in waiters:
+                if live is None:  # forgotten (its topic deleted) while the sync ran
+                    w.errback(self._forgotten.get(key) or StorageFailed("the log was closed before its records became durable"))
+                elif isinstance(outcome, BaseException):
+                    w.errback(outcome)
+                elif _reached(log, attr, target):
+                    w.callback(True)
+                elif target > getattr(log, "end_offset" if attr == _OFFSET else "last_index"):
+                    w.errback(StorageError(f"{attr.split('_')[1]}s below {target} were truncated before they became durable"))
+                else:  # appended after the sync took its snapshot
+                    self._waiters.setdefault(key, []).append((attr, target, w))
+            self._forgotten.pop(key, None)
+            if live is not None and outcome is None:
+                self._checkpoint_if_due(key, live)
             self._forget_closed()
-            if self._waiters and not self._stopped:
+            if key in self._waiters and not self._stopped:
                 self._schedule()
 
         d.addCallback(done)
@@ -299,14 +345,31 @@ class GroupCommitter:
             self._loop.start(self.policy.interval_ms / 1000.0, now=False)  # type: ignore[operator]
 
     def _tick(self) -> None:
-        if self._running is not None or self._failure is not None or not self._dirty:
+        if self._failure is not None:
             return
-        keys, self._dirty = list(self._dirty), set()
-        d = self._sync_job(keys)
-        self._running = d
-        d.addCallback(lambda _: setattr(self, "_running", None))
+        for key in [k for k in self._dirty if k not in self._syncing]:
+            self._dirty.discard(key)
+            log = self._logs.get(key)
+            if log is not None:
+                self._sync_job(key, log).addCallback(
+                    lambda outcome, key=key, log=log: self._checkpoint_if_due(key, log) if outcome is None else None
+                )
 
-    # -- background checkpoints -----------------------------------------------------------
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint_if_due(self, key: Hashable, log: Any) -> None:
+        """A checkpoint the last sync made due, written by a worker of its own (never inside a sync)."""
+        if key in self._checkpointing or not getattr(log, "checkpoint_due", False) or self._failure is not None:
+            return
+        d = self._run_in_thread(_checkpoint_one, log)
+        self._checkpointing[key] = d
+        d.addErrback(self._fatal)
+
+        def done(_: object) -> None:
+            self._checkpointing.pop(key, None)
+            self.checkpoints += 1
+
+        d.addCallback(done)
 
     def _start_checkpoints(self) -> None:
         if self._checkpoint_loop is None and self._checkpoint_interval:
@@ -317,45 +380,52 @@ class GroupCommitter:
             self._checkpoint_loop.start(self._checkpoint_interval, now=False)
 
     def _checkpoint_tick(self) -> None:
-        if self._checkpointing is not None or self._failure is not None or not self._logs:
+        if self._background is not None or self._failure is not None or not self._logs:
             return
         d = self._run_in_thread(_checkpoint_logs, list(self._logs.items()))
-        self._checkpointing = d
+        self._background = d
         d.addErrback(self._fatal)
 
         def done(_: object) -> None:
-            self._checkpointing = None
+            self._background = None
             self._forget_closed()
 
         d.addCallback(done)
 
     def _forget_closed(self) -> None:
         for key, log in list(self._logs.items()):
-            if getattr(log, "closed", False) and key not in self._waiters:
+            if getattr(log, "closed", False) and key not in self._waiters and key not in self._syncing:
                 del self._logs[key]
                 self._dirty.discard(key)
 
     # -- the job -------------------------------------------------------------------------
 
-    def _sync_job(self, keys: list[Hashable]) -> Deferred:
-        """Sync C{keys}' logs in a worker thread.
+    def _sync_job(self, key: Hashable, log: Any) -> Deferred:
+        """Sync one log in a worker thread; at most one per log at a time (callers check C{_syncing}).
 
-        Fires with {key: durable offset or the log's own error}, or with
-        C{None} after a fatal error (already reported).  Never errbacks.
+        Fires with C{None} (synced), the log's own error (it is corrupt or was
+        closed), or C{False} after a fatal error (already reported).  Never errbacks.
         """
-        logs = [(key, self._logs[key]) for key in keys if key in self._logs]
         self.rounds += 1
-        d = self._run_sync(_sync_logs, logs)
+        d = self._run_sync(_sync_one, log)
         d.addErrback(self._fatal)
+        self._syncing[key] = d
+
+        def finished(outcome: object) -> object:
+            if self._syncing.get(key) is d:
+                del self._syncing[key]
+            return False if outcome is None and self._failure is not None else outcome
+
+        d.addBoth(finished)
         return d
 
-    def _fatal(self, failure: Failure) -> None:
+    def _fatal(self, failure: Failure) -> bool:
         first = self._failure is None
         if first:
             self._failure = failure
             self._log.failure("fsync failed: stopping (fail-stop); nothing more is reported durable", failure)
         for waiters in self._waiters.values():
-            for _, d in waiters:
+            for _, _, d in waiters:
                 d.errback(failure)
         self._waiters = {}
         for loop in (self._loop, self._checkpoint_loop):
@@ -363,11 +433,47 @@ class GroupCommitter:
                 loop.stop()
         if first and self._on_fatal is not None:
             self._on_fatal(failure)
-        return None
+        return False
+
+
+def _reached(log: Any, attr: str, target: int) -> bool:
+    return bool(target <= getattr(log, attr))
+
+
+def _sync_one(log: Any) -> BaseException | None:
+    """Runs in a worker thread: sync one log.
+
+    A log that refuses because its data is corrupt (or that was closed) fails
+    only its own waiters; any other error (an fsync failure) fails the job.
+    """
+    if getattr(log, "closed", False):
+        return StorageFailed("the log was closed before its records became durable")
+    try:
+        log.sync()
+    except StorageCorrupted as e:
+        return e
+    except StorageFailed as e:
+        if not getattr(log, "closed", False):
+            raise  # an fsync failure: fatal
+        return e  # closed meanwhile (its topic was deleted)
+    return None
+
+
+def _checkpoint_one(log: Any) -> None:
+    """Runs in a worker thread: write the checkpoint a sync made due (no sync of its own)."""
+    if getattr(log, "closed", False) or getattr(log, "failed", None) is not None:
+        return
+    try:
+        log.checkpoint(sync=False)
+    except StorageCorrupted:
+        pass
+    except StorageFailed:
+        if not getattr(log, "closed", False):
+            raise
 
 
 def _checkpoint_logs(logs: list[tuple[Hashable, Any]]) -> None:
-    """Runs in a worker thread: checkpoint (or at least sync) each healthy, open log."""
+    """Runs in a worker thread: sync and checkpoint each healthy, open log (the periodic background pass)."""
     for _, log in logs:
         if getattr(log, "closed", False) or getattr(log, "failed", None) is not None:
             continue
@@ -382,25 +488,3 @@ def _checkpoint_logs(logs: list[tuple[Hashable, Any]]) -> None:
         except StorageFailed:
             if not getattr(log, "closed", False):  # closed meanwhile (topic deleted): nothing to do
                 raise
-
-
-def _sync_logs(logs: list[tuple[Hashable, Any]]) -> dict[Hashable, BaseException | int]:
-    """Runs in a worker thread: sync each log.
-
-    A log that refuses because its data is corrupt (or that was closed) fails
-    only its own waiters; any other error (an fsync failure) fails the job.
-    """
-    results: dict[Hashable, BaseException | int] = {}
-    for key, log in logs:
-        if getattr(log, "closed", False):
-            results[key] = StorageFailed("the log was closed before its records became durable")
-            continue
-        try:
-            results[key] = log.sync()
-        except StorageCorrupted as e:
-            results[key] = e
-        except StorageFailed as e:
-            if not getattr(log, "closed", False):
-                raise  # an fsync failure: fatal
-            results[key] = e  # closed meanwhile (its topic was deleted)
-    return results

@@ -2,8 +2,14 @@
 
 Layout::
 
-    <data_dir>/<topic>/topic.json          {"version": 1, "partitions": N, "config": {...}}
+    <data_dir>/hardstate                   every Raft group's term and vote (streamlog.storage.hardstate)
+    <data_dir>/<topic>/topic.json          {"version": 2, "partitions": N, "config": {...}, "crc": C}
     <data_dir>/<topic>/<partition>/        one SegmentedLog each (see streamlog.storage.log)
+
+A topic whose C{topic.json} says version 1 holds storage format 1 (the
+release before Raft indexes); L{SegmentedStorage.load} upgrades it in place
+first (L{streamlog.storage.upgrade}), crash-safely, C{topic.json} at version
+2 being the marker written last.
 
 C{topic.json} is written last when a topic is created (tmp, fsync, rename,
 fsync dir), so a topic directory without it is a creation that crashed
@@ -16,7 +22,8 @@ a half-deleted topic never comes back.  That name does not contain the topic's
 
 File names: the topic's directory is the only name made from user input; every
 other name the storage makes is at most L{LONGEST_FIXED_NAME} bytes
-(C{.deleted-<32 hex>}; C{00000000000000000000.timeindex.tmp} is 34).  The
+(C{.deleted-<32 hex>}; C{00000000000000000000.timeindex.tmp} is 34, the
+upgrade's C{.v1-<partition>} at most 14).  The
 storage reads the file system's limits on a name and on a path at start and
 refuses (L{InvalidTopicName}) a topic name whose files would pass either, so a
 name can never produce a file name the file system refuses.
@@ -34,6 +41,7 @@ from collections.abc import Sequence
 import orjson
 from twisted.logger import Logger
 
+from streamlog.storage import upgrade
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
@@ -46,6 +54,8 @@ from streamlog.storage.errors import (
     StorageError,
     StorageFailed,
 )
+from streamlog.storage.hardstate import HARD_STATE_FILE, HardStateStore
+from streamlog.storage.local import LocalLog
 from streamlog.storage.log import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL_BYTES,
@@ -54,16 +64,20 @@ from streamlog.storage.log import (
 )
 
 TOPIC_FILE = "topic.json"
-TOPIC_FILE_VERSION = 1
+TOPIC_FILE_VERSION = 2
+#: Versions of topic.json this release reads (1: storage format 1, upgraded at load).
+TOPIC_FILE_VERSIONS = (1, 2)
 _DELETED_PREFIX = ".deleted-"
 _SEGMENT_FILE = re.compile(r"[0-9]{20}\.(log|index|timeindex)")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
 MAX_TOPIC_NAME = 249
+#: Names in the data directory the storage keeps for its own files: no topic can have them.
+RESERVED_NAMES = frozenset({HARD_STATE_FILE, HARD_STATE_FILE + ".tmp"})
 #: The longest file name the storage makes that is not a topic's directory (C{.deleted-<32 hex>}).
 LONGEST_FIXED_NAME = len(_DELETED_PREFIX) + 32
-#: The longest path below a topic's directory: C{/<partition>/00000000000000000000.timeindex.tmp},
-#: with room for a ten-digit partition number.
-_LONGEST_BELOW_TOPIC = len("/") + 10 + len("/") + len("00000000000000000000.timeindex.tmp")
+#: The longest path below a topic's directory: C{/.v1-<partition>/00000000000000000000.timeindex.tmp}
+#: (a directory of the format upgrade), with room for a ten-digit partition number.
+_LONGEST_BELOW_TOPIC = len("/") + len(upgrade.OLD_PREFIX) + 10 + len("/") + len("00000000000000000000.timeindex.tmp")
 
 
 def check_topic_name(name: str, max_length: int = MAX_TOPIC_NAME) -> None:
@@ -105,7 +119,7 @@ def _pathconf(path: str, name: str, default: int) -> int:
 
 
 class SegmentedStorage:
-    """A durable L{streamlog.storage.base.Storage}.
+    """A durable L{streamlog.storage.base.Storage}, and the node's hard-state store.
 
     @param data_dir: the directory holding every topic (created if missing).
     @param defaults: server-wide settings; a topic's C{None} fields fall back to them.
@@ -116,6 +130,13 @@ class SegmentedStorage:
     @param retired_segments: how many rolled segments, all the logs together,
         may keep their write descriptors open until their log's next sync
         (L{RetiredFiles}).
+    @param hard_state_required: the data directory was used before (the node
+        knows it, e.g. from its identity file): a missing hard-state file is
+        damage even without any topic.
+
+    L{load} and L{create_topic} return each partition as a L{LocalLog} (what
+    today's single-node broker appends to); its C{.log} is the
+    L{SegmentedLog}, the partition's Raft log.
     """
 
     _log = Logger()
@@ -129,6 +150,7 @@ class SegmentedStorage:
         checkpoint_interval_bytes: int = DEFAULT_CHECKPOINT_INTERVAL_BYTES,
         read_files: int = DEFAULT_READ_FILES,
         retired_segments: int = RETIRED_SEGMENTS,
+        hard_state_required: bool = False,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.defaults = defaults or TopicConfig()
@@ -141,25 +163,42 @@ class SegmentedStorage:
             read_files=self.read_files,
             retired_files=self.retired_files,
         )
-        self._topics: dict[str, tuple[TopicConfig, list[SegmentedLog]]] = {}
+        self._hard_state_required = hard_state_required
+        self._topics: dict[str, tuple[TopicConfig, list[LocalLog]]] = {}
+        #: Every Raft group's term and vote on this node (opened by L{load}).
+        self.hard_state: HardStateStore | None = None
         os.makedirs(self.data_dir, exist_ok=True)
         #: The longest topic name this data directory can hold (249 on usual file systems).
         self.max_topic_name = longest_topic_name(self.data_dir)
 
-    def _open_log(self, topic: str, partition: int, config: TopicConfig, existing: bool = False) -> SegmentedLog:
+    def _open_log(self, topic: str, partition: int, config: TopicConfig, existing: bool = False) -> LocalLog:
         path = os.path.join(self.data_dir, topic, str(partition))
-        return SegmentedLog(path, config, self.defaults, existing=existing, **self._log_options)  # type: ignore[arg-type]
+        return LocalLog(SegmentedLog(path, config, self.defaults, existing=existing, **self._log_options))  # type: ignore[arg-type]
 
-    def load(self) -> dict[str, tuple[TopicConfig, Sequence[SegmentedLog]]]:
-        """Open and recover every topic.
+    def load(self) -> dict[str, tuple[TopicConfig, Sequence[LocalLog]]]:
+        """Open (upgrading format-1 topics first) and recover every topic, and the hard-state store.
 
         A log that found damaged synced data is returned failed
         (L{SegmentedLog.failed}) rather than stopping the others.  Damage that
         would make the storage lose or invent a whole topic (its C{topic.json}
-        unreadable, or missing while its partitions hold data) raises
+        unreadable, or missing while its partitions hold data), or forget a
+        Raft vote (the hard-state file damaged or missing) raises
         L{CannotLoad}: the server refuses to start, with one line saying what
         to do.  What is not a topic is left alone.
         """
+        try:
+            return self._load()
+        except BaseException:
+            for log in self.logs():
+                log.close(sync=False)
+            self._topics = {}
+            if self.hard_state is not None:
+                self.hard_state.close()
+                self.hard_state = None
+            raise
+
+    def _load(self) -> dict[str, tuple[TopicConfig, Sequence[LocalLog]]]:
+        found: list[tuple[str, int, int, TopicConfig]] = []
         for name in sorted(os.listdir(self.data_dir)):
             path = os.path.join(self.data_dir, name)
             if not os.path.isdir(path):
@@ -174,18 +213,32 @@ class SegmentedStorage:
             if not _TOPIC_NAME.fullmatch(name):
                 self._log.warn("ignoring {path}: not a topic (not a valid topic name)", path=path)
                 continue
+            if name in RESERVED_NAMES:
+                raise CannotLoad(
+                    f"{path} is a directory, but this name is the node's hard-state file's (every Raft group's term "
+                    "and vote): if it is a topic of the release before storage format 2, rename its directory (the "
+                    "topic takes the new name), else move it out of the data directory"
+                )
             topic_file = os.path.join(path, TOPIC_FILE)
             if not os.path.exists(topic_file):
                 if not _unfinished_creation(path):
                     raise CannotLoad(
                         f"{topic_file} is missing, but {path} holds data: restore the file "
-                        f'({{"version": 1, "partitions": N, "config": {{}}}}) or move the directory out of the data directory'
+                        f'({{"version": 2, "partitions": N, "config": {{}}}}) or move the directory out of the data directory'
                     )
                 self._log.warn("removing {path}: its creation did not finish (no {file})", path=path, file=TOPIC_FILE)
                 shutil.rmtree(path)
                 fsync_dir(self.data_dir)
                 continue
-            partitions, config = _read_topic_file(topic_file)
+            version, partitions, config = _read_topic_file(topic_file)
+            found.append((name, version, partitions, config))
+        self._open_hard_state(any(version == TOPIC_FILE_VERSION for _, version, _, _ in found))
+        for name, version, partitions, config in found:
+            path = os.path.join(self.data_dir, name)
+            if version == 1:
+                self._upgrade(name, partitions, config)
+            else:
+                upgrade.finish(path)
             for entry in sorted(os.listdir(path)):
                 if entry == TOPIC_FILE + ".tmp":
                     os.unlink(os.path.join(path, entry))  # an interrupted rewrite
@@ -195,7 +248,7 @@ class SegmentedStorage:
                         path=os.path.join(path, entry), partitions=partitions, topic=name,
                     )
             try:
-                logs: list[SegmentedLog] = []
+                logs: list[LocalLog] = []
                 for p in range(partitions):
                     logs.append(self._open_log(name, p, config, existing=True))
             except OSError as e:
@@ -205,7 +258,31 @@ class SegmentedStorage:
             self._topics[name] = (config, logs)
         return {name: (config, list(logs)) for name, (config, logs) in self._topics.items()}
 
-    def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[SegmentedLog]:
+    def _open_hard_state(self, used: bool) -> None:
+        """Open C{<data-dir>/hardstate}: it must exist once the data directory holds format-2 data."""
+        if self.hard_state is not None:
+            return
+        path = os.path.join(self.data_dir, HARD_STATE_FILE)
+        try:
+            self.hard_state = HardStateStore(path, must_exist=used or self._hard_state_required)
+        except StorageError as e:
+            raise CannotLoad(
+                f"{e}: this node's Raft terms and votes cannot be trusted; restore the file, or wipe this node's data "
+                "directory so that it rejoins as a new member (docs/storage.md, \"Damage\")"
+            ) from None
+
+    def _upgrade(self, name: str, partitions: int, config: TopicConfig) -> None:
+        """Upgrade a topic of storage format 1 in place (L{streamlog.storage.upgrade})."""
+        path = os.path.join(self.data_dir, name)
+        self._log.info("upgrading topic {topic} to storage format 2", topic=name)
+        try:
+            upgrade.upgrade_partitions(path, partitions, upgrade.make_log_factory(config, self.defaults, self._log_options))
+            write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
+            upgrade.finish(path)
+        except OSError as e:
+            raise CannotLoad(f"upgrading topic {name!r} in {path} to storage format 2 failed: {e}{_descriptor_hint(e)}") from e
+
+    def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[LocalLog]:
         """Create a topic's logs and its C{topic.json}, or nothing.
 
         Raises L{InvalidTopicName} (before touching anything) for a name the
@@ -218,14 +295,17 @@ class SegmentedStorage:
         caller stops the node).
         """
         check_topic_name(name, self.max_topic_name)
+        if name in RESERVED_NAMES:
+            raise NameTaken(f"topic name {name!r} is taken by the node's hard-state file in the data directory; use another name")
         if partitions < 1:
             raise ValueError(f"a topic needs at least one partition, not {partitions}")
         if name in self._topics:
             raise ValueError(f"topic {name!r} exists")
         path = os.path.join(self.data_dir, name)
         leftover = self._check_name_free(name, path)
-        logs: list[SegmentedLog] = []
+        logs: list[LocalLog] = []
         try:
+            self._open_hard_state(False)  # a data directory's first topic: the file comes first
             if leftover:
                 shutil.rmtree(path)  # an unfinished creation (no topic.json, nothing but empty files)
             os.makedirs(path)
@@ -299,14 +379,14 @@ class SegmentedStorage:
         fsync_dir(self.data_dir)
 
     def logs(self) -> list[SegmentedLog]:
-        return [log for _, logs in self._topics.values() for log in logs]
+        """Every open partition's log (the L{SegmentedLog}s themselves)."""
+        return [log.log for _, logs in self._topics.values() for log in logs]
 
     def checkpoint(self) -> None:
         """Sync and checkpoint every healthy log (blocking: call it from a worker thread).
 
         Call it every minute or so whatever the fsync policy: it bounds how much
-        recovery reads after a crash and lets retention delete (retention only
-        deletes segments behind a checkpoint).
+        recovery reads after a crash.
         """
         for log in self.logs():
             if log.failed is None and not log.closed:
@@ -320,6 +400,8 @@ class SegmentedStorage:
         for log in self.logs():
             log.close()
         self._topics = {}
+        if self.hard_state is not None:
+            self.hard_state.close()
 
 
 def encode_topic_file(partitions: int, config: TopicConfig) -> bytes:
@@ -328,7 +410,7 @@ def encode_topic_file(partitions: int, config: TopicConfig) -> bytes:
     return orjson.dumps({**body, "crc": crc32c(orjson.dumps(body))})
 
 
-def _read_topic_file(path: str) -> tuple[int, TopicConfig]:
+def _read_topic_file(path: str) -> tuple[int, int, TopicConfig]:
     """Parse C{topic.json}; raise L{CannotLoad} with what to do if it is damaged."""
     try:
         with open(path, "rb") as f:
@@ -336,8 +418,9 @@ def _read_topic_file(path: str) -> tuple[int, TopicConfig]:
         meta = orjson.loads(data)
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-        if meta.get("version") != TOPIC_FILE_VERSION:
-            raise ValueError(f"unknown version {meta.get('version')!r}")
+        version = meta.get("version")
+        if version not in TOPIC_FILE_VERSIONS:
+            raise ValueError(f"unknown version {version!r}")
         if "crc" in meta:  # files written before the CRC was added have none
             crc = meta.pop("crc")
             if crc != crc32c(orjson.dumps(meta)):
@@ -352,9 +435,9 @@ def _read_topic_file(path: str) -> tuple[int, TopicConfig]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CannotLoad(
             f"{path} is unreadable ({e}): restore it "
-            f'({{"version": 1, "partitions": N, "config": {{}}}}) or move its topic out of the data directory'
+            f'({{"version": 2, "partitions": N, "config": {{}}}}) or move its topic out of the data directory'
         ) from None
-    return partitions, config
+    return version, partitions, config
 
 
 def _unfinished_creation(path: str) -> bool:

@@ -22,7 +22,7 @@ from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
-from streamlog.storage.group_commit import FsyncPolicy
+from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
 
 _log = Logger()
 
@@ -116,6 +116,7 @@ class Options(usage.Options):
         ["segment-ms", None, 7 * 24 * 3600 * 1000, "Roll a segment once it is this old (ms).", int],
         ["read-file-cache", None, DEFAULT_READ_FILES,
          "Segment files kept open for reading, all partitions together (least recently used closed first).", int],
+        ["sync-workers", None, DEFAULT_SYNC_WORKERS, "Threads that fsync partition logs at once (group commit).", int],
         ["retention-ms", None, None, "Default retention by age (ms); unset = keep forever.", int],
         ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
         ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
@@ -133,6 +134,8 @@ class Options(usage.Options):
             raise usage.UsageError("--gc-threshold must be 0 or more")
         if self["read-file-cache"] < 1:
             raise usage.UsageError("--read-file-cache must be at least 1")
+        if self["sync-workers"] < 1:
+            raise usage.UsageError("--sync-workers must be at least 1")
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir must not be empty")
         for field in attrs.fields(wire.Limits):
@@ -169,6 +172,7 @@ class Options(usage.Options):
             limits=self.limits(),
             port_file=self["port-file"],
             read_file_cache=self["read-file-cache"],
+            sync_workers=self["sync-workers"],
         )
 
     def limits(self) -> wire.Limits:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import orjson
 
+from streamlog.raft.log import Entry
 from streamlog.storage.base import RecordBatch
+from streamlog.storage.local import LocalLog
 
 
 def make_batch(base: int, count: int, ts: int = 1_000, term: int = 1, size: int = 20, step: int = 1) -> RecordBatch:
@@ -23,6 +25,32 @@ def make_batch(base: int, count: int, ts: int = 1_000, term: int = 1, size: int 
         max_timestamp=ts + (count - 1) * step,
         payload=b"\n".join(records),
     )
+
+
+def append_batch(log, batch: RecordBatch, term: int | None = None) -> int:
+    """Append C{batch} as the next entry (of C{term}, else the log's last term); return its index."""
+    if isinstance(log, LocalLog):
+        log.append(batch)
+        return log.log.last_index
+    index = log.last_index + 1
+    log.append([Entry(index, log.last_term if term is None else term, batch)])
+    return index
+
+
+def append_noop(log, term: int | None = None) -> int:
+    """Append a bookkeeping entry (a new leader's no-op); return its index."""
+    raw = log.log if isinstance(log, LocalLog) else log
+    index = raw.last_index + 1
+    raw.append([Entry(index, raw.last_term if term is None else term, b"")])
+    return index
+
+
+def append_config(log, members: tuple[str, ...], term: int | None = None) -> int:
+    """Append a configuration entry; return its index."""
+    raw = log.log if isinstance(log, LocalLog) else log
+    index = raw.last_index + 1
+    raw.append([Entry(index, raw.last_term if term is None else term, b"", members)])
+    return index
 
 
 def offsets_of(result) -> list[int]:
@@ -44,8 +72,28 @@ def read_all(log, max_bytes: int = 1 << 30) -> list[int]:
     return out
 
 
-def fill(log, batches: int, count: int = 5, ts: int = 1_000, size: int = 20) -> None:
-    """Append C{batches} batches of C{count} records, timestamps rising by one per record."""
-    for _ in range(batches):
+def fill(log, batches: int, count: int = 5, ts: int = 1_000, size: int = 20, noops: int = 0) -> None:
+    """Append C{batches} batches of C{count} records, timestamps rising by one per record.
+
+    With C{noops}, a no-op entry follows every C{noops}-th batch (bookkeeping
+    entries between record batches, as a Raft log has them).
+    """
+    for i in range(batches):
         base = log.end_offset
-        log.append(make_batch(base, count, ts=ts + base, size=size))
+        append_batch(log, make_batch(base, count, ts=ts + base, size=size))
+        if noops and i % noops == noops - 1:
+            append_noop(log)
+
+
+def entry_summary(log) -> list[tuple]:
+    """(index, term, kind, first offset or members) of every entry: a log's shape, for comparing two logs."""
+    raw = log.log if isinstance(log, LocalLog) else log
+    out = []
+    for e in raw.entries(raw.start_index, raw.last_index + 1, 1 << 40):
+        if isinstance(e.data, RecordBatch):
+            out.append((e.index, e.term, "records", e.data.base_offset, e.data.payload))
+        elif e.config is not None:
+            out.append((e.index, e.term, "config", e.config))
+        else:
+            out.append((e.index, e.term, "data" if e.data else "noop", e.data))
+    return out

@@ -26,16 +26,20 @@ from collections.abc import Callable
 import attrs
 import orjson
 import pytest
-from storage_helpers import fill
+from storage_helpers import append_config, append_noop, fill
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
 
+from streamlog.raft.core import HardState
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import CHECKPOINT_FILE
 from streamlog.storage.errors import CannotLoad
+from streamlog.storage.hardstate import HARD_STATE_FILE, HardStateStore
 from streamlog.storage.segmented import TOPIC_FILE, SegmentedStorage
 from streamlog.testing import BrokerHarness
 
 SETTINGS = dict(index_interval_bytes=256, cache_bytes=0)
-CONFIG = TopicConfig(segment_bytes=1_100)  # two 469-byte batches per segment
+CONFIG = TopicConfig(segment_bytes=1_100)  # two 505-byte batches per segment (bookkeeping entries between)
 SYNCED = 50  # records of partition 0: ten batches of five, in five segments
 TAIL = 10  # records appended after the last checkpoint in the crash images
 OTHER = 10  # records of partition 1, never damaged
@@ -44,9 +48,21 @@ OTHER = 10  # records of partition 1, never damaged
 def build(data: str, crash: bool) -> None:
     storage = SegmentedStorage(data, CONFIG, **SETTINGS)
     p0, p1 = storage.create_topic("t", 2, TopicConfig())
-    fill(p0, SYNCED // 5)
+    append_config(p0, ("1.a",))
+    for i in range(SYNCED // 5):  # a no-op (a new leader's) before every third batch
+        if i % 3 == 0:
+            append_noop(p0, term=i + 1)
+        fill(p0, 1)
     fill(p1, OTHER // 5)
     storage.close()
+    # Terms and votes of a few elections, in several rounds.
+    hard_state = HardStateStore(os.path.join(data, HARD_STATE_FILE), clock=Clock(),
+                                run_in_thread=lambda f, *args: maybeDeferred(f, *args))
+    for term in range(1, 5):
+        hard_state.save("t-0", HardState(term, "1.a"))
+        hard_state.save("t-1", HardState(term, None))
+        hard_state._clock.advance(0)
+    hard_state.close()
     if crash:
         # A node that wrote more after its checkpoint, then died: copy its files while it runs.
         storage = SegmentedStorage(data, CONFIG, **SETTINGS)
@@ -156,6 +172,29 @@ def stray(name: str, content: bytes = b"stray") -> Callable[[str], None]:
     return damage
 
 
+def both_copies_of_a_round(path: str) -> None:
+    """Damage both copies of the hard-state file's second round (a round gone, not a torn end)."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        starts = [i for i in range(len(data)) if data.startswith(b"SH\x01", i)]
+        for start in starts[2:4]:
+            data[start + 24] ^= 0xFF
+        f.seek(0)
+        f.write(data)
+
+
+def stray_between(path: str) -> None:
+    """A segment file named between the middle segment and the one after it (not in the log)."""
+    directory = os.path.dirname(path)
+    firsts = sorted(int(n[:-4]) for n in os.listdir(directory) if n.endswith(".log"))
+    middle = firsts.index(int(os.path.basename(path)[:-4]))
+    name = f"{firsts[middle] + 1:020d}.log"
+    assert firsts[middle] + 1 < firsts[middle + 1]
+    stray(name, b"SL" * 100)(path)
+    with open(os.path.join(directory, "..", "..", "stray-name"), "w") as f:
+        f.write(name)
+
+
 def bump(field: str) -> Callable[[dict], None]:
     def change(content: dict) -> None:
         content[field] += 1
@@ -206,14 +245,15 @@ TABLE = [
     Row("last .log", "truncated", segment(LAST), truncated, "unavailable", "start"),
     Row("first .log", "corrupted", segment(FIRST), flipped(100), "unavailable", "read"),
     Row("middle .log", "corrupted", segment(MIDDLE), flipped(100), "unavailable", "read"),
-    Row("last .log", "corrupted", segment(LAST), flipped(100), "unavailable", "read"),
+    # (The last segment holds one batch: it lies in the last index interval, which start-up reads.)
+    Row("last .log", "corrupted", segment(LAST), flipped(300), "unavailable", "start"),
     Row("first .log", "zero-length", segment(FIRST), zero_length, "unavailable", "start"),
     Row("middle .log", "zero-length", segment(MIDDLE), zero_length, "unavailable", "start"),
     Row("last .log", "zero-length", segment(LAST), zero_length, "unavailable", "start"),
     Row("middle .log", "extra bytes", segment(MIDDLE), appended(b"garbage"), "repaired"),
     Row("last .log", "extra bytes", segment(LAST), appended(b"SL\x01garbage"), "cut"),
-    Row(".log", "stray in the middle", segment(MIDDLE), stray(f"{25:020d}.log", b"SL" * 100), "repaired",
-        after=exists(named("t", "0", f"{25:020d}.log"))),
+    Row(".log", "stray in the middle", segment(MIDDLE), stray_between, "repaired",
+        after=lambda data: exists(named("t", "0", open(os.path.join(data, "stray-name")).read()))(data)),
     Row(".log", "stray after the end", segment(LAST), stray(f"{99:020d}.log", b"SL" * 100), "repaired"),
     # The unsynced tail of a crashed node: cut where it stops being whole.
     Row("tail .log", "truncated", segment(LAST), truncated, "cut", crash=True),
@@ -248,6 +288,18 @@ TABLE = [
     Row("topic.json", "zero-length", named("t", TOPIC_FILE), zero_length, "refuses"),
     Row("topic.json", "stray .tmp", named("t", TOPIC_FILE), stray(TOPIC_FILE + ".tmp"), "repaired",
         after=gone(named("t", TOPIC_FILE + ".tmp"))),
+    # Every Raft group's term and vote: forgetting a vote could make the node vote twice in a term.
+    Row("hardstate", "missing", named(HARD_STATE_FILE), missing, "refuses"),
+    Row("hardstate", "truncated", named(HARD_STATE_FILE), truncated, "repaired"),  # a torn end: the rounds after it go
+    Row("hardstate", "corrupted", named(HARD_STATE_FILE), flipped(), "repaired"),  # one copy of a round: the other is used
+    Row("hardstate", "both copies corrupted", named(HARD_STATE_FILE), both_copies_of_a_round, "refuses"),
+    Row("hardstate", "zero-length", named(HARD_STATE_FILE), zero_length, "refuses"),
+    Row("hardstate", "stray .tmp", named(HARD_STATE_FILE), stray(HARD_STATE_FILE + ".tmp"), "repaired",
+        after=gone(named(HARD_STATE_FILE + ".tmp"))),
+    # What an interrupted upgrade from storage format 1 leaves, in a topic already upgraded.
+    Row("upgrade leftovers", ".v2-<p> and .v1-<p>", named("t", "0"),
+        lambda p: (stray("../.v2-0/")(p + "/x"), stray("../.v1-1/")(p + "/x")), "repaired",
+        after=gone(named("t", ".v2-0"))),
     # Whole directories.
     Row("partition directory", "missing", partition_dir, missing, "unavailable", "start"),
     Row("partition directory", "stray", partition_dir, stray("2/"), "repaired", after=exists(named("t", "2"))),

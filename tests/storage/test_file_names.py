@@ -1,9 +1,10 @@
 """No topic name can make the storage produce a file name or path the file system refuses.
 
 The longest valid name (249 characters) goes through every step that names a
-file: create (C{topic.json.tmp}), append and roll (segment trios), a sync's
+file: create (C{topic.json.tmp}), append and roll (segment trios), a
 checkpoint (C{recovery-checkpoint.tmp}), an index rebuild of a closed segment
-(C{.index.tmp}), restart, and delete (the hidden C{.deleted-...} directory).
+(C{.index.tmp}), restart, delete (the hidden C{.deleted-...} directory), and
+the upgrade from storage format 1 (C{.v2-<p>}, C{.v1-<p>}).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def test_the_longest_topic_name_lives_and_dies_without_a_refused_file_name(tmp_p
     [log] = storage.create_topic(LONGEST, 1, TopicConfig())
     fill(log, 6)  # rolls twice
     assert log.segment_count == 3
-    log.sync()  # checkpoints the new segment
+    log.sync()
+    assert log.checkpoint(sync=False)  # checkpoints the new segment
     storage.close()
     closed = sorted(n for n in os.listdir(tmp_path / LONGEST / "0") if n.endswith(".index"))[0]
     os.unlink(tmp_path / LONGEST / "0" / closed)  # its rebuild writes <base>.index.tmp
@@ -69,13 +71,33 @@ def test_the_longest_topic_name_lives_and_dies_without_a_refused_file_name(tmp_p
     assert read_all(log) == list(range(30))
     storage.delete_topic(LONGEST)
     storage.close()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["hardstate"]
     storage = SegmentedStorage(str(tmp_path))
     assert storage.load() == {}
     storage.close()
 
-    made = set(names)
-    for expected in (LONGEST, "topic.json.tmp", "recovery-checkpoint.tmp", f"{closed}.tmp", f"{10:020d}.timeindex"):
+    # The same name, written by storage format 1, upgraded.
+    import format1.segmented as v1
+    from format1.base import RecordBatch as V1Batch
+    from format1.base import TopicConfig as V1Config
+    from storage_helpers import make_batch
+
+    made_before = set(names)
+    names.clear()
+    old = v1.SegmentedStorage(str(tmp_path / "v1"), V1Config(segment_bytes=1_100))
+    [v1_log] = old.create_topic(LONGEST, 1, V1Config())
+    for base in range(0, 30, 5):
+        b = make_batch(base, 5)
+        v1_log.append(V1Batch(b.base_offset, b.count, 0, b.first_timestamp, b.max_timestamp, b.payload))
+    old.close()
+    storage = SegmentedStorage(str(tmp_path / "v1"), TopicConfig(segment_bytes=1_100))
+    [log] = storage.load()[LONGEST][1]
+    assert read_all(log) == list(range(30))
+    storage.close()
+
+    made = set(names) | made_before
+    for expected in (LONGEST, "topic.json.tmp", "recovery-checkpoint.tmp", f"{closed}.tmp", f"{5:020d}.timeindex",
+                     "hardstate.tmp", ".v2-0", ".v1-0"):
         assert expected in made, f"the test did not make {expected}"
     deleted = [n for n in made if n.startswith(".deleted-")]
     assert deleted and all(len(n) == LONGEST_FIXED_NAME for n in deleted)
@@ -89,7 +111,7 @@ def test_names_longer_than_the_file_system_allows_are_refused_as_invalid(tmp_pat
     assert storage.max_topic_name == 143
     with pytest.raises(InvalidTopicName, match="at most 143"):
         storage.create_topic("b" * 144, 1, TopicConfig())
-    assert os.listdir(tmp_path) == []  # refused before anything was made
+    assert os.listdir(tmp_path) == []  # refused before anything was made (not even the hard-state file)
     storage.create_topic("b" * 143, 1, TopicConfig())
     storage.delete_topic("b" * 143)
     storage.close()

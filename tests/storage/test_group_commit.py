@@ -1,14 +1,18 @@
-"""GroupCommitter: group commit, policies and fail-stop, on a virtual clock and fake threads."""
+"""GroupCommitter: group commit, several sync workers, checkpoints outside commits, policies and
+fail-stop, on a virtual clock and fake threads."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
-from storage_helpers import fill
+from storage_helpers import append_noop, fill
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.group_commit import CommitterStopped, FsyncPolicy, GroupCommitter
 from streamlog.storage.log import SegmentedLog
@@ -26,9 +30,13 @@ class FakeLog:
         self.failed = None
         self.checkpoints = 0
 
-    def checkpoint(self) -> int:
+    checkpoint_due = False
+
+    def checkpoint(self, sync: bool = True) -> bool:
         self.checkpoints += 1
-        return self.sync()
+        if sync:
+            self.sync()
+        return True
 
     def append(self, n: int) -> int:
         self.end_offset += n
@@ -78,16 +86,37 @@ def test_parse_policy_rejects_bad_strings(bad):
         FsyncPolicy.parse(bad)
 
 
-def test_concurrent_waiters_share_one_fsync(setup):
+def test_concurrent_waiters_share_one_fsync_per_log(setup):
     clock, threads, committer, _ = setup
     a, b = FakeLog(), FakeLog()
     waits = [committer.wait(a, a.append(1)) for _ in range(50)] + [committer.wait(b, b.append(3))]
     assert not any(has_fired(d) for d in waits)
     clock.advance(0)
-    assert len(threads.jobs) == 1
+    assert len(threads.jobs) == 2  # one job per log: several workers sync them at once
     threads.run_one()
-    assert all(result_of(d) is True for d in waits)
-    assert (a.syncs, b.syncs, committer.rounds) == (1, 1, 1)
+    assert all(result_of(d) is True for d in waits[:50]) and not has_fired(waits[50])
+    threads.run_one()
+    assert result_of(waits[50]) is True
+    assert (a.syncs, b.syncs, committer.rounds) == (1, 1, 2)
+
+
+def test_a_log_fires_its_waiters_as_soon_as_its_own_sync_is_done(setup):
+    clock, threads, committer, _ = setup
+    slow, fast = FakeLog(), FakeLog()
+    d_slow = committer.wait(slow, slow.append(1))
+    d_fast = committer.wait(fast, fast.append(1))
+    clock.advance(0)
+    (_, _, (first,)), (_, _, (second,)) = [job for job in threads.jobs]
+    assert {first, second} == {slow, fast}
+    threads.jobs.reverse()  # the second log's sync finishes first
+    threads.run_one()
+    assert has_fired(d_fast if second is fast else d_slow) and not has_fired(d_slow if second is fast else d_fast)
+    # And its next waiters do not wait for the other log's sync either.
+    again = committer.wait(second, second.append(1))
+    clock.advance(0)
+    assert len(threads.jobs) == 2
+    threads.run_all()
+    assert result_of(again) is True
 
 
 def test_waiters_arriving_during_a_round_form_the_next_round(setup):
@@ -146,7 +175,7 @@ def test_a_corrupt_log_fails_only_its_own_waiters(setup):
     d_bad = committer.wait(bad, bad.append(1))
     d_good = committer.wait(good, good.append(1))
     clock.advance(0)
-    threads.run_one()
+    threads.run_all()
     with pytest.raises(StorageCorrupted):
         result_of(d_bad)
     assert result_of(d_good) is True
@@ -236,6 +265,39 @@ def test_with_a_real_log(tmp_path):
     clock.advance(0)
     threads.run_one()
     assert result_of(d) is True and log.durable_offset == 15
+    # A Raft driver waits for entries by index (its SyncLog) the same way.
+    append_noop(log)
+    d = committer.wait_index(log, log.last_index)
+    clock.advance(0)
+    threads.run_all()  # (the first sync also made a checkpoint due: it runs as a job of its own)
+    assert result_of(d) is True and log.durable_index == 4
+    log.close()
+
+
+def test_a_due_checkpoint_is_written_after_the_sync_never_inside_it(tmp_path):
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=None)
+    log = SegmentedLog(str(tmp_path), TopicConfig(segment_bytes=1_100))
+    fill(log, 4)  # rolls: a checkpoint is due after the next sync
+    d = committer.wait(log, log.end_offset)
+    clock.advance(0)
+    [(_, job, _)] = threads.jobs
+    assert job.__name__ == "_sync_one"
+    threads.run_one()
+    assert result_of(d) is True  # answered before any checkpoint is written
+    assert not os.path.exists(tmp_path / "recovery-checkpoint") or log.checkpoint_due
+    [(_, job, _)] = threads.jobs
+    assert job.__name__ == "_checkpoint_one"
+    # A send arriving now gets its own sync, on another worker, while the checkpoint runs.
+    fill(log, 1)
+    d2 = committer.wait(log, log.end_offset)
+    clock.advance(0)
+    assert [j.__name__ for _, j, _ in threads.jobs] == ["_checkpoint_one", "_sync_one"]
+    threads.jobs.reverse()
+    threads.run_one()
+    assert result_of(d2) is True
+    threads.run_all()
+    assert not log.checkpoint_due and committer.checkpoints == 1
     log.close()
 
 
@@ -256,6 +318,42 @@ async def test_real_reactor_and_worker_threads(tmp_path):
     log.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_many_logs_are_synced_by_several_workers_at_once(tmp_path, monkeypatch):
+    """Forty logs, four workers: at most four syncs run at once, and more than one does.
+
+    (Due checkpoints run elsewhere, on the reactor's thread pool: not counted.)
+    """
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd):
+        if not threading.current_thread().name.startswith("streamlog-sync-"):
+            return real(fd)
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002)
+        real(fd)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    committer = GroupCommitter(FsyncPolicy.parse("always"), sync_workers=4, checkpoint_interval=None)
+    logs = [SegmentedLog(str(tmp_path / str(i))) for i in range(40)]
+    for log in logs:
+        fill(log, 1)
+    await DeferredList([committer.wait(log, log.end_offset) for log in logs], fireOnOneErrback=True)
+    assert all(log.durable_offset == 5 for log in logs)
+    assert 1 < peak[0] <= 4
+    await committer.stop()
+    for log in logs:
+        log.close()
+
+
 @pytest.mark.parametrize("policy", ["always", "interval:1000", "never"])
 def test_background_checkpoints_under_every_policy(policy):
     """Checkpoints bound recovery and let retention delete, even with never."""
@@ -265,12 +363,13 @@ def test_background_checkpoints_under_every_policy(policy):
     committer.wait(log, log.append(1))
     committer.wait(gone, gone.append(1))
     clock.advance(0)
-    while threads.jobs:  # an always round
-        threads.run_one()
+    threads.run_all()  # an always round
     gone.closed = True
 
     def checkpoint_jobs() -> int:
         return sum(1 for _, f, _ in threads.jobs if f.__name__ == "_checkpoint_logs")
+
+    assert threads.jobs == []
 
     clock.advance(60)
     assert checkpoint_jobs() == 1
@@ -281,7 +380,7 @@ def test_background_checkpoints_under_every_policy(policy):
     assert (log.checkpoints, gone.checkpoints) == (1, 0)
     assert list(committer._logs.values()) == [log]  # closed logs are forgotten
     d = committer.stop()
-    threads.run_one()
+    threads.run_all()
     result_of(d)
     assert clock.getDelayedCalls() == []
 
@@ -301,22 +400,45 @@ def test_a_failing_background_checkpoint_is_fatal():
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_sync_thread_runs_jobs_in_order_reports_errors_and_stops():
+async def test_the_sync_pool_runs_jobs_reports_errors_and_stops():
     from twisted.internet import reactor
 
-    from streamlog.storage.group_commit import SyncThread
+    from streamlog.storage.group_commit import SyncPool
 
-    thread = SyncThread(reactor)
+    one = SyncPool(reactor)
     order: list[int] = []
-    await DeferredList([thread(order.append, i) for i in range(5)])
-    assert order == [0, 1, 2, 3, 4]
+    await DeferredList([one(order.append, i) for i in range(5)])
+    assert order == [0, 1, 2, 3, 4]  # one worker: in order
     with pytest.raises(ZeroDivisionError):
-        await thread(lambda: 1 / 0)
-    thread.stop()
-    thread._thread.join(5)
-    assert not thread._thread.is_alive()
+        await one(lambda: 1 / 0)
+    pool = SyncPool(reactor, 3)
+    assert sorted(await DeferredList([pool(lambda i=i: i) for i in range(9)])) == [(True, i) for i in range(9)]
+    for p in (one, pool):
+        p.stop()
+        for thread in p._threads:
+            thread.join(5)
+            assert not thread.is_alive()
+    with pytest.raises(ValueError):
+        SyncPool(reactor, 0)
 
 
-def test_a_committer_on_a_plain_clock_needs_no_sync_thread():
+def test_a_committer_on_a_plain_clock_needs_no_sync_pool():
     committer = GroupCommitter(FsyncPolicy.parse("always"), Clock(), checkpoint_interval=None)
-    assert committer._sync_thread is None
+    assert committer._pool is None
+    with pytest.raises(ValueError):
+        GroupCommitter(FsyncPolicy.parse("always"), Clock(), sync_workers=0)
+
+
+def test_sync_workers_is_a_server_option():
+    from twisted.python import usage
+
+    from streamlog.tap.server import Options
+
+    options = Options()
+    options.parseOptions(["--sync-workers", "8"])
+    assert options["sync-workers"] == 8
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults["sync-workers"] == 4
+    with pytest.raises(usage.UsageError, match="--sync-workers must be at least 1"):
+        Options().parseOptions(["--sync-workers", "0"])

@@ -1,4 +1,9 @@
-"""Recovery of the segmented log: restarts, torn tails, bit flips, damaged indexes."""
+"""Recovery of the segmented log (format 2): restarts, torn tails, bit flips, damaged indexes.
+
+The logs here interleave bookkeeping entries (no-ops) with record batches,
+so rolls happen at entries that hold no records, and Raft indexes and record
+offsets differ everywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,19 @@ import shutil
 import threading
 
 import pytest
-from storage_helpers import fill, make_batch, read_all
+from storage_helpers import append_batch, append_config, append_noop, entry_summary, fill, make_batch, read_all
 from twisted.logger import globalLogPublisher
 
-from streamlog.storage import codec
+from streamlog.storage import codec, recovery, truncation
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageCorrupted
 from streamlog.storage.log import CHECKPOINT_FILE, SegmentedLog
 
 
-def open_log(path, segment_bytes=1_000_000, **kw) -> SegmentedLog:
+def open_log(path, segment_bytes=1_000_000, retention_bytes=None, **kw) -> SegmentedLog:
     kw.setdefault("index_interval_bytes", 256)
     kw.setdefault("cache_bytes", 0)
-    return SegmentedLog(str(path), TopicConfig(segment_bytes=segment_bytes), **kw)
+    return SegmentedLog(str(path), TopicConfig(segment_bytes=segment_bytes, retention_bytes=retention_bytes), **kw)
 
 
 def segment_files(path, ext=".log") -> list[str]:
@@ -30,6 +35,16 @@ def frame_positions(path: str) -> list[int]:
     with open(path, "rb") as f:
         data = f.read()
     return [frame.position for frame in codec.scan(data).frames] + [len(data)]
+
+
+def frame_headers(path: str) -> list[codec.Header]:
+    with open(path, "rb") as f:
+        return [frame.header for frame in codec.scan(f.read()).frames]
+
+
+def no_fsyncs(monkeypatch) -> None:
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
 
 
 @pytest.fixture
@@ -47,15 +62,47 @@ def repairs():
 
 def test_restart_preserves_everything(tmp_path):
     log = open_log(tmp_path, segment_bytes=2_000)
-    fill(log, 50)
+    append_config(log, ("1.a",), term=1)
+    fill(log, 50, noops=4)
+    append_config(log, ("1.a", "2.b"))
+    append_noop(log, term=9)
+    before = entry_summary(log)
+    terms = [log.term_at(i) for i in range(log.last_index + 1)]
     log.close()
     log = open_log(tmp_path, segment_bytes=2_000)
     assert log.segment_count > 5
     assert (log.start_offset, log.end_offset, log.durable_offset) == (0, 250, 250)
+    assert (log.last_index, log.last_term, log.durable_index) == (65, 9, 65)
+    assert entry_summary(log) == before
+    assert [log.term_at(i) for i in range(log.last_index + 1)] == terms
+    assert log.config_at(10) == (1, ("1.a",)) and log.config_at(65) == (64, ("1.a", "2.b"))
     assert read_all(log) == list(range(250))
     assert log.offset_for_timestamp(1_100) == 100
     fill(log, 2)
     assert read_all(log) == list(range(260))
+    log.close()
+
+
+def test_bookkeeping_entries_across_rolls_never_reuse_a_segment_name(tmp_path):
+    """The bug of format 1: a batch of no records at a roll named the new segment after the
+    record offset, which the previous segment already had, and reopened that file."""
+    log = open_log(tmp_path, segment_bytes=600)  # one record batch per segment
+    for _ in range(6):
+        fill(log, 1)
+        for _ in range(8):  # a roll happens among these no-ops: they fill a segment too
+            append_noop(log, term=log.last_term + 1)
+    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".log"))
+    assert len(names) == log.segment_count > 6
+    firsts = [int(n[:-4]) for n in names]
+    offsets = [frame_headers(os.path.join(tmp_path, n))[0].base_offset for n in names]
+    assert len(set(firsts)) == len(firsts)
+    assert sorted(offsets) == offsets and len(set(offsets)) < len(offsets)  # several segments start at one offset
+    for name, first in zip(names, firsts):
+        assert frame_headers(os.path.join(tmp_path, name))[0].raft_index == first
+    before = entry_summary(log)
+    log.close()
+    log = open_log(tmp_path, segment_bytes=600)
+    assert log.failed is None and entry_summary(log) == before and read_all(log) == list(range(30))
     log.close()
 
 
@@ -67,7 +114,7 @@ def test_clean_restart_reads_no_data_back(tmp_path, monkeypatch):
     def no_scan(*args, **kwargs):
         raise AssertionError("a clean start must not validate data")
 
-    monkeypatch.setattr(SegmentedLog, "_scan_segment", no_scan)
+    monkeypatch.setattr(recovery, "_scan_segment", no_scan)
     monkeypatch.setattr(codec, "scan", no_scan)
     log = open_log(tmp_path, segment_bytes=2_000)
     assert log.end_offset == 250 and log.failed is None
@@ -83,7 +130,7 @@ def crash_image(log: SegmentedLog, dest) -> str:
 @pytest.fixture
 def no_fsync(monkeypatch):
     """For loops of hundreds of recoveries: what they test is logic, not the disk's flush."""
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    no_fsyncs(monkeypatch)
 
 
 @pytest.fixture
@@ -113,36 +160,39 @@ def restore(files: dict[str, bytes], directory: str) -> None:
             f.write(data)
 
 
-# 1_000_000: one segment; 900: four 205-byte frames per segment, so the tail after
-# the checkpoint (in the first segment) spans two more segments read back whole.
-@pytest.mark.parametrize("segment_bytes", [1_000_000, 900])
+# 1_000_000: one segment; 1_100: two record batches per segment (with the no-ops between
+# them), so the tail after the checkpoint (in the first segment) spans more segments read back whole.
+@pytest.mark.parametrize("segment_bytes", [1_000_000, 1_100])
 def test_torn_tail_at_every_byte_of_the_last_three_batches(tmp_path, scratch, repairs, no_fsync, segment_bytes):
     log = open_log(tmp_path / "live", segment_bytes=segment_bytes)
-    fill(log, 4, count=2, size=5)
+    fill(log, 4, count=2, size=5, noops=2)
     log.checkpoint()
-    fill(log, 8, count=2, size=5)
+    fill(log, 8, count=2, size=5, noops=3)
     image = crash_image(log, tmp_path / "image")
     log.close()
     files = snapshot(image)
     last = segment_files(image)[-1]
     positions = frame_positions(last)
-    base = int(os.path.basename(last)[:-4])
+    headers = frame_headers(last)
     assert len(positions) >= 4, "the last three batches should be in the last segment"
     first_cut = positions[-4]
     work = os.path.join(scratch, "work")
     for cut in range(first_cut, positions[-1]):
-        whole = sum(1 for p in positions[1:] if p <= cut)
-        expected_end = base + 2 * whole
+        whole = [h for h, end in zip(headers, positions[1:]) if end <= cut]
+        expected_end = whole[-1].next_offset if whole else headers[0].base_offset
+        expected_index = whole[-1].raft_index if whole else headers[0].raft_index - 1
         restore(files, work)
         os.truncate(os.path.join(work, os.path.basename(last)), cut)
         recovered = open_log(work, segment_bytes=segment_bytes)
         assert recovered.failed is None
-        assert recovered.end_offset == expected_end, cut
+        assert (recovered.end_offset, recovered.last_index) == (expected_end, expected_index), cut
         assert read_all(recovered) == list(range(expected_end))
-        recovered.append(make_batch(expected_end, 3, ts=5_000))
+        append_noop(recovered, term=7)
+        append_batch(recovered, make_batch(expected_end, 3, ts=5_000))
         recovered.close()
         again = open_log(work, segment_bytes=segment_bytes)
         assert read_all(again) == list(range(expected_end + 3))
+        assert (again.last_index, again.term_at(expected_index + 1)) == (expected_index + 2, 7)
         again.close()
     assert any(e.get("bytes") for e in repairs)
 
@@ -160,7 +210,7 @@ def test_garbage_after_the_tail_is_cut(tmp_path, repairs):
     assert recovered.end_offset == 30
     assert read_all(recovered) == list(range(30))
     cut = [e for e in repairs if e.get("bytes") == 4096]
-    assert cut and cut[0]["offset"] == 30
+    assert cut and cut[0]["offset"] == 30 and cut[0]["index"] == 7
     recovered.close()
 
 
@@ -168,22 +218,23 @@ def test_damage_in_an_unsynced_segment_drops_the_segments_after_it(tmp_path, rep
     log = open_log(tmp_path / "live", segment_bytes=1_100)  # two batches per segment
     fill(log, 2)
     log.checkpoint()
-    fill(log, 12)
+    fill(log, 12, noops=3)
     image = crash_image(log, tmp_path / "image")
     log.close()
     logs = segment_files(image)
     assert len(logs) >= 4
     victim = logs[-3]
     positions = frame_positions(victim)
+    headers = frame_headers(victim)
     with open(victim, "r+b") as f:
-        f.seek(positions[1] + 70)
+        f.seek(positions[1] + 90)
         byte = f.read(1)
-        f.seek(positions[1] + 70)
+        f.seek(positions[1] + 90)
         f.write(bytes([byte[0] ^ 0x10]))
-    victim_base = int(os.path.basename(victim)[:-4])
     recovered = open_log(image, segment_bytes=1_100)
-    assert recovered.end_offset == victim_base + 5
-    assert read_all(recovered) == list(range(victim_base + 5))
+    assert recovered.end_offset == headers[0].next_offset
+    assert recovered.last_index == headers[0].raft_index
+    assert read_all(recovered) == list(range(headers[0].next_offset))
     assert len(segment_files(image)) == len(logs) - 2
     assert any("removed segment" in e["log_format"] for e in repairs)
     recovered.close()
@@ -191,13 +242,27 @@ def test_damage_in_an_unsynced_segment_drops_the_segments_after_it(tmp_path, rep
 
 def test_no_checkpoint_yet_validates_everything(tmp_path):
     log = open_log(tmp_path / "live", segment_bytes=700)
-    fill(log, 10)
+    fill(log, 10, noops=2)
     image = crash_image(log, tmp_path / "image")
     log.close()
     assert not os.path.exists(os.path.join(image, CHECKPOINT_FILE))
     recovered = open_log(image, segment_bytes=700)
-    assert read_all(recovered) == list(range(50))
+    assert read_all(recovered) == list(range(50)) and recovered.last_index == 15
     recovered.close()
+
+
+def test_no_checkpoint_and_a_log_that_starts_after_index_1_refuses(tmp_path):
+    log = open_log(tmp_path, segment_bytes=1_100, retention_bytes=None)
+    fill(log, 20, noops=2)
+    log.sync()
+    log.truncate_prefix(12)
+    assert log.start_index > 1
+    log.close()
+    os.unlink(os.path.join(tmp_path, CHECKPOINT_FILE))
+    damaged = open_log(tmp_path, segment_bytes=1_100)
+    assert isinstance(damaged.failed, StorageCorrupted)
+    assert CHECKPOINT_FILE in str(damaged.failed) and "before its start are unknown" in str(damaged.failed)
+    damaged.close()
 
 
 def flip(path: str, position: int, mask: int = 0x01) -> None:
@@ -212,7 +277,7 @@ def flip(path: str, position: int, mask: int = 0x01) -> None:
 def test_bit_flips_in_synced_data_are_detected_never_served(tmp_path, scratch, no_fsync, which):
     source = tmp_path / "source"
     log = open_log(source, segment_bytes=1_100)
-    fill(log, 20)
+    fill(log, 20, noops=3)
     log.close()
     files = snapshot(source)
     logs = segment_files(str(source))
@@ -231,7 +296,9 @@ def test_bit_flips_in_synced_data_are_detected_never_served(tmp_path, scratch, n
         with pytest.raises(StorageCorrupted):
             damaged.read(0, 1, 100)
         with pytest.raises(StorageCorrupted):
-            damaged.append(make_batch(damaged.end_offset, 1))
+            append_batch(damaged, make_batch(damaged.end_offset, 1))
+        with pytest.raises(StorageCorrupted):
+            damaged.entries(1, 100, 1 << 20)
         damaged.close()
 
 
@@ -254,11 +321,11 @@ def test_synced_data_missing_refuses(tmp_path):
 @pytest.mark.parametrize("damage", ["missing", "garbage", "shifted", "torn"])
 def test_damaged_index_is_rebuilt(tmp_path, damage):
     log = open_log(tmp_path, segment_bytes=3_000)
-    fill(log, 30)
+    fill(log, 30, noops=2)
     log.close()
     index = segment_files(str(tmp_path), ".index")[0]
     original = open(index, "rb").read()
-    assert len(original) >= 16
+    assert len(original) >= 40
     if damage == "missing":
         os.unlink(index)
     elif damage == "garbage":
@@ -266,13 +333,15 @@ def test_damaged_index_is_rebuilt(tmp_path, damage):
     elif damage == "shifted":
         # Still monotonic, but the second entry points one byte past its frame.
         data = bytearray(original)
-        data[15] += 1
+        data[39] += 1
         open(index, "wb").write(bytes(data))
     else:
         open(index, "wb").write(original[:-3])
     log = open_log(tmp_path, segment_bytes=3_000)
     for offset in range(0, 150, 7):
         assert log.read(offset, 1, 1000).count == 1
+    for i in range(1, log.last_index + 1, 5):
+        assert log.entries(i, i + 1, 1)[0].index == i
     assert read_all(log) == list(range(150))
     assert log.failed is None
     assert open(index, "rb").read() == original
@@ -308,13 +377,13 @@ def test_sync_in_a_thread_while_appending_and_rolling(tmp_path):
     thread = threading.Thread(target=syncer)
     thread.start()
     try:
-        fill(log, 400)
+        fill(log, 400, noops=3)
     finally:
         stop.set()
         thread.join()
     assert not errors
     assert seen == sorted(seen)
-    assert log.sync() == 2_000
+    assert log.sync() == 533 and log.durable_offset == 2_000
     assert read_all(log) == list(range(2_000))
     log.close()
     log = open_log(tmp_path, segment_bytes=2_000)
@@ -324,25 +393,29 @@ def test_sync_in_a_thread_while_appending_and_rolling(tmp_path):
 
 def test_truncation_survives_restart_and_moves_the_checkpoint_back(tmp_path):
     log = open_log(tmp_path, segment_bytes=700)
-    fill(log, 20)
+    fill(log, 20, noops=2)
     log.checkpoint()
-    log.truncate_suffix(33)
-    log.append(make_batch(33, 2, ts=7_000, term=3))
+    assert log.durability.checkpoint.next_index == 31
+    cut = 14  # a no-op, in the middle of the log
+    offset = log.next_offset_after(cut - 1)
+    log.truncate_suffix(cut)
+    assert log.durability.checkpoint.next_index == cut
+    append_batch(log, make_batch(offset, 2, ts=7_000), term=3)
     image = crash_image(log, tmp_path / "image")  # no clean close
     log.close()
     recovered = open_log(image, segment_bytes=700)
     assert recovered.failed is None
-    assert read_all(recovered) == list(range(35))
-    assert [b.term for b in recovered.batches(33, 100)] == [3]
+    assert read_all(recovered) == list(range(offset + 2))
+    assert (recovered.last_index, recovered.term_at(cut), recovered.term_at(cut - 1)) == (cut, 3, 0)
     recovered.close()
 
 
-@pytest.mark.parametrize("cut", [0, 12, 20, 37])
+@pytest.mark.parametrize("cut", [1, 2, 12, 20, 29])
 def test_crash_in_the_middle_of_a_truncation_is_not_corruption(tmp_path, monkeypatch, cut):
     """The checkpoint moves back before any file is cut: a crash after that step
     (simulated by stopping at the first unlink or ftruncate) recovers cleanly."""
     log = open_log(tmp_path / "live", segment_bytes=1_100)
-    fill(log, 10)
+    fill(log, 20, noops=2)
     log.checkpoint()
 
     class Crash(Exception):
@@ -354,26 +427,24 @@ def test_crash_in_the_middle_of_a_truncation_is_not_corruption(tmp_path, monkeyp
     monkeypatch.setattr(os, "unlink", crash)
     monkeypatch.setattr(os, "ftruncate", crash)
     with pytest.raises(Crash):
-        log._truncate(cut)
+        truncation._cut(log, cut)
     monkeypatch.undo()
     image = crash_image(log, tmp_path / "image")
     recovered = open_log(image, segment_bytes=1_100)
     assert recovered.failed is None
-    assert recovered.end_offset >= cut - cut % 5
+    assert recovered.last_index >= cut - 1
     assert read_all(recovered) == list(range(recovered.end_offset))
     recovered.close()
 
 
 def test_tail_validation_in_chunks_smaller_than_a_frame(tmp_path, monkeypatch):
-    from streamlog.storage import log as log_module
-
-    monkeypatch.setattr(log_module, "_SCAN_CHUNK", 100)  # frames are ~490 bytes
+    monkeypatch.setattr(recovery, "SCAN_CHUNK", 100)  # frames are ~500 bytes
     log = open_log(tmp_path / "live")
-    fill(log, 12)
+    fill(log, 12, noops=2)
     image = crash_image(log, tmp_path / "image")
     log.close()
     with open(segment_files(image)[-1], "ab") as f:
-        f.write(b"SL\x01")  # a torn header after the last frame
+        f.write(b"SL\x02")  # a torn header after the last frame
     recovered = open_log(image)
     assert recovered.end_offset == 60
     assert read_all(recovered) == list(range(60))
@@ -393,24 +464,26 @@ def test_unreadable_checkpoint_refuses(tmp_path, content):
     damaged.close()
 
 
-def test_a_version_1_checkpoint_is_read_and_replaced_by_version_2(tmp_path):
+def test_the_checkpoint_lists_the_chain_the_start_and_the_history(tmp_path):
     import orjson
 
     from streamlog.storage.checkpoint import Checkpoint
 
     log = open_log(tmp_path, segment_bytes=1_100)
-    fill(log, 10)
+    append_config(log, ("1.a",))
+    fill(log, 10, noops=2)
     log.close()
-    path = os.path.join(tmp_path, CHECKPOINT_FILE)
-    v2 = Checkpoint.decode(open(path, "rb").read())
-    assert v2.segments == tuple((s, os.path.getsize(os.path.join(tmp_path, f"{s:020d}.log"))) for s in range(0, 40, 10))
-    v1 = {"version": 1, "segment": v2.segment, "position": v2.position, "next_offset": v2.next_offset, "max_timestamp": v2.max_timestamp}
-    open(path, "wb").write(orjson.dumps(v1))
-    log = open_log(tmp_path, segment_bytes=1_100)
-    assert log.failed is None and read_all(log) == list(range(50))
-    fill(log, 1)
-    log.close()
-    assert orjson.loads(open(path, "rb").read())["version"] == 2
+    checkpoint = Checkpoint.decode(open(os.path.join(tmp_path, CHECKPOINT_FILE), "rb").read())
+    sizes = {int(n[:-4]): os.path.getsize(os.path.join(tmp_path, n)) for n in os.listdir(tmp_path) if n.endswith(".log")}
+    assert [(first, size) for first, _, size in checkpoint.segments] == sorted(sizes.items())[:-1]
+    assert (checkpoint.next_index, checkpoint.next_offset, checkpoint.last_term) == (17, 50, 0)
+    assert checkpoint.start.index == 1 and checkpoint.configs == ((1, ("1.a",)),) and checkpoint.terms == ((1, 0),)
+    # A checkpoint of storage format 1 in a format-2 log is refused, not misread.
+    v1 = {"version": 2, "segment": 0, "position": 0, "next_offset": 0, "max_timestamp": None, "segments": []}
+    open(os.path.join(tmp_path, CHECKPOINT_FILE), "wb").write(orjson.dumps(v1))
+    damaged = open_log(tmp_path, segment_bytes=1_100)
+    assert isinstance(damaged.failed, StorageCorrupted) and "storage format 1" in str(damaged.failed)
+    damaged.close()
 
 
 def test_a_checkpoint_changed_in_a_way_that_still_parses_is_refused(tmp_path):

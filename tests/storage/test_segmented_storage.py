@@ -9,7 +9,7 @@ import pytest
 from storage_helpers import fill, read_all
 
 from streamlog.storage.base import TopicConfig
-from streamlog.storage.errors import InvalidTopicName, NameTaken
+from streamlog.storage.errors import CannotLoad, InvalidTopicName, NameTaken
 from streamlog.storage.segmented import SegmentedStorage
 
 
@@ -26,6 +26,7 @@ def test_create_then_load_after_restart(tmp_path):
     config, logs = loaded["orders"]
     assert config == TopicConfig(retention_ms=60_000)
     assert [log.end_offset for log in logs] == [5, 10, 15]
+    assert [log.log.last_index for log in logs] == [1, 2, 3]  # each a Raft log underneath
     assert read_all(logs[2]) == list(range(15))
     storage.checkpoint()
     storage.close()
@@ -52,7 +53,7 @@ def test_delete_topic_removes_it_for_good(tmp_path):
     storage.create_topic("kept", 1, TopicConfig())
     storage.delete_topic("gone")
     storage.delete_topic("never-existed")
-    assert sorted(os.listdir(tmp_path)) == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["hardstate", "kept"]
     storage.close()
     storage = SegmentedStorage(str(tmp_path))
     assert list(storage.load()) == ["kept"]
@@ -67,7 +68,7 @@ def test_crash_mid_delete_or_mid_create_is_finished_at_load(tmp_path):
     os.makedirs(tmp_path / "half" / "0")  # crashed before topic.json was written
     storage = SegmentedStorage(str(tmp_path))
     assert storage.load() == {}
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["hardstate"]
     storage.create_topic("half", 1, TopicConfig())
     storage.close()
 
@@ -155,4 +156,37 @@ def test_an_unfinished_creation_under_the_name_is_still_replaced(tmp_path):
     (tmp_path / "half" / "topic.json.tmp").write_bytes(b"{")
     fill(storage.create_topic("half", 1, TopicConfig())[0], 1)
     assert sorted(os.listdir(tmp_path / "half")) == ["0", "topic.json"]
+    storage.close()
+
+
+@pytest.mark.parametrize("name", ["hardstate", "hardstate.tmp"])
+def test_the_names_of_the_storages_own_files_are_refused_as_topics(tmp_path, name):
+    # hardstate.tmp exists only while the hard-state file is compacted: a topic directory of that
+    # name would make the next compaction (and the next start) fail.
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(NameTaken, match="hard-state file") as refused:
+        storage.create_topic(name, 1, TopicConfig())
+    assert isinstance(refused.value, InvalidTopicName)  # the broker answers INVALID_TOPIC
+    assert sorted(os.listdir(tmp_path)) == before
+    storage.close()
+    reopened = SegmentedStorage(str(tmp_path))
+    assert reopened.load() == {}
+    reopened.close()
+
+
+def test_a_format1_topic_under_the_hard_state_files_name_stops_the_start_with_what_to_do(tmp_path):
+    import format1.segmented as v1
+    from format1.base import TopicConfig as V1Config
+
+    old = v1.SegmentedStorage(str(tmp_path))
+    old.create_topic("hardstate", 1, V1Config())  # a valid topic name in format 1
+    old.close()
+    with pytest.raises(CannotLoad, match="rename its directory"):
+        SegmentedStorage(str(tmp_path)).load()
+    assert (tmp_path / "hardstate" / "topic.json").exists()  # left as it was
+    os.rename(tmp_path / "hardstate", tmp_path / "renamed")
+    storage = SegmentedStorage(str(tmp_path))
+    assert list(storage.load()) == ["renamed"]  # upgraded under its new name
     storage.close()

@@ -1,0 +1,54 @@
+"""Errors raised by the durable storage.
+
+Kept in the storage package so the storage layer imports nothing above it;
+the broker maps L{StorageCorrupted} to its wire error (the partition is
+unavailable), L{InvalidTopicName} to C{INVALID_TOPIC}, L{OutOfDescriptors} to
+a refusal (C{TOO_MANY_PARTITIONS}), and treats L{StorageFailed} as fail-stop.
+L{CannotLoad} stops the server at start-up with its one-line message.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of storage errors."""
+
+
+class StorageCorrupted(StorageError):
+    """Data that was already synced is damaged; the partition refuses to serve.
+
+    The files are left in place, untouched, for an operator to inspect (see
+    docs/storage.md, "Corruption"): dropping them would silently lose records
+    that were acknowledged as durable.
+    """
+
+    def __init__(self, path: str, position: int, reason: str) -> None:
+        super().__init__(f"{path} at byte {position}: {reason}")
+        self.path = path
+        self.position = position
+        self.reason = reason
+
+
+class StorageFailed(StorageError):
+    """A write or fsync failed; nothing written afterwards can be trusted (fail-stop)."""
+
+
+class InvalidTopicName(StorageError, ValueError):
+    """A topic name this data directory cannot hold (bad characters, or too long for its file system)."""
+
+
+class OutOfDescriptors(StorageError):
+    """The process ran out of file descriptors while creating a topic.
+
+    Not a disk fault: what the creation had opened was closed and its
+    directory removed, so the node is as it was before and keeps serving.
+    """
+
+
+class CannotLoad(StorageError):
+    """The data directory cannot be opened as it is; the server refuses to start.
+
+    The message is one line saying which file and what to do: the damage is
+    of a kind that serving around it would lose or invent data (a topic's
+    C{topic.json}), or the machine cannot hold the data (open-file limit).
+    """

@@ -1,0 +1,85 @@
+"""A Raft group on real storage: the segmented log as its log, the hard-state store, the committer.
+
+One node's group of one, through the Twisted driver, on a virtual clock
+with the syncs held in fake threads: its term and vote are saved before it
+leads, its no-op and a record batch are on disk before they commit, and after
+a restart the group comes back with its term and its log.
+"""
+
+from __future__ import annotations
+
+import random
+
+from storage_helpers import make_batch, read_all
+from twisted.internet.task import Clock
+
+from streamlog.raft.core import LEADER, RaftConfig
+from streamlog.raft.driver import GroupCallbacks, RaftHost
+from streamlog.storage.base import RecordBatch
+from streamlog.storage.group import RaftGroupStorage
+from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
+from streamlog.storage.hardstate import HardStateStore, read_states
+from streamlog.storage.log import SegmentedLog
+from streamlog.testing import ManualThreads, result_of
+
+CFG = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05)
+
+
+class Commits(GroupCallbacks):
+    def __init__(self):
+        self.upto = 0
+
+    def committed(self, group, upto):
+        self.upto = upto
+
+
+def node(tmp_path, clock, threads):
+    log = SegmentedLog(str(tmp_path / "p0"))
+    hard_state = HardStateStore(str(tmp_path / "hardstate"), clock=clock, run_in_thread=threads)
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=None)
+    callbacks = Commits()
+    host = RaftHost("1.a", ["1.a"], CFG, callbacks, clock=clock, rng=random.Random(1))
+    raft = host.add_group("t-0", ["1.a"], RaftGroupStorage("t-0", log, hard_state, committer))
+    host.start()
+    return host, raft, log, hard_state, callbacks
+
+
+def settle(clock, threads, seconds=1.0):
+    for _ in range(int(seconds / 0.01)):
+        clock.advance(0.01)
+        threads.run_all()
+
+
+def test_a_group_of_one_on_the_segmented_log(tmp_path):
+    clock, threads = Clock(), ManualThreads()
+    host, raft, log, hard_state, callbacks = node(tmp_path, clock, threads)
+    clock.advance(1.0)  # the election timeout passes: it campaigns; its term and vote must be saved first
+    assert [f.__name__ for _, f, _ in threads.jobs] == ["_write_round"]  # the hard-state round, held
+    on_disk = read_states(hard_state.path, open(hard_state.path, "rb").read())[0]
+    assert on_disk == {} and callbacks.upto == 0  # not yet on disk: nothing released behind the barrier
+    settle(clock, threads)
+    assert raft.role == LEADER and hard_state.get("t-0").term == raft.term >= 1
+    assert log.last_index == 1 and log.entries(1, 2, 100)[0].data == b""  # the new leader's no-op
+    done = host.submit("t-0", make_batch(log.end_offset, 3))
+    settle(clock, threads, 0.2)
+    index = result_of(done)
+    assert index == 2 and callbacks.upto == 2 and log.durable_index == 2
+    [entry] = log.entries(2, 3, 1 << 20)
+    assert isinstance(entry.data, RecordBatch) and entry.data.raft_index == 2 and entry.data.term == raft.term
+    assert read_all(log) == [0, 1, 2] and log.next_offset_after(callbacks.upto) == 3  # the high watermark
+    term = raft.term
+    host.stop()
+    log.close()
+    hard_state.close()
+
+    # Restarted: the term, the vote and the log come back, and it leads a later term.
+    clock2, threads2 = Clock(), ManualThreads()
+    host, raft, log, hard_state, callbacks = node(tmp_path, clock2, threads2)
+    assert raft.term == term and log.last_index == 2
+    clock2.advance(1.0)
+    settle(clock2, threads2)
+    assert raft.role == LEADER and raft.term == term + 1 and log.term_at(3) == term + 1
+    assert callbacks.upto == 3 and read_all(log) == [0, 1, 2]
+    host.stop()
+    log.close()
+    hard_state.close()
