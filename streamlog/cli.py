@@ -42,8 +42,9 @@ import orjson
 import streamlog
 from streamlog import errors
 from streamlog.client import positions, requests
+from streamlog.client.addresses import parse_target
 from streamlog.client.blocking import BlockingClient
-from streamlog.client.connection import backoff_policy, parse_target
+from streamlog.client.retry import backoff_policy
 from streamlog.tap.output import output_closed
 
 DEFAULT_CONNECT = "127.0.0.1:7070"

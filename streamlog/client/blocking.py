@@ -22,7 +22,8 @@ import orjson
 
 from streamlog import errors, wire
 from streamlog.client import requests
-from streamlog.client.connection import DEFAULT_ADDRESS, MAX_ANSWER_BYTES, describe_address, parse_target
+from streamlog.client.addresses import DEFAULT_ADDRESS, describe_address, parse_target
+from streamlog.client.requests import MAX_ANSWER_BYTES
 
 
 class _NoAnswerYet(Exception):

@@ -38,12 +38,17 @@ from zope.interface import implementer
 
 from streamlog import errors, wire
 from streamlog.client import requests
-from streamlog.protocol import FastLineReceiver
-
-DEFAULT_ADDRESS = "tcp:127.0.0.1:7070"
-#: Longest answer line the client accepts: a Poll may return up to 16 MiB of
-#: messages (the server's max_poll_bytes) plus the envelope.
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived here)
+    DEFAULT_ADDRESS,
+    ENDPOINT_TYPES,
+    describe_address,
+    parse_address,
+    parse_target,
+    parse_unix_path,
+)
+from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
+from streamlog.framing import FastLineReceiver
 
 
 def _default_clock() -> IReactorTime:
@@ -204,19 +209,6 @@ class _ClientFactory(Factory):
         return proto
 
 
-_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "tor", "systemd", "host")
-
-
-def describe_address(address: Any) -> str:
-    """How logs and messages name a server: the endpoint string or C{HOST:PORT}, never an object's repr."""
-    if isinstance(address, str):
-        return address
-    if isinstance(address, tuple) and len(address) == 2:
-        host, port = address
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return getattr(address, "streamlog_name", None) or type(address).__name__
-
-
 @implementer(IStreamClientEndpoint)
 class _NamedEndpoint:
     """An endpoint that prints as its address and remembers why the last connection attempt failed.
@@ -261,78 +253,10 @@ def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
         return address
     if reactor is None:
         from twisted.internet import reactor
-    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES:
+    if isinstance(address, str) and address.split(":", 1)[0] in ENDPOINT_TYPES:
         return endpoints.clientFromString(reactor, address)
     host, port = parse_address(address)
     return endpoints.HostnameEndpoint(reactor, host, port)
-
-
-def parse_address(address: Any) -> tuple[str, int]:
-    """C{"tcp:HOST:PORT"}, C{"HOST:PORT"} or C{(host, port)} as a host and a port (for the blocking client)."""
-    if isinstance(address, tuple):
-        host, port = address
-        return str(host), int(port)
-    text = str(address)
-    if text.startswith("tcp:"):
-        positional = [p for p in text[4:].split(":") if "=" not in p]
-        named = dict(p.split("=", 1) for p in text[4:].split(":") if "=" in p)
-        host = named.get("host", positional[0] if positional else None)
-        port = named.get("port", positional[1] if len(positional) > 1 else None)
-        if host is None or port is None or not str(port).isdigit():
-            raise ValueError(f"cannot read a host and port from {address!r}")
-        return host, int(port)
-    if text.startswith("[") and "]:" in text:  # [::1]:7070
-        host, _, port = text[1:].partition("]:")
-        return host, int(port)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"cannot read an address from {address!r}: use HOST:PORT or tcp:HOST:PORT")
-    try:
-        return host, int(port)
-    except ValueError:
-        raise ValueError(f"bad port in address {address!r}") from None
-
-
-def parse_unix_path(address: str) -> str:
-    """The socket path of C{"unix:/path"} or C{"unix:path=/path:timeout=5"} (Twisted's endpoint syntax)."""
-    if not address.startswith("unix:"):
-        raise ValueError(f"not a unix: address: {address!r}")
-    fields = address[len("unix:"):].replace("\\:", "\0").split(":")
-    fields = [f.replace("\0", ":") for f in fields]
-    named = dict(f.split("=", 1) for f in fields if "=" in f)
-    positional = [f for f in fields if "=" not in f]
-    path = named.get("path", positional[0] if positional else "")
-    if not path:
-        raise ValueError(f"no socket path in {address!r}: use unix:/path/to/socket")
-    return path
-
-
-def parse_target(address: Any) -> tuple[str, Any]:
-    """Where the blocking client connects: C{("unix", path)} or C{("tcp", (host, port))}.
-
-    Accepts what L{parse_address} does, plus C{unix:/path} endpoint strings.
-    """
-    if isinstance(address, str) and address.startswith("unix:"):
-        return "unix", parse_unix_path(address)
-    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES and not address.startswith("tcp:"):
-        raise ValueError(f"{address.split(':', 1)[0]}: endpoints are for the Twisted client only; "
-                         "use HOST:PORT, tcp:HOST:PORT or unix:/path")
-    return "tcp", parse_address(address)
-
-
-def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = None) -> Callable[[int], float]:
-    """Exponential backoff with "equal jitter" for L{ClientService}.
-
-    After the n-th failed attempt (n >= 1) the wait is between d/2 and d,
-    d = min(maximum, minimum * 2**(n-1)).
-    """
-    rng = rng or _random.Random()
-
-    def policy(attempt: int) -> float:
-        delay = min(maximum, minimum * (2 ** min(max(attempt - 1, 0), 64)))
-        return delay / 2 + rng.random() * delay / 2
-
-    return policy
 
 
 class _Waiting:

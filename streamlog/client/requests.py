@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Longest answer line a client accepts: a Poll may return up to 16 MiB of
+#: messages (the server's max_poll_bytes) plus the envelope.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
 
 def message(value: Any, key: str | None = None, partition: int | None = None,
             headers: dict[str, str] | None = None) -> dict[str, Any]:
