@@ -259,6 +259,24 @@ def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
     return endpoints.HostnameEndpoint(reactor, host, port)
 
 
+class Request(Deferred):
+    """The Deferred of a L{StreamlogClient.call}: it also knows whether the request was written.
+
+    L{withdraw} takes back a request still waiting for a connection: it is
+    then never written (its Deferred fails with C{CancelledError}), which a
+    caller keeping order (the Producer) needs in order to resend it later.
+    """
+
+    written = False
+
+    def withdraw(self) -> bool:
+        """Cancel the request if it was not written yet; True if it was taken back."""
+        if self.written or self.called:
+            return False
+        self.cancel()
+        return True
+
+
 class _Waiting:
     __slots__ = ("method", "params", "timeout", "expect_answer", "deferred", "timer", "inner")
 
@@ -267,7 +285,7 @@ class _Waiting:
         self.params = params
         self.timeout = timeout
         self.expect_answer = expect_answer
-        self.deferred: Deferred = Deferred(self._cancel)
+        self.deferred: Request = Request(self._cancel)
         self.timer: IDelayedCall | None = None
         self.inner: Deferred | None = None
 
@@ -298,18 +316,25 @@ class StreamlogClient:
     def __init__(self, endpoint_or_address: Any = DEFAULT_ADDRESS, clock: IReactorTime | None = None,
                  reactor: Any = None, request_timeout: float | None = 30.0,
                  reconnect_min: float = 0.1, reconnect_max: float = 10.0,
-                 rng: _random.Random | None = None, start: bool = True) -> None:
+                 rng: _random.Random | None = None, start: bool = True, name: str | None = None,
+                 fail_waiting_on_connect_failure: bool = False) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
         self.endpoint = endpoint_for(endpoint_or_address, reactor)
         #: The server's address as logs name it (C{tcp:127.0.0.1:7070}).
-        self.address = describe_address(endpoint_or_address)
+        self.address = name if name is not None else describe_address(endpoint_or_address)
+        #: Fail the requests waiting for a connection as soon as an attempt fails
+        #: (C{ConnectionLost} with C{sent: false}) instead of keeping them until
+        #: their timeout: a cluster client then asks another node at once.
+        self.fail_waiting_on_connect_failure = fail_waiting_on_connect_failure
         self.reconnect_max = reconnect_max
         self.protocol: ClientProtocol | None = None
         self._waiting: list[_Waiting] = []
         self._closed = False
+        #: Called (without arguments) when L{close} is first called: what was built over this connection.
+        self.close_hooks: list[Callable[[], object]] = []
         self._named = _NamedEndpoint(self.endpoint, self.address)
         self._backoff = backoff_policy(reconnect_min, reconnect_max, rng)
         self._reported: str | None = None  # the connection failure last logged
@@ -336,6 +361,16 @@ class StreamlogClient:
         """The backoff before the next attempt; logs a failed attempt's reason when it is new."""
         delay = self._backoff(attempt)
         reason = self._named.last_error
+        if self.fail_waiting_on_connect_failure and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                if w.timer is not None and w.timer.active():
+                    w.timer.cancel()
+                w.timer = None
+                if not w.deferred.called:
+                    w.deferred.errback(errors.ConnectionLost(
+                        f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
+                        method=w.method, address=self.address, sent=False))
         if reason is not None and not self._closed and reason != self._reported:
             # Once per kind of failure: twistd shows every level, debug included.
             self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
@@ -379,6 +414,11 @@ class StreamlogClient:
         w = _Waiting(method, params or {}, timeout, expect_answer)
         if self.connected:
             self._dispatch(w)
+        elif self.fail_waiting_on_connect_failure and self._named.last_error is not None:
+            # The last attempt failed and the next one is a backoff away: say so now.
+            return fail(errors.ConnectionLost(
+                f"cannot connect to {self.address} ({self._named.last_error}): {method} was not sent",
+                method=method, address=self.address, sent=False))
         else:
             self._waiting.append(w)
             if timeout is not None:
@@ -403,6 +443,7 @@ class StreamlogClient:
                 w.timer.cancel()
             w.timer = None
         assert self.protocol is not None
+        w.deferred.written = True
         inner = w.inner = self.protocol.request(w.method, w.params, timeout=remaining,
                                                 expect_answer=w.expect_answer)
         inner.addBoth(self._answered, w)
@@ -419,6 +460,10 @@ class StreamlogClient:
 
     def close(self) -> Deferred:
         """Disconnect and stop reconnecting; requests still waiting fail with ConnectionLost."""
+        if not self._closed:
+            hooks, self.close_hooks = self.close_hooks, []
+            for hook in hooks:
+                hook()
         self._closed = True
         waiting, self._waiting = self._waiting, []
         for w in waiting:
