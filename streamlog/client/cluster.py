@@ -265,6 +265,8 @@ class ClusterClient:
         self._closed = False
         self._next_candidate = 0
         self._calls: set[_Call] = set()
+        #: Called (without arguments) when L{close} is first called: what was built over this client.
+        self.close_hooks: list[Callable[[], object]] = []
         #: Counts the times the metadata was said to be stale; a fetch that started before
         #: the last mark does not clear it.
         self._stale_marks = 0
@@ -305,6 +307,10 @@ class ClusterClient:
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
                            address=node.address)
             node.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def connected(self) -> bool:
@@ -495,6 +501,7 @@ class ClusterClient:
         if fetching is not None:
             if isinstance(result, Failure):
                 fetching.errback(result)
+                fetching.addErrback(lambda f: None)  # read only through _chain: the copies carry it
             else:
                 fetching.callback(result)
 
@@ -790,6 +797,12 @@ class ClusterClient:
         if self._closed:
             return succeed(None)
         self._closed = True
+        hooks, self.close_hooks = self.close_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                self._log.failure("a close hook failed")
         for timer in (self._periodic, self._fetch_timer):
             if timer is not None and timer.active():
                 timer.cancel()

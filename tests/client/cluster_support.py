@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.test import iosim
 
@@ -70,7 +70,8 @@ class FakeNodeProtocol(FastLineReceiver):
         except errors.StreamlogError as e:
             raise AssertionError(f"the client sent a bad request line {line[:200]!r}: {e}") from None
         self.node.cluster.requests.append((self.node.node_id, request.method, request.params))
-        if self.node.black_hole:
+        hole = self.node.black_hole
+        if hole is True or (hole and request.method in hole):
             self.node.swallowed.append((request.method, request.params))
             return
         try:
@@ -99,11 +100,13 @@ class FakeNode:
         self.up = True
         self.connections: set[FakeNodeProtocol] = set()
         self.parked: list[_Parked] = []
-        #: Read requests and answer nothing (a stalled process).
-        self.black_hole = False
+        #: Read requests and answer nothing (a stalled process): True, or a set of the methods swallowed.
+        self.black_hole: bool | set[str] = False
         self.swallowed: list[tuple[str, dict[str, Any]]] = []
         #: A frozen Metadata answer this node keeps giving (its view lags), or None.
         self.frozen_metadata: dict[str, Any] | None = None
+        #: Seconds a connection takes to be accepted (0: at once).
+        self.connect_delay = 0.0
         #: Methods this node answers with a scripted error: method -> callable(params) -> error or None.
         self.faults: dict[str, Callable[[dict[str, Any]], errors.StreamlogError | None]] = {}
 
@@ -327,12 +330,19 @@ class FakeEndpoint:
         self.cluster.attempts.append((self.node.node_id, self.cluster.clock.seconds()))
         if not self.node.up:
             return fail(ConnectionRefusedError())
+        if self.node.connect_delay:
+            d: Deferred = Deferred()
+            self.cluster.clock.callLater(self.node.connect_delay, lambda: d.callback(self._connected(factory)))
+            return d
+        return succeed(self._connected(factory))
+
+    def _connected(self, factory: Any) -> Any:
         client = factory.buildProtocol(None)
         server = FakeNodeProtocol(self.node)
         pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
                              greet=False, clock=self.cluster.clock)
         self.cluster.pumps.append((self.node.node_id, pump))
-        return succeed(client)
+        return client
 
 
 class FakeCluster:

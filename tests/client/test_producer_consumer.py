@@ -8,7 +8,7 @@ import pytest
 from client_support import failure_of, result_of, run_until, settle
 
 from streamlog import errors
-from streamlog.client import Consumer, Producer, StreamlogClient
+from streamlog.client import ClientProtocol, ClusterClient, Consumer, Producer, StreamlogClient
 from streamlog.partitioner import partition_for_key
 from streamlog.testing import stored_records
 
@@ -99,11 +99,21 @@ def test_keyed_and_explicit_partition_sends_get_their_own_offsets(network, clock
         assert [r["offset"] for r in values(network, "t", p)] == list(range(len(values(network, "t", p))))
 
 
-def test_max_in_flight_bounds_outstanding_requests(network, clock, client):
+def test_max_in_flight_bounds_outstanding_requests(network, clock, client, monkeypatch):
+    got(network, clock, client.create_topic("t", partitions=1))
+    outstanding = []
+    real = ClientProtocol.request
+
+    def request(proto, method, params=None, **kw):
+        if method == "SendBatch":
+            outstanding.append(1 + sum(1 for p in proto._pending.values() if p.method == "SendBatch"))
+        return real(proto, method, params, **kw)
+
+    monkeypatch.setattr(ClientProtocol, "request", request)
     producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=2)
     ds = [producer.send("t", i) for i in range(6)]
-    assert client.protocol.in_flight == 2
     run_until(clock, network, lambda: all(d.called for d in ds))
+    assert len(outstanding) == 6 and max(outstanding) == 2
     assert [result_of(d)[1] for d in ds] == list(range(6))
 
 
@@ -120,13 +130,43 @@ def test_failed_batch_fails_each_message(network, clock, client):
     assert producer.pending == 0
 
 
-def test_connection_lost_fails_in_flight_messages(network, clock, client):
+def test_messages_in_flight_when_the_connection_drops_are_sent_again_in_order(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
     producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "first"))
     ds = [producer.send("t", i) for i in range(3)]
     clock.advance(0)  # the batch is written
     network.drop()
-    for d in ds:
-        assert failure_of(d).check(errors.ConnectionLost)
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    # The server had appended them before the drop; the Producer cannot know, and resends:
+    # everything is there, in order, the batch twice (until idempotent producers).
+    assert [result_of(d)[1] for d in ds] == [4, 5, 6]
+    assert [r["value"] for r in values(network, "t")] == ["first", 0, 1, 2, 0, 1, 2]
+    assert producer.retries == 1
+
+
+def test_messages_fail_with_delivery_timeout_when_the_server_stays_away(network, clock):
+    client = ClusterClient(network, clock=clock, endpoint_factory=lambda address: address, rng=random.Random(3),
+                           reconnect_min=0.1, reconnect_max=1.0)
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=0, delivery_timeout=5.0)
+    got(network, clock, producer.send("t", "first"))
+    network.drop()
+    network.up = False
+    t0 = clock.seconds()
+    ds = [producer.send("t", i) for i in range(3)]
+    run_until(clock, network, lambda: all(d.called for d in ds), limit=10)
+    failures = [failure_of(d) for d in ds]
+    assert all(f.check(errors.DeliveryTimeout) for f in failures)
+    error = failures[0].value
+    assert error.details["sent"] is False and error.details["attempts"] >= 2
+    assert error.details["last_error"]["code"] == "CONNECTION_LOST"
+    assert 5.0 <= clock.seconds() - t0 <= 5.1  # the delivery timeout, not later
+    assert producer.pending == 0
+    d = client.close()
+    network.pump()
+    result_of(d)
+    assert producer.pending == 0
 
 
 def test_consumer_reads_in_order_and_keeps_position(network, clock, client):
