@@ -88,8 +88,10 @@ class _Call:
     def __init__(self, client: ClusterClient, method: str, params: Any, route: Callable[[], Any],
                  timeout: float | None, resend_ok: bool, expect_answer: bool = True,
                  topic: str | None = None, partition: int | None = None,
-                 attempt_timeout: float | None = None) -> None:
+                 attempt_timeout: float | None = None,
+                 on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> None:
         self.client = client
+        self.on_retry = on_retry
         self.method = method
         self.params = params
         self.route = route
@@ -123,8 +125,13 @@ class _Call:
         """Stop trying: the client is closing."""
         if self.deferred.called:
             return
-        self._cancel(self.deferred)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        inner, self._inner = self._inner, None
         self.deferred.errback(error)
+        if inner is not None:
+            inner.cancel()  # its outcome is dropped: the call has its error
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.client.clock.seconds()
@@ -181,6 +188,11 @@ class _Call:
         if remaining is not None and delay >= remaining:
             self.deferred.errback(error)
             return
+        if self.on_retry is not None:
+            try:
+                self.on_retry(error, delay)
+            except Exception:
+                self.client._log.failure("an on_retry hook failed")
         self._timer = self.client.clock.callLater(delay, self._attempt)
 
     def _give_up(self) -> None:
@@ -627,19 +639,21 @@ class ClusterClient:
 
     def _run(self, method: str, params: Any, route: Callable[[], Any], timeout: float | None, resend_ok: bool,
              expect_answer: bool = True, topic: str | None = None, partition: int | None = None,
-             attempt_timeout: float | None = None) -> Deferred:
+             attempt_timeout: float | None = None,
+             on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
         if self._closed:
             return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
         return _Call(self, method, params, route, timeout, resend_ok, expect_answer, topic, partition,
-                     attempt_timeout).start()
+                     attempt_timeout, on_retry).start()
 
     def _partition_call(self, method: str, params: dict[str, Any], topic: str, partition: int,
                         timeout: float | None, resend_ok: bool, expect_answer: bool = True,
-                        attempt_timeout: float | None = None) -> Deferred:
+                        attempt_timeout: float | None = None,
+                        on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
         return self._run(method, params, lambda: self.leader_target(topic, partition), timeout, resend_ok,
-                         expect_answer, topic, partition, attempt_timeout)
+                         expect_answer, topic, partition, attempt_timeout, on_retry)
 
     def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
              headers: dict[str, str] | None = None, acks: str = "all", timeout: float | None = None) -> Deferred:
@@ -744,24 +758,28 @@ class ClusterClient:
         return merged
 
     def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
-             max_bytes: int | None = None, max_wait_ms: int = 0, timeout: float | None = None) -> Deferred:
+             max_bytes: int | None = None, max_wait_ms: int = 0, timeout: float | None = None,
+             on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
         """C{Poll} at the partition's leader; fires with C{{messages, next_offset, high_watermark,
-        log_start_offset}}.  Retried where leadership moved, within C{timeout} (default the
-        request timeout plus C{max_wait_ms})."""
+        log_start_offset}}.  Retried where leadership moved (and after a lost connection, a
+        timeout or C{TOO_MANY_WAITING_POLLS}) within C{timeout} (default the request timeout
+        plus C{max_wait_ms}); C{on_retry(error, delay)} is told of each retry."""
         params = requests.poll(topic, partition, offset, max_messages, max_bytes, max_wait_ms)
         attempt = None
         if self.request_timeout is not None:
             attempt = self.request_timeout + max_wait_ms / 1000.0
             if timeout is None:
                 timeout = attempt
-        return self._partition_call("Poll", params, topic, partition, timeout, True, attempt_timeout=attempt)
+        return self._partition_call("Poll", params, topic, partition, timeout, True, attempt_timeout=attempt,
+                                    on_retry=on_retry)
 
     def list_offsets(self, topic: str, partition: int = 0, at: str | int = "latest",
-                     timeout: float | None = None) -> Deferred:
+                     timeout: float | None = None,
+                     on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
         """Fires with the offset (an int) for C{at}: "earliest", "latest" or a timestamp in ms (asked of the leader)."""
         params = {"topic": topic, "partition": partition, "at": at}
-        return self._partition_call("ListOffsets", params, topic, partition, timeout, True).addCallback(
-            lambda r: r["offset"])
+        return self._partition_call("ListOffsets", params, topic, partition, timeout, True,
+                                    on_retry=on_retry).addCallback(lambda r: r["offset"])
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None,
                      timeout: float | None = None) -> Deferred:
@@ -818,9 +836,12 @@ class ClusterClient:
 
 
 def as_cluster_client(client: Any) -> Any:
-    """C{client} if it routes already, else a L{ClusterClient} over the one connection it is."""
+    """C{client} if it routes already, else the L{ClusterClient} over the one connection it is
+    (one per connection, shared by everything built over it)."""
     if isinstance(client, StreamlogClient):
-        return ClusterClient.over(client)
+        if client.cluster is None or client.cluster.closed:
+            client.cluster = ClusterClient.over(client)
+        return client.cluster
     return client
 
 

@@ -335,6 +335,8 @@ class StreamlogClient:
         self._closed = False
         #: Called (without arguments) when L{close} is first called: what was built over this connection.
         self.close_hooks: list[Callable[[], object]] = []
+        #: The ClusterClient built over this connection alone, if any (shared by its users).
+        self.cluster: Any = None
         self._named = _NamedEndpoint(self.endpoint, self.address)
         self._backoff = backoff_policy(reconnect_min, reconnect_max, rng)
         self._reported: str | None = None  # the connection failure last logged

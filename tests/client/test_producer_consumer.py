@@ -195,13 +195,13 @@ def test_consumer_prefetches_the_next_batch(network, clock, client):
     got(network, clock, producer.flush())
     consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_wait_ms=0)
     asked: list[tuple[int, list[int]]] = []  # (offset asked, offsets still unanswered then)
-    real_poll = client.poll
+    real_poll = consumer.client.poll  # the cluster client over the connection
 
     def poll(topic, partition, offset, **kw):
         asked.append((offset, [f.offset for f in consumer._fetches if f.outcome is None]))
         return real_poll(topic, partition, offset, **kw)
 
-    client.poll = poll
+    consumer.client.poll = poll
     first = got(network, clock, consumer.poll())
     assert [m["offset"] for m in first] == [0, 1, 2, 3]
     # The next Polls went out on their own as soon as the first answered: the one for
@@ -273,14 +273,36 @@ def test_consumer_retries_from_its_position_after_connection_loss(network, clock
     second = [m["value"] for m in result_of(consumer.poll())]
     assert second == [2]
     network.pump()  # the prefetch of offset 3 is waiting on the server
-    network.drop()
-    assert failure_of(consumer.poll()).check(errors.ConnectionLost)
-    assert consumer.position == 3
+    network.drop()  # the Poll is lost with the connection: it is asked again once reconnected
+    pending = consumer.poll()
+    done = []
+    pending.addBoth(lambda r: (done.append(r), r)[1])
+    run_until(clock, network, lambda: client.connected and client.protocol.in_flight == 1)
+    assert consumer.position == 3 and not done
     producer.send("t", 3)
     got(network, clock, producer.flush())
-    assert [m["value"] for m in got(network, clock, consumer.poll())] == [3]
+    assert [m["value"] for m in got(network, clock, pending)] == [3]  # nothing skipped, nothing twice
     consumer.close()
     run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_a_poll_that_keeps_failing_fails_after_its_timeout_and_keeps_the_position(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(3):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    consumer = Consumer(client, "t", 0, start=0, max_messages=2, max_wait_ms=0, timeout=3.0, prefetch=False)
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [0, 1]
+    network.drop()
+    network.up = False
+    t0 = clock.seconds()
+    failed = got_failure(network, clock, consumer.poll())
+    assert failure_of(failed).check(errors.ConnectionLost, errors.Timeout)
+    assert 2.0 <= clock.seconds() - t0 <= 3.1
+    assert consumer.position == 2
+    network.up = True
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [2]
+    consumer.close()
 
 
 def test_consumer_unknown_topic_and_out_of_range(network, clock, client):
