@@ -348,9 +348,10 @@ class FakeEndpoint:
 class FakeCluster:
     """Nodes 1..n at C{10.0.0.N:7070}; node 1 is the controller."""
 
-    def __init__(self, clock: Any, nodes: int = 3, hints: bool = True) -> None:
+    def __init__(self, clock: Any, nodes: int = 3, hints: bool = True, addresses: list[str] | None = None) -> None:
         self.clock = clock
-        self.nodes = {i: FakeNode(self, i, f"10.0.0.{i}:7070") for i in range(1, nodes + 1)}
+        addresses = addresses or [f"10.0.0.{i}:7070" for i in range(1, nodes + 1)]
+        self.nodes = {i: FakeNode(self, i, addresses[i - 1]) for i in range(1, nodes + 1)}
         self.controller: int | None = 1
         self.topics: dict[str, list[FakePartition]] = {}
         #: NOT_LEADER answers carry the leader's id, address and term.

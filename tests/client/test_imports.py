@@ -29,6 +29,15 @@ def test_importing_the_client_loads_no_broker_storage_protocol_or_raft():
     assert server_side(modules) == []
 
 
+def test_using_every_public_name_of_the_client_loads_no_server_module():
+    modules = loaded_after(
+        "import streamlog.client as c\n"
+        "for name in c.__all__: getattr(c, name)\n"
+        "import streamlog.client.positions, streamlog.client.requests, streamlog.wire")
+    assert "streamlog.client.connection" in modules and "streamlog.wire" in modules
+    assert server_side(modules) == []
+
+
 def test_the_blocking_client_and_the_cli_load_no_twisted():
     modules = loaded_after("from streamlog.client import BlockingClient\nimport streamlog.cli\n"
                            "streamlog.cli.build_parser()")
