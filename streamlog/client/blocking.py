@@ -42,6 +42,15 @@ from streamlog.client.requests import MAX_ANSWER_BYTES
 ROUTED_ATTEMPTS = 4
 
 
+def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogError:
+    """The error when no address of the bootstrap list answered: the one error, or all of them."""
+    if len(failed) == 1:
+        return failed[0]
+    error = type(failed[-1])("no server answered: " + "; ".join(e.message for e in failed),
+                             **failed[-1].details)
+    return error
+
+
 class _NoAnswerYet(Exception):
     """No answer within the time given (not an error)."""
 
@@ -259,16 +268,15 @@ class BlockingClient:
         for node in self._nodes.values():
             if node.sock is not None:
                 return node
-        last: errors.StreamlogError | None = None
-        for address in [*self.bootstrap, *self.view.addresses()]:
+        failed: list[errors.StreamlogError] = []
+        for address in dict.fromkeys([*self.bootstrap, *self.view.addresses()]):
             node = self._node(address)
             try:
                 node.connect()
                 return node
             except (errors.ConnectionLost, errors.Timeout) as e:
-                last = e
-        assert last is not None
-        raise last
+                failed.append(e)
+        raise _none_reachable(failed)
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
              expect_answer: bool = True) -> Any:
@@ -280,8 +288,8 @@ class BlockingClient:
 
     def _learn(self, topic: str | None = None) -> None:
         """Ask a node for the metadata (of C{topic} too); a node without Metadata is the only node."""
-        last: errors.StreamlogError | None = None
-        for address in [*self.view.addresses(), *self.bootstrap]:
+        failed: list[errors.StreamlogError] = []
+        for address in dict.fromkeys([*self.view.addresses(), *self.bootstrap]):
             node = self._node(address)
             try:
                 result = self._call_at(node, "Metadata", {"topics": [topic] if topic else []})
@@ -289,12 +297,11 @@ class BlockingClient:
                 self.view.use_single_node(address_key(address), time.monotonic())
                 return
             except (errors.ConnectionLost, errors.Timeout) as e:
-                last = e
+                failed.append(e)
                 continue
             self.view.apply(MetadataAnswer.parse(result), [topic] if topic else [], time.monotonic())
             return
-        assert last is not None
-        raise last
+        raise _none_reachable(failed)
 
     def _topic(self, topic: str) -> TopicInfo | None:
         """The topic's partitions, when the client routes (None on a single node: it places messages itself)."""

@@ -479,6 +479,7 @@ class ClusterClient:
                     self._log.info("{address} has no Metadata method (a streamlog node before clusters): "
                                    "it leads every partition", address=node.address)
                 self.view.use_single_node(key, self.clock.seconds())
+                self._after_cluster_fetch(set())  # the other bootstrap addresses are not needed
                 self._node_ok(key)
                 self._fetched(self.view)
                 return
