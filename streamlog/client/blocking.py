@@ -61,7 +61,8 @@ class _NodeSocket:
     def __init__(self, address: Any, timeout: float | None) -> None:
         kind, where = parse_target(address)
         self.unix_path: str | None = where if kind == "unix" else None
-        self.host, self.port = (None, None) if kind == "unix" else where
+        self.host: str | None = None if kind == "unix" else where[0]
+        self.port: int | None = None if kind == "unix" else where[1]
         #: The server as messages name it.
         self.address = f"unix:{where}" if kind == "unix" else describe_address(where)
         self.timeout = timeout
@@ -402,7 +403,7 @@ class BlockingClient:
         routed = isinstance(topic, str) and isinstance(partition, int) and method in ("Poll", "ListOffsets")
         if routed and not self.view.known:
             self._learn(topic)
-        node = self._leader(topic, partition) if routed else self._any_node()
+        node = self._leader(str(topic), int(partition)) if routed else self._any_node()
         rid = self._next_id
         self._next_id += 1
         node.write(rid, method, params, self.timeout)
@@ -411,7 +412,7 @@ class BlockingClient:
                                           partition if routed else None)
         return rid
 
-    def next_answer(self, timeout: float | None) -> tuple[int, Any] | None:
+    def next_answer(self, timeout: float | None) -> tuple[Any, Any] | None:
         """The next answer to a L{submit}ted request: C{(id, result)}, or C{(id, error)} with the
         L{errors.StreamlogError} as the value (not raised); None if none came within C{timeout}.
 
@@ -439,7 +440,7 @@ class BlockingClient:
                 live = [n for n in nodes if n.sock is not None]
                 if not live:
                     raise errors.ConnectionLost("the connections of the submitted requests are closed")
-                readable, _, _ = select.select([n.sock for n in live], [], [], remaining)
+                readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], remaining)
                 if not readable:
                     return None
                 for node in live:
@@ -457,8 +458,8 @@ class BlockingClient:
                             return submitted.rid, e
                 continue
 
-    def _submitted_answer(self, node: _NodeSocket, answer: dict[str, Any]) -> tuple[int, Any] | None:
-        rid = answer.get("id")
+    def _submitted_answer(self, node: _NodeSocket, answer: dict[str, Any]) -> tuple[Any, Any] | None:
+        rid: Any = answer.get("id")
         error = answer.get("error")
         if rid is None and isinstance(error, dict):
             raise errors.from_wire(error)

@@ -738,7 +738,8 @@ class ClusterClient:
             if failures:
                 return failures[0]
             return None
-        appended, failure = [], None
+        appended: list[dict[str, Any]] = []
+        failure: Failure | None = None
         merged: dict[str, Any] = {"topic": topic}
         for ok, result in outcomes:
             if not ok:

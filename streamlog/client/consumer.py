@@ -76,7 +76,7 @@ class Consumer:
                  max_bytes: int | None = None, max_wait_ms: int = 1000, prefetch: bool = True,
                  timeout: float | None = None) -> None:
         self.start = positions.parse_start(start)  # ValueError for anything else
-        self.client = as_cluster_client(client) if client is not None else None
+        self.client: Any = as_cluster_client(client) if client is not None else None
         self.timeout = timeout
         #: The kind of trouble last logged (None: all is well), so that it is logged once.
         self.trouble: str | None = None
@@ -279,7 +279,7 @@ class TopicConsumer:
         self.start = positions.parse_start(start)
         self.client = as_cluster_client(client)
         self.topic = topic
-        self._options = {"start": self.start, "max_messages": max_messages, "max_bytes": max_bytes,
+        self._options: dict[str, Any] = {"start": self.start, "max_messages": max_messages, "max_bytes": max_bytes,
                          "max_wait_ms": max_wait_ms, "prefetch": prefetch, "timeout": timeout}
         self.consumers: dict[int, Consumer] = {}
         self._wanted = partitions

@@ -128,3 +128,22 @@ def test_the_consumer_daemon_follows_a_moving_leader_and_prints_each_message_onc
         assert [m["offset"] for m in got if m["partition"] == p] == list(range(30))
     svc.stopService()
     run_for(clock, cluster, 1.0)
+
+
+def test_the_consumer_daemon_reads_partitions_that_appear_later(clock, cluster, client):
+    cluster.create_topic("t", 1)
+    captured = Captured()
+    svc = consumer_tap.ConsumerService(options(consumer_tap, "-t", "t", "--interval", "0.1"), client=client,
+                                       clock=clock, out=LineOutput(-1, "test", write=captured.write),
+                                       on_finish=lambda status: None)
+    svc.startService()
+    run_until(clock, cluster, lambda: svc.readers is not None)
+    assert sorted(svc.readers) == [0]
+    cluster.create_topic("t", 3)  # re-created with more partitions
+    cluster.topics["t"][2].records.append({"offset": 0, "timestamp": 1, "key": None, "value": "new", "headers": {}})
+    refreshed = client.refresh_metadata()
+    run_until(clock, cluster, lambda: refreshed.called)
+    run_until(clock, cluster, lambda: [m for m in captured.lines() if m["partition"] == 2])
+    assert sorted(svc.readers) == [0, 1, 2]
+    svc.stopService()
+    run_for(clock, cluster, 1.0)
