@@ -57,6 +57,7 @@ from streamlog import errors
 from streamlog.client import requests, retry
 from streamlog.client.cluster import ClusterClient, as_cluster_client
 from streamlog.client.metadata import TopicInfo
+from streamlog.partitioner import partition_for_key
 
 #: Longest SendBatch request line, by default: the server's --max-line-bytes default.
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
@@ -140,11 +141,14 @@ class _Unplaced:
 
 
 class _TopicState:
-    __slots__ = ("topic", "info", "queues", "unplaced", "looking", "unrouted", "failures", "timer")
+    __slots__ = ("topic", "info", "queues", "unplaced", "looking", "unrouted", "failures", "timer",
+                 "key_partitions")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.info: TopicInfo | None = None
+        #: key -> partition, for the partition count of C{info} (murmur2 in Python costs more than a send).
+        self.key_partitions: dict[str, int] = {}
         self.queues: dict[int, _PartitionQueue] = {}
         self.unplaced: deque[_Unplaced] = deque()
         self.looking = False
@@ -154,6 +158,22 @@ class _TopicState:
 
 
 _REQUEUED = object()
+
+#: Keys whose partition a topic remembers at most (then it starts again).
+KEY_CACHE_SIZE = 65536
+
+_UNKEYED = b'{"value":%b,"partition":%d}'
+_KEYED = b'{"value":%b,"key":%b,"partition":%d}'
+
+
+def _encode(value: Any, key: str | None, partition: int, headers: dict[str, str] | None) -> bytes:
+    """One message of a SendBatch, as JSON: a template around the value, as the server's records are
+    (the same bytes as dumping the message's dict, at half the cost)."""
+    if headers:
+        return orjson.dumps(requests.message(value, key, partition, headers))
+    if key is None:
+        return _UNKEYED % (orjson.dumps(value), partition)
+    return _KEYED % (orjson.dumps(value), orjson.dumps(key), partition)
 
 
 class Producer:
@@ -231,7 +251,7 @@ class Producer:
             state = self._topics[topic] = _TopicState(topic)
         info = state.info
         seq = self._seq
-        self._seq += 1
+        self._seq = seq + 1
         budget = self.max_request_bytes - REQUEST_OVERHEAD - len(topic)
         if info is None:
             encoded = orjson.dumps(requests.message(value, key, partition, headers))
@@ -243,22 +263,35 @@ class Producer:
             self._pending += 1
             self._lookup(state)
             return d
-        try:
-            chosen = self._partitioner.choose(topic, info.count, key, partition)
-        except errors.StreamlogError as e:
-            return fail(e)
-        encoded = orjson.dumps(requests.message(value, key, chosen, headers))
+        # The hot path: a few operations per message (see the module docstring of partitioning).
+        if partition is not None:
+            if not 0 <= partition < info.count:
+                return fail(errors.UnknownPartition(
+                    f"topic {topic!r} has {info.count} partition(s), not {partition}",
+                    topic=topic, partitions=info.count))
+            chosen = partition
+        elif key is not None:
+            chosen = state.key_partitions.get(key)  # type: ignore[assignment]
+            if chosen is None:
+                chosen = partition_for_key(key, info.count)
+                if len(state.key_partitions) >= KEY_CACHE_SIZE:
+                    state.key_partitions.clear()
+                state.key_partitions[key] = chosen
+        else:
+            chosen = self._partitioner.sticky(topic, info.count)
+        encoded = _encode(value, key, chosen, headers)
         if len(encoded) > budget:
             return fail(self._too_large(len(encoded), budget))
-        return self._add(state, chosen, encoded, acks, seq, self.clock.seconds() + self.delivery_timeout)
-
+        return self._add(state, chosen, encoded, acks, seq, None)
     def _too_large(self, size: int, budget: int) -> errors.MessageTooLarge:
         return errors.MessageTooLarge(
             f"message of {size} bytes (encoded) does not fit in a request of "
             f"max_request_bytes={self.max_request_bytes}", limit=budget, size=size)
 
-    def _add(self, state: _TopicState, partition: int, encoded: bytes, acks: str, seq: int, deadline: float,
-             d: Deferred | None = None) -> Deferred:
+    def _add(self, state: _TopicState, partition: int, encoded: bytes, acks: str, seq: int,
+             deadline: float | None, d: Deferred | None = None) -> Deferred:
+        """Add one encoded message to its partition's open batch (C{deadline}: its delivery
+        deadline, None for "now + delivery_timeout", only looked at when it starts a batch)."""
         queue = state.queues.get(partition)
         if queue is None:
             queue = state.queues[partition] = _PartitionQueue(state.topic, partition)
@@ -268,6 +301,8 @@ class Producer:
             self._seal(queue)  # another acks (order is kept across them), or full by bytes
             batch = None
         if batch is None:
+            if deadline is None:
+                deadline = self.clock.seconds() + self.delivery_timeout
             batch = queue.open = _Batch(state.topic, partition, acks, deadline, seq)
             self._unsettled.add(batch)
         elif seq < batch.min_seq:
@@ -396,6 +431,8 @@ class Producer:
             self._retry_later(queue, batch, error)
         else:
             self._fail_batch(batch, error)
+            if isinstance(error, (errors.UnknownTopic, errors.UnknownPartition)):
+                self._forget_topic(queue.topic)  # deleted, or re-created otherwise: learn it again
         if not queue.in_flight:
             queue.node = None
             queue.draining = False
@@ -549,6 +586,13 @@ class Producer:
 
     # --- topics the metadata does not know yet ----------------------------------------------------
 
+    def _forget_topic(self, topic: str) -> None:
+        state = self._topics.get(topic)
+        if state is not None:
+            state.info = None
+            state.key_partitions.clear()
+        self.client.view.forget_topic(topic)  # the client's cached partitions are as stale
+
     def _lookup(self, state: _TopicState) -> None:
         if state.looking or state.unrouted is not None or state.timer is not None or self._closed is not None:
             return
@@ -560,6 +604,8 @@ class Producer:
     def _found(self, info: TopicInfo, state: _TopicState) -> None:
         state.looking = False
         state.failures = 0
+        if state.info is None or state.info.count != info.count:
+            state.key_partitions.clear()
         state.info = info
         unplaced, state.unplaced = state.unplaced, deque()
         for m in unplaced:
@@ -575,8 +621,8 @@ class Producer:
                 self._pending -= 1
                 m.deferred.errback(e)
                 continue
-            encoded = orjson.dumps(requests.message(m.value, m.key, chosen, m.headers))
-            self._add(state, chosen, encoded, m.acks, m.seq, m.deadline, m.deferred)
+            self._add(state, chosen, _encode(m.value, m.key, chosen, m.headers), m.acks, m.seq, m.deadline,
+                      m.deferred)
         self._check_flushes()
         self._pump()
 

@@ -328,3 +328,26 @@ def test_a_batch_behind_a_failed_one_that_was_never_written_is_taken_back(clock,
     d = client.close()
     cluster.pump()
     result_of(d)
+
+
+def test_a_topic_re_created_with_more_partitions_is_learnt_again(clock, cluster, client):
+    cluster.create_topic("t", 2)
+    producer = Producer(client, linger_ms=1)
+    first = [producer.send("t", {"n": i}, key=f"k{i}") for i in range(20)]
+    run_until(clock, cluster, lambda: all(d.called for d in first))
+    acked(first)
+    del cluster.topics["t"]
+    cluster.create_topic("t", 5)  # the same name, more partitions
+    lost = [producer.send("t", {"n": i}, partition=4) for i in range(3)]  # partition 4: unknown to the old info
+    assert all(isinstance(r, Failure) and r.check(errors.UnknownPartition) for r in results(lost))
+    leader = cluster.nodes[cluster.topics["t"][1].leader]
+    leader.faults["SendBatch"] = lambda params: errors.UnknownPartition("not that topic any more", topic="t",
+                                                                        partitions=5)
+    refused = producer.send("t", {"n": 0}, partition=1)  # the server refuses: the Producer learns it again
+    run_until(clock, cluster, lambda: refused.called)
+    assert isinstance(results([refused])[0], Failure)
+    leader.faults.clear()
+    later = [producer.send("t", {"n": i}, key=f"k{i}") for i in range(20)]
+    run_until(clock, cluster, lambda: all(d.called for d in later))
+    for i, (partition, _) in enumerate(acked(later)):
+        assert partition == partition_for_key(f"k{i}", 5)
