@@ -351,3 +351,16 @@ def test_a_topic_re_created_with_more_partitions_is_learnt_again(clock, cluster,
     run_until(clock, cluster, lambda: all(d.called for d in later))
     for i, (partition, _) in enumerate(acked(later)):
         assert partition == partition_for_key(f"k{i}", 5)
+
+
+@pytest.mark.parametrize("value, key, headers", [
+    ("x" * 10, None, None), ({"a": [1, 2.5, None]}, "k\u00e9\"\\", None), (None, "", None),
+    ([], "u", {"h": "v"}), ("\u2028", None, {}),
+])
+def test_messages_are_encoded_as_their_dicts_would_be(value, key, headers):
+    import orjson
+
+    from streamlog.client import requests
+    from streamlog.client.producer import _encode
+
+    assert _encode(value, key, 7, headers) == orjson.dumps(requests.message(value, key, 7, headers))
