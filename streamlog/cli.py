@@ -42,8 +42,9 @@ import orjson
 import streamlog
 from streamlog import errors
 from streamlog.client import positions, requests
+from streamlog.client.addresses import check_bootstrap
 from streamlog.client.blocking import BlockingClient
-from streamlog.client.connection import backoff_policy, parse_target
+from streamlog.client.retry import backoff_policy
 from streamlog.tap.output import output_closed
 
 DEFAULT_CONNECT = "127.0.0.1:7070"
@@ -56,7 +57,7 @@ EXIT_BROKEN_PIPE = 141
 
 
 def make_client(args: argparse.Namespace) -> BlockingClient:
-    """The blocking client for C{--connect} and C{--timeout}."""
+    """The blocking client for C{--connect} (one address or a bootstrap list) and C{--timeout}."""
     return BlockingClient(args.connect, timeout=args.timeout)
 
 
@@ -72,8 +73,9 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     C{$STREAMLOG_CONNECT}, else L{DEFAULT_CONNECT}) and notes where it came from.
     """
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--connect", "-c", metavar="ADDR", default=d(None),
-                        help=f"server address: HOST:PORT, tcp:HOST:PORT or unix:/path/to/socket "
+    parser.add_argument("--connect", "-c", metavar="ADDR[,ADDR...]", default=d(None),
+                        help=f"server address: HOST:PORT, tcp:HOST:PORT or unix:/path/to/socket, or several "
+                             f"separated by commas (a cluster's bootstrap list) "
                              f"(default: $STREAMLOG_CONNECT, else {DEFAULT_CONNECT})")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable JSON output")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=d(30.0),
@@ -506,10 +508,11 @@ def register_ping(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_ping(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         result = client.ping()
+        answered = client.answered_by
     if args.json:
         emit_json(result)
     else:
-        print(f"pong from {args.connect} (version {result.get('version')})")
+        print(f"pong from {answered} (version {result.get('version')})")
     return EXIT_OK
 
 
@@ -614,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         usage_of.error(f"unrecognized arguments: {' '.join(extras)}")
     resolve_connect(args)
     try:
-        parse_target(args.connect)
+        check_bootstrap(args.connect, blocking=True)
     except ValueError as e:
         where = "" if args.connect_from in (None, "--connect") else f" (from {args.connect_from})"
         usage_of.error(f"--connect{where}: {e}")

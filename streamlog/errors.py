@@ -165,9 +165,29 @@ class ShuttingDown(StreamlogError):
 
 
 class NotLeader(StreamlogError):
-    """This node does not lead the partition; C{leader} in the details hints who does."""
+    """This node does not lead the partition (cluster).
+
+    Details: C{topic}, C{partition}, C{leader} (node id, or None when this
+    node does not know), C{leader_address} (C{host:port} or None) and
+    C{leader_term}: where to ask again.  Retriable.
+    """
 
     code = "NOT_LEADER"
+
+
+class LeaderNotAvailable(StreamlogError):
+    """The partition has no leader right now (an election is in progress): retry shortly (cluster)."""
+
+    code = "LEADER_NOT_AVAILABLE"
+
+
+class NotController(StreamlogError):
+    """Topic administration reached a node that is not the controller and could not forward it (cluster).
+
+    Details: C{controller} (node id or None) and C{controller_address}: where to ask again.
+    """
+
+    code = "NOT_CONTROLLER"
 
 
 class Timeout(StreamlogError):
@@ -182,6 +202,18 @@ class ConnectionLost(StreamlogError):
     code = "CONNECTION_LOST"
 
 
+class DeliveryTimeout(Timeout):
+    """A message or request was retried until its delivery timeout passed (client side only).
+
+    Details: C{timeout} (seconds), C{attempts}, C{last_error} (the wire
+    error of the last attempt, C{{code, message, ...}}, or None if none was
+    made) and C{sent} (False when no attempt was ever written: nothing of it
+    can have been appended).  A subclass of L{Timeout}.
+    """
+
+    code = "DELIVERY_TIMEOUT"
+
+
 #: code -> class, for turning a wire error back into an exception.
 BY_CODE: dict[str, type[StreamlogError]] = {
     cls.code: cls
@@ -190,7 +222,8 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         LineTooLong, MessageTooLarge, BatchTooLarge, KeyTooLarge, InvalidTopic, UnknownTopic, TopicExists,
         UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, TooManyPartitions,
         TooManyOpenFiles, PartitionUnavailable,
-        StorageError, ShuttingDown, NotLeader, Timeout, ConnectionLost,
+        StorageError, ShuttingDown, NotLeader, LeaderNotAvailable, NotController, Timeout, ConnectionLost,
+        DeliveryTimeout,
     ]
 }
 

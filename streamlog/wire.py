@@ -22,7 +22,7 @@ import attrs
 import orjson
 
 from streamlog import errors
-from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import TopicConfig
 
 #: Largest offset/number the protocol accepts (signed 64-bit, as Kafka).
 MAX_INT64 = 2**63 - 1

@@ -66,8 +66,11 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
                         "batch: StreamlogClient.send_batch() with a prepared list (the lean loop)")
     # dest differs from the streamlog CLI's global --connect: without any address
     # (here, before "bench", or $STREAMLOG_CONNECT) the bench starts its own server.
-    p.add_argument("--connect", "-c", dest="bench_connect", default=None,
-                   help="use this server (HOST:PORT, tcp:HOST:PORT or unix:/path) instead of starting one; "
+    p.add_argument("--keys", type=int, default=0,
+                   help="produce: give the messages keys, cycling through this many distinct ones (0: no keys)")
+    p.add_argument("--connect", "-c", dest="bench_connect", default=None, metavar="ADDR[,ADDR...]",
+                   help="use this server (HOST:PORT, tcp:HOST:PORT or unix:/path), or the cluster of this "
+                        "bootstrap list (addresses separated by commas), instead of starting one; "
                         "so do streamlog's --connect before 'bench' and $STREAMLOG_CONNECT")
     p.add_argument("--storage", choices=("segmented", "memory"), default="segmented",
                    help="storage of the server the bench starts")

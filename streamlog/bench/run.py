@@ -20,14 +20,16 @@ MAX_POLL_BYTES = 16 * 1024 * 1024
 
 
 def _endpoint(connect: str) -> tuple[str, Any]:
-    """The endpoint string for the load processes and the address for the blocking client."""
-    from streamlog.client.connection import parse_target
+    """The bootstrap list for the load processes (endpoint strings, joined by commas) and for the
+    blocking client; one address or several (a cluster)."""
+    from streamlog.client.addresses import check_bootstrap, parse_target
 
-    kind, where = parse_target(connect)
-    if kind == "unix":
-        return f"unix:{where}", f"unix:{where}"
-    host, port = where
-    return f"tcp:{host}:{port}", (host, port)
+    endpoints = []
+    for item in check_bootstrap(connect, blocking=True):
+        kind, where = parse_target(item)
+        endpoints.append(f"unix:{where}" if kind == "unix" else f"tcp:{where[0]}:{where[1]}")
+    joined = ",".join(endpoints)
+    return joined, joined
 
 
 class _Phase:
@@ -244,7 +246,7 @@ def _base_cfg(args: Any, endpoint: str, topic: str) -> dict[str, Any]:
     return {"endpoint": endpoint, "topic": topic, "size": args.size, "batch": args.batch, "acks": args.acks,
             "in_flight": args.in_flight, "linger_ms": args.linger_ms, "client": args.client,
             "max_seconds": args.max_seconds, "request_timeout": max(30.0, args.max_seconds),
-            "gc_threshold": client_gc_threshold(args)}
+            "gc_threshold": client_gc_threshold(args), "keys": getattr(args, "keys", 0) or 0}
 
 
 def client_gc_threshold(args: Any) -> int:
@@ -319,6 +321,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
     result: dict[str, Any] = {
         "tool": "streamlog bench", "workload": args.workload, "size": args.size, "batch": args.batch,
         "acks": args.acks, "partitions": args.partitions, "client": args.client, "in_flight": args.in_flight,
+        "keys": getattr(args, "keys", 0) or 0,
         "linger_ms": args.linger_ms, "server": _server_info(args, server), "topic": topic, "warnings": [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": args.label,
         # The machine may be shared: the 1-minute load average before the run says how busy it was.
@@ -330,6 +333,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         n = args.messages
         results = _produce_phase(args, endpoint, topic, n, "produce", profiler, server_pid)
         done = sum(r["acked"] for r in results)
+        result["requests"] = sum(r.get("requests", 0) for r in results)
         result.update(messages=done, requested=n, processes=args.producers,
                       **_durability(results),
                       latency_ms=stats.summarize(x for r in results for x in r["lat_ms"]),

@@ -45,7 +45,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"streamlog bench {w}: {fmt_int(result['messages'])} msgs x {result['size']} B, "
         f"batch {result['batch']}, acks={result['acks']}, {result['partitions']} partition(s), "
-        f"{result['processes']} {'producer' if w != 'consume' else 'consumer'} process(es), client={client}",
+        f"{result['processes']} {'producer' if w != 'consume' else 'consumer'} process(es), client={client}"
+        + (f", {fmt_int(result['keys'])} distinct keys" if result.get("keys") else "")
+        + (f", {fmt_int(result['requests'])} SendBatch requests" if result.get("requests") else ""),
         f"server: {srv['origin']}, storage={srv['storage']}, fsync={srv['fsync']}, "
         f"replication factor {srv['replication_factor']}; answers said durability={result.get('durability')} "
         f"(to acks={result.get('durability_probe_acks')}); load processes' GC threshold "

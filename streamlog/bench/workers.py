@@ -63,9 +63,10 @@ def _run(body: Any, cfg: dict[str, Any], *extra: Any) -> dict[str, Any]:
 
 
 def _client(reactor: Any, cfg: dict[str, Any]) -> Any:
-    from streamlog.client import StreamlogClient
+    from streamlog.client import ClusterClient
 
-    return StreamlogClient(cfg["endpoint"], reactor=reactor, request_timeout=cfg["request_timeout"])
+    # cfg["endpoint"]: one endpoint string, or a cluster's bootstrap list of them (comma-separated).
+    return ClusterClient(cfg["endpoint"], reactor=reactor, request_timeout=cfg["request_timeout"])
 
 
 async def _connect(reactor: Any, cfg: dict[str, Any]) -> Any:
@@ -95,7 +96,13 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     topic, acks, mode = cfg["topic"], cfg["acks"], cfg["client"]
     n, batch, window = cfg["messages"], cfg["batch"], cfg["in_flight"]
     value = "x" * cfg["size"]
-    template = [{"value": value} for _ in range(batch)]
+    keys = [f"key-{k}" for k in range(cfg.get("keys") or 0)]
+    if keys:  # each batch cycles on through the keys
+        templates = [[{"value": value, "key": keys[(b * batch + i) % len(keys)]} for i in range(batch)]
+                     for b in range(max(1, min(len(keys), 64)))]
+    else:
+        templates = [[{"value": value} for _ in range(batch)]]
+    template = templates[0]
     # Warm-up on a topic of its own: learns the durability the server answers with.
     # (acks=none gets no answer: its probe asks with acks=all.)
     probe = await client.send_batch(cfg["topic"] + "-warmup", template[:10],
@@ -141,11 +148,16 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
                         break
                     k = min(batch, n - st["sent"])
                     t0 = now()
-                    if producer is not None:
+                    if producer is not None and keys:
+                        first = st["sent"]
+                        for i in range(k):
+                            d = producer.send(topic, value, key=keys[(first + i) % len(keys)])
+                    elif producer is not None:
                         for _ in range(k):
                             d = producer.send(topic, value)
                     else:
-                        d = client.send_batch(topic, template if k == batch else template[:k], acks=acks)
+                        chosen = templates[(st["sent"] // batch) % len(templates)]
+                        d = client.send_batch(topic, chosen if k == batch else chosen[:k], acks=acks)
                     st["inflight"] += 1
                     st["sent"] += k
                     d.addCallbacks(acked, failed, callbackArgs=(t0, k))
@@ -158,11 +170,14 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
 
     fill()
     await done
+    if producer is not None:
+        await producer.flush()  # keyed messages of a "batch" may sit in other partitions' requests
     if acks == "none":
         await client.ping()  # answered after every earlier request on this connection was handled
     t_end = now()
     out.update(cpu_s=time.process_time() - cpu0, sent=st["sent"], acked=st["acked"], t_start=t_start, t_end=t_end, lat_ms=lat,
-               what="per-batch ack latency: first send of a batch to its acknowledgement")
+               what="per-batch ack latency: first send of a batch to its acknowledgement",
+               requests=producer.requests_sent if producer is not None else -(-st["sent"] // batch))
     await client.close()
 
 

@@ -1,10 +1,20 @@
-"""A small blocking client over a plain socket: no reactor, for scripts and tests.
+"""A small blocking client over plain sockets: no reactor, for scripts, tests and the CLI.
 
 Same methods and same typed errors (L{streamlog.errors}) as the Twisted
-client; one request at a time (no pipelining), each bounded by C{timeout}.
-It connects lazily, and reconnects on the next call after the connection
-was lost (a request in flight when that happens fails with
-L{errors.ConnectionLost}; a retried Send may duplicate).
+clients; one request at a time per call (no pipelining, except through
+L{BlockingClient.submit}), each bounded by C{timeout}.
+
+It takes one address or a bootstrap list (C{"h1:7071,h2:7072"}).  On first
+need it asks a node for the cluster's C{Metadata} (a server without that
+method is the single node leading everything, as before clusters) and sends
+partition requests (C{Send}, C{SendBatch}, C{Poll}, C{ListOffsets}) to the
+partition's leader, choosing partitions as the server would (murmur2 of the
+key); topic administration goes to the controller.  A C{NOT_LEADER} answer
+is asked again where its hint points (or after fetching the metadata again),
+a few times, within the timeout.  One socket per node, opened when first
+needed, again on the next call after it was lost (a request in flight when
+that happens fails with L{errors.ConnectionLost}; a retried Send may
+duplicate).
 
     with BlockingClient("127.0.0.1:7070") as c:
         c.create_topic("events", partitions=3)
@@ -14,6 +24,7 @@ L{errors.ConnectionLost}; a retried Send may duplicate).
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from typing import Any
@@ -22,33 +33,44 @@ import orjson
 
 from streamlog import errors, wire
 from streamlog.client import requests
-from streamlog.client.connection import DEFAULT_ADDRESS, MAX_ANSWER_BYTES, describe_address, parse_target
+from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_bootstrap, describe_address, parse_target
+from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
+from streamlog.client.partitioning import Partitioner
+from streamlog.client.requests import MAX_ANSWER_BYTES
+
+#: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
+ROUTED_ATTEMPTS = 4
+
+
+def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogError:
+    """The error when no address of the bootstrap list answered: the one error, or all of them."""
+    if len(failed) == 1:
+        return failed[0]
+    error = type(failed[-1])("no server answered: " + "; ".join(e.message for e in failed),
+                             **failed[-1].details)
+    return error
 
 
 class _NoAnswerYet(Exception):
-    """No answer within the time given to L{BlockingClient.next_answer} (not an error)."""
+    """No answer within the time given (not an error)."""
 
 
-class BlockingClient:
-    """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"}, C{(host, port)} or C{"unix:/path"}.
-    @param timeout: seconds for connecting and for each answer (None: forever).
-    """
+class _NodeSocket:
+    """One node's socket: connect on demand, write request lines, read answer lines."""
 
-    def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: Any, timeout: float | None) -> None:
         kind, where = parse_target(address)
         self.unix_path: str | None = where if kind == "unix" else None
-        self.host, self.port = (None, None) if kind == "unix" else where
+        self.host: str | None = None if kind == "unix" else where[0]
+        self.port: int | None = None if kind == "unix" else where[1]
         #: The server as messages name it.
         self.address = f"unix:{where}" if kind == "unix" else describe_address(where)
         self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._buffer = b""
-        self._next_id = 1
-
-    # --- connection ------------------------------------------------------------------
+        self.sock: socket.socket | None = None
+        self.buffer = b""
 
     def connect(self) -> None:
-        if self._sock is not None:
+        if self.sock is not None:
             return
         try:
             if self.unix_path is not None:
@@ -63,21 +85,153 @@ class BlockingClient:
                 sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except TimeoutError:
-            raise errors.Timeout(f"connecting to {self.address} timed out") from None
+            raise errors.Timeout(f"connecting to {self.address} timed out", sent=False) from None
         except OSError as e:
             raise errors.ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}",
-                                        address=self.address) from None
-        self._sock = sock
-        self._buffer = b""
+                                        address=self.address, sent=False) from None
+        self.sock = sock
+        self.buffer = b""
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        self._buffer = b""
+        sock, self.sock = self.sock, None
+        self.buffer = b""
         if sock is not None:
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def write(self, rid: int, method: str, params: dict[str, Any], timeout: float | None) -> None:
+        self.connect()
+        assert self.sock is not None
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall(wire.encode_request(rid, method, params))
+        except TimeoutError:
+            self.close()
+            raise errors.Timeout(f"sending {method} to {self.address} timed out", method=method) from None
+        except OSError as e:
+            self.close()
+            raise errors.ConnectionLost(f"connection to {self.address} lost sending {method}: {e}",
+                                        method=method) from None
+
+    def buffered_answer(self, method: str) -> dict[str, Any] | None:
+        """The next complete answer already received, if there is one."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > MAX_ANSWER_BYTES:
+                    self.close()
+                    raise errors.LineTooLong(f"an answer line is longer than {MAX_ANSWER_BYTES} bytes")
+                return None
+            line, self.buffer = self.buffer[:end], self.buffer[end + 1:]
+            try:
+                answer = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                self.close()
+                raise errors.ParseError(f"{self.address} sent invalid JSON: {e}") from None
+            if isinstance(answer, dict):
+                return answer
+
+    def receive(self, method: str, timeout: float | None) -> None:
+        """Read what arrives within C{timeout} into the buffer (L{_NoAnswerYet} if nothing does)."""
+        assert self.sock is not None
+        try:
+            self.sock.settimeout(timeout)
+            data = self.sock.recv(1 << 20)
+        except TimeoutError:
+            raise _NoAnswerYet() from None
+        except OSError as e:
+            self.close()
+            raise errors.ConnectionLost(f"connection to {self.address} lost waiting for {method}: {e}",
+                                        method=method) from None
+        if not data:
+            self.close()
+            raise errors.ConnectionLost(f"{self.address} closed the connection before answering {method}",
+                                        method=method)
+        self.buffer += data
+
+    def read_answer(self, method: str, deadline: float | None, close_on_timeout: bool = True) -> dict[str, Any]:
+        while True:
+            answer = self.buffered_answer(method)
+            if answer is not None:
+                return answer
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                if not close_on_timeout:
+                    raise _NoAnswerYet()
+                self.close()  # the answer may still come: the stream is out of step
+                raise errors.Timeout(f"no answer to {method} from {self.address} in time", method=method)
+            try:
+                self.receive(method, remaining)
+            except _NoAnswerYet:
+                if not close_on_timeout:
+                    raise
+                self.close()
+                raise errors.Timeout(f"no answer to {method} from {self.address} in time", method=method) from None
+
+
+class _Submitted:
+    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition")
+
+    def __init__(self, method: str, params: dict[str, Any], node: _NodeSocket, rid: int,
+                 topic: str | None, partition: int | None) -> None:
+        self.method = method
+        self.params = params
+        self.node = node
+        self.rid = rid
+        self.attempts = 1
+        self.topic = topic
+        self.partition = partition
+
+
+class BlockingClient:
+    """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"}, C{(host, port)} or C{"unix:/path"}, or a
+        bootstrap list of them (a list, or one string separated by commas).
+    @param timeout: seconds for connecting and for each answer (None: forever).
+    """
+
+    def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
+        self.bootstrap = check_bootstrap(address, blocking=True)
+        self.timeout = timeout
+        self._nodes: dict[str, _NodeSocket] = {}
+        first = self._node(self.bootstrap[0])
+        #: The (first) server as messages name it.
+        self.address = first.address
+        #: What the client learnt of the cluster (filled on first need).
+        self.view = ClusterView()
+        self._partitioner = Partitioner()
+        self._next_id = 1
+        self._last: _NodeSocket = first
+        self._submitted: dict[int, _Submitted] = {}
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def _node(self, address: Any) -> _NodeSocket:
+        key = address_key(address)
+        node = self._nodes.get(key)
+        if node is None:
+            node = self._nodes[key] = _NodeSocket(address, self.timeout)
+        return node
+
+    @property
+    def answered_by(self) -> str:
+        """The address of the node the last request went to."""
+        return self._last.address
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        """The socket used last (for tests that cut it)."""
+        return self._last.sock
+
+    def connect(self) -> None:
+        """Connect to the first bootstrap address (the other connections open when needed)."""
+        self._node(self.bootstrap[0]).connect()
+
+    def close(self) -> None:
+        for node in self._nodes.values():
+            node.close()
+        self._submitted.clear()
 
     def __enter__(self) -> BlockingClient:
         return self
@@ -85,31 +239,21 @@ class BlockingClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # --- requests ------------------------------------------------------------------
+    # --- one request at one node ----------------------------------------------------------
 
-    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
-             expect_answer: bool = True) -> Any:
-        """Send one request and wait for its answer; returns C{result} or raises a L{errors.StreamlogError}."""
-        self.connect()
-        assert self._sock is not None
+    def _call_at(self, node: _NodeSocket, method: str, params: dict[str, Any], timeout: float | None = None,
+                 expect_answer: bool = True) -> Any:
         rid = self._next_id
         self._next_id += 1
         if timeout is None:
             timeout = self.timeout
-        try:
-            self._sock.settimeout(timeout)
-            self._sock.sendall(wire.encode_request(rid, method, params or {}))
-        except TimeoutError:
-            self.close()
-            raise errors.Timeout(f"sending {method} timed out", method=method) from None
-        except OSError as e:
-            self.close()
-            raise errors.ConnectionLost(f"connection lost sending {method}: {e}", method=method) from None
+        self._last = node
+        node.write(rid, method, params, timeout)
         if not expect_answer:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            answer = self._read_answer(method, deadline)
+            answer = node.read_answer(method, deadline)
             if answer.get("id") == rid:
                 break
             if answer.get("id") is None and isinstance(answer.get("error"), dict):
@@ -120,117 +264,294 @@ class BlockingClient:
             raise errors.from_wire(error)
         return answer.get("result")
 
+    def _any_node(self) -> _NodeSocket:
+        """A node for requests any node answers: one connected already, else the first that connects."""
+        for node in self._nodes.values():
+            if node.sock is not None:
+                return node
+        failed: list[errors.StreamlogError] = []
+        for address in dict.fromkeys([*self.bootstrap, *self.view.addresses()]):
+            node = self._node(address)
+            try:
+                node.connect()
+                return node
+            except (errors.ConnectionLost, errors.Timeout) as e:
+                failed.append(e)
+        raise _none_reachable(failed)
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
+             expect_answer: bool = True) -> Any:
+        """Send one request to any node and wait for its answer; returns C{result} or raises a
+        L{errors.StreamlogError}."""
+        return self._call_at(self._any_node(), method, params or {}, timeout, expect_answer)
+
+    # --- the metadata and routes -----------------------------------------------------------------
+
+    def _learn(self, topic: str | None = None) -> None:
+        """Ask a node for the metadata (of C{topic} too); a node without Metadata is the only node."""
+        failed: list[errors.StreamlogError] = []
+        for address in dict.fromkeys([*self.view.addresses(), *self.bootstrap]):
+            node = self._node(address)
+            try:
+                result = self._call_at(node, "Metadata", {"topics": [topic] if topic else []})
+            except errors.MethodNotFound:
+                self.view.use_single_node(address_key(address), time.monotonic())
+                return
+            except (errors.ConnectionLost, errors.Timeout) as e:
+                failed.append(e)
+                continue
+            self.view.apply(MetadataAnswer.parse(result), [topic] if topic else [], time.monotonic())
+            return
+        raise _none_reachable(failed)
+
+    def _topic(self, topic: str) -> TopicInfo | None:
+        """The topic's partitions, when the client routes (None on a single node: it places messages itself)."""
+        if not self.view.known:
+            self._learn(topic)
+        if self.view.single_node:
+            return None
+        info = self.view.topics.get(topic)
+        if info is None:
+            self._learn(topic)
+            info = self.view.topics.get(topic)
+        if info is None:
+            error = self.view.missing.get(topic)
+            if error is not None and not isinstance(error, errors.UnknownTopic):
+                raise error
+        return info  # None: unknown (a Send may auto-create it, at any node)
+
+    def _leader(self, topic: str, partition: int) -> _NodeSocket:
+        if self.view.single_node:
+            return self._node(self.view.nodes[0].address)
+        node = self.view.leader(topic, partition)
+        if node is None:
+            self._learn(topic)
+            info = self.view.topics.get(topic)
+            if info is None:
+                raise self.view.missing.get(topic) or errors.UnknownTopic(f"unknown topic {topic!r}", topic=topic)
+            info.partition(partition)  # UnknownPartition
+            node = self.view.leader(topic, partition)
+            if node is None:
+                raise errors.LeaderNotAvailable(f"no leader for {topic}/{partition} yet", topic=topic,
+                                                partition=partition, sent=False)
+        return self._node(node.address)
+
+    def _routed(self, method: str, params: dict[str, Any], topic: str, partition: int,
+                expect_answer: bool = True, timeout: float | None = None) -> Any:
+        """A partition request at the leader, asked again where NOT_LEADER (or fresh metadata) points."""
+        if not self.view.known:
+            self._learn(topic)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        for attempt in range(ROUTED_ATTEMPTS):
+            try:
+                return self._call_at(self._leader(topic, partition), method, params, timeout, expect_answer)
+            except errors.NotLeader as e:
+                if attempt == ROUTED_ATTEMPTS - 1 or not self.view.apply_not_leader(e.details, topic, partition):
+                    self._learn(topic)
+                last: errors.StreamlogError = e
+            except (errors.LeaderNotAvailable, errors.ShuttingDown) as e:
+                last = e
+                self._pause(attempt, deadline)
+                self._learn(topic)
+            except errors.ConnectionLost as e:
+                if e.details.get("sent", True) is not False or self.view.single_node:
+                    raise  # it may have been applied; or there is nowhere else to go
+                last = e
+                self.view.forget_leader(topic, partition)
+                self._learn(topic)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        raise last
+
+    @staticmethod
+    def _pause(attempt: int, deadline: float | None) -> None:
+        delay = min(1.0, 0.1 * 2 ** attempt)
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        time.sleep(delay)
+
+    def _admin(self, method: str, params: dict[str, Any]) -> Any:
+        if not self.view.known:
+            self._learn()
+        node = self.view.controller_node()
+        target = self._node(node.address) if node is not None else self._any_node()
+        for attempt in range(ROUTED_ATTEMPTS):
+            try:
+                return self._call_at(target, method, params)
+            except errors.NotController as e:
+                if attempt == ROUTED_ATTEMPTS - 1:
+                    raise
+                if not self.view.apply_not_controller(e.details):
+                    self._learn()
+                node = self.view.controller_node()
+                target = self._node(node.address) if node is not None else self._any_node()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # --- pipelining: several requests in flight, answers in any order ------------------
 
     def submit(self, method: str, params: dict[str, Any] | None = None) -> int:
         """Write one request without waiting; returns its id, for L{next_answer}.
 
-        For a reader that keeps a long Poll per partition in flight on one
-        connection (C{streamlog consume}).  Do not mix with L{call} while
-        submitted requests are unanswered: C{call} skips answers it did not ask for.
+        A C{Poll} (or another request with a C{topic} and C{partition}) goes to
+        the partition's leader, and is asked again there by L{next_answer} if
+        the answer is C{NOT_LEADER}.  For a reader that keeps a long Poll per
+        partition in flight (C{streamlog consume}).  Do not mix with L{call}
+        while submitted requests are unanswered on the same node.
         """
-        self.connect()
-        assert self._sock is not None
+        params = params or {}
+        topic, partition = params.get("topic"), params.get("partition", 0)
+        routed = isinstance(topic, str) and isinstance(partition, int) and method in ("Poll", "ListOffsets")
+        if routed and not self.view.known:
+            self._learn(topic)
+        node = self._leader(str(topic), int(partition)) if routed else self._any_node()
         rid = self._next_id
         self._next_id += 1
-        try:
-            self._sock.settimeout(self.timeout)
-            self._sock.sendall(wire.encode_request(rid, method, params or {}))
-        except TimeoutError:
-            self.close()
-            raise errors.Timeout(f"sending {method} timed out", method=method) from None
-        except OSError as e:
-            self.close()
-            raise errors.ConnectionLost(f"connection lost sending {method}: {e}", method=method) from None
+        node.write(rid, method, params, self.timeout)
+        self._last = node
+        self._submitted[rid] = _Submitted(method, params, node, rid, topic if routed else None,
+                                          partition if routed else None)
         return rid
 
-    def next_answer(self, timeout: float | None) -> tuple[int, Any] | None:
+    def next_answer(self, timeout: float | None) -> tuple[Any, Any] | None:
         """The next answer to a L{submit}ted request: C{(id, result)}, or C{(id, error)} with the
         L{errors.StreamlogError} as the value (not raised); None if none came within C{timeout}.
 
-        The connection stays usable after None (the answers still owed come later).
-        An error the server could not tie to a request (id null) is raised.
+        The connections stay usable after None (the answers still owed come later).
+        An error a server could not tie to a request (id null) is raised.
         """
-        if self._sock is None:
-            raise errors.ConnectionLost("not connected: nothing was submitted on this connection")
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            answer = self._read_answer("the submitted requests", deadline, close_on_timeout=False)
-        except _NoAnswerYet:
-            return None
-        rid = answer.get("id")
+        while True:
+            nodes = list({id(s.node): s.node for s in self._submitted.values()}.values())
+            if not nodes:
+                if not any(n.sock is not None for n in self._nodes.values()):
+                    raise errors.ConnectionLost("not connected: nothing was submitted on this connection")
+                nodes = [n for n in self._nodes.values() if n.sock is not None]
+            for node in nodes:
+                answer = node.buffered_answer("the submitted requests")
+                if answer is not None:
+                    handled = self._submitted_answer(node, answer)
+                    if handled is not None:
+                        return handled
+                    break
+            else:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                live = [n for n in nodes if n.sock is not None]
+                if not live:
+                    raise errors.ConnectionLost("the connections of the submitted requests are closed")
+                readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], remaining)
+                if not readable:
+                    return None
+                for node in live:
+                    if node.sock in readable:
+                        try:
+                            node.receive("the submitted requests", 0)
+                        except _NoAnswerYet:
+                            pass
+                        except errors.ConnectionLost as e:
+                            lost = [s for s in self._submitted.values() if s.node is node]
+                            if not lost:
+                                raise
+                            submitted = lost[0]
+                            del self._submitted[submitted.rid]
+                            return submitted.rid, e
+                continue
+
+    def _submitted_answer(self, node: _NodeSocket, answer: dict[str, Any]) -> tuple[Any, Any] | None:
+        rid: Any = answer.get("id")
         error = answer.get("error")
         if rid is None and isinstance(error, dict):
             raise errors.from_wire(error)
+        submitted = self._submitted.get(rid) if isinstance(rid, int) else None
+        if submitted is None:
+            return (rid, errors.from_wire(error)) if isinstance(error, dict) else (rid, answer.get("result"))
         if isinstance(error, dict):
-            return rid, errors.from_wire(error)
+            exc = errors.from_wire(error)
+            if isinstance(exc, errors.NotLeader) and submitted.topic is not None \
+                    and submitted.attempts < ROUTED_ATTEMPTS and not self.view.single_node:
+                # Ask the new leader, under the same id: the caller never sees the move.
+                assert submitted.partition is not None
+                if not self.view.apply_not_leader(exc.details, submitted.topic, submitted.partition):
+                    self._learn(submitted.topic)
+                target = self._leader(submitted.topic, submitted.partition)
+                target.write(submitted.rid, submitted.method, submitted.params, self.timeout)
+                submitted.node = target
+                submitted.attempts += 1
+                return None
+            del self._submitted[rid]
+            return rid, exc
+        del self._submitted[rid]
         return rid, answer.get("result")
 
-    def _read_answer(self, method: str, deadline: float | None, close_on_timeout: bool = True) -> dict[str, Any]:
-        assert self._sock is not None
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
-                try:
-                    answer = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    self.close()
-                    raise errors.ParseError(f"the server sent invalid JSON: {e}") from None
-                if isinstance(answer, dict):
-                    return answer
-                continue
-            if len(self._buffer) > MAX_ANSWER_BYTES:
-                self.close()
-                raise errors.LineTooLong(f"an answer line is longer than {MAX_ANSWER_BYTES} bytes")
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if not close_on_timeout:
-                        raise _NoAnswerYet()
-                    self.close()  # the answer may still come: the stream is out of step
-                    raise errors.Timeout(f"no answer to {method} in time", method=method)
-                self._sock.settimeout(remaining)
-            else:
-                self._sock.settimeout(None)
-            try:
-                data = self._sock.recv(1 << 20)
-            except TimeoutError:
-                if not close_on_timeout:
-                    raise _NoAnswerYet() from None
-                self.close()
-                raise errors.Timeout(f"no answer to {method} in time", method=method) from None
-            except OSError as e:
-                self.close()
-                raise errors.ConnectionLost(f"connection lost waiting for {method}: {e}", method=method) from None
-            if not data:
-                self.close()
-                raise errors.ConnectionLost(f"the server closed the connection before answering {method}",
-                                            method=method)
-            self._buffer += data
-
-    # --- the methods (as L{streamlog.client.connection.StreamlogClient}) ------------------
+    # --- the methods (as L{streamlog.client.cluster.ClusterClient}) ------------------
 
     def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
              headers: dict[str, str] | None = None, acks: str = "all") -> dict[str, Any] | None:
-        params = requests.send(topic, value, key, partition, headers, acks)
-        return self.call("Send", params, expect_answer=acks != "none")
+        info = self._topic(topic)
+        if info is None:  # a single node, or a topic no node knows yet: the server places it
+            return self.call("Send", requests.send(topic, value, key, partition, headers, acks),
+                             expect_answer=acks != "none")
+        chosen = self._partitioner.choose(topic, info.count, key, partition)
+        if key is None and partition is None:
+            self._partitioner.batch_closed(topic, info.count, chosen)
+        params = requests.send(topic, value, key, chosen, headers, acks)
+        return self._routed("Send", params, topic, chosen, expect_answer=acks != "none")
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
-        params = requests.send_batch(topic, messages, acks)
-        return self.call("SendBatch", params, expect_answer=acks != "none")
+        """C{SendBatch}; in a cluster, one request per partition at its leader (each part atomic,
+        the whole not: a part that fails raises, its details' C{appended} listing the parts that were)."""
+        info = self._topic(topic)
+        if info is None:
+            return self.call("SendBatch", requests.send_batch(topic, messages, acks), expect_answer=acks != "none")
+        parts: dict[int, list[dict[str, Any]]] = {}
+        sticky = None
+        for m in messages:
+            if m.get("key") is None and m.get("partition") is None:
+                sticky = sticky if sticky is not None else self._partitioner.sticky(topic, info.count)
+                chosen = sticky
+            else:
+                chosen = self._partitioner.choose(topic, info.count, m.get("key"), m.get("partition"))
+            parts.setdefault(chosen, []).append({**m, "partition": chosen})
+        if sticky is not None:
+            self._partitioner.batch_closed(topic, info.count, sticky)
+        appended: list[dict[str, Any]] = []
+        merged: dict[str, Any] = {"topic": topic}
+        for p, part in parts.items():
+            try:
+                result = self._routed("SendBatch", requests.send_batch(topic, part, acks), topic, p,
+                                      expect_answer=acks != "none")
+            except errors.StreamlogError as e:
+                e.details["appended"] = appended
+                raise
+            if result is None:
+                continue
+            appended.extend(result.get("partitions") or [])
+            for field in ("timestamp", "durability"):
+                merged.setdefault(field, result.get(field))
+            for field in ("replicas", "replication_factor"):
+                if field in result:
+                    merged[field] = min(merged.get(field, result[field]), result[field])
+        if acks == "none":
+            return None
+        merged["partitions"] = appended
+        return merged
 
     def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
              max_bytes: int | None = None, max_wait_ms: int = 0) -> dict[str, Any]:
         params = requests.poll(topic, partition, offset, max_messages, max_bytes, max_wait_ms)
         timeout = None if self.timeout is None else self.timeout + max_wait_ms / 1000.0
-        return self.call("Poll", params, timeout=timeout)
+        return self._routed("Poll", params, topic, partition, timeout=timeout)
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.call("CreateTopic", requests.create_topic(topic, partitions, config))
+        result = self._admin("CreateTopic", requests.create_topic(topic, partitions, config))
+        self.view.forget_topic(topic)
+        return result
 
     def delete_topic(self, topic: str) -> dict[str, Any]:
-        return self.call("DeleteTopic", {"topic": topic})
+        result = self._admin("DeleteTopic", {"topic": topic})
+        self.view.forget_topic(topic)
+        return result
 
     def list_topics(self) -> list[dict[str, Any]]:
         return self.call("ListTopics", {})["topics"]
@@ -239,7 +560,8 @@ class BlockingClient:
         return self.call("DescribeTopic", {"topic": topic})
 
     def list_offsets(self, topic: str, partition: int = 0, at: str | int = "latest") -> int:
-        return self.call("ListOffsets", {"topic": topic, "partition": partition, "at": at})["offset"]
+        params = {"topic": topic, "partition": partition, "at": at}
+        return self._routed("ListOffsets", params, topic, partition)["offset"]
 
     def ping(self) -> dict[str, Any]:
         return self.call("Ping", {})

@@ -38,12 +38,17 @@ from zope.interface import implementer
 
 from streamlog import errors, wire
 from streamlog.client import requests
-from streamlog.protocol import FastLineReceiver
-
-DEFAULT_ADDRESS = "tcp:127.0.0.1:7070"
-#: Longest answer line the client accepts: a Poll may return up to 16 MiB of
-#: messages (the server's max_poll_bytes) plus the envelope.
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived here)
+    DEFAULT_ADDRESS,
+    ENDPOINT_TYPES,
+    describe_address,
+    parse_address,
+    parse_target,
+    parse_unix_path,
+)
+from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
+from streamlog.framing import FastLineReceiver
 
 
 def _default_clock() -> IReactorTime:
@@ -204,19 +209,6 @@ class _ClientFactory(Factory):
         return proto
 
 
-_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "tor", "systemd", "host")
-
-
-def describe_address(address: Any) -> str:
-    """How logs and messages name a server: the endpoint string or C{HOST:PORT}, never an object's repr."""
-    if isinstance(address, str):
-        return address
-    if isinstance(address, tuple) and len(address) == 2:
-        host, port = address
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return getattr(address, "streamlog_name", None) or type(address).__name__
-
-
 @implementer(IStreamClientEndpoint)
 class _NamedEndpoint:
     """An endpoint that prints as its address and remembers why the last connection attempt failed.
@@ -261,78 +253,28 @@ def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
         return address
     if reactor is None:
         from twisted.internet import reactor
-    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES:
+    if isinstance(address, str) and address.split(":", 1)[0] in ENDPOINT_TYPES:
         return endpoints.clientFromString(reactor, address)
     host, port = parse_address(address)
     return endpoints.HostnameEndpoint(reactor, host, port)
 
 
-def parse_address(address: Any) -> tuple[str, int]:
-    """C{"tcp:HOST:PORT"}, C{"HOST:PORT"} or C{(host, port)} as a host and a port (for the blocking client)."""
-    if isinstance(address, tuple):
-        host, port = address
-        return str(host), int(port)
-    text = str(address)
-    if text.startswith("tcp:"):
-        positional = [p for p in text[4:].split(":") if "=" not in p]
-        named = dict(p.split("=", 1) for p in text[4:].split(":") if "=" in p)
-        host = named.get("host", positional[0] if positional else None)
-        port = named.get("port", positional[1] if len(positional) > 1 else None)
-        if host is None or port is None or not str(port).isdigit():
-            raise ValueError(f"cannot read a host and port from {address!r}")
-        return host, int(port)
-    if text.startswith("[") and "]:" in text:  # [::1]:7070
-        host, _, port = text[1:].partition("]:")
-        return host, int(port)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"cannot read an address from {address!r}: use HOST:PORT or tcp:HOST:PORT")
-    try:
-        return host, int(port)
-    except ValueError:
-        raise ValueError(f"bad port in address {address!r}") from None
+class Request(Deferred):
+    """The Deferred of a L{StreamlogClient.call}: it also knows whether the request was written.
 
-
-def parse_unix_path(address: str) -> str:
-    """The socket path of C{"unix:/path"} or C{"unix:path=/path:timeout=5"} (Twisted's endpoint syntax)."""
-    if not address.startswith("unix:"):
-        raise ValueError(f"not a unix: address: {address!r}")
-    fields = address[len("unix:"):].replace("\\:", "\0").split(":")
-    fields = [f.replace("\0", ":") for f in fields]
-    named = dict(f.split("=", 1) for f in fields if "=" in f)
-    positional = [f for f in fields if "=" not in f]
-    path = named.get("path", positional[0] if positional else "")
-    if not path:
-        raise ValueError(f"no socket path in {address!r}: use unix:/path/to/socket")
-    return path
-
-
-def parse_target(address: Any) -> tuple[str, Any]:
-    """Where the blocking client connects: C{("unix", path)} or C{("tcp", (host, port))}.
-
-    Accepts what L{parse_address} does, plus C{unix:/path} endpoint strings.
+    L{withdraw} takes back a request still waiting for a connection: it is
+    then never written (its Deferred fails with C{CancelledError}), which a
+    caller keeping order (the Producer) needs in order to resend it later.
     """
-    if isinstance(address, str) and address.startswith("unix:"):
-        return "unix", parse_unix_path(address)
-    if isinstance(address, str) and address.split(":", 1)[0] in _ENDPOINT_TYPES and not address.startswith("tcp:"):
-        raise ValueError(f"{address.split(':', 1)[0]}: endpoints are for the Twisted client only; "
-                         "use HOST:PORT, tcp:HOST:PORT or unix:/path")
-    return "tcp", parse_address(address)
 
+    written = False
 
-def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = None) -> Callable[[int], float]:
-    """Exponential backoff with "equal jitter" for L{ClientService}.
-
-    After the n-th failed attempt (n >= 1) the wait is between d/2 and d,
-    d = min(maximum, minimum * 2**(n-1)).
-    """
-    rng = rng or _random.Random()
-
-    def policy(attempt: int) -> float:
-        delay = min(maximum, minimum * (2 ** min(max(attempt - 1, 0), 64)))
-        return delay / 2 + rng.random() * delay / 2
-
-    return policy
+    def withdraw(self) -> bool:
+        """Cancel the request if it was not written yet; True if it was taken back."""
+        if self.written or self.called:
+            return False
+        self.cancel()
+        return True
 
 
 class _Waiting:
@@ -343,7 +285,7 @@ class _Waiting:
         self.params = params
         self.timeout = timeout
         self.expect_answer = expect_answer
-        self.deferred: Deferred = Deferred(self._cancel)
+        self.deferred: Request = Request(self._cancel)
         self.timer: IDelayedCall | None = None
         self.inner: Deferred | None = None
 
@@ -374,18 +316,27 @@ class StreamlogClient:
     def __init__(self, endpoint_or_address: Any = DEFAULT_ADDRESS, clock: IReactorTime | None = None,
                  reactor: Any = None, request_timeout: float | None = 30.0,
                  reconnect_min: float = 0.1, reconnect_max: float = 10.0,
-                 rng: _random.Random | None = None, start: bool = True) -> None:
+                 rng: _random.Random | None = None, start: bool = True, name: str | None = None,
+                 fail_waiting_on_connect_failure: bool = False) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
         self.endpoint = endpoint_for(endpoint_or_address, reactor)
         #: The server's address as logs name it (C{tcp:127.0.0.1:7070}).
-        self.address = describe_address(endpoint_or_address)
+        self.address = name if name is not None else describe_address(endpoint_or_address)
+        #: Fail the requests waiting for a connection as soon as an attempt fails
+        #: (C{ConnectionLost} with C{sent: false}) instead of keeping them until
+        #: their timeout: a cluster client then asks another node at once.
+        self.fail_waiting_on_connect_failure = fail_waiting_on_connect_failure
         self.reconnect_max = reconnect_max
         self.protocol: ClientProtocol | None = None
         self._waiting: list[_Waiting] = []
         self._closed = False
+        #: Called (without arguments) when L{close} is first called: what was built over this connection.
+        self.close_hooks: list[Callable[[], object]] = []
+        #: The ClusterClient built over this connection alone, if any (shared by its users).
+        self.cluster: Any = None
         self._named = _NamedEndpoint(self.endpoint, self.address)
         self._backoff = backoff_policy(reconnect_min, reconnect_max, rng)
         self._reported: str | None = None  # the connection failure last logged
@@ -412,6 +363,16 @@ class StreamlogClient:
         """The backoff before the next attempt; logs a failed attempt's reason when it is new."""
         delay = self._backoff(attempt)
         reason = self._named.last_error
+        if self.fail_waiting_on_connect_failure and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                if w.timer is not None and w.timer.active():
+                    w.timer.cancel()
+                w.timer = None
+                if not w.deferred.called:
+                    w.deferred.errback(errors.ConnectionLost(
+                        f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
+                        method=w.method, address=self.address, sent=False))
         if reason is not None and not self._closed and reason != self._reported:
             # Once per kind of failure: twistd shows every level, debug included.
             self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
@@ -455,6 +416,11 @@ class StreamlogClient:
         w = _Waiting(method, params or {}, timeout, expect_answer)
         if self.connected:
             self._dispatch(w)
+        elif self.fail_waiting_on_connect_failure and self._named.last_error is not None:
+            # The last attempt failed and the next one is a backoff away: say so now.
+            return fail(errors.ConnectionLost(
+                f"cannot connect to {self.address} ({self._named.last_error}): {method} was not sent",
+                method=method, address=self.address, sent=False))
         else:
             self._waiting.append(w)
             if timeout is not None:
@@ -479,6 +445,7 @@ class StreamlogClient:
                 w.timer.cancel()
             w.timer = None
         assert self.protocol is not None
+        w.deferred.written = True
         inner = w.inner = self.protocol.request(w.method, w.params, timeout=remaining,
                                                 expect_answer=w.expect_answer)
         inner.addBoth(self._answered, w)
@@ -495,6 +462,10 @@ class StreamlogClient:
 
     def close(self) -> Deferred:
         """Disconnect and stop reconnecting; requests still waiting fail with ConnectionLost."""
+        if not self._closed:
+            hooks, self.close_hooks = self.close_hooks, []
+            for hook in hooks:
+                hook()
         self._closed = True
         waiting, self._waiting = self._waiting, []
         for w in waiting:

@@ -1,44 +1,63 @@
-"""The batching Producer: many application sends become few SendBatch requests.
+"""The batching Producer: it chooses each message's partition, batches per partition, and delivers
+each batch to its partition's leader, retrying within a delivery timeout without reordering.
 
-Each L{Producer.send} joins a pending batch and gets a Deferred of its
-C{(partition, offset)}.  A batch goes out when it holds C{batch_size}
-messages, when C{linger_ms} has passed since its first message, or on
-L{Producer.flush}; at most C{max_in_flight} SendBatch requests are
-outstanding, and batches wait in order behind them.
+L{Producer.send} picks the partition itself (L{partitioning.Partitioner}:
+the explicit one, murmur2 of the key as the server and Kafka do, else a
+sticky partition that moves on when its batch closes) and adds the message
+to that partition's open batch, so that messages with many distinct keys
+still fill few, large requests: one C{SendBatch} per partition carries every
+key that lands there.  A batch closes when it holds C{batch_size} messages,
+when its next message would pass C{max_request_bytes}, when C{linger_ms} has
+passed since the first message of the open batches, or on L{Producer.flush}.
 
-How a batch's answer is mapped back to its messages: SendBatch answers, per
-partition touched, a C{base_offset} and C{count}, the messages that went
-there holding C{base_offset, base_offset+1, ...} in request order.  To know
-which message went where without a client-side copy of the partition count,
-one SendBatch only carries messages of one I{routing class}: all with the
-same explicit partition, or all with the same key, or all without key and
-partition (the server puts those on one partition per request, "sticky").
-Every request then touches one partition, and message i of it has offset
-C{base_offset + i}.  Keyed traffic with many distinct keys therefore batches
-less well; a metadata cache with a client-side partitioner is a later step.
+Delivery.  Closed batches go out in order, at most C{max_in_flight} requests
+in all and C{max_in_flight_per_partition} per partition, each to the node the
+cluster metadata names as the partition's leader.  A batch that fails with
+an error that may heal (L{retry.retriable}: C{NOT_LEADER},
+C{LEADER_NOT_AVAILABLE}, C{SHUTTING_DOWN}, a lost connection, a timeout) is
+sent again after the metadata is refreshed (or at once where a C{NOT_LEADER}
+hint names the new leader), with exponential backoff and jitter, until its
+C{delivery_timeout} passes; then its messages fail with
+L{errors.DeliveryTimeout}.  Other errors fail the batch's messages at once.
 
-Order: batches of one routing class are sent in the order their messages
-were sent, over one connection that the server reads in order, so offsets
-follow send order.  A failed request (e.g. L{errors.ConnectionLost}) fails
-the Deferreds of all its messages; retrying is the application's choice and
-may duplicate until idempotent producers land.
+Order within a partition.  Batches of one partition are written in order to
+one node.  While a batch of a partition is being retried, nothing else of
+that partition goes out: its batches still in flight are waited for (or
+taken back if they were never written), then the failed ones are sent again
+one at a time, oldest first, and only then do later batches follow.  A later
+batch is never sent to a new leader while earlier ones are in flight at the
+old one.  So a retried batch never lands behind a later one, except in one
+case no client can rule out alone: a node refuses batch N (nothing appended)
+and, before it reads batch N+1 sent right behind it, becomes leader again
+and appends N+1.  That is logged as a warning and counted (C{reordered}: the
+batches that landed ahead of an earlier one);
+C{max_in_flight_per_partition=1} rules it out at the cost of pipelining.
+
+A resend after a lost connection or a timeout may append a batch twice
+(idempotent producers, with sequence numbers, will rule that out).
+
+A topic the metadata does not know yet (it may be auto-created by its first
+Send) is written without partitions for one request at a time, the server
+choosing as it did before clients chose, until the metadata knows it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from collections.abc import Hashable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import errors
-from streamlog.client import requests
-from streamlog.client.connection import StreamlogClient
+from streamlog.client import requests, retry
+from streamlog.client.cluster import ClusterClient, as_cluster_client
+from streamlog.client.metadata import TopicInfo
+from streamlog.partitioner import partition_for_key
 
 #: Longest SendBatch request line, by default: the server's --max-line-bytes default.
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
@@ -47,69 +66,176 @@ DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 #: (generous; the topic's own length is added per batch).
 REQUEST_OVERHEAD = 256
 
+#: What a message's encoding may grow by once its partition is added (C{,"partition":N}).
+PARTITION_FIELD_BYTES = 32
+
+#: Default delivery timeout (seconds): as Kafka's delivery.timeout.ms.
+DEFAULT_DELIVERY_TIMEOUT = 120.0
+
 
 class _Batch:
-    __slots__ = ("topic", "acks", "messages", "size", "deferreds", "waiters")
+    """Messages for one partition (or, C{partition} None, for the server to place), sent as one SendBatch."""
 
-    def __init__(self, topic: str, acks: str) -> None:
+    __slots__ = ("topic", "partition", "acks", "messages", "size", "deferreds", "min_seq", "deadline",
+                 "attempts", "last_error", "maybe_landed", "request", "route", "withdrawn", "seq")
+
+    def __init__(self, topic: str, partition: int | None, acks: str, deadline: float, seq: int) -> None:
         self.topic = topic
+        self.partition = partition
         self.acks = acks
         #: The messages, each already encoded as JSON (so the batch knows its size).
         self.messages: list[bytes] = []
         self.size = 0
         self.deferreds: list[Deferred] = []
-        #: Deferreds of flush() calls waiting for this batch to settle.
-        self.waiters: list[Deferred] = []
+        #: The send order of the batch's first message (for flush) and of the batch itself (for order).
+        self.min_seq = seq
+        self.seq = seq
+        self.deadline = deadline
+        self.attempts = 0
+        self.last_error: errors.StreamlogError | None = None
+        self.maybe_landed = False
+        #: The attempt's request once written (a L{Request}), and before that the Deferred of its route.
+        self.request: Any = None
+        self.route: Deferred | None = None
+        self.withdrawn = False
 
 
-def _routing(key: str | None, partition: int | None) -> Hashable:
-    if partition is not None:
-        return ("partition", partition)
-    if key is not None:
-        return ("key", key)
-    return ("sticky",)
+class _PartitionQueue:
+    """One partition's batches: filling, closed and waiting, in flight, and failed (to retry, oldest first)."""
+
+    __slots__ = ("topic", "partition", "open", "ready", "in_flight", "retry", "node", "failures", "timer",
+                 "queued", "hinted", "draining")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.open: _Batch | None = None
+        self.ready: deque[_Batch] = deque()
+        self.in_flight: list[_Batch] = []
+        self.retry: list[_Batch] = []
+        #: The node the batches in flight went to (a later one waits while they are there and the leader moved).
+        self.node: str | None = None
+        self.failures = 0
+        self.timer: IDelayedCall | None = None
+        self.queued = False
+        self.hinted = 0
+        #: The leader moved while batches were in flight at the old one: wait until they are settled.
+        self.draining = False
+
+
+class _Unplaced:
+    """A message sent while its topic's partitions were not known yet."""
+
+    __slots__ = ("value", "key", "partition", "headers", "acks", "deferred", "seq", "deadline")
+
+    def __init__(self, value: Any, key: str | None, partition: int | None, headers: dict[str, str] | None,
+                 acks: str, deferred: Deferred, seq: int, deadline: float) -> None:
+        self.value = value
+        self.key = key
+        self.partition = partition
+        self.headers = headers
+        self.acks = acks
+        self.deferred = deferred
+        self.seq = seq
+        self.deadline = deadline
+
+
+class _TopicState:
+    __slots__ = ("topic", "info", "queues", "unplaced", "looking", "unrouted", "failures", "timer",
+                 "key_partitions")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.info: TopicInfo | None = None
+        #: key -> partition, for the partition count of C{info} (murmur2 in Python costs more than a send).
+        self.key_partitions: dict[str, int] = {}
+        self.queues: dict[int, _PartitionQueue] = {}
+        self.unplaced: deque[_Unplaced] = deque()
+        self.looking = False
+        self.unrouted: _Batch | None = None
+        self.failures = 0
+        self.timer: IDelayedCall | None = None
+
+
+_REQUEUED = object()
+
+#: Keys whose partition a topic remembers at most (then it starts again).
+KEY_CACHE_SIZE = 65536
+
+_UNKEYED = b'{"value":%b,"partition":%d}'
+_KEYED = b'{"value":%b,"key":%b,"partition":%d}'
+
+
+def _encode(value: Any, key: str | None, partition: int, headers: dict[str, str] | None) -> bytes:
+    """One message of a SendBatch, as JSON: a template around the value, as the server's records are
+    (the same bytes as dumping the message's dict, at half the cost)."""
+    if headers:
+        return orjson.dumps(requests.message(value, key, partition, headers))
+    if key is None:
+        return _UNKEYED % (orjson.dumps(value), partition)
+    return _KEYED % (orjson.dumps(value), orjson.dumps(key), partition)
 
 
 class Producer:
-    """Batches sends over a L{StreamlogClient}.
+    """Batches sends over a L{ClusterClient} (or one L{StreamlogClient}, wrapped in one).
 
-    @param linger_ms: how long a batch waits for more messages after its first
-        (0: it goes out on the next reactor turn, still gathering every send
-        made in the same turn).
+    @param linger_ms: how long the open batches wait for more messages after
+        the first (0: they go out on the next reactor turn, still gathering
+        every send made in the same turn).
     @param batch_size: messages per SendBatch at most (the server's default
         limit is 10,000).
-    @param max_in_flight: SendBatch requests outstanding at most; beyond it
-        ready batches queue, in order, in the Producer.
-    @param max_request_bytes: the longest SendBatch request line to send: set it
-        to the server's C{--max-line-bytes}.  Batches are cut so that their
-        messages and the rest of the request fit; a single message that cannot
-        fails at once with L{errors.MessageTooLarge}.
+    @param max_in_flight: SendBatch requests outstanding at most, over all
+        partitions; beyond it closed batches wait, in order, in the Producer.
+    @param max_in_flight_per_partition: requests outstanding per partition at
+        most (default: C{max_in_flight}); 1 rules out any reordering (see the
+        module docstring).
+    @param max_request_bytes: the longest SendBatch request line to send: set
+        it to the server's C{--max-line-bytes}.  A single message that cannot
+        fit fails at once with L{errors.MessageTooLarge}.
+    @param delivery_timeout: seconds from L{send} within which a message is
+        acknowledged or fails (L{errors.DeliveryTimeout} once retries ran out
+        of time).
     """
 
     _log = Logger()
 
-    def __init__(self, client: StreamlogClient, linger_ms: float = 5, batch_size: int = 1000,
-                 max_in_flight: int = 8, acks: str = "all",
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-        if batch_size < 1 or max_in_flight < 1 or linger_ms < 0:
-            raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0")
-        self.client = client
-        self.clock = client.clock
+    def __init__(self, client: Any, linger_ms: float = 5, batch_size: int = 1000, max_in_flight: int = 8,
+                 acks: str = "all", max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+                 max_in_flight_per_partition: int | None = None) -> None:
+        if batch_size < 1 or max_in_flight < 1 or linger_ms < 0 or delivery_timeout <= 0:
+            raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0, "
+                             "delivery_timeout positive")
+        if max_in_flight_per_partition is not None and max_in_flight_per_partition < 1:
+            raise ValueError("max_in_flight_per_partition must be at least 1")
+        self.client: ClusterClient = as_cluster_client(client)
+        self.clock = self.client.clock
         self.linger_ms = linger_ms
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_partition = max_in_flight_per_partition or max_in_flight
         self.acks = acks
         self.max_request_bytes = max_request_bytes
-        self._open: dict[tuple[str, str, Hashable], _Batch] = {}
-        self._ready: deque[_Batch] = deque()
+        self.delivery_timeout = delivery_timeout
+        self._partitioner = self.client.partitioner
+        self._topics: dict[str, _TopicState] = {}
+        self._runnable: deque[_PartitionQueue] = deque()
         self._in_flight = 0
         self._timer: IDelayedCall | None = None
+        self._seq = 0
         # Batches whose messages are not settled yet.  Tracked per batch, not per
         # message: a callback per message cost more than the send itself.
         self._unsettled: set[_Batch] = set()
+        self._flushes: list[tuple[int, Deferred]] = []
         self._pending = 0
-        #: SendBatch requests made (for tests and metrics).
+        self._closed: errors.StreamlogError | None = None
+        #: SendBatch requests made (for tests and metrics), and batches retried / appended out of order.
         self.requests_sent = 0
+        self.retries = 0
+        self.reordered = 0
+        self.client.close_hooks.append(self._client_closed)
+
+    # --- sending -------------------------------------------------------------------------
 
     def send(self, topic: str, value: Any, key: str | None = None, partition: int | None = None,
              headers: dict[str, str] | None = None, acks: str | None = None) -> Deferred:
@@ -117,37 +243,92 @@ class Producer:
 
         With acks "none" it fires with C{(None, None)} once the request is written.
         """
+        if self._closed is not None:
+            return fail(self._closed)
         acks = acks or self.acks
-        encoded = orjson.dumps(requests.message(value, key, partition, headers))
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _TopicState(topic)
+        info = state.info
+        seq = self._seq
+        self._seq = seq + 1
         budget = self.max_request_bytes - REQUEST_OVERHEAD - len(topic)
+        if info is None:
+            encoded = orjson.dumps(requests.message(value, key, partition, headers))
+            if len(encoded) + PARTITION_FIELD_BYTES > budget:
+                return fail(self._too_large(len(encoded), budget))
+            d: Deferred = Deferred()
+            state.unplaced.append(_Unplaced(value, key, partition, headers, acks, d, seq,
+                                            self.clock.seconds() + self.delivery_timeout))
+            self._pending += 1
+            self._lookup(state)
+            return d
+        # The hot path: a few operations per message (see the module docstring of partitioning).
+        if partition is not None:
+            if not 0 <= partition < info.count:
+                return fail(errors.UnknownPartition(
+                    f"topic {topic!r} has {info.count} partition(s), not {partition}",
+                    topic=topic, partitions=info.count))
+            chosen = partition
+        elif key is not None:
+            chosen = state.key_partitions.get(key)  # type: ignore[assignment]
+            if chosen is None:
+                chosen = partition_for_key(key, info.count)
+                if len(state.key_partitions) >= KEY_CACHE_SIZE:
+                    state.key_partitions.clear()
+                state.key_partitions[key] = chosen
+        else:
+            chosen = self._partitioner.sticky(topic, info.count)
+        encoded = _encode(value, key, chosen, headers)
         if len(encoded) > budget:
-            return fail(errors.MessageTooLarge(
-                f"message of {len(encoded)} bytes (encoded) does not fit in a request of "
-                f"max_request_bytes={self.max_request_bytes}",
-                limit=budget, size=len(encoded),
-            ))
-        slot = (topic, acks, _routing(key, partition))
-        batch = self._open.get(slot)
-        if batch is not None and batch.size + len(encoded) + 1 > budget:
-            self._seal(slot, batch)  # full by bytes: this message starts the next batch
+            return fail(self._too_large(len(encoded), budget))
+        return self._add(state, chosen, encoded, acks, seq, None)
+    def _too_large(self, size: int, budget: int) -> errors.MessageTooLarge:
+        return errors.MessageTooLarge(
+            f"message of {size} bytes (encoded) does not fit in a request of "
+            f"max_request_bytes={self.max_request_bytes}", limit=budget, size=size)
+
+    def _add(self, state: _TopicState, partition: int, encoded: bytes, acks: str, seq: int,
+             deadline: float | None, d: Deferred | None = None) -> Deferred:
+        """Add one encoded message to its partition's open batch (C{deadline}: its delivery
+        deadline, None for "now + delivery_timeout", only looked at when it starts a batch)."""
+        queue = state.queues.get(partition)
+        if queue is None:
+            queue = state.queues[partition] = _PartitionQueue(state.topic, partition)
+        budget = self.max_request_bytes - REQUEST_OVERHEAD - len(state.topic)
+        batch = queue.open
+        if batch is not None and (batch.acks != acks or batch.size + len(encoded) + 1 > budget):
+            self._seal(queue)  # another acks (order is kept across them), or full by bytes
             batch = None
         if batch is None:
-            batch = self._open[slot] = _Batch(topic, acks)
+            if deadline is None:
+                deadline = self.clock.seconds() + self.delivery_timeout
+            batch = queue.open = _Batch(state.topic, partition, acks, deadline, seq)
             self._unsettled.add(batch)
-        d = Deferred()
+        elif seq < batch.min_seq:
+            batch.min_seq = seq
+        if d is None:
+            d = Deferred()
+            self._pending += 1
         batch.messages.append(encoded)
         batch.size += len(encoded) + 1
         batch.deferreds.append(d)
-        self._pending += 1
         if len(batch.messages) >= self.batch_size:
-            self._seal(slot, batch)
+            self._seal(queue)
         elif self._timer is None:
             self._timer = self.clock.callLater(self.linger_ms / 1000.0, self._linger_over)
         return d
 
-    def _seal(self, slot: tuple[str, str, Hashable], batch: _Batch) -> None:
-        del self._open[slot]
-        self._ready.append(batch)
+    def _seal(self, queue: _PartitionQueue) -> None:
+        batch = queue.open
+        if batch is None:
+            return
+        queue.open = None
+        queue.ready.append(batch)
+        state = self._topics[queue.topic]
+        if state.info is not None:
+            self._partitioner.batch_closed(queue.topic, state.info.count, queue.partition)
+        self._make_runnable(queue)
         self._pump()
 
     def _linger_over(self) -> None:
@@ -160,47 +341,396 @@ class Producer:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        self._ready.extend(self._open.values())
-        self._open.clear()
+        for state in self._topics.values():
+            for queue in state.queues.values():
+                if queue.open is not None:
+                    batch, queue.open = queue.open, None
+                    queue.ready.append(batch)
+                    self._make_runnable(queue)
+                    if state.info is not None:
+                        self._partitioner.batch_closed(state.topic, state.info.count, queue.partition)
+
+    def _make_runnable(self, queue: _PartitionQueue) -> None:
+        if not queue.queued:
+            queue.queued = True
+            self._runnable.append(queue)
+
+    def _can_send(self, queue: _PartitionQueue) -> bool:
+        return (bool(queue.ready) and not queue.retry and queue.timer is None and not queue.draining
+                and len(queue.in_flight) < self.max_in_flight_per_partition)
 
     def _pump(self) -> None:
-        while self._ready and self._in_flight < self.max_in_flight:
-            batch = self._ready.popleft()
-            self._in_flight += 1
-            self.requests_sent += 1
-            messages = orjson.Fragment(b"[" + b",".join(batch.messages) + b"]")
-            d = self.client.send_batch(batch.topic, messages, acks=batch.acks)
-            d.addBoth(self._answered, batch)
+        while self._in_flight < self.max_in_flight and self._runnable:
+            queue = self._runnable.popleft()
+            queue.queued = False
+            if not self._can_send(queue):
+                continue  # made runnable again when what blocks it settles
+            self._send(queue, queue.ready.popleft())
+            if queue.ready:
+                self._make_runnable(queue)
 
-    def _answered(self, result: Any, batch: _Batch) -> None:
+    # --- one attempt -------------------------------------------------------------------------
+
+    def _send(self, queue: _PartitionQueue, batch: _Batch) -> None:
+        if self._closed is not None:
+            self._fail_batch(batch, self._closed)
+            return
+        if self.clock.seconds() >= batch.deadline:
+            self._expire(batch)
+            self._make_runnable(queue)
+            return
+        self._in_flight += 1
+        queue.in_flight.append(batch)
+        batch.attempts += 1
+        batch.request = None
+        batch.withdrawn = False
+        d = batch.route = self.client.leader_target(queue.topic, queue.partition)
+        d.addCallback(self._write, queue, batch)
+        d.addBoth(self._answered, queue, batch)
+        d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
+
+    def _write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Any:
+        key, node = target
+        if queue.node is not None and queue.node != key and len(queue.in_flight) > 1:
+            # Earlier batches are in flight at the old leader: this one waits for their outcome.
+            queue.in_flight.remove(batch)
+            self._in_flight -= 1
+            batch.attempts -= 1
+            queue.ready.appendleft(batch)
+            queue.draining = True
+            return _REQUEUED
+        queue.node = key
+        return self._request(node, batch)
+
+    def _request(self, node: Any, batch: _Batch) -> Deferred:
+        params = requests.send_batch(batch.topic, orjson.Fragment(b"[" + b",".join(batch.messages) + b"]"),
+                                     batch.acks)
+        timeout = self.client.request_timeout
+        remaining = batch.deadline - self.clock.seconds()
+        if timeout is None or remaining < timeout:
+            timeout = max(remaining, 0.001)
+        self.requests_sent += 1
+        batch.route = None
+        request = batch.request = node.call("SendBatch", params, timeout=timeout,
+                                            expect_answer=batch.acks != "none")
+        return request
+
+    def _answered(self, result: Any, queue: _PartitionQueue, batch: _Batch) -> None:
+        if result is _REQUEUED:
+            return
+        if batch.withdrawn:  # taken back unwritten: it waits in queue.retry
+            if isinstance(result, Failure):
+                result.trap(CancelledError, errors.StreamlogError)
+            return
+        queue.in_flight.remove(batch)
         self._in_flight -= 1
+        error = self._outcome(result, batch)
+        if error is None:
+            self._delivered(queue, batch, result)
+        elif retry.retriable(error) and self._closed is None and not self.client.closed:
+            self._retry_later(queue, batch, error)
+        else:
+            self._fail_batch(batch, error)
+            if isinstance(error, (errors.UnknownTopic, errors.UnknownPartition)):
+                self._forget_topic(queue.topic)  # deleted, or re-created otherwise: learn it again
+        if not queue.in_flight:
+            queue.node = None
+            queue.draining = False
+            if queue.retry and queue.timer is None:
+                self._schedule_retry(queue)
+        if not queue.retry:
+            self._make_runnable(queue)
+        self._pump()
+
+    def _outcome(self, result: Any, batch: _Batch) -> errors.StreamlogError | None:
+        """The error of an attempt (None: it was appended as one batch on its partition)."""
+        if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, errors.StreamlogError):
+                return error
+            self._log.failure("sending a batch failed", result)
+            return errors.Internal(f"sending a batch failed: {error!r}")
+        if result is None:  # acks="none": written, nothing answered
+            return None
+        placed = result.get("partitions") or [] if isinstance(result, dict) else []
+        if len(placed) == 1 and isinstance(placed[0].get("error"), dict):
+            return errors.from_wire(placed[0]["error"])
+        if (len(placed) != 1 or placed[0].get("count") != len(batch.deferreds)
+                or (batch.partition is not None and placed[0].get("partition") != batch.partition)):
+            return errors.Internal(f"unexpected SendBatch answer for {len(batch.deferreds)} messages "
+                                   f"to partition {batch.partition}: {str(result)[:300]}")
+        return None
+
+    def _delivered(self, queue: _PartitionQueue, batch: _Batch, result: Any) -> None:
+        queue.failures = 0
+        queue.hinted = 0
+        if queue.retry and queue.retry[0].seq < batch.seq:
+            self.reordered += 1
+            self._log.warn("{topic}/{partition}: a batch was appended while an earlier one ({n} message(s)) "
+                           "failed and waits to be sent again: those will land after it",
+                           topic=queue.topic, partition=queue.partition, n=len(queue.retry[0].deferreds))
+        self._settle(batch, result)
+
+    def _retry_later(self, queue: _PartitionQueue, batch: _Batch, error: errors.StreamlogError) -> None:
+        batch.last_error = error
+        batch.maybe_landed = batch.maybe_landed or retry.may_have_landed(error)
+        immediate = self.client.learn(error, queue.topic, queue.partition, queue.node)
+        if immediate and queue.hinted < 2:
+            queue.hinted += 1
+        else:
+            queue.failures += 1
+        bisect.insort(queue.retry, batch, key=lambda b: b.seq)
+        self.retries += 1
+        # Later batches of this partition that are not written yet are taken back: they go after it.
+        for later in list(queue.in_flight):
+            if later.seq < batch.seq or not self._withdraw(later):
+                continue
+            later.attempts -= 1
+            queue.in_flight.remove(later)
+            self._in_flight -= 1
+            bisect.insort(queue.retry, later, key=lambda b: b.seq)
+
+    @staticmethod
+    def _withdraw(batch: _Batch) -> bool:
+        """Take back an attempt that was not written yet (its route is pending, or its request
+        waits for a connection); True if it was."""
+        if batch.route is not None and not batch.route.called:
+            batch.withdrawn = True
+            batch.route.cancel()
+            return True
+        request = batch.request
+        if request is not None and hasattr(request, "withdraw"):
+            batch.withdrawn = True
+            if request.withdraw():
+                return True
+            batch.withdrawn = False
+        return False
+
+    def _schedule_retry(self, queue: _PartitionQueue) -> None:
+        delay = 0.0 if queue.failures == 0 else self.client.backoff(queue.failures)
+        # Not past the oldest batch's deadline: it fails then, not a backoff later.
+        delay = max(0.0, min(delay, queue.retry[0].deadline - self.clock.seconds()))
+        queue.timer = self.clock.callLater(delay, self._resend, queue)
+
+    def _resend(self, queue: _PartitionQueue) -> None:
+        """Send the oldest failed batch of the partition, alone (the rest wait for its outcome)."""
+        queue.timer = None
+        while queue.retry:
+            batch = queue.retry[0]
+            if self._closed is not None:
+                queue.retry.pop(0)
+                self._fail_batch(batch, self._closed)
+                continue
+            if self.clock.seconds() >= batch.deadline:
+                queue.retry.pop(0)
+                self._expire(batch)
+                continue
+            queue.retry.pop(0)
+            self._resend_one(queue, batch)
+            return
+        self._make_runnable(queue)
+        self._pump()
+
+    def _resend_one(self, queue: _PartitionQueue, batch: _Batch) -> None:
+        # Counted in max_in_flight too, but never held back by it: it is already late.
+        self._in_flight += 1
+        queue.in_flight.append(batch)
+        batch.attempts += 1
+        batch.request = None
+        batch.withdrawn = False
+        d = batch.route = self.client.leader_target(queue.topic, queue.partition)
+        d.addCallback(lambda target: self._retry_write(target, queue, batch))
+        d.addBoth(self._answered, queue, batch)
+        d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
+
+    def _retry_write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Deferred:
+        key, node = target
+        queue.node = key
+        return self._request(node, batch)
+
+    # --- settling ------------------------------------------------------------------------------
+
+    def _settle(self, batch: _Batch, result: Any) -> None:
         self._unsettled.discard(batch)
         self._pending -= len(batch.deferreds)
         try:
-            if isinstance(result, Failure):
-                for d in batch.deferreds:
-                    d.errback(result)
-            elif result is None:  # acks="none"
+            if result is None:  # acks="none"
                 for d in batch.deferreds:
                     d.callback((None, None))
             else:
-                self._place(result, batch)
+                placed = result["partitions"][0]
+                partition, base = placed["partition"], placed["base_offset"]
+                for i, d in enumerate(batch.deferreds):
+                    d.callback((partition, base + i))
         except Exception:
             self._log.failure("delivering a batch result failed")
-        for waiter in batch.waiters:
-            waiter.callback(None)
+        self._check_flushes()
+
+    def _fail_batch(self, batch: _Batch, error: errors.StreamlogError) -> None:
+        self._unsettled.discard(batch)
+        self._pending -= len(batch.deferreds)
+        for d in batch.deferreds:
+            d.errback(error)
+        self._check_flushes()
+
+    def _expire(self, batch: _Batch) -> None:
+        last = batch.last_error
+        why = f"; last error: {last.code}: {last.message}" if last is not None else ""
+        where = f"{batch.topic}/{batch.partition}" if batch.partition is not None else batch.topic
+        self._fail_batch(batch, errors.DeliveryTimeout(
+            f"{len(batch.deferreds)} message(s) for {where} were not acknowledged within the delivery timeout "
+            f"of {self.delivery_timeout:g}s ({batch.attempts} attempt(s){why})",
+            timeout=self.delivery_timeout, attempts=batch.attempts,
+            last_error=last.to_wire() if last is not None else None,
+            sent=batch.maybe_landed))
+
+    # --- topics the metadata does not know yet ----------------------------------------------------
+
+    def _forget_topic(self, topic: str) -> None:
+        state = self._topics.get(topic)
+        if state is not None:
+            state.info = None
+            state.key_partitions.clear()
+        self.client.view.forget_topic(topic)  # the client's cached partitions are as stale
+
+    def _lookup(self, state: _TopicState) -> None:
+        if state.looking or state.unrouted is not None or state.timer is not None or self._closed is not None:
+            return
+        state.looking = True
+        d = self.client.topic(state.topic)
+        d.addCallbacks(self._found, self._not_found, callbackArgs=(state,), errbackArgs=(state,))
+        d.addErrback(lambda f: self._log.failure("placing messages for {topic} failed", f, topic=state.topic))
+
+    def _found(self, info: TopicInfo, state: _TopicState) -> None:
+        state.looking = False
+        state.failures = 0
+        if state.info is None or state.info.count != info.count:
+            state.key_partitions.clear()
+        state.info = info
+        unplaced, state.unplaced = state.unplaced, deque()
+        for m in unplaced:
+            if self.clock.seconds() >= m.deadline:
+                self._pending -= 1
+                m.deferred.errback(errors.DeliveryTimeout(
+                    f"the partitions of {state.topic} were not known within the delivery timeout",
+                    timeout=self.delivery_timeout, attempts=0, last_error=None, sent=False))
+                continue
+            try:
+                chosen = self._partitioner.choose(state.topic, info.count, m.key, m.partition)
+            except errors.StreamlogError as e:
+                self._pending -= 1
+                m.deferred.errback(e)
+                continue
+            self._add(state, chosen, _encode(m.value, m.key, chosen, m.headers), m.acks, m.seq, m.deadline,
+                      m.deferred)
+        self._check_flushes()
         self._pump()
 
-    def _place(self, result: dict[str, Any], batch: _Batch) -> None:
-        placed = result.get("partitions") or []
-        if len(placed) != 1 or placed[0].get("count") != len(batch.deferreds):
-            error = errors.Internal(f"unexpected SendBatch answer for {len(batch.deferreds)} messages: {result!r}")
-            for d in batch.deferreds:
-                d.errback(error)
+    def _not_found(self, failure: Failure, state: _TopicState) -> None:
+        state.looking = False
+        error = failure.value
+        if isinstance(error, errors.UnknownTopic):
+            self._send_unrouted(state)  # the server may create it, and chooses partitions until then
             return
-        partition, base = placed[0]["partition"], placed[0]["base_offset"]
-        for i, d in enumerate(batch.deferreds):
-            d.callback((partition, base + i))
+        if isinstance(error, errors.StreamlogError) and retry.retriable(error) and self._closed is None:
+            state.failures += 1
+            self._expire_unplaced(state, error)
+            if state.unplaced:
+                delay = min(self.client.backoff(state.failures), state.unplaced[0].deadline - self.clock.seconds())
+                state.timer = self.clock.callLater(max(delay, 0.0), self._look_again, state)
+            return
+        self._fail_unplaced(state, error if isinstance(error, errors.StreamlogError)
+                            else errors.Internal(f"finding the partitions of {state.topic} failed: {error!r}"))
+
+    def _look_again(self, state: _TopicState) -> None:
+        state.timer = None
+        self._lookup(state)
+
+    def _expire_unplaced(self, state: _TopicState, last: errors.StreamlogError | None) -> None:
+        now = self.clock.seconds()
+        while state.unplaced and now >= state.unplaced[0].deadline:
+            m = state.unplaced.popleft()
+            self._pending -= 1
+            m.deferred.errback(errors.DeliveryTimeout(
+                f"a message for {state.topic} was not acknowledged within the delivery timeout of "
+                f"{self.delivery_timeout:g}s (its topic's partitions were never learnt"
+                + (f"; last error: {last.code}: {last.message})" if last is not None else ")"),
+                timeout=self.delivery_timeout, attempts=0,
+                last_error=last.to_wire() if last is not None else None, sent=False))
+        self._check_flushes()
+
+    def _fail_unplaced(self, state: _TopicState, error: errors.StreamlogError) -> None:
+        unplaced, state.unplaced = state.unplaced, deque()
+        self._pending -= len(unplaced)
+        for m in unplaced:
+            m.deferred.errback(error)
+        self._check_flushes()
+
+    def _send_unrouted(self, state: _TopicState) -> None:
+        """One request of the first waiting messages of one routing class, placed by the server."""
+        self._expire_unplaced(state, None)
+        if not state.unplaced:
+            return
+        first = state.unplaced[0]
+        budget = self.max_request_bytes - REQUEST_OVERHEAD - len(state.topic)
+        batch = _Batch(state.topic, None, first.acks, first.deadline, first.seq)
+        taken: list[_Unplaced] = []
+        for m in state.unplaced:
+            if (m.key, m.partition, m.acks) != (first.key, first.partition, first.acks) \
+                    or len(taken) >= self.batch_size:
+                break
+            encoded = orjson.dumps(requests.message(m.value, m.key, m.partition, m.headers))
+            if taken and batch.size + len(encoded) + 1 > budget:
+                break
+            taken.append(m)
+            batch.messages.append(encoded)
+            batch.size += len(encoded) + 1
+            batch.deferreds.append(m.deferred)
+        for _ in taken:
+            state.unplaced.popleft()
+        state.unrouted = batch
+        self._unsettled.add(batch)
+        remaining = max(batch.deadline - self.clock.seconds(), 0.001)
+        params = requests.send_batch(state.topic, orjson.Fragment(b"[" + b",".join(batch.messages) + b"]"),
+                                     batch.acks)
+        self.requests_sent += 1
+        d = self.client._run("SendBatch", params, self.client.any_target, remaining, resend_ok=True,
+                             expect_answer=batch.acks != "none", topic=state.topic)
+        d.addBoth(self._unrouted_answered, state, batch)
+        d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
+
+    def _unrouted_answered(self, result: Any, state: _TopicState, batch: _Batch) -> None:
+        state.unrouted = None
+        error = self._outcome(result, batch)
+        if error is None:
+            self._settle(batch, result)
+            self.client.view.forget_topic(state.topic)  # it exists now: ask for its partitions
+        elif isinstance(error, errors.Timeout) and self.clock.seconds() >= batch.deadline:
+            batch.last_error = error
+            batch.attempts = 1
+            batch.maybe_landed = retry.may_have_landed(error)
+            self._expire(batch)
+        else:
+            self._fail_batch(batch, error)
+            if isinstance(error, errors.UnknownTopic):
+                self._fail_unplaced(state, error)  # not auto-created: the rest cannot go either
+        if state.unplaced:
+            self._lookup(state)
+
+    # --- the rest ---------------------------------------------------------------------------------
+
+    def _check_flushes(self) -> None:
+        if not self._flushes:
+            return
+        low = min((b.min_seq for b in self._unsettled), default=self._seq)
+        for state in self._topics.values():
+            if state.unplaced:
+                low = min(low, state.unplaced[0].seq)
+        done = [f for f in self._flushes if f[0] <= low]
+        if done:
+            self._flushes = [f for f in self._flushes if f[0] > low]
+            for _, d in done:
+                d.callback(None)
 
     def flush(self) -> Deferred:
         """Send everything queued now; fires once every message sent so far is settled.
@@ -210,16 +740,38 @@ class Producer:
         """
         self._close_open()
         self._pump()
-        if not self._unsettled:
+        if not self._pending:
             return succeed(None)
-        waits = []
-        for batch in self._unsettled:
-            waiter: Deferred = Deferred()
-            batch.waiters.append(waiter)
-            waits.append(waiter)
-        return DeferredList(waits).addCallback(lambda _: None)
+        d: Deferred = Deferred()
+        self._flushes.append((self._seq, d))
+        self._check_flushes()
+        return d
+
+    def _client_closed(self) -> None:
+        """The client is closing: nothing more can be sent; what waits here fails."""
+        self._closed = errors.ConnectionLost("the client was closed", sent=False)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for state in self._topics.values():
+            if state.timer is not None and state.timer.active():
+                state.timer.cancel()
+            state.timer = None
+            self._fail_unplaced(state, self._closed)
+            for queue in state.queues.values():
+                if queue.timer is not None and queue.timer.active():
+                    queue.timer.cancel()
+                queue.timer = None
+                waiting = ([queue.open] if queue.open is not None else []) + list(queue.ready) + queue.retry
+                queue.open, queue.ready, queue.retry = None, deque(), []
+                for batch in waiting:
+                    self._fail_batch(batch, self._closed)
 
     @property
     def pending(self) -> int:
         """Messages sent to the Producer and not yet settled."""
         return self._pending
+
+
+__all__ = ["DEFAULT_DELIVERY_TIMEOUT", "DEFAULT_MAX_REQUEST_BYTES", "Producer"]
+

@@ -15,6 +15,9 @@ from typing import Any
 MAX_POLL_MESSAGES = 10_000
 #: The longest long-poll wait a server with the default limits allows (C{--max-wait-ms}).
 MAX_WAIT_MS = 60_000
+#: Longest answer line a client accepts: a Poll may return up to 16 MiB of
+#: messages (the server's max_poll_bytes) plus the envelope.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 def message(value: Any, key: str | None = None, partition: int | None = None,

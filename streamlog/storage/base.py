@@ -29,6 +29,7 @@ from typing import Protocol
 import attrs
 
 from streamlog.raft.log import Entry, Members
+from streamlog.topic_config import TopicConfig  # noqa: F401 (re-exported: the storage takes it)
 
 #: Payload record separator (see module docstring).
 RECORD_SEPARATOR = b"\n"
@@ -100,27 +101,6 @@ class ReadResult:
     count: int
     next_offset: int
     size: int  # total bytes of the fragments
-
-
-@attrs.frozen
-class TopicConfig:
-    """Per-topic settings; C{None} means "the server default"."""
-
-    retention_ms: int | None = None
-    retention_bytes: int | None = None
-    segment_bytes: int | None = None
-    segment_ms: int | None = None
-
-    def to_dict(self) -> dict[str, int | None]:
-        return attrs.asdict(self)
-
-    def with_defaults(self, defaults: TopicConfig | None) -> TopicConfig:
-        """These settings, with C{defaults} filling each one that is C{None}."""
-        if defaults is None:
-            return self
-        return TopicConfig(**{
-            k: (v if v is not None else getattr(defaults, k)) for k, v in self.to_dict().items()
-        })
 
 
 class PartitionLog(Protocol):

@@ -22,19 +22,34 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from streamlog import errors, wire
-from streamlog.client.connection import DEFAULT_ADDRESS, StreamlogClient
+from streamlog.client.addresses import DEFAULT_ADDRESS, check_bootstrap
+from streamlog.client.cluster import ClusterClient, as_cluster_client
+
+#: The environment variable holding the default --connect (as for the streamlog command).
+CONNECT_ENV = "STREAMLOG_CONNECT"
 
 
 class ClientOptions(usage.Options):
     synopsis = "--topic TOPIC [options]"
 
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Server to connect to: an endpoint (tcp:HOST:PORT, unix:/path) or HOST:PORT."],
+        ["connect", "c", None, "Server(s) to connect to: an endpoint (tcp:HOST:PORT, unix:/path) or HOST:PORT, or "
+                               "several separated by commas (a cluster's bootstrap list: any of them gives the "
+                               f"cluster's metadata). Default: ${CONNECT_ENV}, else {DEFAULT_ADDRESS}."],
         ["timeout", None, 10.0, "Seconds to wait for a connection and an answer.", float],
         ["retry-max", None, 10.0, "Longest backoff between reconnects (and resends), in seconds.", float],
     ]
 
     def postOptions(self) -> None:
+        if self["connect"] is None:
+            self["connect"] = os.environ.get(CONNECT_ENV) or DEFAULT_ADDRESS
+            where = f" (from ${CONNECT_ENV})" if os.environ.get(CONNECT_ENV) else ""
+        else:
+            where = ""
+        try:
+            self["bootstrap"] = check_bootstrap(self["connect"])
+        except ValueError as e:
+            raise usage.UsageError(f"--connect{where}: {e}") from None
         if self["topic"] is None:
             raise usage.UsageError("--topic is required")
         try:
@@ -74,8 +89,9 @@ def exit_with(status: int, reactor: Any = None) -> None:
 class LoopingClientService(service.Service):
     """A daemon that calls C{_tick} every C{--interval} seconds over one client.
 
-    @param client: an existing client (tests inject one); else one is made
-        from the options at start.
+    @param client: an existing client (tests inject one: a L{ClusterClient},
+        or a L{StreamlogClient} it is wrapped in); else a L{ClusterClient} is
+        made from the options (the bootstrap list of C{--connect}) at start.
     @param clock: the clock of the loop (default: the client's, or the reactor).
     @param on_finish: called with the exit status when the daemon is done.
     """
@@ -84,11 +100,12 @@ class LoopingClientService(service.Service):
     #: Name used in the log when the loop dies.
     role = "client"
 
-    def __init__(self, options: ClientOptions, client: StreamlogClient | None = None, clock: Any = None,
+    def __init__(self, options: ClientOptions, client: Any = None, clock: Any = None,
                  reactor: Any = None, on_finish: Callable[[int], object] | None = None) -> None:
         self.options = options
         self._reactor = reactor
-        self.client = client
+        #: The cluster client (an injected StreamlogClient is wrapped in one).
+        self.client: ClusterClient | None = as_cluster_client(client) if client is not None else None
         self.clock = clock if clock is not None else (client.clock if client is not None else reactor)
         self.on_finish = on_finish or (lambda status: exit_with(status, self._reactor))
         self._finished = False
@@ -102,9 +119,9 @@ class LoopingClientService(service.Service):
                 from twisted.internet import reactor
 
                 self._reactor = reactor
-            self.client = StreamlogClient(self.options["connect"], reactor=self._reactor,
-                                          request_timeout=self.options["timeout"],
-                                          reconnect_max=self.options["retry-max"])
+            self.client = ClusterClient(self.options["bootstrap"], reactor=self._reactor,
+                                        request_timeout=self.options["timeout"],
+                                        reconnect_max=self.options["retry-max"])
             if self.clock is None:
                 self.clock = self._reactor
         self._started()

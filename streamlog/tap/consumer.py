@@ -5,8 +5,9 @@ twistd's redirected C{sys.stdout}), or to C{--output FILE}, as one JSON
 object per line: C{{"partition", "offset", "timestamp", "key", "value",
 "headers"}}; log lines go to twistd's log, never to that stream.
 
-Without C{--partition} it reads every partition of the topic (found with a
-C{DescribeTopic}, waited for while the topic does not exist), merged in the
+Without C{--partition} it reads every partition of the topic (found in the
+cluster's metadata, waited for while the topic does not exist, and read too
+when the metadata later shows more of them), merged in the
 order the answers come; the order within one partition is the log's.  With
 C{--partition P}, only that one.
 
@@ -24,6 +25,11 @@ nothing is being written.  Positions are not stored: a restarted daemon
 starts again from C{--from}, in every partition.
 
 Errors:
+  - C{NOT_LEADER}, C{LEADER_NOT_AVAILABLE}, a lost connection, a timeout,
+    C{TOO_MANY_WAITING_POLLS}: the Consumer asks again itself, at the
+    partition's (new) leader, with backoff, logging the first such trouble
+    once; if that does not work within C{--timeout} (plus the long poll),
+    the error comes here:
   - unreachable server, lost connection, timeout, C{UNKNOWN_TOPIC},
     C{UNKNOWN_PARTITION}, C{PARTITION_UNAVAILABLE}, C{NOT_LEADER},
     C{TOO_MANY_WAITING_POLLS}: logged (once per kind of trouble and
@@ -53,7 +59,6 @@ from twisted.python.failure import Failure
 
 from streamlog import errors, wire
 from streamlog.client import positions
-from streamlog.client.connection import StreamlogClient
 from streamlog.client.consumer import Consumer
 from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 from streamlog.tap.output import LineOutput, OutputFailed
@@ -61,8 +66,8 @@ from streamlog.tap.output import LineOutput, OutputFailed
 #: Errors after which the consumer simply polls again on the next tick.
 TRANSIENT = (
     errors.ConnectionLost, errors.Timeout, errors.UnknownTopic, errors.UnknownPartition,
-    errors.PartitionUnavailable, errors.NotLeader, errors.TooManyConnections, errors.Internal,
-    errors.StorageError, errors.TooManyWaitingPolls,
+    errors.PartitionUnavailable, errors.NotLeader, errors.LeaderNotAvailable, errors.ShuttingDown,
+    errors.TooManyConnections, errors.Internal, errors.StorageError, errors.TooManyWaitingPolls,
 )
 
 
@@ -132,7 +137,7 @@ class ConsumerService(LoopingClientService):
     _log = Logger()
     role = "consumer"
 
-    def __init__(self, options: Options, client: StreamlogClient | None = None, clock: Any = None,
+    def __init__(self, options: Options, client: Any = None, clock: Any = None,
                  reactor: Any = None, out: LineOutput | None = None,
                  on_finish: Callable[[int], object] | None = None) -> None:
         super().__init__(options, client, clock, reactor, on_finish)
@@ -159,13 +164,13 @@ class ConsumerService(LoopingClientService):
         if self.options["partition"] is not None:
             self._read([self.options["partition"]])
 
+    def _consumer(self, partition: int) -> Consumer:
+        return Consumer(self.client, self.topic, partition, start=self.options["start"],
+                        max_messages=self.options["max-messages"], max_wait_ms=self.options["max-wait-ms"],
+                        prefetch=False)
+
     def _read(self, partitions: list[int]) -> None:
-        self.readers = {
-            p: _Reader(p, Consumer(self.client, self.topic, p, start=self.options["start"],
-                                   max_messages=self.options["max-messages"],
-                                   max_wait_ms=self.options["max-wait-ms"], prefetch=False))
-            for p in partitions
-        }
+        self.readers = {p: _Reader(p, self._consumer(p)) for p in partitions}
         which = (f"partition {partitions[0]}" if len(partitions) == 1 and self.options["partition"] is not None
                  else f"{len(partitions)} partition(s)")
         self._log.info("reading {topic} ({which}) from {start}, writing to {output}", topic=self.topic,
@@ -209,24 +214,39 @@ class ConsumerService(LoopingClientService):
         if self.readers is None:
             self._discover()
             return
+        self._more_partitions()
         for reader in self.readers.values():
             self._poll(reader)
+
+    def _more_partitions(self) -> None:
+        """Partitions the metadata shows now and this consumer does not read yet (the topic was
+        re-created with more of them): read them too, from C{--from}."""
+        if self.options["partition"] is not None or self.readers is None:
+            return
+        info = self.client.view.topics.get(self.topic)
+        if info is None or info.count <= len(self.readers):
+            return
+        new = [p for p in range(info.count) if p not in self.readers]
+        for p in new:
+            self.readers[p] = _Reader(p, self._consumer(p))
+        self._log.info("{topic} has {n} partition(s) now: reading {new} too, from {start}", topic=self.topic,
+                       n=info.count, new=", ".join(map(str, new)), start=str(self.options["start"]))
 
     def _discover(self) -> None:
         if self._describing:
             return
         self._describing = True
-        d = self.client.describe_topic(self.topic)
+        d = self.client.topic(self.topic)  # the metadata (DescribeTopic on a single node)
         d.addCallbacks(self._discovered, self._discovery_failed)
         d.addErrback(lambda f: self._log.failure("finding the partitions of {topic} failed", f, topic=self.topic))
 
-    def _discovered(self, description: dict[str, Any]) -> None:
+    def _discovered(self, info: Any) -> None:
         self._describing = False
         if self._finished or not self.running or self.readers is not None:
             return
         if self._waiting_for is not None:
             self._log.info("topic {topic} is there now", topic=self.topic)
-        self._read(sorted(p["partition"] for p in description["partitions"]))
+        self._read(list(range(info.count)))
         for reader in self.readers.values():
             self._poll(reader)
 

@@ -11,7 +11,9 @@ acknowledged, each message's partition and offset are logged and the
 messages leave the queue.  When it fails with a transient error (the server
 unreachable, connection lost, timeout, partition unavailable, unknown topic)
 the same messages are sent again, in the same order, after an exponential
-backoff with jitter: nothing is dropped.  A resend after a connection loss
+backoff with jitter: nothing is dropped.  (Where the partition's leader
+moved, the client follows it before the request comes back here: see
+L{streamlog.client.cluster}.)  A resend after a connection loss
 or a timeout can append a message twice (the first attempt may have landed)
 until idempotent producers land.  An error that cannot heal by waiting
 (message too large, invalid parameters) is logged and the producer stops
@@ -39,14 +41,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from streamlog import errors
-from streamlog.client.connection import StreamlogClient, backoff_policy
+from streamlog.client.retry import backoff_policy
 from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 
 #: Errors after which the same request is sent again (after a backoff).
 TRANSIENT = (
     errors.ConnectionLost, errors.Timeout, errors.PartitionUnavailable, errors.NotLeader,
-    errors.UnknownTopic, errors.TooManyConnections, errors.StorageError, errors.Internal,
-    errors.ShuttingDown, errors.TooManyOpenFiles,
+    errors.LeaderNotAvailable, errors.NotController, errors.UnknownTopic, errors.TooManyConnections,
+    errors.StorageError, errors.Internal, errors.ShuttingDown, errors.TooManyOpenFiles,
 )
 # KEY_TOO_LARGE, MESSAGE_TOO_LARGE, TOO_MANY_PARTITIONS, UNKNOWN_PARTITION, INVALID_PARAMS, ...:
 # waiting cannot heal them, so they stop the producer (status 1).
@@ -131,7 +133,7 @@ class ProducerService(LoopingClientService):
     _log = Logger()
     role = "producer"
 
-    def __init__(self, options: Options, client: StreamlogClient | None = None, clock: Any = None,
+    def __init__(self, options: Options, client: Any = None, clock: Any = None,
                  reactor: Any = None, on_finish: Callable[[int], object] | None = None,
                  read_stdin: bool = True, rng: random.Random | None = None) -> None:
         super().__init__(options, client, clock, reactor, on_finish)

@@ -62,3 +62,12 @@ def test_e2e() -> None:
     assert r["messages"] == 500 and r["received"] == 500
     assert r["warmup_excluded"] == 50 and r["latency_ms"]["count"] == 450
     check_latency(r["ack_latency_ms"])
+
+
+def test_produce_with_many_keys_batches_per_partition() -> None:
+    r = bench("produce", "--messages", "4000", "--batch", "500", "--size", "50", "--keys", "1000",
+              "--partitions", "4")
+    check_common(r, "produce")
+    assert r["messages"] == 4000 and r["keys"] == 1000
+    # 1000 keys over 4 partitions: requests of many keys each, not one per key (as a routing class each was)
+    assert 0 < r["requests"] <= 4000 // 50, r["requests"]

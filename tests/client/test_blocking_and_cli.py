@@ -385,8 +385,14 @@ def test_cli_usage_errors_show_the_subcommand_usage(server, argv, usage):
 
 
 def test_cli_bench_uses_the_global_connect_and_the_environment(server):
-    for argv, env in ((["--connect", server.address], cli_env()), ([], cli_env(STREAMLOG_CONNECT=server.address))):
-        proc = subprocess.run([PYTHON, "-m", "streamlog.cli", *argv, "bench", "produce", "--messages", "200",
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens here once closed
+    bootstrap = f"{dead},{server.address}"  # a bootstrap list: the first address is down
+    for argv, env in ((["--connect", server.address], cli_env()), ([], cli_env(STREAMLOG_CONNECT=server.address)),
+                      (["bench", "--connect", bootstrap], cli_env())):
+        command = ["bench", "produce", *argv[1:]] if argv[:1] == ["bench"] else [*argv, "bench", "produce"]
+        proc = subprocess.run([PYTHON, "-m", "streamlog.cli", *command, "--messages", "200",
                                "--batch", "100", "--json", "--quiet", "--max-seconds", "20"],
                               cwd=REPO, capture_output=True, timeout=90, env=env)
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]

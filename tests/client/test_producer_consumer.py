@@ -8,7 +8,7 @@ import pytest
 from client_support import failure_of, result_of, run_until, settle
 
 from streamlog import errors
-from streamlog.client import Consumer, Producer, StreamlogClient
+from streamlog.client import ClientProtocol, ClusterClient, Consumer, Producer, StreamlogClient
 from streamlog.partitioner import partition_for_key
 from streamlog.testing import stored_records
 
@@ -99,11 +99,21 @@ def test_keyed_and_explicit_partition_sends_get_their_own_offsets(network, clock
         assert [r["offset"] for r in values(network, "t", p)] == list(range(len(values(network, "t", p))))
 
 
-def test_max_in_flight_bounds_outstanding_requests(network, clock, client):
+def test_max_in_flight_bounds_outstanding_requests(network, clock, client, monkeypatch):
+    got(network, clock, client.create_topic("t", partitions=1))
+    outstanding = []
+    real = ClientProtocol.request
+
+    def request(proto, method, params=None, **kw):
+        if method == "SendBatch":
+            outstanding.append(1 + sum(1 for p in proto._pending.values() if p.method == "SendBatch"))
+        return real(proto, method, params, **kw)
+
+    monkeypatch.setattr(ClientProtocol, "request", request)
     producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=2)
     ds = [producer.send("t", i) for i in range(6)]
-    assert client.protocol.in_flight == 2
     run_until(clock, network, lambda: all(d.called for d in ds))
+    assert len(outstanding) == 6 and max(outstanding) == 2
     assert [result_of(d)[1] for d in ds] == list(range(6))
 
 
@@ -120,13 +130,43 @@ def test_failed_batch_fails_each_message(network, clock, client):
     assert producer.pending == 0
 
 
-def test_connection_lost_fails_in_flight_messages(network, clock, client):
+def test_messages_in_flight_when_the_connection_drops_are_sent_again_in_order(network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
     producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "first"))
     ds = [producer.send("t", i) for i in range(3)]
     clock.advance(0)  # the batch is written
     network.drop()
-    for d in ds:
-        assert failure_of(d).check(errors.ConnectionLost)
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    # The server had appended them before the drop; the Producer cannot know, and resends:
+    # everything is there, in order, the batch twice (until idempotent producers).
+    assert [result_of(d)[1] for d in ds] == [4, 5, 6]
+    assert [r["value"] for r in values(network, "t")] == ["first", 0, 1, 2, 0, 1, 2]
+    assert producer.retries == 1
+
+
+def test_messages_fail_with_delivery_timeout_when_the_server_stays_away(network, clock):
+    client = ClusterClient(network, clock=clock, endpoint_factory=lambda address: address, rng=random.Random(3),
+                           reconnect_min=0.1, reconnect_max=1.0)
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=0, delivery_timeout=5.0)
+    got(network, clock, producer.send("t", "first"))
+    network.drop()
+    network.up = False
+    t0 = clock.seconds()
+    ds = [producer.send("t", i) for i in range(3)]
+    run_until(clock, network, lambda: all(d.called for d in ds), limit=10)
+    failures = [failure_of(d) for d in ds]
+    assert all(f.check(errors.DeliveryTimeout) for f in failures)
+    error = failures[0].value
+    assert error.details["sent"] is False and error.details["attempts"] >= 2
+    assert error.details["last_error"]["code"] == "CONNECTION_LOST"
+    assert 5.0 <= clock.seconds() - t0 <= 5.1  # the delivery timeout, not later
+    assert producer.pending == 0
+    d = client.close()
+    network.pump()
+    result_of(d)
+    assert producer.pending == 0
 
 
 def test_consumer_reads_in_order_and_keeps_position(network, clock, client):
@@ -155,13 +195,13 @@ def test_consumer_prefetches_the_next_batch(network, clock, client):
     got(network, clock, producer.flush())
     consumer = Consumer(client, "t", 0, start=0, max_messages=4, max_wait_ms=0)
     asked: list[tuple[int, list[int]]] = []  # (offset asked, offsets still unanswered then)
-    real_poll = client.poll
+    real_poll = consumer.client.poll  # the cluster client over the connection
 
     def poll(topic, partition, offset, **kw):
         asked.append((offset, [f.offset for f in consumer._fetches if f.outcome is None]))
         return real_poll(topic, partition, offset, **kw)
 
-    client.poll = poll
+    consumer.client.poll = poll
     first = got(network, clock, consumer.poll())
     assert [m["offset"] for m in first] == [0, 1, 2, 3]
     # The next Polls went out on their own as soon as the first answered: the one for
@@ -233,14 +273,36 @@ def test_consumer_retries_from_its_position_after_connection_loss(network, clock
     second = [m["value"] for m in result_of(consumer.poll())]
     assert second == [2]
     network.pump()  # the prefetch of offset 3 is waiting on the server
-    network.drop()
-    assert failure_of(consumer.poll()).check(errors.ConnectionLost)
-    assert consumer.position == 3
+    network.drop()  # the Poll is lost with the connection: it is asked again once reconnected
+    pending = consumer.poll()
+    done = []
+    pending.addBoth(lambda r: (done.append(r), r)[1])
+    run_until(clock, network, lambda: client.connected and client.protocol.in_flight == 1)
+    assert consumer.position == 3 and not done
     producer.send("t", 3)
     got(network, clock, producer.flush())
-    assert [m["value"] for m in got(network, clock, consumer.poll())] == [3]
+    assert [m["value"] for m in got(network, clock, pending)] == [3]  # nothing skipped, nothing twice
     consumer.close()
     run_until(clock, network, lambda: client.protocol.in_flight == 0)
+
+
+def test_a_poll_that_keeps_failing_fails_after_its_timeout_and_keeps_the_position(network, clock, client):
+    producer = Producer(client, linger_ms=0)
+    for i in range(3):
+        producer.send("t", i)
+    got(network, clock, producer.flush())
+    consumer = Consumer(client, "t", 0, start=0, max_messages=2, max_wait_ms=0, timeout=3.0, prefetch=False)
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [0, 1]
+    network.drop()
+    network.up = False
+    t0 = clock.seconds()
+    failed = got_failure(network, clock, consumer.poll())
+    assert failure_of(failed).check(errors.ConnectionLost, errors.Timeout)
+    assert 2.0 <= clock.seconds() - t0 <= 3.1
+    assert consumer.position == 2
+    network.up = True
+    assert [m["value"] for m in got(network, clock, consumer.poll())] == [2]
+    consumer.close()
 
 
 def test_consumer_unknown_topic_and_out_of_range(network, clock, client):

@@ -1,0 +1,91 @@
+"""When to ask again, and how long to wait first (pure, no Twisted).
+
+Every client of the library shares these rules:
+
+- L{backoff_policy}: exponential backoff with jitter between attempts.
+- L{retriable}: errors after which asking again, maybe at another node, may
+  work: leadership moved (C{NOT_LEADER}), an election is on
+  (C{LEADER_NOT_AVAILABLE}), the node is stopping (C{SHUTTING_DOWN}) or full
+  (C{TOO_MANY_CONNECTIONS}, C{TOO_MANY_WAITING_POLLS}), the request went to a
+  node that is not the controller (C{NOT_CONTROLLER}), or no answer came
+  (C{CONNECTION_LOST}, C{TIMEOUT}).
+- L{may_have_landed}: of those, the ones after which a write may already
+  have been applied, so that writing it again may duplicate it (until
+  idempotent producers): an answer that never came for a request that was
+  written.  A refusal or a request never written (C{sent: false}) cannot
+  have been applied.
+- L{wants_metadata}: errors that say the client's picture of the cluster may
+  be stale, so its metadata should be asked again.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+
+from streamlog import errors
+
+#: Refusals: the node did nothing with the request; asking again (there, or where the hint points) may work.
+REFUSALS: tuple[type[errors.StreamlogError], ...] = (
+    errors.NotLeader, errors.LeaderNotAvailable, errors.NotController, errors.ShuttingDown,
+    errors.TooManyConnections, errors.TooManyWaitingPolls, errors.TooManyOpenFiles,
+)
+
+#: No answer came: the request may or may not have been applied (unless it was never written).
+NO_ANSWER: tuple[type[errors.StreamlogError], ...] = (errors.ConnectionLost, errors.Timeout)
+
+RETRIABLE = REFUSALS + NO_ANSWER
+
+#: Errors after which the metadata (who leads what, which nodes exist) should be fetched again.
+STALE_METADATA: tuple[type[errors.StreamlogError], ...] = (
+    errors.NotLeader, errors.LeaderNotAvailable, errors.NotController, errors.ShuttingDown,
+    errors.ConnectionLost, errors.Timeout,
+)
+
+
+def retriable(error: BaseException) -> bool:
+    """Whether asking again (after a backoff, maybe at another node) may succeed."""
+    return isinstance(error, RETRIABLE) and not isinstance(error, errors.DeliveryTimeout)
+
+
+def never_sent(error: BaseException) -> bool:
+    """Whether the request is known never to have been written (C{sent: false} in its details)."""
+    return isinstance(error, errors.StreamlogError) and error.details.get("sent", True) is False
+
+
+def may_have_landed(error: BaseException) -> bool:
+    """Whether a failed write may still have been applied (so that writing it again may duplicate it)."""
+    return isinstance(error, NO_ANSWER) and not never_sent(error)
+
+
+def safe_to_resend(error: BaseException) -> bool:
+    """Retriable, and known not to have been applied: resending cannot duplicate anything.
+
+    C{NOT_LEADER} counts as a refusal here.  A leader that stepped down with
+    the entry uncommitted answers it too, and that entry is then either
+    replaced (not applied) or committed later by the new leader: the rare
+    duplicate this allows is the same one a resend after a timeout makes.
+    """
+    return retriable(error) and not may_have_landed(error)
+
+
+def wants_metadata(error: BaseException) -> bool:
+    """Whether the error says the client's view of leaders and nodes may be stale."""
+    return isinstance(error, STALE_METADATA)
+
+
+def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = None) -> Callable[[int], float]:
+    """Exponential backoff with "equal jitter" for L{ClientService}.
+
+    After the n-th failed attempt (n >= 1) the wait is between d/2 and d,
+    d = min(maximum, minimum * 2**(n-1)).
+    """
+    rng = rng or _random.Random()
+
+    def policy(attempt: int) -> float:
+        delay = min(maximum, minimum * (2 ** min(max(attempt - 1, 0), 64)))
+        return delay / 2 + rng.random() * delay / 2
+
+    return policy
+
+
