@@ -44,7 +44,7 @@ import attrs
 import orjson
 
 from streamlog import errors, wire
-from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import TopicConfig
 
 #: The Raft group id of the metadata group; its leader is the controller.
 METADATA_GROUP: Final = "__meta"

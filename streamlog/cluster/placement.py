@@ -31,7 +31,7 @@ from streamlog.cluster.metadata import (
     leader_counts,
     replica_counts,
 )
-from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import TopicConfig
 
 #: Replication factor when none is asked for: this many, or every candidate if fewer.
 DEFAULT_REPLICATION_FACTOR = 3

@@ -64,7 +64,7 @@ from streamlog.cluster.metadata import (
     topic_created_index,
 )
 from streamlog.raft.core import LEADER, RaftNode
-from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import TopicConfig
 
 # ---------------------------------------------------------------------------- inputs
 
