@@ -7,7 +7,7 @@ import random
 import pytest
 from client_support import BrokerNetwork
 from client_support import run_until as run_broker
-from cluster_support import FakeCluster, run_for, run_until, settled
+from fake_cluster import FakeCluster, run_for, run_until, settled
 from twisted.python.failure import Failure
 
 from streamlog import errors

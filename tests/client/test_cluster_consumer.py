@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from cluster_support import FakeCluster, run_for, run_until
+from fake_cluster import FakeCluster, run_for, run_until
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 

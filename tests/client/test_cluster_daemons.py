@@ -6,7 +6,7 @@ import random
 
 import orjson
 import pytest
-from cluster_support import FakeCluster, run_for, run_until
+from fake_cluster import FakeCluster, run_for, run_until
 from twisted.python import usage
 
 from streamlog.client import ClusterClient

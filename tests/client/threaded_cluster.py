@@ -1,4 +1,4 @@
-"""The fake cluster of cluster_support on real sockets (127.0.0.1, one thread per connection), for the
+"""The fake cluster of fake_cluster on real sockets (127.0.0.1, one thread per connection), for the
 blocking client and the CLI, which do not run on a reactor.
 
 Every request is handled under one lock, against the same FakeCluster state
@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 import orjson
-from cluster_support import _PARKED, FakeCluster
+from fake_cluster import _PARKED, FakeCluster
 
 from streamlog import errors, wire
 
