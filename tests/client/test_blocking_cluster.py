@@ -107,7 +107,8 @@ def test_submitted_polls_follow_a_leader_that_moves_under_the_same_id(cluster, c
         cluster.fake.appended("t", 0)
     rid, result = client.next_answer(5)
     assert rids[rid] == 0 and [m["value"] for m in result["messages"]] == ["moved"]
-    assert asked(cluster, "Poll") == [1, 2, 3]
+    polls = asked(cluster, "Poll")  # the first two went out on two sockets: either may arrive first
+    assert sorted(polls[:2]) == [1, 2] and polls[2:] == [3]
 
 
 def test_the_cli_takes_a_bootstrap_list(cluster, capsys):
