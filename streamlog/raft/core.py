@@ -247,7 +247,7 @@ class RaftNode:
             self._transfer_target = target
             self._transfer_deadline = now + self.config.election_timeout
             if self._progress[target].match == self.log.last_index:
-                self._send(target, TimeoutNow(self.term, self.id))
+                self._send_timeout_now(target)
             else:
                 self._replicate(target)
         return self._take()
@@ -464,7 +464,7 @@ class RaftNode:
             if self.role != LEADER:
                 return  # the commit removed us from the group
             if self._transfer_target == frm and pr.match == self.log.last_index:
-                self._send(frm, TimeoutNow(self.term, self.id))
+                self._send_timeout_now(frm)
             self._replicate(frm)
             return
         if m.reject_index < pr.match:
@@ -481,6 +481,15 @@ class RaftNode:
         pr.inflight = []
         pr.probe_sent = False
         self._replicate(frm)
+
+    def _send_timeout_now(self, target: str) -> None:
+        """The target is up to date: tell it to campaign. Keep refusing proposals for another
+        election timeout from now, so that an entry appended after this cannot make every
+        voter refuse the target (its log would no longer be up to date): the transfer would
+        then fail with a needless election, as it did when TimeoutNow went out just before
+        the transfer's original deadline."""
+        self._transfer_deadline = max(self._transfer_deadline, self._now + self.config.election_timeout)
+        self._send(target, TimeoutNow(self.term, self.id))
 
     def _handle_timeout_now(self, frm: str, m: TimeoutNow) -> None:
         if self.role == FOLLOWER and self._may_campaign():
