@@ -1409,16 +1409,19 @@ def load_factory(spec: str) -> NodeFactory:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamlog.raft.sim", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the seed to run (or the first seed with --soak)")
-    parser.add_argument("--nodes", type=int, default=3, choices=[1, 3, 5])
+    parser.add_argument("--nodes", type=int, default=None, choices=[1, 3, 5],
+                        help="cluster size (default 3; --soak alternates 3 and 5 unless given)")
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--regime", default="mixed", choices=REGIMES, help="fault profile family")
     parser.add_argument("--wire", action="store_true", help="send messages through their JSON form")
-    parser.add_argument("--soak", action="store_true", help="run many seeds, alternating 3 and 5 nodes")
+    parser.add_argument("--soak", action="store_true", help="run many seeds and report every violation")
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds --soak runs")
     parser.add_argument("--node-factory", metavar="MODULE:NAME", default=None,
                         help="build nodes with this callable instead of RaftNode, e.g. "
                              "tests/raft/broken_variants.py:NoOngaroFix (a broken variant)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     factory: NodeFactory = RaftNode
     if args.node_factory is not None:
         try:
@@ -1426,10 +1429,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, ImportError, OSError) as e:
             parser.error(f"--node-factory: {e}")
     if not args.soak:
-        result = run_seed(args.seed, args.nodes, factory, trace=args.trace, regime=args.regime, wire=args.wire)
+        nodes = args.nodes or 3
+        result = run_seed(args.seed, nodes, factory, trace=args.trace, regime=args.regime, wire=args.wire)
         for line in result.trace:
             print(line)
-        print(f"seed {args.seed} nodes {args.nodes} regime {args.regime}: "
+        print(f"seed {args.seed} nodes {nodes} regime {args.regime}: "
               f"{'OK' if result.ok else 'VIOLATION'} {result.stats}")
         if not result.ok:
             print(result.violation)
@@ -1438,7 +1442,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _wallclock_for_cli_only.monotonic()  # reporting only; never reaches the simulation
     totals: dict[str, float] = {}
     for seed in range(args.seed, args.seed + args.seeds):
-        nodes = 3 if seed % 2 == 0 else 5
+        nodes = args.nodes or (3 if seed % 2 == 0 else 5)
         result = run_seed(seed, nodes, factory, regime=args.regime, wire=args.wire)
         for k, v in result.stats.items():
             if isinstance(v, (int, float)) and k != "recovered_in":

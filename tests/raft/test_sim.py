@@ -80,6 +80,14 @@ def test_cli_soak(capsys):
     assert "soak (mixed): 4 seeds from 10, 0 violations" in capsys.readouterr().out
 
 
+def test_cli_soak_of_one_cluster_size_and_a_bad_seed_count(capsys):
+    assert main(["--soak", "--seeds", "3", "--nodes", "1", "--regime", "stale"]) == 0
+    assert "soak (stale): 3 seeds from 0, 0 violations" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--soak", "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds must be at least 1" in capsys.readouterr().err
+
+
 def test_cli_runs_a_broken_variant_from_a_file(capsys):
     assert main(["--soak", "--seeds", "2", "--node-factory", "tests/raft/broken_variants.py:AckBeforeFsync"]) == 1
     out = capsys.readouterr().out
