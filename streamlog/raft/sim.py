@@ -7,10 +7,13 @@ wall clock or the global `random` module, so a failing seed replays exactly:
     python -m streamlog.raft.sim --seed 1234 --nodes 5 --trace
 
 The fault model and the invariants are described in docs/raft.md; in short the network
-delays, drops, duplicates and reorders messages and partitions nodes (random halves, an
-isolated leader, one-way links); nodes crash (losing whatever was not fsynced), restart,
-pause, and run their clocks at different rates. After the fault phase everything heals and
-the cluster must elect a leader and commit new proposals within a bounded simulated time.
+delays, drops, duplicates and reorders messages, holds some back or replays them seconds later
+(above all to fresh leaders), and partitions nodes (random halves, an isolated leader, the
+leader with a minority, one-way links); nodes crash (losing whatever was not fsynced), restart,
+pause, stall on their disks and run their clocks at different rates; leaders change membership
+in bursts and compact their logs. Episodes compose such faults into the schedules that classic
+bugs need. After the fault phase everything heals and the cluster must elect a leader and
+commit new proposals within a bounded simulated time.
 """
 
 from __future__ import annotations

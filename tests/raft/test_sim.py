@@ -3,6 +3,7 @@ the states that classic bugs need, and the checker catches the deliberately brok
 broken_variants.py (each within a bounded number of seeds, while the correct node passes)."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from broken_variants import (
@@ -89,12 +90,14 @@ def test_cli_soak_of_one_cluster_size_and_a_bad_seed_count(capsys):
 
 
 def test_cli_runs_a_broken_variant_from_a_file(capsys):
-    assert main(["--soak", "--seeds", "2", "--node-factory", "tests/raft/broken_variants.py:AckBeforeFsync"]) == 1
+    variants = Path(__file__).with_name("broken_variants.py")
+    assert main(["--soak", "--seeds", "2", "--node-factory", f"{variants}:AckBeforeFsync"]) == 1
     out = capsys.readouterr().out
     assert "before it is durable" in out and "2 seeds from 0, 2 violations" in out
 
 
-@pytest.mark.parametrize("spec", ["nowhere:Nothing", "tests/raft/broken_variants.py:Nothing", "no-colon"])
+@pytest.mark.parametrize("spec", ["nowhere:Nothing", f"{Path(__file__).with_name('broken_variants.py')}:Nothing",
+                                  "no-colon", "missing-file.py:X"])
 def test_cli_rejects_a_node_factory_it_cannot_load(spec, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--node-factory", spec])
