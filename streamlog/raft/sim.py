@@ -618,11 +618,13 @@ class Simulation:
             if m >= start - 1 and m > 0 and (durable_term is None or durable_term != vouched):
                 if h.node is not None and msg.term < h.node.term and h.log.term_at(m) != vouched:
                     # An answer made in an older term and queued behind an fsync, while a leader
-                    # of a newer term overwrote the entry it names: it leaves false, but harmless.
-                    # That leader was elected by a majority lacking the entry; every member of
-                    # that majority that answered for it in the older term did so before voting
-                    # (and would then have refused), so no majority of the older term holds it
-                    # and it can never be counted committed. (A driver could drop such answers.)
+                    # of a newer term overwrote the entry it names: it leaves false, but harmless,
+                    # like an answer the network delays past that overwrite. The newer leader was
+                    # elected by a majority lacking the entry; a member of it that answered for
+                    # the entry in the older term held it when it voted (it refused, then) unless
+                    # it crashed in between, and then its unreleased answer died with it. So the
+                    # older term's leader cannot count a majority for the entry. (A driver could
+                    # drop such answers.)
                     self.stats["obsolete_acks"] += 1
                     return
                 raise Violation(f"{h.id} acknowledges index {m} before it is durable "
