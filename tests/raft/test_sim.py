@@ -56,6 +56,24 @@ def test_many_seeds_are_safe_and_live(regime, nodes):
     assert unreached == [], totals
 
 
+# Seeds the soak reported against the correct node, each a fault of the simulator, now fixed:
+SOAK_FINDINGS = [
+    # A deposed leader of term 5 that did not know it rewrote a lagging node's entry 122, which
+    # a leader of term 6 had committed without that node: Raft allows it; the shrink check now
+    # reports only losses on the word of a leader of the commit's term or later.
+    (1028337, 5, "mixed"),
+    # A node removed at 0.4 s and re-added after healing caught up at one entry per round trip
+    # (8-byte batches, one in flight) in more than 10 s: the liveness bound is 20 s everywhere.
+    (1022821, 5, "mixed"),
+]
+
+
+@pytest.mark.parametrize(("seed", "nodes", "regime"), SOAK_FINDINGS)
+def test_seeds_the_soak_reported_now_pass(seed, nodes, regime):
+    result = run_seed(seed, nodes, regime=regime)
+    assert result.ok, result.violation
+
+
 def test_single_node_groups_and_the_json_wire_form_survive_the_simulator():
     for seed in range(20):
         assert run_seed(seed, 1).ok
