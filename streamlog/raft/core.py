@@ -247,7 +247,7 @@ class RaftNode:
             self._transfer_target = target
             self._transfer_deadline = now + self.config.election_timeout
             if self._progress[target].match == self.log.last_index:
-                self._send(target, TimeoutNow(self.term, self.id))
+                self._send_timeout_now(target)
             else:
                 self._replicate(target)
         return self._take()
@@ -263,11 +263,9 @@ class RaftNode:
             return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
         if (add is None) == (remove is None):
             return ChangeRefused("give exactly one of add= or remove="), self._take()
-        if self._config_index > self.commit_index:
+        if self._change_in_progress():
             return ChangeRefused("a membership change is still in progress"), self._take()
-        if self.log.term_at(self.commit_index) != self.term:
-            # Ongaro's fix to single-server changes: a leader may change the configuration only
-            # after committing an entry of its own term (its no-op).
+        if not self._committed_own_term():
             return ChangeRefused("this leader has not committed an entry of its term yet"), self._take()
         if add is not None:
             if add in self.voters:
@@ -288,6 +286,19 @@ class RaftNode:
         self._maybe_commit()
         return index, self._take()
 
+    def _change_in_progress(self) -> bool:
+        """One change at a time: the newest configuration entry is not known to be committed.
+        Two uncommitted single-server steps are a two-server change, and the majorities of the
+        configurations before and after it need not overlap."""
+        return self._config_index > self.commit_index
+
+    def _committed_own_term(self) -> bool:
+        """Ongaro's fix to single-server changes (raft-dev, 2015): a leader may change the
+        configuration only after committing an entry of its own term (its no-op). Otherwise a
+        change of an earlier leader that never committed, and that this leader does not hold,
+        can come back from its author and overwrite this leader's committed change."""
+        return self.log.term_at(self.commit_index) == self.term
+
     def add_learner(self, peer: str, now: float) -> list[Effect]:
         """Start replicating to a non-voter, so it can catch up before `change_membership`
         makes it a voter (thesis §4.2.1): a new voter that is far behind would otherwise hold
@@ -304,6 +315,12 @@ class RaftNode:
         caught up can become a voter without stalling commits."""
         pr = self._progress.get(peer)
         return self.role == LEADER and pr is not None and pr.match >= self.commit_index
+
+    def match_index(self, peer: str) -> int | None:
+        """The leader's knowledge of `peer` (voter or learner): the highest index known to match
+        its log, counted towards commits. None when not leading or not replicating to `peer`."""
+        pr = self._progress.get(peer) if self.role == LEADER else None
+        return pr.match if pr is not None else None
 
     def compact(self, upto_index: int) -> None:
         """Retention: drop entries up to `upto_index`, never past the commit index."""
@@ -447,7 +464,7 @@ class RaftNode:
             if self.role != LEADER:
                 return  # the commit removed us from the group
             if self._transfer_target == frm and pr.match == self.log.last_index:
-                self._send(frm, TimeoutNow(self.term, self.id))
+                self._send_timeout_now(frm)
             self._replicate(frm)
             return
         if m.reject_index < pr.match:
@@ -464,6 +481,15 @@ class RaftNode:
         pr.inflight = []
         pr.probe_sent = False
         self._replicate(frm)
+
+    def _send_timeout_now(self, target: str) -> None:
+        """The target is up to date: tell it to campaign. Keep refusing proposals for another
+        election timeout from now, so that an entry appended after this cannot make every
+        voter refuse the target (its log would no longer be up to date): the transfer would
+        then fail with a needless election, as it did when TimeoutNow went out just before
+        the transfer's original deadline."""
+        self._transfer_deadline = max(self._transfer_deadline, self._now + self.config.election_timeout)
+        self._send(target, TimeoutNow(self.term, self.id))
 
     def _handle_timeout_now(self, frm: str, m: TimeoutNow) -> None:
         if self.role == FOLLOWER and self._may_campaign():

@@ -104,7 +104,7 @@ Message = (
     RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | InstallSnapshot | TimeoutNow
 )
 
-_TYPES: dict[str, type] = {
+_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, InstallSnapshot, TimeoutNow)
 }
@@ -187,9 +187,10 @@ def from_dict(d: Any) -> Message:
     """Parse the dict form back into a message; ValueError on anything malformed."""
     if not isinstance(d, dict):
         raise ValueError("message must be an object")
-    cls = _TYPES.get(d.get("type"))  # type: ignore[arg-type]
+    kind = d.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown message type {d.get('type')!r}")
+        raise ValueError(f"unknown message type {kind!r}")
     kwargs: dict[str, Any] = {}
     for field in attrs.fields(cls):
         if field.name not in d:

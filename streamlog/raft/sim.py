@@ -7,28 +7,35 @@ wall clock or the global `random` module, so a failing seed replays exactly:
     python -m streamlog.raft.sim --seed 1234 --nodes 5 --trace
 
 The fault model and the invariants are described in docs/raft.md; in short the network
-delays, drops, duplicates and reorders messages and partitions nodes (random halves, an
-isolated leader, one-way links); nodes crash (losing whatever was not fsynced), restart,
-pause, and run their clocks at different rates. After the fault phase everything heals and
-the cluster must elect a leader and commit new proposals within a bounded simulated time.
+delays, drops, duplicates and reorders messages, holds some back or replays them seconds later
+(above all to fresh leaders), and partitions nodes (random halves, an isolated leader, the
+leader with a minority, one-way links); nodes crash (losing whatever was not fsynced), restart,
+pause, stall on their disks and run their clocks at different rates; leaders change membership
+in bursts and compact their logs. Episodes compose such faults into the schedules that classic
+bugs need. After the fault phase everything heals and the cluster must elect a leader and
+commit new proposals within a bounded simulated time.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import importlib
+import importlib.util
 import json
 import random
 import sys
 import time as _wallclock_for_cli_only
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from streamlog.raft.core import (
     LEADER,
+    ChangeRefused,
     Commit,
     HardState,
     NotLeader,
@@ -41,7 +48,15 @@ from streamlog.raft.core import (
     SyncLog,
 )
 from streamlog.raft.log import Entry, Members, MemoryRaftLog
-from streamlog.raft.messages import AppendEntries, AppendEntriesResponse, RequestVoteResponse, from_dict, to_dict
+from streamlog.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    RequestVoteResponse,
+    TimeoutNow,
+    from_dict,
+    to_dict,
+)
 
 NodeFactory = Callable[..., RaftNode]
 DiskState = tuple[int, int, tuple[Entry, ...], "Members | None"]  # start, prefix term, entries, prefix config
@@ -75,10 +90,17 @@ class SimLog(MemoryRaftLog):
         self.version = 0  # bumped on every write: lets one fsync serve many SyncLogs
 
     def truncate_prefix(self, upto_index: int) -> None:
+        node = self._host.node
+        if node is not None and upto_index > node.commit_index and upto_index >= self.start_index:
+            raise Violation(f"{self._host.id} retention removes uncommitted entries up to {upto_index} "
+                            f"(commit index {node.commit_index})")
         self.version += 1
         super().truncate_prefix(upto_index)
 
     def reset(self, index: int, term: int, config: Members | None = None) -> None:
+        # Entries up to `index` are replaced by the snapshot; those after it are gone.
+        self._sim._check_snapshot_point(self._host, index, term)
+        self._sim._check_shrink(self._host, index + 1, f"a snapshot install at {index}")
         self.version += 1
         self._host.registered_upto = min(self._host.registered_upto, index)
         super().reset(index, term, config)
@@ -88,10 +110,7 @@ class SimLog(MemoryRaftLog):
         super().append(entries)
 
     def truncate_suffix(self, from_index: int) -> None:
-        node = self._host.node
-        if node is not None and from_index <= node.commit_index:
-            raise Violation(f"{self._host.id} truncates committed entries from {from_index} "
-                            f"(commit index {node.commit_index})")
+        self._sim._check_shrink(self._host, from_index, f"truncating from {from_index}")
         self.version += 1
         self._host.registered_upto = min(self._host.registered_upto, from_index - 1)
         super().truncate_suffix(from_index)
@@ -119,7 +138,17 @@ class Host:
         self.commit_seen = 0  # highest Commit released in this incarnation
         self.max_commit_ever = 0  # across incarnations: must stay durable
         self.pending: dict[int, tuple[int, bytes, bool]] = {}
+        self.vouched: dict[int, int | None] = {}  # id of a queued answer -> term of the entry it vouches for
+        # The newest acknowledgement this node made (term, match index): until its term moves
+        # on, it must keep every entry up to there. Once released, across restarts too.
+        self.ack_term = -1
+        self.ack_upto = 0
+        self.sent_ack_term = -1
+        self.sent_ack_upto = 0
+        self.sent_as_leader = -1  # newest term in which it released a leader's message
         self.was_leader_term = -1
+        self.slow_until = float("-inf")  # its fsyncs stall until then
+        self.lag_until = float("-inf")  # its outgoing messages are delayed by most of a second until then
         self.healthy_since: float | None = None
         self.transfer_at = float("-inf")
         self.elected_at = 0.0
@@ -146,13 +175,45 @@ class Profile:
     crash_weight: float
     fresh_leader_fault: float
     strike_window: float
-    liveness_bound: float = 10.0  # simulated seconds after healing by which the cluster converges
+    # Membership: how often changes are attempted, and how often they pile up (a second change
+    # while one is in flight, one at every fresh leader, a strike right after one is accepted).
+    membership_weight: float = 0.7
+    change_burst: float = 0.0
+    change_on_election: float = 0.0
+    strike_after_change: float = 0.0
+    # Retention, which sends followers to InstallSnapshot; half of it runs on the leader.
+    compact_weight: float = 0.7
+    # Spells of stale messages: some are held back, or delivered once more, seconds later.
+    stale_weight: float = 0.0
+    replay_on_election: float = 0.0  # a fresh leader also gets old messages (answers from its last term)
+    slow_disk_weight: float = 0.0  # disks that stall for most of a second
+    partition_leader_weight: float = 1.0  # the leader cut off with a minority that acknowledges its tail
+    transfer_weight: float = 0.5
+    rebalance_weight: float = 0.0  # hand leadership back to the previous leader (preferred-leader balancing)
+    spare_nodes: int = 0  # nodes outside the initial configuration (they join through a change)
+    background: float = 1.0  # scales the generic faults (partitions, crashes, pauses, loss)
+    slow_link_weight: float = 0.0  # a node's messages arrive most of a second late
+    # Episodes (compound faults, see Simulation): weights in the same draw as the faults.
+    change_then_strike_weight: float = 0.0
+    cut_acks_weight: float = 0.0
+    minority_returns_weight: float = 0.0
+    retention_interval: float = 0.0  # > 0: every node compacts to its commit index this often
+    # Simulated seconds after healing by which the cluster converges: a node removed early and
+    # re-added after healing may catch up at one entry per round trip (tiny batches, one in flight).
+    liveness_bound: float = 20.0
 
     @classmethod
     def draw(cls, rng: random.Random, regime: str = "mixed") -> Profile:
-        """`mixed` varies every knob; `churn` keeps leaders short-lived and replication slow
-        (one entry per message, one message in flight), the regime where a new leader still
-        catching followers up is struck down: where commit-rule bugs (Figure 8) live."""
+        """`mixed` varies every knob (each fault family is sometimes off, sometimes frequent).
+        `churn` keeps leaders short-lived and replication slow (one entry per message, one
+        message in flight), the regime where a new leader still catching followers up is struck
+        down: where commit-rule bugs (Figure 8) live. `reconfig` piles membership changes on
+        top of each other: in bursts, at every fresh leader, with their leader struck right
+        after, in groups that start without one node (even-sized configurations), where
+        one-at-a-time and Ongaro's rule matter. `stale` is the regime of old messages: held
+        back, replayed (above all to fresh leaders), congested links, stalled disks, lost
+        acknowledgements under aggressive retention (InstallSnapshot to followers in every
+        position) and leadership handed back over a rewritten log."""
         if regime not in REGIMES:
             raise ValueError(f"unknown regime {regime!r}; pick one of {REGIMES}")
         p = cls(
@@ -166,15 +227,43 @@ class Profile:
             crash_weight=rng.choice([1.0, 3.0, 6.0]),
             fresh_leader_fault=rng.choice([0.0, 0.2, 0.5]),
             strike_window=rng.choice([3.0, 10.0, 30.0]),
+            membership_weight=rng.choice([0.7, 2.0, 4.0]),
+            change_burst=rng.choice([0.0, 0.5, 0.8]),
+            change_on_election=rng.choice([0.0, 0.4, 0.8]),
+            strike_after_change=rng.choice([0.0, 0.3, 0.6]),
+            compact_weight=rng.choice([0.7, 2.0, 4.0]),
+            stale_weight=rng.choice([0.0, 1.0, 2.0]),
+            replay_on_election=rng.choice([0.0, 0.5, 1.0]),
+            slow_disk_weight=rng.choice([0.0, 0.5, 1.5]),
+            partition_leader_weight=rng.choice([0.5, 1.0, 2.0]),
+            transfer_weight=0.5,
+            rebalance_weight=rng.choice([0.0, 0.5]),
+            spare_nodes=rng.choice([0, 0, 1]),
+            slow_link_weight=rng.choice([0.0, 0.5, 1.0]),
+            change_then_strike_weight=rng.choice([0.0, 0.5, 1.0]),
+            cut_acks_weight=rng.choice([0.0, 0.5, 1.0]),
+            minority_returns_weight=rng.choice([0.0, 0.5, 1.0]),
+            retention_interval=rng.choice([0.0, 0.0, 0.05, 0.2]),
         )
         if regime == "churn":
-            # One entry per round trip makes catching a re-added node up slow: allow for it.
-            p = attrs.evolve(p, fault_gap=(0.02, 0.2), max_batch_bytes=8, max_inflight=1,
-                             crash_weight=3.0, fresh_leader_fault=0.5, liveness_bound=20.0)
+            # The fault families of the other regimes stay off: churn is about commit rules.
+            p = cls(fault_time=p.fault_time, fault_gap=(0.02, 0.2), max_delay=p.max_delay, max_fsync=p.max_fsync,
+                    client_gap=p.client_gap, max_batch_bytes=8, max_inflight=1, crash_weight=3.0,
+                    fresh_leader_fault=0.5, strike_window=p.strike_window)
+        elif regime == "reconfig":
+            p = attrs.evolve(p, background=0.3, fresh_leader_fault=0.0, membership_weight=rng.choice([3.0, 6.0]),
+                             change_burst=rng.choice([0.5, 0.9]), change_on_election=rng.choice([0.5, 1.0]),
+                             strike_after_change=rng.choice([0.3, 0.7]), spare_nodes=rng.choice([0, 1]),
+                             change_then_strike_weight=rng.choice([2.0, 4.0]))
+        elif regime == "stale":
+            p = attrs.evolve(p, background=0.4, stale_weight=2.0, replay_on_election=1.0, slow_disk_weight=1.0,
+                             slow_link_weight=rng.choice([1.0, 3.0]), cut_acks_weight=rng.choice([1.0, 3.0]),
+                             minority_returns_weight=rng.choice([1.0, 3.0]),
+                             retention_interval=rng.choice([0.05, 0.2]))
         return p
 
 
-REGIMES = ("mixed", "churn")
+REGIMES = ("mixed", "churn", "reconfig", "stale")
 ELECTION_TIMEOUT = 0.3
 HEARTBEAT = 0.05
 TICK = 0.01
@@ -216,7 +305,11 @@ class Simulation:
             max_batch_bytes=self.profile.max_batch_bytes,
         )
         self.ids = [f"n{i + 1}" for i in range(nodes)]
-        self.quorum = nodes // 2 + 1
+        # The group starts with every node, or (spare_nodes) without the last one, which joins
+        # later through a membership change: then configurations of even size, in which
+        # overlapping changes can have disjoint majorities, are there from the start.
+        spare = min(self.profile.spare_nodes, nodes - 1)
+        self.initial_voters = tuple(self.ids[: nodes - spare])
         self.hosts = {
             i: Host(i, drift=master.uniform(0.95, 1.05), offset=master.uniform(0, 100)) for i in self.ids
         }
@@ -229,11 +322,21 @@ class Simulation:
         self.dup = 0.0
         self.tail = 0.0  # probability of a long delay
         self.reorder = False  # links are FIFO (like TCP) unless a lossy spell reorders them
+        self.straggle = 0.0  # probability that a message is held back for seconds (across terms)
+        self.replay = 0.0  # probability that a message is delivered once more, seconds later
+        self.stale_until = 0.0  # when the last held-back or replayed message arrives
+        self.history: deque[tuple[float, str, str, Any]] = deque(maxlen=1024)  # recent sends, to replay
+        # Episodes (compound faults) leave work for the next election:
+        # The struck leader whose change is pending, and the change to ask its successor for.
+        self.change_at_next_leader: tuple[str, dict[str, str] | None] | None = None
+        self.replay_at_election: set[str] = set()  # nodes to which old answers are replayed when elected
+        self.episode_until = 0.0  # no other fault starts before then
         self.link_clock: dict[tuple[str, str], float] = {}
         self.goal: int | None = None
         # Checker state.
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
+        self.max_committed = 0
         self.commit_term: dict[int, int] = {}
         self.protected_upto = 0
         self.acked: dict[int, tuple[int, bytes]] = {}
@@ -245,7 +348,20 @@ class Simulation:
         self.client_target = self.ids[0]
         self.proposal_no = 0
         self.stats = {"events": 0, "messages": 0, "dropped": 0, "elections": 0, "crashes": 0,
-                      "pauses": 0, "partitions": 0, "transfers": 0, "snapshots": 0, "proposed": 0, "config_changes": 0}
+                      "pauses": 0, "partitions": 0, "transfers": 0, "snapshots": 0, "proposed": 0, "config_changes": 0,
+                      # States the classic bugs need, counted so a test can show they are reached:
+                      "refused_in_progress": 0,  # a change while the previous one is uncommitted
+                      "refused_own_term": 0,  # a change before the leader committed in its term
+                      "stale_messages": 0,  # held back or replayed across seconds
+                      "stale_append": 0,  # AppendEntries of an older term reaching a node
+                      "stale_success": 0,  # a success response of an older term reaching a leader
+                      "obsolete_acks": 0,  # answers released after a newer term overwrote what they name
+                      # InstallSnapshot reaching a follower of its term, by where its log stands:
+                      "snapshot_behind": 0,  # its log ends before the snapshot's last entry
+                      "snapshot_conflict": 0,  # it has another entry (another term) there
+                      "snapshot_at": 0,  # it holds the last entry, and nothing after it
+                      "snapshot_ahead": 0,  # it holds the last entry and more after it
+                      "snapshot_covered": 0}  # it already committed past the snapshot point
         self.last_config_change = float("-inf")
 
     # ------------------------------------------------------------------ plumbing
@@ -267,6 +383,8 @@ class Simulation:
             self._at(self.profile.client_gap, self._client)
             self._at(self.fault_rng.uniform(*self.profile.fault_gap), self._fault)
             self._at(self.profile.fault_time, self._heal)
+            if self.profile.retention_interval > 0:
+                self._at(self.profile.retention_interval, self._retention)
             deadline = self.profile.fault_time + self.profile.liveness_bound
             while self._events and not self.done:
                 t, _, fn, args = heapq.heappop(self._events)
@@ -298,8 +416,10 @@ class Simulation:
         h.registered_upto = h.log.last_index
         h.durable_version = h.log.version
         rng = random.Random(f"{self.node_seed}:{h.id}:{h.incarnation}")
-        h.node = self.factory(h.id, self.ids, h.log, h.durable_hs, self.config, rng, h.local(self.now))
+        h.node = self.factory(h.id, self._initial_members(h.id), h.log, h.durable_hs, self.config, rng,
+                              h.local(self.now))
         h.queue.clear()
+        h.vouched = {}
         h.syncing = False
         h.inbox = []
         h.pending = {}
@@ -312,10 +432,26 @@ class Simulation:
             if e is None or self.committed.get(index) != (e.term, e.data):
                 raise Violation(f"{h.id} restarted without committed entry {index} "
                                 f"(durable log {start}..{h.log.last_index})")
+        # ... and everything it acknowledged in its (durable) current term. Acknowledgements it
+        # made but never released died with the process.
+        if self.check_durability and h.sent_ack_term == h.durable_hs.term and h.log.last_index < h.sent_ack_upto:
+            raise Violation(f"{h.id} restarted without entry {h.log.last_index + 1}, which it acknowledged "
+                            f"in term {h.sent_ack_term} (up to {h.sent_ack_upto}) before it is durable")
+        h.ack_term, h.ack_upto = h.sent_ack_term, h.sent_ack_upto
         self._log(f"{h.id} start #{h.incarnation} term={h.durable_hs.term} vote={h.durable_hs.voted_for} "
                   f"log={start}..{h.log.last_index}")
 
     def _feed(self, h: Host, effects: list) -> None:
+        for eff in effects:
+            if isinstance(eff, Send) and isinstance(eff.msg, AppendEntriesResponse) and eff.msg.success:
+                # The node vouches for its log up to match_index from now on, in that term: for
+                # the entry it holds there now (its log may move on before the answer leaves).
+                assert h.log is not None
+                h.vouched[id(eff)] = h.log.term_at(eff.msg.match_index)
+                if eff.msg.term > h.ack_term:
+                    h.ack_term, h.ack_upto = eff.msg.term, eff.msg.match_index
+                elif eff.msg.term == h.ack_term:
+                    h.ack_upto = max(h.ack_upto, eff.msg.match_index)
         h.queue.extend(effects)
         self._drain(h)
         self._after_step(h)
@@ -324,8 +460,16 @@ class Simulation:
         while h.queue and not h.syncing and not h.paused:
             eff = h.queue.popleft()
             if isinstance(eff, Send):
+                vouched = h.vouched.pop(id(eff), None)
                 if self.check_durability:
-                    self._check_durable_send(h, eff.msg)
+                    self._check_durable_send(h, eff.msg, vouched)
+                if isinstance(eff.msg, (AppendEntries, InstallSnapshot, TimeoutNow)):
+                    self._register_leader(h, eff.msg.term)  # it acts as the leader of that term
+                elif isinstance(eff.msg, AppendEntriesResponse) and eff.msg.success:
+                    if eff.msg.term > h.sent_ack_term:
+                        h.sent_ack_term, h.sent_ack_upto = eff.msg.term, eff.msg.match_index
+                    elif eff.msg.term == h.sent_ack_term:
+                        h.sent_ack_upto = max(h.sent_ack_upto, eff.msg.match_index)
                 if isinstance(eff.msg, AppendEntries):
                     prev_term = eff.msg.prev_term
                     for e in eff.msg.entries:
@@ -337,6 +481,8 @@ class Simulation:
                     continue  # group commit: an earlier fsync already covered these writes
                 h.syncing = True
                 delay = self.net_rng.uniform(0.0001, self.profile.max_fsync)
+                if self.now < h.slow_until:
+                    delay = self.net_rng.uniform(0.05, 0.8)
                 self._at(self.now + delay, self._fsync_done, h.id, h.incarnation, eff)
             elif isinstance(eff, Commit):
                 self._apply(h, eff.upto)
@@ -348,6 +494,43 @@ class Simulation:
                 self._log(f"{h.id} snapshot installed at {eff.index}")
             elif isinstance(eff, RoleChange):
                 self._log(f"{h.id} {eff.role} term={eff.term} leader={eff.leader}")
+
+    def _check_shrink(self, h: Host, lo: int, what: str) -> None:
+        """`h`'s log is about to lose its entries from `lo` on. Checked on every such change
+        (not only when a commit is released, which may come much later or never): no node may
+        lose a committed entry on the word of a leader whose term is at least the one it was
+        committed in (that leader would lack it), nor one it knows is committed, nor, in the
+        term in which it acknowledged it, an entry it acknowledged: its leader may have counted
+        that acknowledgement towards a commit no one has released yet.
+
+        A node that lags behind may lose an entry committed in a later term than its own: a
+        deposed leader that does not know it yet can still rewrite such a node's log (Raft
+        allows it; the majority that holds the entry is untouched). `commit_term` is an upper
+        bound on the term an entry was committed in, so comparing with it never reports that."""
+        log, node = h.log, h.node
+        if log is None or node is None or lo > log.last_index:
+            return
+        lo = max(lo, log.start_index)
+        for index in range(lo, min(log.last_index, self.max_committed) + 1):
+            e = log.entry_at(index)
+            if (e is not None and self.committed.get(index) == (e.term, e.data)
+                    and node.term >= self.commit_term[index]):
+                raise Violation(f"{h.id} loses committed entry {index} by {what} "
+                                f"(its log {log.start_index}..{log.last_index}, term {node.term}; "
+                                f"committed by term {self.commit_term[index]})")
+        if lo <= node.commit_index:
+            raise Violation(f"{h.id} loses entries from {lo} at or below its commit index "
+                            f"{node.commit_index} by {what}")
+        if h.ack_term == node.term and lo <= h.ack_upto:
+            raise Violation(f"{h.id} loses entry {lo}, which it acknowledged in its current term "
+                            f"{node.term} (up to {h.ack_upto}), by {what}")
+
+    def _check_snapshot_point(self, h: Host, index: int, term: int) -> None:
+        """A snapshot stands for the committed log up to its last entry: that entry must agree."""
+        want = self.committed.get(index)
+        if want is not None and want[0] != term:
+            raise Violation(f"{h.id} installs a snapshot ending at ({index}, term {term}) but the "
+                            f"entry committed there has term {want[0]}")
 
     def _states(self, h: Host) -> list[DiskState]:
         """Every log state `h` could be in after a crash or an fsync: durable, and in memory."""
@@ -379,24 +562,51 @@ class Simulation:
 
         lasts = {h.id: [last(st) for st in self._states(h)] for h in self.hosts.values()}
         for c in self.hosts.values():
-            for state in self._states(c):
+            states = self._states(c)
+            # The commit index it would campaign with: what it knows in memory; after a restart
+            # from the durable state, the log start (RaftNode's initial commit index).
+            commits = [states[0][0] - 1] + ([c.node.commit_index] if c.node is not None else [])
+            for state, commit in zip(states, commits):
                 if has(state):
                     continue
                 mine = last(state)
-                config = self._config_of(state)  # a candidate counts votes in its own configuration
+                config = self._campaign_config(state, c.id, commit)  # it counts votes in this configuration
+                if config is None:
+                    continue
                 voters = (c.id in config) + sum(1 for v in config if v != c.id and min(lasts[v]) <= mine)
-                if c.id in config and voters >= len(config) // 2 + 1:
+                if voters >= len(config) // 2 + 1:
                     raise Violation(f"committed entry {index} is not protected: {c.id} lacks it but "
                                     f"could win with {voters} votes (its log ends at {mine})")
 
-    def _config_of(self, state: DiskState) -> frozenset[str]:
+    def _initial_members(self, node_id: str) -> tuple[str, ...]:
+        """What a node is started with: the initial voters, or nothing for a node that joins."""
+        return self.initial_voters if node_id in self.initial_voters else ()
+
+    def _campaign_config(self, state: DiskState, node_id: str, commit: int) -> frozenset[str] | None:
+        """The configuration in which `node_id` would count votes, starting from this state with
+        this commit index, or None if it would not campaign. Mirrors RaftNode._may_campaign: a
+        voter of its newest configuration campaigns; so does a node whose own removal is that
+        newest configuration, not known to be committed, if it was a voter before it."""
         _, _, entries, prefix_config = state
+        base = frozenset(prefix_config if prefix_config is not None else self._initial_members(node_id))
+        newest: Entry | None = None
+        previous: Entry | None = None
         for e in reversed(entries):
             if e.config is not None:
-                return frozenset(e.config)
-        return frozenset(prefix_config) if prefix_config is not None else frozenset(self.ids)
+                if newest is None:
+                    newest = e
+                else:
+                    previous = e
+                    break
+        if newest is None or newest.config is None:
+            return base if node_id in base else None
+        config = frozenset(newest.config)
+        if node_id in config:
+            return config
+        before = frozenset(previous.config) if previous is not None and previous.config is not None else base
+        return config if newest.index > commit and node_id in before else None
 
-    def _check_durable_send(self, h: Host, msg: Any) -> None:
+    def _check_durable_send(self, h: Host, msg: Any, vouched: int | None = None) -> None:
         """Persistence before send (Raft Figure 2: "updated on stable storage before responding
         to RPCs"): whatever a released message vouches for must already be on the durable disk."""
         hs = h.durable_hs
@@ -412,7 +622,20 @@ class Simulation:
             m = msg.match_index
             durable_term = prefix_term if m == start - 1 else (
                 entries[m - start].term if start <= m < start + len(entries) else None)
-            if m >= start - 1 and durable_term != h.log.term_at(m) and m > 0:
+            # The entry it vouched for when it made the answer (`vouched`, its term then) must be
+            # on disk now: not merely some entry at that index, nor none.
+            if m >= start - 1 and m > 0 and (durable_term is None or durable_term != vouched):
+                if h.node is not None and msg.term < h.node.term and h.log.term_at(m) != vouched:
+                    # An answer made in an older term and queued behind an fsync, while a leader
+                    # of a newer term overwrote the entry it names: it leaves false, but harmless,
+                    # like an answer the network delays past that overwrite. The newer leader was
+                    # elected by a majority lacking the entry; a member of it that answered for
+                    # the entry in the older term held it when it voted (it refused, then) unless
+                    # it crashed in between, and then its unreleased answer died with it. So the
+                    # older term's leader cannot count a majority for the entry. (A driver could
+                    # drop such answers.)
+                    self.stats["obsolete_acks"] += 1
+                    return
                 raise Violation(f"{h.id} acknowledges index {m} before it is durable "
                                 f"(durable log {start}..{start + len(entries) - 1})")
 
@@ -447,6 +670,7 @@ class Simulation:
             if e is None:
                 raise Violation(f"{h.id} committed {index} but does not have it")
             known = self.committed.setdefault(index, (e.term, e.data))
+            self.max_committed = max(self.max_committed, index)
             # An upper bound on the term in which it was committed (the node's term now).
             self.commit_term.setdefault(index, h.node.term)
             if known != (e.term, e.data):
@@ -475,18 +699,53 @@ class Simulation:
         if node is None:
             return
         self.term_first_seen.setdefault(node.term, self.now)
-        if node.role == LEADER:
-            if h.was_leader_term != node.term:
-                self._on_elected(h)
-        elif h.was_leader_term >= 0:
+        if h.was_leader_term >= 0 and (node.role != LEADER or node.term != h.was_leader_term):
             self._on_deposed(h)
+        # A node leads a term, as far as anyone can tell, once that term is on its disk (it can
+        # no longer come back from a crash in an older term and campaign for this one again) or
+        # once it sent a leader's message in it. Counting its in-memory role alone would report
+        # two leaders of one term when a lone voter elects itself, crashes before its term is
+        # durable, and another node wins that same term.
+        if (node.role == LEADER and h.was_leader_term != node.term
+                and node.term in (h.durable_hs.term, h.sent_as_leader)):
+            self._on_elected(h)
+
+    def _check_knowledge(self, leader: Host, follower: Host) -> None:
+        """What a leader counts towards commits must be true: unless the follower has moved to
+        a newer term (the leader is stale), its log holds the leader's entry at the leader's
+        match index for it. A correct leader learns a match only from an acknowledgement of its
+        own term, which the follower cannot take back in that term; an acknowledgement of an
+        older term vouches for a log that may since have been rewritten, on either side.
+        Checked whenever a leader takes an answer (the only input that moves a match index);
+        a follower losing what it acknowledged is caught by `_check_shrink`."""
+        ln, fn = leader.node, follower.node
+        if ln is None or fn is None or ln.role != LEADER or fn.term > ln.term or leader is follower:
+            return
+        match = ln.match_index(follower.id)
+        if not match:
+            return
+        if match > ln.log.last_index:
+            raise Violation(f"{leader.id} (leader of term {ln.term}) counts {follower.id} as holding entry "
+                            f"{match}, past its own log (..{ln.log.last_index})")
+        want = ln.log.term_at(match)
+        if want is None or match < fn.log.start_index - 1:
+            return  # compacted on either side: committed, so nothing left to count
+        have = fn.log.term_at(match)
+        if have != want:
+            raise Violation(f"{leader.id} (leader of term {ln.term}) counts {follower.id} as holding entry "
+                            f"{match} of term {want}, but {follower.id} (term {fn.term}) has "
+                            f"{'nothing' if have is None else f'term {have}'} there")
+
+    def _register_leader(self, h: Host, term: int) -> None:
+        h.sent_as_leader = max(h.sent_as_leader, term)
+        other = self.leaders.setdefault(term, h.id)
+        if other != h.id:
+            raise Violation(f"election safety: {other} and {h.id} both lead term {term}")
 
     def _on_elected(self, h: Host) -> None:
         node = h.node
         assert node is not None and h.log is not None
-        other = self.leaders.setdefault(node.term, h.id)
-        if other != h.id:
-            raise Violation(f"election safety: {other} and {h.id} both lead term {node.term}")
+        self._register_leader(h, node.term)
         h.was_leader_term = node.term
         h.elected_at = self.now
         self.stats["elections"] += 1
@@ -503,6 +762,19 @@ class Simulation:
             # A new leader's first round trips are Raft's riskiest moment: strike there often.
             delay = self.fault_rng.uniform(0, self.profile.strike_window * self.profile.max_delay)
             self._at(self.now + delay, self._strike_leader, h.id, h.incarnation)
+        if self.healed_at is None and (self.straggle or self.replay or h.id in self.replay_at_election
+                                       or self.fault_rng.random() < self.profile.replay_on_election):
+            self.replay_at_election.discard(h.id)
+            self._replay_to_fresh_leader(h)
+        if self.healed_at is None and self.change_at_next_leader and self.change_at_next_leader[0] != h.id:
+            change = self.change_at_next_leader[1]
+            self.change_at_next_leader = None
+            self._at(self.now + self.fault_rng.uniform(0, self.profile.max_delay / 2), self._change_at, h.id,
+                     h.incarnation, change)
+        if self.healed_at is None and self.fault_rng.random() < self.profile.change_on_election:
+            # A change at a fresh leader, usually before its no-op commits (Ongaro's case).
+            delay = self.fault_rng.uniform(0, 2 * self.profile.max_delay)
+            self._at(self.now + delay, self._change_at, h.id, h.incarnation)
 
     def _strike_leader(self, node_id: str, incarnation: int) -> None:
         h = self.hosts[node_id]
@@ -541,16 +813,52 @@ class Simulation:
             return
         if self.wire:
             msg = from_dict(json.loads(json.dumps(to_dict(msg))))
+        if self.profile.stale_weight or self.profile.replay_on_election or self.profile.minority_returns_weight:
+            self.history.append((self.now, frm, to, msg))
+        if self.replay and self.net_rng.random() < self.replay:
+            self._send_stale(frm, to, msg)  # a copy turns up again, seconds later
+        if self.straggle and self.net_rng.random() < self.straggle:
+            self._send_stale(frm, to, msg)  # held back: it arrives seconds late, after newer ones
+            return
         copies = 2 if self.net_rng.random() < self.dup else 1
+        lagging = self.now < self.hosts[frm].lag_until
         for _ in range(copies):
             delay = self.net_rng.uniform(0.0005, self.profile.max_delay)
             if self.net_rng.random() < self.tail:
                 delay *= 20
+            if lagging:
+                delay += self.net_rng.uniform(0.2, 1.0)  # a congested outgoing link
             at = self.now + delay
             if not self.reorder:
                 at = max(at, self.link_clock.get((frm, to), 0.0))
                 self.link_clock[(frm, to)] = at
             self._at(at, self._deliver, frm, to, msg)
+
+    def _send_stale(self, frm: str, to: str, msg: Any, at: float | None = None) -> None:
+        """Deliver `msg` late, past the link's FIFO: by default 30 ms to 2 s later (log-uniform),
+        from within the same term to several election timeouts, so it often lands in a later
+        term, whose leader may be this message's author or addressee again."""
+        if at is None:
+            at = self.now + 0.03 * (2.0 / 0.03) ** self.net_rng.random()
+        self.stale_until = max(self.stale_until, at)
+        self.stats["stale_messages"] += 1
+        self._at(at, self._deliver, frm, to, msg)
+
+    def _replay_to_fresh_leader(self, h: Host) -> None:
+        """A new leader's first round trips also bring old messages: the answers it was sent in
+        older terms (when it led before, they vouched for logs that may have been rewritten
+        since) turn up again, and a few old messages to anyone."""
+        assert h.node is not None
+        old = [m for m in self.history if self.now - m[0] > 0.05]
+        if not old:
+            return
+        term = h.node.term
+        answers = [m for m in old if m[2] == h.id and isinstance(m[3], AppendEntriesResponse) and m[3].term < term]
+        r = self.net_rng
+        picked = answers if r.random() < 0.5 else r.sample(answers, min(len(answers), 4))
+        picked += [r.choice(old) for _ in range(r.randint(0, 4))]
+        for _, frm, to, msg in picked:
+            self._send_stale(frm, to, msg, at=self.now + r.uniform(0, 2 * self.profile.max_delay))
 
     def _deliver(self, frm: str, to: str, msg: Any) -> None:
         h = self.hosts[to]
@@ -561,7 +869,29 @@ class Simulation:
             return
         if self.tracing:
             self._log(f"{frm}->{to} {msg!r}")
+        self._count_delivery(h, msg)
         self._feed(h, h.node.receive(frm, msg, h.local(self.now)))
+        if isinstance(msg, AppendEntriesResponse):
+            self._check_knowledge(h, self.hosts[frm])
+
+    def _count_delivery(self, h: Host, msg: Any) -> None:
+        """Count the deliveries that put a node in a state a classic bug needs (see stats)."""
+        node, log = h.node, h.log
+        assert node is not None and log is not None
+        if isinstance(msg, InstallSnapshot) and msg.term >= node.term:
+            if node.commit_index >= msg.last_index:
+                key = "snapshot_covered"
+            elif log.last_index < msg.last_index:
+                key = "snapshot_behind"
+            elif log.term_at(msg.last_index) != msg.last_term:
+                key = "snapshot_conflict"
+            else:
+                key = "snapshot_at" if log.last_index == msg.last_index else "snapshot_ahead"
+            self.stats[key] += 1
+        elif isinstance(msg, AppendEntries) and msg.term < node.term:
+            self.stats["stale_append"] += 1
+        elif isinstance(msg, AppendEntriesResponse) and msg.success and msg.term < node.term and node.role == LEADER:
+            self.stats["stale_success"] += 1
 
     def _tick(self, node_id: str) -> None:
         h = self.hosts[node_id]
@@ -601,22 +931,36 @@ class Simulation:
         if self.healed_at is not None:
             return
         self._at(self.now + self.fault_rng.uniform(*self.profile.fault_gap), self._fault)
+        if self.now < self.episode_until:
+            return  # an episode is playing out: other faults would only break its chain
         r = self.fault_rng
+        b = self.profile.background  # the generic faults, toned down where episodes must play out
         actions = [
-            ("partition", 1.0), ("isolate_leader", 1.0), ("one_way", 1.0), ("isolate_one", 1.0),
-            ("heal_links", 2.0), ("crash", self.profile.crash_weight), ("crash_leader", self.profile.crash_weight),
-            ("crash_syncing", self.profile.crash_weight),
-            ("pause", 1.0), ("lossy", 1.0), ("calm", 1.5), ("transfer", 0.5), ("compact", 0.7), ("skew", 0.3),
-            ("membership", 0.7),
+            ("partition", b), ("isolate_leader", b), ("partition_leader", self.profile.partition_leader_weight),
+            ("one_way", b), ("isolate_one", b),
+            ("heal_links", 2.0), ("crash", b * self.profile.crash_weight), ("crash_leader", b * self.profile.crash_weight),
+            ("crash_syncing", b * self.profile.crash_weight),
+            ("pause", b), ("lossy", b), ("calm", 1.5), ("transfer", self.profile.transfer_weight),
+            ("rebalance", self.profile.rebalance_weight), ("compact", self.profile.compact_weight),
+            ("skew", 0.3), ("membership", self.profile.membership_weight), ("stale", self.profile.stale_weight),
+            ("slow_disk", self.profile.slow_disk_weight), ("slow_link", self.profile.slow_link_weight),
+            ("change_then_strike", self.profile.change_then_strike_weight),
+            ("cut_acks", self.profile.cut_acks_weight), ("minority_returns", self.profile.minority_returns_weight),
         ]
         if self.n == 1:  # no network to break
-            actions = [(a, w) for a, w in actions if a not in ("partition", "one_way", "isolate_one", "transfer")]
+            actions = [(a, w) for a, w in actions if a not in (
+                "partition", "partition_leader", "one_way", "isolate_one", "transfer", "rebalance", "stale", "slow_link",
+                "change_then_strike", "cut_acks", "minority_returns")]
         action = r.choices([a for a, _ in actions], [w for _, w in actions])[0]
         getattr(self, f"_fault_{action}")(r)
         self._recompute_health()
 
+    def _leaders(self) -> list[Host]:
+        """Every running node that believes it leads (a deposed one may not know it yet)."""
+        return [h for h in self.hosts.values() if h.up and h.node and h.node.role == LEADER]
+
     def _leader(self) -> Host | None:
-        leaders = [h for h in self.hosts.values() if h.up and h.node and h.node.role == LEADER]
+        leaders = self._leaders()
         return max(leaders, key=lambda h: h.node.term) if leaders else None  # type: ignore[union-attr]
 
     def _isolate(self, node_id: str) -> None:
@@ -637,6 +981,18 @@ class Simulation:
             self._isolate(leader.id)
             self.stats["partitions"] += 1
             self._log(f"FAULT isolate leader {leader.id}")
+
+    def _fault_partition_leader(self, r: random.Random) -> None:
+        # The leader and a minority of followers on one side: it keeps taking proposals that
+        # its followers acknowledge but can never commit, while the majority moves on. Such long
+        # acknowledged tails are what later leaders must overwrite (Raft Figure 7).
+        leader = self._leader()
+        if leader is not None:
+            others = [i for i in self.ids if i != leader.id]
+            side = {leader.id, *r.sample(others, r.randint(0, (self.n - 1) // 2 - 1))}
+            self.cut = {(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)}
+            self.stats["partitions"] += 1
+            self._log(f"FAULT partition leader {sorted(side)} | {sorted(set(self.ids) - side)}")
 
     def _fault_isolate_one(self, r: random.Random) -> None:
         victim = r.choice(self.ids)
@@ -660,18 +1016,27 @@ class Simulation:
     def _fault_calm(self, r: random.Random) -> None:
         self.drop, self.dup, self.tail = 0.0, r.uniform(0, 0.05), 0.0
         self.reorder = False
+        self.straggle = self.replay = 0.0
         self._log(f"FAULT calm dup={self.dup:.3f}")
 
-    def _crash(self, h: Host) -> None:
+    def _fault_stale(self, r: random.Random) -> None:
+        # Messages of older terms: held back past newer ones, or delivered again much later.
+        self.straggle, self.replay = r.uniform(0.01, 0.15), r.uniform(0.01, 0.15)
+        self._log(f"FAULT stale straggle={self.straggle:.3f} replay={self.replay:.3f}")
+
+    def _crash(self, h: Host, restart_after: float | None = None) -> None:
         h.node = None
         h.log = None
         h.paused = False
         h.queue.clear()
+        h.vouched = {}
         h.incarnation += 1
         h.healthy_since = None
         self.stats["crashes"] += 1
         self._log(f"FAULT crash {h.id}")
-        self._at(self.now + self.fault_rng.uniform(0.01, 1.0), self._restart, h.id)
+        if restart_after is None:
+            restart_after = self.fault_rng.uniform(0.01, 1.0)
+        self._at(self.now + restart_after, self._restart, h.id)
 
     def _restart(self, node_id: str) -> None:
         h = self.hosts[node_id]
@@ -726,34 +1091,88 @@ class Simulation:
             self._log(f"FAULT transfer {leader.id} -> {target}")
             self._feed(leader, leader.node.transfer_leadership(target, leader.local(self.now)))
 
-    def _fault_membership(self, r: random.Random) -> None:
+    def _fault_rebalance(self, r: random.Random) -> None:
+        # Preferred-leader balancing (as Kafka and Redpanda do): hand leadership back to the node
+        # that led before this one. If a partition cut that node off meanwhile, it now leads
+        # again over a log that was rewritten under it, while answers from its old term linger.
         leader = self._leader()
         if leader is None or leader.node is None:
             return
-        voters = leader.node.voters
-        missing = [i for i in self.ids if i not in voters]
-        if missing and (len(voters) <= max(1, self.n - 2) or r.random() < 0.5):
-            peer = r.choice(missing)
-            if r.random() < 0.5 and not leader.node.caught_up(peer):
-                # Usually an operator catches the node up as a learner first (thesis §4.2.1).
-                self._log(f"FAULT add learner {peer} at {leader.id}")
-                self._feed(leader, leader.node.add_learner(peer, leader.local(self.now)))
-                return
-            change = {"add": peer}
-        elif len(voters) > max(1, self.n - 2):
-            change = {"remove": r.choice(sorted(voters))}
-        else:
-            return
-        self._change_membership(leader, change)
+        before = [(t, i) for t, i in self.leaders.items() if t < leader.node.term and i != leader.id]
+        if before:
+            target = max(before)[1]
+            leader.transfer_at = self.now
+            self.stats["transfers"] += 1
+            self._log(f"FAULT rebalance {leader.id} -> {target}")
+            self._feed(leader, leader.node.transfer_leadership(target, leader.local(self.now)))
 
-    def _change_membership(self, leader: Host, change: dict[str, str]) -> None:
+    def _fault_membership(self, r: random.Random) -> None:
+        leaders = self._leaders()
+        if leaders:
+            # Any node that believes it leads: a deposed leader may still accept a change.
+            self._attempt_change(r.choice(leaders))
+
+    def _change_at(self, node_id: str, incarnation: int, change: dict[str, str] | None = None) -> None:
+        """A change attempt at one given leader (a fresh one, before its no-op commits)."""
+        h = self.hosts[node_id]
+        if self.healed_at is None and h.incarnation == incarnation and h.up and h.node is not None \
+                and h.node.role == LEADER:
+            if change is None:
+                self._attempt_change(h)
+            else:
+                self._change_membership(h, change)
+
+    def _change_again(self) -> None:
+        """A further change soon after one: at whoever leads now, often while one is in flight."""
+        if self.healed_at is None:
+            self._fault_membership(self.fault_rng)
+
+    def _attempt_change(self, leader: Host) -> bool:
+        """Add or remove one voter (down to n - 2), sometimes as a learner first. Changes come
+        in bursts, at successive leaders, and are followed by strikes on their leader: the
+        states in which one change can overlap another, whose bugs the checker must see."""
+        r, node = self.fault_rng, leader.node
+        assert node is not None
+        voters = node.voters
+        missing = [i for i in self.ids if i not in voters]
+        options = (["add"] if missing else []) + (["remove"] if len(voters) > max(1, self.n - 2) else [])
+        if not options:
+            return False
+        if r.choice(options) == "add":
+            peer = r.choice(missing)
+            if r.random() < 0.3 and not node.caught_up(peer):
+                # An operator often catches the node up as a learner first (thesis §4.2.1).
+                self._log(f"FAULT add learner {peer} at {leader.id}")
+                self._feed(leader, node.add_learner(peer, leader.local(self.now)))
+                return False
+            change = {"add": peer}
+        else:
+            change = {"remove": r.choice(sorted(voters))}
+        accepted = self._change_membership(leader, change)
+        if self.healed_at is None:
+            delay = self.profile.max_delay
+            if accepted and r.random() < self.profile.strike_after_change:
+                # The change is in the leader's log and hardly anywhere else: strike now.
+                self._at(self.now + r.uniform(0, delay), self._strike_leader, leader.id, leader.incarnation)
+            if accepted and r.random() < self.profile.change_burst:
+                # Another change right away (an operator's script), or while this one travels.
+                self._at(self.now + (0.0 if r.random() < 0.5 else r.uniform(0, 2 * delay)), self._change_again)
+        return accepted
+
+    def _change_membership(self, leader: Host, change: dict[str, str]) -> bool:
         assert leader.node is not None
         result, effects = leader.node.change_membership(leader.local(self.now), **change)
         self.last_config_change = self.now
         self.stats["config_changes"] += isinstance(result, int)
+        if isinstance(result, ChangeRefused):
+            if "in progress" in result.reason:
+                self.stats["refused_in_progress"] += 1
+            elif "of its term" in result.reason:
+                self.stats["refused_own_term"] += 1
         self._log(f"FAULT membership {change} at {leader.id}: {result}")
         self._feed(leader, effects)
         self._recompute_health()
+        return isinstance(result, int)
 
     def _restore_members(self) -> None:
         """After healing, an operator adds back every node that was removed."""
@@ -767,19 +1186,144 @@ class Simulation:
         self._at(self.now + 0.1, self._restore_members)  # until the run ends: leaders change
 
     def _fault_compact(self, r: random.Random) -> None:
-        h = self.hosts[r.choice(self.ids)]
+        # The leader's retention is what sends followers to InstallSnapshot: pick it half the time.
+        leader = self._leader() if r.random() < 0.5 else None
+        self._compact(leader or self.hosts[r.choice(self.ids)], r.randint(0, 5))
+
+    def _retention(self) -> None:
+        """Aggressive retention on every node, as a partition with a tiny retention limit: log
+        starts follow commit indexes closely, so any follower the leader has lost track of
+        (behind, holding the snapshot point, or past it) is sent an InstallSnapshot."""
+        self._at(self.now + self.profile.retention_interval, self._retention)
+        for h in self.hosts.values():
+            if h.up:
+                self._compact(h, self.fault_rng.randint(0, 3))
+
+    def _compact(self, h: Host, keep: int) -> None:
         if h.node is not None:
             # Retention removes only what the application has applied as well as committed.
-            upto = min(h.node.commit_index, h.applied) - r.randint(0, 5)
+            upto = min(h.node.commit_index, h.applied) - keep
+            if upto < h.node.log.start_index:
+                return
             h.node.compact(upto)
             assert h.log is not None
             # Deleting whole segments below the commit point is safe to treat as durable at once.
             start, prefix_term, _, prefix_config = h.log.snapshot()
             d_start, d_prefix, d_entries, _ = h.durable_log
             if start > d_start:
-                keep = tuple(e for e in d_entries if e.index >= start)
-                h.durable_log = (start, prefix_term, keep, prefix_config)
-            self._log(f"FAULT compact {h.id} upto {upto} -> start {h.log.start_index}")
+                keep_entries = tuple(e for e in d_entries if e.index >= start)
+                h.durable_log = (start, prefix_term, keep_entries, prefix_config)
+            self._log(f"compact {h.id} upto {upto} -> start {h.log.start_index}")
+
+    # ------------------------------------------------------------------ episodes
+    # Compound faults: short scripts of ordinary faults with random timing, each leading the
+    # cluster into a state that a classic bug needs and that independent faults reach rarely.
+
+    def _fault_change_then_strike(self, r: random.Random) -> None:
+        """Ongaro's case: a leader appends a membership change and is cut off before anyone
+        else has it (its copy survives, in memory and on its disk); the next leader, which
+        lacks it, is asked for another change at once, before it has committed anything."""
+        leader = self._leader()
+        if leader is None or leader.node is None:
+            return
+        missing = [i for i in self.ids if i not in leader.node.voters]
+        follow_up: dict[str, str] | None = None
+        if missing and len(leader.node.voters) % 2 == 0 and r.random() < 0.5:
+            # Ongaro's counterexample itself: from an even-sized configuration the struck leader
+            # adds a node, and the next leader removes the struck one.
+            if not self._change_membership(leader, {"add": r.choice(missing)}):
+                return
+            follow_up = {"remove": leader.id}
+        elif not self._attempt_change(leader):
+            return
+        # Cut off before its fsync completes, so the change leaves with nothing (its sends wait).
+        self._at(self.now + r.uniform(0, self.profile.max_fsync), self._isolate_struck, leader.id, leader.incarnation)
+        self.change_at_next_leader = (leader.id, follow_up)
+        self.episode_until = self.now + 3 * ELECTION_TIMEOUT
+
+    def _isolate_struck(self, node_id: str, incarnation: int) -> None:
+        h = self.hosts[node_id]
+        if self.healed_at is None and h.incarnation == incarnation:
+            self._isolate(node_id)
+            self._log(f"FAULT isolate {node_id} after its change")
+            self._recompute_health()
+
+    def _fault_cut_acks(self, r: random.Random) -> None:
+        """A follower's answers are lost (its link to the leader is cut one way) while the leader
+        commits with the others and its retention moves the log start past what it knows of
+        that follower: the leader sends InstallSnapshot to a follower that already holds the
+        snapshot's last entry, and entries after it that it has acknowledged."""
+        leader = self._leader()
+        if leader is None or leader.node is None or not leader.node.peers:
+            return
+        follower = r.choice(leader.node.peers)
+        self.cut.add((follower, leader.id))
+        self._log(f"FAULT cut acks {follower}->{leader.id}")
+        self._at(self.now + r.uniform(1, 3) * HEARTBEAT, self._compact_now, leader.id, leader.incarnation)
+        until = self.now + r.uniform(6, 12) * HEARTBEAT
+        self._at(until, self._uncut, follower, leader.id)
+        self.episode_until = until
+
+    def _compact_now(self, node_id: str, incarnation: int) -> None:
+        h = self.hosts[node_id]
+        if h.incarnation == incarnation:
+            self._compact(h, 0)
+
+    def _uncut(self, a: str, b: str) -> None:
+        self.cut.discard((a, b))
+        self._recompute_health()
+
+    def _fault_slow_link(self, r: random.Random) -> None:
+        # A congested link: a node's messages arrive most of a second late. When it is the
+        # leader it is deposed, and its last AppendEntries reach followers after they have
+        # followed (and answered) its successor.
+        leader = self._leader() if r.random() < 0.7 else None
+        h = leader or self.hosts[r.choice(self.ids)]
+        h.lag_until = self.now + r.uniform(0.2, 1.2)
+        self._log(f"FAULT slow link from {h.id} until {h.lag_until:.3f}")
+
+    def _fault_minority_returns(self, r: random.Random) -> None:
+        """The leader and one follower are cut off from the rest: the follower acknowledges
+        entries the leader can never commit, while the majority elects a leader of its own.
+        When the links heal, leadership is handed back to the old leader (preferred-leader
+        balancing) over a log the new leader rewrote, and the follower's answers from the old
+        term come in again (they are replayed to it when it is elected)."""
+        leader = self._leader()
+        if leader is None or leader.node is None or len(leader.node.peers) < 3:
+            return  # with fewer than 4 voters a leader and a follower are no minority
+        side = {leader.id, r.choice(leader.node.peers)}
+        self.cut = {(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)}
+        self.stats["partitions"] += 1
+        self._log(f"FAULT minority with the leader {sorted(side)}")
+        back = self.now + r.uniform(1.5, 3) * ELECTION_TIMEOUT
+        self._at(back, self._return_leadership, leader.id, leader.incarnation)
+        self.episode_until = back + 6 * HEARTBEAT + 2 * ELECTION_TIMEOUT
+
+    def _return_leadership(self, node_id: str, incarnation: int) -> None:
+        h = self.hosts[node_id]
+        if self.healed_at is not None or h.incarnation != incarnation:
+            return
+        self.cut = set()
+        self._log("FAULT heal links")
+        self._recompute_health()
+        self.replay_at_election.add(node_id)
+        self._at(self.now + self.fault_rng.uniform(1, 4) * HEARTBEAT, self._transfer_to, node_id)
+
+    def _transfer_to(self, target: str) -> None:
+        leader = self._leader()
+        if self.healed_at is None and leader is not None and leader.node is not None and leader.id != target:
+            leader.transfer_at = self.now
+            self.stats["transfers"] += 1
+            self._log(f"FAULT transfer {leader.id} -> {target}")
+            self._feed(leader, leader.node.transfer_leadership(target, leader.local(self.now)))
+
+    def _fault_slow_disk(self, r: random.Random) -> None:
+        # A disk that stalls (fsync taking most of a second): answers and votes queued behind it
+        # leave late, often in an older term; a leader's sends wait too, so it is deposed.
+        leader = self._leader() if r.random() < 0.5 else None
+        h = leader or self.hosts[r.choice(self.ids)]
+        h.slow_until = self.now + r.uniform(0.2, 1.5)
+        self._log(f"FAULT slow disk {h.id} until {h.slow_until:.3f}")
 
     def _fault_skew(self, r: random.Random) -> None:
         h = self.hosts[r.choice(self.ids)]
@@ -789,14 +1333,18 @@ class Simulation:
         h.offset = local_now - self.now * h.drift
         self._log(f"FAULT skew {h.id} drift={h.drift:.3f}")
 
+    def _responsive(self, h: Host) -> bool:
+        return h.up and self.now >= h.slow_until and self.now >= h.lag_until
+
     def _recompute_health(self) -> None:
         """A node is healthy while it runs and has calm two-way links to a majority."""
-        calm = self.drop == 0 and self.tail == 0 and not self.reorder
+        calm = (self.drop == 0 and self.tail == 0 and not self.reorder and not self.straggle and not self.replay
+                and self.now >= self.stale_until)
         for h in self.hosts.values():
             voters = h.node.voters if h.node is not None else frozenset()
-            healthy = calm and h.up and h.id in voters and 1 + sum(
+            healthy = calm and self._responsive(h) and h.id in voters and 1 + sum(
                 1 for o in self.hosts.values()
-                if o is not h and o.id in voters and o.up
+                if o is not h and o.id in voters and self._responsive(o)
                 and (h.id, o.id) not in self.cut and (o.id, h.id) not in self.cut
             ) >= len(voters) // 2 + 1
             if not healthy:
@@ -807,11 +1355,12 @@ class Simulation:
     def _heal(self) -> None:
         self.healed_at = self.now
         self.cut = set()
-        self.drop = self.dup = self.tail = 0.0
+        self.drop = self.dup = self.tail = self.straggle = self.replay = 0.0
         self.reorder = False
         self._log("HEAL everything")
         self._at(self.now, self._restore_members)
         for h in self.hosts.values():
+            h.slow_until = h.lag_until = float("-inf")
             if h.node is None:
                 self._start(h)
             elif h.paused:
@@ -851,21 +1400,54 @@ def run_seed(
                       regime=regime, wire=wire).run()
 
 
+def load_factory(spec: str) -> NodeFactory:
+    """A node factory named `module:attr` or `path/to/file.py:attr` (for the CLI, which can
+    then run the broken variants of tests/raft/broken_variants.py)."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
+    if where.endswith(".py"):
+        loader_spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"cannot load {where}")
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{where} has no node factory {name!r}")
+    return factory  # type: ignore[no-any-return]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamlog.raft.sim", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the seed to run (or the first seed with --soak)")
-    parser.add_argument("--nodes", type=int, default=3, choices=[1, 3, 5])
+    parser.add_argument("--nodes", type=int, default=None, choices=[1, 3, 5],
+                        help="cluster size (default 3; --soak alternates 3 and 5 unless given)")
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--regime", default="mixed", choices=REGIMES, help="fault profile family")
     parser.add_argument("--wire", action="store_true", help="send messages through their JSON form")
-    parser.add_argument("--soak", action="store_true", help="run many seeds, alternating 3 and 5 nodes")
+    parser.add_argument("--soak", action="store_true", help="run many seeds and report every violation")
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds --soak runs")
+    parser.add_argument("--node-factory", metavar="MODULE:NAME", default=None,
+                        help="build nodes with this callable instead of RaftNode, e.g. "
+                             "tests/raft/broken_variants.py:NoOngaroFix (a broken variant)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    factory: NodeFactory = RaftNode
+    if args.node_factory is not None:
+        try:
+            factory = load_factory(args.node_factory)
+        except (ValueError, ImportError, OSError) as e:
+            parser.error(f"--node-factory: {e}")
     if not args.soak:
-        result = run_seed(args.seed, args.nodes, trace=args.trace, regime=args.regime, wire=args.wire)
+        nodes = args.nodes or 3
+        result = run_seed(args.seed, nodes, factory, trace=args.trace, regime=args.regime, wire=args.wire)
         for line in result.trace:
             print(line)
-        print(f"seed {args.seed} nodes {args.nodes} regime {args.regime}: "
+        print(f"seed {args.seed} nodes {nodes} regime {args.regime}: "
               f"{'OK' if result.ok else 'VIOLATION'} {result.stats}")
         if not result.ok:
             print(result.violation)
@@ -874,8 +1456,8 @@ def main(argv: list[str] | None = None) -> int:
     started = _wallclock_for_cli_only.monotonic()  # reporting only; never reaches the simulation
     totals: dict[str, float] = {}
     for seed in range(args.seed, args.seed + args.seeds):
-        nodes = 3 if seed % 2 == 0 else 5
-        result = run_seed(seed, nodes, regime=args.regime, wire=args.wire)
+        nodes = args.nodes or (3 if seed % 2 == 0 else 5)
+        result = run_seed(seed, nodes, factory, regime=args.regime, wire=args.wire)
         for k, v in result.stats.items():
             if isinstance(v, (int, float)) and k != "recovered_in":
                 totals[k] = totals.get(k, 0) + v

@@ -263,6 +263,26 @@ def test_leadership_transfer_hands_over_to_the_target():
     assert c.nodes[target].term == leader.term
 
 
+def test_leader_keeps_refusing_proposals_for_an_election_timeout_after_timeout_now():
+    # Found by the simulator: the target caught up just before the transfer's deadline, the
+    # leader sent TimeoutNow, the deadline passed and it appended a new proposal; every voter
+    # then refused the target (no longer up to date) and the transfer ended in a needless
+    # election. After TimeoutNow the leader must not append for another election timeout.
+    leader = node("a")
+    elect(leader)
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=1), 10.0)
+    leader.receive("c", AppendEntriesResponse(1, True, match_index=1), 10.0)
+    leader.propose(b"x", 10.0)
+    leader.receive("b", AppendEntriesResponse(1, True, match_index=2), 10.0)
+    leader.transfer_leadership("c", 10.0)  # c is behind (match 1 of 2): catch it up first
+    effects = leader.receive("c", AppendEntriesResponse(1, True, match_index=2), 10.9)
+    assert ("c", TimeoutNow(1, "a")) in sends(effects)
+    leader.tick(11.05)  # past the transfer's original deadline (10.0 + 1.0)
+    assert isinstance(leader.propose(b"y", 11.05)[0], NotLeader)
+    leader.tick(12.0)  # an election timeout after TimeoutNow: the transfer is abandoned
+    assert isinstance(leader.propose(b"y", 12.0)[0], int)
+
+
 def test_timeout_now_starts_an_election_that_skips_pre_vote():
     n = node("b", term=1)
     n.receive("a", AppendEntries(1, "a", 0, 0, (), 0), 1.0)

@@ -131,6 +131,7 @@ def test_bad_lines_are_dropped_and_the_connection_kept():
     proto.dataReceived(b"{not json\n")
     proto.dataReceived(orjson.dumps({"group": "g", "from": "c", "msg": to_dict(TimeoutNow(1, "c"))}) + b"\n")
     proto.dataReceived(orjson.dumps({"group": "g", "from": "b", "msg": {"type": "nope"}}) + b"\n")
+    proto.dataReceived(orjson.dumps({"group": "g", "from": "b", "msg": {"type": ["append_entries"]}}) + b"\n")
     proto.dataReceived(orjson.dumps({"group": "zz", "from": "b", "msg": to_dict(TimeoutNow(1, "b"))}) + b"\n")
     assert not transport.disconnecting
     assert host.groups["g"].node.term == 0

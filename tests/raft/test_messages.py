@@ -41,6 +41,8 @@ def test_round_trip_through_json(msg):
     [
         [],
         {"type": "nope"},
+        {"type": []},  # unhashable: was a TypeError, which the driver does not catch
+        {"type": {"kind": "x"}},
         {"type": "timeout_now", "term": 1},
         {"type": "timeout_now", "term": True, "leader_id": "n1"},
         {"type": "timeout_now", "term": "1", "leader_id": "n1"},

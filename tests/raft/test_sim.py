@@ -1,23 +1,78 @@
-"""The deterministic simulator: many seeds stay safe, seeds replay exactly, and the checker
-catches deliberately broken Raft variants (defined here, as test-side subclasses)."""
+"""The deterministic simulator: many seeds stay safe, seeds replay exactly, the workload reaches
+the states that classic bugs need, and the checker catches the deliberately broken Raft nodes of
+broken_variants.py (each within a bounded number of seeds, while the correct node passes)."""
+
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from broken_variants import (
+    AcceptStaleAppend,
+    AckBeforeFsync,
+    ConcurrentChanges,
+    CountStaleSuccess,
+    NoOngaroFix,
+    NoPreVote,
+    OldTermCommit,
+    SnapshotAlwaysResets,
+    SnapshotDiscardsFollowingEntries,
+    VoteWithoutPersisting,
+)
 
-from streamlog.raft.core import RaftNode, SyncLog
-from streamlog.raft.sim import main, run_seed
+from streamlog.raft.core import RaftNode, Send
+from streamlog.raft.log import Entry
+from streamlog.raft.messages import AppendEntries, AppendEntriesResponse
+from streamlog.raft.sim import REGIMES, Simulation, Violation, main, run_seed
 
-CI_SEEDS = 300  # per cluster size and regime: 1200 runs in all
+# Seeds per cluster size (3 and 5) that CI runs with the correct node: 1,200 runs in all.
+CI_SEEDS = {"mixed": 200, "churn": 200, "reconfig": 100, "stale": 100}
+
+# What each regime must reach, summed over its CI seeds (a counter that stays at zero means the
+# workload no longer produces the state a family of bugs needs, and the checker would be blind).
+REACHES = {
+    "mixed": ("config_changes", "refused_in_progress", "refused_own_term", "stale_append", "stale_success",
+              "snapshot_behind", "snapshot_conflict", "snapshot_at", "snapshot_ahead", "snapshot_covered"),
+    "churn": ("config_changes", "snapshots"),
+    "reconfig": ("config_changes", "refused_in_progress", "refused_own_term"),
+    "stale": ("stale_messages", "stale_append", "stale_success", "snapshot_behind",
+              "snapshot_conflict", "snapshot_at", "snapshot_ahead", "snapshot_covered"),
+}
 
 
-@pytest.mark.parametrize("regime", ["mixed", "churn"])
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_many_seeds_are_safe_and_live(nodes, regime):
+@pytest.mark.parametrize("regime", REGIMES)
+def test_many_seeds_are_safe_and_live(regime, nodes):
     failures = []
-    for seed in range(CI_SEEDS):
+    totals: Counter[str] = Counter()
+    for seed in range(CI_SEEDS[regime]):
         result = run_seed(seed, nodes, regime=regime)
+        totals.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
         if not result.ok:
             failures.append(result.violation)
     assert failures == []
+    unreached = [k for k in REACHES[regime] if not totals[k]]
+    if nodes == 3:
+        unreached = [k for k in unreached if k != "stale_success"]  # needs a minority with a follower
+    assert unreached == [], totals
+
+
+# Seeds the soak reported against the correct node, each a fault of the simulator, now fixed:
+SOAK_FINDINGS = [
+    # A deposed leader of term 5 that did not know it rewrote a lagging node's entry 122, which
+    # a leader of term 6 had committed without that node: Raft allows it; the shrink check now
+    # reports only losses on the word of a leader of the commit's term or later.
+    (1028337, 5, "mixed"),
+    (1107771, 5, "churn"),  # the same: entry 2, committed in a term the lagging node never saw
+    # A node removed at 0.4 s and re-added after healing caught up at one entry per round trip
+    # (8-byte batches, one in flight) in more than 10 s: the liveness bound is 20 s everywhere.
+    (1022821, 5, "mixed"),
+]
+
+
+@pytest.mark.parametrize(("seed", "nodes", "regime"), SOAK_FINDINGS)
+def test_seeds_the_soak_reported_now_pass(seed, nodes, regime):
+    result = run_seed(seed, nodes, regime=regime)
+    assert result.ok, result.violation
 
 
 def test_single_node_groups_and_the_json_wire_form_survive_the_simulator():
@@ -45,82 +100,151 @@ def test_cli_soak(capsys):
     assert "soak (mixed): 4 seeds from 10, 0 violations" in capsys.readouterr().out
 
 
+def test_cli_soak_of_one_cluster_size_and_a_bad_seed_count(capsys):
+    assert main(["--soak", "--seeds", "3", "--nodes", "1", "--regime", "stale"]) == 0
+    assert "soak (stale): 3 seeds from 0, 0 violations" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--soak", "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_runs_a_broken_variant_from_a_file(capsys):
+    variants = Path(__file__).with_name("broken_variants.py")
+    assert main(["--soak", "--seeds", "2", "--node-factory", f"{variants}:AckBeforeFsync"]) == 1
+    out = capsys.readouterr().out
+    assert "before it is durable" in out and "2 seeds from 0, 2 violations" in out
+
+
+@pytest.mark.parametrize("spec", ["nowhere:Nothing", f"{Path(__file__).with_name('broken_variants.py')}:Nothing",
+                                  "no-colon", "missing-file.py:X"])
+def test_cli_rejects_a_node_factory_it_cannot_load(spec, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--node-factory", spec])
+    assert e.value.code == 2 and "--node-factory" in capsys.readouterr().err
+
+
 def first_violation(factory, seeds, nodes=(3, 5), **kwargs):
+    """The first (seed, nodes, violation) that `factory` produces, seeds in order."""
     for seed in range(seeds):
         for n in nodes:
             result = run_seed(seed, n, node_factory=factory, **kwargs)
             if not result.ok:
-                return result.violation
+                return seed, n, result.violation
     return None
 
 
-class VoteWithoutPersisting(RaftNode):
-    """Broken: term and vote live only in memory, so a restarted node can vote twice."""
-
-    def _persist_hard_state(self) -> None:
-        pass
-
-
-class AckBeforeFsync(RaftNode):
-    """Broken: the follower's acknowledgement (and commit) go out before its fsync."""
-
-    def _handle_append_entries(self, frm, m):
-        mark = len(self._effects)
-        super()._handle_append_entries(frm, m)
-        new = self._effects[mark:]
-        syncs = [e for e in new if isinstance(e, SyncLog)]
-        self._effects[mark:] = [e for e in new if not isinstance(e, SyncLog)] + syncs
+# (broken variant, regime, seed bound, what the report must say). The first catch seen, as
+# (seed, nodes), is in the comment; docs/raft.md has the rates over 2,000 seeds.
+CATCHES = [
+    (VoteWithoutPersisting, "mixed", 20, ("durable term",)),  # (0, 3)
+    (AckBeforeFsync, "mixed", 20, ("before it is durable",)),  # (0, 3)
+    (OldTermCommit, "churn", 60, ("not protected",)),  # (25, 5)
+    (NoPreVote, "mixed", 150, ("disruption",)),  # (65, 5)
+    (ConcurrentChanges, "mixed", 50, ("not protected",)),  # (17, 3)
+    (NoOngaroFix, "reconfig", 30, ("not protected",)),  # (8, 5)
+    (SnapshotDiscardsFollowingEntries, "mixed", 20, ("loses committed entry", "loses entry")),  # (3, 3)
+    (SnapshotAlwaysResets, "mixed", 20, ("loses committed entry", "loses entry")),  # (3, 3)
+    (CountStaleSuccess, "reconfig", 20, ("counts",)),  # (1, 5)
+    (AcceptStaleAppend, "reconfig", 30, ("loses entry", "loses committed entry")),  # (6, 5)
+]
 
 
-class OldTermCommit(RaftNode):
-    """Broken: commits any entry stored on a majority, ignoring Raft §5.4.2."""
-
-    def _can_commit(self, index):
-        return True
-
-
-class NoPreVote(RaftNode):
-    """Broken (for availability): campaigns skip pre-vote, so a node that was cut off comes
-    back with a higher term and deposes a healthy leader."""
-
-    def _campaign(self, pre_vote, transfer=False):
-        super()._campaign(False, transfer)
-
-
-def test_checker_catches_votes_without_persisting_the_term():
-    violation = first_violation(VoteWithoutPersisting, 50)
-    assert violation is not None and "durable term" in violation
+@pytest.mark.parametrize(("variant", "regime", "bound", "says"), CATCHES, ids=[c[0].__name__ for c in CATCHES])
+def test_checker_catches_the_broken_variant_and_passes_the_correct_node(variant, regime, bound, says):
+    # The bound stays within the seeds test_many_seeds_are_safe_and_live runs with the correct
+    # node in the same regime, so the correct node is known to pass every seed searched here.
+    assert bound <= CI_SEEDS[regime]
+    found = first_violation(variant, bound, regime=regime)
+    assert found is not None, f"{variant.__name__} not caught in {bound} seeds of {regime}"
+    seed, nodes, violation = found
+    assert any(s in violation for s in says), violation
+    assert run_seed(seed, nodes, regime=regime).ok  # the same seed, with the correct node
 
 
 def test_vote_without_persisting_leads_to_two_leaders_in_one_term():
-    # With the direct durability check off, the consequence itself is caught.
-    violation = first_violation(VoteWithoutPersisting, 200, check_durability=False)
-    assert violation is not None
-    assert "election safety" in violation or "log matching" in violation or "state machine" in violation
-
-
-def test_checker_catches_acknowledging_before_fsync():
-    violation = first_violation(AckBeforeFsync, 50)
-    assert violation is not None and "before it is durable" in violation
+    # With the direct durability check off, the consequence itself is caught (first: seed 39).
+    found = first_violation(VoteWithoutPersisting, 80, check_durability=False)
+    assert found is not None
+    assert any(s in found[2] for s in ("election safety", "log matching", "state machine"))
 
 
 def test_ack_before_fsync_loses_committed_entries():
-    violation = first_violation(AckBeforeFsync, 200, check_durability=False)
-    assert violation is not None
-    assert "committed" in violation or "completeness" in violation or "state machine" in violation
+    found = first_violation(AckBeforeFsync, 50, check_durability=False)
+    assert found is not None
+    assert any(s in found[2] for s in ("committed", "completeness", "state machine"))
 
 
-def test_checker_catches_skipping_pre_vote():
-    violation = first_violation(NoPreVote, 200)
-    assert violation is not None and "disruption" in violation
+# ---------------------------------------------------------------- the checker itself
 
 
-def test_checker_catches_counting_old_term_entries():
-    violation = first_violation(OldTermCommit, 400, regime="churn")
-    assert violation is not None and "not protected" in violation
+def lone_voter(node_id, peers, log, hard_state, config, rng, now):
+    """Every node a group of one: each elects itself at once, before its term is on disk."""
+    return RaftNode(node_id, [node_id], log, hard_state, config, rng, now)
 
 
-def test_correct_node_passes_the_seeds_that_catch_the_broken_ones():
-    # The same seeds, run with the real RaftNode, are clean: the checker is not trigger-happy.
-    for regime in ("mixed", "churn"):
-        assert first_violation(RaftNode, 20, regime=regime) is None
+def pending_fsync(sim, node_id):
+    """Complete the fsync `node_id` is waiting for (the simulation's event loop is not run)."""
+    for i, (_, _, fn, args) in enumerate(sim._events):
+        if fn == sim._fsync_done and args[0] == node_id:
+            sim._events.pop(i)
+            fn(*args)
+            return
+    raise AssertionError(f"{node_id} has no fsync in progress")
+
+
+def test_election_safety_counts_a_leader_once_its_term_is_durable():
+    sim = Simulation(0, 3, node_factory=lone_voter)
+    for h in sim.hosts.values():
+        sim._start(h)
+    a, b = sim.hosts["n1"], sim.hosts["n2"]
+    sim._feed(a, a.node.tick(a.local(10.0)))  # leads term 1 in memory; its term is not durable
+    assert a.node.role == "leader" and a.durable_hs.term == 0 and 1 not in sim.leaders
+    sim._crash(a)  # ... and never will be: nobody saw it lead term 1
+    sim._feed(b, b.node.tick(b.local(10.0)))
+    pending_fsync(sim, "n2")  # n2's term 1 reaches its disk: n2 leads term 1, the only one
+    assert sim.leaders == {1: "n2"}
+    c = sim.hosts["n3"]
+    sim._feed(c, c.node.tick(c.local(10.0)))
+    with pytest.raises(Violation, match="election safety: n2 and n3 both lead term 1"):
+        pending_fsync(sim, "n3")
+
+
+def test_an_answer_overtaken_by_a_newer_term_is_not_a_durability_violation():
+    # n2 answers n1's AppendEntries of term 1; the answer waits for n2's fsync. Meanwhile n3,
+    # leader of term 2, overwrites that entry. When the fsync completes the old answer leaves
+    # naming an entry n2 no longer has: false, but harmless (see _check_durable_send).
+    sim = Simulation(0, 3)
+    for h in sim.hosts.values():
+        sim._start(h)
+    f = sim.hosts["n2"]
+    effects = f.node.receive("n1", AppendEntries(1, "n1", 0, 0, (Entry(1, 1, b"x"),), 0), f.local(1.0))
+    assert [e.msg for e in effects if isinstance(e, Send)] == [AppendEntriesResponse(1, True, match_index=1)]
+    sim._feed(f, effects)
+    assert f.syncing and any(isinstance(e, Send) for e in f.queue)  # the answer is behind the fsyncs
+    sim._feed(f, f.node.receive("n3", AppendEntries(2, "n3", 0, 0, (Entry(1, 2, b"y"),), 0), f.local(1.0)))
+    assert f.log.entry_at(1) == Entry(1, 2, b"y")
+    while f.syncing:
+        pending_fsync(sim, "n2")  # does not raise
+    assert sim.stats["obsolete_acks"] == 1 and not f.queue
+    # The same answer released in its own term, before its entry is on disk, is a violation.
+    g = Simulation(0, 3, node_factory=AckBeforeFsync)
+    for h in g.hosts.values():
+        g._start(h)
+    f = g.hosts["n2"]
+    g._feed(f, f.node.receive("n1", AppendEntries(1, "n1", 0, 0, (Entry(1, 1, b"x"),), 0), f.local(1.0)))
+    with pytest.raises(Violation, match="acknowledges index 1 before it is durable"):
+        pending_fsync(g, "n2")  # its term is on disk: out goes the answer, ahead of the entry's fsync
+
+
+def test_a_node_holding_its_own_uncommitted_removal_counts_as_a_candidate():
+    # RaftNode lets it campaign (under the new configuration): so must the protection check.
+    sim = Simulation(0, 3)
+    sim.initial_voters = ("n1", "n2", "n3")
+    removal = (1, 0, (Entry(1, 1), Entry(2, 1, b"", ("n2", "n3"))), None)
+    assert sim._campaign_config(removal, "n1", commit=1) == {"n2", "n3"}
+    assert sim._campaign_config(removal, "n1", commit=2) is None  # known committed: it stays out
+    assert sim._campaign_config(removal, "n2", commit=0) == {"n2", "n3"}
+    assert sim._campaign_config((1, 0, (Entry(1, 1),), None), "n1", commit=0) == {"n1", "n2", "n3"}
+    joining = Simulation(1, 3)
+    joining.initial_voters = ("n1", "n2")
+    assert joining._campaign_config((1, 0, (), None), "n3", commit=0) is None  # not a member yet

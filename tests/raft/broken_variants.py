@@ -1,0 +1,135 @@
+"""Deliberately broken Raft nodes: one classic bug each, as a one-method subclass of RaftNode.
+
+They exist to prove that the simulator's checker has teeth (tests/raft/test_sim.py), and to
+measure how fast it catches each bug:
+
+    python -m streamlog.raft.sim --soak --seeds 2000 --seed 0 \\
+        --node-factory tests/raft/broken_variants.py:NoOngaroFix
+
+`VARIANTS` maps a short name to each class. Never use these outside a test.
+"""
+
+from __future__ import annotations
+
+from streamlog.raft.core import RaftNode, SnapshotInstalled, SyncLog
+from streamlog.raft.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
+
+
+class VoteWithoutPersisting(RaftNode):
+    """Broken: term and vote live only in memory, so a restarted node can vote twice."""
+
+    def _persist_hard_state(self) -> None:
+        pass
+
+
+class AckBeforeFsync(RaftNode):
+    """Broken: the follower's acknowledgement (and commit) go out before its fsync."""
+
+    def _handle_append_entries(self, frm: str, m: AppendEntries) -> None:
+        mark = len(self._effects)
+        super()._handle_append_entries(frm, m)
+        new = self._effects[mark:]
+        syncs = [e for e in new if isinstance(e, SyncLog)]
+        self._effects[mark:] = [e for e in new if not isinstance(e, SyncLog)] + syncs
+
+
+class OldTermCommit(RaftNode):
+    """Broken: commits any entry stored on a majority, ignoring Raft §5.4.2 (Figure 8)."""
+
+    def _can_commit(self, index: int) -> bool:
+        return True
+
+
+class NoPreVote(RaftNode):
+    """Broken (for availability): campaigns skip pre-vote, so a node that was cut off comes
+    back with a higher term and deposes a healthy leader."""
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        super()._campaign(False, transfer)
+
+
+class ConcurrentChanges(RaftNode):
+    """Broken: accepts a membership change while the previous one is still uncommitted, so two
+    single-server steps become one two-server change whose old and new majorities can be
+    disjoint (thesis §4.1)."""
+
+    def _change_in_progress(self) -> bool:
+        return False
+
+
+class NoOngaroFix(RaftNode):
+    """Broken: a new leader changes the configuration before it has committed an entry of its
+    own term. An uncommitted change of an earlier leader, which this leader never saw, can then
+    win an election and overwrite this leader's committed change (Ongaro, raft-dev 2015)."""
+
+    def _committed_own_term(self) -> bool:
+        return True
+
+
+class SnapshotDiscardsFollowingEntries(RaftNode):
+    """Broken: a follower that already holds the snapshot's last entry discards the entries
+    after it (Figure 13 says to retain them), although it may have acknowledged them and the
+    leader may have counted them towards a commit."""
+
+    def _handle_install_snapshot(self, frm: str, m: InstallSnapshot) -> None:
+        if m.last_index > self.commit_index and self.log.term_at(m.last_index) == m.last_term:
+            if self.log.last_index > m.last_index:
+                self.log.truncate_suffix(m.last_index + 1)
+                self._sync_log()
+                self._refresh_config()
+        super()._handle_install_snapshot(frm, m)
+
+
+class SnapshotAlwaysResets(RaftNode):
+    """Broken: InstallSnapshot resets the log even when it holds the snapshot's last entry
+    (and reports a snapshot install), dropping what follows just as the variant above does,
+    through `reset` instead of `truncate_suffix`."""
+
+    def _handle_install_snapshot(self, frm: str, m: InstallSnapshot) -> None:
+        if m.last_index > self.commit_index and self.log.term_at(m.last_index) == m.last_term:
+            self._heard_from_leader(frm)
+            self.log.reset(m.last_index, m.last_term, m.config)
+            self._sync_log()
+            self._refresh_config()
+            self._effects.append(SnapshotInstalled(m.last_index, m.last_term, m.data))
+            self._set_commit(m.last_index)
+            self._send(frm, AppendEntriesResponse(self.term, True, match_index=m.last_index))
+            return
+        super()._handle_install_snapshot(frm, m)
+
+
+class CountStaleSuccess(RaftNode):
+    """Broken: a leader counts a success response from an older term. It vouches for the log
+    the follower had then, matched against the log this node had when it led that older term;
+    both may have changed since."""
+
+    def _receive(self, frm: str, msg: Message) -> None:
+        if isinstance(msg, AppendEntriesResponse) and msg.success and msg.term < self.term:
+            self._handle_append_entries_response(frm, msg)
+            return
+        super()._receive(frm, msg)
+
+
+class AcceptStaleAppend(RaftNode):
+    """Broken: a follower accepts AppendEntries from a leader of an older term, and truncates
+    its log where the deposed leader's log differs."""
+
+    def _receive(self, frm: str, msg: Message) -> None:
+        if isinstance(msg, AppendEntries) and msg.term < self.term:
+            self._handle_append_entries(frm, msg)
+            return
+        super()._receive(frm, msg)
+
+
+VARIANTS: dict[str, type[RaftNode]] = {
+    "vote-without-persisting": VoteWithoutPersisting,
+    "ack-before-fsync": AckBeforeFsync,
+    "old-term-commit": OldTermCommit,
+    "no-pre-vote": NoPreVote,
+    "concurrent-changes": ConcurrentChanges,
+    "no-ongaro-fix": NoOngaroFix,
+    "snapshot-discards-following": SnapshotDiscardsFollowingEntries,
+    "snapshot-always-resets": SnapshotAlwaysResets,
+    "count-stale-success": CountStaleSuccess,
+    "accept-stale-append": AcceptStaleAppend,
+}
