@@ -52,6 +52,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
     _leaf(p, cmd_status)
 
+    from streamlog import cluster_up  # its options live with it
+
+    cluster_up.register(csub, common)
+
 
 # --- status ----------------------------------------------------------------------------------
 
