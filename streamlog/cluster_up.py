@@ -65,7 +65,8 @@ DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
 #: Signals that stop the cluster cleanly (SIGHUP: the terminal closed).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: How a node may end once asked to stop: exit 0 (twistd), or killed by the signal (a server without a handler).
+#: How a node may end once asked to stop: exit 0, or "killed by SIGTERM", which is how twistd ends
+#: after a clean shutdown on SIGTERM (it raises the signal again once its reactor stopped).
 CLEAN_STOPS = (0, -signal.SIGTERM)
 #: Seconds one readiness Ping may take.
 PING_TIMEOUT = 1.0
@@ -357,7 +358,8 @@ class LocalCluster:
         for plan in self.plans:
             try:
                 # A process group of its own: a Ctrl-C at the terminal reaches this command only, which
-                # then stops every node once, with SIGTERM (not SIGINT and SIGTERM both).
+                # then stops every node once, with SIGTERM (a SIGINT reaching a node that is still
+                # starting, before twistd handles signals, ends it with a KeyboardInterrupt trace).
                 process = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, env=self.env, preexec_fn=preexec,
                                            process_group=0)

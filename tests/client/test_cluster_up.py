@@ -129,7 +129,7 @@ def pid_alive(pid):
 class Up:
     """`streamlog cluster up` as a process; its output in files; stopped (and its nodes) by pid."""
 
-    def __init__(self, tmp_path, *args, nodes=3, server=DOUBLE_COMMAND, stdout=None):
+    def __init__(self, tmp_path, *args, nodes=3, server=DOUBLE_COMMAND, stdout=None, own_group=False):
         self.base = free_base(nodes)
         self.tmp = tmp_path
         self.out_path, self.err_path = tmp_path / "up.out", tmp_path / "up.err"
@@ -140,7 +140,8 @@ class Up:
         self._out = None if stdout is not None else open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
         self.process = subprocess.Popen(argv + list(args), cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL,
-                                        stdout=stdout if stdout is not None else self._out, stderr=self._err)
+                                        stdout=stdout if stdout is not None else self._out, stderr=self._err,
+                                        process_group=0 if own_group else None)
         self.node_pids: set[int] = set()
 
     def out(self):
@@ -356,8 +357,8 @@ def test_piping_into_head_stops_the_cluster_without_a_traceback(ups):
 # --- the real server, a cluster of one -----------------------------------------------------------
 
 
-def test_a_cluster_of_one_of_the_real_server(ups, capsys):
-    up = ups(nodes=1, server=None)
+def test_a_cluster_of_one_of_the_real_server_stops_cleanly_on_a_terminal_ctrl_c(ups, capsys):
+    up = ups(nodes=1, server=None, own_group=True)
     out = up.wait_up(timeout=30)
     assert "[node 1]" in out and f"connect with: --connect 127.0.0.1:{up.base}" in out
     assert cli.main(["--connect", f"127.0.0.1:{up.base}", "ping"]) == 0
@@ -368,7 +369,10 @@ def test_a_cluster_of_one_of_the_real_server(ups, capsys):
         assert "is a single node of a streamlog from before clusters" in said.err
     else:  # a cluster of one answers Metadata
         assert code == 0 and f"127.0.0.1:{up.base}" in said.out
-    up.process.send_signal(signal.SIGINT)
-    assert up.wait(timeout=40) == 0
+    # A terminal's Ctrl-C goes to the whole foreground process group; the nodes are not in it, so
+    # they get one signal, the SIGTERM of `cluster up`, and end as twistd does on it.
+    os.killpg(up.process.pid, signal.SIGINT)
+    assert up.wait(timeout=40) == 0, up.err()
     assert "stopped 1 node(s)" in up.err()
+    assert "[node 1]" in up.out() and "Server Shut Down." in up.out()
     assert not any(pid_alive(p) for p in up.node_pids)
