@@ -510,19 +510,23 @@ class LocalCluster:
 
     def _check_exits(self) -> None:
         if self._interrupted():
-            return  # a Ctrl-C at a terminal reaches the nodes too: their exits are part of stopping
-        for node in self.nodes:
-            if node.reported or node.alive():
-                continue
+            return  # exits are part of stopping now
+        dead = [n for n in self.nodes if not n.reported and not n.alive()]
+        if not dead:
+            return
+        for node in dead:
             node.reported = True
             self._drain(node)
-            last = list(node.lines.last)
-            said = f"node {node.plan.node_id} (pid {node.pid}) exited on its own, {describe_exit(node.process.returncode)}"
-            if last:
-                said += "; its last output:\n" + "\n".join(f"  [node {node.plan.node_id}] {line}" for line in last)
-            else:
-                said += " (it wrote nothing)"
-            raise ClusterFailed(said + "\nstopping the other nodes")
+        said = "\n".join(self._death(n) for n in dead)
+        hint = _hint(dead)
+        raise ClusterFailed(said + (f"\n{hint}" if hint else "") + "\nstopping the other nodes")
+
+    def _death(self, node: _Node) -> str:
+        last = list(node.lines.last)
+        said = f"node {node.plan.node_id} (pid {node.pid}) exited on its own, {describe_exit(node.process.returncode)}"
+        if not last:
+            return said + " (it wrote nothing)"
+        return said + "; its last output:\n" + "\n".join(f"  [node {node.plan.node_id}] {line}" for line in last)
 
     def _stop(self) -> bool:
         """SIGTERM every node still running, SIGKILL those still there after the grace period (or a second
@@ -555,6 +559,9 @@ class LocalCluster:
             self._tell(f"node {node.plan.node_id} (pid {node.pid}) did not stop within {self.stop_timeout:g}s "
                        f"of SIGTERM: killed with SIGKILL")
         bad = [n for n in alive if n not in killed and n.process.returncode not in CLEAN_STOPS]
+        hint = _hint(bad)
+        if hint:
+            self._tell(hint)
         for node in bad:
             self._tell(f"node {node.plan.node_id} (pid {node.pid}) stopped badly: {describe_exit(node.process.returncode)}")
         if not killed and not bad:
@@ -564,6 +571,15 @@ class LocalCluster:
     def _drain_all(self) -> None:
         for node in self.nodes:
             self._drain(node)
+
+
+def _hint(nodes: list[_Node]) -> str | None:
+    """What to do when the servers refused the cluster options: they are of a streamlog before clusters."""
+    for node in nodes:
+        if any("--node-id not recognized" in line or "--peers not recognized" in line for line in node.lines.last):
+            return ("hint: this streamlog-server does not take the cluster options (--node-id, --peers) yet: "
+                    "it is from before clusters; 'streamlog cluster up --nodes 1' runs a cluster of one with it")
+    return None
 
 
 def select_ready(node: _Node) -> bool:

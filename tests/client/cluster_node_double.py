@@ -8,6 +8,7 @@ Ping (any other request too, with METHOD_NOT_FOUND).  Options a test adds after
   --exit-node N --exit-after S [--exit-status K]   node N exits K (default 3) S seconds after listening
   --ignore-sigterm-node N                          node N ignores SIGTERM (and SIGINT)
   --silent-node N                                  node N accepts connections and never answers
+  --before-clusters yes                            refuse --node-id, as a server of before clusters does
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main() -> None:
     opts = options(sys.argv[1:])
     node = int(opts.get("node-id", "1"))
     print(json.dumps({"node": node, "argv": sys.argv[1:], "pid": os.getpid()}), flush=True)
+    if opts.get("before-clusters") == "yes" and "node-id" in opts:
+        print("twistd: option --node-id not recognized", flush=True)
+        sys.exit(1)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # as twistd: either stops it cleanly
         if opts.get("ignore-sigterm-node") == str(node):

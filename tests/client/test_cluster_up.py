@@ -261,6 +261,14 @@ def test_a_node_that_dies_is_told_and_the_others_are_stopped(ups):
     assert not any(pid_alive(p) for p in up.node_pids) and len(up.node_pids) == 3
 
 
+def test_a_server_from_before_clusters_gets_a_hint(ups):
+    up = ups("--", "--before-clusters", "yes")
+    assert up.wait() == 1
+    assert "exited on its own, exit status 1; its last output:" in up.err()
+    assert ("hint: this streamlog-server does not take the cluster options (--node-id, --peers) yet: it is from "
+            "before clusters; 'streamlog cluster up --nodes 1' runs a cluster of one with it") in up.err()
+
+
 def test_a_node_that_ignores_sigterm_is_killed_after_the_grace_period(ups):
     up = ups("--stop-timeout", "1", "--", "--ignore-sigterm-node", "3")
     up.wait_up()
@@ -275,10 +283,10 @@ def test_a_node_that_ignores_sigterm_is_killed_after_the_grace_period(ups):
 
 
 def test_a_second_ctrl_c_kills_at_once(ups):
-    up = ups("--", "--ignore-sigterm-node", "1")  # the default grace period: 30 s
+    up = ups("--", "--ignore-sigterm-node", "1", nodes=1)  # the default grace period: 30 s
     up.wait_up()
     up.process.send_signal(signal.SIGINT)
-    wait_for(lambda: "stopping 3 node(s)" in up.err(), 10, "the first Ctrl-C to be taken")
+    wait_for(lambda: "stopping 1 node(s)" in up.err(), 10, "the first Ctrl-C to be taken")
     asked = time.monotonic()
     up.process.send_signal(signal.SIGINT)
     assert up.wait() == 1
