@@ -154,6 +154,9 @@ def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = D
     check_node_count(nodes)
     if not host or any(c in host for c in " ,=/"):
         raise PlanError(f"--host {host!r} is not a host name or IP address")
+    if host in ("0.0.0.0", "::", "[::]"):
+        raise PlanError(f"--host {host}: every node also advertises --host to clients and peers, who cannot connect "
+                        f"to {host}; give an address of this machine (127.0.0.1, or its LAN address)")
     top = base_port + (PEER_PORT_OFFSET if nodes > 1 else 0) + nodes - 1
     if base_port < 1 or top > 65535:
         raise PlanError(f"--base-port {base_port}: the nodes need ports {base_port}..{top}, which must lie in 1..65535")

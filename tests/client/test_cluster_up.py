@@ -64,6 +64,12 @@ def test_node_counts_other_than_1_3_5_are_refused(nodes):
         assert "even count tolerates no more failures than the odd count below it" in str(e.value)
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_wildcard_host_is_refused_as_it_is_advertised(host):
+    with pytest.raises(PlanError, match="advertises --host to clients and peers"):
+        plan_cluster(3, 7071, "d", host)
+
+
 def test_ports_must_fit():
     with pytest.raises(PlanError, match=r"need ports 65500\.\.65604"):
         plan_cluster(5, 65500, "d")
