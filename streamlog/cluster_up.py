@@ -68,6 +68,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: How a node may end once asked to stop: exit 0, or "killed by SIGTERM", which is how twistd ends
 #: after a clean shutdown on SIGTERM (it raises the signal again once its reactor stopped).
 CLEAN_STOPS = (0, -signal.SIGTERM)
+#: Bytes of a node's output line held back waiting for its newline; a longer one is printed in pieces.
+MAX_LINE = 64 * 1024
 #: Seconds one readiness Ping may take.
 PING_TIMEOUT = 1.0
 #: Output lines of each node kept to show when it dies.
@@ -200,6 +202,9 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > MAX_LINE:  # a node writing without newlines must not grow this without end
+            lines.append(self._partial)
+            self._partial = b""
         return self._keep(lines)
 
     def end(self) -> list[str]:

@@ -96,6 +96,13 @@ def test_line_splitter_keeps_partial_lines_until_the_end():
     assert list(s.last) == ["two", "thr\ufffdee"]
 
 
+def test_line_splitter_holds_back_at_most_a_bounded_partial_line():
+    s = LineSplitter()
+    assert s.feed(b"x" * 40000) == []
+    assert s.feed(b"y" * 40000) == ["x" * 40000 + "y" * 40000]
+    assert s.end() == []
+
+
 def test_exits_are_described():
     assert describe_exit(3) == "exit status 3"
     assert describe_exit(-9) == "killed by SIGKILL"
