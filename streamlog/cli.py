@@ -6,8 +6,8 @@
     seq 5 | streamlog produce events --json-values  # one message per stdin line
     streamlog consume events --from earliest --count 10
     streamlog --json topics describe events
-    streamlog cluster up --nodes 3                  # a local cluster (streamlog.cluster_up)
-    streamlog cluster status                        # its nodes, controller, leaders (streamlog.cluster_cli)
+    streamlog cluster up --nodes 3                  # a local cluster (streamlog.cli_cluster_up)
+    streamlog cluster status                        # its nodes, controller, leaders (streamlog.cli_cluster)
 
 Output is for people by default; C{--json} prints JSON (one object per line
 for C{produce} and C{consume}).  Exit status: 0 success; 1 an error from the
@@ -522,11 +522,11 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def register_cluster(sub: Any, common: argparse.ArgumentParser) -> None:
-    """C{cluster up} and C{cluster status}: they live in L{streamlog.cluster_cli} (imported here, late,
+    """C{cluster up} and C{cluster status}: they live in L{streamlog.cli_cluster} (imported here, late,
     because it builds on this module's helpers)."""
-    from streamlog import cluster_cli
+    from streamlog import cli_cluster
 
-    cluster_cli.register(sub, common)
+    cli_cluster.register(sub, common)
 
 
 # --- the parser and main ---------------------------------------------------------------------

@@ -145,11 +145,11 @@ def test_without_connect_it_asks_the_nodes_of_a_default_cluster_up(capsys, monke
 
     def fake_gather(bootstrap, timeout):
         asked.append(bootstrap)
-        from streamlog.cluster_cli import NoMetadata
+        from streamlog.cli_cluster import NoMetadata
 
         raise NoMetadata("no node answered Metadata: (test)")
 
-    monkeypatch.setattr("streamlog.cluster_cli.gather_status", fake_gather)
+    monkeypatch.setattr("streamlog.cli_cluster.gather_status", fake_gather)
     code, _, err = status(capsys)
     assert code == 1
     assert asked == [["127.0.0.1:7071", "127.0.0.1:7072", "127.0.0.1:7073"]]

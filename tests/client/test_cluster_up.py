@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from streamlog import cli
-from streamlog.cluster_up import LineSplitter, PlanError, describe_exit, plan_cluster
+from streamlog.cli_cluster_up import LineSplitter, PlanError, describe_exit, plan_cluster
 from streamlog.testing import LineClient, child_env, wait_for
 
 DOUBLE = str(Path(__file__).with_name("cluster_node_double.py"))

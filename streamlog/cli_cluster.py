@@ -11,7 +11,7 @@ one each.  It shows what the answering node believes (C{UP}: whether that
 node sees the other alive) beside what this command saw (C{PING}): the two
 differ while a failure is being noticed, and that is worth seeing.
 
-C{up} lives in L{streamlog.cluster_up}; this module only parses its options.
+C{up} lives in L{streamlog.cli_cluster_up}; this module only parses its options.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
     _leaf(p, cmd_status)
 
-    from streamlog import cluster_up  # its options live with it
+    from streamlog import cli_cluster_up  # its options live with it
 
-    cluster_up.register(csub, common)
+    cli_cluster_up.register(csub, common)
 
 
 # --- status ----------------------------------------------------------------------------------
