@@ -114,6 +114,17 @@ def test_a_node_that_is_down_is_shown_down_and_not_answering(cluster, capsys):
     assert ping[1]["ok"] and ping[2]["ok"]
 
 
+def test_no_controller_and_a_partition_without_leader_are_shown_as_none(cluster, capsys):
+    with cluster.lock:
+        cluster.fake.controller = None
+        cluster.fake.move_leader("audit", 0, None)
+    code, out, _ = status(capsys, "--connect", cluster.bootstrap)
+    assert code == 0
+    assert "controller: none (the metadata group is electing one)" in out
+    assert rows(out, "TOPIC")[0] == ["audit", "0", "none", "2", "2,1,3", "2,1,3"]
+    assert "1 under-replicated (in-sync replicas fewer than replicas, or no leader), 1 without a leader" in out
+
+
 def test_a_bootstrap_node_that_is_down_is_passed_over(cluster, capsys):
     cluster.kill(1)
     code, out, _ = status(capsys, "--connect", cluster.bootstrap)
