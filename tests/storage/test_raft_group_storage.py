@@ -167,3 +167,29 @@ def test_sync_log_after_a_truncation_still_fails_on_an_fsync_error(tmp_path):
     drain(clock, threads)
     with pytest.raises(StorageFailed, match="EIO"):
         result_of(barrier)
+
+
+# -- a Raft group's barrier is an fsync whatever --fsync says (review finding 2) ---------------
+
+
+@pytest.mark.parametrize("policy", ["never", "interval:100"])
+def test_a_raft_group_refuses_a_committer_that_does_not_fsync(tmp_path, policy):
+    log = SegmentedLog(str(tmp_path / "p0"))
+    committer = GroupCommitter(FsyncPolicy.parse(policy), Clock(), ManualThreads(), checkpoint_interval=None)
+    with pytest.raises(ValueError, match=f"fsync policy 'always'.*not '{policy}'"):
+        RaftGroupStorage("t-0", log, None, committer)
+    log.close()
+
+
+def test_a_raft_groups_sync_log_waits_for_the_fsync(tmp_path):
+    clock, threads = Clock(), ManualThreads()
+    log = SegmentedLog(str(tmp_path / "p0"))
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=None)
+    storage = RaftGroupStorage("t-0", log, None, committer)
+    append_batch(log, make_batch(log.end_offset, 3), term=1)
+    barrier = storage.sync_log()
+    clock.advance(0)
+    assert not barrier.called and log.durable_index == 0
+    drain(clock, threads)
+    assert result_of(barrier) is True and log.durable_index == 1
+    log.close()
