@@ -387,9 +387,14 @@ class SegmentedLog:
             self._release()
 
     def _release(self) -> None:
-        """Close every descriptor of this log, syncing nothing; the log is closed."""
+        """Close every descriptor of this log, syncing nothing; the log is closed.
+
+        Takes the checkpoint lock first (the locks' order), so a checkpoint
+        being written on a worker ends before the log is closed, and none
+        starts after (L{Durability.write_checkpoint} checks C{closed}).
+        """
         durability = self.durability
-        with durability.sync_lock, durability.lock:
+        with durability.checkpoint_lock, durability.sync_lock, durability.lock:
             self._closed = True
             for f in durability.retired:
                 f.close()
