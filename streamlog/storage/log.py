@@ -80,7 +80,9 @@ class SegmentedLog:
     @param checkpoint_interval_bytes: how far the synced end may move past the
         last checkpoint before a new one is due, hence about the most recovery
         reads after a crash (besides segments rolled since).
-    @param start_offset: the first record offset of a new, empty log.
+    @param start_offset: the first record offset of a new, empty log.  Until
+        its first entry only the checkpoint records it (recovery without the
+        checkpoint starts an empty log at 0): the upgrade appends a no-op.
     @param existing: the log must already exist (the storage opens a partition its
         C{topic.json} lists): a missing directory, or one without any segment, is
         synced data gone, and the log fails instead of starting empty.
