@@ -7,9 +7,9 @@ after it, never a mix, whatever instant a crash picks:
 
   - L{truncate_suffix} (Raft conflict resolution: entries from a batch on)
     moves the checkpoint back first if it lay past the cut (a checkpoint
-    beyond the data's end means corruption to recovery), deletes later
-    segments, truncates the segment holding the cut at that batch, and syncs,
-    all before it returns (rare; on the calling thread).
+    beyond the data's end means corruption to recovery), truncates the
+    segment holding the cut at that batch, then deletes later segments, and
+    syncs, all before it returns (rare; on the calling thread).
   - L{truncate_prefix} (retention, through C{RaftNode.compact}, or
     L{apply_retention} directly) deletes whole segments, only ones wholly
     before the synced mark, and writes the shorter chain and the new log
