@@ -260,7 +260,11 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
             if where is not None:
                 stats["recovered"] += 1
                 if s.idempotent:
-                    idempotent[(s.producer_name, where & _MASK)].append((s.id, where >> _SHIFT, v))
+                    k = where & _MASK
+                    more = extra.get(v)
+                    if more:  # stored twice: its place in the order is the first of them
+                        where = min(loc for loc in (where, *more) if loc & _MASK == k)
+                    idempotent[(s.producer_name, k)].append((s.id, where >> _SHIFT, v))
 
     # -- values read in more than one place; values nobody sent -------------------------
     dup_values = [v for v in extra if v in sends]
@@ -305,8 +309,8 @@ def _check_consumer(process: str, key: Key, polls: list[Poll], anomalies: dict[s
     where = f"consumer {process} of {topic}/{partition}"
 
     def skip(p: Poll, gap_from: int, gap_to: int, how: str, ops: tuple[int, ...]) -> None:
-        anomalies[POLL_SKIP].append(Anomaly(
-            POLL_SKIP, f"{where}: {how}; offsets {gap_from}..{gap_to - 1} skipped", ops, topic, partition, gap_from))
+        gap = f"offset {gap_from}" if gap_to == gap_from + 1 else f"offsets {gap_from}..{gap_to - 1}"
+        anomalies[POLL_SKIP].append(Anomaly(POLL_SKIP, f"{where}: {how}; {gap} skipped", ops, topic, partition, gap_from))
 
     def backwards(p: Poll, offset: int, how: str, ops: tuple[int, ...]) -> None:
         anomalies[NON_MONOTONIC_POLL].append(Anomaly(NON_MONOTONIC_POLL, f"{where}: {how}", ops, topic, partition, offset))
@@ -332,7 +336,8 @@ def _check_consumer(process: str, key: Key, polls: list[Poll], anomalies: dict[s
                 backwards(p, o, f"poll {p.id} (from @{req}) returned @{o} where @{nxt} or later was due", (p.id,))
             elif o > nxt and o > floor:
                 skip(p, max(nxt, floor), o, f"poll {p.id} (from @{req}) returned @{o} where @{nxt} was due", (p.id,))
-            nxt = o + 1
+            if o >= nxt:
+                nxt = o + 1
         assert p.next_offset is not None
         if p.next_offset < nxt:
             backwards(p, p.next_offset, f"poll {p.id} said to continue at @{p.next_offset}, before what it returned (@{nxt - 1})",
