@@ -29,9 +29,10 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Final
 
-from streamlog.chaos.history import FAIL, OK, History, HistoryError, Poll, Send, Value, load
+from streamlog.chaos.history import FAIL, OK, History, HistoryError, Poll, Send, Value, load, paused_gc
 
 LOST: Final = "lost"
 UNSEEN: Final = "unseen"
@@ -62,6 +63,10 @@ _SHIFT: Final = 24
 _MASK: Final = (1 << _SHIFT) - 1
 
 Key = tuple[str, int]
+
+_GAP: Final = 1 << 20
+_offset_of: Final = itemgetter(0)
+_value_of: Final = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,11 @@ class _Keys:
         self.index: dict[Key, int] = {}
         self.keys: list[Key] = []
 
+    def place(self, loc: int) -> str:
+        """A packed location as C{topic/partition@offset}."""
+        t, p = self.keys[loc & _MASK]
+        return f"{t}/{p}@{loc >> _SHIFT}"
+
     def of(self, key: Key) -> int:
         i = self.index.get(key)
         if i is None:
@@ -151,6 +161,11 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
     Raises L{HistoryError} if two sends carry the same value (the checker could not tell
     them apart).
     """
+    with paused_gc():
+        return _check(history, final_reads)
+
+
+def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     if final_reads is None:
         final_reads = {}
         for d in history.drains:
@@ -174,13 +189,25 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
     conflicts: dict[int, set[Value]] = {}
     intervals: list[list[tuple[int, int]]] = []
     by_consumer: dict[tuple[str, int], list[Poll]] = defaultdict(list)
+    # Polls whose answer is not simply consecutive offsets from where they started up to
+    # their next_offset: only those need a look at their messages in the consumer pass.
+    irregular: set[int] = set()
+    # known[k][o]: the value first read at offset o (None: not read yet), for offsets up to
+    # _GAP past the highest one known.  A poll of consecutive offsets whose values all equal
+    # what is known there (most reads: every consumer and the drain read every offset)
+    # adds nothing and is skipped with two C-level list comparisons.
+    known: list[list[Value | None]] = []
+    kindex = keys.index
     messages_read = 0
     polls_ok = 0
     for poll in history.polls:
-        k = keys.of((poll.topic, poll.partition))
-        if k == len(at):
+        key = (poll.topic, poll.partition)
+        k = kindex.get(key)
+        if k is None:
+            k = keys.of(key)
             at.append({})
             intervals.append([])
+            known.append([])
         by_consumer[(poll.process, k)].append(poll)
         if poll.outcome != OK:
             continue
@@ -189,18 +216,42 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
         lso = poll.log_start_offset
         if lso is not None and lso > start:
             start = lso
-        if poll.next_offset is not None and poll.next_offset > start:
-            intervals[k].append((start, poll.next_offset))
+        nxt = poll.next_offset
+        assert nxt is not None
+        if nxt > start:
+            intervals[k].append((start, nxt))
+        messages = poll.messages
+        n = len(messages)
+        messages_read += n
+        end = start + n
+        lst = known[k]
+        if end <= len(lst) and list(map(_offset_of, messages)) == list(range(start, end)) \
+                and list(map(_value_of, messages)) == lst[start:end]:
+            if nxt != end:
+                irregular.add(id(poll))
+            continue
         slots = at[k]
-        messages_read += len(poll.messages)
-        for o, v in poll.messages:
+        due = start
+        regular = True
+        for o, v in messages:
+            if o != due:
+                regular = False
+            due = o + 1
             held = slots.setdefault(o, v)
             loc = (o << _SHIFT) | k
             if held != v:
                 conflicts.setdefault(loc, {held}).add(v)
+            elif o < len(lst):
+                if lst[o] is None:
+                    lst[o] = v
+            elif o < len(lst) + _GAP:
+                lst.extend([None] * (o - len(lst)))
+                lst.append(v)
             where = first.setdefault(v, loc)
             if where != loc:
                 extra.setdefault(v, set()).add(loc)
+        if not regular or due != nxt:
+            irregular.add(id(poll))
 
     merged: dict[int, tuple[list[int], list[int]]] = {}
 
@@ -211,64 +262,84 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
         return _covered(m, offset)
 
     # -- sends against the reads ---------------------------------------------------------
-    stats = {"sends": len(history.sends), "sends_ok": 0, "sends_fail": 0, "sends_info": 0,
-             "polls": len(history.polls), "polls_ok": polls_ok, "messages_read": messages_read,
-             "values_read": len(first), "recovered": 0, "faults": len(history.faults)}
     ack_mismatch: list[tuple[Send, int]] = []
     lost_wanted: dict[int, list[int]] = defaultdict(list)   # k -> offsets whose covering poll is evidence
     lost: list[tuple[Send, int]] = []
     idempotent: dict[tuple[str, int], list[tuple[int, int, Value]]] = defaultdict(list)
+    sends_ok = sends_fail = recovered = 0
     for s in history.sends:
         v = s.value
         where = first.get(v)
-        if s.outcome == OK:
-            stats["sends_ok"] += 1
-            assert s.partition is not None and s.offset is not None
+        outcome = s.outcome
+        if outcome == OK:
+            sends_ok += 1
+            offset = s.offset
+            assert s.partition is not None and offset is not None
             key = (s.topic, s.partition)
-            k = keys.of(key)
-            if k == len(at):
+            k = kindex.get(key)
+            if k is None:
+                k = keys.of(key)
                 at.append({})
                 intervals.append([])
-            if at[k].get(s.offset, v) != v:
+                known.append([])
+            if at[k].get(offset, v) != v:
                 ack_mismatch.append((s, k))
             if where is None:
                 end = final_reads.get(key)
-                if end is not None and s.offset >= end:
+                if end is not None and offset >= end:
                     lost.append((s, k))
                     anomalies[LOST].append(Anomaly(
-                        LOST, f"acknowledged at {s.topic}/{s.partition}@{s.offset}, never read; "
+                        LOST, f"acknowledged at {s.topic}/{s.partition}@{offset}, never read; "
                               f"the final drain found the log ends at {end}",
-                        (s.id,), s.topic, s.partition, s.offset, v))
-                elif covered(k, s.offset):
+                        (s.id,), s.topic, s.partition, offset, v))
+                elif covered(k, offset):
                     lost.append((s, k))
-                    lost_wanted[k].append(s.offset)
+                    lost_wanted[k].append(offset)
                 else:
                     anomalies[UNSEEN].append(Anomaly(
-                        UNSEEN, f"acknowledged at {s.topic}/{s.partition}@{s.offset}; no read covered that offset",
-                        (s.id,), s.topic, s.partition, s.offset, v))
+                        UNSEEN, f"acknowledged at {s.topic}/{s.partition}@{offset}; no read covered that offset",
+                        (s.id,), s.topic, s.partition, offset, v))
             if s.idempotent:
-                idempotent[(s.producer_name, k)].append((s.id, s.offset, v))
-        elif s.outcome == FAIL:
-            stats["sends_fail"] += 1
+                idempotent[(s.producer_name, k)].append((s.id, offset, v))
+        elif outcome == FAIL:
+            sends_fail += 1
             if where is not None:
+                t, p = keys.keys[where & _MASK]
                 anomalies[ABORTED_READ].append(Anomaly(
-                    ABORTED_READ, f"the send failed for sure ({s.error}), yet its value was read "
-                                  f"at {keys.keys[where & _MASK][0]}/{keys.keys[where & _MASK][1]}@{where >> _SHIFT}",
-                    (s.id,), s.topic, keys.keys[where & _MASK][1], where >> _SHIFT, v))
-        else:
-            stats["sends_info"] += 1
-            if where is not None:
-                stats["recovered"] += 1
-                if s.idempotent:
-                    k = where & _MASK
-                    more = extra.get(v)
-                    if more:  # stored twice: its place in the order is the first of them
-                        where = min(loc for loc in (where, *more) if loc & _MASK == k)
+                    ABORTED_READ, f"the send failed for sure ({s.error}), yet its value was read at {t}/{p}@{where >> _SHIFT}",
+                    (s.id,), s.topic, p, where >> _SHIFT, v))
+        elif where is not None:
+            recovered += 1
+            if s.idempotent:
+                # its place in the producer's order: where it was read in the partition it
+                # was sent to (the first of them if it was stored twice there)
+                k = where & _MASK if s.partition is None else kindex.get((s.topic, s.partition), -1)
+                more = extra.get(v)
+                if more or where & _MASK != k:
+                    in_k = [loc for loc in (where, *(more or ())) if loc & _MASK == k]
+                    where = min(in_k) if in_k else -1
+                if where >= 0:
                     idempotent[(s.producer_name, k)].append((s.id, where >> _SHIFT, v))
+    stats = {"sends": len(history.sends), "sends_ok": sends_ok, "sends_fail": sends_fail,
+             "sends_info": len(history.sends) - sends_ok - sends_fail,
+             "polls": len(history.polls), "polls_ok": polls_ok, "messages_read": messages_read,
+             "values_read": len(first), "recovered": recovered, "faults": len(history.faults)}
 
     # -- values read in more than one place; values nobody sent -------------------------
-    dup_values = [v for v in extra if v in sends]
-    unexpected = [v for v in first if v not in sends]
+    dup_values: list[Value] = []
+    for v in extra:
+        s_of_v = sends.get(v)
+        if s_of_v is None:
+            continue  # unexpected, reported as such
+        if s_of_v.idempotent:
+            dup_values.append(v)
+        else:  # expected of retries: counted, with where it was stored (no poll evidence needed)
+            locs = sorted({first[v], *extra[v]}, key=lambda loc: (loc & _MASK, loc >> _SHIFT))
+            anomalies[RETRY_DUPLICATE].append(Anomaly(
+                RETRY_DUPLICATE, f"producer {s_of_v.producer_name}'s send {s_of_v.id} ({s_of_v.outcome}) stored "
+                                 f"{len(locs)} times: {', '.join(keys.place(loc) for loc in locs)}",
+                (s_of_v.id,), s_of_v.topic, s_of_v.partition, s_of_v.offset, v))
+    unexpected = list(first.keys() - sends.keys())
 
     # -- each idempotent producer's sends, in send order, are stored in that order ------
     for (producer, k), stored in idempotent.items():
@@ -283,7 +354,7 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
 
     # -- each consumer's polls of a partition continue where the last one ended ---------
     for (process, k), polls in by_consumer.items():
-        _check_consumer(process, keys.keys[k], polls, anomalies)
+        _check_consumer(process, keys.keys[k], polls, irregular, anomalies)
 
     # -- evidence: which polls read the offsets and values involved (second pass) -------
     if conflicts or ack_mismatch or dup_values or lost_wanted or unexpected or anomalies[ABORTED_READ]:
@@ -296,7 +367,8 @@ def check(history: History, *, final_reads: Mapping[Key, int] | None = None) -> 
     return result
 
 
-def _check_consumer(process: str, key: Key, polls: list[Poll], anomalies: dict[str, list[Anomaly]]) -> None:
+def _check_consumer(process: str, key: Key, polls: list[Poll], irregular: set[int],
+                    anomalies: dict[str, list[Anomaly]]) -> None:
     """One consumer's polls of one partition, in invoke order: each ok poll starts where
     the previous one said to continue (C{next_offset}), returns consecutive offsets from
     there, and says to continue just after its last message.  A jump forward is allowed
@@ -330,6 +402,12 @@ def _check_consumer(process: str, key: Key, polls: list[Poll], anomalies: dict[s
                 skip(p, max(expected, floor), req,
                      f"poll {p.id} asked for @{req} after poll {previous.id} said to continue at @{expected}",
                      (previous.id, p.id))
+        if id(p) not in irregular:
+            # consecutive offsets from max(req, its log start) up to next_offset: nothing
+            # in it to report (a start past req is the log start, so not a skip)
+            expected = p.next_offset
+            previous = p
+            continue
         nxt = req
         for o, _ in p.messages:
             if o < nxt:
@@ -385,9 +463,7 @@ def _gather_evidence(history: History, keys: _Keys, sends: dict[Value, Send], co
                 covering.setdefault((k, offs[i]), poll.id)
                 i += 1
 
-    def place(loc: int) -> str:
-        t, p = keys.keys[loc & _MASK]
-        return f"{t}/{p}@{loc >> _SHIFT}"
+    place = keys.place
 
     def first_polls(ids: list[int], n: int = 3) -> tuple[int, ...]:
         return tuple(ids[:n])
@@ -421,10 +497,8 @@ def _gather_evidence(history: History, keys: _Keys, sends: dict[Value, Send], co
         for ids in locs.values():
             ops.extend(first_polls(ids, 1))
         where = ", ".join(place(loc) for loc in sorted(locs, key=lambda loc: (loc & _MASK, loc >> _SHIFT)))
-        kind = DUPLICATE if s.idempotent else RETRY_DUPLICATE
-        who = "idempotent producer" if s.idempotent else "producer"
-        anomalies[kind].append(Anomaly(
-            kind, f"{who} {s.producer_name}'s send {s.id} ({s.outcome}) stored {len(locs)} times: {where}",
+        anomalies[DUPLICATE].append(Anomaly(
+            DUPLICATE, f"idempotent producer {s.producer_name}'s send {s.id} ({s.outcome}) stored {len(locs)} times: {where}",
             tuple(ops), s.topic, s.partition, s.offset, v))
     for v in unexpected:
         locs = readers_of[v]

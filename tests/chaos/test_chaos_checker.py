@@ -360,3 +360,14 @@ def test_every_safety_kind_is_listed(kind):
 def test_unseen_and_retry_duplicates_are_not_safety():
     assert UNSEEN not in SAFETY and RETRY_DUPLICATE not in SAFETY
     assert set(KINDS) == SAFETY | {UNSEEN, RETRY_DUPLICATE}
+
+
+def test_maybe_send_is_ordered_where_it_was_sent_not_where_a_duplicate_landed():
+    b = Builder()
+    maybe = b.info("p", "a", partition=1, idempotent=True)
+    b.ok("p", "b", 0, 0, idempotent=True)
+    b.poll("c", 0, 0, [(0, "b"), (1, "a")])  # 'a' also landed in partition 0, after 'b'
+    b.poll("c", 1, 0, [(0, "a")])
+    r = check(b.history)
+    assert found(r) == {DUPLICATE: 1}
+    assert r.anomalies[DUPLICATE][0].ops[0] == maybe

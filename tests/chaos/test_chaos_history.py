@@ -99,7 +99,7 @@ def test_a_bad_line_in_the_middle_names_its_line():
 
 
 @pytest.mark.parametrize("line, message", [
-    (b'{"type":"send","id":1,"outcome":"info"}', "line 2: a send record needs 'process'"),
+    (b'{"type":"send","id":1,"outcome":"info","value":"v"}', "line 2: a send record needs 'process'"),
     (b'{"type":"what"}', "unknown record type 'what'"),
     (b'[1]', "a record is a JSON object"),
     (b'{"type":"send","id":1,"process":"p","invoke":0,"complete":1,"topic":"t","value":true,"outcome":"info"}',
@@ -184,3 +184,27 @@ def test_send_failed_records_the_code_and_classifies_it():
     h = loads(out.getvalue())
     assert [(s.value, s.outcome, s.error) for s in h.sends] == [("a", FAIL, "CONNECTION_LOST"), ("b", INFO, "NOT_LEADER")]
     assert [(p.error, p.log_start_offset) for p in h.polls] == [("OFFSET_OUT_OF_RANGE", 7)]
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("id", "1"), ("partition", True), ("offset", 1.5), ("topic", 3), ("invoke", None), ("idempotent", 1),
+])
+def test_fields_of_the_wrong_type_are_refused(field, bad):
+    record = {"type": "send", "id": 1, "process": "p", "invoke": 0, "complete": 1.5, "topic": "t",
+              "value": "v", "outcome": "ok", "partition": 0, "offset": 0, field: bad}
+    with pytest.raises(HistoryError, match=f"line 2: {field} must be"):
+        loads(b'{"type":"history","version":1}\n' + orjson.dumps(record) + b"\n")
+
+
+@pytest.mark.parametrize("messages", [[[0]], [[0, "a", 1]], [["0", "a"]], [[0, None]], [[-1, "a"]], 5])
+def test_bad_poll_messages_are_refused(messages):
+    record = {"type": "poll", "id": 1, "process": "c", "invoke": 0, "complete": 1, "topic": "t",
+              "partition": 0, "offset": 0, "outcome": "ok", "messages": messages, "next_offset": 1}
+    with pytest.raises(HistoryError, match="line 2: (a message must be|messages must be)"):
+        loads(b'{"type":"history","version":1}\n' + orjson.dumps(record) + b"\n")
+
+
+def test_two_records_on_one_line_are_refused():
+    line = b'{"type":"drain","topic":"t","partition":0,"end_offset":1},{"type":"drain","topic":"t","partition":1,"end_offset":1}'
+    with pytest.raises(HistoryError, match="line 2: not JSON"):
+        loads(b'{"type":"history","version":1}\n' + line + b"\n")
