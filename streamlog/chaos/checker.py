@@ -169,8 +169,8 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     if final_reads is None:
         final_reads = {}
         for d in history.drains:
-            k = (d.topic, d.partition)
-            final_reads[k] = max(d.end_offset, final_reads.get(k, d.end_offset))
+            drained = (d.topic, d.partition)
+            final_reads[drained] = max(d.end_offset, final_reads.get(drained, d.end_offset))
     anomalies: dict[str, list[Anomaly]] = defaultdict(list)
     keys = _Keys()
 
@@ -269,7 +269,7 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     sends_ok = sends_fail = recovered = 0
     for s in history.sends:
         v = s.value
-        where = first.get(v)
+        read_at = first.get(v)
         outcome = s.outcome
         if outcome == OK:
             sends_ok += 1
@@ -284,13 +284,13 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 known.append([])
             if at[k].get(offset, v) != v:
                 ack_mismatch.append((s, k))
-            if where is None:
-                end = final_reads.get(key)
-                if end is not None and offset >= end:
+            if read_at is None:
+                drained_to = final_reads.get(key)
+                if drained_to is not None and offset >= drained_to:
                     lost.append((s, k))
                     anomalies[LOST].append(Anomaly(
                         LOST, f"acknowledged at {s.topic}/{s.partition}@{offset}, never read; "
-                              f"the final drain found the log ends at {end}",
+                              f"the final drain found the log ends at {drained_to}",
                         (s.id,), s.topic, s.partition, offset, v))
                 elif covered(k, offset):
                     lost.append((s, k))
@@ -303,23 +303,23 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 idempotent[(s.producer_name, k)].append((s.id, offset, v))
         elif outcome == FAIL:
             sends_fail += 1
-            if where is not None:
-                t, p = keys.keys[where & _MASK]
+            if read_at is not None:
+                t, p = keys.keys[read_at & _MASK]
                 anomalies[ABORTED_READ].append(Anomaly(
-                    ABORTED_READ, f"the send failed for sure ({s.error}), yet its value was read at {t}/{p}@{where >> _SHIFT}",
-                    (s.id,), s.topic, p, where >> _SHIFT, v))
-        elif where is not None:
+                    ABORTED_READ, f"the send failed for sure ({s.error}), yet its value was read at {t}/{p}@{read_at >> _SHIFT}",
+                    (s.id,), s.topic, p, read_at >> _SHIFT, v))
+        elif read_at is not None:
             recovered += 1
             if s.idempotent:
-                # its place in the producer's order: where it was read in the partition it
+                # its place in the producer's order: read_at it was read in the partition it
                 # was sent to (the first of them if it was stored twice there)
-                k = where & _MASK if s.partition is None else kindex.get((s.topic, s.partition), -1)
+                k = read_at & _MASK if s.partition is None else kindex.get((s.topic, s.partition), -1)
                 more = extra.get(v)
-                if more or where & _MASK != k:
-                    in_k = [loc for loc in (where, *(more or ())) if loc & _MASK == k]
-                    where = min(in_k) if in_k else -1
-                if where >= 0:
-                    idempotent[(s.producer_name, k)].append((s.id, where >> _SHIFT, v))
+                if more or read_at & _MASK != k:
+                    in_k = [loc for loc in (read_at, *(more or ())) if loc & _MASK == k]
+                    read_at = min(in_k) if in_k else -1
+                if read_at >= 0:
+                    idempotent[(s.producer_name, k)].append((s.id, read_at >> _SHIFT, v))
     stats = {"sends": len(history.sends), "sends_ok": sends_ok, "sends_fail": sends_fail,
              "sends_info": len(history.sends) - sends_ok - sends_fail,
              "polls": len(history.polls), "polls_ok": polls_ok, "messages_read": messages_read,

@@ -278,7 +278,7 @@ def _messages(raw: Any, where: str) -> tuple[tuple[int, Value], ...]:
     if set(map(len, messages)) == {2}:
         offsets, values = zip(*messages)
         if set(map(type, offsets)) <= _INT_TYPE and set(map(type, values)) <= _VALUE_TYPES and min(offsets) >= 0:
-            return messages  # type: ignore[return-value]
+            return messages
     bad = next(m for m in messages if len(m) != 2 or type(m[0]) is not int or type(m[1]) not in _VALUE_TYPES or m[0] < 0)
     raise HistoryError(f"{where}: a message must be [offset, value] with an offset >= 0 "
                        f"and a string or integer value, not {list(bad)!r}")
