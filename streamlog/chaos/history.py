@@ -403,6 +403,9 @@ def _loads(data: bytes) -> History:
                 records.append(orjson.loads(lines[n - 1]))
             except orjson.JSONDecodeError as e:
                 raise HistoryError(f"line {n}: not JSON ({e})") from None
+    if not records or not isinstance(records[0], dict) or records[0].get("type") != "history":
+        raise HistoryError("not a streamlog history: its first line must be the header "
+                           '{"type": "history", "version": ...} that the Recorder writes')
     for n, d in zip(numbers, records):
         if not isinstance(d, dict):
             raise HistoryError(f"line {n}: a record is a JSON object")

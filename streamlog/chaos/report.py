@@ -26,6 +26,8 @@ def summary(result: Result, history: History | None = None, *, evidence: int = 5
         f"messages read: {_n(st['messages_read'])}  (distinct values {_n(st['values_read'])};"
         f" info sends read later: {_n(st['recovered'])})",
     ]
+    if st["sends"] + st["polls"] == 0:
+        lines.append("note: the history holds no operations: nothing was checked")
     if history is not None:
         if history.truncated:
             lines.append("note: the history's last line was half-written and was dropped")

@@ -208,3 +208,9 @@ def test_two_records_on_one_line_are_refused():
     line = b'{"type":"drain","topic":"t","partition":0,"end_offset":1},{"type":"drain","topic":"t","partition":1,"end_offset":1}'
     with pytest.raises(HistoryError, match="line 2: not JSON"):
         loads(b'{"type":"history","version":1}\n' + line + b"\n")
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b'{"type":"drain","topic":"t","partition":0,"end_offset":1}\n', b"[]\n"])
+def test_a_file_without_the_header_is_not_a_history(data):
+    with pytest.raises(HistoryError, match="not a streamlog history"):
+        loads(data)
