@@ -545,11 +545,18 @@ class Recorder:
         """The send was acknowledged at C{partition}/C{offset}."""
         self._complete_send(op, OK, partition, offset, None)
 
-    def send_failed(self, op: PendingSend, error: BaseException | str) -> None:
+    def send_failed(self, op: PendingSend, error: BaseException | str, *, may_have_landed: bool = False) -> None:
         """The send failed with C{error} (a client error or a code): C{fail} or C{info}
-        as L{outcome_of_error} decides."""
+        as L{outcome_of_error} decides.
+
+        C{may_have_landed=True} makes it C{info} whatever the error says: for a runner
+        that knows an earlier attempt of the same message may have been appended (the
+        Producer can fail a message with a refusal, or on close with C{sent: false},
+        after an earlier attempt of its batch timed out).
+        """
         code, sent = describe_error(error)
-        self._complete_send(op, outcome_of_error(code, sent=sent), op.partition, None, code)
+        outcome = INFO if may_have_landed else outcome_of_error(code, sent=sent)
+        self._complete_send(op, outcome, op.partition, None, code)
 
     def send_unknown(self, op: PendingSend, reason: str = "unknown") -> None:
         """The send's outcome cannot be known (the runner gave up waiting, say)."""

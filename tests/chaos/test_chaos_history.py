@@ -214,3 +214,12 @@ def test_two_records_on_one_line_are_refused():
 def test_a_file_without_the_header_is_not_a_history(data):
     with pytest.raises(HistoryError, match="not a streamlog history"):
         loads(data)
+
+
+def test_a_runner_can_say_an_earlier_attempt_may_have_landed():
+    rec, out = ticking()
+    rec.send_failed(rec.invoke_send("p", "t", "a"), errors.UnknownTopic("gone", topic="t"), may_have_landed=True)
+    rec.send_failed(rec.invoke_send("p", "t", "b"), errors.ConnectionLost("closed", sent=False), may_have_landed=True)
+    rec.send_failed(rec.invoke_send("p", "t", "c"), errors.ConnectionLost("closed", sent=False))
+    assert [(s.outcome, s.error) for s in loads(out.getvalue()).sends] == [
+        (INFO, "UNKNOWN_TOPIC"), (INFO, "CONNECTION_LOST"), (FAIL, "CONNECTION_LOST")]
