@@ -223,3 +223,13 @@ def test_a_runner_can_say_an_earlier_attempt_may_have_landed():
     rec.send_failed(rec.invoke_send("p", "t", "c"), errors.ConnectionLost("closed", sent=False))
     assert [(s.outcome, s.error) for s in loads(out.getvalue()).sends] == [
         (INFO, "UNKNOWN_TOPIC"), (INFO, "CONNECTION_LOST"), (FAIL, "CONNECTION_LOST")]
+
+
+def test_definite_refusals_are_real_codes_and_agree_with_the_client_retry_rules():
+    from streamlog.chaos.history import DEFINITE_REFUSALS
+    from streamlog.client import retry
+
+    assert DEFINITE_REFUSALS <= set(errors.BY_CODE)
+    assert not DEFINITE_REFUSALS & {cls.code for cls in retry.NO_ANSWER}
+    # the client's refusals are definite, except NOT_LEADER (see outcome_of_error)
+    assert {cls.code for cls in retry.REFUSALS} - DEFINITE_REFUSALS == {"NOT_LEADER"}
