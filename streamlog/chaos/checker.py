@@ -218,9 +218,15 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
             start = lso
         nxt = poll.next_offset
         assert nxt is not None
-        if nxt > start:
-            intervals[k].append((start, nxt))
         messages = poll.messages
+        if messages:
+            # what the poll saw of the log: from where it started to its last message (an
+            # answer that says to continue further did not read the offsets it jumped)
+            hi = messages[-1][0] + 1
+            if nxt < hi:
+                hi = nxt
+            if hi > start:
+                intervals[k].append((start, hi))
         n = len(messages)
         messages_read += n
         end = start + n
@@ -456,10 +462,11 @@ def _gather_evidence(history: History, keys: _Keys, sends: dict[Value, Send], co
             if v in wanted_values:
                 readers_of[v][loc].append(poll.id)
         offs = lost_sorted.get(k)
-        if offs and poll.next_offset is not None:
+        if offs and poll.next_offset is not None and poll.messages:
             start = max(poll.offset, poll.log_start_offset or 0)
+            hi = min(poll.next_offset, poll.messages[-1][0] + 1)
             i = bisect.bisect_left(offs, start)
-            while i < len(offs) and offs[i] < poll.next_offset:
+            while i < len(offs) and offs[i] < hi:
                 covering.setdefault((k, offs[i]), poll.id)
                 i += 1
 

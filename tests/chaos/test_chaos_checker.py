@@ -371,3 +371,14 @@ def test_maybe_send_is_ordered_where_it_was_sent_not_where_a_duplicate_landed():
     r = check(b.history)
     assert found(r) == {DUPLICATE: 1}
     assert r.anomalies[DUPLICATE][0].ops[0] == maybe
+
+
+def test_offsets_an_answer_jumped_over_are_a_skip_not_lost_writes():
+    """A poll that says to continue past what it returned did not read those offsets: the
+    acknowledged value there is unseen (and the answer a skip), not shown lost."""
+    b = Builder()
+    b.ok("p", "a", 0, 0)
+    b.ok("p", "b", 0, 1)
+    b.poll("c", 0, 0, [(0, "a")], next_offset=2)
+    r = check(b.history)
+    assert found(r) == {POLL_SKIP: 1, UNSEEN: 1}
