@@ -6,10 +6,29 @@ belongs to the runner.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 
 from streamlog.chaos.checker import KINDS, SAFETY, Result
-from streamlog.chaos.history import History
+from streamlog.chaos.history import OK, Fault, History
+
+
+def write_gaps(history: History) -> list[tuple[Fault, float]]:
+    """For each fault, the longest time without an acknowledged send around it: the gap
+    between two successive acks (by completion time) that overlaps the fault's window
+    (from its start to its end, or to the last ack if it never healed).  It measures what
+    producers saw: a failover's unavailability, plus their retry backoff."""
+    acks = sorted(s.complete for s in history.sends if s.outcome == OK)
+    out: list[tuple[Fault, float]] = []
+    for f in history.faults:
+        end = f.end if f.end is not None else (acks[-1] if acks else f.start)
+        i = max(bisect.bisect_left(acks, f.start) - 1, 0)
+        longest = 0.0
+        while i + 1 < len(acks) and acks[i] <= end:
+            longest = max(longest, acks[i + 1] - acks[i])
+            i += 1
+        out.append((f, longest))
+    return out
 
 
 def _n(x: int) -> str:
@@ -43,6 +62,14 @@ def summary(result: Result, history: History | None = None, *, evidence: int = 5
             if open_faults:
                 parts.append(f"{open_faults} never healed")
             lines.append(f"faults: {_n(len(history.faults))}  ({', '.join(parts)})")
+            gaps = [(f, g) for f, g in write_gaps(history) if g > 0]
+            if gaps:
+                worst = max(gaps, key=lambda fg: fg[1])
+                f = worst[0]
+                where = f" on {f.node}" if f.node else ""
+                lines.append(f"longest time without an acknowledged send around a fault: {worst[1]:.2f}s "
+                             f"({f.kind}{where} at {f.start:.2f}); median over faults "
+                             f"{sorted(g for _, g in gaps)[len(gaps) // 2]:.2f}s")
         else:
             lines.append("faults: none recorded")
         if history.drains:
