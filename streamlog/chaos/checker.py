@@ -345,7 +345,7 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 RETRY_DUPLICATE, f"producer {s_of_v.producer_name}'s send {s_of_v.id} ({s_of_v.outcome}) stored "
                                  f"{len(locs)} times: {', '.join(keys.place(loc) for loc in locs)}",
                 (s_of_v.id,), s_of_v.topic, s_of_v.partition, s_of_v.offset, v))
-    unexpected = list(first.keys() - sends.keys())
+    unexpected = sorted(first.keys() - sends.keys(), key=lambda v: (first[v], repr(v)))
 
     # -- each idempotent producer's sends, in send order, are stored in that order ------
     for (producer, k), stored in idempotent.items():
@@ -480,7 +480,7 @@ def _gather_evidence(history: History, keys: _Keys, sends: dict[Value, Send], co
         seen = readers_at[loc]
         ops: list[int] = []
         parts = []
-        for v in values:
+        for v in sorted(values, key=repr):  # a stable order, whatever the hash seed
             ops.extend(first_polls(seen.get(v, [])))
             parts.append(f"{v!r} by poll(s) {', '.join(map(str, first_polls(seen.get(v, []))))}")
         anomalies[INCONSISTENT_OFFSET].append(Anomaly(

@@ -88,3 +88,20 @@ def test_an_empty_history_says_nothing_was_checked(tmp_path, capsys):
     dump(Builder().history, tmp_path / "h.jsonl")
     assert main([str(tmp_path / "h.jsonl")]) == 0
     assert "nothing was checked" in capsys.readouterr().out
+
+
+def test_the_report_is_the_same_whatever_the_hash_seed(tmp_path):
+    b = Builder()
+    b.info("p", "a")
+    b.info("q", 7)
+    b.poll("c1", 0, 0, [(0, "a"), (1, "ghost-1"), (2, "ghost-2"), (3, "ghost-3")])
+    b.poll("c2", 0, 0, [(0, 7), (1, "ghost-4")])
+    dump(b.history, tmp_path / "h.jsonl")
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**child_env(), "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-m", "streamlog.chaos.checker", str(tmp_path / "h.jsonl")],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 1, done.stderr
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
