@@ -617,6 +617,12 @@ class Recorder:
         """The final drain read C{topic}/C{partition} up to C{end_offset} (its high watermark)."""
         self._write(encode_record(Drain(topic, partition, end_offset, self._clock())))
 
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def pending(self) -> int:
         """Operations invoked and not completed."""

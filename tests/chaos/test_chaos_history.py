@@ -233,3 +233,10 @@ def test_definite_refusals_are_real_codes_and_agree_with_the_client_retry_rules(
     assert not DEFINITE_REFUSALS & {cls.code for cls in retry.NO_ANSWER}
     # the client's refusals are definite, except NOT_LEADER (see outcome_of_error)
     assert {cls.code for cls in retry.REFUSALS} - DEFINITE_REFUSALS == {"NOT_LEADER"}
+
+
+def test_the_recorder_closes_as_a_context_manager(tmp_path):
+    with open(tmp_path / "h.jsonl", "wb") as f, Recorder(f) as rec:
+        rec.invoke_send("p", "t", "a")
+    assert rec.closed
+    assert [(s.value, s.outcome) for s in load(tmp_path / "h.jsonl").sends] == [("a", INFO)]
