@@ -29,7 +29,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Final
 
 from streamlog.chaos.history import FAIL, OK, History, HistoryError, Poll, Send, Value, load, paused_gc
@@ -65,8 +64,6 @@ _MASK: Final = (1 << _SHIFT) - 1
 Key = tuple[str, int]
 
 _GAP: Final = 1 << 20
-_offset_of: Final = itemgetter(0)
-_value_of: Final = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +171,13 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     anomalies: dict[str, list[Anomaly]] = defaultdict(list)
     keys = _Keys()
 
-    sends: dict[Value, Send] = {}
-    for s in history.sends:
-        other = sends.setdefault(s.value, s)
-        if other is not s:
-            raise HistoryError(f"value {s.value!r} was sent twice (ops {other.id} and {s.id}): values must be unique")
+    sends: dict[Value, Send] = {s.value: s for s in history.sends}
+    if len(sends) != len(history.sends):
+        firsts: dict[Value, Send] = {}
+        for s in history.sends:
+            other = firsts.setdefault(s.value, s)
+            if other is not s:
+                raise HistoryError(f"value {s.value!r} was sent twice (ops {other.id} and {s.id}): values must be unique")
 
     # -- pass 1: every message read, once ------------------------------------------------
     # at[k]: offset -> the value first read there; first[v]: where v was first read;
@@ -192,11 +191,11 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     # Polls whose answer is not simply consecutive offsets from where they started up to
     # their next_offset: only those need a look at their messages in the consumer pass.
     irregular: set[int] = set()
-    # known[k][o]: the value first read at offset o (None: not read yet), for offsets up to
-    # _GAP past the highest one known.  A poll of consecutive offsets whose values all equal
-    # what is known there (most reads: every consumer and the drain read every offset)
-    # adds nothing and is skipped with two C-level list comparisons.
-    known: list[list[Value | None]] = []
+    # known[k][o]: the message (offset, value) first read at offset o (None: not read yet),
+    # for offsets up to _GAP past the highest one known.  A poll whose messages are exactly
+    # those known from where it starts (most reads: every consumer and the drain read every
+    # offset) adds nothing and is skipped with one C-level tuple comparison.
+    known: list[list[tuple[int, Value] | None]] = []
     kindex = keys.index
     messages_read = 0
     polls_ok = 0
@@ -231,15 +230,15 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
         messages_read += n
         end = start + n
         lst = known[k]
-        if end <= len(lst) and list(map(_offset_of, messages)) == list(range(start, end)) \
-                and list(map(_value_of, messages)) == lst[start:end]:
+        if end <= len(lst) and messages == tuple(lst[start:end]):
             if nxt != end:
                 irregular.add(id(poll))
             continue
         slots = at[k]
         due = start
         regular = True
-        for o, v in messages:
+        for m in messages:
+            o, v = m
             if o != due:
                 regular = False
             due = o + 1
@@ -249,10 +248,10 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 conflicts.setdefault(loc, {held}).add(v)
             elif o < len(lst):
                 if lst[o] is None:
-                    lst[o] = v
+                    lst[o] = m
             elif o < len(lst) + _GAP:
                 lst.extend([None] * (o - len(lst)))
-                lst.append(v)
+                lst.append(m)
             where = first.setdefault(v, loc)
             if where != loc:
                 extra.setdefault(v, set()).add(loc)
@@ -272,7 +271,7 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     lost_wanted: dict[int, list[int]] = defaultdict(list)   # k -> offsets whose covering poll is evidence
     lost: list[tuple[Send, int]] = []
     idempotent: dict[tuple[str, int], list[tuple[int, int, Value]]] = defaultdict(list)
-    sends_ok = sends_fail = recovered = 0
+    sends_ok = sends_fail = recovered = sent_and_read = 0
     for s in history.sends:
         v = s.value
         read_at = first.get(v)
@@ -290,7 +289,9 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 known.append([])
             if at[k].get(offset, v) != v:
                 ack_mismatch.append((s, k))
-            if read_at is None:
+            if read_at is not None:
+                sent_and_read += 1
+            else:
                 drained_to = final_reads.get(key)
                 if drained_to is not None and offset >= drained_to:
                     lost.append((s, k))
@@ -310,12 +311,14 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
         elif outcome == FAIL:
             sends_fail += 1
             if read_at is not None:
+                sent_and_read += 1
                 t, p = keys.keys[read_at & _MASK]
                 anomalies[ABORTED_READ].append(Anomaly(
                     ABORTED_READ, f"the send failed for sure ({s.error}), yet its value was read at {t}/{p}@{read_at >> _SHIFT}",
                     (s.id,), s.topic, p, read_at >> _SHIFT, v))
         elif read_at is not None:
             recovered += 1
+            sent_and_read += 1
             if s.idempotent:
                 # its place in the producer's order: read_at it was read in the partition it
                 # was sent to (the first of them if it was stored twice there)
@@ -345,7 +348,9 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
                 RETRY_DUPLICATE, f"producer {s_of_v.producer_name}'s send {s_of_v.id} ({s_of_v.outcome}) stored "
                                  f"{len(locs)} times: {', '.join(keys.place(loc) for loc in locs)}",
                 (s_of_v.id,), s_of_v.topic, s_of_v.partition, s_of_v.offset, v))
-    unexpected = sorted(first.keys() - sends.keys(), key=lambda v: (first[v], repr(v)))
+    unexpected: list[Value] = []
+    if sent_and_read < len(first):  # some value read was never sent
+        unexpected = sorted(first.keys() - sends.keys(), key=lambda v: (first[v], repr(v)))
 
     # -- each idempotent producer's sends, in send order, are stored in that order ------
     for (producer, k), stored in idempotent.items():
