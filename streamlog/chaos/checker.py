@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -562,7 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HistoryError as e:
         print(f"error: {args.history}: {e}", file=sys.stderr)
         return 2
-    print(summary(result, history, evidence=args.evidence))
+    try:
+        print(summary(result, history, evidence=args.evidence), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; the verdict stands
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 0 if result.valid else 1
 
 

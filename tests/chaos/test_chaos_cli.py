@@ -105,3 +105,14 @@ def test_the_report_is_the_same_whatever_the_hash_seed(tmp_path):
         assert done.returncode == 1, done.stderr
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    invalid_history(tmp_path / "h.jsonl")
+    checker = subprocess.Popen([sys.executable, "-m", "streamlog.chaos.checker", str(tmp_path / "h.jsonl")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+    assert checker.stdout is not None
+    checker.stdout.close()  # as `| head -0` would
+    _, err = checker.communicate(timeout=60)
+    assert checker.returncode == 1
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
