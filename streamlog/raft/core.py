@@ -433,19 +433,28 @@ class RaftNode:
     # ------------------------------------------------------------------ quiescence
 
     def _may_quiesce(self) -> bool:
-        """A leader goes quiet only when there is nothing left to tell anyone: every voter and
-        learner holds its whole log, it is committed and on the leader's own disk, and no
-        transfer is under way, and every one of them answered recently. Followers learn the
-        commit index from the quiet heartbeat."""
+        """A leader goes quiet only when there is nothing left to tell anyone who listens:
+        every follower (voter or learner) heard from since the last quorum check or wake holds
+        its whole log, all of it committed and on the leader's own disk, no transfer is under
+        way, and those followers and the leader are a quorum. A follower that did not answer
+        (its node is down, say) is no reason to stay awake: it cannot be sent anything anyway,
+        and when it comes back its election timer runs (it is not quiet), so its first
+        pre-vote wakes the group; the driver also wakes the group when its node reconnects. A
+        leader cut off from a quorum stays awake, so check-quorum can depose it. Followers
+        learn the commit index from the quiet heartbeat."""
         log = self.log
         if not self.config.quiesce or self._transfer_target is not None or not self._committed_own_term():
             return False
         if self.commit_index != log.last_index or self.durable_index < log.last_index:
             return False
-        # Heard from since the last quorum check or wake: a leader cut off from its followers
-        # stays awake, so check-quorum can depose it.
-        return all(p.match == log.last_index and p.state == REPLICATE and not p.inflight and p.recent_active
-                   for p in self._progress.values())
+        active = 0
+        for peer, p in self._progress.items():
+            if not p.recent_active:
+                continue
+            if p.match != log.last_index or p.state != REPLICATE or p.inflight:
+                return False
+            active += peer in self.voters
+        return active + (self.id in self.voters) >= self.quorum
 
     def _quiesce(self) -> None:
         last = self.log.last_index

@@ -212,8 +212,8 @@ class _GroupRunner:
                 self._call(self.host.callbacks.committed, self.group, eff.upto)
                 self._resolve(eff.upto)
             elif isinstance(eff, RoleChange):
-                self._log.debug("group {group}: {role} in term {term}, leader {leader}",
-                               group=self.group, role=eff.role, term=eff.term, leader=eff.leader)
+                # Not logged here: a thousand groups failing over would write (and format) a
+                # thousand lines; the application's role_changed decides what is worth a line.
                 self._call(self.host.callbacks.role_changed, self.group, eff.role, eff.term, eff.leader)
                 self.host._role_changed(self, eff)
                 self.check_waiters(self.host.clock.seconds())
@@ -355,6 +355,8 @@ class RaftHost:
         self._awake: set[str] = set()
         self._waiting: set[str] = set()
         self._led: dict[str, list[Any]] = {}  # groups this node leads -> [term, isr] as announced
+        self._lead_delta: dict[str, Any] = {}
+        self._lead_call: Any = None
         self._dialers: dict[str, ClientService] = {}
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
@@ -383,6 +385,9 @@ class RaftHost:
     def stop(self) -> None:
         if self._ticker.running:
             self._ticker.stop()
+        if self._lead_call is not None and self._lead_call.active():
+            self._lead_call.cancel()
+        self._lead_call = None
         for service in self._dialers.values():
             service.stopService()
         self._dialers.clear()
@@ -549,9 +554,22 @@ class RaftHost:
         group = runner.group
         if eff.role == LEADER:
             self._led[group] = [eff.term, [runner.node.id]]
-            self.transport.announce({group: self._led[group]})
+            self._announce_later(group, self._led[group])
         elif self._led.pop(group, None) is not None:
-            self.transport.announce({group: None})
+            self._announce_later(group, None)
+
+    def _announce_later(self, group: str, value: Any) -> None:
+        """Leadership deltas of one reactor turn go out as one announcement (a node failing
+        over hundreds of groups sends one message, not hundreds)."""
+        self._lead_delta[group] = value
+        if self._lead_call is None:
+            self._lead_call = self.clock.callLater(0, self._announce_delta)
+
+    def _announce_delta(self) -> None:
+        self._lead_call = None
+        delta, self._lead_delta = self._lead_delta, {}
+        if delta:
+            self.transport.announce(delta)
 
     def deliver(self, node: str, group: str, to: str, frm: str, msg: Message) -> None:
         """From the transport: one group message from peer node `node`."""
@@ -571,6 +589,15 @@ class RaftHost:
         # Full leadership on connect; wake what we lead with a member there (it may have
         # restarted and needs heartbeats to learn who leads).
         self.transport.announce({g: v for g, v in self._led.items()}, full=True, to=node)
+        self._wake_led_with(node)
+
+    def peer_back(self, node: str) -> None:
+        """A silent peer node is heard from again (a partition healed, a process resumed):
+        wake the groups led here with a member there, so that it is caught up at once rather
+        than when its own election timer fires."""
+        self._wake_led_with(node)
+
+    def _wake_led_with(self, node: str) -> None:
         now = self.now()
         for group in list(self._led):
             runner = self.groups.get(group)

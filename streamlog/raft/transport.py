@@ -158,6 +158,8 @@ class TransportHost(Protocol):
 
     def peer_lost(self, node: str) -> None: ...
 
+    def peer_back(self, node: str) -> None: ...
+
     def deliver(self, node: str, group: str, to: str, frm: str, msg: Message) -> None: ...
 
     def leadership(self, node: str, full: bool, groups: dict[str, Any]) -> None: ...
@@ -291,7 +293,7 @@ class PeerConnection(TwistedProtocol):
                     continue
                 self._dispatch(header, b"")
         except BadPeerMessage as e:
-            self._refuse("bad_messages", "bad message from {peer}: {error}", error=str(e))
+            self._refuse("bad_messages", "bad peer message: {error}", error=str(e))
             return
         finally:
             if pos:
@@ -406,15 +408,15 @@ class PeerConnection(TwistedProtocol):
         inc = header.get("inc")
         cluster = header.get("cluster")
         if version != PROTOCOL_VERSION:
-            self._refuse("refused_hellos", "peer speaks protocol version {version}, we speak {ours}; closing",
+            self._refuse("refused_hellos", "peer speaks protocol version {version}, we speak {ours}",
                          version=version, ours=PROTOCOL_VERSION)
             return
         if not isinstance(node, str) or node == pt.node_id or node not in pt.peers or \
                 (self.expect is not None and node != self.expect):
-            self._refuse("refused_hellos", "hello from unknown node {node!r}; closing", node=node)
+            self._refuse("refused_hellos", "hello from unknown node {node!r}", node=node)
             return
         if not (inc is None or isinstance(inc, str)) or not (cluster is None or isinstance(cluster, str)):
-            self._refuse("refused_hellos", "malformed hello from {node}; closing", node=node)
+            self._refuse("refused_hellos", "malformed hello from {node!r}", node=node)
             return
         if cluster is not None and pt.cluster_id is not None and cluster != pt.cluster_id:
             self._log.error("node {node} belongs to cluster {theirs}, this node to {ours}: refusing it",
@@ -435,8 +437,24 @@ class PeerConnection(TwistedProtocol):
     def _refuse(self, counter: str, text: str, **fields: Any) -> None:
         pt = self.peer_transport
         pt.stats[counter] += 1
-        self._log.warn(text + " (peer {peer}, closing)", peer=self.peer or self.expect, **fields)
+        self._log.warn(text + "; closing the connection with {who}", who=self._who(), **fields)
         self._close()
+
+    def _who(self) -> str:
+        """The peer as a log line names it: its node id once known, else its address."""
+        if self.peer is not None:
+            return f"node {self.peer}"
+        address = None
+        get_peer = getattr(self.transport, "getPeer", None)
+        if get_peer is not None:
+            try:
+                p = get_peer()
+                address = f"{p.host}:{p.port}" if hasattr(p, "host") else str(p)
+            except Exception:
+                address = None
+        if self.expect is not None:
+            return f"node {self.expect} (dialed)"
+        return f"unidentified peer {address}" if address else "an unidentified peer"
 
     def _close(self) -> None:
         self._closing = True
@@ -623,7 +641,10 @@ class PeerTransport:
 
     def _heard(self, node: str) -> None:
         self._last_heard[node] = self.now()
-        self._silent.discard(node)
+        if node in self._silent:
+            self._silent.discard(node)
+            self._log.info("peer node {node} heard from again", node=node)
+            self._call_host("peer_back", node)
 
     def _connection_made(self, node: str, conn: PeerConnection) -> None:
         old = self.connections.get(node)

@@ -3,6 +3,7 @@ member of every one of G groups (in-memory logs: the cost measured is Raft's and
 transport's, not storage's), TCP between them. Not a test (it takes a minute):
 
     python tests/raft/idle_groups.py --groups 1000 --seconds 30 [--no-quiesce] [--election-timeout 0.5]
+    python tests/raft/idle_groups.py --groups 1000 --kill   # SIGKILL a node, time the failover
 
 The parent picks free ports, starts the nodes, waits until every group has a leader and (with
 quiescence) every group is quiet, then has each node report its CPU time (user + system) over
@@ -62,7 +63,8 @@ def child(args: argparse.Namespace) -> None:
     def report() -> None:
         led = sum(1 for r in host.groups.values() if r.node.role == LEADER)
         known = sum(1 for r in host.groups.values() if r.node.leader_id is not None)
-        line = {"node": args.node, "t": round(time.monotonic() - started, 2), "led": led, "known_leader": known,
+        line = {"node": args.node, "t": round(time.monotonic() - started, 2), "wall": time.time(), "led": led,
+                "known_leader": known,
                 "awake": len(host.awake_groups()), "connections": len(host.connections), "stats": dict(host.stats)}
         if "cpu0" in state:
             line["cpu_s"] = round(cpu_seconds() - state["cpu0"], 3)
@@ -76,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
         state["cpu0"], state["wall0"] = cpu_seconds(), time.monotonic()
 
     signal.signal(signal.SIGUSR1, on_measure)
-    LoopingCall(report).start(1.0)
+    LoopingCall(report).start(args.report_interval)
     reactor.callLater(args.deadline, reactor.stop)
     reactor.run()
 
@@ -98,7 +100,8 @@ def parent(args: argparse.Namespace) -> int:
     deadline = args.seconds + 120
     procs = {i: subprocess.Popen([sys.executable, __file__, "--child", "--node", i, "--peers", peers,
                                   "--groups", str(args.groups), "--deadline", str(deadline),
-                                  "--election-timeout", str(args.election_timeout)]
+                                  "--election-timeout", str(args.election_timeout),
+                                  "--report-interval", "0.05" if args.kill else "1.0"]
                                  + (["--no-quiesce"] if args.no_quiesce else []),
                                  stdout=subprocess.PIPE, text=True, env=env) for i in ids}
     last: dict[str, dict] = {}
@@ -124,6 +127,8 @@ def parent(args: argparse.Namespace) -> int:
             if not args.measure_anyway:
                 return 1
         settled = {i: dict(v) for i, v in last.items()}
+        if args.kill:
+            return failover(args, procs, ids, settled)
         for p in procs.values():
             p.send_signal(signal.SIGUSR1)
         end = time.monotonic() + args.seconds
@@ -151,6 +156,36 @@ def parent(args: argparse.Namespace) -> int:
                 p.kill()
 
 
+def failover(args: argparse.Namespace, procs: dict, ids: list[str], settled: dict) -> int:
+    """SIGKILL the node leading the most groups; time until the survivors lead every group."""
+    victim = max(settled, key=lambda i: settled[i]["led"])
+    survivors = [i for i in ids if i != victim]
+    for i in survivors:  # drop what is buffered: only reports made after the kill count
+        os.set_blocking(procs[i].stdout.fileno(), False)
+        while procs[i].stdout.readline():
+            pass
+        os.set_blocking(procs[i].stdout.fileno(), True)
+    killed_at = time.time()
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait(10)
+    last: dict[str, dict] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for i in survivors:
+            out = procs[i].stdout.readline()
+            if not out:
+                raise SystemExit(f"node {i} exited")
+            last[i] = json.loads(out)
+        if len(last) == len(survivors) and sum(v["led"] for v in last.values()) == args.groups:
+            done_at = max(v["wall"] for v in last.values())
+            print(json.dumps({"groups": args.groups, "killed": victim, "it_led": settled[victim]["led"],
+                              "all_groups_led_again_after_s": round(done_at - killed_at, 3),
+                              "report_interval_s": 0.05}))
+            return 0
+    print(json.dumps({"error": "groups without a leader 30 s after the kill", "last": last}))
+    return 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", type=int, default=1000)
@@ -158,6 +193,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--no-quiesce", action="store_true")
     parser.add_argument("--measure-anyway", action="store_true", help="measure even if the groups did not settle")
+    parser.add_argument("--kill", action="store_true",
+                        help="instead of measuring CPU: SIGKILL the busiest leader, time the failover")
+    parser.add_argument("--report-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--election-timeout", type=float, default=0.5,
                         help="seconds (default 0.5, the server's); a loaded machine may need more to settle")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

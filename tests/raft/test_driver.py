@@ -533,3 +533,59 @@ def test_a_stalled_reactor_does_not_find_every_election_timer_expired():
     net.run(1.0)
     assert {(i, g): h.groups[g].node.term for i, h in hosts.items() for g in ("g1", "g2")} == terms
     stop_all(hosts, clock, net)
+
+
+def test_record_batches_replicate_as_their_stored_frames_into_segmented_logs(tmp_path):
+    from streamlog.storage.base import RecordBatch
+    from streamlog.storage.log import SegmentedLog
+
+    class SegmentedStorage(MemoryGroupStorage):
+        def sync_log(self):
+            self.log.sync()
+
+    clock = Clock()
+    logs = {i: SegmentedLog(str(tmp_path / i)) for i in IDS}
+    hosts = {i: RaftHost(i, IDS, CFG, Recorder(), clock=clock, rng=random.Random(i)) for i in IDS}
+    for i, h in hosts.items():
+        h.add_group("t-0", IDS, SegmentedStorage(logs[i]))
+        h.start()
+    net = Net(hosts, clock)
+    net.connect_all()
+    net.run(2.0)
+    leader = leader_of(hosts, "t-0")
+    log = logs[leader.node_id]
+    batch = RecordBatch(log.end_offset, 2, 0, 5, 6, b'{"offset":0,"value":1}\n{"offset":1,"value":2}')
+    done = []
+    leader.submit("t-0", batch).addBoth(done.append)
+    net.run(0.3)
+    (index,) = done
+    frames = {}
+    for i, lg in logs.items():
+        (entry,) = lg.entries(index, index + 1, 1 << 20)
+        assert isinstance(entry.data, RecordBatch) and entry.data.payload == batch.payload
+        frames[i] = entry.data.header + entry.data.payload
+    assert len(set(frames.values())) == 1  # byte for byte the leader's stored frame, on every node
+    assert sum(h.transport.stats["frames_received"] for h in hosts.values()) >= 2
+    stop_all(hosts, clock, net)
+    for lg in logs.values():
+        lg.close()
+
+
+def test_leadership_is_announced_to_peers_in_full_on_connect_and_then_as_deltas():
+    clock, hosts, recorders, net = cluster(groups=("g1", "g2", "g3"))
+    net.run(2.0)
+    for h in hosts.values():
+        for g in ("g1", "g2", "g3"):
+            leader = leader_of(hosts, g)
+            if leader is not h:
+                term = leader.groups[g].node.term
+                assert h.remote_leadership[leader.node_id][g][0] == term
+                assert leader.member_id in h.remote_leadership[leader.node_id][g][1]
+    old = leader_of(hosts, "g1")
+    target = next(i for i in IDS if i != old.node_id)
+    old.transfer_leadership("g1", target)
+    net.run(0.5)
+    observer = next(h for i, h in hosts.items() if i not in (old.node_id, target))
+    assert "g1" not in observer.remote_leadership.get(old.node_id, {})
+    assert "g1" in observer.remote_leadership[target]
+    stop_all(hosts, clock, net)

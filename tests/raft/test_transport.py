@@ -19,6 +19,7 @@ class FakeHost:
         self.delivered = []
         self.connected = []
         self.lost = []
+        self.back = []
         self.leadership_seen = []
         self.mismatches = []
 
@@ -27,6 +28,9 @@ class FakeHost:
 
     def peer_lost(self, node):
         self.lost.append(node)
+
+    def peer_back(self, node):
+        self.back.append(node)
 
     def deliver(self, node, group, to, frm, msg):
         self.delivered.append((node, group, to, frm, msg))
