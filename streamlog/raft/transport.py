@@ -141,6 +141,7 @@ class TransportLimits:
     bulk_budget_bytes: int = 16 * 1024 * 1024  # bulk queued towards one peer before drops
     handshake_timeout: float = 5.0  # seconds from connect to a valid hello
     control_line_bytes: int = 256 * 1024  # the sender splits coalesced control lines near this
+    max_unread_bytes: int = 64 * 1024 * 1024  # control written while the peer reads nothing; then close
 
 
 @attrs.frozen
@@ -204,6 +205,7 @@ class PeerConnection(TwistedProtocol):
         self._body_len = 0
         self._closing = False
         self._paused = False
+        self._unread = 0  # control bytes written while the socket buffer was full
         self._control_lines: list[bytes] = []
         self._raft: list[list[Any]] = []
         self._raft_bytes = 0
@@ -249,6 +251,7 @@ class PeerConnection(TwistedProtocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._unread = 0
         self._schedule_flush()
 
     def stopProducing(self) -> None:
@@ -507,7 +510,16 @@ class PeerConnection(TwistedProtocol):
         self._pack_raft()
         if self._control_lines:
             lines, self._control_lines = self._control_lines, []
-            self.transport.write(b"".join(lines))  # control first, whatever the bulk queue holds
+            data = b"".join(lines)
+            if self._paused:
+                # Control is never dropped, so a peer that reads nothing (stopped, wedged)
+                # would grow this buffer without end: past the bound, close the connection.
+                self._unread += len(data)
+                if self._unread > self.peer_transport.limits.max_unread_bytes:
+                    self._refuse("unread_closes", "the peer read nothing while {bytes} bytes of control "
+                                 "messages queued", bytes=self._unread)
+                    return
+            self.transport.write(data)  # control first, whatever the bulk queue holds
         while self._bulk and not self._paused and not self._closing:
             line, parts, size = self._bulk.popleft()
             self.bulk_bytes -= size

@@ -323,3 +323,17 @@ def test_leadership_announcements_in_full_and_as_deltas():
     clock.advance(0)
     pump.flush()
     assert hb.leadership_seen == [("a", True, {"g1": [3, ["a.ia", "b.ib"]]}), ("a", False, {"g1": None, "g2": [1, ["a.ia"]]})]
+
+
+def test_a_peer_that_reads_nothing_is_disconnected_once_control_piles_up():
+    clock, (a, ha), (b, hb), pump = connected_pair(limits=TransportLimits(max_unread_bytes=10_000))
+    conn = a.connections["b"]
+    conn.pauseProducing()  # b stopped reading: the socket buffer stays full
+    for i in range(200):
+        a.send(f"g{i}", "b", "a", AppendEntriesResponse(1, True, match_index=i))
+        clock.advance(0)
+        if conn._closing:
+            break
+    assert conn._closing and a.stats["unread_closes"] == 1
+    pump.flush()
+    assert a.connections == {} and ha.lost == ["b"]
