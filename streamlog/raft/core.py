@@ -65,7 +65,10 @@ class RaftConfig:
     max_batch_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
-    quiesce: bool = True  # idle groups go quiet (no heartbeats, no election timers)
+    # Idle groups go quiet (no heartbeats, no election timers). Quiescence needs node-level
+    # liveness from the driver (wake, leader_node_lost): None leaves it off in the core and
+    # on under RaftHost, which provides it; True or False decides for both.
+    quiesce: bool | None = None
 
 
 @attrs.frozen

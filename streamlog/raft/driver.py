@@ -334,6 +334,8 @@ class RaftHost:
     ):
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        if config.quiesce is None:
+            config = attrs.evolve(config, quiesce=True)  # this host provides node liveness
         self.node_id = node_id
         self.incarnation = incarnation
         self.member_id = f"{node_id}.{incarnation}" if incarnation else node_id

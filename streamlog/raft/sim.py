@@ -309,6 +309,7 @@ class Simulation:
             heartbeat_interval=HEARTBEAT,
             max_inflight=self.profile.max_inflight,
             max_batch_bytes=self.profile.max_batch_bytes,
+            quiesce=True,  # the simulator models node liveness (node heartbeats, connection loss)
         )
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         # The group starts with every node, or (spare_nodes) without the last one, which joins

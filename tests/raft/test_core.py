@@ -28,7 +28,7 @@ from streamlog.raft.messages import (
     TimeoutNow,
 )
 
-CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_bytes=1 << 20)
+CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_bytes=1 << 20, quiesce=True)
 IDS = ["a", "b", "c"]
 
 
@@ -557,12 +557,13 @@ def test_survivors_of_a_lost_leader_take_turns_so_the_vote_is_not_split():
     assert ranks == {n.id for n in others}
 
 
-def test_quiescence_can_be_turned_off():
+def test_quiescence_can_be_turned_off_and_is_off_in_the_bare_core_by_default():
     import attrs
 
-    c = Cluster(config=attrs.evolve(CFG, quiesce=False))
-    c.advance(3.0)
-    assert c.leader() is not None and not any(n.quiet for n in c.nodes.values())
+    for config in (attrs.evolve(CFG, quiesce=False), attrs.evolve(CFG, quiesce=None)):
+        c = Cluster(config=config)
+        c.advance(3.0)
+        assert c.leader() is not None and not any(n.quiet for n in c.nodes.values())
 
 
 def test_a_leader_goes_quiet_without_a_follower_that_is_down_but_not_without_a_quorum():
