@@ -589,3 +589,22 @@ def test_leadership_is_announced_to_peers_in_full_on_connect_and_then_as_deltas(
     assert "g1" not in observer.remote_leadership.get(old.node_id, {})
     assert "g1" in observer.remote_leadership[target]
     stop_all(hosts, clock, net)
+
+
+def test_groups_are_added_and_removed_at_run_time():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(1.5)
+    for h in hosts.values():
+        h.add_group("late", IDS, MemoryGroupStorage(MemoryRaftLog()))
+    net.run(1.5)
+    leader = leader_of(hosts, "late")
+    assert leader is not None and all("late" not in h.awake_groups() for h in hosts.values())
+    pending = []
+    net.cut = set(IDS) - {leader.node_id}
+    leader.submit("late", b"x").addErrback(lambda f: pending.append(f.value))
+    leader.remove_group("late")
+    assert isinstance(pending[0], NotLeaderError) and "removed" in str(pending[0])
+    net.cut = set()
+    net.run(0.5)  # the others keep running the group; messages for it here are dropped, counted
+    assert leader.stats["unknown_group"] > 0 and "late" not in leader.groups
+    stop_all(hosts, clock, net)
