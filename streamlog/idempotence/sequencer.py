@@ -78,6 +78,8 @@ class SequencedBatch:
     stored: bool = False
     #: Sent at least once (so it may be stored, unless an answer said otherwise).
     ever_sent: bool = False
+    #: How many batches the partition numbered before this one (for the in-flight window).
+    ordinal: int = 0
 
 
 @attrs.frozen
@@ -103,11 +105,16 @@ Effect = Acked | Failed
 
 
 class _Partition:
-    __slots__ = ("next_sequence", "unacked")
+    __slots__ = ("next_sequence", "unacked", "numbered")
 
     def __init__(self) -> None:
         self.next_sequence = 0
         self.unacked: list[SequencedBatch] = []
+        self.numbered = 0  # batches numbered so far
+
+    def window_used(self) -> int:
+        """Batches numbered since the oldest unacknowledged one, itself included (acknowledged ones too)."""
+        return self.numbered - self.unacked[0].ordinal if self.unacked else 0
 
 
 class Sequencer:
@@ -136,7 +143,7 @@ class Sequencer:
     def room(self, partition: Any) -> bool:
         """May a new batch be numbered for C{partition} now?"""
         return (self.fatal is None and not self.needs_epoch_bump
-                and len(self._part(partition).unacked) < self.max_in_flight)
+                and self._part(partition).window_used() < self.max_in_flight)
 
     def add(self, partition: Any, token: Any, count: int) -> SequencedBatch:
         """Number a new batch of C{count} records (check L{room} first)."""
@@ -145,7 +152,8 @@ class Sequencer:
         if not self.room(partition):
             raise RuntimeError("no room: fatal, waiting for an epoch bump, or max_in_flight batches unacknowledged")
         part = self._part(partition)
-        batch = SequencedBatch(token, count, self.epoch, part.next_sequence)
+        batch = SequencedBatch(token, count, self.epoch, part.next_sequence, ordinal=part.numbered)
+        part.numbered += 1
         part.next_sequence = (part.next_sequence + count) % SEQUENCE_MODULUS
         part.unacked.append(batch)
         return batch
