@@ -187,11 +187,16 @@ class Sequencer:
         return out
 
     def answer(self, partition: Any, batch: SequencedBatch, code: str, base_offset: int = -1,
-               last_offset: int = -1) -> list[Effect]:
-        """The partition answered C{batch} with C{code} (or the request was C{LOST}); what to tell the application."""
+               last_offset: int = -1, *, epoch: int | None = None) -> list[Effect]:
+        """The partition answered C{batch} with C{code} (or the request was C{LOST}); what to tell the application.
+
+        C{epoch}: the epoch the answered request carried (pass it: an answer
+        to a copy sent before an epoch bump renumbered the batch is ignored).
+        """
         part = self._part(partition)
-        if batch not in part.unacked or batch.status is not Status.SENT or batch.epoch != self.epoch:
-            return []  # a late answer to an attempt already settled (or of an old epoch)
+        if (batch not in part.unacked or batch.status is not Status.SENT or batch.epoch != self.epoch
+                or (epoch is not None and epoch != batch.epoch)):
+            return []  # a late answer to an attempt already settled, or to a copy of an older epoch
         position = part.unacked.index(batch)
         earlier_open = any(not b.stored for b in part.unacked[:position])
         if code in (OK, DUPLICATE):

@@ -200,3 +200,48 @@ def test_the_client_side_does_not_import_the_server():
             "'streamlog.idempotence.table', 'twisted'))]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_stale_copy_from_before_an_epoch_bump_is_fenced_not_stored_again():
+    """Why UNKNOWN_PRODUCER_ID leads to a new epoch and not to renumbering in the same one.
+
+    The partition forgot the producer; its batches B, C, D (sequences 2, 3,
+    4) are refused, renumbered 0, 1, 2 and stored.  A copy of the old C
+    (sequence 3) still in the network then arrives: in the same epoch it
+    would be exactly the next sequence, and C would be stored twice.
+    """
+    from streamlog.idempotence.rules import Outcome
+    from streamlog.idempotence.table import ProducerStateTable
+
+    table = ProducerStateTable()
+    index = 0
+
+    def deliver(epoch: int, base: int, count: int) -> Outcome:
+        nonlocal index
+        decision = table.check(7, epoch, base, count, 0)
+        if decision.outcome is Outcome.NEW:
+            index += 1
+            table.apply(7, epoch, base, count, index, index, 0)
+        return decision.outcome
+
+    seq = Sequencer(7, 0)
+    seq._part(P).next_sequence = 2  # A (sequences 0, 1) was stored and acknowledged long ago, then forgotten
+    b, c, d = numbered(seq, [1, 1, 1])
+    seq.to_send(P)
+    stale_c = (c.epoch, c.base_sequence, c.count)
+    assert [deliver(x.epoch, x.base_sequence, x.count) for x in (b, c, d)] == [Outcome.UNKNOWN_PRODUCER_ID] * 3
+    seq.answer(P, b, "UNKNOWN_PRODUCER_ID", epoch=0)
+    seq.answer(P, c, "UNKNOWN_PRODUCER_ID", epoch=0)
+    seq.answer(P, d, "UNKNOWN_PRODUCER_ID", epoch=0)
+    seq.bump_epoch(1)
+    resent = seq.to_send(P)
+    assert [(x.epoch, x.base_sequence) for x in resent] == [(1, 0), (1, 1), (1, 2)]
+    assert [deliver(x.epoch, x.base_sequence, x.count) for x in resent] == [Outcome.NEW] * 3
+    # the old copy of C: sequence 3 is what the partition expects next, but its epoch is fenced
+    assert stale_c == (0, 3, 1)
+    assert deliver(*stale_c) is Outcome.PRODUCER_FENCED
+    # had the sequencer renumbered in epoch 0, the same copy would have been stored
+    same_epoch = ProducerStateTable()
+    for k in range(3):
+        same_epoch.apply(7, 0, k, 1, k, k + 1, 0)
+    assert same_epoch.check(7, *stale_c, 0).outcome is Outcome.NEW
