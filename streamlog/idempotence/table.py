@@ -182,26 +182,10 @@ class CorruptProducerState(ValueError):
     """Bytes given to L{ProducerStateTable.restore} are not a snapshot this code wrote (or are damaged)."""
 
 
-class _Producer:
-    """A producer's state: its epoch and the last batches of that epoch, oldest first (never empty).
-
-    Never changed once made: L{ProducerStateTable.apply} replaces it, so the
-    undo journal can keep the replaced object as it was.
-    """
-
-    __slots__ = ("epoch", "batches")
-
-    def __init__(self, epoch: int, batches: tuple[_Meta, ...]) -> None:
-        self.epoch = epoch
-        self.batches = batches
-
-    @property
-    def last_index(self) -> int:
-        return self.batches[-1][_INDEX]
-
-    @property
-    def last_ts(self) -> int:
-        return self.batches[-1][_TS]
+# A producer's state: (epoch, the last batches of that epoch, oldest first: never empty).  A tuple,
+# never changed once made (apply replaces it, so the undo journal keeps the replaced one as it
+# was), and a tuple because apply makes one per batch: a class with __init__ costs several times more.
+_Producer = tuple[int, tuple[_Meta, ...]]
 
 
 # An undo record: (raft index of the batch, producer id, its state before (None: absent),
@@ -218,6 +202,11 @@ class ProducerStateTable:
 
     def __init__(self, config: ProducerStateConfig | None = None) -> None:
         self.config = config or ProducerStateConfig()
+        # the bounds apply reads for every batch, as plain attributes
+        self._window = self.config.window
+        self._max_producers = self.config.max_producers
+        self._undo_limit = self.config.undo_limit
+        self._expiry_ms = self.config.expiry_ms
         # Ordered by the Raft index of each producer's last batch, oldest first: apply order, so
         # the first is the least recently active (eviction) and moving to the end is O(1).
         self._producers: OrderedDict[int, _Producer] = OrderedDict()
@@ -243,12 +232,12 @@ class ProducerStateTable:
 
     def epoch_of(self, producer_id: int) -> int | None:
         entry = self._producers.get(producer_id)
-        return None if entry is None else entry.epoch
+        return None if entry is None else entry[0]
 
     def batches_of(self, producer_id: int) -> list[RememberedBatch]:
         """The batches remembered for a producer, oldest first (empty if none)."""
         entry = self._producers.get(producer_id)
-        return [] if entry is None else [RememberedBatch(*m) for m in entry.batches]
+        return [] if entry is None else [RememberedBatch(*m) for m in entry[1]]
 
     def check(self, producer_id: int, epoch: int, base_sequence: int, count: int, now: int) -> Decision:
         """What to do with a batch a producer sent (the leader, before appending it).
@@ -257,6 +246,14 @@ class ProducerStateTable:
         C{expiry_ms} counts as unknown whether or not L{expire} has run yet,
         so the answer does not depend on when the sweep ran.
         """
+        entry = self._producers.get(producer_id)
+        if entry is not None and entry[0] == epoch and 0 < count <= MAX_BATCH_RECORDS:
+            # The common case first: the next batch of a known producer (its id, epoch and
+            # sequence are then valid because the remembered ones were).
+            newest = entry[1][-1]
+            if (base_sequence == (0 if newest[_LAST_SEQ] == MAX_SEQUENCE else newest[_LAST_SEQ] + 1)
+                    and now - newest[_TS] <= self._expiry_ms):
+                return NEW
         if producer_id == -1:
             if epoch == -1 and base_sequence == -1:
                 return NEW
@@ -265,8 +262,7 @@ class ProducerStateTable:
             return Decision(Outcome.INVALID, reason="producer id, epoch or base sequence out of range")
         if not 1 <= count <= MAX_BATCH_RECORDS:
             return Decision(Outcome.INVALID, reason=f"an idempotent batch holds 1 to {MAX_BATCH_RECORDS} records")
-        entry = self._producers.get(producer_id)
-        if entry is not None and now - entry.batches[-1][_TS] > self.config.expiry_ms:
+        if entry is not None and now - entry[1][-1][_TS] > self.config.expiry_ms:
             entry = None  # expired, not yet swept
         if entry is None:
             if base_sequence != 0:
@@ -274,19 +270,19 @@ class ProducerStateTable:
                                 reason="no state for this producer: the first batch of a producer or epoch has sequence 0")
             if producer_id not in self._producers and len(self._producers) >= self.config.max_producers:
                 oldest = next(iter(self._producers.values()))
-                if now - oldest.batches[-1][_TS] < self.config.evict_min_idle_ms:
+                if now - oldest[1][-1][_TS] < self.config.evict_min_idle_ms:
                     return Decision(Outcome.TOO_MANY_PRODUCERS,
                                     reason=f"the partition remembers {len(self._producers)} producers, all active "
                                            f"within {self.config.evict_min_idle_ms} ms")
             return NEW
-        if epoch != entry.epoch:
-            if epoch < entry.epoch:
-                return Decision(Outcome.PRODUCER_FENCED, reason=f"epoch {epoch} is older than the partition's {entry.epoch}")
+        if epoch != entry[0]:
+            if epoch < entry[0]:
+                return Decision(Outcome.PRODUCER_FENCED, reason=f"epoch {epoch} is older than the partition's {entry[0]}")
             if base_sequence != 0:
                 return Decision(Outcome.UNKNOWN_PRODUCER_ID,
                                 reason=f"epoch {epoch} is new here: its first batch has sequence 0")
             return NEW
-        batches = entry.batches
+        batches = entry[1]
         last = batches[-1][_LAST_SEQ]
         if base_sequence == (0 if last == MAX_SEQUENCE else last + 1):
             return NEW
@@ -323,23 +319,23 @@ class ProducerStateTable:
         old = producers.get(producer_id)
         evicted: tuple[int, _Producer] | None = None
         if old is None:
-            if len(producers) >= self.config.max_producers:
+            if len(producers) >= self._max_producers:
                 evicted = producers.popitem(last=False)
-            producers[producer_id] = _Producer(epoch, (meta,))
+            producers[producer_id] = (epoch, (meta,))
         else:
-            batches = old.batches
+            batches = old[1]
             last = batches[-1][_LAST_SEQ]
-            if epoch == old.epoch and base_sequence == (0 if last == MAX_SEQUENCE else last + 1):
-                if len(batches) >= self.config.window:
-                    batches = batches[len(batches) - self.config.window + 1:]
-                producers[producer_id] = _Producer(epoch, batches + (meta,))
+            if epoch == old[0] and base_sequence == (0 if last == MAX_SEQUENCE else last + 1):
+                if len(batches) >= self._window:
+                    batches = batches[len(batches) - self._window + 1:]
+                producers[producer_id] = (epoch, batches + (meta,))
             else:
-                producers[producer_id] = _Producer(epoch, (meta,))
+                producers[producer_id] = (epoch, (meta,))
             producers.move_to_end(producer_id)
-        if self.config.undo_limit:
+        if self._undo_limit:
             journal = self._journal
             journal.append((raft_index, producer_id, old, evicted))
-            if len(journal) > self.config.undo_limit:
+            if len(journal) > self._undo_limit:
                 self._undo_floor = journal.popleft()[0]
         else:
             self._undo_floor = raft_index
@@ -378,7 +374,7 @@ class ProducerStateTable:
     def expire(self, now: int, idle_ms: int | None = None) -> list[int]:
         """Forget producers whose last batch is older than C{now - idle_ms} (default C{expiry_ms}); return their ids."""
         limit = now - (self.config.expiry_ms if idle_ms is None else idle_ms)
-        gone = [pid for pid, entry in self._producers.items() if entry.batches[-1][_TS] < limit]
+        gone = [pid for pid, entry in self._producers.items() if entry[1][-1][_TS] < limit]
         for pid in gone:
             del self._producers[pid]
         return gone
@@ -401,15 +397,15 @@ class ProducerStateTable:
         # Whatever the journal could not undo (or, if it is exact, nothing): remove batches above index.
         changed = False
         for pid, entry in list(producers.items()):
-            if entry.batches[-1][_INDEX] > index:
-                kept = tuple(m for m in entry.batches if m[_INDEX] <= index)
+            if entry[1][-1][_INDEX] > index:
+                kept = tuple(m for m in entry[1] if m[_INDEX] <= index)
                 changed = True
                 if kept:
-                    producers[pid] = _Producer(entry.epoch, kept)
+                    producers[pid] = (entry[0], kept)
                 else:
                     del producers[pid]
         if undone or changed:
-            producers = OrderedDict(sorted(producers.items(), key=lambda item: item[1].batches[-1][_INDEX]))
+            producers = OrderedDict(sorted(producers.items(), key=lambda item: item[1][1][-1][_INDEX]))
         return producers, exact
 
     # -- snapshots -------------------------------------------------------------------------------
@@ -429,8 +425,8 @@ class ProducerStateTable:
             applied = upto
         parts = [_HEAD.pack(_MAGIC, _VERSION, applied, len(producers))]
         for pid, entry in producers.items():
-            parts.append(_PRODUCER.pack(pid, entry.epoch, len(entry.batches)))
-            parts.extend(_BATCH.pack(*m) for m in entry.batches)
+            parts.append(_PRODUCER.pack(pid, entry[0], len(entry[1])))
+            parts.extend(_BATCH.pack(*m) for m in entry[1])
         body = b"".join(parts)
         return body + _CRC.pack(_crc32c.crc32c(body))
 
@@ -474,12 +470,12 @@ class ProducerStateTable:
                         raise CorruptProducerState(f"producer {pid}: batches out of index order")
                 if metas[-1][_INDEX] > applied:
                     raise CorruptProducerState(f"producer {pid}: a batch above the snapshot's index {applied}")
-                entries.append((pid, _Producer(epoch, tuple(metas[-window:]))))
+                entries.append((pid, (epoch, tuple(metas[-window:]))))
         except struct.error as e:
             raise CorruptProducerState(f"producer-state snapshot is cut short: {e}") from None
         if pos != end:
             raise CorruptProducerState(f"{end - pos} bytes after the last producer")
-        entries.sort(key=lambda item: item[1].batches[-1][_INDEX])
+        entries.sort(key=lambda item: item[1][1][-1][_INDEX])
         table._producers = OrderedDict(entries[-table.config.max_producers:])
         table._applied = applied
         table._undo_floor = applied  # nothing at or below the snapshot can be undone
