@@ -314,8 +314,10 @@ class ProducerStateTable:
         if producer_id < 0:
             return
         producers = self._producers
-        meta = (base_sequence, (base_sequence + count - 1) % SEQUENCE_MODULUS, base_offset,
-                base_offset + count - 1, raft_index, now)
+        last_sequence = base_sequence + count - 1
+        if last_sequence > MAX_SEQUENCE:
+            last_sequence -= SEQUENCE_MODULUS
+        meta = (base_sequence, last_sequence, base_offset, base_offset + count - 1, raft_index, now)
         old = producers.get(producer_id)
         evicted: tuple[int, _Producer] | None = None
         if old is None:
@@ -326,9 +328,10 @@ class ProducerStateTable:
             batches = old[1]
             last = batches[-1][_LAST_SEQ]
             if epoch == old[0] and base_sequence == (0 if last == MAX_SEQUENCE else last + 1):
-                if len(batches) >= self._window:
-                    batches = batches[len(batches) - self._window + 1:]
-                producers[producer_id] = (epoch, batches + (meta,))
+                if len(batches) < self._window:
+                    producers[producer_id] = (epoch, batches + (meta,))
+                else:
+                    producers[producer_id] = (epoch, batches[len(batches) - self._window + 1:] + (meta,))
             else:
                 producers[producer_id] = (epoch, (meta,))
             producers.move_to_end(producer_id)
