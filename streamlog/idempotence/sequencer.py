@@ -29,7 +29,11 @@ How the client wires it (after the cluster work):
     again, renumbered.  Needed after C{UNKNOWN_PRODUCER_ID} (the partition
     forgot the producer: expired, evicted or lost at a restart) and after a
     batch failed for good while later ones were numbered (a gap the
-    partition would never fill).
+    partition would never fill).  Only batches refused at every attempt are
+    renumbered: one with a lost attempt may be stored by an earlier leader
+    (uncommitted on a replica that can still win an election), so it fails
+    with C{maybe_stored} instead of being stored a second time under a new
+    number.
   - a batch past its delivery timeout: C{seq.abandon(p, batch)}.
 
 Why a new epoch rather than renumbering in the same one: a copy of an old
@@ -80,6 +84,9 @@ class SequencedBatch:
     ever_sent: bool = False
     #: How many batches the partition numbered before this one (for the in-flight window).
     ordinal: int = 0
+    #: An attempt's outcome was never learnt (lost): that attempt may be stored, perhaps only on a
+    #: replica that is not leader now.  Such a batch is never renumbered.
+    uncertain: bool = False
 
 
 @attrs.frozen
@@ -105,10 +112,11 @@ Effect = Acked | Failed
 
 
 class _Partition:
-    __slots__ = ("next_sequence", "unacked", "numbered")
+    __slots__ = ("next_sequence", "unacked", "numbered", "resetting")
 
     def __init__(self) -> None:
         self.next_sequence = 0
+        self.resetting = False  # waiting for an epoch bump: refusals settle the batch (held or failed)
         self.unacked: list[SequencedBatch] = []
         self.numbered = 0  # batches numbered so far
 
@@ -204,23 +212,29 @@ class Sequencer:
             for b in part.unacked[:position]:
                 b.stored = True
             return [Acked(batch.token, base_offset, last_offset, duplicate=code == DUPLICATE)]
-        if code == LOST or code == "TOO_MANY_PRODUCERS":
+        if code == LOST:
             batch.status = Status.RESEND
+            batch.uncertain = True
             return []
-        if code in ("OUT_OF_ORDER_SEQUENCE", "UNKNOWN_PRODUCER_ID") and earlier_open:
-            batch.status = Status.WAIT  # the earlier one's answer decides
-            return []
-        if code == "UNKNOWN_PRODUCER_ID" and not batch.stored:
-            # Nothing earlier is missing and the partition has no state: this batch was not
-            # stored, and no copy of it ever will be in this epoch (every copy carries the same
-            # non-zero sequence and meets the same "unknown", or, once the new epoch wrote here,
-            # "fenced"); the later ones cannot be stored either (a batch is stored only after its
-            # predecessor).  Renumber them all in a new epoch.
-            self._hold_from(part, position)
+        if code == "TOO_MANY_PRODUCERS":
+            batch.status = Status.RESEND
             return []
         if code == PRODUCER_FENCED:
             return self._fail_all(PRODUCER_FENCED)
-        if code in ("OUT_OF_ORDER_SEQUENCE", "UNKNOWN_PRODUCER_ID"):
+        refused = code in ("OUT_OF_ORDER_SEQUENCE", "UNKNOWN_PRODUCER_ID")
+        if refused and part.resetting:
+            return self._settle(part, batch, code)
+        if refused and earlier_open:
+            batch.status = Status.WAIT  # the earlier one's answer decides
+            return []
+        if code == "UNKNOWN_PRODUCER_ID" and not batch.stored:
+            # Nothing earlier is missing and the leader has no state for us.  This attempt was not
+            # stored, but an earlier attempt that was lost may have been, by an earlier leader, and
+            # may still be committed (an uncommitted entry on a replica that wins an election):
+            # such batches fail, maybe stored.  The others were refused at every attempt: they
+            # are renumbered in a new epoch (the model test found the first case).
+            return self._settle(part, batch, code) + self._start_reset(part, position, code)
+        if refused:
             # The oldest open batch refused although nothing before it is missing: the
             # partition's state disagrees with ours; it may even hold this batch.
             return self._fail_all(PRODUCER_STATE_LOST)
@@ -228,8 +242,25 @@ class Sequencer:
         # of it): it was not stored.  The later batches now follow a gap the partition will never
         # see filled, and the next number would be one: renumber them in a new epoch.
         del part.unacked[position]
-        self._hold_from(part, position)
-        return [Failed(batch.token, code, maybe_stored=False)]
+        return [Failed(batch.token, code, maybe_stored=False)] + self._start_reset(part, position, code)
+
+    def _start_reset(self, part: _Partition, position: int, code: str) -> list[Effect]:
+        """From C{position} on, nothing of this partition will be stored in this epoch: settle what is not in flight."""
+        part.resetting = True
+        self.needs_epoch_bump = True
+        effects: list[Effect] = []
+        for b in list(part.unacked[position:]):
+            if b.status is not Status.SENT:  # one in flight settles when its answer comes
+                effects += self._settle(part, b, code)
+        return effects
+
+    def _settle(self, part: _Partition, batch: SequencedBatch, code: str) -> list[Effect]:
+        """A batch refused (or not yet sent) while its partition waits for the epoch bump."""
+        if batch.uncertain:
+            part.unacked.remove(batch)
+            return [Failed(batch.token, code, maybe_stored=True)]
+        batch.status = Status.HELD
+        return []
 
     def abandon(self, partition: Any, batch: SequencedBatch) -> list[Effect]:
         """Give up on C{batch} (its delivery timeout passed): it and every later batch already sent fail, maybe stored."""
@@ -246,14 +277,9 @@ class Sequencer:
                 b.status = Status.HELD
                 kept.append(b)
         part.unacked = kept
+        part.resetting = True
         self.needs_epoch_bump = True
         return effects
-
-    def _hold_from(self, part: _Partition, position: int) -> None:
-        """The batches from C{position} on will never be stored in this epoch: hold them for the bump."""
-        for b in part.unacked[position:]:
-            b.status = Status.HELD
-        self.needs_epoch_bump = True
 
     def _fail_all(self, reason: str) -> list[Effect]:
         """The producer is finished: every unacknowledged batch fails (maybe stored if it was ever sent)."""
@@ -281,10 +307,12 @@ class Sequencer:
         self.needs_epoch_bump = False
         for part in self._partitions.values():
             part.next_sequence = 0
+            part.resetting = False
             for b in part.unacked:
                 b.epoch = new_epoch
                 b.base_sequence = part.next_sequence
                 b.status = Status.QUEUED
                 b.stored = False
                 b.ever_sent = False
+                b.uncertain = False
                 part.next_sequence = (part.next_sequence + b.count) % SEQUENCE_MODULUS

@@ -127,9 +127,10 @@ def test_unknown_producer_holds_the_batches_and_renumbers_them_in_a_new_epoch():
     seq.to_send(P)
     seq.to_send(("t", 1))
     assert seq.answer(P, a, "UNKNOWN_PRODUCER_ID") == []
-    assert seq.needs_epoch_bump and (a.status, b.status) == (Status.HELD, Status.HELD)
+    assert seq.needs_epoch_bump and (a.status, b.status) == (Status.HELD, Status.SENT)
     assert not seq.room(P) and not seq.room(("t", 1))
-    assert not seq.epoch_bump_ready()       # "o" is in flight: learn its outcome first, in the old epoch
+    assert not seq.epoch_bump_ready()       # b and "o" are in flight: learn their outcome first, in the old epoch
+    assert seq.answer(P, b, "OUT_OF_ORDER_SEQUENCE") == [] and b.status is Status.HELD
     assert seq.to_send(P) == []
     seq.answer(("t", 1), other, LOST)
     assert seq.to_send(("t", 1)) == [other]
@@ -141,6 +142,25 @@ def test_unknown_producer_holds_the_batches_and_renumbers_them_in_a_new_epoch():
     assert (a.epoch, a.base_sequence, b.base_sequence) == (4, 0, 2)
     assert seq.to_send(P) == [a, b]
     assert seq.add(("t", 1), "o2", 1).base_sequence == 0
+
+
+def test_unknown_producer_after_a_lost_attempt_fails_the_batch_maybe_stored_never_renumbers_it():
+    """A lost attempt may have been stored by an earlier leader, uncommitted, on a replica that can
+    still win an election and commit it: the new leader's "unknown" says nothing about that copy.
+    Renumbering such a batch would store it twice (the model test's counterexample)."""
+    seq = Sequencer(7, 0)
+    a, b, c = numbered(seq, [1, 1, 1])
+    seq.to_send(P)
+    seq.answer(P, a, LOST)          # sent to the old leader, answer never came
+    seq.answer(P, b, LOST)
+    assert seq.to_send(P) == [a, b]  # resent to the new leader...
+    effects = seq.answer(P, a, "UNKNOWN_PRODUCER_ID")  # ...which never saw the producer's last batches
+    assert effects == [Failed("b0", "UNKNOWN_PRODUCER_ID", maybe_stored=True)]
+    assert seq.answer(P, b, "OUT_OF_ORDER_SEQUENCE") == [Failed("b1", "OUT_OF_ORDER_SEQUENCE", maybe_stored=True)]
+    assert seq.answer(P, c, "OUT_OF_ORDER_SEQUENCE") == []  # refused at its only attempt: certainly not stored
+    assert c.status is Status.HELD and seq.epoch_bump_ready()
+    seq.bump_epoch(1)
+    assert seq.to_send(P) == [c] and (c.epoch, c.base_sequence) == (1, 0)
 
 
 def test_unknown_producer_for_a_later_batch_waits_for_the_earlier_one():
@@ -165,7 +185,11 @@ def test_a_final_error_fails_the_batch_and_renumbers_the_later_ones():
     a, b, c = numbered(seq, [1, 1, 1])
     seq.to_send(P)
     assert seq.answer(P, a, "MESSAGE_TOO_LARGE") == [Failed("b0", "MESSAGE_TOO_LARGE", False)]
-    assert seq.needs_epoch_bump and (b.status, c.status) == (Status.HELD, Status.HELD)
+    assert seq.needs_epoch_bump and (b.status, c.status) == (Status.SENT, Status.SENT)
+    assert not seq.epoch_bump_ready()  # b and c are in flight
+    assert seq.answer(P, b, "OUT_OF_ORDER_SEQUENCE") == []
+    assert seq.answer(P, c, "OUT_OF_ORDER_SEQUENCE") == []
+    assert (b.status, c.status) == (Status.HELD, Status.HELD)
     assert seq.answer(P, b, "OUT_OF_ORDER_SEQUENCE") == []  # answers to held batches change nothing
     seq.bump_epoch(1)
     assert [(x.epoch, x.base_sequence) for x in seq.to_send(P)] == [(1, 0), (1, 1)]
