@@ -213,8 +213,10 @@ class Sequencer:
                 b.stored = True
             return [Acked(batch.token, base_offset, last_offset, duplicate=code == DUPLICATE)]
         if code == LOST:
-            batch.status = Status.RESEND
             batch.uncertain = True
+            if part.resetting:
+                return self._settle(part, batch, code)
+            batch.status = Status.RESEND
             return []
         if code == "TOO_MANY_PRODUCERS":
             batch.status = Status.RESEND
@@ -255,8 +257,17 @@ class Sequencer:
         return effects
 
     def _settle(self, part: _Partition, batch: SequencedBatch, code: str) -> list[Effect]:
-        """A batch refused (or not yet sent) while its partition waits for the epoch bump."""
-        if batch.uncertain:
+        """A batch refused, lost or not yet sent while its partition waits for the epoch bump.
+
+        Held (to be renumbered) if certainly not stored: every attempt was
+        refused, or it follows a held batch (never stored in this epoch, so
+        no replica can have stored this one after it; unless this one starts
+        at sequence 0 after a wrap, which a replica without state would take).
+        Otherwise it fails, maybe stored.
+        """
+        position = part.unacked.index(batch)
+        after_held = batch.base_sequence != 0 and any(b.status is Status.HELD for b in part.unacked[:position])
+        if batch.uncertain and not after_held:
             part.unacked.remove(batch)
             return [Failed(batch.token, code, maybe_stored=True)]
         batch.status = Status.HELD

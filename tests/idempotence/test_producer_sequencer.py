@@ -269,3 +269,29 @@ def test_a_stale_copy_from_before_an_epoch_bump_is_fenced_not_stored_again():
     for k in range(3):
         same_epoch.apply(7, 0, k, 1, k, k + 1, 0)
     assert same_epoch.check(7, *stale_c, 0).outcome is Outcome.NEW
+
+
+def test_a_lost_answer_while_waiting_for_the_epoch_bump_does_not_stall_it():
+    seq = Sequencer(7, 0)
+    a, b, c = numbered(seq, [1, 1, 1])
+    seq.to_send(P)
+    seq.answer(P, a, "UNKNOWN_PRODUCER_ID")
+    assert a.status is Status.HELD
+    # b follows a batch never stored in this epoch: though its answer is lost, it cannot be stored
+    assert seq.answer(P, b, LOST) == [] and b.status is Status.HELD
+    assert not seq.epoch_bump_ready()
+    seq.answer(P, c, LOST)
+    assert c.status is Status.HELD and seq.epoch_bump_ready()
+    seq.bump_epoch(1)
+    assert [x.base_sequence for x in seq.to_send(P)] == [0, 1, 2]
+
+
+def test_after_a_wrap_a_batch_at_sequence_zero_is_not_certain_even_behind_a_held_one():
+    seq = Sequencer(7, 0)
+    seq._part(P).next_sequence = MAX_SEQUENCE  # a covers MAX_SEQUENCE; b starts again at 0
+    a, b = numbered(seq, [1, 1])
+    assert b.base_sequence == 0
+    seq.to_send(P)
+    seq.answer(P, a, "UNKNOWN_PRODUCER_ID")
+    # a leader without state for the producer would have taken b (sequence 0) as new
+    assert seq.answer(P, b, LOST) == [Failed("b1", LOST, maybe_stored=True)]
