@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -149,10 +149,26 @@ class BrokerHarness:
         self.clock = clock or Clock()
         if config is None:
             config = BrokerConfig(limits=limits or wire.DEFAULT_LIMITS)
-        self.broker = Broker(storage or MemoryStorage(), config, clock=self.clock, committer=committer)
+        # Terms and votes (durable storage) are saved at once, in rounds on this clock.
+        self.broker = Broker(storage or MemoryStorage(), config, clock=self.clock, committer=committer,
+                             hard_state_runner=lambda f, *args: maybeDeferred(f, *args))
         self.factory = BrokerFactory(self.broker, config.limits, self.clock)
         self.factory.doStart()
         self._port = 40000
+        self.settle()  # recovered partitions elect this node (a cluster of one)
+
+    def settle(self, threads: Any = None, rounds: int = 20) -> None:
+        """Let the node's groups finish what they started (elections: a hard-state round on
+        the clock, the new leader's no-op synced by C{threads} if the test holds the syncs)."""
+        threads = threads if threads is not None else getattr(self, "threads", None)
+        for _ in range(rounds):
+            self.clock.advance(0)
+            if threads is None or not threads.jobs:
+                if not self.clock.getDelayedCalls() or all(c.getTime() > self.clock.seconds()
+                                                           for c in self.clock.getDelayedCalls()):
+                    return
+            if threads is not None:
+                threads.run_all()
 
     def connect(self, host: str = "127.0.0.1") -> Connection:
         """A new connection, as if from C{host} (IPv4 or IPv6; each from a port of its own)."""
