@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
 from streamlog.broker.partition import WaitQuota
@@ -78,6 +79,9 @@ class Broker:
         #: This node's replicas; without one given, the node is a cluster of one.
         self.directory = directory if directory is not None else alone(storage, config, clock)
         self.committer = committer
+        #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
+        #: administration goes through the controller, topics come from the metadata.
+        self.cluster: Any = None
         #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
         self.stopping = False
         #: Long polls parked on this node, across all connections (--max-waiting-polls).
@@ -93,6 +97,7 @@ class Broker:
             "ListTopics": self.handle_list_topics,
             "DescribeTopic": self.handle_describe_topic,
             "ListOffsets": self.handle_list_offsets,
+            "Metadata": self.handle_metadata,
             "Ping": self.handle_ping,
         }
 
@@ -182,12 +187,22 @@ class Broker:
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
         return topic
 
-    def handle_create_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+    def handle_create_topic(self, params: dict[str, Any]) -> Any:
+        if self.cluster is not None:
+            wire.parse_create_topic(params, self.limits)  # bad params are answered here, not forwarded
+            return self.cluster.create_topic(params).addCallback(_without_index)
         p = wire.parse_create_topic(params, self.limits)
+        if p.replication_factor not in (None, 1):
+            raise errors.InvalidParams(
+                f"'replication_factor' {p.replication_factor} needs as many nodes; this node runs alone",
+                field="replication_factor")
         topic = self.create_topic(p.topic, p.partitions, p.config)
         return _describe_topic(topic)
 
-    def handle_delete_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+    def handle_delete_topic(self, params: dict[str, Any]) -> Any:
+        if self.cluster is not None:
+            wire.parse_topic_only(params, self.limits)
+            return self.cluster.delete_topic(params).addCallback(_without_index)
         name = wire.parse_topic_only(params, self.limits)
         topic = self.topic(name)
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
@@ -212,7 +227,17 @@ class Broker:
         }
 
     def handle_describe_topic(self, params: dict[str, Any]) -> dict[str, Any]:
-        return _describe_topic(self.topic(wire.parse_topic_only(params, self.limits)))
+        name = wire.parse_topic_only(params, self.limits)
+        if self.cluster is not None:
+            result: dict[str, Any] = self.cluster.describe(name)
+            return result
+        return _describe_topic(self.topic(name))
+
+    def handle_metadata(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is None:
+            raise errors.MethodNotFound("Metadata: this node runs alone and leads every partition", method="Metadata")
+        result: dict[str, Any] = self.cluster.metadata(params)
+        return result
 
     def handle_list_offsets(self, params: dict[str, Any]) -> Any:
         p = wire.parse_list_offsets(params, self.limits)
@@ -259,6 +284,8 @@ class Broker:
         if self.stopping:
             raise errors.ShuttingDown("the node is shutting down; nothing was appended")
         topic, groups, sticky = self._route(p)
+        if topic is None and self.cluster is not None:
+            return self._create_through_controller(p)
         if topic is not None:
             electing = self._leaders(topic, groups)
             if electing is not None:
@@ -302,6 +329,24 @@ class Broker:
                 index = sticky
             groups.setdefault(index, []).append(message)
         return topic, groups, sticky
+
+    def _create_through_controller(self, p: wire.SendParams) -> Deferred:
+        """Auto-create in a cluster: the controller creates the topic, then the request
+        starts over (at this node: it answers NOT_LEADER where another node leads)."""
+        d = self.cluster.create_topic({"topic": p.topic, "partitions": self.config.default_partitions})
+
+        def created(result: Any) -> Any:
+            if isinstance(result, Failure):
+                if not result.check(errors.TopicExists):
+                    return result
+            if p.topic not in self.topics:
+                raise errors.LeaderNotAvailable(f"topic {p.topic!r} is being created; retry shortly", topic=p.topic)
+            return self.send(p)
+
+        d.addBoth(created)
+        if p.acks == "none":
+            d.addErrback(lambda f: None)
+        return d
 
     def _leaders(self, topic: Topic, groups: dict[int, list[wire.Message]]) -> PartitionReplica | None:
         """Check that this node leads every partition of the request: raise C{NOT_LEADER}
@@ -541,6 +586,11 @@ def _describe_topic(topic: Topic) -> dict[str, Any]:
     }
 
 
+def _without_index(result: dict[str, Any]) -> dict[str, Any]:
+    result.pop("index", None)  # the metadata index, for the forwarding node
+    return result
+
+
 def _malformed(read: Any, offset: int, available: int) -> str | None:
     """Why a read cannot be served as a JSON array of records, or None.
 
@@ -567,6 +617,7 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
         "offset": placed["base_offset"],
         "timestamp": result["timestamp"],
         "durability": result["durability"],
+        **{k: result[k] for k in ("replicas", "replication_factor") if k in result},
     }
 
 

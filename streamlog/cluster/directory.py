@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from streamlog.cluster.framed import FramedLog
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
 from streamlog.raft.driver import GroupCallbacks
 from streamlog.raft.messages import TimeoutNow
@@ -70,6 +71,8 @@ class ReplicaDirectory(GroupCallbacks):
         self.committer: Any = None
         #: Whether the node has peers (answers then say how many replicas hold a batch).
         self.clustered = False
+        #: Whether the host's peer transport needs record entries as frames (bytes): FramedLog.
+        self.framed = False
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
 
@@ -90,6 +93,8 @@ class ReplicaDirectory(GroupCallbacks):
         members = tuple(members)
         storage = ReplicaStorage(group, log, self.hard_state, lambda: self.committer, replica.storage_failed,
                                  alone=members == (self.member,))
+        if self.framed:
+            storage.log = FramedLog(log)  # what the host reads and writes; syncs go to the log itself
         self.by_group[group] = replica
         replica.node = self.host.add_group(group, members, storage)
         if members == (self.member,) and getattr(log, "failed", None) is None:
@@ -155,6 +160,9 @@ class ReplicaDirectory(GroupCallbacks):
             self.other.role_changed(group, role, term, leader)
         else:
             replica.role_changed(role, term, leader)
+            announce = getattr(self.other, "on_role_change", None)
+            if announce is not None:
+                announce(group)
 
     def snapshot_installed(self, group: str, index: int, term: int, data: bytes) -> None:
         if group not in self.by_group:

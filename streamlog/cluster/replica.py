@@ -49,6 +49,8 @@ class ReplicaStorage:
     def __init__(self, group: str, log: Any, hard_state: Any, committer: Callable[[], Any],
                  on_sync_failed: Callable[[Failure], object], alone: bool = False) -> None:
         self.group = group
+        #: The log itself (C{log} may be an adapter the host reads and writes through).
+        self.raw = log
         #: The group's only voter is this node: see L{save_hard_state}.
         self.alone = alone
         self.log = log
@@ -81,11 +83,12 @@ class ReplicaStorage:
         committer = self._committer()
         if committer is None:
             return None
-        target = self.log.last_index
-        d: Deferred = committer.wait_index(self.log, target)
+        log = self.raw  # (under a FramedLog, the log itself)
+        target = log.last_index
+        d: Deferred = committer.wait_index(log, target)
 
         def failed(failure: Failure) -> Failure | None:
-            if failure.check(CommitterStopped) and self.log.durable_index >= target:
+            if failure.check(CommitterStopped) and log.durable_index >= target:
                 # Asked after the node's final sync, which covered it (the driver releases
                 # a group's syncs one at a time): it is durable.
                 return None
@@ -301,3 +304,39 @@ class PartitionReplica(Partition):
             self.node.compact(point)
         return int(self.log.start_offset)
 
+
+
+class RemotePartition:
+    """A partition of a topic this node holds no replica of: every request for it is
+    answered with where its leader is (C{NOT_LEADER}), from the node's leader table."""
+
+    failed = None
+    closed_error = None
+    leads = False
+    writable = False
+
+    def __init__(self, topic: str, index: int, group: str, node: Any, replication_factor: int) -> None:
+        self.topic = topic
+        self.index = index
+        self.group = group
+        self.node = node
+        self.replication_factor = replication_factor
+
+    def check_leader(self, write: bool = False) -> None:
+        leader, term = self.node.leader_of(self.group)
+        if leader is None or leader == self.node.node_id:
+            raise errors.LeaderNotAvailable(
+                f"partition {self.topic}/{self.index} is electing a leader; retry shortly",
+                topic=self.topic, partition=self.index,
+            )
+        address = self.node.address_of(leader)
+        raise errors.NotLeader(
+            f"this node holds no replica of {self.topic}/{self.index}; its leader is node {leader} at {address}",
+            topic=self.topic, partition=self.index, leader=leader, leader_address=address, leader_term=term,
+        )
+
+    def when_leading(self, clock: IReactorTime, timeout: float, write: bool = False) -> Deferred:
+        """A short wait for the leader table to learn the partition's leader (announcements)."""
+        d: Deferred = Deferred()
+        clock.callLater(min(timeout, 0.1), d.callback, None)
+        return d
