@@ -245,6 +245,8 @@ class BrokerService(service.Service):
         #: The node's ClusterNode (a node with --peers), or None.
         self.cluster: Any = None
         self.drain_timeout = 5.0
+        #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
+        self.transfer_timeout = 5.0
 
     @property
     def data_dir(self) -> str | None:
@@ -399,8 +401,17 @@ class BrokerService(service.Service):
         broker = self.broker
         if broker is None:
             return None
-        broker.stopping = True
-        d = maybeDeferred(self.committer.stop) if self.committer is not None else maybeDeferred(lambda: None)
+        if self.cluster is not None:
+            # Leadership first, to caught-up followers: their clients move on at once.
+            d = self.cluster.hand_over(self.transfer_timeout)
+        else:
+            d = maybeDeferred(lambda: None)
+
+        def stop_writes(_: Any) -> Any:
+            broker.stopping = True
+            return self.committer.stop() if self.committer is not None else None
+
+        d.addCallback(stop_writes)
         d.addErrback(lambda f: self._log.failure("final sync failed", f))
         if self.factory is not None:
             d.addCallback(lambda _: self.factory.close_connections(self.drain_timeout))

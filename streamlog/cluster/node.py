@@ -270,6 +270,43 @@ class ClusterNode(GroupCallbacks):
     def _meta_sync_failed(self, failure: Failure) -> None:
         self._log.failure("the metadata log could not sync", failure)
 
+    def hand_over(self, timeout: float) -> Deferred:
+        """Before a graceful stop (SIGTERM): transfer every group this node leads to a caught-up
+        follower, and fire once it leads none (or C{timeout} passed), so that clients meet a
+        leader elsewhere at once instead of waiting out an election timeout."""
+        done: Deferred = Deferred()
+        if self.host is None:
+            done.callback(0)
+            return done
+        deadline = self.clock.seconds() + timeout
+        asked: dict[str, float] = {}
+
+        def led() -> list[str]:
+            return [g for g, core in self.cores.items() if core.role == LEADER and core.peers]
+
+        def check() -> None:
+            groups = led()
+            now = self.clock.seconds()
+            if not groups or now >= deadline:
+                if groups:
+                    self._log.warn("stopping while leading {count} groups: no caught-up follower took them",
+                                   count=len(groups))
+                done.callback(len(groups))
+                return
+            live = self.live()
+            for group in groups:
+                core = self.cores[group]
+                if asked.get(group, -1.0) + core.config.election_timeout > now:
+                    continue  # a transfer is under way (the core gives it an election timeout)
+                targets = [p for p in core.peers if core.caught_up(p) and live.get(md.node_of(p)) == p.split(".")[1]]
+                if targets:
+                    asked[group] = now
+                    self.host.transfer_leadership(group, sorted(targets)[0])  # type: ignore[union-attr]
+            self.clock.callLater(0.02, check)
+
+        check()
+        return done
+
     def stop(self) -> None:
         self.stopped = True
         if self._planning.running:

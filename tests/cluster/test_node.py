@@ -140,3 +140,25 @@ def test_a_restarted_follower_catches_up_on_what_it_missed(cluster):
         return replica is not None and replica.log.end_offset == 10 and replica.commit_index >= 11
 
     cluster.run_until(caught_up, timeout=10)
+
+
+def test_a_stopping_leader_hands_its_groups_to_caught_up_followers_before_it_goes(cluster):
+    create(cluster, 1, partitions=3)
+    node = cluster.nodes[1]
+    assert any(core.role == LEADER for g, core in node.cores.items() if g != "__meta")
+    conn = cluster.connect(1)
+    pending = conn.request("Send", {"topic": "t", "partition": 0, "value": "in flight"})
+    handed: list[int] = []
+    began = cluster.clock.seconds()
+    node.hand_over(5.0).addCallback(handed.append)
+    cluster.run_until(lambda: handed, timeout=6)
+    took = cluster.clock.seconds() - began
+    assert handed == [0] and took < 0.3  # well within one election timeout (300 ms): no election wait
+    assert not any(core.role == LEADER for core in node.cores.values())
+    [answer] = [a for a in conn.answers() if a["id"] == pending]
+    assert answer["result"]["offset"] == 0  # the write in flight was answered, not lost
+    cluster.kill(1)
+    new = leader_of(cluster, "t", 0)
+    assert new in (2, 3)
+    polled = cluster.call(new, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]
+    assert [m["value"] for m in polled["messages"]] == ["in flight"]

@@ -130,3 +130,64 @@ def test_sigkill_of_the_leader_loses_no_acknowledged_message(tmp_path):
     finally:
         for n in nodes.values():
             n.stop()
+
+
+def test_a_rolling_restart_with_sigterm_loses_nothing_and_moves_leadership_first(tmp_path):
+    ports = free_ports(3)
+    nodes = start_cluster(tmp_path, ports)
+    peers = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports))
+    try:
+        wait_for(lambda: formed(nodes), 30, "three nodes to form a cluster")
+        bootstrap = ",".join(n.address for n in nodes.values())
+        acked: dict[int, int] = {}
+        retried = 0
+        with BlockingClient(bootstrap, timeout=5) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
+                    break
+                except RETRIABLE:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            wait_for(lambda: leader(nodes, "t"), 20, "a leader of t/0")
+            value = 0
+            for i in list(nodes):
+                # SIGTERM: the node hands its groups over, answers what it appended, stops.
+                nodes[i].signal(signal.SIGTERM)
+                while nodes[i].alive():
+                    try:
+                        acked[value] = int(client.send("t", value, partition=0)["offset"])
+                        value += 1
+                    except RETRIABLE:
+                        retried += 1
+                        time.sleep(0.02)
+                assert nodes[i].wait(10) == -signal.SIGTERM or nodes[i].process.returncode == 0
+                work = tmp_path / f"n{i}"
+                nodes[i] = ServerProcess(work, name=f"node{i}", extra=[
+                    "--node-id", str(i), "--peers", peers, "--peer-listen", f"tcp:{ports[i - 1]}:interface=127.0.0.1",
+                    "--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+                wait_for(lambda: formed(nodes), 30, f"node {i} to rejoin")
+                for _ in range(20):
+                    acked[value] = send(client, value, time.monotonic() + 20)
+                    value += 1
+            new = wait_for(lambda: leader(nodes, "t"), 20, "a leader")
+            reader = LineClient(nodes[new].port)
+            stored: dict[int, object] = {}
+            offset = 0
+            while True:
+                result = reader.call("Poll", {"topic": "t", "partition": 0, "offset": offset, "max_messages": 500})
+                assert "result" in result, result
+                for m in result["result"]["messages"]:
+                    stored[m["offset"]] = m["value"]
+                if result["result"]["next_offset"] == offset:
+                    break
+                offset = result["result"]["next_offset"]
+            reader.close()
+        for v, at in acked.items():
+            assert stored.get(at) == v, (v, at, stored.get(at))
+        print(f"rolling restart: {len(acked)} acknowledged sends, {retried} retried (retriable errors)")
+    finally:
+        for n in nodes.values():
+            n.stop()
