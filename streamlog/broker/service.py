@@ -97,6 +97,8 @@ class NodeConfig:
             default_partitions=self.default_partitions,
             limits=self.limits,
             unsynced_durability="memory" if self.storage == "memory" else "written",
+            # A request meeting an election waits up to two election timeouts (at least 1 s) for it.
+            election_wait=max(1.0, 2 * self.election_timeout_ms / 1000.0),
         )
 
 
