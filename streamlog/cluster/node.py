@@ -102,6 +102,8 @@ class ClusterNode(GroupCallbacks):
         self.directory.framed = True
         self.links: dict[int, LinkProtocol] = {}
         self.hellos: dict[int, Hello] = {}
+        #: node id -> the other cluster id its hello carried (see link_up).
+        self._foreign: dict[int, str] = {}
         #: node id -> {group: (term, leader node id or None)}, as that node announced.
         self.announced: dict[int, dict[str, tuple[int, int | None]]] = {}
         self.cores: dict[str, Any] = {}
@@ -181,9 +183,17 @@ class ClusterNode(GroupCallbacks):
         assert self.identity is not None
         ours = self.identity.cluster_id
         if ours is not None and hello.cluster_id is not None and hello.cluster_id != ours:
-            self._refuse(f"peer node {hello.node_id} belongs to cluster {hello.cluster_id}, this node's data dir to "
-                         f"cluster {ours}: check --peers and --data-dir")
+            # Whose data is wrong?  The node a majority of its peers disagree with stops; the
+            # others only close the connection (a stray node must not stop a healthy cluster).
+            self._foreign[hello.node_id] = hello.cluster_id
+            self._log.warn("peer node {node} belongs to cluster {theirs}, this node to {ours}; closing",
+                           node=hello.node_id, theirs=hello.cluster_id, ours=ours)
+            if len(self._foreign) > len(self.peers) / 2:
+                self._refuse(f"peer nodes {sorted(self._foreign)} belong to cluster {hello.cluster_id}, this node's "
+                             f"data dir ({self.identity_store.path or 'memory'}) to cluster {ours}: check --peers, "
+                             "--node-id and --data-dir")
             return False
+        self._foreign.pop(hello.node_id, None)
         old = self.links.get(hello.node_id)
         self.links[hello.node_id] = link
         self.hellos[hello.node_id] = hello
@@ -227,8 +237,12 @@ class ClusterNode(GroupCallbacks):
             link.announce(self._my_leaders(), full=True)
 
     def _refuse(self, line: str) -> None:
+        """This node must not run: say why once, stop, and tell the process (which exits 1)."""
+        if self.refused is not None:
+            return
         self.refused = line
         self._log.critical("{line}", line=line)
+        self.clock.callLater(0, self.stop)
         if self.on_fatal is not None:
             self.on_fatal(line)
 
@@ -641,7 +655,9 @@ class ClusterNode(GroupCallbacks):
         leader, term = self.leader_of(group)
         core = self.cores.get(group)
         if core is not None and core.role == LEADER:
-            isr = sorted({md.node_of(m) for m in core.voters if m == core.id or core.caught_up(m)})
+            live = self.live()
+            isr = sorted({md.node_of(m) for m in core.voters
+                          if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
         else:
             isr = [n for n in placement.replicas if n in self.live()] if leader is not None else []
         return {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),

@@ -162,3 +162,23 @@ def test_a_stopping_leader_hands_its_groups_to_caught_up_followers_before_it_goe
     assert new in (2, 3)
     polled = cluster.call(new, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]
     assert [m["value"] for m in polled["messages"]] == ["in flight"]
+
+
+def test_a_node_of_another_cluster_is_refused_and_stops_while_the_cluster_serves_on(cluster):
+    create(cluster, 1, partitions=1)
+    refused: list[str] = []
+    node = cluster.nodes[3]
+    cluster.kill(3)
+    # Node 3 comes back with the data dir of another cluster (another cluster id in node.json).
+    from streamlog.cluster.identity import NodeIdentity
+
+    store = cluster.identities[3]
+    other = NodeIdentity(3, node.identity.incarnation, "ab" * 16, dict(node.identity.members))
+    store.save(other)
+    started = cluster.start(3)
+    started.on_fatal = refused.append
+    cluster.run(2.0)
+    assert len(refused) == 1 and "ab" * 16 in refused[0] and "\n" not in refused[0]
+    assert cluster.nodes[1].refused is None and cluster.nodes[2].refused is None  # they only closed the link
+    answer = cluster.call(1, "Send", {"topic": "t", "partition": 0, "value": "still"})
+    assert "result" in answer or answer["error"]["code"] == "NOT_LEADER"
