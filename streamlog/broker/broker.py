@@ -548,7 +548,8 @@ class Broker:
     def apply_retention(self) -> None:
         now = self.now_ms()
         for topic in self.topics.values():
-            for partition in topic.partitions:
+            # Only this node's replicas (in a cluster, each replica applies retention to its own log).
+            for partition in [p for p in topic.partitions if isinstance(p, PartitionReplica)]:
                 before = partition.start_offset
                 try:
                     after = partition.apply_retention(now)

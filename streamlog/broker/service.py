@@ -286,7 +286,10 @@ class BrokerService(service.Service):
         except (OSError, ValueError, StorageError) as e:
             self._abandon(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
-        partitions = list(broker.directory.replicas()) or list(broker.directory.by_group.values())
+        if self.cluster is not None:  # one storage log per Raft group, the metadata group's included
+            partitions = [log for name, (_, logs) in self.cluster.loaded.items() if name != "__meta" for log in logs]
+        else:
+            partitions = list(broker.directory.replicas())
         self.recovery = Recovery(
             topics=len(broker.topics), partitions=len(partitions),
             unavailable=sum(1 for p in partitions if p.failed is not None),

@@ -182,3 +182,9 @@ def test_a_node_of_another_cluster_is_refused_and_stops_while_the_cluster_serves
     assert cluster.nodes[1].refused is None and cluster.nodes[2].refused is None  # they only closed the link
     answer = cluster.call(1, "Send", {"topic": "t", "partition": 0, "value": "still"})
     assert "result" in answer or answer["error"]["code"] == "NOT_LEADER"
+
+
+def test_retention_runs_over_this_nodes_replicas_only(cluster):
+    create(cluster, 1, partitions=3, replication_factor=1)
+    for i in cluster.nodes:
+        cluster.brokers[i].apply_retention()  # partitions held elsewhere are not this node's to trim
