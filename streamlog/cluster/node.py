@@ -88,6 +88,8 @@ class ClusterNode(GroupCallbacks):
         self.on_fatal = on_fatal
         self.planner = Planner(planner_config)
         self.plan_interval = plan_interval
+        #: Replicas created per reactor turn (their file work runs on the reactor thread).
+        self.creates_per_turn = 8
         self.forward_timeout = forward_timeout
         self.node_id: int = config.node_id
         self.peers: dict[int, str] = {n: a for n, a in config.peers.items() if n != self.node_id}
@@ -450,8 +452,18 @@ class ClusterNode(GroupCallbacks):
         if self.host is None or self.state is None or self.stopped:
             return
         try:
+            created = 0
             for action in self.planner.plan(self.state, self.view(), self.clock.seconds()):
+                if isinstance(action, CreateReplica):
+                    if created >= self.creates_per_turn:
+                        # The rest in later reactor turns: a 1,024-partition topic must not hold the
+                        # reactor (clients, heartbeats) for the seconds its files take to make.
+                        self._schedule_plan()
+                        continue
+                    created += 1
                 self._carry_out(action)
+            if created:
+                self._refresh_topics()  # once a turn, not once a replica
         except Exception:
             self._log.failure("planning failed")
 
@@ -484,7 +496,6 @@ class ClusterNode(GroupCallbacks):
         factor = len(topic.partitions[action.partition].replicas) if topic is not None else len(initial) or 1
         replica = self.directory.open_replica(action.topic, action.partition, log, action.group, (), factor)
         self.cores[action.group] = replica.node
-        self._refresh_topics()
 
     def _delete_replica(self, group: str) -> None:
         replica = self.directory.by_group.pop(group, None)
