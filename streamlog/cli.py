@@ -6,6 +6,8 @@
     seq 5 | streamlog produce events --json-values  # one message per stdin line
     streamlog consume events --from earliest --count 10
     streamlog --json topics describe events
+    streamlog cluster up --nodes 3                  # a local cluster (streamlog.cli_cluster_up)
+    streamlog cluster status                        # its nodes, controller, leaders (streamlog.cli_cluster)
 
 Output is for people by default; C{--json} prints JSON (one object per line
 for C{produce} and C{consume}).  Exit status: 0 success; 1 an error from the
@@ -516,12 +518,23 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- cluster ---------------------------------------------------------------------------------
+
+
+def register_cluster(sub: Any, common: argparse.ArgumentParser) -> None:
+    """C{cluster up} and C{cluster status}: they live in L{streamlog.cli_cluster} (imported here, late,
+    because it builds on this module's helpers)."""
+    from streamlog import cli_cluster
+
+    cli_cluster.register(sub, common)
+
+
 # --- the parser and main ---------------------------------------------------------------------
 
 
 #: Registration functions, called in order by L{build_parser} with (subparsers, common parent parser).
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
-    register_topics, register_produce, register_consume, register_ping,
+    register_topics, register_produce, register_consume, register_ping, register_cluster,
 ]
 
 #: Modules that add subcommands when present: each has C{register(subparsers, common)}.
@@ -655,4 +668,8 @@ def _silence_stdout() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the main of streamlog.cli as imported, not of this __main__ copy: subcommands in other
+    # modules (cluster, bench) raise streamlog.cli's own exception classes.
+    from streamlog.cli import main as _main
+
+    sys.exit(_main())

@@ -7,10 +7,14 @@ The effects contract (the driver and the simulator both honour it):
 
 * Effects of one node are processed strictly in order, across calls: a driver keeps one FIFO
   per node and appends each call's effects to it.
-* `PersistHardState` and `SyncLog` are barriers: nothing after them in the FIFO (in particular
-  no `Send`, `Commit`) is released until the fsync has completed. This is what makes "term and
-  vote are durable before any message that depends on them" and "a follower acknowledges only
-  durable entries" hold, even with asynchronous (group-commit) fsync.
+* `PersistHardState` and `SyncLog(barrier=True)` are barriers: nothing after them in the FIFO
+  (in particular no `Send`, `Commit`) is released until the fsync has completed. This is what
+  makes "term and vote are durable before any message that depends on them" and "a follower
+  acknowledges only durable entries" hold, even with asynchronous (group-commit) fsync.
+* A leader's own appends emit `SyncLog(barrier=False)`: the driver starts the fsync and goes
+  on releasing effects (the leader replicates before its own fsync, thesis §10.2.1). Every
+  `SyncLog`, barrier or not, is reported back in the order emitted with `log_synced(upto, now)`
+  once complete; the leader counts itself in the quorum only at that durable index.
 * The core writes entries through its `RaftLog` itself (so it reads its own writes at once);
   `SyncLog` asks the driver to make everything written so far durable.
 * `Commit(upto)` may be acted on (applied, acknowledged to clients) once released.
@@ -21,6 +25,7 @@ Why these rules and not others: see docs/raft.md.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterable
 
 import attrs
@@ -60,6 +65,10 @@ class RaftConfig:
     max_batch_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    # Idle groups go quiet (no heartbeats, no election timers). Quiescence needs node-level
+    # liveness from the driver (wake, leader_node_lost): None leaves it off in the core and
+    # on under RaftHost, which provides it; True or False decides for both.
+    quiesce: bool | None = None
 
 
 @attrs.frozen
@@ -86,9 +95,12 @@ class PersistHardState:
 
 @attrs.frozen
 class SyncLog:
-    """Barrier: fsync every log write made so far (entries up to `upto` at least)."""
+    """Fsync every log write made so far (entries up to `upto` at least), then report it with
+    `RaftNode.log_synced(upto, now)`. A barrier (the default) holds back every later effect
+    until then; a leader's own appends are not barriers (it counts itself at its durable index)."""
 
     upto: int
+    barrier: bool = True
 
 
 @attrs.frozen
@@ -191,6 +203,14 @@ class RaftNode:
         self._transfer_target: str | None = None
         self._transfer_deadline = 0.0
         self._reported: tuple[str, int, str | None] = (self.role, self.term, self.leader_id)
+        # Durability of the log as this node knows it: the recovered log is on disk. Every
+        # SyncLog emitted and not yet reported is a point in `_sync_points` (clamped when the log
+        # shrinks under it: an fsync that completes later may predate the rewrite).
+        self.durable_index = log.last_index
+        self._sync_points: deque[int] = deque()
+        self._barrier_upto = log.last_index  # durable once every barrier SyncLog emitted completes
+        # Quiescence: a quiet group sends nothing and runs no election timer (see `quiet`).
+        self.quiet = False
         self._refresh_config()
         self._reset_election_timer()
 
@@ -204,15 +224,35 @@ class RaftNode:
         """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now
         if from_id != self.id:
+            if self.quiet and not self._stays_quiet(msg):
+                self._wake()
             self._receive(from_id, msg)
         return self._take()
+
+    def _stays_quiet(self, msg: Message) -> bool:
+        """A quiet follower stays quiet for a vote request it refuses anyway (its leader is
+        alive: node heartbeats say so) and for a repeated quiet heartbeat; anything else wakes
+        the group. A quiet leader stays quiet for the answers to its quiet heartbeat (they say
+        nothing new) and wakes on any other message: a node that missed the quiet heartbeat
+        campaigns, and the leader then heartbeats it back into line."""
+        if self.role == LEADER:
+            return (isinstance(msg, AppendEntriesResponse) and msg.success and msg.term == self.term
+                    and msg.match_index >= self.log.last_index)
+        if isinstance(msg, RequestVote):
+            return not msg.transfer
+        return isinstance(msg, AppendEntries) and msg.quiet and msg.term == self.term
 
     def tick(self, now: float) -> list[Effect]:
         """Advance time: elections, heartbeats, check-quorum, transfer timeouts."""
         self._now = now
+        if self.quiet:
+            return self._take()
         if self.role == LEADER:
             if now >= self._heartbeat_due:
                 self._heartbeat_due = now + self.config.heartbeat_interval
+                if self._may_quiesce():
+                    self._quiesce()
+                    return self._take()
                 for peer in list(self._progress):
                     self._replicate(peer, heartbeat=True)
             if now >= self._quorum_check_due:
@@ -233,6 +273,7 @@ class RaftNode:
         self._now = now
         if self.role != LEADER or self._transfer_target is not None:
             return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
+        self._wake()
         index = self._append_local(data)
         for peer in list(self._progress):
             self._replicate(peer)
@@ -244,6 +285,7 @@ class RaftNode:
         until the transfer completes or an election timeout passes."""
         self._now = now
         if self.role == LEADER and target in self.peers:
+            self._wake()
             self._transfer_target = target
             self._transfer_deadline = now + self.config.election_timeout
             if self._progress[target].match == self.log.last_index:
@@ -277,9 +319,10 @@ class RaftNode:
             new = self.voters - {remove}
             if not new:
                 return ChangeRefused("cannot remove the last voter"), self._take()
+        self._wake()
         index = self.log.last_index + 1
         self.log.append([Entry(index, self.term, b"", tuple(sorted(new)))])
-        self._sync_log()
+        self._sync_log(barrier=False)
         self._refresh_config()
         for peer in list(self._progress):
             self._replicate(peer)
@@ -305,6 +348,7 @@ class RaftNode:
         up commits of a small group. Leader-local: a new leader forgets its learners."""
         self._now = now
         if self.role == LEADER and peer != self.id and peer not in self.voters and peer not in self._learners:
+            self._wake()
             self._learners.add(peer)
             self._progress[peer] = Progress(self.log.last_index + 1, now)
             self._replicate(peer, heartbeat=True)
@@ -329,13 +373,113 @@ class RaftNode:
             self.log.truncate_prefix(upto)
 
     def next_deadline(self) -> float:
-        """The earliest `now` at which tick() has work to do (a driver may sleep until then)."""
+        """The earliest `now` at which tick() has work to do (a driver may sleep until then);
+        infinity while the group is quiet."""
+        if self.quiet:
+            return float("inf")
         if self.role == LEADER:
             deadlines = [self._heartbeat_due, self._quorum_check_due]
             if self._transfer_target is not None:
                 deadlines.append(self._transfer_deadline)
             return min(deadlines)
         return self._election_deadline
+
+    def log_synced(self, upto: int, now: float) -> list[Effect]:
+        """The oldest outstanding `SyncLog` (whose `upto` is passed back) has completed: every
+        log write made before it was emitted is durable. Drivers report every SyncLog, barrier
+        or not, in the order emitted. A leader counts itself towards commits at this index."""
+        self._now = now
+        point = self._sync_points.popleft() if self._sync_points else upto
+        durable = min(point, upto, self.log.last_index)
+        if durable > self.durable_index:
+            self.durable_index = durable
+            if self.role == LEADER:
+                self._maybe_commit()
+        return self._take()
+
+    def wake(self, now: float) -> list[Effect]:
+        """Leave quiescence (a driver's signal: a peer node reconnected, an operator asked). A
+        woken follower gives its leader a full election timeout to be heard from."""
+        self._now = now
+        self._wake()
+        return self._take()
+
+    def leader_node_lost(self, now: float) -> list[Effect]:
+        """The node of this group's leader is gone (its connection closed, or its node
+        heartbeats stopped for an election timeout): a quiet follower would otherwise never
+        notice. Wake, forget the leader's lease and campaign after a short delay (with pre-vote,
+        so a false alarm costs no term)."""
+        self._now = now
+        if self.role == LEADER:
+            self._wake()
+            return self._take()
+        lost = self.leader_id
+        self.quiet = False
+        self._last_leader_contact = float("-inf")
+        self.leader_id = None
+        # Every follower of the lost leader hears of it at about the same moment: random delays
+        # alone would often start two candidates together and split the vote (then everyone
+        # waits an election timeout). So the survivors take turns, half an election timeout
+        # apart, in an order that every one of them computes alike (sorted ids, rotated by the
+        # term, so that the groups of one lost node spread over the survivors).
+        survivors = sorted(v for v in self.voters if v != lost)
+        rank = (survivors.index(self.id) + self.term) % len(survivors) if self.id in survivors else len(survivors)
+        self._election_deadline = now + rank * self.config.election_timeout / 2 + (
+            self._rng.random() * self.config.heartbeat_interval)
+        return self._take()
+
+    def committed_in_term(self) -> bool:
+        """Whether this node (as leader) has committed an entry of its own term: only then is
+        its commit index (and a high watermark derived from it) known to be the group's."""
+        return self.role == LEADER and self._committed_own_term()
+
+    # ------------------------------------------------------------------ quiescence
+
+    def _may_quiesce(self) -> bool:
+        """A leader goes quiet only when there is nothing left to tell anyone who listens:
+        every follower (voter or learner) heard from since the last quorum check or wake holds
+        its whole log, all of it committed and on the leader's own disk, no transfer is under
+        way, and those followers and the leader are a quorum. A follower that did not answer
+        (its node is down, say) is no reason to stay awake: it cannot be sent anything anyway,
+        and when it comes back its election timer runs (it is not quiet), so its first
+        pre-vote wakes the group; the driver also wakes the group when its node reconnects. A
+        leader cut off from a quorum stays awake, so check-quorum can depose it. Followers
+        learn the commit index from the quiet heartbeat."""
+        log = self.log
+        if not self.config.quiesce or self._transfer_target is not None or not self._committed_own_term():
+            return False
+        if self.commit_index != log.last_index or self.durable_index < log.last_index:
+            return False
+        active = 0
+        for peer, p in self._progress.items():
+            if not p.recent_active:
+                continue
+            if p.match != log.last_index or p.state != REPLICATE or p.inflight:
+                return False
+            active += peer in self.voters
+        return active + (self.id in self.voters) >= self.quorum
+
+    def _quiesce(self) -> None:
+        last = self.log.last_index
+        for peer in list(self._progress):
+            self._send(peer, AppendEntries(self.term, self.id, last, self.log.last_term, (), self.commit_index,
+                                           quiet=True))
+        self.quiet = True
+
+    def _wake(self) -> None:
+        if not self.quiet:
+            return
+        self.quiet = False
+        if self.role == LEADER:
+            # Responses stopped while quiet: give the quorum a full window from now.
+            self._heartbeat_due = self._now
+            self._quorum_check_due = self._now + self.config.election_timeout
+            for p in self._progress.values():
+                p.recent_active = False
+                p.last_progress = self._now
+        else:
+            self._last_leader_contact = self._now
+            self._reset_election_timer()
 
     # ------------------------------------------------------------------ message handling
 
@@ -396,7 +540,7 @@ class RaftNode:
         log = self.log
         if m.prev_index < self.commit_index:
             # Everything up to our commit index matches the leader already; skip ahead.
-            self._send(frm, AppendEntriesResponse(self.term, True, match_index=self.commit_index))
+            self._ack(frm, self.commit_index)
             return
         local_prev_term = log.term_at(m.prev_index)
         if local_prev_term is None:
@@ -422,6 +566,7 @@ class RaftNode:
             if local != e.term:
                 truncated = e.index <= self._config_index
                 log.truncate_suffix(e.index)
+                self._log_shrunk(e.index)
                 new = m.entries[i:]
                 break
         if new:
@@ -432,18 +577,37 @@ class RaftNode:
         last_new = m.prev_index + len(m.entries)
         if m.commit > self.commit_index and last_new > self.commit_index:
             self._set_commit(min(m.commit, last_new))
-        self._send(frm, AppendEntriesResponse(self.term, True, match_index=last_new))
+        self._ack(frm, last_new)
+        if m.quiet and not m.entries and last_new == log.last_index and self.commit_index >= m.commit:
+            self.quiet = True  # the leader has nothing more to say: stop the election timer
+
+    def _ack(self, frm: str, match: int) -> None:
+        """Acknowledge `match`: only durable entries. A node that led wrote entries without a
+        barrier (its own fsync was not awaited); if its acknowledgement would vouch for such an
+        entry, a barrier SyncLog goes first (a no-op for the disk when it is synced already)."""
+        if match > max(self.durable_index, self._barrier_upto):
+            self._sync_log()
+        self._send(frm, AppendEntriesResponse(self.term, True, match_index=match))
+
+    def _log_shrunk(self, lo: int) -> None:
+        """Entries from `lo` on were removed (and may be rewritten): no fsync that was asked for
+        before now can vouch for them."""
+        floor = lo - 1
+        self.durable_index = min(self.durable_index, floor)
+        self._barrier_upto = min(self._barrier_upto, floor)
+        self._sync_points = deque(min(p, floor) for p in self._sync_points)
 
     def _handle_install_snapshot(self, frm: str, m: InstallSnapshot) -> None:
         self._heard_from_leader(frm)
         if m.last_index > self.commit_index:
             if self.log.term_at(m.last_index) != m.last_term:
                 self.log.reset(m.last_index, m.last_term, m.config)
+                self._log_shrunk(m.last_index + 1)
                 self._sync_log()
                 self._refresh_config()
                 self._effects.append(SnapshotInstalled(m.last_index, m.last_term, m.data))
             self._set_commit(m.last_index)
-        self._send(frm, AppendEntriesResponse(self.term, True, match_index=max(m.last_index, self.commit_index)))
+        self._ack(frm, max(m.last_index, self.commit_index))
 
     def _handle_append_entries_response(self, frm: str, m: AppendEntriesResponse) -> None:
         pr = self._progress.get(frm)
@@ -558,12 +722,17 @@ class RaftNode:
     def _maybe_commit(self) -> None:
         matches = [p.match for peer, p in self._progress.items() if peer in self.voters]
         if self.id in self.voters:
-            matches.append(self.log.last_index)
+            # Counted at its durable index: it replicated before its own fsync completed.
+            matches.append(self._self_match())
         if len(matches) < self.quorum:
             return
         candidate = sorted(matches, reverse=True)[self.quorum - 1]
         if candidate > self.commit_index and self._can_commit(candidate):
             self._set_commit(candidate)
+
+    def _self_match(self) -> int:
+        """What the leader counts for itself: its durable index (a subclass may get this wrong)."""
+        return min(self.durable_index, self.log.last_index)
 
     def _can_commit(self, index: int) -> bool:
         """Raft §5.4.2: count replicas only for an entry of the leader's own term; earlier
@@ -580,6 +749,7 @@ class RaftNode:
     # ------------------------------------------------------------------ role changes
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        self.quiet = False
         self._reset_election_timer()
         self._votes = {self.id}
         self.leader_id = None
@@ -603,6 +773,7 @@ class RaftNode:
             self._send(peer, req)
 
     def _become_follower(self, term: int, leader: str | None) -> None:
+        self.quiet = False
         if term != self.term:
             self.term = term
             self.voted_for = None
@@ -616,6 +787,7 @@ class RaftNode:
         self._transfer_target = None
 
     def _become_leader(self) -> None:
+        self.quiet = False
         self.role = LEADER
         self.leader_id = self.id
         next_index = self.log.last_index + 1
@@ -640,8 +812,8 @@ class RaftNode:
     def _in_lease(self) -> bool:
         """True while a leader is known to be alive: then vote requests are not disruptive
         elections but partitioned nodes rejoining, and are refused (thesis §4.2.3)."""
-        if self.role == LEADER:
-            return True
+        if self.role == LEADER or (self.quiet and self.leader_id is not None):
+            return True  # quiet: the leader's node heartbeats keep the lease (or leader_node_lost ends it)
         return self.leader_id is not None and self._now - self._last_leader_contact < self.config.election_timeout
 
     # ------------------------------------------------------------------ effects
@@ -649,7 +821,7 @@ class RaftNode:
     def _append_local(self, data: bytes) -> int:
         index = self.log.last_index + 1
         self.log.append([Entry(index, self.term, data)])
-        self._sync_log()
+        self._sync_log(barrier=False)  # the leader's sends do not wait for its own fsync
         return index
 
     def _set_commit(self, index: int) -> None:
@@ -693,8 +865,12 @@ class RaftNode:
     def _persist_hard_state(self) -> None:
         self._effects.append(PersistHardState(self.term, self.voted_for))
 
-    def _sync_log(self) -> None:
-        self._effects.append(SyncLog(self.log.last_index))
+    def _sync_log(self, barrier: bool = True) -> None:
+        upto = self.log.last_index
+        self._sync_points.append(upto)
+        if barrier:
+            self._barrier_upto = max(self._barrier_upto, upto)
+        self._effects.append(SyncLog(upto, barrier))
 
     def _send(self, to: str, msg: Message) -> None:
         self._effects.append(Send(to, msg))

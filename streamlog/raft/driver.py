@@ -1,19 +1,31 @@
-"""The Twisted driver: runs many Raft groups over real timers and one connection per node pair.
+"""The Twisted driver: runs many Raft groups of one node over the peer transport.
 
 `RaftHost` is one node's edge. It owns the groups that node is a member of (one `RaftNode`
-each), one `LoopingCall` that ticks them all, and at most one `PeerProtocol` per peer node.
+each), one `LoopingCall` that ticks the groups that are awake (a quiet group costs nothing per
+tick), and a `PeerTransport` (streamlog.raft.transport) with one connection per peer node.
 Each group's effects go through their own FIFO (`_GroupRunner`), honouring the core's contract:
-`PersistHardState` and `SyncLog` are barriers whose Deferred must fire before any later effect
-of that group (a `Send`, a `Commit`) is released. Barriers of different groups do not wait for
-each other.
+`PersistHardState` and barrier `SyncLog`s hold back every later effect of that group until
+their Deferred fires; a leader's own `SyncLog` (not a barrier) starts its fsync and lets the
+sends go on, and every `SyncLog` is reported back to the core (`log_synced`) in the order
+asked, so the leader counts itself at its durable index. Barriers of different groups do not
+wait for each other.
 
-Framing is JSON lines: after a hello line ``{"node": "<id>"}`` each line is
-``{"group": "<group id>", "from": "<node id>", "msg": {...}}`` (see `messages.to_dict`). Lines
-produced for one peer in the same reactor turn are written together, so the heartbeats of many
-groups share one write (and, with TCP_NODELAY, usually one segment).
+Identities: a member id is ``"<node id>.<incarnation>"`` (or a bare node id, when the host is
+built without an incarnation, as in tests). Messages are routed by the node id part; a message
+whose target member is not this node's current member is dropped and counted.
+
+Liveness: the transport sends a node heartbeat per peer per heartbeat interval. When a peer's
+connection closes (a killed process closes its sockets at once), every group here whose leader
+is on that node is told (`leader_node_lost`: campaign soon). When its node heartbeats stop for
+an election timeout (SIGSTOP, a partition, or a stall), its quiet groups here are woken, so
+their election timers run again. Either way the groups this node leads with a member there
+are woken (so check-quorum can judge them).
 
 Storage is injected per group as a `GroupStorage`: saving term/vote and syncing the log may
-return Deferreds (fsync in a thread pool, batched as a group commit); the driver waits on them.
+return Deferreds (fsync in a thread pool, batched as a group commit; the node's
+`HardStateStore` shares one fsync among every group saving in a turn); the driver waits on them.
+A failed fsync stops the group and calls `on_fatal` (the node wiring stops the process with
+exit status 70, as storage does).
 """
 
 from __future__ import annotations
@@ -24,14 +36,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
-import orjson
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import (
@@ -49,9 +59,17 @@ from streamlog.raft.core import (
     SyncLog,
 )
 from streamlog.raft.log import RaftLog
-from streamlog.raft.messages import InstallSnapshot, Message, from_dict, to_dict
+from streamlog.raft.messages import InstallSnapshot, Message
+from streamlog.raft.transport import (
+    FrameCodec,
+    Hello,
+    PeerConnection,
+    PeerTransport,
+    TransportLimits,
+    node_of,
+)
 
-MAX_LINE = 8 * 1024 * 1024  # keep RaftConfig.max_batch_bytes well below this (base64 grows data by 4/3)
+PeerProtocol = PeerConnection  # the name main's tests and wiring knew
 
 
 class GroupStorage(Protocol):
@@ -90,7 +108,8 @@ class GroupCallbacks:
         """Entries up to `upto` are committed: apply them, answer their producers."""
 
     def role_changed(self, group: str, role: str, term: int, leader: str | None) -> None:
-        """Leadership moved: update metadata, fail or redirect pending requests."""
+        """Leadership moved: update metadata, redirect new requests (pending submissions are
+        not failed by this: they resolve when their entry commits or is replaced)."""
 
     def snapshot_installed(self, group: str, index: int, term: int, data: bytes) -> None:
         """The group's log now starts after `index`: restore the state machine there."""
@@ -101,6 +120,15 @@ class GroupCallbacks:
         gone for every reader alike."""
         return b""
 
+    def forwarded(self, node: str, request: Any) -> Any:
+        """A node-level request forwarded by peer `node` (RaftHost.forward there): return the
+        answer (JSON-able) or a Deferred of it."""
+        return {"error": {"code": "NOT_SUPPORTED", "message": "this node takes no forwarded requests"}}
+
+    def cluster_mismatch(self, node: str, theirs: str) -> None:
+        """Peer `node` says it belongs to cluster `theirs`: its connection was refused. The node
+        wiring decides (a node whose data dir has a cluster id exits with one clear line)."""
+
 
 class NotLeaderError(Exception):
     """The write was refused, or its outcome is unknown because leadership moved: retry at
@@ -110,6 +138,31 @@ class NotLeaderError(Exception):
         super().__init__(f"group {group}: {message} (leader hint: {leader})")
         self.group = group
         self.leader = leader
+
+
+@attrs.define
+class _Waiter:
+    term: int
+    deferred: Deferred
+    deadline: float
+
+
+_DEFAULT = object()
+
+
+def _call_storage(fn: Callable[..., Any], *args: Any) -> Deferred | None:
+    """Call a storage method: None when it completed synchronously, else a Deferred of its
+    completion (a synchronous exception becomes a failed Deferred). Cheaper than maybeDeferred
+    on the common in-memory and already-synced paths."""
+    try:
+        result = fn(*args)
+    except Exception:
+        return fail()
+    if isinstance(result, Deferred):
+        if result.called and not isinstance(result.result, Failure):
+            return None
+        return result
+    return None
 
 
 class _GroupRunner:
@@ -124,61 +177,120 @@ class _GroupRunner:
         self.storage = storage
         self.queue: deque = deque()
         self.blocked = False
-        self.waiters: dict[int, tuple[int, Deferred]] = {}  # index -> (term, Deferred)
+        self.failed = False
+        self.syncs: deque[list[Any]] = deque()  # [upto, done] per SyncLog, in the order asked
+        self.waiters: dict[int, _Waiter] = {}
 
     def feed(self, effects: Iterable[Any]) -> None:
         self.queue.extend(effects)
         self.drain()
+        self.host._awake_check(self)
 
     def drain(self) -> None:
         while self.queue and not self.blocked:
             eff = self.queue.popleft()
             if isinstance(eff, Send):
                 self.host._send(eff.to, self.group, eff.msg)
-            elif isinstance(eff, (PersistHardState, SyncLog)):
-                if isinstance(eff, PersistHardState):
-                    d = maybeDeferred(self.storage.save_hard_state, HardState(eff.term, eff.voted_for))
-                else:
-                    d = maybeDeferred(self.storage.sync_log)
-                if d.called and not isinstance(d.result, Failure):
+            elif isinstance(eff, PersistHardState):
+                d = _call_storage(self.storage.save_hard_state, HardState(eff.term, eff.voted_for))
+                if d is None:
                     continue  # already durable (synchronous storage)
                 self.blocked = True
                 d.addCallbacks(self._unblock, self._fsync_failed)
+            elif isinstance(eff, SyncLog):
+                entry: list[Any] = [eff.upto, False]
+                self.syncs.append(entry)
+                d = _call_storage(self.storage.sync_log)
+                if d is None:
+                    entry[1] = True
+                    self._report_syncs()
+                    continue
+                if eff.barrier:
+                    self.blocked = True
+                d.addCallbacks(self._synced, self._fsync_failed, callbackArgs=(entry, eff.barrier))
             elif isinstance(eff, Commit):
                 self._call(self.host.callbacks.committed, self.group, eff.upto)
                 self._resolve(eff.upto)
             elif isinstance(eff, RoleChange):
-                self._log.info("group {group}: {role} in term {term}, leader {leader}",
-                               group=self.group, role=eff.role, term=eff.term, leader=eff.leader)
+                # Not logged here: a thousand groups failing over would write (and format) a
+                # thousand lines; the application's role_changed decides what is worth a line.
                 self._call(self.host.callbacks.role_changed, self.group, eff.role, eff.term, eff.leader)
-                if eff.role != LEADER:
-                    self._fail_waiters(eff.leader)
+                self.host._role_changed(self, eff)
+                self.check_waiters(self.host.clock.seconds())
             elif isinstance(eff, SnapshotInstalled):
                 self._call(self.host.callbacks.snapshot_installed, self.group, eff.index, eff.term, eff.data)
 
-    def _resolve(self, upto: int) -> None:
-        for index in sorted(i for i in self.waiters if i <= upto):
-            term, d = self.waiters.pop(index)
-            if self.node.log.term_at(index) == term or index < self.node.log.start_index:
-                d.callback(index)
-            else:
-                d.errback(NotLeaderError(self.group, self.node.leader_id, "write lost to a new leader"))
+    def _report_syncs(self) -> None:
+        """Tell the core of completed fsyncs, oldest first (its effects join the FIFO)."""
+        while self.syncs and self.syncs[0][1] and not self.failed:
+            upto = self.syncs.popleft()[0]
+            self.queue.extend(self.node.log_synced(upto, self.host.now()))
 
-    def _fail_waiters(self, leader: str | None) -> None:
+    def _synced(self, _: Any, entry: list[Any], barrier: bool) -> None:
+        entry[1] = True
+        if barrier:
+            self.blocked = False
+        self._report_syncs()
+        self.drain()
+        self.host._awake_check(self)
+
+    # --- waiters: resolved by commit with their term, failed when replaced or late
+
+    def add_waiter(self, index: int, term: int) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiters[index] = _Waiter(term, d, self.host.clock.seconds() + self.host.proposal_timeout)
+        self.host._waiting.add(self.group)
+        return d
+
+    def _resolve(self, upto: int) -> None:
+        log = self.node.log
+        for index in sorted(i for i in self.waiters if i <= upto):
+            w = self.waiters.pop(index)
+            if index < log.start_index or log.term_at(index) == w.term:
+                w.deferred.callback(index)
+            else:
+                w.deferred.errback(NotLeaderError(self.group, self._hint(), "write lost to a new leader"))
+
+    def check_waiters(self, now: float) -> None:
+        """Fail the waiters whose entry was replaced (truncated, or another term's entry now
+        at its index) or whose deadline passed: the outcome is then unknown to the caller."""
+        if not self.waiters:
+            self.host._waiting.discard(self.group)
+            return
+        log = self.node.log
+        for index in sorted(self.waiters):
+            w = self.waiters[index]
+            replaced = index >= log.start_index and log.term_at(index) != w.term
+            if replaced or now >= w.deadline:
+                del self.waiters[index]
+                why = "write lost to a new leader" if replaced else "not committed in time; outcome unknown"
+                w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+        if not self.waiters:
+            self.host._waiting.discard(self.group)
+
+    def fail_all(self, why: str) -> None:
         waiters, self.waiters = self.waiters, {}
-        for _, d in waiters.values():
-            d.errback(NotLeaderError(self.group, leader, "leadership lost; outcome unknown"))
+        for w in waiters.values():
+            w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+
+    def _hint(self) -> str | None:
+        leader = self.node.leader_id
+        return None if leader == self.node.id else leader
 
     def _unblock(self, _: Any) -> None:
         self.blocked = False
         self.drain()
+        self.host._awake_check(self)
 
     def _fsync_failed(self, failure: Any) -> None:
         # Nothing after a failed fsync may be released: the group stays blocked. A disk that
-        # cannot sync cannot take part in consensus; the operator must intervene.
+        # cannot sync cannot take part in consensus (fail-stop: the node wiring exits).
         self.blocked = True
+        self.failed = True
         self.queue.clear()
         self._log.failure("group {group}: fsync failed; the group stops here", failure, group=self.group)
+        if self.host.on_fatal is not None:
+            self.host.on_fatal(failure)
 
     def _call(self, fn: Callable, *args: Any) -> None:
         try:
@@ -187,100 +299,18 @@ class _GroupRunner:
             self._log.failure("group {group}: callback {fn} failed", group=self.group, fn=fn)
 
 
-class PeerProtocol(LineReceiver):
-    """One connection to one peer node, carrying every group's messages."""
-
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
-    _log = Logger()
-
-    def __init__(self, host: RaftHost):
-        self.host = host
-        self.peer: str | None = None
-        self._pending: list[bytes] = []
-        self._flush_call: Any = None
-        self._rx = b""
-
-    def connectionMade(self) -> None:
-        # Small pipelined lines must not wait on Nagle plus delayed ACK (ARCHITECTURE.md).
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        self.transport.write(orjson.dumps({"node": self.host.node_id}) + b"\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        """Split the whole read at once. `LineReceiver.dataReceived` re-splits its buffer once
-        per line, which is quadratic in the number of lines per read, and this connection
-        carries hundreds of small lines per write (one per group) by design."""
-        self._rx = self._rx + data if self._rx else data
-        if b"\n" not in data:
-            if len(self._rx) > self.MAX_LENGTH:
-                self.lineLengthExceeded(self._rx)
-            return
-        *lines, self._rx = self._rx.split(b"\n")
-        for line in lines:
-            if self.transport.disconnecting:
-                return
-            if len(line) > self.MAX_LENGTH:
-                self.lineLengthExceeded(line)
-                return
-            self.lineReceived(line)
-        if len(self._rx) > self.MAX_LENGTH:
-            self.lineLengthExceeded(self._rx)
-
-    def lineReceived(self, line: bytes) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            self._log.warn("bad line from {peer}: {error}", peer=self.peer, error=str(e))
-            return
-        if self.peer is None:
-            node = obj.get("node") if isinstance(obj, dict) else None
-            if not isinstance(node, str) or node not in self.host.peers:
-                self._log.warn("unknown peer hello {obj!r}; closing", obj=obj)
-                self.transport.loseConnection()
-                return
-            self.peer = node
-            self.host._peer_connected(node, self)
-            return
-        try:
-            if not isinstance(obj, dict) or obj.get("from") != self.peer:
-                raise ValueError("envelope must be {group, from, msg} from the connected peer")
-            group = obj.get("group")
-            if not isinstance(group, str):
-                raise ValueError("group must be a string")
-            msg = from_dict(obj.get("msg"))
-        except ValueError as e:
-            self._log.warn("bad message from {peer}: {error}", peer=self.peer, error=str(e))
-            return
-        self.host._receive(self.peer, group, msg)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._log.warn("line over {limit} bytes from {peer}; closing", limit=self.MAX_LENGTH, peer=self.peer)
-        self.transport.loseConnection()
-
-    def send_line(self, line: bytes) -> None:
-        """Queue a line; all lines queued in this reactor turn go out in one write."""
-        self._pending.append(line)
-        if self._flush_call is None:
-            self._flush_call = self.host.clock.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        lines, self._pending = self._pending, []
-        if lines and self.transport is not None:
-            self.transport.write(b"".join(lines))
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        if self.peer is not None:
-            self.host._peer_lost(self.peer, self)
-
-
 class RaftHost:
-    """One node: its Raft groups, their timers, and its connections to peer nodes."""
+    """One node: its Raft groups, their timers, and its peer transport.
+
+    `peers` are node ids (this node's may be included). With `incarnation` the node's member
+    id in every group is ``"<node_id>.<incarnation>"``; without, it is `node_id`. The hello
+    carries `cluster_id` (None: not yet known, the node wiring may set `cluster_id` later).
+    `on_fatal(failure)` is called when an fsync fails. `proposal_timeout` bounds how long
+    `submit` waits for a commit after leadership moved (default: 6 election timeouts).
+    `max_tick_gap` (default two ticks) is the most Raft time a gap between ticks counts for
+    (see `now`); None gives wall-clock time, where one `Clock.advance(1.0)` in a test expires
+    every timer at once, as a one-second stall of the reactor then would.
+    """
 
     _log = Logger()
 
@@ -293,23 +323,63 @@ class RaftHost:
         clock: IReactorTime | None = None,
         tick_interval: float | None = None,
         rng: random.Random | None = None,
+        *,
+        incarnation: str | None = None,
+        cluster_id: str | None = None,
+        codec: FrameCodec | None = None,
+        limits: TransportLimits | None = None,
+        on_fatal: Callable[[Failure], Any] | None = None,
+        proposal_timeout: float | None = None,
+        max_tick_gap: float | None | object = _DEFAULT,
     ):
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        if config.quiesce is None:
+            config = attrs.evolve(config, quiesce=True)  # this host provides node liveness
         self.node_id = node_id
+        self.incarnation = incarnation
+        self.member_id = f"{node_id}.{incarnation}" if incarnation else node_id
         self.peers = frozenset(peers) - {node_id}
         self.config = config
         self.callbacks = callbacks or GroupCallbacks()
         self.clock = clock
         self.rng = rng or random.Random()
+        self.on_fatal = on_fatal
+        self.proposal_timeout = proposal_timeout if proposal_timeout is not None else 6 * config.election_timeout
         self.groups: dict[str, _GroupRunner] = {}
-        self.connections: dict[str, PeerProtocol] = {}
+        self._raft_now = self._raft_real = clock.seconds()
+        self.transport = PeerTransport(node_id, self.peers, self, clock, incarnation=incarnation,
+                                       cluster_id=cluster_id, codec=codec, limits=limits,
+                                       heartbeat_interval=config.heartbeat_interval,
+                                       dead_after=config.election_timeout, now=self.now)
+        self.stats = self.transport.stats
+        self.remote_leadership: dict[str, dict[str, Any]] = {}  # node -> group -> [term, isr]
+        self._awake: set[str] = set()
+        self._waiting: set[str] = set()
+        self._led: dict[str, list[Any]] = {}  # groups this node leads -> [term, isr] as announced
+        self._lead_delta: dict[str, Any] = {}
+        self._lead_call: Any = None
         self._dialers: dict[str, ClientService] = {}
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tick_interval = tick_interval or config.heartbeat_interval / 2
+        # See now(): None means wall-clock time (a stalled reactor expires every timer at once).
+        self._max_step = 2 * self._tick_interval if max_tick_gap is _DEFAULT else (
+            float("inf") if max_tick_gap is None else float(max_tick_gap))  # type: ignore[arg-type]
 
     # --- lifecycle
+
+    @property
+    def connections(self) -> dict[str, PeerConnection]:
+        return self.transport.connections
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self.transport.cluster_id
+
+    @cluster_id.setter
+    def cluster_id(self, value: str | None) -> None:
+        self.transport.cluster_id = value
 
     def start(self) -> None:
         self._ticker.start(self._tick_interval, now=False)
@@ -317,11 +387,13 @@ class RaftHost:
     def stop(self) -> None:
         if self._ticker.running:
             self._ticker.stop()
+        if self._lead_call is not None and self._lead_call.active():
+            self._lead_call.cancel()
+        self._lead_call = None
         for service in self._dialers.values():
             service.stopService()
         self._dialers.clear()
-        for proto in list(self.connections.values()):
-            proto.transport.loseConnection()
+        self.transport.close()
 
     def dial(self, peer: str, endpoint: IStreamClientEndpoint) -> bool:
         """Keep a connection to `peer` open (reconnecting with backoff) if this node is the
@@ -329,53 +401,70 @@ class RaftHost:
         pair has exactly one connection. Returns whether a dialer was started."""
         if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
             return False
-        service = ClientService(endpoint, self.peer_factory(), retryPolicy=backoffPolicy(0.05, 2.0),
-                                clock=self.clock)
+        service = ClientService(endpoint, self.transport.factory(expect=peer),
+                                retryPolicy=backoffPolicy(0.05, 2.0), clock=self.clock)
         self._dialers[peer] = service
         service.startService()
         return True
 
-    def peer_factory(self) -> Factory:
-        """A factory for both listening and connecting: the hello line names the peer."""
-        return Factory.forProtocol(lambda: PeerProtocol(self))
+    def peer_factory(self, expect: str | None = None) -> Factory:
+        """A factory for the peer listener (`expect` None: the hello names the peer) or for
+        dialing `expect`."""
+        return self.transport.factory(expect)
+
+    def forward(self, node: str, request: Any, timeout: float = 5.0) -> Deferred:
+        """Send a node-level request (JSON-able) to `node`; fires with its answer
+        (`callbacks.forwarded` there)."""
+        return self.transport.forward(node, request, timeout)
 
     # --- groups
 
     def add_group(self, group: str, members: Iterable[str], storage: GroupStorage) -> RaftNode:
         """Run this node's member of a group, recovering from `storage`. `members` is the
-        group's initial voter set and must include this node; pass no members to join an
-        existing group, whose leader then adds this node with `change_membership`."""
+        group's initial voter set (member ids) and must include this node's; pass no members
+        to join an existing group, whose leader then adds this node with `change_membership`."""
         members = set(members)
-        if (members and self.node_id not in members) or not (members - {self.node_id}) <= self.peers:
-            raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.node_id}")
+        if group in self.groups:
+            raise ValueError(f"group {group} already runs here")
+        others = {node_of(m) for m in members if m != self.member_id}
+        if (members and self.member_id not in members) or not others <= self.peers:
+            raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.member_id}")
         rng = random.Random(self.rng.random())
-        node = RaftNode(self.node_id, members, storage.log, storage.load_hard_state(), self.config, rng,
-                        self.clock.seconds())
-        self.groups[group] = _GroupRunner(self, group, node, storage)
+        node = RaftNode(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
+                        self.now())
+        runner = _GroupRunner(self, group, node, storage)
+        self.groups[group] = runner
+        self._awake.add(group)
         return node
 
     def remove_group(self, group: str) -> None:
-        self.groups.pop(group, None)
+        runner = self.groups.pop(group, None)
+        self._awake.discard(group)
+        self._waiting.discard(group)
+        if runner is not None:
+            runner.fail_all("the group was removed from this node")
+            if self._led.pop(group, None) is not None:
+                self.transport.announce({group: None})
 
     def propose(self, group: str, data: bytes) -> int | NotLeader:
         """Propose an entry; the index commits when `callbacks.committed` passes it."""
         runner = self.groups[group]
-        result, effects = runner.node.propose(data, self.clock.seconds())
+        result, effects = runner.node.propose(data, self.now())
         runner.feed(effects)
         return result
 
     def submit(self, group: str, data: bytes) -> Deferred:
         """Propose an entry and wait: the Deferred fires with its index once it is committed
-        (on a majority's disks), or fails with NotLeaderError if this node is not the leader
-        or stops being the leader before then (the entry may still commit: retry
-        idempotently)."""
+        (on a majority's disks), or fails with NotLeaderError if this node is not the leader,
+        if the entry is replaced by another leader's, or if it is not committed within
+        `proposal_timeout` (the entry may still commit then: retry idempotently). A change of
+        leader alone fails nothing: a graceful transfer commits the entry in its term."""
         runner = self.groups[group]
-        result, effects = runner.node.propose(data, self.clock.seconds())
+        result, effects = runner.node.propose(data, self.now())
         if isinstance(result, NotLeader):
             runner.feed(effects)
             return fail(NotLeaderError(group, result.leader))
-        d: Deferred = Deferred()
-        runner.waiters[result] = (runner.node.term, d)
+        d = runner.add_waiter(result, runner.node.term)
         runner.feed(effects)
         return d
 
@@ -384,52 +473,197 @@ class RaftHost:
     ) -> int | NotLeader | ChangeRefused:
         """Add or remove one voter; done when the returned index is committed."""
         runner = self.groups[group]
-        result, effects = runner.node.change_membership(self.clock.seconds(), add=add, remove=remove)
+        result, effects = runner.node.change_membership(self.now(), add=add, remove=remove)
         runner.feed(effects)
         return result
 
     def add_learner(self, group: str, peer: str) -> None:
         """Start catching `peer` up before making it a voter (`RaftNode.add_learner`)."""
         runner = self.groups[group]
-        runner.feed(runner.node.add_learner(peer, self.clock.seconds()))
+        runner.feed(runner.node.add_learner(peer, self.now()))
 
     def transfer_leadership(self, group: str, target: str) -> None:
         runner = self.groups[group]
-        runner.feed(runner.node.transfer_leadership(target, self.clock.seconds()))
+        runner.feed(runner.node.transfer_leadership(target, self.now()))
+
+    def wake(self, group: str) -> None:
+        runner = self.groups[group]
+        runner.feed(runner.node.wake(self.now()))
+
+    def awake_groups(self) -> frozenset[str]:
+        """The groups that are not quiet (ticked every tick)."""
+        return frozenset(self._awake)
 
     # --- internals
 
+    def _awake_check(self, runner: _GroupRunner) -> None:
+        if runner.node.quiet:
+            self._awake.discard(runner.group)
+        elif runner.group in self.groups:
+            self._awake.add(runner.group)
+
+    def now(self) -> float:
+        """Raft time: the clock, except that a gap between ticks counts as at most two ticks.
+        A reactor busy for a second (a burst of a thousand elections, a GC pause) then does not
+        find every election timer expired when it gets round to ticking: like etcd's tick
+        counting, timeouts stretch when the node is starved instead of firing all at once and
+        feeding the overload (seen: 3 x 1,000 groups on a loaded 2-core machine never elected a
+        leader with wall-clock timers)."""
+        return self._raft_now + min(self.clock.seconds() - self._raft_real, self._max_step)
+
     def _tick(self) -> None:
-        now = self.clock.seconds()
-        for runner in list(self.groups.values()):
+        real = self.clock.seconds()
+        self._raft_now = now = self.now()
+        self._raft_real = real
+        for group in list(self._awake):
+            runner = self.groups.get(group)
+            if runner is None:
+                self._awake.discard(group)
+                continue
             try:
                 runner.feed(runner.node.tick(now))
             except Exception:
-                self._log.failure("group {group}: tick failed", group=runner.group)
+                self._log.failure("group {group}: tick failed", group=group)
+        for group in list(self._waiting):
+            runner = self.groups.get(group)
+            if runner is not None:
+                runner.check_waiters(real)  # a client's bound: wall-clock time
+        for node in self.transport.tick(now):
+            self._log.warn("peer node {node} silent for {t}s", node=node, t=self.config.election_timeout)
+            self._node_silent(node)
+        self._announce_isr()
 
-    def _receive(self, peer: str, group: str, msg: Message) -> None:
+    def _announce_isr(self) -> None:
+        """Deltas of in-sync replicas of the awake groups this node leads (quiet ones are in sync)."""
+        changed: dict[str, Any] = {}
+        for group in self._awake:
+            value = self._led.get(group)
+            runner = self.groups.get(group)
+            if value is None or runner is None or runner.node.role != LEADER:
+                continue
+            isr = self._isr(runner.node)
+            if isr != value[1]:
+                value[1] = isr
+                changed[group] = value
+        if changed:
+            self.transport.announce(changed)
+
+    def _isr(self, node: RaftNode) -> list[str]:
+        """In-sync replicas as the leader sees them: itself and the voters holding its commit index."""
+        return sorted(m for m in node.voters if m == node.id or (node.match_index(m) or 0) >= node.commit_index)
+
+    def _role_changed(self, runner: _GroupRunner, eff: RoleChange) -> None:
+        group = runner.group
+        if eff.role == LEADER:
+            self._led[group] = [eff.term, [runner.node.id]]
+            self._announce_later(group, self._led[group])
+        elif self._led.pop(group, None) is not None:
+            self._announce_later(group, None)
+
+    def _announce_later(self, group: str, value: Any) -> None:
+        """Leadership deltas of one reactor turn go out as one announcement (a node failing
+        over hundreds of groups sends one message, not hundreds)."""
+        self._lead_delta[group] = value
+        if self._lead_call is None:
+            self._lead_call = self.clock.callLater(0, self._announce_delta)
+
+    def _announce_delta(self) -> None:
+        self._lead_call = None
+        delta, self._lead_delta = self._lead_delta, {}
+        if delta:
+            self.transport.announce(delta)
+
+    def deliver(self, node: str, group: str, to: str, frm: str, msg: Message) -> None:
+        """From the transport: one group message from peer node `node`."""
+        if to != self.member_id:
+            self.stats["misaddressed"] += 1
+            self._log.debug("message for member {to} (we are {me}) of group {group} dropped",
+                            to=to, me=self.member_id, group=group)
+            return
         runner = self.groups.get(group)
         if runner is None:
-            self._log.warn("message for unknown group {group} from {peer}", group=group, peer=peer)
+            self.stats["unknown_group"] += 1
+            self._log.debug("message for unknown group {group} from {node}", group=group, node=node)
             return
-        runner.feed(runner.node.receive(peer, msg, self.clock.seconds()))
+        runner.feed(runner.node.receive(frm, msg, self.now()))
 
-    def _send(self, peer: str, group: str, msg: Message) -> None:
-        proto = self.connections.get(peer)
-        if proto is None:
-            return  # not connected: Raft treats it as a lost message and retries
+    def peer_connected(self, node: str, hello: Hello) -> None:
+        # Full leadership on connect; wake what we lead with a member there (it may have
+        # restarted and needs heartbeats to learn who leads).
+        self.transport.announce({g: v for g, v in self._led.items()}, full=True, to=node)
+        self._wake_led_with(node)
+
+    def peer_back(self, node: str) -> None:
+        """A silent peer node is heard from again (a partition healed, a process resumed):
+        wake the groups led here with a member there, so that it is caught up at once rather
+        than when its own election timer fires."""
+        self._wake_led_with(node)
+
+    def _wake_led_with(self, node: str) -> None:
+        now = self.now()
+        for group in list(self._led):
+            runner = self.groups.get(group)
+            if runner is not None and runner.node.quiet and any(node_of(m) == node for m in runner.node.voters):
+                runner.feed(runner.node.wake(now))
+
+    def peer_lost(self, node: str) -> None:
+        self.remote_leadership.pop(node, None)
+        self._node_lost(node)
+
+    def _node_silent(self, node: str) -> None:
+        """Peer node `node` sent nothing for an election timeout. That may be death (SIGSTOP,
+        a partition) or only a slow process: wake every quiet group it leads here, whose
+        election timers then run as in any awake group (an alive leader answers the first
+        pre-vote with heartbeats), and the groups led here with a member there. Waking, not
+        campaigning at once: a stall of one busy node must not start an election in every group
+        it leads."""
+        now = self.now()
+        for runner in list(self.groups.values()):
+            n = runner.node
+            if not n.quiet:
+                continue
+            if n.role == LEADER:
+                affected = any(node_of(m) == node for m in n.voters)
+            else:
+                affected = n.leader_id is not None and node_of(n.leader_id) == node
+            if affected:
+                runner.feed(n.wake(now))
+
+    def _node_lost(self, node: str) -> None:
+        """Peer node `node` is gone (connection closed or silent): its followers here
+        campaign soon, and the groups led here with a member there wake up."""
+        now = self.now()
+        for runner in list(self.groups.values()):
+            n = runner.node
+            if n.role == LEADER:
+                if n.quiet and any(node_of(m) == node for m in n.voters):
+                    runner.feed(n.wake(now))
+            elif n.leader_id is not None and node_of(n.leader_id) == node:
+                runner.feed(n.leader_node_lost(now))
+
+    def leadership(self, node: str, full: bool, groups: dict[str, Any]) -> None:
+        known = self.remote_leadership.setdefault(node, {})
+        if full:
+            known.clear()
+        for group, value in groups.items():
+            if value is None:
+                known.pop(group, None)
+            else:
+                known[group] = value
+
+    def forwarded(self, node: str, request: Any) -> Any:
+        handler = getattr(self.callbacks, "forwarded", None)
+        if handler is None:
+            return {"error": {"code": "NOT_SUPPORTED", "message": "this node takes no forwarded requests"}}
+        return handler(node, request)
+
+    def cluster_mismatch(self, node: str, theirs: str) -> None:
+        handler = getattr(self.callbacks, "cluster_mismatch", None)
+        if handler is not None:
+            handler(node, theirs)
+
+    def _send(self, to: str, group: str, msg: Message) -> None:
         if isinstance(msg, InstallSnapshot) and not msg.data:
             # The core knows where the log starts; the application knows its state there.
             msg = attrs.evolve(msg, data=self.callbacks.snapshot_data(group, msg.last_index))
-        proto.send_line(orjson.dumps({"group": group, "from": self.node_id, "msg": to_dict(msg)}) + b"\n")
-
-    def _peer_connected(self, peer: str, proto: PeerProtocol) -> None:
-        old = self.connections.get(peer)
-        self.connections[peer] = proto
-        if old is not None and old is not proto:
-            old.transport.loseConnection()
-        self._log.info("peer {peer} connected", peer=peer)
-
-    def _peer_lost(self, peer: str, proto: PeerProtocol) -> None:
-        if self.connections.get(peer) is proto:
-            del self.connections[peer]
+        self.transport.send(group, to, self.member_id, msg)

@@ -44,7 +44,9 @@ class RequestVoteResponse:
 
 @attrs.frozen
 class AppendEntries:
-    """Replicate `entries` after (prev_index, prev_term); an empty list is a heartbeat."""
+    """Replicate `entries` after (prev_index, prev_term); an empty list is a heartbeat. With
+    `quiet` the leader says it has nothing more to send: a follower that matches it entirely
+    stops its election timer until the group wakes (the leader's node heartbeats stand in)."""
 
     kind: ClassVar[str] = "append_entries"
     term: int
@@ -53,6 +55,7 @@ class AppendEntries:
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    quiet: bool = False
 
 
 @attrs.frozen
@@ -159,6 +162,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "last_log_term": (int,),
     "pre_vote": (bool,),
     "transfer": (bool,),
+    "quiet": (bool,),
     "granted": (bool,),
     "prev_index": (int,),
     "prev_term": (int,),

@@ -128,7 +128,12 @@ class Host:
         self.queue: deque = deque()
         self.durable_version = -1
         self.registered_upto = 0  # durable entries up to here were given to the log-matching check
-        self.syncing = False
+        self.syncing = False  # a barrier fsync is in progress: the effect queue waits
+        self.sync_done_at = 0.0  # log fsyncs complete in the order asked
+        self.hs_done_at = 0.0  # hard-state saves too
+        self.syncs_in_flight = 0
+        self.was_quiet = False
+        self.last_heard: dict[str, float] = {}  # node heartbeats: when each peer node was last heard
         self.paused = False
         self.inbox: list[tuple[str, Any]] = []
         self.incarnation = 0
@@ -269,6 +274,7 @@ HEARTBEAT = 0.05
 TICK = 0.01
 MAX_PENDING = 64
 MAX_EVENTS = 400_000  # a healthy seed needs a few thousand; more means a livelock or storm
+NODE_BEAT = object()  # a node-level heartbeat (liveness only, carries nothing per group)
 
 
 class Simulation:
@@ -303,6 +309,7 @@ class Simulation:
             heartbeat_interval=HEARTBEAT,
             max_inflight=self.profile.max_inflight,
             max_batch_bytes=self.profile.max_batch_bytes,
+            quiesce=True,  # the simulator models node liveness (node heartbeats, connection loss)
         )
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         # The group starts with every node, or (spare_nodes) without the last one, which joins
@@ -361,7 +368,10 @@ class Simulation:
                       "snapshot_conflict": 0,  # it has another entry (another term) there
                       "snapshot_at": 0,  # it holds the last entry, and nothing after it
                       "snapshot_ahead": 0,  # it holds the last entry and more after it
-                      "snapshot_covered": 0}  # it already committed past the snapshot point
+                      "snapshot_covered": 0,  # it already committed past the snapshot point
+                      # Quiescence: groups going quiet, and quiet followers woken by node liveness.
+                      "quiesced": 0, "node_lost": 0, "connection_lost": 0,
+                      "leader_ahead_of_disk": 0}  # a commit released while its leader's disk lagged
         self.last_config_change = float("-inf")
 
     # ------------------------------------------------------------------ plumbing
@@ -421,6 +431,9 @@ class Simulation:
         h.queue.clear()
         h.vouched = {}
         h.syncing = False
+        h.syncs_in_flight = 0
+        h.sync_done_at = h.hs_done_at = self.now
+        h.last_heard = {i: self.now for i in self.ids}
         h.inbox = []
         h.pending = {}
         h.applied = h.log.start_index - 1
@@ -442,6 +455,11 @@ class Simulation:
                   f"log={start}..{h.log.last_index}")
 
     def _feed(self, h: Host, effects: list) -> None:
+        self._enqueue(h, effects)
+        self._drain(h)
+        self._after_step(h)
+
+    def _enqueue(self, h: Host, effects: list) -> None:
         for eff in effects:
             if isinstance(eff, Send) and isinstance(eff.msg, AppendEntriesResponse) and eff.msg.success:
                 # The node vouches for its log up to match_index from now on, in that term: for
@@ -453,8 +471,6 @@ class Simulation:
                 elif eff.msg.term == h.ack_term:
                     h.ack_upto = max(h.ack_upto, eff.msg.match_index)
         h.queue.extend(effects)
-        self._drain(h)
-        self._after_step(h)
 
     def _drain(self, h: Host) -> None:
         while h.queue and not h.syncing and not h.paused:
@@ -478,12 +494,23 @@ class Simulation:
                 self._send(h.id, eff.to, eff.msg)
             elif isinstance(eff, (PersistHardState, SyncLog)):
                 if isinstance(eff, SyncLog) and h.log is not None and h.log.version == h.durable_version:
-                    continue  # group commit: an earlier fsync already covered these writes
-                h.syncing = True
-                delay = self.net_rng.uniform(0.0001, self.profile.max_fsync)
-                if self.now < h.slow_until:
-                    delay = self.net_rng.uniform(0.05, 0.8)
-                self._at(self.now + delay, self._fsync_done, h.id, h.incarnation, eff)
+                    delay = 0.0  # group commit: an earlier fsync already covered these writes
+                else:
+                    delay = self.net_rng.uniform(0.0001, self.profile.max_fsync)
+                    if self.now < h.slow_until:
+                        delay = self.net_rng.uniform(0.05, 0.8)
+                # A leader's own SyncLog is no barrier: its sends go on while the disk works.
+                # Every fsync completes in the order asked, and is reported back so.
+                if not isinstance(eff, SyncLog) or eff.barrier:
+                    h.syncing = True
+                h.syncs_in_flight += 1
+                # Log fsyncs complete in order among themselves, and so do hard-state saves; the
+                # two are different files (sync workers): one may overtake the other.
+                if isinstance(eff, SyncLog):
+                    at = h.sync_done_at = max(self.now + delay, h.sync_done_at)
+                else:
+                    at = h.hs_done_at = max(self.now + delay, h.hs_done_at)
+                self._at(at, self._fsync_done, h.id, h.incarnation, eff)
             elif isinstance(eff, Commit):
                 self._apply(h, eff.upto)
             elif isinstance(eff, SnapshotInstalled):
@@ -524,6 +551,20 @@ class Simulation:
         if h.ack_term == node.term and lo <= h.ack_upto:
             raise Violation(f"{h.id} loses entry {lo}, which it acknowledged in its current term "
                             f"{node.term} (up to {h.ack_upto}), by {what}")
+
+    def _check_durable_claim(self, h: Host) -> None:
+        """What a node believes durable (`durable_index`, which a leader counts towards commits)
+        is on its disk: the durable log holds the same entries as the log up to there."""
+        node, log = h.node, h.log
+        assert node is not None and log is not None
+        start, prefix_term, entries, _ = h.durable_log
+        for index in range(max(start, log.start_index), node.durable_index + 1):
+            e = log.entry_at(index)
+            pos = index - start
+            d = entries[pos] if pos < len(entries) else None
+            if e is not None and (d is None or (d.term, d.data) != (e.term, e.data)):
+                raise Violation(f"{h.id} believes its log durable up to {node.durable_index}, but entry {index} "
+                                f"is {'missing from' if d is None else 'different on'} its disk")
 
     def _check_snapshot_point(self, h: Host, index: int, term: int) -> None:
         """A snapshot stands for the committed log up to its last entry: that entry must agree."""
@@ -654,7 +695,14 @@ class Simulation:
                 e = entries[pos]
                 self._check_log_matching(h, e, entries[pos - 1].term if pos else prefix_term)
             h.registered_upto = start + len(entries) - 1
-        h.syncing = False
+        h.syncs_in_flight -= 1
+        if not isinstance(eff, SyncLog) or eff.barrier:
+            h.syncing = False
+        if isinstance(eff, SyncLog):
+            if h.paused:
+                h.inbox.append((None, eff))  # the process hears of it when it runs again
+            else:
+                self._enqueue(h, h.node.log_synced(eff.upto, h.local(self.now)))
         if not h.paused:
             self._drain(h)
             self._after_step(h)
@@ -664,7 +712,12 @@ class Simulation:
         if upto < h.commit_seen:
             raise Violation(f"{h.id} commit index went back from {h.commit_seen} to {upto}")
         h.commit_seen = upto
-        h.max_commit_ever = max(h.max_commit_ever, upto)
+        # A leader commits on its followers' disks, before its own fsync (thesis §10.2.1): it may
+        # lose, in a crash, a committed entry it did not yet hold durably (the majority holds it).
+        # What it must keep is what it committed up to its durable index.
+        h.max_commit_ever = max(h.max_commit_ever, min(upto, h.node.durable_index))
+        if h.node.role == LEADER and h.node.durable_index < upto:
+            self.stats["leader_ahead_of_disk"] += 1  # committed by followers' disks before the leader's
         for index in range(max(h.applied + 1, h.log.start_index), upto + 1):
             e = h.log.entry_at(index)
             if e is None:
@@ -699,6 +752,10 @@ class Simulation:
         if node is None:
             return
         self.term_first_seen.setdefault(node.term, self.now)
+        if node.quiet and not h.was_quiet:
+            self.stats["quiesced"] += 1
+            self._log(f"{h.id} quiet ({node.role}, term {node.term}, commit {node.commit_index})")
+        h.was_quiet = node.quiet
         if h.was_leader_term >= 0 and (node.role != LEADER or node.term != h.was_leader_term):
             self._on_deposed(h)
         # A node leads a term, as far as anyone can tell, once that term is on its disk (it can
@@ -807,6 +864,13 @@ class Simulation:
     # ------------------------------------------------------------------ network
 
     def _send(self, frm: str, to: str, msg: Any) -> None:
+        if msg is NODE_BEAT:
+            if (frm, to) not in self.cut and self.net_rng.random() >= self.drop:
+                delay = self.net_rng.uniform(0.0005, self.profile.max_delay)
+                if self.now < self.hosts[frm].lag_until:
+                    delay += self.net_rng.uniform(0.2, 1.0)
+                self._at(self.now + delay, self._deliver, frm, to, msg)
+            return
         self.stats["messages"] += 1
         if (frm, to) in self.cut or self.net_rng.random() < self.drop:
             self.stats["dropped"] += 1
@@ -864,6 +928,10 @@ class Simulation:
         h = self.hosts[to]
         if h.node is None:
             return
+        if msg is NODE_BEAT:
+            if not h.paused:
+                h.last_heard[frm] = self.now
+            return
         if h.paused:
             h.inbox.append((frm, msg))
             return
@@ -899,6 +967,37 @@ class Simulation:
         if h.up:
             assert h.node is not None
             self._feed(h, h.node.tick(h.local(self.now)))
+            self._node_liveness(h)
+
+    def _node_liveness(self, h: Host) -> None:
+        """Node-level heartbeats, as the peer transport sends them (one per node pair per
+        heartbeat interval, whatever the groups do), and the quiet follower's watch on them:
+        its leader's node silent for an election timeout wakes the group (its election timer
+        runs again)."""
+        beat_due = h.last_heard.get("__beat__", float("-inf")) + HEARTBEAT
+        if self.now >= beat_due:
+            h.last_heard["__beat__"] = self.now
+            for other in self.ids:
+                if other != h.id:
+                    self._send(h.id, other, NODE_BEAT)
+        node = h.node
+        assert node is not None
+        leader = node.leader_id
+        if node.quiet and node.role != LEADER and leader is not None and leader in h.last_heard \
+                and self.now - h.last_heard[leader] > ELECTION_TIMEOUT:
+            # Silence is ambiguous (a stopped process, a partition, or just a slow one): the
+            # group wakes and its election timer runs again; only a closed connection is news
+            # of death (leader_node_lost, below).
+            self.stats["node_lost"] += 1
+            self._log(f"{h.id} lost node heartbeats of {leader}: wake")
+            self._feed(h, node.wake(h.local(self.now)))
+
+    def _connection_lost(self, node_id: str, peer: str) -> None:
+        h = self.hosts[node_id]
+        if h.up and h.node is not None and h.node.leader_id == peer and h.node.role != LEADER:
+            self.stats["connection_lost"] += 1
+            self._log(f"{h.id} lost its connection to {peer}, its leader")
+            self._feed(h, h.node.leader_node_lost(h.local(self.now)))
 
     # ------------------------------------------------------------------ client
 
@@ -1025,6 +1124,9 @@ class Simulation:
         self._log(f"FAULT stale straggle={self.straggle:.3f} replay={self.replay:.3f}")
 
     def _crash(self, h: Host, restart_after: float | None = None) -> None:
+        if h.node is not None:
+            self._check_durable_claim(h)
+            h.max_commit_ever = max(h.max_commit_ever, min(h.commit_seen, h.node.durable_index))
         h.node = None
         h.log = None
         h.paused = False
@@ -1034,6 +1136,11 @@ class Simulation:
         h.healthy_since = None
         self.stats["crashes"] += 1
         self._log(f"FAULT crash {h.id}")
+        for other in self.ids:
+            if other != h.id:
+                # A killed process's sockets close at once: its peers see the connection drop.
+                self._at(self.now + self.net_rng.uniform(0.0005, self.profile.max_delay), self._connection_lost,
+                         other, h.id)
         if restart_after is None:
             restart_after = self.fault_rng.uniform(0.01, 1.0)
         self._at(self.now + restart_after, self._restart, h.id)
@@ -1076,10 +1183,14 @@ class Simulation:
         self._log(f"resume {h.id}")
         self._drain(h)
         inbox, h.inbox = h.inbox, []
+        h.last_heard = {i: self.now for i in self.ids}  # it was asleep: it cannot judge who went silent
         for frm, msg in inbox:
             if h.node is None:
                 break
-            self._feed(h, h.node.receive(frm, msg, h.local(self.now)))
+            if frm is None:
+                self._feed(h, h.node.log_synced(msg.upto, h.local(self.now)))
+            else:
+                self._feed(h, h.node.receive(frm, msg, h.local(self.now)))
         self._recompute_health()
 
     def _fault_transfer(self, r: random.Random) -> None:
@@ -1228,25 +1339,24 @@ class Simulation:
             return
         missing = [i for i in self.ids if i not in leader.node.voters]
         follow_up: dict[str, str] | None = None
+        # Cut off as the change is appended, so that it reaches no one: the leader sends its
+        # appends before its own fsync (thesis §10.2.1), so a strike any later would come after
+        # the change left.
+        links = set(self.cut)
+        self._isolate(leader.id)
         if missing and len(leader.node.voters) % 2 == 0 and r.random() < 0.5:
             # Ongaro's counterexample itself: from an even-sized configuration the struck leader
             # adds a node, and the next leader removes the struck one.
             if not self._change_membership(leader, {"add": r.choice(missing)}):
+                self.cut = links
                 return
             follow_up = {"remove": leader.id}
         elif not self._attempt_change(leader):
+            self.cut = links
             return
-        # Cut off before its fsync completes, so the change leaves with nothing (its sends wait).
-        self._at(self.now + r.uniform(0, self.profile.max_fsync), self._isolate_struck, leader.id, leader.incarnation)
+        self._log(f"FAULT isolate {leader.id} with its change")
         self.change_at_next_leader = (leader.id, follow_up)
         self.episode_until = self.now + 3 * ELECTION_TIMEOUT
-
-    def _isolate_struck(self, node_id: str, incarnation: int) -> None:
-        h = self.hosts[node_id]
-        if self.healed_at is None and h.incarnation == incarnation:
-            self._isolate(node_id)
-            self._log(f"FAULT isolate {node_id} after its change")
-            self._recompute_health()
 
     def _fault_cut_acks(self, r: random.Random) -> None:
         """A follower's answers are lost (its link to the leader is cut one way) while the leader

@@ -5,7 +5,8 @@ worker calls L{Durability.sync} and a checkpoint worker L{Durability.write_check
 while the reactor keeps appending.  Three locks, always taken in this order:
 
   - C{checkpoint_lock} orders checkpoint writes against truncation,
-    retention and reset (which change the segment list a checkpoint lists);
+    retention and reset (which change the segment list a checkpoint lists),
+    and against closing (a closed log writes no checkpoint);
   - C{sync_lock} serialises syncs, and is the only place write descriptors
     are closed, so a sync never syncs a descriptor number that was closed and
     reused (a rolled segment's descriptors are I{retired}: the next sync syncs
@@ -186,9 +187,16 @@ class Durability:
         them, so a checkpoint never lists a segment that is already gone.
         The index files of the mark's segment are synced first, with
         descriptors of our own: they may have been written since the sync.
+
+        A closed or failed log writes nothing (C{False}), checked under the
+        checkpoint lock, which closing takes too: a worker that was handed a
+        due checkpoint before its topic was deleted (and perhaps created
+        again under the same name) never writes into that directory.
         """
         with self.checkpoint_lock:
             with self.lock:
+                if log.closed or log.failed is not None:
+                    return False
                 if mark is None:
                     mark = self.mark
                 if mark is None or mark.epoch != self.epoch:

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from streamlog.raft.core import HardState
+from streamlog.storage.group_commit import ALWAYS
 from streamlog.storage.hardstate import HardStateStore
 
 
@@ -24,12 +25,25 @@ class RaftGroupStorage:
 
     @param log: the group's Raft log (a L{streamlog.storage.log.SegmentedLog}).
     @param hard_state: the node's hard-state store.
-    @param committer: the node's L{streamlog.storage.group_commit.GroupCommitter}
-        (policy C{always}: a Raft log is synced before it is acknowledged,
-        whatever the broker's C{--fsync} says for its own logs).
+    @param committer: a L{streamlog.storage.group_commit.GroupCommitter} of
+        policy C{always}.  A follower's acknowledgement and a leader's own
+        vote in the quorum count only entries on disk (docs/raft.md, the
+        effects contract), so the barrier must be an fsync whatever the
+        broker's C{--fsync} says: with C{never} or C{interval:} the
+        committer's C{wait_index} fires C{False} at once, which the driver
+        would take for durable.  Such a committer is refused (C{ValueError});
+        a node whose C{--fsync} is not C{always} gives its Raft groups a
+        committer of their own.
+    @raise ValueError: C{committer}'s policy is not C{always}.
     """
 
     def __init__(self, group: str, log: Any, hard_state: HardStateStore, committer: Any) -> None:
+        policy = committer.policy
+        if policy.mode != ALWAYS:
+            raise ValueError(
+                f"Raft group {group}: its log needs a group committer of fsync policy 'always', not '{policy}' "
+                "(a Raft barrier must be an fsync; give Raft groups a GroupCommitter(FsyncPolicy('always'), ...) of their own)"
+            )
         self.group = group
         self.log = log
         self.hard_state = hard_state

@@ -213,7 +213,13 @@ class GroupCommitter:
         return self._wait(log, _OFFSET, offset)
 
     def wait_index(self, log: Any, index: int) -> Deferred:
-        """Like L{wait}, for entries up to Raft index C{index} of a Raft log (a driver's C{SyncLog})."""
+        """Like L{wait}, for entries up to Raft index C{index} of a Raft log (a driver's C{SyncLog}).
+
+        Entries the log no longer holds when the sync ends (cut by
+        C{truncate_suffix} or C{reset} meanwhile) are not waited for: it fires
+        C{True} once everything up to C{min(index, log.last_index)} is
+        durable, and errbacks only on an fsync error or a failed log.
+        """
         return self._wait(log, _INDEX, index)
 
     def _wait(self, log: Any, attr: str, target: int) -> Deferred:
@@ -321,9 +327,9 @@ class GroupCommitter:
                     w.errback(outcome)
                 elif _reached(log, attr, target):
                     w.callback(True)
-                elif target > getattr(log, "end_offset" if attr == _OFFSET else "last_index"):
-                    w.errback(StorageError(f"{attr.split('_')[1]}s below {target} were truncated before they became durable"))
-                else:  # appended after the sync took its snapshot
+                elif attr == _OFFSET and target > log.end_offset:
+                    w.errback(StorageError(f"offsets below {target} were truncated before they became durable"))
+                else:  # appended after the sync took its snapshot, or a truncation straddled the sync
                     self._waiters.setdefault(key, []).append((attr, target, w))
             self._forgotten.pop(key, None)
             if live is not None and outcome is None:
@@ -437,6 +443,20 @@ class GroupCommitter:
 
 
 def _reached(log: Any, attr: str, target: int) -> bool:
+    """Whether a waiter for C{target} (an offset or a Raft index) is durable.
+
+    An index waiter is a Raft sync barrier (C{SyncLog}): the core may cut
+    the log's tail (a new leader's entries) or reset it (a snapshot) while
+    the barrier waits, so what it asks for is everything the log I{still}
+    holds up to C{target}.  It never fails because entries went away: the
+    driver would take that for a failed fsync and stop the group for good.
+    (An answer the core made before the cut and queued behind the barrier
+    vouches for entries of an older term; docs/raft.md explains why that is
+    harmless.)  An offset waiter is a Send waiting for its own records, and
+    their truncation is an error its client must see.
+    """
+    if attr == _INDEX:
+        target = min(target, getattr(log, "last_index", target))
     return bool(target <= getattr(log, attr))
 
 

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import HardState
+from streamlog.storage.checkpoint import fsync_dir
 from streamlog.storage.codec import crc32c
 from streamlog.storage.errors import StorageCorrupted, StorageFailed
 
@@ -168,7 +169,8 @@ class HardStateStore:
     @param clock: schedules rounds on the next turn (the reactor if None).
     @param run_in_thread: C{f(callable, *args) -> Deferred} running the writes
         (C{deferToThread} if None; tests pass a fake).
-    @param fsync: syncs a descriptor (C{fdatasync} if None; tests count calls).
+    @param fsync: syncs a file's descriptor (C{fdatasync} if None; tests count calls).
+        The data directory, after a rename, is always synced with C{os.fsync}.
     @param compact_bytes: compact once the file passes this size and twice its live content.
     @param on_fatal: called with the failure of a failed write or sync (fail-stop).
     """
@@ -256,7 +258,10 @@ class HardStateStore:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        self._sync_path(os.path.dirname(self.path) or ".")
+        # The rename is durable once the directory is: fsync it, as every directory of the
+        # storage is (fdatasync of a directory is not what POSIX promises to sync names).
+        fsync_dir(os.path.dirname(self.path) or ".")
+        self.fsyncs += 1
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))

@@ -80,7 +80,9 @@ class SegmentedLog:
     @param checkpoint_interval_bytes: how far the synced end may move past the
         last checkpoint before a new one is due, hence about the most recovery
         reads after a crash (besides segments rolled since).
-    @param start_offset: the first record offset of a new, empty log.
+    @param start_offset: the first record offset of a new, empty log.  Until
+        its first entry only the checkpoint records it (recovery without the
+        checkpoint starts an empty log at 0): the upgrade appends a no-op.
     @param existing: the log must already exist (the storage opens a partition its
         C{topic.json} lists): a missing directory, or one without any segment, is
         synced data gone, and the log fails instead of starting empty.
@@ -387,9 +389,14 @@ class SegmentedLog:
             self._release()
 
     def _release(self) -> None:
-        """Close every descriptor of this log, syncing nothing; the log is closed."""
+        """Close every descriptor of this log, syncing nothing; the log is closed.
+
+        Takes the checkpoint lock first (the locks' order), so a checkpoint
+        being written on a worker ends before the log is closed, and none
+        starts after (L{Durability.write_checkpoint} checks C{closed}).
+        """
         durability = self.durability
-        with durability.sync_lock, durability.lock:
+        with durability.checkpoint_lock, durability.sync_lock, durability.lock:
             self._closed = True
             for f in durability.retired:
                 f.close()

@@ -7,9 +7,9 @@ after it, never a mix, whatever instant a crash picks:
 
   - L{truncate_suffix} (Raft conflict resolution: entries from a batch on)
     moves the checkpoint back first if it lay past the cut (a checkpoint
-    beyond the data's end means corruption to recovery), deletes later
-    segments, truncates the segment holding the cut at that batch, and syncs,
-    all before it returns (rare; on the calling thread).
+    beyond the data's end means corruption to recovery), truncates the
+    segment holding the cut at that batch, then deletes later segments, and
+    syncs, all before it returns (rare; on the calling thread).
   - L{truncate_prefix} (retention, through C{RaftNode.compact}, or
     L{apply_retention} directly) deletes whole segments, only ones wholly
     before the synced mark, and writes the shorter chain and the new log
@@ -108,8 +108,12 @@ def _cut(log: SegmentedLog, from_index: int) -> None:
             durability.epoch += 1
             mark = durability.mark
             if mark is not None:
-                # A mark past the cut moves back to it (what lay before it was synced).
-                durability.mark = attrs.evolve(cut if mark.next_index > from_index else mark, epoch=durability.epoch)
+                # A mark at or past the cut moves back to it (what lay before it was synced).
+                # Compared by place, as the checkpoint is, not by next index: after a roll
+                # and a sync the mark sits at byte 0 of a segment starting at the cut index,
+                # a segment this cut deletes, and a checkpoint written at it would name it.
+                moved = (mark.segment, mark.position) >= (cut.segment, cut.position)
+                durability.mark = attrs.evolve(cut if moved else mark, epoch=durability.epoch)
             durability.durable_index = min(durability.durable_index, from_index - 1)
             durability.durable_offset = min(durability.durable_offset, cut_offset)
         for gone in doomed:

@@ -125,6 +125,11 @@ def convert(source: str, dest: str, make_log: Any) -> int:
             # A batch of no records (format 1 could hold one, never written by the broker) is a no-op.
             log.append([Entry(log.last_index + 1, term, batch if batch.count else b"")])
             count += 1
+        if not count and start:
+            # Retention had removed every record: only the checkpoint would know where the
+            # log starts, and recovery without it starts an empty log at offset 0 (reusing
+            # offsets consumers have read).  A no-op at the start offset records it in a frame.
+            log.append([Entry(1, 0, b"")])
         log.close()  # syncs and checkpoints
     except ValueError as e:  # format-1 data the format-2 log cannot take as it is
         log._release()

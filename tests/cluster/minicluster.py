@@ -42,7 +42,7 @@ from streamlog.cluster.reconcile import (
     TransferLeadership,
     group_view,
 )
-from streamlog.raft.core import LEADER, Commit, HardState, RaftConfig, RaftNode, Send
+from streamlog.raft.core import LEADER, Commit, HardState, RaftConfig, RaftNode, Send, SyncLog
 from streamlog.raft.log import Entry, MemoryRaftLog
 from streamlog.storage.base import TopicConfig
 
@@ -104,6 +104,10 @@ class MiniCluster:
                 self.queue.append((node.member, e.to, group, e.msg))
             elif isinstance(e, Commit) and core is not None:
                 self._apply(node, group, core, e.upto)
+            elif isinstance(e, SyncLog) and core is not None:
+                # Instant disks: the fsync is done at once, and reported back (the effects
+                # contract: a leader counts itself at its durable index).
+                self.process(node, group, core.log_synced(e.upto, self.now))
         if core is not None:
             seen = self.configs_seen.setdefault(group, [])
             found = core.log.config_at(core.log.last_index)

@@ -11,7 +11,7 @@ measure how fast it catches each bug:
 
 from __future__ import annotations
 
-from streamlog.raft.core import RaftNode, SnapshotInstalled, SyncLog
+from streamlog.raft.core import Effect, RaftNode, SnapshotInstalled, SyncLog
 from streamlog.raft.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 
 
@@ -121,6 +121,43 @@ class AcceptStaleAppend(RaftNode):
         super()._receive(frm, msg)
 
 
+class CountUnsyncedIndex(RaftNode):
+    """Broken: the leader counts its own last index towards commits, not its durable index.
+    It replicates before its own fsync, so an entry can be "committed" on a minority's disks
+    plus the leader's page cache, and a crash of the leader loses it."""
+
+    def _self_match(self) -> int:
+        return self.log.last_index
+
+
+class AckUnsyncedAfterLeading(RaftNode):
+    """Broken: a deposed leader acknowledges entries it wrote as leader (whose fsync it never
+    waited for) without a barrier first, so its answer vouches for entries not yet on disk."""
+
+    def _ack(self, frm: str, match: int) -> None:
+        self._send(frm, AppendEntriesResponse(self.term, True, match_index=match))
+
+
+class QuietFollowerIgnoresNodeNews(RaftNode):
+    """Broken: a quiet follower ignores both kinds of news about its leader's node (its
+    connection closed: `leader_node_lost`; its node heartbeats stopped: `wake`), so a group
+    that was quiet when its leader died never elects another: its followers stay quiet, in
+    the lease of a dead leader, for ever. (Either signal alone restores liveness; the closed
+    connection only makes failover faster.)"""
+
+    def leader_node_lost(self, now: float) -> list[Effect]:
+        if self.quiet and self.role != "leader":
+            self._now = now
+            return self._take()
+        return super().leader_node_lost(now)
+
+    def wake(self, now: float) -> list[Effect]:
+        if self.quiet and self.role != "leader":
+            self._now = now
+            return self._take()
+        return super().wake(now)
+
+
 VARIANTS: dict[str, type[RaftNode]] = {
     "vote-without-persisting": VoteWithoutPersisting,
     "ack-before-fsync": AckBeforeFsync,
@@ -132,4 +169,7 @@ VARIANTS: dict[str, type[RaftNode]] = {
     "snapshot-always-resets": SnapshotAlwaysResets,
     "count-stale-success": CountStaleSuccess,
     "accept-stale-append": AcceptStaleAppend,
+    "count-unsynced-index": CountUnsyncedIndex,
+    "ack-unsynced-after-leading": AckUnsyncedAfterLeading,
+    "quiet-follower-ignores-node-news": QuietFollowerIgnoresNodeNews,
 }

@@ -28,7 +28,7 @@ from streamlog.raft.messages import (
     TimeoutNow,
 )
 
-CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_bytes=1 << 20)
+CFG = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=4, max_batch_bytes=1 << 20, quiesce=True)
 IDS = ["a", "b", "c"]
 
 
@@ -39,6 +39,15 @@ def node(node_id="a", entries=(), term=0, voted_for=None, config=CFG, peers=IDS,
 
 def sends(effects):
     return [(e.to, e.msg) for e in effects if isinstance(e, Send)]
+
+
+def disk(n, effects=(), now=10.0):
+    """An instant disk: every fsync `n` asked for completes now; returns `effects` and what the
+    reports caused."""
+    out = list(effects)
+    while n._sync_points:
+        out += n.log_synced(n._sync_points[0], now)
+    return out
 
 
 class Cluster:
@@ -57,6 +66,8 @@ class Cluster:
             for e in effects:
                 if isinstance(e, Commit):
                     self.commits[frm] = e.upto
+                if isinstance(e, SyncLog):
+                    queue.append((frm, self.nodes[frm].log_synced(e.upto, self.now)))
                 if isinstance(e, Send) and frm not in self.cut and e.to not in self.cut:
                     queue.append((e.to, self.nodes[e.to].receive(frm, e.msg, self.now)))
 
@@ -111,16 +122,55 @@ def test_one_vote_per_term():
     assert sends(n.receive("b", RequestVote(1, "b", 0, 0), 5.0)) == [("b", RequestVoteResponse(1, False))]
 
 
-def test_new_leader_appends_a_noop_and_syncs_it_before_sending():
+def test_new_leader_sends_its_noop_without_waiting_for_its_own_fsync():
     n = node()
     n.tick(2.0)
     n.receive("b", RequestVoteResponse(1, True, pre_vote=True), 2.0)
     effects = n.receive("b", RequestVoteResponse(1, True), 2.0)
     assert n.role == LEADER
     assert n.log.entries(1, 2, 100) == [Entry(1, 1, b"")]
-    kinds = [type(e) for e in effects]
-    assert kinds.index(SyncLog) < kinds.index(Send)
+    syncs = [e for e in effects if isinstance(e, SyncLog)]
+    assert syncs == [SyncLog(1, barrier=False)]  # the driver starts it and releases the sends
     assert RoleChange(LEADER, 1, "a") in effects
+
+
+def test_leader_counts_itself_only_at_its_durable_index():
+    # 3 voters: b's acknowledgement plus the leader's own copy is a majority, but only once the
+    # leader's fsync has completed: a leader that crashes before it would lose its copy.
+    n = node()
+    n.tick(2.0)
+    n.receive("b", RequestVoteResponse(1, True, pre_vote=True), 2.0)
+    n.receive("b", RequestVoteResponse(1, True), 2.0)
+    assert n.durable_index == 0
+    effects = n.receive("b", AppendEntriesResponse(1, True, match_index=1), 2.0)
+    assert n.commit_index == 0 and not any(isinstance(e, Commit) for e in effects)
+    assert n.log_synced(1, 2.0) == [Commit(1)] and n.durable_index == 1
+    # Two followers are a majority without the leader's disk.
+    index, _ = n.propose(b"x", 2.0)
+    n.receive("b", AppendEntriesResponse(1, True, match_index=index), 2.0)
+    effects = n.receive("c", AppendEntriesResponse(1, True, match_index=index), 2.0)
+    assert Commit(index) in effects and n.durable_index == 1
+
+
+def test_a_deposed_leader_acknowledges_its_unsynced_entries_only_after_a_barrier():
+    n = node()
+    elect(n)
+    n.propose(b"x", 10.0)  # entry 2, its fsync not yet reported
+    assert n.durable_index == 1
+    # A leader of term 2 that holds entry 2 too: the acknowledgement vouches for it.
+    effects = n.receive("b", AppendEntries(2, "b", 2, 1, (), 0), 11.0)
+    kinds = [type(e) for e in effects if isinstance(e, (SyncLog, Send))]
+    assert kinds == [SyncLog, Send] and [e for e in effects if isinstance(e, SyncLog)][0].barrier
+    assert sends(effects) == [("b", AppendEntriesResponse(2, True, match_index=2))]
+
+
+def test_an_fsync_asked_for_before_a_truncation_does_not_vouch_for_the_new_entries():
+    n = node("b", entries=[Entry(1, 1), Entry(2, 1)], term=1)
+    n.receive("a", AppendEntries(1, "a", 2, 1, (Entry(3, 1, b"old"),), 0), 1.0)  # SyncLog(3) asked
+    n.receive("c", AppendEntries(2, "c", 2, 1, (Entry(3, 2, b"new"), Entry(4, 2, b"n2")), 0), 1.0)
+    assert n.log_synced(3, 1.0) == [] and n.durable_index == 2  # it may predate the rewrite
+    n.log_synced(4, 1.0)
+    assert n.durable_index == 4
 
 
 def test_follower_syncs_entries_before_acknowledging_and_commits_after():
@@ -157,7 +207,7 @@ def elect(n, voters=("b",)):
     for v in voters:
         effects += n.receive(v, RequestVoteResponse(n.term, True), 10.0)
     assert n.role == LEADER
-    return effects
+    return disk(n, effects)
 
 
 def test_leader_backs_up_over_a_whole_conflicting_term_in_one_round_trip():
@@ -235,9 +285,12 @@ def test_check_quorum_makes_an_isolated_leader_step_down():
     c.advance(3.0)
     leader = c.leader()
     c.cut = {leader.id}
+    assert leader.quiet  # an idle group: the driver wakes it when its followers' nodes go silent
+    c.run([(leader.id, leader.wake(c.now))])
+    others = [n for n in c.nodes.values() if n is not leader]
+    c.run([(n.id, n.leader_node_lost(c.now)) for n in others])  # the leader's node heartbeats stopped
     c.advance(2.5)
     assert leader.role in (FOLLOWER, PRE_CANDIDATE)
-    others = [n for n in c.nodes.values() if n is not leader]
     assert any(n.role == LEADER for n in others)
 
 
@@ -297,6 +350,7 @@ def test_follower_behind_the_leaders_log_start_catches_up_by_snapshot():
     leader = c.leader()
     lagging = next(i for i in IDS if i != leader.id)
     c.cut = {lagging}
+    c.nodes[lagging].wake(c.now)  # as the driver does when its leader's node heartbeats stop
     for i in range(10):
         _, effects = leader.propose(b"e%d" % i, c.now)
         c.run([(leader.id, effects)])
@@ -304,7 +358,7 @@ def test_follower_behind_the_leaders_log_start_catches_up_by_snapshot():
     leader.compact(leader.commit_index)
     assert leader.log.start_index > c.nodes[lagging].log.last_index + 1
     c.cut = set()
-    c.advance(0.5)
+    c.advance(2.5)  # its election timer runs (1-2 s); its pre-vote wakes the quiet leader
     lag = c.nodes[lagging]
     assert lag.log.start_index == leader.log.start_index
     assert lag.log.last_index == leader.log.last_index and lag.commit_index == leader.commit_index
@@ -323,7 +377,8 @@ def test_single_node_group_elects_itself_and_commits_alone():
     n.tick(5.0)
     assert n.role == LEADER
     index, effects = n.propose(b"x", 5.0)
-    assert Commit(index) in effects
+    assert not any(isinstance(e, Commit) for e in effects)  # not before its own fsync
+    assert Commit(index) in disk(n, effects, 5.0)
 
 
 def test_stale_leader_is_told_about_the_newer_term():
@@ -342,6 +397,7 @@ def test_membership_change_waits_for_the_leaders_first_commit_and_runs_one_at_a_
     leader.receive("b", AppendEntriesResponse(1, True, match_index=1), 10.0)
     assert leader.commit_index == 1
     index, effects = leader.change_membership(10.0, add="d")
+    effects = disk(leader, effects)
     assert index == 2 and leader.voters == {"a", "b", "c", "d"} and leader.quorum == 3
     assert leader.log.config_at(2) == (2, ("a", "b", "c", "d"))
     assert "d" in {to for to, _ in sends(effects)}
@@ -410,6 +466,7 @@ def test_a_learner_is_replicated_to_but_not_counted_until_it_becomes_a_voter():
     effects = leader.add_learner("c", 10.0)
     assert [to for to, _ in sends(effects)] == ["c"] and not leader.caught_up("c")
     _, effects = leader.propose(b"x", 10.0)
+    disk(leader)
     assert {to for to, _ in sends(effects)} >= {"b"}
     # The learner's acknowledgement alone commits nothing: quorum is still a and b.
     leader.receive("c", AppendEntriesResponse(1, False, reject_index=1, conflict_index=1), 10.0)
@@ -419,3 +476,115 @@ def test_a_learner_is_replicated_to_but_not_counted_until_it_becomes_a_voter():
     assert leader.commit_index == 2 and leader.caught_up("c")
     index, _ = leader.change_membership(10.0, add="c")
     assert leader.voters == {"a", "b", "c"} and index == 3
+
+
+# ---------------------------------------------------------------- quiescence
+
+
+def test_an_idle_group_goes_quiet_and_then_sends_nothing():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    assert all(n.quiet for n in c.nodes.values())
+    assert all(n.commit_index == leader.log.last_index for n in c.nodes.values())
+    assert all(n.next_deadline() == float("inf") for n in c.nodes.values())
+    for _ in range(300):  # 3 s: many election timeouts
+        c.now += 0.01
+        for n in c.nodes.values():
+            assert n.tick(c.now) == []
+    assert c.leader() is leader and leader.term == max(n.term for n in c.nodes.values())
+
+
+def test_a_quiet_group_wakes_on_a_proposal_and_goes_quiet_again():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    index, effects = leader.propose(b"x", c.now)
+    assert not leader.quiet and sends(effects)
+    c.run([(leader.id, effects)])
+    assert not any(n.quiet for n in c.nodes.values() if n is not leader)  # woken by the append
+    c.advance(1.0)
+    assert all(n.quiet and n.commit_index == index for n in c.nodes.values())
+
+
+def test_a_quiet_follower_refuses_a_vote_and_stays_quiet_while_the_quiet_leader_wakes():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    req = RequestVote(leader.term + 1, "x", 99, leader.term, pre_vote=True)
+    assert sends(follower.receive("x", req, c.now)) == [("x", RequestVoteResponse(leader.term, False, True))]
+    assert follower.quiet
+    leader.receive("x", req, c.now)
+    assert not leader.quiet  # it heartbeats the stray node back into line
+
+
+def test_leader_node_lost_wakes_a_quiet_follower_which_soon_campaigns():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    c.cut = {leader.id}
+    c.advance(2.0)
+    assert all(n.quiet for n in c.nodes.values())  # nobody notices on their own
+    lost_at = c.now
+    for n in c.nodes.values():
+        if n is not leader:
+            c.run([(n.id, n.leader_node_lost(c.now))])
+    c.advance(CFG.heartbeat_interval * 2 + 0.1)
+    new = c.leader()
+    assert new is not leader and new.term > leader.term
+    assert c.now - lost_at < CFG.election_timeout  # well before an election timeout
+
+
+def test_survivors_of_a_lost_leader_take_turns_so_the_vote_is_not_split():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    others = [n for n in c.nodes.values() if n is not leader]
+    for n in others:
+        n.leader_node_lost(c.now)
+    first, second = sorted(others, key=lambda n: n.next_deadline())
+    assert first.next_deadline() - c.now <= CFG.heartbeat_interval
+    assert second.next_deadline() - first.next_deadline() >= CFG.election_timeout / 2 - CFG.heartbeat_interval
+    # The order rotates with the term, so the groups of one lost node spread over the survivors.
+    ranks = set()
+    for term in range(4):
+        for n in others:
+            n.term = term
+            n.leader_id = leader.id
+            n.leader_node_lost(c.now)
+        ranks.add(min(others, key=lambda n: n.next_deadline()).id)
+    assert ranks == {n.id for n in others}
+
+
+def test_quiescence_can_be_turned_off_and_is_off_in_the_bare_core_by_default():
+    import attrs
+
+    for config in (attrs.evolve(CFG, quiesce=False), attrs.evolve(CFG, quiesce=None)):
+        c = Cluster(config=config)
+        c.advance(3.0)
+        assert c.leader() is not None and not any(n.quiet for n in c.nodes.values())
+
+
+def test_a_leader_goes_quiet_without_a_follower_that_is_down_but_not_without_a_quorum():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    down = next(n for n in c.nodes.values() if n is not leader)
+    c.cut = {down.id}
+    down.wake(c.now)  # as the driver does when its leader's node heartbeats stop
+    c.run([(leader.id, leader.propose(b"x", c.now)[1])])  # wakes the group; the down node misses it
+    c.advance(3.0)
+    assert leader.quiet and leader.commit_index == leader.log.last_index
+    assert down.log.last_index < leader.log.last_index
+    # The node comes back: its election timer runs (it is not quiet), and its pre-vote wakes
+    # the leader, which catches it up; then the group goes quiet again.
+    c.cut = set()
+    c.advance(3.0)
+    assert down.log.last_index == leader.log.last_index and all(n.quiet for n in c.nodes.values())
+    assert c.leader() is leader
+    # Cut off from both followers, a leader never goes quiet: check-quorum deposes it.
+    c.cut = {leader.id}
+    c.run([(leader.id, leader.wake(c.now))])
+    c.advance(2.0)
+    assert leader.role != LEADER

@@ -1,17 +1,16 @@
-"""The Twisted driver: groups multiplexed over one connection per node pair, in memory."""
+"""The Twisted driver over the peer transport: groups multiplexed over one connection per node
+pair, in memory (iosim), with a Clock."""
 
 import random
 
-import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from streamlog.raft.core import LEADER, RaftConfig, Send, SyncLog
-from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, NotLeaderError, PeerProtocol, RaftHost
+from streamlog.raft.driver import GroupCallbacks, MemoryGroupStorage, NotLeaderError, RaftHost
 from streamlog.raft.log import MemoryRaftLog
-from streamlog.raft.messages import AppendEntries, InstallSnapshot, TimeoutNow, from_dict, to_dict
+from streamlog.raft.messages import AppendEntries
 
 CFG = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05)
 IDS = ["a", "b", "c"]
@@ -29,125 +28,130 @@ class Recorder(GroupCallbacks):
         self.roles.append((group, role, term, leader))
 
 
-def cluster(groups=("g1", "g2", "g3")):
+class Net:
+    """Hosts connected pairwise by iosim pumps; `run` advances the clock in small steps."""
+
+    def __init__(self, hosts, clock):
+        self.hosts = hosts
+        self.clock = clock
+        self.pumps: dict[tuple[str, str], iosim.IOPump] = {}
+        self.cut: set[str] = set()
+
+    def connect(self, x, y):
+        """x dials y (x < y)."""
+        server, client, pump = iosim.connectedServerAndClient(
+            lambda: self.hosts[y].peer_factory().buildProtocol(None),
+            lambda: self.hosts[x].peer_factory(expect=y).buildProtocol(None))
+        self.pumps[(x, y)] = pump
+        return server, client, pump
+
+    def connect_all(self):
+        ids = sorted(self.hosts)
+        for n, x in enumerate(ids):
+            for y in ids[n + 1:]:
+                self.connect(x, y)
+
+    def run(self, seconds, step=0.01):
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            for _ in range(3):
+                self.clock.advance(0)
+                for (x, y), p in list(self.pumps.items()):
+                    if x not in self.cut and y not in self.cut:
+                        p.flush()
+
+    def kill(self, node):
+        """The process dies: its sockets close (the peers see the connection drop at once)."""
+        for (x, y), p in list(self.pumps.items()):
+            if node in (x, y):
+                p.client.transport.loseConnection()
+                p.server.transport.loseConnection()
+                p.flush()
+                del self.pumps[(x, y)]
+        self.hosts[node].stop()
+
+
+def cluster(groups=("g1", "g2", "g3"), ids=IDS, cfg=CFG, incarnations=False):
     clock = Clock()
-    recorders = {i: Recorder() for i in IDS}
-    hosts = {i: RaftHost(i, IDS, CFG, recorders[i], clock=clock, rng=random.Random(i)) for i in IDS}
+    recorders = {i: Recorder() for i in ids}
+    hosts = {i: RaftHost(i, ids, cfg, recorders[i], clock=clock, rng=random.Random(i),
+                         incarnation=f"inc{i}" if incarnations else None) for i in ids}
+    members = [h.member_id for h in hosts.values()]
     for h in hosts.values():
         for g in groups:
-            h.add_group(g, IDS, MemoryGroupStorage(MemoryRaftLog()))
+            h.add_group(g, members, MemoryGroupStorage(MemoryRaftLog()))
         h.start()
-    pumps = []
-    for x, y in [("a", "b"), ("a", "c"), ("b", "c")]:
-        client, server, pump = iosim.connectedServerAndClient(
-            lambda y=y: PeerProtocol(hosts[y]), lambda x=x: PeerProtocol(hosts[x]))
-        pumps.append(pump)
-
-    def run(seconds, step=0.01):
-        for _ in range(int(seconds / step)):
-            clock.advance(step)
-            clock.advance(0)
-            for p in pumps:
-                p.flush()
-            clock.advance(0)
-            for p in pumps:
-                p.flush()
-
-    return clock, hosts, recorders, run
+    net = Net(hosts, clock)
+    net.connect_all()
+    return clock, hosts, recorders, net
 
 
-def leader_of(hosts, group):
-    leaders = [h for h in hosts.values() if h.groups[group].node.role == LEADER]
+def leader_of(hosts, group, among=None):
+    leaders = [h for i, h in hosts.items() if (among is None or i in among) and h.groups[group].node.role == LEADER]
     return max(leaders, key=lambda h: h.groups[group].node.term) if leaders else None
 
 
+def stop_all(hosts, clock, net=None):
+    for h in hosts.values():
+        h.stop()
+    if net is not None:
+        for p in net.pumps.values():
+            p.flush()
+    clock.advance(0)
+
+
 def test_many_groups_elect_and_commit_over_one_connection_per_pair():
-    clock, hosts, recorders, run = cluster()
-    run(2.0)
+    clock, hosts, recorders, net = cluster()
+    net.run(2.0)
     assert all(len(h.connections) == 2 for h in hosts.values())
     for g in ("g1", "g2", "g3"):
         leader = leader_of(hosts, g)
         assert leader is not None
         index = leader.propose(g, b"hello " + g.encode())
         assert isinstance(index, int)
-        run(0.3)
+        net.run(0.3)
         assert all(recorders[i].commits.get(g, 0) >= index for i in IDS)
         for h in hosts.values():
             assert h.groups[g].node.log.entries(index, index + 1, 100)[0].data == b"hello " + g.encode()
-    for h in hosts.values():
-        h.stop()
+    stop_all(hosts, clock, net)
     assert not clock.getDelayedCalls()
 
 
+def test_entries_travel_as_checked_raw_frames_and_member_ids_route_by_node():
+    clock, hosts, recorders, net = cluster(groups=("g1",), incarnations=True)
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    assert leader.member_id.startswith(leader.node_id + ".inc")
+    index = leader.propose("g1", b"payload \x00\xff bytes")  # not JSON-safe: only raw frames carry it
+    net.run(0.3)
+    for h in hosts.values():
+        assert h.groups["g1"].node.log.entries(index, index + 1, 100)[0].data == b"payload \x00\xff bytes"
+        assert h.transport.stats["frames_received"] + h.transport.stats["frames_sent"] > 0
+    stop_all(hosts, clock, net)
+
+
+def test_a_message_for_another_incarnation_of_this_node_is_dropped_and_counted():
+    clock, hosts, recorders, net = cluster(groups=("g1",), incarnations=True)
+    net.run(1.0)
+    b = hosts["b"]
+    before = b.groups["g1"].node.term
+    b.deliver("a", "g1", "b.old", "a.inca", AppendEntries(before + 5, "a.inca", 0, 0, (), 0))
+    assert b.stats["misaddressed"] == 1 and b.groups["g1"].node.term == before
+    stop_all(hosts, clock, net)
+
+
 def test_leadership_transfer_through_the_driver():
-    clock, hosts, recorders, run = cluster(groups=("g1",))
-    run(2.0)
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
     leader = leader_of(hosts, "g1")
     target = next(i for i in IDS if i != leader.node_id)
     leader.transfer_leadership("g1", target)
-    run(0.5)
+    net.run(0.5)
     assert leader_of(hosts, "g1") is hosts[target]
-    for h in hosts.values():
-        h.stop()
+    stop_all(hosts, clock, net)
 
 
-class CountingTransport(StringTransport):
-    writes = 0
-
-    def write(self, data):
-        self.writes += 1
-        super().write(data)
-
-
-def connected(host, peer="b"):
-    proto = PeerProtocol(host)
-    transport = CountingTransport()
-    proto.makeConnection(transport)
-    proto.dataReceived(orjson.dumps({"node": peer}) + b"\n")
-    transport.clear()
-    transport.writes = 0
-    return proto, transport
-
-
-def test_lines_for_many_groups_in_one_turn_share_one_write():
-    clock = Clock()
-    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
-    proto, transport = connected(host)
-    for g in range(50):
-        host._send("b", f"g{g}", AppendEntries(1, "a", 0, 0, (), 0))
-    assert transport.writes == 0
-    clock.advance(0)
-    assert transport.writes == 1
-    lines = transport.value().splitlines()
-    assert len(lines) == 50
-    assert orjson.loads(lines[7]) == {"group": "g7", "from": "a", "msg": to_dict(AppendEntries(1, "a", 0, 0, (), 0))}
-
-
-def test_bad_lines_are_dropped_and_the_connection_kept():
-    clock = Clock()
-    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
-    host.add_group("g", ["a", "b"], MemoryGroupStorage(MemoryRaftLog()))
-    proto, transport = connected(host)
-    proto.dataReceived(b"{not json\n")
-    proto.dataReceived(orjson.dumps({"group": "g", "from": "c", "msg": to_dict(TimeoutNow(1, "c"))}) + b"\n")
-    proto.dataReceived(orjson.dumps({"group": "g", "from": "b", "msg": {"type": "nope"}}) + b"\n")
-    proto.dataReceived(orjson.dumps({"group": "g", "from": "b", "msg": {"type": ["append_entries"]}}) + b"\n")
-    proto.dataReceived(orjson.dumps({"group": "zz", "from": "b", "msg": to_dict(TimeoutNow(1, "b"))}) + b"\n")
-    assert not transport.disconnecting
-    assert host.groups["g"].node.term == 0
-
-
-def test_unknown_peer_is_disconnected():
-    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
-    proto = PeerProtocol(host)
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    proto.dataReceived(b'{"node": "mallory"}\n')
-    assert transport.disconnecting
-    assert host.connections == {}
-
-
-def test_later_effects_wait_for_the_fsync_deferred():
+def test_later_effects_wait_for_a_barrier_fsync_but_not_for_the_leaders_own():
     clock = Clock()
     host = RaftHost("a", ["a", "b"], CFG, clock=clock)
 
@@ -165,15 +169,49 @@ def test_later_effects_wait_for_the_fsync_deferred():
     host._send = lambda peer, group, msg: sent.append((peer, group, msg))
     runner = host.groups["g"]
     msg = AppendEntries(1, "a", 0, 0, (), 0)
-    runner.feed([SyncLog(1), Send("b", msg)])
+    runner.feed([SyncLog(0), Send("b", msg)])
     runner.feed([Send("b", msg)])  # a later call's effects queue behind the barrier too
     assert sent == []
     storage.pending[0].callback(None)
     assert sent == [("b", "g", msg), ("b", "g", msg)]
+    runner.feed([SyncLog(0, barrier=False), Send("b", msg)])  # a leader's own: sends go on
+    assert len(sent) == 3 and len(storage.pending) == 2
 
 
-def test_a_failed_fsync_stops_the_group():
-    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
+def test_the_leader_commits_on_followers_disks_before_its_own_fsync_completes():
+    # acks=all's critical path: the slower of the leader's fsync and the followers' round trip.
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+
+    class StuckDisk(MemoryGroupStorage):
+        def __init__(self, log):
+            super().__init__(log)
+            self.pending = []
+
+        def sync_log(self):
+            d = Deferred()
+            self.pending.append(d)
+            return d
+
+    stuck = StuckDisk(runner.storage.log)
+    runner.storage = stuck
+    results = []
+    leader.submit("g1", b"x").addBoth(results.append)
+    net.run(0.1)
+    assert stuck.pending and results and isinstance(results[0], int)  # committed, own fsync pending
+    assert runner.node.durable_index < results[0]
+    for d in stuck.pending:
+        d.callback(None)
+    net.run(0.1)
+    assert runner.node.durable_index >= results[0]
+    stop_all(hosts, clock, net)
+
+
+def test_a_failed_fsync_stops_the_group_and_calls_on_fatal():
+    fatal = []
+    host = RaftHost("a", ["a", "b"], CFG, clock=Clock(), on_fatal=fatal.append)
 
     class BrokenDisk(MemoryGroupStorage):
         def sync_log(self):
@@ -184,7 +222,7 @@ def test_a_failed_fsync_stops_the_group():
     host._send = lambda peer, group, msg: sent.append(msg)
     host.groups["g"].feed([SyncLog(1), Send("b", AppendEntries(1, "a", 0, 0, (), 0))])
     assert sent == []
-    assert host.groups["g"].blocked
+    assert host.groups["g"].blocked and len(fatal) == 1 and fatal[0].check(OSError)
 
 
 def test_a_joining_node_is_added_through_the_driver():
@@ -195,105 +233,160 @@ def test_a_joining_node_is_added_through_the_driver():
     for i, h in hosts.items():
         h.add_group("g1", IDS if i != "d" else [], MemoryGroupStorage(MemoryRaftLog()))
         h.start()
-    pumps = []
-    for n, x in enumerate(ids):
-        for y in ids[n + 1:]:
-            _, _, pump = iosim.connectedServerAndClient(
-                lambda y=y: PeerProtocol(hosts[y]), lambda x=x: PeerProtocol(hosts[x]))
-            pumps.append(pump)
-
-    def run(seconds, step=0.01):
-        for _ in range(int(seconds / step)):
-            clock.advance(step)
-            for _ in range(2):
-                clock.advance(0)
-                for p in pumps:
-                    p.flush()
-
-    run(2.0)
+    net = Net(hosts, clock)
+    net.connect_all()
+    net.run(2.0)
     leader = leader_of(hosts, "g1")
     assert leader is not None and leader.node_id != "d"
     index = leader.change_membership("g1", add="d")
     assert isinstance(index, int)
-    run(0.5)
+    net.run(0.5)
     assert recorders["d"].commits["g1"] >= index
     assert hosts["d"].groups["g1"].node.voters == set(ids)
-    for h in hosts.values():
-        h.stop()
+    stop_all(hosts, clock, net)
     assert not clock.getDelayedCalls()
 
 
-def test_a_thousand_lines_in_one_read_and_a_line_split_across_reads():
-    clock = Clock()
-    host = RaftHost("a", ["a", "b"], CFG, clock=clock)
-    got = []
-    host._receive = lambda peer, group, msg: got.append((peer, group, msg))
-    proto, transport = connected(host)
-    line = orjson.dumps({"group": "g", "from": "b", "msg": to_dict(TimeoutNow(1, "b"))}) + b"\n"
-    proto.dataReceived(line * 1000 + line[:10])
-    assert len(got) == 1000
-    proto.dataReceived(line[10:])
-    assert len(got) == 1001 and got[-1] == ("b", "g", TimeoutNow(1, "b"))
-
-
-def test_an_over_long_line_closes_the_connection():
-    host = RaftHost("a", ["a", "b"], CFG, clock=Clock())
-    proto, transport = connected(host)
-    proto.MAX_LENGTH = 100
-    proto.dataReceived(b"x" * 101)
-    assert transport.disconnecting
-
-
-def test_install_snapshot_carries_the_applications_state():
+def test_install_snapshot_carries_the_applications_state_as_a_raw_body():
     clock = Clock()
 
-    class App(GroupCallbacks):
+    class App(Recorder):
         def snapshot_data(self, group, index):
-            return b"state@%d" % index
+            return b"state@%d\x00" % index
 
-    host = RaftHost("a", ["a", "b"], CFG, App(), clock=clock)
-    proto, transport = connected(host)
-    host._send("b", "g", InstallSnapshot(2, "a", 41, 2, b"", ("a", "b")))
-    clock.advance(0)
-    msg = orjson.loads(transport.value().splitlines()[0])["msg"]
-    assert from_dict(msg) == InstallSnapshot(2, "a", 41, 2, b"state@41", ("a", "b"))
+    got = []
+
+    class Installed(Recorder):
+        def snapshot_installed(self, group, index, term, data):
+            got.append((index, data))
+
+    hosts = {"a": RaftHost("a", ["a", "b"], CFG, App(), clock=clock, rng=random.Random(1)),
+             "b": RaftHost("b", ["a", "b"], CFG, Installed(), clock=clock, rng=random.Random(2))}
+    for h in hosts.values():
+        h.add_group("g", ["a", "b"], MemoryGroupStorage(MemoryRaftLog()))
+        h.start()
+    net = Net(hosts, clock)
+    net.connect_all()
+    net.run(1.5)
+    leader = leader_of(hosts, "g")
+    follower = hosts["b" if leader is hosts["a"] else "a"]
+    net.cut = {follower.node_id}
+    for i in range(5):
+        leader.propose("g", b"e%d" % i)
+    net.cut = set()
+    net.run(0.3)
+    node = leader.groups["g"].node
+    net.cut = {follower.node_id}
+    for i in range(5):
+        leader.propose("g", b"f%d" % i)
+    net.run(0.05)
+    node.compact(node.log.last_index)  # the follower's next entries are gone
+    net.cut = set()
+    net.run(0.5)
+    if leader is hosts["a"]:
+        assert got and got[0][1] == b"state@%d\x00" % got[0][0]
+    assert follower.groups["g"].node.log.last_index == node.log.last_index
+    stop_all(hosts, clock, net)
 
 
 def test_submit_fires_when_committed_and_fails_off_the_leader():
-    clock, hosts, recorders, run = cluster(groups=("g1",))
-    run(2.0)
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
     leader = leader_of(hosts, "g1")
     follower = next(h for h in hosts.values() if h is not leader)
     results = []
     leader.submit("g1", b"x").addBoth(results.append)
     assert results == []
-    run(0.3)
+    net.run(0.3)
     (index,) = results
     assert leader.groups["g1"].node.log.entries(index, index + 1, 10)[0].data == b"x"
     assert recorders[leader.node_id].commits["g1"] >= index
     refused = []
     follower.submit("g1", b"y").addErrback(lambda f: refused.append(f.value))
     assert isinstance(refused[0], NotLeaderError) and refused[0].leader == leader.node_id
-    for h in hosts.values():
-        h.stop()
+    stop_all(hosts, clock, net)
 
 
-def test_pending_submissions_fail_when_leadership_moves():
-    clock, hosts, recorders, run = cluster(groups=("g1",))
-    run(2.0)
+class StuckDisk(MemoryGroupStorage):
+    """Log fsyncs wait until `release()`; afterwards they complete at once."""
+
+    def __init__(self, log):
+        super().__init__(log)
+        self.pending = []
+        self.released = False
+
+    def sync_log(self):
+        if self.released:
+            return None
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+    def release(self):
+        self.released = True
+        for d in self.pending:
+            d.callback(None)
+
+
+def test_a_pending_submission_survives_a_graceful_transfer_and_fires_once_committed():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+    target, other = [i for i in IDS if i != leader.node_id]
+    disk = runner.storage = StuckDisk(runner.storage.log)
+    net.cut = {other}  # only the target gets the entry, and the leader's own fsync hangs
+    outcome = []
+    leader.submit("g1", b"z").addBoth(outcome.append)
+    net.run(0.1)
+    assert outcome == []  # not committed: one durable copy of three
+    leader.transfer_leadership("g1", target)
+    net.run(0.3)
+    assert leader_of(hosts, "g1") is hosts[target] and runner.node.role != LEADER
+    assert outcome == []  # leadership moved; the write is not failed for that
+    disk.release()
+    net.cut = set()
+    net.run(0.5)
+    assert len(outcome) == 1 and isinstance(outcome[0], int), outcome  # committed in its term
+    stop_all(hosts, clock, net)
+
+
+def test_a_pending_submission_fails_when_its_entry_is_replaced():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
     leader = leader_of(hosts, "g1")
     runner = leader.groups["g1"]
     outcome = []
-    leader.submit("g1", b"z").addErrback(lambda f: outcome.append(f.value))
-    runner.feed(runner.node.receive("b" if leader.node_id != "b" else "c",
-                                    AppendEntries(runner.node.term + 1, "q", 0, 0, (), 0), clock.seconds()))
-    assert isinstance(outcome[0], NotLeaderError)
+    net.cut = {leader.node_id}  # isolated: its entry never leaves
+    leader.submit("g1", b"lost").addErrback(lambda f: outcome.append(f.value))
     for h in hosts.values():
-        h.stop()
+        if h is not leader:
+            h._node_lost(leader.node_id)  # its node heartbeats stopped
+    net.run(1.0)
+    assert outcome == [] or isinstance(outcome[0], NotLeaderError)
+    net.cut = set()
+    net.run(1.0)
+    assert runner.node.role != LEADER
+    assert len(outcome) == 1 and isinstance(outcome[0], NotLeaderError)
+    stop_all(hosts, clock, net)
+
+
+def test_a_pending_submission_fails_after_the_proposal_timeout():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    outcome = []
+    net.cut = set(IDS) - {leader.node_id}  # the leader is alone: nothing commits
+    leader.submit("g1", b"late").addErrback(lambda f: outcome.append(f.value))
+    net.run(leader.proposal_timeout - 0.1)
+    assert outcome == []
+    net.run(0.2)
+    assert isinstance(outcome[0], NotLeaderError) and "outcome unknown" in str(outcome[0])
+    stop_all(hosts, clock, net)
 
 
 class FakeEndpoint:
-    """Connects to an in-memory peer host each time, recording the transports."""
+    """Connects to an in-memory peer host each time, recording the pumps."""
 
     def __init__(self, remote_host):
         self.remote = remote_host
@@ -303,7 +396,7 @@ class FakeEndpoint:
         from twisted.internet.defer import succeed
 
         client = factory.buildProtocol(None)
-        server = PeerProtocol(self.remote)
+        server = self.remote.peer_factory().buildProtocol(None)
         client_transport = iosim.FakeTransport(client, isServer=False)
         server_transport = iosim.FakeTransport(server, isServer=True)
         self.pumps.append(iosim.connect(server, server_transport, client, client_transport, greet=False))
@@ -328,4 +421,190 @@ def test_dial_connects_once_per_pair_and_reconnects_after_a_drop():
     a.stop()
     b.stop()
     endpoint.pumps[-1].flush()
+    clock.advance(0)
     assert not clock.getDelayedCalls()
+
+
+# ---------------------------------------------------------------- quiescence and failover
+
+
+def count_deliveries(hosts):
+    """Wrap every host's deliver: returns the list of (node, group) each group message adds."""
+    seen = []
+    for h in hosts.values():
+        real = h.deliver
+
+        def deliver(node, group, to, frm, msg, real=real):
+            seen.append((node, group, type(msg).__name__))
+            real(node, group, to, frm, msg)
+
+        h.transport.host = type("Wrapped", (), {})()
+        for name in ("peer_connected", "peer_lost", "leadership", "forwarded", "cluster_mismatch"):
+            setattr(h.transport.host, name, getattr(h, name))
+        h.transport.host.deliver = deliver
+    return seen
+
+
+def test_idle_groups_go_quiet_and_then_only_node_heartbeats_flow():
+    groups = tuple(f"g{i}" for i in range(50))
+    clock, hosts, recorders, net = cluster(groups=groups)
+    net.run(3.0)
+    assert all(h.awake_groups() == frozenset() for h in hosts.values())
+    seen = count_deliveries(hosts)
+    received = {i: h.transport.stats["received"] for i, h in hosts.items()}
+    net.run(3.0)  # ten election timeouts
+    assert seen == []  # not one group message
+    for i, h in hosts.items():
+        beats = h.transport.stats["received"] - received[i]
+        # Two peers, one node heartbeat each per 50 ms: about 120 in 3 s, whatever the groups.
+        assert 100 <= beats <= 130, beats
+    assert all(len({leader_of(hosts, g).groups[g].node.term}) == 1 for g in groups)
+    # A proposal wakes its group (only it), commits, and the group goes quiet again.
+    leader = leader_of(hosts, "g7")
+    index = leader.propose("g7", b"wake up")
+    net.run(0.3)
+    assert all(recorders[i].commits["g7"] >= index for i in IDS)
+    assert {g for _, g, _ in seen} == {"g7"}
+    net.run(0.5)
+    assert all(h.awake_groups() == frozenset() for h in hosts.values())
+    stop_all(hosts, clock, net)
+
+
+def test_when_the_leaders_process_dies_its_quiet_groups_elect_new_leaders_quickly():
+    groups = tuple(f"g{i}" for i in range(20))
+    clock, hosts, recorders, net = cluster(groups=groups)
+    net.run(3.0)
+    victim = leader_of(hosts, "g0").node_id
+    led = [g for g in groups if leader_of(hosts, g).node_id == victim]
+    assert led and all(not h.awake_groups() for h in hosts.values())
+    net.kill(victim)  # SIGKILL: its connections close at once
+    alive = {i: h for i, h in hosts.items() if i != victim}
+    elapsed = 0.0
+    while any(leader_of(alive, g) is None for g in groups) and elapsed < 2.0:
+        net.run(0.01)
+        elapsed += 0.01
+    # The followers hear the connection close and campaign after a small random delay (pre-vote
+    # first): well under one election timeout (0.3 s here), not after it.
+    assert elapsed < CFG.election_timeout, elapsed
+    for g in led:
+        new = leader_of(alive, g)
+        assert new is not None and new.groups[g].node.term > hosts[victim].groups[g].node.term
+    stop_all(alive, clock, net)
+
+
+def test_a_silent_leader_node_is_replaced_and_its_minority_acknowledges_nothing():
+    clock, hosts, recorders, net = cluster(groups=("g1", "g2"))
+    net.run(3.0)
+    old = leader_of(hosts, "g1")
+    net.cut = {old.node_id}  # SIGSTOP or a partition: no connection closes, node heartbeats stop
+    outcome = []
+    old.submit("g1", b"minority").addBoth(outcome.append)
+    majority = {i: h for i, h in hosts.items() if h is not old}
+    elapsed = 0.0
+    while leader_of(majority, "g1") is None and elapsed < 3.0:
+        net.run(0.01)
+        elapsed += 0.01
+    # Node heartbeats silent for an election timeout wake the groups; then an election timer
+    # ([T, 2T)) and a campaign: within three timeouts.
+    assert elapsed < 3 * CFG.election_timeout + 0.1, elapsed
+    net.run(1.0)
+    assert not any(isinstance(r, int) for r in outcome)  # the minority acknowledged nothing
+    new = leader_of(majority, "g1")
+    index = new.propose("g1", b"majority")
+    net.run(0.3)
+    assert all(recorders[i].commits["g1"] >= index for i in majority)
+    net.cut = set()
+    net.run(1.0)
+    assert len(outcome) == 1 and isinstance(outcome[0].value, NotLeaderError)
+    assert old.groups["g1"].node.log.entries(index, index + 1, 100)[0].data == b"majority"
+    stop_all(hosts, clock, net)
+
+
+def test_a_stalled_reactor_does_not_find_every_election_timer_expired():
+    # The reactor was busy for 3 s (ten election timeouts) and ticks once: Raft time moved by
+    # at most two ticks, so no follower campaigns on account of the stall alone.
+    cfg = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, quiesce=False)
+    clock, hosts, recorders, net = cluster(groups=("g1", "g2"), cfg=cfg)
+    net.run(2.0)
+    terms = {(i, g): h.groups[g].node.term for i, h in hosts.items() for g in ("g1", "g2")}
+    clock.advance(3.0)
+    assert all(h.groups[g].node.role in ("leader", "follower") for h in hosts.values() for g in ("g1", "g2"))
+    assert {(i, g): h.groups[g].node.term for i, h in hosts.items() for g in ("g1", "g2")} == terms
+    net.run(1.0)
+    assert {(i, g): h.groups[g].node.term for i, h in hosts.items() for g in ("g1", "g2")} == terms
+    stop_all(hosts, clock, net)
+
+
+def test_record_batches_replicate_as_their_stored_frames_into_segmented_logs(tmp_path):
+    from streamlog.storage.base import RecordBatch
+    from streamlog.storage.log import SegmentedLog
+
+    class SegmentedStorage(MemoryGroupStorage):
+        def sync_log(self):
+            self.log.sync()
+
+    clock = Clock()
+    logs = {i: SegmentedLog(str(tmp_path / i)) for i in IDS}
+    hosts = {i: RaftHost(i, IDS, CFG, Recorder(), clock=clock, rng=random.Random(i)) for i in IDS}
+    for i, h in hosts.items():
+        h.add_group("t-0", IDS, SegmentedStorage(logs[i]))
+        h.start()
+    net = Net(hosts, clock)
+    net.connect_all()
+    net.run(2.0)
+    leader = leader_of(hosts, "t-0")
+    log = logs[leader.node_id]
+    batch = RecordBatch(log.end_offset, 2, 0, 5, 6, b'{"offset":0,"value":1}\n{"offset":1,"value":2}')
+    done = []
+    leader.submit("t-0", batch).addBoth(done.append)
+    net.run(0.3)
+    (index,) = done
+    frames = {}
+    for i, lg in logs.items():
+        (entry,) = lg.entries(index, index + 1, 1 << 20)
+        assert isinstance(entry.data, RecordBatch) and entry.data.payload == batch.payload
+        frames[i] = entry.data.header + entry.data.payload
+    assert len(set(frames.values())) == 1  # byte for byte the leader's stored frame, on every node
+    assert sum(h.transport.stats["frames_received"] for h in hosts.values()) >= 2
+    stop_all(hosts, clock, net)
+    for lg in logs.values():
+        lg.close()
+
+
+def test_leadership_is_announced_to_peers_in_full_on_connect_and_then_as_deltas():
+    clock, hosts, recorders, net = cluster(groups=("g1", "g2", "g3"))
+    net.run(2.0)
+    for h in hosts.values():
+        for g in ("g1", "g2", "g3"):
+            leader = leader_of(hosts, g)
+            if leader is not h:
+                term = leader.groups[g].node.term
+                assert h.remote_leadership[leader.node_id][g][0] == term
+                assert leader.member_id in h.remote_leadership[leader.node_id][g][1]
+    old = leader_of(hosts, "g1")
+    target = next(i for i in IDS if i != old.node_id)
+    old.transfer_leadership("g1", target)
+    net.run(0.5)
+    observer = next(h for i, h in hosts.items() if i not in (old.node_id, target))
+    assert "g1" not in observer.remote_leadership.get(old.node_id, {})
+    assert "g1" in observer.remote_leadership[target]
+    stop_all(hosts, clock, net)
+
+
+def test_groups_are_added_and_removed_at_run_time():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(1.5)
+    for h in hosts.values():
+        h.add_group("late", IDS, MemoryGroupStorage(MemoryRaftLog()))
+    net.run(1.5)
+    leader = leader_of(hosts, "late")
+    assert leader is not None and all("late" not in h.awake_groups() for h in hosts.values())
+    pending = []
+    net.cut = set(IDS) - {leader.node_id}
+    leader.submit("late", b"x").addErrback(lambda f: pending.append(f.value))
+    leader.remove_group("late")
+    assert isinstance(pending[0], NotLeaderError) and "removed" in str(pending[0])
+    net.cut = set()
+    net.run(0.5)  # the others keep running the group; messages for it here are dropped, counted
+    assert leader.stats["unknown_group"] > 0 and "late" not in leader.groups
+    stop_all(hosts, clock, net)

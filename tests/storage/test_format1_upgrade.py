@@ -255,3 +255,32 @@ def test_a_format1_batch_of_no_records_becomes_a_no_op(scratch):
     [log] = storage.load()["t"][1]
     assert [e.data for e in log.log.entries(3, 4, 100)] == [b""] and log.log.last_index == 5
     storage.close()
+
+
+def test_an_empty_upgraded_partition_keeps_its_moved_start_without_its_checkpoint(scratch):
+    """Review finding 6: a format-1 partition whose retention removed every record (its start
+    moved, its active segment empty) became an empty format-2 log whose start offset only its
+    checkpoint knew; with the checkpoint lost, recovery (repaired: every segment validated)
+    started it again at offset 0, reusing offsets consumers had already read.  The upgrade
+    now records the start in a frame of its own (a no-op at that offset)."""
+    data = os.path.join(scratch, "data")
+    storage = v1.SegmentedStorage(data, V1Config(segment_bytes=1_100), **SETTINGS)
+    [log] = storage.create_topic("t", 1, V1Config(retention_ms=1_000))
+    v1_fill(log, 6)
+    log.roll()
+    log.checkpoint()
+    start = log.apply_retention(now_ms=10**9)
+    assert start == log.end_offset == 24  # every record expired; the start moved past them
+    storage.close()
+    storage = SegmentedStorage(data, CONFIG, **SETTINGS)
+    [log] = storage.load()["t"][1]
+    assert (log.start_offset, log.end_offset) == (24, 24)
+    storage.close()
+    os.unlink(os.path.join(data, "t", "0", "recovery-checkpoint"))
+    storage = SegmentedStorage(data, CONFIG, **SETTINGS)
+    [log] = storage.load()["t"][1]
+    assert log.failed is None
+    assert (log.start_offset, log.end_offset) == (24, 24)
+    log.append(make_batch(log.end_offset, 2))
+    assert log.end_offset == 26 and read_all(log) == [24, 25]  # offsets continue, never reused
+    storage.close()

@@ -410,6 +410,36 @@ def test_truncation_survives_restart_and_moves_the_checkpoint_back(tmp_path):
     recovered.close()
 
 
+@pytest.mark.parametrize("append_after_cut", [False, True])
+def test_a_cut_at_a_segment_boundary_moves_a_synced_mark_at_its_first_byte_back(tmp_path, append_after_cut):
+    """Review finding 3: after a roll and a sync, the synced mark sits at byte 0 of the new
+    segment, where the next entry (the cut index) would start.  A truncation from that index
+    deletes the segment; the mark must move back to the end of the one before, or the next
+    checkpoint names a segment that is gone and a crash before the next sync leaves a
+    partition that refuses to start ("segment file missing")."""
+    log = open_log(tmp_path, segment_bytes=600)
+    for _ in range(4):
+        append_batch(log, make_batch(log.end_offset, 3), term=1)
+    log.roll()  # the active segment is empty, named last_index + 1
+    boundary = log.last_index + 1
+    log.sync()  # the mark: (segment `boundary`, byte 0)
+    assert (log.durability.mark.segment, log.durability.mark.position) == (boundary, 0)
+    append_batch(log, make_batch(log.end_offset, 3), term=1)  # entry `boundary`, not synced
+    log.truncate_suffix(boundary)  # a new leader's conflicting tail
+    assert [s.first_index for s in log.chain.segments][-1] < boundary
+    assert log.durability.mark.segment in [s.first_index for s in log.chain.segments]
+    if append_after_cut:
+        append_noop(log, term=2)  # the new leader's entry, not synced
+    log.checkpoint(sync=False)  # what the committer's checkpoint worker does next
+    image = crash_image(log, tmp_path / "image")  # power loss before the next sync
+    log.close()
+    recovered = open_log(image, segment_bytes=600)
+    assert recovered.failed is None
+    assert recovered.last_index >= boundary - 1
+    assert read_all(recovered) == list(range(12))
+    recovered.close()
+
+
 @pytest.mark.parametrize("cut", [1, 2, 12, 20, 29])
 def test_crash_in_the_middle_of_a_truncation_is_not_corruption(tmp_path, monkeypatch, cut):
     """The checkpoint moves back before any file is cut: a crash after that step

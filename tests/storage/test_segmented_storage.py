@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import orjson
 import pytest
-from storage_helpers import fill, read_all
+from storage_helpers import append_batch, fill, make_batch, read_all
 
+from streamlog.storage import durability
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import CannotLoad, InvalidTopicName, NameTaken
 from streamlog.storage.segmented import SegmentedStorage
@@ -189,4 +191,64 @@ def test_a_format1_topic_under_the_hard_state_files_name_stops_the_start_with_wh
     os.rename(tmp_path / "hardstate", tmp_path / "renamed")
     storage = SegmentedStorage(str(tmp_path))
     assert list(storage.load()) == ["renamed"]  # upgraded under its new name
+    storage.close()
+
+
+# -- a closed log writes no checkpoint (review finding 4) ------------------------------------
+
+
+def topic_with_a_due_checkpoint(tmp_path):
+    storage = SegmentedStorage(str(tmp_path), TopicConfig(segment_bytes=400))
+    storage.load()
+    [old] = storage.create_topic("t", 1, TopicConfig(segment_bytes=400))
+    for _ in range(6):
+        append_batch(old, make_batch(old.end_offset, 3))
+    old.log.sync()
+    assert old.checkpoint_due  # the committer would now hand it to its checkpoint worker
+    return storage, old
+
+
+def test_a_checkpoint_of_a_deleted_topics_log_never_lands_in_the_recreated_topic(tmp_path):
+    storage, old = topic_with_a_due_checkpoint(tmp_path)
+    # The checkpoint worker passed its own `closed` check; meanwhile, on the reactor:
+    storage.delete_topic("t")
+    [new] = storage.create_topic("t", 1, TopicConfig(segment_bytes=400))
+    assert old.log.checkpoint(sync=False) is False  # the worker resumes: the closed log writes nothing
+    for log in storage.logs():
+        log._release()  # power loss instead of a clean close
+    storage.hard_state.close()
+    again = SegmentedStorage(str(tmp_path), TopicConfig(segment_bytes=400))
+    topics = again.load()
+    [reopened] = topics["t"][1]
+    assert reopened.failed is None and reopened.end_offset == 0
+    again.close()
+
+
+def test_closing_a_log_waits_for_a_checkpoint_being_written(tmp_path, monkeypatch):
+    """A checkpoint write that started before the close ends before the log's files go (its
+    topic's directory is renamed away only after)."""
+    storage, old = topic_with_a_due_checkpoint(tmp_path)
+    writing, go_on = threading.Event(), threading.Event()
+    real = durability.write_atomically
+
+    def slow_write(path, data):
+        writing.set()
+        assert go_on.wait(10)
+        real(path, data)
+
+    monkeypatch.setattr(durability, "write_atomically", slow_write)
+    worker = threading.Thread(target=old.log.checkpoint, kwargs={"sync": False})
+    worker.start()
+    try:
+        assert writing.wait(10)
+        deleting = threading.Thread(target=storage.delete_topic, args=("t",))
+        deleting.start()
+        deleting.join(0.3)
+        assert deleting.is_alive() and os.path.isdir(tmp_path / "t")  # the close waits for the checkpoint lock
+    finally:
+        go_on.set()
+        worker.join(10)
+    deleting.join(10)
+    assert not worker.is_alive() and not deleting.is_alive()
+    assert not os.path.exists(tmp_path / "t")
     storage.close()
