@@ -366,8 +366,10 @@ class MemoryNetwork:
         listener = self.listeners.get(address)
         if listener is None or address in self.down:
             return fail(ConnectionRefusedError(address))
-        client = factory.buildProtocol(None)
         server = listener.buildProtocol(None)
+        if server is None:  # the listener's factory refused it (Twisted closes such a connection)
+            return fail(ConnectionRefusedError(address))
+        client = factory.buildProtocol(None)
         pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
                              greet=False, clock=self.clock)
         pump.addresses = {address, source}

@@ -77,7 +77,7 @@ class Broker:
             # Terms and votes are saved in rounds scheduled on the node's clock.
             store.bind(clock, hard_state_runner)
         #: This node's replicas; without one given, the node is a cluster of one.
-        self.directory = directory if directory is not None else alone(storage, config, clock)
+        self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
         self.committer = committer
         #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
         #: administration goes through the controller, topics come from the metadata.

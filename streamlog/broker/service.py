@@ -315,6 +315,7 @@ class BrokerService(service.Service):
             self.config, storage, clock=self.clock,
             connect=lambda address: endpoints.clientFromString(self.clock, _client_endpoint(address)),
             identity=identity, client_address=self.config.advertise or "", on_fatal=refuse_to_run,
+            on_storage_failure=fail_stop,
         )
         node.loaded = loaded
         broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop, directory=node.directory)

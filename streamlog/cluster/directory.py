@@ -19,7 +19,6 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from streamlog.cluster.framed import FramedLog
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
 from streamlog.raft.driver import GroupCallbacks
 from streamlog.raft.messages import TimeoutNow
@@ -71,8 +70,6 @@ class ReplicaDirectory(GroupCallbacks):
         self.committer: Any = None
         #: Whether the node has peers (answers then say how many replicas hold a batch).
         self.clustered = False
-        #: Whether the host's peer transport needs record entries as frames (bytes): FramedLog.
-        self.framed = False
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
 
@@ -93,8 +90,6 @@ class ReplicaDirectory(GroupCallbacks):
         members = tuple(members)
         storage = ReplicaStorage(group, log, self.hard_state, lambda: self.committer, replica.storage_failed,
                                  alone=members == (self.member,))
-        if self.framed:
-            storage.log = FramedLog(log)  # what the host reads and writes; syncs go to the log itself
         self.by_group[group] = replica
         replica.node = self.host.add_group(group, members, storage)
         if members == (self.member,) and getattr(log, "failed", None) is None:
@@ -130,18 +125,14 @@ class ReplicaDirectory(GroupCallbacks):
 
         It is what the group's own election would do after its timeout, sooner:
         the message a leader sends to hand over leadership (C{TimeoutNow}),
-        fed through the host as if from outside.  (A C{RaftHost.campaign}
-        would say this without reaching into the host: asked for in the
-        issue.)  Without that door the host's ticks elect it, later.
+        delivered through the host as if from a peer (C{RaftHost.deliver}).
+        (A C{RaftHost.campaign} would say this without posing as a peer:
+        asked for in the issue.)
         """
-        receive = getattr(self.host, "_receive", None)
-        if receive is None:
-            self.host.start()
-            return
         try:
             # At least the log's last term: a hard-state file that lost its last rounds
             # (docs/storage.md) must not make the new leader write below its log's term.
-            receive("", group, TimeoutNow(max(node.term, node.log.last_term), ""))
+            self.host.deliver("", group, self.host.member_id, "", TimeoutNow(max(node.term, node.log.last_term), ""))
         except Exception:  # e.g. the no-op's append found damage: the partition is unavailable
             self._log.failure("group {group}: electing this node failed", group=group)
 
@@ -188,17 +179,18 @@ class ReplicaDirectory(GroupCallbacks):
 ALONE = "1"
 
 
-def alone(storage: Any, config: Any, clock: Any) -> ReplicaDirectory:
+def alone(storage: Any, config: Any, clock: Any, on_fatal: Callable[[Any], object] | None = None) -> ReplicaDirectory:
     """The directory of a node started without C{--peers}: a cluster of one.
 
     Its C{RaftHost} has no peers and is not ticked: a group of one is elected
     when it is added (L{ReplicaDirectory.elect_alone}), never times out and
     has nobody to send heartbeats to, so an idle node costs nothing.
+    C{on_fatal} is called when a group's fsync fails (the node exits 70).
     """
     from streamlog.raft.core import RaftConfig
     from streamlog.raft.driver import RaftHost
 
     directory = ReplicaDirectory(None, ALONE, hard_state=getattr(storage, "hard_state", None),
                                  unsynced_durability=config.unsynced_durability)
-    directory.host = RaftHost(ALONE, (), RaftConfig(), callbacks=directory, clock=clock)
+    directory.host = RaftHost(ALONE, (), RaftConfig(), callbacks=directory, clock=clock, on_fatal=on_fatal)
     return directory

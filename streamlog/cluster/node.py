@@ -1,11 +1,14 @@
 """L{ClusterNode}: one node of a cluster (design record sections 2, 6, 7).
 
-It opens its identity (C{node.json}), meets its peers on their links
-(L{streamlog.cluster.link}), bootstraps the cluster on its first start or
-resumes it, runs a C{RaftHost} with the metadata group (C{"__meta"}, whose
-leader is the controller) and every local partition group, applies the
-committed metadata entries, and runs the reconciliation planner every
-C{plan_interval} seconds, carrying out its actions.  The broker's handlers
+It opens its identity (C{node.json}), meets its peers over the peer
+transport of its C{RaftHost} (L{streamlog.raft.transport}: one connection
+per node pair, whose hello carries the cluster id, the node id and the
+incarnation; leadership announcements and the C{fwd} channel ride on it
+too), bootstraps the cluster on its first start or resumes it, runs the
+metadata group (C{"__meta"}, whose leader is the controller) and every
+local partition group on that host, applies the committed metadata
+entries, and runs the reconciliation planner every C{plan_interval}
+seconds, carrying out its actions.  The broker's handlers
 reach the cluster through it: topic administration (forwarded to the
 controller), the C{Metadata} answer, the leader table for C{NOT_LEADER}
 hints.
@@ -25,8 +28,7 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -36,7 +38,6 @@ from streamlog import errors, wire
 from streamlog.cluster import metadata as md
 from streamlog.cluster.directory import ReplicaDirectory, Topic
 from streamlog.cluster.identity import IdentityStore, NodeIdentity
-from streamlog.cluster.link import Hello, LinkProtocol, PeerPortFactory
 from streamlog.cluster.placement import create_topic_command, default_replication_factor
 from streamlog.cluster.reconcile import (
     AddLearner,
@@ -55,6 +56,7 @@ from streamlog.cluster.replica import PartitionReplica, RemotePartition, Replica
 from streamlog.raft.core import LEADER, RaftConfig
 from streamlog.raft.driver import GroupCallbacks, NotLeaderError, RaftHost
 from streamlog.raft.log import Entry
+from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
 
 META = md.METADATA_GROUP
@@ -68,6 +70,45 @@ class ClusterStartError(Exception):
     """The node must not run: one line for a person (another cluster's peer, another node's data)."""
 
 
+class NodeHost(RaftHost):
+    """The node's C{RaftHost}: what its peer transport hears about peers also goes to the node.
+
+    The transport's hello is the node's hello (cluster id, node id,
+    incarnation); a connection up or down is a peer met or lost; a forwarded
+    request (C{fwd}) is an admin request for the controller.
+    """
+
+    def __init__(self, node: ClusterNode, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.node = node
+
+    def peer_connected(self, node: str, hello: Hello) -> None:
+        super().peer_connected(node, hello)
+        self.node.peer_up(int(node), hello)
+
+    def peer_lost(self, node: str) -> None:
+        super().peer_lost(node)
+        self.node.peer_down(int(node))
+
+    def forwarded(self, node: str, request: Any) -> Any:
+        return self.node.serve_forwarded(int(node), request)
+
+    def cluster_mismatch(self, node: str, theirs: str) -> None:
+        self.node.cluster_mismatch(int(node), theirs)
+
+
+class _PeerListener(Factory):
+    """The peer listener's factory: the node's transport, built when L{ClusterNode.start} runs."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.node.raft is None or self.node.stopped:
+            return None  # not started (or stopped): the connection is closed, the peer dials again
+        return self.node.raft.peer_factory().buildProtocol(addr)
+
+
 class ClusterNode(GroupCallbacks):
     """This node in its cluster.  Build, then L{start}; C{ready} fires once Raft runs."""
 
@@ -76,6 +117,7 @@ class ClusterNode(GroupCallbacks):
     def __init__(self, config: Any, storage: Any, *, clock: Any, connect: Callable[[str], Any],
                  identity: IdentityStore, client_address: str, rng: random.Random | None = None,
                  on_fatal: Callable[[str], object] | None = None,
+                 on_storage_failure: Callable[[Any], object] | None = None,
                  planner_config: PlannerConfig = PLANNER,
                  plan_interval: float = 0.2, forward_timeout: float = 5.0) -> None:
         self.config = config
@@ -86,6 +128,8 @@ class ClusterNode(GroupCallbacks):
         self.client_address = client_address
         self.rng = rng or random.Random()
         self.on_fatal = on_fatal
+        #: Called when a Raft group's fsync fails (the process exits 70: C{fail_stop}).
+        self.on_storage_failure = on_storage_failure
         self.planner = Planner(planner_config)
         self.plan_interval = plan_interval
         #: Replicas created per reactor turn (their file work runs on the reactor thread).
@@ -96,24 +140,23 @@ class ClusterNode(GroupCallbacks):
         self.peer_address = config.peers.get(self.node_id, "")
         self.identity: NodeIdentity | None = None
         self.state: md.ClusterState | None = None
+        #: The host whose transport meets the peers; made by L{start}.
+        self.raft: NodeHost | None = None
+        #: The same host once Raft runs (the cluster is known): None before.
         self.host: RaftHost | None = None
         self.directory = ReplicaDirectory(None, "", hard_state=getattr(storage, "hard_state", None),
                                           locate=self.locate, other=self,
                                           unsynced_durability=config.broker_config().unsynced_durability)
         self.directory.clustered = True
-        self.directory.framed = True
-        self.links: dict[int, LinkProtocol] = {}
+        #: node id -> the hello of its connection (the last one, while connected or not).
         self.hellos: dict[int, Hello] = {}
-        #: node id -> the other cluster id its hello carried (see link_up).
+        #: node id -> the other cluster id its hello carried (see cluster_mismatch).
         self._foreign: dict[int, str] = {}
-        #: node id -> {group: (term, leader node id or None)}, as that node announced.
-        self.announced: dict[int, dict[str, tuple[int, int | None]]] = {}
         self.cores: dict[str, Any] = {}
         self.meta_log: Any = None
         self.meta_applied = 0
         self._results: dict[int, md.Result] = {}
         self._applied_waiters: list[tuple[int, Deferred]] = []
-        self._dialers: list[ClientService] = []
         self._planning = LoopingCall(self._plan)
         self._planning.clock = clock
         self._plan_soon: Any = None
@@ -129,10 +172,6 @@ class ClusterNode(GroupCallbacks):
     def member(self) -> str:
         assert self.identity is not None
         return md.member_id(self.node_id, self.identity.incarnation)
-
-    def hello(self) -> Hello:
-        assert self.identity is not None
-        return Hello(self.node_id, self.identity.incarnation, self.identity.cluster_id, self.client_address)
 
     def locate(self, member: str | None) -> tuple[int | None, str | None]:
         if member is None:
@@ -150,8 +189,7 @@ class ClusterNode(GroupCallbacks):
             return self.client_address
         if self.state is not None and node in self.state.nodes:
             return self.state.nodes[node].client_address
-        hello = self.hellos.get(node)
-        return hello.client_address if hello is not None else None
+        return None  # not registered yet (its first moments): the hello carries no client address
 
     # --- starting -------------------------------------------------------------------
 
@@ -161,58 +199,53 @@ class ClusterNode(GroupCallbacks):
         self.directory.member = self.member
         self._loaded = self.loaded if self.loaded is not None else self.storage.load()
         self.directory.hard_state = getattr(self.storage, "hard_state", None) or self.directory.hard_state
+        raft = RaftConfig(election_timeout=self.config.election_timeout_ms / 1000.0,
+                          heartbeat_interval=self.config.heartbeat_ms / 1000.0)
+        self.raft = NodeHost(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
+                             clock=self.clock, rng=random.Random(self.rng.random()),
+                             incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
+                             on_fatal=self.on_storage_failure)
+        self.directory.host = self.raft
+        self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):
-            if node > self.node_id:  # one link per pair: the smaller node id dials
-                service = ClientService(self.connect(address), Factory.forProtocol(self._link),
-                                        retryPolicy=backoffPolicy(0.05, 1.0), clock=self.clock)
-                self._dialers.append(service)
-                service.startService()
+            self.raft.dial(str(node), self.connect(address))  # one connection per pair: one side dials
         if self.identity.cluster_id is not None:
             self._run_raft()
         self._planning.start(self.plan_interval, now=False)
 
-    def _link(self) -> LinkProtocol:
-        return LinkProtocol(self, self.clock)
-
     def peer_factory(self) -> Factory:
-        """The factory of the peer listener (C{--peer-listen}): links and Raft connections."""
-        return PeerPortFactory(lambda: self.host.peer_factory() if self.host is not None else None, self._link)
+        """The factory of the peer listener (C{--peer-listen}): the peer transport's, once
+        L{start} made it (the listener is bound before; a connection until then is closed)."""
+        return _PeerListener(self)
 
-    def link_up(self, link: LinkProtocol, hello: Hello) -> bool:
-        if hello.node_id not in self.peers:
-            self._log.warn("a node {node} that is not in --peers said hello; closing", node=hello.node_id)
-            return False
+    def peer_up(self, node: int, hello: Hello) -> None:
+        """Peer C{node}'s connection is up: its hello passed the transport's checks (a known
+        node id, our protocol version, no other cluster id than ours)."""
+        if self.stopped:
+            return
+        self._foreign.pop(node, None)
+        self.hellos[node] = hello
+        assert self.identity is not None
+        if self.identity.cluster_id is None:
+            self._maybe_bootstrap()
+        self._schedule_plan()
+
+    def peer_down(self, node: int) -> None:
+        self._schedule_plan()
+
+    def cluster_mismatch(self, node: int, theirs: str) -> None:
+        """Peer C{node} said it belongs to cluster C{theirs}: the transport closed it. Whose
+        data is wrong?  The node a majority of its peers disagree with stops; the others only
+        refuse the connection (a stray node must not stop a healthy cluster)."""
         assert self.identity is not None
         ours = self.identity.cluster_id
-        if ours is not None and hello.cluster_id is not None and hello.cluster_id != ours:
-            # Whose data is wrong?  The node a majority of its peers disagree with stops; the
-            # others only close the connection (a stray node must not stop a healthy cluster).
-            self._foreign[hello.node_id] = hello.cluster_id
-            self._log.warn("peer node {node} belongs to cluster {theirs}, this node to {ours}; closing",
-                           node=hello.node_id, theirs=hello.cluster_id, ours=ours)
-            if len(self._foreign) > len(self.peers) / 2:
-                self._refuse(f"peer nodes {sorted(self._foreign)} belong to cluster {hello.cluster_id}, this node's "
-                             f"data dir ({self.identity_store.path or 'memory'}) to cluster {ours}: check --peers, "
-                             "--node-id and --data-dir")
-            return False
-        self._foreign.pop(hello.node_id, None)
-        old = self.links.get(hello.node_id)
-        self.links[hello.node_id] = link
-        self.hellos[hello.node_id] = hello
-        if old is not None and old is not link:
-            old.transport.loseConnection()
-        if ours is None:
-            self._maybe_bootstrap()
-        if self.host is not None:
-            link.announce(self._my_leaders(), full=True)
-        self._schedule_plan()
-        return True
-
-    def link_down(self, link: LinkProtocol) -> None:
-        for node, known in list(self.links.items()):
-            if known is link:
-                del self.links[node]
-                self.announced.pop(node, None)
+        self._foreign[node] = theirs
+        self._log.warn("peer node {node} belongs to cluster {theirs}, this node to {ours}; closing",
+                       node=node, theirs=theirs, ours=ours)
+        if len(self._foreign) > len(self.peers) / 2:
+            self._refuse(f"peer nodes {sorted(self._foreign)} belong to cluster {theirs}, this node's "
+                         f"data dir ({self.identity_store.path or 'memory'}) to cluster {ours}: check --peers, "
+                         "--node-id and --data-dir")
 
     def _maybe_bootstrap(self) -> None:
         """A new cluster's first start: once every peer said hello, the metadata group's
@@ -221,7 +254,9 @@ class ClusterNode(GroupCallbacks):
         if set(self.hellos) != set(self.peers):
             return
         incarnations = {self.node_id: self.identity.incarnation}
-        incarnations.update({n: h.incarnation for n, h in self.hellos.items()})
+        incarnations.update({n: h.incarnation for n, h in self.hellos.items() if h.incarnation is not None})
+        if set(incarnations) != set(self.peers) | {self.node_id}:
+            return
         configuration = md.bootstrap_configuration(incarnations)
         cluster_id = md.cluster_id_for(configuration)
         for node, hello in self.hellos.items():
@@ -235,8 +270,6 @@ class ClusterNode(GroupCallbacks):
         self._log.info("bootstrapped cluster {cluster} with members {members}", cluster=cluster_id,
                        members=",".join(configuration))
         self._run_raft()
-        for link in self.links.values():
-            link.announce(self._my_leaders(), full=True)
 
     def _refuse(self, line: str) -> None:
         """This node must not run: say why once, stop, and tell the process (which exits 1)."""
@@ -252,12 +285,9 @@ class ClusterNode(GroupCallbacks):
         assert self.identity is not None and self.identity.cluster_id is not None
         members = self.identity.members
         configuration = md.bootstrap_configuration(members)
-        peer_members = [md.member_id(n, inc) for n, inc in members.items() if n != self.node_id]
-        raft = RaftConfig(election_timeout=self.config.election_timeout_ms / 1000.0,
-                          heartbeat_interval=self.config.heartbeat_ms / 1000.0)
-        self.host = RaftHost(self.member, peer_members, raft, callbacks=self.directory, clock=self.clock,
-                             rng=random.Random(self.rng.random()))
-        self.directory.host = self.host
+        assert self.raft is not None
+        self.host = self.raft
+        self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
         self.state = md.ClusterState.empty(self.identity.cluster_id)
         loaded = self._loaded
         if META in loaded:
@@ -276,10 +306,6 @@ class ClusterNode(GroupCallbacks):
             if parsed is not None:  # a partition group this node held: it runs again at once
                 replica = self.directory.open_replica("", parsed[1], logs[0], name, ())
                 self.cores[name] = replica.node
-        self.host.start()
-        for node, address in self.peers.items():
-            if node in members:
-                self.host.dial(md.member_id(node, members[node]), self.connect(address))
         if not self.ready.called:
             self.ready.callback(None)
 
@@ -329,13 +355,8 @@ class ClusterNode(GroupCallbacks):
             self._planning.stop()
         if self._plan_soon is not None and self._plan_soon.active():
             self._plan_soon.cancel()
-        for service in self._dialers:
-            service.stopService()
-        self._dialers = []
-        for link in list(self.links.values()):
-            link.transport.loseConnection()
-        if self.host is not None:
-            self.host.stop()
+        if self.raft is not None:
+            self.raft.stop()  # its dialers, its ticks and every peer connection
         for _, d in self._applied_waiters:
             if not d.called:
                 d.errback(errors.ShuttingDown("the node is stopping"))
@@ -367,38 +388,17 @@ class ClusterNode(GroupCallbacks):
         if group == META:
             self._schedule_plan()
 
-    def on_role_change(self, group: str) -> None:
-        """A local group's leadership moved: tell the peers (leader table)."""
-        leaders = {group: self._local_leader(group)}
-        for link in self.links.values():
-            link.announce(leaders, full=False)
-
-    def _local_leader(self, group: str) -> tuple[int, int | None]:
-        core = self.cores.get(group)
-        if core is None:
-            return 0, None
-        node = self.locate(core.leader_id)[0]
-        return core.term, node
-
-    def _my_leaders(self) -> dict[str, tuple[int, int | None]]:
-        return {g: (core.term, self.node_id) for g, core in self.cores.items() if core.role == LEADER}
-
-    def leaders_announced(self, node_id: int, leaders: dict[str, tuple[int, int | None]], full: bool) -> None:
-        table = self.announced.setdefault(node_id, {})
-        if full:
-            table.clear()
-        table.update(leaders)
-
     def leader_of(self, group: str) -> tuple[int | None, int]:
         """(leader node id or None, term): the newest of what this node sees and its peers announced."""
         best: tuple[int, int | None] = (0, None)
         core = self.cores.get(group)
         if core is not None:
             best = (core.term, self.locate(core.leader_id)[0] if core.leader_id else None)
-        for table in self.announced.values():
-            seen = table.get(group)
-            if seen is not None and seen[1] is not None and (seen[0] > best[0] or best[1] is None and seen[0] >= best[0]):
-                best = seen
+        if self.raft is not None:
+            for node, table in self.raft.remote_leadership.items():  # [term, isr] of what each leads
+                seen = table.get(group)
+                if seen is not None and (seen[0] > best[0] or best[1] is None and seen[0] >= best[0]):
+                    best = (int(seen[0]), int(node))
         return best[1], best[0]
 
     @property
@@ -439,7 +439,10 @@ class ClusterNode(GroupCallbacks):
     def live(self) -> dict[int, str]:
         assert self.identity is not None
         live = {self.node_id: self.identity.incarnation}
-        live.update({n: self.hellos[n].incarnation for n in self.links})
+        if self.raft is not None:
+            for node, conn in self.raft.connections.items():
+                if conn.hello is not None and conn.hello.incarnation is not None:
+                    live[int(node)] = conn.hello.incarnation
         return live
 
     def view(self) -> NodeView:
@@ -549,24 +552,47 @@ class ClusterNode(GroupCallbacks):
     def forward(self, method: str, params: dict[str, Any]) -> Deferred:
         """Run C{method} at the controller; its answer (or error) is ours."""
         controller = self.controller
-        link = self.links.get(controller) if controller is not None else None
-        if link is None:
+        if controller is None or controller == self.node_id or self.raft is None \
+                or str(controller) not in self.raft.connections:
             return fail(self.not_controller())
-        d = link.forward(method, params, self.forward_timeout)
+        d = self.raft.forward(str(controller), {"method": method, "params": params}, self.forward_timeout)
 
-        def answered(answer: dict[str, Any]) -> Any:
+        def lost(failure: Failure) -> Any:
+            failure.trap(ConnectionError, TimeoutError)  # the link went down, or no answer in time
+            raise self.not_controller()
+
+        def answered(answer: Any) -> Any:
+            if not isinstance(answer, dict):
+                raise errors.Internal("the controller's answer to a forwarded request is not an object")
             if "error" in answer:
-                error = answer["error"]
-                if error.get("code") in ("TIMEOUT", "CONNECTION_LOST"):
-                    raise self.not_controller()
-                raise errors.from_wire(error)
+                raise errors.from_wire(answer["error"])
             result = answer.get("result")
             index = result.get("index") if isinstance(result, dict) else None
             if isinstance(index, int):  # see what the controller did before answering
                 return self.applied(index).addCallback(lambda _: result)
             return result
 
-        return d.addCallback(answered)
+        return d.addCallbacks(answered, lost)
+
+    def serve_forwarded(self, node: int, request: Any) -> Deferred:
+        """Peer C{node} forwarded C{{"method", "params"}} (L{forward} there): the answer goes
+        back as C{{"result": ...}} or C{{"error": {code, message, ...}}}."""
+
+        def ok(result: Any) -> dict[str, Any]:
+            return {"result": result}
+
+        def failed(failure: Failure) -> dict[str, Any]:
+            error = failure.value
+            if not isinstance(error, errors.StreamlogError):
+                self._log.failure("forwarded request from node {node} failed", failure, node=node)
+                error = errors.Internal("internal error at the controller")
+            return {"error": error.to_wire()}
+
+        if not (isinstance(request, dict) and isinstance(request.get("method"), str)
+                and isinstance(request.get("params", {}), dict)):
+            self._log.warn("node {node} forwarded a malformed request", node=node)
+            return succeed(failed(Failure(errors.InvalidParams("a forwarded request is {method, params}"))))
+        return maybeDeferred(self.forwarded, request["method"], dict(request.get("params") or {})).addCallbacks(ok, failed)
 
     def forwarded(self, method: str, params: dict[str, Any]) -> Deferred:
         """A peer forwarded C{method} to this node, the controller it believes."""

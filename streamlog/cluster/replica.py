@@ -83,7 +83,7 @@ class ReplicaStorage:
         committer = self._committer()
         if committer is None:
             return None
-        log = self.raw  # (under a FramedLog, the log itself)
+        log = self.raw
         target = log.last_index
         d: Deferred = committer.wait_index(log, target)
 
