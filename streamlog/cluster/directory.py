@@ -112,8 +112,8 @@ class ReplicaDirectory(GroupCallbacks):
         its entry in L{topics} the caller's to drop); their waiters get C{error}."""
         for replica in topic.partitions:
             self.by_group.pop(replica.group, None)
+            replica.close(error)  # first: its waiting writes get C{error}, not the host's NOT_LEADER
             self.host.remove_group(replica.group)
-            replica.close(error)
             if self.committer is not None:
                 self.committer.forget(replica.log, error)
             if self.hard_state is not None:

@@ -506,8 +506,9 @@ class ClusterNode(GroupCallbacks):
         if replica is None:
             return
         assert self.host is not None
-        self.host.remove_group(group)
+        # Closed first: its waiting writes get UNKNOWN_TOPIC, not the host's NOT_LEADER.
         replica.close(errors.UnknownTopic(f"topic {replica.topic!r} was deleted", topic=replica.topic))
+        self.host.remove_group(group)
         if self.directory.committer is not None:
             self.directory.committer.forget(replica.log)
         try:
