@@ -25,6 +25,7 @@ def durable(tmp_path, clock):
     storage = SegmentedStorage(str(tmp_path / "data"))
     h = BrokerHarness(storage=storage, clock=clock, committer=committer)
     h.broker.on_fatal = fatal.append
+    h.broker.directory.host.on_fatal = fatal.append  # a Raft group's failed fsync is fatal too
     h.threads, h.fatal, h.committer = threads, fatal, committer
     yield h
     h.stop()
