@@ -87,11 +87,16 @@ class ReplicaStorage:
         target = log.last_index
         d: Deferred = committer.wait_index(log, target)
 
-        def failed(failure: Failure) -> Failure | None:
-            if failure.check(CommitterStopped) and log.durable_index >= target:
-                # Asked after the node's final sync, which covered it (the driver releases
-                # a group's syncs one at a time): it is durable.
-                return None
+        def failed(failure: Failure) -> Failure | Deferred | None:
+            if failure.check(CommitterStopped):
+                if log.durable_index >= target:
+                    # Asked after the node's final sync, which covered it (the driver releases
+                    # a group's syncs one at a time): it is durable.
+                    return None
+                # The node is stopping (a follower still took entries after the final sync):
+                # this sync never happens, so the group stays held where it is until the
+                # process exits.  No disk failed: not a fatal fsync error (exit 70).
+                return Deferred()
             self._on_sync_failed(failure)
             return failure
 
