@@ -97,7 +97,7 @@ class NodeHost(RaftHost):
         self.node.cluster_mismatch(int(node), theirs)
 
 
-class _PeerListener(Factory):
+class PeerListener(Factory):
     """The peer listener's factory: the node's transport, built when L{ClusterNode.start} runs."""
 
     def __init__(self, node: ClusterNode) -> None:
@@ -216,7 +216,7 @@ class ClusterNode(GroupCallbacks):
     def peer_factory(self) -> Factory:
         """The factory of the peer listener (C{--peer-listen}): the peer transport's, once
         L{start} made it (the listener is bound before; a connection until then is closed)."""
-        return _PeerListener(self)
+        return PeerListener(self)
 
     def peer_up(self, node: int, hello: Hello) -> None:
         """Peer C{node}'s connection is up: its hello passed the transport's checks (a known
