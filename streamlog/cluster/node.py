@@ -189,7 +189,8 @@ class ClusterNode(GroupCallbacks):
             return self.client_address
         if self.state is not None and node in self.state.nodes:
             return self.state.nodes[node].client_address
-        return None  # not registered yet (its first moments): the hello carries no client address
+        hello = self.hellos.get(node)  # not registered yet (its first moments): what its hello said
+        return hello.client_address if hello is not None else None
 
     # --- starting -------------------------------------------------------------------
 
@@ -205,6 +206,7 @@ class ClusterNode(GroupCallbacks):
                              clock=self.clock, rng=random.Random(self.rng.random()),
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
                              on_fatal=self.on_storage_failure)
+        self.raft.transport.client_address = self.client_address or None
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):

@@ -188,3 +188,18 @@ def test_retention_runs_over_this_nodes_replicas_only(cluster):
     create(cluster, 1, partitions=3, replication_factor=1)
     for i in cluster.nodes:
         cluster.brokers[i].apply_retention()  # partitions held elsewhere are not this node's to trim
+
+
+def test_metadata_gives_every_connected_nodes_address_before_it_registered():
+    """The hello carries the client address: a client asking in the cluster's first moments
+    (before each node registered through the controller) gets an address for every peer."""
+    c = ClusterHarness(3)
+    try:
+        c.run_until(lambda: all(len(n.raft.connections) == 2 for n in c.nodes.values()), timeout=5.0)
+        for i, node in c.nodes.items():
+            assert node.state is None or not node.state.nodes  # nobody registered yet
+            nodes = node.metadata({})["nodes"]
+            assert [(n["node_id"], n["address"], n["up"]) for n in nodes] == [
+                (j, f"127.0.0.1:{7000 + j}", True) for j in (1, 2, 3)], i
+    finally:
+        c.stop()
