@@ -375,6 +375,7 @@ class BlockingClient:
             self._learn()
         node = self.view.controller_node()
         target = self._node(node.address) if node is not None else self._any_node()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         for attempt in range(ROUTED_ATTEMPTS):
             try:
                 return self._call_at(target, method, params)
@@ -383,6 +384,14 @@ class BlockingClient:
                     raise
                 if not self.view.apply_not_controller(e.details):
                     self._learn()
+                node = self.view.controller_node()
+                target = self._node(node.address) if node is not None else self._any_node()
+            except errors.LeaderNotAvailable:
+                # No controller yet, or a cluster still forming: nothing was done; ask again soon.
+                if attempt == ROUTED_ATTEMPTS - 1:
+                    raise
+                self._pause(attempt, deadline)
+                self._learn()
                 node = self.view.controller_node()
                 target = self._node(node.address) if node is not None else self._any_node()
         raise AssertionError("unreachable")  # pragma: no cover
