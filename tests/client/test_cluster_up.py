@@ -270,7 +270,8 @@ def test_a_node_that_dies_while_starting_is_told_and_the_others_are_stopped(ups)
     m = re.search(r"node 2 \(pid (\d+)\) exited on its own, exit status 3; its last output:\n", err)
     assert m, err
     assert "  [node 2] exiting on purpose\n  [node 2] a last line without its newline\nstopping the other nodes" in err
-    assert "[node 1] stopping on a signal" in out and "[node 3] stopping on a signal" in out
+    # (Stopped so early that they may not have said so: their pids tell.)
+    assert "[node 1] " in out and "[node 3] " in out
     assert not any(pid_alive(p) for p in up.node_pids) and len(up.node_pids) == 3
 
 
