@@ -56,7 +56,29 @@ def test_the_cluster_options_become_the_node_config():
     assert not alone.node_config().clustered and alone.node_config().node_id == 1
 
 
+def test_the_peer_wire_limits_are_server_options_that_reach_the_transport():
+    from streamlog.raft.transport import TransportLimits
+    from streamlog.testing import ClusterHarness
+
+    options = Options()
+    options.parseOptions(["--peer-max-header-bytes", "65536", "--peer-max-body-bytes", "2097152",
+                          "--peer-bulk-budget-bytes", "1048576", "--peer-handshake-timeout", "2.5",
+                          "--peer-control-line-bytes", "16384", "--peer-max-unread-bytes", "4194304"])
+    limits = TransportLimits(65536, 2097152, 1048576, 2.5, 16384, 4194304)
+    assert options.node_config().peer_limits == limits
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults.node_config().peer_limits == TransportLimits()
+    c = ClusterHarness(3, peer_limits=limits)
+    try:
+        assert all(n.raft.transport.limits == limits for n in c.nodes.values())
+    finally:
+        c.stop()
+
+
 @pytest.mark.parametrize("args,says", [
+    (["--peer-max-body-bytes", "0"], "--peer-max-body-bytes must be positive"),
+    (["--peer-handshake-timeout", "-1"], "--peer-handshake-timeout must be positive"),
     (["--peers", PEERS], "--peers needs --peer-listen"),
     (["--node-id", "4", "--peers", PEERS, "--peer-listen", "tcp:7174"], "must include this node"),
     (["--peers", "1=127.0.0.1", "--peer-listen", "tcp:7171"], "is not ID=HOST:PORT"),

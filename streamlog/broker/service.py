@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
 from streamlog.storage.errors import StorageError
@@ -86,6 +87,8 @@ class NodeConfig:
     heartbeat_ms: int = 50
     #: Replicas per partition of a new topic; None: min(3, nodes).
     replication_factor: int | None = None
+    #: The bounds of the peer wire (--peer-max-header-bytes, ...; docs/operations.md "Limits").
+    peer_limits: TransportLimits = TransportLimits()
 
     @property
     def clustered(self) -> bool:

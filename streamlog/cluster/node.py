@@ -205,7 +205,7 @@ class ClusterNode(GroupCallbacks):
         self.raft = NodeHost(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
                              clock=self.clock, rng=random.Random(self.rng.random()),
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
-                             on_fatal=self.on_storage_failure)
+                             on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))
         self.raft.transport.client_address = self.client_address or None
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on

@@ -20,6 +20,7 @@ from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
+from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
@@ -93,6 +94,21 @@ def _endpoint_fields(description: str) -> list[str]:
     return fields
 
 
+_PEER_LIMIT_HELP = {
+    "max_header_bytes": "Longest JSON header line from a peer node (bytes); past it the peer connection closes.",
+    "max_body_bytes": "Largest raw body from a peer node (bytes: a batch of stored frames, a snapshot).",
+    "bulk_budget_bytes": "Replication bytes queued towards one slow peer before more are dropped (Raft resends).",
+    "handshake_timeout": "Seconds a peer connection has to send a valid hello.",
+    "control_line_bytes": "Coalesced control messages are split into lines of about this many bytes.",
+    "max_unread_bytes": "Control bytes queued towards a peer that reads nothing before the connection closes.",
+}
+
+
+def _peer_limit_parameters() -> list[list[Any]]:
+    return [["peer-" + f.name.replace("_", "-"), None, f.default, _PEER_LIMIT_HELP[f.name],
+             float if f.type in ("float", float) else int] for f in attrs.fields(TransportLimits)]
+
+
 def _limit_parameters() -> list[list[Any]]:
     params = []
     for field in attrs.fields(wire.Limits):
@@ -133,7 +149,7 @@ class Options(usage.Options):
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters()
+    ] + _limit_parameters() + _peer_limit_parameters()
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -151,6 +167,10 @@ class Options(usage.Options):
         for field in attrs.fields(wire.Limits):
             name = field.name.replace("_", "-")
             if self[name] < 0 or (self[name] == 0 and name not in ("idle-timeout", "partial-line-timeout")):
+                raise usage.UsageError(f"--{name} must be positive")
+        for field in attrs.fields(TransportLimits):
+            name = "peer-" + field.name.replace("_", "-")
+            if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if not 1 <= self["default-partitions"] <= self["max-partitions"]:
             raise usage.UsageError(f"--default-partitions must be between 1 and --max-partitions ({self['max-partitions']})")
@@ -235,6 +255,8 @@ class Options(usage.Options):
             election_timeout_ms=self["election-timeout-ms"],
             heartbeat_ms=self["heartbeat-ms"],
             replication_factor=self["replication-factor"],
+            peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
+                                           for f in attrs.fields(TransportLimits)}),
         )
 
     def limits(self) -> wire.Limits:
