@@ -97,9 +97,14 @@ def test_topic_admin_waits_out_a_cluster_still_forming(cluster, client):
     """Right after `streamlog cluster up` the nodes register through the controller for a
     moment: CreateTopic answers LEADER_NOT_AVAILABLE, which the client retries (bounded)."""
     with cluster.lock:
-        cluster.fake.forming = 2
+        cluster.fake.forming = 5
     assert client.create_topic("new", partitions=2)["topic"] == "new"
-    assert asked(cluster, "CreateTopic") == [1, 1, 1]
+    assert asked(cluster, "CreateTopic") == [1] * 6
+    with cluster.lock:
+        cluster.fake.forming = 100  # not forever: the error once the tries are spent
+    with pytest.raises(errors.LeaderNotAvailable):
+        client.create_topic("other", partitions=1)
+    assert len(asked(cluster, "CreateTopic")) == 6 + 8
 
 
 def test_submitted_polls_follow_a_leader_that_moves_under_the_same_id(cluster, client):
