@@ -307,6 +307,8 @@ class LocalCluster:
         self.signalled: str | None = None
         self.signals = 0
         self.output_closed = False
+        #: Nodes that died while the cluster was up (the others ran on).
+        self.lost: list[_Node] = []
 
     # --- running ---------------------------------------------------------------------------
 
@@ -327,7 +329,7 @@ class LocalCluster:
             failed = self._stop()
             if self.output_closed:
                 return EXIT_BROKEN_PIPE
-            return EXIT_ERROR if failed else EXIT_OK
+            return EXIT_ERROR if failed or self.lost else EXIT_OK
         finally:
             for node in self.nodes:  # last resort (an unexpected exception): no node outlives us
                 if node.alive():
@@ -434,7 +436,7 @@ class LocalCluster:
     def _serve(self) -> None:
         while not self._interrupted():
             self._pump(0.2)
-            self._check_exits()
+            self._check_exits(serving=True)
             self._check_output()
 
     def _check_output(self) -> None:
@@ -516,7 +518,10 @@ class LocalCluster:
 
     # --- exits and stopping ---------------------------------------------------------------------
 
-    def _check_exits(self) -> None:
+    def _check_exits(self, serving: bool = False) -> None:
+        """A node that exits while the cluster starts stops it (something is wrong with the setup).
+        Once it is up (C{serving}), a node that dies (a C{kill -9} to try a failover, a crash) is
+        told and the others keep running, as a cluster does, until every node is gone."""
         if self._interrupted():
             return  # exits are part of stopping now
         dead = [n for n in self.nodes if not n.reported and not n.alive()]
@@ -527,7 +532,13 @@ class LocalCluster:
             self._drain(node)
         said = "\n".join(self._death(n) for n in dead)
         hint = _hint(dead)
-        raise ClusterFailed(said + (f"\n{hint}" if hint else "") + "\nstopping the other nodes")
+        said += f"\n{hint}" if hint else ""
+        running = [n for n in self.nodes if n.alive()]
+        if not serving or not running:
+            raise ClusterFailed(said + ("\nstopping the other nodes" if running else "\nno node is running"))
+        self.lost.extend(dead)
+        names = ", ".join(f"node {n.plan.node_id}" for n in running)
+        self._tell(f"streamlog cluster up: {said}\n{names} keep running (Ctrl-C stops them; the exit status will be 1)")
 
     def _death(self, node: _Node) -> str:
         last = list(node.lines.last)

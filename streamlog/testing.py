@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -114,10 +114,11 @@ class Connection:
         self.protocol.dataReceived(wire.encode_request(rid, method, params or {}))
         return rid
 
-    def answers(self) -> list[dict[str, Any]]:
-        """Every answer line written since the last call, parsed."""
+    def answers(self, keep: bool = False) -> list[dict[str, Any]]:
+        """Every answer line written since the last call, parsed (C{keep}: and leave them there)."""
         data = self.transport.value()
-        self.transport.clear()
+        if not keep:
+            self.transport.clear()
         return [orjson.loads(line) for line in data.split(b"\n") if line]
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -149,10 +150,26 @@ class BrokerHarness:
         self.clock = clock or Clock()
         if config is None:
             config = BrokerConfig(limits=limits or wire.DEFAULT_LIMITS)
-        self.broker = Broker(storage or MemoryStorage(), config, clock=self.clock, committer=committer)
+        # Terms and votes (durable storage) are saved at once, in rounds on this clock.
+        self.broker = Broker(storage or MemoryStorage(), config, clock=self.clock, committer=committer,
+                             hard_state_runner=lambda f, *args: maybeDeferred(f, *args))
         self.factory = BrokerFactory(self.broker, config.limits, self.clock)
         self.factory.doStart()
         self._port = 40000
+        self.settle()  # recovered partitions elect this node (a cluster of one)
+
+    def settle(self, threads: Any = None, rounds: int = 20) -> None:
+        """Let the node's groups finish what they started (elections: a hard-state round on
+        the clock, the new leader's no-op synced by C{threads} if the test holds the syncs)."""
+        threads = threads if threads is not None else getattr(self, "threads", None)
+        for _ in range(rounds):
+            self.clock.advance(0)
+            if threads is None or not threads.jobs:
+                if not self.clock.getDelayedCalls() or all(c.getTime() > self.clock.seconds()
+                                                           for c in self.clock.getDelayedCalls()):
+                    return
+            if threads is not None:
+                threads.run_all()
 
     def connect(self, host: str = "127.0.0.1") -> Connection:
         """A new connection, as if from C{host} (IPv4 or IPv6; each from a port of its own)."""
@@ -316,3 +333,225 @@ class LineClient:
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
+
+
+# --- clusters in one process ------------------------------------------------------------
+
+
+class MemoryNetwork:
+    """Listeners and connections between in-process nodes, as iosim pumps on one Clock.
+
+    C{endpoint(address)} is a client endpoint to whatever listens at
+    C{address}; a connection to an address nobody listens on (or that is
+    C{down}) is refused.  L{pump} moves bytes until every connection is quiet.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.listeners: dict[str, Any] = {}
+        self.pumps: list[Any] = []
+        self.down: set[str] = set()
+
+    def listen(self, address: str, factory: Any) -> None:
+        self.listeners[address] = factory
+
+    def endpoint(self, address: str) -> Any:
+        return _MemoryEndpoint(self, address)
+
+    def _connect(self, address: str, factory: Any, source: str | None) -> Deferred:
+        from twisted.internet.defer import fail, succeed
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.test import iosim
+
+        listener = self.listeners.get(address)
+        if listener is None or address in self.down:
+            return fail(ConnectionRefusedError(address))
+        server = listener.buildProtocol(None)
+        if server is None:  # the listener's factory refused it (Twisted closes such a connection)
+            return fail(ConnectionRefusedError(address))
+        client = factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+                             greet=False, clock=self.clock)
+        pump.addresses = {address, source}
+        self.pumps.append(pump)
+        return succeed(client)
+
+    def pump(self, rounds: int = 100) -> None:
+        for _ in range(rounds):
+            moved = False
+            for pump in list(self.pumps):
+                if pump.pump():
+                    moved = True
+            self.pumps = [p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)]
+            if not moved:
+                return
+
+    def cut(self, address: str) -> None:
+        """Close every connection to or from C{address} (a killed process closes its sockets) and
+        refuse new ones."""
+        self.down.add(address)
+        for pump in list(self.pumps):
+            if address in pump.addresses:
+                pump.clientIO.loseConnection()
+                pump.serverIO.loseConnection()
+        self.pump()
+
+    def heal(self, address: str) -> None:
+        self.down.discard(address)
+
+
+class _MemoryEndpoint:
+    def __init__(self, network: MemoryNetwork, address: str, source: str | None = None) -> None:
+        self.network = network
+        self.address = address
+        self.source = source
+
+    def connect(self, factory: Any) -> Deferred:
+        return self.network._connect(self.address, factory, self.source)
+
+
+class ClusterHarness:
+    """C{n} cluster nodes (memory storage), their brokers and a Clock, over a L{MemoryNetwork}.
+
+    Node C{i} listens for peers at C{127.0.0.1:900i} and for clients at
+    C{127.0.0.1:700i}; incarnations are fixed (C{i} in 16 hex digits) so runs
+    are deterministic.  Client connections are StringTransports (L{connect}).
+    """
+
+    def __init__(self, n: int = 3, clock: Clock | None = None, seed: int = 0, **config: Any) -> None:
+        import random
+
+        from streamlog.broker.service import NodeConfig
+
+        self.clock = clock or Clock()
+        self.network = MemoryNetwork(self.clock)
+        self.seed = seed
+        self.peers = {i: f"127.0.0.1:{9000 + i}" for i in range(1, n + 1)}
+        self.config = {"storage": "memory", "election_timeout_ms": 300, "heartbeat_ms": 50, **config}
+        self.nodes: dict[int, Any] = {}
+        self.brokers: dict[int, Broker] = {}
+        self.factories: dict[int, BrokerFactory] = {}
+        self.storages: dict[int, Any] = {}
+        self.identities: dict[int, Any] = {}
+        self._random = random
+        self._NodeConfig = NodeConfig
+        self._port = 40000
+        for i in self.peers:
+            self.start(i)
+
+    def start(self, i: int, fresh: bool = False) -> Any:
+        """Start node C{i} (again, on its storage and identity unless C{fresh})."""
+        from streamlog.cluster.identity import IdentityStore, NodeIdentity
+        from streamlog.cluster.node import ClusterNode
+
+        config = self._NodeConfig(node_id=i, peers=self.peers, **self.config)
+        if fresh or i not in self.storages:
+            self.storages[i] = MemoryStorage()
+            self.storages[i].hard_state = MemoryHardState()
+            store = IdentityStore(None)
+            store.save(NodeIdentity(i, f"{i:016x}"))
+            self.identities[i] = store
+        storage = self.storages[i]  # a restart finds the logs and votes as they were (memory: all of it)
+        node = ClusterNode(config, storage, clock=self.clock, connect=self.network.endpoint,
+                           identity=self.identities[i], client_address=f"127.0.0.1:{7000 + i}",
+                           rng=self._random.Random(self.seed * 100 + i))
+        broker = Broker(storage, config.broker_config(), clock=self.clock, directory=node.directory)
+        broker.cluster = node
+        self.network.heal(self.peers[i])
+        self.network.listen(self.peers[i], node.peer_factory())
+        node.start()
+        factory = BrokerFactory(broker, config.limits, self.clock)
+        factory.doStart()
+        self.nodes[i], self.brokers[i], self.factories[i] = node, broker, factory
+        return node
+
+    def kill(self, i: int) -> None:
+        """As SIGKILL: the node stops at once, its connections close."""
+        node = self.nodes[i]
+        node.stop()
+        self.network.listeners.pop(self.peers[i], None)
+        self.network.cut(self.peers[i])
+        for conn in list(self.factories[i].connections):
+            conn.connectionLost(None)
+
+    def run(self, seconds: float, step: float = 0.01) -> None:
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+            self.network.pump()
+
+    def run_until(self, condition: Callable[[], Any], timeout: float = 30.0, step: float = 0.01) -> float:
+        start = self.clock.seconds()
+        while not condition():
+            if self.clock.seconds() - start > timeout:
+                raise AssertionError(f"not reached in {timeout} simulated seconds")
+            self.clock.advance(step)
+            self.network.pump()
+        return self.clock.seconds() - start
+
+    def connect(self, i: int) -> Connection:
+        self._port += 1
+        addr = IPv4Address("TCP", "127.0.0.1", self._port)
+        protocol = self.factories[i].buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        protocol.makeConnection(transport)
+        return Connection(protocol, transport)
+
+    def call(self, i: int, method: str, params: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask node C{i}, running the cluster until the answer comes."""
+        conn = self.connect(i)
+        rid = conn.request(method, params)
+        got: list[dict[str, Any]] = []
+
+        def answered() -> bool:
+            got.extend(a for a in conn.answers() if a["id"] == rid)
+            return bool(got)
+
+        self.run_until(answered, timeout)
+        return got[0]
+
+    def controller(self) -> int | None:
+        from streamlog.raft.core import LEADER
+
+        leaders = [i for i, n in self.nodes.items() if not n.stopped and META_GROUP in n.cores
+                   and n.cores[META_GROUP].role == LEADER]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def stop(self) -> None:
+        for i, node in self.nodes.items():
+            if not node.stopped:
+                node.stop()
+            for conn in list(self.factories[i].connections):
+                conn.connectionLost(None)
+            self.factories[i].doStop()
+        self.network.pump()
+
+
+META_GROUP = "__meta"
+
+
+class MemoryHardState:
+    """A node's terms and votes kept in memory (a C{HardStateStore} that survives a restart in a test)."""
+
+    def __init__(self) -> None:
+        from streamlog.raft.core import HardState
+
+        self._empty = HardState()
+        self.states: dict[str, Any] = {}
+
+    def get(self, group: str) -> Any:
+        return self.states.get(group, self._empty)
+
+    def save(self, group: str, state: Any) -> Deferred:
+        from twisted.internet.defer import succeed
+
+        self.states[group] = state
+        return succeed(None)
+
+    def remove(self, group: str) -> Deferred:
+        from twisted.internet.defer import succeed
+
+        self.states.pop(group, None)
+        return succeed(None)
+
+    def bind(self, clock: Any, run_in_thread: Any = None) -> None:
+        pass

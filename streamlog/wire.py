@@ -110,6 +110,8 @@ class CreateTopicParams:
     topic: str
     partitions: int
     config: TopicConfig
+    #: Replicas per partition (cluster); None: the server's --replication-factor.
+    replication_factor: int | None = None
 
 
 @attrs.frozen
@@ -374,6 +376,9 @@ def parse_poll(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> PollP
     return result
 
 
+#: The most replicas a partition may have (CreateTopic's replication_factor).
+MAX_REPLICATION_FACTOR = 7
+
 _CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
 
 
@@ -381,6 +386,7 @@ def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
     p = _Params(params)
     topic = _topic(p)
     partitions = p.integer("partitions", default=1, minimum=1, maximum=limits.max_partitions)
+    replication_factor = p.integer("replication_factor", minimum=1, maximum=MAX_REPLICATION_FACTOR)
     config = p.raw("config")
     p.done()
     if config is None:  # absent or null: the server defaults (not any falsy value: 0, "", [] are mistakes)
@@ -395,7 +401,8 @@ def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
         "segment_ms": c.integer("segment_ms", minimum=1),
     }
     c.done()
-    return CreateTopicParams(topic=topic, partitions=partitions, config=TopicConfig(**values))
+    return CreateTopicParams(topic=topic, partitions=partitions, config=TopicConfig(**values),
+                             replication_factor=replication_factor)
 
 
 def parse_topic_only(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:

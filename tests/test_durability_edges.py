@@ -9,6 +9,7 @@ import pytest
 
 from streamlog import errors
 from streamlog.broker.broker import BrokerConfig
+from streamlog.raft.log import Entry
 from streamlog.storage.base import ReadResult, TopicConfig
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
 from streamlog.storage.memory import MemoryStorage
@@ -24,6 +25,7 @@ def durable(tmp_path, clock):
     storage = SegmentedStorage(str(tmp_path / "data"))
     h = BrokerHarness(storage=storage, clock=clock, committer=committer)
     h.broker.on_fatal = fatal.append
+    h.broker.directory.host.on_fatal = fatal.append  # a Raft group's failed fsync is fatal too
     h.threads, h.fatal, h.committer = threads, fatal, committer
     yield h
     h.stop()
@@ -37,6 +39,7 @@ def durable(tmp_path, clock):
 
 def test_a_durable_record_is_visible_even_if_its_producer_disconnected(durable):
     durable.broker.create_topic("t", 1)
+    durable.settle()  # its group elects this node: a hard-state round, the no-op synced
     producer = durable.connect()
     producer.request("Send", {"topic": "t", "value": "hello"})
     durable.clock.advance(0)  # the group-commit round starts; the fsync is "in the thread"
@@ -50,6 +53,7 @@ def test_a_durable_record_is_visible_even_if_its_producer_disconnected(durable):
 
 def test_deleting_a_topic_answers_its_waiting_sends_unknown_topic(durable):
     durable.broker.create_topic("t", 1)
+    durable.settle()  # its group elects this node: a hard-state round, the no-op synced
     conn = durable.connect()
     in_round = conn.request("Send", {"topic": "t", "value": "a"})
     durable.clock.advance(0)  # "a" is in a running round
@@ -65,6 +69,7 @@ def test_deleting_a_topic_answers_its_waiting_sends_unknown_topic(durable):
 
 def test_stopping_answers_appended_sends_and_refuses_new_ones(durable):
     durable.broker.create_topic("t", 1)
+    durable.settle()  # its group elects this node: a hard-state round, the no-op synced
     conn = durable.connect()
     first = conn.request("Send", {"topic": "t", "value": "in flight"})
     durable.broker.stopping = True  # what BrokerService.stopService does first
@@ -85,7 +90,8 @@ def test_a_long_poll_past_the_high_watermark_waits_for_data_at_its_offset(clock)
     partition = h.broker.partition("t", 0)
     # Appended but not yet committed: a consumer that learnt offset 1 from an
     # acks=leader answer waits at 1 while the high watermark is below it.
-    partition.log.append(_batch(1, b'{"offset":1,"timestamp":0}'))
+    log = partition.log  # the group's Raft log: the record batch as its next entry
+    log.append([Entry(log.last_index + 1, partition.term, _batch(1, b'{"offset":1,"timestamp":0}'))])
     partition.high_watermark = 0
     rid = conn.request("Poll", {"topic": "t", "offset": 1, "max_wait_ms": 10_000})
     partition.advance(1)  # the high watermark moves, but not past offset 1
@@ -104,12 +110,13 @@ def _batch(offset: int, payload: bytes):
 
 def test_a_storage_failure_during_retention_stops_the_node(durable, monkeypatch):
     durable.broker.create_topic("t", 1)
+    durable.settle()  # its group elects this node: a hard-state round, the no-op synced
     log = durable.broker.partition("t", 0).log
 
     def no_space(now_ms):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(log, "apply_retention", no_space)
+    monkeypatch.setattr(log, "retention_point", no_space)  # where retention rolls an idle segment
     with pytest.raises(errors.StorageError):
         durable.broker.apply_retention()
     assert len(durable.fatal) == 1
@@ -117,6 +124,7 @@ def test_a_storage_failure_during_retention_stops_the_node(durable, monkeypatch)
 
 def test_a_storage_failure_while_deleting_a_topic_stops_the_node(durable, monkeypatch):
     durable.broker.create_topic("t", 1)
+    durable.settle()  # its group elects this node: a hard-state round, the no-op synced
 
     def failing_delete(name):
         raise OSError(errno.EIO, "Input/output error")

@@ -10,6 +10,7 @@ import os
 
 import pytest
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.python import usage
 
@@ -145,9 +146,17 @@ def test_node_open_binds_before_the_reactor_runs_and_records_the_address(tmp_pat
     node.broker_service.close()
 
 
+class RaisingReactorClock(Clock, RaisingMemoryReactor):
+    """A reactor whose listens fail, with a clock (a node's Raft host reads the time as it is built)."""
+
+    def __init__(self, listenException: Exception) -> None:
+        Clock.__init__(self)
+        RaisingMemoryReactor.__init__(self, listenException=listenException)
+
+
 def test_a_port_that_cannot_be_bound_is_a_startup_error_that_releases_the_data_dir(tmp_path, clock):
     in_use = CannotListenError("127.0.0.1", 7070, OSError(98, "Address already in use"))
-    node = Node(NodeConfig(data_dir=str(tmp_path)), RaisingMemoryReactor(listenException=in_use))
+    node = Node(NodeConfig(data_dir=str(tmp_path)), RaisingReactorClock(listenException=in_use))
     with pytest.raises(StartupError) as raised:
         node.open()
     assert str(raised.value) == "cannot listen on tcp:7070:interface=127.0.0.1: Address already in use"

@@ -37,3 +37,62 @@ def test_the_backlog_and_per_address_cap_are_server_options():
     defaults = Options()
     defaults.parseOptions([])
     assert defaults.limits().listen_backlog == 1024 and defaults.limits().max_connections_per_address == 256
+
+
+PEERS = "1=127.0.0.1:7171,2=127.0.0.1:7172,3=127.0.0.1:7173"
+
+
+def test_the_cluster_options_become_the_node_config():
+    options = Options()
+    options.parseOptions(["--node-id", "2", "--peers", PEERS, "--peer-listen", "tcp:7172:interface=127.0.0.1",
+                          "--advertise", "10.0.0.2:7070", "--election-timeout-ms", "800", "--heartbeat-ms", "80",
+                          "--replication-factor", "2"])
+    config = options.node_config()
+    assert config.node_id == 2 and config.peers == {1: "127.0.0.1:7171", 2: "127.0.0.1:7172", 3: "127.0.0.1:7173"}
+    assert config.peer_listen == "tcp:7172:interface=127.0.0.1" and config.advertise == "10.0.0.2:7070"
+    assert (config.election_timeout_ms, config.heartbeat_ms, config.replication_factor) == (800, 80, 2)
+    alone = Options()
+    alone.parseOptions([])
+    assert not alone.node_config().clustered and alone.node_config().node_id == 1
+
+
+def test_the_peer_wire_limits_are_server_options_that_reach_the_transport():
+    from streamlog.raft.transport import TransportLimits
+    from streamlog.testing import ClusterHarness
+
+    options = Options()
+    options.parseOptions(["--peer-max-header-bytes", "65536", "--peer-max-body-bytes", "2097152",
+                          "--peer-bulk-budget-bytes", "1048576", "--peer-handshake-timeout", "2.5",
+                          "--peer-control-line-bytes", "16384", "--peer-max-unread-bytes", "4194304"])
+    limits = TransportLimits(65536, 2097152, 1048576, 2.5, 16384, 4194304)
+    assert options.node_config().peer_limits == limits
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults.node_config().peer_limits == TransportLimits()
+    c = ClusterHarness(3, peer_limits=limits)
+    try:
+        assert all(n.raft.transport.limits == limits for n in c.nodes.values())
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--peer-max-body-bytes", "0"], "--peer-max-body-bytes must be positive"),
+    (["--peer-handshake-timeout", "-1"], "--peer-handshake-timeout must be positive"),
+    (["--peers", PEERS], "--peers needs --peer-listen"),
+    (["--node-id", "4", "--peers", PEERS, "--peer-listen", "tcp:7174"], "must include this node"),
+    (["--peers", "1=127.0.0.1", "--peer-listen", "tcp:7171"], "is not ID=HOST:PORT"),
+    (["--peers", "1=a:1,1=b:2", "--peer-listen", "tcp:1"], "names node 1 twice"),
+    (["--peers", PEERS, "--peer-listen", "tcp:7999"], "is not node 1's port"),
+    (["--peer-listen", "tcp:7171"], "--peer-listen needs --peers"),
+    (["--peers", PEERS, "--peer-listen", "tcp:7171", "--replication-factor", "4"], "--replication-factor must be"),
+    (["--node-id", "0"], "--node-id must be a positive integer"),
+    (["--heartbeat-ms", "400"], "at most half of --election-timeout-ms"),
+    (["--advertise", "nohost"], "is not HOST:PORT"),
+])
+def test_a_wrong_cluster_option_is_refused_with_a_message_naming_it(args, says):
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(args)
+    assert says in str(refused.value)

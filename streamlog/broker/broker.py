@@ -8,7 +8,6 @@ injected committer (group commit, see L{streamlog.storage.group_commit}).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -20,7 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
-from streamlog.broker.partition import Partition, WaitQuota
+from streamlog.broker.partition import WaitQuota
+from streamlog.cluster.directory import ReplicaDirectory, Topic, alone
+from streamlog.cluster.replica import PartitionReplica
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
@@ -43,17 +44,9 @@ class BrokerConfig:
     limits: wire.Limits = wire.DEFAULT_LIMITS
     #: What a durable-but-not-fsynced ack says: "written" for files, "memory" for --storage memory.
     unsynced_durability: str = "written"
-
-
-class Topic:
-    def __init__(self, name: str, config: TopicConfig, logs: list[PartitionLog]) -> None:
-        self.name = name
-        self.config = config
-        self.partitions = [Partition(name, i, log) for i, log in enumerate(logs)]
-        self._round_robin = itertools.count()
-
-    def next_partition(self) -> int:
-        return next(self._round_robin) % len(self.partitions)
+    #: Seconds a Send or Poll waits for a partition's election (no leader known) before
+    #: answering LEADER_NOT_AVAILABLE (a group of one elects itself in one hard-state fsync).
+    election_wait: float = 1.0
 
 
 class Broker:
@@ -68,6 +61,8 @@ class Broker:
         clock: IReactorTime | None = None,
         committer: Committer | None = None,
         on_fatal: Callable[[BaseException], object] | None = None,
+        directory: ReplicaDirectory | None = None,
+        hard_state_runner: Callable[..., Deferred] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
@@ -75,15 +70,24 @@ class Broker:
         self.storage = storage
         self.config = config
         self.limits = config.limits
-        self.committer = committer
         self.on_fatal = on_fatal
-        self.topics: dict[str, Topic] = {}
+        loaded = storage.load() if directory is None else {}
+        store = getattr(storage, "hard_state", None)  # opened by load()
+        if store is not None:
+            # Terms and votes are saved in rounds scheduled on the node's clock.
+            store.bind(clock, hard_state_runner)
+        #: This node's replicas; without one given, the node is a cluster of one.
+        self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
+        self.committer = committer
+        #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
+        #: administration goes through the controller, topics come from the metadata.
+        self.cluster: Any = None
         #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
         self.stopping = False
         #: Long polls parked on this node, across all connections (--max-waiting-polls).
         self.waiting_polls = WaitQuota(self.limits.max_waiting_polls, "node")
-        for name, (topic_config, logs) in storage.load().items():
-            self.topics[name] = Topic(name, topic_config, list(logs))
+        for name, (topic_config, logs) in loaded.items():
+            self.directory.add_topic(name, topic_config, list(logs))
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "Send": self.handle_send,
             "SendBatch": self.handle_send_batch,
@@ -93,6 +97,7 @@ class Broker:
             "ListTopics": self.handle_list_topics,
             "DescribeTopic": self.handle_describe_topic,
             "ListOffsets": self.handle_list_offsets,
+            "Metadata": self.handle_metadata,
             "Ping": self.handle_ping,
         }
 
@@ -104,6 +109,21 @@ class Broker:
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 
+    @property
+    def topics(self) -> dict[str, Topic]:
+        return self.directory.topics
+
+    @property
+    def committer(self) -> Committer | None:
+        committer: Committer | None = self.directory.committer
+        return committer
+
+    @committer.setter
+    def committer(self, committer: Committer | None) -> None:
+        # Set once the node runs (its sync threads start in the final process): the
+        # replicas' Raft logs sync through it.
+        self.directory.committer = committer
+
     # --- topics ----------------------------------------------------------------
 
     def topic(self, name: str) -> Topic:
@@ -112,7 +132,7 @@ class Broker:
             raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
         return topic
 
-    def partition(self, name: str, index: int) -> Partition:
+    def partition(self, name: str, index: int) -> PartitionReplica:
         topic = self.topic(name)
         if index >= len(topic.partitions):
             raise errors.UnknownPartition(
@@ -127,7 +147,7 @@ class Broker:
     @property
     def partition_count(self) -> int:
         """Partitions on this node, all topics together (what C{--max-partitions-per-node} caps)."""
-        return sum(len(topic.partitions) for topic in self.topics.values())
+        return self.directory.partition_count
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig | None = None) -> Topic:
         """Create a topic (CreateTopic, or a Send's auto-creation).
@@ -163,23 +183,30 @@ class Broker:
             self._fatal(e)
             message = str(e) if isinstance(e, StorageFailed) else f"creating topic {name!r} failed: {e}"
             raise errors.StorageError(message) from None
-        topic = self.topics[name] = Topic(name, config, list(logs))
+        topic = self.directory.add_topic(name, config, list(logs))
         self._log.info("created topic {topic} with {partitions} partitions", topic=name, partitions=partitions)
         return topic
 
-    def handle_create_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+    def handle_create_topic(self, params: dict[str, Any]) -> Any:
+        if self.cluster is not None:
+            wire.parse_create_topic(params, self.limits)  # bad params are answered here, not forwarded
+            return self.cluster.create_topic(params).addCallback(_without_index)
         p = wire.parse_create_topic(params, self.limits)
+        if p.replication_factor not in (None, 1):
+            raise errors.InvalidParams(
+                f"'replication_factor' {p.replication_factor} needs as many nodes; this node runs alone",
+                field="replication_factor")
         topic = self.create_topic(p.topic, p.partitions, p.config)
         return _describe_topic(topic)
 
-    def handle_delete_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+    def handle_delete_topic(self, params: dict[str, Any]) -> Any:
+        if self.cluster is not None:
+            wire.parse_topic_only(params, self.limits)
+            return self.cluster.delete_topic(params).addCallback(_without_index)
         name = wire.parse_topic_only(params, self.limits)
         topic = self.topic(name)
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
-        for partition in topic.partitions:
-            partition.fail_waiters(gone)
-            if self.committer is not None:
-                self.committer.forget(partition.log, gone)
+        self.directory.close_topic(topic, gone)
         try:
             self.storage.delete_topic(name)
         except (OSError, StorageFailed) as e:
@@ -200,11 +227,23 @@ class Broker:
         }
 
     def handle_describe_topic(self, params: dict[str, Any]) -> dict[str, Any]:
-        return _describe_topic(self.topic(wire.parse_topic_only(params, self.limits)))
+        name = wire.parse_topic_only(params, self.limits)
+        if self.cluster is not None:
+            result: dict[str, Any] = self.cluster.describe(name)
+            return result
+        return _describe_topic(self.topic(name))
 
-    def handle_list_offsets(self, params: dict[str, Any]) -> dict[str, Any]:
+    def handle_metadata(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is None:
+            raise errors.MethodNotFound("Metadata: this node runs alone and leads every partition", method="Metadata")
+        result: dict[str, Any] = self.cluster.metadata(params)
+        return result
+
+    def handle_list_offsets(self, params: dict[str, Any]) -> Any:
         p = wire.parse_list_offsets(params, self.limits)
         partition = self.partition(p.topic, p.partition)
+        if not partition.leads:
+            return self._retry_when_leading(partition, partial(self.handle_list_offsets, params))
         if p.at == "earliest":
             offset = partition.start_offset
         elif p.at == "latest":
@@ -233,15 +272,40 @@ class Broker:
     def send(self, p: wire.SendParams) -> Deferred | None:
         """Append C{p.messages}, one atomic batch per partition.
 
-        Everything is checked before anything is appended (or a new topic
-        created), so a request either lands whole on every partition it
-        touches or leaves no trace.  Returns
-        None for C{acks=none}, else a Deferred of the placement.
+        Three steps: routing (which partition each message goes to), encoding
+        (records, and their size checks), appending (through each partition's
+        replica, answered per C{acks}).  Everything is checked before anything
+        is appended (or a new topic created), so a request either lands whole
+        on every partition it touches or leaves no trace.  A partition whose
+        leader is being elected makes the request wait for the election
+        (at most C{election_wait}), then start over.  Returns None for
+        C{acks=none}, else a Deferred of the placement.
         """
         if self.stopping:
             raise errors.ShuttingDown("the node is shutting down; nothing was appended")
+        topic, groups, sticky = self._route(p)
+        if topic is None and self.cluster is not None:
+            return self._create_through_controller(p)
+        if topic is not None:
+            electing = self._leaders(topic, groups)
+            if electing is not None:
+                return self._after_election(electing, p)
+        timestamp = self.now_ms()
+        encoded = self._encode(topic, groups, timestamp)
+        if topic is None:
+            topic = self.create_topic(p.topic, self.config.default_partitions)
+            if sticky is not None:
+                topic.next_partition()  # the pick made above, for the counter
+            electing = self._leaders(topic, groups)
+            if electing is not None:  # the new groups elect themselves in a hard-state fsync
+                return self._after_election(electing, p)
+        return self._append(p, topic, encoded, timestamp)
+
+    def _route(self, p: wire.SendParams) -> tuple[Topic | None, dict[int, list[wire.Message]], int | None]:
+        """Which partition each message goes to: C{(topic or None if it is to be created,
+        {partition: messages}, the round-robin pick or None)}."""
         # A topic that does not exist yet is created only once the whole request has
-        # passed every check below: a refused Send must leave nothing behind.
+        # passed every check: a refused Send must leave nothing behind.
         topic = self.topics.get(p.topic)
         if topic is None and not self.config.auto_create_topics:
             raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
@@ -264,12 +328,62 @@ class Broker:
                     sticky = topic.next_partition() if topic is not None else 0
                 index = sticky
             groups.setdefault(index, []).append(message)
+        return topic, groups, sticky
 
-        timestamp = self.now_ms()
+    def _create_through_controller(self, p: wire.SendParams) -> Deferred:
+        """Auto-create in a cluster: the controller creates the topic, then the request
+        starts over (at this node: it answers NOT_LEADER where another node leads)."""
+        d = self.cluster.create_topic({"topic": p.topic, "partitions": self.config.default_partitions})
+
+        def created(result: Any) -> Any:
+            if isinstance(result, Failure):
+                if not result.check(errors.TopicExists):
+                    return result
+            if p.topic not in self.topics:
+                raise errors.LeaderNotAvailable(f"topic {p.topic!r} is being created; retry shortly", topic=p.topic)
+            return self.send(p)
+
+        d.addBoth(created)
+        if p.acks == "none":
+            d.addErrback(lambda f: None)
+        return d
+
+    def _leaders(self, topic: Topic, groups: dict[int, list[wire.Message]]) -> PartitionReplica | None:
+        """Check that this node leads every partition of the request: raise C{NOT_LEADER}
+        where another node does; return a partition still electing its leader, or None."""
+        for index in groups:
+            replica = self.partition(topic.name, index)
+            if not replica.writable:
+                try:
+                    replica.check_leader(write=True)
+                except errors.LeaderNotAvailable:
+                    return replica
+        return None
+
+    def _after_election(self, replica: PartitionReplica, p: wire.SendParams) -> Deferred:
+        """Wait for C{replica}'s election, then run the request again from the start
+        (answering C{LEADER_NOT_AVAILABLE} if there is still no leader)."""
+        waited = replica.when_leading(self.clock, self.config.election_wait, write=True)
+
+        def again(_: Any) -> Any:
+            if not replica.writable:
+                replica.check_leader(write=True)  # NOT_LEADER with a hint, LEADER_NOT_AVAILABLE, or closed
+            result = self.send(p)
+            return result
+
+        d = waited.addCallback(again)
+        if p.acks == "none":
+            d.addErrback(lambda f: None)  # nobody hears of it
+        return d
+
+    def _encode(self, topic: Topic | None, groups: dict[int, list[wire.Message]],
+                timestamp: int) -> list[tuple[int, int, list[bytes]]]:
+        """Each partition's records, encoded once as they will be served (offsets included),
+        with the size check: C{[(partition, base offset, records)]}."""
         limit = self.limits.max_message_bytes
         encoded: list[tuple[int, int, list[bytes]]] = []
         for index, messages in groups.items():
-            base = self.partition(p.topic, index).end_offset if topic is not None else 0
+            base = self.partition(topic.name, index).end_offset if topic is not None else 0
             records = wire.encode_records(base, timestamp, messages)
             largest = max(map(len, records))
             if largest > limit:
@@ -278,12 +392,12 @@ class Broker:
                     limit=limit, size=largest,
                 )
             encoded.append((index, base, records))
+        return encoded
 
-        if topic is None:
-            topic = self.create_topic(p.topic, count)
-            if sticky is not None:
-                topic.next_partition()  # the pick made above, for the counter
-        batches: list[tuple[Partition, RecordBatch]] = []
+    def _append(self, p: wire.SendParams, topic: Topic, encoded: list[tuple[int, int, list[bytes]]],
+                timestamp: int) -> Deferred | None:
+        """Append each partition's batch through its replica and answer per C{p.acks}."""
+        batches: list[tuple[PartitionReplica, RecordBatch]] = []
         for index, base, records in encoded:
             batch = RecordBatch(
                 base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
@@ -293,32 +407,41 @@ class Broker:
 
         # Every partition that needs a new segment gets it before anything is appended: a
         # roll refused for want of descriptors then leaves the whole request unappended.
-        for partition, batch in batches:
-            make_room = getattr(partition.log, "make_room", None)  # logs that roll segments
+        for replica, batch in batches:
+            make_room = getattr(replica.log, "make_room", None)  # logs that roll segments
             if make_room is not None:
-                self._append_step(partition, make_room, batch)
+                self._append_step(replica, make_room, batch)
         placed = []
         waits = []
-        for partition, batch in batches:
-            self._append_step(partition, partition.log.append, batch)
-            placed.append({"partition": partition.index, "base_offset": batch.base_offset, "count": batch.count})
-            waits.append(self._commit(partition, batch.next_offset))
-
-        if p.acks != "all":
-            for d in waits:  # a failure was logged and stopped the node; nobody waits for it here
-                d.addErrback(lambda _: None)
+        for replica, batch in batches:
+            d = self._append_step(replica, partial(replica.append, acks=p.acks), batch)
+            placed.append({"partition": replica.index, "base_offset": batch.base_offset, "count": batch.count})
+            if d is not None:
+                waits.append(d)
         if p.acks == "none":
             return None
         result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp, "partitions": placed}
+        replicas = [replica for replica, _ in batches]
         if p.acks == "leader":
             result["durability"] = self.config.unsynced_durability
+            self._replication(result, replicas, 1)
             return succeed(result)
-        return _gather(waits).addCallback(self._durable_result, result)
+        result["durability"] = replicas[0].durability
+        self._replication(result, replicas, None)
+        return _gather(waits).addCallback(lambda _: result)
 
-    def _append_step(self, partition: Partition, step: Callable[[RecordBatch], object], batch: RecordBatch) -> None:
+    def _replication(self, result: dict[str, Any], replicas: list[PartitionReplica], holding: int | None) -> None:
+        """In a cluster, say how many replicas hold the batch (the weakest partition's)."""
+        if not self.directory.clustered:
+            return
+        factor = min(r.replication_factor for r in replicas)
+        result["replicas"] = holding if holding is not None else factor // 2 + 1
+        result["replication_factor"] = factor
+
+    def _append_step(self, partition: PartitionReplica, step: Callable[[RecordBatch], Any], batch: RecordBatch) -> Any:
         """Run one storage step of an append, turning its errors into wire errors (or a fail-stop)."""
         try:
-            step(batch)
+            return step(batch)
         except StorageCorrupted as e:
             raise self._unavailable(partition, e) from None
         except OutOfDescriptors as e:
@@ -333,46 +456,7 @@ class Broker:
             self._fatal(e)
             raise errors.StorageError(f"append failed: {e}") from None
 
-    def _durable_result(self, fsynced: list[bool], result: dict[str, Any]) -> dict[str, Any]:
-        result["durability"] = "fsync" if fsynced and all(fsynced) else self.config.unsynced_durability
-        return result
-
-    def _commit(self, partition: Partition, offset: int) -> Deferred:
-        """Wait until records below C{offset} are durable, then let consumers see them.
-
-        The high watermark moves on the committer's own Deferred; the caller
-        gets a separate one, so a request cancelled because its connection
-        dropped cannot keep durable records hidden from consumers.
-        """
-        if self.committer is None:
-            partition.advance(offset)
-            return succeed(False)
-        d = self.committer.wait(partition.log, offset)
-
-        def durable(fsynced: bool) -> bool:
-            partition.advance(offset)
-            return fsynced
-
-        def failed(failure: Failure) -> Failure:
-            if isinstance(failure.value, errors.StreamlogError):
-                return failure  # e.g. UNKNOWN_TOPIC: deleted while waiting
-            # The committer reported the fsync failure to on_fatal: the node stops.
-            raise errors.StorageError(f"fsync failed: {failure.value}")
-
-        d.addCallbacks(durable, failed)
-        answer: Deferred = Deferred()
-
-        def relay(result: Any) -> None:
-            if not answer.called:  # not cancelled meanwhile
-                if isinstance(result, Failure):
-                    answer.errback(result)
-                else:
-                    answer.callback(result)
-
-        d.addBoth(relay)
-        return answer
-
-    def _unavailable(self, partition: Partition, error: Exception) -> errors.PartitionUnavailable:
+    def _unavailable(self, partition: PartitionReplica, error: Exception) -> errors.PartitionUnavailable:
         return errors.PartitionUnavailable(
             f"partition {partition.topic}/{partition.index} is unavailable: {error}",
             topic=partition.topic, partition=partition.index,
@@ -393,6 +477,8 @@ class Broker:
         """
         p = wire.parse_poll(params, self.limits)
         partition = self.partition(p.topic, p.partition)
+        if not partition.leads:
+            return self._retry_when_leading(partition, partial(self.handle_poll, params, waits))
         offset = p.offset
         if offset < partition.start_offset or offset > partition.end_offset:
             raise errors.OffsetOutOfRange(
@@ -406,7 +492,21 @@ class Broker:
         quotas = (*waits, self.waiting_polls)
         return partition.wait(self.clock, offset, p.max_wait_ms / 1000.0, lambda: self._read(partition, p), quotas)
 
-    def _read(self, partition: Partition, p: wire.PollParams) -> wire.RawResult:
+    def _retry_when_leading(self, replica: PartitionReplica, retry: Callable[[], Any]) -> Any:
+        """C{NOT_LEADER} (with a hint) at once; while C{replica} elects its leader, wait
+        for it (at most C{election_wait}) and C{retry}, or answer C{LEADER_NOT_AVAILABLE}."""
+        try:
+            replica.check_leader()
+        except errors.LeaderNotAvailable:
+            def again(_: Any) -> Any:
+                if not replica.leads:
+                    replica.check_leader()
+                return retry()
+
+            return replica.when_leading(self.clock, self.config.election_wait).addCallback(again)
+        return retry()
+
+    def _read(self, partition: PartitionReplica, p: wire.PollParams) -> wire.RawResult:
         if partition.failed is not None:
             raise self._unavailable(partition, partition.failed)
         start = partition.start_offset
@@ -448,10 +548,11 @@ class Broker:
     def apply_retention(self) -> None:
         now = self.now_ms()
         for topic in self.topics.values():
-            for partition in topic.partitions:
+            # Only this node's replicas (in a cluster, each replica applies retention to its own log).
+            for partition in [p for p in topic.partitions if isinstance(p, PartitionReplica)]:
                 before = partition.start_offset
                 try:
-                    after = partition.log.apply_retention(now)
+                    after = partition.apply_retention(now)
                 except OutOfDescriptors as e:  # its roll (segment_ms) waits for the next check
                     self._log.warn("retention of {topic}/{partition} put off: {error}",
                                    topic=topic.name, partition=partition.index, error=e)
@@ -466,6 +567,7 @@ class Broker:
                     )
 
     def close(self) -> None:
+        self.directory.host.stop()
         self.storage.close()
 
 
@@ -483,6 +585,11 @@ def _describe_topic(topic: Topic) -> dict[str, Any]:
         ],
         "config": topic.config.to_dict(),
     }
+
+
+def _without_index(result: dict[str, Any]) -> dict[str, Any]:
+    result.pop("index", None)  # the metadata index, for the forwarding node
+    return result
 
 
 def _malformed(read: Any, offset: int, available: int) -> str | None:
@@ -511,6 +618,7 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
         "offset": placed["base_offset"],
         "timestamp": result["timestamp"],
         "durability": result["durability"],
+        **{k: result[k] for k in ("replicas", "replication_factor") if k in result},
     }
 
 

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
 from streamlog.storage.errors import StorageError
@@ -73,6 +74,25 @@ class NodeConfig:
     read_file_cache: int = DEFAULT_READ_FILES
     #: Threads that sync partition logs at once (group commit, streamlog.storage.group_commit).
     sync_workers: int = DEFAULT_SYNC_WORKERS
+    # --- the cluster (docs/operations.md, "Running a cluster") ---
+    #: This node's id in the cluster (1 for a node alone).
+    node_id: int = 1
+    #: node id -> peer address (host:port) of every node, this one included; empty: a cluster of one.
+    peers: dict[int, str] = attrs.field(factory=dict)
+    #: A Twisted server endpoint for the peer listener (required with peers).
+    peer_listen: str | None = None
+    #: The client address other nodes tell clients (host:port); None: from the bound listener.
+    advertise: str | None = None
+    election_timeout_ms: int = 500
+    heartbeat_ms: int = 50
+    #: Replicas per partition of a new topic; None: min(3, nodes).
+    replication_factor: int | None = None
+    #: The bounds of the peer wire (--peer-max-header-bytes, ...; docs/operations.md "Limits").
+    peer_limits: TransportLimits = TransportLimits()
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.peers)
 
     def broker_config(self) -> BrokerConfig:
         return BrokerConfig(
@@ -80,6 +100,8 @@ class NodeConfig:
             default_partitions=self.default_partitions,
             limits=self.limits,
             unsynced_durability="memory" if self.storage == "memory" else "written",
+            # A request meeting an election waits up to two election timeouts (at least 1 s) for it.
+            election_wait=max(1.0, 2 * self.election_timeout_ms / 1000.0),
         )
 
 
@@ -107,6 +129,26 @@ def fail_stop(error: Any) -> None:
     """
     Logger().critical("streamlog stops because storage failed: {error}", error=error)
     os._exit(70)
+
+
+def refuse_to_run(line: str) -> None:
+    """This node must not run (its peers belong to another cluster): one line, exit 1."""
+    import sys
+
+    Logger().critical("streamlog stops: {line}", line=line)
+    try:
+        sys.__stderr__.write(f"streamlog-server: {line}\n")
+        sys.__stderr__.flush()
+    except Exception:
+        pass
+    os._exit(1)
+
+
+def _client_endpoint(address: str) -> str:
+    """A client endpoint description for C{host:port} (IPv6 as C{[::1]:7070})."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]").replace(":", "\\:")
+    return f"tcp:host={host}:port={port}"
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -205,7 +247,11 @@ class BrokerService(service.Service):
         self._retention.clock = clock
         #: The connection factory, set by whoever listens; its connections are drained at stop.
         self.factory: Any = None
+        #: The node's ClusterNode (a node with --peers), or None.
+        self.cluster: Any = None
         self.drain_timeout = 5.0
+        #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
+        self.transfer_timeout = 5.0
 
     @property
     def data_dir(self) -> str | None:
@@ -236,17 +282,48 @@ class BrokerService(service.Service):
             broker_config, fitted = fit_descriptors(broker_config, after, self.config.read_file_cache)
             storage = self._open_segmented(self.data_dir, fitted)
         try:
-            broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
+            if self.config.clustered:
+                broker = self._open_cluster(storage, broker_config)
+            else:
+                broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
         except (OSError, ValueError, StorageError) as e:
             self._abandon(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
-        partitions = [p for topic in broker.topics.values() for p in topic.partitions]
+        if self.cluster is not None:  # one storage log per Raft group, the metadata group's included
+            partitions = [log for name, (_, logs) in self.cluster.loaded.items() if name != "__meta" for log in logs]
+        else:
+            partitions = list(broker.directory.replicas())
         self.recovery = Recovery(
             topics=len(broker.topics), partitions=len(partitions),
             unavailable=sum(1 for p in partitions if p.failed is not None),
             seconds=time.monotonic() - began,
         )
         self.broker = broker
+        return broker
+
+    def _open_cluster(self, storage: Any, broker_config: BrokerConfig) -> Broker:
+        """A node with peers: its storage holds one log per Raft group; the ClusterNode runs them."""
+        from twisted.internet import endpoints
+
+        from streamlog.cluster.identity import IdentityError, IdentityStore
+        from streamlog.cluster.node import ClusterNode
+
+        loaded = storage.load()
+        try:
+            identity = IdentityStore(self.data_dir)
+            identity.load(self.config.node_id)
+        except (IdentityError, OSError) as e:
+            raise StartupError(str(e)) from None
+        node = ClusterNode(
+            self.config, storage, clock=self.clock,
+            connect=lambda address: endpoints.clientFromString(self.clock, _client_endpoint(address)),
+            identity=identity, client_address=self.config.advertise or "", on_fatal=refuse_to_run,
+            on_storage_failure=fail_stop,
+        )
+        node.loaded = loaded
+        broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop, directory=node.directory)
+        broker.cluster = node
+        self.cluster = node
         return broker
 
     def _open_segmented(self, data_dir: str, fitted: Plan) -> Any:
@@ -274,6 +351,8 @@ class BrokerService(service.Service):
     def listening_on(self, address: str) -> None:
         """The listener is bound: record where, so a second server can say who holds the lock."""
         self.listen_address = address
+        if self.cluster is not None and not self.cluster.client_address:
+            self.cluster.client_address = address  # what other nodes tell clients (no --advertise)
         if self.lock is not None:
             self.lock.update(self.holder())
 
@@ -318,6 +397,8 @@ class BrokerService(service.Service):
                                             sync_workers=self.config.sync_workers)
             broker.committer = self.committer
         self._retention.start(self.config.retention_check_interval, now=False)
+        if self.cluster is not None:
+            self.cluster.start()
 
     def stopService(self) -> Any:
         """Stop taking writes, answer every send already appended once the
@@ -329,11 +410,22 @@ class BrokerService(service.Service):
         broker = self.broker
         if broker is None:
             return None
-        broker.stopping = True
-        d = maybeDeferred(self.committer.stop) if self.committer is not None else maybeDeferred(lambda: None)
+        if self.cluster is not None:
+            # Leadership first, to caught-up followers: their clients move on at once.
+            d = self.cluster.hand_over(self.transfer_timeout)
+        else:
+            d = maybeDeferred(lambda: None)
+
+        def stop_writes(_: Any) -> Any:
+            broker.stopping = True
+            return self.committer.stop() if self.committer is not None else None
+
+        d.addCallback(stop_writes)
         d.addErrback(lambda f: self._log.failure("final sync failed", f))
         if self.factory is not None:
             d.addCallback(lambda _: self.factory.close_connections(self.drain_timeout))
+        if self.cluster is not None:
+            d.addBoth(lambda _: self.cluster.stop())
         d.addBoth(lambda _: broker.close())
 
         def release(result: Any) -> Any:

@@ -40,6 +40,10 @@ from streamlog.client.requests import MAX_ANSWER_BYTES
 
 #: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
 ROUTED_ATTEMPTS = 4
+#: Tries of a topic administration request that meets LEADER_NOT_AVAILABLE (a cluster still
+#: forming: its nodes register through the controller in its first seconds), backing off from
+#: 0.1 s to 1 s: about 4.5 s in all, within the client's timeout.
+ADMIN_ATTEMPTS = 8
 
 
 def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogError:
@@ -375,14 +379,25 @@ class BlockingClient:
             self._learn()
         node = self.view.controller_node()
         target = self._node(node.address) if node is not None else self._any_node()
-        for attempt in range(ROUTED_ATTEMPTS):
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        redirects = 0
+        for attempt in range(ADMIN_ATTEMPTS):
             try:
                 return self._call_at(target, method, params)
             except errors.NotController as e:
-                if attempt == ROUTED_ATTEMPTS - 1:
+                redirects += 1
+                if redirects == ROUTED_ATTEMPTS or attempt == ADMIN_ATTEMPTS - 1:
                     raise
                 if not self.view.apply_not_controller(e.details):
                     self._learn()
+                node = self.view.controller_node()
+                target = self._node(node.address) if node is not None else self._any_node()
+            except errors.LeaderNotAvailable:
+                # No controller yet, or a cluster still forming: nothing was done; ask again soon.
+                if attempt == ADMIN_ATTEMPTS - 1 or deadline is not None and time.monotonic() >= deadline:
+                    raise
+                self._pause(attempt, deadline)
+                self._learn()
                 node = self.view.controller_node()
                 target = self._node(node.address) if node is not None else self._any_node()
         raise AssertionError("unreachable")  # pragma: no cover

@@ -105,6 +105,8 @@ class MetadataAnswer:
             raise errors.Internal(f"unexpected Metadata answer: {str(result)[:200]}")
         nodes = []
         for n in result.get("nodes") or []:
+            if isinstance(n, dict) and "address" in n and n["address"] is None:
+                continue  # a node the answering one has not heard of yet: nowhere to reach it
             if not isinstance(n, dict) or not isinstance(n.get("address"), str):
                 raise errors.Internal(f"unexpected Metadata answer: node {str(n)[:200]}")
             nodes.append(NodeInfo(_int(n.get("node_id"), "node_id"), n["address"], bool(n.get("up", True))))

@@ -288,6 +288,10 @@ class _GroupRunner:
         self.blocked = True
         self.failed = True
         self.queue.clear()
+        if self.host.groups.get(self.group) is not self:
+            # The group was removed meanwhile (its topic deleted): the sync it waited on was
+            # called off with its log, which is no disk fault.
+            return
         self._log.failure("group {group}: fsync failed; the group stops here", failure, group=self.group)
         if self.host.on_fatal is not None:
             self.host.on_fatal(failure)
@@ -562,7 +566,10 @@ class RaftHost:
 
     def _announce_later(self, group: str, value: Any) -> None:
         """Leadership deltas of one reactor turn go out as one announcement (a node failing
-        over hundreds of groups sends one message, not hundreds)."""
+        over hundreds of groups sends one message, not hundreds). A host without peers (a node
+        alone) has nobody to tell, and schedules nothing."""
+        if not self.peers:
+            return
         self._lead_delta[group] = value
         if self._lead_call is None:
             self._lead_call = self.clock.callLater(0, self._announce_delta)

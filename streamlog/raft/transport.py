@@ -150,6 +150,9 @@ class Hello:
     incarnation: str | None
     cluster_id: str | None
     version: int = PROTOCOL_VERSION
+    #: Where the node serves clients (``addr``, optional): what other nodes tell clients of it
+    #: before the cluster metadata has it.
+    client_address: str | None = None
 
 
 class TransportHost(Protocol):
@@ -410,6 +413,7 @@ class PeerConnection(TwistedProtocol):
         node = header.get("node")
         inc = header.get("inc")
         cluster = header.get("cluster")
+        addr = header.get("addr")
         if version != PROTOCOL_VERSION:
             self._refuse("refused_hellos", "peer speaks protocol version {version}, we speak {ours}",
                          version=version, ours=PROTOCOL_VERSION)
@@ -418,7 +422,8 @@ class PeerConnection(TwistedProtocol):
                 (self.expect is not None and node != self.expect):
             self._refuse("refused_hellos", "hello from unknown node {node!r}", node=node)
             return
-        if not (inc is None or isinstance(inc, str)) or not (cluster is None or isinstance(cluster, str)):
+        if not (inc is None or isinstance(inc, str)) or not (cluster is None or isinstance(cluster, str)) \
+                or not (addr is None or isinstance(addr, str)):
             self._refuse("refused_hellos", "malformed hello from {node!r}", node=node)
             return
         if cluster is not None and pt.cluster_id is not None and cluster != pt.cluster_id:
@@ -434,7 +439,7 @@ class PeerConnection(TwistedProtocol):
         if self.expect is None:
             self.transport.write(_header_line(pt.hello_header()))  # the accepting side answers now
         self.peer = node
-        self.hello = Hello(node, inc, cluster, version)
+        self.hello = Hello(node, inc, cluster, version, addr)
         pt._connection_made(node, self)
 
     def _refuse(self, counter: str, text: str, **fields: Any) -> None:
@@ -556,6 +561,8 @@ class PeerTransport:
         self.clock = clock
         self.incarnation = incarnation
         self.cluster_id = cluster_id
+        #: This node's client address, sent in the hello if set (the node wiring sets it).
+        self.client_address: str | None = None
         self.codec: FrameCodec = codec or StoredFrameCodec()
         self.limits = limits or TransportLimits()
         self.heartbeat_interval = heartbeat_interval
@@ -570,8 +577,11 @@ class PeerTransport:
         self._forwards: dict[int, tuple[str, Deferred]] = {}
 
     def hello_header(self) -> dict[str, Any]:
-        return {"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster_id, "node": self.node_id,
-                "inc": self.incarnation}
+        header = {"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster_id, "node": self.node_id,
+                  "inc": self.incarnation}
+        if self.client_address:
+            header["addr"] = self.client_address
+        return header
 
     def factory(self, expect: str | None = None) -> Factory:
         """For the peer listener (expect None) or for dialing `expect`."""

@@ -206,6 +206,14 @@ class HardStateStore:
         self.fsyncs = 0
         self._open(must_exist)
 
+    def bind(self, clock: Any, run_in_thread: Callable[..., Deferred] | None = None) -> None:
+        """Schedule rounds on C{clock} (the node's, where the store was opened without one)
+        and, if given, run them with C{run_in_thread}: a node on a test's Clock saves there."""
+        if self._clock is None:
+            self._clock = clock
+        if run_in_thread is not None:
+            self._run = run_in_thread
+
     # -- opening ---------------------------------------------------------------------
 
     def _open(self, must_exist: bool) -> None:

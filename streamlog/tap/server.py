@@ -20,6 +20,7 @@ from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.protocol import BrokerFactory
+from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
@@ -93,6 +94,21 @@ def _endpoint_fields(description: str) -> list[str]:
     return fields
 
 
+_PEER_LIMIT_HELP = {
+    "max_header_bytes": "Longest JSON header line from a peer node (bytes); past it the peer connection closes.",
+    "max_body_bytes": "Largest raw body from a peer node (bytes: a batch of stored frames, a snapshot).",
+    "bulk_budget_bytes": "Replication bytes queued towards one slow peer before more are dropped (Raft resends).",
+    "handshake_timeout": "Seconds a peer connection has to send a valid hello.",
+    "control_line_bytes": "Coalesced control messages are split into lines of about this many bytes.",
+    "max_unread_bytes": "Control bytes queued towards a peer that reads nothing before the connection closes.",
+}
+
+
+def _peer_limit_parameters() -> list[list[Any]]:
+    return [["peer-" + f.name.replace("_", "-"), None, f.default, _PEER_LIMIT_HELP[f.name],
+             float if f.type in ("float", float) else int] for f in attrs.fields(TransportLimits)]
+
+
 def _limit_parameters() -> list[list[Any]]:
     params = []
     for field in attrs.fields(wire.Limits):
@@ -121,9 +137,19 @@ class Options(usage.Options):
         ["retention-bytes", None, None, "Default retention by partition size (bytes); unset = unlimited.", int],
         ["retention-check-interval", None, 60.0, "Seconds between retention checks.", float],
         ["port-file", None, None, "Write the listening port number to this file once listening."],
+        ["node-id", None, 1, "This node's id in its cluster (a positive integer).", int],
+        ["peers", None, None, "Every node of the cluster as ID=HOST:PORT,... (their peer addresses, this node "
+                              "included); absent: a cluster of one."],
+        ["peer-listen", None, None, "Endpoint the peer listener binds (required with --peers; its port must be "
+                                    "this node's port in --peers)."],
+        ["advertise", None, None, "The client address other nodes tell clients (HOST:PORT); default: the bound "
+                                  "--listen address."],
+        ["election-timeout-ms", None, 500, "Raft election timeout (ms; randomized in [T, 2T)).", int],
+        ["heartbeat-ms", None, 50, "Raft heartbeat interval (ms).", int],
+        ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters()
+    ] + _limit_parameters() + _peer_limit_parameters()
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -142,6 +168,10 @@ class Options(usage.Options):
             name = field.name.replace("_", "-")
             if self[name] < 0 or (self[name] == 0 and name not in ("idle-timeout", "partial-line-timeout")):
                 raise usage.UsageError(f"--{name} must be positive")
+        for field in attrs.fields(TransportLimits):
+            name = "peer-" + field.name.replace("_", "-")
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be positive")
         if not 1 <= self["default-partitions"] <= self["max-partitions"]:
             raise usage.UsageError(f"--default-partitions must be between 1 and --max-partitions ({self['max-partitions']})")
         # The same floors as a topic's own config in CreateTopic (docs/protocol.md).
@@ -157,6 +187,51 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--fsync: {e}") from None
         _check_endpoint(self["listen"])
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        node_id = self["node-id"]
+        if not 1 <= node_id <= 2**31 - 1:
+            raise usage.UsageError("--node-id must be a positive integer")
+        for name in ("election-timeout-ms", "heartbeat-ms"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if self["heartbeat-ms"] * 2 > self["election-timeout-ms"]:
+            raise usage.UsageError("--heartbeat-ms must be at most half of --election-timeout-ms")
+        peers: dict[int, str] = {}
+        if self["peers"] is not None:
+            for item in self["peers"].split(","):
+                ident, sep, address = item.strip().partition("=")
+                host, _, port = address.rpartition(":")
+                if not sep or not ident.isdigit() or int(ident) < 1 or not host or not port.isdigit() \
+                        or not 0 < int(port) < 65536:
+                    raise usage.UsageError(f"--peers: {item.strip()!r} is not ID=HOST:PORT (for example "
+                                           "1=10.0.0.1:7171,2=10.0.0.2:7171,3=10.0.0.3:7171)")
+                if int(ident) in peers:
+                    raise usage.UsageError(f"--peers names node {ident} twice")
+                peers[int(ident)] = address
+            if node_id not in peers:
+                raise usage.UsageError(f"--peers must include this node (--node-id {node_id}): {self['peers']}")
+            if self["peer-listen"] is None:
+                raise usage.UsageError(f"--peers needs --peer-listen (for example tcp:{peers[node_id].rpartition(':')[2]}"
+                                       ":interface=0.0.0.0)")
+            _check_endpoint(self["peer-listen"], "--peer-listen")
+            fields = dict(f.partition("=")[::2] for f in _endpoint_fields(self["peer-listen"]) if "=" in f)
+            port = fields.get("port") or next((f for f in _endpoint_fields(self["peer-listen"])[1:2] if f.isdigit()), None)
+            if port is not None and port != peers[node_id].rpartition(":")[2]:
+                raise usage.UsageError(f"--peer-listen port {port} is not node {node_id}'s port in --peers "
+                                       f"({peers[node_id]})")
+        elif self["peer-listen"] is not None:
+            raise usage.UsageError("--peer-listen needs --peers (a node alone has no peers)")
+        if self["replication-factor"] is not None:
+            nodes = max(len(peers), 1)
+            if not 1 <= self["replication-factor"] <= nodes:
+                raise usage.UsageError(f"--replication-factor must be between 1 and the number of nodes ({nodes})")
+        if self["advertise"] is not None:
+            host, _, port = self["advertise"].rpartition(":")
+            if not host or not port.isdigit():
+                raise usage.UsageError(f"--advertise {self['advertise']!r} is not HOST:PORT")
+        self["peer-map"] = peers
 
     def node_config(self) -> NodeConfig:
         """The checked options as the plain configuration the node is built from."""
@@ -173,6 +248,15 @@ class Options(usage.Options):
             port_file=self["port-file"],
             read_file_cache=self["read-file-cache"],
             sync_workers=self["sync-workers"],
+            node_id=self["node-id"],
+            peers=self["peer-map"],
+            peer_listen=self["peer-listen"],
+            advertise=self["advertise"],
+            election_timeout_ms=self["election-timeout-ms"],
+            heartbeat_ms=self["heartbeat-ms"],
+            replication_factor=self["replication-factor"],
+            peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
+                                           for f in attrs.fields(TransportLimits)}),
         )
 
     def limits(self) -> wire.Limits:
@@ -185,7 +269,7 @@ class Options(usage.Options):
         )
 
 
-def _check_endpoint(description: str) -> None:
+def _check_endpoint(description: str, option: str = "--listen") -> None:
     """Refuse a --listen that is not an endpoint description (parsing binds nothing)."""
     from twisted.internet import reactor
 
@@ -193,7 +277,7 @@ def _check_endpoint(description: str) -> None:
         endpoints.serverFromString(reactor, description)
     except Exception as e:
         raise usage.UsageError(
-            f"--listen {description!r} is not a server endpoint description ({e}); "
+            f"{option} {description!r} is not a server endpoint description ({e}); "
             f"for example tcp:7070:interface=127.0.0.1 or unix:/run/streamlog.sock"
         ) from None
 
@@ -330,6 +414,16 @@ class Node(service.MultiService):
         self.broker_service.listening_on(self.address)
         self.listener = listener
         listener.setServiceParent(self)
+        cluster = self.broker_service.cluster
+        if cluster is not None and self.config.peer_listen is not None:
+            peer_endpoint = endpoints.serverFromString(self.reactor, self.config.peer_listen)
+            peers = ListenService(peer_endpoint, cluster.peer_factory(), None, self.config.peer_listen)
+            try:
+                peers.listen_now()
+            except StartupError as e:
+                self.broker_service.close()
+                raise StartupError(f"--peer-listen: {e}") from None
+            peers.setServiceParent(self)
 
     def startService(self) -> None:
         self.open()

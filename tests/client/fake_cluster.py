@@ -303,6 +303,9 @@ class FakeNode:
     def handle_CreateTopic(self, params: dict[str, Any]) -> dict[str, Any]:
         create = wire.parse_create_topic(params)
         self._check_controller()
+        if self.cluster.forming > 0:
+            self.cluster.forming -= 1
+            raise errors.LeaderNotAvailable("0 of the cluster's 3 nodes have registered; retry shortly")
         if create.topic in self.cluster.topics:
             raise errors.TopicExists(f"topic {create.topic!r} exists", topic=create.topic)
         self.cluster.create_topic(create.topic, create.partitions)
@@ -362,6 +365,8 @@ class FakeCluster:
         self.pumps: list[tuple[int, iosim.IOPump]] = []
         self._sticky = 0
         self.cluster_id = "fake-cluster"
+        #: CreateTopic answers LEADER_NOT_AVAILABLE this many times first (a cluster still forming).
+        self.forming = 0
 
     @property
     def bootstrap(self) -> str:

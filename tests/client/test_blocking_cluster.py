@@ -93,6 +93,20 @@ def test_topic_admin_goes_to_the_controller(cluster, client):
     assert asked(cluster, "DeleteTopic") == [2, 3]  # NOT_CONTROLLER's hint
 
 
+def test_topic_admin_waits_out_a_cluster_still_forming(cluster, client):
+    """Right after `streamlog cluster up` the nodes register through the controller for a
+    moment: CreateTopic answers LEADER_NOT_AVAILABLE, which the client retries (bounded)."""
+    with cluster.lock:
+        cluster.fake.forming = 5
+    assert client.create_topic("new", partitions=2)["topic"] == "new"
+    assert asked(cluster, "CreateTopic") == [1] * 6
+    with cluster.lock:
+        cluster.fake.forming = 100  # not forever: the error once the tries are spent
+    with pytest.raises(errors.LeaderNotAvailable):
+        client.create_topic("other", partitions=1)
+    assert len(asked(cluster, "CreateTopic")) == 6 + 8
+
+
 def test_submitted_polls_follow_a_leader_that_moves_under_the_same_id(cluster, client):
     cluster.fake.create_topic("t", 2)  # leaders 1, 2
     rids = {client.submit("Poll", {"topic": "t", "partition": p, "offset": 0, "max_wait_ms": 5000}): p

@@ -263,8 +263,9 @@ def test_sigterm_stops_it_as_ctrl_c_does(ups):
     assert "[node 1] stopping on a signal" in up.out()
 
 
-def test_a_node_that_dies_is_told_and_the_others_are_stopped(ups):
-    up = ups("--", "--exit-node", "2", "--exit-after", "0.5", "--exit-status", "3")
+def test_a_node_that_dies_while_starting_is_told_and_the_others_are_stopped(ups):
+    # Node 2 never answers Ping (so the cluster is still starting) and exits after 0.5 s.
+    up = ups("--", "--silent-node", "2", "--exit-node", "2", "--exit-after", "0.5", "--exit-status", "3")
     assert up.wait() == 1
     err, out = up.err(), up.out()
     m = re.search(r"node 2 \(pid (\d+)\) exited on its own, exit status 3; its last output:\n", err)
@@ -272,6 +273,22 @@ def test_a_node_that_dies_is_told_and_the_others_are_stopped(ups):
     assert "  [node 2] exiting on purpose\n  [node 2] a last line without its newline\nstopping the other nodes" in err
     assert "[node 1] stopping on a signal" in out and "[node 3] stopping on a signal" in out
     assert not any(pid_alive(p) for p in up.node_pids) and len(up.node_pids) == 3
+
+
+def test_a_node_that_dies_once_the_cluster_is_up_is_told_and_the_others_keep_running(ups):
+    """A failover is what one tries with a local cluster: kill -9 a node, the others serve on."""
+    up = ups()
+    up.wait_up()
+    pids = {int(n): int(p) for n, p in re.findall(r"node (\d+) +\S+ +pid (\d+)", up.out())}
+    os.kill(pids[2], signal.SIGKILL)
+    wait_for(lambda: "keep running" in up.err(), 10, "cluster up to tell of node 2's death")
+    err = up.err()
+    assert f"node 2 (pid {pids[2]}) exited on its own, killed by SIGKILL" in err
+    assert "node 1, node 3 keep running (Ctrl-C stops them; the exit status will be 1)" in err
+    assert up.process.poll() is None and pid_alive(pids[1]) and pid_alive(pids[3])
+    up.process.send_signal(signal.SIGINT)
+    assert up.wait() == 1  # a node was lost
+    assert not any(pid_alive(p) for p in pids.values())
 
 
 def test_a_server_from_before_clusters_gets_a_hint(ups):

@@ -30,6 +30,7 @@ from storage_helpers import append_config, append_noop, fill
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
+from streamlog.cluster.directory import ALONE
 from streamlog.raft.core import HardState
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import CHECKPOINT_FILE
@@ -48,7 +49,7 @@ OTHER = 10  # records of partition 1, never damaged
 def build(data: str, crash: bool) -> None:
     storage = SegmentedStorage(data, CONFIG, **SETTINGS)
     p0, p1 = storage.create_topic("t", 2, TopicConfig())
-    append_config(p0, ("1.a",))
+    append_config(p0, (ALONE,))  # the member id of a node started alone, which serves this data
     for i in range(SYNCED // 5):  # a no-op (a new leader's) before every third batch
         if i % 3 == 0:
             append_noop(p0, term=i + 1)
@@ -59,7 +60,7 @@ def build(data: str, crash: bool) -> None:
     hard_state = HardStateStore(os.path.join(data, HARD_STATE_FILE), clock=Clock(),
                                 run_in_thread=lambda f, *args: maybeDeferred(f, *args))
     for term in range(1, 5):
-        hard_state.save("t-0", HardState(term, "1.a"))
+        hard_state.save("t-0", HardState(term, ALONE))
         hard_state.save("t-1", HardState(term, None))
         hard_state._clock.advance(0)
     hard_state.close()

@@ -1,0 +1,205 @@
+"""Three ClusterNodes in one process on a Clock, over in-memory peer connections.
+
+Every node runs the real RaftHost, metadata group, planner, replicas and broker
+handlers; only the sockets are iosim pumps and time is a Clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streamlog.cluster.metadata import partition_group
+from streamlog.raft.core import LEADER
+from streamlog.testing import ClusterHarness
+
+
+@pytest.fixture
+def cluster():
+    c = ClusterHarness(3)
+    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
+    yield c
+    c.stop()
+
+
+def leader_of(c: ClusterHarness, topic: str, partition: int) -> int | None:
+    group = partition_group(c.nodes[1].state.topics[topic].topic_id, partition)
+    leaders = [i for i, n in c.nodes.items() if not n.stopped and group in n.cores and n.cores[group].role == LEADER
+               and n.directory.by_group[group].leads]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def create(c: ClusterHarness, at: int, topic: str = "t", partitions: int = 3, **extra) -> dict:
+    answer = c.call(at, "CreateTopic", {"topic": topic, "partitions": partitions, **extra})
+    assert "result" in answer, answer
+    preferred = [p["replicas"][0] for p in answer["result"]["partitions"]]
+    # Every partition led by its preferred replica (the planner's transfers), so leaders stay put.
+    c.run_until(lambda: [leader_of(c, topic, p) for p in range(partitions)] == preferred, timeout=20)
+    return answer["result"]
+
+
+def test_three_nodes_bootstrap_one_cluster_elect_a_controller_and_register(cluster):
+    ids = {n.state.cluster_id for n in cluster.nodes.values()}
+    assert len(ids) == 1 and all(n.identity.cluster_id in ids for n in cluster.nodes.values())
+    meta = cluster.call(3, "Metadata", {})["result"]
+    assert meta["controller"] == cluster.controller()
+    assert [n["node_id"] for n in meta["nodes"]] == [1, 2, 3] and all(n["up"] for n in meta["nodes"])
+    assert [n["address"] for n in meta["nodes"]] == ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+
+
+def test_create_topic_at_a_follower_is_forwarded_and_placed_with_balanced_preferred_leaders(cluster):
+    follower = next(i for i in cluster.nodes if i != cluster.controller())
+    result = create(cluster, follower, partitions=3)
+    assert [p["replicas"] for p in result["partitions"]] == [[1, 2, 3], [2, 1, 3], [3, 1, 2]]
+    assert result["replication_factor"] == 3
+    # The planner hands each partition to its preferred leader (the first replica).
+    cluster.run_until(lambda: [leader_of(cluster, "t", p) for p in range(3)] == [1, 2, 3], timeout=20)
+    again = cluster.call(follower, "CreateTopic", {"topic": "t", "partitions": 1})
+    assert again["error"]["code"] == "TOPIC_EXISTS"
+    listed = cluster.call(3, "ListTopics")["result"]["topics"]
+    assert listed == [{"topic": "t", "partitions": 3}]
+
+
+def test_send_at_a_non_leader_answers_not_leader_with_the_leaders_id_address_and_term(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    other = next(i for i in cluster.nodes if i != leader)
+    answer = cluster.call(other, "Send", {"topic": "t", "partition": 0, "value": "x"})
+    error = answer["error"]
+    assert error["code"] == "NOT_LEADER"
+    assert error["leader"] == leader and error["leader_address"] == f"127.0.0.1:{7000 + leader}"
+    assert error["leader_term"] >= 1
+    poll = cluster.call(other, "Poll", {"topic": "t", "partition": 0, "offset": 0})
+    assert poll["error"]["code"] == "NOT_LEADER" and poll["error"]["leader"] == leader
+
+
+def test_acks_all_answers_once_a_majority_has_it_and_says_how_many(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    conn = cluster.connect(leader)
+    rid = conn.request("Send", {"topic": "t", "partition": 0, "value": "v"})
+    assert conn.answers() == []  # not before the followers acknowledged
+    cluster.run_until(lambda: any(a["id"] == rid for a in conn.answers(keep=True)))
+    [answer] = [a for a in conn.answers() if a["id"] == rid]
+    result = answer["result"]
+    assert result["offset"] == 0 and result["replication_factor"] == 3 and result["replicas"] == 2
+    polled = cluster.call(leader, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]
+    assert [m["value"] for m in polled["messages"]] == ["v"]
+
+
+def test_acks_leader_answers_after_the_leaders_append_and_acks_none_not_at_all(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    conn = cluster.connect(leader)
+    rid = conn.request("Send", {"topic": "t", "partition": 0, "value": "a", "acks": "leader"})
+    [answer] = conn.answers()  # at once: nothing replicated yet
+    assert answer["id"] == rid and answer["result"]["replicas"] == 1 and answer["result"]["offset"] == 0
+    replica = cluster.brokers[leader].partition("t", 0)
+    assert replica.high_watermark == 0  # not committed yet: consumers do not see it
+    conn.request("Send", {"topic": "t", "partition": 0, "value": "b", "acks": "none"})
+    assert conn.answers() == []
+    cluster.run(0.5)
+    assert replica.high_watermark == 2
+
+
+def test_leader_failure_elects_a_new_leader_that_serves_every_acknowledged_record(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    acked = []
+    for i in range(20):
+        answer = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": i})
+        acked.append(answer["result"]["offset"])
+    hw_before = cluster.brokers[leader].partition("t", 0).high_watermark
+    cluster.kill(leader)
+    took = cluster.run_until(lambda: leader_of(cluster, "t", 0) not in (None, leader), timeout=10)
+    assert took < 3.0  # an election timeout or two (300 ms here), not more
+    new = leader_of(cluster, "t", 0)
+    replica = cluster.brokers[new].partition("t", 0)
+    assert replica.high_watermark >= hw_before  # never goes back at the new leader
+    polled = cluster.call(new, "Poll", {"topic": "t", "partition": 0, "offset": 0, "max_messages": 100})["result"]
+    assert [m["value"] for m in polled["messages"]] == list(range(20))
+    assert acked == list(range(20))
+    more = cluster.call(new, "Send", {"topic": "t", "partition": 0, "value": "after"})
+    assert more["result"]["offset"] == 20
+
+
+def test_a_restarted_follower_catches_up_on_what_it_missed(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    follower = next(i for i in cluster.nodes if i != leader and i != cluster.controller()) \
+        if len(cluster.nodes) > 2 else None
+    follower = follower or next(i for i in cluster.nodes if i != leader)
+    cluster.kill(follower)
+    for i in range(10):
+        assert "result" in cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": i})
+    cluster.start(follower)
+    group = partition_group(cluster.nodes[leader].state.topics["t"].topic_id, 0)
+
+    def caught_up() -> bool:
+        node = cluster.nodes[follower]
+        replica = node.directory.by_group.get(group)
+        return replica is not None and replica.log.end_offset == 10 and replica.commit_index >= 11
+
+    cluster.run_until(caught_up, timeout=10)
+
+
+def test_a_stopping_leader_hands_its_groups_to_caught_up_followers_before_it_goes(cluster):
+    create(cluster, 1, partitions=3)
+    node = cluster.nodes[1]
+    assert any(core.role == LEADER for g, core in node.cores.items() if g != "__meta")
+    conn = cluster.connect(1)
+    pending = conn.request("Send", {"topic": "t", "partition": 0, "value": "in flight"})
+    handed: list[int] = []
+    began = cluster.clock.seconds()
+    node.hand_over(5.0).addCallback(handed.append)
+    cluster.run_until(lambda: handed, timeout=6)
+    took = cluster.clock.seconds() - began
+    assert handed == [0] and took < 0.3  # well within one election timeout (300 ms): no election wait
+    assert not any(core.role == LEADER for core in node.cores.values())
+    [answer] = [a for a in conn.answers() if a["id"] == pending]
+    assert answer["result"]["offset"] == 0  # the write in flight was answered, not lost
+    cluster.kill(1)
+    new = leader_of(cluster, "t", 0)
+    assert new in (2, 3)
+    polled = cluster.call(new, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]
+    assert [m["value"] for m in polled["messages"]] == ["in flight"]
+
+
+def test_a_node_of_another_cluster_is_refused_and_stops_while_the_cluster_serves_on(cluster):
+    create(cluster, 1, partitions=1)
+    refused: list[str] = []
+    node = cluster.nodes[3]
+    cluster.kill(3)
+    # Node 3 comes back with the data dir of another cluster (another cluster id in node.json).
+    from streamlog.cluster.identity import NodeIdentity
+
+    store = cluster.identities[3]
+    other = NodeIdentity(3, node.identity.incarnation, "ab" * 16, dict(node.identity.members))
+    store.save(other)
+    started = cluster.start(3)
+    started.on_fatal = refused.append
+    cluster.run(2.0)
+    assert len(refused) == 1 and "ab" * 16 in refused[0] and "\n" not in refused[0]
+    assert cluster.nodes[1].refused is None and cluster.nodes[2].refused is None  # they only closed the link
+    answer = cluster.call(1, "Send", {"topic": "t", "partition": 0, "value": "still"})
+    assert "result" in answer or answer["error"]["code"] == "NOT_LEADER"
+
+
+def test_retention_runs_over_this_nodes_replicas_only(cluster):
+    create(cluster, 1, partitions=3, replication_factor=1)
+    for i in cluster.nodes:
+        cluster.brokers[i].apply_retention()  # partitions held elsewhere are not this node's to trim
+
+
+def test_metadata_gives_every_connected_nodes_address_before_it_registered():
+    """The hello carries the client address: a client asking in the cluster's first moments
+    (before each node registered through the controller) gets an address for every peer."""
+    c = ClusterHarness(3)
+    try:
+        c.run_until(lambda: all(len(n.raft.connections) == 2 for n in c.nodes.values()), timeout=5.0)
+        for i, node in c.nodes.items():
+            assert node.state is None or not node.state.nodes  # nobody registered yet
+            nodes = node.metadata({})["nodes"]
+            assert [(n["node_id"], n["address"], n["up"]) for n in nodes] == [
+                (j, f"127.0.0.1:{7000 + j}", True) for j in (1, 2, 3)], i
+    finally:
+        c.stop()
