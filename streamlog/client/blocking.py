@@ -541,12 +541,7 @@ class BlockingClient:
                 raise
             if result is None:
                 continue
-            appended.extend(result.get("partitions") or [])
-            for field in ("timestamp", "durability"):
-                merged.setdefault(field, result.get(field))
-            for field in ("replicas", "replication_factor"):
-                if field in result:
-                    merged[field] = min(merged.get(field, result[field]), result[field])
+            requests.merge_batch_answer(merged, appended, result)
         if acks == "none":
             return None
         merged["partitions"] = appended

@@ -745,12 +745,7 @@ class ClusterClient:
             if not ok:
                 failure = failure or result
                 continue
-            appended.extend(result.get("partitions") or [])
-            for field in ("timestamp", "durability"):
-                merged.setdefault(field, result.get(field))
-            for field in ("replicas", "replication_factor"):
-                if field in result:
-                    merged[field] = min(merged.get(field, result[field]), result[field])
+            requests.merge_batch_answer(merged, appended, result)
         if failure is not None:
             error = failure.value
             if isinstance(error, errors.StreamlogError):

@@ -49,6 +49,21 @@ def send_batch(topic: str, messages: Any, acks: str = "all") -> dict[str, Any]:
     return params
 
 
+def merge_batch_answer(merged: dict[str, Any], appended: list[dict[str, Any]], result: dict[str, Any]) -> None:
+    """Fold one partition's SendBatch answer into the answer of a batch split by partition.
+
+    A batch spread over partitions is sent as one SendBatch per partition (each led by its
+    own node); the caller's answer lists every partition's appends, the first timestamp and
+    durability seen, and the smallest replica counts (what every part got at least).
+    """
+    appended.extend(result.get("partitions") or [])
+    for field in ("timestamp", "durability"):
+        merged.setdefault(field, result.get(field))
+    for field in ("replicas", "replication_factor"):
+        if field in result:
+            merged[field] = min(merged.get(field, result[field]), result[field])
+
+
 def poll(topic: str, partition: int, offset: int, max_messages: int | None = None,
          max_bytes: int | None = None, max_wait_ms: int = 0) -> dict[str, Any]:
     params: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
