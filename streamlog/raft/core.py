@@ -601,7 +601,13 @@ class RaftNode:
         self._heard_from_leader(frm)
         if m.last_index > self.commit_index:
             if self.log.term_at(m.last_index) != m.last_term:
-                self.log.reset(m.last_index, m.last_term, m.config)
+                install = getattr(self.log, "install_snapshot", None)
+                if install is not None:
+                    # A log that keeps application state with its start (a partition's
+                    # producers and record offset) takes the snapshot's data with the reset.
+                    install(m.last_index, m.last_term, m.config, m.data)
+                else:
+                    self.log.reset(m.last_index, m.last_term, m.config)
                 self._log_shrunk(m.last_index + 1)
                 self._sync_log()
                 self._refresh_config()
