@@ -996,6 +996,11 @@ class Producer:
                     self._fail_batch(batch, error)
 
     @property
+    def closed(self) -> errors.StreamlogError | None:
+        """Why nothing more can be sent (the client closed, the producer was fenced), or None."""
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Messages sent to the Producer and not yet settled."""
         return self._pending
