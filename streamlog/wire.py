@@ -347,6 +347,9 @@ _PRODUCER_FIELDS = ("producer_id", "epoch", "base_sequence")
 
 def _producer(p: _Params) -> tuple[int, int]:
     """C{(producer_id, epoch)} of an idempotent Send or SendBatch, C{(-1, -1)} if it names none."""
+    producer_id, epoch = p.raw("producer_id"), p.raw("epoch")
+    if type(producer_id) is int and type(epoch) is int and 0 <= producer_id <= MAX_INT64 and 0 <= epoch <= MAX_INT32:
+        return producer_id, epoch  # well formed: the common case, without the checks' calls
     producer_id = p.integer("producer_id", maximum=MAX_INT64)
     epoch = p.integer("epoch", maximum=MAX_INT32)
     if producer_id is None and epoch is None:
@@ -377,6 +380,14 @@ def parse_send(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendP
 
 def _sequences(raw: Any) -> dict[int, int]:
     """SendBatch's C{sequences}: C{[{"partition", "base_sequence"}, ...]}, one per partition."""
+    if type(raw) is list and len(raw) == 1:
+        # The common case (one partition per request, as streamlog.client sends), checked in a few
+        # C-level operations; anything unusual takes the full path below for its error message.
+        item = raw[0]
+        if type(item) is dict and len(item) == 2:
+            partition, base = item.get("partition"), item.get("base_sequence")
+            if type(partition) is int and type(base) is int and partition >= 0 and 0 <= base <= MAX_INT32:
+                return {partition: base}
     if not isinstance(raw, list) or not raw:
         raise errors.InvalidParams("'sequences' must be a non-empty array of {partition, base_sequence}",
                                    field="sequences")

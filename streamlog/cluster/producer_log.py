@@ -96,19 +96,23 @@ class ProducerTrackingLog:
 
     @property
     def start_index(self) -> int:
-        return int(self.raw.start_index)
+        value: int = self.raw.start_index
+        return value
 
     @property
     def prefix_term(self) -> int:
-        return int(self.raw.prefix_term)
+        value: int = self.raw.prefix_term
+        return value
 
     @property
     def last_index(self) -> int:
-        return int(self.raw.last_index)
+        value: int = self.raw.last_index
+        return value
 
     @property
     def last_term(self) -> int:
-        return int(self.raw.last_term)
+        value: int = self.raw.last_term
+        return value
 
     def append(self, entries: Sequence[Entry]) -> None:
         self.raw.append(entries)

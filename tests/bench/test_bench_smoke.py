@@ -71,3 +71,11 @@ def test_produce_with_many_keys_batches_per_partition() -> None:
     assert r["messages"] == 4000 and r["keys"] == 1000
     # 1000 keys over 4 partitions: requests of many keys each, not one per key (as a routing class each was)
     assert 0 < r["requests"] <= 4000 // 50, r["requests"]
+
+
+def test_produce_with_idempotence_on_and_off() -> None:
+    for mode in ("on", "off"):
+        r = bench("produce", "--messages", "2000", "--batch", "200", "--size", "50", "--idempotence", mode)
+        check_common(r, "produce")
+        assert r["messages"] == 2000 and r["idempotence"] == mode
+    assert bench("produce", "--messages", "500", "--acks", "none")["idempotence"] == "off"
