@@ -490,6 +490,12 @@ class RaftHost:
         runner = self.groups[group]
         runner.feed(runner.node.transfer_leadership(target, self.now()))
 
+    def campaign(self, group: str) -> None:
+        """Make this node's member of `group` campaign now (`RaftNode.campaign`): a group of
+        one is then led at once instead of after an election timeout."""
+        runner = self.groups[group]
+        runner.feed(runner.node.campaign(self.now()))
+
     def wake(self, group: str) -> None:
         runner = self.groups[group]
         runner.feed(runner.node.wake(self.now()))

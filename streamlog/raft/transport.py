@@ -53,11 +53,11 @@ from typing import Any, Protocol
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from streamlog.raft.log import Entry
 from streamlog.raft.messages import AppendEntries, InstallSnapshot, Message, from_dict, to_dict
@@ -72,6 +72,24 @@ def node_of(member: str) -> str:
 
 class BadPeerMessage(ValueError):
     """What a peer sent cannot be trusted: the connection is closed."""
+
+
+class DelayedCall(Protocol):
+    """What the transport uses of a C{callLater} result."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the transport uses of a reactor's time (C{IReactorTime}; a C{task.Clock} in tests).
+
+    A structural type rather than the zope interface, so that mypy checks the calls."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> DelayedCall: ...
 
 
 # ---------------------------------------------------------------------- entry frames
@@ -197,6 +215,9 @@ class PeerConnection(TwistedProtocol):
     """One connection to one peer node: the parser, the hello, and the two send queues."""
 
     _log = Logger()
+    #: The TCP (or in-memory) transport, once connected; typed loosely because mypy cannot
+    #: read zope interfaces (the calls are C{ITransport}'s).
+    transport: Any
 
     def __init__(self, transport_: PeerTransport, expect: str | None = None):
         self.peer_transport = transport_
@@ -347,8 +368,7 @@ class PeerConnection(TwistedProtocol):
             for group, to, frm, msg in decoded:
                 pt._deliver(peer, group, to, frm, msg)
         elif kind == "ae":
-            group, to, frm = header.get("g"), header.get("to"), header.get("fr")
-            self._check_route(group, to, frm)
+            group, to, frm = self._check_route(header.get("g"), header.get("to"), header.get("fr"))
             lengths = _need(header, "f", list)
             if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
                 raise BadPeerMessage("ae: f must be a non-empty list of frame lengths")
@@ -376,13 +396,13 @@ class PeerConnection(TwistedProtocol):
             pt.stats["frames_received"] += len(entries)
             pt._deliver(peer, group, to, frm, attrs.evolve(msg, entries=tuple(entries)))
         elif kind == "snap":
-            group, to, frm = header.get("g"), header.get("to"), header.get("fr")
-            self._check_route(group, to, frm)
+            group, to, frm = self._check_route(header.get("g"), header.get("to"), header.get("fr"))
             fields = _need(header, "m", dict)
             try:
                 msg = from_dict({**fields, "type": InstallSnapshot.kind, "data": ""})
             except ValueError as e:
                 raise BadPeerMessage(str(e)) from None
+            assert isinstance(msg, InstallSnapshot)  # from_dict builds the type it is given
             pt._deliver(peer, group, to, frm, attrs.evolve(msg, data=body))
         elif kind == "lead":
             groups = _need(header, "groups", dict)
@@ -401,11 +421,13 @@ class PeerConnection(TwistedProtocol):
             request_id = _need(header, "id", int)
             pt._forward_result(peer, request_id, header.get("res"))
 
-    def _check_route(self, group: Any, to: Any, frm: Any) -> None:
+    def _check_route(self, group: Any, to: Any, frm: Any) -> tuple[str, str, str]:
+        """The route of a group message, checked: (group, to, from), all strings."""
         if not (isinstance(group, str) and isinstance(to, str) and isinstance(frm, str)):
             raise BadPeerMessage("group, to and from must be strings")
         if node_of(frm) != self.peer:
             raise BadPeerMessage(f"message from member {frm!r} on the connection of node {self.peer}")
+        return group, to, frm
 
     def _receive_hello(self, header: dict[str, Any]) -> None:
         pt = self.peer_transport
@@ -546,7 +568,7 @@ class PeerTransport:
         node_id: str,
         peers: Iterable[str],
         host: TransportHost,
-        clock: IReactorTime,
+        clock: Clock,
         incarnation: str | None = None,
         cluster_id: str | None = None,
         codec: FrameCodec | None = None,
@@ -574,7 +596,7 @@ class PeerTransport:
         self._silent: set[str] = set()
         self._beat_due = 0.0
         self._next_forward = 0
-        self._forwards: dict[int, tuple[str, Deferred]] = {}
+        self._forwards: dict[int, tuple[str, Deferred[Any]]] = {}
 
     def hello_header(self) -> dict[str, Any]:
         header = {"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster_id, "node": self.node_id,
@@ -621,7 +643,7 @@ class PeerTransport:
         for conn in targets:
             conn.send_control({"t": "lead", "full": full, "groups": groups})
 
-    def forward(self, node: str, request: Any, timeout: float = 5.0) -> Deferred:
+    def forward(self, node: str, request: Any, timeout: float = 5.0) -> Deferred[Any]:
         """Send `request` (JSON-able) to `node`; the Deferred fires with its answer, or fails
         with ConnectionError if the connection is down or goes down first, or on timeout."""
         conn = self.connections.get(node)
@@ -629,10 +651,16 @@ class PeerTransport:
             return _failed(ConnectionError(f"no connection to node {node}"))
         self._next_forward += 1
         request_id = self._next_forward
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._forwards[request_id] = (node, d)
         call = self.clock.callLater(timeout, self._forward_timeout, request_id)
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+        def stop_timer(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(stop_timer)
         conn.send_control({"t": "fwd", "id": request_id, "req": request})
         return d
 
@@ -739,7 +767,7 @@ class PeerTransport:
             pending[1].errback(TimeoutError(f"no answer from node {pending[0]}"))
 
 
-def _failed(error: Exception) -> Deferred:
+def _failed(error: Exception) -> Deferred[Any]:
     from twisted.internet.defer import fail
 
     return fail(error)

@@ -608,3 +608,16 @@ def test_groups_are_added_and_removed_at_run_time():
     net.run(0.5)  # the others keep running the group; messages for it here are dropped, counted
     assert leader.stats["unknown_group"] > 0 and "late" not in leader.groups
     stop_all(hosts, clock, net)
+
+
+def test_campaign_leads_a_group_of_one_at_once_without_posing_as_a_peer():
+    clock = Clock()
+    recorder = Recorder()
+    host = RaftHost("a", (), CFG, recorder, clock=clock)
+    host.add_group("solo", ["a"], MemoryGroupStorage(MemoryRaftLog()))
+    host.campaign("solo")
+    clock.advance(0)
+    assert host.groups["solo"].node.role == LEADER
+    assert ("solo", LEADER, 1, "a") in recorder.roles
+    assert host.stats["misaddressed"] == 0 and host.stats["unknown_group"] == 0
+    host.stop()
