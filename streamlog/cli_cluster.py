@@ -169,6 +169,7 @@ def status_json(status: Status) -> dict[str, Any]:
     return {
         "answered_by": status.answered_by,
         "cluster_id": m.cluster_id,
+        "alone": m.alone,
         "controller": m.controller,
         "nodes": [node(n) for n in m.nodes],
         "topics": [{"topic": t.topic, "topic_id": t.topic_id, "partitions": [partition(p) for p in t.partitions]}
@@ -194,7 +195,10 @@ def status_lines(status: Status) -> list[str]:
     """The human-readable status, as lines."""
     m = status.metadata
     by_id = {n.node_id: n for n in m.nodes}
-    lines = [f"cluster {m.cluster_id or '(no id yet)'}  (metadata from {status.answered_by})"]
+    if m.alone:
+        lines = [f"a node alone (started without --peers: a cluster of one)  (metadata from {status.answered_by})"]
+    else:
+        lines = [f"cluster {m.cluster_id or '(no id yet)'}  (metadata from {status.answered_by})"]
     if m.controller is None:
         lines.append("controller: none (the metadata group is electing one)")
     else:

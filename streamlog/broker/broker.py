@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
 from streamlog.broker.partition import WaitQuota
+from streamlog.cluster.alone import LoneNode
 from streamlog.cluster.directory import ReplicaDirectory, Topic, alone
 from streamlog.cluster.replica import PartitionReplica
 from streamlog.partitioner import partition_for_key
@@ -82,6 +83,9 @@ class Broker:
         #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
         #: administration goes through the controller, topics come from the metadata.
         self.cluster: Any = None
+        #: Without a cluster: what Metadata says of this node alone (its id and address are
+        #: the service's to set, once the listener is bound).
+        self.alone = LoneNode(self.directory)
         #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
         self.stopping = False
         #: Long polls parked on this node, across all connections (--max-waiting-polls).
@@ -235,7 +239,7 @@ class Broker:
 
     def handle_metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.cluster is None:
-            raise errors.MethodNotFound("Metadata: this node runs alone and leads every partition", method="Metadata")
+            return self.alone.metadata(wire.parse_metadata(params, self.limits))
         result: dict[str, Any] = self.cluster.metadata(params)
         return result
 

@@ -304,7 +304,11 @@ class BlockingClient:
             except (errors.ConnectionLost, errors.Timeout) as e:
                 failed.append(e)
                 continue
-            self.view.apply(MetadataAnswer.parse(result), [topic] if topic else [], time.monotonic())
+            answer = MetadataAnswer.parse(result)
+            if answer.alone:  # a node started without --peers: as one without Metadata
+                self.view.use_single_node(address_key(address), time.monotonic())
+                return
+            self.view.apply(answer, [topic] if topic else [], time.monotonic())
             return
         raise _none_reachable(failed)
 

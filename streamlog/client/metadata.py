@@ -97,6 +97,9 @@ class MetadataAnswer:
     topics: tuple[TopicInfo, ...]
     #: topic -> the error the node gave for it (e.g. UNKNOWN_TOPIC).
     topic_errors: Mapping[str, errors.StreamlogError] = attrs.field(factory=dict)
+    #: The node answered that it runs alone (started without --peers): it leads every
+    #: partition, and a client treats it as the only node, as one without Metadata.
+    alone: bool = False
 
     @classmethod
     def parse(cls, result: Any) -> MetadataAnswer:
@@ -135,7 +138,7 @@ class MetadataAnswer:
         cluster_id = result.get("cluster_id")
         return cls(cluster_id if isinstance(cluster_id, str) else None,
                    _optional_int(result.get("controller"), "controller"), tuple(nodes), tuple(topics),
-                   topic_errors)
+                   topic_errors, result.get("alone") is True)
 
 
 class ClusterView:

@@ -705,11 +705,7 @@ class ClusterNode(GroupCallbacks):
 
     def metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         """The C{Metadata} answer (docs/protocol.md)."""
-        names = params.get("topics")
-        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-            raise errors.InvalidParams("'topics' must be an array of topic names", field="topics")
-        if set(params) - {"topics"}:
-            raise errors.InvalidParams(f"unknown params {sorted(set(params) - {'topics'})}")
+        names = wire.parse_metadata(params, self.config.limits)
         state = self.state
         live = self.live() if self.identity is not None else {}
         nodes = [{"node_id": node, "address": self.address_of(node), "up": node == self.node_id or node in live}
