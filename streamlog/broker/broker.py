@@ -431,16 +431,19 @@ class Broker:
             self._replication(result, replicas, 1)
             return succeed(result)
         result["durability"] = replicas[0].durability
-        self._replication(result, replicas, None)
-        return _gather(waits).addCallback(lambda _: result)
 
-    def _replication(self, result: dict[str, Any], replicas: list[PartitionReplica], holding: int | None) -> None:
+        def answered(holding: list[int]) -> dict[str, Any]:
+            self._replication(result, replicas, min(holding))
+            return result
+
+        return _gather(waits).addCallback(answered)
+
+    def _replication(self, result: dict[str, Any], replicas: list[PartitionReplica], holding: int) -> None:
         """In a cluster, say how many replicas hold the batch (the weakest partition's)."""
         if not self.directory.clustered:
             return
-        factor = min(r.replication_factor for r in replicas)
-        result["replicas"] = holding if holding is not None else factor // 2 + 1
-        result["replication_factor"] = factor
+        result["replicas"] = holding
+        result["replication_factor"] = min(r.replication_factor for r in replicas)
 
     def _append_step(self, partition: PartitionReplica, step: Callable[[RecordBatch], Any], batch: RecordBatch) -> Any:
         """Run one storage step of an append, turning its errors into wire errors (or a fail-stop)."""

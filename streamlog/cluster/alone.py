@@ -54,4 +54,7 @@ class LoneNode:
         me = [self.node_id]
         entry: dict[str, Any] = {"partition": replica.index, "leader": self.node_id if leads else None,
                                  "leader_term": replica.term, "replicas": me, "isr": me if leads else []}
+        offsets = replica.replica_offsets(lambda member: self.node_id)
+        if offsets is not None:
+            entry["replica_offsets"] = offsets
         return entry

@@ -694,14 +694,29 @@ class ClusterNode(GroupCallbacks):
         group = md.partition_group(info.topic_id, p)
         leader, term = self.leader_of(group)
         core = self.cores.get(group)
+        replica = self.directory.by_group.get(group)
+        offsets = replica.replica_offsets(md.node_of) if replica is not None and core is not None else None
         if core is not None and core.role == LEADER:
             live = self.live()
             isr = sorted({md.node_of(m) for m in core.voters
                           if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
         else:
-            isr = [n for n in placement.replicas if n in self.live()] if leader is not None else []
-        return {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
-                "isr": isr}
+            isr = self._announced_isr(group, leader, term)
+        entry = {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
+                 "isr": isr}
+        if offsets is not None:
+            entry["replica_offsets"] = offsets
+        return entry
+
+    def _announced_isr(self, group: str, leader: int | None, term: int) -> list[int]:
+        """The in-sync replicas of a group led elsewhere, as its leader last announced them
+        (its leadership announcements carry them: docs/raft.md); [] when none is known."""
+        if leader is None or self.raft is None:
+            return []
+        seen = self.raft.remote_leadership.get(str(leader), {}).get(group)
+        if seen is None or seen[0] != term:
+            return []
+        return sorted({md.node_of(m) for m in seen[1]})
 
     def metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         """The C{Metadata} answer (docs/protocol.md)."""

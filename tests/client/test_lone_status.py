@@ -31,5 +31,5 @@ def test_status_of_a_node_alone_shows_it_leading_every_partition(server, capsys)
     assert "controller: node 4 (" + server.address + ")" in out
     rows = [line.split() for line in lines if line.startswith("lone-status")]
     assert [r[:3] for r in rows] == [["lone-status", "0", "4"], ["lone-status", "1", "4"]]
-    assert all(r[4] == "4" and r[5] == "4" for r in rows)  # replicas, isr
+    assert all(r[4] == "4" and r[5] == "4" and r[6] == "0" for r in rows)  # replicas, isr, lag
     assert "0 under-replicated" in out

@@ -203,3 +203,33 @@ def test_metadata_gives_every_connected_nodes_address_before_it_registered():
                 (j, f"127.0.0.1:{7000 + j}", True) for j in (1, 2, 3)], i
     finally:
         c.stop()
+
+
+def test_metadata_gives_the_leaders_replica_offsets_and_isr_and_send_counts_holders_exactly(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    f1, f2 = [i for i in cluster.nodes if i != leader]
+    for n in range(3):
+        assert "result" in cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": n})
+
+    def offsets(at):
+        [p] = cluster.call(at, "Metadata", {"topics": ["t"]})["result"]["topics"][0]["partitions"]
+        return p
+
+    cluster.run_until(lambda: [r["log_end_offset"] for r in offsets(leader)["replica_offsets"]] == [3, 3, 3])
+    assert [r["node_id"] for r in offsets(leader)["replica_offsets"]] == [1, 2, 3]
+    assert "replica_offsets" not in offsets(f1)  # only the leader knows them
+
+    cluster.kill(f2)
+    answer = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "late"})["result"]
+    assert answer["replicas"] == 2 and answer["replication_factor"] == 3  # the leader and f1, no more
+    cluster.run(0.3)
+    seen = {r["node_id"]: r["log_end_offset"] for r in offsets(leader)["replica_offsets"]}
+    assert seen == {leader: 4, f1: 4, f2: 3}
+    assert offsets(leader)["isr"] == sorted([leader, f1])
+    cluster.run_until(lambda: offsets(f1)["isr"] == sorted([leader, f1]))
+    # A follower's isr is what the leader announced, not a guess from its own connections.
+    group = partition_group(cluster.nodes[1].state.topics["t"].topic_id, 0)
+    announced = cluster.nodes[f1].raft.remote_leadership[str(leader)][group]
+    announced[1] = [m for m in announced[1] if m.startswith(f"{leader}.")]
+    assert offsets(f1)["isr"] == [leader]
