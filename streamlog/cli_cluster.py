@@ -47,7 +47,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Ask a node of --connect (each in turn until one answers) for the cluster's Metadata, "
                     "ping every node it lists, and print the cluster id, the controller, the nodes (UP: "
                     "as the answering node sees them; PING: whether they answer this command now) and "
-                    "every partition's leader, term, replicas, in-sync replicas and followers' lag (from each leader's own Metadata). Without --connect "
+                    "every partition's leader, term, replicas, in-sync replicas and followers' lag (from "
+                    "each leader's own Metadata). Without --connect "
                     f"(and $STREAMLOG_CONNECT): {DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'. "
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
     _leaf(p, cmd_status)

@@ -69,14 +69,21 @@ class ReplicaDirectory(GroupCallbacks):
         self.committer: Any = None
         #: Whether the node has peers (answers then say how many replicas hold a batch).
         self.clustered = False
+        #: Whether every peer fsyncs before acknowledging (their hellos say; the node wiring
+        #: sets it): otherwise a majority "holding" a batch may hold it unsynced.
+        self.peers_fsync: Callable[[], bool] = lambda: True
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
 
     # --- opening and closing replicas
 
     def durability(self) -> str:
+        """What an acks=all answer says its batch got: C{fsync} only if this node fsyncs
+        before counting itself (C{--fsync always}) and so does every peer (which acknowledge
+        after their own sync); else C{written} (in the OS page cache of a majority, not known
+        to be on disk), or C{memory} for C{--storage memory}."""
         committer = self.committer
-        if committer is not None and committer.policy.mode == ALWAYS:
+        if committer is not None and committer.policy.mode == ALWAYS and self.peers_fsync():
             return "fsync"
         return self.unsynced_durability
 

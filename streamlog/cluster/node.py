@@ -148,6 +148,7 @@ class ClusterNode(GroupCallbacks):
                                           locate=self.locate, other=self,
                                           unsynced_durability=config.broker_config().unsynced_durability)
         self.directory.clustered = True
+        self.directory.peers_fsync = self._peers_fsync
         #: node id -> the hello of its connection (the last one, while connected or not).
         self.hellos: dict[int, Hello] = {}
         #: node id -> the other cluster id its hello carried (see cluster_mismatch).
@@ -192,6 +193,16 @@ class ClusterNode(GroupCallbacks):
         hello = self.hellos.get(node)  # not registered yet (its first moments): what its hello said
         return hello.client_address if hello is not None else None
 
+    def _fsyncs(self) -> bool:
+        """Whether this node fsyncs its logs before acknowledging (what its hellos say)."""
+        fsync = getattr(self.config, "fsync", None)
+        return self.config.storage != "memory" and getattr(fsync, "mode", "always") == "always"
+
+    def _peers_fsync(self) -> bool:
+        """Whether every peer heard from said it fsyncs before acknowledging (a peer never
+        heard from has acknowledged nothing); one that did not say (None) is not assumed to."""
+        return all(hello.fsyncs is True for hello in self.hellos.values())
+
     # --- starting -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -207,6 +218,7 @@ class ClusterNode(GroupCallbacks):
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
                              on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))
         self.raft.transport.client_address = self.client_address or None
+        self.raft.transport.fsyncs = self._fsyncs()
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):

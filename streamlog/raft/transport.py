@@ -13,7 +13,7 @@ a raw body of exactly ``len`` bytes announced in the header::
 
 Types:
 
-* ``hello`` ``{v, cluster, node, inc}``: the first message each way. The dialing side sends it
+* ``hello`` ``{v, cluster, node, inc, addr?, fsync?}``: the first message each way. The dialing side sends it
   at once; the accepting side answers only after a valid hello, so a client that connects to
   the peer listener gets nothing (and is closed after the handshake timeout). A protocol
   version, node id or cluster id that does not fit is refused (logged, counted; a cluster id
@@ -171,6 +171,9 @@ class Hello:
     #: Where the node serves clients (``addr``, optional): what other nodes tell clients of it
     #: before the cluster metadata has it.
     client_address: str | None = None
+    #: Whether the node fsyncs its log before acknowledging entries (``fsync``, optional: its
+    #: ``--fsync always``), so that a leader's acks=all answer says what its replicas did.
+    fsyncs: bool | None = None
 
 
 class TransportHost(Protocol):
@@ -436,6 +439,7 @@ class PeerConnection(TwistedProtocol):
         inc = header.get("inc")
         cluster = header.get("cluster")
         addr = header.get("addr")
+        fsyncs = header.get("fsync")
         if version != PROTOCOL_VERSION:
             self._refuse("refused_hellos", "peer speaks protocol version {version}, we speak {ours}",
                          version=version, ours=PROTOCOL_VERSION)
@@ -445,7 +449,7 @@ class PeerConnection(TwistedProtocol):
             self._refuse("refused_hellos", "hello from unknown node {node!r}", node=node)
             return
         if not (inc is None or isinstance(inc, str)) or not (cluster is None or isinstance(cluster, str)) \
-                or not (addr is None or isinstance(addr, str)):
+                or not (addr is None or isinstance(addr, str)) or not (fsyncs is None or isinstance(fsyncs, bool)):
             self._refuse("refused_hellos", "malformed hello from {node!r}", node=node)
             return
         if cluster is not None and pt.cluster_id is not None and cluster != pt.cluster_id:
@@ -461,7 +465,7 @@ class PeerConnection(TwistedProtocol):
         if self.expect is None:
             self.transport.write(_header_line(pt.hello_header()))  # the accepting side answers now
         self.peer = node
-        self.hello = Hello(node, inc, cluster, version, addr)
+        self.hello = Hello(node, inc, cluster, version, addr, fsyncs)
         pt._connection_made(node, self)
 
     def _refuse(self, counter: str, text: str, **fields: Any) -> None:
@@ -585,6 +589,8 @@ class PeerTransport:
         self.cluster_id = cluster_id
         #: This node's client address, sent in the hello if set (the node wiring sets it).
         self.client_address: str | None = None
+        #: Whether this node fsyncs before acknowledging, sent in the hello if set (the node wiring).
+        self.fsyncs: bool | None = None
         self.codec: FrameCodec = codec or StoredFrameCodec()
         self.limits = limits or TransportLimits()
         self.heartbeat_interval = heartbeat_interval
@@ -603,6 +609,8 @@ class PeerTransport:
                   "inc": self.incarnation}
         if self.client_address:
             header["addr"] = self.client_address
+        if self.fsyncs is not None:
+            header["fsync"] = self.fsyncs
         return header
 
     def factory(self, expect: str | None = None) -> Factory:

@@ -233,3 +233,31 @@ def test_metadata_gives_the_leaders_replica_offsets_and_isr_and_send_counts_hold
     announced = cluster.nodes[f1].raft.remote_leadership[str(leader)][group]
     announced[1] = [m for m in announced[1] if m.startswith(f"{leader}.")]
     assert offsets(f1)["isr"] == [leader]
+
+
+def test_acks_all_says_fsync_only_if_the_leader_and_every_peer_fsync_before_acknowledging(cluster):
+    import attrs
+    from twisted.internet.defer import maybeDeferred
+
+    from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
+
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    for broker in cluster.brokers.values():
+        broker.committer = GroupCommitter(FsyncPolicy.parse("always"), cluster.clock,
+                                          lambda f, *a: maybeDeferred(f, *a), checkpoint_interval=None)
+    node = cluster.nodes[leader]
+
+    def send():
+        return cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "v"})["result"]["durability"]
+
+    assert send() == "memory"  # what the harness's memory storage nodes say in their hellos
+    node.hellos = {n: attrs.evolve(h, fsyncs=True) for n, h in node.hellos.items()}
+    assert send() == "fsync"
+    other = next(iter(node.hellos))
+    node.hellos[other] = attrs.evolve(node.hellos[other], fsyncs=False)  # one peer runs --fsync never
+    assert send() == "memory"
+    node.hellos[other] = attrs.evolve(node.hellos[other], fsyncs=True)
+    cluster.brokers[leader].committer = GroupCommitter(FsyncPolicy.parse("never"), cluster.clock,
+                                                       lambda f, *a: maybeDeferred(f, *a), checkpoint_interval=None)
+    assert send() == "memory"  # the leader itself does not fsync: not "fsync"
