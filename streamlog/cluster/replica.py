@@ -206,12 +206,18 @@ class PartitionReplica(Partition):
             )
         raise self.not_leader()
 
-    def not_leader(self) -> errors.NotLeader:
+    def not_leader(self, maybe_appended: bool = False) -> errors.NotLeader:
+        """C{NOT_LEADER} with the hint; C{maybe_appended}: the write was appended here before
+        this node lost the leadership (or gave up waiting for its commit), and the next
+        leader may still commit it, so the answer says so (C{maybe_appended: true})."""
         node, address = self.locate(self.leader if self.leader != self.member else None)
+        extra = {"maybe_appended": True} if maybe_appended else {}
         return errors.NotLeader(
             f"this node does not lead {self.topic}/{self.index}"
+            + ("; the write was appended and may still be committed" if maybe_appended else "")
             + (f"; its leader is node {node} at {address}" if node is not None else ""),
             topic=self.topic, partition=self.index, leader=node, leader_address=address, leader_term=self.term,
+            **extra,
         )
 
     def when_leading(self, clock: IReactorTime, timeout: float, write: bool = False) -> Deferred:
@@ -290,7 +296,7 @@ class PartitionReplica(Partition):
                 return  # cancelled meanwhile, or answered by close()
             if isinstance(result, Failure):
                 if isinstance(result.value, NotLeaderError):
-                    answer.errback(self.not_leader())
+                    answer.errback(self.not_leader(maybe_appended=result.value.outcome_unknown))
                 else:
                     answer.errback(result)
             else:

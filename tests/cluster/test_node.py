@@ -261,3 +261,20 @@ def test_acks_all_says_fsync_only_if_the_leader_and_every_peer_fsync_before_ackn
     cluster.brokers[leader].committer = GroupCommitter(FsyncPolicy.parse("never"), cluster.clock,
                                                        lambda f, *a: maybeDeferred(f, *a), checkpoint_interval=None)
     assert send() == "memory"  # the leader itself does not fsync: not "fsync"
+
+
+def test_a_leader_that_cannot_commit_an_appended_send_answers_not_leader_saying_it_may_be_appended(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    for i in cluster.nodes:
+        if i != leader:
+            cluster.kill(i)  # its followers die: the entry is appended here and never committed
+    conn = cluster.connect(leader)
+    rid = conn.request("Send", {"topic": "t", "partition": 0, "value": "v"})
+    cluster.run_until(lambda: any(a["id"] == rid for a in conn.answers(keep=True)), timeout=10)
+    [answer] = [a for a in conn.answers() if a["id"] == rid]
+    error = answer["error"]
+    assert error["code"] == "NOT_LEADER" and error["maybe_appended"] is True
+    assert "may still be committed" in error["message"]
+    refused = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "w"})["error"]
+    assert refused["code"] in ("NOT_LEADER", "LEADER_NOT_AVAILABLE") and "maybe_appended" not in refused

@@ -368,6 +368,7 @@ def test_a_pending_submission_fails_when_its_entry_is_replaced():
     net.run(1.0)
     assert runner.node.role != LEADER
     assert len(outcome) == 1 and isinstance(outcome[0], NotLeaderError)
+    assert not outcome[0].outcome_unknown  # replaced: it can never commit, a resend cannot duplicate it
     stop_all(hosts, clock, net)
 
 
@@ -382,6 +383,7 @@ def test_a_pending_submission_fails_after_the_proposal_timeout():
     assert outcome == []
     net.run(0.2)
     assert isinstance(outcome[0], NotLeaderError) and "outcome unknown" in str(outcome[0])
+    assert outcome[0].outcome_unknown  # appended here, and a next leader may still commit it
     stop_all(hosts, clock, net)
 
 
