@@ -278,3 +278,26 @@ def test_a_leader_that_cannot_commit_an_appended_send_answers_not_leader_saying_
     assert "may still be committed" in error["message"]
     refused = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "w"})["error"]
     assert refused["code"] in ("NOT_LEADER", "LEADER_NOT_AVAILABLE") and "maybe_appended" not in refused
+
+
+def test_send_batch_over_partitions_led_by_different_nodes_is_answered_per_partition(cluster):
+    create(cluster, 1, partitions=3)  # leaders 1, 2, 3
+    messages = [{"value": f"m{p}", "partition": p} for p in (0, 1, 2, 0)]
+    for acks in ("all", "leader"):
+        result = cluster.call(1, "SendBatch", {"topic": "t", "messages": messages, "acks": acks})["result"]
+        by = {e["partition"]: e for e in result["partitions"]}
+        assert [e["partition"] for e in result["partitions"]] == [0, 1, 2]  # in order of first use
+        assert by[0]["count"] == 2 and "error" not in by[0]
+        for p, leader in ((1, 2), (2, 3)):
+            assert by[p]["error"]["code"] == "NOT_LEADER" and by[p]["error"]["leader"] == leader
+            assert by[p]["error"]["leader_address"] == f"127.0.0.1:{7000 + leader}"
+    assert result["replication_factor"] == 3 and result["replicas"] == 1  # acks=leader: the leader's append
+    cluster.run(0.5)
+    for p, leader in ((1, 2), (2, 3)):  # nothing of the refused parts was appended anywhere
+        polled = cluster.call(leader, "Poll", {"topic": "t", "partition": p, "offset": 0})["result"]
+        assert polled["messages"] == []
+    values = cluster.call(1, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]["messages"]
+    assert [m["value"] for m in values] == ["m0", "m0", "m0", "m0"]
+    # A request this node takes no part of is refused whole, as a one-partition request always was.
+    whole = cluster.call(1, "SendBatch", {"topic": "t", "messages": [{"value": "x", "partition": 1}]})
+    assert whole["error"]["code"] == "NOT_LEADER" and whole["error"]["leader"] == 2
