@@ -286,6 +286,7 @@ class BrokerService(service.Service):
                 broker = self._open_cluster(storage, broker_config)
             else:
                 broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
+                broker.alone.node_id = self.config.node_id
         except (OSError, ValueError, StorageError) as e:
             self._abandon(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
@@ -353,6 +354,8 @@ class BrokerService(service.Service):
         self.listen_address = address
         if self.cluster is not None and not self.cluster.client_address:
             self.cluster.client_address = address  # what other nodes tell clients (no --advertise)
+        if self.broker is not None and self.cluster is None:
+            self.broker.alone.client_address = self.config.advertise or address  # for Metadata
         if self.lock is not None:
             self.lock.update(self.holder())
 

@@ -467,21 +467,26 @@ class ClusterClient:
                                error=e)
                 self._try_fetch(candidates, i + 1, topics, e)
                 return
+            if answer.alone:
+                single("runs alone (started without --peers)")
+                return
             departed = self.view.apply(answer, topics, self.clock.seconds())
             self._after_cluster_fetch(departed)
+            self._node_ok(key)
+            self._fetched(self.view)
+
+        def single(why: str) -> None:
+            if not self.view.single_node:
+                self._log.info("{address} {why}: it leads every partition", address=node.address, why=why)
+            self.view.use_single_node(key, self.clock.seconds())
+            self._after_cluster_fetch(set())  # the other bootstrap addresses are not needed
             self._node_ok(key)
             self._fetched(self.view)
 
         def failed(failure: Failure) -> None:
             error = failure.value
             if isinstance(error, errors.MethodNotFound):
-                if not self.view.single_node:
-                    self._log.info("{address} has no Metadata method (a streamlog node before clusters): "
-                                   "it leads every partition", address=node.address)
-                self.view.use_single_node(key, self.clock.seconds())
-                self._after_cluster_fetch(set())  # the other bootstrap addresses are not needed
-                self._node_ok(key)
-                self._fetched(self.view)
+                single("has no Metadata method (a streamlog node before clusters)")
                 return
             if not isinstance(error, errors.StreamlogError):
                 self._fetched(failure)

@@ -70,7 +70,7 @@ REQUEST_OVERHEAD = 256
 PARTITION_FIELD_BYTES = 32
 
 #: Default delivery timeout (seconds): as Kafka's delivery.timeout.ms.
-DEFAULT_DELIVERY_TIMEOUT = 120.0
+DEFAULT_DELIVERY_TIMEOUT = retry.DEFAULT_DELIVERY_TIMEOUT
 
 
 class _Batch:
@@ -569,20 +569,16 @@ class Producer:
     def _fail_batch(self, batch: _Batch, error: errors.StreamlogError) -> None:
         self._unsettled.discard(batch)
         self._pending -= len(batch.deferreds)
+        error = retry.given_up(error, batch.maybe_landed)  # an earlier attempt may have stored it
         for d in batch.deferreds:
             d.errback(error)
         self._check_flushes()
 
     def _expire(self, batch: _Batch) -> None:
-        last = batch.last_error
-        why = f"; last error: {last.code}: {last.message}" if last is not None else ""
         where = f"{batch.topic}/{batch.partition}" if batch.partition is not None else batch.topic
-        self._fail_batch(batch, errors.DeliveryTimeout(
-            f"{len(batch.deferreds)} message(s) for {where} were not acknowledged within the delivery timeout "
-            f"of {self.delivery_timeout:g}s ({batch.attempts} attempt(s){why})",
-            timeout=self.delivery_timeout, attempts=batch.attempts,
-            last_error=last.to_wire() if last is not None else None,
-            sent=batch.maybe_landed))
+        self._fail_batch(batch, retry.delivery_timeout(
+            f"{len(batch.deferreds)} message(s) for {where}", self.delivery_timeout, batch.attempts,
+            batch.last_error, batch.maybe_landed))
 
     # --- topics the metadata does not know yet ----------------------------------------------------
 

@@ -12,8 +12,13 @@ Every client of the library shares these rules:
 - L{may_have_landed}: of those, the ones after which a write may already
   have been applied, so that writing it again may duplicate it (until
   idempotent producers): an answer that never came for a request that was
-  written.  A refusal or a request never written (C{sent: false}) cannot
-  have been applied.
+  written, or a C{NOT_LEADER} that says C{maybe_appended: true} (the old
+  leader appended it, the next may commit it).  Any other refusal, or a
+  request never written (C{sent: false}), cannot have been applied.
+- L{delivery_timeout} and L{given_up}: the error a write is failed with
+  once its delivery timeout passed, or on an error that does not heal,
+  saying whether an earlier attempt may have stored it (the Producer and the
+  blocking client report the same).
 - L{wants_metadata}: errors that say the client's picture of the cluster may
   be stale, so its metadata should be asked again.
 """
@@ -24,6 +29,10 @@ import random as _random
 from collections.abc import Callable
 
 from streamlog import errors
+
+#: Default delivery timeout (seconds): as Kafka's delivery.timeout.ms (the Producer's, and the
+#: blocking client's when it has no request timeout either).
+DEFAULT_DELIVERY_TIMEOUT = 120.0
 
 #: Refusals: the node did nothing with the request; asking again (there, or where the hint points) may work.
 REFUSALS: tuple[type[errors.StreamlogError], ...] = (
@@ -55,18 +64,48 @@ def never_sent(error: BaseException) -> bool:
 
 def may_have_landed(error: BaseException) -> bool:
     """Whether a failed write may still have been applied (so that writing it again may duplicate it)."""
+    if not isinstance(error, errors.StreamlogError):
+        return False
+    if error.details.get("maybe_appended") is True:
+        return True  # a NOT_LEADER after the append, or a write given up after such an attempt
     return isinstance(error, NO_ANSWER) and not never_sent(error)
 
 
 def safe_to_resend(error: BaseException) -> bool:
     """Retriable, and known not to have been applied: resending cannot duplicate anything.
 
-    C{NOT_LEADER} counts as a refusal here.  A leader that stepped down with
-    the entry uncommitted answers it too, and that entry is then either
-    replaced (not applied) or committed later by the new leader: the rare
-    duplicate this allows is the same one a resend after a timeout makes.
+    A plain C{NOT_LEADER} is a refusal (nothing of the request was appended,
+    or what was is replaced by another leader's entry and can never commit);
+    one with C{maybe_appended: true} is not.
     """
     return retriable(error) and not may_have_landed(error)
+
+
+def delivery_timeout(what: str, timeout: float, attempts: int, last: errors.StreamlogError | None,
+                     maybe_landed: bool) -> errors.DeliveryTimeout:
+    """The error of a write retried until its delivery timeout passed: C{sent} says whether
+    an attempt may have stored it (see L{may_have_landed})."""
+    why = f"; last error: {last.code}: {last.message}" if last is not None else ""
+    return errors.DeliveryTimeout(
+        f"{what} were not acknowledged within the delivery timeout of {timeout:g}s ({attempts} attempt(s){why})",
+        timeout=timeout, attempts=attempts, last_error=last.to_wire() if last is not None else None,
+        sent=maybe_landed)
+
+
+def given_up(error: errors.StreamlogError, maybe_landed: bool) -> errors.StreamlogError:
+    """The error to fail a write with when retrying stops on C{error}: C{error} itself, or, if
+    an earlier attempt may have stored the write (C{maybe_landed}) and C{error} does not say
+    so, the same error marked C{maybe_appended: true} (and C{sent: true} for a
+    C{CONNECTION_LOST} that claims the last attempt was never written): never "not stored"
+    for what may be."""
+    if not maybe_landed or may_have_landed(error):
+        return error
+    details = {**error.details, "maybe_appended": True}
+    if "sent" in details:
+        details["sent"] = True
+    marked = type(error)(error.message + " (an earlier attempt may have stored it)", **details)
+    marked.code = error.code
+    return marked
 
 
 def wants_metadata(error: BaseException) -> bool:

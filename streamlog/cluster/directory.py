@@ -21,7 +21,6 @@ from twisted.logger import Logger
 
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
 from streamlog.raft.driver import GroupCallbacks
-from streamlog.raft.messages import TimeoutNow
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.group_commit import ALWAYS
 
@@ -70,14 +69,21 @@ class ReplicaDirectory(GroupCallbacks):
         self.committer: Any = None
         #: Whether the node has peers (answers then say how many replicas hold a batch).
         self.clustered = False
+        #: Whether every peer fsyncs before acknowledging (their hellos say; the node wiring
+        #: sets it): otherwise a majority "holding" a batch may hold it unsynced.
+        self.peers_fsync: Callable[[], bool] = lambda: True
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
 
     # --- opening and closing replicas
 
     def durability(self) -> str:
+        """What an acks=all answer says its batch got: C{fsync} only if this node fsyncs
+        before counting itself (C{--fsync always}) and so does every peer (which acknowledge
+        after their own sync); else C{written} (in the OS page cache of a majority, not known
+        to be on disk), or C{memory} for C{--storage memory}."""
         committer = self.committer
-        if committer is not None and committer.policy.mode == ALWAYS:
+        if committer is not None and committer.policy.mode == ALWAYS and self.peers_fsync():
             return "fsync"
         return self.unsynced_durability
 
@@ -94,7 +100,7 @@ class ReplicaDirectory(GroupCallbacks):
         replica.node = self.host.add_group(group, members, storage)
         if members == (self.member,) and getattr(log, "failed", None) is None:
             # (A log that found damage at recovery serves nothing: PARTITION_UNAVAILABLE.)
-            self.elect_alone(group, replica.node)
+            self.elect_alone(group)
         return replica
 
     def add_topic(self, name: str, config: TopicConfig, logs: Sequence[Any], members: Iterable[str] | None = None,
@@ -120,19 +126,11 @@ class ReplicaDirectory(GroupCallbacks):
                 self.hard_state.remove(replica.group).addErrback(
                     lambda f: self._log.failure("forgetting the term of a deleted group failed", f))
 
-    def elect_alone(self, group: str, node: Any) -> None:
-        """Make this node the leader of C{group}, of which it is the only voter, now.
-
-        It is what the group's own election would do after its timeout, sooner:
-        the message a leader sends to hand over leadership (C{TimeoutNow}),
-        delivered through the host as if from a peer (C{RaftHost.deliver}).
-        (A C{RaftHost.campaign} would say this without posing as a peer:
-        asked for in the issue.)
-        """
+    def elect_alone(self, group: str) -> None:
+        """Make this node the leader of C{group}, of which it is the only voter, now: what the
+        group's own election would do after its timeout, sooner (C{RaftHost.campaign})."""
         try:
-            # At least the log's last term: a hard-state file that lost its last rounds
-            # (docs/storage.md) must not make the new leader write below its log's term.
-            self.host.deliver("", group, self.host.member_id, "", TimeoutNow(max(node.term, node.log.last_term), ""))
+            self.host.campaign(group)
         except Exception:  # e.g. the no-op's append found damage: the partition is unavailable
             self._log.failure("group {group}: electing this node failed", group=group)
 

@@ -148,6 +148,7 @@ class ClusterNode(GroupCallbacks):
                                           locate=self.locate, other=self,
                                           unsynced_durability=config.broker_config().unsynced_durability)
         self.directory.clustered = True
+        self.directory.peers_fsync = self._peers_fsync
         #: node id -> the hello of its connection (the last one, while connected or not).
         self.hellos: dict[int, Hello] = {}
         #: node id -> the other cluster id its hello carried (see cluster_mismatch).
@@ -192,6 +193,16 @@ class ClusterNode(GroupCallbacks):
         hello = self.hellos.get(node)  # not registered yet (its first moments): what its hello said
         return hello.client_address if hello is not None else None
 
+    def _fsyncs(self) -> bool:
+        """Whether this node fsyncs its logs before acknowledging (what its hellos say)."""
+        fsync = getattr(self.config, "fsync", None)
+        return self.config.storage != "memory" and getattr(fsync, "mode", "always") == "always"
+
+    def _peers_fsync(self) -> bool:
+        """Whether every peer heard from said it fsyncs before acknowledging (a peer never
+        heard from has acknowledged nothing); one that did not say (None) is not assumed to."""
+        return all(hello.fsyncs is True for hello in self.hellos.values())
+
     # --- starting -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -207,6 +218,7 @@ class ClusterNode(GroupCallbacks):
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
                              on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))
         self.raft.transport.client_address = self.client_address or None
+        self.raft.transport.fsyncs = self._fsyncs()
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):
@@ -694,22 +706,33 @@ class ClusterNode(GroupCallbacks):
         group = md.partition_group(info.topic_id, p)
         leader, term = self.leader_of(group)
         core = self.cores.get(group)
+        replica = self.directory.by_group.get(group)
+        offsets = replica.replica_offsets(md.node_of) if replica is not None and core is not None else None
         if core is not None and core.role == LEADER:
             live = self.live()
             isr = sorted({md.node_of(m) for m in core.voters
                           if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
         else:
-            isr = [n for n in placement.replicas if n in self.live()] if leader is not None else []
-        return {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
-                "isr": isr}
+            isr = self._announced_isr(group, leader, term)
+        entry = {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
+                 "isr": isr}
+        if offsets is not None:
+            entry["replica_offsets"] = offsets
+        return entry
+
+    def _announced_isr(self, group: str, leader: int | None, term: int) -> list[int]:
+        """The in-sync replicas of a group led elsewhere, as its leader last announced them
+        (its leadership announcements carry them: docs/raft.md); [] when none is known."""
+        if leader is None or self.raft is None:
+            return []
+        seen = self.raft.remote_leadership.get(str(leader), {}).get(group)
+        if seen is None or seen[0] != term:
+            return []
+        return sorted({md.node_of(m) for m in seen[1]})
 
     def metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         """The C{Metadata} answer (docs/protocol.md)."""
-        names = params.get("topics")
-        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-            raise errors.InvalidParams("'topics' must be an array of topic names", field="topics")
-        if set(params) - {"topics"}:
-            raise errors.InvalidParams(f"unknown params {sorted(set(params) - {'topics'})}")
+        names = wire.parse_metadata(params, self.config.limits)
         state = self.state
         live = self.live() if self.identity is not None else {}
         nodes = [{"node_id": node, "address": self.address_of(node), "up": node == self.node_id or node in live}

@@ -404,6 +404,18 @@ class RaftNode:
         self._wake()
         return self._take()
 
+    def campaign(self, now: float) -> list[Effect]:
+        """Campaign now, without pre-vote, as a leader's TimeoutNow would make this node do:
+        for a group whose only voter is this node (nobody else's vote to wait an election
+        timeout for), or an operator's request. The new term is above the log's last term
+        too: a term the hard state lost in a crash must not make the new leader write below
+        its own log's term. Nothing happens at a leader or a node that may not campaign."""
+        self._now = now
+        if self.role != LEADER and self._may_campaign():
+            self.term = max(self.term, self.log.last_term)  # _campaign moves it on and persists it
+            self._campaign(pre_vote=False, transfer=True)
+        return self._take()
+
     def leader_node_lost(self, now: float) -> list[Effect]:
         """The node of this group's leader is gone (its connection closed, or its node
         heartbeats stopped for an election timeout): a quiet follower would otherwise never

@@ -134,10 +134,14 @@ class NotLeaderError(Exception):
     """The write was refused, or its outcome is unknown because leadership moved: retry at
     `leader` (a hint, may be None). An idempotent producer makes the retry safe."""
 
-    def __init__(self, group: str, leader: str | None, message: str = "not the leader"):
+    def __init__(self, group: str, leader: str | None, message: str = "not the leader",
+                 outcome_unknown: bool = False):
         super().__init__(f"group {group}: {message} (leader hint: {leader})")
         self.group = group
         self.leader = leader
+        #: The entry was appended here and may still be committed (by the next leader): not a
+        #: refusal.  False for a proposal refused, or an entry another leader's replaced.
+        self.outcome_unknown = outcome_unknown
 
 
 @attrs.define
@@ -264,14 +268,14 @@ class _GroupRunner:
             if replaced or now >= w.deadline:
                 del self.waiters[index]
                 why = "write lost to a new leader" if replaced else "not committed in time; outcome unknown"
-                w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+                w.deferred.errback(NotLeaderError(self.group, self._hint(), why, outcome_unknown=not replaced))
         if not self.waiters:
             self.host._waiting.discard(self.group)
 
     def fail_all(self, why: str) -> None:
         waiters, self.waiters = self.waiters, {}
         for w in waiters.values():
-            w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+            w.deferred.errback(NotLeaderError(self.group, self._hint(), why, outcome_unknown=True))
 
     def _hint(self) -> str | None:
         leader = self.node.leader_id
@@ -489,6 +493,12 @@ class RaftHost:
     def transfer_leadership(self, group: str, target: str) -> None:
         runner = self.groups[group]
         runner.feed(runner.node.transfer_leadership(target, self.now()))
+
+    def campaign(self, group: str) -> None:
+        """Make this node's member of `group` campaign now (`RaftNode.campaign`): a group of
+        one is then led at once instead of after an election timeout."""
+        runner = self.groups[group]
+        runner.feed(runner.node.campaign(self.now()))
 
     def wake(self, group: str) -> None:
         runner = self.groups[group]

@@ -455,6 +455,7 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
+    hold_stop_signals(reactor)
     node = Node(options.node_config(), reactor)
     try:
         node.open()
@@ -462,3 +463,46 @@ def makeService(options: Options) -> service.IService:
         raise SystemExit(f"streamlog-server: {e}") from None
     tune_for_throughput(options["gc-threshold"])
     return node
+
+
+def hold_stop_signals(reactor: Any) -> list[int]:
+    """Take SIGINT and SIGTERM over until the reactor runs; returns what arrived meanwhile.
+
+    The listener is bound while C{makeService} runs (clients may already
+    connect) and twistd installs the reactor's signal handlers only in
+    C{reactor.run}: a Ctrl-C in between raised C{KeyboardInterrupt} out of
+    whatever start-up step was running (a traceback in the middle of recovery),
+    and a SIGTERM killed the process without the clean stop.  Meanwhile a
+    signal is only remembered; once the reactor runs (its own handlers in
+    place) the node stops at once, as it would for the same signal later:
+    services stopped, storage closed, and twistd exits by that signal.
+    """
+    import signal
+
+    arrived: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        arrived.append(signum)  # nothing else here: the start-up step it interrupts goes on
+
+    def starting() -> None:
+        # Just before the reactor installs its own handlers ("during" startup), which it does
+        # for SIGINT only over Python's default one: the handlers as they were.
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is remember:
+                signal.signal(signum, handler)
+        if arrived:
+            reactor.callWhenRunning(stop)
+
+    def stop() -> None:
+        signum = arrived[0]
+        _log.info("{signal} arrived during start-up: stopping", signal=signal.Signals(signum).name)
+        # The reactor's own handling of that signal (a clean stop, then twistd exits by it).
+        handle = getattr(reactor, "sigInt" if signum == signal.SIGINT else "sigTerm", None)
+        if handle is not None:
+            handle(signum, None)
+        else:
+            reactor.stop()
+
+    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)}
+    reactor.addSystemEventTrigger("before", "startup", starting)
+    return arrived

@@ -364,3 +364,24 @@ def test_messages_are_encoded_as_their_dicts_would_be(value, key, headers):
     from streamlog.client.producer import _encode
 
     assert _encode(value, key, 7, headers) == orjson.dumps(requests.message(value, key, 7, headers))
+
+
+def test_a_batch_failed_after_an_attempt_that_may_have_landed_is_never_reported_as_not_stored(clock, cluster):
+    client = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(3),
+                           request_timeout=2.0)
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=1)
+    send_one(clock, cluster, producer, {"n": 0})
+    cluster.nodes[1].black_hole = {"SendBatch"}  # the leader reads the batch and never answers
+    d = producer.send("t", {"n": 1}, partition=0)
+    run_for(clock, cluster, 0.2)
+    assert cluster.nodes[1].swallowed  # written: it may be stored
+    cluster.move_leader("t", 0, None)  # then an election: the resends are refused
+    run_for(clock, cluster, 4.0)
+    assert not d.called
+    closed = client.close()
+    cluster.pump()
+    result_of(closed)
+    [failure] = results([d])
+    assert failure.check(errors.ConnectionLost)
+    assert failure.value.details["maybe_appended"] is True and failure.value.details["sent"] is True

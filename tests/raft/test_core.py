@@ -588,3 +588,22 @@ def test_a_leader_goes_quiet_without_a_follower_that_is_down_but_not_without_a_q
     c.run([(leader.id, leader.wake(c.now))])
     c.advance(2.0)
     assert leader.role != LEADER
+
+
+def test_campaign_elects_a_group_of_one_at_once_above_its_logs_last_term():
+    # The hard state lost its last term (a group of one does not wait for that fsync): the
+    # log holds term 5, the hard state says 2.  The new leader must write above term 5.
+    n = node("a", entries=[Entry(1, 5, b"x")], term=2, peers=["a"])
+    effects = disk(n, n.campaign(0.0))
+    assert n.role == LEADER and n.term == 6
+    assert any(isinstance(e, PersistHardState) and e.term == 6 for e in effects)
+    assert n.log.last_term == 6  # the new leader's no-op
+    assert n.campaign(0.1) == [] and n.term == 6  # a leader does not campaign again
+
+
+def test_campaign_in_a_larger_group_asks_for_real_votes_without_pre_vote():
+    n = node("a")
+    effects = n.campaign(0.0)
+    assert n.role == CANDIDATE and n.term == 1
+    votes = [m for _, m in sends(effects) if isinstance(m, RequestVote)]
+    assert len(votes) == 2 and all(not m.pre_vote and m.term == 1 for m in votes)
