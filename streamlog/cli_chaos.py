@@ -64,6 +64,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "SIGTERM), wipe (SIGKILL, remove the data directory, restart); default "
                         "kill,stop,partition,restart")
     p.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: a random one, printed)")
+    p.add_argument("--steps", metavar="KIND:TARGET:HOLD,...",
+                   help="a fixed schedule instead of the seeded one, run to its end whatever --duration says: "
+                        "TARGET nN (node N) or pP (partition P's leader when the step starts), HOLD seconds; "
+                        "e.g. kill:p0:1.5,kill:p0:1.5,stop:p0:3")
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report with a timeline")
     p.add_argument("--history", metavar="FILE.jsonl",
                    help="where to write the history (default: history.jsonl in the data directory)")
@@ -88,7 +92,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> Any:
     from streamlog.chaos.runner import RunConfig
-    from streamlog.chaos.schedule import ScheduleError, parse_kinds
+    from streamlog.chaos.schedule import ScheduleError, parse_kinds, parse_steps
 
     if args.server_options and not args.server_options[0].startswith("-"):
         raise _Usage(f"unexpected argument {args.server_options[0]!r}: options for the servers go after --")
@@ -96,7 +100,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise _Usage(f"--nodes {args.nodes}: use 3 or 5 (faults need a majority that survives one node)")
     try:
         duration = parse_duration(args.duration)
-        kinds = parse_kinds(args.faults)
+        steps = parse_steps(args.steps, args.nodes) if args.steps else None
+        kinds = tuple(dict.fromkeys(s.kind for s in steps)) if steps else parse_kinds(args.faults)
     except (ValueError, ScheduleError) as e:
         raise _Usage(str(e)) from None
     if duration <= 0:
@@ -110,7 +115,8 @@ def _config(args: argparse.Namespace) -> Any:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     return RunConfig(nodes=args.nodes, duration=duration, kinds=kinds, seed=seed, partitions=args.topic_partitions,
                      rate=args.rate, producers=args.producers, consumers=args.consumers,
-                     base_port=args.base_port, host=args.host, server_options=tuple(args.server_options))
+                     base_port=args.base_port, host=args.host, server_options=tuple(args.server_options),
+                     steps=steps)
 
 
 def run_chaos(config: Any, history_path: Path, server_command: list[str] | None = None) -> tuple[Any, BaseException | None]:

@@ -257,7 +257,10 @@ class _Producer:
         self.name = name
         self.client = ClusterClient(run.bootstrap, request_timeout=run.config.request_timeout,
                                     retry_backoff_max=0.5, reconnect_max=1.0)
-        self.producer = Producer(self.client, linger_ms=2, acks="all", delivery_timeout=run.config.delivery_timeout)
+        # One request in flight per partition: the Producer then never reorders a partition's
+        # messages (docs/clients.md), so send order is something a test can check.
+        self.producer = Producer(self.client, linger_ms=2, acks="all", delivery_timeout=run.config.delivery_timeout,
+                                 max_in_flight_per_partition=1)
         self.count = 0
         self.pending = 0
         self.next_partition = index % run.config.partitions
@@ -549,9 +552,7 @@ class ChaosRun:
         await sleep(self.reactor, min(c.warmup, c.duration))
         schedule = None if c.steps is not None else FaultSchedule(c.seed, c.kinds, c.nodes, c.partitions)
         fixed = list(c.steps or [])
-        while time.monotonic() < end - c.cooldown:
-            if schedule is None and not fixed:
-                break
+        while fixed if schedule is None else time.monotonic() < end - c.cooldown:
             step = schedule.next() if schedule is not None else fixed.pop(0)
             await sleep(self.reactor, min(step.gap, max(end - time.monotonic(), 0)))
             if time.monotonic() >= end - c.cooldown and c.steps is None:

@@ -135,6 +135,34 @@ class FaultSchedule:
         return [self.next() for _ in range(count)]
 
 
+def parse_steps(text: str, nodes: int, gap: float = 1.0) -> list[FaultStep]:
+    """A fixed schedule: C{KIND:TARGET:HOLD,...}, TARGET C{nN} (node N) or C{pP} (the leader of
+    partition P when the fault starts), HOLD in seconds; each step after C{gap} seconds of calm.
+    C{"kill:p0:1.5,stop:p0:3"} kills partition 0's leader for 1.5 s, then stops the next one."""
+    steps = []
+    for number, item in enumerate((i.strip() for i in text.split(",") if i.strip()), 1):
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ScheduleError(f"--steps {item!r}: give KIND:TARGET:HOLD, e.g. kill:p0:1.5 or stop:n2:3")
+        kind, target, hold_text = parts
+        if kind not in KINDS:
+            raise ScheduleError(f"--steps {item!r}: unknown fault {kind!r}: choose among {', '.join(KINDS)}")
+        try:
+            hold = float(hold_text)
+            index = int(target[1:])
+        except ValueError:
+            raise ScheduleError(f"--steps {item!r}: TARGET is nN or pP, HOLD a number of seconds") from None
+        if target[:1] == "n" and 1 <= index <= nodes:
+            steps.append(FaultStep(number, kind, gap, hold, node=index))
+        elif target[:1] == "p" and index >= 0:
+            steps.append(FaultStep(number, kind, gap, hold, partition=index))
+        else:
+            raise ScheduleError(f"--steps {item!r}: TARGET is n1..n{nodes} or pP (a partition's leader)")
+    if not steps:
+        raise ScheduleError("--steps names no step")
+    return steps
+
+
 def roll_order(first: int, nodes: int) -> list[int]:
     """The nodes of a rolling restart that starts at C{first}: C{first}, C{first+1}, ... wrapping."""
     return [(first - 1 + i) % nodes + 1 for i in range(nodes)]
