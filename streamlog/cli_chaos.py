@@ -179,6 +179,8 @@ def runner_text(obs: Any, config: Any, findings: dict[str, list[str]]) -> str:
     conv = "; ".join(f"p{p}: " + ", ".join(f"n{n} {v[0]}/{v[1]}" for n, v in nodes.items())
                      for p, nodes in obs.convergence.items())
     lines.append(f"replicas (log end/high watermark): {conv or 'not compared'}")
+    stored = "; ".join(f"p{p}: " + ", ".join(f"n{n} {c}" for n, c in nodes.items()) for p, nodes in obs.stored.items())
+    lines.append(f"stored records after the stop (compared byte for byte): {stored or 'not compared'}")
     for note in obs.notes + obs.node_exits:
         lines.append(f"note: {note}")
     for kind in ("stale-ack", "replicas-diverged"):

@@ -20,7 +20,8 @@ What a run does, in order (docs/reliability.md, "The chaos runner"):
  4. heal everything, stop the producers (their pending sends settle or are written as
     unknown), stop the consumers, drain every partition to its high watermark, and check
     that the replicas converged (every node's log end and high watermark alike);
- 5. stop the nodes; the caller checks the history (L{streamlog.chaos.cli}).
+ 5. stop the nodes and compare the replicas' stored records byte for byte; the caller
+    checks the history (L{streamlog.cli_chaos}).
 
 Probes: while a node is stopped or cut off, a connection straight to it (not through the
 client library, which would go elsewhere) sends acks=all writes to every partition it
@@ -123,11 +124,13 @@ class Observations:
     drained: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     node_exits: list[str] = field(default_factory=list)
+    #: Per partition, how many records each node's stored replica holds (read after the nodes stopped).
+    stored: dict[int, dict[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "stale_acks": self.stale_acks, "probes": self.probes,
                 "convergence": self.convergence, "diverged": self.diverged, "drained": self.drained,
-                "notes": self.notes, "node_exits": self.node_exits,
+                "notes": self.notes, "node_exits": self.node_exits, "stored": self.stored,
                 "workload_seconds": round(self.workload_end - self.workload_start, 2),
                 "run_seconds": round(self.ended - self.started, 2)}
 
@@ -862,10 +865,70 @@ class ChaosRun:
                 await self._wait_exit(node, 10)
         if self.proxies is not None:
             await self.proxies.stop()
+        if self.obs.drained and not any(n.alive() for n in self.nodes.values()):
+            self._compare_stored()
+
+    def _compare_stored(self) -> None:
+        """Once the nodes are stopped: every replica's stored records, byte for byte."""
+        stored: dict[int, dict[int, list[bytes]]] = {}
+        for n, node in sorted(self.nodes.items()):
+            try:
+                for partition, records in stored_records(node.plan.data_dir).items():
+                    stored.setdefault(partition, {})[n] = records
+            except Exception as e:  # noqa: BLE001 - a replica that cannot be read is said so, not hidden
+                self.obs.diverged.append(f"node {n}: its stored partitions cannot be read after the run: {e}")
+        self.obs.stored = {p: {n: len(r) for n, r in nodes.items()} for p, nodes in sorted(stored.items())}
+        for p, nodes in sorted(stored.items()):
+            first = stored_divergence(nodes)
+            if first is not None:
+                self.obs.diverged.append(f"partition {p}: the stored replicas differ: {first}")
+            elif len(nodes) != min(3, self.config.nodes):
+                self.obs.diverged.append(f"partition {p}: stored on nodes {sorted(nodes)} only")
 
     def _say(self, line: str) -> None:
         if self.config.progress is not None:
             self.config.progress(line)
+
+
+def stored_records(data_dir: Path) -> dict[int, list[bytes]]:
+    """The records of every partition stored in a stopped node's data directory: partition ->
+    each record's JSON bytes as the storage serves it (offset, timestamp, key, value, headers)."""
+    from streamlog.storage.segmented import SegmentedStorage
+
+    storage = SegmentedStorage(str(data_dir))
+    try:
+        out: dict[int, list[bytes]] = {}
+        for group, (_, logs) in storage.load().items():
+            if group.startswith("__"):
+                continue  # the metadata group
+            partition = int(group.rpartition("-")[2])
+            for log in logs:
+                records: list[bytes] = []
+                offset = log.start_offset
+                while offset < log.end_offset:
+                    read = log.read(offset, 5000, 1 << 24)
+                    if read.count == 0:
+                        break
+                    records.extend(orjson.dumps(r) for r in orjson.loads(b"[" + b",".join(read.fragments) + b"]"))
+                    offset = read.next_offset
+                out[partition] = records
+        return out
+    finally:
+        storage.close()
+
+
+def stored_divergence(replicas: dict[int, list[bytes]]) -> str | None:
+    """Where the replicas of one partition first differ (None: alike)."""
+    if len({len(r) for r in replicas.values()}) > 1:
+        lengths = ", ".join(f"node {n} {len(r)} records" for n, r in sorted(replicas.items()))
+    else:
+        lengths = ""
+    shortest = min((len(r) for r in replicas.values()), default=0)
+    for i in range(shortest):
+        if len({r[i] for r in replicas.values()}) > 1:
+            which = "; ".join(f"node {n}: {r[i].decode(errors='replace')}" for n, r in sorted(replicas.items()))
+            return f"record {i}: {which}" + (f" ({lengths})" if lengths else "")
+    return lengths or None
 
 
 def observations_json(obs: Observations) -> bytes:

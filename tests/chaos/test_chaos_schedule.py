@@ -82,3 +82,12 @@ def test_every_node_dials_its_peers_through_the_proxy_and_listens_on_its_own_por
         assert argv[argv.index("--peer-listen") + 1] == f"tcp:{peer[me]}:interface=127.0.0.1"
         for other in {1, 2, 3} - {me}:
             assert peers[str(other)] == f"127.0.0.1:{proxy[(me, other)]}"
+
+
+def test_stored_replicas_are_compared_record_by_record():
+    from streamlog.chaos.runner import stored_divergence
+
+    a, b, c = b'{"offset":0,"value":"a"}', b'{"offset":1,"value":"b"}', b'{"offset":1,"value":"x"}'
+    assert stored_divergence({1: [a, b], 2: [a, b], 3: [a, b]}) is None
+    assert stored_divergence({1: [a, b], 2: [a, c]}) == f"record 1: node 1: {b.decode()}; node 2: {c.decode()}"
+    assert stored_divergence({1: [a, b], 2: [a]}) == "node 1 2 records, node 2 1 records"

@@ -87,3 +87,5 @@ def test_a_leader_cut_off_acknowledges_nothing_and_the_logs_converge_after_heali
     (nodes,) = out["run"]["convergence"].values()
     assert len(nodes) == 3 and len({tuple(v) for v in nodes.values()}) == 1  # same log end and high watermark
     assert nodes["1"][0] == {d.partition: d.end_offset for d in history.drains}[0]
+    # and once stopped, the three stored replicas hold the same records, byte for byte
+    assert out["run"]["stored"] == {"0": {"1": nodes["1"][0], "2": nodes["1"][0], "3": nodes["1"][0]}}
