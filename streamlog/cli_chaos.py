@@ -167,7 +167,29 @@ def runner_findings(obs: Any) -> dict[str, list[str]]:
     return {k: v for k, v in findings.items() if v}
 
 
-def runner_text(obs: Any, config: Any, findings: dict[str, list[str]]) -> str:
+def failover_lines(history: Any) -> list[str]:
+    """Per fault kind, the time without an acknowledged send around each fault: of the
+    partition that waited longest (its failover), and of all partitions at once (the
+    whole client waited); median and max over the faults of the kind."""
+    from streamlog.chaos.report import partition_write_gaps, write_gaps
+
+    by_kind: dict[str, tuple[list[float], list[float]]] = {}
+    for (fault, worst), (_, every) in zip(partition_write_gaps(history), write_gaps(history), strict=True):
+        worst_partition, all_partitions = by_kind.setdefault(fault.kind, ([], []))
+        worst_partition.append(max(worst.values(), default=0.0))
+        all_partitions.append(every)
+    lines = []
+    for kind, (worst_partition, all_partitions) in sorted(by_kind.items()):
+        worst_partition.sort()
+        all_partitions.sort()
+        n = len(worst_partition)
+        lines.append(f"  {kind:<10} {n:>4} fault(s): worst partition median {worst_partition[n // 2]:.2f}s "
+                     f"max {worst_partition[-1]:.2f}s; all partitions at once median {all_partitions[n // 2]:.2f}s "
+                     f"max {all_partitions[-1]:.2f}s")
+    return lines
+
+
+def runner_text(obs: Any, config: Any, findings: dict[str, list[str]], history: Any = None) -> str:
     lines = [f"seed {config.seed}; workload {obs.workload_end - obs.workload_start:.1f}s of a "
              f"{obs.ended - obs.started:.1f}s run; faults {', '.join(config.kinds)}"]
     for step in obs.steps:
@@ -175,6 +197,9 @@ def runner_text(obs: Any, config: Any, findings: dict[str, list[str]]) -> str:
         extra = f"; probes to it: {probes}" if probes else ""
         lines.append(f"  fault {step['step']}: {step['kind']} node {step['node']} (led {step['led'] or 'nothing'}) "
                      f"{step['start']:.1f}s-{step['end']:.1f}s{extra}")
+    if history is not None and history.faults:
+        lines.append("failover: longest time without an acknowledged send around each fault, by kind")
+        lines.extend(failover_lines(history))
     lines.append(f"final drain: {', '.join(f'p{p} to {o}' for p, o in sorted(obs.drained.items())) or 'none'}")
     conv = "; ".join(f"p{p}: " + ", ".join(f"n{n} {v[0]}/{v[1]}" for n, v in nodes.items())
                      for p, nodes in obs.convergence.items())
@@ -194,7 +219,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from streamlog.chaos.checker import check
     from streamlog.chaos.history import load
     from streamlog.chaos.html_report import render
-    from streamlog.chaos.report import summary, write_gaps
+    from streamlog.chaos.report import partition_write_gaps, summary, write_gaps
     from streamlog.chaos.runner import RunAborted, WipeUnsupported
 
     config = _config(args)
@@ -223,7 +248,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     history = load(history_path)
     result = check(history)
     findings = runner_findings(obs)
-    text = runner_text(obs, config, findings)
+    text = runner_text(obs, config, findings, history)
     aborted = error is not None
     if aborted:
         why = str(error) if isinstance(error, RunAborted) else f"{type(error).__name__}: {error}"
@@ -232,8 +257,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(render(history, result, {"findings": findings, "text": text}))
     if args.json:
-        gaps = [{"kind": f.kind, "node": f.node, "start": round(f.start, 3), "gap": round(g, 3)}
-                for f, g in write_gaps(history)]
+        gaps = [{"kind": f.kind, "node": f.node, "start": round(f.start, 3), "gap": round(g, 3),
+                 "partitions": {str(tp[1]): round(pg, 3) for tp, pg in per.items()}}
+                for (f, g), (_, per) in zip(write_gaps(history), partition_write_gaps(history), strict=True)]
         out = {"valid": valid, "seed": config.seed, "aborted": str(error) if aborted else None,
                "history": str(history_path), "stats": result.stats, "counts": result.counts,
                "runner_findings": findings, "gaps": gaps, "run": obs.to_json(),
