@@ -206,6 +206,9 @@ def runner_text(obs: Any, config: Any, findings: dict[str, list[str]], history: 
     lines.append(f"replicas (log end/high watermark): {conv or 'not compared'}")
     stored = "; ".join(f"p{p}: " + ", ".join(f"n{n} {c}" for n, c in nodes.items()) for p, nodes in obs.stored.items())
     lines.append(f"stored records after the stop (compared byte for byte): {stored or 'not compared'}")
+    for n, found in sorted(obs.node_errors.items()):
+        lines.append(f"node {n} logged {found['critical']} critical event(s) (see its log), e.g.:")
+        lines.extend(f"    {example}" for example in found["examples"])
     for note in obs.notes + obs.node_exits:
         lines.append(f"note: {note}")
     for kind in ("stale-ack", "replicas-diverged"):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -126,11 +127,15 @@ class Observations:
     node_exits: list[str] = field(default_factory=list)
     #: Per partition, how many records each node's stored replica holds (read after the nodes stopped).
     stored: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: Per node, the C{#critical} events in its log (count, first distinct ones): bugs the
+    #: clients may only see as latency.
+    node_errors: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "stale_acks": self.stale_acks, "probes": self.probes,
                 "convergence": self.convergence, "diverged": self.diverged, "drained": self.drained,
                 "notes": self.notes, "node_exits": self.node_exits, "stored": self.stored,
+                "node_errors": self.node_errors,
                 "workload_seconds": round(self.workload_end - self.workload_start, 2),
                 "run_seconds": round(self.ended - self.started, 2)}
 
@@ -555,12 +560,20 @@ class ChaosRun:
         await sleep(self.reactor, min(c.warmup, c.duration))
         schedule = None if c.steps is not None else FaultSchedule(c.seed, c.kinds, c.nodes, c.partitions)
         fixed = list(c.steps or [])
-        while fixed if schedule is None else time.monotonic() < end - c.cooldown:
+        injected: set[str] = set()
+
+        def more() -> bool:
+            if schedule is None:
+                return bool(fixed)
+            # Until the duration is over, and in any case until every kind asked came once:
+            # a short run on a slow machine still injects each kind.
+            return time.monotonic() < end - c.cooldown or not injected >= set(c.kinds)
+
+        while more():
             step = schedule.next() if schedule is not None else fixed.pop(0)
-            await sleep(self.reactor, min(step.gap, max(end - time.monotonic(), 0)))
-            if time.monotonic() >= end - c.cooldown and c.steps is None:
-                break
+            await sleep(self.reactor, step.gap)
             await self._inject(step)
+            injected.add(step.kind)
             self.faults_done += 1
             self.current = "recovering"
             await until(self.reactor, self.healthy, RECOVER_TIMEOUT,
@@ -867,6 +880,10 @@ class ChaosRun:
             await self.proxies.stop()
         if self.obs.drained and not any(n.alive() for n in self.nodes.values()):
             self._compare_stored()
+        for n, node in sorted(self.nodes.items()):
+            found = critical_lines(node.log_path)
+            if found[0]:
+                self.obs.node_errors[n] = {"critical": found[0], "examples": found[1]}
 
     def _compare_stored(self) -> None:
         """Once the nodes are stopped: every replica's stored records, byte for byte."""
@@ -888,6 +905,35 @@ class ChaosRun:
     def _say(self, line: str) -> None:
         if self.config.progress is not None:
             self.config.progress(line)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def critical_lines(log_path: Path, examples: int = 3) -> tuple[int, list[str]]:
+    """How many C{#critical} events a node logged (a callback that raised, a fatal error),
+    and the first few distinct ones, each with the exception its traceback ended with."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0, []
+    count = 0
+    seen: list[str] = []
+    for i, line in enumerate(lines):
+        if "#critical]" not in line:
+            continue
+        count += 1
+        message = _ADDRESS.sub("", line.split("] ", 1)[-1])
+        j = i + 1
+        last = ""
+        while j < len(lines) and lines[j].startswith("\t"):
+            last = lines[j].strip() or last
+            j += 1
+        if last:
+            message += f" -> {last}"
+        if message not in seen and len(seen) < examples:
+            seen.append(message)
+    return count, seen
 
 
 def stored_records(data_dir: Path) -> dict[int, list[bytes]]:

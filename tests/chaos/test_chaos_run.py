@@ -41,6 +41,7 @@ def test_a_short_run_with_kill_stop_and_partition_is_clean_and_reported(tmp_path
     result = check(history)
     assert result.valid and result.count("unseen") == 0
     assert out["counts"] == result.counts and out["runner_findings"] == {}
+    assert out["run"]["node_errors"] == {}  # no node logged a critical event (a callback that raised)
     # every replica of every partition ended with the same log
     for nodes in out["run"]["convergence"].values():
         assert len(nodes) == 3 and len({tuple(v) for v in nodes.values()}) == 1

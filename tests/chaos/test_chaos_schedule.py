@@ -91,3 +91,22 @@ def test_stored_replicas_are_compared_record_by_record():
     assert stored_divergence({1: [a, b], 2: [a, b], 3: [a, b]}) is None
     assert stored_divergence({1: [a, b], 2: [a, c]}) == f"record 1: node 1: {b.decode()}; node 2: {c.decode()}"
     assert stored_divergence({1: [a, b], 2: [a]}) == "node 1 2 records, node 2 1 records"
+
+
+def test_critical_events_of_a_node_log_are_counted_with_their_exception(tmp_path):
+    from streamlog.chaos.runner import critical_lines
+
+    log = tmp_path / "node-1.log"
+    log.write_text(
+        "2026-12-02T05:09:07+0000 [x#info] fine\n"
+        "2026-12-02T05:09:07+0000 [d._GroupRunner#critical] group g: callback <bound method C.f of <C object at 0x7fb9>> failed\n"
+        "\tTraceback (most recent call last):\n\t  File \"r.py\", line 254, in _wake_ready\n"
+        "\tbuiltins.ValueError: too many values to unpack (expected 2)\n\t\n"
+        "2026-12-02T05:09:08+0000 [d._GroupRunner#critical] group g: callback <bound method C.f of <C object at 0x7fc0>> failed\n"
+        "\tTraceback (most recent call last):\n\tbuiltins.ValueError: too many values to unpack (expected 2)\n"
+        "2026-12-02T05:09:09+0000 [s#critical] streamlog stops: disk full\n")
+    count, examples = critical_lines(log)
+    assert count == 3
+    assert examples == ["group g: callback <bound method C.f of <C object>> failed -> builtins.ValueError: too many "
+                        "values to unpack (expected 2)", "streamlog stops: disk full"]
+    assert critical_lines(tmp_path / "missing.log") == (0, [])
