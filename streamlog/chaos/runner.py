@@ -366,6 +366,18 @@ class _PartitionReader:
             self.consumer.close()
 
 
+@dataclass
+class _Probe:
+    """The probes of one fault: its node, why it is cut off, the leaders before it, and (set
+    just before it heals) the partitions the others gave a newer leader."""
+
+    node: int
+    why: str
+    before: dict[int, tuple[int, int]]
+    replaced: set[int] = field(default_factory=set)
+    healed: bool = False
+
+
 class ChaosRun:
     """One run: call L{run} (from the reactor thread) and await it; it fires with the
     L{Observations} once the nodes are stopped, the history written to C{history}."""
@@ -497,10 +509,14 @@ class ChaosRun:
         return True
 
     async def leaders(self) -> dict[int, int]:
-        """Partition -> leader node, from the first node that answers with the newest terms."""
+        """Partition -> leader node, from the nodes that answer, the newest terms winning."""
+        return {p: lt[0] for p, lt in (await self.leader_terms()).items()}
+
+    async def leader_terms(self, exclude: frozenset[int] = frozenset()) -> dict[int, tuple[int, int]]:
+        """Partition -> (leader node, leader term), the newest any node but C{exclude} reports."""
         best: dict[int, tuple[int, int]] = {}
         for node in self.nodes:
-            if not self.nodes[node].alive() or self.nodes[node].stopped:
+            if node in exclude or not self.nodes[node].alive() or self.nodes[node].stopped:
                 continue
             md = await self._metadata(node, [self.config.topic])
             for t in (md or {}).get("topics") or []:
@@ -509,7 +525,7 @@ class ChaosRun:
                         term = p.get("leader_term", 0)
                         if p["partition"] not in best or term > best[p["partition"]][1]:
                             best[p["partition"]] = (int(p["leader"]), term)
-        return {p: lt[0] for p, lt in best.items()}
+        return best
 
     async def _create_topic(self) -> None:
         from streamlog.client.cluster import ClusterClient
@@ -727,30 +743,49 @@ class ChaosRun:
 
     async def _stop(self, n: int, hold: float, led: list[int], entry: dict[str, Any]) -> None:
         node = self.nodes[n]
+        before = await self.leader_terms()
         fault = self.recorder.fault_started("stop", f"n{n}", f"SIGSTOP for {hold:.1f}s, SIGCONT")
         node.signal(signal.SIGSTOP)
-        probes = self._probe(n, led, f"stopped node {n}")
+        probe = _Probe(n, f"stopped node {n}", before)
+        probes = self._probe(probe, led)
         await sleep(self.reactor, hold)
+        await self._replaced(probe, led)
         node.signal(signal.SIGCONT)
         self.recorder.fault_healed(fault)
-        self._probed(probes, entry)
+        self._probed(probes, entry, probe)
 
     async def _partition(self, n: int, hold: float, led: list[int], entry: dict[str, Any]) -> None:
         assert self.proxies is not None
+        before = await self.leader_terms()
         fault = self.recorder.fault_started("partition", f"n{n}", f"peer links of node {n} cut for {hold:.1f}s")
         self.proxies.cut(n)
-        # Probes go out once the others can have elected (half the hold): before that a
-        # write the isolated leader takes may still be committed by it after healing.
+        # The probes go out half-way, once the others can have elected a leader of their own.
         await sleep(self.reactor, hold / 2)
-        probes = self._probe(n, led, f"node {n} cut off")
+        probe = _Probe(n, f"node {n} cut off", before)
+        probes = self._probe(probe, led)
         await sleep(self.reactor, hold / 2)
+        await self._replaced(probe, led)
         self.proxies.heal(n)
         self.recorder.fault_healed(fault)
-        self._probed(probes, entry)
+        self._probed(probes, entry, probe)
 
-    def _probed(self, probes: Deferred[Any], entry: dict[str, Any]) -> None:
+    async def _replaced(self, probe: _Probe, led: list[int]) -> None:
+        """Before the fault heals: which partitions the other nodes know a newer leader of.
+        Writes the faulted node took for those can never be committed any more."""
+        after = await self.leader_terms(exclude=frozenset({probe.node}))
+        for p in led:
+            then, now = probe.before.get(p), after.get(p)
+            if now is not None and now[0] != probe.node and (then is None or now[1] > then[1]):
+                probe.replaced.add(p)
+        probe.healed = True
+
+    def _probed(self, probes: Deferred[Any], entry: dict[str, Any], probe: _Probe) -> None:
         """The probes' answers go into the step's entry when they come (awaited before the drain)."""
-        self.probing.append(probes.addCallback(lambda counts: entry.__setitem__("probes", counts)))
+        def done(counts: dict[str, int]) -> None:
+            entry["probes"] = counts
+            entry["replaced"] = sorted(probe.replaced)
+
+        self.probing.append(probes.addCallback(done))
 
     async def _rolling_restart(self, first: int, hold: float) -> None:
         for n in roll_order(first, self.config.nodes):
@@ -806,11 +841,18 @@ class ChaosRun:
         await self._wipe(self.config.nodes, 0.2, record=False)
         await until(self.reactor, self.healthy, RECOVER_TIMEOUT, "the cluster to recover from the wipe check", 0.2)
 
-    def _probe(self, n: int, partitions: list[int], why: str) -> Deferred[Any]:
-        """acks=all writes straight to node C{n} for the partitions it led, recorded as sends of
-        process C{probe-nN}; fires with how they were answered once all are."""
+    def _probe(self, probe: _Probe, partitions: list[int]) -> Deferred[Any]:
+        """acks=all writes straight to the faulted node for the partitions it led, recorded as
+        sends of process C{probe-nN}; fires with how they were answered once all are.
+
+        An acknowledgement is a stale-ack finding when it came while the fault lasted (a
+        stopped node answers nothing; a node cut off has no majority), or after it healed for
+        a partition the others had given a newer leader meanwhile (L{_replaced}).  One for a
+        partition that no other node took over is not: with no newer leader, the old one may
+        still commit what it took (a note says so)."""
         if not partitions:
             return defer.succeed({})
+        n = probe.node
         client = self.probe_clients[n]
         process = f"probe-n{n}"
         counts: dict[str, int] = {}
@@ -827,9 +869,15 @@ class ChaosRun:
                 def ok(result: Any, op: Any = op, p: int = p, value: str = value, sent_at: float = sent_at) -> None:
                     self.recorder.send_ok(op, result["partition"], result["offset"])
                     counts["ok"] = counts.get("ok", 0) + 1
-                    self.obs.stale_acks.append({"node": n, "partition": p, "value": value, "offset": result["offset"],
-                                                "sent": round(sent_at, 3), "answered": round(self.now(), 3),
-                                                "why": why})
+                    ack = {"node": n, "partition": p, "value": value, "offset": result["offset"],
+                           "sent": round(sent_at, 3), "answered": round(self.now(), 3), "why": probe.why}
+                    if not probe.healed or p in probe.replaced:
+                        self.obs.stale_acks.append(ack)
+                    else:
+                        self.obs.notes.append(f"probe {value} to node {n} ({probe.why}) was acknowledged at "
+                                              f"{p}@{result['offset']} after the fault healed; no other node had "
+                                              f"elected a newer leader of partition {p} meanwhile, so this is "
+                                              f"not a finding")
 
                 def failed(failure: Failure, op: Any = op) -> None:
                     e = failure.value

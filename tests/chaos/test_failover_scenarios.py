@@ -71,6 +71,7 @@ def test_leader_killed_five_times_then_stopped_loses_and_reorders_nothing(tmp_pa
     # SIGCONT, and none with an acknowledgement; none of them is in the log.
     stopped = steps[-1]
     assert out["runner_findings"] == {}
+    assert stopped["replaced"] == [0]  # the others elected a newer leader while it was stopped
     assert sum(stopped["probes"].values()) == 3 and "ok" not in stopped["probes"], stopped["probes"]
     assert probe_values(history, stopped["node"]) and not probe_values(history, stopped["node"]) & set(read)
 
@@ -81,6 +82,7 @@ def test_a_leader_cut_off_acknowledges_nothing_and_the_logs_converge_after_heali
     assert [s["kind"] for s in steps] == ["partition", "partition"] and all(s["led"] == [0] for s in steps)
     read = assert_every_ack_read_in_place_and_in_order(history)
     for step in steps:  # the minority side: timeouts, NOT_LEADER or LEADER_NOT_AVAILABLE, never an ack
+        assert step["replaced"] == [0]  # while the majority elected a leader of its own
         assert sum(step["probes"].values()) == 3 and "ok" not in step["probes"], step["probes"]
     assert not probe_values(history) & set(read)
     assert out["runner_findings"] == {}
