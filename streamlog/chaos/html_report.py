@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from streamlog.chaos.checker import KINDS, SAFETY, Result
 from streamlog.chaos.history import OK, History
-from streamlog.chaos.report import summary, write_gaps
+from streamlog.chaos.report import partition_write_gaps, summary, write_gaps
 
 #: The colour of each fault kind's spans (others: grey).
 FAULT_COLOURS: Final = {"kill": "#d62728", "stop": "#9467bd", "partition": "#ff7f0e", "restart": "#2ca02c",
@@ -164,9 +164,10 @@ def render(history: History, result: Result, run: Mapping[str, Any] | None = Non
     gaps = write_gaps(history)
     if gaps:
         parts.append("<h3>Failover: longest time without an acknowledged send around each fault</h3>")
-        parts.append(_table(["kind", "node", "start (s)", "lasted (s)", "gap (s)"], [
+        parts.append(_table(["kind", "node", "start (s)", "lasted (s)", "worst partition (s)", "all partitions (s)"], [
             (f.kind, f.node or "", f"{f.start:.2f}", f"{(f.end - f.start):.2f}" if f.end is not None else "never healed",
-             f"{g:.2f}") for f, g in gaps]))
+             f"{max(per.values(), default=0.0):.2f}", f"{g:.2f}")
+            for (f, g), (_, per) in zip(gaps, partition_write_gaps(history), strict=True)]))
     parts.append("<h2>Anomalies</h2>")
     parts.append(_table(["anomaly", "count", "kind"],
                         [(k, result.count(k), "safety" if k in SAFETY else "counted") for k in KINDS]

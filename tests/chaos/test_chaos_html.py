@@ -44,3 +44,17 @@ def test_the_page_has_the_summary_and_fetches_nothing():
     assert "<td>stale-ack</td><td>1</td><td>safety (runner)</td>" in page
     assert "<td>lost</td><td>0</td><td>safety</td>" in page
     assert "<td>send</td><td>20</td><td>20</td><td>0</td><td>0</td>" in page
+
+
+def test_the_failover_table_shows_the_partition_that_waited_and_all_at_once():
+    b = Builder()
+    for i, t in enumerate((1.0, 2.0, 6.0)):
+        b.ok("p1", f"a{i}", 0, i)
+        b.history.sends[-1].complete = t
+    for i, t in enumerate((1.5, 2.5, 3.0, 3.5)):
+        b.ok("p1", f"b{i}", 1, i)
+        b.history.sends[-1].complete = t
+    b.fault("kill", "n1", 2.2, 3.0)
+    h = b.history
+    page = render(h, check(h))
+    assert "<td>kill</td><td>n1</td><td>2.20</td><td>0.80</td><td>4.00</td><td>0.50</td>" in page
