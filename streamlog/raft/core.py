@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -164,7 +164,9 @@ class RaftNode:
     `peers` is the group's initial voter set (this node may be included): it applies until
     the log holds a configuration entry. A node joining an existing group starts with no
     peers and learns its membership from the leader. `hard_state` is what was last
-    persisted; `log` is the durable log as recovered.
+    persisted; `log` is the durable log as recovered. `reset_log(m)` replaces the log by an
+    InstallSnapshot `m` (default: `log.reset(m.last_index, m.last_term, m.config)`); a
+    partition log also needs what `m.data` says, the record offset its log resumes at.
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class RaftNode:
         config: RaftConfig,
         rng: random.Random,
         now: float = 0.0,
+        reset_log: Callable[[InstallSnapshot], None] | None = None,
     ):
         self.id = node_id
+        self._reset_log = reset_log
         self._initial_voters = frozenset(peers)
         self.voters: frozenset[str] = frozenset()
         self.peers: tuple[str, ...] = ()
@@ -404,6 +408,20 @@ class RaftNode:
         self._wake()
         return self._take()
 
+    def followers_lost(self, members: Iterable[str], now: float) -> list[Effect]:
+        """As leader: the node of these followers is gone (the driver saw its connection close).
+        Their last answers, from before the loss, must not count any more: neither for going
+        quiet (a leader that went quiet counting a dead voter would never run check-quorum
+        again) nor for the next quorum check. A quiet leader wakes."""
+        self._now = now
+        if self.role == LEADER:
+            self._wake()
+            for m in members:
+                pr = self._progress.get(m)
+                if pr is not None:
+                    pr.recent_active = False
+        return self._take()
+
     def leader_node_lost(self, now: float) -> list[Effect]:
         """The node of this group's leader is gone (its connection closed, or its node
         heartbeats stopped for an election timeout): a quiet follower would otherwise never
@@ -601,7 +619,10 @@ class RaftNode:
         self._heard_from_leader(frm)
         if m.last_index > self.commit_index:
             if self.log.term_at(m.last_index) != m.last_term:
-                self.log.reset(m.last_index, m.last_term, m.config)
+                if self._reset_log is not None:
+                    self._reset_log(m)
+                else:
+                    self.log.reset(m.last_index, m.last_term, m.config)
                 self._log_shrunk(m.last_index + 1)
                 self._sync_log()
                 self._refresh_config()

@@ -588,3 +588,30 @@ def test_a_leader_goes_quiet_without_a_follower_that_is_down_but_not_without_a_q
     c.run([(leader.id, leader.wake(c.now))])
     c.advance(2.0)
     assert leader.role != LEADER
+
+
+def test_followers_lost_are_not_counted_for_quiescence_from_their_last_answers():
+    """Both followers answered, then their nodes' connections closed while the leader was
+    awake (it was not quiet, so there was nothing to wake): without `followers_lost` their
+    answers from before the loss let it go quiet at its next heartbeat, and a quiet leader
+    never runs check-quorum again. With it, the leader stays awake and is deposed."""
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    c.run([(leader.id, leader.propose(b"x", c.now)[1])])  # awake, every follower just answered
+    assert not leader.quiet
+    c.cut = {n.id for n in c.nodes.values() if n is not leader}
+    c.run([(leader.id, leader.followers_lost(sorted(c.cut), c.now))])
+    c.advance(2.5)
+    assert not leader.quiet and leader.role != LEADER
+
+
+def test_followers_lost_wakes_a_quiet_leader_and_means_nothing_to_a_follower():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader.quiet
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    assert follower.followers_lost([leader.id], c.now) == [] and follower.quiet
+    c.run([(leader.id, leader.followers_lost([follower.id], c.now))])
+    assert not leader.quiet
