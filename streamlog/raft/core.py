@@ -408,15 +408,26 @@ class RaftNode:
         self._wake()
         return self._take()
 
+    @property
+    def learners(self) -> frozenset[str]:
+        """The non-voters this leader replicates to (`add_learner`); empty unless leading."""
+        return frozenset(self._learners)
+
     def followers_lost(self, members: Iterable[str], now: float) -> list[Effect]:
         """As leader: the node of these followers is gone (the driver saw its connection close).
-        Their last answers, from before the loss, must not count any more: neither for going
-        quiet (a leader that went quiet counting a dead voter would never run check-quorum
-        again) nor for the next quorum check. A quiet leader wakes."""
+        A voter's last answers, from before the loss, must not count any more: neither for
+        going quiet (a leader that went quiet counting a dead voter would never run
+        check-quorum again) nor for the next quorum check. A learner there is dropped: it
+        would keep the leader awake (see `_may_quiesce`) for nothing; whoever added it adds
+        it again once its node is back. A quiet leader wakes."""
         self._now = now
         if self.role == LEADER:
             self._wake()
             for m in members:
+                if m in self._learners:
+                    self._learners.discard(m)
+                    self._progress.pop(m, None)
+                    continue
                 pr = self._progress.get(m)
                 if pr is not None:
                     pr.recent_active = False
@@ -456,8 +467,9 @@ class RaftNode:
     def _may_quiesce(self) -> bool:
         """A leader goes quiet only when there is nothing left to tell anyone who listens:
         every follower (voter or learner) heard from since the last quorum check or wake holds
-        its whole log, all of it committed and on the leader's own disk, no transfer is under
-        way, and those followers and the leader are a quorum. A follower that did not answer
+        its whole log, and so does every learner (heard from or not: it has no election timer
+        to wake the group with), all of it committed and on the leader's own disk, no transfer
+        is under way, and those followers and the leader are a quorum. A follower that did not answer
         (its node is down, say) is no reason to stay awake: it cannot be sent anything anyway,
         and when it comes back its election timer runs (it is not quiet), so its first
         pre-vote wakes the group; the driver also wakes the group when its node reconnects. A
@@ -470,6 +482,11 @@ class RaftNode:
             return False
         active = 0
         for peer, p in self._progress.items():
+            if peer in self._learners and p.match < log.last_index:
+                # A learner catching up: unlike a voter it has no election timer whose pre-vote
+                # would wake the group, so a probe it missed (its replica was not created yet)
+                # would never be sent again.
+                return False
             if not p.recent_active:
                 continue
             if p.match != log.last_index or p.state != REPLICATE or p.inflight:

@@ -647,7 +647,7 @@ class RaftHost:
         for runner in list(self.groups.values()):
             n = runner.node
             if n.role == LEADER:
-                lost = [m for m in n.voters if node_of(m) == node]
+                lost = [m for m in n.voters | n.learners if node_of(m) == node]
                 if lost:
                     runner.feed(n.followers_lost(lost, now))
             elif n.leader_id is not None and node_of(n.leader_id) == node:

@@ -160,7 +160,7 @@ def test_a_learner_never_helps_elect_a_leader_nor_stands(cluster):
     def learner_everywhere() -> bool:
         for g in groups:
             core = leader_core(cluster, g)
-            if core is None or reborn.member not in core._learners or not core.caught_up(reborn.member):
+            if core is None or reborn.member not in core.learners or not core.caught_up(reborn.member):
                 return False
             if any(m.startswith("3.") for m in core.voters):
                 return False  # the old member is removed first
