@@ -28,8 +28,12 @@ def cluster():
     c.stop()
 
 
+def newest_state(c: ClusterHarness) -> Any:
+    return max((n.state for n in c.nodes.values() if n.state is not None), key=lambda s: s.applied_index)
+
+
 def groups_of(c: ClusterHarness, topic: str = "t") -> list[str]:
-    info = c.nodes[1].state.topics[topic]
+    info = newest_state(c).topics[topic]
     return [METADATA_GROUP] + [partition_group(info.topic_id, p) for p in range(len(info.partitions))]
 
 
@@ -40,7 +44,7 @@ def leader_core(c: ClusterHarness, group: str) -> Any:
 
 
 def partition_leader(c: ClusterHarness, topic: str, p: int) -> int | None:
-    group = partition_group(c.nodes[1].state.topics[topic].topic_id, p)
+    group = partition_group(newest_state(c).topics[topic].topic_id, p)
     for i, n in c.nodes.items():
         if not n.stopped and group in n.cores and n.cores[group].role == LEADER and n.directory.by_group[group].leads:
             return i
@@ -104,21 +108,24 @@ def record_votes(node: Any) -> list[tuple[str, str, bool]]:
     return sent
 
 
-def test_a_wiped_node_rejoins_every_group_as_a_new_incarnation_and_then_counts_for_the_majority(cluster):
+@pytest.mark.parametrize("which", ["a follower", "the controller"])
+def test_a_wiped_node_rejoins_every_group_as_a_new_incarnation_and_then_counts_for_the_majority(cluster, which):
     acked = create_and_fill(cluster)
-    old = cluster.nodes[3].member
-    cluster_id = cluster.nodes[1].state.cluster_id
-    cluster.kill(3)
-    reborn = cluster.wipe_and_start(3)
+    wiped = 3 if which == "a follower" else cluster.controller()
+    others = [i for i in (1, 2, 3) if i != wiped]
+    old = cluster.nodes[wiped].member
+    cluster_id = cluster.nodes[others[0]].state.cluster_id
+    groups = groups_of(cluster)
+    cluster.kill(wiped)
+    reborn = cluster.wipe_and_start(wiped)
     votes = record_votes(reborn)
     assert reborn.member != old and reborn.identity.cluster_id is None
-    groups = groups_of(cluster)
     took = cluster.run_until(lambda: rejoined(cluster, reborn, groups), timeout=30)
     assert took < 5.0  # reconnect backoff (up to 2 s), then a few rounds per group
     assert reborn.identity.cluster_id == cluster_id and reborn.identity.members == {}
     for i in (1, 2, 3):
         state = cluster.nodes[i].state
-        assert state.nodes[3].incarnation == reborn.identity.incarnation and state.is_retired(old)
+        assert state.nodes[wiped].incarnation == reborn.identity.incarnation and state.is_retired(old)
     # Its copy of every partition is the leader's, record for record.
     for p in range(3):
         group = groups[p + 1]
@@ -128,8 +135,8 @@ def test_a_wiped_node_rejoins_every_group_as_a_new_incarnation_and_then_counts_f
         leader = cluster.nodes[partition_leader(cluster, "t", p)].directory.by_group[group]
         assert mine.log.read(0, 1000, 1 << 20) == leader.log.read(0, 1000, 1 << 20)
     assert all(voter for _, _, voter in votes)  # nothing before it was a voter there
-    # Node 1 dies: for every group the majority now needs the rejoined node's copy.
-    cluster.kill(1)
+    # Another node dies: for every group the majority now needs the rejoined node's copy.
+    cluster.kill(others[0])
     assert_readable(cluster, acked)
     more = send(cluster, 3, 6, "after")
     assert_readable(cluster, more)
