@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from streamlog.cluster.catchup import snapshot_of
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
 from streamlog.raft.driver import GroupCallbacks
 from streamlog.storage.base import TopicConfig
@@ -158,9 +159,11 @@ class ReplicaDirectory(GroupCallbacks):
             self.other.snapshot_installed(group, index, term, data)
 
     def snapshot_data(self, group: str, index: int) -> bytes:
-        if group not in self.by_group:
+        replica = self.by_group.get(group)
+        if replica is None:
             return self.other.snapshot_data(group, index)
-        return b""
+        # Where the partition's log resumes: its removed records are gone for every reader alike.
+        return snapshot_of(replica.log, index)
 
     # --- lookups
 

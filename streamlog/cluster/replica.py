@@ -28,8 +28,10 @@ from twisted.python.failure import Failure
 
 from streamlog import errors
 from streamlog.broker.partition import Partition
+from streamlog.cluster.catchup import PartitionSnapshot
 from streamlog.raft.core import LEADER, HardState, NotLeader
 from streamlog.raft.driver import NotLeaderError
+from streamlog.raft.messages import InstallSnapshot
 from streamlog.storage.base import RecordBatch
 from streamlog.storage.group_commit import CommitterStopped
 
@@ -78,6 +80,19 @@ class ReplicaStorage:
             d.addErrback(lambda f: self._on_sync_failed(f))
             return None
         return d
+
+    def install_snapshot(self, m: InstallSnapshot) -> None:
+        """The leader's log starts after C{m.last_index}: this log is reset to start there, at
+        the record offset and with the producer state C{m.data} carries (L{PartitionSnapshot};
+        empty data: the log's own end). Data this version cannot read raises
+        PartitionSnapshotError before anything changes: the message is dropped (and logged),
+        the leader sends it again."""
+        if not m.data:
+            self.raw.reset(m.last_index, m.last_term, m.config)
+            return
+        snapshot = PartitionSnapshot.decode(m.data)
+        self.raw.reset(m.last_index, m.last_term, m.config, next_offset=snapshot.next_offset,
+                       producer_state=snapshot.producer_state)
 
     def sync_log(self) -> Deferred | None:
         committer = self._committer()

@@ -73,7 +73,11 @@ PeerProtocol = PeerConnection  # the name main's tests and wiring knew
 
 
 class GroupStorage(Protocol):
-    """Durability for one group. Either method may return a Deferred (fsync in a thread)."""
+    """Durability for one group. Either method may return a Deferred (fsync in a thread).
+
+    It may also have `install_snapshot(m)`: how an InstallSnapshot `m` replaces its log (the
+    core's `reset_log`; a partition's log resumes at the record offset `m.data` carries).
+    """
 
     log: RaftLog
 
@@ -439,7 +443,7 @@ class RaftHost:
             raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.member_id}")
         rng = random.Random(self.rng.random())
         node = RaftNode(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
-                        self.now())
+                        self.now(), reset_log=getattr(storage, "install_snapshot", None))
         runner = _GroupRunner(self, group, node, storage)
         self.groups[group] = runner
         self._awake.add(group)
@@ -653,8 +657,9 @@ class RaftHost:
         for runner in list(self.groups.values()):
             n = runner.node
             if n.role == LEADER:
-                if n.quiet and any(node_of(m) == node for m in n.voters):
-                    runner.feed(n.wake(now))
+                lost = [m for m in n.voters | n.learners if node_of(m) == node]
+                if lost:
+                    runner.feed(n.followers_lost(lost, now))
             elif n.leader_id is not None and node_of(n.leader_id) == node:
                 runner.feed(n.leader_node_lost(now))
 
