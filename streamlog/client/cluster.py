@@ -183,7 +183,7 @@ class _Call:
             self.hinted += 1
             delay = 0.0
         else:
-            delay = self.client.backoff(self.failures)
+            delay = retry.retry_delay(self.client.backoff, self.failures)
         remaining = self._remaining()
         if remaining is not None and delay >= remaining:
             self.deferred.errback(error)

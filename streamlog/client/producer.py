@@ -475,10 +475,14 @@ class Producer:
         batch.last_error = error
         batch.maybe_landed = batch.maybe_landed or retry.may_have_landed(error)
         immediate = self.client.learn(error, queue.topic, queue.partition, queue.node)
-        if immediate and queue.hinted < 2:
-            queue.hinted += 1
-        else:
-            queue.failures += 1
+        # One failure per round, not per batch: the batches in flight together fail together when
+        # the leader dies (its connection closes), and counting each would start the backoff as
+        # far up as the window is deep (seen: 4 in flight, 0.4-0.8 s before the first resend).
+        if retry.first_of_round(bool(queue.retry), batch.attempts):
+            if immediate and queue.hinted < 2:
+                queue.hinted += 1
+            else:
+                queue.failures += 1
         bisect.insort(queue.retry, batch, key=lambda b: b.seq)
         self.retries += 1
         # Later batches of this partition that are not written yet are taken back: they go after it.
@@ -507,7 +511,7 @@ class Producer:
         return False
 
     def _schedule_retry(self, queue: _PartitionQueue) -> None:
-        delay = 0.0 if queue.failures == 0 else self.client.backoff(queue.failures)
+        delay = retry.retry_delay(self.client.backoff, queue.failures)
         # Not past the oldest batch's deadline: it fails then, not a backoff later.
         delay = max(0.0, min(delay, queue.retry[0].deadline - self.clock.seconds()))
         queue.timer = self.clock.callLater(delay, self._resend, queue)

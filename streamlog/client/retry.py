@@ -2,7 +2,9 @@
 
 Every client of the library shares these rules:
 
-- L{backoff_policy}: exponential backoff with jitter between attempts.
+- L{backoff_policy}: exponential backoff with jitter between attempts, and
+  L{retry_delay}: the first retry after a success goes at once (a failover
+  needs one metadata round trip, not a backoff), the later ones back off.
 - L{retriable}: errors after which asking again, maybe at another node, may
   work: leadership moved (C{NOT_LEADER}), an election is on
   (C{LEADER_NOT_AVAILABLE}), the node is stopping (C{SHUTTING_DOWN}) or full
@@ -89,3 +91,27 @@ def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = 
     return policy
 
 
+
+
+def retry_delay(backoff: Callable[[int], float], failures: int) -> float:
+    """The wait before the next attempt after C{failures} failed ones in a row.
+
+    The first retry goes at once: the error that caused it (a leader's connection lost, a
+    C{NOT_LEADER}, C{LEADER_NOT_AVAILABLE}) has marked the metadata stale, and the attempt first
+    fetches it (rate-limited by the client's C{metadata_min_interval}), so that a failover that
+    is already over costs one round trip.  From the second on: C{backoff(failures - 1)}, so the
+    second waits C{retry_backoff_min} (with jitter), and so on up to C{retry_backoff_max}.
+    """
+    if failures <= 1:
+        return 0.0
+    return backoff(failures - 1)
+
+
+def first_of_round(others_waiting: bool, attempts: int) -> bool:
+    """Whether a failed batch counts as a new failure of its partition for the backoff.
+
+    A batch that was sent again (C{attempts > 1}) failed a retry round of its own; of the
+    batches in flight together when they fail (a lost connection fails them all at once) only
+    the first counts (no others were waiting to be retried yet).
+    """
+    return attempts > 1 or not others_waiting
