@@ -29,7 +29,7 @@ WORKLOADS = ("produce", "consume", "e2e")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the workload sub-commands and their options to C{parser}."""
-    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e}")
+    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e,failover}")
     sub.required = True
     helps = {
         "produce": "send N messages in batches; throughput and per-batch ack latency",
@@ -40,7 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=helps[name], description=helps[name],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _add_common(p, name)
+    from streamlog.bench import failover
+
+    fo = sub.add_parser("failover", help=FAILOVER_HELP, description=FAILOVER_HELP,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    failover.add_arguments(fo)
+    fo.set_defaults(workload="failover", _parser=fo)
     parser.set_defaults(func=main_with_args)
+
+
+FAILOVER_HELP = ("start a local 3-node cluster, SIGKILL partition 0's leader --kills times under a steady "
+                 "acks=all producer; failover times (median/max) and acknowledged messages lost")
 
 
 def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
@@ -140,6 +150,10 @@ def use_given_server(args: Any) -> str | None:
 
 def main_with_args(args: Any) -> int:
     args.json = getattr(args, "json", False)
+    if args.workload == "failover":
+        from streamlog.bench.failover import main_with_args as failover_main
+
+        return failover_main(args)
     source = use_given_server(args)
     if source not in (None, "--connect") and not getattr(args, "quiet", False):
         print(f"bench: using the server at {args.bench_connect} (from {source}), not starting one",
