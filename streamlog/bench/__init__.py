@@ -82,6 +82,9 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
                    help="use this server (HOST:PORT, tcp:HOST:PORT or unix:/path), or the cluster of this "
                         "bootstrap list (addresses separated by commas), instead of starting one; "
                         "so do streamlog's --connect before 'bench' and $STREAMLOG_CONNECT")
+    p.add_argument("--nodes", type=int, choices=(1, 3, 5), default=1,
+                   help="how many nodes the bench starts: 1, one server (as before clusters); 3 or 5, a local "
+                        "cluster (as 'cluster up' plans it), whose topics get replication factor min(3, nodes)")
     p.add_argument("--storage", choices=("segmented", "memory"), default="segmented",
                    help="storage of the server the bench starts")
     p.add_argument("--fsync", default="always", help="fsync policy of the server the bench starts: "

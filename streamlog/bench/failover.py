@@ -29,8 +29,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,15 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamlog.bench.cluster import Nodes
 from streamlog.bench.failover_stats import AckLedger, KillRecord, summary
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
 # Twisted is imported where the run starts: "streamlog --help" (which builds this parser) loads none.
-
-HOST = "127.0.0.1"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kills", type=int, default=10, help="how many times the leader of partition 0 is SIGKILLed")
@@ -74,73 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-out", default=None, help="append the JSON result as one line to this file")
     p.add_argument("--label", default=None, help="free text stored in the JSON result")
     p.add_argument("--quiet", "-q", action="store_true", help="no line per kill on stderr")
-
-
-# --- the cluster's processes -----------------------------------------------------------------
-
-
-def free_base_port(nodes: int, rng: random.Random, tries: int = 200) -> int:
-    """A base port whose client ports (BASE..) and peer ports (BASE+100..) are all free on 127.0.0.1."""
-    from streamlog.cli_cluster_up import PEER_PORT_OFFSET, _port_in_use
-
-    for _ in range(tries):
-        base = rng.randrange(20000, 60000 - PEER_PORT_OFFSET - nodes)
-        ports = [base + i for i in range(nodes)] + [base + PEER_PORT_OFFSET + i for i in range(nodes)]
-        if all(_port_in_use(HOST, port) is None for port in ports):
-            return base
-    raise RuntimeError(f"no free range of ports found in {tries} tries")
-
-
-class Nodes:
-    """The cluster's node processes: started from their plans, killed and restarted by pid."""
-
-    def __init__(self, plans: list[Any], log_dir: Path) -> None:
-        from streamlog.cli_cluster_up import _die_with_parent, _node_env
-
-        self.plans = {p.node_id: p for p in plans}
-        self.log_dir = log_dir
-        self.env = _node_env()
-        self.preexec = _die_with_parent()
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.starts = dict.fromkeys(self.plans, 0)
-
-    def start(self, node: int) -> None:
-        plan = self.plans[node]
-        plan.data_dir.mkdir(parents=True, exist_ok=True)
-        self.starts[node] += 1
-        log = open(self.log_dir / f"node-{node}.log", "ab")
-        try:
-            self.procs[node] = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=subprocess.STDOUT, env=self.env, preexec_fn=self.preexec,
-                                                process_group=0)
-        finally:
-            log.close()
-
-    def alive(self, node: int) -> bool:
-        proc = self.procs.get(node)
-        return proc is not None and proc.poll() is None
-
-    def kill(self, node: int) -> None:
-        proc = self.procs[node]
-        proc.send_signal(signal.SIGKILL)
-
-    def reap(self, node: int, timeout: float = 10.0) -> None:
-        self.procs[node].wait(timeout)
-
-    def stop_all(self, timeout: float = 15.0) -> None:
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in running:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def address(self, node: int) -> str:
-        return str(self.plans[node].address)
 
 
 # --- the run, on the reactor ----------------------------------------------------------------
@@ -324,6 +253,14 @@ class FailoverRun:
                                              self.args.kill_timeout, new_leader, step=0.01)
         record.leader_seen_s = self.now() - killed_at
 
+        async def all_led() -> bool:
+            got = await self.partitions()
+            return all(p in got and got[p]["leader"] != victim for p in led)
+
+        await self.until(f"new leaders of the {len(led)} partition(s) node {victim} led", self.args.kill_timeout,
+                         all_led, step=0.01 if len(led) < 50 else 0.05)
+        record.all_led_s = self.now() - killed_at
+
         async def acked() -> bool:
             return record.all_acked_s is not None
 
@@ -339,7 +276,8 @@ class FailoverRun:
         self.killed_at = None
         if not self.args.quiet:
             self.say(f"kill {kill}: node {victim} (led {len(led)} partition(s)); new leader {record.new_leader} "
-                     f"seen in Metadata after {record.leader_seen_s:.3f}s; first ack after {record.first_ack_s:.3f}s; "
+                     f"seen in Metadata after {record.leader_seen_s:.3f}s (all {len(led)} after "
+                     f"{record.all_led_s:.3f}s); first ack after {record.first_ack_s:.3f}s; "
                      f"all its partitions acked after {record.all_acked_s:.3f}s; back in sync "
                      f"{record.back_in_isr_s:.2f}s after restart")
 
@@ -377,6 +315,7 @@ def _print_text(result: dict[str, Any]) -> None:
           f"{result['kills']} SIGKILL(s) of partition 0's leader, producer at {result['rate']:g} ticks/s acks=all")
     print(f"  kill -> first acknowledged Send (partition 0): {fmt(s['first_ack'])}")
     print(f"  kill -> new leader seen in Metadata:           {fmt(s['leader_seen'])}")
+    print(f"  kill -> every partition it led has a leader:   {fmt(s['all_led'])}")
     print(f"  kill -> every partition it led acknowledged:   {fmt(s['all_acked'])}")
     print(f"  restart -> back in the in-sync replicas:      {fmt(s['back_in_isr'])}")
     rb = result["readback"]
@@ -385,8 +324,6 @@ def _print_text(result: dict[str, Any]) -> None:
 
 
 def main_with_args(args: Any) -> int:
-    from streamlog.cli_cluster_up import default_server_command, plan_cluster
-
     args.json = getattr(args, "json", False)
     if args.kills < 1 or args.partitions < 1 or args.rate <= 0:
         print("bench failover: --kills and --partitions must be at least 1, --rate more than 0", file=sys.stderr)
@@ -394,9 +331,7 @@ def main_with_args(args: Any) -> int:
     rng = random.Random(args.seed)
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="streamlog-failover-"))
     root.mkdir(parents=True, exist_ok=True)
-    base = args.base_port or free_base_port(args.nodes, rng)
-    plans = plan_cluster(args.nodes, base, root, HOST, default_server_command(), list(args.server_arg))
-    nodes = Nodes(plans, root)
+    nodes = Nodes.plan(args.nodes, root, args.server_arg, args.base_port, rng.randrange(1 << 30))
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -424,10 +359,9 @@ def main_with_args(args: Any) -> int:
     reactor.callLater(cap, lambda: (outcome.setdefault("error", f"the run passed its cap of {cap:g}s"),
                                     reactor.stop()))
     if not args.quiet:
-        say(f"bench failover: {args.nodes} nodes at {HOST}:{base}.., data in {root}")
+        say(f"bench failover: {args.nodes} nodes at {nodes.bootstrap}, data in {root}")
     try:
-        for node in sorted(nodes.plans):
-            nodes.start(node)
+        nodes.start_all()
         reactor.callWhenRunning(go)
         reactor.run(installSignalHandlers=False)
     finally:
@@ -450,4 +384,4 @@ def main_with_args(args: Any) -> int:
     return 0 if rb.get("lost", 1) == 0 and rb.get("changed", 1) == 0 else 1
 
 
-__all__ = ["FailoverRun", "Nodes", "add_arguments", "free_base_port", "main_with_args"]
+__all__ = ["FailoverRun", "add_arguments", "main_with_args"]

@@ -29,6 +29,8 @@ class KillRecord:
     #: The watched partition's new leader (a surviving node), as Metadata first named it.
     new_leader: int | None = None
     leader_seen_s: float | None = None
+    #: Every partition in C{led} has a new leader (a surviving node) in Metadata.
+    all_led_s: float | None = None
     #: The watched partition's first acknowledged Send that was sent after the kill.
     first_ack_s: float | None = None
     #: Every partition in C{led} had an acknowledged Send after the kill (the slowest of them).
@@ -67,6 +69,7 @@ def summary(records: list[KillRecord]) -> dict[str, Any]:
         "kills": len(records),
         "first_ack": _stats(r.first_ack_s for r in records),
         "leader_seen": _stats(r.leader_seen_s for r in records),
+        "all_led": _stats(r.all_led_s for r in records),
         "all_acked": _stats(r.all_acked_s for r in records),
         "back_in_isr": _stats(r.back_in_isr_s for r in records),
     }
