@@ -242,11 +242,18 @@ class FailoverRun:
         self.record = record
         self.nodes.reap(victim)
 
+        survivors = [n for n in sorted(self.nodes.plans) if n != victim]
+        asked = [0]
+
         async def new_leader() -> int | None:
-            got = await self.partitions()
-            entry = got.get(0)
-            if entry is not None and entry["leader"] != victim:
-                return int(entry["leader"])
+            # One survivor per step, in turn: the watcher must not load the nodes it watches.
+            node = survivors[asked[0] % len(survivors)]
+            asked[0] += 1
+            answer = await self.metadata(node)
+            for t in (answer or {}).get("topics", []):
+                for entry in t.get("partitions", []) if t.get("topic") == self.topic else []:
+                    if entry["partition"] == 0 and entry.get("leader") in survivors:
+                        return int(entry["leader"])
             return None
 
         record.new_leader = await self.until(f"a new leader of partition 0 after killing node {victim}",
@@ -258,7 +265,7 @@ class FailoverRun:
             return all(p in got and got[p]["leader"] != victim for p in led)
 
         await self.until(f"new leaders of the {len(led)} partition(s) node {victim} led", self.args.kill_timeout,
-                         all_led, step=0.01 if len(led) < 50 else 0.05)
+                         all_led, step=0.02 if len(led) < 50 else 0.05)
         record.all_led_s = self.now() - killed_at
 
         async def acked() -> bool:

@@ -483,7 +483,7 @@ class Producer:
             if immediate and queue.hinted < 2:
                 queue.hinted += 1
             else:
-                queue.failures += 1
+                queue.failures = retry.count_failure(queue.failures, error)
         bisect.insort(queue.retry, batch, key=lambda b: b.seq)
         self.retries += 1
         # Later batches of this partition that are not written yet are taken back: they go after it.

@@ -21,3 +21,16 @@ def test_batches_failing_together_count_once_and_a_failed_resend_counts_again():
     assert first_of_round(others_waiting=False, attempts=1)  # the first of a window to fail
     assert not first_of_round(others_waiting=True, attempts=1)  # the rest of that window
     assert first_of_round(others_waiting=True, attempts=2)  # a resend that failed: a new round
+
+
+def test_an_election_in_progress_is_asked_again_at_the_minimum_backoff_not_further_out():
+    from streamlog import errors
+    from streamlog.client.retry import count_failure
+
+    election = errors.LeaderNotAvailable("electing")
+    failures = 0
+    for _ in range(10):
+        failures = count_failure(failures, election)
+    assert failures == 2  # retry_delay(.., 2): between retry_backoff_min/2 and retry_backoff_min
+    lost = errors.ConnectionLost("gone")
+    assert count_failure(count_failure(failures, lost), lost) == 4  # other errors back off as before
