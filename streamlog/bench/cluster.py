@@ -149,9 +149,12 @@ class Nodes:
                         if e.get("leader") == node:
                             in_sync[e["partition"]] = set(e.get("isr", [])) == set(e.get("replicas", []))
             count = None
-            with BlockingClient(self.bootstrap, timeout=5.0) as c:
-                count = len(c.describe_topic(topic)["partitions"])
-            if len(in_sync) == count and all(in_sync.values()):
+            try:
+                with BlockingClient(self.bootstrap, timeout=5.0) as c:
+                    count = len(c.describe_topic(topic)["partitions"])
+            except (errors.UnknownTopic, errors.LeaderNotAvailable, errors.ConnectionLost, errors.Timeout):
+                pass  # the node asked has not applied the topic's creation yet
+            if count is not None and len(in_sync) == count and all(in_sync.values()):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: not every partition had a leader with its replicas in sync "
