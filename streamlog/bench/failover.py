@@ -336,6 +336,7 @@ def main_with_args(args: Any) -> int:
         print("bench failover: --kills and --partitions must be at least 1, --rate more than 0", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
+    load_before = round(os.getloadavg()[0], 2)  # the machine may be shared: how busy it was
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="streamlog-failover-"))
     root.mkdir(parents=True, exist_ok=True)
     nodes = Nodes.plan(args.nodes, root, args.server_arg, args.base_port, rng.randrange(1 << 30))
@@ -375,7 +376,8 @@ def main_with_args(args: Any) -> int:
         nodes.stop_all()
         if not args.keep_data and not args.data_dir:
             shutil.rmtree(root, ignore_errors=True)
-    result = {"workload": "failover", "nodes": args.nodes, "partitions": args.partitions, "kills": args.kills,
+    result = {"workload": "failover", "loadavg_1m_before": load_before, "loadavg_1m_after": round(os.getloadavg()[0], 2),
+              "nodes": args.nodes, "partitions": args.partitions, "kills": args.kills,
               "rate": args.rate, "label": args.label, "server_args": list(args.server_arg), **outcome}
     if args.json_out:
         with open(args.json_out, "a") as f:
