@@ -237,6 +237,7 @@ class FailoverRun:
         victim = parts[0]["leader"]
         led = tuple([0] + sorted(p for p, e in parts.items() if e["leader"] == victim and p != 0))
         record = KillRecord(kill=kill, node=victim, led=led)
+        self.records.append(record)  # kept with what it measured even if this kill times out
         self.nodes.kill(victim)
         self.killed_at = killed_at = self.now()
         self.record = record
@@ -273,7 +274,6 @@ class FailoverRun:
 
         await self.until("an acknowledged Send on every partition the killed node led",
                          self.args.kill_timeout, acked, step=0.01)
-        self.records.append(record)
         restarted = self.now()
         self.nodes.start(victim)
         await self.until(f"node {victim} back in the in-sync replicas", self.args.isr_timeout,
@@ -325,7 +325,10 @@ def _print_text(result: dict[str, Any]) -> None:
     print(f"  kill -> every partition it led has a leader:   {fmt(s['all_led'])}")
     print(f"  kill -> every partition it led acknowledged:   {fmt(s['all_acked'])}")
     print(f"  restart -> back in the in-sync replicas:      {fmt(s['back_in_isr'])}")
-    rb = result["readback"]
+    rb = result.get("readback")
+    if rb is None:
+        print("  not read back: the run stopped early")
+        return
     print(f"  acknowledged {rb['acknowledged']} of {result['sent']} sent; lost {rb['lost']}, changed {rb['changed']}, "
           f"out of order {rb['out_of_order']}, stored twice {rb['duplicates']}; failed sends {result['send_failures']}")
 

@@ -52,7 +52,7 @@ class KillRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self)
-        out.pop("acked")
+        out["acked_partitions"] = len(out.pop("acked"))  # of led: fewer if the kill timed out
         return out
 
 
