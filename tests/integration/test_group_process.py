@@ -1,0 +1,61 @@
+"""Consumer groups in real processes: commits survive a restart (SIGTERM and SIGKILL)."""
+
+from __future__ import annotations
+
+import signal
+
+from streamlog.testing import LineClient, ServerProcess, wait_for
+
+
+def _ok(answer):
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+def _fetch(port):
+    """FetchOffsets once the restarted node coordinates again (its offsets partition elected)."""
+    def attempt():
+        client = LineClient(port)
+        try:
+            answer = client.call("FetchOffsets", {"group": "billing"})
+        finally:
+            client.close()
+        if "error" in answer and answer["error"]["code"] == "COORDINATOR_NOT_AVAILABLE":
+            return None
+        return _ok(answer)["offsets"]
+    return wait_for(attempt, 20, "the coordinator to answer after the restart")
+
+
+def test_commits_survive_a_restart_and_a_kill(tmp_path, daemons):
+    server = ServerProcess(tmp_path, ["--offsets-partitions", "2", "--group-min-session-timeout-ms", "500"])
+    daemons.append(server)
+    client = LineClient(server.port)
+    _ok(client.call("CreateTopic", {"topic": "orders", "partitions": 2}))
+    member = _ok(client.call("JoinGroup", {"group": "billing", "topics": ["orders"], "session_timeout_ms": 1000}))
+    commit = {"group": "billing", "member_id": member["member_id"], "generation": member["generation"]}
+    _ok(client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 0, "offset": 7}]}))
+    _ok(client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 1, "offset": 3,
+                                                             "metadata": "m"}]}))
+    client.close()
+    server.stop()
+    assert "Server Shut Down" in server.log()
+
+    again = ServerProcess(tmp_path, ["--offsets-partitions", "2"], name="again")
+    daemons.append(again)
+    offsets = _fetch(again.port)
+    assert [(o["partition"], o["offset"], o["metadata"]) for o in offsets] == [(0, 7, None), (1, 3, "m")]
+    # Membership is not kept: the old member id is unknown to the new coordinator.
+    client = LineClient(again.port)
+    stale = client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 0, "offset": 9}]})
+    assert stale["error"]["code"] == "UNKNOWN_MEMBER"
+    # An acknowledged commit survives a SIGKILL too (acks=all: fsynced before the answer).
+    _ok(client.call("CommitOffsets", {"group": "billing", "offsets": [{"topic": "orders", "partition": 0,
+                                                                       "offset": 11}]}))
+    client.close()
+    again.signal(signal.SIGKILL)
+    again.wait(10)
+
+    third = ServerProcess(tmp_path, name="third")
+    daemons.append(third)
+    offsets = _fetch(third.port)
+    assert [(o["partition"], o["offset"]) for o in offsets] == [(0, 11), (1, 3)]
