@@ -249,10 +249,13 @@ class PartitionReplica(Partition):
     def _wake_ready(self) -> None:
         if not self._ready_waiters:
             return
-        keep = []
+        keep: list[tuple[Deferred, bool]] = []
         woken = []
         for d, write in self._ready_waiters:
-            (woken if self._settled(write) else keep).append(d)
+            if self._settled(write):
+                woken.append(d)
+            else:
+                keep.append((d, write))  # (a bare Deferred kept here broke the next wake-up)
         self._ready_waiters = keep
         for d in woken:
             d.callback(None)
