@@ -166,9 +166,12 @@ class GroupService:
 
     def _load(self, replica: Any) -> Shard:
         """Replay the offsets partition (this node just became its leader)."""
-        shard = Shard(replica.index, replica.term, GroupCoordinator(
-            self._partition_count, self.new_member_id, self.config.limits))
         offset, end = replica.start_offset, replica.high_watermark
+        # In a cluster, another node may have coordinated these groups (it held records): its
+        # members may still read their partitions until their sessions run out.
+        hold = self.config.limits.takeover_hold if self.broker.cluster is not None and end > offset else 0.0
+        shard = Shard(replica.index, replica.term, GroupCoordinator(
+            self._partition_count, self.new_member_id, self.config.limits, hold_until=self.now() + hold))
         skipped = 0
         while offset < end:
             read = replica.log.read(offset, min(_REPLAY_BATCH, end - offset), 2**62)

@@ -41,6 +41,10 @@ class GroupLimits:
     max_rebalance_timeout: float = 1800.0
     #: The heartbeat interval members are told (at most a third of their session timeout).
     heartbeat_interval: float = 3.0
+    #: A coordinator that takes over groups from another one grants no partition for this long:
+    #: members of the old one may still read theirs until their session timeout tells them
+    #: they lost them (docs/groups.md, "When the coordinator moves").
+    takeover_hold: float = 10.0
 
 
 @attrs.define
@@ -153,13 +157,16 @@ class GroupCoordinator:
     @param new_member_id: group -> a member id never given out before (the
         broker uses random ids, so that an id from before a coordinator
         failover is never handed to someone else).
+    @param hold_until: grant no partition before this time (a coordinator taking
+        over: see L{GroupLimits.takeover_hold}); targets and revokes go on.
     """
 
     def __init__(self, partition_counts: Callable[[str], int], new_member_id: Callable[[str], str],
-                 limits: GroupLimits = GroupLimits()) -> None:
+                 limits: GroupLimits = GroupLimits(), hold_until: float = 0.0) -> None:
         self.partition_counts = partition_counts
         self.new_member_id = new_member_id
         self.limits = limits
+        self.hold_until = hold_until
         self.groups: dict[str, Group] = {}
 
     # --- the member's requests -------------------------------------------------
@@ -340,7 +347,8 @@ class GroupCoordinator:
         for other in state.members.values():
             if other is not member:
                 others |= other.held
-        member.held |= member.target - member.held - others
+        if now >= self.hold_until:
+            member.held |= member.target - member.held - others
         revoke = frozenset(member.held - member.target)
         if not revoke:
             member.revoking_since = None

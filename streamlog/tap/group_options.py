@@ -27,6 +27,8 @@ PARAMETERS: list[list[Any]] = [
      "The longest rebalance timeout a JoinGroup may ask for (ms).", int],
     ["group-heartbeat-interval-ms", None, int(_LIMITS.heartbeat_interval * 1000),
      "The heartbeat interval group members are told (at most a third of their session timeout; ms).", int],
+    ["group-takeover-hold-ms", None, int(_LIMITS.takeover_hold * 1000),
+     "A node taking over a cluster's groups (their offsets partition) grants no partition for this long (ms).", int],
 ]
 
 
@@ -41,6 +43,8 @@ def check(options: Any) -> None:
                  "group-max-rebalance-timeout-ms", "group-heartbeat-interval-ms"):
         if options[name] < 1:
             raise usage.UsageError(f"--{name} must be at least 1")
+    if options["group-takeover-hold-ms"] < 0:
+        raise usage.UsageError("--group-takeover-hold-ms must be 0 or more")
     if options["group-min-session-timeout-ms"] > options["group-max-session-timeout-ms"]:
         raise usage.UsageError("--group-min-session-timeout-ms must not be above --group-max-session-timeout-ms")
 
@@ -55,5 +59,6 @@ def group_config(options: Any) -> GroupConfig:
             max_session_timeout=options["group-max-session-timeout-ms"] / 1000.0,
             max_rebalance_timeout=options["group-max-rebalance-timeout-ms"] / 1000.0,
             heartbeat_interval=options["group-heartbeat-interval-ms"] / 1000.0,
+            takeover_hold=options["group-takeover-hold-ms"] / 1000.0,
         ),
     )

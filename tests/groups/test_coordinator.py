@@ -227,3 +227,12 @@ def test_answer_to_wire():
     wire = join(c, topics=("u", "t")).to_wire()
     assert wire["assignment"] == [{"topic": "t", "partitions": [0, 1]}, {"topic": "u", "partitions": [0]}]
     assert wire["revoke"] == [] and wire["heartbeat_interval_ms"] == 3000
+
+
+def test_a_coordinator_taking_over_grants_nothing_until_its_hold_ends():
+    c = make_coordinator()
+    c.hold_until = 10.0
+    a = join(c, now=1)
+    assert a.assignment == frozenset() and a.pending == tps(0, 1, 2, 3, 4, 5)
+    assert c.heartbeat("g", a.member_id, [], 9.9).assignment == frozenset()
+    assert c.heartbeat("g", a.member_id, [], 10).assignment == tps(0, 1, 2, 3, 4, 5)

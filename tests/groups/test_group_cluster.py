@@ -58,6 +58,7 @@ def test_the_coordinator_answers_the_others_point_to_it_and_commits_survive_its_
 
     cluster.kill(coordinator)
     survivor = next(i for i in (1, 2, 3) if i != coordinator)
+    cluster.run(5.0)  # the election, and the planner's moves to preferred leaders among the living
     moved = find(cluster, survivor)
     assert moved["coordinator"] not in (None, coordinator)
     fetched = cluster.call(moved["coordinator"], "FetchOffsets", {"group": "g"})["result"]["offsets"]
@@ -66,7 +67,16 @@ def test_the_coordinator_answers_the_others_point_to_it_and_commits_survive_its_
     stale = cluster.call(moved["coordinator"], "CommitOffsets", {**commit, "offsets": [
         {"topic": "t", "partition": 1, "offset": 50}]})["error"]
     assert stale["code"] == "UNKNOWN_MEMBER"
+    joined_at = cluster.clock.seconds()
     again = cluster.call(moved["coordinator"], "JoinGroup", {"group": "g", "topics": ["t"]})["result"]
+    # The new coordinator holds grants back for --group-takeover-hold-ms (10 s): the old
+    # coordinator's members may still be reading until their sessions (3 s here) run out.
+    assert again["assignment"] == [] and again["pending"] == [{"topic": "t", "partitions": [0, 1, 2]}]
+    beat = {"group": "g", "member_id": again["member_id"], "owned": []}
+    while not again["assignment"]:
+        cluster.run(1.0)
+        again = cluster.call(moved["coordinator"], "Heartbeat", beat)["result"]
+    assert cluster.clock.seconds() - joined_at >= 9.9
     assert sorted(again["assignment"][0]["partitions"]) == [0, 1, 2]
     assert "result" in cluster.call(moved["coordinator"], "CommitOffsets", {
         "group": "g", "member_id": again["member_id"], "generation": again["generation"],
