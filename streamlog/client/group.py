@@ -148,11 +148,13 @@ class GroupConsumer:
 
         return d.addCallback(joined)
 
-    def _coordinated(self, method: str, params: dict[str, Any], attempts: int = 20) -> Deferred:
+    def _coordinated(self, method: str, params: dict[str, Any], attempts: int = 20,
+                     timeout: float | None = None) -> Deferred:
         """C{method} at the group's coordinator, following C{NOT_COORDINATOR} hints and
-        waiting out C{COORDINATOR_NOT_AVAILABLE} (with the client's backoff)."""
+        waiting out C{COORDINATOR_NOT_AVAILABLE} (with the client's backoff); each attempt
+        within C{timeout} (default: the client's request timeout)."""
         resend = method != "JoinGroup" or self.group_instance_id is not None  # a resent join makes a ghost member
-        d = self.client._run(method, params, self._coordinator_target, None, resend)
+        d = self.client._run(method, params, self._coordinator_target, timeout, resend)
 
         def failed(failure: Failure) -> Any:
             error = failure.value
@@ -164,7 +166,7 @@ class GroupConsumer:
             delay = self.client.backoff(21 - attempts)
             later: Deferred = Deferred()
             self.clock.callLater(delay, later.callback, None)
-            return later.addCallback(lambda _: self._coordinated(method, params, attempts - 1))
+            return later.addCallback(lambda _: self._coordinated(method, params, attempts - 1, timeout))
 
         return d.addErrback(failed)
 
@@ -192,7 +194,18 @@ class GroupConsumer:
         self._beating = True
         params = {"group": self.group, "member_id": self.member_id,
                   "owned": _to_wire(set(self.consumers) | self.granting)}
-        d = self._coordinated("Heartbeat", params, attempts=1)
+        # Bounded well inside the session: a member cut off must notice before others get its partitions.
+        limit = self.session_timeout_ms / 3000.0
+        d = self._coordinated("Heartbeat", params, attempts=1, timeout=limit)
+        # A call waiting for a connection that never comes is not bounded by its timeout: cancel it.
+        watchdog = self.clock.callLater(limit, d.cancel)
+
+        def stop_watchdog(result: Any) -> Any:
+            if watchdog.active():
+                watchdog.cancel()
+            return result
+
+        d.addBoth(stop_watchdog)
 
         def answered(answer: dict[str, Any]) -> None:
             self._beating = False
@@ -366,14 +379,17 @@ class GroupConsumer:
                 outcome.trap(Exception)
             return
         if isinstance(outcome, Failure):
+            # Asked again by the next poll() (after this one's max_wait_ms): never at once, as a
+            # Poll failing at once (no connection) would loop here.
             self._log.warn("reading {topic}/{partition} failed: {error}; asking again", topic=tp[0],
                            partition=tp[1], error=outcome.value)
-        elif outcome:
+            return
+        if outcome:
             self._ready.append((tp, consumer, outcome))
             self._wake()
             return
         if self._waiter is not None and not self._closed:
-            self._start_polls()
+            self._start_polls()  # an empty long poll: the next one (it waits on the server)
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
