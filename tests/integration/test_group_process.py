@@ -59,3 +59,47 @@ def test_commits_survive_a_restart_and_a_kill(tmp_path, daemons):
     daemons.append(third)
     offsets = _fetch(third.port)
     assert [(o["partition"], o["offset"]) for o in offsets] == [(0, 11), (1, 3)]
+
+
+def _cli(capsys, server, *argv):
+    from streamlog import cli
+
+    status = cli.main(["--connect", server.address, *argv])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_the_groups_cli_lists_describes_resets_and_deletes(tmp_path, daemons, capsys):
+    import orjson
+
+    server = ServerProcess(tmp_path, ["--storage", "memory"])
+    daemons.append(server)
+    client = LineClient(server.port)
+    _ok(client.call("CreateTopic", {"topic": "orders", "partitions": 2}))
+    for i in range(10):
+        _ok(client.call("Send", {"topic": "orders", "partition": 0, "value": i}))
+    _ok(client.call("CommitOffsets", {"group": "billing", "offsets": [{"topic": "orders", "partition": 0,
+                                                                       "offset": 6}]}))
+    member = _ok(client.call("JoinGroup", {"group": "billing", "topics": ["orders"], "session_timeout_ms": 60000}))
+
+    status, out, _ = _cli(capsys, server, "groups", "list")
+    assert status == 0 and out.split("\n")[1].split() == ["billing", "stable", "1"]
+    status, out, _ = _cli(capsys, server, "groups", "describe", "billing")
+    assert status == 0 and "holds orders:0,1" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("orders")][0] == ["orders", "0", "6", "10", "4"]
+    status, _, err = _cli(capsys, server, "groups", "reset", "billing", "--topic", "orders", "--to-earliest")
+    assert status == 1 and "GROUP_NOT_EMPTY" in err
+
+    _ok(client.call("LeaveGroup", {"group": "billing", "member_id": member["member_id"]}))
+    status, out, _ = _cli(capsys, server, "groups", "reset", "billing", "-t", "orders", "-p", "0", "--shift-by",
+                          "-2", "--dry-run")
+    assert status == 0 and out.strip() == "would move billing orders/0: 6 -> 4"
+    status, out, _ = _cli(capsys, server, "--json", "groups", "reset", "billing", "-t", "orders", "--to-latest")
+    assert status == 0 and orjson.loads(out)["offsets"] == [
+        {"topic": "orders", "partition": 0, "offset": 10, "previous": 6},
+        {"topic": "orders", "partition": 1, "offset": 0, "previous": None}]
+    status, out, _ = _cli(capsys, server, "groups", "delete", "billing")
+    assert status == 0 and out.strip() == "deleted group billing"
+    status, out, _ = _cli(capsys, server, "groups", "list")
+    assert out.strip() == "no groups"
+    client.close()
