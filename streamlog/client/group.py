@@ -123,8 +123,31 @@ class GroupConsumer:
     def start_consuming(self) -> Deferred:
         """Join the group (done by the first C{poll()} too); fires once joined."""
         if self._joined is None:
-            self._joined = self._join()
-        return self._joined
+            self._start_join(retry=False)
+        assert self._joined is not None
+        # A fresh Deferred per caller: callbacks added to the shared one would chain every
+        # caller's work (the next poll included) into it.
+        d: Deferred = Deferred()
+
+        def relay(box: list[Any]) -> list[Any]:
+            if isinstance(box[0], Failure):
+                d.errback(box[0])
+            else:
+                d.callback(None)
+            return box
+
+        self._joined.addCallback(relay)
+        return d
+
+    def _start_join(self, retry: bool) -> None:
+        """Join; C{self._joined} fires with C{[outcome]} (never fails); on failure with
+        C{retry}, join again later."""
+        def settled(result: Any) -> list[Any]:
+            if isinstance(result, Failure) and retry:
+                self._rejoin_failed(result)
+            return [result]
+
+        self._joined = self._join().addBoth(settled)
 
     def _join(self) -> Deferred:
         params: dict[str, Any] = {"group": self.group, "topics": self.topics,
@@ -314,8 +337,7 @@ class GroupConsumer:
         self.coordinator = None
         if lost:
             self._call_hook(self.on_lost, lost)
-        self._joined = self._join()
-        self._joined.addErrback(self._rejoin_failed)
+        self._start_join(retry=True)
 
     def _rejoin_failed(self, failure: Failure) -> None:
         if self._closed:
@@ -327,8 +349,7 @@ class GroupConsumer:
     def _retry_join(self) -> None:
         self._heartbeat_timer = None
         if not self._closed and self.member_id is None:
-            self._joined = self._join()
-            self._joined.addErrback(self._rejoin_failed)
+            self._start_join(retry=True)
 
     def _call_hook(self, hook: Hook | None, tps: list[TopicPartition]) -> None:
         if hook is None:

@@ -103,3 +103,73 @@ def test_the_groups_cli_lists_describes_resets_and_deletes(tmp_path, daemons, ca
     status, out, _ = _cli(capsys, server, "groups", "list")
     assert out.strip() == "no groups"
     client.close()
+
+
+def test_three_members_share_six_partitions_and_a_killed_ones_move_without_a_gap(tmp_path, daemons):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from streamlog.testing import child_env
+
+    server = ServerProcess(tmp_path, ["--storage", "memory", "--group-heartbeat-interval-ms", "300"])
+    daemons.append(server)
+    client = LineClient(server.port)
+    _ok(client.call("CreateTopic", {"topic": "jobs", "partitions": 6}))
+
+    def produce(first, count):
+        for p in range(6):
+            _ok(client.call("SendBatch", {"topic": "jobs", "messages": [
+                {"value": i, "partition": p} for i in range(first, first + count) if i % 6 == p]}))
+
+    produce(0, 600)
+    script = os.path.join(os.path.dirname(__file__), "group_member.py")
+    members = []
+    try:
+        for i in range(3):
+            out = tmp_path / f"member{i}.txt"
+            members.append((subprocess.Popen([sys.executable, script, server.address, "workers", "jobs", str(out)],
+                                             env=child_env(), stdout=open(tmp_path / f"member{i}.log", "wb"),
+                                             stderr=subprocess.STDOUT), out))
+
+        def shares():
+            d = client.call("DescribeGroup", {"group": "workers"}).get("result")  # UNKNOWN_GROUP before any join
+            if d is None or d["state"] != "stable":
+                return None
+            return sorted(sum(len(e["partitions"]) for e in m["assignment"]) for m in d["members"])
+
+        wait_for(lambda: shares() == [2, 2, 2], 30, "three members holding two partitions each")
+        victim, _ = members[0]
+        victim.kill()  # SIGKILL: no leave, no last commit
+        victim.wait(10)
+        killed_at = time.monotonic()
+        wait_for(lambda: shares() == [3, 3], 15, "the two others taking the killed member's partitions")
+        moved_after = time.monotonic() - killed_at
+        produce(600, 300)
+
+        def seen():
+            values = []
+            for _, out in members:
+                if out.exists():
+                    values += [int(line.split()[2]) for line in out.read_text().splitlines() if line.strip()]
+            return values
+
+        wait_for(lambda: set(seen()) >= set(range(900)), 30, "every message processed")
+        values = seen()
+        duplicates = len(values) - len(set(values))
+        print(f"partitions moved {moved_after:.2f} s after the kill; {len(values)} handed out for 900 messages, "
+              f"{duplicates} duplicates (the killed member's uncommitted window)")
+        assert set(values) == set(range(900))  # none skipped
+        assert moved_after < 2.0 + 3.0  # its 2 s session, and the others' next heartbeats
+        assert duplicates <= 2 * 20 * 2  # at most its uncommitted batches on its two partitions
+    finally:
+        for process, _ in members:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+        client.close()
