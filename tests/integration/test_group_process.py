@@ -36,6 +36,13 @@ def test_commits_survive_a_restart_and_a_kill(tmp_path, daemons):
     _ok(client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 0, "offset": 7}]}))
     _ok(client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 1, "offset": 3,
                                                              "metadata": "m"}]}))
+    # A second member starts generation 2: a commit still at generation 1 is refused.
+    second = _ok(client.call("JoinGroup", {"group": "billing", "topics": ["orders"], "session_timeout_ms": 1000}))
+    assert second["generation"] == member["generation"] + 1
+    _ok(client.call("Heartbeat", {"group": "billing", "member_id": member["member_id"],
+                                  "owned": member["assignment"]}))
+    stale = client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 0, "offset": 8}]})
+    assert stale["error"]["code"] == "STALE_GENERATION" and stale["error"]["generation"] == second["generation"]
     client.close()
     server.stop()
     assert "Server Shut Down" in server.log()
