@@ -536,6 +536,13 @@ def register_chaos(sub: Any, common: argparse.ArgumentParser) -> None:
     cli_chaos.register(sub, common)
 
 
+def register_groups(sub: Any, common: argparse.ArgumentParser) -> None:
+    """C{groups list|describe|reset|delete}: in L{streamlog.cli_groups} (imported late, as cluster)."""
+    from streamlog import cli_groups
+
+    cli_groups.register(sub, common)
+
+
 # --- the parser and main ---------------------------------------------------------------------
 
 
@@ -543,6 +550,7 @@ def register_chaos(sub: Any, common: argparse.ArgumentParser) -> None:
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     register_topics, register_produce, register_consume, register_ping, register_cluster,
     register_chaos,
+    register_groups,
 ]
 
 #: Modules that add subcommands when present: each has C{register(subparsers, common)}.

@@ -19,10 +19,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
+from streamlog.broker.groups import GroupService
 from streamlog.broker.partition import WaitQuota
 from streamlog.cluster.alone import LoneNode
 from streamlog.cluster.directory import ReplicaDirectory, Topic, alone
 from streamlog.cluster.replica import PartitionReplica
+from streamlog.groups.config import GroupConfig
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
@@ -48,6 +50,8 @@ class BrokerConfig:
     #: Seconds a Send or Poll waits for a partition's election (no leader known) before
     #: answering LEADER_NOT_AVAILABLE (a group of one elects itself in one hard-state fsync).
     election_wait: float = 1.0
+    #: Consumer groups: the offsets topic's partitions, the coordinator's limits (streamlog.broker.groups).
+    groups: GroupConfig = GroupConfig()
 
 
 class Broker:
@@ -104,6 +108,9 @@ class Broker:
             "Metadata": self.handle_metadata,
             "Ping": self.handle_ping,
         }
+        # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
+        self.groups = GroupService(self, config.groups)
+        self.handlers.update(self.groups.handlers())
 
     def connection_handlers(self, *waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The handler table for one connection: its parked Polls also count against each
@@ -621,6 +628,7 @@ class Broker:
                     )
 
     def close(self) -> None:
+        self.groups.stop()
         self.directory.host.stop()
         self.storage.close()
 

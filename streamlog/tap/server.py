@@ -24,6 +24,7 @@ from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
+from streamlog.tap import group_options
 
 _log = Logger()
 
@@ -149,7 +150,7 @@ class Options(usage.Options):
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters() + _peer_limit_parameters()
+    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -188,6 +189,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--fsync: {e}") from None
         _check_endpoint(self["listen"])
         self._check_cluster()
+        group_options.check(self)
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -257,6 +259,7 @@ class Options(usage.Options):
             replication_factor=self["replication-factor"],
             peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
                                            for f in attrs.fields(TransportLimits)}),
+            groups=group_options.group_config(self),
         )
 
     def limits(self) -> wire.Limits:
