@@ -249,10 +249,13 @@ class PartitionReplica(Partition):
     def _wake_ready(self) -> None:
         if not self._ready_waiters:
             return
-        keep = []
-        woken = []
+        keep: list[tuple[Deferred, bool]] = []
+        woken: list[Deferred] = []
         for d, write in self._ready_waiters:
-            (woken if self._settled(write) else keep).append(d)
+            if self._settled(write):
+                woken.append(d)
+            else:
+                keep.append((d, write))  # kept with its kind: it is asked again at the next wake
         self._ready_waiters = keep
         for d in woken:
             d.callback(None)
