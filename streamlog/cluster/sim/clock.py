@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 
 class NodeClock:
@@ -80,6 +81,8 @@ class SimClock(Clock):
     which was a quarter of a simulation's time.  Calls due at the same time run in the
     order they were scheduled, as with C{Clock}."""
 
+    _log = Logger()
+
     def __init__(self) -> None:
         super().__init__()
         self._heap: list[tuple[float, int, DelayedCall]] = []
@@ -132,4 +135,8 @@ class SimClock(Clock):
             heapq.heappop(heap)
             call = entry[2]
             call.called = 1
-            call.func(*call.args, **call.kw)
+            try:
+                call.func(*call.args, **call.kw)
+            except Exception:
+                # As the reactor does: logged (the simulator counts it as a failure), and on.
+                self._log.failure("a timer raised: {call}", call=call)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import orjson
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from streamlog.broker.broker import Broker
 from streamlog.broker.service import NodeConfig
@@ -66,6 +68,10 @@ class SimConfig:
     settle_timeout: float = 30.0
     #: Share of fsyncs that are slow (20-150 ms instead of 0.3-4 ms).
     slow_fsync: float = 0.03
+    #: Relative weights of the faults: crash, pause, isolate, reset, power loss of every node.
+    fault_weights: tuple[int, int, int, int, int] = (3, 3, 3, 3, 2)
+    #: A run that takes more clock events than this is stuck in a storm: a failure.
+    max_events: int = 200_000
 
 
 @attrs.frozen
@@ -250,6 +256,8 @@ class SimCluster:
             step = min(at, next_check, deadline) - now
             clock.advance(max(step, 0.0))
             self.events += 1
+            if self.events > self.config.max_events:
+                raise Liveness(f"{what}: more than {self.config.max_events} events (a message storm?)")
 
     def run_for(self, seconds: float) -> None:
         end = self.clock.seconds() + seconds
@@ -313,7 +321,7 @@ class SimCluster:
 
     def _fault(self) -> None:
         rng = self.fault_rng
-        kind = rng.choices(["crash", "pause", "isolate", "reset", "power"], [3, 3, 3, 3, 1])[0]
+        kind = rng.choices(["crash", "pause", "isolate", "reset", "power"], self.config.fault_weights)[0]
         length = rng.uniform(*self.config.fault_length)
         budget = (len(self.nodes) - 1) // 2  # faults at once that leave a majority healthy
         candidates = [s for s in self.nodes.values() if s.up and not s.paused and s.id not in self._isolated]
@@ -411,6 +419,7 @@ class SimCluster:
                                 self.clients, self.history, self.next_id, topic=TOPIC, partition=p,
                                 served=self.served)
             consumer.timeout = 2.0
+            self.run_until(lambda p=p: self.leader(p) is not None, 10.0, f"partition {p} led for the drain")
             leader = self.leader(p)
             assert leader is not None and leader.node is not None
             replica = leader.node.directory.by_group[self.groups[p]]
@@ -512,12 +521,46 @@ class SimCluster:
 META = METADATA_GROUP
 
 
+class _Failures:
+    """A log observer: every event logged with a failure (an exception the code caught and
+    logged, a timer that raised) or at level critical is a violation of the run."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        failure = event.get("log_failure")
+        level = event.get("log_level")
+        if failure is None and level is not LogLevel.critical:
+            return
+        text = formatEvent(event)
+        if failure is not None:
+            text += f": {failure.type.__name__}: {failure.value}"
+            where = failure.frames[-1] if failure.frames else None
+            if where is not None:
+                text += f" (at {where[1]}:{where[2]})"
+        self.ledger.violation(f"logged: {text}")
+
+
 def run_seed(seed: int, config: SimConfig = SimConfig(), variant: Variant | None = None) -> SimResult:
     """Run seed C{seed}; a run that cannot settle is a failure too (its reason is the violation)."""
     world = SimCluster(seed, config, variant)
     world._isolated = set()
+    observer = _Failures(world.ledger)
+    globalLogPublisher.addObserver(observer)
     try:
-        return world.run()
-    except Liveness as e:
-        world.ledger.violation(f"liveness: {e}")
-        return world.check()
+        try:
+            return world.run()
+        except Liveness as e:
+            world.ledger.violation(f"liveness: {e}")
+        except Exception as e:  # the simulator's own assumptions broke (no leader to drain, ...)
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            world.ledger.violation(f"crash: {type(e).__name__}: {e} (at {frame.filename}:{frame.lineno})")
+        try:
+            return world.check()
+        except Exception as e:
+            world.ledger.violation(f"crash in the check: {type(e).__name__}: {e}")
+            return SimResult(seed, False, tuple(world.ledger.violations), world._trace.hexdigest(),
+                             world.clock.seconds(), {}, tuple(world.faults))
+    finally:
+        globalLogPublisher.removeObserver(observer)
