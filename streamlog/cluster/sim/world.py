@@ -72,6 +72,8 @@ class SimConfig:
     fault_weights: tuple[int, int, int, int, int] = (3, 3, 3, 3, 2)
     #: A run that takes more clock events than this is stuck in a storm: a failure.
     max_events: int = 200_000
+    #: ... or more bytes on the network than this.
+    max_bytes: int = 50_000_000
 
 
 @attrs.frozen
@@ -256,8 +258,9 @@ class SimCluster:
             step = min(at, next_check, deadline) - now
             clock.advance(max(step, 0.0))
             self.events += 1
-            if self.events > self.config.max_events:
-                raise Liveness(f"{what}: more than {self.config.max_events} events (a message storm?)")
+            if self.events > self.config.max_events or self.network.bytes_sent > self.config.max_bytes:
+                raise Liveness(f"{what}: a storm: {self.events} clock steps, {self.network.bytes_sent} bytes sent "
+                               f"(the budget: {self.config.max_events}, {self.config.max_bytes})")
 
     def run_for(self, seconds: float) -> None:
         end = self.clock.seconds() + seconds
