@@ -51,6 +51,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--broken", metavar="NAME", help="run a deliberately broken variant (see --variants)")
     p.add_argument("--variants", default="tests/cluster/sim_variants.py", help="where --broken variants are")
     p.add_argument("--quiet", action="store_true", help="print failing seeds and the summary only")
+    p.add_argument("--stop-on-failure", action="store_true", help="stop at the first failing seed")
     return p.parse_args(argv)
 
 
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result.line(), flush=True)
             for violation in result.violations[:5]:
                 print(f"    {violation}", flush=True)
+        if failed and args.stop_on_failure:
+            args.seeds = seed - args.seed + 1
+            break
     took = _wallclock_for_cli_only.monotonic() - began
     passed = args.seeds - len(failed)
     print(f"{passed} of {args.seeds} seeds passed ({args.seed}..{args.seed + args.seeds - 1}, {args.nodes} nodes"
