@@ -1,6 +1,6 @@
 """Deliberately broken nodes for the cluster simulator: one classic bug each.
 
-They prove that the simulator's checker has teeth (tests/cluster/test_sim.py),
+They prove that the simulator's checker has teeth (tests/cluster/test_cluster_sim.py),
 and measure how many seeds it needs to catch each:
 
     python -m streamlog.cluster.sim --seed 0 --seeds 200 --broken ack-before-majority-fsync
