@@ -57,6 +57,8 @@ class ReplicaDirectory(GroupCallbacks):
     """
 
     _log = Logger()
+    #: The replica class (the cluster simulator's broken variants put a subclass here).
+    replica_class: type[PartitionReplica] = PartitionReplica
 
     def __init__(self, host: Any, member: str, hard_state: Any = None,
                  locate: Callable[[str | None], tuple[int | None, str | None]] | None = None,
@@ -92,7 +94,7 @@ class ReplicaDirectory(GroupCallbacks):
                      replication_factor: int = 1) -> PartitionReplica:
         """Run this node's member of C{group} over C{log} (recovered or new)."""
         log = getattr(log, "log", log)  # a LocalLog from the storage: the Raft log underneath
-        replica = PartitionReplica(topic, index, log, group, self.host, self.member, self.locate,
+        replica = self.replica_class(topic, index, log, group, self.host, self.member, self.locate,
                                    replication_factor, self.durability)
         members = tuple(members)
         storage = ReplicaStorage(group, log, self.hard_state, lambda: self.committer, replica.storage_failed,

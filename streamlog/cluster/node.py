@@ -128,6 +128,8 @@ class ClusterNode(GroupCallbacks):
     """This node in its cluster.  Build, then L{start}; C{ready} fires once Raft runs."""
 
     _log = Logger()
+    #: The C{RaftHost} class (the cluster simulator's broken variants put a subclass here).
+    host_class: type[NodeHost] = NodeHost
 
     def __init__(self, config: Any, storage: Any, *, clock: Any, connect: Callable[[str], Any],
                  identity: IdentityStore, client_address: str, rng: random.Random | None = None,
@@ -228,7 +230,7 @@ class ClusterNode(GroupCallbacks):
         self.directory.hard_state = getattr(self.storage, "hard_state", None) or self.directory.hard_state
         raft = RaftConfig(election_timeout=self.config.election_timeout_ms / 1000.0,
                           heartbeat_interval=self.config.heartbeat_ms / 1000.0)
-        self.raft = NodeHost(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
+        self.raft = self.host_class(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
                              clock=self.clock, rng=random.Random(self.rng.random()),
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
                              on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))

@@ -271,7 +271,7 @@ class PartitionReplica(Partition):
         if not self._ready_waiters:
             return
         keep: list[tuple[Deferred, bool]] = []
-        woken = []
+        woken: list[Deferred] = []
         for d, write in self._ready_waiters:
             if self._settled(write):
                 woken.append(d)

@@ -325,6 +325,9 @@ class RaftHost:
     """
 
     _log = Logger()
+    #: The class of every group's Raft node (a test or the cluster simulator may put a
+    #: deliberately broken subclass here to prove that its checker catches the bug).
+    node_class: type[RaftNode] = RaftNode
 
     def __init__(
         self,
@@ -356,6 +359,9 @@ class RaftHost:
         self.callbacks = callbacks or GroupCallbacks()
         self.clock = clock
         self.rng = rng or random.Random()
+        #: The jitter of the dialers' reconnect backoff (Twisted's default, the global
+        #: C{random.random}; the cluster simulator draws it from its seed instead).
+        self.dial_jitter: Callable[[], float] = random.random
         self.on_fatal = on_fatal
         self.proposal_timeout = proposal_timeout if proposal_timeout is not None else 6 * config.election_timeout
         self.groups: dict[str, _GroupRunner] = {}
@@ -414,7 +420,7 @@ class RaftHost:
         if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
             return False
         service = ClientService(endpoint, self.transport.factory(expect=peer),
-                                retryPolicy=backoffPolicy(0.05, 2.0), clock=self.clock)
+                                retryPolicy=backoffPolicy(0.05, 2.0, jitter=self.dial_jitter), clock=self.clock)
         self._dialers[peer] = service
         service.startService()
         return True
@@ -442,8 +448,8 @@ class RaftHost:
         if (members and self.member_id not in members) or not others <= self.peers:
             raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.member_id}")
         rng = random.Random(self.rng.random())
-        node = RaftNode(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
-                        self.now(), reset_log=getattr(storage, "install_snapshot", None))
+        node = self.node_class(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
+                               self.now(), reset_log=getattr(storage, "install_snapshot", None))
         runner = _GroupRunner(self, group, node, storage)
         self.groups[group] = runner
         self._awake.add(group)
