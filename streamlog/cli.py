@@ -535,12 +535,28 @@ def register_cluster(sub: Any, common: argparse.ArgumentParser) -> None:
     cli_cluster.register(sub, common)
 
 
+def register_chaos(sub: Any, common: argparse.ArgumentParser) -> None:
+    """C{chaos}: the fault-injection runner, in L{streamlog.cli_chaos} (imported late, as cluster is)."""
+    from streamlog import cli_chaos
+
+    cli_chaos.register(sub, common)
+
+
+def register_groups(sub: Any, common: argparse.ArgumentParser) -> None:
+    """C{groups list|describe|reset|delete}: in L{streamlog.cli_groups} (imported late, as cluster)."""
+    from streamlog import cli_groups
+
+    cli_groups.register(sub, common)
+
+
 # --- the parser and main ---------------------------------------------------------------------
 
 
 #: Registration functions, called in order by L{build_parser} with (subparsers, common parent parser).
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     register_topics, register_produce, register_consume, register_ping, register_cluster,
+    register_chaos,
+    register_groups,
 ]
 
 #: Modules that add subcommands when present: each has C{register(subparsers, common)}.

@@ -29,7 +29,7 @@ from streamlog import errors
 from streamlog.cli import EXIT_ERROR, EXIT_OK, _leaf, emit_json
 from streamlog.client.addresses import address_key, check_bootstrap, describe_address
 from streamlog.client.blocking import BlockingClient
-from streamlog.client.metadata import MetadataAnswer, PartitionInfo
+from streamlog.client.metadata import MetadataAnswer, PartitionInfo, ReplicaOffset
 
 #: Where C{cluster up} puts node 1 by default (7070 stays free for a lone default server).
 DEFAULT_BASE_PORT = 7071
@@ -43,11 +43,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     csub = cluster.add_subparsers(dest="cluster_command", metavar="{up,status}", required=True)
 
     p = csub.add_parser(
-        "status", parents=[common], help="nodes, controller, partition leaders and in-sync replicas",
+        "status", parents=[common], help="nodes, controller, partition leaders, in-sync replicas and lag",
         description="Ask a node of --connect (each in turn until one answers) for the cluster's Metadata, "
                     "ping every node it lists, and print the cluster id, the controller, the nodes (UP: "
                     "as the answering node sees them; PING: whether they answer this command now) and "
-                    "every partition's leader, term, replicas and in-sync replicas. Without --connect "
+                    "every partition's leader, term, replicas, in-sync replicas and followers' lag (from "
+                    "each leader's own Metadata). Without --connect "
                     f"(and $STREAMLOG_CONNECT): {DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'. "
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
     _leaf(p, cmd_status)
@@ -75,6 +76,19 @@ class Status:
     answered_by: str
     metadata: MetadataAnswer
     pings: dict[int, PingResult]
+    #: (topic, partition) -> the replicas' offsets as the partition's leader answered them.
+    offsets: dict[tuple[str, int], tuple[ReplicaOffset, ...]] = attrs.field(factory=dict)
+
+    def lag(self, topic: str, p: PartitionInfo) -> dict[int, int | None] | None:
+        """Each replica's lag behind the leader's log end, in records (None: behind its log
+        start), or None if the leader's offsets are not known."""
+        offsets = self.offsets.get((topic, p.partition))
+        ends = {r.node_id: r.log_end_offset for r in offsets or ()}
+        top = ends.get(p.leader) if p.leader is not None else None
+        if top is None:
+            return None
+        return {node: None if ends.get(node) is None else top - ends[node]  # type: ignore[operator]
+                for node in p.replicas}
 
 
 class NoMetadata(errors.StreamlogError):
@@ -137,17 +151,40 @@ def ping(address: str, timeout: float | None) -> PingResult:
                       version=version if isinstance(version, str) else None)
 
 
+def ask_metadata(address: str, timeout: float | None) -> MetadataAnswer | None:
+    """One node's own Metadata answer (its replica offsets are for what it leads), or None."""
+    try:
+        with BlockingClient(address, timeout=timeout) as client:
+            return MetadataAnswer.parse(client.call("Metadata", {}))
+    except errors.StreamlogError:
+        return None
+
+
 def gather_status(bootstrap: list[Any], timeout: float | None,
-                  pinger: Callable[[str, float | None], PingResult] = ping) -> Status:
-    """Metadata from the first node that answers, then a Ping at every node it lists (in parallel)."""
+                  pinger: Callable[[str, float | None], PingResult] = ping,
+                  asker: Callable[[str, float | None], MetadataAnswer | None] = ask_metadata) -> Status:
+    """Metadata from the first node that answers, then a Ping at every node it lists and
+    their own Metadata (for the replica offsets each leader knows), all in parallel."""
     answered_by, metadata = fetch_metadata(bootstrap, timeout)
     nodes = list(metadata.nodes)
     pings: dict[int, PingResult] = {}
+    answers: dict[int, MetadataAnswer | None] = {}
     if nodes:
-        with ThreadPoolExecutor(max_workers=min(len(nodes), 16)) as pool:
+        with ThreadPoolExecutor(max_workers=min(2 * len(nodes), 16)) as pool:
             futures = {n.node_id: pool.submit(pinger, n.address, timeout) for n in nodes}
+            asked = {n.node_id: pool.submit(asker, n.address, timeout) for n in nodes}
             pings = {node_id: f.result() for node_id, f in futures.items()}
-    return Status(answered_by, metadata, pings)
+            answers = {node_id: f.result() for node_id, f in asked.items()}
+    offsets: dict[tuple[str, int], tuple[ReplicaOffset, ...]] = {}
+    for t in metadata.topics:
+        for p in t.partitions:
+            for answer in (answers.get(p.leader) if p.leader is not None else None, metadata):
+                theirs = next((q for u in (answer.topics if answer else ()) if u.topic == t.topic
+                               for q in u.partitions if q.partition == p.partition), None)
+                if theirs is not None and theirs.replica_offsets and theirs.leader == p.leader:
+                    offsets[(t.topic, p.partition)] = theirs.replica_offsets
+                    break
+    return Status(answered_by, metadata, pings, offsets)
 
 
 def status_json(status: Status) -> dict[str, Any]:
@@ -161,17 +198,21 @@ def status_json(status: Status) -> dict[str, Any]:
                                                                  "error": p.error, "version": p.version}}
         return entry
 
-    def partition(p: PartitionInfo) -> dict[str, Any]:
+    def partition(topic: str, p: PartitionInfo) -> dict[str, Any]:
+        lag = status.lag(topic, p)
         return {"partition": p.partition, "leader": p.leader, "leader_term": p.leader_term,
                 "replicas": list(p.replicas), "isr": list(p.isr),
+                "replica_offsets": [attrs.asdict(r) for r in status.offsets.get((topic, p.partition), ())],
+                "lag": None if lag is None else {str(n): v for n, v in lag.items()},
                 "under_replicated": _under_replicated(p)}
 
     return {
         "answered_by": status.answered_by,
         "cluster_id": m.cluster_id,
+        "alone": m.alone,
         "controller": m.controller,
         "nodes": [node(n) for n in m.nodes],
-        "topics": [{"topic": t.topic, "topic_id": t.topic_id, "partitions": [partition(p) for p in t.partitions]}
+        "topics": [{"topic": t.topic, "topic_id": t.topic_id, "partitions": [partition(t.topic, p) for p in t.partitions]}
                    for t in m.topics]
                   + [{"topic": name, "error": e.to_wire()} for name, e in sorted(m.topic_errors.items())],
     }
@@ -179,6 +220,17 @@ def status_json(status: Status) -> dict[str, Any]:
 
 def _under_replicated(p: PartitionInfo) -> bool:
     return p.leader is None or set(p.isr) != set(p.replicas)
+
+
+def _lag(lag: dict[int, int | None] | None, leader: int | None) -> str:
+    """The followers' lag in records, worst first: C{0}, C{2:15,3:0}; C{-} unknown (no leader,
+    or its offsets not heard); C{?} for a follower behind the leader's log start."""
+    if lag is None:
+        return "-"
+    followers = {n: v for n, v in lag.items() if n != leader}
+    if not followers or all(v == 0 for v in followers.values()):
+        return "0"
+    return ",".join(f"{n}:{'?' if v is None else v}" for n, v in sorted(followers.items()))
 
 
 def _ids(ids: tuple[int, ...]) -> str:
@@ -194,7 +246,10 @@ def status_lines(status: Status) -> list[str]:
     """The human-readable status, as lines."""
     m = status.metadata
     by_id = {n.node_id: n for n in m.nodes}
-    lines = [f"cluster {m.cluster_id or '(no id yet)'}  (metadata from {status.answered_by})"]
+    if m.alone:
+        lines = [f"a node alone (started without --peers: a cluster of one)  (metadata from {status.answered_by})"]
+    else:
+        lines = [f"cluster {m.cluster_id or '(no id yet)'}  (metadata from {status.answered_by})"]
     if m.controller is None:
         lines.append("controller: none (the metadata group is electing one)")
     else:
@@ -220,8 +275,9 @@ def status_lines(status: Status) -> list[str]:
     for t in m.topics:
         for p in t.partitions:
             leader = "none" if p.leader is None else str(p.leader)
-            rows.append([t.topic, str(p.partition), leader, str(p.leader_term), _ids(p.replicas), _ids(p.isr)])
-    lines += _table(["TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR"], rows)
+            rows.append([t.topic, str(p.partition), leader, str(p.leader_term), _ids(p.replicas), _ids(p.isr),
+                         _lag(status.lag(t.topic, p), p.leader)])
+    lines += _table(["TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR", "LAG"], rows)
     for name, e in sorted(m.topic_errors.items()):
         lines.append(f"{name}: {e.code}: {e.message}")
     parts = [p for t in m.topics for p in t.partitions]

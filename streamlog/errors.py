@@ -251,6 +251,77 @@ class ProducerIdsExhausted(StreamlogError):
     code = "PRODUCER_IDS_EXHAUSTED"
 
 
+# --- consumer groups (issue 11) ------------------------------------------------
+
+
+class NotCoordinator(StreamlogError):
+    """A group request reached a node that does not coordinate the group (it does not lead
+    the group's offsets partition); details: C{group}, C{coordinator} (node id or None),
+    C{coordinator_address} (host:port or None)."""
+
+    code = "NOT_COORDINATOR"
+
+
+class CoordinatorNotAvailable(StreamlogError):
+    """The group's offsets partition is electing its leader, or its coordinator is still
+    loading the group's offsets from it; retry shortly."""
+
+    code = "COORDINATOR_NOT_AVAILABLE"
+
+
+class UnknownMember(StreamlogError):
+    """The member id is not (or no longer) in the group: it left, its session expired, or
+    the coordinator moved; the member rejoins with JoinGroup.  Details: C{group}, C{member_id}."""
+
+    code = "UNKNOWN_MEMBER"
+
+
+class StaleGeneration(StreamlogError):
+    """A commit carried a generation older than the one the coordinator last gave the
+    member; details: C{group}, C{generation} (the member's current one).  Heartbeat, then retry."""
+
+    code = "STALE_GENERATION"
+
+
+class PartitionNotAssigned(StreamlogError):
+    """A member committed an offset for a partition the coordinator does not count as its
+    own; details: C{group}, C{topic}, C{partition}."""
+
+    code = "PARTITION_NOT_ASSIGNED"
+
+
+class OffsetBehindCommitted(StreamlogError):
+    """A commit would move a committed offset backwards (only ResetOffsets may); details:
+    C{group}, C{topic}, C{partition}, C{committed}."""
+
+    code = "OFFSET_BEHIND_COMMITTED"
+
+
+class UnknownGroup(StreamlogError):
+    """DescribeGroup, DeleteGroup or ResetOffsets of a group with no members and no committed
+    offsets; details: C{group}."""
+
+    code = "UNKNOWN_GROUP"
+
+
+class GroupNotEmpty(StreamlogError):
+    """DeleteGroup or ResetOffsets of a group that still has members; details: C{group}, C{members}."""
+
+    code = "GROUP_NOT_EMPTY"
+
+
+class GroupFull(StreamlogError):
+    """A JoinGroup would pass the group's member limit; details: C{group}, C{limit}."""
+
+    code = "GROUP_FULL"
+
+
+GROUP_ERRORS: list[type[StreamlogError]] = [
+    NotCoordinator, CoordinatorNotAvailable, UnknownMember, StaleGeneration, PartitionNotAssigned,
+    OffsetBehindCommitted, UnknownGroup, GroupNotEmpty, GroupFull,
+]
+
+
 #: code -> class, for turning a wire error back into an exception.
 BY_CODE: dict[str, type[StreamlogError]] = {
     cls.code: cls
@@ -264,6 +335,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         ProducerIdsExhausted,
     ]
 }
+BY_CODE.update({cls.code: cls for cls in GROUP_ERRORS})
 
 
 def from_wire(error: dict[str, Any]) -> StreamlogError:

@@ -465,6 +465,19 @@ class ClusterHarness:
         self.nodes[i], self.brokers[i], self.factories[i] = node, broker, factory
         return node
 
+    def wipe_and_start(self, i: int) -> Any:
+        """Start node C{i} on an empty data dir (a wiped disk): new storage and a new
+        incarnation (C{i} then a count of wipes, in 16 hex digits), still deterministic."""
+        from streamlog.cluster.identity import IdentityStore, NodeIdentity
+
+        self._wipes = getattr(self, "_wipes", 0) + 1
+        self.storages[i] = MemoryStorage()
+        self.storages[i].hard_state = MemoryHardState()
+        store = IdentityStore(None)
+        store.save(NodeIdentity(i, f"{i:08x}{self._wipes:08x}"))
+        self.identities[i] = store
+        return self.start(i)
+
     def kill(self, i: int) -> None:
         """As SIGKILL: the node stops at once, its connections close."""
         node = self.nodes[i]

@@ -501,6 +501,16 @@ def parse_list_offsets(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
     return ListOffsetsParams(topic=topic, partition=partition, at=at)
 
 
+def parse_metadata(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> list[str] | None:
+    """C{Metadata}'s C{topics}: the names asked about, or None for every topic."""
+    p = _Params(params)
+    names = p.raw("topics")
+    p.done()
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise errors.InvalidParams("'topics' must be an array of topic names", field="topics")
+    return names
+
+
 def parse_empty(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:
     _Params(params).done()
 

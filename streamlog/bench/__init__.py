@@ -29,7 +29,7 @@ WORKLOADS = ("produce", "consume", "e2e")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the workload sub-commands and their options to C{parser}."""
-    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e}")
+    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e,failover}")
     sub.required = True
     helps = {
         "produce": "send N messages in batches; throughput and per-batch ack latency",
@@ -40,7 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=helps[name], description=helps[name],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _add_common(p, name)
+    from streamlog.bench import failover
+
+    fo = sub.add_parser("failover", help=FAILOVER_HELP, description=FAILOVER_HELP,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    failover.add_arguments(fo)
+    fo.set_defaults(workload="failover", _parser=fo)
     parser.set_defaults(func=main_with_args)
+
+
+FAILOVER_HELP = ("start a local 3-node cluster, SIGKILL partition 0's leader --kills times under a steady "
+                 "acks=all producer; failover times (median/max) and acknowledged messages lost")
 
 
 def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
@@ -75,6 +85,9 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
                    help="use this server (HOST:PORT, tcp:HOST:PORT or unix:/path), or the cluster of this "
                         "bootstrap list (addresses separated by commas), instead of starting one; "
                         "so do streamlog's --connect before 'bench' and $STREAMLOG_CONNECT")
+    p.add_argument("--nodes", type=int, choices=(1, 3, 5), default=1,
+                   help="how many nodes the bench starts: 1, one server (as before clusters); 3 or 5, a local "
+                        "cluster (as 'cluster up' plans it), whose topics get replication factor min(3, nodes)")
     p.add_argument("--storage", choices=("segmented", "memory"), default="segmented",
                    help="storage of the server the bench starts")
     p.add_argument("--fsync", default="always", help="fsync policy of the server the bench starts: "
@@ -143,6 +156,10 @@ def use_given_server(args: Any) -> str | None:
 
 def main_with_args(args: Any) -> int:
     args.json = getattr(args, "json", False)
+    if args.workload == "failover":
+        from streamlog.bench.failover import main_with_args as failover_main
+
+        return failover_main(args)
     source = use_given_server(args)
     if source not in (None, "--connect") and not getattr(args, "quiet", False):
         print(f"bench: using the server at {args.bench_connect} (from {source}), not starting one",

@@ -6,14 +6,17 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from streamlog.bench import stats, workers
+from streamlog.bench.cluster import Nodes
 from streamlog.bench.server import ServerProcess
 
 MAX_POLL_BYTES = 16 * 1024 * 1024
@@ -102,6 +105,8 @@ class _Phase:
         from tqdm import tqdm
 
         self.server_cpu0, self.wall0 = _proc_cpu(self.server_pid), time.monotonic()
+        node_pids = getattr(self.args, "node_pids", None) or []
+        node_cpu0 = [_proc_cpu(pid) for pid in node_pids]
         self.busy0 = _machine_busy()
         self.start_evt.set()
         if on_started is not None:
@@ -125,6 +130,10 @@ class _Phase:
             bar.close()
             self.join()
         cpu1 = _proc_cpu(self.server_pid)
+        node_wall = max(1e-9, time.monotonic() - self.wall0)
+        #: % of one core used by each node of a cluster the bench started, during the phase.
+        self.node_cpu_pct = [round(100.0 * (c1 - c0) / node_wall, 1) if c0 is not None and c1 is not None else None
+                             for c0, c1 in zip(node_cpu0, [_proc_cpu(pid) for pid in node_pids], strict=True)]
         busy1 = _machine_busy()
         wall = max(1e-9, time.monotonic() - self.wall0)
         #: % of one core used by the whole machine during the phase (ours + anything else running).
@@ -232,7 +241,12 @@ class _Profiler:
         self.procs = []
 
 
-def _server_info(args: Any, server: ServerProcess | None) -> dict[str, Any]:
+def _server_info(args: Any, server: ServerProcess | None, cluster: Nodes | None = None,
+                 replication: int = 1) -> dict[str, Any]:
+    if cluster is not None:
+        return {"origin": f"a cluster of {len(cluster.plans)} nodes started by bench ({cluster.bootstrap})",
+                "storage": args.storage, "fsync": args.fsync, "replication_factor": replication,
+                "started_by_bench": True, "nodes": len(cluster.plans), "client_gc_threshold": client_gc_threshold(args)}
     if server is not None:
         return {"origin": f"started by bench (pid {server.pid}, 127.0.0.1:{server.port})", "storage": server.storage,
                 "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True,
@@ -276,6 +290,7 @@ def _produce_phase(args: Any, endpoint: str, topic: str, n: int, label: str,
     results = phase.run(args.max_seconds, profiler, "producer")
     for r in results:
         r["server_cpu_pct"] = phase.server_cpu_pct
+        r["node_cpu_pct"] = phase.node_cpu_pct
         r["machine_busy_pct"] = phase.machine_busy_pct
     return results
 
@@ -294,8 +309,12 @@ def _rates(args: Any, count: int, t0: float, t1: float) -> dict[str, Any]:
 
 def run(args: Any) -> dict[str, Any]:
     server: ServerProcess | None = None
+    cluster: Nodes | None = None
     if args.bench_connect:
         endpoint, address = _endpoint(args.bench_connect)
+    elif args.nodes > 1:
+        cluster = _start_cluster(args)
+        endpoint = address = cluster.bootstrap
     else:
         server = ServerProcess(storage=args.storage, fsync=args.fsync, keep_dir=args.keep_data,
                                extra_args=tuple(args.server_arg or ()))
@@ -305,18 +324,57 @@ def run(args: Any) -> dict[str, Any]:
             print(f"bench: server pid {server.pid} on 127.0.0.1:{port} (storage={args.storage}, "
                   f"fsync={args.fsync}), data in {server.dir}", file=sys.stderr)
     try:
-        return _run_workload(args, server, endpoint, address)
+        return _run_workload(args, server, endpoint, address, cluster)
     finally:
         if server is not None:
             server.stop()
+        if cluster is not None:
+            cluster.stop_all()
+            if not args.keep_data:
+                shutil.rmtree(cluster.log_dir, ignore_errors=True)
 
 
-def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: Any) -> dict[str, Any]:
+def _start_cluster(args: Any) -> Nodes:
+    """A local cluster of C{--nodes} nodes (fresh data dir; C{--storage}, C{--fsync} and each
+    C{--server-arg} given to every node), formed; its pids go into C{args.node_pids}."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="streamlog-bench-cluster-"))
+    options = ["--storage", args.storage, "--fsync", args.fsync, *(args.server_arg or ())]
+    cluster = Nodes.plan(args.nodes, root, options)
+    cluster.start_all()
+    try:
+        cluster.wait_formed()
+    except BaseException:
+        cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    args.node_pids = [cluster.pid(n) for n in sorted(cluster.plans)]
+    if not args.quiet:
+        print(f"bench: a cluster of {args.nodes} nodes at {cluster.bootstrap} (pids "
+              f"{', '.join(map(str, args.node_pids))}; storage={args.storage}, fsync={args.fsync}), data in {root}",
+              file=sys.stderr)
+    return cluster
+
+
+def _add_node_cpu(result: dict[str, Any], per_node: list[float | None] | None) -> None:
+    if per_node:
+        result["cpu_pct_of_one_core"]["nodes"] = per_node
+
+def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: Any,
+                  cluster: Nodes | None = None) -> dict[str, Any]:
     from streamlog.client import BlockingClient
 
     topic = args.topic or f"bench-{args.workload}-{os.getpid()}-{int(time.time() * 1000)}"
     with BlockingClient(address, timeout=30.0) as bc:
         bc.create_topic(topic, partitions=args.partitions)
+        replication = 1
+        if cluster is not None:
+            cluster.wait_topic_in_sync(topic)
+            # The load processes warm up on a topic of their own: elected before they start.
+            bc.create_topic(topic + "-warmup", partitions=1)
+            cluster.wait_topic_in_sync(topic + "-warmup")
+            replication = int(bc.describe_topic(topic).get("replication_factor", 1))
     profiler = _Profiler(args.profile, args.profile_seconds or args.max_seconds) if args.profile else None
     server_pid = server.pid if server is not None else None
     result: dict[str, Any] = {
@@ -325,7 +383,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         "keys": getattr(args, "keys", 0) or 0,
         "idempotence": "on" if args.client == "producer" and getattr(args, "idempotence", "on") == "on"
         and args.acks != "none" else "off",
-        "linger_ms": args.linger_ms, "server": _server_info(args, server), "topic": topic, "warnings": [],
+        "linger_ms": args.linger_ms, "server": _server_info(args, server, cluster, replication), "topic": topic,
+        "warnings": [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": args.label,
         # The machine may be shared: the 1-minute load average before the run says how busy it was.
         "loadavg_1m_before": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(),
@@ -344,14 +403,18 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         result.update(_rates(args, done, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
         result["cpu_pct_of_one_core"] = {"server": results[0].get("server_cpu_pct"), "producers": _cpu_pct(results),
                                          "machine": results[0].get("machine_busy_pct")}
+        _add_node_cpu(result, results[0].get("node_cpu_pct"))
         if any(r.get("timed_out") for r in results):
             result["warnings"].append(f"--max-seconds {args.max_seconds} reached: {done} of {n} messages")
     elif args.workload == "consume":
         n = args.messages
         pre = _produce_phase(args, endpoint, topic, n, "prefill", client_mode="batch")
         with BlockingClient(address, timeout=30.0) as bc:
-            described = bc.describe_topic(topic)
-        hw = {p["partition"]: p["high_watermark"] for p in described["partitions"]}
+            if cluster is not None:  # from each leader: a follower's high watermark may lag a heartbeat
+                hw = {p: bc.list_offsets(topic, p, "latest") for p in range(args.partitions)}
+            else:
+                described = bc.describe_topic(topic)
+                hw = {p["partition"]: p["high_watermark"] for p in described["partitions"]}
         total = sum(hw.values())
         consumers = max(1, min(args.consumers, args.partitions))
         phase = _Phase(args, "consume", total)
@@ -369,6 +432,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         result.update(_rates(args, got, min(r["t_start"] for r in results), max(r["t_end"] for r in results)))
         result["cpu_pct_of_one_core"] = {"server": phase.server_cpu_pct, "consumers": _cpu_pct(results),
                                          "machine": phase.machine_busy_pct}
+        _add_node_cpu(result, phase.node_cpu_pct)
         if got < total:
             result["warnings"].append(f"received {got} of {total} messages (--max-seconds {args.max_seconds})")
     else:  # e2e
@@ -421,6 +485,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         result.update(_rates(args, sent, t0, t1))
         result["cpu_pct_of_one_core"] = {"server": phase_p.server_cpu_pct, "producers": _cpu_pct(presults),
                                          "consumers": _cpu_pct(cresults), "machine": phase_p.machine_busy_pct}
+        _add_node_cpu(result, phase_p.node_cpu_pct)
         if got < sent:
             result["warnings"].append(f"the consumer received {got} of {sent} messages")
     if not result["warnings"]:

@@ -69,7 +69,10 @@ def format_report(result: dict[str, Any]) -> str:
                      f"{parts} max {lat['max']:.3f}")
     cpu = result.get("cpu_pct_of_one_core")
     if cpu:
-        parts = [f"server {cpu['server']}%" if cpu.get("server") is not None else "server ?"]
+        if cpu.get("nodes"):
+            parts = ["nodes " + ", ".join(f"{c}%" for c in cpu["nodes"])]
+        else:
+            parts = [f"server {cpu['server']}%" if cpu.get("server") is not None else "server ?"]
         for role in ("producers", "consumers"):
             if cpu.get(role):
                 parts.append(f"{role} " + ", ".join(f"{c}%" for c in cpu[role]))

@@ -20,10 +20,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog import __version__, errors, wire
+from streamlog.broker.groups import GroupService
 from streamlog.broker.partition import WaitQuota
 from streamlog.broker.producer_ids import REGISTRY_FILE, LocalRegistry, MetadataRegistry, ProducerIds
+from streamlog.cluster.alone import LoneNode
 from streamlog.cluster.directory import ReplicaDirectory, Topic, alone
 from streamlog.cluster.replica import PartitionReplica
+from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.rules import Outcome
 from streamlog.idempotence.table import Decision, ProducerStateConfig
 from streamlog.partitioner import partition_for_key
@@ -53,6 +56,8 @@ class BrokerConfig:
     election_wait: float = 1.0
     #: The bounds of each partition's idempotent-producer table (the --producer-* options).
     producer_state: ProducerStateConfig = ProducerStateConfig()
+    #: Consumer groups: the offsets topic's partitions, the coordinator's limits (streamlog.broker.groups).
+    groups: GroupConfig = GroupConfig()
 
 
 class Broker:
@@ -89,6 +94,9 @@ class Broker:
         #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
         #: administration goes through the controller, topics come from the metadata.
         self.cluster: Any = None
+        #: Without a cluster: what Metadata says of this node alone (its id and address are
+        #: the service's to set, once the listener is bound).
+        self.alone = LoneNode(self.directory)
         #: Set when the node begins to stop: no more appends (see BrokerService.stopService).
         self.stopping = False
         #: Long polls parked on this node, across all connections (--max-waiting-polls).
@@ -109,6 +117,9 @@ class Broker:
             "InitProducerId": self.handle_init_producer_id,
         }
         self._producer_ids: ProducerIds | None = None
+        # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
+        self.groups = GroupService(self, config.groups)
+        self.handlers.update(self.groups.handlers())
 
     def connection_handlers(self, *waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The handler table for one connection: its parked Polls also count against each
@@ -244,7 +255,7 @@ class Broker:
 
     def handle_metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.cluster is None:
-            raise errors.MethodNotFound("Metadata: this node runs alone and leads every partition", method="Metadata")
+            return self.alone.metadata(wire.parse_metadata(params, self.limits))
         result: dict[str, Any] = self.cluster.metadata(params)
         return result
 
@@ -295,17 +306,21 @@ class Broker:
     def handle_send_batch(self, params: dict[str, Any]) -> Deferred | None:
         return self.send(wire.parse_send_batch(params, self.limits))
 
-    def send(self, p: wire.SendParams) -> Deferred | None:
+    def send(self, p: wire.SendParams, waited: bool = False) -> Deferred | None:
         """Append C{p.messages}, one atomic batch per partition.
 
         Three steps: routing (which partition each message goes to), encoding
         (records, and their size checks), appending (through each partition's
         replica, answered per C{acks}).  Everything is checked before anything
         is appended (or a new topic created), so a request either lands whole
-        on every partition it touches or leaves no trace.  A partition whose
+        on every partition it takes or leaves no trace.  A partition whose
         leader is being elected makes the request wait for the election
-        (at most C{election_wait}), then start over.  Returns None for
-        C{acks=none}, else a Deferred of the placement.
+        (at most C{election_wait}), then start over (C{waited}).  In a
+        cluster, the partitions another node leads (or still electing after
+        the wait) are answered per partition, with their error and hint, and
+        the others appended; only if this node takes none of them is the
+        whole request refused.  Returns None for C{acks=none}, else a
+        Deferred of the placement.
         """
         if self.stopping:
             raise errors.ShuttingDown("the node is shutting down; nothing was appended")
@@ -314,20 +329,22 @@ class Broker:
             _check_sequences(p, groups)
         if topic is None and self.cluster is not None:
             return self._create_through_controller(p)
+        refused: dict[int, errors.StreamlogError] = {}
         if topic is not None:
-            electing = self._leaders(topic, groups)
+            electing, refused = self._leaders(topic, groups, waited)
             if electing is not None:
                 return self._after_election(electing, p)
+            groups = {i: m for i, m in groups.items() if i not in refused}
         timestamp = self.now_ms()
         encoded = self._encode(topic, groups, timestamp)
         if topic is None:
             topic = self.create_topic(p.topic, self.config.default_partitions)
             if sticky is not None:
                 topic.next_partition()  # the pick made above, for the counter
-            electing = self._leaders(topic, groups)
+            electing, refused = self._leaders(topic, groups, waited)
             if electing is not None:  # the new groups elect themselves in a hard-state fsync
                 return self._after_election(electing, p)
-        return self._append(p, topic, encoded, timestamp)
+        return self._append(p, topic, encoded, timestamp, refused)
 
     def _route(self, p: wire.SendParams) -> tuple[Topic | None, dict[int, list[wire.Message]], int | None]:
         """Which partition each message goes to: C{(topic or None if it is to be created,
@@ -376,17 +393,26 @@ class Broker:
             d.addErrback(lambda f: None)
         return d
 
-    def _leaders(self, topic: Topic, groups: dict[int, list[wire.Message]]) -> PartitionReplica | None:
-        """Check that this node leads every partition of the request: raise C{NOT_LEADER}
-        where another node does; return a partition still electing its leader, or None."""
+    def _leaders(self, topic: Topic, groups: dict[int, list[wire.Message]],
+                 waited: bool = False) -> tuple[PartitionReplica | None, dict[int, errors.StreamlogError]]:
+        """Which partitions of the request this node cannot take now: C{(a partition still
+        electing its leader to wait for, or None; {partition: NOT_LEADER with its hint, or
+        LEADER_NOT_AVAILABLE once C{waited}})}.  Raises the first refusal if it takes none."""
+        refused: dict[int, errors.StreamlogError] = {}
         for index in groups:
             replica = self.partition(topic.name, index)
             if not replica.writable:
                 try:
                     replica.check_leader(write=True)
-                except errors.LeaderNotAvailable:
-                    return replica
-        return None
+                except errors.LeaderNotAvailable as e:
+                    if not waited:
+                        return replica, {}
+                    refused[index] = e
+                except errors.NotLeader as e:
+                    refused[index] = e
+        if refused and len(refused) == len(groups):
+            raise next(iter(refused.values()))
+        return None, refused
 
     def _after_election(self, replica: PartitionReplica, p: wire.SendParams) -> Deferred:
         """Wait for C{replica}'s election, then run the request again from the start
@@ -394,10 +420,9 @@ class Broker:
         waited = replica.when_leading(self.clock, self.config.election_wait, write=True)
 
         def again(_: Any) -> Any:
-            if not replica.writable:
-                replica.check_leader(write=True)  # NOT_LEADER with a hint, LEADER_NOT_AVAILABLE, or closed
-            result = self.send(p)
-            return result
+            if replica.closed_error is not None:
+                raise replica.closed_error
+            return self.send(p, waited=True)  # what still has no leader is answered per partition
 
         d = waited.addCallback(again)
         if p.acks == "none":
@@ -423,10 +448,12 @@ class Broker:
         return encoded
 
     def _append(self, p: wire.SendParams, topic: Topic, encoded: list[tuple[int, int, list[bytes]]],
-                timestamp: int) -> Deferred | None:
-        """Append each partition's batch through its replica and answer per C{p.acks}."""
+                timestamp: int, refused: dict[int, errors.StreamlogError] | None = None) -> Deferred | None:
+        """Append each partition's batch through its replica and answer per C{p.acks}, with
+        an entry C{{partition, error}} for each partition C{refused} (another node leads it)."""
         batches: list[tuple[PartitionReplica, RecordBatch]] = []
         duplicates: list[tuple[PartitionReplica, Decision]] = []
+        refused = dict(refused or {})
         for index, base, records in encoded:
             replica = topic.partitions[index]
             if p.sequences is None:
@@ -438,7 +465,11 @@ class Broker:
                 # Checked in log order at the leader: nothing runs between this check and the
                 # append below, which records the batch in the table (ProducerTrackingLog).
                 sequence = p.sequences.get(index, p.sequences.get(-1, -1))
-                decision = replica.check_producer(p.producer_id, p.epoch, sequence, len(records), timestamp)
+                try:
+                    decision = replica.check_producer(p.producer_id, p.epoch, sequence, len(records), timestamp)
+                except _PART_REFUSALS as e:
+                    refused[index] = e  # that part only: an error entry, as a partition another node leads
+                    continue
                 if decision.outcome is Outcome.DUPLICATE:
                     duplicates.append((replica, decision))
                     continue
@@ -448,6 +479,9 @@ class Broker:
                     producer_id=p.producer_id, producer_epoch=p.epoch, base_sequence=sequence,
                 )
             batches.append((replica, batch))
+        if not batches and not duplicates:
+            # No part taken: the whole request is refused with its first part's error.
+            raise next(refused[i] for i in [*(i for i, _, _ in encoded), *refused] if i in refused)
 
         # Every partition that needs a new segment gets it before anything is appended: a
         # roll refused for want of descriptors then leaves the whole request unappended.
@@ -455,40 +489,73 @@ class Broker:
             make_room = getattr(replica.log, "make_room", None)  # logs that roll segments
             if make_room is not None:
                 self._append_step(replica, make_room, batch)
-        placed = []
+        placed = {}
         waits = []
         for replica, batch in batches:
             d = self._append_step(replica, partial(replica.append, acks=p.acks), batch)
-            placed.append({"partition": replica.index, "base_offset": batch.base_offset, "count": batch.count})
+            placed[replica.index] = {"partition": replica.index, "base_offset": batch.base_offset,
+                                     "count": batch.count}
             if d is not None:
-                waits.append(d)
+                waits.append((replica, d))
         for replica, decision in duplicates:
             # Stored already: answered with the original's offsets once the original is committed.
-            placed.append({"partition": replica.index, "base_offset": decision.base_offset,
-                           "count": decision.last_offset - decision.base_offset + 1, "duplicate": True})
+            placed[replica.index] = {"partition": replica.index, "base_offset": decision.base_offset,
+                                     "count": decision.last_offset - decision.base_offset + 1, "duplicate": True}
             if p.acks == "all":
-                waits.append(replica.when_committed(decision.raft_index))
+                waits.append((replica, _holding_once_committed(replica, decision.raft_index)))
         if p.acks == "none":
             return None
-        if duplicates and len(placed) > 1:
-            placed.sort(key=lambda entry: entry["partition"])
-        result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp, "partitions": placed}
+        for index, error in refused.items():
+            placed[index] = {"partition": index, "error": error.to_wire()}
+        order = list(dict.fromkeys([*(i for i, _, _ in encoded), *refused]))
+        result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp}
         replicas = [replica for replica, _ in batches] + [replica for replica, _ in duplicates]
         if p.acks == "leader":
+            result["partitions"] = [placed[i] for i in order]
             result["durability"] = self.config.unsynced_durability
             self._replication(result, replicas, 1)
             return succeed(result)
         result["durability"] = replicas[0].durability
-        self._replication(result, replicas, None)
-        return _gather(waits).addCallback(lambda _: result)
+        return self._per_partition(result, placed, order, waits)
 
-    def _replication(self, result: dict[str, Any], replicas: list[PartitionReplica], holding: int | None) -> None:
+    def _per_partition(self, result: dict[str, Any], placed: dict[int, dict[str, Any]], order: list[int],
+                       waits: list[tuple[PartitionReplica, Deferred]]) -> Deferred:
+        """The acks=all answer once every part's commit is settled: a part that failed (its
+        leadership lost meanwhile) is an error entry like a refused one; if no part is left
+        appended the request fails with the first error (a one-partition request as before)."""
+        holding: dict[PartitionReplica, int] = {}
+        failed: list[BaseException] = []
+
+        def settled(outcome: Any, replica: PartitionReplica) -> None:
+            if isinstance(outcome, Failure):
+                error = outcome.value
+                if not isinstance(error, errors.StreamlogError):
+                    failed.append(error)
+                    return
+                placed[replica.index] = {"partition": replica.index, "error": error.to_wire()}
+                failed.append(error)
+            else:
+                holding[replica] = outcome
+
+        def answer(_: Any) -> dict[str, Any]:
+            if not holding:
+                raise failed[0]
+            for error in failed:
+                if not isinstance(error, errors.StreamlogError):
+                    raise error  # an unexpected failure: INTERNAL, as before
+            result["partitions"] = [placed[i] for i in order]
+            self._replication(result, list(holding), min(holding.values()))
+            return result
+
+        parts = [d.addBoth(settled, replica) for replica, d in waits]
+        return gatherResults(parts).addCallback(answer)
+
+    def _replication(self, result: dict[str, Any], replicas: list[PartitionReplica], holding: int) -> None:
         """In a cluster, say how many replicas hold the batch (the weakest partition's)."""
         if not self.directory.clustered:
             return
-        factor = min(r.replication_factor for r in replicas)
-        result["replicas"] = holding if holding is not None else factor // 2 + 1
-        result["replication_factor"] = factor
+        result["replicas"] = holding
+        result["replication_factor"] = min(r.replication_factor for r in replicas)
 
     def _append_step(self, partition: PartitionReplica, step: Callable[[RecordBatch], Any], batch: RecordBatch) -> Any:
         """Run one storage step of an append, turning its errors into wire errors (or a fail-stop)."""
@@ -620,6 +687,7 @@ class Broker:
                     )
 
     def close(self) -> None:
+        self.groups.stop()
         self.directory.host.stop()
         self.storage.close()
 
@@ -678,6 +746,12 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+#: An idempotent part its partition refuses: in a SendBatch over several partitions, an error
+#: entry for that part (the others are taken), as a part another node leads.
+_PART_REFUSALS = (errors.OutOfOrderSequence, errors.ProducerFenced, errors.UnknownProducerId,
+                  errors.TooManyProducers)
+
+
 def _check_sequences(p: wire.SendParams, groups: dict[int, list[wire.Message]]) -> None:
     """An idempotent request names the base sequence of every partition batch it makes, and no other."""
     assert p.sequences is not None
@@ -689,7 +763,7 @@ def _check_sequences(p: wire.SendParams, groups: dict[int, list[wire.Message]]) 
             "(an idempotent producer names each message's partition)", field="sequences")
 
 
-def _gather(waits: list[Deferred]) -> Deferred:
-    if len(waits) == 1:
-        return waits[0].addCallback(lambda r: [r])
-    return gatherResults(waits, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+def _holding_once_committed(replica: PartitionReplica, index: int) -> Deferred:
+    """A duplicate's answer: fires once its original (entry C{index}) is committed, with how many
+    replicas hold it (L{PartitionReplica.holding}), as a fresh append's does."""
+    return replica.when_committed(index).addCallback(lambda _: replica.holding(index))

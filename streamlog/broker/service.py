@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.table import ProducerStateConfig
 from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
@@ -92,6 +93,8 @@ class NodeConfig:
     peer_limits: TransportLimits = TransportLimits()
     #: Each partition's idempotent-producer table (--producer-state-batches, --producer-id-expiry-ms, ...).
     producer_state: ProducerStateConfig = ProducerStateConfig()
+    #: Consumer groups: the offsets topic, the coordinator's limits (--offsets-partitions, --group-*).
+    groups: GroupConfig = GroupConfig()
 
     @property
     def clustered(self) -> bool:
@@ -106,6 +109,7 @@ class NodeConfig:
             # A request meeting an election waits up to two election timeouts (at least 1 s) for it.
             election_wait=max(1.0, 2 * self.election_timeout_ms / 1000.0),
             producer_state=self.producer_state,
+            groups=self.groups,
         )
 
 
@@ -290,6 +294,7 @@ class BrokerService(service.Service):
                 broker = self._open_cluster(storage, broker_config)
             else:
                 broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
+                broker.alone.node_id = self.config.node_id
         except (OSError, ValueError, StorageError) as e:
             self._abandon(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
@@ -357,6 +362,8 @@ class BrokerService(service.Service):
         self.listen_address = address
         if self.cluster is not None and not self.cluster.client_address:
             self.cluster.client_address = address  # what other nodes tell clients (no --advertise)
+        if self.broker is not None and self.cluster is None:
+            self.broker.alone.client_address = self.config.advertise or address  # for Metadata
         if self.lock is not None:
             self.lock.update(self.holder())
 

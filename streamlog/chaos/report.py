@@ -13,22 +13,40 @@ from streamlog.chaos.checker import KINDS, SAFETY, Result
 from streamlog.chaos.history import OK, Fault, History
 
 
+def _longest_gap(acks: list[float], f: Fault) -> float:
+    """The longest pause between two successive times of C{acks} (sorted) that overlaps the
+    fault's window (from its start to its end, or to the last ack if it never healed)."""
+    end = f.end if f.end is not None else (acks[-1] if acks else f.start)
+    i = max(bisect.bisect_left(acks, f.start) - 1, 0)
+    longest = 0.0
+    while i + 1 < len(acks) and acks[i] <= end:
+        longest = max(longest, acks[i + 1] - acks[i])
+        i += 1
+    return longest
+
+
 def write_gaps(history: History) -> list[tuple[Fault, float]]:
     """For each fault, the longest time without an acknowledged send around it: the gap
     between two successive acks (by completion time) that overlaps the fault's window
     (from its start to its end, or to the last ack if it never healed).  It measures what
     producers saw: a failover's unavailability, plus their retry backoff."""
     acks = sorted(s.complete for s in history.sends if s.outcome == OK)
-    out: list[tuple[Fault, float]] = []
-    for f in history.faults:
-        end = f.end if f.end is not None else (acks[-1] if acks else f.start)
-        i = max(bisect.bisect_left(acks, f.start) - 1, 0)
-        longest = 0.0
-        while i + 1 < len(acks) and acks[i] <= end:
-            longest = max(longest, acks[i + 1] - acks[i])
-            i += 1
-        out.append((f, longest))
-    return out
+    return [(f, _longest_gap(acks, f)) for f in history.faults]
+
+
+def partition_write_gaps(history: History) -> list[tuple[Fault, dict[tuple[str, int], float]]]:
+    """For each fault, the same gap in the acks of each partition (by topic and partition).
+
+    With several partitions, L{write_gaps} only sees the time when no partition at all was
+    acknowledged; a partition whose leader was hurt shows its own failover here, and a pause
+    of every partition at once shows that the whole client waited."""
+    acks: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for s in history.sends:
+        if s.outcome == OK and s.partition is not None:
+            acks[(s.topic, s.partition)].append(s.complete)
+    for times in acks.values():
+        times.sort()
+    return [(f, {tp: _longest_gap(times, f) for tp, times in sorted(acks.items())}) for f in history.faults]
 
 
 def _n(x: int) -> str:

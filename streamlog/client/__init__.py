@@ -7,6 +7,8 @@
   per partition, retries within a delivery timeout, keeps order per partition.
 - L{Consumer}: reads one partition in order from its leader, with long poll
   and prefetch; L{TopicConsumer} reads several (or all) partitions of a topic.
+- L{GroupConsumer}: a member of a consumer group: reads what the group's
+  coordinator assigns it, commits what the application processed.
 - L{BlockingClient}: a plain-socket client for scripts, tests and the CLI.
 - L{StreamlogClient}: one node's connection (pipelined, timeouts, reconnects).
 
@@ -29,18 +31,20 @@ _WHERE = {
     "StreamlogClient": "streamlog.client.connection",
     "ClusterClient": "streamlog.client.cluster",
     "Consumer": "streamlog.client.consumer",
+    "GroupConsumer": "streamlog.client.group",
     "TopicConsumer": "streamlog.client.consumer",
     "Producer": "streamlog.client.producer",
 }
 
-__all__ = ["BlockingClient", "ClientProtocol", "ClusterClient", "Consumer", "Producer", "StreamlogClient",
-           "TopicConsumer"]
+__all__ = ["BlockingClient", "ClientProtocol", "ClusterClient", "Consumer", "GroupConsumer", "Producer",
+           "StreamlogClient", "TopicConsumer"]
 
 if TYPE_CHECKING:
     from streamlog.client.blocking import BlockingClient
     from streamlog.client.cluster import ClusterClient
     from streamlog.client.connection import ClientProtocol, StreamlogClient
     from streamlog.client.consumer import Consumer, TopicConsumer
+    from streamlog.client.group import GroupConsumer
     from streamlog.client.producer import Producer
 
 

@@ -11,10 +11,13 @@ partition requests (C{Send}, C{SendBatch}, C{Poll}, C{ListOffsets}) to the
 partition's leader, choosing partitions as the server would (murmur2 of the
 key); topic administration goes to the controller.  A C{NOT_LEADER} answer
 is asked again where its hint points (or after fetching the metadata again),
-a few times, within the timeout.  One socket per node, opened when first
-needed, again on the next call after it was lost (a request in flight when
-that happens fails with L{errors.ConnectionLost}; a retried Send may
-duplicate).
+and every error that may heal (L{retry.retriable}: an election, a node
+stopping, a lost connection: a failover) is asked again after a backoff and
+fresh metadata, within the C{delivery_timeout}, by the same rules as the
+Producer: a write given up says whether an attempt may have stored it
+(L{retry.given_up}, L{retry.delivery_timeout}; a resend after a lost answer
+may duplicate, until idempotent producers).  One socket per node, opened
+when first needed, again on the next call after it was lost.
 
     with BlockingClient("127.0.0.1:7070") as c:
         c.create_topic("events", partitions=3)
@@ -32,7 +35,7 @@ from typing import Any
 import orjson
 
 from streamlog import errors, wire
-from streamlog.client import requests
+from streamlog.client import requests, retry
 from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_bootstrap, describe_address, parse_target
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
@@ -194,11 +197,17 @@ class BlockingClient:
     """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"}, C{(host, port)} or C{"unix:/path"}, or a
         bootstrap list of them (a list, or one string separated by commas).
     @param timeout: seconds for connecting and for each answer (None: forever).
+    @param delivery_timeout: seconds within which a partition request (Send, SendBatch, Poll,
+        ListOffsets) is asked again after errors that may heal; None: C{timeout} (or
+        L{retry.DEFAULT_DELIVERY_TIMEOUT} if that is None too).
     """
 
-    def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0,
+                 delivery_timeout: float | None = None) -> None:
         self.bootstrap = check_bootstrap(address, blocking=True)
         self.timeout = timeout
+        self.delivery_timeout = delivery_timeout if delivery_timeout is not None else (
+            timeout if timeout is not None else retry.DEFAULT_DELIVERY_TIMEOUT)
         self._nodes: dict[str, _NodeSocket] = {}
         first = self._node(self.bootstrap[0])
         #: The (first) server as messages name it.
@@ -305,7 +314,11 @@ class BlockingClient:
             except (errors.ConnectionLost, errors.Timeout) as e:
                 failed.append(e)
                 continue
-            self.view.apply(MetadataAnswer.parse(result), [topic] if topic else [], time.monotonic())
+            answer = MetadataAnswer.parse(result)
+            if answer.alone:  # a node started without --peers: as one without Metadata
+                self.view.use_single_node(address_key(address), time.monotonic())
+                return
+            self.view.apply(answer, [topic] if topic else [], time.monotonic())
             return
         raise _none_reachable(failed)
 
@@ -341,32 +354,51 @@ class BlockingClient:
                                                 partition=partition, sent=False)
         return self._node(node.address)
 
-    def _routed(self, method: str, params: dict[str, Any], topic: str, partition: int,
-                expect_answer: bool = True, timeout: float | None = None) -> Any:
-        """A partition request at the leader, asked again where NOT_LEADER (or fresh metadata) points."""
+    def _routed(self, method: str, params: dict[str, Any], topic: str, partition: int | None,
+                expect_answer: bool = True, timeout: float | None = None, write: bool = False) -> Any:
+        """A partition request at the leader, asked again while its error may heal, within the
+        delivery timeout (the Producer's rules, L{retry}): at once where a C{NOT_LEADER} hint
+        points (twice in a row at most), else after a backoff and fresh metadata.  A C{write}
+        given up says whether an attempt may have stored it.  C{partition} None: the server
+        places it (a single node, or a topic no node knows yet), any node takes it."""
         if not self.view.known:
             self._learn(topic)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        for attempt in range(ROUTED_ATTEMPTS):
+        deadline = time.monotonic() + self.delivery_timeout
+        attempts = failures = hinted = 0
+        maybe_landed = False
+        last: errors.StreamlogError | None = None
+        while True:
+            attempts += 1
             try:
-                return self._call_at(self._leader(topic, partition), method, params, timeout, expect_answer)
-            except errors.NotLeader as e:
-                if attempt == ROUTED_ATTEMPTS - 1 or not self.view.apply_not_leader(e.details, topic, partition):
-                    self._learn(topic)
-                last: errors.StreamlogError = e
-            except (errors.LeaderNotAvailable, errors.ShuttingDown) as e:
+                node = self._leader(topic, partition) if partition is not None else self._any_node()
+                return self._call_at(node, method, params, timeout, expect_answer)
+            except errors.StreamlogError as e:
+                if not retry.retriable(e):
+                    raise (retry.given_up(e, maybe_landed) if write else e) from None
                 last = e
-                self._pause(attempt, deadline)
-                self._learn(topic)
-            except errors.ConnectionLost as e:
-                if e.details.get("sent", True) is not False or self.view.single_node:
-                    raise  # it may have been applied; or there is nowhere else to go
-                last = e
-                self.view.forget_leader(topic, partition)
-                self._learn(topic)
-            if deadline is not None and time.monotonic() >= deadline:
+                maybe_landed = maybe_landed or retry.may_have_landed(e)
+            if time.monotonic() >= deadline:
                 break
-        raise last
+            if isinstance(last, errors.NotLeader) and hinted < 2 and partition is not None and \
+                    self.view.apply_not_leader(last.details, topic, partition):
+                hinted += 1
+                continue  # the hint names the new leader: ask it at once
+            hinted = 0
+            if isinstance(last, (errors.ConnectionLost, errors.Timeout)) and partition is not None \
+                    and not self.view.single_node:
+                self.view.forget_leader(topic, partition)
+            self._pause(failures, deadline)
+            failures += 1
+            try:
+                self._learn(topic)
+            except errors.StreamlogError as e:
+                if not retry.retriable(e):
+                    raise
+                last = e  # no node answered the metadata either: try again after the next pause
+        if attempts == 1 or not write:
+            raise last
+        raise retry.delivery_timeout(f"{method} to {topic}/{partition}", self.delivery_timeout, attempts,
+                                     last, maybe_landed)
 
     @staticmethod
     def _pause(attempt: int, deadline: float | None) -> None:
@@ -506,23 +538,25 @@ class BlockingClient:
              headers: dict[str, str] | None = None, acks: str = "all") -> dict[str, Any] | None:
         info = self._topic(topic)
         if info is None:  # a single node, or a topic no node knows yet: the server places it
-            return self.call("Send", requests.send(topic, value, key, partition, headers, acks),
-                             expect_answer=acks != "none")
+            return self._routed("Send", requests.send(topic, value, key, partition, headers, acks), topic, None,
+                                expect_answer=acks != "none", write=True)
         chosen = self._partitioner.choose(topic, info.count, key, partition)
         if key is None and partition is None:
             self._partitioner.batch_closed(topic, info.count, chosen)
         params = requests.send(topic, value, key, chosen, headers, acks)
-        return self._routed("Send", params, topic, chosen, expect_answer=acks != "none")
+        return self._routed("Send", params, topic, chosen, expect_answer=acks != "none", write=True)
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
         """C{SendBatch}; in a cluster, one request per partition at its leader (each part atomic,
         the whole not: a part that fails raises, its details' C{appended} listing the parts that were)."""
         info = self._topic(topic)
         if info is None:
-            return self.call("SendBatch", requests.send_batch(topic, messages, acks), expect_answer=acks != "none")
+            return self._routed("SendBatch", requests.send_batch(topic, messages, acks), topic, None,
+                                expect_answer=acks != "none", write=True)
         parts = self._parts(topic, info.count, messages)
         return self._send_parts(topic, parts, acks, lambda p, part: self._routed(
-            "SendBatch", requests.send_batch(topic, part, acks), topic, p, expect_answer=acks != "none"))
+            "SendBatch", requests.send_batch(topic, part, acks), topic, p, expect_answer=acks != "none",
+            write=True))
 
     def _parts(self, topic: str, count: int, messages: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
         """The messages by partition, chosen as the server would (explicit, murmur2 of the key, else sticky)."""
@@ -641,10 +675,11 @@ class IdempotentSender:
         params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
         for attempt in range(self.attempts):
             try:
-                result = self.client._routed("SendBatch", params, topic, partition)
+                result = self.client._routed("SendBatch", params, topic, partition, write=True)
                 break
-            except (errors.ConnectionLost, errors.Timeout):
-                if attempt == self.attempts - 1:
+            except (errors.ConnectionLost, errors.Timeout) as e:
+                # The client's own resends within its delivery timeout were spent: stop there.
+                if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
                     raise
                 self.resends += 1
         self._next[(topic, partition)] = (sequence + len(part)) % SEQUENCE_MODULUS

@@ -145,10 +145,24 @@ class _Call:
             self._give_up()
             return
         d = self._inner = maybeDeferred(self.route)
+        if remaining is not None and not d.called:
+            # The route may wait for a metadata fetch (rate-limited): not past the call's deadline.
+            self._timer = self.client.clock.callLater(remaining, self._route_overdue, d)
         d.addCallback(self._send_to)
         d.addBoth(self._settled)
 
-    def _send_to(self, target: Target) -> Deferred:
+    def _route_overdue(self, route: Deferred) -> None:
+        self._timer = None
+        if self._inner is route and not self.deferred.called:
+            self._inner = None
+            self._give_up()  # the route's outcome is dropped (_send_to sends nothing now)
+
+    def _send_to(self, target: Target) -> Deferred | None:
+        if self.deferred.called:
+            return None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         key, node = target
         self._target = key
         self.attempts += 1
@@ -160,7 +174,10 @@ class _Call:
 
     def _settled(self, result: Any) -> None:
         self._inner = None
-        if self.deferred.called:  # cancelled
+        if self._timer is not None and self._timer.active():  # a route that failed before its deadline
+            self._timer.cancel()
+        self._timer = None
+        if self.deferred.called:  # cancelled, or given up
             if isinstance(result, Failure):
                 result.trap(Exception)
             return
@@ -178,12 +195,12 @@ class _Call:
             self.deferred.errback(error)
             return
         immediate = self.client.learn(error, self.topic, self.partition, self._target)
-        self.failures += 1
+        self.failures = retry.count_failure(self.failures, error)
         if immediate and self.hinted < 2:
             self.hinted += 1
             delay = 0.0
         else:
-            delay = self.client.backoff(self.failures)
+            delay = retry.retry_delay(self.client.backoff, self.failures)
         remaining = self._remaining()
         if remaining is not None and delay >= remaining:
             self.deferred.errback(error)
@@ -467,21 +484,26 @@ class ClusterClient:
                                error=e)
                 self._try_fetch(candidates, i + 1, topics, e)
                 return
+            if answer.alone:
+                single("runs alone (started without --peers)")
+                return
             departed = self.view.apply(answer, topics, self.clock.seconds())
             self._after_cluster_fetch(departed)
+            self._node_ok(key)
+            self._fetched(self.view)
+
+        def single(why: str) -> None:
+            if not self.view.single_node:
+                self._log.info("{address} {why}: it leads every partition", address=node.address, why=why)
+            self.view.use_single_node(key, self.clock.seconds())
+            self._after_cluster_fetch(set())  # the other bootstrap addresses are not needed
             self._node_ok(key)
             self._fetched(self.view)
 
         def failed(failure: Failure) -> None:
             error = failure.value
             if isinstance(error, errors.MethodNotFound):
-                if not self.view.single_node:
-                    self._log.info("{address} has no Metadata method (a streamlog node before clusters): "
-                                   "it leads every partition", address=node.address)
-                self.view.use_single_node(key, self.clock.seconds())
-                self._after_cluster_fetch(set())  # the other bootstrap addresses are not needed
-                self._node_ok(key)
-                self._fetched(self.view)
+                single("has no Metadata method (a streamlog node before clusters)")
                 return
             if not isinstance(error, errors.StreamlogError):
                 self._fetched(failure)

@@ -34,12 +34,24 @@ class NodeInfo:
 
 
 @attrs.frozen
+class ReplicaOffset:
+    """One replica's log as the partition's leader knows it (C{replica_offsets} in Metadata)."""
+
+    node_id: int
+    match_index: int
+    #: The record offset after the replica's last matching entry; None: behind the log start.
+    log_end_offset: int | None
+
+
+@attrs.frozen
 class PartitionInfo:
     partition: int
     leader: int | None
     leader_term: int = 0
     replicas: tuple[int, ...] = ()
     isr: tuple[int, ...] = ()
+    #: Given only by the partition's leader (a node answers them for what it leads).
+    replica_offsets: tuple[ReplicaOffset, ...] = ()
 
 
 @attrs.frozen
@@ -87,6 +99,13 @@ def _optional_int(value: Any, what: str) -> int | None:
     return None if value is None else _int(value, what)
 
 
+def _replica_offsets(value: Any) -> tuple[ReplicaOffset, ...]:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise errors.Internal(f"unexpected Metadata answer: replica_offsets is {str(value)[:200]}")
+    return tuple(ReplicaOffset(_int(r.get("node_id"), "node_id"), _int(r.get("match_index"), "match_index"),
+                               _optional_int(r.get("log_end_offset"), "log_end_offset")) for r in value)
+
+
 @attrs.frozen
 class MetadataAnswer:
     """A C{Metadata} answer, checked: what the cluster looked like from the node that answered."""
@@ -97,6 +116,9 @@ class MetadataAnswer:
     topics: tuple[TopicInfo, ...]
     #: topic -> the error the node gave for it (e.g. UNKNOWN_TOPIC).
     topic_errors: Mapping[str, errors.StreamlogError] = attrs.field(factory=dict)
+    #: The node answered that it runs alone (started without --peers): it leads every
+    #: partition, and a client treats it as the only node, as one without Metadata.
+    alone: bool = False
 
     @classmethod
     def parse(cls, result: Any) -> MetadataAnswer:
@@ -125,7 +147,7 @@ class MetadataAnswer:
                 parts.append(PartitionInfo(
                     _int(p.get("partition"), "partition"), _optional_int(p.get("leader"), "leader"),
                     _int(p.get("leader_term", 0), "leader_term"), _ids(p.get("replicas", []), "replicas"),
-                    _ids(p.get("isr", []), "isr")))
+                    _ids(p.get("isr", []), "isr"), _replica_offsets(p.get("replica_offsets", []))))
             parts.sort(key=lambda p: p.partition)
             if [p.partition for p in parts] != list(range(len(parts))):
                 raise errors.Internal(f"unexpected Metadata answer: {name} has partitions "
@@ -135,7 +157,7 @@ class MetadataAnswer:
         cluster_id = result.get("cluster_id")
         return cls(cluster_id if isinstance(cluster_id, str) else None,
                    _optional_int(result.get("controller"), "controller"), tuple(nodes), tuple(topics),
-                   topic_errors)
+                   topic_errors, result.get("alone") is True)
 
 
 class ClusterView:

@@ -2,7 +2,9 @@
 
 Every client of the library shares these rules:
 
-- L{backoff_policy}: exponential backoff with jitter between attempts.
+- L{backoff_policy}: exponential backoff with jitter between attempts, and
+  L{retry_delay}: the first retry after a success goes at once (a failover
+  needs one metadata round trip, not a backoff), the later ones back off.
 - L{retriable}: errors after which asking again, maybe at another node, may
   work: leadership moved (C{NOT_LEADER}), an election is on
   (C{LEADER_NOT_AVAILABLE}), the node is stopping (C{SHUTTING_DOWN}) or full
@@ -12,8 +14,13 @@ Every client of the library shares these rules:
 - L{may_have_landed}: of those, the ones after which a write may already
   have been applied, so that writing it again may duplicate it (until
   idempotent producers): an answer that never came for a request that was
-  written.  A refusal or a request never written (C{sent: false}) cannot
-  have been applied.
+  written, or a C{NOT_LEADER} that says C{maybe_appended: true} (the old
+  leader appended it, the next may commit it).  Any other refusal, or a
+  request never written (C{sent: false}), cannot have been applied.
+- L{delivery_timeout} and L{given_up}: the error a write is failed with
+  once its delivery timeout passed, or on an error that does not heal,
+  saying whether an earlier attempt may have stored it (the Producer and the
+  blocking client report the same).
 - L{wants_metadata}: errors that say the client's picture of the cluster may
   be stale, so its metadata should be asked again.
 """
@@ -24,6 +31,10 @@ import random as _random
 from collections.abc import Callable
 
 from streamlog import errors
+
+#: Default delivery timeout (seconds): as Kafka's delivery.timeout.ms (the Producer's, and the
+#: blocking client's when it has no request timeout either).
+DEFAULT_DELIVERY_TIMEOUT = 120.0
 
 #: Refusals: the node did nothing with the request; asking again (there, or where the hint points) may work.
 REFUSALS: tuple[type[errors.StreamlogError], ...] = (
@@ -55,18 +66,48 @@ def never_sent(error: BaseException) -> bool:
 
 def may_have_landed(error: BaseException) -> bool:
     """Whether a failed write may still have been applied (so that writing it again may duplicate it)."""
+    if not isinstance(error, errors.StreamlogError):
+        return False
+    if error.details.get("maybe_appended") is True:
+        return True  # a NOT_LEADER after the append, or a write given up after such an attempt
     return isinstance(error, NO_ANSWER) and not never_sent(error)
 
 
 def safe_to_resend(error: BaseException) -> bool:
     """Retriable, and known not to have been applied: resending cannot duplicate anything.
 
-    C{NOT_LEADER} counts as a refusal here.  A leader that stepped down with
-    the entry uncommitted answers it too, and that entry is then either
-    replaced (not applied) or committed later by the new leader: the rare
-    duplicate this allows is the same one a resend after a timeout makes.
+    A plain C{NOT_LEADER} is a refusal (nothing of the request was appended,
+    or what was is replaced by another leader's entry and can never commit);
+    one with C{maybe_appended: true} is not.
     """
     return retriable(error) and not may_have_landed(error)
+
+
+def delivery_timeout(what: str, timeout: float, attempts: int, last: errors.StreamlogError | None,
+                     maybe_landed: bool) -> errors.DeliveryTimeout:
+    """The error of a write retried until its delivery timeout passed: C{sent} says whether
+    an attempt may have stored it (see L{may_have_landed})."""
+    why = f"; last error: {last.code}: {last.message}" if last is not None else ""
+    return errors.DeliveryTimeout(
+        f"{what} were not acknowledged within the delivery timeout of {timeout:g}s ({attempts} attempt(s){why})",
+        timeout=timeout, attempts=attempts, last_error=last.to_wire() if last is not None else None,
+        sent=maybe_landed)
+
+
+def given_up(error: errors.StreamlogError, maybe_landed: bool) -> errors.StreamlogError:
+    """The error to fail a write with when retrying stops on C{error}: C{error} itself, or, if
+    an earlier attempt may have stored the write (C{maybe_landed}) and C{error} does not say
+    so, the same error marked C{maybe_appended: true} (and C{sent: true} for a
+    C{CONNECTION_LOST} that claims the last attempt was never written): never "not stored"
+    for what may be."""
+    if not maybe_landed or may_have_landed(error):
+        return error
+    details = {**error.details, "maybe_appended": True}
+    if "sent" in details:
+        details["sent"] = True
+    marked = type(error)(error.message + " (an earlier attempt may have stored it)", **details)
+    marked.code = error.code
+    return marked
 
 
 def wants_metadata(error: BaseException) -> bool:
@@ -89,3 +130,41 @@ def backoff_policy(minimum: float, maximum: float, rng: _random.Random | None = 
     return policy
 
 
+
+
+def retry_delay(backoff: Callable[[int], float], failures: int) -> float:
+    """The wait before the next attempt after C{failures} failed ones in a row.
+
+    The first retry goes at once: the error that caused it (a leader's connection lost, a
+    C{NOT_LEADER}, C{LEADER_NOT_AVAILABLE}) has marked the metadata stale, and the attempt first
+    fetches it (rate-limited by the client's C{metadata_min_interval}), so that a failover that
+    is already over costs one round trip.  From the second on: C{backoff(failures - 1)}, so the
+    second waits C{retry_backoff_min} (with jitter), and so on up to C{retry_backoff_max}.
+    """
+    if failures <= 1:
+        return 0.0
+    return backoff(failures - 1)
+
+
+def first_of_round(others_waiting: bool, attempts: int) -> bool:
+    """Whether a failed batch counts as a new failure of its partition for the backoff.
+
+    A batch that was sent again (C{attempts > 1}) failed a retry round of its own; of the
+    batches in flight together when they fail (a lost connection fails them all at once) only
+    the first counts (no others were waiting to be retried yet).
+    """
+    return attempts > 1 or not others_waiting
+
+
+def count_failure(failures: int, error: BaseException) -> int:
+    """The partition's (or call's) failures in a row after one more, for L{retry_delay}.
+
+    C{LEADER_NOT_AVAILABLE} says an election is on: it ends within about an election timeout,
+    and asking again costs one (shared, rate-limited) metadata fetch, so its retries stay at
+    the second step (C{retry_backoff_min}, with jitter) instead of backing off further (seen:
+    a failover whose election took 0.3 s waited 0.1 + 0.2 s more in backoff).  Every other
+    error backs off as usual.
+    """
+    if isinstance(error, errors.LeaderNotAvailable):
+        return min(failures + 1, 2)
+    return failures + 1

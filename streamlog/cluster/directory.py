@@ -19,11 +19,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from streamlog.cluster.catchup import snapshot_of
 from streamlog.cluster.producer_log import ProducerTrackingLog, rebuild
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
 from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
 from streamlog.raft.driver import GroupCallbacks
-from streamlog.raft.messages import TimeoutNow
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.group_commit import ALWAYS
 
@@ -59,6 +59,8 @@ class ReplicaDirectory(GroupCallbacks):
     """
 
     _log = Logger()
+    #: The replica class (the cluster simulator's broken variants put a subclass here).
+    replica_class: type[PartitionReplica] = PartitionReplica
 
     def __init__(self, host: Any, member: str, hard_state: Any = None,
                  locate: Callable[[str | None], tuple[int | None, str | None]] | None = None,
@@ -72,6 +74,9 @@ class ReplicaDirectory(GroupCallbacks):
         self.committer: Any = None
         #: Whether the node has peers (answers then say how many replicas hold a batch).
         self.clustered = False
+        #: Whether every peer fsyncs before acknowledging (their hellos say; the node wiring
+        #: sets it): otherwise a majority "holding" a batch may hold it unsynced.
+        self.peers_fsync: Callable[[], bool] = lambda: True
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
         #: The bounds of every replica's producer-state table (the --producer-* server options).
@@ -80,8 +85,12 @@ class ReplicaDirectory(GroupCallbacks):
     # --- opening and closing replicas
 
     def durability(self) -> str:
+        """What an acks=all answer says its batch got: C{fsync} only if this node fsyncs
+        before counting itself (C{--fsync always}) and so does every peer (which acknowledge
+        after their own sync); else C{written} (in the OS page cache of a majority, not known
+        to be on disk), or C{memory} for C{--storage memory}."""
         committer = self.committer
-        if committer is not None and committer.policy.mode == ALWAYS:
+        if committer is not None and committer.policy.mode == ALWAYS and self.peers_fsync():
             return "fsync"
         return self.unsynced_durability
 
@@ -89,7 +98,7 @@ class ReplicaDirectory(GroupCallbacks):
                      replication_factor: int = 1) -> PartitionReplica:
         """Run this node's member of C{group} over C{log} (recovered or new)."""
         log = getattr(log, "log", log)  # a LocalLog from the storage: the Raft log underneath
-        replica = PartitionReplica(topic, index, log, group, self.host, self.member, self.locate,
+        replica = self.replica_class(topic, index, log, group, self.host, self.member, self.locate,
                                    replication_factor, self.durability)
         members = tuple(members)
         storage = ReplicaStorage(group, log, self.hard_state, lambda: self.committer, replica.storage_failed,
@@ -100,7 +109,7 @@ class ReplicaDirectory(GroupCallbacks):
         replica.node = self.host.add_group(group, members, storage)
         if members == (self.member,) and getattr(log, "failed", None) is None:
             # (A log that found damage at recovery serves nothing: PARTITION_UNAVAILABLE.)
-            self.elect_alone(group, replica.node)
+            self.elect_alone(group)
         return replica
 
     def _producer_table(self, group: str, log: Any) -> ProducerStateTable:
@@ -137,19 +146,11 @@ class ReplicaDirectory(GroupCallbacks):
                 self.hard_state.remove(replica.group).addErrback(
                     lambda f: self._log.failure("forgetting the term of a deleted group failed", f))
 
-    def elect_alone(self, group: str, node: Any) -> None:
-        """Make this node the leader of C{group}, of which it is the only voter, now.
-
-        It is what the group's own election would do after its timeout, sooner:
-        the message a leader sends to hand over leadership (C{TimeoutNow}),
-        delivered through the host as if from a peer (C{RaftHost.deliver}).
-        (A C{RaftHost.campaign} would say this without posing as a peer:
-        asked for in the issue.)
-        """
+    def elect_alone(self, group: str) -> None:
+        """Make this node the leader of C{group}, of which it is the only voter, now: what the
+        group's own election would do after its timeout, sooner (C{RaftHost.campaign})."""
         try:
-            # At least the log's last term: a hard-state file that lost its last rounds
-            # (docs/storage.md) must not make the new leader write below its log's term.
-            self.host.deliver("", group, self.host.member_id, "", TimeoutNow(max(node.term, node.log.last_term), ""))
+            self.host.campaign(group)
         except Exception:  # e.g. the no-op's append found damage: the partition is unavailable
             self._log.failure("group {group}: electing this node failed", group=group)
 
@@ -180,9 +181,12 @@ class ReplicaDirectory(GroupCallbacks):
         replica = self.by_group.get(group)
         if replica is None:
             return self.other.snapshot_data(group, index)
-        # The record offset after the snapshot and the producers as of it (a follower too far behind).
-        data: bytes = replica.producer_log.snapshot_data(index)
-        return data
+        # Where the partition's log resumes (its removed records are gone for every reader alike)
+        # and its producers as of the snapshot: one PartitionSnapshot (streamlog.cluster.catchup).
+        if replica.producer_log is not None:
+            data: bytes = replica.producer_log.snapshot_data(index)
+            return data
+        return snapshot_of(replica.log, index)
 
     # --- lookups
 

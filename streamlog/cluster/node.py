@@ -23,6 +23,7 @@ connections (L{streamlog.testing.ClusterHarness}).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +94,20 @@ class NodeHost(RaftHost):
     def forwarded(self, node: str, request: Any) -> Any:
         return self.node.serve_forwarded(int(node), request)
 
+    def deliver(self, node: str, group: str, to: str, frm: str, msg: Any) -> None:
+        conn = self.connections.get(node)
+        if node == "":  # from this node itself (ReplicaDirectory.elect_alone)
+            super().deliver(node, group, to, frm, msg)
+            return
+        if self.node.is_retired(frm) or conn is None or conn.hello is None or \
+                frm != md.member_id(int(node), conn.hello.incarnation or ""):
+            # Only the incarnation that said hello speaks on a connection, and never a replaced
+            # data dir's (an old disk, a restored backup): its votes and acknowledgements must
+            # never count again; it is told and cut off (ClusterNode.peer_up).
+            self.stats["stale_incarnation"] += 1
+            return
+        super().deliver(node, group, to, frm, msg)
+
     def cluster_mismatch(self, node: str, theirs: str) -> None:
         self.node.cluster_mismatch(int(node), theirs)
 
@@ -113,6 +128,8 @@ class ClusterNode(GroupCallbacks):
     """This node in its cluster.  Build, then L{start}; C{ready} fires once Raft runs."""
 
     _log = Logger()
+    #: The C{RaftHost} class (the cluster simulator's broken variants put a subclass here).
+    host_class: type[NodeHost] = NodeHost
 
     def __init__(self, config: Any, storage: Any, *, clock: Any, connect: Callable[[str], Any],
                  identity: IdentityStore, client_address: str, rng: random.Random | None = None,
@@ -148,6 +165,7 @@ class ClusterNode(GroupCallbacks):
                                           locate=self.locate, other=self,
                                           unsynced_durability=config.broker_config().unsynced_durability)
         self.directory.clustered = True
+        self.directory.peers_fsync = self._peers_fsync
         #: node id -> the hello of its connection (the last one, while connected or not).
         self.hellos: dict[int, Hello] = {}
         #: node id -> the other cluster id its hello carried (see cluster_mismatch).
@@ -192,6 +210,16 @@ class ClusterNode(GroupCallbacks):
         hello = self.hellos.get(node)  # not registered yet (its first moments): what its hello said
         return hello.client_address if hello is not None else None
 
+    def _fsyncs(self) -> bool:
+        """Whether this node fsyncs its logs before acknowledging (what its hellos say)."""
+        fsync = getattr(self.config, "fsync", None)
+        return self.config.storage != "memory" and getattr(fsync, "mode", "always") == "always"
+
+    def _peers_fsync(self) -> bool:
+        """Whether every peer heard from said it fsyncs before acknowledging (a peer never
+        heard from has acknowledged nothing); one that did not say (None) is not assumed to."""
+        return all(hello.fsyncs is True for hello in self.hellos.values())
+
     # --- starting -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -202,11 +230,12 @@ class ClusterNode(GroupCallbacks):
         self.directory.hard_state = getattr(self.storage, "hard_state", None) or self.directory.hard_state
         raft = RaftConfig(election_timeout=self.config.election_timeout_ms / 1000.0,
                           heartbeat_interval=self.config.heartbeat_ms / 1000.0)
-        self.raft = NodeHost(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
+        self.raft = self.host_class(self, str(self.node_id), [str(n) for n in self.peers], raft, callbacks=self.directory,
                              clock=self.clock, rng=random.Random(self.rng.random()),
                              incarnation=self.identity.incarnation, cluster_id=self.identity.cluster_id,
                              on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))
         self.raft.transport.client_address = self.client_address or None
+        self.raft.transport.fsyncs = self._fsyncs()
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):
@@ -226,11 +255,35 @@ class ClusterNode(GroupCallbacks):
         if self.stopped:
             return
         self._foreign.pop(node, None)
+        if hello.incarnation is not None and self.is_retired(md.member_id(node, hello.incarnation)):
+            self._stale_peer(node, hello.incarnation)
+            return
         self.hellos[node] = hello
         assert self.identity is not None
         if self.identity.cluster_id is None:
             self._maybe_bootstrap()
         self._schedule_plan()
+
+    def is_retired(self, member: str) -> bool:
+        """Whether C{member} is an incarnation the metadata has replaced (a wiped node's old self)."""
+        return self.state is not None and self.state.is_retired(member)
+
+    def _stale_peer(self, node: int, incarnation: str) -> None:
+        """Peer C{node} said hello as an incarnation the cluster has replaced: tell it (it stops
+        with STALE_INCARNATION, see L{forwarded}) and close its connection."""
+        assert self.state is not None and self.raft is not None
+        current = self.state.nodes[node].incarnation
+        self._log.warn("peer node {node} came back as incarnation {inc}, which incarnation {current} replaced: "
+                       "refusing it (STALE_INCARNATION)", node=node, inc=incarnation, current=current)
+        notice = {"method": "StaleIncarnation",
+                  "params": {"node_id": node, "incarnation": incarnation, "current": current}}
+
+        def close(_: Any) -> None:
+            conn = self.raft.connections.get(str(node)) if self.raft is not None else None
+            if conn is not None and conn.hello is not None and conn.hello.incarnation == incarnation:
+                conn.transport.loseConnection()
+
+        self.raft.forward(str(node), notice, 1.0).addBoth(close)
 
     def peer_down(self, node: int) -> None:
         self._schedule_plan()
@@ -250,27 +303,53 @@ class ClusterNode(GroupCallbacks):
                          "--node-id and --data-dir")
 
     def _maybe_bootstrap(self) -> None:
-        """A new cluster's first start: once every peer said hello, the metadata group's
-        first configuration is their sorted member ids, the cluster id its hash."""
+        """This node's data dir has no cluster id yet: bootstrap a new cluster, or join one.
+
+        A new cluster's first start: once every peer said hello, the metadata group's first
+        configuration is their sorted member ids, the cluster id its hash. A node whose
+        peers' hellos already carry a cluster id (its data dir was wiped, or it is new)
+        joins that cluster as a new incarnation (L{_join}), once a majority of its peers
+        agree on the id: a minority must not pull a node into another cluster.
+        """
         assert self.identity is not None
-        if set(self.hellos) != set(self.peers):
-            return
         incarnations = {self.node_id: self.identity.incarnation}
         incarnations.update({n: h.incarnation for n, h in self.hellos.items() if h.incarnation is not None})
-        if set(incarnations) != set(self.peers) | {self.node_id}:
+        theirs = Counter(h.cluster_id for h in self.hellos.values() if h.cluster_id is not None)
+        everyone = set(self.hellos) == set(self.peers) and set(incarnations) == set(self.peers) | {self.node_id}
+        configuration = md.bootstrap_configuration(incarnations) if everyone else ()
+        cluster_id = md.cluster_id_for(configuration) if everyone else None
+        if theirs and set(theirs) != {cluster_id}:
+            joined, agree = theirs.most_common(1)[0]
+            if agree > len(self.peers) / 2:
+                self._join(joined, agree)
+            elif everyone:
+                self._refuse(f"peer nodes disagree on their cluster ({dict(theirs)}) and this node's data dir "
+                             "is new: no majority of its peers names one cluster to join")
             return
-        configuration = md.bootstrap_configuration(incarnations)
-        cluster_id = md.cluster_id_for(configuration)
-        for node, hello in self.hellos.items():
-            if hello.cluster_id not in (None, cluster_id):
-                self._refuse(f"peer node {node} belongs to cluster {hello.cluster_id} and this node's data dir is "
-                             "new: rejoining a cluster with a wiped data dir is not supported yet "
-                             "(docs/operations.md, \"Replacing a node\")")
-                return
+        if not everyone:
+            return
+        assert cluster_id is not None
         self.identity = attrs.evolve(self.identity, cluster_id=cluster_id, members=incarnations)
         self.identity_store.save(self.identity)
         self._log.info("bootstrapped cluster {cluster} with members {members}", cluster=cluster_id,
                        members=",".join(configuration))
+        self._run_raft()
+
+    def _join(self, cluster_id: str, agree: int) -> None:
+        """Join the existing cluster C{cluster_id} as this node id's new incarnation.
+
+        The node starts its metadata group empty and without members: it does not vote,
+        campaign or count towards any majority. It registers (RegisterNode through the
+        controller, which retires the old incarnation), the controller adds it to the
+        metadata group as a learner, and once it has the metadata it creates its partition
+        replicas empty; each group's leader then replaces the old member with this one,
+        as a learner first and a voter once caught up (docs/cluster.md, "Rejoining")."""
+        assert self.identity is not None
+        self.identity = attrs.evolve(self.identity, cluster_id=cluster_id, members={})
+        self.identity_store.save(self.identity)
+        self._log.info("joining cluster {cluster} ({agree} of {peers} peers name it) as incarnation {inc}, "
+                       "a new empty member: it votes in no group until it has caught up there",
+                       cluster=cluster_id, agree=agree, peers=len(self.peers), inc=self.identity.incarnation)
         self._run_raft()
 
     def _refuse(self, line: str) -> None:
@@ -286,7 +365,8 @@ class ClusterNode(GroupCallbacks):
     def _run_raft(self) -> None:
         assert self.identity is not None and self.identity.cluster_id is not None
         members = self.identity.members
-        configuration = md.bootstrap_configuration(members)
+        # Joined (not bootstrapped) here: no first configuration; the controller adds this node.
+        configuration = md.bootstrap_configuration(members) if members else ()
         assert self.raft is not None
         self.host = self.raft
         self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
@@ -297,7 +377,7 @@ class ClusterNode(GroupCallbacks):
         else:
             log = self.storage.create_topic(META, 1, TopicConfig())[0]
         log = getattr(log, "log", log)
-        if log.last_index == 0:
+        if log.last_index == 0 and configuration:
             log.append([Entry(1, 0, b"", configuration)])
         self.meta_log = log
         storage = ReplicaStorage(META, log, self.directory.hard_state, lambda: self.directory.committer,
@@ -378,6 +458,9 @@ class ClusterNode(GroupCallbacks):
                     self._results[entry.index] = result
                 self.meta_applied = entry.index
         self._refresh_topics()
+        if self.is_retired(self.member):
+            self._told_stale({"node_id": self.node_id, "incarnation": self.identity.incarnation,  # type: ignore[union-attr]
+                              "current": self.state.nodes[self.node_id].incarnation})
         waiting, self._applied_waiters = self._applied_waiters, []
         for index, d in waiting:
             if index <= self.meta_applied:
@@ -607,11 +690,24 @@ class ClusterNode(GroupCallbacks):
                 return self.create_topic(params)
             if method == "DeleteTopic":
                 return self.delete_topic(params)
+            if method == "StaleIncarnation":
+                return self._told_stale(params)
             raise errors.MethodNotFound(f"cannot forward {method!r}", method=method)
         except errors.StreamlogError as e:
             return fail(e)
         except (KeyError, ValueError) as e:
             return fail(errors.InvalidParams(f"bad forwarded request: {e}"))
+
+    def _told_stale(self, params: dict[str, Any]) -> Deferred:
+        """A peer says this node's incarnation was replaced (its node id re-registered with a
+        new data dir): this data dir must never run again in the cluster."""
+        assert self.identity is not None
+        if params.get("node_id") != self.node_id or params.get("incarnation") != self.identity.incarnation:
+            raise errors.InvalidParams("StaleIncarnation names another node or incarnation")
+        self._refuse(f"STALE_INCARNATION: node {self.node_id}'s data dir ({self.identity_store.path or 'memory'}, "
+                     f"incarnation {self.identity.incarnation}) was replaced by incarnation {params.get('current')} "
+                     "(a wiped disk rejoined): this old copy must not run; wipe it to rejoin as a new member")
+        return succeed({"stopping": True})
 
     def _controller_commit(self, command: Any) -> Deferred:
         """Commit C{command} as the controller: fires with (index, result) once applied here."""
@@ -694,22 +790,33 @@ class ClusterNode(GroupCallbacks):
         group = md.partition_group(info.topic_id, p)
         leader, term = self.leader_of(group)
         core = self.cores.get(group)
+        replica = self.directory.by_group.get(group)
+        offsets = replica.replica_offsets(md.node_of) if replica is not None and core is not None else None
         if core is not None and core.role == LEADER:
             live = self.live()
             isr = sorted({md.node_of(m) for m in core.voters
                           if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
         else:
-            isr = [n for n in placement.replicas if n in self.live()] if leader is not None else []
-        return {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
-                "isr": isr}
+            isr = self._announced_isr(group, leader, term)
+        entry = {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
+                 "isr": isr}
+        if offsets is not None:
+            entry["replica_offsets"] = offsets
+        return entry
+
+    def _announced_isr(self, group: str, leader: int | None, term: int) -> list[int]:
+        """The in-sync replicas of a group led elsewhere, as its leader last announced them
+        (its leadership announcements carry them: docs/raft.md); [] when none is known."""
+        if leader is None or self.raft is None:
+            return []
+        seen = self.raft.remote_leadership.get(str(leader), {}).get(group)
+        if seen is None or seen[0] != term:
+            return []
+        return sorted({md.node_of(m) for m in seen[1]})
 
     def metadata(self, params: dict[str, Any]) -> dict[str, Any]:
         """The C{Metadata} answer (docs/protocol.md)."""
-        names = params.get("topics")
-        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-            raise errors.InvalidParams("'topics' must be an array of topic names", field="topics")
-        if set(params) - {"topics"}:
-            raise errors.InvalidParams(f"unknown params {sorted(set(params) - {'topics'})}")
+        names = wire.parse_metadata(params, self.config.limits)
         state = self.state
         live = self.live() if self.identity is not None else {}
         nodes = [{"node_id": node, "address": self.address_of(node), "up": node == self.node_id or node in live}

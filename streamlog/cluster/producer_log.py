@@ -17,8 +17,9 @@ L{ProducerStateTable} in step with it:
     still knows the producers whose batches retention removed;
   - C{install_snapshot} (a follower too far behind the leader's log start):
     the snapshot data carries the record offset after the snapshot and the
-    leader's table as of it (L{encode_snapshot}); the log is reset with
-    both and the table restored from them.
+    leader's table as of it (L{streamlog.cluster.catchup.PartitionSnapshot},
+    decoded by L{streamlog.cluster.replica.ReplicaStorage.install_snapshot});
+    the log is reset with both and the table restored from them.
 
 At start-up L{rebuild} reads the table back: the producer state the log's
 start kept, then every record batch of the log (docs/storage.md,
@@ -28,43 +29,18 @@ are bound once, so the Raft core pays nothing for the indirection.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.logger import Logger
 
+from streamlog.cluster.catchup import PartitionSnapshot, snapshot_of
 from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
 from streamlog.raft.log import Entry, Members
 from streamlog.storage.base import RecordBatch
 
 #: Bytes read per step while rebuilding the table from the log.
 REBUILD_STEP_BYTES = 4 * 1024 * 1024
-
-# Partition snapshot data (InstallSnapshot of a partition group), version 1: magic, version,
-# the record offset after the snapshot, then the producer-state snapshot (table.snapshot bytes).
-_SNAP_MAGIC = b"SLPT"
-_SNAP_HEAD = struct.Struct(">4sBq")
-
-
-class BadPartitionSnapshot(ValueError):
-    """Snapshot data that is not a partition snapshot this code wrote."""
-
-
-def encode_snapshot(next_offset: int, producer_state: bytes) -> bytes:
-    """A partition group's snapshot data: where its records continue, and its producers."""
-    return _SNAP_HEAD.pack(_SNAP_MAGIC, 1, next_offset) + producer_state
-
-
-def decode_snapshot(data: bytes) -> tuple[int, bytes]:
-    """C{(next_offset, producer_state)} of L{encode_snapshot} data."""
-    if len(data) < _SNAP_HEAD.size:
-        raise BadPartitionSnapshot(f"{len(data)} bytes is too short for a partition snapshot")
-    magic, version, next_offset = _SNAP_HEAD.unpack_from(data)
-    if magic != _SNAP_MAGIC or version != 1 or next_offset < 0:
-        raise BadPartitionSnapshot(f"not a version-1 partition snapshot (magic {magic!r}, version {version})")
-    return next_offset, bytes(data[_SNAP_HEAD.size:])
-
 
 def rebuild(log: Any, config: ProducerStateConfig | None = None) -> ProducerStateTable:
     """The table of C{log}: what its start kept (C{producer_state}), then every record batch it holds."""
@@ -135,15 +111,18 @@ class ProducerTrackingLog:
 
     def reset(self, index: int, term: int, config: Members | None = None) -> None:
         """A snapshot without partition data (the leader sent none): the log and the table start empty."""
-        self.install_snapshot(index, term, config, b"")
+        self.install_snapshot(index, term, config, None)
 
-    def install_snapshot(self, index: int, term: int, config: Members | None, data: bytes) -> None:
-        """The Raft core installs a snapshot: reset the log after C{index} with the snapshot's offset and producers."""
-        next_offset: int | None = None
-        state = b""
-        if data:
-            next_offset, state = decode_snapshot(data)
-        self.raw.reset(index, term, config, next_offset=next_offset, producer_state=state)
+    def install_snapshot(self, index: int, term: int, config: Members | None,
+                         snapshot: PartitionSnapshot | None) -> None:
+        """A snapshot is installed: the log is reset after C{index} at the snapshot's record offset
+        with its producers, and the table restored from them (None: the log's own end, no producers)."""
+        if snapshot is None:
+            self.raw.reset(index, term, config)
+            state = b""
+        else:
+            state = snapshot.producer_state
+            self.raw.reset(index, term, config, next_offset=snapshot.next_offset, producer_state=state)
         self.table = ProducerStateTable.restore(state, self.table.config)
 
     def __getattr__(self, name: str) -> Any:
@@ -152,4 +131,4 @@ class ProducerTrackingLog:
 
     def snapshot_data(self, index: int) -> bytes:
         """What a leader sends a follower that needs a snapshot at C{index} (its log start - 1)."""
-        return encode_snapshot(self.raw.next_offset_after(index), self.table.snapshot(index))
+        return snapshot_of(self.raw, index, self.table.snapshot(index))

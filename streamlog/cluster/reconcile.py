@@ -117,8 +117,7 @@ def group_view(core: RaftNode) -> GroupView:
     """The `GroupView` of a Raft core, from what it exposes."""
     if core.role != LEADER:
         return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index)
-    # RaftNode has no public accessor for its learners yet; they are leader-local state.
-    learners = frozenset(core._learners)
+    learners = core.learners
     caught_up = frozenset(p for p in (set(core.peers) | learners) if core.caught_up(p))
     found = core.log.config_at(core.log.last_index)
     change_pending = found is not None and found[0] > core.commit_index

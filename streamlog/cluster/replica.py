@@ -28,10 +28,12 @@ from twisted.python.failure import Failure
 
 from streamlog import errors
 from streamlog.broker.partition import Partition
+from streamlog.cluster.catchup import PartitionSnapshot
 from streamlog.idempotence.rules import Outcome
 from streamlog.idempotence.table import Decision, ProducerStateTable
 from streamlog.raft.core import LEADER, HardState, NotLeader
 from streamlog.raft.driver import NotLeaderError
+from streamlog.raft.messages import InstallSnapshot
 from streamlog.storage.base import RecordBatch
 from streamlog.storage.group_commit import CommitterStopped
 
@@ -80,6 +82,24 @@ class ReplicaStorage:
             d.addErrback(lambda f: self._on_sync_failed(f))
             return None
         return d
+
+    def install_snapshot(self, m: InstallSnapshot) -> None:
+        """The leader's log starts after C{m.last_index}: this log is reset to start there, at
+        the record offset and with the producer state C{m.data} carries (L{PartitionSnapshot};
+        empty data: the log's own end). Data this version cannot read raises
+        PartitionSnapshotError before anything changes: the message is dropped (and logged),
+        the leader sends it again."""
+        snapshot = PartitionSnapshot.decode(m.data) if m.data else None
+        install = getattr(self.log, "install_snapshot", None)
+        if install is not None:
+            # The producer-tracking log (streamlog.cluster.producer_log): the log is reset and
+            # the replica's producer table restored from the same snapshot.
+            install(m.last_index, m.last_term, m.config, snapshot)
+        elif snapshot is None:
+            self.raw.reset(m.last_index, m.last_term, m.config)
+        else:
+            self.raw.reset(m.last_index, m.last_term, m.config, next_offset=snapshot.next_offset,
+                           producer_state=snapshot.producer_state)
 
     def sync_log(self) -> Deferred | None:
         committer = self._committer()
@@ -219,12 +239,18 @@ class PartitionReplica(Partition):
             )
         raise self.not_leader()
 
-    def not_leader(self) -> errors.NotLeader:
+    def not_leader(self, maybe_appended: bool = False) -> errors.NotLeader:
+        """C{NOT_LEADER} with the hint; C{maybe_appended}: the write was appended here before
+        this node lost the leadership (or gave up waiting for its commit), and the next
+        leader may still commit it, so the answer says so (C{maybe_appended: true})."""
         node, address = self.locate(self.leader if self.leader != self.member else None)
+        extra = {"maybe_appended": True} if maybe_appended else {}
         return errors.NotLeader(
             f"this node does not lead {self.topic}/{self.index}"
+            + ("; the write was appended and may still be committed" if maybe_appended else "")
             + (f"; its leader is node {node} at {address}" if node is not None else ""),
             topic=self.topic, partition=self.index, leader=node, leader_address=address, leader_term=self.term,
+            **extra,
         )
 
     def when_leading(self, clock: IReactorTime, timeout: float, write: bool = False) -> Deferred:
@@ -262,10 +288,13 @@ class PartitionReplica(Partition):
     def _wake_ready(self) -> None:
         if not self._ready_waiters:
             return
-        keep = []
-        woken = []
+        keep: list[tuple[Deferred, bool]] = []
+        woken: list[Deferred] = []
         for d, write in self._ready_waiters:
-            (woken if self._settled(write) else keep).append(d)
+            if self._settled(write):
+                woken.append(d)
+            else:
+                keep.append((d, write))  # with its kind: the next wake and _expire unpack both
         self._ready_waiters = keep
         for d in woken:
             d.callback(None)
@@ -280,16 +309,16 @@ class PartitionReplica(Partition):
     def append(self, batch: RecordBatch, acks: str) -> Deferred | None:
         """Append C{batch} as the group's next entry (leader only; L{check_leader} first).
 
-        C{acks="all"}: a Deferred that fires with None once the entry is
-        committed; C{"leader"}: fired already (the leader appended it);
-        C{"none"}: None.  The high watermark moves on the commit itself, so
+        C{acks="all"}: a Deferred that fires once the entry is committed,
+        with how many replicas hold it then (L{holding}); C{"leader"}: fired
+        already (the leader appended it), with 1; C{"none"}: None.  The high watermark moves on the commit itself, so
         an answer cancelled (its connection dropped) hides nothing.
         """
         if acks != "all":
             result = self.host.propose(self.group, batch)
             if isinstance(result, NotLeader):
                 raise self.not_leader()
-            return None if acks == "none" else succeed(None)
+            return None if acks == "none" else succeed(1)
         d = self.host.submit(self.group, batch)
         if d.called and isinstance(d.result, Failure) and isinstance(d.result.value, NotLeaderError):
             d.addErrback(lambda _: None)
@@ -303,11 +332,11 @@ class PartitionReplica(Partition):
                 return  # cancelled meanwhile, or answered by close()
             if isinstance(result, Failure):
                 if isinstance(result.value, NotLeaderError):
-                    answer.errback(self.not_leader())
+                    answer.errback(self.not_leader(maybe_appended=result.value.outcome_unknown))
                 else:
                     answer.errback(result)
             else:
-                answer.callback(None)
+                answer.callback(self.holding(result))
 
         d.addBoth(relay)
         return answer
@@ -376,6 +405,41 @@ class PartitionReplica(Partition):
         if self.producer_log is None:
             return []
         return self.producers.expire(now_ms)
+
+    def holding(self, index: int) -> int:
+        """How many replicas hold entry C{index} at this node's durability, as this node knows
+        at its commit: as leader, itself once its own sync covered it and each voter whose
+        acknowledged match index reaches it (a follower acknowledges after its own sync).  A
+        node that lost the leadership meanwhile (its entry committed in the next leader's
+        term) knows only that a majority does."""
+        node = self.node
+        voters = node.voters
+        quorum = len(voters) // 2 + 1
+        if node.role != LEADER:
+            return quorum
+        count = 0
+        for member in voters:
+            if member == node.id:
+                count += min(node.durable_index, node.log.last_index) >= index
+            else:
+                count += (node.match_index(member) or 0) >= index
+        return max(count, quorum)
+
+    def replica_offsets(self, node_of: Callable[[str], int]) -> list[dict[str, Any]] | None:
+        """As leader, each voter's log as this leader knows it, by node: C{match_index} (the
+        last entry known to match this log; for the leader itself its own last entry) and
+        C{log_end_offset} (the record offset after that entry; None for a follower behind
+        this log's start, which needs a snapshot).  None when this replica does not lead."""
+        node = self.node
+        if node is None or node.role != LEADER or self.closed_error is not None:
+            return None
+        log = self.log
+        out = []
+        for member in sorted(node.voters, key=node_of):
+            match = log.last_index if member == node.id else (node.match_index(member) or 0)
+            end = log.next_offset_after(match) if match >= log.start_index - 1 else None
+            out.append({"node_id": node_of(member), "match_index": match, "log_end_offset": end})
+        return out
 
     def apply_retention(self, now_ms: int) -> int:
         """Drop what retention allows, never past the commit index (C{RaftNode.compact});

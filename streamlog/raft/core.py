@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -164,7 +164,9 @@ class RaftNode:
     `peers` is the group's initial voter set (this node may be included): it applies until
     the log holds a configuration entry. A node joining an existing group starts with no
     peers and learns its membership from the leader. `hard_state` is what was last
-    persisted; `log` is the durable log as recovered.
+    persisted; `log` is the durable log as recovered. `reset_log(m)` replaces the log by an
+    InstallSnapshot `m` (default: `log.reset(m.last_index, m.last_term, m.config)`); a
+    partition log also needs what `m.data` says, the record offset its log resumes at.
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class RaftNode:
         config: RaftConfig,
         rng: random.Random,
         now: float = 0.0,
+        reset_log: Callable[[InstallSnapshot], None] | None = None,
     ):
         self.id = node_id
+        self._reset_log = reset_log
         self._initial_voters = frozenset(peers)
         self.voters: frozenset[str] = frozenset()
         self.peers: tuple[str, ...] = ()
@@ -404,6 +408,43 @@ class RaftNode:
         self._wake()
         return self._take()
 
+    def campaign(self, now: float) -> list[Effect]:
+        """Campaign now, without pre-vote, as a leader's TimeoutNow would make this node do:
+        for a group whose only voter is this node (nobody else's vote to wait an election
+        timeout for), or an operator's request. The new term is above the log's last term
+        too: a term the hard state lost in a crash must not make the new leader write below
+        its own log's term. Nothing happens at a leader or a node that may not campaign."""
+        self._now = now
+        if self.role != LEADER and self._may_campaign():
+            self.term = max(self.term, self.log.last_term)  # _campaign moves it on and persists it
+            self._campaign(pre_vote=False, transfer=True)
+        return self._take()
+
+    @property
+    def learners(self) -> frozenset[str]:
+        """The non-voters this leader replicates to (`add_learner`); empty unless leading."""
+        return frozenset(self._learners)
+
+    def followers_lost(self, members: Iterable[str], now: float) -> list[Effect]:
+        """As leader: the node of these followers is gone (the driver saw its connection close).
+        A voter's last answers, from before the loss, must not count any more: neither for
+        going quiet (a leader that went quiet counting a dead voter would never run
+        check-quorum again) nor for the next quorum check. A learner there is dropped: it
+        would keep the leader awake (see `_may_quiesce`) for nothing; whoever added it adds
+        it again once its node is back. A quiet leader wakes."""
+        self._now = now
+        if self.role == LEADER:
+            self._wake()
+            for m in members:
+                if m in self._learners:
+                    self._learners.discard(m)
+                    self._progress.pop(m, None)
+                    continue
+                pr = self._progress.get(m)
+                if pr is not None:
+                    pr.recent_active = False
+        return self._take()
+
     def leader_node_lost(self, now: float) -> list[Effect]:
         """The node of this group's leader is gone (its connection closed, or its node
         heartbeats stopped for an election timeout): a quiet follower would otherwise never
@@ -438,8 +479,9 @@ class RaftNode:
     def _may_quiesce(self) -> bool:
         """A leader goes quiet only when there is nothing left to tell anyone who listens:
         every follower (voter or learner) heard from since the last quorum check or wake holds
-        its whole log, all of it committed and on the leader's own disk, no transfer is under
-        way, and those followers and the leader are a quorum. A follower that did not answer
+        its whole log, and so does every learner (heard from or not: it has no election timer
+        to wake the group with), all of it committed and on the leader's own disk, no transfer
+        is under way, and those followers and the leader are a quorum. A follower that did not answer
         (its node is down, say) is no reason to stay awake: it cannot be sent anything anyway,
         and when it comes back its election timer runs (it is not quiet), so its first
         pre-vote wakes the group; the driver also wakes the group when its node reconnects. A
@@ -452,6 +494,11 @@ class RaftNode:
             return False
         active = 0
         for peer, p in self._progress.items():
+            if peer in self._learners and p.match < log.last_index:
+                # A learner catching up: unlike a voter it has no election timer whose pre-vote
+                # would wake the group, so a probe it missed (its replica was not created yet)
+                # would never be sent again.
+                return False
             if not p.recent_active:
                 continue
             if p.match != log.last_index or p.state != REPLICATE or p.inflight:
@@ -601,11 +648,8 @@ class RaftNode:
         self._heard_from_leader(frm)
         if m.last_index > self.commit_index:
             if self.log.term_at(m.last_index) != m.last_term:
-                install = getattr(self.log, "install_snapshot", None)
-                if install is not None:
-                    # A log that keeps application state with its start (a partition's
-                    # producers and record offset) takes the snapshot's data with the reset.
-                    install(m.last_index, m.last_term, m.config, m.data)
+                if self._reset_log is not None:
+                    self._reset_log(m)
                 else:
                     self.log.reset(m.last_index, m.last_term, m.config)
                 self._log_shrunk(m.last_index + 1)

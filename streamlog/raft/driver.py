@@ -73,7 +73,11 @@ PeerProtocol = PeerConnection  # the name main's tests and wiring knew
 
 
 class GroupStorage(Protocol):
-    """Durability for one group. Either method may return a Deferred (fsync in a thread)."""
+    """Durability for one group. Either method may return a Deferred (fsync in a thread).
+
+    It may also have `install_snapshot(m)`: how an InstallSnapshot `m` replaces its log (the
+    core's `reset_log`; a partition's log resumes at the record offset `m.data` carries).
+    """
 
     log: RaftLog
 
@@ -134,10 +138,14 @@ class NotLeaderError(Exception):
     """The write was refused, or its outcome is unknown because leadership moved: retry at
     `leader` (a hint, may be None). An idempotent producer makes the retry safe."""
 
-    def __init__(self, group: str, leader: str | None, message: str = "not the leader"):
+    def __init__(self, group: str, leader: str | None, message: str = "not the leader",
+                 outcome_unknown: bool = False):
         super().__init__(f"group {group}: {message} (leader hint: {leader})")
         self.group = group
         self.leader = leader
+        #: The entry was appended here and may still be committed (by the next leader): not a
+        #: refusal.  False for a proposal refused, or an entry another leader's replaced.
+        self.outcome_unknown = outcome_unknown
 
 
 @attrs.define
@@ -264,14 +272,14 @@ class _GroupRunner:
             if replaced or now >= w.deadline:
                 del self.waiters[index]
                 why = "write lost to a new leader" if replaced else "not committed in time; outcome unknown"
-                w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+                w.deferred.errback(NotLeaderError(self.group, self._hint(), why, outcome_unknown=not replaced))
         if not self.waiters:
             self.host._waiting.discard(self.group)
 
     def fail_all(self, why: str) -> None:
         waiters, self.waiters = self.waiters, {}
         for w in waiters.values():
-            w.deferred.errback(NotLeaderError(self.group, self._hint(), why))
+            w.deferred.errback(NotLeaderError(self.group, self._hint(), why, outcome_unknown=True))
 
     def _hint(self) -> str | None:
         leader = self.node.leader_id
@@ -317,6 +325,9 @@ class RaftHost:
     """
 
     _log = Logger()
+    #: The class of every group's Raft node (a test or the cluster simulator may put a
+    #: deliberately broken subclass here to prove that its checker catches the bug).
+    node_class: type[RaftNode] = RaftNode
 
     def __init__(
         self,
@@ -348,6 +359,9 @@ class RaftHost:
         self.callbacks = callbacks or GroupCallbacks()
         self.clock = clock
         self.rng = rng or random.Random()
+        #: The jitter of the dialers' reconnect backoff (Twisted's default, the global
+        #: C{random.random}; the cluster simulator draws it from its seed instead).
+        self.dial_jitter: Callable[[], float] = random.random
         self.on_fatal = on_fatal
         self.proposal_timeout = proposal_timeout if proposal_timeout is not None else 6 * config.election_timeout
         self.groups: dict[str, _GroupRunner] = {}
@@ -406,7 +420,7 @@ class RaftHost:
         if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
             return False
         service = ClientService(endpoint, self.transport.factory(expect=peer),
-                                retryPolicy=backoffPolicy(0.05, 2.0), clock=self.clock)
+                                retryPolicy=backoffPolicy(0.05, 2.0, jitter=self.dial_jitter), clock=self.clock)
         self._dialers[peer] = service
         service.startService()
         return True
@@ -434,8 +448,8 @@ class RaftHost:
         if (members and self.member_id not in members) or not others <= self.peers:
             raise ValueError(f"group {group}: members {sorted(members)} do not fit node {self.member_id}")
         rng = random.Random(self.rng.random())
-        node = RaftNode(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
-                        self.now())
+        node = self.node_class(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
+                               self.now(), reset_log=getattr(storage, "install_snapshot", None))
         runner = _GroupRunner(self, group, node, storage)
         self.groups[group] = runner
         self._awake.add(group)
@@ -489,6 +503,12 @@ class RaftHost:
     def transfer_leadership(self, group: str, target: str) -> None:
         runner = self.groups[group]
         runner.feed(runner.node.transfer_leadership(target, self.now()))
+
+    def campaign(self, group: str) -> None:
+        """Make this node's member of `group` campaign now (`RaftNode.campaign`): a group of
+        one is then led at once instead of after an election timeout."""
+        runner = self.groups[group]
+        runner.feed(runner.node.campaign(self.now()))
 
     def wake(self, group: str) -> None:
         runner = self.groups[group]
@@ -643,8 +663,9 @@ class RaftHost:
         for runner in list(self.groups.values()):
             n = runner.node
             if n.role == LEADER:
-                if n.quiet and any(node_of(m) == node for m in n.voters):
-                    runner.feed(n.wake(now))
+                lost = [m for m in n.voters | n.learners if node_of(m) == node]
+                if lost:
+                    runner.feed(n.followers_lost(lost, now))
             elif n.leader_id is not None and node_of(n.leader_id) == node:
                 runner.feed(n.leader_node_lost(now))
 

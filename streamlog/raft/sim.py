@@ -370,7 +370,7 @@ class Simulation:
                       "snapshot_ahead": 0,  # it holds the last entry and more after it
                       "snapshot_covered": 0,  # it already committed past the snapshot point
                       # Quiescence: groups going quiet, and quiet followers woken by node liveness.
-                      "quiesced": 0, "node_lost": 0, "connection_lost": 0,
+                      "quiesced": 0, "node_lost": 0, "connection_lost": 0, "follower_lost": 0,
                       "leader_ahead_of_disk": 0}  # a commit released while its leader's disk lagged
         self.last_config_change = float("-inf")
 
@@ -998,6 +998,12 @@ class Simulation:
             self.stats["connection_lost"] += 1
             self._log(f"{h.id} lost its connection to {peer}, its leader")
             self._feed(h, h.node.leader_node_lost(h.local(self.now)))
+        elif h.up and h.node is not None and h.node.role == LEADER and (
+                peer in h.node.voters or peer in h.node.learners):
+            # As RaftHost does: the leader stops counting the lost follower's last answers.
+            self.stats["follower_lost"] += 1
+            self._log(f"{h.id} lost its connection to {peer}, its follower")
+            self._feed(h, h.node.followers_lost([peer], h.local(self.now)))
 
     # ------------------------------------------------------------------ client
 

@@ -13,7 +13,7 @@ a raw body of exactly ``len`` bytes announced in the header::
 
 Types:
 
-* ``hello`` ``{v, cluster, node, inc}``: the first message each way. The dialing side sends it
+* ``hello`` ``{v, cluster, node, inc, addr?, fsync?}``: the first message each way. The dialing side sends it
   at once; the accepting side answers only after a valid hello, so a client that connects to
   the peer listener gets nothing (and is closed after the handshake timeout). A protocol
   version, node id or cluster id that does not fit is refused (logged, counted; a cluster id
@@ -53,11 +53,11 @@ from typing import Any, Protocol
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from streamlog.raft.log import Entry
 from streamlog.raft.messages import AppendEntries, InstallSnapshot, Message, from_dict, to_dict
@@ -72,6 +72,24 @@ def node_of(member: str) -> str:
 
 class BadPeerMessage(ValueError):
     """What a peer sent cannot be trusted: the connection is closed."""
+
+
+class DelayedCall(Protocol):
+    """What the transport uses of a C{callLater} result."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the transport uses of a reactor's time (C{IReactorTime}; a C{task.Clock} in tests).
+
+    A structural type rather than the zope interface, so that mypy checks the calls."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> DelayedCall: ...
 
 
 # ---------------------------------------------------------------------- entry frames
@@ -153,6 +171,9 @@ class Hello:
     #: Where the node serves clients (``addr``, optional): what other nodes tell clients of it
     #: before the cluster metadata has it.
     client_address: str | None = None
+    #: Whether the node fsyncs its log before acknowledging entries (``fsync``, optional: its
+    #: ``--fsync always``), so that a leader's acks=all answer says what its replicas did.
+    fsyncs: bool | None = None
 
 
 class TransportHost(Protocol):
@@ -197,6 +218,9 @@ class PeerConnection(TwistedProtocol):
     """One connection to one peer node: the parser, the hello, and the two send queues."""
 
     _log = Logger()
+    #: The TCP (or in-memory) transport, once connected; typed loosely because mypy cannot
+    #: read zope interfaces (the calls are C{ITransport}'s).
+    transport: Any
 
     def __init__(self, transport_: PeerTransport, expect: str | None = None):
         self.peer_transport = transport_
@@ -347,8 +371,7 @@ class PeerConnection(TwistedProtocol):
             for group, to, frm, msg in decoded:
                 pt._deliver(peer, group, to, frm, msg)
         elif kind == "ae":
-            group, to, frm = header.get("g"), header.get("to"), header.get("fr")
-            self._check_route(group, to, frm)
+            group, to, frm = self._check_route(header.get("g"), header.get("to"), header.get("fr"))
             lengths = _need(header, "f", list)
             if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
                 raise BadPeerMessage("ae: f must be a non-empty list of frame lengths")
@@ -376,13 +399,13 @@ class PeerConnection(TwistedProtocol):
             pt.stats["frames_received"] += len(entries)
             pt._deliver(peer, group, to, frm, attrs.evolve(msg, entries=tuple(entries)))
         elif kind == "snap":
-            group, to, frm = header.get("g"), header.get("to"), header.get("fr")
-            self._check_route(group, to, frm)
+            group, to, frm = self._check_route(header.get("g"), header.get("to"), header.get("fr"))
             fields = _need(header, "m", dict)
             try:
                 msg = from_dict({**fields, "type": InstallSnapshot.kind, "data": ""})
             except ValueError as e:
                 raise BadPeerMessage(str(e)) from None
+            assert isinstance(msg, InstallSnapshot)  # from_dict builds the type it is given
             pt._deliver(peer, group, to, frm, attrs.evolve(msg, data=body))
         elif kind == "lead":
             groups = _need(header, "groups", dict)
@@ -401,11 +424,13 @@ class PeerConnection(TwistedProtocol):
             request_id = _need(header, "id", int)
             pt._forward_result(peer, request_id, header.get("res"))
 
-    def _check_route(self, group: Any, to: Any, frm: Any) -> None:
+    def _check_route(self, group: Any, to: Any, frm: Any) -> tuple[str, str, str]:
+        """The route of a group message, checked: (group, to, from), all strings."""
         if not (isinstance(group, str) and isinstance(to, str) and isinstance(frm, str)):
             raise BadPeerMessage("group, to and from must be strings")
         if node_of(frm) != self.peer:
             raise BadPeerMessage(f"message from member {frm!r} on the connection of node {self.peer}")
+        return group, to, frm
 
     def _receive_hello(self, header: dict[str, Any]) -> None:
         pt = self.peer_transport
@@ -414,6 +439,7 @@ class PeerConnection(TwistedProtocol):
         inc = header.get("inc")
         cluster = header.get("cluster")
         addr = header.get("addr")
+        fsyncs = header.get("fsync")
         if version != PROTOCOL_VERSION:
             self._refuse("refused_hellos", "peer speaks protocol version {version}, we speak {ours}",
                          version=version, ours=PROTOCOL_VERSION)
@@ -423,7 +449,7 @@ class PeerConnection(TwistedProtocol):
             self._refuse("refused_hellos", "hello from unknown node {node!r}", node=node)
             return
         if not (inc is None or isinstance(inc, str)) or not (cluster is None or isinstance(cluster, str)) \
-                or not (addr is None or isinstance(addr, str)):
+                or not (addr is None or isinstance(addr, str)) or not (fsyncs is None or isinstance(fsyncs, bool)):
             self._refuse("refused_hellos", "malformed hello from {node!r}", node=node)
             return
         if cluster is not None and pt.cluster_id is not None and cluster != pt.cluster_id:
@@ -439,7 +465,7 @@ class PeerConnection(TwistedProtocol):
         if self.expect is None:
             self.transport.write(_header_line(pt.hello_header()))  # the accepting side answers now
         self.peer = node
-        self.hello = Hello(node, inc, cluster, version, addr)
+        self.hello = Hello(node, inc, cluster, version, addr, fsyncs)
         pt._connection_made(node, self)
 
     def _refuse(self, counter: str, text: str, **fields: Any) -> None:
@@ -546,7 +572,7 @@ class PeerTransport:
         node_id: str,
         peers: Iterable[str],
         host: TransportHost,
-        clock: IReactorTime,
+        clock: Clock,
         incarnation: str | None = None,
         cluster_id: str | None = None,
         codec: FrameCodec | None = None,
@@ -563,6 +589,8 @@ class PeerTransport:
         self.cluster_id = cluster_id
         #: This node's client address, sent in the hello if set (the node wiring sets it).
         self.client_address: str | None = None
+        #: Whether this node fsyncs before acknowledging, sent in the hello if set (the node wiring).
+        self.fsyncs: bool | None = None
         self.codec: FrameCodec = codec or StoredFrameCodec()
         self.limits = limits or TransportLimits()
         self.heartbeat_interval = heartbeat_interval
@@ -574,13 +602,15 @@ class PeerTransport:
         self._silent: set[str] = set()
         self._beat_due = 0.0
         self._next_forward = 0
-        self._forwards: dict[int, tuple[str, Deferred]] = {}
+        self._forwards: dict[int, tuple[str, Deferred[Any]]] = {}
 
     def hello_header(self) -> dict[str, Any]:
         header = {"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster_id, "node": self.node_id,
                   "inc": self.incarnation}
         if self.client_address:
             header["addr"] = self.client_address
+        if self.fsyncs is not None:
+            header["fsync"] = self.fsyncs
         return header
 
     def factory(self, expect: str | None = None) -> Factory:
@@ -621,7 +651,7 @@ class PeerTransport:
         for conn in targets:
             conn.send_control({"t": "lead", "full": full, "groups": groups})
 
-    def forward(self, node: str, request: Any, timeout: float = 5.0) -> Deferred:
+    def forward(self, node: str, request: Any, timeout: float = 5.0) -> Deferred[Any]:
         """Send `request` (JSON-able) to `node`; the Deferred fires with its answer, or fails
         with ConnectionError if the connection is down or goes down first, or on timeout."""
         conn = self.connections.get(node)
@@ -629,10 +659,16 @@ class PeerTransport:
             return _failed(ConnectionError(f"no connection to node {node}"))
         self._next_forward += 1
         request_id = self._next_forward
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._forwards[request_id] = (node, d)
         call = self.clock.callLater(timeout, self._forward_timeout, request_id)
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+        def stop_timer(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(stop_timer)
         conn.send_control({"t": "fwd", "id": request_id, "req": request})
         return d
 
@@ -739,7 +775,7 @@ class PeerTransport:
             pending[1].errback(TimeoutError(f"no answer from node {pending[0]}"))
 
 
-def _failed(error: Exception) -> Deferred:
+def _failed(error: Exception) -> Deferred[Any]:
     from twisted.internet.defer import fail
 
     return fail(error)

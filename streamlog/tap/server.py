@@ -32,6 +32,7 @@ from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
+from streamlog.tap import group_options
 
 _log = Logger()
 
@@ -170,7 +171,7 @@ class Options(usage.Options):
          "when a new leader replaces its uncommitted tail.", int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters() + _peer_limit_parameters()
+    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -218,6 +219,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"producer state options: {e} (--producer-state-batches, "
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
                                    "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
+        group_options.check(self)
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -288,6 +290,7 @@ class Options(usage.Options):
             producer_state=self["producer-state"],
             peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
                                            for f in attrs.fields(TransportLimits)}),
+            groups=group_options.group_config(self),
         )
 
     def limits(self) -> wire.Limits:
@@ -486,6 +489,7 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
+    hold_stop_signals(reactor)
     node = Node(options.node_config(), reactor)
     try:
         node.open()
@@ -493,3 +497,46 @@ def makeService(options: Options) -> service.IService:
         raise SystemExit(f"streamlog-server: {e}") from None
     tune_for_throughput(options["gc-threshold"])
     return node
+
+
+def hold_stop_signals(reactor: Any) -> list[int]:
+    """Take SIGINT and SIGTERM over until the reactor runs; returns what arrived meanwhile.
+
+    The listener is bound while C{makeService} runs (clients may already
+    connect) and twistd installs the reactor's signal handlers only in
+    C{reactor.run}: a Ctrl-C in between raised C{KeyboardInterrupt} out of
+    whatever start-up step was running (a traceback in the middle of recovery),
+    and a SIGTERM killed the process without the clean stop.  Meanwhile a
+    signal is only remembered; once the reactor runs (its own handlers in
+    place) the node stops at once, as it would for the same signal later:
+    services stopped, storage closed, and twistd exits by that signal.
+    """
+    import signal
+
+    arrived: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        arrived.append(signum)  # nothing else here: the start-up step it interrupts goes on
+
+    def starting() -> None:
+        # Just before the reactor installs its own handlers ("during" startup), which it does
+        # for SIGINT only over Python's default one: the handlers as they were.
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is remember:
+                signal.signal(signum, handler)
+        if arrived:
+            reactor.callWhenRunning(stop)
+
+    def stop() -> None:
+        signum = arrived[0]
+        _log.info("{signal} arrived during start-up: stopping", signal=signal.Signals(signum).name)
+        # The reactor's own handling of that signal (a clean stop, then twistd exits by it).
+        handle = getattr(reactor, "sigInt" if signum == signal.SIGINT else "sigTerm", None)
+        if handle is not None:
+            handle(signum, None)
+        else:
+            reactor.stop()
+
+    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)}
+    reactor.addSystemEventTrigger("before", "startup", starting)
+    return arrived

@@ -79,3 +79,13 @@ def test_produce_with_idempotence_on_and_off() -> None:
         check_common(r, "produce")
         assert r["messages"] == 2000 and r["idempotence"] == mode
     assert bench("produce", "--messages", "500", "--acks", "none")["idempotence"] == "off"
+
+
+def test_produce_and_consume_on_a_three_node_cluster_the_bench_starts() -> None:
+    r = bench("produce", "--nodes", "3", "--messages", "3000", "--batch", "100", "--size", "100", timeout=120)
+    assert r["server"]["nodes"] == 3 and r["server"]["replication_factor"] == 3
+    assert r["messages"] == 3000 and r["msgs_per_s"] > 0
+    assert len(r["cpu_pct_of_one_core"]["nodes"]) == 3
+    check_latency(r["latency_ms"])
+    r = bench("consume", "--nodes", "3", "--messages", "3000", "--batch", "500", "--size", "64", timeout=120)
+    assert r["server"]["replication_factor"] == 3 and r["messages"] == 3000

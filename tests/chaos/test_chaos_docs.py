@@ -40,3 +40,21 @@ def test_the_example_output_is_real(tmp_path, capsys):
     assert main([str(tmp_path / "history.jsonl")]) == 1
     out = capsys.readouterr().out
     assert f"$ python -m streamlog.chaos.checker history.jsonl\n{out}$ echo $?\n1\n" in DOC
+
+
+def test_every_chaos_option_and_fault_kind_is_documented():
+    import argparse
+
+    from streamlog.chaos.schedule import KINDS
+    from streamlog.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    chaos = sub.choices["chaos"]
+    runner = DOC[DOC.index("## The chaos runner"):DOC.index("## The history checker")]
+    for action in chaos._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option not in ("--help", "--connect", "--timeout"):
+                assert option in runner, option
+    for kind in KINDS:
+        assert f"| `{kind}` |" in runner, kind

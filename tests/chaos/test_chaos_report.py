@@ -24,3 +24,14 @@ def test_no_acks_no_gaps():
     h = History(faults=[Fault("kill", "n1", 1.0, 2.0)])
     assert write_gaps(h) == [(h.faults[0], 0.0)]
     assert "longest time without" not in summary(check(h), h)
+
+
+def test_partition_gaps_show_the_failover_of_the_partition_that_waited():
+    from streamlog.chaos.report import partition_write_gaps
+
+    p0 = [Send(i, "p", t - 0.1, t, "t", f"a{i}", OK, 0, i) for i, t in enumerate((1.0, 2.0, 6.0, 7.0))]
+    p1 = [Send(10 + i, "p", t - 0.1, t, "t", f"b{i}", OK, 1, i) for i, t in enumerate((1.5, 2.5, 3.0, 3.5, 4.0))]
+    h = History(sends=p0 + p1, faults=[Fault("kill", "n1", 2.2, 3.0)])
+    [(fault, gaps)] = partition_write_gaps(h)
+    assert gaps == {("t", 0): 4.0, ("t", 1): 1.0}  # p0 waited 2.0 -> 6.0; p1 went on
+    assert write_gaps(h) == [(fault, 0.5)]  # some partition was acknowledged every 0.5 s

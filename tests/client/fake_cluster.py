@@ -36,6 +36,8 @@ class FakePartition:
         self.term = 1
         self.replicas = list(replicas)
         self.isr = list(replicas)
+        #: node id -> log end offset, as the leader would answer in replica_offsets (None: not given).
+        self.log_ends: dict[int, int] | None = None
         self.records: list[dict[str, Any]] = []
         #: The partition's idempotent-producer state (the real table; "Raft indexes" count appends).
         self.producers = ProducerStateTable()
@@ -135,6 +137,12 @@ class FakeNode:
             answer = copy.deepcopy(self.frozen_metadata)
         else:
             answer = self.cluster.metadata()
+            for t in answer["topics"]:  # a leader tells what it knows of its replicas
+                for p in t["partitions"]:
+                    part = self.cluster.topics[t["topic"]][p["partition"]]
+                    if part.log_ends is not None and part.leader == self.node_id:
+                        p["replica_offsets"] = [{"node_id": n, "match_index": end, "log_end_offset": end}
+                                                for n, end in sorted(part.log_ends.items())]
         wanted = params.get("topics")
         if wanted is not None:
             by_name = {t["topic"]: t for t in answer["topics"]}

@@ -167,3 +167,55 @@ def test_leader_not_available_is_waited_out_within_the_timeout(cluster):
         cluster.fake.move_leader("t", 0, None)
     with BlockingClient(cluster.bootstrap, timeout=1) as c, pytest.raises(errors.LeaderNotAvailable):
         c.poll("t", 0, 0)
+
+
+def test_a_send_whose_leader_dies_with_it_unanswered_is_sent_again_to_the_new_leader(cluster):
+    """A failover is not an error to a script: the lost answer is resent (the Producer's rule)."""
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=5) as c:
+        assert c.send("t", "first", partition=0)["offset"] == 0
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = {"Send"}  # reads the next Send and never answers
+
+        def fail_over():
+            with cluster.lock:
+                cluster.fake.move_leader("t", 0, 2)
+            cluster.kill(1)
+
+        threading.Timer(0.3, fail_over).start()
+        assert c.send("t", "second", partition=0)["offset"] == 1
+    assert asked(cluster, "Send") == [1, 1, 2]
+    assert cluster.fake.values("t", 0) == ["first", "second"]
+
+
+def test_a_send_that_never_gets_through_fails_with_delivery_timeout_saying_it_may_be_stored(cluster):
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=0.5, delivery_timeout=1.5) as c:
+        c.send("t", "first", partition=0)
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = {"Send"}  # a stalled leader: every attempt times out
+        with pytest.raises(errors.DeliveryTimeout) as e:
+            c.send("t", "second", partition=0)
+    assert e.value.details["sent"] is True and e.value.details["attempts"] >= 2
+    assert e.value.details["last_error"]["code"] == "TIMEOUT"
+
+
+def test_a_write_given_up_after_an_attempt_that_may_have_landed_says_so(cluster):
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    calls = []
+
+    def first_lost_then_refused(params):
+        calls.append(params)
+        if len(calls) == 1:
+            return errors.NotLeader("stepped down after appending", topic="t", partition=0, leader=1,
+                                    leader_address=cluster.fake.nodes[1].address, leader_term=1,
+                                    maybe_appended=True)
+        return errors.Internal("boom")
+
+    with BlockingClient(cluster.bootstrap, timeout=5) as c:
+        with cluster.lock:
+            cluster.fake.nodes[1].faults["Send"] = first_lost_then_refused
+        with pytest.raises(errors.Internal) as e:
+            c.send("t", "x", partition=0)
+    assert len(calls) == 2 and e.value.details["maybe_appended"] is True
+    assert "may have stored it" in e.value.message

@@ -143,6 +143,53 @@ def test_a_leader_that_dies_with_batches_in_flight(clock, cluster, client):
     assert [v["n"] for v in cluster.values("t", 0)] == list(range(100))
 
 
+def test_a_leader_dying_with_a_window_in_flight_is_resent_at_once_not_a_backoff_per_batch(clock, cluster, client):
+    # The four batches in flight fail together when the leader's connection closes: one failure
+    # of the partition, so the first resend goes at once (it was 0.4-0.8 s: a backoff of four).
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=1, batch_size=20, max_in_flight=8)
+    first = [producer.send("t", {"n": i}, partition=0) for i in range(20)]
+    run_until(clock, cluster, lambda: all(d.called for d in first))
+    cluster.nodes[1].black_hole = True
+    later = [producer.send("t", {"n": i}, partition=0) for i in range(20, 100)]
+    run_for(clock, cluster, 0.2)
+    assert len(cluster.nodes[1].swallowed) == 4
+    cluster.move_leader("t", 0, 2)  # elected already when the client asks
+    cluster.kill(1)
+    began = clock.seconds()
+    run_until(clock, cluster, lambda: all(d.called for d in later), step=0.001, limit=30)
+    assert clock.seconds() - began < 0.05
+    assert [v["n"] for v in cluster.values("t", 0)] == list(range(100))
+
+
+def test_after_the_first_resend_went_through_the_other_failed_batches_go_together_in_order(clock, cluster, client):
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=1, batch_size=20, max_in_flight=8)
+    first = [producer.send("t", {"n": i}, partition=0) for i in range(20)]
+    run_until(clock, cluster, lambda: all(d.called for d in first))
+    cluster.nodes[1].black_hole = True
+    later = [producer.send("t", {"n": i}, partition=0) for i in range(20, 100)]
+    run_for(clock, cluster, 0.2)
+    assert len(cluster.nodes[1].swallowed) == 4
+    new = cluster.nodes[2]
+
+    def answer_the_first_only(params):
+        new.black_hole = {"SendBatch"}  # it answers this one, then holds what comes next
+        return None
+
+    new.faults["SendBatch"] = answer_the_first_only
+    cluster.move_leader("t", 0, 2)
+    cluster.kill(1)
+    run_for(clock, cluster, 0.05)
+    assert [v["n"] for v in cluster.values("t", 0)] == list(range(40))  # the oldest resent alone
+    assert len(new.swallowed) == 3  # then the other three together (not one round trip each)
+    del new.faults["SendBatch"]
+    new.black_hole = False  # the held three time out and go again
+    run_until(clock, cluster, lambda: all(d.called for d in later), limit=30)
+    assert [o for _, o in acked(first + later)] == list(range(100))
+    assert [v["n"] for v in cluster.values("t", 0)] == list(range(100))
+
+
 def test_batches_in_flight_behind_a_failed_one_go_again_after_it(clock, cluster, client):
     cluster.create_topic("t", 1, leaders=[1])
     producer = Producer(client, linger_ms=1, batch_size=10, max_in_flight=8)
@@ -387,3 +434,24 @@ def test_messages_are_encoded_as_their_dicts_would_be(value, key, headers):
     from streamlog.client.producer import _encode
 
     assert _encode(value, key, 7, headers) == orjson.dumps(requests.message(value, key, 7, headers))
+
+
+def test_a_batch_failed_after_an_attempt_that_may_have_landed_is_never_reported_as_not_stored(clock, cluster):
+    client = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(3),
+                           request_timeout=2.0)
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=1)
+    send_one(clock, cluster, producer, {"n": 0})
+    cluster.nodes[1].black_hole = {"SendBatch"}  # the leader reads the batch and never answers
+    d = producer.send("t", {"n": 1}, partition=0)
+    run_for(clock, cluster, 0.2)
+    assert cluster.nodes[1].swallowed  # written: it may be stored
+    cluster.move_leader("t", 0, None)  # then an election: the resends are refused
+    run_for(clock, cluster, 4.0)
+    assert not d.called
+    closed = client.close()
+    cluster.pump()
+    result_of(closed)
+    [failure] = results([d])
+    assert failure.check(errors.ConnectionLost)
+    assert failure.value.details["maybe_appended"] is True and failure.value.details["sent"] is True

@@ -56,14 +56,13 @@ def test_status_shows_cluster_controller_nodes_and_partitions(cluster, capsys):
     assert [r[:3] for r in nodes] == [[str(i + 1), addresses[i], "yes"] for i in range(3)]
     assert all(r[3] == "ok" and r[5] == "ms" for r in nodes)
     parts = rows(out, "TOPIC")
-    assert parts == [["audit", "0", "2", "1", "2,1,3", "2,1,3"],
-                     ["orders", "0", "1", "1", "1,2,3", "1,2,3"],
-                     ["orders", "1", "2", "1", "2,1,3", "2,1,3"],
-                     ["orders", "2", "3", "1", "3,1,2", "3,1,2"]]
+    assert parts == [["audit", "0", "2", "1", "2,1,3", "2,1,3", "-"],
+                     ["orders", "0", "1", "1", "1,2,3", "1,2,3", "-"],
+                     ["orders", "1", "2", "1", "2,1,3", "2,1,3", "-"],
+                     ["orders", "2", "3", "1", "3,1,2", "3,1,2", "-"]]  # no leader gave offsets: lag unknown
     assert "4 partition(s) in 2 topic(s): 0 under-replicated" in out
-    assert "LAG" not in out  # the Metadata answer carries no per-replica offsets: no column made up
-    with cluster.lock:  # one Metadata (all topics), then one Ping per node
-        assert [n for n, _ in cluster.fake.sent("Metadata")] == [1]
+    with cluster.lock:  # one Metadata (all topics), then one Ping and one Metadata per node
+        assert sorted(n for n, _ in cluster.fake.sent("Metadata")) == [1, 1, 2, 3]
         assert cluster.fake.sent("Metadata")[0][1] == {}
         assert sorted(n for n, _ in cluster.fake.sent("Ping")) == [1, 2, 3]
 
@@ -121,7 +120,7 @@ def test_no_controller_and_a_partition_without_leader_are_shown_as_none(cluster,
     code, out, _ = status(capsys, "--connect", cluster.bootstrap)
     assert code == 0
     assert "controller: none (the metadata group is electing one)" in out
-    assert rows(out, "TOPIC")[0] == ["audit", "0", "none", "2", "2,1,3", "2,1,3"]
+    assert rows(out, "TOPIC")[0] == ["audit", "0", "none", "2", "2,1,3", "2,1,3", "-"]
     assert "1 under-replicated (in-sync replicas fewer than replicas, or no leader), 1 without a leader" in out
 
 
@@ -188,3 +187,20 @@ def test_status_with_no_topics_says_so(capsys):
     assert code == 0
     assert out.rstrip().endswith("no topics")
     assert "TOPIC" not in out
+
+
+def test_lag_comes_from_each_partitions_leader_per_replica(cluster, capsys):
+    with cluster.lock:
+        cluster.fake.topics["orders"][1].log_ends = {1: 40, 2: 52, 3: 52}  # led by node 2: node 1 is 12 behind
+        cluster.fake.topics["orders"][2].log_ends = {1: 7, 2: 7, 3: 7}  # led by node 3: in sync
+    code, out, _ = status(capsys, "--connect", cluster.bootstrap)
+    assert code == 0
+    parts = {(r[0], r[1]): r for r in rows(out, "TOPIC")}
+    assert parts[("orders", "1")][6] == "1:12,3:0"
+    assert parts[("orders", "2")][6] == "0"
+    assert parts[("orders", "0")][6] == "-"  # its leader gave no offsets
+    code, out, _ = status(capsys, "--connect", cluster.bootstrap, "--json")
+    by = {(t["topic"], p["partition"]): p for t in orjson.loads(out)["topics"] for p in t["partitions"]}
+    assert by[("orders", 1)]["lag"] == {"2": 0, "1": 12, "3": 0}
+    assert by[("orders", 1)]["replica_offsets"][0] == {"node_id": 1, "match_index": 40, "log_end_offset": 40}
+    assert by[("orders", 0)]["lag"] is None and by[("orders", 0)]["replica_offsets"] == []

@@ -124,6 +124,10 @@ class ThreadedCluster:
             node = self.fake.nodes[node_id]
             request = wire.decode_request(line)
             self.fake.requests.append((node_id, request.method, request.params))
+            hole = node.black_hole
+            if hole is True or (hole and request.method in hole):
+                node.swallowed.append((request.method, request.params))  # read, never answered
+                return
             try:
                 result = node.handle(conn, request)  # type: ignore[arg-type]
             except errors.StreamlogError as e:

@@ -203,3 +203,101 @@ def test_metadata_gives_every_connected_nodes_address_before_it_registered():
                 (j, f"127.0.0.1:{7000 + j}", True) for j in (1, 2, 3)], i
     finally:
         c.stop()
+
+
+def test_metadata_gives_the_leaders_replica_offsets_and_isr_and_send_counts_holders_exactly(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    f1, f2 = [i for i in cluster.nodes if i != leader]
+    for n in range(3):
+        assert "result" in cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": n})
+
+    def offsets(at):
+        [p] = cluster.call(at, "Metadata", {"topics": ["t"]})["result"]["topics"][0]["partitions"]
+        return p
+
+    cluster.run_until(lambda: [r["log_end_offset"] for r in offsets(leader)["replica_offsets"]] == [3, 3, 3])
+    assert [r["node_id"] for r in offsets(leader)["replica_offsets"]] == [1, 2, 3]
+    assert "replica_offsets" not in offsets(f1)  # only the leader knows them
+
+    cluster.kill(f2)
+    answer = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "late"})["result"]
+    assert answer["replicas"] == 2 and answer["replication_factor"] == 3  # the leader and f1, no more
+    cluster.run(0.3)
+    seen = {r["node_id"]: r["log_end_offset"] for r in offsets(leader)["replica_offsets"]}
+    assert seen == {leader: 4, f1: 4, f2: 3}
+    assert offsets(leader)["isr"] == sorted([leader, f1])
+    cluster.run_until(lambda: offsets(f1)["isr"] == sorted([leader, f1]))
+    # A follower's isr is what the leader announced, not a guess from its own connections.
+    group = partition_group(cluster.nodes[1].state.topics["t"].topic_id, 0)
+    announced = cluster.nodes[f1].raft.remote_leadership[str(leader)][group]
+    announced[1] = [m for m in announced[1] if m.startswith(f"{leader}.")]
+    assert offsets(f1)["isr"] == [leader]
+
+
+def test_acks_all_says_fsync_only_if_the_leader_and_every_peer_fsync_before_acknowledging(cluster):
+    import attrs
+    from twisted.internet.defer import maybeDeferred
+
+    from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
+
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    for broker in cluster.brokers.values():
+        broker.committer = GroupCommitter(FsyncPolicy.parse("always"), cluster.clock,
+                                          lambda f, *a: maybeDeferred(f, *a), checkpoint_interval=None)
+    node = cluster.nodes[leader]
+
+    def send():
+        return cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "v"})["result"]["durability"]
+
+    assert send() == "memory"  # what the harness's memory storage nodes say in their hellos
+    node.hellos = {n: attrs.evolve(h, fsyncs=True) for n, h in node.hellos.items()}
+    assert send() == "fsync"
+    other = next(iter(node.hellos))
+    node.hellos[other] = attrs.evolve(node.hellos[other], fsyncs=False)  # one peer runs --fsync never
+    assert send() == "memory"
+    node.hellos[other] = attrs.evolve(node.hellos[other], fsyncs=True)
+    cluster.brokers[leader].committer = GroupCommitter(FsyncPolicy.parse("never"), cluster.clock,
+                                                       lambda f, *a: maybeDeferred(f, *a), checkpoint_interval=None)
+    assert send() == "memory"  # the leader itself does not fsync: not "fsync"
+
+
+def test_a_leader_that_cannot_commit_an_appended_send_answers_not_leader_saying_it_may_be_appended(cluster):
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    for i in cluster.nodes:
+        if i != leader:
+            cluster.kill(i)  # its followers die: the entry is appended here and never committed
+    conn = cluster.connect(leader)
+    rid = conn.request("Send", {"topic": "t", "partition": 0, "value": "v"})
+    cluster.run_until(lambda: any(a["id"] == rid for a in conn.answers(keep=True)), timeout=10)
+    [answer] = [a for a in conn.answers() if a["id"] == rid]
+    error = answer["error"]
+    assert error["code"] == "NOT_LEADER" and error["maybe_appended"] is True
+    assert "may still be committed" in error["message"]
+    refused = cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "w"})["error"]
+    assert refused["code"] in ("NOT_LEADER", "LEADER_NOT_AVAILABLE") and "maybe_appended" not in refused
+
+
+def test_send_batch_over_partitions_led_by_different_nodes_is_answered_per_partition(cluster):
+    create(cluster, 1, partitions=3)  # leaders 1, 2, 3
+    messages = [{"value": f"m{p}", "partition": p} for p in (0, 1, 2, 0)]
+    for acks in ("all", "leader"):
+        result = cluster.call(1, "SendBatch", {"topic": "t", "messages": messages, "acks": acks})["result"]
+        by = {e["partition"]: e for e in result["partitions"]}
+        assert [e["partition"] for e in result["partitions"]] == [0, 1, 2]  # in order of first use
+        assert by[0]["count"] == 2 and "error" not in by[0]
+        for p, leader in ((1, 2), (2, 3)):
+            assert by[p]["error"]["code"] == "NOT_LEADER" and by[p]["error"]["leader"] == leader
+            assert by[p]["error"]["leader_address"] == f"127.0.0.1:{7000 + leader}"
+    assert result["replication_factor"] == 3 and result["replicas"] == 1  # acks=leader: the leader's append
+    cluster.run(0.5)
+    for p, leader in ((1, 2), (2, 3)):  # nothing of the refused parts was appended anywhere
+        polled = cluster.call(leader, "Poll", {"topic": "t", "partition": p, "offset": 0})["result"]
+        assert polled["messages"] == []
+    values = cluster.call(1, "Poll", {"topic": "t", "partition": 0, "offset": 0})["result"]["messages"]
+    assert [m["value"] for m in values] == ["m0", "m0", "m0", "m0"]
+    # A request this node takes no part of is refused whole, as a one-partition request always was.
+    whole = cluster.call(1, "SendBatch", {"topic": "t", "messages": [{"value": "x", "partition": 1}]})
+    assert whole["error"]["code"] == "NOT_LEADER" and whole["error"]["leader"] == 2

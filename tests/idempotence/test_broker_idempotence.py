@@ -109,11 +109,28 @@ def test_a_gap_in_sequence_is_out_of_order_and_stores_nothing(harness):
     conn = harness.connect()
     pid, epoch = init(conn)
     conn.call("SendBatch", batch(pid, epoch, None, {0: (0, ["a"])}))
-    error = conn.call("SendBatch", batch(pid, epoch, None, {0: (2, ["c"]), 1: (0, ["x"])}))["error"]
+    error = conn.call("SendBatch", batch(pid, epoch, None, {0: (2, ["c"])}))["error"]
     assert error["code"] == "OUT_OF_ORDER_SEQUENCE" and error["partition"] == 0
-    # Refused whole: the other partition's batch was not stored either.
-    assert read(conn, 0) == ["a"] and read(conn, 1) == []
+    assert read(conn, 0) == ["a"]
     assert conn.call("SendBatch", batch(pid, epoch, None, {0: (1, ["b"])}))["result"]["partitions"][0]["base_offset"] == 1
+
+
+def test_a_refused_part_of_a_batch_over_partitions_is_an_error_entry_and_the_others_are_stored(harness):
+    # Per partition, as a part another node leads: the gap on partition 0 refuses only that part.
+    conn = harness.connect()
+    pid, epoch = init(conn)
+    conn.call("SendBatch", batch(pid, epoch, None, {0: (0, ["a"])}))
+    result = conn.call("SendBatch", batch(pid, epoch, None, {0: (2, ["c"]), 1: (0, ["x"])}))["result"]
+    entries = {e["partition"]: e for e in result["partitions"]}
+    assert entries[0]["error"]["code"] == "OUT_OF_ORDER_SEQUENCE" and entries[0]["error"]["partition"] == 0
+    assert entries[1] == {"partition": 1, "base_offset": 0, "count": 1}
+    assert read(conn, 0) == ["a"] and read(conn, 1) == ["x"]
+    # A retry of the whole request: partition 1's part is a duplicate, partition 0's still a gap.
+    result = conn.call("SendBatch", batch(pid, epoch, None, {0: (2, ["c"]), 1: (0, ["x"])}))["result"]
+    entries = {e["partition"]: e for e in result["partitions"]}
+    assert entries[0]["error"]["code"] == "OUT_OF_ORDER_SEQUENCE"
+    assert entries[1] == {"partition": 1, "base_offset": 0, "count": 1, "duplicate": True}
+    assert read(conn, 1) == ["x"]
 
 
 def test_a_first_batch_not_at_sequence_0_is_unknown_producer(harness):

@@ -21,7 +21,7 @@ import pytest
 
 from streamlog import __version__
 from streamlog.storage.lock import LOCK_FILE, read_holder
-from streamlog.testing import TWISTD, LineClient, ServerProcess, child_env, wait_for
+from streamlog.testing import TWISTD, Daemon, LineClient, ServerProcess, child_env, wait_for
 
 FREE_PORT = "tcp:0:interface=127.0.0.1"
 
@@ -245,3 +245,27 @@ def test_in_the_background_a_refusal_is_still_one_line_and_exit_1(tmp_path):
     done = refused(tmp_path, ["--listen", FREE_PORT, "--data-dir", str(tmp_path / "file")], daemon=True)
     assert_one_line(done, re.escape(f"streamlog-server: the data dir {tmp_path / 'file'} is not a directory"))
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_start_up_stops_the_node_cleanly_once_it_runs(tmp_path, sig):
+    """Ctrl-C while makeService opens the storage (the listener bound, the reactor not yet
+    running): no traceback, a clean stop as soon as the node runs, then twistd exits by the
+    signal, as it does for one that comes later."""
+    results = []
+    for trial in range(3):  # the signal lands at different start-up steps; each must be clean
+        data = tmp_path / f"data{trial}"
+        daemon = Daemon(f"early{trial}", ["streamlog-server", "--listen", FREE_PORT, "--port-file",
+                                          str(tmp_path / f"early{trial}.port"), "--data-dir", str(data)], tmp_path)
+        try:
+            # The lock file is made by the first start-up step, after the handlers are taken over.
+            wait_for(lambda d=data, p=daemon: (d / LOCK_FILE).exists() or not p.alive(), 20, "the start-up to begin",
+                     interval=0.0005)
+            daemon.signal(sig)
+            results.append(daemon.wait(30))
+            output = daemon.stdout().decode(errors="replace") + daemon.log()
+        finally:
+            daemon.stop()
+        assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+        assert "Server Shut Down." in output  # twistd's clean stop ran
+    assert results == [-sig, -sig, -sig]

@@ -588,3 +588,80 @@ def test_a_leader_goes_quiet_without_a_follower_that_is_down_but_not_without_a_q
     c.run([(leader.id, leader.wake(c.now))])
     c.advance(2.0)
     assert leader.role != LEADER
+
+
+def test_campaign_elects_a_group_of_one_at_once_above_its_logs_last_term():
+    # The hard state lost its last term (a group of one does not wait for that fsync): the
+    # log holds term 5, the hard state says 2.  The new leader must write above term 5.
+    n = node("a", entries=[Entry(1, 5, b"x")], term=2, peers=["a"])
+    effects = disk(n, n.campaign(0.0))
+    assert n.role == LEADER and n.term == 6
+    assert any(isinstance(e, PersistHardState) and e.term == 6 for e in effects)
+    assert n.log.last_term == 6  # the new leader's no-op
+    assert n.campaign(0.1) == [] and n.term == 6  # a leader does not campaign again
+
+
+def test_campaign_in_a_larger_group_asks_for_real_votes_without_pre_vote():
+    n = node("a")
+    effects = n.campaign(0.0)
+    assert n.role == CANDIDATE and n.term == 1
+    votes = [m for _, m in sends(effects) if isinstance(m, RequestVote)]
+    assert len(votes) == 2 and all(not m.pre_vote and m.term == 1 for m in votes)
+
+
+def test_followers_lost_are_not_counted_for_quiescence_from_their_last_answers():
+    """Both followers answered, then their nodes' connections closed while the leader was
+    awake (it was not quiet, so there was nothing to wake): without `followers_lost` their
+    answers from before the loss let it go quiet at its next heartbeat, and a quiet leader
+    never runs check-quorum again. With it, the leader stays awake and is deposed."""
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    c.run([(leader.id, leader.propose(b"x", c.now)[1])])  # awake, every follower just answered
+    assert not leader.quiet
+    c.cut = {n.id for n in c.nodes.values() if n is not leader}
+    c.run([(leader.id, leader.followers_lost(sorted(c.cut), c.now))])
+    c.advance(2.5)
+    assert not leader.quiet and leader.role != LEADER
+
+
+def test_followers_lost_wakes_a_quiet_leader_and_means_nothing_to_a_follower():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader.quiet
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    assert follower.followers_lost([leader.id], c.now) == [] and follower.quiet
+    c.run([(leader.id, leader.followers_lost([follower.id], c.now))])
+    assert not leader.quiet
+
+
+def test_a_learner_that_missed_its_probe_keeps_the_leader_awake_until_it_has_the_log():
+    """A learner's first messages may be dropped (its replica is not created yet). Unlike a
+    voter it has no election timer whose pre-vote would wake a quiet leader: the leader stays
+    awake, probing on every heartbeat, until the learner holds the whole log."""
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    learner = node("d", peers=())
+    c.nodes["d"] = learner
+    c.cut = {"d"}  # its first probes are lost
+    c.run([(leader.id, leader.add_learner("d", c.now))])
+    c.advance(3.0)
+    assert not leader.quiet and leader.match_index("d") == 0
+    c.cut = set()
+    c.advance(1.0)
+    assert learner.log.last_index == leader.log.last_index and leader.caught_up("d")
+    c.advance(1.0)
+    assert leader.quiet and "d" in leader.learners and "d" not in leader.voters
+
+
+def test_followers_lost_drops_a_learner_there():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    c.nodes["d"] = node("d", peers=())
+    c.run([(leader.id, leader.add_learner("d", c.now))])
+    assert leader.learners == {"d"}
+    c.run([(leader.id, leader.followers_lost(["d"], c.now))])
+    assert leader.learners == frozenset() and leader.match_index("d") is None

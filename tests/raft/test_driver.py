@@ -368,6 +368,7 @@ def test_a_pending_submission_fails_when_its_entry_is_replaced():
     net.run(1.0)
     assert runner.node.role != LEADER
     assert len(outcome) == 1 and isinstance(outcome[0], NotLeaderError)
+    assert not outcome[0].outcome_unknown  # replaced: it can never commit, a resend cannot duplicate it
     stop_all(hosts, clock, net)
 
 
@@ -382,6 +383,7 @@ def test_a_pending_submission_fails_after_the_proposal_timeout():
     assert outcome == []
     net.run(0.2)
     assert isinstance(outcome[0], NotLeaderError) and "outcome unknown" in str(outcome[0])
+    assert outcome[0].outcome_unknown  # appended here, and a next leader may still commit it
     stop_all(hosts, clock, net)
 
 
@@ -608,3 +610,16 @@ def test_groups_are_added_and_removed_at_run_time():
     net.run(0.5)  # the others keep running the group; messages for it here are dropped, counted
     assert leader.stats["unknown_group"] > 0 and "late" not in leader.groups
     stop_all(hosts, clock, net)
+
+
+def test_campaign_leads_a_group_of_one_at_once_without_posing_as_a_peer():
+    clock = Clock()
+    recorder = Recorder()
+    host = RaftHost("a", (), CFG, recorder, clock=clock)
+    host.add_group("solo", ["a"], MemoryGroupStorage(MemoryRaftLog()))
+    host.campaign("solo")
+    clock.advance(0)
+    assert host.groups["solo"].node.role == LEADER
+    assert ("solo", LEADER, 1, "a") in recorder.roles
+    assert host.stats["misaddressed"] == 0 and host.stats["unknown_group"] == 0
+    host.stop()

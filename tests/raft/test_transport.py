@@ -337,3 +337,23 @@ def test_a_peer_that_reads_nothing_is_disconnected_once_control_piles_up():
     assert conn._closing and a.stats["unread_closes"] == 1
     pump.flush()
     assert a.connections == {} and ha.lost == ["b"]
+
+
+def test_the_hello_says_whether_the_node_fsyncs_before_acknowledging():
+    clock, host, pt = make()
+    pt.fsyncs = False
+    proto = pt.factory().buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(line({**hello("b"), "fsync": True}))
+    assert orjson.loads(t.value())["fsync"] is False
+    assert host.connected[0][1].fsyncs is True
+    _, _, pt2 = make()
+    proto, _ = accepted(pt2)  # a hello without it: not known
+    assert proto.hello.fsyncs is None
+    _, host3, pt3 = make()
+    bad = pt3.factory().buildProtocol(None)
+    t3 = StringTransport()
+    bad.makeConnection(t3)
+    bad.dataReceived(line({**hello("b"), "fsync": "yes"}))
+    assert t3.disconnecting and host3.connected == []  # malformed: refused

@@ -1,0 +1,254 @@
+"""The simulated disk: partition logs, terms and votes that survive a crash only once fsynced.
+
+One L{SimDisk} per node holds everything the node stores: a L{SimLog} per
+Raft group (the storage contract's memory log, C{streamlog.storage.memory.MemoryLog},
+not "always durable": an append is durable only after a sync, a truncation
+or a reset when it returns, as docs/storage.md says of the segmented log),
+the hard-state store (L{SimHardState}: a term or vote becomes durable a
+write latency after it was saved) and the group committer the node's Raft
+groups sync through (L{SimCommitter}: one fsync in flight per log, each
+taking a latency drawn from the seed, now and then a slow one).
+
+L{SimDisk.crash} is a power loss: whatever was not durable is gone (an
+unsynced log tail is cut at a random point, as a disk may persist part of
+it), fsyncs in flight never complete, and the node is rebuilt from what is
+left.  Completions are delivered as the node (through its L{NodeClock}), so
+a paused node hears of them only when resumed, and a dead one never.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from streamlog.cluster.sim.clock import NodeClock
+from streamlog.raft.core import HardState
+from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import StorageFailed
+from streamlog.storage.group_commit import ALWAYS, FsyncPolicy
+from streamlog.storage.local import LocalLog
+from streamlog.storage.memory import MemoryLog
+
+
+class LogObserver(Protocol):
+    """Told of every suffix truncation that is not a crash (the checker's cheap invariant)."""
+
+    def truncating(self, node: int, group: str, log: SimLog, from_index: int) -> None: ...
+
+
+class _Sync:
+    """One fsync in flight: it makes the log durable up to C{upto} (clamped if the log is cut meanwhile)."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto = upto
+
+
+class SimLog(MemoryLog):
+    """A partition's (or the metadata group's) Raft log on the simulated disk."""
+
+    def __init__(self, node: int, group: str, config: TopicConfig, observer: LogObserver | None) -> None:
+        super().__init__(config)
+        self.node = node
+        self.group = group
+        self.observer = observer
+        self.sync_in_flight: _Sync | None = None
+        self._crashing = False
+
+    def truncate_suffix(self, from_index: int) -> None:
+        if from_index <= self.last_index:
+            if not self._crashing and self.observer is not None:
+                self.observer.truncating(self.node, self.group, self, from_index)
+            if self.sync_in_flight is not None:
+                self.sync_in_flight.upto = min(self.sync_in_flight.upto, from_index - 1)
+        super().truncate_suffix(from_index)
+
+    def reset(self, index: int, term: int, config: Any = None, *, next_offset: int | None = None,
+              producer_state: bytes = b"") -> None:
+        if self.sync_in_flight is not None:
+            self.sync_in_flight.upto = min(self.sync_in_flight.upto, index)
+        super().reset(index, term, config, next_offset=next_offset, producer_state=producer_state)
+
+    def synced_to(self, upto: int) -> None:
+        """An fsync that began when the log ended at C{upto} completed."""
+        upto = min(upto, self.last_index)
+        if upto > self._durable:
+            self._durable = upto
+
+    def power_loss(self, rng: random.Random) -> None:
+        self._crashing = True
+        try:
+            self.crash(rng)
+        finally:
+            self._crashing = False
+        self.sync_in_flight = None
+        self.closed = False
+
+
+class SimHardState:
+    """The node's terms and votes (a C{HardStateStore}): a save is durable a write latency later."""
+
+    def __init__(self, disk: SimDisk) -> None:
+        self.disk = disk
+        self.durable: dict[str, HardState] = {}
+        self.latest: dict[str, HardState] = {}
+        self._last_write = 0.0
+
+    def get(self, group: str) -> HardState:
+        return self.latest.get(group) or self.durable.get(group) or HardState()
+
+    def save(self, group: str, state: HardState) -> Deferred:
+        self.latest[group] = state
+        d: Deferred = Deferred()
+        now = self.disk.clock.seconds()
+        at = self._last_write = max(self._last_write, now + self.disk.write_latency())
+        generation = self.disk.generation
+
+        def written() -> None:
+            if self.disk.generation != generation:
+                return  # the power went first
+            self.durable[group] = state
+            self.disk.as_node(d.callback, None)
+
+        self.disk.clock.callLater(at - now, written)
+        return d
+
+    def remove(self, group: str) -> Deferred:
+        self.latest.pop(group, None)
+        self.durable.pop(group, None)
+        return succeed(None)
+
+    def bind(self, clock: Any, run_in_thread: Any = None) -> None:
+        pass
+
+    def power_loss(self) -> None:
+        self.latest = {}
+        self._last_write = 0.0
+
+
+class SimCommitter:
+    """The node's group committer (C{wait_index}, C{forget}, C{policy}) over the simulated disk."""
+
+    policy = FsyncPolicy(ALWAYS)
+
+    def __init__(self, disk: SimDisk) -> None:
+        self.disk = disk
+        self._waiters: dict[int, list[tuple[int, Deferred]]] = {}
+        self._logs: dict[int, SimLog] = {}
+        self.syncs = 0
+
+    def wait_index(self, log: SimLog, index: int) -> Deferred:
+        if log.durable_index >= min(index, log.last_index):
+            return succeed(True)
+        key = id(log)
+        self._logs[key] = log
+        d: Deferred = Deferred()
+        self._waiters.setdefault(key, []).append((index, d))
+        if log.sync_in_flight is None:
+            self._start(key, log)
+        return d
+
+    def wait(self, log: Any, offset: int) -> Deferred:
+        raw = getattr(log, "log", log)
+        return self.wait_index(raw, raw.last_index)
+
+    def _start(self, key: int, log: SimLog) -> None:
+        job = log.sync_in_flight = _Sync(log.last_index)
+        generation = self.disk.generation
+        self.syncs += 1
+
+        def done() -> None:
+            if self.disk.generation != generation or log.sync_in_flight is not job:
+                return
+            log.sync_in_flight = None
+            log.synced_to(job.upto)
+            waiting = self._waiters.pop(key, [])
+            ready = [d for target, d in waiting if log.durable_index >= min(target, log.last_index)]
+            rest = [(t, d) for t, d in waiting if log.durable_index < min(t, log.last_index)]
+            if rest:
+                self._waiters[key] = rest
+                self._start(key, log)
+            for d in ready:
+                self.disk.as_node(d.callback, True)
+
+        self.disk.clock.callLater(self.disk.fsync_latency(), done)
+
+    def forget(self, log: Any, error: Exception | None = None) -> None:
+        raw = getattr(log, "log", log)
+        for _, d in self._waiters.pop(id(raw), []):
+            self.disk.as_node(d.errback, error or StorageFailed("the log was closed"))
+
+    def stop(self) -> Deferred:
+        return succeed(None)
+
+    def power_loss(self) -> None:
+        self._waiters = {}
+        self._logs = {}
+
+
+class SimDisk:
+    """Everything one node stores, and its crash model (the C{Storage} ClusterNode is given)."""
+
+    def __init__(self, node: int, clock: Clock, rng: random.Random, observer: LogObserver | None = None,
+                 slow_fsync: float = 0.03) -> None:
+        self.node = node
+        self.clock = clock
+        self.rng = rng
+        self.observer = observer
+        self.slow_fsync = slow_fsync
+        self.generation = 0
+        self.node_clock: NodeClock | None = None
+        self.groups: dict[str, tuple[TopicConfig, SimLog]] = {}
+        self.hard_state = SimHardState(self)
+        self.committer = SimCommitter(self)
+
+    def fsync_latency(self) -> float:
+        if self.rng.random() < self.slow_fsync:
+            return self.rng.uniform(0.02, 0.15)
+        return self.rng.uniform(0.0003, 0.004)
+
+    def write_latency(self) -> float:
+        return self.rng.uniform(0.0002, 0.003)
+
+    def as_node(self, f: Callable[..., Any], *args: Any) -> None:
+        """Run a completion as the node (held while paused, dropped if it died)."""
+        if self.node_clock is None:
+            f(*args)
+        else:
+            self.node_clock.run(f, *args)
+
+    # --- the Storage interface ClusterNode uses
+
+    def load(self) -> dict[str, tuple[TopicConfig, Sequence[LocalLog]]]:
+        return {name: (config, [LocalLog(log)]) for name, (config, log) in self.groups.items()}
+
+    def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[LocalLog]:
+        assert partitions == 1, "a node's storage holds one log per Raft group"
+        found = self.groups.get(name)
+        if found is not None:
+            return [LocalLog(found[1])]
+        log = SimLog(self.node, name, config, self.observer)
+        self.groups[name] = (config, log)
+        return [LocalLog(log)]
+
+    def delete_topic(self, name: str) -> None:
+        self.groups.pop(name, None)
+
+    def close(self) -> None:
+        pass
+
+    # --- faults
+
+    def power_loss(self) -> None:
+        """The node lost power: what was not durable is gone; what was in flight never completes."""
+        self.generation += 1
+        for _, log in self.groups.values():
+            log.power_loss(self.rng)
+        self.hard_state.power_loss()
+        self.committer.power_loss()
+
+    def logs(self) -> dict[str, SimLog]:
+        return {name: log for name, (_, log) in self.groups.items()}

@@ -1,0 +1,569 @@
+"""One seeded run of a whole simulated cluster: nodes, network, disks, clients, faults, checks.
+
+L{run_seed} builds N real nodes (C{ClusterNode} with its metadata group,
+planner, partition replicas and Raft host and peer transport, and the
+C{Broker} with its client protocol) on one C{Clock}, over the simulated
+network (L{streamlog.cluster.sim.network}) and disks
+(L{streamlog.cluster.sim.disk}); forms the cluster and creates a topic
+through the client protocol; runs producers and consumers while faults are
+injected (crashes that lose unsynced writes, power loss of every node,
+pauses, partitions, connection resets); then heals everything, lets the
+cluster settle, drains every partition and checks the history
+(L{streamlog.chaos.checker}) and the replicas (L{streamlog.cluster.sim.checker}).
+
+Everything random comes from C{random.Random(seed)}, and time is simulated,
+so a seed replays exactly (within one process, or across processes with the
+same C{PYTHONHASHSEED}; the CLI fixes it).  L{SimResult.digest} is a hash of
+the run's event trace, to prove that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from streamlog.broker.broker import Broker
+from streamlog.broker.service import NodeConfig
+from streamlog.chaos import checker as chaos
+from streamlog.chaos.history import OK, Drain, History, Poll
+from streamlog.cluster.identity import IdentityStore, NodeIdentity
+from streamlog.cluster.metadata import METADATA_GROUP, partition_group
+from streamlog.cluster.node import ClusterNode, NodeHost
+from streamlog.cluster.replica import PartitionReplica
+from streamlog.cluster.sim.checker import Ledger
+from streamlog.cluster.sim.clients import Consumer, Producer, SimClient
+from streamlog.cluster.sim.clock import NodeClock, SimClock
+from streamlog.cluster.sim.disk import SimDisk
+from streamlog.cluster.sim.network import SimNetwork
+from streamlog.protocol import BrokerFactory
+from streamlog.raft.core import LEADER, RaftNode
+
+TOPIC = "t"
+
+
+@attrs.frozen
+class SimConfig:
+    """The shape of one run (every field is a knob of the CLI or of a test)."""
+
+    nodes: int = 3
+    partitions: int = 2
+    producers: int = 2  # per partition
+    consumers: int = 1  # per partition
+    #: Simulated seconds of load and faults (after the cluster formed and the topic exists).
+    duration: float = 3.0
+    #: Seconds between one fault's start and the next's (uniform in this range).
+    fault_gap: tuple[float, float] = (0.15, 0.6)
+    #: How long a crash, pause or partition lasts (uniform).
+    fault_length: tuple[float, float] = (0.1, 1.2)
+    election_timeout_ms: int = 300
+    heartbeat_ms: int = 50
+    #: Simulated seconds the cluster may take to form, to settle after the faults, to drain.
+    settle_timeout: float = 30.0
+    #: Share of fsyncs that are slow (20-150 ms instead of 0.3-4 ms).
+    slow_fsync: float = 0.03
+    #: Relative weights of the faults: crash, pause, isolate, reset, power loss of every node.
+    fault_weights: tuple[int, int, int, int, int] = (3, 3, 3, 3, 2)
+    #: A run that takes more clock events than this is stuck in a storm: a failure.
+    max_events: int = 200_000
+    #: ... or more bytes on the network than this.
+    max_bytes: int = 50_000_000
+
+
+@attrs.frozen
+class SimResult:
+    seed: int
+    ok: bool
+    violations: tuple[str, ...]
+    digest: str
+    sim_seconds: float
+    stats: dict[str, int]
+    faults: tuple[str, ...]
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        counts = " ".join(f"{k}={v}" for k, v in self.stats.items())
+        return f"seed {self.seed}: {status} {counts} sim={self.sim_seconds:.1f}s digest={self.digest[:12]}"
+
+
+class Liveness(Exception):
+    """The cluster did not reach a state it should reach (formed, settled, drained) in time."""
+
+
+#: A broken variant: a function that adjusts the world before it starts (see tests/cluster/sim_variants.py).
+Variant = Callable[["SimCluster"], None]
+
+
+class SimHost(NodeHost):
+    """The node's Raft host, with the reconnect jitter of its dialers drawn from the seed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dial_jitter = random.Random(self.rng.random()).random
+
+
+class SimNode:
+    """One node's process (rebuilt at each restart) and what outlives it: its disk and identity."""
+
+    def __init__(self, world: SimCluster, node_id: int) -> None:
+        self.world = world
+        self.id = node_id
+        self.name = f"n{node_id}"
+        self.disk = SimDisk(node_id, world.clock, random.Random(world.rng.random()), world, world.config.slow_fsync)
+        self.identity = IdentityStore(None)
+        self.identity.save(NodeIdentity(node_id, f"{node_id:016x}"))
+        self.rng = random.Random(world.rng.random())
+        self.generation = 0
+        self.clock: NodeClock | None = None
+        self.node: ClusterNode | None = None
+        self.broker: Broker | None = None
+        self.up = False
+
+    @property
+    def paused(self) -> bool:
+        return self.clock is not None and self.clock.paused
+
+    def start(self) -> None:
+        world = self.world
+        self.generation += 1
+        self.clock = NodeClock(world.clock, self.name)
+        self.disk.node_clock = self.clock
+        world.network.add_host(self.name, f"127.0.0.{self.id}", self.clock)
+        config = NodeConfig(node_id=self.id, peers=world.peers, storage="memory",
+                            election_timeout_ms=world.config.election_timeout_ms,
+                            heartbeat_ms=world.config.heartbeat_ms)
+        node = world.node_class()(config, self.disk, clock=self.clock,
+                                connect=lambda address: world.network.endpoint(self.name, address),
+                                identity=self.identity, client_address=world.clients[self.id],
+                                rng=random.Random(self.rng.random()),
+                                on_fatal=lambda line: world.trace("fatal", self.id, line))
+        node.directory.replica_class = world.replica_class
+        broker = Broker(self.disk, config.broker_config(), clock=self.clock, directory=node.directory,
+                        committer=self.disk.committer)
+        broker.cluster = node
+        factory = BrokerFactory(broker, config.limits, self.clock)
+        world.network.listen(world.peers[self.id], self.name, node.peer_factory())
+        world.network.listen(world.clients[self.id], self.name, factory)
+        self.node, self.broker, self.up = node, broker, True
+        node.start()
+        factory.doStart()
+
+    def crash(self) -> None:
+        """SIGKILL plus the loss of whatever the disk had not made durable (power loss)."""
+        assert self.clock is not None
+        self.clock.kill()
+        self.world.network.kill(self.name)
+        self.disk.power_loss()
+        self.node = self.broker = None
+        self.up = False
+
+
+class SimCluster:
+    """The whole simulated world of one seed."""
+
+    def __init__(self, seed: int, config: SimConfig = SimConfig(), variant: Variant | None = None) -> None:
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.clock = SimClock()
+        self.network = SimNetwork(self.clock, random.Random(self.rng.random()))
+        self.fault_rng = random.Random(self.rng.random())
+        self.client_rng = random.Random(self.rng.random())
+        self.ledger = Ledger()
+        self.history = History()
+        self._ids = 0
+        self._trace = hashlib.sha256()
+        self.events = 0
+        self.faults: list[str] = []
+        #: What a broken variant may replace (see tests/cluster/sim_variants.py).
+        self.raft_node_class: type[RaftNode] = RaftNode
+        self.replica_class: type[PartitionReplica] = PartitionReplica
+        self._node_class: type[ClusterNode] | None = None
+        n = config.nodes
+        self.peers = {i: f"127.0.0.{i}:9000" for i in range(1, n + 1)}
+        self.clients = {i: f"127.0.0.{i}:7000" for i in range(1, n + 1)}
+        if variant is not None:
+            variant(self)
+        self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
+        self.producers: list[Producer] = []
+        self.consumers: list[Consumer] = []
+        self.groups: dict[int, str] = {}
+
+    def node_class(self) -> type[ClusterNode]:
+        """ClusterNode whose Raft host draws its dial jitter from the seed and runs
+        C{raft_node_class} nodes."""
+        if self._node_class is None:
+            host = type("SimHost", (SimHost,), {"node_class": self.raft_node_class})
+            self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host})
+        return self._node_class
+
+    # --- bookkeeping
+
+    def next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def trace(self, *event: Any) -> None:
+        self._trace.update(orjson.dumps([round(self.clock.seconds(), 6), *event], default=str))
+        self._trace.update(b"\n")
+
+    def truncating(self, node: int, group: str, log: Any, from_index: int) -> None:
+        """(The disks' observer) a log is cut: never the committed entries."""
+        self.ledger.now = self.clock.seconds()
+        sim = self.nodes[node]
+        core = sim.node.cores.get(group) if sim.up and sim.node is not None else None
+        self.ledger.truncating(node, group, log, from_index, core.commit_index if core is not None else 0)
+
+    def served(self, client: str, node: int, partition: int, high_watermark: int) -> None:
+        self.ledger.served(node, self.groups.get(partition, str(partition)), high_watermark, f"Poll answers to {client}")
+
+    def sample(self) -> None:
+        """The cheap invariants, on every live (and unpaused) node."""
+        self.ledger.now = self.clock.seconds()
+        for sim in self.nodes.values():
+            node = sim.node
+            if not sim.up or node is None or sim.paused:
+                continue
+            for group, core in node.cores.items():
+                self.ledger.observe(sim.id, sim.generation, group, core.log, core.commit_index)
+            for group, replica in node.directory.by_group.items():
+                if replica.leads:
+                    self.ledger.served(sim.id, group, replica.high_watermark, "its leading replica")
+
+    # --- running
+
+    def run_until(self, condition: Callable[[], bool], timeout: float, what: str, check_every: float = 0.005) -> None:
+        """Run events in time order until C{condition} holds (checked every C{check_every}
+        simulated seconds, when the invariants are sampled too), or raise L{Liveness}."""
+        clock = self.clock
+        deadline = clock.seconds() + timeout
+        next_check = clock.seconds()
+        while True:
+            now = clock.seconds()
+            if now >= next_check:
+                self.sample()
+                if condition():
+                    return
+                next_check = now + check_every
+            if now >= deadline:
+                raise Liveness(f"{what}: not reached in {timeout} simulated seconds")
+            at = clock.next_time()
+            at = deadline if at is None else at
+            step = min(at, next_check, deadline) - now
+            clock.advance(max(step, 0.0))
+            self.events += 1
+            if self.events > self.config.max_events or self.network.bytes_sent > self.config.max_bytes:
+                raise Liveness(f"{what}: a storm: {self.events} clock steps, {self.network.bytes_sent} bytes sent "
+                               f"(the budget: {self.config.max_events}, {self.config.max_bytes})")
+
+    def run_for(self, seconds: float) -> None:
+        end = self.clock.seconds() + seconds
+        self.run_until(lambda: self.clock.seconds() >= end, seconds + 1.0, "time")
+
+    def live_nodes(self) -> list[SimNode]:
+        return [s for s in self.nodes.values() if s.up and not s.paused]
+
+    def formed(self) -> bool:
+        nodes = [s.node for s in self.nodes.values()]
+        if any(n is None or n.state is None for n in nodes):
+            return False
+        leaders = [n for n in nodes if n is not None and META in n.cores and n.cores[META].role == LEADER]
+        return len(leaders) == 1 and all(len(n.state.nodes) == len(nodes) for n in nodes if n is not None
+                                         and n.state is not None)
+
+    def leader(self, partition: int, ready: bool = True) -> SimNode | None:
+        group = self.groups[partition]
+        found = [s for s in self.live_nodes() if s.node is not None and group in s.node.directory.by_group
+                 and (s.node.directory.by_group[group].leads if ready else s.node.directory.by_group[group].writable)]
+        if len(found) != 1:
+            return None
+        return found[0]
+
+    def admin(self, method: str, params: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
+        """Ask nodes (following hints) until one answers with a result."""
+        client = SimClient("admin", self.network, self.clock, random.Random(self.client_rng.random()),
+                           self.clients, self.history, self.next_id)
+        self.network.add_host("admin", "127.0.1.1")
+        got: list[dict[str, Any]] = []
+        state = {"node": 1, "busy": False}
+
+        def ask() -> None:
+            state["busy"] = True
+            client.call(state["node"], method, params).addCallback(answered)
+
+        def answered(answer: dict[str, Any]) -> None:
+            state["busy"] = False
+            if "result" in answer or answer.get("error", {}).get("code") == "TOPIC_EXISTS":
+                got.append(answer)
+                return
+            hint = answer["error"].get("controller") or answer["error"].get("leader")
+            state["node"] = hint if isinstance(hint, int) else state["node"] % len(self.nodes) + 1
+            self.clock.callLater(0.05, ask)
+
+        ask()
+        self.run_until(lambda: bool(got), timeout, f"{method} answered")
+        return got[0]
+
+    # --- faults
+
+    def schedule_faults(self, until: float) -> None:
+        rng = self.fault_rng
+        at = self.clock.seconds() + rng.uniform(*self.config.fault_gap)
+        while at < until:
+            self.clock.callLater(at - self.clock.seconds(), self._fault)
+            at += rng.uniform(*self.config.fault_gap)
+
+    def _unhealthy(self) -> int:
+        return sum(1 for s in self.nodes.values() if not s.up or s.paused) + len(self._isolated)
+
+    def _fault(self) -> None:
+        rng = self.fault_rng
+        kind = rng.choices(["crash", "pause", "isolate", "reset", "power"], self.config.fault_weights)[0]
+        length = rng.uniform(*self.config.fault_length)
+        budget = (len(self.nodes) - 1) // 2  # faults at once that leave a majority healthy
+        candidates = [s for s in self.nodes.values() if s.up and not s.paused and s.id not in self._isolated]
+        if kind in ("crash", "pause", "isolate") and (self._unhealthy() >= budget or not candidates):
+            kind = "reset"
+        self.faults.append(f"{self.clock.seconds():.3f} {kind}")
+        if kind == "reset":
+            link = self.network.reset_one(rng)
+            self.trace("reset", link.number if link is not None else None)
+            return
+        if kind == "power":
+            self.trace("power-loss")
+            for s in self.nodes.values():
+                if s.up:
+                    s.crash()
+            self._isolated.clear()
+            self.network.unblock_all()
+            self.clock.callLater(rng.uniform(0.05, 0.5), self._restart_all)
+            return
+        target = candidates[rng.randrange(len(candidates))]
+        self.trace(kind, target.id)
+        if kind == "crash":
+            target.crash()
+            self.clock.callLater(length, self._restart, target)
+        elif kind == "pause":
+            assert target.clock is not None
+            target.clock.pause()
+            self.clock.callLater(length, self._resume, target, target.generation)
+        else:
+            self._isolated.add(target.id)
+            for other in self.nodes.values():
+                if other is not target:
+                    self.network.block(target.name, other.name)
+            self.clock.callLater(length, self._heal, target.id)
+
+    _isolated: set[int] = set()
+
+    def _restart(self, sim: SimNode) -> None:
+        if not sim.up:
+            self.trace("restart", sim.id)
+            sim.start()
+
+    def _restart_all(self) -> None:
+        for sim in self.nodes.values():
+            self._restart(sim)
+
+    def _resume(self, sim: SimNode, generation: int) -> None:
+        if sim.up and sim.generation == generation and sim.clock is not None:
+            self.trace("resume", sim.id)
+            sim.clock.resume()
+
+    def _heal(self, node: int) -> None:
+        self._isolated.discard(node)
+        self.trace("heal", node)
+        self.network.blocked = {p for p in self.network.blocked if f"n{node}" not in p}
+        self.network.unblock_all() if not self.network.blocked else None
+        for sim in self.nodes.values():
+            self.network._wake(sim.name)
+
+    def heal_all(self) -> None:
+        self._isolated.clear()
+        self.network.unblock_all()
+        for sim in self.nodes.values():
+            if sim.up and sim.paused and sim.clock is not None:
+                sim.clock.resume()
+            elif not sim.up:
+                sim.start()
+
+    # --- the run
+
+    def settled(self) -> bool:
+        if any(c.busy for c in self.producers):
+            return False
+        for p in self.groups:
+            leader = self.leader(p)
+            if leader is None or leader.node is None:
+                return False
+            group = self.groups[p]
+            replica = leader.node.directory.by_group[group]
+            if replica.commit_index != replica.log.last_index:
+                return False
+            for s in self.live_nodes():
+                assert s.node is not None
+                other = s.node.directory.by_group.get(group)
+                if other is not None and other.commit_index != replica.commit_index:
+                    return False
+        return True
+
+    def drain(self) -> dict[int, int]:
+        """Read every partition from offset 0 to its high watermark through the broker."""
+        ends: dict[int, int] = {}
+        self.network.add_host("drain", "127.0.2.1")
+        for p in sorted(self.groups):
+            consumer = Consumer("drain", self.network, self.clock, random.Random(self.client_rng.random()),
+                                self.clients, self.history, self.next_id, topic=TOPIC, partition=p,
+                                served=self.served)
+            consumer.timeout = 2.0
+            self.run_until(lambda p=p: self.leader(p) is not None, 10.0, f"partition {p} led for the drain")
+            leader = self.leader(p)
+            assert leader is not None and leader.node is not None
+            replica = leader.node.directory.by_group[self.groups[p]]
+            end = replica.high_watermark
+            consumer.leader = leader.id
+            deadline = self.clock.seconds() + 10.0
+            while consumer.offset < end:
+                if self.clock.seconds() > deadline:
+                    raise Liveness(f"the drain of partition {p} did not reach offset {end}")
+                answers: list[dict[str, Any]] = []
+                consumer.poll(max_wait_ms=0).addCallback(answers.append)
+                self.run_until(lambda got=answers: bool(got), 10.0, f"the drain of partition {p} answered")
+                if "result" not in answers[0]:  # leadership moved (the planner's preferred leader): follow it
+                    self.run_for(0.02)
+            ends[p] = end
+            self.history.drains.append(Drain(TOPIC, p, end, self.clock.seconds()))
+        return ends
+
+    def run(self) -> SimResult:
+        config = self.config
+        for sim in self.nodes.values():
+            sim.start()
+        self.run_until(self.formed, config.settle_timeout, "the cluster formed")
+        factor = min(3, config.nodes)
+        answer = self.admin("CreateTopic", {"topic": TOPIC, "partitions": config.partitions,
+                                            "replication_factor": factor})
+        assert "result" in answer, answer
+        info = self.nodes[1].node.state.topics[TOPIC] if self.nodes[1].node and self.nodes[1].node.state else None
+        assert info is not None
+        self.groups = {p: partition_group(info.topic_id, p) for p in range(config.partitions)}
+        self.run_until(lambda: all(self.leader(p) is not None for p in self.groups), config.settle_timeout,
+                       "every partition led")
+        for p in self.groups:
+            for k in range(config.producers):
+                name = f"p{p}.{k}"
+                self.network.add_host(name, f"127.0.{10 + p}.{k + 1}")
+                self.producers.append(Producer(name, self.network, self.clock, random.Random(self.client_rng.random()),
+                                               self.clients, self.history, self.next_id, topic=TOPIC, partition=p))
+            for k in range(config.consumers):
+                name = f"c{p}.{k}"
+                self.network.add_host(name, f"127.0.{100 + p}.{k + 1}")
+                self.consumers.append(Consumer(name, self.network, self.clock, random.Random(self.client_rng.random()),
+                                               self.clients, self.history, self.next_id, topic=TOPIC, partition=p,
+                                               served=self.served))
+        for client in [*self.producers, *self.consumers]:
+            client.start()
+        self.trace("load")
+        self.schedule_faults(self.clock.seconds() + config.duration)
+        self.run_for(config.duration)
+        self.trace("heal")
+        self.heal_all()
+        for client in self.producers:
+            client.running = False
+        self.run_until(self.settled, config.settle_timeout, "the cluster settled")
+        for consumer in self.consumers:
+            consumer.running = False
+        self.run_until(lambda: not any(c.busy for c in self.consumers), 5.0, "the consumers stopped")
+        self.drain()
+        return self.check()
+
+    def check(self) -> SimResult:
+        self.sample()
+        ledger = self.ledger
+        result = chaos.check(self.history)
+        for kind in chaos.SAFETY:
+            for anomaly in result.anomalies.get(kind, ()):
+                ledger.violation(f"history {kind}: {anomaly.detail}")
+        logs = [(s.id, group, log) for s in self.nodes.values() for group, log in s.disk.logs().items()]
+        leaders: dict[str, Any] = {}
+        for p, group in self.groups.items():
+            leader = self.leader(p)
+            if leader is not None and leader.node is not None:
+                leaders[group] = leader.node.directory.by_group[group].log
+        ledger.final(logs, leaders)
+        for producer in self.producers:
+            for p, offset, value in producer.acked:
+                log = leaders.get(self.groups[p])
+                if log is None:
+                    continue
+                read = log.read(offset, 1, 1 << 20)
+                found = orjson.loads(read.fragments[0]).get("value") if read.fragments else None
+                if found != value:
+                    ledger.violation(f"lost: {value!r} was acknowledged at {p}@{offset}, which holds {found!r}")
+        sends = self.history.sends
+        stats = {
+            "acked": sum(1 for s in sends if s.outcome == OK),
+            "sends": len(sends),
+            "read": sum(len(p.messages) for p in self.history.polls if isinstance(p, Poll)),
+            "faults": len(self.faults),
+            "events": self.events,
+        }
+        for op in [*sends, *self.history.polls, *self.history.drains]:
+            self._trace.update(orjson.dumps(op))
+        self.trace("end", stats, ledger.violations)
+        return SimResult(self.seed, not ledger.violations, tuple(ledger.violations), self._trace.hexdigest(),
+                         self.clock.seconds(), stats, tuple(self.faults))
+
+
+META = METADATA_GROUP
+
+
+class _Failures:
+    """A log observer: every event logged with a failure (an exception the code caught and
+    logged, a timer that raised) or at level critical is a violation of the run."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        failure = event.get("log_failure")
+        level = event.get("log_level")
+        if failure is None and level is not LogLevel.critical:
+            return
+        text = formatEvent(event)
+        if failure is not None:
+            text += f": {failure.type.__name__}: {failure.value}"
+            where = failure.frames[-1] if failure.frames else None
+            if where is not None:
+                text += f" (at {where[1]}:{where[2]})"
+        self.ledger.violation(f"logged: {text}")
+
+
+def run_seed(seed: int, config: SimConfig = SimConfig(), variant: Variant | None = None) -> SimResult:
+    """Run seed C{seed}; a run that cannot settle is a failure too (its reason is the violation)."""
+    world = SimCluster(seed, config, variant)
+    world._isolated = set()
+    observer = _Failures(world.ledger)
+    globalLogPublisher.addObserver(observer)
+    try:
+        try:
+            return world.run()
+        except Liveness as e:
+            world.ledger.violation(f"liveness: {e}")
+        except Exception as e:  # the simulator's own assumptions broke (no leader to drain, ...)
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            world.ledger.violation(f"crash: {type(e).__name__}: {e} (at {frame.filename}:{frame.lineno})")
+        try:
+            return world.check()
+        except Exception as e:
+            world.ledger.violation(f"crash in the check: {type(e).__name__}: {e}")
+            return SimResult(seed, False, tuple(world.ledger.violations), world._trace.hexdigest(),
+                             world.clock.seconds(), {}, tuple(world.faults))
+    finally:
+        globalLogPublisher.removeObserver(observer)

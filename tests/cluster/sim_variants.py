@@ -1,0 +1,109 @@
+"""Deliberately broken nodes for the cluster simulator: one classic bug each.
+
+They prove that the simulator's checker has teeth (tests/cluster/test_cluster_sim.py),
+and measure how many seeds it needs to catch each:
+
+    python -m streamlog.cluster.sim --seed 0 --seeds 200 --broken ack-before-majority-fsync
+
+Each variant is a function that adjusts a L{SimCluster} before its nodes are
+built (the Raft node class of every group, the partition replica class).
+`VARIANTS` maps a short name to each.  Never use these outside a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from streamlog.cluster.replica import PartitionReplica
+from streamlog.raft.core import RaftNode, SyncLog
+from streamlog.raft.messages import AppendEntries, Message
+from streamlog.storage.base import RecordBatch
+
+
+class AckBeforeFsync(RaftNode):
+    """Broken: a follower acknowledges entries before its fsync, and a leader counts its own
+    entries before its fsync: an acks=all answer can go out while no disk holds the batch."""
+
+    def _handle_append_entries(self, frm: str, m: AppendEntries) -> None:
+        mark = len(self._effects)
+        super()._handle_append_entries(frm, m)
+        new = self._effects[mark:]
+        syncs = [e for e in new if isinstance(e, SyncLog)]
+        self._effects[mark:] = [e for e in new if not isinstance(e, SyncLog)] + syncs
+
+    def _self_match(self) -> int:
+        return self.log.last_index
+
+
+class TruncatesOnOverlap(RaftNode):
+    """Broken: a follower cuts its log after the leader's C{prev_index} whenever entries come,
+    even where its entries match (Raft says: only at the first conflicting one).  A repeated
+    or reordered AppendEntries (a retry after a lost connection) then cuts entries it had
+    acknowledged, which the leader may have counted towards a commit."""
+
+    def _handle_append_entries(self, frm: str, m: AppendEntries) -> None:
+        if m.entries and m.prev_index >= self.commit_index and self.log.last_index > m.prev_index \
+                and self.log.term_at(m.prev_index) == m.prev_term:
+            self.log.truncate_suffix(m.prev_index + 1)
+            self._log_shrunk(m.prev_index + 1)
+        super()._handle_append_entries(frm, m)
+
+
+class AcceptStaleAppend(RaftNode):
+    """Broken: a follower takes AppendEntries from a deposed leader (an older term) and cuts
+    its log where that leader's log differs, committed entries included."""
+
+    def _receive(self, frm: str, msg: Message) -> None:
+        if isinstance(msg, AppendEntries) and msg.term < self.term:
+            self._handle_append_entries(frm, msg)
+            return
+        super()._receive(frm, msg)
+
+
+class ServesUncommitted(PartitionReplica):
+    """Broken: the leader's high watermark moves at its own append, so Polls read records
+    that no majority holds yet (and that a new leader may never have)."""
+
+    def append(self, batch: RecordBatch, acks: str) -> Deferred | None:
+        answer = super().append(batch, acks)
+        self.advance(self.log.end_offset)
+        return answer
+
+
+class AcksOnLeaderAppend(PartitionReplica):
+    """Broken: acks=all is answered once the leader appended the batch, as acks=leader is."""
+
+    def append(self, batch: RecordBatch, acks: str) -> Deferred | None:
+        super().append(batch, "leader" if acks == "all" else acks)
+        return succeed(None) if acks != "none" else None
+
+
+def ack_before_majority_fsync(world: Any) -> None:
+    world.raft_node_class = AckBeforeFsync
+
+
+def follower_truncates_committed(world: Any) -> None:
+    world.raft_node_class = TruncatesOnOverlap
+
+
+def follower_accepts_stale_append(world: Any) -> None:
+    world.raft_node_class = AcceptStaleAppend
+
+
+def leader_serves_uncommitted(world: Any) -> None:
+    world.replica_class = ServesUncommitted
+
+
+def acks_on_leader_append(world: Any) -> None:
+    world.replica_class = AcksOnLeaderAppend
+
+
+VARIANTS = {
+    "ack-before-majority-fsync": ack_before_majority_fsync,
+    "follower-truncates-committed": follower_truncates_committed,
+    "follower-accepts-stale-append": follower_accepts_stale_append,
+    "leader-serves-uncommitted": leader_serves_uncommitted,
+    "acks-on-leader-append": acks_on_leader_append,
+}

@@ -1,0 +1,161 @@
+"""A hypothesis state machine over the coordinator: members join, leave, heartbeat
+honestly, slowly or stubbornly, crash, restart as static members, and time passes.
+
+After every step: no partition has two holders, and every member process still in
+the group consumes only what the coordinator counts as its own.  After a settle
+(the live members heartbeat until the crashed ones expired and nobody has anything
+left to do): every partition of the subscription has exactly one holder, and the
+holders are balanced within one partition.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from streamlog import errors
+from streamlog.groups.coordinator import GroupCoordinator, GroupLimits
+
+SESSION = 10.0
+REBALANCE = 20.0
+COUNTS = {"t": 7, "u": 3}
+TOPICS = ("t", "u")
+
+
+class Process:
+    """One consumer process: what it consumes, whether it still runs."""
+
+    def __init__(self, member_id, instance_id):
+        self.member_id = member_id
+        self.instance_id = instance_id
+        self.owned = frozenset()
+        self.running = True
+
+
+class GroupMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        ids = itertools.count(1)
+        self.coordinator = GroupCoordinator(lambda t: COUNTS.get(t, 0), lambda g: f"m{next(ids)}",
+                                            GroupLimits(min_session_timeout=1.0))
+        self.now = 0.0
+        self.processes = []
+
+    def running(self):
+        return [p for p in self.processes if p.running]
+
+    def members(self):
+        state = self.coordinator.group("g")
+        return state.members if state is not None else {}
+
+    def _join(self, instance_id):
+        answer = self.coordinator.join("g", TOPICS, self.now, SESSION, REBALANCE, instance_id=instance_id)
+        process = Process(answer.member_id, instance_id)
+        process.owned = answer.assignment
+        self.processes.append(process)
+
+    @rule()
+    def join(self):
+        if len(self.running()) < 6:
+            self._join(None)
+
+    @rule(name=st.sampled_from(["s1", "s2", "s3"]))
+    def static_join_or_restart(self, name):
+        # A static member (re)starting: an earlier process of that name is gone.
+        for p in self.running():
+            if p.instance_id == name:
+                p.running = False
+        self._join(name)
+
+    @rule(data=st.data(), style=st.sampled_from(["honest", "honest", "slow", "stubborn"]))
+    @precondition(lambda self: self.running())
+    def heartbeat(self, data, style):
+        process = data.draw(st.sampled_from(self.running()))
+        try:
+            answer = self.coordinator.heartbeat("g", process.member_id, process.owned, self.now)
+        except errors.UnknownMember:
+            process.running = False  # fenced: it stops consuming and would rejoin as a new member
+            process.owned = frozenset()
+            return
+        if style == "honest":
+            process.owned = answer.assignment
+        elif style == "slow":  # revokes, but starts on its new partitions only later
+            process.owned = process.owned - answer.revoke
+        # stubborn: keeps consuming what it had, revoking nothing
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.running())
+    def leave(self, data):
+        process = data.draw(st.sampled_from(self.running()))
+        process.running = False
+        process.owned = frozenset()
+        try:
+            self.coordinator.leave("g", process.member_id, self.now)
+        except errors.UnknownMember:
+            pass
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.running())
+    def crash(self, data):
+        process = data.draw(st.sampled_from(self.running()))
+        process.running = False  # its member stays until its session expires
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 9.0, 11.0, 25.0]))
+    def time_passes(self, dt):
+        self.now += dt
+        for removed in self.coordinator.tick(self.now):
+            for p in self.processes:
+                if p.member_id == removed.member_id and p.running:
+                    # Expired under its feet: it learns at its next heartbeat; until then
+                    # it is a zombie, fenced from commits (UNKNOWN_MEMBER).
+                    p.running = False
+                    p.owned = frozenset()
+
+    @rule()
+    def settle(self):
+        for _ in range(int((SESSION + REBALANCE) / 2) + 3):
+            self.now += 2.0
+            for p in self.running():
+                try:
+                    p.owned = self.coordinator.heartbeat("g", p.member_id, p.owned, self.now).assignment
+                except errors.UnknownMember:
+                    p.running = False
+                    p.owned = frozenset()
+            self.coordinator.tick(self.now)
+        for _ in range(3):
+            for p in self.running():
+                p.owned = self.coordinator.heartbeat("g", p.member_id, p.owned, self.now).assignment
+        members = self.members()
+        assert {p.member_id for p in self.running()} == set(members)
+        if not members:
+            return
+        assert self.coordinator.group("g").state == "stable"
+        every = {(t, i) for t, n in COUNTS.items() for i in range(n)}
+        holders = [tp for m in members.values() for tp in m.held]
+        assert sorted(holders) == sorted(every)
+        sizes = [len(m.held) for m in members.values()]
+        assert max(sizes) - min(sizes) <= 1
+        for p in self.running():
+            assert p.owned == members[p.member_id].held
+
+    @invariant()
+    def no_partition_has_two_holders(self):
+        seen = {}
+        for member in self.members().values():
+            for tp in member.held:
+                assert tp not in seen, f"{tp} held by {seen[tp]} and {member.member_id}"
+                seen[tp] = member.member_id
+
+    @invariant()
+    def processes_consume_only_what_they_hold(self):
+        members = self.members()
+        for p in self.running():
+            if p.member_id in members:
+                assert p.owned <= members[p.member_id].held, (p.member_id, p.owned)
+
+
+GroupMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestGroupMachine = GroupMachine.TestCase

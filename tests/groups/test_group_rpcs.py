@@ -1,0 +1,191 @@
+"""The group RPCs on one node (a cluster of one), over in-memory transports and a Clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamlog.broker.broker import BrokerConfig
+from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
+from streamlog.groups.coordinator import GroupLimits
+from streamlog.partitioner import partition_for_key
+from streamlog.testing import BrokerHarness, stored_records
+
+
+@pytest.fixture
+def harness(clock):
+    h = BrokerHarness(clock=clock, config=BrokerConfig(groups=GroupConfig(
+        offsets_partitions=3, limits=GroupLimits(min_session_timeout=1.0, heartbeat_interval=1.0))))
+    yield h
+    h.broker.groups.stop()
+    h.stop()
+
+
+@pytest.fixture
+def conn(harness):
+    c = harness.connect()
+    assert "result" in c.call("CreateTopic", {"topic": "t", "partitions": 4})
+    return c
+
+
+def ok(answer):
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+def err(answer):
+    assert "error" in answer, answer
+    return answer["error"]
+
+
+def join(conn, group="g", **extra):
+    return ok(conn.call("JoinGroup", {"group": group, "topics": ["t"], "session_timeout_ms": 5000, **extra}))
+
+
+def parts(wire_list, topic="t"):
+    return sorted(p for e in wire_list if e["topic"] == topic for p in e["partitions"])
+
+
+def test_find_coordinator_creates_the_offsets_topic_and_names_the_partition(harness, conn):
+    answer = ok(conn.call("FindCoordinator", {"group": "g"}))
+    assert answer == {"group": "g", "partition": partition_for_key("g", 3), "coordinator": None,
+                      "coordinator_address": None}
+    assert len(harness.broker.topics[OFFSETS_TOPIC].partitions) == 3
+
+
+def test_join_heartbeat_and_commit_then_fetch(harness, conn):
+    a = join(conn)
+    assert a["generation"] == 1 and parts(a["assignment"]) == [0, 1, 2, 3]
+    assert a["heartbeat_interval_ms"] == 1000
+    committed = ok(conn.call("CommitOffsets", {
+        "group": "g", "member_id": a["member_id"], "generation": 1,
+        "offsets": [{"topic": "t", "partition": 0, "offset": 5, "metadata": "m"}]}))
+    assert committed["offsets"] == [{"topic": "t", "partition": 0, "offset": 5, "metadata": "m"}]
+    fetched = ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"]
+    assert fetched == [{"topic": "t", "partition": 0, "offset": 5, "metadata": "m", "timestamp": 0}]
+    # The commit is a record of the group's offsets partition.
+    records = stored_records(harness.broker, OFFSETS_TOPIC, partition_for_key("g", 3))
+    assert [r["value"]["type"] for r in records] == ["commit"] and records[0]["key"] == "g"
+
+
+def test_two_members_share_the_partitions_after_the_first_revokes(harness, conn):
+    a = join(conn)
+    b = join(conn)
+    assert b["assignment"] == [] and len(parts(b["pending"])) == 2
+    hb = ok(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": a["assignment"]}))
+    assert parts(hb["revoke"]) == parts(b["pending"])
+    ok(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": hb["assignment"]}))
+    hb_b = ok(conn.call("Heartbeat", {"group": "g", "member_id": b["member_id"], "owned": []}))
+    assert parts(hb_b["assignment"]) == parts(b["pending"])
+    described = ok(conn.call("DescribeGroup", {"group": "g"}))
+    assert described["state"] == "stable" and described["generation"] == 2
+    assert [len(parts(m["assignment"])) for m in described["members"]] == [2, 2]
+
+
+def test_session_expiry_on_the_node_clock_moves_partitions(harness, conn, clock):
+    a = join(conn)
+    b = join(conn)
+    clock.advance(3)
+    ok(conn.call("Heartbeat", {"group": "g", "member_id": b["member_id"], "owned": []}))
+    clock.advance(2)  # a's 5 s session has passed: the node's timer removed it
+    assert err(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": a["assignment"]}))[
+        "code"] == "UNKNOWN_MEMBER"
+    hb = ok(conn.call("Heartbeat", {"group": "g", "member_id": b["member_id"], "owned": []}))
+    assert parts(hb["assignment"]) == [0, 1, 2, 3]
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": b["member_id"]}))
+    assert harness.broker.groups._timer is None  # no members: no timer
+
+
+def test_commit_fencing(harness, conn):
+    a = join(conn)
+    commit = {"group": "g", "offsets": [{"topic": "t", "partition": 1, "offset": 3}]}
+    assert err(conn.call("CommitOffsets", {**commit, "member_id": "zombie", "generation": 1}))["code"] == "UNKNOWN_MEMBER"
+    assert err(conn.call("CommitOffsets", {**commit, "member_id": a["member_id"], "generation": 0}))[
+        "code"] == "STALE_GENERATION"
+    assert err(conn.call("CommitOffsets", commit))["code"] == "UNKNOWN_MEMBER"  # the group has members
+    ok(conn.call("CommitOffsets", {**commit, "member_id": a["member_id"], "generation": 1}))
+    back = {"group": "g", "member_id": a["member_id"], "generation": 1,
+            "offsets": [{"topic": "t", "partition": 1, "offset": 2}]}
+    e = err(conn.call("CommitOffsets", back))
+    assert e["code"] == "OFFSET_BEHIND_COMMITTED" and e["committed"] == 3
+    join(conn)  # generation 2; a revokes two partitions at its next heartbeat
+    hb = ok(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": a["assignment"]}))
+    ok(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": hb["assignment"]}))
+    gone = [p for p in range(4) if p not in parts(hb["assignment"])][0]
+    e = err(conn.call("CommitOffsets", {"group": "g", "member_id": a["member_id"], "generation": 2,
+                                        "offsets": [{"topic": "t", "partition": gone, "offset": 9}]}))
+    assert e["code"] == "PARTITION_NOT_ASSIGNED"
+
+
+def test_static_member_restart_gets_its_partitions_back(harness, conn):
+    a = join(conn, group_instance_id="host-1")
+    again = join(conn, group_instance_id="host-1")
+    assert again["member_id"] != a["member_id"] and again["generation"] == a["generation"]
+    assert again["assignment"] == a["assignment"]
+
+
+def test_reset_offsets_only_without_members_with_dry_run(harness, conn):
+    for i in range(10):
+        ok(conn.call("Send", {"topic": "t", "partition": 2, "value": i}))
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 2, "offset": 8}]}))
+    a = join(conn)
+    e = err(conn.call("ResetOffsets", {"group": "g", "topic": "t", "to": "earliest"}))
+    assert e["code"] == "GROUP_NOT_EMPTY" and e["members"] == 1
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": a["member_id"]}))
+    dry = ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [2], "to": {"shift": -3},
+                                        "dry_run": True}))
+    assert dry["offsets"] == [{"topic": "t", "partition": 2, "offset": 5, "previous": 8}] and dry["dry_run"]
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 8
+    cases = [("earliest", 0), ("latest", 10), ({"offset": 99}, 10), ({"offset": 4}, 4), ({"shift": 2}, 6),
+             ({"timestamp": 0}, 0)]
+    for to, expected in cases:
+        result = ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [2], "to": to}))
+        assert result["offsets"][0]["offset"] == expected, to
+        assert ok(conn.call("FetchOffsets", {"group": "g", "topics": ["t"]}))["offsets"][0]["offset"] == expected
+
+
+def test_describe_shows_lag_list_and_delete(harness, conn):
+    for i in range(6):
+        ok(conn.call("Send", {"topic": "t", "partition": 0, "value": i}))
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": 2}]}))
+    described = ok(conn.call("DescribeGroup", {"group": "g"}))
+    assert described["state"] == "empty" and described["members"] == []
+    assert described["offsets"] == [{"topic": "t", "partition": 0, "offset": 2, "metadata": None,
+                                     "high_watermark": 6, "lag": 4}]
+    a = join(conn, group="h")
+    listed = ok(conn.call("ListGroups", {}))["groups"]
+    assert listed == [{"group": "g", "state": "empty", "members": 0}, {"group": "h", "state": "stable", "members": 1}]
+    assert err(conn.call("DeleteGroup", {"group": "h"}))["code"] == "GROUP_NOT_EMPTY"
+    ok(conn.call("LeaveGroup", {"group": "h", "member_id": a["member_id"]}))
+    assert ok(conn.call("DeleteGroup", {"group": "g"})) == {"group": "g", "deleted": True}
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"] == []
+    assert err(conn.call("DescribeGroup", {"group": "g"}))["code"] == "UNKNOWN_GROUP"
+    assert err(conn.call("DeleteGroup", {"group": "nobody"}))["code"] == "UNKNOWN_GROUP"
+
+
+@pytest.mark.parametrize("method,params", [
+    ("JoinGroup", {"group": "g", "topics": []}),
+    ("JoinGroup", {"group": "", "topics": ["t"]}),
+    ("JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 10}),
+    ("JoinGroup", {"group": "g", "topics": ["t"], "extra": 1}),
+    ("JoinGroup", {"group": "g", "topics": ["t"], "assignor": "best"}),
+    ("Heartbeat", {"group": "g", "member_id": "m", "owned": [{"topic": "t", "partitions": [-1]}]}),
+    ("CommitOffsets", {"group": "g", "offsets": []}),
+    ("CommitOffsets", {"group": "g", "member_id": "m", "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}),
+    ("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": -1}]}),
+    ("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": 1, "metadata": "x" * 4097}]}),
+    ("ResetOffsets", {"group": "g", "topic": "t", "to": "yesterday"}),
+    ("ResetOffsets", {"group": "g", "topic": "t", "to": {"shift": 1.5}}),
+    ("FetchOffsets", {"group": 5}),
+])
+def test_bad_params_are_invalid_params_and_the_node_keeps_serving(harness, conn, method, params):
+    assert err(conn.call(method, params))["code"] == "INVALID_PARAMS"
+    assert ok(conn.call("Ping", {}))["pong"]
+
+
+def test_commits_are_rebuilt_from_the_offsets_topic_when_the_shard_reloads(harness, conn):
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 3, "offset": 7}]}))
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 3, "offset": 9}]}))
+    # A garbage record someone sent into the offsets topic is skipped on replay.
+    ok(conn.call("Send", {"topic": OFFSETS_TOPIC, "partition": partition_for_key("g", 3), "value": "junk"}))
+    harness.broker.groups.shards.clear()  # as a new leader would: replay the partition
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 9

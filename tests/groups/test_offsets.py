@@ -1,0 +1,92 @@
+"""Committed offsets as a state applied from the records of the offsets topic."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamlog import errors
+from streamlog.groups.offsets import BadOffsetRecord, OffsetCommit, OffsetRecord, OffsetState, decode_record, fetch_to_wire
+
+
+def commit(group, *entries, kind="commit"):
+    return OffsetRecord(kind, group, tuple(OffsetCommit("t", p, o) for p, o in entries))
+
+
+def test_a_commit_sets_offsets_and_fetch_returns_them():
+    state = OffsetState()
+    state.apply(commit("g", (0, 5), (1, 7)), timestamp=100)
+    assert {tp: c.offset for tp, c in state.fetch("g").items()} == {("t", 0): 5, ("t", 1): 7}
+    assert fetch_to_wire(state.fetch("g"))[0] == {"topic": "t", "partition": 0, "offset": 5, "metadata": None,
+                                                  "timestamp": 100}
+    assert state.fetch("g", topics=["other"]) == {}
+    assert state.fetch("nobody") == {}
+
+
+def test_a_commit_never_goes_backwards_but_a_reset_does():
+    state = OffsetState()
+    state.apply(commit("g", (0, 5)), 1)
+    with pytest.raises(errors.OffsetBehindCommitted) as e:
+        state.check_commit("g", [OffsetCommit("t", 0, 4)])
+    assert e.value.details == {"group": "g", "topic": "t", "partition": 0, "committed": 5}
+    state.check_commit("g", [OffsetCommit("t", 0, 5)])  # the same again is fine (a retry)
+    state.apply(commit("g", (0, 3)), 2)  # applied anyway (raced past its check): ignored
+    assert state.fetch("g")[("t", 0)].offset == 5
+    state.apply(commit("g", (0, 2), kind="reset"), 3)
+    assert state.fetch("g")[("t", 0)].offset == 2
+
+
+def test_delete_forgets_the_group():
+    state = OffsetState()
+    state.apply(commit("g", (0, 5)), 1)
+    state.apply(commit("h", (0, 1)), 1)
+    state.apply(OffsetRecord("delete", "g"), 2)
+    assert not state.has_group("g") and state.has_group("h")
+
+
+def test_records_round_trip_through_their_json_value():
+    for record in (commit("g", (0, 5), (3, 9)), commit("g", (0, 1), kind="reset"), OffsetRecord("delete", "g")):
+        assert decode_record(orjson.loads(orjson.dumps(record.to_value()))) == record
+
+
+@pytest.mark.parametrize("value", [
+    None, 5, {"type": "commit"}, {"type": "merge", "group": "g"}, {"type": "commit", "group": "g"},
+    {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": -1, "offset": 0}]},
+    {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": True}]},
+    {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": 0}]},
+    {"type": "commit", "group": "g", "offsets": ["x"]},
+])
+def test_records_that_are_not_ours_are_refused(value):
+    with pytest.raises(BadOffsetRecord):
+        decode_record(value)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["commit", "commit", "reset", "delete"]),
+                         st.integers(0, 2), st.integers(0, 50)), max_size=30)
+
+
+@given(ops)
+def test_replaying_the_records_rebuilds_the_same_state_and_commits_only_move_forward(ops):
+    state = OffsetState()
+    log = []
+    model = {}
+    for kind, partition, offset in ops:
+        record = OffsetRecord("delete", "g") if kind == "delete" else commit("g", (partition, offset), kind=kind)
+        before = state.fetch("g").get(("t", partition))
+        state.apply(record, len(log))
+        log.append(record)
+        after = state.fetch("g").get(("t", partition))
+        if kind == "commit":
+            assert after.offset >= offset and (before is None or after.offset >= before.offset)
+            model[partition] = max(model.get(partition, 0), offset) if partition in model else offset
+        elif kind == "reset":
+            model[partition] = offset
+        else:
+            model = {}
+    replayed = OffsetState()
+    for i, record in enumerate(log):
+        replayed.apply(record, i)
+    assert replayed.groups == state.groups
+    assert {p: c.offset for (_, p), c in state.fetch("g").items()} == model
