@@ -613,9 +613,13 @@ class PeerTransport:
             header["fsync"] = self.fsyncs
         return header
 
-    def factory(self, expect: str | None = None) -> Factory:
-        """For the peer listener (expect None) or for dialing `expect`."""
-        return Factory.forProtocol(lambda: PeerConnection(self, expect))
+    def factory(self, expect: str | None = None) -> Factory[PeerConnection]:
+        """For the peer listener (expect None) or for dialing `expect`. Not noisy: a dialer's
+        factory is started and stopped at every reconnect attempt, and its two info lines per
+        attempt (every 50 ms to 2 s while a peer is down) drowned the node's own log."""
+        factory = Factory.forProtocol(lambda: PeerConnection(self, expect))
+        factory.noisy = False
+        return factory
 
     # --- sending
 

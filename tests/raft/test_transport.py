@@ -357,3 +357,11 @@ def test_the_hello_says_whether_the_node_fsyncs_before_acknowledging():
     bad.makeConnection(t3)
     bad.dataReceived(line({**hello("b"), "fsync": "yes"}))
     assert t3.disconnecting and host3.connected == []  # malformed: refused
+
+
+def test_peer_factories_are_quiet_so_reconnect_attempts_do_not_flood_the_log():
+    # A dialer's factory starts and stops at every attempt (every 50 ms to 2 s while a peer is
+    # down); a noisy one logs "Starting factory" / "Stopping factory" each time.
+    _, _, transport = make()
+    assert transport.factory().noisy is False
+    assert transport.factory(expect="b").noisy is False

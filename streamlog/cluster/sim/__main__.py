@@ -52,6 +52,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default="tests/cluster/sim_variants.py", help="where --broken variants are")
     p.add_argument("--quiet", action="store_true", help="print failing seeds and the summary only")
     p.add_argument("--stop-on-failure", action="store_true", help="stop at the first failing seed")
+    p.add_argument("--stop-on-safety", action="store_true",
+                   help="stop at the first seed with a safety violation (not liveness or crash only)")
     return p.parse_args(argv)
 
 
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result.line(), flush=True)
             for violation in result.violations[:5]:
                 print(f"    {violation}", flush=True)
-        if failed and args.stop_on_failure:
+        if (failed and args.stop_on_failure) or (args.stop_on_safety and result.safety):
             args.seeds = seed - args.seed + 1
             break
     took = _wallclock_for_cli_only.monotonic() - began

@@ -76,6 +76,10 @@ class SimConfig:
     max_bytes: int = 50_000_000
 
 
+#: Violation kinds that are not a safety finding (see SimResult.safety).
+NOT_SAFETY = ("liveness", "crash")
+
+
 @attrs.frozen
 class SimResult:
     seed: int
@@ -85,6 +89,13 @@ class SimResult:
     sim_seconds: float
     stats: dict[str, int]
     faults: tuple[str, ...]
+
+    @property
+    def safety(self) -> bool:
+        """Whether a violation is a safety one: not only the run failing to settle in its
+        budget (liveness) or a node's code raising (crash), which a broken variant can also
+        cause without the checker having caught what it breaks."""
+        return any(v.split()[1].rstrip(":") not in NOT_SAFETY for v in self.violations if len(v.split()) > 1)
 
     def line(self) -> str:
         status = "ok  " if self.ok else "FAIL"
