@@ -195,6 +195,9 @@ def register_produce(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a header of every message (repeatable)")
     p.add_argument("--json-values", "-J", action="store_true", help="parse each value as JSON")
     p.add_argument("--acks", choices=("all", "leader", "none"), default="all")
+    p.add_argument("--no-idempotence", action="store_true",
+                   help="send without a producer id and sequence numbers (implied by --acks none): a request "
+                        "whose answer was lost then fails instead of being sent again")
     p.add_argument("--batch-size", type=int, default=500, help="most messages per request (default 500)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing for acknowledged messages")
     _leaf(p, cmd_produce)
@@ -241,6 +244,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         batches = _stdin_batches(sys.stdin.buffer, args.batch_size)
     sent = 0
     with make_client(args) as client:
+        # Idempotent by default: a request whose answer is lost is sent again with the same
+        # sequence numbers, and stored once.
+        sender = client if args.no_idempotence or args.acks == "none" else client.idempotent_sender()
         for texts in batches:
             messages = []
             for text in texts:
@@ -249,7 +255,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 except orjson.JSONDecodeError as e:
                     raise _Usage(f"value {sent + len(messages) + 1} is not valid JSON: {e}") from None
                 messages.append(requests.message(value, args.key, args.partition, headers))
-            result = client.send_batch(args.topic, messages, acks=args.acks)
+            result = sender.send_batch(args.topic, messages, acks=args.acks)
             if not args.quiet:
                 _report_sent(args, result, messages)
             sent += len(messages)

@@ -214,6 +214,43 @@ class DeliveryTimeout(Timeout):
     code = "DELIVERY_TIMEOUT"
 
 
+class OutOfOrderSequence(StreamlogError):
+    """An idempotent batch's C{base_sequence} is not the next one its partition expects, nor one it holds.
+
+    Details: C{topic}, C{partition}.  Retriable in order: the producer sends
+    its earlier batches first (docs/storage.md, "Idempotent producers").
+    """
+
+    code = "OUT_OF_ORDER_SEQUENCE"
+
+
+class ProducerFenced(StreamlogError):
+    """The batch's epoch is older than the partition's (or the registry's): a newer instance of
+    the producer exists.  Fatal to this producer instance."""
+
+    code = "PRODUCER_FENCED"
+
+
+class UnknownProducerId(StreamlogError):
+    """The partition holds no state for this producer and epoch (never seen, expired or evicted)
+    and the batch does not start at sequence 0: the producer continues in a new epoch."""
+
+    code = "UNKNOWN_PRODUCER_ID"
+
+
+class TooManyProducers(StreamlogError):
+    """The partition remembers C{--max-producers-per-partition} producers, all active too recently
+    to be evicted: a new producer is refused (retry later).  Details: C{topic}, C{partition}, C{limit}."""
+
+    code = "TOO_MANY_PRODUCERS"
+
+
+class ProducerIdsExhausted(StreamlogError):
+    """Every producer id (2^63) has been handed out."""
+
+    code = "PRODUCER_IDS_EXHAUSTED"
+
+
 # --- consumer groups (issue 11) ------------------------------------------------
 
 
@@ -294,7 +331,8 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, TooManyPartitions,
         TooManyOpenFiles, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, LeaderNotAvailable, NotController, Timeout, ConnectionLost,
-        DeliveryTimeout,
+        DeliveryTimeout, OutOfOrderSequence, ProducerFenced, UnknownProducerId, TooManyProducers,
+        ProducerIdsExhausted,
     ]
 }
 BY_CODE.update({cls.code: cls for cls in GROUP_ERRORS})

@@ -93,6 +93,15 @@ class SendParams:
     topic: str
     messages: list[Message]
     acks: str = "all"
+    #: An idempotent producer's id and epoch (-1: not idempotent; docs/protocol.md, "Idempotent producers").
+    producer_id: int = -1
+    epoch: int = -1
+    #: partition -> base sequence of its batch (SendBatch); for Send, the one batch's under key -1.
+    sequences: dict[int, int] | None = None
+
+    @property
+    def idempotent(self) -> bool:
+        return self.producer_id >= 0
 
 
 @attrs.frozen
@@ -331,12 +340,69 @@ def _field(where: str, name: str) -> str:
     return name if where == "params" else f"{where}.{name}"
 
 
+#: Largest epoch and base sequence (signed 32-bit header fields; streamlog.idempotence.rules).
+MAX_INT32 = 2**31 - 1
+_PRODUCER_FIELDS = ("producer_id", "epoch", "base_sequence")
+
+
+def _producer(p: _Params) -> tuple[int, int]:
+    """C{(producer_id, epoch)} of an idempotent Send or SendBatch, C{(-1, -1)} if it names none."""
+    producer_id, epoch = p.raw("producer_id"), p.raw("epoch")
+    if type(producer_id) is int and type(epoch) is int and 0 <= producer_id <= MAX_INT64 and 0 <= epoch <= MAX_INT32:
+        return producer_id, epoch  # well formed: the common case, without the checks' calls
+    producer_id = p.integer("producer_id", maximum=MAX_INT64)
+    epoch = p.integer("epoch", maximum=MAX_INT32)
+    if producer_id is None and epoch is None:
+        return -1, -1
+    if producer_id is None or epoch is None:
+        raise errors.InvalidParams("'producer_id' and 'epoch' go together (an idempotent producer sends both)",
+                                   field="producer_id" if producer_id is None else "epoch")
+    return producer_id, epoch
+
+
 def parse_send(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
     p = _Params(params)
     topic = _topic(p)
     acks = _acks(p)
+    if "producer_id" in params or "epoch" in params or "base_sequence" in params:
+        producer_id, epoch = _producer(p)
+        base_sequence = p.integer("base_sequence", maximum=MAX_INT32)
+        if (base_sequence is None) != (producer_id < 0):
+            raise errors.InvalidParams("an idempotent Send carries 'producer_id', 'epoch' and 'base_sequence'",
+                                       field="base_sequence")
+        message = {k: v for k, v in params.items() if k not in ("topic", "acks", *_PRODUCER_FIELDS)}
+        return SendParams(topic=topic, messages=[check_message(message, "params", limits)], acks=acks,
+                          producer_id=producer_id, epoch=epoch,
+                          sequences=None if base_sequence is None else {-1: base_sequence})
     message = {k: v for k, v in params.items() if k not in ("topic", "acks")}
     return SendParams(topic=topic, messages=[check_message(message, "params", limits)], acks=acks)
+
+
+def _sequences(raw: Any) -> dict[int, int]:
+    """SendBatch's C{sequences}: C{[{"partition", "base_sequence"}, ...]}, one per partition."""
+    if type(raw) is list and len(raw) == 1:
+        # The common case (one partition per request, as streamlog.client sends), checked in a few
+        # C-level operations; anything unusual takes the full path below for its error message.
+        item = raw[0]
+        if type(item) is dict and len(item) == 2:
+            partition, base = item.get("partition"), item.get("base_sequence")
+            if type(partition) is int and type(base) is int and partition >= 0 and 0 <= base <= MAX_INT32:
+                return {partition: base}
+    if not isinstance(raw, list) or not raw:
+        raise errors.InvalidParams("'sequences' must be a non-empty array of {partition, base_sequence}",
+                                   field="sequences")
+    out: dict[int, int] = {}
+    for i, item in enumerate(raw):
+        if type(item) is not dict:
+            raise errors.InvalidParams(f"'sequences[{i}]' must be an object", field=f"sequences[{i}]")
+        q = _Params(item, f"sequences[{i}]")
+        partition = q.integer("partition", required=True, maximum=None)
+        base = q.integer("base_sequence", required=True, maximum=MAX_INT32)
+        q.done()
+        if partition in out:
+            raise errors.InvalidParams(f"'sequences' names partition {partition} twice", field=f"sequences[{i}]")
+        out[partition] = base
+    return out
 
 
 def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> SendParams:
@@ -344,7 +410,12 @@ def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) ->
     topic = _topic(p)
     acks = _acks(p)
     raw = p.raw("messages")
+    producer_id, epoch = _producer(p)
+    sequences = p.raw("sequences")
     p.done()
+    if (sequences is None) != (producer_id < 0):
+        raise errors.InvalidParams("an idempotent SendBatch carries 'producer_id', 'epoch' and 'sequences'",
+                                   field="sequences")
     if not isinstance(raw, list):
         raise errors.InvalidParams("'messages' must be an array")
     if not raw:
@@ -356,7 +427,10 @@ def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) ->
         )
     for i, m in enumerate(raw):
         check_message(m, f"messages[{i}]", limits)
-    return SendParams(topic=topic, messages=raw, acks=acks)
+    if sequences is None:
+        return SendParams(topic=topic, messages=raw, acks=acks)
+    return SendParams(topic=topic, messages=raw, acks=acks, producer_id=producer_id, epoch=epoch,
+                      sequences=_sequences(sequences))
 
 
 def parse_poll(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> PollParams:
@@ -499,3 +573,29 @@ def encode_records(base_offset: int, timestamp: int, messages: list[Message]) ->
         )
         offset += 1
     return out
+
+
+@attrs.frozen
+class InitProducerIdParams:
+    #: The producer's stable name (a new instance under it fences the older ones), or None.
+    producer_name: str | None = None
+    #: The current id and epoch of an instance asking for its next epoch, or None.
+    producer_id: int | None = None
+    epoch: int | None = None
+
+
+def parse_init_producer_id(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> InitProducerIdParams:
+    p = _Params(params)
+    name = p.raw("producer_name")
+    if name is not None:
+        if type(name) is not str or not name:
+            raise errors.InvalidParams("'producer_name' must be a non-empty string", field="producer_name")
+        if len(name) > limits.max_id_length or "\x00" in name:
+            raise errors.InvalidParams(
+                f"'producer_name' must be at most {limits.max_id_length} characters, without NUL",
+                field="producer_name")
+    producer_id, epoch = _producer(p)
+    p.done()
+    if producer_id < 0:
+        return InitProducerIdParams(name)
+    return InitProducerIdParams(name, producer_id, epoch)

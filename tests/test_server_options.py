@@ -96,3 +96,42 @@ def test_a_wrong_cluster_option_is_refused_with_a_message_naming_it(args, says):
     with pytest.raises(usage.UsageError) as refused:
         Options().parseOptions(args)
     assert says in str(refused.value)
+
+
+def test_the_producer_state_options_reach_every_partitions_table(clock):
+    from streamlog.broker.service import NodeConfig
+    from streamlog.idempotence.table import ProducerStateConfig
+    from streamlog.testing import BrokerHarness
+
+    options = Options()
+    options.parseOptions(["--producer-state-batches", "8", "--max-producers-per-partition", "50",
+                          "--producer-id-expiry-ms", "600000", "--producer-evict-min-idle-ms", "200000",
+                          "--producer-state-undo-limit", "77", "--storage", "memory"])
+    wanted = ProducerStateConfig(window=8, max_producers=50, expiry_ms=600_000, evict_min_idle_ms=200_000,
+                                 undo_limit=77)
+    config = options.node_config()
+    assert config.producer_state == wanted and config.broker_config().producer_state == wanted
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults.node_config().producer_state == ProducerStateConfig() == NodeConfig().producer_state
+    h = BrokerHarness(config=config.broker_config(), clock=clock)
+    try:
+        h.connect().call("CreateTopic", {"topic": "t", "partitions": 2})
+        assert all(p.producers.config == wanted for p in h.broker.topics["t"].partitions)
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--producer-state-batches", "4"], "window must be in [5, 64]"),
+    (["--max-producers-per-partition", "0"], "max_producers must be at least 1"),
+    (["--producer-id-expiry-ms", "0"], "expiry_ms must be positive"),
+    (["--producer-evict-min-idle-ms", "100", "--producer-id-expiry-ms", "50"], "cannot exceed expiry_ms"),
+    (["--producer-state-undo-limit", "-1"], "undo_limit cannot be negative"),
+])
+def test_a_wrong_producer_state_option_is_refused(args, says):
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(args)
+    assert says in str(refused.value) and "--producer-state-batches" in str(refused.value)

@@ -76,6 +76,9 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
                         "batch: StreamlogClient.send_batch() with a prepared list (the lean loop)")
     # dest differs from the streamlog CLI's global --connect: without any address
     # (here, before "bench", or $STREAMLOG_CONNECT) the bench starts its own server.
+    p.add_argument("--idempotence", choices=("on", "off"), default="on",
+                   help="client=producer: an idempotent Producer (the library's default) or not; "
+                        "always off with --acks none")
     p.add_argument("--keys", type=int, default=0,
                    help="produce: give the messages keys, cycling through this many distinct ones (0: no keys)")
     p.add_argument("--connect", "-c", dest="bench_connect", default=None, metavar="ADDR[,ADDR...]",

@@ -260,7 +260,8 @@ def _base_cfg(args: Any, endpoint: str, topic: str) -> dict[str, Any]:
     return {"endpoint": endpoint, "topic": topic, "size": args.size, "batch": args.batch, "acks": args.acks,
             "in_flight": args.in_flight, "linger_ms": args.linger_ms, "client": args.client,
             "max_seconds": args.max_seconds, "request_timeout": max(30.0, args.max_seconds),
-            "gc_threshold": client_gc_threshold(args), "keys": getattr(args, "keys", 0) or 0}
+            "gc_threshold": client_gc_threshold(args), "keys": getattr(args, "keys", 0) or 0,
+            "idempotent": getattr(args, "idempotence", "on") == "on" and args.acks != "none"}
 
 
 def client_gc_threshold(args: Any) -> int:
@@ -380,6 +381,8 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         "tool": "streamlog bench", "workload": args.workload, "size": args.size, "batch": args.batch,
         "acks": args.acks, "partitions": args.partitions, "client": args.client, "in_flight": args.in_flight,
         "keys": getattr(args, "keys", 0) or 0,
+        "idempotence": "on" if args.client == "producer" and getattr(args, "idempotence", "on") == "on"
+        and args.acks != "none" else "off",
         "linger_ms": args.linger_ms, "server": _server_info(args, server, cluster, replication), "topic": topic,
         "warnings": [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": args.label,

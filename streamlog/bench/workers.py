@@ -108,8 +108,8 @@ async def _produce(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], idx: 
     probe = await client.send_batch(cfg["topic"] + "-warmup", template[:10],
                                     acks=acks if acks != "none" else "all")
     out["durability"] = (probe.get("durability") if probe else None, acks if acks != "none" else "all")
-    producer = Producer(client, linger_ms=cfg["linger_ms"], batch_size=batch,
-                        max_in_flight=window, acks=acks) if mode == "producer" else None
+    producer = Producer(client, linger_ms=cfg["linger_ms"], batch_size=batch, max_in_flight=window, acks=acks,
+                        idempotent=cfg.get("idempotent", acks != "none")) if mode == "producer" else None
 
     ready_q.put(idx)
     start_evt.wait(60)
@@ -291,7 +291,8 @@ async def _e2e_producer(reactor: Any, cfg: dict[str, Any], out: dict[str, Any], 
     probe = await client.send_batch(cfg["topic"] + "-warmup", [{"value": 0}], acks=acks if acks != "none" else "all")
     out["durability"] = (probe.get("durability") if probe else None, acks if acks != "none" else "all")
     first = cfg["first_index"]
-    producer = Producer(client, linger_ms=0, batch_size=cfg["batch"], max_in_flight=cfg["in_flight"], acks=acks)
+    producer = Producer(client, linger_ms=0, batch_size=cfg["batch"], max_in_flight=cfg["in_flight"], acks=acks,
+                        idempotent=cfg.get("idempotent", acks != "none"))
     pad = "x" * max(0, cfg["size"] - 40)
     ready_q.put(idx)
     start_evt.wait(60)

@@ -8,6 +8,7 @@ injected committer (group commit, see L{streamlog.storage.group_commit}).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -21,10 +22,13 @@ from twisted.python.failure import Failure
 from streamlog import __version__, errors, wire
 from streamlog.broker.groups import GroupService
 from streamlog.broker.partition import WaitQuota
+from streamlog.broker.producer_ids import REGISTRY_FILE, LocalRegistry, MetadataRegistry, ProducerIds
 from streamlog.cluster.alone import LoneNode
 from streamlog.cluster.directory import ReplicaDirectory, Topic, alone
 from streamlog.cluster.replica import PartitionReplica
 from streamlog.groups.config import GroupConfig
+from streamlog.idempotence.rules import Outcome
+from streamlog.idempotence.table import Decision, ProducerStateConfig
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
@@ -50,6 +54,8 @@ class BrokerConfig:
     #: Seconds a Send or Poll waits for a partition's election (no leader known) before
     #: answering LEADER_NOT_AVAILABLE (a group of one elects itself in one hard-state fsync).
     election_wait: float = 1.0
+    #: The bounds of each partition's idempotent-producer table (the --producer-* options).
+    producer_state: ProducerStateConfig = ProducerStateConfig()
     #: Consumer groups: the offsets topic's partitions, the coordinator's limits (streamlog.broker.groups).
     groups: GroupConfig = GroupConfig()
 
@@ -83,6 +89,7 @@ class Broker:
             store.bind(clock, hard_state_runner)
         #: This node's replicas; without one given, the node is a cluster of one.
         self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
+        self.directory.producer_state = config.producer_state
         self.committer = committer
         #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
         #: administration goes through the controller, topics come from the metadata.
@@ -107,7 +114,9 @@ class Broker:
             "ListOffsets": self.handle_list_offsets,
             "Metadata": self.handle_metadata,
             "Ping": self.handle_ping,
+            "InitProducerId": self.handle_init_producer_id,
         }
+        self._producer_ids: ProducerIds | None = None
         # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
         self.groups = GroupService(self, config.groups)
         self.handlers.update(self.groups.handlers())
@@ -264,6 +273,23 @@ class Broker:
             offset = max(offset, partition.start_offset)
         return {"topic": p.topic, "partition": p.partition, "offset": offset}
 
+    @property
+    def producer_ids(self) -> ProducerIds:
+        """Where InitProducerId takes ids and epochs: the cluster metadata, or (a node alone) its registry file."""
+        if self._producer_ids is None:
+            if self.cluster is not None:
+                self._producer_ids = ProducerIds(MetadataRegistry(self.cluster))
+            else:
+                data_dir = getattr(self.storage, "data_dir", None)
+                path = None if data_dir is None else os.path.join(data_dir, REGISTRY_FILE)
+                self._producer_ids = ProducerIds(LocalRegistry(path))
+        return self._producer_ids
+
+    def handle_init_producer_id(self, params: dict[str, Any]) -> Deferred:
+        if self.stopping:
+            raise errors.ShuttingDown("the node is shutting down")
+        return self.producer_ids.handle(params, self.limits)
+
     def handle_ping(self, params: dict[str, Any]) -> dict[str, Any]:
         wire.parse_empty(params)
         return {"pong": True, "time": self.now_ms(), "version": __version__}
@@ -299,6 +325,8 @@ class Broker:
         if self.stopping:
             raise errors.ShuttingDown("the node is shutting down; nothing was appended")
         topic, groups, sticky = self._route(p)
+        if p.sequences is not None:
+            _check_sequences(p, groups)
         if topic is None and self.cluster is not None:
             return self._create_through_controller(p)
         refused: dict[int, errors.StreamlogError] = {}
@@ -424,12 +452,36 @@ class Broker:
         """Append each partition's batch through its replica and answer per C{p.acks}, with
         an entry C{{partition, error}} for each partition C{refused} (another node leads it)."""
         batches: list[tuple[PartitionReplica, RecordBatch]] = []
+        duplicates: list[tuple[PartitionReplica, Decision]] = []
+        refused = dict(refused or {})
         for index, base, records in encoded:
-            batch = RecordBatch(
-                base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
-                max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),
-            )
-            batches.append((topic.partitions[index], batch))
+            replica = topic.partitions[index]
+            if p.sequences is None:
+                batch = RecordBatch(
+                    base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
+                    max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),
+                )
+            else:
+                # Checked in log order at the leader: nothing runs between this check and the
+                # append below, which records the batch in the table (ProducerTrackingLog).
+                sequence = p.sequences.get(index, p.sequences.get(-1, -1))
+                try:
+                    decision = replica.check_producer(p.producer_id, p.epoch, sequence, len(records), timestamp)
+                except _PART_REFUSALS as e:
+                    refused[index] = e  # that part only: an error entry, as a partition another node leads
+                    continue
+                if decision.outcome is Outcome.DUPLICATE:
+                    duplicates.append((replica, decision))
+                    continue
+                batch = RecordBatch(
+                    base_offset=base, count=len(records), term=0, first_timestamp=timestamp,
+                    max_timestamp=timestamp, payload=RECORD_SEPARATOR.join(records),
+                    producer_id=p.producer_id, producer_epoch=p.epoch, base_sequence=sequence,
+                )
+            batches.append((replica, batch))
+        if not batches and not duplicates:
+            # No part taken: the whole request is refused with its first part's error.
+            raise next(refused[i] for i in [*(i for i, _, _ in encoded), *refused] if i in refused)
 
         # Every partition that needs a new segment gets it before anything is appended: a
         # roll refused for want of descriptors then leaves the whole request unappended.
@@ -445,13 +497,19 @@ class Broker:
                                      "count": batch.count}
             if d is not None:
                 waits.append((replica, d))
+        for replica, decision in duplicates:
+            # Stored already: answered with the original's offsets once the original is committed.
+            placed[replica.index] = {"partition": replica.index, "base_offset": decision.base_offset,
+                                     "count": decision.last_offset - decision.base_offset + 1, "duplicate": True}
+            if p.acks == "all":
+                waits.append((replica, _holding_once_committed(replica, decision.raft_index)))
         if p.acks == "none":
             return None
-        for index, error in (refused or {}).items():
+        for index, error in refused.items():
             placed[index] = {"partition": index, "error": error.to_wire()}
-        order = list(dict.fromkeys([*(i for i, _, _ in encoded), *(refused or {})]))
+        order = list(dict.fromkeys([*(i for i, _, _ in encoded), *refused]))
         result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp}
-        replicas = [replica for replica, _ in batches]
+        replicas = [replica for replica, _ in batches] + [replica for replica, _ in duplicates]
         if p.acks == "leader":
             result["partitions"] = [placed[i] for i in order]
             result["durability"] = self.config.unsynced_durability
@@ -611,6 +669,7 @@ class Broker:
         for topic in self.topics.values():
             # Only this node's replicas (in a cluster, each replica applies retention to its own log).
             for partition in [p for p in topic.partitions if isinstance(p, PartitionReplica)]:
+                partition.expire_producers(now)  # idle producers are forgotten (--producer-id-expiry-ms)
                 before = partition.start_offset
                 try:
                     after = partition.apply_retention(now)
@@ -674,7 +733,7 @@ def _malformed(read: Any, offset: int, available: int) -> str | None:
 
 def _single_result(result: dict[str, Any]) -> dict[str, Any]:
     placed = result["partitions"][0]
-    return {
+    answer = {
         "topic": result["topic"],
         "partition": placed["partition"],
         "offset": placed["base_offset"],
@@ -682,3 +741,29 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
         "durability": result["durability"],
         **{k: result[k] for k in ("replicas", "replication_factor") if k in result},
     }
+    if placed.get("duplicate"):
+        answer["duplicate"] = True
+    return answer
+
+
+#: An idempotent part its partition refuses: in a SendBatch over several partitions, an error
+#: entry for that part (the others are taken), as a part another node leads.
+_PART_REFUSALS = (errors.OutOfOrderSequence, errors.ProducerFenced, errors.UnknownProducerId,
+                  errors.TooManyProducers)
+
+
+def _check_sequences(p: wire.SendParams, groups: dict[int, list[wire.Message]]) -> None:
+    """An idempotent request names the base sequence of every partition batch it makes, and no other."""
+    assert p.sequences is not None
+    if -1 in p.sequences:
+        return  # a Send: one message, one partition
+    if set(p.sequences) != set(groups):
+        raise errors.InvalidParams(
+            f"'sequences' names partitions {sorted(p.sequences)} but the messages go to {sorted(groups)} "
+            "(an idempotent producer names each message's partition)", field="sequences")
+
+
+def _holding_once_committed(replica: PartitionReplica, index: int) -> Deferred:
+    """A duplicate's answer: fires once its original (entry C{index}) is committed, with how many
+    replicas hold it (L{PartitionReplica.holding}), as a fresh append's does."""
+    return replica.when_committed(index).addCallback(lambda _: replica.holding(index))

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
 from streamlog.groups.config import GroupConfig
+from streamlog.idempotence.table import ProducerStateConfig
 from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
@@ -90,6 +91,8 @@ class NodeConfig:
     replication_factor: int | None = None
     #: The bounds of the peer wire (--peer-max-header-bytes, ...; docs/operations.md "Limits").
     peer_limits: TransportLimits = TransportLimits()
+    #: Each partition's idempotent-producer table (--producer-state-batches, --producer-id-expiry-ms, ...).
+    producer_state: ProducerStateConfig = ProducerStateConfig()
     #: Consumer groups: the offsets topic, the coordinator's limits (--offsets-partitions, --group-*).
     groups: GroupConfig = GroupConfig()
 
@@ -105,6 +108,7 @@ class NodeConfig:
             unsynced_durability="memory" if self.storage == "memory" else "written",
             # A request meeting an election waits up to two election timeouts (at least 1 s) for it.
             election_wait=max(1.0, 2 * self.election_timeout_ms / 1000.0),
+            producer_state=self.producer_state,
             groups=self.groups,
         )
 

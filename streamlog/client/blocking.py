@@ -40,6 +40,7 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_boots
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.idempotence.rules import SEQUENCE_MODULUS
 
 #: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
 ROUTED_ATTEMPTS = 4
@@ -552,23 +553,33 @@ class BlockingClient:
         if info is None:
             return self._routed("SendBatch", requests.send_batch(topic, messages, acks), topic, None,
                                 expect_answer=acks != "none", write=True)
+        parts = self._parts(topic, info.count, messages)
+        return self._send_parts(topic, parts, acks, lambda p, part: self._routed(
+            "SendBatch", requests.send_batch(topic, part, acks), topic, p, expect_answer=acks != "none",
+            write=True))
+
+    def _parts(self, topic: str, count: int, messages: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+        """The messages by partition, chosen as the server would (explicit, murmur2 of the key, else sticky)."""
         parts: dict[int, list[dict[str, Any]]] = {}
         sticky = None
         for m in messages:
             if m.get("key") is None and m.get("partition") is None:
-                sticky = sticky if sticky is not None else self._partitioner.sticky(topic, info.count)
+                sticky = sticky if sticky is not None else self._partitioner.sticky(topic, count)
                 chosen = sticky
             else:
-                chosen = self._partitioner.choose(topic, info.count, m.get("key"), m.get("partition"))
+                chosen = self._partitioner.choose(topic, count, m.get("key"), m.get("partition"))
             parts.setdefault(chosen, []).append({**m, "partition": chosen})
         if sticky is not None:
-            self._partitioner.batch_closed(topic, info.count, sticky)
+            self._partitioner.batch_closed(topic, count, sticky)
+        return parts
+
+    def _send_parts(self, topic: str, parts: dict[int, list[dict[str, Any]]], acks: str,
+                    send: Any) -> dict[str, Any] | None:
         appended: list[dict[str, Any]] = []
         merged: dict[str, Any] = {"topic": topic}
         for p, part in parts.items():
             try:
-                result = self._routed("SendBatch", requests.send_batch(topic, part, acks), topic, p,
-                                      expect_answer=acks != "none", write=True)
+                result = send(p, part)
             except errors.StreamlogError as e:
                 e.details["appended"] = appended
                 raise
@@ -579,6 +590,10 @@ class BlockingClient:
             return None
         merged["partitions"] = appended
         return merged
+
+    def idempotent_sender(self, attempts: int = 5) -> IdempotentSender:
+        """An idempotent SendBatch over this client (see L{IdempotentSender})."""
+        return IdempotentSender(self, attempts)
 
     def poll(self, topic: str, partition: int, offset: int, max_messages: int | None = None,
              max_bytes: int | None = None, max_wait_ms: int = 0) -> dict[str, Any]:
@@ -608,3 +623,64 @@ class BlockingClient:
 
     def ping(self) -> dict[str, Any]:
         return self.call("Ping", {})
+
+
+class IdempotentSender:
+    """C{SendBatch} as an idempotent producer, over a L{BlockingClient} (what C{streamlog produce} uses).
+
+    It asks for a producer id at the first batch and numbers each
+    partition's records (docs/protocol.md, "Idempotent producers"); a
+    request whose answer was lost (the connection dropped, no answer in
+    time) is sent again with the same numbers, up to C{attempts} times, so
+    the partition stores it once and answers with its first offsets.  One
+    request at a time, so there is never a gap to fill.
+    """
+
+    def __init__(self, client: BlockingClient, attempts: int = 5) -> None:
+        self.client = client
+        self.attempts = attempts
+        self.identity: tuple[int, int] | None = None
+        self._next: dict[tuple[str, int], int] = {}
+        #: Requests sent again after a lost answer (for tests).
+        self.resends = 0
+
+    def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
+        client = self.client
+        count = self._partitions(topic)
+        if count is None:  # the first request auto-creates the topic: placed by the server, not numbered
+            return client.send_batch(topic, messages, acks)
+        if self.identity is None:
+            answer = client.call("InitProducerId", {})
+            self.identity = (int(answer["producer_id"]), int(answer["epoch"]))
+        return client._send_parts(topic, client._parts(topic, count, messages), acks,
+                                  lambda p, part: self._send_part(topic, p, part, acks))
+
+    def _partitions(self, topic: str) -> int | None:
+        """The topic's partition count (a node alone: from DescribeTopic), None if it does not exist yet."""
+        client = self.client
+        info = client._topic(topic)
+        if info is not None:
+            return info.count
+        if not client.view.single_node:
+            return None
+        try:
+            return len(client.describe_topic(topic)["partitions"])
+        except errors.UnknownTopic:
+            return None
+
+    def _send_part(self, topic: str, partition: int, part: list[dict[str, Any]], acks: str) -> Any:
+        assert self.identity is not None
+        sequence = self._next.get((topic, partition), 0)
+        params = requests.send_batch(topic, part, acks)
+        params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
+        for attempt in range(self.attempts):
+            try:
+                result = self.client._routed("SendBatch", params, topic, partition, write=True)
+                break
+            except (errors.ConnectionLost, errors.Timeout) as e:
+                # The client's own resends within its delivery timeout were spent: stop there.
+                if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
+                    raise
+                self.resends += 1
+        self._next[(topic, partition)] = (sequence + len(part)) % SEQUENCE_MODULUS
+        return result

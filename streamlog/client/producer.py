@@ -34,8 +34,28 @@ and appends N+1.  That is logged as a warning and counted (C{reordered}: the
 batches that landed ahead of an earlier one);
 C{max_in_flight_per_partition=1} rules it out at the cost of pipelining.
 
-A resend after a lost connection or a timeout may append a batch twice
-(idempotent producers, with sequence numbers, will rule that out).
+Idempotence (on by default).  The producer asks any node for a producer id
+and epoch (C{InitProducerId}) before its first batch, and numbers each
+partition's records (C{base_sequence}, in L{streamlog.idempotence.rules}):
+a batch keeps its numbers through every resend, so the partition leader
+recognises a retry of a batch it (or an earlier leader) already stored and
+answers it with the original offsets instead of storing it again, and
+refuses a batch that would land ahead of a missing earlier one
+(C{OUT_OF_ORDER_SEQUENCE}; the producer sends the earlier one first).  At
+most 5 batches per partition are numbered from the oldest unacknowledged one
+on (every retry is then of a batch the partition remembers).
+C{PRODUCER_FENCED} (a newer instance of the same C{producer_name} started)
+is fatal: every pending and later send fails with
+L{errors.ProducerFenced}.  A batch that fails for good (its delivery
+timeout, a refusal that will not heal, C{UNKNOWN_PRODUCER_ID} after the
+partition forgot an idle producer) leaves a gap in the numbers: the producer
+then waits for its batches in flight, takes the next epoch and numbers from
+0 again; a batch whose outcome it never learnt fails then
+(L{errors.DeliveryTimeout} with C{sent: true}: it may be stored) rather
+than being renumbered.  With C{idempotent=False} a resend after a lost
+connection or a timeout may append a batch twice.  The messages sent before
+the client learnt a new topic's partitions (the request that auto-creates it,
+placed by the server) go without numbers.
 
 A topic the metadata does not know yet (it may be auto-created by its first
 Send) is written without partitions for one request at a time, the server
@@ -58,6 +78,7 @@ from streamlog import errors
 from streamlog.client import requests, retry
 from streamlog.client.cluster import ClusterClient, as_cluster_client
 from streamlog.client.metadata import TopicInfo
+from streamlog.idempotence.rules import MAX_IN_FLIGHT, SEQUENCE_MODULUS
 from streamlog.partitioner import partition_for_key
 
 #: Longest SendBatch request line, by default: the server's --max-line-bytes default.
@@ -78,7 +99,8 @@ class _Batch:
     """Messages for one partition (or, C{partition} None, for the server to place), sent as one SendBatch."""
 
     __slots__ = ("topic", "partition", "acks", "messages", "size", "deferreds", "min_seq", "deadline",
-                 "attempts", "last_error", "maybe_landed", "request", "route", "withdrawn", "seq")
+                 "attempts", "last_error", "maybe_landed", "request", "route", "withdrawn", "seq",
+                 "sequence", "epoch", "ordinal")
 
     def __init__(self, topic: str, partition: int | None, acks: str, deadline: float, seq: int) -> None:
         self.topic = topic
@@ -99,13 +121,18 @@ class _Batch:
         self.request: Any = None
         self.route: Deferred | None = None
         self.withdrawn = False
+        #: Idempotence: the base sequence and epoch it carries (None until numbered, at its first
+        #: attempt; kept by every resend), and how many batches its partition numbered before it.
+        self.sequence: int | None = None
+        self.epoch = -1
+        self.ordinal = 0
 
 
 class _PartitionQueue:
     """One partition's batches: filling, closed and waiting, in flight, and failed (to retry, oldest first)."""
 
     __slots__ = ("topic", "partition", "open", "ready", "in_flight", "retry", "node", "failures", "timer",
-                 "queued", "hinted", "draining")
+                 "queued", "hinted", "draining", "next_sequence", "numbered", "unacked")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -122,6 +149,15 @@ class _PartitionQueue:
         self.hinted = 0
         #: The leader moved while batches were in flight at the old one: wait until they are settled.
         self.draining = False
+        #: Idempotence: the next base sequence, batches numbered so far in this epoch, and the
+        #: ordinals of the numbered batches not acknowledged yet (oldest first).
+        self.next_sequence = 0
+        self.numbered = 0
+        self.unacked: list[int] = []
+
+    def room(self) -> bool:
+        """May another batch be numbered?  At most MAX_IN_FLIGHT from the oldest unacknowledged one on."""
+        return not self.unacked or self.numbered - self.unacked[0] < MAX_IN_FLIGHT
 
 
 class _Unplaced:
@@ -160,6 +196,10 @@ class _TopicState:
 
 _REQUEUED = object()
 
+#: Refusals that concern an idempotent batch's numbers (see Producer._sequence_verdict).
+_SEQUENCE_ERRORS = (errors.OutOfOrderSequence, errors.UnknownProducerId, errors.ProducerFenced,
+                    errors.TooManyProducers)
+
 #: Keys whose partition a topic remembers at most (then it starts again).
 KEY_CACHE_SIZE = 65536
 
@@ -196,6 +236,12 @@ class Producer:
     @param delivery_timeout: seconds from L{send} within which a message is
         acknowledged or fails (L{errors.DeliveryTimeout} once retries ran out
         of time).
+    @param idempotent: number the batches so that no resend stores one twice
+        (see the module docstring); needs acks "all" or "leader" and allows
+        at most 5 requests in flight per partition.
+    @param producer_name: a stable name for this producer (idempotent only):
+        starting another producer under the same name fences this one
+        (L{errors.ProducerFenced}).
     """
 
     _log = Logger()
@@ -203,18 +249,35 @@ class Producer:
     def __init__(self, client: Any, linger_ms: float = 5, batch_size: int = 1000, max_in_flight: int = 8,
                  acks: str = "all", max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
-                 max_in_flight_per_partition: int | None = None) -> None:
+                 max_in_flight_per_partition: int | None = None, idempotent: bool = True,
+                 producer_name: str | None = None) -> None:
         if batch_size < 1 or max_in_flight < 1 or linger_ms < 0 or delivery_timeout <= 0:
             raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0, "
                              "delivery_timeout positive")
         if max_in_flight_per_partition is not None and max_in_flight_per_partition < 1:
             raise ValueError("max_in_flight_per_partition must be at least 1")
+        if idempotent and acks == "none":
+            raise ValueError("an idempotent producer needs answers: acks 'all' or 'leader' (or idempotent=False)")
+        if producer_name is not None and not idempotent:
+            raise ValueError("producer_name names an idempotent producer")
         self.client: ClusterClient = as_cluster_client(client)
         self.clock = self.client.clock
         self.linger_ms = linger_ms
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_partition = max_in_flight_per_partition or max_in_flight
+        self.idempotent = idempotent
+        self.producer_name = producer_name
+        if idempotent:
+            self.max_in_flight_per_partition = min(self.max_in_flight_per_partition, MAX_IN_FLIGHT)
+        #: (producer id, epoch) once InitProducerId answered (idempotent only).
+        self.identity: tuple[int, int] | None = None
+        self._init: Deferred | None = None
+        self._init_failures = 0
+        #: A batch failed for good and left a gap: the next epoch is taken once nothing numbered is in flight.
+        self._bumping = False
+        #: Epochs taken after the first (for tests and metrics).
+        self.epoch_bumps = 0
         self.acks = acks
         self.max_request_bytes = max_request_bytes
         self.delivery_timeout = delivery_timeout
@@ -247,6 +310,8 @@ class Producer:
         if self._closed is not None:
             return fail(self._closed)
         acks = acks or self.acks
+        if acks == "none" and self.idempotent:
+            return fail(errors.InvalidParams("an idempotent producer sends with acks 'all' or 'leader'", field="acks"))
         state = self._topics.get(topic)
         if state is None:
             state = self._topics[topic] = _TopicState(topic)
@@ -357,10 +422,17 @@ class Producer:
             self._runnable.append(queue)
 
     def _can_send(self, queue: _PartitionQueue) -> bool:
-        return (bool(queue.ready) and not queue.retry and queue.timer is None and not queue.draining
-                and len(queue.in_flight) < self.max_in_flight_per_partition)
+        if not (queue.ready and not queue.retry and queue.timer is None and not queue.draining
+                and len(queue.in_flight) < self.max_in_flight_per_partition):
+            return False
+        if self.idempotent and queue.ready[0].sequence is None:
+            return not self._bumping and queue.room()  # a new number: within the window
+        return True
 
     def _pump(self) -> None:
+        if self.idempotent and self.identity is None:
+            self._init_producer()
+            return
         while self._in_flight < self.max_in_flight and self._runnable:
             queue = self._runnable.popleft()
             queue.queued = False
@@ -380,6 +452,8 @@ class Producer:
             self._expire(batch)
             self._make_runnable(queue)
             return
+        if self.idempotent and batch.sequence is None:
+            self._number(queue, batch)
         self._in_flight += 1
         queue.in_flight.append(batch)
         batch.attempts += 1
@@ -403,9 +477,22 @@ class Producer:
         queue.node = key
         return self._request(node, batch)
 
+    def _number(self, queue: _PartitionQueue, batch: _Batch) -> None:
+        """Give C{batch} its partition's next sequence numbers (once: every resend carries them)."""
+        assert self.identity is not None
+        batch.sequence = queue.next_sequence
+        batch.epoch = self.identity[1]
+        batch.ordinal = queue.numbered
+        queue.numbered += 1
+        queue.next_sequence = (queue.next_sequence + len(batch.messages)) % SEQUENCE_MODULUS
+        queue.unacked.append(batch.ordinal)
+
     def _request(self, node: Any, batch: _Batch) -> Deferred:
         params = requests.send_batch(batch.topic, orjson.Fragment(b"[" + b",".join(batch.messages) + b"]"),
                                      batch.acks)
+        if batch.sequence is not None:
+            assert self.identity is not None
+            params.update(requests.producer_fields(self.identity[0], batch.epoch, batch.partition, batch.sequence))
         timeout = self.client.request_timeout
         remaining = batch.deadline - self.clock.seconds()
         if timeout is None or remaining < timeout:
@@ -426,11 +513,25 @@ class Producer:
         queue.in_flight.remove(batch)
         self._in_flight -= 1
         error = self._outcome(result, batch)
+        verdict = "fail"
         if error is None:
-            self._delivered(queue, batch, result)
+            verdict = "ok"
+        elif batch.sequence is not None and isinstance(error, _SEQUENCE_ERRORS):
+            verdict = self._sequence_verdict(queue, batch, error)
         elif retry.retriable(error) and self._closed is None and not self.client.closed:
-            self._retry_later(queue, batch, error)
+            verdict = "retry"
+        if verdict == "ok":
+            self._acknowledged(queue, batch)
+            self._delivered(queue, batch, result)
+        elif verdict == "retry":
+            self._retry_later(queue, batch, error)  # type: ignore[arg-type]
+        elif verdict == "fatal":
+            self._shut(error)  # type: ignore[arg-type]
+            assert self._closed is not None
+            self._fail_batch(batch, self._closed)  # and each batch still in flight when its answer comes
         else:
+            assert error is not None
+            self._acknowledged(queue, batch, failed=True)
             self._fail_batch(batch, error)
             if isinstance(error, (errors.UnknownTopic, errors.UnknownPartition)):
                 self._forget_topic(queue.topic)  # deleted, or re-created otherwise: learn it again
@@ -441,7 +542,115 @@ class Producer:
                 self._schedule_retry(queue)
         if not queue.retry:
             self._make_runnable(queue)
+        if self._bumping:
+            self._maybe_bump()
         self._pump()
+
+    # --- idempotence: the answers that concern the numbers, and the epoch bump ------------------
+
+    def _sequence_verdict(self, queue: _PartitionQueue, batch: _Batch, error: errors.StreamlogError) -> str:
+        """What a refusal about the numbers means: "retry" (in order), "fail" (this batch) or "fatal"."""
+        if isinstance(error, errors.ProducerFenced):
+            return "fatal"
+        if isinstance(error, errors.TooManyProducers):
+            return "retry"  # with backoff: the partition evicts an idle producer in time
+        earlier_open = bool(queue.unacked) and queue.unacked[0] < batch.ordinal
+        if earlier_open and not self._bumping:
+            return "retry"  # an earlier batch is missing there: it goes first (the retry list is in order)
+        if isinstance(error, errors.UnknownProducerId) and not self._bumping:
+            # The partition forgot this producer (idle past its expiry, evicted): the next epoch.
+            self._bumping = True
+            self._log.info("{topic}/{partition}: the partition has no state for this producer; it takes its "
+                           "next epoch", topic=queue.topic, partition=queue.partition)
+        if self._bumping and not batch.maybe_landed:
+            return "retry"  # refused at every attempt: renumbered in the next epoch
+        return "fail"  # out of order with nothing missing before it: the partition's state disagrees
+
+    def _acknowledged(self, queue: _PartitionQueue, batch: _Batch, failed: bool = False) -> None:
+        """A numbered batch is settled: out of the window; one that failed leaves a gap (next epoch)."""
+        if batch.sequence is None or batch.epoch != (self.identity or (0, -2))[1]:
+            return
+        if batch.ordinal in queue.unacked:
+            queue.unacked.remove(batch.ordinal)
+        if failed and not self._bumping:
+            self._bumping = True
+            self._log.info("{topic}/{partition}: a numbered batch failed for good; the producer takes its next "
+                           "epoch once its batches in flight are settled", topic=queue.topic, partition=queue.partition)
+
+    def _numbered_in_flight(self) -> bool:
+        return any(b.sequence is not None for state in self._topics.values() for q in state.queues.values()
+                   for b in q.in_flight)
+
+    def _maybe_bump(self) -> None:
+        """Take the next epoch once nothing numbered is in flight; every partition then numbers from 0."""
+        if self._init is not None or self._closed is not None or self._numbered_in_flight():
+            return
+        assert self.identity is not None
+        self._init_producer(current=self.identity)
+
+    def _init_producer(self, current: tuple[int, int] | None = None) -> None:
+        """Ask for this producer's id and epoch (C{current}: its next epoch), then send what waits."""
+        if self._init is not None or self._closed is not None:
+            return
+        params = requests.init_producer_id(self.producer_name, current)
+        # A resend after a lost answer is harmless without a name (an id is skipped); with one it
+        # could fence this very instance, so only refusals are retried then.
+        self._init = self.client._run("InitProducerId", params, self.client.any_target, self.delivery_timeout,
+                                      resend_ok=self.producer_name is None)
+        self._init.addCallbacks(self._initialised, self._init_failed)
+        self._init.addErrback(lambda f: self._log.failure("starting the idempotent producer failed", f))
+
+    def _initialised(self, result: Any) -> None:
+        self._init = None
+        self._init_failures = 0
+        first = self.identity is None
+        self.identity = (int(result["producer_id"]), int(result["epoch"]))
+        if not first:
+            self.epoch_bumps += 1
+            self._renumber()
+        self._bumping = False
+        for state in self._topics.values():
+            for queue in state.queues.values():
+                self._make_runnable(queue)
+                if queue.retry and queue.timer is None and not queue.in_flight:
+                    self._schedule_retry(queue)
+        self._pump()
+
+    def _renumber(self) -> None:
+        """The new epoch: every partition starts at sequence 0; waiting batches certainly not stored
+        are numbered again, the ones whose outcome was never learnt fail (they may be stored)."""
+        for state in self._topics.values():
+            for queue in state.queues.values():
+                queue.next_sequence = queue.numbered = 0
+                queue.unacked = []
+                keep = []
+                for batch in queue.retry:
+                    if batch.maybe_landed:
+                        self._expire(batch)
+                    else:
+                        batch.sequence = None
+                        keep.append(batch)
+                queue.retry = keep
+                for batch in queue.ready:
+                    batch.sequence = None
+
+    def _init_failed(self, failure: Failure) -> None:
+        self._init = None
+        error = failure.value
+        if not isinstance(error, errors.StreamlogError):
+            error = errors.Internal(f"InitProducerId failed: {error!r}")
+        if isinstance(error, errors.ProducerFenced) or not (retry.retriable(error) and not self.client.closed):
+            self._shut(error if isinstance(error, errors.ProducerFenced) else errors.StreamlogError(
+                f"the idempotent producer could not start: {error.code}: {error.message}"))
+            return
+        self._init_failures += 1
+        self.clock.callLater(self.client.backoff(self._init_failures), self._pump_or_bump)
+
+    def _pump_or_bump(self) -> None:
+        if self._bumping and self.identity is not None:
+            self._maybe_bump()
+        else:
+            self._pump()
 
     def _outcome(self, result: Any, batch: _Batch) -> errors.StreamlogError | None:
         """The error of an attempt (None: it was appended as one batch on its partition)."""
@@ -523,6 +732,10 @@ class Producer:
         to C{max_in_flight_per_partition}: a failover that left twenty small batches to send
         again then costs one round trip at the new leader more, not twenty (seen: 0.4-1.9 s)."""
         queue.timer = None
+        if self._bumping:
+            self._maybe_bump()  # resent (or renumbered) in the next epoch
+            return
+        # Taken from the front of the sorted retry list: resent together, their numbers in order.
         window = self.max_in_flight_per_partition if queue.failures == 0 else 1
         sent = 0
         while queue.retry and sent < window:
@@ -545,6 +758,8 @@ class Producer:
 
     def _resend_one(self, queue: _PartitionQueue, batch: _Batch) -> None:
         # Counted in max_in_flight too, but never held back by it: it is already late.
+        if self.idempotent and batch.sequence is None:
+            self._number(queue, batch)  # renumbered in a new epoch
         self._in_flight += 1
         queue.in_flight.append(batch)
         batch.attempts += 1
@@ -587,6 +802,10 @@ class Producer:
         self._check_flushes()
 
     def _expire(self, batch: _Batch) -> None:
+        if batch.sequence is not None and batch.partition is not None:
+            queue = self._topics[batch.topic].queues.get(batch.partition)
+            if queue is not None:
+                self._acknowledged(queue, batch, failed=True)
         where = f"{batch.topic}/{batch.partition}" if batch.partition is not None else batch.topic
         self._fail_batch(batch, retry.delivery_timeout(
             f"{len(batch.deferreds)} message(s) for {where}", self.delivery_timeout, batch.attempts,
@@ -757,7 +976,17 @@ class Producer:
 
     def _client_closed(self) -> None:
         """The client is closing: nothing more can be sent; what waits here fails."""
-        self._closed = errors.ConnectionLost("the client was closed", sent=False)
+        self._shut(errors.ConnectionLost("the client was closed", sent=False))
+
+    def _shut(self, error: errors.StreamlogError) -> None:
+        """Nothing more can be sent (the client closed, or this producer was fenced): what waits fails with C{error}."""
+        if self._closed is not None:
+            return
+        if isinstance(error, errors.ProducerFenced):
+            self._log.error("the producer was fenced (a newer instance of it started): {error}", error=error.message)
+            error = errors.ProducerFenced(f"this producer was fenced: a newer instance took over ({error.message})",
+                                          **error.details)
+        self._closed = error
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -773,7 +1002,12 @@ class Producer:
                 waiting = ([queue.open] if queue.open is not None else []) + list(queue.ready) + queue.retry
                 queue.open, queue.ready, queue.retry = None, deque(), []
                 for batch in waiting:
-                    self._fail_batch(batch, self._closed)
+                    self._fail_batch(batch, error)
+
+    @property
+    def closed(self) -> errors.StreamlogError | None:
+        """Why nothing more can be sent (the client closed, the producer was fenced), or None."""
+        return self._closed
 
     @property
     def pending(self) -> int:

@@ -49,6 +49,22 @@ def send_batch(topic: str, messages: Any, acks: str = "all") -> dict[str, Any]:
     return params
 
 
+def producer_fields(producer_id: int, epoch: int, partition: int | None, base_sequence: int) -> dict[str, Any]:
+    """The fields an idempotent producer adds to a SendBatch of one partition's batch."""
+    return {"producer_id": producer_id, "epoch": epoch,
+            "sequences": [{"partition": partition, "base_sequence": base_sequence}]}
+
+
+def init_producer_id(producer_name: str | None = None, current: tuple[int, int] | None = None) -> dict[str, Any]:
+    """C{InitProducerId}: a new producer (named or not), or C{current}'s next epoch."""
+    params: dict[str, Any] = {}
+    if producer_name is not None:
+        params["producer_name"] = producer_name
+    if current is not None:
+        params["producer_id"], params["epoch"] = current
+    return params
+
+
 def merge_batch_answer(merged: dict[str, Any], appended: list[dict[str, Any]], result: dict[str, Any]) -> None:
     """Fold one partition's SendBatch answer into the answer of a batch split by partition.
 

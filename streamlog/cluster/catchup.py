@@ -64,6 +64,8 @@ class PartitionSnapshot:
         return cls(offset, raw)
 
 
-def snapshot_of(log: Any, index: int) -> bytes:
-    """The snapshot of a partition log whose entries up to C{index} (its start - 1) are gone."""
-    return PartitionSnapshot(log.next_offset_after(index), bytes(log.producer_state)).encode()
+def snapshot_of(log: Any, index: int, producer_state: bytes | None = None) -> bytes:
+    """The snapshot of a partition log whose entries up to C{index} (its start - 1) are gone:
+    C{producer_state} is the producer table as of C{index} (default: what the log's start kept)."""
+    state = bytes(log.producer_state) if producer_state is None else producer_state
+    return PartitionSnapshot(log.next_offset_after(index), state).encode()

@@ -20,7 +20,9 @@ from typing import Any
 from twisted.logger import Logger
 
 from streamlog.cluster.catchup import snapshot_of
+from streamlog.cluster.producer_log import ProducerTrackingLog, rebuild
 from streamlog.cluster.replica import PartitionReplica, ReplicaStorage
+from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
 from streamlog.raft.driver import GroupCallbacks
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.group_commit import ALWAYS
@@ -77,6 +79,8 @@ class ReplicaDirectory(GroupCallbacks):
         self.peers_fsync: Callable[[], bool] = lambda: True
         self.topics: dict[str, Topic] = {}
         self.by_group: dict[str, PartitionReplica] = {}
+        #: The bounds of every replica's producer-state table (the --producer-* server options).
+        self.producer_state = ProducerStateConfig()
 
     # --- opening and closing replicas
 
@@ -99,12 +103,25 @@ class ReplicaDirectory(GroupCallbacks):
         members = tuple(members)
         storage = ReplicaStorage(group, log, self.hard_state, lambda: self.committer, replica.storage_failed,
                                  alone=members == (self.member,))
+        # The Raft node writes through a log that keeps the replica's producer state in step.
+        replica.producer_log = storage.log = ProducerTrackingLog(log, self._producer_table(group, log))
         self.by_group[group] = replica
         replica.node = self.host.add_group(group, members, storage)
         if members == (self.member,) and getattr(log, "failed", None) is None:
             # (A log that found damage at recovery serves nothing: PARTITION_UNAVAILABLE.)
             self.elect_alone(group)
         return replica
+
+    def _producer_table(self, group: str, log: Any) -> ProducerStateTable:
+        """The producer state of C{log} at start-up, rebuilt from it (empty for a log that failed)."""
+        if getattr(log, "failed", None) is not None:
+            return ProducerStateTable(self.producer_state)
+        try:
+            return rebuild(log, self.producer_state)
+        except Exception:
+            # Damage found while reading the batches: the log fails and serves nothing.
+            self._log.failure("group {group}: rebuilding its producer state failed", group=group)
+            return ProducerStateTable(self.producer_state)
 
     def add_topic(self, name: str, config: TopicConfig, logs: Sequence[Any], members: Iterable[str] | None = None,
                   topic_id: str | None = None, groups: Sequence[str] | None = None) -> Topic:
@@ -164,7 +181,11 @@ class ReplicaDirectory(GroupCallbacks):
         replica = self.by_group.get(group)
         if replica is None:
             return self.other.snapshot_data(group, index)
-        # Where the partition's log resumes: its removed records are gone for every reader alike.
+        # Where the partition's log resumes (its removed records are gone for every reader alike)
+        # and its producers as of the snapshot: one PartitionSnapshot (streamlog.cluster.catchup).
+        if replica.producer_log is not None:
+            data: bytes = replica.producer_log.snapshot_data(index)
+            return data
         return snapshot_of(replica.log, index)
 
     # --- lookups

@@ -44,6 +44,8 @@ import attrs
 import orjson
 
 from streamlog import errors, wire
+from streamlog.idempotence import registry
+from streamlog.idempotence.rules import MAX_EPOCH
 from streamlog.topic_config import TopicConfig
 
 #: The Raft group id of the metadata group; its leader is the controller.
@@ -247,6 +249,8 @@ class ClusterState:
     topics: Mapping[str, TopicInfo] = attrs.field(factory=dict, converter=_frozen)
     topic_ids: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
     next_producer_id: int = 0
+    #: producer name -> (producer id, epoch): the named idempotent producers (InitProducer).
+    producers: Mapping[str, tuple[int, int]] = attrs.field(factory=dict, converter=_frozen)
 
     @classmethod
     def empty(cls, cluster_id: str) -> ClusterState:
@@ -420,10 +424,27 @@ class AllocateProducerIds:
     count: int = attrs.field(validator=_strict_int)
 
 
-Command: TypeAlias = RegisterNode | CreateTopic | DeleteTopic | AllocateProducerIds
+def _optional_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and type(value) is not int:
+        raise TypeError(f"{attribute.name} must be an integer or null, not {type(value).__name__}")
+
+
+@attrs.frozen
+class InitProducer:
+    """Start (or continue) the named producer `name`: its id with the next epoch, fencing the
+    older instances (streamlog.idempotence.registry). `producer_id` and `epoch`: the identity
+    the asking instance holds when it asks for its own next epoch (both or neither)."""
+
+    kind: ClassVar[str] = "init_producer"
+    name: str = attrs.field(validator=_strict_str)
+    producer_id: int | None = attrs.field(default=None, validator=_optional_int)
+    epoch: int | None = attrs.field(default=None, validator=_optional_int)
+
+
+Command: TypeAlias = RegisterNode | CreateTopic | DeleteTopic | AllocateProducerIds | InitProducer
 
 _COMMANDS: dict[str, type[Command]] = {
-    cls.kind: cls for cls in (RegisterNode, CreateTopic, DeleteTopic, AllocateProducerIds)
+    cls.kind: cls for cls in (RegisterNode, CreateTopic, DeleteTopic, AllocateProducerIds, InitProducer)
 }
 
 
@@ -504,6 +525,8 @@ def apply(state: ClusterState, command: Command, index: int) -> tuple[ClusterSta
         new, result = _delete_topic(state, command)
     elif isinstance(command, AllocateProducerIds):
         new, result = _allocate_producer_ids(state, command)
+    elif isinstance(command, InitProducer):
+        new, result = _init_producer(state, command)
     else:
         raise TypeError(f"not a metadata command: {command!r}")
     return attrs.evolve(new, applied_index=index), result
@@ -657,6 +680,24 @@ def _allocate_producer_ids(state: ClusterState, cmd: AllocateProducerIds) -> tup
     return attrs.evolve(state, next_producer_id=first + cmd.count), Applied({"first": first, "count": cmd.count})
 
 
+def _init_producer(state: ClusterState, cmd: InitProducer) -> tuple[ClusterState, Result]:
+    if not cmd.name or len(cmd.name) > wire.DEFAULT_LIMITS.max_id_length or "\x00" in cmd.name:
+        return state, _invalid(f"a producer name is 1 to {wire.DEFAULT_LIMITS.max_id_length} characters, without NUL",
+                               field="producer_name")
+    if (cmd.producer_id is None) != (cmd.epoch is None):
+        return state, _invalid("'producer_id' and 'epoch' go together", field="producer_id")
+    current = None if cmd.producer_id is None or cmd.epoch is None else (cmd.producer_id, cmd.epoch)
+    try:
+        producers, next_id, (producer_id, epoch) = registry.register(
+            state.producers, state.next_producer_id, cmd.name, current)
+    except registry.Fenced as e:
+        return state, Refused(errors.ProducerFenced.code, str(e), {"producer_name": cmd.name})
+    except registry.Exhausted as e:
+        return state, Refused(PRODUCER_IDS_EXHAUSTED, str(e), {"left": 0})
+    return attrs.evolve(state, producers=producers, next_producer_id=next_id), Applied(
+        {"producer_id": producer_id, "epoch": epoch})
+
+
 # ---------------------------------------------------------------------------- encoding
 
 
@@ -753,7 +794,7 @@ def encode_snapshot(state: ClusterState) -> bytes:
     """The state as canonical JSON, versioned: the metadata group's snapshot data (what a
     node that fell behind the controller's log start installs, and what the controller
     keeps when it compacts its log)."""
-    return _dumps({
+    top: dict[str, Any] = {
         "version": SNAPSHOT_VERSION,
         "cluster_id": state.cluster_id,
         "applied_index": state.applied_index,
@@ -781,7 +822,10 @@ def encode_snapshot(state: ClusterState) -> bytes:
             }
             for _, t in sorted(state.topics.items())
         ],
-    })
+    }
+    if state.producers:  # absent when empty: snapshots written before named producers stay canonical
+        top["producers"] = [[name, pid, epoch] for name, (pid, epoch) in sorted(state.producers.items())]
+    return _dumps(top)
 
 
 def _object(value: Any, keys: set[str], where: str) -> dict[str, Any]:
@@ -812,8 +856,19 @@ def decode_snapshot(data: bytes) -> ClusterState:
     if obj["version"] != SNAPSHOT_VERSION:
         raise SnapshotDecodeError(f"metadata snapshot version {obj['version']} is not {SNAPSHOT_VERSION}")
     try:
-        top = _object(obj, {"version", "cluster_id", "applied_index", "next_producer_id", "nodes", "topics"},
-                      "snapshot")
+        keys = {"version", "cluster_id", "applied_index", "next_producer_id", "nodes", "topics"}
+        top = _object(obj, keys | ({"producers"} if "producers" in obj else set()), "snapshot")
+        producers: dict[str, tuple[int, int]] = {}
+        raw_producers = top.get("producers", [])
+        if not isinstance(raw_producers, list):
+            raise ValueError("producers must be an array")
+        for i, item in enumerate(raw_producers):
+            if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not str
+                    or type(item[1]) is not int or type(item[2]) is not int):
+                raise ValueError(f"producers[{i}] must be [name, producer id, epoch]")
+            if item[0] in producers:
+                raise ValueError(f"producer {item[0]!r} appears twice")
+            producers[item[0]] = (item[1], item[2])
         nodes: dict[int, NodeInfo] = {}
         if not isinstance(top["nodes"], list):
             raise ValueError("nodes must be an array")
@@ -861,6 +916,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
             topics=topics,
             topic_ids={t.topic_id: t.name for t in topics.values()},
             next_producer_id=_typed(top["next_producer_id"], int, "next_producer_id"),
+            producers=producers,
         )
         check_state(state)
     except ValueError as e:
@@ -885,6 +941,9 @@ def check_state(state: ClusterState) -> None:
         raise ValueError(f"applied index {state.applied_index} out of range")
     if not 0 <= state.next_producer_id <= MAX_PRODUCER_ID + 1:
         raise ValueError(f"next producer id {state.next_producer_id} out of range")
+    for name, (pid, epoch) in state.producers.items():
+        if not 0 <= pid < state.next_producer_id or not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(f"producer {name[:260]!r}: id {pid} epoch {epoch} out of range")
     for node_id, node in state.nodes.items():
         if node_id != node.node_id or not _valid_node_id(node_id):
             raise ValueError(f"node {node_id!r} is filed under the wrong id or out of range")

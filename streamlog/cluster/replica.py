@@ -29,6 +29,8 @@ from twisted.python.failure import Failure
 from streamlog import errors
 from streamlog.broker.partition import Partition
 from streamlog.cluster.catchup import PartitionSnapshot
+from streamlog.idempotence.rules import Outcome
+from streamlog.idempotence.table import Decision, ProducerStateTable
 from streamlog.raft.core import LEADER, HardState, NotLeader
 from streamlog.raft.driver import NotLeaderError
 from streamlog.raft.messages import InstallSnapshot
@@ -87,12 +89,17 @@ class ReplicaStorage:
         empty data: the log's own end). Data this version cannot read raises
         PartitionSnapshotError before anything changes: the message is dropped (and logged),
         the leader sends it again."""
-        if not m.data:
+        snapshot = PartitionSnapshot.decode(m.data) if m.data else None
+        install = getattr(self.log, "install_snapshot", None)
+        if install is not None:
+            # The producer-tracking log (streamlog.cluster.producer_log): the log is reset and
+            # the replica's producer table restored from the same snapshot.
+            install(m.last_index, m.last_term, m.config, snapshot)
+        elif snapshot is None:
             self.raw.reset(m.last_index, m.last_term, m.config)
-            return
-        snapshot = PartitionSnapshot.decode(m.data)
-        self.raw.reset(m.last_index, m.last_term, m.config, next_offset=snapshot.next_offset,
-                       producer_state=snapshot.producer_state)
+        else:
+            self.raw.reset(m.last_index, m.last_term, m.config, next_offset=snapshot.next_offset,
+                           producer_state=snapshot.producer_state)
 
     def sync_log(self) -> Deferred | None:
         committer = self._committer()
@@ -153,6 +160,11 @@ class PartitionReplica(Partition):
         self.closed_error: Exception | None = None
         #: The group's Raft node (set by the directory): its role, and retention's C{compact}.
         self.node: Any = None
+        #: The log the Raft node writes through, with this replica's producer state
+        #: (L{streamlog.cluster.producer_log.ProducerTrackingLog}; set by the directory).
+        self.producer_log: Any = None
+        #: Answers to duplicate batches, waiting for their original's commit: (index, term, Deferred).
+        self._commit_waiters: list[tuple[int, int, Deferred]] = []
 
     # --- what the Raft group tells us (through the directory's GroupCallbacks)
 
@@ -166,16 +178,21 @@ class PartitionReplica(Partition):
             if was_leader:
                 # Parked polls were waiting on this node's commits: send them to the new leader.
                 self.fail_waiters(self.not_leader())
+                self._fail_commit_waiters(self.not_leader())
         self._wake_ready()  # writers may go on (leader), or learn where to (another leader)
 
     def committed(self, upto: int) -> None:
         if upto <= self.commit_index:
             return
         self.commit_index = upto
+        if self.producer_log is not None:
+            self.producer_log.table.mark_committed(upto)
         if self.role == LEADER and not self.ready and self.log.term_at(upto) == self.term:
             self.ready = True
         if self.ready or self.role != LEADER:
             self.advance(self.log.next_offset_after(upto))
+        if self._commit_waiters:
+            self._release_commit_waiters()
         self._wake_ready()
 
     def storage_failed(self, failure: Failure) -> None:
@@ -193,6 +210,7 @@ class PartitionReplica(Partition):
             if not d.called:
                 d.errback(error)
         self.fail_waiters(error)
+        self._fail_commit_waiters(error)
         self._wake_ready()
 
     # --- the broker's questions
@@ -322,6 +340,71 @@ class PartitionReplica(Partition):
 
         d.addBoth(relay)
         return answer
+
+    # --- idempotent producers
+
+    @property
+    def producers(self) -> ProducerStateTable:
+        """This replica's producer-state table (kept in step with its log by the log it writes through)."""
+        table: ProducerStateTable = self.producer_log.table
+        return table
+
+    def check_producer(self, producer_id: int, epoch: int, base_sequence: int, count: int, now_ms: int) -> Decision:
+        """The leader's check of an idempotent batch before it is appended: NEW or DUPLICATE, else the error.
+
+        Raises C{OUT_OF_ORDER_SEQUENCE}, C{PRODUCER_FENCED},
+        C{UNKNOWN_PRODUCER_ID}, C{TOO_MANY_PRODUCERS} or C{INVALID_PARAMS}.
+        A NEW batch must be appended (L{append}) before anything else is
+        checked: the append records it in the table.
+        """
+        decision = self.producers.check(producer_id, epoch, base_sequence, count, now_ms)
+        outcome = decision.outcome
+        if outcome is Outcome.NEW or outcome is Outcome.DUPLICATE:
+            return decision
+        where = dict(topic=self.topic, partition=self.index)
+        message = f"partition {self.topic}/{self.index}, producer {producer_id} epoch {epoch}: {decision.reason}"
+        if outcome is Outcome.OUT_OF_ORDER_SEQUENCE:
+            raise errors.OutOfOrderSequence(message, **where)
+        if outcome is Outcome.PRODUCER_FENCED:
+            raise errors.ProducerFenced(message, **where)
+        if outcome is Outcome.UNKNOWN_PRODUCER_ID:
+            raise errors.UnknownProducerId(message, **where)
+        if outcome is Outcome.TOO_MANY_PRODUCERS:
+            raise errors.TooManyProducers(message, limit=self.producers.config.max_producers, **where)
+        raise errors.InvalidParams(message, **where)
+
+    def when_committed(self, index: int) -> Deferred:
+        """Fires once entry C{index} (in this leader's log now) is committed; fails C{NOT_LEADER} if this
+        replica stops leading first (the entry's fate is then the next leader's to tell)."""
+        if index <= self.commit_index:
+            return succeed(None)
+        term = self.log.term_at(index)
+        d: Deferred = Deferred()
+        self._commit_waiters.append((index, -1 if term is None else term, d))
+        return d
+
+    def _release_commit_waiters(self) -> None:
+        keep = []
+        for index, term, d in self._commit_waiters:
+            if index > self.commit_index:
+                keep.append((index, term, d))
+            elif index < self.log.start_index or self.log.term_at(index) == term:
+                d.callback(None)
+            else:
+                d.errback(self.not_leader())
+        self._commit_waiters = keep
+
+    def _fail_commit_waiters(self, error: Exception) -> None:
+        waiters, self._commit_waiters = self._commit_waiters, []
+        for _, _, d in waiters:
+            if not d.called:
+                d.errback(error)
+
+    def expire_producers(self, now_ms: int) -> list[int]:
+        """Forget the producers idle longer than the expiry (C{--producer-id-expiry-ms}); return their ids."""
+        if self.producer_log is None:
+            return []
+        return self.producers.expire(now_ms)
 
     def holding(self, index: int) -> int:
         """How many replicas hold entry C{index} at this node's durability, as this node knows

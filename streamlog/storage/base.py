@@ -23,7 +23,7 @@ Raft C{term} it was written in.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -184,7 +184,7 @@ class ReplicatedLog(Protocol):
 
     def truncate_suffix(self, from_index: int) -> None: ...
 
-    def truncate_prefix(self, upto_index: int) -> None: ...
+    def truncate_prefix(self, upto_index: int, producer_state: Callable[[int], bytes] | None = None) -> None: ...
 
     def reset(
         self, index: int, term: int, config: Members | None = None, *, next_offset: int | None = None, producer_state: bytes = b""

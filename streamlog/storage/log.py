@@ -31,7 +31,7 @@ appending (see L{streamlog.storage.durability} for the locks).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 from twisted.logger import Logger
@@ -263,9 +263,14 @@ class SegmentedLog:
         """Remove every entry with index >= C{from_index}; durable before it returns."""
         truncation.truncate_suffix(self, from_index)
 
-    def truncate_prefix(self, upto_index: int) -> None:
-        """Remove whole segments of entries <= C{upto_index} behind the synced mark (C{start_index <= upto_index + 1} after)."""
-        truncation.truncate_prefix(self, upto_index)
+    def truncate_prefix(self, upto_index: int, producer_state: Callable[[int], bytes] | None = None) -> None:
+        """Remove whole segments of entries <= C{upto_index} behind the synced mark (C{start_index <= upto_index + 1} after).
+
+        C{producer_state(i)}: the producer state as of entry C{i}, kept with
+        the new start (entry C{i + 1}) as L{reset} keeps a snapshot's; None
+        keeps what the start had.
+        """
+        truncation.truncate_prefix(self, upto_index, producer_state)
 
     def reset(
         self, index: int, term: int, config: Members | None = None, *, next_offset: int | None = None, producer_state: bytes = b""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from streamlog.raft.log import Entry, Members
 from streamlog.storage.appends import stored_batch
@@ -240,8 +240,11 @@ class MemoryLog:
         del self._configs[bisect.bisect_left(self._configs, from_index) :]
         self._durable = min(self._durable, from_index - 1)
 
-    def truncate_prefix(self, upto_index: int) -> None:
-        """Drop every entry <= C{upto_index} that is durable (the segmented log keeps whole segments)."""
+    def truncate_prefix(self, upto_index: int, producer_state: Callable[[int], bytes] | None = None) -> None:
+        """Drop every entry <= C{upto_index} that is durable (the segmented log keeps whole segments).
+
+        C{producer_state(i)}: the producer state as of entry C{i}, kept with the new start.
+        """
         self._check()
         if upto_index < self._start.index:
             return
@@ -253,8 +256,9 @@ class MemoryLog:
         found = self.config_at(upto_index)
         drop = upto_index - self._start.index + 1
         next_offset = self._batches[drop].base_offset if drop < len(self._batches) else self._end
+        state = producer_state(upto_index) if producer_state is not None else self._start.producer_state
         self._start = LogStart(upto_index + 1, self._at(upto_index).term, next_offset, found[1] if found else None,
-                               self._start.producer_state)
+                               state)
         for batch in self._batches[:drop]:
             self._bytes -= len(batch.payload)
         del self._batches[:drop], self._offsets[:drop]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -227,7 +228,7 @@ def retention_point(log: SegmentedLog, now_ms: int) -> int:
     return point
 
 
-def truncate_prefix(log: SegmentedLog, upto_index: int) -> None:
+def truncate_prefix(log: SegmentedLog, upto_index: int, producer_state: Callable[[int], bytes] | None = None) -> None:
     """Remove whole segments whose entries are all <= C{upto_index} (and behind the synced mark).
 
     A segment that holds C{upto_index} and later entries stays, so the log
@@ -255,7 +256,8 @@ def truncate_prefix(log: SegmentedLog, upto_index: int) -> None:
     term = chain.term_at(new_index - 1)
     assert term is not None
     found = chain.config_at(new_index - 1)
-    start = LogStart(new_index, term, keep.base_offset, found[1] if found else None, chain.start.producer_state)
+    state = producer_state(new_index - 1) if producer_state is not None else chain.start.producer_state
+    start = LogStart(new_index, term, keep.base_offset, found[1] if found else None, state)
     doomed = chain.segments[:drop]
     try:
         with durability.checkpoint_lock:

@@ -5,18 +5,21 @@ tick makes one message (C{--message TEXT}, or C{"message N"} with a counter
 from 1); with C{--stdin} each input line is one message, read by a daemon
 thread so the reactor never blocks, and each tick sends what has arrived.
 
-Delivery: messages wait in one ordered queue; at most one SendBatch request
-is in flight, carrying the queue's head (up to C{--batch-size}).  When it is
-acknowledged, each message's partition and offset are logged and the
-messages leave the queue.  When it fails with a transient error (the server
-unreachable, connection lost, timeout, partition unavailable, unknown topic)
-the same messages are sent again, in the same order, after an exponential
-backoff with jitter: nothing is dropped.  (Where the partition's leader
-moved, the client follows it before the request comes back here: see
-L{streamlog.client.cluster}.)  A resend after a connection loss
-or a timeout can append a message twice (the first attempt may have landed)
-until idempotent producers land.  An error that cannot heal by waiting
-(message too large, invalid parameters) is logged and the producer stops
+Delivery: messages wait in one ordered queue; at most one batch (the
+queue's head, up to C{--batch-size}) is handed at a time to an idempotent
+L{streamlog.client.Producer} (C{--no-idempotence} turns that off).  When it
+is acknowledged, each message's partition and offset are logged and the
+messages leave the queue.  The Producer resends what a lost connection, a
+timeout or a leader change left unanswered with the same sequence numbers,
+so the partition stores it once and answers with its first offsets; it
+follows a moving leader (L{streamlog.client.cluster}).  When a batch still
+fails with a transient error (partition unavailable, unknown topic, a
+delivery timeout) the same messages are handed over again, in the same
+order, after an exponential backoff with jitter: nothing is dropped.  Only
+such a second hand-over of a batch whose first may have landed (a delivery
+timeout after a lost answer, a storage error) can store it twice, and the
+log says so.  An error that cannot heal by waiting (message too large,
+invalid parameters, the producer fenced) is logged and the producer stops
 with exit status 1.
 
 Exit status: 0 once C{--count N} messages are acknowledged, or, with
@@ -35,12 +38,14 @@ from typing import Any
 
 import orjson
 from twisted.application import service
+from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from streamlog import errors
+from streamlog.client.producer import Producer
 from streamlog.client.retry import backoff_policy
 from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 
@@ -53,14 +58,19 @@ TRANSIENT = (
 # KEY_TOO_LARGE, MESSAGE_TOO_LARGE, TOO_MANY_PARTITIONS, UNKNOWN_PARTITION, INVALID_PARAMS, ...:
 # waiting cannot heal them, so they stop the producer (status 1).
 
-#: Transient errors after which the first attempt may have been appended: a resend can duplicate.
+#: Transient errors after which the batch may have been appended: handing it over again can duplicate.
 #: The others are refusals (nothing of the request was appended), or carry C{sent=False}.
 MAYBE_APPENDED = (errors.ConnectionLost, errors.Timeout, errors.StorageError, errors.Internal)
 
 
 def may_have_landed(error: errors.StreamlogError) -> bool:
-    """Whether a failed SendBatch may still have been appended (so that a resend may duplicate it)."""
+    """Whether a failed batch may still have been appended (so that sending it again may duplicate it)."""
     return isinstance(error, MAYBE_APPENDED) and error.details.get("sent", True) is not False
+
+
+#: Seconds the Producer retries a batch itself (resends keep their numbers) before the daemon hands
+#: it over again: an hour, so that only a very long outage needs a second hand-over.
+DELIVERY_TIMEOUT = 3600.0
 
 
 #: Lines read from stdin but not yet acknowledged, at most (the reader thread waits beyond it).
@@ -71,9 +81,9 @@ class Options(ClientOptions):
     longdesc = (
         "Send messages to a streamlog topic every --interval seconds and log each "
         "acknowledgement (partition, offset). Retries with backoff while the server is "
-        "unreachable and never drops a message; a resend after a lost connection may "
-        "duplicate it. Exit status 0 after --count acknowledged messages (or the end of "
-        "--stdin), 1 after a permanent error."
+        "unreachable and never drops a message; an idempotent producer, so a resend after a "
+        "lost connection or a leader change is stored once. Exit status 0 after --count "
+        "acknowledged messages (or the end of --stdin), 1 after a permanent error."
     )
 
     optParameters = [
@@ -90,6 +100,8 @@ class Options(ClientOptions):
         ["stdin", None, "Send each line of standard input as one message; end after EOF once all are acknowledged."],
         ["json", "j", "Parse --message (or each --stdin line) as JSON and send the value; "
                       "without it the text is sent as a JSON string."],
+        ["no-idempotence", None, "Send without producer ids and sequence numbers (a resend after a lost "
+                                 "connection may then store a message twice)."],
     ]
 
     def postOptions(self) -> None:
@@ -147,6 +159,7 @@ class ProducerService(LoopingClientService):
         self._retry: IDelayedCall | None = None
         self._eof = False
         self._slots = threading.Semaphore(MAX_BUFFERED_LINES)
+        self.producer: Producer | None = None
 
     # --- life -----------------------------------------------------------------------
 
@@ -248,29 +261,49 @@ class ProducerService(LoopingClientService):
         except Exception:
             self._log.failure("producer tick failed")
 
+    def _producer(self) -> Producer:
+        if self.producer is None:
+            assert self.client is not None
+            self.producer = Producer(self.client, linger_ms=0, batch_size=self.options["batch-size"],
+                                     max_in_flight=1, acks=self.options["acks"], delivery_timeout=DELIVERY_TIMEOUT,
+                                     idempotent=not self.options["no-idempotence"])
+        return self.producer
+
     def _send(self) -> None:
         if self._in_flight or self._retry is not None or self._finished or not self._queue:
             return
         batch = [self._queue[i] for i in range(min(len(self._queue), self.options["batch-size"]))]
         self._in_flight = len(batch)
-        d = self.client.send_batch(self.options["topic"], [q.message for q in batch], acks=self.options["acks"])
-        d.addCallbacks(self._acked, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        producer = self._producer()
+        topic = self.options["topic"]
+        ds = [producer.send(topic, q.message["value"], key=q.message.get("key"),
+                            partition=q.message.get("partition")) for q in batch]
+        d = DeferredList(ds, consumeErrors=True)
+        d.addCallback(self._answered, batch)
         d.addErrback(lambda f: self._log.failure("handling an answer failed", f))
 
-    def _acked(self, result: dict[str, Any], batch: list[_Queued]) -> None:
+    def _answered(self, outcomes: list[tuple[bool, Any]], batch: list[_Queued]) -> None:
+        """Log the acknowledged head of the batch; the rest, from the first failure on, goes again."""
+        acked = 0
+        for ok, _ in outcomes:
+            if not ok:
+                break
+            acked += 1
+        if acked:
+            self._acked([placed for _, placed in outcomes[:acked]], batch[:acked])
+        if acked < len(batch):
+            failure = outcomes[acked][1]
+            self._failed(failure, batch[acked:])
+
+    def _acked(self, placed: list[tuple[int, int]], batch: list[_Queued]) -> None:
         self._in_flight = 0
         self._failures = 0
-        placed = result["partitions"]
-        if len(placed) != 1 or placed[0]["count"] != len(batch):
-            self._log.error("unexpected answer for {n} messages: {result!r}", n=len(batch), result=result)
-            self._finish(1)
-            return
-        partition, base = placed[0]["partition"], placed[0]["base_offset"]
-        for i, q in enumerate(batch):
+        durability = "acks=" + self.options["acks"]
+        for q, (partition, offset) in zip(batch, placed):
             self._queue.popleft()
             self._log.info("message {number} acknowledged: topic {topic} partition {partition} offset "
-                           "{offset} ({durability})", number=q.number, topic=result["topic"],
-                           partition=partition, offset=base + i, durability=result.get("durability"))
+                           "{offset} ({durability})", number=q.number, topic=self.options["topic"],
+                           partition=partition, offset=offset, durability=durability)
             if self.options["stdin"]:
                 self._slots.release()
         self.acknowledged += len(batch)
@@ -303,6 +336,8 @@ class ProducerService(LoopingClientService):
         delay = self._backoff(self._failures)
         caveat = ("; the first attempt may have been appended, so the resend may duplicate them"
                   if may_have_landed(error) else "; nothing of it was appended")
+        if self.producer is not None and self.producer.closed is not None:
+            self.producer = None  # fenced or closed: a fresh one (a new producer id) for the resend
         self._log.warn("sending messages {first}-{last} failed ({code}: {error}); resending in {delay:.2f}s{caveat}",
                        first=batch[0].number, last=batch[-1].number, code=error.code, error=error, delay=delay,
                        caveat=caveat)

@@ -19,6 +19,14 @@ from twisted.python.failure import Failure
 from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
+from streamlog.idempotence.table import (
+    DEFAULT_EVICT_MIN_IDLE_MS,
+    DEFAULT_EXPIRY_MS,
+    DEFAULT_MAX_PRODUCERS,
+    DEFAULT_UNDO_LIMIT,
+    DEFAULT_WINDOW,
+    ProducerStateConfig,
+)
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.transport import TransportLimits
 from streamlog.storage.base import TopicConfig
@@ -148,6 +156,19 @@ class Options(usage.Options):
         ["election-timeout-ms", None, 500, "Raft election timeout (ms; randomized in [T, 2T)).", int],
         ["heartbeat-ms", None, 50, "Raft heartbeat interval (ms).", int],
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
+        ["producer-state-batches", None, DEFAULT_WINDOW,
+         "Batches each partition remembers per idempotent producer (5 to 64; a retry of any of them is recognised).",
+         int],
+        ["max-producers-per-partition", None, DEFAULT_MAX_PRODUCERS,
+         "Idempotent producers a partition remembers; past it the least recently active is evicted.", int],
+        ["producer-id-expiry-ms", None, DEFAULT_EXPIRY_MS,
+         "An idempotent producer idle this long (ms) is forgotten by each partition.", int],
+        ["producer-evict-min-idle-ms", None, DEFAULT_EVICT_MIN_IDLE_MS,
+         "A producer active more recently (ms) is never evicted to make room (a new one is refused: "
+         "TOO_MANY_PRODUCERS).", int],
+        ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
+         "Undo records each partition keeps above its commit index to restore producer state exactly "
+         "when a new leader replaces its uncommitted tail.", int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
     ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
@@ -189,6 +210,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--fsync: {e}") from None
         _check_endpoint(self["listen"])
         self._check_cluster()
+        try:
+            self["producer-state"] = ProducerStateConfig(
+                window=self["producer-state-batches"], max_producers=self["max-producers-per-partition"],
+                expiry_ms=self["producer-id-expiry-ms"], evict_min_idle_ms=self["producer-evict-min-idle-ms"],
+                undo_limit=self["producer-state-undo-limit"])
+        except ValueError as e:
+            raise usage.UsageError(f"producer state options: {e} (--producer-state-batches, "
+                                   "--max-producers-per-partition, --producer-id-expiry-ms, "
+                                   "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
         group_options.check(self)
 
     def _check_cluster(self) -> None:
@@ -257,6 +287,7 @@ class Options(usage.Options):
             election_timeout_ms=self["election-timeout-ms"],
             heartbeat_ms=self["heartbeat-ms"],
             replication_factor=self["replication-factor"],
+            producer_state=self["producer-state"],
             peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
                                            for f in attrs.fields(TransportLimits)}),
             groups=group_options.group_config(self),

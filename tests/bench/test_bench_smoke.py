@@ -73,6 +73,14 @@ def test_produce_with_many_keys_batches_per_partition() -> None:
     assert 0 < r["requests"] <= 4000 // 50, r["requests"]
 
 
+def test_produce_with_idempotence_on_and_off() -> None:
+    for mode in ("on", "off"):
+        r = bench("produce", "--messages", "2000", "--batch", "200", "--size", "50", "--idempotence", mode)
+        check_common(r, "produce")
+        assert r["messages"] == 2000 and r["idempotence"] == mode
+    assert bench("produce", "--messages", "500", "--acks", "none")["idempotence"] == "off"
+
+
 def test_produce_and_consume_on_a_three_node_cluster_the_bench_starts() -> None:
     r = bench("produce", "--nodes", "3", "--messages", "3000", "--batch", "100", "--size", "100", timeout=120)
     assert r["server"]["nodes"] == 3 and r["server"]["replication_factor"] == 3

@@ -25,6 +25,8 @@ from twisted.test import iosim
 from streamlog import errors, wire
 from streamlog.client.addresses import address_key
 from streamlog.framing import FastLineReceiver
+from streamlog.idempotence.rules import Outcome
+from streamlog.idempotence.table import ProducerStateTable
 from streamlog.partitioner import partition_for_key
 
 
@@ -37,6 +39,9 @@ class FakePartition:
         #: node id -> log end offset, as the leader would answer in replica_offsets (None: not given).
         self.log_ends: dict[int, int] | None = None
         self.records: list[dict[str, Any]] = []
+        #: The partition's idempotent-producer state (the real table; "Raft indexes" count appends).
+        self.producers = ProducerStateTable()
+        self.appends = 0
 
     def view(self, number: int) -> dict[str, Any]:
         return {"partition": number, "leader": self.leader, "leader_term": self.term,
@@ -218,6 +223,22 @@ class FakeNode:
                 entries.append({"partition": p, "count": len(messages), "error": e.to_wire()})
                 continue
             base = len(part.records)
+            if send.sequences is not None:
+                sequence = send.sequences.get(p, send.sequences.get(-1, -1))
+                decision = part.producers.check(send.producer_id, send.epoch, sequence, len(messages), now)
+                if decision.outcome is Outcome.DUPLICATE:
+                    entries.append({"partition": p, "base_offset": decision.base_offset, "count": len(messages),
+                                    "duplicate": True})
+                    replicas.append(len(part.isr))
+                    continue
+                if decision.outcome is not Outcome.NEW:
+                    code = decision.outcome.code
+                    assert code is not None
+                    error = errors.BY_CODE[code](decision.reason, topic=send.topic, partition=p)
+                    entries.append({"partition": p, "count": len(messages), "error": error.to_wire()})
+                    continue
+                part.appends += 1
+                part.producers.apply(send.producer_id, send.epoch, sequence, len(messages), base, part.appends, now)
             for i, m in enumerate(messages):
                 part.records.append({"offset": base + i, "timestamp": now, "key": m.get("key"),
                                      "value": m["value"], "headers": m.get("headers") or {}})
@@ -326,6 +347,23 @@ class FakeNode:
             raise errors.UnknownTopic(f"unknown topic {topic!r}", topic=topic)
         return {"topic": topic, "deleted": True}
 
+    def handle_InitProducerId(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = wire.parse_init_producer_id(params)
+        cluster = self.cluster
+        if p.producer_name is not None:
+            held = cluster.producer_names.get(p.producer_name)
+            current = None if p.producer_id is None else (p.producer_id, p.epoch)
+            if held is not None and current is not None and current != held:
+                raise errors.ProducerFenced(f"producer {p.producer_name!r} was taken over")
+            identity = (held[0], held[1] + 1) if held is not None else (cluster.take_producer_id(), 0)
+            cluster.producer_names[p.producer_name] = identity
+        elif p.producer_id is not None and p.epoch is not None:
+            identity = (p.producer_id, p.epoch + 1)
+        else:
+            identity = (cluster.take_producer_id(), 0)
+        cluster.inits.append(identity)
+        return {"producer_id": identity[0], "epoch": identity[1]}
+
     def handle_Ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "time": int(self.cluster.clock.seconds() * 1000), "version": "fake",
                 "node_id": self.node_id}
@@ -375,6 +413,14 @@ class FakeCluster:
         self.cluster_id = "fake-cluster"
         #: CreateTopic answers LEADER_NOT_AVAILABLE this many times first (a cluster still forming).
         self.forming = 0
+        #: InitProducerId: the next producer id, the named producers, every identity handed out.
+        self.next_producer_id = 0
+        self.producer_names: dict[str, tuple[int, int]] = {}
+        self.inits: list[tuple[int, int]] = []
+
+    def take_producer_id(self) -> int:
+        self.next_producer_id += 1
+        return self.next_producer_id - 1
 
     @property
     def bootstrap(self) -> str:

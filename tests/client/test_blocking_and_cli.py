@@ -607,3 +607,40 @@ def test_cli_and_consumer_daemon_bound_their_poll_options(server):
                             cwd=REPO, capture_output=True, timeout=30)
     assert daemon.returncode != 0
     assert b"--max-messages must be between 1 and 10000" in daemon.stdout + daemon.stderr
+
+
+def test_the_idempotent_sender_resends_a_lost_answer_with_the_same_numbers(blocking):
+    blocking.create_topic("b-idem", partitions=2)
+    sender = blocking.idempotent_sender()
+    real = blocking._routed
+    lost = []
+
+    def lose_the_first_answer(method, params, topic, partition, **kw):
+        answer = real(method, params, topic, partition, **kw)  # appended at the server ...
+        if not lost:
+            lost.append(params)
+            raise errors.ConnectionLost("the answer was lost")  # ... but the answer never came
+        return answer
+
+    blocking._routed = lose_the_first_answer
+    first = sender.send_batch("b-idem", [{"value": v, "partition": 1} for v in "ab"])
+    second = sender.send_batch("b-idem", [{"value": "c", "partition": 1}])
+    assert sender.resends == 1 and sender.identity is not None
+    assert first["partitions"] == [{"partition": 1, "base_offset": 0, "count": 2, "duplicate": True}]
+    assert second["partitions"] == [{"partition": 1, "base_offset": 2, "count": 1}]
+    assert lost[0]["sequences"] == [{"partition": 1, "base_sequence": 0}]
+    assert [m["value"] for m in blocking.poll("b-idem", 1, 0)["messages"]] == ["a", "b", "c"]
+
+
+def test_cli_produce_is_idempotent_unless_told_otherwise(server):
+    assert run_cli(server, "topics", "create", "c-idem", "--partitions", "1")[0] == 0
+    with BlockingClient(server.address, timeout=10) as c:
+        ids = [c.call("InitProducerId", {})["producer_id"]]
+        for flags in ([], ["--no-idempotence"]):
+            rc, _, err = run_cli(server, "produce", "c-idem", "x", *flags)
+            assert rc == 0, err
+            ids.append(c.call("InitProducerId", {})["producer_id"])
+        # The idempotent run took a producer id of its own; the other did not.
+        assert [b - a for a, b in zip(ids, ids[1:])] == [2, 1]
+        assert [m["value"] for m in c.poll("c-idem", 0, 0)["messages"]] == ["x", "x"]
+    assert "--no-idempotence" in run_cli(server, "produce", "--help")[1]

@@ -246,7 +246,7 @@ def test_delivery_timeout_fails_the_messages_with_a_typed_error(clock, cluster, 
 
 def test_a_refusal_followed_by_a_success_at_the_same_node_is_reported_as_reordered(clock, cluster, client):
     cluster.create_topic("t", 1, leaders=[1])
-    producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=4)
+    producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=4, idempotent=False)
     send_one(clock, cluster, producer, {"n": -1})
     refused = []
 
@@ -265,6 +265,29 @@ def test_a_refusal_followed_by_a_success_at_the_same_node_is_reported_as_reorder
     assert [v["n"] for v in cluster.values("t", 0)] == [-1, 1, 2, 0]
     assert producer.reordered == 2  # two batches landed ahead of the refused one
     assert [e for e in events if "those will land after it" in formatEvent(e)]
+
+
+def test_an_idempotent_producer_keeps_the_order_a_refusal_would_break(clock, cluster, client):
+    # The same refusal as above: the batches behind the refused one are refused in turn
+    # (OUT_OF_ORDER_SEQUENCE: their predecessor is missing) and go again after it, in order.
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=4)
+    send_one(clock, cluster, producer, {"n": -1})
+    refused = []
+
+    def refuse_once(params):
+        if not refused:
+            refused.append(params)
+            return errors.NotLeader("not the leader for a moment", topic="t", partition=0, leader=None,
+                                    leader_address=None, leader_term=None)
+        return None
+
+    cluster.nodes[1].faults["SendBatch"] = refuse_once
+    ds = [producer.send("t", {"n": i}, partition=0) for i in range(3)]
+    run_until(clock, cluster, lambda: all(d.called for d in ds))
+    assert acked(ds) == [(0, 1), (0, 2), (0, 3)]
+    assert [v["n"] for v in cluster.values("t", 0)] == [-1, 0, 1, 2]
+    assert producer.reordered == 0 and producer.retries >= 3
 
 
 def test_one_in_flight_per_partition_rules_reordering_out(clock, cluster, client):

@@ -132,17 +132,33 @@ def test_failed_batch_fails_each_message(network, clock, client):
 
 def test_messages_in_flight_when_the_connection_drops_are_sent_again_in_order(network, clock, client):
     got(network, clock, client.create_topic("t", partitions=1))
-    producer = Producer(client, linger_ms=0)
+    producer = Producer(client, linger_ms=0, idempotent=False)
     got(network, clock, producer.send("t", "first"))
     ds = [producer.send("t", i) for i in range(3)]
     clock.advance(0)  # the batch is written
     network.drop()
     run_until(clock, network, lambda: all(d.called for d in ds))
     # The server had appended them before the drop; the Producer cannot know, and resends:
-    # everything is there, in order, the batch twice (until idempotent producers).
+    # everything is there, in order, the batch twice (idempotence is off).
     assert [result_of(d)[1] for d in ds] == [4, 5, 6]
     assert [r["value"] for r in values(network, "t")] == ["first", 0, 1, 2, 0, 1, 2]
     assert producer.retries == 1
+
+
+def test_an_idempotent_resend_after_the_connection_drops_is_answered_with_the_original_offsets(
+        network, clock, client):
+    got(network, clock, client.create_topic("t", partitions=1))
+    producer = Producer(client, linger_ms=0)
+    got(network, clock, producer.send("t", "first"))
+    ds = [producer.send("t", i) for i in range(3)]
+    clock.advance(0)  # the batch is written
+    network.drop()
+    run_until(clock, network, lambda: all(d.called for d in ds))
+    # The server had appended them before the drop; the resend carries the same numbers and is
+    # answered with the offsets of the first append: stored once.
+    assert [result_of(d)[1] for d in ds] == [1, 2, 3]
+    assert [r["value"] for r in values(network, "t")] == ["first", 0, 1, 2]
+    assert producer.retries == 1 and producer.identity is not None
 
 
 def test_messages_fail_with_delivery_timeout_when_the_server_stays_away(network, clock):

@@ -244,8 +244,9 @@ TABLE = [
     Row("first .log", "truncated", segment(FIRST), truncated, "unavailable", "start"),
     Row("middle .log", "truncated", segment(MIDDLE), truncated, "unavailable", "start"),
     Row("last .log", "truncated", segment(LAST), truncated, "unavailable", "start"),
-    Row("first .log", "corrupted", segment(FIRST), flipped(100), "unavailable", "read"),
-    Row("middle .log", "corrupted", segment(MIDDLE), flipped(100), "unavailable", "read"),
+    # (Found at start-up since the replica rebuilds its producer state from every batch: issue 10.)
+    Row("first .log", "corrupted", segment(FIRST), flipped(100), "unavailable", "start"),
+    Row("middle .log", "corrupted", segment(MIDDLE), flipped(100), "unavailable", "start"),
     # (The last segment holds one batch: it lies in the last index interval, which start-up reads.)
     Row("last .log", "corrupted", segment(LAST), flipped(300), "unavailable", "start"),
     Row("first .log", "zero-length", segment(FIRST), zero_length, "unavailable", "start"),

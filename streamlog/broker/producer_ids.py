@@ -1,0 +1,172 @@
+"""C{InitProducerId}: producer ids and epochs for idempotent producers, unique cluster-wide (issue 10).
+
+Two kinds of producer:
+
+  - without a name: a fresh id at epoch 0.  The node hands ids out of a
+    block it took from the registry (L{BLOCK} at a time, so one metadata
+    commit serves many producers); an id is never handed out twice, even
+    across restarts (the rest of a block is skipped).  Such a producer asks
+    for its next epoch by naming its id and epoch; nothing is recorded for
+    that, because only the producer itself holds the id (each partition
+    fences older epochs by what it stored).
+  - with a C{producer_name}: the registry maps the name to (id, epoch);
+    a new instance gets the next epoch, which fences the older ones
+    (L{streamlog.idempotence.registry}).
+
+The registry is the cluster metadata in a cluster (the C{AllocateProducerIds}
+and C{InitProducer} commands, committed by the metadata group) and, on a node
+alone (which runs no metadata group), a small file in the data directory
+(C{producer-ids.json}, replaced atomically and fsynced before an answer),
+driven by the same pure rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from streamlog import errors, wire
+from streamlog.idempotence import registry
+
+#: Producer ids a node takes from the registry at a time.
+BLOCK = 1000
+
+#: The registry file of a node alone, in its data directory.
+REGISTRY_FILE = "producer-ids.json"
+
+
+class LocalRegistry:
+    """The registry of a node alone: C{next_producer_id} and the named producers, in C{path} (None: memory)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.next_id = 0
+        self.producers: dict[str, registry.Identity] = {}
+        if path is not None and os.path.exists(path):
+            with open(path, "rb") as f:
+                state = json.load(f)
+            self.next_id = int(state["next_producer_id"])
+            self.producers = {name: (int(pid), int(epoch)) for name, (pid, epoch) in state["producers"].items()}
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"next_producer_id": self.next_id,
+                       "producers": {n: list(i) for n, i in sorted(self.producers.items())}}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def allocate(self, count: int) -> Deferred:
+        """Fires with the first of C{count} new ids."""
+        if self.next_id + count - 1 > registry.MAX_PRODUCER_ID:
+            return fail(errors.ProducerIdsExhausted("every producer id has been handed out"))
+        first = self.next_id
+        self.next_id += count
+        self._save()
+        return succeed(first)
+
+    def register(self, name: str, current: registry.Identity | None) -> Deferred:
+        """Fires with the (id, epoch) for C{name} (see L{registry.register})."""
+        try:
+            producers, next_id, identity = registry.register(self.producers, self.next_id, name, current)
+        except registry.Fenced as e:
+            return fail(errors.ProducerFenced(str(e), producer_name=name))
+        except registry.Exhausted as e:
+            return fail(errors.ProducerIdsExhausted(str(e)))
+        self.producers, self.next_id = producers, next_id
+        self._save()
+        return succeed(identity)
+
+
+class MetadataRegistry:
+    """The registry of a cluster: commands committed by the metadata group (through the controller)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def _commit(self, command: Any, answer: Callable[[dict[str, Any]], Any]) -> Deferred:
+        from streamlog.cluster import metadata as md
+
+        def applied(result: Any) -> Any:
+            if result is None:
+                raise errors.Internal("the metadata entry had no result")
+            if isinstance(result, dict):  # forwarded: the controller's answer, already checked
+                return answer(result)
+            if not result.ok:
+                raise result.exception()
+            return answer(dict(result.value))
+
+        d: Deferred = self.node.propose(md.encode_command(command))
+        return d.addCallback(applied)
+
+    def allocate(self, count: int) -> Deferred:
+        from streamlog.cluster import metadata as md
+
+        return self._commit(md.AllocateProducerIds(count), lambda v: int(v["first"]))
+
+    def register(self, name: str, current: registry.Identity | None) -> Deferred:
+        from streamlog.cluster import metadata as md
+
+        command = md.InitProducer(name, *(current if current is not None else (None, None)))
+        return self._commit(command, lambda v: (int(v["producer_id"]), int(v["epoch"])))
+
+
+class ProducerIds:
+    """C{InitProducerId} at one node, over its registry (L{LocalRegistry} or L{MetadataRegistry})."""
+
+    def __init__(self, registry_: Any, block: int = BLOCK) -> None:
+        self.registry = registry_
+        self.block = block
+        self._next = 0
+        self._end = 0  # ids [_next, _end) are this node's to hand out
+        self._refill: Deferred | None = None
+        self._waiting: list[Deferred] = []
+
+    def handle(self, params: dict[str, Any], limits: wire.Limits = wire.DEFAULT_LIMITS) -> Deferred:
+        """The C{InitProducerId} handler: fires with C{{"producer_id", "epoch"}}."""
+        p = wire.parse_init_producer_id(params, limits)
+        current = None if p.producer_id is None or p.epoch is None else (p.producer_id, p.epoch)
+        if p.producer_name is not None:
+            d = self.registry.register(p.producer_name, current)
+        elif current is not None and current[1] < registry.MAX_EPOCH:
+            d = succeed((current[0], current[1] + 1))
+        else:
+            d = self.new_id().addCallback(lambda pid: (pid, 0))
+        return d.addCallback(lambda identity: {"producer_id": identity[0], "epoch": identity[1]})
+
+    def new_id(self) -> Deferred:
+        """Fires with an id nobody else was given, from this node's block (refilled when empty)."""
+        if self._next < self._end:
+            pid = self._next
+            self._next += 1
+            return succeed(pid)
+        d: Deferred = Deferred()
+        self._waiting.append(d)
+        if self._refill is None:
+            self._refill = self.registry.allocate(self.block)
+            self._refill.addBoth(self._refilled)
+        return d
+
+    def _refilled(self, result: Any) -> None:
+        self._refill = None
+        waiting, self._waiting = self._waiting, []
+        if isinstance(result, Failure):
+            for d in waiting:
+                d.errback(result)
+            return
+        self._next, self._end = int(result), int(result) + self.block
+        for d in waiting:
+            self.new_id().chainDeferred(d)
