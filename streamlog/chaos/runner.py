@@ -265,10 +265,16 @@ class _Producer:
         self.name = name
         self.client = ClusterClient(run.bootstrap, request_timeout=run.config.request_timeout,
                                     retry_backoff_max=0.5, reconnect_max=1.0)
-        # One request in flight per partition: the Producer then never reorders a partition's
-        # messages (docs/clients.md), so send order is something a test can check.
+        # Every other producer is idempotent (the client's default): its resends across a
+        # failover must store each message once, in send order, with its window of requests
+        # in flight per partition, and the checker holds it to that (`duplicate`,
+        # `non-monotonic-send`). The others are not, with one request in flight per partition:
+        # the Producer then never reorders a partition's messages (docs/clients.md), so send
+        # order is checkable too, and a resend stored twice is counted (`retry-duplicate`).
+        self.idempotent = index % 2 == 0
         self.producer = Producer(self.client, linger_ms=2, acks="all", delivery_timeout=run.config.delivery_timeout,
-                                 max_in_flight_per_partition=1)
+                                 max_in_flight_per_partition=None if self.idempotent else 1,
+                                 idempotent=self.idempotent)
         self.count = 0
         self.pending = 0
         self.next_partition = index % run.config.partitions
@@ -288,7 +294,8 @@ class _Producer:
         value = f"{self.name}-{self.count}"
         partition = self.next_partition
         self.next_partition = (partition + 1) % self.run.config.partitions
-        op = rec.invoke_send(self.name, self.run.config.topic, value, partition=partition)
+        op = rec.invoke_send(self.name, self.run.config.topic, value, partition=partition,
+                             idempotent=self.idempotent)
         self.pending += 1
         d = self.producer.send(self.run.config.topic, value, partition=partition)
 
@@ -830,7 +837,8 @@ class ChaosRun:
             raise WipeUnsupported(
                 f"node {n}, restarted on a wiped data directory, did not rejoin the cluster within 30 s "
                 f"({'it exited: ' + str(node.returncode()) if not node.alive() else 'it runs but is not up'}); "
-                f"this streamlog does not support the wipe fault yet: run without it. Its last output:\n"
+                f"a streamlog from before wiped-node rejoin (--server-command), or a bug: run without "
+                f"the wipe fault, or report it. Its last output:\n"
                 f"{node.last_lines(2)}") from None
         finally:
             node.expected_down = False  # type: ignore[attr-defined]
