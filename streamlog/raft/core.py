@@ -228,10 +228,32 @@ class RaftNode:
         """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now
         if from_id != self.id:
-            if self.quiet and not self._stays_quiet(msg):
+            if self._leader_campaigns(from_id, msg):
+                self._forget_leader()
+            elif self.quiet and not self._stays_quiet(msg):
                 self._wake()
             self._receive(from_id, msg)
         return self._take()
+
+    def _leader_campaigns(self, frm: str, msg: Message) -> bool:
+        """The node this follower follows asks for votes in a later term: it no longer leads
+        ours, however late the request arrives (it was sent in a term of at least T' - 1 >=
+        ours, terms only grow, and a pre-candidate of a term never leads it). It restarted,
+        say, as the same member: its node heartbeats resumed, and a message it sent before it
+        died may have arrived after its connection closed and made us quiet and leased again.
+        A lease kept for it would refuse it, and every other candidate, for ever (simulator
+        seed 5210602, stale)."""
+        return (isinstance(msg, RequestVote) and msg.term > self.term and frm == self.leader_id
+                and self.role != LEADER)
+
+    def _forget_leader(self) -> None:
+        """Our leader stepped down: end its lease, and leave quiescence with a full election
+        timeout (its candidacy is under way; a stopped timer would otherwise fire at once)."""
+        if self.quiet:
+            self.quiet = False
+            self._reset_election_timer()
+        self.leader_id = None
+        self._last_leader_contact = float("-inf")
 
     def _stays_quiet(self, msg: Message) -> bool:
         """A quiet follower stays quiet for a vote request it refuses anyway (its leader is
