@@ -155,7 +155,9 @@ CATCHES = [
     (NoOngaroFix, "reconfig", 30, ("not protected",)),  # (6, 5)
     (SnapshotDiscardsFollowingEntries, "mixed", 30, ("loses committed entry", "loses entry")),  # (17, 3)
     (SnapshotAlwaysResets, "mixed", 30, ("loses committed entry", "loses entry")),  # (17, 3)
-    (CountStaleSuccess, "mixed", 50, ("counts",)),  # (27, 5); none in 100 reconfig seeds now
+    # (27, 5), "not protected" since the lease rule for a leader's own campaign changed the
+    # schedules (before: "counts", leader knowledge); none in 100 reconfig seeds.
+    (CountStaleSuccess, "mixed", 50, ("counts", "not protected")),
     (AcceptStaleAppend, "reconfig", 30, ("loses entry", "loses committed entry")),  # (8, 3)
     # The rules of this round: the leader counts itself at its durable index; a quiet follower
     # leaves quiescence when its leader's node is gone or silent.
