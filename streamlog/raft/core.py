@@ -257,13 +257,19 @@ class RaftNode:
 
     def _stays_quiet(self, msg: Message) -> bool:
         """A quiet follower stays quiet for a vote request it refuses anyway (its leader is
-        alive: node heartbeats say so) and for a repeated quiet heartbeat; anything else wakes
-        the group. A quiet leader stays quiet for the answers to its quiet heartbeat (they say
-        nothing new) and wakes on any other message: a node that missed the quiet heartbeat
-        campaigns, and the leader then heartbeats it back into line."""
+        alive: node heartbeats say so), for a repeated quiet heartbeat and for any message of
+        an older term (answered with our term, nothing else: a deposed leader's late appends
+        woke every quiet follower, whose quiet leader then never heartbeat them, and an
+        election timeout later they elected one of themselves, deposing a healthy leader:
+        stale seed 5209921); anything else wakes the group. A quiet leader stays quiet for the
+        answers to its quiet heartbeat (they say nothing new) and wakes on any other message:
+        a node that missed the quiet heartbeat campaigns, and the leader then heartbeats it
+        back into line."""
         if self.role == LEADER:
             return (isinstance(msg, AppendEntriesResponse) and msg.success and msg.term == self.term
                     and msg.match_index >= self.log.last_index)
+        if msg.term < self.term:
+            return True
         if isinstance(msg, RequestVote):
             return not msg.transfer
         return isinstance(msg, AppendEntries) and msg.quiet and msg.term == self.term

@@ -721,3 +721,30 @@ def test_only_a_later_term_vote_request_from_its_own_leader_ends_a_quiet_followe
     assert sends(follower.receive(leader.id, req, c.now)) == [(leader.id, RequestVoteResponse(term + 1, True, True))]
     assert not follower.quiet and follower.leader_id is None
     assert c.now + CFG.election_timeout <= follower.next_deadline() < c.now + 2 * CFG.election_timeout
+
+
+def test_a_deposed_leaders_late_appends_leave_quiet_followers_quiet():
+    """Simulator seed 5209921 (stale, 5 nodes): a leader of term 1 behind a slow link went on
+    sending appends after the group elected a leader of term 2 and went quiet. Each one woke a
+    quiet follower; the quiet leader never heard of it, so it sent them no heartbeat, and an
+    election timeout later the woken followers, their leases lapsed, elected one of themselves:
+    a healthy leader deposed. A message of an older term is answered and changes nothing: it
+    leaves a quiet follower quiet."""
+    ids = ["a", "b", "c", "d", "e"]
+    c = Cluster(ids=ids)
+    c.advance(3.0)
+    old = c.leader()
+    late = AppendEntries(old.term, old.id, old.log.last_index, old.term, (), old.commit_index)
+    target = next(i for i in ids if i != old.id)
+    c.run([(old.id, old.transfer_leadership(target, c.now))])
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader.id == target and leader.term == late.term + 1
+    assert all(n.quiet for n in c.nodes.values())
+    for n in c.nodes.values():
+        if n is not old and n is not leader:
+            effects = n.receive(old.id, late, c.now)
+            assert sends(effects) == [(old.id, AppendEntriesResponse(leader.term, False))]
+            assert n.quiet and n.next_deadline() == float("inf")
+    c.advance(5 * CFG.election_timeout)
+    assert c.leader() is leader and max(n.term for n in c.nodes.values()) == leader.term
