@@ -228,20 +228,48 @@ class RaftNode:
         """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now
         if from_id != self.id:
-            if self.quiet and not self._stays_quiet(msg):
+            if self._leader_campaigns(from_id, msg):
+                self._forget_leader()
+            elif self.quiet and not self._stays_quiet(msg):
                 self._wake()
             self._receive(from_id, msg)
         return self._take()
 
+    def _leader_campaigns(self, frm: str, msg: Message) -> bool:
+        """The node this follower follows asks for votes in a later term: it no longer leads
+        ours, however late the request arrives (it was sent in a term of at least T' - 1 >=
+        ours, terms only grow, and a pre-candidate of a term never leads it). It restarted,
+        say, as the same member: its node heartbeats resumed, and a message it sent before it
+        died may have arrived after its connection closed and made us quiet and leased again.
+        A lease kept for it would refuse it, and every other candidate, for ever (simulator
+        seed 5210602, stale)."""
+        return (isinstance(msg, RequestVote) and msg.term > self.term and frm == self.leader_id
+                and self.role != LEADER)
+
+    def _forget_leader(self) -> None:
+        """Our leader stepped down: end its lease, and leave quiescence with a full election
+        timeout (its candidacy is under way; a stopped timer would otherwise fire at once)."""
+        if self.quiet:
+            self.quiet = False
+            self._reset_election_timer()
+        self.leader_id = None
+        self._last_leader_contact = float("-inf")
+
     def _stays_quiet(self, msg: Message) -> bool:
         """A quiet follower stays quiet for a vote request it refuses anyway (its leader is
-        alive: node heartbeats say so) and for a repeated quiet heartbeat; anything else wakes
-        the group. A quiet leader stays quiet for the answers to its quiet heartbeat (they say
-        nothing new) and wakes on any other message: a node that missed the quiet heartbeat
-        campaigns, and the leader then heartbeats it back into line."""
+        alive: node heartbeats say so), for a repeated quiet heartbeat and for any message of
+        an older term (answered with our term, nothing else: a deposed leader's late appends
+        woke every quiet follower, whose quiet leader then never heartbeat them, and an
+        election timeout later they elected one of themselves, deposing a healthy leader:
+        stale seed 5209921); anything else wakes the group. A quiet leader stays quiet for the
+        answers to its quiet heartbeat (they say nothing new) and wakes on any other message:
+        a node that missed the quiet heartbeat campaigns, and the leader then heartbeats it
+        back into line."""
         if self.role == LEADER:
             return (isinstance(msg, AppendEntriesResponse) and msg.success and msg.term == self.term
                     and msg.match_index >= self.log.last_index)
+        if msg.term < self.term:
+            return True
         if isinstance(msg, RequestVote):
             return not msg.transfer
         return isinstance(msg, AppendEntries) and msg.quiet and msg.term == self.term

@@ -139,11 +139,12 @@ class AckUnsyncedAfterLeading(RaftNode):
 
 
 class QuietFollowerIgnoresNodeNews(RaftNode):
-    """Broken: a quiet follower ignores both kinds of news about its leader's node (its
-    connection closed: `leader_node_lost`; its node heartbeats stopped: `wake`), so a group
-    that was quiet when its leader died never elects another: its followers stay quiet, in
-    the lease of a dead leader, for ever. (Either signal alone restores liveness; the closed
-    connection only makes failover faster.)"""
+    """Broken: a quiet follower ignores every news of its leader's end (its node's connection
+    closed: `leader_node_lost`; its node heartbeats stopped: `wake`; it campaigns itself after
+    a restart: `_leader_campaigns`), so a group that was quiet when its leader died never
+    elects another: its followers stay quiet, in the lease of a dead leader, for ever. (In the
+    simulator a crashed node always restarts, so the last signal alone restores liveness, as
+    does silence; the closed connection only makes failover faster.)"""
 
     def leader_node_lost(self, now: float) -> list[Effect]:
         if self.quiet and self.role != "leader":
@@ -156,6 +157,9 @@ class QuietFollowerIgnoresNodeNews(RaftNode):
             self._now = now
             return self._take()
         return super().wake(now)
+
+    def _leader_campaigns(self, frm: str, msg: Message) -> bool:
+        return not self.quiet and super()._leader_campaigns(frm, msg)
 
 
 VARIANTS: dict[str, type[RaftNode]] = {

@@ -298,10 +298,11 @@ def test_vote_requests_are_ignored_while_a_leader_is_alive():
     c = Cluster()
     c.advance(3.0)
     leader = c.leader()
-    follower = next(n for n in c.nodes.values() if n is not leader)
-    effects = follower.receive(leader.id, RequestVote(leader.term + 5, leader.id, 99, 99), c.now)
+    follower, other = (n for n in c.nodes.values() if n is not leader)
+    # (From another node: the leader's own request for a later term says it leads no more.)
+    effects = follower.receive(other.id, RequestVote(leader.term + 5, other.id, 99, 99), c.now)
     assert follower.term == leader.term
-    assert sends(effects) == [(leader.id, RequestVoteResponse(leader.term, False))]
+    assert sends(effects) == [(other.id, RequestVoteResponse(leader.term, False))]
 
 
 def test_leadership_transfer_hands_over_to_the_target():
@@ -665,3 +666,85 @@ def test_followers_lost_drops_a_learner_there():
     assert leader.learners == {"d"}
     c.run([(leader.id, leader.followers_lost(["d"], c.now))])
     assert leader.learners == frozenset() and leader.match_index("d") is None
+
+
+def _restart(c, n):
+    """`n` crashes and restarts from its (instantly synced) log and hard state, same member id."""
+    c.nodes[n.id] = RaftNode(n.id, list(c.nodes), n.log, HardState(n.term, n.voted_for), CFG,
+                             random.Random(99), c.now)
+    return c.nodes[n.id]
+
+
+def test_a_quiet_follower_leased_to_a_restarted_leader_votes_for_it():
+    """Simulator seed 5210602 (stale, 3 nodes, a group of n1 and n2): the quiet leader sent its
+    quiet heartbeat and crashed; its follower heard the connection close (leader_node_lost) and
+    then the heartbeat, so it was quiet again with a lease for the dead leader. The leader
+    restarted (same member, node heartbeats again, so no silence woke anyone) and pre-voted;
+    the follower refused as in lease and stayed quiet: nobody could be elected, ever. A
+    (pre-)vote request of a later term from its own leader now ends the lease."""
+    for ids in (["a", "b"], ["a", "b", "c"]):
+        c = Cluster(ids=ids)
+        c.advance(3.0)
+        old = c.leader()
+        assert old is not None and all(n.quiet for n in c.nodes.values())
+        last_quiet_heartbeat = AppendEntries(old.term, old.id, old.log.last_index, old.log.last_term, (),
+                                             old.commit_index, quiet=True)
+        new = _restart(c, old)
+        for n in c.nodes.values():
+            if n is not new:
+                c.run([(n.id, n.leader_node_lost(c.now))])
+                c.run([(n.id, n.receive(old.id, last_quiet_heartbeat, c.now))])  # late, after the close
+                assert n.quiet and n.leader_id == old.id
+        c.advance(3 * CFG.election_timeout)
+        leader = c.leader()
+        assert leader is not None and leader.term > old.term, ids
+        index, effects = leader.propose(b"after", c.now)
+        c.run([(leader.id, effects)])
+        c.advance(0.5)
+        assert all(n.commit_index >= index for n in c.nodes.values()), ids
+
+
+def test_only_a_later_term_vote_request_from_its_own_leader_ends_a_quiet_followers_lease():
+    c = Cluster()
+    c.advance(3.0)
+    leader = c.leader()
+    follower, other = (n for n in c.nodes.values() if n is not leader)
+    term, last = leader.term, (leader.log.last_index, leader.log.last_term)
+    # Another node, or its leader's request of a term it already has (a stale pre-vote from
+    # before it was elected), is refused and leaves it quiet, leased.
+    for frm, req in ((other.id, RequestVote(term + 1, other.id, *last, pre_vote=True)),
+                     (leader.id, RequestVote(term, leader.id, *last, pre_vote=True))):
+        assert sends(follower.receive(frm, req, c.now)) == [(frm, RequestVoteResponse(term, False, True))]
+        assert follower.quiet and follower.leader_id == leader.id
+    # Its leader asking for term + 1 no longer leads term: granted, awake, its timer running.
+    req = RequestVote(term + 1, leader.id, *last, pre_vote=True)
+    assert sends(follower.receive(leader.id, req, c.now)) == [(leader.id, RequestVoteResponse(term + 1, True, True))]
+    assert not follower.quiet and follower.leader_id is None
+    assert c.now + CFG.election_timeout <= follower.next_deadline() < c.now + 2 * CFG.election_timeout
+
+
+def test_a_deposed_leaders_late_appends_leave_quiet_followers_quiet():
+    """Simulator seed 5209921 (stale, 5 nodes): a leader of term 1 behind a slow link went on
+    sending appends after the group elected a leader of term 2 and went quiet. Each one woke a
+    quiet follower; the quiet leader never heard of it, so it sent them no heartbeat, and an
+    election timeout later the woken followers, their leases lapsed, elected one of themselves:
+    a healthy leader deposed. A message of an older term is answered and changes nothing: it
+    leaves a quiet follower quiet."""
+    ids = ["a", "b", "c", "d", "e"]
+    c = Cluster(ids=ids)
+    c.advance(3.0)
+    old = c.leader()
+    late = AppendEntries(old.term, old.id, old.log.last_index, old.term, (), old.commit_index)
+    target = next(i for i in ids if i != old.id)
+    c.run([(old.id, old.transfer_leadership(target, c.now))])
+    c.advance(3.0)
+    leader = c.leader()
+    assert leader.id == target and leader.term == late.term + 1
+    assert all(n.quiet for n in c.nodes.values())
+    for n in c.nodes.values():
+        if n is not old and n is not leader:
+            effects = n.receive(old.id, late, c.now)
+            assert sends(effects) == [(old.id, AppendEntriesResponse(leader.term, False))]
+            assert n.quiet and n.next_deadline() == float("inf")
+    c.advance(5 * CFG.election_timeout)
+    assert c.leader() is leader and max(n.term for n in c.nodes.values()) == leader.term

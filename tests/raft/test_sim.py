@@ -60,7 +60,8 @@ def test_many_seeds_are_safe_and_live(regime, nodes):
     assert unreached == [], totals
 
 
-# Seeds the soak reported against the correct node, each a fault of the simulator, now fixed:
+# Seeds the soak reported against the correct node, now fixed: faults of the simulator, unless
+# said otherwise.
 SOAK_FINDINGS = [
     # A deposed leader of term 5 that did not know it rewrote a lagging node's entry 122, which
     # a leader of term 6 had committed without that node: Raft allows it; the shrink check now
@@ -70,6 +71,15 @@ SOAK_FINDINGS = [
     # A node removed at 0.4 s and re-added after healing caught up at one entry per round trip
     # (8-byte batches, one in flight) in more than 10 s: the liveness bound is 20 s everywhere.
     (1022821, 5, "mixed"),
+    # A fault of the core: a quiet follower was leased again to its crashed leader by the quiet
+    # heartbeat that arrived after the connection closed, and refused the leader, restarted as
+    # the same member, for ever (a later-term vote request from one's own leader now ends the lease).
+    (5210602, 3, "stale"),
+    (5212336, 3, "stale"),  # the same, at the leader's second crash
+    # A fault of the core: a deposed leader's late appends woke quiet followers behind their
+    # quiet leader's back, and they deposed it an election timeout later (a message of an older
+    # term now leaves a quiet follower quiet).
+    (5209921, 5, "stale"),
 ]
 
 
@@ -149,7 +159,9 @@ CATCHES = [
     (NoOngaroFix, "reconfig", 30, ("not protected",)),  # (6, 5)
     (SnapshotDiscardsFollowingEntries, "mixed", 30, ("loses committed entry", "loses entry")),  # (17, 3)
     (SnapshotAlwaysResets, "mixed", 30, ("loses committed entry", "loses entry")),  # (17, 3)
-    (CountStaleSuccess, "mixed", 50, ("counts",)),  # (27, 5); none in 100 reconfig seeds now
+    # (27, 5), "not protected" since the lease rule for a leader's own campaign changed the
+    # schedules (before: "counts", leader knowledge); none in 100 reconfig seeds.
+    (CountStaleSuccess, "mixed", 50, ("counts", "not protected")),
     (AcceptStaleAppend, "reconfig", 30, ("loses entry", "loses committed entry")),  # (8, 3)
     # The rules of this round: the leader counts itself at its durable index; a quiet follower
     # leaves quiescence when its leader's node is gone or silent.
