@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from streamlog import errors, wire
 from streamlog.idempotence import registry
+from streamlog.storage.checkpoint import write_atomically
 
 #: Producer ids a node takes from the registry at a time.
 BLOCK = 1000
@@ -56,18 +57,9 @@ class LocalRegistry:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"next_producer_id": self.next_id,
-                       "producers": {n: list(i) for n, i in sorted(self.producers.items())}}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(self.path, json.dumps({
+            "next_producer_id": self.next_id,
+            "producers": {n: list(i) for n, i in sorted(self.producers.items())}}).encode())
 
     def allocate(self, count: int) -> Deferred:
         """Fires with the first of C{count} new ids."""

@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 import orjson
 
+from streamlog.storage.checkpoint import write_atomically
+
 NODE_FILE = "node.json"
 
 
@@ -83,14 +85,4 @@ class IdentityStore:
         if self.path is None:
             self._memory = identity
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(identity.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(self.path, identity.to_json())
