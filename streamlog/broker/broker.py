@@ -330,6 +330,7 @@ class Broker:
         if topic is None and self.cluster is not None:
             return self._create_through_controller(p)
         refused: dict[int, errors.StreamlogError] = {}
+        first_use = list(groups)  # the answer's entries come in this order, refused ones included
         if topic is not None:
             electing, refused = self._leaders(topic, groups, waited)
             if electing is not None:
@@ -344,7 +345,7 @@ class Broker:
             electing, refused = self._leaders(topic, groups, waited)
             if electing is not None:  # the new groups elect themselves in a hard-state fsync
                 return self._after_election(electing, p)
-        return self._append(p, topic, encoded, timestamp, refused)
+        return self._append(p, topic, encoded, timestamp, refused, first_use)
 
     def _route(self, p: wire.SendParams) -> tuple[Topic | None, dict[int, list[wire.Message]], int | None]:
         """Which partition each message goes to: C{(topic or None if it is to be created,
@@ -448,9 +449,12 @@ class Broker:
         return encoded
 
     def _append(self, p: wire.SendParams, topic: Topic, encoded: list[tuple[int, int, list[bytes]]],
-                timestamp: int, refused: dict[int, errors.StreamlogError] | None = None) -> Deferred | None:
+                timestamp: int, refused: dict[int, errors.StreamlogError] | None = None,
+                first_use: list[int] | None = None) -> Deferred | None:
         """Append each partition's batch through its replica and answer per C{p.acks}, with
-        an entry C{{partition, error}} for each partition C{refused} (another node leads it)."""
+        an entry C{{partition, error}} for each partition C{refused} (another node leads it,
+        or its Raft core refused the proposal: a leadership transfer is on), in the order of
+        C{first_use} (the request's)."""
         batches: list[tuple[PartitionReplica, RecordBatch]] = []
         duplicates: list[tuple[PartitionReplica, Decision]] = []
         refused = dict(refused or {})
@@ -491,12 +495,24 @@ class Broker:
                 self._append_step(replica, make_room, batch)
         placed = {}
         waits = []
+        appended: list[tuple[PartitionReplica, RecordBatch]] = []
         for replica, batch in batches:
-            d = self._append_step(replica, partial(replica.append, acks=p.acks), batch)
+            try:
+                d = self._append_step(replica, partial(replica.append, acks=p.acks), batch)
+            except errors.NotLeader as e:
+                # Writable a moment ago, but its core refused the proposal (a leadership
+                # transfer is on): nothing of this part was appended, while earlier parts may
+                # have been, so it is this part's error entry, never the whole request's.
+                refused[replica.index] = e
+                continue
+            appended.append((replica, batch))
             placed[replica.index] = {"partition": replica.index, "base_offset": batch.base_offset,
                                      "count": batch.count}
             if d is not None:
                 waits.append((replica, d))
+        batches = appended
+        if not batches and not duplicates:
+            raise next(refused[i] for i in [*(i for i, _, _ in encoded), *refused] if i in refused)
         for replica, decision in duplicates:
             # Stored already: answered with the original's offsets once the original is committed.
             placed[replica.index] = {"partition": replica.index, "base_offset": decision.base_offset,
@@ -507,7 +523,7 @@ class Broker:
             return None
         for index, error in refused.items():
             placed[index] = {"partition": index, "error": error.to_wire()}
-        order = list(dict.fromkeys([*(i for i, _, _ in encoded), *refused]))
+        order = [i for i in dict.fromkeys([*(first_use or []), *(i for i, _, _ in encoded), *refused]) if i in placed]
         result: dict[str, Any] = {"topic": p.topic, "timestamp": timestamp}
         replicas = [replica for replica, _ in batches] + [replica for replica, _ in duplicates]
         if p.acks == "leader":

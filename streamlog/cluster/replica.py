@@ -178,7 +178,9 @@ class PartitionReplica(Partition):
             if was_leader:
                 # Parked polls were waiting on this node's commits: send them to the new leader.
                 self.fail_waiters(self.not_leader())
-                self._fail_commit_waiters(self.not_leader())
+                # A commit waiter waits for an entry appended already (a duplicate's original):
+                # the next leader may still commit it, so the answer must not say "not appended".
+                self._fail_commit_waiters(self.not_leader(maybe_appended=True))
         self._wake_ready()  # writers may go on (leader), or learn where to (another leader)
 
     def committed(self, upto: int) -> None:

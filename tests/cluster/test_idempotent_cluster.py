@@ -147,3 +147,32 @@ def test_a_follower_caught_up_by_a_snapshot_gets_the_producers_and_the_record_of
     assert mine.log.start_offset == mine.log.end_offset == 10
     assert mine.producers.producer_ids() == [pid]
     assert [b.base_sequence for b in mine.producers.batches_of(pid)] == [5, 6, 7, 8, 9]
+
+
+def parse_member_node(member: str) -> int:
+    return int(member.split(".")[0])
+
+
+def test_a_sendbatch_part_whose_proposal_a_transfer_refuses_is_its_own_entry_the_others_stand(cluster):
+    """Found in review: a part writable at the check but refused by its Raft core (a leadership
+    transfer is on) failed the whole request with a plain NOT_LEADER, "nothing appended",
+    while the parts before it were appended and committed: a resend stored them twice."""
+    create(cluster, partitions=4)
+    topic_id = cluster.nodes[1].state.topics["t"].topic_id
+    led = [p for p in range(4) if leader_of(cluster, "t", p) == 1]
+    assert len(led) == 2, led  # preferred leaders rotate: node 1 leads two of the four
+    first, second = led
+    group = partition_group(topic_id, second)
+    core = cluster.nodes[1].cores[group]
+    target = next(m for m in sorted(core.voters) if m != core.id)
+    cluster.kill(parse_member_node(target))  # the transfer cannot finish while we send
+    cluster.nodes[1].host.transfer_leadership(group, target)
+    answer = cluster.call(1, "SendBatch", {"topic": "t", "messages": [
+        {"value": "y", "partition": second}, {"value": "x", "partition": first}]})
+    assert "result" in answer, answer
+    entries = answer["result"]["partitions"]
+    assert [e["partition"] for e in entries] == [second, first]  # in the request's order of first use
+    assert entries[0]["error"]["code"] == "NOT_LEADER" and "maybe_appended" not in entries[0]["error"]
+    assert entries[1]["base_offset"] == 0 and "error" not in entries[1]
+    polled = cluster.call(1, "Poll", {"topic": "t", "partition": first, "offset": 0})["result"]["messages"]
+    assert [m["value"] for m in polled] == ["x"]

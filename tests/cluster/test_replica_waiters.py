@@ -52,3 +52,17 @@ def test_a_kept_waiter_still_expires_at_its_timeout():
     clock.advance(5.0)
     assert read.called  # with None: the caller asks again and gets its answer
     assert r._ready_waiters == []
+
+
+def test_a_commit_waiter_failed_at_a_step_down_says_its_entry_may_still_commit():
+    """Found in review: an idempotent duplicate waits for its original's commit; when the
+    leader stepped down it was answered a plain NOT_LEADER ("not appended"), though the
+    original is in the log and the next leader may commit it."""
+    r = replica()
+    r.role_changed(LEADER, 3, "1.a")
+    waiting = r.when_committed(7)
+    r.role_changed(FOLLOWER, 4, "2.b")
+    failure = []
+    waiting.addErrback(failure.append)
+    assert failure and failure[0].value.code == "NOT_LEADER"
+    assert failure[0].value.details.get("maybe_appended") is True
