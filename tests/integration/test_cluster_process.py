@@ -70,6 +70,19 @@ def leader(nodes: dict[int, ServerProcess], topic: str) -> int | None:
     return None
 
 
+def create_topic(client: BlockingClient, within: float = 20.0) -> None:
+    """CreateTopic t (1 partition, RF 3), retried while the new cluster elects its controller."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
+            return
+        except RETRIABLE:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def send(client: BlockingClient, value: int, deadline: float) -> int:
     while True:
         try:
@@ -87,15 +100,7 @@ def test_sigkill_of_the_leader_loses_no_acknowledged_message(tmp_path):
         wait_for(lambda: formed(nodes), 30, "three nodes to form a cluster")
         bootstrap = ",".join(n.address for n in nodes.values())
         with BlockingClient(bootstrap, timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
-                    break
-                except RETRIABLE:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            create_topic(client)
             first = wait_for(lambda: leader(nodes, "t"), 20, "a leader of t/0")
             acked: dict[int, int] = {}
             for i in range(200):
@@ -142,15 +147,7 @@ def test_a_rolling_restart_with_sigterm_loses_nothing_and_moves_leadership_first
         acked: dict[int, int] = {}
         retried = 0
         with BlockingClient(bootstrap, timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
-                    break
-                except RETRIABLE:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            create_topic(client)
             wait_for(lambda: leader(nodes, "t"), 20, "a leader of t/0")
             value = 0
             for i in list(nodes):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
-from test_cluster_process import RETRIABLE, formed, free_ports, leader, start_cluster
+from test_cluster_process import create_topic, formed, free_ports, leader, start_cluster
 
 from streamlog.client.blocking import BlockingClient
 from streamlog.testing import LineClient, child_env, wait_for
@@ -44,14 +43,7 @@ def test_sigkill_of_the_leader_while_batches_are_in_flight_stores_each_message_o
         wait_for(lambda: formed(nodes), 30, "three nodes to form a cluster")
         bootstrap = ",".join(n.address for n in nodes.values())
         with BlockingClient(bootstrap, timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
-                    break
-                except RETRIABLE:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
+            create_topic(client)
         killed = wait_for(lambda: leader(nodes, "t"), 20, "a leader of t/0")
         out = open(tmp_path / "producer.out", "w+")
         producer = subprocess.Popen([sys.executable, SCRIPT, bootstrap, "t", str(COUNT)], stdout=out,
