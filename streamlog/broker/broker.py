@@ -483,10 +483,6 @@ class Broker:
                     producer_id=p.producer_id, producer_epoch=p.epoch, base_sequence=sequence,
                 )
             batches.append((replica, batch))
-        if not batches and not duplicates:
-            # No part taken: the whole request is refused with its first part's error.
-            raise next(refused[i] for i in [*(i for i, _, _ in encoded), *refused] if i in refused)
-
         # Every partition that needs a new segment gets it before anything is appended: a
         # roll refused for want of descriptors then leaves the whole request unappended.
         for replica, batch in batches:
@@ -512,6 +508,8 @@ class Broker:
                 waits.append((replica, d))
         batches = appended
         if not batches and not duplicates:
+            # No part taken (refused at the checks or at the proposal): the whole request is
+            # refused with its first part's error, as a request for one partition always is.
             raise next(refused[i] for i in [*(i for i, _, _ in encoded), *refused] if i in refused)
         for replica, decision in duplicates:
             # Stored already: answered with the original's offsets once the original is committed.
