@@ -290,6 +290,7 @@ class ClusterClient:
         self._fetching: Deferred | None = None
         self._fetch_timer: IDelayedCall | None = None
         self._last_fetch: float | None = None
+        self._asked: frozenset[str] = frozenset()  # the topics the last fetch that started asked for
         self._periodic: IDelayedCall | None = None
         self._closed = False
         self._next_candidate = 0
@@ -435,7 +436,9 @@ class ClusterClient:
         self._fetch_mark = self._stale_marks
         result = _chain(self._fetching)
         wait = 0.0
-        if self._last_fetch is not None:
+        # The rate limit is against storms of refreshes of the same view; a topic that no fetch
+        # asked for yet (a consumer's or producer's first request) is asked for at once.
+        if self._last_fetch is not None and self._topics_in_use <= self._asked:
             wait = self._last_fetch + self.metadata_min_interval - self.clock.seconds()
         if wait > 0:
             self._fetch_timer = self.clock.callLater(wait, self._fetch_now)
@@ -462,6 +465,7 @@ class ClusterClient:
         candidates = self._candidates()
         self._next_candidate += 1
         topics = sorted(self._topics_in_use)
+        self._asked = frozenset(topics)
         self._try_fetch(candidates, 0, topics, None)
 
     def _try_fetch(self, candidates: list[str], i: int, topics: list[str],

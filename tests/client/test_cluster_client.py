@@ -125,6 +125,27 @@ def test_a_stale_node_metadata_does_not_take_back_a_newer_hint(clock, cluster, c
     assert nodes_asked(cluster, "Send") == [1, 2, 2]
 
 
+def test_a_topic_no_fetch_asked_for_yet_is_fetched_at_once_not_after_the_rate_limit(clock, cluster, client):
+    # A client's first request for a topic used to wait out metadata_min_interval after the
+    # fetch that connected it (one 100 ms stall on the first Poll of every bench consumer).
+    cluster.create_topic("t", 1)
+    cluster.create_topic("u", 1)
+    ok(clock, cluster, client.poll("t", 0, 0))
+    d = client.poll("u", 0, 0)
+    cluster.pump()  # no time passes
+    assert d.called and nodes_asked(cluster, "Metadata") == [1, 1]
+    assert ok(clock, cluster, d)["messages"] == []
+    # asked once, a topic no node knows is then rate-limited like any refresh
+    first = client.poll("nope", 0, 0)
+    cluster.pump()
+    assert isinstance(error_of(clock, cluster, first), errors.UnknownTopic)
+    asked = len(cluster.sent("Metadata"))
+    again = client.poll("nope", 0, 0)
+    cluster.pump()
+    assert len(cluster.sent("Metadata")) == asked and not again.called
+    assert isinstance(error_of(clock, cluster, again), errors.UnknownTopic)
+
+
 def test_leader_not_available_storm_backs_off_and_shares_metadata_fetches(clock, cluster, client):
     cluster.create_topic("t", 4, leaders=[1])
     ok(clock, cluster, client.poll("t", 0, 0))
