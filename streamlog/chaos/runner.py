@@ -515,6 +515,27 @@ class ChaosRun:
                 return False
         return True
 
+    async def fully_replicated(self) -> bool:
+        """Every node a caught-up voter of every group: the metadata group (C{controller_isr} at
+        the controller) and each partition of every topic (C{isr} at its leader).  Only then may
+        a disk be wiped: a second wipe while an earlier wiped node is still a learner somewhere
+        takes two of three replicas' data, which no replication factor of 3 survives."""
+        everyone = list(range(1, self.config.nodes + 1))
+        answers = {node: await self._metadata(node) for node in self.nodes}
+        if any(md is None for md in answers.values()):
+            return False
+        controller = next(iter(answers.values()))["controller"]  # type: ignore[index]
+        if controller not in answers or answers[controller].get("controller_isr") != everyone:  # type: ignore[union-attr]
+            return False
+        for node, md in answers.items():
+            for topic in md.get("topics") or []:  # type: ignore[union-attr]
+                for p in topic.get("partitions", []):
+                    if p.get("leader") is None:
+                        return False
+                    if p["leader"] == node and sorted(p.get("isr", [])) != sorted(p["replicas"]):
+                        return False
+        return True
+
     async def leaders(self) -> dict[int, int]:
         """Partition -> leader node, from the nodes that answer, the newest terms winning."""
         return {p: lt[0] for p, lt in (await self.leader_terms()).items()}
@@ -723,6 +744,13 @@ class ChaosRun:
         elif step.kind == "restart":
             await self._rolling_restart(node, step.hold)
         elif step.kind == "wipe":
+            try:  # no second disk lost while the cluster has not re-replicated the first (fully_replicated)
+                await until(self.reactor, self.fully_replicated, RECOVER_TIMEOUT, "every replica in sync", 0.2)
+            except RunAborted as e:
+                self.obs.notes.append(f"fault {step.number} (wipe node {node}) skipped: {e}")
+                self._say(f"fault {step.number}: wipe skipped: not every replica in sync within "
+                          f"{RECOVER_TIMEOUT:g}s")
+                return
             await self._wipe(node, step.hold)
         else:
             raise RunAborted(f"unknown fault kind {step.kind!r}")

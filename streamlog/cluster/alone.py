@@ -43,7 +43,7 @@ class LoneNode:
                 continue
             answer.append({"topic": name, "topic_id": topic.topic_id,
                            "partitions": [self.partition(p) for p in topic.partitions]})
-        return {"cluster_id": None, "alone": True, "controller": self.node_id,
+        return {"cluster_id": None, "alone": True, "controller": self.node_id, "controller_isr": [self.node_id],
                 "nodes": [{"node_id": self.node_id, "address": self.client_address, "up": True}],
                 "topics": answer}
 

@@ -792,17 +792,21 @@ class ClusterNode(GroupCallbacks):
         core = self.cores.get(group)
         replica = self.directory.by_group.get(group)
         offsets = replica.replica_offsets(md.node_of) if replica is not None and core is not None else None
-        if core is not None and core.role == LEADER:
-            live = self.live()
-            isr = sorted({md.node_of(m) for m in core.voters
-                          if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
-        else:
-            isr = self._announced_isr(group, leader, term)
         entry = {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
-                 "isr": isr}
+                 "isr": self._isr(group, leader, term)}
         if offsets is not None:
             entry["replica_offsets"] = offsets
         return entry
+
+    def _isr(self, group: str, leader: int | None, term: int) -> list[int]:
+        """The nodes in sync in C{group}: its voters caught up with a live incarnation, as seen at
+        its leader; elsewhere as the leader last announced them."""
+        core = self.cores.get(group)
+        if core is not None and core.role == LEADER:
+            live = self.live()
+            return sorted({md.node_of(m) for m in core.voters
+                           if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
+        return self._announced_isr(group, leader, term)
 
     def _announced_isr(self, group: str, leader: int | None, term: int) -> list[int]:
         """The in-sync replicas of a group led elsewhere, as its leader last announced them
@@ -830,8 +834,9 @@ class ClusterNode(GroupCallbacks):
                 continue
             topics.append({"topic": name, "topic_id": info.topic_id, "partitions": [
                 self._partition_metadata(info, p, placement) for p, placement in enumerate(info.partitions)]})
+        controller, controller_term = self.leader_of(META)
         return {"cluster_id": state.cluster_id if state is not None else None, "controller": self.controller,
-                "nodes": nodes, "topics": topics}
+                "controller_isr": self._isr(META, controller, controller_term), "nodes": nodes, "topics": topics}
 
 
 def _result_dict(outcome: tuple[int, md.Result | None]) -> dict[str, Any]:

@@ -235,6 +235,19 @@ def test_metadata_gives_the_leaders_replica_offsets_and_isr_and_send_counts_hold
     assert offsets(f1)["isr"] == [leader]
 
 
+def test_metadata_gives_the_metadata_groups_isr_as_controller_isr(cluster):
+    # What the chaos runner waits for before wiping a disk: every node a caught-up voter of the
+    # metadata group too, not only of the partitions.
+    def controller_isr(at):
+        return cluster.call(at, "Metadata", {"topics": []})["result"]["controller_isr"]
+
+    cluster.run_until(lambda: all(controller_isr(i) == [1, 2, 3] for i in cluster.nodes))
+    controller = cluster.nodes[1].controller
+    other = next(i for i in cluster.nodes if i != controller)
+    cluster.kill(other)
+    cluster.run_until(lambda: controller_isr(controller) == sorted(set(cluster.nodes) - {other}))
+
+
 def test_acks_all_says_fsync_only_if_the_leader_and_every_peer_fsync_before_acknowledging(cluster):
     import attrs
     from twisted.internet.defer import maybeDeferred
