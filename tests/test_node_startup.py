@@ -85,6 +85,30 @@ def test_unreadable_topic_metadata_is_a_startup_error_and_releases_the_lock(tmp_
     again.close()
 
 
+def test_a_node_alone_and_a_cluster_node_refuse_each_others_data_dir(tmp_path, clock):
+    # Each used to start on the other's as if it were new: a cluster node showed no topics (the
+    # node alone's data sat unread), a node alone showed the Raft groups' logs as topics.
+    lone = tmp_path / "lone"
+    storage = SegmentedStorage(str(lone))
+    storage.create_topic("orders", 1, TopicConfig())
+    storage.close()
+    clustered = NodeConfig(data_dir=str(lone), peers={1: "127.0.0.1:17071"}, node_id=1)
+    with pytest.raises(StartupError, match=r"holds the topics of a node run alone \(orders\).*without --peers"):
+        BrokerService(clustered, clock).open()
+    assert not (lone / "node.json").exists()  # nothing written
+    service = BrokerService(NodeConfig(data_dir=str(lone)), clock)
+    assert sorted(service.open().topics) == ["orders"]  # still the node alone's
+    service.close()
+
+    member = tmp_path / "member"
+    member.mkdir()
+    (member / "node.json").write_text('{"version": 1, "node_id": 1, "incarnation": "00aa", "cluster_id": null}')
+    with pytest.raises(StartupError, match=r"belongs to a cluster node \(node.json\).*--peers"):
+        BrokerService(NodeConfig(data_dir=str(member)), clock).open()
+    fresh = BrokerService(NodeConfig(data_dir=str(tmp_path / "new"), peers={1: "127.0.0.1:17071"}, node_id=1), clock)
+    fresh._check_data_dir_kind(str(tmp_path / "new"))  # a new data dir suits either
+
+
 def test_memory_storage_does_not_touch_the_data_dir(tmp_path, clock):
     service = BrokerService(NodeConfig(storage="memory", data_dir=str(tmp_path / "data")), clock)
     service.open()

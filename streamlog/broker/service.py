@@ -278,6 +278,8 @@ class BrokerService(service.Service):
         """
         if self.broker is not None:
             return self.broker
+        if self.data_dir is not None:
+            self._check_data_dir_kind(self.data_dir)
         before, after = raise_open_file_limit()
         if after != before:
             self._log.info("open file limit raised from {before} to {after}", before=before, after=after)
@@ -309,6 +311,28 @@ class BrokerService(service.Service):
         )
         self.broker = broker
         return broker
+
+    def _check_data_dir_kind(self, data_dir: str) -> None:
+        """A node alone and a cluster node lay out their data dirs differently (topics by name;
+        one log per Raft group and node.json): neither can read the other's, so neither may
+        start on the other's as if it were empty."""
+        from streamlog.cluster.identity import NODE_FILE
+
+        try:
+            names = os.listdir(data_dir)
+        except OSError:
+            return  # not there yet (made below), or refused by the usual checks
+        if self.config.clustered and NODE_FILE not in names:
+            topics = sorted(n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(data_dir, n)))
+            if topics:
+                shown = ", ".join(topics[:5]) + (", ..." if len(topics) > 5 else "")
+                raise StartupError(
+                    f"the data dir {data_dir} holds the topics of a node run alone ({shown}); a cluster node "
+                    f"cannot adopt them: start it without --peers, or give the cluster node an empty --data-dir")
+        if not self.config.clustered and NODE_FILE in names:
+            raise StartupError(
+                f"the data dir {data_dir} belongs to a cluster node ({NODE_FILE}); a node alone cannot read it: "
+                f"start it with its --node-id, --peers and --peer-listen, or give the node alone another --data-dir")
 
     def _open_cluster(self, storage: Any, broker_config: BrokerConfig) -> Broker:
         """A node with peers: its storage holds one log per Raft group; the ClusterNode runs them."""

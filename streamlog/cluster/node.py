@@ -242,6 +242,8 @@ class ClusterNode(GroupCallbacks):
             self.raft.dial(str(node), self.connect(address))  # one connection per pair: one side dials
         if self.identity.cluster_id is not None:
             self._run_raft()
+        elif not self.peers:  # a cluster of one (--peers names only this node): no hello to wait for
+            self._maybe_bootstrap()
         self._planning.start(self.plan_interval, now=False)
 
     def peer_factory(self) -> Factory:

@@ -314,3 +314,17 @@ def test_send_batch_over_partitions_led_by_different_nodes_is_answered_per_parti
     # A request this node takes no part of is refused whole, as a one-partition request always was.
     whole = cluster.call(1, "SendBatch", {"topic": "t", "messages": [{"value": "x", "partition": 1}]})
     assert whole["error"]["code"] == "NOT_LEADER" and whole["error"]["leader"] == 2
+
+
+def test_a_cluster_of_one_bootstraps_without_waiting_for_any_hello():
+    # --peers naming only this node: no peer ever says hello, so bootstrapping on the first hello
+    # left it without a controller for good (every request LEADER_NOT_AVAILABLE).
+    c = ClusterHarness(1)
+    try:
+        c.run_until(lambda: c.nodes[1].controller == 1, timeout=5.0)
+        assert c.nodes[1].identity.cluster_id is not None
+        c.run_until(lambda: c.nodes[1].state is not None and 1 in c.nodes[1].state.nodes, timeout=5.0)
+        create(c, 1, partitions=1)
+        assert "result" in c.call(1, "Send", {"topic": "t", "partition": 0, "value": "v"})
+    finally:
+        c.stop()
