@@ -32,6 +32,7 @@ from streamlog.idempotence.table import Decision, ProducerStateConfig
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
+from streamlog.topic_config import INTERNAL_TOPICS, internal_mark
 
 
 class Committer(Protocol):
@@ -209,9 +210,11 @@ class Broker:
 
     def handle_create_topic(self, params: dict[str, Any]) -> Any:
         if self.cluster is not None:
-            wire.parse_create_topic(params, self.limits)  # bad params are answered here, not forwarded
+            # Bad params are answered here, not forwarded.
+            _refuse_internal(wire.parse_create_topic(params, self.limits).topic, "created")
             return self.cluster.create_topic(params).addCallback(_without_index)
         p = wire.parse_create_topic(params, self.limits)
+        _refuse_internal(p.topic, "created")
         if p.replication_factor not in (None, 1):
             raise errors.InvalidParams(
                 f"'replication_factor' {p.replication_factor} needs as many nodes; this node runs alone",
@@ -221,9 +224,10 @@ class Broker:
 
     def handle_delete_topic(self, params: dict[str, Any]) -> Any:
         if self.cluster is not None:
-            wire.parse_topic_only(params, self.limits)
+            _refuse_internal(wire.parse_topic_only(params, self.limits), "deleted")
             return self.cluster.delete_topic(params).addCallback(_without_index)
         name = wire.parse_topic_only(params, self.limits)
+        _refuse_internal(name, "deleted")
         topic = self.topic(name)
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
         self.directory.close_topic(topic, gone)
@@ -241,7 +245,7 @@ class Broker:
         wire.parse_empty(params)
         return {
             "topics": [
-                {"topic": name, "partitions": len(topic.partitions)}
+                {"topic": name, "partitions": len(topic.partitions), **internal_mark(name)}
                 for name, topic in sorted(self.topics.items())
             ]
         }
@@ -298,13 +302,16 @@ class Broker:
 
     def handle_send(self, params: dict[str, Any]) -> Deferred | None:
         p = wire.parse_send(params, self.limits)
+        _refuse_internal(p.topic, "written to")
         d = self.send(p)
         if d is None:
             return None
         return d.addCallback(_single_result)
 
     def handle_send_batch(self, params: dict[str, Any]) -> Deferred | None:
-        return self.send(wire.parse_send_batch(params, self.limits))
+        p = wire.parse_send_batch(params, self.limits)
+        _refuse_internal(p.topic, "written to")
+        return self.send(p)
 
     def send(self, p: wire.SendParams, waited: bool = False) -> Deferred | None:
         """Append C{p.messages}, one atomic batch per partition.
@@ -699,6 +706,9 @@ class Broker:
                         "retention moved {topic}/{partition} start from {before} to {after}",
                         topic=topic.name, partition=partition.index, before=before, after=after,
                     )
+        # The offsets topic keeps everything by time and size: its records before the last
+        # snapshot of its groups go instead (streamlog.broker.groups).
+        self.groups.compact()
 
     def close(self) -> None:
         self.groups.stop()
@@ -706,9 +716,18 @@ class Broker:
         self.storage.close()
 
 
+def _refuse_internal(name: str, what: str) -> None:
+    """C{INTERNAL_TOPIC} for a client's write, creation or deletion of an internal topic (the
+    node writes the offsets topic through L{Broker.send}, not through these handlers)."""
+    if name in INTERNAL_TOPICS:
+        raise errors.InternalTopic(f"topic {name!r} is internal: it cannot be {what} by clients (Poll may read it)",
+                                   topic=name)
+
+
 def _describe_topic(topic: Topic) -> dict[str, Any]:
     return {
         "topic": topic.name,
+        **internal_mark(topic.name),
         "partitions": [
             {
                 "partition": p.index,

@@ -29,31 +29,29 @@ from streamlog.groups import params as gp
 from streamlog.groups.assignors import TopicPartition
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupCoordinator, partitions_to_wire
-from streamlog.groups.offsets import (
-    BadOffsetRecord,
-    OffsetCommit,
-    OffsetRecord,
-    OffsetState,
-    decode_record,
-    fetch_to_wire,
-)
+from streamlog.groups.offsets import OffsetCommit, OffsetRecord, fetch_to_wire
+from streamlog.groups.state import SNAPSHOT_BYTES, ShardState
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import TopicConfig
 
 #: Keep the offsets topic's records for ever (there is no compaction yet): its replay is the offsets.
 _KEEP = TopicConfig(retention_ms=2**62, retention_bytes=2**62)
-#: Records read per step when a shard replays its partition.
-_REPLAY_BATCH = 10_000
 
 
-class Shard:
+class Shard(ShardState):
     """The groups of one offsets partition this node leads, at one leader term."""
 
     def __init__(self, index: int, term: int, coordinator: GroupCoordinator) -> None:
+        super().__init__(coordinator)
         self.index = index
         self.term = term
-        self.coordinator = coordinator
-        self.offsets = OffsetState()
+        #: Appends of this shard not settled yet.
+        self.writing = 0
+        #: An append failed: the log may not hold what the coordinator's memory does, so the
+        #: shard is replayed again once its other appends settled.
+        self.stale = False
+        #: Where its replay goes on (None: done).
+        self.replay_at: int | None = None
 
 
 class GroupService:
@@ -69,6 +67,10 @@ class GroupService:
         self.new_member_id = new_member_id or (lambda group: uuid.uuid4().hex)
         self.shards: dict[int, Shard] = {}
         self._timer: Any = None
+        #: Per local replica of the offsets topic (by partition): how far compaction scanned
+        #: its committed records, and the offset of the last snapshot marker it found there.
+        self._scanned: dict[int, int] = {}
+        self._snapshot_at: dict[int, int] = {}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -141,8 +143,18 @@ class GroupService:
         replica = self._replica(topic, group)
         self._check_coordinator(replica, group)
         shard = self.shards.get(replica.index)
+        if shard is not None and shard.stale and shard.term == replica.term:
+            if shard.writing:
+                raise errors.CoordinatorNotAvailable(
+                    f"the coordinator of group {group!r} is settling a failed write; retry shortly", group=group)
+            shard = None
         if shard is None or shard.term != replica.term:
             shard = self._load(replica)
+        if shard.replay_at is not None:
+            raise errors.CoordinatorNotAvailable(
+                f"the coordinator of group {group!r} is loading its groups ({shard.replay_at - replica.start_offset} "
+                f"of {replica.high_watermark - replica.start_offset} records); retry shortly",
+                group=group, loading=True)
         return shard
 
     def _check_coordinator(self, replica: Any, group: str) -> None:
@@ -165,59 +177,173 @@ class GroupService:
             f"the coordinator of group {group!r} is being elected; retry shortly", group=group)
 
     def _load(self, replica: Any) -> Shard:
-        """Replay the offsets partition (this node just became its leader)."""
-        offset, end = replica.start_offset, replica.high_watermark
-        # In a cluster, another node may have coordinated these groups (it held records): its
-        # members may still read their partitions until their sessions run out.
-        hold = self.config.limits.takeover_hold if self.broker.cluster is not None and end > offset else 0.0
+        """Replay the offsets partition (this node just became its leader), from its last
+        snapshot if compaction saw one, C{--offsets-replay-slice-records} per reactor turn:
+        the first slice now, the others later (the shard answers "loading" meanwhile)."""
         shard = Shard(replica.index, replica.term, GroupCoordinator(
-            self._partition_count, self.new_member_id, self.config.limits, hold_until=self.now() + hold))
-        skipped = 0
-        while offset < end:
-            read = replica.log.read(offset, min(_REPLAY_BATCH, end - offset), 2**62)
-            records = orjson.loads(b"[" + b",".join(read.fragments) + b"]")
-            for record in records:
-                try:
-                    shard.offsets.apply(decode_record(record["value"]), record["timestamp"])
-                except BadOffsetRecord:
-                    skipped += 1
-            offset = read.next_offset
-        if skipped:
-            self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
-                           index=replica.index, skipped=skipped)
-        self._log.info("coordinating the groups of offsets partition {index} (term {term}): {groups} groups, "
-                       "{records} records", index=replica.index, term=replica.term,
-                       groups=len(shard.offsets.groups), records=end - replica.start_offset)
+            self._partition_count, self.new_member_id, self.config.limits))
+        start = self._snapshot_at.get(replica.index, replica.start_offset)
+        shard.replay_at = start if replica.start_offset <= start <= replica.high_watermark else replica.start_offset
         self.shards[replica.index] = shard
+        self._replay(replica, shard)
         return shard
+
+    def _replay(self, replica: Any, shard: Shard) -> None:
+        """One slice of the replay; the next one on a later reactor turn, until the end."""
+        if self.shards.get(shard.index) is not shard or replica.term != shard.term or not replica.leads:
+            if self.shards.get(shard.index) is shard:
+                del self.shards[shard.index]  # it lost the leadership meanwhile
+            return
+        assert shard.replay_at is not None
+        offset, end = shard.replay_at, replica.high_watermark
+        if offset < end:
+            read = replica.log.read(offset, min(self.config.replay_slice_records, end - offset), 2**62)
+            for record in orjson.loads(b"[" + b",".join(read.fragments) + b"]"):
+                shard.apply_stored(record["value"], record["timestamp"])
+            shard.replay_at = offset = read.next_offset
+        if offset < end:
+            self.clock.callLater(0, self._replay_step, replica, shard)
+            return
+        shard.replay_at = None
+        self._took_over(replica, shard)
+
+    def _replay_step(self, replica: Any, shard: Shard) -> None:
+        try:
+            self._replay(replica, shard)
+        except Exception:
+            self._log.failure("replaying offsets partition {index} failed", index=shard.index)
+            if self.shards.get(shard.index) is shard:
+                del self.shards[shard.index]  # the next request tries again
+
+    def _took_over(self, replica: Any, shard: Shard) -> None:
+        """The replay is over: members resume with a full session from now."""
+        now = self.now()
+        shard.coordinator.resume(now)
+        if self.broker.cluster is not None and shard.applied_offsets and not shard.applied_membership:
+            # A log written before membership was: the old coordinator's members are unknown
+            # here and may still read their partitions until their sessions run out.
+            shard.coordinator.hold_until = now + self.config.limits.takeover_hold
+        if shard.skipped:
+            self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
+                           index=replica.index, skipped=shard.skipped)
+        self._log.info("coordinating the groups of offsets partition {index} (term {term}): {groups} groups, "
+                       "{members} members, {records} records", index=replica.index, term=replica.term,
+                       groups=len(set(shard.offsets.groups) | set(shard.coordinator.groups)),
+                       members=sum(len(g.members) for g in shard.coordinator.groups.values()),
+                       records=shard.applied_offsets + shard.applied_membership + shard.skipped)
+        self._schedule()
 
     def _partition_count(self, topic: str) -> int:
         found = self.broker.topics.get(topic)
         return len(found.partitions) if found is not None else 0
 
     def _append(self, shard: Shard, record: OffsetRecord) -> Deferred:
-        """Append C{record} to the shard's partition; apply it once committed."""
-        p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all",
-                            messages=[{"value": record.to_value(), "key": record.group, "partition": shard.index}])
-        d = maybeDeferred(self.broker.send, p)
+        """Append C{record} to the shard's partition (after the membership records due); apply
+        it once committed."""
+        values = [(r.group, r.to_value()) for r in shard.coordinator.take_records()]
+        d = self._write(shard, record.group, [*values, (record.group, record.to_value())])
 
         def applied(result: dict[str, Any]) -> dict[str, Any]:
             if self.shards.get(shard.index) is shard:
                 shard.offsets.apply(record, result["timestamp"])
             return result
 
+        return d.addCallback(applied)
+
+    def _persisted(self, shard: Shard, group: str, answer: Any) -> Any:
+        """C{answer}, once the membership records the request caused are committed (at once
+        if it caused none): a member is never told of a grant the log does not hold."""
+        self._schedule()
+        records = shard.coordinator.take_records()
+        if not records:
+            return answer
+        return self._write(shard, group, [(r.group, r.to_value()) for r in records]).addCallback(lambda _: answer)
+
+    def _write(self, shard: Shard, group: str, values: list[tuple[str | None, Any]], snapshot: bool = False) -> Deferred:
+        """Append C{(key, value)} records to the shard's partition, in one batch, C{acks=all}
+        (a C{snapshot} does not count towards the next one)."""
+        p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all", messages=[
+            {"value": value, "key": key, "partition": shard.index} for key, value in values])
+        # One partition, so one part: the whole request is appended and committed, or fails.
+        d = maybeDeferred(self.broker.send, p)
+        shard.writing += 1
+        if not snapshot:
+            shard.since_snapshot += len(values)
+
+        def settled(result: Any) -> Any:
+            shard.writing -= 1
+            if isinstance(result, Failure):
+                shard.stale = True
+            else:
+                self._maybe_snapshot(shard)
+            return result
+
+        d.addBoth(settled)
+
         def moved(failure: Failure) -> Failure:
             if failure.check(errors.NotLeader):
                 raise errors.NotCoordinator(
-                    f"the coordinator of group {record.group!r} moved; its outcome is unknown",
-                    group=record.group, coordinator=failure.value.details.get("leader"),
+                    f"the coordinator of group {group!r} moved; its outcome is unknown",
+                    group=group, coordinator=failure.value.details.get("leader"),
                     coordinator_address=failure.value.details.get("leader_address"))
             if failure.check(errors.LeaderNotAvailable):
                 raise errors.CoordinatorNotAvailable(
-                    f"the coordinator of group {record.group!r} is being elected; retry", group=record.group)
+                    f"the coordinator of group {group!r} is being elected; retry", group=group)
             return failure
 
-        return d.addCallbacks(applied, moved)
+        return d.addErrback(moved)
+
+    # --- snapshots and compaction ------------------------------------------------
+
+    def _maybe_snapshot(self, shard: Shard) -> None:
+        """Write a snapshot of the shard's groups once C{--offsets-snapshot-records} were
+        appended since the last, at a moment none of its appends is in flight (so that its
+        memory is exactly what the log before the snapshot holds)."""
+        every = self.config.snapshot_records
+        if not every or shard.since_snapshot < every or shard.writing or shard.stale or shard.replay_at is not None:
+            return
+        if self.shards.get(shard.index) is not shard:
+            return
+        shard.coordinator.take_records()  # none are due (nothing in flight); the snapshot holds them all
+        shard.since_snapshot = 0
+        d = self._write(shard, "", shard.snapshot(), snapshot=True)
+        d.addCallback(lambda result: self._log.info(
+            "offsets partition {index}: snapshot of {groups} groups at offset {offset}", index=shard.index,
+            groups=len(set(shard.offsets.groups) | set(shard.coordinator.groups)),
+            offset=result["partitions"][0]["base_offset"]))
+        d.addErrback(lambda f: self._log.warn("offsets partition {index}: snapshot failed: {error}",
+                                              index=shard.index, error=f.value))
+
+    def compact(self) -> None:
+        """On every node, for each replica of the offsets topic it holds (leader or follower):
+        find the snapshot markers in what it committed since the last call (a search of the
+        stored bytes: only candidates are decoded), and remove the records before the last
+        one (never past the commit index: C{RaftNode.compact}).  Called with retention."""
+        topic = self.broker.topics.get(OFFSETS_TOPIC)
+        if topic is None or not self.config.snapshot_records:
+            return
+        for replica in topic.partitions:
+            if not hasattr(replica, "log") or replica.closed_error is not None or replica.failed is not None:
+                continue
+            offset = max(self._scanned.get(replica.index, 0), replica.start_offset)
+            end = replica.high_watermark
+            while offset < end:
+                read = replica.log.read(offset, min(self.config.replay_slice_records, end - offset), 2**62)
+                for fragment in read.fragments:  # one or more records, comma-separated
+                    if SNAPSHOT_BYTES in fragment:
+                        for record in orjson.loads(b"[" + fragment + b"]"):
+                            value = record.get("value")
+                            if isinstance(value, dict) and value.get("type") == "snapshot" and value.get("group") == "":
+                                self._snapshot_at[replica.index] = int(record["offset"])
+                offset = read.next_offset
+            self._scanned[replica.index] = offset
+            at = self._snapshot_at.get(replica.index)
+            if at is not None and at > replica.start_offset and replica.node is not None:
+                index = replica.log.index_for_offset(at)
+                if index is not None:
+                    replica.node.compact(index - 1)
+                    self._log.info("offsets partition {index}: removed the records before the snapshot at {offset}",
+                                   index=replica.index, offset=at)
 
     # --- the session timer -------------------------------------------------------
 
@@ -241,6 +367,11 @@ class GroupService:
                 for removed in shard.coordinator.tick(self.now()):
                     self._log.info("group {group}: member {member} removed ({reason} timeout)",
                                    group=removed.group, member=removed.member_id, reason=removed.reason)
+                records = shard.coordinator.take_records()
+                if records:
+                    d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
+                    d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
+                                                          error=f.value))
         except Exception:
             self._log.failure("the group session check failed")
         self._schedule()
@@ -277,32 +408,29 @@ class GroupService:
     def handle_join_group(self, params: dict[str, Any]) -> Any:
         p = gp.parse_join(params)
 
-        def join(shard: Shard) -> dict[str, Any]:
+        def join(shard: Shard) -> Any:
             answer = shard.coordinator.join(
                 p.group, p.topics, self.now(), p.session_timeout_ms / 1000.0, p.rebalance_timeout_ms / 1000.0,
                 instance_id=p.group_instance_id, assignor=p.assignor)
-            self._schedule()
-            return answer.to_wire()
+            return self._persisted(shard, p.group, answer.to_wire())
 
         return self._with_shard(p.group, join)
 
     def handle_heartbeat(self, params: dict[str, Any]) -> Any:
         p = gp.parse_heartbeat(params)
 
-        def beat(shard: Shard) -> dict[str, Any]:
+        def beat(shard: Shard) -> Any:
             answer = shard.coordinator.heartbeat(p.group, p.member_id, p.owned, self.now())
-            self._schedule()
-            return answer.to_wire()
+            return self._persisted(shard, p.group, answer.to_wire())
 
         return self._with_shard(p.group, beat)
 
     def handle_leave_group(self, params: dict[str, Any]) -> Any:
         group, member = gp.parse_leave(params)
 
-        def leave(shard: Shard) -> dict[str, Any]:
+        def leave(shard: Shard) -> Any:
             shard.coordinator.leave(group, member, self.now())
-            self._schedule()
-            return {"group": group, "member_id": member, "left": True}
+            return self._persisted(shard, group, {"group": group, "member_id": member, "left": True})
 
         return self._with_shard(group, leave)
 
@@ -336,6 +464,10 @@ class GroupService:
             shard = self.shards.get(replica.index)
             if shard is None or shard.term != replica.term:
                 shard = self._load(replica)
+            if shard.replay_at is not None:
+                raise errors.CoordinatorNotAvailable(
+                    f"this node is loading the groups of offsets partition {replica.index}; retry shortly",
+                    loading=True)
             names = set(shard.offsets.groups) | set(shard.coordinator.groups)
             for name in names:
                 state = shard.coordinator.group(name)

@@ -59,6 +59,7 @@ from streamlog.raft.driver import GroupCallbacks, NotLeaderError, RaftHost
 from streamlog.raft.log import Entry
 from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import internal_mark
 
 META = md.METADATA_GROUP
 
@@ -783,8 +784,8 @@ class ClusterNode(GroupCallbacks):
                 entry.update(log_start_offset=local.start_offset, high_watermark=local.high_watermark,
                              log_end_offset=local.end_offset)
             partitions.append(entry)
-        return {"topic": name, "topic_id": info.topic_id, "partitions": partitions, "config": info.config.to_dict(),
-                "replication_factor": info.replication_factor}
+        return {"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": partitions,
+                "config": info.config.to_dict(), "replication_factor": info.replication_factor}
 
     def _partition_metadata(self, info: md.TopicInfo, p: int, placement: md.PartitionInfo) -> dict[str, Any]:
         group = md.partition_group(info.topic_id, p)
@@ -828,7 +829,7 @@ class ClusterNode(GroupCallbacks):
             if info is None:
                 topics.append({"topic": name, "error": errors.UnknownTopic(f"unknown topic {name!r}", topic=name).to_wire()})
                 continue
-            topics.append({"topic": name, "topic_id": info.topic_id, "partitions": [
+            topics.append({"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": [
                 self._partition_metadata(info, p, placement) for p, placement in enumerate(info.partitions)]})
         return {"cluster_id": state.cluster_id if state is not None else None, "controller": self.controller,
                 "nodes": nodes, "topics": topics}
