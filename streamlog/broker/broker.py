@@ -92,9 +92,7 @@ class Broker:
         self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
         self.directory.producer_state = config.producer_state
         self.committer = committer
-        #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
-        #: administration goes through the controller, topics come from the metadata.
-        self.cluster: Any = None
+        self._cluster: Any = None
         #: Without a cluster: what Metadata says of this node alone (its id and address are
         #: the service's to set, once the listener is bound).
         self.alone = LoneNode(self.directory)
@@ -121,6 +119,19 @@ class Broker:
         # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
         self.groups = GroupService(self, config.groups)
         self.handlers.update(self.groups.handlers())
+
+    @property
+    def cluster(self) -> Any:
+        """The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
+        administration goes through the controller, topics come from the metadata."""
+        return self._cluster
+
+    @cluster.setter
+    def cluster(self, cluster: Any) -> None:
+        self._cluster = cluster
+        handlers = getattr(cluster, "peer_handlers", None)
+        if handlers is not None:
+            handlers.update(self.groups.peer_handlers())  # what peers ask of the groups here
 
     def connection_handlers(self, *waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The handler table for one connection: its parked Polls also count against each

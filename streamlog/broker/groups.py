@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -452,13 +452,36 @@ class GroupService:
             "group": group, "offsets": fetch_to_wire(shard.offsets.fetch(group, topics))})
 
     def handle_list_groups(self, params: dict[str, Any]) -> Any:
-        """The groups this node coordinates (in a cluster, ask every node)."""
+        """Every group of the cluster: this node's, and those of every other node it is
+        connected to (asked over the peer links, C{GroupsHere}); C{unreachable} lists the
+        nodes that could not answer."""
         wire.parse_empty(params)
         found = self._offsets_topic()
         if isinstance(found, Deferred):
             return found.addCallback(lambda _: self.handle_list_groups(params))
+        groups = {g["group"]: g for g in self._groups_here(found)}
+        cluster = self.broker.cluster
+        if cluster is None:
+            return {"groups": sorted(groups.values(), key=lambda g: g["group"])}
+        unreachable: list[int] = []
+
+        def merge(answer: Any, node: int) -> None:
+            if isinstance(answer, Failure) or not isinstance(answer, dict) or not isinstance(answer.get("groups"), list):
+                unreachable.append(node)
+                return
+            for entry in answer["groups"]:
+                # A group met twice (its coordinator moving): the one with members wins.
+                if isinstance(entry, dict) and (entry.get("group") not in groups or entry.get("members")):
+                    groups[entry["group"]] = entry
+
+        asks = [cluster.ask(node, "GroupsHere", {}).addBoth(merge, node) for node in sorted(cluster.peers)]
+        return gatherResults(asks).addCallback(lambda _: {
+            "groups": sorted(groups.values(), key=lambda g: g["group"]), "unreachable": sorted(unreachable)})
+
+    def _groups_here(self, topic: Any) -> list[dict[str, Any]]:
+        """The groups of the offsets partitions this node leads."""
         groups = []
-        for replica in found.partitions:
+        for replica in topic.partitions:
             if not getattr(replica, "leads", False):
                 continue
             shard = self.shards.get(replica.index)
@@ -466,19 +489,91 @@ class GroupService:
                 shard = self._load(replica)
             if shard.replay_at is not None:
                 raise errors.CoordinatorNotAvailable(
-                    f"this node is loading the groups of offsets partition {replica.index}; retry shortly",
-                    loading=True)
-            names = set(shard.offsets.groups) | set(shard.coordinator.groups)
-            for name in names:
+                    f"node is loading the groups of offsets partition {replica.index}; retry shortly", loading=True)
+            for name in set(shard.offsets.groups) | set(shard.coordinator.groups):
                 state = shard.coordinator.group(name)
                 groups.append({"group": name, "state": state.state if state is not None else "empty",
                                "members": len(state.members) if state is not None else 0})
-        return {"groups": sorted(groups, key=lambda g: g["group"])}
+        return groups
+
+    def peer_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """What other nodes ask of this one over the peer links (L{ClusterNode.ask})."""
+
+        def groups_here(params: dict[str, Any]) -> dict[str, Any]:
+            topic = self.broker.topics.get(OFFSETS_TOPIC)
+            return {"groups": self._groups_here(topic) if topic is not None else []}
+
+        def partition_offsets(params: dict[str, Any]) -> dict[str, Any]:
+            wanted = params.get("partitions")
+            if not isinstance(wanted, list):
+                raise errors.InvalidParams("PartitionOffsets: 'partitions' must be [[topic, partition, ts|null]]")
+            out = []
+            for entry in wanted[:gp.MAX_PARTITIONS]:
+                if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                        and isinstance(entry[1], int) and (entry[2] is None or isinstance(entry[2], int))):
+                    raise errors.InvalidParams("PartitionOffsets: bad entry")
+                replica = self._local_partition((entry[0], entry[1]))
+                bounds = _bounds(replica, entry[2]) if replica is not None and replica.leads else None
+                out.append([entry[0], entry[1], bounds])
+            return {"partitions": out}
+
+        return {"GroupsHere": groups_here, "PartitionOffsets": partition_offsets}
+
+    def _partition_bounds(self, tps: list[TopicPartition], timestamp: int | None = None) -> Deferred:
+        """Fires with C{{tp: (log start, high watermark, first offset at C{timestamp} or None) or None}}:
+        from this node's replica where it leads the partition (or runs alone), else from the
+        partition's leader over the peer link; None where neither answers (no leader, unreachable)."""
+        found: dict[TopicPartition, tuple[int, int, int | None] | None] = {}
+        remote: dict[int, list[TopicPartition]] = {}
+        cluster = self.broker.cluster
+        for tp in tps:
+            replica = self._local_partition(tp)
+            if replica is not None and (replica.leads or cluster is None):
+                found[tp] = _bounds(replica, timestamp)
+                continue
+            node = self._leader_node(tp) if cluster is not None else None
+            if node is None or node == cluster.node_id:
+                found[tp] = None
+            else:
+                remote.setdefault(node, []).append(tp)
+
+        def answered(answer: Any, node: int) -> None:
+            entries = answer.get("partitions") if isinstance(answer, dict) else None
+            if not isinstance(entries, list):
+                return
+            for topic, partition, bounds in entries:
+                if (topic, partition) in found and isinstance(bounds, list):
+                    found[(topic, partition)] = (bounds[0], bounds[1], bounds[2])
+
+        asks = []
+        for node, wanted in sorted(remote.items()):
+            for tp in wanted:
+                found[tp] = None
+            d = cluster.ask(node, "PartitionOffsets", {"partitions": [[t, p, timestamp] for t, p in wanted]})
+            asks.append(d.addCallback(answered, node).addErrback(lambda f, node=node: self._log.warn(
+                "asking node {node} for partition offsets failed: {error}", node=node, error=f.value)))
+        return gatherResults(asks).addCallback(lambda _: found)
+
+    def _leader_node(self, tp: TopicPartition) -> int | None:
+        """The node leading a data partition, as this node knows it (None: unknown)."""
+        topic = self.broker.topics.get(tp[0])
+        if topic is None or tp[1] >= len(topic.partitions):
+            return None
+        replica = topic.partitions[tp[1]]
+        try:
+            replica.check_leader()
+        except errors.NotLeader as e:
+            leader: int | None = e.details.get("leader")
+            return leader
+        except errors.StreamlogError:
+            return None
+        node: int | None = self.broker.cluster.node_id
+        return node
 
     def handle_describe_group(self, params: dict[str, Any]) -> Any:
         group = gp.parse_group_only(params)
 
-        def describe(shard: Shard) -> dict[str, Any]:
+        def describe(shard: Shard) -> Any:
             state = shard.coordinator.group(group)
             committed = shard.offsets.fetch(group)
             if (state is None or not state.members) and not committed:
@@ -495,22 +590,27 @@ class GroupService:
                         "target": partitions_to_wire(m.target),
                         "last_heartbeat_ms_ago": int((now - m.last_seen) * 1000),
                     })
-            offsets = []
-            for tp in sorted(subscribed):
-                c = committed.get(tp)
-                end = self._high_watermark(tp)
-                offsets.append({
-                    "topic": tp[0], "partition": tp[1], "offset": c.offset if c is not None else None,
-                    "metadata": c.metadata if c is not None else None, "high_watermark": end,
-                    "lag": max(0, end - c.offset) if c is not None and end is not None else None,
-                })
-            return {
+            answer = {
                 "group": group, "coordinator_partition": shard.index,
                 "state": state.state if state is not None else "empty",
                 "generation": state.generation if state is not None else 0,
                 "assignor": state.assignor if state is not None else None,
-                "members": members, "offsets": offsets,
+                "members": members,
             }
+
+            def with_lag(bounds: dict[TopicPartition, Any]) -> dict[str, Any]:
+                offsets = []
+                for tp in sorted(subscribed):
+                    c = committed.get(tp)
+                    end = bounds[tp][1] if bounds.get(tp) is not None else None
+                    offsets.append({
+                        "topic": tp[0], "partition": tp[1], "offset": c.offset if c is not None else None,
+                        "metadata": c.metadata if c is not None else None, "high_watermark": end,
+                        "lag": max(0, end - c.offset) if c is not None and end is not None else None,
+                    })
+                return {**answer, "offsets": offsets}
+
+            return self._partition_bounds(sorted(subscribed)).addCallback(with_lag)
 
         return self._with_shard(group, describe)
 
@@ -521,10 +621,6 @@ class GroupService:
             return None
         replica = topic.partitions[tp[1]]
         return replica if hasattr(replica, "log") else None
-
-    def _high_watermark(self, tp: TopicPartition) -> int | None:
-        replica = self._local_partition(tp)
-        return int(replica.high_watermark) if replica is not None else None
 
     def handle_delete_group(self, params: dict[str, Any]) -> Any:
         group = gp.parse_group_only(params)
@@ -552,22 +648,31 @@ class GroupService:
             if topic is None:
                 raise errors.UnknownTopic(f"unknown topic {p.topic!r}", topic=p.topic)
             indexes = p.partitions if p.partitions is not None else tuple(range(len(topic.partitions)))
-            committed = shard.offsets.fetch(p.group, [p.topic])
-            offsets = []
-            rows = []
             for index in indexes:
                 if index >= len(topic.partitions):
                     raise errors.UnknownPartition(f"topic {p.topic!r} has {len(topic.partitions)} partitions, not {index}",
                                                   topic=p.topic, partitions=len(topic.partitions))
-                replica = self._local_partition((p.topic, index))
-                before = committed.get((p.topic, index))
-                if replica is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+            timestamp = p.to[1] if isinstance(p.to, tuple) and p.to[0] == "timestamp" else None
+            tps = [(p.topic, index) for index in indexes]
+            return self._partition_bounds(tps, timestamp).addCallback(resolved, shard)
+
+        def resolved(bounds: dict[TopicPartition, Any], shard: Shard) -> Any:
+            if self.shards.get(shard.index) is not shard:
+                raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
+                                            coordinator=None, coordinator_address=None)
+            shard.coordinator.require_empty(p.group)  # a member may have joined meanwhile
+            committed = shard.offsets.fetch(p.group, [p.topic])
+            offsets = []
+            rows = []
+            for tp, found in sorted(bounds.items()):
+                before = committed.get(tp)
+                if found is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
                     raise errors.PartitionUnavailable(
-                        f"this node (the coordinator) holds no replica of {p.topic}/{index}, so it cannot resolve "
-                        f"{p.to!r}; give {{\"offset\": n}}", topic=p.topic, partition=index)
-                offset = _reset_target(p.to, replica, before.offset if before is not None else None)
-                offsets.append(OffsetCommit(p.topic, index, offset, before.metadata if before else None))
-                rows.append({"topic": p.topic, "partition": index, "offset": offset,
+                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved; "
+                        f"retry, or give {{\"offset\": n}}", topic=tp[0], partition=tp[1])
+                offset = _reset_target(p.to, found, before.offset if before is not None else None)
+                offsets.append(OffsetCommit(tp[0], tp[1], offset, before.metadata if before else None))
+                rows.append({"topic": tp[0], "partition": tp[1], "offset": offset,
                              "previous": before.offset if before is not None else None})
             answer = {"group": p.group, "dry_run": p.dry_run, "offsets": rows}
             if p.dry_run:
@@ -577,24 +682,30 @@ class GroupService:
         return self._with_shard(p.group, reset)
 
 
-def _reset_target(to: str | tuple[str, int], replica: Any, committed: int | None) -> int:
+def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:
+    """C{[log start, high watermark, first offset with a timestamp >= C{timestamp} (None if not asked)]}."""
+    at = int(replica.log.offset_for_timestamp(timestamp)) if timestamp is not None else None
+    return [int(replica.start_offset), int(replica.high_watermark), at]
+
+
+def _reset_target(to: str | tuple[str, int], bounds: Any, committed: int | None) -> int:
     """Where ResetOffsets moves a partition, within [log start, high watermark]."""
-    if replica is None:  # {"offset": n} for a partition this node holds no replica of: taken as given
+    if bounds is None:  # {"offset": n} for a partition no leader answered for: taken as given
         assert isinstance(to, tuple)
         return to[1]
-    start, end = int(replica.start_offset), int(replica.high_watermark)
+    start, end, at = bounds
     if to == "earliest":
-        return start
+        return int(start)
     if to == "latest":
-        return end
+        return int(end)
     kind, n = to
     if kind == "offset":
         target = n
     elif kind == "shift":
         target = (committed if committed is not None else start) + n
     else:
-        target = int(replica.log.offset_for_timestamp(n))
-    return max(start, min(target, end))
+        target = int(at)
+    return max(int(start), min(target, int(end)))
 
 
 def _known_elsewhere(replica: Any) -> bool:

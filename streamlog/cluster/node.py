@@ -184,6 +184,9 @@ class ClusterNode(GroupCallbacks):
         self.ready: Deferred = Deferred()
         self.stopped = False
         self.refused: str | None = None
+        #: Read-only requests peers may ask of this node over the peer link (L{ask}): method ->
+        #: params -> answer or Deferred (the consumer groups' C{GroupsHere}, C{PartitionOffsets}).
+        self.peer_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     # --- identities -----------------------------------------------------------------
 
@@ -649,17 +652,22 @@ class ClusterNode(GroupCallbacks):
             raise self.not_controller()
 
         def answered(answer: Any) -> Any:
-            if not isinstance(answer, dict):
-                raise errors.Internal("the controller's answer to a forwarded request is not an object")
-            if "error" in answer:
-                raise errors.from_wire(answer["error"])
-            result = answer.get("result")
+            result = _peer_result(answer)
             index = result.get("index") if isinstance(result, dict) else None
             if isinstance(index, int):  # see what the controller did before answering
                 return self.applied(index).addCallback(lambda _: result)
             return result
 
         return d.addCallbacks(answered, lost)
+
+    def ask(self, node: int, method: str, params: dict[str, Any]) -> Deferred:
+        """Run C{method} (one of the peer's L{peer_handlers}) at peer C{node} over the peer
+        link: its result, or its error; C{ConnectionError} if the node is not connected,
+        C{TimeoutError} if no answer comes within the forward timeout."""
+        if self.raft is None or str(node) not in self.raft.connections:
+            return fail(ConnectionError(f"node {node} is not connected"))
+        d = self.raft.forward(str(node), {"method": method, "params": params}, self.forward_timeout)
+        return d.addCallback(_peer_result)
 
     def serve_forwarded(self, node: int, request: Any) -> Deferred:
         """Peer C{node} forwarded C{{"method", "params"}} (L{forward} there): the answer goes
@@ -693,6 +701,9 @@ class ClusterNode(GroupCallbacks):
                 return self.delete_topic(params)
             if method == "StaleIncarnation":
                 return self._told_stale(params)
+            handler = self.peer_handlers.get(method)
+            if handler is not None:
+                return maybeDeferred(handler, params)
             raise errors.MethodNotFound(f"cannot forward {method!r}", method=method)
         except errors.StreamlogError as e:
             return fail(e)
@@ -833,6 +844,15 @@ class ClusterNode(GroupCallbacks):
                 self._partition_metadata(info, p, placement) for p, placement in enumerate(info.partitions)]})
         return {"cluster_id": state.cluster_id if state is not None else None, "controller": self.controller,
                 "nodes": nodes, "topics": topics}
+
+
+def _peer_result(answer: Any) -> Any:
+    """The result of a peer's answer to a forwarded request, or its error raised."""
+    if not isinstance(answer, dict):
+        raise errors.Internal("a peer's answer to a forwarded request is not an object")
+    if "error" in answer:
+        raise errors.from_wire(answer["error"])
+    return answer.get("result")
 
 
 def _result_dict(outcome: tuple[int, md.Result | None]) -> dict[str, Any]:
