@@ -194,7 +194,8 @@ class GroupService:
             if self.shards.get(shard.index) is shard:
                 del self.shards[shard.index]  # it lost the leadership meanwhile
             return
-        assert shard.replay_at is not None
+        if shard.replay_at is None:
+            return
         offset, end = shard.replay_at, replica.high_watermark
         if offset < end:
             read = replica.log.read(offset, min(self.config.replay_slice_records, end - offset), 2**62)
@@ -272,7 +273,7 @@ class GroupService:
 
         def settled(result: Any) -> Any:
             shard.writing -= 1
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not snapshot:  # a snapshot changed nothing in memory
                 shard.stale = True
             else:
                 self._maybe_snapshot(shard)
@@ -348,7 +349,9 @@ class GroupService:
     # --- the session timer -------------------------------------------------------
 
     def _schedule(self) -> None:
-        deadlines = [d for s in self.shards.values() if (d := s.coordinator.next_deadline()) is not None]
+        # A shard still replaying has no deadlines yet (its members get theirs when it is done).
+        deadlines = [d for s in self.shards.values()
+                     if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -363,6 +366,8 @@ class GroupService:
                 replica = topic.partitions[index] if topic is not None and index < len(topic.partitions) else None
                 if replica is None or not replica.leads or replica.term != shard.term:
                     del self.shards[index]  # another node coordinates these groups now
+                    continue
+                if shard.replay_at is not None:
                     continue
                 for removed in shard.coordinator.tick(self.now()):
                     self._log.info("group {group}: member {member} removed ({reason} timeout)",

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from streamlog.groups.coordinator import GroupCoordinator
 from streamlog.groups.membership import MEMBERSHIP_TYPES, BadMembershipRecord, decode_membership
 from streamlog.groups.offsets import BadOffsetRecord, Committed, OffsetState, decode_record
@@ -33,6 +35,9 @@ SNAPSHOT_MARKER = {"type": "snapshot", "group": ""}
 #: What a stored record's bytes hold iff it is a snapshot marker (its value is encoded by orjson,
 #: so no string inside a value can hold these bytes unescaped).
 SNAPSHOT_BYTES = b'"type":"snapshot","group":""'
+#: Encoded bytes of the offsets in one C{offsets_snapshot} record at most: a group's are split over
+#: several records, each well under the default 1,000,000-byte message limit.
+SNAPSHOT_RECORD_BYTES = 256 * 1024
 
 
 class ShardState:
@@ -104,10 +109,15 @@ class ShardState:
             membership.setdefault(record.group, []).append(record.to_value())
         for group in sorted(set(membership) | set(self.offsets.groups)):
             out.extend((group, value) for value in membership.get(group, ()))
-            committed = self.offsets.groups.get(group)
-            if committed:
-                out.append((group, {"type": "offsets_snapshot", "group": group, "offsets": [
-                    {"topic": t, "partition": p, "offset": c.offset, "metadata": c.metadata, "timestamp": c.timestamp}
-                    for (t, p), c in sorted(committed.items())]}))
+            entries = [{"topic": t, "partition": p, "offset": c.offset, "metadata": c.metadata, "timestamp": c.timestamp}
+                       for (t, p), c in sorted(self.offsets.groups.get(group, {}).items())]
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            for entry in entries:
+                chunk.append(entry)
+                size += len(orjson.dumps(entry))
+                if size >= SNAPSHOT_RECORD_BYTES or entry is entries[-1]:
+                    out.append((group, {"type": "offsets_snapshot", "group": group, "offsets": chunk}))
+                    chunk, size = [], 0
         out[0] = (None, {**SNAPSHOT_MARKER, "records": len(out) - 1})
         return out

@@ -141,3 +141,47 @@ def test_every_replica_removes_the_records_before_the_snapshot():
         for broker in cluster.brokers.values():
             broker.groups.stop()
         cluster.stop()
+
+
+def test_a_session_check_during_the_replay_leaves_the_members_alone(clock):
+    h = harness_with(clock, snapshot_records=0, replay_slice_records=5)
+    try:
+        conn = h.connect()
+        ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+        a = ok(conn.call("JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 5000}))
+        for offset in range(1, 30):
+            commit(conn, offset, member_id=a["member_id"], generation=a["generation"])
+        service = h.broker.groups
+        service.shards.clear()
+        assert conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": a["assignment"]}
+                         )["error"]["loading"] is True
+        # Time passes while it replays (past the restored members' deadlines: the log does not
+        # say when they were last heard of), and another shard's session check comes.
+        clock.rightNow += 100
+        service._expire()
+        assert service.shards[SHARD].coordinator.group("g").members  # not expired (not resumed yet either)
+        clock.advance(0)
+        beat = ok(conn.call("Heartbeat", {"group": "g", "member_id": a["member_id"], "owned": a["assignment"]}))
+        assert beat["generation"] == a["generation"]
+    finally:
+        h.broker.groups.stop()
+        h.stop()
+
+
+def test_a_large_group_is_snapshotted_in_records_under_the_message_limit():
+    from coordinator_support import make_coordinator
+
+    from streamlog.groups.offsets import OffsetCommit, OffsetRecord
+    from streamlog.groups.state import SNAPSHOT_RECORD_BYTES, ShardState
+
+    state = ShardState(make_coordinator())
+    offsets = tuple(OffsetCommit("t", p, p, "\u2603" * 4096) for p in range(300))
+    state.offsets.apply(OffsetRecord("commit", "g", offsets), 7)
+    snapshot = state.snapshot()
+    chunks = [v for _, v in snapshot if v["type"] == "offsets_snapshot"]
+    assert len(chunks) > 1 and snapshot[0][1] == {"type": "snapshot", "group": "", "records": len(snapshot) - 1}
+    assert all(len(orjson.dumps(v)) < SNAPSHOT_RECORD_BYTES + 30_000 for v in chunks)
+    again = ShardState(make_coordinator())
+    for _, value in snapshot:
+        again.apply_stored(value, 99)
+    assert again.offsets.groups == state.offsets.groups and again.since_snapshot == 0
