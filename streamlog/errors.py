@@ -316,9 +316,16 @@ class GroupFull(StreamlogError):
     code = "GROUP_FULL"
 
 
+class InternalTopic(StreamlogError):
+    """A client tried to write to an internal topic (C{__consumer_offsets}), create it or delete
+    it: only the node itself does (Poll of it is allowed).  Details: C{topic}."""
+
+    code = "INTERNAL_TOPIC"
+
+
 GROUP_ERRORS: list[type[StreamlogError]] = [
     NotCoordinator, CoordinatorNotAvailable, UnknownMember, StaleGeneration, PartitionNotAssigned,
-    OffsetBehindCommitted, UnknownGroup, GroupNotEmpty, GroupFull,
+    OffsetBehindCommitted, UnknownGroup, GroupNotEmpty, GroupFull, InternalTopic,
 ]
 
 

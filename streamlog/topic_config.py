@@ -29,3 +29,15 @@ class TopicConfig:
         return TopicConfig(**{
             k: (v if v is not None else getattr(defaults, k)) for k, v in self.to_dict().items()
         })
+
+
+#: The internal topic holding every consumer group's committed offsets and membership.
+OFFSETS_TOPIC = "__consumer_offsets"
+#: Topics only the node itself writes, creates and deletes (INTERNAL_TOPIC for clients; Poll is allowed).
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
+
+
+def internal_mark(name: str) -> dict[str, bool]:
+    """What a topic's entry in ListTopics, DescribeTopic and Metadata adds: C{{"internal": true}}
+    for an internal topic, nothing for the others."""
+    return {"internal": True} if name in INTERNAL_TOPICS else {}

@@ -32,6 +32,7 @@ from streamlog.idempotence.table import Decision, ProducerStateConfig
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
+from streamlog.topic_config import INTERNAL_TOPICS, internal_mark
 
 
 class Committer(Protocol):
@@ -91,9 +92,7 @@ class Broker:
         self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
         self.directory.producer_state = config.producer_state
         self.committer = committer
-        #: The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
-        #: administration goes through the controller, topics come from the metadata.
-        self.cluster: Any = None
+        self._cluster: Any = None
         #: Without a cluster: what Metadata says of this node alone (its id and address are
         #: the service's to set, once the listener is bound).
         self.alone = LoneNode(self.directory)
@@ -120,6 +119,19 @@ class Broker:
         # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
         self.groups = GroupService(self, config.groups)
         self.handlers.update(self.groups.handlers())
+
+    @property
+    def cluster(self) -> Any:
+        """The node's cluster (L{streamlog.cluster.node.ClusterNode}) when it has peers: topic
+        administration goes through the controller, topics come from the metadata."""
+        return self._cluster
+
+    @cluster.setter
+    def cluster(self, cluster: Any) -> None:
+        self._cluster = cluster
+        handlers = getattr(cluster, "peer_handlers", None)
+        if handlers is not None:
+            handlers.update(self.groups.peer_handlers())  # what peers ask of the groups here
 
     def connection_handlers(self, *waits: WaitQuota) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The handler table for one connection: its parked Polls also count against each
@@ -209,9 +221,11 @@ class Broker:
 
     def handle_create_topic(self, params: dict[str, Any]) -> Any:
         if self.cluster is not None:
-            wire.parse_create_topic(params, self.limits)  # bad params are answered here, not forwarded
+            # Bad params are answered here, not forwarded.
+            _refuse_internal(wire.parse_create_topic(params, self.limits).topic, "created")
             return self.cluster.create_topic(params).addCallback(_without_index)
         p = wire.parse_create_topic(params, self.limits)
+        _refuse_internal(p.topic, "created")
         if p.replication_factor not in (None, 1):
             raise errors.InvalidParams(
                 f"'replication_factor' {p.replication_factor} needs as many nodes; this node runs alone",
@@ -221,9 +235,10 @@ class Broker:
 
     def handle_delete_topic(self, params: dict[str, Any]) -> Any:
         if self.cluster is not None:
-            wire.parse_topic_only(params, self.limits)
+            _refuse_internal(wire.parse_topic_only(params, self.limits), "deleted")
             return self.cluster.delete_topic(params).addCallback(_without_index)
         name = wire.parse_topic_only(params, self.limits)
+        _refuse_internal(name, "deleted")
         topic = self.topic(name)
         gone = errors.UnknownTopic(f"topic {name!r} was deleted", topic=name)
         self.directory.close_topic(topic, gone)
@@ -241,7 +256,7 @@ class Broker:
         wire.parse_empty(params)
         return {
             "topics": [
-                {"topic": name, "partitions": len(topic.partitions)}
+                {"topic": name, "partitions": len(topic.partitions), **internal_mark(name)}
                 for name, topic in sorted(self.topics.items())
             ]
         }
@@ -298,13 +313,16 @@ class Broker:
 
     def handle_send(self, params: dict[str, Any]) -> Deferred | None:
         p = wire.parse_send(params, self.limits)
+        _refuse_internal(p.topic, "written to")
         d = self.send(p)
         if d is None:
             return None
         return d.addCallback(_single_result)
 
     def handle_send_batch(self, params: dict[str, Any]) -> Deferred | None:
-        return self.send(wire.parse_send_batch(params, self.limits))
+        p = wire.parse_send_batch(params, self.limits)
+        _refuse_internal(p.topic, "written to")
+        return self.send(p)
 
     def send(self, p: wire.SendParams, waited: bool = False) -> Deferred | None:
         """Append C{p.messages}, one atomic batch per partition.
@@ -699,6 +717,9 @@ class Broker:
                         "retention moved {topic}/{partition} start from {before} to {after}",
                         topic=topic.name, partition=partition.index, before=before, after=after,
                     )
+        # The offsets topic keeps everything by time and size: its records before the last
+        # snapshot of its groups go instead (streamlog.broker.groups).
+        self.groups.compact()
 
     def close(self) -> None:
         self.groups.stop()
@@ -706,9 +727,18 @@ class Broker:
         self.storage.close()
 
 
+def _refuse_internal(name: str, what: str) -> None:
+    """C{INTERNAL_TOPIC} for a client's write, creation or deletion of an internal topic (the
+    node writes the offsets topic through L{Broker.send}, not through these handlers)."""
+    if name in INTERNAL_TOPICS:
+        raise errors.InternalTopic(f"topic {name!r} is internal: it cannot be {what} by clients (Poll may read it)",
+                                   topic=name)
+
+
 def _describe_topic(topic: Topic) -> dict[str, Any]:
     return {
         "topic": topic.name,
+        **internal_mark(topic.name),
         "partitions": [
             {
                 "partition": p.index,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,31 +29,29 @@ from streamlog.groups import params as gp
 from streamlog.groups.assignors import TopicPartition
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupCoordinator, partitions_to_wire
-from streamlog.groups.offsets import (
-    BadOffsetRecord,
-    OffsetCommit,
-    OffsetRecord,
-    OffsetState,
-    decode_record,
-    fetch_to_wire,
-)
+from streamlog.groups.offsets import OffsetCommit, OffsetRecord, fetch_to_wire
+from streamlog.groups.state import SNAPSHOT_BYTES, ShardState
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import TopicConfig
 
 #: Keep the offsets topic's records for ever (there is no compaction yet): its replay is the offsets.
 _KEEP = TopicConfig(retention_ms=2**62, retention_bytes=2**62)
-#: Records read per step when a shard replays its partition.
-_REPLAY_BATCH = 10_000
 
 
-class Shard:
+class Shard(ShardState):
     """The groups of one offsets partition this node leads, at one leader term."""
 
     def __init__(self, index: int, term: int, coordinator: GroupCoordinator) -> None:
+        super().__init__(coordinator)
         self.index = index
         self.term = term
-        self.coordinator = coordinator
-        self.offsets = OffsetState()
+        #: Appends of this shard not settled yet.
+        self.writing = 0
+        #: An append failed: the log may not hold what the coordinator's memory does, so the
+        #: shard is replayed again once its other appends settled.
+        self.stale = False
+        #: Where its replay goes on (None: done).
+        self.replay_at: int | None = None
 
 
 class GroupService:
@@ -69,6 +67,10 @@ class GroupService:
         self.new_member_id = new_member_id or (lambda group: uuid.uuid4().hex)
         self.shards: dict[int, Shard] = {}
         self._timer: Any = None
+        #: Per local replica of the offsets topic (by partition): how far compaction scanned
+        #: its committed records, and the offset of the last snapshot marker it found there.
+        self._scanned: dict[int, int] = {}
+        self._snapshot_at: dict[int, int] = {}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -141,8 +143,18 @@ class GroupService:
         replica = self._replica(topic, group)
         self._check_coordinator(replica, group)
         shard = self.shards.get(replica.index)
+        if shard is not None and shard.stale and shard.term == replica.term:
+            if shard.writing:
+                raise errors.CoordinatorNotAvailable(
+                    f"the coordinator of group {group!r} is settling a failed write; retry shortly", group=group)
+            shard = None
         if shard is None or shard.term != replica.term:
             shard = self._load(replica)
+        if shard.replay_at is not None:
+            raise errors.CoordinatorNotAvailable(
+                f"the coordinator of group {group!r} is loading its groups ({shard.replay_at - replica.start_offset} "
+                f"of {replica.high_watermark - replica.start_offset} records); retry shortly",
+                group=group, loading=True)
         return shard
 
     def _check_coordinator(self, replica: Any, group: str) -> None:
@@ -165,64 +177,181 @@ class GroupService:
             f"the coordinator of group {group!r} is being elected; retry shortly", group=group)
 
     def _load(self, replica: Any) -> Shard:
-        """Replay the offsets partition (this node just became its leader)."""
-        offset, end = replica.start_offset, replica.high_watermark
-        # In a cluster, another node may have coordinated these groups (it held records): its
-        # members may still read their partitions until their sessions run out.
-        hold = self.config.limits.takeover_hold if self.broker.cluster is not None and end > offset else 0.0
+        """Replay the offsets partition (this node just became its leader), from its last
+        snapshot if compaction saw one, C{--offsets-replay-slice-records} per reactor turn:
+        the first slice now, the others later (the shard answers "loading" meanwhile)."""
         shard = Shard(replica.index, replica.term, GroupCoordinator(
-            self._partition_count, self.new_member_id, self.config.limits, hold_until=self.now() + hold))
-        skipped = 0
-        while offset < end:
-            read = replica.log.read(offset, min(_REPLAY_BATCH, end - offset), 2**62)
-            records = orjson.loads(b"[" + b",".join(read.fragments) + b"]")
-            for record in records:
-                try:
-                    shard.offsets.apply(decode_record(record["value"]), record["timestamp"])
-                except BadOffsetRecord:
-                    skipped += 1
-            offset = read.next_offset
-        if skipped:
-            self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
-                           index=replica.index, skipped=skipped)
-        self._log.info("coordinating the groups of offsets partition {index} (term {term}): {groups} groups, "
-                       "{records} records", index=replica.index, term=replica.term,
-                       groups=len(shard.offsets.groups), records=end - replica.start_offset)
+            self._partition_count, self.new_member_id, self.config.limits))
+        start = self._snapshot_at.get(replica.index, replica.start_offset)
+        shard.replay_at = start if replica.start_offset <= start <= replica.high_watermark else replica.start_offset
         self.shards[replica.index] = shard
+        self._replay(replica, shard)
         return shard
+
+    def _replay(self, replica: Any, shard: Shard) -> None:
+        """One slice of the replay; the next one on a later reactor turn, until the end."""
+        if self.shards.get(shard.index) is not shard or replica.term != shard.term or not replica.leads:
+            if self.shards.get(shard.index) is shard:
+                del self.shards[shard.index]  # it lost the leadership meanwhile
+            return
+        if shard.replay_at is None:
+            return
+        offset, end = shard.replay_at, replica.high_watermark
+        if offset < end:
+            read = replica.log.read(offset, min(self.config.replay_slice_records, end - offset), 2**62)
+            for record in orjson.loads(b"[" + b",".join(read.fragments) + b"]"):
+                shard.apply_stored(record["value"], record["timestamp"])
+            shard.replay_at = offset = read.next_offset
+        if offset < end:
+            self.clock.callLater(0, self._replay_step, replica, shard)
+            return
+        shard.replay_at = None
+        self._took_over(replica, shard)
+
+    def _replay_step(self, replica: Any, shard: Shard) -> None:
+        try:
+            self._replay(replica, shard)
+        except Exception:
+            self._log.failure("replaying offsets partition {index} failed", index=shard.index)
+            if self.shards.get(shard.index) is shard:
+                del self.shards[shard.index]  # the next request tries again
+
+    def _took_over(self, replica: Any, shard: Shard) -> None:
+        """The replay is over: members resume with a full session from now."""
+        now = self.now()
+        shard.coordinator.resume(now)
+        if self.broker.cluster is not None and shard.applied_offsets and not shard.applied_membership:
+            # A log written before membership was: the old coordinator's members are unknown
+            # here and may still read their partitions until their sessions run out.
+            shard.coordinator.hold_until = now + self.config.limits.takeover_hold
+        if shard.skipped:
+            self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
+                           index=replica.index, skipped=shard.skipped)
+        self._log.info("coordinating the groups of offsets partition {index} (term {term}): {groups} groups, "
+                       "{members} members, {records} records", index=replica.index, term=replica.term,
+                       groups=len(set(shard.offsets.groups) | set(shard.coordinator.groups)),
+                       members=sum(len(g.members) for g in shard.coordinator.groups.values()),
+                       records=shard.applied_offsets + shard.applied_membership + shard.skipped)
+        self._schedule()
 
     def _partition_count(self, topic: str) -> int:
         found = self.broker.topics.get(topic)
         return len(found.partitions) if found is not None else 0
 
     def _append(self, shard: Shard, record: OffsetRecord) -> Deferred:
-        """Append C{record} to the shard's partition; apply it once committed."""
-        p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all",
-                            messages=[{"value": record.to_value(), "key": record.group, "partition": shard.index}])
-        d = maybeDeferred(self.broker.send, p)
+        """Append C{record} to the shard's partition (after the membership records due); apply
+        it once committed."""
+        values = [(r.group, r.to_value()) for r in shard.coordinator.take_records()]
+        d = self._write(shard, record.group, [*values, (record.group, record.to_value())])
 
         def applied(result: dict[str, Any]) -> dict[str, Any]:
             if self.shards.get(shard.index) is shard:
                 shard.offsets.apply(record, result["timestamp"])
             return result
 
+        return d.addCallback(applied)
+
+    def _persisted(self, shard: Shard, group: str, answer: Any) -> Any:
+        """C{answer}, once the membership records the request caused are committed (at once
+        if it caused none): a member is never told of a grant the log does not hold."""
+        self._schedule()
+        records = shard.coordinator.take_records()
+        if not records:
+            return answer
+        return self._write(shard, group, [(r.group, r.to_value()) for r in records]).addCallback(lambda _: answer)
+
+    def _write(self, shard: Shard, group: str, values: list[tuple[str | None, Any]], snapshot: bool = False) -> Deferred:
+        """Append C{(key, value)} records to the shard's partition, in one batch, C{acks=all}
+        (a C{snapshot} does not count towards the next one)."""
+        p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all", messages=[
+            {"value": value, "key": key, "partition": shard.index} for key, value in values])
+        # One partition, so one part: the whole request is appended and committed, or fails.
+        d = maybeDeferred(self.broker.send, p)
+        shard.writing += 1
+        if not snapshot:
+            shard.since_snapshot += len(values)
+
+        def settled(result: Any) -> Any:
+            shard.writing -= 1
+            if isinstance(result, Failure) and not snapshot:  # a snapshot changed nothing in memory
+                shard.stale = True
+            else:
+                self._maybe_snapshot(shard)
+            return result
+
+        d.addBoth(settled)
+
         def moved(failure: Failure) -> Failure:
             if failure.check(errors.NotLeader):
                 raise errors.NotCoordinator(
-                    f"the coordinator of group {record.group!r} moved; its outcome is unknown",
-                    group=record.group, coordinator=failure.value.details.get("leader"),
+                    f"the coordinator of group {group!r} moved; its outcome is unknown",
+                    group=group, coordinator=failure.value.details.get("leader"),
                     coordinator_address=failure.value.details.get("leader_address"))
             if failure.check(errors.LeaderNotAvailable):
                 raise errors.CoordinatorNotAvailable(
-                    f"the coordinator of group {record.group!r} is being elected; retry", group=record.group)
+                    f"the coordinator of group {group!r} is being elected; retry", group=group)
             return failure
 
-        return d.addCallbacks(applied, moved)
+        return d.addErrback(moved)
+
+    # --- snapshots and compaction ------------------------------------------------
+
+    def _maybe_snapshot(self, shard: Shard) -> None:
+        """Write a snapshot of the shard's groups once C{--offsets-snapshot-records} were
+        appended since the last, at a moment none of its appends is in flight (so that its
+        memory is exactly what the log before the snapshot holds)."""
+        every = self.config.snapshot_records
+        if not every or shard.since_snapshot < every or shard.writing or shard.stale or shard.replay_at is not None:
+            return
+        if self.shards.get(shard.index) is not shard:
+            return
+        shard.coordinator.take_records()  # none are due (nothing in flight); the snapshot holds them all
+        shard.since_snapshot = 0
+        d = self._write(shard, "", shard.snapshot(), snapshot=True)
+        d.addCallback(lambda result: self._log.info(
+            "offsets partition {index}: snapshot of {groups} groups at offset {offset}", index=shard.index,
+            groups=len(set(shard.offsets.groups) | set(shard.coordinator.groups)),
+            offset=result["partitions"][0]["base_offset"]))
+        d.addErrback(lambda f: self._log.warn("offsets partition {index}: snapshot failed: {error}",
+                                              index=shard.index, error=f.value))
+
+    def compact(self) -> None:
+        """On every node, for each replica of the offsets topic it holds (leader or follower):
+        find the snapshot markers in what it committed since the last call (a search of the
+        stored bytes: only candidates are decoded), and remove the records before the last
+        one (never past the commit index: C{RaftNode.compact}).  Called with retention."""
+        topic = self.broker.topics.get(OFFSETS_TOPIC)
+        if topic is None or not self.config.snapshot_records:
+            return
+        for replica in topic.partitions:
+            if not hasattr(replica, "log") or replica.closed_error is not None or replica.failed is not None:
+                continue
+            offset = max(self._scanned.get(replica.index, 0), replica.start_offset)
+            end = replica.high_watermark
+            while offset < end:
+                read = replica.log.read(offset, min(self.config.replay_slice_records, end - offset), 2**62)
+                for fragment in read.fragments:  # one or more records, comma-separated
+                    if SNAPSHOT_BYTES in fragment:
+                        for record in orjson.loads(b"[" + fragment + b"]"):
+                            value = record.get("value")
+                            if isinstance(value, dict) and value.get("type") == "snapshot" and value.get("group") == "":
+                                self._snapshot_at[replica.index] = int(record["offset"])
+                offset = read.next_offset
+            self._scanned[replica.index] = offset
+            at = self._snapshot_at.get(replica.index)
+            if at is not None and at > replica.start_offset and replica.node is not None:
+                index = replica.log.index_for_offset(at)
+                if index is not None:
+                    replica.node.compact(index - 1)
+                    self._log.info("offsets partition {index}: removed the records before the snapshot at {offset}",
+                                   index=replica.index, offset=at)
 
     # --- the session timer -------------------------------------------------------
 
     def _schedule(self) -> None:
-        deadlines = [d for s in self.shards.values() if (d := s.coordinator.next_deadline()) is not None]
+        # A shard still replaying has no deadlines yet (its members get theirs when it is done).
+        deadlines = [d for s in self.shards.values()
+                     if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -238,9 +367,16 @@ class GroupService:
                 if replica is None or not replica.leads or replica.term != shard.term:
                     del self.shards[index]  # another node coordinates these groups now
                     continue
+                if shard.replay_at is not None:
+                    continue
                 for removed in shard.coordinator.tick(self.now()):
                     self._log.info("group {group}: member {member} removed ({reason} timeout)",
                                    group=removed.group, member=removed.member_id, reason=removed.reason)
+                records = shard.coordinator.take_records()
+                if records:
+                    d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
+                    d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
+                                                          error=f.value))
         except Exception:
             self._log.failure("the group session check failed")
         self._schedule()
@@ -277,32 +413,29 @@ class GroupService:
     def handle_join_group(self, params: dict[str, Any]) -> Any:
         p = gp.parse_join(params)
 
-        def join(shard: Shard) -> dict[str, Any]:
+        def join(shard: Shard) -> Any:
             answer = shard.coordinator.join(
                 p.group, p.topics, self.now(), p.session_timeout_ms / 1000.0, p.rebalance_timeout_ms / 1000.0,
                 instance_id=p.group_instance_id, assignor=p.assignor)
-            self._schedule()
-            return answer.to_wire()
+            return self._persisted(shard, p.group, answer.to_wire())
 
         return self._with_shard(p.group, join)
 
     def handle_heartbeat(self, params: dict[str, Any]) -> Any:
         p = gp.parse_heartbeat(params)
 
-        def beat(shard: Shard) -> dict[str, Any]:
+        def beat(shard: Shard) -> Any:
             answer = shard.coordinator.heartbeat(p.group, p.member_id, p.owned, self.now())
-            self._schedule()
-            return answer.to_wire()
+            return self._persisted(shard, p.group, answer.to_wire())
 
         return self._with_shard(p.group, beat)
 
     def handle_leave_group(self, params: dict[str, Any]) -> Any:
         group, member = gp.parse_leave(params)
 
-        def leave(shard: Shard) -> dict[str, Any]:
+        def leave(shard: Shard) -> Any:
             shard.coordinator.leave(group, member, self.now())
-            self._schedule()
-            return {"group": group, "member_id": member, "left": True}
+            return self._persisted(shard, group, {"group": group, "member_id": member, "left": True})
 
         return self._with_shard(group, leave)
 
@@ -324,29 +457,128 @@ class GroupService:
             "group": group, "offsets": fetch_to_wire(shard.offsets.fetch(group, topics))})
 
     def handle_list_groups(self, params: dict[str, Any]) -> Any:
-        """The groups this node coordinates (in a cluster, ask every node)."""
+        """Every group of the cluster: this node's, and those of every other node it is
+        connected to (asked over the peer links, C{GroupsHere}); C{unreachable} lists the
+        nodes that could not answer."""
         wire.parse_empty(params)
         found = self._offsets_topic()
         if isinstance(found, Deferred):
             return found.addCallback(lambda _: self.handle_list_groups(params))
+        groups = {g["group"]: g for g in self._groups_here(found)}
+        cluster = self.broker.cluster
+        if cluster is None:
+            return {"groups": sorted(groups.values(), key=lambda g: g["group"])}
+        unreachable: list[int] = []
+
+        def merge(answer: Any, node: int) -> None:
+            if isinstance(answer, Failure) or not isinstance(answer, dict) or not isinstance(answer.get("groups"), list):
+                unreachable.append(node)
+                return
+            for entry in answer["groups"]:
+                # A group met twice (its coordinator moving): the one with members wins.
+                if isinstance(entry, dict) and (entry.get("group") not in groups or entry.get("members")):
+                    groups[entry["group"]] = entry
+
+        asks = [cluster.ask(node, "GroupsHere", {}).addBoth(merge, node) for node in sorted(cluster.peers)]
+        return gatherResults(asks).addCallback(lambda _: {
+            "groups": sorted(groups.values(), key=lambda g: g["group"]), "unreachable": sorted(unreachable)})
+
+    def _groups_here(self, topic: Any) -> list[dict[str, Any]]:
+        """The groups of the offsets partitions this node leads."""
         groups = []
-        for replica in found.partitions:
+        for replica in topic.partitions:
             if not getattr(replica, "leads", False):
                 continue
             shard = self.shards.get(replica.index)
             if shard is None or shard.term != replica.term:
                 shard = self._load(replica)
-            names = set(shard.offsets.groups) | set(shard.coordinator.groups)
-            for name in names:
+            if shard.replay_at is not None:
+                raise errors.CoordinatorNotAvailable(
+                    f"node is loading the groups of offsets partition {replica.index}; retry shortly", loading=True)
+            for name in set(shard.offsets.groups) | set(shard.coordinator.groups):
                 state = shard.coordinator.group(name)
                 groups.append({"group": name, "state": state.state if state is not None else "empty",
                                "members": len(state.members) if state is not None else 0})
-        return {"groups": sorted(groups, key=lambda g: g["group"])}
+        return groups
+
+    def peer_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """What other nodes ask of this one over the peer links (L{ClusterNode.ask})."""
+
+        def groups_here(params: dict[str, Any]) -> dict[str, Any]:
+            topic = self.broker.topics.get(OFFSETS_TOPIC)
+            return {"groups": self._groups_here(topic) if topic is not None else []}
+
+        def partition_offsets(params: dict[str, Any]) -> dict[str, Any]:
+            wanted = params.get("partitions")
+            if not isinstance(wanted, list):
+                raise errors.InvalidParams("PartitionOffsets: 'partitions' must be [[topic, partition, ts|null]]")
+            out = []
+            for entry in wanted[:gp.MAX_PARTITIONS]:
+                if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                        and isinstance(entry[1], int) and (entry[2] is None or isinstance(entry[2], int))):
+                    raise errors.InvalidParams("PartitionOffsets: bad entry")
+                replica = self._local_partition((entry[0], entry[1]))
+                bounds = _bounds(replica, entry[2]) if replica is not None and replica.leads else None
+                out.append([entry[0], entry[1], bounds])
+            return {"partitions": out}
+
+        return {"GroupsHere": groups_here, "PartitionOffsets": partition_offsets}
+
+    def _partition_bounds(self, tps: list[TopicPartition], timestamp: int | None = None) -> Deferred:
+        """Fires with C{{tp: (log start, high watermark, first offset at C{timestamp} or None) or None}}:
+        from this node's replica where it leads the partition (or runs alone), else from the
+        partition's leader over the peer link; None where neither answers (no leader, unreachable)."""
+        found: dict[TopicPartition, tuple[int, int, int | None] | None] = {}
+        remote: dict[int, list[TopicPartition]] = {}
+        cluster = self.broker.cluster
+        for tp in tps:
+            replica = self._local_partition(tp)
+            if replica is not None and (replica.leads or cluster is None):
+                found[tp] = _bounds(replica, timestamp)
+                continue
+            node = self._leader_node(tp) if cluster is not None else None
+            if node is None or node == cluster.node_id:
+                found[tp] = None
+            else:
+                remote.setdefault(node, []).append(tp)
+
+        def answered(answer: Any, node: int) -> None:
+            entries = answer.get("partitions") if isinstance(answer, dict) else None
+            if not isinstance(entries, list):
+                return
+            for topic, partition, bounds in entries:
+                if (topic, partition) in found and isinstance(bounds, list):
+                    found[(topic, partition)] = (bounds[0], bounds[1], bounds[2])
+
+        asks = []
+        for node, wanted in sorted(remote.items()):
+            for tp in wanted:
+                found[tp] = None
+            d = cluster.ask(node, "PartitionOffsets", {"partitions": [[t, p, timestamp] for t, p in wanted]})
+            asks.append(d.addCallback(answered, node).addErrback(lambda f, node=node: self._log.warn(
+                "asking node {node} for partition offsets failed: {error}", node=node, error=f.value)))
+        return gatherResults(asks).addCallback(lambda _: found)
+
+    def _leader_node(self, tp: TopicPartition) -> int | None:
+        """The node leading a data partition, as this node knows it (None: unknown)."""
+        topic = self.broker.topics.get(tp[0])
+        if topic is None or tp[1] >= len(topic.partitions):
+            return None
+        replica = topic.partitions[tp[1]]
+        try:
+            replica.check_leader()
+        except errors.NotLeader as e:
+            leader: int | None = e.details.get("leader")
+            return leader
+        except errors.StreamlogError:
+            return None
+        node: int | None = self.broker.cluster.node_id
+        return node
 
     def handle_describe_group(self, params: dict[str, Any]) -> Any:
         group = gp.parse_group_only(params)
 
-        def describe(shard: Shard) -> dict[str, Any]:
+        def describe(shard: Shard) -> Any:
             state = shard.coordinator.group(group)
             committed = shard.offsets.fetch(group)
             if (state is None or not state.members) and not committed:
@@ -363,22 +595,27 @@ class GroupService:
                         "target": partitions_to_wire(m.target),
                         "last_heartbeat_ms_ago": int((now - m.last_seen) * 1000),
                     })
-            offsets = []
-            for tp in sorted(subscribed):
-                c = committed.get(tp)
-                end = self._high_watermark(tp)
-                offsets.append({
-                    "topic": tp[0], "partition": tp[1], "offset": c.offset if c is not None else None,
-                    "metadata": c.metadata if c is not None else None, "high_watermark": end,
-                    "lag": max(0, end - c.offset) if c is not None and end is not None else None,
-                })
-            return {
+            answer = {
                 "group": group, "coordinator_partition": shard.index,
                 "state": state.state if state is not None else "empty",
                 "generation": state.generation if state is not None else 0,
                 "assignor": state.assignor if state is not None else None,
-                "members": members, "offsets": offsets,
+                "members": members,
             }
+
+            def with_lag(bounds: dict[TopicPartition, Any]) -> dict[str, Any]:
+                offsets = []
+                for tp in sorted(subscribed):
+                    c = committed.get(tp)
+                    end = bounds[tp][1] if bounds.get(tp) is not None else None
+                    offsets.append({
+                        "topic": tp[0], "partition": tp[1], "offset": c.offset if c is not None else None,
+                        "metadata": c.metadata if c is not None else None, "high_watermark": end,
+                        "lag": max(0, end - c.offset) if c is not None and end is not None else None,
+                    })
+                return {**answer, "offsets": offsets}
+
+            return self._partition_bounds(sorted(subscribed)).addCallback(with_lag)
 
         return self._with_shard(group, describe)
 
@@ -389,10 +626,6 @@ class GroupService:
             return None
         replica = topic.partitions[tp[1]]
         return replica if hasattr(replica, "log") else None
-
-    def _high_watermark(self, tp: TopicPartition) -> int | None:
-        replica = self._local_partition(tp)
-        return int(replica.high_watermark) if replica is not None else None
 
     def handle_delete_group(self, params: dict[str, Any]) -> Any:
         group = gp.parse_group_only(params)
@@ -420,22 +653,31 @@ class GroupService:
             if topic is None:
                 raise errors.UnknownTopic(f"unknown topic {p.topic!r}", topic=p.topic)
             indexes = p.partitions if p.partitions is not None else tuple(range(len(topic.partitions)))
-            committed = shard.offsets.fetch(p.group, [p.topic])
-            offsets = []
-            rows = []
             for index in indexes:
                 if index >= len(topic.partitions):
                     raise errors.UnknownPartition(f"topic {p.topic!r} has {len(topic.partitions)} partitions, not {index}",
                                                   topic=p.topic, partitions=len(topic.partitions))
-                replica = self._local_partition((p.topic, index))
-                before = committed.get((p.topic, index))
-                if replica is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+            timestamp = p.to[1] if isinstance(p.to, tuple) and p.to[0] == "timestamp" else None
+            tps = [(p.topic, index) for index in indexes]
+            return self._partition_bounds(tps, timestamp).addCallback(resolved, shard)
+
+        def resolved(bounds: dict[TopicPartition, Any], shard: Shard) -> Any:
+            if self.shards.get(shard.index) is not shard:
+                raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
+                                            coordinator=None, coordinator_address=None)
+            shard.coordinator.require_empty(p.group)  # a member may have joined meanwhile
+            committed = shard.offsets.fetch(p.group, [p.topic])
+            offsets = []
+            rows = []
+            for tp, found in sorted(bounds.items()):
+                before = committed.get(tp)
+                if found is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
                     raise errors.PartitionUnavailable(
-                        f"this node (the coordinator) holds no replica of {p.topic}/{index}, so it cannot resolve "
-                        f"{p.to!r}; give {{\"offset\": n}}", topic=p.topic, partition=index)
-                offset = _reset_target(p.to, replica, before.offset if before is not None else None)
-                offsets.append(OffsetCommit(p.topic, index, offset, before.metadata if before else None))
-                rows.append({"topic": p.topic, "partition": index, "offset": offset,
+                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved; "
+                        f"retry, or give {{\"offset\": n}}", topic=tp[0], partition=tp[1])
+                offset = _reset_target(p.to, found, before.offset if before is not None else None)
+                offsets.append(OffsetCommit(tp[0], tp[1], offset, before.metadata if before else None))
+                rows.append({"topic": tp[0], "partition": tp[1], "offset": offset,
                              "previous": before.offset if before is not None else None})
             answer = {"group": p.group, "dry_run": p.dry_run, "offsets": rows}
             if p.dry_run:
@@ -445,24 +687,30 @@ class GroupService:
         return self._with_shard(p.group, reset)
 
 
-def _reset_target(to: str | tuple[str, int], replica: Any, committed: int | None) -> int:
+def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:
+    """C{[log start, high watermark, first offset with a timestamp >= C{timestamp} (None if not asked)]}."""
+    at = int(replica.log.offset_for_timestamp(timestamp)) if timestamp is not None else None
+    return [int(replica.start_offset), int(replica.high_watermark), at]
+
+
+def _reset_target(to: str | tuple[str, int], bounds: Any, committed: int | None) -> int:
     """Where ResetOffsets moves a partition, within [log start, high watermark]."""
-    if replica is None:  # {"offset": n} for a partition this node holds no replica of: taken as given
+    if bounds is None:  # {"offset": n} for a partition no leader answered for: taken as given
         assert isinstance(to, tuple)
         return to[1]
-    start, end = int(replica.start_offset), int(replica.high_watermark)
+    start, end, at = bounds
     if to == "earliest":
-        return start
+        return int(start)
     if to == "latest":
-        return end
+        return int(end)
     kind, n = to
     if kind == "offset":
         target = n
     elif kind == "shift":
         target = (committed if committed is not None else start) + n
     else:
-        target = int(replica.log.offset_for_timestamp(n))
-    return max(start, min(target, end))
+        target = int(at)
+    return max(int(start), min(target, int(end)))
 
 
 def _known_elsewhere(replica: Any) -> bool:

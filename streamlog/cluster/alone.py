@@ -16,6 +16,7 @@ from typing import Any
 
 from streamlog import errors
 from streamlog.cluster.replica import PartitionReplica
+from streamlog.topic_config import internal_mark
 
 
 class LoneNode:
@@ -41,7 +42,7 @@ class LoneNode:
                 answer.append({"topic": name,
                                "error": errors.UnknownTopic(f"unknown topic {name!r}", topic=name).to_wire()})
                 continue
-            answer.append({"topic": name, "topic_id": topic.topic_id,
+            answer.append({"topic": name, "topic_id": topic.topic_id, **internal_mark(name),
                            "partitions": [self.partition(p) for p in topic.partitions]})
         return {"cluster_id": None, "alone": True, "controller": self.node_id, "controller_isr": [self.node_id],
                 "nodes": [{"node_id": self.node_id, "address": self.client_address, "up": True}],

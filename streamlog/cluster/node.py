@@ -59,6 +59,7 @@ from streamlog.raft.driver import GroupCallbacks, NotLeaderError, RaftHost
 from streamlog.raft.log import Entry
 from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
+from streamlog.topic_config import internal_mark
 
 META = md.METADATA_GROUP
 
@@ -183,6 +184,9 @@ class ClusterNode(GroupCallbacks):
         self.ready: Deferred = Deferred()
         self.stopped = False
         self.refused: str | None = None
+        #: Read-only requests peers may ask of this node over the peer link (L{ask}): method ->
+        #: params -> answer or Deferred (the consumer groups' C{GroupsHere}, C{PartitionOffsets}).
+        self.peer_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     # --- identities -----------------------------------------------------------------
 
@@ -650,17 +654,22 @@ class ClusterNode(GroupCallbacks):
             raise self.not_controller()
 
         def answered(answer: Any) -> Any:
-            if not isinstance(answer, dict):
-                raise errors.Internal("the controller's answer to a forwarded request is not an object")
-            if "error" in answer:
-                raise errors.from_wire(answer["error"])
-            result = answer.get("result")
+            result = _peer_result(answer)
             index = result.get("index") if isinstance(result, dict) else None
             if isinstance(index, int):  # see what the controller did before answering
                 return self.applied(index).addCallback(lambda _: result)
             return result
 
         return d.addCallbacks(answered, lost)
+
+    def ask(self, node: int, method: str, params: dict[str, Any]) -> Deferred:
+        """Run C{method} (one of the peer's L{peer_handlers}) at peer C{node} over the peer
+        link: its result, or its error; C{ConnectionError} if the node is not connected,
+        C{TimeoutError} if no answer comes within the forward timeout."""
+        if self.raft is None or str(node) not in self.raft.connections:
+            return fail(ConnectionError(f"node {node} is not connected"))
+        d = self.raft.forward(str(node), {"method": method, "params": params}, self.forward_timeout)
+        return d.addCallback(_peer_result)
 
     def serve_forwarded(self, node: int, request: Any) -> Deferred:
         """Peer C{node} forwarded C{{"method", "params"}} (L{forward} there): the answer goes
@@ -694,6 +703,9 @@ class ClusterNode(GroupCallbacks):
                 return self.delete_topic(params)
             if method == "StaleIncarnation":
                 return self._told_stale(params)
+            handler = self.peer_handlers.get(method)
+            if handler is not None:
+                return maybeDeferred(handler, params)
             raise errors.MethodNotFound(f"cannot forward {method!r}", method=method)
         except errors.StreamlogError as e:
             return fail(e)
@@ -785,8 +797,8 @@ class ClusterNode(GroupCallbacks):
                 entry.update(log_start_offset=local.start_offset, high_watermark=local.high_watermark,
                              log_end_offset=local.end_offset)
             partitions.append(entry)
-        return {"topic": name, "topic_id": info.topic_id, "partitions": partitions, "config": info.config.to_dict(),
-                "replication_factor": info.replication_factor}
+        return {"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": partitions,
+                "config": info.config.to_dict(), "replication_factor": info.replication_factor}
 
     def _partition_metadata(self, info: md.TopicInfo, p: int, placement: md.PartitionInfo) -> dict[str, Any]:
         group = md.partition_group(info.topic_id, p)
@@ -834,11 +846,20 @@ class ClusterNode(GroupCallbacks):
             if info is None:
                 topics.append({"topic": name, "error": errors.UnknownTopic(f"unknown topic {name!r}", topic=name).to_wire()})
                 continue
-            topics.append({"topic": name, "topic_id": info.topic_id, "partitions": [
+            topics.append({"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": [
                 self._partition_metadata(info, p, placement) for p, placement in enumerate(info.partitions)]})
         controller, controller_term = self.leader_of(META)
         return {"cluster_id": state.cluster_id if state is not None else None, "controller": self.controller,
                 "controller_isr": self._isr(META, controller, controller_term), "nodes": nodes, "topics": topics}
+
+
+def _peer_result(answer: Any) -> Any:
+    """The result of a peer's answer to a forwarded request, or its error raised."""
+    if not isinstance(answer, dict):
+        raise errors.Internal("a peer's answer to a forwarded request is not an object")
+    if "error" in answer:
+        raise errors.from_wire(answer["error"])
+    return answer.get("result")
 
 
 def _result_dict(outcome: tuple[int, md.Result | None]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import attrs
 
 from streamlog.groups.coordinator import GroupLimits
 
-#: The internal topic holding every group's committed offsets (one partition per coordinator shard).
-OFFSETS_TOPIC = "__consumer_offsets"
+# The internal topic holding every group's committed offsets and membership (one partition per
+# coordinator shard), named where the broker's internal-topic checks can see it too.
+from streamlog.topic_config import OFFSETS_TOPIC as OFFSETS_TOPIC
 
 
 @attrs.frozen
@@ -17,3 +18,9 @@ class GroupConfig:
     #: Its replication factor in a cluster (None: the cluster's default for new topics).
     offsets_replication_factor: int | None = None
     limits: GroupLimits = GroupLimits()
+    #: Records a coordinator taking over replays per turn of the reactor (requests for its groups
+    #: are answered COORDINATOR_NOT_AVAILABLE, loading, until it is done).
+    replay_slice_records: int = 10_000
+    #: Records appended to an offsets partition after which its coordinator writes a snapshot of
+    #: the partition's groups (every node then removes the records before it); 0: never.
+    snapshot_records: int = 10_000

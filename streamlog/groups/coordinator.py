@@ -16,6 +16,13 @@ list of its next heartbeat (or by leaving, or by its session expiring).  So two
 members never hold one partition at once, and a rebalance during a rebalance
 needs nothing special: the targets are recomputed and members keep converging
 from wherever they are.  docs/groups.md is the member's side of it.
+
+Every change of what a member could act on (its id, generation, target,
+what it holds) is also handed out as records for the offsets topic
+(L{GroupCoordinator.take_records}), which the broker writes, and has
+committed, before it answers; a coordinator on another node rebuilds the
+groups from them (L{GroupCoordinator.restore}, L{GroupCoordinator.resume}).
+L{streamlog.groups.membership} says why that is safe.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import attrs
 
 from streamlog import errors
 from streamlog.groups.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, TopicPartition
+from streamlog.groups.membership import GroupMeta, MemberGone, MemberMeta, MembershipRecord
 
 
 @attrs.frozen
@@ -168,6 +176,10 @@ class GroupCoordinator:
         self.limits = limits
         self.hold_until = hold_until
         self.groups: dict[str, Group] = {}
+        #: Groups whose C{group} record is due, and group -> members whose C{member}
+        #: (or C{member_gone}) record is due: what L{take_records} hands out next.
+        self._dirty_groups: set[str] = set()
+        self._dirty_members: dict[str, set[str]] = {}
 
     # --- the member's requests -------------------------------------------------
 
@@ -187,13 +199,16 @@ class GroupCoordinator:
             if name not in ASSIGNORS:
                 raise errors.InvalidParams(f"unknown assignor {name!r}; one of {sorted(ASSIGNORS)}", field="assignor")
             state = self.groups[group] = Group(group, assignor=name)
+            self._dirty_groups.add(group)
         elif assignor is not None and assignor != state.assignor and state.members:
             raise errors.InvalidParams(
                 f"group {group!r} uses the {state.assignor!r} assignor, not {assignor!r}", field="assignor")
         elif assignor is not None and not state.members:
             if assignor not in ASSIGNORS:
                 raise errors.InvalidParams(f"unknown assignor {assignor!r}; one of {sorted(ASSIGNORS)}", field="assignor")
-            state.assignor = assignor
+            if state.assignor != assignor:
+                state.assignor = assignor
+                self._dirty_groups.add(group)
         subscribed = frozenset(topics)
         previous = None
         if instance_id is not None:
@@ -202,8 +217,10 @@ class GroupCoordinator:
             raise errors.GroupFull(f"group {group!r} has {len(state.members)} members, its limit",
                                    group=group, limit=self.limits.max_members)
         member = Member(self.new_member_id(group), instance_id, subscribed, session_timeout, rebalance_timeout, now)
+        self._touch(state, member.member_id)
         if previous is not None:
             del state.members[previous.member_id]
+            self._touch(state, previous.member_id)
             member.held = set(previous.held)
             member.target = previous.target
             member.revoking_since = previous.revoking_since
@@ -220,7 +237,10 @@ class GroupCoordinator:
         released (partitions it was never granted are ignored); answer what to do next."""
         state, member = self._member(group, member_id)
         member.last_seen = now
-        member.held &= set(owned)
+        kept = member.held & set(owned)
+        if kept != member.held:
+            member.held = kept
+            self._touch(state, member_id)
         if self._counts_changed(state):
             self._rebalance(state)
         return self._answer(state, member, now)
@@ -291,6 +311,8 @@ class GroupCoordinator:
             raise errors.GroupNotEmpty(f"group {name!r} has {len(state.members)} members",
                                        group=name, members=len(state.members))
         del self.groups[name]
+        self._dirty_groups.discard(name)
+        self._dirty_members.pop(name, None)
 
     def require_empty(self, name: str) -> None:
         """Raise C{GROUP_NOT_EMPTY} if the group has members."""
@@ -298,6 +320,73 @@ class GroupCoordinator:
         if state is not None and state.members:
             raise errors.GroupNotEmpty(f"group {name!r} has {len(state.members)} members",
                                        group=name, members=len(state.members))
+
+    # --- the offsets topic's membership records ------------------------------------
+
+    def take_records(self) -> list[MembershipRecord]:
+        """The membership records due since the last call (each group's C{group} record
+        before its members'), in an order that replays to the state now.  The broker
+        writes them in one batch and answers the request that caused them only once
+        they are committed: a grant is never told before it is in the log."""
+        records: list[MembershipRecord] = []
+        for name in sorted(self._dirty_groups | set(self._dirty_members)):
+            state = self.groups.get(name)
+            if state is None:
+                continue  # deleted: its delete record says it all
+            if name in self._dirty_groups:
+                records.append(GroupMeta(name, state.assignor, state.generation, dict(state.counts)))
+            for member_id in sorted(self._dirty_members.get(name, ())):
+                m = state.members.get(member_id)
+                if m is None:
+                    records.append(MemberGone(name, member_id))
+                else:
+                    records.append(_member_meta(name, m))
+        self._dirty_groups.clear()
+        self._dirty_members.clear()
+        return records
+
+    def snapshot_records(self) -> list[MembershipRecord]:
+        """Every group's C{group} record and its members' (a snapshot of the offsets partition)."""
+        records: list[MembershipRecord] = []
+        for name in sorted(self.groups):
+            state = self.groups[name]
+            records.append(GroupMeta(name, state.assignor, state.generation, dict(state.counts)))
+            records.extend(_member_meta(name, m) for _, m in sorted(state.members.items()))
+        return records
+
+    def restore(self, record: MembershipRecord) -> None:
+        """Apply a membership record read back from the offsets topic (replay)."""
+        state = self.groups.get(record.group)
+        if state is None:
+            if isinstance(record, MemberGone):
+                return
+            state = self.groups[record.group] = Group(record.group)
+        if isinstance(record, GroupMeta):
+            state.assignor = record.assignor if record.assignor in ASSIGNORS else DEFAULT_ASSIGNOR
+            state.generation = record.generation
+            state.counts = dict(record.counts)
+        elif isinstance(record, MemberMeta):
+            state.members[record.member_id] = Member(
+                record.member_id, record.instance_id, record.topics, record.session_timeout,
+                record.rebalance_timeout, last_seen=0.0, held=set(record.held), target=record.target,
+                generation=record.generation)
+        else:
+            state.members.pop(record.member_id, None)
+
+    def restore_delete(self, group: str) -> None:
+        """A C{delete} record read back (DeleteGroup of an empty group)."""
+        self.groups.pop(group, None)
+
+    def resume(self, now: float) -> None:
+        """The replay is over: every member gets a full session (and rebalance timeout) from
+        C{now}, since the log does not say when it was last heard of; one that died during
+        the change is removed once that runs out."""
+        for state in self.groups.values():
+            for member in state.members.values():
+                member.last_seen = now
+                member.revoking_since = now if member.held - member.target else None
+        self._dirty_groups.clear()
+        self._dirty_members.clear()
 
     # --- inside ------------------------------------------------------------------
 
@@ -322,7 +411,12 @@ class GroupCoordinator:
 
     def _remove(self, state: Group, member_id: str) -> None:
         del state.members[member_id]
+        self._touch(state, member_id)
         self._rebalance(state)
+
+    def _touch(self, state: Group, member_id: str) -> None:
+        """The member's record is due (it changed, or it is gone)."""
+        self._dirty_members.setdefault(state.name, set()).add(member_id)
 
     def _counts(self, state: Group) -> dict[str, int]:
         topics = sorted({t for m in state.members.values() for t in m.topics})
@@ -334,12 +428,16 @@ class GroupCoordinator:
     def _rebalance(self, state: Group) -> None:
         """A new generation: recompute every member's target from who holds what now."""
         state.generation += 1
+        self._dirty_groups.add(state.name)
         state.counts = self._counts(state)
         subscriptions: Mapping[str, frozenset[str]] = {m.member_id: m.topics for m in state.members.values()}
         current = {m.member_id: frozenset(m.held) for m in state.members.values()}
         targets = ASSIGNORS[state.assignor](subscriptions, state.counts, current)
         for member in state.members.values():
-            member.target = targets.get(member.member_id, frozenset())
+            target = targets.get(member.member_id, frozenset())
+            if target != member.target:
+                member.target = target
+                self._touch(state, member.member_id)
 
     def _answer(self, state: Group, member: Member, now: float) -> MemberAnswer:
         """Grant the member what its target has and nobody holds; say what to revoke."""
@@ -347,8 +445,10 @@ class GroupCoordinator:
         for other in state.members.values():
             if other is not member:
                 others |= other.held
-        if now >= self.hold_until:
-            member.held |= member.target - member.held - others
+        granted = member.target - member.held - others if now >= self.hold_until else frozenset()
+        if granted or member.generation != state.generation:
+            member.held |= granted
+            self._touch(state, member.member_id)
         revoke = frozenset(member.held - member.target)
         if not revoke:
             member.revoking_since = None
@@ -361,3 +461,8 @@ class GroupCoordinator:
             assignment=frozenset(member.held) - revoke, revoke=revoke,
             pending=frozenset(member.target - member.held), heartbeat_interval=interval,
         )
+
+
+def _member_meta(group: str, m: Member) -> MemberMeta:
+    return MemberMeta(group, m.member_id, m.instance_id, m.topics, m.session_timeout, m.rebalance_timeout,
+                      m.generation, frozenset(m.held), m.target)

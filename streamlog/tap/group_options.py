@@ -28,7 +28,13 @@ PARAMETERS: list[list[Any]] = [
     ["group-heartbeat-interval-ms", None, int(_LIMITS.heartbeat_interval * 1000),
      "The heartbeat interval group members are told (at most a third of their session timeout; ms).", int],
     ["group-takeover-hold-ms", None, int(_LIMITS.takeover_hold * 1000),
-     "A node taking over a cluster's groups (their offsets partition) grants no partition for this long (ms).", int],
+     "A node taking over groups from an offsets log without membership records (written by an older "
+     "version) grants no partition for this long (ms).", int],
+    ["offsets-replay-slice-records", None, _DEFAULTS.replay_slice_records,
+     "Records of an offsets partition a new coordinator replays per reactor turn.", int],
+    ["offsets-snapshot-records", None, _DEFAULTS.snapshot_records,
+     "Records appended to an offsets partition between two snapshots of its groups (0: no snapshots, "
+     "no compaction).", int],
 ]
 
 
@@ -43,6 +49,10 @@ def check(options: Any) -> None:
                  "group-max-rebalance-timeout-ms", "group-heartbeat-interval-ms"):
         if options[name] < 1:
             raise usage.UsageError(f"--{name} must be at least 1")
+    if options["offsets-replay-slice-records"] < 1:
+        raise usage.UsageError("--offsets-replay-slice-records must be at least 1")
+    if options["offsets-snapshot-records"] < 0:
+        raise usage.UsageError("--offsets-snapshot-records must be 0 or more")
     if options["group-takeover-hold-ms"] < 0:
         raise usage.UsageError("--group-takeover-hold-ms must be 0 or more")
     if options["group-min-session-timeout-ms"] > options["group-max-session-timeout-ms"]:
@@ -53,6 +63,8 @@ def group_config(options: Any) -> GroupConfig:
     return GroupConfig(
         offsets_partitions=options["offsets-partitions"],
         offsets_replication_factor=options["offsets-replication-factor"],
+        replay_slice_records=options["offsets-replay-slice-records"],
+        snapshot_records=options["offsets-snapshot-records"],
         limits=GroupLimits(
             max_members=options["group-max-members"],
             min_session_timeout=options["group-min-session-timeout-ms"] / 1000.0,

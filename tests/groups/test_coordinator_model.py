@@ -6,6 +6,12 @@ the group consumes only what the coordinator counts as its own.  After a settle
 (the live members heartbeat until the crashed ones expired and nobody has anything
 left to do): every partition of the subscription has exactly one holder, and the
 holders are balanced within one partition.
+
+The coordinator can also fail over at any step: a new one is rebuilt from the
+membership records the old one handed out (each request's records are committed
+before its answer is acted on), or from all but the last request's, whose answer
+is then lost with them.  Members carry on with their next heartbeat: same ids,
+same generations, and the invariants above hold across the change.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from streamlog import errors
 from streamlog.groups.coordinator import GroupCoordinator, GroupLimits
+from streamlog.groups.state import ShardState
 
 SESSION = 10.0
 REBALANCE = 20.0
@@ -33,16 +40,42 @@ class Process:
         self.instance_id = instance_id
         self.owned = frozenset()
         self.running = True
+        #: The generation of the last answer it acted on.
+        self.generation = None
 
 
 class GroupMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        ids = itertools.count(1)
-        self.coordinator = GroupCoordinator(lambda t: COUNTS.get(t, 0), lambda g: f"m{next(ids)}",
-                                            GroupLimits(min_session_timeout=1.0))
+        self.ids = itertools.count(1)
+        self.coordinator = self._new_coordinator()
         self.now = 0.0
         self.processes = []
+        #: The offsets partition: the values of every membership record committed so far.
+        self.log = []
+        self.failovers = 0
+
+    def _new_coordinator(self):
+        return GroupCoordinator(lambda t: COUNTS.get(t, 0), lambda g: f"m{next(self.ids)}",
+                                GroupLimits(min_session_timeout=1.0))
+
+    def _committed(self):
+        """The records the last request caused are committed (before its answer is acted on)."""
+        self.log.extend(r.to_value() for r in self.coordinator.take_records())
+
+    def _fail_over(self):
+        before = {m: (member.generation, frozenset(member.held), member.target)
+                  for m, member in self.members().items()}
+        shard = ShardState(self._new_coordinator())
+        for value in self.log:
+            shard.apply_stored(value, 0)
+        assert shard.skipped == 0
+        shard.coordinator.resume(self.now)
+        self.coordinator = shard.coordinator
+        self.failovers += 1
+        after = {m: (member.generation, frozenset(member.held), member.target)
+                 for m, member in self.members().items()}
+        assert after == before
 
     def running(self):
         return [p for p in self.processes if p.running]
@@ -53,8 +86,10 @@ class GroupMachine(RuleBasedStateMachine):
 
     def _join(self, instance_id):
         answer = self.coordinator.join("g", TOPICS, self.now, SESSION, REBALANCE, instance_id=instance_id)
+        self._committed()
         process = Process(answer.member_id, instance_id)
         process.owned = answer.assignment
+        process.generation = answer.generation
         self.processes.append(process)
 
     @rule()
@@ -80,6 +115,8 @@ class GroupMachine(RuleBasedStateMachine):
             process.running = False  # fenced: it stops consuming and would rejoin as a new member
             process.owned = frozenset()
             return
+        self._committed()
+        process.generation = answer.generation
         if style == "honest":
             process.owned = answer.assignment
         elif style == "slow":  # revokes, but starts on its new partitions only later
@@ -96,6 +133,37 @@ class GroupMachine(RuleBasedStateMachine):
             self.coordinator.leave("g", process.member_id, self.now)
         except errors.UnknownMember:
             pass
+        self._committed()
+
+    @rule()
+    def coordinator_fails_over(self):
+        self._fail_over()
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.running())
+    def heartbeat_lost_in_a_failover(self, data):
+        # The old coordinator answers, but its records never commit: the answer is lost with
+        # them (the member acts on nothing) and another node takes over from the log.
+        process = data.draw(st.sampled_from(self.running()))
+        before = {m: (member.generation, frozenset(member.held)) for m, member in self.members().items()}
+        try:
+            self.coordinator.heartbeat("g", process.member_id, process.owned, self.now)
+        except errors.UnknownMember:
+            return
+        self.coordinator.take_records()  # never committed
+        shard = ShardState(self._new_coordinator())
+        for value in self.log:
+            shard.apply_stored(value, 0)
+        shard.coordinator.resume(self.now)
+        self.coordinator = shard.coordinator
+        assert {m: (member.generation, frozenset(member.held)) for m, member in self.members().items()} == before
+
+    @invariant()
+    def members_keep_their_generation(self):
+        members = self.members()
+        for p in self.running():
+            if p.member_id in members and p.generation is not None:
+                assert members[p.member_id].generation >= p.generation
 
     @rule(data=st.data())
     @precondition(lambda self: self.running())
@@ -106,7 +174,9 @@ class GroupMachine(RuleBasedStateMachine):
     @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 9.0, 11.0, 25.0]))
     def time_passes(self, dt):
         self.now += dt
-        for removed in self.coordinator.tick(self.now):
+        removals = self.coordinator.tick(self.now)
+        self._committed()
+        for removed in removals:
             for p in self.processes:
                 if p.member_id == removed.member_id and p.running:
                     # Expired under its feet: it learns at its next heartbeat; until then
@@ -124,10 +194,13 @@ class GroupMachine(RuleBasedStateMachine):
                 except errors.UnknownMember:
                     p.running = False
                     p.owned = frozenset()
+                self._committed()
             self.coordinator.tick(self.now)
+            self._committed()
         for _ in range(3):
             for p in self.running():
                 p.owned = self.coordinator.heartbeat("g", p.member_id, p.owned, self.now).assignment
+                self._committed()
         members = self.members()
         assert {p.member_id for p in self.running()} == set(members)
         if not members:

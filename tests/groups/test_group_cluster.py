@@ -63,23 +63,58 @@ def test_the_coordinator_answers_the_others_point_to_it_and_commits_survive_its_
     assert moved["coordinator"] not in (None, coordinator)
     fetched = cluster.call(moved["coordinator"], "FetchOffsets", {"group": "g"})["result"]["offsets"]
     assert [(o["topic"], o["partition"], o["offset"]) for o in fetched] == [("t", 1, 42)]
-    # Membership was the old coordinator's: the member must join again; its stale commit is refused.
-    stale = cluster.call(moved["coordinator"], "CommitOffsets", {**commit, "offsets": [
-        {"topic": "t", "partition": 1, "offset": 50}]})["error"]
-    assert stale["code"] == "UNKNOWN_MEMBER"
-    joined_at = cluster.clock.seconds()
-    again = cluster.call(moved["coordinator"], "JoinGroup", {"group": "g", "topics": ["t"]})["result"]
-    # The new coordinator holds grants back for --group-takeover-hold-ms (10 s): the old
-    # coordinator's members may still be reading until their sessions (3 s here) run out.
-    assert again["assignment"] == [] and again["pending"] == [{"topic": "t", "partitions": [0, 1, 2]}]
-    beat = {"group": "g", "member_id": again["member_id"], "owned": []}
-    while not again["assignment"]:
-        cluster.run(1.0)
-        again = cluster.call(moved["coordinator"], "Heartbeat", beat)["result"]
-    assert cluster.clock.seconds() - joined_at >= 9.9
-    assert sorted(again["assignment"][0]["partitions"]) == [0, 1, 2]
-    assert "result" in cluster.call(moved["coordinator"], "CommitOffsets", {
-        "group": "g", "member_id": again["member_id"], "generation": again["generation"],
-        "offsets": [{"topic": "t", "partition": 1, "offset": 50}]})
+    # Membership is in the offsets log too: the member carries on at the new coordinator with
+    # its id, generation and partitions, no rejoin and no hold.
+    beat = cluster.call(moved["coordinator"], "Heartbeat", {"group": "g", "member_id": member["member_id"],
+                                                            "owned": member["assignment"]})["result"]
+    assert beat["generation"] == member["generation"]
+    assert beat["assignment"] == member["assignment"] and beat["revoke"] == beat["pending"] == []
+    assert "result" in cluster.call(moved["coordinator"], "CommitOffsets", {**commit, "offsets": [
+        {"topic": "t", "partition": 1, "offset": 50}]})
     described = cluster.call(moved["coordinator"], "DescribeGroup", {"group": "g"})["result"]
     assert [o["offset"] for o in described["offsets"] if o["partition"] == 1] == [50]
+    assert described["generation"] == member["generation"]
+
+
+def heartbeat(cluster, group, member, owned):
+    """A Heartbeat at the group's coordinator now, following it as it moves."""
+    where = find(cluster, next(i for i, n in cluster.nodes.items() if not n.stopped), group)
+    return cluster.call(where["coordinator"], "Heartbeat", {"group": group, "member_id": member, "owned": owned})
+
+
+def test_members_keep_their_partitions_across_a_coordinator_failover_and_a_dead_one_still_expires(cluster):
+    assert "result" in cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 4})
+    coordinator = find(cluster, 1)["coordinator"]
+    join = {"group": "g", "topics": ["t"], "session_timeout_ms": 3000}
+    a = cluster.call(coordinator, "JoinGroup", join)["result"]
+    b = cluster.call(coordinator, "JoinGroup", join)["result"]
+    owned = {a["member_id"]: a["assignment"], b["member_id"]: b["assignment"]}
+    generation = {}
+    for _ in range(3):  # a revokes half, b takes it
+        for m in owned:
+            answer = heartbeat(cluster, "g", m, owned[m])["result"]
+            owned[m], generation[m] = answer["assignment"], answer["generation"]
+    assert sorted(len(o[0]["partitions"]) for o in owned.values()) == [2, 2]
+    held_before = {m: owned[m] for m in owned}
+
+    cluster.kill(coordinator)
+    # b dies with the coordinator; a goes on heartbeating, and is never told to rejoin or revoke.
+    start = cluster.clock.seconds()
+    while cluster.clock.seconds() - start < 8.0:
+        answer = heartbeat(cluster, "g", a["member_id"], owned[a["member_id"]])
+        if "error" in answer:
+            assert answer["error"]["code"] in ("NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE"), answer
+        else:
+            result = answer["result"]
+            if result["assignment"] != held_before[a["member_id"]]:
+                break  # b expired: a gets b's partitions
+            assert result["revoke"] == [] and result["generation"] == generation[a["member_id"]]
+        cluster.run(0.5)
+    new = find(cluster, next(i for i, n in cluster.nodes.items() if not n.stopped))["coordinator"]
+    assert new != coordinator
+    # b expired a session after the take-over (not before, not never), and only then did a get its partitions.
+    assert sorted(result["assignment"][0]["partitions"]) == [0, 1, 2, 3]
+    assert result["generation"] == generation[a["member_id"]] + 1
+    assert cluster.clock.seconds() - start >= 3.0
+    described = cluster.call(new, "DescribeGroup", {"group": "g"})["result"]
+    assert [m["member_id"] for m in described["members"]] == [a["member_id"]]

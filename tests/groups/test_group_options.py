@@ -35,8 +35,15 @@ def test_options_reach_the_group_config():
 @pytest.mark.parametrize("args", [
     ["--offsets-partitions", "0"], ["--offsets-partitions", "2000"], ["--offsets-replication-factor", "8"],
     ["--group-max-members", "0"], ["--group-heartbeat-interval-ms", "0"], ["--group-takeover-hold-ms", "-1"],
+    ["--offsets-replay-slice-records", "0"], ["--offsets-snapshot-records", "-1"],
     ["--group-min-session-timeout-ms", "5000", "--group-max-session-timeout-ms", "4000"],
 ])
 def test_bad_values_are_usage_errors(args):
     with pytest.raises(usage.UsageError):
         parse(*args)
+
+
+def test_snapshot_and_replay_options_reach_the_group_config():
+    groups = parse("--offsets-snapshot-records", "0", "--offsets-replay-slice-records", "500").groups
+    assert (groups.snapshot_records, groups.replay_slice_records) == (0, 500)
+    assert (GroupConfig().snapshot_records, GroupConfig().replay_slice_records) == (10_000, 10_000)

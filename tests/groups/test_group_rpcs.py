@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupLimits
@@ -64,7 +65,9 @@ def test_join_heartbeat_and_commit_then_fetch(harness, conn):
     assert fetched == [{"topic": "t", "partition": 0, "offset": 5, "metadata": "m", "timestamp": 0}]
     # The commit is a record of the group's offsets partition.
     records = stored_records(harness.broker, OFFSETS_TOPIC, partition_for_key("g", 3))
-    assert [r["value"]["type"] for r in records] == ["commit"] and records[0]["key"] == "g"
+    # The join's membership records, then the commit: each a record of the group's offsets partition.
+    assert [r["value"]["type"] for r in records] == ["group", "member", "commit"]
+    assert {r["key"] for r in records} == {"g"}
 
 
 def test_two_members_share_the_partitions_after_the_first_revokes(harness, conn):
@@ -185,7 +188,29 @@ def test_bad_params_are_invalid_params_and_the_node_keeps_serving(harness, conn,
 def test_commits_are_rebuilt_from_the_offsets_topic_when_the_shard_reloads(harness, conn):
     ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 3, "offset": 7}]}))
     ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 3, "offset": 9}]}))
-    # A garbage record someone sent into the offsets topic is skipped on replay.
-    ok(conn.call("Send", {"topic": OFFSETS_TOPIC, "partition": partition_for_key("g", 3), "value": "junk"}))
+    # A garbage record in the offsets topic (clients cannot send there: INTERNAL_TOPIC) is skipped on replay.
+    harness.broker.send(wire.SendParams(topic=OFFSETS_TOPIC, acks="all", messages=[
+        {"value": "junk", "key": None, "partition": partition_for_key("g", 3)}]))
     harness.broker.groups.shards.clear()  # as a new leader would: replay the partition
     assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 9
+
+
+def test_members_carry_on_when_the_shard_reloads(harness, conn, clock):
+    a = join(conn)
+    b = join(conn)
+    owned = {a["member_id"]: a["assignment"], b["member_id"]: b["assignment"]}
+    for _ in range(2):
+        for m in owned:
+            owned[m] = ok(conn.call("Heartbeat", {"group": "g", "member_id": m, "owned": owned[m]}))["assignment"]
+    before = ok(conn.call("DescribeGroup", {"group": "g"}))
+    clock.advance(4.0)
+    harness.broker.groups.shards.clear()  # as a new leader would: replay the partition
+    after = ok(conn.call("DescribeGroup", {"group": "g"}))
+    assert [(m["member_id"], m["generation"], m["assignment"], m["target"]) for m in after["members"]] == \
+        [(m["member_id"], m["generation"], m["assignment"], m["target"]) for m in before["members"]]
+    assert after["generation"] == before["generation"] == 2 and after["state"] == "stable"
+    # Re-armed: a full session from the reload, though 4 of their 5 s had passed.
+    clock.advance(4.5)
+    for m in owned:
+        answer = ok(conn.call("Heartbeat", {"group": "g", "member_id": m, "owned": owned[m]}))
+        assert (answer["generation"], answer["assignment"], answer["revoke"]) == (2, owned[m], [])

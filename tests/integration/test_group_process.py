@@ -1,4 +1,4 @@
-"""Consumer groups in real processes: commits survive a restart (SIGTERM and SIGKILL)."""
+"""Consumer groups in real processes: commits and membership survive a restart (SIGTERM and SIGKILL)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,14 @@ def test_commits_survive_a_restart_and_a_kill(tmp_path, daemons):
     daemons.append(again)
     offsets = _fetch(again.port)
     assert [(o["partition"], o["offset"], o["metadata"]) for o in offsets] == [(0, 7, None), (1, 3, "m")]
-    # Membership is not kept: the old member id is unknown to the new coordinator.
+    # Membership is kept too (in the offsets topic): the member is known after the restart, its
+    # generation-1 commit is still stale, and one at the generation it was given goes through.
     client = LineClient(again.port)
     stale = client.call("CommitOffsets", {**commit, "offsets": [{"topic": "orders", "partition": 0, "offset": 9}]})
-    assert stale["error"]["code"] == "UNKNOWN_MEMBER"
+    assert stale["error"]["code"] == "STALE_GENERATION"
     # An acknowledged commit survives a SIGKILL too (acks=all: fsynced before the answer).
-    _ok(client.call("CommitOffsets", {"group": "billing", "offsets": [{"topic": "orders", "partition": 0,
-                                                                       "offset": 11}]}))
+    _ok(client.call("CommitOffsets", {**commit, "generation": second["generation"], "offsets": [
+        {"topic": "orders", "partition": 0, "offset": 11}]}))
     client.close()
     again.signal(signal.SIGKILL)
     again.wait(10)

@@ -1,0 +1,119 @@
+"""Cluster-wide group answers on three ClusterNodes (a Clock, in-memory peers): DescribeGroup's lag
+and ResetOffsets' targets for partitions the coordinator holds no replica of (asked of their
+leaders over the peer links), and ListGroups covering every node's groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamlog.testing import ClusterHarness
+
+
+@pytest.fixture
+def cluster():
+    c = ClusterHarness(3)
+    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
+    yield c
+    for broker in c.brokers.values():
+        broker.groups.stop()
+    c.stop()
+
+
+def ok(answer):
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+def settled(cluster, at, method, params, timeout=20):
+    """C{method} at node C{at}, retried in simulated time while leaders are elected or move."""
+    got = []
+
+    def ready():
+        answer = cluster.call(at, method, params)
+        if "result" in answer:
+            got.append(answer["result"])
+            return True
+        assert answer["error"]["code"] in ("COORDINATOR_NOT_AVAILABLE", "LEADER_NOT_AVAILABLE", "NOT_LEADER",
+                                           "NOT_COORDINATOR"), answer
+        return False
+
+    cluster.run_until(ready, timeout=timeout)
+    return got[0]
+
+
+def leaders(cluster, topic):
+    meta = settled(cluster, 1, "Metadata", {"topics": [topic]})
+    return {p["partition"]: p["leader"] for p in meta["topics"][0]["partitions"]}
+
+
+def coordinator_of(cluster, group, at=1):
+    found = []
+
+    def ready():
+        answer = cluster.call(at, "FindCoordinator", {"group": group})
+        coordinator = answer.get("result", {}).get("coordinator")
+        found[:] = [coordinator]
+        return coordinator is not None
+
+    cluster.run_until(ready, timeout=20)
+    return found[0]
+
+
+def test_lag_reset_and_list_groups_cover_partitions_led_elsewhere(cluster):
+    ok(cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 3, "replication_factor": 1}))
+    cluster.run(3.0)  # elections, and the planner's moves to preferred leaders
+    led = leaders(cluster, "t")
+    assert all(node is not None for node in led.values()) and len(set(led.values())) == 3
+    for partition, node in led.items():
+        for n in range(10 * (partition + 1)):
+            settled(cluster, node, "Send", {"topic": "t", "partition": partition, "value": n})
+    coordinator = coordinator_of(cluster, "g")
+    elsewhere = [p for p, node in led.items() if node != coordinator]
+    assert len(elsewhere) == 2  # rf 1: the coordinator holds a replica of one partition only
+    settled(cluster, coordinator, "CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": p, "offset": 5} for p in range(3)]})
+
+    described = settled(cluster, coordinator, "DescribeGroup", {"group": "g"})
+    assert [(o["partition"], o["high_watermark"], o["lag"]) for o in described["offsets"]] == [
+        (0, 10, 5), (1, 20, 15), (2, 30, 25)]
+
+    latest = settled(cluster, coordinator, "ResetOffsets", {"group": "g", "topic": "t", "to": "latest",
+                                                            "dry_run": True})
+    assert [(o["partition"], o["offset"], o["previous"]) for o in latest["offsets"]] == [
+        (0, 10, 5), (1, 20, 5), (2, 30, 5)]
+    shifted = settled(cluster, coordinator, "ResetOffsets", {"group": "g", "topic": "t", "to": {"shift": 100}})
+    assert [o["offset"] for o in shifted["offsets"]] == [10, 20, 30]  # within the high watermarks
+    early = settled(cluster, coordinator, "ResetOffsets", {"group": "g", "topic": "t", "to": {"timestamp": 0}})
+    assert [o["offset"] for o in early["offsets"]] == [0, 0, 0]
+    fetched = settled(cluster, coordinator, "FetchOffsets", {"group": "g"})["offsets"]
+    assert [o["offset"] for o in fetched] == [0, 0, 0]
+
+    # A second group, coordinated wherever its name hashes; every node lists both.
+    other = next(name for name in (f"h{i}" for i in range(50)) if coordinator_of(cluster, name) != coordinator)
+    settled(cluster, coordinator_of(cluster, other), "CommitOffsets", {"group": other, "offsets": [
+        {"topic": "t", "partition": 0, "offset": 1}]})
+    for node in (1, 2, 3):
+        listed = settled(cluster, node, "ListGroups", {})
+        assert [g["group"] for g in listed["groups"]] == sorted(["g", other]) and listed["unreachable"] == []
+
+
+def test_an_unreachable_node_is_named_and_its_partitions_are_unavailable_to_reset(cluster):
+    ok(cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 3, "replication_factor": 1}))
+    cluster.run(3.0)
+    led = leaders(cluster, "t")
+    coordinator = coordinator_of(cluster, "g")
+    victim = next(node for node in led.values() if node != coordinator)
+    settled(cluster, coordinator, "CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": 0, "offset": 0}]})
+    cluster.kill(victim)
+    cluster.run(2.0)
+    assert coordinator_of(cluster, "g", at=coordinator) == coordinator  # the offsets partition had 3 replicas
+    lost = [p for p, node in led.items() if node == victim]
+    error = cluster.call(coordinator, "ResetOffsets", {"group": "g", "topic": "t", "to": "latest"})["error"]
+    assert (error["code"], error["partition"]) == ("PARTITION_UNAVAILABLE", lost[0])
+    given = settled(cluster, coordinator, "ResetOffsets", {"group": "g", "topic": "t", "to": {"offset": 3}})
+    assert {o["offset"] for o in given["offsets"]} == {0, 3}  # within the log where known, as given where not
+    described = settled(cluster, coordinator, "DescribeGroup", {"group": "g"})
+    assert [o["lag"] is None for o in described["offsets"] if o["partition"] in lost] == [True] * len(lost)
+    listed = settled(cluster, coordinator, "ListGroups", {})
+    assert listed["unreachable"] == [victim]
