@@ -87,8 +87,8 @@ class GroupConsumerService(ConsumerService):
                        partitions=", ".join(f"{t}/{p}" for t, p in tps))
 
     def _lost(self, tps: list[TopicPartition]) -> None:
-        self._log.warn("group {group}: lost {partitions} without a commit (no heartbeat went through for the "
-                       "session timeout); what was written since the last commit will be read again",
+        self._log.warn("group {group}: lost {partitions} without a commit (the member's session ended, or "
+                       "its coordinator forgot it); what was written since the last commit will be read again",
                        group=self.group, partitions=", ".join(f"{t}/{p}" for t, p in tps))
 
     # --- the loop -------------------------------------------------------------------
