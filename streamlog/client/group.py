@@ -247,15 +247,6 @@ class GroupConsumer:
         # Bounded well inside the session: a member cut off must notice before others get its partitions.
         limit = self.session_timeout_ms / 3000.0
         d = self._coordinated("Heartbeat", params, attempts=1, timeout=limit)
-        # A call waiting for a connection that never comes is not bounded by its timeout: cancel it.
-        watchdog = self.clock.callLater(limit, d.cancel)
-
-        def stop_watchdog(result: Any) -> Any:
-            if watchdog.active():
-                watchdog.cancel()
-            return result
-
-        d.addBoth(stop_watchdog)
 
         def answered(answer: dict[str, Any]) -> None:
             self._beating = False

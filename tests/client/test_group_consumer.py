@@ -331,3 +331,38 @@ def test_the_callback_style_counts_a_batch_processed_once_the_handlers_deferred_
     assert result_of(done) is None
     # close() took the batch being handled as processed (the application is done).
     assert committed(network, clock, client) == {0: 6}
+
+
+def test_a_heartbeat_waiting_for_a_connection_that_never_comes_is_bounded_and_the_member_is_lost(
+        network, clock, clients):
+    from twisted.internet.defer import Deferred
+
+    client = clients()
+    produce(network, clock, client, 4)
+    lost = []
+    member = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=3000, auto_commit_interval=None,
+                           on_lost=lost.append)
+    reader = Reader(member)
+    run_until(clock, network, lambda: len(member.consumers) == 4)
+    # From now on connection attempts never end (nor fail), and the open connections drop.
+    hanging = []
+    original = network.connect
+
+    def never(factory):
+        hanging.append(Deferred())
+        return hanging[-1]
+
+    network.connect = never
+    network.drop()
+    cut_at = clock.seconds()
+    # Each heartbeat ends within a third of the session (its own timeout, no watchdog): the member
+    # notices it is cut off and gives its partitions up within the session timeout (plus a beat).
+    run_until(clock, network, lambda: bool(lost), limit=10)
+    assert clock.seconds() - cut_at <= 3.0 + 1.0 + 0.1
+    assert lost == [[("t", 0), ("t", 1), ("t", 2), ("t", 3)]]
+    network.connect = original
+    for d in hanging:
+        d.cancel()
+    run_until(clock, network, lambda: len(member.consumers) == 4, limit=30)
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
