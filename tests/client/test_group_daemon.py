@@ -189,3 +189,28 @@ def test_an_unreachable_coordinator_is_waited_for_then_read(network, clock, clie
     run_until(clock, network, lambda: len(lines(out)) == 4, limit=30)
     assert not finished
     stop(network, clock, svc)
+
+
+def test_a_static_daemon_restarted_within_its_session_gets_its_partitions_back_without_a_rebalance(
+        network, clock, clients):
+    admin = clients()
+    produce(network, clock, admin, range(8))
+    a, out_a, _ = start(clients(), clock, "--group-instance-id", "worker-a", "--commit-interval", "0.5")
+    b, out_b, _ = start(clients(), clock, "--commit-interval", "0.5")
+    run_until(clock, network, lambda: len(a.member.consumers) == 1 and len(b.member.consumers) == 1, limit=30)
+    run_until(clock, network, lambda: len(lines(out_a)) + len(lines(out_b)) == 8)
+    held, generation = set(a.member.consumers), a.member.generation
+    stop(network, clock, a)  # a static member commits but does not leave
+    described = result_of(settle(clock, network, admin.call("DescribeGroup", {"group": "g"})))
+    assert len(described["members"]) == 2 and described["generation"] == generation
+    again, out_again, _ = start(clients(), clock, "--group-instance-id", "worker-a")
+    run_until(clock, network, lambda: set(again.member.consumers) == held, limit=10)
+    assert again.member.generation == generation  # no rebalance: b kept its partition throughout
+    assert len(b.member.consumers) == 1 and b.member.stats == {**b.member.stats, "assigned": 1, "revoked": 0}
+    more(network, clock, admin, range(8, 12))
+    (partition,) = [p for _, p in held]
+    run_until(clock, network, lambda: len(lines(out_again)) == 2)
+    # From a's commit on: only the new messages of its partition.
+    assert [m["value"] for m in lines(out_again)] == [v for v in range(8, 12) if v % 2 == partition]
+    stop(network, clock, again)
+    stop(network, clock, b)
