@@ -305,6 +305,18 @@ def register_consume(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--count", "-n", type=int, help="stop after this many messages (over all partitions)")
     p.add_argument("--follow", "-F", action="store_true", help="keep waiting for new messages")
     p.add_argument("--max-wait-ms", type=int, default=1000, help="long-poll wait with --follow (default 1000)")
+    g = p.add_argument_group("consumer groups", "with --group, the group's coordinator assigns the partitions "
+                                                "and the member resumes from the group's committed offsets "
+                                                "(--from only where none is committed)")
+    g.add_argument("--group", "-g", help="consume as a member of this consumer group")
+    g.add_argument("--group-instance-id", metavar="ID", help="static membership: a restart within the session "
+                                                             "timeout gets the same partitions back")
+    g.add_argument("--session-timeout-ms", type=int, default=10_000, metavar="MS",
+                   help="the member's session timeout (default 10000)")
+    g.add_argument("--commit-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between commits of what was printed (default 5; also on exit)")
+    g.add_argument("--commit-each-batch", action="store_true",
+                   help="commit after each printed batch, before reading on")
     _leaf(p, cmd_consume)
 
 
@@ -341,6 +353,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise _Usage("--partition must be 0 or more")
     if not 0 <= args.max_wait_ms <= requests.MAX_WAIT_MS:
         raise _Usage(f"--max-wait-ms must be between 0 and {requests.MAX_WAIT_MS} (the server's limit)")
+    if args.group is not None:
+        return _consume_in_group(args)
+    if args.group_instance_id is not None or args.commit_each_batch:
+        raise _Usage("--group-instance-id and --commit-each-batch need --group")
     with make_client(args) as client:
         if args.follow:
             description = _wait_for_topic(client, args)
@@ -354,6 +370,20 @@ def cmd_consume(args: argparse.Namespace) -> int:
         starts = {p: _start_offset(client, args, ranges[p]) for p in chosen}
         ends = None if args.follow else {p: ranges[p]["high_watermark"] for p in chosen}
         return _PartitionsReader(client, args, starts, ends).run()
+
+
+def _consume_in_group(args: argparse.Namespace) -> int:
+    """C{consume --group}: a GroupConsumer on the reactor (L{streamlog.cli_group_consume})."""
+    from streamlog import cli_group_consume
+    from streamlog.client.group import check_member_settings
+
+    if args.partition is not None:
+        raise _Usage("--partition and --group exclude each other: the group assigns the partitions")
+    try:
+        check_member_settings(args.group, args.group_instance_id, args.session_timeout_ms, args.commit_interval)
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    return cli_group_consume.run(args)
 
 
 def _start_offset(client: BlockingClient, args: argparse.Namespace, range_: dict[str, Any]) -> int:

@@ -54,6 +54,23 @@ def _to_wire(tps: Iterable[TopicPartition]) -> list[dict[str, Any]]:
     return [{"topic": t, "partitions": ps} for t, ps in by_topic.items()]
 
 
+#: The longest group or instance name the coordinator takes (as for topics).
+MAX_NAME_LENGTH = 249
+
+
+def check_member_settings(group: str, group_instance_id: str | None = None, session_timeout_ms: int = 10_000,
+                          auto_commit_interval: float | None = 5.0) -> None:
+    """Raise C{ValueError} saying what is wrong with these L{GroupConsumer} settings (for the
+    daemon's and the command's usage errors, before anything is sent)."""
+    for what, name in (("the group", group), ("the group instance id", group_instance_id)):
+        if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
+            raise ValueError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
+    if session_timeout_ms <= 0:
+        raise ValueError("the session timeout must be positive (the server takes 1000 to 1800000 ms by default)")
+    if auto_commit_interval is not None and auto_commit_interval <= 0:
+        raise ValueError("the commit interval must be positive")
+
+
 class GroupConsumer:
     """One member of consumer group C{group} over C{topics}.
 
@@ -106,6 +123,8 @@ class GroupConsumer:
         self.paused: set[TopicPartition] = set()
         #: Granted, their committed offsets being fetched: owned already (reported in heartbeats).
         self.granting: set[TopicPartition] = set()
+        #: Assigned to this member but not granted yet (their previous owner still holds them).
+        self.pending: set[TopicPartition] = set()
         #: Counters: rebalances seen (answers that revoked or granted), commits made.
         self.stats = {"assigned": 0, "revoked": 0, "lost": 0, "commits": 0, "joins": 0}
         self._ready: deque[tuple[TopicPartition, Consumer, list[dict[str, Any]]]] = deque()
@@ -117,12 +136,17 @@ class GroupConsumer:
         self._last_ok = self.clock.seconds()
         self._closed = False
         self._joined: Deferred | None = None
+        self._join_failed = False  # the last join asked by start_consuming failed
 
     # --- membership ------------------------------------------------------------------
 
     def start_consuming(self) -> Deferred:
-        """Join the group (done by the first C{poll()} too); fires once joined."""
-        if self._joined is None:
+        """Join the group (done by the first C{poll()} too); fires once joined.
+
+        A first join that failed (the coordinator unreachable, ...) fails this and the
+        C{poll()} that asked; the next call tries to join again."""
+        if self._joined is None or (self._join_failed and self.member_id is None):
+            self._join_failed = False
             self._start_join(retry=False)
         assert self._joined is not None
         # A fresh Deferred per caller: callbacks added to the shared one would chain every
@@ -143,8 +167,11 @@ class GroupConsumer:
         """Join; C{self._joined} fires with C{[outcome]} (never fails); on failure with
         C{retry}, join again later."""
         def settled(result: Any) -> list[Any]:
-            if isinstance(result, Failure) and retry:
-                self._rejoin_failed(result)
+            if isinstance(result, Failure):
+                if retry:
+                    self._rejoin_failed(result)
+                else:
+                    self._join_failed = True
             return [result]
 
         self._joined = self._join().addBoth(settled)
@@ -220,15 +247,6 @@ class GroupConsumer:
         # Bounded well inside the session: a member cut off must notice before others get its partitions.
         limit = self.session_timeout_ms / 3000.0
         d = self._coordinated("Heartbeat", params, attempts=1, timeout=limit)
-        # A call waiting for a connection that never comes is not bounded by its timeout: cancel it.
-        watchdog = self.clock.callLater(limit, d.cancel)
-
-        def stop_watchdog(result: Any) -> Any:
-            if watchdog.active():
-                watchdog.cancel()
-            return result
-
-        d.addBoth(stop_watchdog)
 
         def answered(answer: dict[str, Any]) -> None:
             self._beating = False
@@ -246,6 +264,8 @@ class GroupConsumer:
             if isinstance(error, (errors.NotCoordinator, errors.CoordinatorNotAvailable)):
                 self.coordinator = error.details.get("coordinator_address") if isinstance(
                     error, errors.NotCoordinator) else None
+            elif isinstance(error, (errors.ConnectionLost, errors.Timeout)):
+                self.coordinator = None  # the node may be dead: ask FindCoordinator (any node) again
             self._log.warn("heartbeat of group {group} failed: {error}", group=self.group, error=error)
             if self.clock.seconds() - self._last_ok >= self.session_timeout_ms / 1000.0:
                 self._lose("no heartbeat went through for the session timeout")
@@ -259,6 +279,7 @@ class GroupConsumer:
         """Act on a JoinGroup or Heartbeat answer (docs/groups.md, "What a member does")."""
         self.generation = answer["generation"]
         self.heartbeat_interval = answer["heartbeat_interval_ms"] / 1000.0
+        self.pending = _partitions(answer.get("pending", []))
         assignment = _partitions(answer["assignment"])
         holding = set(self.consumers) | self.granting
         revoke = _partitions(answer["revoke"]) | (holding - assignment)
@@ -400,6 +421,9 @@ class GroupConsumer:
                 outcome.trap(Exception)
             return
         if isinstance(outcome, Failure):
+            if isinstance(outcome.value, errors.OffsetOutOfRange):
+                self._out_of_range(tp, consumer, outcome.value)
+                return
             # Asked again by the next poll() (after this one's max_wait_ms): never at once, as a
             # Poll failing at once (no connection) would loop here.
             self._log.warn("reading {topic}/{partition} failed: {error}; asking again", topic=tp[0],
@@ -411,6 +435,23 @@ class GroupConsumer:
             return
         if self._waiter is not None and not self._closed:
             self._start_polls()  # an empty long poll: the next one (it waits on the server)
+
+    def _out_of_range(self, tp: TopicPartition, consumer: Consumer, error: errors.OffsetOutOfRange) -> None:
+        """The position is outside the log: before its start (retention removed those messages, e.g.
+        under an old committed offset) it moves to the log start, past its end to the end; logged."""
+        start, end = error.details.get("log_start_offset"), error.details.get("high_watermark")
+        position = consumer.position
+        if not isinstance(start, int) or not isinstance(end, int):
+            self._log.warn("reading {topic}/{partition} failed: {error}; asking again", topic=tp[0],
+                           partition=tp[1], error=error)
+            return
+        target = start if position is None or position < start else end
+        self._log.warn("group {group}: {topic}/{partition} offset {offset} is outside the log [{start}, {end}): "
+                       "reading from {target}", group=self.group, topic=tp[0], partition=tp[1], offset=position,
+                       start=start, end=end, target=target)
+        self.seek(tp[0], tp[1], target)
+        if self._waiter is not None and not self._closed:
+            self._start_polls()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -526,4 +567,4 @@ class GroupConsumer:
         return d.addCallback(leave).addCallback(lambda _: None)
 
 
-__all__ = ["GroupConsumer"]
+__all__ = ["GroupConsumer", "check_member_settings"]

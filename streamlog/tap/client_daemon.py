@@ -140,9 +140,8 @@ class LoopingClientService(service.Service):
         if not self._finished:
             self._stopped_on_request()
         self._stop()
-        if self.client is not None:
-            return self.client.close()
-        return succeed(None)
+        client = self.client
+        return self._before_close().addBoth(lambda _: client.close() if client is not None else None)
 
     def _stop(self) -> None:
         if self._loop is not None and self._loop.running:
@@ -167,6 +166,10 @@ class LoopingClientService(service.Service):
 
     def _stopped_on_request(self) -> None:
         """Say what the daemon did when it is stopped from outside (SIGTERM, Ctrl-C)."""
+
+    def _before_close(self) -> Deferred:
+        """What must still go over the client once stopped (a group member's last commit)."""
+        return succeed(None)
 
     def _tick(self) -> None:
         raise NotImplementedError

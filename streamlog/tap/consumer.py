@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from streamlog import errors, wire
 from streamlog.client import positions
 from streamlog.client.consumer import Consumer
+from streamlog.client.group import check_member_settings
 from streamlog.tap.client_daemon import ClientOptions, LoopingClientService
 from streamlog.tap.output import LineOutput, OutputFailed
 
@@ -92,6 +93,19 @@ class Options(ClientOptions):
          "On OFFSET_OUT_OF_RANGE: reset (jump to the log start or end, logged) or exit (status 1)."],
         ["output", "o", "-", "Where to write the JSON lines: - for the real standard output (fd 1), or a file "
                              "(appended). Note: twistd -n logs to stdout too unless given --logfile."],
+        ["group", "g", None, "Consume as a member of this consumer group: read the partitions its coordinator "
+                             "assigns, from the group's committed offsets (--from where none is), and commit "
+                             "what was written."],
+        ["group-instance-id", None, None, "With --group: static membership (a restart within the session "
+                                          "timeout gets the same partitions back, without a rebalance)."],
+        ["session-timeout-ms", None, 10_000, "With --group: the member's session timeout, in ms (the server "
+                                             "allows 1000 to 1800000 by default).", int],
+        ["commit-interval", None, 5.0, "With --group: seconds between commits of what was written.", float],
+    ]
+
+    optFlags = [
+        ["commit-each-batch", None, "With --group: commit after each batch is written (and wait for the commit "
+                                    "before reading on) instead of every --commit-interval."],
     ]
 
     def postOptions(self) -> None:
@@ -109,11 +123,28 @@ class Options(ClientOptions):
             raise usage.UsageError(f"--max-messages must be between 1 and {most} (the server's --max-poll-messages)")
         if self["on-out-of-range"] not in ("reset", "exit"):
             raise usage.UsageError("--on-out-of-range must be 'reset' or 'exit'")
+        self._check_group()
         if self["output"] != "-":
             try:  # a typo in the path is a usage error, not a traceback once running
                 LineOutput.append_to(self["output"]).close()
             except OSError as e:
                 raise usage.UsageError(f"--output: cannot open {self['output']}: {e.strerror or e}") from None
+
+    def _check_group(self) -> None:
+        if self["group"] is None:
+            for name in ("group-instance-id",):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} needs --group")
+            if self["commit-each-batch"]:
+                raise usage.UsageError("--commit-each-batch needs --group")
+            return
+        if self["partition"] is not None:
+            raise usage.UsageError("--partition and --group exclude each other: the group assigns the partitions")
+        try:
+            check_member_settings(self["group"], self["group-instance-id"], self["session-timeout-ms"],
+                                  self["commit-interval"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 class _Reader:
@@ -152,17 +183,24 @@ class ConsumerService(LoopingClientService):
     # --- life -----------------------------------------------------------------------
 
     def _started(self) -> None:
-        if self.out is None:
-            output = self.options["output"]
-            try:
-                self.out = LineOutput.stdout() if output == "-" else LineOutput.append_to(output)
-            except OSError as e:
-                self._log.error("cannot open {output}: {error}; stopping", output=output, error=e.strerror or e)
-                self.out = LineOutput(-1, output)  # nothing is written: the first tick finds us finished
-                self.clock.callLater(0, self._finish, 1)
-                return
+        if not self._open_output():
+            return
         if self.options["partition"] is not None:
             self._read([self.options["partition"]])
+
+    def _open_output(self) -> bool:
+        """Open C{--output} (unless a test gave one); False (and finishing with 1) if it cannot be."""
+        if self.out is not None:
+            return True
+        output = self.options["output"]
+        try:
+            self.out = LineOutput.stdout() if output == "-" else LineOutput.append_to(output)
+        except OSError as e:
+            self._log.error("cannot open {output}: {error}; stopping", output=output, error=e.strerror or e)
+            self.out = LineOutput(-1, output)  # nothing is written: the first tick finds us finished
+            self.clock.callLater(0, self._finish, 1)
+            return False
+        return True
 
     def _consumer(self, partition: int) -> Consumer:
         return Consumer(self.client, self.topic, partition, start=self.options["start"],
@@ -359,4 +397,8 @@ class ConsumerService(LoopingClientService):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    if options["group"] is not None:
+        from streamlog.tap.group_reading import GroupConsumerService
+
+        return GroupConsumerService(options, reactor=reactor)
     return ConsumerService(options, reactor=reactor)

@@ -29,12 +29,14 @@ class OutputFailed(Exception):
 
     @ivar lines: how many of the lines given to L{LineOutput.write_lines} were written whole.
     @ivar reason: what went wrong, for a log line.
+    @ivar errno: the C{OSError}'s errno (C{EPIPE}: the reader went away), None if the write took nothing.
     """
 
-    def __init__(self, lines: int, reason: str) -> None:
+    def __init__(self, lines: int, reason: str, errno: int | None = None) -> None:
         super().__init__(reason)
         self.lines = lines
         self.reason = reason
+        self.errno = errno
 
 
 class LineOutput:
@@ -86,9 +88,9 @@ class LineOutput:
                 select.select([], [self.fd], [], 1.0)
                 continue
             except OSError as e:
-                self._failed(data, done, start, f"writing to {self.name} failed: {e.strerror or e}")
+                self._failed(data, done, start, f"writing to {self.name} failed: {e.strerror or e}", e.errno)
             if n <= 0:
-                self._failed(data, done, start, f"writing to {self.name} failed: it took no bytes")
+                self._failed(data, done, start, f"writing to {self.name} failed: it took no bytes", None)
             done += n
 
     def _position(self) -> int:
@@ -97,7 +99,7 @@ class LineOutput:
             return os.fstat(self.fd).st_size
         return os.lseek(self.fd, 0, os.SEEK_CUR)
 
-    def _failed(self, data: bytes, done: int, start: int, reason: str) -> None:
+    def _failed(self, data: bytes, done: int, start: int, reason: str, error_number: int | None) -> None:
         whole = data.count(b"\n", 0, done)
         if self._cut and whole < len(data) and done:
             kept = data.rfind(b"\n", 0, done) + 1  # 0 if not even the first line is whole
@@ -107,7 +109,7 @@ class LineOutput:
                     reason += f" (the torn last line was cut: {done - kept} bytes)"
                 except OSError as e:
                     reason += f" (could not cut the torn last line: {e.strerror or e})"
-        raise OutputFailed(whole, reason)
+        raise OutputFailed(whole, reason, error_number)
 
     def closed(self) -> str | None:
         """Why nothing written now could be read, if that is already known (a pipe without a reader)."""

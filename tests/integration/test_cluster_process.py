@@ -28,15 +28,19 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_cluster(tmp_path, ports) -> dict[int, ServerProcess]:
-    peers = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports))
+def node_options(ports: list[int], i: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The options of node C{i} (1-based) of a cluster whose peers listen on C{ports}."""
+    peers = ",".join(f"{n + 1}=127.0.0.1:{p}" for n, p in enumerate(ports))
+    return ["--node-id", str(i), "--peers", peers, "--peer-listen", f"tcp:{ports[i - 1]}:interface=127.0.0.1",
+            "--election-timeout-ms", "300", "--heartbeat-ms", "50", *extra]
+
+
+def start_cluster(tmp_path, ports, extra: tuple[str, ...] = ()) -> dict[int, ServerProcess]:
     nodes = {}
-    for i, port in enumerate(ports, start=1):
+    for i in range(1, len(ports) + 1):
         work = tmp_path / f"n{i}"
         work.mkdir(exist_ok=True)
-        nodes[i] = ServerProcess(work, name=f"node{i}", extra=[
-            "--node-id", str(i), "--peers", peers, "--peer-listen", f"tcp:{port}:interface=127.0.0.1",
-            "--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+        nodes[i] = ServerProcess(work, name=f"node{i}", extra=node_options(ports, i, extra))
     return nodes
 
 
@@ -70,12 +74,12 @@ def leader(nodes: dict[int, ServerProcess], topic: str) -> int | None:
     return None
 
 
-def create_topic(client: BlockingClient, within: float = 20.0) -> None:
-    """CreateTopic t (1 partition, RF 3), retried while the new cluster elects its controller."""
+def create_topic(client: BlockingClient, within: float = 20.0, topic: str = "t", partitions: int = 1) -> None:
+    """CreateTopic (RF 3), retried while the new cluster elects its controller."""
     deadline = time.monotonic() + within
     while True:
         try:
-            client.call("CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
+            client.call("CreateTopic", {"topic": topic, "partitions": partitions, "replication_factor": 3})
             return
         except RETRIABLE:
             if time.monotonic() > deadline:
@@ -140,7 +144,6 @@ def test_sigkill_of_the_leader_loses_no_acknowledged_message(tmp_path):
 def test_a_rolling_restart_with_sigterm_loses_nothing_and_moves_leadership_first(tmp_path):
     ports = free_ports(3)
     nodes = start_cluster(tmp_path, ports)
-    peers = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports))
     try:
         wait_for(lambda: formed(nodes), 30, "three nodes to form a cluster")
         bootstrap = ",".join(n.address for n in nodes.values())
@@ -161,10 +164,7 @@ def test_a_rolling_restart_with_sigterm_loses_nothing_and_moves_leadership_first
                         retried += 1
                         time.sleep(0.02)
                 assert nodes[i].wait(10) == -signal.SIGTERM or nodes[i].process.returncode == 0
-                work = tmp_path / f"n{i}"
-                nodes[i] = ServerProcess(work, name=f"node{i}", extra=[
-                    "--node-id", str(i), "--peers", peers, "--peer-listen", f"tcp:{ports[i - 1]}:interface=127.0.0.1",
-                    "--election-timeout-ms", "300", "--heartbeat-ms", "50"])
+                nodes[i] = ServerProcess(tmp_path / f"n{i}", name=f"node{i}", extra=node_options(ports, i))
                 wait_for(lambda: formed(nodes), 30, f"node {i} to rejoin")
                 for _ in range(20):
                     acked[value] = send(client, value, time.monotonic() + 20)

@@ -181,3 +181,68 @@ def test_three_members_share_six_partitions_and_a_killed_ones_move_without_a_gap
                     process.kill()
                     process.wait(10)
         client.close()
+
+
+def _consume(server, *argv, timeout=30):
+    """C{streamlog consume} as a process: (status, stdout lines, stderr)."""
+    import subprocess
+    import sys
+
+    from streamlog.testing import child_env
+
+    done = subprocess.run([sys.executable, "-m", "streamlog.cli", "--connect", server.address, "consume", *argv],
+                          env=child_env(), capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout.decode().splitlines(), done.stderr.decode()
+
+
+def test_consume_with_a_group_resumes_from_its_commit_and_ends_cleanly_in_a_pipe(tmp_path, daemons):
+    import subprocess
+    import sys
+
+    import orjson
+
+    from streamlog.testing import child_env
+
+    server = ServerProcess(tmp_path, ["--storage", "memory"])
+    daemons.append(server)
+    client = LineClient(server.port)
+    _ok(client.call("CreateTopic", {"topic": "orders", "partitions": 3}))
+    _ok(client.call("SendBatch", {"topic": "orders", "messages": [
+        {"value": i, "partition": i % 3} for i in range(30)]}))
+
+    status, first, err = _consume(server, "orders", "--group", "audit", "--count", "10")
+    assert (status, len(first), err) == (0, 10, "")
+    assert all(len(line.split("\t")) == 5 for line in first)  # the human format of consume
+    offsets = _ok(client.call("FetchOffsets", {"group": "audit"}))["offsets"]
+    assert sum(o["offset"] for o in offsets) == 10  # exactly what was printed
+    status, rest, err = _consume(server, "orders", "--group", "audit", "--json")
+    assert (status, err) == (0, "")
+    got = [orjson.loads(line) for line in rest]
+    assert next(iter(got[0])) == "partition" and "topic" not in got[0]
+    printed = {(int(line.split("\t")[0]), int(line.split("\t")[1])) for line in first}
+    assert printed.isdisjoint((m["partition"], m["offset"]) for m in got)  # resumed: nothing again
+    # Value i is at offset i // 3 of partition i % 3: the rest of the 30, each once.
+    assert sorted(m["value"] for m in got) == sorted(set(range(30)) - {p + 3 * o for p, o in printed})
+    status, nothing, _ = _consume(server, "orders", "--group", "audit")
+    assert (status, nothing) == (0, [])
+    status, _, err = _consume(server, "orders", "--group", "audit", "--partition", "1")
+    assert status == 2 and "exclude each other" in err
+
+    # | head -2 with --follow: the command notices the closed pipe, exits 141, no traceback.
+    process = subprocess.Popen([sys.executable, "-m", "streamlog.cli", "--connect", server.address, "consume",
+                                "orders", "--group", "piped", "--follow"], env=child_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() and process.stdout.readline()
+        process.stdout.close()
+        assert process.wait(timeout=15) == 141
+        assert process.stderr.read() == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stderr.close()
+    # It committed what the pipe took before it went away, and left the group.
+    described = _ok(client.call("DescribeGroup", {"group": "piped"}))
+    assert described["members"] == [] and sum(o["offset"] for o in described["offsets"]) >= 2
+    client.close()
