@@ -216,24 +216,28 @@ def groups_view(listed: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def group_view(described: Mapping[str, Any]) -> dict[str, Any]:
-    """DescribeGroup plus the group's total lag (null if a partition's lag is unknown) and,
-    per partition, the member that holds it."""
+    """DescribeGroup plus the group's total lag and, per partition, the member that holds it.
+
+    The total is over the partitions that have a lag (a committed offset and a leader that
+    answered); C{lag_unknown} counts the others (nothing committed yet, or no leader), and
+    the total is null when no partition has a lag."""
     holders: dict[tuple[str, int], str] = {}
     for member in described.get("members", []):
         for entry in member.get("assignment", []):
             for p in entry.get("partitions", []):
                 holders[(entry["topic"], p)] = member["member_id"]
     offsets = [{**o, "member_id": holders.get((o["topic"], o["partition"]))} for o in described.get("offsets", [])]
-    lags = [o.get("lag") for o in offsets]
+    lags = [o["lag"] for o in offsets if o.get("lag") is not None]
     return {
         **described,
         "offsets": offsets,
-        "lag": sum(lag for lag in lags if lag is not None) if all(lag is not None for lag in lags) else None,
+        "lag": sum(lags) if lags else None,
+        "lag_unknown": len(offsets) - len(lags),
     }
 
 
 def group_lag(described: Mapping[str, Any]) -> int | None:
-    """The group's total lag, or None if any partition's is unknown."""
+    """The group's total lag (see L{group_view})."""
     return group_view(described)["lag"]  # type: ignore[no-any-return]
 
 
