@@ -19,6 +19,7 @@ from streamlog import __version__, errors
 from streamlog.console import shape
 from streamlog.console.calls import NodeCalls
 from streamlog.console.samples import Sample, SampleHistory
+from streamlog.groups.config import OFFSETS_TOPIC
 
 
 class NotFound(errors.StreamlogError):
@@ -159,7 +160,7 @@ class ConsoleApi:
         if name == "messages":
             return await self.messages(args[0], _partition_number(args[1]), query)
         if name == "groups":
-            return shape.groups_view(await self.calls.call("ListGroups", {}))
+            return await self.groups()
         if name == "group":
             return shape.group_view(await self.calls.call("DescribeGroup", {"group": args[0]}))
         if name == "samples":
@@ -175,6 +176,17 @@ class ConsoleApi:
     async def overview(self) -> dict[str, Any]:
         metadata = await self.calls.local("Metadata", {})
         return shape.overview(metadata, node_id=self.node_id, version=__version__, admin=self.config.admin)
+
+    async def _offsets_topic_exists(self) -> bool:
+        """Whether any group can exist yet: ListGroups creates the offsets topic, which a
+        console that only looks must not do."""
+        metadata = await self.calls.local("Metadata", {"topics": [OFFSETS_TOPIC]})
+        return any(t.get("topic") == OFFSETS_TOPIC and "partitions" in t for t in metadata.get("topics", []))
+
+    async def groups(self) -> dict[str, Any]:
+        if not await self._offsets_topic_exists():
+            return shape.groups_view({"groups": []})
+        return shape.groups_view(await self.calls.call("ListGroups", {}))
 
     async def _described(self, name: str) -> dict[str, Any] | None:
         try:
@@ -259,7 +271,7 @@ class ConsoleApi:
             if marks:
                 topics[t["topic"]] = sum(marks)
         lags: dict[str, int | None] = {}
-        if self.config.sample_max_groups:
+        if self.config.sample_max_groups and await self._offsets_topic_exists():
             listed = await self.calls.call("ListGroups", {})
             for g in sorted(listed.get("groups", []), key=lambda g: g["group"])[:self.config.sample_max_groups]:
                 try:

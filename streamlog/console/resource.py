@@ -38,12 +38,13 @@ from streamlog.console.api import (
 from streamlog.console.calls import NodeCalls
 from streamlog.console.samples import SampleHistory, Sampler
 from streamlog.console.shape import ConsoleConfig
+from streamlog.http.root import HttpRoot, JSONError
 
 #: The page's files, inside the package (setup.cfg package_data).
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 #: The header every mutating request must carry (the page's script sets it).
-CSRF_HEADER = b"x-streamlog-console"
+CSRF_HEADER = "x-streamlog-console"
 
 #: Sent with every console answer: no framing by other sites, no content sniffing, and
 #: for the page no script, style or connection but its own origin's (no inline script).
@@ -116,7 +117,7 @@ class ApiResource(Resource):
                                limit=limit)
         if not raw.strip():
             return {}
-        content_type = (request.getHeader(b"content-type") or "").split(";")[0].strip().lower()
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise errors.InvalidRequest("the body must be JSON (Content-Type: application/json)")
         try:
@@ -157,11 +158,11 @@ def _check_same_origin(request: Any) -> None:
     if request.getHeader(CSRF_HEADER) != "1":
         raise CsrfCheckFailed("an admin request must carry the header X-Streamlog-Console: 1 "
                               "(the console page sends it)")
-    site = request.getHeader(b"sec-fetch-site")
+    site = request.getHeader("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         raise CsrfCheckFailed(f"an admin request must come from the console's own page (Sec-Fetch-Site: {site})")
-    origin = request.getHeader(b"origin")
-    host = request.getHeader(b"host")
+    origin = request.getHeader("origin")
+    host = request.getHeader("host")
     if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
         raise CsrfCheckFailed(f"an admin request must come from the console's own origin, not {origin}")
 
@@ -169,22 +170,15 @@ def _check_same_origin(request: Any) -> None:
 class _StaticFiles(static.File):
     """The page's files, with the console's security headers; no directory listings."""
 
+    childNotFound = JSONError(404, "NOT_FOUND", "no such console file")
+
     def render(self, request: Any) -> Any:
         _secure(request)
         request.setHeader(b"cache-control", b"no-cache")
         return super().render(request)
 
     def directoryListing(self) -> Resource:
-        return _NotFound()
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Any) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"not found\n"
+        return self.childNotFound
 
 
 class Console:
@@ -203,9 +197,9 @@ class Console:
         return self.calls.close()
 
 
-def mount(root: Resource, broker: Any, node_id: int, config: ConsoleConfig, clock: IReactorTime,
+def mount(root: HttpRoot, broker: Any, node_id: int, config: ConsoleConfig, clock: IReactorTime,
           connect: Any = None) -> Console:
-    """Put the console on C{root}: C{/}, C{/static/}, C{/api/}.  Returns it, not yet started.
+    """Put the console on the node's HTTP root: C{/}, C{/static/}, C{/api/}.  Returns it, not yet started.
 
     @param broker: the node's L{streamlog.broker.broker.Broker} (its handlers are called in process).
     @param connect: address -> client, for the calls a leader or coordinator elsewhere answers
@@ -221,13 +215,12 @@ def mount(root: Resource, broker: Any, node_id: int, config: ConsoleConfig, cloc
     history = SampleHistory(config.samples)
     api = ConsoleApi(calls, config, node_id, lambda topic: local_sizes(broker, topic), clock, history)
     sampler = Sampler(history, lambda: Deferred.fromCoroutine(api.take_sample()), config.sample_interval, clock)
-    root.putChild(b"api", ApiResource(api))
+    root.mount("api", ApiResource(api))
     files = _StaticFiles(STATIC_DIR, defaultType="application/octet-stream")
-    files.contentTypes.update({".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                               ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"})
-    root.putChild(b"static", files)
-    page = _StaticFiles(os.path.join(STATIC_DIR, "index.html"), defaultType="text/html; charset=utf-8")
-    root.putChild(b"", page)
+    files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8",
+                          ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8"}
+    root.mount("static", files)
+    root.mount("", _StaticFiles(os.path.join(STATIC_DIR, "index.html"), defaultType="text/html; charset=utf-8"))
     return Console(api, sampler, calls)
 
 
