@@ -44,10 +44,12 @@
     if (!entries || !entries.length) return "–";
     return entries.map(e => e.topic + " [" + e.partitions.join(", ") + "]").join("; ");
   }
+  let keepStatus = false;  // an admin action's outcome outlives the navigation that follows it
   function setStatus(text, kind) {
     statusBar.textContent = text || "";
     statusBar.className = text ? kind || "info" : "";
   }
+  function done(text) { setStatus(text, "info"); keepStatus = true; }
   function card(key, value, cls) {
     return el("div", { class: "card" }, el("div", { class: "v " + (cls || "") }, show(value)), el("div", { class: "k" }, key));
   }
@@ -124,7 +126,7 @@
   }
 
   function createTopicForm() {
-    const name = el("input", { name: "topic", required: true, pattern: "[A-Za-z0-9._-]+", maxlength: 249 });
+    const name = el("input", { name: "topic", required: true, pattern: "[A-Za-z0-9._\\-]+", maxlength: 249 });
     const partitions = el("input", { name: "partitions", type: "number", min: 1, value: 1 });
     const rf = el("input", { name: "replication_factor", type: "number", min: 1, placeholder: "default" });
     return el("form", { id: "create-topic", onsubmit: async (ev) => {
@@ -133,7 +135,7 @@
       if (rf.value) body.replication_factor = Number(rf.value);
       try {
         await api("POST", "topics", body);
-        setStatus("Created topic " + body.topic + ".", "info");
+        done("Created topic " + body.topic + ".");
         location.hash = "#/topics/" + enc(body.topic);
       } catch (e) { failed(e); }
     } },
@@ -171,7 +173,7 @@
         if (typed.value !== name) { setStatus("Type the topic's name to confirm.", "error"); return; }
         try {
           await api("DELETE", "topics/" + enc(name));
-          setStatus("Deleted topic " + name + ".", "info");
+          done("Deleted topic " + name + ".");
           location.hash = "#/topics";
         } catch (e) { failed(e); }
       } }, el("span", {}, "Delete topic ", el("code", {}, name), " and all its messages? Type its name to confirm: "),
@@ -285,7 +287,7 @@
           el("button", { class: "danger", type: "button", id: "confirm-reset", onclick: async () => {
             try {
               await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: false, confirm });
-              setStatus("Reset the offsets of " + g.group + ".", "info");
+              done("Reset the offsets of " + g.group + ".");
               render();
             } catch (e) { failed(e); }
           } }, "Confirm reset"),
@@ -299,7 +301,7 @@
   // --- charts ------------------------------------------------------------------------------
   const COLORS = ["#2456c8", "#c0362c", "#1a7f37", "#9a6700", "#7b3fc4", "#00838f", "#ad1457", "#5d4037"];
 
-  function lineChart(id, times, series, unit) {
+  function lineChart(id, times, series) {
     const W = 760, H = 200, L = 56, R = 12, T = 10, B = 24;
     const NS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(NS, "svg");
@@ -320,7 +322,7 @@
       const line = document.createElementNS(NS, "line");
       line.setAttribute("x1", L); line.setAttribute("x2", W - R); line.setAttribute("y1", y(max * f)); line.setAttribute("y2", y(max * f));
       line.setAttribute("stroke", "#e4e8ef"); svg.appendChild(line);
-      text(L - 6, y(max * f) + 4, (Math.round(max * f * 10) / 10) + (f === 1 ? " " + unit : ""));
+      text(L - 6, y(max * f) + 4, String(Math.round(max * f * 10) / 10));
     }
     if (times.length) {
       text(L, H - 6, new Date(t0).toLocaleTimeString(), "start");
@@ -350,9 +352,9 @@
     const s = await api("GET", "samples");
     const parts = [el("h2", {}, "Throughput (messages/s, per topic)")];
     if (!s.interval_s) parts.push(el("p", { class: "muted" }, "Sampling is off on this node (--console-sample-interval 0)."));
-    parts.push(...lineChart("throughput-chart", s.times_ms, s.topics, "msg/s"));
+    parts.push(...lineChart("throughput-chart", s.times_ms, s.topics));
     parts.push(el("h2", {}, "Consumer lag (messages, per group)"));
-    parts.push(...lineChart("lag-chart", s.times_ms, s.groups, "msgs"));
+    parts.push(...lineChart("lag-chart", s.times_ms, s.groups));
     parts.push(el("p", { class: "muted" }, s.times_ms.length + " samples, one every " + s.interval_s + " s; updated live."));
     schedule(Math.max(1, s.interval_s || 5));
     return parts;
@@ -372,7 +374,8 @@
     const segs = path.split("/").map(decodeURIComponent);
     const page = segs[0];
     for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
-    if (!quiet) setStatus("");
+    if (!quiet && !keepStatus) setStatus("");
+    keepStatus = false;
     try {
       if (!overviewCache) await overviewPage();
       let parts;
