@@ -75,7 +75,7 @@ class Page:
         assert self.page.locator("#status.error").count() == 0, self.page.inner_text("#status")
 
     def shot(self, name: str) -> None:
-        path = (self.shots or Path(tempfile.gettempdir())) / f"console-{name}.png"
+        path = (self.shots or Path(tempfile.gettempdir())) / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 1000
 
