@@ -135,6 +135,7 @@ class GroupConsumer:
         self._beating = False
         self._last_ok = self.clock.seconds()
         self._closed = False
+        self._closing = False  # close() started: a refused last commit is no reason to rejoin
         self._joined: Deferred | None = None
         self._join_failed = False  # the last join asked by start_consuming failed
 
@@ -204,7 +205,8 @@ class GroupConsumer:
         waiting out C{COORDINATOR_NOT_AVAILABLE} (with the client's backoff); each attempt
         within C{timeout} (default: the client's request timeout)."""
         resend = method != "JoinGroup" or self.group_instance_id is not None  # a resent join makes a ghost member
-        d = self.client._run(method, params, self._coordinator_target, timeout, resend)
+        d = self.client._run(method, params, self._coordinator_target, timeout, resend,
+                             on_retry=self._attempt_failed)
 
         def failed(failure: Failure) -> Any:
             error = failure.value
@@ -219,6 +221,13 @@ class GroupConsumer:
             return later.addCallback(lambda _: self._coordinated(method, params, attempts - 1, timeout))
 
         return d.addErrback(failed)
+
+    def _attempt_failed(self, error: errors.StreamlogError, delay: float) -> None:
+        """An attempt at the coordinator failed and is retried: after a lost or refused connection
+        (or no answer) the coordinator may be dead, so the retry asks C{FindCoordinator} (at any
+        node) again instead of going back to the cached address until the call's timeout."""
+        if isinstance(error, (errors.ConnectionLost, errors.Timeout)):
+            self.coordinator = None
 
     def _coordinator_target(self) -> Any:
         if self.coordinator is not None:
@@ -520,6 +529,12 @@ class GroupConsumer:
                 # Our generation is behind: the committed generation is the current one (docs/groups.md).
                 self.generation = failure.value.details.get("generation", self.generation)
                 return self._commit(offsets, retried=True)
+            if failure.check(errors.UnknownMember) and params["member_id"] == self.member_id \
+                    and not (self._closed or self._closing):
+                # The coordinator forgot this member (its session expired, or it was removed): no
+                # commit of it can succeed again, so it stops reading, rejoins and goes on with
+                # whatever it is assigned then (the heartbeat may notice only an interval later).
+                self._lose("the coordinator refused a commit: not a member any more")
             return failure
 
         return self._coordinated("CommitOffsets", params).addCallbacks(done, failed)
@@ -541,6 +556,7 @@ class GroupConsumer:
         the group (unless static), stop reading.  The client stays open: it is the caller's."""
         if self._closed:
             return succeed(None)
+        self._closing = True
         self.processed.update(self.positions)
         d = self._commit({tp: p for tp, p in self.processed.items() if tp in self.consumers})
         d.addErrback(lambda f: self._log.warn("the last commit of group {group} failed: {error}",

@@ -8,6 +8,7 @@ import random
 import pytest
 from client_support import result_of, run_until, settle
 
+from streamlog import errors
 from streamlog.client import GroupConsumer, StreamlogClient
 
 
@@ -364,5 +365,43 @@ def test_a_heartbeat_waiting_for_a_connection_that_never_comes_is_bounded_and_th
     for d in hanging:
         d.cancel()
     run_until(clock, network, lambda: len(member.consumers) == 4, limit=30)
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
+
+
+def test_an_auto_commit_refused_as_unknown_member_rejoins_at_once_and_carries_on(network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 8)
+    # The heartbeat comes every 3 s (the coordinator's interval), the auto-commit every 0.2 s.
+    member = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=30_000, auto_commit_interval=0.2)
+    reader = Reader(member)
+    run_until(clock, network, lambda: len(reader.got) == 8)
+    run_until(clock, network, lambda: committed(network, clock, client) == {0: 2, 1: 2, 2: 2, 3: 2}, limit=5)
+    refused = []
+    original = network.broker.handlers["CommitOffsets"]
+
+    def spy(params, *rest, **kw):
+        try:
+            return original(params, *rest, **kw)
+        except errors.UnknownMember:
+            refused.append(clock.seconds())
+            raise
+
+    network.replace_handler("CommitOffsets", spy)
+    # The coordinator forgets the member (as an expiry or an admin's removal would), then more comes.
+    old_id = member.member_id
+    result_of(settle(clock, network, client.call("LeaveGroup", {"group": "g", "member_id": old_id})))
+    for i in range(8, 16):
+        result_of(settle(clock, network, client.send("t", i, partition=i % 4)))
+    forgotten = clock.seconds()
+    run_until(clock, network, lambda: member.member_id not in (None, old_id) and len(member.consumers) == 4,
+              limit=30)
+    # Rejoined after the first refused commit, before the next heartbeat would have told it (before
+    # the fix: 13 refused auto-commits, one every 0.2 s until then).
+    assert len(refused) == 1 and clock.seconds() - forgotten < 1.0
+    assert member.stats["joins"] == 2
+    run_until(clock, network, lambda: committed(network, clock, client) == {0: 4, 1: 4, 2: 4, 3: 4}, limit=5)
+    assert len(refused) == 1  # the new member's commits go through
+    assert {v for _, _, v in reader.got} == set(range(16))
     reader.running = False
     result_of(settle(clock, network, member.close()))
