@@ -405,3 +405,47 @@ def test_an_auto_commit_refused_as_unknown_member_rejoins_at_once_and_carries_on
     assert {v for _, _, v in reader.got} == set(range(16))
     reader.running = False
     result_of(settle(clock, network, member.close()))
+
+
+
+def test_a_committed_offset_that_retention_deleted_resets_to_the_log_start(network, clock, clients):
+    client = clients()
+    result_of(settle(clock, network, client.create_topic("t", partitions=1, config={"retention_ms": 1000})))
+    for i in range(3):
+        result_of(settle(clock, network, client.send("t", i, partition=0)))
+    # Committed at 1 (with no member in the group), then retention deletes offsets 0-2.
+    result_of(settle(clock, network, client.call("CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": 0, "offset": 1}]})))
+    clock.advance(5)
+    for i in range(3, 5):
+        result_of(settle(clock, network, client.send("t", i, partition=0)))
+    network.broker.apply_retention()
+    listed = result_of(settle(clock, network, client.call("ListOffsets", {"topic": "t", "partition": 0,
+                                                                          "at": "earliest"})))
+    assert listed["offset"] == 3
+    member = GroupConsumer(clients(), "g", ["t"], auto_commit_interval=None)
+    reader = Reader(member)
+    run_until(clock, network, lambda: len(reader.got) == 2)
+    # From the log start: the oldest messages still stored, in order.
+    assert reader.got == [(0, 3, 3), (0, 4, 4)]
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
+    assert committed(network, clock, client) == {0: 5}
+
+
+def test_a_committed_offset_past_the_log_end_resets_to_the_end(network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 3, partitions=1)
+    # Committed past the end (e.g. the topic was deleted and made again after the commit).
+    result_of(settle(clock, network, client.call("CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": 0, "offset": 50}]})))
+    member = GroupConsumer(clients(), "g", ["t"], auto_commit_interval=None)
+    reader = Reader(member)
+    run_until(clock, network, lambda: ("t", 0) in member.consumers and member.positions.get(("t", 0)) == 3,
+              limit=10)
+    result_of(settle(clock, network, client.send("t", 3, partition=0)))
+    run_until(clock, network, lambda: len(reader.got) == 1)
+    # From the end: nothing stored before it is handed out again, what comes next is.
+    assert reader.got == [(0, 3, 3)]
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
