@@ -449,3 +449,36 @@ def test_a_committed_offset_past_the_log_end_resets_to_the_end(network, clock, c
     assert reader.got == [(0, 3, 3)]
     reader.running = False
     result_of(settle(clock, network, member.close()))
+
+
+def test_a_member_resumed_past_its_session_hands_out_nothing_before_giving_its_partitions_up(
+        network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 8)
+    lost = []
+    a = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=2000, auto_commit_interval=None,
+                      on_lost=lost.append)
+    reader_a = Reader(a)
+    run_until(clock, network, lambda: len(reader_a.got) == 8)
+    # A freezes (as SIGSTOP would): no heartbeat, no poll.
+    reader_a.running = False
+    run_until(clock, network, lambda: a._waiter is None)
+    a._heartbeat_timer.cancel()
+    b = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=2000, auto_commit_interval=None)
+    reader_b = Reader(b)
+    run_until(clock, network, lambda: len(b.consumers) == 4, limit=10)  # A's session expired at the coordinator
+    for i in range(8, 16):
+        result_of(settle(clock, network, client.send("t", i, partition=i % 4)))
+    run_until(clock, network, lambda: len(reader_b.got) >= 8)
+    # A resumes: it still holds its four partitions, but its session is over: nothing is handed out.
+    assert len(a.consumers) == 4 and clock.seconds() >= a.session_end
+    before = len(reader_a.got)
+    reader_a.running = True
+    reader_a._next()
+    run_until(clock, network, lambda: bool(lost) or len(reader_a.got) > before, limit=5)
+    assert lost == [[("t", 0), ("t", 1), ("t", 2), ("t", 3)]]
+    assert len(reader_a.got) == before  # not one message of B's partitions (without the check: 4 of them)
+    run_until(clock, network, lambda: a.member_id is not None and a.stats["joins"] == 2, limit=10)
+    reader_a.running = reader_b.running = False
+    for m in (a, b):
+        result_of(settle(clock, network, m.close()))
