@@ -101,6 +101,8 @@ class Options(ClientOptions):
         ["session-timeout-ms", None, 10_000, "With --group: the member's session timeout, in ms (the server "
                                              "allows 1000 to 1800000 by default).", int],
         ["commit-interval", None, 5.0, "With --group: seconds between commits of what was written.", float],
+        ["events", None, None, "With --group: append the member's events (assigned, revoked, lost, processed, "
+                               "committed) to this file, one JSON line each (docs/clients.md)."],
     ]
 
     optFlags = [
@@ -132,7 +134,7 @@ class Options(ClientOptions):
 
     def _check_group(self) -> None:
         if self["group"] is None:
-            for name in ("group-instance-id",):
+            for name in ("group-instance-id", "events"):
                 if self[name] is not None:
                     raise usage.UsageError(f"--{name} needs --group")
             if self["commit-each-batch"]:
@@ -145,6 +147,11 @@ class Options(ClientOptions):
                                   self["commit-interval"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["events"] is not None:
+            try:
+                open(self["events"], "ab").close()
+            except OSError as e:
+                raise usage.UsageError(f"--events: cannot open {self['events']}: {e.strerror or e}") from None
 
 
 class _Reader:
