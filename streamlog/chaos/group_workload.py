@@ -142,6 +142,24 @@ class GroupWorkload:
         for m in self.members:
             m.start()
 
+    def all_assigned(self) -> bool:
+        """Every member got a partition (its events file says so; with more members than
+        partitions, as many as there are partitions): the group formed, so the first faults
+        hurt members that hold something."""
+        from streamlog.chaos.runner import RunAborted
+
+        given = 0
+        for m in self.members:
+            if not m.alive():
+                code = m.process.poll() if m.process is not None else None
+                raise RunAborted(f"group consumer {m.name} exited ({code}) before it joined; see "
+                                 f"{self.run.config.data_dir.parent}/member-{m.name}.log")
+            try:
+                given += b'"assigned"' in m.incarnations[-1][1].read_bytes()
+            except FileNotFoundError:
+                pass
+        return given >= min(len(self.members), self.run.config.partitions)
+
     # --- the runner's reads of the committed offsets ---------------------------------------
 
     async def coordinator(self) -> int | None:

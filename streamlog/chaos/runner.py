@@ -606,6 +606,8 @@ class ChaosRun:
             self._fetcher = task.LoopingCall(self.group.fetch_tick)
             self._fetcher.clock = self.reactor
             self._fetcher.start(FETCH_INTERVAL, now=False)
+            await until(self.reactor, self.group.all_assigned, FORM_TIMEOUT, "every group consumer to get a partition",
+                        0.2)
         interval = 0.05
         self._ticker = task.LoopingCall(self._tick, interval)
         self._ticker.clock = self.reactor
