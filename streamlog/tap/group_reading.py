@@ -184,17 +184,10 @@ class GroupConsumerService(ConsumerService):
         self._reading = False
         if self._finished or not self.running:
             return
-        error = failure.value
-        if isinstance(error, JOIN_TRANSIENT):
-            if error.code != self._trouble:
-                self._log.warn("group {group}: cannot join yet ({code}: {error}); asking again every tick",
-                               group=self.group, code=error.code, error=error)
-                self._trouble = error.code
-            return
-        code = getattr(error, "code", type(error).__name__)
-        self._log.error("group {group}: joining failed permanently: {code}: {error}; stopping", group=self.group,
-                        code=code, error=error)
-        self._finish(1)
+        self._trouble = self._wait_or_stop(
+            failure.value, JOIN_TRANSIENT, self._trouble,
+            "group {group}: cannot join yet ({code}: {error}); asking again every tick",
+            "group {group}: joining failed permanently: {code}: {error}; stopping", group=self.group)
 
     # --- stopping -------------------------------------------------------------------
 

@@ -3,32 +3,10 @@ the partitions, resume from committed offsets, and nothing is skipped when one g
 
 from __future__ import annotations
 
-import random
-
-import pytest
 from client_support import result_of, run_until, settle
 
 from streamlog import errors
-from streamlog.client import GroupConsumer, StreamlogClient
-
-
-@pytest.fixture
-def clients(network, clock):
-    made = []
-
-    def make():
-        c = StreamlogClient(network, clock=clock, rng=random.Random(len(made)), reconnect_min=0.1,
-                            reconnect_max=1.0)
-        made.append(c)
-        network.pump()
-        return c
-
-    yield make
-    network.broker.groups.stop()
-    for c in made:
-        d = c.close()
-        network.pump()
-        result_of(d)
+from streamlog.client import GroupConsumer
 
 
 def produce(network, clock, client, count, partitions=4):

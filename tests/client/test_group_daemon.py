@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import random
-
 import orjson
 import pytest
 from client_support import result_of, run_until, settle
 from test_daemons import Captured, consumer_options
 from twisted.python import usage
 
-from streamlog.client import StreamlogClient
 from streamlog.tap import consumer as consumer_tap
 from streamlog.tap.group_reading import GroupConsumerService
 from streamlog.tap.output import LineOutput
 
 
 @pytest.fixture
-def clients(network, clock):
-    made = []
-
-    def make():
-        c = StreamlogClient(network, clock=clock, rng=random.Random(len(made)), reconnect_min=0.1,
-                            reconnect_max=1.0, request_timeout=2.0)
-        made.append(c)
-        network.pump()
-        return c
-
-    yield make
-    network.broker.groups.stop()
-    for c in made:
-        d = c.close()
-        network.pump()
-        result_of(d)
+def client_options():
+    return {"request_timeout": 2.0}  # the daemon's own calls, bounded within these tests' limits
 
 
 def produce(network, clock, client, values, partitions=2):

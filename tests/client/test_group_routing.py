@@ -3,31 +3,16 @@ connection failure at the cached coordinator sends the retry through FindCoordin
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from client_support import result_of
-from fake_cluster import FakeCluster, settled
+from fake_cluster import settled
 
-from streamlog.client import ClusterClient, GroupConsumer
-
-
-@pytest.fixture
-def cluster(clock):
-    c = FakeCluster(clock, nodes=3)
-    yield c
-    c.stop()
+from streamlog.client import GroupConsumer
 
 
 @pytest.fixture
-def client(clock, cluster):
+def cluster_client_options():
     # A long request timeout: a commit that kept going to the dead node would take all of it.
-    c = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(5),
-                      request_timeout=30.0)
-    yield c
-    d = c.close()
-    cluster.pump()
-    result_of(d)
+    return {"seed": 5, "request_timeout": 30.0}
 
 
 def test_a_commit_whose_coordinator_died_asks_find_coordinator_again_at_once(clock, cluster, client):
