@@ -228,14 +228,9 @@ class GroupWorkload:
         self.run.recorder.fault_healed(fault)
 
     async def _exited(self, m: Member, timeout: float) -> bool:
-        from streamlog.chaos.runner import sleep
+        from streamlog.chaos.runner import wait_exit
 
-        deadline = time.monotonic() + timeout
-        while m.alive():
-            if time.monotonic() > deadline:
-                return False
-            await sleep(self.run.reactor, 0.02)
-        return True
+        return await wait_exit(self.run.reactor, m, timeout)
 
     def heal(self) -> None:
         for m in self.members:

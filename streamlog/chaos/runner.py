@@ -241,6 +241,16 @@ def sleep(reactor: Any, seconds: float) -> Deferred[Any]:
     return task.deferLater(reactor, max(seconds, 0.0), lambda: None)
 
 
+async def wait_exit(reactor: Any, process: Any, timeout: float) -> bool:
+    """Await the exit of C{process} (a node's or a member's: its C{alive()}); False after C{timeout}."""
+    deadline = time.monotonic() + timeout
+    while process.alive():
+        if time.monotonic() > deadline:
+            return False
+        await sleep(reactor, 0.02)
+    return True
+
+
 async def until(reactor: Any, condition: Callable[[], Any], timeout: float, what: str,
                 interval: float = 0.1) -> Any:
     """Await C{condition()} (a value or a Deferred) until truthy; L{RunAborted} after C{timeout}."""
@@ -804,12 +814,7 @@ class ChaosRun:
         self.obs.steps.append(entry)
 
     async def _wait_exit(self, node: NodeProcess, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while node.alive():
-            if time.monotonic() > deadline:
-                return False
-            await sleep(self.reactor, 0.02)
-        return True
+        return await wait_exit(self.reactor, node, timeout)
 
     async def _kill(self, n: int, hold: float) -> None:
         node = self.nodes[n]
