@@ -44,6 +44,12 @@ class CsrfCheckFailed(errors.StreamlogError):
     code = "CSRF_CHECK_FAILED"
 
 
+class HostNotAllowed(errors.StreamlogError):
+    """A request naming a host this listener does not answer for (DNS rebinding)."""
+
+    code = "HOST_NOT_ALLOWED"
+
+
 class BodyTooLarge(errors.StreamlogError):
     code = "BODY_TOO_LARGE"
 
@@ -59,7 +65,7 @@ STATUS = {
     "NOT_FOUND": 404, "UNKNOWN_TOPIC": 404, "UNKNOWN_PARTITION": 404, "UNKNOWN_GROUP": 404,
     "METHOD_NOT_ALLOWED": 405,
     "CONSOLE_READ_ONLY": 403, "CSRF_CHECK_FAILED": 403, "INTERNAL_TOPIC": 403,
-    "BODY_TOO_LARGE": 413,
+    "BODY_TOO_LARGE": 413, "HOST_NOT_ALLOWED": 421,
     "PARSE_ERROR": 400, "INVALID_PARAMS": 400, "INVALID_TOPIC": 400, "INVALID_REQUEST": 400,
     "OFFSET_OUT_OF_RANGE": 416,
     "TOPIC_EXISTS": 409, "GROUP_NOT_EMPTY": 409, "PLAN_CHANGED": 409, "TOO_MANY_PARTITIONS": 409,

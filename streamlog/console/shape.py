@@ -37,6 +37,9 @@ class ConsoleConfig:
     sample_max_groups: int = 20
     #: Largest request body (JSON) an admin action may send, in bytes.
     max_body_bytes: int = 65536
+    #: Host names (C{name} or C{name:port}) the console answers for besides its own address and
+    #: C{localhost} (the DNS rebinding defence: any other C{Host} is 421 C{HOST_NOT_ALLOWED}).
+    allowed_hosts: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.max_messages < 1:
