@@ -16,10 +16,12 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from streamlog import __version__, errors
+from streamlog.broker.groups import _reset_target as reset_target
 from streamlog.console import shape
 from streamlog.console.calls import NodeCalls
 from streamlog.console.samples import Sample, SampleHistory
 from streamlog.groups.config import OFFSETS_TOPIC
+from streamlog.groups.params import parse_reset as parse_group_reset
 
 
 class NotFound(errors.StreamlogError):
@@ -168,7 +170,7 @@ class ConsoleApi:
         if name == "groups":
             return await self.groups()
         if name == "group":
-            return shape.group_view(await self.calls.call("DescribeGroup", {"group": args[0]}))
+            return await self.group(args[0])
         if name == "samples":
             return {"interval_s": self.config.sample_interval, **self.history.series()}
         if name == "create_topic":
@@ -193,6 +195,45 @@ class ConsoleApi:
         if not await self._offsets_topic_exists():
             return shape.groups_view({"groups": []})
         return shape.groups_view(await self.calls.call("ListGroups", {}))
+
+    async def group(self, name: str) -> dict[str, Any]:
+        if not await self._offsets_topic_exists():  # no group can exist; DescribeGroup would create the topic
+            raise errors.UnknownGroup(f"group {name!r} has no members and no committed offsets", group=name)
+        return shape.group_view(await self.calls.call("DescribeGroup", {"group": name}))
+
+    async def _fresh_plan(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A reset's dry run before any group exists (so every C{previous} is null), from the
+        partitions' own offsets: the broker's dry run would create the offsets topic first."""
+        p = parse_group_reset(params)
+        metadata = await self.calls.local("Metadata", {"topics": [p.topic]})
+        entry = next((t for t in metadata.get("topics", []) if t.get("topic") == p.topic), None)
+        if entry is None or "error" in entry:
+            raise errors.from_wire(entry["error"]) if entry else errors.UnknownTopic(
+                f"unknown topic {p.topic!r}", topic=p.topic)
+        count = len(entry["partitions"])
+        indexes = p.partitions if p.partitions is not None else tuple(range(count))
+        for index in indexes:
+            if index >= count:
+                raise errors.UnknownPartition(f"topic {p.topic!r} has {count} partitions, not {index}",
+                                              topic=p.topic, partitions=count)
+        timestamp = p.to[1] if isinstance(p.to, tuple) and p.to[0] == "timestamp" else None
+        rows = []
+        for index in indexes:
+            where = {"topic": p.topic, "partition": index}
+            try:
+                bounds: list[int | None] | None = [
+                    (await self.calls.call("ListOffsets", {**where, "at": at}))["offset"]
+                    for at in ("earliest", "latest", *([timestamp] if timestamp is not None else []))]
+            except errors.StreamlogError:
+                if not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+                    raise errors.PartitionUnavailable(
+                        f"{p.topic}/{index} has no leader this node can reach, so {p.to!r} cannot be resolved; "
+                        f"retry, or give {{\"offset\": n}}", topic=p.topic, partition=index) from None
+                bounds = None
+            if bounds is not None and timestamp is None:
+                bounds.append(None)  # not asked: the target is no timestamp
+            rows.append({**where, "offset": reset_target(p.to, bounds, None), "previous": None})
+        return {"group": p.group, "dry_run": True, "offsets": rows}
 
     async def _described(self, name: str) -> dict[str, Any] | None:
         try:
@@ -252,9 +293,12 @@ class ConsoleApi:
 
     async def reset_offsets(self, group: str, body: Any) -> dict[str, Any]:
         params, confirm = shape.parse_reset(group, body)
-        planned: dict[str, Any] = await self.calls.call("ResetOffsets", params)
         if confirm is None:
+            if not await self._offsets_topic_exists():  # looking changes nothing: no offsets topic made
+                return await self._fresh_plan(params)
+            planned: dict[str, Any] = await self.calls.call("ResetOffsets", params)
             return planned
+        planned = await self.calls.call("ResetOffsets", params)
         if not shape.same_plan(confirm, planned):
             raise PlanChanged("the offsets a dry run gives now differ from the ones confirmed; review the new "
                               "plan and confirm it", plan=shape.plan_of(planned))

@@ -261,3 +261,31 @@ def test_an_error_without_an_address_is_the_answer_and_a_bug_is_internal():
 def test_raw_poll_results_are_decoded():
     calls = NodeCalls({"Poll": lambda p: wire.RawResult([b'{"messages":[', b'{"offset":0}', b"]}"])}, connect=None)
     assert result_of(calls.call("Poll", {})) == {"messages": [{"offset": 0}]}
+
+
+def _has_offsets_topic(harness):
+    return "__consumer_offsets" in harness.broker.topics
+
+
+@pytest.mark.parametrize("to", ["earliest", "latest", {"offset": 3}, {"offset": 99}, {"shift": 2}, {"timestamp": 0}])
+def test_looking_at_groups_on_a_fresh_node_creates_no_offsets_topic(harness, conn, to):
+    api = make_api(harness)
+    assert failure_of(answer(harness, api, "group", ["anything"])).value.code == "UNKNOWN_GROUP"
+    body = {"topic": "orders", "to": to}
+    plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
+    assert not _has_offsets_topic(harness)  # neither the describe nor the dry run made it
+    assert plan["dry_run"] is True and all(o["previous"] is None for o in plan["offsets"])
+    # The same plan as the broker's own dry run, once the offsets topic exists.
+    assert "result" in conn.call("ListGroups", {})
+    harness.settle()
+    assert _has_offsets_topic(harness)
+    assert plan == conn.call("ResetOffsets", {"group": "billing", **body, "dry_run": True})["result"]
+
+
+def test_a_fresh_dry_run_refuses_what_the_broker_refuses(harness, conn):
+    api = make_api(harness)
+    for body, code in (({"topic": "nope", "to": "earliest"}, "UNKNOWN_TOPIC"),
+                       ({"topic": "orders", "partitions": [5], "to": "earliest"}, "UNKNOWN_PARTITION"),
+                       ({"topic": "orders", "to": "middle"}, "INVALID_PARAMS")):
+        assert failure_of(answer(harness, api, "reset_offsets", ["billing"], body=body)).value.code == code
+    assert not _has_offsets_topic(harness)
