@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from streamlog import __version__, errors
 from streamlog.broker.groups import _reset_target as reset_target
@@ -62,6 +63,10 @@ class PlanChanged(errors.StreamlogError):
     code = "PLAN_CHANGED"
 
 
+#: Partitions the topic list or a sample describes in one reactor turn before it yields: about
+#: a few milliseconds of work, so a node of thousands of partitions keeps answering its clients.
+PARTITIONS_PER_TURN = 200
+
 #: HTTP status per error code; any other code is 500.
 STATUS = {
     "NOT_FOUND": 404, "UNKNOWN_TOPIC": 404, "UNKNOWN_PARTITION": 404, "UNKNOWN_GROUP": 404,
@@ -80,6 +85,7 @@ STATUS = {
 ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
     "overview": ("GET", ("overview",)),
     "topics": ("GET", ("topics",)),
+    "topic_names": ("GET", ("topic-names",)),
     "topic": ("GET", ("topics", "{}")),
     "messages": ("GET", ("topics", "{}", "partitions", "{}", "messages")),
     "groups": ("GET", ("groups",)),
@@ -154,6 +160,16 @@ class ConsoleApi:
         self.sizes = sizes
         self.clock = clock
         self.history = history if history is not None else SampleHistory(config.samples)
+        #: Called on every C{GET /api/samples}: the sampler runs only while a page asks (L{mount} sets it).
+        self.samples_asked: Callable[[], None] = lambda: None
+
+    async def _turn(self, done: int) -> int:
+        """After every L{PARTITIONS_PER_TURN} partitions described, give the reactor a turn (the
+        local handlers answer at once, so a loop over topics would otherwise hold the data path)."""
+        if done >= PARTITIONS_PER_TURN:
+            await deferLater(self.clock, 0, lambda: None)
+            return 0
+        return done
 
     async def answer(self, name: str, args: list[str], query: Mapping[str, str], body: Any) -> Any:
         """The JSON answer of route C{name}; raises a L{errors.StreamlogError}."""
@@ -162,7 +178,9 @@ class ConsoleApi:
         if name == "overview":
             return await self.overview()
         if name == "topics":
-            return await self.topics()
+            return await self.topics(query)
+        if name == "topic_names":
+            return await self.topic_names()
         if name == "topic":
             return await self.topic(args[0])
         if name == "messages":
@@ -172,6 +190,7 @@ class ConsoleApi:
         if name == "group":
             return await self.group(args[0])
         if name == "samples":
+            self.samples_asked()
             return {"interval_s": self.config.sample_interval, **self.history.series()}
         if name == "create_topic":
             return await self.calls.call("CreateTopic", shape.parse_create_topic(body))
@@ -242,15 +261,27 @@ class ConsoleApi:
             return None
         return described
 
-    async def topics(self) -> dict[str, Any]:
+    async def topics(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """At most C{--console-max-topics} topics (internal ones last), after the topic C{after}."""
+        after = shape.parse_topics_page(query)
         metadata = await self.calls.local("Metadata", {})
-        names = [t["topic"] for t in metadata.get("topics", []) if "partitions" in t]
+        entries = shape.topics_page([t for t in metadata.get("topics", []) if "partitions" in t], after,
+                                    self.config.max_topics)
         described = {}
-        for name in names:
-            one = await self._described(name)
+        done = 0
+        for entry in entries["topics"]:
+            one = await self._described(entry["topic"])
             if one is not None:
-                described[name] = one
-        return shape.topics_view(metadata, described, {name: self.sizes(name) for name in names})
+                described[entry["topic"]] = one
+            done = await self._turn(done + len(entry["partitions"]))
+        view = shape.topics_view({"topics": entries["topics"]}, described,
+                                 {t["topic"]: self.sizes(t["topic"]) for t in entries["topics"]})
+        return {**view, "next_after": entries["next_after"], "total": entries["total"]}
+
+    async def topic_names(self) -> dict[str, Any]:
+        """Every topic's name and partition count, from C{Metadata} alone (the message browser's list)."""
+        metadata = await self.calls.local("Metadata", {})
+        return shape.topic_names(metadata)
 
     async def topic(self, name: str) -> dict[str, Any]:
         metadata = await self.calls.local("Metadata", {"topics": [name]})
@@ -312,6 +343,7 @@ class ConsoleApi:
         and the lag of the first C{sample_max_groups} groups."""
         metadata = await self.calls.local("Metadata", {})
         topics: dict[str, int] = {}
+        done = 0
         for t in metadata.get("topics", []):
             if "partitions" not in t or t.get("internal"):
                 continue
@@ -320,6 +352,7 @@ class ConsoleApi:
                      if p.get("high_watermark") is not None]
             if marks:
                 topics[t["topic"]] = sum(marks)
+            done = await self._turn(done + len(t["partitions"]))
         lags: dict[str, int | None] = {}
         if self.config.sample_max_groups and await self._offsets_topic_exists():
             listed = await self.calls.call("ListGroups", {})

@@ -265,7 +265,9 @@ def mount(root: HttpRoot, broker: Any, node_id: int, config: ConsoleConfig, cloc
     calls = NodeCalls(broker.handlers, connect)
     history = SampleHistory(config.samples)
     api = ConsoleApi(calls, config, node_id, lambda topic: local_sizes(broker, topic), clock, history)
-    sampler = Sampler(history, lambda: Deferred.fromCoroutine(api.take_sample()), config.sample_interval, clock)
+    sampler = Sampler(history, lambda: Deferred.fromCoroutine(api.take_sample()), config.sample_interval, clock,
+                      config.sample_idle)
+    api.samples_asked = sampler.wanted
     root.mount("api", ApiResource(api))
     files = _StaticFiles(STATIC_DIR, defaultType="application/octet-stream")
     files.allowed_hosts = config.allowed_hosts

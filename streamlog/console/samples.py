@@ -72,7 +72,9 @@ def _rate(before: Sample | None, now: Sample, topic: str) -> float | None:
 
 
 class Sampler:
-    """Takes a sample every C{interval} seconds with C{take} (a Deferred of a L{Sample}).
+    """Takes a sample every C{interval} seconds with C{take} (a Deferred of a L{Sample}), while a
+    page asks for samples: L{wanted} (each C{GET /api/samples}) starts it, and it stops itself
+    C{idle} seconds after the last one, so a node whose console nobody opens does no work.
 
     A sample still being taken when the next is due is not doubled: that tick is skipped.
     A failure is logged and the next tick tries again.
@@ -81,25 +83,43 @@ class Sampler:
     _log = Logger()
 
     def __init__(self, history: SampleHistory, take: Callable[[], Deferred[Sample]], interval: float,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, idle: float = 600.0) -> None:
         self.history = history
         self.interval = interval
+        self.idle = idle
+        self._clock: Any = clock  # IReactorTime (typed loosely: mypy-zope trips on .seconds here)
         self._take = take
         self._busy = False
+        self._stopped = False
+        self._last_wanted: float | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         #: Ticks skipped because the previous sample was still being taken.
         self.skipped = 0
 
+    @property
+    def running(self) -> bool:
+        return bool(self._loop.running)
+
     def start(self) -> None:
-        if self.interval > 0 and not self._loop.running:
+        """The node runs: sampling may start (on the first L{wanted})."""
+        self._stopped = False
+
+    def wanted(self) -> None:
+        """A page asked for samples: sample (from now) for the next C{idle} seconds."""
+        self._last_wanted = self._clock.seconds()
+        if self.interval > 0 and not self._stopped and not self._loop.running:
             self._loop.start(self.interval, now=True)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
 
     def _tick(self) -> None:
+        if self._last_wanted is None or self._clock.seconds() - self._last_wanted > self.idle:
+            self._loop.stop()  # nobody asked for a while
+            return
         if self._busy:
             self.skipped += 1
             return

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from streamlog import errors
+from streamlog.topic_config import INTERNAL_TOPICS
 
 #: A message browser request reads from one of these; C{latest} means the last C{limit} messages.
 BROWSE_FROM = ("earliest", "latest")
@@ -40,6 +41,10 @@ class ConsoleConfig:
     #: Host names (C{name} or C{name:port}) the console answers for besides its own address and
     #: C{localhost} (the DNS rebinding defence: any other C{Host} is 421 C{HOST_NOT_ALLOWED}).
     allowed_hosts: tuple[str, ...] = ()
+    #: Most topics one C{GET /api/topics} describes (the rest: C{?after=NAME}, C{next_after}).
+    max_topics: int = 100
+    #: Seconds the sampler keeps sampling after the last C{GET /api/samples} (idle nodes do nothing).
+    sample_idle: float = 600.0
 
     def __attrs_post_init__(self) -> None:
         if self.max_messages < 1:
@@ -52,6 +57,10 @@ class ConsoleConfig:
             raise ValueError("--console-sample-max-groups must be 0 or more")
         if self.max_body_bytes < 1024:
             raise ValueError("--console-max-body-bytes must be at least 1024")
+        if self.max_topics < 1:
+            raise ValueError("--console-max-topics must be at least 1")
+        if not self.sample_idle > 0:
+            raise ValueError("--console-sample-idle must be more than 0 seconds")
 
 
 # --- cluster and topics ----------------------------------------------------------------------
@@ -141,6 +150,37 @@ def topics_view(metadata: Mapping[str, Any], described: Mapping[str, Mapping[str
              for t in metadata.get("topics", []) if "partitions" in t]
     views.sort(key=lambda v: (v["internal"], v["topic"]))
     return {"topics": views}
+
+
+def _order(topic: Mapping[str, Any]) -> tuple[bool, str]:
+    return (bool(topic.get("internal", False)), str(topic["topic"]))
+
+
+def parse_topics_page(query: Mapping[str, str]) -> tuple[bool, str] | None:
+    """C{?after=NAME} of C{GET /api/topics}: the page starts after that topic (in the list's order)."""
+    unknown = sorted(set(query) - {"after"})
+    if unknown:
+        raise errors.InvalidParams(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    after = query.get("after")
+    if after is None:
+        return None
+    return (after in INTERNAL_TOPICS, after)
+
+
+def topics_page(entries: list[Mapping[str, Any]], after: tuple[bool, str] | None, limit: int) -> dict[str, Any]:
+    """The Metadata entries of one page of the topic list (internal topics last, then by name):
+    at most C{limit} after C{after}, the name to continue after (or null) and the total count."""
+    ordered = sorted(entries, key=_order)
+    rest = [t for t in ordered if after is None or _order(t) > after]
+    page = rest[:limit]
+    return {"topics": page, "next_after": page[-1]["topic"] if len(rest) > limit else None, "total": len(ordered)}
+
+
+def topic_names(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """C{{topics: [{topic, internal, partitions}]}} (partitions: their count), internal ones last."""
+    entries = [t for t in metadata.get("topics", []) if "partitions" in t]
+    return {"topics": [{"topic": t["topic"], "internal": bool(t.get("internal", False)),
+                        "partitions": len(t["partitions"])} for t in sorted(entries, key=_order)]}
 
 
 # --- the message browser ---------------------------------------------------------------------

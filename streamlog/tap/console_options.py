@@ -26,6 +26,10 @@ PARAMETERS: list[list[Any]] = [
      "Consumer groups whose lag each console sample records (the first by name).", int],
     ["console-max-body-bytes", None, _DEFAULTS.max_body_bytes, "Largest body of a console admin request (bytes).",
      int],
+    ["console-max-topics", None, _DEFAULTS.max_topics, "Most topics one console topic-list request describes "
+                                                       "(the page pages on).", int],
+    ["console-sample-idle", None, _DEFAULTS.sample_idle, "Seconds the console keeps sampling after a page last "
+                                                         "asked for samples.", float],
     ["console-allowed-hosts", None, "", "Comma-separated host names (name or name:port) the console answers for "
                                         "besides its own address and localhost (DNS rebinding defence).", str],
 ]
@@ -38,6 +42,7 @@ def console_config(options: Any) -> ConsoleConfig:
                              sample_interval=options["console-sample-interval"], samples=options["console-samples"],
                              sample_max_groups=options["console-sample-max-groups"],
                              max_body_bytes=options["console-max-body-bytes"],
+                             max_topics=options["console-max-topics"], sample_idle=options["console-sample-idle"],
                              allowed_hosts=allowed_hosts(options["console-allowed-hosts"]))
     except ValueError as e:
         raise usage.UsageError(str(e)) from None

@@ -168,7 +168,7 @@ def test_samples_give_throughput_and_lag_over_time(harness, conn):
     _group_with_commits(conn)
     api = make_api(harness, sample_interval=2.0, samples=10)
     sampler = Sampler(api.history, lambda: Deferred.fromCoroutine(api.take_sample()), 2.0, harness.clock)
-    sampler.start()
+    sampler.wanted()  # a page asked
     harness.settle()
     for i in range(4):  # 4 messages in the next 2 s
         conn.call("Send", {"topic": "orders", "partition": 1, "value": i})
@@ -193,7 +193,7 @@ def test_sampler_skips_a_tick_while_busy_and_survives_a_failure(clock):
     pending: list[Deferred] = []
     history = SampleHistory(5)
     sampler = Sampler(history, lambda: pending.append(Deferred()) or pending[-1], 1.0, clock)
-    sampler.start()
+    sampler.wanted()
     clock.advance(1.0)
     assert len(pending) == 1 and sampler.skipped == 1
     pending[0].errback(RuntimeError("boom"))
@@ -201,6 +201,86 @@ def test_sampler_skips_a_tick_while_busy_and_survives_a_failure(clock):
     assert len(pending) == 2
     sampler.stop()
     assert len(history) == 0
+
+
+def test_the_sampler_samples_only_while_a_page_asks(clock):
+    taken: list[float] = []
+    history = SampleHistory(5)
+
+    def take():
+        taken.append(clock.seconds())
+        return succeed(None)
+
+    sampler = Sampler(history, take, 1.0, clock, idle=3.0)
+    sampler.start()
+    clock.pump([1.0] * 10)
+    assert taken == [] and not sampler.running  # nobody asked: an idle node does nothing
+    sampler.wanted()
+    clock.pump([1.0] * 10)
+    assert taken == [10.0, 11.0, 12.0, 13.0] and not sampler.running  # stopped 3 s after the last ask
+    sampler.wanted()
+    assert sampler.running and taken[-1] == 20.0
+    sampler.stop()
+    sampler.wanted()  # a stopped node does not start again
+    assert not sampler.running and clock.getDelayedCalls() == []
+
+
+def _many_topics(harness, conn, count, partitions=4):
+    for i in range(count):
+        assert "result" in conn.call("CreateTopic", {"topic": f"t{i:04d}", "partitions": partitions})
+    harness.settle()
+
+
+def test_a_sample_and_the_topic_list_give_the_reactor_turns_between_slices(harness, conn):
+    from streamlog.console.api import PARTITIONS_PER_TURN
+
+    _many_topics(harness, conn, 150)  # 600 partitions and orders' 2
+    api = make_api(harness, max_topics=500)
+    described = []
+    handlers = harness.broker.handlers
+    api.calls = NodeCalls({**handlers, "DescribeTopic": lambda p: described.append(p) or handlers["DescribeTopic"](p)},
+                          connect=None)
+    yields: list[int] = []  # topics described when the work gave the reactor a turn
+
+    class Turns:
+        def __getattr__(self, name):
+            return getattr(harness.clock, name)
+
+        def callLater(self, delay, f, *a, **kw):
+            yields.append(len(described))
+            return harness.clock.callLater(delay, f, *a, **kw)
+
+    api.clock = Turns()
+    for take in (lambda: Deferred.fromCoroutine(api.take_sample()), lambda: answer_unsettled(api, "topics")):
+        described.clear()
+        yields.clear()
+        d = take()
+        harness.settle()
+        slices = [b - a for a, b in zip([0, *yields], [*yields, len(described)], strict=True)]
+        assert len(described) >= 150 and len(slices) >= 602 // PARTITIONS_PER_TURN, slices
+        assert max(slices) * 4 <= PARTITIONS_PER_TURN + 4, slices  # each turn about PARTITIONS_PER_TURN
+    assert len(result_of(d)["topics"]) == 151
+
+
+def answer_unsettled(api, name, query=None):
+    return Deferred.fromCoroutine(api.answer(name, [], query or {}, None))
+
+
+def test_the_topic_list_is_paged_and_the_names_route_is_light(harness, conn):
+    _many_topics(harness, conn, 5, partitions=1)
+    assert "result" in conn.call("ListGroups", {})  # __consumer_offsets: internal, listed last
+    harness.settle()
+    api = make_api(harness, max_topics=4)
+    first = result_of(answer(harness, api, "topics"))
+    assert [t["topic"] for t in first["topics"]] == ["orders", "t0000", "t0001", "t0002"]
+    assert first["next_after"] == "t0002" and first["total"] == 7
+    second = result_of(answer(harness, api, "topics", query={"after": "t0002"}))
+    assert [t["topic"] for t in second["topics"]] == ["t0003", "t0004", "__consumer_offsets"]
+    assert second["next_after"] is None and second["topics"][0]["messages"] == 0
+    names = result_of(answer(harness, api, "topic_names"))["topics"]
+    assert names[0] == {"topic": "orders", "internal": False, "partitions": 2} and len(names) == 7
+    assert names[-1]["topic"] == "__consumer_offsets" and names[-1]["internal"] is True
+    assert failure_of(answer(harness, api, "topics", query={"page": "2"})).value.details["field"] == "page"
 
 
 # --- hints ---------------------------------------------------------------------------------------

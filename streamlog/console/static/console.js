@@ -107,8 +107,9 @@
     ];
   }
 
-  async function topicsPage() {
-    const t = await api("GET", "topics");
+  async function topicsPage(params) {
+    const after = params.get("after");
+    const t = await api("GET", "topics" + (after ? "?after=" + enc(after) : ""));
     const admin = overviewCache && overviewCache.admin;
     const rows = t.topics.map(topic => [
       el("a", { href: "#/topics/" + enc(topic.topic) }, topic.topic),
@@ -120,6 +121,9 @@
     const parts = [el("h2", {}, "Topics"),
       t.topics.length ? table(["topic", "", "partitions", "replicas", "messages", "size here", "under-replicated"], rows, [2, 3, 4, 5, 6])
         : el("p", { class: "muted" }, "No topics yet.")];
+    if (after || t.next_after !== null) parts.push(el("p", { class: "muted" }, t.total + " topics; " + t.topics.length + " shown here. ",
+      after ? el("a", { href: "#/topics" }, "First topics") : "", " ",
+      t.next_after !== null ? el("a", { href: "#/topics?after=" + enc(t.next_after), id: "more-topics" }, "More topics →") : ""));
     if (admin) parts.push(el("h2", {}, "Create a topic"), createTopicForm());
     else parts.push(el("p", { class: "muted" }, "Read-only console: start the node with --console-admin to create and delete topics here."));
     return parts;
@@ -186,7 +190,7 @@
   }
 
   async function messagesPage(params) {
-    const topics = (await api("GET", "topics")).topics;
+    const topics = (await api("GET", "topic-names")).topics;
     const topic = params.get("topic") || (topics.find(t => !t.internal) || topics[0] || {}).topic || "";
     const form = el("form", { id: "browse" });
     const topicSel = el("select", { name: "topic" }, topics.map(t => el("option", { value: t.topic, selected: t.topic === topic }, t.topic)));
@@ -380,7 +384,7 @@
       if (!overviewCache) await overviewPage();
       let parts;
       if (page === "topics" && segs[1]) parts = await topicPage(segs[1]);
-      else if (page === "topics") parts = await topicsPage();
+      else if (page === "topics") parts = await topicsPage(new URLSearchParams(query || ""));
       else if (page === "messages") parts = await messagesPage(new URLSearchParams(query || ""));
       else if (page === "groups" && segs[1]) parts = await groupPage(segs[1]);
       else if (page === "groups") parts = await groupsPage();
