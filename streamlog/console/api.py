@@ -329,12 +329,17 @@ class ConsoleApi:
                 return await self._fresh_plan(params)
             planned: dict[str, Any] = await self.calls.call("ResetOffsets", params)
             return planned
-        planned = await self.calls.call("ResetOffsets", params)
-        if not shape.same_plan(confirm, planned):
-            raise PlanChanged("the offsets a dry run gives now differ from the ones confirmed; review the new "
-                              "plan and confirm it", plan=shape.plan_of(planned))
-        done: dict[str, Any] = await self.calls.call("ResetOffsets", {**params, "dry_run": False})
-        return done
+        planned = await self.calls.call("ResetOffsets", params)  # the group is still empty (else refused)
+        if not shape.still_confirmable(confirm, planned):
+            raise PlanChanged("the committed offsets or the partitions changed since the dry run; review the "
+                              "new plan and confirm it", plan=shape.plan_of(planned))
+        done: list[dict[str, Any]] = []
+        for offset, partitions in sorted(shape.by_offset(confirm).items()):
+            answer = await self.calls.call("ResetOffsets", {"group": group, "topic": params["topic"],
+                                                            "partitions": partitions, "to": {"offset": offset},
+                                                            "dry_run": False})
+            done.extend(answer["offsets"])
+        return {"group": group, "dry_run": False, "offsets": sorted(done, key=lambda o: o["partition"])}
 
     # --- samples -------------------------------------------------------------------------------
 

@@ -319,23 +319,52 @@ def parse_reset(group: str, body: Any) -> tuple[dict[str, Any], list[dict[str, A
         if "confirm" in body:
             raise errors.InvalidParams("'confirm' goes with a reset that is not a dry run", field="confirm")
         return {**params, "dry_run": True}, None
-    confirm = body.get("confirm")
-    if not isinstance(confirm, list) or not all(
-            isinstance(c, dict) and set(c) >= {"topic", "partition", "offset"} for c in confirm):
-        raise errors.InvalidParams("a reset that is not a dry run needs 'confirm': the offsets of its dry run "
-                                   "([{topic, partition, offset}])", field="confirm")
-    return {**params, "dry_run": True}, [{"topic": c["topic"], "partition": c["partition"], "offset": c["offset"]}
-                                         for c in confirm]
+    return {**params, "dry_run": True}, parse_confirm(body.get("confirm"), body.get("topic"))
+
+
+def _is_int(x: Any, low: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= 2**63 - 1
+
+
+def parse_confirm(confirm: Any, topic: Any) -> list[dict[str, Any]]:
+    """C{confirm} of a real reset: its dry run's C{[{topic, partition, offset, previous}]}, each
+    of the reset's topic, once per partition; anything else is C{INVALID_PARAMS} (C{confirm})."""
+    shape_error = errors.InvalidParams(
+        "a reset that is not a dry run needs 'confirm': the offsets of its dry run "
+        "([{topic, partition, offset, previous}], previous null where nothing was committed)", field="confirm")
+    if not isinstance(confirm, list) or not confirm:
+        raise shape_error
+    rows = []
+    for c in confirm:
+        if not (isinstance(c, dict) and set(c) == {"topic", "partition", "offset", "previous"}
+                and c["topic"] == topic and isinstance(c["topic"], str) and _is_int(c["partition"])
+                and _is_int(c["offset"]) and (c["previous"] is None or _is_int(c["previous"]))):
+            raise shape_error
+        rows.append({k: c[k] for k in ("topic", "partition", "offset", "previous")})
+    if len({c["partition"] for c in rows}) != len(rows):
+        raise errors.InvalidParams("'confirm' names a partition twice", field="confirm")
+    return sorted(rows, key=lambda c: c["partition"])
 
 
 def plan_of(reset_answer: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The C{[{topic, partition, offset}]} of a ResetOffsets answer, sorted (what C{confirm} holds)."""
-    return sorted(({"topic": o["topic"], "partition": o["partition"], "offset": o["offset"]}
-                   for o in reset_answer.get("offsets", [])), key=lambda o: (o["topic"], o["partition"]))
+    """The C{[{topic, partition, offset, previous}]} of a ResetOffsets answer, sorted (what C{confirm} holds)."""
+    return sorted(({"topic": o["topic"], "partition": o["partition"], "offset": o["offset"],
+                    "previous": o.get("previous")} for o in reset_answer.get("offsets", [])),
+                  key=lambda o: (o["topic"], o["partition"]))
 
 
-def same_plan(confirm: list[dict[str, Any]], dry_run_answer: Mapping[str, Any]) -> bool:
-    """Whether C{confirm} is exactly the plan of C{dry_run_answer} (in any order)."""
-    def key(o: Mapping[str, Any]) -> tuple[str, str]:
-        return (repr(o["topic"]), repr(o["partition"]))
-    return sorted(confirm, key=key) == sorted(plan_of(dry_run_answer), key=key)
+def still_confirmable(confirm: list[dict[str, Any]], dry_run_answer: Mapping[str, Any]) -> bool:
+    """Whether the plan the operator confirmed can still be applied as it is: the dry run now
+    covers the same partitions, and each one's committed offset (C{previous}) has not moved
+    (a target that moves with the log, C{latest} on a busy topic, does not matter: the
+    confirmed offsets are what is committed)."""
+    now = {(o["topic"], o["partition"]): o.get("previous") for o in dry_run_answer.get("offsets", [])}
+    return now == {(c["topic"], c["partition"]): c["previous"] for c in confirm}
+
+
+def by_offset(confirm: list[dict[str, Any]]) -> dict[int, list[int]]:
+    """The confirmed partitions grouped by the offset they move to (one ResetOffsets each)."""
+    groups: dict[int, list[int]] = {}
+    for c in confirm:
+        groups.setdefault(c["offset"], []).append(c["partition"])
+    return groups

@@ -151,17 +151,35 @@ def test_reset_offsets_dry_run_then_confirm_and_a_stale_confirmation_is_refused(
     plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
     assert plan["dry_run"] is True and plan["offsets"] == [{"topic": "orders", "partition": 0, "offset": 0,
                                                             "previous": 4}]
-    stale = [{"topic": "orders", "partition": 0, "offset": 3}]
+    stale = [{"topic": "orders", "partition": 0, "offset": 0, "previous": 3}]  # a commit moved since
     refused = failure_of(answer(harness, api, "reset_offsets", ["billing"],
                                 body={**body, "dry_run": False, "confirm": stale}))
     assert refused.check(PlanChanged) and refused.value.details["plan"] == [{"topic": "orders", "partition": 0,
-                                                                             "offset": 0}]
+                                                                             "offset": 0, "previous": 4}]
     assert conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"][0]["offset"] == 4  # unchanged
-    confirm = [{"topic": "orders", "partition": 0, "offset": 0}]
+    confirm = [{"topic": "orders", "partition": 0, "offset": 0, "previous": 4}]
     done = result_of(answer(harness, api, "reset_offsets", ["billing"],
                             body={**body, "dry_run": False, "confirm": confirm}))
-    assert done["dry_run"] is False
+    assert done["dry_run"] is False and done["offsets"] == [{**confirm[0]}]
     assert conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"][0]["offset"] == 0
+
+
+def test_a_confirmed_reset_to_latest_commits_the_confirmed_offsets_while_the_log_moves(harness, conn):
+    member = _group_with_commits(conn)
+    assert "result" in conn.call("LeaveGroup", {"group": "billing", "member_id": member})
+    api = make_api(harness)
+    body = {"topic": "orders", "to": "latest"}
+    plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
+    assert plan["offsets"] == [{"topic": "orders", "partition": 0, "offset": 6, "previous": 4},
+                               {"topic": "orders", "partition": 1, "offset": 0, "previous": None}]
+    for i in range(3):  # a producer goes on: "latest" is now elsewhere
+        assert "result" in conn.call("Send", {"topic": "orders", "partition": 0, "value": i})
+    harness.settle()
+    done = result_of(answer(harness, api, "reset_offsets", ["billing"],
+                            body={**body, "dry_run": False, "confirm": plan["offsets"]}))
+    assert done["offsets"] == plan["offsets"]  # what was confirmed, not the new head
+    fetched = conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"]
+    assert {(o["partition"], o["offset"]) for o in fetched} == {(0, 6), (1, 0)}
 
 
 def test_samples_give_throughput_and_lag_over_time(harness, conn):

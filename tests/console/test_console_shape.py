@@ -118,14 +118,34 @@ def test_parse_reset_is_a_dry_run_unless_confirmed_with_a_plan():
         shape.parse_reset("g", {"topic": "t", "to": "earliest", "confirm": []})  # confirm without a real reset
     with pytest.raises(errors.InvalidParams):
         shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": "no"})
-    plan = [{"topic": "t", "partition": 10, "offset": 0}, {"topic": "t", "partition": 2, "offset": 4}]
-    params, confirm = shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": False, "confirm": plan})
+    plan = [{"topic": "t", "partition": 10, "offset": 0, "previous": None},
+            {"topic": "t", "partition": 2, "offset": 4, "previous": 9}]
+    params, confirm = shape.parse_reset("g", {"topic": "t", "to": "latest", "dry_run": False, "confirm": plan})
     assert params["dry_run"] is True  # what is sent first is still the dry run to compare with
-    answer = {"offsets": [{"topic": "t", "partition": 2, "offset": 4, "previous": 9},
-                          {"topic": "t", "partition": 10, "offset": 0, "previous": None}]}
-    assert shape.same_plan(confirm, answer)
-    answer["offsets"][0]["offset"] = 5
-    assert not shape.same_plan(confirm, answer)
+    assert [c["partition"] for c in confirm] == [2, 10]
+    answer = {"offsets": [{"topic": "t", "partition": 2, "offset": 7, "previous": 9},  # latest moved on: fine
+                          {"topic": "t", "partition": 10, "offset": 3, "previous": None}]}
+    assert shape.still_confirmable(confirm, answer) and shape.by_offset(confirm) == {4: [2], 0: [10]}
+    answer["offsets"][0]["previous"] = 8  # a commit moved: no longer what was confirmed
+    assert not shape.still_confirmable(confirm, answer)
+    assert not shape.still_confirmable(confirm, {"offsets": answer["offsets"][1:]})  # a partition fewer
+
+
+@pytest.mark.parametrize("confirm", [
+    [{"topic": "t", "partition": 0, "offset": "0", "previous": None}],
+    [{"topic": ["t"], "partition": 0, "offset": 0, "previous": None}],
+    [{"topic": "u", "partition": 0, "offset": 0, "previous": None}],  # another topic
+    [{"topic": "t", "partition": True, "offset": 0, "previous": None}],
+    [{"topic": "t", "partition": 0, "offset": -1, "previous": None}],
+    [{"topic": "t", "partition": 0, "offset": 0}],  # no previous
+    [{"topic": "t", "partition": 0, "offset": 0, "previous": None, "extra": 1}],
+    [{"topic": "t", "partition": 0, "offset": 0, "previous": None}] * 2,
+    [], "all", None,
+])
+def test_a_malformed_confirm_is_invalid_params(confirm):
+    with pytest.raises(errors.InvalidParams) as e:
+        shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": False, "confirm": confirm})
+    assert e.value.details["field"] == "confirm"
 
 
 def test_console_config_refuses_unusable_limits():

@@ -278,24 +278,32 @@
       body.to = to.value === "earliest" || to.value === "latest" ? to.value : { [to.value]: Number(n.value) };
       return body;
     }
+    // The plan shown is the plan confirmed: "confirm" carries its rows (previous included), and the
+    // node commits exactly those offsets, or answers PLAN_CHANGED with a new plan shown here.
+    function showPlan(body, offsets, heading) {
+      result.replaceChildren(el("div", { class: "plan" },
+        el("p", {}, heading),
+        table(["topic", "partition", "now", "after"], offsets.map(o => [o.topic, String(o.partition), show(o.previous), String(o.offset)]), [1, 2, 3]),
+        el("button", { class: "danger", type: "button", id: "confirm-reset", onclick: async () => {
+          try {
+            await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: false, confirm: offsets });
+            done("Reset the offsets of " + g.group + ".");
+            render();
+          } catch (e) {
+            failed(e);
+            if (e.error && e.error.code === "PLAN_CHANGED" && e.error.plan)
+              showPlan(body, e.error.plan, "The committed offsets changed since the dry run; the new plan:");
+          }
+        } }, "Confirm reset"),
+        el("button", { class: "plain", type: "button", onclick: () => result.replaceChildren() }, "Cancel")));
+    }
     const form = el("form", { id: "reset-offsets", onsubmit: async (ev) => {
       ev.preventDefault();
       result.replaceChildren();
       const body = request();
       try {
         const plan = await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: true });
-        const confirm = plan.offsets.map(o => ({ topic: o.topic, partition: o.partition, offset: o.offset }));
-        result.append(el("div", { class: "plan" },
-          el("p", {}, "Dry run: the committed offsets would become"),
-          table(["topic", "partition", "now", "after"], plan.offsets.map(o => [o.topic, String(o.partition), show(o.previous), String(o.offset)]), [1, 2, 3]),
-          el("button", { class: "danger", type: "button", id: "confirm-reset", onclick: async () => {
-            try {
-              await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: false, confirm });
-              done("Reset the offsets of " + g.group + ".");
-              render();
-            } catch (e) { failed(e); }
-          } }, "Confirm reset"),
-          el("button", { class: "plain", type: "button", onclick: () => result.replaceChildren() }, "Cancel")));
+        showPlan(body, plan.offsets, "Dry run: the committed offsets would become");
       } catch (e) { failed(e); }
     } }, el("label", {}, "topic", topic, options), el("label", {}, "partitions", partitions), el("label", {}, "to", to),
     el("label", {}, "n", n), el("button", { type: "submit" }, "Dry run"));
