@@ -67,6 +67,9 @@ class PlanChanged(errors.StreamlogError):
 #: a few milliseconds of work, so a node of thousands of partitions keeps answering its clients.
 PARTITIONS_PER_TURN = 200
 
+#: Polls a C{from=latest} browse makes at most to end its answer at the high watermark.
+LATEST_TRIES = 8
+
 #: HTTP status per error code; any other code is 500.
 STATUS = {
     "NOT_FOUND": 404, "UNKNOWN_TOPIC": 404, "UNKNOWN_PARTITION": 404, "UNKNOWN_GROUP": 404,
@@ -318,9 +321,25 @@ class ConsoleApi:
             start = (await self.calls.call("ListOffsets", {**where, "at": "earliest"}))["offset"]
             high = (await self.calls.call("ListOffsets", {**where, "at": "latest"}))["offset"]
             offset = shape.browse_start(browse, start, high)
+        asked = offset
         poll = await self.calls.call("Poll", {**where, "offset": offset, "max_messages": browse.limit,
                                               "max_wait_ms": 0})
-        return shape.messages_view(topic, partition, poll)
+        if browse.position == "latest":
+            # The Poll's byte cap may stop short of the head: move the start on until the answer
+            # ends there (the newest messages, fewer than asked when they are large).
+            for _ in range(LATEST_TRIES):
+                head = poll.get("high_watermark")
+                end = poll.get("next_offset")
+                if not isinstance(head, int) or not isinstance(end, int) or end >= head or not poll.get("messages"):
+                    break
+                offset += head - end
+                poll = await self.calls.call("Poll", {**where, "offset": offset, "max_messages": browse.limit,
+                                                      "max_wait_ms": 0})
+        view = shape.messages_view(topic, partition, poll)
+        # Fewer messages than the range asked held: the byte cap cut the answer (the page says so).
+        head = view["high_watermark"]
+        view["truncated"] = isinstance(head, int) and len(view["messages"]) < min(browse.limit, head - asked)
+        return view
 
     async def reset_offsets(self, group: str, body: Any) -> dict[str, Any]:
         params, confirm = shape.parse_reset(group, body)

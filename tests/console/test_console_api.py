@@ -387,3 +387,17 @@ def test_a_fresh_dry_run_refuses_what_the_broker_refuses(harness, conn):
                        ({"topic": "orders", "to": "middle"}, "INVALID_PARAMS")):
         assert failure_of(answer(harness, api, "reset_offsets", ["billing"], body=body)).value.code == code
     assert not _has_offsets_topic(harness)
+
+
+def test_from_latest_ends_at_the_head_even_when_the_messages_are_large(harness, conn):
+    assert "result" in conn.call("CreateTopic", {"topic": "big"})
+    for i in range(60):
+        assert "result" in conn.call("Send", {"topic": "big", "value": f"{i:03d}" + "x" * 100_000})
+    harness.settle()
+    api = make_api(harness)
+    page = result_of(answer(harness, api, "messages", ["big", "0"], {"from": "latest", "limit": "50"}))
+    offsets = [m["offset"] for m in page["messages"]]
+    assert offsets and offsets[-1] == 59 and page["next_offset"] == 60 == page["high_watermark"]
+    assert offsets == list(range(60 - len(offsets), 60)) and len(offsets) < 50 and page["truncated"] is True
+    small = result_of(answer(harness, api, "messages", ["orders", "0"], {"from": "latest", "limit": "4"}))
+    assert [m["offset"] for m in small["messages"]] == [2, 3, 4, 5] and small["truncated"] is False

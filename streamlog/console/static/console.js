@@ -218,7 +218,8 @@
     const page = await api("GET", "topics/" + enc(topic) + "/partitions/" + enc(partition.value) + "/messages?" + q.toString());
     parts.push(el("p", { class: "muted", id: "browse-summary" },
       topic + " / " + page.partition + ": " + page.messages.length + " message(s); log start " + page.log_start_offset +
-      ", high watermark " + page.high_watermark + "."));
+      ", high watermark " + page.high_watermark + "." +
+      (page.truncated ? " Fewer than asked: the messages are large (the read's byte limit)." : "")));
     if (page.messages.length) {
       parts.push(table(["offset", "timestamp", "key", "headers", "value"], page.messages.map(m => [
         String(m.offset), when(m.timestamp), m.key === null ? el("span", { class: "muted" }, "null") : el("code", {}, m.key),
