@@ -10,6 +10,7 @@ answers it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -236,13 +237,41 @@ def browse_start(browse: Browse, log_start: int, high_watermark: int) -> int:
     return max(log_start, high_watermark - browse.limit)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey("duplicate key")
+    return found
+
+
+def pretty_value(value: Any) -> str:
+    """A message value as the page shows it, indented here rather than in the browser, whose
+    C{JSON.parse} rounds integers past 2^53 and moves integer-like keys first.  JSON values are
+    shown with their keys in the order the node holds them and every integer exact; a string
+    holding a JSON object or array is indented the same way (Python's parser: integers of any
+    size), unless it repeats a key or is not JSON, then it is shown as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] + text[-1:] in ("{}", "[]"):
+            try:
+                return json.dumps(json.loads(text, object_pairs_hook=_no_duplicates), indent=2, ensure_ascii=False)
+            except (ValueError, RecursionError):
+                pass
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def messages_view(topic: str, partition: int, poll: Mapping[str, Any]) -> dict[str, Any]:
     """A Poll answer for the browser, with where it was read (values stay as stored: the page
     pretty-prints them, as text it escapes)."""
     return {
         "topic": topic,
         "partition": partition,
-        "messages": list(poll.get("messages", [])),
+        "messages": [{**m, "value_pretty": pretty_value(m.get("value"))} for m in poll.get("messages", [])],
         "next_offset": poll.get("next_offset"),
         "high_watermark": poll.get("high_watermark"),
         "log_start_offset": poll.get("log_start_offset"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -401,3 +402,17 @@ def test_from_latest_ends_at_the_head_even_when_the_messages_are_large(harness, 
     assert offsets == list(range(60 - len(offsets), 60)) and len(offsets) < 50 and page["truncated"] is True
     small = result_of(answer(harness, api, "messages", ["orders", "0"], {"from": "latest", "limit": "4"}))
     assert [m["offset"] for m in small["messages"]] == [2, 3, 4, 5] and small["truncated"] is False
+
+
+def test_the_browser_shows_json_as_sent_big_integers_key_order_and_duplicates(harness, conn):
+    sent = '{"id": 9007199254740993, "b": 1, "10": 2, "2": 3}'
+    values = [orjson.loads(sent), sent, '{"a": 1, "a": 2}', "[1, 2", "plain"]
+    assert "result" in conn.call("CreateTopic", {"topic": "j"})
+    for v in values:
+        assert "result" in conn.call("Send", {"topic": "j", "value": v})
+    harness.settle()
+    api = make_api(harness)
+    page = result_of(answer(harness, api, "messages", ["j", "0"], {"from": "earliest"}))
+    shown = [m["value_pretty"] for m in page["messages"]]
+    indented = '{\n  "id": 9007199254740993,\n  "b": 1,\n  "10": 2,\n  "2": 3\n}'
+    assert shown == [indented, indented, '{"a": 1, "a": 2}', "[1, 2", "plain"]

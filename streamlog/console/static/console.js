@@ -224,7 +224,7 @@
       parts.push(table(["offset", "timestamp", "key", "headers", "value"], page.messages.map(m => [
         String(m.offset), when(m.timestamp), m.key === null ? el("span", { class: "muted" }, "null") : el("code", {}, m.key),
         Object.keys(m.headers || {}).length ? el("pre", { class: "value" }, JSON.stringify(m.headers, null, 1)) : "–",
-        el("pre", { class: "value" }, pretty(m.value)),
+        el("pre", { class: "value" }, m.value_pretty !== undefined ? m.value_pretty : pretty(m.value)),
       ]), [0]));
     }
     if (page.next_offset < page.high_watermark) {
