@@ -42,6 +42,7 @@ from streamlog.cluster.identity import IdentityStore, NodeIdentity
 from streamlog.cluster.placement import create_topic_command, default_replication_factor
 from streamlog.cluster.reconcile import (
     AddLearner,
+    CoreViews,
     CreateReplica,
     DeleteReplica,
     NodeView,
@@ -51,7 +52,6 @@ from streamlog.cluster.reconcile import (
     ProposeMetadata,
     RemoveMember,
     TransferLeadership,
-    group_view,
 )
 from streamlog.cluster.replica import PartitionReplica, RemotePartition, ReplicaStorage
 from streamlog.raft.core import LEADER, RaftConfig
@@ -538,9 +538,11 @@ class ClusterNode(GroupCallbacks):
 
     def view(self) -> NodeView:
         assert self.identity is not None
-        groups = {g: group_view(core) for g, core in self.cores.items()}
+        # Views built on access, for the groups this node leads (the host keeps that set): a
+        # plan costs what this node leads, not every group it holds.
+        led = self.raft.led_groups() if self.raft is not None else None
         return NodeView(self.node_id, self.identity.incarnation, self.client_address, self.peer_address or
-                        self.client_address, groups, self.live())
+                        self.client_address, CoreViews(self.cores), self.live(), led)
 
     def _plan(self) -> None:
         if self.host is None or self.state is None or self.stopped:
