@@ -432,3 +432,30 @@ def test_a_converged_cluster_is_a_fixed_point(node):
     groups[METADATA_GROUP] = (leader(member(1), voters, caught_up=set(voters[1:]), commit=log.index) if node == 1
                               else follower(member(1), voters, commit=log.index))
     assert Planner().plan(log.state, view(node, groups, ALL, state=log.state), 0.0) == []
+
+
+# ---------------------------------------------------------------------------- what the node passes
+
+
+def test_core_views_are_built_on_access_and_the_host_knows_what_it_leads():
+    from twisted.internet.task import Clock
+
+    from streamlog.cluster.reconcile import CoreViews, group_view
+    from streamlog.raft.core import RaftConfig
+    from streamlog.raft.driver import MemoryGroupStorage, RaftHost
+    from streamlog.raft.log import MemoryRaftLog
+
+    clock = Clock()
+    host = RaftHost("a", ["a"], RaftConfig(election_timeout=0.3, heartbeat_interval=0.05), clock=clock)
+    cores = {g: host.add_group(g, ["a"], MemoryGroupStorage(MemoryRaftLog())) for g in ("g1", "g2")}
+    assert host.led_groups() == frozenset()
+    host.campaign("g1")  # a group of one is led at once
+    assert host.led_groups() == frozenset({"g1"})
+    views = CoreViews(cores)
+    assert len(views) == 2 and set(views) == {"g1", "g2"} and "g1" in views and "g3" not in views
+    assert views.keys() - {"g1"} == {"g2"}
+    assert views["g1"] == group_view(cores["g1"]) and views["g1"].role == LEADER
+    assert views["g2"].role == FOLLOWER
+    host.remove_group("g1")
+    assert host.led_groups() == frozenset()
+    host.stop()
