@@ -41,6 +41,9 @@ def test_member_ids_round_trip_and_refuse_lookalikes():
                 "99999999999.9f3c01aa77e2b410", "2.9f3c01aa77e2b410 ", 2, None]:
         with pytest.raises(ValueError):
             md.parse_member_id(bad)
+        with pytest.raises(ValueError):  # memoized answers: a refusal is never remembered as an answer
+            md.parse_member_id(bad)
+    assert md.parse_member_id("2.9f3c01aa77e2b410") == (2, "9f3c01aa77e2b410")
 
 
 def test_cluster_id_is_the_same_whatever_order_the_hellos_came_in():
