@@ -606,6 +606,12 @@ class BlockingClient:
         self.view.forget_topic(topic)
         return result
 
+    def auto_create_topic(self, topic: str) -> dict[str, Any]:
+        """C{CreateTopic {topic, auto_create: true}}: the topic as a Send would auto-create it, or as it is."""
+        result = self.call("CreateTopic", requests.auto_create_topic(topic))
+        self.view.forget_topic(topic)
+        return result
+
     def delete_topic(self, topic: str) -> dict[str, Any]:
         result = self._admin("DeleteTopic", {"topic": topic})
         self.view.forget_topic(topic)
@@ -647,8 +653,10 @@ class IdempotentSender:
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
         client = self.client
         count = self._partitions(topic)
-        if count is None:  # the first request auto-creates the topic: placed by the server, not numbered
-            return client.send_batch(topic, messages, acks)
+        if count is None:
+            # Created first, as a Send would auto-create it, so that even the first batch is
+            # numbered (a Send that auto-creates is placed by the server, without numbers).
+            count = len(client.auto_create_topic(topic)["partitions"])
         if self.identity is None:
             answer = client.call("InitProducerId", {})
             self.identity = (int(answer["producer_id"]), int(answer["epoch"]))
