@@ -42,8 +42,11 @@ recognises a retry of a batch it (or an earlier leader) already stored and
 answers it with the original offsets instead of storing it again, and
 refuses a batch that would land ahead of a missing earlier one
 (C{OUT_OF_ORDER_SEQUENCE}; the producer sends the earlier one first).  At
-most 5 batches per partition are numbered from the oldest unacknowledged one
-on (every retry is then of a batch the partition remembers).
+most 8 batches per partition (C{MAX_IN_FLIGHT}, the default C{max_in_flight})
+are numbered from the oldest unacknowledged one on, the partition remembering
+the last 8 at least (C{--producer-state-batches}): every retry is then of a
+batch the partition remembers, and an idempotent producer pipelines as deep
+as one without idempotence.
 C{PRODUCER_FENCED} (a newer instance of the same C{producer_name} started)
 is fatal: every pending and later send fails with
 L{errors.ProducerFenced}.  A batch that fails for good (its delivery
@@ -243,7 +246,8 @@ class Producer:
         of time).
     @param idempotent: number the batches so that no resend stores one twice
         (see the module docstring); needs acks "all" or "leader" and allows
-        at most 5 requests in flight per partition.
+        at most 8 requests in flight per partition (C{MAX_IN_FLIGHT}, the default
+        C{max_in_flight}: what every partition remembers).
     @param producer_name: a stable name for this producer (idempotent only):
         starting another producer under the same name fences this one
         (L{errors.ProducerFenced}).

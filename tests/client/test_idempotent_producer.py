@@ -67,16 +67,17 @@ def test_a_producer_without_idempotence_sends_no_numbers(clock, cluster, client)
     assert all("producer_id" not in p and "sequences" not in p for p in sent_batches(cluster))
 
 
-def test_at_most_five_batches_per_partition_are_in_flight(clock, cluster, client):
+def test_at_most_eight_batches_per_partition_are_in_flight_as_without_idempotence(clock, cluster, client):
     cluster.create_topic("t", 1, leaders=[1])
+    assert Producer(client).max_in_flight_per_partition == Producer(client, idempotent=False).max_in_flight_per_partition
     producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=20)
-    assert producer.max_in_flight_per_partition == 5
+    assert producer.max_in_flight_per_partition == 8
     cluster.nodes[1].black_hole = {"SendBatch"}  # read, never answered: they stay in flight
     ds = [producer.send("t", i, partition=0) for i in range(12)]
-    run_until(clock, cluster, lambda: len(cluster.nodes[1].swallowed) == 5)
+    run_until(clock, cluster, lambda: len(cluster.nodes[1].swallowed) == 8)
     clock.advance(0.5)
     cluster.pump()
-    assert len(cluster.nodes[1].swallowed) == 5
+    assert len(cluster.nodes[1].swallowed) == 8
     cluster.nodes[1].black_hole = False
     run_until(clock, cluster, lambda: all(d.called for d in ds))
     assert [result_of(d)[1] for d in ds] == list(range(12))

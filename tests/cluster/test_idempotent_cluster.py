@@ -146,7 +146,7 @@ def test_a_follower_caught_up_by_a_snapshot_gets_the_producers_and_the_record_of
     mine = cluster.nodes[follower].directory.by_group[group]
     assert mine.log.start_offset == mine.log.end_offset == 10
     assert mine.producers.producer_ids() == [pid]
-    assert [b.base_sequence for b in mine.producers.batches_of(pid)] == [5, 6, 7, 8, 9]
+    assert [b.base_sequence for b in mine.producers.batches_of(pid)] == [2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def parse_member_node(member: str) -> int:
