@@ -34,9 +34,9 @@ import attrs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from producer_sequencer import LOST, Acked, Failed, SequencedBatch, Sequencer
 
 from streamlog.idempotence.rules import Outcome
-from streamlog.idempotence.sequencer import LOST, Acked, Failed, SequencedBatch, Sequencer
 from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
 from streamlog.storage.base import RecordBatch
 
