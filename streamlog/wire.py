@@ -595,6 +595,17 @@ def encode_records(base_offset: int, timestamp: int, messages: list[Message]) ->
     return out
 
 
+#: C{InitProducerId}'s C{request_token}: what it may be.
+MAX_REQUEST_TOKEN_LENGTH = 64
+REQUEST_TOKEN_RULE = (f"'request_token' must be a string of 1 to {MAX_REQUEST_TOKEN_LENGTH} printable ASCII "
+                      "characters")
+
+
+def valid_request_token(token: Any) -> bool:
+    return (type(token) is str and 1 <= len(token) <= MAX_REQUEST_TOKEN_LENGTH and token.isascii()
+            and token.isprintable())
+
+
 @attrs.frozen
 class InitProducerIdParams:
     #: The producer's stable name (a new instance under it fences the older ones), or None.
@@ -602,6 +613,8 @@ class InitProducerIdParams:
     #: The current id and epoch of an instance asking for its next epoch, or None.
     producer_id: int | None = None
     epoch: int | None = None
+    #: Chosen by the client, the same in every resend of one request: a resend gets the first answer.
+    request_token: str | None = None
 
 
 def parse_init_producer_id(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> InitProducerIdParams:
@@ -614,8 +627,11 @@ def parse_init_producer_id(params: dict[str, Any], limits: Limits = DEFAULT_LIMI
             raise errors.InvalidParams(
                 f"'producer_name' must be at most {limits.max_id_length} characters, without NUL",
                 field="producer_name")
+    token = p.raw("request_token")
+    if token is not None and not valid_request_token(token):
+        raise errors.InvalidParams(REQUEST_TOKEN_RULE, field="request_token")
     producer_id, epoch = _producer(p)
     p.done()
     if producer_id < 0:
-        return InitProducerIdParams(name)
-    return InitProducerIdParams(name, producer_id, epoch)
+        return InitProducerIdParams(name, request_token=token)
+    return InitProducerIdParams(name, producer_id, epoch, token)

@@ -663,8 +663,7 @@ class IdempotentSender:
             # numbered (a Send that auto-creates is placed by the server, without numbers).
             count = len(client.auto_create_topic(topic)["partitions"])
         if self.identity is None:
-            answer = client.call("InitProducerId", {})
-            self.identity = (int(answer["producer_id"]), int(answer["epoch"]))
+            self.identity = self._init_producer_id(None)
         return client._send_parts(topic, client._parts(topic, count, messages), acks,
                                   lambda p, part: self._send_part(topic, p, part, acks))
 
@@ -715,11 +714,23 @@ class IdempotentSender:
         self._next[(topic, partition)] = (sequence + len(part)) % SEQUENCE_MODULUS
         return result
 
+    def _init_producer_id(self, current: tuple[int, int] | None) -> tuple[int, int]:
+        """C{InitProducerId}, sent again (with the same C{request_token}) if its answer is lost."""
+        params = requests.init_producer_id(None, current, requests.new_request_token())
+        for attempt in range(self.attempts):
+            try:
+                answer = self.client.call("InitProducerId", params)
+                break
+            except (errors.ConnectionLost, errors.Timeout):
+                if attempt == self.attempts - 1:
+                    raise
+                self.resends += 1
+        return int(answer["producer_id"]), int(answer["epoch"])
+
     def _next_epoch(self) -> None:
         """C{InitProducerId} for this producer's next epoch: every partition numbers from 0 again (a copy
         of an old request still arriving is then fenced, not stored a second time)."""
         assert self.identity is not None
-        answer = self.client.call("InitProducerId", requests.init_producer_id(None, self.identity))
-        self.identity = (int(answer["producer_id"]), int(answer["epoch"]))
+        self.identity = self._init_producer_id(self.identity)
         self._next.clear()
         self.epoch_bumps += 1

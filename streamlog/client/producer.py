@@ -601,11 +601,13 @@ class Producer:
         """Ask for this producer's id and epoch (C{current}: its next epoch), then send what waits."""
         if self._init is not None or self._closed is not None:
             return
-        params = requests.init_producer_id(self.producer_name, current)
-        # A resend after a lost answer is harmless without a name (an id is skipped); with one it
-        # could fence this very instance, so only refusals are retried then.
+        # The request's token makes a resend after a lost answer harmless: the registry (a name's
+        # in the cluster metadata; an unnamed producer's at the node asked) answers it as the first.
+        # Without it a resend would bump a name's epoch again, and fence this very instance if it
+        # named its current identity (docs/protocol.md, "InitProducerId").
+        params = requests.init_producer_id(self.producer_name, current, requests.new_request_token())
         self._init = self.client._run("InitProducerId", params, self.client.any_target, self.delivery_timeout,
-                                      resend_ok=self.producer_name is None)
+                                      resend_ok=True)
         self._init.addCallbacks(self._initialised, self._init_failed)
         self._init.addErrback(lambda f: self._log.failure("starting the idempotent producer failed", f))
 

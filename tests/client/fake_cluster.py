@@ -358,6 +358,9 @@ class FakeNode:
     def handle_InitProducerId(self, params: dict[str, Any]) -> dict[str, Any]:
         p = wire.parse_init_producer_id(params)
         cluster = self.cluster
+        if p.request_token is not None and p.request_token in cluster.init_tokens:
+            known = cluster.init_tokens[p.request_token]  # a resend: the first answer
+            return {"producer_id": known[0], "epoch": known[1]}
         if p.producer_name is not None:
             held = cluster.producer_names.get(p.producer_name)
             current = None if p.producer_id is None else (p.producer_id, p.epoch)
@@ -370,6 +373,8 @@ class FakeNode:
         else:
             identity = (cluster.take_producer_id(), 0)
         cluster.inits.append(identity)
+        if p.request_token is not None:
+            cluster.init_tokens[p.request_token] = identity
         return {"producer_id": identity[0], "epoch": identity[1]}
 
     def handle_Ping(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -425,6 +430,7 @@ class FakeCluster:
         self.next_producer_id = 0
         self.producer_names: dict[str, tuple[int, int]] = {}
         self.inits: list[tuple[int, int]] = []
+        self.init_tokens: dict[str, tuple[int, int]] = {}
 
     def take_producer_id(self) -> int:
         self.next_producer_id += 1

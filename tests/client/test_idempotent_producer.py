@@ -202,3 +202,26 @@ def test_an_idempotent_producer_to_a_topic_that_may_not_be_auto_created_fails_it
         failure = failure_of(d)
         assert failure.check(errors.UnknownTopic) and "auto-creation is off" in failure.value.message
     assert sent_batches(cluster) == []
+
+
+def test_a_lost_init_producer_id_answer_is_resent_with_its_token_and_gets_the_same_identity(clock, cluster, client):
+    cluster.create_topic("t", 1, leaders=[1])
+    lost = []
+    for node in cluster.nodes.values():
+        real = node.handle_InitProducerId
+
+        def answer_lost(params, real=real):
+            result = real(params)  # handed out (a name's epoch bumped) ...
+            if not lost:
+                lost.append(params)
+                return _PARKED  # ... but the answer never comes: the producer sends it again
+            return result
+
+        node.handle_InitProducerId = answer_lost
+    producer = Producer(client, linger_ms=0, producer_name="orders")
+    d = producer.send("t", "a", partition=0)
+    run_until(clock, cluster, lambda: d.called)
+    assert result_of(d) == (0, 0)
+    asked = [p for _, p in cluster.sent("InitProducerId")]
+    assert len(asked) == 2 and asked[0] == asked[1] and len(asked[0]["request_token"]) == 32
+    assert producer.identity == (0, 0) and cluster.inits == [(0, 0)]  # one epoch, not two

@@ -189,3 +189,11 @@ def test_create_topic_auto_create_at_a_follower_creates_once_and_then_finds_it(c
         again = cluster.call(at, "CreateTopic", {"topic": "t", "auto_create": True})
         assert again["result"]["created"] is False and again["result"]["topic"] == "t"
     assert len(cluster.nodes[1].state.topics) == 1
+
+
+def test_a_named_producers_resent_init_is_answered_the_same_at_any_node(cluster):
+    first = init(cluster, 1, producer_name="orders", request_token="tok-1")
+    cluster.run_until(lambda: all(n.state.producers.get("orders") == first for n in cluster.nodes.values()))
+    # The answer was lost; the resend goes to another node: the metadata knows the token.
+    assert init(cluster, 2, producer_name="orders", request_token="tok-1") == first
+    assert init(cluster, 3, producer_name="orders", request_token="tok-2") == (first[0], first[1] + 1)
