@@ -771,6 +771,10 @@ class Broker:
     def close(self) -> None:
         self.groups.stop()
         self.directory.host.stop()
+        try:
+            self.directory.write_producer_snapshots()  # nothing appends any more
+        except Exception:
+            self._log.failure("writing the producer-state snapshots failed")
         self.storage.close()
 
 
