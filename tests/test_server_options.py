@@ -106,9 +106,10 @@ def test_the_producer_state_options_reach_every_partitions_table(clock):
     options = Options()
     options.parseOptions(["--producer-state-batches", "12", "--max-producers-per-partition", "50",
                           "--producer-id-expiry-ms", "600000", "--producer-evict-min-idle-ms", "200000",
-                          "--producer-state-undo-limit", "77", "--storage", "memory"])
+                          "--producer-state-undo-limit", "77", "--producer-snapshot-interval-batches", "500",
+                          "--storage", "memory"])
     wanted = ProducerStateConfig(window=12, max_producers=50, expiry_ms=600_000, evict_min_idle_ms=200_000,
-                                 undo_limit=77)
+                                 undo_limit=77, snapshot_interval_batches=500)
     config = options.node_config()
     assert config.producer_state == wanted and config.broker_config().producer_state == wanted
     defaults = Options()
@@ -130,6 +131,7 @@ def test_the_producer_state_options_reach_every_partitions_table(clock):
     (["--producer-id-expiry-ms", "0"], "expiry_ms must be positive"),
     (["--producer-evict-min-idle-ms", "100", "--producer-id-expiry-ms", "50"], "cannot exceed expiry_ms"),
     (["--producer-state-undo-limit", "-1"], "undo_limit cannot be negative"),
+    (["--producer-snapshot-interval-batches", "-1"], "snapshot_interval_batches cannot be negative"),
 ])
 def test_a_wrong_producer_state_option_is_refused(args, says):
     from twisted.python import usage

@@ -131,6 +131,9 @@ class ProducerTrackingLog:
         directory = getattr(log, "directory", None)
         self._directory: str | None = directory if isinstance(directory, str) else None
         self._segments = self._segment_count()
+        #: Record batches appended since the last snapshot file, and how many make the next one due.
+        self._since_snapshot = 0
+        self._interval = table.config.snapshot_interval_batches
         # The reads, bound once (the Raft core calls them on every message).
         self.term_at = log.term_at
         self.entries = log.entries
@@ -159,14 +162,20 @@ class ProducerTrackingLog:
     def append(self, entries: Sequence[Entry]) -> None:
         self.raw.append(entries)
         apply = self.table.apply
+        applied = 0
         for entry in entries:
             data = entry.data
             if isinstance(data, RecordBatch) and data.has_records:
                 apply(data.producer_id, data.producer_epoch, data.base_sequence, data.count,
                       data.base_offset, entry.index, data.max_timestamp)
-        if self._directory is not None and self._segment_count() != self._segments:
-            self._segments = self._segment_count()
-            self.write_snapshot()  # a segment rolled
+                applied += 1
+        if self._directory is not None:
+            self._since_snapshot += applied
+            if self._segment_count() != self._segments:
+                self._segments = self._segment_count()
+                self.write_snapshot()  # a segment rolled
+            elif self._interval and self._since_snapshot >= self._interval:
+                self.write_snapshot()  # bounds what an open after a crash replays
 
     def _segment_count(self) -> int:
         count = getattr(self.raw, "segment_count", 0) if self._directory is not None else 0
@@ -182,6 +191,7 @@ class ProducerTrackingLog:
         raw = self.raw
         if self._directory is None or getattr(raw, "failed", None) is not None or getattr(raw, "closed", False):
             return False
+        self._since_snapshot = 0
         index = raw.last_index
         if index < raw.start_index:
             return False  # an empty log: nothing to stand for

@@ -23,6 +23,7 @@ from streamlog.idempotence.table import (
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_MAX_PRODUCERS,
+    DEFAULT_SNAPSHOT_INTERVAL_BATCHES,
     DEFAULT_UNDO_LIMIT,
     DEFAULT_WINDOW,
     ProducerStateConfig,
@@ -170,6 +171,10 @@ class Options(usage.Options):
         ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
          "Undo records each partition keeps above its commit index to restore producer state exactly "
          "when a new leader replaces its uncommitted tail.", int],
+        ["producer-snapshot-interval-batches", None, DEFAULT_SNAPSHOT_INTERVAL_BATCHES,
+         "Record batches a partition appends between two producer-state snapshot files (besides those at "
+         "segment rolls and clean stops): at most what start-up replays after a crash; 0: rolls and stops only.",
+         int],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
     ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
@@ -215,11 +220,13 @@ class Options(usage.Options):
             self["producer-state"] = ProducerStateConfig(
                 window=self["producer-state-batches"], max_producers=self["max-producers-per-partition"],
                 expiry_ms=self["producer-id-expiry-ms"], evict_min_idle_ms=self["producer-evict-min-idle-ms"],
-                undo_limit=self["producer-state-undo-limit"])
+                undo_limit=self["producer-state-undo-limit"],
+                snapshot_interval_batches=self["producer-snapshot-interval-batches"])
         except ValueError as e:
             raise usage.UsageError(f"producer state options: {e} (--producer-state-batches, "
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
-                                   "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
+                                   "--producer-evict-min-idle-ms, --producer-state-undo-limit, "
+                                   "--producer-snapshot-interval-batches)") from None
         group_options.check(self)
 
     def _check_cluster(self) -> None:
