@@ -10,7 +10,8 @@ order, as TCP delivers them.  What TCP allows is all that can go wrong:
   decide whether to close the connection meanwhile;
 - connection resets: both sides see the connection lost, what was in
   flight is dropped (so "loss" is always a drop of a whole connection's
-  tail, never a hole in the middle of a stream);
+  tail, never a hole in the middle of a stream); a lost answer to a client
+  (C{drop_answers}) is such a reset, made as the answer goes out;
 - a paused host (SIGSTOP) reads nothing: bytes for it wait, then arrive
   when it is resumed; a killed host's connections close (its peers see the
   close after the latency), and nothing is delivered to it again.
@@ -122,7 +123,15 @@ class Link:
         to = self.other(frm)
         if to.gone:
             return
-        self.network.bytes_sent += len(data)
+        net = self.network
+        drop = net.drop_answers.get(to.host) if net.drop_answers else None
+        if drop and net.rng.random() < drop:
+            # An answer lost on its way to a client: the connection is cut as it goes out
+            # (TCP loses no bytes on a live connection; a lost answer is a reset one).
+            net.answers_dropped += 1
+            self.reset()
+            return
+        net.bytes_sent += len(data)
         self._enqueue(to, data)
 
     def close(self, frm: Side) -> None:
@@ -219,6 +228,10 @@ class SimNetwork:
         self.bytes_sent = 0
         #: Exceptions that escaped a protocol's dataReceived (each a bug: the connection dropped).
         self.protocol_errors = 0
+        #: Client host -> the probability that bytes written to it (its answers) are lost, the
+        #: connection reset as they go out; and how many were.
+        self.drop_answers: dict[str, float] = {}
+        self.answers_dropped = 0
 
     # --- hosts and listeners
 

@@ -41,6 +41,7 @@ from streamlog.cluster.sim.checker import Ledger
 from streamlog.cluster.sim.clients import Consumer, Producer, SimClient
 from streamlog.cluster.sim.clock import NodeClock, SimClock
 from streamlog.cluster.sim.disk import SimDisk
+from streamlog.cluster.sim.library import LibraryProducer
 from streamlog.cluster.sim.network import SimNetwork
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.core import LEADER, RaftNode
@@ -56,6 +57,12 @@ class SimConfig:
     partitions: int = 2
     producers: int = 2  # per partition
     consumers: int = 1  # per partition
+    #: Processes running the real C{streamlog.client} Producer over every partition
+    #: (L{streamlog.cluster.sim.library}): idempotent ones, and plain ones for contrast.
+    idempotent_producers: int = 2
+    plain_producers: int = 1
+    #: Probability that an answer to such a process is lost (its connection reset as it goes out).
+    drop_answer: float = 0.02
     #: Simulated seconds of load and faults (after the cluster formed and the topic exists).
     duration: float = 3.0
     #: Seconds between one fault's start and the next's (uniform in this range).
@@ -204,6 +211,7 @@ class SimCluster:
         self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
+        self.library: list[LibraryProducer] = []
         self.groups: dict[int, str] = {}
 
     def node_class(self) -> type[ClusterNode]:
@@ -407,7 +415,7 @@ class SimCluster:
     # --- the run
 
     def settled(self) -> bool:
-        if any(c.busy for c in self.producers):
+        if any(c.busy for c in self.producers) or any(p.busy for p in self.library):
             return False
         for p in self.groups:
             leader = self.leader(p)
@@ -478,14 +486,23 @@ class SimCluster:
                 self.consumers.append(Consumer(name, self.network, self.clock, random.Random(self.client_rng.random()),
                                                self.clients, self.history, self.next_id, topic=TOPIC, partition=p,
                                                served=self.served))
-        for client in [*self.producers, *self.consumers]:
+        for k in range(config.idempotent_producers + config.plain_producers):
+            idempotent = k < config.idempotent_producers
+            name = f"{'ip' if idempotent else 'pp'}{k}"
+            self.network.add_host(name, f"127.0.50.{k + 1}")
+            self.network.drop_answers[name] = config.drop_answer
+            self.library.append(LibraryProducer(name, self.network, self.clock, random.Random(self.client_rng.random()),
+                                                self.clients, self.history, self.next_id, topic=TOPIC,
+                                                partitions=config.partitions, idempotent=idempotent))
+        for client in [*self.producers, *self.consumers, *self.library]:
             client.start()
         self.trace("load")
         self.schedule_faults(self.clock.seconds() + config.duration)
         self.run_for(config.duration)
         self.trace("heal")
         self.heal_all()
-        for client in self.producers:
+        self.network.drop_answers.clear()
+        for client in [*self.producers, *self.library]:
             client.running = False
         self.run_until(self.settled, config.settle_timeout, "the cluster settled")
         for consumer in self.consumers:
@@ -508,7 +525,7 @@ class SimCluster:
             if leader is not None and leader.node is not None:
                 leaders[group] = leader.node.directory.by_group[group].log
         ledger.final(logs, leaders)
-        for producer in self.producers:
+        for producer in [*self.producers, *self.library]:
             for p, offset, value in producer.acked:
                 log = leaders.get(self.groups[p])
                 if log is None:
@@ -521,7 +538,14 @@ class SimCluster:
         stats = {
             "acked": sum(1 for s in sends if s.outcome == OK),
             "sends": len(sends),
+            "idem_acked": sum(1 for s in sends if s.outcome == OK and s.idempotent),
             "read": sum(len(p.messages) for p in self.history.polls if isinstance(p, Poll)),
+            # The idempotent producers' promise (each a safety violation too) and, for
+            # contrast, a plain producer's resends stored twice (counted, not a violation).
+            "dups": result.count(chaos.DUPLICATE),
+            "reorders": result.count(chaos.NON_MONOTONIC_SEND),
+            "retry_dups": result.count(chaos.RETRY_DUPLICATE),
+            "dropped": self.network.answers_dropped,
             "faults": len(self.faults),
             "events": self.events,
         }
