@@ -270,7 +270,9 @@ class SimNetwork:
         return _Endpoint(self, source, address)
 
     def connect(self, source: str, address: str, factory: Any) -> Deferred:
-        d: Deferred = Deferred()
+        # Cancellable, as Twisted's endpoints are: a cancelled attempt (a ClientService
+        # stopped while connecting) fails at once and never connects a protocol later.
+        d: Deferred = Deferred(lambda _: None)
         listener = self.listeners.get(address)
         server_host = listener[0] if listener is not None else None
         if listener is None or server_host is None or not self.alive(server_host) \
@@ -278,7 +280,7 @@ class SimNetwork:
             # Refused (nobody listens, the host is dead) or timed out (a partition): after a while.
             delay = 0.2 if server_host is not None and frozenset((source, server_host)) in self.blocked \
                 else 2 * self.latency(source, address)
-            self.clock.callLater(delay, self._as_host, source, d.errback, Failure(ConnectionRefusedError(address)))
+            self.clock.callLater(delay, self._as_host, source, _refuse, d, address)
             return d
         assert server_host is not None
         self.clock.callLater(self.latency(source, server_host), self._accept, source, address, factory, d)
@@ -292,9 +294,11 @@ class SimNetwork:
             clock.run(f, *args)
 
     def _accept(self, source: str, address: str, factory: Any, d: Deferred) -> None:
+        if d.called:
+            return  # cancelled meanwhile
         listener = self.listeners.get(address)
         if listener is None or not self.alive(listener[0]) or not self.alive(source):
-            self._as_host(source, d.errback, Failure(ConnectionRefusedError(address)))
+            self._as_host(source, _refuse, d, address)
             return
         server_host, server_factory = listener
         clock = self.hosts.get(server_host)
@@ -309,8 +313,7 @@ class SimNetwork:
         server_addr = IPv4Address("TCP", host, int(port))
         server = server_factory.buildProtocol(client_addr)
         if server is None:
-            self.clock.callLater(self.latency(server_host, source), self._as_host, source, d.errback,
-                                 Failure(ConnectionRefusedError(address)))
+            self.clock.callLater(self.latency(server_host, source), self._as_host, source, _refuse, d, address)
             return
         self.links.append(link)
         link.b.protocol = server
@@ -321,6 +324,11 @@ class SimNetwork:
                              link, factory, client_addr, server_addr, d)
 
     def _connected(self, link: Link, factory: Any, client_addr: Any, server_addr: Any, d: Deferred) -> None:
+        if d.called:  # the attempt was cancelled: the dialer closes what the server accepted
+            link.a.gone = True
+            if not link.b.gone:
+                link._enqueue(link.b, _CLOSE)
+            return
         if link.b.gone:  # the server side closed (or died) before the handshake ended
             link.a.gone = True
             d.errback(Failure(ConnectionRefusedError(str(server_addr))))
@@ -382,6 +390,11 @@ class SimNetwork:
 
     def _forget_closed(self) -> None:
         self.links = [link for link in self.links if not link.closed]
+
+
+def _refuse(d: Deferred, address: str) -> None:
+    if not d.called:
+        d.errback(Failure(ConnectionRefusedError(address)))
 
 
 class _Endpoint:
