@@ -497,12 +497,14 @@ class ClusterNode(GroupCallbacks):
         return self.leader_of(META)[0]
 
     def metadata_current(self) -> bool:
-        """Whether this node's applied metadata is as new as it can know: its own metadata
-        replica has heard from a leader (so its commit index is not the one a restart
-        left) and has applied everything committed (the planner's rule, L{metadata_current})."""
+        """Whether this node's applied metadata is as new as it can know: its metadata replica
+        knows a leader, its commit index is at an entry of the current term, and everything
+        up to it is applied.  The term matters: after every node restarted, the new
+        controller's commit index (and so what it tells its followers) is 0 until it commits
+        the first entry of its term, and the state applied up to there lacks every topic."""
         core = self.cores.get(META)
         return self.state is not None and core is not None and core.leader_id is not None \
-            and self.state.applied_index >= core.commit_index
+            and core.log.term_at(core.commit_index) == core.term and self.state.applied_index >= core.commit_index
 
     def unknown_topic(self, name: str) -> errors.StreamlogError:
         """The error for a topic this node's metadata lacks: C{UNKNOWN_TOPIC} only when the

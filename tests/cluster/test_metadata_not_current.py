@@ -56,3 +56,24 @@ def test_once_the_controller_is_back_the_topic_is_there_and_a_missing_one_is_unk
     cluster.run_until(lambda: cluster.nodes[1].controller is not None and "t" in cluster.nodes[1].state.topics)
     topics = cluster.call(1, "Metadata", {"topics": ["t", "nope"]})["result"]["topics"]
     assert "error" not in topics[0] and topics[1]["error"]["code"] == "UNKNOWN_TOPIC"
+
+
+def test_after_every_node_restarted_no_node_ever_calls_the_live_topic_unknown(cluster):
+    # A new controller after a restart of every node has commit index 0 until it commits an
+    # entry of its own term, and so do the followers it tells: "a leader is known" is not enough.
+    for i in (1, 2, 3):
+        cluster.kill(i)
+    for i in (1, 2, 3):
+        cluster.start(i)
+    seen: set[str] = set()
+
+    def everywhere_known() -> bool:
+        known = 0
+        for node in cluster.nodes.values():
+            [topic] = node.metadata({"topics": ["t"]})["topics"]
+            seen.add(topic["error"]["code"] if "error" in topic else "ok")
+            known += "error" not in topic
+        return known == 3
+
+    cluster.run_until(everywhere_known)
+    assert "UNKNOWN_TOPIC" not in seen and "LEADER_NOT_AVAILABLE" in seen, seen
