@@ -107,3 +107,47 @@ VARIANTS = {
     "leader-serves-uncommitted": leader_serves_uncommitted,
     "acks-on-leader-append": acks_on_leader_append,
 }
+
+
+def _as_new(decision: Any) -> Any:
+    from streamlog.idempotence.table import NEW
+
+    return NEW
+
+
+class DedupeNotRebuilt(PartitionReplica):
+    """Broken: a new leader recognises only the batches it appended itself, as if its producer
+    state were not rebuilt from the log at a leader change: a retry of a batch an earlier
+    leader wrote (its answer lost in the failover) is stored again."""
+
+    def check_producer(self, producer_id: int, epoch: int, base_sequence: int, count: int, now_ms: int) -> Any:
+        from streamlog.idempotence.rules import Outcome
+
+        decision = super().check_producer(producer_id, epoch, base_sequence, count, now_ms)
+        if decision.outcome is Outcome.DUPLICATE and self.log.term_at(decision.raft_index) != self.term:
+            return _as_new(decision)
+        return decision
+
+
+class DedupeOff(PartitionReplica):
+    """Broken: the leader never recognises a retry (every DUPLICATE is appended as NEW)."""
+
+    def check_producer(self, producer_id: int, epoch: int, base_sequence: int, count: int, now_ms: int) -> Any:
+        from streamlog.idempotence.rules import Outcome
+
+        decision = super().check_producer(producer_id, epoch, base_sequence, count, now_ms)
+        return _as_new(decision) if decision.outcome is Outcome.DUPLICATE else decision
+
+
+def dedupe_not_rebuilt_on_leader_change(world: Any) -> None:
+    world.replica_class = DedupeNotRebuilt
+
+
+def dedupe_off(world: Any) -> None:
+    world.replica_class = DedupeOff
+
+
+VARIANTS.update({
+    "dedupe-not-rebuilt-on-leader-change": dedupe_not_rebuilt_on_leader_change,
+    "dedupe-off": dedupe_off,
+})

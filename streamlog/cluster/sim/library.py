@@ -52,7 +52,7 @@ class LibraryProducer:
     def __init__(self, name: str, network: SimNetwork, clock: Clock, rng: random.Random,
                  addresses: dict[int, str], history: History, ids: Callable[[], int], *, topic: str,
                  partitions: int, idempotent: bool = True, delivery_timeout: float = 8.0,
-                 request_timeout: float = 1.0, max_pending: int = 12, gap: tuple[float, float] = (0.0, 0.008)) -> None:
+                 request_timeout: float = 1.0, max_pending: int = 12, gap: tuple[float, float] = (0.002, 0.02)) -> None:
         self.name = name
         self.clock = clock
         self.rng = rng

@@ -5,9 +5,9 @@ arrive at the other after the link's latency (plus a little jitter), in
 order, as TCP delivers them.  What TCP allows is all that can go wrong:
 
 - delay: every pair of hosts has its own latency, drawn from the seed;
-- partitions: a blocked pair holds its bytes (both ways) until healed, and
-  refuses new connections between them; the endpoints' own liveness checks
-  decide whether to close the connection meanwhile;
+- partitions: a blocked pair holds its bytes (both ways, or one way only)
+  until healed, and refuses new connections between them; the endpoints'
+  own liveness checks decide whether to close the connection meanwhile;
 - connection resets: both sides see the connection lost, what was in
   flight is dropped (so "loss" is always a drop of a whole connection's
   tail, never a hole in the middle of a stream); a lost answer to a client
@@ -222,6 +222,8 @@ class SimNetwork:
         self.listeners: dict[str, tuple[str, Any]] = {}
         self.links: list[Link] = []
         self.blocked: set[frozenset[str]] = set()
+        #: One-way partitions: (from, to) pairs whose bytes are held (the other way flows).
+        self.one_way: set[tuple[str, str]] = set()
         self._latency: dict[tuple[str, str], float] = {}
         self._links_made = 0
         self._ports = 50000
@@ -262,7 +264,7 @@ class SimNetwork:
         clock = self.hosts.get(to)
         if clock is not None and (not clock.alive or clock.paused):
             return False
-        return frozenset((frm, to)) not in self.blocked
+        return frozenset((frm, to)) not in self.blocked and (frm, to) not in self.one_way
 
     # --- connecting
 
@@ -275,11 +277,11 @@ class SimNetwork:
         d: Deferred = Deferred(lambda _: None)
         listener = self.listeners.get(address)
         server_host = listener[0] if listener is not None else None
-        if listener is None or server_host is None or not self.alive(server_host) \
-                or frozenset((source, server_host)) in self.blocked:
-            # Refused (nobody listens, the host is dead) or timed out (a partition): after a while.
-            delay = 0.2 if server_host is not None and frozenset((source, server_host)) in self.blocked \
-                else 2 * self.latency(source, address)
+        cut = server_host is not None and self._cut(source, server_host)
+        if listener is None or server_host is None or not self.alive(server_host) or cut:
+            # Refused (nobody listens, the host is dead) or timed out (a partition, even one
+            # way: the handshake needs both): after a while.
+            delay = 0.2 if cut else 2 * self.latency(source, address)
             self.clock.callLater(delay, self._as_host, source, _refuse, d, address)
             return d
         assert server_host is not None
@@ -358,12 +360,27 @@ class SimNetwork:
                 link.host_died(host)
         self._forget_closed()
 
+    def _cut(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self.blocked or (a, b) in self.one_way or (b, a) in self.one_way
+
     def block(self, a: str, b: str) -> None:
         self.blocked.add(frozenset((a, b)))
 
+    def block_one_way(self, frm: str, to: str) -> None:
+        """Bytes from C{frm} to C{to} are held (C{to} still reaches C{frm}); no new connection."""
+        self.one_way.add((frm, to))
+
+    def heal_host(self, host: str) -> None:
+        """Every partition (both ways or one) that involves C{host} ends."""
+        self.blocked = {p for p in self.blocked if host not in p}
+        self.one_way = {p for p in self.one_way if host not in p}
+        for name in list(self.hosts):
+            self._wake(name)
+
     def unblock_all(self) -> None:
         pairs, self.blocked = self.blocked, set()
-        for pair in pairs:
+        one_way, self.one_way = self.one_way, set()
+        for pair in [*pairs, *one_way]:
             for host in pair:
                 self._wake(host)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.task import LoopingCall
 import orjson
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
@@ -75,8 +76,16 @@ class SimConfig:
     settle_timeout: float = 30.0
     #: Share of fsyncs that are slow (20-150 ms instead of 0.3-4 ms).
     slow_fsync: float = 0.03
-    #: Relative weights of the faults: crash, pause, isolate, reset, power loss of every node.
-    fault_weights: tuple[int, int, int, int, int] = (3, 3, 3, 3, 2)
+    #: Relative weights of the faults, in L{FAULTS} order: crash, pause, isolate, reset, power
+    #: loss of every node, one-way partition, SIGTERM (clean stop), disk wipe.
+    fault_weights: tuple[int, ...] = (3, 3, 3, 3, 2, 2, 2, 1)
+    #: The topic's retention.bytes (None: none): retention cuts the logs during the run, so a
+    #: follower that was away catches up by InstallSnapshot.
+    retention_bytes: int | None = 12_000
+    #: Simulated seconds between two retention checks on each node.
+    retention_interval: float = 0.1
+    #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
+    transfer_timeout: float = 1.0
     #: A run that takes more clock events than this is stuck in a storm: a failure.
     max_events: int = 200_000
     #: ... or more bytes on the network than this.
@@ -85,6 +94,11 @@ class SimConfig:
 
 #: Violation kinds that are not a safety finding (see SimResult.safety).
 NOT_SAFETY = ("liveness", "crash")
+
+#: The faults the simulator injects (SimConfig.fault_weights weighs them in this order).
+FAULTS = ("crash", "pause", "isolate", "reset", "power", "oneway", "sigterm", "wipe")
+#: Those that take one node out of the healthy majority while they last.
+NODE_FAULTS = ("crash", "pause", "isolate", "oneway", "sigterm", "wipe")
 
 
 @attrs.frozen
@@ -104,10 +118,16 @@ class SimResult:
         cause without the checker having caught what it breaks."""
         return any(v.split()[1].rstrip(":") not in NOT_SAFETY for v in self.violations if len(v.split()) > 1)
 
+    def fault_counts(self) -> dict[str, int]:
+        """How many faults of each kind the seed injected (in L{FAULTS} order)."""
+        kinds = [f.split()[1] for f in self.faults]
+        return {k: kinds.count(k) for k in FAULTS if k in kinds}
+
     def line(self) -> str:
         status = "ok  " if self.ok else "FAIL"
         counts = " ".join(f"{k}={v}" for k, v in self.stats.items())
-        return f"seed {self.seed}: {status} {counts} sim={self.sim_seconds:.1f}s digest={self.digest[:12]}"
+        faults = ",".join(f"{k}:{v}" for k, v in self.fault_counts().items())
+        return f"seed {self.seed}: {status} {counts} [{faults}] sim={self.sim_seconds:.1f}s digest={self.digest[:12]}"
 
 
 class Liveness(Exception):
@@ -138,10 +158,13 @@ class SimNode:
         self.identity.save(NodeIdentity(node_id, f"{node_id:016x}"))
         self.rng = random.Random(world.rng.random())
         self.generation = 0
+        self.wipes = 0
         self.clock: NodeClock | None = None
         self.node: ClusterNode | None = None
         self.broker: Broker | None = None
         self.up = False
+        #: A SIGTERM is being handled (leaderships moving away, then a clean stop).
+        self.stopping = False
 
     @property
     def paused(self) -> bool:
@@ -169,8 +192,51 @@ class SimNode:
         world.network.listen(world.peers[self.id], self.name, node.peer_factory())
         world.network.listen(world.clients[self.id], self.name, factory)
         self.node, self.broker, self.up = node, broker, True
+        self.stopping = False
         node.start()
         factory.doStart()
+        if world.config.retention_interval:
+            retention = LoopingCall(broker.apply_retention)
+            retention.clock = self.clock  # dies with the node: a dead NodeClock runs nothing
+            retention.start(world.config.retention_interval, now=False)
+
+    def sigterm(self, then: Callable[[], None]) -> None:
+        """SIGTERM, as the server handles it: leaderships to caught-up followers (within the
+        transfer timeout), writes refused, the answers owed written, the final sync, exit."""
+        node, broker, generation = self.node, self.broker, self.generation
+        assert node is not None and broker is not None and self.clock is not None
+        self.stopping = True
+
+        def stop_writes(_: Any) -> None:
+            if self.generation == generation and self.up:
+                broker.stopping = True
+                assert self.clock is not None
+                self.clock.callLater(0.05, exit_cleanly)
+
+        def exit_cleanly() -> None:
+            if self.generation == generation and self.up:
+                self.stop_cleanly()
+                then()
+
+        node.hand_over(self.world.config.transfer_timeout).addBoth(stop_writes)
+
+    def stop_cleanly(self) -> None:
+        """The process exits after its final sync: nothing written is lost."""
+        assert self.clock is not None
+        self.clock.kill()
+        self.world.network.kill(self.name)
+        self.disk.clean_stop()
+        self.node = self.broker = None
+        self.up = self.stopping = False
+
+    def wipe(self) -> None:
+        """The node dies and comes back on an empty disk: a new incarnation (docs/cluster.md)."""
+        self.crash()
+        self.wipes += 1
+        world = self.world
+        self.disk = SimDisk(self.id, world.clock, random.Random(self.rng.random()), world, world.config.slow_fsync)
+        self.identity = IdentityStore(None)
+        self.identity.save(NodeIdentity(self.id, f"{self.id:08x}{self.wipes:08x}"))
 
     def crash(self) -> None:
         """SIGKILL plus the loss of whatever the disk had not made durable (power loss)."""
@@ -179,7 +245,7 @@ class SimNode:
         self.world.network.kill(self.name)
         self.disk.power_loss()
         self.node = self.broker = None
-        self.up = False
+        self.up = self.stopping = False
 
 
 class SimCluster:
@@ -199,6 +265,8 @@ class SimCluster:
         self._trace = hashlib.sha256()
         self.events = 0
         self.faults: list[str] = []
+        #: What the disks counted: prefix truncations (retention) and snapshot installs.
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0}
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
         self.raft_node_class: type[RaftNode] = RaftNode
         self.replica_class: type[PartitionReplica] = PartitionReplica
@@ -238,6 +306,10 @@ class SimCluster:
         sim = self.nodes[node]
         core = sim.node.cores.get(group) if sim.up and sim.node is not None else None
         self.ledger.truncating(node, group, log, from_index, core.commit_index if core is not None else 0)
+
+    def count(self, what: str) -> None:
+        """(The disks' observer) one more of C{what}."""
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     def served(self, client: str, node: int, partition: int, high_watermark: int) -> None:
         self.ledger.served(node, self.groups.get(partition, str(partition)), high_watermark, f"Poll answers to {client}")
@@ -339,16 +411,37 @@ class SimCluster:
             at += rng.uniform(*self.config.fault_gap)
 
     def _unhealthy(self) -> int:
-        return sum(1 for s in self.nodes.values() if not s.up or s.paused) + len(self._isolated)
+        return sum(1 for s in self.nodes.values() if not s.up or s.paused or s.stopping) + len(self._isolated)
+
+    def wipe_safe(self) -> bool:
+        """A disk may be wiped only while every node is up and a caught-up voter of every group
+        (as C{streamlog chaos} waits for): then the other copies are a majority that holds
+        everything committed, and the wiped node's replacement can be added back."""
+        sims = list(self.nodes.values())
+        if self._isolated or any(not s.up or s.paused or s.stopping or s.node is None for s in sims):
+            return False
+        for group in [META, *self.groups.values()]:
+            leaders = [s.node.cores[group] for s in sims if s.node is not None and group in s.node.cores
+                       and s.node.cores[group].role == LEADER]
+            if len(leaders) != 1:
+                return False
+            core = leaders[0]
+            wanted = len(sims) if group == META else min(3, len(sims))
+            if core.learners or len(core.voters) != wanted or not all(core.caught_up(p) for p in core.peers):
+                return False
+        return True
 
     def _fault(self) -> None:
         rng = self.fault_rng
-        kind = rng.choices(["crash", "pause", "isolate", "reset", "power"], self.config.fault_weights)[0]
+        kind = rng.choices(FAULTS, self.config.fault_weights)[0]
         length = rng.uniform(*self.config.fault_length)
         budget = (len(self.nodes) - 1) // 2  # faults at once that leave a majority healthy
-        candidates = [s for s in self.nodes.values() if s.up and not s.paused and s.id not in self._isolated]
-        if kind in ("crash", "pause", "isolate") and (self._unhealthy() >= budget or not candidates):
+        candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping
+                      and s.id not in self._isolated]
+        if kind in NODE_FAULTS and (self._unhealthy() >= budget or not candidates):
             kind = "reset"
+        if kind == "wipe" and not self.wipe_safe():
+            kind = "crash"
         self.faults.append(f"{self.clock.seconds():.3f} {kind}")
         if kind == "reset":
             link = self.network.reset_one(rng)
@@ -368,6 +461,21 @@ class SimCluster:
         if kind == "crash":
             target.crash()
             self.clock.callLater(length, self._restart, target)
+        elif kind == "wipe":
+            target.wipe()
+            self.clock.callLater(length, self._restart, target)
+        elif kind == "sigterm":
+            target.sigterm(lambda: self.clock.callLater(length, self._restart, target))
+        elif kind == "oneway":
+            outgoing = rng.random() < 0.5  # it cannot reach the others, or they cannot reach it
+            self._isolated.add(target.id)
+            for other in self.nodes.values():
+                if other is not target:
+                    if outgoing:
+                        self.network.block_one_way(target.name, other.name)
+                    else:
+                        self.network.block_one_way(other.name, target.name)
+            self.clock.callLater(length, self._heal, target.id)
         elif kind == "pause":
             assert target.clock is not None
             target.clock.pause()
@@ -398,10 +506,7 @@ class SimCluster:
     def _heal(self, node: int) -> None:
         self._isolated.discard(node)
         self.trace("heal", node)
-        self.network.blocked = {p for p in self.network.blocked if f"n{node}" not in p}
-        self.network.unblock_all() if not self.network.blocked else None
-        for sim in self.nodes.values():
-            self.network._wake(sim.name)
+        self.network.heal_host(f"n{node}")
 
     def heal_all(self) -> None:
         self._isolated.clear()
@@ -409,7 +514,7 @@ class SimCluster:
         for sim in self.nodes.values():
             if sim.up and sim.paused and sim.clock is not None:
                 sim.clock.resume()
-            elif not sim.up:
+            elif not sim.up and not sim.stopping:
                 sim.start()
 
     # --- the run
@@ -467,7 +572,8 @@ class SimCluster:
         self.run_until(self.formed, config.settle_timeout, "the cluster formed")
         factor = min(3, config.nodes)
         answer = self.admin("CreateTopic", {"topic": TOPIC, "partitions": config.partitions,
-                                            "replication_factor": factor})
+                                            "replication_factor": factor,
+                                            "config": {"retention_bytes": config.retention_bytes}})
         assert "result" in answer, answer
         info = self.nodes[1].node.state.topics[TOPIC] if self.nodes[1].node and self.nodes[1].node.state else None
         assert info is not None
@@ -528,7 +634,7 @@ class SimCluster:
         for producer in [*self.producers, *self.library]:
             for p, offset, value in producer.acked:
                 log = leaders.get(self.groups[p])
-                if log is None:
+                if log is None or offset < log.start_offset:  # none, or removed by retention
                     continue
                 read = log.read(offset, 1, 1 << 20)
                 found = orjson.loads(read.fragments[0]).get("value") if read.fragments else None
@@ -546,6 +652,8 @@ class SimCluster:
             "reorders": result.count(chaos.NON_MONOTONIC_SEND),
             "retry_dups": result.count(chaos.RETRY_DUPLICATE),
             "dropped": self.network.answers_dropped,
+            "retained": self.counts["retained"],
+            "snapshots": self.counts["snapshots"],
             "faults": len(self.faults),
             "events": self.events,
         }
