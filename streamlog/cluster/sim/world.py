@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.task import LoopingCall
 import orjson
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from streamlog.broker.broker import Broker
@@ -81,7 +81,7 @@ class SimConfig:
     fault_weights: tuple[int, ...] = (3, 3, 3, 3, 2, 2, 2, 1)
     #: The topic's retention.bytes (None: none): retention cuts the logs during the run, so a
     #: follower that was away catches up by InstallSnapshot.
-    retention_bytes: int | None = 12_000
+    retention_bytes: int | None = 4_000
     #: Simulated seconds between two retention checks on each node.
     retention_interval: float = 0.1
     #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
@@ -271,6 +271,8 @@ class SimCluster:
         self.raft_node_class: type[RaftNode] = RaftNode
         self.replica_class: type[PartitionReplica] = PartitionReplica
         self._node_class: type[ClusterNode] | None = None
+        #: Methods of ClusterNode a broken variant replaces (name -> function).
+        self.node_overrides: dict[str, Any] = {}
         n = config.nodes
         self.peers = {i: f"127.0.0.{i}:9000" for i in range(1, n + 1)}
         self.clients = {i: f"127.0.0.{i}:7000" for i in range(1, n + 1)}
@@ -287,7 +289,7 @@ class SimCluster:
         C{raft_node_class} nodes."""
         if self._node_class is None:
             host = type("SimHost", (SimHost,), {"node_class": self.raft_node_class})
-            self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host})
+            self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host, **self.node_overrides})
         return self._node_class
 
     # --- bookkeeping
