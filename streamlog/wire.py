@@ -479,6 +479,26 @@ def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
                              replication_factor=replication_factor)
 
 
+def is_auto_create(params: dict[str, Any]) -> bool:
+    """Is this C{CreateTopic} the C{auto_create} form (see L{parse_auto_create_topic})?"""
+    return isinstance(params, dict) and "auto_create" in params
+
+
+def parse_auto_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
+    """C{CreateTopic {topic, auto_create: true}}: the topic a Send would auto-create; the server
+    chooses what a Send's auto-creation would (its C{--default-partitions}), so nothing else is given."""
+    p = _Params(params)
+    topic = _topic(p)
+    if p.raw("auto_create") is not True:
+        raise errors.InvalidParams("'auto_create' must be true (or left out)", field="auto_create")
+    extra = sorted(set(params) - {"topic", "auto_create"})
+    if extra:
+        raise errors.InvalidParams(
+            f"with 'auto_create' the server chooses the topic's settings as a Send's auto-creation does; "
+            f"leave out {', '.join(extra)}", field=extra[0])
+    return topic
+
+
 def parse_topic_only(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
     p = _Params(params)
     topic = _topic(p)

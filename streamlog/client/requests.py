@@ -97,3 +97,8 @@ def create_topic(topic: str, partitions: int = 1, config: dict[str, Any] | None 
     if config:
         params["config"] = config
     return params
+
+
+def auto_create_topic(topic: str) -> dict[str, Any]:
+    """C{CreateTopic} as a Send's auto-creation (the server's partitions and config); existing is fine."""
+    return {"topic": topic, "auto_create": True}

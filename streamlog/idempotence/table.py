@@ -73,7 +73,7 @@ from streamlog.idempotence.rules import (
 )
 
 #: Defaults of L{ProducerStateConfig} (the proposed server options are in docs/storage.md).
-DEFAULT_WINDOW = 5
+DEFAULT_WINDOW = MIN_WINDOW
 DEFAULT_MAX_PRODUCERS = 10_000
 DEFAULT_EXPIRY_MS = 24 * 3600 * 1000
 DEFAULT_EVICT_MIN_IDLE_MS = 5 * 60 * 1000
@@ -89,9 +89,9 @@ _BASE_SEQ, _LAST_SEQ, _BASE_OFF, _LAST_OFF, _INDEX, _TS = range(6)
 class ProducerStateConfig:
     """The bounds of a partition's table.
 
-    @ivar window: batches remembered per producer (>= 5: a client has at most
-        5 unacknowledged per partition, and each must be recognisable when
-        it is retried).
+    @ivar window: batches remembered per producer (>= L{MIN_WINDOW}, 8: the
+        Producer numbers at most 8 unacknowledged per partition, and each must
+        be recognisable when it is retried).
     @ivar max_producers: producers remembered per partition; a new one past
         it evicts the least recently active, if that one was idle at least
         C{evict_min_idle_ms}, or is refused (C{TOO_MANY_PRODUCERS}).
@@ -113,7 +113,12 @@ class ProducerStateConfig:
     undo_limit: int = DEFAULT_UNDO_LIMIT
 
     def __attrs_post_init__(self) -> None:
-        if not MIN_WINDOW <= self.window <= MAX_WINDOW:
+        if self.window < MIN_WINDOW:
+            raise ValueError(
+                f"window {self.window} is below the {MIN_WINDOW} batches the streamlog Producer may have "
+                f"unacknowledged per partition: a retry of an older one would be refused OUT_OF_ORDER_SEQUENCE "
+                f"instead of answered as a duplicate (the window must be in [{MIN_WINDOW}, {MAX_WINDOW}])")
+        if self.window > MAX_WINDOW:
             raise ValueError(f"window must be in [{MIN_WINDOW}, {MAX_WINDOW}], not {self.window}")
         if self.max_producers < 1:
             raise ValueError(f"max_producers must be at least 1, not {self.max_producers}")

@@ -157,7 +157,8 @@ class Options(usage.Options):
         ["heartbeat-ms", None, 50, "Raft heartbeat interval (ms).", int],
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
         ["producer-state-batches", None, DEFAULT_WINDOW,
-         "Batches each partition remembers per idempotent producer (5 to 64; a retry of any of them is recognised).",
+         "Batches each partition remembers per idempotent producer (8 to 64: at least the 8 a streamlog Producer "
+         "has unacknowledged per partition; a retry of any of them is recognised).",
          int],
         ["max-producers-per-partition", None, DEFAULT_MAX_PRODUCERS,
          "Idempotent producers a partition remembers; past it the least recently active is evicted.", int],

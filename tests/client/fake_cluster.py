@@ -330,6 +330,14 @@ class FakeNode:
                                        controller_address=address)
 
     def handle_CreateTopic(self, params: dict[str, Any]) -> dict[str, Any]:
+        if wire.is_auto_create(params):  # at any node, as a Send's auto-creation
+            name = wire.parse_auto_create_topic(params)
+            created = name not in self.cluster.topics
+            if created:
+                if not self.cluster.auto_create:
+                    raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
+                self.cluster.create_topic(name, 1, leaders=[self.node_id])
+            return {**self.handle_DescribeTopic({"topic": name}), "created": created}
         create = wire.parse_create_topic(params)
         self._check_controller()
         if self.cluster.forming > 0:

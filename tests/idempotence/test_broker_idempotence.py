@@ -298,3 +298,38 @@ def test_the_wire_parses_idempotent_params():
     assert (p.producer_id, p.epoch, p.sequences) == (3, 1, {0: 9})
     s = wire.parse_send({"topic": "t", "value": 1, "producer_id": 3, "epoch": 1, "base_sequence": 4})
     assert s.messages == [{"value": 1}] and s.sequences == {-1: 4}
+
+
+def test_create_topic_auto_create_makes_the_topic_a_send_would_and_finds_an_existing_one(harness):
+    conn = harness.connect()
+    created = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]
+    assert created["created"] is True and len(created["partitions"]) == 2  # default_partitions
+    again = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]
+    assert again["created"] is False and len(again["partitions"]) == 2
+    # The plain form still refuses an existing topic.
+    assert conn.call("CreateTopic", {"topic": "t"})["error"]["code"] == "TOPIC_EXISTS"
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"topic": "t", "auto_create": False}, "auto_create"),
+    ({"topic": "t", "auto_create": 1}, "auto_create"),
+    ({"topic": "t", "auto_create": True, "partitions": 3}, "partitions"),
+    ({"topic": "t", "auto_create": True, "config": {}}, "config"),
+])
+def test_create_topic_auto_create_takes_no_settings(harness, params, field):
+    error = harness.connect().call("CreateTopic", params)["error"]
+    assert error["code"] == "INVALID_PARAMS" and error["field"] == field
+
+
+def test_create_topic_auto_create_is_unknown_topic_when_auto_creation_is_off(clock):
+    h = BrokerHarness(storage=MemoryStorage(), config=BrokerConfig(auto_create_topics=False), clock=clock)
+    try:
+        conn = h.connect()
+        error = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["error"]
+        assert error["code"] == "UNKNOWN_TOPIC" and "auto-creation is off" in error["message"]
+        conn.call("CreateTopic", {"topic": "t"})
+        assert conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]["created"] is False
+        assert conn.call("CreateTopic", {"topic": "__consumer_offsets", "auto_create": True})["error"]["code"] \
+            == "INTERNAL_TOPIC"
+    finally:
+        h.stop()
