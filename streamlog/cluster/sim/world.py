@@ -5,11 +5,14 @@ planner, partition replicas and Raft host and peer transport, and the
 C{Broker} with its client protocol) on one C{Clock}, over the simulated
 network (L{streamlog.cluster.sim.network}) and disks
 (L{streamlog.cluster.sim.disk}); forms the cluster and creates a topic
-through the client protocol; runs producers and consumers while faults are
-injected (crashes that lose unsynced writes, power loss of every node,
-pauses, partitions, connection resets); then heals everything, lets the
-cluster settle, drains every partition and checks the history
-(L{streamlog.chaos.checker}) and the replicas (L{streamlog.cluster.sim.checker}).
+through the client protocol; runs producers and consumers (the simulator's
+own, and the real C{streamlog.client} Producer, idempotent and plain, whose
+answers are lost at times) while faults are injected (L{FAULTS}: crashes that
+lose unsynced writes, power loss of every node, pauses, partitions both ways
+and one way, connection resets, SIGTERM's clean stop, a disk wipe) and
+retention cuts the logs; then heals everything, lets the cluster settle,
+drains every partition and checks the history (L{streamlog.chaos.checker})
+and the replicas (L{streamlog.cluster.sim.checker}).
 
 Everything random comes from C{random.Random(seed)}, and time is simulated,
 so a seed replays exactly (within one process, or across processes with the
@@ -626,6 +629,12 @@ class SimCluster:
         for kind in chaos.SAFETY:
             for anomaly in result.anomalies.get(kind, ()):
                 ledger.violation(f"history {kind}: {anomaly.detail}")
+        # The topic lives from before the load to the end: no client may ever be told it is unknown
+        # (a node whose metadata is behind must say LEADER_NOT_AVAILABLE: docs/protocol.md).
+        told = [op for op in [*self.history.sends, *self.history.polls] if op.error == "UNKNOWN_TOPIC"]
+        if told:
+            ledger.violation(f"unknown-topic: {len(told)} answers to clients called the live topic unknown "
+                             f"(the first to {told[0].process} at t={told[0].complete:.3f})")
         logs = [(s.id, group, log) for s in self.nodes.values() for group, log in s.disk.logs().items()]
         leaders: dict[str, Any] = {}
         for p, group in self.groups.items():
