@@ -223,14 +223,19 @@ class SimNode:
 
         node.hand_over(self.world.config.transfer_timeout).addBoth(stop_writes)
 
-    def stop_cleanly(self) -> None:
-        """The process exits after its final sync: nothing written is lost."""
+    def _exit(self, disk_stop: Callable[[], None]) -> None:
+        """The process is gone: its timers never run, its connections close, its disk stops
+        as C{disk_stop} says (a clean stop's final sync, or a power loss)."""
         assert self.clock is not None
         self.clock.kill()
         self.world.network.kill(self.name)
-        self.disk.clean_stop()
+        disk_stop()
         self.node = self.broker = None
         self.up = self.stopping = False
+
+    def stop_cleanly(self) -> None:
+        """The process exits after its final sync: nothing written is lost."""
+        self._exit(self.disk.clean_stop)
 
     def wipe(self) -> None:
         """The node dies and comes back on an empty disk: a new incarnation (docs/cluster.md)."""
@@ -243,12 +248,7 @@ class SimNode:
 
     def crash(self) -> None:
         """SIGKILL plus the loss of whatever the disk had not made durable (power loss)."""
-        assert self.clock is not None
-        self.clock.kill()
-        self.world.network.kill(self.name)
-        self.disk.power_loss()
-        self.node = self.broker = None
-        self.up = self.stopping = False
+        self._exit(self.disk.power_loss)
 
 
 class SimCluster:
