@@ -81,7 +81,7 @@ class SimConfig:
     slow_fsync: float = 0.03
     #: Relative weights of the faults, in L{FAULTS} order: crash, pause, isolate, reset, power
     #: loss of every node, one-way partition, SIGTERM (clean stop), disk wipe.
-    fault_weights: tuple[int, ...] = (3, 3, 3, 3, 2, 2, 2, 1)
+    fault_weights: tuple[int, ...] = (3, 3, 3, 3, 2, 2, 2, 2)
     #: The topic's retention.bytes (None: none): retention cuts the logs during the run, so a
     #: follower that was away catches up by InstallSnapshot.
     retention_bytes: int | None = 4_000
@@ -270,6 +270,8 @@ class SimCluster:
         self.faults: list[str] = []
         #: What the disks counted: prefix truncations (retention) and snapshot installs.
         self.counts: dict[str, int] = {"retained": 0, "snapshots": 0}
+        #: Faults may start (the load phase); False once everything is healed.
+        self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
         self.raft_node_class: type[RaftNode] = RaftNode
         self.replica_class: type[PartitionReplica] = PartitionReplica
@@ -446,7 +448,28 @@ class SimCluster:
         if kind in NODE_FAULTS and (self._unhealthy() >= budget or not candidates):
             kind = "reset"
         if kind == "wipe" and not self.wipe_safe():
-            kind = "crash"
+            # Wait (a little) for the cluster to be whole and caught up, as streamlog chaos does.
+            self.clock.callLater(0.1, self._wipe_when_safe, length, 5)
+            return
+        self._start_fault(kind, length, candidates)
+
+    def _wipe_when_safe(self, length: float, tries: int) -> None:
+        if not self.faulting:
+            return  # the load and its faults are over
+        if self.wipe_safe():
+            candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping]
+            self._start_fault("wipe", length, candidates)
+        elif tries > 1:
+            self.clock.callLater(0.1, self._wipe_when_safe, length, tries - 1)
+        elif self._unhealthy() < (len(self.nodes) - 1) // 2:
+            candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping
+                          and s.id not in self._isolated]
+            self._start_fault("crash" if candidates else "reset", length, candidates)
+        else:
+            self._start_fault("reset", length, [])
+
+    def _start_fault(self, kind: str, length: float, candidates: list[SimNode]) -> None:
+        rng = self.fault_rng
         self.faults.append(f"{self.clock.seconds():.3f} {kind}")
         if kind == "reset":
             link = self.network.reset_one(rng)
@@ -608,8 +631,10 @@ class SimCluster:
         for client in [*self.producers, *self.consumers, *self.library]:
             client.start()
         self.trace("load")
+        self.faulting = True
         self.schedule_faults(self.clock.seconds() + config.duration)
         self.run_for(config.duration)
+        self.faulting = False
         self.trace("heal")
         self.heal_all()
         self.network.drop_answers.clear()
