@@ -26,7 +26,7 @@ from streamlog.cluster.sim.world import FAULTS, NOT_SAFETY
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The CI run: many seeds, each short (load and faults for CI_DURATION simulated seconds).
-CI_SEEDS = 45
+CI_SEEDS = 36
 CI_DURATION = 1.0
 CI = SimConfig(duration=CI_DURATION)
 
@@ -116,7 +116,7 @@ def test_a_broken_variant_is_caught_within_its_budget(name):
 
 def test_run_seed_in_process_gives_a_result_per_seed():
     """The library entry point (what the CLI runs per seed), broken and not."""
-    broken = [run_seed(seed, VARIANT_RUN, VARIANTS["follower-truncates-committed"]) for seed in range(10)]
+    broken = [run_seed(seed, VARIANT_RUN, VARIANTS["follower-truncates-committed"]) for seed in range(5)]
     assert any(not r.ok for r in broken)
     assert all(r.violations and r.digest for r in broken if not r.ok)
 
