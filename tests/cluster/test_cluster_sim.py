@@ -26,7 +26,7 @@ from streamlog.cluster.sim.world import FAULTS, NOT_SAFETY
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The CI run: many seeds, each short (load and faults for CI_DURATION simulated seconds).
-CI_SEEDS = 36
+CI_SEEDS = 30
 CI_DURATION = 1.0
 CI = SimConfig(duration=CI_DURATION)
 
