@@ -55,7 +55,8 @@ class Nodes:
         from streamlog.cli_cluster_up import default_server_command, plan_cluster
 
         base = base_port or free_base_port(nodes, random.Random(seed))
-        return cls(plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options)), root)
+        return cls(plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options),
+                                http_port_offset=None), root)
 
     @property
     def bootstrap(self) -> str:

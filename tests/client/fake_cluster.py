@@ -1,8 +1,8 @@
 """A fake cluster for the client tests: several nodes on in-memory transports, one shared state.
 
 Each L{FakeNode} speaks the cluster protocol of docs/protocol.md (Metadata,
-Send, SendBatch, Poll, ListOffsets, topic administration, with NOT_LEADER,
-LEADER_NOT_AVAILABLE and NOT_CONTROLLER) and answers from the shared
+Send, SendBatch, Poll, ListOffsets, topic administration, a one-member group
+coordinator, with NOT_LEADER, LEADER_NOT_AVAILABLE, NOT_CONTROLLER and NOT_COORDINATOR) and answers from the shared
 L{FakeCluster} state, which the tests change: leaders move, nodes die and
 come back, a node's metadata lags, a node swallows requests.  Data lives in
 the cluster state (as if every committed write were replicated), so a new
@@ -372,6 +372,49 @@ class FakeNode:
         cluster.inits.append(identity)
         return {"producer_id": identity[0], "epoch": identity[1]}
 
+    # A coordinator of one-member groups, enough for the GroupConsumer's routing: the node named by
+    # cluster.coordinator answers, the others say NOT_COORDINATOR; the member gets every partition.
+
+    def _check_coordinator(self, group: str) -> None:
+        coordinator = self.cluster.coordinator
+        if coordinator != self.node_id:
+            address = self.cluster.nodes[coordinator].address if coordinator is not None else None
+            raise errors.NotCoordinator(f"node {self.node_id} does not coordinate {group!r}", group=group,
+                                        coordinator=coordinator, coordinator_address=address)
+
+    def handle_FindCoordinator(self, params: dict[str, Any]) -> dict[str, Any]:
+        coordinator = self.cluster.coordinator
+        address = self.cluster.nodes[coordinator].address if coordinator is not None else None
+        return {"group": params["group"], "partition": 0, "coordinator": coordinator,
+                "coordinator_address": address}
+
+    def _member_answer(self, group: str, topics: list[str]) -> dict[str, Any]:
+        assignment = [{"topic": t, "partitions": list(range(len(self.cluster.topics[t])))}
+                      for t in sorted(topics) if t in self.cluster.topics]
+        return {"group": group, "member_id": "m1", "generation": 1, "assignment": assignment, "revoke": [],
+                "pending": [], "heartbeat_interval_ms": 3000}
+
+    def handle_JoinGroup(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        self.cluster.group_topics = list(params["topics"])
+        return self._member_answer(params["group"], params["topics"])
+
+    def handle_Heartbeat(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        return self._member_answer(params["group"], self.cluster.group_topics)
+
+    def handle_FetchOffsets(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        return {"group": params["group"], "offsets": [
+            {"topic": t, "partition": p, "offset": o, "metadata": None, "timestamp": 0}
+            for (t, p), o in sorted(self.cluster.group_offsets.items())]}
+
+    def handle_CommitOffsets(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        for o in params["offsets"]:
+            self.cluster.group_offsets[(o["topic"], o["partition"])] = o["offset"]
+        return {"group": params["group"], "offsets": params["offsets"]}
+
     def handle_Ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "time": int(self.cluster.clock.seconds() * 1000), "version": "fake",
                 "node_id": self.node_id}
@@ -425,6 +468,10 @@ class FakeCluster:
         self.next_producer_id = 0
         self.producer_names: dict[str, tuple[int, int]] = {}
         self.inits: list[tuple[int, int]] = []
+        #: The node coordinating every group (FindCoordinator's answer), the group's topics and offsets.
+        self.coordinator: int | None = nodes
+        self.group_topics: list[str] = []
+        self.group_offsets: dict[tuple[str, int], int] = {}
 
     def take_producer_id(self) -> int:
         self.next_producer_id += 1
