@@ -161,6 +161,8 @@ class Broker:
     def topic(self, name: str) -> Topic:
         topic = self.topics.get(name)
         if topic is None:
+            if self.cluster is not None:
+                raise self.cluster.unknown_topic(name)  # LEADER_NOT_AVAILABLE while its metadata may be behind
             raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
         return topic
 
@@ -419,6 +421,8 @@ class Broker:
         # passed every check: a refused Send must leave nothing behind.
         topic = self.topics.get(p.topic)
         if topic is None and not self.config.auto_create_topics:
+            if self.cluster is not None and not self.cluster.metadata_current():
+                raise self.cluster.unknown_topic(p.topic)
             raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
         count = len(topic.partitions) if topic is not None else self.config.default_partitions
         sticky: int | None = None

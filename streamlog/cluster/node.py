@@ -501,6 +501,28 @@ class ClusterNode(GroupCallbacks):
     def controller(self) -> int | None:
         return self.leader_of(META)[0]
 
+    def metadata_current(self) -> bool:
+        """Whether this node's applied metadata is as new as it can know: its metadata replica
+        knows a leader, its commit index is at an entry of the current term, and everything
+        up to it is applied.  The term matters: after every node restarted, the new
+        controller's commit index (and so what it tells its followers) is 0 until it commits
+        the first entry of its term, and the state applied up to there lacks every topic."""
+        core = self.cores.get(META)
+        return self.state is not None and core is not None and core.leader_id is not None \
+            and core.log.term_at(core.commit_index) == core.term and self.state.applied_index >= core.commit_index
+
+    def unknown_topic(self, name: str) -> errors.StreamlogError:
+        """The error for a topic this node's metadata lacks: C{UNKNOWN_TOPIC} only when the
+        metadata is current; before that (a node that restarted, or is cut off from the
+        controller) the topic may exist, and the client is told to retry
+        (C{LEADER_NOT_AVAILABLE}): an C{UNKNOWN_TOPIC} there made the Producer treat a live
+        topic as one to auto-create and send it unnumbered batches."""
+        if self.metadata_current():
+            return errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
+        return errors.LeaderNotAvailable(
+            f"topic {name!r} is not in this node's metadata, which may be behind (no controller heard "
+            "from yet, or its log not applied); retry shortly", topic=name)
+
     # --- topics as the metadata says -----------------------------------------------------
 
     def _refresh_topics(self) -> None:
@@ -793,7 +815,7 @@ class ClusterNode(GroupCallbacks):
         """DescribeTopic in a cluster: from the metadata, with leader, replicas and isr per partition."""
         state = self.state
         if state is None or name not in state.topics:
-            raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
+            raise self.unknown_topic(name)
         info = state.topics[name]
         topic = self.directory.topics.get(name)
         partitions = []
@@ -860,7 +882,7 @@ class ClusterNode(GroupCallbacks):
         for name in (sorted(known) if names is None else names):
             info = known.get(name)
             if info is None:
-                topics.append({"topic": name, "error": errors.UnknownTopic(f"unknown topic {name!r}", topic=name).to_wire()})
+                topics.append({"topic": name, "error": self.unknown_topic(name).to_wire()})
                 continue
             topics.append({"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": [
                 self._partition_metadata(info, p, placement, live) for p, placement in enumerate(info.partitions)]})
