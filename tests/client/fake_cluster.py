@@ -330,6 +330,14 @@ class FakeNode:
                                        controller_address=address)
 
     def handle_CreateTopic(self, params: dict[str, Any]) -> dict[str, Any]:
+        if wire.is_auto_create(params):  # at any node, as a Send's auto-creation
+            name = wire.parse_auto_create_topic(params)
+            created = name not in self.cluster.topics
+            if created:
+                if not self.cluster.auto_create:
+                    raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
+                self.cluster.create_topic(name, 1, leaders=[self.node_id])
+            return {**self.handle_DescribeTopic({"topic": name}), "created": created}
         create = wire.parse_create_topic(params)
         self._check_controller()
         if self.cluster.forming > 0:
@@ -350,6 +358,9 @@ class FakeNode:
     def handle_InitProducerId(self, params: dict[str, Any]) -> dict[str, Any]:
         p = wire.parse_init_producer_id(params)
         cluster = self.cluster
+        if p.request_token is not None and p.request_token in cluster.init_tokens:
+            known = cluster.init_tokens[p.request_token]  # a resend: the first answer
+            return {"producer_id": known[0], "epoch": known[1]}
         if p.producer_name is not None:
             held = cluster.producer_names.get(p.producer_name)
             current = None if p.producer_id is None else (p.producer_id, p.epoch)
@@ -362,6 +373,8 @@ class FakeNode:
         else:
             identity = (cluster.take_producer_id(), 0)
         cluster.inits.append(identity)
+        if p.request_token is not None:
+            cluster.init_tokens[p.request_token] = identity
         return {"producer_id": identity[0], "epoch": identity[1]}
 
     # A coordinator of one-member groups, enough for the GroupConsumer's routing: the node named by
@@ -460,6 +473,7 @@ class FakeCluster:
         self.next_producer_id = 0
         self.producer_names: dict[str, tuple[int, int]] = {}
         self.inits: list[tuple[int, int]] = []
+        self.init_tokens: dict[str, tuple[int, int]] = {}
         #: The node coordinating every group (FindCoordinator's answer), the group's topics and offsets.
         self.coordinator: int | None = nodes
         self.group_topics: list[str] = []
