@@ -148,10 +148,16 @@ class ApiResource(Resource):
 def _query(args: Mapping[bytes, list[bytes]]) -> dict[str, str]:
     query = {}
     for key, values in args.items():
-        name = key.decode("utf-8")
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidParams("a query parameter's name is not UTF-8") from None
         if len(values) != 1:
             raise errors.InvalidParams(f"query parameter {name!r} given {len(values)} times", field=name)
-        query[name] = values[0].decode("utf-8")
+        try:
+            query[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidParams(f"query parameter {name!r} is not UTF-8", field=name) from None
     return query
 
 

@@ -224,3 +224,15 @@ def test_the_page_loads_nothing_from_elsewhere():
             text = f.read()
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), name
         assert ".innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, name
+
+
+def test_a_query_that_is_not_utf8_is_named_as_the_query_not_the_path():
+    from streamlog import errors
+    from streamlog.console.resource import _query
+
+    with pytest.raises(errors.InvalidParams) as e:
+        _query({b"\xff": [b"1"]})
+    assert "query parameter's name" in str(e.value)
+    with pytest.raises(errors.InvalidParams) as e:
+        _query({b"limit": [b"\xff"]})
+    assert e.value.details["field"] == "limit"

@@ -135,6 +135,7 @@
     const rf = el("input", { name: "replication_factor", type: "number", min: 1, placeholder: "default" });
     return el("form", { id: "create-topic", onsubmit: async (ev) => {
       ev.preventDefault();
+      if (!/^[1-9]\d*$/.test(partitions.value.trim())) { setStatus("partitions: give a whole number of at least 1", "error"); return; }
       const body = { topic: name.value, partitions: Number(partitions.value) };
       if (rf.value) body.replication_factor = Number(rf.value);
       try {
@@ -276,7 +277,9 @@
     function request() {
       const body = { topic: topic.value };
       if (partitions.value.trim()) body.partitions = partitions.value.split(",").map(s => Number(s.trim()));
-      body.to = to.value === "earliest" || to.value === "latest" ? to.value : { [to.value]: Number(n.value) };
+      if (to.value === "earliest" || to.value === "latest") body.to = to.value;
+      else if (/^-?\d+$/.test(n.value.trim())) body.to = { [to.value]: Number(n.value) };
+      else return null;  // n is empty or not a whole number: nothing is sent
       return body;
     }
     // The plan shown is the plan confirmed: "confirm" carries its rows (previous included), and the
@@ -302,6 +305,7 @@
       ev.preventDefault();
       result.replaceChildren();
       const body = request();
+      if (body === null) { setStatus("n: give a whole number (the offset, the shift or the time in ms)", "error"); return; }
       try {
         const plan = await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: true });
         showPlan(body, plan.offsets, "Dry run: the committed offsets would become");
