@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
@@ -66,6 +67,9 @@ class PlanChanged(errors.StreamlogError):
 #: Partitions the topic list or a sample describes in one reactor turn before it yields: about
 #: a few milliseconds of work, so a node of thousands of partitions keeps answering its clients.
 PARTITIONS_PER_TURN = 200
+
+#: Leaders the topic page asks for offsets at once (partitions this node holds no replica of).
+LEADER_ASKS_AT_ONCE = 32
 
 #: Polls a C{from=latest} browse makes at most to end its answer at the high watermark.
 LATEST_TRIES = 8
@@ -294,21 +298,23 @@ class ConsoleApi:
                 f"unknown topic {name!r}", topic=name)
         described = await self._described(name)
         known = {p["partition"] for p in (described or {}).get("partitions", []) if p.get("high_watermark") is not None}
-        asked: dict[int, dict[str, Any]] = {}
-        for p in entry["partitions"]:
-            if p["partition"] not in known:  # this node holds no replica: ask the leader
-                asked[p["partition"]] = await self._leader_offsets(name, p["partition"])
+        # Partitions this node holds no replica of: their leaders asked at once (at most
+        # LEADER_ASKS_AT_ONCE in flight), so one unreachable leader costs one timeout, not one each.
+        missing = [p["partition"] for p in entry["partitions"] if p["partition"] not in known]
+        limit = DeferredSemaphore(LEADER_ASKS_AT_ONCE)
+        answers = await gatherResults([
+            limit.run(lambda i=i: Deferred.fromCoroutine(self._leader_offsets(name, i))) for i in missing])
+        asked: dict[int, dict[str, Any]] = dict(zip(missing, answers, strict=True))
         return shape.topic_view(entry, described, self.sizes(name), asked)
 
     async def _leader_offsets(self, topic: str, partition: int) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for field, at in (("log_start_offset", "earliest"), ("high_watermark", "latest")):
-            try:
-                answer = await self.calls.call("ListOffsets", {"topic": topic, "partition": partition, "at": at})
-            except errors.StreamlogError:
-                continue  # no leader now: shown as unknown
-            found[field] = answer["offset"]
-        return found
+        fields = (("log_start_offset", "earliest"), ("high_watermark", "latest"))
+        answers = await gatherResults([
+            self.calls.call("ListOffsets", {"topic": topic, "partition": partition, "at": at}).addErrback(
+                lambda f: None if f.check(errors.StreamlogError) else f)  # no leader now: shown as unknown
+            for _, at in fields], consumeErrors=True)
+        return {field: answer["offset"] for (field, _), answer in zip(fields, answers, strict=True)
+                if answer is not None}
 
     async def messages(self, topic: str, partition: int, query: Mapping[str, str]) -> dict[str, Any]:
         browse = shape.parse_browse(query, self.config.max_messages)

@@ -416,3 +416,34 @@ def test_the_browser_shows_json_as_sent_big_integers_key_order_and_duplicates(ha
     shown = [m["value_pretty"] for m in page["messages"]]
     indented = '{\n  "id": 9007199254740993,\n  "b": 1,\n  "10": 2,\n  "2": 3\n}'
     assert shown == [indented, indented, '{"a": 1, "a": 2}', "[1, 2", "plain"]
+
+
+def test_the_topic_page_asks_the_leaders_of_partitions_elsewhere_at_once(clock):
+    metadata = {"topics": [{"topic": "t", "partitions": [
+        {"partition": i, "leader": 2, "replicas": [2], "isr": [2]} for i in range(3)]}]}
+    pending: list[tuple[dict, Deferred]] = []
+
+    class Leader:
+        def call(self, method, params):
+            pending.append((params, Deferred()))
+            return pending[-1][1]
+
+        def close(self):
+            return succeed(None)
+
+    def list_offsets(params):
+        raise errors.NotLeader("elsewhere", topic="t", partition=params["partition"], leader=2,
+                               leader_address="127.0.0.1:7072", leader_term=1)
+
+    calls = NodeCalls({"Metadata": lambda p: metadata, "DescribeTopic": lambda p: {"topic": "t", "partitions": []},
+                       "ListOffsets": list_offsets}, connect=lambda address: Leader())
+    api = ConsoleApi(calls, ConsoleConfig(), 1, lambda t: {}, clock)
+    d = Deferred.fromCoroutine(api.topic("t"))
+    assert len(pending) == 6 and not d.called  # all six asks in flight before any answer
+    for params, ask in pending:
+        if params["partition"] == 1:
+            ask.errback(errors.Timeout("no answer"))
+        else:
+            ask.callback({"offset": 0 if params["at"] == "earliest" else 5})
+    rows = result_of(d)["partitions"]
+    assert [(r["log_start_offset"], r["high_watermark"]) for r in rows] == [(0, 5), (None, None), (0, 5)]
