@@ -69,7 +69,9 @@ class ConsoleConfig:
 
 def overview(metadata: Mapping[str, Any], *, node_id: int, version: str, admin: bool) -> dict[str, Any]:
     """The cluster at a glance: its nodes (up or down), the controller, counts of topics and
-    partitions, and the partitions whose in-sync replicas are fewer than their replicas."""
+    partitions (both without the internal topics, whose partitions are counted apart), and the
+    offline partitions and those whose in-sync replicas are fewer than their replicas (every
+    partition, internal ones included: they matter as much)."""
     topics = [t for t in metadata.get("topics", []) if "partitions" in t]
     partitions = [p for t in topics for p in t["partitions"]]
     nodes = [{"node_id": n["node_id"], "address": n.get("address"), "up": bool(n.get("up")),
@@ -85,7 +87,8 @@ def overview(metadata: Mapping[str, Any], *, node_id: int, version: str, admin: 
         "nodes": sorted(nodes, key=lambda n: n["node_id"]),
         "nodes_up": sum(1 for n in nodes if n["up"]),
         "topics": sum(1 for t in topics if not t.get("internal")),
-        "partitions": len(partitions),
+        "partitions": sum(len(t["partitions"]) for t in topics if not t.get("internal")),
+        "internal_partitions": sum(len(t["partitions"]) for t in topics if t.get("internal")),
         "offline_partitions": sum(1 for p in partitions if p.get("leader") is None),
         "under_replicated_partitions": sum(1 for p in partitions if _under_replicated(p)),
     }

@@ -29,7 +29,7 @@ def test_overview_counts_nodes_up_offline_and_under_replicated_partitions():
     o = shape.overview(METADATA, node_id=1, version="0.1.0", admin=False)
     assert [n["node_id"] for n in o["nodes"]] == [1, 2, 3]
     assert [n["controller"] for n in o["nodes"]] == [False, True, False]
-    assert (o["nodes_up"], o["topics"], o["partitions"]) == (2, 1, 3)
+    assert (o["nodes_up"], o["topics"], o["partitions"], o["internal_partitions"]) == (2, 1, 2, 1)
     assert o["offline_partitions"] == 1 and o["under_replicated_partitions"] == 2
     assert o["controller"] == 2 and o["admin"] is False and o["alone"] is False
 
