@@ -378,10 +378,10 @@ class ConsoleApi:
             if "partitions" not in t or t.get("internal"):
                 continue
             described = await self._described(t["topic"])
-            marks = [p["high_watermark"] for p in (described or {}).get("partitions", [])
-                     if p.get("high_watermark") is not None]
+            marks = {p["partition"]: p["high_watermark"] for p in (described or {}).get("partitions", [])
+                     if p.get("high_watermark") is not None}
             if marks:
-                topics[t["topic"]] = sum(marks)
+                topics[t["topic"]] = marks
             done = await self._turn(done + len(t["partitions"]))
         lags: dict[str, int | None] = {}
         if self.config.sample_max_groups and await self._offsets_topic_exists():

@@ -25,9 +25,10 @@ from twisted.python.failure import Failure
 @attrs.frozen
 class Sample:
     time_ms: int
-    #: topic -> sum of its partitions' high watermarks (those known to this node)
-    topics: Mapping[str, int]
-    #: group -> total lag (None where a partition's lag was unknown)
+    #: topic -> {partition: high watermark}, of the partitions this node holds (a rate is taken
+    #: over the partitions of both samples, so a replica moving here or away makes no jump)
+    topics: Mapping[str, Mapping[int, int]]
+    #: group -> total lag (None where a committed partition's lag was unknown)
     groups: Mapping[str, int | None]
 
 
@@ -65,9 +66,14 @@ class SampleHistory:
 def _rate(before: Sample | None, now: Sample, topic: str) -> float | None:
     if before is None or topic not in before.topics or topic not in now.topics:
         return None
-    moved = now.topics[topic] - before.topics[topic]
-    if moved < 0:  # deleted and created again, or a partition this node stopped holding
+    then, marks = before.topics[topic], now.topics[topic]
+    both = set(then) & set(marks)
+    if not both:
         return None
+    moves = [marks[p] - then[p] for p in both]
+    if min(moves) < 0:  # deleted and created again
+        return None
+    moved = sum(moves)
     return round(moved * 1000.0 / (now.time_ms - before.time_ms), 3)
 
 

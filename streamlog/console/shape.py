@@ -312,8 +312,13 @@ def group_view(described: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def group_lag(described: Mapping[str, Any]) -> int | None:
-    """The group's total lag (see L{group_view})."""
-    return group_view(described)["lag"]  # type: ignore[no-any-return]
+    """The group's total lag for a chart: None (a gap, not a drop) when a partition with a
+    committed offset has no lag (its leader did not answer); partitions with nothing committed
+    have no lag to add."""
+    view = group_view(described)
+    if any(o.get("offset") is not None and o.get("lag") is None for o in view["offsets"]):
+        return None
+    return view["lag"]  # type: ignore[no-any-return]
 
 
 # --- admin bodies ------------------------------------------------------------------------------

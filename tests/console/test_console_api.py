@@ -205,7 +205,7 @@ def test_sample_max_groups_bounds_the_groups_sampled(harness, conn):
     _group_with_commits(conn)
     api = make_api(harness, sample_max_groups=0)
     sample = result_of(Deferred.fromCoroutine(api.take_sample()))
-    assert sample.groups == {} and sample.topics == {"orders": 6}
+    assert sample.groups == {} and sample.topics == {"orders": {0: 6, 1: 0}}
 
 
 def test_sampler_skips_a_tick_while_busy_and_survives_a_failure(clock):
@@ -447,3 +447,13 @@ def test_the_topic_page_asks_the_leaders_of_partitions_elsewhere_at_once(clock):
             ask.callback({"offset": 0 if params["at"] == "earliest" else 5})
     rows = result_of(d)["partitions"]
     assert [(r["log_start_offset"], r["high_watermark"]) for r in rows] == [(0, 5), (None, None), (0, 5)]
+
+
+def test_a_group_whose_committed_partition_has_no_lag_is_a_gap_not_a_drop():
+    from streamlog.console import shape
+
+    offsets = [{"topic": "t", "partition": 0, "offset": 3, "lag": 2}, {"topic": "t", "partition": 1, "offset": None,
+                                                                         "lag": None}]
+    assert shape.group_lag({"offsets": offsets}) == 2  # nothing committed on 1: nothing to add
+    offsets.append({"topic": "t", "partition": 2, "offset": 7, "lag": None})  # its leader did not answer
+    assert shape.group_lag({"offsets": offsets}) is None

@@ -180,13 +180,13 @@ def test_every_status_is_an_http_error_status_and_unknown_codes_are_500():
 
 def test_sample_history_rates_per_second_and_gaps():
     h = SampleHistory(3)
-    h.add(Sample(1000, {"a": 10}, {"g": 4}))
-    h.add(Sample(3000, {"a": 30, "b": 5}, {"g": None}))
-    h.add(Sample(3000, {"a": 99}, {}))  # same time: ignored
-    h.add(Sample(4000, {"a": 20, "b": 7}, {"g": 1}))  # a went back (recreated): no rate
+    h.add(Sample(1000, {"a": {0: 10}}, {"g": 4}))
+    h.add(Sample(3000, {"a": {0: 30, 1: 500}, "b": {0: 5}}, {"g": None}))  # a's partition 1 moved here: no jump
+    h.add(Sample(3000, {"a": {0: 99}}, {}))  # same time: ignored
+    h.add(Sample(4000, {"a": {0: 20, 1: 510}, "b": {0: 7}}, {"g": 1}))  # a went back (recreated): no rate
     assert h.series() == {"times_ms": [1000, 3000, 4000], "topics": {"a": [None, 10.0, None], "b": [None, None, 2.0]},
                           "groups": {"g": [4, None, 1]}}
-    h.add(Sample(5000, {"a": 25}, {}))
+    h.add(Sample(5000, {"a": {0: 25}}, {}))
     assert len(h) == 3 and h.series()["times_ms"] == [3000, 4000, 5000]
     with pytest.raises(ValueError):
         SampleHistory(1)

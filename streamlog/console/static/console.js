@@ -367,7 +367,7 @@
 
   async function chartsPage() {
     const s = await api("GET", "samples");
-    const parts = [el("h2", {}, "Throughput (messages/s, per topic)")];
+    const parts = [el("h2", {}, "Throughput (messages/s, per topic: the partitions node " + (overviewCache ? overviewCache.node_id : "") + " holds)")];
     if (!s.interval_s) parts.push(el("p", { class: "muted" }, "Sampling is off on this node (--console-sample-interval 0)."));
     parts.push(...lineChart("throughput-chart", s.times_ms, s.topics));
     parts.push(el("h2", {}, "Consumer lag (messages, per group)"));
