@@ -182,6 +182,8 @@ class Options(usage.Options):
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
          "/metrics has series per partition while the node holds at most this many partitions (above: per "
          "topic and per node only); raise it to opt in on bigger nodes.", int],
+        ["log-format", None, "text", "The log's format: text (twistd's lines) or json (one JSON object per event, "
+                                     "for log shippers; written where twistd writes its log)."],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
     ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
@@ -244,6 +246,8 @@ class Options(usage.Options):
             raise usage.UsageError("--http-port-file needs an HTTP listener (--http-listen is none)")
         if not self["http-idle-timeout"] > 0:
             raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
             raise usage.UsageError("--metrics-max-partition-series must be 0 or more")
 
@@ -457,6 +461,18 @@ class Node(service.MultiService):
         self.http_address: str | None = None
         #: The node's own Prometheus registry (served at /metrics), once the HTTP listener is made.
         self.metrics_registry: Any = None
+        #: The log observer twistd is to use instead of its text one (--log-format json), or None.
+        self.log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd makes the application and then sets it as this service's parent, before it
+        starts logging; it logs to the application's C{ILogObserver} component if there is
+        one.  That is where --log-format json puts its observer."""
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def open(self) -> None:
         """Lock and recover the storage, then bind the listener.  Raises L{StartupError}.
@@ -570,6 +586,14 @@ def makeService(options: Options) -> service.IService:
 
     hold_stop_signals(reactor)
     node = Node(options.node_config(), reactor)
+    if options["log-format"] == "json":
+        from streamlog.tap.json_log import JSONLogObserver, SyslogNotSupported, log_file
+
+        try:
+            # Where twistd would write its text log (its options are this one's parent).
+            node.log_observer = JSONLogObserver(log_file(getattr(options, "parent", None)), options["node-id"])
+        except (SyslogNotSupported, OSError) as e:
+            raise SystemExit(f"streamlog-server: --log-format json: {e}") from None
     try:
         node.open()
     except StartupError as e:
