@@ -31,7 +31,7 @@ from streamlog.broker.broker import Broker
 from streamlog.broker.partition import WaitQuota
 from streamlog.framing import FastLineReceiver
 from streamlog.metrics.histogram import Histogram
-from streamlog.metrics.requests import INVALID, UNKNOWN, RequestStats
+from streamlog.metrics.requests import INVALID, SENDS, UNKNOWN, RequestStats
 
 #: Bytes handed to the kernel per write on a broker connection (Twisted's default is 128 KiB).
 SEND_LIMIT = 4 * 1024 * 1024
@@ -208,20 +208,22 @@ class BrokerProtocol(FastLineReceiver):
                 f"unknown method {method[:100]!r}", method=method[:100])))
             return
         stats.requests[method] += 1
-        # Latency from when the line's bytes arrived (dataReceived noted the time).
-        latency = stats.latency_of(method, request.params)
+        # Send and Poll latency, from when the line's bytes arrived (dataReceived noted the time).
+        # Inline, not a call per request: this runs for every request the node gets.
+        latency = stats.poll_latency if method == "Poll" else (
+            stats.latency_of(method, request.params) if method in SENDS else None)
         try:
             result = handler(request.params)
         except errors.StreamlogError as e:
             stats.errors[method, e.code] += 1
             self._send(wire.encode_error(request.id, e))
-            self._took(latency)
+            self._took(latency, self.last_activity)
             return
         except Exception:
             self._log.failure("handler {method} failed", method=method)
             stats.errors[method, errors.Internal.code] += 1
             self._send(wire.encode_error(request.id, errors.Internal("internal server error")))
-            self._took(latency)
+            self._took(latency, self.last_activity)
             return
         if isinstance(result, Deferred):
             token = self._next_token
@@ -234,11 +236,12 @@ class BrokerProtocol(FastLineReceiver):
             return
         if result is not None:
             self._send(wire.encode_result(request.id, result))
-        self._took(latency)
-
-    def _took(self, latency: Histogram | None, since: float | None = None) -> None:
         if latency is not None:
-            latency.observe(self.factory.clock.seconds() - (self.last_activity if since is None else since))
+            latency.observe(self.factory.clock.seconds() - self.last_activity)
+
+    def _took(self, latency: Histogram | None, since: float) -> None:
+        if latency is not None:
+            latency.observe(self.factory.clock.seconds() - since)
 
     def _answered(self, result: Any, rid: Any, token: int, latency: Histogram | None, since: float) -> None:
         if self._pending.pop(token, None) is None:

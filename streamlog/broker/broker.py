@@ -29,7 +29,7 @@ from streamlog.cluster.replica import PartitionReplica
 from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.rules import Outcome
 from streamlog.idempotence.table import Decision, ProducerStateConfig
-from streamlog.metrics.requests import RequestStats, TopicTraffic
+from streamlog.metrics.requests import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT, RequestStats, TopicTraffic
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
@@ -530,9 +530,13 @@ class Broker:
             if d is not None:
                 waits.append((replica, d))
         batches = appended
-        traffic = self.traffic
-        for _, batch in batches:
-            traffic.received(p.topic, batch.count, len(batch.payload))
+        if batches:
+            counts = self.traffic.by_topic.get(p.topic)
+            if counts is None:
+                counts = self.traffic.add(p.topic)
+            for _, batch in batches:
+                counts[MESSAGES_IN] += batch.count
+                counts[BYTES_IN] += len(batch.payload)
         if not batches and not duplicates:
             # No part taken (refused at the checks or at the proposal): the whole request is
             # refused with its first part's error, as a request for one partition always is.
@@ -695,7 +699,11 @@ class Broker:
                 for fragment in read.fragments[1:]:
                     chunks.append(b",")
                     chunks.append(fragment)
-                self.traffic.served(partition.topic, read.count, sum(map(len, read.fragments)))
+                counts = self.traffic.by_topic.get(partition.topic)  # (inline: every Poll with data)
+                if counts is None:
+                    counts = self.traffic.add(partition.topic)
+                counts[MESSAGES_OUT] += read.count
+                counts[BYTES_OUT] += sum(map(len, read.fragments))
             next_offset = read.next_offset
         chunks.append(
             b'],"next_offset":%d,"high_watermark":%d,"log_start_offset":%d}'

@@ -19,6 +19,8 @@ INVALID = "invalid"
 UNKNOWN = "unknown"
 ACKS = ("all", "leader", "none")
 SENDS = ("Send", "SendBatch")
+#: The indexes of a topic's counts in L{TopicTraffic.by_topic}.
+MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT = range(4)
 
 
 class RequestStats:
@@ -53,19 +55,26 @@ class TopicTraffic:
         #: topic -> [messages in, bytes in, messages out, bytes out]
         self.by_topic: dict[str, list[int]] = {}
 
-    def received(self, topic: str, messages: int, size: int) -> None:
+    def add(self, topic: str) -> list[int]:
+        """The counts of C{topic}, made at its first traffic.
+
+        The broker bumps them in place (C{counts[0] += messages}; indexes
+        L{MESSAGES_IN}, ...) rather than through a method per request.
+        """
         counts = self.by_topic.get(topic)
         if counts is None:
             counts = self.by_topic[topic] = [0, 0, 0, 0]
-        counts[0] += messages
-        counts[1] += size
+        return counts
+
+    def received(self, topic: str, messages: int, size: int) -> None:
+        counts = self.add(topic)
+        counts[MESSAGES_IN] += messages
+        counts[BYTES_IN] += size
 
     def served(self, topic: str, messages: int, size: int) -> None:
-        counts = self.by_topic.get(topic)
-        if counts is None:
-            counts = self.by_topic[topic] = [0, 0, 0, 0]
-        counts[2] += messages
-        counts[3] += size
+        counts = self.add(topic)
+        counts[MESSAGES_OUT] += messages
+        counts[BYTES_OUT] += size
 
     def forget_except(self, topics: Any) -> None:
         """Drop the counts of topics not in C{topics} (deleted ones), so their series end."""
