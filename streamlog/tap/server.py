@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
+from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.http.site import DEFAULT_HTTP_LISTEN, DEFAULT_HTTP_TIMEOUT, HTTP_LISTEN_ENV, OFF
 from streamlog.idempotence.table import (
@@ -33,11 +34,12 @@ from streamlog.protocol import BrokerFactory
 from streamlog.raft.transport import TransportLimits
 
 if TYPE_CHECKING:
+    from streamlog.console.resource import Console
     from streamlog.http.root import HttpRoot
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
-from streamlog.tap import group_options
+from streamlog.tap import console_options, group_options
 
 _log = Logger()
 
@@ -186,7 +188,8 @@ class Options(usage.Options):
                                      "for log shippers; written where twistd writes its log)."],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
+    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS + console_options.PARAMETERS
+    optFlags = console_options.FLAGS
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -236,6 +239,7 @@ class Options(usage.Options):
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
                                    "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
         group_options.check(self)
+        self["console"] = console_options.console_config(self)
 
     def _check_http(self) -> None:
         if self["http-listen"] is None:
@@ -326,6 +330,11 @@ class Options(usage.Options):
             http_idle_timeout=self["http-idle-timeout"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
         )
+
+    def console_config(self) -> ConsoleConfig:
+        """The web console's settings (checked in postOptions)."""
+        config: ConsoleConfig = self["console"]
+        return config
 
     def limits(self) -> wire.Limits:
         return wire.Limits(**{f.name: self[f.name.replace("_", "-")] for f in attrs.fields(wire.Limits)})
@@ -462,11 +471,14 @@ class Node(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any = None, console: ConsoleConfig | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
+        #: The web console's settings (served with the HTTP listener), and the console once mounted.
+        self.console_config = console if console is not None else ConsoleConfig()
+        self.console: Console | None = None
         self.reactor = reactor
         self.broker_service = BrokerService(config, reactor)
         self.broker_service.setServiceParent(self)
@@ -554,6 +566,7 @@ class Node(service.MultiService):
 
     def build_http_root(self) -> HttpRoot:
         """The HTTP tree of this node: every part mounts its children here."""
+        from streamlog.console.resource import mount as mount_console
         from streamlog.http.health import HealthResource, ReadyResource
         from streamlog.http.metrics import MetricsResource
         from streamlog.http.root import HttpRoot
@@ -565,11 +578,15 @@ class Node(service.MultiService):
         root.mount("metrics", MetricsResource(self.metrics_registry))
         root.mount("health", HealthResource(self.config.node_id))
         root.mount("ready", ReadyResource(self.broker_service))
+        self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
+                                     self.reactor)
         return root
 
     def startService(self) -> None:
         self.open()
         super().startService()
+        if self.console is not None:
+            self.console.start()
         recovery = self.broker_service.recovery
         assert recovery is not None
         self._log.info(
@@ -589,6 +606,12 @@ class Node(service.MultiService):
         )
 
 
+    def stopService(self) -> Any:
+        if self.console is not None:
+            self.console.stop()
+        return super().stopService()
+
+
 def makeService(options: Options) -> service.IService:
     """Build the node and run its start-up step now, before the reactor runs.
 
@@ -601,7 +624,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     hold_stop_signals(reactor)
-    node = Node(options.node_config(), reactor)
+    node = Node(options.node_config(), reactor, options.console_config())
     if options["log-format"] == "json":
         from streamlog.tap.json_log import JSONLogObserver, SyslogNotSupported, log_file
 

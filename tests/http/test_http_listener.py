@@ -83,8 +83,9 @@ def test_a_real_node_serves_http_on_its_own_port_and_says_so(tmp_path):
     server = ServerProcess(tmp_path, ["--storage", "memory"], http=True)
     try:
         assert server.http_port not in (None, server.port, 9644)
-        answer = http_get(server.http_port, "/")
-        assert answer.status == 200 and "paths" in answer.json()
+        answer = http_get(server.http_port, "/")  # the web console's page (streamlog.console)
+        assert answer.status == 200 and answer.headers["content-type"].startswith("text/html")
+        assert b"streamlog console" in answer.body
         missing = http_get(server.http_port, "/no/such/thing")
         assert missing.status == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
         line = wait_for(lambda: next((x for x in server.log().splitlines() if " serving on " in x), None), 10,
