@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 from http_support import get, http_get
 from metrics_support import service_of
 
 from streamlog.http.health import MAX_LISTED, HealthResource, ReadyResource, readiness
 from streamlog.storage.errors import StorageCorrupted
-from streamlog.testing import BrokerHarness, ClusterHarness, ServerProcess, wait_for
-
-
-@pytest.fixture
-def harness(clock):
-    h = BrokerHarness(clock=clock)
-    yield h
-    h.stop()
+from streamlog.testing import ClusterHarness, ServerProcess, wait_for
 
 
 def test_a_node_alone_with_its_partitions_led_is_ready(harness):
@@ -74,7 +66,7 @@ def test_a_cluster_node_is_ready_once_it_knows_the_cluster_and_leads_what_it_sho
     try:
         service = service_of(c.brokers[2], cluster=c.nodes[2], node_id=2)
         before = readiness(service)
-        c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
+        c.run_until_formed()
         assert "result" in c.call(1, "CreateTopic", {"topic": "t", "partitions": 3, "replication_factor": 3})
         c.run_until(lambda: "t" in c.nodes[2].state.topics and readiness(service)[0], timeout=20)
         ready, body = readiness(service)

@@ -16,14 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamlog.http.metrics import MetricsResource
 from streamlog.metrics.histogram import Histogram
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
-from streamlog.testing import BrokerHarness, ClusterHarness, ManualThreads
-
-
-@pytest.fixture
-def harness(clock):
-    h = BrokerHarness(clock=clock)
-    yield h
-    h.stop()
+from streamlog.testing import BrokerHarness, ManualThreads
 
 
 def test_a_histogram_counts_each_value_in_the_first_bucket_it_fits_upper_bounds_inclusive():
@@ -215,29 +208,14 @@ def test_two_nodes_in_one_process_keep_their_metrics_apart(clock):
 # --- a cluster: follower lag, under-replication, peer links ------------------------------
 
 
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    c.stop()
-
-
 def test_a_dead_follower_shows_as_lag_under_replication_and_a_down_peer_link(cluster):
     from streamlog.cluster.metadata import partition_group
-    from streamlog.raft.core import LEADER
 
     answer = cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
     assert "result" in answer, answer
     group = partition_group(cluster.nodes[1].state.topics["t"].topic_id, 0)
-
-    def leader() -> int | None:
-        found = [i for i, n in cluster.nodes.items() if not n.stopped and group in n.cores
-                 and n.cores[group].role == LEADER and n.directory.by_group[group].leads]
-        return found[0] if len(found) == 1 else None
-
-    cluster.run_until(lambda: leader() is not None, timeout=20)
-    at = leader()
+    cluster.run_until(lambda: cluster.leader_of("t") is not None, timeout=20)
+    at = cluster.leader_of("t")
     scrape = Scrape(cluster.brokers[at], cluster.factories[at], cluster=cluster.nodes[at], node_id=at)
     cluster.run_until(lambda: scrape.value("streamlog_under_replicated_partitions") == 0, timeout=10)
     victim = next(i for i in cluster.nodes if i != at)

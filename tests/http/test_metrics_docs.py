@@ -31,7 +31,7 @@ def every_family(clock):
     """A cluster node's families, and a durable node's (its committer's histograms)."""
     c = ClusterHarness(3)
     try:
-        c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
+        c.run_until_formed()
         names = exposed_names(Scrape(c.brokers[1], c.factories[1], cluster=c.nodes[1]))
     finally:
         c.stop()
