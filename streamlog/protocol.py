@@ -30,6 +30,8 @@ from streamlog import errors, wire
 from streamlog.broker.broker import Broker
 from streamlog.broker.partition import WaitQuota
 from streamlog.framing import FastLineReceiver
+from streamlog.metrics.histogram import Histogram
+from streamlog.metrics.requests import INVALID, SENDS, UNKNOWN, RequestStats
 
 #: Bytes handed to the kernel per write on a broker connection (Twisted's default is 128 KiB).
 SEND_LIMIT = 4 * 1024 * 1024
@@ -189,51 +191,78 @@ class BrokerProtocol(FastLineReceiver):
         if self._dropped:
             return
         limits = self.factory.limits
+        stats = self.factory.stats
         try:
             request = wire.decode_request(line, limits)
         except errors.StreamlogError as e:
+            stats.requests[INVALID] += 1
+            stats.errors[INVALID, e.code] += 1
             self._send(wire.encode_error(getattr(e, "request_id", None), e))
             return
-        handler = self._handlers.get(request.method)
+        method = request.method
+        handler = self._handlers.get(method)
         if handler is None:
+            stats.requests[UNKNOWN] += 1
+            stats.errors[UNKNOWN, errors.MethodNotFound.code] += 1
             self._send(wire.encode_error(request.id, errors.MethodNotFound(
-                f"unknown method {request.method[:100]!r}", method=request.method[:100])))
+                f"unknown method {method[:100]!r}", method=method[:100])))
             return
+        stats.requests[method] += 1
+        # Send and Poll latency, from when the line's bytes arrived (dataReceived noted the time).
+        # Inline, not a call per request: this runs for every request the node gets.
+        latency = stats.poll_latency if method == "Poll" else (
+            stats.latency_of(method, request.params) if method in SENDS else None)
         try:
             result = handler(request.params)
         except errors.StreamlogError as e:
+            stats.errors[method, e.code] += 1
             self._send(wire.encode_error(request.id, e))
+            self._took(latency, self.last_activity)
             return
         except Exception:
-            self._log.failure("handler {method} failed", method=request.method)
+            self._log.failure("handler {method} failed", method=method)
+            stats.errors[method, errors.Internal.code] += 1
             self._send(wire.encode_error(request.id, errors.Internal("internal server error")))
+            self._took(latency, self.last_activity)
             return
         if isinstance(result, Deferred):
             token = self._next_token
             self._next_token += 1
             self._pending[token] = result
             result.addCallbacks(self._answered, self._failed,
-                                callbackArgs=(request.id, token), errbackArgs=(request.id, token))
+                                callbackArgs=(request.id, token, latency, self.last_activity),
+                                errbackArgs=(request.id, token, method, latency, self.last_activity))
             self._update_reading()
-        elif result is not None:
+            return
+        if result is not None:
             self._send(wire.encode_result(request.id, result))
+        if latency is not None:
+            latency.observe(self.factory.clock.seconds() - self.last_activity)
 
-    def _answered(self, result: Any, rid: Any, token: int) -> None:
+    def _took(self, latency: Histogram | None, since: float) -> None:
+        if latency is not None:
+            latency.observe(self.factory.clock.seconds() - since)
+
+    def _answered(self, result: Any, rid: Any, token: int, latency: Histogram | None, since: float) -> None:
         if self._pending.pop(token, None) is None:
             return  # connection gone
         if result is not None:
             self._send(wire.encode_result(rid, result))
+        self._took(latency, since)
         self._update_reading()
         self._close_if_done()
 
-    def _failed(self, failure: Failure, rid: Any, token: int) -> None:
+    def _failed(self, failure: Failure, rid: Any, token: int, method: str, latency: Histogram | None,
+                since: float) -> None:
         if self._pending.pop(token, None) is None or failure.check(CancelledError):
             return
         error = failure.value
         if not isinstance(error, errors.StreamlogError):
             self._log.failure("request {id!r} failed", failure, id=rid)
             error = errors.Internal("internal server error")
+        self.factory.stats.errors[method, error.code] += 1
         self._send(wire.encode_error(rid, error))
+        self._took(latency, since)
         self._update_reading()
         self._close_if_done()
 
@@ -341,6 +370,8 @@ class BrokerFactory(protocol.Factory):
         self.limits = limits or broker.limits
         self.clock = clock or broker.clock
         self.connections: set[BrokerProtocol] = set()
+        #: Requests, errors and latency of every connection (read by /metrics).
+        self.stats: RequestStats = getattr(broker, "requests", None) or RequestStats()
         #: Open connections per peer address (L{address_key}), for --max-connections-per-address.
         self.connections_by_address: dict[str, int] = {}
         #: Parked polls per peer address, for --max-waiting-polls-per-address; an entry lives

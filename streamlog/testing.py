@@ -544,6 +544,21 @@ class ClusterHarness:
         self.run_until(answered, timeout)
         return got[0]
 
+    def run_until_formed(self, timeout: float = 30.0) -> float:
+        """Run until one node leads the metadata group and every node's metadata lists them all."""
+        return self.run_until(lambda: self.controller() is not None
+                              and all(len(n.state.nodes) == len(self.peers) for n in self.nodes.values()), timeout)
+
+    def leader_of(self, topic: str, partition: int = 0) -> int | None:
+        """The one node leading (and serving) the partition, or None (none, or two during a change)."""
+        from streamlog.cluster.metadata import partition_group
+        from streamlog.raft.core import LEADER
+
+        group = partition_group(self.nodes[1].state.topics[topic].topic_id, partition)
+        leaders = [i for i, n in self.nodes.items() if not n.stopped and group in n.cores
+                   and n.cores[group].role == LEADER and n.directory.by_group[group].leads]
+        return leaders[0] if len(leaders) == 1 else None
+
     def controller(self) -> int | None:
         from streamlog.raft.core import LEADER
 

@@ -8,6 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from streamlog.http.site import HTTP_LISTEN_ENV
+from streamlog.testing import ClusterHarness
 
 # No server a test starts binds the HTTP listener's fixed default port (9644) of this shared
 # machine unasked: its children inherit this; a test that wants HTTP gives --http-listen tcp:0.
@@ -21,3 +22,12 @@ def clock():
     yield c
     leftover = [call for call in c.getDelayedCalls() if call.active()]
     assert not leftover, f"timers left pending: {leftover}"
+
+
+@pytest.fixture
+def cluster():
+    """Three cluster nodes (memory storage, in-memory peer links) on a Clock of their own, formed."""
+    c = ClusterHarness(3)
+    c.run_until_formed()
+    yield c
+    c.stop()

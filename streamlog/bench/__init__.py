@@ -99,6 +99,9 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--fsync", default="always", help="fsync policy of the server the bench starts: "
                    "always, interval:MS or never")
     p.add_argument("--server-arg", action="append", help="extra argument for the server (repeatable)")
+    p.add_argument("--scrape-metrics", type=float, default=0.0, metavar="SECONDS",
+                   help="give the server the bench starts (one node) its HTTP listener and GET its /metrics every "
+                        "SECONDS while the load runs (0: no HTTP listener), to measure what metrics cost")
     p.add_argument("--topic", default=None, help="topic name (default: a fresh bench-* topic)")
     p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of each load loop")
     # SUPPRESS: keeps the value of the streamlog CLI's global --json when given before "bench".

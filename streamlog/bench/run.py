@@ -317,15 +317,27 @@ def run(args: Any) -> dict[str, Any]:
         endpoint = address = cluster.bootstrap
     else:
         server = ServerProcess(storage=args.storage, fsync=args.fsync, keep_dir=args.keep_data,
-                               extra_args=tuple(args.server_arg or ()))
+                               extra_args=tuple(args.server_arg or ()),
+                               http=getattr(args, "scrape_metrics", 0.0) > 0)
         port = server.start()
         endpoint, address = f"tcp:127.0.0.1:{port}", ("127.0.0.1", port)
         if not args.quiet:
             print(f"bench: server pid {server.pid} on 127.0.0.1:{port} (storage={args.storage}, "
                   f"fsync={args.fsync}), data in {server.dir}", file=sys.stderr)
+    scraper = None
+    if server is not None and server.http_port is not None:
+        from streamlog.bench.scrape import Scraper
+
+        scraper = Scraper(server.http_port, args.scrape_metrics)
+        scraper.start()
     try:
-        return _run_workload(args, server, endpoint, address, cluster)
+        result = _run_workload(args, server, endpoint, address, cluster)
+        if scraper is not None:
+            result["metrics_scrape"] = scraper.stop()
+        return result
     finally:
+        if scraper is not None:
+            scraper.stop()
         if server is not None:
             server.stop()
         if cluster is not None:
@@ -499,6 +511,11 @@ def main_with_args(args: Any) -> int:
         args.messages = 200_000
     if args.producers < 1 or args.partitions < 1 or args.batch < 1 or args.messages < 1 or args.size < 0:
         print("bench: --producers, --partitions, --batch and --messages must be at least 1", file=sys.stderr)
+        return 2
+    scrape = getattr(args, "scrape_metrics", 0.0) or 0.0
+    if scrape < 0 or (scrape > 0 and (args.bench_connect or args.nodes > 1)):
+        print("bench: --scrape-metrics takes seconds > 0 and scrapes the one server the bench starts "
+              "(not with --connect or --nodes)", file=sys.stderr)
         return 2
     result = run(args)
     text = stats.format_report(result)

@@ -17,11 +17,14 @@ from streamlog import testing
 
 class ServerProcess:
     def __init__(self, storage: str = "segmented", fsync: str = "always",
-                 extra_args: tuple[str, ...] = (), keep_dir: bool = False) -> None:
+                 extra_args: tuple[str, ...] = (), keep_dir: bool = False, http: bool = False) -> None:
         self.storage = storage
         self.fsync = fsync
         self.extra_args = tuple(extra_args)
         self.keep_dir = keep_dir
+        #: Whether the server has its HTTP listener (on a free port: L{http_port}); else --http-listen none.
+        self.http = http
+        self.http_port: int | None = None
         self.dir: str | None = None
         self.port: int | None = None
         self._server: testing.ServerProcess | None = None
@@ -35,11 +38,12 @@ class ServerProcess:
         try:
             self._server = testing.ServerProcess(
                 Path(self.dir), ["--storage", self.storage, "--fsync", self.fsync, *self.extra_args],
-                timeout=timeout)
+                timeout=timeout, http=self.http)
         except AssertionError as e:  # it exited, or did not listen in time
             self.stop()
             raise RuntimeError(f"the streamlog server did not start: {e}") from None
         self.port = self._server.port
+        self.http_port = self._server.http_port
         return self.port
 
     def stop(self) -> None:

@@ -83,6 +83,11 @@ def format_report(result: dict[str, Any]) -> str:
     if probe:
         lines.append(f"disk: append+fsync before the run p50 {probe['p50']:.3f} ms, p99 {probe['p99']:.3f} ms "
                      f"(n={probe['count']}); machine load average {result.get('loadavg_1m_before')}")
+    scrape = result.get("metrics_scrape")
+    if scrape:
+        lines.append(f"metrics: /metrics scraped every {scrape['interval_s']:g} s: {scrape['scrapes']} scrapes "
+                     f"({scrape['failures']} failed), median {scrape['median_ms']} ms, max {scrape['max_ms']} ms, "
+                     f"{scrape['bytes']} bytes")
     if result.get("warnings"):
         for warning in result["warnings"]:
             lines.append(f"warning: {warning}")

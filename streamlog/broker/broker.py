@@ -29,6 +29,7 @@ from streamlog.cluster.replica import PartitionReplica
 from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.rules import Outcome
 from streamlog.idempotence.table import Decision, ProducerStateConfig
+from streamlog.metrics.requests import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT, RequestStats, TopicTraffic
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import RECORD_SEPARATOR, PartitionLog, RecordBatch, Storage, TopicConfig
 from streamlog.storage.errors import InvalidTopicName, OutOfDescriptors, StorageCorrupted, StorageFailed
@@ -100,6 +101,10 @@ class Broker:
         self.stopping = False
         #: Long polls parked on this node, across all connections (--max-waiting-polls).
         self.waiting_polls = WaitQuota(self.limits.max_waiting_polls, "node")
+        #: What /metrics reports of the client edge: requests (the protocol counts them) and
+        #: messages and bytes in and out per topic (counted here).
+        self.requests = RequestStats()
+        self.traffic = TopicTraffic()
         for name, (topic_config, logs) in loaded.items():
             self.directory.add_topic(name, topic_config, list(logs))
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -576,6 +581,13 @@ class Broker:
             if d is not None:
                 waits.append((replica, d))
         batches = appended
+        if batches:
+            counts = self.traffic.by_topic.get(p.topic)
+            if counts is None:
+                counts = self.traffic.add(p.topic)
+            for _, batch in batches:
+                counts[MESSAGES_IN] += batch.count
+                counts[BYTES_IN] += len(batch.payload)
         if not batches and not duplicates:
             # No part taken (refused at the checks or at the proposal): the whole request is
             # refused with its first part's error, as a request for one partition always is.
@@ -738,6 +750,11 @@ class Broker:
                 for fragment in read.fragments[1:]:
                     chunks.append(b",")
                     chunks.append(fragment)
+                counts = self.traffic.by_topic.get(partition.topic)  # (inline: every Poll with data)
+                if counts is None:
+                    counts = self.traffic.add(partition.topic)
+                counts[MESSAGES_OUT] += read.count
+                counts[BYTES_OUT] += sum(map(len, read.fragments))
             next_offset = read.next_offset
         chunks.append(
             b'],"next_offset":%d,"high_watermark":%d,"log_start_offset":%d}'

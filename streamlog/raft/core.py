@@ -398,6 +398,13 @@ class RaftNode:
         pr = self._progress.get(peer) if self.role == LEADER else None
         return pr.match if pr is not None else None
 
+    def follower_progress(self) -> dict[str, tuple[int, float]]:
+        """While leader: each follower's (voter or learner) match index and the Raft time its
+        match last moved forward, for lag metrics; empty when not leading. Read-only."""
+        if self.role != LEADER:
+            return {}
+        return {peer: (pr.match, pr.last_progress) for peer, pr in self._progress.items()}
+
     def compact(self, upto_index: int) -> None:
         """Retention: drop entries up to `upto_index`, never past the commit index."""
         upto = min(upto_index, self.commit_index)

@@ -30,6 +30,7 @@ exit status 70, as storage does).
 
 from __future__ import annotations
 
+import collections
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -45,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import (
+    CANDIDATE,
     LEADER,
     ChangeRefused,
     Commit,
@@ -188,6 +190,9 @@ class _GroupRunner:
         self.failed = False
         self.syncs: deque[list[Any]] = deque()  # [upto, done] per SyncLog, in the order asked
         self.waiters: dict[int, _Waiter] = {}
+        #: The role and leader this group last reported (RaftHost.role_counts).
+        self.reported_role = node.role
+        self.known_leader: str | None = None
 
     def feed(self, effects: Iterable[Any]) -> None:
         self.queue.extend(effects)
@@ -371,6 +376,10 @@ class RaftHost:
                                        heartbeat_interval=config.heartbeat_interval,
                                        dead_after=config.election_timeout, now=self.now)
         self.stats = self.transport.stats
+        #: What the groups' role changes add up to (/metrics): C{elections_started} (this node
+        #: became a candidate, or leader at once: a group of one), C{elections_won}, and
+        #: C{leader_changes} (a group's leader became a node other than the one last known here).
+        self.role_counts: collections.Counter[str] = collections.Counter()
         self.remote_leadership: dict[str, dict[str, Any]] = {}  # node -> group -> [term, isr]
         self._awake: set[str] = set()
         self._waiting: set[str] = set()
@@ -583,6 +592,15 @@ class RaftHost:
 
     def _role_changed(self, runner: _GroupRunner, eff: RoleChange) -> None:
         group = runner.group
+        counts = self.role_counts
+        if eff.role == CANDIDATE or (eff.role == LEADER and runner.reported_role != CANDIDATE):
+            counts["elections_started"] += 1
+        if eff.role == LEADER:
+            counts["elections_won"] += 1
+        if eff.leader is not None and eff.leader != runner.known_leader:
+            counts["leader_changes"] += 1
+            runner.known_leader = eff.leader
+        runner.reported_role = eff.role
         if eff.role == LEADER:
             self._led[group] = [eff.term, [runner.node.id]]
             self._announce_later(group, self._led[group])

@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from streamlog.metrics.histogram import BATCH_BUCKETS, SYNC_BUCKETS, Histogram
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 
 #: Sync workers by default (C{--sync-workers}).
@@ -197,6 +198,10 @@ class GroupCommitter:
         self._checkpoint_loop: Any = None
         self._background: Deferred | None = None
         self.rounds = 0  # sync jobs run, one log each (for tests and metrics)
+        #: Seconds from a sync job's hand-off to a worker until its result is back (/metrics).
+        self.sync_seconds = Histogram(SYNC_BUCKETS)
+        #: Raft entries each sync made durable: how many appends one fsync covered (/metrics).
+        self.sync_entries = Histogram(BATCH_BUCKETS)
         self.checkpoints = 0  # due checkpoints written outside syncs
         #: Why forgotten logs went away, for waiters of a sync already running.
         self._forgotten: dict[Hashable, Exception | None] = {}
@@ -413,6 +418,8 @@ class GroupCommitter:
         closed), or C{False} after a fatal error (already reported).  Never errbacks.
         """
         self.rounds += 1
+        began = self._clock.seconds()
+        durable_before = getattr(log, "durable_index", None)
         d = self._run_sync(_sync_one, log)
         d.addErrback(self._fatal)
         self._syncing[key] = d
@@ -420,6 +427,11 @@ class GroupCommitter:
         def finished(outcome: object) -> object:
             if self._syncing.get(key) is d:
                 del self._syncing[key]
+            if outcome is None:
+                self.sync_seconds.observe(self._clock.seconds() - began)
+                durable_after = getattr(log, "durable_index", None)
+                if durable_before is not None and durable_after is not None and durable_after > durable_before:
+                    self.sync_entries.observe(durable_after - durable_before)
             return False if outcome is None and self._failure is not None else outcome
 
         d.addBoth(finished)

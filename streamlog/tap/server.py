@@ -36,6 +36,7 @@ from streamlog.idempotence.table import (
     DEFAULT_WINDOW,
     ProducerStateConfig,
 )
+from streamlog.metrics.collector import DEFAULT_MAX_PARTITION_SERIES
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.transport import TransportLimits
 
@@ -194,6 +195,11 @@ class Options(usage.Options):
         ["http-idle-timeout", None, DEFAULT_HTTP_TIMEOUT, "Seconds an idle HTTP connection is kept open.", float],
         ["http-max-connections", None, DEFAULT_HTTP_MAX_CONNECTIONS, "Most HTTP connections open at once (more are "
                                                                      "closed on accept).", int],
+        ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
+         "/metrics has series per partition while the node holds at most this many partitions (above: per "
+         "topic and per node only); raise it to opt in on bigger nodes.", int],
+        ["log-format", None, "text", "The log's format: text (twistd's lines) or json (one JSON object per event, "
+                                     "for log shippers; written where twistd writes its log)."],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
     ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS + console_options.PARAMETERS
@@ -262,6 +268,10 @@ class Options(usage.Options):
             raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
         if self["http-max-connections"] < 1:
             raise usage.UsageError("--http-max-connections must be at least 1")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
+        if self["metrics-max-partition-series"] < 0:
+            raise usage.UsageError("--metrics-max-partition-series must be 0 or more")
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -337,6 +347,7 @@ class Options(usage.Options):
             http_port_file=self["http-port-file"],
             http_idle_timeout=self["http-idle-timeout"],
             http_max_connections=self["http-max-connections"],
+            metrics_max_partition_series=self["metrics-max-partition-series"],
         )
 
     def console_config(self) -> ConsoleConfig:
@@ -495,6 +506,20 @@ class Node(service.MultiService):
         #: The HTTP listener's root resource and bound address (None: --http-listen none).
         self.http_root: HttpRoot | None = None
         self.http_address: str | None = None
+        #: The node's own Prometheus registry (served at /metrics), once the HTTP listener is made.
+        self.metrics_registry: Any = None
+        #: The log observer twistd is to use instead of its text one (--log-format json), or None.
+        self.log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd makes the application and then sets it as this service's parent, before it
+        starts logging; it logs to the application's C{ILogObserver} component if there is
+        one.  That is where --log-format json puts its observer."""
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def open(self) -> None:
         """Lock and recover the storage, then bind the listener.  Raises L{StartupError}.
@@ -563,9 +588,17 @@ class Node(service.MultiService):
     def build_http_root(self) -> HttpRoot:
         """The HTTP tree of this node: every part mounts its children here."""
         from streamlog.console.resource import mount as mount_console
+        from streamlog.http.health import HealthResource, ReadyResource
+        from streamlog.http.metrics import MetricsResource
         from streamlog.http.root import HttpRoot
+        from streamlog.metrics.collector import node_registry
 
         root = HttpRoot()
+        self.metrics_registry = node_registry(self.broker_service, self.broker_service.factory,
+                                              self.config.metrics_max_partition_series)
+        root.mount("metrics", MetricsResource(self.metrics_registry))
+        root.mount("health", HealthResource(self.config.node_id))
+        root.mount("ready", ReadyResource(self.broker_service))
         self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
                                      self.reactor)
         return root
@@ -589,7 +622,7 @@ class Node(service.MultiService):
             unavailable=f" ({recovery.unavailable} unavailable)" if recovery.unavailable else "",
             unavailable_partitions=recovery.unavailable, recovery_s=f"{recovery.seconds:.3f}",
             recovery_seconds=recovery.seconds,
-            http=f"on {self.http_address}" if self.http_address else "off",
+            http=f"on {self.http_address} (/metrics, /health, /ready)" if self.http_address else "off",
             http_address=self.http_address,
         )
 
@@ -613,6 +646,14 @@ def makeService(options: Options) -> service.IService:
 
     hold_stop_signals(reactor)
     node = Node(options.node_config(), reactor, options.console_config())
+    if options["log-format"] == "json":
+        from streamlog.tap.json_log import JSONLogObserver, SyslogNotSupported, log_file
+
+        try:
+            # Where twistd would write its text log (its options are this one's parent).
+            node.log_observer = JSONLogObserver(log_file(getattr(options, "parent", None)), options["node-id"])
+        except (SyslogNotSupported, OSError) as e:
+            raise SystemExit(f"streamlog-server: --log-format json: {e}") from None
     try:
         node.open()
     except StartupError as e:

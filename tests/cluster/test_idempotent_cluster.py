@@ -8,19 +8,9 @@ by a snapshot gets the producers with it.
 
 from __future__ import annotations
 
-import pytest
-
 from streamlog.cluster.metadata import partition_group
 from streamlog.raft.core import LEADER
 from streamlog.testing import ClusterHarness
-
-
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    c.stop()
 
 
 def leader_of(c: ClusterHarness, topic: str = "t", partition: int = 0) -> int | None:

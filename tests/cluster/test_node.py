@@ -6,19 +6,9 @@ handlers; only the sockets are iosim pumps and time is a Clock.
 
 from __future__ import annotations
 
-import pytest
-
 from streamlog.cluster.metadata import partition_group
 from streamlog.raft.core import LEADER
 from streamlog.testing import ClusterHarness
-
-
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    c.stop()
 
 
 def leader_of(c: ClusterHarness, topic: str, partition: int) -> int | None:

@@ -20,14 +20,6 @@ from streamlog.raft.messages import RequestVote, RequestVoteResponse
 from streamlog.testing import ClusterHarness
 
 
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    c.stop()
-
-
 def newest_state(c: ClusterHarness) -> Any:
     return max((n.state for n in c.nodes.values() if n.state is not None), key=lambda s: s.applied_index)
 

@@ -90,7 +90,7 @@ def test_a_real_node_serves_http_on_its_own_port_and_says_so(tmp_path):
         assert missing.status == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
         line = wait_for(lambda: next((x for x in server.log().splitlines() if " serving on " in x), None), 10,
                         "the start-up line")
-        assert line.endswith(f"; HTTP on 127.0.0.1:{server.http_port}"), line
+        assert line.endswith(f"; HTTP on 127.0.0.1:{server.http_port} (/metrics, /health, /ready)"), line
         assert "GET /" not in server.log()  # no access-log line per request
     finally:
         server.stop()
