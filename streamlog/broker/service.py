@@ -103,6 +103,8 @@ class NodeConfig:
     http_port_file: str | None = None
     #: Seconds an idle HTTP connection is kept open.
     http_idle_timeout: float = 60.0
+    #: Most HTTP connections open at once (--http-max-connections); more are closed on accept.
+    http_max_connections: int = 64
     #: /metrics has per-partition series while the node holds at most this many partitions.
     metrics_max_partition_series: int = 256
 

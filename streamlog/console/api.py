@@ -13,13 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from streamlog import __version__, errors
+from streamlog.broker.groups import _reset_target as reset_target
 from streamlog.console import shape
 from streamlog.console.calls import NodeCalls
 from streamlog.console.samples import Sample, SampleHistory
 from streamlog.groups.config import OFFSETS_TOPIC
+from streamlog.groups.params import parse_reset as parse_group_reset
 
 
 class NotFound(errors.StreamlogError):
@@ -44,6 +48,12 @@ class CsrfCheckFailed(errors.StreamlogError):
     code = "CSRF_CHECK_FAILED"
 
 
+class HostNotAllowed(errors.StreamlogError):
+    """A request naming a host this listener does not answer for (DNS rebinding)."""
+
+    code = "HOST_NOT_ALLOWED"
+
+
 class BodyTooLarge(errors.StreamlogError):
     code = "BODY_TOO_LARGE"
 
@@ -54,12 +64,22 @@ class PlanChanged(errors.StreamlogError):
     code = "PLAN_CHANGED"
 
 
+#: Partitions the topic list or a sample describes in one reactor turn before it yields: about
+#: a few milliseconds of work, so a node of thousands of partitions keeps answering its clients.
+PARTITIONS_PER_TURN = 200
+
+#: Leaders the topic page asks for offsets at once (partitions this node holds no replica of).
+LEADER_ASKS_AT_ONCE = 32
+
+#: Polls a C{from=latest} browse makes at most to end its answer at the high watermark.
+LATEST_TRIES = 8
+
 #: HTTP status per error code; any other code is 500.
 STATUS = {
     "NOT_FOUND": 404, "UNKNOWN_TOPIC": 404, "UNKNOWN_PARTITION": 404, "UNKNOWN_GROUP": 404,
     "METHOD_NOT_ALLOWED": 405,
     "CONSOLE_READ_ONLY": 403, "CSRF_CHECK_FAILED": 403, "INTERNAL_TOPIC": 403,
-    "BODY_TOO_LARGE": 413,
+    "BODY_TOO_LARGE": 413, "HOST_NOT_ALLOWED": 421,
     "PARSE_ERROR": 400, "INVALID_PARAMS": 400, "INVALID_TOPIC": 400, "INVALID_REQUEST": 400,
     "OFFSET_OUT_OF_RANGE": 416,
     "TOPIC_EXISTS": 409, "GROUP_NOT_EMPTY": 409, "PLAN_CHANGED": 409, "TOO_MANY_PARTITIONS": 409,
@@ -72,6 +92,7 @@ STATUS = {
 ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
     "overview": ("GET", ("overview",)),
     "topics": ("GET", ("topics",)),
+    "topic_names": ("GET", ("topic-names",)),
     "topic": ("GET", ("topics", "{}")),
     "messages": ("GET", ("topics", "{}", "partitions", "{}", "messages")),
     "groups": ("GET", ("groups",)),
@@ -146,6 +167,16 @@ class ConsoleApi:
         self.sizes = sizes
         self.clock = clock
         self.history = history if history is not None else SampleHistory(config.samples)
+        #: Called on every C{GET /api/samples}: the sampler runs only while a page asks (L{mount} sets it).
+        self.samples_asked: Callable[[], None] = lambda: None
+
+    async def _turn(self, done: int) -> int:
+        """After every L{PARTITIONS_PER_TURN} partitions described, give the reactor a turn (the
+        local handlers answer at once, so a loop over topics would otherwise hold the data path)."""
+        if done >= PARTITIONS_PER_TURN:
+            await deferLater(self.clock, 0, lambda: None)
+            return 0
+        return done
 
     async def answer(self, name: str, args: list[str], query: Mapping[str, str], body: Any) -> Any:
         """The JSON answer of route C{name}; raises a L{errors.StreamlogError}."""
@@ -154,7 +185,9 @@ class ConsoleApi:
         if name == "overview":
             return await self.overview()
         if name == "topics":
-            return await self.topics()
+            return await self.topics(query)
+        if name == "topic_names":
+            return await self.topic_names()
         if name == "topic":
             return await self.topic(args[0])
         if name == "messages":
@@ -162,8 +195,9 @@ class ConsoleApi:
         if name == "groups":
             return await self.groups()
         if name == "group":
-            return shape.group_view(await self.calls.call("DescribeGroup", {"group": args[0]}))
+            return await self.group(args[0])
         if name == "samples":
+            self.samples_asked()
             return {"interval_s": self.config.sample_interval, **self.history.series()}
         if name == "create_topic":
             return await self.calls.call("CreateTopic", shape.parse_create_topic(body))
@@ -188,6 +222,45 @@ class ConsoleApi:
             return shape.groups_view({"groups": []})
         return shape.groups_view(await self.calls.call("ListGroups", {}))
 
+    async def group(self, name: str) -> dict[str, Any]:
+        if not await self._offsets_topic_exists():  # no group can exist; DescribeGroup would create the topic
+            raise errors.UnknownGroup(f"group {name!r} has no members and no committed offsets", group=name)
+        return shape.group_view(await self.calls.call("DescribeGroup", {"group": name}))
+
+    async def _fresh_plan(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A reset's dry run before any group exists (so every C{previous} is null), from the
+        partitions' own offsets: the broker's dry run would create the offsets topic first."""
+        p = parse_group_reset(params)
+        metadata = await self.calls.local("Metadata", {"topics": [p.topic]})
+        entry = next((t for t in metadata.get("topics", []) if t.get("topic") == p.topic), None)
+        if entry is None or "error" in entry:
+            raise errors.from_wire(entry["error"]) if entry else errors.UnknownTopic(
+                f"unknown topic {p.topic!r}", topic=p.topic)
+        count = len(entry["partitions"])
+        indexes = p.partitions if p.partitions is not None else tuple(range(count))
+        for index in indexes:
+            if index >= count:
+                raise errors.UnknownPartition(f"topic {p.topic!r} has {count} partitions, not {index}",
+                                              topic=p.topic, partitions=count)
+        timestamp = p.to[1] if isinstance(p.to, tuple) and p.to[0] == "timestamp" else None
+        rows = []
+        for index in indexes:
+            where = {"topic": p.topic, "partition": index}
+            try:
+                bounds: list[int | None] | None = [
+                    (await self.calls.call("ListOffsets", {**where, "at": at}))["offset"]
+                    for at in ("earliest", "latest", *([timestamp] if timestamp is not None else []))]
+            except errors.StreamlogError:
+                if not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+                    raise errors.PartitionUnavailable(
+                        f"{p.topic}/{index} has no leader this node can reach, so {p.to!r} cannot be resolved; "
+                        f"retry, or give {{\"offset\": n}}", topic=p.topic, partition=index) from None
+                bounds = None
+            if bounds is not None and timestamp is None:
+                bounds.append(None)  # not asked: the target is no timestamp
+            rows.append({**where, "offset": reset_target(p.to, bounds, None), "previous": None})
+        return {"group": p.group, "dry_run": True, "offsets": rows}
+
     async def _described(self, name: str) -> dict[str, Any] | None:
         try:
             described: dict[str, Any] = await self.calls.local("DescribeTopic", {"topic": name})
@@ -195,15 +268,27 @@ class ConsoleApi:
             return None
         return described
 
-    async def topics(self) -> dict[str, Any]:
+    async def topics(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """At most C{--console-max-topics} topics (internal ones last), after the topic C{after}."""
+        after = shape.parse_topics_page(query)
         metadata = await self.calls.local("Metadata", {})
-        names = [t["topic"] for t in metadata.get("topics", []) if "partitions" in t]
+        entries = shape.topics_page([t for t in metadata.get("topics", []) if "partitions" in t], after,
+                                    self.config.max_topics)
         described = {}
-        for name in names:
-            one = await self._described(name)
+        done = 0
+        for entry in entries["topics"]:
+            one = await self._described(entry["topic"])
             if one is not None:
-                described[name] = one
-        return shape.topics_view(metadata, described, {name: self.sizes(name) for name in names})
+                described[entry["topic"]] = one
+            done = await self._turn(done + len(entry["partitions"]))
+        view = shape.topics_view({"topics": entries["topics"]}, described,
+                                 {t["topic"]: self.sizes(t["topic"]) for t in entries["topics"]})
+        return {**view, "next_after": entries["next_after"], "total": entries["total"]}
+
+    async def topic_names(self) -> dict[str, Any]:
+        """Every topic's name and partition count, from C{Metadata} alone (the message browser's list)."""
+        metadata = await self.calls.local("Metadata", {})
+        return shape.topic_names(metadata)
 
     async def topic(self, name: str) -> dict[str, Any]:
         metadata = await self.calls.local("Metadata", {"topics": [name]})
@@ -213,21 +298,23 @@ class ConsoleApi:
                 f"unknown topic {name!r}", topic=name)
         described = await self._described(name)
         known = {p["partition"] for p in (described or {}).get("partitions", []) if p.get("high_watermark") is not None}
-        asked: dict[int, dict[str, Any]] = {}
-        for p in entry["partitions"]:
-            if p["partition"] not in known:  # this node holds no replica: ask the leader
-                asked[p["partition"]] = await self._leader_offsets(name, p["partition"])
+        # Partitions this node holds no replica of: their leaders asked at once (at most
+        # LEADER_ASKS_AT_ONCE in flight), so one unreachable leader costs one timeout, not one each.
+        missing = [p["partition"] for p in entry["partitions"] if p["partition"] not in known]
+        limit = DeferredSemaphore(LEADER_ASKS_AT_ONCE)
+        answers = await gatherResults([
+            limit.run(lambda i=i: Deferred.fromCoroutine(self._leader_offsets(name, i))) for i in missing])
+        asked: dict[int, dict[str, Any]] = dict(zip(missing, answers, strict=True))
         return shape.topic_view(entry, described, self.sizes(name), asked)
 
     async def _leader_offsets(self, topic: str, partition: int) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for field, at in (("log_start_offset", "earliest"), ("high_watermark", "latest")):
-            try:
-                answer = await self.calls.call("ListOffsets", {"topic": topic, "partition": partition, "at": at})
-            except errors.StreamlogError:
-                continue  # no leader now: shown as unknown
-            found[field] = answer["offset"]
-        return found
+        fields = (("log_start_offset", "earliest"), ("high_watermark", "latest"))
+        answers = await gatherResults([
+            self.calls.call("ListOffsets", {"topic": topic, "partition": partition, "at": at}).addErrback(
+                lambda f: None if f.check(errors.StreamlogError) else f)  # no leader now: shown as unknown
+            for _, at in fields], consumeErrors=True)
+        return {field: answer["offset"] for (field, _), answer in zip(fields, answers, strict=True)
+                if answer is not None}
 
     async def messages(self, topic: str, partition: int, query: Mapping[str, str]) -> dict[str, Any]:
         browse = shape.parse_browse(query, self.config.max_messages)
@@ -240,20 +327,44 @@ class ConsoleApi:
             start = (await self.calls.call("ListOffsets", {**where, "at": "earliest"}))["offset"]
             high = (await self.calls.call("ListOffsets", {**where, "at": "latest"}))["offset"]
             offset = shape.browse_start(browse, start, high)
+        asked = offset
         poll = await self.calls.call("Poll", {**where, "offset": offset, "max_messages": browse.limit,
                                               "max_wait_ms": 0})
-        return shape.messages_view(topic, partition, poll)
+        if browse.position == "latest":
+            # The Poll's byte cap may stop short of the head: move the start on until the answer
+            # ends there (the newest messages, fewer than asked when they are large).
+            for _ in range(LATEST_TRIES):
+                head = poll.get("high_watermark")
+                end = poll.get("next_offset")
+                if not isinstance(head, int) or not isinstance(end, int) or end >= head or not poll.get("messages"):
+                    break
+                offset += head - end
+                poll = await self.calls.call("Poll", {**where, "offset": offset, "max_messages": browse.limit,
+                                                      "max_wait_ms": 0})
+        view = shape.messages_view(topic, partition, poll)
+        # Fewer messages than the range asked held: the byte cap cut the answer (the page says so).
+        head = view["high_watermark"]
+        view["truncated"] = isinstance(head, int) and len(view["messages"]) < min(browse.limit, head - asked)
+        return view
 
     async def reset_offsets(self, group: str, body: Any) -> dict[str, Any]:
         params, confirm = shape.parse_reset(group, body)
-        planned: dict[str, Any] = await self.calls.call("ResetOffsets", params)
         if confirm is None:
+            if not await self._offsets_topic_exists():  # looking changes nothing: no offsets topic made
+                return await self._fresh_plan(params)
+            planned: dict[str, Any] = await self.calls.call("ResetOffsets", params)
             return planned
-        if not shape.same_plan(confirm, planned):
-            raise PlanChanged("the offsets a dry run gives now differ from the ones confirmed; review the new "
-                              "plan and confirm it", plan=shape.plan_of(planned))
-        done: dict[str, Any] = await self.calls.call("ResetOffsets", {**params, "dry_run": False})
-        return done
+        planned = await self.calls.call("ResetOffsets", params)  # the group is still empty (else refused)
+        if not shape.still_confirmable(confirm, planned):
+            raise PlanChanged("the committed offsets or the partitions changed since the dry run; review the "
+                              "new plan and confirm it", plan=shape.plan_of(planned))
+        done: list[dict[str, Any]] = []
+        for offset, partitions in sorted(shape.by_offset(confirm).items()):
+            answer = await self.calls.call("ResetOffsets", {"group": group, "topic": params["topic"],
+                                                            "partitions": partitions, "to": {"offset": offset},
+                                                            "dry_run": False})
+            done.extend(answer["offsets"])
+        return {"group": group, "dry_run": False, "offsets": sorted(done, key=lambda o: o["partition"])}
 
     # --- samples -------------------------------------------------------------------------------
 
@@ -262,14 +373,16 @@ class ConsoleApi:
         and the lag of the first C{sample_max_groups} groups."""
         metadata = await self.calls.local("Metadata", {})
         topics: dict[str, int] = {}
+        done = 0
         for t in metadata.get("topics", []):
             if "partitions" not in t or t.get("internal"):
                 continue
             described = await self._described(t["topic"])
-            marks = [p["high_watermark"] for p in (described or {}).get("partitions", [])
-                     if p.get("high_watermark") is not None]
+            marks = {p["partition"]: p["high_watermark"] for p in (described or {}).get("partitions", [])
+                     if p.get("high_watermark") is not None}
             if marks:
-                topics[t["topic"]] = sum(marks)
+                topics[t["topic"]] = marks
+            done = await self._turn(done + len(t["partitions"]))
         lags: dict[str, int | None] = {}
         if self.config.sample_max_groups and await self._offsets_topic_exists():
             listed = await self.calls.call("ListGroups", {})

@@ -30,6 +30,7 @@ from streamlog.console.api import (
     BodyTooLarge,
     ConsoleApi,
     CsrfCheckFailed,
+    HostNotAllowed,
     MethodNotAllowed,
     http_status,
     read_only,
@@ -76,6 +77,7 @@ class ApiResource(Resource):
         _secure(request)
         request.setHeader(b"cache-control", b"no-store")
         try:
+            check_host(request, self.api.config.allowed_hosts)
             method = request.method.decode("ascii")
             segments = [s.decode("utf-8") for s in request.postpath]
             name, args = route(method, segments)
@@ -84,7 +86,7 @@ class ApiResource(Resource):
             if name in ADMIN_ROUTES:
                 if not self.api.config.admin:
                     raise read_only()
-                _check_same_origin(request)
+                _check_same_origin(request, self.api.config.allowed_hosts)
                 body = self._body(request) if method == "POST" else None
         except errors.StreamlogError as e:
             return self._error(request, e)
@@ -146,14 +148,53 @@ class ApiResource(Resource):
 def _query(args: Mapping[bytes, list[bytes]]) -> dict[str, str]:
     query = {}
     for key, values in args.items():
-        name = key.decode("utf-8")
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidParams("a query parameter's name is not UTF-8") from None
         if len(values) != 1:
             raise errors.InvalidParams(f"query parameter {name!r} given {len(values)} times", field=name)
-        query[name] = values[0].decode("utf-8")
+        try:
+            query[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidParams(f"query parameter {name!r} is not UTF-8", field=name) from None
     return query
 
 
-def _check_same_origin(request: Any) -> None:
+def allowed_hosts(request: Any, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """The C{Host} values this listener answers: its own address and C{localhost} with its port,
+    and the operator's names (C{--console-allowed-hosts}: C{name} or C{name:port}; a bare name
+    is allowed with and without this listener's port)."""
+    local = request.getHost()
+    port = getattr(local, "port", None)
+    address = str(getattr(local, "host", ""))
+    names = {"localhost", "127.0.0.1", f"[{address}]" if ":" in address else address}
+    allowed = set()
+    for name in names | {n.strip().lower() for n in extra}:
+        allowed.add(name)
+        if port is not None and not _has_port(name):
+            allowed.add(f"{name}:{port}")
+    return frozenset(allowed)
+
+
+def _has_port(name: str) -> bool:
+    head, sep, tail = name.rpartition(":")
+    return bool(sep) and tail.isdigit() and (head.endswith("]") or ":" not in head)
+
+
+def check_host(request: Any, extra: tuple[str, ...] = ()) -> None:
+    """The DNS rebinding defence: a browser sends the name it resolved as C{Host}; a name this
+    listener does not know (an attacker's, re-resolved to 127.0.0.1) is refused before anything
+    is read or done.  A request without C{Host} (no browser sends one) is let through."""
+    host = request.getHeader("host")
+    if host is None:
+        return
+    if host.strip().lower() not in allowed_hosts(request, extra):
+        raise HostNotAllowed(f"this console does not answer for the host {host[:100]!r}; add it to "
+                             "--console-allowed-hosts if it is a name of this node", host=host[:100])
+
+
+def _check_same_origin(request: Any, extra: tuple[str, ...] = ()) -> None:
     """The CSRF defence of the admin actions (see the module's docstring)."""
     if request.getHeader(CSRF_HEADER) != "1":
         raise CsrfCheckFailed("an admin request must carry the header X-Streamlog-Console: 1 "
@@ -162,9 +203,11 @@ def _check_same_origin(request: Any) -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise CsrfCheckFailed(f"an admin request must come from the console's own page (Sec-Fetch-Site: {site})")
     origin = request.getHeader("origin")
-    host = request.getHeader("host")
-    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-        raise CsrfCheckFailed(f"an admin request must come from the console's own origin, not {origin}")
+    if origin is None:
+        return
+    scheme, sep, origin_host = origin.lower().partition("://")
+    if not sep or scheme not in ("http", "https") or origin_host not in allowed_hosts(request, extra):
+        raise CsrfCheckFailed(f"an admin request must come from the console's own origin, not {origin[:100]}")
 
 
 class _StaticFiles(static.File):
@@ -172,10 +215,24 @@ class _StaticFiles(static.File):
 
     childNotFound = JSONError(404, "NOT_FOUND", "no such console file")
 
+    #: The operator's extra host names (--console-allowed-hosts), set by L{mount}.
+    allowed_hosts: tuple[str, ...] = ()
+
     def render(self, request: Any) -> Any:
         _secure(request)
         request.setHeader(b"cache-control", b"no-cache")
+        try:
+            check_host(request, self.allowed_hosts)
+        except HostNotAllowed as e:
+            request.setResponseCode(http_status(e))
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            return orjson.dumps({"error": e.to_wire()})
         return super().render(request)
+
+    def createSimilarFile(self, path: Any) -> Any:
+        similar = super().createSimilarFile(path)
+        similar.allowed_hosts = self.allowed_hosts
+        return similar
 
     def directoryListing(self) -> Resource:
         return self.childNotFound
@@ -214,13 +271,18 @@ def mount(root: HttpRoot, broker: Any, node_id: int, config: ConsoleConfig, cloc
     calls = NodeCalls(broker.handlers, connect)
     history = SampleHistory(config.samples)
     api = ConsoleApi(calls, config, node_id, lambda topic: local_sizes(broker, topic), clock, history)
-    sampler = Sampler(history, lambda: Deferred.fromCoroutine(api.take_sample()), config.sample_interval, clock)
+    sampler = Sampler(history, lambda: Deferred.fromCoroutine(api.take_sample()), config.sample_interval, clock,
+                      config.sample_idle)
+    api.samples_asked = sampler.wanted
     root.mount("api", ApiResource(api))
     files = _StaticFiles(STATIC_DIR, defaultType="application/octet-stream")
+    files.allowed_hosts = config.allowed_hosts
     files.contentTypes = {**files.contentTypes, ".js": "text/javascript; charset=utf-8",
                           ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8"}
     root.mount("static", files)
-    root.mount("", _StaticFiles(os.path.join(STATIC_DIR, "index.html"), defaultType="text/html; charset=utf-8"))
+    page = _StaticFiles(os.path.join(STATIC_DIR, "index.html"), defaultType="text/html; charset=utf-8")
+    page.allowed_hosts = config.allowed_hosts
+    root.mount("", page)
     return Console(api, sampler, calls)
 
 

@@ -25,9 +25,10 @@ from twisted.python.failure import Failure
 @attrs.frozen
 class Sample:
     time_ms: int
-    #: topic -> sum of its partitions' high watermarks (those known to this node)
-    topics: Mapping[str, int]
-    #: group -> total lag (None where a partition's lag was unknown)
+    #: topic -> {partition: high watermark}, of the partitions this node holds (a rate is taken
+    #: over the partitions of both samples, so a replica moving here or away makes no jump)
+    topics: Mapping[str, Mapping[int, int]]
+    #: group -> total lag (None where a committed partition's lag was unknown)
     groups: Mapping[str, int | None]
 
 
@@ -65,14 +66,21 @@ class SampleHistory:
 def _rate(before: Sample | None, now: Sample, topic: str) -> float | None:
     if before is None or topic not in before.topics or topic not in now.topics:
         return None
-    moved = now.topics[topic] - before.topics[topic]
-    if moved < 0:  # deleted and created again, or a partition this node stopped holding
+    then, marks = before.topics[topic], now.topics[topic]
+    both = set(then) & set(marks)
+    if not both:
         return None
+    moves = [marks[p] - then[p] for p in both]
+    if min(moves) < 0:  # deleted and created again
+        return None
+    moved = sum(moves)
     return round(moved * 1000.0 / (now.time_ms - before.time_ms), 3)
 
 
 class Sampler:
-    """Takes a sample every C{interval} seconds with C{take} (a Deferred of a L{Sample}).
+    """Takes a sample every C{interval} seconds with C{take} (a Deferred of a L{Sample}), while a
+    page asks for samples: L{wanted} (each C{GET /api/samples}) starts it, and it stops itself
+    C{idle} seconds after the last one, so a node whose console nobody opens does no work.
 
     A sample still being taken when the next is due is not doubled: that tick is skipped.
     A failure is logged and the next tick tries again.
@@ -81,25 +89,43 @@ class Sampler:
     _log = Logger()
 
     def __init__(self, history: SampleHistory, take: Callable[[], Deferred[Sample]], interval: float,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, idle: float = 600.0) -> None:
         self.history = history
         self.interval = interval
+        self.idle = idle
+        self._clock: Any = clock  # IReactorTime (typed loosely: mypy-zope trips on .seconds here)
         self._take = take
         self._busy = False
+        self._stopped = False
+        self._last_wanted: float | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         #: Ticks skipped because the previous sample was still being taken.
         self.skipped = 0
 
+    @property
+    def running(self) -> bool:
+        return bool(self._loop.running)
+
     def start(self) -> None:
-        if self.interval > 0 and not self._loop.running:
+        """The node runs: sampling may start (on the first L{wanted})."""
+        self._stopped = False
+
+    def wanted(self) -> None:
+        """A page asked for samples: sample (from now) for the next C{idle} seconds."""
+        self._last_wanted = self._clock.seconds()
+        if self.interval > 0 and not self._stopped and not self._loop.running:
             self._loop.start(self.interval, now=True)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
 
     def _tick(self) -> None:
+        if self._last_wanted is None or self._clock.seconds() - self._last_wanted > self.idle:
+            self._loop.stop()  # nobody asked for a while
+            return
         if self._busy:
             self.skipped += 1
             return

@@ -10,12 +10,14 @@ answers it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from streamlog import errors
+from streamlog.topic_config import INTERNAL_TOPICS
 
 #: A message browser request reads from one of these; C{latest} means the last C{limit} messages.
 BROWSE_FROM = ("earliest", "latest")
@@ -37,6 +39,13 @@ class ConsoleConfig:
     sample_max_groups: int = 20
     #: Largest request body (JSON) an admin action may send, in bytes.
     max_body_bytes: int = 65536
+    #: Host names (C{name} or C{name:port}) the console answers for besides its own address and
+    #: C{localhost} (the DNS rebinding defence: any other C{Host} is 421 C{HOST_NOT_ALLOWED}).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Most topics one C{GET /api/topics} describes (the rest: C{?after=NAME}, C{next_after}).
+    max_topics: int = 100
+    #: Seconds the sampler keeps sampling after the last C{GET /api/samples} (idle nodes do nothing).
+    sample_idle: float = 600.0
 
     def __attrs_post_init__(self) -> None:
         if self.max_messages < 1:
@@ -49,6 +58,10 @@ class ConsoleConfig:
             raise ValueError("--console-sample-max-groups must be 0 or more")
         if self.max_body_bytes < 1024:
             raise ValueError("--console-max-body-bytes must be at least 1024")
+        if self.max_topics < 1:
+            raise ValueError("--console-max-topics must be at least 1")
+        if not self.sample_idle > 0:
+            raise ValueError("--console-sample-idle must be more than 0 seconds")
 
 
 # --- cluster and topics ----------------------------------------------------------------------
@@ -56,7 +69,9 @@ class ConsoleConfig:
 
 def overview(metadata: Mapping[str, Any], *, node_id: int, version: str, admin: bool) -> dict[str, Any]:
     """The cluster at a glance: its nodes (up or down), the controller, counts of topics and
-    partitions, and the partitions whose in-sync replicas are fewer than their replicas."""
+    partitions (both without the internal topics, whose partitions are counted apart), and the
+    offline partitions and those whose in-sync replicas are fewer than their replicas (every
+    partition, internal ones included: they matter as much)."""
     topics = [t for t in metadata.get("topics", []) if "partitions" in t]
     partitions = [p for t in topics for p in t["partitions"]]
     nodes = [{"node_id": n["node_id"], "address": n.get("address"), "up": bool(n.get("up")),
@@ -72,7 +87,8 @@ def overview(metadata: Mapping[str, Any], *, node_id: int, version: str, admin: 
         "nodes": sorted(nodes, key=lambda n: n["node_id"]),
         "nodes_up": sum(1 for n in nodes if n["up"]),
         "topics": sum(1 for t in topics if not t.get("internal")),
-        "partitions": len(partitions),
+        "partitions": sum(len(t["partitions"]) for t in topics if not t.get("internal")),
+        "internal_partitions": sum(len(t["partitions"]) for t in topics if t.get("internal")),
         "offline_partitions": sum(1 for p in partitions if p.get("leader") is None),
         "under_replicated_partitions": sum(1 for p in partitions if _under_replicated(p)),
     }
@@ -140,6 +156,37 @@ def topics_view(metadata: Mapping[str, Any], described: Mapping[str, Mapping[str
     return {"topics": views}
 
 
+def _order(topic: Mapping[str, Any]) -> tuple[bool, str]:
+    return (bool(topic.get("internal", False)), str(topic["topic"]))
+
+
+def parse_topics_page(query: Mapping[str, str]) -> tuple[bool, str] | None:
+    """C{?after=NAME} of C{GET /api/topics}: the page starts after that topic (in the list's order)."""
+    unknown = sorted(set(query) - {"after"})
+    if unknown:
+        raise errors.InvalidParams(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    after = query.get("after")
+    if after is None:
+        return None
+    return (after in INTERNAL_TOPICS, after)
+
+
+def topics_page(entries: list[Mapping[str, Any]], after: tuple[bool, str] | None, limit: int) -> dict[str, Any]:
+    """The Metadata entries of one page of the topic list (internal topics last, then by name):
+    at most C{limit} after C{after}, the name to continue after (or null) and the total count."""
+    ordered = sorted(entries, key=_order)
+    rest = [t for t in ordered if after is None or _order(t) > after]
+    page = rest[:limit]
+    return {"topics": page, "next_after": page[-1]["topic"] if len(rest) > limit else None, "total": len(ordered)}
+
+
+def topic_names(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """C{{topics: [{topic, internal, partitions}]}} (partitions: their count), internal ones last."""
+    entries = [t for t in metadata.get("topics", []) if "partitions" in t]
+    return {"topics": [{"topic": t["topic"], "internal": bool(t.get("internal", False)),
+                        "partitions": len(t["partitions"])} for t in sorted(entries, key=_order)]}
+
+
 # --- the message browser ---------------------------------------------------------------------
 
 
@@ -193,13 +240,41 @@ def browse_start(browse: Browse, log_start: int, high_watermark: int) -> int:
     return max(log_start, high_watermark - browse.limit)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey("duplicate key")
+    return found
+
+
+def pretty_value(value: Any) -> str:
+    """A message value as the page shows it, indented here rather than in the browser, whose
+    C{JSON.parse} rounds integers past 2^53 and moves integer-like keys first.  JSON values are
+    shown with their keys in the order the node holds them and every integer exact; a string
+    holding a JSON object or array is indented the same way (Python's parser: integers of any
+    size), unless it repeats a key or is not JSON, then it is shown as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] + text[-1:] in ("{}", "[]"):
+            try:
+                return json.dumps(json.loads(text, object_pairs_hook=_no_duplicates), indent=2, ensure_ascii=False)
+            except (ValueError, RecursionError):
+                pass
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def messages_view(topic: str, partition: int, poll: Mapping[str, Any]) -> dict[str, Any]:
     """A Poll answer for the browser, with where it was read (values stay as stored: the page
     pretty-prints them, as text it escapes)."""
     return {
         "topic": topic,
         "partition": partition,
-        "messages": list(poll.get("messages", [])),
+        "messages": [{**m, "value_pretty": pretty_value(m.get("value"))} for m in poll.get("messages", [])],
         "next_offset": poll.get("next_offset"),
         "high_watermark": poll.get("high_watermark"),
         "log_start_offset": poll.get("log_start_offset"),
@@ -237,8 +312,13 @@ def group_view(described: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def group_lag(described: Mapping[str, Any]) -> int | None:
-    """The group's total lag (see L{group_view})."""
-    return group_view(described)["lag"]  # type: ignore[no-any-return]
+    """The group's total lag for a chart: None (a gap, not a drop) when a partition with a
+    committed offset has no lag (its leader did not answer); partitions with nothing committed
+    have no lag to add."""
+    view = group_view(described)
+    if any(o.get("offset") is not None and o.get("lag") is None for o in view["offsets"]):
+        return None
+    return view["lag"]  # type: ignore[no-any-return]
 
 
 # --- admin bodies ------------------------------------------------------------------------------
@@ -276,23 +356,52 @@ def parse_reset(group: str, body: Any) -> tuple[dict[str, Any], list[dict[str, A
         if "confirm" in body:
             raise errors.InvalidParams("'confirm' goes with a reset that is not a dry run", field="confirm")
         return {**params, "dry_run": True}, None
-    confirm = body.get("confirm")
-    if not isinstance(confirm, list) or not all(
-            isinstance(c, dict) and set(c) >= {"topic", "partition", "offset"} for c in confirm):
-        raise errors.InvalidParams("a reset that is not a dry run needs 'confirm': the offsets of its dry run "
-                                   "([{topic, partition, offset}])", field="confirm")
-    return {**params, "dry_run": True}, [{"topic": c["topic"], "partition": c["partition"], "offset": c["offset"]}
-                                         for c in confirm]
+    return {**params, "dry_run": True}, parse_confirm(body.get("confirm"), body.get("topic"))
+
+
+def _is_int(x: Any, low: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= 2**63 - 1
+
+
+def parse_confirm(confirm: Any, topic: Any) -> list[dict[str, Any]]:
+    """C{confirm} of a real reset: its dry run's C{[{topic, partition, offset, previous}]}, each
+    of the reset's topic, once per partition; anything else is C{INVALID_PARAMS} (C{confirm})."""
+    shape_error = errors.InvalidParams(
+        "a reset that is not a dry run needs 'confirm': the offsets of its dry run "
+        "([{topic, partition, offset, previous}], previous null where nothing was committed)", field="confirm")
+    if not isinstance(confirm, list) or not confirm:
+        raise shape_error
+    rows = []
+    for c in confirm:
+        if not (isinstance(c, dict) and set(c) == {"topic", "partition", "offset", "previous"}
+                and c["topic"] == topic and isinstance(c["topic"], str) and _is_int(c["partition"])
+                and _is_int(c["offset"]) and (c["previous"] is None or _is_int(c["previous"]))):
+            raise shape_error
+        rows.append({k: c[k] for k in ("topic", "partition", "offset", "previous")})
+    if len({c["partition"] for c in rows}) != len(rows):
+        raise errors.InvalidParams("'confirm' names a partition twice", field="confirm")
+    return sorted(rows, key=lambda c: c["partition"])
 
 
 def plan_of(reset_answer: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The C{[{topic, partition, offset}]} of a ResetOffsets answer, sorted (what C{confirm} holds)."""
-    return sorted(({"topic": o["topic"], "partition": o["partition"], "offset": o["offset"]}
-                   for o in reset_answer.get("offsets", [])), key=lambda o: (o["topic"], o["partition"]))
+    """The C{[{topic, partition, offset, previous}]} of a ResetOffsets answer, sorted (what C{confirm} holds)."""
+    return sorted(({"topic": o["topic"], "partition": o["partition"], "offset": o["offset"],
+                    "previous": o.get("previous")} for o in reset_answer.get("offsets", [])),
+                  key=lambda o: (o["topic"], o["partition"]))
 
 
-def same_plan(confirm: list[dict[str, Any]], dry_run_answer: Mapping[str, Any]) -> bool:
-    """Whether C{confirm} is exactly the plan of C{dry_run_answer} (in any order)."""
-    def key(o: Mapping[str, Any]) -> tuple[str, str]:
-        return (repr(o["topic"]), repr(o["partition"]))
-    return sorted(confirm, key=key) == sorted(plan_of(dry_run_answer), key=key)
+def still_confirmable(confirm: list[dict[str, Any]], dry_run_answer: Mapping[str, Any]) -> bool:
+    """Whether the plan the operator confirmed can still be applied as it is: the dry run now
+    covers the same partitions, and each one's committed offset (C{previous}) has not moved
+    (a target that moves with the log, C{latest} on a busy topic, does not matter: the
+    confirmed offsets are what is committed)."""
+    now = {(o["topic"], o["partition"]): o.get("previous") for o in dry_run_answer.get("offsets", [])}
+    return now == {(c["topic"], c["partition"]): c["previous"] for c in confirm}
+
+
+def by_offset(confirm: list[dict[str, Any]]) -> dict[int, list[int]]:
+    """The confirmed partitions grouped by the offset they move to (one ResetOffsets each)."""
+    groups: dict[int, list[int]] = {}
+    for c in confirm:
+        groups.setdefault(c["offset"], []).append(c["partition"])
+    return groups

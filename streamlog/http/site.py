@@ -2,16 +2,24 @@
 
 Twisted's C{Site} writes one access-log line per request into the node's log
 by default; a Prometheus scrape every few seconds would drown the lines an
-operator reads, so this one logs nothing per request.  Idle HTTP connections
-are closed after L{DEFAULT_HTTP_TIMEOUT} seconds (Twisted's own default is
-twelve hours): a scraper that vanishes does not keep a descriptor for that
-long.
+operator reads, so this one logs nothing per request, nor per timed-out
+connection.  Idle HTTP connections are closed after L{DEFAULT_HTTP_TIMEOUT}
+seconds (Twisted's own default is twelve hours): a scraper that vanishes does
+not keep a descriptor for that long.  Twisted reads a whole request body before
+any resource sees it (spooling a large one to a temporary file), so the limit
+on bodies is enforced here, while reading: a declared length over it is refused
+before a byte of the body is read, and a chunked body is cut off where it
+passes it.  Connections past L{DEFAULT_HTTP_MAX_CONNECTIONS} are closed at once,
+so HTTP sockets stay within the node's descriptor budget.
 """
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
+import orjson
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -19,6 +27,10 @@ from twisted.web.server import Request, Site
 DEFAULT_HTTP_LISTEN = "tcp:9644:interface=127.0.0.1"
 #: Seconds an HTTP connection may stay idle before the node closes it (--http-idle-timeout).
 DEFAULT_HTTP_TIMEOUT = 60.0
+#: Most HTTP connections open at once (--http-max-connections); more are closed on accept.
+DEFAULT_HTTP_MAX_CONNECTIONS = 64
+#: Largest request body on any path unless told otherwise (the console passes --console-max-body-bytes).
+DEFAULT_HTTP_MAX_BODY_BYTES = 65536
 #: The value of --http-listen that turns the listener off.
 OFF = "none"
 #: The environment variable that, when set, is the default of --http-listen (the test suite sets
@@ -26,13 +38,84 @@ OFF = "none"
 HTTP_LISTEN_ENV = "STREAMLOG_HTTP_LISTEN"
 
 
+class BoundedRequest(Request):
+    """A request whose body is held in memory and refused (413, connection closed) past the
+    site's C{max_body_bytes}: on its declared length before it is read, or where it passes it."""
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()  # never a temporary file: the body is bounded
+        if length is not None and length > self.channel.site.max_body_bytes:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_bytes:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        limit = self.channel.site.max_body_bytes
+        body = orjson.dumps({"error": {"code": "BODY_TOO_LARGE", "limit": limit,
+                                       "message": f"the request body is larger than {limit} bytes"}})
+        self.channel.transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json; "
+                                     b"charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(body), body))
+        self.channel.transport.loseConnection()
+
+
+class QuietChannel(HTTPChannel):
+    """An C{HTTPChannel} that closes an idle connection without a log line (Twisted logs one per
+    connection at info level: thousands of idle sockets would rotate the node's log), and counts
+    itself in its site's open connections."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.open_connections += 1
+
+    def connectionLost(self, reason: Any) -> None:
+        self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+
 class QuietSite(Site):
-    """A C{Site} that writes no access log line per request."""
+    """A C{Site} that writes no access log line per request, bounds bodies and connections."""
 
     noisy = False
+    requestFactory = BoundedRequest
+    protocol = QuietChannel
 
-    def __init__(self, resource: IResource, timeout: float = DEFAULT_HTTP_TIMEOUT, reactor: Any = None) -> None:
+    def __init__(self, resource: IResource, timeout: float = DEFAULT_HTTP_TIMEOUT, reactor: Any = None,
+                 max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS,
+                 max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
+        self.max_connections = max_connections
+        self.max_body_bytes = max_body_bytes
+        #: HTTP connections open now.
+        self.open_connections = 0
+        #: Connections closed on accept because L{max_connections} were open.
+        self.refused_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            return None  # Twisted closes the socket at once
+        return super().buildProtocol(addr)
 
     def log(self, request: Request) -> None:
         pass

@@ -20,7 +20,13 @@ from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
-from streamlog.http.site import DEFAULT_HTTP_LISTEN, DEFAULT_HTTP_TIMEOUT, HTTP_LISTEN_ENV, OFF
+from streamlog.http.site import (
+    DEFAULT_HTTP_LISTEN,
+    DEFAULT_HTTP_MAX_CONNECTIONS,
+    DEFAULT_HTTP_TIMEOUT,
+    HTTP_LISTEN_ENV,
+    OFF,
+)
 from streamlog.idempotence.table import (
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
@@ -187,6 +193,8 @@ class Options(usage.Options):
          f"${HTTP_LISTEN_ENV} if set, else {DEFAULT_HTTP_LISTEN}."],
         ["http-port-file", None, None, "Write the HTTP listener's port number to this file once listening."],
         ["http-idle-timeout", None, DEFAULT_HTTP_TIMEOUT, "Seconds an idle HTTP connection is kept open.", float],
+        ["http-max-connections", None, DEFAULT_HTTP_MAX_CONNECTIONS, "Most HTTP connections open at once (more are "
+                                                                     "closed on accept).", int],
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
          "/metrics has series per partition while the node holds at most this many partitions (above: per "
          "topic and per node only); raise it to opt in on bigger nodes.", int],
@@ -258,6 +266,8 @@ class Options(usage.Options):
             raise usage.UsageError("--http-port-file needs an HTTP listener (--http-listen is none)")
         if not self["http-idle-timeout"] > 0:
             raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
+        if self["http-max-connections"] < 1:
+            raise usage.UsageError("--http-max-connections must be at least 1")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
@@ -336,6 +346,7 @@ class Options(usage.Options):
             http_listen=None if self["http-listen"] == OFF else self["http-listen"],
             http_port_file=self["http-port-file"],
             http_idle_timeout=self["http-idle-timeout"],
+            http_max_connections=self["http-max-connections"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
         )
 
@@ -559,7 +570,9 @@ class Node(service.MultiService):
             self.broker_service.close()
             raise StartupError(f"--http-listen {self.config.http_listen!r}: {e}") from None
         self.http_root = self.build_http_root()
-        site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor)
+        site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor,
+                         max_connections=self.config.http_max_connections,
+                         max_body_bytes=self.console_config.max_body_bytes)
         http = ListenService(endpoint, site, self.config.http_port_file, self.config.http_listen)
         try:
             self.http_address = http.listen_now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -151,24 +152,42 @@ def test_reset_offsets_dry_run_then_confirm_and_a_stale_confirmation_is_refused(
     plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
     assert plan["dry_run"] is True and plan["offsets"] == [{"topic": "orders", "partition": 0, "offset": 0,
                                                             "previous": 4}]
-    stale = [{"topic": "orders", "partition": 0, "offset": 3}]
+    stale = [{"topic": "orders", "partition": 0, "offset": 0, "previous": 3}]  # a commit moved since
     refused = failure_of(answer(harness, api, "reset_offsets", ["billing"],
                                 body={**body, "dry_run": False, "confirm": stale}))
     assert refused.check(PlanChanged) and refused.value.details["plan"] == [{"topic": "orders", "partition": 0,
-                                                                             "offset": 0}]
+                                                                             "offset": 0, "previous": 4}]
     assert conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"][0]["offset"] == 4  # unchanged
-    confirm = [{"topic": "orders", "partition": 0, "offset": 0}]
+    confirm = [{"topic": "orders", "partition": 0, "offset": 0, "previous": 4}]
     done = result_of(answer(harness, api, "reset_offsets", ["billing"],
                             body={**body, "dry_run": False, "confirm": confirm}))
-    assert done["dry_run"] is False
+    assert done["dry_run"] is False and done["offsets"] == [{**confirm[0]}]
     assert conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"][0]["offset"] == 0
+
+
+def test_a_confirmed_reset_to_latest_commits_the_confirmed_offsets_while_the_log_moves(harness, conn):
+    member = _group_with_commits(conn)
+    assert "result" in conn.call("LeaveGroup", {"group": "billing", "member_id": member})
+    api = make_api(harness)
+    body = {"topic": "orders", "to": "latest"}
+    plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
+    assert plan["offsets"] == [{"topic": "orders", "partition": 0, "offset": 6, "previous": 4},
+                               {"topic": "orders", "partition": 1, "offset": 0, "previous": None}]
+    for i in range(3):  # a producer goes on: "latest" is now elsewhere
+        assert "result" in conn.call("Send", {"topic": "orders", "partition": 0, "value": i})
+    harness.settle()
+    done = result_of(answer(harness, api, "reset_offsets", ["billing"],
+                            body={**body, "dry_run": False, "confirm": plan["offsets"]}))
+    assert done["offsets"] == plan["offsets"]  # what was confirmed, not the new head
+    fetched = conn.call("FetchOffsets", {"group": "billing"})["result"]["offsets"]
+    assert {(o["partition"], o["offset"]) for o in fetched} == {(0, 6), (1, 0)}
 
 
 def test_samples_give_throughput_and_lag_over_time(harness, conn):
     _group_with_commits(conn)
     api = make_api(harness, sample_interval=2.0, samples=10)
     sampler = Sampler(api.history, lambda: Deferred.fromCoroutine(api.take_sample()), 2.0, harness.clock)
-    sampler.start()
+    sampler.wanted()  # a page asked
     harness.settle()
     for i in range(4):  # 4 messages in the next 2 s
         conn.call("Send", {"topic": "orders", "partition": 1, "value": i})
@@ -186,14 +205,14 @@ def test_sample_max_groups_bounds_the_groups_sampled(harness, conn):
     _group_with_commits(conn)
     api = make_api(harness, sample_max_groups=0)
     sample = result_of(Deferred.fromCoroutine(api.take_sample()))
-    assert sample.groups == {} and sample.topics == {"orders": 6}
+    assert sample.groups == {} and sample.topics == {"orders": {0: 6, 1: 0}}
 
 
 def test_sampler_skips_a_tick_while_busy_and_survives_a_failure(clock):
     pending: list[Deferred] = []
     history = SampleHistory(5)
     sampler = Sampler(history, lambda: pending.append(Deferred()) or pending[-1], 1.0, clock)
-    sampler.start()
+    sampler.wanted()
     clock.advance(1.0)
     assert len(pending) == 1 and sampler.skipped == 1
     pending[0].errback(RuntimeError("boom"))
@@ -201,6 +220,86 @@ def test_sampler_skips_a_tick_while_busy_and_survives_a_failure(clock):
     assert len(pending) == 2
     sampler.stop()
     assert len(history) == 0
+
+
+def test_the_sampler_samples_only_while_a_page_asks(clock):
+    taken: list[float] = []
+    history = SampleHistory(5)
+
+    def take():
+        taken.append(clock.seconds())
+        return succeed(None)
+
+    sampler = Sampler(history, take, 1.0, clock, idle=3.0)
+    sampler.start()
+    clock.pump([1.0] * 10)
+    assert taken == [] and not sampler.running  # nobody asked: an idle node does nothing
+    sampler.wanted()
+    clock.pump([1.0] * 10)
+    assert taken == [10.0, 11.0, 12.0, 13.0] and not sampler.running  # stopped 3 s after the last ask
+    sampler.wanted()
+    assert sampler.running and taken[-1] == 20.0
+    sampler.stop()
+    sampler.wanted()  # a stopped node does not start again
+    assert not sampler.running and clock.getDelayedCalls() == []
+
+
+def _many_topics(harness, conn, count, partitions=4):
+    for i in range(count):
+        assert "result" in conn.call("CreateTopic", {"topic": f"t{i:04d}", "partitions": partitions})
+    harness.settle()
+
+
+def test_a_sample_and_the_topic_list_give_the_reactor_turns_between_slices(harness, conn):
+    from streamlog.console.api import PARTITIONS_PER_TURN
+
+    _many_topics(harness, conn, 150)  # 600 partitions and orders' 2
+    api = make_api(harness, max_topics=500)
+    described = []
+    handlers = harness.broker.handlers
+    api.calls = NodeCalls({**handlers, "DescribeTopic": lambda p: described.append(p) or handlers["DescribeTopic"](p)},
+                          connect=None)
+    yields: list[int] = []  # topics described when the work gave the reactor a turn
+
+    class Turns:
+        def __getattr__(self, name):
+            return getattr(harness.clock, name)
+
+        def callLater(self, delay, f, *a, **kw):
+            yields.append(len(described))
+            return harness.clock.callLater(delay, f, *a, **kw)
+
+    api.clock = Turns()
+    for take in (lambda: Deferred.fromCoroutine(api.take_sample()), lambda: answer_unsettled(api, "topics")):
+        described.clear()
+        yields.clear()
+        d = take()
+        harness.settle()
+        slices = [b - a for a, b in zip([0, *yields], [*yields, len(described)], strict=True)]
+        assert len(described) >= 150 and len(slices) >= 602 // PARTITIONS_PER_TURN, slices
+        assert max(slices) * 4 <= PARTITIONS_PER_TURN + 4, slices  # each turn about PARTITIONS_PER_TURN
+    assert len(result_of(d)["topics"]) == 151
+
+
+def answer_unsettled(api, name, query=None):
+    return Deferred.fromCoroutine(api.answer(name, [], query or {}, None))
+
+
+def test_the_topic_list_is_paged_and_the_names_route_is_light(harness, conn):
+    _many_topics(harness, conn, 5, partitions=1)
+    assert "result" in conn.call("ListGroups", {})  # __consumer_offsets: internal, listed last
+    harness.settle()
+    api = make_api(harness, max_topics=4)
+    first = result_of(answer(harness, api, "topics"))
+    assert [t["topic"] for t in first["topics"]] == ["orders", "t0000", "t0001", "t0002"]
+    assert first["next_after"] == "t0002" and first["total"] == 7
+    second = result_of(answer(harness, api, "topics", query={"after": "t0002"}))
+    assert [t["topic"] for t in second["topics"]] == ["t0003", "t0004", "__consumer_offsets"]
+    assert second["next_after"] is None and second["topics"][0]["messages"] == 0
+    names = result_of(answer(harness, api, "topic_names"))["topics"]
+    assert names[0] == {"topic": "orders", "internal": False, "partitions": 2} and len(names) == 7
+    assert names[-1]["topic"] == "__consumer_offsets" and names[-1]["internal"] is True
+    assert failure_of(answer(harness, api, "topics", query={"page": "2"})).value.details["field"] == "page"
 
 
 # --- hints ---------------------------------------------------------------------------------------
@@ -261,3 +360,100 @@ def test_an_error_without_an_address_is_the_answer_and_a_bug_is_internal():
 def test_raw_poll_results_are_decoded():
     calls = NodeCalls({"Poll": lambda p: wire.RawResult([b'{"messages":[', b'{"offset":0}', b"]}"])}, connect=None)
     assert result_of(calls.call("Poll", {})) == {"messages": [{"offset": 0}]}
+
+
+def _has_offsets_topic(harness):
+    return "__consumer_offsets" in harness.broker.topics
+
+
+@pytest.mark.parametrize("to", ["earliest", "latest", {"offset": 3}, {"offset": 99}, {"shift": 2}, {"timestamp": 0}])
+def test_looking_at_groups_on_a_fresh_node_creates_no_offsets_topic(harness, conn, to):
+    api = make_api(harness)
+    assert failure_of(answer(harness, api, "group", ["anything"])).value.code == "UNKNOWN_GROUP"
+    body = {"topic": "orders", "to": to}
+    plan = result_of(answer(harness, api, "reset_offsets", ["billing"], body=body))
+    assert not _has_offsets_topic(harness)  # neither the describe nor the dry run made it
+    assert plan["dry_run"] is True and all(o["previous"] is None for o in plan["offsets"])
+    # The same plan as the broker's own dry run, once the offsets topic exists.
+    assert "result" in conn.call("ListGroups", {})
+    harness.settle()
+    assert _has_offsets_topic(harness)
+    assert plan == conn.call("ResetOffsets", {"group": "billing", **body, "dry_run": True})["result"]
+
+
+def test_a_fresh_dry_run_refuses_what_the_broker_refuses(harness, conn):
+    api = make_api(harness)
+    for body, code in (({"topic": "nope", "to": "earliest"}, "UNKNOWN_TOPIC"),
+                       ({"topic": "orders", "partitions": [5], "to": "earliest"}, "UNKNOWN_PARTITION"),
+                       ({"topic": "orders", "to": "middle"}, "INVALID_PARAMS")):
+        assert failure_of(answer(harness, api, "reset_offsets", ["billing"], body=body)).value.code == code
+    assert not _has_offsets_topic(harness)
+
+
+def test_from_latest_ends_at_the_head_even_when_the_messages_are_large(harness, conn):
+    assert "result" in conn.call("CreateTopic", {"topic": "big"})
+    for i in range(60):
+        assert "result" in conn.call("Send", {"topic": "big", "value": f"{i:03d}" + "x" * 100_000})
+    harness.settle()
+    api = make_api(harness)
+    page = result_of(answer(harness, api, "messages", ["big", "0"], {"from": "latest", "limit": "50"}))
+    offsets = [m["offset"] for m in page["messages"]]
+    assert offsets and offsets[-1] == 59 and page["next_offset"] == 60 == page["high_watermark"]
+    assert offsets == list(range(60 - len(offsets), 60)) and len(offsets) < 50 and page["truncated"] is True
+    small = result_of(answer(harness, api, "messages", ["orders", "0"], {"from": "latest", "limit": "4"}))
+    assert [m["offset"] for m in small["messages"]] == [2, 3, 4, 5] and small["truncated"] is False
+
+
+def test_the_browser_shows_json_as_sent_big_integers_key_order_and_duplicates(harness, conn):
+    sent = '{"id": 9007199254740993, "b": 1, "10": 2, "2": 3}'
+    values = [orjson.loads(sent), sent, '{"a": 1, "a": 2}', "[1, 2", "plain"]
+    assert "result" in conn.call("CreateTopic", {"topic": "j"})
+    for v in values:
+        assert "result" in conn.call("Send", {"topic": "j", "value": v})
+    harness.settle()
+    api = make_api(harness)
+    page = result_of(answer(harness, api, "messages", ["j", "0"], {"from": "earliest"}))
+    shown = [m["value_pretty"] for m in page["messages"]]
+    indented = '{\n  "id": 9007199254740993,\n  "b": 1,\n  "10": 2,\n  "2": 3\n}'
+    assert shown == [indented, indented, '{"a": 1, "a": 2}', "[1, 2", "plain"]
+
+
+def test_the_topic_page_asks_the_leaders_of_partitions_elsewhere_at_once(clock):
+    metadata = {"topics": [{"topic": "t", "partitions": [
+        {"partition": i, "leader": 2, "replicas": [2], "isr": [2]} for i in range(3)]}]}
+    pending: list[tuple[dict, Deferred]] = []
+
+    class Leader:
+        def call(self, method, params):
+            pending.append((params, Deferred()))
+            return pending[-1][1]
+
+        def close(self):
+            return succeed(None)
+
+    def list_offsets(params):
+        raise errors.NotLeader("elsewhere", topic="t", partition=params["partition"], leader=2,
+                               leader_address="127.0.0.1:7072", leader_term=1)
+
+    calls = NodeCalls({"Metadata": lambda p: metadata, "DescribeTopic": lambda p: {"topic": "t", "partitions": []},
+                       "ListOffsets": list_offsets}, connect=lambda address: Leader())
+    api = ConsoleApi(calls, ConsoleConfig(), 1, lambda t: {}, clock)
+    d = Deferred.fromCoroutine(api.topic("t"))
+    assert len(pending) == 6 and not d.called  # all six asks in flight before any answer
+    for params, ask in pending:
+        if params["partition"] == 1:
+            ask.errback(errors.Timeout("no answer"))
+        else:
+            ask.callback({"offset": 0 if params["at"] == "earliest" else 5})
+    rows = result_of(d)["partitions"]
+    assert [(r["log_start_offset"], r["high_watermark"]) for r in rows] == [(0, 5), (None, None), (0, 5)]
+
+
+def test_a_group_whose_committed_partition_has_no_lag_is_a_gap_not_a_drop():
+    from streamlog.console import shape
+
+    offsets = [{"topic": "t", "partition": 0, "offset": 3, "lag": 2}, {"topic": "t", "partition": 1, "offset": None,
+                                                                         "lag": None}]
+    assert shape.group_lag({"offsets": offsets}) == 2  # nothing committed on 1: nothing to add
+    offsets.append({"topic": "t", "partition": 2, "offset": 7, "lag": None})  # its leader did not answer
+    assert shape.group_lag({"offsets": offsets}) is None

@@ -8,6 +8,7 @@ from io import BytesIO
 
 import orjson
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -54,6 +55,7 @@ def ask(harness, root, path, method=b"GET", body=None, headers=None, args=None):
     request.path = path.encode()
     request.args = {k.encode(): [v.encode() for v in vs] for k, vs in (args or {}).items()}
     request.content = BytesIO(body or b"")
+    request.getHost = lambda: IPv4Address("TCP", "127.0.0.1", 9644)  # the listener's own address
     for name, value in (headers or {}).items():
         request.requestHeaders.setRawHeaders(name, [value])
     resource = getChildForRequest(root, request)
@@ -143,6 +145,46 @@ def test_admin_from_the_same_origin_creates_and_deletes(harness):
     assert deleted.json() == {"topic": "x", "deleted": True} and "x" not in harness.broker.topics
 
 
+REBOUND = {"host": "attacker.example:9644", "origin": "http://attacker.example:9644", "sec-fetch-site": "same-origin"}
+
+
+@pytest.mark.parametrize("path, method, body", [
+    ("/api/topics", b"POST", b'{"topic": "rebound"}'),
+    ("/api/topics/orders/partitions/0/messages", b"GET", None),
+    ("/api/groups", b"GET", None),
+    ("/", b"GET", None),
+    ("/static/console.js", b"GET", None),
+])
+def test_a_dns_rebinding_host_is_refused_on_every_path(harness, path, method, body):
+    root, _ = site(harness, admin=True)
+    answer = ask(harness, root, path, method, body, {**ADMIN, **REBOUND})
+    assert answer.status == 421 and answer.json()["error"]["code"] == "HOST_NOT_ALLOWED", path
+    assert b"<b>hi</b>" not in answer.body and sorted(harness.broker.topics) == ["orders"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:9644", "localhost:9644", "LOCALHOST:9644", "console.example",
+                                  "console.example:9644", "other.example:8080"])
+def test_own_address_localhost_and_allowed_hosts_are_answered(harness, host):
+    root, _ = site(harness, admin=True, allowed_hosts=("console.example", "other.example:8080"))
+    same = {**ADMIN, "host": host, "origin": f"http://{host}", "sec-fetch-site": "same-origin"}
+    assert ask(harness, root, "/api/overview", headers={"host": host}).status == 200
+    assert ask(harness, root, "/", headers={"host": host}).status == 200
+    assert ask(harness, root, "/api/topics", b"POST", b'{"topic": "x"}', same).status == 200
+
+
+@pytest.mark.parametrize("host, origin", [
+    ("127.0.0.1:9645", None),  # another port
+    ("other.example:9644", None),  # the allowed name only with the port given
+    ("localhost:9644", "http://attacker.example:9644"),  # an allowed Host, a foreign Origin
+])
+def test_other_ports_names_and_origins_are_refused(harness, host, origin):
+    root, _ = site(harness, admin=True, allowed_hosts=("other.example:8080",))
+    headers = {**ADMIN, "host": host, **({"origin": origin} if origin else {})}
+    answer = ask(harness, root, "/api/topics", b"POST", b'{"topic": "x"}', headers)
+    assert answer.status in (403, 421) and answer.json()["error"]["code"] in ("HOST_NOT_ALLOWED", "CSRF_CHECK_FAILED")
+    assert "x" not in harness.broker.topics
+
+
 @pytest.mark.parametrize("body, headers, status, code", [
     (b"{not json", ADMIN, 400, "PARSE_ERROR"),
     (b'{"topic": "x"}', {"x-streamlog-console": "1", "content-type": "text/plain"}, 400, "INVALID_REQUEST"),
@@ -182,3 +224,15 @@ def test_the_page_loads_nothing_from_elsewhere():
             text = f.read()
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), name
         assert ".innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, name
+
+
+def test_a_query_that_is_not_utf8_is_named_as_the_query_not_the_path():
+    from streamlog import errors
+    from streamlog.console.resource import _query
+
+    with pytest.raises(errors.InvalidParams) as e:
+        _query({b"\xff": [b"1"]})
+    assert "query parameter's name" in str(e.value)
+    with pytest.raises(errors.InvalidParams) as e:
+        _query({b"limit": [b"\xff"]})
+    assert e.value.details["field"] == "limit"

@@ -19,9 +19,12 @@ def test_every_console_option_reaches_its_config():
     options = server.Options()
     options.parseOptions(["--console-admin", "--console-max-messages", "7", "--console-sample-interval", "0",
                           "--console-samples", "9", "--console-sample-max-groups", "3",
-                          "--console-max-body-bytes", "2048"])
+                          "--console-max-body-bytes", "2048", "--console-allowed-hosts", "Console.example, b:8080",
+                          "--console-max-topics", "5", "--console-sample-idle", "30"])
     assert options.console_config() == ConsoleConfig(admin=True, max_messages=7, sample_interval=0.0, samples=9,
-                                                     sample_max_groups=3, max_body_bytes=2048)
+                                                     sample_max_groups=3, max_body_bytes=2048,
+                                                     allowed_hosts=("console.example", "b:8080"), max_topics=5,
+                                                     sample_idle=30.0)
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -31,6 +34,9 @@ def test_every_console_option_reaches_its_config():
     (["--console-sample-max-groups", "-2"], "--console-sample-max-groups"),
     (["--console-max-body-bytes", "100"], "--console-max-body-bytes"),
     (["--console-samples", "many"], "invalid literal for int()"),
+    (["--console-allowed-hosts", "http://console.example/"], "--console-allowed-hosts"),
+    (["--console-max-topics", "0"], "--console-max-topics"),
+    (["--console-sample-idle", "0"], "--console-sample-idle"),
 ])
 def test_bad_console_options_are_usage_errors_naming_the_option(argv, says):
     with pytest.raises(usage.UsageError) as e:

@@ -29,7 +29,7 @@ def test_overview_counts_nodes_up_offline_and_under_replicated_partitions():
     o = shape.overview(METADATA, node_id=1, version="0.1.0", admin=False)
     assert [n["node_id"] for n in o["nodes"]] == [1, 2, 3]
     assert [n["controller"] for n in o["nodes"]] == [False, True, False]
-    assert (o["nodes_up"], o["topics"], o["partitions"]) == (2, 1, 3)
+    assert (o["nodes_up"], o["topics"], o["partitions"], o["internal_partitions"]) == (2, 1, 2, 1)
     assert o["offline_partitions"] == 1 and o["under_replicated_partitions"] == 2
     assert o["controller"] == 2 and o["admin"] is False and o["alone"] is False
 
@@ -118,14 +118,34 @@ def test_parse_reset_is_a_dry_run_unless_confirmed_with_a_plan():
         shape.parse_reset("g", {"topic": "t", "to": "earliest", "confirm": []})  # confirm without a real reset
     with pytest.raises(errors.InvalidParams):
         shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": "no"})
-    plan = [{"topic": "t", "partition": 10, "offset": 0}, {"topic": "t", "partition": 2, "offset": 4}]
-    params, confirm = shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": False, "confirm": plan})
+    plan = [{"topic": "t", "partition": 10, "offset": 0, "previous": None},
+            {"topic": "t", "partition": 2, "offset": 4, "previous": 9}]
+    params, confirm = shape.parse_reset("g", {"topic": "t", "to": "latest", "dry_run": False, "confirm": plan})
     assert params["dry_run"] is True  # what is sent first is still the dry run to compare with
-    answer = {"offsets": [{"topic": "t", "partition": 2, "offset": 4, "previous": 9},
-                          {"topic": "t", "partition": 10, "offset": 0, "previous": None}]}
-    assert shape.same_plan(confirm, answer)
-    answer["offsets"][0]["offset"] = 5
-    assert not shape.same_plan(confirm, answer)
+    assert [c["partition"] for c in confirm] == [2, 10]
+    answer = {"offsets": [{"topic": "t", "partition": 2, "offset": 7, "previous": 9},  # latest moved on: fine
+                          {"topic": "t", "partition": 10, "offset": 3, "previous": None}]}
+    assert shape.still_confirmable(confirm, answer) and shape.by_offset(confirm) == {4: [2], 0: [10]}
+    answer["offsets"][0]["previous"] = 8  # a commit moved: no longer what was confirmed
+    assert not shape.still_confirmable(confirm, answer)
+    assert not shape.still_confirmable(confirm, {"offsets": answer["offsets"][1:]})  # a partition fewer
+
+
+@pytest.mark.parametrize("confirm", [
+    [{"topic": "t", "partition": 0, "offset": "0", "previous": None}],
+    [{"topic": ["t"], "partition": 0, "offset": 0, "previous": None}],
+    [{"topic": "u", "partition": 0, "offset": 0, "previous": None}],  # another topic
+    [{"topic": "t", "partition": True, "offset": 0, "previous": None}],
+    [{"topic": "t", "partition": 0, "offset": -1, "previous": None}],
+    [{"topic": "t", "partition": 0, "offset": 0}],  # no previous
+    [{"topic": "t", "partition": 0, "offset": 0, "previous": None, "extra": 1}],
+    [{"topic": "t", "partition": 0, "offset": 0, "previous": None}] * 2,
+    [], "all", None,
+])
+def test_a_malformed_confirm_is_invalid_params(confirm):
+    with pytest.raises(errors.InvalidParams) as e:
+        shape.parse_reset("g", {"topic": "t", "to": "earliest", "dry_run": False, "confirm": confirm})
+    assert e.value.details["field"] == "confirm"
 
 
 def test_console_config_refuses_unusable_limits():
@@ -160,13 +180,13 @@ def test_every_status_is_an_http_error_status_and_unknown_codes_are_500():
 
 def test_sample_history_rates_per_second_and_gaps():
     h = SampleHistory(3)
-    h.add(Sample(1000, {"a": 10}, {"g": 4}))
-    h.add(Sample(3000, {"a": 30, "b": 5}, {"g": None}))
-    h.add(Sample(3000, {"a": 99}, {}))  # same time: ignored
-    h.add(Sample(4000, {"a": 20, "b": 7}, {"g": 1}))  # a went back (recreated): no rate
+    h.add(Sample(1000, {"a": {0: 10}}, {"g": 4}))
+    h.add(Sample(3000, {"a": {0: 30, 1: 500}, "b": {0: 5}}, {"g": None}))  # a's partition 1 moved here: no jump
+    h.add(Sample(3000, {"a": {0: 99}}, {}))  # same time: ignored
+    h.add(Sample(4000, {"a": {0: 20, 1: 510}, "b": {0: 7}}, {"g": 1}))  # a went back (recreated): no rate
     assert h.series() == {"times_ms": [1000, 3000, 4000], "topics": {"a": [None, 10.0, None], "b": [None, None, 2.0]},
                           "groups": {"g": [4, None, 1]}}
-    h.add(Sample(5000, {"a": 25}, {}))
+    h.add(Sample(5000, {"a": {0: 25}}, {}))
     assert len(h) == 3 and h.series()["times_ms"] == [3000, 4000, 5000]
     with pytest.raises(ValueError):
         SampleHistory(1)

@@ -107,8 +107,9 @@
     ];
   }
 
-  async function topicsPage() {
-    const t = await api("GET", "topics");
+  async function topicsPage(params) {
+    const after = params.get("after");
+    const t = await api("GET", "topics" + (after ? "?after=" + enc(after) : ""));
     const admin = overviewCache && overviewCache.admin;
     const rows = t.topics.map(topic => [
       el("a", { href: "#/topics/" + enc(topic.topic) }, topic.topic),
@@ -120,6 +121,9 @@
     const parts = [el("h2", {}, "Topics"),
       t.topics.length ? table(["topic", "", "partitions", "replicas", "messages", "size here", "under-replicated"], rows, [2, 3, 4, 5, 6])
         : el("p", { class: "muted" }, "No topics yet.")];
+    if (after || t.next_after !== null) parts.push(el("p", { class: "muted" }, t.total + " topics; " + t.topics.length + " shown here. ",
+      after ? el("a", { href: "#/topics" }, "First topics") : "", " ",
+      t.next_after !== null ? el("a", { href: "#/topics?after=" + enc(t.next_after), id: "more-topics" }, "More topics →") : ""));
     if (admin) parts.push(el("h2", {}, "Create a topic"), createTopicForm());
     else parts.push(el("p", { class: "muted" }, "Read-only console: start the node with --console-admin to create and delete topics here."));
     return parts;
@@ -131,6 +135,7 @@
     const rf = el("input", { name: "replication_factor", type: "number", min: 1, placeholder: "default" });
     return el("form", { id: "create-topic", onsubmit: async (ev) => {
       ev.preventDefault();
+      if (!/^[1-9]\d*$/.test(partitions.value.trim())) { setStatus("partitions: give a whole number of at least 1", "error"); return; }
       const body = { topic: name.value, partitions: Number(partitions.value) };
       if (rf.value) body.replication_factor = Number(rf.value);
       try {
@@ -186,7 +191,7 @@
   }
 
   async function messagesPage(params) {
-    const topics = (await api("GET", "topics")).topics;
+    const topics = (await api("GET", "topic-names")).topics;
     const topic = params.get("topic") || (topics.find(t => !t.internal) || topics[0] || {}).topic || "";
     const form = el("form", { id: "browse" });
     const topicSel = el("select", { name: "topic" }, topics.map(t => el("option", { value: t.topic, selected: t.topic === topic }, t.topic)));
@@ -214,12 +219,13 @@
     const page = await api("GET", "topics/" + enc(topic) + "/partitions/" + enc(partition.value) + "/messages?" + q.toString());
     parts.push(el("p", { class: "muted", id: "browse-summary" },
       topic + " / " + page.partition + ": " + page.messages.length + " message(s); log start " + page.log_start_offset +
-      ", high watermark " + page.high_watermark + "."));
+      ", high watermark " + page.high_watermark + "." +
+      (page.truncated ? " Fewer than asked: the messages are large (the read's byte limit)." : "")));
     if (page.messages.length) {
       parts.push(table(["offset", "timestamp", "key", "headers", "value"], page.messages.map(m => [
         String(m.offset), when(m.timestamp), m.key === null ? el("span", { class: "muted" }, "null") : el("code", {}, m.key),
         Object.keys(m.headers || {}).length ? el("pre", { class: "value" }, JSON.stringify(m.headers, null, 1)) : "–",
-        el("pre", { class: "value" }, pretty(m.value)),
+        el("pre", { class: "value" }, m.value_pretty !== undefined ? m.value_pretty : pretty(m.value)),
       ]), [0]));
     }
     if (page.next_offset < page.high_watermark) {
@@ -271,27 +277,38 @@
     function request() {
       const body = { topic: topic.value };
       if (partitions.value.trim()) body.partitions = partitions.value.split(",").map(s => Number(s.trim()));
-      body.to = to.value === "earliest" || to.value === "latest" ? to.value : { [to.value]: Number(n.value) };
+      if (to.value === "earliest" || to.value === "latest") body.to = to.value;
+      else if (/^-?\d+$/.test(n.value.trim())) body.to = { [to.value]: Number(n.value) };
+      else return null;  // n is empty or not a whole number: nothing is sent
       return body;
+    }
+    // The plan shown is the plan confirmed: "confirm" carries its rows (previous included), and the
+    // node commits exactly those offsets, or answers PLAN_CHANGED with a new plan shown here.
+    function showPlan(body, offsets, heading) {
+      result.replaceChildren(el("div", { class: "plan" },
+        el("p", {}, heading),
+        table(["topic", "partition", "now", "after"], offsets.map(o => [o.topic, String(o.partition), show(o.previous), String(o.offset)]), [1, 2, 3]),
+        el("button", { class: "danger", type: "button", id: "confirm-reset", onclick: async () => {
+          try {
+            await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: false, confirm: offsets });
+            done("Reset the offsets of " + g.group + ".");
+            render();
+          } catch (e) {
+            failed(e);
+            if (e.error && e.error.code === "PLAN_CHANGED" && e.error.plan)
+              showPlan(body, e.error.plan, "The committed offsets changed since the dry run; the new plan:");
+          }
+        } }, "Confirm reset"),
+        el("button", { class: "plain", type: "button", onclick: () => result.replaceChildren() }, "Cancel")));
     }
     const form = el("form", { id: "reset-offsets", onsubmit: async (ev) => {
       ev.preventDefault();
       result.replaceChildren();
       const body = request();
+      if (body === null) { setStatus("n: give a whole number (the offset, the shift or the time in ms)", "error"); return; }
       try {
         const plan = await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: true });
-        const confirm = plan.offsets.map(o => ({ topic: o.topic, partition: o.partition, offset: o.offset }));
-        result.append(el("div", { class: "plan" },
-          el("p", {}, "Dry run: the committed offsets would become"),
-          table(["topic", "partition", "now", "after"], plan.offsets.map(o => [o.topic, String(o.partition), show(o.previous), String(o.offset)]), [1, 2, 3]),
-          el("button", { class: "danger", type: "button", id: "confirm-reset", onclick: async () => {
-            try {
-              await api("POST", "groups/" + enc(g.group) + "/reset-offsets", { ...body, dry_run: false, confirm });
-              done("Reset the offsets of " + g.group + ".");
-              render();
-            } catch (e) { failed(e); }
-          } }, "Confirm reset"),
-          el("button", { class: "plain", type: "button", onclick: () => result.replaceChildren() }, "Cancel")));
+        showPlan(body, plan.offsets, "Dry run: the committed offsets would become");
       } catch (e) { failed(e); }
     } }, el("label", {}, "topic", topic, options), el("label", {}, "partitions", partitions), el("label", {}, "to", to),
     el("label", {}, "n", n), el("button", { type: "submit" }, "Dry run"));
@@ -350,7 +367,7 @@
 
   async function chartsPage() {
     const s = await api("GET", "samples");
-    const parts = [el("h2", {}, "Throughput (messages/s, per topic)")];
+    const parts = [el("h2", {}, "Throughput (messages/s, per topic: the partitions node " + (overviewCache ? overviewCache.node_id : "") + " holds)")];
     if (!s.interval_s) parts.push(el("p", { class: "muted" }, "Sampling is off on this node (--console-sample-interval 0)."));
     parts.push(...lineChart("throughput-chart", s.times_ms, s.topics));
     parts.push(el("h2", {}, "Consumer lag (messages, per group)"));
@@ -380,7 +397,7 @@
       if (!overviewCache) await overviewPage();
       let parts;
       if (page === "topics" && segs[1]) parts = await topicPage(segs[1]);
-      else if (page === "topics") parts = await topicsPage();
+      else if (page === "topics") parts = await topicsPage(new URLSearchParams(query || ""));
       else if (page === "messages") parts = await messagesPage(new URLSearchParams(query || ""));
       else if (page === "groups" && segs[1]) parts = await groupPage(segs[1]);
       else if (page === "groups") parts = await groupsPage();
