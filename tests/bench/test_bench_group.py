@@ -24,9 +24,11 @@ def test_a_small_group_bench_reports_rebalance_times_and_both_throughputs():
     assert r["workload"] == "group" and r["partitions"] == 3 and r["members"] == 2
     rb = r["rebalance"]
     assert len(rb["rounds"]) == 1 and rb["session_timeout_ms"] == 1000
-    # A join waits for the old members' next heartbeat (a third of the session); a death for the session.
+    # A join waits for the old members' next heartbeat (a third of the session); a death for the
+    # session, counted by the coordinator from the dead member's last heartbeat, which may be up to
+    # one heartbeat interval (a third of the session) before the kill: 0.71 s was seen.
     assert 0 < rb["join_s"]["median"] < 10
-    assert 1.0 <= rb["death_s"]["median"] < 10
+    assert 1.0 * 2 / 3 - 0.01 <= rb["death_s"]["median"] < 10
     tp = r["throughput"]
     assert [x["members"] for x in tp["rounds"]] == [1, 2]
     assert all(x["messages"] == 900 and x["msgs_per_s"] > 0 for x in tp["rounds"])
