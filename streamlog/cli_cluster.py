@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 
 from streamlog import errors
-from streamlog.cli import EXIT_ERROR, EXIT_OK, _leaf, _Usage, emit_json
+from streamlog.cli import DEFAULT_CONNECT, EXIT_ERROR, EXIT_OK, _leaf, _Usage, emit_json
 from streamlog.client.addresses import address_key, check_bootstrap, describe_address
 from streamlog.client.blocking import BlockingClient
 from streamlog.client.metadata import MetadataAnswer, PartitionInfo, ReplicaOffset
@@ -45,7 +45,9 @@ DEFAULT_BASE_PORT = 7071
 #: Seconds between two frames of C{status --watch} and C{top}.
 DEFAULT_WATCH_INTERVAL = 2.0
 #: What C{status} asks without C{--connect} or C{$STREAMLOG_CONNECT}: the nodes of a default C{cluster up}.
-DEFAULT_STATUS_CONNECT = ",".join(f"127.0.0.1:{DEFAULT_BASE_PORT + i}" for i in range(3))
+#: then the default lone server's (what README's first command starts), so that C{streamlog top}
+#: next to either shows it without options.
+DEFAULT_STATUS_CONNECT = ",".join([*(f"127.0.0.1:{DEFAULT_BASE_PORT + i}" for i in range(3)), DEFAULT_CONNECT])
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -60,7 +62,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "as the answering node sees them; PING: whether they answer this command now) and "
                     "every partition's leader, term, replicas, in-sync replicas and followers' lag (from "
                     "each leader's own Metadata). Without --connect "
-                    f"(and $STREAMLOG_CONNECT): {DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'. "
+                    f"(and $STREAMLOG_CONNECT): {DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up' then a default lone server. "
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
     _watch_options(p, watch_default=False)
     _leaf(p, cmd_status)
@@ -71,7 +73,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "partition's messages per second (how far its leader's log end moved since the last "
                     "frame). A frame in which no node answered says so, and the next one asks again. "
                     "Ctrl-C stops it (exit status 0). Without --connect (and $STREAMLOG_CONNECT): "
-                    f"{DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'.")
+                    f"{DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up' then a default lone server.")
     _watch_options(top, watch_default=True)
     _leaf(top, cmd_status)
 
@@ -388,7 +390,7 @@ def status_lines(status: Status, per_second: dict[tuple[str, int], float | None]
 def cmd_status(args: argparse.Namespace) -> int:
     connect = args.connect if args.connect_from is not None else DEFAULT_STATUS_CONNECT
     hint = "" if args.connect_from is not None else \
-        " (no --connect given: these are the nodes of a default 'streamlog cluster up')"
+        " (no --connect given: these are the nodes of a default 'streamlog cluster up' and a default lone server)"
     bootstrap = check_bootstrap(connect, blocking=True)
     if args.watch:
         interval = DEFAULT_WATCH_INTERVAL if args.interval is None else args.interval

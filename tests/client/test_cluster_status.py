@@ -162,7 +162,7 @@ def test_without_connect_it_asks_the_nodes_of_a_default_cluster_up(capsys, monke
     monkeypatch.setattr("streamlog.cli_cluster.gather_status", fake_gather)
     code, _, err = status(capsys)
     assert code == 1
-    assert asked == [["127.0.0.1:7071", "127.0.0.1:7072", "127.0.0.1:7073"]]
+    assert asked == [["127.0.0.1:7071", "127.0.0.1:7072", "127.0.0.1:7073", "127.0.0.1:7070"]]
     assert "no --connect given" in err
 
 
