@@ -582,7 +582,10 @@ class Node(service.MultiService):
                     child.port.stopListening()
                     child.port = None
             self.broker_service.close()
-            raise StartupError(f"--http-listen: {e}") from None
+            hint = ""
+            if "in use" in str(e):  # most likely another node on this machine has the default
+                hint = " (another node on this machine? give each its own --http-listen, or --http-listen none)"
+            raise StartupError(f"--http-listen: {e}{hint}") from None
         http.setServiceParent(self)
 
     def build_http_root(self) -> HttpRoot:

@@ -110,4 +110,5 @@ def test_a_taken_http_port_is_a_one_line_refusal(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stderr.splitlines() == [f"streamlog-server: --http-listen: cannot listen on {taken}: "
-                                        "Address already in use"]
+                                        "Address already in use (another node on this machine? give each "
+                                        "its own --http-listen, or --http-listen none)"]
