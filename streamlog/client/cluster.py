@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +51,9 @@ from streamlog.client.partitioning import Partitioner
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
+
+#: Seconds of silence with requests in flight before a node's connection is suspect (see ClusterClient).
+DEFAULT_STALL_TIMEOUT = 0.5
 
 
 def _default_reactor() -> Any:
@@ -247,6 +250,16 @@ class ClusterClient:
         (default: Twisted's, from the string); tests give in-memory ones.
     @param node_clients: connections that exist already, by address (used
         for those addresses instead of new ones, and closed by L{close}).
+    @param stall_timeout: a node connection with requests in flight that
+        received nothing for this long (past what a long Poll asked the server
+        to wait) is suspect: another node is asked for the metadata and, if a
+        partition the silent node led has a leader of a later term now, the
+        connection is dropped, so that what was in flight fails with
+        C{CONNECTION_LOST} and is sent again where the leader is now (the
+        idempotent L{Producer} resends it, in order, without duplicates).
+        Meant for a paused (SIGSTOP) or cut-off node, whose TCP connection
+        stays up and silent; keep it well above a healthy answer's p99.  None
+        turns it off (then only C{request_timeout} ends such a wait).
     """
 
     _log = Logger()
@@ -257,7 +270,10 @@ class ClusterClient:
                  metadata_max_age: float = 300.0, metadata_min_interval: float | None = None,
                  rng: _random.Random | None = None,
                  endpoint_factory: Callable[[Any], Any] | None = None,
-                 node_clients: Mapping[Any, StreamlogClient] | None = None) -> None:
+                 node_clients: Mapping[Any, StreamlogClient] | None = None,
+                 stall_timeout: float | None = DEFAULT_STALL_TIMEOUT) -> None:
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive (or None: off)")
         if reactor is None and (clock is None or endpoint_factory is None):
             reactor = _default_reactor()
         self.clock: Any = clock if clock is not None else reactor
@@ -266,6 +282,11 @@ class ClusterClient:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.metadata_max_age = metadata_max_age
+        self.stall_timeout = stall_timeout
+        self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
+        self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
+        #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
+        self.stalls_dropped = 0
         self.metadata_min_interval = retry_backoff_min if metadata_min_interval is None else metadata_min_interval
         self._rng = rng or _random.Random()
         self.backoff = retry.backoff_policy(retry_backoff_min, retry_backoff_max, self._rng)
@@ -326,9 +347,59 @@ class ClusterClient:
             node = StreamlogClient(self._endpoint_factory(target), clock=self.clock, reactor=self.reactor,
                                    request_timeout=self.request_timeout, reconnect_min=self.reconnect_min,
                                    reconnect_max=self.reconnect_max, rng=self._rng,
-                                   name=describe_address(target), fail_waiting_on_connect_failure=True)
+                                   name=describe_address(target), fail_waiting_on_connect_failure=True,
+                                   stall_timeout=self.stall_timeout)
+            node.on_stall = self._node_stalled
             self._clients[key] = node
         return node
+
+    # --- stalled nodes -------------------------------------------------------------------
+
+    def _node_stalled(self, node: StreamlogClient, silent: float, in_flight: int) -> None:
+        """A node's connection has requests in flight and said nothing for C{stall_timeout}: ask
+        another node where the leaders are (again at every recheck while it lasts)."""
+        key = next((k for k, c in self._clients.items() if c is node), None)
+        if key is None or self._closed or key in self._stall_checks:
+            return
+        self._suspect[key] = self.clock.seconds()
+        node_id = self.view.node_at(key)
+        led = {(topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
+               for part in info.partitions if node_id is not None and part.leader == node_id}
+        attempt = self._fetch_attempt
+        if attempt is not None and attempt[0] == key and not attempt[1].called:
+            attempt[1].cancel()  # a fetch waiting on this very node: it asks the next one now
+        self._stall_checks.add(key)
+        d = self.refresh_metadata()
+        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id, led), lambda _: None)
+        d.addBoth(lambda _: self._stall_checks.discard(key))
+        d.addErrback(lambda f: self._log.failure("judging a stalled connection failed", f))
+
+    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None,
+                       led: dict[tuple[str, int], int]) -> None:
+        """Drop the stalled connection if a partition its node led is led elsewhere in a later
+        term now (or the cluster sees the node down); else keep waiting for its answers."""
+        if self._closed or self._clients.get(key) is not node or node.stall_timeout is None:
+            return
+        silent = node.silent_for
+        if silent < node.stall_timeout:
+            return  # it spoke meanwhile
+        why = None
+        for (topic, partition), term in sorted(led.items()):
+            info = self.view.topics.get(topic)
+            if info is None or partition >= info.count:
+                continue
+            now = info.partitions[partition]
+            if now.leader is not None and now.leader != node_id and now.leader_term > term:
+                why = f"{topic}/{partition} is led by node {now.leader} now (term {now.leader_term})"
+                break
+        seen = self.view.nodes.get(node_id) if node_id is not None else None
+        if why is None and seen is not None and not seen.up:
+            why = "the cluster sees the node down"
+        if why is None:
+            return
+        self.stalls_dropped += 1
+        node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
+                              f"and {why}")
 
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
@@ -479,6 +550,7 @@ class ClusterClient:
         key = candidates[i]
         node = self.node_client(self._bootstrap_by_key.get(key, key))
         d = node.call("Metadata", {"topics": topics})
+        self._fetch_attempt = (key, d)
 
         def answered(result: Any) -> None:
             try:
@@ -506,6 +578,11 @@ class ClusterClient:
 
         def failed(failure: Failure) -> None:
             error = failure.value
+            if isinstance(error, CancelledError) and not self._closed:
+                # Given up on by _node_stalled: that node is silent, ask the next one.
+                self._suspect[key] = self.clock.seconds()
+                self._try_fetch(candidates, i + 1, topics, last)
+                return
             if isinstance(error, errors.MethodNotFound):
                 single("has no Metadata method (a streamlog node before clusters)")
                 return
@@ -868,5 +945,5 @@ def as_cluster_client(client: Any) -> Any:
     return client
 
 
-__all__ = ["ClusterClient", "Target", "as_cluster_client"]
+__all__ = ["DEFAULT_STALL_TIMEOUT", "ClusterClient", "Target", "as_cluster_client"]
 
