@@ -210,3 +210,39 @@ def test_stall_detection_off_waits_for_the_request_timeout(clock, cluster):
         d = client.close()
         cluster.pump()
         result_of(d)
+
+
+# --- a leader cut off from its peers, which clients still reach ----------------------------------
+
+
+def test_metadata_is_asked_of_the_nodes_in_turn_so_a_cut_off_nodes_stale_view_does_not_hold_a_producer(clock,
+                                                                                                        cluster):
+    # Node 1 led t/0 and was cut off from its peers: it stepped down and knows no leader; it still
+    # answers clients at once (NOT_LEADER without a hint, Metadata without a leader).  Asked first
+    # at every fetch, it kept the producer from learning that node 2 leads now.
+    from streamlog import errors
+
+    client = make_client(clock, cluster, stall_timeout=None)
+    try:
+        producer = Producer(client, linger_ms=1, batch_size=20, max_in_flight=8)
+        cluster.create_topic("t", 1, leaders=[1])
+        first = [producer.send("t", {"n": i}, partition=0) for i in range(20)]
+        run_until(clock, cluster, lambda: all(d.called for d in first))
+        cut = cluster.nodes[1]
+        cluster.move_leader("t", 0, 2)
+        stale = cluster.metadata()
+        stale["topics"][0]["partitions"][0].update(leader=None, leader_term=1)
+        cut.frozen_metadata = stale
+        cut.faults["SendBatch"] = lambda params: errors.NotLeader(
+            "this node does not lead t/0", topic="t", partition=0, leader=None, leader_term=1)
+        later = [producer.send("t", {"n": i}, partition=0) for i in range(20, 60)]
+        began = clock.seconds()
+        run_until(clock, cluster, lambda: all(d.called for d in later), limit=30)
+        assert clock.seconds() - began < 1.0
+        assert values(cluster) == list(range(60))
+        asked = [n for n, m, _ in cluster.requests if m == "Metadata"]
+        assert {1, 2} <= set(asked)
+    finally:
+        d = client.close()
+        cluster.pump()
+        result_of(d)
