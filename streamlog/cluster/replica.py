@@ -241,16 +241,25 @@ class PartitionReplica(Partition):
             )
         raise self.not_leader()
 
-    def not_leader(self, maybe_appended: bool = False) -> errors.NotLeader:
+    def not_leader(self, maybe_appended: bool = False, refused: Any = None) -> errors.NotLeader:
         """C{NOT_LEADER} with the hint; C{maybe_appended}: the write was appended here before
         this node lost the leadership (or gave up waiting for its commit), and the next
-        leader may still commit it, so the answer says so (C{maybe_appended: true})."""
-        node, address = self.locate(self.leader if self.leader != self.member else None)
-        extra = {"maybe_appended": True} if maybe_appended else {}
+        leader may still commit it, so the answer says so (C{maybe_appended: true}).
+
+        C{refused}: the Raft refusal (a L{NotLeader} or L{NotLeaderError}); while this node
+        hands leadership over, its hint is the transfer's target (C{transfer: true}), where
+        the client goes straight away instead of asking for the metadata."""
+        transfer = bool(getattr(refused, "transfer", False))
+        member = refused.leader if transfer else (self.leader if self.leader != self.member else None)
+        node, address = self.locate(member)
+        extra: dict[str, Any] = {"maybe_appended": True} if maybe_appended else {}
+        if transfer:
+            extra["transfer"] = True
         return errors.NotLeader(
             f"this node does not lead {self.topic}/{self.index}"
             + ("; the write was appended and may still be committed" if maybe_appended else "")
-            + (f"; its leader is node {node} at {address}" if node is not None else ""),
+            + (f"; leadership is moving to node {node} at {address}" if transfer and node is not None
+               else f"; its leader is node {node} at {address}" if node is not None else ""),
             topic=self.topic, partition=self.index, leader=node, leader_address=address, leader_term=self.term,
             **extra,
         )
@@ -319,12 +328,13 @@ class PartitionReplica(Partition):
         if acks != "all":
             result = self.host.propose(self.group, batch)
             if isinstance(result, NotLeader):
-                raise self.not_leader()
+                raise self.not_leader(refused=result)
             return None if acks == "none" else succeed(1)
         d = self.host.submit(self.group, batch)
         if d.called and isinstance(d.result, Failure) and isinstance(d.result.value, NotLeaderError):
+            refused = d.result.value
             d.addErrback(lambda _: None)
-            raise self.not_leader()
+            raise self.not_leader(refused=refused)
         answer: Deferred = Deferred()
         self._pending.add(answer)
 

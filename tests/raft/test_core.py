@@ -240,6 +240,17 @@ def test_propose_on_a_follower_names_the_leader():
     assert n.propose(b"x", 1.0) == (NotLeader("a"), [])
 
 
+def test_propose_during_a_transfer_names_its_target():
+    # The clients' next stop is the target, not "no leader known": they go there at once.
+    leader = node("a", peers=["a", "b", "c"])
+    elect(leader, voters=("b",))
+    leader.transfer_leadership("c", 10.0)
+    result, _ = leader.propose(b"x", 10.0)
+    assert result == NotLeader("c", transfer=True)
+    refused, _ = leader.change_membership(10.0, remove="b")
+    assert refused == NotLeader("c", transfer=True)
+
+
 def test_pipelining_is_bounded_by_max_inflight():
     cfg = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=2, max_batch_bytes=1)
     leader = node("a", config=cfg)
