@@ -55,6 +55,9 @@ Target = tuple[str, StreamlogClient]
 #: Seconds of silence with requests in flight before a node's connection is suspect (see ClusterClient).
 DEFAULT_STALL_TIMEOUT = 0.5
 
+#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is retried (see ClusterClient).
+DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
+
 
 def _default_reactor() -> Any:
     from twisted.internet import reactor
@@ -193,8 +196,9 @@ class _Call:
             self.deferred.errback(result)
             return
         self.last_error = error
-        if (self.client._closed or not retry.retriable(error)
-                or not (self.resend_ok or retry.safe_to_resend(error))):
+        graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(self.topic)
+        if not graced and (self.client._closed or not retry.retriable(error)
+                           or not (self.resend_ok or retry.safe_to_resend(error))):
             self.deferred.errback(error)
             return
         immediate = self.client.learn(error, self.topic, self.partition, self._target)
@@ -260,6 +264,12 @@ class ClusterClient:
         Meant for a paused (SIGSTOP) or cut-off node, whose TCP connection
         stays up and silent; keep it well above a healthy answer's p99.  None
         turns it off (then only C{request_timeout} ends such a wait).
+    @param unknown_topic_grace: C{UNKNOWN_TOPIC} for a topic this client saw
+        exist (a Metadata answer listed it, or its own C{CreateTopic}
+        succeeded) is retried like a retriable error for this many seconds
+        from the first such answer: right after a topic is created, a node
+        whose metadata lags answers so.  A topic never seen fails at once; a
+        topic deleted elsewhere fails once the grace is over.  0 turns it off.
     """
 
     _log = Logger()
@@ -271,9 +281,12 @@ class ClusterClient:
                  rng: _random.Random | None = None,
                  endpoint_factory: Callable[[Any], Any] | None = None,
                  node_clients: Mapping[Any, StreamlogClient] | None = None,
-                 stall_timeout: float | None = DEFAULT_STALL_TIMEOUT) -> None:
+                 stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: off)")
+        if unknown_topic_grace < 0:
+            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
         if reactor is None and (clock is None or endpoint_factory is None):
             reactor = _default_reactor()
         self.clock: Any = clock if clock is not None else reactor
@@ -283,6 +296,9 @@ class ClusterClient:
         self.reconnect_max = reconnect_max
         self.metadata_max_age = metadata_max_age
         self.stall_timeout = stall_timeout
+        self.unknown_topic_grace = unknown_topic_grace
+        self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
+        self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
         #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
@@ -461,6 +477,24 @@ class ClusterClient:
                 self._refresh_soon()  # the hint is enough to go on; the fetch confirms it meanwhile
         return immediate
 
+    def topic_seen(self, topic: str) -> None:
+        """The topic exists (a Metadata answer listed it, a CreateTopic of ours succeeded)."""
+        self._topics_seen.add(topic)
+        self._unknown_since.pop(topic, None)
+
+    def in_unknown_topic_grace(self, topic: str | None) -> bool:
+        """Whether an C{UNKNOWN_TOPIC} answer for C{topic} is retried now (see C{unknown_topic_grace});
+        the first such answer starts the grace."""
+        if topic is None or not self.unknown_topic_grace or topic not in self._topics_seen:
+            return False
+        now = self.clock.seconds()
+        first = self._unknown_since.setdefault(topic, now)
+        if now - first < self.unknown_topic_grace:
+            return True
+        self._topics_seen.discard(topic)  # gone for good, as far as we can tell
+        self._unknown_since.pop(topic, None)
+        return False
+
     def _refresh_soon(self) -> None:
         if self._closed:
             return
@@ -574,6 +608,8 @@ class ClusterClient:
                 single("runs alone (started without --peers)")
                 return
             departed = self.view.apply(answer, topics, self.clock.seconds())
+            for info in answer.topics:
+                self.topic_seen(info.topic)
             self._after_cluster_fetch(departed)
             self._node_ok(key)
             self._fetched(self.view)
@@ -896,14 +932,19 @@ class ClusterClient:
         """C{CreateTopic} at the controller; fires with the topic's description."""
         d = self._run("CreateTopic", requests.create_topic(topic, partitions, config), self.controller_target,
                       timeout, False)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, True)
 
     def delete_topic(self, topic: str, timeout: float | None = None) -> Deferred:
         d = self._run("DeleteTopic", {"topic": topic}, self.controller_target, timeout, False)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, False)
 
-    def _admin_done(self, result: Any, topic: str) -> Any:
+    def _admin_done(self, result: Any, topic: str, created: bool) -> Any:
         self.view.forget_topic(topic)  # asked again when next used
+        if created:
+            self.topic_seen(topic)  # a node lagging behind the controller may not know it yet
+        else:
+            self._topics_seen.discard(topic)
+            self._unknown_since.pop(topic, None)
         return result
 
     def list_topics(self, timeout: float | None = None) -> Deferred:
@@ -955,5 +996,5 @@ def as_cluster_client(client: Any) -> Any:
     return client
 
 
-__all__ = ["DEFAULT_STALL_TIMEOUT", "ClusterClient", "Target", "as_cluster_client"]
+__all__ = ["DEFAULT_STALL_TIMEOUT", "DEFAULT_UNKNOWN_TOPIC_GRACE", "ClusterClient", "Target", "as_cluster_client"]
 
