@@ -241,24 +241,24 @@ class PartitionReplica(Partition):
             )
         raise self.not_leader()
 
-    def not_leader(self, maybe_appended: bool = False, refused: Any = None) -> errors.NotLeader:
+    def not_leader(self, maybe_appended: bool = False) -> errors.NotLeader:
         """C{NOT_LEADER} with the hint; C{maybe_appended}: the write was appended here before
         this node lost the leadership (or gave up waiting for its commit), and the next
         leader may still commit it, so the answer says so (C{maybe_appended: true}).
 
-        C{refused}: the Raft refusal (a L{NotLeader} or L{NotLeaderError}); while this node
-        hands leadership over, its hint is the transfer's target (C{transfer: true}), where
-        the client goes straight away instead of asking for the metadata."""
-        transfer = bool(getattr(refused, "transfer", False))
-        member = refused.leader if transfer else (self.leader if self.leader != self.member else None)
+        While this node hands leadership over (it still leads, and its Raft core refuses
+        proposals), the hint is the transfer's target (C{transfer: true}): a client goes
+        straight there instead of asking for the metadata."""
+        target = getattr(self.node, "transfer_target", None) if self.role == LEADER else None
+        member = target if target is not None else (self.leader if self.leader != self.member else None)
         node, address = self.locate(member)
         extra: dict[str, Any] = {"maybe_appended": True} if maybe_appended else {}
-        if transfer:
+        if target is not None:
             extra["transfer"] = True
         return errors.NotLeader(
             f"this node does not lead {self.topic}/{self.index}"
             + ("; the write was appended and may still be committed" if maybe_appended else "")
-            + (f"; leadership is moving to node {node} at {address}" if transfer and node is not None
+            + (f"; leadership is moving to node {node} at {address}" if target is not None and node is not None
                else f"; its leader is node {node} at {address}" if node is not None else ""),
             topic=self.topic, partition=self.index, leader=node, leader_address=address, leader_term=self.term,
             **extra,
@@ -328,13 +328,12 @@ class PartitionReplica(Partition):
         if acks != "all":
             result = self.host.propose(self.group, batch)
             if isinstance(result, NotLeader):
-                raise self.not_leader(refused=result)
+                raise self.not_leader()
             return None if acks == "none" else succeed(1)
         d = self.host.submit(self.group, batch)
         if d.called and isinstance(d.result, Failure) and isinstance(d.result.value, NotLeaderError):
-            refused = d.result.value
             d.addErrback(lambda _: None)
-            raise self.not_leader(refused=refused)
+            raise self.not_leader()
         answer: Deferred = Deferred()
         self._pending.add(answer)
 

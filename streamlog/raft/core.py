@@ -131,13 +131,9 @@ Effect = Send | PersistHardState | SyncLog | Commit | SnapshotInstalled | RoleCh
 
 @attrs.frozen
 class NotLeader:
-    """propose() refused: this node is not the leader (or is handing leadership over).
-
-    `leader` is the hint: the known leader, or during a transfer its target (`transfer`
-    True), which is where the next proposal should go once the transfer completes."""
+    """propose() refused: this node is not the leader (or is handing leadership over)."""
 
     leader: str | None
-    transfer: bool = False
 
 
 @attrs.frozen
@@ -228,6 +224,12 @@ class RaftNode:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    @property
+    def transfer_target(self) -> str | None:
+        """The peer this leader is handing leadership to (proposals are refused meanwhile), or None.
+        Read by the application to point its clients there; nothing in the core depends on it."""
+        return self._transfer_target if self.role == LEADER else None
+
     def receive(self, from_id: str, msg: Message, now: float) -> list[Effect]:
         """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now
@@ -308,20 +310,13 @@ class RaftNode:
         """Append `data` as a new entry if leader; returns its index (not yet committed)."""
         self._now = now
         if self.role != LEADER or self._transfer_target is not None:
-            return self._not_leader(), self._take()
+            return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
         self._wake()
         index = self._append_local(data)
         for peer in list(self._progress):
             self._replicate(peer)
         self._maybe_commit()
         return index, self._take()
-
-    def _not_leader(self) -> NotLeader:
-        """The refusal of a proposal here, with the best hint: during a transfer its target (the
-        clients' next stop), else the leader we know of (not ourselves)."""
-        if self.role == LEADER and self._transfer_target is not None:
-            return NotLeader(self._transfer_target, transfer=True)
-        return NotLeader(self.leader_id if self.leader_id != self.id else None)
 
     def transfer_leadership(self, target: str, now: float) -> list[Effect]:
         """Hand leadership to `target` (graceful shutdown, rebalancing). Proposals are refused
@@ -345,7 +340,7 @@ class RaftNode:
         effect when appended; the change is done when the returned index commits."""
         self._now = now
         if self.role != LEADER or self._transfer_target is not None:
-            return self._not_leader(), self._take()
+            return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
         if (add is None) == (remove is None):
             return ChangeRefused("give exactly one of add= or remove="), self._take()
         if self._change_in_progress():

@@ -139,12 +139,10 @@ class NotLeaderError(Exception):
     `leader` (a hint, may be None). An idempotent producer makes the retry safe."""
 
     def __init__(self, group: str, leader: str | None, message: str = "not the leader",
-                 outcome_unknown: bool = False, transfer: bool = False):
+                 outcome_unknown: bool = False):
         super().__init__(f"group {group}: {message} (leader hint: {leader})")
         self.group = group
         self.leader = leader
-        #: The hint is the target of a leadership transfer under way (this node still leads).
-        self.transfer = transfer
         #: The entry was appended here and may still be committed (by the next leader): not a
         #: refusal.  False for a proposal refused, or an entry another leader's replaced.
         self.outcome_unknown = outcome_unknown
@@ -490,8 +488,7 @@ class RaftHost:
         result, effects = runner.node.propose(data, self.now())
         if isinstance(result, NotLeader):
             runner.feed(effects)
-            why = "handing leadership over to its hint" if result.transfer else "not the leader"
-            return fail(NotLeaderError(group, result.leader, why, transfer=result.transfer))
+            return fail(NotLeaderError(group, result.leader))
         d = runner.add_waiter(result, runner.node.term)
         runner.feed(effects)
         return d
