@@ -300,6 +300,7 @@ class ClusterClient:
         self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
         self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
+        self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
         #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
         self.stalls_dropped = 0
@@ -379,8 +380,14 @@ class ClusterClient:
             return
         self._suspect[key] = self.clock.seconds()
         node_id = self.view.node_at(key)
-        led = {(topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
-               for part in info.partitions if node_id is not None and part.leader == node_id}
+        led = self._stall_led.get(key)
+        if led is None:
+            # What the node led when the silence began, kept until it speaks or is dropped: a
+            # fetch during the election says "no leader" (the view then forgets this node as
+            # the leader), and comparing with that lost the move (seen: the 5 s request timeout).
+            led = self._stall_led[key] = {
+                (topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
+                for part in info.partitions if node_id is not None and part.leader == node_id}
         attempt = self._fetch_attempt
         if attempt is not None and attempt[0] == key and not attempt[1].called:
             attempt[1].cancel()  # a fetch waiting on this very node: it asks the next one now
@@ -398,6 +405,7 @@ class ClusterClient:
             return
         silent = node.silent_for
         if silent < node.stall_timeout:
+            self._stall_led.pop(key, None)
             return  # it spoke meanwhile
         why = None
         for (topic, partition), term in sorted(led.items()):
@@ -414,12 +422,14 @@ class ClusterClient:
         if why is None:
             return
         self.stalls_dropped += 1
+        self._stall_led.pop(key, None)
         node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
                               f"and {why}")
 
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
+        self._stall_led.pop(key, None)
         if node is not None:
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
                            address=node.address)

@@ -196,6 +196,23 @@ def test_election_later_than_the_first_check_is_caught_by_a_recheck(clock, clust
     assert values(cluster) == list(range(100))
 
 
+def test_a_fetch_during_the_election_that_says_no_leader_does_not_hide_the_move(clock, cluster, client):
+    # Seen on real nodes: the first rechecks' Metadata said "no leader" (term 2): the view forgot
+    # node 1 as the leader, and judging by the view of the moment found nothing node 1 still led.
+    producer = Producer(client, linger_ms=1, batch_size=20, max_in_flight=8)
+    first, later = stall_leader_with_batches_in_flight(clock, cluster, producer)
+    stopped = clock.seconds() - 0.05
+    run_for(clock, cluster, 0.5)
+    cluster.move_leader("t", 0, None)  # the election is on
+    run_for(clock, cluster, 0.3)
+    assert client.view.leader("t", 0) is None and client.stalls_dropped == 0
+    cluster.move_leader("t", 0, 3)  # and won, in a later term still
+    run_until(clock, cluster, lambda: all(d.called for d in later), limit=30)
+    assert clock.seconds() - stopped < 1.2
+    assert client.stalls_dropped == 1
+    assert values(cluster) == list(range(100))
+
+
 def test_stall_detection_off_waits_for_the_request_timeout(clock, cluster):
     client = make_client(clock, cluster, stall_timeout=None, request_timeout=3.0)
     try:
