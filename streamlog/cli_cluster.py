@@ -3,6 +3,7 @@
     streamlog cluster up --nodes 3              # foreground; Ctrl-C stops every node
     streamlog cluster status                    # the nodes of `cluster up`'s default ports
     streamlog cluster status --connect 10.0.0.1:7070,10.0.0.2:7070 --json
+    streamlog top                               # the same status, redrawn every 2 s, with msgs/s
 
 C{status} asks one node for the cluster's C{Metadata} (trying each address of
 the bootstrap list in turn), then pings every node the answer lists, at the
@@ -10,6 +11,14 @@ same time, so that a node that is down costs one C{--timeout} at most, not
 one each.  It shows what the answering node believes (C{UP}: whether that
 node sees the other alive) beside what this command saw (C{PING}): the two
 differ while a failure is being noticed, and that is worth seeing.
+
+C{status --watch} (also C{streamlog top}) asks again every C{--interval}
+seconds and redraws in place on a terminal (one frame after another, a blank
+line between, when the output is a pipe or a file; one JSON document per line
+with C{--json}), adding each partition's messages per second: how far its
+leader's log end moved since the last frame.  A frame in which no node
+answered says so and the next one tries again: a monitor must outlive the
+failures it is there to show.  Ctrl-C ends it with status 0.
 
 C{up} lives in L{streamlog.cli_cluster_up}; this module only parses its options.
 """
@@ -26,13 +35,15 @@ from typing import Any
 import attrs
 
 from streamlog import errors
-from streamlog.cli import EXIT_ERROR, EXIT_OK, _leaf, emit_json
+from streamlog.cli import EXIT_ERROR, EXIT_OK, _leaf, _Usage, emit_json
 from streamlog.client.addresses import address_key, check_bootstrap, describe_address
 from streamlog.client.blocking import BlockingClient
 from streamlog.client.metadata import MetadataAnswer, PartitionInfo, ReplicaOffset
 
 #: Where C{cluster up} puts node 1 by default (7070 stays free for a lone default server).
 DEFAULT_BASE_PORT = 7071
+#: Seconds between two frames of C{status --watch} and C{top}.
+DEFAULT_WATCH_INTERVAL = 2.0
 #: What C{status} asks without C{--connect} or C{$STREAMLOG_CONNECT}: the nodes of a default C{cluster up}.
 DEFAULT_STATUS_CONNECT = ",".join(f"127.0.0.1:{DEFAULT_BASE_PORT + i}" for i in range(3))
 
@@ -51,11 +62,55 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "each leader's own Metadata). Without --connect "
                     f"(and $STREAMLOG_CONNECT): {DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'. "
                     "Exit status 0 once a node answered (even if others are down), 1 if none did.")
+    _watch_options(p, watch_default=False)
     _leaf(p, cmd_status)
+
+    top = sub.add_parser(
+        "top", parents=[common], help="a live view of the cluster: cluster status --watch",
+        description="The status of 'cluster status' redrawn in place every --interval seconds, with each "
+                    "partition's messages per second (how far its leader's log end moved since the last "
+                    "frame). A frame in which no node answered says so, and the next one asks again. "
+                    "Ctrl-C stops it (exit status 0). Without --connect (and $STREAMLOG_CONNECT): "
+                    f"{DEFAULT_STATUS_CONNECT}, the nodes of 'cluster up'.")
+    _watch_options(top, watch_default=True)
+    _leaf(top, cmd_status)
 
     from streamlog import cli_cluster_up  # its options live with it
 
     cli_cluster_up.register(csub, common)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.1 and 3600 seconds, not {text}")
+    return value
+
+
+def _frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def _watch_options(p: argparse.ArgumentParser, watch_default: bool) -> None:
+    if not watch_default:
+        p.add_argument("--watch", "-w", action="store_true",
+                       help="ask again every --interval seconds and redraw in place, with each partition's "
+                            "messages per second (what 'streamlog top' does)")
+    else:
+        p.set_defaults(watch=True)
+    p.add_argument("--interval", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help=f"seconds between two frames of --watch (default {DEFAULT_WATCH_INTERVAL:g}; 0.1 to 3600)")
+    p.add_argument("--count", type=_frames, default=None, metavar="N",
+                   help="with --watch: stop after N frames (default: until Ctrl-C)")
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -218,6 +273,35 @@ def status_json(status: Status) -> dict[str, Any]:
     }
 
 
+def leader_log_end(status: Status, topic: str, p: PartitionInfo) -> int | None:
+    """The partition's log end offset as its leader answered it, or None if not heard."""
+    for r in status.offsets.get((topic, p.partition), ()):
+        if r.node_id == p.leader:
+            return r.log_end_offset
+    return None
+
+
+def rates(before: Status, after: Status, seconds: float) -> dict[tuple[str, int], float | None]:
+    """Messages per second into each partition of C{after} since C{before}: how far the
+    leader's log end moved (the log is the same whoever leads it). None where either frame
+    did not hear the leader's offsets, or the log end went back (the topic was recreated)."""
+    ends = {(t.topic, p.partition): leader_log_end(before, t.topic, p)
+            for t in before.metadata.topics for p in t.partitions}
+    out: dict[tuple[str, int], float | None] = {}
+    for t in after.metadata.topics:
+        for p in t.partitions:
+            then, now = ends.get((t.topic, p.partition)), leader_log_end(after, t.topic, p)
+            ok = then is not None and now is not None and now >= then and seconds > 0
+            out[(t.topic, p.partition)] = (now - then) / seconds if ok else None  # type: ignore[operator]
+    return out
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
+
+
 def _under_replicated(p: PartitionInfo) -> bool:
     return p.leader is None or set(p.isr) != set(p.replicas)
 
@@ -242,8 +326,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
-def status_lines(status: Status) -> list[str]:
-    """The human-readable status, as lines."""
+def status_lines(status: Status, per_second: dict[tuple[str, int], float | None] | None = None) -> list[str]:
+    """The human-readable status, as lines; with C{per_second} (see L{rates}) a MSG/S column
+    and a total."""
     m = status.metadata
     by_id = {n.node_id: n for n in m.nodes}
     if m.alone:
@@ -277,7 +362,10 @@ def status_lines(status: Status) -> list[str]:
             leader = "none" if p.leader is None else str(p.leader)
             rows.append([t.topic, str(p.partition), leader, str(p.leader_term), _ids(p.replicas), _ids(p.isr),
                          _lag(status.lag(t.topic, p), p.leader)])
-    lines += _table(["TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR", "LAG"], rows)
+            if per_second is not None:
+                rows[-1].append(_rate(per_second.get((t.topic, p.partition))))
+    header = ["TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR", "LAG"]
+    lines += _table(header + (["MSG/S"] if per_second is not None else []), rows)
     for name, e in sorted(m.topic_errors.items()):
         lines.append(f"{name}: {e.code}: {e.message}")
     parts = [p for t in m.topics for p in t.partitions]
@@ -286,16 +374,30 @@ def status_lines(status: Status) -> list[str]:
     lines.append("")
     lines.append(f"{len(parts)} partition(s) in {len(m.topics)} topic(s): {under} under-replicated "
                  f"(in-sync replicas fewer than replicas, or no leader), {leaderless} without a leader")
+    if per_second is not None:
+        known = [v for v in per_second.values() if v is not None]
+        unknown = len(per_second) - len(known)
+        if not known:
+            lines.append("in: - msgs/s (a rate needs two frames in which the leaders' offsets were heard)")
+        else:
+            lines.append(f"in: {_rate(sum(known))} msgs/s"
+                         + (f" ({unknown} partition(s) not counted: leader's offsets not heard)" if unknown else ""))
     return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     connect = args.connect if args.connect_from is not None else DEFAULT_STATUS_CONNECT
+    hint = "" if args.connect_from is not None else \
+        " (no --connect given: these are the nodes of a default 'streamlog cluster up')"
+    bootstrap = check_bootstrap(connect, blocking=True)
+    if args.watch:
+        interval = DEFAULT_WATCH_INTERVAL if args.interval is None else args.interval
+        return watch(bootstrap, args.timeout, interval, args.count, args.json, hint)
+    if args.interval is not None or args.count is not None:
+        raise _Usage("--interval and --count go with --watch")
     try:
-        status = gather_status(check_bootstrap(connect, blocking=True), args.timeout)
+        status = gather_status(bootstrap, args.timeout)
     except NoMetadata as e:
-        hint = "" if args.connect_from is not None else \
-            " (no --connect given: these are the nodes of a default 'streamlog cluster up')"
         print(f"error: {e.message}{hint}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
@@ -303,3 +405,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(status_lines(status)))
     return EXIT_OK
+
+
+#: On a terminal each frame starts at the top left and each line clears what is left of the old
+#: one, then what is below the frame is cleared: a redraw in place, without the flicker of a
+#: full clear.
+_HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def watch(bootstrap: list[Any], timeout: float | None, interval: float, count: int | None, as_json: bool,
+          hint: str = "", gather: Callable[[list[Any], float | None], Status] | None = None,
+          out: Any = None, clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep, wall: Callable[[], float] = time.time) -> int:
+    """C{status --watch}: a frame every C{interval} seconds (C{count} of them, or until Ctrl-C)."""
+    out = out or sys.stdout
+    gather = gather or gather_status
+    tty = not as_json and out.isatty()
+    previous: tuple[float, Status] | None = None
+    frames = 0
+    try:
+        while True:
+            started = clock()
+            stamp = time.strftime("%H:%M:%S", time.localtime(wall()))
+            try:
+                status = gather(bootstrap, timeout)
+            except NoMetadata as e:
+                status, problem = None, f"{e.message}{hint}"
+            per_second = None
+            if status is not None and previous is not None:
+                per_second = rates(previous[1], status, started - previous[0])
+            if as_json:
+                doc: dict[str, Any] = {"time": wall()}
+                if status is None:
+                    doc["error"] = {"code": NoMetadata.code, "message": problem}
+                else:
+                    doc.update(status_json(status))
+                    doc["msgs_per_second"] = None if per_second is None else [
+                        {"topic": t, "partition": n, "value": v} for (t, n), v in sorted(per_second.items())]
+                emit_json(doc, out)
+            else:
+                lines = [f"{stamp}  every {interval:g} s (Ctrl-C to stop)", ""]
+                if status is None:
+                    lines.append(f"no node answered: {problem}")
+                else:
+                    # The first frame has nothing to measure a rate against: its column is all "-".
+                    lines += status_lines(status, per_second if per_second is not None else
+                                          {(t.topic, p.partition): None for t in status.metadata.topics
+                                           for p in t.partitions})
+                if tty:
+                    out.write(_HOME + "".join(line + _CLEAR_LINE + "\n" for line in lines) + _CLEAR_BELOW)
+                else:
+                    out.write("\n".join(lines) + "\n\n")
+            out.flush()
+            if status is not None:
+                previous = (started, status)
+            frames += 1
+            if count is not None and frames >= count:
+                return EXIT_OK
+            sleep(max(0.0, interval - (clock() - started)))
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -196,3 +196,28 @@ def test_a_port_file_that_cannot_be_written_is_a_startup_error(tmp_path):
     with pytest.raises(StartupError, match=r"cannot write the port file .*/no/port: No such file or directory"):
         node.open()
     assert node.broker_service.lock is None
+
+
+def _listening(tmp_path, port=4321):
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+
+    from streamlog.tap.server import ListenService
+
+    service = ListenService(TCP4ServerEndpoint(MemoryReactorClock(), port), Factory(), str(tmp_path / "port"))
+    service.startService()
+    return service
+
+
+def test_a_clean_stop_removes_the_port_file_it_wrote(tmp_path):
+    service = _listening(tmp_path)
+    assert (tmp_path / "port").read_text() == "4321\n"
+    service.stopService()
+    assert not (tmp_path / "port").exists()
+
+
+def test_a_port_file_another_node_wrote_since_is_left_alone(tmp_path):
+    service = _listening(tmp_path)
+    (tmp_path / "port").write_text("5555\n")
+    service.stopService()
+    assert (tmp_path / "port").read_text() == "5555\n"

@@ -376,8 +376,24 @@ class ListenService(service.Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
+            self._remove_port_file(port.getHost())
             return port.stopListening()
         return None
+
+    def _remove_port_file(self, address: Any) -> None:
+        """A clean stop takes the port file away, so that a script waiting for it to appear
+        does not read the port of a node that no longer listens; only if it still names this
+        node's port (another node may have written it since). After a crash it stays: a
+        start writes it anew, and tests remove it before they start a node."""
+        if not self.port_file:
+            return
+        try:
+            with open(self.port_file) as f:
+                written = f.read().strip()
+            if written == str(getattr(address, "port", None)):
+                os.remove(self.port_file)
+        except OSError:
+            pass
 
 
 def _reason(error: BaseException) -> str:
