@@ -12,3 +12,13 @@ def network(clock):
     net = BrokerNetwork(clock)
     yield net
     net.stop()
+
+
+@pytest.fixture
+def cluster(clock):
+    """A FakeCluster of 3 nodes (tests/client/fake_cluster.py); a module's own fixture may override it."""
+    from fake_cluster import FakeCluster
+
+    c = FakeCluster(clock, nodes=3)
+    yield c
+    c.stop()

@@ -3,39 +3,27 @@ partitions move is left after C{stall_timeout}, not after the request timeout.""
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from fake_cluster import FakeCluster, run_for, run_until
+from fake_cluster import close_client, cluster_client, outcomes, run_for, run_until
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from streamlog.client import ClusterClient, Producer
+from streamlog.client import Producer
 from streamlog.client.connection import ClientProtocol, server_wait
 from streamlog.testing import failure_of, result_of
 
 
-@pytest.fixture
-def cluster(clock):
-    c = FakeCluster(clock, nodes=3)
-    yield c
-    c.stop()
-
-
 def make_client(clock, cluster, **kw):
     kw.setdefault("request_timeout", 10.0)
-    return ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(5),
-                         **kw)
+    return cluster_client(clock, cluster, seed=5, **kw)
 
 
 @pytest.fixture
 def client(clock, cluster):
     c = make_client(clock, cluster)
     yield c
-    d = c.close()
-    cluster.pump()
-    result_of(d)
+    close_client(c, cluster)
 
 
 def values(cluster, partition=0):
@@ -43,13 +31,9 @@ def values(cluster, partition=0):
 
 
 def acked(ds):
-    got = []
-    for d in ds:
-        box: list = []
-        d.addBoth(box.append)
-        assert box, "not settled"
-        assert not isinstance(box[0], Failure), box[0]
-        got.append(box[0])
+    got = outcomes(ds)
+    bad = [r for r in got if isinstance(r, Failure)]
+    assert not bad, bad[0]
     return got
 
 
@@ -224,9 +208,7 @@ def test_stall_detection_off_waits_for_the_request_timeout(clock, cluster):
         assert clock.seconds() - stopped >= 3.0
         assert values(cluster) == list(range(100))
     finally:
-        d = client.close()
-        cluster.pump()
-        result_of(d)
+        close_client(client, cluster)
 
 
 # --- a leader cut off from its peers, which clients still reach ----------------------------------
@@ -260,6 +242,4 @@ def test_metadata_is_asked_of_the_nodes_in_turn_so_a_cut_off_nodes_stale_view_do
         asked = [n for n, m, _ in cluster.requests if m == "Metadata"]
         assert {1, 2} <= set(asked)
     finally:
-        d = client.close()
-        cluster.pump()
-        result_of(d)
+        close_client(client, cluster)

@@ -3,14 +3,12 @@ retries for C{unknown_topic_grace} when it saw the topic exist, instead of faili
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from fake_cluster import FakeCluster, run_for, run_until
+from fake_cluster import FakeCluster, close_client, cluster_client, outcomes, run_for, run_until
 from twisted.python.failure import Failure
 
 from streamlog import errors
-from streamlog.client import ClusterClient, Producer
+from streamlog.client import Producer
 from streamlog.testing import result_of
 
 
@@ -23,21 +21,15 @@ def cluster(clock):
 
 
 def make_client(clock, cluster, **kw):
-    return ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(3),
-                         request_timeout=5.0, **kw)
+    return cluster_client(clock, cluster, seed=3, **kw)
 
 
 def close(client, cluster):
-    d = client.close()
-    cluster.pump()
-    result_of(d)
+    close_client(client, cluster)
 
 
 def outcome(d):
-    box: list = []
-    d.addBoth(box.append)
-    assert box, "not settled"
-    return box[0]
+    return outcomes([d])[0]
 
 
 def lagging(clock, cluster, nodes, topic, until):
