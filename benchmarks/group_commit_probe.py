@@ -2,7 +2,8 @@
 """Diagnostic: a streamlog server with timing probes around its group commit.
 
     PYTHONPATH=. .venv/bin/python benchmarks/group_commit_probe.py OUT.json streamlog-server \
-        --listen tcp:0:interface=127.0.0.1 --port-file PORTFILE --data-dir DIR --storage segmented --fsync always
+        --listen tcp:0:interface=127.0.0.1 --port-file PORTFILE --data-dir DIR --storage segmented --fsync always \
+        --http-listen none
     .venv/bin/python -m streamlog.bench e2e --connect 127.0.0.1:$(cat PORTFILE)
     kill -TERM <its pid>        # OUT.json is written at shutdown
 

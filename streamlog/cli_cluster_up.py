@@ -59,6 +59,8 @@ NODE_COUNTS = (1, 3, 5)
 DEFAULT_BASE_PORT = 7071
 #: Node I's peer port is its client port plus this.
 PEER_PORT_OFFSET = 100
+#: Node I's HTTP port (/metrics, /health, /ready) is its client port plus this.
+HTTP_PORT_OFFSET = 300
 DEFAULT_DATA_DIR = "streamlog-cluster"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_START_TIMEOUT = 60.0
@@ -82,7 +84,8 @@ def register(csub: Any, common: argparse.ArgumentParser) -> None:
         description=f"Start a cluster of --nodes streamlog servers on this machine and stay in the foreground, "
                     f"printing each node's output prefixed with [node I]; Ctrl-C (or SIGTERM) stops every node "
                     f"cleanly. Node I listens for clients on BASE+I-1 and for its peers on "
-                    f"BASE+{PEER_PORT_OFFSET}+I-1, with its data in DATA_DIR/node-I. Options after -- are "
+                    f"BASE+{PEER_PORT_OFFSET}+I-1, serves HTTP (/metrics, /health, /ready) on BASE+{HTTP_PORT_OFFSET}+I-1, "
+                    f"with its data in DATA_DIR/node-I. Options after -- are "
                     f"passed to every server. Exit status: 0 stopped by Ctrl-C/SIGTERM; 1 a node failed to "
                     f"start or died; 2 usage; 141 the output was closed (| head).",
         epilog="example: streamlog cluster up --nodes 3, then in another terminal: "
@@ -90,7 +93,7 @@ def register(csub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", "-n", type=int, default=3, help="how many nodes: 1, 3 or 5 (default 3)")
     p.add_argument("--base-port", "-P", type=int, default=DEFAULT_BASE_PORT,
                    help=f"node 1's client port (default {DEFAULT_BASE_PORT}); node I's is BASE+I-1, "
-                        f"its peer port BASE+{PEER_PORT_OFFSET}+I-1")
+                        f"its peer port BASE+{PEER_PORT_OFFSET}+I-1, its HTTP port BASE+{HTTP_PORT_OFFSET}+I-1")
     p.add_argument("--data-dir", "-d", default=DEFAULT_DATA_DIR,
                    help=f"where the nodes keep their data, one directory node-I each (default ./{DEFAULT_DATA_DIR}); "
                         f"kept when the cluster stops, so the next 'up' finds the same data")
@@ -124,6 +127,7 @@ class NodePlan:
     peer_port: int | None  # None for a cluster of one
     data_dir: Path
     argv: tuple[str, ...]
+    http_port: int | None = None  # None: the node runs with --http-listen none
 
     @property
     def address(self) -> str:
@@ -148,8 +152,14 @@ def _endpoint_host(host: str) -> str:
 
 
 def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = DEFAULT_HOST,
-                 server_command: Sequence[str] = (), server_options: Sequence[str] = ()) -> list[NodePlan]:
+                 server_command: Sequence[str] = (), server_options: Sequence[str] = (),
+                 http_port_offset: int | None = HTTP_PORT_OFFSET) -> list[NodePlan]:
     """Every node's ports, directory and command line.
+
+    Node I's HTTP listener is on its client port plus C{http_port_offset};
+    with C{None} the nodes run with C{--http-listen none} (never on the
+    fixed default port 9644, which several nodes of one machine would fight
+    over).
 
     @raise PlanError: a node count other than 1, 3, 5, or ports outside 1..65535.
     """
@@ -159,7 +169,7 @@ def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = D
     if host in ("0.0.0.0", "::", "[::]"):
         raise PlanError(f"--host {host}: every node also advertises --host to clients and peers, who cannot connect "
                         f"to {host}; give an address of this machine (127.0.0.1, or its LAN address)")
-    top = base_port + (PEER_PORT_OFFSET if nodes > 1 else 0) + nodes - 1
+    top = base_port + max(PEER_PORT_OFFSET if nodes > 1 else 0, http_port_offset or 0) + nodes - 1
     if base_port < 1 or top > 65535:
         raise PlanError(f"--base-port {base_port}: the nodes need ports {base_port}..{top}, which must lie in 1..65535")
     root = Path(data_dir)
@@ -179,8 +189,10 @@ def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = D
                        "--peer-listen", f"tcp:{peer_port}:interface={_endpoint_host(host)}",
                        "--advertise", describe_address((host, port)), "--peers", peers,
                        "--data-dir", str(directory)]
+        http_port = None if http_port_offset is None else port + http_port_offset
+        options += ["--http-listen", "none" if http_port is None else f"tcp:{http_port}:interface={_endpoint_host(host)}"]
         plans.append(NodePlan(i, host, port, peer_port, directory,
-                              (*server_command, *options, *server_options)))
+                              (*server_command, *options, *server_options), http_port))
     return plans
 
 
@@ -355,7 +367,7 @@ class LocalCluster:
                 raise ClusterFailed(f"node {plan.node_id}'s data directory {plan.data_dir} is not writable; "
                                     f"choose another --data-dir")
         for plan in self.plans:
-            for port, what in ((plan.port, "client"), (plan.peer_port, "peer")):
+            for port, what in ((plan.port, "client"), (plan.peer_port, "peer"), (plan.http_port, "HTTP")):
                 if port is None:
                     continue
                 why = _port_in_use(plan.host, port)
@@ -427,7 +439,9 @@ class LocalCluster:
     def _announce(self) -> None:
         addresses = ",".join(n.plan.address for n in self.nodes)
         lines = [f"cluster of {len(self.nodes)} node(s) is up:"]
-        lines += [f"  node {n.plan.node_id}  {n.plan.address}  pid {n.pid}  data {n.plan.data_dir}" for n in self.nodes]
+        lines += [f"  node {n.plan.node_id}  {n.plan.address}  pid {n.pid}  data {n.plan.data_dir}"
+                  + (f"  metrics http://{describe_address((n.plan.host, n.plan.http_port))}/metrics"
+                     if n.plan.http_port is not None else "") for n in self.nodes]
         lines += [f"connect with: --connect {addresses}",
                   f"  (or: export STREAMLOG_CONNECT={addresses}; then: streamlog cluster status)",
                   "Ctrl-C stops every node."]

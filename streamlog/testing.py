@@ -288,29 +288,39 @@ class ServerProcess(Daemon):
     """C{twistd -n streamlog-server} on a free 127.0.0.1 port, learnt from its port file."""
 
     def __init__(self, workdir: Path, extra: list[str] | None = None, name: str = "server",
-                 timeout: float = 30.0, preexec_fn: Callable[[], object] | None = None) -> None:
+                 timeout: float = 30.0, preexec_fn: Callable[[], object] | None = None, http: bool = False) -> None:
+        """With C{http} the node's HTTP listener is on a free port too (L{http_port}); without, it
+        has none: never the fixed default 9644, which nodes of one machine would fight over."""
         workdir = Path(workdir)
         self.port_file = workdir / f"{name}.port"
-        if self.port_file.exists():
-            self.port_file.unlink()
+        self.http_port_file = workdir / f"{name}.http-port"
+        for path in (self.port_file, self.http_port_file):
+            if path.exists():
+                path.unlink()
         args = [
             "streamlog-server",
             "--listen", "tcp:0:interface=127.0.0.1",
             "--port-file", str(self.port_file),
             "--data-dir", str(workdir / "data"),
-        ] + list(extra or [])
+        ] + (["--http-listen", "tcp:0:interface=127.0.0.1", "--http-port-file", str(self.http_port_file)]
+             if http else ["--http-listen", "none"]) + list(extra or [])
         super().__init__(name, args, workdir, preexec_fn=preexec_fn)
+        #: The HTTP listener's port (None: started without C{http}).
+        self.http_port: int | None = None
         try:
             self.port = int(wait_for(self._read_port, timeout, f"{name} to listen (log: {self.log_path})"))
+            if http:
+                self.http_port = int(wait_for(lambda: self._read_port(self.http_port_file), timeout,
+                                              f"{name}'s HTTP listener (log: {self.log_path})"))
         except BaseException:
             self.stop()
             raise
 
-    def _read_port(self) -> int | None:
+    def _read_port(self, path: Path | None = None) -> int | None:
         if not self.alive():
             raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}\n{self.stdout()!r}")
         try:
-            return int(self.port_file.read_text())
+            return int((path or self.port_file).read_text())
         except (FileNotFoundError, ValueError):
             return None
 

@@ -33,3 +33,12 @@ def test_every_listed_package_exists():
     for name in listed_packages():
         folder = ROOT.joinpath(*name.split("."))
         assert folder.is_dir(), f"setup.cfg lists {name}, which is not a folder"
+
+
+def test_the_console_page_is_package_data_in_the_wheel_and_the_sdist():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["options.package_data"]["streamlog.console"].strip() == "static/*"
+    assert "recursive-include streamlog/console/static *" in (ROOT / "MANIFEST.in").read_text()
+    static = sorted(p.name for p in (ROOT / "streamlog" / "console" / "static").iterdir())
+    assert static == ["console.css", "console.js", "index.html"]  # static/* takes files, not folders

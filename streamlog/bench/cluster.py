@@ -62,11 +62,14 @@ class Nodes:
 
         C{proxied}: every node reaches every other through a port of the chaos proxy (the
         plan of C{streamlog chaos}), so that a node can be cut off from its peers."""
+        import attrs
+
         from streamlog.chaos.runner import plan_ports
-        from streamlog.cli_cluster_up import NodePlan, default_server_command, plan_cluster
+        from streamlog.cli_cluster_up import default_server_command, plan_cluster
 
         base = base_port or free_base_port(nodes, random.Random(seed), proxied=proxied)
-        plans = plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options))
+        plans = plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options),
+                             http_port_offset=None)
         if not proxied:
             return cls(plans, root)
         _, peer, proxy = plan_ports(nodes, base)
@@ -76,7 +79,7 @@ class Nodes:
             i = argv.index("--peers")
             argv[i + 1] = ",".join(f"{n}={HOST}:{peer[n] if n == plan.node_id else proxy[(plan.node_id, n)]}"
                                    for n in range(1, nodes + 1))
-            rewritten.append(NodePlan(plan.node_id, plan.host, plan.port, plan.peer_port, plan.data_dir, tuple(argv)))
+            rewritten.append(attrs.evolve(plan, argv=tuple(argv)))
         out = cls(rewritten, root)
         out.peer_ports, out.proxy_ports = peer, proxy
         return out

@@ -95,6 +95,14 @@ class NodeConfig:
     producer_state: ProducerStateConfig = ProducerStateConfig()
     #: Consumer groups: the offsets topic, the coordinator's limits (--offsets-partitions, --group-*).
     groups: GroupConfig = GroupConfig()
+    # --- the HTTP listener (streamlog.http; docs/operations.md, "Metrics and health") ---
+    #: A Twisted server endpoint for /metrics, /health, /ready (and the console); None: no HTTP listener.
+    #: None here, unlike the command line's tcp:9644: a node built in a program binds no fixed port unasked.
+    http_listen: str | None = None
+    #: Write the HTTP listener's bound port here once listening (with tcp:0).
+    http_port_file: str | None = None
+    #: Seconds an idle HTTP connection is kept open.
+    http_idle_timeout: float = 60.0
 
     @property
     def clustered(self) -> bool:

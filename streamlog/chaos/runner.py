@@ -155,7 +155,8 @@ def plan_ports(nodes: int, base: int) -> tuple[dict[int, int], dict[int, int], d
 def plan_nodes(config: RunConfig, base: int, command: list[str]) -> list[NodePlan]:
     """The nodes' command lines: C{cluster up}'s, each with a C{--peers} of its own whose other
     entries are the proxy's ports for the links from this node."""
-    plans = plan_cluster(config.nodes, base, config.data_dir, config.host, command, config.server_options)
+    plans = plan_cluster(config.nodes, base, config.data_dir, config.host, command, config.server_options,
+                         http_port_offset=None)
     _, peer, proxy = plan_ports(config.nodes, base)
     out = []
     for plan in plans:

@@ -7,7 +7,7 @@ and so on), generated from the class so the two cannot drift apart.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application import service
@@ -18,7 +18,9 @@ from twisted.python.failure import Failure
 
 from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
+from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
+from streamlog.http.site import DEFAULT_HTTP_LISTEN, DEFAULT_HTTP_TIMEOUT, HTTP_LISTEN_ENV, OFF
 from streamlog.idempotence.table import (
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
@@ -29,10 +31,14 @@ from streamlog.idempotence.table import (
 )
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.transport import TransportLimits
+
+if TYPE_CHECKING:
+    from streamlog.console.resource import Console
+    from streamlog.http.root import HttpRoot
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES
 from streamlog.storage.group_commit import DEFAULT_SYNC_WORKERS, FsyncPolicy
-from streamlog.tap import group_options
+from streamlog.tap import console_options, group_options
 
 _log = Logger()
 
@@ -169,9 +175,15 @@ class Options(usage.Options):
         ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
          "Undo records each partition keeps above its commit index to restore producer state exactly "
          "when a new leader replaces its uncommitted tail.", int],
+        ["http-listen", None, None,
+         f"Endpoint of the HTTP listener (/metrics, /health, /ready); 'none' turns it off. Default: "
+         f"${HTTP_LISTEN_ENV} if set, else {DEFAULT_HTTP_LISTEN}."],
+        ["http-port-file", None, None, "Write the HTTP listener's port number to this file once listening."],
+        ["http-idle-timeout", None, DEFAULT_HTTP_TIMEOUT, "Seconds an idle HTTP connection is kept open.", float],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
          "Young-generation GC threshold (Python's default: 700; 0 keeps it). See streamlog/gctune.py.", int],
-    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS
+    ] + _limit_parameters() + _peer_limit_parameters() + group_options.PARAMETERS + console_options.PARAMETERS
+    optFlags = console_options.FLAGS
 
     def postOptions(self) -> None:
         if self["storage"] not in ("segmented", "memory"):
@@ -209,6 +221,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--fsync: {e}") from None
         _check_endpoint(self["listen"])
+        self._check_http()
         self._check_cluster()
         try:
             self["producer-state"] = ProducerStateConfig(
@@ -220,6 +233,17 @@ class Options(usage.Options):
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
                                    "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
         group_options.check(self)
+        self["console"] = console_options.console_config(self)
+
+    def _check_http(self) -> None:
+        if self["http-listen"] is None:
+            self["http-listen"] = os.environ.get(HTTP_LISTEN_ENV) or DEFAULT_HTTP_LISTEN
+        if self["http-listen"] != OFF:
+            _check_endpoint(self["http-listen"], "--http-listen")
+        elif self["http-port-file"] is not None:
+            raise usage.UsageError("--http-port-file needs an HTTP listener (--http-listen is none)")
+        if not self["http-idle-timeout"] > 0:
+            raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -291,7 +315,15 @@ class Options(usage.Options):
             peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
                                            for f in attrs.fields(TransportLimits)}),
             groups=group_options.group_config(self),
+            http_listen=None if self["http-listen"] == OFF else self["http-listen"],
+            http_port_file=self["http-port-file"],
+            http_idle_timeout=self["http-idle-timeout"],
         )
+
+    def console_config(self) -> ConsoleConfig:
+        """The web console's settings (checked in postOptions)."""
+        config: ConsoleConfig = self["console"]
+        return config
 
     def limits(self) -> wire.Limits:
         return wire.Limits(**{f.name: self[f.name.replace("_", "-")] for f in attrs.fields(wire.Limits)})
@@ -428,16 +460,22 @@ class Node(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any = None, console: ConsoleConfig | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
+        #: The web console's settings (served with the HTTP listener), and the console once mounted.
+        self.console_config = console if console is not None else ConsoleConfig()
+        self.console: Console | None = None
         self.reactor = reactor
         self.broker_service = BrokerService(config, reactor)
         self.broker_service.setServiceParent(self)
         self.listener: ListenService | None = None
         self.address: str | None = None
+        #: The HTTP listener's root resource and bound address (None: --http-listen none).
+        self.http_root: HttpRoot | None = None
+        self.http_address: str | None = None
 
     def open(self) -> None:
         """Lock and recover the storage, then bind the listener.  Raises L{StartupError}.
@@ -474,15 +512,54 @@ class Node(service.MultiService):
                 self.broker_service.close()
                 raise StartupError(f"--peer-listen: {e}") from None
             peers.setServiceParent(self)
+        self._open_http()
+
+    def _open_http(self) -> None:
+        """Bind the HTTP listener (last: it stops first) on the root that every part mounts on."""
+        if self.config.http_listen is None:
+            return
+        from streamlog.http.site import QuietSite
+
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.config.http_listen)
+        except Exception as e:
+            self.broker_service.close()
+            raise StartupError(f"--http-listen {self.config.http_listen!r}: {e}") from None
+        self.http_root = self.build_http_root()
+        site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor)
+        http = ListenService(endpoint, site, self.config.http_port_file, self.config.http_listen)
+        try:
+            self.http_address = http.listen_now()
+        except StartupError as e:
+            for child in list(self):
+                if isinstance(child, ListenService) and child.port is not None:
+                    child.port.stopListening()
+                    child.port = None
+            self.broker_service.close()
+            raise StartupError(f"--http-listen: {e}") from None
+        http.setServiceParent(self)
+
+    def build_http_root(self) -> HttpRoot:
+        """The HTTP tree of this node: every part mounts its children here."""
+        from streamlog.console.resource import mount as mount_console
+        from streamlog.http.root import HttpRoot
+
+        root = HttpRoot()
+        self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
+                                     self.reactor)
+        return root
 
     def startService(self) -> None:
         self.open()
         super().startService()
+        if self.console is not None:
+            self.console.start()
         recovery = self.broker_service.recovery
         assert recovery is not None
         self._log.info(
             "streamlog {version} serving on {address} (--listen {listen}); storage {storage}{where}, "
-            "fsync {fsync}; recovered {topics} topics, {partitions} partitions{unavailable} in {recovery_s} s",
+            "fsync {fsync}; recovered {topics} topics, {partitions} partitions{unavailable} in {recovery_s} s; "
+            "HTTP {http}",
             version=__version__, address=self.address, listen=self.config.listen,
             storage=self.config.storage, data_dir=self.broker_service.data_dir,
             where=f" in {self.broker_service.data_dir}" if self.broker_service.data_dir else " (not durable)",
@@ -491,7 +568,15 @@ class Node(service.MultiService):
             unavailable=f" ({recovery.unavailable} unavailable)" if recovery.unavailable else "",
             unavailable_partitions=recovery.unavailable, recovery_s=f"{recovery.seconds:.3f}",
             recovery_seconds=recovery.seconds,
+            http=f"on {self.http_address}" if self.http_address else "off",
+            http_address=self.http_address,
         )
+
+
+    def stopService(self) -> Any:
+        if self.console is not None:
+            self.console.stop()
+        return super().stopService()
 
 
 def makeService(options: Options) -> service.IService:
@@ -506,7 +591,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     hold_stop_signals(reactor)
-    node = Node(options.node_config(), reactor)
+    node = Node(options.node_config(), reactor, options.console_config())
     try:
         node.open()
     except StartupError as e:

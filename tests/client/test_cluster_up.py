@@ -39,12 +39,25 @@ def test_plan_of_three_nodes_follows_the_design_options():
         "twistd", "-n", "--node-id", "2", "--listen", "tcp:7072:interface=127.0.0.1",
         "--peer-listen", "tcp:7172:interface=127.0.0.1", "--advertise", "127.0.0.1:7072",
         "--peers", "1=127.0.0.1:7171,2=127.0.0.1:7172,3=127.0.0.1:7173", "--data-dir", "data/node-2",
-        "--fsync", "never")
+        "--http-listen", "tcp:7372:interface=127.0.0.1", "--fsync", "never")
+    assert [p.http_port for p in plans] == [7371, 7372, 7373]
+
+
+def test_without_an_http_offset_the_nodes_have_no_http_listener():
+    # chaos and the cluster benchmark: never the fixed default port 9644, which every node would take
+    plans = plan_cluster(3, 7071, "data", "127.0.0.1", ["srv"], http_port_offset=None)
+    assert all(p.argv[-2:] == ("--http-listen", "none") and p.http_port is None for p in plans)
+
+
+def test_the_http_ports_must_fit_below_65536():
+    with pytest.raises(PlanError, match=r"ports 65300\.\.65602"):
+        plan_cluster(3, 65300, "d", "127.0.0.1", ["srv"])
 
 
 def test_a_cluster_of_one_is_a_node_without_peers():
     (plan,) = plan_cluster(1, 9000, "d", "127.0.0.1", ["srv"])
-    assert plan.argv == ("srv", "--listen", "tcp:9000:interface=127.0.0.1", "--data-dir", "d/node-1")
+    assert plan.argv == ("srv", "--listen", "tcp:9000:interface=127.0.0.1", "--data-dir", "d/node-1",
+                         "--http-listen", "tcp:9300:interface=127.0.0.1")
     assert plan.peer_port is None
 
 
@@ -71,9 +84,10 @@ def test_a_wildcard_host_is_refused_as_it_is_advertised(host):
 
 
 def test_ports_must_fit():
-    with pytest.raises(PlanError, match=r"need ports 65500\.\.65604"):
+    with pytest.raises(PlanError, match=r"need ports 65500\.\.65804"):
         plan_cluster(5, 65500, "d")
-    assert plan_cluster(1, 65535, "d")[0].port == 65535
+    assert plan_cluster(1, 65235, "d")[0].http_port == 65535
+    assert plan_cluster(1, 65535, "d", http_port_offset=None)[0].port == 65535
 
 
 def test_usage_mistakes_exit_2_with_the_reason(capsys):
@@ -125,7 +139,8 @@ def free_base(nodes):
     """A base port whose client and peer ports are all free now (bounded tries)."""
     for _ in range(100):
         base = random.randrange(20000, 40000)
-        ports = [base + i for i in range(nodes)] + ([base + 100 + i for i in range(nodes)] if nodes > 1 else [])
+        ports = [base + i for i in range(nodes)] + ([base + 100 + i for i in range(nodes)] if nodes > 1 else []) \
+            + [base + 300 + i for i in range(nodes)]
         if all(_bindable(p) for p in ports):
             return base
     raise AssertionError("no free ports")
@@ -225,7 +240,8 @@ def test_up_starts_every_node_waits_for_ping_then_ctrl_c_stops_them(ups):
     at = lines.index("cluster of 3 node(s) is up:")
     pids = []
     for i in range(3):
-        m = re.fullmatch(rf"  node {i + 1}  {addresses[i]}  pid (\d+)  data .*cluster/node-{i + 1}", lines[at + 1 + i])
+        m = re.fullmatch(rf"  node {i + 1}  {addresses[i]}  pid (\d+)  data .*cluster/node-{i + 1}  "
+                         rf"metrics http://127\.0\.0\.1:{base + 300 + i}/metrics", lines[at + 1 + i])
         assert m, lines[at + 1 + i]
         pids.append(int(m.group(1)))
     assert lines[at + 4] == f"connect with: --connect {','.join(addresses)}"
@@ -233,7 +249,8 @@ def test_up_starts_every_node_waits_for_ping_then_ctrl_c_stops_them(ups):
     peers = ",".join(f"{i}=127.0.0.1:{base + 100 + i - 1}" for i in (1, 2, 3))
     assert argv[2] == ["--node-id", "2", "--listen", f"tcp:{base + 1}:interface=127.0.0.1",
                        "--peer-listen", f"tcp:{base + 101}:interface=127.0.0.1", "--advertise", addresses[1],
-                       "--peers", peers, "--data-dir", str(up.tmp / "cluster" / "node-2"), "--fsync", "never"]
+                       "--peers", peers, "--data-dir", str(up.tmp / "cluster" / "node-2"),
+                       "--http-listen", f"tcp:{base + 301}:interface=127.0.0.1", "--fsync", "never"]
     assert [d["pid"] for _, d in sorted(double_lines(out).items())] == pids
     for i in range(3):
         assert f"[node {i + 1}] listening on {base + i}" in out

@@ -193,7 +193,7 @@ def test_the_startup_line_says_what_the_node_serves(tmp_path, daemons):
         f"streamlog {__version__} serving on 127.0.0.1:{second.port} (--listen {FREE_PORT}); "
         f"storage segmented in {tmp_path / 'data'}, fsync interval:50; recovered 2 topics, 5 partitions in "
     )
-    assert re.search(re.escape(expected) + r"\d+\.\d{3} s$", line), line
+    assert re.search(re.escape(expected) + r"\d+\.\d{3} s; HTTP off$", line), line
     assert read_holder(str(tmp_path / "data"))["listen"] == f"127.0.0.1:{second.port}"
 
 

@@ -1,0 +1,107 @@
+"""The console of each node of a real 3-node cluster (twistd on 127.0.0.1): partitions held by
+one node only (RF 1) are browsed from every node's console, which follows the NOT_LEADER hint
+to the leader; a group is described from every node, following NOT_COORDINATOR; the overview
+shows the three nodes and, once one is SIGKILLed, that it is down."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+
+from streamlog import errors
+from streamlog.client.blocking import BlockingClient
+from streamlog.testing import LineClient, ServerProcess, wait_for
+from tests.integration.test_cluster_process import RETRIABLE, formed, free_ports, node_options
+
+
+def get(node: ServerProcess, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}{path}", timeout=10) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def retried(f, what: str, within: float = 20.0):
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return f()
+        except (*RETRIABLE, errors.CoordinatorNotAvailable):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not succeed within {within} s") from None
+            time.sleep(0.1)
+
+
+def test_every_nodes_console_shows_the_whole_cluster_and_reads_partitions_it_does_not_hold(tmp_path):
+    ports = free_ports(3)
+    nodes: dict[int, ServerProcess] = {}
+    try:
+        for i in (1, 2, 3):
+            work = tmp_path / f"n{i}"
+            work.mkdir()
+            nodes[i] = ServerProcess(work, name=f"node{i}", extra=node_options(ports, i), http=True)
+        wait_for(lambda: formed(nodes), 30, "three nodes to form a cluster")
+        bootstrap = ",".join(n.address for n in nodes.values())
+        with BlockingClient(bootstrap, timeout=5) as client:
+            retried(lambda: client.call("CreateTopic", {"topic": "solo", "partitions": 3, "replication_factor": 1}),
+                    "CreateTopic")
+            for p in range(3):
+                for i in range(p + 2):  # partition p holds p + 2 messages
+                    retried(lambda p=p, i=i: client.send("solo", {"p": p, "i": i}, partition=p), "Send")
+            group = retried(lambda: client.call("FindCoordinator", {"group": "billing"}), "FindCoordinator")
+            coordinator = next(n for n in nodes.values() if n.address == group["coordinator_address"])
+        member = LineClient(coordinator.port)
+        joined = member.call("JoinGroup", {"group": "billing", "topics": ["solo"], "session_timeout_ms": 60000})
+        assert "result" in joined, joined
+        mid = joined["result"]["member_id"]
+        beat = member.call("Heartbeat", {"group": "billing", "member_id": mid, "owned": []})["result"]
+        committed = member.call("CommitOffsets", {"group": "billing", "member_id": mid, "generation": beat["generation"],
+                                                  "offsets": [{"topic": "solo", "partition": 2, "offset": 1}]})
+        assert "result" in committed, committed
+
+        held_by: dict[int, int] = {}
+        for i, node in nodes.items():
+            status, overview = get(node, "/api/overview")
+            assert status == 200 and overview["node_id"] == i and overview["nodes_up"] == 3
+            assert overview["alone"] is False and overview["controller"] in (1, 2, 3)
+            status, topic = get(node, "/api/topics/solo")
+            assert status == 200
+            assert [p["high_watermark"] for p in topic["partitions"]] == [2, 3, 4]  # every leader's, asked
+            for p in topic["partitions"]:
+                held_by[p["partition"]] = p["leader"]
+                assert (p["size_bytes"] is not None) == (p["leader"] == i)  # sizes of this node's replicas only
+            for p in range(3):
+                status, page = get(node, f"/api/topics/solo/partitions/{p}/messages?from=earliest")
+                assert status == 200, page
+                assert [m["value"] for m in page["messages"]] == [{"p": p, "i": k} for k in range(p + 2)]
+            status, g = get(node, "/api/groups/billing")
+            assert status == 200, g
+            assert [m["member_id"] for m in g["members"]] == [mid]
+            assert {(o["partition"], o["offset"], o["lag"]) for o in g["offsets"]} >= {(2, 1, 3)}
+            status, listed = get(node, "/api/groups")
+            assert [x["group"] for x in listed["groups"]] == ["billing"] and listed["unreachable"] == []
+        # Some node holds none of them: its console read every partition through the leader's hint.
+        assert set(nodes) - set(held_by.values()), held_by
+        member.close()
+
+        # One node SIGKILLed: the others' overview says it is down, its partition has no leader.
+        victim = held_by[0]
+        nodes[victim].signal(signal.SIGKILL)
+        nodes[victim].wait(10)
+        other = nodes[next(i for i in nodes if i != victim)]
+        wait_for(lambda: get(other, "/api/overview")[1]["nodes_up"] == 2, 20, "the overview to show a node down")
+        status, overview = get(other, "/api/overview")
+        assert [n["up"] for n in overview["nodes"] if n["node_id"] == victim] == [False]
+        status, page = get(other, "/api/topics/solo/partitions/0/messages?from=earliest")
+        assert status in (502, 503, 504) and page["error"]["code"] in (
+            "LEADER_NOT_AVAILABLE", "NOT_LEADER", "CONNECTION_LOST", "TIMEOUT"), page
+    finally:
+        for n in nodes.values():
+            n.stop()
+
+
