@@ -419,6 +419,12 @@ class ClusterClient:
         seen = self.view.nodes.get(node_id) if node_id is not None else None
         if why is None and seen is not None and not seen.up:
             why = "the cluster sees the node down"
+        if why is None and not led and node_id is not None and self.view.topics and not any(
+                part.leader == node_id for info in self.view.topics.values() for part in info.partitions):
+            # The view had given up on it as a leader before the silence began (a NOT_LEADER
+            # without a hint, a fetch during the election): it leads nothing we use now, so what
+            # waits there (writes held by a node cut off from its peers) goes where the leaders are.
+            why = "it leads none of the partitions in use"
         if why is None:
             return
         self.stalls_dropped += 1
