@@ -568,22 +568,23 @@ class ClusterClient:
         return result
 
     def _candidates(self) -> list[str]:
-        """Where to ask for the metadata: known nodes (up, not suspect, first), then the bootstrap list.
+        """Where to ask for the metadata: the known nodes, taking turns at the head fetch after
+        fetch (suspect ones last), then the bootstrap list.
 
-        The nodes seen up take turns at the head, fetch after fetch: a node cut off from its
-        peers still answers, from a view that no longer moves (no leader, or an old one), and
-        asking it first every time kept a producer from ever learning the new leader (seen:
-        no acknowledgement for 30 s after the leader of partition 0, node 1, was cut off)."""
-        up: list[str] = []
-        down: list[str] = []
+        In turn, not the same node first every time: a node cut off from its peers still
+        answers, from a view that no longer moves (no leader, its peers down), and asked first
+        at every fetch it kept a producer from ever learning the new leader (seen: no
+        acknowledgement for 30 s after the leader, node 1, was cut off). Nodes the last answer
+        called down take their turn too: that answer may be the cut-off node's (a dead node
+        costs a refused connection; a silent one is given up on by the stall detection)."""
+        keys: list[str] = []
         for node in sorted(self.view.nodes.values(), key=lambda n: n.node_id):
             key = self._key(node.address)
-            if key not in up and key not in down:
-                (up if node.up else down).append(key)
-        if up:
-            turn = self._next_candidate % len(up)
-            up = up[turn:] + up[:turn]
-        keys = up + down
+            if key not in keys:
+                keys.append(key)
+        if keys:
+            turn = self._next_candidate % len(keys)
+            keys = keys[turn:] + keys[:turn]
         n = len(self._bootstrap_keys)
         rotated = [self._bootstrap_keys[(self._next_candidate + i) % n] for i in range(n)]
         for key in rotated:

@@ -252,9 +252,20 @@ def test_metadata_is_asked_of_the_nodes_in_turn_so_a_cut_off_nodes_stale_view_do
         cluster.move_leader("t", 0, 2)
         stale = cluster.metadata()
         stale["topics"][0]["partitions"][0].update(leader=None, leader_term=1)
+        for n in stale["nodes"]:
+            n["up"] = n["node_id"] == 1  # as the cut-off node sees it (seen on real nodes: then only it was asked)
         cut.frozen_metadata = stale
         cut.faults["SendBatch"] = lambda params: errors.NotLeader(
             "this node does not lead t/0", topic="t", partition=0, leader=None, leader_term=1)
+        busy_until = clock.seconds() + 0.3  # the others cannot answer at first: node 1's view is taken
+
+        def busy(params):
+            if clock.seconds() < busy_until:
+                return errors.LeaderNotAvailable("not yet", topic="t", partition=0)
+            return None
+
+        for n in (2, 3):
+            cluster.nodes[n].faults["Metadata"] = busy
         later = [producer.send("t", {"n": i}, partition=0) for i in range(20, 60)]
         began = clock.seconds()
         run_until(clock, cluster, lambda: all(d.called for d in later), limit=30)
