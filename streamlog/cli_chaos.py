@@ -58,11 +58,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", "-n", type=int, default=3, help="cluster size: 3 or 5 (default 3)")
     p.add_argument("--duration", default=DEFAULT_DURATION,
                    help=f"how long the workload and the faults run: 90, 60s, 5m (default {DEFAULT_DURATION})")
-    p.add_argument("--faults", default="kill,stop,partition,restart",
+    p.add_argument("--faults", default=None,
                    help="comma-separated fault kinds: kill (SIGKILL, restart), stop (SIGSTOP past the election "
                         "timeout, SIGCONT), partition (cut one node's peer links), restart (rolling restart with "
-                        "SIGTERM), wipe (SIGKILL, remove the data directory, restart); default "
-                        "kill,stop,partition,restart")
+                        "SIGTERM), wipe (SIGKILL, remove the data directory, restart); with --group-consumers "
+                        "also member-kill (SIGKILL a member, restart it) and member-stop (SIGSTOP a member around "
+                        "its session timeout); default kill,stop,partition,restart (and member-kill,member-stop "
+                        "with --group-consumers)")
     p.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: a random one, printed)")
     p.add_argument("--steps", metavar="KIND:TARGET:HOLD,...",
                    help="a fixed schedule instead of the seeded one, run to its end whatever --duration says: "
@@ -75,6 +77,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="messages per second, all producers together (default 200)")
     p.add_argument("--producers", type=int, default=3, help="producer processes (default 3)")
     p.add_argument("--consumers", type=int, default=2, help="consumer processes, each reading every partition (default 2)")
+    p.add_argument("--group-consumers", type=int, default=0, metavar="N",
+                   help="also run N streamlog-consumer --group daemons in one group over the topic, and check "
+                        "what the group processed and committed (docs/reliability.md, \"The group workload\"; "
+                        "default 0: none)")
     p.add_argument("--data-dir", "-d",
                    help="the nodes' data and logs (default: a new temporary directory, removed after a clean run)")
     p.add_argument("--keep-data", action="store_true", help="keep the data directory after a clean run too")
@@ -92,18 +98,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> Any:
     from streamlog.chaos.runner import RunConfig
-    from streamlog.chaos.schedule import ScheduleError, parse_kinds, parse_steps
+    from streamlog.chaos.schedule import DEFAULT_KINDS, MEMBER_KINDS, ScheduleError, parse_kinds, parse_steps
 
     if args.server_options and not args.server_options[0].startswith("-"):
         raise _Usage(f"unexpected argument {args.server_options[0]!r}: options for the servers go after --")
     if args.nodes not in (3, 5):
         raise _Usage(f"--nodes {args.nodes}: use 3 or 5 (faults need a majority that survives one node)")
+    if not 0 <= args.group_consumers <= 20:
+        raise _Usage("--group-consumers must be between 0 and 20")
+    faults = args.faults
+    if faults is None:
+        faults = ",".join(DEFAULT_KINDS + (MEMBER_KINDS if args.group_consumers else ()))
     try:
         duration = parse_duration(args.duration)
-        steps = parse_steps(args.steps, args.nodes) if args.steps else None
-        kinds = tuple(dict.fromkeys(s.kind for s in steps)) if steps else parse_kinds(args.faults)
+        steps = parse_steps(args.steps, args.nodes, members=args.group_consumers) if args.steps else None
+        kinds = tuple(dict.fromkeys(s.kind for s in steps)) if steps else parse_kinds(faults)
     except (ValueError, ScheduleError) as e:
         raise _Usage(str(e)) from None
+    if not args.group_consumers and any(k in MEMBER_KINDS for k in kinds):
+        raise _Usage(f"--faults {','.join(k for k in kinds if k in MEMBER_KINDS)}: member faults need "
+                     f"--group-consumers")
     if duration <= 0:
         raise _Usage("--duration must be more than 0")
     if args.topic_partitions < 1 or args.producers < 1 or args.consumers < 1 or args.rate <= 0:
@@ -115,6 +129,7 @@ def _config(args: argparse.Namespace) -> Any:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     return RunConfig(nodes=args.nodes, duration=duration, kinds=kinds, seed=seed, partitions=args.topic_partitions,
                      rate=args.rate, producers=args.producers, consumers=args.consumers,
+                     group_consumers=args.group_consumers,
                      base_port=args.base_port, host=args.host, server_options=tuple(args.server_options),
                      steps=steps)
 
@@ -145,6 +160,8 @@ def run_chaos(config: Any, history_path: Path, server_command: list[str] | None 
         try:
             reactor.run()  # type: ignore[attr-defined]
         finally:
+            if run.group is not None:
+                run.group.kill_all()
             for node in run.nodes.values():  # interrupted (Ctrl-C): no node outlives the run
                 if node.alive():
                     node.signal(18)  # SIGCONT, in case it is stopped
@@ -195,7 +212,11 @@ def runner_text(obs: Any, config: Any, findings: dict[str, list[str]], history: 
     for step in obs.steps:
         probes = step.get("probes")
         extra = f"; probes to it: {probes}" if probes else ""
-        lines.append(f"  fault {step['step']}: {step['kind']} node {step['node']} (led {step['led'] or 'nothing'}) "
+        if str(step["node"]).startswith("m"):
+            lines.append(f"  fault {step['step']}: {step['kind']} {step['node']} {step['start']:.1f}s-{step['end']:.1f}s")
+            continue
+        target = " (the group's coordinator)" if step.get("coordinator") else ""
+        lines.append(f"  fault {step['step']}: {step['kind']} node {step['node']}{target} (led {step['led'] or 'nothing'}) "
                      f"{step['start']:.1f}s-{step['end']:.1f}s{extra}")
     if history is not None and history.faults:
         lines.append("failover: longest time without an acknowledged send around each fault, by kind")

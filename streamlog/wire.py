@@ -479,6 +479,26 @@ def parse_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) 
                              replication_factor=replication_factor)
 
 
+def is_auto_create(params: dict[str, Any]) -> bool:
+    """Is this C{CreateTopic} the C{auto_create} form (see L{parse_auto_create_topic})?"""
+    return isinstance(params, dict) and "auto_create" in params
+
+
+def parse_auto_create_topic(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
+    """C{CreateTopic {topic, auto_create: true}}: the topic a Send would auto-create; the server
+    chooses what a Send's auto-creation would (its C{--default-partitions}), so nothing else is given."""
+    p = _Params(params)
+    topic = _topic(p)
+    if p.raw("auto_create") is not True:
+        raise errors.InvalidParams("'auto_create' must be true (or left out)", field="auto_create")
+    extra = sorted(set(params) - {"topic", "auto_create"})
+    if extra:
+        raise errors.InvalidParams(
+            f"with 'auto_create' the server chooses the topic's settings as a Send's auto-creation does; "
+            f"leave out {', '.join(extra)}", field=extra[0])
+    return topic
+
+
 def parse_topic_only(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str:
     p = _Params(params)
     topic = _topic(p)
@@ -575,6 +595,17 @@ def encode_records(base_offset: int, timestamp: int, messages: list[Message]) ->
     return out
 
 
+#: C{InitProducerId}'s C{request_token}: what it may be.
+MAX_REQUEST_TOKEN_LENGTH = 64
+REQUEST_TOKEN_RULE = (f"'request_token' must be a string of 1 to {MAX_REQUEST_TOKEN_LENGTH} printable ASCII "
+                      "characters")
+
+
+def valid_request_token(token: Any) -> bool:
+    return (type(token) is str and 1 <= len(token) <= MAX_REQUEST_TOKEN_LENGTH and token.isascii()
+            and token.isprintable())
+
+
 @attrs.frozen
 class InitProducerIdParams:
     #: The producer's stable name (a new instance under it fences the older ones), or None.
@@ -582,6 +613,8 @@ class InitProducerIdParams:
     #: The current id and epoch of an instance asking for its next epoch, or None.
     producer_id: int | None = None
     epoch: int | None = None
+    #: Chosen by the client, the same in every resend of one request: a resend gets the first answer.
+    request_token: str | None = None
 
 
 def parse_init_producer_id(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> InitProducerIdParams:
@@ -594,8 +627,11 @@ def parse_init_producer_id(params: dict[str, Any], limits: Limits = DEFAULT_LIMI
             raise errors.InvalidParams(
                 f"'producer_name' must be at most {limits.max_id_length} characters, without NUL",
                 field="producer_name")
+    token = p.raw("request_token")
+    if token is not None and not valid_request_token(token):
+        raise errors.InvalidParams(REQUEST_TOKEN_RULE, field="request_token")
     producer_id, epoch = _producer(p)
     p.done()
     if producer_id < 0:
-        return InitProducerIdParams(name)
-    return InitProducerIdParams(name, producer_id, epoch)
+        return InitProducerIdParams(name, request_token=token)
+    return InitProducerIdParams(name, producer_id, epoch, token)

@@ -104,11 +104,12 @@ def test_the_producer_state_options_reach_every_partitions_table(clock):
     from streamlog.testing import BrokerHarness
 
     options = Options()
-    options.parseOptions(["--producer-state-batches", "8", "--max-producers-per-partition", "50",
+    options.parseOptions(["--producer-state-batches", "12", "--max-producers-per-partition", "50",
                           "--producer-id-expiry-ms", "600000", "--producer-evict-min-idle-ms", "200000",
-                          "--producer-state-undo-limit", "77", "--storage", "memory"])
-    wanted = ProducerStateConfig(window=8, max_producers=50, expiry_ms=600_000, evict_min_idle_ms=200_000,
-                                 undo_limit=77)
+                          "--producer-state-undo-limit", "77", "--producer-snapshot-interval-batches", "500",
+                          "--storage", "memory"])
+    wanted = ProducerStateConfig(window=12, max_producers=50, expiry_ms=600_000, evict_min_idle_ms=200_000,
+                                 undo_limit=77, snapshot_interval_batches=500)
     config = options.node_config()
     assert config.producer_state == wanted and config.broker_config().producer_state == wanted
     defaults = Options()
@@ -123,11 +124,14 @@ def test_the_producer_state_options_reach_every_partitions_table(clock):
 
 
 @pytest.mark.parametrize("args,says", [
-    (["--producer-state-batches", "4"], "window must be in [5, 64]"),
+    (["--producer-state-batches", "7"], "window 7 is below the 8 batches the streamlog Producer may have "
+                                        "unacknowledged per partition"),
+    (["--producer-state-batches", "65"], "window must be in [8, 64]"),
     (["--max-producers-per-partition", "0"], "max_producers must be at least 1"),
     (["--producer-id-expiry-ms", "0"], "expiry_ms must be positive"),
     (["--producer-evict-min-idle-ms", "100", "--producer-id-expiry-ms", "50"], "cannot exceed expiry_ms"),
     (["--producer-state-undo-limit", "-1"], "undo_limit cannot be negative"),
+    (["--producer-snapshot-interval-batches", "-1"], "snapshot_interval_batches cannot be negative"),
 ])
 def test_a_wrong_producer_state_option_is_refused(args, says):
     from twisted.python import usage

@@ -29,7 +29,7 @@ WORKLOADS = ("produce", "consume", "e2e")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the workload sub-commands and their options to C{parser}."""
-    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e,failover}")
+    sub = parser.add_subparsers(dest="workload", metavar="{produce,consume,e2e,failover,group}")
     sub.required = True
     helps = {
         "produce": "send N messages in batches; throughput and per-batch ack latency",
@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     failover.add_arguments(fo)
     fo.set_defaults(workload="failover", _parser=fo)
+    from streamlog.bench import group
+
+    gr = sub.add_parser("group", help=group.HELP, description=group.HELP,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group.add_arguments(gr)
+    gr.set_defaults(workload="group", _parser=gr)
     parser.set_defaults(func=main_with_args)
 
 
@@ -160,6 +166,10 @@ def main_with_args(args: Any) -> int:
         from streamlog.bench.failover import main_with_args as failover_main
 
         return failover_main(args)
+    if args.workload == "group":
+        from streamlog.bench.group import main_with_args as group_main
+
+        return group_main(args)
     source = use_given_server(args)
     if source not in (None, "--connect") and not getattr(args, "quiet", False):
         print(f"bench: using the server at {args.bench_connect} (from {source}), not starting one",

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,6 +161,8 @@ class Broker:
     def topic(self, name: str) -> Topic:
         topic = self.topics.get(name)
         if topic is None:
+            if self.cluster is not None:
+                raise self.cluster.unknown_topic(name)  # LEADER_NOT_AVAILABLE while its metadata may be behind
             raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
         return topic
 
@@ -220,6 +222,8 @@ class Broker:
         return topic
 
     def handle_create_topic(self, params: dict[str, Any]) -> Any:
+        if wire.is_auto_create(params):
+            return self._auto_create_topic(params)
         if self.cluster is not None:
             # Bad params are answered here, not forwarded.
             _refuse_internal(wire.parse_create_topic(params, self.limits).topic, "created")
@@ -232,6 +236,51 @@ class Broker:
                 field="replication_factor")
         topic = self.create_topic(p.topic, p.partitions, p.config)
         return _describe_topic(topic)
+
+    def _auto_create_topic(self, params: dict[str, Any]) -> Any:
+        """C{CreateTopic {topic, auto_create: true}}: create the topic as a Send to it would (this
+        node's C{--auto-create-topics} and C{--default-partitions}), or find it there already.
+
+        What an idempotent producer asks before its first batch to a topic it does not know: a
+        Send that auto-creates places its messages itself, so they could not carry sequence
+        numbers (docs/protocol.md, "CreateTopic").  Answered as DescribeTopic plus C{created}.
+        """
+        name = wire.parse_auto_create_topic(params, self.limits)
+        _refuse_internal(name, "created")
+        if not self.config.auto_create_topics:
+            if name in self.topics or (self.cluster is not None and self._cluster_knows(name)):
+                return self._existing_topic(name)
+            raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
+        if self.cluster is None:
+            if name in self.topics:
+                return self._existing_topic(name)
+            return {**_describe_topic(self.create_topic(name, self.config.default_partitions)), "created": True}
+        d = maybeDeferred(self.cluster.create_topic, {"topic": name, "partitions": self.config.default_partitions})
+
+        def answered(result: Any) -> Any:
+            if isinstance(result, Failure):
+                result.trap(errors.TopicExists)
+                return self._existing_topic(name)
+            return {**_without_index(result), "created": True}
+
+        return d.addBoth(answered)
+
+    def _cluster_knows(self, name: str) -> bool:
+        try:
+            self.cluster.describe(name)
+        except errors.UnknownTopic:
+            return False
+        return True
+
+    def _existing_topic(self, name: str) -> dict[str, Any]:
+        """The auto_create answer for a topic that exists (this node may not have applied its creation yet)."""
+        if self.cluster is None:
+            return {**_describe_topic(self.topics[name]), "created": False}
+        try:
+            described: dict[str, Any] = self.cluster.describe(name)
+        except errors.UnknownTopic:
+            raise errors.LeaderNotAvailable(f"topic {name!r} is being created; retry shortly", topic=name) from None
+        return {**described, "created": False}
 
     def handle_delete_topic(self, params: dict[str, Any]) -> Any:
         if self.cluster is not None:
@@ -372,6 +421,8 @@ class Broker:
         # passed every check: a refused Send must leave nothing behind.
         topic = self.topics.get(p.topic)
         if topic is None and not self.config.auto_create_topics:
+            if self.cluster is not None and not self.cluster.metadata_current():
+                raise self.cluster.unknown_topic(p.topic)
             raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
         count = len(topic.partitions) if topic is not None else self.config.default_partitions
         sticky: int | None = None
@@ -724,6 +775,10 @@ class Broker:
     def close(self) -> None:
         self.groups.stop()
         self.directory.host.stop()
+        try:
+            self.directory.write_producer_snapshots()  # nothing appends any more
+        except Exception:
+            self._log.failure("writing the producer-state snapshots failed")
         self.storage.close()
 
 

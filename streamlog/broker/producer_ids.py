@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,9 @@ BLOCK = 1000
 #: The registry file of a node alone, in its data directory.
 REGISTRY_FILE = "producer-ids.json"
 
+#: C{request_token}s of producers without a name a node remembers (the newest), with the answer each got.
+TOKENS_REMEMBERED = 10_000
+
 
 class LocalRegistry:
     """The registry of a node alone: C{next_producer_id} and the named producers, in C{path} (None: memory)."""
@@ -48,18 +52,22 @@ class LocalRegistry:
         self.path = path
         self.next_id = 0
         self.producers: dict[str, registry.Identity] = {}
+        #: name -> the request_token of its last InitProducerId
+        self.tokens: dict[str, str] = {}
         if path is not None and os.path.exists(path):
             with open(path, "rb") as f:
                 state = json.load(f)
             self.next_id = int(state["next_producer_id"])
             self.producers = {name: (int(pid), int(epoch)) for name, (pid, epoch) in state["producers"].items()}
+            self.tokens = {name: str(token) for name, token in state.get("tokens", {}).items()}
 
     def _save(self) -> None:
         if self.path is None:
             return
         write_atomically(self.path, json.dumps({
             "next_producer_id": self.next_id,
-            "producers": {n: list(i) for n, i in sorted(self.producers.items())}}).encode())
+            "producers": {n: list(i) for n, i in sorted(self.producers.items())},
+            "tokens": dict(sorted(self.tokens.items()))}).encode())
 
     def allocate(self, count: int) -> Deferred:
         """Fires with the first of C{count} new ids."""
@@ -70,16 +78,18 @@ class LocalRegistry:
         self._save()
         return succeed(first)
 
-    def register(self, name: str, current: registry.Identity | None) -> Deferred:
-        """Fires with the (id, epoch) for C{name} (see L{registry.register})."""
+    def register(self, name: str, current: registry.Identity | None, token: str | None = None) -> Deferred:
+        """Fires with the (id, epoch) for C{name} (see L{registry.register_once})."""
         try:
-            producers, next_id, identity = registry.register(self.producers, self.next_id, name, current)
+            producers, tokens, next_id, identity = registry.register_once(
+                self.producers, self.tokens, self.next_id, name, current, token)
         except registry.Fenced as e:
             return fail(errors.ProducerFenced(str(e), producer_name=name))
         except registry.Exhausted as e:
             return fail(errors.ProducerIdsExhausted(str(e)))
-        self.producers, self.next_id = producers, next_id
-        self._save()
+        if (producers, tokens, next_id) != (self.producers, self.tokens, self.next_id):
+            self.producers, self.tokens, self.next_id = producers, tokens, next_id
+            self._save()
         return succeed(identity)
 
 
@@ -109,10 +119,10 @@ class MetadataRegistry:
 
         return self._commit(md.AllocateProducerIds(count), lambda v: int(v["first"]))
 
-    def register(self, name: str, current: registry.Identity | None) -> Deferred:
+    def register(self, name: str, current: registry.Identity | None, token: str | None = None) -> Deferred:
         from streamlog.cluster import metadata as md
 
-        command = md.InitProducer(name, *(current if current is not None else (None, None)))
+        command = md.InitProducer(name, *(current if current is not None else (None, None)), request_token=token)
         return self._commit(command, lambda v: (int(v["producer_id"]), int(v["epoch"])))
 
 
@@ -126,18 +136,53 @@ class ProducerIds:
         self._end = 0  # ids [_next, _end) are this node's to hand out
         self._refill: Deferred | None = None
         self._waiting: list[Deferred] = []
+        #: Producers without a name: (request_token, current) -> the identity answered, or the
+        #: Deferreds of resends waiting for the first answer; the newest L{TOKENS_REMEMBERED}.
+        self._tokens: OrderedDict[tuple[str, registry.Identity | None], Any] = OrderedDict()
 
     def handle(self, params: dict[str, Any], limits: wire.Limits = wire.DEFAULT_LIMITS) -> Deferred:
         """The C{InitProducerId} handler: fires with C{{"producer_id", "epoch"}}."""
         p = wire.parse_init_producer_id(params, limits)
         current = None if p.producer_id is None or p.epoch is None else (p.producer_id, p.epoch)
         if p.producer_name is not None:
-            d = self.registry.register(p.producer_name, current)
-        elif current is not None and current[1] < registry.MAX_EPOCH:
-            d = succeed((current[0], current[1] + 1))
+            d = self.registry.register(p.producer_name, current, p.request_token)
+        elif p.request_token is not None:
+            d = self._once((p.request_token, current))
         else:
-            d = self.new_id().addCallback(lambda pid: (pid, 0))
+            d = self._unnamed(current)
         return d.addCallback(lambda identity: {"producer_id": identity[0], "epoch": identity[1]})
+
+    def _unnamed(self, current: registry.Identity | None) -> Deferred:
+        if current is not None and current[1] < registry.MAX_EPOCH:
+            return succeed((current[0], current[1] + 1))
+        return self.new_id().addCallback(lambda pid: (pid, 0))
+
+    def _once(self, key: tuple[str, registry.Identity | None]) -> Deferred:
+        """An unnamed producer's request with a token: a resend at this node gets the first answer
+        (a resend at another node gets another id: harmless, the producer uses the one it hears)."""
+        known = self._tokens.get(key)
+        if isinstance(known, tuple):
+            self._tokens.move_to_end(key)
+            return succeed(known)
+        if isinstance(known, list):  # the first is still being answered
+            waiting: Deferred = Deferred()
+            known.append(waiting)
+            return waiting
+        self._tokens[key] = waiters = []
+        while len(self._tokens) > TOKENS_REMEMBERED:
+            self._tokens.popitem(last=False)
+
+        def answered(result: Any) -> Any:
+            if isinstance(result, Failure):
+                if self._tokens.get(key) is waiters:
+                    del self._tokens[key]  # nothing was handed out: a resend asks afresh
+            elif self._tokens.get(key) is waiters:
+                self._tokens[key] = result
+            for d in waiters:
+                d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+            return result
+
+        return self._unnamed(key[1]).addBoth(answered)
 
     def new_id(self) -> Deferred:
         """Fires with an id nobody else was given, from this node's block (refilled when empty)."""

@@ -8,7 +8,9 @@ docs/reliability.md; in short:
   C{aborted-read}, C{duplicate} (of an idempotent producer), C{poll-skip},
   C{non-monotonic-poll}, C{non-monotonic-send}, C{unexpected} (a value no send wrote);
 - counted, not violations: C{unseen} (acknowledged, but no read covered it) and
-  C{retry-duplicate} (a non-idempotent producer's retry stored twice).
+  C{retry-duplicate} (a non-idempotent producer's retry stored twice);
+- with a consumer group's events in the history, the group's kinds too
+  (L{streamlog.chaos.group_checker}).
 
 Operations with an C{info} outcome are "maybe": one read later was stored, one never
 read was not, and neither is an anomaly.
@@ -32,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from streamlog.chaos.group_checker import GROUP_KINDS, GROUP_SAFETY, check_group
 from streamlog.chaos.history import FAIL, OK, History, HistoryError, Poll, Send, Value, load, paused_gc
 
 LOST: Final = "lost"
@@ -93,14 +96,25 @@ class Result:
     valid: bool
     anomalies: dict[str, list[Anomaly]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    #: Whether the history held a consumer group's events (judged by L{check_group} too).
+    group: bool = False
 
     def count(self, kind: str) -> int:
         return len(self.anomalies.get(kind, ()))
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds judged: L{KINDS}, and L{GROUP_KINDS} for a history with group events."""
+        return KINDS + GROUP_KINDS if self.group else KINDS
+
+    @property
     def counts(self) -> dict[str, int]:
-        """Every kind's count (0 for those not found), in L{KINDS} order."""
-        return {k: self.count(k) for k in KINDS}
+        """Every kind's count (0 for those not found), in L{kinds} order."""
+        return {k: self.count(k) for k in self.kinds}
+
+    @property
+    def safety(self) -> frozenset[str]:
+        return SAFETY | GROUP_SAFETY if self.group else SAFETY
 
 
 class _Keys:
@@ -376,6 +390,13 @@ def _check(history: History, final_reads: Mapping[Key, int] | None) -> Result:
     result = Result(valid=not any(anomalies.get(kind) for kind in SAFETY),
                     anomalies={kind: anomalies[kind] for kind in KINDS if anomalies.get(kind)},
                     stats=stats)
+    if history.group:
+        judged = check_group(history)
+        result.group = True
+        result.valid = result.valid and judged.valid
+        result.stats.update(judged.stats)
+        for kind, found in judged.anomalies.items():
+            result.anomalies[kind] = [Anomaly(a.kind, a.detail, (), None, a.partition, a.offset) for a in found]
     return result
 
 

@@ -169,6 +169,40 @@ class Drain:
     time: float = 0.0
 
 
+#: The kinds of L{GroupEvent}: a member's own events, and the runner's reads of the offsets.
+GROUP_EVENT_KINDS: Final = frozenset(("assigned", "revoked", "lost", "processed", "committed", "fetched", "reset"))
+
+
+@dataclass(slots=True)
+class GroupEvent:
+    """What one consumer-group member did (or, C{fetched}, what the runner read of the group's
+    committed offsets), for the group checker (L{streamlog.chaos.group_checker}).
+
+    C{process} names the member's incarnation (C{m2.1}: member 2, first start; a restarted one
+    is C{m2.2}).  C{time} is when it happened on the history's clock (a C{fetched} read's or a
+    C{committed} commit's completion, C{invoke} when it was asked).  By kind:
+
+    - C{assigned}: it starts reading C{partitions}; C{offsets} where (the committed offsets it
+      fetched; a partition missing there starts at the log start);
+    - C{revoked}: it gave C{partitions} up after committing; C{lost}: it dropped them without a
+      commit, owning nothing past C{until} (the end of its last session it knows was renewed);
+    - C{processed}: it handed out (wrote) offsets C{offsets[0][1]} to C{end} of C{partitions[0]};
+    - C{committed}: the coordinator acknowledged C{offsets}; C{fetched}: FetchOffsets answered
+      C{offsets}; C{reset}: an explicit reset set C{offsets} (the one way back).
+    """
+
+    kind: str
+    process: str
+    time: float
+    topic: str
+    generation: int | None = None
+    partitions: tuple[int, ...] = ()
+    offsets: tuple[tuple[int, int], ...] = ()
+    end: int | None = None
+    invoke: float | None = None
+    until: float | None = None
+
+
 @dataclass(slots=True)
 class History:
     """A loaded history: operations by type, in the order their records were written.
@@ -183,6 +217,8 @@ class History:
     drains: list[Drain] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     truncated: bool = False
+    #: A consumer group's events (a run with group consumers), in the order written.
+    group: list[GroupEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sends) + len(self.polls)
@@ -209,7 +245,7 @@ def paused_gc() -> Iterator[None]:
 # -- the record format ---------------------------------------------------------------
 
 
-def encode_record(record: Send | Poll | Fault | Drain) -> bytes:
+def encode_record(record: Send | Poll | Fault | Drain | GroupEvent) -> bytes:
     """One record as its JSON line (with the newline); fields that are None are left out."""
     if isinstance(record, Send):
         d: dict[str, Any] = {
@@ -245,6 +281,16 @@ def encode_record(record: Send | Poll | Fault | Drain) -> bytes:
         d = {"type": "fault", "kind": record.kind, "node": record.node, "start": record.start, "end": record.end}
         if record.detail is not None:
             d["detail"] = record.detail
+    elif isinstance(record, GroupEvent):
+        d = {"type": "group", "kind": record.kind, "process": record.process, "time": record.time,
+             "topic": record.topic}
+        for name in ("generation", "end", "invoke", "until"):
+            if getattr(record, name) is not None:
+                d[name] = getattr(record, name)
+        if record.partitions:
+            d["partitions"] = record.partitions
+        if record.offsets:
+            d["offsets"] = record.offsets
     else:
         d = {"type": "drain", "topic": record.topic, "partition": record.partition,
              "end_offset": record.end_offset, "time": record.time}
@@ -362,12 +408,37 @@ def _decode(d: Mapping[str, Any], into: History, number: int) -> None:
         _typed(where, ("topic", dr.topic, _STR), ("partition", dr.partition, _INT),
                ("end_offset", dr.end_offset, _INT), ("time", dr.time, _TIME))
         into.drains.append(dr)
+    elif kind == "group":
+        into.group.append(_group_event(d, where))
     elif kind == "history":
         if d.get("version") != FORMAT_VERSION:
             raise HistoryError(f"{where}: history format version {d.get('version')!r}, this checker reads {FORMAT_VERSION}")
         into.meta = {k: v for k, v in d.items() if k not in ("type", "version")}
     else:
         raise HistoryError(f"{where}: unknown record type {kind!r}")
+
+
+def _group_event(d: Mapping[str, Any], where: str) -> GroupEvent:
+    get = d.get
+    try:
+        partitions = tuple(get("partitions") or ())
+        offsets = tuple((p, o) for p, o in (get("offsets") or ()))
+    except (TypeError, ValueError):
+        raise HistoryError(f"{where}: a group event's offsets are [partition, offset] pairs") from None
+    e = GroupEvent(d["kind"], d["process"], d["time"], d["topic"], get("generation"), partitions, offsets,
+                   get("end"), get("invoke"), get("until"))
+    if e.kind not in GROUP_EVENT_KINDS:
+        raise HistoryError(f"{where}: unknown group event {e.kind!r}")
+    _typed(where, ("process", e.process, _STR), ("time", e.time, _TIME), ("topic", e.topic, _STR),
+           ("generation", e.generation, _OPT_INT), ("end", e.end, _OPT_INT), ("invoke", e.invoke, _OPT_TIME),
+           ("until", e.until, _OPT_TIME))
+    for p in partitions:
+        _typed(where, ("a partition", p, _INT))
+    for p, o in offsets:
+        _typed(where, ("a partition", p, _INT), ("an offset", o, _INT))
+    if e.kind == "processed" and (len(partitions) != 1 or len(offsets) != 1 or e.end is None):
+        raise HistoryError(f"{where}: a processed event names one partition, its first offset and its end")
+    return e
 
 
 def loads(data: bytes) -> History:
@@ -426,13 +497,14 @@ def load(path: str | Path) -> History:
     return loads(Path(path).read_bytes())
 
 
-def iter_records(history: History) -> Iterator[Send | Poll | Fault | Drain]:
-    """Every record of C{history}, operations in id order, then faults and drains."""
+def iter_records(history: History) -> Iterator[Send | Poll | Fault | Drain | GroupEvent]:
+    """Every record of C{history}, operations in id order, then faults, drains and group events."""
     ops: list[Send | Poll] = [*history.sends, *history.polls]
     ops.sort(key=lambda op: op.id)
     yield from ops
     yield from history.faults
     yield from history.drains
+    yield from history.group
 
 
 def dumps(history: History) -> bytes:
@@ -612,6 +684,14 @@ class Recorder:
         if self._faults.pop(fault.number, None) is None:
             raise ValueError(f"fault {fault.number} is not active")
         self._write(encode_record(Fault(fault.kind, fault.node, fault.start, self._clock(), fault.detail)))
+
+    def group_event(self, event: GroupEvent) -> None:
+        """A consumer-group event (a member's, copied from its events file, or the runner's read
+        of the committed offsets), with its times already on this recorder's clock."""
+        self._write(encode_record(event))
+
+    def now(self) -> float:
+        return self._clock()
 
     def drained(self, topic: str, partition: int, end_offset: int) -> None:
         """The final drain read C{topic}/C{partition} up to C{end_offset} (its high watermark)."""

@@ -14,9 +14,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from streamlog.chaos.checker import KINDS, SAFETY, Result
+from streamlog.chaos.checker import Result
 from streamlog.chaos.history import OK, History
-from streamlog.chaos.report import partition_write_gaps, summary, write_gaps
+from streamlog.chaos.report import group_figures, partition_write_gaps, summary, write_gaps
 
 #: The colour of each fault kind's spans (others: grey).
 FAULT_COLOURS: Final = {"kill": "#d62728", "stop": "#9467bd", "partition": "#ff7f0e", "restart": "#2ca02c",
@@ -168,9 +168,12 @@ def render(history: History, result: Result, run: Mapping[str, Any] | None = Non
             (f.kind, f.node or "", f"{f.start:.2f}", f"{(f.end - f.start):.2f}" if f.end is not None else "never healed",
              f"{max(per.values(), default=0.0):.2f}", f"{g:.2f}")
             for (f, g), (_, per) in zip(gaps, partition_write_gaps(history), strict=True)]))
+    if result.group:
+        parts.append("<h2>Consumer group</h2>")
+        parts.append(_table(["", ""], group_figures(result)))
     parts.append("<h2>Anomalies</h2>")
     parts.append(_table(["anomaly", "count", "kind"],
-                        [(k, result.count(k), "safety" if k in SAFETY else "counted") for k in KINDS]
+                        [(k, result.count(k), "safety" if k in result.safety else "counted") for k in result.kinds]
                         + [(k, len(v), "safety (runner)") for k, v in (run.get("findings") or {}).items()]))
     parts.append("<h2>Checker summary</h2>")
     parts.append(f"<pre>{html.escape(summary(result, history))}</pre>")

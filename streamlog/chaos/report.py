@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from streamlog.chaos.checker import KINDS, SAFETY, Result
+from streamlog.chaos.checker import Result
 from streamlog.chaos.history import OK, Fault, History
 
 
@@ -53,6 +53,24 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
+def group_figures(result: Result) -> list[tuple[str, str]]:
+    """The consumer group's figures, (label, value): for the summary and the HTML report."""
+    st = result.stats
+    return [
+        ("members (incarnations)", _n(st["group_members"])),
+        ("generations seen", _n(st["group_generations"])),
+        ("partitions assigned / revoked / lost", f"{_n(st['group_assigned'])} / {_n(st['group_revoked'])} / "
+                                                 f"{_n(st['group_lost'])}"),
+        ("messages processed (distinct)", f"{_n(st['group_processed'])} ({_n(st['group_distinct'])})"),
+        ("processed again (uncommitted windows)", _n(st["group_duplicates"])),
+        ("commits acknowledged / offsets reads", f"{_n(st['group_commits'])} / {_n(st['group_fetches'])}"),
+    ]
+
+
+def group_lines(result: Result) -> list[str]:
+    return ["consumer group: " + "; ".join(f"{label} {value}" for label, value in group_figures(result))]
+
+
 def summary(result: Result, history: History | None = None, *, evidence: int = 5) -> str:
     """The summary table of C{result}, with up to C{evidence} anomalies of each kind shown."""
     st = result.stats
@@ -94,19 +112,22 @@ def summary(result: Result, history: History | None = None, *, evidence: int = 5
             lines.append(f"final drain: {len(history.drains)} partition(s)")
         else:
             lines.append("final drain: none recorded (acknowledged sends no read covered count as unseen, not lost)")
+    if result.group:
+        lines.extend(group_lines(result))
     lines.append("")
-    width = max(len(k) for k in KINDS)
+    kinds, safety = result.kinds, result.safety
+    width = max(len(k) for k in kinds)
     lines.append(f"{'anomaly':<{width}}  {'count':>9}  kind")
-    for kind in KINDS:
-        lines.append(f"{kind:<{width}}  {_n(result.count(kind)):>9}  {'safety' if kind in SAFETY else 'counted'}")
+    for kind in kinds:
+        lines.append(f"{kind:<{width}}  {_n(result.count(kind)):>9}  {'safety' if kind in safety else 'counted'}")
     lines.append("")
     if result.valid:
         lines.append("result: VALID (no safety anomaly)")
     else:
-        found = ", ".join(f"{k} {_n(result.count(k))}" for k in KINDS if k in SAFETY and result.count(k))
+        found = ", ".join(f"{k} {_n(result.count(k))}" for k in kinds if k in safety and result.count(k))
         lines.append(f"result: INVALID ({found})")
     if evidence:
-        for kind in KINDS:
+        for kind in kinds:
             found_of_kind = result.anomalies.get(kind, [])
             if not found_of_kind:
                 continue

@@ -52,6 +52,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
 from streamlog import errors
+from streamlog.chaos.group_workload import FETCH_INTERVAL, GroupWorkload
 from streamlog.chaos.history import Recorder
 from streamlog.chaos.proxy import PeerProxies
 from streamlog.chaos.schedule import FaultSchedule, FaultStep, roll_order
@@ -92,6 +93,8 @@ class RunConfig:
     rate: float = 200.0
     producers: int = 3
     consumers: int = 2
+    #: Group consumer daemons in one group (0: no group workload; streamlog.chaos.group_workload).
+    group_consumers: int = 0
     data_dir: Path = Path("chaos")
     base_port: int = 0
     host: str = "127.0.0.1"
@@ -237,6 +240,16 @@ class NodeProcess:
 
 def sleep(reactor: Any, seconds: float) -> Deferred[Any]:
     return task.deferLater(reactor, max(seconds, 0.0), lambda: None)
+
+
+async def wait_exit(reactor: Any, process: Any, timeout: float) -> bool:
+    """Await the exit of C{process} (a node's or a member's: its C{alive()}); False after C{timeout}."""
+    deadline = time.monotonic() + timeout
+    while process.alive():
+        if time.monotonic() > deadline:
+            return False
+        await sleep(reactor, 0.02)
+    return True
 
 
 async def until(reactor: Any, condition: Callable[[], Any], timeout: float, what: str,
@@ -419,13 +432,17 @@ class ChaosRun:
         self.faults_done = 0
         self._ticker: task.LoopingCall | None = None
         self._progress: task.LoopingCall | None = None
+        self.group: GroupWorkload | None = None
+        #: The chaos topic's id (its partitions' storage names start with it), once known.
+        self.topic_id: str | None = None
+        self._fetcher: task.LoopingCall | None = None
 
     def _meta(self) -> dict[str, Any]:
         c = self.config
         return {"runner": "streamlog chaos", "seed": c.seed, "nodes": c.nodes, "duration": c.duration,
                 "faults": list(c.kinds), "partitions": c.partitions, "rate": c.rate, "producers": c.producers,
-                "consumers": c.consumers, "topic": c.topic, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                          time.gmtime())}
+                "consumers": c.consumers, "group_consumers": c.group_consumers, "topic": c.topic,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -512,6 +529,7 @@ class ChaosRun:
             topics = md.get("topics") or []
             if not topics or "partitions" not in topics[0]:
                 return False
+            self.topic_id = topics[0].get("topic_id", self.topic_id)
             if any(p.get("leader") is None for p in topics[0]["partitions"]):
                 return False
         return True
@@ -593,6 +611,14 @@ class ChaosRun:
                 reader = _PartitionReader(self, f"c{i + 1}", client, p)
                 self.readers.append(reader)
                 self.reader_loops.append(ensureDeferred(reader.loop()))
+        if c.group_consumers:
+            self.group = GroupWorkload(self, c.group_consumers)
+            self.group.start()
+            self._fetcher = task.LoopingCall(self.group.fetch_tick)
+            self._fetcher.clock = self.reactor
+            self._fetcher.start(FETCH_INTERVAL, now=False)
+            await until(self.reactor, self.group.all_assigned, FORM_TIMEOUT, "every group consumer to get a partition",
+                        0.2)
         interval = 0.05
         self._ticker = task.LoopingCall(self._tick, interval)
         self._ticker.clock = self.reactor
@@ -603,7 +629,8 @@ class ChaosRun:
             self._progress.start(1.0, now=False)
         end = time.monotonic() + c.duration
         await sleep(self.reactor, min(c.warmup, c.duration))
-        schedule = None if c.steps is not None else FaultSchedule(c.seed, c.kinds, c.nodes, c.partitions)
+        schedule = None if c.steps is not None else FaultSchedule(c.seed, c.kinds, c.nodes, c.partitions,
+                                                                  members=c.group_consumers)
         fixed = list(c.steps or [])
         injected: set[str] = set()
 
@@ -663,6 +690,12 @@ class ChaosRun:
         await defer.DeferredList(self.probing, consumeErrors=True)
         self.current = "draining"
         await self._drain()
+        if self.group is not None:
+            self.current = "waiting for the group to commit every partition's end"
+            if self._fetcher is not None and self._fetcher.running:
+                self._fetcher.stop()
+            await self.group.finish(self.obs.drained)
+            self.obs.notes.extend(self.group.notes)
         self.current = "comparing the replicas"
         await self._compare_replicas()
         if self._progress is not None and self._progress.running:
@@ -723,7 +756,10 @@ class ChaosRun:
     async def _target(self, step: FaultStep) -> tuple[int, list[int]]:
         """The node to hurt, and the partitions it leads now."""
         leaders = await self.leaders()
-        if step.node is not None:
+        coordinator = await self.group.coordinator() if step.coordinator and self.group is not None else None
+        if step.coordinator:
+            node = coordinator if coordinator is not None else 1
+        elif step.node is not None:
             node = step.node
         else:
             assert step.partition is not None
@@ -731,9 +767,14 @@ class ChaosRun:
         return node, sorted(p for p, n in leaders.items() if n == node)
 
     async def _inject(self, step: FaultStep) -> None:
+        if step.member is not None:
+            await self._inject_member(step)
+            return
         node, led = await self._target(step)
         entry: dict[str, Any] = {"step": step.number, "kind": step.kind, "node": node, "led": led,
                                  "hold": step.hold, "start": round(self.now(), 3)}
+        if step.coordinator:
+            entry["coordinator"] = True
         self.current = f"{step.kind} node {node}"
         self._say(f"fault {step.number}: {step.kind} node {node} (leads {led or 'nothing'}) for {step.hold:.1f}s")
         if step.kind == "kill":
@@ -758,13 +799,23 @@ class ChaosRun:
         entry["end"] = round(self.now(), 3)
         self.obs.steps.append(entry)
 
+    async def _inject_member(self, step: FaultStep) -> None:
+        if self.group is None or step.member is None or not 1 <= step.member <= len(self.group.members):
+            raise RunAborted(f"fault {step.describe()}: no such group consumer")
+        member = self.group.members[step.member - 1]
+        entry: dict[str, Any] = {"step": step.number, "kind": step.kind, "node": member.name, "led": [],
+                                 "hold": step.hold, "start": round(self.now(), 3)}
+        self.current = f"{step.kind} {member.name}"
+        self._say(f"fault {step.number}: {step.kind} {member.name} for {step.hold:.1f}s")
+        if step.kind == "member-kill":
+            await self.group.kill(step.member, step.hold)
+        else:
+            await self.group.stop(step.member, step.hold)
+        entry["end"] = round(self.now(), 3)
+        self.obs.steps.append(entry)
+
     async def _wait_exit(self, node: NodeProcess, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while node.alive():
-            if time.monotonic() > deadline:
-                return False
-            await sleep(self.reactor, 0.02)
-        return True
+        return await wait_exit(self.reactor, node, timeout)
 
     async def _kill(self, n: int, hold: float) -> None:
         node = self.nodes[n]
@@ -926,6 +977,8 @@ class ChaosRun:
         return defer.DeferredList(calls).addCallback(lambda _: dict(counts))
 
     async def _heal_all(self) -> None:
+        if self.group is not None:
+            self.group.heal()
         if self.proxies is not None:
             self.proxies.heal()
         for node in self.nodes.values():
@@ -942,6 +995,10 @@ class ChaosRun:
             self._ticker.stop()
         if self._progress is not None and self._progress.running:
             self._progress.stop()
+        if self._fetcher is not None and self._fetcher.running:
+            self._fetcher.stop()
+        if self.group is not None:
+            self.group.kill_all()
         for p in self.producers:
             if not p.client.closed:
                 await p.client.close()
@@ -975,7 +1032,7 @@ class ChaosRun:
         stored: dict[int, dict[int, list[bytes]]] = {}
         for n, node in sorted(self.nodes.items()):
             try:
-                for partition, records in stored_records(node.plan.data_dir).items():
+                for partition, records in stored_records(node.plan.data_dir, self.topic_id).items():
                     stored.setdefault(partition, {})[n] = records
             except Exception as e:  # noqa: BLE001 - a replica that cannot be read is said so, not hidden
                 self.obs.diverged.append(f"node {n}: its stored partitions cannot be read after the run: {e}")
@@ -1021,9 +1078,11 @@ def critical_lines(log_path: Path, examples: int = 3) -> tuple[int, list[str]]:
     return count, seen
 
 
-def stored_records(data_dir: Path) -> dict[int, list[bytes]]:
+def stored_records(data_dir: Path, topic_id: str | None = None) -> dict[int, list[bytes]]:
     """The records of every partition stored in a stopped node's data directory: partition ->
-    each record's JSON bytes as the storage serves it (offset, timestamp, key, value, headers)."""
+    each record's JSON bytes as the storage serves it (offset, timestamp, key, value, headers).
+    With C{topic_id}, of that topic only (partitions are stored by topic id: without it, a second
+    topic such as C{__consumer_offsets} would overwrite the chaos topic's partitions here)."""
     from streamlog.storage.segmented import SegmentedStorage
 
     storage = SegmentedStorage(str(data_dir))
@@ -1032,6 +1091,8 @@ def stored_records(data_dir: Path) -> dict[int, list[bytes]]:
         for group, (_, logs) in storage.load().items():
             if group.startswith("__"):
                 continue  # the metadata group
+            if topic_id is not None and group.rpartition("-")[0] != topic_id:
+                continue  # another topic's partition
             partition = int(group.rpartition("-")[2])
             for log in logs:
                 records: list[bytes] = []

@@ -8,7 +8,9 @@ same seed, kinds and cluster shape give the same steps (what is drawn does not d
 how long healing took), so a run that found something is replayed by its seed.
 
 Targets are drawn as either "the leader of partition P" (resolved by the runner from the
-cluster's metadata when the fault starts: the interesting node to hurt) or "node N".
+cluster's metadata when the fault starts: the interesting node to hurt) or "node N".  With
+group consumers (C{members}), the member faults target "member M", and a node fault may
+target "the group's coordinator" (the leader of its offsets partition, resolved likewise).
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from dataclasses import dataclass
 from typing import Final
 
 #: Every fault kind the runner knows (docs/reliability.md, "Faults").
-KINDS: Final = ("kill", "stop", "partition", "restart", "wipe")
-#: What C{--faults} means when not given.
+KINDS: Final = ("kill", "stop", "partition", "restart", "wipe", "member-kill", "member-stop")
+#: The kinds that hurt a group consumer (a member process), not a node.
+MEMBER_KINDS: Final = ("member-kill", "member-stop")
+#: What C{--faults} means when not given (with group consumers: and MEMBER_KINDS).
 DEFAULT_KINDS: Final = ("kill", "stop", "partition", "restart")
+#: The node faults that may target the group's coordinator.
+COORDINATOR_KINDS: Final = ("kill", "stop", "partition")
 
 
 class ScheduleError(ValueError):
@@ -57,9 +63,17 @@ class FaultStep:
     hold: float
     node: int | None = None
     partition: int | None = None
+    #: A member fault's member (1-based); a node fault on the group's coordinator.
+    member: int | None = None
+    coordinator: bool = False
 
     def describe(self) -> str:
-        target = f"node {self.node}" if self.node is not None else f"the leader of partition {self.partition}"
+        if self.member is not None:
+            target = f"member {self.member}"
+        elif self.coordinator:
+            target = "the group's coordinator"
+        else:
+            target = f"node {self.node}" if self.node is not None else f"the leader of partition {self.partition}"
         return f"#{self.number} {self.kind} on {target} for {self.hold:.1f}s after {self.gap:.1f}s"
 
 
@@ -75,12 +89,18 @@ class Timing:
     #: Each node's pause between its SIGTERM exit and its restart, in a rolling restart.
     restart: tuple[float, float] = (0.2, 1.0)
     wipe: tuple[float, float] = (0.5, 2.0)
+    #: A killed member's time down; a stopped member's time stopped (around its session
+    #: timeout, 3 s in a chaos run: sometimes its partitions move, sometimes not).
+    member_kill: tuple[float, float] = (0.5, 3.0)
+    member_stop: tuple[float, float] = (1.0, 6.0)
     #: The chance that a target is a partition's leader rather than any node.
     leader_bias: float = 0.7
+    #: With group consumers, the chance that a node fault targets the group's coordinator.
+    coordinator_bias: float = 0.4
 
     def hold_range(self, kind: str) -> tuple[float, float]:
         ranges = {"kill": self.kill, "stop": self.stop, "partition": self.partition, "restart": self.restart,
-                  "wipe": self.wipe}
+                  "wipe": self.wipe, "member-kill": self.member_kill, "member-stop": self.member_stop}
         return ranges[kind]
 
 
@@ -92,11 +112,14 @@ class FaultSchedule:
     """
 
     def __init__(self, seed: int, kinds: Iterable[str], nodes: int, partitions: int,
-                 timing: Timing | None = None) -> None:
+                 timing: Timing | None = None, members: int = 0) -> None:
         self.kinds = tuple(kinds)
         for kind in self.kinds:
             if kind not in KINDS:
                 raise ScheduleError(f"unknown fault {kind!r}")
+            if kind in MEMBER_KINDS and members < 1:
+                raise ScheduleError(f"the {kind} fault needs group consumers (--group-consumers)")
+        self.members = members
         if not self.kinds:
             raise ScheduleError("no fault kinds")
         if nodes < 1 or partitions < 1:
@@ -123,6 +146,11 @@ class FaultSchedule:
         hold = self._uniform(self.timing.hold_range(kind))
         node: int | None = None
         partition: int | None = None
+        if kind in MEMBER_KINDS:
+            return FaultStep(self._number, kind, gap, hold, member=self._rng.randint(1, self.members))
+        # Drawn only with group consumers: a run without them keeps its seeds' schedules.
+        if self.members and kind in COORDINATOR_KINDS and self._rng.random() < self.timing.coordinator_bias:
+            return FaultStep(self._number, kind, gap, hold, coordinator=True)
         if kind == "restart":
             node = self._rng.randint(1, self.nodes)  # the first node of the roll; the others follow in order
         elif self._rng.random() < self.timing.leader_bias:
@@ -135,9 +163,10 @@ class FaultSchedule:
         return [self.next() for _ in range(count)]
 
 
-def parse_steps(text: str, nodes: int, gap: float = 1.0) -> list[FaultStep]:
+def parse_steps(text: str, nodes: int, gap: float = 1.0, members: int = 0) -> list[FaultStep]:
     """A fixed schedule: C{KIND:TARGET:HOLD,...}, TARGET C{nN} (node N) or C{pP} (the leader of
-    partition P when the fault starts), HOLD in seconds; each step after C{gap} seconds of calm.
+    partition P when the fault starts), C{g} (the group's coordinator) or, for a member fault,
+    C{mM} (member M); HOLD in seconds; each step after C{gap} seconds of calm.
     C{"kill:p0:1.5,stop:p0:3"} kills partition 0's leader for 1.5 s, then stops the next one."""
     steps = []
     for number, item in enumerate((i.strip() for i in text.split(",") if i.strip()), 1):
@@ -149,10 +178,19 @@ def parse_steps(text: str, nodes: int, gap: float = 1.0) -> list[FaultStep]:
             raise ScheduleError(f"--steps {item!r}: unknown fault {kind!r}: choose among {', '.join(KINDS)}")
         try:
             hold = float(hold_text)
-            index = int(target[1:])
+            index = int(target[1:]) if target != "g" else 0
         except ValueError:
-            raise ScheduleError(f"--steps {item!r}: TARGET is nN or pP, HOLD a number of seconds") from None
-        if target[:1] == "n" and 1 <= index <= nodes:
+            raise ScheduleError(f"--steps {item!r}: TARGET is nN, pP, g or mM, HOLD a number of seconds") from None
+        if kind in MEMBER_KINDS:
+            if target[:1] != "m" or not 1 <= index <= members:
+                raise ScheduleError(f"--steps {item!r}: a member fault's TARGET is m1..m{members} (--group-consumers)")
+            steps.append(FaultStep(number, kind, gap, hold, member=index))
+        elif target == "g":
+            if not members or kind not in COORDINATOR_KINDS:
+                raise ScheduleError(f"--steps {item!r}: TARGET g (the group's coordinator) takes kill, stop or "
+                                    f"partition, with --group-consumers")
+            steps.append(FaultStep(number, kind, gap, hold, coordinator=True))
+        elif target[:1] == "n" and 1 <= index <= nodes:
             steps.append(FaultStep(number, kind, gap, hold, node=index))
         elif target[:1] == "p" and index >= 0:
             steps.append(FaultStep(number, kind, gap, hold, partition=index))

@@ -606,6 +606,12 @@ class BlockingClient:
         self.view.forget_topic(topic)
         return result
 
+    def auto_create_topic(self, topic: str) -> dict[str, Any]:
+        """C{CreateTopic {topic, auto_create: true}}: the topic as a Send would auto-create it, or as it is."""
+        result = self.call("CreateTopic", requests.auto_create_topic(topic))
+        self.view.forget_topic(topic)
+        return result
+
     def delete_topic(self, topic: str) -> dict[str, Any]:
         result = self._admin("DeleteTopic", {"topic": topic})
         self.view.forget_topic(topic)
@@ -633,7 +639,11 @@ class IdempotentSender:
     request whose answer was lost (the connection dropped, no answer in
     time) is sent again with the same numbers, up to C{attempts} times, so
     the partition stores it once and answers with its first offsets.  One
-    request at a time, so there is never a gap to fill.
+    request at a time, so there is never a gap to fill.  A partition that
+    forgot this producer (idle past C{--producer-id-expiry-ms}) answers
+    C{UNKNOWN_PRODUCER_ID}: the sender takes its next epoch and sends the
+    batch again numbered from 0 (unless an attempt of it was lost: that one
+    may be stored, so it fails, saying so).
     """
 
     def __init__(self, client: BlockingClient, attempts: int = 5) -> None:
@@ -641,17 +651,19 @@ class IdempotentSender:
         self.attempts = attempts
         self.identity: tuple[int, int] | None = None
         self._next: dict[tuple[str, int], int] = {}
-        #: Requests sent again after a lost answer (for tests).
+        #: Requests sent again after a lost answer, and epochs taken after the first (for tests).
         self.resends = 0
+        self.epoch_bumps = 0
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
         client = self.client
         count = self._partitions(topic)
-        if count is None:  # the first request auto-creates the topic: placed by the server, not numbered
-            return client.send_batch(topic, messages, acks)
+        if count is None:
+            # Created first, as a Send would auto-create it, so that even the first batch is
+            # numbered (a Send that auto-creates is placed by the server, without numbers).
+            count = len(client.auto_create_topic(topic)["partitions"])
         if self.identity is None:
-            answer = client.call("InitProducerId", {})
-            self.identity = (int(answer["producer_id"]), int(answer["epoch"]))
+            self.identity = self._init_producer_id(None)
         return client._send_parts(topic, client._parts(topic, count, messages), acks,
                                   lambda p, part: self._send_part(topic, p, part, acks))
 
@@ -669,18 +681,56 @@ class IdempotentSender:
             return None
 
     def _send_part(self, topic: str, partition: int, part: list[dict[str, Any]], acks: str) -> Any:
+        """One partition's batch: sent until answered (the same numbers after a lost answer); after
+        C{UNKNOWN_PRODUCER_ID} (the partition forgot this idle producer) in the next epoch, from 0."""
         assert self.identity is not None
-        sequence = self._next.get((topic, partition), 0)
         params = requests.send_batch(topic, part, acks)
-        params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
-        for attempt in range(self.attempts):
+        lost = False  # an attempt's answer never came: it may be stored
+        renumbered = False
+        while True:
+            sequence = self._next.get((topic, partition), 0)
+            params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
             try:
-                result = self.client._routed("SendBatch", params, topic, partition, write=True)
-                break
-            except (errors.ConnectionLost, errors.Timeout) as e:
-                # The client's own resends within its delivery timeout were spent: stop there.
-                if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
-                    raise
-                self.resends += 1
+                for attempt in range(self.attempts):
+                    try:
+                        result = self.client._routed("SendBatch", params, topic, partition, write=True)
+                        break
+                    except (errors.ConnectionLost, errors.Timeout) as e:
+                        lost = True
+                        # The client's own resends within its delivery timeout were spent: stop there.
+                        if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
+                            raise
+                        self.resends += 1
+            except errors.UnknownProducerId as e:
+                # Refused, so not stored by this attempt.  Renumbered only if no attempt of it was
+                # lost (that one may be stored, on a leader since replaced): as the Producer does.
+                lost = lost or bool(e.details.get("maybe_appended"))  # lost inside the client's own resends
+                if lost or renumbered:
+                    raise retry.given_up(e, lost) from None
+                self._next_epoch()
+                renumbered = True
+                continue
+            break
         self._next[(topic, partition)] = (sequence + len(part)) % SEQUENCE_MODULUS
         return result
+
+    def _init_producer_id(self, current: tuple[int, int] | None) -> tuple[int, int]:
+        """C{InitProducerId}, sent again (with the same C{request_token}) if its answer is lost."""
+        params = requests.init_producer_id(None, current, requests.new_request_token())
+        for attempt in range(self.attempts):
+            try:
+                answer = self.client.call("InitProducerId", params)
+                break
+            except (errors.ConnectionLost, errors.Timeout):
+                if attempt == self.attempts - 1:
+                    raise
+                self.resends += 1
+        return int(answer["producer_id"]), int(answer["epoch"])
+
+    def _next_epoch(self) -> None:
+        """C{InitProducerId} for this producer's next epoch: every partition numbers from 0 again (a copy
+        of an old request still arriving is then fenced, not stored a second time)."""
+        assert self.identity is not None
+        self.identity = self._init_producer_id(self.identity)
+        self._next.clear()
+        self.epoch_bumps += 1

@@ -951,6 +951,13 @@ class ClusterClient:
                       timeout, False)
         return d.addCallback(self._admin_done, topic, True)
 
+    def auto_create_topic(self, topic: str, timeout: float | None = None) -> Deferred:
+        """C{CreateTopic {topic, auto_create: true}} at any node: the topic as a Send would auto-create
+        it there, or as it exists; fires with its description (C{created}: whether this made it).
+        Safe to resend (it only ever creates once)."""
+        d = self._run("CreateTopic", requests.auto_create_topic(topic), self.any_target, timeout, True)
+        return d.addCallback(self._admin_done, topic)
+
     def delete_topic(self, topic: str, timeout: float | None = None) -> Deferred:
         d = self._run("DeleteTopic", {"topic": topic}, self.controller_target, timeout, False)
         return d.addCallback(self._admin_done, topic, False)

@@ -21,7 +21,15 @@ committed is handed out again, to this member or another.
 If the member cannot heartbeat for its session timeout (the coordinator is
 unreachable, or moved and forgot it), it stops reading everything, calls
 C{on_lost} (no commit: its commits would be refused) and joins again: by
-then the coordinator may have given its partitions to others.
+then the coordinator may have given its partitions to others.  A commit
+refused with C{UNKNOWN_MEMBER} does the same at once.
+
+The member's session is a lease: the coordinator counts it from when it got
+the last heartbeat, so the member counts it from when it sent the last one
+that was answered (L{session_end}), which is never later.  Past it, the member
+hands out nothing more before it has given its partitions up (C{on_lost}):
+one that was stopped (SIGSTOP) or starved past its session and resumes does
+not process a partition the coordinator may have given to another member.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from streamlog.client.consumer import Consumer
 
 TopicPartition = tuple[str, int]
 Hook = Callable[[list[TopicPartition]], object]
+#: C{on_committed(offsets, sent_at)}: the commit of C{offsets} sent at C{sent_at} (clock time) was acknowledged.
+CommitHook = Callable[[dict[TopicPartition, int], float], object]
 
 
 def _partitions(wire: list[dict[str, Any]]) -> set[TopicPartition]:
@@ -85,6 +95,8 @@ class GroupConsumer:
     @param on_assigned, on_revoked, on_lost: called with the partitions
         (sorted C{(topic, partition)}) the member starts reading, gives up after
         committing, or lost without a commit.
+    @param on_committed: called with the offsets of each acknowledged commit and the
+        clock time it was sent.
     """
 
     _log = Logger()
@@ -94,7 +106,7 @@ class GroupConsumer:
                  assignor: str | None = None, start: str | int = "earliest",
                  auto_commit_interval: float | None = 5.0, max_messages: int | None = None,
                  max_wait_ms: int = 1000, on_assigned: Hook | None = None, on_revoked: Hook | None = None,
-                 on_lost: Hook | None = None) -> None:
+                 on_lost: Hook | None = None, on_committed: CommitHook | None = None) -> None:
         self.client = as_cluster_client(client)
         self.clock = self.client.clock
         self.group = group
@@ -108,6 +120,7 @@ class GroupConsumer:
         self.max_messages = max_messages
         self.max_wait_ms = max_wait_ms
         self.on_assigned, self.on_revoked, self.on_lost = on_assigned, on_revoked, on_lost
+        self.on_committed = on_committed
         self.member_id: str | None = None
         self.generation = 0
         self.heartbeat_interval = session_timeout_ms / 3000.0
@@ -134,7 +147,11 @@ class GroupConsumer:
         self._commit_timer: Any = None
         self._beating = False
         self._last_ok = self.clock.seconds()
+        #: Clock time until which this member's session is known renewed (the last answered
+        #: JoinGroup or Heartbeat's send time plus the session timeout); it owns nothing past it.
+        self.session_end = 0.0
         self._closed = False
+        self._closing = False  # close() started: a refused last commit is no reason to rejoin
         self._joined: Deferred | None = None
         self._join_failed = False  # the last join asked by start_consuming failed
 
@@ -184,12 +201,14 @@ class GroupConsumer:
             params["group_instance_id"] = self.group_instance_id
         if self.assignor is not None:
             params["assignor"] = self.assignor
+        sent = self.clock.seconds()
         d = self._coordinated("JoinGroup", params)
 
         def joined(answer: dict[str, Any]) -> None:
             self.member_id = answer["member_id"]
             self.stats["joins"] += 1
             self._last_ok = self.clock.seconds()
+            self.session_end = sent + self.session_timeout_ms / 1000.0
             self._log.info("joined group {group} as {member} (generation {generation})", group=self.group,
                            member=self.member_id, generation=answer["generation"])
             self._follow(answer)
@@ -204,7 +223,8 @@ class GroupConsumer:
         waiting out C{COORDINATOR_NOT_AVAILABLE} (with the client's backoff); each attempt
         within C{timeout} (default: the client's request timeout)."""
         resend = method != "JoinGroup" or self.group_instance_id is not None  # a resent join makes a ghost member
-        d = self.client._run(method, params, self._coordinator_target, timeout, resend)
+        d = self.client._run(method, params, self._coordinator_target, timeout, resend,
+                             on_retry=self._attempt_failed)
 
         def failed(failure: Failure) -> Any:
             error = failure.value
@@ -219,6 +239,13 @@ class GroupConsumer:
             return later.addCallback(lambda _: self._coordinated(method, params, attempts - 1, timeout))
 
         return d.addErrback(failed)
+
+    def _attempt_failed(self, error: errors.StreamlogError, delay: float) -> None:
+        """An attempt at the coordinator failed and is retried: after a lost or refused connection
+        (or no answer) the coordinator may be dead, so the retry asks C{FindCoordinator} (at any
+        node) again instead of going back to the cached address until the call's timeout."""
+        if isinstance(error, (errors.ConnectionLost, errors.Timeout)):
+            self.coordinator = None
 
     def _coordinator_target(self) -> Any:
         if self.coordinator is not None:
@@ -246,17 +273,21 @@ class GroupConsumer:
                   "owned": _to_wire(set(self.consumers) | self.granting)}
         # Bounded well inside the session: a member cut off must notice before others get its partitions.
         limit = self.session_timeout_ms / 3000.0
+        sent = self.clock.seconds()
         d = self._coordinated("Heartbeat", params, attempts=1, timeout=limit)
 
         def answered(answer: dict[str, Any]) -> None:
             self._beating = False
+            if self.member_id != params["member_id"]:
+                return  # the member gave up meanwhile (its session ended) and joins again
             self._last_ok = self.clock.seconds()
+            self.session_end = max(self.session_end, sent + self.session_timeout_ms / 1000.0)
             self._follow(answer)
 
         def failed(failure: Failure) -> None:
             self._beating = False
-            if self._closed:
-                return
+            if self._closed or self.member_id != params["member_id"]:
+                return  # closed, or given up meanwhile (its session ended) and joining again
             error = failure.value
             if isinstance(error, errors.UnknownMember):
                 self._lose("the coordinator no longer knows this member")
@@ -394,6 +425,7 @@ class GroupConsumer:
         return self.start_consuming().addCallback(lambda _: self._next())
 
     def _next(self) -> Deferred:
+        self._check_session()
         if self._ready:
             return succeed(self._hand_out())
         self._start_polls()
@@ -403,6 +435,7 @@ class GroupConsumer:
         def done(_: Any) -> Any:
             if timer.active():
                 timer.cancel()
+            self._check_session()
             return self._hand_out() if self._ready else []
 
         return self._waiter.addCallback(done)
@@ -452,6 +485,13 @@ class GroupConsumer:
         self.seek(tp[0], tp[1], target)
         if self._waiter is not None and not self._closed:
             self._start_polls()
+
+    def _check_session(self) -> None:
+        """Past the session's end, give everything up before handing anything out (see the
+        module docstring): the coordinator may have expired this member already."""
+        if self.member_id is not None and not self._closed and (self.consumers or self.granting) \
+                and self.clock.seconds() >= self.session_end:
+            self._lose("its session may have ended: no heartbeat was answered in time")
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -509,17 +549,30 @@ class GroupConsumer:
         params = {"group": self.group, "member_id": self.member_id, "generation": self.generation,
                   "offsets": [{"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(offsets.items())]}
 
+        sent = self.clock.seconds()
+
         def done(_: Any) -> None:
             self.stats["commits"] += 1
             for tp, o in offsets.items():
                 if o > self.committed.get(tp, -1):
                     self.committed[tp] = o
+            if self.on_committed is not None:
+                try:
+                    self.on_committed(dict(offsets), sent)
+                except Exception:
+                    self._log.failure("a group consumer on_committed hook failed")
 
         def failed(failure: Failure) -> Any:
             if failure.check(errors.StaleGeneration) and not retried:
                 # Our generation is behind: the committed generation is the current one (docs/groups.md).
                 self.generation = failure.value.details.get("generation", self.generation)
                 return self._commit(offsets, retried=True)
+            if failure.check(errors.UnknownMember) and params["member_id"] == self.member_id \
+                    and not (self._closed or self._closing):
+                # The coordinator forgot this member (its session expired, or it was removed): no
+                # commit of it can succeed again, so it stops reading, rejoins and goes on with
+                # whatever it is assigned then (the heartbeat may notice only an interval later).
+                self._lose("the coordinator refused a commit: not a member any more")
             return failure
 
         return self._coordinated("CommitOffsets", params).addCallbacks(done, failed)
@@ -541,6 +594,7 @@ class GroupConsumer:
         the group (unless static), stop reading.  The client stays open: it is the caller's."""
         if self._closed:
             return succeed(None)
+        self._closing = True
         self.processed.update(self.positions)
         d = self._commit({tp: p for tp, p in self.processed.items() if tp in self.consumers})
         d.addErrback(lambda f: self._log.warn("the last commit of group {group} failed: {error}",

@@ -42,8 +42,11 @@ recognises a retry of a batch it (or an earlier leader) already stored and
 answers it with the original offsets instead of storing it again, and
 refuses a batch that would land ahead of a missing earlier one
 (C{OUT_OF_ORDER_SEQUENCE}; the producer sends the earlier one first).  At
-most 5 batches per partition are numbered from the oldest unacknowledged one
-on (every retry is then of a batch the partition remembers).
+most 8 batches per partition (C{MAX_IN_FLIGHT}, the default C{max_in_flight})
+are numbered from the oldest unacknowledged one on, the partition remembering
+the last 8 at least (C{--producer-state-batches}): every retry is then of a
+batch the partition remembers, and an idempotent producer pipelines as deep
+as one without idempotence.
 C{PRODUCER_FENCED} (a newer instance of the same C{producer_name} started)
 is fatal: every pending and later send fails with
 L{errors.ProducerFenced}.  A batch that fails for good (its delivery
@@ -53,13 +56,16 @@ then waits for its batches in flight, takes the next epoch and numbers from
 0 again; a batch whose outcome it never learnt fails then
 (L{errors.DeliveryTimeout} with C{sent: true}: it may be stored) rather
 than being renumbered.  With C{idempotent=False} a resend after a lost
-connection or a timeout may append a batch twice.  The messages sent before
-the client learnt a new topic's partitions (the request that auto-creates it,
-placed by the server) go without numbers.
+connection or a timeout may append a batch twice.
 
-A topic the metadata does not know yet (it may be auto-created by its first
-Send) is written without partitions for one request at a time, the server
-choosing as it did before clients chose, until the metadata knows it.
+A topic the metadata does not know yet.  An idempotent producer has it
+created first, as a Send would auto-create it (C{CreateTopic} with
+C{auto_create}: the server's C{--auto-create-topics} and
+C{--default-partitions} decide, and a topic that exists is no error), then
+learns its partitions, so that every batch, the first included, is numbered.
+Without idempotence the messages are written without partitions, one request
+at a time, the server choosing (and auto-creating), until the metadata knows
+the topic.
 """
 
 from __future__ import annotations
@@ -179,7 +185,7 @@ class _Unplaced:
 
 class _TopicState:
     __slots__ = ("topic", "info", "queues", "unplaced", "looking", "unrouted", "failures", "timer",
-                 "key_partitions")
+                 "key_partitions", "auto_created")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
@@ -192,6 +198,8 @@ class _TopicState:
         self.unrouted: _Batch | None = None
         self.failures = 0
         self.timer: IDelayedCall | None = None
+        #: Idempotent: a CreateTopic auto_create answered (the topic exists; the metadata may lag).
+        self.auto_created = False
 
 
 _REQUEUED = object()
@@ -238,7 +246,8 @@ class Producer:
         of time).
     @param idempotent: number the batches so that no resend stores one twice
         (see the module docstring); needs acks "all" or "leader" and allows
-        at most 5 requests in flight per partition.
+        at most 8 requests in flight per partition (C{MAX_IN_FLIGHT}, the default
+        C{max_in_flight}: what every partition remembers).
     @param producer_name: a stable name for this producer (idempotent only):
         starting another producer under the same name fences this one
         (L{errors.ProducerFenced}).
@@ -594,11 +603,13 @@ class Producer:
         """Ask for this producer's id and epoch (C{current}: its next epoch), then send what waits."""
         if self._init is not None or self._closed is not None:
             return
-        params = requests.init_producer_id(self.producer_name, current)
-        # A resend after a lost answer is harmless without a name (an id is skipped); with one it
-        # could fence this very instance, so only refusals are retried then.
+        # The request's token makes a resend after a lost answer harmless: the registry (a name's
+        # in the cluster metadata; an unnamed producer's at the node asked) answers it as the first.
+        # Without it a resend would bump a name's epoch again, and fence this very instance if it
+        # named its current identity (docs/protocol.md, "InitProducerId").
+        params = requests.init_producer_id(self.producer_name, current, requests.new_request_token())
         self._init = self.client._run("InitProducerId", params, self.client.any_target, self.delivery_timeout,
-                                      resend_ok=self.producer_name is None)
+                                      resend_ok=True)
         self._init.addCallbacks(self._initialised, self._init_failed)
         self._init.addErrback(lambda f: self._log.failure("starting the idempotent producer failed", f))
 
@@ -833,6 +844,7 @@ class Producer:
     def _found(self, info: TopicInfo, state: _TopicState) -> None:
         state.looking = False
         state.failures = 0
+        state.auto_created = False  # should it go (deleted), it is created again as a Send would
         if state.info is None or state.info.count != info.count:
             state.key_partitions.clear()
         state.info = info
@@ -860,17 +872,56 @@ class Producer:
         error = failure.value
         graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(state.topic)
         if isinstance(error, errors.UnknownTopic) and not graced:
-            self._send_unrouted(state)  # the server may create it, and chooses partitions until then
+            if not self.idempotent:
+                self._send_unrouted(state)  # the server may create it, and chooses partitions until then
+            elif state.auto_created:
+                self._look_later(state, error)  # created, but the metadata asked does not show it yet
+            else:
+                self._auto_create(state)
             return
         if isinstance(error, errors.StreamlogError) and (retry.retriable(error) or graced) and self._closed is None:
-            state.failures += 1
-            self._expire_unplaced(state, error)
-            if state.unplaced:
-                delay = min(self.client.backoff(state.failures), state.unplaced[0].deadline - self.clock.seconds())
-                state.timer = self.clock.callLater(max(delay, 0.0), self._look_again, state)
+            self._look_later(state, error)
             return
         self._fail_unplaced(state, error if isinstance(error, errors.StreamlogError)
                             else errors.Internal(f"finding the partitions of {state.topic} failed: {error!r}"))
+
+    def _look_later(self, state: _TopicState, error: errors.StreamlogError) -> None:
+        state.failures += 1
+        self._expire_unplaced(state, error)
+        if state.unplaced:
+            delay = min(self.client.backoff(state.failures), state.unplaced[0].deadline - self.clock.seconds())
+            state.timer = self.clock.callLater(max(delay, 0.0), self._look_again, state)
+
+    def _auto_create(self, state: _TopicState) -> None:
+        """An idempotent producer's first messages to a topic nobody knows: have it created (as a Send
+        would auto-create it) and learn its partitions, so that even its first batch is numbered.
+
+        (A Send that auto-creates places its messages at the server, one request with no numbers: a
+        resend after a lost answer could store it twice.)
+        """
+        self._expire_unplaced(state, None)
+        if not state.unplaced or self._closed is not None:
+            return
+        state.looking = True
+        remaining = max(state.unplaced[0].deadline - self.clock.seconds(), 0.001)
+        d = self.client.auto_create_topic(state.topic, timeout=remaining)
+        d.addCallbacks(self._auto_created, self._auto_create_failed, callbackArgs=(state,), errbackArgs=(state,))
+        d.addErrback(lambda f: self._log.failure("creating {topic} failed", f, topic=state.topic))
+
+    def _auto_created(self, result: Any, state: _TopicState) -> None:
+        state.looking = False
+        state.auto_created = True
+        self._lookup(state)
+
+    def _auto_create_failed(self, failure: Failure, state: _TopicState) -> None:
+        state.looking = False
+        error = failure.value
+        if isinstance(error, errors.StreamlogError) and retry.retriable(error) and self._closed is None:
+            self._look_later(state, error)
+            return
+        # UNKNOWN_TOPIC here: auto-creation is off at the server; the messages cannot go.
+        self._fail_unplaced(state, error if isinstance(error, errors.StreamlogError)
+                            else errors.Internal(f"creating {state.topic} failed: {error!r}"))
 
     def _look_again(self, state: _TopicState) -> None:
         state.timer = None

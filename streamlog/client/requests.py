@@ -7,6 +7,7 @@ optional and left out when they hold their default.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 #: The most messages a Poll may ask for on a server with the default limits
@@ -55,14 +56,23 @@ def producer_fields(producer_id: int, epoch: int, partition: int | None, base_se
             "sequences": [{"partition": partition, "base_sequence": base_sequence}]}
 
 
-def init_producer_id(producer_name: str | None = None, current: tuple[int, int] | None = None) -> dict[str, Any]:
-    """C{InitProducerId}: a new producer (named or not), or C{current}'s next epoch."""
+def init_producer_id(producer_name: str | None = None, current: tuple[int, int] | None = None,
+                     request_token: str | None = None) -> dict[str, Any]:
+    """C{InitProducerId}: a new producer (named or not), or C{current}'s next epoch; C{request_token}
+    (L{new_request_token}) lets a resend after a lost answer get the same identity."""
     params: dict[str, Any] = {}
     if producer_name is not None:
         params["producer_name"] = producer_name
     if current is not None:
         params["producer_id"], params["epoch"] = current
+    if request_token is not None:
+        params["request_token"] = request_token
     return params
+
+
+def new_request_token() -> str:
+    """A token for one C{InitProducerId} and its resends: 128 random bits, as 32 hex digits."""
+    return os.urandom(16).hex()
 
 
 def merge_batch_answer(merged: dict[str, Any], appended: list[dict[str, Any]], result: dict[str, Any]) -> None:
@@ -97,3 +107,8 @@ def create_topic(topic: str, partitions: int = 1, config: dict[str, Any] | None 
     if config:
         params["config"] = config
     return params
+
+
+def auto_create_topic(topic: str) -> dict[str, Any]:
+    """C{CreateTopic} as a Send's auto-creation (the server's partitions and config); existing is fine."""
+    return {"topic": topic, "auto_create": True}

@@ -133,6 +133,16 @@ class ReplicaDirectory(GroupCallbacks):
         topic = self.topics[name] = Topic(name, config, replicas, topic_id)
         return topic
 
+    def write_producer_snapshots(self) -> int:
+        """Every replica's producer-state snapshot file as of its log's end (a clean close: the next
+        start-up then reads nothing of the logs back for them); returns how many were written."""
+        written = 0
+        for replica in list(self.by_group.values()):
+            producer_log = replica.producer_log
+            if producer_log is not None and producer_log.write_snapshot():
+                written += 1
+        return written
+
     def close_topic(self, topic: Topic, error: Exception) -> None:
         """Stop a topic's replicas and their groups (its files are the storage's to delete,
         its entry in L{topics} the caller's to drop); their waiters get C{error}."""

@@ -42,6 +42,7 @@ from streamlog.cluster.identity import IdentityStore, NodeIdentity
 from streamlog.cluster.placement import create_topic_command, default_replication_factor
 from streamlog.cluster.reconcile import (
     AddLearner,
+    CoreViews,
     CreateReplica,
     DeleteReplica,
     NodeView,
@@ -51,7 +52,6 @@ from streamlog.cluster.reconcile import (
     ProposeMetadata,
     RemoveMember,
     TransferLeadership,
-    group_view,
 )
 from streamlog.cluster.replica import PartitionReplica, RemotePartition, ReplicaStorage
 from streamlog.raft.core import LEADER, RaftConfig
@@ -481,20 +481,47 @@ class ClusterNode(GroupCallbacks):
 
     def leader_of(self, group: str) -> tuple[int | None, int]:
         """(leader node id or None, term): the newest of what this node sees and its peers announced."""
-        best: tuple[int, int | None] = (0, None)
+        term, leader = 0, None
         core = self.cores.get(group)
         if core is not None:
-            best = (core.term, self.locate(core.leader_id)[0] if core.leader_id else None)
+            term = core.term
+            if core.leader_id:
+                try:
+                    leader = md.node_of(core.leader_id)
+                except ValueError:
+                    pass
         if self.raft is not None:
             for node, table in self.raft.remote_leadership.items():  # [term, isr] of what each leads
                 seen = table.get(group)
-                if seen is not None and (seen[0] > best[0] or best[1] is None and seen[0] >= best[0]):
-                    best = (int(seen[0]), int(node))
-        return best[1], best[0]
+                if seen is not None and (seen[0] > term or leader is None and seen[0] >= term):
+                    term, leader = int(seen[0]), int(node)
+        return leader, term
 
     @property
     def controller(self) -> int | None:
         return self.leader_of(META)[0]
+
+    def metadata_current(self) -> bool:
+        """Whether this node's applied metadata is as new as it can know: its metadata replica
+        knows a leader, its commit index is at an entry of the current term, and everything
+        up to it is applied.  The term matters: after every node restarted, the new
+        controller's commit index (and so what it tells its followers) is 0 until it commits
+        the first entry of its term, and the state applied up to there lacks every topic."""
+        core = self.cores.get(META)
+        return self.state is not None and core is not None and core.leader_id is not None \
+            and core.log.term_at(core.commit_index) == core.term and self.state.applied_index >= core.commit_index
+
+    def unknown_topic(self, name: str) -> errors.StreamlogError:
+        """The error for a topic this node's metadata lacks: C{UNKNOWN_TOPIC} only when the
+        metadata is current; before that (a node that restarted, or is cut off from the
+        controller) the topic may exist, and the client is told to retry
+        (C{LEADER_NOT_AVAILABLE}): an C{UNKNOWN_TOPIC} there made the Producer treat a live
+        topic as one to auto-create and send it unnumbered batches."""
+        if self.metadata_current():
+            return errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
+        return errors.LeaderNotAvailable(
+            f"topic {name!r} is not in this node's metadata, which may be behind (no controller heard "
+            "from yet, or its log not applied); retry shortly", topic=name)
 
     # --- topics as the metadata says -----------------------------------------------------
 
@@ -538,9 +565,11 @@ class ClusterNode(GroupCallbacks):
 
     def view(self) -> NodeView:
         assert self.identity is not None
-        groups = {g: group_view(core) for g, core in self.cores.items()}
+        # Views built on access, for the groups this node leads (the host keeps that set): a
+        # plan costs what this node leads, not every group it holds.
+        led = self.raft.led_groups() if self.raft is not None else None
         return NodeView(self.node_id, self.identity.incarnation, self.client_address, self.peer_address or
-                        self.client_address, groups, self.live())
+                        self.client_address, CoreViews(self.cores), self.live(), led)
 
     def _plan(self) -> None:
         if self.host is None or self.state is None or self.stopped:
@@ -786,7 +815,7 @@ class ClusterNode(GroupCallbacks):
         """DescribeTopic in a cluster: from the metadata, with leader, replicas and isr per partition."""
         state = self.state
         if state is None or name not in state.topics:
-            raise errors.UnknownTopic(f"unknown topic {name!r}", topic=name)
+            raise self.unknown_topic(name)
         info = state.topics[name]
         topic = self.directory.topics.get(name)
         partitions = []
@@ -800,26 +829,35 @@ class ClusterNode(GroupCallbacks):
         return {"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": partitions,
                 "config": info.config.to_dict(), "replication_factor": info.replication_factor}
 
-    def _partition_metadata(self, info: md.TopicInfo, p: int, placement: md.PartitionInfo) -> dict[str, Any]:
+    def _partition_metadata(self, info: md.TopicInfo, p: int, placement: md.PartitionInfo,
+                            live: dict[int, str] | None = None) -> dict[str, Any]:
+        """One partition of a Metadata or DescribeTopic answer. `live` (L{live}) may be given
+        by a caller answering many partitions: it is the same for all of them."""
         group = md.partition_group(info.topic_id, p)
         leader, term = self.leader_of(group)
         core = self.cores.get(group)
-        replica = self.directory.by_group.get(group)
-        offsets = replica.replica_offsets(md.node_of) if replica is not None and core is not None else None
         entry = {"partition": p, "leader": leader, "leader_term": term, "replicas": list(placement.replicas),
-                 "isr": self._isr(group, leader, term)}
-        if offsets is not None:
-            entry["replica_offsets"] = offsets
+                 "isr": self._isr(group, leader, term, live)}
+        if core is not None and core.role == LEADER:  # only a leader knows its followers' logs
+            replica = self.directory.by_group.get(group)
+            offsets = replica.replica_offsets(md.node_of) if replica is not None else None
+            if offsets is not None:
+                entry["replica_offsets"] = offsets
         return entry
 
-    def _isr(self, group: str, leader: int | None, term: int) -> list[int]:
+    def _isr(self, group: str, leader: int | None, term: int, live: dict[int, str] | None = None) -> list[int]:
         """The nodes in sync in C{group}: its voters caught up with a live incarnation, as seen at
         its leader; elsewhere as the leader last announced them."""
         core = self.cores.get(group)
         if core is not None and core.role == LEADER:
-            live = self.live()
-            return sorted({md.node_of(m) for m in core.voters
-                           if m == core.id or (core.caught_up(m) and live.get(md.node_of(m)) == m.split(".")[1])})
+            if live is None:
+                live = self.live()
+            isr = set()
+            for m in core.voters:
+                node, incarnation = md.parse_member_id(m)
+                if m == core.id or (core.caught_up(m) and live.get(node) == incarnation):
+                    isr.add(node)
+            return sorted(isr)
         return self._announced_isr(group, leader, term)
 
     def _announced_isr(self, group: str, leader: int | None, term: int) -> list[int]:
@@ -844,10 +882,10 @@ class ClusterNode(GroupCallbacks):
         for name in (sorted(known) if names is None else names):
             info = known.get(name)
             if info is None:
-                topics.append({"topic": name, "error": errors.UnknownTopic(f"unknown topic {name!r}", topic=name).to_wire()})
+                topics.append({"topic": name, "error": self.unknown_topic(name).to_wire()})
                 continue
             topics.append({"topic": name, "topic_id": info.topic_id, **internal_mark(name), "partitions": [
-                self._partition_metadata(info, p, placement) for p, placement in enumerate(info.partitions)]})
+                self._partition_metadata(info, p, placement, live) for p, placement in enumerate(info.partitions)]})
         controller, controller_term = self.leader_of(META)
         return {"cluster_id": state.cluster_id if state is not None else None, "controller": self.controller,
                 "controller_isr": self._isr(META, controller, controller_term), "nodes": nodes, "topics": topics}

@@ -21,10 +21,16 @@ L{ProducerStateTable} in step with it:
     decoded by L{streamlog.cluster.replica.ReplicaStorage.install_snapshot});
     the log is reset with both and the table restored from them.
 
-At start-up L{rebuild} reads the table back: the producer state the log's
-start kept, then every record batch of the log (docs/storage.md,
-"Idempotent producers").  The read-only calls go straight to the log: they
-are bound once, so the Raft core pays nothing for the indirection.
+At start-up L{rebuild} reads the table back: from the newest producer-state
+snapshot file that still matches the log (L{streamlog.idempotence.snapshot_file})
+and the record batches after it, or, without one, from the producer state the
+log's start kept and every record batch of the log (docs/storage.md,
+"Idempotent producers").  A snapshot file is written when a segment rolls
+(seen after an C{append}: the log's segment count moved) and at a clean close
+(L{ProducerTrackingLog.write_snapshot}, called by the node before its storage
+closes); those whose entries a truncation removes are deleted with them.  The
+read-only calls go straight to the log: they are bound once, so the Raft core
+pays nothing for the indirection.
 """
 
 from __future__ import annotations
@@ -32,29 +38,85 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from streamlog.cluster.catchup import PartitionSnapshot, snapshot_of
-from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
+from streamlog.idempotence import snapshot_file
+from streamlog.idempotence.table import CorruptProducerState, ProducerStateConfig, ProducerStateTable
 from streamlog.raft.log import Entry, Members
+from streamlog.storage import producer_snapshots
 from streamlog.storage.base import RecordBatch
 
 #: Bytes read per step while rebuilding the table from the log.
 REBUILD_STEP_BYTES = 4 * 1024 * 1024
 
+_log = Logger()
+
+
+@attrs.frozen
+class Rebuilt:
+    """How L{rebuild} got a table: from the snapshot file as of C{snapshot_index} (None: the
+    log's start), then C{entries_read} entries of the log; C{ignored}: why newer files were not used."""
+
+    snapshot_index: int | None
+    entries_read: int
+    ignored: tuple[str, ...] = ()
+
+
 def rebuild(log: Any, config: ProducerStateConfig | None = None) -> ProducerStateTable:
-    """The table of C{log}: what its start kept (C{producer_state}), then every record batch it holds."""
-    table = ProducerStateTable.restore(getattr(log, "producer_state", b""), config)
-    index, last = log.start_index, log.last_index
+    """The table of C{log} (see L{rebuild_with_report})."""
+    return rebuild_with_report(log, config)[0]
+
+
+def rebuild_with_report(log: Any, config: ProducerStateConfig | None = None) -> tuple[ProducerStateTable, Rebuilt]:
+    """The table of C{log}: the newest snapshot file that matches it and the record batches after
+    it; without one, what its start kept (C{producer_state}) and every record batch it holds."""
+    table, after, used, ignored = _from_snapshot(log, config)
+    if table is None:
+        table = ProducerStateTable.restore(getattr(log, "producer_state", b""), config)
+        after = table.applied_index
+    index, last = max(log.start_index, after + 1), log.last_index
+    read = 0
     while index <= last:
         entries = log.entries(index, last + 1, REBUILD_STEP_BYTES)
+        read += len(entries)
         for entry in entries:
             data = entry.data
             if isinstance(data, RecordBatch) and data.has_records and entry.index > table.applied_index:
                 table.apply(data.producer_id, data.producer_epoch, data.base_sequence, data.count,
                             data.base_offset, entry.index, data.max_timestamp)
         index = entries[-1].index + 1
-    return table
+    return table, Rebuilt(used, read, tuple(ignored))
+
+
+def _from_snapshot(log: Any, config: ProducerStateConfig | None
+                   ) -> tuple[ProducerStateTable | None, int, int | None, list[str]]:
+    """The table from the newest usable snapshot file of C{log}: C{(table, its index, its index, why
+    newer ones were ignored)}, or C{(None, 0, None, reasons)} if none is usable."""
+    directory = getattr(log, "directory", None)
+    ignored: list[str] = []
+    if not isinstance(directory, str):
+        return None, 0, None, ignored
+    for index, path in producer_snapshots.listing(directory):
+        try:
+            at, term, data = snapshot_file.decode(producer_snapshots.read(path))
+            if at != index:
+                raise CorruptProducerState(f"it says index {at}, its name {index}")
+            if not snapshot_file.matches_log(at, term, log.start_index, log.last_index, log.term_at):
+                ignored.append(f"{path}: entry {at} of term {term} is not in the log (it holds "
+                               f"{log.start_index}-{log.last_index})")
+                continue
+            table = ProducerStateTable.restore(data, config)
+        except (OSError, CorruptProducerState) as e:
+            ignored.append(f"{path}: {e}")
+            continue
+        for reason in ignored:
+            _log.warn("producer-state snapshot ignored: {reason}", reason=reason)
+        return table, at, at, ignored
+    for reason in ignored:
+        _log.warn("producer-state snapshot ignored: {reason}; reading the whole log", reason=reason)
+    return None, 0, None, ignored
 
 
 class ProducerTrackingLog:
@@ -65,6 +127,13 @@ class ProducerTrackingLog:
     def __init__(self, log: Any, table: ProducerStateTable) -> None:
         self.raw = log
         self.table = table
+        #: Where snapshot files go (a log with a directory of its own), and its segment count seen last.
+        directory = getattr(log, "directory", None)
+        self._directory: str | None = directory if isinstance(directory, str) else None
+        self._segments = self._segment_count()
+        #: Record batches appended since the last snapshot file, and how many make the next one due.
+        self._since_snapshot = 0
+        self._interval = table.config.snapshot_interval_batches
         # The reads, bound once (the Raft core calls them on every message).
         self.term_at = log.term_at
         self.entries = log.entries
@@ -93,17 +162,62 @@ class ProducerTrackingLog:
     def append(self, entries: Sequence[Entry]) -> None:
         self.raw.append(entries)
         apply = self.table.apply
+        applied = 0
         for entry in entries:
             data = entry.data
             if isinstance(data, RecordBatch) and data.has_records:
                 apply(data.producer_id, data.producer_epoch, data.base_sequence, data.count,
                       data.base_offset, entry.index, data.max_timestamp)
+                applied += 1
+        if self._directory is not None:
+            self._since_snapshot += applied
+            if self._segment_count() != self._segments:
+                self._segments = self._segment_count()
+                self.write_snapshot()  # a segment rolled
+            elif self._interval and self._since_snapshot >= self._interval:
+                self.write_snapshot()  # bounds what an open after a crash replays
+
+    def _segment_count(self) -> int:
+        count = getattr(self.raw, "segment_count", 0) if self._directory is not None else 0
+        return count if isinstance(count, int) else 0
+
+    def write_snapshot(self) -> bool:
+        """Write the table as of the log's last entry to a snapshot file (at a roll, at a clean close).
+
+        Cheap (the table is small: at most C{max_producers} x C{window} batches); never fatal: a
+        snapshot that cannot be written only makes the next start-up replay more.  Returns
+        whether one was written.
+        """
+        raw = self.raw
+        if self._directory is None or getattr(raw, "failed", None) is not None or getattr(raw, "closed", False):
+            return False
+        self._since_snapshot = 0
+        index = raw.last_index
+        if index < raw.start_index:
+            return False  # an empty log: nothing to stand for
+        try:
+            producer_snapshots.write(self._directory, index,
+                                     snapshot_file.encode(index, raw.last_term, self.table.snapshot()))
+        except OSError as e:
+            self._log.warn("writing a producer-state snapshot in {directory} failed: {error}",
+                           directory=self._directory, error=e)
+            return False
+        return True
+
+    def _forget_snapshots(self, from_index: int) -> None:
+        if self._directory is not None:
+            try:
+                producer_snapshots.remove_from(self._directory, from_index)
+            except OSError as e:  # a file left behind is checked against the log before any use
+                self._log.warn("removing producer-state snapshots in {directory} failed: {error}",
+                               directory=self._directory, error=e)
 
     def truncate_suffix(self, from_index: int) -> None:
         if not self.table.truncate_after(from_index - 1):
             self._log.warn("producer state above index {index} could not be restored exactly "
                            "(its undo journal was shorter); the older batches it displaced are forgotten",
                            index=from_index - 1)
+        self._forget_snapshots(from_index)
         self.raw.truncate_suffix(from_index)
 
     def truncate_prefix(self, upto_index: int) -> None:
@@ -117,6 +231,7 @@ class ProducerTrackingLog:
                          snapshot: PartitionSnapshot | None) -> None:
         """A snapshot is installed: the log is reset after C{index} at the snapshot's record offset
         with its producers, and the table restored from them (None: the log's own end, no producers)."""
+        self._forget_snapshots(0)
         if snapshot is None:
             self.raw.reset(index, term, config)
             state = b""

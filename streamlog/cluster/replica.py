@@ -184,6 +184,11 @@ class PartitionReplica(Partition):
         self._wake_ready()  # writers may go on (leader), or learn where to (another leader)
 
     def committed(self, upto: int) -> None:
+        # Everything below the log's start is committed (retention and snapshots take only
+        # that).  A commit queued in the driver before this follower installed a snapshot
+        # arrives after the reset with an index the log no longer holds: it stands for the
+        # snapshot's own commit (reading its offset raised inside the Raft callback).
+        upto = max(upto, self.log.start_index - 1)
         if upto <= self.commit_index:
             return
         self.commit_index = upto

@@ -59,6 +59,36 @@ def register(producers: Mapping[str, Identity], next_id: int, name: str,
     not what the registry holds for the name (a newer instance took it),
     L{Exhausted} if a new id is needed and none is left.
     """
+    return _register(producers, next_id, name, current)
+
+
+def register_once(producers: Mapping[str, Identity], tokens: Mapping[str, str], next_id: int, name: str,
+                  current: Identity | None = None, token: str | None = None,
+                  ) -> tuple[dict[str, Identity], dict[str, str], int, Identity]:
+    """L{register}, recognising a resend: C{(mapping, tokens, next id, identity)}.
+
+    C{token}: the C{request_token} the client chose for this request (or
+    None).  The registry keeps each name's last token: the same name and
+    token again (a resend after the answer was lost) is answered with the
+    identity the first one was given, and changes nothing: without it, the
+    resend would bump the epoch again, and one naming C{current} would be
+    told that this very instance is fenced.  The window is therefore "until
+    the name's next C{InitProducerId}", one token per name.
+    """
+    held = producers.get(name)
+    if token is not None and held is not None and tokens.get(name) == token:
+        return dict(producers), dict(tokens), next_id, held
+    mapping, next_id, identity = _register(producers, next_id, name, current)
+    kept = dict(tokens)
+    if token is None:
+        kept.pop(name, None)
+    else:
+        kept[name] = token
+    return mapping, kept, next_id, identity
+
+
+def _register(producers: Mapping[str, Identity], next_id: int, name: str,
+              current: Identity | None) -> tuple[dict[str, Identity], int, Identity]:
     held = producers.get(name)
     if current is not None and held is not None and current != held:
         raise Fenced(f"producer {name!r} is now id {held[0]} epoch {held[1]}; "

@@ -36,12 +36,15 @@ MAX_EPOCH = 2**31 - 1
 MAX_PRODUCER_ID = 2**63 - 1
 #: Records per idempotent batch at most (far above the broker's batch limits; keeps wrapping unambiguous).
 MAX_BATCH_RECORDS = 2**24
-#: Batches a partition may remember per producer, at least and at most.
-MIN_WINDOW = 5
+#: Batches an idempotent producer (L{streamlog.client.Producer}) numbers per partition from its oldest
+#: unacknowledged one on, at most: the Producer's default C{max_in_flight} (8), so idempotence costs no
+#: pipelining (Kafka allows 5; we keep what our client pipelines).
+MAX_IN_FLIGHT = 8
+#: Batches a partition may remember per producer, at least and at most.  Never below MAX_IN_FLIGHT, so
+#: every batch a producer may still retry is one the partition remembers (a smaller window would answer
+#: a retry of a stored batch OUT_OF_ORDER_SEQUENCE instead of with its offsets).
+MIN_WINDOW = MAX_IN_FLIGHT
 MAX_WINDOW = 64
-#: Batches a producer may have unacknowledged per partition at most (as Kafka's 5): never above MIN_WINDOW,
-#: so every batch a producer may still retry is one the partition remembers.
-MAX_IN_FLIGHT = 5
 
 assert MAX_WINDOW * MAX_BATCH_RECORDS < SEQUENCE_MODULUS
 

@@ -73,11 +73,12 @@ from streamlog.idempotence.rules import (
 )
 
 #: Defaults of L{ProducerStateConfig} (the proposed server options are in docs/storage.md).
-DEFAULT_WINDOW = 5
+DEFAULT_WINDOW = MIN_WINDOW
 DEFAULT_MAX_PRODUCERS = 10_000
 DEFAULT_EXPIRY_MS = 24 * 3600 * 1000
 DEFAULT_EVICT_MIN_IDLE_MS = 5 * 60 * 1000
 DEFAULT_UNDO_LIMIT = 10_000
+DEFAULT_SNAPSHOT_INTERVAL_BATCHES = 100_000
 
 # One remembered batch: (base_sequence, last_sequence, base_offset, last_offset, raft_index, timestamp).
 # A plain tuple: apply builds one per batch, and a tuple is several times cheaper to make than a class.
@@ -89,9 +90,9 @@ _BASE_SEQ, _LAST_SEQ, _BASE_OFF, _LAST_OFF, _INDEX, _TS = range(6)
 class ProducerStateConfig:
     """The bounds of a partition's table.
 
-    @ivar window: batches remembered per producer (>= 5: a client has at most
-        5 unacknowledged per partition, and each must be recognisable when
-        it is retried).
+    @ivar window: batches remembered per producer (>= L{MIN_WINDOW}, 8: the
+        Producer numbers at most 8 unacknowledged per partition, and each must
+        be recognisable when it is retried).
     @ivar max_producers: producers remembered per partition; a new one past
         it evicts the least recently active, if that one was idle at least
         C{evict_min_idle_ms}, or is refused (C{TOO_MANY_PRODUCERS}).
@@ -101,6 +102,11 @@ class ProducerStateConfig:
         never evicted to make room: it may still be retrying a batch, and
         forgetting it could store that batch twice.  Must exceed the clients'
         delivery timeout (120 s by default).
+    @ivar snapshot_interval_batches: record batches a partition appends between two
+        producer-state snapshot files besides those at segment rolls and clean
+        closes (L{streamlog.idempotence.snapshot_file}): what an open after a
+        crash replays at most, short of a roll; 0 writes them at rolls and
+        closes only.
     @ivar undo_limit: undo records kept for batches above the commit index,
         so that L{ProducerStateTable.truncate_after} is exact; 0 turns the
         journal off (truncation then only removes).
@@ -111,9 +117,15 @@ class ProducerStateConfig:
     expiry_ms: int = DEFAULT_EXPIRY_MS
     evict_min_idle_ms: int = DEFAULT_EVICT_MIN_IDLE_MS
     undo_limit: int = DEFAULT_UNDO_LIMIT
+    snapshot_interval_batches: int = DEFAULT_SNAPSHOT_INTERVAL_BATCHES
 
     def __attrs_post_init__(self) -> None:
-        if not MIN_WINDOW <= self.window <= MAX_WINDOW:
+        if self.window < MIN_WINDOW:
+            raise ValueError(
+                f"window {self.window} is below the {MIN_WINDOW} batches the streamlog Producer may have "
+                f"unacknowledged per partition: a retry of an older one would be refused OUT_OF_ORDER_SEQUENCE "
+                f"instead of answered as a duplicate (the window must be in [{MIN_WINDOW}, {MAX_WINDOW}])")
+        if self.window > MAX_WINDOW:
             raise ValueError(f"window must be in [{MIN_WINDOW}, {MAX_WINDOW}], not {self.window}")
         if self.max_producers < 1:
             raise ValueError(f"max_producers must be at least 1, not {self.max_producers}")
@@ -123,6 +135,8 @@ class ProducerStateConfig:
             raise ValueError(f"evict_min_idle_ms ({self.evict_min_idle_ms}) cannot exceed expiry_ms ({self.expiry_ms})")
         if self.undo_limit < 0:
             raise ValueError(f"undo_limit cannot be negative, not {self.undo_limit}")
+        if self.snapshot_interval_batches < 0:
+            raise ValueError(f"snapshot_interval_batches cannot be negative, not {self.snapshot_interval_batches}")
 
 
 @attrs.frozen

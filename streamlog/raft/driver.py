@@ -521,6 +521,11 @@ class RaftHost:
         runner = self.groups[group]
         runner.feed(runner.node.wake(self.now()))
 
+    def led_groups(self) -> frozenset[str]:
+        """The groups whose member here is leader (kept from their role changes: no group is
+        looked at to answer)."""
+        return frozenset(self._led)
+
     def awake_groups(self) -> frozenset[str]:
         """The groups that are not quiet (ticked every tick)."""
         return frozenset(self._awake)

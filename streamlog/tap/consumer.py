@@ -101,6 +101,8 @@ class Options(ClientOptions):
         ["session-timeout-ms", None, 10_000, "With --group: the member's session timeout, in ms (the server "
                                              "allows 1000 to 1800000 by default).", int],
         ["commit-interval", None, 5.0, "With --group: seconds between commits of what was written.", float],
+        ["events", None, None, "With --group: append the member's events (assigned, revoked, lost, processed, "
+                               "committed) to this file, one JSON line each (docs/clients.md)."],
     ]
 
     optFlags = [
@@ -132,7 +134,7 @@ class Options(ClientOptions):
 
     def _check_group(self) -> None:
         if self["group"] is None:
-            for name in ("group-instance-id",):
+            for name in ("group-instance-id", "events"):
                 if self[name] is not None:
                     raise usage.UsageError(f"--{name} needs --group")
             if self["commit-each-batch"]:
@@ -145,6 +147,11 @@ class Options(ClientOptions):
                                   self["commit-interval"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["events"] is not None:
+            try:
+                open(self["events"], "ab").close()
+            except OSError as e:
+                raise usage.UsageError(f"--events: cannot open {self['events']}: {e.strerror or e}") from None
 
 
 class _Reader:
@@ -292,17 +299,24 @@ class ConsumerService(LoopingClientService):
         self._describing = False
         if self._finished or not self.running:
             return
-        error = failure.value
-        if isinstance(error, TRANSIENT):
-            if error.code != self._waiting_for:
-                self._log.warn("cannot read the partitions of {topic} yet ({code}: {error}); asking again every tick",
-                               topic=self.topic, code=error.code, error=error)
-                self._waiting_for = error.code
-            return
+        self._waiting_for = self._wait_or_stop(
+            failure.value, TRANSIENT, self._waiting_for,
+            "cannot read the partitions of {topic} yet ({code}: {error}); asking again every tick",
+            "finding the partitions of {topic} failed permanently: {code}: {error}; stopping", topic=self.topic)
+
+    def _wait_or_stop(self, error: Any, transient: tuple[type[Exception], ...], trouble: str | None,
+                      waiting: str, stopping: str, **fields: Any) -> str | None:
+        """After a failed request: an error of C{transient} is waited out (logged with C{waiting}
+        once per code; the next tick asks again), any other stops the daemon with status 1 (logged
+        with C{stopping}).  Returns the trouble to remember (the code waited out)."""
+        if isinstance(error, transient):
+            if error.code != trouble:
+                self._log.warn(waiting, code=error.code, error=error, **fields)
+            return str(error.code)
         code = getattr(error, "code", type(error).__name__)
-        self._log.error("finding the partitions of {topic} failed permanently: {code}: {error}; stopping",
-                        topic=self.topic, code=code, error=error)
+        self._log.error(stopping, code=code, error=error, **fields)
         self._finish(1)
+        return trouble
 
     def _poll(self, reader: _Reader) -> None:
         if reader.polling or self._finished:

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from streamlog import errors
 from streamlog.client.group import GroupConsumer, TopicPartition
 from streamlog.tap.consumer import TRANSIENT, ConsumerService, Options
+from streamlog.tap.group_events import MemberEvents
 from streamlog.tap.output import LineOutput, OutputFailed
 
 #: Errors of a join (or of a poll) after which the daemon asks again on the next tick.
@@ -63,18 +64,21 @@ class GroupConsumerService(ConsumerService):
         self.member: GroupConsumer | None = None
         self._reading = False
         self._trouble: str | None = None  # the join trouble last logged
+        self.events: MemberEvents | None = None
 
     def _started(self) -> None:
         if not self._open_output():
             return
         each = self.options["commit-each-batch"]
+        if self.options["events"] is not None:
+            self.events = MemberEvents(self.options["events"], self.clock)
         self.member = GroupConsumer(
             self.client, self.group, [self.topic], session_timeout_ms=self.options["session-timeout-ms"],
             group_instance_id=self.options["group-instance-id"], start=self.options["start"],
             auto_commit_interval=None if each else self.options["commit-interval"],
             max_messages=self.options["max-messages"], max_wait_ms=self.options["max-wait-ms"],
             on_assigned=lambda tps: self._moved("reading", tps), on_revoked=lambda tps: self._moved("gave up", tps),
-            on_lost=self._lost)
+            on_lost=self._lost, on_committed=self._committed_offsets)
         assert self.out is not None
         commits = "after each batch" if each else f"every {self.options['commit-interval']:g}s"
         self._log.info("joining group {group} for {topic} (partitions without a committed offset from {start}), "
@@ -85,8 +89,16 @@ class GroupConsumerService(ConsumerService):
     def _moved(self, what: str, tps: list[TopicPartition]) -> None:
         self._log.info("group {group}: {what} {partitions}", group=self.group, what=what,
                        partitions=", ".join(f"{t}/{p}" for t, p in tps))
+        if self.events is not None and self.member is not None:
+            self.events.moved(self.member, "assigned" if what == "reading" else "revoked", tps)
+
+    def _committed_offsets(self, offsets: dict[TopicPartition, int], sent: float) -> None:
+        if self.events is not None and self.member is not None:
+            self.events.committed(self.member, offsets, sent)
 
     def _lost(self, tps: list[TopicPartition]) -> None:
+        if self.events is not None and self.member is not None:
+            self.events.moved(self.member, "lost", tps)
         self._log.warn("group {group}: lost {partitions} without a commit (the member's session ended, or "
                        "its coordinator forgot it); what was written since the last commit will be read again",
                        group=self.group, partitions=", ".join(f"{t}/{p}" for t, p in tps))
@@ -131,6 +143,8 @@ class GroupConsumerService(ConsumerService):
         try:
             self.out.write_lines([output_line(m) for m in keep])
         except OutputFailed as e:
+            if self.events is not None:
+                self.events.processed(member, keep[:e.lines])
             self.printed += e.lines
             self._seek_back(keep[e.lines])
             self._log.error("{reason}; stopping: {topic}/{partition} stays at offset {offset} ({written} of the {n} "
@@ -139,6 +153,8 @@ class GroupConsumerService(ConsumerService):
                             n=len(keep))
             self._finish(1)
             return
+        if self.events is not None:
+            self.events.processed(member, keep)
         self.printed += len(keep)
         if len(keep) < len(batch):
             self._seek_back(batch[len(keep)])
@@ -168,17 +184,10 @@ class GroupConsumerService(ConsumerService):
         self._reading = False
         if self._finished or not self.running:
             return
-        error = failure.value
-        if isinstance(error, JOIN_TRANSIENT):
-            if error.code != self._trouble:
-                self._log.warn("group {group}: cannot join yet ({code}: {error}); asking again every tick",
-                               group=self.group, code=error.code, error=error)
-                self._trouble = error.code
-            return
-        code = getattr(error, "code", type(error).__name__)
-        self._log.error("group {group}: joining failed permanently: {code}: {error}; stopping", group=self.group,
-                        code=code, error=error)
-        self._finish(1)
+        self._trouble = self._wait_or_stop(
+            failure.value, JOIN_TRANSIENT, self._trouble,
+            "group {group}: cannot join yet ({code}: {error}); asking again every tick",
+            "group {group}: joining failed permanently: {code}: {error}; stopping", group=self.group)
 
     # --- stopping -------------------------------------------------------------------
 
@@ -196,6 +205,8 @@ class GroupConsumerService(ConsumerService):
                                "stopping without them", group=self.group, timeout=self.options["timeout"])
             elif timer.active():
                 timer.cancel()
+            if self.events is not None:
+                self.events.close()
             done.callback(None)
 
         timer = self.clock.callLater(self.options["timeout"], settle, late=True)

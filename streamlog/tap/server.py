@@ -25,6 +25,7 @@ from streamlog.idempotence.table import (
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_MAX_PRODUCERS,
+    DEFAULT_SNAPSHOT_INTERVAL_BATCHES,
     DEFAULT_UNDO_LIMIT,
     DEFAULT_WINDOW,
     ProducerStateConfig,
@@ -163,7 +164,8 @@ class Options(usage.Options):
         ["heartbeat-ms", None, 50, "Raft heartbeat interval (ms).", int],
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
         ["producer-state-batches", None, DEFAULT_WINDOW,
-         "Batches each partition remembers per idempotent producer (5 to 64; a retry of any of them is recognised).",
+         "Batches each partition remembers per idempotent producer (8 to 64: at least the 8 a streamlog Producer "
+         "has unacknowledged per partition; a retry of any of them is recognised).",
          int],
         ["max-producers-per-partition", None, DEFAULT_MAX_PRODUCERS,
          "Idempotent producers a partition remembers; past it the least recently active is evicted.", int],
@@ -175,6 +177,10 @@ class Options(usage.Options):
         ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
          "Undo records each partition keeps above its commit index to restore producer state exactly "
          "when a new leader replaces its uncommitted tail.", int],
+        ["producer-snapshot-interval-batches", None, DEFAULT_SNAPSHOT_INTERVAL_BATCHES,
+         "Record batches a partition appends between two producer-state snapshot files (besides those at "
+         "segment rolls and clean stops): at most what start-up replays after a crash; 0: rolls and stops only.",
+         int],
         ["http-listen", None, None,
          f"Endpoint of the HTTP listener (/metrics, /health, /ready); 'none' turns it off. Default: "
          f"${HTTP_LISTEN_ENV} if set, else {DEFAULT_HTTP_LISTEN}."],
@@ -227,11 +233,13 @@ class Options(usage.Options):
             self["producer-state"] = ProducerStateConfig(
                 window=self["producer-state-batches"], max_producers=self["max-producers-per-partition"],
                 expiry_ms=self["producer-id-expiry-ms"], evict_min_idle_ms=self["producer-evict-min-idle-ms"],
-                undo_limit=self["producer-state-undo-limit"])
+                undo_limit=self["producer-state-undo-limit"],
+                snapshot_interval_batches=self["producer-snapshot-interval-batches"])
         except ValueError as e:
             raise usage.UsageError(f"producer state options: {e} (--producer-state-batches, "
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
-                                   "--producer-evict-min-idle-ms, --producer-state-undo-limit)") from None
+                                   "--producer-evict-min-idle-ms, --producer-state-undo-limit, "
+                                   "--producer-snapshot-interval-batches)") from None
         group_options.check(self)
         self["console"] = console_options.console_config(self)
 

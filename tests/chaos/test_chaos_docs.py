@@ -8,15 +8,16 @@ from pathlib import Path
 from chaos_builders import Builder
 
 from streamlog.chaos.checker import KINDS, SAFETY, main
+from streamlog.chaos.group_checker import GROUP_KINDS, GROUP_SAFETY
 from streamlog.chaos.history import DEFINITE_REFUSALS, dump
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
 
 
 def test_every_kind_has_its_paragraph_saying_whether_it_is_safety():
-    for kind in KINDS:
+    for kind in KINDS + GROUP_KINDS:
         title = kind.replace("-", " ").replace("non ", "non-")
-        marker = f"**{title}** ({'safety' if kind in SAFETY else 'counted'}"
+        marker = f"**{title}** ({'safety' if kind in SAFETY | GROUP_SAFETY else 'counted'}"
         assert marker in DOC, marker
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from streamlog.chaos.runner import RunConfig, plan_nodes, plan_ports
-from streamlog.chaos.schedule import KINDS, FaultSchedule, ScheduleError, Timing, parse_kinds, roll_order
+from streamlog.chaos.schedule import (
+    KINDS,
+    MEMBER_KINDS,
+    FaultSchedule,
+    ScheduleError,
+    Timing,
+    parse_kinds,
+    parse_steps,
+    roll_order,
+)
 from streamlog.cli_chaos import parse_duration
 
 
@@ -30,7 +39,7 @@ def test_every_kind_comes_once_in_each_cycle_so_short_runs_see_each():
 
 def test_steps_stay_in_their_ranges_and_target_a_node_or_a_partition_leader():
     timing = Timing()
-    steps = FaultSchedule(11, KINDS, 5, 4, timing).take(200)
+    steps = FaultSchedule(11, [k for k in KINDS if k not in MEMBER_KINDS], 5, 4, timing).take(200)
     targets = Counter("leader" if s.partition is not None else "node" for s in steps)
     assert targets["leader"] > targets["node"] > 0
     for s in steps:
@@ -110,3 +119,33 @@ def test_critical_events_of_a_node_log_are_counted_with_their_exception(tmp_path
     assert examples == ["group g: callback <bound method C.f of <C object>> failed -> builtins.ValueError: too many "
                         "values to unpack (expected 2)", "streamlog stops: disk full"]
     assert critical_lines(tmp_path / "missing.log") == (0, [])
+
+
+def test_with_group_consumers_member_faults_target_a_member_and_some_node_faults_the_coordinator():
+    timing = Timing()
+    steps = FaultSchedule(12, ("kill", "stop", "member-kill", "member-stop"), 3, 3, timing, members=3).take(200)
+    members = [s for s in steps if s.kind in MEMBER_KINDS]
+    assert members and all(1 <= s.member <= 3 and s.node is None and s.partition is None for s in members)
+    assert {s.member for s in members} == {1, 2, 3}
+    nodes = [s for s in steps if s.kind not in MEMBER_KINDS]
+    on_coordinator = [s for s in nodes if s.coordinator]
+    assert 0 < len(on_coordinator) < len(nodes) and all(s.node is None and s.partition is None for s in on_coordinator)
+    for s in members:
+        low, high = timing.hold_range(s.kind)
+        assert low <= s.hold <= high
+    # Without group consumers the same seed draws what it drew before (no coordinator targets).
+    plain = FaultSchedule(12, ("kill", "stop"), 3, 3, timing).take(50)
+    assert not any(s.coordinator for s in plain)
+    with pytest.raises(ScheduleError, match="needs group consumers"):
+        FaultSchedule(12, ("member-kill",), 3, 3, timing)
+
+
+def test_fixed_steps_name_members_and_the_coordinator():
+    steps = parse_steps("member-kill:m2:1.5,kill:g:2,member-stop:m1:4", 3, members=3)
+    assert [(s.kind, s.member, s.coordinator, s.hold) for s in steps] == [
+        ("member-kill", 2, False, 1.5), ("kill", None, True, 2.0), ("member-stop", 1, False, 4.0)]
+    assert steps[1].describe() == "#2 kill on the group's coordinator for 2.0s after 1.0s"
+    for bad, says in (("member-kill:m4:1", "m1..m3"), ("member-kill:n1:1", "m1..m3"), ("restart:g:1", "TARGET g"),
+                      ("kill:g:1", "TARGET g")):
+        with pytest.raises(ScheduleError, match=says):
+            parse_steps(bad, 3, members=3 if bad != "kill:g:1" else 0)

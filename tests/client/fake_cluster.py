@@ -1,8 +1,8 @@
 """A fake cluster for the client tests: several nodes on in-memory transports, one shared state.
 
 Each L{FakeNode} speaks the cluster protocol of docs/protocol.md (Metadata,
-Send, SendBatch, Poll, ListOffsets, topic administration, with NOT_LEADER,
-LEADER_NOT_AVAILABLE and NOT_CONTROLLER) and answers from the shared
+Send, SendBatch, Poll, ListOffsets, topic administration, a one-member group
+coordinator, with NOT_LEADER, LEADER_NOT_AVAILABLE, NOT_CONTROLLER and NOT_COORDINATOR) and answers from the shared
 L{FakeCluster} state, which the tests change: leaders move, nodes die and
 come back, a node's metadata lags, a node swallows requests.  Data lives in
 the cluster state (as if every committed write were replicated), so a new
@@ -330,6 +330,14 @@ class FakeNode:
                                        controller_address=address)
 
     def handle_CreateTopic(self, params: dict[str, Any]) -> dict[str, Any]:
+        if wire.is_auto_create(params):  # at any node, as a Send's auto-creation
+            name = wire.parse_auto_create_topic(params)
+            created = name not in self.cluster.topics
+            if created:
+                if not self.cluster.auto_create:
+                    raise errors.UnknownTopic(f"unknown topic {name!r} (auto-creation is off)", topic=name)
+                self.cluster.create_topic(name, 1, leaders=[self.node_id])
+            return {**self.handle_DescribeTopic({"topic": name}), "created": created}
         create = wire.parse_create_topic(params)
         self._check_controller()
         if self.cluster.forming > 0:
@@ -350,6 +358,9 @@ class FakeNode:
     def handle_InitProducerId(self, params: dict[str, Any]) -> dict[str, Any]:
         p = wire.parse_init_producer_id(params)
         cluster = self.cluster
+        if p.request_token is not None and p.request_token in cluster.init_tokens:
+            known = cluster.init_tokens[p.request_token]  # a resend: the first answer
+            return {"producer_id": known[0], "epoch": known[1]}
         if p.producer_name is not None:
             held = cluster.producer_names.get(p.producer_name)
             current = None if p.producer_id is None else (p.producer_id, p.epoch)
@@ -362,7 +373,52 @@ class FakeNode:
         else:
             identity = (cluster.take_producer_id(), 0)
         cluster.inits.append(identity)
+        if p.request_token is not None:
+            cluster.init_tokens[p.request_token] = identity
         return {"producer_id": identity[0], "epoch": identity[1]}
+
+    # A coordinator of one-member groups, enough for the GroupConsumer's routing: the node named by
+    # cluster.coordinator answers, the others say NOT_COORDINATOR; the member gets every partition.
+
+    def _check_coordinator(self, group: str) -> None:
+        coordinator = self.cluster.coordinator
+        if coordinator != self.node_id:
+            address = self.cluster.nodes[coordinator].address if coordinator is not None else None
+            raise errors.NotCoordinator(f"node {self.node_id} does not coordinate {group!r}", group=group,
+                                        coordinator=coordinator, coordinator_address=address)
+
+    def handle_FindCoordinator(self, params: dict[str, Any]) -> dict[str, Any]:
+        coordinator = self.cluster.coordinator
+        address = self.cluster.nodes[coordinator].address if coordinator is not None else None
+        return {"group": params["group"], "partition": 0, "coordinator": coordinator,
+                "coordinator_address": address}
+
+    def _member_answer(self, group: str, topics: list[str]) -> dict[str, Any]:
+        assignment = [{"topic": t, "partitions": list(range(len(self.cluster.topics[t])))}
+                      for t in sorted(topics) if t in self.cluster.topics]
+        return {"group": group, "member_id": "m1", "generation": 1, "assignment": assignment, "revoke": [],
+                "pending": [], "heartbeat_interval_ms": 3000}
+
+    def handle_JoinGroup(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        self.cluster.group_topics = list(params["topics"])
+        return self._member_answer(params["group"], params["topics"])
+
+    def handle_Heartbeat(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        return self._member_answer(params["group"], self.cluster.group_topics)
+
+    def handle_FetchOffsets(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        return {"group": params["group"], "offsets": [
+            {"topic": t, "partition": p, "offset": o, "metadata": None, "timestamp": 0}
+            for (t, p), o in sorted(self.cluster.group_offsets.items())]}
+
+    def handle_CommitOffsets(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_coordinator(params["group"])
+        for o in params["offsets"]:
+            self.cluster.group_offsets[(o["topic"], o["partition"])] = o["offset"]
+        return {"group": params["group"], "offsets": params["offsets"]}
 
     def handle_Ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "time": int(self.cluster.clock.seconds() * 1000), "version": "fake",
@@ -417,6 +473,11 @@ class FakeCluster:
         self.next_producer_id = 0
         self.producer_names: dict[str, tuple[int, int]] = {}
         self.inits: list[tuple[int, int]] = []
+        self.init_tokens: dict[str, tuple[int, int]] = {}
+        #: The node coordinating every group (FindCoordinator's answer), the group's topics and offsets.
+        self.coordinator: int | None = nodes
+        self.group_topics: list[str] = []
+        self.group_offsets: dict[tuple[str, int], int] = {}
 
     def take_producer_id(self) -> int:
         self.next_producer_id += 1

@@ -644,3 +644,22 @@ def test_cli_produce_is_idempotent_unless_told_otherwise(server):
         assert [b - a for a, b in zip(ids, ids[1:])] == [2, 1]
         assert [m["value"] for m in c.poll("c-idem", 0, 0)["messages"]] == ["x", "x"]
     assert "--no-idempotence" in run_cli(server, "produce", "--help")[1]
+
+
+def test_the_idempotent_sender_numbers_even_the_first_batch_to_a_topic_it_creates(blocking):
+    sender = blocking.idempotent_sender()
+    real = blocking._routed
+    lost = []
+
+    def lose_the_first_answer(method, params, topic, partition, **kw):
+        answer = real(method, params, topic, partition, **kw)
+        if method == "SendBatch" and not lost:
+            lost.append(params)
+            raise errors.ConnectionLost("the answer was lost")
+        return answer
+
+    blocking._routed = lose_the_first_answer
+    first = sender.send_batch("b-idem-new", [{"value": v} for v in "ab"])
+    assert lost and lost[0]["sequences"] == [{"partition": 0, "base_sequence": 0}]
+    assert first["partitions"] == [{"partition": 0, "base_offset": 0, "count": 2, "duplicate": True}]
+    assert [m["value"] for m in blocking.poll("b-idem-new", 0, 0)["messages"]] == ["a", "b"]

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from fake_cluster import FakeCluster, run_for, run_until
+from fake_cluster import run_for, run_until
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from streamlog import errors
-from streamlog.client import ClusterClient, Consumer, TopicConsumer
-from streamlog.testing import result_of
-
-
-@pytest.fixture
-def cluster(clock):
-    c = FakeCluster(clock, nodes=3)
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def client(clock, cluster):
-    c = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(5),
-                      request_timeout=2.0)
-    yield c
-    d = c.close()
-    cluster.pump()
-    result_of(d)
+from streamlog.client import Consumer, TopicConsumer
 
 
 def fill(cluster, topic, partition, values):

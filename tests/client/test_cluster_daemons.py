@@ -6,14 +6,12 @@ import random
 
 import orjson
 import pytest
-from fake_cluster import FakeCluster, run_for, run_until
+from fake_cluster import run_for, run_until
 from twisted.python import usage
 
-from streamlog.client import ClusterClient
 from streamlog.tap import consumer as consumer_tap
 from streamlog.tap import producer as producer_tap
 from streamlog.tap.output import LineOutput
-from streamlog.testing import result_of
 
 
 def options(module, *argv):
@@ -51,20 +49,8 @@ def test_a_bad_bootstrap_entry_is_a_usage_error_naming_it(monkeypatch, connect, 
 
 
 @pytest.fixture
-def cluster(clock):
-    c = FakeCluster(clock, nodes=3)
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def client(clock, cluster):
-    c = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(9),
-                      request_timeout=2.0)
-    yield c
-    d = c.close()
-    cluster.pump()
-    result_of(d)
+def cluster_client_options():
+    return {"seed": 9, "request_timeout": 2.0}
 
 
 class Captured:

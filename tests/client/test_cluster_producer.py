@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from fake_cluster import FakeCluster, run_for, run_until
+from fake_cluster import run_for, run_until
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
@@ -16,20 +16,8 @@ from streamlog.testing import result_of
 
 
 @pytest.fixture
-def cluster(clock):
-    c = FakeCluster(clock, nodes=3)
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def client(clock, cluster):
-    c = ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(11),
-                      request_timeout=2.0)
-    yield c
-    d = c.close()
-    cluster.pump()
-    result_of(d)
+def cluster_client_options():
+    return {"seed": 11, "request_timeout": 2.0}
 
 
 def results(ds):
@@ -312,7 +300,7 @@ def test_one_in_flight_per_partition_rules_reordering_out(clock, cluster, client
 
 
 def test_a_topic_nobody_knows_is_created_by_its_first_batch_then_partitioned_here(clock, cluster, client):
-    producer = Producer(client, linger_ms=1)
+    producer = Producer(client, linger_ms=1, idempotent=False)
     ds = [producer.send("new", {"n": i}, key=f"k{i % 3}") for i in range(12)]
     run_until(clock, cluster, lambda: all(d.called for d in ds))
     acked(ds)
@@ -321,6 +309,19 @@ def test_a_topic_nobody_knows_is_created_by_its_first_batch_then_partitioned_her
     assert {m["key"] for m in first["messages"]} == {"k0"}  # one routing class
     rest = cluster.sent("SendBatch")[1:]
     assert rest and all("partition" in m for _, p in rest for m in p["messages"])
+    in_order(cluster, "new", 1)
+
+
+def test_an_idempotent_producer_has_a_topic_nobody_knows_created_then_partitions_and_numbers_every_batch(
+        clock, cluster, client):
+    producer = Producer(client, linger_ms=1)
+    ds = [producer.send("new", {"n": i}, key=f"k{i % 3}") for i in range(12)]
+    run_until(clock, cluster, lambda: all(d.called for d in ds))
+    acked(ds)
+    assert [p for _, p in cluster.sent("CreateTopic")] == [{"topic": "new", "auto_create": True}]
+    sent = cluster.sent("SendBatch")
+    assert sent and all("partition" in m for _, p in sent for m in p["messages"])
+    assert all(p["producer_id"] == producer.identity[0] for _, p in sent)
     in_order(cluster, "new", 1)
 
 

@@ -3,31 +3,10 @@ the partitions, resume from committed offsets, and nothing is skipped when one g
 
 from __future__ import annotations
 
-import random
-
-import pytest
 from client_support import result_of, run_until, settle
 
-from streamlog.client import GroupConsumer, StreamlogClient
-
-
-@pytest.fixture
-def clients(network, clock):
-    made = []
-
-    def make():
-        c = StreamlogClient(network, clock=clock, rng=random.Random(len(made)), reconnect_min=0.1,
-                            reconnect_max=1.0)
-        made.append(c)
-        network.pump()
-        return c
-
-    yield make
-    network.broker.groups.stop()
-    for c in made:
-        d = c.close()
-        network.pump()
-        result_of(d)
+from streamlog import errors
+from streamlog.client import GroupConsumer
 
 
 def produce(network, clock, client, count, partitions=4):
@@ -366,3 +345,118 @@ def test_a_heartbeat_waiting_for_a_connection_that_never_comes_is_bounded_and_th
     run_until(clock, network, lambda: len(member.consumers) == 4, limit=30)
     reader.running = False
     result_of(settle(clock, network, member.close()))
+
+
+def test_an_auto_commit_refused_as_unknown_member_rejoins_at_once_and_carries_on(network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 8)
+    # The heartbeat comes every 3 s (the coordinator's interval), the auto-commit every 0.2 s.
+    member = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=30_000, auto_commit_interval=0.2)
+    reader = Reader(member)
+    run_until(clock, network, lambda: len(reader.got) == 8)
+    run_until(clock, network, lambda: committed(network, clock, client) == {0: 2, 1: 2, 2: 2, 3: 2}, limit=5)
+    refused = []
+    original = network.broker.handlers["CommitOffsets"]
+
+    def spy(params, *rest, **kw):
+        try:
+            return original(params, *rest, **kw)
+        except errors.UnknownMember:
+            refused.append(clock.seconds())
+            raise
+
+    network.replace_handler("CommitOffsets", spy)
+    # The coordinator forgets the member (as an expiry or an admin's removal would), then more comes.
+    old_id = member.member_id
+    result_of(settle(clock, network, client.call("LeaveGroup", {"group": "g", "member_id": old_id})))
+    for i in range(8, 16):
+        result_of(settle(clock, network, client.send("t", i, partition=i % 4)))
+    forgotten = clock.seconds()
+    run_until(clock, network, lambda: member.member_id not in (None, old_id) and len(member.consumers) == 4,
+              limit=30)
+    # Rejoined after the first refused commit, before the next heartbeat would have told it (before
+    # the fix: 13 refused auto-commits, one every 0.2 s until then).
+    assert len(refused) == 1 and clock.seconds() - forgotten < 1.0
+    assert member.stats["joins"] == 2
+    run_until(clock, network, lambda: committed(network, clock, client) == {0: 4, 1: 4, 2: 4, 3: 4}, limit=5)
+    assert len(refused) == 1  # the new member's commits go through
+    assert {v for _, _, v in reader.got} == set(range(16))
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
+
+
+
+def test_a_committed_offset_that_retention_deleted_resets_to_the_log_start(network, clock, clients):
+    client = clients()
+    result_of(settle(clock, network, client.create_topic("t", partitions=1, config={"retention_ms": 1000})))
+    for i in range(3):
+        result_of(settle(clock, network, client.send("t", i, partition=0)))
+    # Committed at 1 (with no member in the group), then retention deletes offsets 0-2.
+    result_of(settle(clock, network, client.call("CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": 0, "offset": 1}]})))
+    clock.advance(5)
+    for i in range(3, 5):
+        result_of(settle(clock, network, client.send("t", i, partition=0)))
+    network.broker.apply_retention()
+    listed = result_of(settle(clock, network, client.call("ListOffsets", {"topic": "t", "partition": 0,
+                                                                          "at": "earliest"})))
+    assert listed["offset"] == 3
+    member = GroupConsumer(clients(), "g", ["t"], auto_commit_interval=None)
+    reader = Reader(member)
+    run_until(clock, network, lambda: len(reader.got) == 2)
+    # From the log start: the oldest messages still stored, in order.
+    assert reader.got == [(0, 3, 3), (0, 4, 4)]
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
+    assert committed(network, clock, client) == {0: 5}
+
+
+def test_a_committed_offset_past_the_log_end_resets_to_the_end(network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 3, partitions=1)
+    # Committed past the end (e.g. the topic was deleted and made again after the commit).
+    result_of(settle(clock, network, client.call("CommitOffsets", {"group": "g", "offsets": [
+        {"topic": "t", "partition": 0, "offset": 50}]})))
+    member = GroupConsumer(clients(), "g", ["t"], auto_commit_interval=None)
+    reader = Reader(member)
+    run_until(clock, network, lambda: ("t", 0) in member.consumers and member.positions.get(("t", 0)) == 3,
+              limit=10)
+    result_of(settle(clock, network, client.send("t", 3, partition=0)))
+    run_until(clock, network, lambda: len(reader.got) == 1)
+    # From the end: nothing stored before it is handed out again, what comes next is.
+    assert reader.got == [(0, 3, 3)]
+    reader.running = False
+    result_of(settle(clock, network, member.close()))
+
+
+def test_a_member_resumed_past_its_session_hands_out_nothing_before_giving_its_partitions_up(
+        network, clock, clients):
+    client = clients()
+    produce(network, clock, client, 8)
+    lost = []
+    a = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=2000, auto_commit_interval=None,
+                      on_lost=lost.append)
+    reader_a = Reader(a)
+    run_until(clock, network, lambda: len(reader_a.got) == 8)
+    # A freezes (as SIGSTOP would): no heartbeat, no poll.
+    reader_a.running = False
+    run_until(clock, network, lambda: a._waiter is None)
+    a._heartbeat_timer.cancel()
+    b = GroupConsumer(clients(), "g", ["t"], session_timeout_ms=2000, auto_commit_interval=None)
+    reader_b = Reader(b)
+    run_until(clock, network, lambda: len(b.consumers) == 4, limit=10)  # A's session expired at the coordinator
+    for i in range(8, 16):
+        result_of(settle(clock, network, client.send("t", i, partition=i % 4)))
+    run_until(clock, network, lambda: len(reader_b.got) >= 8)
+    # A resumes: it still holds its four partitions, but its session is over: nothing is handed out.
+    assert len(a.consumers) == 4 and clock.seconds() >= a.session_end
+    before = len(reader_a.got)
+    reader_a.running = True
+    reader_a._next()
+    run_until(clock, network, lambda: bool(lost) or len(reader_a.got) > before, limit=5)
+    assert lost == [[("t", 0), ("t", 1), ("t", 2), ("t", 3)]]
+    assert len(reader_a.got) == before  # not one message of B's partitions (without the check: 4 of them)
+    run_until(clock, network, lambda: a.member_id is not None and a.stats["joins"] == 2, limit=10)
+    reader_a.running = reader_b.running = False
+    for m in (a, b):
+        result_of(settle(clock, network, m.close()))

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import random
-
 import orjson
 import pytest
 from client_support import result_of, run_until, settle
 from test_daemons import Captured, consumer_options
 from twisted.python import usage
 
-from streamlog.client import StreamlogClient
 from streamlog.tap import consumer as consumer_tap
 from streamlog.tap.group_reading import GroupConsumerService
 from streamlog.tap.output import LineOutput
 
 
 @pytest.fixture
-def clients(network, clock):
-    made = []
-
-    def make():
-        c = StreamlogClient(network, clock=clock, rng=random.Random(len(made)), reconnect_min=0.1,
-                            reconnect_max=1.0, request_timeout=2.0)
-        made.append(c)
-        network.pump()
-        return c
-
-    yield make
-    network.broker.groups.stop()
-    for c in made:
-        d = c.close()
-        network.pump()
-        result_of(d)
+def client_options():
+    return {"request_timeout": 2.0}  # the daemon's own calls, bounded within these tests' limits
 
 
 def produce(network, clock, client, values, partitions=2):
@@ -88,6 +71,8 @@ def test_group_options_defaults_and_the_service_they_make():
     (["--group", "g", "--partition", "1"], "exclude each other"),
     (["--group-instance-id", "i"], "needs --group"),
     (["--commit-each-batch"], "needs --group"),
+    (["--events", "events.jsonl"], "needs --group"),
+    (["--group", "g", "--events", "/nonexistent-dir/events.jsonl"], "--events: cannot open"),
     (["--group", ""], "1 to 249 characters"),
     (["--group", "g", "--session-timeout-ms", "0"], "session timeout must be positive"),
     (["--group", "g", "--commit-interval", "0"], "commit interval must be positive"),
@@ -214,3 +199,31 @@ def test_a_static_daemon_restarted_within_its_session_gets_its_partitions_back_w
     assert [m["value"] for m in lines(out_again)] == [v for v in range(8, 12) if v % 2 == partition]
     stop(network, clock, again)
     stop(network, clock, b)
+
+
+def test_the_events_file_says_what_the_member_was_given_wrote_committed_and_gave_up(network, clock, clients, tmp_path):
+    admin = clients()
+    produce(network, clock, admin, range(10))
+    path = tmp_path / "events.jsonl"
+    svc, out, _ = start(clients(), clock, "--commit-interval", "0.5", "--events", str(path))
+    run_until(clock, network, lambda: len(lines(out)) == 10)
+    run_until(clock, network, lambda: committed(network, clock, admin) == {0: 5, 1: 5}, limit=5)
+    stop(network, clock, svc)
+    events = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "assigned" and kinds[-1] == "revoked" and "committed" in kinds
+    member = svc.member.member_id
+    assert all(e["member"] == member and e["generation"] >= 1 for e in events)
+    assert events[0]["partitions"] == [["t", 0], ["t", 1]] and events[0]["offsets"] == []  # nothing committed yet
+    written = sorted((e["partition"], o) for e in events if e["event"] == "processed" for o in range(e["first"], e["end"]))
+    assert written == sorted((m["partition"], m["offset"]) for m in lines(out))  # exactly what the output holds
+    commits = [e for e in events if e["event"] == "committed"]
+    assert commits[-1]["offsets"] == [["t", 0, 5], ["t", 1, 5]]
+    assert all(e["sent"] <= e["monotonic"] for e in commits)
+    # In order: each line's monotonic time, and every processed line before the commit covering it.
+    assert [e["monotonic"] for e in events] == sorted(e["monotonic"] for e in events)
+    for i, e in enumerate(events):
+        if e["event"] == "committed":
+            for _, partition, offset in e["offsets"]:
+                assert offset <= max(x["end"] for x in events[:i] if x["event"] == "processed"
+                                     and x["partition"] == partition)

@@ -67,16 +67,17 @@ def test_a_producer_without_idempotence_sends_no_numbers(clock, cluster, client)
     assert all("producer_id" not in p and "sequences" not in p for p in sent_batches(cluster))
 
 
-def test_at_most_five_batches_per_partition_are_in_flight(clock, cluster, client):
+def test_at_most_eight_batches_per_partition_are_in_flight_as_without_idempotence(clock, cluster, client):
     cluster.create_topic("t", 1, leaders=[1])
+    assert Producer(client).max_in_flight_per_partition == Producer(client, idempotent=False).max_in_flight_per_partition
     producer = Producer(client, linger_ms=0, batch_size=1, max_in_flight=20)
-    assert producer.max_in_flight_per_partition == 5
+    assert producer.max_in_flight_per_partition == 8
     cluster.nodes[1].black_hole = {"SendBatch"}  # read, never answered: they stay in flight
     ds = [producer.send("t", i, partition=0) for i in range(12)]
-    run_until(clock, cluster, lambda: len(cluster.nodes[1].swallowed) == 5)
+    run_until(clock, cluster, lambda: len(cluster.nodes[1].swallowed) == 8)
     clock.advance(0.5)
     cluster.pump()
-    assert len(cluster.nodes[1].swallowed) == 5
+    assert len(cluster.nodes[1].swallowed) == 8
     cluster.nodes[1].black_hole = False
     run_until(clock, cluster, lambda: all(d.called for d in ds))
     assert [result_of(d)[1] for d in ds] == list(range(12))
@@ -152,3 +153,75 @@ def test_a_partition_that_forgot_the_producer_makes_it_take_the_next_epoch(clock
 def test_an_idempotent_producer_refuses_acks_none():
     with pytest.raises(ValueError, match="acks"):
         Producer(object.__new__(ClusterClient), acks="none")
+
+
+def lose_the_first_send_batch_answer(cluster):
+    """Every node stores SendBatch requests; the first one's answer is lost (the request times out)."""
+    lost = []
+    for node in cluster.nodes.values():
+        real = node.handle_SendBatch
+
+        def store_first_answer_never(params, real=real):
+            result = real(params)
+            if not lost:
+                lost.append(params)
+                return _PARKED  # stored, never answered: the client's attempt times out
+            return result
+
+        node.handle_SendBatch = store_first_answer_never
+    return lost
+
+
+def test_the_first_batches_to_a_topic_that_does_not_exist_yet_are_numbered(clock, cluster, client):
+    # The topic is auto-created: the producer has it created first (CreateTopic auto_create), so
+    # even its first batch carries numbers, and the resend after the lost answer is a duplicate.
+    lost = lose_the_first_send_batch_answer(cluster)
+    producer = Producer(client, linger_ms=0, batch_size=10)
+    ds = [producer.send("fresh", v) for v in "abc"]
+    run_until(clock, cluster, lambda: all(d.called for d in ds), limit=300)
+    assert [result_of(d) for d in ds] == [(0, 0), (0, 1), (0, 2)]
+    assert cluster.values("fresh", 0) == ["a", "b", "c"]  # stored once
+    assert len(lost) == 1 and lost[0]["sequences"] == [{"partition": 0, "base_sequence": 0}]
+    assert all("producer_id" in p for p in sent_batches(cluster))
+    assert [p for _, p in cluster.sent("CreateTopic")] == [{"topic": "fresh", "auto_create": True}]
+
+
+def test_a_producer_without_idempotence_still_lets_its_first_send_auto_create(clock, cluster, client):
+    producer = Producer(client, linger_ms=0, idempotent=False)
+    d = producer.send("fresh", "a")
+    run_until(clock, cluster, lambda: d.called)
+    assert result_of(d) == (0, 0) and cluster.sent("CreateTopic") == []
+
+
+def test_an_idempotent_producer_to_a_topic_that_may_not_be_auto_created_fails_its_messages(clock, cluster, client):
+    cluster.auto_create = False
+    producer = Producer(client, linger_ms=0)
+    ds = [producer.send("nowhere", v) for v in "ab"]
+    run_until(clock, cluster, lambda: all(d.called for d in ds))
+    for d in ds:
+        failure = failure_of(d)
+        assert failure.check(errors.UnknownTopic) and "auto-creation is off" in failure.value.message
+    assert sent_batches(cluster) == []
+
+
+def test_a_lost_init_producer_id_answer_is_resent_with_its_token_and_gets_the_same_identity(clock, cluster, client):
+    cluster.create_topic("t", 1, leaders=[1])
+    lost = []
+    for node in cluster.nodes.values():
+        real = node.handle_InitProducerId
+
+        def answer_lost(params, real=real):
+            result = real(params)  # handed out (a name's epoch bumped) ...
+            if not lost:
+                lost.append(params)
+                return _PARKED  # ... but the answer never comes: the producer sends it again
+            return result
+
+        node.handle_InitProducerId = answer_lost
+    producer = Producer(client, linger_ms=0, producer_name="orders")
+    d = producer.send("t", "a", partition=0)
+    run_until(clock, cluster, lambda: d.called)
+    assert result_of(d) == (0, 0)
+    asked = [p for _, p in cluster.sent("InitProducerId")]
+    assert len(asked) == 2 and asked[0] == asked[1] and len(asked[0]["request_token"]) == 32
+    assert producer.identity == (0, 0) and cluster.inits == [(0, 0)]  # one epoch, not two

@@ -107,3 +107,93 @@ VARIANTS = {
     "leader-serves-uncommitted": leader_serves_uncommitted,
     "acks-on-leader-append": acks_on_leader_append,
 }
+
+
+def _as_new(decision: Any) -> Any:
+    from streamlog.idempotence.table import NEW
+
+    return NEW
+
+
+class DedupeNotRebuilt(PartitionReplica):
+    """Broken: a new leader recognises only the batches it appended itself, as if its producer
+    state were not rebuilt from the log at a leader change: a retry of a batch an earlier
+    leader wrote (its answer lost in the failover) is stored again."""
+
+    def check_producer(self, producer_id: int, epoch: int, base_sequence: int, count: int, now_ms: int) -> Any:
+        from streamlog.idempotence.rules import Outcome
+
+        decision = super().check_producer(producer_id, epoch, base_sequence, count, now_ms)
+        if decision.outcome is Outcome.DUPLICATE and self.log.term_at(decision.raft_index) != self.term:
+            return _as_new(decision)
+        return decision
+
+
+class DedupeOff(PartitionReplica):
+    """Broken: the leader never recognises a retry (every DUPLICATE is appended as NEW)."""
+
+    def check_producer(self, producer_id: int, epoch: int, base_sequence: int, count: int, now_ms: int) -> Any:
+        from streamlog.idempotence.rules import Outcome
+
+        decision = super().check_producer(producer_id, epoch, base_sequence, count, now_ms)
+        return _as_new(decision) if decision.outcome is Outcome.DUPLICATE else decision
+
+
+def dedupe_not_rebuilt_on_leader_change(world: Any) -> None:
+    world.replica_class = DedupeNotRebuilt
+
+
+def dedupe_off(world: Any) -> None:
+    world.replica_class = DedupeOff
+
+
+VARIANTS.update({
+    "dedupe-not-rebuilt-on-leader-change": dedupe_not_rebuilt_on_leader_change,
+    "dedupe-off": dedupe_off,
+})
+
+
+class CommitRaisesAfterSnapshot(PartitionReplica):
+    """Broken (the bug the simulator found, put back): a commit queued in the Raft driver
+    before a follower installed a snapshot reads the offset of an entry the reset log no
+    longer holds, and raises inside the Raft callback."""
+
+    def committed(self, upto: int) -> None:
+        if upto > self.commit_index:
+            self.log.next_offset_after(upto)  # what committed() read before the fix: raises below the log start
+        super().committed(upto)
+
+
+def queued_commit_raises_after_snapshot(world: Any) -> None:
+    world.replica_class = CommitRaisesAfterSnapshot
+
+
+def _metadata_current_once_a_leader_is_known(node: Any) -> bool:
+    core = node.cores.get("__meta")
+    return node.state is not None and core is not None and core.leader_id is not None \
+        and node.state.applied_index >= core.commit_index
+
+
+def _metadata_always_current(node: Any) -> bool:
+    return True
+
+
+def unknown_topic_while_metadata_behind(world: Any) -> None:
+    """Broken (the bug the simulator found, put back): a node whose metadata is behind (no
+    controller heard from since it restarted) answers UNKNOWN_TOPIC for a live topic; the
+    idempotent Producer then sends unnumbered batches."""
+    world.node_overrides["metadata_current"] = _metadata_always_current
+
+
+def unknown_topic_before_the_new_controller_commits(world: Any) -> None:
+    """Broken (the first fix of that bug, which the simulator showed short): a known
+    leader is taken as current metadata, though after every node restarted the new
+    controller's commit index is 0 until it commits an entry of its own term."""
+    world.node_overrides["metadata_current"] = _metadata_current_once_a_leader_is_known
+
+
+VARIANTS.update({
+    "queued-commit-raises-after-snapshot": queued_commit_raises_after_snapshot,
+    "unknown-topic-while-metadata-behind": unknown_topic_while_metadata_behind,
+    "unknown-topic-before-the-new-controller-commits": unknown_topic_before_the_new_controller_commits,
+})

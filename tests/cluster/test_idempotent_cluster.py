@@ -146,7 +146,7 @@ def test_a_follower_caught_up_by_a_snapshot_gets_the_producers_and_the_record_of
     mine = cluster.nodes[follower].directory.by_group[group]
     assert mine.log.start_offset == mine.log.end_offset == 10
     assert mine.producers.producer_ids() == [pid]
-    assert [b.base_sequence for b in mine.producers.batches_of(pid)] == [5, 6, 7, 8, 9]
+    assert [b.base_sequence for b in mine.producers.batches_of(pid)] == [2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def parse_member_node(member: str) -> int:
@@ -179,3 +179,24 @@ def test_a_sendbatch_part_whose_proposal_a_transfer_refuses_is_its_own_entry_the
     assert entries[1]["base_offset"] == 0 and "error" not in entries[1]
     polled = cluster.call(1, "Poll", {"topic": "t", "partition": first, "offset": 0})["result"]["messages"]
     assert [m["value"] for m in polled] == ["x"]
+
+
+def test_create_topic_auto_create_at_a_follower_creates_once_and_then_finds_it(cluster):
+    # What an idempotent producer asks before its first batch to a topic nobody knows.
+    follower = next(i for i in (1, 2, 3) if i != cluster.controller())
+    first = cluster.call(follower, "CreateTopic", {"topic": "t", "auto_create": True})
+    assert first["result"]["created"] is True
+    assert len(first["result"]["partitions"]) == 1  # the node's --default-partitions
+    cluster.run_until(lambda: all("t" in n.state.topics for n in cluster.nodes.values()))
+    for at in (1, 2, 3):
+        again = cluster.call(at, "CreateTopic", {"topic": "t", "auto_create": True})
+        assert again["result"]["created"] is False and again["result"]["topic"] == "t"
+    assert len(cluster.nodes[1].state.topics) == 1
+
+
+def test_a_named_producers_resent_init_is_answered_the_same_at_any_node(cluster):
+    first = init(cluster, 1, producer_name="orders", request_token="tok-1")
+    cluster.run_until(lambda: all(n.state.producers.get("orders") == first for n in cluster.nodes.values()))
+    # The answer was lost; the resend goes to another node: the metadata knows the token.
+    assert init(cluster, 2, producer_name="orders", request_token="tok-1") == first
+    assert init(cluster, 3, producer_name="orders", request_token="tok-2") == (first[0], first[1] + 1)

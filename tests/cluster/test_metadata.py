@@ -41,6 +41,9 @@ def test_member_ids_round_trip_and_refuse_lookalikes():
                 "99999999999.9f3c01aa77e2b410", "2.9f3c01aa77e2b410 ", 2, None]:
         with pytest.raises(ValueError):
             md.parse_member_id(bad)
+        with pytest.raises(ValueError):  # memoized answers: a refusal is never remembered as an answer
+            md.parse_member_id(bad)
+    assert md.parse_member_id("2.9f3c01aa77e2b410") == (2, "9f3c01aa77e2b410")
 
 
 def test_cluster_id_is_the_same_whatever_order_the_hellos_came_in():
@@ -487,3 +490,29 @@ def test_snapshot_decode_refuses_garbage_and_non_canonical_bytes():
 def test_check_state_accepts_what_apply_makes():
     check_state(busy_state())
     check_state(ClusterState.empty(CLUSTER_ID))
+
+
+def test_init_producer_entries_without_a_token_keep_their_bytes_and_tokens_round_trip():
+    # Entries written before request_token existed decode, and encode to the same bytes.
+    old = b'{"epoch":null,"name":"orders","producer_id":null,"type":"init_producer"}'
+    assert decode_command(old) == md.InitProducer("orders") and encode_command(md.InitProducer("orders")) == old
+    with_token = md.InitProducer("orders", 4, 1, request_token="tok")
+    assert encode_command(with_token) == (
+        b'{"epoch":1,"name":"orders","producer_id":4,"request_token":"tok","type":"init_producer"}')
+    assert decode_command(encode_command(with_token)) == with_token
+    with pytest.raises(md.CommandDecodeError, match="request_token must be a string"):
+        decode_command(b'{"epoch":null,"name":"orders","producer_id":null,"request_token":7,"type":"init_producer"}')
+
+
+def test_a_named_producers_token_is_applied_and_kept_in_snapshots():
+    state = md.ClusterState.empty(CLUSTER_ID)
+    state, first = md.apply(state, md.InitProducer("orders", request_token="a"), 1)
+    again_state, again = md.apply(state, md.InitProducer("orders", request_token="a"), 2)
+    assert again.value == first.value and again_state.producers == state.producers
+    assert again_state.producer_tokens == {"orders": "a"}
+    data = encode_snapshot(again_state)
+    assert b'["orders",0,0,"a"]' in data
+    assert decode_snapshot(data) == again_state and encode_snapshot(decode_snapshot(data)) == data
+    bad, refused = md.apply(state, md.InitProducer("orders", request_token="x" * 65), 3)
+    assert bad.producers == state.producers and bad.producer_tokens == state.producer_tokens
+    assert refused.code == "INVALID_PARAMS"

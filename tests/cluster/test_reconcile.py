@@ -134,6 +134,44 @@ def test_a_deleted_topic_deletes_its_replicas_on_every_node():
         assert actions == [DeleteReplica(partition_group(topic_id, p)) for p in (0, 1)]
 
 
+def test_one_planner_follows_each_new_state():
+    # The planner keeps an index of the last state it planned with: every new state (an
+    # applied entry) must be planned afresh, not from that index.
+    log = cluster(3)
+    planner = Planner()
+    assert planner.plan(log.state, view(1, {}, ALL, state=log.state), 0.0) == []
+    topic_id = create(log, "t", [[1, 2, 3], [2, 3, 1]]).value["topic_id"]
+    groups = {partition_group(topic_id, p): follower(member(2), [member(1), member(2), member(3)]) for p in (0, 1)}
+    assert [a.partition for a in only(planner.plan(log.state, view(1, {}, ALL, state=log.state), 0.1),
+                                      CreateReplica)] == [0, 1]
+    assert planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.2) == []
+    log.ok(DeleteTopic("t"))
+    assert planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.3) == [
+        DeleteReplica(partition_group(topic_id, p)) for p in (0, 1)]
+
+
+def test_only_the_groups_said_to_be_led_here_are_looked_at():
+    # A node passes the groups it leads (`led`) and views built on access: the views of the
+    # groups it follows are never built.
+    log, topic_id = three_nodes_one_topic(partitions=3)
+    voters = [member(1), member(2), member(3)]
+    g0, g1, g2 = (partition_group(topic_id, p) for p in range(3))
+    views = {g0: follower(member(2), voters), g1: leader(member(1), voters, caught_up=voters[1:]),
+             g2: follower(member(3), voters),
+             METADATA_GROUP: follower(member(1), voters, commit=log.index)}
+
+    class Watched(dict):
+        def __getitem__(self, group):
+            looked.append(group)
+            return dict.__getitem__(self, group)
+
+    looked: list[str] = []
+    plain = Planner().plan(log.state, view(1, views, ALL, state=log.state), 0.0)
+    told = attrs.evolve(view(1, views, ALL, state=log.state), groups=Watched(views), led=frozenset({g1}))
+    assert Planner().plan(log.state, told, 0.0) == plain == [TransferLeadership(g1, member(2))]
+    assert sorted(looked) == sorted([g1, METADATA_GROUP])
+
+
 def test_a_replica_newer_than_the_metadata_is_left_alone():
     # After a restart, the metadata is its last snapshot until the log replays: a replica
     # of a topic created after that snapshot is unknown to the state, not deleted.
@@ -394,3 +432,30 @@ def test_a_converged_cluster_is_a_fixed_point(node):
     groups[METADATA_GROUP] = (leader(member(1), voters, caught_up=set(voters[1:]), commit=log.index) if node == 1
                               else follower(member(1), voters, commit=log.index))
     assert Planner().plan(log.state, view(node, groups, ALL, state=log.state), 0.0) == []
+
+
+# ---------------------------------------------------------------------------- what the node passes
+
+
+def test_core_views_are_built_on_access_and_the_host_knows_what_it_leads():
+    from twisted.internet.task import Clock
+
+    from streamlog.cluster.reconcile import CoreViews, group_view
+    from streamlog.raft.core import RaftConfig
+    from streamlog.raft.driver import MemoryGroupStorage, RaftHost
+    from streamlog.raft.log import MemoryRaftLog
+
+    clock = Clock()
+    host = RaftHost("a", ["a"], RaftConfig(election_timeout=0.3, heartbeat_interval=0.05), clock=clock)
+    cores = {g: host.add_group(g, ["a"], MemoryGroupStorage(MemoryRaftLog())) for g in ("g1", "g2")}
+    assert host.led_groups() == frozenset()
+    host.campaign("g1")  # a group of one is led at once
+    assert host.led_groups() == frozenset({"g1"})
+    views = CoreViews(cores)
+    assert len(views) == 2 and set(views) == {"g1", "g2"} and "g1" in views and "g3" not in views
+    assert views.keys() - {"g1"} == {"g2"}
+    assert views["g1"] == group_view(cores["g1"]) and views["g1"].role == LEADER
+    assert views["g2"].role == FOLLOWER
+    host.remove_group("g1")
+    assert host.led_groups() == frozenset()
+    host.stop()

@@ -101,6 +101,9 @@ def test_planner_and_toy_membership_converge_from_random_states(s):
         own_term_committed=s["own_term_committed"],
     )
     planners = {i: Planner(PlannerConfig(transfer_interval=5.0)) for i in range(1, n + 1)}
+    # The same planners told which groups they lead (as the node does, to skip the others):
+    # every plan must come out the same.
+    told = {i: Planner(PlannerConfig(transfer_interval=5.0)) for i in range(1, n + 1)}
     was_available = available(toy.voters, live)
     quiet_rounds = 0
     now = 0.0
@@ -115,7 +118,10 @@ def test_planner_and_toy_membership_converge_from_random_states(s):
                 groups[METADATA_GROUP] = GroupView(FOLLOWER, member(1), frozenset(), commit_index=state.applied_index)
             reg = register(node, generation[node])
             view = NodeView(node, current, reg.client_address, reg.peer_address, groups, live)
-            for action in planners[node].plan(state, view, now):
+            planned = planners[node].plan(state, view, now)
+            led = frozenset(g for g, gv in groups.items() if gv.role == LEADER)
+            assert told[node].plan(state, attrs.evolve(view, led=led), now) == planned
+            for action in planned:
                 actions.append((me, action))
         changes = [a for _, a in actions if isinstance(a, (Promote, RemoveMember))]
         assert len(changes) <= 1, changes  # one configuration change per group at a time

@@ -4,20 +4,6 @@ leaders over the peer links), and ListGroups covering every node's groups."""
 
 from __future__ import annotations
 
-import pytest
-
-from streamlog.testing import ClusterHarness
-
-
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    for broker in c.brokers.values():
-        broker.groups.stop()
-    c.stop()
-
 
 def ok(answer):
     assert "result" in answer, answer

@@ -4,20 +4,7 @@ committed offsets survive the coordinator's death (rebuilt by the new leader).""
 
 from __future__ import annotations
 
-import pytest
-
 from streamlog.groups.config import OFFSETS_TOPIC
-from streamlog.testing import ClusterHarness
-
-
-@pytest.fixture
-def cluster():
-    c = ClusterHarness(3)
-    c.run_until(lambda: c.controller() is not None and all(len(n.state.nodes) == 3 for n in c.nodes.values()))
-    yield c
-    for broker in c.brokers.values():
-        broker.groups.stop()
-    c.stop()
 
 
 def find(cluster, at, group="g"):

@@ -298,3 +298,94 @@ def test_the_wire_parses_idempotent_params():
     assert (p.producer_id, p.epoch, p.sequences) == (3, 1, {0: 9})
     s = wire.parse_send({"topic": "t", "value": 1, "producer_id": 3, "epoch": 1, "base_sequence": 4})
     assert s.messages == [{"value": 1}] and s.sequences == {-1: 4}
+
+
+def test_create_topic_auto_create_makes_the_topic_a_send_would_and_finds_an_existing_one(harness):
+    conn = harness.connect()
+    created = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]
+    assert created["created"] is True and len(created["partitions"]) == 2  # default_partitions
+    again = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]
+    assert again["created"] is False and len(again["partitions"]) == 2
+    # The plain form still refuses an existing topic.
+    assert conn.call("CreateTopic", {"topic": "t"})["error"]["code"] == "TOPIC_EXISTS"
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"topic": "t", "auto_create": False}, "auto_create"),
+    ({"topic": "t", "auto_create": 1}, "auto_create"),
+    ({"topic": "t", "auto_create": True, "partitions": 3}, "partitions"),
+    ({"topic": "t", "auto_create": True, "config": {}}, "config"),
+])
+def test_create_topic_auto_create_takes_no_settings(harness, params, field):
+    error = harness.connect().call("CreateTopic", params)["error"]
+    assert error["code"] == "INVALID_PARAMS" and error["field"] == field
+
+
+def test_create_topic_auto_create_is_unknown_topic_when_auto_creation_is_off(clock):
+    h = BrokerHarness(storage=MemoryStorage(), config=BrokerConfig(auto_create_topics=False), clock=clock)
+    try:
+        conn = h.connect()
+        error = conn.call("CreateTopic", {"topic": "t", "auto_create": True})["error"]
+        assert error["code"] == "UNKNOWN_TOPIC" and "auto-creation is off" in error["message"]
+        conn.call("CreateTopic", {"topic": "t"})
+        assert conn.call("CreateTopic", {"topic": "t", "auto_create": True})["result"]["created"] is False
+        assert conn.call("CreateTopic", {"topic": "__consumer_offsets", "auto_create": True})["error"]["code"] \
+            == "INTERNAL_TOPIC"
+    finally:
+        h.stop()
+
+
+def test_init_producer_id_with_a_request_token_answers_a_resend_as_the_first(harness):
+    conn = harness.connect()
+    first = init(conn, request_token="t-1")
+    assert init(conn, request_token="t-1") == first  # a resend: no second id
+    assert init(conn, request_token="t-2") != first and init(conn) != first
+    # An epoch bump with a token: the resend gets the same epoch, not the one after it.
+    bumped = init(conn, producer_id=first[0], epoch=first[1], request_token="t-3")
+    assert bumped == (first[0], first[1] + 1)
+    assert init(conn, producer_id=first[0], epoch=first[1], request_token="t-3") == bumped
+
+
+def test_a_named_producer_resending_its_init_with_the_token_is_not_fenced_by_itself(harness):
+    conn = harness.connect()
+    first = init(conn, producer_name="orders", request_token="a")
+    assert init(conn, producer_name="orders", request_token="a") == first  # no second bump
+    # It asks for its next epoch; the answer is lost and it asks again with the same token.
+    params = {"producer_name": "orders", "producer_id": first[0], "epoch": first[1], "request_token": "b"}
+    bumped = init(conn, **params)
+    assert init(conn, **params) == bumped == (first[0], first[1] + 1)  # without the token: PRODUCER_FENCED
+    without = conn.call("InitProducerId", {"producer_name": "orders", "producer_id": first[0], "epoch": first[1]})
+    assert without["error"]["code"] == "PRODUCER_FENCED"
+    # Another instance under the name (no token, or another one) still fences it.
+    assert init(conn, producer_name="orders", request_token="c") == (first[0], first[1] + 2)
+    assert init(conn, producer_name="orders", request_token="b") == (first[0], first[1] + 3)  # "b" is no longer last
+
+
+@pytest.mark.parametrize("token", ["", "x" * 65, 7, "tab\there", "é"])
+def test_a_malformed_request_token_is_invalid_params(harness, token):
+    error = harness.connect().call("InitProducerId", {"request_token": token})["error"]
+    assert error["code"] == "INVALID_PARAMS" and error["field"] == "request_token"
+
+
+def test_an_unnamed_producers_tokens_are_bounded(harness, monkeypatch):
+    from streamlog.broker import producer_ids
+
+    monkeypatch.setattr(producer_ids, "TOKENS_REMEMBERED", 3)
+    conn = harness.connect()
+    first = init(conn, request_token="t0")
+    for i in range(1, 4):
+        init(conn, request_token=f"t{i}")
+    assert init(conn, request_token="t0") != first  # forgotten: the oldest of more than 3
+
+
+def test_a_named_producers_last_token_survives_a_restart_of_a_node_alone(tmp_path, clock):
+    h = make(clock, storage=SegmentedStorage(str(tmp_path)))
+    first = init(h.connect(), producer_name="orders", request_token="a")
+    h.stop()
+    h = make(clock, storage=SegmentedStorage(str(tmp_path)))
+    try:
+        assert init(h.connect(), producer_name="orders", request_token="a") == first
+        with open(os.path.join(str(tmp_path), REGISTRY_FILE)) as f:
+            assert json.load(f)["tokens"] == {"orders": "a"}
+    finally:
+        h.stop()

@@ -34,15 +34,15 @@ import attrs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from producer_sequencer import LOST, Acked, Failed, SequencedBatch, Sequencer
 
 from streamlog.idempotence.rules import Outcome
-from streamlog.idempotence.sequencer import LOST, Acked, Failed, SequencedBatch, Sequencer
 from streamlog.idempotence.table import ProducerStateConfig, ProducerStateTable
 from streamlog.storage.base import RecordBatch
 
 DELIVERY = 3_000
 LIFETIME = 1_500
-CONFIG = ProducerStateConfig(window=5, max_producers=2, expiry_ms=8_000, evict_min_idle_ms=5_000, undo_limit=6)
+CONFIG = ProducerStateConfig(window=8, max_producers=2, expiry_ms=8_000, evict_min_idle_ms=5_000, undo_limit=6)
 PART = "p"
 PRODUCERS = (1, 2, 3)
 REPLICAS = 3

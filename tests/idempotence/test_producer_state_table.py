@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from streamlog.idempotence.rules import MAX_SEQUENCE, Outcome, last_sequence, next_sequence
+from streamlog.idempotence.rules import MAX_IN_FLIGHT, MAX_SEQUENCE, MIN_WINDOW, Outcome, last_sequence, next_sequence
 from streamlog.idempotence.table import (
     CorruptProducerState,
     Decision,
@@ -89,27 +89,28 @@ def test_gap_is_out_of_order():
     assert "expected sequence 2, got 5" in decision.reason
 
 
-def test_window_remembers_the_last_five_batches_and_older_ones_are_out_of_order():
+def test_window_remembers_the_last_eight_batches_and_older_ones_are_out_of_order():
     table = ProducerStateTable()
     log = Log(table)
-    for seq in range(7):
+    for seq in range(10):
         log.write(PID, 0, seq)
-    assert [b.base_sequence for b in table.batches_of(PID)] == [2, 3, 4, 5, 6]
-    for seq in range(2, 7):
+    assert [b.base_sequence for b in table.batches_of(PID)] == [2, 3, 4, 5, 6, 7, 8, 9]
+    for seq in range(2, 10):
         assert outcome(table, PID, 0, seq) is Outcome.DUPLICATE
     assert outcome(table, PID, 0, 1) is Outcome.OUT_OF_ORDER_SEQUENCE
     assert outcome(table, PID, 0, 0) is Outcome.OUT_OF_ORDER_SEQUENCE
 
 
-def test_window_is_configurable_and_at_least_five():
-    table = ProducerStateTable(ProducerStateConfig(window=8))
+def test_window_is_configurable_and_at_least_the_producers_in_flight_limit():
+    table = ProducerStateTable(ProducerStateConfig(window=12))
     log = Log(table)
-    for seq in range(10):
+    for seq in range(14):
         log.write(PID, 0, seq)
-    assert len(table.batches_of(PID)) == 8
+    assert len(table.batches_of(PID)) == 12
     assert outcome(table, PID, 0, 2) is Outcome.DUPLICATE
-    with pytest.raises(ValueError, match="window"):
-        ProducerStateConfig(window=4)
+    assert MIN_WINDOW == MAX_IN_FLIGHT == 8
+    with pytest.raises(ValueError, match="below the 8 batches the streamlog Producer may have unacknowledged"):
+        ProducerStateConfig(window=7)
     with pytest.raises(ValueError, match="window"):
         ProducerStateConfig(window=65)
 
@@ -286,15 +287,16 @@ def test_truncate_after_restores_exactly_what_the_removed_batches_displaced():
 
 def test_truncate_after_below_the_journal_removes_and_says_it_is_not_exact():
     config = ProducerStateConfig(undo_limit=2)
-    batches = [(PID, 0, seq, 1, seq, seq + 1, T0) for seq in range(8)]
+    batches = [(PID, 0, seq, 1, seq, seq + 1, T0) for seq in range(12)]
     table = replay(batches, config)
-    assert table.truncate_after(6) is True   # the journal holds the records of indexes 7 and 8
-    assert [b.base_sequence for b in table.batches_of(PID)] == [1, 2, 3, 4, 5]
+    assert table.truncate_after(10) is True   # the journal holds the records of indexes 11 and 12
+    assert [b.base_sequence for b in table.batches_of(PID)] == [2, 3, 4, 5, 6, 7, 8, 9]
     table = replay(batches, config)
-    assert table.truncate_after(4) is False
-    # nothing above index 4 is remembered; the batches of indexes 2..4 are, the displaced ones are not
-    assert [b.raft_index for b in table.batches_of(PID)] == [2, 3, 4]
-    assert outcome(table, PID, 0, 4) is Outcome.NEW
+    assert table.truncate_after(8) is False
+    # nothing above index 8 is remembered; the journal restored the window as of index 10 (3..10), the
+    # batches it displaced before that (indexes 1 and 2) are not
+    assert [b.raft_index for b in table.batches_of(PID)] == [3, 4, 5, 6, 7, 8]
+    assert outcome(table, PID, 0, 8) is Outcome.NEW
     assert outcome(table, PID, 0, 0) is Outcome.OUT_OF_ORDER_SEQUENCE
 
 
@@ -386,11 +388,11 @@ def test_restore_refuses_other_versions_and_bad_contents_even_with_a_good_crc():
 
 
 def test_restore_with_smaller_bounds_keeps_the_newest():
-    batches = [(pid, 0, seq, 1, 10 * pid + seq, 10 * pid + seq + 1, T0) for pid in range(4) for seq in range(8)]
-    big = replay(batches, ProducerStateConfig(window=8))
-    small = ProducerStateTable.restore(big.snapshot(), ProducerStateConfig(window=5, max_producers=2))
+    batches = [(pid, 0, seq, 1, 20 * pid + seq, 20 * pid + seq + 1, T0) for pid in range(4) for seq in range(12)]
+    big = replay(batches, ProducerStateConfig(window=12))
+    small = ProducerStateTable.restore(big.snapshot(), ProducerStateConfig(window=8, max_producers=2))
     assert small.producer_ids() == [2, 3]
-    assert [b.base_sequence for b in small.batches_of(3)] == [3, 4, 5, 6, 7]
+    assert [b.base_sequence for b in small.batches_of(3)] == [4, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_rebuild_from_the_log_equals_the_live_table():

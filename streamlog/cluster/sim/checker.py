@@ -13,7 +13,10 @@ as the run goes from what each live replica says it has committed:
   (C{truncated-committed}; replacing an uncommitted entry that conflicts
   with the leader's is what Raft does);
 - the high watermark a node serves never goes back (C{hw-back}), whether
-  seen by sampling a leading replica or in a Poll answer.
+  seen by sampling a leading replica or in a Poll answer;
+- every committed batch holding an idempotent producer's message carries
+  a producer id (C{unnumbered}): a batch without numbers is one a retry can
+  store twice, whether or not this run's faults made it happen.
 
 At the end (L{Ledger.final}) every replica's log, on every node, must
 agree with the ledger wherever they overlap, and the final leader's log
@@ -38,7 +41,9 @@ def batch_key(batch: RecordBatch) -> Key:
 class Ledger:
     """Committed entries per group, and the invariants above (see the module docstring)."""
 
-    def __init__(self, limit: int = 20) -> None:
+    def __init__(self, limit: int = 20, idempotent_values: bytes | None = b'"value":"ip') -> None:
+        #: The bytes a record of an idempotent producer holds (its values' prefix), or None.
+        self.idempotent_values = idempotent_values
         self.entries: dict[str, dict[int, Key]] = {}
         self.committed: dict[str, int] = {}
         self.violations: list[str] = []
@@ -63,6 +68,12 @@ class Ledger:
             key = batch_key(log._at(index))
             known = ledger.get(index)
             if known is None:
+                marker = self.idempotent_values
+                if marker is not None and key[3] and marker in key[4]:
+                    batch = log._at(index)
+                    if batch.producer_id < 0:
+                        self.violation(f"unnumbered: {group} entry {index} (offsets {key[2]}..{key[2] + key[3] - 1}) "
+                                       "holds an idempotent producer's messages without a producer id")
                 before = ledger.get(index - 1)
                 if before is not None and key[2] != before[2] + before[3]:
                     self.violation(f"offset-gap: {group} entry {index} starts at offset {key[2]}, "

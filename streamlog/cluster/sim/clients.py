@@ -242,6 +242,11 @@ class Consumer(SimClient):
             self.history.polls.append(Poll(op_id, self.name, invoke, now, self.topic, self.partition, offset,
                                            FAIL if code in ("CONNECT_FAILED",) else outcome_of_error(code),
                                            error=code))
-            self.follow(error)
+            start = error.get("log_start_offset")
+            if code == "OFFSET_OUT_OF_RANGE" and isinstance(start, int) and start > self.offset:
+                self.offset = start  # retention removed what it had not read yet: on from the log start
+                self.leader = node
+            else:
+                self.follow(error)
             self._next(self.rng.uniform(0.01, 0.05))
         return answer

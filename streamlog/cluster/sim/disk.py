@@ -35,9 +35,12 @@ from streamlog.storage.memory import MemoryLog
 
 
 class LogObserver(Protocol):
-    """Told of every suffix truncation that is not a crash (the checker's cheap invariant)."""
+    """Told of every suffix truncation that is not a crash (the checker's cheap invariant),
+    and of the prefix truncations and snapshot installs (counted in the seed's summary)."""
 
     def truncating(self, node: int, group: str, log: SimLog, from_index: int) -> None: ...
+
+    def count(self, what: str) -> None: ...
 
 
 class _Sync:
@@ -70,13 +73,26 @@ class SimLog(MemoryLog):
               producer_state: bytes = b"") -> None:
         if self.sync_in_flight is not None:
             self.sync_in_flight.upto = min(self.sync_in_flight.upto, index)
+        if self.observer is not None:
+            self.observer.count("snapshots")
         super().reset(index, term, config, next_offset=next_offset, producer_state=producer_state)
+
+    def truncate_prefix(self, upto_index: int, producer_state: Any = None) -> None:
+        if upto_index >= self.start_index and self.observer is not None:
+            self.observer.count("retained")
+        super().truncate_prefix(upto_index, producer_state)
 
     def synced_to(self, upto: int) -> None:
         """An fsync that began when the log ended at C{upto} completed."""
         upto = min(upto, self.last_index)
         if upto > self._durable:
             self._durable = upto
+
+    def flush(self) -> None:
+        """A clean stop's final sync: everything written is durable."""
+        self.sync_in_flight = None
+        if self.last_index > self._durable:
+            self._durable = self.last_index
 
     def power_loss(self, rng: random.Random) -> None:
         self._crashing = True
@@ -247,6 +263,16 @@ class SimDisk:
         self.generation += 1
         for _, log in self.groups.values():
             log.power_loss(self.rng)
+        self.hard_state.power_loss()
+        self.committer.power_loss()
+
+    def clean_stop(self) -> None:
+        """The node stopped cleanly (SIGTERM): its final sync made everything durable, and
+        nothing it had in flight completes (the next process starts afresh)."""
+        self.generation += 1
+        for _, log in self.groups.values():
+            log.flush()
+        self.hard_state.durable.update(self.hard_state.latest)
         self.hard_state.power_loss()
         self.committer.power_loss()
 

@@ -5,12 +5,13 @@ arrive at the other after the link's latency (plus a little jitter), in
 order, as TCP delivers them.  What TCP allows is all that can go wrong:
 
 - delay: every pair of hosts has its own latency, drawn from the seed;
-- partitions: a blocked pair holds its bytes (both ways) until healed, and
-  refuses new connections between them; the endpoints' own liveness checks
-  decide whether to close the connection meanwhile;
+- partitions: a blocked pair holds its bytes (both ways, or one way only)
+  until healed, and refuses new connections between them; the endpoints'
+  own liveness checks decide whether to close the connection meanwhile;
 - connection resets: both sides see the connection lost, what was in
   flight is dropped (so "loss" is always a drop of a whole connection's
-  tail, never a hole in the middle of a stream);
+  tail, never a hole in the middle of a stream); a lost answer to a client
+  (C{drop_answers}) is such a reset, made as the answer goes out;
 - a paused host (SIGSTOP) reads nothing: bytes for it wait, then arrive
   when it is resumed; a killed host's connections close (its peers see the
   close after the latency), and nothing is delivered to it again.
@@ -122,7 +123,15 @@ class Link:
         to = self.other(frm)
         if to.gone:
             return
-        self.network.bytes_sent += len(data)
+        net = self.network
+        drop = net.drop_answers.get(to.host) if net.drop_answers else None
+        if drop and net.rng.random() < drop:
+            # An answer lost on its way to a client: the connection is cut as it goes out
+            # (TCP loses no bytes on a live connection; a lost answer is a reset one).
+            net.answers_dropped += 1
+            self.reset()
+            return
+        net.bytes_sent += len(data)
         self._enqueue(to, data)
 
     def close(self, frm: Side) -> None:
@@ -213,12 +222,18 @@ class SimNetwork:
         self.listeners: dict[str, tuple[str, Any]] = {}
         self.links: list[Link] = []
         self.blocked: set[frozenset[str]] = set()
+        #: One-way partitions: (from, to) pairs whose bytes are held (the other way flows).
+        self.one_way: set[tuple[str, str]] = set()
         self._latency: dict[tuple[str, str], float] = {}
         self._links_made = 0
         self._ports = 50000
         self.bytes_sent = 0
         #: Exceptions that escaped a protocol's dataReceived (each a bug: the connection dropped).
         self.protocol_errors = 0
+        #: Client host -> the probability that bytes written to it (its answers) are lost, the
+        #: connection reset as they go out; and how many were.
+        self.drop_answers: dict[str, float] = {}
+        self.answers_dropped = 0
 
     # --- hosts and listeners
 
@@ -249,7 +264,7 @@ class SimNetwork:
         clock = self.hosts.get(to)
         if clock is not None and (not clock.alive or clock.paused):
             return False
-        return frozenset((frm, to)) not in self.blocked
+        return frozenset((frm, to)) not in self.blocked and (frm, to) not in self.one_way
 
     # --- connecting
 
@@ -257,15 +272,17 @@ class SimNetwork:
         return _Endpoint(self, source, address)
 
     def connect(self, source: str, address: str, factory: Any) -> Deferred:
-        d: Deferred = Deferred()
+        # Cancellable, as Twisted's endpoints are: a cancelled attempt (a ClientService
+        # stopped while connecting) fails at once and never connects a protocol later.
+        d: Deferred = Deferred(lambda _: None)
         listener = self.listeners.get(address)
         server_host = listener[0] if listener is not None else None
-        if listener is None or server_host is None or not self.alive(server_host) \
-                or frozenset((source, server_host)) in self.blocked:
-            # Refused (nobody listens, the host is dead) or timed out (a partition): after a while.
-            delay = 0.2 if server_host is not None and frozenset((source, server_host)) in self.blocked \
-                else 2 * self.latency(source, address)
-            self.clock.callLater(delay, self._as_host, source, d.errback, Failure(ConnectionRefusedError(address)))
+        cut = server_host is not None and self._cut(source, server_host)
+        if listener is None or server_host is None or not self.alive(server_host) or cut:
+            # Refused (nobody listens, the host is dead) or timed out (a partition, even one
+            # way: the handshake needs both): after a while.
+            delay = 0.2 if cut else 2 * self.latency(source, address)
+            self.clock.callLater(delay, self._as_host, source, _refuse, d, address)
             return d
         assert server_host is not None
         self.clock.callLater(self.latency(source, server_host), self._accept, source, address, factory, d)
@@ -279,9 +296,11 @@ class SimNetwork:
             clock.run(f, *args)
 
     def _accept(self, source: str, address: str, factory: Any, d: Deferred) -> None:
+        if d.called:
+            return  # cancelled meanwhile
         listener = self.listeners.get(address)
         if listener is None or not self.alive(listener[0]) or not self.alive(source):
-            self._as_host(source, d.errback, Failure(ConnectionRefusedError(address)))
+            self._as_host(source, _refuse, d, address)
             return
         server_host, server_factory = listener
         clock = self.hosts.get(server_host)
@@ -296,8 +315,7 @@ class SimNetwork:
         server_addr = IPv4Address("TCP", host, int(port))
         server = server_factory.buildProtocol(client_addr)
         if server is None:
-            self.clock.callLater(self.latency(server_host, source), self._as_host, source, d.errback,
-                                 Failure(ConnectionRefusedError(address)))
+            self.clock.callLater(self.latency(server_host, source), self._as_host, source, _refuse, d, address)
             return
         self.links.append(link)
         link.b.protocol = server
@@ -308,6 +326,11 @@ class SimNetwork:
                              link, factory, client_addr, server_addr, d)
 
     def _connected(self, link: Link, factory: Any, client_addr: Any, server_addr: Any, d: Deferred) -> None:
+        if d.called:  # the attempt was cancelled: the dialer closes what the server accepted
+            link.a.gone = True
+            if not link.b.gone:
+                link._enqueue(link.b, _CLOSE)
+            return
         if link.b.gone:  # the server side closed (or died) before the handshake ended
             link.a.gone = True
             d.errback(Failure(ConnectionRefusedError(str(server_addr))))
@@ -337,12 +360,27 @@ class SimNetwork:
                 link.host_died(host)
         self._forget_closed()
 
+    def _cut(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self.blocked or (a, b) in self.one_way or (b, a) in self.one_way
+
     def block(self, a: str, b: str) -> None:
         self.blocked.add(frozenset((a, b)))
 
+    def block_one_way(self, frm: str, to: str) -> None:
+        """Bytes from C{frm} to C{to} are held (C{to} still reaches C{frm}); no new connection."""
+        self.one_way.add((frm, to))
+
+    def heal_host(self, host: str) -> None:
+        """Every partition (both ways or one) that involves C{host} ends."""
+        self.blocked = {p for p in self.blocked if host not in p}
+        self.one_way = {p for p in self.one_way if host not in p}
+        for name in list(self.hosts):
+            self._wake(name)
+
     def unblock_all(self) -> None:
         pairs, self.blocked = self.blocked, set()
-        for pair in pairs:
+        one_way, self.one_way = self.one_way, set()
+        for pair in [*pairs, *one_way]:
             for host in pair:
                 self._wake(host)
 
@@ -369,6 +407,11 @@ class SimNetwork:
 
     def _forget_closed(self) -> None:
         self.links = [link for link in self.links if not link.closed]
+
+
+def _refuse(d: Deferred, address: str) -> None:
+    if not d.called:
+        d.errback(Failure(ConnectionRefusedError(address)))
 
 
 class _Endpoint:

@@ -5,11 +5,14 @@ planner, partition replicas and Raft host and peer transport, and the
 C{Broker} with its client protocol) on one C{Clock}, over the simulated
 network (L{streamlog.cluster.sim.network}) and disks
 (L{streamlog.cluster.sim.disk}); forms the cluster and creates a topic
-through the client protocol; runs producers and consumers while faults are
-injected (crashes that lose unsynced writes, power loss of every node,
-pauses, partitions, connection resets); then heals everything, lets the
-cluster settle, drains every partition and checks the history
-(L{streamlog.chaos.checker}) and the replicas (L{streamlog.cluster.sim.checker}).
+through the client protocol; runs producers and consumers (the simulator's
+own, and the real C{streamlog.client} Producer, idempotent and plain, whose
+answers are lost at times) while faults are injected (L{FAULTS}: crashes that
+lose unsynced writes, power loss of every node, pauses, partitions both ways
+and one way, connection resets, SIGTERM's clean stop, a disk wipe) and
+retention cuts the logs; then heals everything, lets the cluster settle,
+drains every partition and checks the history (L{streamlog.chaos.checker})
+and the replicas (L{streamlog.cluster.sim.checker}).
 
 Everything random comes from C{random.Random(seed)}, and time is simulated,
 so a seed replays exactly (within one process, or across processes with the
@@ -27,6 +30,7 @@ from typing import Any
 
 import attrs
 import orjson
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from streamlog.broker.broker import Broker
@@ -41,6 +45,7 @@ from streamlog.cluster.sim.checker import Ledger
 from streamlog.cluster.sim.clients import Consumer, Producer, SimClient
 from streamlog.cluster.sim.clock import NodeClock, SimClock
 from streamlog.cluster.sim.disk import SimDisk
+from streamlog.cluster.sim.library import LibraryProducer
 from streamlog.cluster.sim.network import SimNetwork
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.core import LEADER, RaftNode
@@ -56,6 +61,12 @@ class SimConfig:
     partitions: int = 2
     producers: int = 2  # per partition
     consumers: int = 1  # per partition
+    #: Processes running the real C{streamlog.client} Producer over every partition
+    #: (L{streamlog.cluster.sim.library}): idempotent ones, and plain ones for contrast.
+    idempotent_producers: int = 2
+    plain_producers: int = 1
+    #: Probability that an answer to such a process is lost (its connection reset as it goes out).
+    drop_answer: float = 0.02
     #: Simulated seconds of load and faults (after the cluster formed and the topic exists).
     duration: float = 3.0
     #: Seconds between one fault's start and the next's (uniform in this range).
@@ -68,8 +79,16 @@ class SimConfig:
     settle_timeout: float = 30.0
     #: Share of fsyncs that are slow (20-150 ms instead of 0.3-4 ms).
     slow_fsync: float = 0.03
-    #: Relative weights of the faults: crash, pause, isolate, reset, power loss of every node.
-    fault_weights: tuple[int, int, int, int, int] = (3, 3, 3, 3, 2)
+    #: Relative weights of the faults, in L{FAULTS} order: crash, pause, isolate, reset, power
+    #: loss of every node, one-way partition, SIGTERM (clean stop), disk wipe.
+    fault_weights: tuple[int, ...] = (3, 3, 3, 3, 2, 2, 2, 2)
+    #: The topic's retention.bytes (None: none): retention cuts the logs during the run, so a
+    #: follower that was away catches up by InstallSnapshot.
+    retention_bytes: int | None = 4_000
+    #: Simulated seconds between two retention checks on each node.
+    retention_interval: float = 0.1
+    #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
+    transfer_timeout: float = 1.0
     #: A run that takes more clock events than this is stuck in a storm: a failure.
     max_events: int = 200_000
     #: ... or more bytes on the network than this.
@@ -78,6 +97,11 @@ class SimConfig:
 
 #: Violation kinds that are not a safety finding (see SimResult.safety).
 NOT_SAFETY = ("liveness", "crash")
+
+#: The faults the simulator injects (SimConfig.fault_weights weighs them in this order).
+FAULTS = ("crash", "pause", "isolate", "reset", "power", "oneway", "sigterm", "wipe")
+#: Those that take one node out of the healthy majority while they last.
+NODE_FAULTS = ("crash", "pause", "isolate", "oneway", "sigterm", "wipe")
 
 
 @attrs.frozen
@@ -97,10 +121,16 @@ class SimResult:
         cause without the checker having caught what it breaks."""
         return any(v.split()[1].rstrip(":") not in NOT_SAFETY for v in self.violations if len(v.split()) > 1)
 
+    def fault_counts(self) -> dict[str, int]:
+        """How many faults of each kind the seed injected (in L{FAULTS} order)."""
+        kinds = [f.split()[1] for f in self.faults]
+        return {k: kinds.count(k) for k in FAULTS if k in kinds}
+
     def line(self) -> str:
         status = "ok  " if self.ok else "FAIL"
         counts = " ".join(f"{k}={v}" for k, v in self.stats.items())
-        return f"seed {self.seed}: {status} {counts} sim={self.sim_seconds:.1f}s digest={self.digest[:12]}"
+        faults = ",".join(f"{k}:{v}" for k, v in self.fault_counts().items())
+        return f"seed {self.seed}: {status} {counts} [{faults}] sim={self.sim_seconds:.1f}s digest={self.digest[:12]}"
 
 
 class Liveness(Exception):
@@ -131,10 +161,13 @@ class SimNode:
         self.identity.save(NodeIdentity(node_id, f"{node_id:016x}"))
         self.rng = random.Random(world.rng.random())
         self.generation = 0
+        self.wipes = 0
         self.clock: NodeClock | None = None
         self.node: ClusterNode | None = None
         self.broker: Broker | None = None
         self.up = False
+        #: A SIGTERM is being handled (leaderships moving away, then a clean stop).
+        self.stopping = False
 
     @property
     def paused(self) -> bool:
@@ -162,17 +195,60 @@ class SimNode:
         world.network.listen(world.peers[self.id], self.name, node.peer_factory())
         world.network.listen(world.clients[self.id], self.name, factory)
         self.node, self.broker, self.up = node, broker, True
+        self.stopping = False
         node.start()
         factory.doStart()
+        if world.config.retention_interval:
+            retention = LoopingCall(broker.apply_retention)
+            retention.clock = self.clock  # dies with the node: a dead NodeClock runs nothing
+            retention.start(world.config.retention_interval, now=False)
 
-    def crash(self) -> None:
-        """SIGKILL plus the loss of whatever the disk had not made durable (power loss)."""
+    def sigterm(self, then: Callable[[], None]) -> None:
+        """SIGTERM, as the server handles it: leaderships to caught-up followers (within the
+        transfer timeout), writes refused, the answers owed written, the final sync, exit."""
+        node, broker, generation = self.node, self.broker, self.generation
+        assert node is not None and broker is not None and self.clock is not None
+        self.stopping = True
+
+        def stop_writes(_: Any) -> None:
+            if self.generation == generation and self.up:
+                broker.stopping = True
+                assert self.clock is not None
+                self.clock.callLater(0.05, exit_cleanly)
+
+        def exit_cleanly() -> None:
+            if self.generation == generation and self.up:
+                self.stop_cleanly()
+                then()
+
+        node.hand_over(self.world.config.transfer_timeout).addBoth(stop_writes)
+
+    def _exit(self, disk_stop: Callable[[], None]) -> None:
+        """The process is gone: its timers never run, its connections close, its disk stops
+        as C{disk_stop} says (a clean stop's final sync, or a power loss)."""
         assert self.clock is not None
         self.clock.kill()
         self.world.network.kill(self.name)
-        self.disk.power_loss()
+        disk_stop()
         self.node = self.broker = None
-        self.up = False
+        self.up = self.stopping = False
+
+    def stop_cleanly(self) -> None:
+        """The process exits after its final sync: nothing written is lost."""
+        self._exit(self.disk.clean_stop)
+
+    def wipe(self) -> None:
+        """The node dies and comes back on an empty disk: a new incarnation (docs/cluster.md)."""
+        self.crash()
+        self.wipes += 1
+        world = self.world
+        self.disk = SimDisk(self.id, world.clock, random.Random(self.rng.random()), world, world.config.slow_fsync)
+        self.identity = IdentityStore(None)
+        self.identity.save(NodeIdentity(self.id, f"{self.id:08x}{self.wipes:08x}"))
+
+    def crash(self) -> None:
+        """SIGKILL plus the loss of whatever the disk had not made durable (power loss)."""
+        self._exit(self.disk.power_loss)
 
 
 class SimCluster:
@@ -192,10 +268,16 @@ class SimCluster:
         self._trace = hashlib.sha256()
         self.events = 0
         self.faults: list[str] = []
+        #: What the disks counted: prefix truncations (retention) and snapshot installs.
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0}
+        #: Faults may start (the load phase); False once everything is healed.
+        self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
         self.raft_node_class: type[RaftNode] = RaftNode
         self.replica_class: type[PartitionReplica] = PartitionReplica
         self._node_class: type[ClusterNode] | None = None
+        #: Methods of ClusterNode a broken variant replaces (name -> function).
+        self.node_overrides: dict[str, Any] = {}
         n = config.nodes
         self.peers = {i: f"127.0.0.{i}:9000" for i in range(1, n + 1)}
         self.clients = {i: f"127.0.0.{i}:7000" for i in range(1, n + 1)}
@@ -204,6 +286,7 @@ class SimCluster:
         self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
+        self.library: list[LibraryProducer] = []
         self.groups: dict[int, str] = {}
 
     def node_class(self) -> type[ClusterNode]:
@@ -211,7 +294,7 @@ class SimCluster:
         C{raft_node_class} nodes."""
         if self._node_class is None:
             host = type("SimHost", (SimHost,), {"node_class": self.raft_node_class})
-            self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host})
+            self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host, **self.node_overrides})
         return self._node_class
 
     # --- bookkeeping
@@ -230,6 +313,10 @@ class SimCluster:
         sim = self.nodes[node]
         core = sim.node.cores.get(group) if sim.up and sim.node is not None else None
         self.ledger.truncating(node, group, log, from_index, core.commit_index if core is not None else 0)
+
+    def count(self, what: str) -> None:
+        """(The disks' observer) one more of C{what}."""
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     def served(self, client: str, node: int, partition: int, high_watermark: int) -> None:
         self.ledger.served(node, self.groups.get(partition, str(partition)), high_watermark, f"Poll answers to {client}")
@@ -331,16 +418,58 @@ class SimCluster:
             at += rng.uniform(*self.config.fault_gap)
 
     def _unhealthy(self) -> int:
-        return sum(1 for s in self.nodes.values() if not s.up or s.paused) + len(self._isolated)
+        return sum(1 for s in self.nodes.values() if not s.up or s.paused or s.stopping) + len(self._isolated)
+
+    def wipe_safe(self) -> bool:
+        """A disk may be wiped only while every node is up and a caught-up voter of every group
+        (as C{streamlog chaos} waits for): then the other copies are a majority that holds
+        everything committed, and the wiped node's replacement can be added back."""
+        sims = list(self.nodes.values())
+        if self._isolated or any(not s.up or s.paused or s.stopping or s.node is None for s in sims):
+            return False
+        for group in [META, *self.groups.values()]:
+            leaders = [s.node.cores[group] for s in sims if s.node is not None and group in s.node.cores
+                       and s.node.cores[group].role == LEADER]
+            if len(leaders) != 1:
+                return False
+            core = leaders[0]
+            wanted = len(sims) if group == META else min(3, len(sims))
+            if core.learners or len(core.voters) != wanted or not all(core.caught_up(p) for p in core.peers):
+                return False
+        return True
 
     def _fault(self) -> None:
         rng = self.fault_rng
-        kind = rng.choices(["crash", "pause", "isolate", "reset", "power"], self.config.fault_weights)[0]
+        kind = rng.choices(FAULTS, self.config.fault_weights)[0]
         length = rng.uniform(*self.config.fault_length)
         budget = (len(self.nodes) - 1) // 2  # faults at once that leave a majority healthy
-        candidates = [s for s in self.nodes.values() if s.up and not s.paused and s.id not in self._isolated]
-        if kind in ("crash", "pause", "isolate") and (self._unhealthy() >= budget or not candidates):
+        candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping
+                      and s.id not in self._isolated]
+        if kind in NODE_FAULTS and (self._unhealthy() >= budget or not candidates):
             kind = "reset"
+        if kind == "wipe" and not self.wipe_safe():
+            # Wait (a little) for the cluster to be whole and caught up, as streamlog chaos does.
+            self.clock.callLater(0.1, self._wipe_when_safe, length, 5)
+            return
+        self._start_fault(kind, length, candidates)
+
+    def _wipe_when_safe(self, length: float, tries: int) -> None:
+        if not self.faulting:
+            return  # the load and its faults are over
+        if self.wipe_safe():
+            candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping]
+            self._start_fault("wipe", length, candidates)
+        elif tries > 1:
+            self.clock.callLater(0.1, self._wipe_when_safe, length, tries - 1)
+        elif self._unhealthy() < (len(self.nodes) - 1) // 2:
+            candidates = [s for s in self.nodes.values() if s.up and not s.paused and not s.stopping
+                          and s.id not in self._isolated]
+            self._start_fault("crash" if candidates else "reset", length, candidates)
+        else:
+            self._start_fault("reset", length, [])
+
+    def _start_fault(self, kind: str, length: float, candidates: list[SimNode]) -> None:
+        rng = self.fault_rng
         self.faults.append(f"{self.clock.seconds():.3f} {kind}")
         if kind == "reset":
             link = self.network.reset_one(rng)
@@ -360,6 +489,21 @@ class SimCluster:
         if kind == "crash":
             target.crash()
             self.clock.callLater(length, self._restart, target)
+        elif kind == "wipe":
+            target.wipe()
+            self.clock.callLater(length, self._restart, target)
+        elif kind == "sigterm":
+            target.sigterm(lambda: self.clock.callLater(length, self._restart, target))
+        elif kind == "oneway":
+            outgoing = rng.random() < 0.5  # it cannot reach the others, or they cannot reach it
+            self._isolated.add(target.id)
+            for other in self.nodes.values():
+                if other is not target:
+                    if outgoing:
+                        self.network.block_one_way(target.name, other.name)
+                    else:
+                        self.network.block_one_way(other.name, target.name)
+            self.clock.callLater(length, self._heal, target.id)
         elif kind == "pause":
             assert target.clock is not None
             target.clock.pause()
@@ -390,10 +534,7 @@ class SimCluster:
     def _heal(self, node: int) -> None:
         self._isolated.discard(node)
         self.trace("heal", node)
-        self.network.blocked = {p for p in self.network.blocked if f"n{node}" not in p}
-        self.network.unblock_all() if not self.network.blocked else None
-        for sim in self.nodes.values():
-            self.network._wake(sim.name)
+        self.network.heal_host(f"n{node}")
 
     def heal_all(self) -> None:
         self._isolated.clear()
@@ -401,13 +542,13 @@ class SimCluster:
         for sim in self.nodes.values():
             if sim.up and sim.paused and sim.clock is not None:
                 sim.clock.resume()
-            elif not sim.up:
+            elif not sim.up and not sim.stopping:
                 sim.start()
 
     # --- the run
 
     def settled(self) -> bool:
-        if any(c.busy for c in self.producers):
+        if any(c.busy for c in self.producers) or any(p.busy for p in self.library):
             return False
         for p in self.groups:
             leader = self.leader(p)
@@ -459,7 +600,8 @@ class SimCluster:
         self.run_until(self.formed, config.settle_timeout, "the cluster formed")
         factor = min(3, config.nodes)
         answer = self.admin("CreateTopic", {"topic": TOPIC, "partitions": config.partitions,
-                                            "replication_factor": factor})
+                                            "replication_factor": factor,
+                                            "config": {"retention_bytes": config.retention_bytes}})
         assert "result" in answer, answer
         info = self.nodes[1].node.state.topics[TOPIC] if self.nodes[1].node and self.nodes[1].node.state else None
         assert info is not None
@@ -478,14 +620,25 @@ class SimCluster:
                 self.consumers.append(Consumer(name, self.network, self.clock, random.Random(self.client_rng.random()),
                                                self.clients, self.history, self.next_id, topic=TOPIC, partition=p,
                                                served=self.served))
-        for client in [*self.producers, *self.consumers]:
+        for k in range(config.idempotent_producers + config.plain_producers):
+            idempotent = k < config.idempotent_producers
+            name = f"{'ip' if idempotent else 'pp'}{k}"
+            self.network.add_host(name, f"127.0.50.{k + 1}")
+            self.network.drop_answers[name] = config.drop_answer
+            self.library.append(LibraryProducer(name, self.network, self.clock, random.Random(self.client_rng.random()),
+                                                self.clients, self.history, self.next_id, topic=TOPIC,
+                                                partitions=config.partitions, idempotent=idempotent))
+        for client in [*self.producers, *self.consumers, *self.library]:
             client.start()
         self.trace("load")
+        self.faulting = True
         self.schedule_faults(self.clock.seconds() + config.duration)
         self.run_for(config.duration)
+        self.faulting = False
         self.trace("heal")
         self.heal_all()
-        for client in self.producers:
+        self.network.drop_answers.clear()
+        for client in [*self.producers, *self.library]:
             client.running = False
         self.run_until(self.settled, config.settle_timeout, "the cluster settled")
         for consumer in self.consumers:
@@ -501,6 +654,12 @@ class SimCluster:
         for kind in chaos.SAFETY:
             for anomaly in result.anomalies.get(kind, ()):
                 ledger.violation(f"history {kind}: {anomaly.detail}")
+        # The topic lives from before the load to the end: no client may ever be told it is unknown
+        # (a node whose metadata is behind must say LEADER_NOT_AVAILABLE: docs/protocol.md).
+        told = [op for op in [*self.history.sends, *self.history.polls] if op.error == "UNKNOWN_TOPIC"]
+        if told:
+            ledger.violation(f"unknown-topic: {len(told)} answers to clients called the live topic unknown "
+                             f"(the first to {told[0].process} at t={told[0].complete:.3f})")
         logs = [(s.id, group, log) for s in self.nodes.values() for group, log in s.disk.logs().items()]
         leaders: dict[str, Any] = {}
         for p, group in self.groups.items():
@@ -508,10 +667,10 @@ class SimCluster:
             if leader is not None and leader.node is not None:
                 leaders[group] = leader.node.directory.by_group[group].log
         ledger.final(logs, leaders)
-        for producer in self.producers:
+        for producer in [*self.producers, *self.library]:
             for p, offset, value in producer.acked:
                 log = leaders.get(self.groups[p])
-                if log is None:
+                if log is None or offset < log.start_offset:  # none, or removed by retention
                     continue
                 read = log.read(offset, 1, 1 << 20)
                 found = orjson.loads(read.fragments[0]).get("value") if read.fragments else None
@@ -521,7 +680,16 @@ class SimCluster:
         stats = {
             "acked": sum(1 for s in sends if s.outcome == OK),
             "sends": len(sends),
+            "idem_acked": sum(1 for s in sends if s.outcome == OK and s.idempotent),
             "read": sum(len(p.messages) for p in self.history.polls if isinstance(p, Poll)),
+            # The idempotent producers' promise (each a safety violation too) and, for
+            # contrast, a plain producer's resends stored twice (counted, not a violation).
+            "dups": result.count(chaos.DUPLICATE),
+            "reorders": result.count(chaos.NON_MONOTONIC_SEND),
+            "retry_dups": result.count(chaos.RETRY_DUPLICATE),
+            "dropped": self.network.answers_dropped,
+            "retained": self.counts["retained"],
+            "snapshots": self.counts["snapshots"],
             "faults": len(self.faults),
             "events": self.events,
         }

@@ -1,4 +1,11 @@
-"""The producer's side of idempotence: sequence numbers per partition and what each answer means.
+"""A reference model of an idempotent producer's numbering: sequence numbers per partition and what
+each answer means (test code: the model test, tests/idempotence/test_producer_state_model.py, runs
+three of these against the partition's real ProducerStateTable).
+
+The shipped client (L{streamlog.client.producer.Producer}) keeps the same rules inline, on its own
+batch queues; this model states them alone, small enough to check answer by answer
+(test_producer_sequencer.py) and to drive through hypothesis with faults.  It lived in
+C{streamlog/idempotence/} until nothing shipped used it.
 
 Pure (no I/O, no clock), so that the client wiring stays thin: the
 producer asks L{Sequencer.add} to number a closed batch, sends what
@@ -7,7 +14,7 @@ partition's leader), and hands every answer to L{Sequencer.answer}, which
 returns what to tell the application (L{Acked}, L{Failed}).  Batches the
 answer says to retry come back from the next L{to_send}.
 
-How the client wires it (after the cluster work):
+How a client would wire it:
 
   - C{InitProducerId} gives C{(producer_id, epoch)}: C{Sequencer(pid, epoch)}.
   - a batch closes for partition C{p}: if C{seq.room(p)}, C{seq.add(p, token,
