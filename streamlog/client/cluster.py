@@ -956,7 +956,7 @@ class ClusterClient:
         it there, or as it exists; fires with its description (C{created}: whether this made it).
         Safe to resend (it only ever creates once)."""
         d = self._run("CreateTopic", requests.auto_create_topic(topic), self.any_target, timeout, True)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, True)  # it exists now, made by this or not
 
     def delete_topic(self, topic: str, timeout: float | None = None) -> Deferred:
         d = self._run("DeleteTopic", {"topic": topic}, self.controller_target, timeout, False)
