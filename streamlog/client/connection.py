@@ -200,8 +200,11 @@ class ClientProtocol(FastLineReceiver):
         if not self._pending or not self.connected or self.stall_timeout is None:
             return
         silent = self.silent_for()
-        if silent < self.stall_timeout:
-            self._stall_timer = self.clock.callLater(self.stall_timeout - silent, self._check_stall)
+        if silent < self.stall_timeout - 1e-6:
+            # Not before the remainder, and never a zero-length wait: on a clock whose time is a
+            # large float, now + 1e-17 is now, and the check ran again at the same instant for
+            # ever (the cluster simulator's seed 14 hung).
+            self._stall_timer = self.clock.callLater(max(self.stall_timeout - silent, 0.001), self._check_stall)
             return
         self._stall_timer = self.clock.callLater(max(self.stall_recheck, 0.001), self._check_stall)
         if self.on_stall is not None:

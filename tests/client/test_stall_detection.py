@@ -95,6 +95,24 @@ def test_a_long_poll_is_not_silent_until_its_max_wait_passed():
     assert clock.getDelayedCalls() == []
 
 
+def test_a_silence_a_hair_short_of_the_timeout_never_reschedules_a_zero_wait():
+    # On a clock at a large time, now + 1e-17 is now: a recheck "for the remainder" ran at the same
+    # instant for ever (the cluster simulator's seed 14 hung).
+    clock = Clock()
+    clock.advance(10.0)  # small enough that 0.5 - 1e-12 stays exact
+    proto, seen = connected(clock)
+    proto.request("Ping", {})
+    proto.last_received = clock.seconds() - (0.5 - 1e-12)
+    for pending in proto._pending.values():
+        pending.due = proto.last_received
+    proto._stall_timer.cancel()
+    proto._check_stall()
+    assert seen  # counted as the stall it is
+    delays = [call.getTime() - clock.seconds() for call in clock.getDelayedCalls() if call.active()]
+    assert all(d >= 0.001 for d in delays), delays
+    proto.connectionLost(Failure(Exception("gone")))
+
+
 def test_server_wait_is_a_polls_max_wait_only():
     assert server_wait("Poll", {"max_wait_ms": 250}) == 0.25
     assert server_wait("Poll", {"max_wait_ms": True}) == 0.0
