@@ -21,13 +21,16 @@ from typing import Any
 HOST = "127.0.0.1"
 
 
-def free_base_port(nodes: int, rng: random.Random, tries: int = 200) -> int:
-    """A base port whose client ports (BASE..) and peer ports (BASE+100..) are all free on 127.0.0.1."""
-    from streamlog.cli_cluster_up import PEER_PORT_OFFSET, _port_in_use
+def free_base_port(nodes: int, rng: random.Random, tries: int = 200, proxied: bool = False) -> int:
+    """A base port whose client ports (BASE..) and peer ports (BASE+100..) are all free on 127.0.0.1
+    (C{proxied}: and the peer proxies' ports, BASE+200.., of L{streamlog.chaos.runner.plan_ports})."""
+    from streamlog.chaos.runner import PROXY_OFFSET, plan_ports
+    from streamlog.cli_cluster_up import _port_in_use
 
     for _ in range(tries):
-        base = rng.randrange(20000, 60000 - PEER_PORT_OFFSET - nodes)
-        ports = [base + i for i in range(nodes)] + [base + PEER_PORT_OFFSET + i for i in range(nodes)]
+        base = rng.randrange(20000, 60000 - PROXY_OFFSET - nodes * nodes)
+        client, peer, proxy = plan_ports(nodes, base)
+        ports = [*client.values(), *peer.values(), *(proxy.values() if proxied else ())]
         if all(_port_in_use(HOST, port) is None for port in ports):
             return base
     raise RuntimeError(f"no free range of ports found in {tries} tries")
@@ -47,16 +50,39 @@ class Nodes:
         self.env = _node_env()
         self.preexec = _die_with_parent()
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        #: With peer proxies (L{plan} with C{proxied}): node -> its real peer port, and the proxy
+        #: port of every ordered pair (what A dials to reach B), for L{streamlog.chaos.proxy.PeerProxies}.
+        self.peer_ports: dict[int, int] = {}
+        self.proxy_ports: dict[tuple[int, int], int] = {}
 
     @classmethod
     def plan(cls, nodes: int, root: Path, server_options: Sequence[str], base_port: int | None = None,
-             seed: int | None = None) -> Nodes:
-        """Plan C{nodes} nodes in C{root} with C{server_options} after the cluster's own options."""
+             seed: int | None = None, proxied: bool = False) -> Nodes:
+        """Plan C{nodes} nodes in C{root} with C{server_options} after the cluster's own options.
+
+        C{proxied}: every node reaches every other through a port of the chaos proxy (the
+        plan of C{streamlog chaos}), so that a node can be cut off from its peers."""
+        import attrs
+
+        from streamlog.chaos.runner import plan_ports
         from streamlog.cli_cluster_up import default_server_command, plan_cluster
 
-        base = base_port or free_base_port(nodes, random.Random(seed))
-        return cls(plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options),
-                                http_port_offset=None), root)
+        base = base_port or free_base_port(nodes, random.Random(seed), proxied=proxied)
+        plans = plan_cluster(nodes, base, root, HOST, default_server_command(), list(server_options),
+                             http_port_offset=None)
+        if not proxied:
+            return cls(plans, root)
+        _, peer, proxy = plan_ports(nodes, base)
+        rewritten = []
+        for plan in plans:
+            argv = list(plan.argv)
+            i = argv.index("--peers")
+            argv[i + 1] = ",".join(f"{n}={HOST}:{peer[n] if n == plan.node_id else proxy[(plan.node_id, n)]}"
+                                   for n in range(1, nodes + 1))
+            rewritten.append(attrs.evolve(plan, argv=tuple(argv)))
+        out = cls(rewritten, root)
+        out.peer_ports, out.proxy_ports = peer, proxy
+        return out
 
     @property
     def bootstrap(self) -> str:
@@ -87,12 +113,20 @@ class Nodes:
     def kill(self, node: int) -> None:
         self.procs[node].send_signal(signal.SIGKILL)
 
+    def pause(self, node: int) -> None:
+        """SIGSTOP: the process stops where it is; its sockets stay open and silent."""
+        self.procs[node].send_signal(signal.SIGSTOP)
+
+    def resume(self, node: int) -> None:
+        self.procs[node].send_signal(signal.SIGCONT)
+
     def reap(self, node: int, timeout: float = 10.0) -> None:
         self.procs[node].wait(timeout)
 
     def stop_all(self, timeout: float = 15.0) -> None:
         running = [p for p in self.procs.values() if p.poll() is None]
         for proc in running:
+            proc.send_signal(signal.SIGCONT)  # a paused node could not act on the SIGTERM
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in running:

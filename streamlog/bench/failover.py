@@ -1,4 +1,4 @@
-"""C{streamlog bench failover}: SIGKILL a partition's leader again and again under a steady producer.
+"""C{streamlog bench failover}: fault a partition's leader again and again under a steady producer.
 
 Starts a local cluster of real C{twistd} nodes (the plan of C{streamlog
 cluster up}: L{streamlog.cli_cluster_up.plan_cluster}, on free ports of
@@ -6,17 +6,31 @@ cluster up}: L{streamlog.cli_cluster_up.plan_cluster}, on free ports of
 partitions at replication factor 3, and runs a L{streamlog.client.Producer}
 (acks=all) in this process at a steady C{--rate}: every tick one message to
 the watched partition 0 and one to the next of the others in turn.  Then
-C{--kills} times: SIGKILL the node leading partition 0, measure
+C{--kills} times: fault the node leading partition 0 (C{--fault}), measure
 
-- kill -> a surviving node's C{Metadata} names a new leader of partition 0,
-- kill -> the first acknowledged Send to partition 0 sent after the kill
+- fault -> a surviving node's C{Metadata} names a new leader of partition 0,
+- fault -> the first acknowledged Send to partition 0 sent after the fault
   (the failover time an application sees),
-- kill -> every partition the killed node led had an acknowledged Send,
+- fault -> every partition the faulted node led had an acknowledged Send,
 
-restart the node and wait until it is back in the in-sync replicas of all
-its partitions (then the next kill).  At the end everything is read back
-and compared with what was acknowledged: lost, changed and reordered
+end the fault and wait until the node is back in the in-sync replicas of
+all its partitions (then the next fault).  At the end everything is read
+back and compared with what was acknowledged: lost, changed and reordered
 acknowledged messages are counted (each must be 0).
+
+The faults (C{--fault}):
+
+- C{kill}: SIGKILL; the node is started again on its data afterwards.
+- C{stop}: SIGSTOP, SIGCONT afterwards: a paused process, whose sockets stay
+  open and silent (a long GC pause, a frozen VM, a stuck disk).
+- C{partition}: the node is cut off from its peers and from the bench's
+  producer: the nodes meet through the chaos proxy
+  (L{streamlog.chaos.proxy.PeerProxies}, which aborts the node's peer
+  connections and refuses new ones), and the producer reaches every node
+  through a L{streamlog.bench.silent_proxy.SilentProxy}, which for the
+  faulted node stops passing bytes either way while its connections stay up,
+  as a network partition looks to a client.  Healed afterwards.
+- C{peers}: cut off from its peers only; the producer still reaches it.
 
 Everything waits on conditions with deadlines; the nodes are stopped by
 their own pids (SIGTERM, then SIGKILL) and die with this process.
@@ -44,8 +58,20 @@ if TYPE_CHECKING:
 
 # Twisted is imported where the run starts: "streamlog --help" (which builds this parser) loads none.
 
+#: The faults of --fault, and how the text output names them.
+FAULTS = ("kill", "stop", "partition", "peers")
+FAULT_NAMES = {"kill": "SIGKILL(s)", "stop": "SIGSTOP(s) (SIGCONT after)",
+               "partition": "cut(s) from peers and clients (healed after)",
+               "peers": "cut(s) from peers only (healed after)"}
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kills", type=int, default=10, help="how many times the leader of partition 0 is SIGKILLed")
+    p.add_argument("--kills", "--faults", dest="kills", type=int, default=10,
+                   help="how many times the leader of partition 0 is faulted")
+    p.add_argument("--fault", choices=FAULTS, default="kill",
+                   help="kill: SIGKILL (restarted after); stop: SIGSTOP (SIGCONT after); partition: cut off from "
+                        "its peers and the producer (healed after); peers: cut off from its peers only")
+    p.add_argument("--stall-timeout", type=float, default=None,
+                   help="the client's stall_timeout (s; default the client's, 0.5); 0 turns stall detection off")
     p.add_argument("--partitions", "-p", type=int, default=1, help="partitions of the bench topic (RF=3)")
     p.add_argument("--nodes", type=int, default=3, choices=(3, 5), help="nodes of the local cluster")
     p.add_argument("--rate", type=float, default=500.0,
@@ -86,10 +112,12 @@ def _sleep(reactor: Any, seconds: float) -> Deferred:
 class FailoverRun:
     """One run: the producer, the metadata watcher and the kills, on one reactor."""
 
-    def __init__(self, reactor: Any, args: Any, nodes: Nodes, say: Callable[[str], None]) -> None:
+    def __init__(self, reactor: Any, args: Any, nodes: Nodes, say: Callable[[str], None],
+                 peer_proxies: Any = None, client_proxies: dict[int, Any] | None = None) -> None:
         from twisted.internet.task import LoopingCall
 
         from streamlog.client import ClusterClient, Producer
+        from streamlog.client.addresses import parse_address
         from streamlog.client.connection import StreamlogClient, endpoint_for
 
         self.reactor = reactor
@@ -97,8 +125,23 @@ class FailoverRun:
         self.nodes = nodes
         self.say = say
         self.rng = random.Random(args.seed)
+        self.peer_proxies = peer_proxies
+        self.client_proxies = client_proxies or {}
+        #: The node under a fault now (the watcher does not ask it).
+        self.faulted: int | None = None
         bootstrap = ",".join(nodes.address(n) for n in sorted(nodes.plans))
-        self.client = ClusterClient(bootstrap, reactor=reactor, request_timeout=args.request_timeout)
+        through = {nodes.plans[n].port: proxy.port for n, proxy in self.client_proxies.items()}
+
+        def endpoint(address: Any) -> Any:
+            # The producer reaches each node through its silent proxy (when there are proxies).
+            host, port = parse_address(address)
+            return endpoint_for((host, through.get(port, port)), reactor)
+
+        client_options: dict[str, Any] = {}
+        if args.stall_timeout is not None:
+            client_options["stall_timeout"] = args.stall_timeout or None
+        self.client = ClusterClient(bootstrap, reactor=reactor, request_timeout=args.request_timeout,
+                                    endpoint_factory=endpoint, **client_options)
         self.producer = Producer(self.client, linger_ms=args.linger_ms, acks="all", max_in_flight=64)
         # The watcher's own connection to every node: Metadata answers, not the producer's view.
         self.watch = {n: StreamlogClient(endpoint_for(nodes.address(n), reactor), reactor=reactor,
@@ -123,7 +166,7 @@ class FailoverRun:
     # --- metadata --------------------------------------------------------------------------
 
     async def metadata(self, node: int) -> dict[str, Any] | None:
-        if not self.nodes.alive(node):
+        if not self.nodes.alive(node) or node == self.faulted:
             return None
         try:
             answer = await self.watch[node].call("Metadata", {"topics": [self.topic]}, timeout=1.0)
@@ -212,7 +255,7 @@ class FailoverRun:
         self.ticker.start(1.0 / args.rate, now=True)
         await _sleep(self.reactor, args.settle)
         for kill in range(1, args.kills + 1):
-            await self.one_kill(kill)
+            await self.one_fault(kill)
             await _sleep(self.reactor, args.settle * (0.5 + self.rng.random()))
         self.ticker.stop()
         await self.producer.flush()
@@ -232,16 +275,42 @@ class FailoverRun:
                     raise RuntimeError(f"CreateTopic failed: {e}") from e
                 await _sleep(self.reactor, 0.2)
 
-    async def one_kill(self, kill: int) -> None:
+    def start_fault(self, victim: int) -> None:
+        fault = self.args.fault
+        self.faulted = victim
+        if fault == "kill":
+            self.nodes.kill(victim)
+            self.nodes.reap(victim)
+        elif fault == "stop":
+            self.nodes.pause(victim)
+        else:
+            assert self.peer_proxies is not None
+            self.peer_proxies.cut(victim)
+            if fault == "partition":
+                self.client_proxies[victim].silence()
+
+    def end_fault(self, victim: int) -> None:
+        fault = self.args.fault
+        if fault == "kill":
+            self.nodes.start(victim)
+        elif fault == "stop":
+            self.nodes.resume(victim)
+        else:
+            assert self.peer_proxies is not None
+            self.peer_proxies.heal(victim)
+            if fault == "partition":
+                self.client_proxies[victim].restore()
+        self.faulted = None
+
+    async def one_fault(self, kill: int) -> None:
         parts = await self.until("a leader of partition 0", self.args.kill_timeout, self.partitions)
         victim = parts[0]["leader"]
         led = tuple([0] + sorted(p for p, e in parts.items() if e["leader"] == victim and p != 0))
         record = KillRecord(kill=kill, node=victim, led=led)
-        self.records.append(record)  # kept with what it measured even if this kill times out
-        self.nodes.kill(victim)
+        self.records.append(record)  # kept with what it measured even if this fault times out
         self.killed_at = killed_at = self.now()
         self.record = record
-        self.nodes.reap(victim)
+        self.start_fault(victim)
 
         survivors = [n for n in sorted(self.nodes.plans) if n != victim]
         asked = [0]
@@ -275,18 +344,18 @@ class FailoverRun:
         await self.until("an acknowledged Send on every partition the killed node led",
                          self.args.kill_timeout, acked, step=0.01)
         restarted = self.now()
-        self.nodes.start(victim)
+        self.end_fault(victim)
         await self.until(f"node {victim} back in the in-sync replicas", self.args.isr_timeout,
                          self.all_led_in_sync, step=0.05)
         record.back_in_isr_s = self.now() - restarted
         self.record = None
         self.killed_at = None
         if not self.args.quiet:
-            self.say(f"kill {kill}: node {victim} (led {len(led)} partition(s)); new leader {record.new_leader} "
+            self.say(f"{self.args.fault} {kill}: node {victim} (led {len(led)} partition(s)); new leader {record.new_leader} "
                      f"seen in Metadata after {record.leader_seen_s:.3f}s (all {len(led)} after "
                      f"{record.all_led_s:.3f}s); first ack after {record.first_ack_s:.3f}s; "
                      f"all its partitions acked after {record.all_acked_s:.3f}s; back in sync "
-                     f"{record.back_in_isr_s:.2f}s after restart")
+                     f"{record.back_in_isr_s:.2f}s after the fault ended")
 
     async def read_back(self) -> dict[int, dict[int, Any]]:
         stored: dict[int, dict[int, Any]] = {}
@@ -318,13 +387,15 @@ def _print_text(result: dict[str, Any]) -> None:
             return "not measured"
         return f"median {stat['median_s'] * 1000:.0f} ms, max {stat['max_s'] * 1000:.0f} ms (n={stat['n']})"
 
+    fault = result.get("fault", "kill")
     print(f"failover of a {result['nodes']}-node cluster, RF=3, {result['partitions']} partition(s), "
-          f"{result['kills']} SIGKILL(s) of partition 0's leader, producer at {result['rate']:g} ticks/s acks=all")
-    print(f"  kill -> first acknowledged Send (partition 0): {fmt(s['first_ack'])}")
-    print(f"  kill -> new leader seen in Metadata:           {fmt(s['leader_seen'])}")
-    print(f"  kill -> every partition it led has a leader:   {fmt(s['all_led'])}")
-    print(f"  kill -> every partition it led acknowledged:   {fmt(s['all_acked'])}")
-    print(f"  restart -> back in the in-sync replicas:      {fmt(s['back_in_isr'])}")
+          f"{result['kills']} {FAULT_NAMES[fault]} of partition 0's leader, producer at {result['rate']:g} ticks/s "
+          f"acks=all")
+    print(f"  fault -> first acknowledged Send (partition 0): {fmt(s['first_ack'])}")
+    print(f"  fault -> new leader seen in Metadata:           {fmt(s['leader_seen'])}")
+    print(f"  fault -> every partition it led has a leader:   {fmt(s['all_led'])}")
+    print(f"  fault -> every partition it led acknowledged:   {fmt(s['all_acked'])}")
+    print(f"  fault ended -> back in the in-sync replicas:   {fmt(s['back_in_isr'])}")
     rb = result.get("readback")
     if rb is None:
         print("  not read back: the run stopped early")
@@ -342,24 +413,44 @@ def main_with_args(args: Any) -> int:
     load_before = round(os.getloadavg()[0], 2)  # the machine may be shared: how busy it was
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="streamlog-failover-"))
     root.mkdir(parents=True, exist_ok=True)
-    nodes = Nodes.plan(args.nodes, root, args.server_arg, args.base_port, rng.randrange(1 << 30))
+    proxied = args.fault in ("partition", "peers")
+    nodes = Nodes.plan(args.nodes, root, args.server_arg, args.base_port, rng.randrange(1 << 30), proxied=proxied)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.defer import ensureDeferred, maybeDeferred
 
     outcome: dict[str, Any] = {}
 
+    peer_proxies: Any = None
+    client_proxies: dict[int, Any] = {}
+    if proxied:
+        from streamlog.bench.cluster import HOST
+        from streamlog.chaos.proxy import PeerProxies
+
+        peer_proxies = PeerProxies(HOST, nodes.peer_ports, dict(nodes.proxy_ports), reactor)
+        peer_proxies.start()
+        if args.fault == "partition":
+            from streamlog.bench.silent_proxy import SilentProxy
+
+            for n, plan in sorted(nodes.plans.items()):
+                client_proxies[n] = SilentProxy(HOST, plan.port, reactor)
+                client_proxies[n].listen(0)
+
     async def body() -> None:
-        run = FailoverRun(reactor, args, nodes, say)
+        run = FailoverRun(reactor, args, nodes, say, peer_proxies, client_proxies)
         try:
             outcome.update(await run.run())
         finally:
             outcome["records"] = [r.to_json() for r in run.records]
             outcome["summary"] = summary(run.records)
             await run.close()
+            for proxy in client_proxies.values():
+                await maybeDeferred(proxy.stop)
+            if peer_proxies is not None:
+                await peer_proxies.stop()
 
     def go() -> None:
         d = ensureDeferred(body())
@@ -379,9 +470,11 @@ def main_with_args(args: Any) -> int:
         nodes.stop_all()
         if not args.keep_data and not args.data_dir:
             shutil.rmtree(root, ignore_errors=True)
-    result = {"workload": "failover", "loadavg_1m_before": load_before, "loadavg_1m_after": round(os.getloadavg()[0], 2),
+    result = {"workload": "failover", "fault": args.fault, "loadavg_1m_before": load_before,
+              "loadavg_1m_after": round(os.getloadavg()[0], 2),
               "nodes": args.nodes, "partitions": args.partitions, "kills": args.kills,
-              "rate": args.rate, "label": args.label, "server_args": list(args.server_arg), **outcome}
+              "rate": args.rate, "label": args.label, "server_args": list(args.server_arg),
+              "stall_timeout": args.stall_timeout, **outcome}
     if args.json_out:
         with open(args.json_out, "a") as f:
             f.write(json.dumps(result) + "\n")

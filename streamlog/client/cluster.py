@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +51,12 @@ from streamlog.client.partitioning import Partitioner
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
+
+#: Seconds of silence with requests in flight before a node's connection is suspect (see ClusterClient).
+DEFAULT_STALL_TIMEOUT = 0.5
+
+#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is retried (see ClusterClient).
+DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
 
 
 def _default_reactor() -> Any:
@@ -190,8 +196,9 @@ class _Call:
             self.deferred.errback(result)
             return
         self.last_error = error
-        if (self.client._closed or not retry.retriable(error)
-                or not (self.resend_ok or retry.safe_to_resend(error))):
+        graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(self.topic)
+        if not graced and (self.client._closed or not retry.retriable(error)
+                           or not (self.resend_ok or retry.safe_to_resend(error))):
             self.deferred.errback(error)
             return
         immediate = self.client.learn(error, self.topic, self.partition, self._target)
@@ -247,6 +254,22 @@ class ClusterClient:
         (default: Twisted's, from the string); tests give in-memory ones.
     @param node_clients: connections that exist already, by address (used
         for those addresses instead of new ones, and closed by L{close}).
+    @param stall_timeout: a node connection with requests in flight that
+        received nothing for this long (past what a long Poll asked the server
+        to wait) is suspect: another node is asked for the metadata and, if a
+        partition the silent node led has a leader of a later term now, the
+        connection is dropped, so that what was in flight fails with
+        C{CONNECTION_LOST} and is sent again where the leader is now (the
+        idempotent L{Producer} resends it, in order, without duplicates).
+        Meant for a paused (SIGSTOP) or cut-off node, whose TCP connection
+        stays up and silent; keep it well above a healthy answer's p99.  None
+        turns it off (then only C{request_timeout} ends such a wait).
+    @param unknown_topic_grace: C{UNKNOWN_TOPIC} for a topic this client saw
+        exist (a Metadata answer listed it, or its own C{CreateTopic}
+        succeeded) is retried like a retriable error for this many seconds
+        from the first such answer: right after a topic is created, a node
+        whose metadata lags answers so.  A topic never seen fails at once; a
+        topic deleted elsewhere fails once the grace is over.  0 turns it off.
     """
 
     _log = Logger()
@@ -257,7 +280,13 @@ class ClusterClient:
                  metadata_max_age: float = 300.0, metadata_min_interval: float | None = None,
                  rng: _random.Random | None = None,
                  endpoint_factory: Callable[[Any], Any] | None = None,
-                 node_clients: Mapping[Any, StreamlogClient] | None = None) -> None:
+                 node_clients: Mapping[Any, StreamlogClient] | None = None,
+                 stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive (or None: off)")
+        if unknown_topic_grace < 0:
+            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
         if reactor is None and (clock is None or endpoint_factory is None):
             reactor = _default_reactor()
         self.clock: Any = clock if clock is not None else reactor
@@ -266,6 +295,15 @@ class ClusterClient:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.metadata_max_age = metadata_max_age
+        self.stall_timeout = stall_timeout
+        self.unknown_topic_grace = unknown_topic_grace
+        self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
+        self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
+        self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
+        self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
+        self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
+        #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
+        self.stalls_dropped = 0
         self.metadata_min_interval = retry_backoff_min if metadata_min_interval is None else metadata_min_interval
         self._rng = rng or _random.Random()
         self.backoff = retry.backoff_policy(retry_backoff_min, retry_backoff_max, self._rng)
@@ -326,13 +364,78 @@ class ClusterClient:
             node = StreamlogClient(self._endpoint_factory(target), clock=self.clock, reactor=self.reactor,
                                    request_timeout=self.request_timeout, reconnect_min=self.reconnect_min,
                                    reconnect_max=self.reconnect_max, rng=self._rng,
-                                   name=describe_address(target), fail_waiting_on_connect_failure=True)
+                                   name=describe_address(target), fail_waiting_on_connect_failure=True,
+                                   stall_timeout=self.stall_timeout)
+            node.on_stall = self._node_stalled
             self._clients[key] = node
         return node
+
+    # --- stalled nodes -------------------------------------------------------------------
+
+    def _node_stalled(self, node: StreamlogClient, silent: float, in_flight: int) -> None:
+        """A node's connection has requests in flight and said nothing for C{stall_timeout}: ask
+        another node where the leaders are (again at every recheck while it lasts)."""
+        key = next((k for k, c in self._clients.items() if c is node), None)
+        if key is None or self._closed or key in self._stall_checks:
+            return
+        self._suspect[key] = self.clock.seconds()
+        node_id = self.view.node_at(key)
+        led = self._stall_led.get(key)
+        if led is None:
+            # What the node led when the silence began, kept until it speaks or is dropped: a
+            # fetch during the election says "no leader" (the view then forgets this node as
+            # the leader), and comparing with that lost the move (seen: the 5 s request timeout).
+            led = self._stall_led[key] = {
+                (topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
+                for part in info.partitions if node_id is not None and part.leader == node_id}
+        attempt = self._fetch_attempt
+        if attempt is not None and attempt[0] == key and not attempt[1].called:
+            attempt[1].cancel()  # a fetch waiting on this very node: it asks the next one now
+        self._stall_checks.add(key)
+        d = self.refresh_metadata()
+        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id, led), lambda _: None)
+        d.addBoth(lambda _: self._stall_checks.discard(key))
+        d.addErrback(lambda f: self._log.failure("judging a stalled connection failed", f))
+
+    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None,
+                       led: dict[tuple[str, int], int]) -> None:
+        """Drop the stalled connection if a partition its node led is led elsewhere in a later
+        term now (or the cluster sees the node down); else keep waiting for its answers."""
+        if self._closed or self._clients.get(key) is not node or node.stall_timeout is None:
+            return
+        silent = node.silent_for
+        if silent < node.stall_timeout:
+            self._stall_led.pop(key, None)
+            return  # it spoke meanwhile
+        why = None
+        for (topic, partition), term in sorted(led.items()):
+            info = self.view.topics.get(topic)
+            if info is None or partition >= info.count:
+                continue
+            now = info.partitions[partition]
+            if now.leader is not None and now.leader != node_id and now.leader_term > term:
+                why = f"{topic}/{partition} is led by node {now.leader} now (term {now.leader_term})"
+                break
+        seen = self.view.nodes.get(node_id) if node_id is not None else None
+        if why is None and seen is not None and not seen.up:
+            why = "the cluster sees the node down"
+        if why is None and not led and node_id is not None and self.view.topics and not any(
+                part.leader == node_id for info in self.view.topics.values() for part in info.partitions):
+            # The view had given up on it as a leader before the silence began (a NOT_LEADER
+            # without a hint, a fetch during the election): it leads nothing we use now, so what
+            # waits there (writes held by a node cut off from its peers) goes where the leaders are.
+            why = "it leads none of the partitions in use"
+        if why is None:
+            return
+        self.stalls_dropped += 1
+        self._stall_led.pop(key, None)
+        node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
+                              f"and {why}")
 
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
+        self._stall_led.pop(key, None)
         if node is not None:
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
                            address=node.address)
@@ -389,6 +492,24 @@ class ClusterClient:
             if immediate:
                 self._refresh_soon()  # the hint is enough to go on; the fetch confirms it meanwhile
         return immediate
+
+    def topic_seen(self, topic: str) -> None:
+        """The topic exists (a Metadata answer listed it, a CreateTopic of ours succeeded)."""
+        self._topics_seen.add(topic)
+        self._unknown_since.pop(topic, None)
+
+    def in_unknown_topic_grace(self, topic: str | None) -> bool:
+        """Whether an C{UNKNOWN_TOPIC} answer for C{topic} is retried now (see C{unknown_topic_grace});
+        the first such answer starts the grace."""
+        if topic is None or not self.unknown_topic_grace or topic not in self._topics_seen:
+            return False
+        now = self.clock.seconds()
+        first = self._unknown_since.setdefault(topic, now)
+        if now - first < self.unknown_topic_grace:
+            return True
+        self._topics_seen.discard(topic)  # gone for good, as far as we can tell
+        self._unknown_since.pop(topic, None)
+        return False
 
     def _refresh_soon(self) -> None:
         if self._closed:
@@ -447,12 +568,23 @@ class ClusterClient:
         return result
 
     def _candidates(self) -> list[str]:
-        """Where to ask for the metadata: known nodes (up, not suspect, first), then the bootstrap list."""
+        """Where to ask for the metadata: the known nodes, taking turns at the head fetch after
+        fetch (suspect ones last), then the bootstrap list.
+
+        In turn, not the same node first every time: a node cut off from its peers still
+        answers, from a view that no longer moves (no leader, its peers down), and asked first
+        at every fetch it kept a producer from ever learning the new leader (seen: no
+        acknowledgement for 30 s after the leader, node 1, was cut off). Nodes the last answer
+        called down take their turn too: that answer may be the cut-off node's (a dead node
+        costs a refused connection; a silent one is given up on by the stall detection)."""
         keys: list[str] = []
-        for address in self.view.addresses():
-            key = self._key(address)
+        for node in sorted(self.view.nodes.values(), key=lambda n: n.node_id):
+            key = self._key(node.address)
             if key not in keys:
                 keys.append(key)
+        if keys:
+            turn = self._next_candidate % len(keys)
+            keys = keys[turn:] + keys[:turn]
         n = len(self._bootstrap_keys)
         rotated = [self._bootstrap_keys[(self._next_candidate + i) % n] for i in range(n)]
         for key in rotated:
@@ -479,6 +611,7 @@ class ClusterClient:
         key = candidates[i]
         node = self.node_client(self._bootstrap_by_key.get(key, key))
         d = node.call("Metadata", {"topics": topics})
+        self._fetch_attempt = (key, d)
 
         def answered(result: Any) -> None:
             try:
@@ -492,6 +625,8 @@ class ClusterClient:
                 single("runs alone (started without --peers)")
                 return
             departed = self.view.apply(answer, topics, self.clock.seconds())
+            for info in answer.topics:
+                self.topic_seen(info.topic)
             self._after_cluster_fetch(departed)
             self._node_ok(key)
             self._fetched(self.view)
@@ -506,6 +641,11 @@ class ClusterClient:
 
         def failed(failure: Failure) -> None:
             error = failure.value
+            if isinstance(error, CancelledError) and not self._closed:
+                # Given up on by _node_stalled: that node is silent, ask the next one.
+                self._suspect[key] = self.clock.seconds()
+                self._try_fetch(candidates, i + 1, topics, last)
+                return
             if isinstance(error, errors.MethodNotFound):
                 single("has no Metadata method (a streamlog node before clusters)")
                 return
@@ -809,21 +949,26 @@ class ClusterClient:
         """C{CreateTopic} at the controller; fires with the topic's description."""
         d = self._run("CreateTopic", requests.create_topic(topic, partitions, config), self.controller_target,
                       timeout, False)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, True)
 
     def auto_create_topic(self, topic: str, timeout: float | None = None) -> Deferred:
         """C{CreateTopic {topic, auto_create: true}} at any node: the topic as a Send would auto-create
         it there, or as it exists; fires with its description (C{created}: whether this made it).
         Safe to resend (it only ever creates once)."""
         d = self._run("CreateTopic", requests.auto_create_topic(topic), self.any_target, timeout, True)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, True)  # it exists now, made by this or not
 
     def delete_topic(self, topic: str, timeout: float | None = None) -> Deferred:
         d = self._run("DeleteTopic", {"topic": topic}, self.controller_target, timeout, False)
-        return d.addCallback(self._admin_done, topic)
+        return d.addCallback(self._admin_done, topic, False)
 
-    def _admin_done(self, result: Any, topic: str) -> Any:
+    def _admin_done(self, result: Any, topic: str, created: bool) -> Any:
         self.view.forget_topic(topic)  # asked again when next used
+        if created:
+            self.topic_seen(topic)  # a node lagging behind the controller may not know it yet
+        else:
+            self._topics_seen.discard(topic)
+            self._unknown_since.pop(topic, None)
         return result
 
     def list_topics(self, timeout: float | None = None) -> Deferred:
@@ -875,5 +1020,5 @@ def as_cluster_client(client: Any) -> Any:
     return client
 
 
-__all__ = ["ClusterClient", "Target", "as_cluster_client"]
+__all__ = ["DEFAULT_STALL_TIMEOUT", "DEFAULT_UNKNOWN_TOPIC_GRACE", "ClusterClient", "Target", "as_cluster_client"]
 

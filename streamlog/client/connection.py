@@ -58,12 +58,25 @@ def _default_clock() -> IReactorTime:
 
 
 class _Pending:
-    __slots__ = ("deferred", "timer", "method")
+    __slots__ = ("deferred", "timer", "method", "due")
 
-    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str) -> None:
+    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str, due: float) -> None:
         self.deferred = deferred
         self.timer = timer
         self.method = method
+        #: When a healthy server would have begun to answer: when it was written, plus the wait
+        #: the request asks the server for (a long Poll's C{max_wait_ms}).
+        self.due = due
+
+
+def server_wait(method: str, params: dict[str, Any] | None) -> float:
+    """Seconds the server may legitimately hold C{method} before answering: a long Poll's
+    C{max_wait_ms}; 0 for everything else (their answers come as soon as they are done)."""
+    if method == "Poll" and params:
+        wait = params.get("max_wait_ms")
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+            return float(wait) / 1000.0
+    return 0.0
 
 
 class ClientProtocol(FastLineReceiver):
@@ -71,12 +84,21 @@ class ClientProtocol(FastLineReceiver):
 
     @ivar on_lost: called with the failure reason once the connection is gone
         (after every pending request has been failed).
+    @ivar on_stall: called as C{on_stall(silent_for, in_flight)} when requests
+        are in flight and nothing at all has arrived on the connection for
+        C{stall_timeout} seconds past the moment the oldest of them was due
+        (see L{server_wait}), then again every C{stall_recheck} seconds while
+        that lasts.  A paused (SIGSTOP) or cut-off server looks like this: its
+        TCP connection stays up and says nothing.  The protocol only reports
+        it; what to do (ask another node where the leaders are) is the
+        caller's.
     """
 
     _log = Logger()
     MAX_LENGTH = MAX_ANSWER_BYTES
 
-    def __init__(self, clock: IReactorTime | None = None, request_timeout: float | None = 30.0) -> None:
+    def __init__(self, clock: IReactorTime | None = None, request_timeout: float | None = 30.0,
+                 stall_timeout: float | None = None, stall_recheck: float | None = None) -> None:
         self.clock = clock if clock is not None else _default_clock()
         self.request_timeout = request_timeout
         self._pending: dict[int, _Pending] = {}
@@ -84,11 +106,18 @@ class ClientProtocol(FastLineReceiver):
         self._fatal: errors.StreamlogError | None = None
         self.connected = False
         self.on_lost: Callable[[Failure], object] | None = None
+        self.stall_timeout = stall_timeout
+        self.stall_recheck = stall_recheck if stall_recheck is not None else (stall_timeout or 0.0) / 5
+        self.on_stall: Callable[[float, int], object] | None = None
+        #: When the last bytes arrived (or the connection was made).
+        self.last_received = self.clock.seconds()
+        self._stall_timer: IDelayedCall | None = None
 
     # --- connection life ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.connected = True
+        self.last_received = self.clock.seconds()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -98,6 +127,9 @@ class ClientProtocol(FastLineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
         pending, self._pending = self._pending, {}
         for rid, p in pending.items():
             if p.timer is not None and p.timer.active():
@@ -142,20 +174,72 @@ class ClientProtocol(FastLineReceiver):
         if timeout is None:
             timeout = self.request_timeout
         timer = self.clock.callLater(timeout, self._timed_out, rid, timeout) if timeout is not None else None
-        self._pending[rid] = _Pending(d, timer, method)
+        now = self.clock.seconds()
+        self._pending[rid] = _Pending(d, timer, method, now + server_wait(method, params))
+        if self.stall_timeout is not None and self._stall_timer is None:
+            self._stall_timer = self.clock.callLater(self.stall_timeout, self._check_stall)
         self.transport.write(line)
         return d
+
+    def dataReceived(self, data: bytes) -> Any:
+        self.last_received = self.clock.seconds()
+        return super().dataReceived(data)
+
+    def silent_for(self) -> float:
+        """Seconds without a byte from the server past the moment the oldest request in flight
+        was due (0 when none is in flight, or something arrived since)."""
+        if not self._pending:
+            return 0.0
+        since = max(self.last_received, min(p.due for p in self._pending.values()))
+        return max(0.0, self.clock.seconds() - since)
+
+    def _check_stall(self) -> None:
+        """One timer per connection, armed while requests are in flight (an answer costs a float
+        store, not a timer reschedule)."""
+        self._stall_timer = None
+        if not self._pending or not self.connected or self.stall_timeout is None:
+            return
+        silent = self.silent_for()
+        if silent < self.stall_timeout - 1e-6:
+            # Not before the remainder, and never a zero-length wait: on a clock whose time is a
+            # large float, now + 1e-17 is now, and the check ran again at the same instant for
+            # ever (the cluster simulator's seed 14 hung).
+            self._stall_timer = self.clock.callLater(max(self.stall_timeout - silent, 0.001), self._check_stall)
+            return
+        self._stall_timer = self.clock.callLater(max(self.stall_recheck, 0.001), self._check_stall)
+        if self.on_stall is not None:
+            try:
+                self.on_stall(silent, len(self._pending))
+            except Exception:
+                self._log.failure("a stall handler failed")
 
     def _forget(self, rid: int) -> None:
         p = self._pending.pop(rid, None)
         if p is not None and p.timer is not None and p.timer.active():
             p.timer.cancel()
+        self._idle_check()
+
+    def _idle_check(self) -> None:
+        """Nothing in flight: the stall timer has nothing to watch."""
+        if not self._pending and self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def abort(self, why: str) -> None:
+        """Drop the connection at once (no FIN handshake with a server that does not answer):
+        every request in flight fails with L{errors.ConnectionLost} saying C{why}."""
+        if self.transport is None or not self.connected:
+            return
+        self._fatal = errors.ConnectionLost(why)
+        self.transport.abortConnection()
 
     def _timed_out(self, rid: int, timeout: float) -> None:
         p = self._pending.pop(rid, None)
         if p is None:
             return
         p.timer = None
+        self._idle_check()
         p.deferred.errback(errors.Timeout(
             f"no answer to {p.method} (id {rid}) within {timeout:g}s", method=p.method, timeout=timeout))
 
@@ -186,6 +270,8 @@ class ClientProtocol(FastLineReceiver):
             return  # timed out or cancelled already
         if p.timer is not None and p.timer.active():
             p.timer.cancel()
+        if not self._pending:
+            self._idle_check()
         if isinstance(error, dict):
             p.deferred.errback(errors.from_wire(error))
         else:
@@ -204,7 +290,8 @@ class _ClientFactory(Factory):
         self.client = client
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
-        proto = ClientProtocol(self.client.clock, self.client.request_timeout)
+        proto = ClientProtocol(self.client.clock, self.client.request_timeout, self.client.stall_timeout,
+                               self.client.stall_recheck)
         proto.factory = self
         return proto
 
@@ -309,6 +396,12 @@ class StreamlogClient:
     @param reconnect_min, reconnect_max: bounds of the exponential backoff
         between connection attempts (with jitter).
     @param start: connect now; otherwise call L{start}.
+    @param stall_timeout: report a connection on which requests are in flight
+        and nothing arrived for this long (past their due time) to
+        L{on_stall}; None (the default here) watches nothing.  L{ClusterClient}
+        sets it (0.5 s by default) and acts on it.
+    @param stall_recheck: how often a stall is reported again while it lasts
+        (default a fifth of C{stall_timeout}).
     """
 
     _log = Logger()
@@ -317,11 +410,19 @@ class StreamlogClient:
                  reactor: Any = None, request_timeout: float | None = 30.0,
                  reconnect_min: float = 0.1, reconnect_max: float = 10.0,
                  rng: _random.Random | None = None, start: bool = True, name: str | None = None,
-                 fail_waiting_on_connect_failure: bool = False) -> None:
+                 fail_waiting_on_connect_failure: bool = False, stall_timeout: float | None = None,
+                 stall_recheck: float | None = None) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive (or None: not watched)")
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
+        self.stall_timeout = stall_timeout
+        self.stall_recheck = stall_recheck
+        #: Called as C{on_stall(self, silent_for, in_flight)} while the connection is stalled
+        #: (see L{ClientProtocol.on_stall}).
+        self.on_stall: Callable[[StreamlogClient, float, int], object] | None = None
         self.endpoint = endpoint_for(endpoint_or_address, reactor)
         #: The server's address as logs name it (C{tcp:127.0.0.1:7070}).
         self.address = name if name is not None else describe_address(endpoint_or_address)
@@ -388,10 +489,31 @@ class StreamlogClient:
         else:
             self._log.debug("connected to {address}", address=self.address)
         self.protocol = proto
-        proto.on_lost = lambda reason, proto=proto: self._lost(proto, reason)
+        # ClientService hands over its proxy of the protocol: the hooks go on the protocol itself
+        # (set on the proxy, they were never called).
+        real = getattr(proto, "_protocol", proto)
+        real.on_lost = lambda reason, proto=proto: self._lost(proto, reason)
+        real.on_stall = lambda silent, n, proto=proto: self._stalled(proto, silent, n)
         waiting, self._waiting = self._waiting, []
         for w in waiting:
             self._dispatch(w)
+
+    def _stalled(self, proto: ClientProtocol, silent: float, in_flight: int) -> None:
+        if proto is self.protocol and self.on_stall is not None and not self._closed:
+            self.on_stall(self, silent, in_flight)
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds the connection has been stalled (see L{ClientProtocol.silent_for}); 0 if not connected."""
+        proto = self.protocol
+        return proto.silent_for() if proto is not None and proto.connected else 0.0
+
+    def abort_connection(self, why: str) -> None:
+        """Drop the current connection at once (requests in flight fail with
+        L{errors.ConnectionLost} saying C{why}); the client reconnects as after any loss."""
+        if self.protocol is not None:
+            self._log.info("dropping the connection to {address}: {why}", address=self.address, why=why)
+            self.protocol.abort(why)
 
     def _lost(self, proto: ClientProtocol, reason: Failure) -> None:
         if self.protocol is proto:

@@ -527,7 +527,9 @@ class Producer:
             verdict = "ok"
         elif batch.sequence is not None and isinstance(error, _SEQUENCE_ERRORS):
             verdict = self._sequence_verdict(queue, batch, error)
-        elif retry.retriable(error) and self._closed is None and not self.client.closed:
+        elif self._closed is None and not self.client.closed and (
+                retry.retriable(error) or (isinstance(error, errors.UnknownTopic)
+                                           and self.client.in_unknown_topic_grace(queue.topic))):
             verdict = "retry"
         if verdict == "ok":
             self._acknowledged(queue, batch)
@@ -868,7 +870,8 @@ class Producer:
     def _not_found(self, failure: Failure, state: _TopicState) -> None:
         state.looking = False
         error = failure.value
-        if isinstance(error, errors.UnknownTopic):
+        graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(state.topic)
+        if isinstance(error, errors.UnknownTopic) and not graced:
             if not self.idempotent:
                 self._send_unrouted(state)  # the server may create it, and chooses partitions until then
             elif state.auto_created:
@@ -876,7 +879,7 @@ class Producer:
             else:
                 self._auto_create(state)
             return
-        if isinstance(error, errors.StreamlogError) and retry.retriable(error) and self._closed is None:
+        if isinstance(error, errors.StreamlogError) and (retry.retriable(error) or graced) and self._closed is None:
             self._look_later(state, error)
             return
         self._fail_unplaced(state, error if isinstance(error, errors.StreamlogError)

@@ -249,13 +249,22 @@ class PartitionReplica(Partition):
     def not_leader(self, maybe_appended: bool = False) -> errors.NotLeader:
         """C{NOT_LEADER} with the hint; C{maybe_appended}: the write was appended here before
         this node lost the leadership (or gave up waiting for its commit), and the next
-        leader may still commit it, so the answer says so (C{maybe_appended: true})."""
-        node, address = self.locate(self.leader if self.leader != self.member else None)
-        extra = {"maybe_appended": True} if maybe_appended else {}
+        leader may still commit it, so the answer says so (C{maybe_appended: true}).
+
+        While this node hands leadership over (it still leads, and its Raft core refuses
+        proposals), the hint is the transfer's target (C{transfer: true}): a client goes
+        straight there instead of asking for the metadata."""
+        target = getattr(self.node, "transfer_target", None) if self.role == LEADER else None
+        member = target if target is not None else (self.leader if self.leader != self.member else None)
+        node, address = self.locate(member)
+        extra: dict[str, Any] = {"maybe_appended": True} if maybe_appended else {}
+        if target is not None:
+            extra["transfer"] = True
         return errors.NotLeader(
             f"this node does not lead {self.topic}/{self.index}"
             + ("; the write was appended and may still be committed" if maybe_appended else "")
-            + (f"; its leader is node {node} at {address}" if node is not None else ""),
+            + (f"; leadership is moving to node {node} at {address}" if target is not None and node is not None
+               else f"; its leader is node {node} at {address}" if node is not None else ""),
             topic=self.topic, partition=self.index, leader=node, leader_address=address, leader_term=self.term,
             **extra,
         )

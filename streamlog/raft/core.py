@@ -224,6 +224,12 @@ class RaftNode:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    @property
+    def transfer_target(self) -> str | None:
+        """The peer this leader is handing leadership to (proposals are refused meanwhile), or None.
+        Read by the application to point its clients there; nothing in the core depends on it."""
+        return self._transfer_target if self.role == LEADER else None
+
     def receive(self, from_id: str, msg: Message, now: float) -> list[Effect]:
         """Handle one message from another node (members change, so any sender is heard)."""
         self._now = now

@@ -227,8 +227,15 @@ class _GroupRunner:
             elif isinstance(eff, RoleChange):
                 # Not logged here: a thousand groups failing over would write (and format) a
                 # thousand lines; the application's role_changed decides what is worth a line.
+                led = self.host._led.get(self.group)
                 self._call(self.host.callbacks.role_changed, self.group, eff.role, eff.term, eff.leader)
                 self.host._role_changed(self, eff)
+                if led is not None and eff.role != LEADER and eff.leader is None and eff.term == led[0]:
+                    # Stepped down in its own term with no leader known: check-quorum found no
+                    # majority in touch. Cut off, this node cannot learn its writes' outcome; its
+                    # writers hear so now, not at proposal_timeout (seen: 3 s of silence to a
+                    # producer, which then retries elsewhere; the entry may still commit there).
+                    self.fail_all("stepped down: no majority in touch (check-quorum); outcome unknown")
                 self.check_waiters(self.host.clock.seconds())
             elif isinstance(eff, SnapshotInstalled):
                 self._call(self.host.callbacks.snapshot_installed, self.group, eff.index, eff.term, eff.data)

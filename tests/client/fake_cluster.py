@@ -604,3 +604,34 @@ def run_for(clock: Any, cluster: FakeCluster, seconds: float, step: float = 0.01
     while clock.seconds() < end - 1e-9:
         clock.advance(min(step, end - clock.seconds()))
         cluster.pump()
+
+
+def cluster_client(clock: Any, cluster: FakeCluster, seed: int = 7, **kw: Any) -> Any:
+    """A L{ClusterClient} of C{cluster} on C{clock} (C{request_timeout} 5 s unless given)."""
+    import random
+
+    from streamlog.client import ClusterClient
+
+    kw.setdefault("request_timeout", 5.0)
+    return ClusterClient(cluster.bootstrap, clock=clock, endpoint_factory=cluster.endpoint, rng=random.Random(seed),
+                         **kw)
+
+
+def close_client(client: Any, cluster: FakeCluster) -> None:
+    """Close C{client} and let its connections go (fails the test if closing does not finish)."""
+    from streamlog.testing import result_of
+
+    d = client.close()
+    cluster.pump()
+    result_of(d)
+
+
+def outcomes(ds: list[Any]) -> list[Any]:
+    """The results of settled Deferreds (a Failure stays a Failure); fails the test if one is not settled."""
+    got = []
+    for d in ds:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        assert box, "not settled"
+        got.append(box[0])
+    return got

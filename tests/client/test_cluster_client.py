@@ -133,7 +133,7 @@ def test_a_topic_no_fetch_asked_for_yet_is_fetched_at_once_not_after_the_rate_li
     ok(clock, cluster, client.poll("t", 0, 0))
     d = client.poll("u", 0, 0)
     cluster.pump()  # no time passes
-    assert d.called and nodes_asked(cluster, "Metadata") == [1, 1]
+    assert d.called and len(nodes_asked(cluster, "Metadata")) == 2
     assert ok(clock, cluster, d)["messages"] == []
     # asked once, a topic no node knows is then rate-limited like any refresh
     first = client.poll("nope", 0, 0)

@@ -163,6 +163,9 @@ def test_a_sendbatch_part_whose_proposal_a_transfer_refuses_is_its_own_entry_the
     entries = answer["result"]["partitions"]
     assert [e["partition"] for e in entries] == [second, first]  # in the request's order of first use
     assert entries[0]["error"]["code"] == "NOT_LEADER" and "maybe_appended" not in entries[0]["error"]
+    # It names the transfer's target, so that a client goes straight there.
+    assert entries[0]["error"]["leader"] == parse_member_node(target) and entries[0]["error"]["transfer"] is True
+    assert isinstance(entries[0]["error"]["leader_address"], str) and entries[0]["error"]["leader_address"]
     assert entries[1]["base_offset"] == 0 and "error" not in entries[1]
     polled = cluster.call(1, "Poll", {"topic": "t", "partition": first, "offset": 0})["result"]["messages"]
     assert [m["value"] for m in polled] == ["x"]

@@ -240,6 +240,18 @@ def test_propose_on_a_follower_names_the_leader():
     assert n.propose(b"x", 1.0) == (NotLeader("a"), [])
 
 
+def test_a_transfer_under_way_names_its_target():
+    # The application points its clients there (NOT_LEADER with the target) while proposals are refused.
+    leader = node("a", peers=["a", "b", "c"])
+    elect(leader, voters=("b",))
+    assert leader.transfer_target is None
+    leader.transfer_leadership("c", 10.0)
+    assert leader.transfer_target == "c"
+    assert isinstance(leader.propose(b"x", 10.0)[0], NotLeader)
+    leader.tick(11.5)  # an election timeout later the transfer is abandoned
+    assert leader.transfer_target is None
+
+
 def test_pipelining_is_bounded_by_max_inflight():
     cfg = RaftConfig(election_timeout=1.0, heartbeat_interval=0.1, max_inflight=2, max_batch_bytes=1)
     leader = node("a", config=cfg)

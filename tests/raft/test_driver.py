@@ -145,9 +145,14 @@ def test_leadership_transfer_through_the_driver():
     net.run(2.0)
     leader = leader_of(hosts, "g1")
     target = next(i for i in IDS if i != leader.node_id)
+    outcome = []
+    leader.submit("g1", b"during a transfer").addBoth(outcome.append)
     leader.transfer_leadership("g1", target)
     net.run(0.5)
     assert leader_of(hosts, "g1") is hosts[target]
+    # The old leader heard from the new one (a later term, a leader known): not a check-quorum
+    # step-down, so what it appended waited for its commit and is acknowledged.
+    assert len(outcome) == 1 and isinstance(outcome[0], int), outcome
     stop_all(hosts, clock, net)
 
 
@@ -351,8 +356,12 @@ def test_a_pending_submission_survives_a_graceful_transfer_and_fires_once_commit
     stop_all(hosts, clock, net)
 
 
+#: Without check-quorum a cut-off leader stays leader: its writes wait for a replacement or the timeout.
+NO_CHECK_QUORUM = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, check_quorum=False)
+
+
 def test_a_pending_submission_fails_when_its_entry_is_replaced():
-    clock, hosts, recorders, net = cluster(groups=("g1",))
+    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
     net.run(2.0)
     leader = leader_of(hosts, "g1")
     runner = leader.groups["g1"]
@@ -373,7 +382,7 @@ def test_a_pending_submission_fails_when_its_entry_is_replaced():
 
 
 def test_a_pending_submission_fails_after_the_proposal_timeout():
-    clock, hosts, recorders, net = cluster(groups=("g1",))
+    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
     net.run(2.0)
     leader = leader_of(hosts, "g1")
     outcome = []
@@ -384,6 +393,27 @@ def test_a_pending_submission_fails_after_the_proposal_timeout():
     net.run(0.2)
     assert isinstance(outcome[0], NotLeaderError) and "outcome unknown" in str(outcome[0])
     assert outcome[0].outcome_unknown  # appended here, and a next leader may still commit it
+    stop_all(hosts, clock, net)
+
+
+def test_a_leader_cut_off_fails_its_pending_submissions_when_check_quorum_steps_it_down():
+    # Cut off, it can never learn the outcome; its writers hear at the step-down (within two
+    # election timeouts), not at the proposal timeout, and go to the next leader.
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+    outcome = []
+    net.cut = {leader.node_id}
+    leader.submit("g1", b"cut off").addErrback(lambda f: outcome.append((clock.seconds(), f.value)))
+    began = clock.seconds()
+    net.run(2 * CFG.election_timeout + 0.05)
+    assert runner.node.role != LEADER
+    assert len(outcome) == 1, outcome
+    at, error = outcome[0]
+    assert isinstance(error, NotLeaderError) and error.outcome_unknown  # a next leader may commit it
+    assert "check-quorum" in str(error)
+    assert at - began <= 2 * CFG.election_timeout + 0.02 < leader.proposal_timeout
     stop_all(hosts, clock, net)
 
 
