@@ -127,3 +127,13 @@ def test_the_cli_says_which_seed_to_replay_when_one_fails(capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "replay: python -m streamlog.cluster.sim --seed " in out and "--broken follower-truncates-committed" in out
+
+
+def test_a_consumer_sent_to_the_log_start_by_out_of_range_is_not_a_skip():
+    """Seed 7,860,036 (a fresh range, after the client's stall detection landed): retention cut
+    partition 1 past offset 123 before consumer c1.0 read it, the OFFSET_OUT_OF_RANGE answer sent
+    it on to the log start, 124, and the history recorded that poll without the log start it was
+    told, so the checker called the jump a skip. The failed poll now carries it."""
+    code, out = sim("--seed", "7860036", "--seeds", "1")
+    assert code == 0 and "1 of 1 seeds passed" in out, out[-3000:]
+    assert seed_lines(out)[0]["retained"] > 0

@@ -239,10 +239,13 @@ class Consumer(SimClient):
         else:
             error = answer["error"]
             code = str(error.get("code"))
+            start = error.get("log_start_offset")
+            # An OFFSET_OUT_OF_RANGE carries the log start the consumer jumps to: recorded, so that
+            # the checker sees the jump as retention, not a skip (as the chaos runner's consumers do).
+            told = start if code == "OFFSET_OUT_OF_RANGE" and isinstance(start, int) else None
             self.history.polls.append(Poll(op_id, self.name, invoke, now, self.topic, self.partition, offset,
                                            FAIL if code in ("CONNECT_FAILED",) else outcome_of_error(code),
-                                           error=code))
-            start = error.get("log_start_offset")
+                                           error=code, log_start_offset=told))
             if code == "OFFSET_OUT_OF_RANGE" and isinstance(start, int) and start > self.offset:
                 self.offset = start  # retention removed what it had not read yet: on from the log start
                 self.leader = node
