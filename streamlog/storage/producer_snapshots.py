@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from streamlog.storage.checkpoint import fsync_dir
+
 #: The file's suffix (its stem is the Raft index, 20 digits, as a segment's name).
 SUFFIX = ".producer-state"
 #: Snapshot files a partition keeps (the newest; an older one still serves if a new leader's log
@@ -62,6 +64,13 @@ def remove_from(directory: str, index: int) -> None:
     for i, path in listing(directory):
         if i >= index:
             remove(path)
+
+
+def remove_all(directory: str, paths: list[str]) -> None:
+    """Remove C{paths} (files of C{directory}) and make the removals durable, so that none comes back."""
+    for path in paths:
+        remove(path)
+    fsync_dir(directory)
 
 
 def remove(path: str) -> None:
