@@ -25,10 +25,13 @@ At start-up L{rebuild} reads the table back: from the newest producer-state
 snapshot file that still matches the log (L{streamlog.idempotence.snapshot_file})
 and the record batches after it, or, without one, from the producer state the
 log's start kept and every record batch of the log (docs/storage.md,
-"Idempotent producers").  A snapshot file is written when a segment rolls
-(seen after an C{append}: the log's segment count moved) and at a clean close
+"Idempotent producers"); a file it does not believe is deleted.  A snapshot
+file is written when a segment rolls (seen after an C{append}: the log's
+segment count moved), every interval of batches, and at a clean close
 (L{ProducerTrackingLog.write_snapshot}, called by the node before its storage
-closes); those whose entries a truncation removes are deleted with them.  The
+closes), always as of the commit index and no later than what is durable
+here (L{ProducerTrackingLog.mark_committed}): an entry that can never be
+replaced.  The
 read-only calls go straight to the log: they are bound once, so the Raft core
 pays nothing for the indirection.
 """
