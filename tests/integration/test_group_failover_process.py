@@ -46,9 +46,19 @@ def coordinator(nodes, group="g"):
     return wait_for(found, 30, "the group's coordinator")
 
 
-def at_coordinator(nodes, method, params):
-    """C{method} at the group's coordinator now (its result, or a non-retriable error answer)."""
-    return call(nodes, method, params, at=coordinator(nodes))
+def at_coordinator(nodes, method, params, within=30.0):
+    """C{method} at the group's coordinator (its result, or a non-retriable error answer), asked
+    again where the coordinator is after each short round of retries: it may move meanwhile (the
+    planner hands a new offsets partition's leadership to its preferred replica), and a node that
+    no longer coordinates answers NOT_COORDINATOR for good."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return call(nodes, method, params, at=coordinator(nodes), within=2.0)
+        except AssertionError as e:
+            print(f"{method} at the coordinator: {e}; asking where the coordinator is again")
+            if time.monotonic() > deadline:
+                raise
 
 
 def test_members_keep_their_partitions_when_the_coordinator_is_sigkilled(tmp_path):
