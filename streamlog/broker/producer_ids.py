@@ -52,14 +52,15 @@ class LocalRegistry:
         self.path = path
         self.next_id = 0
         self.producers: dict[str, registry.Identity] = {}
-        #: name -> the request_token of its last InitProducerId
-        self.tokens: dict[str, str] = {}
+        #: name -> the request_tokens of its last few InitProducerId and what each was given
+        self.tokens: dict[str, registry.Tokens] = {}
         if path is not None and os.path.exists(path):
             with open(path, "rb") as f:
                 state = json.load(f)
             self.next_id = int(state["next_producer_id"])
             self.producers = {name: (int(pid), int(epoch)) for name, (pid, epoch) in state["producers"].items()}
-            self.tokens = {name: str(token) for name, token in state.get("tokens", {}).items()}
+            self.tokens = {name: registry.tokens_from_json(value, self.producers[name])
+                           for name, value in state.get("tokens", {}).items()}
 
     def _save(self) -> None:
         if self.path is None:
@@ -67,7 +68,8 @@ class LocalRegistry:
         write_atomically(self.path, json.dumps({
             "next_producer_id": self.next_id,
             "producers": {n: list(i) for n, i in sorted(self.producers.items())},
-            "tokens": dict(sorted(self.tokens.items()))}).encode())
+            "tokens": {n: registry.tokens_to_json(t, self.producers[n]) for n, t in sorted(self.tokens.items())},
+        }).encode())
 
     def allocate(self, count: int) -> Deferred:
         """Fires with the first of C{count} new ids."""

@@ -644,6 +644,14 @@ class IdempotentSender:
     C{UNKNOWN_PRODUCER_ID}: the sender takes its next epoch and sends the
     batch again numbered from 0 (unless an attempt of it was lost: that one
     may be stored, so it fails, saying so).
+
+    After a batch failed with an attempt of it lost (it may be stored), the
+    next C{send_batch} first takes the next epoch: numbered as before, a
+    batch of the same size would be taken for the lost one and answered
+    DUPLICATE with its offsets (acknowledged, never stored); in the next
+    epoch it is new, and a late copy of the lost request is fenced.  Taking
+    it then rather than at the failure keeps that error the one reported (a
+    dropped connection would fail the InitProducerId too).
     """
 
     def __init__(self, client: BlockingClient, attempts: int = 5) -> None:
@@ -654,6 +662,8 @@ class IdempotentSender:
         #: Requests sent again after a lost answer, and epochs taken after the first (for tests).
         self.resends = 0
         self.epoch_bumps = 0
+        #: A batch failed with an attempt lost: the next send takes the next epoch first.
+        self._maybe_stored = False
 
     def send_batch(self, topic: str, messages: list[dict[str, Any]], acks: str = "all") -> dict[str, Any] | None:
         client = self.client
@@ -664,6 +674,9 @@ class IdempotentSender:
             count = len(client.auto_create_topic(topic)["partitions"])
         if self.identity is None:
             self.identity = self._init_producer_id(None)
+        elif self._maybe_stored:
+            self._next_epoch()
+            self._maybe_stored = False
         return client._send_parts(topic, client._parts(topic, count, messages), acks,
                                   lambda p, part: self._send_part(topic, p, part, acks))
 
@@ -687,30 +700,35 @@ class IdempotentSender:
         params = requests.send_batch(topic, part, acks)
         lost = False  # an attempt's answer never came: it may be stored
         renumbered = False
-        while True:
-            sequence = self._next.get((topic, partition), 0)
-            params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
-            try:
-                for attempt in range(self.attempts):
-                    try:
-                        result = self.client._routed("SendBatch", params, topic, partition, write=True)
-                        break
-                    except (errors.ConnectionLost, errors.Timeout) as e:
-                        lost = True
-                        # The client's own resends within its delivery timeout were spent: stop there.
-                        if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
-                            raise
-                        self.resends += 1
-            except errors.UnknownProducerId as e:
-                # Refused, so not stored by this attempt.  Renumbered only if no attempt of it was
-                # lost (that one may be stored, on a leader since replaced): as the Producer does.
-                lost = lost or bool(e.details.get("maybe_appended"))  # lost inside the client's own resends
-                if lost or renumbered:
-                    raise retry.given_up(e, lost) from None
-                self._next_epoch()
-                renumbered = True
-                continue
-            break
+        try:
+            while True:
+                sequence = self._next.get((topic, partition), 0)
+                params.update(requests.producer_fields(self.identity[0], self.identity[1], partition, sequence))
+                try:
+                    for attempt in range(self.attempts):
+                        try:
+                            result = self.client._routed("SendBatch", params, topic, partition, write=True)
+                            break
+                        except (errors.ConnectionLost, errors.Timeout) as e:
+                            lost = True
+                            # The client's own resends within its delivery timeout were spent: stop there.
+                            if attempt == self.attempts - 1 or isinstance(e, errors.DeliveryTimeout):
+                                raise
+                            self.resends += 1
+                except errors.UnknownProducerId as e:
+                    # Refused, so not stored by this attempt.  Renumbered only if no attempt of it was
+                    # lost (that one may be stored, on a leader since replaced): as the Producer does.
+                    lost = lost or bool(e.details.get("maybe_appended"))  # lost inside the client's own resends
+                    if lost or renumbered:
+                        raise retry.given_up(e, lost) from None
+                    self._next_epoch()
+                    renumbered = True
+                    continue
+                break
+        except BaseException:
+            if lost:  # it may be stored under these numbers: the next send takes the next epoch
+                self._maybe_stored = True
+            raise
         self._next[(topic, partition)] = (sequence + len(part)) % SEQUENCE_MODULUS
         return result
 

@@ -134,12 +134,13 @@ class ReplicaDirectory(GroupCallbacks):
         return topic
 
     def write_producer_snapshots(self) -> int:
-        """Every replica's producer-state snapshot file as of its log's end (a clean close: the next
-        start-up then reads nothing of the logs back for them); returns how many were written."""
+        """Every replica's producer-state snapshot file as of its commit index, its log fsynced first
+        (a clean close: the next start-up then reads back only the entries not committed when the
+        node stopped); returns how many were written."""
         written = 0
         for replica in list(self.by_group.values()):
             producer_log = replica.producer_log
-            if producer_log is not None and producer_log.write_snapshot():
+            if producer_log is not None and producer_log.write_snapshot(sync=True):
                 written += 1
         return written
 

@@ -263,7 +263,7 @@ class ClusterState:
     #: producer name -> (producer id, epoch): the named idempotent producers (InitProducer).
     producers: Mapping[str, tuple[int, int]] = attrs.field(factory=dict, converter=_frozen)
     #: producer name -> the request_token of its last InitProducer (a resend of it gets the same answer).
-    producer_tokens: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
+    producer_tokens: Mapping[str, registry.Tokens] = attrs.field(factory=dict, converter=_frozen)
 
     @classmethod
     def empty(cls, cluster_id: str) -> ClusterState:
@@ -848,9 +848,11 @@ def encode_snapshot(state: ClusterState) -> bytes:
         ],
     }
     if state.producers:  # absent when empty: snapshots written before named producers stay canonical
-        # A name's last request_token, if it had one, as a fourth element.
-        top["producers"] = [[name, pid, epoch] + ([state.producer_tokens[name]] if name in state.producer_tokens
-                                                   else []) for name, (pid, epoch) in sorted(state.producers.items())]
+        # A name's recent request_tokens, if it had any, as a fourth element (registry.tokens_to_json).
+        top["producers"] = [
+            [name, pid, epoch] + ([registry.tokens_to_json(state.producer_tokens[name], (pid, epoch))]
+                                  if name in state.producer_tokens else [])
+            for name, (pid, epoch) in sorted(state.producers.items())]
     return _dumps(top)
 
 
@@ -885,20 +887,19 @@ def decode_snapshot(data: bytes) -> ClusterState:
         keys = {"version", "cluster_id", "applied_index", "next_producer_id", "nodes", "topics"}
         top = _object(obj, keys | ({"producers"} if "producers" in obj else set()), "snapshot")
         producers: dict[str, tuple[int, int]] = {}
-        producer_tokens: dict[str, str] = {}
+        producer_tokens: dict[str, registry.Tokens] = {}
         raw_producers = top.get("producers", [])
         if not isinstance(raw_producers, list):
             raise ValueError("producers must be an array")
         for i, item in enumerate(raw_producers):
             if (not isinstance(item, list) or len(item) not in (3, 4) or type(item[0]) is not str
-                    or type(item[1]) is not int or type(item[2]) is not int
-                    or (len(item) == 4 and type(item[3]) is not str)):
-                raise ValueError(f"producers[{i}] must be [name, producer id, epoch] or [..., request token]")
+                    or type(item[1]) is not int or type(item[2]) is not int):
+                raise ValueError(f"producers[{i}] must be [name, producer id, epoch] or [..., request tokens]")
             if item[0] in producers:
                 raise ValueError(f"producer {item[0]!r} appears twice")
             producers[item[0]] = (item[1], item[2])
             if len(item) == 4:
-                producer_tokens[item[0]] = item[3]
+                producer_tokens[item[0]] = registry.tokens_from_json(item[3], (item[1], item[2]))
         nodes: dict[int, NodeInfo] = {}
         if not isinstance(top["nodes"], list):
             raise ValueError("nodes must be an array")
@@ -975,9 +976,13 @@ def check_state(state: ClusterState) -> None:
     for name, (pid, epoch) in state.producers.items():
         if not 0 <= pid < state.next_producer_id or not 0 <= epoch <= MAX_EPOCH:
             raise ValueError(f"producer {name[:260]!r}: id {pid} epoch {epoch} out of range")
-    for name, token in state.producer_tokens.items():
-        if name not in state.producers or not wire.valid_request_token(token):
-            raise ValueError(f"producer {name[:260]!r}: a request token {token[:80]!r} without a producer, or malformed")
+    for name, recent in state.producer_tokens.items():
+        if name not in state.producers or not 1 <= len(recent) <= registry.TOKENS_PER_NAME:
+            raise ValueError(f"producer {name[:260]!r}: request tokens without a producer, or too many")
+        for token, (pid, epoch) in recent:
+            if not wire.valid_request_token(token) or not 0 <= pid < state.next_producer_id or not 0 <= epoch <= MAX_EPOCH:
+                raise ValueError(f"producer {name[:260]!r}: a request token {token[:80]!r} malformed or given "
+                                 f"id {pid} epoch {epoch} out of range")
     for node_id, node in state.nodes.items():
         if node_id != node.node_id or not _valid_node_id(node_id):
             raise ValueError(f"node {node_id!r} is filed under the wrong id or out of range")

@@ -25,10 +25,13 @@ At start-up L{rebuild} reads the table back: from the newest producer-state
 snapshot file that still matches the log (L{streamlog.idempotence.snapshot_file})
 and the record batches after it, or, without one, from the producer state the
 log's start kept and every record batch of the log (docs/storage.md,
-"Idempotent producers").  A snapshot file is written when a segment rolls
-(seen after an C{append}: the log's segment count moved) and at a clean close
+"Idempotent producers"); a file it does not believe is deleted.  A snapshot
+file is written when a segment rolls (seen after an C{append}: the log's
+segment count moved), every interval of batches, and at a clean close
 (L{ProducerTrackingLog.write_snapshot}, called by the node before its storage
-closes); those whose entries a truncation removes are deleted with them.  The
+closes), always as of the commit index and no later than what is durable
+here (L{ProducerTrackingLog.mark_committed}): an entry that can never be
+replaced.  The
 read-only calls go straight to the log: they are bound once, so the Raft core
 pays nothing for the indirection.
 """
@@ -93,12 +96,26 @@ def rebuild_with_report(log: Any, config: ProducerStateConfig | None = None) -> 
 def _from_snapshot(log: Any, config: ProducerStateConfig | None
                    ) -> tuple[ProducerStateTable | None, int, int | None, list[str]]:
     """The table from the newest usable snapshot file of C{log}: C{(table, its index, its index, why
-    newer ones were ignored)}, or C{(None, 0, None, reasons)} if none is usable."""
+    newer ones were ignored)}, or C{(None, 0, None, reasons)} if none is usable.
+
+    Every file not believed is deleted (and the directory synced), so that a file once refused
+    can never be believed later: a file past the log's end (a tail a crash cut), of another
+    term, before the log's start, or that does not decode.  Such a file could otherwise match
+    again once the log holds the same (index, term) with other entries (review of issue 10,
+    finding 1; files are now written only at committed, durable indexes, so this is a second
+    line of defence for files an older version left).
+    """
     directory = getattr(log, "directory", None)
     ignored: list[str] = []
     if not isinstance(directory, str):
         return None, 0, None, ignored
+    refused: list[str] = []
+    found: tuple[ProducerStateTable, int] | None = None
     for index, path in producer_snapshots.listing(directory):
+        if found is not None:
+            if index < log.start_index:
+                refused.append(path)  # older than the log holds: it can never serve again
+            continue
         try:
             at, term, data = snapshot_file.decode(producer_snapshots.read(path))
             if at != index:
@@ -106,17 +123,29 @@ def _from_snapshot(log: Any, config: ProducerStateConfig | None
             if not snapshot_file.matches_log(at, term, log.start_index, log.last_index, log.term_at):
                 ignored.append(f"{path}: entry {at} of term {term} is not in the log (it holds "
                                f"{log.start_index}-{log.last_index})")
+                refused.append(path)
                 continue
-            table = ProducerStateTable.restore(data, config)
+            found = ProducerStateTable.restore(data, config), at
         except (OSError, CorruptProducerState) as e:
             ignored.append(f"{path}: {e}")
-            continue
-        for reason in ignored:
-            _log.warn("producer-state snapshot ignored: {reason}", reason=reason)
-        return table, at, at, ignored
+            refused.append(path)
+    _remove_refused(directory, refused)
     for reason in ignored:
-        _log.warn("producer-state snapshot ignored: {reason}; reading the whole log", reason=reason)
-    return None, 0, None, ignored
+        _log.warn("producer-state snapshot ignored and removed: {reason}{rest}", reason=reason,
+                  rest="" if found is not None else "; reading the whole log")
+    if found is None:
+        return None, 0, None, ignored
+    return found[0], found[1], found[1], ignored
+
+
+def _remove_refused(directory: str, paths: list[str]) -> None:
+    if not paths:
+        return
+    try:
+        producer_snapshots.remove_all(directory, paths)
+    except OSError as e:  # the next open checks (and tries to remove) them again
+        _log.warn("removing refused producer-state snapshots in {directory} failed: {error}",
+                  directory=directory, error=e)
 
 
 class ProducerTrackingLog:
@@ -134,6 +163,8 @@ class ProducerTrackingLog:
         #: Record batches appended since the last snapshot file, and how many make the next one due.
         self._since_snapshot = 0
         self._interval = table.config.snapshot_interval_batches
+        #: The highest commit index the node told (L{mark_committed}), durable here or not.
+        self._commit_heard = 0
         # The reads, bound once (the Raft core calls them on every message).
         self.term_at = log.term_at
         self.entries = log.entries
@@ -177,27 +208,57 @@ class ProducerTrackingLog:
             elif self._interval and self._since_snapshot >= self._interval:
                 self.write_snapshot()  # bounds what an open after a crash replays
 
+    def mark_committed(self, upto: int) -> None:
+        """Entries up to C{upto} are committed: the table learns it only as far as they are durable here.
+
+        A follower may hear of a commit before its own fsync of those
+        entries; a snapshot file is written only as of an entry both
+        committed and durable (L{write_snapshot}), so the undo journal is
+        kept down to there: the table can then be taken exactly as of it.
+        """
+        self._commit_heard = max(self._commit_heard, upto)
+        self.table.mark_committed(min(self._commit_heard, getattr(self.raw, "durable_index", upto)))
+
     def _segment_count(self) -> int:
         count = getattr(self.raw, "segment_count", 0) if self._directory is not None else 0
         return count if isinstance(count, int) else 0
 
-    def write_snapshot(self) -> bool:
-        """Write the table as of the log's last entry to a snapshot file (at a roll, at a clean close).
+    def write_snapshot(self, sync: bool = False) -> bool:
+        """Write the table as of the newest entry that can never be replaced to a snapshot file
+        (at a roll, every interval of batches, at a clean close).
 
-        Cheap (the table is small: at most C{max_producers} x C{window} batches); never fatal: a
-        snapshot that cannot be written only makes the next start-up replay more.  Returns
-        whether one was written.
+        That entry is the commit index, and no later than what is durable
+        locally (a follower may learn of a commit before its own fsync): a
+        file for an entry a crash may cut, or a new leader replace, could be
+        believed once the log holds another entry of the same index and term
+        (a group of one can reuse a term), and loading one would leave the
+        uncommitted tail out of the undo journal.  The entries after it are
+        replayed (and journaled) at the next open.  Cheap (the table is small:
+        at most C{max_producers} x C{window} batches); never fatal: a snapshot
+        that cannot be written only makes the next start-up replay more.
+        C{sync}: fsync the log first (a clean close, which fsyncs it anyway),
+        so that the file can stand for the commit index whatever the fsync
+        policy.  Returns whether one was written.
         """
         raw = self.raw
         if self._directory is None or getattr(raw, "failed", None) is not None or getattr(raw, "closed", False):
             return False
         self._since_snapshot = 0
-        index = raw.last_index
-        if index < raw.start_index:
-            return False  # an empty log: nothing to stand for
+        if sync:
+            try:
+                raw.sync()
+            except Exception as e:  # StorageFailed: the log failed; its close reports it
+                self._log.warn("syncing {directory} before its producer-state snapshot failed: {error}",
+                               directory=self._directory, error=e)
+                return False
+        self.mark_committed(self._commit_heard)  # what became durable since the commit was heard
+        table = self.table
+        index = min(table.committed_index, raw.durable_index, raw.last_index)
+        if index < raw.start_index or not table.exact_at(index):
+            return False  # nothing committed and durable in the log yet, or the journal no longer reaches it
         try:
             producer_snapshots.write(self._directory, index,
-                                     snapshot_file.encode(index, raw.last_term, self.table.snapshot()))
+                                     snapshot_file.encode(index, raw.term_at(index), table.snapshot(index)))
         except OSError as e:
             self._log.warn("writing a producer-state snapshot in {directory} failed: {error}",
                            directory=self._directory, error=e)

@@ -193,7 +193,7 @@ class PartitionReplica(Partition):
             return
         self.commit_index = upto
         if self.producer_log is not None:
-            self.producer_log.table.mark_committed(upto)
+            self.producer_log.mark_committed(upto)
         if self.role == LEADER and not self.ready and self.log.term_at(upto) == self.term:
             self.ready = True
         if self.ready or self.role != LEADER:

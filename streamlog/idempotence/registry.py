@@ -20,11 +20,18 @@ their epochs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from streamlog.idempotence.rules import MAX_EPOCH, MAX_PRODUCER_ID
 
 #: (producer id, epoch)
 Identity = tuple[int, int]
+#: A name's recent C{InitProducerId} request tokens and what each was given, newest first.
+Tokens = tuple[tuple[str, Identity], ...]
+
+#: Request tokens remembered per name: a resend of any of the last few registrations of a name
+#: is recognised (the newest: answered again; an older one: fenced, it is an older instance).
+TOKENS_PER_NAME = 4
 
 
 class Fenced(Exception):
@@ -62,29 +69,61 @@ def register(producers: Mapping[str, Identity], next_id: int, name: str,
     return _register(producers, next_id, name, current)
 
 
-def register_once(producers: Mapping[str, Identity], tokens: Mapping[str, str], next_id: int, name: str,
+def register_once(producers: Mapping[str, Identity], tokens: Mapping[str, Tokens], next_id: int, name: str,
                   current: Identity | None = None, token: str | None = None,
-                  ) -> tuple[dict[str, Identity], dict[str, str], int, Identity]:
+                  ) -> tuple[dict[str, Identity], dict[str, Tokens], int, Identity]:
     """L{register}, recognising a resend: C{(mapping, tokens, next id, identity)}.
 
     C{token}: the C{request_token} the client chose for this request (or
-    None).  The registry keeps each name's last token: the same name and
-    token again (a resend after the answer was lost) is answered with the
-    identity the first one was given, and changes nothing: without it, the
-    resend would bump the epoch again, and one naming C{current} would be
-    told that this very instance is fenced.  The window is therefore "until
-    the name's next C{InitProducerId}", one token per name.
+    None).  The registry keeps each name's last L{TOKENS_PER_NAME} tokens,
+    with the identity each was given.  The same name and token again (a
+    resend after the answer was lost) changes nothing: if what it was
+    given is still what the name holds, it is answered with that identity
+    (without it the resend would bump the epoch again, and one naming
+    C{current} would be told that this very instance is fenced); if the
+    name moved on since (a newer instance registered), the resend is from
+    an older instance and raises L{Fenced}: registering it afresh would
+    fence the newer one instead (review of issue 10, finding 3).  A token
+    older than the last few is not recognised and registers afresh.
     """
     held = producers.get(name)
-    if token is not None and held is not None and tokens.get(name) == token:
-        return dict(producers), dict(tokens), next_id, held
+    recent = tokens.get(name, ())
+    if token is not None and held is not None:
+        for known, given in recent:
+            if known != token:
+                continue
+            if given == held:
+                return dict(producers), dict(tokens), next_id, held
+            raise Fenced(f"producer {name!r} is now id {held[0]} epoch {held[1]}; this request (token "
+                         f"{token[:80]!r}) was answered id {given[0]} epoch {given[1]}: a newer instance took the name")
     mapping, next_id, identity = _register(producers, next_id, name, current)
     kept = dict(tokens)
-    if token is None:
-        kept.pop(name, None)
-    else:
-        kept[name] = token
+    if token is not None:  # (without one, the older tokens still say what they were given)
+        kept[name] = ((token, identity),) + recent[: TOKENS_PER_NAME - 1]
     return mapping, kept, next_id, identity
+
+
+def tokens_to_json(recent: Tokens, held: Identity) -> str | list[list[Any]]:
+    """A name's tokens as stored: the one token that gave C{held} as its bare string (the form
+    written before several were kept), else C{[[token, id, epoch], ...]}, newest first."""
+    if len(recent) == 1 and recent[0][1] == held:
+        return recent[0][0]
+    return [[t, pid, epoch] for t, (pid, epoch) in recent]
+
+
+def tokens_from_json(value: Any, held: Identity) -> Tokens:
+    """L{tokens_to_json} read back; raises ValueError if C{value} is neither form."""
+    if type(value) is str:
+        return ((value, held),)
+    if not isinstance(value, list) or not 1 <= len(value) <= TOKENS_PER_NAME:
+        raise ValueError(f"request tokens must be a string or 1-{TOKENS_PER_NAME} [token, id, epoch]")
+    out = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not str
+                or type(item[1]) is not int or type(item[2]) is not int):
+            raise ValueError("a request token must be [token, producer id, epoch]")
+        out.append((item[0], (item[1], item[2])))
+    return tuple(out)
 
 
 def _register(producers: Mapping[str, Identity], next_id: int, name: str,

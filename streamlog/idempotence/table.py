@@ -228,6 +228,8 @@ class ProducerStateTable:
         # Truncation to an index below this cannot be undone from the journal (records dropped).
         self._undo_floor = 0
         self._applied = 0
+        # The highest index known committed (L{mark_committed}; a restored table: its snapshot's).
+        self._committed = 0
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -235,6 +237,19 @@ class ProducerStateTable:
     def applied_index(self) -> int:
         """The Raft index of the last batch applied (0: none)."""
         return self._applied
+
+    @property
+    def committed_index(self) -> int:
+        """The highest Raft index L{mark_committed} was told of (a restored table: its snapshot's index).
+
+        Entries up to it can never be replaced, so a snapshot file as of it
+        stays true of the log (docs/storage.md, "Producer-state snapshot files").
+        """
+        return self._committed
+
+    def exact_at(self, index: int) -> bool:
+        """Whether L{snapshot}C{(index)} is exactly the table as of C{index} (the undo journal reaches it)."""
+        return index >= self._applied or index >= self._undo_floor
 
     def __len__(self) -> int:
         """Producers remembered."""
@@ -365,6 +380,8 @@ class ProducerStateTable:
 
     def mark_committed(self, index: int) -> None:
         """Entries up to C{index} are committed: Raft will never truncate them, so their undo records go."""
+        if index > self._committed:
+            self._committed = index
         journal = self._journal
         while journal and journal[0][0] <= index:
             self._undo_floor = journal.popleft()[0]
@@ -496,6 +513,7 @@ class ProducerStateTable:
         table._producers = OrderedDict(entries[-table.config.max_producers:])
         table._applied = applied
         table._undo_floor = applied  # nothing at or below the snapshot can be undone
+        table._committed = applied  # snapshots are taken at committed indexes only
         return table
 
     @classmethod

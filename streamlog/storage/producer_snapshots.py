@@ -2,14 +2,18 @@
 
 They live in the partition directory beside the segments, named by the Raft index they stand
 for (C{<20 digits>.producer-state}).  Written whole to a C{.tmp} file and renamed (recovery
-removes C{.tmp} leftovers); not fsynced: a file lost or torn by a power failure only costs the
-next start-up a longer replay, since a file that does not decode, or no longer matches the log,
-is ignored.  Only the newest L{KEEP} are kept.
+removes C{.tmp} leftovers); not fsynced: a file stands for a committed entry already durable
+(L{streamlog.cluster.producer_log}), so it stays true whatever a power failure keeps; lost or
+torn, it only costs the next start-up a longer replay, since a file that does not decode, or no
+longer matches the log, is refused (and removed, the removal fsynced: L{remove_all}).  Only the
+newest L{KEEP} are kept.
 """
 
 from __future__ import annotations
 
 import os
+
+from streamlog.storage.checkpoint import fsync_dir
 
 #: The file's suffix (its stem is the Raft index, 20 digits, as a segment's name).
 SUFFIX = ".producer-state"
@@ -62,6 +66,13 @@ def remove_from(directory: str, index: int) -> None:
     for i, path in listing(directory):
         if i >= index:
             remove(path)
+
+
+def remove_all(directory: str, paths: list[str]) -> None:
+    """Remove C{paths} (files of C{directory}) and make the removals durable, so that none comes back."""
+    for path in paths:
+        remove(path)
+    fsync_dir(directory)
 
 
 def remove(path: str) -> None:

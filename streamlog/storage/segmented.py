@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import orjson
 from twisted.logger import Logger
 
-from streamlog.storage import upgrade
+from streamlog.storage import producer_snapshots, upgrade
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
@@ -75,9 +75,14 @@ MAX_TOPIC_NAME = 249
 RESERVED_NAMES = frozenset({HARD_STATE_FILE, HARD_STATE_FILE + ".tmp"})
 #: The longest file name the storage makes that is not a topic's directory (C{.deleted-<32 hex>}).
 LONGEST_FIXED_NAME = len(_DELETED_PREFIX) + 32
-#: The longest path below a topic's directory: C{/.v1-<partition>/00000000000000000000.timeindex.tmp}
-#: (a directory of the format upgrade), with room for a ten-digit partition number.
-_LONGEST_BELOW_TOPIC = len("/") + len(upgrade.OLD_PREFIX) + 10 + len("/") + len("00000000000000000000.timeindex.tmp")
+#: The longest path below a topic's directory, with room for a ten-digit partition number: the
+#: longer of C{/.v1-<partition>/00000000000000000000.timeindex.tmp} (a directory of the format
+#: upgrade) and C{/<partition>/00000000000000000000.producer-state.tmp} (a producer-state snapshot
+#: being written; its failure is only logged, so a path too long would go unnoticed).
+_LONGEST_BELOW_TOPIC = max(
+    len("/") + len(upgrade.OLD_PREFIX) + 10 + len("/") + len("00000000000000000000.timeindex.tmp"),
+    len("/") + 10 + len("/") + len(producer_snapshots.file_name(0) + ".tmp"),
+)
 
 
 def check_topic_name(name: str, max_length: int = MAX_TOPIC_NAME) -> None:

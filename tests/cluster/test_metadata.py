@@ -509,10 +509,39 @@ def test_a_named_producers_token_is_applied_and_kept_in_snapshots():
     state, first = md.apply(state, md.InitProducer("orders", request_token="a"), 1)
     again_state, again = md.apply(state, md.InitProducer("orders", request_token="a"), 2)
     assert again.value == first.value and again_state.producers == state.producers
-    assert again_state.producer_tokens == {"orders": "a"}
+    assert again_state.producer_tokens == {"orders": (("a", (0, 0)),)}
     data = encode_snapshot(again_state)
-    assert b'["orders",0,0,"a"]' in data
+    assert b'["orders",0,0,"a"]' in data  # one token: the form written before several were kept
     assert decode_snapshot(data) == again_state and encode_snapshot(decode_snapshot(data)) == data
-    bad, refused = md.apply(state, md.InitProducer("orders", request_token="x" * 65), 3)
+    newer, _ = md.apply(again_state, md.InitProducer("orders", request_token="b"), 3)
+    data = encode_snapshot(newer)
+    assert b'["orders",0,1,[["b",0,1],["a",0,0]]]' in data
+    assert decode_snapshot(data) == newer and encode_snapshot(decode_snapshot(data)) == data
+    bad, refused = md.apply(state, md.InitProducer("orders", request_token="x" * 65), 4)
     assert bad.producers == state.producers and bad.producer_tokens == state.producer_tokens
     assert refused.code == "INVALID_PARAMS"
+
+
+def test_an_older_instances_init_resend_is_fenced_and_registers_nothing():
+    state = md.ClusterState.empty(CLUSTER_ID)
+    state, a = md.apply(state, md.InitProducer("orders", request_token="A"), 1)  # A's answer is lost
+    state, b = md.apply(state, md.InitProducer("orders", request_token="B"), 2)  # B starts: epoch 1
+    after, resent = md.apply(state, md.InitProducer("orders", request_token="A"), 3)  # A's resend
+    assert resent.code == "PRODUCER_FENCED" and after.producers == state.producers == {"orders": (0, 1)}
+    assert after.producer_tokens == state.producer_tokens
+
+
+def test_a_name_keeps_its_last_few_tokens():
+    from streamlog.idempotence import registry
+
+    producers, tokens, next_id = {}, {}, 0
+    given = []
+    for i in range(registry.TOKENS_PER_NAME + 1):
+        producers, tokens, next_id, identity = registry.register_once(producers, tokens, next_id, "n", None, f"t{i}")
+        given.append(identity)
+    assert [t for t, _ in tokens["n"]] == [f"t{i}" for i in range(registry.TOKENS_PER_NAME, 0, -1)]
+    for i in range(1, registry.TOKENS_PER_NAME):
+        with pytest.raises(registry.Fenced):
+            registry.register_once(producers, tokens, next_id, "n", None, f"t{i}")
+    # The oldest is forgotten: it registers afresh (as before tokens were kept at all).
+    assert registry.register_once(producers, tokens, next_id, "n", None, "t0")[3] == (0, len(given))

@@ -4,8 +4,9 @@
 
 Writes BATCHES (default 1,000,000) one-record idempotent batches of 100
 producers to one segmented partition log (default segment size, 128 MiB),
-through the ProducerTrackingLog a replica writes through (so snapshots are
-written at its rolls), then times, in CPU seconds (time.process_time), opening
+through the ProducerTrackingLog a replica writes through, each step of 1,000
+fsynced and then committed as a group of one does (so snapshots are written at
+its rolls and every interval, as of the commit index), then times, in CPU seconds (time.process_time), opening
 it three ways, interleaved over three rounds:
 
 - full scan: no snapshot file (they are moved aside): every batch header read;
@@ -48,15 +49,14 @@ def build(directory: str, batches: int) -> None:
                 base_offset=i, count=1, term=1, first_timestamp=T0, max_timestamp=T0, payload=record,
                 producer_id=i % PRODUCERS, producer_epoch=0, base_sequence=i // PRODUCERS)))
         tracking.append(entries)
-        if start % 100_000 == 0:
-            log.sync()
-    log.sync()
+        log.sync()  # as a group of one: each step fsynced, then committed
+        tracking.mark_committed(log.last_index)
     log.checkpoint()
     crash = os.path.join(directory, "crash")
     os.makedirs(crash)
     for _, path in producer_snapshots.listing(directory):  # what the rolls wrote (a crash writes nothing more)
         shutil.copy(path, crash)
-    assert tracking.write_snapshot()  # the clean close's
+    assert tracking.write_snapshot(sync=True)  # the clean close's
     log.close()
 
 

@@ -358,7 +358,22 @@ def test_a_named_producer_resending_its_init_with_the_token_is_not_fenced_by_its
     assert without["error"]["code"] == "PRODUCER_FENCED"
     # Another instance under the name (no token, or another one) still fences it.
     assert init(conn, producer_name="orders", request_token="c") == (first[0], first[1] + 2)
-    assert init(conn, producer_name="orders", request_token="b") == (first[0], first[1] + 3)  # "b" is no longer last
+    # "b" again is an older instance's resend now: fenced, and it registers nothing.
+    late = conn.call("InitProducerId", {"producer_name": "orders", "request_token": "b"})
+    assert late["error"]["code"] == "PRODUCER_FENCED"
+    assert init(conn, producer_name="orders", request_token="c") == (first[0], first[1] + 2)
+
+
+def test_an_older_instances_resend_does_not_fence_the_newer_one(harness):
+    conn = harness.connect()
+    a = init(conn, producer_name="orders", request_token="A")  # instance A; suppose its answer is lost
+    b = init(conn, producer_name="orders", request_token="B")  # instance B of the same name starts
+    assert b == (a[0], a[1] + 1)
+    resent = conn.call("InitProducerId", {"producer_name": "orders", "request_token": "A"})  # A's resend
+    assert resent["error"]["code"] == "PRODUCER_FENCED" and resent["error"]["producer_name"] == "orders"
+    # Nothing was registered: B still holds the name, and its own resend and next epoch work.
+    assert init(conn, producer_name="orders", request_token="B") == b
+    assert init(conn, producer_name="orders", producer_id=b[0], epoch=b[1], request_token="B2") == (b[0], b[1] + 1)
 
 
 @pytest.mark.parametrize("token", ["", "x" * 65, 7, "tab\there", "é"])
@@ -387,5 +402,15 @@ def test_a_named_producers_last_token_survives_a_restart_of_a_node_alone(tmp_pat
         assert init(h.connect(), producer_name="orders", request_token="a") == first
         with open(os.path.join(str(tmp_path), REGISTRY_FILE)) as f:
             assert json.load(f)["tokens"] == {"orders": "a"}
+        second = init(h.connect(), producer_name="orders", request_token="b")
+    finally:
+        h.stop()
+    h = make(clock, storage=SegmentedStorage(str(tmp_path)))
+    try:  # both tokens and what each was given survive: "a" is now an older instance
+        with open(os.path.join(str(tmp_path), REGISTRY_FILE)) as f:
+            assert json.load(f)["tokens"] == {"orders": [["b", *second], ["a", *first]]}
+        assert init(h.connect(), producer_name="orders", request_token="b") == second
+        error = h.connect().call("InitProducerId", {"producer_name": "orders", "request_token": "a"})["error"]
+        assert error["code"] == "PRODUCER_FENCED"
     finally:
         h.stop()

@@ -107,6 +107,36 @@ def test_the_cli_sender_fails_a_batch_with_a_lost_attempt_rather_than_renumber_i
     assert sender.epoch_bumps == 1 and values(harness) == ["a", "c", "d"]
 
 
+def test_the_cli_sender_takes_its_next_epoch_after_a_batch_that_may_be_stored_failed(harness, monkeypatch):
+    monkeypatch.setattr(BlockingClient, "_pause", staticmethod(lambda attempt, deadline: None))
+
+    class Losing(HarnessBlockingClient):
+        losing = False
+
+        def _call_at(self, node: Any, method: str, params: dict[str, Any], timeout: float | None = None,
+                     expect_answer: bool = True) -> Any:
+            if self.losing and method == "SendBatch":
+                self.lose_next.add(method)
+            return super()._call_at(node, method, params, timeout, expect_answer)
+
+    client = Losing(harness)
+    client.delivery_timeout = 0.2  # the client's own resends of "b" stop there (real time, bounded)
+    sender = client.idempotent_sender()
+    sender.send_batch("t", [{"value": "a"}])
+    identity = sender.identity
+    client.losing = True  # "b" is stored; no answer to any attempt of it comes back
+    with pytest.raises((errors.ConnectionLost, errors.Timeout)):
+        sender.send_batch("t", [{"value": "b"}])
+    client.losing = False
+    # The caller goes on: a batch of the same size, numbered as "b" was, would be answered
+    # DUPLICATE with b's offset and never stored.  In the next epoch it is a batch of its own.
+    third = sender.send_batch("t", [{"value": "c"}])
+    assert third["partitions"] == [{"partition": 0, "base_offset": 2, "count": 1}]
+    assert sender.identity == (identity[0], identity[1] + 1) and sender.epoch_bumps == 1
+    assert sender.send_batch("t", [{"value": "d"}])["partitions"][0]["base_offset"] == 3
+    assert sender.epoch_bumps == 1 and values(harness) == ["a", "b", "c", "d"]
+
+
 @pytest.mark.parametrize("swept", [False, True], ids=["lazy", "swept"])
 @pytest.mark.parametrize("in_flight", [1, 8], ids=["daemon", "pipelined"])
 def test_the_producer_takes_its_next_epoch_after_the_partition_forgot_it(clock, harness, swept, in_flight):

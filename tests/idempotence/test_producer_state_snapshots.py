@@ -45,14 +45,18 @@ def tracked(path) -> ProducerTrackingLog:
     return ProducerTrackingLog(log, table)
 
 
-def write(tracking: ProducerTrackingLog, n: int, producers: int = 3, term: int = 1) -> None:
-    """n record batches, round robin over the producers, each continuing its own sequence."""
+def write(tracking: ProducerTrackingLog, n: int, producers: int = 3, term: int = 1, commit: bool = True) -> None:
+    """n record batches, round robin over the producers, each continuing its own sequence; with
+    C{commit}, each is made durable and committed after its append (as a group of one would)."""
     log = tracking.raw
     for _ in range(n):
         offset, index = log.end_offset, log.last_index + 1
         pid = offset % producers
         seq = sum(1 for b in tracking.table.batches_of(pid)) and tracking.table.batches_of(pid)[-1].last_sequence + 1
         tracking.append([Entry(index, term, batch(offset, pid, seq))])
+        if commit:
+            log.sync()
+            tracking.mark_committed(index)
 
 
 def state(table: ProducerStateTable) -> dict:
@@ -228,7 +232,8 @@ def test_the_window_and_bounds_of_the_config_apply_to_a_loaded_snapshot(tmp_path
     assert report.entries_read == 0 and len(table.producer_ids()) == 2
 
 
-@pytest.mark.parametrize("interval, newest, replayed", [(50, 100, 20), (0, None, 120)])
+# The 100th batch makes a file due, as of the entry committed before it (99): 21 are replayed.
+@pytest.mark.parametrize("interval, newest, replayed", [(50, 99, 21), (0, None, 120)])
 def test_between_rolls_a_snapshot_is_written_every_interval_of_batches(tmp_path, interval, newest, replayed):
     log = SegmentedLog(str(tmp_path))  # 128 MiB segments: no roll here
     tracking = ProducerTrackingLog(log, ProducerStateTable(ProducerStateConfig(snapshot_interval_batches=interval)))
@@ -239,3 +244,86 @@ def test_between_rolls_a_snapshot_is_written_every_interval_of_batches(tmp_path,
     log.close()
     assert report.snapshot_index == newest and report.entries_read == replayed
     assert state(table) == state(full_scan(tmp_path))
+
+
+# -- only committed, durable entries get a file; refused files go (review of issue 10) -------------
+
+
+def test_a_file_stands_for_a_committed_durable_entry_so_a_power_cut_tail_cannot_make_it_lie(tmp_path):
+    tracking = tracked(tmp_path)
+    write(tracking, 55)  # committed and fsynced
+    write(tracking, 5, commit=False)  # appended, not fsynced yet ...
+    at = tracking.raw.last_index
+    tracking.mark_committed(at)  # ... though a follower may learn their commit first
+    assert tracking.write_snapshot()
+    assert producer_snapshots.listing(str(tmp_path))[0][0] == at - 5  # not `at`: it is not durable here
+    tracking.raw.truncate_suffix(at - 4)  # a power failure: recovery cuts the unsynced tail, the file stays
+    tracking.raw._release()
+    log = open_log(tmp_path)
+    table, _ = rebuild_with_report(log)
+    tracking = ProducerTrackingLog(log, table)
+    for k in range(5):  # a group of one may reuse the lost term: other batches at the same (index, term)
+        offset, index = log.end_offset, log.last_index + 1
+        tracking.append([Entry(index, 1, batch(offset, 7, k))])
+    assert log.last_index == at
+    log._release()  # a crash before any newer file
+    log = open_log(tmp_path)
+    table, report = rebuild_with_report(log)
+    log.close()
+    assert report.snapshot_index == at - 5 and report.entries_read == 5
+    assert state(table) == state(full_scan(tmp_path)) and 7 in table.producer_ids()
+
+
+def test_at_open_a_file_past_the_log_end_is_removed_so_a_reused_term_cannot_revive_it(tmp_path):
+    tracking = tracked(tmp_path)
+    write(tracking, 60)
+    at = tracking.raw.last_index
+    # What an older version wrote: a file as of the last entry, which a power cut then took away.
+    producer_snapshots.write(str(tmp_path), at, snapshot_file.encode(at, 1, tracking.table.snapshot()))
+    tracking.raw.truncate_suffix(at - 4)  # recovery's cut (not through the adapter)
+    tracking.raw._release()
+    log = open_log(tmp_path)
+    table, report = rebuild_with_report(log)
+    assert report.snapshot_index != at and any(f"entry {at} of term 1 is not in the log" in r for r in report.ignored)
+    assert at not in [i for i, _ in producer_snapshots.listing(str(tmp_path))]  # removed, not only skipped
+    tracking = ProducerTrackingLog(log, table)
+    for k in range(5):  # the same indexes and term again, other batches
+        offset, index = log.end_offset, log.last_index + 1
+        tracking.append([Entry(index, 1, batch(offset, 7, k))])
+    log._release()
+    log = open_log(tmp_path)
+    table, report = rebuild_with_report(log)
+    log.close()
+    assert state(table) == state(full_scan(tmp_path)) and 7 in table.producer_ids()
+
+
+def test_an_undecodable_file_is_removed_at_open(tmp_path):
+    tracking = tracked(tmp_path)
+    write(tracking, 20)
+    assert tracking.write_snapshot()
+    tracking.raw.close()
+    index, path = producer_snapshots.listing(str(tmp_path))[0]
+    with open(path, "wb") as f:
+        f.write(b"torn")
+    log = open_log(tmp_path)
+    _, report = rebuild_with_report(log)
+    log.close()
+    assert report.snapshot_index is None and not os.path.exists(path)
+
+
+def test_an_uncommitted_tail_is_replayed_at_open_so_a_new_leader_replacing_it_is_undone_exactly(tmp_path):
+    tracking = tracked(tmp_path)
+    write(tracking, 30, producers=1)
+    before = state(tracking.table)
+    offset, index = tracking.raw.end_offset, tracking.raw.last_index + 1
+    tracking.append([Entry(index, 1, attrs.evolve(batch(offset, 0, 0), producer_epoch=1))])  # not committed
+    assert tracking.write_snapshot(sync=True)  # a clean close
+    tracking.raw.close()
+    log = open_log(tmp_path)
+    table, report = rebuild_with_report(log)
+    assert report.snapshot_index == index - 1 and report.entries_read == 1  # the uncommitted entry replayed
+    tracking = ProducerTrackingLog(log, table)
+    assert tracking.table.epoch_of(0) == 1
+    tracking.truncate_suffix(index)  # a new leader replaces the uncommitted entry
+    log.close()
+    assert state(tracking.table) == before and tracking.table.epoch_of(0) == 0

@@ -117,6 +117,14 @@ def test_names_longer_than_the_file_system_allows_are_refused_as_invalid(tmp_pat
     storage.close()
 
 
+def test_the_path_budget_below_a_topic_counts_every_file_the_storage_writes_there():
+    from streamlog.storage import producer_snapshots
+
+    partition = "9" * 10  # the partition number the budget leaves room for
+    longest = [f"/.v1-{partition}/{0:020d}.timeindex.tmp", f"/{partition}/{producer_snapshots.file_name(0)}.tmp"]
+    assert segmented._LONGEST_BELOW_TOPIC == max(len(p) for p in longest)
+
+
 def test_a_data_dir_path_too_long_for_any_topic_is_refused_at_start(tmp_path, monkeypatch):
     real_pathconf = os.pathconf
     # PATH_MAX counts the final NUL; below the data dir come "/", the topic, and the longest tail.
