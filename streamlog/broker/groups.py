@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import orjson
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
@@ -29,7 +30,7 @@ from streamlog.groups import params as gp
 from streamlog.groups.assignors import TopicPartition
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupCoordinator, partitions_to_wire
-from streamlog.groups.offsets import OffsetCommit, OffsetRecord, fetch_to_wire
+from streamlog.groups.offsets import OffsetCommit, OffsetRecord, behind_committed, fetch_to_wire
 from streamlog.groups.state import SNAPSHOT_BYTES, ShardState
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import TopicConfig
@@ -444,9 +445,30 @@ class GroupService:
 
         def commit(shard: Shard) -> Any:
             shard.coordinator.check_commit(p.group, p.member_id, p.generation, [o.tp for o in p.offsets], self.now())
-            shard.offsets.check_commit(p.group, p.offsets)
+            behind = shard.offsets.behind(p.group, p.offsets)
+            if not behind:
+                return write(shard, p.offsets)
+            # Lower than committed: allowed only where the committed offset is past the
+            # partition's high watermark (asked only on this path; the common commit asks nothing).
+            return self._partition_bounds([entry.tp for entry, _ in behind]).addCallback(rewound, shard)
+
+        def rewound(bounds: dict[TopicPartition, Any], shard: Shard) -> Any:
+            if self.shards.get(shard.index) is not shard:
+                raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
+                                            coordinator=None, coordinator_address=None)
+            # Checked again: the member or the offsets may have changed while the leaders answered.
+            shard.coordinator.check_commit(p.group, p.member_id, p.generation, [o.tp for o in p.offsets], self.now())
+            back = set()
+            for entry, committed in shard.offsets.behind(p.group, p.offsets):
+                found = bounds.get(entry.tp)
+                if found is None or committed <= found[1]:
+                    raise behind_committed(p.group, entry, committed)
+                back.add(entry.tp)
+            return write(shard, tuple(attrs.evolve(o, rewind=True) if o.tp in back else o for o in p.offsets))
+
+        def write(shard: Shard, offsets: tuple[OffsetCommit, ...]) -> Any:
             self._schedule()  # the commit counted as a sign of life
-            d = self._append(shard, OffsetRecord("commit", p.group, p.offsets))
+            d = self._append(shard, OffsetRecord("commit", p.group, offsets))
             return d.addCallback(lambda _: {"group": p.group, "offsets": [o.to_wire() for o in p.offsets]})
 
         return self._with_shard(p.group, commit)

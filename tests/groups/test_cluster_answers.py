@@ -103,3 +103,24 @@ def test_an_unreachable_node_is_named_and_its_partitions_are_unavailable_to_rese
     assert [o["lag"] is None for o in described["offsets"] if o["partition"] in lost] == [True] * len(lost)
     listed = settled(cluster, coordinator, "ListGroups", {})
     assert listed["unreachable"] == [victim]
+
+    # The victim is back: its partitions' logs are empty, so the reset offset 3 is past their
+    # end. A member that read from the end commits 0 there: allowed (else never again).
+    cluster.start(victim)
+    cluster.run(3.0)
+    coordinator = coordinator_of(cluster, "g")  # the offsets partition may have moved back to its preferred leader
+    member = settled(cluster, coordinator, "JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 30000})
+    held = []
+
+    def holds_everything():
+        answer = ok(cluster.call(coordinator, "Heartbeat", {"group": "g", "member_id": member["member_id"],
+                                                            "owned": held or member["assignment"]}))
+        held[:] = answer["assignment"]
+        return sorted(p for e in held for p in e["partitions"]) == [0, 1, 2]
+
+    cluster.run_until(holds_everything, timeout=20)  # a coordinator that just took over grants after a hold
+    commit = {"group": "g", "member_id": member["member_id"], "generation": member["generation"],
+              "offsets": [{"topic": "t", "partition": p, "offset": 0} for p in lost]}
+    settled(cluster, coordinator, "CommitOffsets", commit)
+    fetched = settled(cluster, coordinator, "FetchOffsets", {"group": "g"})["offsets"]
+    assert {o["partition"]: o["offset"] for o in fetched if o["partition"] in lost} == {p: 0 for p in lost}
