@@ -28,6 +28,7 @@ from streamlog.http.site import (
     OFF,
 )
 from streamlog.idempotence.table import (
+    DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS,
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_MAX_PRODUCERS,
@@ -181,6 +182,9 @@ class Options(usage.Options):
         ["producer-evict-min-idle-ms", None, DEFAULT_EVICT_MIN_IDLE_MS,
          "A producer active more recently (ms) is never evicted to make room (a new one is refused: "
          "TOO_MANY_PRODUCERS).", int],
+        ["client-delivery-timeout-ms", None, DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS,
+         "The longest delivery timeout (ms) of the idempotent producers writing to this cluster; "
+         "--producer-id-expiry-ms and --producer-evict-min-idle-ms must be above it.", int],
         ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
          "Undo records each partition keeps above its commit index to restore producer state exactly "
          "when a new leader replaces its uncommitted tail.", int],
@@ -254,8 +258,25 @@ class Options(usage.Options):
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
                                    "--producer-evict-min-idle-ms, --producer-state-undo-limit, "
                                    "--producer-snapshot-interval-batches)") from None
+        self._check_producer_expiry()
         group_options.check(self)
         self["console"] = console_options.console_config(self)
+
+    def _check_producer_expiry(self) -> None:
+        """A partition that forgets a producer still retrying would store its retried batch a
+        second time (its sequence numbers unknown again): refuse an expiry or eviction idle time
+        that does not outlast the producers' delivery timeout."""
+        timeout = self["client-delivery-timeout-ms"]
+        if timeout < 1:
+            raise usage.UsageError("--client-delivery-timeout-ms must be positive")
+        for name in ("producer-id-expiry-ms", "producer-evict-min-idle-ms"):
+            if self[name] <= timeout:
+                raise usage.UsageError(
+                    f"--{name} ({self[name]}) must be more than --client-delivery-timeout-ms ({timeout}): a "
+                    "partition that forgets a producer while it may still retry a batch (for its delivery "
+                    "timeout) would store that batch twice; raise it (leave a margin for a request still in "
+                    "the network), or lower --client-delivery-timeout-ms if every producer's delivery timeout "
+                    "is shorter")
 
     def _check_http(self) -> None:
         if self["http-listen"] is None:
