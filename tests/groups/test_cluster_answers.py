@@ -124,3 +124,19 @@ def test_an_unreachable_node_is_named_and_its_partitions_are_unavailable_to_rese
     settled(cluster, coordinator, "CommitOffsets", commit)
     fetched = settled(cluster, coordinator, "FetchOffsets", {"group": "g"})["offsets"]
     assert {o["partition"]: o["offset"] for o in fetched if o["partition"] in lost} == {p: 0 for p in lost}
+
+
+def test_group_reads_at_any_node_of_a_cluster_create_no_offsets_topic(cluster):
+    from streamlog.groups.config import OFFSETS_TOPIC
+
+    ok(cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 2, "replication_factor": 1}))
+    cluster.run(2.0)
+    for node in (1, 2, 3):
+        assert ok(cluster.call(node, "FetchOffsets", {"group": "g"}))["offsets"] == []
+        assert cluster.call(node, "DescribeGroup", {"group": "g"})["error"]["code"] == "UNKNOWN_GROUP"
+        assert ok(cluster.call(node, "ListGroups", {})) == {"groups": [], "unreachable": []}
+        dry = settled(cluster, node, "ResetOffsets", {"group": "g", "topic": "t", "to": "earliest", "dry_run": True})
+        assert [o["previous"] for o in dry["offsets"]] == [None, None]
+    cluster.run(2.0)
+    assert all(OFFSETS_TOPIC not in broker.topics for broker in cluster.brokers.values())
+    assert OFFSETS_TOPIC not in [t["topic"] for t in ok(cluster.call(1, "ListTopics", {}))["topics"]]

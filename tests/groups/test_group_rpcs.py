@@ -249,3 +249,20 @@ def test_a_topic_made_again_does_not_block_the_commits_of_a_group_that_read_the_
     ok(conn.call("CommitOffsets", {"group": "g", "member_id": a["member_id"], "generation": a["generation"],
                                    "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}))
     assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 1
+
+
+def test_group_reads_before_any_group_create_nothing(harness, conn):
+    for i in range(3):
+        ok(conn.call("Send", {"topic": "t", "partition": 1, "value": i}))
+    assert ok(conn.call("FetchOffsets", {"group": "g"})) == {"group": "g", "offsets": []}
+    assert err(conn.call("DescribeGroup", {"group": "g"}))["code"] == "UNKNOWN_GROUP"
+    assert err(conn.call("DeleteGroup", {"group": "g"}))["code"] == "UNKNOWN_GROUP"
+    assert ok(conn.call("ListGroups", {})) == {"groups": []}
+    dry = ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [0, 1], "to": "latest",
+                                        "dry_run": True}))
+    assert dry["offsets"] == [{"topic": "t", "partition": 0, "offset": 0, "previous": None},
+                              {"topic": "t", "partition": 1, "offset": 3, "previous": None}]
+    assert OFFSETS_TOPIC not in harness.broker.topics  # looking made nothing
+    ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [1], "to": "latest"}))
+    assert OFFSETS_TOPIC in harness.broker.topics  # a reset that writes does
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 3
