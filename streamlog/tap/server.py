@@ -23,6 +23,8 @@ from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.http.site import (
     DEFAULT_HTTP_LISTEN,
     DEFAULT_HTTP_MAX_CONNECTIONS,
+    DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_HTTP_REQUEST_TIMEOUT,
     DEFAULT_HTTP_TIMEOUT,
     HTTP_LISTEN_ENV,
     OFF,
@@ -197,6 +199,12 @@ class Options(usage.Options):
          f"${HTTP_LISTEN_ENV} if set, else {DEFAULT_HTTP_LISTEN}."],
         ["http-port-file", None, None, "Write the HTTP listener's port number to this file once listening."],
         ["http-idle-timeout", None, DEFAULT_HTTP_TIMEOUT, "Seconds an idle HTTP connection is kept open.", float],
+        ["http-request-timeout", None, DEFAULT_HTTP_REQUEST_TIMEOUT,
+         "Seconds a whole HTTP request (line, headers, body) may take to arrive from its first byte; then 408 "
+         "and the connection closes (a slow client cannot hold a connection by sending a byte now and then).",
+         float],
+        ["http-max-connections-per-address", None, DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+         "Most HTTP connections open at once from one client address (more are closed on accept).", int],
         ["http-max-connections", None, DEFAULT_HTTP_MAX_CONNECTIONS, "Most HTTP connections open at once (more are "
                                                                      "closed on accept).", int],
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
@@ -289,6 +297,10 @@ class Options(usage.Options):
             raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
         if self["http-max-connections"] < 1:
             raise usage.UsageError("--http-max-connections must be at least 1")
+        if not self["http-request-timeout"] > 0:
+            raise usage.UsageError("--http-request-timeout must be more than 0 seconds")
+        if self["http-max-connections-per-address"] < 1:
+            raise usage.UsageError("--http-max-connections-per-address must be at least 1")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
@@ -368,6 +380,8 @@ class Options(usage.Options):
             http_port_file=self["http-port-file"],
             http_idle_timeout=self["http-idle-timeout"],
             http_max_connections=self["http-max-connections"],
+            http_request_timeout=self["http-request-timeout"],
+            http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
         )
 
@@ -593,6 +607,8 @@ class Node(service.MultiService):
         self.http_root = self.build_http_root()
         site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor,
                          max_connections=self.config.http_max_connections,
+                         request_timeout=self.config.http_request_timeout,
+                         max_connections_per_address=self.config.http_max_connections_per_address,
                          max_body_bytes=self.console_config.max_body_bytes)
         http = ListenService(endpoint, site, self.config.http_port_file, self.config.http_listen)
         try:
