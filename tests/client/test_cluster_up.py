@@ -342,10 +342,11 @@ def test_a_second_ctrl_c_kills_at_once(ups):
     assert not any(pid_alive(p) for p in up.node_pids)
 
 
-def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+def up_with_a_port_held(tmp_path, offset):
+    """`cluster up` of 3 stand-in nodes while this test listens on BASE+offset: (base, its result)."""
     base = free_base(3)
     holder = socket.socket()
-    holder.bind(("127.0.0.1", base + 101))  # node 2's peer port
+    holder.bind(("127.0.0.1", base + offset))
     holder.listen(1)
     try:
         argv = [sys.executable, "-c", MAIN, "cluster", "up", "--base-port", str(base), "--data-dir",
@@ -353,6 +354,11 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=20)
     finally:
         holder.close()
+    return base, done
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+    base, done = up_with_a_port_held(tmp_path, 101)  # node 2's peer port
     assert done.returncode == 1
     assert done.stderr.startswith(
         f"streamlog cluster up: cannot use port {base + 101} on 127.0.0.1 (node 2's peer port): "
@@ -362,16 +368,7 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
 
 def test_another_clusters_client_port_where_this_ones_peers_go_is_named_with_the_layout(tmp_path):
     """Two clusters 100 apart: the second's client ports are the first's peer ports."""
-    base = free_base(3)
-    holder = socket.socket()  # as node 1 of a cluster up with --base-port base+100 would
-    holder.bind(("127.0.0.1", base + 100))
-    holder.listen(1)
-    try:
-        argv = [sys.executable, "-c", MAIN, "cluster", "up", "--base-port", str(base), "--data-dir",
-                str(tmp_path / "c"), "--server-command", DOUBLE_COMMAND]
-        done = subprocess.run(argv, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=20)
-    finally:
-        holder.close()
+    base, done = up_with_a_port_held(tmp_path, 100)  # as node 1 of a cluster up with --base-port base+100 would
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (
         f"streamlog cluster up: cannot use port {base + 100} on 127.0.0.1 (node 1's peer port): Address already "
