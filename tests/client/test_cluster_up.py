@@ -49,6 +49,12 @@ def test_without_an_http_offset_the_nodes_have_no_http_listener():
     assert all(p.argv[-2:] == ("--http-listen", "none") and p.http_port is None for p in plans)
 
 
+def test_an_http_listen_among_the_server_options_wins_and_readiness_is_ping_only():
+    for given in (["--http-listen", "none"], ["--http-listen=tcp:0"]):
+        plans = plan_cluster(3, 7071, "data", "127.0.0.1", ["srv"], given)
+        assert all(p.http_port is None and p.argv[-len(given):] == tuple(given) for p in plans)
+
+
 def test_the_http_ports_must_fit_below_65536():
     with pytest.raises(PlanError, match=r"ports 65300\.\.65602"):
         plan_cluster(3, 65300, "d", "127.0.0.1", ["srv"])
