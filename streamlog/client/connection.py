@@ -46,7 +46,7 @@ from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived 
     parse_target,
     parse_unix_path,
 )
-from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
 from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
 from streamlog.framing import FastLineReceiver
 
@@ -67,16 +67,6 @@ class _Pending:
         #: When a healthy server would have begun to answer: when it was written, plus the wait
         #: the request asks the server for (a long Poll's C{max_wait_ms}).
         self.due = due
-
-
-def server_wait(method: str, params: dict[str, Any] | None) -> float:
-    """Seconds the server may legitimately hold C{method} before answering: a long Poll's
-    C{max_wait_ms}; 0 for everything else (their answers come as soon as they are done)."""
-    if method == "Poll" and params:
-        wait = params.get("max_wait_ms")
-        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
-            return float(wait) / 1000.0
-    return 0.0
 
 
 class ClientProtocol(FastLineReceiver):
