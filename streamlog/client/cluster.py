@@ -320,6 +320,7 @@ class ClusterClient:
         self.idle_dial_limit = idle_dial_limit
         #: Early dials made on news of a node (for tests, metrics).
         self.news_dials = 0
+        self._refused_closed = 0  # refused_unsent of node connections closed since
         self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
         self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
@@ -494,11 +495,18 @@ class ClusterClient:
                 self._log.debug("dialling {address} now: the cluster says it is up or leads",
                                 address=client.address)
 
+    @property
+    def refused_unsent(self) -> int:
+        """Requests failed unsent because their node's connection could not be made (it was
+        backing off after failed attempts): what news dials are there to avoid."""
+        return self._refused_closed + sum(node.refused_unsent for node in self._clients.values())
+
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
         self._stall_led.pop(key, None)
         if node is not None:
+            self._refused_closed += node.refused_unsent
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
                            address=node.address)
             node.close()

@@ -503,6 +503,8 @@ class StreamlogClient:
         self._waits = 0  # backoff waits since the last connection (or the last dial_now)
         self._failed_attempts = 0  # failed attempts in a row (for idle_dial_limit)
         self._last_failed_at: float | None = None
+        #: Requests failed unsent because no connection could be made (for tests, benchmarks).
+        self.refused_unsent = 0
         self.protocol: ClientProtocol | None = None
         self._waiting: list[_Waiting] = []
         self._closed = False
@@ -594,6 +596,7 @@ class StreamlogClient:
                     w.timer.cancel()
                 w.timer = None
                 if not w.deferred.called:
+                    self.refused_unsent += 1
                     w.deferred.errback(errors.ConnectionLost(
                         f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
                         method=w.method, address=self.address, sent=False))
@@ -668,6 +671,7 @@ class StreamlogClient:
         if (self.fail_waiting_on_connect_failure and self._named.last_error is not None
                 and not self._named.attempting and not dormant):
             # The last attempt failed and the next one is a backoff away: say so now.
+            self.refused_unsent += 1
             return fail(errors.ConnectionLost(
                 f"cannot connect to {self.address} ({self._named.last_error}): {method} was not sent",
                 method=method, address=self.address, sent=False))
