@@ -354,6 +354,7 @@ class FailoverRun:
         await self.until(f"node {victim} back in the in-sync replicas", self.args.isr_timeout,
                          self.all_led_in_sync, step=0.05)
         record.back_in_isr_s = self.now() - restarted
+        self.refused_mark = getattr(self.client, "refused_unsent", 0)  # from here to the next fault
         self.record = None
         self.killed_at = None
         if not self.args.quiet:
@@ -361,8 +362,8 @@ class FailoverRun:
                      f"seen in Metadata after {record.leader_seen_s:.3f}s (all {len(led)} after "
                      f"{record.all_led_s:.3f}s); first ack after {record.first_ack_s:.3f}s; "
                      f"all its partitions acked after {record.all_acked_s:.3f}s; back in sync "
-                     f"{record.back_in_isr_s:.2f}s after the fault ended; requests refused unsent before it "
-                     f"{record.refused_unsent}")
+                     f"{record.back_in_isr_s:.2f}s after the fault ended; requests refused unsent between "
+                     f"the last fault's end and this one {record.refused_unsent}")
 
     async def read_back(self) -> dict[int, dict[int, Any]]:
         stored: dict[int, dict[int, Any]] = {}
