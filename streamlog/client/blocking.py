@@ -55,13 +55,8 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_boots
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
+from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 from streamlog.idempotence.rules import SEQUENCE_MODULUS
-
-#: Seconds of silence past an answer's due time before the client looks elsewhere (the Twisted
-#: client's default too: streamlog.client.cluster.DEFAULT_STALL_TIMEOUT).
-DEFAULT_STALL_TIMEOUT = 0.5
-#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is asked again.
-DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
 
 #: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
 ROUTED_ATTEMPTS = 4
@@ -239,8 +234,6 @@ class BlockingClient:
                  unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: off)")
-        if unknown_topic_grace < 0:
-            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
         self.bootstrap = check_bootstrap(address, blocking=True)
         self.timeout = timeout
         self.stall_timeout = stall_timeout
@@ -248,8 +241,7 @@ class BlockingClient:
         #: Connections left because their node stalled while its partitions moved (for tests).
         self.stalls_dropped = 0
         self._suspect: set[str] = set()  # nodes that stalled: asked for the metadata last
-        self._topics_seen: set[str] = set()
-        self._unknown_since: dict[str, float] = {}
+        self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self.delivery_timeout = delivery_timeout if delivery_timeout is not None else (
             timeout if timeout is not None else retry.DEFAULT_DELIVERY_TIMEOUT)
         self._nodes: dict[str, _NodeSocket] = {}
@@ -413,20 +405,7 @@ class BlockingClient:
         raise _none_reachable(failed)
 
     def _topic_seen(self, topic: str) -> None:
-        self._topics_seen.add(topic)
-        self._unknown_since.pop(topic, None)
-
-    def _in_unknown_topic_grace(self, topic: str | None) -> bool:
-        """Whether C{UNKNOWN_TOPIC} for C{topic} is asked again now (see C{unknown_topic_grace})."""
-        if topic is None or not self.unknown_topic_grace or topic not in self._topics_seen:
-            return False
-        now = time.monotonic()
-        first = self._unknown_since.setdefault(topic, now)
-        if now - first < self.unknown_topic_grace:
-            return True
-        self._topics_seen.discard(topic)  # gone for good, as far as we can tell
-        self._unknown_since.pop(topic, None)
-        return False
+        self._unknown_topics.seen(topic)
 
     def _stall_verdict(self, node: _NodeSocket, topic: str, partition: int, term: int) -> str | None:
         """Why to leave C{node}, silent with a request for C{topic}/C{partition} (led by it in
@@ -502,7 +481,7 @@ class BlockingClient:
                     on_stall = partial(self._stall_verdict, topic=topic, partition=partition, term=term)
                 return self._call_at(node, method, params, timeout, expect_answer, on_stall)
             except errors.StreamlogError as e:
-                graced = isinstance(e, errors.UnknownTopic) and self._in_unknown_topic_grace(topic)
+                graced = isinstance(e, errors.UnknownTopic) and self._unknown_topics.applies(topic, time.monotonic())
                 if not retry.retriable(e) and not graced:
                     raise (retry.given_up(e, maybe_landed) if write else e) from None
                 last = e
@@ -751,8 +730,7 @@ class BlockingClient:
     def delete_topic(self, topic: str) -> dict[str, Any]:
         result = self._admin("DeleteTopic", {"topic": topic})
         self.view.forget_topic(topic)
-        self._topics_seen.discard(topic)
-        self._unknown_since.pop(topic, None)
+        self._unknown_topics.forget(topic)
         return result
 
     def list_topics(self) -> list[dict[str, Any]]:

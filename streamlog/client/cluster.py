@@ -48,15 +48,11 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, describe_ad
 from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
+from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
 
-#: Seconds of silence with requests in flight before a node's connection is suspect (see ClusterClient).
-DEFAULT_STALL_TIMEOUT = 0.5
-
-#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is retried (see ClusterClient).
-DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
 
 #: Failed connection attempts in a row after which a node connection nothing waits for stops
 #: dialling until a request or news of the node needs it (see ClusterClient).
@@ -305,8 +301,6 @@ class ClusterClient:
             raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: off)")
-        if unknown_topic_grace < 0:
-            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
         if reactor is None and (clock is None or endpoint_factory is None):
             reactor = _default_reactor()
         self.clock: Any = clock if clock is not None else reactor
@@ -321,8 +315,7 @@ class ClusterClient:
         #: Early dials made on news of a node (for tests, metrics).
         self.news_dials = 0
         self._refused_closed = 0  # refused_unsent of node connections closed since
-        self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
-        self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
+        self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
         self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
@@ -569,21 +562,12 @@ class ClusterClient:
 
     def topic_seen(self, topic: str) -> None:
         """The topic exists (a Metadata answer listed it, a CreateTopic of ours succeeded)."""
-        self._topics_seen.add(topic)
-        self._unknown_since.pop(topic, None)
+        self._unknown_topics.seen(topic)
 
     def in_unknown_topic_grace(self, topic: str | None) -> bool:
         """Whether an C{UNKNOWN_TOPIC} answer for C{topic} is retried now (see C{unknown_topic_grace});
         the first such answer starts the grace."""
-        if topic is None or not self.unknown_topic_grace or topic not in self._topics_seen:
-            return False
-        now = self.clock.seconds()
-        first = self._unknown_since.setdefault(topic, now)
-        if now - first < self.unknown_topic_grace:
-            return True
-        self._topics_seen.discard(topic)  # gone for good, as far as we can tell
-        self._unknown_since.pop(topic, None)
-        return False
+        return self._unknown_topics.applies(topic, self.clock.seconds())
 
     def _refresh_soon(self) -> None:
         if self._closed:
@@ -1043,8 +1027,7 @@ class ClusterClient:
         if created:
             self.topic_seen(topic)  # a node lagging behind the controller may not know it yet
         else:
-            self._topics_seen.discard(topic)
-            self._unknown_since.pop(topic, None)
+            self._unknown_topics.forget(topic)
         return result
 
     def list_topics(self, timeout: float | None = None) -> Deferred:
