@@ -87,6 +87,10 @@ class SimConfig:
     retention_bytes: int | None = 4_000
     #: Simulated seconds between two retention checks on each node.
     retention_interval: float = 0.1
+    #: Metadata entries between two snapshots of the cluster state (--metadata-snapshot-entries):
+    #: small, so that the metadata log is compacted in most runs, and a node that was away or
+    #: wiped catches up on it by InstallSnapshot.
+    metadata_snapshot_entries: int = 2
     #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
     transfer_timeout: float = 1.0
     #: A run that takes more clock events than this is stuck in a storm: a failure.
@@ -181,7 +185,8 @@ class SimNode:
         world.network.add_host(self.name, f"127.0.0.{self.id}", self.clock)
         config = NodeConfig(node_id=self.id, peers=world.peers, storage="memory",
                             election_timeout_ms=world.config.election_timeout_ms,
-                            heartbeat_ms=world.config.heartbeat_ms)
+                            heartbeat_ms=world.config.heartbeat_ms,
+                            metadata_snapshot_entries=world.config.metadata_snapshot_entries)
         node = world.node_class()(config, self.disk, clock=self.clock,
                                 connect=lambda address: world.network.endpoint(self.name, address),
                                 identity=self.identity, client_address=world.clients[self.id],
@@ -269,7 +274,7 @@ class SimCluster:
         self.events = 0
         self.faults: list[str] = []
         #: What the disks counted: prefix truncations (retention) and snapshot installs.
-        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0}
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0}
         #: Faults may start (the load phase); False once everything is healed.
         self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
@@ -330,6 +335,8 @@ class SimCluster:
                 continue
             for group, core in node.cores.items():
                 self.ledger.observe(sim.id, sim.generation, group, core.log, core.commit_index)
+            if node.state is not None:
+                self.ledger.metadata(sim.id, sim.generation, node.state)
             for group, replica in node.directory.by_group.items():
                 if replica.leads:
                     self.ledger.served(sim.id, group, replica.high_watermark, "its leading replica")
@@ -690,6 +697,8 @@ class SimCluster:
             "dropped": self.network.answers_dropped,
             "retained": self.counts["retained"],
             "snapshots": self.counts["snapshots"],
+            "meta_compactions": self.counts["meta_compactions"],
+            "meta_installs": self.counts["meta_installs"],
             "faults": len(self.faults),
             "events": self.events,
         }
