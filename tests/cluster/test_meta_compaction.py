@@ -18,8 +18,8 @@ import attrs
 import pytest
 
 from streamlog.cluster import meta_snapshots
-from streamlog.cluster.metadata import METADATA_GROUP, ClusterState, encode_snapshot, partition_group
 from streamlog.cluster.meta_snapshots import MetadataCompactor, MetadataRestoreError, MetadataSnapshotError
+from streamlog.cluster.metadata import METADATA_GROUP, ClusterState, encode_snapshot, partition_group
 from streamlog.raft.log import Entry, MemoryRaftLog
 from streamlog.storage.snapshot_files import MemorySnapshots
 from streamlog.testing import ClusterHarness
