@@ -397,9 +397,6 @@ class ClusterNode(GroupCallbacks):
         # Joined (not bootstrapped) here: no first configuration; the controller adds this node.
         configuration = md.bootstrap_configuration(members) if members else ()
         assert self.raft is not None
-        self.host = self.raft
-        self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
-        self.state = md.ClusterState.empty(self.identity.cluster_id)
         loaded = self._loaded
         if META in loaded:
             log = loaded[META][1][0]
@@ -415,8 +412,11 @@ class ClusterNode(GroupCallbacks):
         try:
             restored = self.compactor.restore(self.identity.cluster_id, log)
         except MetadataRestoreError as e:
-            self._refuse(str(e))
+            self._refuse(str(e))  # before the host runs: the node serves nothing from a state it lacks
             return
+        self.host = self.raft
+        self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
+        self.state = md.ClusterState.empty(self.identity.cluster_id)
         if restored is not None:  # the log after it is applied as it commits (entries up to it skipped)
             self.state, self.meta_applied = restored, restored.applied_index
             self._log.info("metadata restored from its snapshot as of entry {index} (the log holds {first} to {last})",
