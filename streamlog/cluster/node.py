@@ -551,9 +551,9 @@ class ClusterNode(GroupCallbacks):
         upto = min(compactor.compaction_point(), core.commit_index, core.durable_index)
         if upto >= self.meta_log.start_index:
             core.compact(upto)
-            roll = getattr(self.meta_log, "roll", None)
-            if roll is not None:  # a segmented log drops whole segments: start one at the next cut
-                roll()
+        roll = getattr(self.meta_log, "roll", None)
+        if roll is not None:  # a segmented log drops whole segments only: one per snapshot, cut at the next
+            roll()
         self._log.info("metadata snapshot as of entry {index} written; the metadata log holds entries {first} "
                        "to {last}", index=compactor.index, first=self.meta_log.start_index, last=self.meta_log.last_index)
 
