@@ -152,6 +152,8 @@ class MetadataCompactor:
             return False
         state, term = self.pending
         self.pending = None
+        if state.applied_index <= self.index:
+            return False  # a newer one was installed from the leader meanwhile
         data = encode(state, term)
         self.store.save(state.applied_index, data)  # durable before it returns
         self.index, self.data = state.applied_index, data
@@ -180,6 +182,7 @@ class MetadataCompactor:
         if frame.index > self.index:
             self.store.save(frame.index, bytes(data))
             self.index, self.data = frame.index, bytes(data)
-            self.pending = None
+        if self.pending is not None and self.pending[0].applied_index <= self.index:
+            self.pending = None  # older than what is held now
         self.stats["installed"] += 1
         return state

@@ -189,6 +189,14 @@ def test_a_snapshot_waits_until_the_log_is_durable_at_its_index():
     assert compactor.write(durable_index=12) and compactor.compaction_point() == 5
 
 
+def test_a_snapshot_taken_before_a_newer_one_was_installed_is_not_written():
+    compactor = MetadataCompactor(MemorySnapshots(), interval=5)
+    compactor.take(_state(5), 2)  # waiting for the log's fsync
+    compactor.install(meta_snapshots.encode(_state(9), 3), "0" * 32, 7)
+    assert compactor.pending is None and not compactor.write(durable_index=20)
+    assert compactor.index == 9 and compactor.store.listing() == [9]
+
+
 def test_zero_entries_never_snapshots():
     assert not MetadataCompactor(MemorySnapshots(), interval=0).due(10**6)
 
