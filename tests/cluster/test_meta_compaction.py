@@ -83,6 +83,17 @@ def test_a_restarted_node_starts_from_its_snapshot_and_replays_only_the_log_afte
     cluster.run_until(lambda: converged(cluster) and "after-restart" in cluster.nodes[2].state.topics)
 
 
+def test_a_node_that_was_away_past_the_controllers_log_start_installs_its_snapshot(cluster):
+    cluster.kill(3)
+    create(cluster, *(f"while-away-{k}" for k in range(3 * INTERVAL)))
+    leader_start = max(n.meta_log.start_index for i, n in cluster.nodes.items() if i != 3)
+    assert leader_start > cluster.nodes[3].meta_log.last_index + 1  # what node 3 needs next is gone
+    node = cluster.start(3)
+    cluster.run_until(lambda: converged(cluster) and f"while-away-{3 * INTERVAL - 1}" in node.state.topics)
+    assert node.compactor.stats["installed"] >= 1 and node.meta_log.start_index > 1
+    assert len(store_of(cluster, 3).listing()) == 2  # its own older one, and the installed one
+
+
 def test_a_wiped_node_rejoins_by_installing_the_controllers_snapshot(cluster):
     cluster.kill(3)
     create(cluster, "while-away-1", "while-away-2")
