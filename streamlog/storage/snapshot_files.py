@@ -87,16 +87,26 @@ def decode(data: bytes) -> SnapshotFile:
     return SnapshotFile(index, term, payload)
 
 
+def indexed_name(index: int, suffix: str) -> str:
+    """A file named by the Raft index it stands for: 20 digits (as a segment's name), then C{suffix}."""
+    return f"{index:020d}{suffix}"
+
+
+def parse_indexed_name(name: str, suffix: str) -> int | None:
+    """The Raft index of an L{indexed_name} with C{suffix}, or None if C{name} is not one."""
+    stem = name[: -len(suffix)]
+    if name.endswith(suffix) and len(stem) == 20 and stem.isdigit():
+        return int(stem)
+    return None
+
+
 def file_name(index: int) -> str:
-    return f"{index:020d}{SUFFIX}"
+    return indexed_name(index, SUFFIX)
 
 
 def parse_file_name(name: str) -> int | None:
     """The index of a snapshot file's name, or None if C{name} is not one."""
-    stem = name[: -len(SUFFIX)]
-    if name.endswith(SUFFIX) and len(stem) == 20 and stem.isdigit():
-        return int(stem)
-    return None
+    return parse_indexed_name(name, SUFFIX)
 
 
 class SnapshotStore(Protocol):

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from test_cluster_process import RETRIABLE, formed, free_ports, metadata, node_options, start_cluster
+from test_cluster_process import formed, free_ports, metadata, node_options, retry, start_cluster
 
 from streamlog.client.blocking import BlockingClient
 from streamlog.storage.snapshot_files import parse_file_name
@@ -22,16 +22,6 @@ from streamlog.testing import ServerProcess, wait_for
 
 INTERVAL = 8
 EXTRA = ("--metadata-snapshot-entries", str(INTERVAL))
-
-
-def retry(fn, deadline: float):
-    while True:
-        try:
-            return fn()
-        except RETRIABLE:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def meta_dir(tmp_path: Path, i: int) -> Path:
