@@ -181,7 +181,15 @@ def _metadata_always_current(node: Any) -> bool:
 def unknown_topic_while_metadata_behind(world: Any) -> None:
     """Broken (the bug the simulator found, put back): a node whose metadata is behind (no
     controller heard from since it restarted) answers UNKNOWN_TOPIC for a live topic; the
-    idempotent Producer then sends unnumbered batches."""
+    idempotent Producer then sends unnumbered batches.
+
+    Run with the metadata log not compacted: with snapshots every 2 entries a restarted node is
+    back with the topic from its own snapshot at once, so its metadata lacks the topic only on a
+    wiped node before it installs the controller's snapshot (2 of 40 seeds caught, against 7 of
+    20 without compaction): the bug is the same, the window it needs is rarer."""
+    import attrs
+
+    world.config = attrs.evolve(world.config, metadata_snapshot_entries=0)
     world.node_overrides["metadata_current"] = _metadata_always_current
 
 
