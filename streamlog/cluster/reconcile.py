@@ -86,6 +86,10 @@ class GroupView:
     caught_up: frozenset[str] = frozenset()
     commit_index: int = 0
     settled: bool = False
+    #: Whether the entry at `commit_index` is of the core's current term: a leader has committed
+    #: an entry of its term and (on a follower) said so. After every node restarted, a new
+    #: leader's commit index is the log start's until it does (every role; `group_view` sets it).
+    commit_in_term: bool = True
 
 
 @attrs.frozen
@@ -120,15 +124,16 @@ class NodeView:
 
 def group_view(core: RaftNode) -> GroupView:
     """The `GroupView` of a Raft core, from what it exposes."""
+    own_term_committed = core.log.term_at(core.commit_index) == core.term
     if core.role != LEADER:
-        return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index)
+        return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index,
+                         commit_in_term=own_term_committed)
     learners = core.learners
     caught_up = frozenset(p for p in (set(core.peers) | learners) if core.caught_up(p))
     found = core.log.config_at(core.log.last_index)
     change_pending = found is not None and found[0] > core.commit_index
-    own_term_committed = core.log.term_at(core.commit_index) == core.term
     return GroupView(core.role, core.leader_id, core.voters, learners, caught_up, core.commit_index,
-                     not change_pending and own_term_committed)
+                     not change_pending and own_term_committed, own_term_committed)
 
 
 class CoreViews(Mapping[str, GroupView]):
@@ -356,10 +361,19 @@ class Planner:
 
 def metadata_current(state: ClusterState, view: NodeView) -> bool:
     """Whether the applied metadata is as new as this node can know: the metadata group has
-    a known leader and everything committed in it (as known here) is applied. A node that
-    just restarted holds its last snapshot until the controller tells it the commit index."""
-    meta = view.groups.get(METADATA_GROUP)
-    return meta is not None and meta.leader is not None and state.applied_index >= meta.commit_index
+    a known leader, its commit index (as known here) is at an entry of the current term, and
+    everything up to it is applied. A node that just restarted holds its last snapshot (or
+    nothing) until the controller tells it the commit index; and after every node restarted,
+    the new controller's commit index is its log start's until it commits an entry of its
+    term, so a known leader alone proves nothing: planning from a snapshot's state there
+    re-created the replicas of a topic deleted after the snapshot."""
+    return metadata_group_current(state, view.groups.get(METADATA_GROUP))
+
+
+def metadata_group_current(state: ClusterState, meta: GroupView | None) -> bool:
+    """`metadata_current` from the metadata group's view alone (the broker asks it too)."""
+    return meta is not None and meta.leader is not None and meta.commit_in_term \
+        and state.applied_index >= meta.commit_index
 
 
 def _membership_step(group: str, gv: GroupView, intended: tuple[str, ...], state: ClusterState,

@@ -62,6 +62,7 @@ from streamlog.storage.log import (
     DEFAULT_INDEX_INTERVAL_BYTES,
     SegmentedLog,
 )
+from streamlog.storage.snapshot_files import DirectorySnapshots
 
 TOPIC_FILE = "topic.json"
 TOPIC_FILE_VERSION = 2
@@ -382,6 +383,11 @@ class SegmentedStorage:
         fsync_dir(self.data_dir)
         shutil.rmtree(doomed)
         fsync_dir(self.data_dir)
+
+    def snapshot_store(self, name: str) -> DirectorySnapshots:
+        """Where the state-machine snapshot files of the one-partition log C{name} live: its
+        partition's directory, beside its segments (the metadata group's; docs/storage.md)."""
+        return DirectorySnapshots(os.path.join(self.data_dir, name, "0"))
 
     def logs(self) -> list[SegmentedLog]:
         """Every open partition's log (the L{SegmentedLog}s themselves)."""
