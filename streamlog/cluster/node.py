@@ -134,6 +134,12 @@ class MetadataStorage(ReplicaStorage):
         self.node.install_metadata_snapshot(m)
 
 
+#: Results of applied metadata entries kept for a waiter (L{ClusterNode.applied}) that may
+#: ask after the entry applied. Only a proposer waits, moments after its entry commits; a
+#: follower applies every entry and nobody asks, so without a bound they would pile up.
+RESULTS_KEPT = 4096
+
+
 class PeerListener(Factory):
     """The peer listener's factory: the node's transport, built when L{ClusterNode.start} runs."""
 
@@ -506,6 +512,8 @@ class ClusterNode(GroupCallbacks):
                 self.state, result = md.apply_entry(self.state, entry.data, entry.index)
                 if result is not None:
                     self._results[entry.index] = result
+                    if len(self._results) > RESULTS_KEPT:  # nobody waits for a follower's results
+                        del self._results[next(iter(self._results))]  # the oldest (indexes grow)
                 self.meta_applied = entry.index
         self._snapshot_metadata()
         self._after_apply()
