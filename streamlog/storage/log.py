@@ -400,6 +400,21 @@ class SegmentedLog:
             self.sync()
         return self.durability.write_checkpoint(self)
 
+    @property
+    def background_due(self) -> bool:
+        """Whether the periodic background pass has work here: data not synced yet, or a synced end
+        no checkpoint vouches for (L{background_checkpoint}).  Cheap: the reactor asks it of every log."""
+        if self._failed is not None or self._closed:
+            return False
+        return self.durability.unsynced(self) or self.durability.checkpoint_stale(self)
+
+    def background_checkpoint(self) -> bool:
+        """The periodic pass for this log: sync only if something is unsynced, then write the
+        checkpoint only if it changed.  Thread-safe; returns whether a checkpoint file was written."""
+        if self.durability.unsynced(self):
+            self.sync()
+        return self.durability.write_checkpoint(self)
+
     # -- closing -----------------------------------------------------------------------------
 
     def close(self, sync: bool = True) -> None:
