@@ -1,7 +1,8 @@
 """Restart of a node of a many-partition cluster under load (docs/benchmarks.md, "Many partitions").
 
     python benchmarks/restart_probe.py [--partitions 1000] [--rate 100] [--down 5] [--watch 120]
-        [--server-arg=OPTION ...] [--keep-data]
+        [--duty SHARE [--period S]] [--server-arg=OPTION ...] [--keep-data] [--crash-at-end]
+    python benchmarks/restart_probe.py --idle SECONDS [--partitions 1000]
 
 Starts 3 real nodes on 127.0.0.1 (the plan of C{streamlog cluster up}),
 creates a topic of C{--partitions} partitions at RF=3, runs a producer
@@ -13,6 +14,11 @@ C{--watch} seconds pass): how many partitions have no leader that claims
 them in its own Metadata, how many are not fully in sync, the highest
 leader term, and the CPU each node used in that second.  At the end it reads
 every partition back and counts acknowledged messages lost or changed.
+
+C{--duty} emulates a machine busy with other work (the load of 19-25 the
+first 1,000-partition restart met): a thread of this probe SIGSTOPs and
+SIGCONTs the nodes it started, so that each runs only that share of every
+C{--period} (0.12: about 12 % of a core at most, all its threads alike).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ def main() -> int:
                    help="emulate a busy machine: let each node run only this share of every --period "
                         "(SIGSTOP/SIGCONT of the nodes this probe started, by pid)")
     p.add_argument("--period", type=float, default=0.05)
+    p.add_argument("--idle", type=float, default=None, metavar="SECONDS",
+                   help="instead of the restart: once every partition is in sync, print the CPU each node "
+                        "uses over SECONDS with no load (the 60-s checkpoint pass included), and stop")
     p.add_argument("--crash-at-end", action="store_true",
                    help="SIGKILL every node at the end (a crashed data dir for a recovery profile; implies --keep-data)")
     args = p.parse_args()
@@ -144,6 +153,12 @@ def main() -> int:
                 time.sleep(0.5)
         nodes.wait_topic_in_sync(topic, 300)
         print(f"topic in sync; load {os.getloadavg()[0]:.1f}", flush=True)
+        if args.idle is not None:
+            before = {n: _cpu_of(nodes.pid(n)) for n in nodes.plans}
+            time.sleep(args.idle)
+            used = " ".join(f"n{n}:{_cpu_of(nodes.pid(n)) - before[n]:.2f}" for n in sorted(nodes.plans))
+            print(f"idle {args.idle:g} s: CPU {used} s; load {os.getloadavg()[0]:.1f}", flush=True)
+            return 0
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         if args.duty is not None:
