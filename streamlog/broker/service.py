@@ -389,7 +389,7 @@ class BrokerService(service.Service):
             raise StartupError(f"cannot lock the data dir {data_dir}: {e.strerror or e}") from None
         try:
             return SegmentedStorage(data_dir, self.config.topic_defaults, read_files=fitted.read_files,
-                                    retired_segments=fitted.retired)
+                                    retired_segments=fitted.retired, recovery_workers=self.config.sync_workers)
         except OSError as e:
             self._release_lock()
             raise StartupError(f"cannot open the data dir {data_dir}: {e.strerror or e}") from None
