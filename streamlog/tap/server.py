@@ -20,6 +20,7 @@ from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
+from streamlog.http.metrics import DEFAULT_METRICS_CACHE_SECONDS
 from streamlog.http.site import (
     DEFAULT_HTTP_LISTEN,
     DEFAULT_HTTP_MAX_CONNECTIONS,
@@ -210,6 +211,9 @@ class Options(usage.Options):
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
          "/metrics has series per partition while the node holds at most this many partitions (above: per "
          "topic and per node only); raise it to opt in on bigger nodes.", int],
+        ["metrics-cache-seconds", None, DEFAULT_METRICS_CACHE_SECONDS,
+         "Seconds one rendering of /metrics is served again to later scrapes, so that scraping faster does not "
+         "cost the node more (0: render every scrape).", float],
         ["log-format", None, "text", "The log's format: text (twistd's lines) or json (one JSON object per event, "
                                      "for log shippers; written where twistd writes its log)."],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
@@ -305,6 +309,8 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
             raise usage.UsageError("--metrics-max-partition-series must be 0 or more")
+        if not self["metrics-cache-seconds"] >= 0:
+            raise usage.UsageError("--metrics-cache-seconds must be 0 or more")
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -383,6 +389,7 @@ class Options(usage.Options):
             http_request_timeout=self["http-request-timeout"],
             http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
+            metrics_cache_seconds=self["metrics-cache-seconds"],
         )
 
     def console_config(self) -> ConsoleConfig:
@@ -636,7 +643,8 @@ class Node(service.MultiService):
         root = HttpRoot()
         self.metrics_registry = node_registry(self.broker_service, self.broker_service.factory,
                                               self.config.metrics_max_partition_series)
-        root.mount("metrics", MetricsResource(self.metrics_registry))
+        root.mount("metrics", MetricsResource(self.metrics_registry, self.config.metrics_cache_seconds,
+                                              self.reactor))
         root.mount("health", HealthResource(self.config.node_id))
         root.mount("ready", ReadyResource(self.broker_service))
         self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
