@@ -163,11 +163,15 @@ def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = D
     Node I's HTTP listener is on its client port plus C{http_port_offset};
     with C{None} the nodes run with C{--http-listen none} (never on the
     fixed default port 9644, which several nodes of one machine would fight
-    over).
+    over).  Server options that set C{--http-listen} themselves win (the last one
+    given does): then the plan knows no HTTP port, and a node counts as ready once
+    it answers Ping.
 
     @raise PlanError: a node count other than 1, 3, 5, or ports outside 1..65535.
     """
     check_node_count(nodes)
+    if any(o == "--http-listen" or o.startswith("--http-listen=") for o in server_options):
+        http_port_offset = None  # the user's own --http-listen comes last and wins; its port is unknown here
     if not host or any(c in host for c in " ,=/"):
         raise PlanError(f"--host {host!r} is not a host name or IP address")
     if host in ("0.0.0.0", "::", "[::]"):

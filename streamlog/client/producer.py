@@ -292,7 +292,7 @@ class Producer:
     @param buffer_bytes: the encoded bytes of accepted, unsettled messages
         at most (at least C{max_request_bytes}); a send past it waits for room.
     @param max_block: seconds a send waits for room before it fails with
-        L{errors.BufferFull} (0: at once).
+        L{errors.BufferFull} (0: on the next reactor turn, unless room came first).
     """
 
     _log = Logger()
@@ -486,6 +486,7 @@ class Producer:
                 max_block=self.max_block, size=blocked.size, sent=False))
         if self._blocked:
             self._block_timer = self.clock.callLater(max(self._blocked[0].until - now, 0.0), self._block_over)
+        self._admit()  # nothing may wait now: when_room() waiters are told
         self._check_flushes()
 
     def _has_room(self) -> bool:

@@ -49,6 +49,12 @@ def test_without_an_http_offset_the_nodes_have_no_http_listener():
     assert all(p.argv[-2:] == ("--http-listen", "none") and p.http_port is None for p in plans)
 
 
+def test_an_http_listen_among_the_server_options_wins_and_readiness_is_ping_only():
+    for given in (["--http-listen", "none"], ["--http-listen=tcp:0"]):
+        plans = plan_cluster(3, 7071, "data", "127.0.0.1", ["srv"], given)
+        assert all(p.http_port is None and p.argv[-len(given):] == tuple(given) for p in plans)
+
+
 def test_the_http_ports_must_fit_below_65536():
     with pytest.raises(PlanError, match=r"ports 65300\.\.65602"):
         plan_cluster(3, 65300, "d", "127.0.0.1", ["srv"])
@@ -342,10 +348,11 @@ def test_a_second_ctrl_c_kills_at_once(ups):
     assert not any(pid_alive(p) for p in up.node_pids)
 
 
-def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+def up_with_a_port_held(tmp_path, offset):
+    """`cluster up` of 3 stand-in nodes while this test listens on BASE+offset: (base, its result)."""
     base = free_base(3)
     holder = socket.socket()
-    holder.bind(("127.0.0.1", base + 101))  # node 2's peer port
+    holder.bind(("127.0.0.1", base + offset))
     holder.listen(1)
     try:
         argv = [sys.executable, "-c", MAIN, "cluster", "up", "--base-port", str(base), "--data-dir",
@@ -353,6 +360,11 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=20)
     finally:
         holder.close()
+    return base, done
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+    base, done = up_with_a_port_held(tmp_path, 101)  # node 2's peer port
     assert done.returncode == 1
     assert done.stderr.startswith(
         f"streamlog cluster up: cannot use port {base + 101} on 127.0.0.1 (node 2's peer port): "
@@ -362,16 +374,7 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
 
 def test_another_clusters_client_port_where_this_ones_peers_go_is_named_with_the_layout(tmp_path):
     """Two clusters 100 apart: the second's client ports are the first's peer ports."""
-    base = free_base(3)
-    holder = socket.socket()  # as node 1 of a cluster up with --base-port base+100 would
-    holder.bind(("127.0.0.1", base + 100))
-    holder.listen(1)
-    try:
-        argv = [sys.executable, "-c", MAIN, "cluster", "up", "--base-port", str(base), "--data-dir",
-                str(tmp_path / "c"), "--server-command", DOUBLE_COMMAND]
-        done = subprocess.run(argv, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=20)
-    finally:
-        holder.close()
+    base, done = up_with_a_port_held(tmp_path, 100)  # as node 1 of a cluster up with --base-port base+100 would
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (
         f"streamlog cluster up: cannot use port {base + 100} on 127.0.0.1 (node 1's peer port): Address already "

@@ -139,3 +139,21 @@ def test_closing_the_client_fails_the_sends_waiting_for_room(clock, cluster, cli
     assert outcome(d) is None
     assert all(isinstance(outcome(x), Failure) for x in [*ds, room])
     assert producer.pending == 0 and producer.buffered == 0
+
+
+def test_when_room_fires_once_the_waiting_sends_failed(clock, cluster, client):
+    producer = stalled(cluster, client, max_block=1.0)
+    first = producer.send("t", {"n": -1}, partition=0)
+    run_until(clock, cluster, lambda: first.called)
+    cluster.move_leader("t", 0, None)
+    ds = [producer.send("t", {"n": i}, partition=0) for i in range(60)]
+    producer.send("t", {"n": 60}, partition=0).addErrback(lambda f: None)
+    room = producer.when_room()
+    assert not room.called
+    # The waiting sends fail at max_block; the buffer is below its bound: there is room again.
+    run_until(clock, cluster, lambda: room.called, limit=5)
+    assert producer.buffer_full == producer.blocked_sends and producer.buffered < BOUND
+    cluster.move_leader("t", 0, 2)
+    run_until(clock, cluster, lambda: all(d.called for d in ds), limit=30)
+    for d in ds:
+        d.addErrback(lambda f: None)
