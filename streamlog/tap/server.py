@@ -20,6 +20,7 @@ from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
 from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
+from streamlog.http.health import DEFAULT_READY_MAX_SYNC_SECONDS
 from streamlog.http.metrics import DEFAULT_METRICS_CACHE_SECONDS
 from streamlog.http.site import (
     DEFAULT_HTTP_LISTEN,
@@ -211,6 +212,9 @@ class Options(usage.Options):
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
          "/metrics has series per partition while the node holds at most this many partitions (above: per "
          "topic and per node only); raise it to opt in on bigger nodes.", int],
+        ["ready-max-sync-seconds", None, DEFAULT_READY_MAX_SYNC_SECONDS,
+         "/ready answers 503 while a log sync (fsync) has been in flight longer than this many seconds (a hung "
+         "disk never fails a sync, it never finishes one).", float],
         ["metrics-cache-seconds", None, DEFAULT_METRICS_CACHE_SECONDS,
          "Seconds one rendering of /metrics is served again to later scrapes, so that scraping faster does not "
          "cost the node more (0: render every scrape).", float],
@@ -309,6 +313,8 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
             raise usage.UsageError("--metrics-max-partition-series must be 0 or more")
+        if not self["ready-max-sync-seconds"] > 0:
+            raise usage.UsageError("--ready-max-sync-seconds must be more than 0")
         if not self["metrics-cache-seconds"] >= 0:
             raise usage.UsageError("--metrics-cache-seconds must be 0 or more")
 
@@ -390,6 +396,7 @@ class Options(usage.Options):
             http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
             metrics_cache_seconds=self["metrics-cache-seconds"],
+            ready_max_sync_seconds=self["ready-max-sync-seconds"],
         )
 
     def console_config(self) -> ConsoleConfig:
@@ -645,7 +652,7 @@ class Node(service.MultiService):
                                               self.config.metrics_max_partition_series)
         root.mount("metrics", MetricsResource(self.metrics_registry, self.config.metrics_cache_seconds,
                                               self.reactor))
-        root.mount("health", HealthResource(self.config.node_id))
+        root.mount("health", HealthResource(self.config.node_id, service=self.broker_service))
         root.mount("ready", ReadyResource(self.broker_service))
         self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
                                      self.reactor)

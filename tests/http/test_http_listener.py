@@ -57,6 +57,7 @@ def test_the_test_suite_runs_with_the_http_listener_off_by_default():
     (["--http-request-timeout", "0"], "--http-request-timeout must be more than 0 seconds"),
     (["--http-max-connections-per-address", "0"], "--http-max-connections-per-address must be at least 1"),
     (["--metrics-cache-seconds", "-1"], "--metrics-cache-seconds must be 0 or more"),
+    (["--ready-max-sync-seconds", "0"], "--ready-max-sync-seconds must be more than 0"),
     (["--metrics-cache-seconds", "nan"], "--metrics-cache-seconds must be 0 or more"),
 ])
 def test_http_option_mistakes_are_usage_errors(args, message):
@@ -139,8 +140,10 @@ def test_a_taken_http_port_is_a_one_line_refusal(tmp_path):
 
 def test_the_metrics_cache_option_reaches_the_metrics_resource(tmp_path):
     options = Options()
-    options.parseOptions(["--metrics-cache-seconds", "2.5"])
+    options.parseOptions(["--metrics-cache-seconds", "2.5", "--ready-max-sync-seconds", "4"])
     assert options.node_config().metrics_cache_seconds == 2.5
+    assert options.node_config().ready_max_sync_seconds == 4.0
+    assert defaults_ready_max_sync() == NodeConfig().ready_max_sync_seconds == 10.0
     defaults = Options()
     defaults.parseOptions([])
     assert defaults.node_config().metrics_cache_seconds == NodeConfig().metrics_cache_seconds == 1.0
@@ -151,3 +154,9 @@ def test_the_metrics_cache_option_reaches_the_metrics_resource(tmp_path):
     resource = node.http_root.children[b"metrics"]
     assert resource.cache_seconds == 2.5 and resource.clock is reactor
     node.broker_service.close()
+
+
+def defaults_ready_max_sync():
+    options = Options()
+    options.parseOptions([])
+    return options.node_config().ready_max_sync_seconds
