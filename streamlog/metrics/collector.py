@@ -278,6 +278,9 @@ class NodeCollector(Collector):
         topic_lag = GaugeMetricFamily("streamlog_group_topic_lag_records", "The group's lag summed over the "
                                       "topic's partitions this node holds.", labels=["group", "topic"])
         offsets = broker.topics.get(OFFSETS_TOPIC)
+        load = getattr(broker.groups, "load_led", None)
+        if load is not None:  # a coordinator that took over shows its groups before any group request
+            load()
         shards = broker.groups.shards
         if offsets is not None:
             for replica in offsets.partitions:
