@@ -365,3 +365,27 @@ def test_peer_factories_are_quiet_so_reconnect_attempts_do_not_flood_the_log():
     _, _, transport = make()
     assert transport.factory().noisy is False
     assert transport.factory(expect="b").noisy is False
+
+
+class TCPLikeTransport(StringTransport):
+    """A StringTransport with the class attributes Twisted's TCP connections read and write by."""
+
+    bufferSize = 2**16
+    SEND_LIMIT = 128 * 1024
+
+
+@pytest.mark.parametrize("chunk", [TransportLimits().socket_chunk_bytes, 300_000])
+def test_a_tcp_peer_connection_reads_and_writes_in_chunks_of_the_limit(chunk):
+    # Twisted's 64 KiB reads and 128 KiB writes cost a 500 KiB batch eight reads and four
+    # writes, each a reactor turn; and its 64 KiB write buffer paused bulk after every batch.
+    clock, host, pt = make(limits=TransportLimits(socket_chunk_bytes=chunk))
+    proto = pt.factory().buildProtocol(None)
+    t = TCPLikeTransport()
+    proto.makeConnection(t)
+    assert (t.bufferSize, t.SEND_LIMIT) == (chunk, chunk)
+    assert (TCPLikeTransport.bufferSize, TCPLikeTransport.SEND_LIMIT) == (2**16, 128 * 1024)  # only this connection's
+    plain = pt.factory().buildProtocol(None)
+    s = StringTransport()
+    plain.makeConnection(s)
+    assert not hasattr(s, "SEND_LIMIT")  # a transport without them is left alone
+
