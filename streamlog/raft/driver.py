@@ -533,6 +533,7 @@ class RaftHost:
                 runner.feed(runner.node.replicate(now))
             except Exception:
                 self._log.failure("group {group}: replication failed", group=group)
+        self.transport.flush()  # in this turn: the entries waited one already
 
     def change_membership(
         self, group: str, add: str | None = None, remove: str | None = None

@@ -657,6 +657,16 @@ class PeerTransport:
         conn.send_raft(group, to, frm, msg)
         return True
 
+    def flush(self) -> None:
+        """Write what every connection has queued now, instead of at its own next turn (the
+        host calls this right after sending a turn's entries, which would otherwise wait one
+        more reactor turn)."""
+        for conn in list(self.connections.values()):
+            call = conn._flush_call
+            if call is not None and call.active():
+                call.cancel()
+                conn._flush()
+
     def announce(self, groups: dict[str, Any], full: bool = False, to: str | None = None) -> None:
         """Leadership announcements: `groups` maps group -> [term, isr] (led) or None (no longer)."""
         targets = [self.connections[to]] if to is not None and to in self.connections else (

@@ -195,6 +195,9 @@ def test_submissions_of_one_turn_go_as_one_append_entries_and_commit_without_a_t
     for i in range(5):  # five Sends read in one reactor turn
         leader.submit("g1", b"m%d" % i).addBoth(results.append)
     assert leader.stats["frames_sent"] == sent  # appended; sent at the next turn, together
+    clock.advance(0)  # that turn: handed to the connections and written, not left for one more turn
+    assert leader.stats["frames_sent"] == sent + 10
+    assert all(c._flush_call is None and not c._bulk for c in leader.connections.values())
     # No clock time passes: only reactor turns (advance(0)) and the network, so nothing waits
     # for a tick or a timer.
     for _ in range(6):
