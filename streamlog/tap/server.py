@@ -128,6 +128,7 @@ _PEER_LIMIT_HELP = {
     "handshake_timeout": "Seconds a peer connection has to send a valid hello.",
     "control_line_bytes": "Coalesced control messages are split into lines of about this many bytes.",
     "max_unread_bytes": "Control bytes queued towards a peer that reads nothing before the connection closes.",
+    "socket_chunk_bytes": "Bytes one read or write of a peer socket moves at most, and its write buffer holds before replication pauses.",
 }
 
 
