@@ -158,6 +158,7 @@ class FailoverRun:
         self.killed_at: float | None = None
         self.record: KillRecord | None = None
         self.records: list[KillRecord] = []
+        self.refused_mark = 0
         self.ticker = LoopingCall(self._tick)
         self.ticker.clock = reactor
 
@@ -262,7 +263,9 @@ class FailoverRun:
         await self.producer.flush()
         readback = await self.read_back()
         return {"readback": self.ledger.check(readback), "sent": self.sent,
-                "send_failures": len(self.failed), "send_failure_examples": self.failed[:5]}
+                "send_failures": len(self.failed), "send_failure_examples": self.failed[:5],
+                "refused_unsent": getattr(self.client, "refused_unsent", None),
+                "news_dials": getattr(self.client, "news_dials", None)}
 
     async def create_topic(self) -> None:
         params = {"topic": self.topic, "partitions": self.args.partitions, "replication_factor": 3}
@@ -308,6 +311,9 @@ class FailoverRun:
         victim = parts[0]["leader"]
         led = tuple([0] + sorted(p for p, e in parts.items() if e["leader"] == victim and p != 0))
         record = KillRecord(kill=kill, node=victim, led=led)
+        refused = getattr(self.client, "refused_unsent", None)
+        if refused is not None:
+            record.refused_unsent, self.refused_mark = refused - self.refused_mark, refused
         self.records.append(record)  # kept with what it measured even if this fault times out
         self.killed_at = killed_at = self.now()
         self.record = record
@@ -349,6 +355,7 @@ class FailoverRun:
         await self.until(f"node {victim} back in the in-sync replicas", self.args.isr_timeout,
                          self.all_led_in_sync, step=0.05)
         record.back_in_isr_s = self.now() - restarted
+        self.refused_mark = getattr(self.client, "refused_unsent", 0)  # from here to the next fault
         self.record = None
         self.killed_at = None
         if not self.args.quiet:
@@ -356,7 +363,8 @@ class FailoverRun:
                      f"seen in Metadata after {record.leader_seen_s:.3f}s (all {len(led)} after "
                      f"{record.all_led_s:.3f}s); first ack after {record.first_ack_s:.3f}s; "
                      f"all its partitions acked after {record.all_acked_s:.3f}s; back in sync "
-                     f"{record.back_in_isr_s:.2f}s after the fault ended")
+                     f"{record.back_in_isr_s:.2f}s after the fault ended; requests refused unsent between "
+                     f"the last fault's end and this one {record.refused_unsent}")
 
     async def read_back(self) -> dict[int, dict[int, Any]]:
         stored: dict[int, dict[int, Any]] = {}
@@ -403,6 +411,9 @@ def _print_text(result: dict[str, Any]) -> None:
         return
     print(f"  acknowledged {rb['acknowledged']} of {result['sent']} sent; lost {rb['lost']}, changed {rb['changed']}, "
           f"out of order {rb['out_of_order']}, stored twice {rb['duplicates']}; failed sends {result['send_failures']}")
+    if result.get("refused_unsent") is not None:
+        print(f"  requests refused unsent (their node's connection backing off): {result['refused_unsent']}; "
+              f"early dials on news of a node: {result.get('news_dials')}")
 
 
 def main_with_args(args: Any) -> int:

@@ -37,6 +37,11 @@ class KillRecord:
     all_acked_s: float | None = None
     #: The restarted node was back in the in-sync replicas of every partition it holds.
     back_in_isr_s: float | None = None
+    #: Producer requests failed unsent between the previous fault's node being back in sync (the
+    #: run's start for the first) and this fault (their node's connection backing off: leadership
+    #: back at a restarted node the client has not dialled yet); None where the client does not
+    #: count them.
+    refused_unsent: int | None = None
     #: Acknowledged partitions of C{led}, by partition: seconds after the kill.
     acked: dict[int, float] = attrs.field(factory=dict)
 

@@ -425,9 +425,13 @@ class Broker:
         # A topic that does not exist yet is created only once the whole request has
         # passed every check: a refused Send must leave nothing behind.
         topic = self.topics.get(p.topic)
+        if topic is None and self.cluster is not None and not self.cluster.metadata_current():
+            # A node whose metadata may be behind (just restarted, cut off from the controller)
+            # cannot tell a live topic from a new one: retriable, and no partition judged against
+            # the count a new topic would get (a Producer's batches for partition 80 of a live
+            # topic failed UNKNOWN_PARTITION at a node just restarted).
+            raise self.cluster.unknown_topic(p.topic)
         if topic is None and not self.config.auto_create_topics:
-            if self.cluster is not None and not self.cluster.metadata_current():
-                raise self.cluster.unknown_topic(p.topic)
             raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
         count = len(topic.partitions) if topic is not None else self.config.default_partitions
         sticky: int | None = None

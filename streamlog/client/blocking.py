@@ -19,6 +19,19 @@ Producer: a write given up says whether an attempt may have stored it
 may duplicate, until idempotent producers).  One socket per node, opened
 when first needed, again on the next call after it was lost.
 
+A stalled node (SIGSTOP, cut off: its socket stays open and says nothing)
+is noticed after C{stall_timeout} of silence past the moment its answer
+was due (a long Poll's C{max_wait_ms} later): a C{Metadata} request then
+goes to the next node at once, and a partition request asks another node
+for the metadata and leaves the silent one (the socket is closed, the
+request asked again at the new leader, as after a lost connection) if the
+partition is led elsewhere in a later term now or the cluster sees the node
+down; otherwise it keeps waiting, asking again every C{stall_timeout},
+until its C{timeout}.  C{UNKNOWN_TOPIC} for a topic this client saw exist
+(created or auto-created it, or a Metadata answer listed it) is asked again
+for C{unknown_topic_grace} seconds: a node whose metadata lags behind the
+controller says so right after a topic is created.
+
     with BlockingClient("127.0.0.1:7070") as c:
         c.create_topic("events", partitions=3)
         print(c.send("events", {"n": 1}))
@@ -30,6 +43,8 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -39,7 +54,8 @@ from streamlog.client import requests, retry
 from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_bootstrap, describe_address, parse_target
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
-from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
+from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 from streamlog.idempotence.rules import SEQUENCE_MODULUS
 
 #: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
@@ -76,6 +92,10 @@ class _NodeSocket:
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.buffer = b""
+        #: The address as the client keys its nodes (set by the client).
+        self.key = ""
+        #: When bytes last arrived (or the socket connected): the start of a silence.
+        self.last_received = 0.0
 
     def connect(self) -> None:
         if self.sock is not None:
@@ -99,6 +119,7 @@ class _NodeSocket:
                                         address=self.address, sent=False) from None
         self.sock = sock
         self.buffer = b""
+        self.last_received = time.monotonic()
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -157,6 +178,7 @@ class _NodeSocket:
             self.close()
             raise errors.ConnectionLost(f"{self.address} closed the connection before answering {method}",
                                         method=method)
+        self.last_received = time.monotonic()
         self.buffer += data
 
     def read_answer(self, method: str, deadline: float | None, close_on_timeout: bool = True) -> dict[str, Any]:
@@ -200,12 +222,26 @@ class BlockingClient:
     @param delivery_timeout: seconds within which a partition request (Send, SendBatch, Poll,
         ListOffsets) is asked again after errors that may heal; None: C{timeout} (or
         L{retry.DEFAULT_DELIVERY_TIMEOUT} if that is None too).
+    @param stall_timeout: seconds of silence from a node past the moment its answer was due
+        after which the client looks elsewhere (see the module docstring); None: off (only
+        C{timeout} ends the wait).  The Twisted client's default, 0.5 s.
+    @param unknown_topic_grace: seconds during which C{UNKNOWN_TOPIC} for a topic this client
+        saw exist is asked again (from the first such answer); 0: off.
     """
 
     def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0,
-                 delivery_timeout: float | None = None) -> None:
+                 delivery_timeout: float | None = None, stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive (or None: off)")
         self.bootstrap = check_bootstrap(address, blocking=True)
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self.unknown_topic_grace = unknown_topic_grace
+        #: Connections left because their node stalled while its partitions moved (for tests).
+        self.stalls_dropped = 0
+        self._suspect: set[str] = set()  # nodes that stalled: asked for the metadata last
+        self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self.delivery_timeout = delivery_timeout if delivery_timeout is not None else (
             timeout if timeout is not None else retry.DEFAULT_DELIVERY_TIMEOUT)
         self._nodes: dict[str, _NodeSocket] = {}
@@ -226,6 +262,7 @@ class BlockingClient:
         node = self._nodes.get(key)
         if node is None:
             node = self._nodes[key] = _NodeSocket(address, self.timeout)
+            node.key = key
         return node
 
     @property
@@ -256,7 +293,10 @@ class BlockingClient:
     # --- one request at one node ----------------------------------------------------------
 
     def _call_at(self, node: _NodeSocket, method: str, params: dict[str, Any], timeout: float | None = None,
-                 expect_answer: bool = True) -> Any:
+                 expect_answer: bool = True, on_stall: Callable[[_NodeSocket], str | None] | None = None) -> Any:
+        """One request at C{node}.  C{on_stall(node)}: asked when the node has been silent for
+        C{stall_timeout} past the answer's due time (then every C{stall_timeout}); a reason
+        returned leaves the node (L{errors.ConnectionLost} with C{stalled: true})."""
         rid = self._next_id
         self._next_id += 1
         if timeout is None:
@@ -265,18 +305,51 @@ class BlockingClient:
         node.write(rid, method, params, timeout)
         if not expect_answer:
             return None
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        due = now + server_wait(method, params)
         while True:
-            answer = node.read_answer(method, deadline)
+            answer = self._read(node, method, deadline, due, on_stall)
             if answer.get("id") == rid:
                 break
             if answer.get("id") is None and isinstance(answer.get("error"), dict):
                 raise errors.from_wire(answer["error"])
             # an answer to an earlier request that timed out: skip it
+        self._suspect.discard(node.key)
         error = answer.get("error")
         if isinstance(error, dict):
             raise errors.from_wire(error)
         return answer.get("result")
+
+    def _read(self, node: _NodeSocket, method: str, deadline: float | None, due: float,
+              on_stall: Callable[[_NodeSocket], str | None] | None) -> dict[str, Any]:
+        """The next answer line from C{node}, watching for a stall (see L{_call_at})."""
+        if self.stall_timeout is None or on_stall is None:
+            return node.read_answer(method, deadline)
+        check = max(node.last_received, due) + self.stall_timeout
+        while True:
+            until = check if deadline is None else min(check, deadline)
+            try:
+                return node.read_answer(method, until, close_on_timeout=False)
+            except _NoAnswerYet:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                node.close()  # the answer may still come: the stream is out of step
+                raise errors.Timeout(f"no answer to {method} from {node.address} in time", method=method)
+            check = max(node.last_received, due) + self.stall_timeout
+            if now < check:
+                continue  # bytes came meanwhile (another answer, part of this one)
+            silent = now - max(node.last_received, due)
+            self._suspect.add(node.key)
+            why = on_stall(node)
+            if why is not None:
+                self.stalls_dropped += 1
+                node.close()
+                raise errors.ConnectionLost(
+                    f"no answer to {method} from {node.address} for {silent:.2f}s, and {why}",
+                    method=method, address=node.address, stalled=True)
+            check = time.monotonic() + self.stall_timeout
 
     def _any_node(self) -> _NodeSocket:
         """A node for requests any node answers: one connected already, else the first that connects."""
@@ -301,13 +374,20 @@ class BlockingClient:
 
     # --- the metadata and routes -----------------------------------------------------------------
 
-    def _learn(self, topic: str | None = None) -> None:
-        """Ask a node for the metadata (of C{topic} too); a node without Metadata is the only node."""
+    def _learn(self, topic: str | None = None, avoid: _NodeSocket | None = None) -> None:
+        """Ask a node for the metadata (of C{topic} too); a node without Metadata is the only node.
+
+        Nodes that stalled lately (and C{avoid}) are asked last; one silent for C{stall_timeout}
+        is left for the next at once (any node can answer)."""
         failed: list[errors.StreamlogError] = []
-        for address in dict.fromkeys([*self.view.addresses(), *self.bootstrap]):
+        addresses = list(dict.fromkeys([*self.view.addresses(), *self.bootstrap]))
+        addresses.sort(key=lambda a: (avoid is not None and address_key(a) == avoid.key)
+                       or address_key(a) in self._suspect)
+        for address in addresses:
             node = self._node(address)
             try:
-                result = self._call_at(node, "Metadata", {"topics": [topic] if topic else []})
+                result = self._call_at(node, "Metadata", {"topics": [topic] if topic else []},
+                                       on_stall=lambda _: "any other node can answer Metadata")
             except errors.MethodNotFound:
                 self.view.use_single_node(address_key(address), time.monotonic())
                 return
@@ -319,8 +399,32 @@ class BlockingClient:
                 self.view.use_single_node(address_key(address), time.monotonic())
                 return
             self.view.apply(answer, [topic] if topic else [], time.monotonic())
+            for info in answer.topics:
+                self._topic_seen(info.topic)
             return
         raise _none_reachable(failed)
+
+    def _topic_seen(self, topic: str) -> None:
+        self._unknown_topics.seen(topic)
+
+    def _stall_verdict(self, node: _NodeSocket, topic: str, partition: int, term: int) -> str | None:
+        """Why to leave C{node}, silent with a request for C{topic}/C{partition} (led by it in
+        C{term} when sent): the partition is led elsewhere in a later term now, or the cluster
+        sees the node down (asked of another node); None: keep waiting."""
+        node_id = self.view.node_at(node.key)
+        try:
+            self._learn(topic, avoid=node)
+        except errors.StreamlogError:
+            return None  # nobody else answered: keep waiting for this one
+        info = self.view.topics.get(topic)
+        if info is not None and partition < info.count:
+            now = info.partitions[partition]
+            if now.leader is not None and now.leader != node_id and now.leader_term > term:
+                return f"{topic}/{partition} is led by node {now.leader} now (term {now.leader_term})"
+        seen = self.view.nodes.get(node_id) if node_id is not None else None
+        if seen is not None and not seen.up:
+            return "the cluster sees the node down"
+        return None
 
     def _topic(self, topic: str) -> TopicInfo | None:
         """The topic's partitions, when the client routes (None on a single node: it places messages itself)."""
@@ -371,9 +475,14 @@ class BlockingClient:
             attempts += 1
             try:
                 node = self._leader(topic, partition) if partition is not None else self._any_node()
-                return self._call_at(node, method, params, timeout, expect_answer)
+                on_stall = None
+                if partition is not None and not self.view.single_node:
+                    term = self.view.topics[topic].partitions[partition].leader_term
+                    on_stall = partial(self._stall_verdict, topic=topic, partition=partition, term=term)
+                return self._call_at(node, method, params, timeout, expect_answer, on_stall)
             except errors.StreamlogError as e:
-                if not retry.retriable(e):
+                graced = isinstance(e, errors.UnknownTopic) and self._unknown_topics.applies(topic, time.monotonic())
+                if not retry.retriable(e) and not graced:
                     raise (retry.given_up(e, maybe_landed) if write else e) from None
                 last = e
                 maybe_landed = maybe_landed or retry.may_have_landed(e)
@@ -383,6 +492,10 @@ class BlockingClient:
                     self.view.apply_not_leader(last.details, topic, partition):
                 hinted += 1
                 continue  # the hint names the new leader: ask it at once
+            if last.details.get("stalled") is True and hinted < 2 and partition is not None \
+                    and self.view.leader(topic, partition) is not None:
+                hinted += 1
+                continue  # the stall's verdict fetched the metadata: the new leader is known
             hinted = 0
             if isinstance(last, (errors.ConnectionLost, errors.Timeout)) and partition is not None \
                     and not self.view.single_node:
@@ -604,17 +717,20 @@ class BlockingClient:
     def create_topic(self, topic: str, partitions: int = 1, config: dict[str, Any] | None = None) -> dict[str, Any]:
         result = self._admin("CreateTopic", requests.create_topic(topic, partitions, config))
         self.view.forget_topic(topic)
+        self._topic_seen(topic)  # a node lagging behind the controller may not know it yet
         return result
 
     def auto_create_topic(self, topic: str) -> dict[str, Any]:
         """C{CreateTopic {topic, auto_create: true}}: the topic as a Send would auto-create it, or as it is."""
         result = self.call("CreateTopic", requests.auto_create_topic(topic))
         self.view.forget_topic(topic)
+        self._topic_seen(topic)
         return result
 
     def delete_topic(self, topic: str) -> dict[str, Any]:
         result = self._admin("DeleteTopic", {"topic": topic})
         self.view.forget_topic(topic)
+        self._unknown_topics.forget(topic)
         return result
 
     def list_topics(self) -> list[dict[str, Any]]:

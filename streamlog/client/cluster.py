@@ -48,15 +48,15 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, describe_ad
 from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
+from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
 
-#: Seconds of silence with requests in flight before a node's connection is suspect (see ClusterClient).
-DEFAULT_STALL_TIMEOUT = 0.5
 
-#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is retried (see ClusterClient).
-DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
+#: Failed connection attempts in a row after which a node connection nothing waits for stops
+#: dialling until a request or news of the node needs it (see ClusterClient).
+DEFAULT_IDLE_DIAL_LIMIT = 8
 
 
 def _default_reactor() -> Any:
@@ -270,6 +270,19 @@ class ClusterClient:
         from the first such answer: right after a topic is created, a node
         whose metadata lags answers so.  A topic never seen fails at once; a
         topic deleted elsewhere fails once the grace is over.  0 turns it off.
+    @param idle_dial_limit: a node connection whose last this many attempts
+        failed, with no request waiting for it, stops dialling; a request
+        routed to the node dials it again (once per backoff), and so does
+        news that the node is back (below).  None dials for ever.
+
+    News of a node: when a Metadata answer says a node is up that the client
+    last saw down (or never saw), or names a node the leader of a partition
+    in use in a later term, or a C{NOT_LEADER} hint names a new leader, the
+    client dials that node at once if its connection is down (its backoff,
+    up to C{reconnect_max}, starts again), and requests routed there wait
+    for that attempt (within their timeout) instead of failing at once.  A
+    node that keeps refusing is dialled at most once per C{reconnect_min}
+    however often it is named, and otherwise at the pace of its backoff.
     """
 
     _log = Logger()
@@ -282,11 +295,12 @@ class ClusterClient:
                  endpoint_factory: Callable[[Any], Any] | None = None,
                  node_clients: Mapping[Any, StreamlogClient] | None = None,
                  stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
+                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE,
+                 idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT) -> None:
+        if idle_dial_limit is not None and idle_dial_limit < 1:
+            raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: off)")
-        if unknown_topic_grace < 0:
-            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
         if reactor is None and (clock is None or endpoint_factory is None):
             reactor = _default_reactor()
         self.clock: Any = clock if clock is not None else reactor
@@ -297,8 +311,11 @@ class ClusterClient:
         self.metadata_max_age = metadata_max_age
         self.stall_timeout = stall_timeout
         self.unknown_topic_grace = unknown_topic_grace
-        self._topics_seen: set[str] = set()  # topics this client saw exist (Metadata, its CreateTopic)
-        self._unknown_since: dict[str, float] = {}  # seen topics answered UNKNOWN_TOPIC since, and when first
+        self.idle_dial_limit = idle_dial_limit
+        #: Early dials made on news of a node (for tests, metrics).
+        self.news_dials = 0
+        self._refused_closed = 0  # refused_unsent of node connections closed since
+        self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
         self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
@@ -365,7 +382,7 @@ class ClusterClient:
                                    request_timeout=self.request_timeout, reconnect_min=self.reconnect_min,
                                    reconnect_max=self.reconnect_max, rng=self._rng,
                                    name=describe_address(target), fail_waiting_on_connect_failure=True,
-                                   stall_timeout=self.stall_timeout)
+                                   stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit)
             node.on_stall = self._node_stalled
             self._clients[key] = node
         return node
@@ -432,11 +449,57 @@ class ClusterClient:
         node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
                               f"and {why}")
 
+    # --- news of a node: dial it now -------------------------------------------------------------
+
+    def _node_picture(self) -> tuple[dict[int, bool], dict[tuple[str, int], tuple[int | None, int]]]:
+        """What the view says now: which nodes are up, and who leads each partition in use (and in
+        which term); compared after a Metadata answer by L{_news_since}."""
+        up = {node_id: node.up for node_id, node in self.view.nodes.items()}
+        leaders = {(topic, p.partition): (p.leader, p.leader_term)
+                   for topic in self._topics_in_use if (info := self.view.topics.get(topic)) is not None
+                   for p in info.partitions}
+        return up, leaders
+
+    def _news_since(self, before: tuple[dict[int, bool], dict[tuple[str, int], tuple[int | None, int]]]
+                    ) -> set[int]:
+        """The nodes the view calls up now that it did not before, and the new leaders (another
+        node, or a later term) of partitions in use."""
+        up_before, leaders_before = before
+        news = {node_id for node_id, node in self.view.nodes.items() if node.up and not up_before.get(node_id)}
+        for (topic, partition), (leader, term) in self._node_picture()[1].items():
+            old = leaders_before.get((topic, partition))
+            # A leader forgotten after a failed attempt (None, same term) named again is no news.
+            if leader is not None and old is not None and (term > old[1] or old[0] not in (None, leader)):
+                news.add(leader)
+        return news
+
+    def _dial_news(self, node_ids: set[int]) -> None:
+        """Dial the nodes named (their connections made already and down) without waiting out their
+        backoff: the cluster says they are up, or lead now (see the class docstring)."""
+        for node_id in sorted(node_ids):
+            node = self.view.nodes.get(node_id)
+            if node is None or not node.up:
+                continue
+            client = self._clients.get(self._key(node.address))
+            if client is None or client.connected or client.dialling:
+                continue
+            if client.dial_now():
+                self.news_dials += 1
+                self._log.debug("dialling {address} now: the cluster says it is up or leads",
+                                address=client.address)
+
+    @property
+    def refused_unsent(self) -> int:
+        """Requests failed unsent because their node's connection could not be made (it was
+        backing off after failed attempts): what news dials are there to avoid."""
+        return self._refused_closed + sum(node.refused_unsent for node in self._clients.values())
+
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
         self._stall_led.pop(key, None)
         if node is not None:
+            self._refused_closed += node.refused_unsent
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
                            address=node.address)
             node.close()
@@ -476,6 +539,10 @@ class ClusterClient:
         immediate = False
         if isinstance(error, errors.NotLeader) and topic is not None and partition is not None:
             immediate = self.view.apply_not_leader(error.details, topic, partition)
+            if immediate:
+                hinted = self.view.leader(topic, partition)
+                if hinted is not None:
+                    self._dial_news({hinted.node_id})
         elif isinstance(error, errors.NotController):
             immediate = self.view.apply_not_controller(error.details)
         if isinstance(error, (errors.ConnectionLost, errors.Timeout)) and address is not None:
@@ -495,21 +562,12 @@ class ClusterClient:
 
     def topic_seen(self, topic: str) -> None:
         """The topic exists (a Metadata answer listed it, a CreateTopic of ours succeeded)."""
-        self._topics_seen.add(topic)
-        self._unknown_since.pop(topic, None)
+        self._unknown_topics.seen(topic)
 
     def in_unknown_topic_grace(self, topic: str | None) -> bool:
         """Whether an C{UNKNOWN_TOPIC} answer for C{topic} is retried now (see C{unknown_topic_grace});
         the first such answer starts the grace."""
-        if topic is None or not self.unknown_topic_grace or topic not in self._topics_seen:
-            return False
-        now = self.clock.seconds()
-        first = self._unknown_since.setdefault(topic, now)
-        if now - first < self.unknown_topic_grace:
-            return True
-        self._topics_seen.discard(topic)  # gone for good, as far as we can tell
-        self._unknown_since.pop(topic, None)
-        return False
+        return self._unknown_topics.applies(topic, self.clock.seconds())
 
     def _refresh_soon(self) -> None:
         if self._closed:
@@ -624,10 +682,12 @@ class ClusterClient:
             if answer.alone:
                 single("runs alone (started without --peers)")
                 return
+            before = self._node_picture()
             departed = self.view.apply(answer, topics, self.clock.seconds())
             for info in answer.topics:
                 self.topic_seen(info.topic)
             self._after_cluster_fetch(departed)
+            self._dial_news(self._news_since(before))
             self._node_ok(key)
             self._fetched(self.view)
 
@@ -967,8 +1027,7 @@ class ClusterClient:
         if created:
             self.topic_seen(topic)  # a node lagging behind the controller may not know it yet
         else:
-            self._topics_seen.discard(topic)
-            self._unknown_since.pop(topic, None)
+            self._unknown_topics.forget(topic)
         return result
 
     def list_topics(self, timeout: float | None = None) -> Deferred:
@@ -1020,5 +1079,6 @@ def as_cluster_client(client: Any) -> Any:
     return client
 
 
-__all__ = ["DEFAULT_STALL_TIMEOUT", "DEFAULT_UNKNOWN_TOPIC_GRACE", "ClusterClient", "Target", "as_cluster_client"]
+__all__ = ["DEFAULT_IDLE_DIAL_LIMIT", "DEFAULT_STALL_TIMEOUT", "DEFAULT_UNKNOWN_TOPIC_GRACE", "ClusterClient", "Target",
+           "as_cluster_client"]
 

@@ -46,7 +46,7 @@ from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived 
     parse_target,
     parse_unix_path,
 )
-from streamlog.client.requests import MAX_ANSWER_BYTES
+from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
 from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
 from streamlog.framing import FastLineReceiver
 
@@ -67,16 +67,6 @@ class _Pending:
         #: When a healthy server would have begun to answer: when it was written, plus the wait
         #: the request asks the server for (a long Poll's C{max_wait_ms}).
         self.due = due
-
-
-def server_wait(method: str, params: dict[str, Any] | None) -> float:
-    """Seconds the server may legitimately hold C{method} before answering: a long Poll's
-    C{max_wait_ms}; 0 for everything else (their answers come as soon as they are done)."""
-    if method == "Poll" and params:
-        wait = params.get("max_wait_ms")
-        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
-            return float(wait) / 1000.0
-    return 0.0
 
 
 class ClientProtocol(FastLineReceiver):
@@ -309,22 +299,90 @@ class _NamedEndpoint:
         self.name = name
         #: Why the last attempt failed (None after a success).
         self.last_error: str | None = None
+        #: An attempt is on (its outcome not known yet): at most one per node at a time.
+        self.attempting = False
 
     def connect(self, factory: Any) -> Deferred:
         def failed(failure: Failure) -> Failure:
+            self.attempting = False
             self.last_error = failure.getErrorMessage() or type(failure.value).__name__
             return failure
 
         def connected(proto: Any) -> Any:
+            self.attempting = False
             self.last_error = None
             return proto
 
+        self.attempting = True
         return self._endpoint.connect(factory).addCallbacks(connected, failed)
 
     def __repr__(self) -> str:
         return self.name
 
     __str__ = __repr__
+
+
+@implementer(IDelayedCall)
+class _Retry:
+    """L{ClientService}'s timer before its next connection attempt, held by the L{StreamlogClient}
+    so that it can dial earlier (L{StreamlogClient.dial_now}) or not at all (an idle connection
+    past its C{idle_dial_limit}).  The service only cancels it (when stopped)."""
+
+    def __init__(self, client: StreamlogClient, reconnect: Callable[[], object]) -> None:
+        self.client = client
+        #: The service's "attempt now" (None once spent or cancelled).
+        self.reconnect: Callable[[], object] | None = reconnect
+        self.call: IDelayedCall | None = None
+
+    def fire(self) -> None:
+        """Attempt now (once)."""
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        reconnect, self.reconnect = self.reconnect, None
+        if self.client._retry is self:
+            self.client._retry = None
+        if reconnect is not None:
+            reconnect()
+
+    def cancel(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        self.reconnect = None
+        if self.client._retry is self:
+            self.client._retry = None
+
+    def active(self) -> bool:
+        return self.reconnect is not None
+
+    def getTime(self) -> float:  # noqa: N802 (IDelayedCall)
+        return self.call.getTime() if self.call is not None and self.call.active() else float("inf")
+
+    def delay(self, secondsLater: float) -> None:  # noqa: N803 (IDelayedCall)
+        if self.call is not None and self.call.active():
+            self.call.delay(secondsLater)
+
+    def reset(self, secondsFromNow: float) -> None:  # noqa: N803 (IDelayedCall)
+        if self.call is not None and self.call.active():
+            self.call.reset(secondsFromNow)
+
+
+class _ServiceClock:
+    """The clock L{ClientService} schedules its retries on: the client's, with each retry timer
+    handed to the client (the service calls C{callLater} for nothing else)."""
+
+    def __init__(self, client: StreamlogClient) -> None:
+        self._client = client
+
+    def seconds(self) -> float:
+        return self._client.clock.seconds()
+
+    def callLater(self, delay: float, f: Callable[..., object], *args: Any, **kw: Any) -> _Retry:  # noqa: N802
+        retry = _Retry(self._client, lambda: f(*args, **kw))
+        retry.call = self._client.clock.callLater(delay, self._client._retry_due, retry)
+        self._client._retry = retry
+        return retry
 
 
 class _ClientService(ClientService):
@@ -402,6 +460,11 @@ class StreamlogClient:
         sets it (0.5 s by default) and acts on it.
     @param stall_recheck: how often a stall is reported again while it lasts
         (default a fifth of C{stall_timeout}).
+    @param idle_dial_limit: after this many failed connection attempts in a
+        row with no request waiting, stop dialling until a request needs the
+        connection (or L{dial_now}); None (the default here) dials for ever.
+        L{ClusterClient} sets it, so that a node that is down and leads
+        nothing in use is not dialled for as long as the client runs.
     """
 
     _log = Logger()
@@ -411,11 +474,13 @@ class StreamlogClient:
                  reconnect_min: float = 0.1, reconnect_max: float = 10.0,
                  rng: _random.Random | None = None, start: bool = True, name: str | None = None,
                  fail_waiting_on_connect_failure: bool = False, stall_timeout: float | None = None,
-                 stall_recheck: float | None = None) -> None:
+                 stall_recheck: float | None = None, idle_dial_limit: int | None = None) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: not watched)")
+        if idle_dial_limit is not None and idle_dial_limit < 1:
+            raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
         self.stall_timeout = stall_timeout
@@ -430,7 +495,16 @@ class StreamlogClient:
         #: (C{ConnectionLost} with C{sent: false}) instead of keeping them until
         #: their timeout: a cluster client then asks another node at once.
         self.fail_waiting_on_connect_failure = fail_waiting_on_connect_failure
+        self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        self.idle_dial_limit = idle_dial_limit
+        #: The service's timer before its next attempt (None while connecting or connected).
+        self._retry: _Retry | None = None
+        self._waits = 0  # backoff waits since the last connection (or the last dial_now)
+        self._failed_attempts = 0  # failed attempts in a row (for idle_dial_limit)
+        self._last_failed_at: float | None = None
+        #: Requests failed unsent because no connection could be made (for tests, benchmarks).
+        self.refused_unsent = 0
         self.protocol: ClientProtocol | None = None
         self._waiting: list[_Waiting] = []
         self._closed = False
@@ -443,7 +517,7 @@ class StreamlogClient:
         self._reported: str | None = None  # the connection failure last logged
         self._service = _ClientService(
             self._named, _ClientFactory(self), retryPolicy=self._retry_delay,
-            clock=self.clock, prepareConnection=self._connected,
+            clock=_ServiceClock(self), prepareConnection=self._connected,
         )
         if start:
             self.start()
@@ -460,10 +534,61 @@ class StreamlogClient:
         """Fires with the L{ClientProtocol} once connected."""
         return self._service.whenConnected(failAfterFailures=fail_after_failures)
 
+    @property
+    def dialling(self) -> bool:
+        """Whether a connection attempt is on."""
+        return self._named.attempting
+
+    @property
+    def dormant(self) -> bool:
+        """Whether the client stopped dialling (see C{idle_dial_limit}) until a request needs it."""
+        retry = self._retry
+        return retry is not None and retry.call is None and retry.reconnect is not None
+
+    def dial_now(self) -> bool:
+        """Attempt a connection now instead of at the end of the backoff, which starts again from
+        C{reconnect_min}: the cluster says the node is up again (a Metadata answer, a NOT_LEADER
+        hint).  One attempt at a time, and none within C{reconnect_min} of a failed one (a node
+        that just refused is not dialled again at once, however often it is named).  Returns
+        whether the client is connected or an attempt is on now."""
+        if self._closed or not self._service.running:
+            return False
+        if self.connected or self._named.attempting:
+            return True
+        retry = self._retry
+        if retry is None or not retry.active():
+            return False
+        if self._last_failed_at is not None and self.clock.seconds() - self._last_failed_at < self.reconnect_min:
+            return False
+        self._waits = 0
+        retry.fire()
+        return self.connected or self._named.attempting
+
+    def _retry_due(self, retry: _Retry) -> None:
+        """The backoff is over: attempt again, unless nothing needs the connection and the last
+        C{idle_dial_limit} attempts all failed (then the next request, or L{dial_now}, dials)."""
+        retry.call = None
+        if retry.reconnect is None or self._closed:
+            return
+        if (self.idle_dial_limit is not None and not self._waiting
+                and self._failed_attempts >= self.idle_dial_limit):
+            self._log.info("not dialling {address} again until a request needs it: {n} attempts in a row "
+                           "failed ({reason})", address=self.address, n=self._failed_attempts,
+                           reason=self._named.last_error)
+            return  # dormant: the retry keeps its reconnect for later
+        retry.fire()
+
     def _retry_delay(self, attempt: int) -> float:
-        """The backoff before the next attempt; logs a failed attempt's reason when it is new."""
-        delay = self._backoff(attempt)
+        """The backoff before the next attempt; logs a failed attempt's reason when it is new.
+
+        C{attempt} (the service's count) is not used: the client counts the waits since the last
+        connection itself, so that L{dial_now} can start the backoff again."""
+        self._waits += 1
+        delay = self._backoff(self._waits)
         reason = self._named.last_error
+        if reason is not None:
+            self._failed_attempts += 1
+            self._last_failed_at = self.clock.seconds()
         if self.fail_waiting_on_connect_failure and self._waiting:
             waiting, self._waiting = self._waiting, []
             for w in waiting:
@@ -471,6 +596,7 @@ class StreamlogClient:
                     w.timer.cancel()
                 w.timer = None
                 if not w.deferred.called:
+                    self.refused_unsent += 1
                     w.deferred.errback(errors.ConnectionLost(
                         f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
                         method=w.method, address=self.address, sent=False))
@@ -483,6 +609,8 @@ class StreamlogClient:
         return delay
 
     def _connected(self, proto: ClientProtocol) -> None:
+        self._waits = self._failed_attempts = 0
+        self._last_failed_at = None
         if self._reported is not None:
             self._log.info("connected to {address}", address=self.address)
             self._reported = None
@@ -538,15 +666,23 @@ class StreamlogClient:
         w = _Waiting(method, params or {}, timeout, expect_answer)
         if self.connected:
             self._dispatch(w)
-        elif self.fail_waiting_on_connect_failure and self._named.last_error is not None:
+            return w.deferred
+        dormant = self.dormant
+        if (self.fail_waiting_on_connect_failure and self._named.last_error is not None
+                and not self._named.attempting and not dormant):
             # The last attempt failed and the next one is a backoff away: say so now.
+            self.refused_unsent += 1
             return fail(errors.ConnectionLost(
                 f"cannot connect to {self.address} ({self._named.last_error}): {method} was not sent",
                 method=method, address=self.address, sent=False))
-        else:
-            self._waiting.append(w)
-            if timeout is not None:
-                w.timer = self.clock.callLater(timeout, self._wait_timed_out, w)
+        # No connection yet, an attempt on (it waits for its outcome), or none since the client
+        # stopped dialling an idle connection (it dials now, once: its backoff was over).
+        self._waiting.append(w)
+        if timeout is not None:
+            w.timer = self.clock.callLater(timeout, self._wait_timed_out, w)
+        if dormant and self._retry is not None:
+            self._log.info("dialling {address} again: a request needs it", address=self.address)
+            self._retry.fire()
         return w.deferred
 
     def _wait_timed_out(self, w: _Waiting) -> None:
@@ -598,6 +734,8 @@ class StreamlogClient:
                 w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method, sent=False))
         if self._service.running:
             return self._service.stopService()
+        if self._retry is not None:
+            self._retry.cancel()
         return succeed(None)
 
     # --- the methods -------------------------------------------------------------

@@ -21,6 +21,16 @@ MAX_WAIT_MS = 60_000
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
+def server_wait(method: str, params: dict[str, Any] | None) -> float:
+    """Seconds the server may legitimately hold C{method} before answering: a long Poll's
+    C{max_wait_ms}; 0 for everything else (their answers come as soon as they are done)."""
+    if method == "Poll" and params:
+        wait = params.get("max_wait_ms")
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+            return float(wait) / 1000.0
+    return 0.0
+
+
 def message(value: Any, key: str | None = None, partition: int | None = None,
             headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One message object of C{Send}/C{SendBatch}."""

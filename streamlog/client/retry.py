@@ -42,6 +42,14 @@ REFUSALS: tuple[type[errors.StreamlogError], ...] = (
     errors.TooManyConnections, errors.TooManyWaitingPolls, errors.TooManyOpenFiles,
 )
 
+#: Seconds of silence with requests in flight before a node is suspect (the Twisted and the
+#: blocking clients' C{stall_timeout}).
+DEFAULT_STALL_TIMEOUT = 0.5
+
+#: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is asked again
+#: (C{unknown_topic_grace}, L{UnknownTopicGrace}).
+DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0
+
 #: No answer came: the request may or may not have been applied (unless it was never written).
 NO_ANSWER: tuple[type[errors.StreamlogError], ...] = (errors.ConnectionLost, errors.Timeout)
 
@@ -108,6 +116,44 @@ def given_up(error: errors.StreamlogError, maybe_landed: bool) -> errors.Streaml
     marked = type(error)(error.message + " (an earlier attempt may have stored it)", **details)
     marked.code = error.code
     return marked
+
+
+class UnknownTopicGrace:
+    """When C{UNKNOWN_TOPIC} is asked again: for a topic the client saw exist (a Metadata answer
+    listed it, it created or auto-created it), for C{grace} seconds from the first such answer.
+
+    Right after a topic is made, a node whose metadata lags behind the controller says it does
+    not know it; a topic never seen fails at once, and one deleted elsewhere once the grace is
+    over.  Shared by the Twisted and the blocking clients; C{now} is the caller's clock.
+    """
+
+    def __init__(self, grace: float) -> None:
+        if grace < 0:
+            raise ValueError("unknown_topic_grace must be at least 0 (0: off)")
+        self.grace = grace
+        self._seen: set[str] = set()
+        self._unknown_since: dict[str, float] = {}
+
+    def seen(self, topic: str) -> None:
+        """The topic exists (a Metadata answer listed it, a CreateTopic of ours succeeded)."""
+        self._seen.add(topic)
+        self._unknown_since.pop(topic, None)
+
+    def forget(self, topic: str) -> None:
+        """The topic is gone (our own DeleteTopic): no grace for it."""
+        self._seen.discard(topic)
+        self._unknown_since.pop(topic, None)
+
+    def applies(self, topic: str | None, now: float) -> bool:
+        """Whether an C{UNKNOWN_TOPIC} answer for C{topic} is asked again now; the first such
+        answer starts the grace."""
+        if topic is None or not self.grace or topic not in self._seen:
+            return False
+        first = self._unknown_since.setdefault(topic, now)
+        if now - first < self.grace:
+            return True
+        self.forget(topic)  # gone for good, as far as we can tell
+        return False
 
 
 def wants_metadata(error: BaseException) -> bool:

@@ -114,6 +114,8 @@ class FakeNode:
         self.frozen_metadata: dict[str, Any] | None = None
         #: Seconds a connection takes to be accepted (0: at once).
         self.connect_delay = 0.0
+        #: Refuse connections even while the metadata calls the node up (a node just dead).
+        self.refuse = False
         #: Methods this node answers with a scripted error: method -> callable(params) -> error or None.
         self.faults: dict[str, Callable[[dict[str, Any]], errors.StreamlogError | None]] = {}
 
@@ -433,7 +435,7 @@ class FakeEndpoint:
 
     def connect(self, factory: Any) -> Any:
         self.cluster.attempts.append((self.node.node_id, self.cluster.clock.seconds()))
-        if not self.node.up:
+        if not self.node.up or self.node.refuse:
             return fail(ConnectionRefusedError())
         if self.node.connect_delay:
             d: Deferred = Deferred()
@@ -544,6 +546,7 @@ class FakeCluster:
     def revive(self, node_id: int) -> None:
         node = self.nodes[node_id]
         node.up = True
+        node.refuse = False
         node.black_hole = False
 
     def records(self, topic: str, partition: int) -> list[dict[str, Any]]:

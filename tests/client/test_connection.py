@@ -7,6 +7,7 @@ import random
 import orjson
 import pytest
 from client_support import failure_of, result_of, run_until
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -426,3 +427,97 @@ def test_cancel_a_waiting_request(network, clock):
     clock.advance(1)
     network.pump()
     finish(client, network)
+
+
+# --- dialling early, and not at all ----------------------------------------------------------------
+
+
+def after_next_attempt(clock, network, then=0.0):
+    """Advance until the client's next connection attempt, then C{then} seconds more."""
+    n = len(network.attempts)
+    while len(network.attempts) == n:
+        clock.advance(0.01)
+    clock.advance(then)
+
+
+def test_dial_now_attempts_at_once_and_starts_the_backoff_again(network, clock):
+    network.up = False
+    client = make_client(network, clock, reconnect_min=0.5, reconnect_max=8.0, request_timeout=None)
+    clock.pump([0.05] * 400)  # 20 s: the backoff is at its 8 s cap
+    after_next_attempt(clock, network, then=0.6)  # the next one is 4-8 s away
+    n = len(network.attempts)
+    assert client.dial_now() is False  # attempted now, refused again...
+    assert network.attempts[n:] == [clock.seconds()]
+    assert client.dial_now() is False  # ...and not again within reconnect_min of that refusal
+    assert len(network.attempts) == n + 1
+    clock.advance(0.2)
+    assert len(network.attempts) == n + 1
+    after_next_attempt(clock, network)  # backing off from reconnect_min again: within 0.25-0.5 s
+    assert 0.25 <= network.attempts[-1] - network.attempts[-2] <= 0.51
+    clock.advance(0.6)
+    network.up = True
+    assert client.dial_now() is True
+    network.pump()
+    assert client.connected
+    finish(client, network)
+
+
+def test_dial_now_does_nothing_while_connected_or_closed(network, clock):
+    client = make_client(network, clock)
+    network.pump()
+    assert client.connected and client.dial_now() is True
+    assert len(network.attempts) == 1
+    finish(client, network)
+    assert client.dial_now() is False
+
+
+def test_a_request_made_while_an_attempt_is_on_waits_for_it(network, clock):
+    network.up = False
+    client = make_client(network, clock, reconnect_min=0.1, fail_waiting_on_connect_failure=True, request_timeout=5.0)
+    assert failure_of(client.ping()).check(errors.ConnectionLost)  # the last attempt failed: at once
+    hanging: list = []
+    network.up = True
+    real = network.connect
+    network.connect = lambda factory: hanging.append(factory) or Deferred()  # type: ignore[method-assign]
+    clock.advance(0.2)  # the next attempt starts, and hangs
+    assert len(hanging) == 1 and client.dialling
+    d = client.ping()
+    assert not d.called  # it waits for the attempt on, not failed as "cannot connect"
+    network.connect = real  # type: ignore[method-assign]
+    finish(client, network)
+    assert failure_of(d).check(errors.ConnectionLost)
+
+
+def test_an_idle_connection_stops_dialling_after_the_limit_and_a_request_dials_again(network, clock):
+    network.up = False
+    client = make_client(network, clock, reconnect_min=0.1, reconnect_max=1.0, idle_dial_limit=3,
+                         fail_waiting_on_connect_failure=True, request_timeout=5.0)
+    clock.pump([0.1] * 600)  # 60 s
+    assert len(network.attempts) == 3 and client.dormant
+    network.up = True
+    d = client.ping()  # a request needs it: one attempt, now
+    assert len(network.attempts) == 4
+    assert got(network, d)["pong"] is True
+    assert not client.dormant
+    finish(client, network)
+
+
+def test_a_request_to_a_dormant_connection_of_a_dead_node_costs_one_attempt(network, clock):
+    network.up = False
+    client = make_client(network, clock, reconnect_min=0.1, reconnect_max=1.0, idle_dial_limit=2,
+                         fail_waiting_on_connect_failure=True, request_timeout=5.0)
+    clock.pump([0.1] * 100)
+    assert len(network.attempts) == 2 and client.dormant
+    assert failure_of(client.ping()).check(errors.ConnectionLost)  # that attempt failed too: at once
+    assert len(network.attempts) == 3
+    assert failure_of(client.ping()).check(errors.ConnectionLost)  # within the backoff: no attempt
+    assert len(network.attempts) == 3
+    clock.pump([0.1] * 100)
+    assert len(network.attempts) == 3 and client.dormant  # nothing waits: dormant again
+    assert client.refused_unsent == 2
+    finish(client, network)
+
+
+def test_idle_dial_limit_must_be_positive(network, clock):
+    with pytest.raises(ValueError):
+        make_client(network, clock, idle_dial_limit=0)

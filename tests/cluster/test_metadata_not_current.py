@@ -45,7 +45,11 @@ def test_describe_send_and_poll_there_are_retriable_too(cluster):
     restarted_alone(cluster)
     for method, params in [("DescribeTopic", {"topic": "t"}),
                            ("Poll", {"topic": "t", "partition": 0, "offset": 0}),
-                           ("Send", {"topic": "t", "value": "x"})]:
+                           ("Send", {"topic": "t", "value": "x"}),
+                           # A partition past the count a new topic would get: not UNKNOWN_PARTITION
+                           # from a guess (seen: a Producer's batches failed at a node just restarted).
+                           ("Send", {"topic": "t", "value": "x", "partition": 7}),
+                           ("SendBatch", {"topic": "t", "messages": [{"value": "x", "partition": 7}]})]:
         answer = cluster.call(1, method, params)
         assert answer.get("error", {}).get("code") == "LEADER_NOT_AVAILABLE", (method, answer)
 
