@@ -40,6 +40,21 @@ def connect(site, host="127.0.0.1", port=40000):
     return channel, transport
 
 
+def mount_slow(site):
+    """Mount /slow, whose answers wait (NOT_DONE_YET); the list its requests are put in."""
+    pending = []
+
+    class Slow(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            pending.append(request)
+            return NOT_DONE_YET
+
+    site.resource.putChild(b"slow", Slow())
+    return pending
+
+
 def test_the_defaults():
     assert DEFAULT_HTTP_REQUEST_TIMEOUT == 30.0 and DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS == 16
 
@@ -133,16 +148,7 @@ def test_at_an_addresss_share_a_new_connection_closes_that_addresss_oldest_idle_
 def test_the_oldest_connection_not_answering_is_closed_first_and_one_answering_never():
     clock = Clock()
     site = make_site(clock, max_connections=3, max_connections_per_address=3)
-    pending = []
-
-    class Slow(Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            pending.append(request)
-            return NOT_DONE_YET
-
-    site.resource.putChild(b"slow", Slow())
+    pending = mount_slow(site)
     answering, t1 = connect(site, "127.0.0.2", 1)
     answering.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # its answer is being made
     halfway, t2 = connect(site, "127.0.0.3", 2)
@@ -161,16 +167,7 @@ def test_the_oldest_connection_not_answering_is_closed_first_and_one_answering_n
 def test_a_connection_is_refused_only_when_every_one_is_answering():
     clock = Clock()
     site = make_site(clock, max_connections=2, max_connections_per_address=2)
-    pending = []
-
-    class Slow(Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            pending.append(request)
-            return NOT_DONE_YET
-
-    site.resource.putChild(b"slow", Slow())
+    pending = mount_slow(site)
     for port in (1, 2):
         channel, _ = connect(site, "127.0.0.2", port)
         channel.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import attrs
 import pytest
 from http_support import get
-from metrics_support import Scrape, service_of
+from metrics_support import Scrape, SyncedLog, service_of
 
 from streamlog.http.health import HealthResource, ReadyResource, readiness
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
@@ -92,14 +92,7 @@ def test_the_oldest_of_several_syncs_in_flight_is_the_one_reported():
     threads = ManualThreads()
     committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
 
-    class Log:
-        durable_index = 0
-        last_index = 3
-
-        def sync(self):
-            self.durable_index = 3
-
-    first, second = Log(), Log()
+    first, second = SyncedLog(), SyncedLog()
     committer.wait_index(first, 3)
     clock.advance(0)
     clock.advance(4.0)

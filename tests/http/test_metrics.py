@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from http_support import get
-from metrics_support import Scrape
+from metrics_support import Scrape, SyncedLog
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamlog.http.metrics import MetricsResource
@@ -166,14 +166,7 @@ def test_the_committer_times_each_sync_and_counts_the_entries_it_made_durable(cl
     threads = ManualThreads()
     committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
 
-    class Log:
-        durable_index = 0
-        last_index = 3
-
-        def sync(self):
-            self.durable_index = 3
-
-    log = Log()
+    log = SyncedLog()
     done = committer.wait_index(log, 3)
     clock.advance(0)  # the round
     clock.advance(0.004)  # the sync takes 4 ms
