@@ -150,8 +150,9 @@ class NodeCollector(Collector):
                              "back on the reactor (fsync included; queueing when more logs need syncs than "
                              "--sync-workers).", [], [([], committer.sync_seconds)])
             yield GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
-                                    "Seconds the oldest log sync now in a sync worker has been there (0: none "
-                                    "is); a hung fsync shows here, never in streamlog_fsync_duration_seconds.",
+                                    "Seconds since the oldest log sync not finished yet was handed to a sync "
+                                    "worker (queueing included; 0: none is); a hung fsync shows here, never in "
+                                    "streamlog_fsync_duration_seconds.",
                                     value=committer.oldest_sync_seconds())
             yield _histogram("streamlog_group_commit_batch_entries",
                              "Raft entries (stored batches) one log sync made durable: the appends one fsync "
