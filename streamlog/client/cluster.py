@@ -48,6 +48,7 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, describe_ad
 from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
+from streamlog.client.requests import PartitionBound
 from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 
 #: Where a request goes: (the node's address key, its client).
@@ -176,7 +177,10 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and (timeout is None or remaining < timeout):
             timeout = remaining
-        return node.call(self.method, self.params, timeout=timeout, expect_answer=self.expect_answer)
+        bound = None
+        if self.topic is not None and self.partition is not None:
+            bound = self.client.partition_bound(self.topic, self.partition)
+        return node.call(self.method, self.params, timeout=timeout, expect_answer=self.expect_answer, bound=bound)
 
     def _settled(self, result: Any) -> None:
         self._inner = None
@@ -317,7 +321,6 @@ class ClusterClient:
         self._refused_closed = 0  # refused_unsent of node connections closed since
         self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
-        self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
         #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
         self.stalls_dropped = 0
@@ -391,41 +394,45 @@ class ClusterClient:
 
     def _node_stalled(self, node: StreamlogClient, silent: float, in_flight: int) -> None:
         """A node's connection has requests in flight and said nothing for C{stall_timeout}: ask
-        another node where the leaders are (again at every recheck while it lasts)."""
+        another node where the leaders are (again at each recheck while it lasts), if requests
+        bound to a partition are among those waiting."""
         key = next((k for k, c in self._clients.items() if c is node), None)
         if key is None or self._closed or key in self._stall_checks:
             return
         self._suspect[key] = self.clock.seconds()
         node_id = self.view.node_at(key)
-        led = self._stall_led.get(key)
-        if led is None:
-            # What the node led when the silence began, kept until it speaks or is dropped: a
-            # fetch during the election says "no leader" (the view then forgets this node as
-            # the leader), and comparing with that lost the move (seen: the 5 s request timeout).
-            led = self._stall_led[key] = {
-                (topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
-                for part in info.partitions if node_id is not None and part.leader == node_id}
         attempt = self._fetch_attempt
         if attempt is not None and attempt[0] == key and not attempt[1].called:
             attempt[1].cancel()  # a fetch waiting on this very node: it asks the next one now
+        if not node.bound_in_flight():
+            return  # coordinator and admin calls: they end at their own timeout
         self._stall_checks.add(key)
         d = self.refresh_metadata()
-        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id, led), lambda _: None)
+        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id), lambda _: None)
         d.addBoth(lambda _: self._stall_checks.discard(key))
         d.addErrback(lambda f: self._log.failure("judging a stalled connection failed", f))
 
-    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None,
-                       led: dict[tuple[str, int], int]) -> None:
-        """Drop the stalled connection if a partition its node led is led elsewhere in a later
-        term now (or the cluster sees the node down); else keep waiting for its answers."""
+    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None) -> None:
+        """Drop the stalled connection if a partition of a request in flight there is led
+        elsewhere now in a later term than the one it was sent for (or the cluster sees the node
+        down); else keep waiting for its answers: a slow leader is still the leader.
+
+        Only partition-bound requests are judged, each against the term it was sent for and the
+        view just fetched: not what the node led in a view that may be minutes old for the
+        partitions not in use (a preferred-leader transfer of one of those is no reason to leave
+        the leader of another), and never a coordinator's or controller's call, which no other
+        node could answer sooner (a dropped JoinGroup, CreateTopic or CommitOffsets would be
+        failed after it was applied)."""
         if self._closed or self._clients.get(key) is not node or node.stall_timeout is None:
             return
         silent = node.silent_for
         if silent < node.stall_timeout:
-            self._stall_led.pop(key, None)
             return  # it spoke meanwhile
+        bound = node.bound_in_flight()
+        if not bound:
+            return
         why = None
-        for (topic, partition), term in sorted(led.items()):
+        for topic, partition, term in sorted(set(bound)):
             info = self.view.topics.get(topic)
             if info is None or partition >= info.count:
                 continue
@@ -436,18 +443,18 @@ class ClusterClient:
         seen = self.view.nodes.get(node_id) if node_id is not None else None
         if why is None and seen is not None and not seen.up:
             why = "the cluster sees the node down"
-        if why is None and not led and node_id is not None and self.view.topics and not any(
-                part.leader == node_id for info in self.view.topics.values() for part in info.partitions):
-            # The view had given up on it as a leader before the silence began (a NOT_LEADER
-            # without a hint, a fetch during the election): it leads nothing we use now, so what
-            # waits there (writes held by a node cut off from its peers) goes where the leaders are.
-            why = "it leads none of the partitions in use"
         if why is None:
             return
         self.stalls_dropped += 1
-        self._stall_led.pop(key, None)
         node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
                               f"and {why}")
+
+    def partition_bound(self, topic: str, partition: int) -> PartitionBound:
+        """What a request for C{topic}/C{partition} sent now is bound to: the partition and the term
+        of the leader the view names (see L{_stall_verdict})."""
+        info = self.view.topics.get(topic)
+        term = info.partitions[partition].leader_term if info is not None and 0 <= partition < info.count else 0
+        return PartitionBound(topic, partition, term)
 
     # --- news of a node: dial it now -------------------------------------------------------------
 
@@ -497,7 +504,6 @@ class ClusterClient:
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
-        self._stall_led.pop(key, None)
         if node is not None:
             self._refused_closed += node.refused_unsent
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",

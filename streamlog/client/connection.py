@@ -46,7 +46,7 @@ from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived 
     parse_target,
     parse_unix_path,
 )
-from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
+from streamlog.client.requests import MAX_ANSWER_BYTES, PartitionBound, server_wait
 from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
 from streamlog.framing import FastLineReceiver
 
@@ -58,12 +58,15 @@ def _default_clock() -> IReactorTime:
 
 
 class _Pending:
-    __slots__ = ("deferred", "timer", "method", "due")
+    __slots__ = ("deferred", "timer", "method", "due", "bound")
 
-    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str, due: float) -> None:
+    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str, due: float,
+                 bound: PartitionBound | None = None) -> None:
         self.deferred = deferred
         self.timer = timer
         self.method = method
+        #: The partition (and its leader's term) the request is for, if it is partition-bound.
+        self.bound = bound
         #: When a healthy server would have begun to answer: when it was written, plus the wait
         #: the request asks the server for (a long Poll's C{max_wait_ms}).
         self.due = due
@@ -141,16 +144,23 @@ class ClientProtocol(FastLineReceiver):
         """Requests written and not yet answered."""
         return len(self._pending)
 
+    def bound_in_flight(self) -> list[PartitionBound]:
+        """The partitions of the partition-bound requests in flight (see L{request})."""
+        return [p.bound for p in self._pending.values() if p.bound is not None]
+
     # --- requests ------------------------------------------------------------------
 
     def request(self, method: str, params: dict[str, Any] | None = None,
-                timeout: float | None = None, expect_answer: bool = True) -> Deferred:
+                timeout: float | None = None, expect_answer: bool = True,
+                bound: PartitionBound | None = None) -> Deferred:
         """Write one request; the Deferred fires with its C{result} or fails with a L{errors.StreamlogError}.
 
         C{timeout} defaults to the protocol's C{request_timeout} (None: wait
         forever).  With C{expect_answer=False} (a Send with acks "none") the
         request is written and the Deferred fires with None at once.
         Cancelling the Deferred forgets the request (a late answer is ignored).
+        C{bound}: the partition the request is for (kept while it is in
+        flight, for whoever judges a stall: L{bound_in_flight}).
         """
         if not self.connected or self.transport is None:
             return fail(errors.ConnectionLost(f"not connected: {method} was not sent", method=method, sent=False))
@@ -165,7 +175,7 @@ class ClientProtocol(FastLineReceiver):
             timeout = self.request_timeout
         timer = self.clock.callLater(timeout, self._timed_out, rid, timeout) if timeout is not None else None
         now = self.clock.seconds()
-        self._pending[rid] = _Pending(d, timer, method, now + server_wait(method, params))
+        self._pending[rid] = _Pending(d, timer, method, now + server_wait(method, params), bound)
         if self.stall_timeout is not None and self._stall_timer is None:
             self._stall_timer = self.clock.callLater(self.stall_timeout, self._check_stall)
         self.transport.write(line)
@@ -423,13 +433,15 @@ class Request(Deferred):
 
 
 class _Waiting:
-    __slots__ = ("method", "params", "timeout", "expect_answer", "deferred", "timer", "inner")
+    __slots__ = ("method", "params", "timeout", "expect_answer", "bound", "deferred", "timer", "inner")
 
-    def __init__(self, method: str, params: dict[str, Any], timeout: float | None, expect_answer: bool) -> None:
+    def __init__(self, method: str, params: dict[str, Any], timeout: float | None, expect_answer: bool,
+                 bound: PartitionBound | None = None) -> None:
         self.method = method
         self.params = params
         self.timeout = timeout
         self.expect_answer = expect_answer
+        self.bound = bound
         self.deferred: Request = Request(self._cancel)
         self.timer: IDelayedCall | None = None
         self.inner: Deferred | None = None
@@ -636,6 +648,13 @@ class StreamlogClient:
         proto = self.protocol
         return proto.silent_for() if proto is not None and proto.connected else 0.0
 
+    def bound_in_flight(self) -> list[PartitionBound]:
+        """The partitions of the partition-bound requests in flight on the current connection."""
+        proto = self.protocol
+        if proto is None or not proto.connected:
+            return []
+        return getattr(proto, "_protocol", proto).bound_in_flight()
+
     def abort_connection(self, why: str) -> None:
         """Drop the current connection at once (requests in flight fail with
         L{errors.ConnectionLost} saying C{why}); the client reconnects as after any loss."""
@@ -653,17 +672,18 @@ class StreamlogClient:
     # --- requests ------------------------------------------------------------------
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
-             expect_answer: bool = True) -> Deferred:
+             expect_answer: bool = True, bound: PartitionBound | None = None) -> Deferred:
         """Send one request; fires with its C{result}, fails with a L{errors.StreamlogError}.
 
         C{timeout} (default C{request_timeout}) covers the wait for a
-        connection and the wait for the answer.
+        connection and the wait for the answer.  C{bound}: the partition a
+        partition-bound request is for (see L{ClientProtocol.request}).
         """
         if self._closed:
             return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
-        w = _Waiting(method, params or {}, timeout, expect_answer)
+        w = _Waiting(method, params or {}, timeout, expect_answer, bound)
         if self.connected:
             self._dispatch(w)
             return w.deferred
@@ -705,7 +725,7 @@ class StreamlogClient:
         assert self.protocol is not None
         w.deferred.written = True
         inner = w.inner = self.protocol.request(w.method, w.params, timeout=remaining,
-                                                expect_answer=w.expect_answer)
+                                                expect_answer=w.expect_answer, bound=w.bound)
         inner.addBoth(self._answered, w)
 
     @staticmethod

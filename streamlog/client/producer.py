@@ -509,7 +509,8 @@ class Producer:
         self.requests_sent += 1
         batch.route = None
         request = batch.request = node.call("SendBatch", params, timeout=timeout,
-                                            expect_answer=batch.acks != "none")
+                                            expect_answer=batch.acks != "none",
+                                            bound=self.client.partition_bound(batch.topic, batch.partition))
         return request
 
     def _answered(self, result: Any, queue: _PartitionQueue, batch: _Batch) -> None:
