@@ -49,7 +49,7 @@ from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import PartitionBound
-from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
+from streamlog.client.retry import DEFAULT_STALL_RECHECK_MAX, DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
@@ -260,14 +260,22 @@ class ClusterClient:
         for those addresses instead of new ones, and closed by L{close}).
     @param stall_timeout: a node connection with requests in flight that
         received nothing for this long (past what a long Poll asked the server
-        to wait) is suspect: another node is asked for the metadata and, if a
-        partition the silent node led has a leader of a later term now, the
-        connection is dropped, so that what was in flight fails with
-        C{CONNECTION_LOST} and is sent again where the leader is now (the
-        idempotent L{Producer} resends it, in order, without duplicates).
+        to wait) is suspect.  If partition-bound requests (Send, SendBatch,
+        Poll, ListOffsets of a known partition) are among those in flight,
+        another node is asked for the metadata and, if one of their partitions
+        has a leader of a later term than the one it was sent for (or the
+        cluster sees the node down), the connection is dropped, so that what
+        was in flight fails with C{CONNECTION_LOST} and is sent again where the
+        leader is now (the idempotent L{Producer} resends it, in order, without
+        duplicates).  Otherwise it is waited for (asked again after 0.1 s,
+        then twice as long each time up to C{stall_recheck_max}); coordinator
+        and admin calls alone never drop a connection (they end at their
+        timeout).
         Meant for a paused (SIGSTOP) or cut-off node, whose TCP connection
         stays up and silent; keep it well above a healthy answer's p99.  None
         turns it off (then only C{request_timeout} ends such a wait).
+    @param stall_recheck_max: the longest gap between two Metadata requests
+        about one stalled connection (see C{stall_timeout}).
     @param unknown_topic_grace: C{UNKNOWN_TOPIC} for a topic this client saw
         exist (a Metadata answer listed it, or its own C{CreateTopic}
         succeeded) is retried like a retriable error for this many seconds
@@ -300,7 +308,10 @@ class ClusterClient:
                  node_clients: Mapping[Any, StreamlogClient] | None = None,
                  stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
                  unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE,
-                 idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT) -> None:
+                 idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT,
+                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX) -> None:
+        if stall_recheck_max <= 0:
+            raise ValueError("stall_recheck_max must be positive")
         if idle_dial_limit is not None and idle_dial_limit < 1:
             raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         if stall_timeout is not None and stall_timeout <= 0:
@@ -314,6 +325,7 @@ class ClusterClient:
         self.reconnect_max = reconnect_max
         self.metadata_max_age = metadata_max_age
         self.stall_timeout = stall_timeout
+        self.stall_recheck_max = stall_recheck_max
         self.unknown_topic_grace = unknown_topic_grace
         self.idle_dial_limit = idle_dial_limit
         #: Early dials made on news of a node (for tests, metrics).
@@ -385,7 +397,8 @@ class ClusterClient:
                                    request_timeout=self.request_timeout, reconnect_min=self.reconnect_min,
                                    reconnect_max=self.reconnect_max, rng=self._rng,
                                    name=describe_address(target), fail_waiting_on_connect_failure=True,
-                                   stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit)
+                                   stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit,
+                                   stall_recheck_max=self.stall_recheck_max)
             node.on_stall = self._node_stalled
             self._clients[key] = node
         return node

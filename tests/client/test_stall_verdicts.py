@@ -216,3 +216,25 @@ def test_a_join_at_a_slow_coordinator_leading_nothing_in_use_is_answered(monkeyp
         run_for(clock, cluster, 3.0)
     finally:
         close_client(client, cluster)
+
+
+# --- how often a slow leader is asked about (finding 6) -----------------------------------------
+
+
+def test_a_slow_healthy_leader_costs_a_few_metadata_requests_not_one_per_recheck(monkeypatch, clock, cluster):
+    client = cluster_client(clock, cluster, request_timeout=10.0)
+    try:
+        cluster.create_topic("t", 1, leaders=[1])
+        producer = Producer(client, linger_ms=1)
+        warm = producer.send("t", {"n": 0}, partition=0)
+        run_until(clock, cluster, lambda: warm.called)
+        before = len(cluster.sent("Metadata"))
+        slow_answers(monkeypatch, clock, 1, 3.0, {"SendBatch"})
+        d = producer.send("t", {"n": 1}, partition=0)
+        run_until(clock, cluster, lambda: d.called, limit=10)
+        asked = len(cluster.sent("Metadata")) - before
+        # At 0.5, 0.6, 0.8, 1.2 and 2.0 s of silence (before: every 0.1 s, 25 in all).
+        assert asked == 5, asked
+        assert client.stalls_dropped == 0
+    finally:
+        close_client(client, cluster)
