@@ -159,6 +159,18 @@ def test_abort_fails_what_is_in_flight_with_the_reason():
 def test_bad_stall_timeouts_are_refused(clock, cluster):
     with pytest.raises(ValueError):
         make_client(clock, cluster, stall_timeout=0)
+    with pytest.raises(ValueError):
+        make_client(clock, cluster, stall_recheck_max=0)
+
+
+def test_stall_recheck_max_reaches_the_node_connections(clock, cluster):
+    client = make_client(clock, cluster, stall_recheck_max=0.3)
+    try:
+        node = client.node_client(cluster.bootstrap.split(",")[0])
+        run_until(clock, cluster, lambda: node.connected)
+        assert node.protocol.stall_recheck_max == 0.3
+    finally:
+        close_client(client, cluster)
 
 
 # --- the cluster client: leaving a stalled leader ----------------------------------------------
