@@ -90,15 +90,19 @@ class _Call:
         L{errors.LeaderNotAvailable} (retried).
     @param resend_ok: whether errors that may have left the request applied
         (a lost connection or a timeout after it was written) are retried too.
+    @param final: errors that end the call at once, though retriable (the
+        caller retries otherwise: L{ClusterClient._server_routed}).
     """
 
     def __init__(self, client: ClusterClient, method: str, params: Any, route: Callable[[], Any],
                  timeout: float | None, resend_ok: bool, expect_answer: bool = True,
                  topic: str | None = None, partition: int | None = None,
                  attempt_timeout: float | None = None,
-                 on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> None:
+                 on_retry: Callable[[errors.StreamlogError, float], object] | None = None,
+                 final: tuple[type[errors.StreamlogError], ...] = ()) -> None:
         self.client = client
         self.on_retry = on_retry
+        self.final = final
         self.method = method
         self.params = params
         self.route = route
@@ -200,6 +204,9 @@ class _Call:
             self.deferred.errback(result)
             return
         self.last_error = error
+        if isinstance(error, self.final):
+            self.deferred.errback(error)
+            return
         graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(self.topic)
         if not graced and (self.client._closed or not retry.retriable(error)
                            or not (self.resend_ok or retry.safe_to_resend(error))):
@@ -886,13 +893,14 @@ class ClusterClient:
     def _run(self, method: str, params: Any, route: Callable[[], Any], timeout: float | None, resend_ok: bool,
              expect_answer: bool = True, topic: str | None = None, partition: int | None = None,
              attempt_timeout: float | None = None,
-             on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
+             on_retry: Callable[[errors.StreamlogError, float], object] | None = None,
+             final: tuple[type[errors.StreamlogError], ...] = ()) -> Deferred:
         if self._closed:
             return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
         return _Call(self, method, params, route, timeout, resend_ok, expect_answer, topic, partition,
-                     attempt_timeout, on_retry).start()
+                     attempt_timeout, on_retry, final).start()
 
     def _partition_call(self, method: str, params: dict[str, Any], topic: str, partition: int,
                         timeout: float | None, resend_ok: bool, expect_answer: bool = True,
@@ -908,17 +916,49 @@ class ClusterClient:
         else round-robin) unless the server is a single node, which chooses itself."""
         expect = acks != "none"
 
-        def go(info: TopicInfo | None) -> Deferred:
-            if info is None:  # a single node (or an unknown topic it may create): it chooses
-                params = requests.send(topic, value, key, partition, headers, acks)
-                return self._run("Send", params, self.any_target, timeout, False, expect, topic)
+        def routed(info: TopicInfo, timeout: float | None) -> Deferred:
             chosen = self.partitioner.choose(topic, info.count, key, partition)
             if key is None and partition is None:
                 self.partitioner.batch_closed(topic, info.count, chosen)
             params = requests.send(topic, value, key, chosen, headers, acks)
             return self._partition_call("Send", params, topic, chosen, timeout, False, expect)
 
+        def go(info: TopicInfo | None) -> Deferred:
+            if info is None:  # a single node (or an unknown topic it may create): it chooses
+                params = requests.send(topic, value, key, partition, headers, acks)
+                return self._server_routed("Send", params, topic, timeout, expect, routed)
+            return routed(info, timeout)
+
         return self._routing_info(topic).addCallback(go)
+
+    def _server_routed(self, method: str, params: dict[str, Any], topic: str, timeout: float | None,
+                       expect: bool, routed: Callable[[TopicInfo, float | None], Deferred]) -> Deferred:
+        """C{method} to any node, which places the messages: on a single node, or for a topic no
+        node knew (which the node may auto-create).  In a cluster, the node that created the topic
+        may not lead the partition it chose: its C{NOT_LEADER} (nothing was appended) sends the
+        call to the topic's metadata and then to the partition's leader (C{routed(info,
+        remaining)}), instead of asking that node again until the timeout."""
+        if self.view.single_node:
+            return self._run(method, params, self.any_target, timeout, False, expect, topic)
+        if timeout is None:
+            timeout = self.request_timeout
+        deadline = None if timeout is None else self.clock.seconds() + timeout
+
+        def refused(failure: Failure) -> Any:
+            failure.trap(errors.NotLeader)
+            remaining = None if deadline is None else deadline - self.clock.seconds()
+            if self._closed or (remaining is not None and remaining <= 0):
+                return failure
+
+            def unknown(f: Failure) -> Any:
+                # The node that answered the fetch does not know the topic yet: as before.
+                f.trap(errors.UnknownTopic)
+                return self._run(method, params, self.any_target, remaining, False, expect, topic)
+
+            return self.topic(topic).addCallbacks(lambda info: routed(info, remaining), unknown)
+
+        d = self._run(method, params, self.any_target, timeout, False, expect, topic, final=(errors.NotLeader,))
+        return d.addErrback(refused)
 
     def _routing_info(self, topic: str) -> Deferred:
         """The topic's info when the client chooses partitions; None when the server does (a single
@@ -948,9 +988,13 @@ class ClusterClient:
         expect = acks != "none"
 
         def go(info: TopicInfo | None) -> Deferred:
-            if info is None or isinstance(messages, orjson.Fragment):
+            if isinstance(messages, orjson.Fragment):
                 params = requests.send_batch(topic, messages, acks)
                 return self._run("SendBatch", params, self.any_target, timeout, False, expect, topic)
+            if info is None:
+                params = requests.send_batch(topic, messages, acks)
+                return self._server_routed("SendBatch", params, topic, timeout, expect,
+                                           lambda info, left: self._send_parts(topic, info, messages, acks, left))
             return self._send_parts(topic, info, messages, acks, timeout)
 
         return self._routing_info(topic).addCallback(go)
