@@ -116,6 +116,8 @@ class NodeHost(RaftHost):
 class PeerListener(Factory):
     """The peer listener's factory: the node's transport, built when L{ClusterNode.start} runs."""
 
+    noisy = False  # no "Starting factory <PeerListener object at 0x...>" lines
+
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
 

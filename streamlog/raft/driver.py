@@ -44,6 +44,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from streamlog.raft.core import (
     CANDIDATE,
@@ -435,8 +436,8 @@ class RaftHost:
         pair has exactly one connection. Returns whether a dialer was started."""
         if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
             return False
-        service = ClientService(endpoint, self.transport.factory(expect=peer),
-                                retryPolicy=backoffPolicy(0.05, 2.0, jitter=self.dial_jitter), clock=self.clock)
+        service = _PeerDialer(_PeerEndpoint(endpoint, peer, self._log), self.transport.factory(expect=peer),
+                              retryPolicy=backoffPolicy(0.05, 2.0, jitter=self.dial_jitter), clock=self.clock)
         self._dialers[peer] = service
         service.startService()
         return True
@@ -725,3 +726,39 @@ class RaftHost:
             # The core knows where the log starts; the application knows its state there.
             msg = attrs.evolve(msg, data=self.callbacks.snapshot_data(group, msg.last_index))
         self.transport.send(group, to, self.member_id, msg)
+
+
+class _PeerDialer(ClientService):
+    # Twisted logs every retry ("Scheduling retry 3 to connect <...TCP4ClientEndpoint object
+    # at 0x7f...> in 0.29 seconds."): several lines a second per unreachable peer, naming no
+    # peer and no reason. _PeerEndpoint says it once per streak of failures instead.
+    _log = Logger(observer=lambda event: None)
+
+
+@implementer(IStreamClientEndpoint)
+class _PeerEndpoint:
+    """A peer's endpoint that logs the first failed attempt of a streak (with the reason) and
+    the first success after it, instead of Twisted's line per retry."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, peer: str, log: Logger) -> None:
+        self._endpoint = endpoint
+        self._peer = peer
+        self._log = log
+        self._failing = False
+
+    def connect(self, factory: Any) -> Deferred:
+        def failed(failure: Failure) -> Failure:
+            if not self._failing:
+                self._failing = True
+                self._log.info("cannot reach peer node {peer} ({why}); retrying with backoff up to 2 s",
+                               peer=self._peer, why=failure.getErrorMessage() or type(failure.value).__name__)
+            return failure
+
+        def connected(proto: Any) -> Any:
+            self._failing = False
+            return proto
+
+        return self._endpoint.connect(factory).addCallbacks(connected, failed)
+
+    def __repr__(self) -> str:
+        return f"peer node {self._peer}"

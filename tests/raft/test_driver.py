@@ -457,6 +457,52 @@ def test_dial_connects_once_per_pair_and_reconnects_after_a_drop():
     assert not clock.getDelayedCalls()
 
 
+class RefusingEndpoint:
+    """Refuses `failures` attempts (connection refused), then connects like FakeEndpoint."""
+
+    def __init__(self, remote_host, failures):
+        self.inner = FakeEndpoint(remote_host)
+        self.failures = failures
+        self.attempts = 0
+
+    def connect(self, factory):
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            return fail(ConnectionRefusedError("127.0.0.1:7172"))
+        return self.inner.connect(factory)
+
+
+def test_an_unreachable_peer_is_logged_once_per_streak_with_the_reason_not_per_retry():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = Clock()
+        a = RaftHost("a", ["a", "b"], CFG, clock=clock)
+        b = RaftHost("b", ["a", "b"], CFG, clock=clock)
+        endpoint = RefusingEndpoint(b, failures=6)
+        a.dial("b", endpoint)
+        for _ in range(20):
+            clock.advance(2.0)
+            if endpoint.inner.pumps:
+                endpoint.inner.pumps[-1].flush()
+        assert endpoint.attempts == 7 and set(a.connections) == {"b"}
+        texts = [e.get("log_format", "") for e in events]
+        assert not [t for t in texts if "Scheduling retry" in t]  # Twisted's line per retry
+        reached = [e for e in events if "cannot reach peer node" in e.get("log_format", "")]
+        assert len(reached) == 1 and reached[0]["peer"] == "b" and "7172" in reached[0]["why"]
+        a.stop()
+        b.stop()
+        endpoint.inner.pumps[-1].flush()
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 # ---------------------------------------------------------------- quiescence and failover
 
 
