@@ -19,8 +19,9 @@ The pure part (L{plan_cluster}: ports, directories, command lines; and
 L{LineSplitter}) is apart from the edge that runs processes
 (L{LocalCluster}), which tests drive with a stand-in server command
 (C{--server-command}).  Everything the command waits for has a deadline:
-readiness (C{--start-timeout}) and stopping (C{--stop-timeout}, then
-SIGKILL).  The nodes die with this command even when it is killed with
+readiness (C{--start-timeout}: every node answers Ping, then its HTTP
+C{/ready} answers 200, so "is up" means the cluster has a controller and
+every node its partitions) and stopping (C{--stop-timeout}, then SIGKILL).  The nodes die with this command even when it is killed with
 SIGKILL (Linux: the parent-death signal), so no node is left holding its
 port and data directory.
 """
@@ -32,6 +33,7 @@ import collections
 import ctypes
 import ctypes.util
 import errno
+import http.client
 import os
 import selectors
 import shlex
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
+import orjson
 
 from streamlog import errors
 from streamlog.cli import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_OK, _leaf, _silence_stdout, _Usage
@@ -72,7 +75,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CLEAN_STOPS = (0, -signal.SIGTERM)
 #: Bytes of a node's output line held back waiting for its newline; a longer one is printed in pieces.
 MAX_LINE = 64 * 1024
-#: Seconds one readiness Ping may take.
+#: Seconds one readiness Ping (or one GET /ready) may take.
 PING_TIMEOUT = 1.0
 #: Output lines of each node kept to show when it dies.
 LAST_LINES = 15
@@ -100,7 +103,8 @@ def register(csub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"the address every node listens on and advertises (default {DEFAULT_HOST})")
     p.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="SECONDS",
-                   help=f"seconds for every node to answer Ping (default {DEFAULT_START_TIMEOUT:g})")
+                   help=f"seconds for every node to answer Ping and then be ready (HTTP /ready answers 200) "
+                        f"(default {DEFAULT_START_TIMEOUT:g})")
     p.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
                    help=f"seconds a node gets to stop after SIGTERM before it is killed with SIGKILL "
                         f"(default {DEFAULT_STOP_TIMEOUT:g})")
@@ -159,11 +163,15 @@ def plan_cluster(nodes: int, base_port: int, data_dir: str | Path, host: str = D
     Node I's HTTP listener is on its client port plus C{http_port_offset};
     with C{None} the nodes run with C{--http-listen none} (never on the
     fixed default port 9644, which several nodes of one machine would fight
-    over).
+    over).  Server options that set C{--http-listen} themselves win (the last one
+    given does): then the plan knows no HTTP port, and a node counts as ready once
+    it answers Ping.
 
     @raise PlanError: a node count other than 1, 3, 5, or ports outside 1..65535.
     """
     check_node_count(nodes)
+    if any(o == "--http-listen" or o.startswith("--http-listen=") for o in server_options):
+        http_port_offset = None  # the user's own --http-listen comes last and wins; its port is unknown here
     if not host or any(c in host for c in " ,=/"):
         raise PlanError(f"--host {host!r} is not a host name or IP address")
     if host in ("0.0.0.0", "::", "[::]"):
@@ -258,6 +266,18 @@ def _port_in_use(host: str, port: int) -> str | None:
     return None
 
 
+def _layout_hint() -> str:
+    """Which base ports of two clusters up collide: node I of each uses BASE+I-1, BASE+100+I-1 and
+    BASE+300+I-1 (I up to 5), so bases 100, 200 or 300 apart (give or take 4) share ports."""
+    largest = max(NODE_COUNTS)
+    return (f"(cluster up uses ports BASE+I-1 for clients, BASE+{PEER_PORT_OFFSET}+I-1 for peers and "
+            f"BASE+{HTTP_PORT_OFFSET}+I-1 for HTTP: two clusters on one machine collide when their --base-port "
+            f"values are less than {largest} apart, or less than {largest} away from {PEER_PORT_OFFSET}, "
+            f"{HTTP_PORT_OFFSET - PEER_PORT_OFFSET} or {HTTP_PORT_OFFSET} apart; e.g. {DEFAULT_BASE_PORT} and "
+            f"{DEFAULT_BASE_PORT + PEER_PORT_OFFSET} collide, {DEFAULT_BASE_PORT} and {DEFAULT_BASE_PORT + 10} "
+            f"do not)")
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A C{preexec_fn} that makes a child get SIGTERM when this process dies (Linux), or None elsewhere."""
     if not sys.platform.startswith("linux"):
@@ -283,6 +303,8 @@ class _Node:
         self.process = process
         self.lines = LineSplitter()
         self.ready = False
+        #: Why the node, which answered Ping, is not ready yet (its /ready's reason), or None.
+        self.unready: str | None = None
         self.output_open = True
         self.reported = False
 
@@ -302,11 +324,14 @@ class LocalCluster:
     @param env: the nodes' environment (default: this one, with the streamlog in use on
         C{PYTHONPATH}, so the nodes run the same code as this command).
     @param pinger: C{pinger(address, timeout)} raises unless the node answers Ping.
+    @param readiness: C{readiness(plan, timeout)}: None once the node is ready, else why not
+        (default: its HTTP C{/ready}; a node without an HTTP listener is ready once it answers Ping).
     """
 
     def __init__(self, plans: list[NodePlan], out: TextIO, err: TextIO, start_timeout: float = DEFAULT_START_TIMEOUT,
                  stop_timeout: float = DEFAULT_STOP_TIMEOUT, env: dict[str, str] | None = None,
-                 pinger: Callable[[str, float], Any] | None = None) -> None:
+                 pinger: Callable[[str, float], Any] | None = None,
+                 readiness: Callable[[NodePlan, float], str | None] | None = None) -> None:
         self.plans = plans
         self.out = out
         self.err = err
@@ -314,6 +339,7 @@ class LocalCluster:
         self.stop_timeout = stop_timeout
         self.env = env if env is not None else _node_env()
         self.pinger = pinger or _ping
+        self.readiness = readiness or _ready_reason
         self.nodes: list[_Node] = []
         self.selector = selectors.DefaultSelector()
         self.signalled: str | None = None
@@ -373,7 +399,8 @@ class LocalCluster:
                 why = _port_in_use(plan.host, port)
                 if why is not None:
                     raise ClusterFailed(f"cannot use port {port} on {plan.host} (node {plan.node_id}'s {what} port): "
-                                        f"{why}; stop what holds it, or choose another --base-port")
+                                        f"{why}; stop what holds it, or choose another --base-port. "
+                                        f"{_layout_hint()}")
 
     def _start(self) -> None:
         preexec = _die_with_parent()
@@ -421,20 +448,33 @@ class LocalCluster:
                     elif future is None and not node.ready and now >= next_ping[node_id]:
                         pinging[node_id] = pool.submit(self._answers, node)
                 if now > deadline and not all(n.ready for n in self.nodes):
-                    silent = [n for n in self.nodes if not n.ready]
-                    names = ", ".join(f"node {n.plan.node_id} ({n.plan.address})" for n in silent)
-                    raise ClusterFailed(f"{names} did not answer Ping within {self.start_timeout:g}s "
-                                        f"(--start-timeout); stopping the cluster")
+                    raise ClusterFailed(self._not_ready())
             return True
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # a Ping in flight ends within its own timeout
 
+    def _not_ready(self) -> str:
+        """The line for nodes not ready at the deadline: those that never answered Ping, and those
+        that did but whose /ready still said why not."""
+        silent = [n for n in self.nodes if not n.ready and n.unready is None]
+        unready = [n for n in self.nodes if not n.ready and n.unready is not None]
+        said = []
+        if silent:
+            names = ", ".join(f"node {n.plan.node_id} ({n.plan.address})" for n in silent)
+            said.append(f"{names} did not answer Ping within {self.start_timeout:g}s (--start-timeout)")
+        for n in unready:
+            said.append(f"node {n.plan.node_id} ({n.plan.address}) answered Ping but was not ready within "
+                        f"{self.start_timeout:g}s (--start-timeout): {n.unready}")
+        return "; ".join(said) + "; stopping the cluster"
+
     def _answers(self, node: _Node) -> bool:
+        """Whether the node answers Ping and is ready (on a thread of its own: each step is bounded)."""
         try:
             self.pinger(node.plan.address, PING_TIMEOUT)
         except (errors.StreamlogError, OSError):
             return False
-        return True
+        node.unready = self.readiness(node.plan, PING_TIMEOUT)
+        return node.unready is None
 
     def _announce(self) -> None:
         addresses = ",".join(n.plan.address for n in self.nodes)
@@ -629,6 +669,30 @@ def select_ready(node: _Node) -> bool:
 def _ping(address: str, timeout: float) -> Any:
     with BlockingClient(address, timeout=timeout) as client:
         return client.ping()
+
+
+def _ready_reason(plan: NodePlan, timeout: float) -> str | None:
+    """None if the node's C{/ready} answers 200 (or it has no HTTP listener), else why not: the
+    reason of its first failing check, as /ready gives it."""
+    if plan.http_port is None:
+        return None
+    connection = http.client.HTTPConnection(plan.host, plan.http_port, timeout=timeout)
+    try:
+        connection.request("GET", "/ready")
+        answer = connection.getresponse()
+        status, body = answer.status, answer.read(64 * 1024)
+    except (OSError, http.client.HTTPException) as e:
+        return f"its /ready at {describe_address((plan.host, plan.http_port))} did not answer ({e})"
+    finally:
+        connection.close()
+    if status == 200:
+        return None
+    try:
+        checks = orjson.loads(body).get("checks", {})
+        reasons = [f"{name}: {c['reason']}" for name, c in checks.items() if not c.get("ok") and c.get("reason")]
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        reasons = []
+    return f"/ready answered {status}" + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def _node_env() -> dict[str, str]:

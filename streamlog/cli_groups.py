@@ -2,7 +2,10 @@
 
 Each command asks the group's coordinator (found with C{FindCoordinator},
 following one C{NOT_COORDINATOR} hint); C{list} asks every node of a cluster
-(each lists the groups it coordinates).  Human output by default, C{--json}
+(each lists the groups it coordinates).  A command that only looks
+(C{describe}, C{delete} and C{reset --dry-run} of a group that may not exist)
+asks any node while the cluster has no offsets topic yet, since
+C{FindCoordinator} would create it.  Human output by default, C{--json}
 for the answers as the server gave them.
 """
 
@@ -14,6 +17,7 @@ from typing import Any
 from streamlog import errors
 from streamlog.cli import EXIT_OK, _leaf, emit_json, make_client
 from streamlog.client.blocking import BlockingClient
+from streamlog.groups.config import OFFSETS_TOPIC
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -48,8 +52,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _leaf(p, cmd_groups_delete)
 
 
-def at_coordinator(client: BlockingClient, group: str, method: str, params: dict[str, Any]) -> Any:
-    """C{method} at C{group}'s coordinator (any node for a node alone)."""
+def at_coordinator(client: BlockingClient, group: str, method: str, params: dict[str, Any],
+                   looks: bool = False) -> Any:
+    """C{method} at C{group}'s coordinator (any node for a node alone).  C{looks}: the request
+    changes nothing for a group that does not exist, so while there is no offsets topic (no group
+    exists) any node answers it, and no C{FindCoordinator} creates the topic."""
+    if looks and not _offsets_topic_exists(client):
+        return client.call(method, params)
     where = client.call("FindCoordinator", {"group": group})
     address = where.get("coordinator_address")
     for _ in range(2):
@@ -60,6 +69,14 @@ def at_coordinator(client: BlockingClient, group: str, method: str, params: dict
         except errors.NotCoordinator as e:  # it moved meanwhile: follow the hint once
             address = e.details.get("coordinator_address")
     return client.call(method, params)
+
+
+def _offsets_topic_exists(client: BlockingClient) -> bool:
+    try:
+        topics = client.call("Metadata", {"topics": [OFFSETS_TOPIC]})["topics"]
+    except errors.MethodNotFound:
+        return True  # an old node: ask its coordinator as before
+    return any(t.get("topic") == OFFSETS_TOPIC and "partitions" in t for t in topics)
 
 
 def cmd_groups_list(args: argparse.Namespace) -> int:
@@ -97,7 +114,7 @@ def _partitions(entries: list[dict[str, Any]]) -> str:
 
 def cmd_groups_describe(args: argparse.Namespace) -> int:
     with make_client(args) as client:
-        result = at_coordinator(client, args.group, "DescribeGroup", {"group": args.group})
+        result = at_coordinator(client, args.group, "DescribeGroup", {"group": args.group}, looks=True)
     if args.json:
         emit_json(result)
         return EXIT_OK
@@ -135,7 +152,7 @@ def cmd_groups_reset(args: argparse.Namespace) -> int:
         except ValueError:
             args._parser.error(f"--partitions {args.partitions!r} is not a comma-separated list of partitions")
     with make_client(args) as client:
-        result = at_coordinator(client, args.group, "ResetOffsets", params)
+        result = at_coordinator(client, args.group, "ResetOffsets", params, looks=args.dry_run)
     if args.json:
         emit_json(result)
         return EXIT_OK
@@ -148,7 +165,7 @@ def cmd_groups_reset(args: argparse.Namespace) -> int:
 
 def cmd_groups_delete(args: argparse.Namespace) -> int:
     with make_client(args) as client:
-        result = at_coordinator(client, args.group, "DeleteGroup", {"group": args.group})
+        result = at_coordinator(client, args.group, "DeleteGroup", {"group": args.group}, looks=True)
     if args.json:
         emit_json(result)
     else:

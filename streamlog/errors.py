@@ -214,6 +214,17 @@ class DeliveryTimeout(Timeout):
     code = "DELIVERY_TIMEOUT"
 
 
+class BufferFull(StreamlogError):
+    """A Producer's send waited C{max_block} seconds for room in its C{buffer_bytes} of
+    unsettled messages and got none (client side only): the message was never sent.
+
+    Details: C{buffer_bytes}, C{max_block} (seconds), C{size} (the message's bytes in the
+    buffer) and C{sent} (always False).
+    """
+
+    code = "BUFFER_FULL"
+
+
 class OutOfOrderSequence(StreamlogError):
     """An idempotent batch's C{base_sequence} is not the next one its partition expects, nor one it holds.
 
@@ -338,7 +349,7 @@ BY_CODE: dict[str, type[StreamlogError]] = {
         UnknownPartition, OffsetOutOfRange, TooManyConnections, TooManyWaitingPolls, TooManyPartitions,
         TooManyOpenFiles, PartitionUnavailable,
         StorageError, ShuttingDown, NotLeader, LeaderNotAvailable, NotController, Timeout, ConnectionLost,
-        DeliveryTimeout, OutOfOrderSequence, ProducerFenced, UnknownProducerId, TooManyProducers,
+        DeliveryTimeout, BufferFull, OutOfOrderSequence, ProducerFenced, UnknownProducerId, TooManyProducers,
         ProducerIdsExhausted,
     ]
 }

@@ -139,3 +139,32 @@ def test_a_wrong_producer_state_option_is_refused(args, says):
     with pytest.raises(usage.UsageError) as refused:
         Options().parseOptions(args)
     assert says in str(refused.value) and "--producer-state-batches" in str(refused.value)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--producer-id-expiry-ms", "60000", "--producer-evict-min-idle-ms", "30000"],
+     "--producer-id-expiry-ms (60000) must be more than --client-delivery-timeout-ms (120000): a partition "
+     "that forgets a producer while it may still retry a batch"),
+    (["--producer-evict-min-idle-ms", "120000"],
+     "--producer-evict-min-idle-ms (120000) must be more than --client-delivery-timeout-ms (120000)"),
+    (["--client-delivery-timeout-ms", "400000"],
+     "--producer-evict-min-idle-ms (300000) must be more than --client-delivery-timeout-ms (400000)"),
+    (["--client-delivery-timeout-ms", "0"], "--client-delivery-timeout-ms must be positive"),
+])
+def test_an_expiry_a_retrying_producer_could_outlive_is_refused(args, says):
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(args)
+    assert says in str(refused.value)
+
+
+def test_producers_with_short_delivery_timeouts_allow_a_short_expiry():
+    from streamlog.client.producer import DEFAULT_DELIVERY_TIMEOUT
+    from streamlog.idempotence.table import DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS
+
+    assert DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS == DEFAULT_DELIVERY_TIMEOUT * 1000  # the client's own default
+    options = Options()
+    options.parseOptions(["--client-delivery-timeout-ms", "10000", "--producer-id-expiry-ms", "60000",
+                          "--producer-evict-min-idle-ms", "30000", "--storage", "memory"])
+    assert options.node_config().producer_state.expiry_ms == 60_000

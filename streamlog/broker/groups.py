@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+import attrs
 import orjson
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
@@ -29,7 +30,7 @@ from streamlog.groups import params as gp
 from streamlog.groups.assignors import TopicPartition
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupCoordinator, partitions_to_wire
-from streamlog.groups.offsets import OffsetCommit, OffsetRecord, fetch_to_wire
+from streamlog.groups.offsets import OffsetCommit, OffsetRecord, behind_committed, fetch_to_wire
 from streamlog.groups.state import SNAPSHOT_BYTES, ShardState
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import TopicConfig
@@ -138,6 +139,14 @@ class GroupService:
             waited = replica.when_leading(self.clock, self.broker.config.election_wait)
             return waited.addCallback(lambda _: work(self._shard(found, group)))
         return work(self._shard(found, group))
+
+    def _reading(self, group: str, work: Callable[[Shard], Any], absent: Callable[[], Any]) -> Any:
+        """L{_with_shard} for a request that changes nothing: while the offsets topic does not
+        exist no group has members or offsets, so C{absent()} answers, and nothing is created
+        (a look at a cluster, a console page, a dry run must leave no state behind)."""
+        if self.broker.topics.get(OFFSETS_TOPIC) is None:
+            return absent()
+        return self._with_shard(group, work)
 
     def _shard(self, topic: Any, group: str) -> Shard:
         replica = self._replica(topic, group)
@@ -444,27 +453,47 @@ class GroupService:
 
         def commit(shard: Shard) -> Any:
             shard.coordinator.check_commit(p.group, p.member_id, p.generation, [o.tp for o in p.offsets], self.now())
-            shard.offsets.check_commit(p.group, p.offsets)
+            behind = shard.offsets.behind(p.group, p.offsets)
+            if not behind:
+                return write(shard, p.offsets)
+            # Lower than committed: allowed only where the committed offset is past the
+            # partition's high watermark (asked only on this path; the common commit asks nothing).
+            return self._partition_bounds([entry.tp for entry, _ in behind]).addCallback(rewound, shard)
+
+        def rewound(bounds: dict[TopicPartition, Any], shard: Shard) -> Any:
+            if self.shards.get(shard.index) is not shard:
+                raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
+                                            coordinator=None, coordinator_address=None)
+            # Checked again: the member or the offsets may have changed while the leaders answered.
+            shard.coordinator.check_commit(p.group, p.member_id, p.generation, [o.tp for o in p.offsets], self.now())
+            back = set()
+            for entry, committed in shard.offsets.behind(p.group, p.offsets):
+                found = bounds.get(entry.tp)
+                if found is None or committed <= found[1]:
+                    raise behind_committed(p.group, entry, committed)
+                back.add(entry.tp)
+            return write(shard, tuple(attrs.evolve(o, rewind=True) if o.tp in back else o for o in p.offsets))
+
+        def write(shard: Shard, offsets: tuple[OffsetCommit, ...]) -> Any:
             self._schedule()  # the commit counted as a sign of life
-            d = self._append(shard, OffsetRecord("commit", p.group, p.offsets))
+            d = self._append(shard, OffsetRecord("commit", p.group, offsets))
             return d.addCallback(lambda _: {"group": p.group, "offsets": [o.to_wire() for o in p.offsets]})
 
         return self._with_shard(p.group, commit)
 
     def handle_fetch_offsets(self, params: dict[str, Any]) -> Any:
         group, topics = gp.parse_fetch(params)
-        return self._with_shard(group, lambda shard: {
-            "group": group, "offsets": fetch_to_wire(shard.offsets.fetch(group, topics))})
+        return self._reading(group, lambda shard: {
+            "group": group, "offsets": fetch_to_wire(shard.offsets.fetch(group, topics))},
+            lambda: {"group": group, "offsets": []})
 
     def handle_list_groups(self, params: dict[str, Any]) -> Any:
         """Every group of the cluster: this node's, and those of every other node it is
         connected to (asked over the peer links, C{GroupsHere}); C{unreachable} lists the
         nodes that could not answer."""
         wire.parse_empty(params)
-        found = self._offsets_topic()
-        if isinstance(found, Deferred):
-            return found.addCallback(lambda _: self.handle_list_groups(params))
-        groups = {g["group"]: g for g in self._groups_here(found)}
+        found = self.broker.topics.get(OFFSETS_TOPIC)  # not made by looking: without it, no group here
+        groups = {g["group"]: g for g in self._groups_here(found)} if found is not None else {}
         cluster = self.broker.cluster
         if cluster is None:
             return {"groups": sorted(groups.values(), key=lambda g: g["group"])}
@@ -582,7 +611,7 @@ class GroupService:
             state = shard.coordinator.group(group)
             committed = shard.offsets.fetch(group)
             if (state is None or not state.members) and not committed:
-                raise errors.UnknownGroup(f"group {group!r} has no members and no committed offsets", group=group)
+                _unknown_group(group)
             members = []
             subscribed: set[TopicPartition] = set(committed)
             now = self.now()
@@ -617,7 +646,7 @@ class GroupService:
 
             return self._partition_bounds(sorted(subscribed)).addCallback(with_lag)
 
-        return self._with_shard(group, describe)
+        return self._reading(group, describe, lambda: _unknown_group(group))
 
     def _local_partition(self, tp: TopicPartition) -> Any:
         """This node's replica of a data partition, or None."""
@@ -633,7 +662,7 @@ class GroupService:
         def delete(shard: Shard) -> Any:
             shard.coordinator.require_empty(group)
             if not shard.offsets.has_group(group) and shard.coordinator.group(group) is None:
-                raise errors.UnknownGroup(f"group {group!r} has no members and no committed offsets", group=group)
+                _unknown_group(group)
 
             def done(_: Any) -> dict[str, Any]:
                 if self.shards.get(shard.index) is shard and shard.coordinator.group(group) is not None:
@@ -642,13 +671,14 @@ class GroupService:
 
             return self._append(shard, OffsetRecord("delete", group)).addCallback(done)
 
-        return self._with_shard(group, delete)
+        return self._reading(group, delete, lambda: _unknown_group(group))
 
     def handle_reset_offsets(self, params: dict[str, Any]) -> Any:
         p = gp.parse_reset(params)
 
-        def reset(shard: Shard) -> Any:
-            shard.coordinator.require_empty(p.group)
+        def reset(shard: Shard | None) -> Any:
+            if shard is not None:
+                shard.coordinator.require_empty(p.group)
             topic = self.broker.topics.get(p.topic)
             if topic is None:
                 raise errors.UnknownTopic(f"unknown topic {p.topic!r}", topic=p.topic)
@@ -661,12 +691,15 @@ class GroupService:
             tps = [(p.topic, index) for index in indexes]
             return self._partition_bounds(tps, timestamp).addCallback(resolved, shard)
 
-        def resolved(bounds: dict[TopicPartition, Any], shard: Shard) -> Any:
-            if self.shards.get(shard.index) is not shard:
-                raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
-                                            coordinator=None, coordinator_address=None)
-            shard.coordinator.require_empty(p.group)  # a member may have joined meanwhile
-            committed = shard.offsets.fetch(p.group, [p.topic])
+        def resolved(bounds: dict[TopicPartition, Any], shard: Shard | None) -> Any:
+            if shard is None:  # a dry run before any group exists: nothing is committed
+                committed = {}
+            else:
+                if self.shards.get(shard.index) is not shard:
+                    raise errors.NotCoordinator(f"the coordinator of group {p.group!r} moved; retry", group=p.group,
+                                                coordinator=None, coordinator_address=None)
+                shard.coordinator.require_empty(p.group)  # a member may have joined meanwhile
+                committed = shard.offsets.fetch(p.group, [p.topic])
             offsets = []
             rows = []
             for tp, found in sorted(bounds.items()):
@@ -682,9 +715,16 @@ class GroupService:
             answer = {"group": p.group, "dry_run": p.dry_run, "offsets": rows}
             if p.dry_run:
                 return answer
+            assert shard is not None
             return self._append(shard, OffsetRecord("reset", p.group, tuple(offsets))).addCallback(lambda _: answer)
 
+        if p.dry_run:
+            return self._reading(p.group, reset, lambda: reset(None))
         return self._with_shard(p.group, reset)
+
+
+def _unknown_group(group: str) -> NoReturn:
+    raise errors.UnknownGroup(f"group {group!r} has no members and no committed offsets", group=group)
 
 
 def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:

@@ -105,6 +105,10 @@ class NodeConfig:
     http_idle_timeout: float = 60.0
     #: Most HTTP connections open at once (--http-max-connections); more are closed on accept.
     http_max_connections: int = 64
+    #: Seconds a whole HTTP request may take to arrive (--http-request-timeout).
+    http_request_timeout: float = 30.0
+    #: Most HTTP connections open at once from one client address (--http-max-connections-per-address).
+    http_max_connections_per_address: int = 16
     #: /metrics has per-partition series while the node holds at most this many partitions.
     metrics_max_partition_series: int = 256
 

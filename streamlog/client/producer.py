@@ -58,6 +58,17 @@ then waits for its batches in flight, takes the next epoch and numbers from
 than being renumbered.  With C{idempotent=False} a resend after a lost
 connection or a timeout may append a batch twice.
 
+Memory.  The messages accepted and not settled yet (in batches, or waiting
+for their topic's partitions) take at most C{buffer_bytes} of encoded JSON
+(Kafka's C{buffer.memory}).  A send that would pass it waits, in send order,
+until acknowledgements or failures make room, and fails with
+L{errors.BufferFull} if none came within C{max_block} seconds (Kafka's
+C{max.block.ms}); its delivery timeout starts once it is in.  While any send
+waits, every later one waits behind it (a partition's order is kept).
+L{Producer.when_room} fires once nothing waits and there is room: an
+application that sends faster than the cluster takes waits on it, so that
+what it holds stays bounded too.
+
 A topic the metadata does not know yet.  An idempotent producer has it
 created first, as a Send would auto-create it (C{CreateTopic} with
 C{auto_create}: the server's C{--auto-create-topics} and
@@ -99,6 +110,12 @@ PARTITION_FIELD_BYTES = 32
 
 #: Default delivery timeout (seconds): as Kafka's delivery.timeout.ms.
 DEFAULT_DELIVERY_TIMEOUT = retry.DEFAULT_DELIVERY_TIMEOUT
+
+#: Default bound on the encoded bytes of accepted, unsettled messages: Kafka's buffer.memory.
+DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
+
+#: Default seconds a send waits for room in the buffer before it fails: Kafka's max.block.ms.
+DEFAULT_MAX_BLOCK = 60.0
 
 
 class _Batch:
@@ -169,10 +186,10 @@ class _PartitionQueue:
 class _Unplaced:
     """A message sent while its topic's partitions were not known yet."""
 
-    __slots__ = ("value", "key", "partition", "headers", "acks", "deferred", "seq", "deadline")
+    __slots__ = ("value", "key", "partition", "headers", "acks", "deferred", "seq", "deadline", "size")
 
     def __init__(self, value: Any, key: str | None, partition: int | None, headers: dict[str, str] | None,
-                 acks: str, deferred: Deferred, seq: int, deadline: float) -> None:
+                 acks: str, deferred: Deferred, seq: int, deadline: float, size: int) -> None:
         self.value = value
         self.key = key
         self.partition = partition
@@ -181,6 +198,27 @@ class _Unplaced:
         self.deferred = deferred
         self.seq = seq
         self.deadline = deadline
+        #: What it counts in the buffer (its encoding, a separator and room for a partition field).
+        self.size = size
+
+
+class _Blocked:
+    """A send waiting for room in the buffer: encoded for its partition, or (C{unplaced}) not placed yet."""
+
+    __slots__ = ("state", "partition", "encoded", "acks", "seq", "deferred", "unplaced", "size", "until")
+
+    def __init__(self, state: _TopicState, partition: int, encoded: bytes | None, acks: str, seq: int,
+                 deferred: Deferred, unplaced: _Unplaced | None, size: int, until: float) -> None:
+        self.state = state
+        self.partition = partition
+        self.encoded = encoded
+        self.acks = acks
+        self.seq = seq
+        self.deferred = deferred
+        self.unplaced = unplaced
+        self.size = size
+        #: When it fails with BufferFull if still waiting (its send time plus max_block).
+        self.until = until
 
 
 class _TopicState:
@@ -251,6 +289,10 @@ class Producer:
     @param producer_name: a stable name for this producer (idempotent only):
         starting another producer under the same name fences this one
         (L{errors.ProducerFenced}).
+    @param buffer_bytes: the encoded bytes of accepted, unsettled messages
+        at most (at least C{max_request_bytes}); a send past it waits for room.
+    @param max_block: seconds a send waits for room before it fails with
+        L{errors.BufferFull} (0: on the next reactor turn, unless room came first).
     """
 
     _log = Logger()
@@ -259,7 +301,8 @@ class Producer:
                  acks: str = "all", max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  max_in_flight_per_partition: int | None = None, idempotent: bool = True,
-                 producer_name: str | None = None) -> None:
+                 producer_name: str | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 max_block: float = DEFAULT_MAX_BLOCK) -> None:
         if batch_size < 1 or max_in_flight < 1 or linger_ms < 0 or delivery_timeout <= 0:
             raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0, "
                              "delivery_timeout positive")
@@ -269,6 +312,10 @@ class Producer:
             raise ValueError("an idempotent producer needs answers: acks 'all' or 'leader' (or idempotent=False)")
         if producer_name is not None and not idempotent:
             raise ValueError("producer_name names an idempotent producer")
+        if buffer_bytes < max_request_bytes or max_block < 0:
+            raise ValueError(f"buffer_bytes ({buffer_bytes}) must be at least max_request_bytes "
+                             f"({max_request_bytes}): every message that fits a request fits the buffer; "
+                             "max_block at least 0")
         self.client: ClusterClient = as_cluster_client(client)
         self.clock = self.client.clock
         self.linger_ms = linger_ms
@@ -301,6 +348,18 @@ class Producer:
         self._unsettled: set[_Batch] = set()
         self._flushes: list[tuple[int, Deferred]] = []
         self._pending = 0
+        self.buffer_bytes = buffer_bytes
+        self.max_block = max_block
+        #: Encoded bytes of the accepted messages not settled yet, the sends waiting for room
+        #: (oldest first), the timer failing the oldest one, and who waits in when_room().
+        self._buffered = 0
+        self._blocked: deque[_Blocked] = deque()
+        self._block_timer: IDelayedCall | None = None
+        self._admitting = False
+        self._room_waiters: list[Deferred] = []
+        #: Sends that waited for room (for tests and metrics), and those that failed waiting.
+        self.blocked_sends = 0
+        self.buffer_full = 0
         self._closed: errors.StreamlogError | None = None
         #: SendBatch requests made (for tests and metrics), and batches retried / appended out of order.
         self.requests_sent = 0
@@ -333,10 +392,13 @@ class Producer:
             if len(encoded) + PARTITION_FIELD_BYTES > budget:
                 return fail(self._too_large(len(encoded), budget))
             d: Deferred = Deferred()
-            state.unplaced.append(_Unplaced(value, key, partition, headers, acks, d, seq,
-                                            self.clock.seconds() + self.delivery_timeout))
             self._pending += 1
-            self._lookup(state)
+            # Counted with room for its partition field: placed, it takes no more than that.
+            m = _Unplaced(value, key, partition, headers, acks, d, seq, 0.0, len(encoded) + 1 + PARTITION_FIELD_BYTES)
+            if self._blocked or self._buffered + m.size > self.buffer_bytes:
+                self._block(_Blocked(state, -1, None, acks, seq, d, m, m.size, 0.0))
+            else:
+                self._take_unplaced(state, m)
             return d
         # The hot path: a few operations per message (see the module docstring of partitioning).
         if partition is not None:
@@ -357,7 +419,94 @@ class Producer:
         encoded = _encode(value, key, chosen, headers)
         if len(encoded) > budget:
             return fail(self._too_large(len(encoded), budget))
+        if self._blocked or self._buffered + len(encoded) + 1 > self.buffer_bytes:
+            d = Deferred()
+            self._pending += 1
+            self._block(_Blocked(state, chosen, encoded, acks, seq, d, None, len(encoded) + 1, 0.0))
+            return d
         return self._add(state, chosen, encoded, acks, seq, None)
+
+    def _take_unplaced(self, state: _TopicState, m: _Unplaced) -> None:
+        """Accept a message whose topic's partitions are not known yet (its delivery timeout starts)."""
+        m.deadline = self.clock.seconds() + self.delivery_timeout
+        self._buffered += m.size
+        state.unplaced.append(m)
+        self._lookup(state)
+
+    # --- the buffer's bound ----------------------------------------------------------------
+
+    def _block(self, blocked: _Blocked) -> None:
+        """A send past C{buffer_bytes} (or behind one that is): it waits for room, C{max_block} at most."""
+        blocked.until = self.clock.seconds() + self.max_block
+        self.blocked_sends += 1
+        self._blocked.append(blocked)
+        if self._block_timer is None:
+            self._block_timer = self.clock.callLater(self.max_block, self._block_over)
+
+    def _admit(self) -> None:
+        """Let waiting sends in, oldest first, while they fit; fire when_room() once nothing waits."""
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            while self._blocked and self._closed is None:
+                blocked = self._blocked[0]
+                if self._buffered + blocked.size > self.buffer_bytes and self._buffered > 0:
+                    break
+                self._blocked.popleft()
+                if blocked.unplaced is not None:
+                    self._take_unplaced(blocked.state, blocked.unplaced)
+                else:
+                    assert blocked.encoded is not None
+                    self._add(blocked.state, blocked.partition, blocked.encoded, blocked.acks, blocked.seq, None,
+                              blocked.deferred)
+        finally:
+            self._admitting = False
+        if not self._blocked and self._block_timer is not None:
+            if self._block_timer.active():
+                self._block_timer.cancel()
+            self._block_timer = None
+        if self._room_waiters and self._has_room():
+            waiters, self._room_waiters = self._room_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _block_over(self) -> None:
+        """Fail the sends that waited C{max_block} for room; wait for the next one's turn."""
+        self._block_timer = None
+        now = self.clock.seconds()
+        while self._blocked and self._blocked[0].until <= now:
+            blocked = self._blocked.popleft()
+            self._pending -= 1
+            self.buffer_full += 1
+            blocked.deferred.errback(errors.BufferFull(
+                f"the Producer's buffer of buffer_bytes={self.buffer_bytes} held unsettled messages for "
+                f"max_block={self.max_block:g}s: this message ({blocked.size} bytes) was never sent; send slower, "
+                "wait on when_room(), or raise buffer_bytes", buffer_bytes=self.buffer_bytes,
+                max_block=self.max_block, size=blocked.size, sent=False))
+        if self._blocked:
+            self._block_timer = self.clock.callLater(max(self._blocked[0].until - now, 0.0), self._block_over)
+        self._admit()  # nothing may wait now: when_room() waiters are told
+        self._check_flushes()
+
+    def _has_room(self) -> bool:
+        return not self._blocked and self._buffered < self.buffer_bytes
+
+    def when_room(self) -> Deferred:
+        """Fires (with None) once no send waits for room and the buffer is not full: an
+        application sending faster than the cluster takes waits on it before its next sends."""
+        if self._closed is not None:
+            return fail(self._closed)
+        if self._has_room():
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._room_waiters.append(d)
+        return d
+
+    @property
+    def buffered(self) -> int:
+        """Encoded bytes of the accepted messages not settled yet (at most C{buffer_bytes})."""
+        return self._buffered
     def _too_large(self, size: int, budget: int) -> errors.MessageTooLarge:
         return errors.MessageTooLarge(
             f"message of {size} bytes (encoded) does not fit in a request of "
@@ -387,6 +536,7 @@ class Producer:
             self._pending += 1
         batch.messages.append(encoded)
         batch.size += len(encoded) + 1
+        self._buffered += len(encoded) + 1
         batch.deferreds.append(d)
         if len(batch.messages) >= self.batch_size:
             self._seal(queue)
@@ -794,6 +944,7 @@ class Producer:
     def _settle(self, batch: _Batch, result: Any) -> None:
         self._unsettled.discard(batch)
         self._pending -= len(batch.deferreds)
+        self._buffered -= batch.size
         try:
             if result is None:  # acks="none"
                 for d in batch.deferreds:
@@ -805,14 +956,17 @@ class Producer:
                     d.callback((partition, base + i))
         except Exception:
             self._log.failure("delivering a batch result failed")
+        self._admit()
         self._check_flushes()
 
     def _fail_batch(self, batch: _Batch, error: errors.StreamlogError) -> None:
         self._unsettled.discard(batch)
         self._pending -= len(batch.deferreds)
+        self._buffered -= batch.size
         error = retry.given_up(error, batch.maybe_landed)  # an earlier attempt may have stored it
         for d in batch.deferreds:
             d.errback(error)
+        self._admit()
         self._check_flushes()
 
     def _expire(self, batch: _Batch) -> None:
@@ -851,6 +1005,7 @@ class Producer:
         state.info = info
         unplaced, state.unplaced = state.unplaced, deque()
         for m in unplaced:
+            self._buffered -= m.size  # counted again, encoded for its partition, if it goes in a batch
             if self.clock.seconds() >= m.deadline:
                 self._pending -= 1
                 m.deferred.errback(errors.DeliveryTimeout(
@@ -865,6 +1020,7 @@ class Producer:
                 continue
             self._add(state, chosen, _encode(m.value, m.key, chosen, m.headers), m.acks, m.seq, m.deadline,
                       m.deferred)
+        self._admit()
         self._check_flushes()
         self._pump()
 
@@ -933,19 +1089,23 @@ class Producer:
         while state.unplaced and now >= state.unplaced[0].deadline:
             m = state.unplaced.popleft()
             self._pending -= 1
+            self._buffered -= m.size
             m.deferred.errback(errors.DeliveryTimeout(
                 f"a message for {state.topic} was not acknowledged within the delivery timeout of "
                 f"{self.delivery_timeout:g}s (its topic's partitions were never learnt"
                 + (f"; last error: {last.code}: {last.message})" if last is not None else ")"),
                 timeout=self.delivery_timeout, attempts=0,
                 last_error=last.to_wire() if last is not None else None, sent=False))
+        self._admit()
         self._check_flushes()
 
     def _fail_unplaced(self, state: _TopicState, error: errors.StreamlogError) -> None:
         unplaced, state.unplaced = state.unplaced, deque()
         self._pending -= len(unplaced)
         for m in unplaced:
+            self._buffered -= m.size
             m.deferred.errback(error)
+        self._admit()
         self._check_flushes()
 
     def _send_unrouted(self, state: _TopicState) -> None:
@@ -968,8 +1128,10 @@ class Producer:
             batch.messages.append(encoded)
             batch.size += len(encoded) + 1
             batch.deferreds.append(m.deferred)
-        for _ in taken:
+        for m in taken:
             state.unplaced.popleft()
+            self._buffered -= m.size
+        self._buffered += batch.size
         state.unrouted = batch
         self._unsettled.add(batch)
         remaining = max(batch.deadline - self.clock.seconds(), 0.001)
@@ -1014,6 +1176,8 @@ class Producer:
         for state in self._topics.values():
             if state.unplaced:
                 low = min(low, state.unplaced[0].seq)
+        if self._blocked:
+            low = min(low, self._blocked[0].seq)
         done = [f for f in self._flushes if f[0] <= low]
         if done:
             self._flushes = [f for f in self._flushes if f[0] > low]
@@ -1051,6 +1215,16 @@ class Producer:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._block_timer is not None and self._block_timer.active():
+            self._block_timer.cancel()
+        self._block_timer = None
+        blocked, self._blocked = self._blocked, deque()
+        self._pending -= len(blocked)
+        for waiting in blocked:
+            waiting.deferred.errback(error)
+        waiters, self._room_waiters = self._room_waiters, []
+        for d in waiters:
+            d.errback(error)
         for state in self._topics.values():
             if state.timer is not None and state.timer.active():
                 state.timer.cancel()
@@ -1076,5 +1250,6 @@ class Producer:
         return self._pending
 
 
-__all__ = ["DEFAULT_DELIVERY_TIMEOUT", "DEFAULT_MAX_REQUEST_BYTES", "Producer"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "DEFAULT_DELIVERY_TIMEOUT", "DEFAULT_MAX_BLOCK", "DEFAULT_MAX_REQUEST_BYTES",
+           "Producer"]
 

@@ -9,7 +9,12 @@ same state, so the apply rules below are the whole truth of what a group has
 committed:
 
   - C{commit}: each listed offset becomes the committed one, unless it is
-    lower than what is committed already (a commit never moves backwards);
+    lower than what is committed already (a commit never moves backwards),
+    or the entry says C{"rewind": true}: the coordinator found the committed
+    offset past the partition's high watermark (no position anyone can read
+    from: a reset given for a partition whose leader did not answer, a
+    commit past the end, a topic deleted and made again), so the owner's
+    lower commit replaces it;
   - C{reset}: each listed offset becomes the committed one, whatever it was
     (ResetOffsets, the only way back);
   - C{delete}: the group's offsets are gone (DeleteGroup).
@@ -42,6 +47,9 @@ class OffsetCommit:
     partition: int
     offset: int
     metadata: str | None = None
+    #: A commit allowed to move the offset back, because the committed one was past the
+    #: partition's high watermark when the coordinator checked (stored as C{"rewind": true}).
+    rewind: bool = False
 
     @property
     def tp(self) -> TopicPartition:
@@ -49,6 +57,10 @@ class OffsetCommit:
 
     def to_wire(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "metadata": self.metadata}
+
+    def to_record(self) -> dict[str, Any]:
+        """The entry as a record of the offsets topic stores it (C{to_wire}, and C{rewind} if set)."""
+        return {**self.to_wire(), "rewind": True} if self.rewind else self.to_wire()
 
 
 @attrs.frozen
@@ -72,7 +84,7 @@ class OffsetRecord:
         """The message value it is stored as."""
         value: dict[str, Any] = {"type": self.type, "group": self.group}
         if self.type != "delete":
-            value["offsets"] = [o.to_wire() for o in self.offsets]
+            value["offsets"] = [o.to_record() for o in self.offsets]
         return value
 
 
@@ -95,12 +107,13 @@ def decode_record(value: Any) -> OffsetRecord:
         try:
             topic, partition, offset = entry["topic"], entry["partition"], entry["offset"]
             metadata = entry.get("metadata")
+            rewind = entry.get("rewind", False)
         except (TypeError, KeyError) as e:
             raise BadOffsetRecord(f"bad offset entry {str(entry)[:200]}") from e
         if not (isinstance(topic, str) and _count(partition) and _count(offset)
-                and (metadata is None or isinstance(metadata, str))):
+                and (metadata is None or isinstance(metadata, str)) and isinstance(rewind, bool)):
             raise BadOffsetRecord(f"bad offset entry {str(entry)[:200]}")
-        offsets.append(OffsetCommit(topic, partition, offset, metadata))
+        offsets.append(OffsetCommit(topic, partition, offset, metadata, rewind))
     return OffsetRecord(kind, value["group"], tuple(offsets))
 
 
@@ -122,20 +135,26 @@ class OffsetState:
         offsets = self.groups.setdefault(record.group, {})
         for entry in record.offsets:
             now = offsets.get(entry.tp)
-            if record.type == "commit" and now is not None and entry.offset < now.offset:
+            if record.type == "commit" and now is not None and entry.offset < now.offset and not entry.rewind:
                 continue  # never backwards (a commit checked against a state that moved on meanwhile)
             offsets[entry.tp] = Committed(entry.offset, entry.metadata, timestamp)
 
     def check_commit(self, group: str, offsets: Iterable[OffsetCommit]) -> None:
         """Raise C{OFFSET_BEHIND_COMMITTED} if a commit would move an offset backwards."""
+        behind = self.behind(group, offsets)
+        if behind:
+            raise behind_committed(group, *behind[0])
+
+    def behind(self, group: str, offsets: Iterable[OffsetCommit]) -> list[tuple[OffsetCommit, int]]:
+        """The entries of a commit (not marked C{rewind}) lower than what is committed, each with
+        the committed offset."""
         committed = self.groups.get(group, {})
+        out = []
         for entry in offsets:
             now = committed.get(entry.tp)
-            if now is not None and entry.offset < now.offset:
-                raise errors.OffsetBehindCommitted(
-                    f"{entry.topic}/{entry.partition}: offset {entry.offset} is behind the committed {now.offset}; "
-                    "only ResetOffsets moves a committed offset back",
-                    group=group, topic=entry.topic, partition=entry.partition, committed=now.offset)
+            if now is not None and entry.offset < now.offset and not entry.rewind:
+                out.append((entry, now.offset))
+        return out
 
     def fetch(self, group: str, topics: Iterable[str] | None = None) -> dict[TopicPartition, Committed]:
         """The group's committed offsets (of C{topics} only, if given)."""
@@ -147,6 +166,15 @@ class OffsetState:
 
     def has_group(self, group: str) -> bool:
         return group in self.groups
+
+
+def behind_committed(group: str, entry: OffsetCommit, committed: int) -> errors.OffsetBehindCommitted:
+    """The error refusing a commit of C{entry} behind C{committed}."""
+    return errors.OffsetBehindCommitted(
+        f"{entry.topic}/{entry.partition}: offset {entry.offset} is behind the committed {committed}; "
+        "a commit moves a committed offset back only while that one is past the partition's high watermark, "
+        "else only ResetOffsets does",
+        group=group, topic=entry.topic, partition=entry.partition, committed=committed)
 
 
 def fetch_to_wire(committed: Mapping[TopicPartition, Committed]) -> list[dict[str, Any]]:

@@ -11,6 +11,16 @@ on bodies is enforced here, while reading: a declared length over it is refused
 before a byte of the body is read, and a chunked body is cut off where it
 passes it.  Connections past L{DEFAULT_HTTP_MAX_CONNECTIONS} are closed at once,
 so HTTP sockets stay within the node's descriptor budget.
+
+A slow client (slowloris: one header byte now and then) resets the idle
+timeout with every byte, so it alone would keep a connection for ever; two
+more bounds stop a few clients from holding every slot: a whole request
+(its request line, headers and body) must arrive within
+L{DEFAULT_HTTP_REQUEST_TIMEOUT} seconds of its first byte (of the connection,
+for the first request), else it is answered 408 and the connection closed;
+and one client address may hold at most
+L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections (more are closed on
+accept).
 """
 
 from __future__ import annotations
@@ -29,6 +39,10 @@ DEFAULT_HTTP_LISTEN = "tcp:9644:interface=127.0.0.1"
 DEFAULT_HTTP_TIMEOUT = 60.0
 #: Most HTTP connections open at once (--http-max-connections); more are closed on accept.
 DEFAULT_HTTP_MAX_CONNECTIONS = 64
+#: Seconds a whole request may take to arrive, from its first byte (--http-request-timeout).
+DEFAULT_HTTP_REQUEST_TIMEOUT = 30.0
+#: Most HTTP connections open at once from one client address (--http-max-connections-per-address).
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS = 16
 #: Largest request body on any path unless told otherwise (the console passes --console-max-body-bytes).
 DEFAULT_HTTP_MAX_BODY_BYTES = 65536
 #: The value of --http-listen that turns the listener off.
@@ -76,16 +90,51 @@ class BoundedRequest(Request):
 
 class QuietChannel(HTTPChannel):
     """An C{HTTPChannel} that closes an idle connection without a log line (Twisted logs one per
-    connection at info level: thousands of idle sockets would rotate the node's log), and counts
-    itself in its site's open connections."""
+    connection at info level: thousands of idle sockets would rotate the node's log), counts
+    itself in its site's open connections (per client address too), and gives each request
+    the site's C{request_timeout} to arrive whole."""
+
+    #: The client address it counts under in the site (set by L{QuietSite.buildProtocol}).
+    peer_host: str | None = None
+    _deadline: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.open_connections += 1
+        self._arm()  # the first request's clock starts with the connection
 
     def connectionLost(self, reason: Any) -> None:
+        self._disarm()
         self.site.open_connections -= 1
+        self.site.forget_address(self.peer_host)
         super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            self._arm()  # the first byte of the next request
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._disarm()  # whole: the answer may take its time (a long request is the resource's)
+        super().allContentReceived()
+
+    def _arm(self) -> None:
+        self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.site.slow_requests += 1
+        limit = self.site.request_timeout
+        body = orjson.dumps({"error": {"code": "REQUEST_TIMEOUT", "limit": limit,
+                                       "message": f"the request did not arrive whole within {limit:g} s"}})
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         if self.abortTimeout is not None:
@@ -102,20 +151,46 @@ class QuietSite(Site):
 
     def __init__(self, resource: IResource, timeout: float = DEFAULT_HTTP_TIMEOUT, reactor: Any = None,
                  max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS,
-                 max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES,
+                 request_timeout: float = DEFAULT_HTTP_REQUEST_TIMEOUT,
+                 max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
-        #: HTTP connections open now.
+        self.request_timeout = request_timeout
+        self.max_connections_per_address = max_connections_per_address
+        #: HTTP connections open now, in all and per client address.
         self.open_connections = 0
-        #: Connections closed on accept because L{max_connections} were open.
+        self.by_address: dict[str, int] = {}
+        #: Connections closed on accept because L{max_connections} were open, or
+        #: L{max_connections_per_address} from the same address; requests cut at L{request_timeout}.
         self.refused_connections = 0
+        self.refused_per_address = 0
+        self.slow_requests = 0
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open_connections >= self.max_connections:
             self.refused_connections += 1
             return None  # Twisted closes the socket at once
-        return super().buildProtocol(addr)
+        host = getattr(addr, "host", None)
+        if host is not None and self.by_address.get(host, 0) >= self.max_connections_per_address:
+            self.refused_per_address += 1
+            return None
+        channel = super().buildProtocol(addr)
+        if channel is not None and host is not None:
+            self.by_address[host] = self.by_address.get(host, 0) + 1
+            channel.peer_host = host
+        return channel
+
+    def forget_address(self, host: str | None) -> None:
+        """A connection from C{host} closed."""
+        if host is None:
+            return
+        left = self.by_address.get(host, 0) - 1
+        if left > 0:
+            self.by_address[host] = left
+        else:
+            self.by_address.pop(host, None)
 
     def log(self, request: Request) -> None:
         pass

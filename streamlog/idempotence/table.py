@@ -79,6 +79,10 @@ DEFAULT_EXPIRY_MS = 24 * 3600 * 1000
 DEFAULT_EVICT_MIN_IDLE_MS = 5 * 60 * 1000
 DEFAULT_UNDO_LIMIT = 10_000
 DEFAULT_SNAPSHOT_INTERVAL_BATCHES = 100_000
+#: The longest delivery timeout a node assumes its idempotent producers use, by default (ms): the
+#: streamlog Producer's and Kafka's delivery.timeout.ms.  A producer is forgotten (expired or
+#: evicted) only once idle for longer, so none is forgotten while it may still retry a batch.
+DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS = 120_000
 
 # One remembered batch: (base_sequence, last_sequence, base_offset, last_offset, raft_index, timestamp).
 # A plain tuple: apply builds one per batch, and a tuple is several times cheaper to make than a class.

@@ -241,7 +241,8 @@ class NodeCollector(Collector):
              "candidate, or leader at once as the only voter)."),
             ("elections_won", "streamlog_raft_elections_won", "Elections this node won (became a group's leader)."),
             ("leader_changes", "streamlog_raft_leader_changes", "Times a group's leader, as this node knows it, "
-             "became another node (the first leader learned after start included)."),
+             "became another node (the first leader learned, after the group was made or the node started, is not "
+             "counted)."),
         ):
             yield CounterMetricFamily(name, doc, value=counts.get(key, 0))
 

@@ -386,7 +386,8 @@ class RaftHost:
         self.stats = self.transport.stats
         #: What the groups' role changes add up to (/metrics): C{elections_started} (this node
         #: became a candidate, or leader at once: a group of one), C{elections_won}, and
-        #: C{leader_changes} (a group's leader became a node other than the one last known here).
+        #: C{leader_changes} (a group's leader became a node other than the one last known here;
+        #: the first one known, after the group was made or this node started, is not a change).
         self.role_counts: collections.Counter[str] = collections.Counter()
         self.remote_leadership: dict[str, dict[str, Any]] = {}  # node -> group -> [term, isr]
         self._awake: set[str] = set()
@@ -606,7 +607,8 @@ class RaftHost:
         if eff.role == LEADER:
             counts["elections_won"] += 1
         if eff.leader is not None and eff.leader != runner.known_leader:
-            counts["leader_changes"] += 1
+            if runner.known_leader is not None:  # the first leader learned (a new group, a start) is no change
+                counts["leader_changes"] += 1
             runner.known_leader = eff.leader
         runner.reported_role = eff.role
         if eff.role == LEADER:

@@ -23,11 +23,14 @@ from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.http.site import (
     DEFAULT_HTTP_LISTEN,
     DEFAULT_HTTP_MAX_CONNECTIONS,
+    DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_HTTP_REQUEST_TIMEOUT,
     DEFAULT_HTTP_TIMEOUT,
     HTTP_LISTEN_ENV,
     OFF,
 )
 from streamlog.idempotence.table import (
+    DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS,
     DEFAULT_EVICT_MIN_IDLE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_MAX_PRODUCERS,
@@ -181,6 +184,9 @@ class Options(usage.Options):
         ["producer-evict-min-idle-ms", None, DEFAULT_EVICT_MIN_IDLE_MS,
          "A producer active more recently (ms) is never evicted to make room (a new one is refused: "
          "TOO_MANY_PRODUCERS).", int],
+        ["client-delivery-timeout-ms", None, DEFAULT_CLIENT_DELIVERY_TIMEOUT_MS,
+         "The longest delivery timeout (ms) of the idempotent producers writing to this cluster; "
+         "--producer-id-expiry-ms and --producer-evict-min-idle-ms must be above it.", int],
         ["producer-state-undo-limit", None, DEFAULT_UNDO_LIMIT,
          "Undo records each partition keeps above its commit index to restore producer state exactly "
          "when a new leader replaces its uncommitted tail.", int],
@@ -193,6 +199,12 @@ class Options(usage.Options):
          f"${HTTP_LISTEN_ENV} if set, else {DEFAULT_HTTP_LISTEN}."],
         ["http-port-file", None, None, "Write the HTTP listener's port number to this file once listening."],
         ["http-idle-timeout", None, DEFAULT_HTTP_TIMEOUT, "Seconds an idle HTTP connection is kept open.", float],
+        ["http-request-timeout", None, DEFAULT_HTTP_REQUEST_TIMEOUT,
+         "Seconds a whole HTTP request (line, headers, body) may take to arrive from its first byte; then 408 "
+         "and the connection closes (a slow client cannot hold a connection by sending a byte now and then).",
+         float],
+        ["http-max-connections-per-address", None, DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+         "Most HTTP connections open at once from one client address (more are closed on accept).", int],
         ["http-max-connections", None, DEFAULT_HTTP_MAX_CONNECTIONS, "Most HTTP connections open at once (more are "
                                                                      "closed on accept).", int],
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
@@ -254,8 +266,25 @@ class Options(usage.Options):
                                    "--max-producers-per-partition, --producer-id-expiry-ms, "
                                    "--producer-evict-min-idle-ms, --producer-state-undo-limit, "
                                    "--producer-snapshot-interval-batches)") from None
+        self._check_producer_expiry()
         group_options.check(self)
         self["console"] = console_options.console_config(self)
+
+    def _check_producer_expiry(self) -> None:
+        """A partition that forgets a producer still retrying would store its retried batch a
+        second time (its sequence numbers unknown again): refuse an expiry or eviction idle time
+        that does not outlast the producers' delivery timeout."""
+        timeout = self["client-delivery-timeout-ms"]
+        if timeout < 1:
+            raise usage.UsageError("--client-delivery-timeout-ms must be positive")
+        for name in ("producer-id-expiry-ms", "producer-evict-min-idle-ms"):
+            if self[name] <= timeout:
+                raise usage.UsageError(
+                    f"--{name} ({self[name]}) must be more than --client-delivery-timeout-ms ({timeout}): a "
+                    "partition that forgets a producer while it may still retry a batch (for its delivery "
+                    "timeout) would store that batch twice; raise it (leave a margin for a request still in "
+                    "the network), or lower --client-delivery-timeout-ms if every producer's delivery timeout "
+                    "is shorter")
 
     def _check_http(self) -> None:
         if self["http-listen"] is None:
@@ -268,6 +297,10 @@ class Options(usage.Options):
             raise usage.UsageError("--http-idle-timeout must be more than 0 seconds")
         if self["http-max-connections"] < 1:
             raise usage.UsageError("--http-max-connections must be at least 1")
+        if not self["http-request-timeout"] > 0:
+            raise usage.UsageError("--http-request-timeout must be more than 0 seconds")
+        if self["http-max-connections-per-address"] < 1:
+            raise usage.UsageError("--http-max-connections-per-address must be at least 1")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
@@ -347,6 +380,8 @@ class Options(usage.Options):
             http_port_file=self["http-port-file"],
             http_idle_timeout=self["http-idle-timeout"],
             http_max_connections=self["http-max-connections"],
+            http_request_timeout=self["http-request-timeout"],
+            http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
         )
 
@@ -572,6 +607,8 @@ class Node(service.MultiService):
         self.http_root = self.build_http_root()
         site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor,
                          max_connections=self.config.http_max_connections,
+                         request_timeout=self.config.http_request_timeout,
+                         max_connections_per_address=self.config.http_max_connections_per_address,
                          max_body_bytes=self.console_config.max_body_bytes)
         http = ListenService(endpoint, site, self.config.http_port_file, self.config.http_listen)
         try:

@@ -2,17 +2,21 @@
 
 Takes the options `cluster up` gives a server (--node-id, --listen, ...), prints
 them as one JSON line, listens on the --listen port of 127.0.0.1 and answers
-Ping (any other request too, with METHOD_NOT_FOUND).  Options a test adds after
+Ping (any other request too, with METHOD_NOT_FOUND), and on the --http-listen
+port answers GET /ready (200, or 503 as a node whose cluster has no leader).  Options a test adds after
 `--` (so every node gets them) pick one node to misbehave:
 
   --exit-node N --exit-after S [--exit-status K]   node N exits K (default 3) S seconds after listening
   --ignore-sigterm-node N                          node N ignores SIGTERM (and SIGINT)
   --silent-node N                                  node N accepts connections and never answers
+  --unready-node N [--unready-for S]               node N's /ready answers 503 (for S seconds after
+                                                   listening, then 200: it prints "ready now" first)
   --before-clusters yes                            refuse --node-id, as a server of before clusters does
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -56,6 +60,8 @@ def main() -> None:
     listener.listen(16)
     silent = opts.get("silent-node") == str(node)
     threading.Thread(target=accept, args=(listener, silent), daemon=True).start()
+    if opts.get("http-listen", "none") != "none":
+        start_http(int(opts["http-listen"].split(":")[1]), opts, node)
     print(f"listening on {port}", flush=True)
     if opts.get("exit-node") == str(node):
         time.sleep(float(opts.get("exit-after", "0")))
@@ -66,6 +72,33 @@ def main() -> None:
         pass
     print("stopping on a signal", flush=True)
     sys.exit(0)
+
+
+def start_http(port: int, opts: dict[str, str], node: int) -> None:
+    unready = opts.get("unready-node") == str(node)
+    until = time.monotonic() + float(opts.get("unready-for", "inf"))
+    said = []
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ready = not unready or time.monotonic() >= until
+            if ready and unready and not said:
+                said.append(True)
+                print("ready now", flush=True)  # before the first 200: cluster up prints it before "is up"
+            body = {"ready": True, "checks": {}} if ready else {"ready": False, "checks": {
+                "cluster": {"ok": False, "reason": "the metadata group has no leader"}}}
+            data = json.dumps(body).encode()
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
 def accept(listener: socket.socket, silent: bool) -> None:

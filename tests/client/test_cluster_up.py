@@ -49,6 +49,12 @@ def test_without_an_http_offset_the_nodes_have_no_http_listener():
     assert all(p.argv[-2:] == ("--http-listen", "none") and p.http_port is None for p in plans)
 
 
+def test_an_http_listen_among_the_server_options_wins_and_readiness_is_ping_only():
+    for given in (["--http-listen", "none"], ["--http-listen=tcp:0"]):
+        plans = plan_cluster(3, 7071, "data", "127.0.0.1", ["srv"], given)
+        assert all(p.http_port is None and p.argv[-len(given):] == tuple(given) for p in plans)
+
+
 def test_the_http_ports_must_fit_below_65536():
     with pytest.raises(PlanError, match=r"ports 65300\.\.65602"):
         plan_cluster(3, 65300, "d", "127.0.0.1", ["srv"])
@@ -342,10 +348,11 @@ def test_a_second_ctrl_c_kills_at_once(ups):
     assert not any(pid_alive(p) for p in up.node_pids)
 
 
-def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+def up_with_a_port_held(tmp_path, offset):
+    """`cluster up` of 3 stand-in nodes while this test listens on BASE+offset: (base, its result)."""
     base = free_base(3)
     holder = socket.socket()
-    holder.bind(("127.0.0.1", base + 101))  # node 2's peer port
+    holder.bind(("127.0.0.1", base + offset))
     holder.listen(1)
     try:
         argv = [sys.executable, "-c", MAIN, "cluster", "up", "--base-port", str(base), "--data-dir",
@@ -353,11 +360,47 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=20)
     finally:
         holder.close()
+    return base, done
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+    base, done = up_with_a_port_held(tmp_path, 101)  # node 2's peer port
     assert done.returncode == 1
-    assert done.stderr == (
+    assert done.stderr.startswith(
         f"streamlog cluster up: cannot use port {base + 101} on 127.0.0.1 (node 2's peer port): "
-        f"Address already in use; stop what holds it, or choose another --base-port\n")
+        f"Address already in use; stop what holds it, or choose another --base-port. (cluster up uses ports ")
     assert done.stdout == ""  # no node was started
+
+
+def test_another_clusters_client_port_where_this_ones_peers_go_is_named_with_the_layout(tmp_path):
+    """Two clusters 100 apart: the second's client ports are the first's peer ports."""
+    base, done = up_with_a_port_held(tmp_path, 100)  # as node 1 of a cluster up with --base-port base+100 would
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        f"streamlog cluster up: cannot use port {base + 100} on 127.0.0.1 (node 1's peer port): Address already "
+        f"in use; stop what holds it, or choose another --base-port. (cluster up uses ports BASE+I-1 for clients, "
+        f"BASE+100+I-1 for peers and BASE+300+I-1 for HTTP: two clusters on one machine collide when their "
+        f"--base-port values are less than 5 apart, or less than 5 away from 100, 200 or 300 apart; e.g. 7071 "
+        f"and 7171 collide, 7071 and 7081 do not)\n")
+
+
+def test_is_up_is_said_only_once_every_node_is_ready(ups):
+    # Node 2 answers Ping at once, but its /ready says 503 for its first 1.5 s.
+    up = ups("--", "--unready-node", "2", "--unready-for", "1.5")
+    out = up.wait_up()
+    assert out.index("[node 2] ready now") < out.index("cluster of 3 node(s) is up:")
+    up.process.send_signal(signal.SIGINT)
+    assert up.wait() == 0
+
+
+def test_a_node_that_never_gets_ready_stops_the_cluster_with_its_reason(ups):
+    up = ups("--start-timeout", "1.5", "--", "--unready-node", "3")
+    assert up.wait() == 1
+    assert (f"streamlog cluster up: node 3 (127.0.0.1:{up.base + 2}) answered Ping but was not ready within 1.5s "
+            f"(--start-timeout): /ready answered 503 (cluster: the metadata group has no leader); stopping the "
+            f"cluster") in up.err()
+    assert "is up" not in up.out()
+    assert not any(pid_alive(p) for p in up.node_pids) and len(up.node_pids) == 3
 
 
 def test_an_unwritable_data_dir_is_one_line_and_nothing_starts(tmp_path):

@@ -427,6 +427,8 @@ def test_a_committed_offset_past_the_log_end_resets_to_the_end(network, clock, c
     assert reader.got == [(0, 3, 3)]
     reader.running = False
     result_of(settle(clock, network, member.close()))
+    # close() committed where it read to, below the 50 past the end (refused for ever before).
+    assert committed(network, clock, client) == {0: 4}
 
 
 def test_a_member_resumed_past_its_session_hands_out_nothing_before_giving_its_partitions_up(

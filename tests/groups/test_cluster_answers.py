@@ -103,3 +103,40 @@ def test_an_unreachable_node_is_named_and_its_partitions_are_unavailable_to_rese
     assert [o["lag"] is None for o in described["offsets"] if o["partition"] in lost] == [True] * len(lost)
     listed = settled(cluster, coordinator, "ListGroups", {})
     assert listed["unreachable"] == [victim]
+
+    # The victim is back: its partitions' logs are empty, so the reset offset 3 is past their
+    # end. A member that read from the end commits 0 there: allowed (else never again).
+    cluster.start(victim)
+    cluster.run(3.0)
+    coordinator = coordinator_of(cluster, "g")  # the offsets partition may have moved back to its preferred leader
+    member = settled(cluster, coordinator, "JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 30000})
+    held = []
+
+    def holds_everything():
+        answer = ok(cluster.call(coordinator, "Heartbeat", {"group": "g", "member_id": member["member_id"],
+                                                            "owned": held or member["assignment"]}))
+        held[:] = answer["assignment"]
+        return sorted(p for e in held for p in e["partitions"]) == [0, 1, 2]
+
+    cluster.run_until(holds_everything, timeout=20)  # a coordinator that just took over grants after a hold
+    commit = {"group": "g", "member_id": member["member_id"], "generation": member["generation"],
+              "offsets": [{"topic": "t", "partition": p, "offset": 0} for p in lost]}
+    settled(cluster, coordinator, "CommitOffsets", commit)
+    fetched = settled(cluster, coordinator, "FetchOffsets", {"group": "g"})["offsets"]
+    assert {o["partition"]: o["offset"] for o in fetched if o["partition"] in lost} == {p: 0 for p in lost}
+
+
+def test_group_reads_at_any_node_of_a_cluster_create_no_offsets_topic(cluster):
+    from streamlog.groups.config import OFFSETS_TOPIC
+
+    ok(cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 2, "replication_factor": 1}))
+    cluster.run(2.0)
+    for node in (1, 2, 3):
+        assert ok(cluster.call(node, "FetchOffsets", {"group": "g"}))["offsets"] == []
+        assert cluster.call(node, "DescribeGroup", {"group": "g"})["error"]["code"] == "UNKNOWN_GROUP"
+        assert ok(cluster.call(node, "ListGroups", {})) == {"groups": [], "unreachable": []}
+        dry = settled(cluster, node, "ResetOffsets", {"group": "g", "topic": "t", "to": "earliest", "dry_run": True})
+        assert [o["previous"] for o in dry["offsets"]] == [None, None]
+    cluster.run(2.0)
+    assert all(OFFSETS_TOPIC not in broker.topics for broker in cluster.brokers.values())
+    assert OFFSETS_TOPIC not in [t["topic"] for t in ok(cluster.call(1, "ListTopics", {}))["topics"]]

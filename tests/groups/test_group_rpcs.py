@@ -99,6 +99,8 @@ def test_session_expiry_on_the_node_clock_moves_partitions(harness, conn, clock)
 
 
 def test_commit_fencing(harness, conn):
+    for i in range(5):  # offsets within the log: a commit below them is refused
+        ok(conn.call("Send", {"topic": "t", "partition": 1, "value": i}))
     a = join(conn)
     commit = {"group": "g", "offsets": [{"topic": "t", "partition": 1, "offset": 3}]}
     assert err(conn.call("CommitOffsets", {**commit, "member_id": "zombie", "generation": 1}))["code"] == "UNKNOWN_MEMBER"
@@ -214,3 +216,53 @@ def test_members_carry_on_when_the_shard_reloads(harness, conn, clock):
     for m in owned:
         answer = ok(conn.call("Heartbeat", {"group": "g", "member_id": m, "owned": owned[m]}))
         assert (answer["generation"], answer["assignment"], answer["revoke"]) == (2, owned[m], [])
+
+
+def test_a_committed_offset_past_the_log_end_gives_way_to_the_owners_lower_commit(harness, conn):
+    for i in range(10):
+        ok(conn.call("Send", {"topic": "t", "partition": 2, "value": i}))
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 2, "offset": 50}]}))
+    a = join(conn)
+    commit = {"group": "g", "member_id": a["member_id"], "generation": a["generation"]}
+    # The member read from the end (its Poll at 50 was OFFSET_OUT_OF_RANGE) and commits there.
+    answer = ok(conn.call("CommitOffsets", {**commit, "offsets": [{"topic": "t", "partition": 2, "offset": 10},
+                                                                   {"topic": "t", "partition": 0, "offset": 0}]}))
+    assert answer["offsets"][0] == {"topic": "t", "partition": 2, "offset": 10, "metadata": None}
+    assert {o["partition"]: o["offset"] for o in ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"]} == {
+        0: 0, 2: 10}
+    last = stored_records(harness.broker, OFFSETS_TOPIC, partition_for_key("g", 3))[-1]["value"]
+    assert last["type"] == "commit" and [o.get("rewind") for o in last["offsets"]] == [True, None]
+    # Now within the log again: never backwards.
+    e = err(conn.call("CommitOffsets", {**commit, "offsets": [{"topic": "t", "partition": 2, "offset": 9}]}))
+    assert e["code"] == "OFFSET_BEHIND_COMMITTED" and e["committed"] == 10
+
+
+def test_a_topic_made_again_does_not_block_the_commits_of_a_group_that_read_the_old_one(harness, conn):
+    for i in range(10):
+        ok(conn.call("Send", {"topic": "t", "partition": 0, "value": i}))
+    ok(conn.call("CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": 10}]}))
+    ok(conn.call("DeleteTopic", {"topic": "t"}))
+    harness.settle()
+    ok(conn.call("CreateTopic", {"topic": "t", "partitions": 4}))
+    ok(conn.call("Send", {"topic": "t", "partition": 0, "value": "new"}))
+    a = join(conn)
+    ok(conn.call("CommitOffsets", {"group": "g", "member_id": a["member_id"], "generation": a["generation"],
+                                   "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}))
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 1
+
+
+def test_group_reads_before_any_group_create_nothing(harness, conn):
+    for i in range(3):
+        ok(conn.call("Send", {"topic": "t", "partition": 1, "value": i}))
+    assert ok(conn.call("FetchOffsets", {"group": "g"})) == {"group": "g", "offsets": []}
+    assert err(conn.call("DescribeGroup", {"group": "g"}))["code"] == "UNKNOWN_GROUP"
+    assert err(conn.call("DeleteGroup", {"group": "g"}))["code"] == "UNKNOWN_GROUP"
+    assert ok(conn.call("ListGroups", {})) == {"groups": []}
+    dry = ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [0, 1], "to": "latest",
+                                        "dry_run": True}))
+    assert dry["offsets"] == [{"topic": "t", "partition": 0, "offset": 0, "previous": None},
+                              {"topic": "t", "partition": 1, "offset": 3, "previous": None}]
+    assert OFFSETS_TOPIC not in harness.broker.topics  # looking made nothing
+    ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [1], "to": "latest"}))
+    assert OFFSETS_TOPIC in harness.broker.topics  # a reset that writes does
+    assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 3

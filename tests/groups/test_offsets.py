@@ -38,6 +38,18 @@ def test_a_commit_never_goes_backwards_but_a_reset_does():
     assert state.fetch("g")[("t", 0)].offset == 2
 
 
+def test_a_rewind_entry_moves_a_commit_back_and_round_trips():
+    state = OffsetState()
+    state.apply(commit("g", (0, 50), (1, 9)), 1)
+    record = OffsetRecord("commit", "g", (OffsetCommit("t", 0, 10, rewind=True), OffsetCommit("t", 1, 4)))
+    assert state.behind("g", record.offsets) == [(record.offsets[1], 9)]  # a rewind entry is not behind
+    stored = orjson.loads(orjson.dumps(record.to_value()))
+    assert stored["offsets"][0]["rewind"] is True and "rewind" not in stored["offsets"][1]
+    assert decode_record(stored) == record
+    state.apply(decode_record(stored), 2)
+    assert {tp[1]: c.offset for tp, c in state.fetch("g").items()} == {0: 10, 1: 9}
+
+
 def test_delete_forgets_the_group():
     state = OffsetState()
     state.apply(commit("g", (0, 5)), 1)
@@ -57,6 +69,7 @@ def test_records_round_trip_through_their_json_value():
     {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": True}]},
     {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": 0}]},
     {"type": "commit", "group": "g", "offsets": ["x"]},
+    {"type": "commit", "group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": 1, "rewind": 1}]},
 ])
 def test_records_that_are_not_ours_are_refused(value):
     with pytest.raises(BadOffsetRecord):

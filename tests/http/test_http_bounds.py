@@ -1,11 +1,12 @@
 """The HTTP listener's bounds on a real node (twistd on 127.0.0.1, raw sockets): a body over the
 limit is refused before it is read (declared length) or where it passes it (chunked), never
 spooled; connections past --http-max-connections are closed on accept; an idle connection is
-closed without a log line."""
+closed without a log line; a request trickling in is cut at --http-request-timeout."""
 
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -16,7 +17,8 @@ from streamlog.testing import ServerProcess, wait_for
 def node(tmp_path_factory):
     work = tmp_path_factory.mktemp("http-bounds")
     n = ServerProcess(work, http=True, extra=["--console-admin", "--console-max-body-bytes", "2048",
-                                              "--http-max-connections", "4", "--http-idle-timeout", "1"])
+                                              "--http-max-connections", "4", "--http-idle-timeout", "1",
+                                              "--http-request-timeout", "2"])
     yield n
     n.stop()
 
@@ -95,3 +97,25 @@ def test_connections_past_the_cap_are_closed_on_accept_and_idle_ones_without_a_l
 
     wait_for(answered, 10, "a connection to be answered once the idle ones closed")
     assert "Timing out client" not in node.log()
+
+
+def test_a_request_trickling_in_is_answered_408_at_the_request_timeout(node):
+    s = connect(node)
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    started = time.monotonic()
+    try:
+        for byte in request:  # a byte every 0.25 s: each resets the 1 s idle timeout
+            s.sendall(bytes([byte]))
+            s.settimeout(0.25)
+            try:
+                if s.recv(65536, socket.MSG_PEEK):
+                    break  # the node answered
+            except TimeoutError:
+                pass
+    except OSError:
+        pass  # reset: closed
+    answer = read_all(s, 5)
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"REQUEST_TIMEOUT"' in answer
+    assert 1.9 <= took < 10, took
+    s.close()

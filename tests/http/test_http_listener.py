@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 
+import attrs
 import pytest
 from http_support import http_get
 from twisted.internet.testing import MemoryReactorClock
@@ -53,10 +54,30 @@ def test_the_test_suite_runs_with_the_http_listener_off_by_default():
     (["--http-listen", "9644"], "--http-listen '9644' is not a server endpoint description"),
     (["--http-listen", "none", "--http-port-file", "p"], "--http-port-file needs an HTTP listener"),
     (["--http-idle-timeout", "0"], "--http-idle-timeout must be more than 0 seconds"),
+    (["--http-request-timeout", "0"], "--http-request-timeout must be more than 0 seconds"),
+    (["--http-max-connections-per-address", "0"], "--http-max-connections-per-address must be at least 1"),
 ])
 def test_http_option_mistakes_are_usage_errors(args, message):
     with pytest.raises(usage.UsageError, match=re.escape(message)):
         Options().parseOptions(args)
+
+
+def test_the_slow_client_bounds_reach_the_site(tmp_path):
+    options = Options()
+    options.parseOptions(["--http-request-timeout", "7.5", "--http-max-connections-per-address", "3"])
+    config = options.node_config()
+    assert (config.http_request_timeout, config.http_max_connections_per_address) == (7.5, 3)
+    defaults = Options()
+    defaults.parseOptions([])
+    assert (defaults.node_config().http_request_timeout, defaults.node_config().http_max_connections_per_address) == (
+        30.0, 16) == (NodeConfig().http_request_timeout, NodeConfig().http_max_connections_per_address)
+    reactor = MemoryReactorClock()
+    node = Node(attrs.evolve(config, listen="tcp:7070:interface=127.0.0.1", data_dir=str(tmp_path),
+                             http_listen="tcp:9644:interface=127.0.0.1"), reactor)
+    node.open()
+    site = reactor.tcpServers[1][1]
+    assert (site.request_timeout, site.max_connections_per_address) == (7.5, 3)
+    node.broker_service.close()
 
 
 def test_the_node_binds_its_http_listener_after_its_client_listener(tmp_path):

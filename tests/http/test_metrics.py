@@ -135,6 +135,7 @@ def test_raft_groups_of_a_node_alone_lead_and_their_commits_move(harness):
     assert scrape.value("streamlog_raft_term", group=group, topic="t", partition="0") >= 1
     assert scrape.value("streamlog_raft_elections_won_total") == scrape.value(
         "streamlog_raft_elections_started_total") == 1
+    assert scrape.value("streamlog_raft_leader_changes_total") == 0  # a first leader is no change
     assert scrape.value("streamlog_under_replicated_partitions") == 0
     assert scrape.samples("streamlog_peer_connected") == {}  # no peers
 
@@ -233,4 +234,41 @@ def test_a_dead_follower_shows_as_lag_under_replication_and_a_down_peer_link(clu
     assert scrape.value("streamlog_peer_connected", peer=str(victim)) == 0
     assert scrape.value("streamlog_raft_role", group="__meta", topic="", partition="",
                         role=cluster.nodes[at].cores["__meta"].role) == 1
-    assert scrape.value("streamlog_raft_leader_changes_total") >= 2  # the metadata group's and t-0's
+
+
+def test_leader_changes_count_a_failover_not_the_first_leaders(cluster):
+    from streamlog.cluster.metadata import partition_group
+
+    assert "result" in cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 1, "replication_factor": 3})
+    group = partition_group(cluster.nodes[1].state.topics["t"].topic_id, 0)
+    cluster.run_until(lambda: all(group in n.cores and n.cores[group].leader_id is not None
+                                  for n in cluster.nodes.values()), timeout=20)
+    cluster.run(3.0)  # the planner's move to the preferred leader, if any, is over
+    scrapes = {i: Scrape(cluster.brokers[i], cluster.factories[i], cluster=cluster.nodes[i], node_id=i)
+               for i in cluster.nodes}
+    before = {i: s.value("streamlog_raft_leader_changes_total") for i, s in scrapes.items()}
+    at = cluster.leader_of("t")
+    cluster.kill(at)
+    survivors = [i for i in cluster.nodes if i != at]
+    cluster.run_until(lambda: all((cluster.nodes[i].cores[group].leader_id or f"{at}.").split(".")[0] != str(at)
+                                  for i in survivors), timeout=20)
+    for i in survivors:  # t-0's leader moved (and the metadata group's, if the dead node led it)
+        assert scrapes[i].value("streamlog_raft_leader_changes_total") >= before[i] + 1
+
+
+def test_the_first_leader_learned_is_no_change_another_one_is(harness):
+    """The counting rule, on this node's runner of a group: a leader learned (first) counts
+    nothing; another node leading counts one; losing the leader and learning it again, nothing."""
+    from streamlog.raft.core import CANDIDATE, FOLLOWER, RoleChange
+
+    host = harness.broker.directory.host
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 1})
+    harness.settle()
+    runner = host.groups[harness.broker.topics["t"].partitions[0].group]
+    runner.known_leader = None  # as on a node that just started and knows no leader of the group yet
+    before = host.role_counts["leader_changes"]
+    for role, leader, changes in ((FOLLOWER, "2.a", 0), (FOLLOWER, "3.b", 1), (CANDIDATE, None, 1),
+                                  (FOLLOWER, "3.b", 1), (FOLLOWER, "2.a", 2)):
+        list(host._role_changed(runner, RoleChange(role, 5, leader)) or ())
+        assert host.role_counts["leader_changes"] - before == changes, (role, leader)

@@ -86,6 +86,15 @@ def test_the_groups_cli_lists_describes_resets_and_deletes(tmp_path, daemons, ca
     _ok(client.call("CreateTopic", {"topic": "orders", "partitions": 2}))
     for i in range(10):
         _ok(client.call("Send", {"topic": "orders", "partition": 0, "value": i}))
+    # Looking before any group exists creates nothing (no offsets topic).
+    status, _, err = _cli(capsys, server, "groups", "describe", "billing")
+    assert status == 1 and "UNKNOWN_GROUP" in err
+    status, out, _ = _cli(capsys, server, "groups", "reset", "billing", "-t", "orders", "--to-latest", "--dry-run")
+    assert status == 0 and out.splitlines() == ["would move billing orders/0: - -> 10",
+                                                "would move billing orders/1: - -> 0"]
+    status, _, err = _cli(capsys, server, "groups", "delete", "billing")
+    assert status == 1 and "UNKNOWN_GROUP" in err
+    assert [t["topic"] for t in _ok(client.call("ListTopics", {}))["topics"]] == ["orders"]
     _ok(client.call("CommitOffsets", {"group": "billing", "offsets": [{"topic": "orders", "partition": 0,
                                                                        "offset": 6}]}))
     member = _ok(client.call("JoinGroup", {"group": "billing", "topics": ["orders"], "session_timeout_ms": 60000}))
