@@ -252,7 +252,8 @@ def _server_info(args: Any, server: ServerProcess | None, cluster: Nodes | None 
                 "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True,
                 "client_gc_threshold": client_gc_threshold(args)}
     return {"origin": f"--connect {args.bench_connect}", "storage": f"{args.storage} (declared, not verified)",
-            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": 1, "started_by_bench": False,
+            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": replication,
+            "started_by_bench": False,
             "client_gc_threshold": client_gc_threshold(args)}
 
 
@@ -386,6 +387,9 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
             # The load processes warm up on a topic of their own: elected before they start.
             bc.create_topic(topic + "-warmup", partitions=1)
             cluster.wait_topic_in_sync(topic + "-warmup")
+        if cluster is not None or server is None:
+            # Its own cluster, or the server of --connect (which may be a cluster: its topic's
+            # replication factor is what the cluster chose, as DescribeTopic says; 1 on a lone node).
             replication = int(bc.describe_topic(topic).get("replication_factor", 1))
     profiler = _Profiler(args.profile, args.profile_seconds or args.max_seconds) if args.profile else None
     server_pid = server.pid if server is not None else None
