@@ -374,13 +374,32 @@ def _add_node_cpu(result: dict[str, Any], per_node: list[float | None] | None) -
     if per_node:
         result["cpu_pct_of_one_core"]["nodes"] = per_node
 
+def _replication_factor(bc: Any, topic: str, created: Any, timeout: float = 10.0) -> int:
+    """The replication factor of the topic just created: from the CreateTopic answer if it says,
+    else from DescribeTopic, asked again (within C{timeout}) while the node asked does not know
+    the topic yet (its metadata lags behind the controller's: seen with --connect)."""
+    from streamlog import errors
+
+    given = created.get("replication_factor") if isinstance(created, dict) else None
+    if isinstance(given, int) and not isinstance(given, bool):
+        return given
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(bc.describe_topic(topic).get("replication_factor", 1))
+        except (errors.UnknownTopic, errors.LeaderNotAvailable):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)  # the next look at the condition; bounded by the deadline
+
+
 def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: Any,
                   cluster: Nodes | None = None) -> dict[str, Any]:
     from streamlog.client import BlockingClient
 
     topic = args.topic or f"bench-{args.workload}-{os.getpid()}-{int(time.time() * 1000)}"
     with BlockingClient(address, timeout=30.0) as bc:
-        bc.create_topic(topic, partitions=args.partitions)
+        created = bc.create_topic(topic, partitions=args.partitions)
         replication = 1
         if cluster is not None:
             cluster.wait_topic_in_sync(topic)
@@ -390,7 +409,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
         if cluster is not None or server is None:
             # Its own cluster, or the server of --connect (which may be a cluster: its topic's
             # replication factor is what the cluster chose, as DescribeTopic says; 1 on a lone node).
-            replication = int(bc.describe_topic(topic).get("replication_factor", 1))
+            replication = _replication_factor(bc, topic, created)
     profiler = _Profiler(args.profile, args.profile_seconds or args.max_seconds) if args.profile else None
     server_pid = server.pid if server is not None else None
     result: dict[str, Any] = {
