@@ -112,7 +112,8 @@ def _add_common(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--keep-data", action="store_true", help="keep the started server's data dir")
     p.add_argument("--profile", default=None, metavar="DIR",
-                   help="py-spy record (raw) the server and load processes into DIR during the measured phase")
+                   help="py-spy record (raw) the server (every node of a cluster the bench starts) and load "
+                        "processes into DIR during the measured phase")
     p.add_argument("--profile-seconds", type=float, default=None, help="py-spy duration (default --max-seconds)")
     p.set_defaults(workload=workload, _parser=p)  # _parser: streamlog's usage errors show this usage line
 

@@ -92,8 +92,7 @@ class _Phase:
         started = None
         if profiler is not None:
             pids = {f"{role}{i}": p.pid for i, p in enumerate(self.procs)}
-            if self.server_pid:
-                pids["server"] = self.server_pid
+            _add_server_pids(pids, self.server_pid, self.args)
             started = lambda: profiler.start(pids)  # noqa: E731
         try:
             return self.go(max_seconds, started)
@@ -207,6 +206,15 @@ def disk_probe(directory: str | None = None, n: int = 100) -> dict[str, Any]:
 def _cpu_pct(results: list[dict[str, Any]]) -> list[float]:
     """% of one core used by each load process over its measured phase."""
     return [round(100.0 * r["cpu_s"] / max(1e-9, r["t_end"] - r["t_start"]), 1) for r in results if "cpu_s" in r]
+
+
+def _add_server_pids(pids: dict[str, int], server_pid: int | None, args: Any) -> None:
+    """The processes a profile records besides the load: the server, or every node (leader or
+    not) of a cluster the bench started."""
+    if server_pid:
+        pids["server"] = server_pid
+    for i, pid in enumerate(getattr(args, "node_pids", None) or []):
+        pids[f"node{i + 1}"] = pid
 
 
 class _Profiler:
@@ -496,8 +504,7 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
             if profiler is not None:
                 pids = {f"producer{i}": p.pid for i, p in enumerate(phase_p.procs)}
                 pids.update({f"consumer{i}": p.pid for i, p in enumerate(phase_c.procs)})
-                if server_pid:
-                    pids["server"] = server_pid
+                _add_server_pids(pids, server_pid, args)
                 started = lambda: profiler.start(pids)  # noqa: E731
             try:
                 presults = phase_p.go(args.max_seconds, started)

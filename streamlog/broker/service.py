@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
+from streamlog.cluster.meta_snapshots import DEFAULT_SNAPSHOT_ENTRIES
 from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.table import ProducerStateConfig
 from streamlog.raft.transport import TransportLimits
@@ -89,6 +90,9 @@ class NodeConfig:
     heartbeat_ms: int = 50
     #: Replicas per partition of a new topic; None: min(3, nodes).
     replication_factor: int | None = None
+    #: Metadata entries applied between two snapshots of the cluster state, after which the
+    #: metadata log's prefix is dropped (streamlog.cluster.meta_snapshots); 0: never.
+    metadata_snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES
     #: The bounds of the peer wire (--peer-max-header-bytes, ...; docs/operations.md "Limits").
     peer_limits: TransportLimits = TransportLimits()
     #: Each partition's idempotent-producer table (--producer-state-batches, --producer-id-expiry-ms, ...).
@@ -385,7 +389,7 @@ class BrokerService(service.Service):
             raise StartupError(f"cannot lock the data dir {data_dir}: {e.strerror or e}") from None
         try:
             return SegmentedStorage(data_dir, self.config.topic_defaults, read_files=fitted.read_files,
-                                    retired_segments=fitted.retired)
+                                    retired_segments=fitted.retired, recovery_workers=self.config.sync_workers)
         except OSError as e:
             self._release_lock()
             raise StartupError(f"cannot open the data dir {data_dir}: {e.strerror or e}") from None

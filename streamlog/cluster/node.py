@@ -39,6 +39,11 @@ from streamlog import errors, wire
 from streamlog.cluster import metadata as md
 from streamlog.cluster.directory import ReplicaDirectory, Topic
 from streamlog.cluster.identity import IdentityStore, NodeIdentity
+from streamlog.cluster.meta_snapshots import (
+    DEFAULT_SNAPSHOT_ENTRIES,
+    MetadataCompactor,
+    MetadataRestoreError,
+)
 from streamlog.cluster.placement import create_topic_command, default_replication_factor
 from streamlog.cluster.reconcile import (
     AddLearner,
@@ -52,13 +57,17 @@ from streamlog.cluster.reconcile import (
     ProposeMetadata,
     RemoveMember,
     TransferLeadership,
+    group_view,
+    metadata_group_current,
 )
 from streamlog.cluster.replica import PartitionReplica, RemotePartition, ReplicaStorage
 from streamlog.raft.core import LEADER, RaftConfig
 from streamlog.raft.driver import GroupCallbacks, NotLeaderError, RaftHost
 from streamlog.raft.log import Entry
+from streamlog.raft.messages import InstallSnapshot
 from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.snapshot_files import MemorySnapshots
 from streamlog.topic_config import internal_mark
 
 META = md.METADATA_GROUP
@@ -111,6 +120,24 @@ class NodeHost(RaftHost):
 
     def cluster_mismatch(self, node: str, theirs: str) -> None:
         self.node.cluster_mismatch(int(node), theirs)
+
+
+class MetadataStorage(ReplicaStorage):
+    """The metadata group's storage: its InstallSnapshot carries the cluster state, which the
+    node checks and stores before the log is reset (L{ClusterNode.install_metadata_snapshot})."""
+
+    def __init__(self, node: ClusterNode, *args: Any) -> None:
+        super().__init__(*args)
+        self.node = node
+
+    def install_snapshot(self, m: InstallSnapshot) -> None:
+        self.node.install_metadata_snapshot(m)
+
+
+#: Results of applied metadata entries kept for a waiter (L{ClusterNode.applied}) that may
+#: ask after the entry applied. Only a proposer waits, moments after its entry commits; a
+#: follower applies every entry and nobody asks, so without a bound they would pile up.
+RESULTS_KEPT = 4096
 
 
 class PeerListener(Factory):
@@ -176,6 +203,8 @@ class ClusterNode(GroupCallbacks):
         self.cores: dict[str, Any] = {}
         self.meta_log: Any = None
         self.meta_applied = 0
+        #: The metadata group's snapshots and log compaction (made by L{_run_raft}).
+        self.compactor: MetadataCompactor | None = None
         self._results: dict[int, md.Result] = {}
         self._applied_waiters: list[tuple[int, Deferred]] = []
         self._planning = LoopingCall(self._plan)
@@ -376,9 +405,6 @@ class ClusterNode(GroupCallbacks):
         # Joined (not bootstrapped) here: no first configuration; the controller adds this node.
         configuration = md.bootstrap_configuration(members) if members else ()
         assert self.raft is not None
-        self.host = self.raft
-        self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
-        self.state = md.ClusterState.empty(self.identity.cluster_id)
         loaded = self._loaded
         if META in loaded:
             log = loaded[META][1][0]
@@ -388,14 +414,31 @@ class ClusterNode(GroupCallbacks):
         if log.last_index == 0 and configuration:
             log.append([Entry(1, 0, b"", configuration)])
         self.meta_log = log
-        storage = ReplicaStorage(META, log, self.directory.hard_state, lambda: self.directory.committer,
-                                 self._meta_sync_failed)
+        store = self.storage.snapshot_store(META) if hasattr(self.storage, "snapshot_store") else MemorySnapshots()
+        self.compactor = MetadataCompactor(store, getattr(self.config, "metadata_snapshot_entries",
+                                                          DEFAULT_SNAPSHOT_ENTRIES))
+        try:
+            restored = self.compactor.restore(self.identity.cluster_id, log)
+        except MetadataRestoreError as e:
+            self._refuse(str(e))  # before the host runs: the node serves nothing from a state it lacks
+            return
+        self.host = self.raft
+        self.host.cluster_id = self.identity.cluster_id  # every hello from now on carries it
+        self.state = md.ClusterState.empty(self.identity.cluster_id)
+        if restored is not None:  # the log after it is applied as it commits (entries up to it skipped)
+            self.state, self.meta_applied = restored, restored.applied_index
+            self._log.info("metadata restored from its snapshot as of entry {index} (the log holds {first} to {last})",
+                           index=restored.applied_index, first=log.start_index, last=log.last_index)
+        storage = MetadataStorage(self, META, log, self.directory.hard_state, lambda: self.directory.committer,
+                                  self._meta_sync_failed)
         self.cores[META] = self.host.add_group(META, configuration, storage)
         for name, (_, logs) in loaded.items():
             parsed = md.parse_partition_group(name)
             if parsed is not None:  # a partition group this node held: it runs again at once
                 replica = self.directory.open_replica("", parsed[1], logs[0], name, ())
                 self.cores[name] = replica.node
+        if restored is not None:
+            self._refresh_topics()
         if not self.ready.called:
             self.ready.callback(None)
 
@@ -460,11 +503,24 @@ class ClusterNode(GroupCallbacks):
         log = self.meta_log
         while self.meta_applied < upto:
             entries = log.entries(self.meta_applied + 1, upto + 1, 1 << 22)
+            if not entries:  # never: a snapshot installed or restored covers what the log lacks
+                self._log.critical("the metadata log lacks entry {index} (it holds {first} to {last}) to apply "
+                                   "up to {upto}", index=self.meta_applied + 1, first=log.start_index,
+                                   last=log.last_index, upto=upto)
+                break
             for entry in entries:
                 self.state, result = md.apply_entry(self.state, entry.data, entry.index)
                 if result is not None:
                     self._results[entry.index] = result
+                    if len(self._results) > RESULTS_KEPT:  # nobody waits for a follower's results
+                        del self._results[next(iter(self._results))]  # the oldest (indexes grow)
                 self.meta_applied = entry.index
+        self._snapshot_metadata()
+        self._after_apply()
+
+    def _after_apply(self) -> None:
+        """The applied metadata moved: topics, a retirement of this node, waiters, the planner."""
+        assert self.state is not None
         self._refresh_topics()
         if self.is_retired(self.member):
             self._told_stale({"node_id": self.node_id, "incarnation": self.identity.incarnation,  # type: ignore[union-attr]
@@ -480,6 +536,60 @@ class ClusterNode(GroupCallbacks):
     def role_changed(self, group: str, role: str, term: int, leader: str | None) -> None:
         if group == META:
             self._schedule_plan()
+
+    # --- metadata snapshots and log compaction (streamlog.cluster.meta_snapshots) ----------
+
+    def _snapshot_metadata(self) -> None:
+        """Take a snapshot of the applied state if one is due, and write it once the log is
+        durable up to its index; then drop the log's prefix up to the older snapshot kept."""
+        compactor, core = self.compactor, self.cores.get(META)
+        if compactor is None or core is None or self.state is None:
+            return
+        if compactor.due(self.meta_applied):
+            term = self.meta_log.term_at(self.meta_applied)
+            if term is None:  # applied entries are below the log's start only after an install
+                return
+            compactor.take(self.state, term)
+        try:
+            written = compactor.write(core.durable_index)
+        except OSError as e:
+            # Nothing is lost: the log is not compacted, and the next snapshot tries again.
+            self._log.error("writing the metadata snapshot failed: {error}", error=e)
+            return
+        if not written:
+            return
+        upto = min(compactor.compaction_point(), core.commit_index, core.durable_index)
+        if upto >= self.meta_log.start_index:
+            core.compact(upto)
+        roll = getattr(self.meta_log, "roll", None)
+        if roll is not None:  # a segmented log drops whole segments only: one per snapshot, cut at the next
+            roll()
+        self._log.info("metadata snapshot as of entry {index} written; the metadata log holds entries {first} "
+                       "to {last}", index=compactor.index, first=self.meta_log.start_index, last=self.meta_log.last_index)
+
+    def snapshot_data(self, group: str, index: int) -> bytes:
+        """The metadata group's InstallSnapshot data: the newest snapshot's file bytes."""
+        if group != META or self.compactor is None:
+            return b""
+        data = self.compactor.snapshot_for(index)
+        if data is None:
+            self._log.critical("the metadata log starts after entry {index} but the newest snapshot is as of entry "
+                               "{held}: a follower cannot be caught up", index=index, held=self.compactor.index)
+            return b""
+        return data
+
+    def install_metadata_snapshot(self, m: InstallSnapshot) -> None:
+        """The controller's log starts after C{m.last_index}, past this node's: check and store
+        its snapshot (raising before anything changes if it does not check out: the message
+        is dropped and sent again), reset the log there, and take the snapshot's state."""
+        assert self.compactor is not None and self.identity is not None and self.identity.cluster_id is not None
+        state = self.compactor.install(m.data, self.identity.cluster_id, m.last_index)
+        self.meta_log.reset(m.last_index, m.last_term, m.config)
+        if state.applied_index > self.meta_applied:
+            self.state, self.meta_applied = state, state.applied_index
+            self._log.info("installed the controller's metadata snapshot as of entry {index}",
+                           index=state.applied_index)
+            self._after_apply()
 
     def leader_of(self, group: str) -> tuple[int | None, int]:
         """(leader node id or None, term): the newest of what this node sees and its peers announced."""
@@ -510,8 +620,8 @@ class ClusterNode(GroupCallbacks):
         controller's commit index (and so what it tells its followers) is 0 until it commits
         the first entry of its term, and the state applied up to there lacks every topic."""
         core = self.cores.get(META)
-        return self.state is not None and core is not None and core.leader_id is not None \
-            and core.log.term_at(core.commit_index) == core.term and self.state.applied_index >= core.commit_index
+        # The planner's test (reconcile.metadata_current) on this node's metadata core.
+        return self.state is not None and core is not None and metadata_group_current(self.state, group_view(core))
 
     def unknown_topic(self, name: str) -> errors.StreamlogError:
         """The error for a topic this node's metadata lacks: C{UNKNOWN_TOPIC} only when the
@@ -577,6 +687,8 @@ class ClusterNode(GroupCallbacks):
         if self.host is None or self.state is None or self.stopped:
             return
         try:
+            if self.compactor is not None and self.compactor.pending is not None:
+                self._snapshot_metadata()  # waiting for the log's fsync to reach it
             created = 0
             for action in self.planner.plan(self.state, self.view(), self.clock.seconds()):
                 if isinstance(action, CreateReplica):

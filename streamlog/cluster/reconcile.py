@@ -30,8 +30,9 @@ The rules, and why:
 * **Preferred leaders**: once a partition group has no membership work left (no retired
   voter, no live member still to add; a member that is down does not hold it up), its
   leader hands leadership to the partition's first replica when that member is a voter,
-  alive and caught up; at most once per `transfer_interval` per group and
-  `max_transfers` per plan, so a node coming back does not trigger a storm of elections.
+  alive and caught up; at most once per `transfer_interval` per group,
+  `max_transfers` per plan and `max_transfers_in_flight` not ended yet, so a node coming
+  back does not trigger a storm of elections.
 * **Nothing destructive from a stale view**: no membership step or replica deletion until
   the metadata applied here has caught up with the metadata group's commit index as known
   locally, and with a known controller; a local replica whose topic is gone is deleted only
@@ -86,6 +87,10 @@ class GroupView:
     caught_up: frozenset[str] = frozenset()
     commit_index: int = 0
     settled: bool = False
+    #: Whether the entry at `commit_index` is of the core's current term: a leader has committed
+    #: an entry of its term and (on a follower) said so. After every node restarted, a new
+    #: leader's commit index is the log start's until it does (every role; `group_view` sets it).
+    commit_in_term: bool = True
 
 
 @attrs.frozen
@@ -120,15 +125,16 @@ class NodeView:
 
 def group_view(core: RaftNode) -> GroupView:
     """The `GroupView` of a Raft core, from what it exposes."""
+    own_term_committed = core.log.term_at(core.commit_index) == core.term
     if core.role != LEADER:
-        return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index)
+        return GroupView(core.role, core.leader_id, core.voters, commit_index=core.commit_index,
+                         commit_in_term=own_term_committed)
     learners = core.learners
     caught_up = frozenset(p for p in (set(core.peers) | learners) if core.caught_up(p))
     found = core.log.config_at(core.log.last_index)
     change_pending = found is not None and found[0] > core.commit_index
-    own_term_committed = core.log.term_at(core.commit_index) == core.term
     return GroupView(core.role, core.leader_id, core.voters, learners, caught_up, core.commit_index,
-                     not change_pending and own_term_committed)
+                     not change_pending and own_term_committed, own_term_committed)
 
 
 class CoreViews(Mapping[str, GroupView]):
@@ -232,14 +238,21 @@ class PlannerConfig:
 
     `transfer_interval`: the least time between two leadership transfers of one group (a
     transfer that fails is abandoned by the core after an election timeout; this is its
-    retry pace). `max_transfers`: transfers started per plan. `register_interval`: how
-    often a RegisterNode is re-proposed until the state shows this node as it is. Negative
-    values (and a zero register_interval) are refused with ValueError.
+    retry pace). `max_transfers`: transfers started per plan. `max_transfers_in_flight`:
+    transfers this node started that have not ended yet (it still leads the group, or knows
+    no leader of it: the election the transfer started is still on), at most
+    `transfer_interval` old; new ones wait, so transfers go at the pace the target node
+    finishes its elections, not `max_transfers` per plan whatever it can take (a node back
+    after a restart on a busy machine was handed hundreds of elections at once and the
+    cluster never converged). `register_interval`: how often a RegisterNode is re-proposed
+    until the state shows this node as it is. Negative values (and a zero register_interval
+    or max_transfers_in_flight) are refused with ValueError.
     """
 
     transfer_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
     max_transfers: int = attrs.field(default=8, validator=attrs.validators.ge(0))
     register_interval: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    max_transfers_in_flight: int = attrs.field(default=8, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -279,6 +292,8 @@ class Planner:
         self.config = config
         self._next_register = float("-inf")
         self._next_transfer: dict[str, float] = {}
+        #: Transfers started and not seen to end yet: group -> when (see max_transfers_in_flight).
+        self._in_flight: dict[str, float] = {}
         self._index: _StateIndex | None = None
 
     def _index_of(self, state: ClusterState, node_id: int) -> _StateIndex:
@@ -324,7 +339,7 @@ class Planner:
             step = _membership_step(METADATA_GROUP, view.groups[METADATA_GROUP], index.metadata_members, state, view)
             if step:
                 judged[METADATA_GROUP] = step
-        transfers = self.config.max_transfers
+        transfers = min(self.config.max_transfers, self.config.max_transfers_in_flight - self._transfers_in_flight(view, now))
         for group in sorted(g for g in led if g in index.hosted):
             h = index.hosted[group]
             gv = view.groups[group]
@@ -336,10 +351,22 @@ class Planner:
                 if target is not None:
                     judged[group] = [TransferLeadership(group, target)]
                     self._next_transfer[group] = now + self.config.transfer_interval
+                    self._in_flight[group] = now
                     transfers -= 1
         for group in sorted(judged):
             actions += judged[group]
         return actions
+
+    def _transfers_in_flight(self, view: NodeView, now: float) -> int:
+        """Forget the transfers that ended (another node leads the group, or it is gone) or are
+        older than `transfer_interval` (the core gave up on them long before); count the rest."""
+        if self._in_flight:
+            me, oldest = view.member, now - self.config.transfer_interval
+            for group, started in list(self._in_flight.items()):
+                gv = view.groups.get(group)
+                if gv is None or started < oldest or (gv.leader is not None and gv.leader != me):
+                    del self._in_flight[group]
+        return len(self._in_flight)
 
     def _register(self, state: ClusterState, view: NodeView, now: float, actions: list[Action]) -> None:
         want = RegisterNode(view.node_id, view.incarnation, view.client_address, view.peer_address)
@@ -356,10 +383,19 @@ class Planner:
 
 def metadata_current(state: ClusterState, view: NodeView) -> bool:
     """Whether the applied metadata is as new as this node can know: the metadata group has
-    a known leader and everything committed in it (as known here) is applied. A node that
-    just restarted holds its last snapshot until the controller tells it the commit index."""
-    meta = view.groups.get(METADATA_GROUP)
-    return meta is not None and meta.leader is not None and state.applied_index >= meta.commit_index
+    a known leader, its commit index (as known here) is at an entry of the current term, and
+    everything up to it is applied. A node that just restarted holds its last snapshot (or
+    nothing) until the controller tells it the commit index; and after every node restarted,
+    the new controller's commit index is its log start's until it commits an entry of its
+    term, so a known leader alone proves nothing: planning from a snapshot's state there
+    re-created the replicas of a topic deleted after the snapshot."""
+    return metadata_group_current(state, view.groups.get(METADATA_GROUP))
+
+
+def metadata_group_current(state: ClusterState, meta: GroupView | None) -> bool:
+    """`metadata_current` from the metadata group's view alone (the broker asks it too)."""
+    return meta is not None and meta.leader is not None and meta.commit_in_term \
+        and state.applied_index >= meta.commit_index
 
 
 def _membership_step(group: str, gv: GroupView, intended: tuple[str, ...], state: ClusterState,

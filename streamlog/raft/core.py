@@ -306,17 +306,32 @@ class RaftNode:
                 self._reset_election_timer()
         return self._take()
 
-    def propose(self, data: bytes, now: float) -> tuple[int | NotLeader, list[Effect]]:
-        """Append `data` as a new entry if leader; returns its index (not yet committed)."""
+    def propose(self, data: bytes, now: float, replicate: bool = True) -> tuple[int | NotLeader, list[Effect]]:
+        """Append `data` as a new entry if leader; returns its index (not yet committed).
+
+        `replicate=False` appends without sending it: the caller promises a `replicate` call
+        soon (a driver, at the end of its reactor turn), so that the proposals of one turn
+        travel as one AppendEntries per follower, not one each."""
         self._now = now
         if self.role != LEADER or self._transfer_target is not None:
             return NotLeader(self.leader_id if self.leader_id != self.id else None), self._take()
         self._wake()
         index = self._append_local(data)
-        for peer in list(self._progress):
-            self._replicate(peer)
+        if replicate:
+            for peer in list(self._progress):
+                self._replicate(peer)
         self._maybe_commit()
         return index, self._take()
+
+    def replicate(self, now: float) -> list[Effect]:
+        """As leader, send every follower what it lacks, within its window (the sends that
+        `propose(..., replicate=False)` left for later); nothing otherwise. Sending later than
+        the append is always safe: it only delays the commit."""
+        self._now = now
+        if self.role == LEADER:
+            for peer in list(self._progress):
+                self._replicate(peer)
+        return self._take()
 
     def transfer_leadership(self, target: str, now: float) -> list[Effect]:
         """Hand leadership to `target` (graceful shutdown, rebalancing). Proposals are refused

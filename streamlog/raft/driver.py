@@ -396,6 +396,9 @@ class RaftHost:
         self._lead_delta: dict[str, Any] = {}
         self._lead_call: Any = None
         self._dialers: dict[str, ClientService] = {}
+        #: Groups with proposals of this reactor turn not yet sent (see `_replicate_later`).
+        self._unsent: set[str] = set()
+        self._replicate_call: Any = None
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tick_interval = tick_interval or config.heartbeat_interval / 2
@@ -423,9 +426,11 @@ class RaftHost:
     def stop(self) -> None:
         if self._ticker.running:
             self._ticker.stop()
-        if self._lead_call is not None and self._lead_call.active():
-            self._lead_call.cancel()
-        self._lead_call = None
+        for call in (self._lead_call, self._replicate_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._lead_call = self._replicate_call = None
+        self._unsent.clear()
         for service in self._dialers.values():
             service.stopService()
         self._dialers.clear()
@@ -485,8 +490,9 @@ class RaftHost:
     def propose(self, group: str, data: bytes) -> int | NotLeader:
         """Propose an entry; the index commits when `callbacks.committed` passes it."""
         runner = self.groups[group]
-        result, effects = runner.node.propose(data, self.now())
+        result, effects = runner.node.propose(data, self.now(), replicate=False)
         runner.feed(effects)
+        self._replicate_later(runner, result)
         return result
 
     def submit(self, group: str, data: bytes) -> Deferred:
@@ -496,13 +502,40 @@ class RaftHost:
         `proposal_timeout` (the entry may still commit then: retry idempotently). A change of
         leader alone fails nothing: a graceful transfer commits the entry in its term."""
         runner = self.groups[group]
-        result, effects = runner.node.propose(data, self.now())
+        result, effects = runner.node.propose(data, self.now(), replicate=False)
         if isinstance(result, NotLeader):
             runner.feed(effects)
             return fail(NotLeaderError(group, result.leader))
         d = runner.add_waiter(result, runner.node.term)
         runner.feed(effects)
+        self._replicate_later(runner, result)
         return d
+
+    def _replicate_later(self, runner: _GroupRunner, result: int | NotLeader) -> None:
+        """Send a proposal's entry at the start of the next reactor turn, with every other
+        proposal of this turn: N Sends handled in one turn then cost each follower one
+        AppendEntries, one append and one answer, not N, and do not fill the leader's window
+        of `max_inflight` batches per follower (a ninth proposal waited a round trip). The
+        peer transport writes on the next turn anyway, so no send goes out later than before."""
+        if isinstance(result, NotLeader) or not self.peers:
+            return  # refused, or a node alone (the embedded default): nobody to send to
+        self._unsent.add(runner.group)
+        if self._replicate_call is None:
+            self._replicate_call = self.clock.callLater(0, self._replicate_unsent)
+
+    def _replicate_unsent(self) -> None:
+        self._replicate_call = None
+        unsent, self._unsent = self._unsent, set()
+        now = self.now()
+        for group in sorted(unsent):
+            runner = self.groups.get(group)
+            if runner is None or runner.failed:
+                continue
+            try:
+                runner.feed(runner.node.replicate(now))
+            except Exception:
+                self._log.failure("group {group}: replication failed", group=group)
+        self.transport.flush()  # in this turn: the entries waited one already
 
     def change_membership(
         self, group: str, add: str | None = None, remove: str | None = None

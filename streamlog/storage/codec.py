@@ -230,18 +230,19 @@ def batch_from(header: Header, payload: bytes, head: bytes | None = None) -> Rec
     )
 
 
-def decode(frame: bytes, allow_v1: bool = False) -> RecordBatch:
+def decode(frame: bytes | memoryview, allow_v1: bool = False) -> RecordBatch:
     """Decode one whole frame; raise L{FrameError} if it is not exactly one valid frame.
 
     The batch keeps the frame's header bytes (L{RecordBatch.header}): a frame
-    received from a peer is stored as received.
+    received from a peer is stored as received.  C{frame} may be a view into a
+    received body: the batch holds copies (one of the payload), never the view.
     """
     header = decode_header(frame, allow_v1)
     if len(frame) != header.frame_size:
         raise FrameError(f"frame is {len(frame)} bytes, header says {header.frame_size}")
     if not check_frame(header, frame, 0):
         raise FrameError("CRC mismatch")
-    return batch_from(header, frame[header.header_size :], frame[: header.header_size])
+    return batch_from(header, bytes(frame[header.header_size :]), bytes(frame[: header.header_size]))
 
 
 def frame_parts(batch: RecordBatch) -> tuple[bytes, bytes]:

@@ -100,6 +100,27 @@ class Durability:
             return True
         return mark.segment != cp.segment or mark.position - cp.position >= self.checkpoint_interval
 
+    def unsynced(self, log: SegmentedLog) -> bool:
+        """Whether anything was written (or a file created, deleted or rolled) since the last sync."""
+        with self.lock:
+            mark = self.mark
+            return (mark is None or bool(self.retired) or self.dir_dirty or mark.epoch != self.epoch
+                    or mark != self.mark_of(log))
+
+    def checkpoint_stale(self, log: SegmentedLog) -> bool:
+        """Whether the synced end (or the log start) moved since the last checkpoint was written.
+
+        A cheap look at what L{write_checkpoint} would compare in full: the
+        periodic pass skips a log for which both this and L{unsynced} are
+        false (an idle log costs it nothing, not even an fsync).
+        """
+        with self.lock:
+            mark, cp = self.mark, self.checkpoint
+            if mark is None or mark.epoch != self.epoch:
+                return False  # nothing synced yet (or a truncation's own checkpoint is on its way)
+            return (cp is None or cp.segment != mark.segment or cp.position != mark.position
+                    or cp.next_index != mark.next_index or cp.start != log.chain.start)
+
     # -- sync -------------------------------------------------------------------------
 
     def sync(self, log: SegmentedLog, extra: tuple[str, ...] = ()) -> int:

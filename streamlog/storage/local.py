@@ -70,6 +70,14 @@ class LocalLog:
     def checkpoint(self, sync: bool = True) -> bool:
         return bool(self.log.checkpoint(sync))
 
+    @property
+    def background_due(self) -> bool:
+        return bool(getattr(self.log, "background_due", True))
+
+    def background_checkpoint(self) -> bool:
+        own = getattr(self.log, "background_checkpoint", None)
+        return bool(own()) if own is not None else self.checkpoint()
+
     def read(self, offset: int, max_records: int, max_bytes: int) -> ReadResult:
         result: ReadResult = self.log.read(offset, max_records, max_bytes)
         return result

@@ -45,7 +45,7 @@ from streamlog.storage.descriptors import DEFAULT_READ_FILES, ReadFiles, Retired
 from streamlog.storage.durability import Durability
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
 from streamlog.storage.memory import fragment_records, read_batches
-from streamlog.storage.recovery import recover
+from streamlog.storage.recovery import finish_sync, recover
 
 __all__ = ["CHECKPOINT_FILE", "SegmentedLog", "effective_config"]
 
@@ -91,6 +91,10 @@ class SegmentedLog:
     @param retired_files: the node-wide pool of rolled segments whose write
         descriptors wait for a sync (L{RetiredFiles}); without one, only this
         log's own bound (C{MAX_RETIRED}) holds.
+    @param defer_recovery_sync: leave recovery's last step (sync what was
+        read back, write a checkpoint) to L{finish_recovery}, which the
+        caller must run before the log is used (the storage runs many logs'
+        at once, on threads); by default it is done here.
     """
 
     _log = Logger()
@@ -108,8 +112,12 @@ class SegmentedLog:
         existing: bool = False,
         read_files: ReadFiles | None = None,
         retired_files: RetiredFiles | None = None,
+        defer_recovery_sync: bool = False,
     ) -> None:
         self.directory = directory
+        self.recovery_sync_deferred = defer_recovery_sync
+        #: What recovery left to L{finish_recovery} (the rolled segments it read back), or C{None}.
+        self.recovery_owed: tuple[str, ...] | None = None
         self.retired_files = retired_files
         self.config = config or TopicConfig()
         self.defaults = defaults
@@ -128,6 +136,21 @@ class SegmentedLog:
             self.fail(e)
         except BaseException:
             self._release()  # a failed open (EMFILE, EIO) leaves no descriptor behind
+            raise
+
+    def finish_recovery(self) -> None:
+        """Recovery's last step if it was deferred: sync what was read back, checkpoint it.  Thread-safe.
+
+        Raises what the sync raises (L{StorageFailed}: the disk failed; the log
+        is failed and its files are released, as a failed open is).
+        """
+        owed, self.recovery_owed = self.recovery_owed, None
+        if owed is None or self._failed is not None:
+            return
+        try:
+            finish_sync(self, owed)
+        except BaseException:
+            self._release()
             raise
 
     # -- state ------------------------------------------------------------------------
@@ -374,6 +397,21 @@ class SegmentedLog:
         written (an idle log's checkpoint costs nothing).
         """
         if sync:
+            self.sync()
+        return self.durability.write_checkpoint(self)
+
+    @property
+    def background_due(self) -> bool:
+        """Whether the periodic background pass has work here: data not synced yet, or a synced end
+        no checkpoint vouches for (L{background_checkpoint}).  Cheap: the reactor asks it of every log."""
+        if self._failed is not None or self._closed:
+            return False
+        return self.durability.unsynced(self) or self.durability.checkpoint_stale(self)
+
+    def background_checkpoint(self) -> bool:
+        """The periodic pass for this log: sync only if something is unsynced, then write the
+        checkpoint only if it changed.  Thread-safe; returns whether a checkpoint file was written."""
+        if self.durability.unsynced(self):
             self.sync()
         return self.durability.write_checkpoint(self)
 

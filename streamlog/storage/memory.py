@@ -35,6 +35,7 @@ from streamlog.storage.chain import config_members, entry_of
 from streamlog.storage.checkpoint import LogStart
 from streamlog.storage.errors import StorageCorrupted, StorageFailed
 from streamlog.storage.local import LocalLog
+from streamlog.storage.snapshot_files import MemorySnapshots
 
 
 def slice_batch(batch: RecordBatch, offset: int, max_records: int) -> tuple[bytes, int]:
@@ -387,9 +388,14 @@ class MemoryStorage:
     def __init__(self, defaults: TopicConfig | None = None) -> None:
         self.defaults = defaults
         self._topics: dict[str, tuple[TopicConfig, list[LocalLog]]] = {}
+        self._snapshots: dict[str, MemorySnapshots] = {}
 
     def load(self) -> dict[str, tuple[TopicConfig, Sequence[LocalLog]]]:
         return dict(self._topics)
+
+    def snapshot_store(self, name: str) -> MemorySnapshots:
+        """The state-machine snapshot files of the log C{name} (kept as long as this storage)."""
+        return self._snapshots.setdefault(name, MemorySnapshots())
 
     def create_topic(self, name: str, partitions: int, config: TopicConfig) -> list[LocalLog]:
         logs = [LocalLog(MemoryLog(config.with_defaults(self.defaults), always_durable=True)) for _ in range(partitions)]
@@ -398,6 +404,7 @@ class MemoryStorage:
 
     def delete_topic(self, name: str) -> None:
         config_logs = self._topics.pop(name, None)
+        self._snapshots.pop(name, None)
         if config_logs is not None:
             for log in config_logs[1]:
                 log.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from streamlog.storage.checkpoint import fsync_dir
+from streamlog.storage.snapshot_files import indexed_name, parse_indexed_name
 
 #: The file's suffix (its stem is the Raft index, 20 digits, as a segment's name).
 SUFFIX = ".producer-state"
@@ -24,15 +25,12 @@ KEEP = 2
 
 def file_name(index: int) -> str:
     """The name of the snapshot file as of Raft index C{index}."""
-    return f"{index:020d}{SUFFIX}"
+    return indexed_name(index, SUFFIX)
 
 
 def parse_file_name(name: str) -> int | None:
     """The Raft index of a snapshot file's name, or None if C{name} is not one."""
-    stem = name[: -len(SUFFIX)]
-    if name.endswith(SUFFIX) and len(stem) == 20 and stem.isdigit():
-        return int(stem)
-    return None
+    return parse_indexed_name(name, SUFFIX)
 
 
 def listing(directory: str) -> list[tuple[int, str]]:

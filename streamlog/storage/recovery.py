@@ -25,6 +25,12 @@ configuration entries).  So:
      logged (warn) with the file, byte, bytes cut, first index lost and why.
   5. What was read back is synced (after a process crash it may be only in
      the page cache) and a new checkpoint written before the log serves.
+     Opened by the storage (L{SegmentedLog} with C{defer_recovery_sync}),
+     the log leaves this step owed (C{recovery_owed}) and the storage does
+     it for every log at once on several threads
+     (L{SegmentedLog.finish_recovery}): at start-up after a crash it is a
+     few fsyncs per log, and one log after another that was most of the
+     start-up time of a thousand partitions on a busy disk.
 
 Without a checkpoint (a crash before the first sync, or the file lost) every
 segment is validated; a log whose first segment starts after index 1 then
@@ -122,8 +128,16 @@ def recover(log: SegmentedLog, start_offset: int, existing: bool) -> None:
         # crash): make it durable and checkpoint it before serving.
         extra = tuple(p for s in chain.segments[first:-1] for p in (s.log_path, s.index_path, s.timeindex_path))
         durability.dir_dirty = True
-        durability.sync(log, extra)
-        durability.write_checkpoint(log)
+        if log.recovery_sync_deferred:
+            log.recovery_owed = extra  # the storage syncs many logs at once (finish_recovery)
+            return
+        finish_sync(log, extra)
+
+
+def finish_sync(log: SegmentedLog, extra: tuple[str, ...]) -> None:
+    """Step 5: make what recovery read back durable (C{extra}: rolled segments read back) and checkpoint it."""
+    log.durability.sync(log, extra)
+    log.durability.write_checkpoint(log)
 
 
 def _fresh(log: SegmentedLog, start_offset: int) -> None:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from streamlog import __version__, wire
 from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerService, NodeConfig, StartupError
+from streamlog.cluster.meta_snapshots import DEFAULT_SNAPSHOT_ENTRIES
 from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.http.site import (
@@ -127,6 +128,7 @@ _PEER_LIMIT_HELP = {
     "handshake_timeout": "Seconds a peer connection has to send a valid hello.",
     "control_line_bytes": "Coalesced control messages are split into lines of about this many bytes.",
     "max_unread_bytes": "Control bytes queued towards a peer that reads nothing before the connection closes.",
+    "socket_chunk_bytes": "Bytes one read or write of a peer socket moves at most, and its write buffer holds before replication pauses.",
 }
 
 
@@ -173,6 +175,9 @@ class Options(usage.Options):
         ["election-timeout-ms", None, 500, "Raft election timeout (ms; randomized in [T, 2T)).", int],
         ["heartbeat-ms", None, 50, "Raft heartbeat interval (ms).", int],
         ["replication-factor", None, None, "Replicas per partition of a new topic (default: min(3, nodes)).", int],
+        ["metadata-snapshot-entries", None, DEFAULT_SNAPSHOT_ENTRIES,
+         "Metadata entries applied between two snapshots of the cluster state, after which the metadata log's "
+         "prefix is dropped (restarts replay at most about twice this); 0: never.", int],
         ["producer-state-batches", None, DEFAULT_WINDOW,
          "Batches each partition remembers per idempotent producer (8 to 64: at least the 8 a streamlog Producer "
          "has unacknowledged per partition; a retry of any of them is recognised).",
@@ -340,6 +345,8 @@ class Options(usage.Options):
                                        f"({peers[node_id]})")
         elif self["peer-listen"] is not None:
             raise usage.UsageError("--peer-listen needs --peers (a node alone has no peers)")
+        if self["metadata-snapshot-entries"] < 0:
+            raise usage.UsageError("--metadata-snapshot-entries must be 0 (never) or more")
         if self["replication-factor"] is not None:
             nodes = max(len(peers), 1)
             if not 1 <= self["replication-factor"] <= nodes:
@@ -372,6 +379,7 @@ class Options(usage.Options):
             election_timeout_ms=self["election-timeout-ms"],
             heartbeat_ms=self["heartbeat-ms"],
             replication_factor=self["replication-factor"],
+            metadata_snapshot_entries=self["metadata-snapshot-entries"],
             producer_state=self["producer-state"],
             peer_limits=TransportLimits(**{f.name: self["peer-" + f.name.replace("_", "-")]
                                            for f in attrs.fields(TransportLimits)}),

@@ -392,7 +392,8 @@ def test_no_transfer_while_a_live_member_is_still_to_be_added_but_a_dead_one_doe
 
 
 def test_planner_settings_refuse_nonsense():
-    for bad in ({"transfer_interval": -1}, {"max_transfers": -1}, {"register_interval": 0}):
+    for bad in ({"transfer_interval": -1}, {"max_transfers": -1}, {"register_interval": 0},
+                {"max_transfers_in_flight": 0}):
         with pytest.raises(ValueError):
             PlannerConfig(**bad)
     assert PlannerConfig(transfer_interval=0, max_transfers=0).max_transfers == 0
@@ -409,6 +410,32 @@ def test_at_most_max_transfers_per_plan():
     assert len(first) == 3 and all(isinstance(a, TransferLeadership) for a in first)
     second = planner.plan(log.state, view(1, groups, ALL, state=log.state), 1.0)
     assert len(second) == 3 and not {a.group for a in first} & {a.group for a in second}
+
+
+def test_transfers_wait_while_max_transfers_in_flight_have_not_ended():
+    """Issue 9: a node back after a restart on a busy machine was handed 8 transfers per plan,
+    5 plans a second, whether or not it finished the elections: the cluster never converged."""
+    log = cluster(3)
+    topic_id = create(log, "t", [[2, 1, 3]] * 20).value["topic_id"]
+    voters = [member(1), member(2), member(3)]
+    groups = {partition_group(topic_id, p): leader(member(1), voters, caught_up={member(2), member(3)})
+              for p in range(20)}
+    planner = Planner(PlannerConfig(max_transfers=8, max_transfers_in_flight=5, transfer_interval=5.0))
+    first = planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.0)
+    assert len(first) == 5 and all(isinstance(a, TransferLeadership) for a in first)
+    assert planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.2) == []  # none ended yet
+    done = [a.group for a in first]
+    groups[done[0]] = follower(member(2), voters)  # node 2 won: ended
+    groups[done[1]] = follower(None, voters)  # stepped down, no leader known yet: its election is still on
+    second = planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.4)
+    assert len(second) == 1 and second[0].group not in done
+    groups[done[1]] = follower(member(2), voters)
+    groups[done[2]] = follower(member(3), voters)  # another node won: ended too
+    assert len(planner.plan(log.state, view(1, groups, ALL, state=log.state), 0.6)) == 2
+    # Transfers that never end (the core gives up after an election timeout) stop counting after
+    # transfer_interval; the groups themselves may be transferred again from then on.
+    later = planner.plan(log.state, view(1, groups, ALL, state=log.state), 5.7)
+    assert len(later) == 5
 
 
 def test_leader_that_is_preferred_does_nothing():

@@ -59,7 +59,7 @@ class HarnessBlockingClient(BlockingClient):
         return self._node(ADDRESS)  # never connected: every request goes through _call_at
 
     def _call_at(self, node: Any, method: str, params: dict[str, Any], timeout: float | None = None,
-                 expect_answer: bool = True) -> Any:
+                 expect_answer: bool = True, on_stall: Any = None) -> Any:
         answer = self.conn.call(method, params)
         self.harness.settle()
         if method in self.lose_next:
@@ -114,10 +114,10 @@ def test_the_cli_sender_takes_its_next_epoch_after_a_batch_that_may_be_stored_fa
         losing = False
 
         def _call_at(self, node: Any, method: str, params: dict[str, Any], timeout: float | None = None,
-                     expect_answer: bool = True) -> Any:
+                     expect_answer: bool = True, on_stall: Any = None) -> Any:
             if self.losing and method == "SendBatch":
                 self.lose_next.add(method)
-            return super()._call_at(node, method, params, timeout, expect_answer)
+            return super()._call_at(node, method, params, timeout, expect_answer, on_stall)
 
     client = Losing(harness)
     client.delivery_timeout = 0.2  # the client's own resends of "b" stop there (real time, bounded)

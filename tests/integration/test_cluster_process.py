@@ -18,6 +18,17 @@ RETRIABLE = (errors.NotLeader, errors.LeaderNotAvailable, errors.ConnectionLost,
              errors.NotController, errors.ShuttingDown)
 
 
+def retry(fn, deadline: float):
+    """C{fn()}, again every 50 ms while it raises a retriable error, until C{deadline} (monotonic)."""
+    while True:
+        try:
+            return fn()
+        except RETRIABLE:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 
-from test_cluster_process import RETRIABLE, formed, free_ports, metadata, start_cluster
+from test_cluster_process import formed, free_ports, metadata, retry, start_cluster
 
 from streamlog.client.blocking import BlockingClient
 from streamlog.testing import LineClient, ServerProcess, wait_for
@@ -24,16 +24,6 @@ from streamlog.testing import LineClient, ServerProcess, wait_for
 PARTITIONS = 6
 VALUE_BYTES = 1000
 BATCH = 50
-
-
-def retry(fn, deadline: float):
-    while True:
-        try:
-            return fn()
-        except RETRIABLE:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def partition_view(nodes: dict[int, ServerProcess], topic: str) -> dict[int, tuple[int, list[int]]] | None:

@@ -266,6 +266,28 @@ def test_pipelining_is_bounded_by_max_inflight():
     assert len([m for to, m in sends(effects) if to == "b"]) == 1
 
 
+def test_proposals_left_unsent_travel_as_one_append_entries_per_follower():
+    leader = node("a")
+    elect(leader, voters=("b", "c"))
+    for peer in ("b", "c"):
+        leader.receive(peer, AppendEntriesResponse(1, True, match_index=1), 10.0)  # -> replicate
+    indexes = []
+    for i in range(3):
+        index, effects = leader.propose(b"p%d" % i, 10.0, replicate=False)
+        indexes.append(index)
+        assert not sends(effects)  # appended (and its own fsync asked for), nothing sent
+    sent = sends(leader.replicate(10.0))
+    assert sorted(to for to, _ in sent) == ["b", "c"]
+    assert all([e.index for e in m.entries] == indexes for _, m in sent)
+    assert not sends(leader.replicate(10.0))  # nothing left to send within the window
+
+
+def test_replicate_off_the_leader_sends_nothing():
+    n = node("b")
+    n.receive("a", AppendEntries(1, "a", 0, 0, (), 0), 1.0)
+    assert n.replicate(1.0) == []
+
+
 def test_election_in_a_cluster_and_replication_to_all():
     c = Cluster()
     c.advance(3.0)

@@ -183,6 +183,34 @@ def test_later_effects_wait_for_a_barrier_fsync_but_not_for_the_leaders_own():
     assert len(sent) == 3 and len(storage.pending) == 2
 
 
+def test_submissions_of_one_turn_go_as_one_append_entries_and_commit_without_a_tick():
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    followers = [h for h in hosts.values() if h is not leader]
+    received = [h.stats["received"] for h in followers]
+    frames = [h.stats["frames_received"] for h in followers]
+    sent = leader.stats["frames_sent"]
+    results = []
+    for i in range(5):  # five Sends read in one reactor turn
+        leader.submit("g1", b"m%d" % i).addBoth(results.append)
+    assert leader.stats["frames_sent"] == sent  # appended; sent at the next turn, together
+    clock.advance(0)  # that turn: handed to the connections and written, not left for one more turn
+    assert leader.stats["frames_sent"] == sent + 10
+    assert all(c._flush_call is None and not c._bulk for c in leader.connections.values())
+    # No clock time passes: only reactor turns (advance(0)) and the network, so nothing waits
+    # for a tick or a timer.
+    for _ in range(6):
+        clock.advance(0)
+        for p in net.pumps.values():
+            p.flush()
+    assert len(results) == 5 and all(isinstance(r, int) for r in results)
+    # Each follower got the five entries as one message, and answered once.
+    assert [h.stats["frames_received"] - f for h, f in zip(followers, frames)] == [5, 5]
+    assert [h.stats["received"] - r for h, r in zip(followers, received)] == [1, 1]
+    stop_all(hosts, clock, net)
+
+
 def test_the_leader_commits_on_followers_disks_before_its_own_fsync_completes():
     # acks=all's critical path: the slower of the leader's fsync and the followers' round trip.
     clock, hosts, recorders, net = cluster(groups=("g1",))
@@ -680,6 +708,7 @@ def test_groups_are_added_and_removed_at_run_time():
     pending = []
     net.cut = set(IDS) - {leader.node_id}
     leader.submit("late", b"x").addErrback(lambda f: pending.append(f.value))
+    clock.advance(0)  # the next reactor turn hands the entry to the (cut) connections
     leader.remove_group("late")
     assert isinstance(pending[0], NotLeaderError) and "removed" in str(pending[0])
     net.cut = set()

@@ -212,6 +212,28 @@ def test_a_message_split_across_reads_and_many_in_one_read():
     assert msg.entries == (Entry(1, 1, b"x"), Entry(2, 1, b"", ("a", "b")), Entry(3, 1, b""))
 
 
+@pytest.mark.parametrize("read", [1, 5, 64, 1000, 10**9])
+def test_bodies_are_the_same_however_the_stream_is_cut_and_keep_no_view_of_a_read(read):
+    # Bodies are views of the read that carries them (no copy) or joined from several reads;
+    # what reaches the host must be the same either way, and hold bytes of its own.
+    clock, host, pt, (b, tb), _ = two_peers()
+    vote = line({"t": "raft", "m": [["g", "a", "b", to_dict(RequestVote(1, "b", 0, 0))]]})
+    big = Entry(1, 1, b"y" * 3000)
+    snap = InstallSnapshot(1, "b", 5, 1, b"state" * 100, ("a", "b"))
+    fields = to_dict(snap)
+    del fields["type"], fields["data"]
+    snap_msg = line({"t": "snap", "g": "g", "to": "a", "fr": "b", "m": fields, "len": len(snap.data)}) + snap.data
+    data = vote + ae_message([big]) + vote + snap_msg + ae_message([Entry(2, 1, b"z"), Entry(3, 1, b"w")], prev=1) + vote
+    for i in range(0, len(data), read):
+        b.dataReceived(data[i:i + read])
+    assert not tb.disconnecting
+    kinds = [type(d[4]).__name__ for d in host.delivered]
+    assert kinds == ["RequestVote", "AppendEntries", "RequestVote", "InstallSnapshot", "AppendEntries", "RequestVote"]
+    assert host.delivered[1][4].entries == (big,) and host.delivered[4][4].entries == (Entry(2, 1, b"z"), Entry(3, 1, b"w"))
+    assert host.delivered[3][4].data == snap.data
+    assert type(host.delivered[3][4].data) is bytes and all(type(e.data) is bytes for e in host.delivered[1][4].entries)
+
+
 def test_record_batches_travel_as_their_stored_frame_and_arrive_with_it():
     batch = codec.stamp(RecordBatch(0, 2, 1, 5, 6, b'{"a":1}\n{"b":2}'), 1, 1)
     c = StoredFrameCodec()
@@ -365,3 +387,27 @@ def test_peer_factories_are_quiet_so_reconnect_attempts_do_not_flood_the_log():
     _, _, transport = make()
     assert transport.factory().noisy is False
     assert transport.factory(expect="b").noisy is False
+
+
+class TCPLikeTransport(StringTransport):
+    """A StringTransport with the class attributes Twisted's TCP connections read and write by."""
+
+    bufferSize = 2**16
+    SEND_LIMIT = 128 * 1024
+
+
+@pytest.mark.parametrize("chunk", [TransportLimits().socket_chunk_bytes, 300_000])
+def test_a_tcp_peer_connection_reads_and_writes_in_chunks_of_the_limit(chunk):
+    # Twisted's 64 KiB reads and 128 KiB writes cost a 500 KiB batch eight reads and four
+    # writes, each a reactor turn; and its 64 KiB write buffer paused bulk after every batch.
+    clock, host, pt = make(limits=TransportLimits(socket_chunk_bytes=chunk))
+    proto = pt.factory().buildProtocol(None)
+    t = TCPLikeTransport()
+    proto.makeConnection(t)
+    assert (t.bufferSize, t.SEND_LIMIT) == (chunk, chunk)
+    assert (TCPLikeTransport.bufferSize, TCPLikeTransport.SEND_LIMIT) == (2**16, 128 * 1024)  # only this connection's
+    plain = pt.factory().buildProtocol(None)
+    s = StringTransport()
+    plain.makeConnection(s)
+    assert not hasattr(s, "SEND_LIMIT")  # a transport without them is left alone
+

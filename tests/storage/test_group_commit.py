@@ -367,15 +367,14 @@ def test_background_checkpoints_under_every_policy(policy):
     gone.closed = True
 
     def checkpoint_jobs() -> int:
-        return sum(1 for _, f, _ in threads.jobs if f.__name__ == "_checkpoint_logs")
+        return sum(1 for _, f, _ in threads.jobs if f.__name__ == "_background_one")
 
     assert threads.jobs == []
 
-    clock.advance(60)
-    assert checkpoint_jobs() == 1
-    clock.advance(60)
-    assert checkpoint_jobs() == 1  # never two checkpoint jobs at once
+    clock.advance(60)  # (with interval:, the pass first waits for the interval sync of that log)
+    clock.advance(60)  # the first pass has not finished: no second one
     while threads.jobs:
+        assert checkpoint_jobs() <= 1  # never two background jobs at once
         threads.run_one()
     assert (log.checkpoints, gone.checkpoints) == (1, 0)
     assert list(committer._logs.values()) == [log]  # closed logs are forgotten
@@ -383,6 +382,89 @@ def test_background_checkpoints_under_every_policy(policy):
     threads.run_all()
     result_of(d)
     assert clock.getDelayedCalls() == []
+
+
+def pass_jobs(threads: FakeThreads) -> list[str]:
+    return [f.__name__ for _, f, _ in threads.jobs]
+
+
+def synced_and_checkpointed(tmp_path, n: int, clock, threads, committer) -> list[SegmentedLog]:
+    """C{n} real logs with records, each synced by a commit and checkpointed."""
+    logs = [SegmentedLog(str(tmp_path / str(i))) for i in range(n)]
+    for log in logs:
+        fill(log, 2)
+        committer.wait(log, log.end_offset)
+    clock.advance(0)
+    threads.run_all()  # the syncs, then each first checkpoint (due: none yet)
+    assert all(not log.background_due for log in logs)
+    return logs
+
+
+def test_the_periodic_pass_skips_idle_logs_and_writes_only_what_changed(tmp_path):
+    """Issue 9: the 60-s pass synced and checkpointed every log of a 1,000-partition node, idle or not."""
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=60)
+    logs = synced_and_checkpointed(tmp_path, 4, clock, threads, committer)
+    busy = logs[1]
+    fill(busy, 1)  # a write since the last checkpoint, synced by its commit: stale, not due
+    committer.wait(busy, busy.end_offset)
+    clock.advance(0)
+    threads.run_all()
+    assert not busy.checkpoint_due and busy.background_due
+    syncs = [log.durability.syncs for log in logs]
+    before = (tmp_path / "1" / "recovery-checkpoint").read_bytes()
+    clock.advance(60)
+    assert pass_jobs(threads) == ["_background_one"]  # the one changed log; the idle ones cost no job
+    threads.run_all()
+    assert [log.durability.syncs for log in logs] == syncs  # synced already: no fsync of its data again
+    assert (tmp_path / "1" / "recovery-checkpoint").read_bytes() != before
+    assert not busy.background_due and committer.pass_jobs == 1
+    clock.advance(60)  # nothing changed since: a pass with nothing to do
+    assert threads.jobs == [] and (committer.passes, committer.pass_jobs) == (2, 1)
+    fill(logs[2], 1)  # appended, not synced (as with --fsync never): the pass syncs it
+    clock.advance(60)
+    threads.run_all()
+    assert logs[2].durability.syncs == syncs[2] + 1 and logs[2].durable_offset == logs[2].end_offset
+    for log in logs:
+        log.close()
+
+
+def test_the_pass_does_one_log_at_a_time_and_never_beside_a_commit_of_that_log(tmp_path):
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=60)
+    logs = synced_and_checkpointed(tmp_path, 3, clock, threads, committer)
+    for log in logs:
+        fill(log, 1)
+    committer.wait(logs[0], logs[0].end_offset)
+    clock.advance(0)
+    assert pass_jobs(threads) == ["_sync_one"]  # a commit of logs[0] in flight
+    clock.advance(60)
+    assert pass_jobs(threads) == ["_sync_one"]  # the pass waits for it: nothing queued beside it
+    threads.run_one()
+    assert pass_jobs(threads) == ["_background_one"]  # at once after that sync, before any new round
+    send = committer.wait(logs[0], logs[0].end_offset + 0)  # already durable: answered at once
+    assert result_of(send) is True
+    fill(logs[0], 1)
+    waiting = committer.wait(logs[0], logs[0].end_offset)
+    clock.advance(0)
+    assert pass_jobs(threads) == ["_background_one"]  # the commit waits for the pass job of its log...
+    threads.run_one()
+    clock.advance(0)
+    assert sorted(pass_jobs(threads)) == ["_background_one", "_sync_one"]  # ...then gets its round; the pass goes on
+    threads.jobs.sort(key=lambda job: job[1].__name__ != "_sync_one")
+    threads.run_one()
+    assert result_of(waiting) is True
+    while threads.jobs:
+        assert pass_jobs(threads).count("_background_one") <= 1  # never two pass jobs queued
+        threads.run_one()
+        clock.advance(0)
+    assert committer.pass_jobs == 3 and not any(log.background_due for log in logs[1:])
+    d = committer.stop()
+    threads.run_all()
+    result_of(d)
+    assert clock.getDelayedCalls() == []
+    for log in logs:
+        log.close()
 
 
 def test_a_failing_background_checkpoint_is_fatal():
@@ -442,3 +524,42 @@ def test_sync_workers_is_a_server_option():
     assert defaults["sync-workers"] == 4
     with pytest.raises(usage.UsageError, match="--sync-workers must be at least 1"):
         Options().parseOptions(["--sync-workers", "0"])
+
+
+def test_a_sync_looks_at_its_own_log_only_not_every_log_seen():
+    """A 1,000-partition node walked all its logs after every sync (5 % of its reactor thread in a
+    restart under load); closed logs are forgotten after their own sync, and by the periodic pass."""
+    looks = [0]
+
+    class CountedLog(FakeLog):
+        @property
+        def closed(self) -> bool:  # type: ignore[override]
+            looks[0] += 1
+            return self._closed
+
+        @closed.setter
+        def closed(self, value: bool) -> None:
+            self._closed = value
+
+    clock, threads = Clock(), FakeThreads()
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, checkpoint_interval=60)
+    logs = [CountedLog() for _ in range(200)]
+    for log in logs:
+        committer.wait(log, log.append(1))
+    clock.advance(0)
+    threads.run_all()
+    looks[0] = 0
+    d = committer.wait(logs[0], logs[0].append(1))
+    clock.advance(0)
+    threads.run_all()
+    assert result_of(d) is True
+    assert looks[0] <= 3  # its own log, not 200
+    logs[5].closed = True
+    d = committer.wait(logs[5], logs[5].append(1))
+    clock.advance(0)
+    threads.run_all()
+    assert id(logs[5]) not in committer._logs  # forgotten after its own sync
+    logs[7].closed = True
+    clock.advance(60)
+    threads.run_all()
+    assert id(logs[7]) not in committer._logs and len(committer._logs) == 198  # and by the pass

@@ -16,7 +16,11 @@ as the run goes from what each live replica says it has committed:
   seen by sampling a leading replica or in a Poll answer;
 - every committed batch holding an idempotent producer's message carries
   a producer id (C{unnumbered}): a batch without numbers is one a retry can
-  store twice, whether or not this run's faults made it happen.
+  store twice, whether or not this run's faults made it happen;
+- one applied metadata index is one cluster state on every node
+  (C{meta-divergent}): however a node got there (applying the log, restoring
+  its snapshot, installing the controller's), the state as of index i is the
+  same bytes (L{streamlog.cluster.metadata.encode_snapshot}) everywhere.
 
 At the end (L{Ledger.final}) every replica's log, on every node, must
 agree with the ledger wherever they overlap, and the final leader's log
@@ -26,9 +30,11 @@ strings, in the order found, so that a failing seed prints what broke.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from streamlog.cluster.metadata import ClusterState, encode_snapshot
 from streamlog.storage.base import RecordBatch
 
 Key = tuple[int, int, int, int, bytes]
@@ -50,6 +56,9 @@ class Ledger:
         self.limit = limit
         self._checked: dict[tuple[int, int, str], int] = {}
         self._served: dict[tuple[int, str, str], int] = {}
+        #: Metadata index -> (digest of the state as of it, the node that first held it).
+        self.meta_states: dict[int, tuple[bytes, int]] = {}
+        self._meta_seen: dict[tuple[int, int], int] = {}
         self.now = 0.0
 
     def violation(self, text: str) -> None:
@@ -104,6 +113,18 @@ class Ledger:
                 and batch_key(log._at(from_index)) == known:
             self.violation(f"truncated-committed: node {node} cut {group} from entry {from_index}, "
                            f"which holds the committed entry (term {known[0]}, offset {known[2]})")
+
+    def metadata(self, node: int, generation: int, state: ClusterState) -> None:
+        """Node C{node} (in its C{generation}-th life) holds C{state} as its applied metadata."""
+        index = state.applied_index
+        if self._meta_seen.get((node, generation)) == index:
+            return  # unchanged since the last sample: metadata moves rarely, encoding it is not free
+        self._meta_seen[(node, generation)] = index
+        digest = hashlib.sha256(encode_snapshot(state)).digest()
+        known = self.meta_states.setdefault(index, (digest, node))
+        if known[0] != digest:
+            self.violation(f"meta-divergent: node {node}'s metadata as of entry {index} differs from node "
+                           f"{known[1]}'s")
 
     def served(self, node: int, group: str, high_watermark: int, how: str) -> None:
         # Kept per observer: answers to different clients may arrive in another order than made.

@@ -253,3 +253,52 @@ class Consumer(SimClient):
                 self.follow(error)
             self._next(self.rng.uniform(0.01, 0.05))
         return answer
+
+
+class Registrar(SimClient):
+    """Makes metadata entries: C{InitProducerId} of a few named producers, one at a time, to any
+    node (each is one InitProducer entry of the metadata log, forwarded to the controller).
+
+    Without it a run has a handful of metadata entries (registrations, one topic, producer-id
+    blocks), so the metadata log's compaction and its uncommitted tail met the faults rarely.
+    What it is told is checked too: a name's (producer id, epoch) answers only ever go up
+    (a new instance fences the older ones; one handed out again, or an older one, is metadata
+    that went back: C{violations}).
+    """
+
+    def __init__(self, *args: Any, names: int = 3, gap: tuple[float, float] = (0.02, 0.12), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.names = [f"{self.name}-{k}" for k in range(names)]
+        self.gap = gap
+        self.last: dict[str, tuple[int, int]] = {}
+        self.granted = 0
+        self.violations: list[str] = []
+
+    def start(self) -> None:
+        self.running = True
+        self._next()
+
+    def _next(self) -> None:
+        if self.running:
+            self.clock.callLater(self.rng.uniform(*self.gap), self._ask)
+
+    def _ask(self) -> None:
+        if not self.running:
+            return
+        self.busy = True
+        name = self.names[self.rng.randrange(len(self.names))]
+        node = sorted(self.addresses)[self.rng.randrange(len(self.addresses))]
+        self.call(node, "InitProducerId", {"producer_name": name}).addCallback(self._answered, name)
+
+    def _answered(self, answer: dict[str, Any], name: str) -> None:
+        self.busy = False
+        result = answer.get("result")
+        if isinstance(result, dict):
+            got = (int(result["producer_id"]), int(result["epoch"]))
+            before = self.last.get(name)
+            if before is not None and got <= before:
+                self.violations.append(f"producer name {name!r} was given {got} after {before} "
+                                       f"(at t={self.clock.seconds():.4f})")
+            self.last[name] = max(got, before or got)
+            self.granted += 1
+        self._next()

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from streamlog.cluster.metadata import METADATA_GROUP
 from streamlog.cluster.sim.clock import NodeClock
 from streamlog.raft.core import HardState
 from streamlog.storage.base import TopicConfig
@@ -32,6 +33,7 @@ from streamlog.storage.errors import StorageFailed
 from streamlog.storage.group_commit import ALWAYS, FsyncPolicy
 from streamlog.storage.local import LocalLog
 from streamlog.storage.memory import MemoryLog
+from streamlog.storage.snapshot_files import MemorySnapshots
 
 
 class LogObserver(Protocol):
@@ -74,12 +76,12 @@ class SimLog(MemoryLog):
         if self.sync_in_flight is not None:
             self.sync_in_flight.upto = min(self.sync_in_flight.upto, index)
         if self.observer is not None:
-            self.observer.count("snapshots")
+            self.observer.count("meta_installs" if self.group == METADATA_GROUP else "snapshots")
         super().reset(index, term, config, next_offset=next_offset, producer_state=producer_state)
 
     def truncate_prefix(self, upto_index: int, producer_state: Any = None) -> None:
         if upto_index >= self.start_index and self.observer is not None:
-            self.observer.count("retained")
+            self.observer.count("meta_compactions" if self.group == METADATA_GROUP else "retained")
         super().truncate_prefix(upto_index, producer_state)
 
     def synced_to(self, upto: int) -> None:
@@ -220,6 +222,9 @@ class SimDisk:
         self.groups: dict[str, tuple[TopicConfig, SimLog]] = {}
         self.hard_state = SimHardState(self)
         self.committer = SimCommitter(self)
+        #: State-machine snapshot files (the metadata group's): durable once saved, as the real
+        #: ones are fsynced before their save returns.
+        self.snapshots: dict[str, MemorySnapshots] = {}
 
     def fsync_latency(self) -> float:
         if self.rng.random() < self.slow_fsync:
@@ -252,6 +257,10 @@ class SimDisk:
 
     def delete_topic(self, name: str) -> None:
         self.groups.pop(name, None)
+        self.snapshots.pop(name, None)
+
+    def snapshot_store(self, name: str) -> MemorySnapshots:
+        return self.snapshots.setdefault(name, MemorySnapshots())
 
     def close(self) -> None:
         pass

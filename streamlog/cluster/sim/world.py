@@ -42,7 +42,7 @@ from streamlog.cluster.metadata import METADATA_GROUP, partition_group
 from streamlog.cluster.node import ClusterNode, NodeHost
 from streamlog.cluster.replica import PartitionReplica
 from streamlog.cluster.sim.checker import Ledger
-from streamlog.cluster.sim.clients import Consumer, Producer, SimClient
+from streamlog.cluster.sim.clients import Consumer, Producer, Registrar, SimClient
 from streamlog.cluster.sim.clock import NodeClock, SimClock
 from streamlog.cluster.sim.disk import SimDisk
 from streamlog.cluster.sim.library import LibraryProducer
@@ -87,6 +87,13 @@ class SimConfig:
     retention_bytes: int | None = 4_000
     #: Simulated seconds between two retention checks on each node.
     retention_interval: float = 0.1
+    #: Metadata entries between two snapshots of the cluster state (--metadata-snapshot-entries):
+    #: small, so that the metadata log is compacted in most runs, and a node that was away or
+    #: wiped catches up on it by InstallSnapshot.
+    metadata_snapshot_entries: int = 2
+    #: Clients making metadata entries during the load (InitProducerId of named producers,
+    #: L{streamlog.cluster.sim.clients.Registrar}), so that they meet the faults.
+    registrars: int = 1
     #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
     transfer_timeout: float = 1.0
     #: A run that takes more clock events than this is stuck in a storm: a failure.
@@ -181,7 +188,8 @@ class SimNode:
         world.network.add_host(self.name, f"127.0.0.{self.id}", self.clock)
         config = NodeConfig(node_id=self.id, peers=world.peers, storage="memory",
                             election_timeout_ms=world.config.election_timeout_ms,
-                            heartbeat_ms=world.config.heartbeat_ms)
+                            heartbeat_ms=world.config.heartbeat_ms,
+                            metadata_snapshot_entries=world.config.metadata_snapshot_entries)
         node = world.node_class()(config, self.disk, clock=self.clock,
                                 connect=lambda address: world.network.endpoint(self.name, address),
                                 identity=self.identity, client_address=world.clients[self.id],
@@ -269,7 +277,7 @@ class SimCluster:
         self.events = 0
         self.faults: list[str] = []
         #: What the disks counted: prefix truncations (retention) and snapshot installs.
-        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0}
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0}
         #: Faults may start (the load phase); False once everything is healed.
         self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
@@ -287,6 +295,7 @@ class SimCluster:
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
         self.library: list[LibraryProducer] = []
+        self.registrars: list[Registrar] = []
         self.groups: dict[int, str] = {}
 
     def node_class(self) -> type[ClusterNode]:
@@ -330,6 +339,8 @@ class SimCluster:
                 continue
             for group, core in node.cores.items():
                 self.ledger.observe(sim.id, sim.generation, group, core.log, core.commit_index)
+            if node.state is not None:
+                self.ledger.metadata(sim.id, sim.generation, node.state)
             for group, replica in node.directory.by_group.items():
                 if replica.leads:
                     self.ledger.served(sim.id, group, replica.high_watermark, "its leading replica")
@@ -628,7 +639,12 @@ class SimCluster:
             self.library.append(LibraryProducer(name, self.network, self.clock, random.Random(self.client_rng.random()),
                                                 self.clients, self.history, self.next_id, topic=TOPIC,
                                                 partitions=config.partitions, idempotent=idempotent))
-        for client in [*self.producers, *self.consumers, *self.library]:
+        for k in range(config.registrars):
+            name = f"reg{k}"
+            self.network.add_host(name, f"127.0.60.{k + 1}")
+            self.registrars.append(Registrar(name, self.network, self.clock, random.Random(self.client_rng.random()),
+                                             self.clients, self.history, self.next_id))
+        for client in [*self.producers, *self.consumers, *self.library, *self.registrars]:
             client.start()
         self.trace("load")
         self.faulting = True
@@ -638,7 +654,7 @@ class SimCluster:
         self.trace("heal")
         self.heal_all()
         self.network.drop_answers.clear()
-        for client in [*self.producers, *self.library]:
+        for client in [*self.producers, *self.library, *self.registrars]:
             client.running = False
         self.run_until(self.settled, config.settle_timeout, "the cluster settled")
         for consumer in self.consumers:
@@ -656,6 +672,9 @@ class SimCluster:
                 ledger.violation(f"history {kind}: {anomaly.detail}")
         # The topic lives from before the load to the end: no client may ever be told it is unknown
         # (a node whose metadata is behind must say LEADER_NOT_AVAILABLE: docs/protocol.md).
+        for registrar in self.registrars:
+            for text in registrar.violations:
+                ledger.violation(f"producer-epoch-back: {text}")
         told = [op for op in [*self.history.sends, *self.history.polls] if op.error == "UNKNOWN_TOPIC"]
         if told:
             ledger.violation(f"unknown-topic: {len(told)} answers to clients called the live topic unknown "
@@ -690,6 +709,9 @@ class SimCluster:
             "dropped": self.network.answers_dropped,
             "retained": self.counts["retained"],
             "snapshots": self.counts["snapshots"],
+            "meta_compactions": self.counts["meta_compactions"],
+            "meta_installs": self.counts["meta_installs"],
+            "registered": sum(r.granted for r in self.registrars),
             "faults": len(self.faults),
             "events": self.events,
         }
