@@ -6,7 +6,7 @@ sends failed so on real nodes)."""
 
 from __future__ import annotations
 
-from fake_cluster import close_client, cluster_client, run_until
+from fake_cluster import close_client, cluster_client, run_until, settled
 from twisted.python.failure import Failure
 
 
@@ -24,6 +24,15 @@ def created_elsewhere(cluster, partitions=3):
         node.faults["Send"] = node.faults["SendBatch"] = create
 
 
+def answered_soon(clock, cluster, d, within=1.0):
+    """C{d}'s result, which must be no failure and come within C{within} s (not the timeout)."""
+    began = clock.seconds()
+    result = settled(clock, cluster, d, limit=15)
+    assert not isinstance(result, Failure), result
+    assert clock.seconds() - began < within
+    return result
+
+
 def warm(clock, cluster, client):
     cluster.create_topic("t", 1, leaders=[1])  # the client has used a topic: its view is not empty
     d = client.send("t", {"n": 0}, partition=0)
@@ -35,15 +44,9 @@ def test_the_first_send_to_a_new_topic_follows_the_leader(clock, cluster):
     try:
         warm(clock, cluster, client)
         created_elsewhere(cluster)
-        box: list = []
-        began = clock.seconds()
-        client.send("new", {"n": 1}).addBoth(box.append)
-        run_until(clock, cluster, lambda: box, limit=15)
-        assert not isinstance(box[0], Failure), box[0]
-        assert clock.seconds() - began < 1.0
-        stored = [v for p in range(3) for v in cluster.values("new", p)]
-        assert stored == [{"n": 1}]
-        assert box[0]["offset"] == 0
+        answer = answered_soon(clock, cluster, client.send("new", {"n": 1}))
+        assert [v for p in range(3) for v in cluster.values("new", p)] == [{"n": 1}]
+        assert answer["offset"] == 0
     finally:
         close_client(client, cluster)
 
@@ -53,16 +56,10 @@ def test_the_first_send_batch_to_a_new_topic_follows_the_leaders(clock, cluster)
     try:
         warm(clock, cluster, client)
         created_elsewhere(cluster)
-        box: list = []
-        began = clock.seconds()
         messages = [{"value": {"n": i}, "key": f"k{i}"} for i in range(10)]
-        client.send_batch("new", messages).addBoth(box.append)
-        run_until(clock, cluster, lambda: box, limit=15)
-        assert not isinstance(box[0], Failure), box[0]
-        assert clock.seconds() - began < 1.0
-        stored = sorted(v["n"] for p in range(3) for v in cluster.values("new", p))
-        assert stored == list(range(10))
-        assert sum(part["count"] for part in box[0]["partitions"]) == 10
+        answer = answered_soon(clock, cluster, client.send_batch("new", messages))
+        assert sorted(v["n"] for p in range(3) for v in cluster.values("new", p)) == list(range(10))
+        assert sum(part["count"] for part in answer["partitions"]) == 10
     finally:
         close_client(client, cluster)
 
@@ -71,10 +68,7 @@ def test_a_new_topic_whose_node_leads_the_chosen_partition_is_sent_to_once(clock
     client = cluster_client(clock, cluster, request_timeout=10.0)
     try:
         warm(clock, cluster, client)
-        box: list = []
-        client.send("new", {"n": 1}).addBoth(box.append)  # the fake's auto-create: led by the taker
-        run_until(clock, cluster, lambda: box, limit=15)
-        assert not isinstance(box[0], Failure), box[0]
+        answered_soon(clock, cluster, client.send("new", {"n": 1}))  # the fake's auto-create: led by the taker
         assert len([p for _, p in cluster.sent("Send") if p["topic"] == "new"]) == 1
     finally:
         close_client(client, cluster)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from fake_cluster import FakeNodeProtocol, close_client, cluster_client, outcomes, run_for, run_until
+from fake_cluster import FakeNodeProtocol, close_client, cluster_client, outcomes, run_for, run_until, settled
 from twisted.python.failure import Failure
 
 from streamlog.client import GroupConsumer, Producer
@@ -33,6 +33,13 @@ def slow_answers(monkeypatch, clock, node_id, delay, methods):
 
     monkeypatch.setattr(FakeNodeProtocol, "lineReceived", line)
     monkeypatch.setattr(FakeNodeProtocol, "answer", answer)
+
+
+def answered(clock, cluster, d):
+    """C{d}'s result, which must be no failure."""
+    result = settled(clock, cluster, d, limit=10)
+    assert not isinstance(result, Failure), result
+    return result
 
 
 def stored(cluster, partition=0):
@@ -93,11 +100,7 @@ def test_cluster_client_send_to_a_slow_healthy_leader_reports_the_stored_record(
     try:
         moved_unseen(clock, cluster, client, lambda: [client.send("t", {"n": i}, partition=i) for i in (0, 1)])
         slow_answers(monkeypatch, clock, 1, 0.8, {"Send"})
-        box: list = []
-        client.send("t", {"n": 100}, partition=0).addBoth(box.append)
-        run_until(clock, cluster, lambda: box, limit=10)
-        assert not isinstance(box[0], Failure), box[0]
-        assert box[0]["partition"] == 0
+        assert answered(clock, cluster, client.send("t", {"n": 100}, partition=0))["partition"] == 0
         assert client.stalls_dropped == 0
         assert stored(cluster).count(100) == 1
     finally:
@@ -130,9 +133,7 @@ def test_an_old_stall_leaves_nothing_behind_for_the_next_one(monkeypatch, clock,
         assert client.view.leader("t", 1).node_id == 2
         run_for(clock, cluster, 60.0)
         slow_answers(monkeypatch, clock, 1, 0.8, {"SendBatch"})
-        d = producer.send("t", {"n": 30}, partition=0)
-        run_until(clock, cluster, lambda: d.called, limit=10)
-        assert not isinstance(outcomes([d])[0], Failure)
+        answered(clock, cluster, producer.send("t", {"n": 30}, partition=0))
         assert client.stalls_dropped == 0
         assert stored(cluster).count(30) == 1
     finally:
@@ -149,9 +150,7 @@ def test_a_slow_create_topic_at_a_controller_leading_nothing_in_use_succeeds(mon
         warm = Producer(client, linger_ms=1).send("t", {"n": 0}, partition=0)
         run_until(clock, cluster, lambda: warm.called)
         slow_answers(monkeypatch, clock, 1, 0.8, {"CreateTopic"})
-        d = client.create_topic("new", 3)
-        run_until(clock, cluster, lambda: d.called, limit=10)
-        assert not isinstance(outcomes([d])[0], Failure), outcomes([d])[0]
+        answered(clock, cluster, client.create_topic("new", 3))
         assert "new" in cluster.topics
         assert client.stalls_dropped == 0
         assert len(cluster.sent("CreateTopic")) == 1
@@ -181,11 +180,8 @@ def test_a_commit_at_a_slow_coordinator_leading_nothing_in_use_is_sent_once(monk
     try:
         member = joined_member(clock, cluster, client)
         slow_answers(monkeypatch, clock, 3, delay, {"CommitOffsets"})
-        box: list = []
         began = clock.seconds()
-        member.commit().addBoth(box.append)
-        run_until(clock, cluster, lambda: box, limit=30)
-        assert not isinstance(box[0], Failure), box[0]
+        answered(clock, cluster, member.commit())
         assert delay <= clock.seconds() - began < delay + 0.1
         assert len(cluster.sent("CommitOffsets")) == 1
         assert client.stalls_dropped == 0
@@ -205,10 +201,7 @@ def test_a_join_at_a_slow_coordinator_leading_nothing_in_use_is_answered(monkeyp
         run_until(clock, cluster, lambda: warm.called)
         slow_answers(monkeypatch, clock, 3, 0.8, {"JoinGroup"})
         member = GroupConsumer(client, "g", ["t"], auto_commit_interval=None)
-        box: list = []
-        member.poll().addBoth(box.append)
-        run_until(clock, cluster, lambda: box, limit=10)
-        assert not isinstance(box[0], Failure), box[0]
+        answered(clock, cluster, member.poll())
         assert member.member_id is not None
         assert len(cluster.sent("JoinGroup")) == 1 and client.stalls_dropped == 0
         monkeypatch.undo()
