@@ -22,7 +22,8 @@ The faults (C{--fault}):
 
 - C{kill}: SIGKILL; the node is started again on its data afterwards.
 - C{stop}: SIGSTOP, SIGCONT afterwards: a paused process, whose sockets stay
-  open and silent (a long GC pause, a frozen VM, a stuck disk).
+  open and silent (a long GC pause, a frozen VM; not a stuck disk, under
+  which the reactor and its heartbeats go on: docs/operations.md).
 - C{partition}: the node is cut off from its peers and from the bench's
   producer: the nodes meet through the chaos proxy
   (L{streamlog.chaos.proxy.PeerProxies}, which aborts the node's peer

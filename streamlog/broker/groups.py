@@ -197,6 +197,27 @@ class GroupService:
         self._replay(replica, shard)
         return shard
 
+    def load_led(self) -> None:
+        """Start loading the shard of every offsets partition this node leads and has none of
+        (in its term): a new coordinator's groups are known, their sessions run and /metrics
+        shows them without waiting for a group request (the collector calls this at each
+        scrape; ListGroups and any group request load their shard anyway).  The replay runs
+        in slices as for a request; a shard whose replay failed is tried again next time."""
+        topic = self.broker.topics.get(OFFSETS_TOPIC)
+        if topic is None:
+            return
+        for replica in topic.partitions:
+            if not getattr(replica, "leads", False) or replica.failed is not None:
+                continue
+            shard = self.shards.get(replica.index)
+            if shard is not None and shard.term == replica.term and not (shard.stale and not shard.writing):
+                continue
+            try:
+                self._load(replica)
+            except Exception:
+                self._log.failure("loading the groups of offsets partition {index} failed", index=replica.index)
+                self.shards.pop(replica.index, None)
+
     def _replay(self, replica: Any, shard: Shard) -> None:
         """One slice of the replay; the next one on a later reactor turn, until the end."""
         if self.shards.get(shard.index) is not shard or replica.term != shard.term or not replica.leads:

@@ -13,7 +13,16 @@ or a rolling restart waits for, and it needs three things:
     "should lead" is every partition for a node alone and, in a cluster, those
     whose preferred leader (first replica) it is; unavailable means its
     storage found damage, it has no local replica yet, or its group has no
-    leader.  At most L{MAX_LISTED} are named in the answer.
+    leader.  At most L{MAX_LISTED} are named in the answer;
+  - C{disk}: no log sync (fsync) has been in a sync worker for longer than
+    C{--ready-max-sync-seconds} (L{DEFAULT_READY_MAX_SYNC_SECONDS}).  A hung
+    disk does not fail a sync, it never finishes one: the node's reactor
+    and its Raft heartbeats go on, so without this check the node would look
+    ready while every write waiting for that sync goes unanswered.
+
+C{/health} stays 200 on a hung sync (and says the sync's age): a restart
+does not mend a disk, and a process stuck in the kernel's fsync may not even
+die of a kill; the supervisor should not loop on it.
 
 L{readiness} is the logic, over the node's plain state; the resources are
 thin.  Both answer 200 or 503, always with a JSON body.
@@ -33,11 +42,14 @@ from streamlog.http.root import json_body
 #: Unavailable partitions named in a /ready answer (the count is always whole).
 MAX_LISTED = 20
 META_GROUP = "__meta"
+#: /ready fails while a log sync has been in flight longer than this many seconds (--ready-max-sync-seconds).
+DEFAULT_READY_MAX_SYNC_SECONDS = 10.0
 
 
 def readiness(service: Any) -> tuple[bool, dict[str, Any]]:
     """Whether the node of C{service} (a L{BrokerService}) is ready, and the checks' details."""
-    checks = {"storage": _storage(service), "cluster": _cluster(service), "partitions": _partitions(service)}
+    checks = {"storage": _storage(service), "cluster": _cluster(service), "partitions": _partitions(service),
+              "disk": _disk(service)}
     ready = all(check["ok"] for check in checks.values())
     return ready, {"ready": ready, "checks": checks}
 
@@ -49,6 +61,26 @@ def _storage(service: Any) -> dict[str, Any]:
     if broker.stopping:
         return {"ok": False, "reason": "the node is stopping"}
     return {"ok": True, "recovery_seconds": round(service.recovery.seconds, 6)}
+
+
+def oldest_sync_seconds(service: Any) -> float | None:
+    """Seconds the node's oldest log sync in flight has taken so far (None: no committer, memory storage)."""
+    committer = getattr(service.broker, "committer", None) if service.broker is not None else None
+    if committer is None:
+        return None
+    return round(float(committer.oldest_sync_seconds()), 3)
+
+
+def _disk(service: Any) -> dict[str, Any]:
+    age = oldest_sync_seconds(service)
+    if age is None:
+        return {"ok": True}
+    limit = float(getattr(service.config, "ready_max_sync_seconds", DEFAULT_READY_MAX_SYNC_SECONDS))
+    if age <= limit:
+        return {"ok": True, "oldest_sync_seconds": age}
+    return {"ok": False, "oldest_sync_seconds": age, "limit_seconds": limit,
+            "reason": f"a log sync (fsync) has been in flight for {age:g} s, more than --ready-max-sync-seconds "
+                      f"({limit:g} s): writes that wait for it are not answered"}
 
 
 def _cluster(service: Any) -> dict[str, Any]:
@@ -111,18 +143,23 @@ def _unavailable(replica: Any) -> str | None:
 
 
 class HealthResource(Resource):
-    """C{GET /health}: 200 while the node's reactor answers."""
+    """C{GET /health}: 200 while the node's reactor answers (with C{service}, the oldest sync's age too)."""
 
     isLeaf = True
 
-    def __init__(self, node_id: int, started: float | None = None) -> None:
+    def __init__(self, node_id: int, started: float | None = None, service: Any = None) -> None:
         super().__init__()
         self.node_id = node_id
         self.started = time.monotonic() if started is None else started
+        self.service = service
 
     def render_GET(self, request: Request) -> bytes:
-        return json_body(request, 200, {"status": "ok", "node_id": self.node_id, "version": __version__,
-                                        "uptime_seconds": round(time.monotonic() - self.started, 3)})
+        body: dict[str, Any] = {"status": "ok", "node_id": self.node_id, "version": __version__,
+                                "uptime_seconds": round(time.monotonic() - self.started, 3)}
+        age = oldest_sync_seconds(self.service) if self.service is not None else None
+        if age is not None:
+            body["oldest_sync_seconds"] = age
+        return json_body(request, 200, body)
 
 
 class ReadyResource(Resource):

@@ -9,8 +9,16 @@ not keep a descriptor for that long.  Twisted reads a whole request body before
 any resource sees it (spooling a large one to a temporary file), so the limit
 on bodies is enforced here, while reading: a declared length over it is refused
 before a byte of the body is read, and a chunked body is cut off where it
-passes it.  Connections past L{DEFAULT_HTTP_MAX_CONNECTIONS} are closed at once,
-so HTTP sockets stay within the node's descriptor budget.
+passes it.  At most L{DEFAULT_HTTP_MAX_CONNECTIONS} are open at once, so HTTP
+sockets stay within the node's descriptor budget.
+
+A new connection at that cap closes the oldest connection that is not being
+answered (idle since its last answer, or still receiving a request) rather
+than being refused: otherwise idle connections (held open by anyone for up to
+the idle timeout, and reopened) would lock a supervisor's C{/health} probe out
+and get a healthy node restarted.  A connection the node is answering is never
+closed so; only when every one is being answered is a new one refused.  An
+HTTP client sees its idle keep-alive connection closed and opens a new one.
 
 A slow client (slowloris: one header byte now and then) resets the idle
 timeout with every byte, so it alone would keep a connection for ever; two
@@ -19,8 +27,9 @@ more bounds stop a few clients from holding every slot: a whole request
 L{DEFAULT_HTTP_REQUEST_TIMEOUT} seconds of its first byte (of the connection,
 for the first request), else it is answered 408 and the connection closed;
 and one client address may hold at most
-L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections (more are closed on
-accept).
+L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections: a new one past that
+closes that address's own oldest connection not being answered (so one
+address cannot close everybody's), or is refused if it has none.
 """
 
 from __future__ import annotations
@@ -97,17 +106,36 @@ class QuietChannel(HTTPChannel):
     #: The client address it counts under in the site (set by L{QuietSite.buildProtocol}).
     peer_host: str | None = None
     _deadline: Any = None
+    #: When it last began to wait for a request (the site's tick): the oldest is closed first at the cap.
+    waiting_since = 0
+    #: Closed by the site to make room (already uncounted).
+    _made_room = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.open_connections += 1
+        self.site.opened(self)
         self._arm()  # the first request's clock starts with the connection
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
-        self.site.open_connections -= 1
-        self.site.forget_address(self.peer_host)
+        if not self._made_room:
+            self.site.closed(self)
         super().connectionLost(reason)
+
+    @property
+    def answering(self) -> bool:
+        """A request arrived whole and its answer is not finished: never closed to make room."""
+        return bool(self._handlingRequest)
+
+    def requestDone(self, request: Any) -> None:
+        self.waiting_since = self.site.tick()
+        super().requestDone(request)
+
+    def make_room(self) -> None:
+        """Close it for a new connection (the site has uncounted it already)."""
+        self._made_room = True
+        self._disarm()
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -163,27 +191,61 @@ class QuietSite(Site):
         self.open_connections = 0
         self.by_address: dict[str, int] = {}
         #: Connections closed on accept because L{max_connections} were open, or
-        #: L{max_connections_per_address} from the same address; requests cut at L{request_timeout}.
+        #: L{max_connections_per_address} from the same address, all of them being answered;
+        #: connections closed to make room for a new one; requests cut at L{request_timeout}.
         self.refused_connections = 0
         self.refused_per_address = 0
+        self.closed_idle = 0
         self.slow_requests = 0
+        #: The open connections (in the order they opened).
+        self.channels: dict[QuietChannel, None] = {}
+        self._ticks = 0
+
+    def tick(self) -> int:
+        """A number larger than every earlier one: orders connections by when they began to wait."""
+        self._ticks += 1
+        return self._ticks
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.open_connections >= self.max_connections:
-            self.refused_connections += 1
-            return None  # Twisted closes the socket at once
         host = getattr(addr, "host", None)
         if host is not None and self.by_address.get(host, 0) >= self.max_connections_per_address:
-            self.refused_per_address += 1
+            if not self._make_room(host):
+                self.refused_per_address += 1
+                return None  # Twisted closes the socket at once
+        if self.open_connections >= self.max_connections and not self._make_room(None):
+            self.refused_connections += 1
             return None
         channel = super().buildProtocol(addr)
         if channel is not None and host is not None:
-            self.by_address[host] = self.by_address.get(host, 0) + 1
             channel.peer_host = host
         return channel
 
-    def forget_address(self, host: str | None) -> None:
-        """A connection from C{host} closed."""
+    def _make_room(self, host: str | None) -> bool:
+        """Close the oldest connection (of C{host}, if given) that is not being answered; whether there was one."""
+        waiting = [c for c in self.channels if not c.answering and (host is None or c.peer_host == host)]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.waiting_since)
+        self.closed(oldest)
+        self.closed_idle += 1
+        oldest.make_room()
+        return True
+
+    def opened(self, channel: QuietChannel) -> None:
+        """C{channel}'s connection is open: count it."""
+        channel.waiting_since = self.tick()
+        self.channels[channel] = None
+        self.open_connections += 1
+        if channel.peer_host is not None:
+            self.by_address[channel.peer_host] = self.by_address.get(channel.peer_host, 0) + 1
+
+    def closed(self, channel: QuietChannel) -> None:
+        """C{channel}'s connection closed (or is being closed to make room): uncount it."""
+        if channel not in self.channels:
+            return
+        del self.channels[channel]
+        self.open_connections -= 1
+        host = channel.peer_host
         if host is None:
             return
         left = self.by_address.get(host, 0) - 1

@@ -13,7 +13,13 @@ role and commit index, follower lag, a group's lag per partition) are
 emitted while the node holds at most C{max_partition_series} partitions
 (and a group's committed partitions are as many at most); above that only
 the per-topic and per-node aggregates are, and
-C{streamlog_metrics_partition_series_limited} says so.  Names follow the
+C{streamlog_metrics_partition_series_limited} says so.  Any client can make a
+group (JoinGroup with a made-up name), so the C{group} label is bounded too:
+a group with no members and no committed offsets has no series (nothing to
+watch: its series end once its members' sessions do), and per-group series
+are emitted for at most C{max_group_series} groups, the most lagging first
+(an alert watches lag); C{streamlog_metrics_group_series_dropped} counts the
+rest.  Names follow the
 Prometheus conventions: a C{streamlog_} prefix, base units (C{_seconds},
 C{_bytes}), C{_total} for counters.  docs/operations.md lists each one.
 """
@@ -33,6 +39,8 @@ from streamlog.topic_config import OFFSETS_TOPIC
 #: Per-partition series are emitted while the node holds at most this many partitions
 #: (--metrics-max-partition-series).
 DEFAULT_MAX_PARTITION_SERIES = 256
+#: Per-group series are emitted for at most this many groups per node (--metrics-max-group-series).
+DEFAULT_MAX_GROUP_SERIES = 1000
 #: The metadata group's Raft group id (streamlog.cluster.metadata.META).
 META_GROUP = "__meta"
 LEADER = "leader"
@@ -52,13 +60,16 @@ class NodeCollector(Collector):
         (opened: its broker, committer, cluster and recovery are read).
     @param factory: the client listener's factory (open connections), or None.
     @param max_partition_series: see the module docstring.
+    @param max_group_series: see the module docstring.
     """
 
     def __init__(self, service: Any, factory: Any = None,
-                 max_partition_series: int = DEFAULT_MAX_PARTITION_SERIES) -> None:
+                 max_partition_series: int = DEFAULT_MAX_PARTITION_SERIES,
+                 max_group_series: int = DEFAULT_MAX_GROUP_SERIES) -> None:
         self.service = service
         self.factory = factory
         self.max_partition_series = max_partition_series
+        self.max_group_series = max_group_series
 
     def collect(self) -> Iterator[Metric]:
         broker = self.service.broker
@@ -138,6 +149,11 @@ class NodeCollector(Collector):
                              "Seconds of one log sync, from its hand-off to a sync worker until its result is "
                              "back on the reactor (fsync included; queueing when more logs need syncs than "
                              "--sync-workers).", [], [([], committer.sync_seconds)])
+            yield GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
+                                    "Seconds since the oldest log sync not finished yet was handed to a sync "
+                                    "worker (queueing included; 0: none is); a hung fsync shows here, never in "
+                                    "streamlog_fsync_duration_seconds.",
+                                    value=committer.oldest_sync_seconds())
             yield _histogram("streamlog_group_commit_batch_entries",
                              "Raft entries (stored batches) one log sync made durable: the appends one fsync "
                              "covered.", [], [([], committer.sync_entries)])
@@ -274,19 +290,27 @@ class NodeCollector(Collector):
         topic_lag = GaugeMetricFamily("streamlog_group_topic_lag_records", "The group's lag summed over the "
                                       "topic's partitions this node holds.", labels=["group", "topic"])
         offsets = broker.topics.get(OFFSETS_TOPIC)
+        load = getattr(broker.groups, "load_led", None)
+        if load is not None:  # a coordinator that took over shows its groups before any group request
+            load()
         shards = broker.groups.shards
+        shown: list[tuple[int, str, int, int, dict[str, int], list[tuple[str, int, int]]]] = []
+        known = 0
         if offsets is not None:
             for replica in offsets.partitions:
                 shard = shards.get(getattr(replica, "index", -1))
                 if shard is None or not getattr(replica, "leads", False) or shard.term != replica.term \
                         or shard.replay_at is not None:
                     continue
-                for name in sorted(set(shard.offsets.groups) | set(shard.coordinator.groups)):
+                for name in set(shard.offsets.groups) | set(shard.coordinator.groups):
+                    known += 1
                     state = shard.coordinator.group(name)
-                    members.add_metric([name], len(state.members) if state is not None else 0)
-                    rebalances.add_metric([name], state.generation if state is not None else 0)
-                    sums: dict[str, int] = {}
+                    count = len(state.members) if state is not None else 0
                     committed = shard.offsets.fetch(name)
+                    if not count and not committed:
+                        continue  # nothing to watch: no consumer, no offsets (a made-up name, say)
+                    sums: dict[str, int] = {}
+                    parts: list[tuple[str, int, int]] = []
                     for (topic, partition), c in sorted(committed.items()):
                         held = broker.topics.get(topic)
                         if held is None or partition >= len(held.partitions):
@@ -297,19 +321,33 @@ class NodeCollector(Collector):
                         behind = max(0, local.high_watermark - c.offset)
                         sums[topic] = sums.get(topic, 0) + behind
                         if detailed and len(committed) <= self.max_partition_series:
-                            lag.add_metric([name, topic, str(partition)], behind)
-                    for topic, total in sorted(sums.items()):
-                        topic_lag.add_metric([name, topic], total)
+                            parts.append((topic, partition, behind))
+                    shown.append((sum(sums.values()), name, count, state.generation if state is not None else 0,
+                                  sums, parts))
+        shown.sort(key=lambda g: (-g[0], g[1]))  # the most lagging first: what an alert watches
+        dropped = max(0, len(shown) - self.max_group_series)
+        for _, name, count, generation, sums, parts in sorted(shown[:self.max_group_series], key=lambda g: g[1]):
+            members.add_metric([name], count)
+            rebalances.add_metric([name], generation)
+            for topic, partition, behind in parts:
+                lag.add_metric([name, topic, str(partition)], behind)
+            for topic, total in sorted(sums.items()):
+                topic_lag.add_metric([name, topic], total)
+        yield GaugeMetricFamily("streamlog_groups_coordinated", "Consumer groups this node coordinates, series "
+                                "or not (empty ones included: DeleteGroup removes a group).", value=known)
+        yield GaugeMetricFamily("streamlog_metrics_group_series_dropped", "Groups with members or committed "
+                                "offsets whose series are left out: more than --metrics-max-group-series have "
+                                "them (the most lagging are shown).", value=dropped)
         yield from (members, rebalances, lag, topic_lag)
 
 
 def node_registry(service: Any, factory: Any = None,
                   max_partition_series: int = DEFAULT_MAX_PARTITION_SERIES,
-                  process: bool = True) -> CollectorRegistry:
+                  process: bool = True, max_group_series: int = DEFAULT_MAX_GROUP_SERIES) -> CollectorRegistry:
     """A registry of the node's own: its L{NodeCollector} and (with C{process}) the
     process's CPU, memory and descriptors (C{process_*}, prometheus_client's collector)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(service, factory, max_partition_series))
+    registry.register(NodeCollector(service, factory, max_partition_series, max_group_series))
     if process:
         from prometheus_client import ProcessCollector
 

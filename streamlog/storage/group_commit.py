@@ -211,8 +211,17 @@ class GroupCommitter:
         self.checkpoints = 0  # due checkpoints written outside syncs
         #: Why forgotten logs went away, for waiters of a sync already running.
         self._forgotten: dict[Hashable, Exception | None] = {}
+        #: When each sync job in a worker now was handed off (a hung fsync never finishes, so only
+        #: this shows it: /ready and streamlog_fsync_oldest_in_flight_seconds).
+        self._in_flight: dict[Deferred, float] = {}
 
     # -- public API -----------------------------------------------------------
+
+    def oldest_sync_seconds(self) -> float:
+        """Seconds the oldest log sync in a worker now has been there (0.0: none is)."""
+        if not self._in_flight:
+            return 0.0
+        return max(0.0, self._clock.seconds() - min(self._in_flight.values()))
 
     def wait(self, log: Any, offset: int) -> Deferred:
         """A Deferred firing once records below C{offset} of C{log} are as durable as the policy makes them.
@@ -485,10 +494,12 @@ class GroupCommitter:
         began = self._clock.seconds()
         durable_before = getattr(log, "durable_index", None)
         d = self._run_sync(_sync_one, log)
+        self._in_flight[d] = began
         d.addErrback(self._fatal)
         self._syncing[key] = d
 
         def finished(outcome: object) -> object:
+            self._in_flight.pop(d, None)
             if self._syncing.get(key) is d:
                 del self._syncing[key]
             if outcome is None:

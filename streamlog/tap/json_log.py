@@ -17,6 +17,12 @@ with C{"error": {"type", "message", "traceback"}} added when the event carries
 a failure.  C{fields} holds the event's own keys (not Twisted's C{log_*}
 ones); a value JSON cannot hold is given as its C{repr}.  The line is written
 and flushed at once, as Twisted's text observer does.
+
+Two values Python holds and orjson refuses would otherwise cost the line its
+envelope: a str with a lone surrogate (a file name read with
+C{surrogateescape}) is written with the surrogate as C{\\udcff}, and an int
+outside orjson's 64-bit range as its decimal string.  Only a line that
+orjson refused is scrubbed so, so the common line costs nothing more.
 """
 
 from __future__ import annotations
@@ -47,16 +53,44 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
+#: The ints orjson encodes (a signed or an unsigned 64-bit int).
+_INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 64 - 1
+
+
+def _scrubbed(value: Any) -> Any:
+    """C{value} (a record of L{event_as_json}) with what orjson refuses made text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        return str(value)
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
+    return value
+
+
+def _level_name(event: Mapping[str, Any]) -> str:
+    return getattr(event.get("log_level"), "name", None) or ("error" if event.get("isError") else "info")
+
+
+def _time_text(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def event_as_json(event: Mapping[str, Any], node_id: int | None = None) -> bytes:
     """One log event as one JSON line (ending in a newline)."""
     when = float(event.get("log_time") or 0.0)
     envelope = _LEGACY if "isError" in event else frozenset()  # a twisted.python.log event's own keys
-    level = event.get("log_level")
     namespace = event.get("log_namespace") or event.get("system") or ""
     record: dict[str, Any] = {
-        "time": datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": _time_text(when),
         "timestamp": when,
-        "level": getattr(level, "name", None) or ("error" if event.get("isError") else "info"),
+        "level": _level_name(event),
         "namespace": str(namespace),
         "node_id": node_id,
         "message": formatEvent(dict(event)),
@@ -70,7 +104,10 @@ def event_as_json(event: Mapping[str, Any], node_id: int | None = None) -> bytes
             traceback = None
         record["error"] = {"type": getattr(getattr(failure, "type", None), "__name__", None),
                            "message": str(getattr(failure, "value", failure)), "traceback": traceback}
-    return orjson.dumps(record) + b"\n"
+    try:
+        return orjson.dumps(record) + b"\n"
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(_scrubbed(record)) + b"\n"
 
 
 @implementer(ILogObserver)
@@ -84,11 +121,24 @@ class JSONLogObserver:
     def __call__(self, event: Mapping[str, Any]) -> None:
         try:
             line = event_as_json(event, self.node_id).decode()
-        except Exception as e:  # never lose the event: say what could not be written
-            line = orjson.dumps({"level": "error", "message": f"log event not encodable: {e!r}",
-                                 "fields": {"event": repr(event)[:2000]}}).decode() + "\n"
+        except Exception as e:  # never lose the event: say what could not be written, in its envelope
+            line = _unencodable(event, self.node_id, e)
         self.out.write(line)
         self.out.flush()
+
+
+def _unencodable(event: Mapping[str, Any], node_id: int | None, error: Exception) -> str:
+    """The line for an event L{event_as_json} could not write: its envelope, its own level, and its C{repr}."""
+    try:
+        when = float(event.get("log_time") or 0.0)
+        time_text = _time_text(when)
+    except Exception:
+        when, time_text = 0.0, _time_text(0.0)
+    record = {"time": time_text, "timestamp": when, "level": _level_name(event),
+              "namespace": str(event.get("log_namespace") or event.get("system") or ""),
+              "node_id": node_id, "message": f"log event not encodable: {error!r}",
+              "fields": {"event": repr(event)[:2000]}}
+    return orjson.dumps(_scrubbed(record)).decode() + "\n"
 
 
 class SyslogNotSupported(ValueError):

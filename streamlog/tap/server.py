@@ -21,6 +21,8 @@ from streamlog.broker.service import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerSer
 from streamlog.cluster.meta_snapshots import DEFAULT_SNAPSHOT_ENTRIES
 from streamlog.console.shape import ConsoleConfig
 from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
+from streamlog.http.health import DEFAULT_READY_MAX_SYNC_SECONDS
+from streamlog.http.metrics import DEFAULT_METRICS_CACHE_SECONDS
 from streamlog.http.site import (
     DEFAULT_HTTP_LISTEN,
     DEFAULT_HTTP_MAX_CONNECTIONS,
@@ -40,7 +42,7 @@ from streamlog.idempotence.table import (
     DEFAULT_WINDOW,
     ProducerStateConfig,
 )
-from streamlog.metrics.collector import DEFAULT_MAX_PARTITION_SERIES
+from streamlog.metrics.collector import DEFAULT_MAX_GROUP_SERIES, DEFAULT_MAX_PARTITION_SERIES
 from streamlog.protocol import BrokerFactory
 from streamlog.raft.transport import TransportLimits
 
@@ -215,6 +217,15 @@ class Options(usage.Options):
         ["metrics-max-partition-series", None, DEFAULT_MAX_PARTITION_SERIES,
          "/metrics has series per partition while the node holds at most this many partitions (above: per "
          "topic and per node only); raise it to opt in on bigger nodes.", int],
+        ["metrics-max-group-series", None, DEFAULT_MAX_GROUP_SERIES,
+         "/metrics has series per consumer group for at most this many groups with members or committed "
+         "offsets (the most lagging first; the rest are counted in streamlog_metrics_group_series_dropped).", int],
+        ["ready-max-sync-seconds", None, DEFAULT_READY_MAX_SYNC_SECONDS,
+         "/ready answers 503 while a log sync (fsync) has been in flight longer than this many seconds (a hung "
+         "disk never fails a sync, it never finishes one).", float],
+        ["metrics-cache-seconds", None, DEFAULT_METRICS_CACHE_SECONDS,
+         "Seconds one rendering of /metrics is served again to later scrapes, so that scraping faster does not "
+         "cost the node more (0: render every scrape).", float],
         ["log-format", None, "text", "The log's format: text (twistd's lines) or json (one JSON object per event, "
                                      "for log shippers; written where twistd writes its log)."],
         ["gc-threshold", None, THROUGHPUT_THRESHOLD,
@@ -310,6 +321,12 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
         if self["metrics-max-partition-series"] < 0:
             raise usage.UsageError("--metrics-max-partition-series must be 0 or more")
+        if self["metrics-max-group-series"] < 0:
+            raise usage.UsageError("--metrics-max-group-series must be 0 or more")
+        if not self["ready-max-sync-seconds"] > 0:
+            raise usage.UsageError("--ready-max-sync-seconds must be more than 0")
+        if not self["metrics-cache-seconds"] >= 0:
+            raise usage.UsageError("--metrics-cache-seconds must be 0 or more")
 
     def _check_cluster(self) -> None:
         node_id = self["node-id"]
@@ -391,6 +408,9 @@ class Options(usage.Options):
             http_request_timeout=self["http-request-timeout"],
             http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
+            metrics_cache_seconds=self["metrics-cache-seconds"],
+            metrics_max_group_series=self["metrics-max-group-series"],
+            ready_max_sync_seconds=self["ready-max-sync-seconds"],
         )
 
     def console_config(self) -> ConsoleConfig:
@@ -643,9 +663,11 @@ class Node(service.MultiService):
 
         root = HttpRoot()
         self.metrics_registry = node_registry(self.broker_service, self.broker_service.factory,
-                                              self.config.metrics_max_partition_series)
-        root.mount("metrics", MetricsResource(self.metrics_registry))
-        root.mount("health", HealthResource(self.config.node_id))
+                                              self.config.metrics_max_partition_series,
+                                              max_group_series=self.config.metrics_max_group_series)
+        root.mount("metrics", MetricsResource(self.metrics_registry, self.config.metrics_cache_seconds,
+                                              self.reactor))
+        root.mount("health", HealthResource(self.config.node_id, service=self.broker_service))
         root.mount("ready", ReadyResource(self.broker_service))
         self.console = mount_console(root, self.broker_service.broker, self.config.node_id, self.console_config,
                                      self.reactor)

@@ -25,9 +25,11 @@ class Answer:
         return orjson.loads(self.body)
 
 
-def get(root: IResource, path: str, method: bytes = b"GET") -> Answer:
+def get(root: IResource, path: str, method: bytes = b"GET", headers: dict[bytes, bytes] | None = None) -> Answer:
     """C{path} (such as C{/metrics}) asked of C{root} the way Twisted's Site walks the tree."""
     request = DummyRequest(path.lstrip("/").split("/") if path != "/" else [b""])
+    for name, value in (headers or {}).items():
+        request.requestHeaders.setRawHeaders(name, [value])
     request.postpath = [p.encode() if isinstance(p, str) else p for p in request.postpath]
     request.method = method
     resource = getChildForRequest(root, request)

@@ -1,7 +1,7 @@
 """The HTTP listener's bounds on a real node (twistd on 127.0.0.1, raw sockets): a body over the
 limit is refused before it is read (declared length) or where it passes it (chunked), never
-spooled; connections past --http-max-connections are closed on accept; an idle connection is
-closed without a log line; a request trickling in is cut at --http-request-timeout."""
+spooled; a connection past --http-max-connections closes the oldest idle one (64 idle ones do not
+keep /health and /ready out); an idle connection is closed without a log line; a request trickling in is cut at --http-request-timeout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streamlog.testing import ServerProcess, wait_for
+from streamlog.testing import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -78,25 +78,74 @@ def test_a_body_within_the_limit_is_answered(node):
     s.close()
 
 
-def test_connections_past_the_cap_are_closed_on_accept_and_idle_ones_without_a_log_line(node):
+def test_a_connection_past_the_cap_closes_the_oldest_idle_one_and_idle_ones_close_without_a_log_line(node):
     held = [connect(node) for _ in range(4)]
+    assert answer_on(held[-1], "/health").startswith(b"HTTP/1.1 200 ")  # all 4 accepted (in order)
     extra = connect(node)
-    assert read_all(extra, 5) == b""  # closed at once, nothing answered
+    assert answer_on(extra, "/health").startswith(b"HTTP/1.1 200 ")  # let in: the oldest idle one made room
+    assert read_all(held[0], 5) == b""  # closed by the node
     extra.close()
-    # The held ones are idle: closed after --http-idle-timeout (1 s), then a new one is let in.
-    for s in held:
+    # The others are idle: closed after --http-idle-timeout (1 s), without a log line each.
+    for s in held[1:]:
         assert read_all(s, 10) == b""
         s.close()
-
-    def answered():
-        s = connect(node)
-        s.sendall(b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        got = read_all(s)
-        s.close()
-        return got.startswith(b"HTTP/1.1 200 ")
-
-    wait_for(answered, 10, "a connection to be answered once the idle ones closed")
+    held[0].close()
     assert "Timing out client" not in node.log()
+
+
+def answer_on(s, path):
+    """One keep-alive GET of C{path} on C{s}: the answer's head and body (its Content-Length)."""
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    s.settimeout(10)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        data = s.recv(65536)
+        if not data:
+            return got
+        got += data
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def from_address(port, source):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_health_and_ready_answer_while_64_idle_connections_hold_every_slot(tmp_path):
+    node = ServerProcess(tmp_path, http=True)  # the defaults: 64 connections, 16 per address
+    held = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            held += [from_address(node.http_port, source) for _ in range(16)]
+        assert answer_on(held[-1], "/health").startswith(b"HTTP/1.1 200 ")  # all 64 accepted, the last answered
+        began = time.monotonic()
+        probes = [from_address(node.http_port, "127.0.0.1") for _ in range(2)]
+        held += probes  # closed at the end
+        assert answer_on(probes[0], "/health").startswith(b"HTTP/1.1 200 ")
+        assert answer_on(probes[1], "/ready").startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - began < 5
+        # From an address already at its share (16): that address's oldest idle one makes room.
+        held.append(from_address(node.http_port, "127.0.0.3"))
+        assert answer_on(held[-1], "/health").startswith(b"HTTP/1.1 200 ")
+        closed = []
+        for s in held[:17]:
+            s.settimeout(0.2)
+            try:
+                closed.append(s.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed == [True, True] + [False] * 14 + [True], closed  # the oldest idle ones, no more
+    finally:
+        for s in held:
+            s.close()
+        node.stop()
 
 
 def test_a_request_trickling_in_is_answered_408_at_the_request_timeout(node):

@@ -56,6 +56,10 @@ def test_the_test_suite_runs_with_the_http_listener_off_by_default():
     (["--http-idle-timeout", "0"], "--http-idle-timeout must be more than 0 seconds"),
     (["--http-request-timeout", "0"], "--http-request-timeout must be more than 0 seconds"),
     (["--http-max-connections-per-address", "0"], "--http-max-connections-per-address must be at least 1"),
+    (["--metrics-cache-seconds", "-1"], "--metrics-cache-seconds must be 0 or more"),
+    (["--ready-max-sync-seconds", "0"], "--ready-max-sync-seconds must be more than 0"),
+    (["--metrics-max-group-series", "-1"], "--metrics-max-group-series must be 0 or more"),
+    (["--metrics-cache-seconds", "nan"], "--metrics-cache-seconds must be 0 or more"),
 ])
 def test_http_option_mistakes_are_usage_errors(args, message):
     with pytest.raises(usage.UsageError, match=re.escape(message)):
@@ -133,3 +137,30 @@ def test_a_taken_http_port_is_a_one_line_refusal(tmp_path):
     assert done.stderr.splitlines() == [f"streamlog-server: --http-listen: cannot listen on {taken}: "
                                         "Address already in use (another node on this machine? give each "
                                         "its own --http-listen, or --http-listen none)"]
+
+
+def test_the_metrics_cache_option_reaches_the_metrics_resource(tmp_path):
+    options = Options()
+    options.parseOptions(["--metrics-cache-seconds", "2.5", "--ready-max-sync-seconds", "4",
+                          "--metrics-max-group-series", "7"])
+    assert options.node_config().metrics_cache_seconds == 2.5
+    assert options.node_config().ready_max_sync_seconds == 4.0
+    assert defaults_ready_max_sync() == NodeConfig().ready_max_sync_seconds == 10.0
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults.node_config().metrics_cache_seconds == NodeConfig().metrics_cache_seconds == 1.0
+    reactor = MemoryReactorClock()
+    node = Node(attrs.evolve(options.node_config(), listen="tcp:7070:interface=127.0.0.1", data_dir=str(tmp_path),
+                             http_listen="tcp:9644:interface=127.0.0.1"), reactor)
+    node.open()
+    resource = node.http_root.children[b"metrics"]
+    assert resource.cache_seconds == 2.5 and resource.clock is reactor
+    (collector,) = [c for c in resource.registry._collector_to_names if hasattr(c, "max_group_series")]
+    assert collector.max_group_series == 7 and NodeConfig().metrics_max_group_series == 1000
+    node.broker_service.close()
+
+
+def defaults_ready_max_sync():
+    options = Options()
+    options.parseOptions([])
+    return options.node_config().ready_max_sync_seconds

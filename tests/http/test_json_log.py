@@ -124,3 +124,45 @@ def test_json_with_twistd_syslog_is_a_one_line_refusal(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("streamlog-server: --log-format json: --log-format json writes to stdout or the "
                                    "--logfile; it cannot go to twistd --syslog (drop one of them)")
+
+
+def test_an_event_orjson_refuses_keeps_its_envelope_and_its_own_level():
+    # A file name read from the data directory with surrogateescape (non-UTF-8 bytes), and an int past
+    # 64 bits: both legal in Python, both refused by orjson as they are.
+    out = io.StringIO()
+    observer = JSONLogObserver(out, node_id=3)
+    observer({"log_format": "ignoring {name}", "name": "bad-\udcff.log", "log_level": LogLevel.warn,
+              "log_namespace": "streamlog.storage", "log_time": 1796220000.0})
+    observer({"log_format": "offset {o}", "o": 2 ** 70, "log_level": LogLevel.info, "log_namespace": "x",
+              "log_time": 1796220000.0})
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert set(first) == set(second) == ENVELOPE
+    assert first["level"] == "warn" and first["namespace"] == "streamlog.storage" and first["node_id"] == 3
+    assert first["timestamp"] == 1796220000.0 and first["time"].startswith("2026-")
+    assert first["message"] == "ignoring bad-\\udcff.log" and first["fields"] == {"name": "bad-\\udcff.log"}
+    assert second["level"] == "info" and second["message"] == f"offset {2 ** 70}"
+    assert second["fields"] == {"o": str(2 ** 70)}
+
+
+def test_a_namespace_or_field_name_with_a_lone_surrogate_is_escaped_too():
+    line = event_as_json({"log_format": "x", "log_namespace": "n\udc80", "k\udc81": [1, -(2 ** 64)],
+                          "log_time": 1.0}, 1)
+    record = orjson.loads(line)
+    assert record["namespace"] == "n\\udc80" and record["fields"] == {"k\\udc81": [1, str(-(2 ** 64))]}
+
+
+def test_an_event_no_line_can_hold_is_still_one_line_in_its_envelope_at_its_level(monkeypatch):
+    import streamlog.tap.json_log as json_log
+
+    def refuse(event, node_id=None):
+        raise ValueError("no")
+
+    monkeypatch.setattr(json_log, "event_as_json", refuse)
+    out = io.StringIO()
+    JSONLogObserver(out, node_id=2)({"log_format": "x", "log_level": LogLevel.debug, "log_namespace": "ns\udc80",
+                                     "log_time": 5.0})
+    (line,) = out.getvalue().splitlines()
+    record = orjson.loads(line)
+    assert set(record) == ENVELOPE and record["level"] == "debug" and record["node_id"] == 2
+    assert record["namespace"] == "ns\\udc80" and record["timestamp"] == 5.0
+    assert record["message"].startswith("log event not encodable: ValueError")

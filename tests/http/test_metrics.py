@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from http_support import get
-from metrics_support import Scrape
+from metrics_support import Scrape, SyncedLog
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamlog.http.metrics import MetricsResource
@@ -166,14 +166,7 @@ def test_the_committer_times_each_sync_and_counts_the_entries_it_made_durable(cl
     threads = ManualThreads()
     committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
 
-    class Log:
-        durable_index = 0
-        last_index = 3
-
-        def sync(self):
-            self.durable_index = 3
-
-    log = Log()
+    log = SyncedLog()
     done = committer.wait_index(log, 3)
     clock.advance(0)  # the round
     clock.advance(0.004)  # the sync takes 4 ms
@@ -272,3 +265,50 @@ def test_the_first_leader_learned_is_no_change_another_one_is(harness):
                                   (FOLLOWER, "3.b", 1), (FOLLOWER, "2.a", 2)):
         list(host._role_changed(runner, RoleChange(role, 5, leader)) or ())
         assert host.role_counts["leader_changes"] - before == changes, (role, leader)
+
+
+class CountingRegistry:
+    """A registry whose collector counts how often a scrape ran it."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.collected = 0
+
+    def collect(self):
+        self.collected += 1
+        return self.registry.collect()
+
+
+def test_scrapes_within_the_cache_interval_reuse_one_rendering(harness, clock):
+    scrape = Scrape(harness.broker, harness.factory)
+    counting = CountingRegistry(scrape.registry)
+    resource = MetricsResource(counting, cache_seconds=1.0, clock=clock)
+    conn = harness.connect()
+    conn.call("Send", {"topic": "t", "value": 1})
+    first = get(resource, "/")
+    for _ in range(50):  # a scraper 50 times as eager costs no more
+        clock.advance(0.01)
+        assert get(resource, "/").body == first.body
+    assert counting.collected == 1
+    conn.call("Send", {"topic": "t", "value": 2})
+    clock.advance(0.5)  # past the interval: the next scrape reads the node again
+    fresh = get(resource, "/")
+    assert counting.collected == 2 and fresh.body != first.body
+    families = {f.name: f for f in text_string_to_metric_families(fresh.body.decode())}
+    assert {s.value for s in families["streamlog_requests"].samples if s.labels.get("method") == "Send"} == {2}
+
+
+def test_each_exposition_format_is_cached_apart_and_zero_turns_the_cache_off(harness, clock):
+    scrape = Scrape(harness.broker, harness.factory)
+    counting = CountingRegistry(scrape.registry)
+    resource = MetricsResource(counting, cache_seconds=1.0, clock=clock)
+    text = get(resource, "/")
+    openmetrics = get(resource, "/", headers={b"accept": b"application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert text.headers["content-type"].startswith("text/plain") and counting.collected == 2
+    get(resource, "/", headers={b"accept": b"application/openmetrics-text; version=1.0.0"})
+    assert counting.collected == 2
+    uncached = MetricsResource(counting, cache_seconds=0.0, clock=clock)
+    get(uncached, "/")
+    get(uncached, "/")
+    assert counting.collected == 4

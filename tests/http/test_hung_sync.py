@@ -1,0 +1,106 @@
+"""A node whose fsync hangs: /ready says so (with the sync's age) past --ready-max-sync-seconds, and
+/metrics shows the age of the oldest sync in flight, which the duration histogram (finished syncs
+only) cannot.  A durable node alone on segmented storage, its sync worker held (ManualThreads)."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from http_support import get
+from metrics_support import Scrape, SyncedLog, service_of
+
+from streamlog.http.health import HealthResource, ReadyResource, readiness
+from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
+from streamlog.storage.segmented import SegmentedStorage
+from streamlog.testing import BrokerHarness, ManualThreads
+
+
+def turn(threads, clock, n=5):
+    for _ in range(n):
+        threads.run_all()
+        clock.advance(0)
+
+
+@pytest.fixture
+def hung(clock, tmp_path):
+    """(harness, threads, a connection that got one acknowledged write with the disk still healthy)."""
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    h = BrokerHarness(storage=SegmentedStorage(str(tmp_path / "data")), clock=clock, committer=committer)
+    h.broker.create_topic("t", 1)
+    for _ in range(5):
+        h.settle()
+        turn(threads, clock, 1)
+    conn = h.connect()
+    warm = conn.request("Send", {"topic": "t", "value": "warm"})
+    turn(threads, clock)
+    assert [a for a in conn.answers() if a["id"] == warm and "result" in a]  # a healthy disk: acked
+    yield h, threads, conn
+    h.stop()
+    committer.stop()
+    turn(threads, clock, 10)
+    h.broker.close()
+
+
+def test_a_sync_in_flight_past_the_limit_makes_the_node_not_ready_and_the_gauge_shows_its_age(hung, clock):
+    h, threads, conn = hung
+    service = service_of(h.broker)
+    scrape = Scrape(h.broker, h.factory)
+    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds") == 0
+    rids = [conn.request("Send", {"topic": "t", "value": i, "acks": "all"}) for i in range(5)]
+    clock.advance(0)  # the round hands the sync to the (now hung) worker
+    assert threads.jobs
+    clock.advance(9.5)
+    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds") == pytest.approx(9.5)
+    ready, body = readiness(service)
+    assert ready and body["checks"]["disk"] == {"ok": True, "oldest_sync_seconds": 9.5}
+    clock.advance(1.0)  # 10.5 s: past the default --ready-max-sync-seconds (10)
+    ready, body = readiness(service)
+    assert not ready
+    assert body["checks"]["disk"] == {
+        "ok": False, "oldest_sync_seconds": 10.5, "limit_seconds": 10.0,
+        "reason": "a log sync (fsync) has been in flight for 10.5 s, more than --ready-max-sync-seconds (10 s): "
+                  "writes that wait for it are not answered"}
+    answer = get(ReadyResource(service), "/")
+    assert answer.status == 503 and answer.json()["checks"]["disk"]["ok"] is False
+    health = get(HealthResource(1, service=service), "/")  # liveness stays: a restart does not mend a disk
+    assert health.status == 200 and health.json()["oldest_sync_seconds"] == 10.5
+    assert not {a["id"] for a in conn.answers()} & set(rids)
+    turn(threads, clock)  # the disk comes back
+    assert {a["id"] for a in conn.answers() if "result" in a} >= set(rids)
+    assert readiness(service)[0] and scrape.value("streamlog_fsync_oldest_in_flight_seconds") == 0
+
+
+def test_the_limit_is_the_nodes_option(hung, clock):
+    h, threads, conn = hung
+    service = service_of(h.broker)
+    service.config = attrs.evolve(service.config, ready_max_sync_seconds=2.0)
+    conn.request("Send", {"topic": "t", "value": 1, "acks": "all"})
+    clock.advance(0)
+    clock.advance(1.5)
+    assert readiness(service)[0]
+    clock.advance(1.0)
+    ready, body = readiness(service)
+    assert not ready and body["checks"]["disk"]["limit_seconds"] == 2.0
+    turn(threads, clock)
+
+
+def test_the_oldest_of_several_syncs_in_flight_is_the_one_reported():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+
+    first, second = SyncedLog(), SyncedLog()
+    committer.wait_index(first, 3)
+    clock.advance(0)
+    clock.advance(4.0)
+    committer.wait_index(second, 3)
+    clock.advance(0)
+    clock.advance(1.0)
+    assert committer.oldest_sync_seconds() == pytest.approx(5.0)
+    threads.run_one()  # the older one finishes
+    assert committer.oldest_sync_seconds() == pytest.approx(1.0)
+    threads.run_all()
+    assert committer.oldest_sync_seconds() == 0.0
