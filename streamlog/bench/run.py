@@ -260,7 +260,8 @@ def _server_info(args: Any, server: ServerProcess | None, cluster: Nodes | None 
                 "fsync": server.fsync, "replication_factor": 1, "started_by_bench": True,
                 "client_gc_threshold": client_gc_threshold(args)}
     return {"origin": f"--connect {args.bench_connect}", "storage": f"{args.storage} (declared, not verified)",
-            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": 1, "started_by_bench": False,
+            "fsync": f"{args.fsync} (declared, not verified)", "replication_factor": replication,
+            "started_by_bench": False,
             "client_gc_threshold": client_gc_threshold(args)}
 
 
@@ -381,20 +382,42 @@ def _add_node_cpu(result: dict[str, Any], per_node: list[float | None] | None) -
     if per_node:
         result["cpu_pct_of_one_core"]["nodes"] = per_node
 
+def _replication_factor(bc: Any, topic: str, created: Any, timeout: float = 10.0) -> int:
+    """The replication factor of the topic just created: from the CreateTopic answer if it says,
+    else from DescribeTopic, asked again (within C{timeout}) while the node asked does not know
+    the topic yet (its metadata lags behind the controller's: seen with --connect)."""
+    from streamlog import errors
+
+    given = created.get("replication_factor") if isinstance(created, dict) else None
+    if isinstance(given, int) and not isinstance(given, bool):
+        return given
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(bc.describe_topic(topic).get("replication_factor", 1))
+        except (errors.UnknownTopic, errors.LeaderNotAvailable):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)  # the next look at the condition; bounded by the deadline
+
+
 def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, address: Any,
                   cluster: Nodes | None = None) -> dict[str, Any]:
     from streamlog.client import BlockingClient
 
     topic = args.topic or f"bench-{args.workload}-{os.getpid()}-{int(time.time() * 1000)}"
     with BlockingClient(address, timeout=30.0) as bc:
-        bc.create_topic(topic, partitions=args.partitions)
+        created = bc.create_topic(topic, partitions=args.partitions)
         replication = 1
         if cluster is not None:
             cluster.wait_topic_in_sync(topic)
             # The load processes warm up on a topic of their own: elected before they start.
             bc.create_topic(topic + "-warmup", partitions=1)
             cluster.wait_topic_in_sync(topic + "-warmup")
-            replication = int(bc.describe_topic(topic).get("replication_factor", 1))
+        if cluster is not None or server is None:
+            # Its own cluster, or the server of --connect (which may be a cluster: its topic's
+            # replication factor is what the cluster chose, as DescribeTopic says; 1 on a lone node).
+            replication = _replication_factor(bc, topic, created)
     profiler = _Profiler(args.profile, args.profile_seconds or args.max_seconds) if args.profile else None
     server_pid = server.pid if server is not None else None
     result: dict[str, Any] = {

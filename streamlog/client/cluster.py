@@ -48,7 +48,8 @@ from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, describe_ad
 from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
-from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
+from streamlog.client.requests import PartitionBound
+from streamlog.client.retry import DEFAULT_STALL_RECHECK_MAX, DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
@@ -89,15 +90,19 @@ class _Call:
         L{errors.LeaderNotAvailable} (retried).
     @param resend_ok: whether errors that may have left the request applied
         (a lost connection or a timeout after it was written) are retried too.
+    @param final: errors that end the call at once, though retriable (the
+        caller retries otherwise: L{ClusterClient._server_routed}).
     """
 
     def __init__(self, client: ClusterClient, method: str, params: Any, route: Callable[[], Any],
                  timeout: float | None, resend_ok: bool, expect_answer: bool = True,
                  topic: str | None = None, partition: int | None = None,
                  attempt_timeout: float | None = None,
-                 on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> None:
+                 on_retry: Callable[[errors.StreamlogError, float], object] | None = None,
+                 final: tuple[type[errors.StreamlogError], ...] = ()) -> None:
         self.client = client
         self.on_retry = on_retry
+        self.final = final
         self.method = method
         self.params = params
         self.route = route
@@ -176,7 +181,10 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and (timeout is None or remaining < timeout):
             timeout = remaining
-        return node.call(self.method, self.params, timeout=timeout, expect_answer=self.expect_answer)
+        bound = None
+        if self.topic is not None and self.partition is not None:
+            bound = self.client.partition_bound(self.topic, self.partition)
+        return node.call(self.method, self.params, timeout=timeout, expect_answer=self.expect_answer, bound=bound)
 
     def _settled(self, result: Any) -> None:
         self._inner = None
@@ -196,6 +204,9 @@ class _Call:
             self.deferred.errback(result)
             return
         self.last_error = error
+        if isinstance(error, self.final):
+            self.deferred.errback(error)
+            return
         graced = isinstance(error, errors.UnknownTopic) and self.client.in_unknown_topic_grace(self.topic)
         if not graced and (self.client._closed or not retry.retriable(error)
                            or not (self.resend_ok or retry.safe_to_resend(error))):
@@ -256,14 +267,22 @@ class ClusterClient:
         for those addresses instead of new ones, and closed by L{close}).
     @param stall_timeout: a node connection with requests in flight that
         received nothing for this long (past what a long Poll asked the server
-        to wait) is suspect: another node is asked for the metadata and, if a
-        partition the silent node led has a leader of a later term now, the
-        connection is dropped, so that what was in flight fails with
-        C{CONNECTION_LOST} and is sent again where the leader is now (the
-        idempotent L{Producer} resends it, in order, without duplicates).
+        to wait) is suspect.  If partition-bound requests (Send, SendBatch,
+        Poll, ListOffsets of a known partition) are among those in flight,
+        another node is asked for the metadata and, if one of their partitions
+        has a leader of a later term than the one it was sent for (or the
+        cluster sees the node down), the connection is dropped, so that what
+        was in flight fails with C{CONNECTION_LOST} and is sent again where the
+        leader is now (the idempotent L{Producer} resends it, in order, without
+        duplicates).  Otherwise it is waited for (asked again after 0.1 s,
+        then twice as long each time up to C{stall_recheck_max}); coordinator
+        and admin calls alone never drop a connection (they end at their
+        timeout).
         Meant for a paused (SIGSTOP) or cut-off node, whose TCP connection
         stays up and silent; keep it well above a healthy answer's p99.  None
         turns it off (then only C{request_timeout} ends such a wait).
+    @param stall_recheck_max: the longest gap between two Metadata requests
+        about one stalled connection (see C{stall_timeout}).
     @param unknown_topic_grace: C{UNKNOWN_TOPIC} for a topic this client saw
         exist (a Metadata answer listed it, or its own C{CreateTopic}
         succeeded) is retried like a retriable error for this many seconds
@@ -296,7 +315,10 @@ class ClusterClient:
                  node_clients: Mapping[Any, StreamlogClient] | None = None,
                  stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
                  unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE,
-                 idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT) -> None:
+                 idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT,
+                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX) -> None:
+        if stall_recheck_max <= 0:
+            raise ValueError("stall_recheck_max must be positive")
         if idle_dial_limit is not None and idle_dial_limit < 1:
             raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         if stall_timeout is not None and stall_timeout <= 0:
@@ -310,6 +332,7 @@ class ClusterClient:
         self.reconnect_max = reconnect_max
         self.metadata_max_age = metadata_max_age
         self.stall_timeout = stall_timeout
+        self.stall_recheck_max = stall_recheck_max
         self.unknown_topic_grace = unknown_topic_grace
         self.idle_dial_limit = idle_dial_limit
         #: Early dials made on news of a node (for tests, metrics).
@@ -317,7 +340,6 @@ class ClusterClient:
         self._refused_closed = 0  # refused_unsent of node connections closed since
         self._unknown_topics = retry.UnknownTopicGrace(unknown_topic_grace)
         self._stall_checks: set[str] = set()  # address keys whose stall is being looked into now
-        self._stall_led: dict[str, dict[tuple[str, int], int]] = {}  # stalled node -> what it led (and terms)
         self._fetch_attempt: tuple[str, Deferred] | None = None  # the node a metadata fetch waits on
         #: Connections dropped because their node stalled while its partitions moved (for tests, metrics).
         self.stalls_dropped = 0
@@ -382,7 +404,8 @@ class ClusterClient:
                                    request_timeout=self.request_timeout, reconnect_min=self.reconnect_min,
                                    reconnect_max=self.reconnect_max, rng=self._rng,
                                    name=describe_address(target), fail_waiting_on_connect_failure=True,
-                                   stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit)
+                                   stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit,
+                                   stall_recheck_max=self.stall_recheck_max)
             node.on_stall = self._node_stalled
             self._clients[key] = node
         return node
@@ -391,41 +414,45 @@ class ClusterClient:
 
     def _node_stalled(self, node: StreamlogClient, silent: float, in_flight: int) -> None:
         """A node's connection has requests in flight and said nothing for C{stall_timeout}: ask
-        another node where the leaders are (again at every recheck while it lasts)."""
+        another node where the leaders are (again at each recheck while it lasts), if requests
+        bound to a partition are among those waiting."""
         key = next((k for k, c in self._clients.items() if c is node), None)
         if key is None or self._closed or key in self._stall_checks:
             return
         self._suspect[key] = self.clock.seconds()
         node_id = self.view.node_at(key)
-        led = self._stall_led.get(key)
-        if led is None:
-            # What the node led when the silence began, kept until it speaks or is dropped: a
-            # fetch during the election says "no leader" (the view then forgets this node as
-            # the leader), and comparing with that lost the move (seen: the 5 s request timeout).
-            led = self._stall_led[key] = {
-                (topic, part.partition): part.leader_term for topic, info in self.view.topics.items()
-                for part in info.partitions if node_id is not None and part.leader == node_id}
         attempt = self._fetch_attempt
         if attempt is not None and attempt[0] == key and not attempt[1].called:
             attempt[1].cancel()  # a fetch waiting on this very node: it asks the next one now
+        if not node.bound_in_flight():
+            return  # coordinator and admin calls: they end at their own timeout
         self._stall_checks.add(key)
         d = self.refresh_metadata()
-        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id, led), lambda _: None)
+        d.addCallbacks(lambda _: self._stall_verdict(node, key, node_id), lambda _: None)
         d.addBoth(lambda _: self._stall_checks.discard(key))
         d.addErrback(lambda f: self._log.failure("judging a stalled connection failed", f))
 
-    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None,
-                       led: dict[tuple[str, int], int]) -> None:
-        """Drop the stalled connection if a partition its node led is led elsewhere in a later
-        term now (or the cluster sees the node down); else keep waiting for its answers."""
+    def _stall_verdict(self, node: StreamlogClient, key: str, node_id: int | None) -> None:
+        """Drop the stalled connection if a partition of a request in flight there is led
+        elsewhere now in a later term than the one it was sent for (or the cluster sees the node
+        down); else keep waiting for its answers: a slow leader is still the leader.
+
+        Only partition-bound requests are judged, each against the term it was sent for and the
+        view just fetched: not what the node led in a view that may be minutes old for the
+        partitions not in use (a preferred-leader transfer of one of those is no reason to leave
+        the leader of another), and never a coordinator's or controller's call, which no other
+        node could answer sooner (a dropped JoinGroup, CreateTopic or CommitOffsets would be
+        failed after it was applied)."""
         if self._closed or self._clients.get(key) is not node or node.stall_timeout is None:
             return
         silent = node.silent_for
         if silent < node.stall_timeout:
-            self._stall_led.pop(key, None)
             return  # it spoke meanwhile
+        bound = node.bound_in_flight()
+        if not bound:
+            return
         why = None
-        for (topic, partition), term in sorted(led.items()):
+        for topic, partition, term in sorted(set(bound)):
             info = self.view.topics.get(topic)
             if info is None or partition >= info.count:
                 continue
@@ -436,18 +463,18 @@ class ClusterClient:
         seen = self.view.nodes.get(node_id) if node_id is not None else None
         if why is None and seen is not None and not seen.up:
             why = "the cluster sees the node down"
-        if why is None and not led and node_id is not None and self.view.topics and not any(
-                part.leader == node_id for info in self.view.topics.values() for part in info.partitions):
-            # The view had given up on it as a leader before the silence began (a NOT_LEADER
-            # without a hint, a fetch during the election): it leads nothing we use now, so what
-            # waits there (writes held by a node cut off from its peers) goes where the leaders are.
-            why = "it leads none of the partitions in use"
         if why is None:
             return
         self.stalls_dropped += 1
-        self._stall_led.pop(key, None)
         node.abort_connection(f"no answer from {node.address} for {silent:.2f}s with requests in flight, "
                               f"and {why}")
+
+    def partition_bound(self, topic: str, partition: int) -> PartitionBound:
+        """What a request for C{topic}/C{partition} sent now is bound to: the partition and the term
+        of the leader the view names (see L{_stall_verdict})."""
+        info = self.view.topics.get(topic)
+        term = info.partitions[partition].leader_term if info is not None and 0 <= partition < info.count else 0
+        return PartitionBound(topic, partition, term)
 
     # --- news of a node: dial it now -------------------------------------------------------------
 
@@ -497,7 +524,6 @@ class ClusterClient:
     def _close_node(self, key: str) -> None:
         node = self._clients.pop(key, None)
         self._suspect.pop(key, None)
-        self._stall_led.pop(key, None)
         if node is not None:
             self._refused_closed += node.refused_unsent
             self._log.info("closing the connection to {address}: the node left the cluster's metadata",
@@ -867,13 +893,14 @@ class ClusterClient:
     def _run(self, method: str, params: Any, route: Callable[[], Any], timeout: float | None, resend_ok: bool,
              expect_answer: bool = True, topic: str | None = None, partition: int | None = None,
              attempt_timeout: float | None = None,
-             on_retry: Callable[[errors.StreamlogError, float], object] | None = None) -> Deferred:
+             on_retry: Callable[[errors.StreamlogError, float], object] | None = None,
+             final: tuple[type[errors.StreamlogError], ...] = ()) -> Deferred:
         if self._closed:
             return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
         return _Call(self, method, params, route, timeout, resend_ok, expect_answer, topic, partition,
-                     attempt_timeout, on_retry).start()
+                     attempt_timeout, on_retry, final).start()
 
     def _partition_call(self, method: str, params: dict[str, Any], topic: str, partition: int,
                         timeout: float | None, resend_ok: bool, expect_answer: bool = True,
@@ -889,17 +916,49 @@ class ClusterClient:
         else round-robin) unless the server is a single node, which chooses itself."""
         expect = acks != "none"
 
-        def go(info: TopicInfo | None) -> Deferred:
-            if info is None:  # a single node (or an unknown topic it may create): it chooses
-                params = requests.send(topic, value, key, partition, headers, acks)
-                return self._run("Send", params, self.any_target, timeout, False, expect, topic)
+        def routed(info: TopicInfo, timeout: float | None) -> Deferred:
             chosen = self.partitioner.choose(topic, info.count, key, partition)
             if key is None and partition is None:
                 self.partitioner.batch_closed(topic, info.count, chosen)
             params = requests.send(topic, value, key, chosen, headers, acks)
             return self._partition_call("Send", params, topic, chosen, timeout, False, expect)
 
+        def go(info: TopicInfo | None) -> Deferred:
+            if info is None:  # a single node (or an unknown topic it may create): it chooses
+                params = requests.send(topic, value, key, partition, headers, acks)
+                return self._server_routed("Send", params, topic, timeout, expect, routed)
+            return routed(info, timeout)
+
         return self._routing_info(topic).addCallback(go)
+
+    def _server_routed(self, method: str, params: dict[str, Any], topic: str, timeout: float | None,
+                       expect: bool, routed: Callable[[TopicInfo, float | None], Deferred]) -> Deferred:
+        """C{method} to any node, which places the messages: on a single node, or for a topic no
+        node knew (which the node may auto-create).  In a cluster, the node that created the topic
+        may not lead the partition it chose: its C{NOT_LEADER} (nothing was appended) sends the
+        call to the topic's metadata and then to the partition's leader (C{routed(info,
+        remaining)}), instead of asking that node again until the timeout."""
+        if self.view.single_node:
+            return self._run(method, params, self.any_target, timeout, False, expect, topic)
+        if timeout is None:
+            timeout = self.request_timeout
+        deadline = None if timeout is None else self.clock.seconds() + timeout
+
+        def refused(failure: Failure) -> Any:
+            failure.trap(errors.NotLeader)
+            remaining = None if deadline is None else deadline - self.clock.seconds()
+            if self._closed or (remaining is not None and remaining <= 0):
+                return failure
+
+            def unknown(f: Failure) -> Any:
+                # The node that answered the fetch does not know the topic yet: as before.
+                f.trap(errors.UnknownTopic)
+                return self._run(method, params, self.any_target, remaining, False, expect, topic)
+
+            return self.topic(topic).addCallbacks(lambda info: routed(info, remaining), unknown)
+
+        d = self._run(method, params, self.any_target, timeout, False, expect, topic, final=(errors.NotLeader,))
+        return d.addErrback(refused)
 
     def _routing_info(self, topic: str) -> Deferred:
         """The topic's info when the client chooses partitions; None when the server does (a single
@@ -929,9 +988,13 @@ class ClusterClient:
         expect = acks != "none"
 
         def go(info: TopicInfo | None) -> Deferred:
-            if info is None or isinstance(messages, orjson.Fragment):
+            if isinstance(messages, orjson.Fragment):
                 params = requests.send_batch(topic, messages, acks)
                 return self._run("SendBatch", params, self.any_target, timeout, False, expect, topic)
+            if info is None:
+                params = requests.send_batch(topic, messages, acks)
+                return self._server_routed("SendBatch", params, topic, timeout, expect,
+                                           lambda info, left: self._send_parts(topic, info, messages, acks, left))
             return self._send_parts(topic, info, messages, acks, timeout)
 
         return self._routing_info(topic).addCallback(go)

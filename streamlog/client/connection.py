@@ -46,8 +46,11 @@ from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived 
     parse_target,
     parse_unix_path,
 )
-from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
-from streamlog.client.retry import backoff_policy  # noqa: F401 (re-exported: it lived here)
+from streamlog.client.requests import MAX_ANSWER_BYTES, PartitionBound, server_wait
+from streamlog.client.retry import (
+    DEFAULT_STALL_RECHECK_MAX,
+    backoff_policy,  # noqa: F401 (re-exported: it lived here)
+)
 from streamlog.framing import FastLineReceiver
 
 
@@ -58,12 +61,15 @@ def _default_clock() -> IReactorTime:
 
 
 class _Pending:
-    __slots__ = ("deferred", "timer", "method", "due")
+    __slots__ = ("deferred", "timer", "method", "due", "bound")
 
-    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str, due: float) -> None:
+    def __init__(self, deferred: Deferred, timer: IDelayedCall | None, method: str, due: float,
+                 bound: PartitionBound | None = None) -> None:
         self.deferred = deferred
         self.timer = timer
         self.method = method
+        #: The partition (and its leader's term) the request is for, if it is partition-bound.
+        self.bound = bound
         #: When a healthy server would have begun to answer: when it was written, plus the wait
         #: the request asks the server for (a long Poll's C{max_wait_ms}).
         self.due = due
@@ -77,8 +83,11 @@ class ClientProtocol(FastLineReceiver):
     @ivar on_stall: called as C{on_stall(silent_for, in_flight)} when requests
         are in flight and nothing at all has arrived on the connection for
         C{stall_timeout} seconds past the moment the oldest of them was due
-        (see L{server_wait}), then again every C{stall_recheck} seconds while
-        that lasts.  A paused (SIGSTOP) or cut-off server looks like this: its
+        (see L{server_wait}), then again while that lasts: C{stall_recheck}
+        seconds later, then twice as long after each report, up to
+        C{stall_recheck_max} (each report may cost a Metadata request; a slow
+        but healthy leader would otherwise cost one per recheck).  The next
+        stall starts from C{stall_recheck} again.  A paused (SIGSTOP) or cut-off server looks like this: its
         TCP connection stays up and says nothing.  The protocol only reports
         it; what to do (ask another node where the leaders are) is the
         caller's.
@@ -88,7 +97,8 @@ class ClientProtocol(FastLineReceiver):
     MAX_LENGTH = MAX_ANSWER_BYTES
 
     def __init__(self, clock: IReactorTime | None = None, request_timeout: float | None = 30.0,
-                 stall_timeout: float | None = None, stall_recheck: float | None = None) -> None:
+                 stall_timeout: float | None = None, stall_recheck: float | None = None,
+                 stall_recheck_max: float | None = None) -> None:
         self.clock = clock if clock is not None else _default_clock()
         self.request_timeout = request_timeout
         self._pending: dict[int, _Pending] = {}
@@ -98,6 +108,10 @@ class ClientProtocol(FastLineReceiver):
         self.on_lost: Callable[[Failure], object] | None = None
         self.stall_timeout = stall_timeout
         self.stall_recheck = stall_recheck if stall_recheck is not None else (stall_timeout or 0.0) / 5
+        self.stall_recheck_max = max(self.stall_recheck, stall_recheck_max if stall_recheck_max is not None
+                                     else DEFAULT_STALL_RECHECK_MAX)
+        self._report_gap = self.stall_recheck  # before the stall's next report
+        self._next_report = 0.0  # not reported again before this (0: not stalled)
         self.on_stall: Callable[[float, int], object] | None = None
         #: When the last bytes arrived (or the connection was made).
         self.last_received = self.clock.seconds()
@@ -141,16 +155,23 @@ class ClientProtocol(FastLineReceiver):
         """Requests written and not yet answered."""
         return len(self._pending)
 
+    def bound_in_flight(self) -> list[PartitionBound]:
+        """The partitions of the partition-bound requests in flight (see L{request})."""
+        return [p.bound for p in self._pending.values() if p.bound is not None]
+
     # --- requests ------------------------------------------------------------------
 
     def request(self, method: str, params: dict[str, Any] | None = None,
-                timeout: float | None = None, expect_answer: bool = True) -> Deferred:
+                timeout: float | None = None, expect_answer: bool = True,
+                bound: PartitionBound | None = None) -> Deferred:
         """Write one request; the Deferred fires with its C{result} or fails with a L{errors.StreamlogError}.
 
         C{timeout} defaults to the protocol's C{request_timeout} (None: wait
         forever).  With C{expect_answer=False} (a Send with acks "none") the
         request is written and the Deferred fires with None at once.
         Cancelling the Deferred forgets the request (a late answer is ignored).
+        C{bound}: the partition the request is for (kept while it is in
+        flight, for whoever judges a stall: L{bound_in_flight}).
         """
         if not self.connected or self.transport is None:
             return fail(errors.ConnectionLost(f"not connected: {method} was not sent", method=method, sent=False))
@@ -165,7 +186,7 @@ class ClientProtocol(FastLineReceiver):
             timeout = self.request_timeout
         timer = self.clock.callLater(timeout, self._timed_out, rid, timeout) if timeout is not None else None
         now = self.clock.seconds()
-        self._pending[rid] = _Pending(d, timer, method, now + server_wait(method, params))
+        self._pending[rid] = _Pending(d, timer, method, now + server_wait(method, params), bound)
         if self.stall_timeout is not None and self._stall_timer is None:
             self._stall_timer = self.clock.callLater(self.stall_timeout, self._check_stall)
         self.transport.write(line)
@@ -191,12 +212,20 @@ class ClientProtocol(FastLineReceiver):
             return
         silent = self.silent_for()
         if silent < self.stall_timeout - 1e-6:
+            self._stall_over()
             # Not before the remainder, and never a zero-length wait: on a clock whose time is a
             # large float, now + 1e-17 is now, and the check ran again at the same instant for
             # ever (the cluster simulator's seed 14 hung).
             self._stall_timer = self.clock.callLater(max(self.stall_timeout - silent, 0.001), self._check_stall)
             return
+        # Checked at every recheck (a local look, so that a stall that ends and a new one are
+        # seen at once), reported ever less often (a report may cost a Metadata request).
         self._stall_timer = self.clock.callLater(max(self.stall_recheck, 0.001), self._check_stall)
+        now = self.clock.seconds()
+        if now < self._next_report - 1e-6:
+            return
+        self._next_report = now + self._report_gap
+        self._report_gap = min(self._report_gap * 2, self.stall_recheck_max)
         if self.on_stall is not None:
             try:
                 self.on_stall(silent, len(self._pending))
@@ -209,12 +238,17 @@ class ClientProtocol(FastLineReceiver):
             p.timer.cancel()
         self._idle_check()
 
+    def _stall_over(self) -> None:
+        self._report_gap = self.stall_recheck
+        self._next_report = 0.0
+
     def _idle_check(self) -> None:
         """Nothing in flight: the stall timer has nothing to watch."""
         if not self._pending and self._stall_timer is not None:
             if self._stall_timer.active():
                 self._stall_timer.cancel()
             self._stall_timer = None
+            self._stall_over()
 
     def abort(self, why: str) -> None:
         """Drop the connection at once (no FIN handshake with a server that does not answer):
@@ -281,7 +315,7 @@ class _ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
         proto = ClientProtocol(self.client.clock, self.client.request_timeout, self.client.stall_timeout,
-                               self.client.stall_recheck)
+                               self.client.stall_recheck, self.client.stall_recheck_max)
         proto.factory = self
         return proto
 
@@ -423,13 +457,15 @@ class Request(Deferred):
 
 
 class _Waiting:
-    __slots__ = ("method", "params", "timeout", "expect_answer", "deferred", "timer", "inner")
+    __slots__ = ("method", "params", "timeout", "expect_answer", "bound", "deferred", "timer", "inner")
 
-    def __init__(self, method: str, params: dict[str, Any], timeout: float | None, expect_answer: bool) -> None:
+    def __init__(self, method: str, params: dict[str, Any], timeout: float | None, expect_answer: bool,
+                 bound: PartitionBound | None = None) -> None:
         self.method = method
         self.params = params
         self.timeout = timeout
         self.expect_answer = expect_answer
+        self.bound = bound
         self.deferred: Request = Request(self._cancel)
         self.timer: IDelayedCall | None = None
         self.inner: Deferred | None = None
@@ -458,8 +494,11 @@ class StreamlogClient:
         and nothing arrived for this long (past their due time) to
         L{on_stall}; None (the default here) watches nothing.  L{ClusterClient}
         sets it (0.5 s by default) and acts on it.
-    @param stall_recheck: how often a stall is reported again while it lasts
-        (default a fifth of C{stall_timeout}).
+    @param stall_recheck: how often a stalled connection is looked at again
+        while the stall lasts, and the gap before its second report (default a
+        fifth of C{stall_timeout}).
+    @param stall_recheck_max: the longest gap between two reports of one
+        stall (the gap doubles from C{stall_recheck} up to this; default 2 s).
     @param idle_dial_limit: after this many failed connection attempts in a
         row with no request waiting, stop dialling until a request needs the
         connection (or L{dial_now}); None (the default here) dials for ever.
@@ -474,17 +513,21 @@ class StreamlogClient:
                  reconnect_min: float = 0.1, reconnect_max: float = 10.0,
                  rng: _random.Random | None = None, start: bool = True, name: str | None = None,
                  fail_waiting_on_connect_failure: bool = False, stall_timeout: float | None = None,
-                 stall_recheck: float | None = None, idle_dial_limit: int | None = None) -> None:
+                 stall_recheck: float | None = None, idle_dial_limit: int | None = None,
+                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: not watched)")
+        if stall_recheck_max <= 0:
+            raise ValueError("stall_recheck_max must be positive")
         if idle_dial_limit is not None and idle_dial_limit < 1:
             raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         self.clock = clock if clock is not None else reactor
         self.request_timeout = request_timeout
         self.stall_timeout = stall_timeout
         self.stall_recheck = stall_recheck
+        self.stall_recheck_max = stall_recheck_max
         #: Called as C{on_stall(self, silent_for, in_flight)} while the connection is stalled
         #: (see L{ClientProtocol.on_stall}).
         self.on_stall: Callable[[StreamlogClient, float, int], object] | None = None
@@ -636,6 +679,13 @@ class StreamlogClient:
         proto = self.protocol
         return proto.silent_for() if proto is not None and proto.connected else 0.0
 
+    def bound_in_flight(self) -> list[PartitionBound]:
+        """The partitions of the partition-bound requests in flight on the current connection."""
+        proto = self.protocol
+        if proto is None or not proto.connected:
+            return []
+        return getattr(proto, "_protocol", proto).bound_in_flight()
+
     def abort_connection(self, why: str) -> None:
         """Drop the current connection at once (requests in flight fail with
         L{errors.ConnectionLost} saying C{why}); the client reconnects as after any loss."""
@@ -653,17 +703,18 @@ class StreamlogClient:
     # --- requests ------------------------------------------------------------------
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
-             expect_answer: bool = True) -> Deferred:
+             expect_answer: bool = True, bound: PartitionBound | None = None) -> Deferred:
         """Send one request; fires with its C{result}, fails with a L{errors.StreamlogError}.
 
         C{timeout} (default C{request_timeout}) covers the wait for a
-        connection and the wait for the answer.
+        connection and the wait for the answer.  C{bound}: the partition a
+        partition-bound request is for (see L{ClientProtocol.request}).
         """
         if self._closed:
             return fail(errors.ConnectionLost("the client is closed", method=method, sent=False))
         if timeout is None:
             timeout = self.request_timeout
-        w = _Waiting(method, params or {}, timeout, expect_answer)
+        w = _Waiting(method, params or {}, timeout, expect_answer, bound)
         if self.connected:
             self._dispatch(w)
             return w.deferred
@@ -705,7 +756,7 @@ class StreamlogClient:
         assert self.protocol is not None
         w.deferred.written = True
         inner = w.inner = self.protocol.request(w.method, w.params, timeout=remaining,
-                                                expect_answer=w.expect_answer)
+                                                expect_answer=w.expect_answer, bound=w.bound)
         inner.addBoth(self._answered, w)
 
     @staticmethod

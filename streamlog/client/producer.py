@@ -659,7 +659,8 @@ class Producer:
         self.requests_sent += 1
         batch.route = None
         request = batch.request = node.call("SendBatch", params, timeout=timeout,
-                                            expect_answer=batch.acks != "none")
+                                            expect_answer=batch.acks != "none",
+                                            bound=self.client.partition_bound(batch.topic, batch.partition))
         return request
 
     def _answered(self, result: Any, queue: _PartitionQueue, batch: _Batch) -> None:
@@ -1138,14 +1139,20 @@ class Producer:
                                      batch.acks)
         self.requests_sent += 1
         d = self.client._run("SendBatch", params, self.client.any_target, remaining, resend_ok=True,
-                             expect_answer=batch.acks != "none", topic=state.topic)
-        d.addBoth(self._unrouted_answered, state, batch)
+                             expect_answer=batch.acks != "none", topic=state.topic, final=(errors.NotLeader,))
+        d.addBoth(self._unrouted_answered, state, batch, taken)
         d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
 
-    def _unrouted_answered(self, result: Any, state: _TopicState, batch: _Batch) -> None:
+    def _unrouted_answered(self, result: Any, state: _TopicState, batch: _Batch, taken: list[_Unplaced]) -> None:
         state.unrouted = None
         error = self._outcome(result, batch)
-        if error is None:
+        if isinstance(error, errors.NotLeader) and self._closed is None:
+            # The node that took them (it may have just created the topic) does not lead the
+            # partition it chose: nothing was appended.  Placed again by the topic's partitions,
+            # which the metadata knows now, instead of asking that node until the deadline.
+            self._unsettled.discard(batch)
+            state.unplaced.extendleft(reversed(taken))
+        elif error is None:
             self._settle(batch, result)
             self.client.view.forget_topic(state.topic)  # it exists now: ask for its partitions
         elif isinstance(error, errors.Timeout) and self.clock.seconds() >= batch.deadline:

@@ -8,7 +8,7 @@ optional and left out when they hold their default.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The most messages a Poll may ask for on a server with the default limits
 #: (C{--max-poll-messages}, docs/operations.md): a tool that wants more asks for
@@ -19,6 +19,16 @@ MAX_WAIT_MS = 60_000
 #: Longest answer line a client accepts: a Poll may return up to 16 MiB of
 #: messages (the server's max_poll_bytes) plus the envelope.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+class PartitionBound(NamedTuple):
+    """What a partition-bound request (Send/SendBatch/Poll/ListOffsets of a known partition) was
+    sent for: its partition, and the leader term the client knew when it chose the node.  A stalled
+    connection is left only when one of these is led elsewhere in a later term (ClusterClient)."""
+
+    topic: str
+    partition: int
+    term: int
 
 
 def server_wait(method: str, params: dict[str, Any] | None) -> float:

@@ -46,6 +46,11 @@ REFUSALS: tuple[type[errors.StreamlogError], ...] = (
 #: blocking clients' C{stall_timeout}).
 DEFAULT_STALL_TIMEOUT = 0.5
 
+#: Longest gap (seconds) between two reports of one stall: the gap starts at the recheck
+#: (C{stall_timeout}/5) and doubles up to this, since each report costs a Metadata request
+#: (C{stall_recheck_max}).
+DEFAULT_STALL_RECHECK_MAX = 2.0
+
 #: Seconds during which UNKNOWN_TOPIC for a topic the client saw exist is asked again
 #: (C{unknown_topic_grace}, L{UnknownTopicGrace}).
 DEFAULT_UNKNOWN_TOPIC_GRACE = 2.0

@@ -89,3 +89,22 @@ def test_produce_and_consume_on_a_three_node_cluster_the_bench_starts() -> None:
     check_latency(r["latency_ms"])
     r = bench("consume", "--nodes", "3", "--messages", "3000", "--batch", "500", "--size", "64", timeout=120)
     assert r["server"]["replication_factor"] == 3 and r["messages"] == 3000
+
+
+def test_produce_with_connect_to_a_three_node_cluster_reports_its_replication_factor(tmp_path) -> None:
+    # A cluster the bench did not start: its topic's replication factor is the cluster's (3), not 1
+    # (review of client-stall, N3); and the load processes' first sends (a warm-up topic they
+    # auto-create, at whichever node takes it) get through (before: "a load process failed").
+    from streamlog.bench.cluster import Nodes
+
+    cluster = Nodes.plan(3, tmp_path, ["--storage", "segmented", "--fsync", "always"])
+    cluster.start_all()
+    try:
+        cluster.wait_formed()
+        r = bench("produce", "--connect", cluster.bootstrap, "--partitions", "3", "--client", "producer",
+                  "--messages", "3000", "--batch", "100", "--size", "100", timeout=120)
+        assert r["server"]["replication_factor"] == 3 and r["server"]["started_by_bench"] is False
+        assert r["messages"] == 3000 and r["msgs_per_s"] > 0
+        check_latency(r["latency_ms"])
+    finally:
+        cluster.stop_all()

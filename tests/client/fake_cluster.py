@@ -190,7 +190,8 @@ class FakeNode:
     def handle_SendBatch(self, params: dict[str, Any]) -> Any:
         send = wire.parse_send_batch(params)
         result = self._append(send)
-        if len(result["partitions"]) == 1 and "error" in result["partitions"][0]:
+        if all("error" in entry for entry in result["partitions"]):
+            # As a real node (docs/protocol.md): it took no part at all, the whole request is refused.
             raise errors.from_wire(result["partitions"][0]["error"])
         if send.acks == "none":
             return _PARKED
