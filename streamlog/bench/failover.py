@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamlog.bench.cluster import Nodes
-from streamlog.bench.failover_stats import AckLedger, KillRecord, summary
+from streamlog.bench.failover_stats import AckLedger, KillRecord, leadership_balanced, summary
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of steady sending before each kill (after the restarted node is back in sync)")
     p.add_argument("--kill-timeout", type=float, default=30.0,
                    help="seconds a failover may take before the bench gives up on it")
+    p.add_argument("--balance-timeout", type=float, default=120.0,
+                   help="seconds to wait before each fault for balanced leadership (every partition led by its "
+                        "preferred leader, or the nodes' counts within one); on timeout the fault goes ahead, "
+                        "marked unbalanced")
     p.add_argument("--isr-timeout", type=float, default=60.0,
                    help="seconds the restarted node may take to be back in the in-sync replicas")
     p.add_argument("--linger-ms", type=float, default=1.0, help="Producer linger")
@@ -306,11 +310,29 @@ class FailoverRun:
                 self.client_proxies[victim].restore()
         self.faulted = None
 
+    async def balanced(self) -> dict[int, dict[str, Any]] | None:
+        """The partitions' entries once leadership is balanced (`leadership_balanced`), else None."""
+        parts = await self.partitions()
+        leaders = {p: int(e["leader"]) for p, e in parts.items()}
+        preferred = {p: int(e["replicas"][0]) for p, e in parts.items() if e.get("replicas")}
+        if 0 in parts and leadership_balanced(leaders, preferred, self.nodes.plans, self.args.partitions):
+            return parts
+        return None
+
     async def one_fault(self, kill: int) -> None:
-        parts = await self.until("a leader of partition 0", self.args.kill_timeout, self.partitions)
+        waited_from = self.now()
+        try:
+            parts = await self.until("balanced leadership", self.args.balance_timeout, self.balanced,
+                                     step=0.1 if self.args.partitions < 50 else 0.5)
+            balanced = True
+        except TimeoutError:
+            parts = await self.until("a leader of partition 0", self.args.kill_timeout, self.partitions)
+            balanced = False
+            self.say(f"fault {kill}: leadership not balanced after {self.args.balance_timeout:g}s; faulting anyway")
         victim = parts[0]["leader"]
         led = tuple([0] + sorted(p for p, e in parts.items() if e["leader"] == victim and p != 0))
-        record = KillRecord(kill=kill, node=victim, led=led)
+        record = KillRecord(kill=kill, node=victim, led=led, balanced=balanced,
+                            balance_wait_s=self.now() - waited_from)
         refused = getattr(self.client, "refused_unsent", None)
         if refused is not None:
             record.refused_unsent, self.refused_mark = refused - self.refused_mark, refused
@@ -405,6 +427,9 @@ def _print_text(result: dict[str, Any]) -> None:
     print(f"  fault -> every partition it led has a leader:   {fmt(s['all_led'])}")
     print(f"  fault -> every partition it led acknowledged:   {fmt(s['all_acked'])}")
     print(f"  fault ended -> back in the in-sync replicas:   {fmt(s['back_in_isr'])}")
+    unbalanced = sum(1 for b in s["balanced"] if b is False)
+    print(f"  partitions the faulted node led: {', '.join(str(n) for n in s['led'])}"
+          + (f" ({unbalanced} fault(s) struck before leadership was balanced)" if unbalanced else ""))
     rb = result.get("readback")
     if rb is None:
         print("  not read back: the run stopped early")

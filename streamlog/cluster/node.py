@@ -271,6 +271,7 @@ class ClusterNode(GroupCallbacks):
                              on_fatal=self.on_storage_failure, limits=getattr(self.config, "peer_limits", None))
         self.raft.transport.client_address = self.client_address or None
         self.raft.transport.fsyncs = self._fsyncs()
+        self.raft.transport.beat_metadata = self._beat_metadata
         self.directory.host = self.raft
         self.raft.start()  # node heartbeats and liveness from the first connection on
         for node, address in sorted(self.peers.items()):
@@ -680,8 +681,15 @@ class ClusterNode(GroupCallbacks):
         # Views built on access, for the groups this node leads (the host keeps that set): a
         # plan costs what this node leads, not every group it holds.
         led = self.raft.led_groups() if self.raft is not None else None
+        peer_metadata = {int(node): applied for node, applied in self.raft.transport.peer_metadata.items()
+                         if isinstance(applied, int) or applied is None} if self.raft is not None else {}
         return NodeView(self.node_id, self.identity.incarnation, self.client_address, self.peer_address or
-                        self.client_address, CoreViews(self.cores), self.live(), led)
+                        self.client_address, CoreViews(self.cores), self.live(), led, peer_metadata)
+
+    def _beat_metadata(self) -> int | None:
+        """What this node's node heartbeats say of its metadata (the peers' planners hand it
+        leadership only when it is current: see reconcile.peer_metadata_current)."""
+        return self.state.applied_index if self.state is not None and self.metadata_current() else None
 
     def _plan(self) -> None:
         if self.host is None or self.state is None or self.stopped:

@@ -30,7 +30,9 @@ The rules, and why:
 * **Preferred leaders**: once a partition group has no membership work left (no retired
   voter, no live member still to add; a member that is down does not hold it up), its
   leader hands leadership to the partition's first replica when that member is a voter,
-  alive and caught up; at most once per `transfer_interval` per group,
+  alive and caught up, and its node's heartbeats say its metadata is current and applied as
+  far as here (`NodeView.peer_metadata`: a leader whose metadata lags answers
+  LEADER_NOT_AVAILABLE until it catches up); at most once per `transfer_interval` per group,
   `max_transfers` per plan and `max_transfers_in_flight` not ended yet, so a node coming
   back does not trigger a storm of elections.
 * **Nothing destructive from a stale view**: no membership step or replica deletion until
@@ -113,6 +115,11 @@ class NodeView:
     #: leadership, and `groups` may be a `CoreViews` that builds a `GroupView` only when asked.
     #: None: judged from `groups` (every view is looked at).
     led: frozenset[str] | None = None
+    #: What each live peer node last said of its metadata in its node heartbeats: node id ->
+    #: its applied metadata index, when that node judges its metadata current
+    #: (`metadata_current` there), else None. A node missing here has said nothing yet (just
+    #: connected, or older code): it is not known to be current, and is no transfer target.
+    peer_metadata: Mapping[int, int | None] = attrs.field(factory=dict)
 
     @property
     def member(self) -> str:
@@ -347,7 +354,7 @@ class Planner:
             if step:
                 judged[group] = step
             elif transfers > 0 and now >= self._next_transfer.get(group, float("-inf")):
-                target = _transfer_target(gv, h.intended, h.intended_set, view)
+                target = _transfer_target(gv, h.intended, h.intended_set, view, state.applied_index)
                 if target is not None:
                     judged[group] = [TransferLeadership(group, target)]
                     self._next_transfer[group] = now + self.config.transfer_interval
@@ -422,7 +429,7 @@ def _membership_step(group: str, gv: GroupView, intended: tuple[str, ...], state
 
 
 def _transfer_target(gv: GroupView, intended: tuple[str, ...], intended_set: frozenset[str],
-                     view: NodeView) -> str | None:
+                     view: NodeView, applied_index: int) -> str | None:
     """The preferred leader, if leadership should move to it now."""
     preferred = intended[0]
     if preferred == view.member or gv.role != LEADER or gv.leader != view.member:
@@ -433,4 +440,15 @@ def _transfer_target(gv: GroupView, intended: tuple[str, ...], intended_set: fro
         return None  # let a live member still to add finish first (one that is down does not hold it up)
     if not view.alive(preferred) or preferred not in gv.caught_up:
         return None
+    if not peer_metadata_current(view, preferred, applied_index):
+        return None  # it would answer LEADER_NOT_AVAILABLE for the group until it caught up
     return preferred
+
+
+def peer_metadata_current(view: NodeView, member: str, applied_index: int) -> bool:
+    """Whether the node of `member` said, in its last node heartbeat, that its metadata is
+    current (`metadata_current` there) and applied at least up to `applied_index` (what this
+    node has applied): a leader there knows its topics and serves them."""
+    node_id, _ = parse_member_id(member)
+    applied = view.peer_metadata.get(node_id)
+    return applied is not None and applied >= applied_index

@@ -464,6 +464,23 @@ class RaftNode:
         self._wake()
         return self._take()
 
+    def requiesce(self, leader: str, term: int, now: float) -> list[Effect]:
+        """The driver woke this follower (`wake`) because the node of its leader `leader` was
+        silent, and that node is heard from again: go back to quiet if nothing has happened
+        since, i.e. it is still a follower of `leader` in `term` (no candidacy of its own, no
+        other leader, no newer term), as it was when the silence began. A heartbeat that is
+        merely late on a starved node then costs no election timer and no pre-vote in each of
+        hundreds of groups (each pre-vote wakes the quiet leader, whose heartbeats delay the
+        starved node further). Safety is untouched (no term, vote or log changes); liveness
+        is that of the quiet state before the silence: a leader that stepped down campaigns or
+        is replaced, and either message wakes this follower."""
+        self._now = now
+        if (self.config.quiesce and not self.quiet and self.role == FOLLOWER and self.leader_id == leader
+                and self.term == term):
+            self.quiet = True
+            self._last_leader_contact = now
+        return self._take()
+
     def campaign(self, now: float) -> list[Effect]:
         """Campaign now, without pre-vote, as a leader's TimeoutNow would make this node do:
         for a group whose only voter is this node (nobody else's vote to wait an election

@@ -391,6 +391,8 @@ class RaftHost:
         self.role_counts: collections.Counter[str] = collections.Counter()
         self.remote_leadership: dict[str, dict[str, Any]] = {}  # node -> group -> [term, isr]
         self._awake: set[str] = set()
+        #: Per silent peer node, the followers here its silence woke: group -> (term, leader).
+        self._silence_woken: dict[str, dict[str, tuple[int, str]]] = {}
         self._waiting: set[str] = set()
         self._led: dict[str, list[Any]] = {}  # groups this node leads -> [term, isr] as announced
         self._lead_delta: dict[str, Any] = {}
@@ -687,40 +689,64 @@ class RaftHost:
         self._wake_led_with(node)
 
     def peer_back(self, node: str) -> None:
-        """A silent peer node is heard from again (a partition healed, a process resumed):
-        wake the groups led here with a member there, so that it is caught up at once rather
-        than when its own election timer fires."""
-        self._wake_led_with(node)
+        """A silent peer node is heard from again (a partition healed, a process resumed, or a
+        starved node's heartbeat was only late): the followers here that its silence woke go
+        back to quiet if nothing happened to them meanwhile (`RaftNode.requiesce`), and the
+        quiet groups led here with a member there that is behind are woken, so that it is
+        caught up at once rather than when its own election timer fires."""
+        now = self.now()
+        for group, (term, leader) in self._silence_woken.pop(node, {}).items():
+            runner = self.groups.get(group)
+            if runner is not None:
+                runner.feed(runner.node.requiesce(leader, term, now))
+        self._wake_led_with(node, behind_only=True)
 
-    def _wake_led_with(self, node: str) -> None:
+    def _wake_led_with(self, node: str, behind_only: bool = False) -> None:
+        """Wake the quiet groups led here with a voter on `node` (`behind_only`: only those
+        whose voter there does not hold the leader's whole log; a quiet leader had every
+        follower it heard from caught up when it went quiet, and stayed so)."""
         now = self.now()
         for group in list(self._led):
             runner = self.groups.get(group)
-            if runner is not None and runner.node.quiet and any(node_of(m) == node for m in runner.node.voters):
-                runner.feed(runner.node.wake(now))
+            if runner is None or not runner.node.quiet:
+                continue
+            n = runner.node
+            there = [m for m in n.voters if node_of(m) == node]
+            if there and (not behind_only or any((n.match_index(m) or 0) < n.log.last_index for m in there)):
+                runner.feed(n.wake(now))
 
     def peer_lost(self, node: str) -> None:
         self.remote_leadership.pop(node, None)
+        self._silence_woken.pop(node, None)
         self._node_lost(node)
 
     def _node_silent(self, node: str) -> None:
-        """Peer node `node` sent nothing for an election timeout. That may be death (SIGSTOP,
-        a partition) or only a slow process: wake every quiet group it leads here, whose
-        election timers then run as in any awake group (an alive leader answers the first
-        pre-vote with heartbeats), and the groups led here with a member there. Waking, not
-        campaigning at once: a stall of one busy node must not start an election in every group
-        it leads."""
+        """Peer node `node` sent nothing (no frame of any kind) for an election timeout. That
+        may be death (SIGSTOP, a partition) or only a slow process: wake every quiet group it
+        leads here, whose election timers then run as in any awake group (pre-vote first: an
+        alive leader answers it with heartbeats), remembering them so that they go quiet again
+        if the node is heard from before their timers fire (`peer_back`). A quiet group led
+        here is woken only if its voters on the nodes still heard from are no quorum (so that
+        check-quorum can depose it): one silent follower node among three costs no wake-up.
+        Waking, not campaigning at once: a stall of one busy node must not start an election
+        in every group it leads."""
         now = self.now()
+        woken = self._silence_woken.setdefault(node, {})
         for runner in list(self.groups.values()):
             n = runner.node
             if not n.quiet:
                 continue
             if n.role == LEADER:
-                affected = any(node_of(m) == node for m in n.voters)
-            else:
-                affected = n.leader_id is not None and node_of(n.leader_id) == node
-            if affected:
+                if any(node_of(m) == node for m in n.voters) and not self._quorum_heard(n):
+                    runner.feed(n.wake(now))
+            elif n.leader_id is not None and node_of(n.leader_id) == node:
+                woken[runner.group] = (n.term, n.leader_id)
                 runner.feed(n.wake(now))
+
+    def _quorum_heard(self, n: RaftNode) -> bool:
+        """Whether the voters of `n` on this node and on the peer nodes still heard from are a quorum."""
+        alive = sum(1 for m in n.voters if node_of(m) == self.node_id or self.transport.is_alive(node_of(m)))
+        return alive >= n.quorum
 
     def _node_lost(self, node: str) -> None:
         """Peer node `node` is gone (connection closed or silent): its followers here

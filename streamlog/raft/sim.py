@@ -134,6 +134,7 @@ class Host:
         self.syncs_in_flight = 0
         self.was_quiet = False
         self.last_heard: dict[str, float] = {}  # node heartbeats: when each peer node was last heard
+        self.silence_woken: tuple[str, int] | None = None  # (leader, term) when its silence woke the node
         self.paused = False
         self.inbox: list[tuple[str, Any]] = []
         self.incarnation = 0
@@ -370,7 +371,7 @@ class Simulation:
                       "snapshot_ahead": 0,  # it holds the last entry and more after it
                       "snapshot_covered": 0,  # it already committed past the snapshot point
                       # Quiescence: groups going quiet, and quiet followers woken by node liveness.
-                      "quiesced": 0, "node_lost": 0, "connection_lost": 0, "follower_lost": 0,
+                      "quiesced": 0, "node_lost": 0, "requiesced": 0, "connection_lost": 0, "follower_lost": 0,
                       "leader_ahead_of_disk": 0}  # a commit released while its leader's disk lagged
         self.last_config_change = float("-inf")
 
@@ -434,6 +435,7 @@ class Simulation:
         h.syncs_in_flight = 0
         h.sync_done_at = h.hs_done_at = self.now
         h.last_heard = {i: self.now for i in self.ids}
+        h.silence_woken = None
         h.inbox = []
         h.pending = {}
         h.applied = h.log.start_index - 1
@@ -931,6 +933,14 @@ class Simulation:
         if msg is NODE_BEAT:
             if not h.paused:
                 h.last_heard[frm] = self.now
+                if h.silence_woken is not None and h.silence_woken[0] == frm:
+                    # As RaftHost.peer_back: the silent leader's node is heard again.
+                    leader, term = h.silence_woken
+                    h.silence_woken = None
+                    was_quiet = h.node.quiet
+                    self._feed(h, h.node.requiesce(leader, term, h.local(self.now)))
+                    if h.node.quiet and not was_quiet:
+                        self.stats["requiesced"] += 1
             return
         if h.paused:
             h.inbox.append((frm, msg))
@@ -990,6 +1000,7 @@ class Simulation:
             # of death (leader_node_lost, below).
             self.stats["node_lost"] += 1
             self._log(f"{h.id} lost node heartbeats of {leader}: wake")
+            h.silence_woken = (leader, node.term)
             self._feed(h, node.wake(h.local(self.now)))
 
     def _connection_lost(self, node_id: str, peer: str) -> None:

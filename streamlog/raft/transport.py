@@ -396,7 +396,8 @@ class PeerConnection(TwistedProtocol):
         peer = self.peer
         pt._heard(peer)  # any message is a sign of life
         if kind == "hb":
-            pass
+            if "meta" in header:
+                pt.peer_metadata[peer] = header["meta"]
         elif kind == "raft":
             items = _need(header, "m", list)
             decoded = []
@@ -644,6 +645,11 @@ class PeerTransport:
         self.stats: collections.Counter[str] = collections.Counter()
         self._last_heard: dict[str, float] = {}
         self._silent: set[str] = set()
+        #: What this node's node heartbeats say of its metadata, if set (the cluster node sets
+        #: it: its applied metadata index when that is current, else None), and what each
+        #: connected peer's last heartbeat said (node -> value; gone with the connection).
+        self.beat_metadata: Callable[[], Any] | None = None
+        self.peer_metadata: dict[str, Any] = {}
         self._beat_due = 0.0
         self._next_forward = 0
         self._forwards: dict[int, tuple[str, Deferred[Any]]] = {}
@@ -737,8 +743,11 @@ class PeerTransport:
         for `dead_after` seconds while connected)."""
         if now >= self._beat_due - self.heartbeat_interval / 4:  # ticks need not land on the beat
             self._beat_due = max(self._beat_due + self.heartbeat_interval, now)
+            beat: dict[str, Any] = {"t": "hb"}
+            if self.beat_metadata is not None:
+                beat["meta"] = self.beat_metadata()
             for conn in self.connections.values():
-                conn.send_control({"t": "hb"})
+                conn.send_control(beat)
         lost = []
         for node, heard in self._last_heard.items():
             if node not in self._silent and now - heard > self.dead_after:
@@ -780,6 +789,7 @@ class PeerTransport:
             return
         del self.connections[node]
         self._last_heard.pop(node, None)
+        self.peer_metadata.pop(node, None)
         self._silent.discard(node)
         for request_id, (target, d) in list(self._forwards.items()):
             if target == node:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlog.bench.failover_stats import AckLedger, KillRecord, summary
+from streamlog.bench.failover_stats import AckLedger, KillRecord, leadership_balanced, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,27 @@ def test_the_summary_gives_median_and_max_of_the_kills_that_measured_each_interv
     assert s["back_in_isr"]["n"] == 0 and s["back_in_isr"]["median_s"] is None
 
 
+def test_leadership_is_balanced_when_the_preferred_leaders_lead_or_the_counts_are_within_one():
+    nodes = (1, 2, 3)
+    preferred = {p: p % 3 + 1 for p in range(6)}  # 1, 2, 3, 1, 2, 3
+    assert leadership_balanced(dict(preferred), preferred, nodes, 6)
+    # Two each, not all preferred: balanced too.
+    assert leadership_balanced({0: 2, 1: 1, 2: 3, 3: 1, 4: 2, 5: 3}, preferred, nodes, 6)
+    # The restarted node 3 has none back yet, or only one: not balanced.
+    assert not leadership_balanced({0: 1, 1: 2, 2: 1, 3: 1, 4: 2, 5: 2}, preferred, nodes, 6)
+    assert not leadership_balanced({0: 1, 1: 2, 2: 3, 3: 1, 4: 2, 5: 2}, preferred, nodes, 6)
+    # A partition without a leader: not balanced.
+    assert not leadership_balanced({0: 1, 1: 2, 2: 3, 3: 1, 4: 2}, preferred, nodes, 6)
+    # One partition: whoever leads it, the counts (1, 0, 0) are within one.
+    assert leadership_balanced({0: 2}, {0: 1}, nodes, 1)
+    # 1,000 partitions: 334/333/333 is balanced, 476/191/333 is not.
+    pref = {p: p % 3 + 1 for p in range(1000)}
+    assert leadership_balanced(dict(pref), pref, nodes, 1000)
+    skewed = {p: (1 if p < 476 else 2 if p < 667 else 3) for p in range(1000)}
+    assert not leadership_balanced(skewed, pref, nodes, 1000)
+    assert KillRecord(kill=1, node=1, led=(0, 3, 6)).to_json()["led_count"] == 3
+
+
 def test_the_ledger_counts_lost_changed_reordered_and_doubled_acknowledged_messages():
     ledger = AckLedger()
     for partition, offset, value in [(0, 0, "a"), (0, 1, "b"), (0, 3, "c"), (0, 2, "d"), (1, 0, "e"), (1, 1, "f")]:
@@ -61,6 +82,8 @@ def test_two_kills_of_a_real_cluster_lose_no_acknowledged_message(tmp_path):
         assert 0 < record["leader_seen_s"] < 30 and 0 < record["first_ack_s"] <= record["all_acked_s"] < 30
         assert record["back_in_isr_s"] > 0
     assert r["summary"]["first_ack"]["n"] == 2
+    assert r["summary"]["balanced"] == [True, True]  # each kill waited for balanced leadership
+    assert r["summary"]["led"] == [record["led_count"] for record in r["records"]]
     assert r["readback"]["acknowledged"] > 0
     assert r["readback"]["lost"] == 0 and r["readback"]["changed"] == 0 and r["readback"]["out_of_order"] == 0
     assert r["send_failures"] == 0

@@ -41,6 +41,7 @@ from streamlog.cluster.reconcile import (
     RemoveMember,
     TransferLeadership,
     group_view,
+    metadata_group_current,
 )
 from streamlog.raft.core import LEADER, Commit, HardState, RaftConfig, RaftNode, Send, SyncLog
 from streamlog.raft.log import Entry, MemoryRaftLog
@@ -74,9 +75,16 @@ class SimNode:
         self.applied[group] = 0
         self.records[group] = []
 
-    def view(self, live) -> NodeView:
+    def view(self, live, peer_metadata=None) -> NodeView:
         groups = {g: group_view(core) for g, core in self.cores.items()}
-        return NodeView(self.node_id, self.incarnation, self.client_address, self.peer_address, groups, live)
+        return NodeView(self.node_id, self.incarnation, self.client_address, self.peer_address, groups, live,
+                        peer_metadata=peer_metadata or {})
+
+    def beat_metadata(self):
+        """What this node's heartbeats would say of its metadata (as ClusterNode._beat_metadata)."""
+        core = self.cores.get(METADATA_GROUP)
+        current = core is not None and metadata_group_current(self.state, group_view(core))
+        return self.state.applied_index if current else None
 
 
 class MiniCluster:
@@ -152,8 +160,9 @@ class MiniCluster:
         self.deliver()
         if plan:
             live = self.live()
+            beats = {n: node.beat_metadata() for n, node in self.up.items()}
             for node in list(self.up.values()):
-                for action in node.planner.plan(node.state, node.view(live), self.now):
+                for action in node.planner.plan(node.state, node.view(live, beats), self.now):
                     self.actions.append((node.node_id, action))
                     self.carry_out(node, action)
                 self.deliver()

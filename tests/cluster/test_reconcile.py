@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import attrs
 import pytest
 from cluster_support import cluster, create, inc, member, register
@@ -32,14 +34,21 @@ def follower(leader_member, voters, commit=10):
     return GroupView(FOLLOWER, leader_member, frozenset(voters), commit_index=commit)
 
 
-def view(node_id, groups, live, generation=0, state=None):
-    """A NodeView; the metadata group is added (followed, caught up) unless given."""
+#: What a live peer's heartbeats say by default: its metadata is current, applied further than any state here.
+CURRENT = sys.maxsize
+
+
+def view(node_id, groups, live, generation=0, state=None, peer_metadata=None):
+    """A NodeView; the metadata group is added (followed, caught up) unless given. Every live
+    peer says its metadata is current unless `peer_metadata` says otherwise."""
     groups = dict(groups)
     if METADATA_GROUP not in groups:
         commit = state.applied_index if state is not None else 0
         groups[METADATA_GROUP] = follower(member(1), [member(1), member(2), member(3)], commit)
+    if peer_metadata is None:
+        peer_metadata = {n: CURRENT for n in live if n != node_id}
     return NodeView(node_id, inc(node_id, generation), f"127.0.0.1:{7000 + node_id}", f"127.0.0.1:{8000 + node_id}",
-                    groups, {n: inc(n, g) for n, g in live.items()})
+                    groups, {n: inc(n, g) for n, g in live.items()}, peer_metadata=peer_metadata)
 
 
 ALL = {1: 0, 2: 0, 3: 0}
@@ -368,6 +377,27 @@ def test_preferred_leader_returning_gets_its_leadership_back_rate_limited():
     assert plan(caught, ALL, 12.0) == [TransferLeadership(g, member(2))]
     # A configuration change in flight: no transfer.
     assert plan(leader(member(1), voters, caught_up=set(voters), settled=False), ALL, 30.0) == []
+
+
+def test_no_transfer_to_a_preferred_leader_whose_metadata_is_not_current():
+    # Node 2 is back and caught up in the group, but its node heartbeats say its metadata is
+    # not current yet (or applied less than here): as leader it would answer
+    # LEADER_NOT_AVAILABLE for the group until it catches up. Wait until it says so.
+    log = cluster(3)
+    topic_id = create(log, "t", [[2, 1, 3]]).value["topic_id"]
+    g = partition_group(topic_id, 0)
+    voters = [member(1), member(2), member(3)]
+    caught = leader(member(1), voters, caught_up={member(2), member(3)})
+    applied = log.state.applied_index
+
+    def plan(peer_metadata):
+        return Planner().plan(log.state, view(1, {g: caught}, ALL, state=log.state, peer_metadata=peer_metadata), 0.0)
+
+    assert plan({3: applied}) == []  # nothing heard from node 2 yet (just connected, or older code)
+    assert plan({2: None, 3: applied}) == []  # it says its metadata is not current
+    assert plan({2: applied - 1, 3: applied}) == []  # current as far as it knows, but behind this node
+    assert plan({2: applied, 3: None}) == [TransferLeadership(g, member(2))]
+    assert plan({2: applied + 5, 3: None}) == [TransferLeadership(g, member(2))]
 
 
 def test_no_transfer_while_a_live_member_is_still_to_be_added_but_a_dead_one_does_not_block_it():

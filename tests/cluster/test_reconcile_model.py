@@ -117,7 +117,10 @@ def test_planner_and_toy_membership_converge_from_random_states(s):
             if group != METADATA_GROUP:
                 groups[METADATA_GROUP] = GroupView(FOLLOWER, member(1), frozenset(), commit_index=state.applied_index)
             reg = register(node, generation[node])
-            view = NodeView(node, current, reg.client_address, reg.peer_address, groups, live)
+            # Every live peer says, in its node heartbeats, that its metadata is current.
+            peers_current = {n: state.applied_index for n in live if n != node}
+            view = NodeView(node, current, reg.client_address, reg.peer_address, groups, live,
+                            peer_metadata=peers_current)
             planned = planners[node].plan(state, view, now)
             led = frozenset(g for g, gv in groups.items() if gv.role == LEADER)
             assert told[node].plan(state, attrs.evolve(view, led=led), now) == planned

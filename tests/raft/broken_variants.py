@@ -162,8 +162,36 @@ class QuietFollowerIgnoresNodeNews(RaftNode):
         return not self.quiet and super()._leader_campaigns(frm, msg)
 
 
+class SilenceWakesNoGroup(RaftNode):
+    """Broken (for availability): a quiet follower ignores the silence of its leader's node
+    (the driver's `wake`), so a group whose leader's process is stopped or cut off by a
+    partition, with its connection still open, elects nobody until that node is heard again.
+    (The closed connection, `leader_node_lost`, still works.)"""
+
+    def wake(self, now: float) -> list[Effect]:
+        if self.quiet and self.role != "leader":
+            self._now = now
+            return self._take()
+        return super().wake(now)
+
+
+class RequiesceRegardless(RaftNode):
+    """Broken (for availability): the follower woken by its leader's silence goes back to
+    quiet when that node is heard again even if it campaigned or follows someone else
+    meanwhile, in the lease of a leader that may no longer lead."""
+
+    def requiesce(self, leader: str, term: int, now: float) -> list[Effect]:
+        self._now = now
+        if self.role != "leader":
+            self.quiet = True
+            self.leader_id = leader
+        return self._take()
+
+
 VARIANTS: dict[str, type[RaftNode]] = {
     "vote-without-persisting": VoteWithoutPersisting,
+    "silence-wakes-no-group": SilenceWakesNoGroup,
+    "requiesce-regardless": RequiesceRegardless,
     "ack-before-fsync": AckBeforeFsync,
     "old-term-commit": OldTermCommit,
     "no-pre-vote": NoPreVote,

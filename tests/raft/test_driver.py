@@ -545,7 +545,7 @@ def count_deliveries(hosts):
             real(node, group, to, frm, msg)
 
         h.transport.host = type("Wrapped", (), {})()
-        for name in ("peer_connected", "peer_lost", "leadership", "forwarded", "cluster_mismatch"):
+        for name in ("peer_connected", "peer_lost", "peer_back", "leadership", "forwarded", "cluster_mismatch"):
             setattr(h.transport.host, name, getattr(h, name))
         h.transport.host.deliver = deliver
     return seen
@@ -728,3 +728,70 @@ def test_campaign_leads_a_group_of_one_at_once_without_posing_as_a_peer():
     assert ("solo", LEADER, 1, "a") in recorder.roles
     assert host.stats["misaddressed"] == 0 and host.stats["unknown_group"] == 0
     host.stop()
+
+
+def test_a_heartbeat_late_by_a_little_more_than_the_election_timeout_costs_no_pre_vote():
+    # A starved node's frames stop for a little more than an election timeout, then resume
+    # (its connections stay open). The followers its silence woke go back to quiet when it is
+    # heard again, before their election timers ([T, 2T) from the wake) fire: no pre-vote, no
+    # term change, and every group quiet again. The groups led elsewhere with a member on the
+    # late node are not woken at all: the two other nodes are still a quorum.
+    groups = tuple(f"g{i}" for i in range(30))
+    clock, hosts, recorders, net = cluster(groups=groups)
+    net.run(3.0)
+    assert all(h.awake_groups() == frozenset() for h in hosts.values())
+    late = leader_of(hosts, "g0").node_id
+    led_by_late = [g for g in groups if leader_of(hosts, g).node_id == late]
+    led_elsewhere = [g for g in groups if g not in led_by_late]
+    assert led_by_late and led_elsewhere
+    terms = {g: leader_of(hosts, g).groups[g].node.term for g in groups}
+    seen = count_deliveries(hosts)
+    net.cut = {late}
+    net.run(CFG.election_timeout + 0.05)
+    others = [h for i, h in hosts.items() if i != late]
+    for h in others:  # the silence woke the followers of the late node's groups, and only them
+        assert h.awake_groups() == frozenset(led_by_late)
+    net.cut = set()
+    net.run(0.05)
+    assert all(h.awake_groups() == frozenset() for h in others)
+    net.run(3 * CFG.election_timeout)
+    assert [kind for _, _, kind in seen if kind == "RequestVote"] == []
+    assert {g: leader_of(hosts, g).groups[g].node.term for g in groups} == terms
+    assert all(h.awake_groups() == frozenset() for h in hosts.values())
+    stop_all(hosts, clock, net)
+
+
+def test_a_follower_the_silence_woke_stays_awake_if_it_campaigned_meanwhile():
+    # The silence lasts past the election timer: the follower pre-votes, the leader (alive,
+    # only slow) refuses and heartbeats it, and nothing is put back to quiet by force: the
+    # group goes quiet through its leader, in the same term, with one round trip.
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(3.0)
+    old = leader_of(hosts, "g1")
+    term = old.groups["g1"].node.term
+    seen = count_deliveries(hosts)
+    net.cut = {old.node_id}
+    net.run(3 * CFG.election_timeout)  # long enough for a pre-vote among the two others
+    net.cut = set()
+    net.run(2.0)
+    assert any(kind == "RequestVote" for _, _, kind in seen)
+    new = leader_of(hosts, "g1")
+    assert new is not None and all(h.awake_groups() == frozenset() for h in hosts.values())
+    assert all(h.groups["g1"].node.leader_id == new.groups["g1"].node.id for h in hosts.values())
+    assert new is not old or new.groups["g1"].node.term == term
+    stop_all(hosts, clock, net)
+
+
+def test_the_silent_leader_test_catches_a_node_that_wakes_no_group_on_silence(monkeypatch):
+    # The liveness test above, with the broken variant: its followers stay quiet in the lease
+    # of a stopped leader, and no leader is elected among the majority.
+    from broken_variants import SilenceWakesNoGroup
+    monkeypatch.setattr(RaftHost, "node_class", SilenceWakesNoGroup)
+    clock, hosts, recorders, net = cluster(groups=("g1", "g2"))
+    net.run(3.0)
+    old = leader_of(hosts, "g1")
+    net.cut = {old.node_id}
+    majority = {i: h for i, h in hosts.items() if h is not old}
+    net.run(3.0)  # ten election timeouts
+    assert leader_of(majority, "g1") is None
+    stop_all(hosts, clock, net)

@@ -2,9 +2,11 @@
 the states that classic bugs need, and the checker catches the deliberately broken Raft nodes of
 broken_variants.py (each within a bounded number of seeds, while the correct node passes)."""
 
+import heapq
 from collections import Counter
 from pathlib import Path
 
+import attrs
 import pytest
 from broken_variants import (
     AcceptStaleAppend,
@@ -17,15 +19,16 @@ from broken_variants import (
     NoPreVote,
     OldTermCommit,
     QuietFollowerIgnoresNodeNews,
+    SilenceWakesNoGroup,
     SnapshotAlwaysResets,
     SnapshotDiscardsFollowingEntries,
     VoteWithoutPersisting,
 )
 
-from streamlog.raft.core import PersistHardState, RaftNode, Send, SyncLog
+from streamlog.raft.core import LEADER, PersistHardState, RaftNode, Send, SyncLog
 from streamlog.raft.log import Entry
 from streamlog.raft.messages import AppendEntries, AppendEntriesResponse
-from streamlog.raft.sim import REGIMES, Simulation, Violation, main, run_seed
+from streamlog.raft.sim import ELECTION_TIMEOUT, REGIMES, Simulation, Violation, main, run_seed
 
 # Seeds per cluster size (3 and 5) that CI runs with the correct node: 1,200 runs in all.
 CI_SEEDS = {"mixed": 200, "churn": 200, "reconfig": 100, "stale": 100}
@@ -309,3 +312,37 @@ def test_a_deposed_leader_acknowledges_its_unsynced_entries_only_once_they_are_d
     else:
         with pytest.raises(Violation, match="acknowledges index 1 before it is durable"):
             complete(sim, "n1", PersistHardState)
+
+
+def _run_until(sim, t):
+    while sim._events and sim._events[0][0] <= t:
+        at, _, fn, args = heapq.heappop(sim._events)
+        sim.now = at
+        fn(*args)
+
+
+def leader_elected_while_the_leader_is_stopped(seed, factory):
+    """Scripted: no faults but one, the leader of a quiet group paused (SIGSTOP, its
+    connections open) and never resumed. Whether the two others elect a leader within ten
+    election timeouts: the soak's liveness check runs only after the faults heal, when the
+    resumed leader's heartbeats end the quiet state anyway, so it cannot see this."""
+    sim = Simulation(seed, 3, node_factory=factory)
+    # No fault but the one below: none struck at a fresh leader, no change at an election.
+    sim.profile = attrs.evolve(sim.profile, fresh_leader_fault=0.0, change_on_election=0.0, replay_on_election=0.0)
+    for h in sim.hosts.values():
+        sim._start(h)
+        sim._at(0.001, sim._tick, h.id)
+    _run_until(sim, 3.0)
+    old = max((h for h in sim.hosts.values() if h.node.role == LEADER), key=lambda h: h.node.term)
+    assert old.node.quiet
+    old.paused = True
+    _run_until(sim, 3.0 + 10 * ELECTION_TIMEOUT)
+    return any(h.node.role == LEADER and h.node.term > old.node.term for h in sim.hosts.values() if h is not old)
+
+
+def test_a_stopped_leaders_quiet_followers_elect_another_and_the_variant_waking_none_does_not():
+    seeds = [s for s in range(12) if len(Simulation(s, 3).initial_voters) == 3][:4]
+    assert len(seeds) == 4
+    for seed in seeds:
+        assert leader_elected_while_the_leader_is_stopped(seed, RaftNode), seed
+        assert not leader_elected_while_the_leader_is_stopped(seed, SilenceWakesNoGroup), seed

@@ -321,6 +321,24 @@ def test_node_heartbeats_keep_a_peer_alive_and_their_absence_is_reported():
     assert not a.is_alive("b")
 
 
+def test_node_heartbeats_carry_what_the_node_says_of_its_metadata_and_it_goes_with_the_connection():
+    clock, (a, ha), (b, hb), pump = connected_pair()
+    said = [None]
+    b.beat_metadata = lambda: said[0]
+    for value in (None, 17, 18):
+        said[0] = value
+        clock.advance(0.05)
+        a.tick(clock.seconds())
+        b.tick(clock.seconds())
+        clock.advance(0)  # control messages of a turn go out together
+        pump.flush()
+        assert a.peer_metadata == {"b": value}
+    assert b.peer_metadata == {}  # a sets nothing: its heartbeats carry no meta field
+    a.connections["b"].transport.loseConnection()
+    pump.flush()
+    assert a.peer_metadata == {}
+
+
 def test_forwarded_requests_get_answers_and_fail_when_the_connection_drops():
     clock, (a, ha), (b, hb), pump = connected_pair()
     got = []
