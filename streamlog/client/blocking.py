@@ -343,6 +343,8 @@ class BlockingClient:
             silent = now - max(node.last_received, due)
             self._suspect.add(node.key)
             why = on_stall(node)
+            if why is None and node.sock is None:  # the verdict's own requests lost the connection
+                why = "the connection was lost meanwhile"
             if why is not None:
                 self.stalls_dropped += 1
                 node.close()
@@ -377,12 +379,17 @@ class BlockingClient:
     def _learn(self, topic: str | None = None, avoid: _NodeSocket | None = None) -> None:
         """Ask a node for the metadata (of C{topic} too); a node without Metadata is the only node.
 
-        Nodes that stalled lately (and C{avoid}) are asked last; one silent for C{stall_timeout}
-        is left for the next at once (any node can answer)."""
+        Nodes that stalled lately are asked last; one silent for C{stall_timeout} is left for
+        the next at once (any node can answer). C{avoid} (a node whose answer is awaited) is
+        never asked: a request written behind the awaited one would be read out of step (the
+        awaited answer skipped as stale) and, if it stalled too, close the very connection
+        the caller goes on reading."""
         failed: list[errors.StreamlogError] = []
-        addresses = list(dict.fromkeys([*self.view.addresses(), *self.bootstrap]))
-        addresses.sort(key=lambda a: (avoid is not None and address_key(a) == avoid.key)
-                       or address_key(a) in self._suspect)
+        addresses = [a for a in dict.fromkeys([*self.view.addresses(), *self.bootstrap])
+                     if avoid is None or address_key(a) != avoid.key]
+        addresses.sort(key=lambda a: address_key(a) in self._suspect)
+        if not addresses:
+            raise errors.ConnectionLost("no other node to ask for the metadata", sent=False)
         for address in addresses:
             node = self._node(address)
             try:

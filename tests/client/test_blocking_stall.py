@@ -136,3 +136,20 @@ def test_bad_stall_options_are_refused():
         BlockingClient("127.0.0.1:1", stall_timeout=0)
     with pytest.raises(ValueError):
         BlockingClient("127.0.0.1:1", unknown_topic_grace=-1)
+
+
+def test_a_silent_leader_is_never_asked_for_the_metadata_that_judges_it_even_when_no_other_node_answers(cluster):
+    """Everyone silent (a starved machine): the verdict must not write a Metadata request behind
+    the awaited Send on the same connection (its answer would be read out of step, and its own
+    stall closed the connection the Send was still read from: AssertionError in receive)."""
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=1.5, delivery_timeout=1.5, stall_timeout=0.2) as c:
+        c.send("t", "first", partition=0)
+        metadata_before = len(asked(cluster, "Metadata"))
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True
+            cluster.fake.nodes[2].black_hole = {"Metadata"}
+            cluster.fake.nodes[3].black_hole = {"Metadata"}
+        with pytest.raises(errors.Timeout):  # slow is not gone: waited for, to the timeout
+            c.send("t", "second", partition=0)
+    assert 1 not in asked(cluster, "Metadata")[metadata_before:]
