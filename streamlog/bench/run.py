@@ -217,6 +217,12 @@ def _add_server_pids(pids: dict[str, int], server_pid: int | None, args: Any) ->
         pids[f"node{i + 1}"] = pid
 
 
+def py_spy() -> str | None:
+    """The py-spy beside this Python (a venv's), else on $PATH; None when there is none."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return beside if os.access(beside, os.X_OK) else shutil.which("py-spy")
+
+
 class _Profiler:
     """py-spy record (raw/folded output) of given pids while a phase runs."""
 
@@ -229,7 +235,8 @@ class _Profiler:
         if not self.out_dir:
             return
         os.makedirs(self.out_dir, exist_ok=True)
-        exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        exe = py_spy()
+        assert exe is not None  # main_with_args refused --profile without it
         for name, pid in pids.items():
             out = os.path.join(self.out_dir, f"{name}.txt")
             self.procs.append(subprocess.Popen(
@@ -537,6 +544,10 @@ def _run_workload(args: Any, server: ServerProcess | None, endpoint: str, addres
 
 def main_with_args(args: Any) -> int:
     args.messages_given = args.messages is not None
+    if args.profile and py_spy() is None:
+        print("streamlog bench: --profile records with py-spy, which is not installed here "
+              "(pip install py-spy, into this venv)", file=sys.stderr)
+        return 2
     if args.messages is None:
         args.messages = 200_000
     if args.producers < 1 or args.partitions < 1 or args.batch < 1 or args.messages < 1 or args.size < 0:

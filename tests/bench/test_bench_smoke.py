@@ -108,3 +108,15 @@ def test_produce_with_connect_to_a_three_node_cluster_reports_its_replication_fa
         check_latency(r["latency_ms"])
     finally:
         cluster.stop_all()
+
+
+def test_profile_without_py_spy_is_refused_before_anything_starts(monkeypatch, capsys, tmp_path):
+    from streamlog.bench import build_parser, run
+
+    monkeypatch.setattr(run, "py_spy", lambda: None)
+    started = []
+    monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **k: started.append(a))
+    args = build_parser().parse_args(["produce", "--profile", str(tmp_path / "prof"), "--messages", "10"])
+    assert run.main_with_args(args) == 2
+    assert "pip install py-spy" in capsys.readouterr().err
+    assert started == [] and not (tmp_path / "prof").exists()  # no server, no profile directory
