@@ -580,7 +580,14 @@ class RaftHost:
 
     def _awake_check(self, runner: _GroupRunner) -> None:
         if runner.node.quiet:
-            self._awake.discard(runner.group)
+            if runner.group in self._awake:
+                self._awake.discard(runner.group)
+                # A leader may go quiet in the turn its commit moved, before a tick announced
+                # the in-sync replicas that commit made (a dead follower left behind: a quiet
+                # group need not hold every follower): announce them as it goes quiet.
+                value = self._isr_changed(runner.group)
+                if value is not None:
+                    self._announce_later(runner.group, value)
         elif runner.group in self.groups:
             self._awake.add(runner.group)
 
@@ -616,19 +623,28 @@ class RaftHost:
         self._announce_isr()
 
     def _announce_isr(self) -> None:
-        """Deltas of in-sync replicas of the awake groups this node leads (quiet ones are in sync)."""
+        """Deltas of in-sync replicas of the awake groups this node leads (a quiet one's cannot
+        change until it wakes: `_awake_check` announces them as the group goes quiet)."""
         changed: dict[str, Any] = {}
         for group in self._awake:
-            value = self._led.get(group)
-            runner = self.groups.get(group)
-            if value is None or runner is None or runner.node.role != LEADER:
-                continue
-            isr = self._isr(runner.node)
-            if isr != value[1]:
-                value[1] = isr
+            value = self._isr_changed(group)
+            if value is not None:
                 changed[group] = value
         if changed:
             self.transport.announce(changed)
+
+    def _isr_changed(self, group: str) -> list[Any] | None:
+        """The group's [term, isr] if this node leads it and its in-sync replicas changed since
+        they were last announced (updated in place), else None."""
+        value = self._led.get(group)
+        runner = self.groups.get(group)
+        if value is None or runner is None or runner.node.role != LEADER:
+            return None
+        isr = self._isr(runner.node)
+        if isr == value[1]:
+            return None
+        value[1] = isr
+        return value
 
     def _isr(self, node: RaftNode) -> list[str]:
         """In-sync replicas as the leader sees them: itself and the voters holding its commit index."""

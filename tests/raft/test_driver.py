@@ -534,6 +534,34 @@ def test_an_unreachable_peer_is_logged_once_per_streak_with_the_reason_not_per_r
 # ---------------------------------------------------------------- quiescence and failover
 
 
+def test_a_leader_that_goes_quiet_with_a_follower_node_down_announces_the_in_sync_replicas_it_committed_with():
+    # One silent follower node among three no longer wakes a quiet group led here, and a group
+    # may go quiet in the turn its commit moved (a dead follower is no reason to stay awake):
+    # the in-sync replicas of that commit must still reach the other nodes (Metadata at a
+    # follower shows them), not wait for a wake-up that may never come.
+    clock, hosts, recorders, net = cluster(groups=("g1",))
+    net.run(3.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+    f1, f2 = [i for i in IDS if i != leader.node_id]
+    assert runner.node.quiet
+    net.cut = {f2}
+    net.run(2 * CFG.election_timeout)  # f2's node is silent here now
+    index = leader.propose("g1", b"with f2 down")
+    for _ in range(200):  # to the commit, without letting a tick run after it
+        net.run(0.01)
+        if runner.node.commit_index >= index:
+            break
+    assert runner.node.commit_index >= index and not runner.node.quiet
+    runner.node._heartbeat_due = clock.seconds()  # the next tick is its heartbeat: it goes quiet there
+    net.run(1.0)
+    assert recorders[f1].commits["g1"] >= index and runner.node.quiet
+    announced = hosts[f1].remote_leadership[leader.node_id]["g1"]
+    assert sorted(announced[1]) == sorted([leader.member_id, hosts[f1].member_id])
+    stop_all(hosts, clock, net)
+
+
+
 def count_deliveries(hosts):
     """Wrap every host's deliver: returns the list of (node, group) each group message adds."""
     seen = []
