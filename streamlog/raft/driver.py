@@ -580,14 +580,7 @@ class RaftHost:
 
     def _awake_check(self, runner: _GroupRunner) -> None:
         if runner.node.quiet:
-            if runner.group in self._awake:
-                self._awake.discard(runner.group)
-                # A leader may go quiet in the turn its commit moved, before a tick announced
-                # the in-sync replicas that commit made (a dead follower left behind: a quiet
-                # group need not hold every follower): announce them as it goes quiet.
-                value = self._isr_changed(runner.group)
-                if value is not None:
-                    self._announce_later(runner.group, value)
+            self._awake.discard(runner.group)
         elif runner.group in self.groups:
             self._awake.add(runner.group)
 
@@ -604,7 +597,8 @@ class RaftHost:
         real = self.clock.seconds()
         self._raft_now = now = self.now()
         self._raft_real = real
-        for group in list(self._awake):
+        ticked = list(self._awake)
+        for group in ticked:
             runner = self.groups.get(group)
             if runner is None:
                 self._awake.discard(group)
@@ -620,31 +614,25 @@ class RaftHost:
         for node in self.transport.tick(now):
             self._log.warn("peer node {node} silent for {t}s", node=node, t=self.config.election_timeout)
             self._node_silent(node)
-        self._announce_isr()
+        self._announce_isr(ticked)
 
-    def _announce_isr(self) -> None:
-        """Deltas of in-sync replicas of the awake groups this node leads (a quiet one's cannot
-        change until it wakes: `_awake_check` announces them as the group goes quiet)."""
+    def _announce_isr(self, groups: Iterable[str]) -> None:
+        """Deltas of in-sync replicas of the groups this tick ticked that this node leads,
+        those it made quiet included: a leader goes quiet only at a tick (its heartbeat), maybe
+        the first since the commit that changed them (a dead follower left behind), and a
+        quiet group's cannot change until it wakes."""
         changed: dict[str, Any] = {}
-        for group in self._awake:
-            value = self._isr_changed(group)
-            if value is not None:
+        for group in groups:
+            value = self._led.get(group)
+            runner = self.groups.get(group)
+            if value is None or runner is None or runner.node.role != LEADER:
+                continue
+            isr = self._isr(runner.node)
+            if isr != value[1]:
+                value[1] = isr
                 changed[group] = value
         if changed:
             self.transport.announce(changed)
-
-    def _isr_changed(self, group: str) -> list[Any] | None:
-        """The group's [term, isr] if this node leads it and its in-sync replicas changed since
-        they were last announced (updated in place), else None."""
-        value = self._led.get(group)
-        runner = self.groups.get(group)
-        if value is None or runner is None or runner.node.role != LEADER:
-            return None
-        isr = self._isr(runner.node)
-        if isr == value[1]:
-            return None
-        value[1] = isr
-        return value
 
     def _isr(self, node: RaftNode) -> list[str]:
         """In-sync replicas as the leader sees them: itself and the voters holding its commit index."""
