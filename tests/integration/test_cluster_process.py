@@ -47,11 +47,19 @@ def node_options(ports: list[int], i: int, extra: tuple[str, ...] = ()) -> list[
 
 
 def start_cluster(tmp_path, ports, extra: tuple[str, ...] = ()) -> dict[int, ServerProcess]:
-    nodes = {}
-    for i in range(1, len(ports) + 1):
-        work = tmp_path / f"n{i}"
-        work.mkdir(exist_ok=True)
-        nodes[i] = ServerProcess(work, name=f"node{i}", extra=node_options(ports, i, extra))
+    """Start every node; if one fails to start, stop those already started (by their pids)
+    before failing, so that no node outlives the test (a node that lost a port race left the
+    first two running for good: a clean-clone CI run, with their peers gone)."""
+    nodes: dict[int, ServerProcess] = {}
+    try:
+        for i in range(1, len(ports) + 1):
+            work = tmp_path / f"n{i}"
+            work.mkdir(exist_ok=True)
+            nodes[i] = ServerProcess(work, name=f"node{i}", extra=node_options(ports, i, extra))
+    except BaseException:
+        for node in nodes.values():
+            node.stop()
+        raise
     return nodes
 
 
