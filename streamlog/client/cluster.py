@@ -50,6 +50,7 @@ from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import PartitionBound
 from streamlog.client.retry import DEFAULT_STALL_RECHECK_MAX, DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
+from streamlog.partitioner import partition_for_key
 
 #: Where a request goes: (the node's address key, its client).
 Target = tuple[str, StreamlogClient]
@@ -993,8 +994,11 @@ class ClusterClient:
                 return self._run("SendBatch", params, self.any_target, timeout, False, expect, topic)
             if info is None:
                 params = requests.send_batch(topic, messages, acks)
-                return self._server_routed("SendBatch", params, topic, timeout, expect,
-                                           lambda info, left: self._send_parts(topic, info, messages, acks, left))
+                left = self.request_timeout if timeout is None else timeout
+                deadline = None if left is None else self.clock.seconds() + left
+                d = self._server_routed("SendBatch", params, topic, timeout, expect,
+                                        lambda info, left: self._send_parts(topic, info, messages, acks, left))
+                return d.addCallback(self._resend_refused_parts, topic, messages, acks, deadline)
             return self._send_parts(topic, info, messages, acks, timeout)
 
         return self._routing_info(topic).addCallback(go)
@@ -1019,6 +1023,47 @@ class ClusterClient:
         calls = [self._partition_call("SendBatch", requests.send_batch(topic, parts[p], acks), topic, p, timeout,
                                       False, expect) for p in order]
         return DeferredList(calls, consumeErrors=True).addCallback(self._merge_parts, topic, expect)
+
+    def _resend_refused_parts(self, result: Any, topic: str, messages: list[dict[str, Any]], acks: str,
+                              deadline: float | None) -> Any:
+        """A node that placed a new topic's batch took only some parts (docs/protocol.md: a
+        SendBatch is answered per partition): the parts it answered with C{NOT_LEADER} (nothing
+        appended) or C{LEADER_NOT_AVAILABLE} go to their leaders within what is left of the
+        timeout, as the parts of a known topic's batch do, instead of being handed back as the
+        answer.  A part that may have been appended (C{maybe_appended}) or was refused otherwise
+        stays an error entry: resending it could append it twice."""
+        if not isinstance(result, dict):
+            return result
+        entries: list[dict[str, Any]] = result.get("partitions") or []
+        refused = {e["partition"]: errors.from_wire(e["error"]) for e in entries if _resendable(e)}
+        remaining = None if deadline is None else deadline - self.clock.seconds()
+        if not refused or self._closed or (remaining is not None and remaining <= 0):
+            return result
+        for partition, error in refused.items():
+            self.learn(error, topic, partition)
+        taken = [e for e in entries if e["partition"] not in refused]
+
+        def merged(answer: Any) -> Any:
+            if isinstance(answer, Failure):
+                if isinstance(answer.value, errors.StreamlogError):
+                    answer.value.details["appended"] = (
+                        [e for e in taken if "error" not in e] + answer.value.details.get("appended", []))
+                return answer
+            again = {e["partition"]: e for e in answer["partitions"]}
+            result["partitions"] = [again.get(e["partition"], e) for e in entries]
+            for field in ("replicas", "replication_factor"):
+                if field in answer and field in result:
+                    result[field] = min(result[field], answer[field])
+            return result
+
+        def routed(info: TopicInfo) -> Any:
+            parts = _messages_of(refused, entries, messages, info.count)
+            if parts is None:  # the node placed them otherwise than this client can tell
+                return result
+            left = None if deadline is None else deadline - self.clock.seconds()
+            return self._send_parts(topic, info, parts, acks, left).addBoth(merged)
+
+        return self.topic(topic).addCallback(routed)
 
     @staticmethod
     def _merge_parts(outcomes: list[tuple[bool, Any]], topic: str, expect: bool) -> Any:
@@ -1130,6 +1175,41 @@ class ClusterClient:
         closing = [node.close() for node in self._clients.values()]
         self._clients.clear()
         return DeferredList(closing).addCallback(lambda _: None)
+
+
+def _resendable(entry: dict[str, Any]) -> bool:
+    """Whether a SendBatch error entry is a part surely not appended that its leader may take."""
+    error = entry.get("error")
+    if error is None or error.get("maybe_appended"):
+        return False
+    return error.get("code") in (errors.NotLeader.code, errors.LeaderNotAvailable.code)
+
+
+def _messages_of(refused: Mapping[int, Any], entries: list[dict[str, Any]], messages: list[dict[str, Any]],
+                 count: int) -> list[dict[str, Any]] | None:
+    """The messages (in request order, each naming its partition) that a node placed on the
+    C{refused} partitions of a SendBatch it answered with C{entries}.  Explicit and keyed
+    messages are placed by the server's rule; all unkeyed ones went to one partition, the
+    one whose entry counts more messages than its explicit and keyed ones.  None when the
+    counts do not tell (a topic of another partition count than C{count})."""
+    placed: list[int | None] = []
+    counts: dict[int, int] = {}
+    for m in messages:
+        explicit, key = m.get("partition"), m.get("key")
+        p = explicit if explicit is not None else None if key is None else partition_for_key(key, count)
+        placed.append(p)
+        if p is not None:
+            counts[p] = counts.get(p, 0) + 1
+    unkeyed = placed.count(None)
+    surplus = {e["partition"]: e["count"] - counts.get(e["partition"], 0) for e in entries}
+    sticky = [p for p, n in surplus.items() if n != 0]
+    if unkeyed == 0 and not sticky:
+        where = placed
+    elif len(sticky) == 1 and surplus[sticky[0]] == unkeyed:
+        where = [sticky[0] if p is None else p for p in placed]
+    else:
+        return None
+    return [{**m, "partition": p} for m, p in zip(messages, where, strict=True) if p in refused]
 
 
 def as_cluster_client(client: Any) -> Any:

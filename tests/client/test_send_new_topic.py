@@ -91,3 +91,38 @@ def test_a_producer_not_idempotent_places_a_new_topics_messages_at_the_leader(cl
         assert sorted(v["n"] for p in range(3) for v in cluster.values("new", p)) == list(range(5))
     finally:
         close_client(client, cluster)
+
+
+def created_partly_here(cluster, partitions=3):
+    """Each node auto-creates an unknown topic leading its first partition itself and the others
+    led by the other nodes: a SendBatch there is taken only in part (error entries for the rest)."""
+    for node_id, node in cluster.nodes.items():
+        others = [n for n in sorted(cluster.nodes) if n != node_id]
+
+        def create(params, node_id=node_id, others=others):
+            if params.get("topic") not in cluster.topics:
+                cluster.create_topic(params["topic"], partitions, leaders=[node_id, *others])
+            return None
+
+        node.faults["SendBatch"] = create
+
+
+def test_a_new_topics_send_batch_taken_in_part_sends_the_refused_parts_to_their_leaders(clock, cluster):
+    # Gap noticed last session: the node's per-partition NOT_LEADER entries came back to the
+    # caller as its answer, with those messages never appended.
+    client = cluster_client(clock, cluster, request_timeout=10.0)
+    try:
+        warm(clock, cluster, client)
+        created_partly_here(cluster)
+        messages = [{"value": {"n": i}, "key": f"k{i}"} for i in range(12)] + [{"value": {"n": 12}}]
+        answer = answered_soon(clock, cluster, client.send_batch("new", messages))
+        held = {p: [v["n"] for v in cluster.values("new", p)] for p in range(3)}
+        assert sorted(n for values in held.values() for n in values) == list(range(13))  # each once
+        assert len(held) == 3 and all(held.values())  # the batch did span the three partitions
+        entries = answer["partitions"]
+        assert not [e for e in entries if "error" in e], entries
+        assert sorted(e["partition"] for e in entries) == [0, 1, 2]
+        for e in entries:  # each entry's offsets are where its messages are
+            assert e["count"] == len(held[e["partition"]]) and e["base_offset"] == 0
+    finally:
+        close_client(client, cluster)
