@@ -126,3 +126,32 @@ def test_a_new_topics_send_batch_taken_in_part_sends_the_refused_parts_to_their_
             assert e["count"] == len(held[e["partition"]]) and e["base_offset"] == 0
     finally:
         close_client(client, cluster)
+
+
+def test_only_parts_surely_not_appended_are_resent():
+    from streamlog.client.cluster import _resendable
+
+    assert _resendable({"partition": 1, "error": {"code": "NOT_LEADER", "message": "m"}})
+    assert _resendable({"partition": 1, "error": {"code": "LEADER_NOT_AVAILABLE", "message": "m"}})
+    # It may still commit there: resending could append it twice.
+    assert not _resendable({"partition": 1, "error": {"code": "NOT_LEADER", "message": "m", "maybe_appended": True}})
+    assert not _resendable({"partition": 1, "error": {"code": "OUT_OF_ORDER_SEQUENCE", "message": "m"}})
+    assert not _resendable({"partition": 1, "base_offset": 0, "count": 2})
+
+
+def test_the_refused_parts_messages_are_found_from_the_nodes_counts():
+    from streamlog.client.cluster import _messages_of
+    from streamlog.partitioner import partition_for_key
+
+    messages = [{"value": 0, "partition": 2}, {"value": 1}, {"value": 2, "key": "a"}, {"value": 3}]
+    a = partition_for_key("a", 3)
+    counts = {2: 1}
+    counts[a] = counts.get(a, 0) + 1
+    sticky = next(p for p in range(3) if p != 2)  # the unkeyed pair went here
+    counts[sticky] = counts.get(sticky, 0) + 2
+    entries = [{"partition": p, "count": n} for p, n in counts.items()]
+    found = _messages_of({sticky: None}, entries, messages, 3)
+    assert [m["value"] for m in found] == ([1, 2, 3] if a == sticky else [1, 3])  # in request order
+    assert all(m["partition"] == sticky for m in found)
+    # Counts that fit no single sticky partition (another partition count): none is guessed.
+    assert _messages_of({sticky: None}, [{"partition": 0, "count": 9}], messages, 3) is None
