@@ -603,5 +603,5 @@ class MemoryHardState:
         self.states.pop(group, None)
         return succeed(None)
 
-    def bind(self, clock: Any, run_in_thread: Any = None) -> None:
+    def bind(self, clock: Any, run_in_thread: Any = None, in_flight: Any = None) -> None:
         pass

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from streamlog import __version__
 from streamlog.metrics.histogram import Histogram
+from streamlog.storage.in_flight import KINDS
 from streamlog.topic_config import OFFSETS_TOPIC
 
 #: Per-partition series are emitted while the node holds at most this many partitions
@@ -149,11 +150,14 @@ class NodeCollector(Collector):
                              "Seconds of one log sync, from its hand-off to a sync worker until its result is "
                              "back on the reactor (fsync included; queueing when more logs need syncs than "
                              "--sync-workers).", [], [([], committer.sync_seconds)])
-            yield GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
-                                    "Seconds since the oldest log sync not finished yet was handed to a sync "
-                                    "worker (queueing included; 0: none is); a hung fsync shows here, never in "
-                                    "streamlog_fsync_duration_seconds.",
-                                    value=committer.oldest_sync_seconds())
+            oldest = GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
+                                       "Seconds since the oldest sync of the kind (log, hard_state: Raft term and "
+                                       "vote, checkpoint) not finished yet was handed to a worker (queueing "
+                                       "included; 0: none is); a hung fsync shows here, never in "
+                                       "streamlog_fsync_duration_seconds.", labels=["kind"])
+            for kind in KINDS:
+                oldest.add_metric([kind], committer.in_flight.oldest_seconds(kind))
+            yield oldest
             yield _histogram("streamlog_group_commit_batch_entries",
                              "Raft entries (stored batches) one log sync made durable: the appends one fsync "
                              "covered.", [], [([], committer.sync_entries)])
