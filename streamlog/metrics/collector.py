@@ -83,6 +83,7 @@ class NodeCollector(Collector):
         yield from self._storage(broker, replicas, detailed)
         yield from self._raft(broker, replicas, detailed)
         yield from self._peers(broker)
+        yield from self._meta_snapshots()
         yield from self._groups(broker, detailed)
 
     # --- the node and its client edge ---------------------------------------------------
@@ -280,6 +281,24 @@ class NodeCollector(Collector):
         for event, n in sorted((getattr(host, "stats", None) or {}).items()):
             events.add_metric([event], n)
         yield events
+
+    def _meta_snapshots(self) -> Iterator[Metric]:
+        """The metadata group's compaction (a cluster node: L{streamlog.cluster.meta_snapshots})."""
+        compactor = getattr(self.service.cluster, "compactor", None) if self.service.cluster is not None else None
+        if compactor is None:  # a node alone, or a cluster node before Raft runs
+            return
+        stats = compactor.stats
+        yield CounterMetricFamily("streamlog_meta_snapshots_written", "Snapshots of the cluster metadata this "
+                                  "node took and wrote (every --metadata-snapshot-entries applied entries).",
+                                  value=stats.get("written", 0))
+        yield CounterMetricFamily("streamlog_meta_snapshot_installs", "Metadata snapshots this node received from "
+                                  "the controller (InstallSnapshot) and installed.", value=stats.get("installed", 0))
+        yield CounterMetricFamily("streamlog_meta_snapshots_refused", "Metadata snapshot files found damaged (or "
+                                  "contradicting the log) at start-up and set aside.", value=stats.get("refused", 0))
+        yield GaugeMetricFamily("streamlog_meta_snapshot_index", "The metadata log index the newest snapshot "
+                                "this node holds is as of (0: none).", value=compactor.index)
+        yield GaugeMetricFamily("streamlog_meta_snapshot_bytes", "Bytes of the newest metadata snapshot this "
+                                "node holds (what InstallSnapshot sends a follower).", value=len(compactor.data))
 
     # --- consumer groups -----------------------------------------------------------
 
