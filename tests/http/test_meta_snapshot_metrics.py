@@ -12,16 +12,6 @@ from streamlog.testing import ClusterHarness
 INTERVAL = 4
 
 
-def create(c, *names):
-    for name in names:
-        for _ in range(20):  # a controller being elected (after a restart) is retried, as a client does
-            answer = c.call(1, "CreateTopic", {"topic": name, "partitions": 1})
-            if answer.get("error", {}).get("code") != "LEADER_NOT_AVAILABLE":
-                break
-            c.run(0.2)
-        assert "result" in answer, answer
-
-
 def scrape(c, i):
     return Scrape(c.brokers[i], c.factories[i], cluster=c.nodes[i], node_id=i)
 
@@ -31,7 +21,7 @@ def test_snapshots_written_and_installed_are_counted_with_the_newest_ones_index_
     try:
         c.run_until_formed()
         fresh = scrape(c, 2)
-        create(c, *(f"t{i}" for i in range(12)))
+        c.create_topics(*(f"t{i}" for i in range(12)))
         c.run_until(lambda: all(n.compactor.stats["written"] >= 3 for n in c.nodes.values()))
         node = c.nodes[2]
         s = scrape(c, 2)
@@ -46,7 +36,7 @@ def test_snapshots_written_and_installed_are_counted_with_the_newest_ones_index_
         assert fresh.value("streamlog_meta_snapshots_written_total") >= 3  # read at scrape time, not when built
 
         c.kill(3)  # away while the controller's log moves past what it holds: it must install a snapshot
-        create(c, *(f"while-away-{k}" for k in range(3 * INTERVAL)))
+        c.create_topics(*(f"while-away-{k}" for k in range(3 * INTERVAL)))
         back = c.start(3)
         c.run_until(lambda: back.compactor.stats["installed"] >= 1
                     and f"while-away-{3 * INTERVAL - 1}" in (back.state.topics if back.state else {}))
