@@ -160,3 +160,22 @@ def test_a_hung_checkpoint_counts_as_a_sync_in_flight():
     assert committer.in_flight.oldest() is None
     committer.stop()
     threads.run_all()
+
+
+def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path):
+    """The node's wiring: the committer made at start shares its tracker with the hard-state store."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from streamlog.broker.service import NodeConfig
+    from streamlog.tap.server import Node
+
+    reactor = MemoryReactorClock()
+    node = Node(NodeConfig(listen="tcp:7070:interface=127.0.0.1", data_dir=str(tmp_path)), reactor)
+    node.open()
+    service = node.broker_service
+    service.startService()
+    try:
+        store = service.broker.storage.hard_state
+        assert store is not None and store.in_flight is service.committer.in_flight
+    finally:
+        service.stopService()
