@@ -544,6 +544,17 @@ class ClusterHarness:
         self.run_until(answered, timeout)
         return got[0]
 
+    def create_topics(self, *names: str, via: int = 1, partitions: int = 1) -> None:
+        """Create each topic through node C{via}, retrying while the controller is being elected
+        (after a restart), as a client does; asserts each was created."""
+        for name in names:
+            for _ in range(20):
+                answer = self.call(via, "CreateTopic", {"topic": name, "partitions": partitions})
+                if answer.get("error", {}).get("code") != "LEADER_NOT_AVAILABLE":
+                    break
+                self.run(0.2)
+            assert "result" in answer, answer
+
     def run_until_formed(self, timeout: float = 30.0) -> float:
         """Run until one node leads the metadata group and every node's metadata lists them all."""
         return self.run_until(lambda: self.controller() is not None
@@ -603,5 +614,5 @@ class MemoryHardState:
         self.states.pop(group, None)
         return succeed(None)
 
-    def bind(self, clock: Any, run_in_thread: Any = None) -> None:
+    def bind(self, clock: Any, run_in_thread: Any = None, in_flight: Any = None) -> None:
         pass

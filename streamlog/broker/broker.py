@@ -89,6 +89,9 @@ class Broker:
         if store is not None:
             # Terms and votes are saved in rounds scheduled on the node's clock.
             store.bind(clock, hard_state_runner)
+            in_flight = getattr(committer, "in_flight", None)
+            if in_flight is not None:  # its saves count in /ready's disk check (a hung one stalls elections)
+                store.bind(clock, in_flight=in_flight)
         #: This node's replicas; without one given, the node is a cluster of one.
         self.directory = directory if directory is not None else alone(storage, config, clock, on_fatal)
         self.directory.producer_state = config.producer_state

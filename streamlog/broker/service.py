@@ -457,6 +457,9 @@ class BrokerService(service.Service):
             self.committer = GroupCommitter(self.config.fsync, clock=self.clock, on_fatal=fail_stop,
                                             sync_workers=self.config.sync_workers)
             broker.committer = self.committer
+            store = getattr(broker.storage, "hard_state", None)
+            if store is not None:  # its term-and-vote saves count in /ready's disk check too
+                store.bind(self.clock, in_flight=self.committer.in_flight)
         self._retention.start(self.config.retention_check_interval, now=False)
         if self.cluster is not None:
             self.cluster.start()

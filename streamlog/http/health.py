@@ -14,11 +14,14 @@ or a rolling restart waits for, and it needs three things:
     whose preferred leader (first replica) it is; unavailable means its
     storage found damage, it has no local replica yet, or its group has no
     leader.  At most L{MAX_LISTED} are named in the answer;
-  - C{disk}: no log sync (fsync) has been in a sync worker for longer than
-    C{--ready-max-sync-seconds} (L{DEFAULT_READY_MAX_SYNC_SECONDS}).  A hung
-    disk does not fail a sync, it never finishes one: the node's reactor
-    and its Raft heartbeats go on, so without this check the node would look
-    ready while every write waiting for that sync goes unanswered.
+  - C{disk}: no sync (fsync) of any kind has been in a worker for longer than
+    C{--ready-max-sync-seconds} (L{DEFAULT_READY_MAX_SYNC_SECONDS}): a log
+    sync, a Raft hard-state save (term and vote) or a checkpoint
+    (L{streamlog.storage.in_flight}).  A hung disk does not fail a sync, it
+    never finishes one: the node's reactor and its Raft heartbeats go on, so
+    without this check the node would look ready while every write waiting
+    for a log sync goes unanswered, or its groups cannot elect while a
+    hard-state save hangs.
 
 C{/health} stays 200 on a hung sync (and says the sync's age): a restart
 does not mend a disk, and a process stuck in the kernel's fsync may not even
@@ -63,24 +66,43 @@ def _storage(service: Any) -> dict[str, Any]:
     return {"ok": True, "recovery_seconds": round(service.recovery.seconds, 6)}
 
 
-def oldest_sync_seconds(service: Any) -> float | None:
-    """Seconds the node's oldest log sync in flight has taken so far (None: no committer, memory storage)."""
+def oldest_sync(service: Any) -> tuple[float, str] | None:
+    """(seconds, kind) of the node's oldest sync in flight, (0.0, "") when none is; None without a
+    committer (memory storage).  Every kind counts: a log sync, a Raft hard-state save, a checkpoint."""
     committer = getattr(service.broker, "committer", None) if service.broker is not None else None
     if committer is None:
         return None
-    return round(float(committer.oldest_sync_seconds()), 3)
+    oldest = committer.in_flight.oldest()
+    if oldest is None:
+        return 0.0, ""
+    return round(float(oldest[0]), 3), oldest[1]
+
+
+def oldest_sync_seconds(service: Any) -> float | None:
+    """Seconds the node's oldest sync in flight has taken so far (None: no committer, memory storage)."""
+    oldest = oldest_sync(service)
+    return None if oldest is None else oldest[0]
+
+
+#: What a hung sync of each kind holds back, for /ready's reason.
+_STALLS = {"log": "writes that wait for it are not answered",
+           "hard_state": "its Raft groups cannot vote or elect until it is durable",
+           "checkpoint": "that log's later syncs wait behind it"}
 
 
 def _disk(service: Any) -> dict[str, Any]:
-    age = oldest_sync_seconds(service)
-    if age is None:
+    oldest = oldest_sync(service)
+    if oldest is None:
         return {"ok": True}
+    age, kind = oldest
     limit = float(getattr(service.config, "ready_max_sync_seconds", DEFAULT_READY_MAX_SYNC_SECONDS))
     if age <= limit:
         return {"ok": True, "oldest_sync_seconds": age}
-    return {"ok": False, "oldest_sync_seconds": age, "limit_seconds": limit,
-            "reason": f"a log sync (fsync) has been in flight for {age:g} s, more than --ready-max-sync-seconds "
-                      f"({limit:g} s): writes that wait for it are not answered"}
+    what = {"log": "a log sync (fsync)", "hard_state": "a Raft hard-state save (term and vote, fsync)",
+            "checkpoint": "a checkpoint sync"}.get(kind, "a sync")
+    return {"ok": False, "oldest_sync_seconds": age, "limit_seconds": limit, "sync": kind,
+            "reason": f"{what} has been in flight for {age:g} s, more than --ready-max-sync-seconds "
+                      f"({limit:g} s): {_STALLS.get(kind, 'what waits for it is not answered')}"}
 
 
 def _cluster(service: Any) -> dict[str, Any]:

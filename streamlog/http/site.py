@@ -30,6 +30,10 @@ and one client address may hold at most
 L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections: a new one past that
 closes that address's own oldest connection not being answered (so one
 address cannot close everybody's), or is refused if it has none.
+
+None of this writes a log line; the site counts each (refusals, evictions,
+request and idle timeouts) and L{streamlog.metrics.http_site} shows them in
+C{/metrics}.
 """
 
 from __future__ import annotations
@@ -165,6 +169,7 @@ class QuietChannel(HTTPChannel):
         self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
+        self.site.idle_timeouts += 1
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
@@ -192,11 +197,13 @@ class QuietSite(Site):
         self.by_address: dict[str, int] = {}
         #: Connections closed on accept because L{max_connections} were open, or
         #: L{max_connections_per_address} from the same address, all of them being answered;
-        #: connections closed to make room for a new one; requests cut at L{request_timeout}.
+        #: connections closed to make room for a new one; requests cut at L{request_timeout};
+        #: connections closed idle for the idle timeout (/metrics: streamlog.metrics.http_site).
         self.refused_connections = 0
         self.refused_per_address = 0
         self.closed_idle = 0
         self.slow_requests = 0
+        self.idle_timeouts = 0
         #: The open connections (in the order they opened).
         self.channels: dict[QuietChannel, None] = {}
         self._ticks = 0

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from streamlog import __version__
 from streamlog.metrics.histogram import Histogram
+from streamlog.storage.in_flight import KINDS
 from streamlog.topic_config import OFFSETS_TOPIC
 
 #: Per-partition series are emitted while the node holds at most this many partitions
@@ -82,6 +83,7 @@ class NodeCollector(Collector):
         yield from self._storage(broker, replicas, detailed)
         yield from self._raft(broker, replicas, detailed)
         yield from self._peers(broker)
+        yield from self._meta_snapshots()
         yield from self._groups(broker, detailed)
 
     # --- the node and its client edge ---------------------------------------------------
@@ -149,11 +151,14 @@ class NodeCollector(Collector):
                              "Seconds of one log sync, from its hand-off to a sync worker until its result is "
                              "back on the reactor (fsync included; queueing when more logs need syncs than "
                              "--sync-workers).", [], [([], committer.sync_seconds)])
-            yield GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
-                                    "Seconds since the oldest log sync not finished yet was handed to a sync "
-                                    "worker (queueing included; 0: none is); a hung fsync shows here, never in "
-                                    "streamlog_fsync_duration_seconds.",
-                                    value=committer.oldest_sync_seconds())
+            oldest = GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
+                                       "Seconds since the oldest sync of the kind (log, hard_state: Raft term and "
+                                       "vote, checkpoint) not finished yet was handed to a worker (queueing "
+                                       "included; 0: none is); a hung fsync shows here, never in "
+                                       "streamlog_fsync_duration_seconds.", labels=["kind"])
+            for kind in KINDS:
+                oldest.add_metric([kind], committer.in_flight.oldest_seconds(kind))
+            yield oldest
             yield _histogram("streamlog_group_commit_batch_entries",
                              "Raft entries (stored batches) one log sync made durable: the appends one fsync "
                              "covered.", [], [([], committer.sync_entries)])
@@ -276,6 +281,24 @@ class NodeCollector(Collector):
         for event, n in sorted((getattr(host, "stats", None) or {}).items()):
             events.add_metric([event], n)
         yield events
+
+    def _meta_snapshots(self) -> Iterator[Metric]:
+        """The metadata group's compaction (a cluster node: L{streamlog.cluster.meta_snapshots})."""
+        compactor = getattr(self.service.cluster, "compactor", None) if self.service.cluster is not None else None
+        if compactor is None:  # a node alone, or a cluster node before Raft runs
+            return
+        stats = compactor.stats
+        yield CounterMetricFamily("streamlog_meta_snapshots_written", "Snapshots of the cluster metadata this "
+                                  "node took and wrote (every --metadata-snapshot-entries applied entries).",
+                                  value=stats.get("written", 0))
+        yield CounterMetricFamily("streamlog_meta_snapshot_installs", "Metadata snapshots this node received from "
+                                  "the controller (InstallSnapshot) and installed.", value=stats.get("installed", 0))
+        yield CounterMetricFamily("streamlog_meta_snapshots_refused", "Metadata snapshot files found damaged (or "
+                                  "contradicting the log) at start-up and set aside.", value=stats.get("refused", 0))
+        yield GaugeMetricFamily("streamlog_meta_snapshot_index", "The metadata log index the newest snapshot "
+                                "this node holds is as of (0: none).", value=compactor.index)
+        yield GaugeMetricFamily("streamlog_meta_snapshot_bytes", "Bytes of the newest metadata snapshot this "
+                                "node holds (what InstallSnapshot sends a follower).", value=len(compactor.data))
 
     # --- consumer groups -----------------------------------------------------------
 

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from streamlog.metrics.histogram import BATCH_BUCKETS, SYNC_BUCKETS, Histogram
 from streamlog.storage.errors import StorageCorrupted, StorageError, StorageFailed
+from streamlog.storage.in_flight import CHECKPOINT, LOG, SyncsInFlight
 
 #: Sync workers by default (C{--sync-workers}).
 DEFAULT_SYNC_WORKERS = 4
@@ -154,6 +155,8 @@ class GroupCommitter:
     @param checkpoint_interval: seconds between background syncs and
         checkpoints of every log seen (C{None}: none; the server should keep the default).
     @param sync_workers: how many logs may be synced at once (C{--sync-workers}).
+    @param in_flight: where its syncs and checkpoints are tracked while in a worker (a new one
+        if None); the node shares it with its hard-state store (L{SyncsInFlight}).
     """
 
     _log = Logger()
@@ -166,6 +169,7 @@ class GroupCommitter:
         on_fatal: Callable[[Failure], object] | None = None,
         checkpoint_interval: float | None = 60.0,
         sync_workers: int = DEFAULT_SYNC_WORKERS,
+        in_flight: SyncsInFlight | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -211,17 +215,25 @@ class GroupCommitter:
         self.checkpoints = 0  # due checkpoints written outside syncs
         #: Why forgotten logs went away, for waiters of a sync already running.
         self._forgotten: dict[Hashable, Exception | None] = {}
-        #: When each sync job in a worker now was handed off (a hung fsync never finishes, so only
-        #: this shows it: /ready and streamlog_fsync_oldest_in_flight_seconds).
-        self._in_flight: dict[Deferred, float] = {}
+        #: When each sync and checkpoint job in a worker now was handed off (a hung fsync never
+        #: finishes, so only this shows it: /ready and streamlog_fsync_oldest_in_flight_seconds).
+        self.in_flight = in_flight if in_flight is not None else SyncsInFlight(clock)
 
     # -- public API -----------------------------------------------------------
 
     def oldest_sync_seconds(self) -> float:
-        """Seconds the oldest log sync in a worker now has been there (0.0: none is)."""
-        if not self._in_flight:
-            return 0.0
-        return max(0.0, self._clock.seconds() - min(self._in_flight.values()))
+        """Seconds the oldest sync of any kind in L{in_flight} has been there (0.0: none is)."""
+        return self.in_flight.oldest_seconds()
+
+    def _tracked(self, kind: str, d: Deferred) -> Deferred:
+        """C{d}, a job of C{kind} just handed to a worker, counted in L{in_flight} until it fires."""
+        token = self.in_flight.begin(kind)
+
+        def ended(result: object) -> object:
+            self.in_flight.end(token)
+            return result
+
+        return d.addBoth(ended)
 
     def wait(self, log: Any, offset: int) -> Deferred:
         """A Deferred firing once records below C{offset} of C{log} are as durable as the policy makes them.
@@ -387,7 +399,7 @@ class GroupCommitter:
         """A checkpoint the last sync made due, written by a worker of its own (never inside a sync)."""
         if key in self._checkpointing or not getattr(log, "checkpoint_due", False) or self._failure is not None:
             return
-        d = self._run_in_thread(_checkpoint_one, log)
+        d = self._tracked(CHECKPOINT, self._run_in_thread(_checkpoint_one, log))
         self._checkpointing[key] = d
         d.addErrback(self._fatal)
 
@@ -439,7 +451,7 @@ class GroupCommitter:
                 self._background = busy
                 busy.addBoth(self._pass_resumed)
                 return
-            d = self._run_sync(_background_one, log)
+            d = self._tracked(CHECKPOINT, self._run_sync(_background_one, log))
             self._background = self._syncing[key] = d
             self.pass_jobs += 1
             d.addErrback(self._fatal)
@@ -493,13 +505,11 @@ class GroupCommitter:
         self.rounds += 1
         began = self._clock.seconds()
         durable_before = getattr(log, "durable_index", None)
-        d = self._run_sync(_sync_one, log)
-        self._in_flight[d] = began
+        d = self._tracked(LOG, self._run_sync(_sync_one, log))
         d.addErrback(self._fatal)
         self._syncing[key] = d
 
         def finished(outcome: object) -> object:
-            self._in_flight.pop(d, None)
             if self._syncing.get(key) is d:
                 del self._syncing[key]
             if outcome is None:

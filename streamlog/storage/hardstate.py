@@ -49,6 +49,7 @@ from streamlog.raft.core import HardState
 from streamlog.storage.checkpoint import fsync_dir
 from streamlog.storage.codec import crc32c
 from streamlog.storage.errors import StorageCorrupted, StorageFailed
+from streamlog.storage.in_flight import HARD_STATE, SyncsInFlight
 
 HARD_STATE_FILE = "hardstate"
 MAGIC = b"SH"
@@ -204,15 +205,22 @@ class HardStateStore:
         self._size = 0
         self.rounds = 0  # rounds written (for tests and metrics)
         self.fsyncs = 0
+        #: Where a round in a worker is tracked (L{bind}): a hung save stalls its groups' elections.
+        self.in_flight: SyncsInFlight | None = None
         self._open(must_exist)
 
-    def bind(self, clock: Any, run_in_thread: Callable[..., Deferred] | None = None) -> None:
+    def bind(self, clock: Any, run_in_thread: Callable[..., Deferred] | None = None,
+             in_flight: SyncsInFlight | None = None) -> None:
         """Schedule rounds on C{clock} (the node's, where the store was opened without one)
-        and, if given, run them with C{run_in_thread}: a node on a test's Clock saves there."""
+        and, if given, run them with C{run_in_thread}: a node on a test's Clock saves there.
+        With C{in_flight} (the node's, shared with its group committer) each round is counted
+        there while it is in a worker, so /ready sees a hung save."""
         if self._clock is None:
             self._clock = clock
         if run_in_thread is not None:
             self._run = run_in_thread
+        if in_flight is not None:
+            self.in_flight = in_flight
 
     # -- opening ---------------------------------------------------------------------
 
@@ -326,10 +334,14 @@ class HardStateStore:
         run = self._run
         if run is None:
             from twisted.internet.threads import deferToThread as run
+        tracker = self.in_flight
+        token = tracker.begin(HARD_STATE) if tracker is not None else None
         d = run(self._write_round, frame, compact)
 
         def done(result: object) -> None:
             self._running = False
+            if tracker is not None and token is not None:
+                tracker.end(token)
             if isinstance(result, Failure):
                 self._fatal(result, waiters)
                 return

@@ -638,6 +638,9 @@ class Node(service.MultiService):
                          request_timeout=self.config.http_request_timeout,
                          max_connections_per_address=self.config.http_max_connections_per_address,
                          max_body_bytes=self.console_config.max_body_bytes)
+        from streamlog.metrics.http_site import HttpSiteCollector
+
+        self.metrics_registry.register(HttpSiteCollector(site))  # its refusals and timeouts in /metrics
         http = ListenService(endpoint, site, self.config.http_port_file, self.config.http_listen)
         try:
             self.http_address = http.listen_now()

@@ -33,13 +33,7 @@ def store_of(c: ClusterHarness, i: int) -> MemorySnapshots:
 
 
 def create(c: ClusterHarness, *names: str) -> None:
-    for name in names:
-        for _ in range(20):  # a controller being elected (after a restart) is retried, as a client does
-            answer = c.call(1, "CreateTopic", {"topic": name, "partitions": 1})
-            if answer.get("error", {}).get("code") != "LEADER_NOT_AVAILABLE":
-                break
-            c.run(0.2)
-        assert "result" in answer, answer
+    c.create_topics(*names)
 
 
 def converged(c: ClusterHarness) -> bool:

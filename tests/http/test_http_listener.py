@@ -81,6 +81,10 @@ def test_the_slow_client_bounds_reach_the_site(tmp_path):
     node.open()
     site = reactor.tcpServers[1][1]
     assert (site.request_timeout, site.max_connections_per_address) == (7.5, 3)
+    site.slow_requests, site.refused_per_address = 2, 1  # the node's /metrics reads this site's counters
+    assert node.metrics_registry.get_sample_value("streamlog_http_request_timeouts_total") == 2
+    assert node.metrics_registry.get_sample_value("streamlog_http_connections_refused_total",
+                                                  {"limit": "per_address"}) == 1
     node.broker_service.close()
 
 

@@ -46,19 +46,19 @@ def test_a_sync_in_flight_past_the_limit_makes_the_node_not_ready_and_the_gauge_
     h, threads, conn = hung
     service = service_of(h.broker)
     scrape = Scrape(h.broker, h.factory)
-    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds") == 0
+    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
     rids = [conn.request("Send", {"topic": "t", "value": i, "acks": "all"}) for i in range(5)]
     clock.advance(0)  # the round hands the sync to the (now hung) worker
     assert threads.jobs
     clock.advance(9.5)
-    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds") == pytest.approx(9.5)
+    assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == pytest.approx(9.5)
     ready, body = readiness(service)
     assert ready and body["checks"]["disk"] == {"ok": True, "oldest_sync_seconds": 9.5}
     clock.advance(1.0)  # 10.5 s: past the default --ready-max-sync-seconds (10)
     ready, body = readiness(service)
     assert not ready
     assert body["checks"]["disk"] == {
-        "ok": False, "oldest_sync_seconds": 10.5, "limit_seconds": 10.0,
+        "ok": False, "oldest_sync_seconds": 10.5, "limit_seconds": 10.0, "sync": "log",
         "reason": "a log sync (fsync) has been in flight for 10.5 s, more than --ready-max-sync-seconds (10 s): "
                   "writes that wait for it are not answered"}
     answer = get(ReadyResource(service), "/")
@@ -68,7 +68,7 @@ def test_a_sync_in_flight_past_the_limit_makes_the_node_not_ready_and_the_gauge_
     assert not {a["id"] for a in conn.answers()} & set(rids)
     turn(threads, clock)  # the disk comes back
     assert {a["id"] for a in conn.answers() if "result" in a} >= set(rids)
-    assert readiness(service)[0] and scrape.value("streamlog_fsync_oldest_in_flight_seconds") == 0
+    assert readiness(service)[0] and scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
 
 
 def test_the_limit_is_the_nodes_option(hung, clock):
@@ -104,3 +104,78 @@ def test_the_oldest_of_several_syncs_in_flight_is_the_one_reported():
     assert committer.oldest_sync_seconds() == pytest.approx(1.0)
     threads.run_all()
     assert committer.oldest_sync_seconds() == 0.0
+
+
+def test_a_hung_hard_state_save_makes_the_node_not_ready(clock, tmp_path):
+    """A Raft term-and-vote save that never finishes stalls the group's election as surely as a
+    hung log sync stalls writes: /ready goes 503 (sync: hard_state) and the gauge shows its age."""
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    h = BrokerHarness(storage=SegmentedStorage(str(tmp_path / "data")), clock=clock, committer=committer)
+    saves = ManualThreads()
+    h.broker.storage.hard_state.bind(clock, saves)  # the term-and-vote rounds now wait in this "worker"
+    service = service_of(h.broker)
+    scrape = Scrape(h.broker, h.factory)
+    try:
+        h.broker.create_topic("t", 1)  # its group elects this node: a term and vote to save first
+        turn(threads, clock)  # log syncs go through: only the save is held
+        assert saves.jobs and not threads.jobs
+        clock.advance(10.5)
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="hard_state") == pytest.approx(10.5)
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
+        ready, body = readiness(service)
+        assert not ready
+        assert body["checks"]["disk"] == {
+            "ok": False, "oldest_sync_seconds": 10.5, "limit_seconds": 10.0, "sync": "hard_state",
+            "reason": "a Raft hard-state save (term and vote, fsync) has been in flight for 10.5 s, more than "
+                      "--ready-max-sync-seconds (10 s): its Raft groups cannot vote or elect until it is durable"}
+        assert get(ReadyResource(service), "/").status == 503
+        saves.run_all()  # the disk comes back
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="hard_state") == 0
+        assert readiness(service)[1]["checks"]["disk"] == {"ok": True, "oldest_sync_seconds": 0.0}
+    finally:
+        h.stop()
+        committer.stop()
+        for _ in range(10):
+            saves.run_all()
+            turn(threads, clock, 1)
+        h.broker.close()
+
+
+def test_a_hung_checkpoint_counts_as_a_sync_in_flight():
+    """The periodic pass's sync-and-checkpoint job in a worker is tracked like a commit sync."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("never"), clock=clock, run_in_thread=threads, checkpoint_interval=5.0)
+    log = SyncedLog()
+    committer.wait_index(log, 3)  # seen: the periodic pass syncs and checkpoints it
+    clock.advance(5.0)
+    assert threads.jobs
+    clock.advance(12.0)
+    assert committer.in_flight.oldest() == (pytest.approx(12.0), "checkpoint")
+    assert committer.oldest_sync_seconds() == pytest.approx(12.0)
+    threads.run_all()
+    assert committer.in_flight.oldest() is None
+    committer.stop()
+    threads.run_all()
+
+
+def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path):
+    """The node's wiring: the committer made at start shares its tracker with the hard-state store."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from streamlog.broker.service import NodeConfig
+    from streamlog.tap.server import Node
+
+    reactor = MemoryReactorClock()
+    node = Node(NodeConfig(listen="tcp:7070:interface=127.0.0.1", data_dir=str(tmp_path)), reactor)
+    node.open()
+    service = node.broker_service
+    service.startService()
+    try:
+        store = service.broker.storage.hard_state
+        assert store is not None and store.in_flight is service.committer.in_flight
+    finally:
+        service.stopService()

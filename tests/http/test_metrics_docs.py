@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 from metrics_support import Scrape
+from twisted.web.resource import Resource
 
+from streamlog.http.site import QuietSite
+from streamlog.metrics.http_site import HttpSiteCollector
 from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
 from streamlog.testing import BrokerHarness, ClusterHarness
 
@@ -42,6 +45,9 @@ def every_family(clock):
         names.update(exposed_names(Scrape(h.broker, h.factory)))
     finally:
         h.stop()
+    site = Scrape(h.broker)  # the HTTP listener's collector, registered beside the node's
+    site.registry.register(HttpSiteCollector(QuietSite(Resource(), reactor=clock)))
+    names.update(exposed_names(site))
     return names
 
 
