@@ -1190,8 +1190,10 @@ def _messages_of(refused: Mapping[int, Any], entries: list[dict[str, Any]], mess
     """The messages (in request order, each naming its partition) that a node placed on the
     C{refused} partitions of a SendBatch it answered with C{entries}.  Explicit and keyed
     messages are placed by the server's rule; all unkeyed ones went to one partition, the
-    one whose entry counts more messages than its explicit and keyed ones.  None when the
-    counts do not tell (a topic of another partition count than C{count})."""
+    one whose entry counts more messages than its explicit and keyed ones, or, if none does, one
+    answered with an error (an error entry has no count).  None when the counts do not tell (a
+    topic of another partition count than C{count}) or the unkeyed ones may be on a part not
+    C{refused} (one that may hold them already)."""
     placed: list[int | None] = []
     counts: dict[int, int] = {}
     for m in messages:
@@ -1201,14 +1203,26 @@ def _messages_of(refused: Mapping[int, Any], entries: list[dict[str, Any]], mess
         if p is not None:
             counts[p] = counts.get(p, 0) + 1
     unkeyed = placed.count(None)
-    surplus = {e["partition"]: e["count"] - counts.get(e["partition"], 0) for e in entries}
+    # An error entry carries no count (docs/protocol.md): only taken parts say how many they hold.
+    surplus = {e["partition"]: e["count"] - counts.get(e["partition"], 0) for e in entries if "error" not in e}
     sticky = [p for p, n in surplus.items() if n != 0]
-    if unkeyed == 0 and not sticky:
-        where = placed
-    elif len(sticky) == 1 and surplus[sticky[0]] == unkeyed:
-        where = [sticky[0] if p is None else p for p in placed]
-    else:
-        return None
+    home: int | None = None
+    if sticky:
+        if len(sticky) != 1 or surplus[sticky[0]] != unkeyed:
+            return None
+        home = sticky[0]
+    elif unkeyed:
+        # The unkeyed ones went to one part answered with an error: the one no explicit or keyed
+        # message names if there is one (a part is answered only if a message went there), else
+        # any erring part.  Resent only if every part they may be on surely holds none of them;
+        # then to the first such part (an unkeyed message has no partition to keep).
+        erring = [e["partition"] for e in entries if "error" in e]
+        unnamed = [p for p in erring if p not in counts]
+        candidates = unnamed if len(unnamed) == 1 else erring
+        if not candidates or any(p not in refused for p in candidates):
+            return None
+        home = candidates[0]
+    where = [home if p is None else p for p in placed]
     return [{**m, "partition": p} for m, p in zip(messages, where, strict=True) if p in refused]
 
 

@@ -155,3 +155,29 @@ def test_the_refused_parts_messages_are_found_from_the_nodes_counts():
     assert all(m["partition"] == sticky for m in found)
     # Counts that fit no single sticky partition (another partition count): none is guessed.
     assert _messages_of({sticky: None}, [{"partition": 0, "count": 9}], messages, 3) is None
+
+
+def test_error_entries_carry_no_count_and_the_unkeyed_ones_are_resent_only_if_surely_refused():
+    # Review of producer-merge: the broker's error entries have no "count" (the fake gave them
+    # one), so finding the refused messages raised KeyError and failed the whole SendBatch.
+    from streamlog.client.cluster import _messages_of
+    from streamlog.partitioner import partition_for_key
+
+    keys = {partition_for_key(k, 3): k for k in (f"k{i}" for i in range(40))}
+    messages = [{"value": p, "key": keys[p]} for p in range(3)] + [{"value": "u"}]
+    not_leader = {"code": "NOT_LEADER", "message": "m"}
+    # Partition 0 taken with only its keyed message: the unkeyed one is on 1 or 2, both refused.
+    entries = [{"partition": 0, "base_offset": 0, "count": 1},
+               {"partition": 1, "error": not_leader}, {"partition": 2, "error": not_leader}]
+    found = _messages_of({1: None, 2: None}, entries, messages, 3)
+    assert [m["value"] for m in found] == [1, 2, "u"] and found[2]["partition"] in (1, 2)
+    # ... but if one of those parts may hold it already (not resendable), nothing is guessed.
+    maybe = {**not_leader, "maybe_appended": True}
+    entries[2] = {"partition": 2, "error": maybe}
+    assert _messages_of({1: None}, entries, messages, 3) is None
+    # An erring part no keyed message names is where the unkeyed ones went.
+    only_keyed = [messages[0], messages[1], messages[3]]
+    entries = [{"partition": 0, "base_offset": 0, "count": 1}, {"partition": 1, "error": maybe},
+               {"partition": 2, "error": not_leader}]
+    found = _messages_of({2: None}, entries, only_keyed, 3)
+    assert [(m["value"], m["partition"]) for m in found] == [("u", 2)]
