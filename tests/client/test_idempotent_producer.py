@@ -173,6 +173,21 @@ def test_a_batch_that_expires_alone_at_its_resend_lets_the_sends_behind_it_go_in
     assert cluster.values("t", 0) == ["a", "c"]
 
 
+def test_a_batch_that_expires_alone_does_not_hold_the_sends_to_a_healthy_partition(clock, cluster, client):
+    # The same gap, at the default pipelining: it held every partition's new batches, not only its own.
+    cluster.create_topic("t", 2, leaders=[1, 2])
+    producer = Producer(client, linger_ms=0, batch_size=1, delivery_timeout=1.0)
+    first = producer.send("t", "a", partition=0)
+    run_until(clock, cluster, lambda: first.called)
+    cluster.nodes[1].faults["SendBatch"] = lambda params: errors.LeaderNotAvailable("an election")
+    expiring = producer.send("t", "b", partition=0)
+    run_until(clock, cluster, lambda: expiring.called)
+    assert failure_of(expiring).check(errors.DeliveryTimeout)
+    elsewhere = producer.send("t", "x", partition=1)
+    run_until(clock, cluster, lambda: elsewhere.called, limit=1.0)
+    assert result_of(elsewhere) == (1, 0) and producer.epoch_bumps == 1
+
+
 def test_an_idempotent_producer_refuses_acks_none():
     with pytest.raises(ValueError, match="acks"):
         Producer(object.__new__(ClusterClient), acks="none")
