@@ -914,7 +914,8 @@ class ClusterClient:
              headers: dict[str, str] | None = None, acks: str = "all", timeout: float | None = None) -> Deferred:
         """C{Send} to the partition's leader: fires with C{{topic, partition, offset, timestamp,
         durability, ...}} (None for acks="none").  The partition is chosen here (murmur2 of the key,
-        else round-robin) unless the server is a single node, which chooses itself."""
+        else the sticky partition, which each unkeyed send moves on by one) unless the server is a
+        single node, which chooses itself."""
         expect = acks != "none"
 
         def routed(info: TopicInfo, timeout: float | None) -> Deferred:
