@@ -153,7 +153,8 @@ class NodeCollector(Collector):
                              "--sync-workers).", [], [([], committer.sync_seconds)])
             oldest = GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
                                        "Seconds since the oldest sync of the kind (log, hard_state: Raft term and "
-                                       "vote, checkpoint) not finished yet was handed to a worker (queueing "
+                                       "vote, checkpoint, meta_snapshot: a metadata snapshot write) not finished "
+                                       "yet was handed to a worker (queueing "
                                        "included; 0: none is); a hung fsync shows here, never in "
                                        "streamlog_fsync_duration_seconds.", labels=["kind"])
             for kind in KINDS:

@@ -225,6 +225,12 @@ class GroupCommitter:
         """Seconds the oldest sync of any kind in L{in_flight} has been there (0.0: none is)."""
         return self.in_flight.oldest_seconds()
 
+    def run_tracked(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} in a worker (the checkpoints' threads, not the sync pool: it never waits
+        behind or holds up a commit sync), counted in L{in_flight} as a sync of C{kind} until
+        it is back: for the node's other blocking writes, such as its metadata snapshots."""
+        return self._tracked(kind, self._run_in_thread(f, *args))
+
     def _tracked(self, kind: str, d: Deferred) -> Deferred:
         """C{d}, a job of C{kind} just handed to a worker, counted in L{in_flight} until it fires."""
         token = self.in_flight.begin(kind)

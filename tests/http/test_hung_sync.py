@@ -179,3 +179,54 @@ def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path)
         assert store is not None and store.in_flight is service.committer.in_flight
     finally:
         service.stopService()
+
+
+def test_a_metadata_snapshot_write_runs_in_a_worker_and_a_hung_one_makes_the_node_not_ready():
+    """A cluster node's metadata snapshot (written and fsynced before the metadata log may drop
+    its prefix) ran on the reactor thread, where a hung disk held everything and nothing could
+    tell; in the committer's worker it is a sync in flight like the others (meta_snapshot)."""
+    from metrics_support import service_of
+
+    from streamlog.cluster.metadata import METADATA_GROUP
+    from streamlog.testing import ClusterHarness
+
+    c = ClusterHarness(3, metadata_snapshot_entries=4)
+    try:
+        c.run_until_formed()
+        node, broker = c.nodes[2], c.brokers[2]
+        threads = ManualThreads()  # "never": no log syncs, so the snapshot write is its only job
+        broker.committer = GroupCommitter(FsyncPolicy("never"), clock=c.clock, run_in_thread=threads,
+                                          checkpoint_interval=None)
+        compactor, log = node.compactor, node.meta_log
+        written, start = compactor.stats["written"], log.start_index
+        c.create_topics(*(f"t{i}" for i in range(8)))
+        c.run_until(lambda: threads.jobs)  # due: handed to the worker, not written on the reactor
+        held = compactor.writing
+        assert held is not None and compactor.stats["written"] == written
+        assert c.storages[2].snapshot_store(METADATA_GROUP).listing()[:1] != [held]  # not on disk yet
+        service = service_of(broker, node_id=2)
+        scrape = Scrape(broker, c.factories[2], node_id=2)
+        c.run(10.5)  # the node runs on (the others' entries keep coming), the write stays hung
+        assert len(threads.jobs) == 1 and compactor.writing == held  # one at a time
+        assert log.start_index == start  # no prefix dropped before its snapshot is durable
+        age = scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot")
+        assert age == pytest.approx(10.5, abs=0.05)
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
+        disk = readiness(service)[1]["checks"]["disk"]
+        assert disk["ok"] is False and disk["sync"] == "meta_snapshot"
+        assert disk["reason"].startswith("a metadata snapshot write (fsync) has been in flight for")
+        assert disk["reason"].endswith("the metadata log is not compacted, and no newer snapshot is taken, "
+                                       "until it is durable")
+        threads.run_all()  # the disk comes back: the file is durable, then the log is compacted
+        assert compactor.writing is None and compactor.stats["written"] == written + 1 and compactor.index == held
+        c.create_topics(*(f"u{i}" for i in range(8)))  # a second snapshot: the older one is where the log is cut
+
+        def compacted():
+            threads.run_all()
+            return log.start_index > start
+
+        c.run_until(compacted)
+        assert log.start_index <= compactor.index
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot") == 0
+    finally:
+        c.stop()
