@@ -203,6 +203,8 @@ def test_a_metadata_snapshot_write_runs_in_a_worker_and_a_hung_one_makes_the_nod
         c.run_until(lambda: threads.jobs)  # due: handed to the worker, not written on the reactor
         held = compactor.writing
         assert held is not None and compactor.stats["written"] == written
+        already, kind = broker.committer.in_flight.oldest()  # handed over during create_topics' own run
+        assert kind == "meta_snapshot"
         assert c.storages[2].snapshot_store(METADATA_GROUP).listing()[:1] != [held]  # not on disk yet
         service = service_of(broker, node_id=2)
         scrape = Scrape(broker, c.factories[2], node_id=2)
@@ -210,7 +212,7 @@ def test_a_metadata_snapshot_write_runs_in_a_worker_and_a_hung_one_makes_the_nod
         assert len(threads.jobs) == 1 and compactor.writing == held  # one at a time
         assert log.start_index == start  # no prefix dropped before its snapshot is durable
         age = scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot")
-        assert age == pytest.approx(10.5, abs=0.05)
+        assert age == pytest.approx(already + 10.5, abs=0.005)
         assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
         disk = readiness(service)[1]["checks"]["disk"]
         assert disk["ok"] is False and disk["sync"] == "meta_snapshot"
@@ -230,3 +232,24 @@ def test_a_metadata_snapshot_write_runs_in_a_worker_and_a_hung_one_makes_the_nod
         assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot") == 0
     finally:
         c.stop()
+
+
+def test_the_committers_stop_waits_for_a_tracked_job_still_in_its_worker():
+    """A metadata snapshot write still in a worker when the node stops: the committer's stop
+    (after which the node closes its storage and releases its data directory) waits for it."""
+    from twisted.internet.task import Clock
+
+    from streamlog.testing import no_result, result_of
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("never"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    results = []
+    committer.run_tracked("meta_snapshot", lambda: "saved").addCallback(results.append)
+    assert committer.in_flight.oldest() == (0.0, "meta_snapshot")
+    stopped = committer.stop()
+    no_result(stopped)
+    threads.run_all()
+    assert results == ["saved"]  # the job's own result still goes to its caller
+    result_of(stopped)
+    assert committer.in_flight.oldest() is None
