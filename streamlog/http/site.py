@@ -31,6 +31,15 @@ L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections: a new one past that
 closes that address's own oldest connection not being answered (so one
 address cannot close everybody's), or is refused if it has none.
 
+A connection the site closes itself (evicted, answered 408 or 413, or idle)
+may not close at once: a socket whose last answer is unflushed to a client
+that stopped reading stays open until the bytes are out.  So each stops its
+timers first (an evicted or refused connection would otherwise be counted
+again as an idle timeout later) and is aborted if it is still open
+L{HTTP_ABORT_TIMEOUT} seconds later: its descriptor is freed within a bound.
+A new connection at the cap takes the slot of one that is closing before it
+evicts one that is not (the closing one was counted by what closed it).
+
 None of this writes a log line; the site counts each (refusals, evictions,
 request and idle timeouts) and L{streamlog.metrics.http_site} shows them in
 C{/metrics}.
@@ -58,6 +67,9 @@ DEFAULT_HTTP_REQUEST_TIMEOUT = 30.0
 DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS = 16
 #: Largest request body on any path unless told otherwise (the console passes --console-max-body-bytes).
 DEFAULT_HTTP_MAX_BODY_BYTES = 65536
+#: Seconds a connection the site closed (idle, evicted, 408, 413) may take to send its last bytes
+#: before it is aborted: Twisted's own grace after an idle timeout (C{HTTPChannel.abortTimeout}).
+HTTP_ABORT_TIMEOUT = 15.0
 #: The value of --http-listen that turns the listener off.
 OFF = "none"
 #: The environment variable that, when set, is the default of --http-listen (the test suite sets
@@ -98,7 +110,7 @@ class BoundedRequest(Request):
         self.channel.transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json; "
                                      b"charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
                                      % (len(body), body))
-        self.channel.transport.loseConnection()
+        self.channel.close()
 
 
 class QuietChannel(HTTPChannel):
@@ -114,6 +126,9 @@ class QuietChannel(HTTPChannel):
     waiting_since = 0
     #: Closed by the site to make room (already uncounted).
     _made_room = False
+    #: Being closed by the site (L{close}): its socket may linger until the abort.
+    closing = False
+    abortTimeout = HTTP_ABORT_TIMEOUT
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -138,8 +153,26 @@ class QuietChannel(HTTPChannel):
     def make_room(self) -> None:
         """Close it for a new connection (the site has uncounted it already)."""
         self._made_room = True
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection after what it has written, and abort it if it is still open after
+        C{abortTimeout} (a client that does not read the last answer).  Its timers stop first:
+        its request deadline, and Twisted's idle timer, which would otherwise fire while the
+        socket lingers and count an idle timeout for a connection already counted as closed."""
+        if self.closing:
+            return
+        self.closing = True
         self._disarm()
-        self.transport.loseConnection()
+        self.setTimeout(None)
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        """Abort it at the end of the grace, without Twisted's log line (see the module's docstring)."""
+        self._abortingCall = None
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -166,13 +199,11 @@ class QuietChannel(HTTPChannel):
                                        "message": f"the request did not arrive whole within {limit:g} s"}})
         self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
                              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.transport.loseConnection()
+        self.close()
 
     def timeoutConnection(self) -> None:
         self.site.idle_timeouts += 1
-        if self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        self.close()
 
 
 class QuietSite(Site):
@@ -232,6 +263,11 @@ class QuietSite(Site):
         waiting = [c for c in self.channels if not c.answering and (host is None or c.peer_host == host)]
         if not waiting:
             return False
+        closing = [c for c in waiting if c.closing]
+        if closing:  # already closed (and counted) by the site, its socket lingering: its slot, uncounted
+            self.closed(closing[0])
+            closing[0]._made_room = True
+            return True
         oldest = min(waiting, key=lambda c: c.waiting_since)
         self.closed(oldest)
         self.closed_idle += 1
