@@ -41,7 +41,7 @@ A new connection at the cap takes the slot of one that is closing before it
 evicts one that is not (the closing one was counted by what closed it).
 
 None of this writes a log line; the site counts each (refusals, evictions,
-request and idle timeouts) and L{streamlog.metrics.http_site} shows them in
+request and idle timeouts, bodies refused) and L{streamlog.metrics.http_site} shows them in
 C{/metrics}.
 """
 
@@ -104,6 +104,7 @@ class BoundedRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        self.channel.site.bodies_refused += 1
         limit = self.channel.site.max_body_bytes
         body = orjson.dumps({"error": {"code": "BODY_TOO_LARGE", "limit": limit,
                                        "message": f"the request body is larger than {limit} bytes"}})
@@ -229,12 +230,14 @@ class QuietSite(Site):
         #: Connections closed on accept because L{max_connections} were open, or
         #: L{max_connections_per_address} from the same address, all of them being answered;
         #: connections closed to make room for a new one; requests cut at L{request_timeout};
-        #: connections closed idle for the idle timeout (/metrics: streamlog.metrics.http_site).
+        #: connections closed idle for the idle timeout; requests refused 413 for a body over
+        #: L{max_body_bytes} (/metrics: streamlog.metrics.http_site).
         self.refused_connections = 0
         self.refused_per_address = 0
         self.closed_idle = 0
         self.slow_requests = 0
         self.idle_timeouts = 0
+        self.bodies_refused = 0
         #: The open connections (in the order they opened).
         self.channels: dict[QuietChannel, None] = {}
         self._ticks = 0

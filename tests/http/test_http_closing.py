@@ -125,6 +125,26 @@ def test_a_413_whose_close_lingers_is_neither_a_408_nor_an_idle_timeout_and_is_a
     assert no_timers_left(clock)
 
 
+def test_a_413_is_counted_in_metrics_whether_by_its_declared_length_or_where_a_chunked_body_passes_it():
+    clock = Clock()
+    site = make_site(clock, max_body_bytes=10)
+    assert bodies_refused(site) == 0
+    declared, t1 = connect_lingering(site, "127.0.0.2", 1)
+    declared.dataReceived(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+    assert t1.value().startswith(b"HTTP/1.1 413 ") and bodies_refused(site) == 1
+    chunked, t2 = connect_lingering(site, "127.0.0.2", 2)
+    chunked.dataReceived(b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        chunked.dataReceived(b"8\r\n12345678\r\n")  # the second passes the limit; the third is ignored
+    assert t2.value().startswith(b"HTTP/1.1 413 ") and t2.value().count(b"HTTP/1.1 ") == 1
+    assert bodies_refused(site) == 2
+    within, t3 = connect_lingering(site, "127.0.0.2", 3)
+    within.dataReceived(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + b"x" * 10)
+    assert not t3.value().startswith(b"HTTP/1.1 413 ") and bodies_refused(site) == 2
+    clock.advance(HTTP_ABORT_TIMEOUT)
+    assert t1.aborted and t2.aborted
+
+
 def test_a_connection_closing_at_the_cap_gives_its_slot_without_counting_an_eviction():
     """A connection answered 408 whose socket lingers is no longer waiting for anything: a new
     connection at the cap takes its slot (it is not counted evicted: it was counted as a 408)."""

@@ -88,7 +88,7 @@ def test_the_grafana_dashboard_and_prometheus_config_use_only_documented_metrics
 ON_THE_DASHBOARD = {
     "streamlog_fsync_oldest_in_flight_seconds", "streamlog_http_connections_refused_total",
     "streamlog_http_connections_evicted_total", "streamlog_http_request_timeouts_total",
-    "streamlog_http_idle_timeouts_total", "streamlog_http_connections_open",
+    "streamlog_http_idle_timeouts_total", "streamlog_http_connections_open", "streamlog_http_requests_refused_total",
     "streamlog_meta_snapshots_written_total", "streamlog_meta_snapshot_installs_total",
     "streamlog_meta_snapshots_refused_total", "streamlog_meta_snapshot_index", "streamlog_meta_snapshot_bytes",
 }
