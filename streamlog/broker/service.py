@@ -117,7 +117,8 @@ class NodeConfig:
     metrics_max_partition_series: int = 256
     #: /metrics has per-group series for at most this many groups (--metrics-max-group-series).
     metrics_max_group_series: int = 1000
-    #: /ready fails while a log sync has been in flight longer than this (--ready-max-sync-seconds).
+    #: /ready fails while a sync of any kind (log, hard-state save, checkpoint, metadata snapshot write) has
+    #: been in a worker longer than this (--ready-max-sync-seconds).
     ready_max_sync_seconds: float = 10.0
     #: Seconds one rendering of /metrics is served again to later scrapes (--metrics-cache-seconds; 0: none).
     metrics_cache_seconds: float = 1.0

@@ -45,7 +45,8 @@ from streamlog.http.root import json_body
 #: Unavailable partitions named in a /ready answer (the count is always whole).
 MAX_LISTED = 20
 META_GROUP = "__meta"
-#: /ready fails while a log sync has been in flight longer than this many seconds (--ready-max-sync-seconds).
+#: /ready fails while a sync of any kind (a log sync, a Raft hard-state save, a checkpoint, a metadata
+#: snapshot write) has been in a worker longer than this many seconds (--ready-max-sync-seconds).
 DEFAULT_READY_MAX_SYNC_SECONDS = 10.0
 
 
@@ -88,7 +89,9 @@ def oldest_sync_seconds(service: Any) -> float | None:
 #: What a hung sync of each kind holds back, for /ready's reason.
 _STALLS = {"log": "writes that wait for it are not answered",
            "hard_state": "its Raft groups cannot vote or elect until it is durable",
-           "checkpoint": "that log's later syncs wait behind it",
+           "checkpoint": "that log gets no newer checkpoint, a truncation, retention or close of it may block "
+                         "the node's reactor until it ends (they take the lock a checkpoint write holds), and "
+                         "a periodic pass's checkpoint also holds that log's later syncs and the rest of the pass",
            "meta_snapshot": "the metadata log is not compacted, and no newer snapshot is taken, until it is durable"}
 
 

@@ -221,8 +221,9 @@ class Options(usage.Options):
          "/metrics has series per consumer group for at most this many groups with members or committed "
          "offsets (the most lagging first; the rest are counted in streamlog_metrics_group_series_dropped).", int],
         ["ready-max-sync-seconds", None, DEFAULT_READY_MAX_SYNC_SECONDS,
-         "/ready answers 503 while a log sync (fsync) has been in flight longer than this many seconds (a hung "
-         "disk never fails a sync, it never finishes one).", float],
+         "/ready answers 503 while a sync (fsync) of any kind has been in a worker longer than this many seconds: "
+         "a log sync, a Raft hard-state save, a checkpoint or a metadata snapshot write (a hung disk never fails "
+         "a sync, it never finishes one).", float],
         ["metrics-cache-seconds", None, DEFAULT_METRICS_CACHE_SECONDS,
          "Seconds one rendering of /metrics is served again to later scrapes, so that scraping faster does not "
          "cost the node more (0: render every scrape).", float],
