@@ -162,6 +162,54 @@ def test_a_hung_checkpoint_counts_as_a_sync_in_flight():
     threads.run_all()
 
 
+class DueLog(SyncedLog):
+    """A log whose commit sync makes a checkpoint due (it rolled, or grew enough)."""
+
+    checkpoint_due = True
+    checkpoints = 0
+
+    def checkpoint(self, sync: bool = True) -> bool:
+        self.checkpoint_due = False
+        self.checkpoints += 1
+        return True
+
+
+def test_a_hung_due_checkpoint_counts_as_a_sync_in_flight_and_ready_says_what_it_holds():
+    """A checkpoint a commit sync made due, written by a worker of its own (not the periodic pass's
+    job), is tracked too: a hung one fails /ready (read-only review of ready-metrics: no test
+    failed with that tracking removed)."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from streamlog.http.health import _disk
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    service = SimpleNamespace(broker=SimpleNamespace(committer=committer),
+                              config=SimpleNamespace(ready_max_sync_seconds=10.0))
+    log = DueLog()
+    committer.wait_index(log, 3)
+    clock.advance(0)
+    threads.run_one()  # the commit sync: it made a checkpoint due, handed to a worker (held)
+    assert len(threads.jobs) == 1 and log.checkpoints == 0 and committer.checkpoints == 0
+    clock.advance(11.0)
+    assert committer.in_flight.oldest() == (pytest.approx(11.0), "checkpoint")
+    disk = _disk(service)
+    assert not disk["ok"] and disk["sync"] == "checkpoint"
+    assert disk["reason"] == (
+        "a checkpoint sync has been in flight for 11 s, more than --ready-max-sync-seconds (10 s): that log gets "
+        "no newer checkpoint, a truncation, retention or close of it may block the node's reactor until it ends "
+        "(they take the lock a checkpoint write holds), and a periodic pass's checkpoint also holds that log's "
+        "later syncs and the rest of the pass")
+    threads.run_all()
+    assert log.checkpoints == 1 and committer.checkpoints == 1
+    assert committer.in_flight.oldest() is None and _disk(service) == {"ok": True, "oldest_sync_seconds": 0.0}
+    committer.stop()
+    threads.run_all()
+
+
 def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path):
     """The node's wiring: the committer made at start shares its tracker with the hard-state store."""
     from twisted.internet.testing import MemoryReactorClock
