@@ -92,7 +92,9 @@ class MetadataCompactor:
         self.pending: tuple[md.ClusterState, int] | None = None
         #: The index of the snapshot being saved now (L{start_write}), or None.
         self.writing: int | None = None
-        #: Counts for the simulator and the metrics: written, installed from a leader, refused files.
+        #: Counts for the simulator and the metrics: snapshots written; installed from a leader (stored
+        #: as the newest: one not newer than the snapshot held changes nothing and is not counted);
+        #: damaged files set aside (one that could not be is not counted: a warning says so).
         self.stats = {"written": 0, "installed": 0, "refused": 0}
 
     # --- start-up
@@ -133,13 +135,14 @@ class MetadataCompactor:
         return None
 
     def _refuse(self, index: int, reason: str) -> None:
-        self.stats["refused"] += 1
         self._log.warn("refusing the metadata snapshot file as of entry {index}: {reason} (set aside, never read "
                        "again)", index=index, reason=reason)
         try:
             self.store.refuse(index)
         except OSError as e:
             self._log.warn("could not set the metadata snapshot {index} aside: {error}", index=index, error=e)
+            return
+        self.stats["refused"] += 1
 
     # --- taking snapshots
 
@@ -216,7 +219,7 @@ class MetadataCompactor:
         if frame.index > self.index:
             self.store.save(frame.index, bytes(data))
             self.index, self.data = frame.index, bytes(data)
+            self.stats["installed"] += 1
         if self.pending is not None and self.pending[0].applied_index <= self.index:
             self.pending = None  # older than what is held now
-        self.stats["installed"] += 1
         return state

@@ -294,3 +294,35 @@ def test_a_directory_save_tolerates_an_old_file_another_save_already_pruned(tmp_
     store.listing = lambda: [*real(), 0]  # as listed just before a concurrent save removed file 0
     store.save(3, b"three")
     assert real() == [3, 2]
+
+
+def test_an_install_not_newer_than_the_snapshot_held_is_not_counted():
+    """Read-only review of ready-metrics: streamlog_meta_snapshot_installs_total counted every install,
+    though one not newer than the snapshot held is neither stored nor taken."""
+    compactor = MetadataCompactor(MemorySnapshots())
+    compactor.install(meta_snapshots.encode(_state(9), 3), "0" * 32, 7)
+    assert compactor.stats["installed"] == 1 and compactor.store.saves == 1
+    for older in (9, 8):  # the same one again (the message resent), and an older one
+        compactor.install(meta_snapshots.encode(_state(older), 3), "0" * 32, 7)
+    assert compactor.stats["installed"] == 1 and compactor.store.saves == 1 and compactor.index == 9
+    compactor.install(meta_snapshots.encode(_state(12), 3), "0" * 32, 10)
+    assert compactor.stats["installed"] == 2 and compactor.index == 12
+
+
+class StuckSnapshots(MemorySnapshots):
+    """A store whose files cannot be renamed aside (a read-only directory, say)."""
+
+    def refuse(self, index: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+
+def test_a_damaged_file_is_counted_refused_only_once_it_was_set_aside():
+    """Read-only review of ready-metrics: streamlog_meta_snapshots_refused_total counted a damaged file
+    even when setting it aside failed (it stays, and is read and refused again at the next start)."""
+    for store, refused in [(StuckSnapshots(), 0), (MemorySnapshots(), 1)]:
+        store.save(3, meta_snapshots.encode(_state(3), 2))
+        store.save(8, meta_snapshots.encode(_state(8), 2)[:-1])  # torn
+        compactor = MetadataCompactor(store)
+        assert compactor.restore("0" * 32, _log(4, 12)).applied_index == 3  # the older one, either way
+        assert compactor.stats["refused"] == refused
+        assert store.listing() == ([8, 3] if refused == 0 else [3])
