@@ -111,6 +111,9 @@ class NodeConfig:
     http_max_connections: int = 64
     #: Seconds a whole HTTP request may take to arrive (--http-request-timeout).
     http_request_timeout: float = 30.0
+    #: Seconds an HTTP connection the node closes may take to send its last bytes before it is aborted
+    #: (--http-close-timeout).
+    http_close_timeout: float = 15.0
     #: Most HTTP connections open at once from one client address (--http-max-connections-per-address).
     http_max_connections_per_address: int = 16
     #: /metrics has per-partition series while the node holds at most this many partitions.

@@ -36,7 +36,7 @@ may not close at once: a socket whose last answer is unflushed to a client
 that stopped reading stays open until the bytes are out.  So each stops its
 timers first (an evicted or refused connection would otherwise be counted
 again as an idle timeout later) and is aborted if it is still open
-L{HTTP_ABORT_TIMEOUT} seconds later: its descriptor is freed within a bound.
+L{DEFAULT_HTTP_CLOSE_TIMEOUT} seconds later (the site's C{close_timeout}): its descriptor is freed within a bound.
 A new connection at the cap takes the slot of one that is closing before it
 evicts one that is not (the closing one was counted by what closed it).
 
@@ -68,8 +68,9 @@ DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS = 16
 #: Largest request body on any path unless told otherwise (the console passes --console-max-body-bytes).
 DEFAULT_HTTP_MAX_BODY_BYTES = 65536
 #: Seconds a connection the site closed (idle, evicted, 408, 413) may take to send its last bytes
-#: before it is aborted: Twisted's own grace after an idle timeout (C{HTTPChannel.abortTimeout}).
-HTTP_ABORT_TIMEOUT = 15.0
+#: before it is aborted (--http-close-timeout): Twisted's own grace after an idle timeout
+#: (C{HTTPChannel.abortTimeout}).
+DEFAULT_HTTP_CLOSE_TIMEOUT = 15.0
 #: The value of --http-listen that turns the listener off.
 OFF = "none"
 #: The environment variable that, when set, is the default of --http-listen (the test suite sets
@@ -129,7 +130,8 @@ class QuietChannel(HTTPChannel):
     _made_room = False
     #: Being closed by the site (L{close}): its socket may linger until the abort.
     closing = False
-    abortTimeout = HTTP_ABORT_TIMEOUT
+    #: Seconds from L{close} to the abort (the site's C{close_timeout}, set by L{QuietSite.buildProtocol}).
+    abortTimeout = DEFAULT_HTTP_CLOSE_TIMEOUT
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -218,8 +220,10 @@ class QuietSite(Site):
                  max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS,
                  max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES,
                  request_timeout: float = DEFAULT_HTTP_REQUEST_TIMEOUT,
-                 max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS) -> None:
+                 max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+                 close_timeout: float = DEFAULT_HTTP_CLOSE_TIMEOUT) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
+        self.close_timeout = close_timeout
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
@@ -257,7 +261,10 @@ class QuietSite(Site):
             self.refused_connections += 1
             return None
         channel = super().buildProtocol(addr)
-        if channel is not None and host is not None:
+        if channel is None:
+            return None
+        channel.abortTimeout = self.close_timeout
+        if host is not None:
             channel.peer_host = host
         return channel
 

@@ -14,8 +14,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 
-from streamlog.http.site import HTTP_ABORT_TIMEOUT
+from streamlog.http.site import DEFAULT_HTTP_CLOSE_TIMEOUT
 from streamlog.metrics.http_site import HttpSiteCollector
 
 GET_OK = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -66,8 +67,20 @@ def no_timers_left(clock):
     return all(not call.active() for call in clock.getDelayedCalls())
 
 
-def test_the_abort_grace_is_twisteds_idle_one():
-    assert HTTP_ABORT_TIMEOUT == 15.0
+def test_the_close_timeout_defaults_to_twisteds_grace_after_an_idle_timeout():
+    assert DEFAULT_HTTP_CLOSE_TIMEOUT == 15.0 == HTTPChannel.abortTimeout
+
+
+def test_the_close_timeout_is_the_sites():
+    clock = Clock()
+    site = make_site(clock, request_timeout=5.0, close_timeout=2.5)
+    _, transport = connect_lingering(site, "127.0.0.2", 1)
+    clock.advance(5.0)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+    clock.advance(2.4)
+    assert not transport.aborted
+    clock.advance(0.1)
+    assert transport.aborted and counts(site)["open"] == 0 and no_timers_left(clock)
 
 
 def test_an_evicted_connection_whose_close_lingers_is_counted_once_and_aborted_after_the_grace():
@@ -82,7 +95,7 @@ def test_an_evicted_connection_whose_close_lingers_is_counted_once_and_aborted_a
     clock.advance(10.0)  # the second (open, idle) times out; the evicted first is not counted again
     assert counts(site) == {"open": 1, "evicted": 1, "request_timeouts": 0, "idle_timeouts": 1}
     assert not t1.aborted
-    clock.advance(HTTP_ABORT_TIMEOUT - 10.0)  # the grace since it was closed to make room
+    clock.advance(DEFAULT_HTTP_CLOSE_TIMEOUT - 10.0)  # the grace since it was closed to make room
     assert t1.aborted and not t2.aborted
     clock.advance(10.0)  # the second: the grace since its idle timeout
     assert t2.aborted
@@ -102,7 +115,7 @@ def test_a_408_whose_close_lingers_is_counted_once_and_aborted_after_the_grace()
     clock.advance(7.0)  # 10 s after its last byte: its idle timer would fire now
     assert counts(site) == {"open": 1, "evicted": 0, "request_timeouts": 1, "idle_timeouts": 0}
     assert not transport.aborted
-    clock.advance(HTTP_ABORT_TIMEOUT - 7.0)  # the grace since the 408
+    clock.advance(DEFAULT_HTTP_CLOSE_TIMEOUT - 7.0)  # the grace since the 408
     assert transport.aborted
     assert counts(site) == {"open": 0, "evicted": 0, "request_timeouts": 1, "idle_timeouts": 0}
     assert no_timers_left(clock)
@@ -115,7 +128,7 @@ def test_a_413_whose_close_lingers_is_neither_a_408_nor_an_idle_timeout_and_is_a
     channel.dataReceived(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.disconnecting
     assert counts(site) == {"open": 1, "evicted": 0, "request_timeouts": 0, "idle_timeouts": 0}
-    clock.advance(HTTP_ABORT_TIMEOUT - 0.1)  # past the idle and the request timeouts
+    clock.advance(DEFAULT_HTTP_CLOSE_TIMEOUT - 0.1)  # past the idle and the request timeouts
     assert not transport.aborted and transport.value().count(b"HTTP/1.1 ") == 1  # no 408 after the 413
     assert counts(site) == {"open": 1, "evicted": 0, "request_timeouts": 0, "idle_timeouts": 0}
     clock.advance(0.1)
@@ -141,7 +154,7 @@ def test_a_413_is_counted_in_metrics_whether_by_its_declared_length_or_where_a_c
     within, t3 = connect_lingering(site, "127.0.0.2", 3)
     within.dataReceived(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + b"x" * 10)
     assert not t3.value().startswith(b"HTTP/1.1 413 ") and bodies_refused(site) == 2
-    clock.advance(HTTP_ABORT_TIMEOUT)
+    clock.advance(DEFAULT_HTTP_CLOSE_TIMEOUT)
     assert t1.aborted and t2.aborted
 
 
@@ -159,7 +172,7 @@ def test_a_connection_closing_at_the_cap_gives_its_slot_without_counting_an_evic
     newest, _ = connect_lingering(site, "127.0.0.4", 3)
     assert newest is not None and not kept.disconnecting  # the closing one's slot, not the idle one's
     assert counts(site) == {"open": 2, "evicted": 0, "request_timeouts": 1, "idle_timeouts": 0}
-    clock.advance(HTTP_ABORT_TIMEOUT)  # the other two have timed out idle meanwhile, and linger
+    clock.advance(DEFAULT_HTTP_CLOSE_TIMEOUT)  # the other two have timed out idle meanwhile, and linger
     assert closing.aborted and counts(site)["open"] == 2  # its close, when it came, counted nothing twice
     clock.advance(60.0)
     assert counts(site)["open"] == 0 and no_timers_left(clock)
