@@ -9,8 +9,7 @@ freed within a bound.  A site on a Clock with in-memory transports, its collecto
 from __future__ import annotations
 
 from prometheus_client.registry import CollectorRegistry
-from test_http_slow_clients import make_site
-from twisted.internet.address import IPv4Address
+from test_http_slow_clients import connect, make_site
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -38,13 +37,7 @@ class LingeringTransport(StringTransport):
 
 
 def connect_lingering(site, host, port):
-    channel = site.buildProtocol(IPv4Address("TCP", host, port))
-    if channel is None:
-        return None, None
-    transport = LingeringTransport()
-    transport.protocol = channel
-    channel.makeConnection(transport)
-    return channel, transport
+    return connect(site, host, port, transport_type=LingeringTransport)
 
 
 def counts(site):
