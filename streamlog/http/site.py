@@ -35,14 +35,15 @@ A connection the site closes itself (evicted, answered 408 or 413, or idle)
 may not close at once: a socket whose last answer is unflushed to a client
 that stopped reading stays open until the bytes are out.  So each stops its
 timers first (an evicted or refused connection would otherwise be counted
-again as an idle timeout later) and is aborted if it is still open
-L{DEFAULT_HTTP_CLOSE_TIMEOUT} seconds later (the site's C{close_timeout}): its descriptor is freed within a bound.
-A new connection at the cap takes the slot of one that is closing before it
-evicts one that is not (the closing one was counted by what closed it).
+again as an idle timeout later) and is aborted if it is still open the
+site's C{close_timeout} (L{DEFAULT_HTTP_CLOSE_TIMEOUT}) seconds later: its
+descriptor is freed within a bound.  A new connection at the cap takes the
+slot of one that is closing before it evicts one that is not (the closing
+one was counted by what closed it).
 
 None of this writes a log line; the site counts each (refusals, evictions,
-request and idle timeouts, bodies refused) and L{streamlog.metrics.http_site} shows them in
-C{/metrics}.
+request and idle timeouts, bodies refused) and L{streamlog.metrics.http_site}
+shows them in C{/metrics}.
 """
 
 from __future__ import annotations
