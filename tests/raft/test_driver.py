@@ -409,6 +409,50 @@ def test_a_pending_submission_fails_when_its_entry_is_replaced():
     stop_all(hosts, clock, net)
 
 
+def test_a_pending_submission_covered_by_an_installed_snapshot_fails_with_its_outcome_unknown():
+    # A cut-off leader's entry is replaced (the next leader's no-op takes its index) and the
+    # next leader's log is compacted past it before the old leader hears again: the old one
+    # catches up by InstallSnapshot, its log restarting after the snapshot. It cannot tell its
+    # entry from another's there, and the application applied neither (seen: cluster sim seed
+    # 9400052, an InitProducer answered with a result-less {"index"}, KeyError 'producer_id').
+    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
+    net.run(2.0)
+    leader = leader_of(hosts, "g1")
+    runner = leader.groups["g1"]
+    outcome = []
+    net.cut = {leader.node_id}
+    leader.submit("g1", b"lost").addBoth(outcome.append)
+    (index,) = runner.waiters
+    net.run(0.01)
+    for (x, y), p in list(net.pumps.items()):  # the partition resets its connections: what they held is lost
+        if leader.node_id in (x, y):
+            p.client.transport.stream.clear()
+            p.server.transport.stream.clear()
+            p.client.transport.loseConnection()
+            p.server.transport.loseConnection()
+            p.flush()
+            del net.pumps[(x, y)]
+    net.cut = set()
+    net.run(0.8)
+    successor = leader_of(hosts, "g1", among=set(IDS) - {leader.node_id})
+    assert successor is not None and successor is not leader
+    for i in range(3):
+        successor.submit("g1", b"next%d" % i)
+    net.run(0.1)
+    node = successor.groups["g1"].node
+    assert node.commit_index > index and node.log.term_at(index) != runner.waiters[index].term
+    node.compact(node.commit_index)  # the old leader's next entries are gone
+    assert outcome == []
+    for other in set(IDS) - {leader.node_id}:
+        net.connect(*sorted((leader.node_id, other)))
+    net.run(0.5)
+    assert runner.node.role != LEADER and runner.node.log.start_index > index  # caught up by a snapshot
+    assert len(outcome) == 1 and not isinstance(outcome[0], int), outcome  # never "committed at index"
+    error = outcome[0].value
+    assert isinstance(error, NotLeaderError) and error.outcome_unknown, error
+    stop_all(hosts, clock, net)
+
+
 def test_a_pending_submission_fails_after_the_proposal_timeout():
     clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
     net.run(2.0)
