@@ -62,13 +62,20 @@ class Net:
 
     def kill(self, node):
         """The process dies: its sockets close (the peers see the connection drop at once)."""
+        self.close(node)
+        self.hosts[node].stop()
+
+    def close(self, node, reset=False):
+        """Close `node`'s connections; `reset`: the bytes still in them are lost (a partition)."""
         for (x, y), p in list(self.pumps.items()):
             if node in (x, y):
+                if reset:
+                    p.client.transport.stream.clear()
+                    p.server.transport.stream.clear()
                 p.client.transport.loseConnection()
                 p.server.transport.loseConnection()
                 p.flush()
                 del self.pumps[(x, y)]
-        self.hosts[node].stop()
 
 
 def cluster(groups=("g1", "g2", "g3"), ids=IDS, cfg=CFG, incarnations=False):
@@ -388,10 +395,15 @@ def test_a_pending_submission_survives_a_graceful_transfer_and_fires_once_commit
 NO_CHECK_QUORUM = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, check_quorum=False)
 
 
-def test_a_pending_submission_fails_when_its_entry_is_replaced():
+def led_without_check_quorum():
+    """One group g1 on three hosts, elected: (clock, hosts, net, its leader's host)."""
     clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
     net.run(2.0)
-    leader = leader_of(hosts, "g1")
+    return clock, hosts, net, leader_of(hosts, "g1")
+
+
+def test_a_pending_submission_fails_when_its_entry_is_replaced():
+    clock, hosts, net, leader = led_without_check_quorum()
     runner = leader.groups["g1"]
     outcome = []
     net.cut = {leader.node_id}  # isolated: its entry never leaves
@@ -415,23 +427,14 @@ def test_a_pending_submission_covered_by_an_installed_snapshot_fails_with_its_ou
     # catches up by InstallSnapshot, its log restarting after the snapshot. It cannot tell its
     # entry from another's there, and the application applied neither (seen: cluster sim seed
     # 9400052, an InitProducer answered with a result-less {"index"}, KeyError 'producer_id').
-    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
-    net.run(2.0)
-    leader = leader_of(hosts, "g1")
+    clock, hosts, net, leader = led_without_check_quorum()
     runner = leader.groups["g1"]
     outcome = []
     net.cut = {leader.node_id}
     leader.submit("g1", b"lost").addBoth(outcome.append)
     (index,) = runner.waiters
     net.run(0.01)
-    for (x, y), p in list(net.pumps.items()):  # the partition resets its connections: what they held is lost
-        if leader.node_id in (x, y):
-            p.client.transport.stream.clear()
-            p.server.transport.stream.clear()
-            p.client.transport.loseConnection()
-            p.server.transport.loseConnection()
-            p.flush()
-            del net.pumps[(x, y)]
+    net.close(leader.node_id, reset=True)  # its entry never leaves
     net.cut = set()
     net.run(0.8)
     successor = leader_of(hosts, "g1", among=set(IDS) - {leader.node_id})
@@ -454,9 +457,7 @@ def test_a_pending_submission_covered_by_an_installed_snapshot_fails_with_its_ou
 
 
 def test_a_pending_submission_fails_after_the_proposal_timeout():
-    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
-    net.run(2.0)
-    leader = leader_of(hosts, "g1")
+    clock, hosts, net, leader = led_without_check_quorum()
     outcome = []
     net.cut = set(IDS) - {leader.node_id}  # the leader is alone: nothing commits
     leader.submit("g1", b"late").addErrback(lambda f: outcome.append(f.value))
