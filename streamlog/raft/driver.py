@@ -239,6 +239,10 @@ class _GroupRunner:
                     self.fail_all("stepped down: no majority in touch (check-quorum); outcome unknown")
                 self.check_waiters(self.host.clock.seconds())
             elif isinstance(eff, SnapshotInstalled):
+                # The log restarts after the leader's snapshot: an entry of ours at or below its
+                # index may have been replaced (its Commit must not pass it as committed below the
+                # log's start), and the application never applies it; the next leader decides.
+                self.fail_all("log replaced by the leader's snapshot; outcome unknown", upto=eff.index)
                 self._call(self.host.callbacks.snapshot_installed, self.group, eff.index, eff.term, eff.data)
 
     def _report_syncs(self) -> None:
@@ -267,6 +271,8 @@ class _GroupRunner:
         log = self.node.log
         for index in sorted(i for i in self.waiters if i <= upto):
             w = self.waiters.pop(index)
+            # Below the log's start: compacted here once committed (the application's committed()
+            # runs first); a snapshot installed over it failed its waiter at SnapshotInstalled.
             if index < log.start_index or log.term_at(index) == w.term:
                 w.deferred.callback(index)
             else:
@@ -289,9 +295,11 @@ class _GroupRunner:
         if not self.waiters:
             self.host._waiting.discard(self.group)
 
-    def fail_all(self, why: str) -> None:
-        waiters, self.waiters = self.waiters, {}
-        for w in waiters.values():
+    def fail_all(self, why: str, upto: int | None = None) -> None:
+        """Fail the waiters (those at or below `upto` if given) with their outcome unknown."""
+        failed = [i for i in self.waiters if upto is None or i <= upto]
+        for index in failed:
+            w = self.waiters.pop(index)
             w.deferred.errback(NotLeaderError(self.group, self._hint(), why, outcome_unknown=True))
 
     def _hint(self) -> str | None:

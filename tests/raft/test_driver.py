@@ -62,13 +62,20 @@ class Net:
 
     def kill(self, node):
         """The process dies: its sockets close (the peers see the connection drop at once)."""
+        self.close(node)
+        self.hosts[node].stop()
+
+    def close(self, node, reset=False):
+        """Close `node`'s connections; `reset`: the bytes still in them are lost (a partition)."""
         for (x, y), p in list(self.pumps.items()):
             if node in (x, y):
+                if reset:
+                    p.client.transport.stream.clear()
+                    p.server.transport.stream.clear()
                 p.client.transport.loseConnection()
                 p.server.transport.loseConnection()
                 p.flush()
                 del self.pumps[(x, y)]
-        self.hosts[node].stop()
 
 
 def cluster(groups=("g1", "g2", "g3"), ids=IDS, cfg=CFG, incarnations=False):
@@ -388,10 +395,15 @@ def test_a_pending_submission_survives_a_graceful_transfer_and_fires_once_commit
 NO_CHECK_QUORUM = RaftConfig(election_timeout=0.3, heartbeat_interval=0.05, check_quorum=False)
 
 
-def test_a_pending_submission_fails_when_its_entry_is_replaced():
+def led_without_check_quorum():
+    """One group g1 on three hosts, elected: (clock, hosts, net, its leader's host)."""
     clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
     net.run(2.0)
-    leader = leader_of(hosts, "g1")
+    return clock, hosts, net, leader_of(hosts, "g1")
+
+
+def test_a_pending_submission_fails_when_its_entry_is_replaced():
+    clock, hosts, net, leader = led_without_check_quorum()
     runner = leader.groups["g1"]
     outcome = []
     net.cut = {leader.node_id}  # isolated: its entry never leaves
@@ -409,10 +421,43 @@ def test_a_pending_submission_fails_when_its_entry_is_replaced():
     stop_all(hosts, clock, net)
 
 
+def test_a_pending_submission_covered_by_an_installed_snapshot_fails_with_its_outcome_unknown():
+    # A cut-off leader's entry is replaced (the next leader's no-op takes its index) and the
+    # next leader's log is compacted past it before the old leader hears again: the old one
+    # catches up by InstallSnapshot, its log restarting after the snapshot. It cannot tell its
+    # entry from another's there, and the application applied neither (seen: cluster sim seed
+    # 9400052, an InitProducer answered with a result-less {"index"}, KeyError 'producer_id').
+    clock, hosts, net, leader = led_without_check_quorum()
+    runner = leader.groups["g1"]
+    outcome = []
+    net.cut = {leader.node_id}
+    leader.submit("g1", b"lost").addBoth(outcome.append)
+    (index,) = runner.waiters
+    net.run(0.01)
+    net.close(leader.node_id, reset=True)  # its entry never leaves
+    net.cut = set()
+    net.run(0.8)
+    successor = leader_of(hosts, "g1", among=set(IDS) - {leader.node_id})
+    assert successor is not None and successor is not leader
+    for i in range(3):
+        successor.submit("g1", b"next%d" % i)
+    net.run(0.1)
+    node = successor.groups["g1"].node
+    assert node.commit_index > index and node.log.term_at(index) != runner.waiters[index].term
+    node.compact(node.commit_index)  # the old leader's next entries are gone
+    assert outcome == []
+    for other in set(IDS) - {leader.node_id}:
+        net.connect(*sorted((leader.node_id, other)))
+    net.run(0.5)
+    assert runner.node.role != LEADER and runner.node.log.start_index > index  # caught up by a snapshot
+    assert len(outcome) == 1 and not isinstance(outcome[0], int), outcome  # never "committed at index"
+    error = outcome[0].value
+    assert isinstance(error, NotLeaderError) and error.outcome_unknown, error
+    stop_all(hosts, clock, net)
+
+
 def test_a_pending_submission_fails_after_the_proposal_timeout():
-    clock, hosts, recorders, net = cluster(groups=("g1",), cfg=NO_CHECK_QUORUM)
-    net.run(2.0)
-    leader = leader_of(hosts, "g1")
+    clock, hosts, net, leader = led_without_check_quorum()
     outcome = []
     net.cut = set(IDS) - {leader.node_id}  # the leader is alone: nothing commits
     leader.submit("g1", b"late").addErrback(lambda f: outcome.append(f.value))
