@@ -123,7 +123,7 @@ class _Batch:
 
     __slots__ = ("topic", "partition", "acks", "messages", "size", "deferreds", "min_seq", "deadline",
                  "attempts", "last_error", "maybe_landed", "request", "route", "withdrawn", "seq",
-                 "sequence", "epoch", "ordinal")
+                 "sequence", "epoch", "ordinal", "taken")
 
     def __init__(self, topic: str, partition: int | None, acks: str, deadline: float, seq: int) -> None:
         self.topic = topic
@@ -149,6 +149,9 @@ class _Batch:
         self.sequence: int | None = None
         self.epoch = -1
         self.ordinal = 0
+        #: Taken for its first send (and merged with the ready batches behind it then): from then on
+        #: its messages are fixed, as its numbers are, and no other batch merges into it or it into one.
+        self.taken = False
 
 
 class _PartitionQueue:
@@ -365,6 +368,8 @@ class Producer:
         self.requests_sent = 0
         self.retries = 0
         self.reordered = 0
+        #: Ready batches merged into the one before them at its first send (see _merge_ready).
+        self.merged = 0
         self.client.close_hooks.append(self._client_closed)
 
     # --- sending -------------------------------------------------------------------------
@@ -611,6 +616,9 @@ class Producer:
             self._expire(batch)
             self._make_runnable(queue)
             return
+        if not batch.taken:
+            batch.taken = True
+            self._merge_ready(queue, batch)
         if self.idempotent and batch.sequence is None:
             self._number(queue, batch)
         self._in_flight += 1
@@ -622,6 +630,45 @@ class Producer:
         d.addCallback(self._write, queue, batch)
         d.addBoth(self._answered, queue, batch)
         d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
+
+    def _merge_ready(self, queue: _PartitionQueue, batch: _Batch) -> None:
+        """Fold the partition's next ready batches into C{batch}, taken for its first send, while the
+        result stays within C{batch_size} messages and C{max_request_bytes}: one request then carries
+        what waited, not one small batch per free slot.
+
+        Under backpressure (every slot busy, or the partition waiting on a retry or its window of
+        numbers) the linger timer still closes a small batch every C{linger_ms}; without this each
+        slot that freed sent one of them.  Only batches never taken merge (a taken one may be
+        numbered or written: every resend must carry the same messages and numbers), in order and
+        from the front (a batch that does not fit, or is past its own deadline, stops it: it goes
+        alone, and fails alone).  The merged batch keeps the first one's order key and takes the
+        earliest deadline of its parts: once sent it is one request, one range of numbers, so it
+        has one deadline, and the earliest keeps every part's C{delivery_timeout} an upper bound
+        (a later part may fail sooner than its own, by at most how long the parts waited apart, as
+        a Kafka batch expires by its creation time).  Per-part deadlines would need the merged
+        batch split again on expiry, which its numbers forbid once it was sent.
+        """
+        ready = queue.ready
+        if not ready:
+            return
+        budget = self.max_request_bytes - REQUEST_OVERHEAD - len(queue.topic)
+        now = self.clock.seconds()
+        count = len(batch.messages)
+        while ready:
+            later = ready[0]
+            if (later.taken or later.sequence is not None or later.acks != batch.acks
+                    or count + len(later.messages) > self.batch_size or batch.size + later.size > budget
+                    or now >= later.deadline):
+                break
+            ready.popleft()
+            self._unsettled.discard(later)
+            batch.messages.extend(later.messages)
+            batch.deferreds.extend(later.deferreds)
+            batch.size += later.size
+            count += len(later.messages)
+            batch.min_seq = min(batch.min_seq, later.min_seq)
+            batch.deadline = min(batch.deadline, later.deadline)
+            self.merged += 1
 
     def _write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Any:
         key, node = target
