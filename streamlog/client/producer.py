@@ -10,6 +10,21 @@ key that lands there.  A batch closes when it holds C{batch_size} messages,
 when its next message would pass C{max_request_bytes}, when C{linger_ms} has
 passed since the first message of the open batches, or on L{Producer.flush}.
 
+A freed slot sends as much as one request may carry.  When a partition's
+oldest closed batch is taken for its first send, the closed batches behind
+it (same C{acks}) are merged into it, in order, while it stays within
+C{batch_size} and C{max_request_bytes}: under backpressure (every slot busy,
+or the partition waiting for a retry) linger still closes a small batch
+every C{linger_ms}, and merged they go as a few full requests, not one small
+batch per freed slot (Kafka's accumulator appends to a batch until it is
+full).  A batch once taken for sending is never merged into or from: every
+resend carries the same messages and numbers.  A merged batch has one
+deadline, the earliest of its parts'.  (Appending each message to the last
+closed batch instead, as Kafka does, would pack to the message but give a
+late message the batch's older deadline, or need a deadline per message;
+merging whole batches at the first send keeps each part's own deadline until
+then, and costs nothing per message.)
+
 Delivery.  Closed batches go out in order, at most C{max_in_flight} requests
 in all and C{max_in_flight_per_partition} per partition, each to the node the
 cluster metadata names as the partition's leader.  A batch that fails with
@@ -273,7 +288,7 @@ class Producer:
         the first (0: they go out on the next reactor turn, still gathering
         every send made in the same turn).
     @param batch_size: messages per SendBatch at most (the server's default
-        limit is 10,000).
+        limit is 10,000), merged batches included.
     @param max_in_flight: SendBatch requests outstanding at most, over all
         partitions; beyond it closed batches wait, in order, in the Producer.
     @param max_in_flight_per_partition: requests outstanding per partition at
