@@ -42,7 +42,8 @@ taken back if they were never written), then the oldest failed one is sent
 again alone and, once it went through, the other failed ones together, in
 order (as pipelined batches go), and only then do later batches follow.  A later
 batch is never sent to a new leader while earlier ones are in flight at the
-old one.  So a retried batch never lands behind a later one, except in one
+old one (the ones routed to the new leader meanwhile wait unwritten, each in
+its place by send order).  So a retried batch never lands behind a later one, except in one
 case no client can rule out alone: a node refuses batch N (nothing appended)
 and, before it reads batch N+1 sent right behind it, becomes leader again
 and appends N+1.  That is logged as a warning and counted (C{reordered}: the
@@ -259,6 +260,12 @@ class _TopicState:
 
 
 _REQUEUED = object()
+
+
+def _send_order(batch: _Batch) -> int:
+    """Where a batch put back belongs among its partition's waiting ones: by when it was sent."""
+    return batch.seq
+
 
 #: Refusals that concern an idempotent batch's numbers (see Producer._sequence_verdict).
 _SEQUENCE_ERRORS = (errors.OutOfOrderSequence, errors.UnknownProducerId, errors.ProducerFenced,
@@ -691,13 +698,21 @@ class Producer:
 
     def _write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Any:
         key, node = target
-        if queue.node is not None and queue.node != key and len(queue.in_flight) > 1:
-            # Earlier batches are in flight at the old leader: this one waits for their outcome.
+        others = len(queue.in_flight) > 1
+        if (queue.node is not None and queue.node != key and others) or queue.draining:
+            # Earlier batches are in flight at the old leader (or a batch was put back for them, and
+            # this one must not pass it): this one waits for their outcome, in its place by send order.
             queue.in_flight.remove(batch)
             self._in_flight -= 1
             batch.attempts -= 1
-            queue.ready.appendleft(batch)
-            queue.draining = True
+            bisect.insort(queue.ready, batch, key=_send_order)
+            if others:
+                queue.draining = True
+            else:  # the batches in flight were settled while this one's route was pending: go on, in order
+                queue.node = None
+                queue.draining = False
+                self._make_runnable(queue)
+                self._pump()
             return _REQUEUED
         queue.node = key
         return self._request(node, batch)
@@ -923,8 +938,12 @@ class Producer:
                 queue.hinted += 1
             else:
                 queue.failures = retry.count_failure(queue.failures, error)
-        bisect.insort(queue.retry, batch, key=lambda b: b.seq)
+        bisect.insort(queue.retry, batch, key=_send_order)
         self.retries += 1
+        # Batches put back unwritten for a new leader wait in queue.ready, which goes after the
+        # retry list: those sent before this one would land behind it.  In the list, all go in order.
+        while queue.ready and queue.ready[0].taken:
+            bisect.insort(queue.retry, queue.ready.popleft(), key=_send_order)
         # Later batches of this partition that are not written yet are taken back: they go after it.
         for later in list(queue.in_flight):
             if later.seq < batch.seq or not self._withdraw(later):
@@ -932,7 +951,7 @@ class Producer:
             later.attempts -= 1
             queue.in_flight.remove(later)
             self._in_flight -= 1
-            bisect.insort(queue.retry, later, key=lambda b: b.seq)
+            bisect.insort(queue.retry, later, key=_send_order)
 
     @staticmethod
     def _withdraw(batch: _Batch) -> bool:
