@@ -19,7 +19,10 @@ every C{linger_ms}, and merged they go as a few full requests, not one small
 batch per freed slot (Kafka's accumulator appends to a batch until it is
 full).  A batch once taken for sending is never merged into or from: every
 resend carries the same messages and numbers.  A merged batch has one
-deadline, the earliest of its parts'.  (Appending each message to the last
+deadline, the earliest of its parts', and merging stops at a batch whose
+deadline is more than C{merge_slack} (a tenth of C{delivery_timeout}) from
+the others': a message then fails at most that much before it would have
+alone.  (Appending each message to the last
 closed batch instead, as Kafka does, would pack to the message but give a
 late message the batch's older deadline, or need a deadline per message;
 merging whole batches at the first send keeps each part's own deadline until
@@ -318,6 +321,11 @@ class Producer:
         at most (at least C{max_request_bytes}); a send past it waits for room.
     @param max_block: seconds a send waits for room before it fails with
         L{errors.BufferFull} (0: on the next reactor turn, unless room came first).
+    @param merge_slack: seconds at most between the delivery deadlines of the
+        ready batches merged into one request (default: a tenth of
+        C{delivery_timeout}; 0 merges only batches of one deadline).  A merged
+        request has one deadline, its earliest part's: a message may so fail
+        this much before its own C{delivery_timeout}, never more.
     """
 
     _log = Logger()
@@ -327,7 +335,7 @@ class Producer:
                  delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  max_in_flight_per_partition: int | None = None, idempotent: bool = True,
                  producer_name: str | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-                 max_block: float = DEFAULT_MAX_BLOCK) -> None:
+                 max_block: float = DEFAULT_MAX_BLOCK, merge_slack: float | None = None) -> None:
         if batch_size < 1 or max_in_flight < 1 or linger_ms < 0 or delivery_timeout <= 0:
             raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0, "
                              "delivery_timeout positive")
@@ -337,6 +345,8 @@ class Producer:
             raise ValueError("an idempotent producer needs answers: acks 'all' or 'leader' (or idempotent=False)")
         if producer_name is not None and not idempotent:
             raise ValueError("producer_name names an idempotent producer")
+        if merge_slack is not None and not merge_slack >= 0:
+            raise ValueError(f"merge_slack ({merge_slack}) must be at least 0 (seconds)")
         if buffer_bytes < max_request_bytes or max_block < 0:
             raise ValueError(f"buffer_bytes ({buffer_bytes}) must be at least max_request_bytes "
                              f"({max_request_bytes}): every message that fits a request fits the buffer; "
@@ -362,6 +372,12 @@ class Producer:
         self.acks = acks
         self.max_request_bytes = max_request_bytes
         self.delivery_timeout = delivery_timeout
+        # A tenth of the delivery timeout: wide enough for every batch that lingered while a
+        # slot was busy (a few round trips: milliseconds to a second or two), so merging still
+        # packs the requests under backpressure; narrow enough that a merged message keeps nine
+        # tenths of its own timeout.  (linger_ms would merge only about two batches: under
+        # backpressure consecutive ones close linger_ms apart.)
+        self.merge_slack = delivery_timeout / 10.0 if merge_slack is None else merge_slack
         self._partitioner = self.client.partitioner
         self._topics: dict[str, _TopicState] = {}
         self._runnable: deque[_PartitionQueue] = deque()
@@ -659,19 +675,22 @@ class Producer:
 
     def _merge_ready(self, queue: _PartitionQueue, batch: _Batch) -> None:
         """Fold the partition's next ready batches into C{batch}, taken for its first send, while the
-        result stays within C{batch_size} messages and C{max_request_bytes}: one request then carries
-        what waited, not one small batch per free slot.
+        result stays within C{batch_size} messages and C{max_request_bytes}, and its parts' deadlines
+        within C{merge_slack} of each other: one request then carries what waited, not one small
+        batch per free slot.
 
-        Under backpressure (every slot busy, or the partition waiting on a retry or its window of
-        numbers) the linger timer still closes a small batch every C{linger_ms}; without this each
-        slot that freed sent one of them.  Only batches never taken merge (a taken one may be
-        numbered or written: every resend must carry the same messages and numbers), in order and
-        from the front (a batch that does not fit, or is past its own deadline, stops it: it goes
-        alone, and fails alone).  The merged batch keeps the first one's order key and takes the
-        earliest deadline of its parts: once sent it is one request, one range of numbers, so it
-        has one deadline, and the earliest keeps every part's C{delivery_timeout} an upper bound
-        (a later part may fail sooner than its own, by at most how long the parts waited apart, as
-        a Kafka batch expires by its creation time).  Per-part deadlines would need the merged
+        Under backpressure (every slot busy, or the partition holding its batches while failed ones
+        wait to be sent again, or waiting on its window of numbers) the linger timer still closes a
+        small batch every C{linger_ms}; without this each slot that freed sent one of them.  Only
+        batches never taken merge (a taken one may be numbered or written: every resend must carry
+        the same messages and numbers), in order and from the front (a batch that does not fit, is
+        past its own deadline, or whose deadline is too far from the others' stops it: it goes in a
+        request of its own, and fails alone).  The merged batch keeps the first one's order key and
+        takes the earliest deadline of its parts: once sent it is one request, one range of numbers,
+        so it has one deadline, and the earliest keeps every part's C{delivery_timeout} an upper
+        bound.  The slack bounds the other side: without it a message sent just before an old
+        batch went out, behind a stalled leader, inherited that batch's deadline and failed almost
+        at once, where alone it would have been stored.  Per-part deadlines would need the merged
         batch split again on expiry, which its numbers forbid once it was sent.
         """
         ready = queue.ready
@@ -680,12 +699,16 @@ class Producer:
         budget = self.max_request_bytes - REQUEST_OVERHEAD - len(queue.topic)
         now = self.clock.seconds()
         count = len(batch.messages)
+        earliest = latest = batch.deadline
         while ready:
             later = ready[0]
             if (later.taken or later.sequence is not None or later.acks != batch.acks
                     or count + len(later.messages) > self.batch_size or batch.size + later.size > budget
-                    or now >= later.deadline):
+                    or now >= later.deadline
+                    or max(latest, later.deadline) - min(earliest, later.deadline) > self.merge_slack):
                 break
+            earliest = min(earliest, later.deadline)
+            latest = max(latest, later.deadline)
             ready.popleft()
             self._unsettled.discard(later)
             batch.messages.extend(later.messages)
@@ -693,7 +716,7 @@ class Producer:
             batch.size += later.size
             count += len(later.messages)
             batch.min_seq = min(batch.min_seq, later.min_seq)
-            batch.deadline = min(batch.deadline, later.deadline)
+            batch.deadline = earliest
             self.merged += 1
 
     def _write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Any:

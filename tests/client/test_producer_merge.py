@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_cluster import _PARKED, FakeNodeProtocol, run_for, run_until
+from fake_cluster import _PARKED, FakeNodeProtocol, close_client, cluster_client, run_for, run_until
 
 from streamlog import errors
 from streamlog.client import Producer
@@ -239,6 +239,62 @@ def test_a_merged_batch_fails_at_the_earliest_deadline_of_its_parts(clock, clust
     # before the last part's own (nine lingers later); not before the first part's.
     last_own_deadline = start + 3.0 + 9 * LINGER_MS / 1000.0
     assert len(set(failed_at)) == 1 and start + 3.0 <= failed_at[0] < last_own_deadline - 0.02
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_late_message_is_not_merged_behind_an_old_batch_and_keeps_its_own_delivery_timeout(clock, cluster,
+                                                                                            idempotent):
+    """A leader stalls for 9.95 s with the one slot busy, then an election holds the partition
+    until 11 s; the delivery timeout is 10 s.  'c', sent at 9.9 s, has until 19.9 s.  Merged
+    behind 'b' (sent at 0.01 s) it took b's deadline and failed at 10.04 s, 0.14 s after it was
+    sent; kept apart (its deadline is 9.89 s after b's, past merge_slack, 1 s) it is stored."""
+    client = cluster_client(clock, cluster, request_timeout=30.0)
+    try:
+        cluster.create_topic("t", 1, leaders=[1])
+        producer = Producer(client, linger_ms=1, delivery_timeout=10.0, max_in_flight=1, idempotent=idempotent)
+        assert producer.merge_slack == 1.0
+        warm = producer.send("t", "warm", partition=0)
+        run_until(clock, cluster, lambda: warm.called)
+        start = clock.seconds()
+        held = Held(cluster.nodes[1])
+        first = producer.send("t", "first", partition=0)
+        run_until(clock, cluster, lambda: len(held.waiting) == 1)
+        run_for(clock, cluster, 0.01)
+        b = producer.send("t", "b", partition=0)
+        run_for(clock, cluster, 9.89)
+        c = producer.send("t", "c", partition=0)
+        run_for(clock, cluster, 0.05)
+        cluster.nodes[1].faults["SendBatch"] = lambda params: (
+            errors.LeaderNotAvailable("an election is on", topic="t", partition=0)
+            if clock.seconds() < start + 11.0 and [m["value"] for m in params["messages"]] != ["first"]
+            else None)
+        held.release()  # 'first' is stored at 9.95 s; then the election refuses until 11 s
+        failed_at: list[float] = []
+        c.addErrback(lambda f: failed_at.append(clock.seconds() - start) or f)
+        run_until(clock, cluster, lambda: first.called and b.called and c.called, limit=30, step=0.001)
+        assert result_of(first)[1] == 1
+        assert failure_of(b).check(errors.DeliveryTimeout)  # b's own time ran out at 10.01 s
+        assert not failed_at, f"c failed at {failed_at[0]:.3f} s"
+        assert result_of(c)[1] == 2 and producer.merged == 0
+        assert cluster.values("t", 0) == ["warm", "first", "c"]
+    finally:
+        close_client(client, cluster)
+
+
+def test_merging_stops_at_a_batch_whose_deadline_is_past_the_merge_slack(clock, cluster, client):
+    producer, held, first = stalled(clock, cluster, client, merge_slack=0.012)
+    ds = backlog(clock, cluster, producer, rounds=10)  # ten batches, LINGER_MS = 5 ms apart
+    held.release()
+    run_until(clock, cluster, lambda: all(d.called for d in ds))
+    # Three batches span 10 ms of deadlines; a fourth would span 15 ms, past 12 ms.
+    assert [len(p["messages"]) for p in sent_batches(cluster)] == [1, 9, 9, 9, 3]
+    assert [result_of(d)[1] for d in ds] == list(range(1, 31))
+
+
+@pytest.mark.parametrize("merge_slack", [-0.5, float("nan")])
+def test_a_negative_merge_slack_is_refused(client, merge_slack):
+    with pytest.raises(ValueError, match="merge_slack"):
+        Producer(client, merge_slack=merge_slack)
 
 
 @pytest.mark.parametrize("idempotent", [True, False])
