@@ -13,7 +13,8 @@ passed since the first message of the open batches, or on L{Producer.flush}.
 A freed slot sends as much as one request may carry.  When a partition's
 oldest closed batch is taken for its first send, the closed batches behind
 it (same C{acks}) are merged into it, in order, while it stays within
-C{batch_size} and C{max_request_bytes}: under backpressure (every slot busy,
+C{batch_size} (and 10,000 messages, the server's default limit) and
+C{max_request_bytes}: under backpressure (every slot busy,
 or the partition waiting for a retry) linger still closes a small batch
 every C{linger_ms}, and merged they go as a few full requests, not one small
 batch per freed slot (Kafka's accumulator appends to a batch until it is
@@ -298,7 +299,8 @@ class Producer:
         the first (0: they go out on the next reactor turn, still gathering
         every send made in the same turn).
     @param batch_size: messages per SendBatch at most (the server's default
-        limit is 10,000), merged batches included.
+        limit is 10,000), merged batches included; batches are merged up to
+        10,000 messages at most, whatever C{batch_size} (see L{_merge_ready}).
     @param max_in_flight: SendBatch requests outstanding at most, over all
         partitions; beyond it closed batches wait, in order, in the Producer.
     @param max_in_flight_per_partition: requests outstanding per partition at
@@ -378,6 +380,12 @@ class Producer:
         # tenths of its own timeout.  (linger_ms would merge only about two batches: under
         # backpressure consecutive ones close linger_ms apart.)
         self.merge_slack = delivery_timeout / 10.0 if merge_slack is None else merge_slack
+        #: Messages per merged request at most: C{batch_size}, and never more than a server with
+        #: the default --max-batch-messages takes.  Merging is the Producer's own doing: it must not
+        #: turn a backlog of small batches into requests such a server refuses (BATCH_TOO_LARGE,
+        #: which fails them).  batch_size itself is not refused above it: a server may raise its
+        #: limit, and batches filled by sends alone still go as large as batch_size asks.
+        self._merge_limit = min(batch_size, requests.MAX_BATCH_MESSAGES)
         self._partitioner = self.client.partitioner
         self._topics: dict[str, _TopicState] = {}
         self._runnable: deque[_PartitionQueue] = deque()
@@ -675,9 +683,10 @@ class Producer:
 
     def _merge_ready(self, queue: _PartitionQueue, batch: _Batch) -> None:
         """Fold the partition's next ready batches into C{batch}, taken for its first send, while the
-        result stays within C{batch_size} messages and C{max_request_bytes}, and its parts' deadlines
-        within C{merge_slack} of each other: one request then carries what waited, not one small
-        batch per free slot.
+        result stays within C{batch_size} messages (and the server's default C{--max-batch-messages},
+        L{requests.MAX_BATCH_MESSAGES}) and C{max_request_bytes}, and its parts' deadlines within
+        C{merge_slack} of each other: one request then carries what waited, not one small batch per
+        free slot.
 
         Under backpressure (every slot busy, or the partition holding its batches while failed ones
         wait to be sent again, or waiting on its window of numbers) the linger timer still closes a
@@ -703,7 +712,7 @@ class Producer:
         while ready:
             later = ready[0]
             if (later.taken or later.sequence is not None or later.acks != batch.acks
-                    or count + len(later.messages) > self.batch_size or batch.size + later.size > budget
+                    or count + len(later.messages) > self._merge_limit or batch.size + later.size > budget
                     or now >= later.deadline
                     or max(latest, later.deadline) - min(earliest, later.deadline) > self.merge_slack):
                 break

@@ -15,7 +15,7 @@ import pytest
 from fake_cluster import _PARKED, FakeNodeProtocol, close_client, cluster_client, run_for, run_until
 
 from streamlog import errors
-from streamlog.client import Producer
+from streamlog.client import Producer, requests
 from streamlog.client.producer import REQUEST_OVERHEAD
 from streamlog.testing import failure_of, result_of
 
@@ -150,6 +150,19 @@ def test_a_merged_batch_never_passes_the_count_or_byte_limit(clock, cluster, cli
     assert all(len(p["messages"]) <= producer.batch_size for p in sent_batches(cluster))
     assert max(lines) <= producer.max_request_bytes
     assert cluster.values("t", 0) == ["first"] + [value(n) for n in range(30)]
+
+
+def test_merging_stops_at_the_servers_default_batch_limit_whatever_batch_size(clock, cluster, client):
+    """batch_size 20,000 (a server may raise --max-batch-messages): the batches that sends fill
+    go as large as it asks, but merging stops at 10,000, which a default server takes."""
+    assert requests.MAX_BATCH_MESSAGES == 10_000
+    producer, held, first = stalled(clock, cluster, client, batch_size=20_000)
+    ds = backlog(clock, cluster, producer, rounds=5, per_round=3_000)
+    held.release()
+    run_until(clock, cluster, lambda: all(d.called for d in ds))
+    # Before: [1, 15000], refused BATCH_TOO_LARGE by a server with the default limit.
+    assert [len(p["messages"]) for p in sent_batches(cluster)] == [1, 9_000, 6_000]
+    assert [result_of(d)[1] for d in ds] == list(range(1, 15_001))
 
 
 def test_an_idempotent_resend_after_a_timeout_carries_the_same_numbers_and_messages(clock, cluster, client):
