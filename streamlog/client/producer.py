@@ -14,9 +14,11 @@ A freed slot sends as much as one request may carry.  When a partition's
 oldest closed batch is taken for its first send, the closed batches behind
 it (same C{acks}) are merged into it, in order, while it stays within
 C{batch_size} (and 10,000 messages, the server's default limit) and
-C{max_request_bytes}: under backpressure (every slot busy,
-or the partition waiting for a retry) linger still closes a small batch
-every C{linger_ms}, and merged they go as a few full requests, not one small
+C{max_request_bytes}: under backpressure (every slot busy, or the
+partition holding its new batches back: while failed ones wait to be sent
+again, until the last of them is resent; while batches are in flight at an
+old leader; while its window of numbers is full) linger still closes a
+small batch every C{linger_ms}, and merged they go as a few full requests, not one small
 batch per freed slot (Kafka's accumulator appends to a batch until it is
 full).  A batch once taken for sending is never merged into or from: every
 resend carries the same messages and numbers.  A merged batch has one
