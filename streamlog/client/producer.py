@@ -14,22 +14,21 @@ A freed slot sends as much as one request may carry.  When a partition's
 oldest closed batch is taken for its first send, the closed batches behind
 it (same C{acks}) are merged into it, in order, while it stays within
 C{batch_size} (and 10,000 messages, the server's default limit) and
-C{max_request_bytes}: under backpressure (every slot busy, or the
-partition holding its new batches back: while failed ones wait to be sent
-again, until the last of them is resent; while batches are in flight at an
-old leader; while its window of numbers is full) linger still closes a
-small batch every C{linger_ms}, and merged they go as a few full requests, not one small
-batch per freed slot (Kafka's accumulator appends to a batch until it is
-full).  A batch once taken for sending is never merged into or from: every
-resend carries the same messages and numbers.  A merged batch has one
-deadline, the earliest of its parts', and merging stops at a batch whose
-deadline is more than C{merge_slack} (a tenth of C{delivery_timeout}) from
-the others': a message then fails at most that much before it would have
-alone.  (Appending each message to the last
-closed batch instead, as Kafka does, would pack to the message but give a
-late message the batch's older deadline, or need a deadline per message;
-merging whole batches at the first send keeps each part's own deadline until
-then, and costs nothing per message.)
+C{max_request_bytes}: under backpressure (every slot busy, or the partition
+holding its new batches back: while failed ones wait to be sent again, until
+the last of them is resent; while batches are in flight at an old leader;
+while its window of numbers is full) linger still closes a small batch every
+C{linger_ms}, and merged they go as a few full requests, not one small batch
+per freed slot (Kafka's accumulator appends to a batch until it is full).  A
+batch once taken for sending is never merged into or from: every resend
+carries the same messages and numbers.  A merged batch has one deadline, the
+earliest of its parts', and merging stops at a batch whose deadline is more
+than C{merge_slack} (a tenth of C{delivery_timeout}) from the others': a
+message then fails at most that much before it would have alone.  (Appending
+each message to the last closed batch instead, as Kafka does, would pack to
+the message but give a late message the batch's older deadline, or need a
+deadline per message; merging whole batches at the first send keeps each
+part's own deadline until then, and costs nothing per message.)
 
 Delivery.  Closed batches go out in order, at most C{max_in_flight} requests
 in all and C{max_in_flight_per_partition} per partition, each to the node the
@@ -46,14 +45,14 @@ one node.  While a batch of a partition is being retried, nothing else of
 that partition goes out: its batches still in flight are waited for (or
 taken back if they were never written), then the oldest failed one is sent
 again alone and, once it went through, the other failed ones together, in
-order (as pipelined batches go), and only then do later batches follow.  A later
-batch is never sent to a new leader while earlier ones are in flight at the
-old one (the ones routed to the new leader meanwhile wait unwritten, each in
-its place by send order).  So a retried batch never lands behind a later one, except in one
-case no client can rule out alone: a node refuses batch N (nothing appended)
-and, before it reads batch N+1 sent right behind it, becomes leader again
-and appends N+1.  That is logged as a warning and counted (C{reordered}: the
-batches that landed ahead of an earlier one);
+order (as pipelined batches go), and only then do later batches follow.  A
+later batch is never sent to a new leader while earlier ones are in flight
+at the old one (the ones routed to the new leader meanwhile wait unwritten,
+each in its place by send order).  So a retried batch never lands behind a
+later one, except in one case no client can rule out alone: a node refuses
+batch N (nothing appended) and, before it reads batch N+1 sent right behind
+it, becomes leader again and appends N+1.  That is logged as a warning and
+counted (C{reordered}: the batches that landed ahead of an earlier one);
 C{max_in_flight_per_partition=1} rules it out at the cost of pipelining.
 
 Idempotence (on by default).  The producer asks any node for a producer id
@@ -328,8 +327,8 @@ class Producer:
     @param merge_slack: seconds at most between the delivery deadlines of the
         ready batches merged into one request (default: a tenth of
         C{delivery_timeout}; 0 merges only batches of one deadline).  A merged
-        request has one deadline, its earliest part's: a message may so fail
-        this much before its own C{delivery_timeout}, never more.
+        request has one deadline, its earliest part's: merging makes a message
+        fail at most this much before it would have in its own batch, never later.
     """
 
     _log = Logger()
