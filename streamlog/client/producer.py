@@ -10,6 +10,26 @@ key that lands there.  A batch closes when it holds C{batch_size} messages,
 when its next message would pass C{max_request_bytes}, when C{linger_ms} has
 passed since the first message of the open batches, or on L{Producer.flush}.
 
+A freed slot sends as much as one request may carry.  When a partition's
+oldest closed batch is taken for its first send, the closed batches behind
+it (same C{acks}) are merged into it, in order, while it stays within
+C{batch_size} (and 10,000 messages, the server's default limit) and
+C{max_request_bytes}: under backpressure (every slot busy, or the partition
+holding its new batches back: while failed ones wait to be sent again, until
+the last of them is resent; while batches are in flight at an old leader;
+while its window of numbers is full) linger still closes a small batch every
+C{linger_ms}, and merged they go as a few full requests, not one small batch
+per freed slot (Kafka's accumulator appends to a batch until it is full).  A
+batch once taken for sending is never merged into or from: every resend
+carries the same messages and numbers.  A merged batch has one deadline, the
+earliest of its parts', and merging stops at a batch whose deadline is more
+than C{merge_slack} (a tenth of C{delivery_timeout}) from the others': a
+message then fails at most that much before it would have alone.  (Appending
+each message to the last closed batch instead, as Kafka does, would pack to
+the message but give a late message the batch's older deadline, or need a
+deadline per message; merging whole batches at the first send keeps each
+part's own deadline until then, and costs nothing per message.)
+
 Delivery.  Closed batches go out in order, at most C{max_in_flight} requests
 in all and C{max_in_flight_per_partition} per partition, each to the node the
 cluster metadata names as the partition's leader.  A batch that fails with
@@ -25,13 +45,14 @@ one node.  While a batch of a partition is being retried, nothing else of
 that partition goes out: its batches still in flight are waited for (or
 taken back if they were never written), then the oldest failed one is sent
 again alone and, once it went through, the other failed ones together, in
-order (as pipelined batches go), and only then do later batches follow.  A later
-batch is never sent to a new leader while earlier ones are in flight at the
-old one.  So a retried batch never lands behind a later one, except in one
-case no client can rule out alone: a node refuses batch N (nothing appended)
-and, before it reads batch N+1 sent right behind it, becomes leader again
-and appends N+1.  That is logged as a warning and counted (C{reordered}: the
-batches that landed ahead of an earlier one);
+order (as pipelined batches go), and only then do later batches follow.  A
+later batch is never sent to a new leader while earlier ones are in flight
+at the old one (the ones routed to the new leader meanwhile wait unwritten,
+each in its place by send order).  So a retried batch never lands behind a
+later one, except in one case no client can rule out alone: a node refuses
+batch N (nothing appended) and, before it reads batch N+1 sent right behind
+it, becomes leader again and appends N+1.  That is logged as a warning and
+counted (C{reordered}: the batches that landed ahead of an earlier one);
 C{max_in_flight_per_partition=1} rules it out at the cost of pipelining.
 
 Idempotence (on by default).  The producer asks any node for a producer id
@@ -123,7 +144,7 @@ class _Batch:
 
     __slots__ = ("topic", "partition", "acks", "messages", "size", "deferreds", "min_seq", "deadline",
                  "attempts", "last_error", "maybe_landed", "request", "route", "withdrawn", "seq",
-                 "sequence", "epoch", "ordinal")
+                 "sequence", "epoch", "ordinal", "taken")
 
     def __init__(self, topic: str, partition: int | None, acks: str, deadline: float, seq: int) -> None:
         self.topic = topic
@@ -149,6 +170,9 @@ class _Batch:
         self.sequence: int | None = None
         self.epoch = -1
         self.ordinal = 0
+        #: Taken for its first send (and merged with the ready batches behind it then): from then on
+        #: its messages are fixed, as its numbers are, and no other batch merges into it or it into one.
+        self.taken = False
 
 
 class _PartitionQueue:
@@ -242,6 +266,12 @@ class _TopicState:
 
 _REQUEUED = object()
 
+
+def _send_order(batch: _Batch) -> int:
+    """Where a batch put back belongs among its partition's waiting ones: by when it was sent."""
+    return batch.seq
+
+
 #: Refusals that concern an idempotent batch's numbers (see Producer._sequence_verdict).
 _SEQUENCE_ERRORS = (errors.OutOfOrderSequence, errors.UnknownProducerId, errors.ProducerFenced,
                     errors.TooManyProducers)
@@ -270,7 +300,8 @@ class Producer:
         the first (0: they go out on the next reactor turn, still gathering
         every send made in the same turn).
     @param batch_size: messages per SendBatch at most (the server's default
-        limit is 10,000).
+        limit is 10,000), merged batches included; batches are merged up to
+        10,000 messages at most, whatever C{batch_size} (see L{_merge_ready}).
     @param max_in_flight: SendBatch requests outstanding at most, over all
         partitions; beyond it closed batches wait, in order, in the Producer.
     @param max_in_flight_per_partition: requests outstanding per partition at
@@ -293,6 +324,11 @@ class Producer:
         at most (at least C{max_request_bytes}); a send past it waits for room.
     @param max_block: seconds a send waits for room before it fails with
         L{errors.BufferFull} (0: on the next reactor turn, unless room came first).
+    @param merge_slack: seconds at most between the delivery deadlines of the
+        ready batches merged into one request (default: a tenth of
+        C{delivery_timeout}; 0 merges only batches of one deadline).  A merged
+        request has one deadline, its earliest part's: merging makes a message
+        fail at most this much before it would have in its own batch, never later.
     """
 
     _log = Logger()
@@ -302,7 +338,7 @@ class Producer:
                  delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  max_in_flight_per_partition: int | None = None, idempotent: bool = True,
                  producer_name: str | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-                 max_block: float = DEFAULT_MAX_BLOCK) -> None:
+                 max_block: float = DEFAULT_MAX_BLOCK, merge_slack: float | None = None) -> None:
         if batch_size < 1 or max_in_flight < 1 or linger_ms < 0 or delivery_timeout <= 0:
             raise ValueError("batch_size and max_in_flight must be at least 1, linger_ms at least 0, "
                              "delivery_timeout positive")
@@ -312,6 +348,8 @@ class Producer:
             raise ValueError("an idempotent producer needs answers: acks 'all' or 'leader' (or idempotent=False)")
         if producer_name is not None and not idempotent:
             raise ValueError("producer_name names an idempotent producer")
+        if merge_slack is not None and not merge_slack >= 0:
+            raise ValueError(f"merge_slack ({merge_slack}) must be at least 0 (seconds)")
         if buffer_bytes < max_request_bytes or max_block < 0:
             raise ValueError(f"buffer_bytes ({buffer_bytes}) must be at least max_request_bytes "
                              f"({max_request_bytes}): every message that fits a request fits the buffer; "
@@ -337,6 +375,18 @@ class Producer:
         self.acks = acks
         self.max_request_bytes = max_request_bytes
         self.delivery_timeout = delivery_timeout
+        # A tenth of the delivery timeout: wide enough for every batch that lingered while a
+        # slot was busy (a few round trips: milliseconds to a second or two), so merging still
+        # packs the requests under backpressure; narrow enough that a merged message keeps nine
+        # tenths of its own timeout.  (linger_ms would merge only about two batches: under
+        # backpressure consecutive ones close linger_ms apart.)
+        self.merge_slack = delivery_timeout / 10.0 if merge_slack is None else merge_slack
+        #: Messages per merged request at most: C{batch_size}, and never more than a server with
+        #: the default --max-batch-messages takes.  Merging is the Producer's own doing: it must not
+        #: turn a backlog of small batches into requests such a server refuses (BATCH_TOO_LARGE,
+        #: which fails them).  batch_size itself is not refused above it: a server may raise its
+        #: limit, and batches filled by sends alone still go as large as batch_size asks.
+        self._merge_limit = min(batch_size, requests.MAX_BATCH_MESSAGES)
         self._partitioner = self.client.partitioner
         self._topics: dict[str, _TopicState] = {}
         self._runnable: deque[_PartitionQueue] = deque()
@@ -365,6 +415,8 @@ class Producer:
         self.requests_sent = 0
         self.retries = 0
         self.reordered = 0
+        #: Ready batches merged into the one before them at its first send (see _merge_ready).
+        self.merged = 0
         self.client.close_hooks.append(self._client_closed)
 
     # --- sending -------------------------------------------------------------------------
@@ -615,6 +667,9 @@ class Producer:
             self._expire(batch)
             self._make_runnable(queue)
             return
+        if not batch.taken:
+            batch.taken = True
+            self._merge_ready(queue, batch)
         if self.idempotent and batch.sequence is None:
             self._number(queue, batch)
         self._in_flight += 1
@@ -627,15 +682,70 @@ class Producer:
         d.addBoth(self._answered, queue, batch)
         d.addErrback(lambda f: self._log.failure("delivering a batch result failed", f))
 
+    def _merge_ready(self, queue: _PartitionQueue, batch: _Batch) -> None:
+        """Fold the partition's next ready batches into C{batch}, taken for its first send, while the
+        result stays within C{batch_size} messages (and the server's default C{--max-batch-messages},
+        L{requests.MAX_BATCH_MESSAGES}) and C{max_request_bytes}, and its parts' deadlines within
+        C{merge_slack} of each other: one request then carries what waited, not one small batch per
+        free slot.
+
+        Under backpressure (every slot busy, or the partition holding its batches while failed ones
+        wait to be sent again, or waiting on its window of numbers) the linger timer still closes a
+        small batch every C{linger_ms}; without this each slot that freed sent one of them.  Only
+        batches never taken merge (a taken one may be numbered or written: every resend must carry
+        the same messages and numbers), in order and from the front (a batch that does not fit, is
+        past its own deadline, or whose deadline is too far from the others' stops it: it goes in a
+        request of its own, and fails alone).  The merged batch keeps the first one's order key and
+        takes the earliest deadline of its parts: once sent it is one request, one range of numbers,
+        so it has one deadline, and the earliest keeps every part's C{delivery_timeout} an upper
+        bound.  The slack bounds the other side: without it a message sent just before an old
+        batch went out, behind a stalled leader, inherited that batch's deadline and failed almost
+        at once, where alone it would have been stored.  Per-part deadlines would need the merged
+        batch split again on expiry, which its numbers forbid once it was sent.
+        """
+        ready = queue.ready
+        if not ready:
+            return
+        budget = self.max_request_bytes - REQUEST_OVERHEAD - len(queue.topic)
+        now = self.clock.seconds()
+        count = len(batch.messages)
+        earliest = latest = batch.deadline
+        while ready:
+            later = ready[0]
+            if (later.taken or later.sequence is not None or later.acks != batch.acks
+                    or count + len(later.messages) > self._merge_limit or batch.size + later.size > budget
+                    or now >= later.deadline
+                    or max(latest, later.deadline) - min(earliest, later.deadline) > self.merge_slack):
+                break
+            earliest = min(earliest, later.deadline)
+            latest = max(latest, later.deadline)
+            ready.popleft()
+            self._unsettled.discard(later)
+            batch.messages.extend(later.messages)
+            batch.deferreds.extend(later.deferreds)
+            batch.size += later.size
+            count += len(later.messages)
+            batch.min_seq = min(batch.min_seq, later.min_seq)
+            batch.deadline = earliest
+            self.merged += 1
+
     def _write(self, target: tuple[str, Any], queue: _PartitionQueue, batch: _Batch) -> Any:
         key, node = target
-        if queue.node is not None and queue.node != key and len(queue.in_flight) > 1:
-            # Earlier batches are in flight at the old leader: this one waits for their outcome.
+        others = len(queue.in_flight) > 1
+        if (queue.node is not None and queue.node != key and others) or queue.draining:
+            # Earlier batches are in flight at the old leader (or a batch was put back for them, and
+            # this one must not pass it): this one waits for their outcome, in its place by send order.
             queue.in_flight.remove(batch)
             self._in_flight -= 1
             batch.attempts -= 1
-            queue.ready.appendleft(batch)
-            queue.draining = True
+            bisect.insort(queue.ready, batch, key=_send_order)
+            if others:
+                queue.draining = True
+            else:  # the batches in flight were settled while this one's route was pending: go on, in order
+                queue.node = None
+                queue.draining = False
+                self._make_runnable(queue)
+                self._pump()
             return _REQUEUED
         queue.node = key
         return self._request(node, batch)
@@ -861,8 +971,12 @@ class Producer:
                 queue.hinted += 1
             else:
                 queue.failures = retry.count_failure(queue.failures, error)
-        bisect.insort(queue.retry, batch, key=lambda b: b.seq)
+        bisect.insort(queue.retry, batch, key=_send_order)
         self.retries += 1
+        # Batches put back unwritten for a new leader wait in queue.ready, which goes after the
+        # retry list: those sent before this one would land behind it.  In the list, all go in order.
+        while queue.ready and queue.ready[0].taken:
+            bisect.insort(queue.retry, queue.ready.popleft(), key=_send_order)
         # Later batches of this partition that are not written yet are taken back: they go after it.
         for later in list(queue.in_flight):
             if later.seq < batch.seq or not self._withdraw(later):
@@ -870,7 +984,7 @@ class Producer:
             later.attempts -= 1
             queue.in_flight.remove(later)
             self._in_flight -= 1
-            bisect.insort(queue.retry, later, key=lambda b: b.seq)
+            bisect.insort(queue.retry, later, key=_send_order)
 
     @staticmethod
     def _withdraw(batch: _Batch) -> bool:

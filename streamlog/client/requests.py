@@ -14,6 +14,10 @@ from typing import Any, NamedTuple
 #: (C{--max-poll-messages}, docs/operations.md): a tool that wants more asks for
 #: this many, and again.
 MAX_POLL_MESSAGES = 10_000
+#: The most messages a SendBatch may carry on a server with the default limits
+#: (C{--max-batch-messages}, docs/operations.md): the Producer merges ready batches
+#: into one request up to this many at most (see L{streamlog.client.producer}).
+MAX_BATCH_MESSAGES = 10_000
 #: The longest long-poll wait a server with the default limits allows (C{--max-wait-ms}).
 MAX_WAIT_MS = 60_000
 #: Longest answer line a client accepts: a Poll may return up to 16 MiB of

@@ -6,6 +6,8 @@ import random
 
 import pytest
 from fake_cluster import run_for, run_until
+from test_producer_merge import Held
+from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
@@ -381,6 +383,121 @@ def test_no_batch_goes_to_a_new_leader_while_earlier_ones_are_in_flight_at_the_o
     run_until(clock, cluster, lambda: all(d.called for d in early + later), limit=30)
     assert [o for _, o in acked(early + later)] == list(range(1, 31))
     assert [v["n"] for v in cluster.values("t", 0)] == [-1, *range(30)]
+
+
+class GatedRoutes:
+    """Routes that wait, as for a metadata fetch, until L{open} answers them (in send order)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.real = client.leader_target
+        self.waiting = []
+        client.leader_target = self.gate
+
+    def gate(self, topic, partition):
+        d = Deferred()
+        self.waiting.append((topic, partition, d))
+        return d
+
+    def open(self, count=None, which=None):
+        """Answer the first C{count} routes waiting (all by default), or those at the indexes
+        C{which}, from the client's metadata now."""
+        if which is None:
+            which = range(len(self.waiting) if count is None else count)
+        now = [self.waiting[i] for i in which]
+        self.waiting = [w for i, w in enumerate(self.waiting) if i not in which]
+        if not self.waiting:
+            self.client.leader_target = self.real
+        for topic, partition, d in now:
+            self.real(topic, partition).chainDeferred(d)
+
+
+def moved_while_routing(clock, cluster, client, producer, first_settled):
+    """Batch X (0-2) in flight at node 1, batches A (3-5) and B (6-8) waiting for their routes
+    when the leader moves to node 2 (X answered first if C{first_settled}, else still in flight)."""
+    cluster.create_topic("t", 1, leaders=[1])
+    send_one(clock, cluster, producer, -1)
+    held = Held(cluster.nodes[1]) if first_settled else None
+    if not first_settled:
+        cluster.nodes[1].black_hole = {"SendBatch"}  # written to node 1, never answered
+    x = [producer.send("t", i, partition=0) for i in range(3)]
+    run_for(clock, cluster, 0.05)
+    routes = GatedRoutes(client)
+    ab = [producer.send("t", i, partition=0) for i in range(3, 9)]
+    run_for(clock, cluster, 0.05)
+    assert len(routes.waiting) == 2
+    if held is not None:
+        held.release()
+        run_until(clock, cluster, lambda: all(d.called for d in x))
+    cluster.move_leader("t", 0, 2)
+    refreshed = client.refresh_metadata()
+    run_until(clock, cluster, lambda: refreshed.called)
+    return x + ab, routes
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_batches_put_back_for_a_new_leader_go_there_in_send_order(clock, cluster, client, idempotent):
+    producer = Producer(client, linger_ms=1, batch_size=3, idempotent=idempotent)
+    ds, routes = moved_while_routing(clock, cluster, client, producer, first_settled=False)
+    routes.open()  # both name node 2 while X is in flight at node 1: both are put back, A first
+    queue = producer._topics["t"].queues[0]
+    assert [b.messages[0] for b in queue.ready] == [b'{"value":3,"partition":0}', b'{"value":6,"partition":0}']
+    cluster.kill(1)
+    run_until(clock, cluster, lambda: all(d.called for d in ds), limit=30)
+    # Before: B was put back in front of A, written first: [-1, 0, 1, 2, 6, 7, 8, 3, 4, 5] and reordered == 0
+    # without idempotence; with it an OUT_OF_ORDER_SEQUENCE refusal of B, and B again.
+    assert cluster.values("t", 0) == [-1, *range(9)]
+    assert [o for _, o in acked(ds)] == list(range(1, 10))
+    assert [[m["value"] for m in p["messages"]] for n, p in cluster.sent("SendBatch") if n == 2] == [
+        [0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert producer.retries == 1 and producer.reordered == 0
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_batch_routed_after_the_old_leaders_answers_does_not_pass_the_one_put_back(clock, cluster, client,
+                                                                                    idempotent):
+    producer = Producer(client, linger_ms=1, batch_size=3, idempotent=idempotent)
+    ds, routes = moved_while_routing(clock, cluster, client, producer, first_settled=True)
+    routes.open(1)  # A names node 2 while B's route is pending: A is put back
+    queue = producer._topics["t"].queues[0]
+    assert len(queue.ready) == 1 and queue.draining
+    routes.open()  # B names node 2 with nothing else in flight: it must not go ahead of A
+    run_until(clock, cluster, lambda: all(d.called for d in ds), limit=30)
+    # Before: B was written at once, A after its answer: [-1, 0, 1, 2, 6, 7, 8, 3, 4, 5] without
+    # idempotence; with it an OUT_OF_ORDER_SEQUENCE refusal of B first.
+    assert cluster.values("t", 0) == [-1, *range(9)]
+    assert [o for _, o in acked(ds)] == list(range(1, 10))
+    assert [[m["value"] for m in p["messages"]] for n, p in cluster.sent("SendBatch") if n == 2] == [
+        [3, 4, 5], [6, 7, 8]]
+    assert producer.retries == 0 and producer.reordered == 0 and not queue.draining
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_batch_put_back_goes_before_a_later_one_that_failed_at_the_old_leader(clock, cluster, client,
+                                                                               idempotent):
+    producer = Producer(client, linger_ms=1, batch_size=3, idempotent=idempotent)
+    cluster.create_topic("t", 1, leaders=[1])
+    send_one(clock, cluster, producer, -1)
+    cluster.nodes[1].black_hole = {"SendBatch"}
+    routes = GatedRoutes(client)
+    ds = [producer.send("t", i, partition=0) for i in range(6)]  # batches A (0-2) and B (3-5)
+    run_for(clock, cluster, 0.05)
+    assert len(routes.waiting) == 2
+    routes.open(which=[1])  # B's route first: written to node 1 (which answers nothing)
+    cluster.move_leader("t", 0, 2)
+    refreshed = client.refresh_metadata()
+    run_until(clock, cluster, lambda: refreshed.called)
+    routes.open()  # A names node 2 while B is in flight at node 1: A is put back
+    queue = producer._topics["t"].queues[0]
+    assert len(queue.ready) == 1 and queue.ready[0].taken
+    cluster.kill(1)  # B fails (may heal): it is sent again, after A
+    run_until(clock, cluster, lambda: all(d.called for d in ds), limit=30)
+    # Before: B went to the retry list, A stayed in queue.ready behind it: [-1, 3, 4, 5, 0, 1, 2]
+    # without idempotence; with it nothing settled within 30 s (B refused OUT_OF_ORDER_SEQUENCE, A behind it).
+    assert cluster.values("t", 0) == [-1, *range(6)]
+    assert [o for _, o in acked(ds)] == list(range(1, 7))
+    assert [[m["value"] for m in p["messages"]] for n, p in cluster.sent("SendBatch") if n == 2] == [
+        [0, 1, 2], [3, 4, 5]]
 
 
 def test_a_batch_behind_a_failed_one_that_was_never_written_is_taken_back(clock, cluster):

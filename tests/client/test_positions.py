@@ -56,4 +56,5 @@ def test_the_clients_poll_bounds_are_the_servers_defaults():
     from streamlog.client import requests
 
     assert requests.MAX_POLL_MESSAGES == wire.DEFAULT_LIMITS.max_poll_messages
+    assert requests.MAX_BATCH_MESSAGES == wire.DEFAULT_LIMITS.max_batch_messages
     assert requests.MAX_WAIT_MS == wire.DEFAULT_LIMITS.max_wait_ms
