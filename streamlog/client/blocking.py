@@ -80,6 +80,18 @@ def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogErro
     return error
 
 
+def _closed_under(s: _Submitted) -> errors.StreamlogError:
+    """The error of a submitted request whose socket another path closed (a stall, a timeout)."""
+    return errors.ConnectionLost(
+        f"the connection to {s.node.address} was closed before {s.method} was answered "
+        "(another request there stalled or timed out)", method=s.method, address=s.node.address, stalled=True)
+
+
+def _lost_under(lost: errors.ConnectionLost, s: _Submitted) -> errors.StreamlogError:
+    """The error of a submitted request whose connection was lost while next_answer read it."""
+    return errors.ConnectionLost(lost.message, **{**lost.details, "method": s.method})
+
+
 class _NoAnswerYet(Exception):
     """No answer within the time given (not an error)."""
 
@@ -101,6 +113,8 @@ class _NodeSocket:
         self.key = ""
         #: When bytes last arrived (or the socket connected): the start of a silence.
         self.last_received = 0.0
+        #: How many sockets this node has had: a request written on an earlier one is never answered.
+        self.connection = 0
 
     def connect(self) -> None:
         if self.sock is not None:
@@ -125,6 +139,7 @@ class _NodeSocket:
         self.sock = sock
         self.buffer = b""
         self.last_received = time.monotonic()
+        self.connection += 1
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -207,7 +222,7 @@ class _NodeSocket:
 
 
 class _Submitted:
-    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term")
+    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term", "connection")
 
     def __init__(self, method: str, params: dict[str, Any], node: _NodeSocket, rid: int,
                  topic: str | None, partition: int | None) -> None:
@@ -222,6 +237,12 @@ class _Submitted:
         self.due = 0.0
         #: The term of the leader it was sent to (a routed request in a cluster), else None.
         self.term: int | None = None
+        #: Which of its node's sockets it was written on (L{_NodeSocket.connection}).
+        self.connection = 0
+
+    def orphaned(self) -> bool:
+        """Whether the socket it was written on is closed: its answer can never come."""
+        return self.node.sock is None or self.node.connection != self.connection
 
 
 class BlockingClient:
@@ -608,7 +629,9 @@ class BlockingClient:
         socket is closed; those reads are sent again to their leaders under
         the same ids, and every other request submitted there is answered with
         the stall's L{errors.ConnectionLost} (C{stalled}: it may have been done;
-        not sent again).
+        not sent again).  So are the submitted requests of a socket closed
+        otherwise (a stall or a timeout of another request on that node, a
+        lost connection): none waits for an answer that cannot come.
         """
         params = params or {}
         topic, partition = params.get("topic"), params.get("partition", 0)
@@ -629,6 +652,7 @@ class BlockingClient:
         the term of the leader it is for (what a stall there is judged by)."""
         node.write(submitted.rid, submitted.method, submitted.params, self.timeout)
         submitted.node = node
+        submitted.connection = node.connection
         submitted.due = time.monotonic() + server_wait(submitted.method, submitted.params)
         submitted.term = None
         if submitted.topic is not None and submitted.partition is not None and not self.view.single_node:
@@ -652,6 +676,16 @@ class BlockingClient:
                 handled = self._submitted_answer(node, answer)
                 if handled is not None:
                     return handled
+                continue
+            orphans: dict[int, list[_Submitted]] = {}
+            for s in self._submitted.values():
+                if s.orphaned():
+                    orphans.setdefault(id(s.node), []).append(s)
+            if orphans:
+                # Their connection was closed by another path (a stall or a timeout of another
+                # request there, a Metadata request given up at a silent node): as a node left.
+                for mine in orphans.values():
+                    self._leave_submitted(mine[0].node, mine, _closed_under)
                 continue
             nodes = list({id(s.node): s.node for s in self._submitted.values()}.values())
             if not nodes:
@@ -693,9 +727,7 @@ class BlockingClient:
                             lost = [s for s in self._submitted.values() if s.node is node]
                             if not lost:
                                 raise
-                            submitted = lost[0]
-                            del self._submitted[submitted.rid]
-                            return submitted.rid, e
+                            self._leave_submitted(node, lost, partial(_lost_under, e))
                 continue
 
     def _submitted_answer(self, node: _NodeSocket, answer: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -756,14 +788,34 @@ class BlockingClient:
         if why is None:
             self._stall_judged[node.key] = (now, time.monotonic() + stall_timeout)
             return
-        self._stall_judged.pop(node.key, None)
         self.stalls_dropped += 1
         node.close()
+
+        def stalled(s: _Submitted) -> errors.StreamlogError:
+            return errors.ConnectionLost(f"no answer to {s.method} from {node.address} for {silent:.2f}s, and {why}",
+                                         method=s.method, address=node.address, stalled=True)
+
+        self._leave_submitted(node, mine, stalled)
+
+    def _leave_submitted(self, node: _NodeSocket, mine: list[_Submitted],
+                         error_for: Callable[[_Submitted], errors.StreamlogError]) -> None:
+        """C{mine}, submitted on C{node}'s closed socket, will never be answered there: send
+        the Polls and ListOffsets again to their leaders under the same ids, and answer the
+        rest with C{error_for(submitted)} (they may have been done: not sent again).  A read
+        whose partition the view still says C{node} leads first asks another node for its
+        topic's metadata (once per topic): a view learnt for another topic may be stale here."""
+        self._stall_judged.pop(node.key, None)
+        asked: set[str] = set()
         for s in mine:
-            error: errors.StreamlogError = errors.ConnectionLost(
-                f"no answer to {s.method} from {node.address} for {silent:.2f}s, and {why}",
-                method=s.method, address=node.address, stalled=True)
+            error = error_for(s)
             if s.topic is not None and s.partition is not None and s.attempts < ROUTED_ATTEMPTS:
+                led = self.view.leader(s.topic, s.partition)
+                if led is not None and address_key(led.address) == node.key and s.topic not in asked:
+                    asked.add(s.topic)
+                    try:
+                        self._learn(s.topic, avoid=node)
+                    except errors.StreamlogError:
+                        pass  # nobody else answered: the view stays as it was
                 try:  # a read: asked again at the partition's leader, under the same id
                     target = self._leader(s.topic, s.partition)
                     if target is not node:
