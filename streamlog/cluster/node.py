@@ -547,6 +547,11 @@ class ClusterNode(GroupCallbacks):
         compactor, core = self.compactor, self.cores.get(META)
         if compactor is None or core is None or self.state is None:
             return
+        if self.stopped or getattr(self.directory.committer, "closed", False):
+            # The node is stopping (its committer stops before the connections drain and this
+            # node stops): a write handed over now could outlive the storage it writes to. The
+            # log keeps its entries, for a later snapshot to cover.
+            return
         if compactor.due(self.meta_applied):
             term = self.meta_log.term_at(self.meta_applied)
             if term is None:  # applied entries are below the log's start only after an install
