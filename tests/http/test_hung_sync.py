@@ -317,3 +317,48 @@ def test_a_stopping_cluster_node_hands_no_snapshot_write_to_its_stopped_committe
         assert node.compactor.writing is None and node.compactor.stats["written"] == written
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("failure", ["fsync", "write"])
+def test_a_snapshot_whose_fsync_failed_stops_the_node_and_one_whose_write_failed_is_retried(failure):
+    """Review of small-fixes: a failed fdatasync of the metadata snapshot in the worker was
+    logged and retried, not fail-stop as every other failed sync (docs/operations.md, exit 70):
+    the kernel may have dropped the pages, so a retry that succeeds proves nothing. A failed
+    write (ENOSPC) loses nothing: the log is not compacted, and the next snapshot tries again."""
+    import errno
+
+    from streamlog.storage.errors import SyncFailed
+    from streamlog.testing import ClusterHarness
+
+    c = ClusterHarness(3, metadata_snapshot_entries=4)
+    try:
+        c.run_until_formed()
+        node, broker = c.nodes[2], c.brokers[2]
+        threads, fatal = ManualThreads(), []
+        broker.committer = GroupCommitter(FsyncPolicy("never"), clock=c.clock, run_in_thread=threads,
+                                          checkpoint_interval=None, on_fatal=fatal.append)
+        compactor, log = node.compactor, node.meta_log
+        written, start = compactor.stats["written"], log.start_index
+        real_save = compactor.store.save
+
+        def broken(index, data):
+            if failure == "fsync":
+                raise SyncFailed("fsync of 00000000000000000009.snapshot.tmp failed: Input/output error")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        compactor.store.save = broken
+        c.create_topics(*(f"t{i}" for i in range(4)))
+        c.run_until(lambda: threads.jobs)
+        threads.run_all()
+        assert compactor.writing is None and compactor.stats["written"] == written and log.start_index == start
+        if failure == "fsync":
+            assert len(fatal) == 1 and fatal[0].check(SyncFailed) and broker.committer.closed
+            return
+        assert fatal == [] and not broker.committer.closed
+        compactor.store.save = real_save  # the disk has room again: the next snapshot is written
+        c.create_topics(*(f"u{i}" for i in range(4)))
+        c.run_until(lambda: threads.jobs)
+        threads.run_all()
+        assert compactor.stats["written"] == written + 1
+    finally:
+        c.stop()
