@@ -222,7 +222,8 @@ class _NodeSocket:
 
 
 class _Submitted:
-    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term", "connection")
+    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term", "connection",
+                 "retry_at", "left_error")
 
     def __init__(self, method: str, params: dict[str, Any], node: _NodeSocket, rid: int,
                  topic: str | None, partition: int | None) -> None:
@@ -239,10 +240,14 @@ class _Submitted:
         self.term: int | None = None
         #: Which of its node's sockets it was written on (L{_NodeSocket.connection}).
         self.connection = 0
+        #: A read whose node was left while the view still named it the leader: when to route
+        #: it again (None: written, its answer awaited), and the error it ends with if it cannot be.
+        self.retry_at: float | None = None
+        self.left_error: errors.StreamlogError | None = None
 
     def orphaned(self) -> bool:
         """Whether the socket it was written on is closed: its answer can never come."""
-        return self.node.sock is None or self.node.connection != self.connection
+        return self.retry_at is None and (self.node.sock is None or self.node.connection != self.connection)
 
 
 class BlockingClient:
@@ -631,7 +636,9 @@ class BlockingClient:
         the stall's L{errors.ConnectionLost} (C{stalled}: it may have been done;
         not sent again).  So are the submitted requests of a socket closed
         otherwise (a stall or a timeout of another request on that node, a
-        lost connection): none waits for an answer that cannot come.
+        lost connection): none waits for an answer that cannot come.  A read
+        whose partition the left node still leads (as far as any node knows)
+        is routed again after a pause (L{_route_parked}), within its attempts.
         """
         params = params or {}
         topic, partition = params.get("topic"), params.get("partition", 0)
@@ -653,6 +660,7 @@ class BlockingClient:
         node.write(submitted.rid, submitted.method, submitted.params, self.timeout)
         submitted.node = node
         submitted.connection = node.connection
+        submitted.retry_at = None
         submitted.due = time.monotonic() + server_wait(submitted.method, submitted.params)
         submitted.term = None
         if submitted.topic is not None and submitted.partition is not None and not self.view.single_node:
@@ -677,6 +685,8 @@ class BlockingClient:
                 if handled is not None:
                     return handled
                 continue
+            if self._route_parked():
+                continue
             orphans: dict[int, list[_Submitted]] = {}
             for s in self._submitted.values():
                 if s.orphaned():
@@ -687,7 +697,16 @@ class BlockingClient:
                 for mine in orphans.values():
                     self._leave_submitted(mine[0].node, mine, _closed_under)
                 continue
-            nodes = list({id(s.node): s.node for s in self._submitted.values()}.values())
+            waiting = [s for s in self._submitted.values() if s.retry_at is None]
+            parked = [s.retry_at for s in self._submitted.values() if s.retry_at is not None]
+            nodes = list({id(s.node): s.node for s in waiting}.values())
+            if not nodes and parked:  # only reads waiting to be routed again: sleep until the first
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                pause = max(0.0, min(parked) - time.monotonic())
+                time.sleep(pause if remaining is None else min(pause, remaining))
+                continue
             if not nodes:
                 if not any(n.sock is not None for n in self._nodes.values()):
                     raise errors.ConnectionLost("not connected: nothing was submitted on this connection")
@@ -711,10 +730,15 @@ class BlockingClient:
                 if check is not None:
                     until = max(0.0, check[0] - time.monotonic())
                     wait = until if wait is None else min(wait, until)
+                if parked:
+                    until = max(0.0, min(parked) - time.monotonic())
+                    wait = until if wait is None else min(wait, until)
                 readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], wait)
                 if not readable:
                     if check is not None and time.monotonic() >= check[0]:
                         self._submitted_stall(check[1])
+                        continue
+                    if parked and time.monotonic() >= min(parked):
                         continue
                     return None
                 for node in live:
@@ -724,7 +748,7 @@ class BlockingClient:
                         except _NoAnswerYet:
                             pass
                         except errors.ConnectionLost as e:
-                            lost = [s for s in self._submitted.values() if s.node is node]
+                            lost = [s for s in self._submitted.values() if s.node is node and s.retry_at is None]
                             if not lost:
                                 raise
                             self._leave_submitted(node, lost, partial(_lost_under, e))
@@ -763,7 +787,7 @@ class BlockingClient:
             return None
         first: tuple[float, _NodeSocket] | None = None
         for node in live:
-            dues = [s.due for s in self._submitted.values() if s.node is node]
+            dues = [s.due for s in self._submitted.values() if s.node is node and s.retry_at is None]
             if not dues:
                 continue
             at = max(node.last_received, min(dues)) + self.stall_timeout
@@ -779,7 +803,7 @@ class BlockingClient:
         send its Polls and ListOffsets again to their leaders and fail the rest."""
         stall_timeout = self.stall_timeout
         assert stall_timeout is not None
-        mine = [s for s in self._submitted.values() if s.node is node]
+        mine = [s for s in self._submitted.values() if s.node is node and s.retry_at is None]
         now = time.monotonic()
         silent = now - max(node.last_received, min(s.due for s in mine))
         self._suspect.add(node.key)
@@ -803,7 +827,10 @@ class BlockingClient:
         the Polls and ListOffsets again to their leaders under the same ids, and answer the
         rest with C{error_for(submitted)} (they may have been done: not sent again).  A read
         whose partition the view still says C{node} leads first asks another node for its
-        topic's metadata (once per topic): a view learnt for another topic may be stale here."""
+        topic's metadata (once per topic): a view learnt for another topic may be stale here.
+        If it is still led by C{node} (no new leader known yet), or has no leader, the read
+        waits a moment and is routed again (L{_route_parked}), as a one-at-a-time Poll
+        would be: reads may be asked again anywhere."""
         self._stall_judged.pop(node.key, None)
         asked: set[str] = set()
         for s in mine:
@@ -822,10 +849,50 @@ class BlockingClient:
                         self._write_submitted(s, target)
                         s.attempts += 1
                         continue
+                    self._park(s, error)
+                    continue
+                except errors.LeaderNotAvailable:
+                    self._park(s, error)
+                    continue
                 except errors.StreamlogError as e:
                     error = e
             del self._submitted[s.rid]
             self._stalled_answers.append((s.rid, error))
+
+    def _park(self, s: _Submitted, error: errors.StreamlogError) -> None:
+        """Route the read C{s} again after a pause (0.2 s, doubling: an election's time), one
+        attempt more; it ends with C{error} if it still cannot be routed then."""
+        s.retry_at = time.monotonic() + min(1.0, 0.1 * 2 ** s.attempts)
+        s.left_error = error
+        s.attempts += 1
+
+    def _route_parked(self) -> bool:
+        """Send the parked reads that are due again to their partitions' leaders (fresh
+        metadata first, the node they were left at last), under the same ids; one still
+        without a leader elsewhere is written to the node the view names (a new socket: slow
+        is not gone, and it is judged as any other), and one that cannot be routed within
+        its attempts is answered with the error it was left with.  Whether any was due."""
+        now = time.monotonic()
+        due = [s for s in self._submitted.values() if s.retry_at is not None and s.retry_at <= now]
+        asked: set[str] = set()
+        for s in due:
+            assert s.topic is not None and s.partition is not None
+            left = s.node
+            try:
+                if s.topic not in asked:
+                    asked.add(s.topic)
+                    self._learn(s.topic, avoid=left if len(self.view.addresses()) > 1 else None)
+                target = self._leader(s.topic, s.partition)
+                self._write_submitted(s, target)
+                continue
+            except errors.StreamlogError as e:
+                if retry.retriable(e) and s.attempts < ROUTED_ATTEMPTS:
+                    self._park(s, s.left_error or e)
+                    continue
+                error = s.left_error if retry.retriable(e) and s.left_error is not None else e
+            del self._submitted[s.rid]
+            self._stalled_answers.append((s.rid, error))
+        return bool(due)
 
     # --- the methods (as L{streamlog.client.cluster.ClusterClient}) ------------------
 

@@ -272,7 +272,8 @@ def answers_within(c, wanted, seconds):
 
 def leaders_go_silent(cluster, c, leaders, to=3):
     """Each topic of C{leaders} (name -> its leader) is made and given one message, "v" + name;
-    then those leaders go silent and the cluster sees them down, and the topics move to C{to}."""
+    then those leaders go silent and the cluster sees them down, and the topics move to C{to}
+    (None: they stay, no new leader)."""
     for topic, leader in leaders.items():
         cluster.fake.create_topic(topic, 1, leaders=[leader])
         c.send(topic, "v" + topic, partition=0)
@@ -280,7 +281,8 @@ def leaders_go_silent(cluster, c, leaders, to=3):
         for topic, leader in leaders.items():
             cluster.fake.nodes[leader].black_hole = True
             cluster.fake.nodes[leader].up = False
-            cluster.fake.move_leader(topic, 0, to)
+            if to is not None:
+                cluster.fake.move_leader(topic, 0, to)
 
 
 @pytest.mark.parametrize("keep_node3_busy", [False, True])
@@ -349,3 +351,42 @@ def test_every_request_submitted_on_a_lost_connection_is_answered_with_its_id(cl
         got = answers_within(c, rids, 2.0)
     assert got.keys() == rids and all(isinstance(e, errors.ConnectionLost) for e in got.values()), got
     assert {e.details.get("method") for e in got.values()} == {"Ping"}
+
+
+def test_a_submitted_poll_whose_partition_the_left_node_still_leads_waits_for_where_it_is_led(cluster):
+    # Review of small-fixes: node 1 leads t/0 and t/1 and goes silent; t/0 moves to node 2 (the
+    # verdict's reason to leave node 1). t/1's Poll, still led by node 1 in every view, was
+    # answered with the stall's ConnectionLost at once (streamlog consume raised it and exited);
+    # a read may be asked again anywhere: it waits, and follows t/1 once it moves.
+    cluster.fake.create_topic("t", 2, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=10, stall_timeout=0.3) as c:
+        c.send("t", "v0", partition=0)
+        c.send("t", "v1", partition=1)
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True
+            cluster.fake.move_leader("t", 0, 2)
+        r0 = c.submit("Poll", {"topic": "t", "partition": 0, "offset": 0})
+        r1 = c.submit("Poll", {"topic": "t", "partition": 1, "offset": 0})
+        got = answers_within(c, {r0}, 3.0)
+        assert [m["value"] for m in got[r0]["messages"]] == ["v0"], got
+        assert c.stalls_dropped == 1
+        got.update(answers_within(c, {r1}, 1.0))  # node 1 still leads t/1 (and is up): waited for
+        assert r1 not in got, got
+        with cluster.lock:
+            cluster.fake.move_leader("t", 1, 2)
+        got.update(answers_within(c, {r1}, 4.0))
+    assert [m["value"] for m in got[r1]["messages"]] == ["v1"], got
+
+
+def test_a_submitted_poll_whose_partition_has_no_leader_elsewhere_ends_within_its_attempts(cluster):
+    # The node is down and t has no new leader within the read's attempts (four, about 1.5 s):
+    # it ends with a ConnectionLost (the stall's, or the lost connection's of its last attempt
+    # at node 1), under its id, not waiting for ever.
+    with BlockingClient(cluster.bootstrap, timeout=10, stall_timeout=0.3) as c:
+        leaders_go_silent(cluster, c, {"t": 1}, to=None)
+        r1 = c.submit("Poll", {"topic": "t", "partition": 0, "offset": 0})
+        start = time.monotonic()
+        got = answers_within(c, {r1}, 8.0)
+        took = time.monotonic() - start
+    assert isinstance(got.get(r1), errors.ConnectionLost), got
+    assert took < 6.0, f"{took:.2f}s"
