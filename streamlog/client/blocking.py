@@ -80,6 +80,18 @@ def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogErro
     return error
 
 
+def _closed_under(s: _Submitted) -> errors.StreamlogError:
+    """The error of a submitted request whose socket another path closed (a stall, a timeout)."""
+    return errors.ConnectionLost(
+        f"the connection to {s.node.address} was closed before {s.method} was answered "
+        "(another request there stalled or timed out)", method=s.method, address=s.node.address, stalled=True)
+
+
+def _lost_under(lost: errors.ConnectionLost, s: _Submitted) -> errors.StreamlogError:
+    """The error of a submitted request whose connection was lost while next_answer read it."""
+    return errors.ConnectionLost(lost.message, **{**lost.details, "method": s.method})
+
+
 class _NoAnswerYet(Exception):
     """No answer within the time given (not an error)."""
 
@@ -101,6 +113,8 @@ class _NodeSocket:
         self.key = ""
         #: When bytes last arrived (or the socket connected): the start of a silence.
         self.last_received = 0.0
+        #: How many sockets this node has had: a request written on an earlier one is never answered.
+        self.connection = 0
 
     def connect(self) -> None:
         if self.sock is not None:
@@ -125,6 +139,7 @@ class _NodeSocket:
         self.sock = sock
         self.buffer = b""
         self.last_received = time.monotonic()
+        self.connection += 1
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
@@ -207,7 +222,8 @@ class _NodeSocket:
 
 
 class _Submitted:
-    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term")
+    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term", "connection",
+                 "retry_at", "left_error")
 
     def __init__(self, method: str, params: dict[str, Any], node: _NodeSocket, rid: int,
                  topic: str | None, partition: int | None) -> None:
@@ -222,6 +238,16 @@ class _Submitted:
         self.due = 0.0
         #: The term of the leader it was sent to (a routed request in a cluster), else None.
         self.term: int | None = None
+        #: Which of its node's sockets it was written on (L{_NodeSocket.connection}).
+        self.connection = 0
+        #: A read whose node was left while the view still named it the leader: when to route
+        #: it again (None: written, its answer awaited), and the error it ends with if it cannot be.
+        self.retry_at: float | None = None
+        self.left_error: errors.StreamlogError | None = None
+
+    def orphaned(self) -> bool:
+        """Whether the socket it was written on is closed: its answer can never come."""
+        return self.retry_at is None and (self.node.sock is None or self.node.connection != self.connection)
 
 
 class BlockingClient:
@@ -608,7 +634,11 @@ class BlockingClient:
         socket is closed; those reads are sent again to their leaders under
         the same ids, and every other request submitted there is answered with
         the stall's L{errors.ConnectionLost} (C{stalled}: it may have been done;
-        not sent again).
+        not sent again).  So are the submitted requests of a socket closed
+        otherwise (a stall or a timeout of another request on that node, a
+        lost connection): none waits for an answer that cannot come.  A read
+        whose partition the left node still leads (as far as any node knows)
+        is routed again after a pause (L{_route_parked}), within its attempts.
         """
         params = params or {}
         topic, partition = params.get("topic"), params.get("partition", 0)
@@ -629,6 +659,8 @@ class BlockingClient:
         the term of the leader it is for (what a stall there is judged by)."""
         node.write(submitted.rid, submitted.method, submitted.params, self.timeout)
         submitted.node = node
+        submitted.connection = node.connection
+        submitted.retry_at = None
         submitted.due = time.monotonic() + server_wait(submitted.method, submitted.params)
         submitted.term = None
         if submitted.topic is not None and submitted.partition is not None and not self.view.single_node:
@@ -653,7 +685,28 @@ class BlockingClient:
                 if handled is not None:
                     return handled
                 continue
-            nodes = list({id(s.node): s.node for s in self._submitted.values()}.values())
+            if self._route_parked():
+                continue
+            orphans: dict[int, list[_Submitted]] = {}
+            for s in self._submitted.values():
+                if s.orphaned():
+                    orphans.setdefault(id(s.node), []).append(s)
+            if orphans:
+                # Their connection was closed by another path (a stall or a timeout of another
+                # request there, a Metadata request given up at a silent node): as a node left.
+                for mine in orphans.values():
+                    self._leave_submitted(mine[0].node, mine, _closed_under)
+                continue
+            waiting = [s for s in self._submitted.values() if s.retry_at is None]
+            parked = [s.retry_at for s in self._submitted.values() if s.retry_at is not None]
+            nodes = list({id(s.node): s.node for s in waiting}.values())
+            if not nodes and parked:  # only reads waiting to be routed again: sleep until the first
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                pause = max(0.0, min(parked) - time.monotonic())
+                time.sleep(pause if remaining is None else min(pause, remaining))
+                continue
             if not nodes:
                 if not any(n.sock is not None for n in self._nodes.values()):
                     raise errors.ConnectionLost("not connected: nothing was submitted on this connection")
@@ -677,10 +730,15 @@ class BlockingClient:
                 if check is not None:
                     until = max(0.0, check[0] - time.monotonic())
                     wait = until if wait is None else min(wait, until)
+                if parked:
+                    until = max(0.0, min(parked) - time.monotonic())
+                    wait = until if wait is None else min(wait, until)
                 readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], wait)
                 if not readable:
                     if check is not None and time.monotonic() >= check[0]:
                         self._submitted_stall(check[1])
+                        continue
+                    if parked and time.monotonic() >= min(parked):
                         continue
                     return None
                 for node in live:
@@ -690,12 +748,10 @@ class BlockingClient:
                         except _NoAnswerYet:
                             pass
                         except errors.ConnectionLost as e:
-                            lost = [s for s in self._submitted.values() if s.node is node]
+                            lost = [s for s in self._submitted.values() if s.node is node and s.retry_at is None]
                             if not lost:
                                 raise
-                            submitted = lost[0]
-                            del self._submitted[submitted.rid]
-                            return submitted.rid, e
+                            self._leave_submitted(node, lost, partial(_lost_under, e))
                 continue
 
     def _submitted_answer(self, node: _NodeSocket, answer: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -731,7 +787,7 @@ class BlockingClient:
             return None
         first: tuple[float, _NodeSocket] | None = None
         for node in live:
-            dues = [s.due for s in self._submitted.values() if s.node is node]
+            dues = [s.due for s in self._submitted.values() if s.node is node and s.retry_at is None]
             if not dues:
                 continue
             at = max(node.last_received, min(dues)) + self.stall_timeout
@@ -747,7 +803,7 @@ class BlockingClient:
         send its Polls and ListOffsets again to their leaders and fail the rest."""
         stall_timeout = self.stall_timeout
         assert stall_timeout is not None
-        mine = [s for s in self._submitted.values() if s.node is node]
+        mine = [s for s in self._submitted.values() if s.node is node and s.retry_at is None]
         now = time.monotonic()
         silent = now - max(node.last_received, min(s.due for s in mine))
         self._suspect.add(node.key)
@@ -756,24 +812,87 @@ class BlockingClient:
         if why is None:
             self._stall_judged[node.key] = (now, time.monotonic() + stall_timeout)
             return
-        self._stall_judged.pop(node.key, None)
         self.stalls_dropped += 1
         node.close()
+
+        def stalled(s: _Submitted) -> errors.StreamlogError:
+            return errors.ConnectionLost(f"no answer to {s.method} from {node.address} for {silent:.2f}s, and {why}",
+                                         method=s.method, address=node.address, stalled=True)
+
+        self._leave_submitted(node, mine, stalled)
+
+    def _leave_submitted(self, node: _NodeSocket, mine: list[_Submitted],
+                         error_for: Callable[[_Submitted], errors.StreamlogError]) -> None:
+        """C{mine}, submitted on C{node}'s closed socket, will never be answered there: send
+        the Polls and ListOffsets again to their leaders under the same ids, and answer the
+        rest with C{error_for(submitted)} (they may have been done: not sent again).  A read
+        whose partition the view still says C{node} leads first asks another node for its
+        topic's metadata (once per topic): a view learnt for another topic may be stale here.
+        If it is still led by C{node} (no new leader known yet), or has no leader, the read
+        waits a moment and is routed again (L{_route_parked}), as a one-at-a-time Poll
+        would be: reads may be asked again anywhere."""
+        self._stall_judged.pop(node.key, None)
+        asked: set[str] = set()
         for s in mine:
-            error: errors.StreamlogError = errors.ConnectionLost(
-                f"no answer to {s.method} from {node.address} for {silent:.2f}s, and {why}",
-                method=s.method, address=node.address, stalled=True)
+            error = error_for(s)
             if s.topic is not None and s.partition is not None and s.attempts < ROUTED_ATTEMPTS:
+                led = self.view.leader(s.topic, s.partition)
+                if led is not None and address_key(led.address) == node.key and s.topic not in asked:
+                    asked.add(s.topic)
+                    try:
+                        self._learn(s.topic, avoid=node)
+                    except errors.StreamlogError:
+                        pass  # nobody else answered: the view stays as it was
                 try:  # a read: asked again at the partition's leader, under the same id
                     target = self._leader(s.topic, s.partition)
                     if target is not node:
                         self._write_submitted(s, target)
                         s.attempts += 1
                         continue
+                    self._park(s, error)
+                    continue
+                except errors.LeaderNotAvailable:
+                    self._park(s, error)
+                    continue
                 except errors.StreamlogError as e:
                     error = e
             del self._submitted[s.rid]
             self._stalled_answers.append((s.rid, error))
+
+    def _park(self, s: _Submitted, error: errors.StreamlogError) -> None:
+        """Route the read C{s} again after a pause (0.2 s, doubling: an election's time), one
+        attempt more; it ends with C{error} if it still cannot be routed then."""
+        s.retry_at = time.monotonic() + min(1.0, 0.1 * 2 ** s.attempts)
+        s.left_error = error
+        s.attempts += 1
+
+    def _route_parked(self) -> bool:
+        """Send the parked reads that are due again to their partitions' leaders (fresh
+        metadata first, the node they were left at last), under the same ids; one still
+        without a leader elsewhere is written to the node the view names (a new socket: slow
+        is not gone, and it is judged as any other), and one that cannot be routed within
+        its attempts is answered with the error it was left with.  Whether any was due."""
+        now = time.monotonic()
+        due = [s for s in self._submitted.values() if s.retry_at is not None and s.retry_at <= now]
+        asked: set[str] = set()
+        for s in due:
+            assert s.topic is not None and s.partition is not None
+            left = s.node
+            try:
+                if s.topic not in asked:
+                    asked.add(s.topic)
+                    self._learn(s.topic, avoid=left if len(self.view.addresses()) > 1 else None)
+                target = self._leader(s.topic, s.partition)
+                self._write_submitted(s, target)
+                continue
+            except errors.StreamlogError as e:
+                if retry.retriable(e) and s.attempts < ROUTED_ATTEMPTS:
+                    self._park(s, s.left_error or e)
+                    continue
+                error = s.left_error if retry.retriable(e) and s.left_error is not None else e
+            del self._submitted[s.rid]
+            self._stalled_answers.append((s.rid, error))
+        return bool(due)
 
     # --- the methods (as L{streamlog.client.cluster.ClusterClient}) ------------------
 

@@ -939,7 +939,10 @@ class ClusterClient:
         node knew (which the node may auto-create).  In a cluster, the node that created the topic
         may not lead the partition it chose: its C{NOT_LEADER} (nothing was appended) sends the
         call to the topic's metadata and then to the partition's leader (C{routed(info,
-        remaining)}), instead of asking that node again until the timeout."""
+        remaining)}), instead of asking that node again until the timeout.  A C{NOT_LEADER} with
+        C{maybe_appended} (the node appended it as the leader, then lost the leadership before it
+        committed: the next leader may still commit it) is the caller's, as every write's is
+        (L{retry.may_have_landed}): sending it again could store it twice."""
         if self.view.single_node:
             return self._run(method, params, self.any_target, timeout, False, expect, topic)
         if timeout is None:
@@ -948,6 +951,8 @@ class ClusterClient:
 
         def refused(failure: Failure) -> Any:
             failure.trap(errors.NotLeader)
+            if retry.may_have_landed(failure.value):
+                return failure
             remaining = None if deadline is None else deadline - self.clock.seconds()
             if self._closed or (remaining is not None and remaining <= 0):
                 return failure
@@ -1037,7 +1042,9 @@ class ClusterClient:
         appended) or C{LEADER_NOT_AVAILABLE} go to their leaders within what is left of the
         timeout, as the parts of a known topic's batch do, instead of being handed back as the
         answer.  A part that may have been appended (C{maybe_appended}) or was refused otherwise
-        stays an error entry: resending it could append it twice."""
+        stays an error entry: resending it could append it twice.  Should the resend (or the
+        lookup before it) fail, the call's error carries C{maybe_appended} if such a part may
+        have been (L{retry.given_up}): never "nothing sent" for what may be stored."""
         if not isinstance(result, dict):
             return result
         entries: list[dict[str, Any]] = result.get("partitions") or []
@@ -1048,12 +1055,16 @@ class ClusterClient:
         for partition, error in refused.items():
             self.learn(error, topic, partition)
         taken = [e for e in entries if e["partition"] not in refused]
+        maybe_landed = any(retry.may_have_landed(errors.from_wire(e["error"])) for e in taken if "error" in e)
 
         def merged(answer: Any) -> Any:
             if isinstance(answer, Failure):
-                if isinstance(answer.value, errors.StreamlogError):
-                    answer.value.details["appended"] = (
-                        [e for e in taken if "error" not in e] + answer.value.details.get("appended", []))
+                error = answer.value
+                if isinstance(error, errors.StreamlogError):
+                    error.details["appended"] = (
+                        [e for e in taken if "error" not in e] + error.details.get("appended", []))
+                    if maybe_landed:
+                        return Failure(retry.given_up(error, True))
                 return answer
             again = {e["partition"]: e for e in answer["partitions"]}
             result["partitions"] = [again.get(e["partition"], e) for e in entries]

@@ -67,6 +67,7 @@ from streamlog.raft.log import Entry
 from streamlog.raft.messages import InstallSnapshot
 from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import StorageFailed
 from streamlog.storage.in_flight import META_SNAPSHOT
 from streamlog.storage.snapshot_files import MemorySnapshots
 from streamlog.topic_config import internal_mark
@@ -547,6 +548,11 @@ class ClusterNode(GroupCallbacks):
         compactor, core = self.compactor, self.cores.get(META)
         if compactor is None or core is None or self.state is None:
             return
+        if self.stopped or getattr(self.directory.committer, "closed", False):
+            # The node is stopping (its committer stops before the connections drain and this
+            # node stops): a write handed over now could outlive the storage it writes to. The
+            # log keeps its entries, for a later snapshot to cover.
+            return
         if compactor.due(self.meta_applied):
             term = self.meta_log.term_at(self.meta_applied)
             if term is None:  # applied entries are below the log's start only after an install
@@ -575,10 +581,14 @@ class ClusterNode(GroupCallbacks):
         assert compactor is not None
         if isinstance(result, Failure):
             compactor.abandon_write()
+            if result.check(StorageFailed) and getattr(self.directory.committer, "closed", False):
+                return  # a failed fsync: the committer stops the node (fail-stop, exit 70), and said why
             if not result.check(OSError):
                 result.raiseException()
-            # Nothing is lost: the log is not compacted, and the next snapshot tries again.
-            self._log.error("writing the metadata snapshot failed: {error}", error=result.value)
+            # A failed write (ENOSPC): nothing is lost, the log is not compacted, and the next
+            # snapshot tries again.
+            self._log.error("writing the metadata snapshot failed: {error}; the metadata log is not compacted, "
+                            "and the next snapshot tries again", error=result.value)
             return
         if not compactor.finish_write(*job) or core is None or self.stopped:
             return  # a newer one was installed meanwhile (its log reset), or the node stopped

@@ -33,6 +33,15 @@ class StorageFailed(StorageError):
     """A write or fsync failed; nothing written afterwards can be trusted (fail-stop)."""
 
 
+class SyncFailed(StorageFailed):
+    """An fsync (a file's fdatasync, a directory's fsync) failed.
+
+    Never retried: the kernel may have dropped the dirty pages and marked them
+    clean, so a second sync that succeeds proves nothing.  A failed write
+    (C{ENOSPC}) is not one of these: the write can be tried again.
+    """
+
+
 class InvalidTopicName(StorageError, ValueError):
     """A topic name this data directory cannot hold (bad characters, or too long for its file system)."""
 

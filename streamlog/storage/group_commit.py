@@ -222,6 +222,11 @@ class GroupCommitter:
 
     # -- public API -----------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Whether the committer takes no more work: L{stop} began, or an fsync failed."""
+        return self._stopped or self._failure is not None
+
     def oldest_sync_seconds(self) -> float:
         """Seconds the oldest sync of any kind in L{in_flight} has been there (0.0: none is)."""
         return self.in_flight.oldest_seconds()
@@ -230,8 +235,24 @@ class GroupCommitter:
         """C{f(*args)} in a worker (the checkpoints' threads, not the sync pool: it never waits
         behind or holds up a commit sync), counted in L{in_flight} as a sync of C{kind} until
         it is back: for the node's other blocking writes, such as its metadata snapshots.
-        L{stop} waits for those still running (the data directory is released after it)."""
+        L{stop} waits for those still running (the data directory is released after it).
+        Once L{stop} began it fails with L{CommitterStopped}, and after an fsync error with
+        that error: a job taken then would run on while the node closes its storage and
+        releases its directory (L{stop}'s wait covers only the jobs it saw).  A job that
+        fails with L{StorageFailed} (its fsync failed: L{SyncFailed}) is fail-stop, as a
+        log's failed sync is (C{on_fatal}); any other error is only its caller's."""
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._stopped:
+            return fail(CommitterStopped(f"the group committer is stopped: no {kind} job is taken"))
         d = self._tracked(kind, self._run_in_thread(f, *args))
+
+        def fatal(failure: Failure) -> Failure:
+            if failure.check(StorageFailed):
+                self._fatal(failure)
+            return failure
+
+        d.addErrback(fatal)
         finished: Deferred = Deferred()  # for stop, which must not take the job's result
         self._jobs.add(finished)
 

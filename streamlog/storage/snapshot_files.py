@@ -20,20 +20,29 @@ A store keeps the newest L{KEEP} files of one group, named by index
 (C{<20 digits>.snapshot}).  L{DirectorySnapshots.save} writes a file
 atomically and durably (temporary file, fdatasync, rename, directory fsync)
 before it returns: a caller may drop the log prefix the file stands for as
-soon as it does.  A file that fails its checks is renamed aside
-(C{.refused}), kept as evidence, and never read again.
+soon as it does.  A failed fsync raises L{SyncFailed} (fail-stop: never
+retried); a failed write (C{ENOSPC}) raises its C{OSError}, the temporary
+file removed, so that a later save may try again.  A leftover temporary
+file (C{.snapshot.tmp}, a crash mid-save) is removed at start-up by the
+recovery of the log whose directory holds the files.  A file that fails its
+checks is renamed aside (C{.refused}), kept as evidence, and never read
+again.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import attrs
 
-from streamlog.storage.checkpoint import fsync_dir, write_atomically
+from streamlog.storage.checkpoint import datasync, fsync_dir
 from streamlog.storage.codec import crc32c
+from streamlog.storage.errors import SyncFailed
+
+_Arg = TypeVar("_Arg")
 
 MAGIC = b"SLSNAP\r\n"
 VERSION = 1
@@ -135,8 +144,30 @@ class DirectorySnapshots:
         return os.path.join(self.directory, file_name(index))
 
     def save(self, index: int, data: bytes) -> None:
+        """Write the file (tmp, fdatasync, rename, fsync of the directory), then prune the
+        oldest.  L{SyncFailed} if an fsync failed (fail-stop); the C{OSError} of a failed
+        write, rename or removal (C{ENOSPC}: nothing is lost, a later save tries again)."""
         os.makedirs(self.directory, exist_ok=True)
-        write_atomically(self.path(index), data)  # tmp, fdatasync, rename, fsync of the directory
+        path = self.path(index)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                _discard(tmp)  # a full disk: do not keep what cannot be used
+                raise
+            _synced(datasync, fd, tmp)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            _discard(tmp)
+            raise
+        _synced(fsync_dir, self.directory, self.directory)
         old = self.listing()[KEEP:]
         for i in old:
             try:
@@ -144,7 +175,7 @@ class DirectorySnapshots:
             except FileNotFoundError:
                 pass  # another save's pruning (a write in a worker while a snapshot is installed) took it
         if old:
-            fsync_dir(self.directory)
+            _synced(fsync_dir, self.directory, self.directory)
 
     def listing(self) -> list[int]:
         try:
@@ -161,6 +192,21 @@ class DirectorySnapshots:
         path = self.path(index)
         os.replace(path, path + REFUSED_SUFFIX)
         fsync_dir(self.directory)
+
+
+def _synced(sync: Callable[[_Arg], None], arg: _Arg, what: str) -> None:
+    """C{sync(arg)}, its failure raised as L{SyncFailed} (never to be retried)."""
+    try:
+        sync(arg)
+    except OSError as e:
+        raise SyncFailed(f"fsync of {what} failed: {e.strerror or e}") from e
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # start-up's recovery removes what is left
 
 
 class MemorySnapshots:

@@ -301,3 +301,112 @@ def test_the_committers_stop_waits_for_a_tracked_job_still_in_its_worker():
     assert results == ["saved"]  # the job's own result still goes to its caller
     result_of(stopped)
     assert committer.in_flight.oldest() is None
+
+
+def test_a_tracked_job_handed_over_once_stop_began_or_a_sync_failed_is_refused():
+    """Review of small-fixes: run_tracked took jobs after stop() began (stop waits only for the
+    jobs it saw: such a write ran on while the node released its data directory) and after a
+    fatal fsync error."""
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+
+    from streamlog.storage.group_commit import CommitterStopped
+    from streamlog.testing import result_of
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("never"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    assert not committer.closed
+    result_of(committer.stop())  # nothing in flight: done at once
+    assert committer.closed
+    refused = committer.run_tracked("meta_snapshot", lambda: "saved")
+    assert not threads.jobs and committer.in_flight.oldest() is None
+    with pytest.raises(CommitterStopped):
+        result_of(refused)
+
+    fatal = []
+    committer = GroupCommitter(FsyncPolicy("never"), clock=clock, run_in_thread=threads, checkpoint_interval=None,
+                               on_fatal=fatal.append)
+    committer._fatal(Failure(OSError(5, "Input/output error")))
+    assert committer.closed
+    refused = committer.run_tracked("meta_snapshot", lambda: "saved")
+    assert not threads.jobs
+    with pytest.raises(OSError):
+        result_of(refused)
+
+
+def test_a_stopping_cluster_node_hands_no_snapshot_write_to_its_stopped_committer():
+    """stopService stops the committer (stop_writes) before the connections drain and the
+    cluster node stops: meanwhile the metadata group goes on applying what the controller
+    commits, and handed new snapshot writes to the committer whose stop had begun (and did not
+    wait for them)."""
+    from streamlog.testing import ClusterHarness, result_of
+
+    c = ClusterHarness(3, metadata_snapshot_entries=4)
+    try:
+        c.run_until_formed()
+        node, broker = c.nodes[2], c.brokers[2]
+        threads = ManualThreads()
+        broker.committer = GroupCommitter(FsyncPolicy("never"), clock=c.clock, run_in_thread=threads,
+                                          checkpoint_interval=None)
+        c.create_topics(*(f"t{i}" for i in range(4)))
+        threads.run_all()
+        written = node.compactor.stats["written"]
+        assert written >= 1  # snapshots were written through the worker before the stop
+        stopped = broker.committer.stop()  # stop_writes; its final sync is now in the worker
+        applied = node.meta_applied
+        c.create_topics(*(f"u{i}" for i in range(12)))  # the node is not stopped yet: it goes on applying
+        c.run(1.0)
+        assert node.meta_applied >= applied + 12 and not node.stopped
+        names = [getattr(f, "__qualname__", str(f)) for _, f, _ in threads.jobs]
+        assert "MemorySnapshots.save" not in names, names
+        threads.run_all()  # the final sync ends
+        result_of(stopped)
+        assert node.compactor.writing is None and node.compactor.stats["written"] == written
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("failure", ["fsync", "write"])
+def test_a_snapshot_whose_fsync_failed_stops_the_node_and_one_whose_write_failed_is_retried(failure):
+    """Review of small-fixes: a failed fdatasync of the metadata snapshot in the worker was
+    logged and retried, not fail-stop as every other failed sync (docs/operations.md, exit 70):
+    the kernel may have dropped the pages, so a retry that succeeds proves nothing. A failed
+    write (ENOSPC) loses nothing: the log is not compacted, and the next snapshot tries again."""
+    import errno
+
+    from streamlog.storage.errors import SyncFailed
+    from streamlog.testing import ClusterHarness
+
+    c = ClusterHarness(3, metadata_snapshot_entries=4)
+    try:
+        c.run_until_formed()
+        node, broker = c.nodes[2], c.brokers[2]
+        threads, fatal = ManualThreads(), []
+        broker.committer = GroupCommitter(FsyncPolicy("never"), clock=c.clock, run_in_thread=threads,
+                                          checkpoint_interval=None, on_fatal=fatal.append)
+        compactor, log = node.compactor, node.meta_log
+        written, start = compactor.stats["written"], log.start_index
+        real_save = compactor.store.save
+
+        def broken(index, data):
+            if failure == "fsync":
+                raise SyncFailed("fsync of 00000000000000000009.snapshot.tmp failed: Input/output error")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        compactor.store.save = broken
+        c.create_topics(*(f"t{i}" for i in range(4)))
+        c.run_until(lambda: threads.jobs)
+        threads.run_all()
+        assert compactor.writing is None and compactor.stats["written"] == written and log.start_index == start
+        if failure == "fsync":
+            assert len(fatal) == 1 and fatal[0].check(SyncFailed) and broker.committer.closed
+            return
+        assert fatal == [] and not broker.committer.closed
+        compactor.store.save = real_save  # the disk has room again: the next snapshot is written
+        c.create_topics(*(f"u{i}" for i in range(4)))
+        c.run_until(lambda: threads.jobs)
+        threads.run_all()
+        assert compactor.stats["written"] == written + 1
+    finally:
+        c.stop()

@@ -114,3 +114,68 @@ def test_a_save_is_atomic_and_a_leftover_temporary_file_is_not_a_snapshot(tmp_pa
     assert synced == [store.path(9) + ".tmp"]
     assert store.listing() == [3]  # the old file is whole; the .tmp is the storage recovery's to remove
     assert decode(store.read(3)).index == 3
+
+
+def test_a_failed_fsync_of_a_save_is_a_sync_failure_never_a_plain_os_error(tmp_path, monkeypatch):
+    # A failed fdatasync may have dropped the pages: the caller must stop (fail-stop), not retry.
+    import errno
+
+    from streamlog.storage.errors import SyncFailed
+
+    store = DirectorySnapshots(str(tmp_path))
+    store.save(3, encode(3, 1, PAYLOAD))
+
+    def eio(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    for name in ("fdatasync", "fsync"):  # the file's fdatasync; the directory's fsync
+        with monkeypatch.context() as m:
+            m.setattr(os, name, eio)
+            with pytest.raises(SyncFailed, match="Input/output error"):
+                store.save(9, encode(9, 1, PAYLOAD))
+    assert decode(store.read(3)).index == 3
+
+
+def test_a_failed_write_of_a_save_is_its_os_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    # ENOSPC: nothing was made durable or lost, a later save may try again; the partial file goes.
+    import errno
+
+    from streamlog.storage.errors import SyncFailed
+
+    store = DirectorySnapshots(str(tmp_path))
+    store.save(3, encode(3, 1, PAYLOAD))
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", full)
+        with pytest.raises(OSError) as raised:
+            store.save(9, encode(9, 1, PAYLOAD))
+    assert not isinstance(raised.value, SyncFailed) and raised.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(tmp_path)) == ["00000000000000000003.snapshot"]
+    store.save(9, encode(9, 1, PAYLOAD))  # the disk has room again
+    assert store.listing() == [9, 3]
+
+
+def test_a_leftover_temporary_snapshot_file_is_removed_when_the_storage_opens(tmp_path):
+    # A crash in the middle of a save leaves <index>.snapshot.tmp beside the metadata log's
+    # segments: that log's recovery removes it at the next start (the snapshot files are kept).
+    from streamlog.storage.base import TopicConfig
+    from streamlog.storage.segmented import SegmentedStorage
+
+    storage = SegmentedStorage(str(tmp_path))
+    storage.create_topic("__meta", 1, TopicConfig())
+    store = storage.snapshot_store("__meta")
+    store.save(3, encode(3, 1, PAYLOAD))
+    leftover = store.path(9) + ".tmp"
+    with open(leftover, "wb") as f:
+        f.write(encode(9, 1, PAYLOAD)[:10])
+    storage.close()
+    storage = SegmentedStorage(str(tmp_path))
+    try:
+        storage.load()
+        assert not os.path.exists(leftover)
+        assert storage.snapshot_store("__meta").listing() == [3]
+    finally:
+        storage.close()
