@@ -9,6 +9,12 @@ partition when the node becomes its leader, then kept up to date by applying
 each record once the partition committed it).  Requests for a group led
 elsewhere are answered C{NOT_COORDINATOR} with where to go.
 
+A node loads an offsets partition's groups as soon as it starts to lead it
+(L{GroupService.load_led}, on the reactor turn after the replica announced
+it: L{streamlog.cluster.directory.ReplicaDirectory.leading_listeners}), so
+the sessions of members that died with the previous coordinator run out
+from the take-over, whether or not any group request comes.
+
 Session expiry runs on the node's clock: one timer, set for the earliest
 deadline of any member (docs/groups.md).
 """
@@ -72,6 +78,12 @@ class GroupService:
         #: its committed records, and the offset of the last snapshot marker it found there.
         self._scanned: dict[int, int] = {}
         self._snapshot_at: dict[int, int] = {}
+        #: The load_led scheduled after this node started to lead an offsets partition.
+        self._load_call: Any = None
+        self._stopped = False
+        directory = getattr(broker, "directory", None)
+        if directory is not None:
+            directory.leading_listeners.append(self._started_leading)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -92,10 +104,28 @@ class GroupService:
 
     def stop(self) -> None:
         """The node stops: no more expiry checks (members move with the offsets partitions)."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stopped = True
+        for call in (self._timer, self._load_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._load_call = None
         self.shards.clear()
+
+    def _started_leading(self, replica: Any) -> None:
+        """This node now leads C{replica} (a ReplicaDirectory leading listener): if it is an
+        offsets partition, load its groups on the next reactor turn (not inside the Raft
+        callback; by then the topic of a partition that just opened is in the broker's table)."""
+        if self._stopped or replica.topic != OFFSETS_TOPIC:
+            return
+        if self._load_call is None or not self._load_call.active():
+            self._load_call = self.clock.callLater(0, self._load_now)
+
+    def _load_now(self) -> None:
+        self._load_call = None
+        try:
+            self.load_led()
+        except Exception:
+            self._log.failure("loading the groups of the offsets partitions this node leads failed")
 
     # --- where a group lives -----------------------------------------------------
 
@@ -200,9 +230,10 @@ class GroupService:
     def load_led(self) -> None:
         """Start loading the shard of every offsets partition this node leads and has none of
         (in its term): a new coordinator's groups are known, their sessions run and /metrics
-        shows them without waiting for a group request (the collector calls this at each
-        scrape; ListGroups and any group request load their shard anyway).  The replay runs
-        in slices as for a request; a shard whose replay failed is tried again next time."""
+        shows them without waiting for a group request.  Called on the reactor turn after this
+        node starts to lead an offsets partition, and again at each /metrics scrape (which
+        retries a shard whose replay failed); a group request loads its shard anyway.  The
+        replay runs in slices as for a request."""
         topic = self.broker.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return

@@ -266,3 +266,32 @@ def test_group_reads_before_any_group_create_nothing(harness, conn):
     ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [1], "to": "latest"}))
     assert OFFSETS_TOPIC in harness.broker.topics  # a reset that writes does
     assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 3
+
+
+def test_a_node_restarted_on_its_storage_loads_its_groups_at_once_and_a_silent_member_expires(clock):
+    """A node alone leads its offsets partitions as it opens them: their groups load on the next
+    turn, with no group request, and a member that never heartbeats again expires a session later."""
+    from streamlog.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+    config = BrokerConfig(groups=GroupConfig(offsets_partitions=3, limits=GroupLimits(min_session_timeout=1.0)))
+    first = BrokerHarness(storage=storage, clock=clock, config=config)
+    conn = first.connect()
+    ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+    member = join(conn)
+    first.broker.groups.stop()
+    first.stop()
+    clock.advance(60.0)
+
+    restarted = BrokerHarness(storage=storage, clock=clock, config=config)  # settles: elections, then the load
+    try:
+        shard = restarted.broker.groups.shards.get(partition_for_key("g", 3))
+        assert shard is not None and shard.replay_at is None
+        assert shard.coordinator.group("g").members[member["member_id"]].last_seen == 60.0
+        clock.advance(4.99)
+        assert member["member_id"] in shard.coordinator.group("g").members
+        clock.advance(0.01)
+        assert shard.coordinator.group("g").members == {}
+    finally:
+        restarted.broker.groups.stop()
+        restarted.stop()
