@@ -756,10 +756,12 @@ class GroupService:
             rows = []
             for tp, found in sorted(bounds.items()):
                 before = committed.get(tp)
-                if found is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+                if found is None:
+                    # Not even {"offset": n} is taken as given (Kafka's tool refuses it too): it could
+                    # not be kept within the log, and one past the end stops the group's commits.
                     raise errors.PartitionUnavailable(
-                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved; "
-                        f"retry, or give {{\"offset\": n}}", topic=tp[0], partition=tp[1])
+                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved "
+                        "against its log; nothing was reset: retry", topic=tp[0], partition=tp[1])
                 offset = _reset_target(p.to, found, before.offset if before is not None else None)
                 offsets.append(OffsetCommit(tp[0], tp[1], offset, before.metadata if before else None))
                 rows.append({"topic": tp[0], "partition": tp[1], "offset": offset,
@@ -785,11 +787,8 @@ def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:
     return [int(replica.start_offset), int(replica.high_watermark), at]
 
 
-def _reset_target(to: str | tuple[str, int], bounds: Any, committed: int | None) -> int:
-    """Where ResetOffsets moves a partition, within [log start, high watermark]."""
-    if bounds is None:  # {"offset": n} for a partition no leader answered for: taken as given
-        assert isinstance(to, tuple)
-        return to[1]
+def _reset_target(to: str | tuple[str, int], bounds: tuple[int, int, int | None], committed: int | None) -> int:
+    """Where ResetOffsets moves a partition, within [log start, high watermark] (its leader's)."""
     start, end, at = bounds
     if to == "earliest":
         return int(start)
