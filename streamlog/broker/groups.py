@@ -15,8 +15,12 @@ it: L{streamlog.cluster.directory.ReplicaDirectory.leading_listeners}), so
 the sessions of members that died with the previous coordinator run out
 from the take-over, whether or not any group request comes.
 
-Session expiry runs on the node's clock: one timer, set for the earliest
-deadline of any member (docs/groups.md).
+Session expiry and offsets retention run on the node's clock: one timer,
+set for the earliest deadline of any member or of any empty group's
+retention (C{--group-offsets-retention}: a group without members and without
+a commit for that long is deleted with the record DeleteGroup writes), at
+most C{--group-retention-deletes-per-turn} groups per offsets partition per
+turn of the reactor (docs/groups.md).
 """
 
 from __future__ import annotations
@@ -312,6 +316,26 @@ class GroupService:
 
         return d.addCallback(applied)
 
+    def _delete(self, shard: Shard, groups: list[str]) -> Deferred:
+        """Write the C{delete} records of C{groups} in one batch (DeleteGroup, offsets retention);
+        once committed, their offsets are gone from memory as from a replay, and so are the
+        groups without members (a member that joined meanwhile wrote its records after the
+        delete: a replay recreates the group from them, as memory keeps it)."""
+        records = [OffsetRecord("delete", group) for group in groups]
+        due = [(r.group, r.to_value()) for r in shard.coordinator.take_records()]
+        d = self._write(shard, groups[0], [*due, *((r.group, r.to_value()) for r in records)])
+
+        def applied(result: dict[str, Any]) -> dict[str, Any]:
+            if self.shards.get(shard.index) is shard:
+                for record in records:
+                    shard.offsets.apply(record, result["timestamp"])
+                    state = shard.coordinator.group(record.group)
+                    if state is not None and not state.members:
+                        shard.coordinator.forget(record.group)
+            return result
+
+        return d.addCallback(applied)
+
     def _persisted(self, shard: Shard, group: str, answer: Any) -> Any:
         """C{answer}, once the membership records the request caused are committed (at once
         if it caused none): a member is never told of a grant the log does not hold."""
@@ -326,6 +350,14 @@ class GroupService:
         (a C{snapshot} does not count towards the next one)."""
         p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all", messages=[
             {"value": value, "key": key, "partition": shard.index} for key, value in values])
+        if not snapshot:
+            # The groups' activity (offsets retention), as a replay will find it: the leader stamps
+            # the records with its clock now.  Noted now, not at the commit, so that a group whose
+            # last member just went is never found idle since before it went.
+            now_ms = self.broker.now_ms()
+            for _, value in values:
+                shard.note_written(value, now_ms)
+            self._check_retention_timer(shard)
         # One partition, so one part: the whole request is appended and committed, or fails.
         d = maybeDeferred(self.broker.send, p)
         shard.writing += 1
@@ -410,9 +442,15 @@ class GroupService:
     # --- the session timer -------------------------------------------------------
 
     def _schedule(self) -> None:
-        # A shard still replaying has no deadlines yet (its members get theirs when it is done).
+        # A shard still replaying has no deadlines yet (its members get theirs when it is done);
+        # a stale one (a failed write) deletes no group until it is replayed.
+        retention = self._retention_ms()
         deadlines = [d for s in self.shards.values()
                      if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]
+        if retention:
+            deadlines.extend(due / 1000.0 for s in self.shards.values()
+                             if s.replay_at is None and not s.stale
+                             and (due := s.activity.next_due(retention)) is not None)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -438,9 +476,49 @@ class GroupService:
                     d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
                     d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
                                                           error=f.value))
+                if self._retention_ms() and not shard.stale:
+                    self._expire_groups(shard)
         except Exception:
             self._log.failure("the group session check failed")
         self._schedule()
+
+    def _check_retention_timer(self, shard: Shard) -> None:
+        """Set the timer sooner if the shard's next retention check (queued by a record just
+        noted) comes before it."""
+        retention = self._retention_ms()
+        due = shard.activity.next_due(retention) if retention and shard.replay_at is None else None
+        if due is not None and (self._timer is None or not self._timer.active()
+                                or self._timer.getTime() > due / 1000.0):
+            self._schedule()
+
+    def _retention_ms(self) -> int:
+        return round(self.config.offsets_retention * 1000)
+
+    def _expire_groups(self, shard: Shard) -> None:
+        """Delete the shard's groups idle past C{--group-offsets-retention} (no members, no
+        commit), at most C{--group-retention-deletes-per-turn} of them (the timer comes back
+        on the next turn for the rest)."""
+        retention = self._retention_ms()
+
+        def has_members(group: str) -> bool:
+            state = shard.coordinator.group(group)
+            return state is not None and bool(state.members)
+
+        due = shard.activity.expired(round(self.now() * 1000), retention, has_members,
+                                     self.config.retention_deletes_per_turn)
+        groups = []
+        for group in due:
+            if shard.offsets.has_group(group) or shard.coordinator.group(group) is not None:
+                groups.append(group)
+            else:
+                shard.activity.forget(group)  # only ever named by a record about nothing (a member_gone)
+        if not groups:
+            return
+        self._log.info("offsets partition {index}: deleting {count} groups idle for {seconds} s, no members and "
+                       "no commit (--group-offsets-retention): {groups}", index=shard.index, count=len(groups),
+                       seconds=self.config.offsets_retention, groups=", ".join(groups[:10]))
+        self._delete(shard, groups).addErrback(lambda f: self._log.warn(
+            "offsets partition {index}: deleting idle groups failed: {error}", index=shard.index, error=f.value))
 
     def _after(self, result: Any) -> Any:
         self._schedule()
@@ -715,13 +793,7 @@ class GroupService:
             shard.coordinator.require_empty(group)
             if not shard.offsets.has_group(group) and shard.coordinator.group(group) is None:
                 _unknown_group(group)
-
-            def done(_: Any) -> dict[str, Any]:
-                if self.shards.get(shard.index) is shard and shard.coordinator.group(group) is not None:
-                    shard.coordinator.forget(group)
-                return {"group": group, "deleted": True}
-
-            return self._append(shard, OffsetRecord("delete", group)).addCallback(done)
+            return self._delete(shard, [group]).addCallback(lambda _: {"group": group, "deleted": True})
 
         return self._reading(group, delete, lambda: _unknown_group(group))
 
