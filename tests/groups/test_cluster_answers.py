@@ -4,10 +4,7 @@ leaders over the peer links), and ListGroups covering every node's groups."""
 
 from __future__ import annotations
 
-
-def ok(answer):
-    assert "result" in answer, answer
-    return answer["result"]
+from coordinator_support import ok
 
 
 def settled(cluster, at, method, params, timeout=20):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from coordinator_support import err, ok
 
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
@@ -19,23 +20,6 @@ def harness(clock):
     yield h
     h.broker.groups.stop()
     h.stop()
-
-
-@pytest.fixture
-def conn(harness):
-    c = harness.connect()
-    assert "result" in c.call("CreateTopic", {"topic": "t", "partitions": 4})
-    return c
-
-
-def ok(answer):
-    assert "result" in answer, answer
-    return answer["result"]
-
-
-def err(answer):
-    assert "error" in answer, answer
-    return answer["error"]
 
 
 def join(conn, group="g", **extra):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from coordinator_support import ok
 
 from streamlog.broker.broker import BrokerConfig
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
@@ -26,11 +27,6 @@ def harness(clock):
     yield h
     h.broker.groups.stop()
     h.stop()
-
-
-def ok(answer):
-    assert "result" in answer, answer
-    return answer["result"]
 
 
 def commit(conn, offset, partition=0, **member):

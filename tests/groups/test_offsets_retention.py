@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from coordinator_support import ok
 
 from streamlog.broker.broker import BrokerConfig
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
@@ -28,18 +29,6 @@ def harness(clock):
     yield h
     h.broker.groups.stop()
     h.stop()
-
-
-@pytest.fixture
-def conn(harness):
-    c = harness.connect()
-    assert "result" in c.call("CreateTopic", {"topic": "t", "partitions": 2})
-    return c
-
-
-def ok(answer):
-    assert "result" in answer, answer
-    return answer["result"]
 
 
 def at(clock, when):
