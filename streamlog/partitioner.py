@@ -3,7 +3,14 @@
 A key is hashed with murmur2 (seed 0x9747b28c) over its UTF-8 bytes, made
 positive with C{& 0x7fffffff} and taken modulo the partition count, exactly as
 Kafka's Java client does, so a key lands on the partition a Kafka user
-expects.  Messages without a key are spread round-robin by the broker.
+expects.
+
+Messages with neither a key nor a partition are not spread one by one: the
+broker puts all such messages of one request on one partition (sticky per
+request), and moves on to the next partition, round-robin, from one request
+to the next (a counter per topic on each node, from partition 0).
+The client library chooses for itself, sticky per batch
+(L{streamlog.client.partitioning}).
 
 murmur2 is a chain over 32-bit words: each word is mixed (C{k *= m; k ^= k >>
 24; k *= m}), then folded into the running hash (C{h = h * m ^ k}).  In pure

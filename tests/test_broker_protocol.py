@@ -70,6 +70,18 @@ def test_unkeyed_messages_round_robin_across_requests(harness):
     assert partitions == [0, 1, 2, 0, 1, 2]
 
 
+def test_unkeyed_messages_of_one_request_stick_to_one_partition(harness):
+    # Sticky per request, not spread message by message (streamlog.partitioner says so).
+    conn = harness.connect()
+    conn.call("CreateTopic", {"topic": "t", "partitions": 3})
+    placed = []
+    for batch in range(4):
+        result = conn.call("SendBatch", {"topic": "t", "messages": [{"value": [batch, i]} for i in range(5)]})["result"]
+        assert [(p["partition"], p["count"]) for p in result["partitions"]] == [(batch % 3, 5)]
+        placed.append(result["partitions"][0]["partition"])
+    assert placed == [0, 1, 2, 0]
+
+
 def test_explicit_partition_wins_over_key(harness):
     conn = harness.connect()
     conn.call("CreateTopic", {"topic": "t", "partitions": 4})

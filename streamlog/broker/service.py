@@ -111,13 +111,17 @@ class NodeConfig:
     http_max_connections: int = 64
     #: Seconds a whole HTTP request may take to arrive (--http-request-timeout).
     http_request_timeout: float = 30.0
+    #: Seconds an HTTP connection the node closes may take to send its last bytes before it is aborted
+    #: (--http-close-timeout).
+    http_close_timeout: float = 15.0
     #: Most HTTP connections open at once from one client address (--http-max-connections-per-address).
     http_max_connections_per_address: int = 16
     #: /metrics has per-partition series while the node holds at most this many partitions.
     metrics_max_partition_series: int = 256
     #: /metrics has per-group series for at most this many groups (--metrics-max-group-series).
     metrics_max_group_series: int = 1000
-    #: /ready fails while a log sync has been in flight longer than this (--ready-max-sync-seconds).
+    #: /ready fails while a sync of any kind (log, hard-state save, checkpoint, metadata snapshot write) has
+    #: been in a worker longer than this (--ready-max-sync-seconds).
     ready_max_sync_seconds: float = 10.0
     #: Seconds one rendering of /metrics is served again to later scrapes (--metrics-cache-seconds; 0: none).
     metrics_cache_seconds: float = 1.0

@@ -27,7 +27,12 @@ for the metadata and leaves the silent one (the socket is closed, the
 request asked again at the new leader, as after a lost connection) if the
 partition is led elsewhere in a later term now or the cluster sees the node
 down; otherwise it keeps waiting, asking again every C{stall_timeout},
-until its C{timeout}.  C{UNKNOWN_TOPIC} for a topic this client saw exist
+until its C{timeout}.  Topic administration (another node is the controller
+now, or the node is down) and L{BlockingClient.call} (the node is down) are
+judged the same way but fail early with the stall's C{CONNECTION_LOST}, never
+asked again: the paused node may still apply them.  Submitted requests are
+watched while L{BlockingClient.next_answer} waits (their reads are sent again
+to the new leader).  C{UNKNOWN_TOPIC} for a topic this client saw exist
 (created or auto-created it, or a Metadata answer listed it) is asked again
 for C{unknown_topic_grace} seconds: a node whose metadata lags behind the
 controller says so right after a topic is created.
@@ -202,7 +207,7 @@ class _NodeSocket:
 
 
 class _Submitted:
-    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition")
+    __slots__ = ("method", "params", "node", "rid", "attempts", "topic", "partition", "due", "term")
 
     def __init__(self, method: str, params: dict[str, Any], node: _NodeSocket, rid: int,
                  topic: str | None, partition: int | None) -> None:
@@ -213,6 +218,10 @@ class _Submitted:
         self.attempts = 1
         self.topic = topic
         self.partition = partition
+        #: When its answer is due at the latest (a long Poll's max_wait_ms after it was written).
+        self.due = 0.0
+        #: The term of the leader it was sent to (a routed request in a cluster), else None.
+        self.term: int | None = None
 
 
 class BlockingClient:
@@ -254,6 +263,12 @@ class BlockingClient:
         self._next_id = 1
         self._last: _NodeSocket = first
         self._submitted: dict[int, _Submitted] = {}
+        #: Answers owed to submitted requests failed by a stall, given out by next_answer first.
+        self._stalled_answers: list[tuple[int, errors.StreamlogError]] = []
+        #: Answers to submitted requests read while waiting for another answer on their node.
+        self._early_answers: list[tuple[_NodeSocket, dict[str, Any]]] = []
+        #: node key -> (when a stall there was judged "keep waiting", when to judge it again).
+        self._stall_judged: dict[str, tuple[float, float]] = {}
 
     # --- nodes -------------------------------------------------------------------------
 
@@ -283,6 +298,9 @@ class BlockingClient:
         for node in self._nodes.values():
             node.close()
         self._submitted.clear()
+        self._stalled_answers.clear()
+        self._early_answers.clear()
+        self._stall_judged.clear()
 
     def __enter__(self) -> BlockingClient:
         return self
@@ -314,7 +332,11 @@ class BlockingClient:
                 break
             if answer.get("id") is None and isinstance(answer.get("error"), dict):
                 raise errors.from_wire(answer["error"])
-            # an answer to an earlier request that timed out: skip it
+            if answer.get("id") in self._submitted:
+                # A submitted request's (a stall's verdict asked this node for the metadata
+                # while it owed one): next_answer gives it out.
+                self._early_answers.append((node, answer))
+            # else an answer to an earlier request that timed out: skip it
         self._suspect.discard(node.key)
         error = answer.get("error")
         if isinstance(error, dict):
@@ -359,7 +381,9 @@ class BlockingClient:
             if node.sock is not None:
                 return node
         failed: list[errors.StreamlogError] = []
-        for address in dict.fromkeys([*self.bootstrap, *self.view.addresses()]):
+        addresses = list(dict.fromkeys([*self.bootstrap, *self.view.addresses()]))
+        addresses.sort(key=lambda a: address_key(a) in self._suspect)  # a node that stalled lately: last
+        for address in addresses:
             node = self._node(address)
             try:
                 node.connect()
@@ -371,8 +395,10 @@ class BlockingClient:
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None,
              expect_answer: bool = True) -> Any:
         """Send one request to any node and wait for its answer; returns C{result} or raises a
-        L{errors.StreamlogError}."""
-        return self._call_at(self._any_node(), method, params or {}, timeout, expect_answer)
+        L{errors.StreamlogError}.  Never asked again: if the node stalls and the cluster sees
+        it down, the call fails early (L{errors.ConnectionLost}, C{stalled}: it may have been
+        done) instead of waiting out its timeout."""
+        return self._call_at(self._any_node(), method, params or {}, timeout, expect_answer, self._stall_verdict)
 
     # --- the metadata and routes -----------------------------------------------------------------
 
@@ -414,23 +440,28 @@ class BlockingClient:
     def _topic_seen(self, topic: str) -> None:
         self._unknown_topics.seen(topic)
 
-    def _stall_verdict(self, node: _NodeSocket, topic: str, partition: int, term: int) -> str | None:
-        """Why to leave C{node}, silent with a request for C{topic}/C{partition} (led by it in
-        C{term} when sent): the partition is led elsewhere in a later term now, or the cluster
-        sees the node down (asked of another node); None: keep waiting."""
+    def _stall_verdict(self, node: _NodeSocket, topic: str | None = None, partition: int | None = None,
+                       term: int | None = None, controller: bool = False) -> str | None:
+        """Why to leave C{node}, silent with a request in flight, as another node sees the cluster
+        now (the silent one is not asked): the cluster sees the node down; for a request for
+        C{topic}/C{partition} (led by the node in C{term} when sent), the partition is led
+        elsewhere in a later term; for a C{controller} request, another node is the controller.
+        None: keep waiting (slow is not gone; nobody else answered either)."""
         node_id = self.view.node_at(node.key)
         try:
             self._learn(topic, avoid=node)
         except errors.StreamlogError:
             return None  # nobody else answered: keep waiting for this one
-        info = self.view.topics.get(topic)
-        if info is not None and partition < info.count:
+        info = self.view.topics.get(topic) if topic is not None else None
+        if info is not None and partition is not None and term is not None and partition < info.count:
             now = info.partitions[partition]
             if now.leader is not None and now.leader != node_id and now.leader_term > term:
                 return f"{topic}/{partition} is led by node {now.leader} now (term {now.leader_term})"
         seen = self.view.nodes.get(node_id) if node_id is not None else None
         if seen is not None and not seen.up:
             return "the cluster sees the node down"
+        if controller and node_id is not None and self.view.controller not in (None, node_id):
+            return f"node {self.view.controller} is the controller now"
         return None
 
     def _topic(self, topic: str) -> TopicInfo | None:
@@ -534,9 +565,13 @@ class BlockingClient:
         target = self._node(node.address) if node is not None else self._any_node()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         redirects = 0
+        # A stalled controller is left early (another node is the controller now, or the node
+        # is down), failing the call with the stall's error: not asked again, since it may
+        # have been applied (a CreateTopic twice would answer TOPIC_EXISTS).
+        on_stall = partial(self._stall_verdict, controller=True)
         for attempt in range(ADMIN_ATTEMPTS):
             try:
-                return self._call_at(target, method, params)
+                return self._call_at(target, method, params, on_stall=on_stall)
             except errors.NotController as e:
                 redirects += 1
                 if redirects == ROUTED_ATTEMPTS or attempt == ADMIN_ATTEMPTS - 1:
@@ -565,6 +600,15 @@ class BlockingClient:
         the answer is C{NOT_LEADER}.  For a reader that keeps a long Poll per
         partition in flight (C{streamlog consume}).  Do not mix with L{call}
         while submitted requests are unanswered on the same node.
+
+        A node that stalls with submitted requests (silent for C{stall_timeout}
+        past the moment the first of them was due) is judged as in L{call} and
+        the partition requests: if the cluster sees it down, or a partition of
+        a submitted Poll or ListOffsets is led elsewhere in a later term, its
+        socket is closed; those reads are sent again to their leaders under
+        the same ids, and every other request submitted there is answered with
+        the stall's L{errors.ConnectionLost} (C{stalled}: it may have been done;
+        not sent again).
         """
         params = params or {}
         topic, partition = params.get("topic"), params.get("partition", 0)
@@ -574,11 +618,23 @@ class BlockingClient:
         node = self._leader(str(topic), int(partition)) if routed else self._any_node()
         rid = self._next_id
         self._next_id += 1
-        node.write(rid, method, params, self.timeout)
+        submitted = _Submitted(method, params, node, rid, topic if routed else None, partition if routed else None)
+        self._write_submitted(submitted, node)
         self._last = node
-        self._submitted[rid] = _Submitted(method, params, node, rid, topic if routed else None,
-                                          partition if routed else None)
+        self._submitted[rid] = submitted
         return rid
+
+    def _write_submitted(self, submitted: _Submitted, node: _NodeSocket) -> None:
+        """Write C{submitted} to C{node} (again, under its id), noting when its answer is due and
+        the term of the leader it is for (what a stall there is judged by)."""
+        node.write(submitted.rid, submitted.method, submitted.params, self.timeout)
+        submitted.node = node
+        submitted.due = time.monotonic() + server_wait(submitted.method, submitted.params)
+        submitted.term = None
+        if submitted.topic is not None and submitted.partition is not None and not self.view.single_node:
+            info = self.view.topics.get(submitted.topic)
+            if info is not None and submitted.partition < info.count:
+                submitted.term = info.partitions[submitted.partition].leader_term
 
     def next_answer(self, timeout: float | None) -> tuple[Any, Any] | None:
         """The next answer to a L{submit}ted request: C{(id, result)}, or C{(id, error)} with the
@@ -589,6 +645,14 @@ class BlockingClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._stalled_answers:
+                return self._stalled_answers.pop(0)
+            if self._early_answers:
+                node, answer = self._early_answers.pop(0)
+                handled = self._submitted_answer(node, answer)
+                if handled is not None:
+                    return handled
+                continue
             nodes = list({id(s.node): s.node for s in self._submitted.values()}.values())
             if not nodes:
                 if not any(n.sock is not None for n in self._nodes.values()):
@@ -608,8 +672,16 @@ class BlockingClient:
                 live = [n for n in nodes if n.sock is not None]
                 if not live:
                     raise errors.ConnectionLost("the connections of the submitted requests are closed")
-                readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], remaining)
+                check = self._next_stall_check(live)
+                wait = remaining
+                if check is not None:
+                    until = max(0.0, check[0] - time.monotonic())
+                    wait = until if wait is None else min(wait, until)
+                readable, _, _ = select.select([n.sock for n in live if n.sock is not None], [], [], wait)
                 if not readable:
+                    if check is not None and time.monotonic() >= check[0]:
+                        self._submitted_stall(check[1])
+                        continue
                     return None
                 for node in live:
                     if node.sock in readable:
@@ -643,14 +715,65 @@ class BlockingClient:
                 if not self.view.apply_not_leader(exc.details, submitted.topic, submitted.partition):
                     self._learn(submitted.topic)
                 target = self._leader(submitted.topic, submitted.partition)
-                target.write(submitted.rid, submitted.method, submitted.params, self.timeout)
-                submitted.node = target
+                self._write_submitted(submitted, target)
                 submitted.attempts += 1
                 return None
             del self._submitted[rid]
             return rid, exc
         del self._submitted[rid]
         return rid, answer.get("result")
+
+    def _next_stall_check(self, live: list[_NodeSocket]) -> tuple[float, _NodeSocket] | None:
+        """When the next of C{live}'s nodes with submitted requests is to be judged stalled, and
+        which: C{stall_timeout} of silence past the first due answer (later if judged already
+        and silent since)."""
+        if self.stall_timeout is None:
+            return None
+        first: tuple[float, _NodeSocket] | None = None
+        for node in live:
+            dues = [s.due for s in self._submitted.values() if s.node is node]
+            if not dues:
+                continue
+            at = max(node.last_received, min(dues)) + self.stall_timeout
+            judged = self._stall_judged.get(node.key)
+            if judged is not None and judged[0] >= node.last_received:
+                at = max(at, judged[1])
+            if first is None or at < first[0]:
+                first = (at, node)
+        return first
+
+    def _submitted_stall(self, node: _NodeSocket) -> None:
+        """C{node} is silent with submitted requests: judge it (L{_stall_verdict}); if it is left,
+        send its Polls and ListOffsets again to their leaders and fail the rest."""
+        stall_timeout = self.stall_timeout
+        assert stall_timeout is not None
+        mine = [s for s in self._submitted.values() if s.node is node]
+        now = time.monotonic()
+        silent = now - max(node.last_received, min(s.due for s in mine))
+        self._suspect.add(node.key)
+        bound = next(((s.topic, s.partition, s.term) for s in mine if s.term is not None), (None, None, None))
+        why = self._stall_verdict(node, *bound)
+        if why is None:
+            self._stall_judged[node.key] = (now, time.monotonic() + stall_timeout)
+            return
+        self._stall_judged.pop(node.key, None)
+        self.stalls_dropped += 1
+        node.close()
+        for s in mine:
+            error: errors.StreamlogError = errors.ConnectionLost(
+                f"no answer to {s.method} from {node.address} for {silent:.2f}s, and {why}",
+                method=s.method, address=node.address, stalled=True)
+            if s.topic is not None and s.partition is not None and s.attempts < ROUTED_ATTEMPTS:
+                try:  # a read: asked again at the partition's leader, under the same id
+                    target = self._leader(s.topic, s.partition)
+                    if target is not node:
+                        self._write_submitted(s, target)
+                        s.attempts += 1
+                        continue
+                except errors.StreamlogError as e:
+                    error = e
+            del self._submitted[s.rid]
+            self._stalled_answers.append((s.rid, error))
 
     # --- the methods (as L{streamlog.client.cluster.ClusterClient}) ------------------
 

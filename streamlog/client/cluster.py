@@ -914,7 +914,8 @@ class ClusterClient:
              headers: dict[str, str] | None = None, acks: str = "all", timeout: float | None = None) -> Deferred:
         """C{Send} to the partition's leader: fires with C{{topic, partition, offset, timestamp,
         durability, ...}} (None for acks="none").  The partition is chosen here (murmur2 of the key,
-        else round-robin) unless the server is a single node, which chooses itself."""
+        else the sticky partition, which each unkeyed send moves on by one) unless the server is a
+        single node, which chooses itself."""
         expect = acks != "none"
 
         def routed(info: TopicInfo, timeout: float | None) -> Deferred:
@@ -951,12 +952,17 @@ class ClusterClient:
             if self._closed or (remaining is not None and remaining <= 0):
                 return failure
 
+            def left() -> float | None:
+                return None if deadline is None else deadline - self.clock.seconds()
+
             def unknown(f: Failure) -> Any:
                 # The node that answered the fetch does not know the topic yet: as before.
                 f.trap(errors.UnknownTopic)
-                return self._run(method, params, self.any_target, remaining, False, expect, topic)
+                return self._run(method, params, self.any_target, left(), False, expect, topic)
 
-            return self.topic(topic).addCallbacks(lambda info: routed(info, remaining), unknown)
+            # The lookup counts against the deadline too, and so does the call after it.
+            looked_up = self._topic_by(topic, deadline, method)
+            return looked_up.addCallbacks(lambda info: routed(info, left()), unknown)
 
         d = self._run(method, params, self.any_target, timeout, False, expect, topic, final=(errors.NotLeader,))
         return d.addErrback(refused)
@@ -1063,7 +1069,24 @@ class ClusterClient:
             left = None if deadline is None else deadline - self.clock.seconds()
             return self._send_parts(topic, info, parts, acks, left).addBoth(merged)
 
-        return self.topic(topic).addCallback(routed)
+        # A lookup that fails or outlasts the deadline fails the call as a resent part would,
+        # with the taken parts listed as appended.
+        return self._topic_by(topic, deadline, "SendBatch").addCallbacks(routed, merged)
+
+    def _topic_by(self, topic: str, deadline: float | None, method: str) -> Deferred:
+        """L{topic}, but failing with the L{errors.Timeout} a call's own route gives (nothing
+        sent) once C{deadline} passes first: a metadata fetch waits for each node it asks for up to
+        the request timeout, which must not hold a call past its own."""
+        d = self.topic(topic)
+        remaining = None if deadline is None else deadline - self.clock.seconds()
+        if remaining is None or d.called:
+            return d
+
+        def overdue(_: Any, timeout: float) -> Failure:
+            return Failure(errors.Timeout(f"no time left for {method}", method=method, sent=False))
+
+        # Cancelling drops only this caller's copy: a shared fetch goes on for the others.
+        return d.addTimeout(max(remaining, 0.0), self.clock, onTimeoutCancel=overdue)
 
     @staticmethod
     def _merge_parts(outcomes: list[tuple[bool, Any]], topic: str, expect: bool) -> Any:

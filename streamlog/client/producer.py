@@ -600,6 +600,10 @@ class Producer:
             self._send(queue, queue.ready.popleft())
             if queue.ready:
                 self._make_runnable(queue)
+        if self._bumping:
+            # A numbered batch that expired here or at its resend left a gap with nothing in flight
+            # whose answer would take the next epoch: without this, nothing numbered goes out again.
+            self._maybe_bump()
 
     # --- one attempt -------------------------------------------------------------------------
 

@@ -8,7 +8,11 @@ L{streamlog.storage.snapshot_files.SnapshotStore}):
 * every C{interval} applied entries it takes the state as of the last
   applied entry (applied means committed), and writes it once the node's own
   log is durable up to that index (a follower's or leader's commit index can
-  run ahead of its own fsync, thesis section 10.2.1), atomically and fsynced;
+  run ahead of its own fsync, thesis section 10.2.1), atomically and fsynced:
+  L{start_write} gives the bytes, the node saves them in a worker (a hung
+  disk must not hold its reactor, and /ready sees the write in flight), and
+  L{finish_write} takes them as the newest once they are durable; one write
+  at a time, and no new snapshot is taken while one is being written;
 * only then may the log drop a prefix, and only up to the *older* of the two
   snapshots kept (L{compaction_point}): a newest file found damaged at
   start-up then still has an older one and the log entries after it to fall
@@ -86,7 +90,11 @@ class MetadataCompactor:
         self.data = b""
         #: A snapshot taken, waiting for the log to be durable up to its index: (state, term).
         self.pending: tuple[md.ClusterState, int] | None = None
-        #: Counts for the simulator and the metrics: written, installed from a leader, refused files.
+        #: The index of the snapshot being saved now (L{start_write}), or None.
+        self.writing: int | None = None
+        #: Counts for the simulator and the metrics: snapshots written; installed from a leader (stored
+        #: as the newest: one not newer than the snapshot held changes nothing and is not counted);
+        #: damaged files set aside (one that could not be is not counted: a warning says so).
         self.stats = {"written": 0, "installed": 0, "refused": 0}
 
     # --- start-up
@@ -127,38 +135,67 @@ class MetadataCompactor:
         return None
 
     def _refuse(self, index: int, reason: str) -> None:
-        self.stats["refused"] += 1
         self._log.warn("refusing the metadata snapshot file as of entry {index}: {reason} (set aside, never read "
                        "again)", index=index, reason=reason)
         try:
             self.store.refuse(index)
         except OSError as e:
             self._log.warn("could not set the metadata snapshot {index} aside: {error}", index=index, error=e)
+            return
+        self.stats["refused"] += 1
 
     # --- taking snapshots
 
     def due(self, applied_index: int) -> bool:
         """Whether a snapshot should be taken now that entries up to C{applied_index} are applied."""
-        return self.interval > 0 and self.pending is None and applied_index - self.index >= self.interval
+        return (self.interval > 0 and self.pending is None and self.writing is None
+                and applied_index - self.index >= self.interval)
 
     def take(self, state: md.ClusterState, term: int) -> None:
         """Snapshot C{state} (applied, so committed), whose last entry has C{term}; written by L{write}."""
         self.pending = (state, term)
 
     def write(self, durable_index: int) -> bool:
-        """Write the pending snapshot if this node's log is durable up to its index.  Returns
-        whether one was written (the log may then be compacted up to L{compaction_point})."""
-        if self.pending is None or self.pending[0].applied_index > durable_index:
+        """Write the pending snapshot here (blocking) if this node's log is durable up to its
+        index: L{start_write}, the store's save, L{finish_write}.  Returns whether one was
+        written (the log may then be compacted up to L{compaction_point})."""
+        job = self.start_write(durable_index)
+        if job is None:
             return False
+        try:
+            self.store.save(*job)  # durable before it returns
+        except BaseException:
+            self.abandon_write()
+            raise
+        return self.finish_write(*job)
+
+    def start_write(self, durable_index: int) -> tuple[int, bytes] | None:
+        """The pending snapshot's C{(index, file bytes)} for the store's C{save}, if this node's
+        log is durable up to its index and no write is in flight; None if there is nothing to
+        write now.  Until L{finish_write} or L{abandon_write} it is the write in flight."""
+        if self.writing is not None or self.pending is None or self.pending[0].applied_index > durable_index:
+            return None
         state, term = self.pending
         self.pending = None
         if state.applied_index <= self.index:
-            return False  # a newer one was installed from the leader meanwhile
-        data = encode(state, term)
-        self.store.save(state.applied_index, data)  # durable before it returns
-        self.index, self.data = state.applied_index, data
+            return None  # a newer one was installed from the leader meanwhile
+        self.writing = state.applied_index
+        return state.applied_index, encode(state, term)
+
+    def finish_write(self, index: int, data: bytes) -> bool:
+        """The snapshot of L{start_write} is durable: it is the newest held unless a newer one
+        was installed from the leader while it was being saved.  Returns whether it is (only
+        then may the log be compacted)."""
+        self.writing = None
         self.stats["written"] += 1
+        if index <= self.index:
+            return False
+        self.index, self.data = index, data
         return True
+
+    def abandon_write(self) -> None:
+        """The save of L{start_write} failed: nothing changes, and the next snapshot tries again."""
+        self.writing = None
 
     def compaction_point(self) -> int:
         """Up to which index the log may drop entries: the older of the snapshots kept (0: none)."""
@@ -182,7 +219,7 @@ class MetadataCompactor:
         if frame.index > self.index:
             self.store.save(frame.index, bytes(data))
             self.index, self.data = frame.index, bytes(data)
+            self.stats["installed"] += 1
         if self.pending is not None and self.pending[0].applied_index <= self.index:
             self.pending = None  # older than what is held now
-        self.stats["installed"] += 1
         return state

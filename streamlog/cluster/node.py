@@ -67,6 +67,7 @@ from streamlog.raft.log import Entry
 from streamlog.raft.messages import InstallSnapshot
 from streamlog.raft.transport import Hello
 from streamlog.storage.base import TopicConfig
+from streamlog.storage.in_flight import META_SNAPSHOT
 from streamlog.storage.snapshot_files import MemorySnapshots
 from streamlog.topic_config import internal_mark
 
@@ -551,14 +552,36 @@ class ClusterNode(GroupCallbacks):
             if term is None:  # applied entries are below the log's start only after an install
                 return
             compactor.take(self.state, term)
-        try:
-            written = compactor.write(core.durable_index)
-        except OSError as e:
+        job = compactor.start_write(core.durable_index)
+        if job is None:
+            return
+        # The write and its fsyncs run in the committer's worker, counted with the node's other
+        # syncs in flight (/ready, streamlog_fsync_oldest_in_flight_seconds): on the reactor a
+        # hung disk held the node's every connection and timer, and nothing could tell. The
+        # log is compacted only once the file is durable (the callback). Without a worker (the
+        # simulator's disk, memory storage) the save runs here, as it always did.
+        run = getattr(self.directory.committer, "run_tracked", None)
+        if run is not None:
+            d = run(META_SNAPSHOT, compactor.store.save, *job)
+        else:
+            d = maybeDeferred(compactor.store.save, *job)
+        d.addBoth(self._metadata_snapshot_saved, job)
+        d.addErrback(lambda f: self._log.failure("writing the metadata snapshot, or compacting the log after it, failed", f))
+
+    def _metadata_snapshot_saved(self, result: Any, job: tuple[int, bytes]) -> None:
+        """The snapshot of C{job} is durable (or its save failed): drop the log's prefix up to
+        the older snapshot kept."""
+        compactor, core = self.compactor, self.cores.get(META)
+        assert compactor is not None
+        if isinstance(result, Failure):
+            compactor.abandon_write()
+            if not result.check(OSError):
+                result.raiseException()
             # Nothing is lost: the log is not compacted, and the next snapshot tries again.
-            self._log.error("writing the metadata snapshot failed: {error}", error=e)
+            self._log.error("writing the metadata snapshot failed: {error}", error=result.value)
             return
-        if not written:
-            return
+        if not compactor.finish_write(*job) or core is None or self.stopped:
+            return  # a newer one was installed meanwhile (its log reset), or the node stopped
         upto = min(compactor.compaction_point(), core.commit_index, core.durable_index)
         if upto >= self.meta_log.start_index:
             core.compact(upto)

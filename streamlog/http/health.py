@@ -16,8 +16,8 @@ or a rolling restart waits for, and it needs three things:
     leader.  At most L{MAX_LISTED} are named in the answer;
   - C{disk}: no sync (fsync) of any kind has been in a worker for longer than
     C{--ready-max-sync-seconds} (L{DEFAULT_READY_MAX_SYNC_SECONDS}): a log
-    sync, a Raft hard-state save (term and vote) or a checkpoint
-    (L{streamlog.storage.in_flight}).  A hung disk does not fail a sync, it
+    sync, a Raft hard-state save (term and vote), a checkpoint or a cluster
+    node's metadata snapshot write (L{streamlog.storage.in_flight}).  A hung disk does not fail a sync, it
     never finishes one: the node's reactor and its Raft heartbeats go on, so
     without this check the node would look ready while every write waiting
     for a log sync goes unanswered, or its groups cannot elect while a
@@ -45,7 +45,8 @@ from streamlog.http.root import json_body
 #: Unavailable partitions named in a /ready answer (the count is always whole).
 MAX_LISTED = 20
 META_GROUP = "__meta"
-#: /ready fails while a log sync has been in flight longer than this many seconds (--ready-max-sync-seconds).
+#: /ready fails while a sync of any kind (a log sync, a Raft hard-state save, a checkpoint, a metadata
+#: snapshot write) has been in a worker longer than this many seconds (--ready-max-sync-seconds).
 DEFAULT_READY_MAX_SYNC_SECONDS = 10.0
 
 
@@ -68,7 +69,8 @@ def _storage(service: Any) -> dict[str, Any]:
 
 def oldest_sync(service: Any) -> tuple[float, str] | None:
     """(seconds, kind) of the node's oldest sync in flight, (0.0, "") when none is; None without a
-    committer (memory storage).  Every kind counts: a log sync, a Raft hard-state save, a checkpoint."""
+    committer (memory storage).  Every kind counts: a log sync, a Raft hard-state save, a checkpoint, a
+    metadata snapshot write."""
     committer = getattr(service.broker, "committer", None) if service.broker is not None else None
     if committer is None:
         return None
@@ -87,7 +89,10 @@ def oldest_sync_seconds(service: Any) -> float | None:
 #: What a hung sync of each kind holds back, for /ready's reason.
 _STALLS = {"log": "writes that wait for it are not answered",
            "hard_state": "its Raft groups cannot vote or elect until it is durable",
-           "checkpoint": "that log's later syncs wait behind it"}
+           "checkpoint": "that log gets no newer checkpoint, a truncation, retention or close of it may block "
+                         "the node's reactor until it ends (they take the lock a checkpoint write holds), and "
+                         "a periodic pass's checkpoint also holds that log's later syncs and the rest of the pass",
+           "meta_snapshot": "the metadata log is not compacted, and no newer snapshot is taken, until it is durable"}
 
 
 def _disk(service: Any) -> dict[str, Any]:
@@ -99,7 +104,8 @@ def _disk(service: Any) -> dict[str, Any]:
     if age <= limit:
         return {"ok": True, "oldest_sync_seconds": age}
     what = {"log": "a log sync (fsync)", "hard_state": "a Raft hard-state save (term and vote, fsync)",
-            "checkpoint": "a checkpoint sync"}.get(kind, "a sync")
+            "checkpoint": "a checkpoint sync",
+            "meta_snapshot": "a metadata snapshot write (fsync)"}.get(kind, "a sync")
     return {"ok": False, "oldest_sync_seconds": age, "limit_seconds": limit, "sync": kind,
             "reason": f"{what} has been in flight for {age:g} s, more than --ready-max-sync-seconds "
                       f"({limit:g} s): {_STALLS.get(kind, 'what waits for it is not answered')}"}

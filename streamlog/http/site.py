@@ -31,9 +31,19 @@ L{DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS} connections: a new one past that
 closes that address's own oldest connection not being answered (so one
 address cannot close everybody's), or is refused if it has none.
 
+A connection the site closes itself (evicted, answered 408 or 413, or idle)
+may not close at once: a socket whose last answer is unflushed to a client
+that stopped reading stays open until the bytes are out.  So each stops its
+timers first (an evicted or refused connection would otherwise be counted
+again as an idle timeout later) and is aborted if it is still open the
+site's C{close_timeout} (L{DEFAULT_HTTP_CLOSE_TIMEOUT}) seconds later: its
+descriptor is freed within a bound.  A new connection at the cap takes the
+slot of one that is closing before it evicts one that is not (the closing
+one was counted by what closed it).
+
 None of this writes a log line; the site counts each (refusals, evictions,
-request and idle timeouts) and L{streamlog.metrics.http_site} shows them in
-C{/metrics}.
+request and idle timeouts, bodies refused) and L{streamlog.metrics.http_site}
+shows them in C{/metrics}.
 """
 
 from __future__ import annotations
@@ -58,6 +68,10 @@ DEFAULT_HTTP_REQUEST_TIMEOUT = 30.0
 DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS = 16
 #: Largest request body on any path unless told otherwise (the console passes --console-max-body-bytes).
 DEFAULT_HTTP_MAX_BODY_BYTES = 65536
+#: Seconds a connection the site closed (idle, evicted, 408, 413) may take to send its last bytes
+#: before it is aborted (--http-close-timeout): Twisted's own grace after an idle timeout
+#: (C{HTTPChannel.abortTimeout}).
+DEFAULT_HTTP_CLOSE_TIMEOUT = 15.0
 #: The value of --http-listen that turns the listener off.
 OFF = "none"
 #: The environment variable that, when set, is the default of --http-listen (the test suite sets
@@ -92,13 +106,14 @@ class BoundedRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        self.channel.site.bodies_refused += 1
         limit = self.channel.site.max_body_bytes
         body = orjson.dumps({"error": {"code": "BODY_TOO_LARGE", "limit": limit,
                                        "message": f"the request body is larger than {limit} bytes"}})
         self.channel.transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json; "
                                      b"charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
                                      % (len(body), body))
-        self.channel.transport.loseConnection()
+        self.channel.close()
 
 
 class QuietChannel(HTTPChannel):
@@ -114,6 +129,10 @@ class QuietChannel(HTTPChannel):
     waiting_since = 0
     #: Closed by the site to make room (already uncounted).
     _made_room = False
+    #: Being closed by the site (L{close}): its socket may linger until the abort.
+    closing = False
+    #: Seconds from L{close} to the abort (the site's C{close_timeout}, set by L{QuietSite.buildProtocol}).
+    abortTimeout = DEFAULT_HTTP_CLOSE_TIMEOUT
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -138,8 +157,26 @@ class QuietChannel(HTTPChannel):
     def make_room(self) -> None:
         """Close it for a new connection (the site has uncounted it already)."""
         self._made_room = True
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection after what it has written, and abort it if it is still open after
+        C{abortTimeout} (a client that does not read the last answer).  Its timers stop first:
+        its request deadline, and Twisted's idle timer, which would otherwise fire while the
+        socket lingers and count an idle timeout for a connection already counted as closed."""
+        if self.closing:
+            return
+        self.closing = True
         self._disarm()
-        self.transport.loseConnection()
+        self.setTimeout(None)
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        """Abort it at the end of the grace, without Twisted's log line (see the module's docstring)."""
+        self._abortingCall = None
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -166,13 +203,11 @@ class QuietChannel(HTTPChannel):
                                        "message": f"the request did not arrive whole within {limit:g} s"}})
         self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
                              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.transport.loseConnection()
+        self.close()
 
     def timeoutConnection(self) -> None:
         self.site.idle_timeouts += 1
-        if self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        self.close()
 
 
 class QuietSite(Site):
@@ -186,8 +221,10 @@ class QuietSite(Site):
                  max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS,
                  max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES,
                  request_timeout: float = DEFAULT_HTTP_REQUEST_TIMEOUT,
-                 max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS) -> None:
+                 max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+                 close_timeout: float = DEFAULT_HTTP_CLOSE_TIMEOUT) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
+        self.close_timeout = close_timeout
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
@@ -198,12 +235,14 @@ class QuietSite(Site):
         #: Connections closed on accept because L{max_connections} were open, or
         #: L{max_connections_per_address} from the same address, all of them being answered;
         #: connections closed to make room for a new one; requests cut at L{request_timeout};
-        #: connections closed idle for the idle timeout (/metrics: streamlog.metrics.http_site).
+        #: connections closed idle for the idle timeout; requests refused 413 for a body over
+        #: L{max_body_bytes} (/metrics: streamlog.metrics.http_site).
         self.refused_connections = 0
         self.refused_per_address = 0
         self.closed_idle = 0
         self.slow_requests = 0
         self.idle_timeouts = 0
+        self.bodies_refused = 0
         #: The open connections (in the order they opened).
         self.channels: dict[QuietChannel, None] = {}
         self._ticks = 0
@@ -223,7 +262,10 @@ class QuietSite(Site):
             self.refused_connections += 1
             return None
         channel = super().buildProtocol(addr)
-        if channel is not None and host is not None:
+        if channel is None:
+            return None
+        channel.abortTimeout = self.close_timeout
+        if host is not None:
             channel.peer_host = host
         return channel
 
@@ -232,6 +274,11 @@ class QuietSite(Site):
         waiting = [c for c in self.channels if not c.answering and (host is None or c.peer_host == host)]
         if not waiting:
             return False
+        closing = [c for c in waiting if c.closing]
+        if closing:  # already closed (and counted) by the site, its socket lingering: its slot, uncounted
+            self.closed(closing[0])
+            closing[0]._made_room = True
+            return True
         oldest = min(waiting, key=lambda c: c.waiting_since)
         self.closed(oldest)
         self.closed_idle += 1

@@ -153,7 +153,8 @@ class NodeCollector(Collector):
                              "--sync-workers).", [], [([], committer.sync_seconds)])
             oldest = GaugeMetricFamily("streamlog_fsync_oldest_in_flight_seconds",
                                        "Seconds since the oldest sync of the kind (log, hard_state: Raft term and "
-                                       "vote, checkpoint) not finished yet was handed to a worker (queueing "
+                                       "vote, checkpoint, meta_snapshot: a metadata snapshot write) not finished "
+                                       "yet was handed to a worker (queueing "
                                        "included; 0: none is); a hung fsync shows here, never in "
                                        "streamlog_fsync_duration_seconds.", labels=["kind"])
             for kind in KINDS:
@@ -292,9 +293,11 @@ class NodeCollector(Collector):
                                   "node took and wrote (every --metadata-snapshot-entries applied entries).",
                                   value=stats.get("written", 0))
         yield CounterMetricFamily("streamlog_meta_snapshot_installs", "Metadata snapshots this node received from "
-                                  "the controller (InstallSnapshot) and installed.", value=stats.get("installed", 0))
+                                  "the controller (InstallSnapshot) and stored as its newest (one not newer than the "
+                                  "snapshot held is not stored, nor counted).", value=stats.get("installed", 0))
         yield CounterMetricFamily("streamlog_meta_snapshots_refused", "Metadata snapshot files found damaged (or "
-                                  "contradicting the log) at start-up and set aside.", value=stats.get("refused", 0))
+                                  "contradicting the log) at start-up and set aside (one that could not be set aside "
+                                  "is not counted: a warning says so).", value=stats.get("refused", 0))
         yield GaugeMetricFamily("streamlog_meta_snapshot_index", "The metadata log index the newest snapshot "
                                 "this node holds is as of (0: none).", value=compactor.index)
         yield GaugeMetricFamily("streamlog_meta_snapshot_bytes", "Bytes of the newest metadata snapshot this "

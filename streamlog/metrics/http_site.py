@@ -1,5 +1,5 @@
 """The HTTP listener's own bounds in C{/metrics}: connections refused or closed to make room,
-requests cut at C{--http-request-timeout}, idle connections closed.
+requests cut at C{--http-request-timeout} or refused for their body's size, idle connections closed.
 
 Each bound (L{streamlog.http.site}) acts silently, without a log line (a
 scraper or a slowloris would drown the log), so without these counters an
@@ -43,3 +43,8 @@ class HttpSiteCollector(Collector):
                                   "byte.", value=site.slow_requests)
         yield CounterMetricFamily("streamlog_http_idle_timeouts", "HTTP connections closed after "
                                   "--http-idle-timeout without a byte.", value=site.idle_timeouts)
+        requests = CounterMetricFamily("streamlog_http_requests_refused", "HTTP requests refused and their "
+                                       "connection closed, by reason (body_too_large: answered 413, the body "
+                                       "over the listener's limit, --console-max-body-bytes).", labels=["reason"])
+        requests.add_metric(["body_too_large"], site.bodies_refused)
+        yield requests

@@ -614,6 +614,7 @@ class RaftHost:
         for node in self.transport.tick(now):
             self._log.warn("peer node {node} silent for {t}s", node=node, t=self.config.election_timeout)
             self._node_silent(node)
+            self._announce_isr_with(node)
         self._announce_isr(ticked)
 
     def _announce_isr(self, groups: Iterable[str]) -> None:
@@ -635,8 +636,27 @@ class RaftHost:
             self.transport.announce(changed)
 
     def _isr(self, node: RaftNode) -> list[str]:
-        """In-sync replicas as the leader sees them: itself and the voters holding its commit index."""
-        return sorted(m for m in node.voters if m == node.id or (node.match_index(m) or 0) >= node.commit_index)
+        """In-sync replicas as the leader sees them: itself and the voters holding its commit
+        index on a peer node it hears from, in the incarnation that member is (a dead follower
+        of a quiet group holds the commit index for ever: nothing commits after it)."""
+        return sorted(m for m in node.voters if m == node.id or (
+            (node.match_index(m) or 0) >= node.commit_index and self._member_alive(m)))
+
+    def _member_alive(self, member: str) -> bool:
+        """Whether the node of `member` is connected and heard from, in that member's incarnation."""
+        peer, _, incarnation = member.partition(".")
+        if peer == self.node_id:
+            return True
+        if not self.transport.is_alive(peer):
+            return False
+        hello = getattr(self.transport.connections.get(peer), "hello", None)
+        return not incarnation or hello is None or hello.incarnation in (None, incarnation)
+
+    def _announce_isr_with(self, node: str) -> None:
+        """Announce the in-sync replicas of the groups led here with a voter on peer `node`,
+        quiet ones included: its death, silence or return changes them without a tick."""
+        self._announce_isr(g for g in list(self._led) if (runner := self.groups.get(g)) is not None
+                           and any(node_of(m) == node for m in runner.node.voters))
 
     def _role_changed(self, runner: _GroupRunner, eff: RoleChange) -> None:
         group = runner.group
@@ -689,6 +709,7 @@ class RaftHost:
     def peer_connected(self, node: str, hello: Hello) -> None:
         # Full leadership on connect; wake what we lead with a member there (it may have
         # restarted and needs heartbeats to learn who leads).
+        self._announce_isr_with(node)
         self.transport.announce({g: v for g, v in self._led.items()}, full=True, to=node)
         self._wake_led_with(node)
 
@@ -703,6 +724,7 @@ class RaftHost:
             runner = self.groups.get(group)
             if runner is not None:
                 runner.feed(runner.node.requiesce(leader, term, now))
+        self._announce_isr_with(node)
         self._wake_led_with(node, behind_only=True)
 
     def _wake_led_with(self, node: str, behind_only: bool = False) -> None:
@@ -723,6 +745,7 @@ class RaftHost:
         self.remote_leadership.pop(node, None)
         self._silence_woken.pop(node, None)
         self._node_lost(node)
+        self._announce_isr_with(node)
 
     def _node_silent(self, node: str) -> None:
         """Peer node `node` sent nothing (no frame of any kind) for an election timeout. That

@@ -195,6 +195,7 @@ class GroupCommitter:
         self._dirty: set[Hashable] = set()
         self._syncing: dict[Hashable, Deferred] = {}  # the one sync in flight per log
         self._checkpointing: dict[Hashable, Deferred] = {}  # due checkpoints being written
+        self._jobs: set[Deferred] = set()  # fire as the run_tracked jobs in a worker now end
         self._scheduled: Any = None
         self._failure: Failure | None = None
         self._stopped = False
@@ -224,6 +225,22 @@ class GroupCommitter:
     def oldest_sync_seconds(self) -> float:
         """Seconds the oldest sync of any kind in L{in_flight} has been there (0.0: none is)."""
         return self.in_flight.oldest_seconds()
+
+    def run_tracked(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} in a worker (the checkpoints' threads, not the sync pool: it never waits
+        behind or holds up a commit sync), counted in L{in_flight} as a sync of C{kind} until
+        it is back: for the node's other blocking writes, such as its metadata snapshots.
+        L{stop} waits for those still running (the data directory is released after it)."""
+        d = self._tracked(kind, self._run_in_thread(f, *args))
+        finished: Deferred = Deferred()  # for stop, which must not take the job's result
+        self._jobs.add(finished)
+
+        def done(result: object) -> object:
+            self._jobs.discard(finished)
+            finished.callback(None)
+            return result
+
+        return d.addBoth(done)
 
     def _tracked(self, kind: str, d: Deferred) -> Deferred:
         """C{d}, a job of C{kind} just handed to a worker, counted in L{in_flight} until it fires."""
@@ -297,7 +314,7 @@ class GroupCommitter:
             if self._pool is not None:
                 self._pool.stop()
             return succeed(None)
-        running = [*self._syncing.values(), *self._checkpointing.values()]
+        running = [*self._syncing.values(), *self._checkpointing.values(), *self._jobs]
         if self._background is not None:
             running.append(self._background)
         pending = DeferredList(running)

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -334,9 +334,12 @@ class HardStateStore:
         run = self._run
         if run is None:
             from twisted.internet.threads import deferToThread as run
+        # A hand-off that raises at once fails the round as a failed write does (fail-stop), and
+        # the round is counted in flight only once it was handed off (as GroupCommitter._tracked):
+        # counted first, a raise left it in flight for ever, /ready failing and the gauge climbing.
+        d = maybeDeferred(run, self._write_round, frame, compact)
         tracker = self.in_flight
         token = tracker.begin(HARD_STATE) if tracker is not None else None
-        d = run(self._write_round, frame, compact)
 
         def done(result: object) -> None:
             self._running = False

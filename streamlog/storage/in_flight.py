@@ -3,14 +3,24 @@
 A hung disk does not fail an fsync, it never finishes one, so nothing that
 counts finished syncs (a histogram, a failure) can see it: only the age of the
 oldest sync still in flight does.  Every kind of sync counts, because each
-stalls something: a C{log} sync holds back the writes that wait for it, a
+stalls something.  A C{log} sync holds back the writes that wait for it.  A
 C{hard_state} save (a Raft term and vote, L{streamlog.storage.hardstate})
-holds back every vote and message of that term, so a group cannot elect, and
-a C{checkpoint} (a due one, or the periodic pass's sync and checkpoint) holds
-back the log's later syncs.  One L{SyncsInFlight} per node is shared by the
-group committer and the hard-state store; C{/ready} and
-C{streamlog_fsync_oldest_in_flight_seconds} read it.  Sans-io: it only reads
-the clock it is given.
+holds back every vote and message of that term, so a group cannot elect.  A
+C{checkpoint} holds back the log's next checkpoint and, through the
+checkpoint lock it writes under, the log's truncation, retention and close
+(on the reactor thread: the whole node waits if one comes); the periodic
+pass's (its sync and checkpoint of a log, on a sync worker) also holds back
+that log's later syncs and the pass's other logs, while a due one (written by
+a worker of its own) lets the log's syncs go on.  A C{meta_snapshot} (a
+cluster node's snapshot of the metadata state, written and fsynced before the
+metadata log may drop the prefix it stands for,
+L{streamlog.cluster.meta_snapshots}) holds back that compaction and the next
+snapshot.  One L{SyncsInFlight} per node is shared by
+the group committer (which runs the metadata snapshot writes too) and the
+hard-state store; C{/ready} and C{streamlog_fsync_oldest_in_flight_seconds}
+read it.  Only syncs in a worker can be seen here: the readers run on the
+reactor thread, which a sync run there blocks until it is over.  Sans-io: it
+only reads the clock it is given.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ from typing import Any
 LOG = "log"
 HARD_STATE = "hard_state"
 CHECKPOINT = "checkpoint"
-KINDS = (LOG, HARD_STATE, CHECKPOINT)
+META_SNAPSHOT = "meta_snapshot"
+KINDS = (LOG, HARD_STATE, CHECKPOINT, META_SNAPSHOT)
 
 
 class SyncsInFlight:

@@ -139,7 +139,10 @@ class DirectorySnapshots:
         write_atomically(self.path(index), data)  # tmp, fdatasync, rename, fsync of the directory
         old = self.listing()[KEEP:]
         for i in old:
-            os.unlink(self.path(i))
+            try:
+                os.unlink(self.path(i))
+            except FileNotFoundError:
+                pass  # another save's pruning (a write in a worker while a snapshot is installed) took it
         if old:
             fsync_dir(self.directory)
 

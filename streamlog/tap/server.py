@@ -24,6 +24,7 @@ from streamlog.gctune import THROUGHPUT_THRESHOLD, tune_for_throughput
 from streamlog.http.health import DEFAULT_READY_MAX_SYNC_SECONDS
 from streamlog.http.metrics import DEFAULT_METRICS_CACHE_SECONDS
 from streamlog.http.site import (
+    DEFAULT_HTTP_CLOSE_TIMEOUT,
     DEFAULT_HTTP_LISTEN,
     DEFAULT_HTTP_MAX_CONNECTIONS,
     DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
@@ -210,6 +211,9 @@ class Options(usage.Options):
          "Seconds a whole HTTP request (line, headers, body) may take to arrive from its first byte; then 408 "
          "and the connection closes (a slow client cannot hold a connection by sending a byte now and then).",
          float],
+        ["http-close-timeout", None, DEFAULT_HTTP_CLOSE_TIMEOUT,
+         "Seconds an HTTP connection the node closes (idle, to make room, 408, 413) may take to send its last "
+         "bytes before it is aborted (a client that does not read them cannot keep its descriptor).", float],
         ["http-max-connections-per-address", None, DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
          "Most HTTP connections open at once from one client address (more are closed on accept).", int],
         ["http-max-connections", None, DEFAULT_HTTP_MAX_CONNECTIONS, "Most HTTP connections open at once (more are "
@@ -221,8 +225,9 @@ class Options(usage.Options):
          "/metrics has series per consumer group for at most this many groups with members or committed "
          "offsets (the most lagging first; the rest are counted in streamlog_metrics_group_series_dropped).", int],
         ["ready-max-sync-seconds", None, DEFAULT_READY_MAX_SYNC_SECONDS,
-         "/ready answers 503 while a log sync (fsync) has been in flight longer than this many seconds (a hung "
-         "disk never fails a sync, it never finishes one).", float],
+         "/ready answers 503 while a sync (fsync) of any kind has been in a worker longer than this many seconds: "
+         "a log sync, a Raft hard-state save, a checkpoint or a metadata snapshot write (a hung disk never fails "
+         "a sync, it never finishes one).", float],
         ["metrics-cache-seconds", None, DEFAULT_METRICS_CACHE_SECONDS,
          "Seconds one rendering of /metrics is served again to later scrapes, so that scraping faster does not "
          "cost the node more (0: render every scrape).", float],
@@ -315,6 +320,8 @@ class Options(usage.Options):
             raise usage.UsageError("--http-max-connections must be at least 1")
         if not self["http-request-timeout"] > 0:
             raise usage.UsageError("--http-request-timeout must be more than 0 seconds")
+        if not self["http-close-timeout"] > 0:
+            raise usage.UsageError("--http-close-timeout must be more than 0 seconds")
         if self["http-max-connections-per-address"] < 1:
             raise usage.UsageError("--http-max-connections-per-address must be at least 1")
         if self["log-format"] not in ("text", "json"):
@@ -406,6 +413,7 @@ class Options(usage.Options):
             http_idle_timeout=self["http-idle-timeout"],
             http_max_connections=self["http-max-connections"],
             http_request_timeout=self["http-request-timeout"],
+            http_close_timeout=self["http-close-timeout"],
             http_max_connections_per_address=self["http-max-connections-per-address"],
             metrics_max_partition_series=self["metrics-max-partition-series"],
             metrics_cache_seconds=self["metrics-cache-seconds"],
@@ -636,6 +644,7 @@ class Node(service.MultiService):
         site = QuietSite(self.http_root, timeout=self.config.http_idle_timeout, reactor=self.reactor,
                          max_connections=self.config.http_max_connections,
                          request_timeout=self.config.http_request_timeout,
+                         close_timeout=self.config.http_close_timeout,
                          max_connections_per_address=self.config.http_max_connections_per_address,
                          max_body_bytes=self.console_config.max_body_bytes)
         from streamlog.metrics.http_site import HttpSiteCollector

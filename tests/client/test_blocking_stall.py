@@ -153,3 +153,107 @@ def test_a_silent_leader_is_never_asked_for_the_metadata_that_judges_it_even_whe
         with pytest.raises(errors.Timeout):  # slow is not gone: waited for, to the timeout
             c.send("t", "second", partition=0)
     assert 1 not in asked(cluster, "Metadata")[metadata_before:]
+
+
+# --- admin calls, call() and submitted requests (they waited out their whole timeout) ----------
+
+
+def test_a_silent_controller_that_no_longer_is_one_fails_an_admin_call_early_and_only_once(cluster):
+    with BlockingClient(cluster.bootstrap, timeout=4, stall_timeout=0.3) as c:
+        c.create_topic("first", 1)  # the view: node 1 is the controller
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True  # paused, and the others chose node 2
+            cluster.fake.controller = 2
+        start = time.monotonic()
+        with pytest.raises(errors.ConnectionLost) as failed:
+            c.create_topic("new", 1)
+        took = time.monotonic() - start
+        assert c.stalls_dropped == 1
+    assert took < 2.0, f"{took:.2f}s: the 4 s timeout was waited out"
+    assert failed.value.details.get("stalled") is True and "node 2 is the controller now" in str(failed.value)
+    assert asked(cluster, "CreateTopic") == [1, 1]  # not asked again: the paused node may still apply it
+
+
+def test_a_silent_controller_that_still_is_one_is_waited_for_until_the_timeout(cluster):
+    with BlockingClient(cluster.bootstrap, timeout=1.0, stall_timeout=0.2) as c:
+        c.create_topic("first", 1)
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = {"CreateTopic"}
+        start = time.monotonic()
+        with pytest.raises(errors.Timeout):
+            c.create_topic("new", 1)
+        assert time.monotonic() - start >= 0.95 and c.stalls_dropped == 0
+
+
+def test_a_call_to_a_silent_node_the_cluster_sees_down_fails_early(cluster):
+    with BlockingClient(cluster.bootstrap, timeout=4, stall_timeout=0.3) as c:
+        c.ping()  # connected to node 1
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True
+            cluster.fake.nodes[1].up = False  # its peers lost it; its socket stays open, silent
+        start = time.monotonic()
+        with pytest.raises(errors.ConnectionLost) as failed:
+            c.list_topics()
+        took = time.monotonic() - start
+        assert failed.value.details.get("stalled") is True and c.stalls_dropped == 1
+        assert c.list_topics() == []  # the next call goes to a node that answers
+    assert took < 2.0, f"{took:.2f}s"
+
+
+def test_a_submitted_poll_at_a_silent_leader_whose_partition_moved_is_answered_by_the_new_leader(cluster):
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=10, stall_timeout=0.3) as c:
+        c.send("t", "v", partition=0)
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True
+            cluster.fake.move_leader("t", 0, 2)
+        start = time.monotonic()
+        rid = c.submit("Poll", {"topic": "t", "partition": 0, "offset": 0})
+        answer = c.next_answer(4.0)
+        took = time.monotonic() - start
+        assert answer is not None, "no answer: the submitted Poll waited on the silent node"
+        assert answer[0] == rid and [m["value"] for m in answer[1]["messages"]] == ["v"]
+        assert c.stalls_dropped == 1
+    assert took < 2.0, f"{took:.2f}s"
+    assert [n for n, p in cluster.fake.sent("Poll")] == [1, 2]
+
+
+def test_a_submitted_request_at_a_silent_node_the_cluster_sees_down_is_answered_with_the_stall(cluster):
+    with BlockingClient(cluster.bootstrap, timeout=10, stall_timeout=0.3) as c:
+        c.ping()
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = True
+            cluster.fake.nodes[1].up = False
+        rid = c.submit("Ping", {})
+        start = time.monotonic()
+        answer = c.next_answer(4.0)
+        took = time.monotonic() - start
+    assert answer is not None and answer[0] == rid
+    assert isinstance(answer[1], errors.ConnectionLost) and answer[1].details.get("stalled") is True
+    assert took < 2.0, f"{took:.2f}s"
+    assert [n for n, _ in cluster.fake.sent("Ping")] == [1, 1]  # not sent again
+
+
+def test_a_submitted_poll_at_a_slow_leader_that_still_leads_is_waited_for(cluster):
+    cluster.fake.create_topic("t", 1, leaders=[1])
+    with BlockingClient(cluster.bootstrap, timeout=10, stall_timeout=0.2) as c:
+        c.send("t", "v", partition=0)
+        with cluster.lock:
+            cluster.fake.nodes[1].black_hole = {"Poll"}
+        c.submit("Poll", {"topic": "t", "partition": 0, "offset": 0})
+        assert c.next_answer(1.0) is None  # judged (asking the others) and kept: no answer yet
+        assert c.stalls_dropped == 0
+    assert 1 not in asked(cluster, "Metadata")[1:]
+
+
+def test_an_answer_to_a_submitted_request_read_by_another_call_on_its_node_is_kept(cluster):
+    # A stall's verdict asks another node for the metadata; if that node owes a submitted
+    # request's answer, reading the Metadata answer must not drop it.
+    cluster.fake.create_topic("t", 1, leaders=[2])
+    with BlockingClient(cluster.bootstrap, timeout=5) as c:
+        c.send("t", "v", partition=0)
+        rid = c.submit("Poll", {"topic": "t", "partition": 0, "offset": 0})
+        node = c._nodes[c.view.leader("t", 0).address]
+        c._call_at(node, "Ping", {})  # reads the Poll's answer first
+        answer = c.next_answer(1.0)
+    assert answer is not None and answer[0] == rid and answer[1]["messages"][0]["value"] == "v"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from fake_cluster import _PARKED, FakeCluster, run_until
+from fake_cluster import _PARKED, FakeCluster, run_for, run_until
 
 from streamlog import errors
 from streamlog.client import ClusterClient, Producer
@@ -148,6 +148,44 @@ def test_a_partition_that_forgot_the_producer_makes_it_take_the_next_epoch(clock
     assert cluster.values("t", 0) == ["a", "b", "c"]
     last = sent_batches(cluster)[-1]
     assert last["epoch"] == 1 and last["sequences"] == [{"partition": 0, "base_sequence": 1}]
+
+
+def test_a_batch_that_expires_alone_at_its_resend_lets_the_sends_behind_it_go_in_the_next_epoch(
+        clock, cluster, client):
+    # The partition's only numbered batch fails for good at its resend (the retry timer fires at
+    # its deadline), with nothing else in flight whose answer would take the next epoch: the
+    # producer must take it there, or the sends queued behind the gap wait for ever, past their
+    # own delivery timeout (cluster simulator, seed 91020: the Producer held them for good).
+    cluster.create_topic("t", 1, leaders=[1])
+    producer = Producer(client, linger_ms=0, batch_size=1, delivery_timeout=1.0, max_in_flight_per_partition=1)
+    first = producer.send("t", "a", partition=0)
+    run_until(clock, cluster, lambda: first.called)
+    cluster.nodes[1].faults["SendBatch"] = lambda params: errors.LeaderNotAvailable("an election")
+    expiring = producer.send("t", "b", partition=0)
+    run_for(clock, cluster, 0.6)
+    behind = producer.send("t", "c", partition=0)  # waits, unnumbered, while "b" is retried
+    run_until(clock, cluster, lambda: expiring.called)
+    assert failure_of(expiring).check(errors.DeliveryTimeout)
+    del cluster.nodes[1].faults["SendBatch"]
+    run_until(clock, cluster, lambda: behind.called, limit=1.0)  # within its own delivery timeout
+    assert result_of(behind) == (0, 1)
+    assert producer.epoch_bumps == 1 and producer.identity == (0, 1) and producer.pending == 0
+    assert cluster.values("t", 0) == ["a", "c"]
+
+
+def test_a_batch_that_expires_alone_does_not_hold_the_sends_to_a_healthy_partition(clock, cluster, client):
+    # The same gap, at the default pipelining: it held every partition's new batches, not only its own.
+    cluster.create_topic("t", 2, leaders=[1, 2])
+    producer = Producer(client, linger_ms=0, batch_size=1, delivery_timeout=1.0)
+    first = producer.send("t", "a", partition=0)
+    run_until(clock, cluster, lambda: first.called)
+    cluster.nodes[1].faults["SendBatch"] = lambda params: errors.LeaderNotAvailable("an election")
+    expiring = producer.send("t", "b", partition=0)
+    run_until(clock, cluster, lambda: expiring.called)
+    assert failure_of(expiring).check(errors.DeliveryTimeout)
+    elsewhere = producer.send("t", "x", partition=1)
+    run_until(clock, cluster, lambda: elsewhere.called, limit=1.0)
+    assert result_of(elsewhere) == (1, 0) and producer.epoch_bumps == 1
 
 
 def test_an_idempotent_producer_refuses_acks_none():

@@ -181,3 +181,50 @@ def test_error_entries_carry_no_count_and_the_unkeyed_ones_are_resent_only_if_su
                {"partition": 2, "error": not_leader}]
     found = _messages_of({2: None}, entries, only_keyed, 3)
     assert [(m["value"], m["partition"]) for m in found] == [("u", 2)]
+
+
+def timed_out_in_a_metadata_stall(clock, cluster, create, method, call):
+    """C{call(client)}'s failure, when the node C{create} sets up answers its C{method} and from
+    then on no node answers Metadata (the lookup after the refusal waits out each node's 10 s
+    request timeout in turn): it must be the call's own C{TIMEOUT}, nothing sent, within its 10 s."""
+    from streamlog import errors
+
+    client = cluster_client(clock, cluster, request_timeout=10.0, stall_timeout=None)
+    try:
+        warm(clock, cluster, client)
+        create(cluster)
+        for node in cluster.nodes.values():
+            def stall(params, before=node.faults[method]):
+                for n in cluster.nodes.values():
+                    n.black_hole = {"Metadata"}
+                return before(params)
+
+            node.faults[method] = stall
+        began = clock.seconds()
+        result = settled(clock, cluster, call(client), limit=60)
+        assert clock.seconds() - began <= 10.0 + 0.05
+        assert isinstance(result, Failure) and result.check(errors.Timeout), result
+        assert result.value.details.get("sent") is False
+        return result.value
+    finally:
+        close_client(client, cluster)
+
+
+def test_a_metadata_stall_while_resending_refused_parts_fails_within_the_timeout(clock, cluster):
+    # Review: _resend_refused_parts looked the topic up with no deadline, so a stalled Metadata
+    # (here 3 nodes x a 10 s request timeout) held the call 30 s past its 10 s.
+    messages = [{"value": {"n": i}, "key": f"k{i}"} for i in range(12)] + [{"value": {"n": 12}}]
+    error = timed_out_in_a_metadata_stall(clock, cluster, created_partly_here, "SendBatch",
+                                          lambda client: client.send_batch("new", messages))
+    # The part the node took is reported as appended, and only it was.
+    taken = [p for p in range(3) if cluster.values("new", p)]
+    assert len(taken) == 1, taken
+    assert [(e["partition"], e["count"]) for e in error.details["appended"]] == [
+        (p, len(cluster.values("new", p))) for p in taken]
+
+
+def test_a_metadata_stall_after_a_new_topics_not_leader_fails_within_the_timeout(clock, cluster):
+    # The same lookup after a NOT_LEADER for the whole request (_server_routed) had no deadline
+    # either, and the leader's attempt then got the time left before it on top.
+    timed_out_in_a_metadata_stall(clock, cluster, created_elsewhere, "Send", lambda client: client.send("new", {"n": 1}))
+    assert not [v for p in range(3) for v in cluster.values("new", p)]

@@ -259,3 +259,70 @@ def test_a_state_of_another_version_or_not_canonical_is_refused_in_a_sound_frame
                            (payload.replace(b'{"applied_index"', b'{ "applied_index"'), "not canonical")]:
         with pytest.raises(MetadataSnapshotError, match=error):
             meta_snapshots.decode(meta_snapshots.snapshot_files.encode(8, 2, changed), "0" * 32)
+
+
+def test_a_snapshot_installed_while_one_is_in_a_worker_stays_the_newest():
+    # The node saves a snapshot in a worker (start_write, then finish_write once durable): an
+    # install from the leader may land in between, and must not be overtaken by the older file.
+    compactor = MetadataCompactor(MemorySnapshots(), interval=5)
+    compactor.take(_state(5), 2)
+    job = compactor.start_write(durable_index=5)
+    assert job is not None and job[0] == 5 and compactor.writing == 5
+    assert not compactor.due(100) and compactor.start_write(100) is None  # one at a time
+    compactor.install(meta_snapshots.encode(_state(9), 3), "0" * 32, 7)
+    compactor.store.save(*job)  # the worker's save ends after it
+    assert not compactor.finish_write(*job)  # not the newest: the log is not compacted for it
+    assert compactor.index == 9 and compactor.writing is None and compactor.snapshot_for(9) is not None
+    assert compactor.stats["written"] == 1 and compactor.store.listing() == [9, 5]
+
+
+def test_a_failed_save_in_a_worker_lets_the_next_snapshot_be_taken():
+    compactor = MetadataCompactor(MemorySnapshots(), interval=5)
+    compactor.take(_state(5), 2)
+    assert compactor.start_write(durable_index=5) is not None and not compactor.due(10)
+    compactor.abandon_write()
+    assert compactor.due(10) and compactor.index == 0 and compactor.stats["written"] == 0
+
+
+def test_a_directory_save_tolerates_an_old_file_another_save_already_pruned(tmp_path):
+    from streamlog.storage.snapshot_files import DirectorySnapshots
+
+    store = DirectorySnapshots(str(tmp_path))
+    store.save(1, b"one")
+    store.save(2, b"two")
+    real = store.listing
+    store.listing = lambda: [*real(), 0]  # as listed just before a concurrent save removed file 0
+    store.save(3, b"three")
+    assert real() == [3, 2]
+
+
+def test_an_install_not_newer_than_the_snapshot_held_is_not_counted():
+    """Read-only review of ready-metrics: streamlog_meta_snapshot_installs_total counted every install,
+    though one not newer than the snapshot held is neither stored nor taken."""
+    compactor = MetadataCompactor(MemorySnapshots())
+    compactor.install(meta_snapshots.encode(_state(9), 3), "0" * 32, 7)
+    assert compactor.stats["installed"] == 1 and compactor.store.saves == 1
+    for older in (9, 8):  # the same one again (the message resent), and an older one
+        compactor.install(meta_snapshots.encode(_state(older), 3), "0" * 32, 7)
+    assert compactor.stats["installed"] == 1 and compactor.store.saves == 1 and compactor.index == 9
+    compactor.install(meta_snapshots.encode(_state(12), 3), "0" * 32, 10)
+    assert compactor.stats["installed"] == 2 and compactor.index == 12
+
+
+class StuckSnapshots(MemorySnapshots):
+    """A store whose files cannot be renamed aside (a read-only directory, say)."""
+
+    def refuse(self, index: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+
+def test_a_damaged_file_is_counted_refused_only_once_it_was_set_aside():
+    """Read-only review of ready-metrics: streamlog_meta_snapshots_refused_total counted a damaged file
+    even when setting it aside failed (it stays, and is read and refused again at the next start)."""
+    for store, refused in [(StuckSnapshots(), 0), (MemorySnapshots(), 1)]:
+        store.save(3, meta_snapshots.encode(_state(3), 2))
+        store.save(8, meta_snapshots.encode(_state(8), 2)[:-1])  # torn
+        compactor = MetadataCompactor(store)
+        assert compactor.restore("0" * 32, _log(4, 12)).applied_index == 3  # the older one, either way
+        assert compactor.stats["refused"] == refused
+        assert store.listing() == ([8, 3] if refused == 0 else [3])

@@ -318,3 +318,26 @@ def test_a_cluster_of_one_bootstraps_without_waiting_for_any_hello():
         assert "result" in c.call(1, "Send", {"topic": "t", "partition": 0, "value": "v"})
     finally:
         c.stop()
+
+
+def test_a_dead_replica_leaves_the_isr_every_node_answers_without_new_writes(cluster):
+    # `cluster status` asks any node. A follower's isr is what the leader announced; a quiet
+    # partition commits nothing after a follower dies, so the leader must announce the change
+    # itself (seen: a node SIGKILLed, its quiet partitions shown in sync with it at the other
+    # follower, and "0 under-replicated", until the next write).
+    create(cluster, 1, partitions=1)
+    leader = leader_of(cluster, "t", 0)
+    f1, f2 = [i for i in cluster.nodes if i != leader]
+    assert "result" in cluster.call(leader, "Send", {"topic": "t", "partition": 0, "value": "x"})
+
+    def isr(at):
+        [p] = cluster.call(at, "Metadata", {"topics": ["t"]})["result"]["topics"][0]["partitions"]
+        return p["isr"]
+
+    cluster.run_until(lambda: isr(leader) == isr(f1) == [1, 2, 3])
+    cluster.run(3.0)  # the group goes quiet
+    cluster.kill(f2)
+    cluster.run_until(lambda: isr(leader) == sorted([leader, f1]))
+    cluster.run_until(lambda: isr(f1) == sorted([leader, f1]), timeout=10.0)
+    cluster.start(f2)
+    cluster.run_until(lambda: isr(f1) == [1, 2, 3], timeout=10.0)

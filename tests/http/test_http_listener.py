@@ -55,6 +55,8 @@ def test_the_test_suite_runs_with_the_http_listener_off_by_default():
     (["--http-listen", "none", "--http-port-file", "p"], "--http-port-file needs an HTTP listener"),
     (["--http-idle-timeout", "0"], "--http-idle-timeout must be more than 0 seconds"),
     (["--http-request-timeout", "0"], "--http-request-timeout must be more than 0 seconds"),
+    (["--http-close-timeout", "0"], "--http-close-timeout must be more than 0 seconds"),
+    (["--http-close-timeout", "nan"], "--http-close-timeout must be more than 0 seconds"),
     (["--http-max-connections-per-address", "0"], "--http-max-connections-per-address must be at least 1"),
     (["--metrics-cache-seconds", "-1"], "--metrics-cache-seconds must be 0 or more"),
     (["--ready-max-sync-seconds", "0"], "--ready-max-sync-seconds must be more than 0"),
@@ -68,19 +70,23 @@ def test_http_option_mistakes_are_usage_errors(args, message):
 
 def test_the_slow_client_bounds_reach_the_site(tmp_path):
     options = Options()
-    options.parseOptions(["--http-request-timeout", "7.5", "--http-max-connections-per-address", "3"])
+    options.parseOptions(["--http-request-timeout", "7.5", "--http-max-connections-per-address", "3",
+                          "--http-close-timeout", "4"])
     config = options.node_config()
-    assert (config.http_request_timeout, config.http_max_connections_per_address) == (7.5, 3)
+    assert (config.http_request_timeout, config.http_max_connections_per_address, config.http_close_timeout) == (
+        7.5, 3, 4.0)
     defaults = Options()
     defaults.parseOptions([])
-    assert (defaults.node_config().http_request_timeout, defaults.node_config().http_max_connections_per_address) == (
-        30.0, 16) == (NodeConfig().http_request_timeout, NodeConfig().http_max_connections_per_address)
+    default = defaults.node_config()
+    assert (default.http_request_timeout, default.http_max_connections_per_address, default.http_close_timeout) == (
+        30.0, 16, 15.0) == (NodeConfig().http_request_timeout, NodeConfig().http_max_connections_per_address,
+                            NodeConfig().http_close_timeout)
     reactor = MemoryReactorClock()
     node = Node(attrs.evolve(config, listen="tcp:7070:interface=127.0.0.1", data_dir=str(tmp_path),
                              http_listen="tcp:9644:interface=127.0.0.1"), reactor)
     node.open()
     site = reactor.tcpServers[1][1]
-    assert (site.request_timeout, site.max_connections_per_address) == (7.5, 3)
+    assert (site.request_timeout, site.max_connections_per_address, site.close_timeout) == (7.5, 3, 4.0)
     site.slow_requests, site.refused_per_address = 2, 1  # the node's /metrics reads this site's counters
     assert node.metrics_registry.get_sample_value("streamlog_http_request_timeouts_total") == 2
     assert node.metrics_registry.get_sample_value("streamlog_http_connections_refused_total",

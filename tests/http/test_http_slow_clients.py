@@ -30,11 +30,12 @@ def make_site(clock, **kw):
     return QuietSite(root, reactor=clock, timeout=10.0, **kw)
 
 
-def connect(site, host="127.0.0.1", port=40000):
+def connect(site, host="127.0.0.1", port=40000, transport_type=StringTransportWithDisconnection):
+    """(channel, transport) of a new connection from C{host}:C{port}, or (None, None) if refused."""
     channel = site.buildProtocol(IPv4Address("TCP", host, port))
     if channel is None:
         return None, None
-    transport = StringTransportWithDisconnection()
+    transport = transport_type()
     transport.protocol = channel
     channel.makeConnection(transport)
     return channel, transport

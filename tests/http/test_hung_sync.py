@@ -162,6 +162,54 @@ def test_a_hung_checkpoint_counts_as_a_sync_in_flight():
     threads.run_all()
 
 
+class DueLog(SyncedLog):
+    """A log whose commit sync makes a checkpoint due (it rolled, or grew enough)."""
+
+    checkpoint_due = True
+    checkpoints = 0
+
+    def checkpoint(self, sync: bool = True) -> bool:
+        self.checkpoint_due = False
+        self.checkpoints += 1
+        return True
+
+
+def test_a_hung_due_checkpoint_counts_as_a_sync_in_flight_and_ready_says_what_it_holds():
+    """A checkpoint a commit sync made due, written by a worker of its own (not the periodic pass's
+    job), is tracked too: a hung one fails /ready (read-only review of ready-metrics: no test
+    failed with that tracking removed)."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from streamlog.http.health import _disk
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("always"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    service = SimpleNamespace(broker=SimpleNamespace(committer=committer),
+                              config=SimpleNamespace(ready_max_sync_seconds=10.0))
+    log = DueLog()
+    committer.wait_index(log, 3)
+    clock.advance(0)
+    threads.run_one()  # the commit sync: it made a checkpoint due, handed to a worker (held)
+    assert len(threads.jobs) == 1 and log.checkpoints == 0 and committer.checkpoints == 0
+    clock.advance(11.0)
+    assert committer.in_flight.oldest() == (pytest.approx(11.0), "checkpoint")
+    disk = _disk(service)
+    assert not disk["ok"] and disk["sync"] == "checkpoint"
+    assert disk["reason"] == (
+        "a checkpoint sync has been in flight for 11 s, more than --ready-max-sync-seconds (10 s): that log gets "
+        "no newer checkpoint, a truncation, retention or close of it may block the node's reactor until it ends "
+        "(they take the lock a checkpoint write holds), and a periodic pass's checkpoint also holds that log's "
+        "later syncs and the rest of the pass")
+    threads.run_all()
+    assert log.checkpoints == 1 and committer.checkpoints == 1
+    assert committer.in_flight.oldest() is None and _disk(service) == {"ok": True, "oldest_sync_seconds": 0.0}
+    committer.stop()
+    threads.run_all()
+
+
 def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path):
     """The node's wiring: the committer made at start shares its tracker with the hard-state store."""
     from twisted.internet.testing import MemoryReactorClock
@@ -179,3 +227,77 @@ def test_a_started_node_counts_its_hard_state_saves_with_its_log_syncs(tmp_path)
         assert store is not None and store.in_flight is service.committer.in_flight
     finally:
         service.stopService()
+
+
+def test_a_metadata_snapshot_write_runs_in_a_worker_and_a_hung_one_makes_the_node_not_ready():
+    """A cluster node's metadata snapshot (written and fsynced before the metadata log may drop
+    its prefix) ran on the reactor thread, where a hung disk held everything and nothing could
+    tell; in the committer's worker it is a sync in flight like the others (meta_snapshot)."""
+    from metrics_support import service_of
+
+    from streamlog.cluster.metadata import METADATA_GROUP
+    from streamlog.testing import ClusterHarness
+
+    c = ClusterHarness(3, metadata_snapshot_entries=4)
+    try:
+        c.run_until_formed()
+        node, broker = c.nodes[2], c.brokers[2]
+        threads = ManualThreads()  # "never": no log syncs, so the snapshot write is its only job
+        broker.committer = GroupCommitter(FsyncPolicy("never"), clock=c.clock, run_in_thread=threads,
+                                          checkpoint_interval=None)
+        compactor, log = node.compactor, node.meta_log
+        written, start = compactor.stats["written"], log.start_index
+        c.create_topics(*(f"t{i}" for i in range(8)))
+        c.run_until(lambda: threads.jobs)  # due: handed to the worker, not written on the reactor
+        held = compactor.writing
+        assert held is not None and compactor.stats["written"] == written
+        already, kind = broker.committer.in_flight.oldest()  # handed over during create_topics' own run
+        assert kind == "meta_snapshot"
+        assert c.storages[2].snapshot_store(METADATA_GROUP).listing()[:1] != [held]  # not on disk yet
+        service = service_of(broker, node_id=2)
+        scrape = Scrape(broker, c.factories[2], node_id=2)
+        c.run(10.5)  # the node runs on (the others' entries keep coming), the write stays hung
+        assert len(threads.jobs) == 1 and compactor.writing == held  # one at a time
+        assert log.start_index == start  # no prefix dropped before its snapshot is durable
+        age = scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot")
+        assert age == pytest.approx(already + 10.5, abs=0.005)
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="log") == 0
+        disk = readiness(service)[1]["checks"]["disk"]
+        assert disk["ok"] is False and disk["sync"] == "meta_snapshot"
+        assert disk["reason"].startswith("a metadata snapshot write (fsync) has been in flight for")
+        assert disk["reason"].endswith("the metadata log is not compacted, and no newer snapshot is taken, "
+                                       "until it is durable")
+        threads.run_all()  # the disk comes back: the file is durable, then the log is compacted
+        assert compactor.writing is None and compactor.stats["written"] == written + 1 and compactor.index == held
+        c.create_topics(*(f"u{i}" for i in range(8)))  # a second snapshot: the older one is where the log is cut
+
+        def compacted():
+            threads.run_all()
+            return log.start_index > start
+
+        c.run_until(compacted)
+        assert log.start_index <= compactor.index
+        assert scrape.value("streamlog_fsync_oldest_in_flight_seconds", kind="meta_snapshot") == 0
+    finally:
+        c.stop()
+
+
+def test_the_committers_stop_waits_for_a_tracked_job_still_in_its_worker():
+    """A metadata snapshot write still in a worker when the node stops: the committer's stop
+    (after which the node closes its storage and releases its data directory) waits for it."""
+    from twisted.internet.task import Clock
+
+    from streamlog.testing import no_result, result_of
+
+    clock = Clock()
+    threads = ManualThreads()
+    committer = GroupCommitter(FsyncPolicy("never"), clock=clock, run_in_thread=threads, checkpoint_interval=None)
+    results = []
+    committer.run_tracked("meta_snapshot", lambda: "saved").addCallback(results.append)
+    assert committer.in_flight.oldest() == (0.0, "meta_snapshot")
+    stopped = committer.stop()
+    no_result(stopped)
+    threads.run_all()
+    assert results == ["saved"]  # the job's own result still goes to its caller
+    result_of(stopped)
+    assert committer.in_flight.oldest() is None

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from streamlog.raft.core import HardState
 from streamlog.storage.errors import StorageFailed
 from streamlog.storage.hardstate import HEADER_SIZE, HardStateCorrupted, HardStateStore, encode_frame, read_states
+from streamlog.storage.in_flight import SyncsInFlight
 from streamlog.testing import ManualThreads, result_of
 
 
@@ -224,6 +225,34 @@ def test_a_failed_sync_is_fail_stop(store):
     with pytest.raises(StorageFailed):
         result_of(s.save("g", HardState(2, None)))
     assert threads.jobs == []
+
+
+def refusing_worker(f, *args):
+    """A run_in_thread whose hand-off fails at once (a worker pool that refuses work)."""
+    raise RuntimeError("the pool refuses work")
+
+
+def test_a_round_whose_hand_off_to_a_worker_raises_is_fail_stop_and_not_left_in_flight(tmp_path):
+    """Read-only review of ready-metrics: the round was counted in flight before run() was called,
+    so a run() that raised left it there for ever (/ready's disk check and the hard_state gauge
+    climbing), the store running, and its saves never answered."""
+    clock, fatal = Clock(), []
+    tracker = SyncsInFlight(clock)
+    s = HardStateStore(str(tmp_path / "hardstate"), clock=clock, run_in_thread=refusing_worker,
+                       on_fatal=fatal.append)
+    s.bind(clock, in_flight=tracker)
+    try:
+        d = s.save("g", HardState(1, "1.a"))
+        clock.advance(0)
+        with pytest.raises(StorageFailed, match="hard state.*the pool refuses work"):
+            result_of(d)
+        assert len(fatal) == 1
+        clock.advance(3600)
+        assert tracker.oldest() is None
+        with pytest.raises(StorageFailed):
+            result_of(s.save("g", HardState(2, None)))  # fail-stop, as a failed sync is
+    finally:
+        s.close()
 
 
 def test_the_data_directory_is_synced_with_fsync_after_a_rename(tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ order, as TCP delivers them.  What TCP allows is all that can go wrong:
   tail, never a hole in the middle of a stream); a lost answer to a client
   (C{drop_answers}) is such a reset, made as the answer goes out;
 - a paused host (SIGSTOP) reads nothing: bytes for it wait, then arrive
-  when it is resumed; a killed host's connections close (its peers see the
-  close after the latency), and nothing is delivered to it again.
+  when it is resumed, and a dial to it is accepted then (refused, should it
+  die first); a killed host's connections close (its peers see the close
+  after the latency), and nothing is delivered to it again.
 
 The protocols on both sides are the real ones (the peer transport, the
 broker's JSON-lines protocol, the simulator's clients).  Nothing here
@@ -234,6 +235,8 @@ class SimNetwork:
         #: connection reset as they go out; and how many were.
         self.drop_answers: dict[str, float] = {}
         self.answers_dropped = 0
+        #: Server host -> the dials whose accept waits for it to be resumed (source, address, Deferred).
+        self._held_dials: dict[str, list[tuple[str, str, Deferred]]] = {}
 
     # --- hosts and listeners
 
@@ -305,7 +308,12 @@ class SimNetwork:
         server_host, server_factory = listener
         clock = self.hosts.get(server_host)
         if clock is not None and clock.paused:
-            clock.run(self._accept, source, address, factory, d)  # the accept happens on SIGCONT
+            # The accept happens on SIGCONT; should the host die first, kill() refuses the dial (a
+            # real dialer's SYN is reset by the rebooted host, or times out: it never waits for ever).
+            held = self._held_dials.setdefault(server_host, [])
+            held[:] = [h for h in held if not h[2].called]
+            held.append((source, address, d))
+            clock.run(self._accept, source, address, factory, d)
             return
         self._links_made += 1
         self._ports += 1
@@ -351,7 +359,8 @@ class SimNetwork:
     # --- faults
 
     def kill(self, host: str) -> None:
-        """C{host} died: its connections close (as its peers see them), its listeners go."""
+        """C{host} died: its connections close (as its peers see them), its listeners go, and the
+        dials it held while paused are refused."""
         for address, (h, _) in list(self.listeners.items()):
             if h == host:
                 del self.listeners[address]
@@ -359,6 +368,9 @@ class SimNetwork:
             if host in link.hosts():
                 link.host_died(host)
         self._forget_closed()
+        for source, address, d in self._held_dials.pop(host, []):
+            if not d.called:
+                self.clock.callLater(2 * self.latency(source, address), self._as_host, source, _refuse, d, address)
 
     def _cut(self, a: str, b: str) -> bool:
         return frozenset((a, b)) in self.blocked or (a, b) in self.one_way or (b, a) in self.one_way
