@@ -63,6 +63,9 @@ class Shard(ShardState):
         self.stale = False
         #: Where its replay goes on (None: done).
         self.replay_at: int | None = None
+        #: Offsets retention deletes none of its groups before this time (node clock, s): set at a
+        #: take-over of a log without membership records (L{GroupService._took_over}).
+        self.retention_hold_until = 0.0
 
 
 class GroupService:
@@ -288,7 +291,14 @@ class GroupService:
         if self.broker.cluster is not None and shard.applied_offsets and not shard.applied_membership:
             # A log written before membership was: the old coordinator's members are unknown
             # here and may still read their partitions until their sessions run out.
-            shard.coordinator.hold_until = now + self.config.limits.takeover_hold
+            limits = self.config.limits
+            shard.coordinator.hold_until = now + limits.takeover_hold
+            # Nor is any of their groups known to have members: a live member of an idle topic
+            # commits nothing, so its group looks idle.  Deleting offsets cannot be undone, so no
+            # group goes until the longest session a member may have ran out (by then a live
+            # member has heartbeated here and rejoined); a grant waits only takeover_hold, as
+            # waiting costs its partitions' consumption.
+            shard.retention_hold_until = now + max(limits.takeover_hold, limits.max_session_timeout)
         if shard.skipped:
             self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
                            index=replica.index, skipped=shard.skipped)
@@ -442,15 +452,11 @@ class GroupService:
     # --- the session timer -------------------------------------------------------
 
     def _schedule(self) -> None:
-        # A shard still replaying has no deadlines yet (its members get theirs when it is done);
-        # a stale one (a failed write) deletes no group until it is replayed.
+        # A shard still replaying has no deadlines yet (its members get theirs when it is done).
         retention = self._retention_ms()
         deadlines = [d for s in self.shards.values()
                      if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]
-        if retention:
-            deadlines.extend(due / 1000.0 for s in self.shards.values()
-                             if s.replay_at is None and not s.stale
-                             and (due := s.activity.next_due(retention)) is not None)
+        deadlines.extend(due for s in self.shards.values() if (due := self._retention_due(s, retention)) is not None)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -476,7 +482,7 @@ class GroupService:
                     d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
                     d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
                                                           error=f.value))
-                if self._retention_ms() and not shard.stale:
+                if self._retention_ms() and not shard.stale and self.now() >= shard.retention_hold_until:
                     self._expire_groups(shard)
         except Exception:
             self._log.failure("the group session check failed")
@@ -485,14 +491,22 @@ class GroupService:
     def _check_retention_timer(self, shard: Shard) -> None:
         """Set the timer sooner if the shard's next retention check (queued by a record just
         noted) comes before it."""
-        retention = self._retention_ms()
-        due = shard.activity.next_due(retention) if retention and shard.replay_at is None else None
-        if due is not None and (self._timer is None or not self._timer.active()
-                                or self._timer.getTime() > due / 1000.0):
+        due = self._retention_due(shard, self._retention_ms())
+        if due is not None and (self._timer is None or not self._timer.active() or self._timer.getTime() > due):
             self._schedule()
 
     def _retention_ms(self) -> int:
         return round(self.config.offsets_retention * 1000)
+
+    def _retention_due(self, shard: Shard, retention_ms: int) -> float | None:
+        """When offsets retention may next delete a group of C{shard} (node clock, s; None: it
+        will not): not while it replays, nor while stale (a failed write: not until it is
+        replayed), nor before its take-over hold ends (the L{_expire} check mirrors this, so
+        that the timer does not come back at once for nothing)."""
+        if not retention_ms or shard.replay_at is not None or shard.stale:
+            return None
+        due = shard.activity.next_due(retention_ms)
+        return None if due is None else max(due / 1000.0, shard.retention_hold_until)
 
     def _expire_groups(self, shard: Shard) -> None:
         """Delete the shard's groups idle past C{--group-offsets-retention} (no members, no

@@ -4,6 +4,7 @@ from the stored records, so a replay at a new coordinator agrees."""
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import pytest
 from coordinator_support import ok
@@ -184,37 +185,39 @@ def test_deletes_are_bounded_per_turn(clock):
         h.stop()
 
 
+def coordinator_of(cluster, group="g"):
+    """The node FindCoordinator names for C{group} (None while electing)."""
+    return cluster.call(1, "FindCoordinator", {"group": group}).get("result", {}).get("coordinator")
+
+
+def at_coordinator(cluster, method, params, group="g"):
+    """C{method} at the group's coordinator, retried while it is elected or moves; its result."""
+    got = []
+
+    def answered():
+        node = coordinator_of(cluster, group)
+        answer = cluster.call(node, method, params) if node is not None else {"error": {}}
+        if "result" in answer:
+            got.append(answer["result"])
+            return True
+        return False
+
+    cluster.run_until(answered, timeout=20)
+    return got[0]
+
+
 def test_a_new_coordinator_deletes_at_the_time_the_group_became_empty_at_the_old_one():
     cluster = ClusterHarness(3, groups=GroupConfig(offsets_partitions=1, offsets_retention=RETENTION))
     try:
         cluster.run_until_formed()
         cluster.create_topics("t", partitions=2)
 
-        def coordinator():
-            answer = cluster.call(1, "FindCoordinator", {"group": "g"})
-            return answer.get("result", {}).get("coordinator")
-
-        def at_coordinator(method, params):
-            """C{method} at the group's coordinator, retried while it is elected or moves."""
-            got = []
-
-            def answered():
-                node = coordinator()
-                answer = cluster.call(node, method, params) if node is not None else {"error": {}}
-                if "result" in answer:
-                    got.append(answer["result"])
-                    return True
-                return False
-
-            cluster.run_until(answered, timeout=20)
-            return got[0]
-
-        member = at_coordinator("JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 1_800_000})
-        at_coordinator("CommitOffsets", {"group": "g", "member_id": member["member_id"],
-                                         "generation": member["generation"],
-                                         "offsets": [{"topic": "t", "partition": 0, "offset": 3}]})
-        at_coordinator("LeaveGroup", {"group": "g", "member_id": member["member_id"]})
-        coordinator_node = coordinator()
+        member = at_coordinator(cluster, "JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 1_800_000})
+        at_coordinator(cluster, "CommitOffsets", {"group": "g", "member_id": member["member_id"],
+                                                  "generation": member["generation"],
+                                                  "offsets": [{"topic": "t", "partition": 0, "offset": 3}]})
+        at_coordinator(cluster, "LeaveGroup", {"group": "g", "member_id": member["member_id"]})
+        coordinator_node = coordinator_of(cluster)
         empty_at = cluster.clock.seconds()
         cluster.run(20.0)
         cluster.kill(coordinator_node)
@@ -230,6 +233,50 @@ def test_a_new_coordinator_deletes_at_the_time_the_group_became_empty_at_the_old
         assert not shard.offsets.has_group("g") and shard.coordinator.group("g") is None
         last = stored_records(cluster.brokers[new], OFFSETS_TOPIC)[-1]
         assert last["value"] == {"type": "delete", "group": "g"}
+    finally:
+        for broker in cluster.brokers.values():
+            broker.groups.stop()
+        cluster.stop()
+
+
+def test_a_take_over_of_a_log_without_membership_records_keeps_idle_groups_for_the_longest_session():
+    """A log with commits and no membership record (as a version without membership records wrote
+    it, and without retention: set only after the commit here) leaves the new coordinator knowing
+    none of the members that may still be alive: a live member of an idle topic commits nothing,
+    so its group looks idle. The coordinator deletes no group until the longest session a member
+    may have (--group-max-session-timeout-ms) ran out from the take-over; the timer waits for
+    that (it does not spin at 0 delay meanwhile), then the group goes."""
+    limits = GroupLimits(max_session_timeout=30.0, takeover_hold=10.0)
+    cluster = ClusterHarness(3, groups=GroupConfig(offsets_partitions=1, offsets_retention=0.0, limits=limits))
+    try:
+        cluster.run_until_formed()
+        cluster.create_topics("t", partitions=2)
+        at_coordinator(cluster, "CommitOffsets", {"group": "g", "offsets": [{"topic": "t", "partition": 0, "offset": 3}]})
+        old = coordinator_of(cluster)
+        cluster.run(2 * RETENTION)  # idle for longer than the retention set now
+        for broker in cluster.brokers.values():
+            broker.groups.config = attrs.evolve(broker.groups.config, offsets_retention=RETENTION)
+        cluster.kill(old)
+        cluster.brokers[old].groups.stop()
+        cluster.run_until(lambda: cluster.leader_of(OFFSETS_TOPIC) not in (None, old), timeout=20)
+        new = cluster.leader_of(OFFSETS_TOPIC)
+        service = cluster.brokers[new].groups
+        cluster.run_until(lambda: 0 in service.shards and service.shards[0].replay_at is None, timeout=5)
+        shard = service.shards[0]
+        took_over = cluster.clock.seconds()
+        assert shard.coordinator.hold_until == pytest.approx(took_over + limits.takeover_hold, abs=0.05)
+        assert shard.retention_hold_until == pytest.approx(took_over + limits.max_session_timeout, abs=0.05)
+        expires = []
+        real = service._expire
+        service._expire = lambda: (expires.append(cluster.clock.seconds()), real())[1]
+        service._schedule()
+        cluster.run_until(lambda: cluster.clock.seconds() >= shard.retention_hold_until - 0.1, timeout=60)
+        assert cluster.leader_of(OFFSETS_TOPIC) == new
+        assert shard.offsets.has_group("g")  # kept through the hold ...
+        assert len(expires) < 10  # ... by a timer set for its end, not one at 0 delay every turn
+        cluster.run(0.2)
+        assert not shard.offsets.has_group("g")  # ... and deleted once it ended
+        assert stored_records(cluster.brokers[new], OFFSETS_TOPIC)[-1]["value"] == {"type": "delete", "group": "g"}
     finally:
         for broker in cluster.brokers.values():
             broker.groups.stop()
