@@ -146,3 +146,20 @@ def test_a_new_coordinator_loads_its_groups_at_the_take_over_and_a_silent_member
     assert shard.coordinator.group("g").members == {}
     described = cluster.call(leader, "DescribeGroup", {"group": "g"})
     assert described.get("error", {}).get("code") == "UNKNOWN_GROUP", described  # no members, no offsets
+
+
+def test_a_killed_coordinator_expires_no_member_and_writes_nothing_more(cluster):
+    """ClusterHarness.kill is a SIGKILL: the dead node's group service stops with it (it kept its
+    shard, expired the member on the shared clock and appended the record to its own log)."""
+    assert "result" in cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 2})
+    where = find(cluster, 1)
+    coordinator = where["coordinator"]
+    join = {"group": "g", "topics": ["t"], "session_timeout_ms": 3000}
+    assert "result" in cluster.call(coordinator, "JoinGroup", join)
+    dead = cluster.brokers[coordinator]
+    replica = dead.topics[OFFSETS_TOPIC].partitions[where["partition"]]
+    written = replica.log.last_index
+    cluster.kill(coordinator)
+    cluster.run(10.0)  # past the member's session
+    assert dead.groups.shards == {} and dead.groups._timer is None
+    assert replica.log.last_index == written
