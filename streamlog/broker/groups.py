@@ -225,7 +225,12 @@ class GroupService:
     def _load(self, replica: Any) -> Shard:
         """Replay the offsets partition (this node just became its leader), from its last
         snapshot if compaction saw one, C{--offsets-replay-slice-records} per reactor turn:
-        the first slice now, the others later (the shard answers "loading" meanwhile)."""
+        the first slice now, the others later (the shard answers "loading" meanwhile).  Refused
+        once L{stop}ped: a request still arriving, or one that waited for an election, must not
+        start a replay and its timers again on a node that is closing."""
+        if self._stopped:
+            raise errors.CoordinatorNotAvailable(
+                f"this node is stopping: offsets partition {replica.index} moves to another node; retry shortly")
         shard = Shard(replica.index, replica.term, GroupCoordinator(
             self._partition_count, self.new_member_id, self.config.limits))
         start = self._snapshot_at.get(replica.index, replica.start_offset)
@@ -240,9 +245,9 @@ class GroupService:
         shows them without waiting for a group request.  Called on the reactor turn after this
         node starts to lead an offsets partition, and again at each /metrics scrape (which
         retries a shard whose replay failed); a group request loads its shard anyway.  The
-        replay runs in slices as for a request."""
+        replay runs in slices as for a request.  Nothing once L{stop}ped (the node is closing)."""
         topic = self.broker.topics.get(OFFSETS_TOPIC)
-        if topic is None:
+        if topic is None or self._stopped:
             return
         for replica in topic.partitions:
             if not getattr(replica, "leads", False) or replica.failed is not None:
@@ -453,6 +458,8 @@ class GroupService:
 
     def _schedule(self) -> None:
         # A shard still replaying has no deadlines yet (its members get theirs when it is done).
+        if self._stopped:
+            return
         retention = self._retention_ms()
         deadlines = [d for s in self.shards.values()
                      if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]

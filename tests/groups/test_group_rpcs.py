@@ -280,3 +280,17 @@ def test_a_node_restarted_on_its_storage_loads_its_groups_at_once_and_a_silent_m
     finally:
         restarted.broker.groups.stop()
         restarted.stop()
+
+
+def test_a_stopped_group_service_loads_nothing_and_sets_no_timer(harness, conn, clock):
+    """After stop() (the node is closing) neither a /metrics scrape's load_led nor a group request
+    starts a replay or a session timer again: the request is answered COORDINATOR_NOT_AVAILABLE."""
+    join(conn)
+    service = harness.broker.groups
+    service.stop()
+    service.load_led()
+    assert service.shards == {} and service._timer is None
+    assert err(conn.call("JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 5000}))["code"] == \
+        "COORDINATOR_NOT_AVAILABLE"
+    assert service.shards == {} and service._timer is None
+    assert [c for c in clock.getDelayedCalls() if getattr(c.func, "__self__", None) is service] == []
