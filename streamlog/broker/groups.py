@@ -122,7 +122,12 @@ class GroupService:
         """This node now leads C{replica} (a ReplicaDirectory leading listener): if it is an
         offsets partition, load its groups on the next reactor turn (not inside the Raft
         callback; by then the topic of a partition that just opened is in the broker's table)."""
-        if self._stopped or replica.topic != OFFSETS_TOPIC:
+        if replica.topic == OFFSETS_TOPIC:
+            self._load_soon()
+
+    def _load_soon(self) -> None:
+        """L{load_led} on the next reactor turn (once, however many ask on this one)."""
+        if self._stopped:
             return
         if self._load_call is None or not self._load_call.active():
             self._load_call = self.clock.callLater(0, self._load_now)
@@ -385,6 +390,10 @@ class GroupService:
                 shard.stale = True
             else:
                 self._maybe_snapshot(shard)
+            if shard.stale and not shard.writing and self.shards.get(shard.index) is shard:
+                # Replayed now, not at the next request or scrape: until then its session
+                # expiry and retention stop (load_led skips it if this node no longer leads).
+                self._load_soon()
             return result
 
         d.addBoth(settled)

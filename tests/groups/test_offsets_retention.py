@@ -9,6 +9,7 @@ import orjson
 import pytest
 from coordinator_support import ok
 
+from streamlog import errors
 from streamlog.broker.broker import BrokerConfig
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupLimits
@@ -180,6 +181,39 @@ def test_deletes_are_bounded_per_turn(clock):
         assert [len(b) for b in batches] == [2, 2, 1]  # one batch per turn (Clock.advance runs the next turns)
         assert sorted(g for b in batches for g in b) == names
         assert not any(exists(conn, name) for name in names)
+    finally:
+        h.broker.groups.stop()
+        h.stop()
+
+
+def test_a_shard_whose_write_failed_is_replayed_without_a_request_and_retention_goes_on(clock):
+    """A write that fails while this node still leads leaves the shard stale (its memory may hold
+    what the log does not): it is replayed on the next turn once its writes settled, not only at
+    the next group request or /metrics scrape, so its idle groups are still deleted on time."""
+    h = harness_with(clock)
+    try:
+        conn = h.connect()
+        ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+        commit(conn, "old")
+        at(clock, RETENTION / 2)
+        real = h.broker.send
+
+        def fail_once(p):
+            h.broker.send = real
+            raise errors.TooManyOpenFiles("out of descriptors", topic=p.topic, partition=0)
+
+        h.broker.send = fail_once
+        assert "error" in conn.call("CommitOffsets", {"group": "x", "offsets": [
+            {"topic": "t", "partition": 0, "offset": 1}]})
+        failed = h.broker.groups.shards[0]
+        assert failed.stale
+        clock.advance(0)
+        shard = h.broker.groups.shards[0]
+        assert shard is not failed and not shard.stale and shard.replay_at is None
+        at(clock, RETENTION - 0.01)
+        assert shard.offsets.has_group("old")
+        at(clock, RETENTION)
+        assert not shard.offsets.has_group("old")
     finally:
         h.broker.groups.stop()
         h.stop()
