@@ -498,7 +498,8 @@ class GroupService:
                     d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
                     d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
                                                           error=f.value))
-                if self._retention_ms() and not shard.stale and self.now() >= shard.retention_hold_until:
+                if self._retention_due(shard, self._retention_ms()) is not None \
+                        and self.now() >= shard.retention_hold_until:
                     self._expire_groups(shard)
         except Exception:
             self._log.failure("the group session check failed")
@@ -517,9 +518,11 @@ class GroupService:
     def _retention_due(self, shard: Shard, retention_ms: int) -> float | None:
         """When offsets retention may next delete a group of C{shard} (node clock, s; None: it
         will not): not while it replays, nor while stale (a failed write: not until it is
-        replayed), nor before its take-over hold ends (the L{_expire} check mirrors this, so
+        replayed), nor while the node stops (its Send refuses the delete: the shard would turn
+        stale, be replayed on the next turn and find the group due again, in a loop), nor before
+        its take-over hold ends (the L{_expire} check mirrors this, so
         that the timer does not come back at once for nothing)."""
-        if not retention_ms or shard.replay_at is not None or shard.stale:
+        if not retention_ms or shard.replay_at is not None or shard.stale or self.broker.stopping:
             return None
         due = shard.activity.next_due(retention_ms)
         return None if due is None else max(due / 1000.0, shard.retention_hold_until)

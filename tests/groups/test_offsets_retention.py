@@ -219,6 +219,33 @@ def test_a_shard_whose_write_failed_is_replayed_without_a_request_and_retention_
         h.stop()
 
 
+def test_a_stopping_node_deletes_no_group_so_a_refused_delete_does_not_replay_in_a_loop(clock):
+    """While the node stops (Send refused, SHUTTING_DOWN) a retention delete would fail, the shard
+    turn stale, be replayed on the next turn and find the group due again, at 0 delay: it waits."""
+    h = harness_with(clock)
+    try:
+        conn = h.connect()
+        ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+        commit(conn, "old")
+        service = h.broker.groups
+        loads = []
+        real = service._load
+
+        def load(replica):
+            loads.append(clock.seconds())
+            if len(loads) > 5:
+                raise RuntimeError("replayed in a loop")  # stops it: load_led logs and drops the shard
+            return real(replica)
+
+        service._load = load
+        h.broker.stopping = True
+        at(clock, RETENTION + 1)
+        assert loads == [] and service.shards[0].offsets.has_group("old")
+    finally:
+        h.broker.groups.stop()
+        h.stop()
+
+
 def coordinator_of(cluster, group="g"):
     """The node FindCoordinator names for C{group} (None while electing)."""
     return cluster.call(1, "FindCoordinator", {"group": group}).get("result", {}).get("coordinator")
