@@ -339,10 +339,13 @@ class GroupService:
     def _delete(self, shard: Shard, groups: list[str]) -> Deferred:
         """Write the C{delete} records of C{groups} in one batch (DeleteGroup, offsets retention);
         once committed, their offsets are gone from memory as from a replay, and so are the
-        groups without members (a member that joined meanwhile wrote its records after the
-        delete: a replay recreates the group from them, as memory keeps it)."""
+        groups whose membership did not change meanwhile (empty then, as both callers ask).  A
+        member that joined meanwhile, even one gone again since, wrote its records after the
+        delete: a replay recreates the group from them, so memory keeps it (its generation
+        moved on, or it was created, since the delete was written)."""
         records = [OffsetRecord("delete", group) for group in groups]
         due = [(r.group, r.to_value()) for r in shard.coordinator.take_records()]
+        written = {group: _generation(shard, group) for group in groups}
         d = self._write(shard, groups[0], [*due, *((r.group, r.to_value()) for r in records)])
 
         def applied(result: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +353,7 @@ class GroupService:
                 for record in records:
                     shard.offsets.apply(record, result["timestamp"])
                     state = shard.coordinator.group(record.group)
-                    if state is not None and not state.members:
+                    if state is not None and not state.members and _generation(shard, record.group) == written[record.group]:
                         shard.coordinator.forget(record.group)
             return result
 
@@ -914,3 +917,9 @@ def _known_elsewhere(replica: Any) -> bool:
     leader = getattr(replica, "leader", None)
     member = getattr(replica, "member", None)
     return not hasattr(replica, "log") or (leader is not None and leader != member)
+
+
+def _generation(shard: Shard, group: str) -> int | None:
+    """The group's generation in the shard's memory (None: no membership known)."""
+    state = shard.coordinator.group(group)
+    return state.generation if state is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from coordinator_support import err, ok
+from twisted.internet.defer import Deferred
 
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
@@ -294,3 +295,46 @@ def test_a_stopped_group_service_loads_nothing_and_sets_no_timer(harness, conn, 
         "COORDINATOR_NOT_AVAILABLE"
     assert service.shards == {} and service._timer is None
     assert [c for c in clock.getDelayedCalls() if getattr(c.func, "__self__", None) is service] == []
+
+
+def test_a_group_joined_and_left_while_its_delete_is_written_lives_on_in_memory_as_in_a_replay(harness, conn):
+    """DeleteGroup of an empty group; before its record is committed a member joins and leaves (or
+    its session ends): their records come after the delete, so a replay finds the group (empty,
+    at its new generation, no offsets). Memory keeps it too, instead of forgetting it as empty."""
+    member = join(conn)
+    ok(conn.call("CommitOffsets", {"group": "g", "member_id": member["member_id"], "generation": member["generation"],
+                                   "offsets": [{"topic": "t", "partition": 0, "offset": 5}]}))
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": member["member_id"]}))
+    real, held = harness.broker.send, []
+
+    def send(p):
+        """The delete is appended now, in order; its answer comes when released (a slow commit)."""
+        d = real(p)
+        if not any(m["value"].get("type") == "delete" for m in p.messages):
+            return d
+        answer = Deferred()
+        d.addBoth(lambda result: held.append((answer, result)))
+        return answer
+
+    harness.broker.send = send
+    rid = conn.request("DeleteGroup", {"group": "g"})
+    harness.settle()
+    harness.broker.send = real
+    again = join(conn)
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": again["member_id"]}))
+    (answer, result), = held
+    answer.callback(result)
+    harness.settle()
+    assert [a["result"] for a in conn.answers() if a["id"] == rid] == [{"group": "g", "deleted": True}]
+
+    def seen():
+        shard = harness.broker.groups.shards[partition_for_key("g", 3)]
+        state = shard.coordinator.group("g")
+        listed = ok(conn.call("ListGroups", {}))["groups"]
+        return (state and state.generation, state and sorted(state.members), shard.offsets.has_group("g"), listed)
+
+    in_memory = seen()
+    harness.broker.groups.shards.clear()
+    harness.broker.groups.load_led()
+    assert seen() == in_memory
+    assert in_memory[0] == again["generation"] + 1 and in_memory[1:3] == ([], False)
