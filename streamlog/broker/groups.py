@@ -550,9 +550,9 @@ class GroupService:
                 shard.activity.forget(group)  # only ever named by a record about nothing (a member_gone)
         if not groups:
             return
-        self._log.info("offsets partition {index}: deleting {count} groups idle for {seconds} s, no members and "
+        self._log.info("offsets partition {index}: deleting {count} groups idle for {idle}, no members and "
                        "no commit (--group-offsets-retention): {groups}", index=shard.index, count=len(groups),
-                       seconds=self.config.offsets_retention, groups=", ".join(groups[:10]))
+                       idle=duration_text(self.config.offsets_retention), groups=", ".join(groups[:10]))
         self._delete(shard, groups).addErrback(lambda f: self._log.warn(
             "offsets partition {index}: deleting idle groups failed: {error}", index=shard.index, error=f.value))
 
@@ -923,3 +923,12 @@ def _generation(shard: Shard, group: str) -> int | None:
     """The group's generation in the shard's memory (None: no membership known)."""
     state = shard.coordinator.group(group)
     return state.generation if state is not None else None
+
+
+def duration_text(seconds: float) -> str:
+    """C{seconds} for a person: in the largest unit that divides it (C{"7 d"}, C{"2 h"},
+    C{"90 min"}), else in seconds without a float's tail (C{"100 s"}, C{"0.5 s"})."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"

@@ -11,6 +11,7 @@ from coordinator_support import ok
 
 from streamlog import errors
 from streamlog.broker.broker import BrokerConfig
+from streamlog.broker.groups import duration_text
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupLimits
 from streamlog.groups.retention import GroupActivity
@@ -392,3 +393,8 @@ def test_a_shard_derives_activity_from_record_timestamps_and_snapshot_active_ms(
     older = replayed([({k: v for k, v in value.items() if k != "active_ms"}, 9000) for _, value in snapshot])
     assert older.activity.last == {"g": 9000, "h": 9000}
     assert replayed([(commit, 2000), ({"type": "delete", "group": "h"}, 2500)]).activity.last == {}
+
+
+def test_the_deletion_log_line_gives_the_retention_in_its_largest_whole_unit():
+    assert [duration_text(s) for s in (604800.0, 7200.0, 5400.0, 100.0, 0.5, 90061.0)] == \
+        ["7 d", "2 h", "90 min", "100 s", "0.5 s", "90061 s"]
