@@ -298,16 +298,17 @@ class GroupService:
         """The replay is over: members resume with a full session from now."""
         now = self.now()
         shard.coordinator.resume(now)
-        if self.broker.cluster is not None and shard.applied_offsets and not shard.applied_membership:
-            # A log written before membership was: the old coordinator's members are unknown
-            # here and may still read their partitions until their sessions run out.
+        if shard.applied_offsets and not shard.applied_membership:
+            # A log written before membership was: the members are unknown here.
             limits = self.config.limits
-            shard.coordinator.hold_until = now + limits.takeover_hold
-            # Nor is any of their groups known to have members: a live member of an idle topic
-            # commits nothing, so its group looks idle.  Deleting offsets cannot be undone, so no
-            # group goes until the longest session a member may have ran out (by then a live
-            # member has heartbeated here and rejoined); a grant waits only takeover_hold, as
-            # waiting costs its partitions' consumption.
+            if self.broker.cluster is not None:
+                # The old coordinator's may still read their partitions until their sessions run out.
+                shard.coordinator.hold_until = now + limits.takeover_hold
+            # Nor is any group known to have members (after a restart too): a live member of an
+            # idle topic commits nothing, so its group looks idle.  Deleting offsets cannot be
+            # undone, so no group goes until the longest session a member may have ran out (by
+            # then a live member has heartbeated here and rejoined); a grant waits only
+            # takeover_hold, as waiting costs its partitions' consumption.
             shard.retention_hold_until = now + max(limits.takeover_hold, limits.max_session_timeout)
         if shard.skipped:
             self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",

@@ -22,8 +22,8 @@ RETENTION = 100.0
 
 def harness_with(clock, **config):
     return BrokerHarness(clock=clock, config=BrokerConfig(groups=GroupConfig(
-        offsets_partitions=1, limits=GroupLimits(min_session_timeout=1.0), **{"offsets_retention": RETENTION,
-                                                                             **config})))
+        offsets_partitions=1, **{"limits": GroupLimits(min_session_timeout=1.0), "offsets_retention": RETENTION,
+                                 **config})))
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_a_shard_whose_write_failed_is_replayed_without_a_request_and_retention_
     try:
         conn = h.connect()
         ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
-        commit(conn, "old")
+        member_leaves_at(conn, clock, 0.0, group="old")  # membership records: no take-over hold
         at(clock, RETENTION / 2)
         real = h.broker.send
 
@@ -242,6 +242,33 @@ def test_a_stopping_node_deletes_no_group_so_a_refused_delete_does_not_replay_in
         h.broker.stopping = True
         at(clock, RETENTION + 1)
         assert loads == [] and service.shards[0].offsets.has_group("old")
+    finally:
+        h.broker.groups.stop()
+        h.stop()
+
+
+def test_a_restart_on_a_log_without_membership_records_keeps_idle_groups_for_the_longest_session(clock):
+    """One node, restarted (replayed) on a log of commits only: its members are unknown to it as to
+    a new coordinator in a cluster, and their groups look idle until they rejoin; no grant hold
+    (no other coordinator may be serving them), but the same retention hold."""
+    limits = GroupLimits(min_session_timeout=1.0, max_session_timeout=30.0, takeover_hold=10.0)
+    h = harness_with(clock, offsets_retention=0.0, limits=limits)
+    try:
+        conn = h.connect()
+        ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+        commit(conn)
+        at(clock, 2 * RETENTION)
+        service = h.broker.groups
+        service.config = attrs.evolve(service.config, offsets_retention=RETENTION)
+        service.shards.clear()
+        service.load_led()
+        shard = service.shards[0]
+        assert shard.coordinator.hold_until == 0.0
+        assert shard.retention_hold_until == 2 * RETENTION + limits.max_session_timeout
+        at(clock, shard.retention_hold_until - 0.01)
+        assert exists(conn)
+        at(clock, shard.retention_hold_until)
+        assert not exists(conn)
     finally:
         h.broker.groups.stop()
         h.stop()
