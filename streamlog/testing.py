@@ -501,9 +501,13 @@ class ClusterHarness:
         return self.start(i)
 
     def kill(self, i: int) -> None:
-        """As SIGKILL: the node stops at once, its connections close."""
+        """As SIGKILL: the node stops at once, its connections close.  Everything of it that
+        runs on the shared clock stops: its Raft groups (L{ClusterNode.stop}) and its group
+        coordinator's timers (a dead node must not expire members or append to its own log).
+        Nothing is closed or flushed (its storage stays as the crash left it, for L{start})."""
         node = self.nodes[i]
         node.stop()
+        self.brokers[i].groups.stop()
         self.network.listeners.pop(self.peers[i], None)
         self.network.cut(self.peers[i])
         for conn in list(self.factories[i].connections):

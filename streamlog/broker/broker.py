@@ -108,6 +108,10 @@ class Broker:
         #: messages and bytes in and out per topic (counted here).
         self.requests = RequestStats()
         self.traffic = TopicTraffic()
+        # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
+        # Made before the recovered topics are opened: it hears when this node starts to lead
+        # an offsets partition (a node alone leads its partitions as they open).
+        self.groups = GroupService(self, config.groups)
         for name, (topic_config, logs) in loaded.items():
             self.directory.add_topic(name, topic_config, list(logs))
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -124,8 +128,6 @@ class Broker:
             "InitProducerId": self.handle_init_producer_id,
         }
         self._producer_ids: ProducerIds | None = None
-        # Consumer groups (issue 11): FindCoordinator, JoinGroup, ... live in streamlog.broker.groups.
-        self.groups = GroupService(self, config.groups)
         self.handlers.update(self.groups.handlers())
 
     @property

@@ -9,8 +9,18 @@ partition when the node becomes its leader, then kept up to date by applying
 each record once the partition committed it).  Requests for a group led
 elsewhere are answered C{NOT_COORDINATOR} with where to go.
 
-Session expiry runs on the node's clock: one timer, set for the earliest
-deadline of any member (docs/groups.md).
+A node loads an offsets partition's groups as soon as it starts to lead it
+(L{GroupService.load_led}, on the reactor turn after the replica announced
+it: L{streamlog.cluster.directory.ReplicaDirectory.leading_listeners}), so
+the sessions of members that died with the previous coordinator run out
+from the take-over, whether or not any group request comes.
+
+Session expiry and offsets retention run on the node's clock: one timer,
+set for the earliest deadline of any member or of any empty group's
+retention (C{--group-offsets-retention}: a group without members and without
+a commit for that long is deleted with the record DeleteGroup writes), at
+most C{--group-retention-deletes-per-turn} groups per offsets partition per
+turn of the reactor (docs/groups.md).
 """
 
 from __future__ import annotations
@@ -53,6 +63,9 @@ class Shard(ShardState):
         self.stale = False
         #: Where its replay goes on (None: done).
         self.replay_at: int | None = None
+        #: Offsets retention deletes none of its groups before this time (node clock, s): set at a
+        #: take-over of a log without membership records (L{GroupService._took_over}).
+        self.retention_hold_until = 0.0
 
 
 class GroupService:
@@ -72,6 +85,12 @@ class GroupService:
         #: its committed records, and the offset of the last snapshot marker it found there.
         self._scanned: dict[int, int] = {}
         self._snapshot_at: dict[int, int] = {}
+        #: The load_led scheduled after this node started to lead an offsets partition.
+        self._load_call: Any = None
+        self._stopped = False
+        directory = getattr(broker, "directory", None)
+        if directory is not None:
+            directory.leading_listeners.append(self._started_leading)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -92,10 +111,33 @@ class GroupService:
 
     def stop(self) -> None:
         """The node stops: no more expiry checks (members move with the offsets partitions)."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stopped = True
+        for call in (self._timer, self._load_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._load_call = None
         self.shards.clear()
+
+    def _started_leading(self, replica: Any) -> None:
+        """This node now leads C{replica} (a ReplicaDirectory leading listener): if it is an
+        offsets partition, load its groups on the next reactor turn (not inside the Raft
+        callback; by then the topic of a partition that just opened is in the broker's table)."""
+        if replica.topic == OFFSETS_TOPIC:
+            self._load_soon()
+
+    def _load_soon(self) -> None:
+        """L{load_led} on the next reactor turn (once, however many ask on this one)."""
+        if self._stopped:
+            return
+        if self._load_call is None or not self._load_call.active():
+            self._load_call = self.clock.callLater(0, self._load_now)
+
+    def _load_now(self) -> None:
+        self._load_call = None
+        try:
+            self.load_led()
+        except Exception:
+            self._log.failure("loading the groups of the offsets partitions this node leads failed")
 
     # --- where a group lives -----------------------------------------------------
 
@@ -188,7 +230,12 @@ class GroupService:
     def _load(self, replica: Any) -> Shard:
         """Replay the offsets partition (this node just became its leader), from its last
         snapshot if compaction saw one, C{--offsets-replay-slice-records} per reactor turn:
-        the first slice now, the others later (the shard answers "loading" meanwhile)."""
+        the first slice now, the others later (the shard answers "loading" meanwhile).  Refused
+        once L{stop}ped: a request still arriving, or one that waited for an election, must not
+        start a replay and its timers again on a node that is closing."""
+        if self._stopped:
+            raise errors.CoordinatorNotAvailable(
+                f"this node is stopping: offsets partition {replica.index} moves to another node; retry shortly")
         shard = Shard(replica.index, replica.term, GroupCoordinator(
             self._partition_count, self.new_member_id, self.config.limits))
         start = self._snapshot_at.get(replica.index, replica.start_offset)
@@ -200,11 +247,12 @@ class GroupService:
     def load_led(self) -> None:
         """Start loading the shard of every offsets partition this node leads and has none of
         (in its term): a new coordinator's groups are known, their sessions run and /metrics
-        shows them without waiting for a group request (the collector calls this at each
-        scrape; ListGroups and any group request load their shard anyway).  The replay runs
-        in slices as for a request; a shard whose replay failed is tried again next time."""
+        shows them without waiting for a group request.  Called on the reactor turn after this
+        node starts to lead an offsets partition, and again at each /metrics scrape (which
+        retries a shard whose replay failed); a group request loads its shard anyway.  The
+        replay runs in slices as for a request.  Nothing once L{stop}ped (the node is closing)."""
         topic = self.broker.topics.get(OFFSETS_TOPIC)
-        if topic is None:
+        if topic is None or self._stopped:
             return
         for replica in topic.partitions:
             if not getattr(replica, "leads", False) or replica.failed is not None:
@@ -250,10 +298,18 @@ class GroupService:
         """The replay is over: members resume with a full session from now."""
         now = self.now()
         shard.coordinator.resume(now)
-        if self.broker.cluster is not None and shard.applied_offsets and not shard.applied_membership:
-            # A log written before membership was: the old coordinator's members are unknown
-            # here and may still read their partitions until their sessions run out.
-            shard.coordinator.hold_until = now + self.config.limits.takeover_hold
+        if shard.applied_offsets and not shard.applied_membership:
+            # A log written before membership was: the members are unknown here.
+            limits = self.config.limits
+            if self.broker.cluster is not None:
+                # The old coordinator's may still read their partitions until their sessions run out.
+                shard.coordinator.hold_until = now + limits.takeover_hold
+            # Nor is any group known to have members (after a restart too): a live member of an
+            # idle topic commits nothing, so its group looks idle.  Deleting offsets cannot be
+            # undone, so no group goes until the longest session a member may have ran out (by
+            # then a live member has heartbeated here and rejoined); a grant waits only
+            # takeover_hold, as waiting costs its partitions' consumption.
+            shard.retention_hold_until = now + max(limits.takeover_hold, limits.max_session_timeout)
         if shard.skipped:
             self._log.warn("offsets partition {index}: skipped {skipped} records that are not offsets records",
                            index=replica.index, skipped=shard.skipped)
@@ -281,6 +337,29 @@ class GroupService:
 
         return d.addCallback(applied)
 
+    def _delete(self, shard: Shard, groups: list[str]) -> Deferred:
+        """Write the C{delete} records of C{groups} in one batch (DeleteGroup, offsets retention);
+        once committed, their offsets are gone from memory as from a replay, and so are the
+        groups whose membership did not change meanwhile (empty then, as both callers ask).  A
+        member that joined meanwhile, even one gone again since, wrote its records after the
+        delete: a replay recreates the group from them, so memory keeps it (its generation
+        moved on, or it was created, since the delete was written)."""
+        records = [OffsetRecord("delete", group) for group in groups]
+        due = [(r.group, r.to_value()) for r in shard.coordinator.take_records()]
+        written = {group: _generation(shard, group) for group in groups}
+        d = self._write(shard, groups[0], [*due, *((r.group, r.to_value()) for r in records)])
+
+        def applied(result: dict[str, Any]) -> dict[str, Any]:
+            if self.shards.get(shard.index) is shard:
+                for record in records:
+                    shard.offsets.apply(record, result["timestamp"])
+                    state = shard.coordinator.group(record.group)
+                    if state is not None and not state.members and _generation(shard, record.group) == written[record.group]:
+                        shard.coordinator.forget(record.group)
+            return result
+
+        return d.addCallback(applied)
+
     def _persisted(self, shard: Shard, group: str, answer: Any) -> Any:
         """C{answer}, once the membership records the request caused are committed (at once
         if it caused none): a member is never told of a grant the log does not hold."""
@@ -295,6 +374,14 @@ class GroupService:
         (a C{snapshot} does not count towards the next one)."""
         p = wire.SendParams(topic=OFFSETS_TOPIC, acks="all", messages=[
             {"value": value, "key": key, "partition": shard.index} for key, value in values])
+        if not snapshot:
+            # The groups' activity (offsets retention), as a replay will find it: the leader stamps
+            # the records with its clock now.  Noted now, not at the commit, so that a group whose
+            # last member just went is never found idle since before it went.
+            now_ms = self.broker.now_ms()
+            for _, value in values:
+                shard.note_written(value, now_ms)
+            self._check_retention_timer(shard)
         # One partition, so one part: the whole request is appended and committed, or fails.
         d = maybeDeferred(self.broker.send, p)
         shard.writing += 1
@@ -307,6 +394,10 @@ class GroupService:
                 shard.stale = True
             else:
                 self._maybe_snapshot(shard)
+            if shard.stale and not shard.writing and self.shards.get(shard.index) is shard:
+                # Replayed now, not at the next request or scrape: until then its session
+                # expiry and retention stop (load_led skips it if this node no longer leads).
+                self._load_soon()
             return result
 
         d.addBoth(settled)
@@ -380,8 +471,12 @@ class GroupService:
 
     def _schedule(self) -> None:
         # A shard still replaying has no deadlines yet (its members get theirs when it is done).
+        if self._stopped:
+            return
+        retention = self._retention_ms()
         deadlines = [d for s in self.shards.values()
                      if s.replay_at is None and (d := s.coordinator.next_deadline()) is not None]
+        deadlines.extend(due for s in self.shards.values() if (due := self._retention_due(s, retention)) is not None)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -407,9 +502,60 @@ class GroupService:
                     d = self._write(shard, records[0].group, [(r.group, r.to_value()) for r in records])
                     d.addErrback(lambda f: self._log.warn("recording expired members failed: {error}",
                                                           error=f.value))
+                if self._retention_due(shard, self._retention_ms()) is not None \
+                        and self.now() >= shard.retention_hold_until:
+                    self._expire_groups(shard)
         except Exception:
             self._log.failure("the group session check failed")
         self._schedule()
+
+    def _check_retention_timer(self, shard: Shard) -> None:
+        """Set the timer sooner if the shard's next retention check (queued by a record just
+        noted) comes before it."""
+        due = self._retention_due(shard, self._retention_ms())
+        if due is not None and (self._timer is None or not self._timer.active() or self._timer.getTime() > due):
+            self._schedule()
+
+    def _retention_ms(self) -> int:
+        return round(self.config.offsets_retention * 1000)
+
+    def _retention_due(self, shard: Shard, retention_ms: int) -> float | None:
+        """When offsets retention may next delete a group of C{shard} (node clock, s; None: it
+        will not): not while it replays, nor while stale (a failed write: not until it is
+        replayed), nor while the node stops (its Send refuses the delete: the shard would turn
+        stale, be replayed on the next turn and find the group due again, in a loop), nor before
+        its take-over hold ends (the L{_expire} check mirrors this, so
+        that the timer does not come back at once for nothing)."""
+        if not retention_ms or shard.replay_at is not None or shard.stale or self.broker.stopping:
+            return None
+        due = shard.activity.next_due(retention_ms)
+        return None if due is None else max(due / 1000.0, shard.retention_hold_until)
+
+    def _expire_groups(self, shard: Shard) -> None:
+        """Delete the shard's groups idle past C{--group-offsets-retention} (no members, no
+        commit), at most C{--group-retention-deletes-per-turn} of them (the timer comes back
+        on the next turn for the rest)."""
+        retention = self._retention_ms()
+
+        def has_members(group: str) -> bool:
+            state = shard.coordinator.group(group)
+            return state is not None and bool(state.members)
+
+        due = shard.activity.expired(round(self.now() * 1000), retention, has_members,
+                                     self.config.retention_deletes_per_turn)
+        groups = []
+        for group in due:
+            if shard.offsets.has_group(group) or shard.coordinator.group(group) is not None:
+                groups.append(group)
+            else:
+                shard.activity.forget(group)  # only ever named by a record about nothing (a member_gone)
+        if not groups:
+            return
+        self._log.info("offsets partition {index}: deleting {count} groups idle for {idle}, no members and "
+                       "no commit (--group-offsets-retention): {groups}", index=shard.index, count=len(groups),
+                       idle=duration_text(self.config.offsets_retention), groups=", ".join(groups[:10]))
+        self._delete(shard, groups).addErrback(lambda f: self._log.warn(
+            "offsets partition {index}: deleting idle groups failed: {error}", index=shard.index, error=f.value))
 
     def _after(self, result: Any) -> Any:
         self._schedule()
@@ -684,13 +830,7 @@ class GroupService:
             shard.coordinator.require_empty(group)
             if not shard.offsets.has_group(group) and shard.coordinator.group(group) is None:
                 _unknown_group(group)
-
-            def done(_: Any) -> dict[str, Any]:
-                if self.shards.get(shard.index) is shard and shard.coordinator.group(group) is not None:
-                    shard.coordinator.forget(group)
-                return {"group": group, "deleted": True}
-
-            return self._append(shard, OffsetRecord("delete", group)).addCallback(done)
+            return self._delete(shard, [group]).addCallback(lambda _: {"group": group, "deleted": True})
 
         return self._reading(group, delete, lambda: _unknown_group(group))
 
@@ -725,10 +865,12 @@ class GroupService:
             rows = []
             for tp, found in sorted(bounds.items()):
                 before = committed.get(tp)
-                if found is None and not (isinstance(p.to, tuple) and p.to[0] == "offset"):
+                if found is None:
+                    # Not even {"offset": n} is taken as given (Kafka's tool refuses it too): it could
+                    # not be kept within the log, and one past the end stops the group's commits.
                     raise errors.PartitionUnavailable(
-                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved; "
-                        f"retry, or give {{\"offset\": n}}", topic=tp[0], partition=tp[1])
+                        f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved "
+                        "against its log; nothing was reset: retry", topic=tp[0], partition=tp[1])
                 offset = _reset_target(p.to, found, before.offset if before is not None else None)
                 offsets.append(OffsetCommit(tp[0], tp[1], offset, before.metadata if before else None))
                 rows.append({"topic": tp[0], "partition": tp[1], "offset": offset,
@@ -754,11 +896,8 @@ def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:
     return [int(replica.start_offset), int(replica.high_watermark), at]
 
 
-def _reset_target(to: str | tuple[str, int], bounds: Any, committed: int | None) -> int:
-    """Where ResetOffsets moves a partition, within [log start, high watermark]."""
-    if bounds is None:  # {"offset": n} for a partition no leader answered for: taken as given
-        assert isinstance(to, tuple)
-        return to[1]
+def _reset_target(to: str | tuple[str, int], bounds: tuple[int, int, int | None], committed: int | None) -> int:
+    """Where ResetOffsets moves a partition, within [log start, high watermark] (its leader's)."""
     start, end, at = bounds
     if to == "earliest":
         return int(start)
@@ -779,3 +918,18 @@ def _known_elsewhere(replica: Any) -> bool:
     leader = getattr(replica, "leader", None)
     member = getattr(replica, "member", None)
     return not hasattr(replica, "log") or (leader is not None and leader != member)
+
+
+def _generation(shard: Shard, group: str) -> int | None:
+    """The group's generation in the shard's memory (None: no membership known)."""
+    state = shard.coordinator.group(group)
+    return state.generation if state is not None else None
+
+
+def duration_text(seconds: float) -> str:
+    """C{seconds} for a person: in the largest unit that divides it (C{"7 d"}, C{"2 h"},
+    C{"90 min"}), else in seconds without a float's tail (C{"100 s"}, C{"0.5 s"})."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"

@@ -6,6 +6,13 @@ adds its Raft group to the node's C{RaftHost} and routes the host's
 callbacks (commits, role changes) to the replica they concern; callbacks of
 groups that are not partitions (the metadata group) go to C{other}.
 
+Whoever must act when this node starts leading a partition (the group
+coordinator loads an offsets partition's groups then, not at their first
+request) adds itself to L{ReplicaDirectory.leading_listeners}: each is called
+with the replica once per term, as soon as the replica L{leads
+<PartitionReplica.leads>} (it is the leader and has committed an entry of
+its term, so its high watermark is what the previous leader let readers see).
+
 A group whose only voter is this node (every group of a node started
 without C{--peers}) is elected at once when it is added: waiting an election
 timeout for a vote nobody else casts would only delay the first write.
@@ -81,6 +88,9 @@ class ReplicaDirectory(GroupCallbacks):
         self.by_group: dict[str, PartitionReplica] = {}
         #: The bounds of every replica's producer-state table (the --producer-* server options).
         self.producer_state = ProducerStateConfig()
+        #: Called with a replica once per term, when it starts to lead (see the module docstring).
+        #: A listener runs inside the Raft host's callback: it should only schedule its work.
+        self.leading_listeners: list[Callable[[PartitionReplica], object]] = []
 
     # --- opening and closing replicas
 
@@ -173,6 +183,7 @@ class ReplicaDirectory(GroupCallbacks):
             self.other.committed(group, upto)
         else:
             replica.committed(upto)
+            self.announce_leading(replica)
 
     def role_changed(self, group: str, role: str, term: int, leader: str | None) -> None:
         replica = self.by_group.get(group)
@@ -180,9 +191,22 @@ class ReplicaDirectory(GroupCallbacks):
             self.other.role_changed(group, role, term, leader)
         else:
             replica.role_changed(role, term, leader)
-            announce = getattr(self.other, "on_role_change", None)
-            if announce is not None:
-                announce(group)
+            self.announce_leading(replica)
+
+    def announce_leading(self, replica: PartitionReplica) -> None:
+        """Tell the L{leading_listeners} once the replica leads in a term they were not told
+        of: at its election if its log already ends in an entry of the term (a group of one),
+        else at the commit of its first entry of the term (its no-op).  A replica a restarted
+        cluster node opened before its metadata named it (topic C{""}) is announced when the
+        node names it (C{ClusterNode._refresh_topics} calls this again)."""
+        if not replica.leads or not replica.topic or replica.announced_term == replica.term:
+            return
+        replica.announced_term = replica.term
+        for listener in list(self.leading_listeners):
+            try:
+                listener(replica)
+            except Exception:
+                self._log.failure("a listener of {group}'s leadership failed", group=replica.group)
 
     def snapshot_installed(self, group: str, index: int, term: int, data: bytes) -> None:
         if group not in self.by_group:

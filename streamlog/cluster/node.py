@@ -675,6 +675,7 @@ class ClusterNode(GroupCallbacks):
         """The directory's topics: this node's replicas, and the others' partitions as remote."""
         assert self.state is not None
         topics: dict[str, Topic] = {}
+        named: list[PartitionReplica] = []
         for name, info in self.state.topics.items():
             partitions: list[Any] = []
             for p, placement in enumerate(info.partitions):
@@ -684,6 +685,7 @@ class ClusterNode(GroupCallbacks):
                     replica.topic, replica.index = name, p
                     replica.replication_factor = len(placement.replicas)
                     partitions.append(replica)
+                    named.append(replica)
                 else:
                     partitions.append(RemotePartition(name, p, group, self, len(placement.replicas)))
             old = self.directory.topics.get(name)
@@ -692,6 +694,8 @@ class ClusterNode(GroupCallbacks):
                 topic._round_robin = old._round_robin
             topics[name] = topic
         self.directory.topics = topics
+        for replica in named:  # one that led before the metadata named it is announced now
+            self.directory.announce_leading(replica)
 
     # --- the planner ---------------------------------------------------------------------
 

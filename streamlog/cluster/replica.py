@@ -165,6 +165,8 @@ class PartitionReplica(Partition):
         self.producer_log: Any = None
         #: Answers to duplicate batches, waiting for their original's commit: (index, term, Deferred).
         self._commit_waiters: list[tuple[int, int, Deferred]] = []
+        #: The last term the directory's leading listeners were told this replica leads in.
+        self.announced_term = -1
 
     # --- what the Raft group tells us (through the directory's GroupCallbacks)
 

@@ -247,18 +247,19 @@ class ConsoleApi:
         for index in indexes:
             where = {"topic": p.topic, "partition": index}
             try:
-                bounds: list[int | None] | None = [
+                bounds: list[int | None] = [
                     (await self.calls.call("ListOffsets", {**where, "at": at}))["offset"]
                     for at in ("earliest", "latest", *([timestamp] if timestamp is not None else []))]
             except errors.StreamlogError:
-                if not (isinstance(p.to, tuple) and p.to[0] == "offset"):
-                    raise errors.PartitionUnavailable(
-                        f"{p.topic}/{index} has no leader this node can reach, so {p.to!r} cannot be resolved; "
-                        f"retry, or give {{\"offset\": n}}", topic=p.topic, partition=index) from None
-                bounds = None
-            if bounds is not None and timestamp is None:
+                # As the broker's ResetOffsets: every target needs the log's bounds, {"offset": n} too.
+                raise errors.PartitionUnavailable(
+                    f"{p.topic}/{index} has no leader this node can reach, so {p.to!r} cannot be resolved "
+                    "against its log; nothing was reset: retry", topic=p.topic, partition=index) from None
+            if timestamp is None:
                 bounds.append(None)  # not asked: the target is no timestamp
-            rows.append({**where, "offset": reset_target(p.to, bounds, None), "previous": None})
+            start, end, at = bounds
+            assert start is not None and end is not None
+            rows.append({**where, "offset": reset_target(p.to, (start, end, at), None), "previous": None})
         return {"group": p.group, "dry_run": True, "offsets": rows}
 
     async def _described(self, name: str) -> dict[str, Any] | None:

@@ -24,3 +24,8 @@ class GroupConfig:
     #: Records appended to an offsets partition after which its coordinator writes a snapshot of
     #: the partition's groups (every node then removes the records before it); 0: never.
     snapshot_records: int = 10_000
+    #: Seconds a group with no members and no offset commit is kept before its coordinator deletes
+    #: it (Kafka's offsets.retention.minutes, 7 days); 0: kept for ever.
+    offsets_retention: float = 7 * 24 * 3600.0
+    #: Idle groups one offsets partition's coordinator looks at (and deletes) per turn of the reactor.
+    retention_deletes_per_turn: int = 100

@@ -12,8 +12,8 @@ committed:
     lower than what is committed already (a commit never moves backwards),
     or the entry says C{"rewind": true}: the coordinator found the committed
     offset past the partition's high watermark (no position anyone can read
-    from: a reset given for a partition whose leader did not answer, a
-    commit past the end, a topic deleted and made again), so the owner's
+    from: a commit past the end, a topic deleted and made again, data lost
+    with C{--fsync never}), so the owner's
     lower commit replaces it;
   - C{reset}: each listed offset becomes the committed one, whatever it was
     (ResetOffsets, the only way back);

@@ -317,7 +317,7 @@ class NodeCollector(Collector):
                                       "topic's partitions this node holds.", labels=["group", "topic"])
         offsets = broker.topics.get(OFFSETS_TOPIC)
         load = getattr(broker.groups, "load_led", None)
-        if load is not None:  # a coordinator that took over shows its groups before any group request
+        if load is not None:  # loaded as the node took over; this retries a replay that failed
             load()
         shards = broker.groups.shards
         shown: list[tuple[int, str, int, int, dict[str, int], list[tuple[str, int, int]]]] = []

@@ -35,6 +35,12 @@ PARAMETERS: list[list[Any]] = [
     ["offsets-snapshot-records", None, _DEFAULTS.snapshot_records,
      "Records appended to an offsets partition between two snapshots of its groups (0: no snapshots, "
      "no compaction).", int],
+    ["group-offsets-retention", None, int(_DEFAULTS.offsets_retention),
+     "Seconds a consumer group with no members and no offset commit is kept before its coordinator deletes "
+     "it, offsets and all (default 7 days, as Kafka's offsets.retention.minutes; 0: kept for ever).", int],
+    ["group-retention-deletes-per-turn", None, _DEFAULTS.retention_deletes_per_turn,
+     "Idle groups a coordinator checks and deletes per offsets partition and reactor turn (the rest on the "
+     "next turns).", int],
 ]
 
 
@@ -53,6 +59,10 @@ def check(options: Any) -> None:
         raise usage.UsageError("--offsets-replay-slice-records must be at least 1")
     if options["offsets-snapshot-records"] < 0:
         raise usage.UsageError("--offsets-snapshot-records must be 0 or more")
+    if options["group-offsets-retention"] < 0:
+        raise usage.UsageError("--group-offsets-retention must be 0 (keep for ever) or more seconds")
+    if options["group-retention-deletes-per-turn"] < 1:
+        raise usage.UsageError("--group-retention-deletes-per-turn must be at least 1")
     if options["group-takeover-hold-ms"] < 0:
         raise usage.UsageError("--group-takeover-hold-ms must be 0 or more")
     if options["group-min-session-timeout-ms"] > options["group-max-session-timeout-ms"]:
@@ -65,6 +75,8 @@ def group_config(options: Any) -> GroupConfig:
         offsets_replication_factor=options["offsets-replication-factor"],
         replay_slice_records=options["offsets-replay-slice-records"],
         snapshot_records=options["offsets-snapshot-records"],
+        offsets_retention=float(options["group-offsets-retention"]),
+        retention_deletes_per_turn=options["group-retention-deletes-per-turn"],
         limits=GroupLimits(
             max_members=options["group-max-members"],
             min_session_timeout=options["group-min-session-timeout-ms"] / 1000.0,

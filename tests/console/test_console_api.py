@@ -393,6 +393,20 @@ def test_a_fresh_dry_run_refuses_what_the_broker_refuses(harness, conn):
     assert not _has_offsets_topic(harness)
 
 
+def test_a_fresh_dry_run_refuses_every_target_of_a_partition_without_a_leader(harness, conn):
+    """As the broker's ResetOffsets: not even {"offset": n} is taken as given (PARTITION_UNAVAILABLE)."""
+    api = make_api(harness)
+
+    def no_leader(params):
+        raise errors.LeaderNotAvailable("electing", topic=params["topic"], partition=params["partition"])
+
+    api.calls = NodeCalls({**harness.broker.handlers, "ListOffsets": no_leader}, connect=None)
+    for to in ("earliest", {"offset": 3}):
+        refused = failure_of(answer(harness, api, "reset_offsets", ["billing"], body={"topic": "orders", "to": to}))
+        assert (refused.value.code, refused.value.details["partition"]) == ("PARTITION_UNAVAILABLE", 0)
+    assert not _has_offsets_topic(harness)
+
+
 def test_from_latest_ends_at_the_head_even_when_the_messages_are_large(harness, conn):
     assert "result" in conn.call("CreateTopic", {"topic": "big"})
     for i in range(60):

@@ -17,3 +17,11 @@ def cluster():
     for broker in c.brokers.values():
         broker.groups.stop()
     c.stop()
+
+
+@pytest.fixture
+def conn(harness):
+    """A connection to the module's C{harness} (a BrokerHarness), with topic C{t} of 4 partitions."""
+    c = harness.connect()
+    assert "result" in c.call("CreateTopic", {"topic": "t", "partitions": 4})
+    return c

@@ -27,3 +27,15 @@ def settle(coordinator, group, members, now, rounds=5):
             answer = coordinator.heartbeat(group, member, owned[member], now)
             owned[member] = answer.assignment
     return owned
+
+
+def ok(answer):
+    """The result of an RPC answer (asserts it is one)."""
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+def err(answer):
+    """The error of an RPC answer (asserts it is one)."""
+    assert "error" in answer, answer
+    return answer["error"]

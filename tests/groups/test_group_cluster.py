@@ -36,7 +36,8 @@ def test_the_coordinator_answers_the_others_point_to_it_and_commits_survive_its_
     assert refused["code"] == "NOT_COORDINATOR"
     assert (refused["coordinator"], refused["coordinator_address"]) == (coordinator, where["coordinator_address"])
 
-    member = cluster.call(coordinator, "JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 3000})
+    # A session longer than the change takes: the new coordinator's clock runs from its take-over.
+    member = cluster.call(coordinator, "JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 10000})
     member = member["result"]
     assert sorted(member["assignment"][0]["partitions"]) == [0, 1, 2]
     commit = {"group": "g", "member_id": member["member_id"], "generation": member["generation"],
@@ -105,3 +106,60 @@ def test_members_keep_their_partitions_across_a_coordinator_failover_and_a_dead_
     assert cluster.clock.seconds() - start >= 3.0
     described = cluster.call(new, "DescribeGroup", {"group": "g"})["result"]
     assert [m["member_id"] for m in described["members"]] == [a["member_id"]]
+
+
+def test_a_new_coordinator_loads_its_groups_at_the_take_over_and_a_silent_member_expires_from_there(cluster):
+    """No group request reaches the new coordinator: it loads the partition's groups on the turn
+    after it starts leading, and a member that died with the old one expires one session later."""
+    from streamlog.partitioner import partition_for_key
+
+    assert "result" in cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 2})
+    coordinator = find(cluster, 1)["coordinator"]
+    member = cluster.call(coordinator, "JoinGroup", {"group": "g", "topics": ["t"],
+                                                     "session_timeout_ms": 10000})["result"]
+    index = partition_for_key("g", 4)
+    cluster.kill(coordinator)
+    survivors = [i for i in (1, 2, 3) if i != coordinator]
+
+    def replica(i):
+        return cluster.brokers[i].topics[OFFSETS_TOPIC].partitions[index]
+
+    # Step the cluster and note when each survivor started to lead the offsets partition (an
+    # election, then maybe the planner's move to the preferred leader among the living).
+    took_over: dict[tuple[int, int], float] = {}
+    start = cluster.clock.seconds()
+    while cluster.clock.seconds() - start < 5.0:
+        cluster.run(0.01)
+        for i in survivors:
+            r = replica(i)
+            if getattr(r, "leads", False) and (i, r.term) not in took_over:
+                took_over[(i, r.term)] = cluster.clock.seconds()
+    (leader, term), at = max(took_over.items(), key=lambda item: item[1])
+    assert replica(leader).leads and replica(leader).term == term
+    shard = cluster.brokers[leader].groups.shards.get(index)
+    assert shard is not None and shard.term == term and shard.replay_at is None  # loaded, unasked
+    gone = shard.coordinator.group("g").members[member["member_id"]]
+    assert at <= gone.last_seen <= at + 0.011  # its session runs from the take-over (the next turn)
+    cluster.run_until(lambda: cluster.clock.seconds() >= gone.last_seen + 10.0 - 0.02)
+    assert member["member_id"] in shard.coordinator.group("g").members
+    cluster.run(0.04)
+    assert shard.coordinator.group("g").members == {}
+    described = cluster.call(leader, "DescribeGroup", {"group": "g"})
+    assert described.get("error", {}).get("code") == "UNKNOWN_GROUP", described  # no members, no offsets
+
+
+def test_a_killed_coordinator_expires_no_member_and_writes_nothing_more(cluster):
+    """ClusterHarness.kill is a SIGKILL: the dead node's group service stops with it (it kept its
+    shard, expired the member on the shared clock and appended the record to its own log)."""
+    assert "result" in cluster.call(1, "CreateTopic", {"topic": "t", "partitions": 2})
+    where = find(cluster, 1)
+    coordinator = where["coordinator"]
+    join = {"group": "g", "topics": ["t"], "session_timeout_ms": 3000}
+    assert "result" in cluster.call(coordinator, "JoinGroup", join)
+    dead = cluster.brokers[coordinator]
+    replica = dead.topics[OFFSETS_TOPIC].partitions[where["partition"]]
+    written = replica.log.last_index
+    cluster.kill(coordinator)
+    cluster.run(10.0)  # past the member's session
+    assert dead.groups.shards == {} and dead.groups._timer is None
+    assert replica.log.last_index == written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from coordinator_support import err, ok
+from twisted.internet.defer import Deferred
 
 from streamlog import wire
 from streamlog.broker.broker import BrokerConfig
@@ -19,23 +21,6 @@ def harness(clock):
     yield h
     h.broker.groups.stop()
     h.stop()
-
-
-@pytest.fixture
-def conn(harness):
-    c = harness.connect()
-    assert "result" in c.call("CreateTopic", {"topic": "t", "partitions": 4})
-    return c
-
-
-def ok(answer):
-    assert "result" in answer, answer
-    return answer["result"]
-
-
-def err(answer):
-    assert "error" in answer, answer
-    return answer["error"]
 
 
 def join(conn, group="g", **extra):
@@ -95,7 +80,8 @@ def test_session_expiry_on_the_node_clock_moves_partitions(harness, conn, clock)
     hb = ok(conn.call("Heartbeat", {"group": "g", "member_id": b["member_id"], "owned": []}))
     assert parts(hb["assignment"]) == [0, 1, 2, 3]
     ok(conn.call("LeaveGroup", {"group": "g", "member_id": b["member_id"]}))
-    assert harness.broker.groups._timer is None  # no members: no timer
+    # No members: no session deadline; the timer is the empty group's offsets retention (7 days).
+    assert harness.broker.groups._timer.getTime() >= 7 * 24 * 3600
 
 
 def test_commit_fencing(harness, conn):
@@ -266,3 +252,89 @@ def test_group_reads_before_any_group_create_nothing(harness, conn):
     ok(conn.call("ResetOffsets", {"group": "g", "topic": "t", "partitions": [1], "to": "latest"}))
     assert OFFSETS_TOPIC in harness.broker.topics  # a reset that writes does
     assert ok(conn.call("FetchOffsets", {"group": "g"}))["offsets"][0]["offset"] == 3
+
+
+def test_a_node_restarted_on_its_storage_loads_its_groups_at_once_and_a_silent_member_expires(clock):
+    """A node alone leads its offsets partitions as it opens them: their groups load on the next
+    turn, with no group request, and a member that never heartbeats again expires a session later."""
+    from streamlog.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+    config = BrokerConfig(groups=GroupConfig(offsets_partitions=3, limits=GroupLimits(min_session_timeout=1.0)))
+    first = BrokerHarness(storage=storage, clock=clock, config=config)
+    conn = first.connect()
+    ok(conn.call("CreateTopic", {"topic": "t", "partitions": 2}))
+    member = join(conn)
+    first.broker.groups.stop()
+    first.stop()
+    clock.advance(60.0)
+
+    restarted = BrokerHarness(storage=storage, clock=clock, config=config)  # settles: elections, then the load
+    try:
+        shard = restarted.broker.groups.shards.get(partition_for_key("g", 3))
+        assert shard is not None and shard.replay_at is None
+        assert shard.coordinator.group("g").members[member["member_id"]].last_seen == 60.0
+        clock.advance(4.99)
+        assert member["member_id"] in shard.coordinator.group("g").members
+        clock.advance(0.01)
+        assert shard.coordinator.group("g").members == {}
+    finally:
+        restarted.broker.groups.stop()
+        restarted.stop()
+
+
+def test_a_stopped_group_service_loads_nothing_and_sets_no_timer(harness, conn, clock):
+    """After stop() (the node is closing) neither a /metrics scrape's load_led nor a group request
+    starts a replay or a session timer again: the request is answered COORDINATOR_NOT_AVAILABLE."""
+    join(conn)
+    service = harness.broker.groups
+    service.stop()
+    service.load_led()
+    assert service.shards == {} and service._timer is None
+    assert err(conn.call("JoinGroup", {"group": "g", "topics": ["t"], "session_timeout_ms": 5000}))["code"] == \
+        "COORDINATOR_NOT_AVAILABLE"
+    assert service.shards == {} and service._timer is None
+    assert [c for c in clock.getDelayedCalls() if getattr(c.func, "__self__", None) is service] == []
+
+
+def test_a_group_joined_and_left_while_its_delete_is_written_lives_on_in_memory_as_in_a_replay(harness, conn):
+    """DeleteGroup of an empty group; before its record is committed a member joins and leaves (or
+    its session ends): their records come after the delete, so a replay finds the group (empty,
+    at its new generation, no offsets). Memory keeps it too, instead of forgetting it as empty."""
+    member = join(conn)
+    ok(conn.call("CommitOffsets", {"group": "g", "member_id": member["member_id"], "generation": member["generation"],
+                                   "offsets": [{"topic": "t", "partition": 0, "offset": 5}]}))
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": member["member_id"]}))
+    real, held = harness.broker.send, []
+
+    def send(p):
+        """The delete is appended now, in order; its answer comes when released (a slow commit)."""
+        d = real(p)
+        if not any(m["value"].get("type") == "delete" for m in p.messages):
+            return d
+        answer = Deferred()
+        d.addBoth(lambda result: held.append((answer, result)))
+        return answer
+
+    harness.broker.send = send
+    rid = conn.request("DeleteGroup", {"group": "g"})
+    harness.settle()
+    harness.broker.send = real
+    again = join(conn)
+    ok(conn.call("LeaveGroup", {"group": "g", "member_id": again["member_id"]}))
+    (answer, result), = held
+    answer.callback(result)
+    harness.settle()
+    assert [a["result"] for a in conn.answers() if a["id"] == rid] == [{"group": "g", "deleted": True}]
+
+    def seen():
+        shard = harness.broker.groups.shards[partition_for_key("g", 3)]
+        state = shard.coordinator.group("g")
+        listed = ok(conn.call("ListGroups", {}))["groups"]
+        return (state and state.generation, state and sorted(state.members), shard.offsets.has_group("g"), listed)
+
+    in_memory = seen()
+    harness.broker.groups.shards.clear()
+    harness.broker.groups.load_led()
+    assert seen() == in_memory
+    assert in_memory[0] == again["generation"] + 1 and in_memory[1:3] == ([], False)
