@@ -551,8 +551,9 @@ class GroupService:
                 shard.activity.forget(group)  # only ever named by a record about nothing (a member_gone)
         if not groups:
             return
-        self._log.info("offsets partition {index}: deleting {count} groups idle for {idle}, no members and "
+        self._log.info("offsets partition {index}: deleting {count} group{s} idle for {idle}, no members and "
                        "no commit (--group-offsets-retention): {groups}", index=shard.index, count=len(groups),
+                       s="" if len(groups) == 1 else "s",
                        idle=duration_text(self.config.offsets_retention), groups=", ".join(groups[:10]))
         self._delete(shard, groups).addErrback(lambda f: self._log.warn(
             "offsets partition {index}: deleting idle groups failed: {error}", index=shard.index, error=f.value))
