@@ -782,6 +782,10 @@ def hold_stop_signals(reactor: Any) -> list[int]:
         else:
             reactor.stop()
 
-    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the node was started with ignored (SIGINT of a background job or under nohup) stays
+    # ignored: the reactor installs no handler over SIG_IGN, so taking it over here would make
+    # it stop the node during start-up only, and lose it when it came a moment later.
+    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     reactor.addSystemEventTrigger("before", "startup", starting)
     return arrived

@@ -247,6 +247,36 @@ def test_in_the_background_a_refusal_is_still_one_line_and_exit_1(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _ignored_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_a_node_started_with_sigint_ignored_ignores_it_during_start_up_and_after(tmp_path):
+    """As a background job or under nohup: SIGINT stays ignored (the reactor installs no handler
+    over SIG_IGN), during start-up too, not only once it runs; SIGTERM stops it as ever."""
+    port_file = tmp_path / "ignored.port"
+    daemon = Daemon("ignored", ["streamlog-server", "--listen", FREE_PORT, "--port-file", str(port_file),
+                                "--data-dir", str(tmp_path / "data")], tmp_path, preexec_fn=_ignored_sigint)
+    try:
+        wait_for(lambda: (tmp_path / "data" / LOCK_FILE).exists() or not daemon.alive(), 20, "the start-up to begin",
+                 interval=0.0005)
+        daemon.signal(signal.SIGINT)  # during start-up
+        wait_for(lambda: port_file.exists() or not daemon.alive(), 20, "the node to serve")
+        daemon.signal(signal.SIGINT)  # once it runs
+        port = int(port_file.read_text())
+        assert LineClient(port).call("Metadata", {})["result"]["alone"] is True  # still serving
+        assert daemon.alive()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == -signal.SIGTERM
+    finally:
+        daemon.stop()
+    assert "arrived during start-up" not in daemon.log()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_during_start_up_stops_the_node_cleanly_once_it_runs(tmp_path, sig):
     """Ctrl-C while makeService opens the storage (the listener bound, the reactor not yet
@@ -255,8 +285,12 @@ def test_a_stop_signal_during_start_up_stops_the_node_cleanly_once_it_runs(tmp_p
     results = []
     for trial in range(3):  # the signal lands at different start-up steps; each must be clean
         data = tmp_path / f"data{trial}"
+        # With SIGINT at its default whatever this test runs under: started from a background job
+        # (CI under nohup, `.ci/run &`), the node inherits it ignored, and then ignores it (the
+        # next test); a SIGINT that landed just after start-up then never stopped it (seen twice).
         daemon = Daemon(f"early{trial}", ["streamlog-server", "--listen", FREE_PORT, "--port-file",
-                                          str(tmp_path / f"early{trial}.port"), "--data-dir", str(data)], tmp_path)
+                                          str(tmp_path / f"early{trial}.port"), "--data-dir", str(data)], tmp_path,
+                        preexec_fn=_default_sigint)
         try:
             # The lock file is made by the first start-up step, after the handlers are taken over.
             wait_for(lambda d=data, p=daemon: (d / LOCK_FILE).exists() or not p.alive(), 20, "the start-up to begin",
@@ -269,3 +303,36 @@ def test_a_stop_signal_during_start_up_stops_the_node_cleanly_once_it_runs(tmp_p
         assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
         assert "Server Shut Down." in output  # twistd's clean stop ran
     assert results == [-sig, -sig, -sig]
+
+
+class _Triggers:
+    """Stands for the reactor in hold_stop_signals: records its system event triggers."""
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[str, str, Callable[[], object]]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Callable[[], object]) -> None:
+        self.triggers.append((phase, event, f))
+
+
+def test_start_up_takes_over_only_the_stop_signals_that_are_not_ignored():
+    # In process, deterministic: which handlers hold_stop_signals installs. An ignored SIGINT (a
+    # background job, nohup) must stay ignored through start-up, as the reactor leaves it after.
+    from streamlog.tap.server import hold_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        reactor = _Triggers()
+        hold_stop_signals(reactor)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))  # held until the reactor runs
+        [(phase, event, starting)] = reactor.triggers
+        assert (phase, event) == ("before", "startup")
+        starting()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as it was, for the reactor to take over
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
