@@ -322,7 +322,11 @@ class ClusterClient:
     up to C{reconnect_max}, starts again), and requests routed there wait
     for that attempt (within their timeout) instead of failing at once.  A
     node that keeps refusing is dialled at most once per C{reconnect_min}
-    however often it is named, and otherwise at the pace of its backoff.
+    however often it is named, and otherwise at the pace of its backoff.  News
+    of a node whose connection is attempting already (a dial that may have
+    started while the node was dark, which ends only at C{connect_timeout})
+    is kept: should that attempt fail, the next follows it C{reconnect_min}
+    later instead of after the backoff.
     """
 
     _log = Logger()
@@ -535,7 +539,12 @@ class ClusterClient:
             if node is None or not node.up:
                 continue
             client = self._clients.get(self._key(node.address))
-            if client is None or client.connected or client.dialling:
+            if client is None or client.connected:
+                continue
+            if client.dialling:
+                # An attempt that may have started while the node was dark: noted, so that should
+                # it fail (at the connect timeout, if nothing answers it) the next follows soon.
+                client.dial_now()
                 continue
             if client.dial_now():
                 self.news_dials += 1

@@ -610,6 +610,8 @@ class StreamlogClient:
         self._waits = 0  # backoff waits since the last connection (or the last dial_now)
         self._failed_attempts = 0  # failed attempts in a row (for idle_dial_limit)
         self._last_failed_at: float | None = None
+        #: L{dial_now} was called while an attempt was on (news of the node since it started).
+        self._news_while_dialling = False
         #: Requests failed unsent because no connection could be made (for tests, benchmarks).
         self.refused_unsent = 0
         self.protocol: ClientProtocol | None = None
@@ -657,11 +659,17 @@ class StreamlogClient:
         """Attempt a connection now instead of at the end of the backoff, which starts again from
         C{reconnect_min}: the cluster says the node is up again (a Metadata answer, a NOT_LEADER
         hint).  One attempt at a time, and none within C{reconnect_min} of a failed one (a node
-        that just refused is not dialled again at once, however often it is named).  Returns
-        whether the client is connected or an attempt is on now."""
+        that just refused is not dialled again at once, however often it is named).  Called while
+        an attempt is on, it is noted: should that attempt fail (it may have started while the
+        node was dark, and end only at C{connect_timeout}), the next one follows it after
+        C{reconnect_min}, not after the backoff.  Returns whether the client is connected or an
+        attempt is on now."""
         if self._closed or not self._service.running:
             return False
-        if self.connected or self._named.attempting:
+        if self.connected:
+            return True
+        if self._named.attempting:
+            self._news_while_dialling = True
             return True
         retry = self._retry
         if retry is None or not retry.active():
@@ -691,9 +699,16 @@ class StreamlogClient:
 
         C{attempt} (the service's count) is not used: the client counts the waits since the last
         connection itself, so that L{dial_now} can start the backoff again."""
-        self._waits += 1
-        delay = self._backoff(self._waits)
         reason = self._named.last_error
+        if self._news_while_dialling and reason is not None:
+            # The node was named up or leading while this attempt was on: it is worth a new one
+            # as soon as a refused node may be dialled again (see dial_now), backoff started anew.
+            self._waits = 0
+            delay = self.reconnect_min
+        else:
+            self._waits += 1
+            delay = self._backoff(self._waits)
+        self._news_while_dialling = False
         if reason is not None:
             self._failed_attempts += 1
             self._last_failed_at = self.clock.seconds()
@@ -719,6 +734,7 @@ class StreamlogClient:
     def _connected(self, proto: ClientProtocol) -> None:
         self._waits = self._failed_attempts = 0
         self._last_failed_at = None
+        self._news_while_dialling = False
         if self._reported is not None:
             self._log.info("connected to {address}", address=self.address)
             self._reported = None

@@ -272,14 +272,14 @@ def send(clock, cluster, producer, n, limit=60.0):
     return clock.seconds()
 
 
-@pytest.mark.parametrize(("connect_timeout", "dark"), [(3.0, 4.1), (None, 3.0)])
+@pytest.mark.parametrize(("connect_timeout", "dark"), [(3.0, 4.1), (3.0, 12.0), (None, 3.0)])
 def test_a_node_back_from_a_power_off_is_dialled_again_within_the_connect_timeout(clock, cluster, connect_timeout,
                                                                                   dark):
     """Partition 0's leader goes dark for C{dark} seconds (a dial to it waits for an answer that
     never comes), its partition moves, and it comes back and leads again while a dial is on: the
     Send routed there is acknowledged once that dial has failed at the connect timeout (at most
-    3 s after it started) and the next one has connected; the call's own retry backoff (at most
-    1 s) on top.  Without a
+    3 s after it started) and the next one, noted on the NOT_LEADER hint's news, has gone
+    C{reconnect_min} (0.1 s) later; the call's own retry backoff (at most 1 s) on top.  Without a
     connect timeout the node stays "attempting" until the dial's own (Twisted's 30 s here), and
     the Send waits that long."""
     client = cluster_client(clock, cluster, seed=3, request_timeout=5.0, connect_timeout=connect_timeout)
@@ -303,3 +303,26 @@ def test_a_node_back_from_a_power_off_is_dialled_again_within_the_connect_timeou
     else:
         assert took > 20.0  # the dial started before the node was back ends at its 30 s
     close_client(client, cluster)
+
+
+def test_news_of_a_node_while_a_dial_is_on_brings_the_next_one_at_reconnect_min_if_it_fails(clock):
+    """A dial that started while the node was dark ends only at the connect timeout; the cluster
+    said meanwhile that the node is up (L{StreamlogClient.dial_now} then finds the attempt on): the
+    next attempt goes C{reconnect_min} after it failed, not after a backoff grown by the failures
+    in the dark, and the backoff starts again from there."""
+    endpoint = TimedNeverConnects(clock)
+    client = StreamlogClient(endpoint, clock=clock, connect_timeout=2.0, reconnect_min=0.5, reconnect_max=8.0,
+                             rng=random.Random(1))
+    run_timers(clock, until=20.0)  # failures in a row: the backoff is seconds long by now
+    while not client.dialling:
+        run_timers(clock, until=clock.seconds() + 0.01)
+    assert client.dial_now() is True  # an attempt is on: noted, nothing dialled
+    attempts = len(endpoint.started)
+    run_timers(clock, until=endpoint.started[-1] + 2.0)
+    assert len(endpoint.started) == attempts and endpoint.ended[-1] == pytest.approx(endpoint.started[-1] + 2.0)
+    failed_at = endpoint.ended[-1]
+    run_timers(clock, until=failed_at + 0.5)
+    assert endpoint.started[-1] == pytest.approx(failed_at + 0.5)
+    run_timers(clock, until=failed_at + 0.5 + 2.0)  # that one fails too: the backoff starts from reconnect_min
+    assert client._waits == 1
+    close_and_drain(clock, client, endpoint)
