@@ -17,14 +17,17 @@ from fake_cluster import close_client, cluster_client, run_for, run_until
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 
-from streamlog import errors
+from streamlog import cli, errors
 from streamlog.client.addresses import check_bootstrap
 from streamlog.client.blocking import BlockingClient
 from streamlog.client.cluster import ClusterClient
 from streamlog.client.connection import StreamlogClient
 from streamlog.client.producer import Producer
 from streamlog.client.retry import backoff_policy
+from streamlog.tap import consumer as consumer_tap
+from streamlog.tap import producer as producer_tap
 from streamlog.testing import result_of
 
 
@@ -326,3 +329,75 @@ def test_news_of_a_node_while_a_dial_is_on_brings_the_next_one_at_reconnect_min_
     run_timers(clock, until=failed_at + 0.5 + 2.0)  # that one fails too: the backoff starts from reconnect_min
     assert client._waits == 1
     close_and_drain(clock, client, endpoint)
+
+
+# --- the daemons' and the command's --connect-timeout ---------------------------------------------
+
+
+def daemon_options(module, *argv):
+    o = module.Options()
+    o.parseOptions(["-t", "t", *argv])
+    return o
+
+
+@pytest.mark.parametrize("module", [producer_tap, consumer_tap])
+def test_the_daemons_take_a_connect_timeout(monkeypatch, module):
+    monkeypatch.delenv("STREAMLOG_CONNECT", raising=False)
+    assert daemon_options(module)["connect-timeout"] == 10.0
+    assert daemon_options(module, "--connect-timeout", "2.5")["connect-timeout"] == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(usage.UsageError, match="--connect-timeout must be positive"):
+            daemon_options(module, "--connect-timeout", bad)
+    with pytest.raises(usage.UsageError, match=r"--connect: timeout=x in .*positive number of seconds"):
+        daemon_options(module, "--connect", "tcp:127.0.0.1:7070:timeout=x")
+
+
+def test_the_daemon_builds_its_cluster_client_with_the_connect_timeout(monkeypatch):
+    monkeypatch.delenv("STREAMLOG_CONNECT", raising=False)
+    reactor = MemoryReactorClock()  # dials that never connect: nothing real is touched
+    options = daemon_options(producer_tap, "--connect", "127.0.0.1:7071,tcp:127.0.0.1:7072:timeout=7",
+                             "--connect-timeout", "2.5", "--count", "1")
+    service = producer_tap.ProducerService(options, reactor=reactor, on_finish=lambda status: None, read_stdin=False)
+    service.startService()
+    try:
+        assert service.client.connect_timeout == 2.5
+        reactor.advance(0)
+        assert [c[1] for c in reactor.tcpClients] == [7071]  # the first of the bootstrap list
+        reactor.advance(3.0)  # its dial timed out at 2.5 s: the next bootstrap address is asked
+        assert [(c[1], c[3]) for c in reactor.tcpClients] == [(7071, 2.5), (7072, 7)]
+    finally:
+        service.stopService()
+        reactor.advance(60)
+
+
+class RecordingClient:
+    """Stands in for the blocking client of C{streamlog}: notes how it was made; Ping fails."""
+
+    made: list = []
+
+    def __init__(self, address, **kw):
+        RecordingClient.made.append(kw)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def ping(self):
+        raise errors.ConnectionLost("cannot connect (test)", sent=False)
+
+
+@pytest.mark.parametrize("argv", [["--connect-timeout", "2.5", "ping"], ["ping", "--connect-timeout", "2.5"]])
+def test_the_command_passes_its_connect_timeout_to_the_client(monkeypatch, argv):
+    monkeypatch.setattr(cli, "BlockingClient", RecordingClient)
+    RecordingClient.made = []
+    assert cli.main(["--connect", "127.0.0.1:1", *argv]) == cli.EXIT_ERROR
+    assert RecordingClient.made == [{"timeout": 30.0, "connect_timeout": 2.5}]
+
+
+def test_a_connect_timeout_that_is_not_positive_is_a_usage_error_of_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--connect", "127.0.0.1:1", "--connect-timeout", "0", "ping"])
+    assert exit_.value.code == cli.EXIT_USAGE
+    assert "--connect-timeout must be more than 0" in capsys.readouterr().err
