@@ -610,6 +610,7 @@ class StreamlogClient:
         self._waits = 0  # backoff waits since the last connection (or the last dial_now)
         self._failed_attempts = 0  # failed attempts in a row (for idle_dial_limit)
         self._last_failed_at: float | None = None
+        self._in_retry_policy = False  # failing waiting requests from inside the service's transition
         #: L{dial_now} was called while an attempt was on (news of the node since it started).
         self._news_while_dialling = False
         #: Requests failed unsent because no connection could be made (for tests, benchmarks).
@@ -714,15 +715,19 @@ class StreamlogClient:
             self._last_failed_at = self.clock.seconds()
         if self.fail_waiting_on_connect_failure and self._waiting:
             waiting, self._waiting = self._waiting, []
-            for w in waiting:
-                if w.timer is not None and w.timer.active():
-                    w.timer.cancel()
-                w.timer = None
-                if not w.deferred.called:
-                    self.refused_unsent += 1
-                    w.deferred.errback(errors.ConnectionLost(
-                        f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
-                        method=w.method, address=self.address, sent=False))
+            self._in_retry_policy = True
+            try:
+                for w in waiting:
+                    if w.timer is not None and w.timer.active():
+                        w.timer.cancel()
+                    w.timer = None
+                    if not w.deferred.called:
+                        self.refused_unsent += 1
+                        w.deferred.errback(errors.ConnectionLost(
+                            f"cannot connect to {self.address} ({reason or 'connection failed'}): "
+                            f"{w.method} was not sent", method=w.method, address=self.address, sent=False))
+            finally:
+                self._in_retry_policy = False
         if reason is not None and not self._closed and reason != self._reported:
             # Once per kind of failure: twistd shows every level, debug included.
             self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
@@ -865,10 +870,20 @@ class StreamlogClient:
             if not w.deferred.called:
                 w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method, sent=False))
         if self._service.running:
+            if self._in_retry_policy:
+                # Called back by a request failed above, inside ClientService's own transition
+                # (its retry policy), where the service cannot be stopped (automat refuses a
+                # reentrant stop: RuntimeError): stop it once that transition is over.
+                stopped: Deferred = Deferred()
+                self.clock.callLater(0, lambda: self._stop_service().chainDeferred(stopped))
+                return stopped
             return self._service.stopService()
         if self._retry is not None:
             self._retry.cancel()
         return succeed(None)
+
+    def _stop_service(self) -> Deferred:
+        return self._service.stopService() if self._service.running else succeed(None)
 
     # --- the methods -------------------------------------------------------------
 

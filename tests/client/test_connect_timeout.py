@@ -14,7 +14,8 @@ import random
 import pytest
 from client_support import failure_of
 from fake_cluster import close_client, cluster_client, run_for, run_until
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -401,3 +402,26 @@ def test_a_connect_timeout_that_is_not_positive_is_a_usage_error_of_the_command(
         cli.main(["--connect", "127.0.0.1:1", "--connect-timeout", "0", "ping"])
     assert exit_.value.code == cli.EXIT_USAGE
     assert "--connect-timeout must be more than 0" in capsys.readouterr().err
+
+
+class Refuses:
+    def connect(self, factory):
+        return fail(ConnectionRefusedError())
+
+
+@pytest.mark.parametrize("endpoint", [Refuses, NeverConnects])
+def test_a_client_closed_by_a_request_failed_for_want_of_a_connection_stops(clock, endpoint):
+    """The requests waiting for a connection fail from inside ClientService's own transition (its
+    retry policy); a caller that closes the client right there (as code that gives up on a
+    server does) got automat's RuntimeError (a reentrant stop) and a service left running."""
+    client = StreamlogClient(endpoint(), clock=clock, connect_timeout=1.0, fail_waiting_on_connect_failure=True,
+                             start=False)
+    closed = []
+    d = client.call("Ping", {})  # waits for the first attempt
+    d.addErrback(lambda f: closed.append(client.close()) or f)
+    client.start()
+    clock.advance(1.0)
+    assert isinstance(failure_of(d).value, errors.ConnectionLost)
+    clock.advance(0)
+    result_of(closed[0])
+    assert not client._service.running and not client.dialling
