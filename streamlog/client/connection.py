@@ -325,10 +325,13 @@ class _ClientFactory(Factory):
 
 
 class ConnectTimedOut(error.TimeoutError):
-    """The connection attempt timed out"""  # one line: ConnectError's str() starts with it
+    """A connection attempt given up at the client's C{connect_timeout}.
 
-    # A Twisted TimeoutError, as the reactor's own connect timeout fails with: whoever traps
-    # that for a failed attempt traps this too.
+    A Twisted L{error.TimeoutError}, as the reactor's own connect timeout fails with: whoever
+    traps that for a failed attempt traps this too.
+    """
+
+    MESSAGE = "The connection attempt timed out"  # how str() begins (Twisted's: "User timeout ...")
 
 
 @implementer(IStreamClientEndpoint)

@@ -124,7 +124,7 @@ def test_an_attempt_that_never_ends_fails_at_the_connect_timeout_and_the_next_fo
     assert endpoint.started[:3] == pytest.approx(expected)
     assert endpoint.ended[:2] == pytest.approx([2.0, expected[1] + 2.0])
     assert client._named.timed_out >= 2
-    assert "no connection within 2s (connect timeout)" in client._named.last_error
+    assert client._named.last_error == "The connection attempt timed out: no connection within 2s (connect timeout)."
     close_and_drain(clock, client, endpoint)
 
 
