@@ -687,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     if extras:  # argparse would report these with the top-level usage, not the subcommand's
         usage_of.error(f"unrecognized arguments: {' '.join(extras)}")
     resolve_connect(args)
-    if not args.connect_timeout > 0:
-        usage_of.error(f"--connect-timeout must be more than 0, not {args.connect_timeout:g}")
+    if not 0 < args.connect_timeout < float("inf"):
+        usage_of.error(f"--connect-timeout must be more than 0 seconds and finite, not {args.connect_timeout:g}")
     try:
         check_bootstrap(args.connect, blocking=True)
     except ValueError as e:

@@ -92,12 +92,14 @@ def named_connect_timeout(address: Any) -> float | None:
     text = _endpoint_fields(address)[1].get("timeout")
     if text is None:
         return None
+    whole = address.split(":", 1)[0] in TIMEOUT_ENDPOINT_TYPES  # Twisted's tcp:/unix: parsers take int()
     try:
-        seconds = float(text)
+        seconds = float(int(text) if whole else float(text))
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise ValueError(f"timeout={text} in {address!r}: the connect timeout must be a positive number of seconds")
+    if not 0 < seconds < math.inf:
+        what = "a positive whole number" if whole else "a positive number"
+        raise ValueError(f"timeout={text} in {address!r}: the connect timeout must be {what} of seconds")
     return seconds
 
 

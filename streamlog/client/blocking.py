@@ -135,8 +135,9 @@ class _NodeSocket:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self.timeout)
-        except TimeoutError:
-            raise errors.Timeout(f"connecting to {self.address} timed out after {self.connect_timeout:g}s",
+        except TimeoutError:  # our connect timeout, or the kernel's (ETIMEDOUT) before it or without one
+            after = f"after {self.connect_timeout:g}s" if self.connect_timeout is not None else "(the system's connect timeout)"
+            raise errors.Timeout(f"connecting to {self.address} timed out {after}",
                                  sent=False, address=self.address, timeout=self.connect_timeout) from None
         except OSError as e:
             raise errors.ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}",

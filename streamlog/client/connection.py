@@ -389,11 +389,20 @@ class _NamedEndpoint:
             return proto
 
         self.attempting = True
-        attempt = self._endpoint.connect(factory)
-        # Armed even if the attempt has "called" already: that may be a chain paused on an inner
+        # Armed before connect(): a tcp:/unix: endpoint's connector sets the reactor's own timer
+        # (the same whole seconds) inside connect(), and the earlier of two equal timers wins, so
+        # the client's must come first for its ConnectTimedOut to be what the caller sees. Armed
+        # even if the attempt has "called" already: that may be a chain paused on an inner
         # Deferred (a HostnameEndpoint whose name resolved at once); if it has its outcome, the
         # callbacks below cancel the timer at once.
         timer = self.clock.callLater(self.timeout, expire) if self.timeout is not None and self.clock is not None else None
+        try:
+            attempt = self._endpoint.connect(factory)
+        except BaseException:
+            self.attempting = False
+            if timer is not None and timer.active():
+                timer.cancel()
+            raise
         return attempt.addCallbacks(connected, failed)
 
     def __repr__(self) -> str:

@@ -53,8 +53,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 
 def check_connect_timeout(connect_timeout: float | None) -> None:
     """@raise ValueError: C{connect_timeout} is neither None nor a positive number of seconds."""
-    if connect_timeout is not None and not connect_timeout > 0:
-        raise ValueError(f"connect_timeout must be positive (or None: no timeout of the client's own), "
+    if connect_timeout is not None and not 0 < connect_timeout < float("inf"):
+        raise ValueError(f"connect_timeout must be positive and finite, in seconds (or None: no timeout of the client's own), "
                          f"not {connect_timeout!r}")
 
 #: Seconds of silence with requests in flight before a node is suspect (the Twisted and the

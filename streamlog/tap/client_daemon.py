@@ -66,8 +66,8 @@ class ClientOptions(usage.Options):
             raise usage.UsageError("--count must be at least 1")
         if self["timeout"] <= 0 or self["retry-max"] <= 0:
             raise usage.UsageError("--timeout and --retry-max must be positive")
-        if not self["connect-timeout"] > 0:
-            raise usage.UsageError(f"--connect-timeout must be positive, not {self['connect-timeout']:g}")
+        if not 0 < self["connect-timeout"] < float("inf"):
+            raise usage.UsageError(f"--connect-timeout must be positive and finite, not {self['connect-timeout']:g}")
 
 
 def exit_with(status: int, reactor: Any = None) -> None:

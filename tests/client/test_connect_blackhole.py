@@ -74,6 +74,25 @@ async def test_the_twisted_client_gives_a_dial_into_a_black_hole_up_at_its_conne
         await client.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_tcp_endpoint_string_times_out_by_the_clients_timer_not_the_reactors(black_hole):
+    # A tcp: string gets timeout=1 (whole seconds) for its connector, set inside connect(): the
+    # client's timer of the same length must be armed first, or the reactor's fires first and the
+    # caller sees Twisted's "User timeout caused connection failure." (read-only review).
+    client = StreamlogClient(f"tcp:127.0.0.1:{black_hole}", reactor=reactor, request_timeout=5.0, connect_timeout=1.0,
+                             reconnect_min=5.0, reconnect_max=5.0, fail_waiting_on_connect_failure=True)
+    d = client.call("Ping", {})
+    guard = reactor.callLater(10.0, d.cancel)  # bounded even if the timeout did not work
+    try:
+        with pytest.raises(errors.ConnectionLost, match=r"no connection within 1s \(connect timeout\)"):
+            await d
+        assert client._named.timed_out == 1
+    finally:
+        if guard.active():
+            guard.cancel()
+        await client.close()
+
+
 def test_the_blocking_client_gives_a_connect_into_a_black_hole_up_at_its_connect_timeout(black_hole):
     started = time.monotonic()
     with BlockingClient(f"127.0.0.1:{black_hole}", timeout=5.0, connect_timeout=0.5) as client:

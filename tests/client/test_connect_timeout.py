@@ -234,7 +234,7 @@ def test_a_cluster_client_gives_its_connect_timeout_to_its_node_connections():
     over.close()
 
 
-@pytest.mark.parametrize("bad", [0, -1.0])
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
 def test_a_connect_timeout_that_is_not_positive_is_refused(bad):
     for make in (lambda: StreamlogClient(NeverConnects(), clock=Clock(), connect_timeout=bad),
                  lambda: ClusterClient("127.0.0.1:1", clock=Clock(), endpoint_factory=lambda a: NeverConnects(),
@@ -244,9 +244,10 @@ def test_a_connect_timeout_that_is_not_positive_is_refused(bad):
             make()
 
 
-@pytest.mark.parametrize("bad", ["tcp:127.0.0.1:7070:timeout=0", "tcp:127.0.0.1:7070:timeout=soon"])
+@pytest.mark.parametrize("bad", ["tcp:127.0.0.1:7070:timeout=0", "tcp:127.0.0.1:7070:timeout=soon",
+                                 "tcp:127.0.0.1:7070:timeout=2.5", "unix:/tmp/s:timeout=inf"])
 def test_a_bad_timeout_in_an_endpoint_string_is_refused_with_the_address(bad):
-    with pytest.raises(ValueError, match="the connect timeout must be a positive number"):
+    with pytest.raises(ValueError, match="the connect timeout must be a positive (whole )?number"):
         check_bootstrap(bad)
 
 
@@ -258,6 +259,22 @@ def test_the_blocking_client_connects_within_its_connect_timeout_at_most_its_tim
     named = BlockingClient("tcp:127.0.0.1:1:timeout=20", timeout=30.0, connect_timeout=2.0)
     assert named._nodes["127.0.0.1:1"].connect_timeout == 20.0
 
+
+
+def test_the_kernels_own_connect_timeout_without_ours_is_a_timeout_error_not_a_crash(monkeypatch):
+    # timeout=None, connect_timeout=None: the kernel gives up on its SYNs (ETIMEDOUT, a
+    # TimeoutError in Python) after minutes; the message formatted None and raised TypeError.
+    import errno
+    import socket
+
+    def dark(*args, **kwargs):
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    monkeypatch.setattr(socket, "create_connection", dark)
+    node = BlockingClient("127.0.0.1:1", timeout=None, connect_timeout=None)._nodes["127.0.0.1:1"]
+    with pytest.raises(errors.Timeout, match=r"timed out \(the system's connect timeout\)") as timed_out:
+        node.connect()
+    assert timed_out.value.details["sent"] is False
 
 # --- a node powered off, and back: the cluster client -------------------------------------------
 
@@ -346,10 +363,10 @@ def test_the_daemons_take_a_connect_timeout(monkeypatch, module):
     monkeypatch.delenv("STREAMLOG_CONNECT", raising=False)
     assert daemon_options(module)["connect-timeout"] == 10.0
     assert daemon_options(module, "--connect-timeout", "2.5")["connect-timeout"] == 2.5
-    for bad in ("0", "-1"):
+    for bad in ("0", "-1", "inf"):
         with pytest.raises(usage.UsageError, match="--connect-timeout must be positive"):
             daemon_options(module, "--connect-timeout", bad)
-    with pytest.raises(usage.UsageError, match=r"--connect: timeout=x in .*positive number of seconds"):
+    with pytest.raises(usage.UsageError, match=r"--connect: timeout=x in .*positive whole number of seconds"):
         daemon_options(module, "--connect", "tcp:127.0.0.1:7070:timeout=x")
 
 
