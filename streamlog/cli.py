@@ -18,7 +18,7 @@ C{cat} killed by SIGPIPE, and without a traceback.
 
 Subcommands are added by registration functions C{register(subparsers,
 common)} (see L{COMMANDS}, L{register_command}); C{common} is a parent parser
-holding C{--connect/--json/--timeout}, to pass as C{parents=[common]}.  A
+holding C{--connect/--json/--timeout/--connect-timeout}, to pass as C{parents=[common]}.  A
 C{streamlog.bench} module that defines such a C{register} function is picked
 up by L{build_parser} without changes here.  Each subcommand sets
 C{func(args) -> int} (the exit status); L{make_client} builds the blocking
@@ -46,7 +46,7 @@ from streamlog import errors
 from streamlog.client import positions, requests
 from streamlog.client.addresses import check_bootstrap
 from streamlog.client.blocking import BlockingClient
-from streamlog.client.retry import backoff_policy
+from streamlog.client.retry import DEFAULT_CONNECT_TIMEOUT, backoff_policy
 from streamlog.tap.output import output_closed
 
 DEFAULT_CONNECT = "127.0.0.1:7070"
@@ -59,8 +59,9 @@ EXIT_BROKEN_PIPE = 141
 
 
 def make_client(args: argparse.Namespace) -> BlockingClient:
-    """The blocking client for C{--connect} (one address or a bootstrap list) and C{--timeout}."""
-    return BlockingClient(args.connect, timeout=args.timeout)
+    """The blocking client for C{--connect} (one address or a bootstrap list), C{--timeout} and
+    C{--connect-timeout}."""
+    return BlockingClient(args.connect, timeout=args.timeout, connect_timeout=args.connect_timeout)
 
 
 def emit_json(obj: Any, out: TextIO | None = None) -> None:
@@ -82,6 +83,11 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable JSON output")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=d(30.0),
                         help="seconds to wait for the connection and each answer (default 30)")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS", default=d(DEFAULT_CONNECT_TIMEOUT),
+                        help=f"seconds a connection attempt to a node may take, at most --timeout: a node that "
+                             f"drops packets then fails as a refused one does and another is asked "
+                             f"(default {DEFAULT_CONNECT_TIMEOUT:g}; a tcp: address naming its own timeout= "
+                             f"keeps it)")
 
 
 def _leaf(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
@@ -681,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     if extras:  # argparse would report these with the top-level usage, not the subcommand's
         usage_of.error(f"unrecognized arguments: {' '.join(extras)}")
     resolve_connect(args)
+    if not 0 < args.connect_timeout < float("inf"):
+        usage_of.error(f"--connect-timeout must be more than 0 seconds and finite, not {args.connect_timeout:g}")
     try:
         check_bootstrap(args.connect, blocking=True)
     except ValueError as e:

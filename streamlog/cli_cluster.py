@@ -8,7 +8,7 @@
 C{status} asks one node for the cluster's C{Metadata} (trying each address of
 the bootstrap list in turn), then pings every node the answer lists, at the
 same time, so that a node that is down costs one C{--timeout} at most, not
-one each.  It shows what the answering node believes (C{UP}: whether that
+one each (one C{--connect-timeout} if it drops packets).  It shows what the answering node believes (C{UP}: whether that
 node sees the other alive) beside what this command saw (C{PING}): the two
 differ while a failure is being noticed, and that is worth seeing.
 
@@ -39,6 +39,7 @@ from streamlog.cli import DEFAULT_CONNECT, EXIT_ERROR, EXIT_OK, _leaf, _Usage, e
 from streamlog.client.addresses import address_key, check_bootstrap, describe_address
 from streamlog.client.blocking import BlockingClient
 from streamlog.client.metadata import MetadataAnswer, PartitionInfo, ReplicaOffset
+from streamlog.client.retry import DEFAULT_CONNECT_TIMEOUT
 
 #: Where C{cluster up} puts node 1 by default (7070 stays free for a lone default server).
 DEFAULT_BASE_PORT = 7071
@@ -154,7 +155,8 @@ class NoMetadata(errors.StreamlogError):
     code = "CONNECTION_LOST"
 
 
-def fetch_metadata(bootstrap: list[Any], timeout: float | None) -> tuple[str, MetadataAnswer]:
+def fetch_metadata(bootstrap: list[Any], timeout: float | None,
+                   connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> tuple[str, MetadataAnswer]:
     """The first C{Metadata} answer of the bootstrap list, tried in order, and who gave it.
 
     @raise NoMetadata: no address answered; the message says what each one did.  A node
@@ -166,7 +168,7 @@ def fetch_metadata(bootstrap: list[Any], timeout: float | None) -> tuple[str, Me
     for address in bootstrap:
         name = describe_address(address)
         try:
-            with BlockingClient(address, timeout=timeout) as client:
+            with BlockingClient(address, timeout=timeout, connect_timeout=connect_timeout) as client:
                 result = client.call("Metadata", {})
         except errors.MethodNotFound:
             old.append(name)
@@ -194,11 +196,11 @@ def _short(e: errors.StreamlogError) -> str:
     return e.message
 
 
-def ping(address: str, timeout: float | None) -> PingResult:
+def ping(address: str, timeout: float | None, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> PingResult:
     """Ping one node on a connection of its own; the time includes connecting (what a client would wait)."""
     started = time.monotonic()
     try:
-        with BlockingClient(address, timeout=timeout) as client:
+        with BlockingClient(address, timeout=timeout, connect_timeout=connect_timeout) as client:
             result = client.ping()
     except errors.StreamlogError as e:
         text = _short(e) if isinstance(e, (errors.ConnectionLost, errors.Timeout)) else f"{e.code}: {e.message}"
@@ -208,28 +210,31 @@ def ping(address: str, timeout: float | None) -> PingResult:
                       version=version if isinstance(version, str) else None)
 
 
-def ask_metadata(address: str, timeout: float | None) -> MetadataAnswer | None:
+def ask_metadata(address: str, timeout: float | None,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> MetadataAnswer | None:
     """One node's own Metadata answer (its replica offsets are for what it leads), or None."""
     try:
-        with BlockingClient(address, timeout=timeout) as client:
+        with BlockingClient(address, timeout=timeout, connect_timeout=connect_timeout) as client:
             return MetadataAnswer.parse(client.call("Metadata", {}))
     except errors.StreamlogError:
         return None
 
 
 def gather_status(bootstrap: list[Any], timeout: float | None,
-                  pinger: Callable[[str, float | None], PingResult] = ping,
-                  asker: Callable[[str, float | None], MetadataAnswer | None] = ask_metadata) -> Status:
+                  pinger: Callable[..., PingResult] = ping,
+                  asker: Callable[..., MetadataAnswer | None] = ask_metadata,
+                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> Status:
     """Metadata from the first node that answers, then a Ping at every node it lists and
-    their own Metadata (for the replica offsets each leader knows), all in parallel."""
-    answered_by, metadata = fetch_metadata(bootstrap, timeout)
+    their own Metadata (for the replica offsets each leader knows), all in parallel.
+    C{pinger} and C{asker} are called as C{(address, timeout, connect_timeout)}."""
+    answered_by, metadata = fetch_metadata(bootstrap, timeout, connect_timeout)
     nodes = list(metadata.nodes)
     pings: dict[int, PingResult] = {}
     answers: dict[int, MetadataAnswer | None] = {}
     if nodes:
         with ThreadPoolExecutor(max_workers=min(2 * len(nodes), 16)) as pool:
-            futures = {n.node_id: pool.submit(pinger, n.address, timeout) for n in nodes}
-            asked = {n.node_id: pool.submit(asker, n.address, timeout) for n in nodes}
+            futures = {n.node_id: pool.submit(pinger, n.address, timeout, connect_timeout) for n in nodes}
+            asked = {n.node_id: pool.submit(asker, n.address, timeout, connect_timeout) for n in nodes}
             pings = {node_id: f.result() for node_id, f in futures.items()}
             answers = {node_id: f.result() for node_id, f in asked.items()}
     offsets: dict[tuple[str, int], tuple[ReplicaOffset, ...]] = {}
@@ -394,11 +399,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     bootstrap = check_bootstrap(connect, blocking=True)
     if args.watch:
         interval = DEFAULT_WATCH_INTERVAL if args.interval is None else args.interval
-        return watch(bootstrap, args.timeout, interval, args.count, args.json, hint)
+        return watch(bootstrap, args.timeout, interval, args.count, args.json, hint,
+                     gather=lambda b, t: gather_status(b, t, connect_timeout=args.connect_timeout))
     if args.interval is not None or args.count is not None:
         raise _Usage("--interval and --count go with --watch")
     try:
-        status = gather_status(bootstrap, args.timeout)
+        status = gather_status(bootstrap, args.timeout, connect_timeout=args.connect_timeout)
     except NoMetadata as e:
         print(f"error: {e.message}{hint}", file=sys.stderr)
         return EXIT_ERROR

@@ -73,7 +73,7 @@ class GroupPrinter:
 
         args = self.args
         self.client = ClusterClient(check_bootstrap(args.connect), reactor=self.reactor,
-                                    request_timeout=args.timeout)
+                                    request_timeout=args.timeout, connect_timeout=args.connect_timeout)
         wanted = None if args.count is None else min(args.count, requests.MAX_POLL_MESSAGES)
         self.member = GroupConsumer(
             self.client, args.group, [args.topic], session_timeout_ms=args.session_timeout_ms,

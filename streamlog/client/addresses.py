@@ -14,6 +14,7 @@ importing Twisted costs the CLI about 0.4 s of start-up.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 DEFAULT_ADDRESS = "tcp:127.0.0.1:7070"
@@ -58,18 +59,66 @@ def parse_address(address: Any) -> tuple[str, int]:
         raise ValueError(f"bad port in address {address!r}") from None
 
 
+def _endpoint_fields(address: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and the named fields of an endpoint string after its type (C{\\:} is a colon)."""
+    fields = address.split(":", 1)[1].replace("\\:", "\0").split(":") if ":" in address else []
+    fields = [f.replace("\0", ":") for f in fields]
+    named = dict(f.split("=", 1) for f in fields if "=" in f)
+    positional = [f for f in fields if "=" not in f]
+    return positional, named
+
+
 def parse_unix_path(address: str) -> str:
     """The socket path of C{"unix:/path"} or C{"unix:path=/path:timeout=5"} (Twisted's endpoint syntax)."""
     if not address.startswith("unix:"):
         raise ValueError(f"not a unix: address: {address!r}")
-    fields = address[len("unix:"):].replace("\\:", "\0").split(":")
-    fields = [f.replace("\0", ":") for f in fields]
-    named = dict(f.split("=", 1) for f in fields if "=" in f)
-    positional = [f for f in fields if "=" not in f]
+    positional, named = _endpoint_fields(address)
     path = named.get("path", positional[0] if positional else "")
     if not path:
         raise ValueError(f"no socket path in {address!r}: use unix:/path/to/socket")
     return path
+
+
+#: Endpoint types whose Twisted string parsers take C{timeout=} (whole seconds) for the connection attempt.
+TIMEOUT_ENDPOINT_TYPES = ("tcp", "unix")
+
+
+def named_connect_timeout(address: Any) -> float | None:
+    """The C{timeout=} an endpoint string names (C{"tcp:h:7070:timeout=60"}: 60.0), else None.
+
+    @raise ValueError: the C{timeout=} is not a positive number."""
+    if not isinstance(address, str) or address.split(":", 1)[0] not in ENDPOINT_TYPES:
+        return None
+    text = _endpoint_fields(address)[1].get("timeout")
+    if text is None:
+        return None
+    whole = address.split(":", 1)[0] in TIMEOUT_ENDPOINT_TYPES  # Twisted's tcp:/unix: parsers take int()
+    try:
+        seconds = float(int(text) if whole else float(text))
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < math.inf:
+        what = "a positive whole number" if whole else "a positive number"
+        raise ValueError(f"timeout={text} in {address!r}: the connect timeout must be {what} of seconds")
+    return seconds
+
+
+def connect_timeout_for(address: Any, default: float | None) -> float | None:
+    """The connect timeout for C{address}: the C{timeout=} its endpoint string names (the user's
+    choice for that server wins), else C{default}."""
+    named = named_connect_timeout(address)
+    return named if named is not None else default
+
+
+def with_connect_timeout(address: Any, seconds: float | None) -> Any:
+    """C{address} with C{:timeout=N} added, for an endpoint string whose type takes one
+    (L{TIMEOUT_ENDPOINT_TYPES}) and that names none: N is C{seconds} rounded up to whole seconds
+    (Twisted's parsers take an integer), so the reactor's own timer never ends an attempt before
+    the client's.  Anything else (other types, C{HOST:PORT}, objects, C{seconds} None) as it is."""
+    if (seconds is None or not isinstance(address, str)
+            or address.split(":", 1)[0] not in TIMEOUT_ENDPOINT_TYPES or named_connect_timeout(address) is not None):
+        return address
+    return f"{address}:timeout={max(1, math.ceil(seconds))}"
 
 
 def parse_target(address: Any) -> tuple[str, Any]:
@@ -123,6 +172,7 @@ def check_bootstrap(addresses: Any, blocking: bool = False) -> list[Any]:
                 and not item.startswith(("tcp:", "unix:")):
             continue  # another endpoint type: Twisted parses it when it connects
         parse_target(item)
+        named_connect_timeout(item)
     return items
 
 

@@ -56,11 +56,18 @@ import orjson
 
 from streamlog import errors, wire
 from streamlog.client import requests, retry
-from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, check_bootstrap, describe_address, parse_target
+from streamlog.client.addresses import (
+    DEFAULT_ADDRESS,
+    address_key,
+    check_bootstrap,
+    connect_timeout_for,
+    describe_address,
+    parse_target,
+)
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import MAX_ANSWER_BYTES, server_wait
-from streamlog.client.retry import DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
+from streamlog.client.retry import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
 from streamlog.idempotence.rules import SEQUENCE_MODULUS
 
 #: Attempts of one routed call (the first, and those where a NOT_LEADER hint or fresh metadata points).
@@ -69,6 +76,13 @@ ROUTED_ATTEMPTS = 4
 #: forming: its nodes register through the controller in its first seconds), backing off from
 #: 0.1 s to 1 s: about 4.5 s in all, within the client's timeout.
 ADMIN_ATTEMPTS = 8
+
+
+def _shorter(a: float | None, b: float | None) -> float | None:
+    """The shorter of two timeouts, None being for ever."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _none_reachable(failed: list[errors.StreamlogError]) -> errors.StreamlogError:
@@ -99,7 +113,7 @@ class _NoAnswerYet(Exception):
 class _NodeSocket:
     """One node's socket: connect on demand, write request lines, read answer lines."""
 
-    def __init__(self, address: Any, timeout: float | None) -> None:
+    def __init__(self, address: Any, timeout: float | None, connect_timeout: float | None = None) -> None:
         kind, where = parse_target(address)
         self.unix_path: str | None = where if kind == "unix" else None
         self.host: str | None = None if kind == "unix" else where[0]
@@ -107,6 +121,9 @@ class _NodeSocket:
         #: The server as messages name it.
         self.address = f"unix:{where}" if kind == "unix" else describe_address(where)
         self.timeout = timeout
+        #: Seconds a connect may take: the address's own C{timeout=}, else the client's
+        #: C{connect_timeout}, and never more than C{timeout} (None: C{timeout} alone bounds it).
+        self.connect_timeout = _shorter(connect_timeout_for(address, connect_timeout), timeout)
         self.sock: socket.socket | None = None
         self.buffer = b""
         #: The address as the client keys its nodes (set by the client).
@@ -123,16 +140,19 @@ class _NodeSocket:
             if self.unix_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    sock.settimeout(self.timeout)
+                    sock.settimeout(self.connect_timeout)
                     sock.connect(self.unix_path)
                 except BaseException:
                     sock.close()
                     raise
             else:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except TimeoutError:
-            raise errors.Timeout(f"connecting to {self.address} timed out", sent=False) from None
+            sock.settimeout(self.timeout)
+        except TimeoutError:  # our connect timeout, or the kernel's (ETIMEDOUT) before it or without one
+            after = f"after {self.connect_timeout:g}s" if self.connect_timeout is not None else "(the system's connect timeout)"
+            raise errors.Timeout(f"connecting to {self.address} timed out {after}",
+                                 sent=False, address=self.address, timeout=self.connect_timeout) from None
         except OSError as e:
             raise errors.ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}",
                                         address=self.address, sent=False) from None
@@ -254,6 +274,10 @@ class BlockingClient:
     """@param address: C{"HOST:PORT"}, C{"tcp:HOST:PORT"}, C{(host, port)} or C{"unix:/path"}, or a
         bootstrap list of them (a list, or one string separated by commas).
     @param timeout: seconds for connecting and for each answer (None: forever).
+    @param connect_timeout: seconds a connect to a node may take, at most C{timeout} (default
+        10 s, the Twisted client's): a node that drops packets fails as a refused one does
+        (L{errors.Timeout}, C{sent: false}), so the client asks another node sooner.  A
+        C{tcp:}/C{unix:} address naming its own C{timeout=} keeps it.  None: C{timeout} alone.
     @param delivery_timeout: seconds within which a partition request (Send, SendBatch, Poll,
         ListOffsets) is asked again after errors that may heal; None: C{timeout} (or
         L{retry.DEFAULT_DELIVERY_TIMEOUT} if that is None too).
@@ -266,9 +290,12 @@ class BlockingClient:
 
     def __init__(self, address: Any = DEFAULT_ADDRESS, timeout: float | None = 30.0,
                  delivery_timeout: float | None = None, stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE) -> None:
+                 unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: off)")
+        retry.check_connect_timeout(connect_timeout)
+        self.connect_timeout = connect_timeout
         self.bootstrap = check_bootstrap(address, blocking=True)
         self.timeout = timeout
         self.stall_timeout = stall_timeout
@@ -302,7 +329,7 @@ class BlockingClient:
         key = address_key(address)
         node = self._nodes.get(key)
         if node is None:
-            node = self._nodes[key] = _NodeSocket(address, self.timeout)
+            node = self._nodes[key] = _NodeSocket(address, self.timeout, self.connect_timeout)
             node.key = key
         return node
 

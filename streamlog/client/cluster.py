@@ -44,12 +44,24 @@ from twisted.python.failure import Failure
 
 from streamlog import errors
 from streamlog.client import requests, retry
-from streamlog.client.addresses import DEFAULT_ADDRESS, address_key, describe_address, parse_bootstrap
+from streamlog.client.addresses import (
+    DEFAULT_ADDRESS,
+    address_key,
+    connect_timeout_for,
+    describe_address,
+    parse_bootstrap,
+)
 from streamlog.client.connection import StreamlogClient, endpoint_for
 from streamlog.client.metadata import ClusterView, MetadataAnswer, TopicInfo
 from streamlog.client.partitioning import Partitioner
 from streamlog.client.requests import PartitionBound
-from streamlog.client.retry import DEFAULT_STALL_RECHECK_MAX, DEFAULT_STALL_TIMEOUT, DEFAULT_UNKNOWN_TOPIC_GRACE
+from streamlog.client.retry import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_STALL_RECHECK_MAX,
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_UNKNOWN_TOPIC_GRACE,
+    check_connect_timeout,
+)
 from streamlog.partitioner import partition_for_key
 
 #: Where a request goes: (the node's address key, its client).
@@ -256,6 +268,14 @@ class ClusterClient:
     @param request_timeout: seconds a call may take, retries included, unless
         the call says otherwise; None waits forever.
     @param reconnect_min, reconnect_max: backoff between connection attempts to a node.
+    @param connect_timeout: seconds a connection attempt to a node may take
+        (default 10 s, Kafka's C{socket.connection.setup.timeout.ms}); one
+        that takes longer fails as a refused one does (see
+        L{StreamlogClient}): the requests waiting for it go elsewhere or wait
+        for fresh metadata, and the node can be dialled again on news of it
+        instead of staying "attempting" for Twisted's 30 s.  A bootstrap
+        C{tcp:}/C{unix:} string naming its own C{timeout=} keeps it.  None: the
+        endpoints' own timeout (30 s).
     @param retry_backoff_min, retry_backoff_max: backoff between attempts of a
         call (exponential, with jitter).
     @param metadata_max_age: seconds after which the metadata is fetched again
@@ -302,7 +322,11 @@ class ClusterClient:
     up to C{reconnect_max}, starts again), and requests routed there wait
     for that attempt (within their timeout) instead of failing at once.  A
     node that keeps refusing is dialled at most once per C{reconnect_min}
-    however often it is named, and otherwise at the pace of its backoff.
+    however often it is named, and otherwise at the pace of its backoff.  News
+    of a node whose connection is attempting already (a dial that may have
+    started while the node was dark, which ends only at C{connect_timeout})
+    is kept: should that attempt fail, the next follows it C{reconnect_min}
+    later instead of after the backoff.
     """
 
     _log = Logger()
@@ -317,9 +341,11 @@ class ClusterClient:
                  stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
                  unknown_topic_grace: float = DEFAULT_UNKNOWN_TOPIC_GRACE,
                  idle_dial_limit: int | None = DEFAULT_IDLE_DIAL_LIMIT,
-                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX) -> None:
+                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
         if stall_recheck_max <= 0:
             raise ValueError("stall_recheck_max must be positive")
+        check_connect_timeout(connect_timeout)
         if idle_dial_limit is not None and idle_dial_limit < 1:
             raise ValueError("idle_dial_limit must be at least 1 (or None: dial for ever)")
         if stall_timeout is not None and stall_timeout <= 0:
@@ -331,6 +357,7 @@ class ClusterClient:
         self.request_timeout = request_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        self.connect_timeout = connect_timeout
         self.metadata_max_age = metadata_max_age
         self.stall_timeout = stall_timeout
         self.stall_recheck_max = stall_recheck_max
@@ -347,7 +374,7 @@ class ClusterClient:
         self.metadata_min_interval = retry_backoff_min if metadata_min_interval is None else metadata_min_interval
         self._rng = rng or _random.Random()
         self.backoff = retry.backoff_policy(retry_backoff_min, retry_backoff_max, self._rng)
-        self._endpoint_factory = endpoint_factory or (lambda address: endpoint_for(address, reactor))
+        self._endpoint_factory = endpoint_factory or (lambda address: endpoint_for(address, reactor, connect_timeout))
         #: The bootstrap addresses as given.
         self.bootstrap = parse_bootstrap(bootstrap)
         self._bootstrap_keys = [self._key(b) for b in self.bootstrap]
@@ -382,7 +409,9 @@ class ClusterClient:
 
     @classmethod
     def over(cls, node: StreamlogClient, **kw: Any) -> ClusterClient:
-        """A cluster client whose bootstrap is the connection C{node} (which it then owns and closes)."""
+        """A cluster client whose bootstrap is the connection C{node} (which it then owns and closes);
+        the connections it opens to other nodes take C{node}'s request and connect timeouts."""
+        kw.setdefault("connect_timeout", node.connect_timeout)
         cluster = cls(node.address, clock=node.clock, request_timeout=node.request_timeout,
                       node_clients={node.address: node},
                       endpoint_factory=kw.pop("endpoint_factory", None) or (lambda address: address), **kw)
@@ -406,7 +435,8 @@ class ClusterClient:
                                    reconnect_max=self.reconnect_max, rng=self._rng,
                                    name=describe_address(target), fail_waiting_on_connect_failure=True,
                                    stall_timeout=self.stall_timeout, idle_dial_limit=self.idle_dial_limit,
-                                   stall_recheck_max=self.stall_recheck_max)
+                                   stall_recheck_max=self.stall_recheck_max,
+                                   connect_timeout=connect_timeout_for(target, self.connect_timeout))
             node.on_stall = self._node_stalled
             self._clients[key] = node
         return node
@@ -509,7 +539,12 @@ class ClusterClient:
             if node is None or not node.up:
                 continue
             client = self._clients.get(self._key(node.address))
-            if client is None or client.connected or client.dialling:
+            if client is None or client.connected:
+                continue
+            if client.dialling:
+                # An attempt that may have started while the node was dark: noted, so that should
+                # it fail (at the connect timeout, if nothing answers it) the next follows soon.
+                client.dial_now()
                 continue
             if client.dial_now():
                 self.news_dials += 1

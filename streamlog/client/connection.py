@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from twisted.application.internet import ClientService
-from twisted.internet import endpoints
+from twisted.internet import endpoints, error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -41,15 +41,19 @@ from streamlog.client import requests
 from streamlog.client.addresses import (  # noqa: F401 (re-exported: they lived here)
     DEFAULT_ADDRESS,
     ENDPOINT_TYPES,
+    connect_timeout_for,
     describe_address,
     parse_address,
     parse_target,
     parse_unix_path,
+    with_connect_timeout,
 )
 from streamlog.client.requests import MAX_ANSWER_BYTES, PartitionBound, server_wait
 from streamlog.client.retry import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_STALL_RECHECK_MAX,
     backoff_policy,  # noqa: F401 (re-exported: it lived here)
+    check_connect_timeout,
 )
 from streamlog.framing import FastLineReceiver
 
@@ -320,35 +324,86 @@ class _ClientFactory(Factory):
         return proto
 
 
+class ConnectTimedOut(error.TimeoutError):
+    """A connection attempt given up at the client's C{connect_timeout}.
+
+    A Twisted L{error.TimeoutError}, as the reactor's own connect timeout fails with: whoever
+    traps that for a failed attempt traps this too.
+    """
+
+    MESSAGE = "The connection attempt timed out"  # how str() begins (Twisted's: "User timeout ...")
+
+
 @implementer(IStreamClientEndpoint)
 class _NamedEndpoint:
-    """An endpoint that prints as its address and remembers why the last connection attempt failed.
+    """An endpoint that prints as its address, remembers why the last connection attempt failed,
+    and gives an attempt up after C{timeout} seconds on C{clock}.
 
     Twisted's L{ClientService} logs the endpoint it retries with C{repr},
     which for Twisted's endpoints is C{<...TCP4ClientEndpoint object at 0x...>}.
+
+    The timeout is kept here rather than left to the endpoint: it bounds any endpoint (an object
+    handed in, a name lookup that hangs, the several addresses of a L{HostnameEndpoint} tried one
+    after the other), runs on the client's clock (so a test can drive it), and fails the attempt
+    as a refusal does, so the client's backoff, its waiting requests and a cluster client's
+    metadata refresh take it the same way.  Cancelling an attempt stops Twisted's connectors.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, name: str) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, name: str, clock: IReactorTime | None = None,
+                 timeout: float | None = None) -> None:
         self._endpoint = endpoint
         self.name = name
+        self.clock = clock
+        #: Seconds an attempt may take (None: as long as the endpoint lets it).
+        self.timeout = timeout
         #: Why the last attempt failed (None after a success).
         self.last_error: str | None = None
         #: An attempt is on (its outcome not known yet): at most one per node at a time.
         self.attempting = False
+        #: Attempts given up at C{timeout} (for tests, metrics).
+        self.timed_out = 0
 
     def connect(self, factory: Any) -> Deferred:
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self.timed_out += 1
+            attempt.cancel()  # fails it at once (Twisted's endpoints stop connecting)
+
         def failed(failure: Failure) -> Failure:
             self.attempting = False
+            if timer is not None and timer.active():
+                timer.cancel()
+            if expired:
+                failure = Failure(ConnectTimedOut(string=f"no connection within {self.timeout:g}s (connect timeout)"))
             self.last_error = failure.getErrorMessage() or type(failure.value).__name__
             return failure
 
         def connected(proto: Any) -> Any:
             self.attempting = False
+            if timer is not None and timer.active():
+                timer.cancel()
             self.last_error = None
             return proto
 
         self.attempting = True
-        return self._endpoint.connect(factory).addCallbacks(connected, failed)
+        # Armed before connect(): a tcp:/unix: endpoint's connector sets the reactor's own timer
+        # (the same whole seconds) inside connect(), and the earlier of two equal timers wins, so
+        # the client's must come first for its ConnectTimedOut to be what the caller sees. Armed
+        # even if the attempt has "called" already: that may be a chain paused on an inner
+        # Deferred (a HostnameEndpoint whose name resolved at once); if it has its outcome, the
+        # callbacks below cancel the timer at once.
+        timer = self.clock.callLater(self.timeout, expire) if self.timeout is not None and self.clock is not None else None
+        try:
+            attempt = self._endpoint.connect(factory)
+        except BaseException:
+            self.attempting = False
+            if timer is not None and timer.active():
+                timer.cancel()
+            raise
+        return attempt.addCallbacks(connected, failed)
 
     def __repr__(self) -> str:
         return self.name
@@ -426,16 +481,24 @@ class _ClientService(ClientService):
     _log = Logger(observer=lambda event: None)
 
 
-def endpoint_for(address: Any, reactor: Any = None) -> IStreamClientEndpoint:
-    """An endpoint from an endpoint, an endpoint string (C{"tcp:HOST:PORT"}), C{"HOST:PORT"} or C{(host, port)}."""
+def endpoint_for(address: Any, reactor: Any = None, connect_timeout: float | None = None) -> IStreamClientEndpoint:
+    """An endpoint from an endpoint, an endpoint string (C{"tcp:HOST:PORT"}), C{"HOST:PORT"} or C{(host, port)}.
+
+    C{connect_timeout} (seconds; None: Twisted's default, 30 s) is the endpoint's own timeout of a
+    connection attempt: a C{tcp:} or C{unix:} string gets C{:timeout=N} (whole seconds, rounded
+    up) unless it names one itself; C{HOST:PORT} builds a L{HostnameEndpoint} with it.  An endpoint
+    object is returned as it is.  (L{StreamlogClient} also bounds each attempt on its own clock.)
+    """
     if not isinstance(address, (str, tuple)):
         return address
     if reactor is None:
         from twisted.internet import reactor
     if isinstance(address, str) and address.split(":", 1)[0] in ENDPOINT_TYPES:
-        return endpoints.clientFromString(reactor, address)
+        return endpoints.clientFromString(reactor, with_connect_timeout(address, connect_timeout))
     host, port = parse_address(address)
-    return endpoints.HostnameEndpoint(reactor, host, port)
+    if connect_timeout is None:
+        return endpoints.HostnameEndpoint(reactor, host, port)
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
 
 
 class Request(Deferred):
@@ -489,6 +552,15 @@ class StreamlogClient:
         its answer together, before it fails with L{errors.Timeout}; None waits forever.
     @param reconnect_min, reconnect_max: bounds of the exponential backoff
         between connection attempts (with jitter).
+    @param connect_timeout: seconds a connection attempt may take (the name
+        lookup included) before it fails as a refused one does: the backoff
+        goes on, requests waiting for it fail (C{fail_waiting_on_connect_failure})
+        or keep waiting within their own timeout.  Default 10 s, as Kafka's
+        C{socket.connection.setup.timeout.ms}: a host that drops packets
+        (powered off, a firewall) would otherwise hold the attempt for
+        Twisted's 30 s.  A C{tcp:}/C{unix:} endpoint string that names its
+        own C{timeout=} keeps it (that is the connect timeout for it).  None:
+        no timeout of the client's own (the endpoint's: 30 s by default).
     @param start: connect now; otherwise call L{start}.
     @param stall_timeout: report a connection on which requests are in flight
         and nothing arrived for this long (past their due time) to
@@ -514,9 +586,11 @@ class StreamlogClient:
                  rng: _random.Random | None = None, start: bool = True, name: str | None = None,
                  fail_waiting_on_connect_failure: bool = False, stall_timeout: float | None = None,
                  stall_recheck: float | None = None, idle_dial_limit: int | None = None,
-                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX) -> None:
+                 stall_recheck_max: float = DEFAULT_STALL_RECHECK_MAX,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
         if reactor is None and clock is None:
             reactor = _default_clock()
+        check_connect_timeout(connect_timeout)
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive (or None: not watched)")
         if stall_recheck_max <= 0:
@@ -531,7 +605,9 @@ class StreamlogClient:
         #: Called as C{on_stall(self, silent_for, in_flight)} while the connection is stalled
         #: (see L{ClientProtocol.on_stall}).
         self.on_stall: Callable[[StreamlogClient, float, int], object] | None = None
-        self.endpoint = endpoint_for(endpoint_or_address, reactor)
+        #: The connect timeout as given (see L{connect_timeout_for} for the one this address uses).
+        self.connect_timeout = connect_timeout
+        self.endpoint = endpoint_for(endpoint_or_address, reactor, connect_timeout)
         #: The server's address as logs name it (C{tcp:127.0.0.1:7070}).
         self.address = name if name is not None else describe_address(endpoint_or_address)
         #: Fail the requests waiting for a connection as soon as an attempt fails
@@ -546,6 +622,9 @@ class StreamlogClient:
         self._waits = 0  # backoff waits since the last connection (or the last dial_now)
         self._failed_attempts = 0  # failed attempts in a row (for idle_dial_limit)
         self._last_failed_at: float | None = None
+        self._in_retry_policy = False  # failing waiting requests from inside the service's transition
+        #: L{dial_now} was called while an attempt was on (news of the node since it started).
+        self._news_while_dialling = False
         #: Requests failed unsent because no connection could be made (for tests, benchmarks).
         self.refused_unsent = 0
         self.protocol: ClientProtocol | None = None
@@ -555,7 +634,8 @@ class StreamlogClient:
         self.close_hooks: list[Callable[[], object]] = []
         #: The ClusterClient built over this connection alone, if any (shared by its users).
         self.cluster: Any = None
-        self._named = _NamedEndpoint(self.endpoint, self.address)
+        self._named = _NamedEndpoint(self.endpoint, self.address, self.clock,
+                                     connect_timeout_for(endpoint_or_address, connect_timeout))
         self._backoff = backoff_policy(reconnect_min, reconnect_max, rng)
         self._reported: str | None = None  # the connection failure last logged
         self._service = _ClientService(
@@ -592,11 +672,17 @@ class StreamlogClient:
         """Attempt a connection now instead of at the end of the backoff, which starts again from
         C{reconnect_min}: the cluster says the node is up again (a Metadata answer, a NOT_LEADER
         hint).  One attempt at a time, and none within C{reconnect_min} of a failed one (a node
-        that just refused is not dialled again at once, however often it is named).  Returns
-        whether the client is connected or an attempt is on now."""
+        that just refused is not dialled again at once, however often it is named).  Called while
+        an attempt is on, it is noted: should that attempt fail (it may have started while the
+        node was dark, and end only at C{connect_timeout}), the next one follows it after
+        C{reconnect_min}, not after the backoff.  Returns whether the client is connected or an
+        attempt is on now."""
         if self._closed or not self._service.running:
             return False
-        if self.connected or self._named.attempting:
+        if self.connected:
+            return True
+        if self._named.attempting:
+            self._news_while_dialling = True
             return True
         retry = self._retry
         if retry is None or not retry.active():
@@ -626,23 +712,34 @@ class StreamlogClient:
 
         C{attempt} (the service's count) is not used: the client counts the waits since the last
         connection itself, so that L{dial_now} can start the backoff again."""
-        self._waits += 1
-        delay = self._backoff(self._waits)
         reason = self._named.last_error
+        if self._news_while_dialling and reason is not None:
+            # The node was named up or leading while this attempt was on: it is worth a new one
+            # as soon as a refused node may be dialled again (see dial_now), backoff started anew.
+            self._waits = 0
+            delay = self.reconnect_min
+        else:
+            self._waits += 1
+            delay = self._backoff(self._waits)
+        self._news_while_dialling = False
         if reason is not None:
             self._failed_attempts += 1
             self._last_failed_at = self.clock.seconds()
         if self.fail_waiting_on_connect_failure and self._waiting:
             waiting, self._waiting = self._waiting, []
-            for w in waiting:
-                if w.timer is not None and w.timer.active():
-                    w.timer.cancel()
-                w.timer = None
-                if not w.deferred.called:
-                    self.refused_unsent += 1
-                    w.deferred.errback(errors.ConnectionLost(
-                        f"cannot connect to {self.address} ({reason or 'connection failed'}): {w.method} was not sent",
-                        method=w.method, address=self.address, sent=False))
+            self._in_retry_policy = True
+            try:
+                for w in waiting:
+                    if w.timer is not None and w.timer.active():
+                        w.timer.cancel()
+                    w.timer = None
+                    if not w.deferred.called:
+                        self.refused_unsent += 1
+                        w.deferred.errback(errors.ConnectionLost(
+                            f"cannot connect to {self.address} ({reason or 'connection failed'}): "
+                            f"{w.method} was not sent", method=w.method, address=self.address, sent=False))
+            finally:
+                self._in_retry_policy = False
         if reason is not None and not self._closed and reason != self._reported:
             # Once per kind of failure: twistd shows every level, debug included.
             self._log.warn("cannot connect to {address} ({reason}); trying again in {delay:.1f}s, "
@@ -654,6 +751,7 @@ class StreamlogClient:
     def _connected(self, proto: ClientProtocol) -> None:
         self._waits = self._failed_attempts = 0
         self._last_failed_at = None
+        self._news_while_dialling = False
         if self._reported is not None:
             self._log.info("connected to {address}", address=self.address)
             self._reported = None
@@ -784,10 +882,20 @@ class StreamlogClient:
             if not w.deferred.called:
                 w.deferred.errback(errors.ConnectionLost("the client was closed", method=w.method, sent=False))
         if self._service.running:
+            if self._in_retry_policy:
+                # Called back by a request failed above, inside ClientService's own transition
+                # (its retry policy), where the service cannot be stopped (automat refuses a
+                # reentrant stop: RuntimeError): stop it once that transition is over.
+                stopped: Deferred = Deferred()
+                self.clock.callLater(0, lambda: self._stop_service().chainDeferred(stopped))
+                return stopped
             return self._service.stopService()
         if self._retry is not None:
             self._retry.cancel()
         return succeed(None)
+
+    def _stop_service(self) -> Deferred:
+        return self._service.stopService() if self._service.running else succeed(None)
 
     # --- the methods -------------------------------------------------------------
 

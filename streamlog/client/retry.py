@@ -42,6 +42,21 @@ REFUSALS: tuple[type[errors.StreamlogError], ...] = (
     errors.TooManyConnections, errors.TooManyWaitingPolls, errors.TooManyOpenFiles,
 )
 
+#: Seconds a connection attempt may take before it counts as failed (C{connect_timeout} of the
+#: Twisted and the blocking clients): Kafka's C{socket.connection.setup.timeout.ms}.  A dial to a
+#: host that drops packets (powered off, a firewall) otherwise waits for Twisted's 30 s (the
+#: OS's SYN retries, about 2 min, for a plain socket), and the node stays "attempting" for all
+#: that time even once the metadata says it is back.  10 s still covers three lost SYNs (Linux
+#: sends them again after 1, 3 and 7 s) and a slow name lookup.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def check_connect_timeout(connect_timeout: float | None) -> None:
+    """@raise ValueError: C{connect_timeout} is neither None nor a positive number of seconds."""
+    if connect_timeout is not None and not 0 < connect_timeout < float("inf"):
+        raise ValueError(f"connect_timeout must be positive and finite, in seconds (or None: no timeout of the client's own), "
+                         f"not {connect_timeout!r}")
+
 #: Seconds of silence with requests in flight before a node is suspect (the Twisted and the
 #: blocking clients' C{stall_timeout}).
 DEFAULT_STALL_TIMEOUT = 0.5

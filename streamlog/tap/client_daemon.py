@@ -24,6 +24,7 @@ from twisted.python import usage
 from streamlog import errors, wire
 from streamlog.client.addresses import DEFAULT_ADDRESS, check_bootstrap
 from streamlog.client.cluster import ClusterClient, as_cluster_client
+from streamlog.client.retry import DEFAULT_CONNECT_TIMEOUT
 
 #: The environment variable holding the default --connect (as for the streamlog command).
 CONNECT_ENV = "STREAMLOG_CONNECT"
@@ -37,6 +38,9 @@ class ClientOptions(usage.Options):
                                "several separated by commas (a cluster's bootstrap list: any of them gives the "
                                f"cluster's metadata). Default: ${CONNECT_ENV}, else {DEFAULT_ADDRESS}."],
         ["timeout", None, 10.0, "Seconds to wait for a connection and an answer.", float],
+        ["connect-timeout", None, DEFAULT_CONNECT_TIMEOUT,
+         "Seconds a connection attempt to a node may take before it counts as failed (and is tried again "
+         "after the backoff); a tcp: address naming its own timeout= keeps it.", float],
         ["retry-max", None, 10.0, "Longest backoff between reconnects (and resends), in seconds.", float],
     ]
 
@@ -62,6 +66,8 @@ class ClientOptions(usage.Options):
             raise usage.UsageError("--count must be at least 1")
         if self["timeout"] <= 0 or self["retry-max"] <= 0:
             raise usage.UsageError("--timeout and --retry-max must be positive")
+        if not 0 < self["connect-timeout"] < float("inf"):
+            raise usage.UsageError(f"--connect-timeout must be positive and finite, not {self['connect-timeout']:g}")
 
 
 def exit_with(status: int, reactor: Any = None) -> None:
@@ -121,7 +127,8 @@ class LoopingClientService(service.Service):
                 self._reactor = reactor
             self.client = ClusterClient(self.options["bootstrap"], reactor=self._reactor,
                                         request_timeout=self.options["timeout"],
-                                        reconnect_max=self.options["retry-max"])
+                                        reconnect_max=self.options["retry-max"],
+                                        connect_timeout=self.options["connect-timeout"])
             if self.clock is None:
                 self.clock = self._reactor
         self._started()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.test import iosim
@@ -116,6 +117,11 @@ class FakeNode:
         self.connect_delay = 0.0
         #: Refuse connections even while the metadata calls the node up (a node just dead).
         self.refuse = False
+        #: Connection attempts get no answer (a powered-off host, a firewall dropping SYNs): each
+        #: fails after C{syn_timeout} seconds (Twisted's default connect timeout) unless the dialer
+        #: cancels it first.
+        self.drop_syns = False
+        self.syn_timeout = 30.0
         #: Methods this node answers with a scripted error: method -> callable(params) -> error or None.
         self.faults: dict[str, Callable[[dict[str, Any]], errors.StreamlogError | None]] = {}
 
@@ -436,6 +442,8 @@ class FakeEndpoint:
 
     def connect(self, factory: Any) -> Any:
         self.cluster.attempts.append((self.node.node_id, self.cluster.clock.seconds()))
+        if self.node.drop_syns:
+            return self._dropped()
         if not self.node.up or self.node.refuse:
             return fail(ConnectionRefusedError())
         if self.node.connect_delay:
@@ -443,6 +451,19 @@ class FakeEndpoint:
             self.cluster.clock.callLater(self.node.connect_delay, lambda: d.callback(self._connected(factory)))
             return d
         return succeed(self._connected(factory))
+
+    def _dropped(self) -> Deferred:
+        """An attempt whose SYNs are dropped: it times out at C{syn_timeout}, or is cancelled
+        (then its timer goes too: nothing is left on the clock)."""
+
+        def cancel(_: Deferred) -> None:
+            if timer.active():
+                timer.cancel()
+
+        d: Deferred = Deferred(cancel)
+        timer = self.cluster.clock.callLater(
+            self.node.syn_timeout, lambda: d.called or d.errback(net_error.TimeoutError(string="SYNs dropped")))
+        return d
 
     def _connected(self, factory: Any) -> Any:
         client = factory.buildProtocol(None)
@@ -548,6 +569,7 @@ class FakeCluster:
         node = self.nodes[node_id]
         node.up = True
         node.refuse = False
+        node.drop_syns = False
         node.black_hole = False
 
     def records(self, topic: str, partition: int) -> list[dict[str, Any]]:

@@ -153,7 +153,8 @@ def test_without_connect_it_asks_the_nodes_of_a_default_cluster_up(capsys, monke
     monkeypatch.delenv("STREAMLOG_CONNECT", raising=False)
     asked = []
 
-    def fake_gather(bootstrap, timeout):
+    def fake_gather(bootstrap, timeout, connect_timeout):
+        assert connect_timeout == 10.0  # the CLI's --connect-timeout default, passed on
         asked.append(bootstrap)
         from streamlog.cli_cluster import NoMetadata
 

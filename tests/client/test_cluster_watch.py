@@ -119,13 +119,14 @@ def test_top_on_a_cluster_counts_what_each_leader_appended(cluster, monkeypatch,
     """Through the real CLI and sockets: frames from the fake cluster, whose log ends move between them."""
     asked = []
 
-    def gather(bootstrap, timeout):
+    def gather(bootstrap, timeout, connect_timeout):
+        assert connect_timeout == 10.0  # the CLI's --connect-timeout default, passed on
         with cluster.lock:
             moved = 10 * len(asked)
             cluster.fake.topics["orders"][0].log_ends = {1: moved, 2: moved, 3: moved}
             cluster.fake.topics["orders"][1].log_ends = {1: 0, 2: 0, 3: 0}
         asked.append(1)
-        return gather_status(bootstrap, timeout)
+        return gather_status(bootstrap, timeout, connect_timeout=connect_timeout)
 
     monkeypatch.setattr("streamlog.cli_cluster.gather_status", gather)
     code = cli.main(["top", "--connect", cluster.bootstrap, "--timeout", "2", "--interval", "0.1",
