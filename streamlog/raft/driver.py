@@ -349,6 +349,8 @@ class RaftHost:
     #: The class of every group's Raft node (a test or the cluster simulator may put a
     #: deliberately broken subclass here to prove that its checker catches the bug).
     node_class: type[RaftNode] = RaftNode
+    #: What drives each group's node (the cluster simulator's broken variants replace it).
+    runner_class: type[_GroupRunner] = _GroupRunner
 
     def __init__(
         self,
@@ -483,7 +485,7 @@ class RaftHost:
         rng = random.Random(self.rng.random())
         node = self.node_class(self.member_id, members, storage.log, storage.load_hard_state(), self.config, rng,
                                self.now(), reset_log=getattr(storage, "install_snapshot", None))
-        runner = _GroupRunner(self, group, node, storage)
+        runner = self.runner_class(self, group, node, storage)
         self.groups[group] = runner
         self._awake.add(group)
         return node

@@ -286,6 +286,8 @@ class SimCluster:
         self._node_class: type[ClusterNode] | None = None
         #: Methods of ClusterNode a broken variant replaces (name -> function).
         self.node_overrides: dict[str, Any] = {}
+        #: Attributes of the nodes' Raft host a broken variant replaces (e.g. its runner_class).
+        self.host_overrides: dict[str, Any] = {}
         n = config.nodes
         self.peers = {i: f"127.0.0.{i}:9000" for i in range(1, n + 1)}
         self.clients = {i: f"127.0.0.{i}:7000" for i in range(1, n + 1)}
@@ -302,7 +304,7 @@ class SimCluster:
         """ClusterNode whose Raft host draws its dial jitter from the seed and runs
         C{raft_node_class} nodes."""
         if self._node_class is None:
-            host = type("SimHost", (SimHost,), {"node_class": self.raft_node_class})
+            host = type("SimHost", (SimHost,), {"node_class": self.raft_node_class, **self.host_overrides})
             self._node_class = type("SimClusterNode", (ClusterNode,), {"host_class": host, **self.node_overrides})
         return self._node_class
 
