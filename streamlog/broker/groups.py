@@ -40,7 +40,7 @@ from streamlog.groups import params as gp
 from streamlog.groups.assignors import TopicPartition
 from streamlog.groups.config import OFFSETS_TOPIC, GroupConfig
 from streamlog.groups.coordinator import GroupCoordinator, partitions_to_wire
-from streamlog.groups.offsets import OffsetCommit, OffsetRecord, behind_committed, fetch_to_wire
+from streamlog.groups.offsets import OffsetCommit, OffsetRecord, behind_committed, fetch_to_wire, reset_target
 from streamlog.groups.state import SNAPSHOT_BYTES, ShardState
 from streamlog.partitioner import partition_for_key
 from streamlog.storage.base import TopicConfig
@@ -872,7 +872,7 @@ class GroupService:
                     raise errors.PartitionUnavailable(
                         f"{tp[0]}/{tp[1]} has no leader this node can reach, so {p.to!r} cannot be resolved "
                         "against its log; nothing was reset: retry", topic=tp[0], partition=tp[1])
-                offset = _reset_target(p.to, found, before.offset if before is not None else None)
+                offset = reset_target(p.to, found, before.offset if before is not None else None)
                 offsets.append(OffsetCommit(tp[0], tp[1], offset, before.metadata if before else None))
                 rows.append({"topic": tp[0], "partition": tp[1], "offset": offset,
                              "previous": before.offset if before is not None else None})
@@ -895,23 +895,6 @@ def _bounds(replica: Any, timestamp: int | None) -> list[int | None]:
     """C{[log start, high watermark, first offset with a timestamp >= C{timestamp} (None if not asked)]}."""
     at = int(replica.log.offset_for_timestamp(timestamp)) if timestamp is not None else None
     return [int(replica.start_offset), int(replica.high_watermark), at]
-
-
-def _reset_target(to: str | tuple[str, int], bounds: tuple[int, int, int | None], committed: int | None) -> int:
-    """Where ResetOffsets moves a partition, within [log start, high watermark] (its leader's)."""
-    start, end, at = bounds
-    if to == "earliest":
-        return int(start)
-    if to == "latest":
-        return int(end)
-    kind, n = to
-    if kind == "offset":
-        target = n
-    elif kind == "shift":
-        target = (committed if committed is not None else start) + n
-    else:
-        target = int(at)
-    return max(int(start), min(target, int(end)))
 
 
 def _known_elsewhere(replica: Any) -> bool:

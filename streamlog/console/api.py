@@ -18,11 +18,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from streamlog import __version__, errors
-from streamlog.broker.groups import _reset_target as reset_target
 from streamlog.console import shape
 from streamlog.console.calls import NodeCalls
 from streamlog.console.samples import Sample, SampleHistory
 from streamlog.groups.config import OFFSETS_TOPIC
+from streamlog.groups.offsets import reset_target
 from streamlog.groups.params import parse_reset as parse_group_reset
 
 

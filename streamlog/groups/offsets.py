@@ -183,3 +183,23 @@ def fetch_to_wire(committed: Mapping[TopicPartition, Committed]) -> list[dict[st
         {"topic": t, "partition": p, "offset": c.offset, "metadata": c.metadata, "timestamp": c.timestamp}
         for (t, p), c in sorted(committed.items())
     ]
+
+
+def reset_target(to: str | tuple[str, int], bounds: tuple[int, int, int | None], committed: int | None) -> int:
+    """Where ResetOffsets moves a partition, within [log start, high watermark] (its leader's).
+
+    C{to} is C{"earliest"}, C{"latest"} or C{(kind, n)} with kind C{"offset"}, C{"shift"}
+    (from C{committed}, or the log start) or C{"timestamp"} (C{bounds[2]}, found by the caller).
+    Shared by the coordinator and the console's dry run, so both name the same offset.
+    """
+    start, end, at = bounds
+    if isinstance(to, str):
+        return int(start) if to == "earliest" else int(end)  # "latest"
+    kind, n = to
+    if kind == "offset":
+        target = n
+    elif kind == "shift":
+        target = (committed if committed is not None else start) + n
+    else:
+        target = end if at is None else at  # "timestamp": no record that late reads from the end
+    return max(int(start), min(target, int(end)))

@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamlog import errors
-from streamlog.groups.offsets import BadOffsetRecord, OffsetCommit, OffsetRecord, OffsetState, decode_record, fetch_to_wire
+from streamlog.groups.offsets import (
+    BadOffsetRecord,
+    OffsetCommit,
+    OffsetRecord,
+    OffsetState,
+    decode_record,
+    fetch_to_wire,
+    reset_target,
+)
 
 
 def commit(group, *entries, kind="commit"):
@@ -103,3 +111,22 @@ def test_replaying_the_records_rebuilds_the_same_state_and_commits_only_move_for
         replayed.apply(record, i)
     assert replayed.groups == state.groups
     assert {p: c.offset for (_, p), c in state.fetch("g").items()} == model
+
+
+@pytest.mark.parametrize(("to", "committed", "expected"), [
+    ("earliest", 50, 10),
+    ("latest", 50, 90),
+    (("offset", 42), None, 42),
+    (("offset", 5), None, 10),  # clamped to the log start
+    (("offset", 500), None, 90),  # and to the high watermark
+    (("shift", -30), 50, 20),  # from the committed offset
+    (("shift", 3), None, 13),  # nothing committed: from the log start
+    (("shift", -100), 50, 10),
+    (("timestamp", 0), None, 77),  # the first offset at or after the timestamp (found by the caller)
+])
+def test_reset_target_stays_within_the_log_start_and_the_high_watermark(to, committed, expected):
+    assert reset_target(to, (10, 90, 77), committed) == expected
+
+
+def test_reset_target_to_a_timestamp_past_every_record_is_the_high_watermark():
+    assert reset_target(("timestamp", 0), (10, 90, None), None) == 90
