@@ -298,13 +298,18 @@ def _acks(p: _Params) -> str:
     return str(acks)
 
 
-def check_message(m: Any, where: str, limits: Limits) -> Message:
-    """Check one message object; the common case costs a few C-level operations."""
+def check_message(m: Any, where: str | int, limits: Limits) -> Message:
+    """Check one message object; the common case costs a few C-level operations.
+
+    C{where} names it in an error: C{"params"} (Send) or its index in a SendBatch's
+    C{messages}, turned into C{messages[i]} only when there is an error to write (the
+    f-string per message was a third of the cost of checking a batch of 500).
+    """
     if type(m) is not dict:
-        raise errors.InvalidParams(f"'{where}' must be an object")
+        raise errors.InvalidParams(f"'{_where(where)}' must be an object")
     if not m.keys() <= _MESSAGE_FIELDS:
         extra = sorted(set(m) - _MESSAGE_FIELDS)
-        raise errors.InvalidParams(f"unknown fields in {where}: {', '.join(extra)}")
+        raise errors.InvalidParams(f"unknown fields in {_where(where)}: {', '.join(extra)}")
     if "value" not in m:
         raise errors.InvalidParams(f"'{_field(where, 'value')}' is required (it may be null)")
     value = m["value"]
@@ -336,8 +341,12 @@ def check_message(m: Any, where: str, limits: Limits) -> Message:
     return m
 
 
-def _field(where: str, name: str) -> str:
-    return name if where == "params" else f"{where}.{name}"
+def _where(where: str | int) -> str:
+    return where if type(where) is str else f"messages[{where}]"
+
+
+def _field(where: str | int, name: str) -> str:
+    return name if where == "params" else f"{_where(where)}.{name}"
 
 
 #: Largest epoch and base sequence (signed 32-bit header fields; streamlog.idempotence.rules).
@@ -426,7 +435,7 @@ def parse_send_batch(params: dict[str, Any], limits: Limits = DEFAULT_LIMITS) ->
             limit=limits.max_batch_messages,
         )
     for i, m in enumerate(raw):
-        check_message(m, f"messages[{i}]", limits)
+        check_message(m, i, limits)
     if sequences is None:
         return SendParams(topic=topic, messages=raw, acks=acks)
     return SendParams(topic=topic, messages=raw, acks=acks, producer_id=producer_id, epoch=epoch,
@@ -573,24 +582,30 @@ def encode_records(base_offset: int, timestamp: int, messages: list[Message]) ->
     """The records as stored and served (ARCHITECTURE.md decision 3), one per message.
 
     Built from a template around C{orjson.dumps(value)}: five times cheaper than
-    dumping a dict per record, and the same bytes.
+    dumping a dict per record, and the same bytes.  A message with no key and no
+    headers (the common case) is three concatenations around its value instead of a
+    five-field C{%} format: a tenth less time per batch.
     """
     dumps = orjson.dumps
     template = _RECORD
+    plain = b',"timestamp":%d,"key":null,"value":' % timestamp
     out = []
     offset = base_offset
     for m in messages:
         key = m.get("key")
         headers = m.get("headers")
-        out.append(
-            template % (
-                offset,
-                timestamp,
-                b"null" if key is None else dumps(key),
-                dumps(m["value"]),
-                dumps(headers) if headers else b"{}",
+        if key is None and not headers:
+            out.append(b'{"offset":%d' % offset + plain + dumps(m["value"]) + b',"headers":{}}')
+        else:
+            out.append(
+                template % (
+                    offset,
+                    timestamp,
+                    b"null" if key is None else dumps(key),
+                    dumps(m["value"]),
+                    dumps(headers) if headers else b"{}",
+                )
             )
-        )
         offset += 1
     return out
 
