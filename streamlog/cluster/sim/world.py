@@ -276,8 +276,10 @@ class SimCluster:
         self._trace = hashlib.sha256()
         self.events = 0
         self.faults: list[str] = []
-        #: What the disks counted: prefix truncations (retention) and snapshot installs.
-        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0}
+        #: What the disks counted: prefix truncations (retention), snapshot installs, and crashes
+        #: that cut off a metadata snapshot write in the committer's worker (C{writes_cut}).
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0,
+                                       "writes_cut": 0}
         #: Faults may start (the load phase); False once everything is healed.
         self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
@@ -713,6 +715,7 @@ class SimCluster:
             "snapshots": self.counts["snapshots"],
             "meta_compactions": self.counts["meta_compactions"],
             "meta_installs": self.counts["meta_installs"],
+            "writes_cut": self.counts["writes_cut"],
             "registered": sum(r.granted for r in self.registrars),
             "faults": len(self.faults),
             "events": self.events,
