@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from sim_variants import VARIANTS
 
@@ -145,3 +146,16 @@ def test_a_consumer_sent_to_the_log_start_by_out_of_range_is_not_a_skip():
     code, out = sim("--seed", "7860036", "--seeds", "1")
     assert code == 0 and "1 of 1 seeds passed" in out, out[-3000:]
     assert seed_lines(out)[0]["retained"] > 0
+
+
+@pytest.mark.parametrize("kind", LONG_FAULTS)
+def test_a_long_fault_expires_the_producers_delivery_timeouts_and_the_run_still_passes(kind):
+    """The long-fault regime, one kind forced: it outlasts the end of the load (1 s here) and
+    the Producers' delivery timeout; messages fail to the application by it, none is reported
+    acknowledged that is not kept, and the run settles and passes once the fault is over."""
+    weights = tuple(int(k == kind) for k in LONG_FAULTS)
+    config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=weights)
+    result = run_seed(5, config)
+    assert result.ok, result.violations
+    assert result.fault_counts()[kind] == 1 and result.stats["expired"] > 0
+    assert result.sim_seconds > CI_DURATION + 1.5  # settled only after the fault ended
