@@ -22,7 +22,7 @@ from sim_variants import VARIANTS
 
 from streamlog.cluster.sim import SimConfig, run_seed
 from streamlog.cluster.sim.__main__ import main
-from streamlog.cluster.sim.world import FAULTS, LONG_FAULTS, NOT_SAFETY
+from streamlog.cluster.sim.world import FAULTS, LONG_FAULTS, NOT_SAFETY, SimCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,7 +155,56 @@ def test_a_long_fault_expires_the_producers_delivery_timeouts_and_the_run_still_
     acknowledged that is not kept, and the run settles and passes once the fault is over."""
     weights = tuple(int(k == kind) for k in LONG_FAULTS)
     config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=weights)
+    long_fault = SimCluster(5, config).long_fault
+    assert long_fault is not None and long_fault[0] == kind
     result = run_seed(5, config)
     assert result.ok, result.violations
     assert result.fault_counts()[kind] == 1 and result.stats["expired"] > 0
-    assert result.sim_seconds > CI_DURATION + 1.5  # settled only after the fault ended
+    # Settled only after the fault ended: from when it really started (long_fault[1] into the
+    # load), for its drawn length, which outlasted the load.
+    _, into_the_load, length = long_fault
+    started = [float(f.split()[0]) for f in result.faults if f.split()[1] == kind]
+    assert len(started) == 1 and into_the_load + length > CI_DURATION
+    assert result.sim_seconds > started[0] + length
+
+
+def _long_blocks_held(world: Any) -> bool:
+    """Whether every block of the world's long fault is in force on its network."""
+    net = world.network
+    return all((frozenset((a, b)) in net.blocked) if both else ((a, b) in net.one_way)
+               for a, b, both in world._long_blocks)
+
+
+def test_a_power_fault_during_a_cut_client_fault_does_not_end_it(monkeypatch):
+    """A power loss heals every partition (the nodes come back on new connections), but a long
+    fault runs to its own end: its blocks are re-applied, or the cut-off Producer's sends
+    reach the cluster again early and its delivery timeouts may never expire."""
+    seen: list[tuple[float, bool]] = []
+    start_fault = SimCluster._start_fault
+
+    def recorded(self: Any, kind: str, length: float, candidates: Any) -> None:
+        start_fault(self, kind, length, candidates)
+        if kind == "power" and self._long_blocks:
+            seen.append((self.clock.seconds(), _long_blocks_held(self)))
+
+    monkeypatch.setattr(SimCluster, "_start_fault", recorded)
+    power_only = tuple(int(k == "power") for k in FAULTS)
+    config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=(1, 0, 0), fault_weights=power_only)
+    result = run_seed(5, config)
+    assert seen, "no power fault landed during the cut-client fault"
+    assert all(held for _, held in seen), seen
+    assert result.ok, result.violations
+
+
+def test_a_run_shorter_than_the_long_faults_start_waits_for_it_before_settling():
+    """With a --duration shorter than the long fault's start, the fault is still pending when
+    the load ends: the run must not settle, drain and check before it has started and ended."""
+    config = attrs.evolve(CI, duration=0.05, long_fault=1.0, long_fault_weights=(1, 0, 0),
+                          long_fault_start=(0.3, 0.3))
+    world = SimCluster(5, config)
+    assert world.long_fault is not None
+    _, start, length = world.long_fault
+    result = run_seed(5, config)
+    assert result.ok, result.violations
+    assert any(f.endswith(" cut-client") for f in result.faults), result.faults
+    assert result.sim_seconds > start + length

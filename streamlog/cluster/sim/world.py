@@ -328,6 +328,9 @@ class SimCluster:
         #: or the outage (no node restarts until it ends).
         self._long_blocks: list[tuple[str, str, bool]] = []
         self._outage = False
+        #: The long fault is scheduled and has not ended yet (it may not have started: in a
+        #: run shorter than its start it starts during the settling, which waits for its end).
+        self._long_pending = False
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
         self.library: list[LibraryProducer] = []
@@ -537,6 +540,7 @@ class SimCluster:
                     s.crash()
             self._isolated.clear()
             self.network.unblock_all()
+            self._block_long()  # a long fault (a cut-off Producer) runs to its own end
             self.clock.callLater(rng.uniform(0.05, 0.5), self._restart_all)
             return
         target = candidates[rng.randrange(len(candidates))]
@@ -626,6 +630,7 @@ class SimCluster:
     def _end_long_fault(self) -> None:
         assert self.long_fault is not None
         self.trace("long-fault-end", self.long_fault[0])
+        self._long_pending = False
         if self._outage:
             self._outage = False
             self._restart_all()
@@ -650,7 +655,7 @@ class SimCluster:
     def settled(self) -> bool:
         if any(c.busy for c in self.producers) or any(p.busy for p in self.library):
             return False
-        if self._long_blocks or self._outage:
+        if self._long_pending or self._long_blocks or self._outage:
             return False  # a long fault runs to its end (into the settling, in a short run)
         for p in self.groups:
             leader = self.leader(p)
@@ -743,6 +748,7 @@ class SimCluster:
         self.faulting = True
         self.schedule_faults(self.clock.seconds() + config.duration)
         if self.long_fault is not None:
+            self._long_pending = True
             self.clock.callLater(self.long_fault[1], self._start_long_fault)
         self.run_for(config.duration)
         self.faulting = False
