@@ -8,13 +8,17 @@ can land in the middle of one.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 from twisted.internet.task import Clock
 
 from streamlog.cluster.sim.clock import NodeClock
-from streamlog.cluster.sim.disk import SimDisk
+from streamlog.cluster.sim.disk import SimDisk, SimSnapshots
+from streamlog.storage import snapshot_files
+from streamlog.storage.in_flight import META_SNAPSHOT
+from streamlog.storage.snapshot_files import KEEP, DirectorySnapshots
 
 STEP = 1.0  # every simulated fsync takes this long here (fsync_latency is replaced)
 
@@ -47,7 +51,7 @@ def fired(d: Any) -> list[Any]:
 def test_a_snapshot_written_in_the_worker_is_listed_at_its_rename_and_durable_after_the_directory_fsync():
     sim, clock, _ = disk()
     store = sim.snapshot_store("__meta")
-    done = fired(sim.committer.run_tracked("meta", store.save, 5, b"five"))
+    done = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 5, b"five"))
     assert store.listing() == [] and not done  # the temporary file is being written and fdatasynced
     clock.advance(STEP)
     assert store.listing() == [5] and store.durable == {} and not done  # renamed; the directory not fsynced
@@ -60,7 +64,7 @@ def test_the_worker_prunes_the_oldest_file_after_the_new_one_is_durable():
     store = sim.snapshot_store("__meta")
     store.save(1, b"one")
     store.save(2, b"two")
-    done = fired(sim.committer.run_tracked("meta", store.save, 3, b"three"))
+    done = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 3, b"three"))
     clock.advance(STEP)
     assert store.listing() == [3, 2, 1]
     clock.advance(STEP)
@@ -73,7 +77,7 @@ def test_a_crash_before_the_rename_loses_the_write_and_its_completion():
     sim, clock, _ = disk()
     store = sim.snapshot_store("__meta")
     store.save(1, b"one")
-    done = fired(sim.committer.run_tracked("meta", store.save, 2, b"two"))
+    done = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 2, b"two"))
     sim.power_loss()
     clock.advance(10 * STEP)
     assert store.listing() == [1] and not done
@@ -85,7 +89,7 @@ def test_a_crash_between_the_rename_and_the_directory_fsync_keeps_the_file_whole
         sim.rng = Coin(coin)
         store = sim.snapshot_store("__meta")
         store.save(1, b"one")
-        done = fired(sim.committer.run_tracked("meta", store.save, 2, b"two"))
+        done = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 2, b"two"))
         clock.advance(STEP)
         assert store.listing() == [2, 1]
         sim.power_loss()
@@ -100,7 +104,7 @@ def test_an_unlink_not_yet_fsynced_may_come_back_after_a_crash():
     store = sim.snapshot_store("__meta")
     store.save(1, b"one")
     store.save(2, b"two")
-    sim.committer.run_tracked("meta", store.save, 3, b"three")
+    sim.committer.run_tracked(META_SNAPSHOT, store.save, 3, b"three")
     clock.pump([STEP, STEP])
     assert store.listing() == [3, 2]  # 1 unlinked, the directory not fsynced again yet
     sim.power_loss()
@@ -110,7 +114,7 @@ def test_an_unlink_not_yet_fsynced_may_come_back_after_a_crash():
 def test_a_save_on_the_reactor_is_durable_when_it_returns_and_covers_a_rename_in_flight():
     sim, clock, _ = disk()
     store = sim.snapshot_store("__meta")
-    sim.committer.run_tracked("meta", store.save, 2, b"two")
+    sim.committer.run_tracked(META_SNAPSHOT, store.save, 2, b"two")
     clock.advance(STEP)  # 2 renamed, its directory fsync pending
     store.save(9, b"nine")  # an InstallSnapshot's save: its directory fsync covers 2's rename too
     sim.rng = Coin(0.9)
@@ -121,7 +125,7 @@ def test_a_save_on_the_reactor_is_durable_when_it_returns_and_covers_a_rename_in
 def test_a_paused_node_holds_its_worker_and_a_clean_stop_finishes_the_job_unheard():
     sim, clock, node_clock = disk()
     store = sim.snapshot_store("__meta")
-    done = fired(sim.committer.run_tracked("meta", store.save, 4, b"four"))
+    done = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 4, b"four"))
     node_clock.pause()
     clock.advance(10 * STEP)
     assert store.listing() == [] and not done
@@ -141,18 +145,70 @@ def test_another_job_runs_after_one_fsync_and_gives_its_result_or_failure():
     assert ok == [5] and bad[0].check(ZeroDivisionError)
 
 
-def test_the_seeded_latencies_replay_identically():
-    def run() -> list[Any]:
-        clock = Clock()
-        sim = SimDisk(1, clock, random.Random(7))
-        store = sim.snapshot_store("__meta")
-        seen = []
-        for i in range(1, 6):
-            sim.committer.run_tracked("meta", store.save, i, b"x")
-            for _ in range(3):
-                clock.advance(0.001)
-                seen.append((clock.seconds(), store.listing()))
-        return seen
+def _sim_save_operations(store: SimSnapshots, index: int, data: bytes) -> list[str]:
+    """The operations of the simulated save, step by step: what each step changed in the
+    directory (a rename, unlinks) and the fsync each C{yield} stands for."""
+    ops: list[str] = []
+    before = set(store.files)
+    for _ in store.save_steps(index, data):
+        now = set(store.files)
+        ops += ["rename"] * len(now - before) + ["unlink"] * len(before - now)
+        before = now
+        ops.append("fsync")
+    now = set(store.files)
+    ops += ["rename"] * len(now - before) + ["unlink"] * len(before - now)
+    return ops
 
-    assert run() == run()
 
+def test_the_simulated_save_steps_are_the_real_saves_operations_in_order(tmp_path, monkeypatch):
+    """SimSnapshots.save_steps models DirectorySnapshots.save (the file the node's metadata
+    snapshots go to): its fsyncs, rename and unlinks in the same order, so the crash points
+    the simulator explores are the real ones. The real save's calls are recorded here."""
+    real_ops: list[str] = []
+
+    def recording(name: str, f: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            real_ops.append(name)
+            return f(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(snapshot_files, "datasync", recording("fsync", snapshot_files.datasync))
+    monkeypatch.setattr(snapshot_files, "fsync_dir", recording("fsync", snapshot_files.fsync_dir))
+    monkeypatch.setattr(snapshot_files.os, "replace", recording("rename", os.replace))
+    monkeypatch.setattr(snapshot_files.os, "unlink", recording("unlink", os.unlink))
+    for older in range(KEEP + 1):  # with none to prune, KEEP to keep, and one to prune
+        real = DirectorySnapshots(str(tmp_path / f"d{older}"))
+        sim = SimSnapshots()
+        for i in range(1, older + 1):
+            real.save(i, b"old")
+            sim.save(i, b"old")
+        real_ops.clear()
+        real.save(older + 1, b"new")
+        assert real_ops == _sim_save_operations(sim, older + 1, b"new"), older
+        assert real.listing() == sim.listing()
+    assert real_ops == ["fsync", "rename", "fsync", "unlink", "fsync"]  # the last round pruned one
+
+
+def test_the_worker_runs_a_save_step_by_step_by_its_kind_not_its_name():
+    """Only a metadata snapshot job (META_SNAPSHOT) is the stepwise file save; a job of
+    another kind runs whole after one fsync, whatever its function is called."""
+    sim, clock, _ = disk()
+    store = sim.snapshot_store("__meta")
+    done = fired(sim.committer.run_tracked("checkpoint", store.save, 5, b"five"))
+    clock.advance(STEP)
+    assert store.durable == {5: b"five"} and done == [None]
+
+
+def test_a_job_that_fails_during_a_clean_stop_does_not_stop_the_stop():
+    """The real committer's stop waits for its jobs, whatever their outcome (the caller hears
+    of a failure, never the stop): a job's exception must not escape clean_stop and leave the
+    node half stopped."""
+    sim, clock, _ = disk()
+    store = sim.snapshot_store("__meta")
+    bad = fired(sim.committer.run_tracked("other", lambda: 1 // 0))
+    saved = fired(sim.committer.run_tracked(META_SNAPSHOT, store.save, 3, b"three"))
+    generation = sim.generation
+    sim.clean_stop()
+    assert sim.generation == generation + 1 and store.durable == {3: b"three"}
+    clock.advance(10 * STEP)
+    assert not bad and not saved  # the next process starts afresh: nobody hears of them

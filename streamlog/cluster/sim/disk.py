@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from streamlog.cluster.metadata import METADATA_GROUP
 from streamlog.cluster.sim.clock import NodeClock
@@ -44,9 +45,12 @@ from streamlog.raft.core import HardState
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageFailed
 from streamlog.storage.group_commit import ALWAYS, FsyncPolicy
+from streamlog.storage.in_flight import META_SNAPSHOT
 from streamlog.storage.local import LocalLog
 from streamlog.storage.memory import MemoryLog
 from streamlog.storage.snapshot_files import KEEP, MemorySnapshots
+
+_log = Logger()
 
 
 class LogObserver(Protocol):
@@ -267,14 +271,16 @@ class SimCommitter:
     def run_tracked(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
         """C{f(*args)} as the committer's worker runs it: later, off the node's reactor.
 
-        A snapshot file's save (C{SimSnapshots.save}) goes step by step, one seeded fsync
+        A metadata snapshot's save (kind C{META_SNAPSHOT}: C{SimSnapshots.save}) goes step by step, one seeded fsync
         latency per step (L{SimSnapshots.save_steps}); anything else runs after one latency.
         The steps are held while the node is paused and never run once it crashed (a clean
         stop finishes them: L{finish_jobs}); the Deferred fires as the node once the job is
         done, with C{f}'s result or failure."""
-        owner = getattr(f, "__self__", None)
-        if isinstance(owner, SimSnapshots) and getattr(f, "__name__", "") == "save":
-            job = owner.save_steps(*args)
+        if kind == META_SNAPSHOT:  # the node's metadata snapshot: C{store.save} of a SimSnapshots
+            store = getattr(f, "__self__", None)
+            if not isinstance(store, SimSnapshots):
+                raise TypeError(f"a {kind} job must be a SimSnapshots' save, not {f!r}")
+            job = store.save_steps(*args)
         else:
             job = _after_one_fsync(f, *args)
         d: Deferred = Deferred()
@@ -297,11 +303,15 @@ class SimCommitter:
         self.disk.clock.callLater(self.disk.fsync_latency(), self.disk.as_node, self._advance, job, generation)
 
     def finish_jobs(self) -> None:
-        """A clean stop: the committer's C{stop} waits for the jobs in flight (nobody hears of them)."""
+        """A clean stop: the committer's C{stop} waits for the jobs in flight, whatever their
+        outcome (nobody hears of them: a job's failure is dropped, as the real stop takes none)."""
         jobs, self._jobs = self._jobs, {}
         for job in jobs:
-            for _ in job:
-                pass
+            try:
+                for _ in job:
+                    pass
+            except Exception as e:
+                _log.info("a job in the committer's worker failed during the clean stop: {error!r}", error=e)
 
     def forget(self, log: Any, error: Exception | None = None) -> None:
         raw = getattr(log, "log", log)
