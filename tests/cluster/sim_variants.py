@@ -275,3 +275,65 @@ def replaced_write_reported_committed(world: Any) -> None:
 
 
 VARIANTS.update({"replaced-write-reported-committed": replaced_write_reported_committed})
+
+
+def _compact_to_the_snapshot_handed_off(node: Any) -> None:
+    """ClusterNode._snapshot_metadata, then the metadata log cut up to the snapshot just handed
+    to the writer, as if its write were already done (and one snapshot enough)."""
+    from streamlog.cluster.node import ClusterNode
+
+    compactor, handed = node.compactor, []
+    if compactor is not None:
+        start = compactor.start_write
+
+        def start_write(durable_index: int) -> Any:
+            job = start(durable_index)
+            if job is not None:
+                handed.append(job[0])
+            return job
+
+        compactor.start_write = start_write
+    try:
+        ClusterNode._snapshot_metadata(node)
+    finally:
+        if compactor is not None:
+            del compactor.start_write
+    core = node.cores.get("__meta")
+    if handed and core is not None:
+        upto = min(handed[0], core.commit_index, core.durable_index)
+        if upto >= node.meta_log.start_index:
+            core.compact(upto)
+
+
+def metadata_compacted_before_its_snapshot_is_durable(world: Any) -> None:
+    """Broken: the node takes a metadata snapshot as written when it hands the write to its
+    committer's worker, and drops the log's prefix up to it at once. A crash before the write
+    is durable leaves a log whose start no snapshot reaches: the node refuses to restart. Only
+    a simulator whose committer runs the write later (run_tracked) can catch it: with the
+    write done on the spot the snapshot is always on disk before the cut."""
+    world.node_overrides["_snapshot_metadata"] = _compact_to_the_snapshot_handed_off
+
+
+def _expire_judged_by_the_last_attempt(producer: Any, batch: Any) -> None:
+    """Producer._expire, with "may it be stored?" judged by the batch's last attempt alone."""
+    from streamlog.client import retry
+    from streamlog.client.producer import Producer
+
+    last = batch.last_error
+    batch.maybe_landed = last is not None and retry.may_have_landed(last)
+    Producer._expire(producer, batch)
+
+
+def timed_out_send_reported_unsent(world: Any) -> None:
+    """Broken: when a batch's delivery timeout passes, the Producer says whether it may be stored
+    (C{sent}) from its last attempt only: a batch written once, whose answer never came, then
+    refused a connection at every resend, fails as never sent, so the application takes it
+    for not stored while the first attempt landed (C{aborted-read} once a consumer reads it).
+    Only runs whose faults outlast the delivery timeout (the long-fault regime) reach it."""
+    world.producer_overrides["_expire"] = _expire_judged_by_the_last_attempt
+
+
+VARIANTS.update({
+    "metadata-compacted-before-its-snapshot-is-durable": metadata_compacted_before_its_snapshot_is_durable,
+    "timed-out-send-reported-unsent": timed_out_send_reported_unsent,
+})

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from sim_variants import VARIANTS
 
 from streamlog.cluster.sim import SimConfig, run_seed
 from streamlog.cluster.sim.__main__ import main
-from streamlog.cluster.sim.world import FAULTS, NOT_SAFETY
+from streamlog.cluster.sim.world import FAULTS, LONG_FAULTS, NOT_SAFETY, SimCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,10 @@ BUDGET = {
     "queued-commit-raises-after-snapshot": 20,
     "unknown-topic-while-metadata-behind": 10,
     "metadata-compacted-past-the-snapshot": 5,
+    # Caught only since the simulated committer runs snapshot writes later (run_tracked): at seed 4
+    # (6 of 30 fresh seeds: at that rate 16 seeds miss it 3 % of the time when the random streams
+    # shift, 10 did 11 %; a pass costs nothing more, as the run stops at the first catch).
+    "metadata-compacted-before-its-snapshot-is-durable": 16,
 }
 #: Violations that show the simulator could not judge a run, not that it caught a bug.
 NOT_CAUGHT = NOT_SAFETY  # a violation of these kinds alone is not the variant caught
@@ -96,7 +101,10 @@ def test_ci_seeds_pass_with_every_fault_and_the_idempotent_producers_promise_kep
     assert len(seeds) == CI_SEEDS
     # Every kind of fault was injected somewhere, retention cut logs and followers installed snapshots.
     kinds = {k for s in seeds for k in s["kinds"]}
-    assert kinds == set(FAULTS), kinds
+    assert set(FAULTS) <= kinds <= set(FAULTS) | set(LONG_FAULTS), kinds
+    # Some seeds ran the long-fault regime: the real Producers' delivery timeouts expired (the
+    # messages failed to the application, maybe stored) and the idempotent ones took a new epoch.
+    assert kinds & set(LONG_FAULTS) and sum(s["expired"] for s in seeds) > 0 and sum(s["epoch_bumps"] for s in seeds) > 0
     assert sum(s["retained"] for s in seeds) > 0 and sum(s["snapshots"] for s in seeds) > 0
     # Every run compacted the metadata log, and a wiped node caught up on it by InstallSnapshot.
     assert all(s["meta_compactions"] > 0 for s in seeds) and sum(s["meta_installs"] for s in seeds) > 0
@@ -140,3 +148,76 @@ def test_a_consumer_sent_to_the_log_start_by_out_of_range_is_not_a_skip():
     code, out = sim("--seed", "7860036", "--seeds", "1")
     assert code == 0 and "1 of 1 seeds passed" in out, out[-3000:]
     assert seed_lines(out)[0]["retained"] > 0
+
+
+@pytest.mark.parametrize("kind", LONG_FAULTS)
+def test_a_long_fault_expires_the_producers_delivery_timeouts_and_the_run_still_passes(kind):
+    """The long-fault regime, one kind forced: it outlasts the end of the load (1 s here) and
+    the Producers' delivery timeout; messages fail to the application by it, none is reported
+    acknowledged that is not kept, and the run settles and passes once the fault is over."""
+    weights = tuple(int(k == kind) for k in LONG_FAULTS)
+    config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=weights)
+    long_fault = SimCluster(5, config).long_fault
+    assert long_fault is not None and long_fault[0] == kind
+    result = run_seed(5, config)
+    assert result.ok, result.violations
+    assert result.fault_counts()[kind] == 1 and result.stats["expired"] > 0
+    # Settled only after the fault ended: from when it really started (long_fault[1] into the
+    # load), for its drawn length, which outlasted the load.
+    _, into_the_load, length = long_fault
+    started = [float(f.split()[0]) for f in result.faults if f.split()[1] == kind]
+    assert len(started) == 1 and into_the_load + length > CI_DURATION
+    assert result.sim_seconds > started[0] + length
+
+
+def _long_blocks_held(world: Any) -> bool:
+    """Whether every block of the world's long fault is in force on its network."""
+    net = world.network
+    return all((frozenset((a, b)) in net.blocked) if both else ((a, b) in net.one_way)
+               for a, b, both in world._long_blocks)
+
+
+def test_a_power_fault_during_a_cut_client_fault_does_not_end_it(monkeypatch):
+    """A power loss heals every partition (the nodes come back on new connections), but a long
+    fault runs to its own end: its blocks are re-applied, or the cut-off Producer's sends
+    reach the cluster again early and its delivery timeouts may never expire."""
+    seen: list[tuple[float, bool]] = []
+    start_fault = SimCluster._start_fault
+
+    def recorded(self: Any, kind: str, length: float, candidates: Any) -> None:
+        start_fault(self, kind, length, candidates)
+        if kind == "power" and self._long_blocks:
+            seen.append((self.clock.seconds(), _long_blocks_held(self)))
+
+    monkeypatch.setattr(SimCluster, "_start_fault", recorded)
+    power_only = tuple(int(k == "power") for k in FAULTS)
+    config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=(1, 0, 0), fault_weights=power_only)
+    result = run_seed(5, config)
+    assert seen, "no power fault landed during the cut-client fault"
+    assert all(held for _, held in seen), seen
+    assert result.ok, result.violations
+
+
+def test_a_run_shorter_than_the_long_faults_start_waits_for_it_before_settling():
+    """With a --duration shorter than the long fault's start, the fault is still pending when
+    the load ends: the run must not settle, drain and check before it has started and ended."""
+    config = attrs.evolve(CI, duration=0.05, long_fault=1.0, long_fault_weights=(1, 0, 0),
+                          long_fault_start=(0.3, 0.3))
+    world = SimCluster(5, config)
+    assert world.long_fault is not None
+    _, start, length = world.long_fault
+    result = run_seed(5, config)
+    assert result.ok, result.violations
+    assert any(f.endswith(" cut-client") for f in result.faults), result.faults
+    assert result.sim_seconds > start + length
+
+
+def test_a_timed_out_send_reported_unsent_is_caught_when_the_nodes_answers_are_held():
+    """timed-out-send-reported-unsent (sim_variants.py) in CI, cheaply: its seeds are the ones
+    with a long fault, so the fault is forced (mute-client: the Producer's requests land, the
+    answers never come, and its resends are refused a connection until the delivery timeout):
+    seed 0 reads a message its Producer failed as not stored. The right Producer passes it."""
+    config = attrs.evolve(CI, long_fault=1.0, long_fault_weights=(0, 1, 0))
+    broken = run_seed(0, config, VARIANTS["timed-out-send-reported-unsent"])
+    assert not broken.ok and any("aborted-read" in v for v in broken.violations), broken.violations
+    assert run_seed(0, config).ok

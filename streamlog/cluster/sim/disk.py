@@ -9,21 +9,35 @@ write latency after it was saved) and the group committer the node's Raft
 groups sync through (L{SimCommitter}: one fsync in flight per log, each
 taking a latency drawn from the seed, now and then a slow one).
 
-L{SimDisk.crash} is a power loss: whatever was not durable is gone (an
+The metadata snapshot files (L{SimSnapshots}) follow the real save's order
+(L{streamlog.storage.snapshot_files.DirectorySnapshots.save}: the temporary
+file written and fdatasynced, renamed, the directory fsynced, the oldest
+file unlinked and the directory fsynced again).  A save the node runs on its
+reactor (an InstallSnapshot's) is done when it returns, as the real one is;
+one the node hands to the committer's worker (C{run_tracked}: its own
+snapshots) takes a seeded fsync latency per step, the steps held while the
+node is paused (a stopped process's threads stop too) and cut off by a crash.
+
+L{SimDisk.power_loss} is a crash: whatever was not durable is gone (an
 unsynced log tail is cut at a random point, as a disk may persist part of
-it), fsyncs in flight never complete, and the node is rebuilt from what is
-left.  Completions are delivered as the node (through its L{NodeClock}), so
-a paused node hears of them only when resumed, and a dead one never.
+it; a snapshot file renamed, or unlinked, since its directory's last fsync is
+there or not, whole, by a coin: its data was fdatasynced before the rename),
+fsyncs and snapshot writes in flight never complete, and the node is
+rebuilt from what is left.  Completions are delivered as the node (through
+its L{NodeClock}), so a paused node hears of them only when resumed, and a
+dead one never.  A clean stop (SIGTERM) finishes the snapshot writes in
+flight first, as the committer's C{stop} waits for its C{run_tracked} jobs.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from streamlog.cluster.metadata import METADATA_GROUP
 from streamlog.cluster.sim.clock import NodeClock
@@ -31,9 +45,12 @@ from streamlog.raft.core import HardState
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import StorageFailed
 from streamlog.storage.group_commit import ALWAYS, FsyncPolicy
+from streamlog.storage.in_flight import META_SNAPSHOT
 from streamlog.storage.local import LocalLog
 from streamlog.storage.memory import MemoryLog
-from streamlog.storage.snapshot_files import MemorySnapshots
+from streamlog.storage.snapshot_files import KEEP, MemorySnapshots
+
+_log = Logger()
 
 
 class LogObserver(Protocol):
@@ -147,8 +164,63 @@ class SimHardState:
         self._last_write = 0.0
 
 
+class SimSnapshots(MemorySnapshots):
+    """One group's snapshot files on the simulated disk: C{files} is the directory as the node
+    sees it, C{durable} what a power loss leaves of it (as of the directory's last fsync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durable: dict[int, bytes] = {}
+
+    def save(self, index: int, data: bytes) -> None:
+        """The whole save at once (durable when it returns): what the node does on its reactor."""
+        for _ in self.save_steps(index, data):
+            pass
+
+    def save_steps(self, index: int, data: bytes) -> Iterator[None]:
+        """The real save's steps (C{DirectorySnapshots.save}); each C{yield} is one fsync."""
+        yield  # the temporary file written and fdatasynced: nothing the directory shows yet
+        self.files[index] = bytes(data)  # renamed into place: listed, not yet durable
+        self.saves += 1
+        yield  # the directory's fsync
+        self._dir_synced()
+        old = self.listing()[KEEP:]
+        for i in old:
+            del self.files[i]
+        if old:
+            yield  # the directory's fsync after the unlinks
+            self._dir_synced()
+
+    def refuse(self, index: int) -> None:
+        super().refuse(index)
+        self._dir_synced()  # renamed aside, then the directory fsynced
+
+    def _dir_synced(self) -> None:
+        self.durable = dict(self.files)
+
+    def power_loss(self, rng: random.Random) -> None:
+        """What the directory's last fsync did not cover is there or not, by a coin each."""
+        kept = dict(self.durable)
+        for index in sorted(set(self.files) | set(self.durable)):
+            if self.files.get(index) != self.durable.get(index) and rng.random() < 0.5:
+                if index in self.files:
+                    kept[index] = self.files[index]  # the rename (or the file) reached the disk
+                else:
+                    kept.pop(index, None)  # the unlink did
+        self.files = kept
+        self.durable = dict(kept)
+
+
+def _after_one_fsync(f: Callable[..., Any], *args: Any) -> Iterator[None]:
+    """A job other than a snapshot save: C{f(*args)} after one fsync's latency (its result is
+    the generator's)."""
+    yield
+    return f(*args)
+
+
 class SimCommitter:
-    """The node's group committer (C{wait_index}, C{forget}, C{policy}) over the simulated disk."""
+    """The node's group committer (C{wait_index}, C{forget}, C{policy}, C{run_tracked}) over the
+    simulated disk."""
 
     policy = FsyncPolicy(ALWAYS)
 
@@ -157,6 +229,8 @@ class SimCommitter:
         self._waiters: dict[int, list[tuple[int, Deferred]]] = {}
         self._logs: dict[int, SimLog] = {}
         self.syncs = 0
+        #: The C{run_tracked} jobs in flight (their steps left) and the Deferreds they fire.
+        self._jobs: dict[Iterator[Any], Deferred] = {}
 
     def wait_index(self, log: SimLog, index: int) -> Deferred:
         if log.durable_index >= min(index, log.last_index):
@@ -194,6 +268,51 @@ class SimCommitter:
 
         self.disk.clock.callLater(self.disk.fsync_latency(), done)
 
+    def run_tracked(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} as the committer's worker runs it: later, off the node's reactor.
+
+        A metadata snapshot's save (kind C{META_SNAPSHOT}: C{SimSnapshots.save}) goes step by step, one seeded fsync
+        latency per step (L{SimSnapshots.save_steps}); anything else runs after one latency.
+        The steps are held while the node is paused and never run once it crashed (a clean
+        stop finishes them: L{finish_jobs}); the Deferred fires as the node once the job is
+        done, with C{f}'s result or failure."""
+        if kind == META_SNAPSHOT:  # the node's metadata snapshot: C{store.save} of a SimSnapshots
+            store = getattr(f, "__self__", None)
+            if not isinstance(store, SimSnapshots):
+                raise TypeError(f"a {kind} job must be a SimSnapshots' save, not {f!r}")
+            job = store.save_steps(*args)
+        else:
+            job = _after_one_fsync(f, *args)
+        d: Deferred = Deferred()
+        self._jobs[job] = d
+        self._advance(job, self.disk.generation)
+        return d
+
+    def _advance(self, job: Iterator[None], generation: int) -> None:
+        """Run C{job} up to its next fsync, and on after that fsync's latency (or fire its Deferred)."""
+        if self.disk.generation != generation or job not in self._jobs:
+            return  # the power went first (or a clean stop finished it): the rest never happens here
+        try:
+            next(job)
+        except StopIteration as done:
+            self._jobs.pop(job).callback(done.value)
+            return
+        except Exception:
+            self._jobs.pop(job).errback()
+            return
+        self.disk.clock.callLater(self.disk.fsync_latency(), self.disk.as_node, self._advance, job, generation)
+
+    def finish_jobs(self) -> None:
+        """A clean stop: the committer's C{stop} waits for the jobs in flight, whatever their
+        outcome (nobody hears of them: a job's failure is dropped, as the real stop takes none)."""
+        jobs, self._jobs = self._jobs, {}
+        for job in jobs:
+            try:
+                for _ in job:
+                    pass
+            except Exception as e:
+                _log.info("a job in the committer's worker failed during the clean stop: {error!r}", error=e)
+
     def forget(self, log: Any, error: Exception | None = None) -> None:
         raw = getattr(log, "log", log)
         for _, d in self._waiters.pop(id(raw), []):
@@ -203,8 +322,11 @@ class SimCommitter:
         return succeed(None)
 
     def power_loss(self) -> None:
+        if self._jobs and self.disk.observer is not None:
+            self.disk.observer.count("writes_cut")  # a snapshot write (or another job) cut off
         self._waiters = {}
         self._logs = {}
+        self._jobs = {}
 
 
 class SimDisk:
@@ -222,9 +344,9 @@ class SimDisk:
         self.groups: dict[str, tuple[TopicConfig, SimLog]] = {}
         self.hard_state = SimHardState(self)
         self.committer = SimCommitter(self)
-        #: State-machine snapshot files (the metadata group's): durable once saved, as the real
-        #: ones are fsynced before their save returns.
-        self.snapshots: dict[str, MemorySnapshots] = {}
+        #: State-machine snapshot files (the metadata group's): a save on the node's reactor is
+        #: durable when it returns, one in the committer's worker step by step (L{SimSnapshots}).
+        self.snapshots: dict[str, SimSnapshots] = {}
 
     def fsync_latency(self) -> float:
         if self.rng.random() < self.slow_fsync:
@@ -259,8 +381,8 @@ class SimDisk:
         self.groups.pop(name, None)
         self.snapshots.pop(name, None)
 
-    def snapshot_store(self, name: str) -> MemorySnapshots:
-        return self.snapshots.setdefault(name, MemorySnapshots())
+    def snapshot_store(self, name: str) -> SimSnapshots:
+        return self.snapshots.setdefault(name, SimSnapshots())
 
     def close(self) -> None:
         pass
@@ -272,12 +394,16 @@ class SimDisk:
         self.generation += 1
         for _, log in self.groups.values():
             log.power_loss(self.rng)
+        for _, store in sorted(self.snapshots.items()):
+            store.power_loss(self.rng)
         self.hard_state.power_loss()
         self.committer.power_loss()
 
     def clean_stop(self) -> None:
         """The node stopped cleanly (SIGTERM): its final sync made everything durable, and
-        nothing it had in flight completes (the next process starts afresh)."""
+        nothing it had in flight completes (the next process starts afresh), but the snapshot
+        writes in its worker are finished first."""
+        self.committer.finish_jobs()
         self.generation += 1
         for _, log in self.groups.values():
             log.flush()

@@ -47,12 +47,14 @@ class LibraryProducer:
     @param idempotent: the Producer's own switch (a plain one has one request in flight per
         partition, so its send order is checkable too, as C{streamlog chaos} runs it).
     @param delivery_timeout: the Producer's, in simulated seconds.
+    @param producer_class: C{Producer}, or a broken variant's subclass of it.
     """
 
     def __init__(self, name: str, network: SimNetwork, clock: Clock, rng: random.Random,
                  addresses: dict[int, str], history: History, ids: Callable[[], int], *, topic: str,
                  partitions: int, idempotent: bool = True, delivery_timeout: float = 8.0,
-                 request_timeout: float = 1.0, max_pending: int = 12, gap: tuple[float, float] = (0.002, 0.02)) -> None:
+                 request_timeout: float = 1.0, max_pending: int = 12, gap: tuple[float, float] = (0.002, 0.02),
+                 producer_class: type[Producer] = Producer) -> None:
         self.name = name
         self.clock = clock
         self.rng = rng
@@ -67,7 +69,7 @@ class LibraryProducer:
                                     request_timeout=request_timeout, retry_backoff_min=0.02, retry_backoff_max=0.3,
                                     reconnect_min=0.02, reconnect_max=0.5, rng=random.Random(rng.random()),
                                     endpoint_factory=lambda address: network.endpoint(name, _host_port(address)))
-        self.producer = Producer(self.client, linger_ms=2, batch_size=20, acks="all",
+        self.producer = producer_class(self.client, linger_ms=2, batch_size=20, acks="all",
                                  delivery_timeout=delivery_timeout,
                                  max_in_flight_per_partition=None if idempotent else 1, idempotent=idempotent)
         self.count = 0

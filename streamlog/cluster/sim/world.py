@@ -94,6 +94,16 @@ class SimConfig:
     #: Clients making metadata entries during the load (InitProducerId of named producers,
     #: L{streamlog.cluster.sim.clients.Registrar}), so that they meet the faults.
     registrars: int = 1
+    #: Share of seeds in the long-fault regime: the real Producers run with a delivery timeout
+    #: of C{long_delivery_timeout} seconds (uniform) instead of 8, and one fault of L{LONG_FAULTS}
+    #: (weights C{long_fault_weights}) starts C{long_fault_start} seconds into the load and lasts
+    #: that timeout plus C{long_fault_extra}: a send's delivery timeout expires (failed to the
+    #: application, maybe stored), and the Producer goes on past it (a new epoch, later sends).
+    long_fault: float = 0.25
+    long_delivery_timeout: tuple[float, float] = (1.5, 2.5)
+    long_fault_weights: tuple[int, ...] = (2, 2, 1)
+    long_fault_start: tuple[float, float] = (0.1, 0.4)
+    long_fault_extra: tuple[float, float] = (0.3, 1.2)
     #: Seconds a SIGTERM'd node waits for its leaderships to move before it stops anyway.
     transfer_timeout: float = 1.0
     #: A run that takes more clock events than this is stuck in a storm: a failure.
@@ -107,6 +117,11 @@ NOT_SAFETY = ("liveness", "crash")
 
 #: The faults the simulator injects (SimConfig.fault_weights weighs them in this order).
 FAULTS = ("crash", "pause", "isolate", "reset", "power", "oneway", "sigterm", "wipe")
+#: The long faults (one per seed of the long-fault regime, SimConfig.long_fault): a real Producer's
+#: process cut off from every node both ways (C{cut-client}), or only the nodes' bytes to it held
+#: (C{mute-client}: its requests land, their answers do not come), or every node down at once
+#: (C{outage}: a power loss of the whole cluster, restarted when it ends).
+LONG_FAULTS = ("cut-client", "mute-client", "outage")
 #: Those that take one node out of the healthy majority while they last.
 NODE_FAULTS = ("crash", "pause", "isolate", "oneway", "sigterm", "wipe")
 
@@ -129,9 +144,9 @@ class SimResult:
         return any(v.split()[1].rstrip(":") not in NOT_SAFETY for v in self.violations if len(v.split()) > 1)
 
     def fault_counts(self) -> dict[str, int]:
-        """How many faults of each kind the seed injected (in L{FAULTS} order)."""
+        """How many faults of each kind the seed injected (in L{FAULTS}, then L{LONG_FAULTS} order)."""
         kinds = [f.split()[1] for f in self.faults]
-        return {k: kinds.count(k) for k in FAULTS if k in kinds}
+        return {k: kinds.count(k) for k in (*FAULTS, *LONG_FAULTS) if k in kinds}
 
     def line(self) -> str:
         status = "ok  " if self.ok else "FAIL"
@@ -276,8 +291,10 @@ class SimCluster:
         self._trace = hashlib.sha256()
         self.events = 0
         self.faults: list[str] = []
-        #: What the disks counted: prefix truncations (retention) and snapshot installs.
-        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0}
+        #: What the disks counted: prefix truncations (retention), snapshot installs, and crashes
+        #: that cut off a metadata snapshot write in the committer's worker (C{writes_cut}).
+        self.counts: dict[str, int] = {"retained": 0, "snapshots": 0, "meta_compactions": 0, "meta_installs": 0,
+                                       "writes_cut": 0}
         #: Faults may start (the load phase); False once everything is healed.
         self.faulting = False
         #: What a broken variant may replace (see tests/cluster/sim_variants.py).
@@ -288,17 +305,45 @@ class SimCluster:
         self.node_overrides: dict[str, Any] = {}
         #: Attributes of the nodes' Raft host a broken variant replaces (e.g. its runner_class).
         self.host_overrides: dict[str, Any] = {}
+        #: Methods of the real Producer (streamlog.client.producer) a broken variant replaces.
+        self.producer_overrides: dict[str, Any] = {}
         n = config.nodes
         self.peers = {i: f"127.0.0.{i}:9000" for i in range(1, n + 1)}
         self.clients = {i: f"127.0.0.{i}:7000" for i in range(1, n + 1)}
         if variant is not None:
             variant(self)
         self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
+        # The long-fault regime (drawn last, so that the streams above are as without it).
+        regime = random.Random(self.rng.random())
+        #: The real Producers' delivery timeout, and this seed's long fault: (kind, start, length).
+        self.delivery_timeout = 8.0
+        self.long_fault: tuple[str, float, float] | None = None
+        if regime.random() < config.long_fault:
+            self.delivery_timeout = regime.uniform(*config.long_delivery_timeout)
+            kind = regime.choices(LONG_FAULTS, config.long_fault_weights)[0]
+            self.long_fault = (kind, regime.uniform(*config.long_fault_start),
+                               self.delivery_timeout + regime.uniform(*config.long_fault_extra))
+        self._long_rng = random.Random(regime.random())
+        #: While a long fault lasts: the cut-off producer's blocks (re-applied after every heal),
+        #: or the outage (no node restarts until it ends).
+        self._long_blocks: list[tuple[str, str, bool]] = []
+        self._outage = False
+        #: The long fault is scheduled and has not ended yet (it may not have started: in a
+        #: run shorter than its start it starts during the settling, which waits for its end).
+        self._long_pending = False
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
         self.library: list[LibraryProducer] = []
         self.registrars: list[Registrar] = []
         self.groups: dict[int, str] = {}
+
+    def producer_class(self) -> type[Any]:
+        """The real Producer the library processes run, with a broken variant's C{producer_overrides}."""
+        from streamlog.client.producer import Producer as RealProducer
+
+        if not self.producer_overrides:
+            return RealProducer
+        return type("SimVariantProducer", (RealProducer,), dict(self.producer_overrides))
 
     def node_class(self) -> type[ClusterNode]:
         """ClusterNode whose Raft host draws its dial jitter from the seed and runs
@@ -495,6 +540,7 @@ class SimCluster:
                     s.crash()
             self._isolated.clear()
             self.network.unblock_all()
+            self._block_long()  # a long fault (a cut-off Producer) runs to its own end
             self.clock.callLater(rng.uniform(0.05, 0.5), self._restart_all)
             return
         target = candidates[rng.randrange(len(candidates))]
@@ -531,7 +577,7 @@ class SimCluster:
     _isolated: set[int] = set()
 
     def _restart(self, sim: SimNode) -> None:
-        if not sim.up:
+        if not sim.up and not self._outage:  # an outage's end restarts every node
             self.trace("restart", sim.id)
             sim.start()
 
@@ -548,14 +594,60 @@ class SimCluster:
         self._isolated.discard(node)
         self.trace("heal", node)
         self.network.heal_host(f"n{node}")
+        self._block_long()
+
+    # --- the long fault (one per seed of the long-fault regime)
+
+    def _start_long_fault(self) -> None:
+        assert self.long_fault is not None
+        kind, _, length = self.long_fault
+        self.faults.append(f"{self.clock.seconds():.3f} {kind}")
+        if kind == "outage":
+            self.trace("outage")
+            self._outage = True
+            for s in self.nodes.values():
+                if s.up:
+                    s.crash()
+            self._isolated.clear()
+            self.network.unblock_all()
+        else:
+            target = self.library[self._long_rng.randrange(len(self.library))].name
+            self.trace(kind, target)
+            for s in self.nodes.values():
+                # cut-client: nothing either way; mute-client: the nodes' bytes to it are held
+                self._long_blocks.append((s.name, target, kind == "cut-client"))
+            self._block_long()
+        self.clock.callLater(length, self._end_long_fault)
+
+    def _block_long(self) -> None:
+        """(Re-)apply the long fault's blocks: healing a node or everything must not end it."""
+        for frm, to, both in self._long_blocks:
+            if both:
+                self.network.block(frm, to)
+            else:
+                self.network.block_one_way(frm, to)
+
+    def _end_long_fault(self) -> None:
+        assert self.long_fault is not None
+        self.trace("long-fault-end", self.long_fault[0])
+        self._long_pending = False
+        if self._outage:
+            self._outage = False
+            self._restart_all()
+        hosts = {to for _, to, _ in self._long_blocks}
+        self._long_blocks = []
+        for host in sorted(hosts):
+            self.network.heal_host(host)
 
     def heal_all(self) -> None:
+        """Every fault of L{FAULTS} ends (a long one runs to its own end, into the settling)."""
         self._isolated.clear()
         self.network.unblock_all()
+        self._block_long()
         for sim in self.nodes.values():
             if sim.up and sim.paused and sim.clock is not None:
                 sim.clock.resume()
-            elif not sim.up and not sim.stopping:
+            elif not sim.up and not sim.stopping and not self._outage:
                 sim.start()
 
     # --- the run
@@ -563,6 +655,8 @@ class SimCluster:
     def settled(self) -> bool:
         if any(c.busy for c in self.producers) or any(p.busy for p in self.library):
             return False
+        if self._long_pending or self._long_blocks or self._outage:
+            return False  # a long fault runs to its end (into the settling, in a short run)
         for p in self.groups:
             leader = self.leader(p)
             if leader is None or leader.node is None:
@@ -640,7 +734,9 @@ class SimCluster:
             self.network.drop_answers[name] = config.drop_answer
             self.library.append(LibraryProducer(name, self.network, self.clock, random.Random(self.client_rng.random()),
                                                 self.clients, self.history, self.next_id, topic=TOPIC,
-                                                partitions=config.partitions, idempotent=idempotent))
+                                                partitions=config.partitions, idempotent=idempotent,
+                                                delivery_timeout=self.delivery_timeout,
+                                                producer_class=self.producer_class()))
         for k in range(config.registrars):
             name = f"reg{k}"
             self.network.add_host(name, f"127.0.60.{k + 1}")
@@ -651,6 +747,9 @@ class SimCluster:
         self.trace("load")
         self.faulting = True
         self.schedule_faults(self.clock.seconds() + config.duration)
+        if self.long_fault is not None:
+            self._long_pending = True
+            self.clock.callLater(self.long_fault[1], self._start_long_fault)
         self.run_for(config.duration)
         self.faulting = False
         self.trace("heal")
@@ -713,7 +812,12 @@ class SimCluster:
             "snapshots": self.counts["snapshots"],
             "meta_compactions": self.counts["meta_compactions"],
             "meta_installs": self.counts["meta_installs"],
+            "writes_cut": self.counts["writes_cut"],
             "registered": sum(r.granted for r in self.registrars),
+            # The real Producers' messages failed by their delivery timeout (the long faults).
+            "expired": sum(1 for s in sends if s.error == "DELIVERY_TIMEOUT"),
+            # ... and the new epochs the idempotent ones took past a gap that left.
+            "epoch_bumps": sum(p.producer.epoch_bumps for p in self.library),
             "faults": len(self.faults),
             "events": self.events,
         }
