@@ -36,9 +36,10 @@ from streamlog.cluster.meta_snapshots import DEFAULT_SNAPSHOT_ENTRIES
 from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.table import ProducerStateConfig
 from streamlog.raft.transport import TransportLimits
+from streamlog.storage import sync_failure
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
-from streamlog.storage.errors import StorageError
+from streamlog.storage.errors import StorageError, SyncFailed
 from streamlog.storage.group_commit import ALWAYS, DEFAULT_SYNC_WORKERS, FsyncPolicy, GroupCommitter
 from streamlog.storage.lock import DataDirLock, DataDirLocked
 from streamlog.storage.memory import MemoryStorage
@@ -164,9 +165,21 @@ def fail_stop(error: Any) -> None:
 
     C{os._exit}, not C{reactor.stop}: a clean shutdown would run the final
     sync and checkpoint on a disk that just failed, and answer waiting sends.
+    Called on whatever thread found the fault: a failed sync in a worker
+    stops the process there (L{streamlog.storage.sync_failure}, which the
+    running service points here).  The line names the file and the errno of
+    a failed sync (C{path}, C{errno} in the event, for JSON logs too).
     """
-    Logger().critical("streamlog stops because storage failed: {error}", error=error)
+    value = getattr(error, "value", error)  # a Failure's exception
+    Logger().critical("streamlog stops because storage failed: {error}", error=value,
+                      path=getattr(value, "path", None), errno=getattr(value, "errno", None))
     os._exit(70)
+
+
+def _sync_failed(failure: SyncFailed) -> None:
+    """The running node's handler of a failed durability sync: fail-stop, exit 70 (looked up
+    at each call, so a test that replaces C{fail_stop} sees it called)."""
+    fail_stop(failure)
 
 
 def refuse_to_run(line: str) -> None:
@@ -288,6 +301,8 @@ class BrokerService(service.Service):
         #: The node's ClusterNode (a node with --peers), or None.
         self.cluster: Any = None
         self.drain_timeout = 5.0
+        #: The handler of failed syncs before L{startService} installed fail-stop (put back at the end of the stop).
+        self._sync_handler_before: sync_failure.Handler | None = None
         #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
         self.transfer_timeout = 5.0
 
@@ -308,6 +323,27 @@ class BrokerService(service.Service):
         """
         if self.broker is not None:
             return self.broker
+        # A sync that fails while the storage opens is recorded, whoever catches its error,
+        # and refuses the start (exit 1, one line): nothing was served or acknowledged yet.
+        syncs = sync_failure.Recorder()
+        previous = sync_failure.install(syncs)
+        try:
+            broker = self._open()
+        except StartupError:
+            if not syncs.failures:
+                raise
+            broker = None  # undone already; the failed sync is what to say
+        finally:
+            sync_failure.install(previous)
+        if syncs.failures:
+            if broker is not None:
+                self.broker = self.cluster = None
+                self._abandon(broker.storage, sync=False)
+            raise StartupError(f"cannot start on the data dir {self.data_dir}: {syncs.failures[0]} "
+                               "(a disk fault: nothing written there since can be trusted)") from None
+        return broker
+
+    def _open(self) -> Broker:
         if self.data_dir is not None:
             self._check_data_dir_kind(self.data_dir)
         before, after = raise_open_file_limit()
@@ -429,9 +465,9 @@ class BrokerService(service.Service):
         else:
             self._release_lock()
 
-    def _abandon(self, storage: Any) -> None:
+    def _abandon(self, storage: Any, sync: bool = True) -> None:
         try:
-            storage.close()
+            storage.close(sync=sync)
         except Exception:
             self._log.failure("closing the storage of a node that did not start failed")
         self._release_lock()
@@ -452,6 +488,9 @@ class BrokerService(service.Service):
 
     def startService(self) -> None:
         broker = self.open()
+        # Start-up is over: from now on a failed durability sync anywhere, on any thread, stops
+        # the process (exit 70) before its caller sees the error (streamlog.storage.sync_failure).
+        self._sync_handler_before = sync_failure.install(_sync_failed)
         super().startService()
         if self.lock is not None:
             self.lock.update(self.holder())  # after twistd's fork into the background the pid is new
@@ -498,6 +537,7 @@ class BrokerService(service.Service):
 
         def release(result: Any) -> Any:
             self._release_lock()  # last: the next server may open the logs once they are closed
+            sync_failure.install(self._sync_handler_before)  # the final syncs were fail-stop too
             return result
 
         return d.addBoth(release)
