@@ -143,3 +143,17 @@ def test_a_followers_failed_truncation_sync_stops_the_node_and_is_never_answered
     host.stop()
     log.close(sync=False)
 
+
+def test_a_registry_resend_after_a_failed_save_is_not_answered_from_memory(tmp_path, sync_failures, eio_syncs):
+    from streamlog.broker.producer_ids import LocalRegistry
+
+    registry = LocalRegistry(str(tmp_path / "producer-ids.json"))
+    eio_syncs(str(tmp_path / "producer-ids.json"))
+    with pytest.raises(OSError):
+        registry.register("p", None, "t-1")
+    assert sync_failures.failures
+    with pytest.raises(OSError):
+        registry.register("p", None, "t-1")  # the resend: still not durable, so not answered
+    assert registry.producers == {} and registry.next_id == 0
+    eio_syncs(None)
+    assert LocalRegistry(str(tmp_path / "producer-ids.json")).producers == {}
