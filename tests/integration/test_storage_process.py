@@ -299,3 +299,40 @@ def test_an_open_file_limit_too_low_for_a_useful_node_refuses_to_start_with_one_
     assert len(lines) == 1 and "open-file limit (300) is too low" in lines[0] and "at least 509" in lines[0], lines
     assert b"Traceback" not in process.stdout + process.stderr
     assert not (tmp_path / "data" / ".lock").exists()  # refused before it locked anything
+
+
+SITE_EIO = '''
+import errno, os
+_suffix = os.environ.get("STREAMLOG_TEST_EIO_SUFFIX")
+if _suffix:
+    _real = os.fdatasync
+    def _fdatasync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(_suffix):
+            raise OSError(errno.EIO, "Input/output error")
+        _real(fd)
+    os.fdatasync = _fdatasync
+'''
+
+
+def test_a_failed_fsync_its_handler_would_answer_as_an_error_stops_the_process_with_70(tmp_path, daemons, monkeypatch):
+    """The producer-id registry's fsync fails (EIO, injected by a sitecustomize for that one
+    file): the node answered an error and went on; now it exits 70 naming the file and errno."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_EIO)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("STREAMLOG_TEST_EIO_SUFFIX", "producer-ids.json.tmp")
+    server = ServerProcess(tmp_path)
+    daemons.append(server)
+    client = LineClient(server.port)
+    assert client.call("Send", {"topic": "t", "value": 1})["result"]["durability"] == "fsync"
+    try:
+        answer = client.call("InitProducerId", {"producer_name": "p"})
+    except ConnectionError:
+        pass  # fail_stop exits at once, before any answer
+    else:
+        assert "error" in answer, answer
+    assert server.wait(10) == 70
+    client.close()
+    log = server.log()
+    assert "streamlog stops because storage failed: fsync of" in log and "producer-ids.json.tmp" in log and "(EIO)" in log
