@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import orjson
+import pytest
 
 from streamlog import wire
 from streamlog.storage.descriptors import plan
@@ -314,20 +315,26 @@ if _suffix:
 '''
 
 
-def test_a_failed_fsync_its_handler_would_answer_as_an_error_stops_the_process_with_70(tmp_path, daemons, monkeypatch):
-    """The producer-id registry's fsync fails (EIO, injected by a sitecustomize for that one
-    file): the node answered an error and went on; now it exits 70 naming the file and errno."""
+@pytest.mark.parametrize("suffix, method, params", [
+    # On the reactor thread, in a handler that answered an error and went on before.
+    ("producer-ids.json.tmp", "InitProducerId", {"producer_name": "p"}),
+    # In a sync worker (the group commit): the line is logged from that thread, then exit 70.
+    ("00000000000000000001.log", "Send", {"topic": "later", "value": 2}),
+])
+def test_a_failed_fsync_stops_the_process_with_70_naming_the_file_and_errno(tmp_path, daemons, monkeypatch,
+                                                                             suffix, method, params):
+    """EIO for one file's fdatasync, injected by a sitecustomize in the server process."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITE_EIO)
     monkeypatch.setenv("PYTHONPATH", str(site))
-    monkeypatch.setenv("STREAMLOG_TEST_EIO_SUFFIX", "producer-ids.json.tmp")
+    monkeypatch.setenv("STREAMLOG_TEST_EIO_SUFFIX", suffix)
     server = ServerProcess(tmp_path)
     daemons.append(server)
     client = LineClient(server.port)
-    assert client.call("Send", {"topic": "t", "value": 1})["result"]["durability"] == "fsync"
+    assert "result" in client.call("ListTopics")
     try:
-        answer = client.call("InitProducerId", {"producer_name": "p"})
+        answer = client.call(method, params)
     except ConnectionError:
         pass  # fail_stop exits at once, before any answer
     else:
@@ -335,4 +342,4 @@ def test_a_failed_fsync_its_handler_would_answer_as_an_error_stops_the_process_w
     assert server.wait(10) == 70
     client.close()
     log = server.log()
-    assert "streamlog stops because storage failed: fsync of" in log and "producer-ids.json.tmp" in log and "(EIO)" in log
+    assert "streamlog stops because storage failed: fsync of" in log and suffix in log and "(EIO)" in log
