@@ -317,7 +317,8 @@ class BrokerService(service.Service):
         """Lock the data directory, open and recover the storage, build the broker.
 
         Raises L{StartupError} for what a person must fix (not a directory,
-        not writable, locked by another server, unreadable topic metadata),
+        not writable, locked by another server, unreadable topic metadata, a
+        failed fsync: even one the step that asked for it went on from),
         after undoing what was done.  Idempotent: a second call returns the
         same broker.
         """
