@@ -15,13 +15,15 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from streamlog.broker import service as service_module
 from streamlog.broker.service import BrokerService, NodeConfig, StartupError
+from streamlog.cluster.identity import IdentityStore
 from streamlog.raft.core import RaftConfig
 from streamlog.raft.driver import MemoryGroupStorage, RaftHost
 from streamlog.raft.log import Entry
 from streamlog.raft.messages import AppendEntries, AppendEntriesResponse
 from streamlog.storage import producer_snapshots, sync_failure
-from streamlog.storage.base import TopicConfig
+from streamlog.storage.base import RecordBatch, TopicConfig
 from streamlog.storage.errors import SyncFailed
+from streamlog.storage.lock import DataDirLock
 from streamlog.storage.log import SegmentedLog
 from streamlog.storage.segmented import SegmentedStorage
 
@@ -157,3 +159,112 @@ def test_a_registry_resend_after_a_failed_save_is_not_answered_from_memory(tmp_p
     assert registry.producers == {} and registry.next_id == 0
     eio_syncs(None)
     assert LocalRegistry(str(tmp_path / "producer-ids.json")).producers == {}
+
+
+def crashed_topic(data_dir, name: str = "t") -> None:
+    """A topic whose last records were never synced nor checkpointed (as a crash leaves it):
+    the next open reads them back and syncs them."""
+    storage = SegmentedStorage(str(data_dir))
+    storage.load()
+    storage.create_topic("whole", 1, TopicConfig())
+    log = storage.create_topic(name, 1, TopicConfig())[0]
+    log.append(RecordBatch(base_offset=0, count=1, term=1, first_timestamp=1, max_timestamp=1, payload=b'{}'))
+    log.log._release()  # no clean-shutdown checkpoint
+    for other in storage.logs():
+        if other is not log.log:
+            other.close()
+    storage.hard_state.close()
+
+
+class SyncsSeen:
+    """The path of every sync, and the index of the first one failed (a predicate for eio_syncs)."""
+
+    def __init__(self, fails) -> None:
+        self.fails = fails
+        self.paths: list[str] = []
+        self.failed_at: int | None = None
+
+    def __call__(self, path: str) -> bool:
+        self.paths.append(path)
+        failing = self.fails(path)
+        if failing and self.failed_at is None:
+            self.failed_at = len(self.paths) - 1
+        return failing
+
+    def after_the_failure(self) -> list[str]:
+        assert self.failed_at is not None, "no sync failed"
+        return self.paths[self.failed_at + 1:]
+
+
+def test_a_failed_start_after_a_swallowed_sync_failure_closes_the_logs_without_another_sync(
+        tmp_path, eio_syncs, monkeypatch):
+    """A failed sync the step that asked for it went on from, then a later start-up step fails:
+    the storage is let go without syncing or checkpointing on the disk that failed."""
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    storage.create_topic("t", 1, TopicConfig())
+    storage.close()
+    partition = tmp_path / "t" / "0"
+    doomed = partition / producer_snapshots.file_name(7)
+    doomed.write_bytes(b"not a snapshot")  # refused at the next open; its removal's sync fails (a warning)
+    seen = SyncsSeen(lambda path: path == str(partition) and not doomed.exists())
+    eio_syncs(seen)
+
+    class Refused(service_module.Broker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            raise ValueError("a later start-up step fails")
+
+    monkeypatch.setattr(service_module, "Broker", Refused)
+    node = BrokerService(NodeConfig(data_dir=str(tmp_path)), Clock())
+    with pytest.raises(StartupError) as refused:
+        node.open()
+    assert str(partition) in str(refused.value) and "EIO" in str(refused.value)
+    assert seen.after_the_failure() == []
+    assert node.lock is None and node.broker is None
+
+
+def test_a_failed_recovery_sync_refuses_the_start_and_syncs_nothing_more(tmp_path, eio_syncs):
+    """A start-up sync whose error goes up (recovery reading back a crashed log): one line
+    naming the file and the errno, nothing synced after it, the lock released."""
+    crashed_topic(tmp_path)
+    seen = SyncsSeen(lambda path: path.startswith(str(tmp_path / "t")))
+    eio_syncs(seen)
+    node = BrokerService(NodeConfig(data_dir=str(tmp_path)), Clock())
+    with pytest.raises(StartupError) as refused:
+        node.open()
+    assert str(tmp_path / "t") in str(refused.value) and "EIO" in str(refused.value)
+    assert "a disk fault" in str(refused.value)
+    assert seen.after_the_failure() == []
+    assert node.lock is None and node.broker is None
+    eio_syncs(None)
+    again = BrokerService(NodeConfig(data_dir=str(tmp_path)), Clock())
+    again.open()
+    again.close()
+
+
+def test_another_nodes_identity_file_refuses_the_start_with_the_storage_closed_and_the_lock_released(tmp_path):
+    config = NodeConfig(data_dir=str(tmp_path), node_id=1, peers={1: "127.0.0.1:1", 2: "127.0.0.1:2"},
+                        peer_listen="tcp:0:interface=127.0.0.1")
+    IdentityStore(str(tmp_path)).load(2)  # the data dir of node 2
+    node = BrokerService(config, Clock())
+    with pytest.raises(StartupError) as refused:
+        node.open()
+    assert "belongs to node 2" in str(refused.value)
+    assert node.lock is None and node.cluster is None
+    assert open_files_under(tmp_path) == []  # the logs and the hard-state file closed, the lock file too
+    DataDirLock.acquire(str(tmp_path), {}).release()  # the next server gets in
+
+
+def open_files_under(directory) -> list[str]:
+    """The files under C{directory} this process holds open."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed
+        if path.startswith(str(directory)):
+            paths.append(path)
+    return paths
+

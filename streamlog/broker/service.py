@@ -303,6 +303,8 @@ class BrokerService(service.Service):
         self.drain_timeout = 5.0
         #: The handler of failed syncs before L{startService} installed fail-stop (put back at the end of the stop).
         self._sync_handler_before: sync_failure.Handler | None = None
+        #: What L{open} records of the failed syncs while it runs (a failed sync refuses the start).
+        self._startup_syncs = sync_failure.Recorder()
         #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
         self.transfer_timeout = 5.0
 
@@ -326,14 +328,14 @@ class BrokerService(service.Service):
             return self.broker
         # A sync that fails while the storage opens is recorded, whoever catches its error,
         # and refuses the start (exit 1, one line): nothing was served or acknowledged yet.
-        syncs = sync_failure.Recorder()
+        syncs = self._startup_syncs = sync_failure.Recorder()
         previous = sync_failure.install(syncs)
         try:
             broker = self._open()
         except StartupError:
             if not syncs.failures:
                 raise
-            broker = None  # undone already; the failed sync is what to say
+            broker = None  # undone already (without a sync: _abandon); the failed sync is what to say
         finally:
             sync_failure.install(previous)
         if syncs.failures:
@@ -364,8 +366,11 @@ class BrokerService(service.Service):
             else:
                 broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
                 broker.alone.node_id = self.config.node_id
+        except StartupError:
+            self._abandon_at_start(storage)
+            raise
         except (OSError, ValueError, StorageError) as e:
-            self._abandon(storage)
+            self._abandon_at_start(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
         if self.cluster is not None:  # one storage log per Raft group, the metadata group's included
             partitions = [log for name, (_, logs) in self.cluster.loaded.items() if name != "__meta" for log in logs]
@@ -465,6 +470,12 @@ class BrokerService(service.Service):
             self._abandon(broker.storage)
         else:
             self._release_lock()
+
+    def _abandon_at_start(self, storage: Any) -> None:
+        """Undo what L{_open} opened when a start-up step failed: with the clean-shutdown sync,
+        unless a sync already failed during this start (nothing more is written on that disk)."""
+        self.cluster = None
+        self._abandon(storage, sync=not self._startup_syncs.failures)
 
     def _abandon(self, storage: Any, sync: bool = True) -> None:
         try:
