@@ -268,3 +268,21 @@ def open_files_under(directory) -> list[str]:
             paths.append(path)
     return paths
 
+
+def test_two_services_in_one_process_keep_fail_stop_until_the_last_one_stopped(tmp_path, stops):
+    before = sync_failure.installed()
+    failure = sync_failure.describe(str(tmp_path), OSError(errno.EIO, "Input/output error"))
+    for order in ("first-started-stops-first", "last-started-stops-first"):
+        clocks = [Clock(), Clock()]
+        nodes = [BrokerService(NodeConfig(data_dir=str(tmp_path / order / str(i))), clocks[i]) for i in range(2)]
+        for node in nodes:
+            node.startService()
+        first = 0 if order == "first-started-stops-first" else 1
+        stop(nodes[first], clocks[first])
+        handler = sync_failure.installed()
+        assert handler is not None and handler is not before  # the other node still runs
+        stops.clear()
+        handler(failure)
+        assert stops == [failure]
+        stop(nodes[1 - first], clocks[1 - first])
+        assert sync_failure.installed() is before

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import threading
 import time
+import weakref
 from typing import Any
 
 import attrs
@@ -182,6 +184,34 @@ def _sync_failed(failure: SyncFailed) -> None:
     fail_stop(failure)
 
 
+# The services of this process that run with fail-stop installed (a program or a test may run
+# several): installed by the first to start, the handler before it put back once the last stopped,
+# whatever the order of their stops.
+_fail_stop_lock = threading.Lock()
+_fail_stop_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+_handler_before_fail_stop: sync_failure.Handler | None = None
+
+
+def hold_fail_stop(holder: Any) -> None:
+    """From now until L{release_fail_stop}C{(holder)}, a failed durability sync is fail-stop."""
+    global _handler_before_fail_stop
+    with _fail_stop_lock:
+        if sync_failure.installed() is not _sync_failed:
+            _handler_before_fail_stop = sync_failure.install(_sync_failed)
+        _fail_stop_holders.add(holder)
+
+
+def release_fail_stop(holder: Any) -> None:
+    """C{holder} no longer runs: the last one to go puts back the handler from before the first
+    (unless another was installed since, which stays)."""
+    with _fail_stop_lock:
+        if holder not in _fail_stop_holders:
+            return
+        _fail_stop_holders.discard(holder)
+        if not _fail_stop_holders and sync_failure.installed() is _sync_failed:
+            sync_failure.install(_handler_before_fail_stop)
+
+
 def refuse_to_run(line: str) -> None:
     """This node must not run (its peers belong to another cluster): one line, exit 1."""
     import sys
@@ -301,8 +331,6 @@ class BrokerService(service.Service):
         #: The node's ClusterNode (a node with --peers), or None.
         self.cluster: Any = None
         self.drain_timeout = 5.0
-        #: The handler of failed syncs before L{startService} installed fail-stop (put back at the end of the stop).
-        self._sync_handler_before: sync_failure.Handler | None = None
         #: What L{open} records of the failed syncs while it runs (a failed sync refuses the start).
         self._startup_syncs = sync_failure.Recorder()
         #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
@@ -502,7 +530,7 @@ class BrokerService(service.Service):
         broker = self.open()
         # Start-up is over: from now on a failed durability sync anywhere, on any thread, stops
         # the process (exit 70) before its caller sees the error (streamlog.storage.sync_failure).
-        self._sync_handler_before = sync_failure.install(_sync_failed)
+        hold_fail_stop(self)
         super().startService()
         if self.lock is not None:
             self.lock.update(self.holder())  # after twistd's fork into the background the pid is new
@@ -549,7 +577,7 @@ class BrokerService(service.Service):
 
         def release(result: Any) -> Any:
             self._release_lock()  # last: the next server may open the logs once they are closed
-            sync_failure.install(self._sync_handler_before)  # the final syncs were fail-stop too
+            release_fail_stop(self)  # the final syncs were fail-stop too
             return result
 
         return d.addBoth(release)
