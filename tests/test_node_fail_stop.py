@@ -126,9 +126,12 @@ def test_start_up_refuses_to_start_after_a_failed_sync_even_one_its_caller_went_
     again.close()
 
 
-def test_a_followers_failed_truncation_sync_stops_the_node_and_is_never_answered(tmp_path, sync_failures, eio_syncs):
+def test_a_followers_failed_truncation_sync_inside_the_peer_transport_reaches_fail_stop(tmp_path, stops, eio_syncs):
     """A Raft follower cuts a conflicting tail on the reactor thread, inside the peer
-    transport's delivery, which logged what a message raised and went on."""
+    transport's delivery, which logged what a message raised and went on: the failed sync
+    reaches fail_stop there (the running node's handler, as startService installs it), with
+    its path and errno.  (That no success is answered held before the change too.)"""
+    sync_failure.install(service_module._sync_failed)
     log = SegmentedLog(str(tmp_path / "g"))
     log.append([Entry(i, 1, b"") for i in range(1, 4)])
     log.sync()
@@ -139,7 +142,8 @@ def test_a_followers_failed_truncation_sync_stops_the_node_and_is_never_answered
     eio_syncs(str(tmp_path / "g"))
     # The leader of term 2 has another entry at index 2: the follower truncates from 2.
     host.transport._deliver("a", "g", "b", "a", AppendEntries(2, "a", 1, 1, (Entry(2, 2, b""),), 0))
-    assert sync_failures.failures and all(f.path.startswith(str(tmp_path / "g")) for f in sync_failures.failures)
+    assert stops and all(isinstance(f, SyncFailed) and f.path.startswith(str(tmp_path / "g")) and f.errno == errno.EIO
+                         for f in stops)
     assert not [m for m in sent if isinstance(m, AppendEntriesResponse) and m.success]
     eio_syncs(None)
     host.stop()
