@@ -159,7 +159,7 @@ class DirectorySnapshots:
             except OSError:
                 _discard(tmp)  # a full disk: do not keep what cannot be used
                 raise
-            _synced(datasync, fd, tmp)
+            _synced(lambda f: datasync(f, tmp), fd, tmp)
         finally:
             os.close(fd)
         try:

@@ -243,3 +243,30 @@ def test_removing_refused_producer_snapshots_reports_its_failed_sync(tmp_path, s
     with pytest.raises(OSError):
         producer_snapshots.remove_all(str(directory), [str(doomed)])
     reported(sync_failures, directory)
+
+
+def test_a_failed_sync_names_the_file_not_its_descriptor(tmp_path, sync_failures, eio_syncs, monkeypatch):
+    """Each site passes the path it syncs: the descriptor's /proc name says "(deleted)" for a
+    cut-away segment's retired files, and names nothing where there is no /proc."""
+    monkeypatch.setattr(sync_failure, "descriptor_path", lambda fd: f"file descriptor {fd}")
+    log = filled(tmp_path / "p", 1)
+    log.roll()
+    append_batch(log, make_batch(log.end_offset, 1))
+    rolled, active = log.chain.segments
+    eio_syncs(str(tmp_path / "p"))
+    with pytest.raises(OSError):
+        active.files.sync(indexes=True)
+    with pytest.raises(OSError):
+        active.write_index_files()  # rewritten in place
+    if rolled.idx_indexes is None:
+        rolled.load_indexes()
+    with pytest.raises(OSError):
+        rolled.write_index_files()  # replaced through a tmp file
+    store = DirectorySnapshots(str(tmp_path / "meta"))
+    eio_syncs(str(tmp_path / "meta"))
+    with pytest.raises(SyncFailed):
+        store.save(2, b"two")
+    paths = [f.path for f in sync_failures.failures]
+    assert paths == [active.log_path, active.index_path, rolled.index_path + ".tmp", store.path(2) + ".tmp"]
+    eio_syncs(None)
+    log.close(sync=False)
