@@ -492,10 +492,17 @@ class BrokerService(service.Service):
             self.lock.update(self.holder())
 
     def close(self) -> None:
-        """Undo L{open} for a node that will not start (its listener failed)."""
+        """Undo L{open} for a node that will not start (its listener failed).
+
+        The logs are let go without a sync or a clean-shutdown checkpoint: nothing was
+        served, what start-up wrote it synced then, and the next start recovers them as
+        after a crash.  (A sync here would run after start-up's recording of failed syncs
+        and before fail-stop: its failure could only be logged.)
+        """
         if self.broker is not None:
             broker, self.broker = self.broker, None
-            self._abandon(broker.storage)
+            self.cluster = None
+            self._abandon(broker.storage, sync=False)
         else:
             self._release_lock()
 
