@@ -104,17 +104,25 @@ def test_fail_stop_handles_failed_syncs_from_the_start_of_the_service_to_the_end
     assert sync_failure.installed() is before
 
 
-def test_start_up_refuses_to_start_after_a_failed_sync_even_one_its_caller_went_on_from(tmp_path, eio_syncs):
-    """A refused producer-state snapshot's removal: its failed directory fsync was a warning,
-    and the node started on a disk that had just failed."""
-    storage = SegmentedStorage(str(tmp_path))
+def a_refused_snapshot(data_dir):
+    """Topic t's partition, with a producer-state snapshot the next open refuses and removes
+    (the failure of that removal's directory sync was only a warning); and a predicate for
+    eio_syncs that accepts that sync."""
+    storage = SegmentedStorage(str(data_dir))
     storage.load()
     storage.create_topic("t", 1, TopicConfig())
     storage.close()
-    partition = tmp_path / "t" / "0"
+    partition = data_dir / "t" / "0"
     doomed = partition / producer_snapshots.file_name(7)
-    doomed.write_bytes(b"not a snapshot")  # refused at the next open, and removed
-    eio_syncs(lambda path: path == str(partition) and not doomed.exists())  # the removal's sync
+    doomed.write_bytes(b"not a snapshot")
+    return partition, lambda path: path == str(partition) and not doomed.exists()
+
+
+def test_start_up_refuses_to_start_after_a_failed_sync_even_one_its_caller_went_on_from(tmp_path, eio_syncs):
+    """A refused producer-state snapshot's removal: its failed directory fsync was a warning,
+    and the node started on a disk that had just failed."""
+    partition, removal = a_refused_snapshot(tmp_path)
+    eio_syncs(removal)
     node = BrokerService(NodeConfig(data_dir=str(tmp_path)), Clock())
     with pytest.raises(StartupError) as refused:
         node.open()
@@ -204,14 +212,8 @@ def test_a_failed_start_after_a_swallowed_sync_failure_closes_the_logs_without_a
         tmp_path, eio_syncs, monkeypatch):
     """A failed sync the step that asked for it went on from, then a later start-up step fails:
     the storage is let go without syncing or checkpointing on the disk that failed."""
-    storage = SegmentedStorage(str(tmp_path))
-    storage.load()
-    storage.create_topic("t", 1, TopicConfig())
-    storage.close()
-    partition = tmp_path / "t" / "0"
-    doomed = partition / producer_snapshots.file_name(7)
-    doomed.write_bytes(b"not a snapshot")  # refused at the next open; its removal's sync fails (a warning)
-    seen = SyncsSeen(lambda path: path == str(partition) and not doomed.exists())
+    partition, removal = a_refused_snapshot(tmp_path)
+    seen = SyncsSeen(removal)
     eio_syncs(seen)
 
     class Refused(service_module.Broker):
