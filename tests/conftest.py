@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -13,6 +15,29 @@ from streamlog.testing import ClusterHarness
 # No server a test starts binds the HTTP listener's fixed default port (9644) of this shared
 # machine unasked: its children inherit this; a test that wants HTTP gives --http-listen tcp:0.
 os.environ[HTTP_LISTEN_ENV] = "none"
+
+
+@pytest.fixture(autouse=True)
+def _sync_failure_handler_restored():
+    """Every test ends with the handler of failed syncs it began with: a test that started a
+    BrokerService (which installs fail_stop, exit 70) must not leave it to a later test that
+    injects EIO on purpose."""
+    from streamlog.storage import sync_failure
+
+    before = sync_failure.installed()
+    yield
+    sync_failure.install(before)
+
+
+@pytest.fixture
+def sync_failures():
+    """A L{sync_failure.Recorder} installed as the handler of failed durability syncs (what a
+    server's fail_stop would be told), for the test's length."""
+    from streamlog.storage import sync_failure
+
+    recorder = sync_failure.Recorder()
+    sync_failure.install(recorder)
+    yield recorder
 
 
 @pytest.fixture
@@ -31,3 +56,35 @@ def cluster():
     c.run_until_formed()
     yield c
     c.stop()
+
+
+class FailingSyncs:
+    """Replaces C{os.fsync} and C{os.fdatasync}: a sync of a path C{match} accepts fails with
+    EIO (a disk fault), every other sync is real.  C{failed} lists the paths refused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+        self.match: Any = None
+        self.failed: list[str] = []
+        real_fsync, real_fdatasync = os.fsync, os.fdatasync
+        monkeypatch.setattr(os, "fsync", lambda fd: self._sync(real_fsync, fd))
+        monkeypatch.setattr(os, "fdatasync", lambda fd: self._sync(real_fdatasync, fd))
+
+    def __call__(self, match: Any) -> FailingSyncs:
+        """Fail the syncs of paths C{match} accepts (a path's start, a predicate; None: none)."""
+        self.match = match
+        return self
+
+    def _sync(self, real: Any, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        match = self.match
+        if match is not None and (match(path) if callable(match) else path.startswith(str(match))):
+            self.failed.append(path)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+
+@pytest.fixture
+def eio_syncs(monkeypatch):
+    """L{FailingSyncs}: call it with a path (or a predicate) whose syncs are to fail with EIO."""
+    return FailingSyncs(monkeypatch)

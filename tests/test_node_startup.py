@@ -221,3 +221,31 @@ def test_a_port_file_another_node_wrote_since_is_left_alone(tmp_path):
     (tmp_path / "port").write_text("5555\n")
     service.stopService()
     assert (tmp_path / "port").read_text() == "5555\n"
+
+
+def test_a_listener_that_fails_after_the_storage_opened_releases_it_without_a_sync(tmp_path, eio_syncs):
+    """Nothing was served: the logs are let go as they were found (the next start recovers them
+    as after a crash), so no sync runs outside start-up's recording of failed syncs (its failure
+    would only have been logged, the start refused for the listener alone)."""
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    storage.create_topic("t", 2, TopicConfig())
+    storage.close()
+    events: list[str] = []
+    eio_syncs(lambda path: bool(events.append(path)))  # every sync seen, none failed
+
+    class Refusing(RaisingReactorClock):
+        def listenTCP(self, *args, **kwargs):
+            events.append("listen")
+            return super().listenTCP(*args, **kwargs)
+
+    in_use = CannotListenError("127.0.0.1", 7070, OSError(98, "Address already in use"))
+    node = Node(NodeConfig(data_dir=str(tmp_path)), Refusing(listenException=in_use))
+    with pytest.raises(StartupError):
+        node.open()
+    assert "listen" in events and events[events.index("listen") + 1:] == []
+    assert node.broker_service.lock is None and node.broker_service.broker is None
+    eio_syncs(None)
+    again = BrokerService(NodeConfig(data_dir=str(tmp_path)), Clock())
+    assert again.open().topics.keys() == {"t"}
+    again.close()

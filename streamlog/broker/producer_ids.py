@@ -62,22 +62,24 @@ class LocalRegistry:
             self.tokens = {name: registry.tokens_from_json(value, self.producers[name])
                            for name, value in state.get("tokens", {}).items()}
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        write_atomically(self.path, json.dumps({
-            "next_producer_id": self.next_id,
-            "producers": {n: list(i) for n, i in sorted(self.producers.items())},
-            "tokens": {n: registry.tokens_to_json(t, self.producers[n]) for n, t in sorted(self.tokens.items())},
-        }).encode())
+    def _save(self, next_id: int, producers: dict[str, registry.Identity], tokens: dict[str, registry.Tokens]) -> None:
+        """Make this state durable, then hold it.  Nothing changes here if the write or its sync
+        fails: a resend (the same C{request_token}) must not be answered from memory with what
+        never reached the disk (a failed sync has stopped the node by then: fail-stop)."""
+        if self.path is not None:
+            write_atomically(self.path, json.dumps({
+                "next_producer_id": next_id,
+                "producers": {n: list(i) for n, i in sorted(producers.items())},
+                "tokens": {n: registry.tokens_to_json(t, producers[n]) for n, t in sorted(tokens.items())},
+            }).encode())
+        self.next_id, self.producers, self.tokens = next_id, producers, tokens
 
     def allocate(self, count: int) -> Deferred:
         """Fires with the first of C{count} new ids."""
         if self.next_id + count - 1 > registry.MAX_PRODUCER_ID:
             return fail(errors.ProducerIdsExhausted("every producer id has been handed out"))
         first = self.next_id
-        self.next_id += count
-        self._save()
+        self._save(first + count, self.producers, self.tokens)
         return succeed(first)
 
     def register(self, name: str, current: registry.Identity | None, token: str | None = None) -> Deferred:
@@ -90,8 +92,7 @@ class LocalRegistry:
         except registry.Exhausted as e:
             return fail(errors.ProducerIdsExhausted(str(e)))
         if (producers, tokens, next_id) != (self.producers, self.tokens, self.next_id):
-            self.producers, self.tokens, self.next_id = producers, tokens, next_id
-            self._save()
+            self._save(next_id, producers, tokens)
         return succeed(identity)
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import threading
 import time
+import weakref
 from typing import Any
 
 import attrs
@@ -36,9 +38,10 @@ from streamlog.cluster.meta_snapshots import DEFAULT_SNAPSHOT_ENTRIES
 from streamlog.groups.config import GroupConfig
 from streamlog.idempotence.table import ProducerStateConfig
 from streamlog.raft.transport import TransportLimits
+from streamlog.storage import sync_failure
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
-from streamlog.storage.errors import StorageError
+from streamlog.storage.errors import StorageError, SyncFailed
 from streamlog.storage.group_commit import ALWAYS, DEFAULT_SYNC_WORKERS, FsyncPolicy, GroupCommitter
 from streamlog.storage.lock import DataDirLock, DataDirLocked
 from streamlog.storage.memory import MemoryStorage
@@ -164,9 +167,49 @@ def fail_stop(error: Any) -> None:
 
     C{os._exit}, not C{reactor.stop}: a clean shutdown would run the final
     sync and checkpoint on a disk that just failed, and answer waiting sends.
+    Called on whatever thread found the fault: a failed sync in a worker
+    stops the process there (L{streamlog.storage.sync_failure}, which the
+    running service points here).  The line names the file and the errno of
+    a failed sync (C{path}, C{errno} in the event, for JSON logs too).
     """
-    Logger().critical("streamlog stops because storage failed: {error}", error=error)
+    value = getattr(error, "value", error)  # a Failure's exception
+    Logger().critical("streamlog stops because storage failed: {error}", error=value,
+                      path=getattr(value, "path", None), errno=getattr(value, "errno", None))
     os._exit(70)
+
+
+def _sync_failed(failure: SyncFailed) -> None:
+    """The running node's handler of a failed durability sync: fail-stop, exit 70 (looked up
+    at each call, so a test that replaces C{fail_stop} sees it called)."""
+    fail_stop(failure)
+
+
+# The services of this process that run with fail-stop installed (a program or a test may run
+# several): installed by the first to start, the handler before it put back once the last stopped,
+# whatever the order of their stops.
+_fail_stop_lock = threading.Lock()
+_fail_stop_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+_handler_before_fail_stop: sync_failure.Handler | None = None
+
+
+def hold_fail_stop(holder: Any) -> None:
+    """From now until L{release_fail_stop}C{(holder)}, a failed durability sync is fail-stop."""
+    global _handler_before_fail_stop
+    with _fail_stop_lock:
+        if sync_failure.installed() is not _sync_failed:
+            _handler_before_fail_stop = sync_failure.install(_sync_failed)
+        _fail_stop_holders.add(holder)
+
+
+def release_fail_stop(holder: Any) -> None:
+    """C{holder} no longer runs: the last one to go puts back the handler from before the first
+    (unless another was installed since, which stays)."""
+    with _fail_stop_lock:
+        if holder not in _fail_stop_holders:
+            return
+        _fail_stop_holders.discard(holder)
+        if not _fail_stop_holders and sync_failure.installed() is _sync_failed:
+            sync_failure.install(_handler_before_fail_stop)
 
 
 def refuse_to_run(line: str) -> None:
@@ -288,6 +331,8 @@ class BrokerService(service.Service):
         #: The node's ClusterNode (a node with --peers), or None.
         self.cluster: Any = None
         self.drain_timeout = 5.0
+        #: What L{open} records of the failed syncs while it runs (a failed sync refuses the start).
+        self._startup_syncs = sync_failure.Recorder()
         #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
         self.transfer_timeout = 5.0
 
@@ -302,12 +347,34 @@ class BrokerService(service.Service):
         """Lock the data directory, open and recover the storage, build the broker.
 
         Raises L{StartupError} for what a person must fix (not a directory,
-        not writable, locked by another server, unreadable topic metadata),
+        not writable, locked by another server, unreadable topic metadata, a
+        failed fsync: even one the step that asked for it went on from),
         after undoing what was done.  Idempotent: a second call returns the
         same broker.
         """
         if self.broker is not None:
             return self.broker
+        # A sync that fails while the storage opens is recorded, whoever catches its error,
+        # and refuses the start (exit 1, one line): nothing was served or acknowledged yet.
+        syncs = self._startup_syncs = sync_failure.Recorder()
+        previous = sync_failure.install(syncs)
+        try:
+            broker = self._open()
+        except StartupError:
+            if not syncs.failures:
+                raise
+            broker = None  # undone already (without a sync: _abandon); the failed sync is what to say
+        finally:
+            sync_failure.install(previous)
+        if syncs.failures:
+            if broker is not None:
+                self.broker = self.cluster = None
+                self._abandon(broker.storage, sync=False)
+            raise StartupError(f"cannot start on the data dir {self.data_dir}: {syncs.failures[0]} "
+                               "(a disk fault: nothing written there since can be trusted)") from None
+        return broker
+
+    def _open(self) -> Broker:
         if self.data_dir is not None:
             self._check_data_dir_kind(self.data_dir)
         before, after = raise_open_file_limit()
@@ -327,8 +394,11 @@ class BrokerService(service.Service):
             else:
                 broker = Broker(storage, broker_config, clock=self.clock, on_fatal=fail_stop)
                 broker.alone.node_id = self.config.node_id
+        except StartupError:
+            self._abandon_at_start(storage)
+            raise
         except (OSError, ValueError, StorageError) as e:
-            self._abandon(storage)
+            self._abandon_at_start(storage)
             raise StartupError(f"cannot recover the data dir {self.data_dir}: {e}") from None
         if self.cluster is not None:  # one storage log per Raft group, the metadata group's included
             partitions = [log for name, (_, logs) in self.cluster.loaded.items() if name != "__meta" for log in logs]
@@ -422,16 +492,29 @@ class BrokerService(service.Service):
             self.lock.update(self.holder())
 
     def close(self) -> None:
-        """Undo L{open} for a node that will not start (its listener failed)."""
+        """Undo L{open} for a node that will not start (its listener failed).
+
+        The logs are let go without a sync or a clean-shutdown checkpoint: nothing was
+        served, what start-up wrote it synced then, and the next start recovers them as
+        after a crash.  (A sync here would run after start-up's recording of failed syncs
+        and before fail-stop: its failure could only be logged.)
+        """
         if self.broker is not None:
             broker, self.broker = self.broker, None
-            self._abandon(broker.storage)
+            self.cluster = None
+            self._abandon(broker.storage, sync=False)
         else:
             self._release_lock()
 
-    def _abandon(self, storage: Any) -> None:
+    def _abandon_at_start(self, storage: Any) -> None:
+        """Undo what L{_open} opened when a start-up step failed: with the clean-shutdown sync,
+        unless a sync already failed during this start (nothing more is written on that disk)."""
+        self.cluster = None
+        self._abandon(storage, sync=not self._startup_syncs.failures)
+
+    def _abandon(self, storage: Any, sync: bool = True) -> None:
         try:
-            storage.close()
+            storage.close(sync=sync)
         except Exception:
             self._log.failure("closing the storage of a node that did not start failed")
         self._release_lock()
@@ -452,6 +535,9 @@ class BrokerService(service.Service):
 
     def startService(self) -> None:
         broker = self.open()
+        # Start-up is over: from now on a failed durability sync anywhere, on any thread, stops
+        # the process (exit 70) before its caller sees the error (streamlog.storage.sync_failure).
+        hold_fail_stop(self)
         super().startService()
         if self.lock is not None:
             self.lock.update(self.holder())  # after twistd's fork into the background the pid is new
@@ -498,6 +584,7 @@ class BrokerService(service.Service):
 
         def release(result: Any) -> Any:
             self._release_lock()  # last: the next server may open the logs once they are closed
+            release_fail_stop(self)  # the final syncs were fail-stop too
             return result
 
         return d.addBoth(release)

@@ -5,6 +5,11 @@ L{streamlog.storage.log} and docs/storage.md); recovery reads only what lies
 after it.  It is small JSON, replaced atomically: write a temporary file,
 fsync it, rename it over the old one, fsync the directory.
 
+The file helpers here (L{datasync}, L{datasync_path}, L{fsync_dir},
+L{write_atomically}) are the storage's only way to sync: each reports a
+failed sync to the fail-stop handler before it raises
+(L{streamlog.storage.sync_failure}).
+
 Version 3 (storage format 2) is everything a clean start needs to know
 without reading data: where the synced prefix ends (segment, byte, next Raft
 index, next record offset, last term); the chain of segments before it (first
@@ -30,36 +35,47 @@ import attrs
 import orjson
 
 from streamlog.raft.log import Members
+from streamlog.storage import sync_failure
 from streamlog.storage.codec import crc32c
 
 CHECKPOINT_FILE = "recovery-checkpoint"
 CHECKPOINT_VERSION = 3
 
 
-def datasync(fd: int) -> None:
+def datasync(fd: int, path: str | None = None) -> None:
     """Make a regular file's data (and the metadata needed to read it, e.g. its size) durable.
 
     C{fdatasync} skips what reading does not need (the modification time),
     which C{fsync} would also write; looked up at each call, so a test can
-    replace it.  Where the platform lacks it, C{fsync}.
+    replace it.  Where the platform lacks it, C{fsync}.  A failure is
+    reported to the fail-stop handler first (L{sync_failure}: C{path}, or the
+    descriptor's, names the file), then raised.
     """
-    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+    try:
+        (getattr(os, "fdatasync", None) or os.fsync)(fd)
+    except OSError as e:
+        sync_failure.report(path or sync_failure.descriptor_path(fd), e)
+        raise
 
 
 def datasync_path(path: str) -> None:
     """L{datasync} a file by its path, with a descriptor of our own (never one another thread may close)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        datasync(fd)
+        datasync(fd, path)
     finally:
         os.close(fd)
 
 
 def fsync_dir(path: str) -> None:
-    """Make the names in C{path} durable (creations, renames, deletions)."""
+    """Make the names in C{path} durable (creations, renames, deletions); a failure is reported
+    to the fail-stop handler (L{sync_failure}), then raised."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        sync_failure.report(path, e)
+        raise
     finally:
         os.close(fd)
 
@@ -72,7 +88,7 @@ def write_atomically(path: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        datasync(fd)
+        datasync(fd, tmp)
     finally:
         os.close(fd)
     os.replace(tmp, path)

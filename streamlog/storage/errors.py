@@ -39,7 +39,15 @@ class SyncFailed(StorageFailed):
     Never retried: the kernel may have dropped the dirty pages and marked them
     clean, so a second sync that succeeds proves nothing.  A failed write
     (C{ENOSPC}) is not one of these: the write can be tried again.
+
+    C{path} is the file or directory whose sync failed and C{errno} its
+    error number, where known (L{streamlog.storage.sync_failure}).
     """
+
+    def __init__(self, message: str, path: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 class InvalidTopicName(StorageError, ValueError):

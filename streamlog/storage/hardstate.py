@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import HardState
-from streamlog.storage.checkpoint import fsync_dir
+from streamlog.storage.checkpoint import datasync, fsync_dir
 from streamlog.storage.codec import crc32c
 from streamlog.storage.errors import StorageCorrupted, StorageFailed
 from streamlog.storage.in_flight import HARD_STATE, SyncsInFlight
@@ -170,7 +170,8 @@ class HardStateStore:
     @param clock: schedules rounds on the next turn (the reactor if None).
     @param run_in_thread: C{f(callable, *args) -> Deferred} running the writes
         (C{deferToThread} if None; tests pass a fake).
-    @param fsync: syncs a file's descriptor (C{fdatasync} if None; tests count calls).
+    @param fsync: syncs a file's descriptor (L{datasync} if None, which reports a failure to
+        the fail-stop handler; tests count calls).
         The data directory, after a rename, is always synced with C{os.fsync}.
     @param compact_bytes: compact once the file passes this size and twice its live content.
     @param on_fatal: called with the failure of a failed write or sync (fail-stop).
@@ -192,7 +193,7 @@ class HardStateStore:
         self.path = path
         self._clock = clock
         self._run = run_in_thread
-        self._fsync = fsync or (lambda fd: (getattr(os, "fdatasync", None) or os.fsync)(fd))
+        self._fsync = fsync or datasync  # a failure is reported to the fail-stop handler (sync_failure)
         self.compact_bytes = compact_bytes
         self._on_fatal = on_fatal
         self._states: dict[str, HardState] = {}

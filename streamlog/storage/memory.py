@@ -409,7 +409,7 @@ class MemoryStorage:
             for log in config_logs[1]:
                 log.close()
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
         for _, logs in self._topics.values():
             for log in logs:
                 log.close()

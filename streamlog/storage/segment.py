@@ -72,14 +72,16 @@ class SegmentFiles:
     log_fd: int
     index_fd: int
     timeindex_fd: int
+    #: The three files' paths, for the message of a failed sync (a cut-away segment's are gone by then).
+    paths: tuple[str, str, str]
     retired: bool = False
     closed: bool = False
 
     def sync(self, indexes: bool) -> None:
-        datasync(self.log_fd)
+        datasync(self.log_fd, self.paths[0])
         if indexes:
-            datasync(self.index_fd)
-            datasync(self.timeindex_fd)
+            datasync(self.index_fd, self.paths[1])
+            datasync(self.timeindex_fd, self.paths[2])
 
     def close(self) -> None:
         if not self.closed:
@@ -151,7 +153,7 @@ class Segment:
             for fd in fds:
                 os.close(fd)
             raise
-        self.files = SegmentFiles(fds[0], fds[1], fds[2])
+        self.files = SegmentFiles(fds[0], fds[1], fds[2], (self.log_path, self.index_path, self.timeindex_path))
 
     def read_fd(self) -> int:
         """A descriptor to read the data file with, from the bounded read cache.
@@ -325,10 +327,11 @@ class Segment:
         tdata = b"".join(TIME_ENTRY.pack(t, i) for t, i in zip(self.time_stamps, self.time_indexes))
         if self.files is not None:
             # The active segment: rewrite in place, its append descriptors stay valid.
-            for fd, content in ((self.files.index_fd, data), (self.files.timeindex_fd, tdata)):
+            for fd, path, content in ((self.files.index_fd, self.index_path, data),
+                                      (self.files.timeindex_fd, self.timeindex_path, tdata)):
                 os.ftruncate(fd, 0)
                 os.write(fd, content)
-                datasync(fd)
+                datasync(fd, path)
             self.index_rewrite_needed = False
             return
         for path, content in ((self.index_path, data), (self.timeindex_path, tdata)):
@@ -336,7 +339,7 @@ class Segment:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, content)
-                datasync(fd)
+                datasync(fd, tmp)
             finally:
                 os.close(fd)
             os.replace(tmp, path)

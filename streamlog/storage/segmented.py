@@ -441,9 +441,11 @@ class SegmentedStorage:
                     if not log.closed:  # closed meanwhile by delete_topic: nothing to do
                         raise
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
+        """Close every log, each with its clean-shutdown sync and checkpoint unless not C{sync}
+        (a node that will not start after a failed sync: nothing more is written on that disk)."""
         for log in self.logs():
-            log.close()
+            log.close(sync=sync)
         self._topics = {}
         if self.hard_state is not None:
             self.hard_state.close()

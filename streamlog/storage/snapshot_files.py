@@ -38,9 +38,9 @@ from typing import Protocol, TypeVar
 
 import attrs
 
+from streamlog.storage import sync_failure
 from streamlog.storage.checkpoint import datasync, fsync_dir
 from streamlog.storage.codec import crc32c
-from streamlog.storage.errors import SyncFailed
 
 _Arg = TypeVar("_Arg")
 
@@ -159,7 +159,7 @@ class DirectorySnapshots:
             except OSError:
                 _discard(tmp)  # a full disk: do not keep what cannot be used
                 raise
-            _synced(datasync, fd, tmp)
+            _synced(lambda f: datasync(f, tmp), fd, tmp)
         finally:
             os.close(fd)
         try:
@@ -198,8 +198,8 @@ def _synced(sync: Callable[[_Arg], None], arg: _Arg, what: str) -> None:
     """C{sync(arg)}, its failure raised as L{SyncFailed} (never to be retried)."""
     try:
         sync(arg)
-    except OSError as e:
-        raise SyncFailed(f"fsync of {what} failed: {e.strerror or e}") from e
+    except OSError as e:  # already told to the fail-stop handler by the sync helper
+        raise sync_failure.describe(what, e) from e
 
 
 def _discard(path: str) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import orjson
+import pytest
 
 from streamlog import wire
 from streamlog.storage.descriptors import plan
@@ -299,3 +300,42 @@ def test_an_open_file_limit_too_low_for_a_useful_node_refuses_to_start_with_one_
     assert len(lines) == 1 and "open-file limit (300) is too low" in lines[0] and "at least 509" in lines[0], lines
     assert b"Traceback" not in process.stdout + process.stderr
     assert not (tmp_path / "data" / ".lock").exists()  # refused before it locked anything
+
+
+SITE_EIO = '''
+import errno, os
+_suffix = os.environ.get("STREAMLOG_TEST_EIO_SUFFIX")
+if _suffix:
+    _real = os.fdatasync
+    def _fdatasync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(_suffix):
+            raise OSError(errno.EIO, "Input/output error")
+        _real(fd)
+    os.fdatasync = _fdatasync
+'''
+
+
+@pytest.mark.parametrize("suffix, method, params", [
+    # On the reactor thread, in a handler that answered an error and went on before.
+    ("producer-ids.json.tmp", "InitProducerId", {"producer_name": "p"}),
+    # In a sync worker (the group commit): the line is logged from that thread, then exit 70.
+    ("00000000000000000001.log", "Send", {"topic": "later", "value": 2}),
+])
+def test_a_failed_fsync_stops_the_process_with_70_naming_the_file_and_errno(tmp_path, daemons, monkeypatch,
+                                                                             suffix, method, params):
+    """EIO for one file's fdatasync, injected by a sitecustomize in the server process."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_EIO)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("STREAMLOG_TEST_EIO_SUFFIX", suffix)
+    server = ServerProcess(tmp_path)
+    daemons.append(server)
+    client = LineClient(server.port)
+    assert "result" in client.call("ListTopics")
+    with pytest.raises(ConnectionError):  # fail_stop exits at once: no answer at all, not even an error
+        client.call(method, params)
+    assert server.wait(10) == 70
+    client.close()
+    log = server.log()
+    assert "streamlog stops because storage failed: fsync of" in log and suffix in log and "(EIO)" in log
