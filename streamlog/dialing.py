@@ -15,12 +15,30 @@ other (ARCHITECTURE.md, decision 13 and the layers).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
+
+
+class _DelayedCall(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What is used of a reactor's time (C{IReactorTime}; a C{task.Clock} in tests): a
+    structural type rather than the zope interface, so that mypy checks the calls."""
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> _DelayedCall: ...
+
+
+class Endpoint(Protocol):
+    """What is used of an C{IStreamClientEndpoint}."""
+
+    def connect(self, factory: Any) -> Deferred[Any]: ...
 
 
 class ConnectTimedOut(error.TimeoutError):
@@ -33,8 +51,8 @@ class ConnectTimedOut(error.TimeoutError):
     MESSAGE = "The connection attempt timed out"  # how str() begins (Twisted's: "User timeout ...")
 
 
-def connect_within(endpoint: IStreamClientEndpoint, factory: Any, clock: IReactorTime | None,
-                   timeout: float | None, on_expire: Callable[[], object] | None = None) -> Deferred:
+def connect_within(endpoint: Endpoint, factory: Any, clock: Clock | None, timeout: float | None,
+                   on_expire: Callable[[], object] | None = None) -> Deferred[Any]:
     """C{endpoint.connect(factory)}, given up after C{timeout} seconds on C{clock}.
 
     At the timeout the attempt is cancelled (Twisted's endpoints stop connecting; an attempt
@@ -58,7 +76,8 @@ def connect_within(endpoint: IStreamClientEndpoint, factory: Any, clock: IReacto
         if timer.active():
             timer.cancel()
         if expired and isinstance(result, Failure):
-            return Failure(ConnectTimedOut(string=f"no connection within {timeout:g}s (connect timeout)"))
+            timed_out = ConnectTimedOut(string=f"no connection within {timeout:g}s (connect timeout)")  # type: ignore[no-untyped-call]
+            return Failure(timed_out)  # type: ignore[no-untyped-call]
         return result
 
     # Armed before connect(): a tcp:/unix: endpoint's connector sets the reactor's own timer
