@@ -189,6 +189,15 @@ def _client_endpoint(address: str) -> str:
     return f"tcp:host={host}:port={port}"
 
 
+def peer_endpoint(clock: Any, address: str) -> Any:
+    """The client endpoint a node dials peer C{address} (C{host:port}) with.  Its attempts are
+    bounded by the peer transport on the node's clock (C{--peer-connect-timeout},
+    L{streamlog.raft.driver.RaftHost.dial}), not by the endpoint's own 30 s."""
+    from twisted.internet import endpoints
+
+    return endpoints.clientFromString(clock, _client_endpoint(address))
+
+
 def raise_open_file_limit() -> tuple[int, int]:
     """Lift the soft limit on open files to the hard limit; return (before, after).
 
@@ -366,8 +375,6 @@ class BrokerService(service.Service):
 
     def _open_cluster(self, storage: Any, broker_config: BrokerConfig) -> Broker:
         """A node with peers: its storage holds one log per Raft group; the ClusterNode runs them."""
-        from twisted.internet import endpoints
-
         from streamlog.cluster.identity import IdentityError, IdentityStore
         from streamlog.cluster.node import ClusterNode
 
@@ -379,7 +386,7 @@ class BrokerService(service.Service):
             raise StartupError(str(e)) from None
         node = ClusterNode(
             self.config, storage, clock=self.clock,
-            connect=lambda address: endpoints.clientFromString(self.clock, _client_endpoint(address)),
+            connect=lambda address: peer_endpoint(self.clock, address),
             identity=identity, client_address=self.config.advertise or "", on_fatal=refuse_to_run,
             on_storage_failure=fail_stop,
         )
