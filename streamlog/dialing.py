@@ -68,9 +68,11 @@ def connect_within(endpoint: Endpoint, factory: Any, clock: Clock | None, timeou
     def expire() -> None:
         nonlocal expired
         expired = True
-        if on_expire is not None:
-            on_expire()
-        attempt.cancel()
+        try:
+            if on_expire is not None:
+                on_expire()
+        finally:
+            attempt.cancel()  # even if on_expire raised: the attempt must end at its timeout
 
     def settled(result: Any) -> Any:
         if timer.active():
