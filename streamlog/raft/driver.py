@@ -848,14 +848,14 @@ class _PeerEndpoint:
     (streamlog.dialing), and logs the first failed attempt of a streak (with the reason) and
     the first success after it, instead of Twisted's line per retry."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, peer: str, log: Logger, clock: IReactorTime | None = None,
-                 timeout: float | None = None, stats: collections.Counter[str] | None = None) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, peer: str, log: Logger, clock: IReactorTime,
+                 timeout: float, stats: collections.Counter[str]) -> None:
         self._endpoint = endpoint
         self._peer = peer
         self._log = log
         self._clock = clock
         self._timeout = timeout
-        self._stats = stats if stats is not None else collections.Counter()
+        self._stats = stats
         self._failing = False
 
     def connect(self, factory: Any) -> Deferred:
