@@ -169,7 +169,8 @@ class TransportLimits:
     #: Seconds a dial of a peer may take before it is given up and dialled again after the
     #: backoff (streamlog.raft.driver, RaftHost.dial): a peer that drops SYNs (powered off, a
     #: firewall) otherwise holds the dial for Twisted's 30 s. 2 s covers a lost SYN (Linux sends
-    #: it again after 1 s); with the 2 s backoff cap a peer is redialled every 4 s or less.
+    #: it again after 1 s); a black-holed peer is then redialled every 4-5 s (2 s timeout, 2 s
+    #: backoff cap, <= 1 s jitter).
     connect_timeout: float = 2.0
 
 
