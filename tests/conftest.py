@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import socket
 from typing import Any
 
 import pytest
@@ -88,3 +90,37 @@ class FailingSyncs:
 def eio_syncs(monkeypatch):
     """L{FailingSyncs}: call it with a path (or a predicate) whose syncs are to fail with EIO."""
     return FailingSyncs(monkeypatch)
+
+
+#: How long a probe dial must stay unanswered to call the listener a black hole (seconds).
+PROBE = 0.3
+
+
+@pytest.fixture
+def black_hole():
+    """The port of a listener on 127.0.0.1 that answers no dial (its accept queue is full: the
+    kernel drops further SYNs, as a host powered off does; tests/client/test_connect_blackhole.py);
+    skips the test if it cannot be made."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    held = []
+    port = None
+    try:
+        for _ in range(8):  # fill the accept queue; bounded: a kernel that answers every dial ends it
+            dial = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            dial.setblocking(False)
+            held.append(dial)
+            dial.connect_ex(address)
+            _, answered, _ = select.select([], [dial], [], PROBE)
+            if not answered:  # the queue is full: this SYN (and the next ones) are dropped
+                port = address[1]
+                break
+        if port is None:
+            pytest.skip("dials to a listener with a full accept queue are answered here: no black hole")
+        yield port
+    finally:
+        for dial in held:
+            dial.close()
+        listener.close()

@@ -63,8 +63,9 @@ def test_the_peer_wire_limits_are_server_options_that_reach_the_transport():
     options = Options()
     options.parseOptions(["--peer-max-header-bytes", "65536", "--peer-max-body-bytes", "2097152",
                           "--peer-bulk-budget-bytes", "1048576", "--peer-handshake-timeout", "2.5",
-                          "--peer-control-line-bytes", "16384", "--peer-max-unread-bytes", "4194304"])
-    limits = TransportLimits(65536, 2097152, 1048576, 2.5, 16384, 4194304)
+                          "--peer-control-line-bytes", "16384", "--peer-max-unread-bytes", "4194304",
+                          "--peer-connect-timeout", "0.5"])
+    limits = TransportLimits(65536, 2097152, 1048576, 2.5, 16384, 4194304, connect_timeout=0.5)
     assert options.node_config().peer_limits == limits
     defaults = Options()
     defaults.parseOptions([])
@@ -79,6 +80,11 @@ def test_the_peer_wire_limits_are_server_options_that_reach_the_transport():
 @pytest.mark.parametrize("args,says", [
     (["--peer-max-body-bytes", "0"], "--peer-max-body-bytes must be positive"),
     (["--peer-handshake-timeout", "-1"], "--peer-handshake-timeout must be positive"),
+    (["--peer-handshake-timeout", "inf"], "--peer-handshake-timeout must be positive and finite, not inf"),
+    (["--peer-connect-timeout", "0"], "--peer-connect-timeout must be positive and finite, not 0"),
+    (["--peer-connect-timeout", "-2"], "--peer-connect-timeout must be positive and finite, not -2"),
+    (["--peer-connect-timeout", "inf"], "--peer-connect-timeout must be positive and finite, not inf"),
+    (["--peer-connect-timeout", "nan"], "--peer-connect-timeout must be positive and finite, not nan"),
     (["--peers", PEERS], "--peers needs --peer-listen"),
     (["--node-id", "4", "--peers", PEERS, "--peer-listen", "tcp:7174"], "must include this node"),
     (["--peers", "1=127.0.0.1", "--peer-listen", "tcp:7171"], "is not ID=HOST:PORT"),

@@ -28,9 +28,10 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from streamlog import __version__, wire
 from streamlog.broker.broker import Broker, BrokerConfig
@@ -225,11 +226,74 @@ def refuse_to_run(line: str) -> None:
     os._exit(1)
 
 
-def _client_endpoint(address: str) -> str:
-    """A client endpoint description for C{host:port} (IPv6 as C{[::1]:7070})."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]").replace(":", "\\:")
-    return f"tcp:host={host}:port={port}"
+class PeerEndpoint:
+    """The client endpoint a node dials peer C{host:port} with (an C{IStreamClientEndpoint}).
+
+    Its attempts are bounded by the peer transport on the node's clock (C{--peer-connect-timeout},
+    L{streamlog.raft.driver.RaftHost.dial}), not by the endpoint's own 30 s.
+
+    A host name is looked up with the reactor's resolver, which by default runs
+    C{gethostbyname} on the reactor's thread pool (10 threads), where the Raft hard state
+    (term, vote) is written too. Against a DNS server that does not answer a lookup can take
+    10-20 s, while a dark peer is dialled every 4-5 s; so at most one lookup per peer is in
+    flight: a dial that finds one pending waits for it instead of starting another, and a dial
+    given up at the connect timeout only stops waiting (the lookup goes on, and the next dial
+    waits for the same one). A dark peer thus holds at most one thread. An address literal
+    (IPv4, IPv6) is not looked up. Each dial looks the name up afresh (no cache) once the
+    previous lookup has ended, so a peer whose address changes is found at its new one.
+    """
+
+    def __init__(self, reactor: Any, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._reactor = reactor
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self._lookup: Any = None  # the pending lookup's Deferred, if any
+        self._waiting: list[Deferred[str]] = []  # dials waiting for it
+        #: Lookups started (a test's view).
+        self.lookups = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet import abstract
+
+        if abstract.isIPAddress(self._host) or abstract.isIPv6Address(self._host):
+            return self._dial(self._host, factory)
+        return self._address().addCallback(self._dial, factory)
+
+    def _dial(self, ip: str, factory: Any) -> Deferred[Any]:
+        from twisted.internet import endpoints
+
+        endpoint = endpoints.TCP4ClientEndpoint(self._reactor, ip, self._port)  # IPv6 literals too
+        return endpoint.connect(factory)  # type: ignore[no-any-return]
+
+    def _address(self) -> Deferred[str]:
+        # Cancelled (the dial's timeout): it stops waiting; Twisted fails it with CancelledError.
+        waiter: Deferred[str] = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        if self._lookup is None:
+            self.lookups += 1
+            lookup = self._reactor.resolve(self._host)
+            self._lookup = lookup
+            lookup.addBoth(self._looked_up)
+        return waiter
+
+    def _looked_up(self, result: Any) -> None:
+        self._lookup = None
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def __repr__(self) -> str:
+        return f"PeerEndpoint({self._host}:{self._port})"
+
+
+def peer_endpoint(clock: Any, address: str) -> PeerEndpoint:
+    """The endpoint a node dials peer C{address} (C{host:port}) with: a L{PeerEndpoint} on the
+    reactor C{clock}."""
+    return PeerEndpoint(clock, address)
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -436,8 +500,6 @@ class BrokerService(service.Service):
 
     def _open_cluster(self, storage: Any, broker_config: BrokerConfig) -> Broker:
         """A node with peers: its storage holds one log per Raft group; the ClusterNode runs them."""
-        from twisted.internet import endpoints
-
         from streamlog.cluster.identity import IdentityError, IdentityStore
         from streamlog.cluster.node import ClusterNode
 
@@ -449,7 +511,7 @@ class BrokerService(service.Service):
             raise StartupError(str(e)) from None
         node = ClusterNode(
             self.config, storage, clock=self.clock,
-            connect=lambda address: endpoints.clientFromString(self.clock, _client_endpoint(address)),
+            connect=lambda address: peer_endpoint(self.clock, address),
             identity=identity, client_address=self.config.advertise or "", on_fatal=refuse_to_run,
             on_storage_failure=fail_stop,
         )

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from twisted.application.internet import ClientService
-from twisted.internet import endpoints, error
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -55,6 +55,7 @@ from streamlog.client.retry import (
     backoff_policy,  # noqa: F401 (re-exported: it lived here)
     check_connect_timeout,
 )
+from streamlog.dialing import ConnectTimedOut, connect_within  # noqa: F401 (ConnectTimedOut re-exported: it lived here)
 from streamlog.framing import FastLineReceiver
 
 
@@ -324,16 +325,6 @@ class _ClientFactory(Factory):
         return proto
 
 
-class ConnectTimedOut(error.TimeoutError):
-    """A connection attempt given up at the client's C{connect_timeout}.
-
-    A Twisted L{error.TimeoutError}, as the reactor's own connect timeout fails with: whoever
-    traps that for a failed attempt traps this too.
-    """
-
-    MESSAGE = "The connection attempt timed out"  # how str() begins (Twisted's: "User timeout ...")
-
-
 @implementer(IStreamClientEndpoint)
 class _NamedEndpoint:
     """An endpoint that prints as its address, remembers why the last connection attempt failed,
@@ -347,6 +338,7 @@ class _NamedEndpoint:
     after the other), runs on the client's clock (so a test can drive it), and fails the attempt
     as a refusal does, so the client's backoff, its waiting requests and a cluster client's
     metadata refresh take it the same way.  Cancelling an attempt stops Twisted's connectors.
+    (L{streamlog.dialing.connect_within} does it; the peer transport's dials use it too.)
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint, name: str, clock: IReactorTime | None = None,
@@ -364,44 +356,24 @@ class _NamedEndpoint:
         self.timed_out = 0
 
     def connect(self, factory: Any) -> Deferred:
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
+        def expired() -> None:
             self.timed_out += 1
-            attempt.cancel()  # fails it at once (Twisted's endpoints stop connecting)
 
         def failed(failure: Failure) -> Failure:
             self.attempting = False
-            if timer is not None and timer.active():
-                timer.cancel()
-            if expired:
-                failure = Failure(ConnectTimedOut(string=f"no connection within {self.timeout:g}s (connect timeout)"))
             self.last_error = failure.getErrorMessage() or type(failure.value).__name__
             return failure
 
         def connected(proto: Any) -> Any:
             self.attempting = False
-            if timer is not None and timer.active():
-                timer.cancel()
             self.last_error = None
             return proto
 
         self.attempting = True
-        # Armed before connect(): a tcp:/unix: endpoint's connector sets the reactor's own timer
-        # (the same whole seconds) inside connect(), and the earlier of two equal timers wins, so
-        # the client's must come first for its ConnectTimedOut to be what the caller sees. Armed
-        # even if the attempt has "called" already: that may be a chain paused on an inner
-        # Deferred (a HostnameEndpoint whose name resolved at once); if it has its outcome, the
-        # callbacks below cancel the timer at once.
-        timer = self.clock.callLater(self.timeout, expire) if self.timeout is not None and self.clock is not None else None
         try:
-            attempt = self._endpoint.connect(factory)
+            attempt = connect_within(self._endpoint, factory, self.clock, self.timeout, expired)
         except BaseException:
             self.attempting = False
-            if timer is not None and timer.active():
-                timer.cancel()
             raise
         return attempt.addCallbacks(connected, failed)
 

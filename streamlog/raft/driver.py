@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from streamlog.dialing import connect_within
 from streamlog.raft.core import (
     CANDIDATE,
     LEADER,
@@ -451,10 +452,18 @@ class RaftHost:
     def dial(self, peer: str, endpoint: IStreamClientEndpoint) -> bool:
         """Keep a connection to `peer` open (reconnecting with backoff) if this node is the
         one that dials: the node with the smaller id dials, the other only accepts, so each
-        pair has exactly one connection. Returns whether a dialer was started."""
+        pair has exactly one connection. Returns whether a dialer was started.
+
+        An attempt that has no outcome within the transport's `connect_timeout` (a peer whose
+        SYNs are dropped) is given up as a refused one is (counted `dial_timeouts`), and the
+        next follows the backoff. No message waits for a dial: while there is no connection the
+        transport sends nothing to that peer (counted `unsent_no_connection`; Raft resends), and
+        the other peers' connections, each dialled on its own, are not held up by it."""
         if peer not in self.peers or peer <= self.node_id or peer in self._dialers:
             return False
-        service = _PeerDialer(_PeerEndpoint(endpoint, peer, self._log), self.transport.factory(expect=peer),
+        bounded = _PeerEndpoint(endpoint, peer, self._log, self.clock, self.transport.limits.connect_timeout,
+                                self.stats)
+        service = _PeerDialer(bounded, self.transport.factory(expect=peer),
                               retryPolicy=backoffPolicy(0.05, 2.0, jitter=self.dial_jitter), clock=self.clock)
         self._dialers[peer] = service
         service.startService()
@@ -835,13 +844,18 @@ class _PeerDialer(ClientService):
 
 @implementer(IStreamClientEndpoint)
 class _PeerEndpoint:
-    """A peer's endpoint that logs the first failed attempt of a streak (with the reason) and
+    """A peer's endpoint that gives an attempt up after `timeout` seconds on `clock`
+    (streamlog.dialing), and logs the first failed attempt of a streak (with the reason) and
     the first success after it, instead of Twisted's line per retry."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, peer: str, log: Logger) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, peer: str, log: Logger, clock: IReactorTime,
+                 timeout: float, stats: collections.Counter[str]) -> None:
         self._endpoint = endpoint
         self._peer = peer
         self._log = log
+        self._clock = clock
+        self._timeout = timeout
+        self._stats = stats
         self._failing = False
 
     def connect(self, factory: Any) -> Deferred:
@@ -856,7 +870,10 @@ class _PeerEndpoint:
             self._failing = False
             return proto
 
-        return self._endpoint.connect(factory).addCallbacks(connected, failed)
+        def expired() -> None:
+            self._stats["dial_timeouts"] += 1
+
+        return connect_within(self._endpoint, factory, self._clock, self._timeout, expired).addCallbacks(connected, failed)
 
     def __repr__(self) -> str:
         return f"peer node {self._peer}"

@@ -166,6 +166,12 @@ class TransportLimits:
     #: batch then costs one read and one write instead of eight reads, four writes and as many
     #: reactor turns on each side.
     socket_chunk_bytes: int = 1024 * 1024
+    #: Seconds a dial of a peer may take before it is given up and dialled again after the
+    #: backoff (streamlog.raft.driver, RaftHost.dial): a peer that drops SYNs (powered off, a
+    #: firewall) otherwise holds the dial for Twisted's 30 s. 2 s covers a lost SYN (Linux sends
+    #: it again after 1 s); a black-holed peer is then redialled every 4-5 s (2 s timeout, 2 s
+    #: backoff cap, <= 1 s jitter).
+    connect_timeout: float = 2.0
 
 
 @attrs.frozen

@@ -6,6 +6,7 @@ and so on), generated from the class so the two cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,8 @@ _PEER_LIMIT_HELP = {
     "control_line_bytes": "Coalesced control messages are split into lines of about this many bytes.",
     "max_unread_bytes": "Control bytes queued towards a peer that reads nothing before the connection closes.",
     "socket_chunk_bytes": "Bytes one read or write of a peer socket moves at most, and its write buffer holds before replication pauses.",
+    "connect_timeout": "Seconds a dial of a peer node may take before it is given up (a peer that drops packets) and "
+                       "dialled again after the backoff.",
 }
 
 
@@ -257,8 +260,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be positive")
         for field in attrs.fields(TransportLimits):
             name = "peer-" + field.name.replace("_", "-")
-            if not self[name] > 0:
-                raise usage.UsageError(f"--{name} must be positive")
+            value = self[name]
+            if not 0 < value < math.inf:  # NaN is refused too
+                said = f"positive and finite, not {value:g}" if isinstance(value, float) else f"positive, not {value}"
+                raise usage.UsageError(f"--{name} must be {said}")
         if not 1 <= self["default-partitions"] <= self["max-partitions"]:
             raise usage.UsageError(f"--default-partitions must be between 1 and --max-partitions ({self['max-partitions']})")
         # The same floors as a topic's own config in CreateTopic (docs/protocol.md).

@@ -5,7 +5,7 @@ Linux; the test never accepts) makes the kernel drop further SYNs, as a host tha
 or behind a firewall does: the dial gets no answer at all, neither an accept nor a refusal.
 L{black_hole} checks that a dial really goes unanswered before the tests rely on it, and the
 tests are skipped where it does not (another kernel, tcp_abort_on_overflow set), rather than left
-to fail now and then.
+to fail now and then. (The fixture lives in tests/conftest.py: the peer transport's dials use it too.)
 """
 
 from __future__ import annotations
@@ -21,37 +21,6 @@ from twisted.internet import reactor
 from streamlog import errors
 from streamlog.client.blocking import BlockingClient
 from streamlog.client.connection import StreamlogClient
-
-#: How long a probe dial must stay unanswered to call the listener a black hole (seconds).
-PROBE = 0.3
-
-
-@pytest.fixture
-def black_hole():
-    """The port of a listener on 127.0.0.1 that answers no dial; skips the test if it cannot be made."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address = listener.getsockname()
-    held = []
-    port = None
-    try:
-        for _ in range(8):  # fill the accept queue; bounded: a kernel that answers every dial ends it
-            dial = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            dial.setblocking(False)
-            held.append(dial)
-            dial.connect_ex(address)
-            _, answered, _ = select.select([], [dial], [], PROBE)
-            if not answered:  # the queue is full: this SYN (and the next ones) are dropped
-                port = address[1]
-                break
-        if port is None:
-            pytest.skip("dials to a listener with a full accept queue are answered here: no black hole")
-        yield port
-    finally:
-        for dial in held:
-            dial.close()
-        listener.close()
 
 
 @pytest_twisted.ensureDeferred

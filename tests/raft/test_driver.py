@@ -3,6 +3,7 @@ pair, in memory (iosim), with a Clock."""
 
 import random
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.test import iosim
@@ -574,6 +575,124 @@ def test_an_unreachable_peer_is_logged_once_per_streak_with_the_reason_not_per_r
         clock.advance(0)
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+class BlackHoleEndpoint:
+    """A peer behind a black hole (its SYNs dropped: powered off, a firewall) while `dark`:
+    an attempt then never ends, nor fails; once lit, it connects like FakeEndpoint."""
+
+    def __init__(self, remote_host, clock):
+        self.inner = FakeEndpoint(remote_host)
+        self.clock = clock
+        self.dark = True
+        #: [began, ended (None while on)] of every attempt made while dark.
+        self.attempts = []
+
+    def connect(self, factory):
+        if not self.dark:
+            return self.inner.connect(factory)
+        attempt = [self.clock.seconds(), None]
+        self.attempts.append(attempt)
+
+        def ended(failure):
+            attempt[1] = self.clock.seconds()
+            return failure
+
+        return Deferred().addErrback(ended)
+
+    def gaps(self):
+        """How long each attempt lasted, and the wait before the next one began."""
+        lasted = [end - began for began, end in self.attempts if end is not None]
+        waited = [b[0] - a[1] for a, b in zip(self.attempts, self.attempts[1:], strict=False)]
+        return lasted, waited
+
+
+STEP = 0.01
+
+
+def run_pumps(clock, pumps, seconds, step=STEP):
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        for _ in range(3):
+            clock.advance(0)
+            for p in pumps():
+                p.flush()
+
+
+def test_a_dial_into_a_black_hole_is_given_up_at_the_connect_timeout_and_retried_with_the_backoff():
+    timeout = 2.0  # TransportLimits().connect_timeout, --peer-connect-timeout's default
+    clock = Clock()
+    hosts = {i: RaftHost(i, IDS, CFG, Recorder(), clock=clock, rng=random.Random(i)) for i in IDS}
+    members = [h.member_id for h in hosts.values()]
+    for h in hosts.values():
+        h.dial_jitter = lambda: 0.0  # the backoff without its jitter: 0.05 * 1.5 ** failures
+        h.add_group("g", members, MemoryGroupStorage(MemoryRaftLog()))
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    to_b, to_c = BlackHoleEndpoint(b, clock), FakeEndpoint(c)
+    a.start()
+    c.start()  # b is powered off: not running, not dialing c
+    a.dial("b", to_b)
+    a.dial("c", to_c)
+
+    def pumps():
+        return to_b.inner.pumps + to_c.pumps + b_to_c.pumps
+
+    b_to_c = FakeEndpoint(c)
+    run_pumps(clock, pumps, timeout - 0.05)
+    assert to_b.attempts == [[0.0, None]]  # still on
+    # Votes and heartbeats between a and c are not held up by the dial of b: they elect and commit.
+    leader = leader_of({"a": a, "c": c}, "g")
+    assert leader is not None
+    committed = leader.submit("g", b"while b is dark")
+    run_pumps(clock, pumps, 0.1)
+    assert committed.called
+    # Given up at the connect timeout, as a refusal: the next attempt follows the backoff.
+    assert to_b.attempts[0][1] == pytest.approx(timeout, abs=STEP) and a.stats["dial_timeouts"] == 1
+    run_pumps(clock, pumps, 0.1)
+    assert len(to_b.attempts) == 2 and to_b.gaps()[1] == pytest.approx([0.075], abs=STEP)
+    # Nothing queues for the dark peer meanwhile: its messages are not sent (Raft counts them lost).
+    assert "b" not in a.connections and a.stats["unsent_no_connection"] > 0
+    run_pumps(clock, pumps, 2 * timeout)
+    lasted, waited = to_b.gaps()
+    assert lasted == pytest.approx([timeout, timeout], abs=STEP) and waited == pytest.approx([0.075, 0.1125], abs=STEP)
+    assert a.stats["dial_timeouts"] == 2 and len(to_b.attempts) == 3 and to_b.attempts[2][1] is None
+    # b is back while the third dial is in the dark: that one ends at its timeout, the next one
+    # (after the backoff) connects, and traffic flows: b learns the leader and what it committed.
+    to_b.dark = False
+    lit = clock.seconds()
+    b.start()
+    b.dial("c", b_to_c)
+    while "b" not in a.connections and clock.seconds() - lit < 3 * timeout:
+        run_pumps(clock, pumps, STEP)
+    assert clock.seconds() - lit <= timeout + 0.05 * 1.5 ** 3 + STEP  # within the timeout and a backoff
+    assert a.stats["dial_timeouts"] == 3 and len(to_b.inner.pumps) == 1
+    run_pumps(clock, pumps, 1.0)
+    assert set(a.connections) == {"b", "c"} and set(b.connections) == {"a", "c"}
+    assert b.groups["g"].node.commit_index == leader.groups["g"].node.commit_index >= 2
+    for h in hosts.values():
+        h.stop()
+    for p in pumps():
+        p.flush()
+    clock.advance(0)
+    assert not clock.getDelayedCalls()
+
+
+def test_the_dial_timeout_is_the_transports_connect_timeout():
+    from streamlog.raft.transport import TransportLimits
+
+    clock = Clock()
+    a = RaftHost("a", ["a", "b"], CFG, clock=clock, limits=TransportLimits(connect_timeout=0.5))
+    b = RaftHost("b", ["a", "b"], CFG, clock=clock)
+    a.dial_jitter = lambda: 0.0
+    endpoint = BlackHoleEndpoint(b, clock)
+    a.dial("b", endpoint)
+    clock.pump([STEP] * 60)
+    assert endpoint.gaps() == ([pytest.approx(0.5, abs=STEP)], [pytest.approx(0.075, abs=STEP)])
+    assert a.stats["dial_timeouts"] == 1 and len(endpoint.attempts) == 2
+    a.stop()  # cancels the attempt on, and its timer
+    b.stop()
+    assert endpoint.attempts[1][1] is not None and not clock.getDelayedCalls()
+    assert a.stats["dial_timeouts"] == 1
 
 
 # ---------------------------------------------------------------- quiescence and failover

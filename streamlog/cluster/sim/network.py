@@ -13,9 +13,11 @@ order, as TCP delivers them.  What TCP allows is all that can go wrong:
   tail, never a hole in the middle of a stream); a lost answer to a client
   (C{drop_answers}) is such a reset, made as the answer goes out;
 - a paused host (SIGSTOP) reads nothing: bytes for it wait, then arrive
-  when it is resumed, and a dial to it is accepted then (refused, should it
-  die first); a killed host's connections close (its peers see the close
-  after the latency), and nothing is delivered to it again.
+  when it is resumed; a dial to it connects at once, as its kernel completes
+  the handshake, and the process accepts the connection when resumed (the
+  dialer's bytes wait until then; should it die first, the dialer sees the
+  connection close); a killed host's connections close (its peers see the
+  close after the latency), and nothing is delivered to it again.
 
 The protocols on both sides are the real ones (the peer transport, the
 broker's JSON-lines protocol, the simulator's clients).  Nothing here
@@ -235,8 +237,6 @@ class SimNetwork:
         #: connection reset as they go out; and how many were.
         self.drop_answers: dict[str, float] = {}
         self.answers_dropped = 0
-        #: Server host -> the dials whose accept waits for it to be resumed (source, address, Deferred).
-        self._held_dials: dict[str, list[tuple[str, str, Deferred]]] = {}
 
     # --- hosts and listeners
 
@@ -306,32 +306,43 @@ class SimNetwork:
             self._as_host(source, _refuse, d, address)
             return
         server_host, server_factory = listener
-        clock = self.hosts.get(server_host)
-        if clock is not None and clock.paused:
-            # The accept happens on SIGCONT; should the host die first, kill() refuses the dial (a
-            # real dialer's SYN is reset by the rebooted host, or times out: it never waits for ever).
-            held = self._held_dials.setdefault(server_host, [])
-            held[:] = [h for h in held if not h[2].called]
-            held.append((source, address, d))
-            clock.run(self._accept, source, address, factory, d)
-            return
         self._links_made += 1
         self._ports += 1
         link = Link(self, source, server_host, self._links_made)
         client_addr = IPv4Address("TCP", self.addresses[source].host, self._ports)
         host, port = address.rsplit(":", 1)
         server_addr = IPv4Address("TCP", host, int(port))
-        server = server_factory.buildProtocol(client_addr)
-        if server is None:
+        clock = self.hosts.get(server_host)
+        if clock is not None and clock.paused:
+            # A stopped process's kernel completes the handshake at once (the connection waits in
+            # the listen backlog): the dialer is connected, its bytes wait, and the process accepts
+            # the connection at SIGCONT (it never does, should it die first: kill() closes it).
+            self.links.append(link)
+            clock.run(self._server_accepts, link, server_factory, client_addr, server_addr)
+        elif not self._server_accepts(link, server_factory, client_addr, server_addr):
             self.clock.callLater(self.latency(server_host, source), self._as_host, source, _refuse, d, address)
             return
-        self.links.append(link)
+        self.clock.callLater(self.latency(server_host, source), self._as_host, source, self._connected,
+                             link, factory, client_addr, server_addr, d)
+
+    def _server_accepts(self, link: Link, server_factory: Any, client_addr: Any, server_addr: Any) -> bool:
+        """The server's process accepts C{link}: whether its factory gave it a protocol."""
+        if link.b.gone:  # reset, or its host died, before a paused process accepted it
+            return True
+        server = server_factory.buildProtocol(client_addr)
+        if server is None:
+            if link in self.links:  # accepted by a paused host's kernel: the process closes it
+                link.close(link.b)
+            return False
+        if link not in self.links:
+            self.links.append(link)
         link.b.protocol = server
         link.b.transport = SimTransport(link, link.b, server, True, server_addr, client_addr)
         link.b.ready = True
         server.makeConnection(link.b.transport)
-        self.clock.callLater(self.latency(server_host, source), self._as_host, source, self._connected,
-                             link, factory, client_addr, server_addr, d)
+        if link.b.inbox:  # what the dialer sent while the process was stopped
+            self.clock.callLater(0, link.pump, link.b)
+        return True
 
     def _connected(self, link: Link, factory: Any, client_addr: Any, server_addr: Any, d: Deferred) -> None:
         if d.called:  # the attempt was cancelled: the dialer closes what the server accepted
@@ -359,8 +370,8 @@ class SimNetwork:
     # --- faults
 
     def kill(self, host: str) -> None:
-        """C{host} died: its connections close (as its peers see them), its listeners go, and the
-        dials it held while paused are refused."""
+        """C{host} died: its connections close (as its peers see them, those its kernel accepted
+        while it was paused too), its listeners go."""
         for address, (h, _) in list(self.listeners.items()):
             if h == host:
                 del self.listeners[address]
@@ -368,9 +379,6 @@ class SimNetwork:
             if host in link.hosts():
                 link.host_died(host)
         self._forget_closed()
-        for source, address, d in self._held_dials.pop(host, []):
-            if not d.called:
-                self.clock.callLater(2 * self.latency(source, address), self._as_host, source, _refuse, d, address)
 
     def _cut(self, a: str, b: str) -> bool:
         return frozenset((a, b)) in self.blocked or (a, b) in self.one_way or (b, a) in self.one_way
