@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,9 +21,11 @@ import attrs
 import pytest
 from sim_variants import VARIANTS
 
+from streamlog.cluster.metadata import METADATA_GROUP as META
 from streamlog.cluster.sim import SimConfig, run_seed
 from streamlog.cluster.sim.__main__ import main
 from streamlog.cluster.sim.world import FAULTS, LONG_FAULTS, NOT_SAFETY, SimCluster
+from streamlog.raft.core import LEADER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,3 +224,58 @@ def test_a_timed_out_send_reported_unsent_is_caught_when_the_nodes_answers_are_h
     broken = run_seed(0, config, VARIANTS["timed-out-send-reported-unsent"])
     assert not broken.ok and any("aborted-read" in v for v in broken.violations), broken.violations
     assert run_seed(0, config).ok
+
+
+def test_settling_waits_for_every_metadata_follower_to_catch_up():
+    """Seed 9,960,002 (5 nodes, after the sim-coverage, fsync-audit and peer-dial-timeout merges):
+    node 1, isolated while node 4 restarted, dials node 4 (the pair's dialer) and its redial was
+    in backoff at the heal, so when the run ended it was still a term-1 follower with commit
+    index 25 holding an uncommitted term-1 entry 26 of the metadata log (from the old leader,
+    node 3, cut off from the majority), which term 2 had replaced: legal Raft. ``settled`` waited
+    for the partitions' followers only, so the final check compared that uncommitted tail with
+    the ledger (``divergent: at the end node 1 holds another entry 26 of __meta``). The cluster
+    counts as settled only once every live member of the metadata group has committed all its
+    leader holds: the seed passes with every node's metadata log committed to its end, in one
+    term, at the check (so node 1 replaced entry 26 and the ledger checked what it committed)."""
+    script = (
+        "import json\n"
+        "from twisted.logger import globalLogBeginner\n"
+        "globalLogBeginner.beginLoggingTo([], redirectStandardIO=False, discardBuffer=True)\n"
+        "from streamlog.cluster.metadata import METADATA_GROUP as META\n"
+        "from streamlog.cluster.sim.world import SimCluster, SimConfig, run_seed\n"
+        "seen = []\n"
+        "check = SimCluster.check\n"
+        "def at_the_check(self):\n"
+        "    cores = [s.node.cores[META] for s in self.nodes.values() if s.up and s.node and META in s.node.cores]\n"
+        "    seen.append(sorted({(c.term, c.commit_index, c.log.last_index) for c in cores}) + [len(cores)])\n"
+        "    return check(self)\n"
+        "SimCluster.check = at_the_check\n"
+        "result = run_seed(9960002, SimConfig(nodes=5))\n"
+        "print(json.dumps([result.ok, list(result.violations), seen]))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    ok, violations, seen = json.loads(out.splitlines()[-1])
+    assert ok and not violations, violations
+    assert len(seen) == 1, seen
+    [(term, commit, last), members] = seen[0]  # one term, one commit index, one log end on every node
+    assert members == 5 and commit == last >= 26, seen
+
+
+def test_not_settled_while_a_metadata_follower_is_behind():
+    """``settled`` looks at the metadata group, not only at the partitions' groups."""
+    world = SimCluster(1, CI)
+    for s in world.nodes.values():
+        s.start()
+    world.run_until(world.formed, 30.0, "the cluster formed")
+    world.run_until(world.settled, 5.0, "settled")
+    follower = next(s for s in world.nodes.values() if s.node.cores[META].role != LEADER)
+    core = follower.node.cores[META]
+    commit = core.commit_index
+    core.commit_index = commit - 1
+    try:
+        assert not world.settled()
+    finally:
+        core.commit_index = commit
+    assert world.settled()

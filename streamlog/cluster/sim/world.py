@@ -670,7 +670,23 @@ class SimCluster:
                 other = s.node.directory.by_group.get(group)
                 if other is not None and other.commit_index != replica.commit_index:
                     return False
-        return True
+        return self._metadata_settled()
+
+    def _metadata_settled(self) -> bool:
+        """The metadata group's leader has committed all it holds, and so has every live member.
+
+        A member that is behind may still hold an uncommitted tail from an old term (Raft lets a
+        follower keep one until its leader's append replaces it), and the final check compares
+        every log with the ledger: it must not run before that tail is replaced."""
+        nodes = [s.node for s in self.live_nodes() if s.node is not None and META in s.node.cores]
+        leaders = [n.cores[META] for n in nodes if n.cores[META].role == LEADER]
+        if len(leaders) != 1:
+            return False
+        leader = leaders[0]
+        if leader.commit_index != leader.log.last_index:
+            return False
+        members = leader.voters | set(leader.learners)
+        return all(n.cores[META].commit_index == leader.commit_index for n in nodes if n.cores[META].id in members)
 
     def drain(self) -> dict[int, int]:
         """Read every partition from offset 0 to its high watermark through the broker."""
