@@ -219,7 +219,7 @@ class _Params:
         return self._params.get(name)
 
     def _name(self, name: str) -> str:
-        return name if self._where == "params" else f"{self._where}.{name}"
+        return _field(self._where, name)
 
     @overload
     def integer(
