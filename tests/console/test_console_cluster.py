@@ -37,6 +37,23 @@ def retried(f, what: str, within: float = 20.0):
             time.sleep(0.1)
 
 
+#: What a console answers while a group's coordinator moves (docs/console.md: retry).
+MOVING = ("NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE")
+
+
+def settled_get(node: ServerProcess, path: str, within: float = 20.0) -> tuple[int, dict]:
+    """GET C{path}, asked again while the answer is a 503 of a coordinator still moving: the
+    planner may hand the offsets partition to its preferred replica after the member
+    committed, and a node whose view is a step behind names the old coordinator, whose
+    answer (the second hint) is then the console's."""
+    deadline = time.monotonic() + within
+    while True:
+        status, body = get(node, path)
+        if status != 503 or body.get("error", {}).get("code") not in MOVING or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.1)
+
+
 class Moved(Exception):
     """The group's coordinator answered that it no longer is (or not yet): ask again."""
 
@@ -101,7 +118,7 @@ def test_every_nodes_console_shows_the_whole_cluster_and_reads_partitions_it_doe
                 status, page = get(node, f"/api/topics/solo/partitions/{p}/messages?from=earliest")
                 assert status == 200, page
                 assert [m["value"] for m in page["messages"]] == [{"p": p, "i": k} for k in range(p + 2)]
-            status, g = get(node, "/api/groups/billing")
+            status, g = settled_get(node, "/api/groups/billing")
             assert status == 200, g
             # (a member whose coordinator moved under it before it committed stays until its session ends)
             assert mid in [m["member_id"] for m in g["members"]]
