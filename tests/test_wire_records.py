@@ -63,3 +63,90 @@ def test_a_bad_message_is_named_by_its_index_in_the_batch():
 def test_a_bad_single_send_is_named_without_an_index():
     with pytest.raises(errors.InvalidParams, match=r"'key' must be a string or null"):
         wire.parse_send({"topic": "t", "value": 1, "key": 5})
+
+
+# --- the whole-batch check (wire.plain_batch) against the message-by-message one -------------
+
+any_messages = st.one_of(
+    st.fixed_dictionaries(
+        {"value": json_values},
+        optional={"partition": st.integers(-2, 3) | st.booleans() | st.text(max_size=2) | st.none()},
+    ),
+    messages,
+    st.dictionaries(st.sampled_from(["value", "partition", "key", "colour"]), json_values, max_size=3),
+    json_values,
+)
+deep = st.recursive(st.integers(0, 9), lambda inner: st.lists(inner, min_size=1, max_size=2)
+                    | st.dictionaries(st.sampled_from("ab"), inner, min_size=1, max_size=2), max_leaves=6)
+
+
+def checked_one_by_one(batch: list, limits: wire.Limits) -> str | None:
+    """What checking each message in turn says of a batch: None, or the first error."""
+    try:
+        for i, m in enumerate(batch):
+            wire.check_message(m, i, limits)
+    except errors.StreamlogError as e:
+        return f"{e.code}: {e}"
+    return None
+
+
+partitions = st.integers(-2, 3) | st.booleans() | st.text(max_size=2) | st.none() | st.floats(0, 3)
+batches = st.one_of(
+    st.lists(any_messages | st.fixed_dictionaries({"value": deep}), min_size=1, max_size=6),
+    # one shape for all, a near miss in any field: the batches the whole-batch check takes or nearly does
+    st.lists(st.fixed_dictionaries({"value": json_values | deep, "partition": partitions}), min_size=1, max_size=6),
+    st.lists(st.fixed_dictionaries({"value": json_values | deep, "partition": st.integers(-1, 3)}),
+             min_size=1, max_size=6),
+    st.lists(st.fixed_dictionaries({"value": json_values | deep}), min_size=1, max_size=6),
+)
+
+
+@given(batch=batches, max_depth=st.integers(0, 4))
+def test_a_batch_checked_whole_says_what_checking_it_message_by_message_says(batch, max_depth):
+    limits = wire.Limits(max_depth=max_depth)
+    expected = checked_one_by_one(batch, limits)
+    try:
+        plain = wire.plain_batch(batch, limits)
+    except errors.StreamlogError as e:
+        # Only a value nested too deep is refused by the whole-batch check itself, as the other says.
+        assert e.code == "NESTING_TOO_DEEP" and f"{e.code}: {e}" == expected
+        return
+    if plain:
+        assert expected is None
+        shapes = {frozenset(m) for m in batch}
+        assert shapes in ({frozenset({"value"})}, {frozenset({"value", "partition"})})
+    try:
+        parsed = wire.parse_send_batch({"topic": "t", "messages": batch}, limits)
+    except errors.StreamlogError as e:
+        assert f"{e.code}: {e}" == expected
+    else:
+        assert expected is None and parsed.messages is batch and parsed.plain is plain
+
+
+@pytest.mark.parametrize("batch, plain", [
+    ([{"value": 1}, {"value": {"a": [1]}}], True),
+    ([{"value": "x", "partition": 0}, {"value": [1, "y"], "partition": 7}], True),
+    ([{"value": 1}, {"value": 1, "partition": 0}], False),  # mixed shapes: message by message
+    ([{"value": 1, "partition": True}], False),  # a bool is no partition: the other check names it
+    ([{"value": 1, "partition": 0}, {"value": 1, "partition": -1}], False),
+    ([{"value": 1, "partition": 1.0}], False),
+    ([{"value": 1, "key": None}], False),
+    ([{"partition": 0, "key": "k"}], False),  # two fields, no value
+])
+def test_the_shapes_a_batch_is_taken_whole_in(batch, plain):
+    assert wire.plain_batch(batch, wire.DEFAULT_LIMITS) is plain
+
+
+def test_a_value_nested_too_deep_in_a_plain_batch_is_refused_with_the_same_error():
+    batch = [{"value": {"a": 1}}, {"value": {"a": {"b": {"c": 1}}}}]
+    with pytest.raises(errors.NestingTooDeep) as e:
+        wire.plain_batch(batch, wire.Limits(max_depth=2))
+    assert f"{e.value}" == "message value nested deeper than 2 levels"
+    assert wire.plain_batch(batch, wire.Limits(max_depth=3)) is True
+
+
+@given(base=st.integers(0, 2**62), timestamp=st.integers(0, 2**45),
+       batch=st.lists(st.fixed_dictionaries({"value": json_values}, optional={"partition": st.integers(0, 9)}),
+                      min_size=1, max_size=8))
+def test_a_plain_batch_is_encoded_to_the_same_records(base, timestamp, batch):
+    assert wire.encode_records(base, timestamp, batch, plain=True) == wire.encode_records(base, timestamp, batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
+from operator import itemgetter
 from typing import Any, Protocol
 
 import attrs
@@ -414,7 +415,7 @@ class Broker:
                 return self._after_election(electing, p)
             groups = {i: m for i, m in groups.items() if i not in refused}
         timestamp = self.now_ms()
-        encoded = self._encode(topic, groups, timestamp)
+        encoded = self._encode(topic, groups, timestamp, p.plain)
         if topic is None:
             topic = self.create_topic(p.topic, self.config.default_partitions)
             if sticky is not None:
@@ -440,15 +441,21 @@ class Broker:
             raise errors.UnknownTopic(f"unknown topic {p.topic!r} (auto-creation is off)", topic=p.topic)
         count = len(topic.partitions) if topic is not None else self.config.default_partitions
         sticky: int | None = None
+        if p.plain:  # every message names a partition, or none does: often one for all, found in C
+            named = set(map(_PARTITION, p.messages)) if "partition" in p.messages[0] else None
+            if named is None or len(named) == 1:
+                index = named.pop() if named is not None else None
+                if index is None:
+                    sticky = index = topic.next_partition() if topic is not None else 0
+                elif index >= count:
+                    raise self._unknown_partition(p, topic, count, index)
+                return topic, {index: p.messages}, sticky
         groups: dict[int, list[wire.Message]] = {}
         for message in p.messages:
             index = message.get("partition")
             if index is not None:
                 if index >= count:
-                    where = f"has {count}" if topic is not None else f"does not exist; auto-created it would have {count}"
-                    raise errors.UnknownPartition(
-                        f"topic {p.topic!r} {where} partitions, not {index}", topic=p.topic, partitions=count,
-                    )
+                    raise self._unknown_partition(p, topic, count, index)
             elif message.get("key") is not None:
                 index = partition_for_key(message["key"], count)
             else:
@@ -458,6 +465,13 @@ class Broker:
                 index = sticky
             groups.setdefault(index, []).append(message)
         return topic, groups, sticky
+
+    @staticmethod
+    def _unknown_partition(p: wire.SendParams, topic: Topic | None, count: int, index: int) -> errors.UnknownPartition:
+        where = f"has {count}" if topic is not None else f"does not exist; auto-created it would have {count}"
+        return errors.UnknownPartition(
+            f"topic {p.topic!r} {where} partitions, not {index}", topic=p.topic, partitions=count,
+        )
 
     def _create_through_controller(self, p: wire.SendParams) -> Deferred:
         """Auto-create in a cluster: the controller creates the topic, then the request
@@ -514,14 +528,14 @@ class Broker:
         return d
 
     def _encode(self, topic: Topic | None, groups: dict[int, list[wire.Message]],
-                timestamp: int) -> list[tuple[int, int, list[bytes]]]:
+                timestamp: int, plain: bool = False) -> list[tuple[int, int, list[bytes]]]:
         """Each partition's records, encoded once as they will be served (offsets included),
         with the size check: C{[(partition, base offset, records)]}."""
         limit = self.limits.max_message_bytes
         encoded: list[tuple[int, int, list[bytes]]] = []
         for index, messages in groups.items():
             base = self.partition(topic.name, index).end_offset if topic is not None else 0
-            records = wire.encode_records(base, timestamp, messages)
+            records = wire.encode_records(base, timestamp, messages, plain)
             largest = max(map(len, records))
             if largest > limit:
                 raise errors.MessageTooLarge(
@@ -873,6 +887,8 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
 
 #: An idempotent part its partition refuses: in a SendBatch over several partitions, an error
 #: entry for that part (the others are taken), as a part another node leads.
+_PARTITION = itemgetter("partition")
+
 _PART_REFUSALS = (errors.OutOfOrderSequence, errors.ProducerFenced, errors.UnknownProducerId,
                   errors.TooManyProducers)
 
