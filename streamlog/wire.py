@@ -102,6 +102,8 @@ class SendParams:
     sequences: dict[int, int] | None = None
     #: Every message is C{{"value": v}}, or every one C{{"value": v, "partition": p}}
     #: (L{plain_batch}): no key, no headers, so routing and encoding may take it whole.
+    #: Set by L{parse_send_batch} only, for the C{messages} it checked: the encoding of a
+    #: plain batch reads nothing but C{value}.
     plain: bool = False
 
     @property

@@ -27,6 +27,9 @@ def topics(conn) -> list:
     ("Send", {"topic": "new", "value": "x" * 300}, "MESSAGE_TOO_LARGE"),
     ("Send", {"topic": "new", "key": "k", "value": "x" * 300}, "MESSAGE_TOO_LARGE"),
     ("SendBatch", {"topic": "new", "messages": [{"value": 1}, {"value": 2, "partition": 5}]}, "UNKNOWN_PARTITION"),
+    # A batch of one shape (wire.plain_batch) is routed whole: its one partition is checked as any other.
+    ("SendBatch", {"topic": "new", "messages": [{"value": 1, "partition": 5}, {"value": 2, "partition": 5}]},
+     "UNKNOWN_PARTITION"),
     ("SendBatch", {"topic": "new", "messages": [{"value": 1, "partition": 1}, {"value": "x" * 300}]},
      "MESSAGE_TOO_LARGE"),
 ])
@@ -64,6 +67,25 @@ def test_a_send_that_is_appended_still_creates_its_topic_and_round_robins(conn):
     batch = conn.call("SendBatch", {"topic": "other", "messages": [{"value": 1, "partition": 1}, {"value": 2}]})
     assert batch["result"]["partitions"] == [{"partition": 1, "base_offset": 0, "count": 1},
                                              {"partition": 0, "base_offset": 0, "count": 1}]
+
+
+def test_a_batch_of_one_shape_is_routed_whole_as_message_by_message(conn):
+    """wire.plain_batch's batches: all naming one partition, all naming none (one round-robin
+    pick for them all), or naming several (routed message by message); each refusal as before."""
+    send = lambda messages: conn.call("SendBatch", {"topic": "new", "messages": messages})  # noqa: E731
+    assert send([{"value": 1}, {"value": 2}])["result"]["partitions"] == [
+        {"partition": 0, "base_offset": 0, "count": 2}]
+    assert send([{"value": 3}])["result"]["partitions"] == [{"partition": 1, "base_offset": 0, "count": 1}]
+    assert send([{"value": 4, "partition": 1}, {"value": 5, "partition": 1}])["result"]["partitions"] == [
+        {"partition": 1, "base_offset": 1, "count": 2}]
+    assert send([{"value": 6, "partition": 1}, {"value": 7, "partition": 0}])["result"]["partitions"] == [
+        {"partition": 1, "base_offset": 3, "count": 1}, {"partition": 0, "base_offset": 2, "count": 1}]
+    error = send([{"value": 8, "partition": 2}, {"value": 9, "partition": 2}])["error"]
+    assert error == {"code": "UNKNOWN_PARTITION", "topic": "new", "partitions": 2,
+                     "message": "topic 'new' has 2 partitions, not 2"}
+    assert send([{"value": 1}])["result"]["partitions"] == [{"partition": 0, "base_offset": 3, "count": 1}]
+    polled = conn.call("Poll", {"topic": "new", "partition": 1, "offset": 0})["result"]
+    assert [(r["offset"], r["value"]) for r in polled["messages"]] == [(0, 3), (1, 4), (2, 5), (3, 6)]
 
 
 @pytest.mark.parametrize("config", [0, "", [], False, 1, "x", [1], True])

@@ -885,10 +885,10 @@ def _single_result(result: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-#: An idempotent part its partition refuses: in a SendBatch over several partitions, an error
-#: entry for that part (the others are taken), as a part another node leads.
 _PARTITION = itemgetter("partition")
 
+#: An idempotent part its partition refuses: in a SendBatch over several partitions, an error
+#: entry for that part (the others are taken), as a part another node leads.
 _PART_REFUSALS = (errors.OutOfOrderSequence, errors.ProducerFenced, errors.UnknownProducerId,
                   errors.TooManyProducers)
 
