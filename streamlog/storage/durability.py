@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from streamlog.storage import sync_failure
 from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, datasync_path, fsync_dir, write_atomically
 from streamlog.storage.errors import StorageFailed
 from streamlog.storage.segment import SegmentFiles
@@ -249,6 +250,9 @@ class Durability:
                         datasync_path(path)
                 write_atomically(os.path.join(self.directory, CHECKPOINT_FILE), checkpoint.encode())
             except OSError as e:
+                # A failed write is fail-stop too (a failed sync was reported already): the
+                # log's memory may already be past the checkpoint on disk (a truncation's).
+                sync_failure.report_write(os.path.join(self.directory, CHECKPOINT_FILE), e, "checkpoint write to")
                 error = StorageFailed(f"{self.directory}: checkpoint failed: {e}")
                 log.fail(error)
                 raise error from e

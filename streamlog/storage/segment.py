@@ -33,9 +33,9 @@ from collections.abc import Iterator
 import attrs
 from twisted.logger import Logger
 
-from streamlog.storage import codec
+from streamlog.storage import codec, sync_failure
 from streamlog.storage.base import RecordBatch
-from streamlog.storage.checkpoint import datasync
+from streamlog.storage.checkpoint import datasync, write_all
 from streamlog.storage.descriptors import ReadFiles
 from streamlog.storage.errors import StorageCorrupted
 
@@ -46,6 +46,16 @@ _READ_CHUNK = 64 * 1024
 
 class IndexDamaged(Exception):
     """An index entry does not point where it says; rebuild the index from the data."""
+
+
+def _write(fd: int, data: bytes, path: str) -> None:
+    """Append C{data} (an index entry) to C{path}'s descriptor: a failure, a short write
+    included, is a failed log write (fail-stop, L{sync_failure})."""
+    try:
+        write_all(fd, data)
+    except OSError as e:
+        sync_failure.report_write(path, e)
+        raise
 
 
 def segment_name(first_index: int) -> str:
@@ -190,6 +200,9 @@ class Segment:
 
         A short write (a full disk) is completed or, if the rest fails, the
         file is cut back to where it was so no partial frame stays behind.
+        Either way a failure is a failed log write (fail-stop, reported to
+        L{sync_failure} before it is raised): cutting back may have failed as
+        well, and what the caller appended before this frame stays.
         """
         assert self.files is not None
         frame_size = len(head) + len(payload)
@@ -201,7 +214,8 @@ class Segment:
                 while rest:
                     n = os.write(fd, rest)
                     rest = rest[n:]
-        except OSError:
+        except OSError as e:
+            sync_failure.report_write(self.log_path, e, "append to")
             os.ftruncate(fd, self.size)  # if this fails too, the caller fails the log
             raise
         return frame_size
@@ -237,14 +251,14 @@ class Segment:
         self._last_index_position = position
         if write:
             assert self.files is not None
-            os.write(self.files.index_fd, INDEX_ENTRY.pack(index, offset, position))
+            _write(self.files.index_fd, INDEX_ENTRY.pack(index, offset, position), self.index_path)
 
     def _add_time_entry(self, timestamp: int, index: int, write: bool) -> None:
         self.time_stamps.append(timestamp)
         self.time_indexes.append(index)
         if write:
             assert self.files is not None
-            os.write(self.files.timeindex_fd, TIME_ENTRY.pack(timestamp, index))
+            _write(self.files.timeindex_fd, TIME_ENTRY.pack(timestamp, index), self.timeindex_path)
 
     def seal_time_index(self, write: bool = True) -> None:
         """Add the final time-index entry (the segment's maximum), before rolling or after a rebuild."""
@@ -321,7 +335,18 @@ class Segment:
         return True
 
     def write_index_files(self) -> None:
-        """Replace both index files with the in-memory entries (after a rebuild or a cut)."""
+        """Replace both index files with the in-memory entries (after a rebuild or a cut).
+
+        A failure is a failed log write (fail-stop, L{sync_failure}): the active segment's
+        index files are rewritten in place and appended to afterwards.
+        """
+        try:
+            self._write_index_files()
+        except OSError as e:
+            sync_failure.report_write(self.index_path, e, "index rewrite of")
+            raise
+
+    def _write_index_files(self) -> None:
         assert self.idx_indexes is not None
         data = b"".join(INDEX_ENTRY.pack(*e) for e in zip(self.idx_indexes, self.idx_offsets, self.idx_positions))
         tdata = b"".join(TIME_ENTRY.pack(t, i) for t, i in zip(self.time_stamps, self.time_indexes))
@@ -330,7 +355,7 @@ class Segment:
             for fd, path, content in ((self.files.index_fd, self.index_path, data),
                                       (self.files.timeindex_fd, self.timeindex_path, tdata)):
                 os.ftruncate(fd, 0)
-                os.write(fd, content)
+                write_all(fd, content)
                 datasync(fd, path)
             self.index_rewrite_needed = False
             return
@@ -338,7 +363,7 @@ class Segment:
             tmp = path + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, content)
+                write_all(fd, content)
                 datasync(fd, tmp)
             finally:
                 os.close(fd)

@@ -15,6 +15,10 @@ after it, never a mix, whatever instant a crash picks:
     before the synced mark, and writes the shorter chain and the new log
     start (the term and configuration of the last entry removed, the first
     record offset kept) to the checkpoint before it deletes any file.
+
+A failed write, truncation, rename or removal in any of them is a failed log
+write: reported to the fail-stop handler (L{streamlog.storage.sync_failure})
+before it is raised, the log failed.
   - L{reset} (snapshot install) removes what follows the snapshot point
     durably first, then creates the new empty segment, writes the checkpoint
     that names it, and only then deletes the old segments: recovery deletes
@@ -33,7 +37,7 @@ import attrs
 from twisted.logger import Logger
 
 from streamlog.raft.log import Members
-from streamlog.storage import codec
+from streamlog.storage import codec, sync_failure
 from streamlog.storage.appends import roll
 from streamlog.storage.checkpoint import LogStart, fsync_dir
 from streamlog.storage.durability import Mark
@@ -60,6 +64,10 @@ def truncate_suffix(log: SegmentedLog, from_index: int) -> None:
         log.fail(e)
         raise
     except OSError as e:
+        # Fail-stop (sync_failure): the cut may be half done on disk (the data file cut, its
+        # indexes not, a later segment still there) while the Raft core's memory is not
+        # told the log shrank, and could answer for entries no longer on disk.
+        sync_failure.report_write(e.filename or log.directory, e, "truncation of")
         error = StorageFailed(f"{log.directory}: truncation failed: {e}")
         log.fail(error)
         raise error from e
@@ -270,12 +278,13 @@ def truncate_prefix(log: SegmentedLog, upto_index: int, producer_state: Callable
             # The shorter chain is on disk before any file goes: a segment the
             # checkpoint lists is never missing unless the disk lost it.
             durability.write_checkpoint(log, durability.mark)
+        for segment in doomed:
+            segment.unlink()
     except OSError as e:
+        sync_failure.report_write(e.filename or log.directory, e, "retention of")
         error = StorageFailed(f"{log.directory}: retention failed: {e}")
         log.fail(error)
         raise error from e
-    for segment in doomed:
-        segment.unlink()
     chain.cache_trim(new_index)
     _log.info(
         "retention deleted {count} segments of {directory}; the log starts at index {index}, offset {offset}",
@@ -326,6 +335,7 @@ def reset(
         log.fail(e)
         raise
     except OSError as e:
+        sync_failure.report_write(e.filename or log.directory, e, "snapshot install (reset) of")
         error = StorageFailed(f"{log.directory}: reset failed: {e}")
         log.fail(error)
         raise error from e

@@ -1,0 +1,224 @@
+"""Every write to a partition log's files reports its failure to the fail-stop handler.
+
+A failed write may leave part of itself in the file (a torn frame in the
+middle of a segment) while the log's memory is a step ahead or behind; a
+later fdatasync that succeeds would then vouch for what is not on disk.  So,
+like a failed sync (tests/storage/test_sync_fail_stop.py), each class of
+write site below gets ENOSPC (or EIO) for one path and must tell the handler
+(in a server: exit 70) with the path and the errno before any caller's
+C{except} could log and go on, and must not report durable what the write
+was for.  ENOSPC is no different from EIO.  (docs/operations.md, "A failed
+fsync", the table of failed writes.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from storage_helpers import append_batch, make_batch, rolled_segments
+
+from streamlog.raft.log import Entry
+from streamlog.storage import sync_failure
+from streamlog.storage.base import TopicConfig
+from streamlog.storage.errors import OutOfDescriptors, StorageFailed, WriteFailed
+from streamlog.storage.log import SegmentedLog
+from streamlog.storage.segmented import SegmentedStorage
+
+
+def told(recorder: sync_failure.Recorder, under: object, code: int = errno.ENOSPC) -> list[WriteFailed]:
+    """The failures told to the handler, each checked: a write of a path under C{under}, errno C{code}, both named."""
+    assert recorder.failures, "the failed write was not reported to the fail-stop handler"
+    for failure in recorder.failures:
+        assert isinstance(failure, WriteFailed), failure
+        assert failure.errno == code and str(failure.path).startswith(str(under)), failure
+        assert str(failure.path) in str(failure) and errno.errorcode[code] in str(failure)
+    return recorder.failures  # type: ignore[return-value]
+
+
+def filled(directory, entries: int = 5, **config) -> SegmentedLog:
+    log = SegmentedLog(str(directory), TopicConfig(**config), index_interval_bytes=64)
+    log.append([Entry(i, 1, make_batch(i - 1, 1)) for i in range(1, entries + 1)])
+    return log
+
+
+def segments(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(".log"))
+
+
+# --- the module: one road, no second report of an error told already ------------------------
+
+
+def test_report_write_names_the_path_and_errno_and_tells_an_error_once(sync_failures):
+    error = OSError(errno.ENOSPC, "No space left on device")
+    first = sync_failure.report_write("/d/t/0/1.log", error, "append to")
+    assert sync_failure.report_write("/d/t/0/1.log", error) is first  # raised on through another except
+    assert sync_failures.failures == [first]
+    assert str(first) == "append to of /d/t/0/1.log failed: No space left on device (ENOSPC)"
+    assert (first.path, first.errno) == ("/d/t/0/1.log", errno.ENOSPC)
+    synced = OSError(errno.EIO, "Input/output error")
+    sync_failure.report("/d/t/0", synced)
+    sync_failure.report_write("/d/t/0", synced)  # a sync helper's error inside a write site: told once
+    assert len(sync_failures.failures) == 2
+
+
+# --- appends: the data file, the index files ----------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_failed_append_is_reported_and_nothing_more_is_durable(tmp_path, sync_failures, failing_writes, code):
+    log = filled(tmp_path / "p")
+    assert log.sync() == 5
+    failing_writes(str(tmp_path / "p"), calls=("writev",), error=code)
+    with pytest.raises(StorageFailed):
+        append_batch(log, make_batch(5, 1))
+    [failure] = told(sync_failures, tmp_path / "p", code)
+    assert failure.path.endswith(".log")
+    failing_writes(None)
+    assert log.failed is not None
+    with pytest.raises(StorageFailed):
+        log.sync()  # a later sync that would succeed vouches for nothing more
+    assert log.durable_index == 5
+    log.close(sync=False)
+
+
+def test_a_failed_index_entry_write_during_an_append_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p", 1)
+    failing_writes(lambda path: path.endswith(".index"), calls=("write",))
+    with pytest.raises(StorageFailed):
+        for i in range(2, 20):  # an index entry is due every 64 bytes
+            log.append([Entry(i, 1, make_batch(i - 1, 1))])
+    told(sync_failures, tmp_path / "p")
+    failing_writes(None)
+    assert log.failed is not None
+    log.close(sync=False)
+
+
+def test_a_roll_whose_files_cannot_be_written_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p", 1)
+    failing_writes(lambda path: path.endswith(".timeindex"), calls=("write",))
+    with pytest.raises(StorageFailed):
+        log.roll()  # the old segment's last time-index entry
+    told(sync_failures, tmp_path / "p")
+    sync_failures.failures.clear()
+    failing_writes(None)
+    log.close(sync=False)
+    log = SegmentedLog(str(tmp_path / "q"))
+    append_batch(log, make_batch(0, 1))
+    failing_writes(str(tmp_path / "q"), calls=("open",), error=errno.EIO)
+    with pytest.raises(StorageFailed):
+        log.roll()  # the new segment's files
+    told(sync_failures, tmp_path / "q", errno.EIO)
+    failing_writes(None)
+    log.close(sync=False)
+
+
+def test_a_roll_refused_for_want_of_descriptors_is_no_write_failure(tmp_path, sync_failures, failing_writes):
+    """Nothing was written: the files it made are removed and the old segment stays active."""
+    log = filled(tmp_path / "p", 1)
+    failing_writes(str(tmp_path / "p"), calls=("open",), error=errno.EMFILE)
+    with pytest.raises(OutOfDescriptors):
+        log.roll()
+    failing_writes(None)
+    assert sync_failures.failures == [] and log.failed is None
+    append_batch(log, make_batch(1, 1))
+    assert log.sync() == 2
+    log.close()
+
+
+# --- truncations: a follower's conflicting tail, a snapshot install, retention ----------------
+
+
+def test_a_failed_suffix_truncation_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p")
+    log.sync()
+    failing_writes(str(tmp_path / "p"), calls=("ftruncate",), error=errno.EIO)
+    with pytest.raises(StorageFailed):
+        log.truncate_suffix(3)
+    told(sync_failures, tmp_path / "p", errno.EIO)
+    failing_writes(None)
+    assert log.failed is not None
+    log.close(sync=False)
+
+
+def test_a_failed_snapshot_install_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p")
+    failing_writes(str(tmp_path / "p"), calls=("open",))
+    with pytest.raises(StorageFailed):
+        log.reset(10, 2, next_offset=10)  # its new segment's files
+    told(sync_failures, tmp_path / "p")
+    failing_writes(None)
+    log.close(sync=False)
+
+
+def test_a_failed_segment_removal_after_retention_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p", 1)
+    rolled_segments(log)
+    failing_writes(lambda path: path.endswith(".log"), calls=("unlink",), error=errno.EIO)
+    with pytest.raises(StorageFailed):
+        log.truncate_prefix(2)
+    told(sync_failures, tmp_path / "p", errno.EIO)
+    failing_writes(None)
+    log.close(sync=False)
+
+
+# --- the recovery checkpoint and the indexes, written apart from appends ----------------------
+
+
+def test_a_failed_checkpoint_write_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p")
+    log.sync()
+    failing_writes(lambda path: path.endswith("recovery-checkpoint.tmp"), calls=("write",))
+    with pytest.raises(StorageFailed):
+        log.checkpoint(sync=False)  # the periodic pass's, in a worker, or a clean close's
+    told(sync_failures, tmp_path / "p")
+    failing_writes(None)
+    log.close(sync=False)
+
+
+def test_a_failed_index_rebuild_on_a_read_is_reported(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p", 30, segment_bytes=1024)
+    log.roll()
+    log.close()
+    first = segments(tmp_path / "p")[0][:-4]
+    os.unlink(tmp_path / "p" / (first + ".index"))  # rebuilt when the segment is first read
+    log = SegmentedLog(str(tmp_path / "p"))
+    failing_writes(lambda path: path.startswith(str(tmp_path / "p" / first)), calls=("write",))
+    with pytest.raises(OSError):
+        log.read(0, 10, 1 << 20)
+    told(sync_failures, tmp_path / "p")
+    failing_writes(None)
+    log.close(sync=False)
+
+
+# --- the data directory: topics created and deleted ------------------------------------------
+
+
+def test_a_failed_topic_creation_or_deletion_is_reported(tmp_path, sync_failures, failing_writes):
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    storage.create_topic("kept", 1, TopicConfig())
+    failing_writes(str(tmp_path / "new"), calls=("open", "write"))
+    with pytest.raises(StorageFailed):
+        storage.create_topic("new", 2, TopicConfig())
+    told(sync_failures, tmp_path / "new")
+    sync_failures.failures.clear()
+    failing_writes(str(tmp_path / "kept"), calls=("rename",), error=errno.EIO)
+    with pytest.raises(OSError):
+        storage.delete_topic("kept")
+    told(sync_failures, tmp_path / "kept", errno.EIO)
+    failing_writes(None)
+    storage.close()
+
+
+def test_a_topic_creation_out_of_descriptors_is_no_write_failure(tmp_path, sync_failures, failing_writes):
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    failing_writes(str(tmp_path / "new"), calls=("open",), error=errno.EMFILE)
+    with pytest.raises(OutOfDescriptors):
+        storage.create_topic("new", 1, TopicConfig())
+    failing_writes(None)
+    assert sync_failures.failures == []
+    storage.create_topic("new", 1, TopicConfig())
+    storage.close()
