@@ -152,6 +152,46 @@ def test_a_failed_snapshot_install_is_reported(tmp_path, sync_failures, failing_
     log.close(sync=False)
 
 
+def test_a_failed_checkpoint_write_of_retention_is_reported_and_changes_nothing_in_memory(
+        tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p", 1)
+    rolled_segments(log)
+    before = (log.start_index, log.start_offset, log.segment_count, log.prefix_term, log.term_at(1))
+    failing_writes(lambda path: path.endswith(".tmp"), calls=("write",))
+    with pytest.raises(StorageFailed):
+        log.truncate_prefix(2)  # retention, or compaction after a snapshot
+    told(sync_failures, tmp_path / "p")
+    failing_writes(None)
+    # The shorter chain never reached the disk: the memory is still the log the checkpoint names.
+    assert (log.start_index, log.start_offset, log.segment_count, log.prefix_term, log.term_at(1)) == before
+    assert len(segments(tmp_path / "p")) == 4  # no file deleted
+    log.close(sync=False)
+
+
+def test_retention_changes_its_memory_only_once_its_checkpoint_is_written(tmp_path, failing_writes, monkeypatch):
+    """The checkpoint is written while the chain in memory is still the old one (a checkpoint
+    worker never sees a chain the disk does not have), and names the shorter chain."""
+    from streamlog.storage import checkpoint as checkpoint_module
+    from streamlog.storage import durability
+
+    log = filled(tmp_path / "p", 1)
+    rolled_segments(log)
+    seen = []
+    real = checkpoint_module.write_atomically
+
+    def write(path, data):
+        seen.append((log.start_index, log.segment_count, checkpoint_module.Checkpoint.decode(data).start.index))
+        real(path, data)
+
+    monkeypatch.setattr(durability, "write_atomically", write)
+    log.truncate_prefix(2)
+    assert seen == [(1, 4, 3)] and (log.start_index, log.segment_count) == (3, 2)
+    log.close()
+    again = SegmentedLog(str(tmp_path / "p"))
+    assert (again.start_index, again.segment_count, again.last_index) == (3, 2, 4)
+    again.close()
+
+
 def test_a_failed_segment_removal_after_retention_is_reported(tmp_path, sync_failures, failing_writes):
     log = filled(tmp_path / "p", 1)
     rolled_segments(log)
