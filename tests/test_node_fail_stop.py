@@ -363,3 +363,15 @@ def test_a_leaders_failed_local_append_reaches_fail_stop_and_is_not_acknowledged
     assert stops[0].path.startswith(str(tmp_path / "data" / "t"))
     [answer] = [a for a in conn.answers() if a["id"] == lost]
     assert "error" in answer  # never acknowledged
+
+
+def test_a_group_of_ones_failed_hard_state_write_reaches_fail_stop(tmp_path, durable_node, stops, failing_writes):
+    """The storage opens the hard-state store without an on_fatal, and a group of one does not
+    wait for its save: a failed write of the round reached no handler, the node went on."""
+    failing_writes(str(tmp_path / "data" / "hardstate"), calls=("write",))
+    durable_node.broker.create_topic("t", 1)  # its group of one elects itself: a hard-state round
+    for _ in range(5):
+        durable_node.clock.advance(0)
+        durable_node.threads.run_all()
+    failing_writes(None)
+    assert stops and isinstance(stops[0], WriteFailed) and stops[0].path.startswith(str(tmp_path / "data" / "hardstate"))

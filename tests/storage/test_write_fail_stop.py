@@ -18,13 +18,17 @@ import os
 
 import pytest
 from storage_helpers import append_batch, make_batch, rolled_segments
+from twisted.internet.task import Clock
 
+from streamlog.raft.core import HardState
 from streamlog.raft.log import Entry
 from streamlog.storage import sync_failure
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.errors import OutOfDescriptors, StorageFailed, WriteFailed
+from streamlog.storage.hardstate import HardStateStore
 from streamlog.storage.log import SegmentedLog
 from streamlog.storage.segmented import SegmentedStorage
+from streamlog.testing import failure_of
 
 
 def told(recorder: sync_failure.Recorder, under: object, code: int = errno.ENOSPC) -> list[WriteFailed]:
@@ -262,3 +266,58 @@ def test_a_topic_creation_out_of_descriptors_is_no_write_failure(tmp_path, sync_
     assert sync_failures.failures == []
     storage.create_topic("new", 1, TopicConfig())
     storage.close()
+
+
+# --- the hard-state file, as the storage opens it ----------------------------------------------
+
+
+def opened_hard_state(data_dir, clock) -> HardStateStore:
+    """The store as the node gets it: opened by SegmentedStorage.load (no on_fatal of its own)."""
+    storage = SegmentedStorage(str(data_dir))
+    storage.load()
+    store = storage.hard_state
+    assert store is not None
+    store.bind(clock, lambda f, *a: _now(f, *a))
+    return store
+
+
+def _now(f, *args):
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
+
+@pytest.mark.parametrize("call", ["write", "replace"])
+def test_a_failed_hard_state_write_reaches_the_handler(tmp_path, sync_failures, failing_writes, call):
+    clock = Clock()
+    store = opened_hard_state(tmp_path, clock)
+    if call == "replace":
+        store.compact_bytes = 0  # once the file holds twice its live content, a round is a compaction
+        for term in range(1, 4):
+            store.save("g", HardState(term, None))
+            clock.advance(0)
+    failing_writes(lambda path: path.startswith(str(tmp_path / "hardstate")), calls=(call,))
+    saved = store.save("g", HardState(5, "a"))
+    clock.advance(0)
+    told(sync_failures, tmp_path / "hardstate")
+    assert failure_of(saved).check(StorageFailed)  # the vote is never acted on
+    assert failing_writes.failed and failing_writes.failed[0][0] == call
+    assert failure_of(store.save("g", HardState(6, "a"))).check(StorageFailed)
+    failing_writes(None)
+    store.close()
+
+
+def test_a_hard_state_round_that_cannot_be_handed_to_a_worker_reaches_the_handler(tmp_path, sync_failures):
+    clock = Clock()
+    store = opened_hard_state(tmp_path, clock)
+
+    def refusing(f, *args):
+        raise RuntimeError("the thread pool is stopped")
+
+    store.bind(clock, refusing)
+    saved = store.save("g", HardState(2, "a"))
+    clock.advance(0)
+    assert failure_of(saved).check(StorageFailed)
+    [failure] = sync_failures.failures
+    assert isinstance(failure, StorageFailed) and str(tmp_path / "hardstate") in str(failure)
+    store.close()
