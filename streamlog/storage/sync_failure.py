@@ -75,9 +75,10 @@ def describe(what: str, error: OSError) -> SyncFailed:
     return SyncFailed(f"fsync of {what} failed: {error.strerror or error} ({_code(error)})", path=what, errno=error.errno)
 
 
-def describe_write(what: str, error: OSError, action: str = "write") -> WriteFailed:
-    """The L{WriteFailed} for C{error}, the failed C{action} of C{what} (a path), naming the errno."""
-    return WriteFailed(f"{action} of {what} failed: {error.strerror or error} ({_code(error)})", path=what,
+def describe_write(what: str, error: OSError, action: str = "write of") -> WriteFailed:
+    """The L{WriteFailed} for C{error}, the failed C{action} C{what} (a path: "append to
+    /d/t/0/00000000000000000001.log failed: ..."), naming the errno."""
+    return WriteFailed(f"{action} {what} failed: {error.strerror or error} ({_code(error)})", path=what,
                        errno=error.errno)
 
 
@@ -89,8 +90,8 @@ def report(what: str, error: OSError) -> SyncFailed:
     return _tell(error, describe(what, error))
 
 
-def report_write(what: str, error: OSError, action: str = "write") -> StorageFailed:
-    """A write to the log file C{what} (C{action}: "append to", "truncation", ...) failed with
+def report_write(what: str, error: OSError, action: str = "write of") -> StorageFailed:
+    """A write to the log file C{what} (C{action}: "append to", "truncation of", ...) failed with
     C{error}: tell the handler (which, in a server, does not return).
 
     An C{error} that was told already (a sync helper's, raised through the write site's

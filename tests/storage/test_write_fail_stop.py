@@ -59,7 +59,7 @@ def test_report_write_names_the_path_and_errno_and_tells_an_error_once(sync_fail
     first = sync_failure.report_write("/d/t/0/1.log", error, "append to")
     assert sync_failure.report_write("/d/t/0/1.log", error) is first  # raised on through another except
     assert sync_failures.failures == [first]
-    assert str(first) == "append to of /d/t/0/1.log failed: No space left on device (ENOSPC)"
+    assert str(first) == "append to /d/t/0/1.log failed: No space left on device (ENOSPC)"
     assert (first.path, first.errno) == ("/d/t/0/1.log", errno.ENOSPC)
     synced = OSError(errno.EIO, "Input/output error")
     sync_failure.report("/d/t/0", synced)
