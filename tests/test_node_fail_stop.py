@@ -32,7 +32,11 @@ class Exited(BaseException):
     """What the replaced C{os._exit} raises (a test must not end its own process)."""
 
 
-def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch):
+@pytest.mark.parametrize("failure", [
+    sync_failure.describe("/data/t/0/1.log", OSError(errno.EIO, "Input/output error")),
+    sync_failure.describe_write("/data/t/0/1.log", OSError(errno.EIO, "Input/output error"), "append to"),
+], ids=["sync", "write"])
+def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch, failure):
     statuses: list[int] = []
 
     def exit_(status: int) -> None:
@@ -44,7 +48,7 @@ def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch):
     globalLogPublisher.addObserver(events.append)
     try:
         with pytest.raises(Exited):
-            service_module.fail_stop(sync_failure.describe("/data/t/0/1.log", OSError(errno.EIO, "Input/output error")))
+            service_module.fail_stop(failure)
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert statuses == [70]
