@@ -31,9 +31,11 @@ from streamlog.storage.segmented import SegmentedStorage
 from streamlog.testing import failure_of
 
 
-def told(recorder: sync_failure.Recorder, under: object, code: int = errno.ENOSPC) -> list[WriteFailed]:
-    """The failures told to the handler, each checked: a write of a path under C{under}, errno C{code}, both named."""
+def told(recorder: sync_failure.Recorder, under: object, code: int = errno.ENOSPC, count: int = 1) -> list[WriteFailed]:
+    """The failures told to the handler (C{count} of them: one failed write is told once), each
+    checked: a write of a path under C{under}, errno C{code}, both named."""
     assert recorder.failures, "the failed write was not reported to the fail-stop handler"
+    assert len(recorder.failures) == count, recorder.failures
     for failure in recorder.failures:
         assert isinstance(failure, WriteFailed), failure
         assert failure.errno == code and str(failure.path).startswith(str(under)), failure
