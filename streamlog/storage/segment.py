@@ -201,8 +201,9 @@ class Segment:
         A short write (a full disk) is completed or, if the rest fails, the
         file is cut back to where it was so no partial frame stays behind.
         Either way a failure is a failed log write (fail-stop, reported to
-        L{sync_failure} before it is raised): cutting back may have failed as
-        well, and what the caller appended before this frame stays.
+        L{sync_failure} before it is raised, once: if cutting back fails as
+        well, the write's error is raised, with a note), and what the caller
+        appended before this frame stays.
         """
         assert self.files is not None
         frame_size = len(head) + len(payload)
@@ -216,7 +217,11 @@ class Segment:
                     rest = rest[n:]
         except OSError as e:
             sync_failure.report_write(self.log_path, e, "append to")
-            os.ftruncate(fd, self.size)  # if this fails too, the caller fails the log
+            try:
+                os.ftruncate(fd, self.size)
+            except OSError as cut:
+                # The error raised stays the one told (the caller fails the log, tells no one again).
+                e.add_note(f"cutting it back to {self.size} bytes failed too: {cut}")
             raise
         return frame_size
 

@@ -89,6 +89,20 @@ def test_a_failed_append_is_reported_and_nothing_more_is_durable(tmp_path, sync_
     log.close(sync=False)
 
 
+def test_a_failed_append_whose_cut_back_fails_too_is_reported_once(tmp_path, sync_failures, failing_writes):
+    log = filled(tmp_path / "p")
+    failing_writes(str(tmp_path / "p"), calls=("writev", "ftruncate"))
+    with pytest.raises(StorageFailed) as raised:
+        append_batch(log, make_batch(5, 1))
+    [failure] = told(sync_failures, tmp_path / "p")
+    assert failure.path.endswith(".log")
+    assert [call for call, _ in failing_writes.failed] == ["writev", "ftruncate"]
+    assert any("cutting it back" in note for note in getattr(raised.value.__cause__, "__notes__", []))
+    failing_writes(None)
+    assert log.failed is not None
+    log.close(sync=False)
+
+
 def test_a_failed_index_entry_write_during_an_append_is_reported(tmp_path, sync_failures, failing_writes):
     log = filled(tmp_path / "p", 1)
     failing_writes(lambda path: path.endswith(".index"), calls=("write",))
