@@ -26,6 +26,7 @@ descriptors are synced, and when, is decided by L{streamlog.storage.durability}.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -342,37 +343,45 @@ class Segment:
     def write_index_files(self) -> None:
         """Replace both index files with the in-memory entries (after a rebuild or a cut).
 
-        A failure is a failed log write (fail-stop, L{sync_failure}): the active segment's
-        index files are rewritten in place and appended to afterwards.
+        The active segment's index files are rewritten in place (its append descriptors
+        stay valid) and appended to afterwards: a failure may leave one cut or half
+        written, a failed log write (fail-stop, L{sync_failure}, naming the file that
+        failed).  A closed segment's go to a temporary file renamed over the old one: a
+        failed write or rename leaves the old file as it was and the entries right in
+        memory, so it raises without telling (C{index_rewrite_needed} stays set; the
+        temporary file is removed).  A failed sync is told by L{datasync}, as always.
         """
-        try:
-            self._write_index_files()
-        except OSError as e:
-            sync_failure.report_write(self.index_path, e, "index rewrite of")
-            raise
-
-    def _write_index_files(self) -> None:
         assert self.idx_indexes is not None
         data = b"".join(INDEX_ENTRY.pack(*e) for e in zip(self.idx_indexes, self.idx_offsets, self.idx_positions))
         tdata = b"".join(TIME_ENTRY.pack(t, i) for t, i in zip(self.time_stamps, self.time_indexes))
         if self.files is not None:
-            # The active segment: rewrite in place, its append descriptors stay valid.
             for fd, path, content in ((self.files.index_fd, self.index_path, data),
                                       (self.files.timeindex_fd, self.timeindex_path, tdata)):
-                os.ftruncate(fd, 0)
-                write_all(fd, content)
-                datasync(fd, path)
+                try:
+                    os.ftruncate(fd, 0)
+                    write_all(fd, content)
+                    datasync(fd, path)
+                except OSError as e:
+                    sync_failure.report_write(path, e, "index rewrite of")
+                    raise
             self.index_rewrite_needed = False
             return
         for path, content in ((self.index_path, data), (self.timeindex_path, tdata)):
             tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                write_all(fd, content)
-                datasync(fd, tmp)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    write_all(fd, content)
+                    datasync(fd, tmp)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                if sync_failure.told_of(e) is not None:
+                    raise
+                raise OSError(e.errno, f"index rewrite of {path} failed: {e.strerror or e}") from e
         self.index_rewrite_needed = False
 
     def rebuild_indexes(self) -> None:
@@ -390,7 +399,15 @@ class Segment:
         self.replay(result.frames)
         self.seal_time_index(write=False)
         self.size = size
-        self.write_index_files()
+        try:
+            self.write_index_files()
+        except OSError as e:
+            if self.files is not None or sync_failure.told_of(e) is not None:
+                raise  # the active segment's, or a failed sync: told, fail-stop
+            # A closed segment's old files are as they were and the rebuilt entries are
+            # right in memory: serve from them, and write them when next rebuilt.
+            self._log.warn("the rebuilt indexes of {path} could not be written, kept in memory: {error}",
+                           path=self.log_path, error=str(e))
 
     def replay(self, frames: list[codec.Frame]) -> None:
         """Account for validated frames (from a scan) without writing index files."""

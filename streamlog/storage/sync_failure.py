@@ -97,10 +97,15 @@ def report_write(what: str, error: OSError, action: str = "write of") -> Storage
     An C{error} that was told already (a sync helper's, raised through the write site's
     C{except}) is not told again.  Returns what the handler was told.
     """
-    told = getattr(error, _TOLD, None)
+    told = told_of(error)
     if told is not None:
-        return told  # type: ignore[no-any-return]
+        return told
     return _tell(error, describe_write(what, error, action))
+
+
+def told_of(error: BaseException) -> StorageFailed | None:
+    """What the handler was told of C{error} (by L{report} or L{report_write}), or C{None}."""
+    return getattr(error, _TOLD, None)
 
 
 def tell(failure: StorageFailed) -> StorageFailed:

@@ -237,17 +237,60 @@ def test_a_failed_checkpoint_write_is_reported(tmp_path, sync_failures, failing_
     log.close(sync=False)
 
 
-def test_a_failed_index_rebuild_on_a_read_is_reported(tmp_path, sync_failures, failing_writes):
+def test_a_closed_segments_index_rebuilt_on_a_read_that_cannot_be_written_is_no_write_failure(
+        tmp_path, sync_failures, failing_writes):
+    """The rebuilt index of a closed segment goes to a temporary file renamed over the old one:
+    a failed write leaves the old file as it was and the rebuilt index right in memory, so the
+    read answers from memory, nothing is told, and the log goes on serving."""
     log = filled(tmp_path / "p", 30, segment_bytes=1024)
     log.roll()
+    expected = log.read(0, 10, 1 << 20)
     log.close()
     first = segments(tmp_path / "p")[0][:-4]
     os.unlink(tmp_path / "p" / (first + ".index"))  # rebuilt when the segment is first read
     log = SegmentedLog(str(tmp_path / "p"))
     failing_writes(lambda path: path.startswith(str(tmp_path / "p" / first)), calls=("write",))
+    assert log.read(0, 10, 1 << 20) == expected and expected.count == 10
+    assert [name for name, _ in failing_writes.failed] == ["write"]
+    assert sync_failures.failures == [] and log.failed is None
+    assert not [n for n in os.listdir(tmp_path / "p") if n.endswith(".tmp")]  # no leftover
+    failing_writes(None)
+    log.append([Entry(31, 1, make_batch(30, 1))])
+    assert log.sync() == 31
+    log.close()
+
+
+def test_an_index_rewrite_at_recovery_that_cannot_be_written_refuses_the_open_naming_the_file(
+        tmp_path, sync_failures, failing_writes):
+    """Recovery rewrites indexes before any descriptor is open for appending (temporary files):
+    a failure told no one (nothing is torn) but the log is not opened on a stale index."""
+    log = filled(tmp_path / "p", 30)
+    log.close()
+    first = segments(tmp_path / "p")[0][:-4]
+    os.unlink(tmp_path / "p" / (first + ".index"))
+    failing_writes(lambda path: path.endswith(".tmp") and first in path, calls=("write",))
+    with pytest.raises(OSError, match="index rewrite of .*" + first + r"\.index failed") as raised:
+        SegmentedLog(str(tmp_path / "p"))
+    assert raised.value.errno == errno.ENOSPC
+    assert sync_failures.failures == []
+    failing_writes(None)
+    log = SegmentedLog(str(tmp_path / "p"))
+    assert log.last_index == 30
+    log.close()
+
+
+@pytest.mark.parametrize("suffix", [".index", ".timeindex"])
+def test_a_failed_index_rewrite_of_the_active_segment_is_reported_with_its_file(
+        tmp_path, sync_failures, failing_writes, suffix):
+    """The active segment's index files are rewritten in place (its append descriptors stay
+    valid): a failure may leave one cut or half-written, a failed log write."""
+    log = filled(tmp_path / "p", 30)
+    active = log.chain.active
+    failing_writes(lambda path: path.endswith(suffix), calls=("write",))
     with pytest.raises(OSError):
-        log.read(0, 10, 1 << 20)
-    told(sync_failures, tmp_path / "p")
+        active.write_index_files()
+    [failure] = told(sync_failures, tmp_path / "p")
+    assert failure.path.endswith(suffix) and failure.path.startswith(active.log_path[:-4])
     failing_writes(None)
     log.close(sync=False)
 
