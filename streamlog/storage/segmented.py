@@ -355,15 +355,18 @@ class SegmentedStorage:
             write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
             fsync_dir(self.data_dir)
         except OSError as e:
-            for log in logs:
-                log.close(sync=False)
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 # Not a write failure: the half-made directory is removed, nothing changed.
+                for log in logs:
+                    log.close(sync=False)
                 self._remove_unfinished(path)
                 raise OutOfDescriptors(f"creating topic {name!r} with {partitions} partitions ran out of file descriptors: {e}") from e
             # A disk fault (ENOSPC as EIO): fail-stop, as for any log write (sync_failure), not a
-            # creation for the planner to try again on the same disk.
+            # creation for the planner to try again on the same disk; told before the logs are
+            # closed, so a close that raises too cannot skip it.
             sync_failure.report_write(e.filename or path, e, "creation of")
+            for log in logs:
+                log.close(sync=False)
             raise StorageFailed(f"creating topic {name!r} failed: {e}") from e
         except BaseException:
             for log in logs:

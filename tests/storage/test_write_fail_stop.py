@@ -315,6 +315,26 @@ def test_a_failed_topic_creation_or_deletion_is_reported(tmp_path, sync_failures
     storage.close()
 
 
+def test_a_failed_topic_creation_is_reported_even_if_closing_its_logs_fails(
+        tmp_path, sync_failures, failing_writes, monkeypatch):
+    from streamlog.storage.local import LocalLog
+
+    storage = SegmentedStorage(str(tmp_path))
+    storage.load()
+    failing_writes(lambda path: path.endswith("topic.json.tmp"), calls=("write",))
+
+    def close(self, sync=True):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(LocalLog, "close", close)
+    with pytest.raises(OSError):
+        storage.create_topic("new", 2, TopicConfig())
+    told(sync_failures, tmp_path / "new")
+    failing_writes(None)
+    monkeypatch.undo()
+    storage.close()
+
+
 def test_a_topic_creation_out_of_descriptors_is_no_write_failure(tmp_path, sync_failures, failing_writes):
     storage = SegmentedStorage(str(tmp_path))
     storage.load()
