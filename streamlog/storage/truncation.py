@@ -16,15 +16,15 @@ after it, never a mix, whatever instant a crash picks:
     start (the term and configuration of the last entry removed, the first
     record offset kept) to the checkpoint before it changes the log in
     memory and before it deletes any file.
-
-A failed write, truncation, rename or removal in any of them is a failed log
-write: reported to the fail-stop handler (L{streamlog.storage.sync_failure})
-before it is raised, the log failed.
   - L{reset} (snapshot install) removes what follows the snapshot point
     durably first, then creates the new empty segment, writes the checkpoint
     that names it, and only then deletes the old segments: recovery deletes
     segments before the checkpoint's chain (an interrupted deletion) and
     drops an empty segment out of sequence after it.
+
+A failed write, truncation, rename or removal in any of them is a failed log
+write: reported to the fail-stop handler (L{streamlog.storage.sync_failure})
+before it is raised, the log failed.
 """
 
 from __future__ import annotations
