@@ -36,7 +36,7 @@ from twisted.logger import Logger
 
 from streamlog.storage import codec, sync_failure
 from streamlog.storage.base import RecordBatch
-from streamlog.storage.checkpoint import datasync, write_all
+from streamlog.storage.checkpoint import datasync, write_all, write_atomically
 from streamlog.storage.descriptors import ReadFiles
 from streamlog.storage.errors import StorageCorrupted
 
@@ -349,7 +349,7 @@ class Segment:
         failed).  A closed segment's go to a temporary file renamed over the old one: a
         failed write or rename leaves the old file as it was and the entries right in
         memory, so it raises without telling (C{index_rewrite_needed} stays set; the
-        temporary file is removed).  A failed sync is told by L{datasync}, as always.
+        temporary file is removed).  A failed sync is told by the sync helpers, as always.
         """
         assert self.idx_indexes is not None
         data = b"".join(INDEX_ENTRY.pack(*e) for e in zip(self.idx_indexes, self.idx_offsets, self.idx_positions))
@@ -367,18 +367,11 @@ class Segment:
             self.index_rewrite_needed = False
             return
         for path, content in ((self.index_path, data), (self.timeindex_path, tdata)):
-            tmp = path + ".tmp"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    write_all(fd, content)
-                    datasync(fd, tmp)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
+                write_atomically(path, content)
             except OSError as e:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    os.unlink(path + ".tmp")
                 if sync_failure.told_of(e) is not None:
                     raise
                 raise OSError(e.errno, f"index rewrite of {path} failed: {e.strerror or e}") from e
