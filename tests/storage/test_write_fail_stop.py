@@ -73,33 +73,25 @@ def test_report_write_names_the_path_and_errno_and_tells_an_error_once(sync_fail
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-def test_a_failed_append_is_reported_and_nothing_more_is_durable(tmp_path, sync_failures, failing_writes, code):
+@pytest.mark.parametrize("cut_back_fails", [False, True])
+def test_a_failed_append_is_reported_once_and_nothing_more_is_durable(
+        tmp_path, sync_failures, failing_writes, code, cut_back_fails):
     log = filled(tmp_path / "p")
     assert log.sync() == 5
-    failing_writes(str(tmp_path / "p"), calls=("writev",), error=code)
-    with pytest.raises(StorageFailed):
+    calls = ("writev", "ftruncate") if cut_back_fails else ("writev",)
+    failing_writes(str(tmp_path / "p"), calls=calls, error=code)
+    with pytest.raises(StorageFailed) as raised:
         append_batch(log, make_batch(5, 1))
-    [failure] = told(sync_failures, tmp_path / "p", code)
+    [failure] = told(sync_failures, tmp_path / "p", code)  # once, the cut-back's failure too
     assert failure.path.endswith(".log")
+    assert [call for call, _ in failing_writes.failed] == list(calls)
+    if cut_back_fails:
+        assert any("cutting it back" in note for note in getattr(raised.value.__cause__, "__notes__", []))
     failing_writes(None)
     assert log.failed is not None
     with pytest.raises(StorageFailed):
         log.sync()  # a later sync that would succeed vouches for nothing more
     assert log.durable_index == 5
-    log.close(sync=False)
-
-
-def test_a_failed_append_whose_cut_back_fails_too_is_reported_once(tmp_path, sync_failures, failing_writes):
-    log = filled(tmp_path / "p")
-    failing_writes(str(tmp_path / "p"), calls=("writev", "ftruncate"))
-    with pytest.raises(StorageFailed) as raised:
-        append_batch(log, make_batch(5, 1))
-    [failure] = told(sync_failures, tmp_path / "p")
-    assert failure.path.endswith(".log")
-    assert [call for call, _ in failing_writes.failed] == ["writev", "ftruncate"]
-    assert any("cutting it back" in note for note in getattr(raised.value.__cause__, "__notes__", []))
-    failing_writes(None)
-    assert log.failed is not None
     log.close(sync=False)
 
 
