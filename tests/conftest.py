@@ -124,3 +124,49 @@ def black_hole():
         for dial in held:
             dial.close()
         listener.close()
+
+
+class FailingWrites:
+    """Replaces the calls that change a file (C{os.write}, C{os.writev}, C{os.ftruncate},
+    C{os.replace}, C{os.rename}, C{os.unlink}, C{os.open} with C{O_CREAT}): one on a path
+    C{match} accepts fails with C{error} (ENOSPC unless told), every other is real.
+    C{failed} lists (call, path) of those refused.  Syncs are untouched (L{FailingSyncs})."""
+
+    _CALLS = ("write", "writev", "ftruncate", "replace", "rename", "unlink", "open")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.match: Any = None
+        self.calls: tuple[str, ...] = self._CALLS
+        self.error = errno.ENOSPC
+        self.failed: list[tuple[str, str]] = []
+        for name in self._CALLS:
+            monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
+
+    def __call__(self, match: Any, calls: tuple[str, ...] | None = None, error: int = errno.ENOSPC) -> FailingWrites:
+        """Fail C{calls} (all by default) on paths C{match} accepts (a path's start, a predicate; None: none)."""
+        self.match, self.calls, self.error = match, calls or self._CALLS, error
+        return self
+
+    def _fails(self, name: str, path: str) -> bool:
+        match = self.match
+        return (match is not None and name in self.calls
+                and (match(path) if callable(match) else path.startswith(str(match))))
+
+    def _wrap(self, name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            first = args[0]
+            if name == "open" and not (args[1] if len(args) > 1 else kwargs.get("flags", 0)) & os.O_CREAT:
+                return real(*args, **kwargs)
+            path = os.readlink(f"/proc/self/fd/{first}") if isinstance(first, int) else os.fspath(first)
+            if self._fails(name, path):
+                self.failed.append((name, path))
+                raise OSError(self.error, os.strerror(self.error))
+            return real(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def failing_writes(monkeypatch):
+    """L{FailingWrites}: call it with a path (or a predicate) whose writes are to fail (ENOSPC)."""
+    return FailingWrites(monkeypatch)

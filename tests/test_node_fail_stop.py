@@ -22,7 +22,7 @@ from streamlog.raft.log import Entry
 from streamlog.raft.messages import AppendEntries, AppendEntriesResponse
 from streamlog.storage import producer_snapshots, sync_failure
 from streamlog.storage.base import RecordBatch, TopicConfig
-from streamlog.storage.errors import SyncFailed
+from streamlog.storage.errors import SyncFailed, WriteFailed
 from streamlog.storage.lock import DataDirLock
 from streamlog.storage.log import SegmentedLog
 from streamlog.storage.segmented import SegmentedStorage
@@ -32,7 +32,11 @@ class Exited(BaseException):
     """What the replaced C{os._exit} raises (a test must not end its own process)."""
 
 
-def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch):
+@pytest.mark.parametrize("failure", [
+    sync_failure.describe("/data/t/0/1.log", OSError(errno.EIO, "Input/output error")),
+    sync_failure.describe_write("/data/t/0/1.log", OSError(errno.EIO, "Input/output error"), "append to"),
+], ids=["sync", "write"])
+def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch, failure):
     statuses: list[int] = []
 
     def exit_(status: int) -> None:
@@ -44,7 +48,7 @@ def test_fail_stop_logs_the_path_and_errno_critically_and_exits_70(monkeypatch):
     globalLogPublisher.addObserver(events.append)
     try:
         with pytest.raises(Exited):
-            service_module.fail_stop(sync_failure.describe("/data/t/0/1.log", OSError(errno.EIO, "Input/output error")))
+            service_module.fail_stop(failure)
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert statuses == [70]
@@ -134,19 +138,26 @@ def test_start_up_refuses_to_start_after_a_failed_sync_even_one_its_caller_went_
     again.close()
 
 
-def test_a_followers_failed_truncation_sync_inside_the_peer_transport_reaches_fail_stop(tmp_path, stops, eio_syncs):
-    """A Raft follower cuts a conflicting tail on the reactor thread, inside the peer
-    transport's delivery, which logged what a message raised and went on: the failed sync
-    reaches fail_stop there (the running node's handler, as startService installs it), with
-    its path and errno.  (That no success is answered held before the change too.)"""
+def a_follower(directory) -> tuple[RaftHost, SegmentedLog, list]:
+    """Node b, a follower of a in group g, its log holding entries 1-3 of term 1 (synced), the
+    running node's handler installed; and the list of the messages it sends."""
     sync_failure.install(service_module._sync_failed)
-    log = SegmentedLog(str(tmp_path / "g"))
+    log = SegmentedLog(str(directory))
     log.append([Entry(i, 1, b"") for i in range(1, 4)])
     log.sync()
     host = RaftHost("b", ["a", "b"], RaftConfig(election_timeout=0.3, heartbeat_interval=0.05), clock=Clock())
     host.add_group("g", ["a", "b"], MemoryGroupStorage(log))
     sent: list = []
     host._send = lambda peer, group, msg: sent.append(msg)  # type: ignore[method-assign]
+    return host, log, sent
+
+
+def test_a_followers_failed_truncation_sync_inside_the_peer_transport_reaches_fail_stop(tmp_path, stops, eio_syncs):
+    """A Raft follower cuts a conflicting tail on the reactor thread, inside the peer
+    transport's delivery, which logged what a message raised and went on: the failed sync
+    reaches fail_stop there (the running node's handler, as startService installs it), with
+    its path and errno.  (That no success is answered held before the change too.)"""
+    host, log, sent = a_follower(tmp_path / "g")
     eio_syncs(str(tmp_path / "g"))
     # The leader of term 2 has another entry at index 2: the follower truncates from 2.
     host.transport._deliver("a", "g", "b", "a", AppendEntries(2, "a", 1, 1, (Entry(2, 2, b""),), 0))
@@ -292,3 +303,79 @@ def test_two_services_in_one_process_keep_fail_stop_until_the_last_one_stopped(t
         assert stops == [failure]
         stop(nodes[1 - first], clocks[1 - first])
         assert sync_failure.installed() is before
+
+
+# --- failed log writes (not syncs) take the same road: tests/storage/test_write_fail_stop.py --------
+
+
+def test_a_followers_failed_append_inside_the_peer_transport_reaches_fail_stop(tmp_path, stops, failing_writes):
+    """A follower appends a leader's entries on the reactor thread, inside the peer transport's
+    delivery, which logs what a message raised and goes on: the failed write (ENOSPC, part of
+    the frame perhaps in the file) reaches fail_stop there, with its path and errno, and no
+    success is answered for it."""
+    host, log, sent = a_follower(tmp_path / "g")
+    failing_writes(str(tmp_path / "g"), calls=("writev",))
+    host.transport._deliver("a", "g", "b", "a", AppendEntries(1, "a", 3, 1, (Entry(4, 1, b""), Entry(5, 1, b"")), 0))
+    [failure] = stops
+    assert isinstance(failure, WriteFailed) and failure.errno == errno.ENOSPC
+    assert failure.path.startswith(str(tmp_path / "g")) and failure.path.endswith(".log")
+    assert not [m for m in sent if isinstance(m, AppendEntriesResponse) and m.success and m.match_index > 3]
+    failing_writes(None)
+    host.stop()
+    log.close(sync=False)
+
+
+@pytest.fixture
+def durable_node(tmp_path, clock, stops):
+    """A node alone on durable storage with the running node's handler installed (fail_stop
+    replaced by C{stops}), its syncs run by hand."""
+    from streamlog.storage.group_commit import FsyncPolicy, GroupCommitter
+    from streamlog.testing import BrokerHarness, ManualThreads, result_of
+
+    sync_failure.install(service_module._sync_failed)
+    threads = ManualThreads()
+    fatal: list = []
+    committer = GroupCommitter(FsyncPolicy.parse("always"), clock, threads, fatal.append, checkpoint_interval=None)
+    h = BrokerHarness(storage=SegmentedStorage(str(tmp_path / "data")), clock=clock, committer=committer)
+    h.broker.on_fatal = fatal.append
+    h.threads, h.fatal, h.committer = threads, fatal, committer
+    yield h
+    h.stop()
+    stopped = committer.stop()
+    for _ in range(10):
+        threads.run_all()
+        clock.advance(0)
+    result_of(stopped)
+    h.broker.close()
+
+
+def test_a_leaders_failed_local_append_reaches_fail_stop_and_is_not_acknowledged(tmp_path, durable_node, stops,
+                                                                                  failing_writes):
+    durable_node.broker.create_topic("t", 1)
+    durable_node.settle()
+    conn = durable_node.connect()
+    kept = conn.request("Send", {"topic": "t", "value": "kept"})
+    durable_node.settle()
+    assert ["result" in a for a in conn.answers() if a["id"] == kept] == [True]
+    failing_writes(str(tmp_path / "data" / "t"), calls=("writev",))
+    lost = conn.request("Send", {"topic": "t", "value": "not on disk"})
+    durable_node.clock.advance(0)
+    durable_node.threads.run_all()
+    durable_node.clock.advance(0)
+    failing_writes(None)
+    assert stops and isinstance(stops[0], WriteFailed) and stops[0].errno == errno.ENOSPC
+    assert stops[0].path.startswith(str(tmp_path / "data" / "t"))
+    [answer] = [a for a in conn.answers() if a["id"] == lost]
+    assert "error" in answer  # never acknowledged
+
+
+def test_a_group_of_ones_failed_hard_state_write_reaches_fail_stop(tmp_path, durable_node, stops, failing_writes):
+    """The storage opens the hard-state store without an on_fatal, and a group of one does not
+    wait for its save: a failed write of the round reached no handler, the node went on."""
+    failing_writes(str(tmp_path / "data" / "hardstate"), calls=("write",))
+    durable_node.broker.create_topic("t", 1)  # its group of one elects itself: a hard-state round
+    for _ in range(5):
+        durable_node.clock.advance(0)
+        durable_node.threads.run_all()
+    failing_writes(None)
+    assert stops and isinstance(stops[0], WriteFailed) and stops[0].path.startswith(str(tmp_path / "data" / "hardstate"))

@@ -42,7 +42,7 @@ from streamlog.raft.transport import TransportLimits
 from streamlog.storage import sync_failure
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.descriptors import DEFAULT_READ_FILES, Plan, TooFewDescriptors, plan
-from streamlog.storage.errors import StorageError, SyncFailed
+from streamlog.storage.errors import StorageError, StorageFailed
 from streamlog.storage.group_commit import ALWAYS, DEFAULT_SYNC_WORKERS, FsyncPolicy, GroupCommitter
 from streamlog.storage.lock import DataDirLock, DataDirLocked
 from streamlog.storage.memory import MemoryStorage
@@ -170,8 +170,9 @@ def fail_stop(error: Any) -> None:
     sync and checkpoint on a disk that just failed, and answer waiting sends.
     Called on whatever thread found the fault: a failed sync in a worker
     stops the process there (L{streamlog.storage.sync_failure}, which the
-    running service points here).  The line names the file and the errno of
-    a failed sync (C{path}, C{errno} in the event, for JSON logs too).
+    running service points here), and so does a failed write to a log's files
+    on the reactor thread.  The line names the file and the errno of a failed
+    sync or log write (C{path}, C{errno} in the event, for JSON logs too).
     """
     value = getattr(error, "value", error)  # a Failure's exception
     Logger().critical("streamlog stops because storage failed: {error}", error=value,
@@ -179,9 +180,9 @@ def fail_stop(error: Any) -> None:
     os._exit(70)
 
 
-def _sync_failed(failure: SyncFailed) -> None:
-    """The running node's handler of a failed durability sync: fail-stop, exit 70 (looked up
-    at each call, so a test that replaces C{fail_stop} sees it called)."""
+def _sync_failed(failure: StorageFailed) -> None:
+    """The running node's handler of a failed durability sync or log write: fail-stop, exit 70
+    (looked up at each call, so a test that replaces C{fail_stop} sees it called)."""
     fail_stop(failure)
 
 
@@ -194,7 +195,7 @@ _handler_before_fail_stop: sync_failure.Handler | None = None
 
 
 def hold_fail_stop(holder: Any) -> None:
-    """From now until L{release_fail_stop}C{(holder)}, a failed durability sync is fail-stop."""
+    """From now until L{release_fail_stop}C{(holder)}, a failed durability sync or log write is fail-stop."""
     global _handler_before_fail_stop
     with _fail_stop_lock:
         if sync_failure.installed() is not _sync_failed:
@@ -395,7 +396,7 @@ class BrokerService(service.Service):
         #: The node's ClusterNode (a node with --peers), or None.
         self.cluster: Any = None
         self.drain_timeout = 5.0
-        #: What L{open} records of the failed syncs while it runs (a failed sync refuses the start).
+        #: What L{open} records of the failed syncs and log writes while it runs (either refuses the start).
         self._startup_syncs = sync_failure.Recorder()
         #: Seconds a stopping cluster node waits for its led groups to move to other nodes.
         self.transfer_timeout = 5.0
@@ -418,8 +419,8 @@ class BrokerService(service.Service):
         """
         if self.broker is not None:
             return self.broker
-        # A sync that fails while the storage opens is recorded, whoever catches its error,
-        # and refuses the start (exit 1, one line): nothing was served or acknowledged yet.
+        # A sync (or a log write) that fails while the storage opens is recorded, whoever catches
+        # its error, and refuses the start (exit 1, one line): nothing was served or acknowledged yet.
         syncs = self._startup_syncs = sync_failure.Recorder()
         previous = sync_failure.install(syncs)
         try:
@@ -597,8 +598,9 @@ class BrokerService(service.Service):
 
     def startService(self) -> None:
         broker = self.open()
-        # Start-up is over: from now on a failed durability sync anywhere, on any thread, stops
-        # the process (exit 70) before its caller sees the error (streamlog.storage.sync_failure).
+        # Start-up is over: from now on a failed durability sync or log write anywhere, on any
+        # thread, stops the process (exit 70) before its caller sees the error
+        # (streamlog.storage.sync_failure).
         hold_fail_stop(self)
         super().startService()
         if self.lock is not None:

@@ -812,6 +812,9 @@ class PeerTransport:
             # follow the log, say): the peer is not to be trusted.
             raise BadPeerMessage(f"group {group}: {e}") from None
         except Exception:
+            # Not for a disk fault: a failed log write or sync under this message (a follower's
+            # append, truncation, snapshot install) told the fail-stop handler before it was
+            # raised (streamlog.storage.sync_failure), so a running node never gets here with one.
             self._log.failure("delivering a message of group {group} from {node} failed", group=group, node=node)
 
     def _call_host(self, name: str, *args: Any) -> Any:

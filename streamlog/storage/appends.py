@@ -37,7 +37,7 @@ import orjson
 from twisted.logger import Logger
 
 from streamlog.raft.log import Entry
-from streamlog.storage import codec
+from streamlog.storage import codec, sync_failure
 from streamlog.storage.base import BatchType, RecordBatch
 from streamlog.storage.errors import OutOfDescriptors, StorageFailed
 
@@ -122,6 +122,12 @@ def append(log: SegmentedLog, entries: Sequence[Entry]) -> None:
                 chain.last_index, chain.last_term, chain.end_offset = entry.index, entry.term, batch.next_offset
                 chain.note_entry(entry.index, entry.term, entry.config)
         except OSError as e:
+            # Fail-stop (sync_failure; the segment's writes report their own file first): the
+            # frame may be partly in the file (if cutting it back failed too) or whole with an
+            # index entry missing, and the entries of this call before it stay appended while
+            # the caller's memory (the Raft core's) is a step behind; the next sync must not
+            # vouch for any of it.
+            sync_failure.report_write(active.log_path, e, "append to")
             error = StorageFailed(f"{active.log_path}: append failed: {e}")
             log.fail(error)
             raise error from e
@@ -172,8 +178,11 @@ def roll(log: SegmentedLog) -> None:
         new.open_for_append()
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE):
+            # Not a write failure: nothing was written, the empty files are removed, and the log
+            # (memory and files) is as before the roll.
             _remove_empty(new.log_path, new.index_path, new.timeindex_path)
             raise OutOfDescriptors(f"{log.directory}: cannot roll to a new segment: {e}") from e
+        sync_failure.report_write(new.log_path, e, "roll to")
         error = StorageFailed(f"{log.directory}: roll failed: {e}")
         log.fail(error)
         raise error from e
@@ -182,6 +191,7 @@ def roll(log: SegmentedLog) -> None:
     except OSError as e:
         assert new.files is not None
         new.files.close()
+        # (reported to the fail-stop handler as it was raised: Segment's index writes)
         error = StorageFailed(f"{log.directory}: roll failed: {e}")
         log.fail(error)
         raise error from e

@@ -137,11 +137,21 @@ class SegmentChain:
             return self.start.index - 1, self.start.config
         return None
 
-    def history_before(self, index: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, Members], ...]]:
-        """The term runs and configuration entries of the entries before C{index} (for a checkpoint)."""
-        n = bisect.bisect_left(self._term_firsts, index)
-        c = bisect.bisect_left(self._config_indexes, index)
-        return (tuple(zip(self._term_firsts[:n], self._terms[:n])), tuple(zip(self._config_indexes[:c], self._configs[:c])))
+    def history_before(
+        self, index: int, start_index: int | None = None
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, Members], ...]]:
+        """The term runs and configuration entries of the entries before C{index} (for a checkpoint).
+
+        With C{start_index}: as they will be once the log starts there (L{trim_history}), for
+        the checkpoint retention writes before it changes anything in memory.
+        """
+        if start_index is None:
+            term_firsts, terms, config_indexes, configs = self._term_firsts, self._terms, self._config_indexes, self._configs
+        else:
+            term_firsts, terms, config_indexes, configs = self._trimmed(start_index)
+        n = bisect.bisect_left(term_firsts, index)
+        c = bisect.bisect_left(config_indexes, index)
+        return (tuple(zip(term_firsts[:n], terms[:n])), tuple(zip(config_indexes[:c], configs[:c])))
 
     def cut_history(self, from_index: int) -> None:
         """Forget the terms and configurations of entries >= C{from_index} (a truncation)."""
@@ -152,15 +162,20 @@ class SegmentChain:
 
     def trim_history(self, start_index: int) -> None:
         """Forget what lies before C{start_index} (the log start moved); the run it falls in starts there."""
-        n = bisect.bisect_right(self._term_firsts, start_index) - 1
+        self._term_firsts, self._terms, self._config_indexes, self._configs = self._trimmed(start_index)
+
+    def _trimmed(self, start_index: int) -> tuple[list[int], list[int], list[int], list[Members]]:
+        """The history lists as L{trim_history}C{(start_index)} leaves them (new lists; this chain's unchanged)."""
+        term_firsts, terms = self._term_firsts[:], self._terms[:]
+        n = bisect.bisect_right(term_firsts, start_index) - 1
         if n > 0:
-            del self._term_firsts[:n], self._terms[:n]
-        if self._term_firsts and self._term_firsts[0] < start_index:
-            self._term_firsts[0] = start_index
-        if self._term_firsts and start_index > self.last_index:
-            self._term_firsts, self._terms = [], []
+            del term_firsts[:n], terms[:n]
+        if term_firsts and term_firsts[0] < start_index:
+            term_firsts[0] = start_index
+        if term_firsts and start_index > self.last_index:
+            term_firsts, terms = [], []
         c = bisect.bisect_left(self._config_indexes, start_index)
-        del self._config_indexes[:c], self._configs[:c]
+        return term_firsts, terms, self._config_indexes[c:], self._configs[c:]
 
     # -- the tail cache ----------------------------------------------------------------
 

@@ -80,14 +80,24 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of C{data} to C{fd}, however many calls a short write (a nearly full disk) takes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_atomically(path: str, data: bytes) -> None:
-    """Replace C{path} with C{data} so that a crash leaves the old or the new file, whole."""
+    """Replace C{path} with C{data} so that a crash leaves the old or the new file, whole.
+
+    A failed write or rename raises without telling the fail-stop handler: C{path} is then
+    as it was.  Whoever keeps a log's state in C{path} reports it (the recovery checkpoint:
+    L{streamlog.storage.durability}); a failed sync is reported here, as always.
+    """
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         datasync(fd, tmp)
     finally:
         os.close(fd)

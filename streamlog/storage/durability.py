@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, datasync_path, fsync_dir, write_atomically
+from streamlog.storage import sync_failure
+from streamlog.storage.checkpoint import CHECKPOINT_FILE, Checkpoint, LogStart, datasync_path, fsync_dir, write_atomically
 from streamlog.storage.errors import StorageFailed
 from streamlog.storage.segment import SegmentFiles
 
@@ -199,8 +200,14 @@ class Durability:
 
     # -- checkpoints ------------------------------------------------------------------
 
-    def write_checkpoint(self, log: SegmentedLog, mark: Mark | None = None) -> bool:
+    def write_checkpoint(self, log: SegmentedLog, mark: Mark | None = None, *, drop: int = 0,
+                         start: LogStart | None = None) -> bool:
         """Write the checkpoint at C{mark} (the synced mark if None); return whether a file was written.
+
+        With C{drop} and C{start}: the checkpoint of the log as it will be once its first
+        C{drop} segments are gone and it starts at C{start}, written before the memory changes
+        (retention: L{streamlog.storage.truncation.truncate_prefix}, which holds the
+        checkpoint lock until it has changed it, so no other checkpoint comes between).
 
         Everything C{mark} vouches for must be durable.  The segment chain,
         the log start and the history are taken here, under the checkpoint
@@ -223,11 +230,12 @@ class Durability:
                 if mark is None or mark.epoch != self.epoch:
                     return False  # nothing synced yet, or a truncation ran meanwhile and wrote its own
                 chain = log.chain
-                before = tuple((s.first_index, s.base_offset, s.size) for s in chain.segments if s.first_index < mark.segment)
-                terms, configs = chain.history_before(mark.next_index)
-                start = chain.start
-                index_paths = [s.index_path for s in chain.segments if s.first_index == mark.segment]
-                index_paths += [s.timeindex_path for s in chain.segments if s.first_index == mark.segment]
+                kept = chain.segments[drop:]
+                before = tuple((s.first_index, s.base_offset, s.size) for s in kept if s.first_index < mark.segment)
+                terms, configs = chain.history_before(mark.next_index, None if start is None else start.index)
+                start = chain.start if start is None else start
+                index_paths = [s.index_path for s in kept if s.first_index == mark.segment]
+                index_paths += [s.timeindex_path for s in kept if s.first_index == mark.segment]
             checkpoint = Checkpoint(
                 segment=mark.segment,
                 segment_offset=mark.segment_offset,
@@ -249,6 +257,9 @@ class Durability:
                         datasync_path(path)
                 write_atomically(os.path.join(self.directory, CHECKPOINT_FILE), checkpoint.encode())
             except OSError as e:
+                # A failed write is fail-stop too (a failed sync was reported already): the
+                # log's memory may already be past the checkpoint on disk (a truncation's).
+                sync_failure.report_write(os.path.join(self.directory, CHECKPOINT_FILE), e, "checkpoint write to")
                 error = StorageFailed(f"{self.directory}: checkpoint failed: {e}")
                 log.fail(error)
                 raise error from e

@@ -37,11 +37,31 @@ class SyncFailed(StorageFailed):
     """An fsync (a file's fdatasync, a directory's fsync) failed.
 
     Never retried: the kernel may have dropped the dirty pages and marked them
-    clean, so a second sync that succeeds proves nothing.  A failed write
-    (C{ENOSPC}) is not one of these: the write can be tried again.
+    clean, so a second sync that succeeds proves nothing.  A failed write is
+    not one of these (L{WriteFailed}).
 
     C{path} is the file or directory whose sync failed and C{errno} its
     error number, where known (L{streamlog.storage.sync_failure}).
+    """
+
+    def __init__(self, message: str, path: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
+class WriteFailed(StorageFailed):
+    """A write to a log's files (an append, an index entry, a truncation, a rename, the
+    recovery checkpoint) failed, with C{EIO} or C{ENOSPC} alike.
+
+    What the handler of L{streamlog.storage.sync_failure} is told (fail-stop, as for a
+    failed sync): part of the write may be in the file (a torn frame in the middle of a
+    segment), and the log's memory may be a step ahead of it or behind, so a later sync
+    that succeeds would vouch for what is not there.  A write to a temporary file that is
+    renamed only once whole (a metadata or producer-state snapshot) is not one of these:
+    its failure leaves the old file and the memory as they were, and is tried again.
+
+    C{path} is the file (or directory) written and C{errno} the error number.
     """
 
     def __init__(self, message: str, path: str | None = None, errno: int | None = None) -> None:

@@ -46,9 +46,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamlog.raft.core import HardState
-from streamlog.storage.checkpoint import datasync, fsync_dir
+from streamlog.storage import sync_failure
+from streamlog.storage.checkpoint import datasync, fsync_dir, write_all
 from streamlog.storage.codec import crc32c
-from streamlog.storage.errors import StorageCorrupted, StorageFailed
+from streamlog.storage.errors import StorageCorrupted, StorageFailed, WriteFailed
 from streamlog.storage.in_flight import HARD_STATE, SyncsInFlight
 
 HARD_STATE_FILE = "hardstate"
@@ -174,7 +175,9 @@ class HardStateStore:
         the fail-stop handler; tests count calls).
         The data directory, after a rename, is always synced with C{os.fsync}.
     @param compact_bytes: compact once the file passes this size and twice its live content.
-    @param on_fatal: called with the failure of a failed write or sync (fail-stop).
+    @param on_fatal: called with the failure of a failed write or sync, after the fail-stop
+        handler of L{streamlog.storage.sync_failure} (which every failure reaches, with or
+        without C{on_fatal}).
     """
 
     _log = Logger()
@@ -261,7 +264,7 @@ class HardStateStore:
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, frame + frame)
+            write_all(fd, frame + frame)
             self._fsync(fd)
             self.fsyncs += 1
         finally:
@@ -362,13 +365,22 @@ class HardStateStore:
             self._rewrite()
             return
         assert self._fd is not None
-        _write_all(self._fd, frame + frame)
+        write_all(self._fd, frame + frame)
         self._fsync(self._fd)
         self.fsyncs += 1
         self._size += 2 * len(frame)
 
     def _fatal(self, failure: Failure, waiters: list[Deferred]) -> None:
         if self._failure is None:
+            # The fail-stop handler first, however the store was built (the storage opens it
+            # with no on_fatal) and whoever waits on the round (a group of one does not): a
+            # failed write or rename of a round may leave part of it in the file, and this
+            # store's memory already holds the round.  A failed sync was told already.
+            error = failure.value
+            if isinstance(error, OSError):
+                sync_failure.report_write(error.filename or self.path, error, "hard-state save to")
+            else:  # the hand-off to a worker raised: the round was never written
+                sync_failure.tell(WriteFailed(f"hard-state save to {self.path} failed: {error!r}", path=self.path))
             self._failure = Failure(StorageFailed(f"{self.path}: saving Raft hard state failed: {failure.value}"))
             self._log.failure("saving Raft hard state failed: stopping (fail-stop)", failure)
             if self._on_fatal is not None:
@@ -384,9 +396,3 @@ class HardStateStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -26,6 +26,7 @@ descriptors are synced, and when, is decided by L{streamlog.storage.durability}.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -33,9 +34,9 @@ from collections.abc import Iterator
 import attrs
 from twisted.logger import Logger
 
-from streamlog.storage import codec
+from streamlog.storage import codec, sync_failure
 from streamlog.storage.base import RecordBatch
-from streamlog.storage.checkpoint import datasync
+from streamlog.storage.checkpoint import datasync, write_all, write_atomically
 from streamlog.storage.descriptors import ReadFiles
 from streamlog.storage.errors import StorageCorrupted
 
@@ -46,6 +47,16 @@ _READ_CHUNK = 64 * 1024
 
 class IndexDamaged(Exception):
     """An index entry does not point where it says; rebuild the index from the data."""
+
+
+def _write(fd: int, data: bytes, path: str) -> None:
+    """Append C{data} (an index entry) to C{path}'s descriptor: a failure, a short write
+    included, is a failed log write (fail-stop, L{sync_failure})."""
+    try:
+        write_all(fd, data)
+    except OSError as e:
+        sync_failure.report_write(path, e)
+        raise
 
 
 def segment_name(first_index: int) -> str:
@@ -190,6 +201,10 @@ class Segment:
 
         A short write (a full disk) is completed or, if the rest fails, the
         file is cut back to where it was so no partial frame stays behind.
+        Either way a failure is a failed log write (fail-stop, reported to
+        L{sync_failure} before it is raised, once: if cutting back fails as
+        well, the write's error is raised, with a note), and what the caller
+        appended before this frame stays.
         """
         assert self.files is not None
         frame_size = len(head) + len(payload)
@@ -201,8 +216,13 @@ class Segment:
                 while rest:
                     n = os.write(fd, rest)
                     rest = rest[n:]
-        except OSError:
-            os.ftruncate(fd, self.size)  # if this fails too, the caller fails the log
+        except OSError as e:
+            sync_failure.report_write(self.log_path, e, "append to")
+            try:
+                os.ftruncate(fd, self.size)
+            except OSError as cut:
+                # The error raised stays the one told (the caller fails the log, tells no one again).
+                e.add_note(f"cutting it back to {self.size} bytes failed too: {cut}")
             raise
         return frame_size
 
@@ -237,14 +257,14 @@ class Segment:
         self._last_index_position = position
         if write:
             assert self.files is not None
-            os.write(self.files.index_fd, INDEX_ENTRY.pack(index, offset, position))
+            _write(self.files.index_fd, INDEX_ENTRY.pack(index, offset, position), self.index_path)
 
     def _add_time_entry(self, timestamp: int, index: int, write: bool) -> None:
         self.time_stamps.append(timestamp)
         self.time_indexes.append(index)
         if write:
             assert self.files is not None
-            os.write(self.files.timeindex_fd, TIME_ENTRY.pack(timestamp, index))
+            _write(self.files.timeindex_fd, TIME_ENTRY.pack(timestamp, index), self.timeindex_path)
 
     def seal_time_index(self, write: bool = True) -> None:
         """Add the final time-index entry (the segment's maximum), before rolling or after a rebuild."""
@@ -321,28 +341,40 @@ class Segment:
         return True
 
     def write_index_files(self) -> None:
-        """Replace both index files with the in-memory entries (after a rebuild or a cut)."""
+        """Replace both index files with the in-memory entries (after a rebuild or a cut).
+
+        The active segment's index files are rewritten in place (its append descriptors
+        stay valid) and appended to afterwards: a failure may leave one cut or half
+        written, a failed log write (fail-stop, L{sync_failure}, naming the file that
+        failed).  A closed segment's go to a temporary file renamed over the old one: a
+        failed write or rename leaves the old file as it was and the entries right in
+        memory, so it raises without telling (C{index_rewrite_needed} stays set; the
+        temporary file is removed).  A failed sync is told by the sync helpers, as always.
+        """
         assert self.idx_indexes is not None
         data = b"".join(INDEX_ENTRY.pack(*e) for e in zip(self.idx_indexes, self.idx_offsets, self.idx_positions))
         tdata = b"".join(TIME_ENTRY.pack(t, i) for t, i in zip(self.time_stamps, self.time_indexes))
         if self.files is not None:
-            # The active segment: rewrite in place, its append descriptors stay valid.
             for fd, path, content in ((self.files.index_fd, self.index_path, data),
                                       (self.files.timeindex_fd, self.timeindex_path, tdata)):
-                os.ftruncate(fd, 0)
-                os.write(fd, content)
-                datasync(fd, path)
+                try:
+                    os.ftruncate(fd, 0)
+                    write_all(fd, content)
+                    datasync(fd, path)
+                except OSError as e:
+                    sync_failure.report_write(path, e, "index rewrite of")
+                    raise
             self.index_rewrite_needed = False
             return
         for path, content in ((self.index_path, data), (self.timeindex_path, tdata)):
-            tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, content)
-                datasync(fd, tmp)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+                write_atomically(path, content)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(path + ".tmp")
+                if sync_failure.told_of(e) is not None:
+                    raise
+                raise OSError(e.errno, f"index rewrite of {path} failed: {e.strerror or e}") from e
         self.index_rewrite_needed = False
 
     def rebuild_indexes(self) -> None:
@@ -360,7 +392,15 @@ class Segment:
         self.replay(result.frames)
         self.seal_time_index(write=False)
         self.size = size
-        self.write_index_files()
+        try:
+            self.write_index_files()
+        except OSError as e:
+            if self.files is not None or sync_failure.told_of(e) is not None:
+                raise  # the active segment's, or a failed sync: told, fail-stop
+            # A closed segment's old files are as they were and the rebuilt entries are
+            # right in memory: serve from them, and write them when next rebuilt.
+            self._log.warn("the rebuilt indexes of {path} could not be written, kept in memory: {error}",
+                           path=self.log_path, error=str(e))
 
     def replay(self, frames: list[codec.Frame]) -> None:
         """Account for validated frames (from a scan) without writing index files."""

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 from twisted.logger import Logger
 
-from streamlog.storage import producer_snapshots, upgrade
+from streamlog.storage import producer_snapshots, sync_failure, upgrade
 from streamlog.storage.base import TopicConfig
 from streamlog.storage.checkpoint import fsync_dir, write_atomically
 from streamlog.storage.codec import crc32c
@@ -355,11 +355,18 @@ class SegmentedStorage:
             write_atomically(os.path.join(path, TOPIC_FILE), encode_topic_file(partitions, config))
             fsync_dir(self.data_dir)
         except OSError as e:
-            for log in logs:
-                log.close(sync=False)
             if e.errno in (errno.EMFILE, errno.ENFILE):
+                # Not a write failure: the half-made directory is removed, nothing changed.
+                for log in logs:
+                    log.close(sync=False)
                 self._remove_unfinished(path)
                 raise OutOfDescriptors(f"creating topic {name!r} with {partitions} partitions ran out of file descriptors: {e}") from e
+            # A disk fault (ENOSPC as EIO): fail-stop, as for any log write (sync_failure), not a
+            # creation for the planner to try again on the same disk; told before the logs are
+            # closed, so a close that raises too cannot skip it.
+            sync_failure.report_write(e.filename or path, e, "creation of")
+            for log in logs:
+                log.close(sync=False)
             raise StorageFailed(f"creating topic {name!r} failed: {e}") from e
         except BaseException:
             for log in logs:
@@ -413,8 +420,16 @@ class SegmentedStorage:
         path = os.path.join(self.data_dir, name)
         doomed = os.path.join(self.data_dir, f"{_DELETED_PREFIX}{uuid.uuid4().hex}")
         self._log.info("deleting topic {topic} (its directory is renamed to {doomed}, then removed)", topic=name, doomed=doomed)
-        os.rename(path, doomed)
+        try:
+            os.rename(path, doomed)
+        except OSError as e:
+            # Fail-stop (sync_failure): the topic is gone from memory, its logs closed, while its
+            # directory is still there under its name for the next start to load again.
+            sync_failure.report_write(path, e, "deletion (rename) of")
+            raise
         fsync_dir(self.data_dir)
+        # Not fail-stop: once renamed (and that made durable) the topic is gone whatever is
+        # left of the .deleted-* directory, which the next start removes.
         shutil.rmtree(doomed)
         fsync_dir(self.data_dir)
 

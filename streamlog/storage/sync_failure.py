@@ -1,4 +1,4 @@
-"""A failed durability sync is fatal: the one road from a failed fsync to fail-stop.
+"""A failed durability sync or log write is fatal: the one road from either to fail-stop.
 
 After a failed C{fsync} / C{fdatasync} the page cache is in an unknown state:
 Linux may have dropped the dirty pages and marked them clean, so a retry can
@@ -18,6 +18,18 @@ error and carry on, retry the sync, or turn it into an error answer.  The
 error is still raised for whoever runs with no handler (start-up, tools,
 tests), exactly as before.
 
+A failed I{write} to a log's files (L{report_write}: an append, an index
+entry, a truncation, a rename, the recovery checkpoint) takes the same road,
+to the same handler, for the same reason: part of it may be in the file (a
+torn frame in the middle of a segment) while the log's memory is a step
+ahead or behind, and a later sync that succeeds would then vouch for what is
+not on disk, or the next append would follow garbage.  C{ENOSPC} is no
+different from C{EIO} here (Kafka and Redpanda stop on a failed log write
+too).  The storage's write sites report their failure before they raise,
+as the sync helpers do; a site that can show both its memory and its file
+are exactly as before the write (a temporary file not yet renamed, a roll
+refused for want of descriptors) raises without reporting, and says why.
+
 Start-up installs a handler of its own that only records (L{Recorder}):
 L{streamlog.broker.service.BrokerService.open} then refuses to start
 (exit status 1, one line naming the file and the errno) even where a caller
@@ -33,30 +45,41 @@ import errno as errno_codes
 import os
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
-from streamlog.storage.errors import SyncFailed
+from streamlog.storage.errors import StorageFailed, SyncFailed, WriteFailed
 
-Handler = Callable[[SyncFailed], object]
+Handler = Callable[[StorageFailed], object]
 
 _handler: Handler | None = None
 
 
 def install(handler: Handler | None) -> Handler | None:
-    """Make C{handler} the one called on every failed durability sync; return the one before."""
+    """Make C{handler} the one called on every failed durability sync and log write; return the one before."""
     global _handler
     previous, _handler = _handler, handler
     return previous
 
 
 def installed() -> Handler | None:
-    """The handler called on a failed durability sync now (C{None}: the error is only raised)."""
+    """The handler called on a failed durability sync or log write now (C{None}: the error is only raised)."""
     return _handler
+
+
+def _code(error: OSError) -> str:
+    return errno_codes.errorcode.get(error.errno or 0, str(error.errno))
 
 
 def describe(what: str, error: OSError) -> SyncFailed:
     """The L{SyncFailed} for C{error}, the failed sync of C{what} (a path), naming the errno."""
-    code = errno_codes.errorcode.get(error.errno or 0, str(error.errno))
-    return SyncFailed(f"fsync of {what} failed: {error.strerror or error} ({code})", path=what, errno=error.errno)
+    return SyncFailed(f"fsync of {what} failed: {error.strerror or error} ({_code(error)})", path=what, errno=error.errno)
+
+
+def describe_write(what: str, error: OSError, action: str = "write of") -> WriteFailed:
+    """The L{WriteFailed} for C{error}, the failed C{action} C{what} (a path: "append to
+    /d/t/0/00000000000000000001.log failed: ..."), naming the errno."""
+    return WriteFailed(f"{action} {what} failed: {error.strerror or error} ({_code(error)})", path=what,
+                       errno=error.errno)
 
 
 def report(what: str, error: OSError) -> SyncFailed:
@@ -64,10 +87,48 @@ def report(what: str, error: OSError) -> SyncFailed:
 
     Returns the L{SyncFailed} it was told, for a caller that raises it.
     """
-    failure = describe(what, error)
+    return _tell(error, describe(what, error))
+
+
+def report_write(what: str, error: OSError, action: str = "write of") -> StorageFailed:
+    """A write to the log file C{what} (C{action}: "append to", "truncation of", ...) failed with
+    C{error}: tell the handler (which, in a server, does not return).
+
+    An C{error} that was told already (a sync helper's, raised through the write site's
+    C{except}) is not told again.  Returns what the handler was told.
+    """
+    told = told_of(error)
+    if told is not None:
+        return told
+    return _tell(error, describe_write(what, error, action))
+
+
+def told_of(error: BaseException) -> StorageFailed | None:
+    """What the handler was told of C{error} (by L{report} or L{report_write}), or C{None}."""
+    return getattr(error, _TOLD, None)
+
+
+def tell(failure: StorageFailed) -> StorageFailed:
+    """Tell the handler of C{failure}, a storage fault that is no C{OSError} (a write that could
+    not even be handed to its worker).  Returns it."""
     handler = _handler
     if handler is not None:
         handler(failure)
+    return failure
+
+
+_TOLD = "_streamlog_fail_stop_told"
+
+_F = TypeVar("_F", bound=StorageFailed)
+
+
+def _tell(error: OSError, failure: _F) -> _F:
+    """Tell the handler of C{failure}; C{error} (raised on to the callers) remembers it was told."""
+    try:
+        setattr(error, _TOLD, failure)
+    except AttributeError:
+        pass  # an exception type without a __dict__: it may be told twice, which costs nothing
+    tell(failure)
     return failure
 
 
@@ -84,8 +145,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.failures: list[SyncFailed] = []
+        self.failures: list[StorageFailed] = []
 
-    def __call__(self, failure: SyncFailed) -> None:
+    def __call__(self, failure: StorageFailed) -> None:
         with self._lock:
             self.failures.append(failure)

@@ -14,12 +14,17 @@ after it, never a mix, whatever instant a crash picks:
     L{apply_retention} directly) deletes whole segments, only ones wholly
     before the synced mark, and writes the shorter chain and the new log
     start (the term and configuration of the last entry removed, the first
-    record offset kept) to the checkpoint before it deletes any file.
+    record offset kept) to the checkpoint before it changes the log in
+    memory and before it deletes any file.
   - L{reset} (snapshot install) removes what follows the snapshot point
     durably first, then creates the new empty segment, writes the checkpoint
     that names it, and only then deletes the old segments: recovery deletes
     segments before the checkpoint's chain (an interrupted deletion) and
     drops an empty segment out of sequence after it.
+
+A failed write, truncation, rename or removal in any of them is a failed log
+write: reported to the fail-stop handler (L{streamlog.storage.sync_failure})
+before it is raised, the log failed.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import attrs
 from twisted.logger import Logger
 
 from streamlog.raft.log import Members
-from streamlog.storage import codec
+from streamlog.storage import codec, sync_failure
 from streamlog.storage.appends import roll
 from streamlog.storage.checkpoint import LogStart, fsync_dir
 from streamlog.storage.durability import Mark
@@ -60,6 +65,10 @@ def truncate_suffix(log: SegmentedLog, from_index: int) -> None:
         log.fail(e)
         raise
     except OSError as e:
+        # Fail-stop (sync_failure): the cut may be half done on disk (the data file cut, its
+        # indexes not, a later segment still there) while the Raft core's memory is not
+        # told the log shrank, and could answer for entries no longer on disk.
+        sync_failure.report_write(e.filename or log.directory, e, "truncation of")
         error = StorageFailed(f"{log.directory}: truncation failed: {e}")
         log.fail(error)
         raise error from e
@@ -259,23 +268,28 @@ def truncate_prefix(log: SegmentedLog, upto_index: int, producer_state: Callable
     state = producer_state(new_index - 1) if producer_state is not None else chain.start.producer_state
     start = LogStart(new_index, term, keep.base_offset, found[1] if found else None, state)
     doomed = chain.segments[:drop]
+    with durability.checkpoint_lock:
+        # The shorter chain is on disk before anything changes in memory and before any file
+        # goes: a segment the checkpoint lists is never missing unless the disk lost it, and a
+        # checkpoint that cannot be written (reported to the fail-stop handler, the log failed)
+        # leaves the memory the log the checkpoint on disk names.  Held until the memory has
+        # changed: no other checkpoint (a worker's) is written from the old chain in between.
+        if not durability.write_checkpoint(log, durability.mark, drop=drop, start=start):
+            return  # not written (no synced mark of this epoch): nothing may go yet
+        with durability.lock:
+            del chain.segments[:drop]
+            chain.refresh()
+            chain.start = start
+            chain.trim_history(new_index)
+            durability.dir_dirty = True
     try:
-        with durability.checkpoint_lock:
-            with durability.lock:
-                del chain.segments[:drop]
-                chain.refresh()
-                chain.start = start
-                chain.trim_history(new_index)
-                durability.dir_dirty = True
-            # The shorter chain is on disk before any file goes: a segment the
-            # checkpoint lists is never missing unless the disk lost it.
-            durability.write_checkpoint(log, durability.mark)
+        for segment in doomed:
+            segment.unlink()
     except OSError as e:
+        sync_failure.report_write(e.filename or log.directory, e, "removal of")
         error = StorageFailed(f"{log.directory}: retention failed: {e}")
         log.fail(error)
         raise error from e
-    for segment in doomed:
-        segment.unlink()
     chain.cache_trim(new_index)
     _log.info(
         "retention deleted {count} segments of {directory}; the log starts at index {index}, offset {offset}",
@@ -326,6 +340,7 @@ def reset(
         log.fail(e)
         raise
     except OSError as e:
+        sync_failure.report_write(e.filename or log.directory, e, "snapshot install (reset) of")
         error = StorageFailed(f"{log.directory}: reset failed: {e}")
         log.fail(error)
         raise error from e

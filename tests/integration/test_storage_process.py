@@ -161,7 +161,8 @@ def test_a_data_dir_that_cannot_be_written_stops_the_node_at_the_first_create(tm
     finally:
         subprocess.run(["chattr", "-i", str(data)], check=True)
     client.close()
-    assert "creating topic 'after' failed" in server.log()
+    # The storage's own line (the failed write reaches fail_stop before any caller's message).
+    assert f"streamlog stops because storage failed: creation of {data / 'after'} failed" in server.log()
     server = ServerProcess(tmp_path)  # what was acknowledged is there; the failed create is not
     daemons.append(server)
     client = LineClient(server.port)

@@ -37,6 +37,14 @@ def append_batch(log, batch: RecordBatch, term: int | None = None) -> int:
     return index
 
 
+def rolled_segments(log, rolls: int = 3) -> None:
+    """Roll C{log} C{rolls} times, one batch in each new segment, and sync it (retention's set-up)."""
+    for _ in range(rolls):
+        log.roll()
+        append_batch(log, make_batch(log.end_offset, 1))
+    log.sync()
+
+
 def append_noop(log, term: int | None = None) -> int:
     """Append a bookkeeping entry (a new leader's no-op); return its index."""
     raw = log.log if isinstance(log, LocalLog) else log

@@ -14,7 +14,7 @@ import errno
 import os
 
 import pytest
-from storage_helpers import append_batch, make_batch
+from storage_helpers import append_batch, make_batch, rolled_segments
 from twisted.internet.task import Clock
 
 from streamlog.raft.core import HardState
@@ -146,10 +146,7 @@ def test_a_snapshot_install_reports_its_failed_sync(tmp_path, sync_failures, eio
 
 def test_retention_reports_the_failed_sync_of_its_checkpoint(tmp_path, sync_failures, eio_syncs):
     log = filled(tmp_path / "p", 1)
-    for _ in range(3):
-        log.roll()
-        append_batch(log, make_batch(log.end_offset, 1))
-    log.sync()
+    rolled_segments(log)
     eio_syncs(str(tmp_path / "p"))
     with pytest.raises(StorageFailed):
         log.truncate_prefix(2)  # retention, or compaction after a snapshot
