@@ -168,9 +168,9 @@ def test_the_oracle_fails_a_value_stored_differently(monkeypatch):
     def plant(mp, s):
         original = wire.encode_records
 
-        def lossy(base, ts, messages):
+        def lossy(base, ts, messages, plain=False):
             return original(base, ts, [{**m, "value": m["value"] / 1 if type(m["value"]) is int and
-                                        abs(m["value"]) < 2**53 else m["value"]} for m in messages])
+                                        abs(m["value"]) < 2**53 else m["value"]} for m in messages], plain)
         mp.setattr(wire, "encode_records", lossy)
     _must_find(monkeypatch, plant, "stored|Poll returned")
 
